@@ -1,0 +1,1 @@
+"""The runtime: the layers, memories and training loop that generated modules call."""
