@@ -1,0 +1,1 @@
+"""The grammar of the .nl language (nl.lark), installed as package data of `nldsl.grammar`."""

@@ -1,0 +1,1188 @@
+"""Checking: parsed `.nl` files → a frozen `spec.Spec`, or every diagnostic at once.
+
+The work, in order:
+1. load the root file and its imports (each parsed once; import cycles are errors);
+2. evaluate named constants (arithmetic, references to other constants, cycle detection);
+3. expand `from BASE` inheritance into plain section trees, remembering which file each
+   attribute came from (an inherited attribute is evaluated where it was written);
+4. apply `--set` overrides to constants and to attribute paths (`train.steps=200`);
+5. convert each section to its `spec` model attribute by attribute, so that a bad value points at
+   its own span, with context defaults (a level inside `cms` defaults to an MLP read at chunk start);
+6. semantic checks: dimensions, periods, frequency ordering, dataflow (`semantics.py`).
+Every problem becomes a `Diagnostic`; nothing a user writes may raise.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic import TypeAdapter
+
+from . import ast
+from . import spec as S
+from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
+from .parser import parse
+from .source import SourceFile, Span
+
+MAX_IMPORT_DEPTH = 16
+
+
+# Values produced by evaluating expressions ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare name that is not a constant: an option (`l2`), a section, or a typo."""
+
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class CallValue:
+    name: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any, Span], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ExprValue:
+    """An expression kept unevaluated (the optimizer `update`), with its namespace."""
+
+    expr: ast.Expr
+
+
+class EvalError(Exception):
+    def __init__(self, code: str, message: str, span: Span, help: str | None = None):
+        super().__init__(message)
+        self.diagnostic = Diagnostic(code, message, span, help)
+
+
+# Namespaces and expanded sections ------------------------------------------------------------
+
+@dataclass
+class Namespace:
+    path: str
+    module: ast.Module
+    consts: dict[str, ast.Const] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, ast.Section] = field(default_factory=dict)
+    aliases: dict[str, Namespace] = field(default_factory=dict)
+    merged: list[Namespace] = field(default_factory=list)  # imports without `as`
+    evaluating: set[str] = field(default_factory=set)
+    used: set[str] = field(default_factory=set)
+
+    def lookup_section(self, name: str) -> tuple[ast.Section, Namespace] | None:
+        if name in self.sections:
+            return self.sections[name], self
+        for ns in self.merged:
+            found = ns.lookup_section(name)
+            if found:
+                return found
+        return None
+
+    def lookup_const(self, name: str) -> tuple[ast.Const, Namespace] | None:
+        if name in self.consts:
+            return self.consts[name], self
+        for ns in self.merged:
+            found = ns.lookup_const(name)
+            if found:
+                return found
+        return None
+
+    def all_names(self) -> set[str]:
+        names = set(self.consts) | set(self.sections) | set(self.aliases)
+        for ns in self.merged:
+            names |= ns.all_names()
+        return names
+
+
+@dataclass
+class Attr:
+    key: str
+    value: ast.Expr
+    span: Span  # the whole attribute
+    key_span: Span
+    ns: Namespace
+    origin: str  # "file:line" or "--set key=value"
+
+
+@dataclass
+class Tree:
+    """A section after inheritance: attributes by key, child sections in order."""
+
+    kind: str
+    name: str | None
+    span: Span
+    header: Span
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    children: list[Tree] = field(default_factory=list)
+
+    def child_label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass
+class CheckResult:
+    spec: S.Spec | None
+    diagnostics: list[Diagnostic]
+    sources: dict[str, SourceFile]
+    module: ast.Module | None = None
+    provenance: dict[str, str] = field(default_factory=dict)  # spec path -> where its value came from
+    spans: dict[str, Span] = field(default_factory=dict)  # spec path -> span of its section or value
+
+    @property
+    def ok(self) -> bool:
+        return self.spec is not None and not any(d.severity == "error" for d in self.diagnostics)
+
+
+# Entry points --------------------------------------------------------------------------------
+
+def check_file(path: str | Path, overrides: Sequence[str] = ()) -> CheckResult:
+    """Check a spec file (and its imports), with optional `key=value` overrides."""
+    path = Path(path)
+    display = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return CheckResult(None, [Diagnostic("E0105", f"cannot read `{display}`: {reason.lower()}",
+                                             None, "check the path")], {})
+    return check_bytes(data, display, overrides, base_dir=path.parent)
+
+
+def check_text(text: str, path: str = "<string>", overrides: Sequence[str] = (),
+               base_dir: Path | None = None) -> CheckResult:
+    return check_bytes(text.encode("utf-8", "surrogatepass"), path, overrides, base_dir)
+
+
+def check_bytes(data: bytes, path: str, overrides: Sequence[str] = (),
+                base_dir: Path | None = None) -> CheckResult:
+    checker = Checker(base_dir or Path.cwd())
+    return checker.run(data, path, overrides)
+
+
+def decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, Diagnostic("E0105", f"`{path}` is not valid UTF-8 (byte {error.start})", None,
+                                "save the spec as UTF-8 text")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text, None
+
+
+# The checker ---------------------------------------------------------------------------------
+
+class Checker:
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self.bag = DiagnosticBag()
+        self.sources: dict[str, SourceFile] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        self.loading: list[str] = []
+        self.provenance: dict[str, str] = {}
+        self.spans: dict[str, Span] = {}
+
+    # 1. loading ------------------------------------------------------------------------------
+
+    def run(self, data: bytes, path: str, overrides: Sequence[str]) -> CheckResult:
+        text, problem = decode(data, path)
+        if problem:
+            return CheckResult(None, [problem], {})
+        assert text is not None
+        ns = self.load_text(text, path, self.base_dir)
+        root_module = ns.module if ns else None
+        spec = None
+        if ns is not None:
+            const_overrides, path_overrides = self.parse_overrides(overrides, ns)
+            for name, (value, attr_span, origin) in const_overrides.items():
+                ns.consts[name] = ast.Const(attr_span, name, attr_span, value)
+                self.provenance[name] = origin
+            self.evaluate_constants(ns)
+            spec = self.build_spec(ns, text, path_overrides, overrides)
+        diagnostics = self.bag.sorted()
+        if any(d.severity == "error" for d in diagnostics):
+            spec = None
+        return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans)
+
+    def load_text(self, text: str, path: str, base_dir: Path) -> Namespace | None:
+        source = SourceFile.from_text(path, text)
+        self.sources[path] = source
+        module, diagnostics = parse(source)
+        self.bag.extend(diagnostics)
+        if module is None:
+            return None
+        ns = Namespace(path, module)
+        self.namespaces[path] = ns
+        self.loading.append(path)
+        for item in module.items:
+            if isinstance(item, ast.Import):
+                self.load_import(ns, item, base_dir)
+            elif isinstance(item, ast.Const):
+                self.declare(ns, item.name, item.name_span, item.span)
+                ns.consts[item.name] = item
+            elif item.name is not None and item.kind not in ("model", "train"):
+                self.declare(ns, item.name, item.name_span or item.span, item.span)
+                ns.sections[item.name] = item
+        self.loading.pop()
+        return ns
+
+    def declare(self, ns: Namespace, name: str, span: Span, _whole: Span) -> None:
+        if name in ns.consts or name in ns.sections or name in ns.aliases:
+            self.bag.error("E0202", f"`{name}` is defined twice", span,
+                           "rename one of the definitions")
+
+    def load_import(self, ns: Namespace, item: ast.Import, base_dir: Path) -> None:
+        target = (base_dir / item.path).resolve()
+        key = str(target)
+        if key in self.loading or len(self.loading) > MAX_IMPORT_DEPTH:
+            self.bag.error("E0205", f"import cycle through `{item.path}`", item.span,
+                           "a file cannot import itself, directly or through other files")
+            return
+        imported = self.namespaces.get(key)
+        if imported is None:
+            try:
+                data = target.read_bytes()
+            except OSError:
+                self.bag.error("E0205", f"cannot import `{item.path}`: no such file", item.span,
+                               f"paths are relative to the importing file ({base_dir})")
+                return
+            text, problem = decode(data, item.path)
+            if problem:
+                self.bag.error("E0205", f"cannot import `{item.path}`: {problem.message}", item.span)
+                return
+            assert text is not None
+            display = _display_path(target)
+            self.loading.append(key)
+            imported = self.load_text(text, display, target.parent)
+            self.loading.pop()
+            if imported is None:
+                self.bag.error("E0205", f"`{item.path}` has errors", item.span)
+                return
+            self.namespaces[key] = imported
+            self.evaluate_constants(imported)
+        if item.alias:
+            if item.alias in ns.aliases or item.alias in ns.consts or item.alias in ns.sections:
+                self.bag.error("E0202", f"`{item.alias}` is defined twice", item.span)
+            ns.aliases[item.alias] = imported
+        else:
+            for name in imported.sections.keys() | imported.consts.keys():
+                if name in ns.sections or name in ns.consts or ns.lookup_section(name) \
+                        or ns.lookup_const(name):
+                    self.bag.error("E0202", f"`{name}` is defined twice (also in `{item.path}`)",
+                                   item.span, f"import it with a name: `import \"{item.path}\" as name`")
+            ns.merged.append(imported)
+
+    # 2. constants ----------------------------------------------------------------------------
+
+    def evaluate_constants(self, ns: Namespace) -> None:
+        for name in list(ns.consts):
+            if name not in ns.values:
+                try:
+                    self.const_value(ns, name, ns.consts[name].name_span)
+                except EvalError as error:
+                    self.bag.items.append(error.diagnostic)
+                    ns.values[name] = None
+
+    def const_value(self, ns: Namespace, name: str, use_span: Span) -> Any:
+        if name in ns.values:
+            if ns.values[name] is None:
+                raise EvalError("E0304", f"constant `{name}` has no value", use_span,
+                                "fix the error in its definition first")
+            return ns.values[name]
+        if name in ns.evaluating:
+            raise EvalError("E0507", f"constant `{name}` depends on itself", use_span,
+                            "break the cycle between these constants")
+        ns.evaluating.add(name)
+        try:
+            value = self.evaluate(ns.consts[name].value, ns)
+        finally:
+            ns.evaluating.discard(name)
+        if isinstance(value, (Symbol, CallValue)):
+            raise EvalError("E0301", f"constant `{name}` must be a number, string, boolean or list",
+                            ns.consts[name].value.span)
+        ns.values[name] = value
+        return value
+
+    def evaluate(self, expr: ast.Expr, ns: Namespace) -> Any:
+        """Constant-fold an expression; bare names that are not constants become `Symbol`s."""
+        if isinstance(expr, ast.Number):
+            return expr.value
+        if isinstance(expr, (ast.String, ast.Bool)):
+            return expr.value
+        if isinstance(expr, ast.Group):
+            return self.evaluate(expr.expr, ns)
+        if isinstance(expr, ast.List):
+            return [self.evaluate(item, ns) for item in expr.items]
+        if isinstance(expr, ast.Ref):
+            return self.resolve_ref(expr, ns)
+        if isinstance(expr, ast.Call):
+            args = tuple(self.evaluate(a, ns) for a in expr.args)
+            kwargs = tuple((k.name, self.evaluate(k.value, ns), k.span) for k in expr.kwargs)
+            seen: set[str] = set()
+            for k in expr.kwargs:
+                if k.name in seen:
+                    raise EvalError("E0305", f"argument `{k.name}` is given twice", k.span)
+                seen.add(k.name)
+            return CallValue(expr.func.dotted, args, kwargs, expr.span)
+        if isinstance(expr, ast.Negate):
+            value = self.number(self.evaluate(expr.operand, ns), expr.operand.span)
+            return -value
+        if isinstance(expr, ast.Binary):
+            left = self.number(self.evaluate(expr.left, ns), expr.left.span)
+            right = self.number(self.evaluate(expr.right, ns), expr.right.span)
+            return _arithmetic(expr, left, right)
+        raise AssertionError(type(expr))
+
+    def number(self, value: Any, span: Span) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, Symbol):
+                raise EvalError("E0201", f"unknown name `{value.name}`", span,
+                                "arithmetic needs numbers or named constants")
+            raise EvalError("E0301", "arithmetic needs numbers", span)
+        return value
+
+    def resolve_ref(self, ref: ast.Ref, ns: Namespace) -> Any:
+        head, *rest = ref.parts
+        if head in ns.aliases:
+            target = ns.aliases[head]
+            ns.used.add(head)
+            if not rest:
+                raise EvalError("E0201", f"`{head}` is an imported file, not a value", ref.span,
+                                f"write `{head}.NAME`")
+            if len(rest) > 1:
+                raise EvalError("E0201", f"unknown name `{ref.dotted}`", ref.span)
+            found = target.lookup_const(rest[0])
+            if found:
+                return self.const_value(found[1], rest[0], ref.span)
+            if target.lookup_section(rest[0]):
+                return Symbol(ref.dotted, ref.span)
+            raise EvalError("E0201", f"`{target.path}` defines no `{rest[0]}`", ref.span,
+                            did_you_mean(rest[0], target.all_names()))
+        if rest:
+            raise EvalError("E0201", f"unknown name `{head}`", ref.span,
+                            did_you_mean(head, ns.aliases) or "only imported files have dotted names")
+        found = ns.lookup_const(head)
+        if found:
+            ns.used.add(head)
+            return self.const_value(found[1], head, ref.span)
+        return Symbol(head, ref.span)
+
+    # 3. overrides ----------------------------------------------------------------------------
+
+    def parse_overrides(self, overrides: Sequence[str], ns: Namespace
+                        ) -> tuple[dict[str, tuple[ast.Expr, Span, str]], list[tuple[list[str], Attr]]]:
+        consts: dict[str, tuple[ast.Expr, Span, str]] = {}
+        paths: list[tuple[list[str], Attr]] = []
+        for index, text in enumerate(overrides):
+            origin = f"--set {text}"
+            key, sep, value_text = text.partition("=")
+            key = key.strip()
+            path = f"<--set {index + 1}>"
+            source = SourceFile.from_text(path, f"{key} = {value_text.strip()}")
+            self.sources[path] = source
+            if not sep or not key or not value_text.strip():
+                self.bag.error("E0206", f"override `{text}` is not `key=value`", source.span(0, len(source.text)),
+                               "write e.g. `--set train.steps=200` or `--set dim=128`")
+                continue
+            parts = key.split(".")
+            if not all(p.isidentifier() for p in parts):
+                self.bag.error("E0206", f"override key `{key}` is not a dotted name", source.span(0, len(key)))
+                continue
+            wrapped = SourceFile.from_text(path, f"const __value = {value_text.strip()}")
+            module, diagnostics = parse(wrapped)
+            if module is None:
+                for d in diagnostics:
+                    span = d.span
+                    if span is not None:  # shift past the `const __value = ` prefix
+                        delta = len("const __value = ") - len(f"{key} = ")
+                        span = source.span(max(0, span.start - delta), max(0, span.end - delta))
+                    self.bag.items.append(Diagnostic(d.code, f"in override: {d.message}", span, d.help))
+                continue
+            value = module.consts[0].value
+            value = _shift(value, source, len("const __value = ") - len(f"{key} = "))
+            key_span = source.span(0, len(key))
+            whole = source.span(0, len(source.text))
+            if len(parts) == 1 and ns.lookup_const(key):
+                consts[key] = (value, whole, origin)
+            elif len(parts) == 1:
+                candidates = [*ns.consts, "train", "model"]
+                self.bag.error("E0206", f"unknown override `{key}`", key_span,
+                               did_you_mean(key, candidates)
+                               or "override a named constant or a path like `train.steps`")
+            else:
+                paths.append((parts, Attr(parts[-1], value, whole, key_span, ns, origin)))
+        return consts, paths
+
+    def apply_path_override(self, roots: dict[str, Tree], parts: list[str], attr: Attr) -> None:
+        node = roots.get(parts[0])
+        if node is None:
+            self.bag.error("E0206", f"unknown override `{'.'.join(parts)}`", attr.key_span,
+                           did_you_mean(parts[0], roots) or f"the spec has {', '.join(sorted(roots)) or 'no sections'}")
+            return
+        for part in parts[1:-1]:
+            matches = [c for c in node.children if c.name == part] or \
+                      [c for c in node.children if c.kind == part]
+            if len(matches) != 1:
+                labels = [c.child_label() for c in node.children]
+                why = "is ambiguous" if matches else "does not exist"
+                self.bag.error("E0206", f"override path `{'.'.join(parts)}`: `{part}` {why}", attr.key_span,
+                               did_you_mean(part, labels) or f"children here: {', '.join(labels) or 'none'}")
+                return
+            node = matches[0]
+        node.attrs[parts[-1]] = attr
+
+    # 4. inheritance --------------------------------------------------------------------------
+
+    def expand(self, section: ast.Section, ns: Namespace, chain: tuple[str, ...] = ()) -> Tree:
+        tree = Tree(section.kind, section.name, section.span, section.header_span)
+        if section.base is not None:
+            base = self.find_section(section.base, ns)
+            if base is not None:
+                base_section, base_ns = base
+                key = f"{base_ns.path}:{base_section.name}"
+                if key in chain:
+                    self.bag.error("E0404", f"`{section.base.dotted}` inherits from itself", section.base.span)
+                elif base_section.kind != section.kind:
+                    self.bag.error("E0404", f"a `{section.kind}` cannot inherit from the "
+                                   f"`{base_section.kind}` `{section.base.dotted}`", section.base.span,
+                                   "`from` needs a section of the same kind")
+                else:
+                    inherited = self.expand(base_section, base_ns, (*chain, key))
+                    tree.attrs.update(inherited.attrs)
+                    tree.children = list(inherited.children)
+        for member in section.members:
+            if isinstance(member, ast.Attribute):
+                if member.key in tree.attrs and tree.attrs[member.key].span.path == section.span.path \
+                        and _inside(tree.attrs[member.key].span, section.span):
+                    self.bag.error("E0403", f"attribute `{member.key}` is set twice", member.key_span,
+                                   "remove one of them")
+                tree.attrs[member.key] = Attr(member.key, member.value, member.span, member.key_span, ns,
+                                              f"{member.span.path}:{member.span.line}")
+            else:
+                child = self.expand(member, ns, chain)
+                same = [i for i, c in enumerate(tree.children)
+                        if c.kind == child.kind and c.name == child.name and child.name is not None]
+                if same and not _inside(tree.children[same[0]].span, section.span):
+                    merged = tree.children[same[0]]  # override an inherited child section
+                    merged.attrs.update(child.attrs)
+                    merged.children.extend(child.children)
+                    merged.span, merged.header = child.span, child.header
+                elif same:
+                    self.bag.error("E0202", f"`{child.kind} {child.name}` is defined twice here",
+                                   child.header, "rename one of them")
+                else:
+                    tree.children.append(child)
+        return tree
+
+    def find_section(self, ref: ast.Ref, ns: Namespace) -> tuple[ast.Section, Namespace] | None:
+        head, *rest = ref.parts
+        if head in ns.aliases and len(rest) == 1:
+            found = ns.aliases[head].lookup_section(rest[0])
+            if found:
+                ns.used.add(head)
+                return found
+            self.bag.error("E0201", f"`{ns.aliases[head].path}` defines no section `{rest[0]}`", ref.span,
+                           did_you_mean(rest[0], ns.aliases[head].sections))
+            return None
+        if not rest:
+            found = ns.lookup_section(head)
+            if found:
+                return found
+        self.bag.error("E0201", f"unknown section `{ref.dotted}`", ref.span,
+                       did_you_mean(ref.dotted, list(ns.sections) + [f"{a}.{n}" for a, t in ns.aliases.items()
+                                                                   for n in t.sections]))
+        return None
+
+    # 5. conversion ---------------------------------------------------------------------------
+
+    def build_spec(self, ns: Namespace, text: str, path_overrides: list[tuple[list[str], Attr]],
+                   overrides: Sequence[str]) -> S.Spec | None:
+        module = ns.module
+        roots: dict[str, Tree] = {}
+        definitions: list[Tree] = []
+        for section in module.sections:
+            if section.kind in ("model", "train"):
+                if section.kind in roots:
+                    self.bag.error("E0402", f"a file has at most one `{section.kind}` section",
+                                   section.header_span, "merge them or move one to another file")
+                    continue
+                roots[section.kind] = self.expand(section, ns)
+            elif section.name is None:
+                self.bag.error("E0401", f"a top-level `{section.kind}` needs a name", section.header_span,
+                               f"write `{section.kind} NAME {{ … }}` so it can be used with `from NAME`")
+            else:
+                definitions.append(self.expand(section, ns))
+        for parts, attr in path_overrides:
+            self.apply_path_override(roots, parts, attr)
+        converter = Converter(self)
+        optimizers = []
+        for tree in definitions:  # check every definition on its own (dimension checks need a model)
+            result = converter.section(tree, parent=None, path=tree.name or tree.kind)
+            if isinstance(result, S.OptimizerSpec):
+                optimizers.append(result)
+        converter.layers.clear()  # definitions were checked above; check layers as the model uses them
+        model = converter.model(roots["model"]) if "model" in roots else None
+        train = converter.train(roots["train"]) if "train" in roots else S.TrainSpec()
+        from .semantics import check_layer
+        seq_len = train.seq_len if train is not None else S.TrainSpec().seq_len
+        for path, layer in converter.layers:
+            self.bag.extend(check_layer(layer, path, self.spans, seq_len))
+        for name, value in ns.consts.items():
+            if self.bag.has_errors:
+                break  # unused-constant warnings are noise while errors cut checking short
+            if name not in ns.used and not name.startswith("_"):
+                self.bag.warning("W0702", f"constant `{name}` is never used", value.name_span,
+                                 "remove it, or prefix its name with `_`")
+        if self.bag.has_errors or train is None:
+            return None
+        digest_source = text + "".join(f"\n#--set {o}" for o in overrides)
+        try:
+            spec = S.Spec(path=ns.path, sha256=hashlib.sha256(digest_source.encode()).hexdigest(),
+                          model=model, train=train, optimizers=tuple(optimizers))
+        except pydantic.ValidationError as error:  # a checker gap: report, never raise
+            self.bag.error("E0301", f"invalid spec: {error.errors()[0]['msg'].lower()}", None)
+            return None
+        return spec
+
+
+@functools.cache
+def _adapter(model: type[pydantic.BaseModel], name: str) -> TypeAdapter:
+    info = model.model_fields[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = typing.Annotated[(annotation, *info.metadata)]
+    return TypeAdapter(annotation)
+
+
+# Context defaults: what a level means depends on where it sits -------------------------------
+
+LEVEL_DEFAULTS: dict[tuple[str, str | None], dict[str, Any]] = {
+    ("cms", None): {"state": S.MLPState(), "objective": "surprise", "readout": "chunk_start",
+                    "lr": S.ConstantGate(value=0.01)},
+    ("selfmod", "memory"): {"state": S.ResidualMLPState(), "values": "generated", "rule": "dgd",
+                            "lr": S.GeneratedGate(), "retention": S.GeneratedGate()},
+    ("selfmod", "projections"): {"state": S.ResidualMLPState(), "values": "generated", "rule": "dgd",
+                                 "lr": S.GeneratedGate(), "retention": S.GeneratedGate(),
+                                 "readout": "chunk_start"},
+    ("memory", None): {},
+}
+
+
+class Converter:
+    """Turns expanded section trees into spec models, one attribute at a time."""
+
+    def __init__(self, checker: Checker):
+        self.checker = checker
+        self.bag = checker.bag
+        self.layers: list[tuple[str, Any]] = []  # (spec path, layer) of every cleanly converted layer
+
+    # generic attribute handling ----------------------------------------------------------
+
+    def fields(self, tree: Tree, model: type[pydantic.BaseModel], path: str, *,
+               skip: tuple[str, ...] = (), defaults: dict[str, Any] | None = None,
+               context: str | None = None) -> dict[str, Any] | None:
+        """Validate the attributes of `tree` against `model`'s fields; None if any failed."""
+        allowed = [n for n in model.model_fields if n not in skip and n not in ("kind", "name")]
+        values: dict[str, Any] = dict(defaults or {})
+        ok = True
+        self.checker.spans[path] = tree.header
+        for key, attr in tree.attrs.items():
+            if key not in allowed:
+                where = context or f"`{tree.kind}`"
+                self.bag.error("E0203", f"unknown attribute `{key}` in {where}", attr.key_span,
+                               did_you_mean(key, allowed) or f"{where} takes: {', '.join(allowed)}")
+                ok = False
+                continue
+            try:
+                if key == "update" and model is S.OptimizerSpec:
+                    value = self.expression(attr.value, attr)
+                else:
+                    value = self.validate(model, key, self.checker.evaluate(attr.value, attr.ns), attr)
+            except EvalError as error:
+                self.bag.items.append(error.diagnostic)
+                ok = False
+                continue
+            if value is _INVALID:
+                ok = False
+                continue
+            values[key] = value
+            self.checker.provenance[f"{path}.{key}"] = attr.origin
+            self.checker.spans[f"{path}.{key}"] = attr.span
+        return values if ok else None
+
+    def validate(self, model: type[pydantic.BaseModel], key: str, raw: Any, attr: Attr) -> Any:
+        prepared = self.prepare(raw, model.model_fields[key].annotation, attr)
+        if prepared is _INVALID:
+            return _INVALID
+        try:
+            return _adapter(model, key).validate_python(prepared)
+        except pydantic.ValidationError as error:
+            self.report_validation(error, key, raw, attr, model)
+            return _INVALID
+
+    def prepare(self, raw: Any, annotation: Any, attr: Attr) -> Any:
+        """Map evaluated values onto what pydantic expects (kinded calls become dicts)."""
+        kinds = _kinds_of(annotation)
+        if isinstance(raw, CallValue):
+            cls = S.KINDED_VALUES.get(raw.name)
+            if cls is None or (kinds and raw.name not in kinds):
+                choices = sorted(kinds) if kinds else []
+                self.bag.error("E0303", f"unknown value `{raw.name}(…)` for `{attr.key}`", raw.span,
+                               did_you_mean(raw.name, choices)
+                               or (f"expected one of: {', '.join(choices)}" if choices else
+                                   f"`{attr.key}` takes a plain value, not a call"))
+                return _INVALID
+            data: dict[str, Any] = {"kind": raw.name}
+            if len(raw.args) > len(cls.POSITIONAL):
+                self.bag.error("E0305", f"`{raw.name}` takes at most {len(cls.POSITIONAL)} positional "
+                               f"argument{'s' if len(cls.POSITIONAL) != 1 else ''}", raw.span,
+                               f"name the arguments: {', '.join(n for n in cls.model_fields if n != 'kind')}")
+                return _INVALID
+            data.update(zip(cls.POSITIONAL, raw.args))
+            for name, value, span in raw.kwargs:
+                if name not in cls.model_fields or name == "kind":
+                    fields = [n for n in cls.model_fields if n != "kind"]
+                    self.bag.error("E0305", f"`{raw.name}` has no argument `{name}`", span,
+                                   did_you_mean(name, fields) or f"arguments: {', '.join(fields) or 'none'}")
+                    return _INVALID
+                if isinstance(value, Symbol):
+                    value = value.name
+                data[name] = value
+            return data
+        if isinstance(raw, Symbol):
+            if raw.name in kinds and raw.name in S.KINDED_VALUES:
+                return {"kind": raw.name}
+            return raw.name
+        if kinds and "constant" in kinds and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return {"kind": "constant", "value": raw}
+        if isinstance(raw, list):
+            return [r.name if isinstance(r, Symbol) else r for r in raw]
+        return raw
+
+    def report_validation(self, error: pydantic.ValidationError, key: str, raw: Any, attr: Attr,
+                          model: type[pydantic.BaseModel]) -> None:
+        first = error.errors()[0]
+        kind = first["type"]
+        loc = [str(x) for x in first["loc"]]
+        span = attr.value.span
+        if isinstance(raw, CallValue) and len(loc) >= 2:
+            for name, _value, arg_span in raw.kwargs:
+                if name == loc[-1]:
+                    span = arg_span
+        if isinstance(raw, list) and loc and loc[0].isdigit() and isinstance(attr.value, ast.List):
+            index = int(loc[0])
+            if index < len(attr.value.items):
+                span = attr.value.items[index].span
+        field_name = loc[-1] if loc and not loc[-1].isdigit() and loc[-1] not in S.KINDED_VALUES else key
+        message = first["msg"]
+        if kind in ("literal_error", "enum"):
+            expected = _literal_choices(model.model_fields[key].annotation)
+            got = raw.name if isinstance(raw, Symbol) else (raw[int(loc[0])] if isinstance(raw, list) and
+                                                            loc and loc[0].isdigit() else raw)
+            got = got.name if isinstance(got, Symbol) else got
+            self.bag.error("E0303", f"`{got}` is not a valid `{key}`", span,
+                           did_you_mean(str(got), expected) or f"expected one of: {', '.join(expected)}")
+            return
+        if kind == "union_tag_invalid":
+            tags = sorted(_kinds_of(model.model_fields[key].annotation))
+            self.bag.error("E0303", f"`{getattr(raw, 'name', raw)}` is not a valid `{key}`", span,
+                           f"expected one of: {', '.join(tags)}")
+            return
+        if isinstance(raw, Symbol) and kind not in ("missing",):
+            consts = attr.ns.all_names()
+            self.bag.error("E0201", f"unknown name `{raw.name}`", span,
+                           did_you_mean(raw.name, consts) or f"`{key}` expects {_describe(model, key)}")
+            return
+        if kind.startswith(("greater", "less")):
+            self.bag.error("E0302", f"`{field_name}` {message.lower().replace('input ', '')}", span)
+            return
+        if kind == "missing":
+            self.bag.error("E0305", f"`{getattr(raw, 'name', key)}` needs the argument `{field_name}`", span)
+            return
+        if kind == "value_error":
+            self.bag.error("E0302", message.lower().removeprefix("value error, "), span)
+            return
+        self.bag.error("E0301", f"`{field_name}` expects {_describe(model, key)}", span,
+                       f"got {_show(raw)}")
+
+    def expression(self, expr: ast.Expr, attr: Attr) -> Any:
+        """An optimizer `update` expression as a tuple tree (names are checked later)."""
+        ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+        if isinstance(expr, ast.Group):
+            return self.expression(expr.expr, attr)
+        if isinstance(expr, ast.Number):
+            return ("const", float(expr.value))
+        if isinstance(expr, ast.Ref):
+            found = attr.ns.lookup_const(expr.dotted) if len(expr.parts) == 1 else None
+            if found:
+                value = self.checker.const_value(found[1], expr.dotted, expr.span)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return ("const", float(value))
+            return ("level", expr.dotted, expr.span)
+        if isinstance(expr, ast.Negate):
+            return ("neg", self.expression(expr.operand, attr))
+        if isinstance(expr, ast.Binary) and expr.op in ops:
+            return (ops[expr.op], self.expression(expr.left, attr), self.expression(expr.right, attr))
+        if isinstance(expr, ast.Call) and expr.func.dotted == "sqrt" and len(expr.args) == 1 and not expr.kwargs:
+            return ("sqrt", self.expression(expr.args[0], attr))
+        raise EvalError("E0301", "an update is built from level names, numbers, + - * / and sqrt(…)",
+                        expr.span)
+
+    def children(self, tree: Tree, allowed: dict[str, tuple[int, int | None]], context: str) -> bool:
+        """Check which child sections `tree` has: kind -> (min, max) count."""
+        ok = True
+        counts: dict[str, int] = {}
+        for child in tree.children:
+            if child.kind not in allowed:
+                kinds = ", ".join(f"`{k}`" for k in allowed) or "none"
+                self.bag.error("E0204", f"a `{child.kind}` section cannot appear in {context}", child.header,
+                               f"{context} may contain: {kinds}")
+                ok = False
+                continue
+            counts[child.kind] = counts.get(child.kind, 0) + 1
+        for kind, (low, high) in allowed.items():
+            count = counts.get(kind, 0)
+            if count < low:
+                self.bag.error("E0401", f"{context} needs {'a' if low == 1 else low} `{kind}` section"
+                               f"{'s' if low > 1 else ''}", tree.header,
+                               f"add `{kind} {{ … }}` inside it")
+                ok = False
+            if high is not None and count > high:
+                extra = [c for c in tree.children if c.kind == kind][high]
+                self.bag.error("E0402", f"{context} has more than {high} `{kind}` section"
+                               f"{'s' if high > 1 else ''}", extra.header)
+                ok = False
+        return ok
+
+    # sections ----------------------------------------------------------------------------
+
+    def section(self, tree: Tree, parent: str | None, path: str, dim: int | None = None) -> Any:
+        handler = {
+            "model": lambda: self.model(tree), "train": lambda: self.train(tree),
+            "block": lambda: self.block(tree, path, dim), "optimizer": lambda: self.optimizer(tree, path),
+            "level": lambda: self.level(tree, parent, path),
+        }.get(tree.kind)
+        if handler is not None:
+            return handler()
+        return self.sublayer(tree, path, dim)
+
+    def model(self, tree: Tree) -> S.ModelSpec | None:
+        values = self.fields(tree, S.ModelSpec, "model", skip=("block",))
+        self.children(tree, {"block": (1, 1)}, "a `model`")
+        blocks = [c for c in tree.children if c.kind == "block"]
+        dim = values.get("dim") if values else None
+        if values is not None and dim is None:
+            self.bag.error("E0401", "the model needs a `dim`", tree.header, "add `dim = 128` (the model width)")
+        block = self.block(blocks[0], "model.block", dim) if blocks else None
+        if values is None or block is None or dim is None:
+            return None
+        return S.ModelSpec(name=tree.name, block=block, **values)
+
+    def block(self, tree: Tree, path: str, dim: int | None) -> S.BlockSpec | None:
+        values = self.fields(tree, S.BlockSpec, path, skip=("sublayers",))
+        sublayer_kinds = {k: (0, None) for k in S.SUBLAYER_SPECS}
+        ok = self.children(tree, sublayer_kinds, "a `block`")
+        if not tree.children:
+            self.bag.error("E0401", "a block needs at least one layer", tree.header,
+                           "add e.g. `attention { }` and `mlp { }`")
+            return None
+        sublayers = self.sublayers(tree.children, path, dim)
+        if values is None or sublayers is None or not ok:
+            return None
+        return S.BlockSpec(name=tree.name, sublayers=tuple(sublayers), **values)
+
+    def sublayers(self, trees: list[Tree], path: str, dim: int | None) -> list[Any] | None:
+        out: list[Any] = []
+        names: dict[str, Tree] = {}
+        ok = True
+        for child in trees:
+            if child.kind not in S.SUBLAYER_SPECS:
+                continue
+            name = child.name or child.kind
+            if name in names:
+                if child.name is None:
+                    index = 2
+                    while f"{name}_{index}" in names:
+                        index += 1
+                    name = f"{name}_{index}"
+                else:
+                    self.bag.error("E0202", f"two layers here are called `{name}`", child.header,
+                                   "give each layer its own name")
+                    ok = False
+            names[name] = child
+            result = self.sublayer(child, f"{path}.{name}", dim, name)
+            if result is None:
+                ok = False
+            else:
+                out.append(result)
+        return out if ok else None
+
+    def sublayer(self, tree: Tree, path: str, dim: int | None, name: str | None = None) -> Any:
+        name = name or tree.name or tree.kind
+        kind = tree.kind
+        if kind == "attention":
+            values = self.fields(tree, S.AttentionSpec, path)
+            self.children(tree, {}, "`attention`")
+            self.check_heads(values, dim, tree, path, need_even=(values or {}).get("rope", True))
+            if values is None:
+                return None
+            return self.built(path, S.AttentionSpec(name=name, **values))
+        if kind == "mlp":
+            values = self.fields(tree, S.MLPSpec, path)
+            self.children(tree, {}, "`mlp`")
+            return S.MLPSpec(name=name, **values) if values is not None else None
+        if kind == "memory":
+            values = self.fields(tree, S.MemorySpec, path, skip=("level",))
+            ok = self.children(tree, {"level": (1, 1)}, "a `memory`")
+            levels = [c for c in tree.children if c.kind == "level"]
+            level = self.level(levels[0], "memory", f"{path}.{levels[0].name or 'level'}") if levels else None
+            self.check_heads(values, dim, tree, path)
+            if values is None or level is None or not ok:
+                return None
+            return self.built(path, S.MemorySpec(name=name, level=level, **values))
+        if kind == "selfmod":
+            values = self.fields(tree, S.SelfModSpec, path, skip=("memory", "projections"))
+            ok = self.children(tree, {"level": (1, 2)}, "a `selfmod`")
+            levels = {c.name: c for c in tree.children if c.kind == "level"}
+            for child in tree.children:
+                if child.kind == "level" and child.name not in ("memory", "projections"):
+                    self.bag.error("E0204", f"a `selfmod` has levels `memory` and `projections`, "
+                                   f"not `{child.name or '(unnamed)'}`", child.header,
+                                   did_you_mean(child.name or "", ["memory", "projections"])
+                                   or "name them `level memory { … }` and `level projections { … }`")
+                    ok = False
+            if "memory" not in levels:
+                self.bag.error("E0401", "a `selfmod` needs `level memory { … }` (the main memory)", tree.header)
+                return None
+            memory = self.level(levels["memory"], "selfmod", f"{path}.memory", "memory")
+            projections_tree = levels.get("projections")
+            if projections_tree is None:  # by default the projections share the main memory's settings
+                projections_tree = Tree("level", "projections", levels["memory"].span, levels["memory"].header,
+                                        dict(levels["memory"].attrs))
+                projections_tree.attrs.pop("readout", None)
+            projections = self.level(projections_tree, "selfmod", f"{path}.projections", "projections")
+            self.check_heads(values, dim, tree, path)
+            if values is None or memory is None or projections is None or not ok:
+                return None
+            return self.built(path, S.SelfModSpec(name=name, memory=memory, projections=projections, **values))
+        if kind == "cms":
+            values = self.fields(tree, S.CMSSpec, path, skip=("levels",))
+            ok = self.children(tree, {"level": (1, None)}, "a `cms`")
+            levels = []
+            seen: set[str] = set()
+            for index, child in enumerate(c for c in tree.children if c.kind == "level"):
+                level_name = child.name or f"level{index + 1}"
+                if level_name in seen:
+                    self.bag.error("E0202", f"two cms levels are called `{level_name}`", child.header)
+                    ok = False
+                seen.add(level_name)
+                level = self.level(child, "cms", f"{path}.{level_name}", level_name)
+                ok = ok and level is not None
+                levels.append(level)
+            if values is None or not ok:
+                return None
+            return self.built(path, S.CMSSpec(name=name, levels=tuple(levels), **values))
+        if kind == "parallel":
+            values = self.fields(tree, S.ParallelSpec, path, skip=("branches",))
+            branch_kinds = {k: (0, None) for k in S.SUBLAYER_SPECS}
+            ok = self.children(tree, branch_kinds, "a `parallel`")
+            if len(tree.children) < 2:
+                self.bag.error("E0401", "a `parallel` needs at least two branches", tree.header)
+                return None
+            branches = self.sublayers(tree.children, path, dim)
+            if values is None or branches is None or not ok:
+                return None
+            return self.built(path, S.ParallelSpec(name=name, branches=tuple(branches), **values))
+        if kind == "context":
+            values = self.fields(tree, S.ContextSpec, path, skip=("memory", "attention"))
+            ok = self.children(tree, {"memory": (1, 1), "attention": (1, 1)}, "a `context`")
+            memory_tree = next((c for c in tree.children if c.kind == "memory"), None)
+            attention_tree = next((c for c in tree.children if c.kind == "attention"), None)
+            memory = self.sublayer(memory_tree, f"{path}.memory", dim, "memory") if memory_tree else None
+            attention = self.sublayer(attention_tree, f"{path}.attention", dim, "attention") \
+                if attention_tree else None
+            if values is None or memory is None or attention is None or not ok:
+                return None
+            return self.built(path, S.ContextSpec(name=name, memory=memory, attention=attention, **values))
+        if kind == "level":
+            self.bag.error("E0204", "a `level` belongs inside `memory`, `selfmod`, `cms` or `optimizer`",
+                           tree.header)
+            return None
+        self.bag.error("E0204", f"a `{kind}` section cannot appear here", tree.header)
+        return None
+
+    def level(self, tree: Tree, parent: str | None, path: str, name: str | None = None) -> Any:
+        name = name or tree.name or "level"
+        if parent == "optimizer":
+            values = self.fields(tree, S.OptimizerLevelSpec, path, context="an optimizer level")
+            self.children(tree, {}, "a `level`")
+            if values is None:
+                return None
+            if isinstance(values.get("flow"), str) is False and "flow" in values:
+                return None
+            return S.OptimizerLevelSpec(name=name, **values)
+        defaults = dict(LEVEL_DEFAULTS.get((parent or "", name), LEVEL_DEFAULTS.get((parent or "", None), {})))
+        values = self.fields(tree, S.LevelSpec, path, defaults=defaults,
+                             context="a level")
+        self.children(tree, {}, "a `level`")
+        if values is None:
+            return None
+        try:
+            return S.LevelSpec(name=name, **values)
+        except pydantic.ValidationError as error:
+            self.bag.error("E0302", error.errors()[0]["msg"].lower(), tree.header)
+            return None
+
+    def optimizer(self, tree: Tree, path: str) -> S.OptimizerSpec | None:
+        values = self.fields(tree, S.OptimizerSpec, path, skip=("levels",))
+        ok = self.children(tree, {"level": (1, None)}, "an `optimizer`")
+        levels = []
+        seen: set[str] = set()
+        for index, child in enumerate(c for c in tree.children if c.kind == "level"):
+            level_name = child.name or f"level{index + 1}"
+            if level_name in seen:
+                self.bag.error("E0202", f"two optimizer levels are called `{level_name}`", child.header)
+                ok = False
+            seen.add(level_name)
+            level = self.level(child, "optimizer", f"{path}.{level_name}", level_name)
+            ok = ok and level is not None
+            levels.append(level)
+        if values is None or not ok:
+            return None
+        if "update" not in values:
+            if len(levels) == 1:
+                values["update"] = ("level", levels[0].name, tree.header)
+            else:
+                self.bag.error("E0401", "an optimizer with several levels needs an `update`", tree.header,
+                               "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
+                return None
+        update = values["update"]
+        values["update"] = _strip_spans(update)
+        out = S.OptimizerSpec(name=tree.name, levels=tuple(levels), **values)
+        from .semantics import check_optimizer_flows
+        self.bag.extend(check_optimizer_flows(out, update, tree.header, self.checker.spans, path))
+        return out
+
+    def train(self, tree: Tree) -> S.TrainSpec | None:
+        optimizer_attr = tree.attrs.pop("optimizer", None)
+        values = self.fields(tree, S.TrainSpec, "train")
+        self.children(tree, {}, "`train`")
+        if optimizer_attr is not None:
+            tree.attrs["optimizer"] = optimizer_attr
+            optimizer = self.train_optimizer(optimizer_attr)
+            if optimizer is None or values is None:
+                return None
+            values["optimizer"] = optimizer
+            self.checker.provenance["train.optimizer"] = optimizer_attr.origin
+        return S.TrainSpec(**values) if values is not None else None
+
+    def train_optimizer(self, attr: Attr) -> Any:
+        expr = attr.value
+        if isinstance(expr, ast.Ref):
+            found = None
+            head = expr.parts[0]
+            if head in attr.ns.aliases and len(expr.parts) == 2:
+                found = attr.ns.aliases[head].lookup_section(expr.parts[1])
+            elif len(expr.parts) == 1:
+                found = attr.ns.lookup_section(head)
+            if found is not None and found[0].kind == "optimizer":
+                attr.ns.used.add(head)
+                tree = self.checker.expand(found[0], found[1])
+                return self.optimizer(tree, f"train.optimizer.{tree.name}")
+            if expr.dotted in ("adamw", "sgd", "muon", "m3"):
+                return S.BuiltinOptimizer(kind=expr.dotted)
+            self.bag.error("E0201", f"unknown optimizer `{expr.dotted}`", expr.span,
+                           did_you_mean(expr.dotted, ["adamw", "sgd", "muon", "m3", *attr.ns.sections])
+                           or "use `adamw(lr = …)`, `muon(…)`, `sgd(…)`, `m3(…)` or an `optimizer` section")
+            return None
+        try:
+            raw = self.checker.evaluate(expr, attr.ns)
+        except EvalError as error:
+            self.bag.items.append(error.diagnostic)
+            return None
+        value = self.validate(S.TrainSpec, "optimizer", raw, attr)
+        return None if value is _INVALID else value
+
+    def built(self, path: str, layer: Any) -> Any:
+        """Remember a layer that converted cleanly, for the semantic checks that follow."""
+        self.layers.append((path, layer))
+        return layer
+
+    def check_heads(self, values: dict[str, Any] | None, dim: int | None, tree: Tree, path: str,
+                    need_even: bool = False) -> None:
+        heads = (values or {}).get("heads", 4)
+        if dim is None or (values is None and "heads" in tree.attrs):
+            return
+        span = tree.attrs["heads"].span if "heads" in tree.attrs else tree.header
+        if dim % heads:
+            self.bag.error("E0503", f"{heads} heads do not divide the model width {dim}", span,
+                           f"choose heads among: {', '.join(str(h) for h in _divisors(dim)[:8])}")
+        elif need_even and (dim // heads) % 2:
+            self.bag.error("E0503", f"rotary embeddings need an even head width, got {dim // heads}", span,
+                           "change `heads`, or set `rope = false`")
+
+
+# Helpers -------------------------------------------------------------------------------------
+
+class _Invalid:
+    pass
+
+
+_INVALID = _Invalid()
+
+
+def _arithmetic(expr: ast.Binary, left: int | float, right: int | float) -> int | float:
+    op = expr.op
+    try:
+        if op == "+":
+            result = left + right
+        elif op == "-":
+            result = left - right
+        elif op == "*":
+            result = left * right
+        elif op == "/":
+            if right == 0:
+                raise ZeroDivisionError
+            if isinstance(left, int) and isinstance(right, int) and left % right == 0:
+                result = left // right  # `dim / heads` stays an integer when it divides
+            else:
+                result = left / right
+        elif op == "//":
+            result = left // right
+        elif op == "%":
+            result = left % right
+        else:
+            if isinstance(left, int) and isinstance(right, int) and right >= 0 and \
+                    abs(left) > 1 and right * math.log2(abs(left)) > 64:
+                raise OverflowError
+            result = left ** right
+            if isinstance(result, complex):
+                raise EvalError("E0304", "this power has no real value", expr.span)
+    except ZeroDivisionError:
+        raise EvalError("E0304", "division by zero", expr.right.span) from None
+    except OverflowError:
+        raise EvalError("E0304", "this number is too large", expr.span) from None
+    if isinstance(result, int) and abs(result) > 2**63:
+        raise EvalError("E0304", "this number is too large", expr.span)
+    if isinstance(result, float) and not math.isfinite(result):
+        raise EvalError("E0304", "this number is not finite", expr.span)
+    return result
+
+
+def _kinds_of(annotation: Any) -> set[str]:
+    """The call names a field accepts (its kinded union members)."""
+    kinds: set[str] = set()
+    for arg in _flatten(annotation):
+        if isinstance(arg, type) and issubclass(arg, S.Kinded):
+            kind_field = arg.model_fields["kind"]
+            literal_args = typing.get_args(kind_field.annotation)
+            kinds.update(a for a in literal_args if isinstance(a, str))
+    return kinds
+
+
+def _literal_choices(annotation: Any) -> list[str]:
+    choices: list[str] = []
+    for arg in _flatten(annotation):
+        if typing.get_origin(arg) is typing.Literal:
+            choices.extend(str(a) for a in typing.get_args(arg))
+    return choices
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flatten(typing.get_args(annotation)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None), tuple):
+        out = []
+        for arg in typing.get_args(annotation):
+            if arg is not Ellipsis:
+                out.extend(_flatten(arg))
+        return out
+    return [annotation]
+
+
+def _describe(model: type[pydantic.BaseModel], key: str) -> str:
+    annotation = model.model_fields[key].annotation
+    parts = []
+    for arg in _flatten(annotation):
+        if arg is bool:
+            parts.append("true or false")
+        elif arg is int:
+            parts.append("an integer")
+        elif arg is float:
+            parts.append("a number")
+        elif arg is str:
+            parts.append("a name")
+        elif typing.get_origin(arg) is typing.Literal:
+            parts.append("one of " + ", ".join(str(a) for a in typing.get_args(arg)))
+        elif isinstance(arg, type) and issubclass(arg, S.Kinded):
+            parts.append(f"`{arg.model_fields['kind'].default or 'kind'}(…)`")
+        elif arg is type(None):
+            continue
+    return " or ".join(dict.fromkeys(parts)) or "a value"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Symbol):
+        return f"`{value.name}`"
+    if isinstance(value, CallValue):
+        return f"`{value.name}(…)`"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "a list"
+    return f"`{value}`"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _inside(inner: Span, outer: Span) -> bool:
+    return inner.path == outer.path and outer.start <= inner.start and inner.end <= outer.end
+
+
+def _strip_spans(tree: Any) -> Any:
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        return ("level", tree[1])
+    if isinstance(tree, tuple):
+        return tuple(_strip_spans(t) if isinstance(t, tuple) else t for t in tree)
+    return tree
+
+
+def _shift(expr: Any, source: SourceFile, delta: int) -> Any:
+    """Re-anchor the spans of an override value parsed behind a prefix onto the override text."""
+    import dataclasses
+
+    if isinstance(expr, ast.Node):
+        changes = {}
+        for f in dataclasses.fields(expr):
+            value = getattr(expr, f.name)
+            if isinstance(value, Span):
+                changes[f.name] = source.span(max(0, value.start - delta), max(0, value.end - delta))
+            elif isinstance(value, (ast.Node, tuple)):
+                changes[f.name] = _shift(value, source, delta)
+        return dataclasses.replace(expr, **changes)
+    if isinstance(expr, tuple):
+        return tuple(_shift(e, source, delta) for e in expr)
+    return expr
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,219 @@
+"""The `nldsl` command line: check, fmt, graph, explain, compile, train, eval, generate, stream, bench.
+
+Front-end commands (check, fmt, graph, explain) never import torch, so they start fast. Every
+user mistake ends in a diagnostic or a one-line error and exit status 1 (2 for usage errors),
+never a Python traceback; `NLDSL_DEBUG=1` shows tracebacks of internal errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .diagnostics import Diagnostic, render_json, render_text, summary
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad path, bad option); printed as one line, exit status 1."""
+
+
+def _color(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _print_diagnostics(diagnostics: Sequence[Diagnostic], sources: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(render_json(diagnostics))
+    elif diagnostics:
+        print(render_text(diagnostics, sources, color=_color(sys.stderr)), file=sys.stderr)
+        print(file=sys.stderr)
+
+
+def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", quiet_ok: bool = True):
+    """Check a spec for a command that needs a valid one; print diagnostics and stop if invalid."""
+    from .checker import check_file
+
+    result = check_file(path, overrides)
+    if not result.ok or (result.diagnostics and not quiet_ok):
+        _print_diagnostics(result.diagnostics, result.sources, fmt)
+    if not result.ok:
+        if fmt == "text":
+            print(f"{path}: {summary(result.diagnostics)}", file=sys.stderr)
+        raise SystemExit(1)
+    return result
+
+
+# Commands --------------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checker import check_file
+
+    status = 0
+    everything: list[Diagnostic] = []
+    for path in args.files:
+        result = check_file(path, args.set)
+        everything.extend(result.diagnostics)
+        if args.format == "text":
+            _print_diagnostics(result.diagnostics, result.sources, "text")
+            line = f"{path}: {'ok' if result.ok else 'failed'}"
+            if result.diagnostics:
+                line += f" ({summary(result.diagnostics)})"
+            print(line, file=sys.stderr if not result.ok else sys.stdout)
+        if not result.ok:
+            status = 1
+    if args.format == "json":
+        print(render_json(everything))
+    return status
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    from .fmt import format_file
+
+    status = 0
+    for path in args.files:
+        outcome = format_file(path, check=args.check)
+        if outcome.diagnostics:
+            _print_diagnostics(outcome.diagnostics, outcome.sources, "text")
+            status = 1
+        elif outcome.changed:
+            print(f"{'would reformat' if args.check else 'reformatted'} {path}")
+            if args.check:
+                status = 1
+    return status
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import build_graph
+
+    result = load_checked(args.file, args.set)
+    graph = build_graph(result.spec)
+    if args.format == "json" or (args.output and args.output.endswith(".json")):
+        text = graph.to_json()
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+        return 0
+    from .draw import render, to_dot
+
+    dot = to_dot(graph)
+    if not args.output:
+        sys.stdout.write(dot)
+        return 0
+    message = render(dot, Path(args.output))
+    if message:
+        print(message, file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .error_codes import CODES, explain
+
+    code = args.code.upper()
+    if code not in CODES:
+        from .diagnostics import did_you_mean
+
+        hint = did_you_mean(code, CODES) or f"known codes: {', '.join(sorted(CODES))}"
+        raise UserError(f"unknown error code `{args.code}` ({hint})")
+    print(explain(code))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    result = load_checked(args.file, args.set)
+    from .compiler import compile_spec
+
+    source = compile_spec(result.spec, result.sources[result.spec.path].text)
+    if args.output:
+        Path(args.output).write_text(source, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(source)
+    return 0
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    """train / eval / generate / stream / bench live in the runtime (they import torch)."""
+    from .runtime import commands
+
+    return commands.run(args)
+
+
+# Parser ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nldsl", description="Write, check, draw, compile and run Nested Learning models.")
+    parser.add_argument("--version", action="version", version=f"nldsl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a constant or an attribute path, e.g. dim=256 or train.steps=50")
+
+    p = sub.add_parser("check", help="check specs and report every problem")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    overrides(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("fmt", help="rewrite specs in the canonical layout (comments kept)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true", help="only report files that would change (exit 1)")
+    p.set_defaults(func=cmd_fmt)
+
+    p = sub.add_parser("graph", help="draw the level hierarchy (svg, png, pdf, dot) or export JSON")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="OUT", help="out.svg|png|pdf|dot|json (default: DOT on stdout)")
+    p.add_argument("--format", choices=("dot", "json"), default="dot")
+    overrides(p)
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("explain", help="explain an error code in detail, with an example")
+    p.add_argument("code", metavar="CODE")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("compile", help="compile a spec to a readable PyTorch module")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", metavar="OUT.py")
+    overrides(p)
+    p.set_defaults(func=cmd_compile)
+
+    from .runtime.arguments import add_runtime_commands
+
+    add_runtime_commands(sub, overrides, cmd_runtime)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except SystemExit:
+        raise
+    except Exception as error:  # an internal error: say so plainly, keep the traceback behind a flag
+        if os.environ.get("NLDSL_DEBUG"):
+            raise
+        print(f"internal error: {type(error).__name__}: {error}\n"
+              "this is a bug in nldsl; rerun with NLDSL_DEBUG=1 for the traceback", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,144 @@
+"""Diagnostics: what nldsl says about a spec, rendered rustc-style or as JSON.
+
+    error[E0203]: unknown attribute `perod` in `level`
+      --> specs/hope.nl:12:5
+       |
+    12 |     perod = 16
+       |     ^^^^^
+       = help: did you mean `period`?
+
+Every problem a user can cause is a `Diagnostic` with a stable code (see `error_codes.py` and
+`nldsl explain CODE`); library entry points raise `SpecError` carrying all of them at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .source import SourceFile, Span
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str  # stable identifier, e.g. "E0203"
+    message: str  # lowercase, no trailing period
+    span: Span | None = None
+    help: str | None = None
+    severity: Severity = "error"
+    notes: tuple[str, ...] = ()
+
+    def sort_key(self) -> tuple:
+        if self.span is None:
+            return ("", 0, 0, self.code)
+        return (self.span.path, self.span.line, self.span.column, self.code)
+
+    def to_dict(self) -> dict:
+        out: dict = {"code": self.code, "severity": self.severity, "message": self.message}
+        if self.span is not None:
+            out["file"] = self.span.path
+            out.update(self.span.to_dict())
+        if self.help:
+            out["help"] = self.help
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+class SpecError(Exception):
+    """Raised by library entry points when a spec (or an override) has errors."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile] | None = None):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        self.sources = sources or {}
+        super().__init__(render_text(self.diagnostics, self.sources))
+
+
+@dataclass
+class DiagnosticBag:
+    """Collects diagnostics during one run so that all of them are reported together."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, code: str, message: str, span: Span | None = None, help: str | None = None,
+              notes: tuple[str, ...] = ()) -> None:
+        self.items.append(Diagnostic(code, message, span, help, "error", notes))
+
+    def warning(self, code: str, message: str, span: Span | None = None, help: str | None = None) -> None:
+        self.items.append(Diagnostic(code, message, span, help, "warning"))
+
+    def extend(self, diagnostics: Iterable[Diagnostic]) -> None:
+        self.items.extend(diagnostics)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.items)
+
+    def sorted(self) -> list[Diagnostic]:
+        unique = dict.fromkeys(self.items)  # the same problem found twice is reported once
+        return sorted(unique, key=Diagnostic.sort_key)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
+    """A `help:` line suggesting the closest known name, if any is close enough."""
+    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{matches[0]}`?" if matches else None
+
+
+def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile],
+                color: bool = False) -> str:
+    """Render diagnostics in the rustc layout: header, location, source line, caret, help."""
+
+    def paint(text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if color else text
+
+    blocks = []
+    for d in diagnostics:
+        kind = paint(f"{d.severity}[{d.code}]", "1;31" if d.severity == "error" else "1;33")
+        lines = [f"{kind}: {d.message}"]
+        source = sources.get(d.span.path) if d.span else None
+        if d.span is not None:
+            width = len(str(d.span.line))
+            pad = " " * width
+            lines.append(f"{pad}--> {d.span}")
+            text = source.line_text(d.span.line) if source else ""
+            if source is not None:
+                display = text.expandtabs(4)
+                prefix = text[: d.span.column - 1].expandtabs(4)
+                if d.span.end_line == d.span.line:
+                    length = max(1, len(text[d.span.column - 1: d.span.end_column - 1].expandtabs(4)))
+                else:
+                    length = max(1, len(display) - len(prefix))
+                lines.append(f"{pad} |")
+                lines.append(f"{d.span.line} | {display}")
+                lines.append(f"{pad} | {' ' * len(prefix)}{paint('^' * length, '1;31')}")
+            for note in d.notes:
+                lines.append(f"{pad} = note: {note}")
+            if d.help:
+                lines.append(f"{pad} = help: {d.help}")
+        else:
+            lines.extend(f"  = note: {note}" for note in d.notes)
+            if d.help:
+                lines.append(f"  = help: {d.help}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render_json(diagnostics: Sequence[Diagnostic]) -> str:
+    return json.dumps([d.to_dict() for d in diagnostics], indent=2)
+
+
+def summary(diagnostics: Sequence[Diagnostic]) -> str:
+    errors = sum(d.severity == "error" for d in diagnostics)
+    warnings = len(diagnostics) - errors
+    parts = []
+    if errors:
+        parts.append(f"{errors} error{'s' if errors != 1 else ''}")
+    if warnings:
+        parts.append(f"{warnings} warning{'s' if warnings != 1 else ''}")
+    return ", ".join(parts)

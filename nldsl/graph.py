@@ -1,0 +1,270 @@
+"""The level graph: a model as nested optimization problems, as a networkx graph.
+
+Nodes are modules (embedding, layers, head), in-context levels, the outer level (the training
+optimizer) and the optimizer's own levels. Each node carries its update period, state shape,
+parameter count and, for levels, objective, rule and gates. Edges are typed:
+
+- `data`: the forward dataflow between modules (a DAG);
+- `flow`: a context flow into a level's update, labelled with what it carries ((k, v), surprise, …);
+- `read`: a level's output read back by the layer that owns it;
+- `meta`: a slower level learns a faster level's initial state (nesting).
+
+A block that repeats is drawn once with its repeat count. `to_json` is deterministic (golden
+tests compare it byte for byte).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import networkx as nx
+
+from . import shapes
+from . import spec as S
+
+OUTER = "outer"
+
+
+class LevelGraph:
+    """A `networkx.MultiDiGraph` with helpers; `graph.nx` is the raw graph."""
+
+    def __init__(self, spec: S.Spec):
+        self.spec = spec
+        self.nx = nx.MultiDiGraph(name=spec.path)
+        self._build()
+
+    # construction ----------------------------------------------------------------------------
+
+    def add_node(self, node_id: str, **attrs: Any) -> None:
+        self.nx.add_node(node_id, **attrs)
+
+    def add_edge(self, source: str, target: str, kind: str, label: str = "") -> None:
+        self.nx.add_edge(source, target, key=f"{kind}:{label}", kind=kind, label=label)
+
+    def _build(self) -> None:
+        spec = self.spec
+        train = spec.train
+        tokens_per_step = train.batch * train.seq_len
+        optimizer_name = _optimizer_name(train.optimizer)
+        self.add_node(OUTER, kind="outer", label=f"outer level ({optimizer_name})", period="1 step",
+                      period_tokens=tokens_per_step, frequency=0, params=0)
+        if spec.model is not None:
+            self._model(spec.model)
+        if isinstance(train.optimizer, S.OptimizerSpec):
+            self._optimizer(train.optimizer)
+
+    def _model(self, model: S.ModelSpec) -> None:
+        dim = model.dim
+        self.add_node("embedding", kind="module", module="embedding", label="embedding",
+                      shape=f"{model.vocab}×{dim}", params=model.vocab * dim, period="outer", repeat=1)
+        previous = "embedding"
+        for layer in model.block.sublayers:
+            node = self._layer(layer, f"block.{layer.name}", dim, model.layers)
+            self.add_edge(previous, node, "data", f"x ({dim})")
+            previous = node
+        head_params = dim + (0 if model.tie_embeddings else model.vocab * dim)
+        self.add_node("head", kind="module", module="head", label="norm + head" +
+                      (" (tied)" if model.tie_embeddings else ""), shape=f"{dim}→{model.vocab}",
+                      params=head_params, period="outer", repeat=1)
+        self.add_edge(previous, "head", "data", f"x ({dim})")
+        for node_id, attrs in list(self.nx.nodes(data=True)):
+            if attrs.get("kind") == "level" and attrs.get("objective") == "surprise":
+                self.add_edge("head", node_id, "flow", "next-token surprise δ")
+
+    def _layer(self, layer: Any, node_id: str, dim: int, repeat: int) -> str:
+        params = shapes.count(shapes.layer_parameters(layer, dim))
+        self.add_node(node_id, kind="module", module=layer.kind, label=f"{layer.kind} {layer.name}"
+                      if layer.name != layer.kind else layer.kind, params=params * repeat,
+                      params_per_block=params, repeat=repeat, period="outer",
+                      **_layer_details(layer, dim))
+        if isinstance(layer, S.MemorySpec):
+            head_dim = dim // layer.heads
+            self._level(f"{node_id}.{layer.level.name}", layer.level, head_dim, layer.heads, repeat)
+            self.add_edge(node_id, f"{node_id}.{layer.level.name}", "flow", "(k, v)")
+            self.add_edge(f"{node_id}.{layer.level.name}", node_id, "read", "M(q)")
+        elif isinstance(layer, S.SelfModSpec):
+            head_dim = dim // layer.heads
+            memory = f"{node_id}.memory"
+            self._level(memory, layer.memory, head_dim, layer.heads, repeat)
+            values = "(k, v̂ = M(v))" if layer.memory.values == "generated" else "(k, v)"
+            self.add_edge(node_id, memory, "flow", values)
+            self.add_edge(memory, node_id, "read", "M(q)")
+            for name in layer.adaptive:
+                projection = f"{node_id}.M_{name}"
+                self._level(projection, layer.projections, head_dim, layer.heads, repeat, role=f"M_{name}")
+                self.add_edge(node_id, projection, "flow", f"(k, v̂_{name})")
+                self.add_edge(projection, node_id, "read", {"k": "k", "v": "v", "q": "q",
+                                                            "eta": "η", "alpha": "α"}[name])
+        elif isinstance(layer, S.CMSSpec):
+            previous = None
+            for level in layer.levels:
+                level_id = f"{node_id}.{level.name}"
+                self._level(level_id, level, dim, 1, repeat)
+                if level.update == "in_context" and level.objective == "reconstruction":
+                    self.add_edge(node_id, level_id, "flow", "x")
+                self.add_edge(level_id, node_id, "read", "MLP(x)")
+                if layer.variant == "nested" and previous is not None:
+                    self.add_edge(level_id, previous, "meta", "initial state")
+                previous = level_id
+        elif isinstance(layer, S.ParallelSpec):
+            for branch in layer.branches:
+                child = self._layer(branch, f"{node_id}.{branch.name}", dim, repeat)
+                self.add_edge(node_id, child, "data", "x")
+                self.add_edge(child, node_id, "data", layer.combine)
+        elif isinstance(layer, S.ContextSpec):
+            memory = self._layer(layer.memory, f"{node_id}.memory", dim, repeat)
+            attention = self._layer(layer.attention, f"{node_id}.attention", dim, repeat)
+            self.add_edge(node_id, memory, "data", "segment queries")
+            self.add_edge(memory, attention, "data", "retrieved tokens")
+            self.add_edge(attention, memory, "flow", "attention output y")
+            self.add_edge(attention, node_id, "data", "y ⊗ M(y)")
+        return node_id
+
+    def _level(self, node_id: str, level: S.LevelSpec, d_in: int, heads: int, repeat: int,
+               role: str | None = None) -> None:
+        layers = shapes.state_layers(level.state, d_in, d_in)
+        state_params = sum(o * i for o, i in layers) * heads
+        period_tokens = level.period if isinstance(level.period, int) else None
+        if level.update == "outer":
+            tokens_per_step = self.spec.train.batch * self.spec.train.seq_len
+            steps = level.period.count if isinstance(level.period, S.Steps) else \
+                max(1, math.ceil(level.period / tokens_per_step))
+            period = f"{steps} step{'s' if steps != 1 else ''}"
+            period_tokens = steps * tokens_per_step
+        else:
+            period = f"{level.period} token{'s' if level.period != 1 else ''}"
+        rule = level.rule + ("+momentum" if level.momentum is not None else "") + \
+            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        self.add_node(
+            node_id, kind="level", label=role or node_id.rsplit(".", 1)[-1], period=period,
+            period_tokens=period_tokens, frequency=1.0 / period_tokens if period_tokens else 0.0,
+            state=_state_text(level.state, d_in, heads), params=state_params * repeat,
+            objective=level.objective, values=level.values, rule=rule, readout=level.readout,
+            update=level.update, gates=_gates_text(level), init=level.init,
+            grad_through_writes=level.grad_through_writes, repeat=repeat,
+        )
+        if level.init == "learned":
+            self.add_edge(OUTER, node_id, "meta", "meta-learns θ₀" if level.update == "in_context"
+                          else "gradients")
+
+    def _optimizer(self, opt: S.OptimizerSpec) -> None:
+        for level in opt.levels:
+            node_id = f"optimizer.{level.name}"
+            self.add_node(node_id, kind="optimizer_level", label=level.name,
+                          period=f"{level.period} step{'s' if level.period != 1 else ''}",
+                          period_tokens=level.period * self.spec.train.batch * self.spec.train.seq_len,
+                          frequency=0.0, state=level.state, objective=level.objective,
+                          rule="gd" + (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else ""),
+                          gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
+        for level in opt.levels:
+            node_id = f"optimizer.{level.name}"
+            if level.flow in ("gradients", "squared_gradients"):
+                self.add_edge(OUTER, node_id, "flow", level.flow.replace("_", " "))
+            else:
+                self.add_edge(f"optimizer.{level.flow}", node_id, "flow", "output")
+        for name in sorted(_update_reads(opt.update)):
+            self.add_edge(f"optimizer.{name}", OUTER, "read", "update")
+
+    # queries ---------------------------------------------------------------------------------
+
+    def levels(self) -> list[str]:
+        return [n for n, a in self.nx.nodes(data=True) if a["kind"] in ("level", "optimizer_level")]
+
+    def frequency_groups(self) -> list[tuple[str, list[str]]]:
+        """Nodes grouped by update period, slowest group first (the outer level's group first)."""
+        groups: dict[str, list[str]] = {}
+        order: dict[str, float] = {}
+        for node, attrs in self.nx.nodes(data=True):
+            if attrs["kind"] in ("module", "outer", "optimizer_level") or attrs.get("update") == "outer":
+                key = "outer" if attrs["kind"] != "level" else attrs["period"]
+                rank = -1.0 if key == "outer" else 1.0 / (attrs.get("period_tokens") or 1)
+            else:
+                key = attrs["period"]
+                rank = 1.0 / attrs["period_tokens"]
+            groups.setdefault(key, []).append(node)
+            order[key] = rank
+        return [(key, sorted(groups[key])) for key in sorted(groups, key=lambda k: (order[k], k))]
+
+    def to_dict(self) -> dict:
+        nodes = [{"id": n, **_plain(a)} for n, a in sorted(self.nx.nodes(data=True))]
+        edges = sorted(({"source": u, "target": v, "kind": a["kind"], "label": a["label"]}
+                        for u, v, a in self.nx.edges(data=True)),
+                       key=lambda e: (e["source"], e["target"], e["kind"], e["label"]))
+        return {"spec": self.spec.path, "sha256": self.spec.sha256, "nodes": nodes, "edges": edges,
+                "frequency_groups": [{"period": k, "nodes": v} for k, v in self.frequency_groups()],
+                "total_params": self.total_params()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+    def total_params(self) -> int:
+        model = self.spec.model
+        return shapes.count(shapes.model_parameters(model)) if model is not None else 0
+
+
+def build_graph(spec: S.Spec) -> LevelGraph:
+    return LevelGraph(spec)
+
+
+def _plain(attrs: dict) -> dict:
+    return {k: attrs[k] for k in sorted(attrs)}
+
+
+def _optimizer_name(optimizer: Any) -> str:
+    if isinstance(optimizer, S.OptimizerSpec):
+        return optimizer.name or "optimizer"
+    return optimizer.kind
+
+
+def _state_text(state: Any, d_in: int, heads: int) -> str:
+    layers = shapes.state_layers(state, d_in, d_in)
+    dims = " → ".join([str(layers[0][1])] + [str(out) for out, _ in layers])
+    prefix = f"{heads}×" if heads > 1 else ""
+    return f"{prefix}{state.kind}[{dims}]"
+
+
+def _gates_text(level: S.LevelSpec) -> str:
+    parts = []
+    for symbol, name in (("η", "lr"), ("α", "retention"), ("β", "momentum")):
+        gate = getattr(level, name)
+        if gate is None:
+            continue
+        if isinstance(gate, S.ConstantGate):
+            parts.append(f"{symbol}={gate.value:g}")
+        elif isinstance(gate, S.PerHeadGate):
+            parts.append(f"{symbol}: per head")
+        elif isinstance(gate, S.LearnedGate):
+            parts.append(f"{symbol}: per token")
+        else:
+            parts.append(f"{symbol}: generated")
+    return ", ".join(parts)
+
+
+def _layer_details(layer: Any, dim: int) -> dict[str, Any]:
+    if isinstance(layer, S.AttentionSpec):
+        return {"heads": layer.heads, "window": layer.window, "rope": layer.rope,
+                "persistent": layer.persistent}
+    if isinstance(layer, (S.MemorySpec, S.SelfModSpec)):
+        return {"heads": layer.heads, "conv": layer.conv, "qk_norm": layer.qk_norm}
+    if isinstance(layer, S.MLPSpec):
+        return {"activation": layer.activation, "hidden": shapes.hidden_width(layer.expansion, dim)}
+    if isinstance(layer, S.CMSSpec):
+        return {"variant": layer.variant}
+    if isinstance(layer, S.ParallelSpec):
+        return {"combine": layer.combine}
+    if isinstance(layer, S.ContextSpec):
+        return {"segment": layer.segment}
+    return {}
+
+
+def _update_reads(tree: Any) -> set[str]:
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        return {tree[1]}
+    if isinstance(tree, tuple):
+        out: set[str] = set()
+        for item in tree[1:]:
+            out |= _update_reads(item)
+        return out
+    return set()

@@ -1,0 +1,273 @@
+"""Parsing: `.nl` text → `ast.Module`, or syntax diagnostics that say what was expected in words.
+
+The grammar lives in `grammar/nl.lark` (installed as `nldsl.grammar`). Syntax errors are
+recovered from by skipping the offending token, so several can be reported in one run; a
+cascade of errors on the same line is reported once.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import lark
+from lark import Token, Tree
+
+from . import ast
+from .diagnostics import Diagnostic, DiagnosticBag
+from .source import SourceFile, Span
+
+KEYWORDS = ("import", "as", "const", "from", "true", "false", "model", "block", "level", "memory",
+            "selfmod", "attention", "mlp", "cms", "parallel", "context", "optimizer", "train")
+SECTION_KINDS = ("model", "block", "level", "memory", "selfmod", "attention", "mlp", "cms",
+                 "parallel", "context", "optimizer", "train")
+
+# How a syntax error describes each terminal: never an internal token name.
+TERMINAL_NAMES = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "EQUALS": "`=`",
+    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "COMMA": "`,`", "DOT": "`.`", "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`",
+    "DSLASH": "`//`", "PERCENT": "`%`", "POWER": "`**`", "$END": "the end of the file",
+    **{kw.upper(): f"`{kw}`" for kw in KEYWORDS},
+}
+
+MAX_SYNTAX_ERRORS = 20
+
+
+def grammar_text() -> str:
+    """The grammar, found through the package (works from a checkout and from a wheel)."""
+    return resources.files("nldsl.grammar").joinpath("nl.lark").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> lark.Lark:
+    return lark.Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
+                     maybe_placeholders=True)
+
+
+OPERATORS = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT", "POWER"})
+VALUE_STARTS = frozenset({"NAME", "NUMBER", "STRING", "TRUE", "FALSE", "LPAR", "LSQB", "MINUS"})
+
+
+def describe_expected(expected: set[str] | frozenset[str]) -> str:
+    """Say in words what the parser would have accepted, grouping families of terminals."""
+    expected = set(expected)
+    words: list[str] = []
+    kinds = {k.upper() for k in SECTION_KINDS} & expected
+    if len(kinds) >= 3:
+        expected -= kinds
+        words.append("a section (`model`, `block`, `level`, …)")
+    if VALUE_STARTS - {"TRUE", "FALSE"} <= expected:
+        expected -= VALUE_STARTS
+        words.append("a value")
+    if OPERATORS <= expected:
+        expected -= OPERATORS
+        words.append("an operator")
+    words.extend(sorted(TERMINAL_NAMES.get(name, name.lower()) for name in expected))
+    if not words:
+        return "nothing more"
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    if token.type in ("NAME", "NUMBER", "STRING"):
+        return f"{token.type.lower()} `{token.value}`"
+    return f"`{token.value}`"
+
+
+def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
+    """Parse a whole file. Returns the module (None if there were syntax errors) and diagnostics.
+
+    After a syntax error the offending line (and the line before it, when the error sits at the
+    start of a line: the previous line was probably left unfinished) is blanked out and the file
+    is parsed again, so independent errors further down are reported in the same run. An
+    unexpected end of file after a first error is a cascade and is not reported.
+    """
+    bag = DiagnosticBag()
+    text = source.text
+    for _ in range(MAX_SYNTAX_ERRORS):
+        try:
+            tree = _lark().parse(text)
+        except lark.exceptions.UnexpectedInput as error:
+            diagnostic = _syntax_diagnostic(source, error, text)
+            if bag.items and (diagnostic.code == "E0103" or diagnostic.span is None
+                              or diagnostic.span.line <= bag.items[-1].span.line):  # type: ignore[union-attr]
+                break
+            bag.items.append(diagnostic)
+            if diagnostic.span is None or diagnostic.code == "E0103":
+                break
+            text = _blank_lines(source, text, diagnostic.span)
+            continue
+        if bag.items:
+            break
+        comment_nodes = tuple(ast.Comment(_span(source, tok), str(tok)) for tok in _comments(source))
+        return _Builder(source).module(tree, comment_nodes), []
+    return None, bag.sorted()
+
+
+def _blank_lines(source: SourceFile, text: str, span: Span) -> str:
+    first = span.line
+    if span.column == 1 or not source.line_text(span.line)[: span.column - 1].strip():
+        first = max(1, span.line - 1)
+    start = source.line_starts[first - 1]
+    end = source.line_starts[span.line] if span.line < len(source.line_starts) else len(text)
+    return text[:start] + "".join(c if c == "\n" else " " for c in text[start:end]) + text[end:]
+
+
+def _comments(source: SourceFile) -> list[Token]:
+    """Comments, found by lexing (the parser ignores them; the formatter keeps them)."""
+    return [tok for tok in _lark().lex(source.text, dont_ignore=True) if tok.type == "COMMENT"]
+
+
+def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInput, text: str) -> Diagnostic:
+    if isinstance(error, lark.exceptions.UnexpectedCharacters):
+        pos = error.pos_in_stream or 0
+        char = text[pos] if pos < len(text) else ""
+        span = source.span(pos, pos + 1)
+        if char == '"':
+            return Diagnostic("E0102", "unterminated string", span,
+                              "strings are written on one line between double quotes")
+        shown = repr(char)[1:-1] if char.isprintable() and char.strip() else f"U+{ord(char):04X}"
+        return Diagnostic("E0102", f"unexpected character `{shown}`", span,
+                          f"expected {describe_expected(error.allowed or set())}")
+    if isinstance(error, lark.exceptions.UnexpectedToken):
+        token = error.token
+        expected = {e for e in error.expected if not e.startswith("__")}
+        if token.type == "$END":
+            end = len(source.text)
+            return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
+                              f"expected {describe_expected(expected)}")
+        span = _span(source, token)
+        hint = f"expected {describe_expected(expected)}"
+        if token.type == "EQUALS" and "LBRACE" in expected:
+            hint += "; a section is written `kind name { ... }`"
+        return Diagnostic("E0101", f"unexpected {_token_text(token)}", span, hint)
+    if isinstance(error, lark.exceptions.UnexpectedEOF):
+        end = len(source.text)
+        return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
+                          f"expected {describe_expected(set(error.expected))}")
+    return Diagnostic("E0101", "syntax error", source.span(0, 0))
+
+
+def _span(source: SourceFile, item: Token | Tree) -> Span:
+    if isinstance(item, Token):
+        start, end = item.start_pos or 0, item.end_pos or 0
+    else:
+        start, end = item.meta.start_pos, item.meta.end_pos
+    return source.span(start, end)
+
+
+class _Builder:
+    """Turns lark's parse tree into `ast` nodes with spans."""
+
+    def __init__(self, source: SourceFile):
+        self.source = source
+
+    def span(self, item: Token | Tree) -> Span:
+        return _span(self.source, item)
+
+    def module(self, tree: Tree, comments: tuple[ast.Comment, ...]) -> ast.Module:
+        items = tuple(self.item(child) for child in tree.children)
+        return ast.Module(self.source.span(0, len(self.source.text)), items, comments)
+
+    def item(self, tree: Tree) -> ast.Import | ast.Const | ast.Section:
+        if tree.data == "import_stmt":
+            _, path, _, alias = tree.children
+            return ast.Import(self.span(tree), _unquote(str(path)), str(alias) if alias else None)
+        if tree.data == "const_stmt":
+            _, name, _, value = tree.children
+            return ast.Const(self.span(tree), str(name), self.span(name), self.expr(value))
+        return self.section(tree)
+
+    def section(self, tree: Tree) -> ast.Section:
+        kind_tree, name_tree, _from, base, _lbrace, *members, _rbrace = tree.children
+        kind_token = kind_tree.children[0]
+        name = name_span = None
+        if name_tree is not None:
+            name_token = name_tree.children[0]
+            if isinstance(name_token, Tree):  # a keyword used as a name: `level memory { }`
+                name_token = name_token.children[0]
+            name, name_span = str(name_token), self.span(name_token)
+        return ast.Section(
+            self.span(tree), str(kind_token), self.span(kind_token), name, name_span,
+            self.reference(base) if base is not None else None,
+            tuple(self.member(m) for m in members),
+        )
+
+    def member(self, tree: Tree) -> ast.Attribute | ast.Section:
+        if tree.data == "attribute":
+            key_tree, _, value = tree.children
+            key_token = key_tree.children[0]
+            if isinstance(key_token, Tree):
+                key_token = key_token.children[0]
+            return ast.Attribute(self.span(tree), str(key_token), self.span(key_token), self.expr(value))
+        return self.section(tree)
+
+    def reference(self, tree: Tree) -> ast.Ref:
+        parts = tuple(str(t) for t in tree.children if isinstance(t, Token) and t.type == "NAME")
+        return ast.Ref(self.span(tree), parts)
+
+    def expr(self, tree: Tree | Token) -> ast.Expr:
+        data = tree.data
+        span = self.span(tree)
+        if data == "number":
+            text = str(tree.children[0])
+            return ast.Number(span, _number(text), text)
+        if data == "string":
+            return ast.String(span, _unquote(str(tree.children[0])))
+        if data == "true":
+            return ast.Bool(span, True)
+        if data == "false":
+            return ast.Bool(span, False)
+        if data == "reference":
+            return self.reference(tree)
+        if data == "group":
+            return ast.Group(span, self.expr(tree.children[1]))
+        if data == "negate":
+            return ast.Negate(span, self.expr(tree.children[1]))
+        if data == "binary":
+            left, op, right = tree.children
+            return ast.Binary(span, str(op), self.expr(left), self.expr(right))
+        if data == "list":
+            items = tuple(self.expr(c) for c in tree.children if isinstance(c, Tree))
+            return ast.List(span, items)
+        if data == "call":
+            func, _, arguments, _ = tree.children
+            args: list[ast.Expr] = []
+            kwargs: list[ast.KeywordArg] = []
+            for arg in arguments.children if arguments is not None else ():
+                if not isinstance(arg, Tree):
+                    continue
+                if arg.data == "keyword_argument":
+                    name, _, value = arg.children
+                    kwargs.append(ast.KeywordArg(self.span(arg), str(name), self.expr(value)))
+                else:
+                    args.append(self.expr(arg))
+            return ast.Call(span, self.reference(func), tuple(args), tuple(kwargs))
+        raise AssertionError(f"unhandled grammar rule {data}")
+
+
+def _number(text: str) -> int | float:
+    clean = text.replace("_", "")
+    if any(c in clean for c in ".eE"):
+        return float(clean)
+    return int(clean)
+
+
+def _unquote(text: str) -> str:
+    body = text[1:-1]
+    out, i = [], 0
+    escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            out.append(escapes.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)

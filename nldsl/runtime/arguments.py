@@ -1,0 +1,59 @@
+"""Command-line arguments of the runtime commands (train, eval, generate, stream, bench).
+
+Kept apart from the commands themselves so that building the parser never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], None], handler) -> None:
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+
+    p = sub.add_parser("train", help="train a spec (default: the embedded corpus, no download)")
+    p.add_argument("spec", metavar="SPEC")
+    overrides(p)
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text files or folders (default: embedded corpus)")
+    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and logs go (default: runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    p.add_argument("--no-compile", action="store_true", help="run eagerly (same as --set train.compile=false)")
+    p.add_argument("--sample", action="store_true", help="after training: evaluate, generate a sample, draw the graph")
+    device(p)
+    p.set_defaults(func=handler, runtime_command="train")
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run or checkpoint")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these files instead of the validation split")
+    p.add_argument("--batches", type=int, default=None, help="number of batches (default: train.eval_batches)")
+    device(p)
+    p.set_defaults(func=handler, runtime_command="eval")
+
+    p = sub.add_parser("generate", help="sample text from a trained model")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--prompt", default="def ", help="text to continue")
+    p.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    device(p)
+    p.set_defaults(func=handler, runtime_command="generate")
+
+    p = sub.add_parser("stream", help="feed a long text through a model that keeps learning (continuum clock)")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text to stream (default: the validation split)")
+    p.add_argument("--segment", type=int, default=None, help="tokens per forward pass (default: train.seq_len)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+    p.add_argument("--state-in", metavar="FILE", help="continue from a saved memory state")
+    p.add_argument("--state-out", metavar="FILE", help="save the memory state at the end")
+    p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
+    device(p)
+    p.set_defaults(func=handler, runtime_command="stream")
+
+    p = sub.add_parser("bench", help="benchmarks and studies: speed, continual, recall")
+    p.add_argument("study", choices=("speed", "continual", "recall", "smoke"))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the study (see --help of each)")
+    p.set_defaults(func=handler, runtime_command="bench")

@@ -1,0 +1,200 @@
+"""Semantic checks on a typed spec: combinations, frequencies, periods and dataflow.
+
+The schema (spec.py) already guarantees types and ranges; these checks need several values at
+once: whether a readout fits an update rule, whether periods of nested levels nest, whether every
+level is read and every flow comes from somewhere. Unsupported combinations are rejected here,
+so that everything that passes `nldsl check` compiles and runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import networkx as nx
+
+from . import spec as S
+from .diagnostics import Diagnostic
+from .source import Span
+
+FLOW_SOURCES = ("gradients", "squared_gradients")
+
+
+def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]:
+    """Every sublayer, nested ones (parallel branches, MAC parts) included, with its spec path."""
+    for layer in layers:
+        layer_path = f"{path}.{layer.name}"
+        yield layer_path, layer
+        if isinstance(layer, S.ParallelSpec):
+            yield from walk_layers(layer.branches, layer_path)
+        elif isinstance(layer, S.ContextSpec):
+            yield f"{layer_path}.memory", layer.memory
+            yield f"{layer_path}.attention", layer.attention
+
+
+def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
+    """The in-context levels a layer owns, by their name inside the layer."""
+    if isinstance(layer, S.MemorySpec):
+        return [(layer.level.name, layer.level)]
+    if isinstance(layer, S.SelfModSpec):
+        return [("memory", layer.memory), ("projections", layer.projections)]
+    if isinstance(layer, S.CMSSpec):
+        return [(level.name, level) for level in layer.levels]
+    return []
+
+
+def _span(spans: dict[str, Span], *paths: str) -> Span | None:
+    for path in paths:
+        if path in spans:
+            return spans[path]
+    return None
+
+
+def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> list[Diagnostic]:
+    """The checks that need a whole layer: combinations of its levels' options, periods."""
+    out: list[Diagnostic] = []
+
+    def error(code: str, message: str, help: str | None, *paths: str) -> None:
+        out.append(Diagnostic(code, message, _span(spans, *paths, path), help))
+
+    def warning(code: str, message: str, help: str | None, *paths: str) -> None:
+        out.append(Diagnostic(code, message, _span(spans, *paths, path), help, "warning"))
+
+    context = layer.kind
+    for name, level in levels_of(layer):
+        lp = f"{path}.{name}"
+        if isinstance(layer, S.MemorySpec):
+            lp = f"{path}.{name}"
+        if level.orthogonalize is not None and level.readout != "chunk_start":
+            error("E0601", "newton_schulz changes the state only at chunk ends, so it needs "
+                  "`readout = chunk_start`", "add `readout = chunk_start` or remove `orthogonalize`",
+                  f"{lp}.orthogonalize", f"{lp}.readout")
+        if level.init == "zeros" and not isinstance(level.state, S.LinearState):
+            error("E0601", "`init = zeros` needs a linear state (an all-zero MLP never learns)",
+                  "use `init = learned`", f"{lp}.init")
+        if level.objective == "surprise" and context != "cms":
+            error("E0601", "`objective = surprise` (the next-token loss) is only available to cms levels",
+                  "use `l2` or `dot` for memories with keys and values", f"{lp}.objective")
+        if context == "cms" and level.objective in ("dot", "l2"):
+            error("E0601", f"a cms level has no value stream for `objective = {level.objective}`",
+                  "use `surprise` (default) or `reconstruction`", f"{lp}.objective")
+        if context == "cms" and level.readout != "chunk_start" and level.update == "in_context":
+            error("E0601", "cms levels change only at chunk ends (Eq. 71): use `readout = chunk_start`",
+                  None, f"{lp}.readout")
+        if context != "cms" and level.update == "outer":
+            error("E0601", "`update = outer` is for cms levels; memories learn in context",
+                  "remove `update`, or make this block a `cms` level", f"{lp}.update")
+        if isinstance(level.period, S.Steps) and level.update != "outer":
+            error("E0601", "a period in steps needs `update = outer`; in-context levels count tokens",
+                  "write `period = 16` (tokens) or add `update = outer`", f"{lp}.period")
+        generated = [g for g in ("lr", "retention", "momentum")
+                     if isinstance(getattr(level, g), S.GeneratedGate)]
+        for gate in generated:
+            source = {"lr": "eta", "retention": "alpha", "momentum": None}[gate]
+            if not isinstance(layer, S.SelfModSpec) or source is None or source not in layer.adaptive:
+                error("E0505", f"`{gate} = generated` needs an in-context memory to generate it",
+                      f"list `{source}` in the selfmod's `adaptive`" if source and isinstance(layer, S.SelfModSpec)
+                      else "use `learned(…)` or a constant", f"{lp}.{gate}")
+        if level.update == "in_context" and isinstance(level.period, int):
+            slow = level.period == 1 and (
+                not isinstance(level.state, S.LinearState) or level.momentum is not None)
+            if slow and not (isinstance(level.state, S.LinearState) and level.objective == "dot"
+                             and level.values == "given" and level.rule == "gd"):
+                warning("W0701", "`period = 1` on this level runs token by token (no chunk-parallel "
+                        "form exists for it); training will be slow",
+                        "use a period of 8–64 (the chunk rule), or a linear state without momentum",
+                        f"{lp}.period")
+            if context != "cms" and level.period > seq_len:
+                warning("W0704", f"period {level.period} is longer than a training sequence "
+                        f"({seq_len} tokens): this memory never updates within a sequence",
+                        "lower the period or raise `train.seq_len`", f"{lp}.period")
+    if isinstance(layer, S.SelfModSpec):
+        if len(set(layer.adaptive)) != len(layer.adaptive):
+            error("E0202", "a projection is listed twice in `adaptive`", None, f"{path}.adaptive")
+        if layer.projections.readout != "chunk_start":
+            error("E0601", "the self-modifying projections generate their own keys and values, so they "
+                  "must read the state their chunk started with", "set `readout = chunk_start` "
+                  "(Eq. 90)", f"{path}.projections.readout", f"{path}.projections")
+        user_set = any(p.startswith(f"{path}.projections.") for p in spans)
+        if not layer.adaptive and user_set:
+            warning("W0703", "level `projections` is never read: `adaptive` is empty",
+                    "list the adaptive projections, e.g. `adaptive = [k, v, eta, alpha]`", f"{path}.projections")
+    if isinstance(layer, S.CMSSpec) and layer.variant == "nested":
+        periods = [(lv.name, lv.period) for lv in layer.levels]
+        for (inner, p_inner), (outer, p_outer) in itertools.pairwise(periods):
+            if not isinstance(p_inner, int) or not isinstance(p_outer, int):
+                continue
+            if p_inner > p_outer:
+                error("E0501", f"level `{inner}` (period {p_inner}) is nested inside `{outer}` "
+                      f"(period {p_outer}) but updates less often", "list nested cms levels from the "
+                      "fastest to the slowest", f"{path}.{outer}.period", f"{path}.{outer}")
+            elif p_outer % p_inner:
+                error("E0502", f"period {p_outer} of `{outer}` is not a multiple of period {p_inner} of "
+                      f"the level nested inside it (`{inner}`)", f"use a multiple of {p_inner}, "
+                      f"e.g. {p_inner * max(1, round(p_outer / p_inner))}", f"{path}.{outer}.period")
+    if isinstance(layer, S.ParallelSpec) and layer.combine == "gate" and len(layer.branches) != 2:
+        error("E0601", f"`combine = gate` gates one branch by another, so it needs two branches, "
+              f"not {len(layer.branches)}", "use `combine = sum`", f"{path}.combine")
+    if isinstance(layer, S.ContextSpec) and layer.attention.window:
+        error("E0601", "memory-as-context attends within its segment: leave `window` unset",
+              "set the attention span with `segment`", f"{path}.attention.window")
+    return out
+
+
+def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans: dict[str, Span],
+                          path: str) -> list[Diagnostic]:
+    """Dataflow of an optimizer: flows come from somewhere, no cycles, every level is read."""
+    out: list[Diagnostic] = []
+    names = {level.name for level in opt.levels}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(names)
+    for level in opt.levels:
+        lp = f"{path}.{level.name}"
+        if level.flow in FLOW_SOURCES:
+            continue
+        if level.flow not in names:
+            from .diagnostics import did_you_mean
+            out.append(Diagnostic("E0505", f"level `{level.name}` learns from `{level.flow}`, which is "
+                                  "neither a gradient stream nor a level", spans.get(f"{lp}.flow", header),
+                                  did_you_mean(level.flow, [*names, *FLOW_SOURCES])
+                                  or f"use one of: {', '.join([*FLOW_SOURCES, *sorted(names)])}"))
+            continue
+        graph.add_edge(level.flow, level.name)
+        source = next(lv for lv in opt.levels if lv.name == level.flow)
+        if level.period < source.period:
+            out.append(Diagnostic("E0501", f"level `{level.name}` (period {level.period}) reads `{source.name}` "
+                                  f"(period {source.period}) but updates more often than its source",
+                                  spans.get(f"{lp}.period", spans.get(lp, header))))
+        elif level.period % source.period:
+            out.append(Diagnostic("E0502", f"period {level.period} of `{level.name}` is not a multiple of "
+                                  f"period {source.period} of its source `{source.name}`",
+                                  spans.get(f"{lp}.period", spans.get(lp, header))))
+    for cycle in nx.simple_cycles(graph):
+        first = sorted(cycle)[0]
+        out.append(Diagnostic("E0504", f"levels {' → '.join(f'`{c}`' for c in [*cycle, cycle[0]])} "
+                              "learn from each other in a cycle", spans.get(f"{path}.{first}.flow", header),
+                              "one of them must learn from the gradients"))
+        break
+    read: set[str] = set()
+    for name, span in _level_refs(update):
+        if name not in names:
+            from .diagnostics import did_you_mean
+            out.append(Diagnostic("E0201", f"the update reads `{name}`, which is not a level of this optimizer",
+                                  span or header, did_you_mean(name, names)))
+        read.add(name)
+    read |= {level.flow for level in opt.levels}
+    for level in opt.levels:
+        if level.name not in read:
+            out.append(Diagnostic("E0506", f"level `{level.name}` is never read",
+                                  spans.get(f"{path}.{level.name}", header),
+                                  "use it in `update`, or remove it"))
+    return out
+
+
+def _level_refs(tree: Any) -> Iterator[tuple[str, Span | None]]:
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        yield tree[1], tree[2] if len(tree) > 2 else None
+    elif isinstance(tree, tuple):
+        for item in tree[1:]:
+            yield from _level_refs(item)

@@ -1,0 +1,353 @@
+"""The checked spec: frozen pydantic models, one per section kind and per value kind.
+
+These classes are the language's vocabulary. The checker (checker.py) turns a parsed file into
+them, the documentation (docs/language.md) describes their fields, and `did you mean` suggestions
+come from their field names. Field descriptions carry the paper symbol where there is one.
+
+Values written as calls in a spec (`mlp(depth = 2)`, `learned(max = 0.1)`) are "kinded" models:
+their `kind` is the call's name; a bare name (`linear`) is the call with no arguments; a number
+given to a gate is a `constant`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Activation = Literal["silu", "gelu", "relu", "tanh"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Kinded(Strict):
+    """A value written as a call; `POSITIONAL` names the fields positional arguments fill."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ()
+    kind: str
+
+
+# States ---------------------------------------------------------------------------------------
+
+class LinearState(Kinded):
+    """`M(x) = W x`: a matrix memory (linear attention, DeltaNet, momentum)."""
+
+    kind: Literal["linear"] = "linear"
+
+
+class MLPState(Kinded):
+    """`M(x) = W_L σ(… σ(W_1 x))`: a deep memory (Titans LMM, TTT-MLP, CMS blocks)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("depth",)
+    kind: Literal["mlp"] = "mlp"
+    depth: int = Field(2, ge=1, le=8, description="number of weight matrices")
+    expansion: float = Field(4.0, gt=0, le=64, description="hidden width as a multiple of the input width")
+    activation: Activation = "silu"
+
+
+class ResidualMLPState(Kinded):
+    """`M(x) = x + W_2 σ(W_1 x)`: the 2-layer residual memory of HOPE (Eq. 89)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("expansion",)
+    kind: Literal["residual_mlp"] = "residual_mlp"
+    expansion: float = Field(2.0, gt=0, le=64, description="hidden width as a multiple of the input width")
+    activation: Activation = "silu"
+
+
+State = Annotated[LinearState | MLPState | ResidualMLPState, Field(discriminator="kind")]
+
+
+# Gates (η, α, β) ------------------------------------------------------------------------------
+
+class ConstantGate(Kinded):
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("value",)
+    kind: Literal["constant"] = "constant"
+    value: float = Field(ge=0)
+
+
+class PerHeadGate(Kinded):
+    """One learned value per head (a parameter, not data dependent)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("init",)
+    kind: Literal["per_head"] = "per_head"
+    init: float = Field(ge=0, description="initial value")
+
+
+class LearnedGate(Kinded):
+    """Per token and head: `max · sigmoid(x W + b)` from the layer input."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("max",)
+    kind: Literal["learned"] = "learned"
+    max: float = Field(1.0, gt=0, description="upper bound of the gate")
+    init: float | None = Field(None, gt=0, description="value at initialisation (sets the bias); default max/2")
+
+
+class GeneratedGate(Kinded):
+    """Produced by an in-context memory (`selfmod` only, Eq. 84)."""
+
+    kind: Literal["generated"] = "generated"
+    max: float = Field(1.0, gt=0, description="upper bound of the gate")
+
+
+Gate = Annotated[ConstantGate | PerHeadGate | LearnedGate | GeneratedGate, Field(discriminator="kind")]
+
+
+class NewtonSchulz(Kinded):
+    """Orthogonalise each update with Muon's quintic Newton–Schulz iteration (Eq. 42–44, 52)."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("steps",)
+    kind: Literal["newton_schulz"] = "newton_schulz"
+    steps: int = Field(5, ge=1, le=20)
+
+
+class Steps(Kinded):
+    """A period counted in outer training steps instead of tokens."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("count",)
+    kind: Literal["steps"] = "steps"
+    count: int = Field(ge=1)
+
+
+# Levels ---------------------------------------------------------------------------------------
+
+class LevelSpec(Strict):
+    """One in-context associative memory: state, objective, rule, gates, period (docs/semantics.md §1)."""
+
+    name: str
+    state: State = Field(default_factory=LinearState, description="what the level stores")
+    objective: Literal["dot", "l2", "surprise", "reconstruction"] = Field(
+        "l2", description="inner loss ℓ: dot (Hebbian), l2 (delta rule), surprise (next-token loss), reconstruction")
+    values: Literal["given", "generated"] = Field(
+        "given", description="targets v̂: the value stream, or the memory's own prediction M(v) (Eq. 83)")
+    rule: Literal["gd", "dgd"] = Field("gd", description="inner optimizer: gd, or dgd (delta GD, Eq. 57/88)")
+    dgd_layers: Literal["first", "all"] = Field(
+        "first", description="which weights DGD's k kᵀ term acts on in an MLP memory")
+    lr: Gate = Field(default_factory=lambda: ConstantGate(value=0.1), description="η: inner learning rate")
+    retention: Gate | None = Field(None, description="α: retention / forget gate / weight decay (none = 1)")
+    momentum: Gate | None = Field(None, description="β: momentum decay; none = no momentum (Titans surprise)")
+    orthogonalize: NewtonSchulz | None = Field(None, description="Newton–Schulz on each chunk's update")
+    period: Annotated[int, Field(ge=1)] | Steps = Field(
+        1, description="C: tokens per chunk; gradients in a chunk use its start state")
+    readout: Literal["causal", "exclusive", "chunk_start"] = Field(
+        "causal", description="which state a token reads: after its write, before it, or the chunk's start")
+    update: Literal["in_context", "outer"] = Field(
+        "in_context", description="in_context: learns in the forward pass; outer: only the outer optimizer")
+    grad_through_writes: bool = Field(True, description="differentiate the outer loss through inner updates")
+    init: Literal["learned", "zeros"] = Field("learned", description="initial state: meta-learned or zero")
+
+    @property
+    def period_tokens(self) -> int | None:
+        return self.period if isinstance(self.period, int) else None
+
+
+class OptimizerLevelSpec(Strict):
+    """A level of an optimizer: a memory of the gradient stream (PAPER_NOTES §4)."""
+
+    name: str
+    flow: str = Field("gradients", description="gradients, squared_gradients, or another level's output")
+    state: Literal["linear", "mlp"] = Field("linear", description="linear: momentum; mlp: deep momentum (DMGD)")
+    hidden: int = Field(8, ge=1, le=256, description="hidden width of an mlp state")
+    objective: Literal["dot", "l2"] = Field("dot", description="dot: momentum; l2: delta momentum")
+    lr: float = Field(1.0, ge=0, description="η: scale of each write")
+    retention: float = Field(1.0, ge=0, le=1, description="α: decay of the old state (momentum factor)")
+    period: int = Field(1, ge=1, description="steps between writes; the flow is summed in between")
+    orthogonalize: NewtonSchulz | None = Field(None, description="Newton–Schulz on the output (Muon)")
+    nesterov: bool = Field(False, description="output α·m + η·x (Nesterov look-ahead)")
+    bias_correction: bool = Field(False, description="divide the output by 1 − α^t (Adam)")
+
+
+# Layers of a block ----------------------------------------------------------------------------
+
+class AttentionSpec(Strict):
+    """Causal softmax attention (non-parametric memory with period 1)."""
+
+    kind: Literal["attention"] = "attention"
+    name: str | None = None
+    heads: int = Field(4, ge=1)
+    window: int = Field(0, ge=0, description="sliding window in tokens; 0 = full causal attention")
+    rope: bool = Field(True, description="rotary position embedding")
+    rope_base: float = Field(10000.0, gt=1)
+    persistent: int = Field(0, ge=0, description="learned persistent memory tokens (Titans)")
+    qk_norm: bool = Field(False, description="RMS-normalise queries and keys per head")
+
+
+class MemorySpec(Strict):
+    """An associative-memory layer: projections, then one level per head (Titans, DeltaNet, …)."""
+
+    kind: Literal["memory"] = "memory"
+    name: str | None = None
+    heads: int = Field(4, ge=1)
+    activation: Literal["silu", "none"] = Field("silu", description="applied to q, k, v after projection")
+    conv: int = Field(4, ge=0, le=64, description="causal depthwise convolution width on q, k, v; 0 = none")
+    qk_norm: Literal["l2", "none"] = Field("l2", description="normalise queries and keys")
+    output_norm: bool = Field(True, description="RMS norm of each head's output")
+    output_gate: bool = Field(True, description="multiply the output by sigmoid(x W_g)")
+    level: LevelSpec
+
+
+class SelfModSpec(Strict):
+    """Self-modifying Titans (HOPE, Eq. 83–93): projections are in-context memories too."""
+
+    kind: Literal["selfmod"] = "selfmod"
+    name: str | None = None
+    heads: int = Field(4, ge=1)
+    adaptive: tuple[Literal["k", "v", "q", "eta", "alpha"], ...] = Field(
+        ("k", "v", "eta", "alpha"), description="projections that are in-context memories (q static by default)")
+    conv: int = Field(4, ge=0, le=64, description="causal depthwise convolution width on q, k, v")
+    qk_norm: Literal["l2", "none"] = "l2"
+    output_norm: bool = True
+    output_gate: bool = True
+    memory: LevelSpec
+    projections: LevelSpec
+
+
+class MLPSpec(Strict):
+    """A feed-forward block: a CMS level that never updates in context."""
+
+    kind: Literal["mlp"] = "mlp"
+    name: str | None = None
+    activation: Literal["swiglu", "gelu"] = "swiglu"
+    expansion: float = Field(4.0, gt=0, le=64)
+
+
+class CMSSpec(Strict):
+    """Continuum Memory System (Eq. 70–74): MLP levels updated at different periods."""
+
+    kind: Literal["cms"] = "cms"
+    name: str | None = None
+    variant: Literal["sequential", "independent", "nested"] = "sequential"
+    levels: tuple[LevelSpec, ...]
+
+
+class ParallelSpec(Strict):
+    """Branches on the same input, combined by a sum or a gate (Titans MAG)."""
+
+    kind: Literal["parallel"] = "parallel"
+    name: str | None = None
+    combine: Literal["sum", "gate"] = "gate"
+    branches: tuple[Sublayer, ...]
+
+
+class ContextSpec(Strict):
+    """Memory as context (Titans MAC): segments attend over [persistent | memory readout | segment]."""
+
+    kind: Literal["context"] = "context"
+    name: str | None = None
+    segment: int = Field(64, ge=1, description="segment length in tokens")
+    memory: MemorySpec
+    attention: AttentionSpec
+
+
+Sublayer = Annotated[
+    AttentionSpec | MemorySpec | SelfModSpec | MLPSpec | CMSSpec | ParallelSpec | ContextSpec,
+    Field(discriminator="kind"),
+]
+ParallelSpec.model_rebuild()
+
+
+class BlockSpec(Strict):
+    """A residual block: each sublayer is applied as `x + sublayer(norm(x))`."""
+
+    name: str | None = None
+    sublayers: tuple[Sublayer, ...]
+    norm: Literal["rms", "none"] = "rms"
+
+
+class ModelSpec(Strict):
+    name: str | None = None
+    vocab: int = Field(256, ge=2, description="vocabulary size (256: bytes)")
+    dim: int = Field(ge=1, description="model width d")
+    layers: int = Field(1, ge=1, le=256, description="how many times the block repeats")
+    block: BlockSpec
+    tie_embeddings: bool = True
+    norm_eps: float = Field(1e-6, gt=0)
+
+
+# Optimizers and training ----------------------------------------------------------------------
+
+Expression = Any  # a tuple tree: ("level", name) | ("const", x) | (op, a, b) | ("sqrt", a) | ("neg", a)
+
+
+class OptimizerSpec(Strict):
+    """An outer optimizer written as levels over the gradient stream."""
+
+    kind: Literal["spec"] = "spec"
+    name: str | None = None
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scale: Literal["none", "muon"] = "none"
+    matrices_only: bool = Field(False, description="apply to 2-D weights only; the rest use adamw")
+    levels: tuple[OptimizerLevelSpec, ...]
+    update: Expression = Field(description="the step direction as an expression over level outputs")
+
+
+class BuiltinOptimizer(Kinded):
+    """A named optimizer with its usual hyper-parameters: `adamw(lr = 3e-4)`."""
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("lr",)
+    kind: Literal["adamw", "sgd", "muon", "m3"]
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+class BytesTokenizer(Kinded):
+    kind: Literal["bytes"] = "bytes"
+
+
+class BPETokenizer(Kinded):
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("vocab",)
+    kind: Literal["bpe"] = "bpe"
+    vocab: int = Field(1024, ge=260, le=65536)
+
+
+Tokenizer = Annotated[BytesTokenizer | BPETokenizer, Field(discriminator="kind")]
+
+
+class TrainSpec(Strict):
+    optimizer: Annotated[OptimizerSpec | BuiltinOptimizer, Field(discriminator="kind")] = Field(
+        default_factory=lambda: BuiltinOptimizer(kind="adamw", lr=1e-3, weight_decay=0.1))
+    steps: int = Field(200, ge=1)
+    batch: int = Field(8, ge=1, description="sequences per step (global)")
+    seq_len: int = Field(256, ge=2, description="tokens per sequence")
+    warmup: int = Field(20, ge=0, description="linear warm-up steps")
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
+    seed: int = Field(0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(True, description="torch.compile the training step")
+    tokenizer: Tokenizer = Field(default_factory=BytesTokenizer)
+    eval_every: int = Field(100, ge=0)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(100, ge=0)
+    keep_checkpoints: int = Field(3, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class Spec(Strict):
+    """A whole checked file: the model (if any), training, and the named optimizers it defines."""
+
+    path: str
+    sha256: str  # of the file's text, after overrides
+    model: ModelSpec | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    optimizers: tuple[OptimizerSpec, ...] = ()
+
+
+KINDED_VALUES: dict[str, type[Kinded]] = {
+    cls.model_fields["kind"].default: cls
+    for cls in (LinearState, MLPState, ResidualMLPState, ConstantGate, PerHeadGate, LearnedGate,
+                GeneratedGate, NewtonSchulz, Steps, BytesTokenizer, BPETokenizer)
+}
+for _name in ("adamw", "sgd", "muon", "m3"):
+    KINDED_VALUES[_name] = BuiltinOptimizer
+
+SUBLAYER_SPECS: dict[str, type[Strict]] = {
+    "attention": AttentionSpec, "memory": MemorySpec, "selfmod": SelfModSpec, "mlp": MLPSpec,
+    "cms": CMSSpec, "parallel": ParallelSpec, "context": ContextSpec,
+}
