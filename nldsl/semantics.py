@@ -136,6 +136,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
     if isinstance(layer, S.ParallelSpec) and layer.combine == "gate" and len(layer.branches) != 2:
         error("E0601", f"`combine = gate` gates one branch by another, so it needs two branches, "
               f"not {len(layer.branches)}", "use `combine = sum`", f"{path}.combine")
+    if isinstance(layer, S.ContextSpec) and isinstance(layer.memory.level.period, int) \
+            and layer.segment % layer.memory.level.period:
+        error("E0502", f"the memory's period {layer.memory.level.period} does not divide the segment "
+              f"({layer.segment} tokens)", "make the segment a multiple of the memory's period",
+              f"{path}.segment", f"{path}.memory.level.period")
     if isinstance(layer, S.ContextSpec) and layer.attention.window:
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")
