@@ -133,6 +133,14 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 error("E0502", f"period {p_outer} of `{outer}` is not a multiple of period {p_inner} of "
                       f"the level nested inside it (`{inner}`)", f"use a multiple of {p_inner}, "
                       f"e.g. {p_inner * max(1, round(p_outer / p_inner))}", f"{path}.{outer}.period")
+    if isinstance(layer, S.CMSSpec) and layer.variant == "nested":
+        for level in layer.levels[1:]:
+            lp = f"{path}.{level.name}"
+            if not isinstance(level.lr, S.ConstantGate) or level.retention is not None \
+                    or level.momentum is not None or level.update != "in_context":
+                error("E0601", f"the slower nested level `{level.name}` moves its state toward the faster "
+                      "level with a constant `lr` only", "use `lr = 0.5` (a constant) and no retention, "
+                      "momentum or `update = outer` on slower nested levels", f"{lp}.lr", lp)
     if isinstance(layer, S.ParallelSpec) and layer.combine == "gate" and len(layer.branches) != 2:
         error("E0601", f"`combine = gate` gates one branch by another, so it needs two branches, "
               f"not {len(layer.branches)}", "use `combine = sum`", f"{path}.combine")
