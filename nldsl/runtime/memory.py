@@ -1,0 +1,458 @@
+"""Memory levels (docs/semantics.md §1): configuration, initial weights and the chunk-parallel fast path.
+
+A level stores per-sequence, per-head weights θ = (W_1, …, W_L) of a linear map, an MLP or a
+residual MLP, and learns them in context from (k_t, v_t) pairs with the chunk rule: every inner
+gradient of a chunk of C tokens is taken at the state θ_c the chunk started with.
+
+- `LevelConfig`: the static description the code generator fills from a spec.
+- `init_memory_weights`, `initial_memory_state`: θ_0 per head, expanded to per-sequence state.
+- `memory_chunk_step`: one chunk, with no per-token loop. The memory runs forward on the chunk's
+  keys at θ_c, the output error g is backpropagated in closed form (activation derivatives written
+  out, no autograd.grad, so the outer loss differentiates through it and torch.compile sees one
+  graph), and every layer's inner gradient stays factored as u_s = δ_s x_sᵀ. Because gd and
+  momentum are linear recurrences with scalar gates, θ_t = A_t θ_c + m_t S_c − Σ_s γ_{t,s} η_s u_s
+  (the dual form, §1.5), and the readout applies that to the query path layer by layer as
+  attention-like sums γ_{t,s} (x_s·x_t) η_s δ_s. Gate products come from log-cumsums.
+- `memory_level`: a whole sequence, any length, chunk by chunk or through the delta kernel.
+- `newton_schulz`: Muon's quintic iteration, applied to each chunk's increment when asked.
+
+Dispatch rule of `memory_level`: the exact delta kernel (delta.py) runs the level when its state
+is linear (or an mlp of depth 1), it has no momentum, no Newton–Schulz, its objective is not
+external, and either
+- chunk_size == 1 (then readout chunk_start is the same as exclusive), or
+- the objective is dot with given values and no DGD, and readout is causal or exclusive: the
+  inner gradient −η v kᵀ does not depend on the state, so every chunk size gives the same states
+  (linear attention with decay) and the kernel can use its own block size.
+Every other level loops `memory_chunk_step` over ⌈T/C⌉ chunks.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nldsl.runtime.delta import delta_rule_coefficients, generalized_delta_chunked, masked_decay_ratios
+
+DELTA_BLOCK = 64  # tokens per block of the delta kernel
+RESIDUAL_OUT_SCALE = 0.1  # a residual MLP's last layer starts this much smaller than fan-in scale
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic (a, b, c)
+NEWTON_SCHULZ_EPS = 1e-7
+
+OutputError = Callable[[Tensor, int, int], Tensor]  # (prediction (B, H, n, d_out), start, end) -> g
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """The static description of one memory level (docs/semantics.md §1)."""
+
+    state: Literal["linear", "mlp", "residual_mlp"]
+    d_in: int  # key/query width per head
+    d_out: int  # value/output width per head
+    hidden: int = 0  # hidden width of mlp / residual_mlp
+    depth: int = 2  # weight matrices of an mlp state (>= 1); linear and residual_mlp ignore it
+    activation: Literal["silu", "gelu", "relu", "tanh"] = "silu"  # gelu is the exact erf gelu
+    objective: Literal["dot", "l2", "reconstruction", "external"] = "l2"
+    values: Literal["given", "generated"] = "given"  # generated: v̂ = M_{θ_c}(v)
+    dgd: bool = False  # delta gradient descent: u^(l) += W_l^c x_l x_lᵀ
+    dgd_layers: Literal["first", "all"] = "first"  # which layers DGD preconditions
+    momentum: bool = False  # Titans surprise S_t = β_t S_{t−1} − η_t u_t
+    chunk_size: int = 1  # the period C (tokens)
+    readout: Literal["causal", "exclusive", "chunk_start"] = "causal"
+    orthogonalize_steps: int = 0  # Newton–Schulz steps on each chunk's increment (0 = off)
+    grad_through_writes: bool = True  # False detaches every written increment η_t u_t
+
+    def __post_init__(self) -> None:
+        assert self.state in ("linear", "mlp", "residual_mlp"), self.state
+        assert self.d_in >= 1 and self.d_out >= 1
+        assert self.activation in _ACTIVATIONS, self.activation
+        assert self.objective in ("dot", "l2", "reconstruction", "external"), self.objective
+        assert self.values in ("given", "generated"), self.values
+        assert self.dgd_layers in ("first", "all"), self.dgd_layers
+        assert self.readout in ("causal", "exclusive", "chunk_start"), self.readout
+        assert self.chunk_size >= 1 and self.orthogonalize_steps >= 0
+        if self.state == "mlp":
+            assert self.depth >= 1, "an mlp state needs depth >= 1"
+        if self.state == "residual_mlp" or (self.state == "mlp" and self.depth >= 2):
+            assert self.hidden >= 1, f"a {self.state} state needs a hidden width"
+        if self.state == "residual_mlp":
+            assert self.d_in == self.d_out, "a residual mlp needs d_in == d_out"
+        if self.values == "generated" or self.objective == "reconstruction":
+            assert self.d_in == self.d_out, "the memory reads its own values, so d_in must equal d_out"
+        if self.orthogonalize_steps > 0:
+            assert self.readout == "chunk_start", "Newton–Schulz changes θ only at chunk ends (§1.5)"
+
+    def weight_shapes(self) -> list[tuple[int, int]]:
+        """(out, in) of each weight matrix, in the order the memory applies them."""
+        if self.state == "linear" or (self.state == "mlp" and self.depth == 1):
+            return [(self.d_out, self.d_in)]
+        if self.state == "residual_mlp":
+            return [(self.hidden, self.d_in), (self.d_out, self.hidden)]
+        middle = [(self.hidden, self.hidden)] * (self.depth - 2)
+        return [(self.hidden, self.d_in), *middle, (self.d_out, self.hidden)]
+
+    def preconditioned_layers(self) -> range:
+        """Indices of the layers DGD preconditions (empty without DGD)."""
+        if not self.dgd:
+            return range(0)
+        return range(1) if self.dgd_layers == "first" else range(len(self.weight_shapes()))
+
+
+@dataclass
+class MemoryState:
+    """Per-sequence state of a level, returned by a call and accepted back to continue a stream."""
+
+    weights: list[Tensor]  # θ, each (B, H, out, in)
+    momentum: list[Tensor] | None = None  # S, each (B, H, out, in); None without momentum
+
+
+def init_memory_weights(
+    cfg: LevelConfig,
+    heads: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> list[Tensor]:
+    """A fresh θ_0, one independent draw per head, each weight (H, out, in).
+
+    W_l ~ N(0, 1/fan_in), which keeps unit-norm keys at unit scale through the layers. The last
+    layer of a residual MLP is RESIDUAL_OUT_SCALE times smaller, so the level starts close to the
+    identity map while its first layer still receives inner gradients (a zero last layer would
+    block them).
+    """
+    weights = []
+    shapes = cfg.weight_shapes()
+    for index, (out_features, in_features) in enumerate(shapes):
+        std = 1.0 / math.sqrt(in_features)
+        if cfg.state == "residual_mlp" and index == len(shapes) - 1:
+            std *= RESIDUAL_OUT_SCALE
+        shape = (heads, out_features, in_features)
+        weights.append(std * torch.randn(shape, generator=generator, dtype=dtype, device=device))
+    return weights
+
+
+def initial_memory_state(cfg: LevelConfig, weights: list[Tensor], batch_size: int) -> MemoryState:
+    """Every sequence starts from the shared θ_0 (expanded, so the outer loss trains it) and zero S."""
+    expanded = [weight.unsqueeze(0).expand(batch_size, *weight.shape) for weight in weights]
+    momentum = [torch.zeros_like(weight) for weight in expanded] if cfg.momentum else None
+    return MemoryState(expanded, momentum)
+
+
+def _silu_derivative(z: Tensor) -> Tensor:
+    gate = torch.sigmoid(z)
+    return gate * (1.0 + z * (1.0 - gate))
+
+
+def _gelu_derivative(z: Tensor) -> Tensor:
+    cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+    density = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+    return cdf + z * density
+
+
+def _relu_derivative(z: Tensor) -> Tensor:
+    return (z > 0).to(z.dtype)
+
+
+def _tanh_derivative(z: Tensor) -> Tensor:
+    return 1.0 - torch.tanh(z) ** 2
+
+
+# Each activation with its derivative written out: the inner gradient is then an ordinary
+# expression that autograd differentiates again for the outer loss.
+_ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "silu": (F.silu, _silu_derivative),
+    "gelu": (F.gelu, _gelu_derivative),
+    "relu": (torch.relu, _relu_derivative),
+    "tanh": (torch.tanh, _tanh_derivative),
+}
+
+
+def memory_forward(
+    cfg: LevelConfig, weights: list[Tensor], inputs: Tensor
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """M_θ(inputs) for inputs (B, H, n, d_in) and per-sequence weights (B, H, out, in).
+
+    Returns the output (B, H, n, d_out), the input x_l each layer reads and its pre-activation
+    z_l = W_l x_l (without the residual), which the closed-form backward pass needs.
+    """
+    activation = _ACTIVATIONS[cfg.activation][0]
+    layer_inputs, pre_activations = [], []
+    hidden = inputs
+    for index, weight in enumerate(weights):
+        layer_inputs.append(hidden)
+        hidden = hidden @ weight.mT  # (B, H, n, out)
+        pre_activations.append(hidden)
+        if index < len(weights) - 1:
+            hidden = activation(hidden)
+    output = inputs + hidden if cfg.state == "residual_mlp" else hidden
+    return output, layer_inputs, pre_activations
+
+
+def newton_schulz(matrix: Tensor, steps: int) -> Tensor:
+    """Muon's quintic Newton–Schulz iteration on the last two dims, batched over the leading ones.
+
+    Pushes the singular values of matrix / ‖matrix‖_F towards 1. Wide orientation is used inside
+    (rows <= cols) so that the Gram matrices are the small ones.
+    """
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    transposed = matrix.shape[-2] > matrix.shape[-1]
+    x = matrix.mT if transposed else matrix
+    x = x / (torch.linalg.matrix_norm(x) + NEWTON_SCHULZ_EPS)[..., None, None]
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x.mT if transposed else x
+
+
+def _output_error(
+    cfg: LevelConfig,
+    weights: list[Tensor],
+    prediction: Tensor,
+    keys: Tensor,
+    values: Tensor | None,
+    output_error: OutputError | None,
+    start: int,
+) -> Tensor:
+    """g = ∂ℓ/∂M(k) (B, H, n, d_out) of the level's objective (§1.3), at the chunk-start state."""
+    if cfg.objective == "external":
+        assert output_error is not None, "objective external needs output_error"
+        return output_error(prediction, start, start + prediction.shape[-2])
+    if cfg.objective == "reconstruction":
+        return prediction - keys
+    assert values is not None, f"objective {cfg.objective!r} needs values"
+    # A generated target is a constant of the inner loss by construction of the closed form, yet
+    # stays attached so that the outer loss differentiates through it.
+    target = values if cfg.values == "given" else memory_forward(cfg, weights, values)[0]
+    return -target if cfg.objective == "dot" else prediction - target
+
+
+def _write_factors(
+    cfg: LevelConfig,
+    weights: list[Tensor],
+    keys: Tensor,
+    values: Tensor | None,
+    output_error: OutputError | None,
+    start: int,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer, the factors of each token's inner gradient u_s^(l) = δ_{l,s} x_{l,s}ᵀ at θ_c.
+
+    δ_l (B, H, n, out) is backpropagated from g in closed form (Eq. 29), then DGD adds W_l x_l =
+    z_l for the preconditioned layers; x_l (B, H, n, in) is what the layer reads on k.
+    """
+    prediction, layer_inputs, pre_activations = memory_forward(cfg, weights, keys)
+    derivative = _ACTIVATIONS[cfg.activation][1]
+    delta = _output_error(cfg, weights, prediction, keys, values, output_error, start)
+    deltas = [delta]
+    for index in range(len(weights) - 2, -1, -1):
+        delta = derivative(pre_activations[index]) * (delta @ weights[index + 1])  # (B, H, n, out_l)
+        deltas.insert(0, delta)
+    # The DGD term is added after backpropagation: it preconditions a layer's own update and does
+    # not flow into the earlier layers' errors.
+    for index in cfg.preconditioned_layers():
+        deltas[index] = deltas[index] + pre_activations[index]
+    return deltas, layer_inputs
+
+
+class _DualRows(NamedTuple):
+    """θ_t = state[t] θ_c + momentum[t] S_c − Σ_s writes[t, s] η_s u_s, one row per token t."""
+
+    state: Tensor  # A_t, the retention product from the chunk start  (B, H, n)
+    momentum: Tensor | None  # m_t = Σ_{r≤t} (A_t/A_r) B_r  (B, H, n)
+    writes: Tensor  # γ_{t,s}, zero for s > t  (B, H, n, n)
+
+
+class _MomentumRows(NamedTuple):
+    """S_t = state[t] S_c − Σ_s writes[t, s] η_s u_s."""
+
+    state: Tensor  # B_t  (B, H, n)
+    writes: Tensor  # B_t/B_s, zero for s > t  (B, H, n, n)
+
+
+def _dual_coefficients(
+    retention: Tensor | None, momentum_decay: Tensor | None, lr: Tensor
+) -> tuple[_DualRows, _MomentumRows | None]:
+    """The chunk's dual-form coefficients (§1.5) from log-cumsums of the gates α and β."""
+    n = lr.shape[-1]
+    inclusive = torch.ones(n, n, dtype=torch.bool, device=lr.device).tril()
+    log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
+    log_retained = torch.cumsum(log_alpha, dim=-1)  # log A_t  (B, H, n)
+    retained = masked_decay_ratios(log_retained, log_retained, inclusive)  # A_t/A_r
+    if momentum_decay is None:
+        return _DualRows(log_retained.exp(), None, retained), None
+    # β may be 0 (no momentum carried); the clamp keeps the log finite and the ratios exact to
+    # within the smallest normal number.
+    log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
+    log_carried = torch.cumsum(log_beta, dim=-1)  # log B_t  (B, H, n)
+    carried = masked_decay_ratios(log_carried, log_carried, inclusive)  # B_r/B_s
+    momentum_scale = (retained @ log_carried.exp().unsqueeze(-1)).squeeze(-1)  # m_t  (B, H, n)
+    rows = _DualRows(log_retained.exp(), momentum_scale, retained @ carried)
+    return rows, _MomentumRows(log_carried.exp(), carried)
+
+
+def _rows_before(rows: _DualRows) -> _DualRows:
+    """The coefficients of θ_{t−1}: the row above, and θ_c itself (1, 0, no writes) for the first token."""
+    momentum = None if rows.momentum is None else F.pad(rows.momentum[..., :-1], (1, 0))
+    state = F.pad(rows.state[..., :-1], (1, 0), value=1.0)
+    return _DualRows(state, momentum, F.pad(rows.writes[..., :-1, :], (0, 0, 1, 0)))
+
+
+def _dual_readout(
+    cfg: LevelConfig,
+    state: MemoryState,
+    rows: _DualRows,
+    write_errors: list[Tensor],
+    write_inputs: list[Tensor],
+    queries: Tensor,
+) -> Tensor:
+    """y_t = M_{θ_t}(q_t) (B, H, n, d_out) with θ_t given by `rows`, layer by layer on the query path.
+
+    Each layer's θ_t x_t = A_t W^c x_t + m_t S^c x_t − Σ_s γ_{t,s} η_s δ_s (x_s·x_t), where x_t is the
+    query path's input to that layer, already computed through the updated earlier layers.
+    """
+    activation = _ACTIVATIONS[cfg.activation][0]
+    hidden = queries
+    for index, weight in enumerate(state.weights):
+        mixed = rows.state.unsqueeze(-1) * (hidden @ weight.mT)  # (B, H, n, out)
+        if rows.momentum is not None:
+            assert state.momentum is not None
+            mixed = mixed + rows.momentum.unsqueeze(-1) * (hidden @ state.momentum[index].mT)
+        scores = rows.writes * (hidden @ write_inputs[index].mT)  # γ_{t,s} (x_t·x_s)  (B, H, n, n)
+        hidden = mixed - scores @ write_errors[index]
+        if index < len(state.weights) - 1:
+            hidden = activation(hidden)
+    return queries + hidden if cfg.state == "residual_mlp" else hidden
+
+
+def _chunk_end_state(
+    cfg: LevelConfig,
+    state: MemoryState,
+    rows: _DualRows,
+    momentum_rows: _MomentumRows | None,
+    write_errors: list[Tensor],
+    write_inputs: list[Tensor],
+) -> MemoryState:
+    """θ and S after the chunk's last token, with Newton–Schulz on the increment when configured."""
+    retained = rows.state[..., -1, None, None]  # A_n  (B, H, 1, 1)
+    weights = []
+    for index, weight in enumerate(state.weights):
+        # −Σ_s γ_{n,s} η_s δ_s x_sᵀ  (B, H, out, in)
+        increment = -(rows.writes[..., -1, :, None] * write_errors[index]).mT @ write_inputs[index]
+        if rows.momentum is not None:
+            assert state.momentum is not None
+            increment = increment + rows.momentum[..., -1, None, None] * state.momentum[index]
+        if cfg.orthogonalize_steps > 0:
+            increment = newton_schulz(increment, cfg.orthogonalize_steps)
+        weights.append(retained * weight + increment)
+    if momentum_rows is None:
+        return MemoryState(weights, None)
+    assert state.momentum is not None
+    carried = momentum_rows.state[..., -1, None, None]  # B_n  (B, H, 1, 1)
+    momentum = [
+        carried * previous
+        - (momentum_rows.writes[..., -1, :, None] * write_errors[index]).mT @ write_inputs[index]
+        for index, previous in enumerate(state.momentum)
+    ]
+    return MemoryState(weights, momentum)
+
+
+def memory_chunk_step(
+    cfg: LevelConfig,
+    state: MemoryState,
+    keys: Tensor,
+    values: Tensor | None,
+    queries: Tensor,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum_decay: Tensor | None,
+    output_error: OutputError | None = None,
+    *,
+    start: int = 0,
+) -> tuple[Tensor, MemoryState]:
+    """Run one chunk of n <= chunk_size tokens; returns the outputs (B, H, n, d_out) and the new state.
+
+    keys, queries: (B, H, n, d_in); values: (B, H, n, d_out), or None for reconstruction and
+    external objectives. lr (η), retention (α, None = 1) and momentum_decay (β, required iff
+    cfg.momentum): (B, H, n). For objective external, output_error(prediction, start, end) returns
+    g (B, H, n, d_out) for the memory's prediction M_{θ_c}(k) on the sequence positions
+    [start, end) (start is the chunk's offset in the sequence).
+    """
+    n = keys.shape[-2]
+    assert 1 <= n <= cfg.chunk_size, f"a chunk holds 1..{cfg.chunk_size} tokens, got {n}"
+    assert (momentum_decay is not None) == cfg.momentum, "momentum_decay is required iff cfg.momentum"
+    assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
+
+    deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, start)
+    write_errors = [lr.unsqueeze(-1) * delta for delta in deltas]  # η_s δ_s
+    if not cfg.grad_through_writes:
+        write_errors = [error.detach() for error in write_errors]
+        write_inputs = [inputs.detach() for inputs in write_inputs]
+    rows, momentum_rows = _dual_coefficients(retention, momentum_decay, lr)
+
+    if cfg.readout == "chunk_start":
+        outputs = memory_forward(cfg, state.weights, queries)[0]
+    else:
+        readout_rows = rows if cfg.readout == "causal" else _rows_before(rows)
+        outputs = _dual_readout(cfg, state, readout_rows, write_errors, write_inputs, queries)
+    return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, write_errors, write_inputs)
+
+
+def uses_delta_kernel(cfg: LevelConfig) -> bool:
+    """Whether `memory_level` runs this level through the exact delta kernel (module docstring)."""
+    if len(cfg.weight_shapes()) != 1 or cfg.state == "residual_mlp":
+        return False
+    if cfg.momentum or cfg.orthogonalize_steps > 0 or cfg.objective == "external":
+        return False
+    state_free_error = cfg.objective == "dot" and cfg.values == "given" and not cfg.dgd
+    return cfg.chunk_size == 1 or (state_free_error and cfg.readout != "chunk_start")
+
+
+def memory_level(
+    cfg: LevelConfig,
+    state: MemoryState,
+    keys: Tensor,
+    values: Tensor | None,
+    queries: Tensor,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum_decay: Tensor | None,
+    output_error: OutputError | None = None,
+    *,
+    allow_delta_kernel: bool = True,
+) -> tuple[Tensor, MemoryState]:
+    """Run a level over a whole sequence of any length T; returns outputs (B, H, T, d_out) and the state.
+
+    Inputs as in `memory_chunk_step`, with T tokens instead of n. The last chunk may be shorter
+    than chunk_size. allow_delta_kernel=False forces the chunk loop (the kernel is exact, so this
+    only matters for tests and benchmarks).
+    """
+    length = keys.shape[-2]
+    if allow_delta_kernel and uses_delta_kernel(cfg):
+        a, x = delta_rule_coefficients(cfg.objective, cfg.values == "generated", cfg.dgd, keys, values, lr)
+        outputs, final = generalized_delta_chunked(
+            queries, keys, a, x, retention, state.weights[0],
+            block=DELTA_BLOCK,
+            readout="causal" if cfg.readout == "causal" else "exclusive",
+            detach_writes=not cfg.grad_through_writes,
+        )
+        return outputs, MemoryState([final], None)
+
+    chunk_outputs = []
+    for begin in range(0, length, cfg.chunk_size):
+        end = min(begin + cfg.chunk_size, length)
+        chunk_output, state = memory_chunk_step(
+            cfg, state,
+            keys[..., begin:end, :],
+            None if values is None else values[..., begin:end, :],
+            queries[..., begin:end, :],
+            lr[..., begin:end],
+            None if retention is None else retention[..., begin:end],
+            None if momentum_decay is None else momentum_decay[..., begin:end],
+            output_error,
+            start=begin,
+        )
+        chunk_outputs.append(chunk_output)
+    return torch.cat(chunk_outputs, dim=-2), state

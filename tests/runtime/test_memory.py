@@ -1,0 +1,385 @@
+"""The chunk-parallel memory level (nldsl/runtime/memory.py) against the per-token reference.
+
+Outputs, final states and gradients w.r.t. every input (initial weights and momentum, keys, values,
+queries, gates, the external target) agree in float64 over a seeded grid of states, objectives,
+values, DGD, momentum, readouts, chunk sizes, lengths that are not multiples of the chunk,
+retention, gradients through writes and Newton–Schulz, plus a hypothesis property test over
+random combinations. Also: streaming, literal paper special cases, and torch.compile (slow).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nldsl.runtime.memory import (
+    LevelConfig,
+    MemoryState,
+    init_memory_weights,
+    initial_memory_state,
+    memory_chunk_step,
+    memory_level,
+    newton_schulz,
+    uses_delta_kernel,
+)
+from nldsl.runtime.reference import memory_level_reference, newton_schulz_reference
+
+OUTPUT_RTOL = 1e-6  # outputs and final states, fast path vs reference, float64
+GRAD_RTOL = 1e-6  # gradients w.r.t. every input, fast path vs reference, float64
+STREAM_RTOL = 1e-12  # one shot vs two halves: the same arithmetic, only regrouped
+COMPILE_RTOL = 1e-10  # torch.compile vs eager, float64
+BATCH, HEADS, WIDTH, HIDDEN = 2, 2, 4, 6
+
+
+@dataclasses.dataclass
+class LevelInputs:
+    """One seeded draw of everything a level reads, as leaves that require grad."""
+
+    state: MemoryState
+    keys: torch.Tensor  # (B, H, T, d_in)
+    values: torch.Tensor | None  # (B, H, T, d_out)
+    queries: torch.Tensor  # (B, H, T, d_in)
+    lr: torch.Tensor  # η  (B, H, T)
+    retention: torch.Tensor | None  # α  (B, H, T)
+    momentum_decay: torch.Tensor | None  # β  (B, H, T)
+    target: torch.Tensor  # what the external objective regresses to  (B, H, T, d_out)
+
+    def arguments(self) -> tuple:
+        """The positional arguments of memory_level after the config."""
+        gates = (self.lr, self.retention, self.momentum_decay)
+        return (self.state, self.keys, self.values, self.queries, *gates)
+
+    def leaves(self) -> list[torch.Tensor]:
+        candidates = [*self.state.weights, *(self.state.momentum or []), self.keys, self.values,
+                      self.queries, self.lr, self.retention, self.momentum_decay, self.target]
+        return [leaf for leaf in candidates if leaf is not None]
+
+    def output_error(self, prediction: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """g of ½‖M(k) − target‖², in closed form, for the fast path."""
+        return prediction - self.target[..., start:end, :]
+
+    def external_loss(self, prediction: torch.Tensor, t: int) -> torch.Tensor:
+        """½‖M(k_t) − target_t‖² as a loss, for the reference."""
+        return 0.5 * ((prediction - self.target[..., t : t + 1, :]) ** 2).sum(-1)
+
+
+def make_inputs(cfg: LevelConfig, length: int, *, learned_retention: bool, seed: int) -> LevelInputs:
+    """Unit-norm keys and queries (as HOPE normalises them), gates in their ranges, distinct sequences."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        draw = torch.rand(BATCH, HEADS, length, generator=generator, dtype=torch.float64)
+        return (low + (high - low) * draw).requires_grad_()
+
+    shared = init_memory_weights(cfg, HEADS, generator=generator, dtype=torch.float64)
+    weights = [(w + normal(BATCH, *w.shape, scale=0.1)).requires_grad_() for w in shared]
+    momentum = [normal(*w.shape, scale=0.05).requires_grad_() for w in weights] if cfg.momentum else None
+    keys = F.normalize(normal(BATCH, HEADS, length, cfg.d_in), dim=-1).requires_grad_()
+    queries = F.normalize(normal(BATCH, HEADS, length, cfg.d_in), dim=-1).requires_grad_()
+    values = None
+    if cfg.objective in ("dot", "l2"):
+        values = normal(BATCH, HEADS, length, cfg.d_out).requires_grad_()
+    return LevelInputs(
+        state=MemoryState(weights, momentum),
+        keys=keys,
+        values=values,
+        queries=queries,
+        lr=uniform(0.05, 0.5),
+        retention=uniform(0.5, 1.0) if learned_retention else None,
+        momentum_decay=uniform(0.2, 0.9) if cfg.momentum else None,
+        target=normal(BATCH, HEADS, length, cfg.d_out).requires_grad_(),
+    )
+
+
+def outputs_and_gradients(
+    run: Callable, inputs: LevelInputs
+) -> tuple[torch.Tensor, MemoryState, list[torch.Tensor | None]]:
+    """Run a level, then differentiate a fixed random projection of its outputs and final state."""
+    outputs, final = run(*inputs.arguments())
+    projection = torch.Generator().manual_seed(1234)
+    produced = [outputs, *final.weights, *(final.momentum or [])]
+    loss = sum((p * torch.randn(p.shape, generator=projection, dtype=p.dtype)).sum() for p in produced)
+    gradients = torch.autograd.grad(loss, inputs.leaves(), allow_unused=True)
+    return outputs, final, list(gradients)
+
+
+def relative_error(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
+    """‖actual − expected‖ / ‖expected‖, where a missing gradient counts as zeros."""
+    if actual is None and expected is None:
+        return 0.0
+    actual = torch.zeros_like(expected) if actual is None else actual
+    expected = torch.zeros_like(actual) if expected is None else expected
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def assert_matches_reference(
+    cfg: LevelConfig, length: int, *, learned_retention: bool = True, seed: int = 0,
+    allow_delta_kernel: bool = True,
+) -> None:
+    inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed)
+
+    def fast(*arguments):
+        return memory_level(cfg, *arguments, inputs.output_error, allow_delta_kernel=allow_delta_kernel)
+
+    def reference(*arguments):
+        return memory_level_reference(cfg, *arguments, inputs.external_loss)
+
+    outputs, final, gradients = outputs_and_gradients(fast, inputs)
+    expected_outputs, expected_final, expected_gradients = outputs_and_gradients(reference, inputs)
+    assert outputs.shape == (BATCH, HEADS, length, cfg.d_out)
+    assert relative_error(outputs, expected_outputs) <= OUTPUT_RTOL
+    produced = [*final.weights, *(final.momentum or [])]
+    expected = [*expected_final.weights, *(expected_final.momentum or [])]
+    assert len(produced) == len(expected)
+    for index, (actual, wanted) in enumerate(zip(produced, expected)):
+        assert relative_error(actual, wanted) <= OUTPUT_RTOL, f"final state tensor {index}"
+    for index, (actual, wanted) in enumerate(zip(gradients, expected_gradients)):
+        assert relative_error(actual, wanted) <= GRAD_RTOL, f"gradient of leaf {index}"
+    assert any(g is not None and g.abs().sum() > 0 for g in expected_gradients)
+
+
+def level(state: str, **options) -> LevelConfig:
+    """A small level of the given state kind: mlp2/mlp3 name an mlp of that depth."""
+    shape = {"linear": ("linear", 1), "mlp2": ("mlp", 2), "mlp3": ("mlp", 3), "residual": ("residual_mlp", 2)}
+    kind, depth = shape[state]
+    options.setdefault("d_in", WIDTH)
+    options.setdefault("d_out", WIDTH)
+    return LevelConfig(kind, hidden=HIDDEN, depth=depth, **options)
+
+
+STATES = ["linear", "mlp2", "mlp3", "residual"]
+ACTIVATION_CYCLE = ["silu", "gelu", "tanh", "relu"]
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("objective", ["dot", "l2", "reconstruction", "external"])
+def test_objectives(state: str, objective: str) -> None:
+    activation = ACTIVATION_CYCLE[(STATES.index(state) + len(objective)) % 4]
+    cfg = level(state, objective=objective, activation=activation, chunk_size=3)
+    assert_matches_reference(cfg, 13, seed=STATES.index(state))
+
+
+@pytest.mark.parametrize("state", ["mlp3", "residual", "linear"])
+@pytest.mark.parametrize("dgd", ["off", "first", "all"])
+@pytest.mark.parametrize("values", ["given", "generated"])
+def test_dgd_and_generated_values(state: str, dgd: str, values: str) -> None:
+    dgd_options = {"off": {}, "first": {"dgd": True}, "all": {"dgd": True, "dgd_layers": "all"}}[dgd]
+    for objective in ("l2", "dot"):
+        cfg = level(state, objective=objective, values=values, chunk_size=3, **dgd_options)
+        assert_matches_reference(cfg, 7)
+
+
+@pytest.mark.parametrize("readout", ["causal", "exclusive", "chunk_start"])
+@pytest.mark.parametrize("momentum", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 3, 8])
+def test_readout_momentum_chunks(readout: str, momentum: bool, chunk_size: int) -> None:
+    cfg = level("residual", dgd=True, momentum=momentum, readout=readout, chunk_size=chunk_size)
+    assert_matches_reference(cfg, 13, seed=chunk_size)
+
+
+@pytest.mark.parametrize("length", [1, 7, 13])
+@pytest.mark.parametrize("learned_retention", [False, True])
+def test_lengths_and_retention(length: int, learned_retention: bool) -> None:
+    cfg = level("mlp2", momentum=True, chunk_size=3)
+    assert_matches_reference(cfg, length, learned_retention=learned_retention)
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("readout", ["causal", "exclusive"])
+def test_no_gradient_through_writes(state: str, readout: str) -> None:
+    cfg = level(state, dgd=True, momentum=True, readout=readout, chunk_size=3, grad_through_writes=False)
+    assert_matches_reference(cfg, 7)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8])
+@pytest.mark.parametrize("momentum", [False, True])
+def test_newton_schulz_on_chunk_increments(chunk_size: int, momentum: bool) -> None:
+    cfg = level("residual", readout="chunk_start", orthogonalize_steps=3, chunk_size=chunk_size,
+                momentum=momentum, dgd=True)
+    assert_matches_reference(cfg, 13)
+
+
+@pytest.mark.parametrize("objective", ["dot", "l2"])
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_rectangular_linear_memory(objective: str, chunk_size: int) -> None:
+    cfg = level("linear", objective=objective, chunk_size=chunk_size, d_in=3, d_out=5, dgd=True)
+    assert_matches_reference(cfg, 7)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    state=st.sampled_from(STATES),
+    activation=st.sampled_from(ACTIVATION_CYCLE),
+    objective=st.sampled_from(["dot", "l2", "reconstruction", "external"]),
+    generated=st.booleans(),
+    dgd=st.sampled_from(["off", "first", "all"]),
+    momentum=st.booleans(),
+    readout=st.sampled_from(["causal", "exclusive", "chunk_start"]),
+    orthogonalize=st.booleans(),
+    chunk_size=st.sampled_from([1, 3, 8]),
+    length=st.sampled_from([1, 7, 13]),
+    learned_retention=st.booleans(),
+    grad_through_writes=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_levels(state, activation, objective, generated, dgd, momentum, readout, orthogonalize,
+                       chunk_size, length, learned_retention, grad_through_writes, seed) -> None:
+    cfg = level(
+        state,
+        activation=activation,
+        objective=objective,
+        values="generated" if generated else "given",
+        dgd=dgd != "off",
+        dgd_layers="all" if dgd == "all" else "first",
+        momentum=momentum,
+        readout="chunk_start" if orthogonalize else readout,
+        orthogonalize_steps=2 if orthogonalize else 0,
+        chunk_size=chunk_size,
+        grad_through_writes=grad_through_writes,
+    )
+    assert_matches_reference(cfg, length, learned_retention=learned_retention, seed=seed)
+
+
+def test_chunk_step_equals_level_on_one_chunk() -> None:
+    cfg = level("residual", dgd=True, momentum=True, chunk_size=8)
+    inputs = make_inputs(cfg, 8, learned_retention=True, seed=3)
+    step_outputs, step_state = memory_chunk_step(cfg, *inputs.arguments())
+    level_outputs, level_state = memory_level(cfg, *inputs.arguments())
+    torch.testing.assert_close(step_outputs, level_outputs, rtol=0, atol=0)
+    assert step_state.momentum is not None and level_state.momentum is not None
+    stepped, leveled = step_state.weights + step_state.momentum, level_state.weights + level_state.momentum
+    for actual, expected in zip(stepped, leveled):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_external_error_sees_sequence_positions() -> None:
+    cfg = level("mlp2", objective="external", chunk_size=3)
+    inputs = make_inputs(cfg, 7, learned_retention=False, seed=0)
+    seen = []
+
+    def output_error(prediction, start, end):
+        seen.append((start, end, prediction.shape[-2]))
+        return inputs.output_error(prediction, start, end)
+
+    memory_level(cfg, *inputs.arguments(), output_error)
+    assert seen == [(0, 3, 3), (3, 6, 3), (6, 7, 1)]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "split"),
+    [
+        (level("residual", dgd=True, momentum=True, chunk_size=4), 8),
+        (level("mlp3", readout="chunk_start", orthogonalize_steps=2, chunk_size=3), 6),
+        (level("linear", dgd=True, chunk_size=1), 5),  # the delta kernel: any split
+        (level("linear", objective="dot", chunk_size=4), 5),  # state-free error: any split
+    ],
+)
+def test_streaming_in_two_halves_equals_one_shot(cfg: LevelConfig, split: int) -> None:
+    inputs = make_inputs(cfg, 13, learned_retention=True, seed=7)
+    state, keys, values, queries, lr, retention, momentum_decay = inputs.arguments()
+
+    def part(tensor, begin, end):
+        return None if tensor is None else tensor[:, :, begin:end]
+
+    whole_outputs, whole_state = memory_level(cfg, *inputs.arguments())
+    halves = []
+    for begin, end in ((0, split), (split, 13)):
+        outputs, state = memory_level(
+            cfg, state, part(keys, begin, end), part(values, begin, end), part(queries, begin, end),
+            part(lr, begin, end), part(retention, begin, end), part(momentum_decay, begin, end),
+        )
+        halves.append(outputs)
+    assert relative_error(torch.cat(halves, dim=-2), whole_outputs) <= STREAM_RTOL
+    for actual, expected in zip(state.weights + (state.momentum or []),
+                                whole_state.weights + (whole_state.momentum or [])):
+        assert relative_error(actual, expected) <= STREAM_RTOL
+
+
+def test_dgd_linear_level_is_paper_eq_88() -> None:
+    """Period 1, l2, DGD: M_t = M_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t ∇L, the k kᵀ term counted twice."""
+    cfg = level("linear", dgd=True, chunk_size=1)
+    inputs = make_inputs(cfg, 13, learned_retention=True, seed=5)
+    outputs, final = memory_level(cfg, *inputs.arguments())
+    memory = inputs.state.weights[0]
+    expected = []
+    for t in range(13):
+        k, v, q = inputs.keys[:, :, t], inputs.values[:, :, t], inputs.queries[:, :, t]
+        eta, alpha = inputs.lr[:, :, t, None, None], inputs.retention[:, :, t, None, None]
+        outer = k.unsqueeze(-1) * k.unsqueeze(-2)  # k kᵀ  (B, H, d, d)
+        loss_gradient = ((memory @ k.unsqueeze(-1)).squeeze(-1) - v).unsqueeze(-1) * k.unsqueeze(-2)
+        memory = memory @ (alpha * torch.eye(WIDTH, dtype=torch.float64) - eta * outer) - eta * loss_gradient
+        expected.append((memory @ q.unsqueeze(-1)).squeeze(-1))
+    assert relative_error(outputs, torch.stack(expected, dim=-2)) <= OUTPUT_RTOL
+    assert relative_error(final.weights[0], memory) <= OUTPUT_RTOL
+
+
+def test_dispatch_rule() -> None:
+    assert uses_delta_kernel(level("linear", chunk_size=1))
+    assert uses_delta_kernel(level("linear", objective="reconstruction", dgd=True, chunk_size=1))
+    assert uses_delta_kernel(level("linear", objective="dot", chunk_size=16))
+    assert uses_delta_kernel(level("linear", readout="chunk_start", chunk_size=1))
+    assert not uses_delta_kernel(level("linear", objective="dot", dgd=True, chunk_size=16))
+    assert not uses_delta_kernel(level("linear", objective="dot", readout="chunk_start", chunk_size=16))
+    assert not uses_delta_kernel(level("linear", momentum=True, chunk_size=1))
+    assert not uses_delta_kernel(level("linear", objective="external", chunk_size=1))
+    assert not uses_delta_kernel(level("mlp2", chunk_size=1))
+    assert not uses_delta_kernel(level("residual", chunk_size=1))
+
+
+def test_newton_schulz_matches_reference_and_orthogonalizes() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((3, 5, 8), (3, 8, 5), (2, 6, 6)):
+        matrices = torch.randn(shape, generator=generator, dtype=torch.float64)
+        fast = newton_schulz(matrices, 5)
+        expected = torch.stack([newton_schulz_reference(m, 5) for m in matrices])
+        assert relative_error(fast, expected) <= OUTPUT_RTOL
+        singular_values = torch.linalg.svdvals(fast)
+        assert singular_values.min() > 0.6 and singular_values.max() < 1.3
+
+
+def test_initial_state_shapes_and_scale() -> None:
+    cfg = level("residual", momentum=True)
+    weights = init_memory_weights(cfg, HEADS, generator=torch.Generator().manual_seed(0))
+    assert [tuple(w.shape) for w in weights] == [(HEADS, HIDDEN, WIDTH), (HEADS, WIDTH, HIDDEN)]
+    assert weights[1].std() < 0.5 * weights[0].std()
+    state = initial_memory_state(cfg, weights, BATCH)
+    assert state.weights[0].shape == (BATCH, HEADS, HIDDEN, WIDTH)
+    assert state.momentum is not None and all(m.abs().sum() == 0 for m in state.momentum)
+
+
+def test_invalid_configs_are_rejected() -> None:
+    with pytest.raises(AssertionError):
+        level("residual", d_out=WIDTH + 1)
+    with pytest.raises(AssertionError):
+        level("linear", d_out=WIDTH + 1, values="generated")
+    with pytest.raises(AssertionError):
+        level("mlp2", orthogonalize_steps=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cfg",
+    [level("residual", dgd=True, momentum=True, chunk_size=4), level("linear", dgd=True, chunk_size=1)],
+    ids=["residual_dgd_momentum", "linear_delta_kernel"],
+)
+def test_compiled_level_matches_eager(cfg: LevelConfig) -> None:
+    inputs = make_inputs(cfg, 7, learned_retention=True, seed=11)
+
+    def run(*arguments):
+        return memory_level(cfg, *arguments)
+
+    compiled = torch.compile(run, fullgraph=True)
+    outputs, final, gradients = outputs_and_gradients(compiled, inputs)
+    expected_outputs, expected_final, expected_gradients = outputs_and_gradients(run, inputs)
+    assert relative_error(outputs, expected_outputs) <= COMPILE_RTOL
+    for actual, expected in zip(final.weights, expected_final.weights):
+        assert relative_error(actual, expected) <= COMPILE_RTOL
+    for actual, expected in zip(gradients, expected_gradients):
+        assert relative_error(actual, expected) <= COMPILE_RTOL
