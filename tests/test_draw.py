@@ -1,0 +1,354 @@
+"""Tests for nldsl.draw: golden DOT for every shipped spec, nested frequency clusters, edge styles,
+labels, escaping of user text, and `render` (real graphviz output, missing `dot`, bad outputs).
+
+Regenerate the golden files with `pytest tests/test_draw.py --update-golden`. Tests that run
+graphviz's `dot` are skipped where it is not installed (CI installs it).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from nldsl.checker import check_file, check_text
+from nldsl.cli import main
+from nldsl.draw import EDGE_STYLES, SUPPORTED_SUFFIXES, human_count, render, to_dot
+from nldsl.graph import build_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "dot"
+SPECS = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "specs").rglob("*.nl"))
+HAS_DOT = shutil.which("dot") is not None
+needs_dot = pytest.mark.skipif(not HAS_DOT, reason="graphviz's `dot` is not installed")
+
+ODD_PATH = 'odd "specs"/<b>&amp; ünïcode ∂θ₀ \\ \'quoted\'.nl'
+ODD_LABEL = '<script>"x" & \'y\' → ∂ \\'
+ODD_NODE = 'block."weird"\\name'
+
+SMALL_SPEC = """
+level fast_memory {
+  state = linear
+  period = 4
+}
+
+optimizer two_moments {
+  lr = 1e-3
+  level momentum { retention = 0.9 }
+  level second_moment { flow = squared_gradients  retention = 0.999  lr = 0.001 }
+  update = momentum / (sqrt(second_moment) + 1e-8)
+}
+
+model small {
+  vocab = 32
+  dim = 16
+  layers = 3
+  block {
+    memory lmm { heads = 2  level from fast_memory { } }
+    cms {
+      level fast { period = 8 }
+      level slow { period = 32 }
+    }
+  }
+}
+
+train {
+  optimizer = two_moments
+  batch = 2
+  seq_len = 16
+}
+"""
+
+
+def updating(request: pytest.FixtureRequest) -> bool:
+    """`--update-golden` (registered in tests/conftest.py)."""
+    return bool(request.config.getoption("--update-golden", default=False))
+
+
+def checked_graph(text: str, path: str = "small.nl"):
+    result = check_text(text, path)
+    assert result.ok, [d.message for d in result.diagnostics]
+    return build_graph(result.spec)
+
+
+def shipped_graph(spec: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(ROOT)  # paths in titles stay relative, as a user types them
+    result = check_file(spec)
+    assert result.ok, f"{spec} does not check: {[d.message for d in result.diagnostics]}"
+    return build_graph(result.spec)
+
+
+def clusters_of(dot: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """Read our own DOT back: (cluster title, nesting depth) in order, and each node's cluster title."""
+    clusters: list[tuple[str, int]] = []
+    stack: list[str] = []
+    node_cluster: dict[str, str] = {}
+    pending = False
+    for line in dot.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("subgraph cluster_"):
+            pending = True
+        elif pending and "label=<<B>" in stripped:
+            title = re.search(r"label=<<B>(.*?)</B>>", stripped).group(1)
+            clusters.append((title, len(stack)))
+            stack.append(title)
+            pending = False
+        elif stripped == "}" and stack:
+            stack.pop()
+        elif (match := re.match(r'"((?:[^"\\]|\\.)*)" \[shape=', stripped)) and stack:
+            node_cluster[match.group(1)] = stack[-1]
+    return clusters, node_cluster
+
+
+def declaration(dot: str, node: str) -> str:
+    """A node's declaration, from its name to the end of its (multi-line) label."""
+    return re.search(rf'^\s*"{re.escape(node)}" \[.*?>\];$', dot, re.M | re.S).group(0)
+
+
+def edge_lines(dot: str) -> list[str]:
+    return [line for line in dot.splitlines() if re.match(r'\s*"(?:[^"\\]|\\.)*" -> "', line)]
+
+
+# Golden files.
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_golden_dot(spec, request, monkeypatch):
+    dot = to_dot(shipped_graph(spec, monkeypatch))
+    golden = GOLDEN / Path(spec).relative_to("specs").with_suffix(".dot")
+    if updating(request):
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(dot, encoding="utf-8")
+    assert golden.exists(), f"no golden file for {spec}; run `pytest tests/test_draw.py --update-golden`"
+    assert dot == golden.read_text(encoding="utf-8"), \
+        f"the drawing of {spec} changed; check it, then run `pytest tests/test_draw.py --update-golden`"
+
+
+def test_every_golden_file_has_a_spec(request):
+    expected = {(GOLDEN / Path(spec).relative_to("specs").with_suffix(".dot")) for spec in SPECS}
+    stale = sorted(path for path in GOLDEN.rglob("*.dot") if path not in expected)
+    if updating(request):
+        for path in stale:
+            path.unlink()
+        stale = []
+    assert not stale, f"golden files without a spec: {[p.name for p in stale]}; rerun with --update-golden"
+
+
+def test_output_is_deterministic(monkeypatch):
+    first = to_dot(shipped_graph("specs/hope.nl", monkeypatch))
+    assert to_dot(shipped_graph("specs/hope.nl", monkeypatch)) == first
+    assert "\r" not in first and first.endswith("}\n")
+
+
+# Structure: nested clusters, nodes, edges, title.
+
+def test_frequency_groups_are_nested_clusters_slowest_outermost(monkeypatch):
+    graph = shipped_graph("specs/hope.nl", monkeypatch)
+    clusters, node_cluster = clusters_of(to_dot(graph))
+    assert clusters == [("every step (outer)", 0), ("every 4096 tokens", 1), ("every 64 tokens", 2),
+                        ("every 16 tokens", 3), ("every 8 tokens", 4)]
+    for (_, nodes), (title, _) in zip(graph.frequency_groups(), clusters):
+        assert set(nodes) == {node for node, where in node_cluster.items() if where == title}
+    assert node_cluster["embedding"] == node_cluster["head"] == node_cluster["outer"] == "every step (outer)"
+    assert node_cluster["block.titans.M_k"] == "every 8 tokens"
+
+
+def test_cluster_titles_name_steps_and_single_units():
+    graph = checked_graph(SMALL_SPEC)
+    clusters, _ = clusters_of(to_dot(graph))
+    assert [title for title, _ in clusters] == ["every step (outer)", "every 32 tokens", "every 8 tokens",
+                                                "every 4 tokens"]
+    text = SMALL_SPEC.replace("level slow { period = 32 }", "level slow { period = steps(2)  update = outer }")
+    clusters, _ = clusters_of(to_dot(checked_graph(text)))
+    assert "every 2 steps" in [title for title, _ in clusters]
+
+
+def test_modules_are_boxes_and_levels_rounded_boxes(monkeypatch):
+    dot = to_dot(shipped_graph("specs/hope.nl", monkeypatch))
+    declarations = {m.group(1): m.group(2) for m in re.finditer(r'^\s*"([^"]+)" \[(shape=box, style=[^,]+)', dot, re.M)}
+    assert declarations["embedding"] == "shape=box, style=filled"
+    assert declarations["block.cms"] == "shape=box, style=filled"
+    assert declarations["block.titans.memory"] == 'shape=box, style="rounded'
+    assert declarations["block.cms.slow"] == 'shape=box, style="rounded'
+
+
+def test_level_label_shows_period_state_params_objective_rule_gates(monkeypatch):
+    dot = to_dot(shipped_graph("specs/hope.nl", monkeypatch))
+    memory = declaration(dot, "block.titans.memory")
+    for fact in ("16 tokens", "4×residual_mlp[32 → 64 → 32]", "32.8k params", "l2, v̂ = M(v)",
+                 "dgd+momentum, readout causal", "η: generated, α: generated, β: per token", "×2 blocks"):
+        assert fact in memory, fact
+    head = declaration(dot, "head")
+    assert "norm + head (tied)" in head and "128 params" in head
+
+
+def test_every_edge_is_drawn_once_in_the_style_of_its_kind(monkeypatch):
+    graph = shipped_graph("specs/hope.nl", monkeypatch)
+    edges = edge_lines(to_dot(graph))
+    assert len(edges) == graph.nx.number_of_edges()
+    for kind, style in EDGE_STYLES.items():
+        expected = sum(1 for _, _, attrs in graph.nx.edges(data=True) if attrs["kind"] == kind)
+        assert sum(1 for line in edges if style in line) == expected, kind
+    meta = [line for line in edges if EDGE_STYLES["meta"] in line]
+    assert meta and all("meta-learns θ₀" in line and "style=dotted" in line for line in meta)
+    assert all("style=dashed" in line for line in edges if EDGE_STYLES["read"] in line)
+    assert any("(k, v̂ = M(v))" in line for line in edges if EDGE_STYLES["flow"] in line)
+
+
+def test_nested_cms_meta_edge_says_initial_state():
+    text = SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
+        "level slow { period = 32 }", "level slow { period = 32  lr = 0.5 }")
+    edges = edge_lines(to_dot(checked_graph(text)))
+    assert any('"block.cms.slow" -> "block.cms.fast"' in line and "initial state" in line for line in edges)
+
+
+def test_parts_are_laid_out_beside_their_owner(monkeypatch):
+    edges = edge_lines(to_dot(shipped_graph("specs/hope.nl", monkeypatch)))
+    read = next(line for line in edges if "label=<M(q)>" in line)
+    assert read.lstrip().startswith('"block.titans" -> "block.titans.memory"') and "dir=back" in read
+
+
+def test_title_names_the_spec_and_its_parameter_count(monkeypatch):
+    graph = shipped_graph("specs/hope.nl", monkeypatch)
+    dot = to_dot(graph)
+    total = graph.total_params()
+    assert "<B>specs/hope.nl</B>" in dot
+    assert f"{human_count(total)} parameters ({total:,})" in dot
+    for kind in EDGE_STYLES:
+        assert f"{kind}: " in dot  # the legend
+
+
+def test_optimizer_levels_and_a_file_without_a_model():
+    dot = to_dot(checked_graph(SMALL_SPEC))
+    assert "outer level (two_moments)" in dot and "second_moment" in dot and "in the optimizer" in dot
+    no_model = to_dot(checked_graph("train { steps = 3 }", "no_model.nl"))
+    assert "no model" in no_model and '"outer" [' in no_model
+
+
+@pytest.mark.parametrize(("count", "text"), [
+    (0, "0"), (999, "999"), (1000, "1k"), (34_499, "34.5k"), (262_144, "262k"), (999_499, "999k"),
+    (999_500, "1M"), (1_086_680, "1.09M"), (1_200_000, "1.2M"), (2_500_000_000, "2.5B"),
+])
+def test_human_count(count, text):
+    assert human_count(count) == text
+
+
+# Escaping user text.
+
+def odd_graph():
+    graph = checked_graph(SMALL_SPEC, ODD_PATH)
+    graph.nx.nodes["block.cms.fast"]["label"] = ODD_LABEL
+    graph.nx.add_node(ODD_NODE, kind="module", label=ODD_LABEL, params=7, period="outer", repeat=1)
+    graph.add_edge("block.cms", ODD_NODE, "data", ODD_LABEL)
+    return graph
+
+
+def test_labels_and_names_are_escaped():
+    dot = to_dot(odd_graph())
+    body = dot.split("\n", 1)[1]  # below the first line's comment, which shows the path as written
+    assert "<script>" not in body and "<b>" not in body
+    assert "&lt;script&gt;&quot;x&quot; &amp; 'y' → ∂ \\" in dot
+    assert "odd &quot;specs&quot;/&lt;b&gt;&amp;amp; ünïcode ∂θ₀ \\ 'quoted'.nl" in dot
+    assert '"block.\\"weird\\"\\\\name" [shape=box' in dot
+    assert dot.splitlines()[1] == "digraph level_graph {"  # the path in the first line's comment stays on it
+
+
+def test_control_characters_cannot_break_the_dot_text():
+    graph = checked_graph(SMALL_SPEC, "two\nlines\x07.nl")
+    dot = to_dot(graph)
+    assert dot.startswith("// Level graph of two lines\ufffd.nl,")
+    assert "\x07" not in dot
+
+
+@needs_dot
+def test_escaped_text_survives_graphviz_exactly(tmp_path):
+    out = tmp_path / "odd.svg"
+    assert render(to_dot(odd_graph()), out) is None
+    texts = "".join(ET.parse(out).getroot().itertext())
+    assert ODD_LABEL in texts.replace("\xa0", " ")
+    assert "ünïcode ∂θ₀" in texts
+
+
+# Rendering.
+
+@needs_dot
+def test_render_svg_with_graphviz(tmp_path, monkeypatch):
+    graph = shipped_graph("specs/hope.nl", monkeypatch)
+    out = tmp_path / "hope.svg"
+    assert render(to_dot(graph), out) is None
+    root = ET.parse(out).getroot()
+    assert root.tag.endswith("svg")
+    texts = set(root.itertext())
+    for level in graph.levels():
+        assert graph.nx.nodes[level]["label"] in texts, level
+    assert "every 4096 tokens" in texts
+
+
+@needs_dot
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_render_binary_formats(tmp_path, suffix):
+    out = tmp_path / f"small{suffix}"
+    assert render(to_dot(checked_graph(SMALL_SPEC)), out) is None
+    magic = {".png": b"\x89PNG", ".pdf": b"%PDF"}[suffix]
+    assert out.read_bytes().startswith(magic)
+
+
+@needs_dot
+def test_graphviz_failure_is_one_line(tmp_path):
+    message = render("digraph { this is not dot", tmp_path / "broken.svg")
+    assert message is not None and "\n" not in message and "failed to draw" in message
+    assert not (tmp_path / "broken.svg").exists()
+
+
+def test_render_dot_writes_the_text(tmp_path):
+    dot = to_dot(checked_graph(SMALL_SPEC))
+    assert render(dot, tmp_path / "graph.dot") is None
+    assert (tmp_path / "graph.dot").read_text(encoding="utf-8") == dot
+
+
+def test_missing_dot_writes_the_dot_file_and_says_how_to_install(tmp_path, monkeypatch):
+    empty = tmp_path / "empty_path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    dot = to_dot(checked_graph(SMALL_SPEC))
+    message = render(dot, tmp_path / "graph.svg")
+    assert message is not None and "\n" not in message
+    assert "apt-get install graphviz" in message and "graph.dot" in message
+    assert (tmp_path / "graph.dot").read_text(encoding="utf-8") == dot
+    assert not (tmp_path / "graph.svg").exists()
+
+
+@pytest.mark.parametrize("name", ["graph.jpg", "graph", "graph.SVGZ"])
+def test_unknown_suffix_lists_the_supported_ones(tmp_path, name):
+    message = render("digraph {}", tmp_path / name)
+    assert message is not None and all(suffix in message for suffix in SUPPORTED_SUFFIXES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_a_message(tmp_path, monkeypatch):
+    missing = tmp_path / "missing_dir"
+    message = render("digraph {}", missing / "graph.dot")
+    assert message is not None and message.startswith("cannot write") and "\n" not in message
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot`, and the fallback .dot cannot be written either
+    message = render("digraph {}", missing / "graph.svg")
+    assert message is not None and "cannot write" in message and "apt-get install graphviz" in message
+
+
+@needs_dot
+def test_unwritable_rendered_output_is_a_message(tmp_path):
+    message = render("digraph {}", tmp_path / "missing_dir" / "graph.svg")
+    assert message is not None and message.startswith("cannot write") and "\n" not in message
+
+
+def test_uppercase_suffix_is_accepted(tmp_path):
+    assert render("digraph {}\n", tmp_path / "graph.DOT") is None
+
+
+def test_cli_graph_writes_dot(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "hope.dot"
+    assert main(["graph", "specs/hope.nl", "-o", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == to_dot(shipped_graph("specs/hope.nl", monkeypatch))
+    assert "wrote" in capsys.readouterr().out
