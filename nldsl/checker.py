@@ -63,7 +63,15 @@ class ExprValue:
 class EvalError(Exception):
     def __init__(self, code: str, message: str, span: Span, help: str | None = None):
         super().__init__(message)
-        self.diagnostic = Diagnostic(code, message, span, help)
+        self.diagnostic: Diagnostic | None = Diagnostic(code, message, span, help)
+
+
+class ReportedError(EvalError):
+    """A use of a constant whose definition failed: that error is reported once, where it happened."""
+
+    def __init__(self, name: str, span: Span):
+        super().__init__("E0304", f"constant `{name}` has no value", span)
+        self.diagnostic = None
 
 
 # Namespaces and expanded sections ------------------------------------------------------------
@@ -125,6 +133,7 @@ class Tree:
     header: Span
     attrs: dict[str, Attr] = field(default_factory=dict)
     children: list[Tree] = field(default_factory=list)
+    incomplete: bool = False  # its `from` failed (reported): what it lacks is not reported again
 
     def child_label(self) -> str:
         return self.name or self.kind
@@ -200,7 +209,9 @@ class Checker:
         if problem:
             return CheckResult(None, [problem], {})
         assert text is not None
+        self.loading.append(str((self.base_dir / Path(path).name).resolve()))  # imports compare resolved paths
         ns = self.load_text(text, path, self.base_dir)
+        self.loading.pop()
         root_module = ns.module if ns else None
         spec = None
         if ns is not None:
@@ -276,7 +287,7 @@ class Checker:
                 self.bag.error("E0202", f"`{item.alias}` is defined twice", item.span)
             ns.aliases[item.alias] = imported
         else:
-            for name in imported.sections.keys() | imported.consts.keys():
+            for name in sorted(imported.sections.keys() | imported.consts.keys()):
                 if name in ns.sections or name in ns.consts or ns.lookup_section(name) \
                         or ns.lookup_const(name):
                     self.bag.error("E0202", f"`{name}` is defined twice (also in `{item.path}`)",
@@ -291,14 +302,14 @@ class Checker:
                 try:
                     self.const_value(ns, name, ns.consts[name].name_span)
                 except EvalError as error:
-                    self.bag.items.append(error.diagnostic)
+                    if error.diagnostic is not None:
+                        self.bag.items.append(error.diagnostic)
                     ns.values[name] = None
 
     def const_value(self, ns: Namespace, name: str, use_span: Span) -> Any:
         if name in ns.values:
             if ns.values[name] is None:
-                raise EvalError("E0304", f"constant `{name}` has no value", use_span,
-                                "fix the error in its definition first")
+                raise ReportedError(name, use_span)
             return ns.values[name]
         if name in ns.evaluating:
             raise EvalError("E0507", f"constant `{name}` depends on itself", use_span,
@@ -317,6 +328,8 @@ class Checker:
     def evaluate(self, expr: ast.Expr, ns: Namespace) -> Any:
         """Constant-fold an expression; bare names that are not constants become `Symbol`s."""
         if isinstance(expr, ast.Number):
+            if abs(expr.value) > 2**63 or not math.isfinite(expr.value):
+                raise EvalError("E0304", "this number is too large", expr.span)
             return expr.value
         if isinstance(expr, (ast.String, ast.Bool)):
             return expr.value
@@ -448,11 +461,13 @@ class Checker:
         tree = Tree(section.kind, section.name, section.span, section.header_span)
         if section.base is not None:
             base = self.find_section(section.base, ns)
+            tree.incomplete = True  # until the base is inherited
             if base is not None:
                 base_section, base_ns = base
                 key = f"{base_ns.path}:{base_section.name}"
                 if key in chain:
                     self.bag.error("E0404", f"`{section.base.dotted}` inherits from itself", section.base.span)
+                    return tree  # the members are already in the expansion that closed the loop
                 elif base_section.kind != section.kind:
                     self.bag.error("E0404", f"a `{section.kind}` cannot inherit from the "
                                    f"`{base_section.kind}` `{section.base.dotted}`", section.base.span,
@@ -461,6 +476,7 @@ class Checker:
                     inherited = self.expand(base_section, base_ns, (*chain, key))
                     tree.attrs.update(inherited.attrs)
                     tree.children = list(inherited.children)
+                    tree.incomplete = inherited.incomplete
         for member in section.members:
             if isinstance(member, ast.Attribute):
                 if member.key in tree.attrs and tree.attrs[member.key].span.path == section.span.path \
@@ -524,6 +540,8 @@ class Checker:
             else:
                 definitions.append(self.expand(section, ns))
         for parts, attr in path_overrides:
+            if parts[0] == "train" and "train" not in roots:  # training has defaults: `--set` may still set it
+                roots["train"] = Tree("train", None, attr.span, attr.key_span)
             self.apply_path_override(roots, parts, attr)
         converter = Converter(self)
         optimizers = []
@@ -562,6 +580,8 @@ def _adapter(model: type[pydantic.BaseModel], name: str) -> TypeAdapter:
     annotation: Any = info.annotation
     if info.metadata:
         annotation = typing.Annotated[(annotation, *info.metadata)]
+    if info.discriminator:  # kept apart from metadata: without it a union reports every member's errors
+        annotation = typing.Annotated[annotation, pydantic.Field(discriminator=info.discriminator)]
     return TypeAdapter(annotation)
 
 
@@ -610,7 +630,8 @@ class Converter:
                 else:
                     value = self.validate(model, key, self.checker.evaluate(attr.value, attr.ns), attr)
             except EvalError as error:
-                self.bag.items.append(error.diagnostic)
+                if error.diagnostic is not None:
+                    self.bag.items.append(error.diagnostic)
                 ok = False
                 continue
             if value is _INVALID:
@@ -626,7 +647,8 @@ class Converter:
         if prepared is _INVALID:
             return _INVALID
         try:
-            return _adapter(model, key).validate_python(prepared)
+            # strict: `dim = "64"` or `dim = true` are mistakes, not values to coerce
+            return _adapter(model, key).validate_python(prepared, strict=True)
         except pydantic.ValidationError as error:
             self.report_validation(error, key, raw, attr, model)
             return _INVALID
@@ -667,12 +689,17 @@ class Converter:
         if kinds and "constant" in kinds and isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return {"kind": "constant", "value": raw}
         if isinstance(raw, list):
-            return [r.name if isinstance(r, Symbol) else r for r in raw]
+            return tuple(r.name if isinstance(r, Symbol) else r for r in raw)
         return raw
 
     def report_validation(self, error: pydantic.ValidationError, key: str, raw: Any, attr: Attr,
                           model: type[pydantic.BaseModel]) -> None:
-        first = error.errors()[0]
+        errors = error.errors()
+        if isinstance(raw, CallValue):  # in a union, report on the member the call names
+            member = S.KINDED_VALUES.get(raw.name)
+            tags = {raw.name, member.__name__ if member else raw.name}
+            errors = [e for e in errors if e["loc"] and str(e["loc"][0]) in tags] or errors
+        first = errors[0]
         kind = first["type"]
         loc = [str(x) for x in first["loc"]]
         span = attr.value.span
@@ -684,7 +711,10 @@ class Converter:
             index = int(loc[0])
             if index < len(attr.value.items):
                 span = attr.value.items[index].span
-        field_name = loc[-1] if loc and not loc[-1].isdigit() and loc[-1] not in S.KINDED_VALUES else key
+        call = S.KINDED_VALUES.get(raw.name) if isinstance(raw, CallValue) else None
+        field_name = loc[-1] if call is not None and loc and loc[-1] in call.model_fields else key
+        if call is not None and field_name != key and kind != "missing":
+            model, key, raw = call, field_name, _argument(raw, field_name)  # describe the argument at fault
         message = first["msg"]
         if kind in ("literal_error", "enum"):
             expected = _literal_choices(model.model_fields[key].annotation)
@@ -722,7 +752,7 @@ class Converter:
         if isinstance(expr, ast.Group):
             return self.expression(expr.expr, attr)
         if isinstance(expr, ast.Number):
-            return ("const", float(expr.value))
+            return ("const", float(self.checker.evaluate(expr, attr.ns)))
         if isinstance(expr, ast.Ref):
             found = attr.ns.lookup_const(expr.dotted) if len(expr.parts) == 1 else None
             if found:
@@ -739,6 +769,11 @@ class Converter:
         raise EvalError("E0301", "an update is built from level names, numbers, + - * / and sqrt(…)",
                         expr.span)
 
+    def missing(self, tree: Tree, message: str, help: str | None = None) -> None:
+        """Report a part the section needs, unless it lost its base (then that was the error)."""
+        if not tree.incomplete:
+            self.bag.error("E0401", message, tree.header, help)
+
     def children(self, tree: Tree, allowed: dict[str, tuple[int, int | None]], context: str) -> bool:
         """Check which child sections `tree` has: kind -> (min, max) count."""
         ok = True
@@ -754,9 +789,8 @@ class Converter:
         for kind, (low, high) in allowed.items():
             count = counts.get(kind, 0)
             if count < low:
-                self.bag.error("E0401", f"{context} needs {'a' if low == 1 else low} `{kind}` section"
-                               f"{'s' if low > 1 else ''}", tree.header,
-                               f"add `{kind} {{ … }}` inside it")
+                self.missing(tree, f"{context} needs {'a' if low == 1 else low} `{kind}` section"
+                             f"{'s' if low > 1 else ''}", f"add `{kind} {{ … }}` inside it")
                 ok = False
             if high is not None and count > high:
                 extra = [c for c in tree.children if c.kind == kind][high]
@@ -783,7 +817,7 @@ class Converter:
         blocks = [c for c in tree.children if c.kind == "block"]
         dim = values.get("dim") if values else None
         if values is not None and dim is None:
-            self.bag.error("E0401", "the model needs a `dim`", tree.header, "add `dim = 128` (the model width)")
+            self.missing(tree, "the model needs a `dim`", "add `dim = 128` (the model width)")
         block = self.block(blocks[0], "model.block", dim) if blocks else None
         if values is None or block is None or dim is None:
             return None
@@ -794,8 +828,7 @@ class Converter:
         sublayer_kinds = {k: (0, None) for k in S.SUBLAYER_SPECS}
         ok = self.children(tree, sublayer_kinds, "a `block`")
         if not tree.children:
-            self.bag.error("E0401", "a block needs at least one layer", tree.header,
-                           "add e.g. `attention { }` and `mlp { }`")
+            self.missing(tree, "a block needs at least one layer", "add e.g. `attention { }` and `mlp { }`")
             return None
         sublayers = self.sublayers(tree.children, path, dim)
         if values is None or sublayers is None or not ok:
@@ -863,7 +896,7 @@ class Converter:
                                    or "name them `level memory { … }` and `level projections { … }`")
                     ok = False
             if "memory" not in levels:
-                self.bag.error("E0401", "a `selfmod` needs `level memory { … }` (the main memory)", tree.header)
+                self.missing(tree, "a `selfmod` needs `level memory { … }` (the main memory)")
                 return None
             memory = self.level(levels["memory"], "selfmod", f"{path}.memory", "memory")
             projections_tree = levels.get("projections")
@@ -872,6 +905,9 @@ class Converter:
                                         dict(levels["memory"].attrs))
                 projections_tree.attrs.pop("readout", None)
             projections = self.level(projections_tree, "selfmod", f"{path}.projections", "projections")
+            if "projections" not in levels:  # copied settings are not the user's: semantics.py warns on those
+                for key in [k for k in self.checker.spans if k.startswith(f"{path}.projections.")]:
+                    del self.checker.spans[key]
             self.check_heads(values, dim, tree, path)
             if values is None or memory is None or projections is None or not ok:
                 return None
@@ -898,7 +934,7 @@ class Converter:
             branch_kinds = {k: (0, None) for k in S.SUBLAYER_SPECS}
             ok = self.children(tree, branch_kinds, "a `parallel`")
             if len(tree.children) < 2:
-                self.bag.error("E0401", "a `parallel` needs at least two branches", tree.header)
+                self.missing(tree, "a `parallel` needs at least two branches")
                 return None
             branches = self.sublayers(tree.children, path, dim)
             if values is None or branches is None or not ok:
@@ -964,8 +1000,8 @@ class Converter:
             if len(levels) == 1:
                 values["update"] = ("level", levels[0].name, tree.header)
             else:
-                self.bag.error("E0401", "an optimizer with several levels needs an `update`", tree.header,
-                               "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
+                self.missing(tree, "an optimizer with several levels needs an `update`",
+                             "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
                 return None
         update = values["update"]
         values["update"] = _strip_spans(update)
@@ -1009,7 +1045,8 @@ class Converter:
         try:
             raw = self.checker.evaluate(expr, attr.ns)
         except EvalError as error:
-            self.bag.items.append(error.diagnostic)
+            if error.diagnostic is not None:
+                self.bag.items.append(error.diagnostic)
             return None
         value = self.validate(S.TrainSpec, "optimizer", raw, attr)
         return None if value is _INVALID else value
@@ -1080,6 +1117,14 @@ def _arithmetic(expr: ast.Binary, left: int | float, right: int | float) -> int 
     return result
 
 
+def _argument(call: CallValue, name: str) -> Any:
+    """The value a call gives to one of its arguments, by keyword or by position."""
+    for key, value, _span in call.kwargs:
+        if key == name:
+            return value
+    return dict(zip(S.KINDED_VALUES[call.name].POSITIONAL, call.args)).get(name)
+
+
 def _kinds_of(annotation: Any) -> set[str]:
     """The call names a field accepts (its kinded union members)."""
     kinds: set[str] = set()
@@ -1127,7 +1172,7 @@ def _describe(model: type[pydantic.BaseModel], key: str) -> str:
         elif typing.get_origin(arg) is typing.Literal:
             parts.append("one of " + ", ".join(str(a) for a in typing.get_args(arg)))
         elif isinstance(arg, type) and issubclass(arg, S.Kinded):
-            parts.append(f"`{arg.model_fields['kind'].default or 'kind'}(…)`")
+            parts.extend(f"`{kind}(…)`" for kind in sorted(_kinds_of(arg)))
         elif arg is type(None):
             continue
     return " or ".join(dict.fromkeys(parts)) or "a value"

@@ -8,6 +8,7 @@ cascade of errors on the same line is reported once.
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 
 import lark
@@ -32,6 +33,7 @@ TERMINAL_NAMES = {
 }
 
 MAX_SYNTAX_ERRORS = 20
+MAX_NESTING = 64  # sections and expressions; the tree is built (and later walked) recursively
 
 
 def grammar_text() -> str:
@@ -104,9 +106,26 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
             continue
         if bag.items:
             break
+        deep = _too_deep(tree)
+        if deep is not None:
+            start = getattr(deep.meta, "start_pos", 0)
+            return None, [Diagnostic("E0104", f"nested more than {MAX_NESTING} levels deep",
+                                     source.span(start, start + 1),
+                                     "flatten the expression with named constants")]
         comment_nodes = tuple(ast.Comment(_span(source, tok), str(tok)) for tok in _comments(source))
         return _Builder(source).module(tree, comment_nodes), []
     return None, bag.sorted()
+
+
+def _too_deep(tree: Tree) -> Tree | None:
+    """The first node nested deeper than `MAX_NESTING`, found without recursion."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return node
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+    return None
 
 
 def _blank_lines(source: SourceFile, text: str, span: Span) -> str:
@@ -255,6 +274,8 @@ def _number(text: str) -> int | float:
     clean = text.replace("_", "")
     if any(c in clean for c in ".eE"):
         return float(clean)
+    if len(clean) > 4000:  # beyond Python's int-from-text limit; the checker rejects it as too large
+        return math.inf
     return int(clean)
 
 

@@ -161,7 +161,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     out: list[Diagnostic] = []
     names = {level.name for level in opt.levels}
     graph = nx.DiGraph()
-    graph.add_nodes_from(names)
+    graph.add_nodes_from(level.name for level in opt.levels)  # in file order: messages must not vary by run
     for level in opt.levels:
         lp = f"{path}.{level.name}"
         if level.flow in FLOW_SOURCES:
@@ -184,7 +184,8 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                   f"period {source.period} of its source `{source.name}`",
                                   spans.get(f"{lp}.period", spans.get(lp, header))))
     for cycle in nx.simple_cycles(graph):
-        first = sorted(cycle)[0]
+        first = min(cycle)
+        cycle = cycle[cycle.index(first):] + cycle[:cycle.index(first)]  # start at a stable level
         out.append(Diagnostic("E0504", f"levels {' → '.join(f'`{c}`' for c in [*cycle, cycle[0]])} "
                               "learn from each other in a cycle", spans.get(f"{path}.{first}.flow", header),
                               "one of them must learn from the gradients"))
