@@ -87,6 +87,7 @@ class LearnedGate(Kinded):
 class GeneratedGate(Kinded):
     """Produced by an in-context memory (`selfmod` only, Eq. 84)."""
 
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("max",)
     kind: Literal["generated"] = "generated"
     max: float = Field(1.0, gt=0, description="upper bound of the gate")
 
@@ -182,6 +183,7 @@ class MemorySpec(Strict):
     activation: Literal["silu", "none"] = Field("silu", description="applied to q, k, v after projection")
     conv: int = Field(4, ge=0, le=64, description="causal depthwise convolution width on q, k, v; 0 = none")
     qk_norm: Literal["l2", "none"] = Field("l2", description="normalise queries and keys")
+    value_norm: Literal["l2", "none"] = Field("none", description="normalise values")
     output_norm: bool = Field(True, description="RMS norm of each head's output")
     output_gate: bool = Field(True, description="multiply the output by sigmoid(x W_g)")
     level: LevelSpec
@@ -197,6 +199,8 @@ class SelfModSpec(Strict):
         ("k", "v", "eta", "alpha"), description="projections that are in-context memories (q static by default)")
     conv: int = Field(4, ge=0, le=64, description="causal depthwise convolution width on q, k, v")
     qk_norm: Literal["l2", "none"] = "l2"
+    value_norm: Literal["l2", "none"] = Field(
+        "l2", description="normalise values: self-generated targets M(v) are otherwise unbounded")
     output_norm: bool = True
     output_gate: bool = True
     memory: LevelSpec

@@ -1,0 +1,268 @@
+"""Composite layers the generated modules call: CMS chains, self-modifying projections, MAC.
+
+Each function here is the chunk-parallel implementation of one paragraph of docs/semantics.md §3;
+the reference interpreter (nldsl/interpreter.py) executes the same paragraphs token by token.
+Everything is torch.compile friendly: Python loops run over chunks (unrolled when compiled),
+never over tokens, and no autograd.grad is used (inner gradients are closed forms in memory.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nldsl.runtime.layers import causal_depthwise_conv, l2_normalize
+from nldsl.runtime.memory import (
+    LevelConfig,
+    MemoryState,
+    initial_memory_state,
+    memory_chunk_step,
+    memory_forward,
+    memory_level,
+)
+
+
+# Next-token surprise (the CMS driver) ---------------------------------------------------------
+
+def surprise_error(prediction: Tensor, targets: Tensor, final_norm: Tensor, unembed: Tensor,
+                   eps: float) -> Tensor:
+    """g_t = ∂ CE(norm(y_t) Eᵀ, target_t) / ∂ y_t in closed form, per token (not averaged).
+
+    prediction (B, 1, n, d) is the level's output y; targets (B, n) are next tokens, −1 where a
+    position has no target (g = 0 there). Backpropagates through the unembedding E (V, d) and the
+    final RMSNorm by hand: with r = (mean(y²) + ε)^(−1/2) and ŷ = w ⊙ y r,
+    ∂ŷ→y: g = r (w ⊙ ĝ) − y r³ mean(ĝ ⊙ w ⊙ y).
+    """
+    y = prediction.squeeze(1)  # (B, n, d)
+    r = torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)  # (B, n, 1)
+    normed = y * r * final_norm  # (B, n, d)
+    probabilities = torch.softmax(normed @ unembed.T, dim=-1)  # (B, n, V)
+    valid = targets >= 0
+    one_hot = F.one_hot(targets.clamp(min=0), probabilities.shape[-1]).to(probabilities.dtype)
+    logit_error = (probabilities - one_hot) * valid.unsqueeze(-1).to(probabilities.dtype)  # (B, n, V)
+    normed_error = logit_error @ unembed  # (B, n, d)
+    weighted = normed_error * final_norm
+    g = r * weighted - y * r.pow(3) * (weighted * y).mean(-1, keepdim=True)
+    return g.unsqueeze(1)  # (B, 1, n, d)
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What the next-token surprise needs from the model: targets and the output head."""
+
+    targets: Tensor  # (B, T) next tokens, −1 where unknown
+    final_norm: Tensor  # (d,)
+    unembed: Tensor  # (V, d)
+    eps: float
+
+    def output_error(self) -> Callable[[Tensor, int, int], Tensor]:
+        def error(prediction: Tensor, start: int, end: int) -> Tensor:
+            return surprise_error(prediction, self.targets[:, start:end], self.final_norm, self.unembed, self.eps)
+
+        return error
+
+
+# CMS --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CMSLevel:
+    """One level of a CMS chain as compiled: its memory config and whether it learns in context."""
+
+    config: LevelConfig  # one "head" of width d, readout chunk_start
+    in_context: bool  # False: a plain MLP stepped by the outer optimizer (continuum clock)
+
+
+def static_mlp(config: LevelConfig, weights: list[Tensor], x: Tensor) -> Tensor:
+    """A level that does not learn in context: M_θ(x) with θ = its parameters (1, out, in)."""
+    per_sequence = [w.unsqueeze(0) for w in weights]  # (1, 1, out, in): broadcast over the batch
+    out, _, _ = memory_forward(config, per_sequence, x.unsqueeze(1))
+    return out.squeeze(1)  # (B, T, d)
+
+
+def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Tensor | None, ...],
+              head: HeadContext, state: MemoryState | None = None) -> tuple[Tensor, MemoryState | None]:
+    """One CMS level over a whole sequence (Eq. 71): read at chunk start, update at chunk ends."""
+    if not level.in_context:
+        return static_mlp(level.config, weights, x), None
+    if state is None:
+        state = initial_memory_state(level.config, weights, x.shape[0])
+    inputs = x.unsqueeze(1)  # (B, 1, T, d): one head
+    lr, retention, momentum = gates
+    error = head.output_error() if level.config.objective == "external" else None
+    out, state = memory_level(level.config, state, inputs, None, inputs, lr, retention, momentum, error)
+    return out.squeeze(1), state
+
+
+def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], periods: tuple[int, ...],
+               weights: list[list[Tensor]], x: Tensor, gates: tuple[Tensor | None, ...],
+               head: HeadContext) -> Tensor:
+    """Nested CMS (Eq. 72, docs/semantics.md §3.7): the fastest level runs and learns in context;
+    when a slower level's period ends it moves toward the faster level's state,
+    θ_ℓ ← θ_ℓ + η_ℓ (θ_{ℓ−1} − θ_ℓ), and every faster level restarts from it."""
+    fast = levels[0].config
+    batch, length, _ = x.shape
+    states = [initial_memory_state(level.config, w, batch).weights for level, w in zip(levels, weights)]
+    current = initial_memory_state(fast, weights[0], batch)
+    current = MemoryState(states[0], current.momentum)
+    inputs = x.unsqueeze(1)  # (B, 1, T, d)
+    lr, retention, momentum = gates
+    error = head.output_error() if fast.objective == "external" else None
+    outputs = []
+    chunk = fast.chunk_size
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        piece = inputs[:, :, start:end]
+        out, current = memory_chunk_step(
+            fast, current, piece, None, piece, _slice(lr, start, end), _slice(retention, start, end),
+            _slice(momentum, start, end), error, start=start)
+        outputs.append(out)
+        states[0] = current.weights
+        restart = None
+        for index in range(1, len(levels)):
+            if end % periods[index] == 0:
+                faster, slower, rate = states[index - 1], states[index], slow_lrs[index]
+                states[index] = [s + rate * (f - s) for f, s in zip(faster, slower)]
+                restart = index
+        if restart is not None:
+            for index in range(restart):
+                states[index] = states[restart]
+            fresh = initial_memory_state(fast, [w[0] for w in states[0]], batch).momentum
+            current = MemoryState(states[0], fresh)
+    return torch.cat(outputs, dim=2).squeeze(1)
+
+
+def _slice(gate: Tensor | None, start: int, end: int) -> Tensor | None:
+    return None if gate is None else gate[..., start:end]
+
+
+# Self-modifying projections (HOPE) --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelfModConfig:
+    adaptive: tuple[str, ...]  # subset of ("q", "k", "v", "eta", "alpha"), in this order
+    heads: int
+    head_dim: int
+    conv: int  # causal conv width on q, k, v (0 = none)
+    qk_norm: bool
+    value_norm: bool
+    eta_max: float
+    alpha_max: float
+    projections: LevelConfig  # chunk_size C_p, readout chunk_start, values generated
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    batch, length, width = x.shape
+    return x.view(batch, length, heads, width // heads).transpose(1, 2)  # (B, H, T, d_h)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, T, d)
+
+
+def self_modifying_projections(
+    config: SelfModConfig,
+    x_heads: Tensor,
+    memories: dict[str, MemoryState],
+    static: dict[str, Tensor],
+    conv_weights: dict[str, Tensor],
+    readouts: dict[str, tuple[Tensor, Tensor]],
+    static_gates: dict[str, Tensor | None],
+    caches: dict[str, Tensor | None] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, MemoryState], dict[str, Tensor | None]]:
+    """Eq. 83–85, 90: q, k, v, η, α from in-context memories read at each chunk's start.
+
+    x_heads (B, H, T, d_h). `static` holds the non-adaptive q/k/v already projected (B, H, T, d_h);
+    `static_gates` the non-adaptive lr/retention and the momentum gate (B, H, T) or None;
+    `readouts[name] = (vector (H, d_h), bias (H,))` turns M_eta / M_alpha outputs into gates.
+    Returns the full-sequence q, k, v (B, H, T, d_h) and lr, retention (B, H, T), the memories'
+    final states and the convolution histories (to continue a stream).
+    """
+    cfg = config.projections
+    length = x_heads.shape[2]
+    caches = dict(caches or {name: None for name in "qkv"})
+    pieces: dict[str, list[Tensor]] = {name: [] for name in ("q", "k", "v", "lr", "retention")}
+    for start in range(0, length, cfg.chunk_size):
+        end = min(start + cfg.chunk_size, length)
+        x_chunk = x_heads[:, :, start:end]  # (B, H, n, d_h)
+        read = {name: memory_forward(cfg, memories[name].weights, x_chunk)[0] for name in config.adaptive}
+        chunk: dict[str, Tensor] = {}
+        for name in "qkv":
+            raw = read[name] if name in config.adaptive else static[name][:, :, start:end]
+            if config.conv:
+                convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None,
+                                                                caches[name])
+                raw = split_heads(convolved, config.heads)
+            if (config.qk_norm and name in "qk") or (config.value_norm and name == "v"):
+                raw = l2_normalize(raw)
+            chunk[name] = raw
+        for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
+            if name in config.adaptive:
+                vector, bias = readouts[name]
+                logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
+                chunk[gate] = bound * torch.sigmoid(logits)
+            else:
+                chunk[gate] = _slice(static_gates[gate], start, end)  # type: ignore[assignment]
+        momentum = _slice(static_gates.get("momentum"), start, end)
+        for name in config.adaptive:
+            _, memories[name] = memory_chunk_step(
+                cfg, memories[name], chunk["k"], chunk["v"], x_chunk, chunk["lr"], chunk["retention"],
+                momentum, start=start)
+        for name in pieces:
+            if chunk.get(name) is not None:
+                pieces[name].append(chunk[name])
+    outputs = {name: torch.cat(parts, dim=-2 if name in "qkv" else -1) for name, parts in pieces.items() if parts}
+    return outputs, memories, caches
+
+
+# Memory as context (Titans MAC) ---------------------------------------------------------------
+
+def segment_attention(q: Tensor, k_retrieved: Tensor, v_retrieved: Tensor, k_segment: Tensor,
+                      v_segment: Tensor, persistent_k: Tensor | None = None,
+                      persistent_v: Tensor | None = None) -> Tensor:
+    """Queries of a segment (B, H, S, D) over [persistent | retrieved | segment] keys and values:
+    query i sees every persistent token and the retrieved and segment tokens j ≤ i."""
+    batch, heads, length, _ = q.shape
+    keys = [k_retrieved, k_segment]
+    values = [v_retrieved, v_segment]
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    masks = [causal, causal]
+    if persistent_k is not None and persistent_v is not None:
+        count = persistent_k.shape[1]
+        keys.insert(0, persistent_k.unsqueeze(0).expand(batch, heads, count, -1))
+        values.insert(0, persistent_v.unsqueeze(0).expand(batch, heads, count, -1))
+        masks.insert(0, torch.ones(length, count, dtype=torch.bool, device=q.device))
+    return F.scaled_dot_product_attention(q, torch.cat(keys, dim=2), torch.cat(values, dim=2),
+                                          attn_mask=torch.cat(masks, dim=1))
+
+
+def memory_as_context(
+    x: Tensor,
+    segment: int,
+    read: Callable[[Tensor, object], Tensor],
+    attend: Callable[[Tensor, Tensor], Tensor],
+    write: Callable[[Tensor, object], tuple[Tensor, object]],
+    state: object,
+) -> tuple[Tensor, object]:
+    """Titans MAC (docs/semantics.md §3.8): per segment, retrieve with the state the segment
+    started with, attend over [persistent | retrieved | segment], write the attention output into
+    the memory and gate it with the memory's reading of it: out = y ⊙ M(y)."""
+    outputs = []
+    for start in range(0, x.shape[1], segment):
+        piece = x[:, start:start + segment]  # (B, S, d)
+        retrieved = read(piece, state)  # (B, S, d)
+        attended = attend(piece, retrieved)  # (B, S, d)
+        memory_out, state = write(attended, state)
+        outputs.append(attended * memory_out)
+    return torch.cat(outputs, dim=1), state
+
+
+__all__ = [
+    "CMSLevel", "HeadContext", "SelfModConfig", "cms_level", "memory_as_context", "merge_heads",
+    "nested_cms", "segment_attention", "self_modifying_projections", "split_heads", "static_mlp",
+    "surprise_error",
+]
