@@ -1,0 +1,1013 @@
+"""The catalog of diagnostic codes: what each one means, why nldsl rejects it and how to fix it.
+
+`nldsl explain CODE` prints an entry. Every entry carries a short spec that produces its code and
+the corrected spec, and the tests run the checker on both (tests/test_check.py), so the catalog
+cannot drift from the checker. Codes are grouped by the stage that finds them:
+
+    E01xx  reading and syntax              E04xx  the shape of sections
+    E02xx  names, imports and overrides    E05xx  frequencies, periods and dataflow
+    E03xx  values                          E06xx  combinations the semantics does not define
+    W07xx  warnings: the spec is valid but probably not what was meant
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str  # "E0203"
+    title: str  # a short lowercase phrase, the gist of every message with this code
+    explanation: str  # paragraphs separated by blank lines
+    example: str  # a small spec that produces this code
+    fixed: str  # the same spec, corrected: checks without any diagnostic
+    overrides: tuple[str, ...] = ()  # `--set` values the example is checked with
+    fixed_overrides: tuple[str, ...] = ()  # and the corrected ones
+    encoding: str = "utf-8"  # how the example file is saved (E0105 needs bytes that are not UTF-8)
+
+    @property
+    def severity(self) -> str:
+        return "warning" if self.code.startswith("W") else "error"
+
+
+def explain(code: str) -> str:
+    """The catalog entry for `code` as terminal text: title, explanation, example, fix.
+
+    Raises KeyError for a code that is not in the catalog (the CLI turns that into a message).
+    """
+    entry = CODES[code.upper()]
+    command = "nldsl check example.nl" + "".join(f" --set {o}" for o in entry.overrides)
+    fixed_command = "nldsl check example.nl" + "".join(f" --set {o}" for o in entry.fixed_overrides)
+    saved = f" (saved as {entry.encoding})" if entry.encoding != "utf-8" else ""
+    parts = [
+        f"{entry.severity}[{entry.code}]: {entry.title}",
+        _wrap(entry.explanation),
+        f"Example{saved}, rejected by `{command}`:" if entry.severity == "error"
+        else f"Example{saved}, flagged by `{command}`:",
+        textwrap.indent(entry.example.rstrip("\n"), "    "),
+        f"Fixed (`{fixed_command}` reports nothing):",
+        textwrap.indent(entry.fixed.rstrip("\n"), "    "),
+    ]
+    return "\n\n".join(parts)
+
+
+def _wrap(text: str, width: int = 88) -> str:
+    paragraphs = [" ".join(p.split()) for p in text.strip().split("\n\n")]
+    return "\n\n".join(textwrap.fill(p, width) for p in paragraphs)
+
+
+def _entry(code: str, title: str, explanation: str, example: str, fixed: str, **options) -> ErrorCode:
+    return ErrorCode(code, title, textwrap.dedent(explanation).strip(), textwrap.dedent(example).lstrip("\n"),
+                     textwrap.dedent(fixed).lstrip("\n"), **options)
+
+
+_TOO_DEEP = "(" * 70 + "64" + ")" * 70
+
+_ENTRIES = (
+    # E01xx: reading and syntax ---------------------------------------------------------------
+    _entry(
+        "E0101", "unexpected token",
+        """
+        The parser met a word or symbol that cannot continue the text before it. The message
+        names what it found and the help line lists what it would have accepted at that point,
+        in words (`=`, a value, a section, ...).
+
+        The most common causes are a missing `=` between an attribute and its value, a value
+        written twice, a keyword used where a name is expected, and a section written like an
+        attribute (`mlp = { ... }` instead of `mlp { ... }`).
+
+        After a syntax error nldsl blanks the offending line and parses the rest of the file
+        again, so independent mistakes further down are reported in the same run; fix the first
+        one first if the later ones look odd.
+        """,
+        """
+        model tiny {
+          dim 64
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0102", "unexpected character",
+        """
+        The file contains a character that is not part of the language: nldsl reads names,
+        numbers, strings in double quotes, `# comments`, the brackets `{ } ( ) [ ]` and the
+        operators `= , . + - * / // % **`. Anything else (a colon, a dollar sign, a tab-like
+        control character, a typographic quote) stops the lexer. A string that is not closed on
+        its own line is reported with the same code.
+
+        Attributes are written `key = value`, not `key: value` as in YAML; strings use straight
+        double quotes. An invisible character is shown by its code point (`U+00A0`).
+        """,
+        """
+        model tiny {
+          dim: 64
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0103", "unexpected end of file",
+        """
+        The file ends in the middle of something: usually a section whose closing `}` is
+        missing, or an attribute without its value. The error points at the end of the file;
+        the unclosed section is usually the last one that was opened without being closed
+        (`nldsl fmt` indents by nesting, which makes it easy to spot).
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0104", "nesting too deep",
+        """
+        Sections or expressions are nested more than 64 levels deep. No real spec comes close:
+        a model is a handful of sections deep and an arithmetic expression a few operators
+        long. The limit keeps the checker (which walks the tree recursively) from running out of
+        stack on machine-generated or corrupted input, so that it answers with a diagnostic
+        instead of crashing.
+
+        Flatten the expression: give intermediate values names with `const`, and drop redundant
+        parentheses.
+        """,
+        f"""
+        const width = {_TOO_DEEP}
+        model tiny {{
+          dim = width
+          block {{ mlp {{ }} }}
+        }}
+        """,
+        """
+        const width = 64
+        model tiny {
+          dim = width
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0105", "cannot read the file",
+        """
+        The spec (or a file given on the command line) could not be read, or its bytes are not
+        UTF-8 text. nldsl reads every spec as UTF-8 so that paper symbols in comments (η, α, β,
+        θ) mean the same thing on every machine; a byte-order mark at the start is accepted.
+
+        Check the path, or re-save the file as UTF-8. Files written by some Windows editors are
+        Latin-1 or UTF-16; `iconv -f latin1 -t utf-8` converts the former. The example below
+        only differs from its fix in how it is saved.
+        """,
+        """
+        # Modèle minimal à deux couches
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+        """
+        # Modèle minimal à deux couches
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+        encoding="latin-1",
+    ),
+    # E02xx: names, imports and overrides -------------------------------------------------------
+    _entry(
+        "E0201", "unknown name",
+        """
+        A name was used that is neither a named constant, an option of the attribute it is
+        given to, a section defined in this file, nor something exported by an imported file.
+        The help line suggests the closest known name when there is one.
+
+        Names are resolved in the file where they are written: a section inherited with `from`
+        evaluates its attributes in its own file, so it sees that file's constants, not the
+        importer's. Names from a file imported `as lib` are written `lib.name`.
+
+        The same code covers an unknown optimizer in `train.optimizer`, an unknown base section
+        in `from`, and an optimizer `update` that reads a level the optimizer does not have.
+        """,
+        """
+        const width = 64
+        model tiny {
+          dim = widht
+          block { mlp { } }
+        }
+        """,
+        """
+        const width = 64
+        model tiny {
+          dim = width
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0202", "defined twice",
+        """
+        Two definitions in the same scope have the same name: two constants, two named sections,
+        a constant and a section, an import alias that clashes, two layers of a block, two levels
+        of a `cms` or of an optimizer, or a projection listed twice in a selfmod's `adaptive`.
+        nldsl does not let the later one silently win, because which one a `from` or a `--set`
+        would reach would then depend on the order of the file.
+
+        Rename one of them. To reuse a section with changes, inherit from it:
+        `level slow from fast { period = 64 }`. An import without `as` merges the other file's
+        names into this one; if they clash, import it with a name instead.
+        """,
+        """
+        const dim = 64
+        const dim = 128
+        model tiny {
+          dim = dim
+          block { mlp { } }
+        }
+        """,
+        """
+        const dim = 128
+        model tiny {
+          dim = dim
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0203", "unknown attribute",
+        """
+        A section sets an attribute that its kind does not have. Every section kind has a fixed
+        set of attributes (the fields of its class in `nldsl/spec.py`, listed in
+        docs/language.md), and a misspelt one would otherwise be ignored without a word: a level
+        with `perod = 16` would silently keep its default period of 1 and train token by token.
+
+        The help line suggests the nearest attribute, or lists every attribute of the section.
+        Some attributes belong to another section than one might expect: `heads` is set on the
+        `memory` layer, not on its `level`; `seq_len` and `batch` belong to `train`.
+
+        An override such as `--set train.stepz=5` reaches the same check.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { perod = 16 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0204", "section in the wrong place",
+        """
+        A section appears inside a section that cannot contain it. The hierarchy is fixed:
+        a `model` holds one `block`; a block holds layers (`attention`, `memory`, `selfmod`,
+        `mlp`, `cms`, `parallel`, `context`); levels live inside `memory` (one), `selfmod`
+        (`memory` and `projections`), `cms` (one or more) and `optimizer` sections.
+
+        A level is an associative memory with its own state, objective and update rule (Nested
+        Learning §2); it only has a meaning inside the layer that feeds it keys and values. To
+        add an in-context memory to a block, wrap the level in a `memory` layer.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            level { period = 16 }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0205", "cannot import",
+        """
+        An `import` failed: the file does not exist, is not UTF-8, has errors of its own (they
+        are reported too, in that file), or the imports form a cycle (a file importing itself,
+        directly or through other files).
+
+        Import paths are relative to the file that contains the `import`, not to the current
+        directory, so a spec checks the same from anywhere. Imports are for sharing levels,
+        blocks and optimizers between specs: `import "titans_lmm.nl" as titans`, then
+        `level memory from titans.titans_memory { period = 8 }`.
+        """,
+        """
+        import "shared_levels.nl" as shared
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0206", "bad override",
+        """
+        A `--set KEY=VALUE` on the command line cannot be applied. KEY is either a named constant
+        of the spec (`--set dim=256`) or a path of sections and an attribute (`--set
+        train.steps=50`, `--set model.block.lmm.heads=8`, where a layer is named by its name or
+        its kind). The override is rejected when it is not `key=value`, when the constant or a
+        section on the path does not exist or is ambiguous, or when its value does not parse (the
+        syntax error is then reported with its own code, prefixed by `in override`).
+
+        Overrides go through the same checks as the file: a bad value gets the usual value
+        error. The spec's hash includes the overrides, so a run records exactly what it trained.
+        """,
+        """
+        const width = 64
+        model tiny {
+          dim = width
+          block { mlp { } }
+        }
+        """,
+        """
+        const width = 64
+        model tiny {
+          dim = width
+          block { mlp { } }
+        }
+        """,
+        overrides=("widht=128",),
+        fixed_overrides=("width=128",),
+    ),
+    # E03xx: values -------------------------------------------------------------------------
+    _entry(
+        "E0301", "wrong type of value",
+        """
+        The value has the wrong type for its attribute: a string where a number is expected, a
+        fraction for an integer, a list for a single value, or a constant whose value is a call
+        or an option name (constants hold numbers, strings, booleans and lists). The help line
+        shows what was given.
+
+        Counts (`dim`, `heads`, `layers`, `period`) are integers: `dim = 2 ** 7` and
+        `dim = width / 2` are fine when the result is whole, but `layers = 2.5` is not. An
+        optimizer's `update` is an expression of its levels, numbers, `+ - * /` and `sqrt(...)`
+        only.
+        """,
+        """
+        model tiny {
+          dim = 64
+          layers = 2.5
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          layers = 2
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0302", "value out of range",
+        """
+        The value has the right type but lies outside the range its attribute allows: a
+        period of 0, a negative learning rate, a retention above 1, a width of 0, more than 8
+        layers in an MLP state.
+
+        The ranges follow the meaning of the symbols: periods C count tokens (C >= 1); gates
+        are non-negative; a retention α is a fraction of the old state kept, so α ∈ [0, 1] and
+        α = 1 means no decay; a momentum decay β lies in [0, 1). The help line or the field
+        descriptions in `nldsl/spec.py` give every range.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 0 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0303", "not a valid option",
+        """
+        The attribute takes one of a fixed set of options (`objective = dot | l2 | surprise |
+        reconstruction`, `rule = gd | dgd`, `readout = causal | exclusive | chunk_start`, ...),
+        or a value written as a call (`state = mlp(depth = 2)`, `lr = learned(max = 0.1)`), and
+        the name given is none of them. The help line suggests the nearest option or lists all
+        of them.
+
+        Each option is a paper concept: `dot` is the Hebbian objective −⟨M(k), v⟩, `l2` the
+        delta rule ½‖M(k) − v‖², `dgd` the delta gradient descent of Eq. 88. Options are written
+        as bare names: `objective = l2`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { objective = l1 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { objective = l2 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0304", "no value can be computed",
+        """
+        Constant arithmetic failed: a division by zero, a power without a real value, a number
+        too large to be a sensible setting (beyond 2⁶³, or not finite as a float), or a literal
+        too long to read. Arithmetic is evaluated exactly when the spec is checked, so a mistake
+        here would otherwise surface as a crash far away.
+
+        A constant whose definition fails is reported once, where it fails; its uses are not
+        reported again.
+        """,
+        """
+        model tiny {
+          dim = 64
+          vocab = 2 ** 80
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          vocab = 2 ** 8
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0305", "bad call arguments",
+        """
+        A value written as a call has an argument it does not take, an argument given twice,
+        too many positional arguments, or lacks a required one. Call values are small records:
+        `mlp(depth, expansion, activation)`, `residual_mlp(expansion, activation)`,
+        `learned(max, init)`, `per_head(init)`, `newton_schulz(steps)`, `steps(count)`,
+        `adamw(lr, weight_decay, ...)`. The first positional argument is the one named first;
+        naming arguments is clearer and always allowed.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depht = 2)  period = 16 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    # E04xx: the shape of sections --------------------------------------------------------------
+    _entry(
+        "E0401", "something required is missing",
+        """
+        A section lacks a part it cannot do without: a model without `dim`, a block without
+        layers, a `memory` without its `level`, a `selfmod` without `level memory`, a `cms`
+        without levels, a `parallel` with fewer than two branches, an optimizer with several
+        levels but no `update`, or a top-level section without a name (it could never be used
+        with `from`).
+
+        Defaults exist for everything that has a sensible one (docs/language.md); what remains
+        required has none: the model width, for instance, sets every shape downstream.
+        """,
+        """
+        model tiny {
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0402", "too many sections",
+        """
+        A section appears more often than allowed: a file has at most one `model` and one
+        `train` section, a model exactly one `block` (repeat it with `layers = N`), a `memory`
+        layer one `level`, a `selfmod` at most two levels, a `context` one `memory` and one
+        `attention`.
+
+        To stack different blocks, put several layers in one block; to run layers side by side,
+        use `parallel`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+          block { attention { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            attention { }
+            mlp { }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0403", "attribute set twice",
+        """
+        The same attribute is written twice in one section. Setting an attribute again in a
+        section that inherits it with `from` is the way to override it and is allowed; twice in
+        the same section is almost always a leftover from editing, and which value was meant
+        cannot be guessed.
+        """,
+        """
+        model tiny {
+          dim = 64
+          dim = 128
+          block { mlp { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 128
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "E0404", "bad inheritance",
+        """
+        A `from BASE` cannot be followed: the base has a different kind (a `level` can only
+        inherit from a `level`, a `block` from a `block`), or the chain of bases loops back to
+        the section itself.
+
+        Inheritance copies the base's attributes and child sections, then applies the section's
+        own on top: `level fast from slow { period = 16 }` is `slow` with another period.
+        """,
+        """
+        mlp wide { expansion = 8 }
+        model tiny {
+          dim = 64
+          block {
+            attention from wide { }
+          }
+        }
+        """,
+        """
+        mlp wide { expansion = 8 }
+        model tiny {
+          dim = 64
+          block {
+            mlp from wide { }
+          }
+        }
+        """,
+    ),
+    # E05xx: frequencies, periods and dataflow --------------------------------------------------
+    _entry(
+        "E0501", "levels out of frequency order",
+        """
+        A level nested inside another updates less often than the level around it, or an
+        optimizer level writes more often than the level it reads from. Nested Learning orders
+        levels by update frequency: fast levels sit inside slow ones, and a slower level learns
+        from what the faster one accumulated (Eq. 71-72). With the order reversed the slow level
+        would have to react to updates that have not happened yet.
+
+        List the levels of a nested `cms` from the fastest (smallest period) to the slowest.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              variant = nested
+              level slow { period = 64 }
+              level fast { period = 16 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              variant = nested
+              level fast { period = 16 }
+              level slow { period = 64 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0502", "periods that do not nest",
+        """
+        A period is not a multiple of the period it must nest in: a nested `cms` level whose
+        period is not a multiple of the faster level inside it, an optimizer level reading a
+        level with a period that does not divide its own, or a memory-as-context segment that is
+        not a multiple of the memory's chunk size.
+
+        Chunks of nested levels must line up: a slower level restarts or reads the faster one
+        at the end of the faster level's chunks (Eq. 72), and a MAC segment must start on a
+        chunk boundary of its memory. With 16 and 24 the boundaries drift apart; with 16 and 32
+        (or 48) every slow chunk ends on a fast one.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              variant = nested
+              level fast { period = 16 }
+              level slow { period = 24 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              variant = nested
+              level fast { period = 16 }
+              level slow { period = 32 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0503", "heads do not fit the width",
+        """
+        The number of heads does not divide the model width, so the heads cannot all have the
+        same width; or, with rotary position embeddings, the head width is odd (RoPE rotates
+        pairs of channels). Each head of a memory layer is its own level with a d/h-wide key,
+        value and state, so the split has to be exact. The help line lists head counts that work.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            attention { heads = 6 }
+            mlp { }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            attention { heads = 4 }
+            mlp { }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0504", "levels learn from each other in a cycle",
+        """
+        In an optimizer, each level's `flow` is the stream it compresses: the gradients, the
+        squared gradients, or another level's output. Levels whose flows form a cycle have no
+        first level to compute: every one of them waits for another. In Nested Learning the
+        flows form a hierarchy that starts at the gradient stream (momentum is a memory of
+        gradients, Eq. 33-34; a second momentum may compress the first). Make one level of the
+        cycle learn from `gradients`.
+        """,
+        """
+        optimizer looped {
+          level first { flow = second }
+          level second { flow = first }
+          update = first
+        }
+        """,
+        """
+        optimizer looped {
+          level first { flow = gradients }
+          level second { flow = first }
+          update = second
+        }
+        """,
+    ),
+    _entry(
+        "E0505", "a flow or gate has no source",
+        """
+        Something is fed from a stream that does not exist: an optimizer level whose `flow` is
+        neither `gradients`, `squared_gradients` nor another level of the optimizer, or a gate
+        (`lr`, `retention`) marked `generated` where no in-context memory generates it.
+
+        Generated gates are the self-modifying Titans' η_t = M_η(x_t) and α_t = M_α(x_t)
+        (Eq. 84): they exist only in a `selfmod` layer that lists `eta` (for `lr`) or `alpha`
+        (for `retention`) in `adaptive`. Elsewhere use `learned(max = ...)` for a gate computed
+        from the input, `per_head(...)` for a learned constant, or a number.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { lr = generated  period = 16 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { lr = learned(max = 0.1)  period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "E0506", "a level is never read",
+        """
+        An optimizer level is written but nothing reads it: it is not used in `update` and no
+        other level learns from it. It would cost memory and time and change nothing, which
+        usually means the `update` expression forgot it. Use it, or remove the level.
+        """,
+        """
+        optimizer adam_like {
+          level momentum { retention = 0.9 }
+          level second_moment { flow = squared_gradients  retention = 0.999 }
+          update = momentum
+        }
+        """,
+        """
+        optimizer adam_like {
+          level momentum { retention = 0.9 }
+          level second_moment { flow = squared_gradients  retention = 0.999 }
+          update = momentum / (sqrt(second_moment) + 1e-8)
+        }
+        """,
+    ),
+    _entry(
+        "E0507", "a constant depends on itself",
+        """
+        A named constant is defined in terms of itself, directly or through other constants, so
+        it has no value. Constants are evaluated once, in dependency order, before anything
+        else; give one of the constants in the cycle a plain value.
+        """,
+        """
+        const dim = heads * 16
+        const heads = dim / 16
+        model tiny {
+          dim = dim
+          block { attention { heads = heads } }
+        }
+        """,
+        """
+        const heads = 4
+        const dim = heads * 16
+        model tiny {
+          dim = dim
+          block { attention { heads = heads } }
+        }
+        """,
+    ),
+    # E06xx: combinations the semantics does not define ------------------------------------------
+    _entry(
+        "E0601", "unsupported combination",
+        """
+        Each option is valid on its own but this combination has no defined meaning
+        (docs/semantics.md), so nldsl refuses it instead of guessing. Among them:
+
+        Newton-Schulz orthogonalization replaces a whole chunk's increment, so the state changes
+        only at chunk ends and the level must read `readout = chunk_start`. `init = zeros` needs
+        a linear state (an all-zero MLP has zero gradients and never learns). The `surprise`
+        objective (the model's next-token loss) exists only for `cms` levels, and `cms` levels
+        have no value stream for `dot` or `l2`; they change only at chunk ends (Eq. 71). The
+        self-modifying projections generate their own values, so they read the state their
+        chunk started with (Eq. 90). `update = outer` and periods in `steps(...)` are for cms
+        levels. Slower nested cms levels move toward the faster one with a constant `lr` only.
+        A gated `parallel` needs exactly two branches; memory-as-context sets its span with
+        `segment`, not `window`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level {
+                period = 16
+                orthogonalize = newton_schulz(steps = 5)
+              }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level {
+                period = 16
+                orthogonalize = newton_schulz(steps = 5)
+                readout = chunk_start
+              }
+            }
+          }
+        }
+        """,
+    ),
+    # W07xx: warnings -----------------------------------------------------------------------
+    _entry(
+        "W0701", "a level that runs token by token",
+        """
+        A level with `period = 1` updates after every token. For most levels this has no
+        chunk-parallel form: a deep (MLP) state or a momentum term makes each token's gradient
+        depend on the previous token's update, so training runs a Python-speed loop over the
+        sequence. Only a linear state with the plain Hebbian rule (linear attention) and the
+        delta rule have fast exact forms; everything else is slow at period 1.
+
+        The chunk rule is the usual remedy (Titans §3.2, Nested Learning Eq. 90): with period
+        C every gradient in a chunk is taken at the chunk's start state, so the C updates are
+        computed in parallel. Periods of 8 to 64 cost little quality. The spec is valid; keep
+        `period = 1` when the exact online recurrence is the point.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depth = 2) }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "W0702", "a constant is never used",
+        """
+        A named constant of the checked file is defined but never used. Usually a value meant to
+        be used was written as a literal somewhere instead, so changing the constant (or
+        overriding it with `--set`) would silently do nothing. Use it, remove it, or prefix its
+        name with `_` to keep it as documentation. The warning is held back while the file has
+        errors.
+        """,
+        """
+        const width = 128
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        """,
+        """
+        const width = 128
+        model tiny {
+          dim = width
+          block { mlp { } }
+        }
+        """,
+    ),
+    _entry(
+        "W0703", "self-modifying projections that are never read",
+        """
+        A `selfmod` configures its `projections` level but lists no projection in `adaptive`,
+        so no in-context memory generates k, v, η or α (Eq. 84-85) and the settings have no
+        effect: the layer is a Titans memory with static projections. Either list the adaptive
+        projections (HOPE uses `[k, v, eta, alpha]`) or drop the `projections` level.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            selfmod {
+              adaptive = []
+              level memory { lr = 0.1  retention = 1.0  period = 16 }
+              level projections { lr = 0.1  retention = 1.0  period = 8 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            selfmod {
+              adaptive = []
+              level memory { lr = 0.1  retention = 1.0  period = 16 }
+            }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "W0704", "a memory period longer than a training sequence",
+        """
+        An in-context memory's period (its chunk size C, in tokens) is longer than a training
+        sequence, so during training it never completes a chunk and never updates: it acts as
+        a fixed map from its initial state. Its state is per sequence, so unlike a slow `cms`
+        level it does not carry updates across sequences either (the continuum clock applies to
+        cms levels). Lower the period or raise `train.seq_len`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 512 }
+            }
+          }
+        }
+        train { seq_len = 256 }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              level { period = 64 }
+            }
+          }
+        }
+        train { seq_len = 256 }
+        """,
+    ),
+)
+
+CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

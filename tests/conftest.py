@@ -1,0 +1,65 @@
+"""Shared test options and fixtures: golden-file updates and the checked shipped specs.
+
+- `pytest --update-golden` rewrites golden files (tests/golden/) from the current output instead
+  of comparing with them; the `update_golden` fixture says whether it was given.
+- `checked_spec(path)` checks a shipped spec once per session and returns its `CheckResult`, so
+  the tests of later stages (graph, drawing, lowering) share one check per spec. Paths are taken
+  relative to the repository root and the spec is named as a user types it (`specs/hope.nl`),
+  whatever the current directory.
+- A test that takes an argument called `shipped_spec` runs once per spec in specs/ (recursive),
+  with the repository-relative path as a string: `def test_x(shipped_spec, checked_spec): ...`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nldsl.checker import CheckResult, check_bytes
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPECS_DIR = REPO_ROOT / "specs"
+
+
+def shipped_spec_paths() -> list[str]:
+    """Every shipped spec as a repository-relative POSIX path, in a stable order."""
+    return sorted(path.relative_to(REPO_ROOT).as_posix() for path in SPECS_DIR.rglob("*.nl"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite golden files under tests/golden from the current output")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "shipped_spec" in metafunc.fixturenames:
+        metafunc.parametrize("shipped_spec", shipped_spec_paths())
+
+
+@pytest.fixture(scope="session")
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True under `pytest --update-golden`: golden tests write their output instead of comparing."""
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def checked_spec() -> Callable[[str | Path], CheckResult]:
+    """`checked_spec("specs/hope.nl")`: the spec's `CheckResult`, checked once per session.
+
+    The result is shared between tests: read it, never mutate it.
+    """
+    cache: dict[Path, CheckResult] = {}
+
+    def check(path: str | Path) -> CheckResult:
+        absolute = (REPO_ROOT / path).resolve()
+        if absolute not in cache:
+            try:
+                display = absolute.relative_to(REPO_ROOT).as_posix()
+            except ValueError:
+                display = str(absolute)
+            cache[absolute] = check_bytes(absolute.read_bytes(), display, base_dir=absolute.parent)
+        return cache[absolute]
+
+    return check

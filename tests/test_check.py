@@ -1,0 +1,168 @@
+"""The checker against invalid specs that carry their expected diagnostics inline, and the catalog.
+
+Each `tests/invalid/*.nl` is named after the code it is about (`E0203_unknown_attribute.nl`) and
+says what the checker must report in `#!` comments:
+
+    perod = 16             #! E0203 unknown attribute `perod`     on this line
+    #! E0101:7 unexpected number                                  on the next line that is not
+    dim 64                                                        an annotation; column 7
+    #! elsewhere E0105 is not valid UTF-8                         not on a line of this file
+    #! set train.steps=0                                          check with `--set train.steps=0`
+
+The text after the code is a substring of the message. The set of (line, code) pairs reported
+must equal the annotated set exactly: a missing diagnostic, an extra one (a cascade) or a moved
+one fails. `tests/invalid/lib/` holds files the invalid specs import.
+
+The catalog (`nldsl/error_codes.py`) is checked against the source: every code the package emits
+has an entry and every entry is emitted; each entry's example produces its code (and nothing
+else) and its fixed version checks without a single diagnostic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nldsl.checker import check_file
+from nldsl.diagnostics import Diagnostic
+from nldsl.error_codes import CODES, explain
+
+INVALID_DIR = Path(__file__).parent / "invalid"
+INVALID_SPECS = sorted(INVALID_DIR.glob("*.nl"))
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "nldsl"
+
+ANNOTATION = re.compile(r"#!\s*(?P<body>.*?)\s*$")
+EXPECTATION = re.compile(r"(?P<elsewhere>elsewhere\s+)?(?P<code>[EW]\d{4})(?::(?P<column>\d+))?\s*(?P<text>.*)")
+CODE_IN_SOURCE = re.compile(r"""["']([EW]\d{4})["']""")
+
+
+@dataclass(frozen=True)
+class Expected:
+    line: int | None  # None: the diagnostic has no line in this file (no span, an override, an import)
+    code: str
+    column: int | None
+    text: str  # a substring of the message
+    written_at: int  # the line of the annotation, for failure messages
+
+
+def read_annotations(path: Path) -> tuple[list[Expected], list[str]]:
+    """The expected diagnostics and the `--set` overrides written in a file's `#!` comments."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    expected: list[Expected] = []
+    overrides: list[str] = []
+    pending: list[tuple[int, str]] = []  # standalone annotations waiting for the line they precede
+    for number, line in enumerate(lines, start=1):
+        match = ANNOTATION.search(line)
+        standalone = match is not None and not line[: match.start()].strip()
+        if match is None or not standalone:
+            for written_at, body in pending:
+                expected.append(_expectation(body, number, written_at, path))
+            pending.clear()
+        if match is None:
+            continue
+        body = match["body"]
+        if body.startswith("set "):
+            overrides.append(body.removeprefix("set ").strip())
+        elif body.startswith("elsewhere "):
+            expected.append(_expectation(body, None, number, path))
+        elif standalone:
+            pending.append((number, body))
+        else:
+            expected.append(_expectation(body, number, number, path))
+    assert not pending, f"{path.name}: annotations at the end of the file point at no line"
+    return expected, overrides
+
+
+def _expectation(body: str, line: int | None, written_at: int, path: Path) -> Expected:
+    match = EXPECTATION.fullmatch(body)
+    assert match, f"{path.name}:{written_at}: cannot read the annotation `#! {body}`"
+    column = int(match["column"]) if match["column"] else None
+    return Expected(line, match["code"], column, match["text"], written_at)
+
+
+def _where(diagnostic: Diagnostic, path: Path) -> int | None:
+    span = diagnostic.span
+    return span.line if span is not None and span.path == str(path) else None
+
+
+def _describe(diagnostics: list[Diagnostic], path: Path) -> str:
+    return "\n".join(f"  line {_where(d, path)}: {d.code} {d.message}" for d in diagnostics) or "  (nothing)"
+
+
+def test_invalid_specs_exist():
+    assert INVALID_SPECS, f"no invalid specs found in {INVALID_DIR}"
+
+
+@pytest.mark.parametrize("path", INVALID_SPECS, ids=lambda p: p.stem)
+def test_invalid_spec(path: Path):
+    expected, overrides = read_annotations(path)
+    assert expected, f"{path.name} has no `#!` annotations"
+    assert path.name[:5] in {e.code for e in expected}, f"{path.name} is named after a code it does not expect"
+    result = check_file(path, overrides)
+    report = f"{path.name}: reported\n{_describe(result.diagnostics, path)}"
+    reported = {(_where(d, path), d.code) for d in result.diagnostics}
+    assert reported == {(e.line, e.code) for e in expected}, report
+    for e in expected:
+        candidates = [d for d in result.diagnostics if (_where(d, path), d.code) == (e.line, e.code)]
+        assert any(e.text in d.message for d in candidates), \
+            f"annotation at line {e.written_at}: no {e.code} message contains {e.text!r}\n{report}"
+        if e.column is not None:
+            assert any(d.span is not None and d.span.column == e.column for d in candidates), \
+                f"annotation at line {e.written_at}: no {e.code} at column {e.column}\n{report}"
+    assert not result.ok or all(d.severity == "warning" for d in result.diagnostics)
+
+
+def test_every_code_has_an_invalid_spec():
+    covered = {path.name[:5] for path in INVALID_SPECS}
+    assert sorted(set(CODES) - covered) == []
+
+
+def _emitted_codes() -> set[str]:
+    codes: set[str] = set()
+    for source in PACKAGE_DIR.rglob("*.py"):
+        if source.name != "error_codes.py":
+            codes.update(CODE_IN_SOURCE.findall(source.read_text(encoding="utf-8")))
+    return codes
+
+
+def test_catalog_matches_the_codes_the_package_emits():
+    emitted = _emitted_codes()
+    assert sorted(emitted - set(CODES)) == [], "codes emitted without a catalog entry"
+    assert sorted(set(CODES) - emitted) == [], "catalog entries that nothing emits"
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_catalog_entry(code: str, tmp_path: Path):
+    entry = CODES[code]
+    assert entry.code == code
+    assert entry.title == entry.title.lower() and not entry.title.endswith(".")
+    assert entry.explanation.strip()
+    changed = (entry.example, entry.overrides, entry.encoding) != (entry.fixed, entry.fixed_overrides, "utf-8")
+    assert changed, "the fixed version must differ from the example"
+    example = tmp_path / "example.nl"
+    example.write_bytes(entry.example.encode(entry.encoding))
+    result = check_file(example, entry.overrides)
+    assert {d.code for d in result.diagnostics} == {code}, _describe(result.diagnostics, example)
+    assert all(d.severity == entry.severity for d in result.diagnostics)
+    example.write_bytes(entry.fixed.encode("utf-8"))
+    fixed = check_file(example, entry.fixed_overrides)
+    assert fixed.ok and fixed.diagnostics == [], _describe(fixed.diagnostics, example)
+
+
+def test_explain_shows_the_explanation_and_both_versions():
+    text = explain("e0203")
+    entry = CODES["E0203"]
+    assert text.startswith("error[E0203]: unknown attribute")
+    assert "perod = 16" in text and "period = 16" in text
+    assert all(line.startswith("    ") for line in text.split("rejected by")[1].splitlines()[2:6])
+    assert explain("W0702").startswith("warning[W0702]")
+    assert "--set widht=128" in explain("E0206")
+    assert entry.title in text
+
+
+def test_explain_unknown_code():
+    with pytest.raises(KeyError):
+        explain("E9999")
