@@ -1,0 +1,198 @@
+"""The front-end commands: `nldsl check` (exit codes, text and JSON output, several files,
+`--set` overrides), `nldsl explain`, `--version`, and that none of them imports torch.
+
+Most commands run in process through `nldsl.cli.main`; the few that are about the process
+(`python -m nldsl`, imports, determinism across hash seeds) run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, shipped_spec_paths
+
+from nldsl import __version__
+from nldsl.checker import check_file
+from nldsl.cli import main
+
+HOPE = str(REPO_ROOT / "specs" / "hope.nl")
+TITANS = str(REPO_ROOT / "specs" / "titans_lmm.nl")
+INVALID = REPO_ROOT / "tests" / "invalid"
+UNKNOWN_ATTRIBUTE = str(INVALID / "E0203_unknown_attribute.nl")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_check_valid_spec_exits_0(capsys):
+    status, out, err = run(capsys, "check", HOPE)
+    assert status == 0
+    assert f"{HOPE}: ok" in out and err == ""
+
+
+def test_check_invalid_spec_exits_1_with_rustc_style_text(capsys):
+    status, _, err = run(capsys, "check", UNKNOWN_ATTRIBUTE)
+    assert status == 1
+    assert "error[E0203]: unknown attribute `dims` in `model`" in err
+    assert f"--> {UNKNOWN_ATTRIBUTE}:4:3" in err
+    assert "4 |   dims = 3" in err
+    lines = err.splitlines()
+    caret = lines[lines.index(next(line for line in lines if line.startswith("4 |   dims"))) + 1]
+    assert caret.endswith("|   ^^^^"), caret
+    assert "= help: did you mean `dim`?" in err
+    assert f"{UNKNOWN_ATTRIBUTE}: failed (4 errors)" in err
+
+
+def test_check_json_has_location_code_message_and_help(capsys):
+    status, out, _ = run(capsys, "check", "--format", "json", UNKNOWN_ATTRIBUTE)
+    assert status == 1
+    items = json.loads(out)
+    assert len(items) == 4
+    first = items[0]
+    assert {"file", "line", "column", "code", "message", "help", "severity"} <= first.keys()
+    assert (first["file"], first["line"], first["column"], first["code"]) == (UNKNOWN_ATTRIBUTE, 4, 3, "E0203")
+    assert first["message"] == "unknown attribute `dims` in `model`"
+    assert first["help"] == "did you mean `dim`?"
+
+
+def test_check_json_of_a_valid_spec_is_an_empty_list(capsys):
+    status, out, _ = run(capsys, "check", "--format", "json", HOPE, TITANS)
+    assert status == 0 and json.loads(out) == []
+
+
+def test_check_several_files_reports_each_and_fails_if_any_fails(capsys):
+    status, out, err = run(capsys, "check", HOPE, UNKNOWN_ATTRIBUTE, TITANS)
+    assert status == 1
+    assert f"{HOPE}: ok" in out and f"{TITANS}: ok" in out
+    assert f"{UNKNOWN_ATTRIBUTE}: failed" in err
+    status, out, _ = run(capsys, "check", "--format", "json", HOPE, UNKNOWN_ATTRIBUTE)
+    assert status == 1 and {item["file"] for item in json.loads(out)} == {UNKNOWN_ATTRIBUTE}
+
+
+def test_check_every_shipped_spec_at_once(capsys):
+    paths = [str(REPO_ROOT / spec) for spec in shipped_spec_paths()]
+    status, out, err = run(capsys, "check", *paths)
+    assert status == 0, err
+    assert out.count(": ok") == len(paths)
+
+
+def test_check_missing_file_is_a_diagnostic(capsys, tmp_path):
+    status, _, err = run(capsys, "check", str(tmp_path / "nothing.nl"))
+    assert status == 1
+    assert "error[E0105]: cannot read" in err and "Traceback" not in err
+
+
+def test_check_directory_is_a_diagnostic(capsys, tmp_path):
+    status, _, err = run(capsys, "check", str(tmp_path))
+    assert status == 1 and "E0105" in err
+
+
+def test_check_without_files_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["check"])
+    assert stop.value.code == 2
+
+
+def test_override_is_applied(capsys):
+    status, out, _ = run(capsys, "check", TITANS, "--set", "train.steps=5", "--set", "dim=64")
+    assert status == 0, out
+    result = check_file(TITANS, ["train.steps=5", "dim=64", "model.block.lmm.heads=2"])
+    assert result.ok
+    assert (result.spec.train.steps, result.spec.model.dim, result.spec.model.block.sublayers[0].heads) == (5, 64, 2)
+    assert result.provenance["train.steps"] == "--set train.steps=5"
+
+
+def test_override_changes_the_hash():
+    plain, overridden = check_file(TITANS), check_file(TITANS, ["train.steps=5"])
+    assert plain.spec.sha256 != overridden.spec.sha256
+
+
+def test_override_of_train_without_a_train_section(tmp_path):
+    spec = tmp_path / "tiny.nl"
+    spec.write_text("model tiny {\n  dim = 64\n  block { mlp { } }\n}\n", encoding="utf-8")
+    result = check_file(spec, ["train.seq_len=32"])
+    assert result.ok and result.spec.train.seq_len == 32
+
+
+@pytest.mark.parametrize(("override", "code", "text"), [
+    ("dimm=3", "E0206", "did you mean `dim`?"),
+    ("train.stepz=5", "E0203", "did you mean `steps`?"),
+    ("model.block.lmmm.heads=2", "E0206", "did you mean `lmm`?"),
+])
+def test_unknown_override_key_suggests_the_nearest(capsys, override, code, text):
+    status, _, err = run(capsys, "check", TITANS, "--set", override)
+    assert status == 1
+    assert f"error[{code}]" in err and text in err
+    assert "<--set 1>:1:1" in err, "the diagnostic points at the override, not at the file"
+
+
+@pytest.mark.parametrize(("override", "code", "text"), [
+    ("train.steps=-3", "E0302", "`steps` should be greater than or equal to 1"),
+    ("train.steps=abc", "E0201", "unknown name `abc`"),
+    ("train.steps=2.5", "E0301", "`steps` expects an integer"),
+    ("train.steps=", "E0206", "is not `key=value`"),
+    ("train.steps=(3", "E0103", "in override: unexpected end of file"),
+    ("dim=64 / 0", "E0304", "division by zero"),
+])
+def test_bad_override_value(capsys, override, code, text):
+    status, out, _ = run(capsys, "check", "--format", "json", TITANS, "--set", override)
+    assert status == 1
+    items = json.loads(out)
+    assert [(item["code"], text in item["message"]) for item in items] == [(code, True)], items
+
+
+def test_explain_prints_the_entry(capsys):
+    status, out, _ = run(capsys, "explain", "E0203")
+    assert status == 0
+    assert out.startswith("error[E0203]: unknown attribute")
+    assert "perod = 16" in out and "period = 16" in out
+
+
+def test_explain_accepts_lowercase(capsys):
+    assert run(capsys, "explain", "w0702")[0] == 0
+
+
+def test_explain_unknown_code_exits_1(capsys):
+    status, out, err = run(capsys, "explain", "E9999")
+    assert status == 1 and out == ""
+    assert "unknown error code `E9999`" in err and "E0101" in err
+    status, _, err = run(capsys, "explain", "E020")
+    assert status == 1 and "did you mean" in err
+
+
+def test_version():
+    done = python("-m", "nldsl", "--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"nldsl {__version__}"
+
+
+def test_front_end_does_not_import_torch():
+    code = ("import sys, nldsl.cli, nldsl.checker, nldsl.graph, nldsl.error_codes\n"
+            "nldsl.cli.build_parser()\n"
+            "status = nldsl.cli.main(['check', 'specs/hope.nl'])\n"
+            "nldsl.cli.main(['explain', 'E0203'])\n"
+            "assert status == 0\n"
+            "assert 'torch' not in sys.modules, 'the front end imported torch'\n")
+    done = python("-c", code)
+    assert done.returncode == 0, done.stderr
+
+
+def test_check_output_does_not_depend_on_the_hash_seed():
+    files = [str(path.relative_to(REPO_ROOT)) for path in sorted(INVALID.glob("*.nl"))] + shipped_spec_paths()
+    outputs = [python("-m", "nldsl", "check", "--format", "json", *files, env={"PYTHONHASHSEED": seed})
+               for seed in ("1", "2")]
+    assert all(done.returncode == 1 and "Traceback" not in done.stderr for done in outputs)
+    assert outputs[0].stdout == outputs[1].stdout
+    assert json.loads(outputs[0].stdout)
