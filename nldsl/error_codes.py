@@ -55,7 +55,7 @@ def explain(code: str) -> str:
 
 def _wrap(text: str, width: int = 88) -> str:
     paragraphs = [" ".join(p.split()) for p in text.strip().split("\n\n")]
-    return "\n\n".join(textwrap.fill(p, width) for p in paragraphs)
+    return "\n\n".join(textwrap.fill(p, width, break_on_hyphens=False) for p in paragraphs)
 
 
 def _entry(code: str, title: str, explanation: str, example: str, fixed: str, **options) -> ErrorCode:
@@ -257,9 +257,9 @@ _ENTRIES = (
         "E0203", "unknown attribute",
         """
         A section sets an attribute that its kind does not have. Every section kind has a fixed
-        set of attributes (the fields of its class in `nldsl/spec.py`, listed in
-        docs/language.md), and a misspelt one would otherwise be ignored without a word: a level
-        with `perod = 16` would silently keep its default period of 1 and train token by token.
+        set of attributes (the fields of its class in `nldsl/spec.py`), and a misspelt one
+        would otherwise be ignored without a word: a level with `perod = 16` would silently keep
+        its default period of 1 and train token by token.
 
         The help line suggests the nearest attribute, or lists every attribute of the section.
         Some attributes belong to another section than one might expect: `heads` is set on the
@@ -322,9 +322,9 @@ _ENTRIES = (
     _entry(
         "E0205", "cannot import",
         """
-        An `import` failed: the file does not exist, is not UTF-8, has errors of its own (they
-        are reported too, in that file), or the imports form a cycle (a file importing itself,
-        directly or through other files).
+        An `import` failed: the file does not exist, is not UTF-8, does not parse (its syntax
+        errors are reported too, in that file), or the imports form a cycle (a file importing
+        itself, directly or through other files; the cycle is reported where it closes).
 
         Import paths are relative to the file that contains the `import`, not to the current
         directory, so a spec checks the same from anywhere. Imports are for sharing levels,
@@ -538,8 +538,9 @@ _ENTRIES = (
         levels but no `update`, or a top-level section without a name (it could never be used
         with `from`).
 
-        Defaults exist for everything that has a sensible one (docs/language.md); what remains
-        required has none: the model width, for instance, sets every shape downstream.
+        Defaults exist for everything that has a sensible one (the field defaults in
+        `nldsl/spec.py`); what remains required has none: the model width, for instance, sets
+        every shape downstream.
         """,
         """
         model tiny {
@@ -891,13 +892,13 @@ _ENTRIES = (
         A level with `period = 1` updates after every token. For most levels this has no
         chunk-parallel form: a deep (MLP) state or a momentum term makes each token's gradient
         depend on the previous token's update, so training runs a Python-speed loop over the
-        sequence. Only a linear state with the plain Hebbian rule (linear attention) and the
-        delta rule have fast exact forms; everything else is slow at period 1.
+        sequence. A linear state without momentum (linear attention, DeltaNet) has fast exact
+        forms and is not flagged.
 
         The chunk rule is the usual remedy (Titans §3.2, Nested Learning Eq. 90): with period
         C every gradient in a chunk is taken at the chunk's start state, so the C updates are
-        computed in parallel. Periods of 8 to 64 cost little quality. The spec is valid; keep
-        `period = 1` when the exact online recurrence is the point.
+        computed in parallel; the shipped specs use chunks of 8 to 16 tokens. The spec is valid;
+        keep `period = 1` when the exact online recurrence is the point.
         """,
         """
         model tiny {

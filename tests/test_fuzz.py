@@ -75,7 +75,7 @@ def assert_well_formed(result: CheckResult) -> None:
             assert source is not None, f"{d.code} points into {d.span.path!r}, which was never read"
             assert 0 <= d.span.start <= d.span.end <= len(source.text), (d.code, d.span)
             assert 1 <= d.span.line <= d.span.end_line <= len(source.line_starts), (d.code, d.span)
-            assert 1 <= d.span.column <= len(source.line_text(d.span.line)) + 2, (d.code, d.span)
+            assert 1 <= d.span.column <= len(source.line_text(d.span.line)) + 1, (d.code, d.span)
     render_text(result.diagnostics, result.sources)
     json.loads(render_json(result.diagnostics))
     if result.ok:
