@@ -422,6 +422,10 @@ class Checker:
                         span = source.span(max(0, span.start - delta), max(0, span.end - delta))
                     self.bag.items.append(Diagnostic(d.code, f"in override: {d.message}", span, d.help))
                 continue
+            if len(module.items) != 1:  # `dim=1 const x = 2`: the rest would be dropped without a word
+                self.bag.error("E0206", f"override `{text}` has more than one value", source.span(0, len(source.text)),
+                               "an override sets one value, e.g. `--set train.steps=200`")
+                continue
             value = module.consts[0].value
             value = _shift(value, source, len("const __value = ") - len(f"{key} = "))
             key_span = source.span(0, len(key))
@@ -429,7 +433,7 @@ class Checker:
             if len(parts) == 1 and ns.lookup_const(key):
                 consts[key] = (value, whole, origin)
             elif len(parts) == 1:
-                candidates = [*ns.consts, "train", "model"]
+                candidates = [c for c in (*ns.consts, "train", "model") if c != key]
                 self.bag.error("E0206", f"unknown override `{key}`", key_span,
                                did_you_mean(key, candidates)
                                or "override a named constant or a path like `train.steps`")

@@ -145,6 +145,8 @@ def test_unknown_override_key_suggests_the_nearest(capsys, override, code, text)
     ("train.steps=", "E0206", "is not `key=value`"),
     ("train.steps=(3", "E0103", "in override: unexpected end of file"),
     ("dim=64 / 0", "E0304", "division by zero"),
+    ("dim=64 const extra = 1", "E0206", "has more than one value"),
+    ("model=3", "E0206", "unknown override `model`"),
 ])
 def test_bad_override_value(capsys, override, code, text):
     status, out, _ = run(capsys, "check", "--format", "json", TITANS, "--set", override)
