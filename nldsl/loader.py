@@ -43,10 +43,15 @@ def check(path: str | Path, overrides: Sequence[str] = (), **values: Any):
 
 def compile_module(result) -> types.ModuleType:
     """Execute the generated source of a checked spec as a module (registered for tracebacks)."""
+    spec = result.spec
+    return build_module(spec, result.sources[spec.path].text)
+
+
+def build_module(spec, source_text: str = "") -> types.ModuleType:
+    """Compile a checked `Spec` and execute the source as a module."""
     from nldsl.compiler import compile_spec
 
-    spec = result.spec
-    source = compile_spec(spec, result.sources[spec.path].text)
+    source = compile_spec(spec, source_text)
     name = f"nldsl_generated_{spec.sha256[:16]}"
     filename = f"<nldsl generated from {spec.path} ({spec.sha256[:12]})>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)

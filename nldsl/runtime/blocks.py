@@ -243,11 +243,11 @@ def segment_attention(q: Tensor, k_retrieved: Tensor, v_retrieved: Tensor, k_seg
 def memory_as_context(
     x: Tensor,
     segment: int,
-    read: Callable[[Tensor, object], Tensor],
+    read: Callable[[Tensor, dict], Tensor],
     attend: Callable[[Tensor, Tensor], Tensor],
-    write: Callable[[Tensor, object], tuple[Tensor, object]],
-    state: object,
-) -> tuple[Tensor, object]:
+    write: Callable[[Tensor, dict], tuple[Tensor, dict]],
+    state: dict,
+) -> tuple[Tensor, dict]:
     """Titans MAC (docs/semantics.md §3.8): per segment, retrieve with the state the segment
     started with, attend over [persistent | retrieved | segment], write the attention output into
     the memory and gate it with the memory's reading of it: out = y ⊙ M(y)."""
@@ -256,7 +256,8 @@ def memory_as_context(
         piece = x[:, start:start + segment]  # (B, S, d)
         retrieved = read(piece, state)  # (B, S, d)
         attended = attend(piece, retrieved)  # (B, S, d)
-        memory_out, state = write(attended, state)
+        memory_out, written = write(attended, state)
+        state = {**state, **written}  # the write stream's state; the read stream keeps its own history
         outputs.append(attended * memory_out)
     return torch.cat(outputs, dim=1), state
 
