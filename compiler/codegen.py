@@ -46,6 +46,25 @@ class Writer:
     def text(self) -> str:
         return "\n".join(self.lines).rstrip() + "\n"
 
+    def statement(self, head: str, arguments: list[str], tail: str = ")", width: int = 116) -> None:
+        """`head` + comma-separated arguments + `tail`, continued on indented lines when too long."""
+        line = head + ", ".join(arguments) + tail
+        if len(line) + 4 * self.depth <= width:
+            self(line)
+            return
+        self(head.rstrip())
+        with self.indent():
+            current = ""
+            for argument in arguments:
+                candidate = f"{current} {argument}," if current else f"{argument},"
+                if current and len(candidate) + 4 * self.depth > width:
+                    self(current)
+                    current = f"{argument},"
+                else:
+                    current = candidate
+            self(current)
+        self(tail.strip() if tail.strip() else ")")
+
 
 def safe_comment(text: str) -> str:
     """Free text for a `#` comment: one line, printable characters only."""
@@ -60,8 +79,26 @@ def literal(value: Any) -> str:
     raise TypeError(f"unexpected literal {value!r}")
 
 
-def config_literal(kwargs: dict[str, Any]) -> str:
-    return "M.LevelConfig(" + ", ".join(f"{k}={literal(v)}" for k, v in kwargs.items()) + ")"
+def wrap_call(func: str, arguments: list[str], indent: int = 4, width: int = 100) -> str:
+    """`func(a, b, …)` on one line, or one argument group per line when that would be too long."""
+    one_line = f"{func}({', '.join(arguments)})"
+    if len(one_line) <= width:
+        return one_line
+    lines, current = [], ""
+    for argument in arguments:
+        candidate = f"{current} {argument}," if current else f"{argument},"
+        if current and len(candidate) + indent > width:
+            lines.append(current)
+            current = f"{argument},"
+        else:
+            current = candidate
+    lines.append(current)
+    pad = " " * indent
+    return f"{func}(\n" + "\n".join(pad + line for line in lines) + "\n" + " " * (indent - 4) + ")"
+
+
+def config_literal(kwargs: dict[str, Any], indent: int = 4) -> str:
+    return wrap_call("M.LevelConfig", [f"{k}={literal(v)}" for k, v in kwargs.items()], indent)
 
 
 class Generator:
@@ -78,6 +115,10 @@ class Generator:
         self.classes: list[list[str]] = []
         self.class_index = 0
         self.clock_levels: list[tuple[str, int]] = []  # (parameter prefix inside a block, steps)
+
+    @property
+    def uses_memory(self) -> bool:
+        return any(c[1].startswith(("M.", "R.CMSLevel", "R.SelfModConfig")) for c in self.constants)
 
     # top level -----------------------------------------------------------------------------
 
@@ -129,15 +170,14 @@ class Generator:
         w()
         w("from __future__ import annotations")
         w()
-        w("import math")
-        w()
         w("import torch")
         w("import torch.nn.functional as F")
         w("from torch import Tensor, nn")
         w()
         w("from nldsl.runtime import blocks as R")
         w("from nldsl.runtime import layers as L")
-        w("from nldsl.runtime import memory as M")
+        if self.uses_memory:
+            w("from nldsl.runtime import memory as M")
         w()
 
     def footer(self, w: Writer) -> None:
@@ -312,7 +352,8 @@ class Generator:
             if layer.rope:
                 w("q, k = self.rope(q), self.rope(k)")
             persistent = ", persistent_k=self.persistent_k, persistent_v=self.persistent_v" if layer.persistent else ""
-            w(f"o = L.causal_attention(q, k, v, window={layer.window}{persistent})  # (B, H, T, {head_dim})")
+            w(f"# o: (B, H, T, {head_dim})")
+            w(f"o = L.causal_attention(q, k, v, window={layer.window}{persistent})")
             w("return F.linear(R.merge_heads(o), self.wo), {}")
         w()
         w("def attend(self, x: Tensor, retrieved: Tensor) -> Tensor:")
@@ -345,14 +386,34 @@ class Generator:
         self.finish(w, layer, with_norm)
         return name
 
-    def memory_state_expr(self, config_name: str, level: S.LevelSpec, prefix: str, batch: str, heads: int,
-                          d: int) -> str:
+    def memory_state_expr(self, config_name: str, level: S.LevelSpec, prefix: str, like: str, heads: int,
+                          d: int, batch: str | None = None) -> str:
+        """A fresh per-sequence state: θ_0 expanded over the batch (or zeros)."""
+        batch = batch or f"{like}.shape[0]"
         if level.init == "zeros":
-            momentum = f"[{batch}.new_zeros({batch}.shape[0], {heads}, {d}, {d})]" if level.momentum else "None"
-            return f"M.MemoryState([{batch}.new_zeros({batch}.shape[0], {heads}, {d}, {d})], {momentum})"
+            momentum = f"[{like}.new_zeros({batch}, {heads}, {d}, {d})]" if level.momentum else "None"
+            return f"M.MemoryState([{like}.new_zeros({batch}, {heads}, {d}, {d})], {momentum})"
         count = len(shapes.state_layers(level.state, d, d))
         weights = ", ".join(f"self.{prefix}w{i + 1}" for i in range(count))
-        return f"M.initial_memory_state({config_name}, [{weights}], {batch}.shape[0])"
+        return f"M.initial_memory_state({config_name}, [{weights}], {batch})"
+
+    def memory_state_lines(self, w: Writer, target: str, config_name: str, level: S.LevelSpec, prefix: str,
+                           heads: int, d: int, key: str) -> None:
+        """`target = state.get(key) or <a fresh state>`, wrapped when long."""
+        expr = self.memory_state_expr(config_name, level, prefix, "x", heads, d, batch="batch")
+        line = f"{target} = state.get({key!r}) or {expr}"
+        if len(line) + 4 * w.depth <= 116:
+            w(line)
+            return
+        w(f"{target} = state.get({key!r})")
+        w(f"if {target} is None:")
+        with w.indent():
+            if expr.startswith("M.initial_memory_state(") and len(expr) + len(target) + 4 * w.depth > 112:
+                config, rest = expr[len("M.initial_memory_state("):-1].split(", ", 1)
+                weights, batch = rest.rsplit(", ", 1)
+                w.statement(f"{target} = M.initial_memory_state(", [config, weights, batch])
+            else:
+                w(f"{target} = {expr}")
 
     def memory_class(self, layer: S.MemorySpec, with_norm: bool) -> str:
         name, w = self.new_class("Memory")
@@ -443,12 +504,11 @@ class Generator:
         eta_max = layer.memory.lr.max if isinstance(layer.memory.lr, S.GeneratedGate) else 1.0
         alpha = layer.memory.retention
         alpha_max = alpha.max if isinstance(alpha, S.GeneratedGate) else 1.0
-        selfmod = self.constant(
-            f"SELFMOD_{name.upper()}",
-            f"R.SelfModConfig(adaptive={tuple(n for n in ('q', 'k', 'v', 'eta', 'alpha') if n in layer.adaptive)!r}, "
-            f"heads={heads}, head_dim={head_dim}, conv={layer.conv}, qk_norm={layer.qk_norm == 'l2'}, "
-            f"value_norm={layer.value_norm == 'l2'}, "
-            f"eta_max={eta_max!r}, alpha_max={alpha_max!r}, projections={projections})")
+        adaptive = tuple(n for n in ("q", "k", "v", "eta", "alpha") if n in layer.adaptive)
+        selfmod = self.constant(f"SELFMOD_{name.upper()}", wrap_call("R.SelfModConfig", [
+            f"adaptive={adaptive!r}", f"heads={heads}", f"head_dim={head_dim}", f"conv={layer.conv}",
+            f"qk_norm={layer.qk_norm == 'l2'}", f"value_norm={layer.value_norm == 'l2'}", f"eta_max={eta_max!r}",
+            f"alpha_max={alpha_max!r}", f"projections={projections}"]))
         self.begin(w, name, layer, f"self-modifying Titans, {heads} heads (Eq. 83-93, §3.6).")
         self.init_header(w)
         self.declare(w, layer, with_norm)
@@ -457,21 +517,24 @@ class Generator:
         w("def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:")
         with w.indent():
             w("state = state or {}")
+            w("batch = x.shape[0]")
             w(f"x_heads = R.split_heads(x, {heads})  # (B, H, T, {head_dim})")
             static = [n for n in "qkv" if n not in layer.adaptive]
             w("static = {" + ", ".join(f"'{n}': R.split_heads(F.linear(x, self.w{n}), {heads})" for n in static) + "}")
-            w("memories = {")
-            with w.indent():
-                for n in ("q", "k", "v", "eta", "alpha"):
-                    if n in layer.adaptive:
-                        expr = self.memory_state_expr(projections, layer.projections, f"{n}_memory_", "x", heads, head_dim)
-                        w(f"'{n}': state.get('{n}') or {expr},")
-            w("}")
+            w("memories = {}  # the in-context projection memories M_□ and their per-sequence states")
+            for n in ("q", "k", "v", "eta", "alpha"):
+                if n in layer.adaptive:
+                    self.memory_state_lines(w, f"memories[{n!r}]", projections, layer.projections, f"{n}_memory_",
+                                            heads, head_dim, n)
             lr_expr = None if "eta" in layer.adaptive else self.gate_expr("lr", layer.memory.lr, "x", heads)
             ret_expr = None if "alpha" in layer.adaptive else self.gate_expr("retention", layer.memory.retention, "x", heads)
             mom_expr = self.gate_expr("momentum", layer.memory.momentum, "x", heads)
-            w(f"static_gates = {{'lr': {lr_expr or 'None'}, 'retention': {ret_expr or 'None'}, "
-              f"'momentum': {mom_expr or 'None'}}}")
+            w("static_gates = {")
+            with w.indent():
+                w(f"'lr': {lr_expr or 'None'},")
+                w(f"'retention': {ret_expr or 'None'},")
+                w(f"'momentum': {mom_expr or 'None'},")
+            w("}")
             readouts = [f"'{n}': (self.{n}_readout, self.{n}_bias)" for n in ("eta", "alpha") if n in layer.adaptive]
             w("readouts = {" + ", ".join(readouts) + "}")
             convs = [f"'{n}': self.conv_{n}" for n in "qkv"] if layer.conv else []
@@ -479,10 +542,9 @@ class Generator:
             w("caches = {n: state.get('conv_' + n) for n in 'qkv'}")
             w(f"p, memories, caches = R.self_modifying_projections({selfmod}, x_heads, memories, static, convs,")
             w("                                                      readouts, static_gates, caches)")
-            w(f"memory = state.get('memory') or "
-              f"{self.memory_state_expr(memory_config, layer.memory, 'memory_', 'x', heads, head_dim)}")
-            w(f"o, memory = M.memory_level({memory_config}, memory, p['k'], p['v'], p['q'], p['lr'], "
-              f"p.get('retention'), static_gates['momentum'])")
+            self.memory_state_lines(w, "memory", memory_config, layer.memory, "memory_", heads, head_dim, "memory")
+            w.statement(f"o, memory = M.memory_level(", [memory_config, "memory", "p['k']", "p['v']", "p['q']",
+                                                         "p['lr']", "p.get('retention')", "static_gates['momentum']"])
             w("new_state = {'memory': memory, **memories, **{'conv_' + n: c for n, c in caches.items()}}")
             w("return self.output(o, x), new_state")
         self.output_method(w, layer)
@@ -499,7 +561,8 @@ class Generator:
                 self.clock_levels.append((f"{layer.name}.{level.name}_", lower.clock_steps(level, self.train)))
             cfg = self.constant(
                 f"CMS_{name.upper()}_{level.name.upper()}",
-                f"R.CMSLevel({config_literal(lower.level_config(level, dim, dim))}, in_context={in_context})",
+                wrap_call("R.CMSLevel", [config_literal(lower.level_config(level, dim, dim), indent=8),
+                                         f"in_context={in_context}"]),
                 f"`{layer.name}.{level.name}`: period {level.period if isinstance(level.period, int) else level.period.count}"
                 + (" tokens, learns in context" if in_context else ", stepped by the continuum clock"))
             levels.append((level, cfg, in_context))
@@ -523,15 +586,15 @@ class Generator:
             elif layer.variant == "sequential":
                 w("h = x")
                 for level, cfg, _ in levels:
-                    gates = self.cms_gates(level, "h")
-                    w(f"h, new_state[{level.name!r}] = R.cms_level({cfg}, {self.weights_list(level, dim)}, h, {gates}, "
-                      f"ctx, state.get({level.name!r}))")
+                    w(f"gates = {self.cms_gates(level, 'h')}  # η, α, β of `{level.name}`")
+                    w.statement(f"h, new_state[{level.name!r}] = R.cms_level(", [
+                        cfg, self.weights_list(level, dim), "h", "gates", "ctx", f"state.get({level.name!r})"])
             else:
                 w("h = 0")
                 for index, (level, cfg, _) in enumerate(levels):
-                    gates = self.cms_gates(level, "x")
-                    w(f"y, new_state[{level.name!r}] = R.cms_level({cfg}, {self.weights_list(level, dim)}, x, {gates}, "
-                      f"ctx, state.get({level.name!r}))")
+                    w(f"gates = {self.cms_gates(level, 'x')}  # η, α, β of `{level.name}`")
+                    w.statement(f"y, new_state[{level.name!r}] = R.cms_level(", [
+                        cfg, self.weights_list(level, dim), "x", "gates", "ctx", f"state.get({level.name!r})"])
                     w(f"h = h + self.mix[{index}] * y")
             w("return h, new_state")
         self.finish(w, layer, with_norm)
@@ -618,7 +681,8 @@ class Generator:
                 w("new_state = {}")
                 for layer in block.sublayers:
                     x = f"L.rms_norm(h, self.{layer.name}.norm, NORM_EPS)" if block.norm == "rms" else "h"
-                    w(f"out, new_state[{layer.name!r}] = self.{layer.name}({x}, ctx, state.get({layer.name!r}))")
+                    w(f"x = {x}")
+                    w(f"out, new_state[{layer.name!r}] = self.{layer.name}(x, ctx, state.get({layer.name!r}))")
                     w("h = h + out")
                 w("return h, new_state")
             w()
@@ -669,9 +733,9 @@ class Generator:
                 w("h = F.embedding(tokens, self.embed)  # (B, T, d)")
                 w("states = state if state is not None else [{} for _ in range(LAYERS)]")
                 w("new_states = []")
-                w("for block, block_state in zip(self.blocks, states):")
+                w("for index, block in enumerate(self.blocks):")
                 with w.indent():
-                    w("h, block_state = block(h, ctx, block_state)")
+                    w("h, block_state = block(h, ctx, states[index])")
                     w("new_states.append(block_state)")
                 w(f"logits = F.linear(L.rms_norm(h, self.final_norm, NORM_EPS), {unembed})  # (B, T, V)")
                 w("return (logits, new_states) if return_state else logits")

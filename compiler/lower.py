@@ -41,6 +41,8 @@ def level_config(level: S.LevelSpec, d_in: int, d_out: int) -> dict[str, Any]:
         "orthogonalize_steps": level.orthogonalize.steps if level.orthogonalize else 0,
         "grad_through_writes": level.grad_through_writes,
     }
+    if level.retention_order == "before_write":
+        config["decay_before_write"] = True
     return config
 
 

@@ -22,7 +22,7 @@ def level_config(level: S.OptimizerLevelSpec) -> O.OptimizerLevelConfig:
         name=level.name, flow=level.flow, state=level.state, hidden=level.hidden, objective=level.objective,
         lr=level.lr, retention=level.retention, period=level.period,
         orthogonalize_steps=level.orthogonalize.steps if level.orthogonalize else 0,
-        nesterov=level.nesterov, bias_correction=level.bias_correction)
+        nesterov=level.nesterov, bias_correction=level.bias_correction, readout=level.readout, init=level.init)
 
 
 def optimizer_config(opt: S.OptimizerSpec) -> O.OptimizerConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import keyword
 import math
 import typing
 from collections.abc import Sequence
@@ -33,6 +34,22 @@ from .parser import parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16
+
+# Layer names become attribute names of generated nn.Modules: Python keywords, the methods and
+# attributes of torch.nn.Module (listed here so that checking never imports torch) and the
+# parameter names a layer module declares next to its children are reserved.
+RESERVED_LAYER_NAMES = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset({
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile",
+    "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer",
+    "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia",
+    "named_buffers", "named_children", "named_modules", "named_parameters", "parameters",
+    "register_backward_hook", "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
+    "register_load_state_dict_pre_hook", "register_module", "register_parameter",
+    "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_", "set_extra_state",
+    "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type", "xpu",
+    "zero_grad", "norm", "gate_norm_0", "gate_norm_1", "reset_parameters",
+})
 
 
 # Values produced by evaluating expressions ---------------------------------------------------
@@ -201,6 +218,7 @@ class Checker:
         self.loading: list[str] = []
         self.provenance: dict[str, str] = {}
         self.spans: dict[str, Span] = {}
+        self.optimizer_overrides: list[tuple[list[str], Attr]] = []  # `--set train.optimizer.X=…`
 
     # 1. loading ------------------------------------------------------------------------------
 
@@ -217,8 +235,14 @@ class Checker:
         if ns is not None:
             const_overrides, path_overrides = self.parse_overrides(overrides, ns)
             for name, (value, attr_span, origin) in const_overrides.items():
-                ns.consts[name] = ast.Const(attr_span, name, attr_span, value)
+                found = ns.lookup_const(name)
+                owner = found[1] if found else ns
+                owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
+                owner.values.clear()  # constants of that file are evaluated again with the override
+                owner.used.add(name)
                 self.provenance[name] = origin
+                if owner is not ns:
+                    self.evaluate_constants(owner)
             self.evaluate_constants(ns)
             spec = self.build_spec(ns, text, path_overrides, overrides)
         diagnostics = self.bag.sorted()
@@ -543,7 +567,11 @@ class Checker:
                                f"write `{section.kind} NAME {{ … }}` so it can be used with `from NAME`")
             else:
                 definitions.append(self.expand(section, ns))
+        self.optimizer_overrides = [(parts[2:], attr) for parts, attr in path_overrides
+                                    if parts[:2] == ["train", "optimizer"] and len(parts) > 2]
         for parts, attr in path_overrides:
+            if parts[:2] == ["train", "optimizer"] and len(parts) > 2:
+                continue  # applied where the optimizer section is expanded (Converter.train_optimizer)
             if parts[0] == "train" and "train" not in roots:  # training has defaults: `--set` may still set it
                 roots["train"] = Tree("train", None, attr.span, attr.key_span)
             self.apply_path_override(roots, parts, attr)
@@ -687,6 +715,8 @@ class Converter:
                 data[name] = value
             return data
         if isinstance(raw, Symbol):
+            if raw.name == "none" and type(None) in _flatten(annotation):
+                return None  # unset an optional value (e.g. one inherited with `from`)
             if raw.name in kinds and raw.name in S.KINDED_VALUES:
                 return {"kind": raw.name}
             return raw.name
@@ -760,6 +790,7 @@ class Converter:
         if isinstance(expr, ast.Ref):
             found = attr.ns.lookup_const(expr.dotted) if len(expr.parts) == 1 else None
             if found:
+                attr.ns.used.add(expr.dotted)
                 value = self.checker.const_value(found[1], expr.dotted, expr.span)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     return ("const", float(value))
@@ -858,6 +889,12 @@ class Converter:
                                    "give each layer its own name")
                     ok = False
             names[name] = child
+            if child.name is not None and child.name in RESERVED_LAYER_NAMES or name.startswith("_"):
+                self.bag.error("E0208", f"`{name}` cannot name a layer: the compiled module uses it", child.header,
+                               "choose another name (layer names become attribute names of the generated "
+                               "module: no Python keywords, no leading underscore, no nn.Module methods)")
+                ok = False
+                continue
             result = self.sublayer(child, f"{path}.{name}", dim, name)
             if result is None:
                 ok = False
@@ -902,7 +939,10 @@ class Converter:
             if "memory" not in levels:
                 self.missing(tree, "a `selfmod` needs `level memory { … }` (the main memory)")
                 return None
-            memory = self.level(levels["memory"], "selfmod", f"{path}.memory", "memory")
+            adaptive = (values or {}).get("adaptive", S.SelfModSpec.model_fields["adaptive"].default)
+            # η and α default to `generated` only when M_eta / M_alpha exist to generate them
+            unset = tuple(gate for source, gate in (("eta", "lr"), ("alpha", "retention")) if source not in adaptive)
+            memory = self.level(levels["memory"], "selfmod", f"{path}.memory", "memory", unset_defaults=unset)
             projections_tree = levels.get("projections")
             if projections_tree is None:  # by default the projections share the main memory's settings
                 projections_tree = Tree("level", "projections", levels["memory"].span, levels["memory"].header,
@@ -962,7 +1002,8 @@ class Converter:
         self.bag.error("E0204", f"a `{kind}` section cannot appear here", tree.header)
         return None
 
-    def level(self, tree: Tree, parent: str | None, path: str, name: str | None = None) -> Any:
+    def level(self, tree: Tree, parent: str | None, path: str, name: str | None = None,
+              unset_defaults: tuple[str, ...] = ()) -> Any:
         name = name or tree.name or "level"
         if parent == "optimizer":
             values = self.fields(tree, S.OptimizerLevelSpec, path, context="an optimizer level")
@@ -973,6 +1014,8 @@ class Converter:
                 return None
             return S.OptimizerLevelSpec(name=name, **values)
         defaults = dict(LEVEL_DEFAULTS.get((parent or "", name), LEVEL_DEFAULTS.get((parent or "", None), {})))
+        for gate in unset_defaults:
+            defaults.pop(gate, None)
         values = self.fields(tree, S.LevelSpec, path, defaults=defaults,
                              context="a level")
         self.children(tree, {}, "a `level`")
@@ -1039,6 +1082,8 @@ class Converter:
             if found is not None and found[0].kind == "optimizer":
                 attr.ns.used.add(head)
                 tree = self.checker.expand(found[0], found[1])
+                for parts, override in self.checker.optimizer_overrides:
+                    self.checker.apply_path_override({"optimizer": tree}, ["optimizer", *parts], override)
                 return self.optimizer(tree, f"train.optimizer.{tree.name}")
             if expr.dotted in ("adamw", "sgd", "muon", "m3"):
                 return S.BuiltinOptimizer(kind=expr.dotted)

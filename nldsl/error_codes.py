@@ -375,6 +375,31 @@ _ENTRIES = (
         overrides=("widht=128",),
         fixed_overrides=("width=128",),
     ),
+    _entry(
+        "E0208", "reserved layer name",
+        """
+        Layer names become attribute names of the generated PyTorch modules (`self.NAME`), so a
+        layer cannot be called by a Python keyword (`import`, `class`, `lambda` …), by a name
+        starting with an underscore, or by a method or attribute of `torch.nn.Module`
+        (`forward`, `training`, `parameters`, `to`, `eval` …), nor by the names a layer module
+        uses for its own parameters next to its children (`norm`, `gate_norm_0`, `gate_norm_1`).
+
+        Rejecting them here means that no name from a spec can change what the generated code
+        does: everything that passes the checker compiles to valid, unsurprising Python.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp forward { } }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp feed_forward { } }
+        }
+        """,
+    ),
     # E03xx: values -------------------------------------------------------------------------
     _entry(
         "E0301", "wrong type of value",

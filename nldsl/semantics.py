@@ -70,6 +70,12 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
             error("E0601", "newton_schulz changes the state only at chunk ends, so it needs "
                   "`readout = chunk_start`", "add `readout = chunk_start` or remove `orthogonalize`",
                   f"{lp}.orthogonalize", f"{lp}.readout")
+        if level.retention_order == "before_write" and (
+                not isinstance(level.state, S.LinearState) or level.period != 1 or level.momentum is not None
+                or level.orthogonalize is not None or level.objective in ("surprise",)):
+            error("E0601", "`retention_order = before_write` (Gated DeltaNet) needs a linear state, `period = 1` "
+                  "and no momentum", "remove it, or make the level a linear period-1 memory",
+                  f"{lp}.retention_order")
         if level.init == "zeros" and not isinstance(level.state, S.LinearState):
             error("E0601", "`init = zeros` needs a linear state (an all-zero MLP never learns)",
                   "use `init = learned`", f"{lp}.init")
@@ -88,8 +94,25 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
         if isinstance(level.period, S.Steps) and level.update != "outer":
             error("E0601", "a period in steps needs `update = outer`; in-context levels count tokens",
                   "write `period = 16` (tokens) or add `update = outer`", f"{lp}.period")
+        for gate_name, high_closed in (("retention", True), ("momentum", False)):
+            gate = getattr(level, gate_name)
+            value = gate.value if isinstance(gate, S.ConstantGate) else gate.init if isinstance(
+                gate, (S.PerHeadGate, S.LearnedGate)) and gate.init is not None else None
+            bound = gate.max if isinstance(gate, (S.LearnedGate, S.GeneratedGate)) else 1.0
+            if value is not None and not (0 <= value <= 1 if high_closed else 0 <= value < 1):
+                error("E0302", f"`{gate_name}` must lie in [0, 1{']' if high_closed else ')'}, got {value:g}",
+                      "it multiplies the state (or the momentum) every token", f"{lp}.{gate_name}")
+            elif bound > 1:
+                error("E0302", f"`{gate_name}` cannot exceed 1, but its `max` is {bound:g}", None, f"{lp}.{gate_name}")
+        for gate_name in ("lr", "retention", "momentum"):
+            gate = getattr(level, gate_name)
+            if isinstance(gate, S.LearnedGate) and gate.init is not None and gate.init >= gate.max:
+                error("E0302", f"`{gate_name}` starts at {gate.init:g}, which is not below its `max` {gate.max:g}",
+                      "a learned gate is max · sigmoid(…): choose init < max", f"{lp}.{gate_name}")
         generated = [g for g in ("lr", "retention", "momentum")
                      if isinstance(getattr(level, g), S.GeneratedGate)]
+        if isinstance(layer, S.SelfModSpec) and name == "projections":
+            generated = []  # the projection memories use the memory level's gates (Eq. 88)
         for gate in generated:
             source = {"lr": "eta", "retention": "alpha", "momentum": None}[gate]
             if not isinstance(layer, S.SelfModSpec) or source is None or source not in layer.adaptive:
@@ -110,6 +133,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                         f"({seq_len} tokens): this memory never updates within a sequence",
                         "lower the period or raise `train.seq_len`", f"{lp}.period")
     if isinstance(layer, S.SelfModSpec):
+        for source, gate_name in (("eta", "lr"), ("alpha", "retention")):
+            if source in layer.adaptive and not isinstance(getattr(layer.memory, gate_name), S.GeneratedGate):
+                error("E0601", f"`{source}` is adaptive, so `{gate_name}` comes from M_{source}: set "
+                      f"`{gate_name} = generated` on the memory level, or remove `{source}` from `adaptive`",
+                      None, f"{path}.memory.{gate_name}", f"{path}.adaptive")
         if len(set(layer.adaptive)) != len(layer.adaptive):
             error("E0202", "a projection is listed twice in `adaptive`", None, f"{path}.adaptive")
         if layer.projections.readout != "chunk_start":
@@ -133,8 +161,16 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 error("E0502", f"period {p_outer} of `{outer}` is not a multiple of period {p_inner} of "
                       f"the level nested inside it (`{inner}`)", f"use a multiple of {p_inner}, "
                       f"e.g. {p_inner * max(1, round(p_outer / p_inner))}", f"{path}.{outer}.period")
+    if isinstance(layer, S.SelfModSpec) and layer.projections.momentum is not None and layer.memory.momentum is None:
+        error("E0601", "the projection memories learn with the memory level's gates (Eq. 88), and the memory "
+              "level has no `momentum`", "set `momentum` on the memory level too, or remove it from `projections`",
+              f"{path}.projections.momentum", f"{path}.projections")
     if isinstance(layer, S.CMSSpec) and layer.variant == "nested":
         for level in layer.levels[1:]:
+            if level.state != layer.levels[0].state:
+                error("E0503", f"nested level `{level.name}` must have the same state as `{layer.levels[0].name}`: "
+                      "it holds the initial state the faster level restarts from", None,
+                      f"{path}.{level.name}.state", f"{path}.{level.name}")
             lp = f"{path}.{level.name}"
             if not isinstance(level.lr, S.ConstantGate) or level.retention is not None \
                     or level.momentum is not None or level.update != "in_context":

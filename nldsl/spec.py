@@ -136,6 +136,9 @@ class LevelSpec(Strict):
     update: Literal["in_context", "outer"] = Field(
         "in_context", description="in_context: learns in the forward pass; outer: only the outer optimizer")
     grad_through_writes: bool = Field(True, description="differentiate the outer loss through inner updates")
+    retention_order: Literal["with_write", "before_write"] = Field(
+        "with_write", description="take the inner gradient at θ_{t−1} (with_write) or at α_t θ_{t−1} "
+        "(before_write: Gated DeltaNet's decay-then-write)")
     init: Literal["learned", "zeros"] = Field("learned", description="initial state: meta-learned or zero")
 
     @property
@@ -157,6 +160,10 @@ class OptimizerLevelSpec(Strict):
     orthogonalize: NewtonSchulz | None = Field(None, description="Newton–Schulz on the output (Muon)")
     nesterov: bool = Field(False, description="output α·m + η·x (Nesterov look-ahead)")
     bias_correction: bool = Field(False, description="divide the output by 1 − α^t (Adam)")
+    readout: Literal["causal", "exclusive"] = Field(
+        "causal", description="read the state after this step's write, or before it (M3's slow memory)")
+    init: Literal["zeros", "first_flow"] = Field(
+        "zeros", description="start at zero, or store the first flow as is (torch SGD's first momentum buffer)")
 
 
 # Layers of a block ----------------------------------------------------------------------------

@@ -151,7 +151,8 @@ def test_gated_deltanet_adds_only_a_retention_gate():
     plain = model_of("deltanet.nl").block.sublayers[0]
     gated = model_of("gated_deltanet.nl").block.sublayers[0]
     assert isinstance(gated.level.retention, S.LearnedGate)
-    assert gated.level.model_copy(update={"retention": None}) == plain.level
+    assert gated.level.retention_order == "before_write"  # decay, then write: Gated DeltaNet exactly
+    assert gated.level.model_copy(update={"retention": None, "retention_order": "with_write"}) == plain.level
     assert gated.model_copy(update={"name": plain.name, "level": plain.level, "output_gate": False}) == plain
 
 

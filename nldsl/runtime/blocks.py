@@ -207,7 +207,7 @@ def self_modifying_projections(
                 chunk[gate] = bound * torch.sigmoid(logits)
             else:
                 chunk[gate] = _slice(static_gates[gate], start, end)  # type: ignore[assignment]
-        momentum = _slice(static_gates.get("momentum"), start, end)
+        momentum = _slice(static_gates.get("momentum"), start, end) if cfg.momentum else None
         for name in config.adaptive:
             _, memories[name] = memory_chunk_step(
                 cfg, memories[name], chunk["k"], chunk["v"], x_chunk, chunk["lr"], chunk["retention"],

@@ -64,6 +64,7 @@ class LevelConfig:
     readout: Literal["causal", "exclusive", "chunk_start"] = "causal"
     orthogonalize_steps: int = 0  # Newton–Schulz steps on each chunk's increment (0 = off)
     grad_through_writes: bool = True  # False detaches every written increment η_t u_t
+    decay_before_write: bool = False  # take ∇ℓ at α_t θ_{t−1} (Gated DeltaNet); period 1, linear only
 
     def __post_init__(self) -> None:
         assert self.state in ("linear", "mlp", "residual_mlp"), self.state
@@ -84,6 +85,9 @@ class LevelConfig:
             assert self.d_in == self.d_out, "the memory reads its own values, so d_in must equal d_out"
         if self.orthogonalize_steps > 0:
             assert self.readout == "chunk_start", "Newton–Schulz changes θ only at chunk ends (§1.5)"
+        if self.decay_before_write:
+            assert uses_delta_kernel(self) and self.chunk_size == 1, \
+                "decay before write needs a linear level with period 1 and no momentum"
 
     def weight_shapes(self) -> list[tuple[int, int]]:
         """(out, in) of each weight matrix, in the order the memory applies them."""
@@ -432,6 +436,8 @@ def memory_level(
     length = keys.shape[-2]
     if allow_delta_kernel and uses_delta_kernel(cfg):
         a, x = delta_rule_coefficients(cfg.objective, cfg.values == "generated", cfg.dgd, keys, values, lr)
+        if cfg.decay_before_write and retention is not None:
+            a = a * retention.unsqueeze(-1)  # every state-dependent term reads α_t S_{t−1}
         outputs, final = generalized_delta_chunked(
             queries, keys, a, x, retention, state.weights[0],
             block=DELTA_BLOCK,

@@ -152,7 +152,10 @@ def memory_level_reference(
             if cfg.readout == "chunk_start":
                 outputs.append(apply_memory(cfg, chunk_weights, query)[0])
 
-            gradients = inner_gradient(cfg, chunk_weights, key, value, external_loss, t)
+            at = chunk_weights
+            if cfg.decay_before_write:  # Gated DeltaNet: decay first, then write at the decayed state
+                at = [alpha * weight for weight in chunk_weights]
+            gradients = inner_gradient(cfg, at, key, value, external_loss, t)
             written = [eta * u for u in gradients]  # η_t u_t
             if not cfg.grad_through_writes:
                 written = [w.detach() for w in written]

@@ -1,0 +1,331 @@
+"""The compiled code against the reference interpreter: two executions of one meaning.
+
+Every shipped spec (shrunk to a tiny size with several chunks per level) and at least 200
+hypothesis-generated random valid specs are run both ways in float64; outputs and every parameter
+gradient must agree. Also: streaming in two halves equals one shot, generated modules are
+deterministic, ruff-clean and match their golden files, and nothing from a spec reaches the
+generated code unvalidated.
+"""
+
+from __future__ import annotations
+
+import ast as pyast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_interpreter import shrunk
+
+from nldsl import loader
+from nldsl.checker import check_file, check_text
+from nldsl.compiler import compile_spec
+from nldsl.interpreter import interpret
+from nldsl.runtime.memory import memory_level as run_memory_level
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted(p for p in (REPO / "specs").rglob("*.nl"))
+GOLDEN = REPO / "tests" / "golden" / "compiled"
+OUTPUT_RTOL = 1e-6  # float64: compiled and interpreted outputs, relative to the output's norm
+GRAD_RTOL = 1e-6  # float64: every parameter gradient, relative to its norm
+RANDOM_SPECS = int(os.environ.get("NLDSL_RANDOM_SPECS", "200"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: thread start-up dominates on 2 shared cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def model_specs() -> list[Path]:
+    return [p for p in SPECS if check_file(p).spec.model is not None]
+
+
+def perturbed_model(spec, seed: int):
+    """The compiled model in float64 with every parameter moved off its (often symmetric) init."""
+    module = loader.build_module(spec)
+    torch.manual_seed(seed)
+    model = module.build(dtype=torch.float64)
+    model.module = module
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def assert_matches_interpreter(spec, length: int, seed: int = 0, batch: int = 2) -> None:
+    model = perturbed_model(spec, seed)
+    tokens = torch.randint(0, spec.model.vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    params = dict(model.named_parameters())
+    compiled = model(tokens)
+    reference = interpret(spec, params, tokens)
+    error = ((compiled - reference).norm() / reference.norm()).item()
+    assert error <= OUTPUT_RTOL, f"outputs differ: relative error {error:.2e}"
+    probe = torch.randn(compiled.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+    names = list(params)
+    grads_compiled = torch.autograd.grad((compiled * probe).sum(), list(params.values()), allow_unused=True)
+    grads_reference = torch.autograd.grad((reference * probe).sum(), list(params.values()), allow_unused=True)
+    for name, a, b in zip(names, grads_compiled, grads_reference):
+        assert (a is None) == (b is None), f"{name}: gradient present in only one execution"
+        if a is None:
+            continue
+        scale = b.norm().item()
+        error = (a - b).norm().item() / scale if scale > 0 else (a - b).norm().item()
+        assert error <= GRAD_RTOL, f"{name}: gradient relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("path", model_specs(), ids=lambda p: p.stem)
+def test_shipped_spec_matches_interpreter(path: Path) -> None:
+    spec = shrunk(check_file(path).spec)
+    assert_matches_interpreter(spec, length=13)
+
+
+# Random valid specs ------------------------------------------------------------------------------
+
+@st.composite
+def gates(draw, name: str, allow_none: bool) -> str:
+    choices = ["constant", "per_head", "learned"] + (["none"] if allow_none else [])
+    kind = draw(st.sampled_from(choices))
+    if kind == "none":
+        return ""
+    value = {"lr": 0.05, "retention": 0.9, "momentum": 0.5}[name]  # small enough that no random spec diverges
+    text = {"constant": f"{value}", "per_head": f"per_head({value})",
+            "learned": f"learned(max = {min(1.0, 2 * value)})"}[kind]
+    return f"{name} = {text}"
+
+
+@st.composite
+def states(draw, square: bool = True) -> str:
+    kind = draw(st.sampled_from(["linear", "mlp", "residual_mlp"]))
+    if kind == "mlp":
+        return f"mlp(depth = {draw(st.integers(1, 3))}, expansion = {draw(st.sampled_from([1, 2]))}, " \
+               f"activation = {draw(st.sampled_from(['silu', 'gelu', 'tanh']))})"
+    if kind == "residual_mlp":
+        return f"residual_mlp(expansion = {draw(st.sampled_from([1, 2]))})"
+    return "linear"
+
+
+@st.composite
+def memory_level(draw) -> str:
+    state = draw(states())
+    lines = [f"state = {state}", f"objective = {draw(st.sampled_from(['dot', 'l2']))}",
+             f"values = {draw(st.sampled_from(['given', 'generated']))}",
+             f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
+             f"dgd_layers = {draw(st.sampled_from(['first', 'all']))}",
+             draw(gates("lr", False)), draw(gates("retention", True)), draw(gates("momentum", True)),
+             f"period = {draw(st.integers(1, 4))}",
+             f"grad_through_writes = {draw(st.sampled_from(['true', 'false']))}"]
+    readout = draw(st.sampled_from(["causal", "exclusive", "chunk_start"]))
+    if readout == "chunk_start" and state != "linear" and draw(st.booleans()):
+        lines.append("orthogonalize = newton_schulz(3)")
+    lines.append(f"readout = {readout}")
+    if state == "linear" and draw(st.booleans()):
+        lines.append("init = zeros")
+    return "level {\n      " + "\n      ".join(line for line in lines if line) + "\n    }"
+
+
+@st.composite
+def sublayers(draw, depth: int = 0) -> str:
+    kinds = ["memory", "memory", "selfmod", "cms", "attention", "mlp"] + (["parallel", "context"] if depth == 0 else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "memory":
+        return (f"memory {{\n    heads = 2\n    conv = {draw(st.sampled_from([0, 2, 3]))}\n"
+                f"    activation = {draw(st.sampled_from(['silu', 'none']))}\n"
+                f"    qk_norm = {draw(st.sampled_from(['l2', 'none']))}\n"
+                f"    value_norm = {draw(st.sampled_from(['l2', 'none']))}\n"
+                f"    output_norm = {draw(st.sampled_from(['true', 'false']))}\n"
+                f"    output_gate = {draw(st.sampled_from(['true', 'false']))}\n    {draw(memory_level())}\n  }}")
+    if kind == "selfmod":
+        adaptive = draw(st.lists(st.sampled_from(["q", "k", "v", "eta", "alpha"]), unique=True, max_size=5))
+        memory_lines = [f"period = {draw(st.integers(1, 4))}", f"readout = {draw(st.sampled_from(['causal', 'exclusive']))}",
+                        f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
+                        "lr = generated(max = 0.1)" if "eta" in adaptive else "lr = learned(max = 0.1)",
+                        "retention = generated" if "alpha" in adaptive else draw(gates("retention", True)),
+                        draw(gates("momentum", True))]
+        return (f"selfmod {{\n    heads = 2\n    adaptive = [{', '.join(adaptive)}]\n"
+                f"    conv = {draw(st.sampled_from([0, 2]))}\n"
+                f"    level memory {{ {' '.join(memory_lines)} }}\n"
+                f"    level projections {{ period = {draw(st.integers(1, 3))} readout = chunk_start }}\n  }}")
+    if kind == "cms":
+        variant = draw(st.sampled_from(["sequential", "independent", "nested"]))
+        count = draw(st.integers(1, 3))
+        levels = []
+        period = draw(st.integers(1, 3))
+        for index in range(count):
+            update = "in_context" if variant == "nested" else draw(st.sampled_from(["in_context", "in_context", "outer"]))
+            objective = draw(st.sampled_from(["surprise", "reconstruction"]))
+            if variant != "nested" or index == 0:
+                state = draw(st.sampled_from(["mlp(expansion = 2)", "residual_mlp(expansion = 1)", "mlp(depth = 1)"]))
+            extra = ""
+            if variant != "nested" or index == 0:
+                extra = f"{draw(gates('lr', False))} {draw(gates('momentum', True))}"
+            else:
+                extra = "lr = 0.5"  # a slower nested level moves half way to the faster one
+            levels.append(f"level l{index} {{ state = {state} objective = {objective} period = {period} "
+                          f"update = {update} {extra} }}")
+            period *= draw(st.integers(1, 2))
+        if variant == "nested":
+            levels[0] = levels[0].replace("update = outer", "update = in_context")
+        return f"cms {{\n    variant = {variant}\n    " + "\n    ".join(levels) + "\n  }"
+    if kind == "attention":
+        return (f"attention {{ heads = 2 window = {draw(st.sampled_from([0, 2, 5]))} "
+                f"persistent = {draw(st.integers(0, 2))} qk_norm = {draw(st.sampled_from(['true', 'false']))} "
+                f"rope = {draw(st.sampled_from(['true', 'false']))} }}")
+    if kind == "mlp":
+        return f"mlp {{ activation = {draw(st.sampled_from(['swiglu', 'gelu']))} expansion = 2 }}"
+    if kind == "parallel":
+        first = draw(sublayers(depth=1))
+        second = draw(sublayers(depth=1))
+        first = first.split(" ", 1)[0] + " left " + first.split(" ", 1)[1]
+        second = second.split(" ", 1)[0] + " right " + second.split(" ", 1)[1]
+        return f"parallel {{\n    combine = {draw(st.sampled_from(['sum', 'gate']))}\n  {first}\n  {second}\n  }}"
+    period = draw(st.integers(1, 3))
+    segment = period * draw(st.integers(1, 3))
+    level = draw(memory_level()).replace("period = ", "period_unused = ")
+    level = "\n".join(line for line in level.splitlines() if "period_unused" not in line)
+    level = level.replace("level {", f"level {{\n      period = {period}")
+    return (f"context {{\n    segment = {segment}\n    memory {{ heads = 2 conv = 0 {level} }}\n"
+            f"    attention {{ heads = 2 persistent = {draw(st.integers(0, 2))} }}\n  }}")
+
+
+@st.composite
+def random_specs(draw) -> str:
+    layers = draw(st.lists(sublayers(), min_size=1, max_size=2))
+    named = []
+    for index, layer in enumerate(layers):
+        kind, rest = layer.split(" ", 1)
+        named.append(f"{kind} layer{index} {rest}")
+    block = "\n  ".join(named)
+    return (f"model random {{\n  vocab = 13\n  dim = 8\n  layers = {draw(st.integers(1, 2))}\n"
+            f"  block {{\n  {block}\n  }}\n}}\ntrain {{ seq_len = {draw(st.sampled_from([6, 64]))} }}\n")
+
+
+@settings(max_examples=RANDOM_SPECS, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text=random_specs(), length=st.sampled_from([5, 7, 9, 11]))
+def test_random_spec_matches_interpreter(text: str, length: int) -> None:
+    result = check_text(text, "random.nl")
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    assert not errors, "generator produced an invalid spec:\n" + text + "\n" + "\n".join(d.message for d in errors)
+    assert_matches_interpreter(result.spec, length=length)
+
+
+# Streaming ----------------------------------------------------------------------------------------
+
+STREAMABLE = ["titans_lmm", "deltanet", "gated_deltanet", "linear_attention", "hope"]
+
+
+@pytest.mark.parametrize("name", STREAMABLE)
+def test_two_halves_with_carried_state_equal_one_shot(name: str) -> None:
+    spec = shrunk(check_file(REPO / "specs" / f"{name}.nl").spec)
+    model = perturbed_model(spec, seed=3)
+    tokens = torch.randint(0, spec.model.vocab, (2, 32), generator=torch.Generator().manual_seed(3))
+    targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
+    whole = model(tokens, targets)
+    first, state = model(tokens[:, :16], targets[:, :16], return_state=True)
+    second = model(tokens[:, 16:], targets[:, 16:], state=state)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-9)
+
+
+# The generated text -------------------------------------------------------------------------------
+
+def generated(path: Path) -> str:
+    result = check_file(path)
+    return compile_spec(result.spec, result.sources[result.spec.path].text)
+
+
+@pytest.mark.parametrize("path", model_specs(), ids=lambda p: p.stem)
+def test_generated_module_is_deterministic_and_golden(path: Path, update_golden: bool) -> None:
+    relative = path.relative_to(REPO / "specs")
+    source = generated(Path("specs") / relative)
+    assert source == generated(Path("specs") / relative)
+    golden = GOLDEN / relative.with_suffix(".py")
+    if update_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(source, encoding="utf-8")
+    assert golden.exists(), f"no golden file {golden}; run pytest --update-golden"
+    assert source == golden.read_text(encoding="utf-8"), \
+        f"the generated module for {relative} changed; review it and run pytest --update-golden"
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
+    for path in model_specs():
+        (tmp_path / f"{path.stem}.py").write_text(generated(Path("specs") / path.relative_to(REPO / "specs")))
+    result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B",
+                             str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generated_module_runs_with_only_torch_and_the_runtime(tmp_path: Path) -> None:
+    source = generated(Path("specs") / "titans_lmm.nl")
+    (tmp_path / "model.py").write_text(source)
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import model; "
+            "m = model.build(); x = torch.randint(0, 256, (1, 9)); "
+            "assert m(x).shape == (1, 9, 256); "
+            "assert not any(n.startswith('nldsl.') and n.split('.')[1] not in ('runtime',) and n != 'nldsl' "
+            "for n in sys.modules), sorted(n for n in sys.modules if n.startswith('nldsl'))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=tmp_path)
+
+
+INJECTIONS = {
+    "path": ('model m { dim = 8 block { mlp { } } }', 'evil\n__import__("os").system("echo pwned")\n#.nl'),
+    "comment": ('# """\n# __import__("os")\nmodel m { dim = 8 block { mlp { } } }', "c.nl"),
+    "string": ('model m { dim = 8 block { mlp { activation = "swiglu\\"); import os; (\\"" } } }', "s.nl"),
+    "name": ('model m { dim = 8 block { mlp import { } } }', "n.nl"),
+    "number": ('model m { dim = 8 block { attention { heads = 2 rope_base = 1e400 } } }', "x.nl"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INJECTIONS))
+def test_spec_text_cannot_inject_code(case: str) -> None:
+    text, path = INJECTIONS[case]
+    result = check_text(text, path)
+    if not result.ok:
+        return  # rejected by the checker: nothing reaches the compiler
+    source = compile_spec(result.spec, text)
+    tree = pyast.parse(source)
+    imported = {alias.name for node in pyast.walk(tree) if isinstance(node, (pyast.Import, pyast.ImportFrom))
+                for alias in node.names}
+    assert imported <= {"annotations", "math", "torch", "torch.nn.functional", "Tensor", "nn", "blocks", "layers",
+                        "memory"}, imported
+    calls = {node.func.id for node in pyast.walk(tree) if isinstance(node, pyast.Call)
+             and isinstance(node.func, pyast.Name)}
+    assert "__import__" not in calls and "eval" not in calls and "exec" not in calls
+
+
+def test_keywords_and_module_attributes_are_rejected_as_layer_names() -> None:
+    for name in ("import", "class", "forward", "training", "_private"):
+        result = check_text(f"model m {{ dim = 8 block {{ mlp {name} {{ }} }} }}", "k.nl")
+        assert not result.ok and any(d.code == "E0208" for d in result.diagnostics), name
+
+
+# Literature special cases at the level of a whole spec ----------------------------------------
+
+def test_gated_deltanet_spec_is_the_gated_delta_rule() -> None:
+    """specs/gated_deltanet.nl's memory computes S_t = α_t S_{t−1}(I − β_t k kᵀ) + β_t v kᵀ exactly."""
+    spec = check_file(REPO / "specs" / "gated_deltanet.nl").spec
+    model = perturbed_model(spec.model_copy(update={"model": spec.model.model_copy(update={"layers": 1})}), seed=5)
+    layer = model.blocks[0].gated_deltanet
+    x = torch.randn(2, 19, spec.model.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    q, k, v, _ = layer.project(x, {})
+    beta, alpha, _ = layer.gates(x)
+    state = torch.zeros(2, q.shape[1], q.shape[-1], q.shape[-1], dtype=torch.float64)
+    outputs = []
+    eye = torch.eye(q.shape[-1], dtype=torch.float64)
+    for t in range(x.shape[1]):
+        kt, vt, qt = k[:, :, t], v[:, :, t], q[:, :, t]  # (B, H, D)
+        a, b = alpha[:, :, t, None, None], beta[:, :, t, None, None]
+        state = a * state @ (eye - b * kt.unsqueeze(-1) * kt.unsqueeze(-2)) + b * vt.unsqueeze(-1) * kt.unsqueeze(-2)
+        outputs.append((state @ qt.unsqueeze(-1)).squeeze(-1))
+    textbook = torch.stack(outputs, dim=2)
+    config = next(value for name, value in vars(model.module).items() if name.startswith("LEVEL_"))
+    compiled, _ = run_memory_level(config, layer.initial_state(x), k, v, q, beta, alpha, None)
+    torch.testing.assert_close(compiled, textbook, rtol=1e-10, atol=1e-10)
