@@ -146,8 +146,10 @@ class LevelGraph:
             grad_through_writes=level.grad_through_writes, repeat=repeat,
         )
         if level.init == "learned":
-            self.add_edge(OUTER, node_id, "meta", "meta-learns θ₀" if level.update == "in_context"
-                          else "gradients")
+            clock = level.update == "outer" or (isinstance(level.period, int) and role is None
+                                                and level.objective == "surprise"
+                                                and level.period > self.spec.train.seq_len)
+            self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if clock else "meta-learns θ₀")
 
     def _optimizer(self, opt: S.OptimizerSpec) -> None:
         for level in opt.levels:
