@@ -166,7 +166,7 @@ class Generator:
             w("# The spec says:")
             for line in comments:
                 w(f"#   {safe_comment(line)}".rstrip())
-        w('"""' + f"The model of a nldsl spec: `Model`, `build()` and `training_step()`." + '"""')
+        w('"""' + "The model of a nldsl spec: `Model`, `build()` and `training_step()`." + '"""')
         w()
         w("from __future__ import annotations")
         w()
@@ -247,7 +247,7 @@ class Generator:
                     w(f"nn.init.normal_({target}, std={0.02!r})")
             elif name.startswith("conv_"):
                 w(f"nn.init.normal_({target}, std={0.02!r})")
-                w(f"with torch.no_grad():")
+                w("with torch.no_grad():")
                 with w.indent():
                     w(f"{target}[:, -1] += 1.0  # start as the identity: the conv passes the current token")
             elif name == "mix":
@@ -464,7 +464,8 @@ class Generator:
             w("q, k, v, caches = self.project(x, state)")
             w("lr, retention, momentum = self.gates(x)")
             w("memory = state.get('memory') or self.initial_state(x)")
-            w(f"o, memory = M.memory_level({config}, memory, k, v, q, lr, retention, momentum)  # (B, H, T, {head_dim})")
+            w(f"# o: (B, H, T, {head_dim})")
+            w(f"o, memory = M.memory_level({config}, memory, k, v, q, lr, retention, momentum)")
             w("return self.output(o, x), {'memory': memory, **caches}")
         w()
         w("def read(self, x: Tensor, state: dict) -> Tensor:")
@@ -527,7 +528,8 @@ class Generator:
                     self.memory_state_lines(w, f"memories[{n!r}]", projections, layer.projections, f"{n}_memory_",
                                             heads, head_dim, n)
             lr_expr = None if "eta" in layer.adaptive else self.gate_expr("lr", layer.memory.lr, "x", heads)
-            ret_expr = None if "alpha" in layer.adaptive else self.gate_expr("retention", layer.memory.retention, "x", heads)
+            retention = layer.memory.retention
+            ret_expr = None if "alpha" in layer.adaptive else self.gate_expr("retention", retention, "x", heads)
             mom_expr = self.gate_expr("momentum", layer.memory.momentum, "x", heads)
             w("static_gates = {")
             with w.indent():
@@ -543,7 +545,7 @@ class Generator:
             w(f"p, memories, caches = R.self_modifying_projections({selfmod}, x_heads, memories, static, convs,")
             w("                                                      readouts, static_gates, caches)")
             self.memory_state_lines(w, "memory", memory_config, layer.memory, "memory_", heads, head_dim, "memory")
-            w.statement(f"o, memory = M.memory_level(", [memory_config, "memory", "p['k']", "p['v']", "p['q']",
+            w.statement("o, memory = M.memory_level(", [memory_config, "memory", "p['k']", "p['v']", "p['q']",
                                                          "p['lr']", "p.get('retention')", "static_gates['momentum']"])
             w("new_state = {'memory': memory, **memories, **{'conv_' + n: c for n, c in caches.items()}}")
             w("return self.output(o, x), new_state")
@@ -563,7 +565,7 @@ class Generator:
                 f"CMS_{name.upper()}_{level.name.upper()}",
                 wrap_call("R.CMSLevel", [config_literal(lower.level_config(level, dim, dim), indent=8),
                                          f"in_context={in_context}"]),
-                f"`{layer.name}.{level.name}`: period {level.period if isinstance(level.period, int) else level.period.count}"
+                f"`{layer.name}.{level.name}`: period {lower.period_value(level)}"
                 + (" tokens, learns in context" if in_context else ", stepped by the continuum clock"))
             levels.append((level, cfg, in_context))
         self.begin(w, name, layer, f"Continuum Memory System, {layer.variant}, {len(layer.levels)} levels (§3.7).")
@@ -668,7 +670,7 @@ class Generator:
         w = Writer()
         w("class Block(nn.Module):")
         with w.indent():
-            w(f'"""One block: each layer adds `layer(norm(x))` to the residual stream (§3.1)."""')
+            w('"""One block: each layer adds `layer(norm(x))` to the residual stream (§3.1)."""')
             w()
             w("def __init__(self) -> None:")
             with w.indent():
@@ -697,7 +699,8 @@ class Generator:
         w = Writer()
         w("class Model(nn.Module):")
         with w.indent():
-            w(f'"""{safe_comment(model.name or "model")}: {model.layers} × Block, width {model.dim}, vocabulary {model.vocab}."""')
+            title = safe_comment(model.name or "model")
+            w(f'"""{title}: {model.layers} × Block, width {model.dim}, vocabulary {model.vocab}."""')
             w()
             w("def __init__(self) -> None:")
             with w.indent():

@@ -46,6 +46,11 @@ def level_config(level: S.LevelSpec, d_in: int, d_out: int) -> dict[str, Any]:
     return config
 
 
+def period_value(level: S.LevelSpec) -> int:
+    """The period as written: tokens, or outer steps for `steps(n)`."""
+    return level.period if isinstance(level.period, int) else level.period.count
+
+
 def learns_in_context(level: S.LevelSpec, train: S.TrainSpec) -> bool:
     """A CMS level learns in the forward pass unless it is an outer level or its period is longer
     than a training sequence (then the continuum clock steps it; docs/semantics.md §3.7, §4)."""

@@ -889,7 +889,7 @@ class Converter:
                                    "give each layer its own name")
                     ok = False
             names[name] = child
-            if child.name is not None and child.name in RESERVED_LAYER_NAMES or name.startswith("_"):
+            if (child.name is not None and child.name in RESERVED_LAYER_NAMES) or name.startswith("_"):
                 self.bag.error("E0208", f"`{name}` cannot name a layer: the compiled module uses it", child.header,
                                "choose another name (layer names become attribute names of the generated "
                                "module: no Python keywords, no leading underscore, no nn.Module methods)")

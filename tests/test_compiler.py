@@ -20,11 +20,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nldsl.compiler import compile_spec
 from test_interpreter import shrunk
 
 from nldsl import loader
 from nldsl.checker import check_file, check_text
-from nldsl.compiler import compile_spec
 from nldsl.interpreter import interpret
 from nldsl.runtime.memory import memory_level as run_memory_level
 
@@ -144,7 +144,8 @@ def sublayers(draw, depth: int = 0) -> str:
                 f"    output_gate = {draw(st.sampled_from(['true', 'false']))}\n    {draw(memory_level())}\n  }}")
     if kind == "selfmod":
         adaptive = draw(st.lists(st.sampled_from(["q", "k", "v", "eta", "alpha"]), unique=True, max_size=5))
-        memory_lines = [f"period = {draw(st.integers(1, 4))}", f"readout = {draw(st.sampled_from(['causal', 'exclusive']))}",
+        memory_lines = [f"period = {draw(st.integers(1, 4))}",
+                        f"readout = {draw(st.sampled_from(['causal', 'exclusive']))}",
                         f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
                         "lr = generated(max = 0.1)" if "eta" in adaptive else "lr = learned(max = 0.1)",
                         "retention = generated" if "alpha" in adaptive else draw(gates("retention", True)),
@@ -159,7 +160,8 @@ def sublayers(draw, depth: int = 0) -> str:
         levels = []
         period = draw(st.integers(1, 3))
         for index in range(count):
-            update = "in_context" if variant == "nested" else draw(st.sampled_from(["in_context", "in_context", "outer"]))
+            choices = ["in_context"] if variant == "nested" else ["in_context", "in_context", "outer"]
+            update = draw(st.sampled_from(choices))
             objective = draw(st.sampled_from(["surprise", "reconstruction"]))
             if variant != "nested" or index == 0:
                 state = draw(st.sampled_from(["mlp(expansion = 2)", "residual_mlp(expansion = 1)", "mlp(depth = 1)"]))

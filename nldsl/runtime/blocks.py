@@ -25,7 +25,6 @@ from nldsl.runtime.memory import (
     memory_level,
 )
 
-
 # Next-token surprise (the CMS driver) ---------------------------------------------------------
 
 def surprise_error(prediction: Tensor, targets: Tensor, final_norm: Tensor, unembed: Tensor,
