@@ -97,7 +97,8 @@ class Memory0(nn.Module):
         q, k, v, caches = self.project(x, state)
         lr, retention, momentum = self.gates(x)
         memory = state.get('memory') or self.initial_state(x)
-        o, memory = M.memory_level(LEVEL_MEMORY0, memory, k, v, q, lr, retention, momentum)  # (B, H, T, 32)
+        # o: (B, H, T, 32)
+        o, memory = M.memory_level(LEVEL_MEMORY0, memory, k, v, q, lr, retention, momentum)
         return self.output(o, x), {'memory': memory, **caches}
 
     def read(self, x: Tensor, state: dict) -> Tensor:
