@@ -13,6 +13,13 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
 
+    def encoding(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-encoding", default="utf-8", metavar="CODEC",
+                       help="encoding of the --data files (default utf-8; an undecodable file is an error)")
+
+    def progress(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = sub.add_parser("train", help="train a spec (default: the embedded corpus, no download)")
     p.add_argument("spec", metavar="SPEC")
     overrides(p)
@@ -22,6 +29,10 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     p.add_argument("--no-compile", action="store_true", help="run eagerly (same as --set train.compile=false)")
     p.add_argument("--sample", action="store_true", help="after training: evaluate, generate a sample, draw the graph")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters, gradients and optimizer state (FSDP2, for GPUs)")
+    encoding(p)
+    progress(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="train")
 
@@ -29,6 +40,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these files instead of the validation split")
     p.add_argument("--batches", type=int, default=None, help="number of batches (default: train.eval_batches)")
+    encoding(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="eval")
 
@@ -50,6 +62,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--state-in", metavar="FILE", help="continue from a saved memory state")
     p.add_argument("--state-out", metavar="FILE", help="save the memory state at the end")
     p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
+    encoding(p)
+    progress(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="stream")
 

@@ -1,0 +1,106 @@
+"""Training throughput of every shipped model spec at its default size, eager and compiled, one run.
+
+Each spec trains through the real `nldsl train` loop (nldsl.runtime.train.train) on the default
+corpus in a temporary run folder: `--warmup` steps that are not timed (the first one compiles,
+when compiling), then `--steps` timed steps. Tokens/s counts the global batch (batch · seq_len)
+per timed step; the compile column is the wall time of the first step in compiled mode (dynamo +
+inductor + that step). Both modes run in the same process, one after the other, so the ratio
+compares like with like.
+
+    python bench/train_speed.py                          # every spec, eager and compiled
+    python bench/train_speed.py --specs specs/transformer.nl --modes eager
+    python bench/train_speed.py --threads 1 --output speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nldsl import loader
+from nldsl.diagnostics import SpecError
+from nldsl.runtime.train import TrainOptions, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_specs() -> list[str]:
+    """Shipped specs that define a model, repository-relative."""
+    found = []
+    for path in sorted((ROOT / "specs").glob("*.nl")):
+        try:
+            result = loader.check(path)
+        except SpecError:
+            continue
+        if result.spec.model is not None:
+            found.append(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def measure(spec: str, compiled: bool, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
+    """(tokens/s over the timed steps, seconds of the first step, parameters) for one spec and mode."""
+    overrides = [f"train.steps={warmup + steps}", "train.eval_batches=1", "train.eval_every=0",
+                 "train.checkpoint_every=0", f"train.log_every={warmup + steps}"]
+    result = loader.check(ROOT / spec, overrides)
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+        outcome = train(result, overrides, TrainOptions(run_dir=Path(folder) / "run", compile=compiled,
+                                                         device=device, progress=False))
+    timed = [outcome.step_seconds[s] for s in sorted(outcome.step_seconds)[warmup:]]
+    plan = result.spec.train
+    tokens_per_second = plan.batch * plan.seq_len * len(timed) / sum(timed)
+    parameters = sum(p.numel() for p in loader.compile_module(result).build("meta").parameters())
+    return tokens_per_second, outcome.step_seconds[min(outcome.step_seconds)], parameters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="+", help="spec files (default: every shipped spec with a model)")
+    parser.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", help="also write the table (markdown) here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    specs = args.specs or model_specs()
+    header = (f"nldsl training throughput, default sizes, {args.warmup} warm-up + {args.steps} timed steps; "
+              f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} thread(s), device {args.device}")
+    lines = [header, "", "| spec | parameters | " + " | ".join(f"{m} tok/s" for m in modes)
+             + (" | compile s | compiled/eager |" if modes == ["eager", "compiled"] else " |"),
+             "|---|---:|" + "---:|" * len(modes) + ("---:|---:|" if modes == ["eager", "compiled"] else "")]
+    print(header, flush=True)
+    for spec in specs:
+        speeds: dict[str, float] = {}
+        first: dict[str, float] = {}
+        parameters = 0
+        for mode in modes:
+            began = time.perf_counter()
+            speeds[mode], first[mode], parameters = measure(spec, mode == "compiled", args.warmup, args.steps,
+                                                            args.device)
+            print(f"{spec} {mode}: {speeds[mode]:,.0f} tokens/s, first step {first[mode]:.1f} s "
+                  f"({time.perf_counter() - began:.0f} s in all)", file=sys.stderr, flush=True)
+        row = f"| {spec} | {parameters:,} | " + " | ".join(f"{speeds[m]:,.0f}" for m in modes)
+        if modes == ["eager", "compiled"]:
+            row += f" | {first['compiled']:.1f} | {speeds['compiled'] / speeds['eager']:.2f}× |"
+        else:
+            row += " |"
+        lines.append(row)
+        print(row, flush=True)
+    if args.output:
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

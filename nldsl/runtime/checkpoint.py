@@ -1,0 +1,317 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically, never unpickled.
+
+A run directory keeps its checkpoints under `checkpoints/`:
+
+    checkpoints/step-000100/model.safetensors      the model's parameters, by name
+    checkpoints/step-000100/training.safetensors   optimizer state tensors, continuum-clock sums, RNG states
+    checkpoints/step-000100/record.json            spec text, sha256 and overrides, the resolved spec, step,
+                                                   data position, tokenizer, optimizer structure, file hashes
+    checkpoints/step-000100/tokenizer.json         (BPE runs) so that a checkpoint stands on its own
+    checkpoints/latest                             the name of the newest complete checkpoint
+
+Writing is atomic: every file goes into a temporary folder (written, flushed and fsynced), the
+folder is renamed into place, and only then is `latest` replaced (temporary file, fsync, rename).
+A process killed at any moment leaves `latest` naming a complete checkpoint; a full disk leaves
+the previous checkpoint intact and says so in one line. The last `keep` checkpoints are kept.
+
+Nested state (an optimizer's `state_dict()`, a model's memory state) is stored by `encode`: tensors
+go to safetensors under a path-like key, the structure goes to JSON with `{"tensor": key}` where a
+tensor was. Only plain containers and the dataclasses in `DATACLASSES` can come back, so loading
+runs no code from the file. Loading checks the hash of every file, so a damaged file is named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import Tensor
+
+from nldsl.cli import UserError
+from nldsl.runtime.memory import MemoryState
+
+FORMAT = "nldsl-checkpoint/1"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+TRAINING_FILE = "training.safetensors"
+RECORD_FILE = "record.json"
+DATACLASSES: dict[str, type] = {"MemoryState": MemoryState}  # the only classes a stored structure may name
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be written or read; the message names the file and what to do."""
+
+
+# Nested structures ↔ (JSON, tensors) ----------------------------------------------------------------
+
+def encode(value: Any, tensors: dict[str, Tensor], key: str) -> Any:
+    """A JSON-able description of `value`; its tensors are added to `tensors` under keys below `key`."""
+    if isinstance(value, Tensor):
+        if key in tensors:  # names with dots can meet another path; keep both
+            key = f"{key}#{len(tensors)}"
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: safetensors refuses shared storage
+        return {"tensor": key}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [encode(item, tensors, f"{key}.{index}") for index, item in enumerate(value)]
+        return items if isinstance(value, list) else {"tuple": items}
+    if isinstance(value, dict):
+        if all(isinstance(name, str) for name in value):
+            return {"dict": {name: encode(item, tensors, f"{key}.{name}") for name, item in value.items()}}
+        return {"items": [[encode(name, tensors, f"{key}.k{index}"), encode(item, tensors, f"{key}.{index}")]
+                          for index, (name, item) in enumerate(value.items())]}
+    if dataclasses.is_dataclass(value) and type(value).__name__ in DATACLASSES:
+        fields = {field.name: encode(getattr(value, field.name), tensors, f"{key}.{field.name}")
+                  for field in dataclasses.fields(value)}
+        return {"dataclass": type(value).__name__, "fields": fields}
+    raise TypeError(f"cannot store a {type(value).__name__} at {key}")
+
+
+def decode(data: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of `encode`."""
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if isinstance(data, list):
+        return [decode(item, tensors) for item in data]
+    if "tensor" in data:
+        return tensors[data["tensor"]]
+    if "tuple" in data:
+        return tuple(decode(item, tensors) for item in data["tuple"])
+    if "dict" in data:
+        return {name: decode(item, tensors) for name, item in data["dict"].items()}
+    if "items" in data:
+        return {decode(name, tensors): decode(item, tensors) for name, item in data["items"]}
+    if "dataclass" in data:
+        cls = DATACLASSES.get(data["dataclass"])
+        if cls is None:
+            raise ValueError(f"unknown stored class {data['dataclass']!r}")
+        return cls(**{name: decode(item, tensors) for name, item in data["fields"].items()})
+    raise ValueError(f"unknown stored value {data!r}")
+
+
+def rng_tensors() -> dict[str, Tensor]:
+    """The torch RNG states (CPU and every CUDA device) as uint8 tensors."""
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"rng.cuda.{index}"] = state
+    return states
+
+
+def restore_rng(tensors: dict[str, Tensor]) -> None:
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            if f"rng.cuda.{index}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"], index)
+
+
+# Atomic files ---------------------------------------------------------------------------------------
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write, flush and fsync one file."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_folder(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` in one step: a reader sees the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_file(temporary, data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# Saving -----------------------------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], training_tensors: dict[str, Tensor],
+                    record: dict[str, Any], keep: int, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep`; returns its folder."""
+    folder = run_dir / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    temporary = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    previous = latest_checkpoint(run_dir)
+    try:
+        files = {
+            MODEL_FILE: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
+                                                for k, v in model_tensors.items()}),
+            TRAINING_FILE: safetensors.torch.save(training_tensors),
+            **(extra_files or {}),
+        }
+        record = {**record, "format": FORMAT, "step": step,
+                  "files": {name: sha256_bytes(data) for name, data in files.items()}}
+        files[RECORD_FILE] = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        temporary.mkdir()
+        for name, data in files.items():
+            write_file(temporary / name, data)
+        fsync_folder(temporary)
+        if final.exists():  # a step written again after a resume from an older checkpoint
+            stale = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+            os.rename(final, stale)
+            os.rename(temporary, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.rename(temporary, final)
+        fsync_folder(folder)
+        write_atomic(folder / LATEST, (final.name + "\n").encode("utf-8"))
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise CheckpointError(f"could not write the checkpoint of step {step} in {folder}: {reason}; {kept}") from None
+    prune(folder, keep)
+    return final
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints (never the one `latest` names) and leftovers of
+    interrupted writes."""
+    latest = (folder / LATEST).read_text(encoding="utf-8").strip() if (folder / LATEST).exists() else None
+    complete = sorted((p for p in folder.glob("step-*") if p.is_dir()), key=lambda p: p.name)
+    for path in complete[:-keep]:
+        if path.name != latest:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(".step-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# Loading ----------------------------------------------------------------------------------------------
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The folder `checkpoints/latest` names, or None when the run has no checkpoint yet."""
+    pointer = run_dir / CHECKPOINTS / LATEST
+    if not pointer.exists():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    path = run_dir / CHECKPOINTS / name
+    if not name or not (path / RECORD_FILE).exists():
+        raise CheckpointError(f"{pointer} names `{name}`, which is not a complete checkpoint "
+                              f"(pick one of {run_dir / CHECKPOINTS}/step-* by path)")
+    return path
+
+
+def resolve_checkpoint(target: str | Path) -> Path:
+    """A run folder (its latest checkpoint), a checkpoint folder, or a file inside one → the folder."""
+    path = Path(target)
+    if not path.exists():
+        raise CheckpointError(f"no run or checkpoint at {target}")
+    if path.is_file():
+        path = path.parent
+    if (path / RECORD_FILE).exists():
+        return path
+    if (path / CHECKPOINTS).is_dir() or (path / "resolved.json").exists():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"the run {target} has no checkpoint yet")
+        return found
+    raise CheckpointError(f"{target} is neither a run folder nor a checkpoint (no {RECORD_FILE}, no {CHECKPOINTS}/)")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    record: dict[str, Any]
+    model: dict[str, Tensor]
+    training: dict[str, Tensor]
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    file = path / RECORD_FILE
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"corrupt checkpoint record {file}: {error}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not a {FORMAT} record")
+    return record
+
+
+def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
+    """A safetensors file, checked against its recorded hash; loading never unpickles."""
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint file {file}: {error.strerror or error}") from None
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise CheckpointError(f"corrupt checkpoint file {file}: its sha256 differs from the one recorded when it "
+                              "was written")
+    try:
+        return safetensors.torch.load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"corrupt checkpoint file {file}: {error}") from None
+
+
+def load_checkpoint(target: str | Path) -> Checkpoint:
+    """Read a checkpoint (a run folder means its latest one)."""
+    path = resolve_checkpoint(target)
+    record = read_record(path)
+    files = record.get("files", {})
+    model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
+    training = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE))
+    return Checkpoint(path, record, model, training)
+
+
+def check_parameters(model_tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], where: Path) -> None:
+    """The checkpoint must hold exactly the model's parameters with the same shapes."""
+    missing = sorted(set(expected) - set(model_tensors))
+    unexpected = sorted(set(model_tensors) - set(expected))
+    reshaped = sorted(name for name in set(expected) & set(model_tensors)
+                      if tuple(model_tensors[name].shape) != tuple(expected[name]))
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
+    if reshaped:
+        name = reshaped[0]
+        problems.append(f"{name} is {tuple(model_tensors[name].shape)} in the checkpoint but {tuple(expected[name])} "
+                        f"in the model" + (f" (and {len(reshaped) - 1} more)" if len(reshaped) > 1 else ""))
+    if problems:
+        raise CheckpointError(f"the checkpoint {where} was written for another model: {'; '.join(problems)}")
+
+
+def optimizer_to_files(state_dict: dict[str, Any]) -> tuple[Any, dict[str, Tensor]]:
+    """An optimizer's `state_dict()` as (JSON structure, tensors under "optimizer.")."""
+    tensors: dict[str, Tensor] = {}
+    return encode(state_dict, tensors, "optimizer"), tensors
+
+
+def optimizer_from_files(structure: Any, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    return decode(structure, tensors)

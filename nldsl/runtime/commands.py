@@ -1,0 +1,127 @@
+"""The runtime commands of the CLI: train, eval, generate, stream (and the `bench` dispatch).
+
+`nldsl.cli.cmd_runtime` calls `run(args)` with the parsed arguments (nldsl/runtime/arguments.py).
+Each command turns arguments into a call of the runtime's Python API and prints the outcome.
+A spec with errors prints its diagnostics; other problems a user can fix raise `UserError`,
+which the CLI prints as one line — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from nldsl.cli import UserError
+from nldsl.diagnostics import SpecError
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch `args.runtime_command`; returns the exit status."""
+    handlers = {"train": train_command, "eval": eval_command, "generate": generate_command,
+                "stream": stream_command, "bench": bench_command}
+    try:
+        return handlers[args.runtime_command](args)
+    except SpecError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from nldsl import loader
+    from nldsl.runtime.train import TrainOptions, train
+
+    overrides = list(args.set)
+    result = loader.check(args.spec, overrides)
+    options = TrainOptions(
+        data=args.data, data_encoding=args.data_encoding, run_dir=args.run_dir, resume=args.resume,
+        tensorboard=args.tensorboard, compile=False if args.no_compile else None, sample=args.sample,
+        device=args.device, fsdp=args.fsdp, progress=not args.no_progress)
+    train(result, overrides, options)
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from nldsl.runtime.distributed import resolve_device
+    from nldsl.runtime.evaluate import load_model
+
+    return load_model(args.target, resolve_device(args.device))
+
+
+def _text(args: argparse.Namespace, loaded) -> tuple[str, str]:
+    """The text a command reads (--data files, else the run's validation split) and its description."""
+    from nldsl.runtime.evaluate import files_text, validation_text
+
+    if args.data:
+        return files_text(args.data, args.data_encoding), f"{len(args.data)} path(s) from --data"
+    return validation_text(loaded.checkpoint.record), "the run's validation split"
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from nldsl.runtime.evaluate import evaluate_text
+
+    loaded = _load(args)
+    text, what = _text(args, loaded)
+    evaluation = evaluate_text(loaded, text, args.batches)
+    print(f"checkpoint {loaded.checkpoint.path} (step {loaded.checkpoint.record['step']}) on {what}")
+    print(evaluation.line())
+    return 0
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from nldsl.runtime.evaluate import generate
+
+    if args.tokens < 0:
+        raise UserError("--tokens must be at least 0")
+    if args.top_k < 0:
+        raise UserError("--top-k must be at least 0 (0 = no top-k filter)")
+    loaded = _load(args)
+    text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
+                    args.seed, loaded.spec.train.seq_len, loaded.device)
+    print(args.prompt + text)
+    return 0
+
+
+def stream_command(args: argparse.Namespace) -> int:
+    from nldsl.runtime.evaluate import load_stream_state, save_stream_state, stream, stream_parts
+
+    loaded = _load(args)
+    segment = args.segment or loaded.spec.train.seq_len
+    if segment < 1:
+        raise UserError("--segment must be at least 1")
+    text, what = _text(args, loaded)
+    tokens = loaded.tokenizer.encode(text)
+    if args.max_tokens is not None:
+        tokens = tokens[:args.max_tokens + 1]
+    sha = loaded.checkpoint.record["spec_sha256"]
+    state = load_stream_state(Path(args.state_in), sha, loaded.device) if args.state_in else None
+    result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
+                    progress=not args.no_progress)
+    fed = sum(s.tokens for s in result.segments)
+    print(f"streamed {fed:,} tokens of {what} in {len(result.segments)} segments of up to {segment} "
+          f"from checkpoint {loaded.checkpoint.path}")
+    for prefix, count in result.updates.items():
+        print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")
+    rows = stream_parts(result.segments)
+    if rows:
+        print(f"{'part':>4}  {'tokens':>23}  {'loss':>8}  {'bpb':>8}")
+        for index, (first, last, evaluation) in enumerate(rows, 1):
+            print(f"{index:>4}  {f'{first:,}–{last:,}':>23}  {evaluation.loss:8.4f}  {evaluation.bits_per_byte:8.4f}")
+        print(f"bits per byte, first part → last part: {rows[0][2].bits_per_byte:.4f} → "
+              f"{rows[-1][2].bits_per_byte:.4f}")
+    if args.state_out:
+        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path))
+        pending = result.state.pending.shape[0]
+        print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending} token(s) wait for "
+              "the next text)")
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("nldsl.runtime.studies") is None:
+        raise UserError(f"`nldsl bench {args.study}` is not available: this installation has no studies module "
+                        "(nldsl.runtime.studies)")
+    studies = importlib.import_module("nldsl.runtime.studies")
+    return int(studies.run(args) or 0)

@@ -1,0 +1,408 @@
+"""Training text: the default corpus, the user's files, the train/validation split, tokenizers, batches.
+
+- The default corpus ships with every Python installation, so `nldsl train` needs no download: the
+  standard library's `.py` sources (`sysconfig.get_paths()["stdlib"]`, sorted, without
+  `site-packages`, test folders and `pydoc_data`) and the pydoc topics (`pydoc_data.topics`), one
+  document each. It depends on the Python version; split.json records what it was.
+- `--data PATH...`: a file is read whatever its name; a folder is searched recursively for files
+  whose suffix is in `TEXT_SUFFIXES`, skipping hidden files and folders; everything is sorted by
+  path. Files must be UTF-8 (or the `--data-encoding` given): an undecodable file is an error that
+  names the file and the byte offset, never silently replaced characters. A given file that is
+  empty is an error; empty files found inside a folder are skipped.
+- The split is by document: a document goes to validation when a stable hash of its id falls below
+  `VALIDATION_FRACTION`. When that leaves a side empty (one file, say) the concatenated text is cut
+  by position instead, the last `VALIDATION_FRACTION` of it going to validation. Each side is its
+  documents, each followed by `SEPARATOR`; `Split.record` (written as split.json) lists the
+  documents, sizes and the sha256 of both concatenations.
+- Tokenizers: bytes (vocabulary 256, the default) or a byte-level BPE trained locally on the
+  train split with the `tokenizers` package. Both know how many bytes of text each token stands for
+  (`token_bytes`), which is what bits per byte divides by.
+- Batches are a pure function of (seed, step): `window_starts` draws random windows of
+  `seq_len + 1` tokens with a generator seeded from both, so a resumed run sees the same batches
+  and each data-parallel rank takes its slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pydoc_data.topics
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nldsl.cli import UserError
+
+VALIDATION_FRACTION = 0.05
+SEPARATOR = "\n\n"  # between documents in a concatenation
+TEXT_SUFFIXES = frozenset({
+    ".txt", ".text", ".md", ".markdown", ".rst", ".tex", ".org", ".adoc",
+    ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js", ".ts", ".lua",
+    ".html", ".css", ".json", ".toml", ".yaml", ".yml", ".csv", ".nl",
+})
+SKIPPED_STDLIB_FOLDERS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data",
+                                    "__pycache__"})
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str  # stable name: "stdlib:json/decoder.py", "pydoc:assert", or the file's path
+    text: str
+
+
+# Reading text ---------------------------------------------------------------------------------
+
+def default_corpus() -> list[Document]:
+    """The Python standard library's sources and the pydoc topics, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    documents = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if SKIPPED_STDLIB_FOLDERS.intersection(relative.parts[:-1]):
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable stdlib files are simply not part of the corpus
+        if text.strip():
+            documents.append(Document(f"stdlib:{relative.as_posix()}", text))
+    for topic in sorted(pydoc_data.topics.topics):
+        documents.append(Document(f"pydoc:{topic}", pydoc_data.topics.topics[topic]))
+    return documents
+
+
+def decode_file(path: Path, encoding: str = "utf-8") -> str:
+    """The text of a data file, or a one-line error naming the file (and the byte offset)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read data file {path}: {error.strerror or error}") from None
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise UserError(f"unknown --data-encoding `{encoding}`") from None
+    except UnicodeDecodeError as error:
+        hint = "convert it to UTF-8 or pass --data-encoding (e.g. latin-1)" if encoding == "utf-8" else \
+            "pass the file's real encoding with --data-encoding"
+        raise UserError(f"data file {path} is not valid {encoding}: byte 0x{data[error.start]:02x} at offset "
+                        f"{error.start} cannot be decoded ({hint})") from None
+
+
+def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
+    """Documents from the user's files and folders (the rule is in the module docstring)."""
+    documents = []
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise UserError(f"data path {given} does not exist")
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            texts = [(p, decode_file(p, encoding)) for p in found]
+            texts = [(p, text) for p, text in texts if text.strip()]
+            if not texts:
+                suffixes = ", ".join(sorted(TEXT_SUFFIXES))
+                raise UserError(f"data folder {given} holds no non-empty text files (looked for {suffixes})")
+            documents.extend(Document(p.as_posix(), text) for p, text in texts)
+        else:
+            text = decode_file(path, encoding)
+            if not text.strip():
+                raise UserError(f"data file {given} is empty")
+            documents.append(Document(path.as_posix(), text))
+    return documents
+
+
+def read_documents(paths: list[str] | None, encoding: str = "utf-8") -> list[Document]:
+    """The user's documents if `paths` are given, else the default corpus."""
+    return user_corpus(paths, encoding) if paths else default_corpus()
+
+
+# The split --------------------------------------------------------------------------------------
+
+def goes_to_validation(document_id: str, fraction: float = VALIDATION_FRACTION) -> bool:
+    """A stable, platform-independent coin: the first 8 bytes of sha256(id) as a fraction of 2⁶⁴."""
+    digest = hashlib.sha256(document_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and validation text as pieces whose concatenation is exactly what split.json hashes:
+    documents each followed by `SEPARATOR`, or the two halves of a cut by position."""
+
+    train: list[str]
+    validation: list[str]
+    record: dict[str, Any]  # split.json
+
+    def text(self, side: str) -> str:
+        return "".join(self.train if side == "train" else self.validation)
+
+
+def split_documents(documents: list[Document], source: dict[str, Any],
+                    fraction: float = VALIDATION_FRACTION) -> Split:
+    """Train and validation text by document, falling back to a cut by position (module docstring)."""
+    if not documents:
+        raise UserError("no text to train on")
+    train = [d for d in documents if not goes_to_validation(d.id, fraction)]
+    validation = [d for d in documents if goes_to_validation(d.id, fraction)]
+    if train and validation:
+        by = "document"
+        train_pieces = [d.text + SEPARATOR for d in train]
+        validation_pieces = [d.text + SEPARATOR for d in validation]
+        train_ids, validation_ids = [d.id for d in train], [d.id for d in validation]
+        rule = f"by document: a document goes to validation when sha256(id) < {fraction} · 2^64"
+    else:
+        by = "position"
+        whole = "".join(d.text + SEPARATOR for d in documents)
+        cut = _line_boundary(whole, math.floor(len(whole) * (1 - fraction)))
+        train_pieces, validation_pieces = [whole[:cut]], [whole[cut:]]
+        train_ids = validation_ids = [d.id for d in documents]
+        rule = f"by position: the last {fraction} of the concatenated text, cut at a line boundary, is validation"
+    record = {
+        "rule": rule,
+        "by": by,
+        "validation_fraction": fraction,
+        "separator": SEPARATOR,
+        "source": source,
+        "train": _side_record(train_ids, train_pieces),
+        "validation": _side_record(validation_ids, validation_pieces),
+    }
+    return Split(train_pieces, validation_pieces, record)
+
+
+def corpus_source(paths: list[str] | None, encoding: str) -> dict[str, Any]:
+    """What the text was read from, as split.json records it."""
+    if paths:
+        return {"kind": "files", "paths": [str(Path(p).resolve()) for p in paths], "encoding": encoding}
+    return {"kind": "default", "python": sys.version.split()[0],
+            "what": "standard-library .py sources (no site-packages, tests, pydoc_data) + pydoc topics"}
+
+
+def load_split(paths: list[str] | None, encoding: str = "utf-8") -> Split:
+    """Read and split the training text in one call."""
+    return split_documents(read_documents(paths, encoding), corpus_source(paths, encoding))
+
+
+def _side_record(ids: list[str], pieces: list[str]) -> dict[str, Any]:
+    joined = "".join(pieces)
+    data = joined.encode("utf-8")
+    return {"documents": ids, "characters": len(joined), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _line_boundary(text: str, index: int) -> int:
+    newline = text.rfind("\n", 0, index)
+    return newline + 1 if newline > 0 else index
+
+
+# Tokenizers -------------------------------------------------------------------------------------
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: vocabulary 256, one byte per token."""
+
+    kind = "bytes"
+    vocab_size = 256
+
+    def encode(self, text: str) -> Tensor:
+        data = text.encode("utf-8")
+        if not data:
+            return torch.zeros(0, dtype=torch.uint8)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)  # (N,)
+
+    def encode_documents(self, texts: list[str]) -> Tensor:
+        return self.encode("".join(texts))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> Tensor:
+        return torch.ones(256, dtype=torch.int64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "bytes", "vocab": 256}
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Character → byte of the byte-level BPE alphabet: printable Latin-1 bytes stand for themselves,
+    the other bytes are shifted to code points from 256 up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + shifted)] = b
+            shifted += 1
+    return table
+
+
+class BPETokenizer:
+    """A byte-level BPE from the `tokenizers` package, trained locally on the train split."""
+
+    kind = "bpe"
+
+    def __init__(self, tokenizer: Any, vocab: int):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab  # the spec's vocabulary; a small corpus may learn fewer merges
+
+    @staticmethod
+    def _package() -> Any:
+        try:
+            import tokenizers
+        except ImportError:
+            raise UserError("`tokenizer = bpe(…)` needs the `tokenizers` package: pip install 'nldsl[bpe]'") from None
+        return tokenizers
+
+    @classmethod
+    def train(cls, texts: list[str], vocab: int) -> BPETokenizer:
+        """Learn merges on `texts` until the vocabulary has `vocab` tokens (or no pair repeats)."""
+        tk = cls._package()
+        tokenizer = tk.Tokenizer(tk.models.BPE())
+        tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+                                         show_progress=False, special_tokens=[])
+        tokenizer.train_from_iterator(texts, trainer)
+        return cls(tokenizer, vocab)
+
+    @classmethod
+    def from_file(cls, path: Path, vocab: int) -> BPETokenizer:
+        tk = cls._package()
+        try:
+            tokenizer = tk.Tokenizer.from_file(str(path))
+        except Exception as error:  # the package raises its own exception type for bad files
+            raise UserError(f"cannot read the tokenizer {path}: {error}") from None
+        return cls(tokenizer, vocab)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.tokenizer.to_str(), encoding="utf-8")
+
+    def to_str(self) -> str:
+        return self.tokenizer.to_str()
+
+    def encode(self, text: str) -> Tensor:
+        return torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.int32)
+
+    def encode_documents(self, texts: list[str]) -> Tensor:
+        """Each text encoded on its own (merges never cross a document boundary), then concatenated."""
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = [i for encoding in encodings for i in encoding.ids]
+        return torch.tensor(ids, dtype=torch.int32)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def token_bytes(self) -> Tensor:
+        alphabet = _byte_level_alphabet()
+        counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+        for token, index in self.tokenizer.get_vocab().items():
+            if index < self.vocab_size:
+                counts[index] = sum(1 for ch in token if ch in alphabet)
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "bpe", "vocab": self.vocab_size, "file": "tokenizer.json"}
+
+
+def tokenizer_vocab(tokenizer_spec: Any) -> int:
+    """The vocabulary a spec's `train.tokenizer` produces."""
+    return 256 if tokenizer_spec.kind == "bytes" else tokenizer_spec.vocab
+
+
+def check_vocabulary(model_vocab: int, tokenizer_spec: Any) -> None:
+    """The model's embedding must have exactly one row per token."""
+    vocab = tokenizer_vocab(tokenizer_spec)
+    if model_vocab != vocab:
+        written = "bytes" if tokenizer_spec.kind == "bytes" else f"bpe(vocab = {vocab})"
+        raise UserError(f"model.vocab is {model_vocab} but the tokenizer `{written}` has {vocab} tokens "
+                        f"(add --set model.vocab={vocab})")
+
+
+def build_tokenizer(tokenizer_spec: Any, train_texts: list[str], saved: Path | None) -> ByteTokenizer | BPETokenizer:
+    """The spec's tokenizer: bytes, or a BPE loaded from `saved` when it exists, else trained here."""
+    if tokenizer_spec.kind == "bytes":
+        return ByteTokenizer()
+    if saved is not None and saved.exists():
+        return BPETokenizer.from_file(saved, tokenizer_spec.vocab)
+    return BPETokenizer.train(train_texts, tokenizer_spec.vocab)
+
+
+def tokenizer_from_record(record: dict[str, Any], folder: Path) -> ByteTokenizer | BPETokenizer:
+    """The tokenizer a checkpoint names (`record["tokenizer"]`), its file read from `folder`."""
+    if record["kind"] == "bytes":
+        return ByteTokenizer()
+    path = folder / record["file"]
+    if not path.exists():
+        raise UserError(f"the checkpoint in {folder} names a BPE tokenizer but {path} is missing")
+    return BPETokenizer.from_file(path, record["vocab"])
+
+
+# Token streams and batches ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenText:
+    """A tokenised text and how many bytes each token id stands for."""
+
+    tokens: Tensor  # (N,) uint8 or int32
+    token_bytes: Tensor  # (V,) int64
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def tokenize(tokenizer: ByteTokenizer | BPETokenizer, texts: list[str]) -> TokenText:
+    return TokenText(tokenizer.encode_documents(texts), tokenizer.token_bytes())
+
+
+def require_windows(text: TokenText, seq_len: int, what: str) -> None:
+    """A window is seq_len + 1 tokens; say plainly when a text is shorter than one."""
+    if len(text) < seq_len + 1:
+        raise UserError(f"the {what} text has {len(text)} tokens but one window needs train.seq_len + 1 = "
+                        f"{seq_len + 1}: give more text (--data) or lower train.seq_len")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that depends on nothing but (seed, step)."""
+    digest = hashlib.sha256(f"nldsl-batch:{seed}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def window_starts(length: int, seed: int, step: int, batch: int, seq_len: int) -> Tensor:
+    """Start positions (batch,) of the random windows of step `step` in a text of `length` tokens."""
+    return torch.randint(0, length - seq_len, (batch,), generator=step_generator(seed, step))
+
+
+def windows(tokens: Tensor, starts: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Inputs and next-token targets (B, seq_len), int64, from windows of seq_len + 1 tokens."""
+    index = starts.unsqueeze(1) + torch.arange(seq_len + 1)  # (B, seq_len + 1)
+    chunk = tokens[index].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def batch_at(text: TokenText, seed: int, step: int, batch: int, seq_len: int,
+             rank: int = 0, world_size: int = 1) -> tuple[Tensor, Tensor]:
+    """This rank's share of the global batch of step `step`: rows [rank·B/W, (rank+1)·B/W)."""
+    starts = window_starts(len(text), seed, step, batch, seq_len)
+    share = batch // world_size
+    return windows(text.tokens, starts[rank * share:(rank + 1) * share], seq_len)
+
+
+def evaluation_starts(length: int, seq_len: int, limit: int | None) -> Tensor:
+    """Non-overlapping windows (stride seq_len) over the whole text, thinned to `limit` evenly spaced
+    ones when there are more; the same for every run, so evaluations are comparable."""
+    count = (length - 1) // seq_len
+    starts = torch.arange(count) * seq_len
+    if limit is not None and count > limit:
+        starts = starts[torch.linspace(0, count - 1, limit).round().long()]
+    return starts
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

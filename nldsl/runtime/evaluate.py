@@ -1,0 +1,409 @@
+"""Using a trained model: evaluate (loss, perplexity, bits per byte), generate text, and stream.
+
+- `load_model` rebuilds a run's model from a checkpoint alone: the record holds the resolved spec
+  and its source text, so later edits to the spec file (or its imports) do not change what loads.
+- `evaluate`: windows of seq_len + 1 tokens, each from a fresh state; loss is nats per predicted
+  token, perplexity its exponential, and bits per byte = total nats / ln 2 / total bytes of the
+  predicted tokens (the bytes each token stands for, so byte and BPE models compare).
+- `generate`: one token at a time, recomputing the forward pass on the last seq_len tokens;
+  temperature and top-k sampling from a seeded generator (temperature 0 = greedy).
+- `stream`: a long text, segment by segment, with the memory state carried across segments
+  (`model(…, state=…, return_state=True)`). The target of a segment's last position is the next
+  segment's first token. The in-context levels learn as the text passes; the levels the continuum
+  clock steps during training (the module's CLOCK_STEPS parameters) learn from the stream too:
+  each segment adds the gradient of its mean loss to a per-level sum, and when the level's period
+  in tokens has passed (a `steps(n)` period counts n segments), the level takes one SGD step with
+  its spec's constant `lr` η (a learned gate's starting value otherwise) and the sum restarts.
+- Stream state files (`--state-out`, `--state-in`): one safetensors file whose header holds the
+  JSON structure. It keeps the memory state, the slow levels' weights and sums, the position in
+  tokens, and the tokens of an unfinished last segment: when a state is saved those tokens are not
+  fed yet but wait in the file for the next text, so a text streamed in two parts (save, then
+  restore) gives exactly the losses and state of one stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from nldsl import loader
+from nldsl import spec as S
+from nldsl.cli import UserError
+from nldsl.runtime import checkpoint as C
+from nldsl.runtime import data as D
+from nldsl.runtime.memory import MemoryState
+
+STATE_FORMAT = "nldsl-stream-state/1"
+
+
+# Loading a trained model ---------------------------------------------------------------------------
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
+
+
+def spec_from_record(record: dict[str, Any]) -> S.Spec:
+    """The checked spec stored in a checkpoint record (JSON turns an optimizer's update tuple into lists)."""
+    spec = S.Spec.model_validate(record["spec"])
+    optimizer = spec.train.optimizer
+    if isinstance(optimizer, S.OptimizerSpec):
+        optimizer = optimizer.model_copy(update={"update": _tuples(optimizer.update)})
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"optimizer": optimizer})})
+    return spec
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    module: Any  # the generated module (CLOCK_STEPS, build)
+    spec: S.Spec
+    tokenizer: D.ByteTokenizer | D.BPETokenizer
+    checkpoint: C.Checkpoint
+    device: torch.device
+
+
+def load_model(target: str | Path, device: torch.device) -> LoadedModel:
+    """The model of a run folder (its latest checkpoint) or of a checkpoint folder."""
+    checkpoint = C.load_checkpoint(target)
+    record = checkpoint.record
+    try:
+        spec = spec_from_record(record)
+    except (KeyError, ValueError) as error:
+        raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: {error}") from None
+    module = loader.build_module(spec, record.get("spec_text", ""))
+    model = module.build(device)
+    C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
+    model.load_state_dict(checkpoint.model)
+    model.requires_grad_(False)
+    tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path)
+    return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
+
+
+def validation_text(record: dict[str, Any], quiet: bool = False) -> str:
+    """The validation split of the run a checkpoint belongs to, read again from its recorded source."""
+    source = record["data"]["source"]
+    paths = source["paths"] if source["kind"] == "files" else None
+    split = D.load_split(paths, source.get("encoding", "utf-8"))
+    recorded = record["data"].get("validation_sha256")
+    if recorded and split.record["validation"]["sha256"] != recorded and not quiet:
+        print("warning: the validation text differs from the one this run recorded (another Python version, or "
+              "edited files?); numbers are not comparable with the run's own evaluations")
+    return split.text("validation")
+
+
+def files_text(paths: list[str], encoding: str) -> str:
+    """The user's files for eval and stream, separated as in training but with nothing after the last, so
+    that a text cut into two files streams exactly as the whole."""
+    return D.SEPARATOR.join(d.text for d in D.user_corpus(paths, encoding))
+
+
+# Evaluation ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # nats per predicted token
+    perplexity: float
+    bits_per_byte: float
+    tokens: int  # predicted tokens
+    bytes: int  # bytes those tokens stand for
+    windows: int
+
+    def line(self) -> str:
+        return (f"loss {self.loss:.4f}  perplexity {self.perplexity:.2f}  bits per byte {self.bits_per_byte:.4f}  "
+                f"({self.tokens:,} tokens in {self.windows} windows)")
+
+
+def evaluation_from_sums(nats: float, tokens: int, byte_count: int, windows: int) -> Evaluation:
+    loss = nats / max(tokens, 1)
+    return Evaluation(loss, math.exp(min(loss, 700.0)), nats / math.log(2) / max(byte_count, 1), tokens,
+                      byte_count, windows)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, text: D.TokenText, seq_len: int, batch: int, limit: int | None,
+             device: torch.device, bf16: bool = False, rank: int = 0, world_size: int = 1,
+             every_rank_all: bool = False) -> tuple[float, int, int, int]:
+    """Sums (nats, predicted tokens, bytes, windows) over the evaluation windows of `text`.
+
+    With several ranks each takes every world_size-th window and the caller adds the sums; under
+    FSDP (`every_rank_all`) every rank runs every window, because sharded forwards must run in step.
+    """
+    starts = D.evaluation_starts(len(text), seq_len, limit)
+    if world_size > 1 and not every_rank_all:
+        starts = starts[rank::world_size]
+    token_bytes = text.token_bytes.to(device)
+    nats, count, byte_count = 0.0, 0, 0
+    for first in range(0, starts.shape[0], batch):
+        inputs, targets = D.windows(text.tokens, starts[first:first + batch], seq_len)
+        inputs, targets = inputs.to(device), targets.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(inputs, targets)  # (B, T, V)
+        nats += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+        count += targets.numel()
+        byte_count += int(token_bytes[targets].sum().item())
+    return nats, count, byte_count, int(starts.shape[0])
+
+
+def evaluate_text(loaded: LoadedModel, text: str, batches: int | None) -> Evaluation:
+    """Evaluate a loaded model on a text with the run's seq_len and batch size."""
+    train = loaded.spec.train
+    tokens = D.tokenize(loaded.tokenizer, [text])
+    D.require_windows(tokens, train.seq_len, "evaluation")
+    limit = (batches or train.eval_batches) * train.batch
+    sums = evaluate(loaded.model, tokens, train.seq_len, train.batch, limit, loaded.device,
+                    bf16=train.precision == "bf16")
+    return evaluation_from_sums(*sums)
+
+
+# Generation ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: D.ByteTokenizer | D.BPETokenizer, prompt: str, tokens: int,
+             temperature: float, top_k: int, seed: int, seq_len: int, device: torch.device) -> str:
+    """The continuation of `prompt` (without the prompt), sampled one token at a time."""
+    ids = tokenizer.encode(prompt).long().tolist() or tokenizer.encode("\n").long().tolist()
+    prompt_length = len(ids)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(tokens):
+        context = torch.tensor(ids[-seq_len:], device=device).unsqueeze(0)  # (1, T)
+        logits = model(context)[0, -1].float().cpu()  # (V,)
+        if temperature <= 0:
+            ids.append(int(logits.argmax()))
+            continue
+        logits = logits / temperature
+        if 0 < top_k < logits.shape[0]:
+            threshold = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < threshold, float("-inf"))
+        ids.append(int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)))
+    return tokenizer.decode(ids[prompt_length:])
+
+
+# Streaming --------------------------------------------------------------------------------------------
+
+@dataclass
+class SlowLevel:
+    """A level the continuum clock steps, learning from the stream by SGD every `period` tokens."""
+
+    prefix: str  # as in CLOCK_STEPS, e.g. "cms.slow_"
+    parameters: list[tuple[str, torch.nn.Parameter]]
+    period: int  # tokens
+    lr: float  # η
+
+
+def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
+    """The cms level a CLOCK_STEPS prefix ("cms.slow_") names, wherever its layer sits in the block."""
+    layer_name, _, level_name = prefix.rstrip("_").partition(".")
+
+    def search(layers: tuple[Any, ...]) -> S.LevelSpec | None:
+        for layer in layers:
+            if isinstance(layer, S.CMSSpec) and layer.name == layer_name:
+                for level in layer.levels:
+                    if level.name == level_name:
+                        return level
+            if isinstance(layer, S.ParallelSpec):
+                found = search(layer.branches)
+                if found is not None:
+                    return found
+        return None
+
+    assert spec.model is not None
+    return search(spec.model.block.sublayers)
+
+
+def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
+    """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any."""
+    parts = name.split(".", 2)
+    if len(parts) < 3 or parts[0] != "blocks":
+        return None
+    inner = parts[2]
+    for prefix in clock_steps:
+        if inner.startswith(prefix) or f".{prefix}" in inner:
+            return prefix
+    return None
+
+
+def slow_levels(loaded: LoadedModel, segment: int) -> list[SlowLevel]:
+    """The clock-stepped levels of a model with their stream periods and learning rates."""
+    from nldsl.compiler import lower
+
+    clock_steps: dict[str, int] = getattr(loaded.module, "CLOCK_STEPS", {})
+    levels = []
+    for prefix in clock_steps:
+        level = find_level(loaded.spec, prefix)
+        if level is None:
+            continue
+        parameters = [(n, p) for n, p in loaded.model.named_parameters() if clock_prefix(n, {prefix: 1}) == prefix]
+        period = level.period if isinstance(level.period, int) else level.period.count * segment
+        levels.append(SlowLevel(prefix, parameters, period, lower.gate_start("lr", level.lr)))
+    return levels
+
+
+@dataclass
+class StreamState:
+    """Everything a stream carries from one text to the next."""
+
+    position: int = 0  # tokens fed so far
+    memory: list | None = None  # the model's state, one dict per block
+    pending: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))  # tokens not fed yet
+    sums: dict[str, Tensor] = field(default_factory=dict)  # parameter name → summed stream gradient
+    slow_weights: dict[str, Tensor] = field(default_factory=dict)  # parameter name → value
+
+
+@dataclass
+class Segment:
+    start: int  # position of its first input token in the stream
+    tokens: int  # predicted tokens
+    nats: float
+    bytes: int
+
+
+@dataclass
+class StreamResult:
+    segments: list[Segment]
+    state: StreamState
+    updates: dict[str, int]  # slow level → SGD steps taken
+
+
+def detach_state(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, MemoryState):
+        return MemoryState(detach_state(value.weights), detach_state(value.momentum))
+    if isinstance(value, dict):
+        return {k: detach_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detach_state(v) for v in value)
+    return value
+
+
+def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState | None = None,
+           learn: bool = True, keep_pending: bool = False, progress: bool = False) -> StreamResult:
+    """Feed `tokens` (N,) segment by segment after what `state` left; see the module docstring."""
+    state = state or StreamState()
+    model, device = loaded.model, loaded.device
+    every_level = slow_levels(loaded, segment)
+    levels = every_level if learn else []
+    with torch.no_grad():
+        for level in every_level:
+            for name, p in level.parameters:
+                if name in state.slow_weights:
+                    p.copy_(state.slow_weights[name])
+    model.requires_grad_(False)
+    for level in levels:
+        for _, p in level.parameters:
+            p.requires_grad_(True)
+    sums = {name: state.sums.get(name, torch.zeros_like(p)).to(device).clone()
+            for level in every_level for name, p in level.parameters}
+    buffer = torch.cat([state.pending.long(), tokens.long()]).to(device)
+    token_bytes = loaded.tokenizer.token_bytes().to(device)
+    memory, position, fed = state.memory, state.position, 0
+    segments: list[Segment] = []
+    updates = {level.prefix: 0 for level in levels}
+    bar = tqdm(total=max(buffer.shape[0] - 1, 0), unit="tok", unit_scale=True, disable=not progress, leave=False)
+    total_nats, total_bytes = 0.0, 0
+    while True:
+        available = buffer.shape[0] - fed - 1  # inputs whose next token is known
+        n = segment if available >= segment else (available if available >= 1 and not keep_pending else 0)
+        if n == 0:
+            break
+        inputs = buffer[fed:fed + n].unsqueeze(0)  # (1, n)
+        targets = buffer[fed + 1:fed + n + 1].unsqueeze(0)
+        with torch.set_grad_enabled(bool(levels)):
+            logits, new_memory = model(inputs, targets, state=memory, return_state=True)
+            loss = F.cross_entropy(logits[0].float(), targets[0], reduction="sum")
+        if levels:
+            (loss / n).backward()
+            for level in levels:
+                for name, p in level.parameters:
+                    if p.grad is not None:
+                        sums[name] += p.grad
+                    p.grad = None
+        memory = detach_state(new_memory)
+        segment_bytes = int(token_bytes[targets].sum())
+        nats = float(loss.detach())
+        segments.append(Segment(position, n, nats, segment_bytes))
+        before, position, fed = position, position + n, fed + n
+        for level in levels:
+            if position // level.period > before // level.period:
+                with torch.no_grad():
+                    for name, p in level.parameters:
+                        p.sub_(level.lr * sums[name])
+                        sums[name].zero_()
+                updates[level.prefix] += 1
+        total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
+        bar.update(n)
+        bar.set_postfix(loss=f"{nats / n:.3f}", bpb=f"{total_nats / math.log(2) / max(total_bytes, 1):.3f}")
+    bar.close()
+    model.requires_grad_(False)
+    final = StreamState(
+        position=position, memory=memory,
+        pending=buffer[fed:].cpu() if keep_pending else torch.zeros(0, dtype=torch.int64),
+        sums={name: s.cpu() for name, s in sums.items()},
+        slow_weights={name: p.detach().cpu().clone() for level in every_level for name, p in level.parameters})
+    return StreamResult(segments, final, updates)
+
+
+def stream_parts(segments: list[Segment], parts: int = 4) -> list[tuple[int, int, Evaluation]]:
+    """(first token, last token, evaluation) for `parts` consecutive stretches of segments."""
+    if not segments:
+        return []
+    parts = min(parts, len(segments))
+    rows = []
+    for index in range(parts):
+        chunk = segments[index * len(segments) // parts:(index + 1) * len(segments) // parts]
+        nats = sum(s.nats for s in chunk)
+        rows.append((chunk[0].start, chunk[-1].start + chunk[-1].tokens,
+                     evaluation_from_sums(nats, sum(s.tokens for s in chunk), sum(s.bytes for s in chunk), len(chunk))))
+    return rows
+
+
+def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoint: str) -> None:
+    """One safetensors file: tensors, with the JSON structure in its header metadata; written atomically."""
+    tensors: dict[str, Tensor] = {}
+    structure = {
+        "format": STATE_FORMAT,
+        "spec_sha256": spec_sha256,
+        "checkpoint": checkpoint,
+        "position": state.position,
+        "memory": C.encode(state.memory, tensors, "memory"),
+        "pending": C.encode(state.pending, tensors, "pending"),
+        "sums": C.encode(state.sums, tensors, "sums"),
+        "slow_weights": C.encode(state.slow_weights, tensors, "slow"),
+    }
+    data = safetensors.torch.save(tensors, metadata={"nldsl": json.dumps(structure)})
+    try:
+        C.write_atomic(path, data)
+    except OSError as error:
+        raise UserError(f"could not write the stream state {path}: {error.strerror or error}") from None
+
+
+def load_stream_state(path: Path, spec_sha256: str, device: torch.device) -> StreamState:
+    """A state written by `save_stream_state` for the same spec."""
+    if not path.exists():
+        raise UserError(f"no stream state at {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key).to(device) for key in handle.keys()}
+        structure = json.loads(metadata["nldsl"])
+    except (safetensors.SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise UserError(f"corrupt stream state {path}: {error}") from None
+    if structure.get("format") != STATE_FORMAT:
+        raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
+    if structure["spec_sha256"] != spec_sha256:
+        raise UserError(f"the stream state {path} belongs to another spec (sha256 {structure['spec_sha256'][:12]}… "
+                        f"vs {spec_sha256[:12]}…)")
+    return StreamState(
+        position=structure["position"], memory=C.decode(structure["memory"], tensors),
+        pending=C.decode(structure["pending"], tensors).cpu(), sums=C.decode(structure["sums"], tensors),
+        slow_weights=C.decode(structure["slow_weights"], tensors))

@@ -1,0 +1,522 @@
+"""The training loop behind `nldsl train`: a checked spec → a trained model in a run folder.
+
+One outer step: the batch of (seed, step) → `model.loss` (compiled with fullgraph=True when
+`train.compile`, under bf16 autocast when `train.precision = bf16`) → backward through every inner
+update → gradients averaged over data-parallel ranks → one gradient-norm clip over all parameters
+→ the continuum clock → the spec's outer optimizer, with the learning rate of the schedule.
+
+- Schedule: linear warm-up over `warmup` steps to the optimizer's lr, then cosine or linear decay
+  to `min_lr_ratio` · lr at the last step, or constant. Every param group keeps its own base lr.
+- Continuum clock (docs/semantics.md §4): a parameter under a CLOCK_STEPS prefix of the generated
+  module, in any block (`blocks.{i}.{prefix}…`), with N steps between updates, adds its clipped
+  gradient to a sum every step. On steps where (step + 1) is a multiple of N its `.grad` becomes
+  that sum (and the sum restarts); on the others its `.grad` is None, so the optimizer skips it
+  entirely (no step, no weight decay, no moment update). Levels with N = 1 are ordinary parameters.
+- The run folder (default runs/<spec stem>-<date>, or --run-dir): spec.nl (the source text),
+  resolved.json (every value of the checked spec and where it came from: a file:line, an
+  override, or the default), split.json, tokenizer.json (BPE), metrics.jsonl (one JSON object per
+  logged step: step, loss, lr, grad_norm, tokens_per_s; and per evaluation: eval_loss,
+  eval_perplexity, eval_bpb), tensorboard/ (with --tensorboard, when TensorBoard is installed),
+  checkpoints/ (checkpoint.py), graph.svg (with --sample).
+- Exact resume: batches depend only on (seed, step); the checkpoint holds the weights, the
+  optimizer state, the clock sums and the RNG states, and the lr is a function of the step, so a
+  resumed run computes the same losses as one that was never interrupted. Metrics logged after the
+  checkpoint by the interrupted run are dropped when it resumes.
+- Timing: the first step (which compiles, when compiling) is timed on its own and kept out of
+  tokens/s; evaluation and checkpoint time are kept out too.
+- A loss or gradient norm that is not finite stops the run before the optimizer step, with a
+  message naming the step; nothing from that step is written, the last checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from nldsl import __version__, loader
+from nldsl.cli import UserError
+from nldsl.runtime import checkpoint as C
+from nldsl.runtime import data as D
+from nldsl.runtime import distributed
+from nldsl.runtime.distributed import Distributed
+from nldsl.runtime.evaluate import Evaluation, clock_prefix, evaluate, evaluation_from_sums, generate
+
+RUNS = Path("runs")
+
+
+@dataclass
+class TrainOptions:
+    data: list[str] | None = None  # files or folders; None = the default corpus
+    data_encoding: str = "utf-8"
+    run_dir: str | Path | None = None  # None = runs/<spec stem>-<date>
+    resume: bool = False
+    tensorboard: bool = False
+    compile: bool | None = None  # None = the spec's train.compile
+    sample: bool = False
+    device: str = "auto"
+    fsdp: bool = False
+    progress: bool = True  # the progress bar (rank 0 only)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # outer steps done
+    losses: dict[int, float]  # step → training loss, for the steps this call ran
+    step_seconds: dict[int, float]  # step → wall time of that step (the first one includes compilation)
+    evaluation: Evaluation | None  # on the validation split at the end
+    tokens_per_second: float | None  # after the first step
+    first_step_seconds: float | None  # includes compilation when compiling
+    checkpoint: Path | None
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a non-finite loss); the message says where and what is kept."""
+
+
+def learning_rate_factor(step: int, train: Any) -> float:
+    """The schedule's multiplier of the base lr at outer step `step` (0-based)."""
+    if train.warmup > 0 and step < train.warmup:
+        return (step + 1) / train.warmup
+    if train.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - train.warmup) / max(1, train.steps - 1 - train.warmup))
+    low = train.min_lr_ratio
+    if train.schedule == "cosine":
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1 - (1 - low) * progress
+
+
+class ContinuumClock:
+    """Frequency-gated outer steps for the parameters of slow levels (module docstring)."""
+
+    def __init__(self, named_parameters: list[tuple[str, torch.nn.Parameter]], clock_steps: dict[str, int]):
+        self.members: list[tuple[str, torch.nn.Parameter, int]] = []
+        for name, p in named_parameters:
+            prefix = clock_prefix(name, clock_steps)
+            if prefix is not None and clock_steps[prefix] > 1:
+                self.members.append((name, p, clock_steps[prefix]))
+        self.sums = {name: torch.zeros_like(p) for name, p, _ in self.members}
+
+    def tick(self, step: int) -> None:
+        """After the gradients of outer step `step` (0-based): accumulate, and fire where it is due."""
+        for name, p, steps in self.members:
+            total = self.sums[name]
+            if p.grad is not None:
+                total.add_(p.grad)
+            if (step + 1) % steps == 0:
+                p.grad = total.clone()
+                total.zero_()
+            else:
+                p.grad = None
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"clock.{name}": distributed.full_tensor(total) for name, total in self.sums.items()}
+
+    def load(self, tensors: dict[str, Tensor]) -> None:
+        for name, total in self.sums.items():
+            stored = tensors.get(f"clock.{name}")
+            if stored is None:
+                raise C.CheckpointError(f"the checkpoint holds no continuum-clock sum for {name}")
+            with torch.no_grad():
+                total.copy_(distributed.shard_like(stored, total))
+
+
+# The run folder --------------------------------------------------------------------------------------
+
+def default_run_dir(spec_path: str) -> Path:
+    return RUNS / f"{Path(spec_path).stem}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run_dir(spec_path: str) -> Path:
+    """For --resume without --run-dir: the newest runs/<spec stem>-* folder that has a checkpoint."""
+    stem = Path(spec_path).stem
+    candidates = sorted(p for p in RUNS.glob(f"{stem}-*") if (p / C.CHECKPOINTS / C.LATEST).exists())
+    if not candidates:
+        raise UserError(f"nothing to resume: no run of {stem} with a checkpoint under {RUNS}/ (pass --run-dir)")
+    return candidates[-1]
+
+
+def resolved_values(dump: dict[str, Any], provenance: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every value of the checked spec by dotted path (named list items by name) and where it came
+    from: the nearest entry of the checker's provenance on the path, or "default"."""
+    values: dict[str, dict[str, Any]] = {}
+
+    def origin(path: str) -> str:
+        parts = path.split(".")
+        for end in range(len(parts), 0, -1):
+            found = provenance.get(".".join(parts[:end]))
+            if found is not None:
+                return found
+        return "default"
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else key)
+        elif isinstance(node, list) and node and all(isinstance(item, dict) and item.get("name") for item in node):
+            parent = path.rsplit(".", 1)[0] if "." in path else path
+            for item in node:
+                walk(item, f"{parent}.{item['name']}")
+        else:
+            values[path] = {"value": node, "from": origin(path)}
+
+    for key in ("model", "train", "optimizers"):
+        walk(dump.get(key), key)
+    return values
+
+
+class MetricsLog:
+    """metrics.jsonl (and TensorBoard) on rank 0; a resumed run first drops lines past its checkpoint."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            C.write_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+        elif resume_step is None:
+            self.path.write_text("", encoding="utf-8")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                tqdm.write("TensorBoard logs need the `tensorboard` package (pip install 'nldsl[tensorboard]'); "
+                           "training goes on without them", file=sys.stderr)
+            else:
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, entry: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self.writer is not None:
+            for key, value in entry.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    group = "eval" if key.startswith("eval_") else "train"
+                    self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, entry["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# Training ----------------------------------------------------------------------------------------------
+
+def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResult:
+    """Train the checked spec `result` (a loader.check / checker CheckResult) as `options` say."""
+    spec = result.spec
+    if spec.model is None:
+        raise UserError(f"{spec.path} defines no `model` section, so there is nothing to train")
+    D.check_vocabulary(spec.model.vocab, spec.train.tokenizer)
+    context = distributed.setup(options.device, options.fsdp)
+    try:
+        outcome = _train(result, list(overrides), options, context)
+    except BaseException:
+        distributed.teardown(context, together=False)
+        raise
+    distributed.teardown(context)
+    return outcome
+
+
+def _say(context: Distributed, message: str) -> None:
+    if context.is_main:
+        tqdm.write(message)
+
+
+def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> Path:
+    if options.run_dir is not None:
+        return Path(options.run_dir)
+    chosen = latest_run_dir(spec_path) if options.resume else default_run_dir(spec_path)
+    return Path(distributed.broadcast_object(str(chosen), context))
+
+
+def _train(result: Any, overrides: list[str], options: TrainOptions, context: Distributed) -> TrainResult:
+    spec = result.spec
+    plan = spec.train
+    device = context.device
+    if plan.batch % context.world_size:
+        raise UserError(f"train.batch = {plan.batch} does not split over {context.world_size} processes "
+                        f"(use a multiple of {context.world_size})")
+    run_dir = _run_dir(spec.path, options, context)
+
+    found = None
+    if options.resume:
+        if not run_dir.is_dir():
+            raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
+        found = C.load_checkpoint(run_dir) if C.latest_checkpoint(run_dir) else None
+        if found is None:
+            raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
+        _check_same_spec(found, spec, overrides)
+    elif run_dir.exists() and C.latest_checkpoint(run_dir) is not None:
+        raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or choose "
+                        "another --run-dir")
+
+    data_paths = options.data
+    if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
+        data_paths = found.record["data"]["source"]["paths"]
+    split = D.load_split(data_paths, options.data_encoding)
+    if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
+        raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
+                        "resume with the same --data")
+
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(context)
+    tokenizer_file = run_dir / "tokenizer.json"
+    if plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
+        _say(context, f"training a byte-level BPE tokenizer (vocabulary {plan.tokenizer.vocab}) on the train split")
+        D.BPETokenizer.train(split.train, plan.tokenizer.vocab).save(tokenizer_file)
+    distributed.barrier(context)
+    tokenizer = D.build_tokenizer(plan.tokenizer, split.train, tokenizer_file)
+    train_text = D.tokenize(tokenizer, split.train)
+    validation = D.tokenize(tokenizer, split.validation)
+    D.require_windows(train_text, plan.seq_len, "training")
+    D.require_windows(validation, plan.seq_len, "validation")
+
+    if context.is_main and found is None:
+        source_text = result.sources[spec.path].text
+        (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
+        dump = spec.model_dump(mode="json")
+        D.write_json(run_dir / "resolved.json", {
+            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides, "spec": dump,
+            "values": resolved_values(dump, dict(result.provenance))})
+        D.write_json(run_dir / "split.json", split.record)
+
+    module = loader.compile_module(result)
+    torch.manual_seed(plan.seed)
+    model = module.build(device)
+    distributed.broadcast_parameters(model, context)
+    distributed.shard_model(model, context)
+    named = list(model.named_parameters())
+    from nldsl.compiler.optimizers import build_optimizer
+
+    optimizer = build_optimizer(named, plan.optimizer)
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    clock = ContinuumClock(named, dict(getattr(module, "CLOCK_STEPS", {})))
+    start = 0
+    if found is not None:
+        C.check_parameters(found.model, _parameter_shapes(model), found.path)
+        optimizer_state = C.optimizer_from_files(found.record["optimizer"], found.training)
+        distributed.load_state_dicts(model, optimizer, found.model, optimizer_state, context)
+        clock.load(found.training)
+        C.restore_rng(found.training)
+        start = int(found.record["step"])
+
+    compiled = plan.compile if options.compile is None else options.compile
+    loss_function = torch.compile(model.loss, fullgraph=not context.fsdp) if compiled else model.loss
+    bf16 = plan.precision == "bf16"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    metrics = None
+    if context.is_main:
+        metrics = MetricsLog(run_dir, start if found is not None else None, options.tensorboard)
+    parameter_count = sum(p.numel() for p in model.parameters())
+    tokens_per_step = plan.batch * plan.seq_len
+    if found is not None:
+        _say(context, f"resuming {run_dir} at step {start} from {found.path}")
+    _say(context, f"run folder: {run_dir}")
+    _say(context, f"data: {_describe_source(split.record)}; train {len(train_text):,} tokens, validation "
+                  f"{len(validation):,} tokens ({tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size})")
+    _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
+                  f"{'compiled' if compiled else 'eager'}, {plan.precision}, {device}"
+                  + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
+
+    def evaluate_now() -> Evaluation:
+        model.eval()
+        sums = evaluate(model, validation, plan.seq_len, plan.batch // context.world_size,
+                        plan.eval_batches * plan.batch, device, bf16, context.rank, context.world_size,
+                        every_rank_all=context.fsdp)
+        model.train()
+        if context.active and not context.fsdp:
+            totals = distributed.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=device), context)
+            sums = (float(totals[0]), int(totals[1]), int(totals[2]), int(totals[3]))
+        return evaluation_from_sums(*sums)
+
+    last_checkpoint: list[Path | None] = [found.path if found is not None else None]
+
+    def save(step: int, evaluation: Evaluation | None) -> None:
+        model_state, optimizer_state = distributed.full_state_dicts(model, optimizer, context)
+        clock_tensors = clock.tensors()
+        message = None
+        if context.is_main:
+            structure, tensors = C.optimizer_to_files(optimizer_state)
+            tensors.update(clock_tensors)
+            tensors.update(C.rng_tensors())
+            record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation)
+            extra = {"tokenizer.json": tokenizer.to_str().encode("utf-8")} if tokenizer.kind == "bpe" else None
+            try:
+                last_checkpoint[0] = C.save_checkpoint(run_dir, step, model_state, tensors, record,
+                                                       plan.keep_checkpoints, extra)
+            except C.CheckpointError as error:
+                message = str(error)
+        message = distributed.broadcast_object(message, context)
+        if message:
+            raise C.CheckpointError(message)
+
+    parameters = [p for _, p in named]
+    losses: dict[int, float] = {}
+    step_seconds: dict[int, float] = {}
+    first_step_seconds = None
+    train_seconds, train_steps = 0.0, 0
+    window_seconds, window_steps = 0.0, 0
+    evaluation = None
+    bar = tqdm(total=plan.steps, initial=start, unit="step", dynamic_ncols=True,
+               disable=not (context.is_main and options.progress))
+    model.train()
+    step = start
+    try:
+        for step in range(start, plan.steps):
+            began = time.perf_counter()
+            factor = learning_rate_factor(step, plan)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(base * factor)
+                else:
+                    group["lr"] = base * factor
+            inputs, targets = D.batch_at(train_text, plan.seed, step, plan.batch, plan.seq_len,
+                                         context.rank, context.world_size)
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_function(inputs, targets)
+            loss.backward()
+            distributed.all_reduce_gradients(parameters, context)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, plan.clip if plan.clip > 0 else math.inf)
+            grad_norm = distributed.full_tensor(grad_norm)
+            mean_loss = distributed.all_reduce_sum(loss.detach().float().clone(), context) / context.world_size
+            loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
+                        else "no checkpoint was written yet")
+                raise TrainingError(
+                    f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped "
+                    f"before the optimizer step, nothing from this step was written; {kept} (lower the learning "
+                    "rate or set train.clip, then --resume)")
+            clock.tick(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - began
+            losses[step + 1] = loss_value
+            step_seconds[step + 1] = seconds
+            if step == start:
+                first_step_seconds = seconds
+            else:
+                train_seconds, train_steps = train_seconds + seconds, train_steps + 1
+                window_seconds, window_steps = window_seconds + seconds, window_steps + 1
+            bar.update(1)
+            speed = tokens_per_step * window_steps / window_seconds if window_steps else None
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{speed:,.0f}" if speed else "…")
+            done = step + 1
+            if metrics is not None and (done % plan.log_every == 0 or done == plan.steps):
+                metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor, "grad_norm": norm_value,
+                               "tokens_per_s": speed, "time_s": round(train_seconds + (first_step_seconds or 0), 4)})
+                window_seconds, window_steps = 0.0, 0
+            if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
+                evaluation = evaluate_now()
+                if metrics is not None:
+                    metrics.write({"step": done, "eval_loss": evaluation.loss, "eval_perplexity": evaluation.perplexity,
+                                   "eval_bpb": evaluation.bits_per_byte})
+                _say(context, f"step {done}: validation {evaluation.line()}")
+            if (plan.checkpoint_every and done % plan.checkpoint_every == 0) or done == plan.steps:
+                save(done, evaluation)
+    except KeyboardInterrupt:
+        bar.close()
+        _say(context, f"interrupted at step {step + 1}; the last checkpoint is {last_checkpoint[0]} "
+                      "(continue with --resume)")
+        raise
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    speed = tokens_per_step * train_steps / train_seconds if train_steps else None
+    if first_step_seconds is not None:
+        what = "compilation + first step" if compiled else "first step"
+        _say(context, f"{what}: {first_step_seconds:.2f} s; then {train_steps} steps at "
+                      + (f"{speed:,.0f} tokens/s" if speed else "– tokens/s"))
+    if evaluation is None and start >= plan.steps:
+        evaluation = evaluate_now()
+    if evaluation is not None:
+        _say(context, f"validation: {evaluation.line()}")
+    if last_checkpoint[0] is not None:
+        _say(context, f"checkpoint: {last_checkpoint[0]}")
+    if options.sample:
+        _sample(spec, model, tokenizer, split, plan, context, run_dir)
+    return TrainResult(run_dir, max(start, plan.steps), losses, step_seconds, evaluation, speed, first_step_seconds,
+                       last_checkpoint[0])
+
+
+def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Full shapes by name (FSDP shards report their global shape through DTensor)."""
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> None:
+    recorded = found.record.get("spec_sha256")
+    if recorded == spec.sha256:
+        return
+    before = found.record.get("overrides", [])
+    why = (f"the overrides differ: {before or 'none'} then, {overrides or 'none'} now" if before != overrides
+           else "the spec text differs")
+    raise UserError(f"the checkpoint {found.path} was written by another spec (sha256 {str(recorded)[:12]}… vs "
+                    f"{spec.sha256[:12]}…): {why}")
+
+
+def _describe_source(record: dict[str, Any]) -> str:
+    source = record["source"]
+    if source["kind"] == "default":
+        return f"default corpus (Python {source['python']} standard library + pydoc topics)"
+    return f"{len(record['train']['documents'])} file(s) from --data"
+
+
+def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, module: Any, optimizer: Any,
+            context: Distributed, step: int, evaluation: Evaluation | None) -> dict[str, Any]:
+    spec = result.spec
+    return {
+        "spec_path": spec.path,
+        "spec_sha256": spec.sha256,
+        "spec_text": result.sources[spec.path].text,
+        "overrides": overrides,
+        "spec": spec.model_dump(mode="json"),
+        "tokenizer": tokenizer.to_json(),
+        "data": {"source": split.record["source"], "train_sha256": split.record["train"]["sha256"],
+                 "validation_sha256": split.record["validation"]["sha256"], "seed": spec.train.seed,
+                 "position": step},
+        "clock": dict(getattr(module, "CLOCK_STEPS", {})),
+        "optimizer": optimizer,
+        "world_size": context.world_size,
+        "fsdp": context.fsdp,
+        "evaluation": None if evaluation is None else {
+            "loss": evaluation.loss, "perplexity": evaluation.perplexity, "bits_per_byte": evaluation.bits_per_byte},
+        "versions": {"nldsl": __version__, "torch": torch.__version__},
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _sample(spec: Any, model: torch.nn.Module, tokenizer: Any, split: D.Split, plan: Any, context: Distributed,
+            run_dir: Path) -> None:
+    """--sample: a generated continuation and the level graph. Every rank generates (sharded forwards
+    run in step, and the seeded sampling agrees); rank 0 prints and draws."""
+    prompt = "def " if split.record["source"]["kind"] == "default" else split.text("validation")[:24]
+    model.eval()
+    text = generate(model, tokenizer, prompt, 200, 0.8, 40, plan.seed, plan.seq_len, context.device)
+    if not context.is_main:
+        return
+    print(f"sample (temperature 0.8, top-k 40):\n{prompt}{text}")
+    from nldsl.draw import render, to_dot
+    from nldsl.graph import build_graph
+
+    message = render(to_dot(build_graph(spec)), run_dir / "graph.svg")
+    print(message if message else f"level graph: {run_dir / 'graph.svg'}")

@@ -1,0 +1,191 @@
+"""Checkpoints: stored structures round-trip, writes are atomic, failures keep the previous checkpoint, loading
+never unpickles and names damaged files."""
+
+from __future__ import annotations
+
+import errno
+import json
+import pickle
+
+import pytest
+import torch
+
+from nldsl.runtime import checkpoint as C
+from nldsl.runtime import optim as O
+from nldsl.runtime.memory import MemoryState
+
+
+def same(a, b) -> bool:
+    """Structural equality with tensors compared exactly (dtype included)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, MemoryState):
+        return isinstance(b, MemoryState) and same(a.weights, b.weights) and same(a.momentum, b.momentum)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_nested_structures_round_trip_through_json_and_safetensors():
+    value = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}, 7: {}},
+        "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95), "params": [0, 7], "foreach": None, "x": float("inf")}],
+        "memory": [{"cms": {"fast": MemoryState([torch.randn(1, 1, 2, 2)], None)}},
+                   {"lmm": {"memory": MemoryState([torch.randn(2, 2)], [torch.zeros(2, 2)]), "conv_q": torch.ones(1)}}],
+        "flags": torch.tensor([True, False]),
+        "ids": torch.arange(4, dtype=torch.int32),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.loads(json.dumps(C.encode(value, tensors, "root")))
+    assert same(C.decode(structure, tensors), value)
+
+
+def test_keys_that_meet_another_path_keep_both_tensors():
+    value = {"a.b": torch.zeros(1), "a": {"dict": {}, "b": torch.ones(1)}}
+    tensors: dict[str, torch.Tensor] = {}
+    assert same(C.decode(C.encode(value, tensors, "x"), tensors), value)
+
+
+def test_unknown_objects_are_refused_when_stored_and_when_loaded():
+    with pytest.raises(TypeError):
+        C.encode(object(), {}, "x")
+    with pytest.raises(ValueError, match="unknown stored class"):
+        C.decode({"dataclass": "os.system", "fields": {}}, {})
+
+
+def _optimizer_steps(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], steps: int) -> None:
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1),
+    lambda params: O.NestedOptimizer(params, O.m3(lr=1e-2)),
+], ids=["adamw", "nested-m3"])
+def test_optimizer_state_round_trips_and_the_next_steps_match(make):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64)), torch.nn.Parameter(torch.randn(5))]
+    optimizer = make(params)
+    _optimizer_steps(optimizer, params, 3)
+    structure, tensors = C.optimizer_to_files(optimizer.state_dict())
+    structure = json.loads(json.dumps(structure))
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = make(copies)
+    restored.load_state_dict(C.optimizer_from_files(structure, tensors))
+    _optimizer_steps(optimizer, params, 2)
+    _optimizer_steps(restored, copies, 2)
+    for p, q in zip(params, copies):
+        assert torch.equal(p, q)
+
+
+def save(run_dir, step, keep=3, **record):
+    model = {"w": torch.full((2, 2), float(step)), "b": torch.zeros(3)}
+    training = {"clock.w": torch.ones(2), **C.rng_tensors()}
+    return C.save_checkpoint(run_dir, step, model, training, {"note": "test", **record}, keep)
+
+
+def test_save_points_latest_at_the_newest_and_keeps_the_last_n(tmp_path):
+    for step in (1, 2, 3, 4):
+        path = save(tmp_path, step, keep=2)
+    assert path == tmp_path / "checkpoints" / "step-000004"
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-000004"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000003", "step-000004"]
+    loaded = C.load_checkpoint(tmp_path)
+    assert loaded.record["step"] == 4 and loaded.record["note"] == "test"
+    assert torch.equal(loaded.model["w"], torch.full((2, 2), 4.0))
+    assert C.load_checkpoint(tmp_path / "checkpoints" / "step-000003" / "model.safetensors").record["step"] == 3
+
+
+def test_a_write_killed_midway_leaves_latest_on_the_previous_complete_checkpoint(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+    real = C.write_file
+    calls = []
+
+    def dies_in_the_second_file(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as handle:
+                handle.write(data[: len(data) // 2])
+            raise KeyboardInterrupt  # the process is killed here
+        real(path, data)
+
+    monkeypatch.setattr(C, "write_file", dies_in_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2)
+    monkeypatch.setattr(C, "write_file", real)
+    assert not (tmp_path / "checkpoints" / "step-000002").exists()
+    assert C.load_checkpoint(tmp_path).record["step"] == 1
+    save(tmp_path, 2)  # the next save clears the leftovers
+    assert not list((tmp_path / "checkpoints").glob(".step-*"))
+    assert C.load_checkpoint(tmp_path).record["step"] == 2
+
+
+def test_a_full_disk_is_one_clear_message_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    save(tmp_path, 5)
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "write_file", full_disk)
+    with pytest.raises(C.CheckpointError) as error:
+        save(tmp_path, 6)
+    message = str(error.value)
+    assert "no space left on device" in message and "step-000005 is intact" in message and "\n" not in message
+    monkeypatch.undo()
+    assert C.load_checkpoint(tmp_path).record["step"] == 5
+    assert not list((tmp_path / "checkpoints").glob(".step-*"))
+
+
+def test_a_damaged_file_is_named(tmp_path):
+    path = save(tmp_path, 1)
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(C.CheckpointError, match=r"corrupt checkpoint file .*model\.safetensors"):
+        C.load_checkpoint(tmp_path)
+
+
+def test_a_broken_safetensors_header_is_a_clear_error(tmp_path):
+    path = save(tmp_path, 1)
+    record = json.loads((path / "record.json").read_text())
+    del record["files"]  # no recorded hash: the header itself must be checked
+    (path / "record.json").write_text(json.dumps(record))
+    (path / "training.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
+    with pytest.raises(C.CheckpointError, match=r"corrupt checkpoint file .*training\.safetensors"):
+        C.load_checkpoint(path)
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a checkpoint load must not unpickle")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    assert C.load_checkpoint(tmp_path).record["step"] == 1
+
+
+def test_missing_and_empty_runs_are_clear_errors(tmp_path):
+    with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):
+        C.resolve_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(C.CheckpointError, match="has no checkpoint yet"):
+        C.resolve_checkpoint(tmp_path)
+    (tmp_path / "checkpoints" / "latest").write_text("step-000009\n")
+    with pytest.raises(C.CheckpointError, match="not a complete checkpoint"):
+        C.resolve_checkpoint(tmp_path)
+
+
+def test_parameters_must_match_by_name_and_shape(tmp_path):
+    tensors = {"w": torch.zeros(2, 2), "extra": torch.zeros(1)}
+    with pytest.raises(C.CheckpointError, match=r"another model: missing b; unexpected extra; w is \(2, 2\)"):
+        C.check_parameters(tensors, {"w": (2, 3), "b": (4,)}, tmp_path)
+    C.check_parameters({"w": torch.zeros(2, 3)}, {"w": (2, 3)}, tmp_path)

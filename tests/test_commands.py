@@ -1,0 +1,226 @@
+"""`nldsl eval`, `generate`, `stream` and `bench`: what they compute, exact stream continuation, one-line errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nldsl import loader
+from nldsl.cli import UserError, main
+from nldsl.runtime import data as D
+from nldsl.runtime import evaluate as E
+from nldsl.runtime.memory import MemoryState
+
+REPO = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+CLOCK_SPEC = """\
+# A tiny model whose CMS has an in-context level and two levels on the continuum clock.
+block tiny_block {
+  memory lmm { heads = 2; level { state = linear; period = 4 } }
+  cms {
+    level fast { period = 8 }
+    level slow { period = 48 }
+    level outer { period = steps(3); update = outer }
+  }
+}
+
+model tiny {
+  vocab = 256
+  dim = 16
+  layers = 1
+  block from tiny_block { }
+}
+
+train {
+  optimizer = adamw(lr = 0.01)
+  steps = 4
+  batch = 2
+  seq_len = 16
+  eval_batches = 2
+}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and on a busy machine intra-op threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("".join(f"class Thing{i}:\n    size = {i * 3 % 11}\n\n" for i in range(500)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, text_file) -> Path:
+    """A trained tiny model with slow CMS levels (trained once for the module)."""
+    folder = tmp_path_factory.mktemp("run")
+    spec = folder / "clock.nl"
+    spec.write_text(CLOCK_SPEC)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    status = main(["train", str(spec), "--data", str(text_file), "--run-dir", str(folder / "run"), "--no-compile",
+                   "--no-progress"])
+    torch.set_num_threads(before)
+    assert status == 0
+    return folder / "run"
+
+
+def test_eval_reports_loss_perplexity_and_bits_per_byte_as_defined(run_dir, text_file, capsys):
+    assert main(["eval", str(run_dir), "--data", str(text_file), "--batches", "3"]) == 0
+    out = capsys.readouterr().out
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode(E.files_text([str(text_file)], "utf-8"))
+    starts = D.evaluation_starts(len(tokens), 16, 3 * 2)
+    inputs, targets = D.windows(tokens, starts, 16)
+    with torch.no_grad():
+        nats = F.cross_entropy(loaded.model(inputs).flatten(0, 1), targets.flatten(), reduction="sum").item()
+    loss = nats / targets.numel()
+    assert f"loss {loss:.4f}" in out
+    assert f"perplexity {math.exp(loss):.2f}" in out
+    assert f"bits per byte {nats / math.log(2) / targets.numel():.4f}" in out  # bytes: one byte per token
+
+
+def test_eval_defaults_to_the_runs_validation_split(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    assert "validation split" in capsys.readouterr().out
+
+
+def test_generate_is_seeded_and_greedy_at_temperature_zero(run_dir, capsys):
+    args = ["generate", str(run_dir), "--prompt", "class ", "--tokens", "12"]
+    assert main([*args, "--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--seed", "3"]) == 0
+    assert capsys.readouterr().out == first and first.startswith("class ")
+    loaded = E.load_model(run_dir, CPU)
+    ids = list(b"class ")
+    with torch.no_grad():
+        for _ in range(5):
+            ids.append(int(loaded.model(torch.tensor([ids[-16:]]))[0, -1].argmax()))
+    expected = bytes(ids[6:]).decode("utf-8", errors="replace")
+    assert E.generate(loaded.model, loaded.tokenizer, "class ", 5, 0.0, 40, 0, 16, CPU) == expected
+
+
+def flat(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, MemoryState):
+        return flat(value.weights) + flat(value.momentum)
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in flat(item)]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in flat(item)]
+    return []
+
+
+@pytest.mark.parametrize("cut", [5, 113, 257])
+def test_a_stream_in_two_parts_with_saved_state_equals_one_stream(run_dir, tmp_path, cut):
+    text = "".join(f"x{i} = {i * i % 97}\n" for i in range(60))
+    whole_model = E.load_model(run_dir, CPU)
+    whole = E.stream(whole_model, whole_model.tokenizer.encode(text), 16)
+    first_model = E.load_model(run_dir, CPU)
+    first = E.stream(first_model, first_model.tokenizer.encode(text[:cut]), 16, keep_pending=True)
+    state_file = tmp_path / "state.safetensors"
+    E.save_stream_state(state_file, first.state, "sha", "checkpoint")
+    second_model = E.load_model(run_dir, CPU)
+    second = E.stream(second_model, second_model.tokenizer.encode(text[cut:]), 16,
+                      E.load_stream_state(state_file, "sha", CPU))
+    assert [(s.start, s.tokens, s.nats) for s in first.segments + second.segments] == \
+        [(s.start, s.tokens, s.nats) for s in whole.segments]
+    assert whole.state.position == second.state.position
+    assert all(torch.equal(a, b) for a, b in zip(flat(whole.state.memory), flat(second.state.memory), strict=True))
+    for name, value in whole.state.slow_weights.items():
+        assert torch.equal(value, second.state.slow_weights[name]), name
+
+
+def test_slow_levels_take_an_sgd_step_with_their_lr_each_period(run_dir):
+    loaded = E.load_model(run_dir, CPU)
+    levels = {level.prefix: level for level in E.slow_levels(loaded, 16)}
+    assert {p: (lv.period, lv.lr) for p, lv in levels.items()} == {"cms.slow_": (48, 0.01), "cms.outer_": (48, 0.01)}
+    start = {name: p.detach().clone() for level in levels.values() for name, p in level.parameters}
+    tokens = loaded.tokenizer.encode("".join(f"y{i} = {i}\n" for i in range(20)))[:16 * 5 + 1]
+    result = E.stream(loaded, tokens, 16)
+    assert result.updates == {"cms.slow_": 1, "cms.outer_": 1}  # 80 tokens: one period of 48 passed
+
+    reference = E.load_model(run_dir, CPU)
+    slow = [(n, p) for n, p in reference.model.named_parameters() if ".slow_" in n]
+    for _, p in slow:
+        p.requires_grad_(True)
+    gradient_sums = {n: torch.zeros_like(p) for n, p in slow}
+    memory = None
+    for index in range(3):  # the level fires after the third segment (48 tokens), with the sum of three gradients
+        inputs, targets = tokens[16 * index:16 * index + 16].long(), tokens[16 * index + 1:16 * index + 17].long()
+        logits, memory = reference.model(inputs[None], targets[None], state=memory, return_state=True)
+        memory = E.detach_state(memory)
+        grads = torch.autograd.grad(F.cross_entropy(logits[0], targets), [p for _, p in slow])
+        for (n, _), g in zip(slow, grads):
+            gradient_sums[n] += g
+    for n, _ in slow:
+        assert torch.allclose(result.state.slow_weights[n], start[n] - 0.01 * gradient_sums[n], atol=1e-6), n
+        assert not torch.equal(result.state.slow_weights[n], start[n])
+
+
+def test_stream_cli_saves_and_restores_state_and_prints_the_table(run_dir, text_file, tmp_path, capsys):
+    state = tmp_path / "memory.safetensors"
+    common = ["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "100", "--no-progress"]
+    assert main([*common, "--state-out", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "bits per byte, first part → last part" in out and "SGD step" in out and "wait for the next text" in out
+    assert main([*common, "--state-in", str(state), "--no-learn"]) == 0
+    assert "streamed" in capsys.readouterr().out
+
+
+def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_path):
+    loaded = E.load_model(run_dir, CPU)
+    result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16, keep_pending=True)
+    path = tmp_path / "state.safetensors"
+    E.save_stream_state(path, result.state, "one spec", "c")
+    with pytest.raises(UserError, match="belongs to another spec"):
+        E.load_stream_state(path, "another spec", CPU)
+    path.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="corrupt stream state"):
+        E.load_stream_state(path, "one spec", CPU)
+
+
+def test_commands_on_a_missing_or_damaged_run_are_one_line_errors(run_dir, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: no run or checkpoint at {tmp_path / 'nowhere'}"
+    damaged = tmp_path / "damaged"
+    checkpoint = next((run_dir / "checkpoints").glob("step-*"))
+    damaged.mkdir()
+    for file in checkpoint.iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"\x00" * 16)
+    assert main(["generate", str(damaged), "--tokens", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "corrupt checkpoint file" in err and err.count("\n") == 1
+
+
+def test_a_checkpoint_is_checked_against_the_model_it_is_loaded_into(run_dir, tmp_path):
+    loaded = E.load_model(run_dir, CPU)
+    other = loader.load(REPO / "specs/transformer.nl", ["dim=32", "model.layers=1"])
+    with pytest.raises(UserError, match="written for another model"):
+        from nldsl.runtime.checkpoint import check_parameters
+
+        check_parameters(loaded.checkpoint.model, {n: tuple(t.shape) for n, t in other.state_dict().items()},
+                         loaded.checkpoint.path)
+
+
+def test_bench_without_studies_says_it_is_not_available(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nldsl.runtime.studies" else real(name, *a))
+    assert main(["bench", "speed"]) == 1
+    assert "not available" in capsys.readouterr().err

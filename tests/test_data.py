@@ -1,0 +1,152 @@
+"""Training text: the default corpus and its split, the user-file rule and its errors, tokenizers, batches."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from nldsl import spec as S
+from nldsl.cli import UserError
+from nldsl.runtime import data as D
+
+
+@pytest.fixture(scope="module")
+def default_split() -> D.Split:
+    return D.load_split(None)
+
+
+def test_default_corpus_splits_by_document_and_records_the_split(default_split):
+    record = default_split.record
+    assert record["by"] == "document" and record["source"]["kind"] == "default"
+    train_ids, validation_ids = record["train"]["documents"], record["validation"]["documents"]
+    assert not set(train_ids) & set(validation_ids)
+    assert any(i.startswith("pydoc:") for i in train_ids + validation_ids)
+    assert not any("site-packages" in i or "/test/" in i or i.startswith("stdlib:test/") for i in train_ids)
+    for side in ("train", "validation"):
+        data = default_split.text(side).encode("utf-8")
+        assert record[side]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert record[side]["bytes"] == len(data)
+    share = len(validation_ids) / (len(train_ids) + len(validation_ids))
+    assert 0.01 < share < 0.15
+
+
+def test_the_split_is_a_stable_function_of_the_document_id():
+    ids = [f"doc-{i}" for i in range(2000)]
+    first = [D.goes_to_validation(i) for i in ids]
+    assert first == [D.goes_to_validation(i) for i in ids]
+    assert 40 < sum(first) < 160  # about 5 %
+    expected = int.from_bytes(hashlib.sha256(b"doc-7").digest()[:8], "big") / 2**64 < D.VALIDATION_FRACTION
+    assert D.goes_to_validation("doc-7") == expected
+
+
+def test_folders_are_searched_for_text_files_sorted_and_hidden_ones_skipped(tmp_path):
+    (tmp_path / "b.md").write_text("bee\n")
+    (tmp_path / "a.txt").write_text("ay\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.py").write_text("print('c')\n")
+    (tmp_path / "image.bin").write_bytes(b"\x00\xff")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "d.txt").write_text("hidden\n")
+    (tmp_path / "empty.rst").write_text("")
+    documents = D.user_corpus([str(tmp_path)])
+    assert [Path(d.id).relative_to(tmp_path).as_posix() for d in documents] == ["a.txt", "b.md", "sub/c.py"]
+
+
+def test_a_given_file_is_read_whatever_its_name(tmp_path):
+    path = tmp_path / "notes.data"
+    path.write_text("plain text\n")
+    assert [d.text for d in D.user_corpus([str(path)])] == ["plain text\n"]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_text("  \n"), "is empty"),
+    (lambda p: p.write_bytes("héllo".encode() + b"\xff\xfe rest"), "byte 0xff at offset 6"),
+])
+def test_bad_data_files_are_one_line_errors_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "input.txt"
+    make(path)
+    with pytest.raises(UserError, match=message) as error:
+        D.user_corpus([str(path)])
+    assert "input.txt" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_folder_without_text_files_is_an_error(tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"\x01")
+    with pytest.raises(UserError, match="no non-empty text files"):
+        D.user_corpus([str(tmp_path)])
+
+
+def test_data_encoding_reads_other_codecs_and_rejects_unknown_ones(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café\n".encode("latin-1"))
+    with pytest.raises(UserError, match="--data-encoding"):
+        D.user_corpus([str(path)])
+    assert D.user_corpus([str(path)], "latin-1")[0].text == "café\n"
+    with pytest.raises(UserError, match="unknown --data-encoding"):
+        D.user_corpus([str(path)], "no-such-codec")
+
+
+def test_one_document_is_split_by_position_at_a_line_boundary():
+    text = "".join(f"line {i}\n" for i in range(200))
+    split = D.split_documents([D.Document("only", text)], {"kind": "test"})
+    assert split.record["by"] == "position"
+    assert split.text("train") + split.text("validation") == text + D.SEPARATOR
+    assert split.text("train").endswith("\n") and split.text("validation").startswith("line ")
+    assert 0 < len(split.text("validation")) < 0.1 * len(text)
+
+
+def test_batches_are_a_function_of_seed_and_step_and_ranks_share_the_global_batch():
+    text = D.TokenText(torch.arange(1000) % 256, torch.ones(256, dtype=torch.int64))
+    inputs, targets = D.batch_at(text, 3, 5, 6, 17)
+    again, _ = D.batch_at(text, 3, 5, 6, 17)
+    other, _ = D.batch_at(text, 3, 6, 6, 17)
+    assert inputs.shape == (6, 17) and inputs.dtype == torch.int64
+    assert torch.equal(inputs, again) and not torch.equal(inputs, other)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    shares = [D.batch_at(text, 3, 5, 6, 17, rank, 3)[0] for rank in range(3)]
+    assert torch.equal(torch.cat(shares), inputs)
+
+
+def test_evaluation_windows_do_not_overlap_and_thin_out_evenly():
+    starts = D.evaluation_starts(101, 10, None)
+    assert starts.tolist() == list(range(0, 100, 10))
+    thinned = D.evaluation_starts(1001, 10, 5)
+    assert thinned.tolist() == [0, 250, 500, 740, 990]
+    assert D.evaluation_starts(1001, 10, 5).tolist() == thinned.tolist()
+
+
+def test_byte_tokenizer_round_trips_and_counts_one_byte_per_token():
+    tokenizer = D.ByteTokenizer()
+    ids = tokenizer.encode("naïve ✓")
+    assert ids.tolist() == list("naïve ✓".encode())
+    assert tokenizer.decode(ids.tolist()) == "naïve ✓"
+    assert tokenizer.token_bytes().sum() == 256
+
+
+def test_bpe_tokenizer_trains_locally_and_knows_the_bytes_of_each_token(tmp_path):
+    pytest.importorskip("tokenizers")
+    text = "def add(a, b):\n    return a + b  # ünïcode ✓\n" * 50
+    tokenizer = D.BPETokenizer.train([text], 300)
+    ids = tokenizer.encode(text)
+    assert len(ids) < len(text.encode()) / 2
+    assert tokenizer.decode(ids.tolist()) == text
+    assert int(tokenizer.token_bytes()[ids.long()].sum()) == len(text.encode("utf-8"))
+    tokenizer.save(tmp_path / "tokenizer.json")
+    again = D.BPETokenizer.from_file(tmp_path / "tokenizer.json", 300)
+    assert torch.equal(again.encode(text), ids)
+
+
+def test_model_vocabulary_must_match_the_tokenizer():
+    D.check_vocabulary(256, S.BytesTokenizer())
+    with pytest.raises(UserError, match=r"--set model.vocab=1024"):
+        D.check_vocabulary(256, S.BPETokenizer(vocab=1024))
+
+
+def test_a_text_shorter_than_one_window_is_a_clear_error():
+    text = D.TokenText(torch.zeros(10, dtype=torch.uint8), torch.ones(256, dtype=torch.int64))
+    with pytest.raises(UserError, match=r"train\.seq_len"):
+        D.require_windows(text, 16, "validation")

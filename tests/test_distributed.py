@@ -1,0 +1,121 @@
+"""Data-parallel and FSDP training under torchrun match one process at the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from nldsl import loader
+from nldsl.cli import UserError
+from nldsl.runtime import distributed
+from nldsl.runtime import train as T
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = REPO / "specs/titans_lmm.nl"
+OVERRIDES = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=3",
+             "train.checkpoint_every=2", "train.eval_every=0", "train.log_every=1"]
+TOLERANCE = 1e-5  # float summation order differs between one process and two
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("".join(f"value_{i} = compute({i}, {i % 5})\n" for i in range(800)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, text_file) -> dict[str, torch.Tensor]:
+    """Final parameters of the reference run in this process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path_factory.mktemp("single") / "run", compile=False,
+                             progress=False)
+    result = T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+    torch.set_num_threads(before)
+    return safetensors.torch.load_file(result.checkpoint / "model.safetensors")
+
+
+def torchrun(run_dir: Path, text_file: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nldsl",
+               "train", str(SPEC), *[f"--set={o}" for o in OVERRIDES], "--data", str(text_file),
+               "--run-dir", str(run_dir), "--no-compile", "--no-progress", "--device", "cpu", *extra]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO)
+
+
+def assert_close(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert found.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(found[name], tensor, atol=TOLERANCE, rtol=0), name
+
+
+def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(run_dir / "checkpoints" / "step-000003" / "model.safetensors")
+
+
+def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_process):
+    completed = torchrun(tmp_path / "run", text_file)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.count("run folder:") == 1  # only rank 0 speaks
+    assert_close(final_parameters(tmp_path / "run"), single_process)
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path, text_file, single_process):
+    run_dir = tmp_path / "run"
+    completed = torchrun(run_dir, text_file, "--fsdp")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert_close(final_parameters(run_dir), single_process)
+    uninterrupted = final_parameters(run_dir)
+    (run_dir / "checkpoints" / "latest").write_text("step-000002\n")  # as if killed during step 3
+    for file in (run_dir / "checkpoints" / "step-000003").iterdir():
+        file.unlink()
+    (run_dir / "checkpoints" / "step-000003").rmdir()
+    completed = torchrun(run_dir, text_file, "--fsdp", "--resume")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    for name, tensor in final_parameters(run_dir).items():
+        assert torch.equal(tensor, uninterrupted[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP over NCCL needs two GPUs")
+def test_fsdp_on_gpus(tmp_path, text_file, single_process):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nldsl",
+               "train", str(SPEC), *[f"--set={o}" for o in OVERRIDES], "--data", str(text_file),
+               "--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress", "--fsdp"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    found = final_parameters(tmp_path / "run")
+    for name, tensor in single_process.items():
+        assert torch.allclose(found[name], tensor, atol=1e-3), name  # TF32 matmuls on the GPU
+
+
+def test_one_process_needs_no_process_group_and_refuses_fsdp():
+    context = distributed.setup("cpu")
+    assert (context.rank, context.world_size, context.is_main, context.active) == (0, 1, True, False)
+    with pytest.raises(UserError, match="torchrun"):
+        distributed.setup("cpu", fsdp=True)
+
+
+def test_devices_resolve_or_fail_in_one_line():
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown --device"):
+        distributed.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        assert distributed.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(UserError, match="no CUDA device"):
+            distributed.resolve_device("cuda")
+
+
+def test_the_global_batch_must_split_over_the_processes(tmp_path, text_file, monkeypatch):
+    monkeypatch.setattr(distributed, "setup", lambda device, fsdp: distributed.Distributed(0, 3))
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
+    with pytest.raises(UserError, match="does not split over 3 processes"):
+        T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)

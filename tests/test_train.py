@@ -1,0 +1,294 @@
+"""`nldsl train`: the run folder, the schedule, the continuum clock, exact resume, and the one-line errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from nldsl import loader
+from nldsl.cli import main
+from nldsl.runtime import data as D
+from nldsl.runtime import train as T
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--set", "dim=32", "--set", "model.layers=1", "--set", "train.seq_len=32", "--set", "train.batch=4",
+        "--set", "train.steps=6"]
+CLOCK_SPEC = """\
+# A tiny model whose CMS has an in-context level and two levels on the continuum clock.
+block tiny_block {
+  attention { heads = 2 }
+  cms {
+    level fast { period = 8 }
+    level slow { period = 48 }
+    level outer { period = steps(3); update = outer }
+  }
+}
+
+model tiny {
+  vocab = 256
+  dim = 16
+  layers = 1
+  block from tiny_block { }
+}
+
+train {
+  optimizer = sgd(lr = 0.1, momentum = 0.0)
+  steps = 6
+  batch = 2
+  seq_len = 16
+  warmup = 0
+  schedule = constant
+  clip = 0
+}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and on a busy machine intra-op threads spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("".join(f"def function_{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(600)))
+    return path
+
+
+@pytest.fixture()
+def clock_spec(tmp_path) -> Path:
+    path = tmp_path / "clock.nl"
+    path.write_text(CLOCK_SPEC)
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {entry["step"]: entry["loss"] for entry in metrics(run_dir) if "loss" in entry}
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(checkpoint / "model.safetensors")
+
+
+def test_the_schedule_warms_up_then_decays_to_the_floor():
+    plan = loader.check(REPO / "specs/transformer.nl", ["train.steps=100", "train.warmup=10"]).spec.train
+    factors = [T.learning_rate_factor(step, plan) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(plan.min_lr_ratio)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    linear = plan.model_copy(update={"schedule": "linear", "warmup": 0})
+    assert T.learning_rate_factor(49, linear) == pytest.approx(1 - (1 - plan.min_lr_ratio) * 49 / 99)
+    constant = plan.model_copy(update={"schedule": "constant", "warmup": 0})
+    assert {T.learning_rate_factor(s, constant) for s in range(100)} == {1.0}
+
+
+def test_the_clock_sums_gradients_and_releases_them_only_when_it_fires():
+    slow = torch.nn.Parameter(torch.zeros(3))
+    fast = torch.nn.Parameter(torch.zeros(3))
+    named = [("blocks.0.cms.slow_w1", slow), ("blocks.0.mlp.w_up", fast), ("embed", torch.nn.Parameter(torch.zeros(1)))]
+    clock = T.ContinuumClock(named, {"cms.slow_": 3, "cms.fast_": 1})
+    assert [name for name, _, _ in clock.members] == ["blocks.0.cms.slow_w1"]
+    released = []
+    for step in range(6):
+        slow.grad = torch.full((3,), float(step + 1))
+        fast.grad = torch.ones(3)
+        clock.tick(step)
+        released.append(None if slow.grad is None else slow.grad[0].item())
+        assert torch.equal(fast.grad, torch.ones(3))
+    assert released == [None, None, 1 + 2 + 3, None, None, 4 + 5 + 6]
+
+
+def test_resolved_values_say_where_every_value_came_from():
+    path = REPO / "specs/titans_lmm.nl"
+    lines = path.read_text().splitlines()
+
+    def line_of(text: str) -> str:
+        return f"{path}:{next(i for i, line in enumerate(lines, 1) if line.strip().startswith(text))}"
+
+    result = loader.check(path, ["dim=32", "train.steps=7"])
+    values = T.resolved_values(result.spec.model_dump(mode="json"), dict(result.provenance))
+    assert values["train.steps"] == {"value": 7, "from": "--set train.steps=7"}
+    assert values["model.dim"]["value"] == 32
+    assert values["model.block.lmm.level.period"]["from"] == line_of("period =")
+    assert values["train.optimizer.lr"]["from"] == line_of("optimizer =")
+    assert values["train.clip"] == {"value": 1.0, "from": "default"}
+
+
+def test_train_writes_a_complete_run_folder(tmp_path, text_file, capsys):
+    run_dir = tmp_path / "run"
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.log_every=2",
+                   "--data", str(text_file), "--run-dir", str(run_dir), "--no-compile", "--no-progress", "--sample"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert (run_dir / "spec.nl").read_text() == (REPO / "specs/transformer.nl").read_text()
+    resolved = json.loads((run_dir / "resolved.json").read_text())
+    assert resolved["values"]["train.batch"] == {"value": 4, "from": "--set train.batch=4"}
+    assert resolved["spec"]["model"]["dim"] == 32
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["source"]["kind"] == "files" and split["by"] == "position"
+    entries = metrics(run_dir)
+    assert [e["step"] for e in entries if "loss" in e] == [2, 4, 6]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(entries[-2])
+    assert {"eval_loss", "eval_perplexity", "eval_bpb"} <= set(entries[-1])
+    checkpoint = run_dir / "checkpoints" / "step-000006"
+    assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "training.safetensors", "record.json"}
+    record = json.loads((checkpoint / "record.json").read_text())
+    overrides = [a for a in TINY if a != "--set"] + ["train.log_every=2"]
+    assert record["overrides"] == overrides
+    expected = loader.check(REPO / "specs/transformer.nl", overrides).spec.sha256
+    assert record["spec_sha256"] == expected
+    assert "bits per byte" in out and "sample (temperature 0.8" in out and "first step" in out
+    assert (run_dir / "graph.svg").exists() or "graphviz" in out.lower()
+
+
+def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2",
+                   "--run-dir", str(run_dir), "--no-compile", "--no-progress"])
+    assert status == 0
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["source"]["kind"] == "default" and split["by"] == "document"
+    assert "default corpus" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path, text_file, monkeypatch):
+    spec = REPO / "specs/titans_lmm.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=6", "train.log_every=1",
+                 "train.checkpoint_every=3", "train.eval_every=0"]
+
+    def run(run_dir: Path, resume: bool = False) -> T.TrainResult:
+        options = T.TrainOptions(data=[str(text_file)], run_dir=run_dir, resume=resume, compile=False, progress=False)
+        return T.train(loader.check(spec, overrides), overrides, options)
+
+    whole = run(tmp_path / "whole")
+    real = D.batch_at
+
+    def killed_at_step_5(text, seed, step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(text, seed, step, *args, **kwargs)
+
+    monkeypatch.setattr(D, "batch_at", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert sorted(losses(tmp_path / "cut")) == [1, 2, 3, 4]
+    monkeypatch.setattr(D, "batch_at", real)
+    resumed = run(tmp_path / "cut", resume=True)
+    assert sorted(resumed.losses) == [4, 5, 6]
+    logged = [(e["step"], e["loss"]) for e in metrics(tmp_path / "cut") if "loss" in e]
+    assert logged == [(e["step"], e["loss"]) for e in metrics(tmp_path / "whole") if "loss" in e]
+    assert dict(logged) == whole.losses and [step for step, _ in logged] == [1, 2, 3, 4, 5, 6]
+    for name, tensor in weights(whole.checkpoint).items():
+        assert torch.equal(tensor, weights(resumed.checkpoint)[name]), name
+
+
+def test_clock_levels_are_stepped_only_when_their_clock_fires(tmp_path, clock_spec, text_file):
+    overrides = ["train.checkpoint_every=1", "train.keep_checkpoints=10", "train.eval_every=0"]
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
+    result = loader.check(clock_spec, overrides)
+    assert loader.compile_module(result).CLOCK_STEPS == {"cms.slow_": 2, "cms.outer_": 3}
+    T.train(result, overrides, options)
+    torch.manual_seed(0)
+    before = {n: p.detach() for n, p in loader.compile_module(result).build().named_parameters()}
+    changed: dict[str, list[int]] = {"fast": [], "slow": [], "outer": []}
+    for step in range(1, 7):
+        after = weights(tmp_path / "run" / "checkpoints" / f"step-{step:06d}")
+        for level in changed:
+            name = f"blocks.0.cms.{level}_w1"
+            if not torch.equal(after[name], before[name]):
+                changed[level].append(step)
+        before = after
+    assert changed == {"fast": [1, 2, 3, 4, 5, 6], "slow": [2, 4, 6], "outer": [3, 6]}
+
+
+def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, text_file, monkeypatch,
+                                                                              capsys):
+    real = F.cross_entropy
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 3:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
+    run_dir = tmp_path / "run"
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.checkpoint_every=1",
+                   "--set", "train.log_every=1", "--data", str(text_file), "--run-dir", str(run_dir), "--no-compile",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "at step 3" in err and "step-000002" in err and "Traceback" not in err
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert not (run_dir / "checkpoints" / "step-000003").exists()
+    assert max(losses(run_dir)) == 2
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--data", str(text_file), "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=3", *common,
+                 "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "written by another spec" in err and "overrides differ" in err
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--run-dir", str(tmp_path / "nowhere"),
+                 "--resume", "--no-progress"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_vocabulary_mismatch_is_one_line_with_the_fix(tmp_path, capsys):
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.tokenizer=bpe(vocab=512)",
+                   "--run-dir", str(tmp_path / "run"), "--no-compile"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and "--set model.vocab=512" in err
+
+
+def test_tensorboard_logs_or_a_clear_message(tmp_path, text_file, capsys):
+    run_dir = tmp_path / "run"
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", "--data",
+                   str(text_file), "--run-dir", str(run_dir), "--no-compile", "--no-progress", "--tensorboard"])
+    assert status == 0
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        assert "pip install 'nldsl[tensorboard]'" in capsys.readouterr().err
+    else:
+        assert any((run_dir / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_times_compilation_apart(tmp_path, text_file, capsys):
+    spec = REPO / "specs/transformer.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=3", "train.log_every=1",
+                 "train.eval_every=0"]
+    runs = {}
+    for compiled in (False, True):
+        options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / str(compiled), compile=compiled,
+                                 progress=False)
+        runs[compiled] = T.train(loader.check(spec, overrides), overrides, options)
+    for step, loss in runs[False].losses.items():
+        assert math.isclose(runs[True].losses[step], loss, rel_tol=1e-5)
+    assert "compilation + first step" in capsys.readouterr().out
+    assert runs[True].tokens_per_second is not None
