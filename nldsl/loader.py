@@ -8,6 +8,7 @@ and `inspect.getsource` show the generated lines. Nothing is written to disk.
 from __future__ import annotations
 
 import linecache
+import os
 import sys
 import types
 from collections.abc import Sequence
@@ -38,7 +39,19 @@ def check(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     result = check_file(path, override_strings(overrides, **values))
     if not result.ok:
         raise SpecError(result.diagnostics, result.sources)
+    _debug(result)
     return result
+
+
+def _debug(result) -> None:
+    """NLDSL_DEBUG=spec,graph,codegen prints each stage to stderr (codegen: see nldsl.compiler)."""
+    stages = os.environ.get("NLDSL_DEBUG", "")
+    if "spec" in stages:
+        print(result.spec.model_dump_json(indent=2), file=sys.stderr)
+    if "graph" in stages:
+        from .graph import build_graph
+
+        print(build_graph(result.spec).to_json(), file=sys.stderr)
 
 
 def compile_module(result) -> types.ModuleType:

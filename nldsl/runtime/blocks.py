@@ -105,8 +105,7 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
     fast = levels[0].config
     batch, length, _ = x.shape
     states = [initial_memory_state(level.config, w, batch).weights for level, w in zip(levels, weights)]
-    current = initial_memory_state(fast, weights[0], batch)
-    current = MemoryState(states[0], current.momentum)
+    current = MemoryState(states[0], _zero_momentum(fast, states[0]))
     inputs = x.unsqueeze(1)  # (B, 1, T, d)
     lr, retention, momentum = gates
     error = head.output_error() if fast.objective == "external" else None
@@ -126,12 +125,15 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
                 faster, slower, rate = states[index - 1], states[index], slow_lrs[index]
                 states[index] = [s + rate * (f - s) for f, s in zip(faster, slower)]
                 restart = index
-        if restart is not None:
+        if restart is not None:  # every faster level restarts from the level that just moved
             for index in range(restart):
                 states[index] = states[restart]
-            fresh = initial_memory_state(fast, [w[0] for w in states[0]], batch).momentum
-            current = MemoryState(states[0], fresh)
+            current = MemoryState(states[0], _zero_momentum(fast, states[0]))
     return torch.cat(outputs, dim=2).squeeze(1)
+
+
+def _zero_momentum(config: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
+    return [torch.zeros_like(w) for w in weights] if config.momentum else None
 
 
 def _slice(gate: Tensor | None, start: int, end: int) -> Tensor | None:
