@@ -23,11 +23,15 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p = sub.add_parser("train", help="train a spec (default: the embedded corpus, no download)")
     p.add_argument("spec", metavar="SPEC")
     overrides(p)
-    p.add_argument("--data", nargs="+", metavar="PATH", help="text files or folders (default: embedded corpus)")
-    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and logs go (default: runs/NAME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly")
+    p.add_argument("--data", nargs="+", metavar="PATH",
+                   help="text files, or folders searched recursively for *.txt, *.md, *.py, *.rst … "
+                        "(default: the Python standard library's sources and pydoc topics, no download)")
+    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and logs go (default: runs/<spec>-<date>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir (default: the newest runs/<spec>-*) exactly")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
-    p.add_argument("--no-compile", action="store_true", help="run eagerly (same as --set train.compile=false)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run eagerly (like --set train.compile=false, but the run resumes either way)")
     p.add_argument("--sample", action="store_true", help="after training: evaluate, generate a sample, draw the graph")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard parameters, gradients and optimizer state (FSDP2, for GPUs)")
@@ -60,7 +64,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--segment", type=int, default=None, help="tokens per forward pass (default: train.seq_len)")
     p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
     p.add_argument("--state-in", metavar="FILE", help="continue from a saved memory state")
-    p.add_argument("--state-out", metavar="FILE", help="save the memory state at the end")
+    p.add_argument("--state-out", metavar="FILE",
+                   help="save the memory state at the end (an unfinished last segment waits in it for the next text)")
     p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
     encoding(p)
     progress(p)

@@ -96,7 +96,7 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
 
 def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
     """Documents from the user's files and folders (the rule is in the module docstring)."""
-    documents = []
+    documents: list[Document] = []
     for given in paths:
         path = Path(given)
         if not path.exists():

@@ -148,7 +148,7 @@ def shard_model(model: torch.nn.Module, context: Distributed) -> torch.nn.Module
         return model
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:
+    for block in model.get_submodule("blocks").children():
         fully_shard(block)
     fully_shard(model)
     return model
@@ -166,7 +166,8 @@ def shard_like(full: Tensor, like: Tensor) -> Tensor:
         return full.to(like.device)
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+    mesh, placements = like.device_mesh, like.placements  # type: ignore[attr-defined]
+    return distribute_tensor(full.to(like.device), mesh, placements, src_data_rank=None)
 
 
 def _map_tensors(value: Any, function: Any) -> Any:

@@ -89,13 +89,13 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
 
 
-def validation_text(record: dict[str, Any], quiet: bool = False) -> str:
+def validation_text(record: dict[str, Any]) -> str:
     """The validation split of the run a checkpoint belongs to, read again from its recorded source."""
     source = record["data"]["source"]
     paths = source["paths"] if source["kind"] == "files" else None
     split = D.load_split(paths, source.get("encoding", "utf-8"))
     recorded = record["data"].get("validation_sha256")
-    if recorded and split.record["validation"]["sha256"] != recorded and not quiet:
+    if recorded and split.record["validation"]["sha256"] != recorded:
         print("warning: the validation text differs from the one this run recorded (another Python version, or "
               "edited files?); numbers are not comparable with the run's own evaluations")
     return split.text("validation")

@@ -334,6 +334,10 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                   f"{'compiled' if compiled else 'eager'}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
 
+    if compiled and start < plan.steps:
+        _say(context, "compiling the training step on the first step (this can take minutes; --no-compile runs "
+                      "eagerly)")
+
     def evaluate_now() -> Evaluation:
         model.eval()
         sums = evaluate(model, validation, plan.seq_len, plan.batch // context.world_size,
@@ -356,7 +360,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
             tensors.update(clock_tensors)
             tensors.update(C.rng_tensors())
             record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation)
-            extra = {"tokenizer.json": tokenizer.to_str().encode("utf-8")} if tokenizer.kind == "bpe" else None
+            extra = None
+            if isinstance(tokenizer, D.BPETokenizer):
+                extra = {"tokenizer.json": tokenizer.to_str().encode("utf-8")}
             try:
                 last_checkpoint[0] = C.save_checkpoint(run_dir, step, model_state, tensors, record,
                                                        plan.keep_checkpoints, extra)
