@@ -1,0 +1,831 @@
+"""The studies behind `nldsl bench continual` and `nldsl bench recall`: small CPU-scale experiments.
+
+- Continual learning: the text domains of `domains.py` trained one after another; after each
+  phase every domain's validation bits per byte gives the score matrix R[i, j] (after phase i, on
+  domain j). Reported: average final bpb, backward transfer (BWT, positive = forgetting),
+  plasticity R[j, j], a joint-training upper bound (the same steps on mixed domains), and a
+  control: a Transformer whose MLP learns 10× slower, so that "updating less forgets less" is
+  visible on its own.
+- Long-context recall: MQAR (trained at one length and number of pairs, tested on several) with a
+  small learning-rate sweep, and passkey retrieval trained at one length and tested at 1×–8× it.
+- Models are built with `nldsl.load` at EQUAL parameter count: each spec's `dim` is the width
+  (a multiple of 4 the spec accepts) whose count is nearest to `--params`.
+- The loop is eager (no torch.compile: compiling dominates runs this short on CPU), one thread,
+  torch.optim.AdamW built here with the spec's AdamW hyper-parameters and the decay split of the
+  spec optimizer (weight decay on tensors of two or more dimensions only), linear warm-up then a
+  constant learning rate (a continual learner has no end of training to decay towards), and a
+  gradient-norm clip over all parameters.
+- The continuum clock (docs/semantics.md §4): a parameter under a `CLOCK_STEPS` prefix of the
+  generated module with N > 1 steps between updates sums its clipped gradient every step and is
+  stepped by AdamW only when (step + 1) is a multiple of N, with that sum; in between it has no
+  gradient, so AdamW leaves it (and its moments) alone.
+- Each finished run is appended to `<out>/<study>.runs.jsonl`; `--resume` reuses the runs of an
+  identical configuration, so an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import re
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import nldsl
+from nldsl.cli import UserError
+from nldsl.diagnostics import SpecError
+from nldsl.runtime import domains as D
+
+SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
+SPEC_FILES = {
+    "transformer": "transformer.nl",
+    "titans": "titans_lmm.nl",
+    "hope_attention": "hope_attention.nl",
+    "hope": "hope.nl",
+    "deltanet": "deltanet.nl",
+}
+CONTROL = "transformer_slow_mlp"  # the Transformer whose MLP weights learn at lr × CONTROL_MLP_LR_SCALE
+CONTROL_MLP_LR_SCALE = 0.1
+MLP_PARAMETER = re.compile(r"^blocks\.\d+\.mlp\.")
+RESULTS = Path("docs/results")
+
+
+def spec_path(name: str) -> Path:
+    """The spec file of a study model name (`hope`) or a path given as is."""
+    if name in SPEC_FILES:
+        return SPECS_DIR / SPEC_FILES[name]
+    path = Path(name)
+    if not path.exists():
+        raise UserError(f"unknown model `{name}` (known: {', '.join(SPEC_FILES)}; or give a spec path)")
+    return path
+
+
+def model_name(name: str) -> str:
+    return name if name in SPEC_FILES else Path(name).stem
+
+
+@functools.cache
+def parameter_count(spec: Path, dim: int) -> int | None:
+    """Parameters of the spec's model at width `dim`; None when the spec rejects that width."""
+    try:
+        model = nldsl.load(spec, [f"dim={dim}"])
+    except SpecError:
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_width(spec: Path, target: int) -> tuple[int, int]:
+    """(dim, parameter count) of the width whose count is nearest to `target`: a bisection over multiples
+    of 8 (valid for every shipped spec), then the multiples of 4 beside it that the spec accepts (an odd
+    head width is fine without rotary embeddings)."""
+    low, high = 1, 64  # in units of 8; the count grows with dim
+    while low < high:
+        middle = (low + high) // 2
+        if (parameter_count(spec, middle * 8) or 0) < target:
+            low = middle + 1
+        else:
+            high = middle
+    candidates = {d for d in range(low * 8 - 12, low * 8 + 5, 4) if d >= 4}
+    counted = [(abs(n - target), dim, n) for dim in sorted(candidates) if (n := parameter_count(spec, dim))]
+    _, dim, count = min(counted)
+    return dim, count
+
+
+# The training loop --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setup:
+    """One model and how it is trained."""
+
+    spec: str  # path of the spec file
+    dim: int
+    seq_len: int  # the training length: decides which CMS levels learn in context (semantics §3.7)
+    batch: int
+    seed: int
+    lr: float | None = None  # None: the spec's AdamW lr
+    mlp_lr_scale: float = 1.0  # the control's slower MLP
+    warmup: int = 20
+    clip: float = 1.0
+
+
+class ContinuumClock:
+    """Steps the parameters of slow CMS levels every N outer steps with their summed gradients."""
+
+    def __init__(self, named: list[tuple[str, torch.nn.Parameter]], clock_steps: dict[str, int]):
+        self.members: list[tuple[torch.nn.Parameter, int, torch.Tensor]] = []
+        for name, parameter in named:
+            for prefix, period in clock_steps.items():
+                if period > 1 and re.match(rf"^blocks\.\d+\.{re.escape(prefix)}", name):
+                    self.members.append((parameter, period, torch.zeros_like(parameter)))
+
+    def tick(self, step: int) -> None:
+        """Call after the clip and before the optimizer step of outer step `step` (0-based)."""
+        for parameter, period, total in self.members:
+            if parameter.grad is not None:
+                total += parameter.grad
+            if (step + 1) % period == 0:
+                parameter.grad = total.clone()
+                total.zero_()
+            else:
+                parameter.grad = None
+
+
+@dataclass
+class Scores:
+    """Sums over scored positions and sequences of an evaluation."""
+
+    loss: float = 0.0  # nats
+    positions: int = 0
+    correct: int = 0
+    sequences: int = 0
+    sequences_correct: int = 0  # every scored position of the sequence right
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.loss / max(self.positions, 1) / math.log(2)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.positions, 1)
+
+    @property
+    def exact(self) -> float:
+        return self.sequences_correct / max(self.sequences, 1)
+
+
+class Learner:
+    """A freshly initialised model of a spec with its AdamW and continuum clock."""
+
+    def __init__(self, setup: Setup):
+        self.setup = setup
+        torch.manual_seed(setup.seed)
+        overrides = [f"dim={setup.dim}", f"train.seq_len={setup.seq_len}", f"train.batch={setup.batch}"]
+        self.model = nldsl.load(setup.spec, overrides)
+        optimizer = self.model.spec.train.optimizer
+        if getattr(optimizer, "kind", None) != "adamw":
+            raise UserError(f"{setup.spec}: the studies train with AdamW; the spec's optimizer is not adamw(…)")
+        self.base_lr = setup.lr if setup.lr is not None else optimizer.lr
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = []
+        for is_mlp in (False, True):
+            for decay in (True, False):
+                params = [p for n, p in named if bool(MLP_PARAMETER.match(n)) == is_mlp and (p.ndim >= 2) == decay]
+                if params:
+                    scale = setup.mlp_lr_scale if is_mlp else 1.0
+                    groups.append({"params": params, "weight_decay": optimizer.weight_decay if decay else 0.0,
+                                   "lr": self.base_lr * scale, "base_lr": self.base_lr * scale})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.base_lr, betas=(optimizer.momentum, optimizer.beta2),
+                                           eps=optimizer.eps)
+        self.clock = ContinuumClock(named, dict(getattr(self.model.module, "CLOCK_STEPS", {})))
+        self.parameters = [p for _, p in named]
+        self.steps = 0
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for the inputs tokens[:, :-1]; the in-context CMS levels' surprise reads
+        the true next tokens (a model learning from the stream knows them once they arrive)."""
+        return self.model(tokens[:, :-1], tokens[:, 1:])
+
+    def step(self, batch: D.TaskBatch) -> float:
+        """One outer step on the scored positions of a batch; returns the loss."""
+        warm = min(1.0, (self.steps + 1) / self.setup.warmup) if self.setup.warmup > 0 else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * warm
+        logits = self.logits(batch.tokens)  # (B, T, V)
+        loss = F.cross_entropy(logits[batch.scored].float(), batch.tokens[:, 1:][batch.scored])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.setup.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.setup.clip)
+        self.clock.tick(self.steps)
+        self.optimizer.step()
+        self.steps += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{self.setup.spec}: the loss is {value} at step {self.steps}")
+        return value
+
+    @torch.no_grad()
+    def evaluate(self, batch: D.TaskBatch, size: int | None = None) -> Scores:
+        """Cross-entropy and accuracy on the scored positions, `size` sequences at a time."""
+        scores = Scores()
+        size = size or self.setup.batch
+        for start in range(0, len(batch), size):
+            part = batch.slice(start, start + size)
+            logits = self.logits(part.tokens).float()  # (b, T, V)
+            targets = part.tokens[:, 1:]
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (b, T)
+            right = logits.argmax(-1) == targets
+            scores.loss += float(losses[part.scored].sum())
+            scores.positions += int(part.scored.sum())
+            scores.correct += int(right[part.scored].sum())
+            scores.sequences += len(part)
+            scores.sequences_correct += int((right | ~part.scored).all(dim=1).sum())
+        return scores
+
+
+def language_batch(tokens: torch.Tensor) -> D.TaskBatch:
+    """Language modelling: every position scored."""
+    return D.TaskBatch(tokens, torch.ones(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool))
+
+
+# Run records (resumable studies) -----------------------------------------------------------------
+
+class RunLog:
+    """Finished runs of a study, one JSON line each, keyed by their full configuration."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        if resume and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                self.done[record["key"]] = record["result"]
+        elif path.exists():
+            path.unlink()
+
+    def run(self, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        text = json.dumps(key, sort_keys=True)
+        if text not in self.done:
+            self.done[text] = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps({"key": text, "result": self.done[text]}) + "\n")
+        return self.done[text]
+
+
+# Continual-learning metrics ------------------------------------------------------------------------
+
+def average_final(scores: Sequence[Sequence[float]]) -> float:
+    """Mean bpb over all domains after the last phase; `scores[i][j]` = R after phase i on domain j."""
+    return statistics.fmean(scores[-1])
+
+
+def backward_transfer(scores: Sequence[Sequence[float]]) -> float:
+    """BWT = mean over j < T of R[T, j] − R[j, j], in bpb (positive = forgetting)."""
+    last = len(scores) - 1
+    assert last >= 1 and all(len(row) == len(scores) for row in scores), "R must be square, T ≥ 2"
+    return statistics.fmean(scores[last][j] - scores[j][j] for j in range(last))
+
+
+def plasticity(scores: Sequence[Sequence[float]]) -> list[float]:
+    """R[j, j]: how well each new domain is learned in its own phase."""
+    return [scores[j][j] for j in range(len(scores))]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def pm(values: Sequence[float], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+# Study 1: continual learning ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    models: tuple[str, ...] = ("transformer", "titans", "hope_attention", "hope")
+    domains: tuple[str, ...] = D.DOMAIN_NAMES
+    params: int = 290_000  # the parameter count every model is matched to
+    steps: int = 80  # per phase
+    batch: int = 8
+    seq_len: int = 128
+    seeds: int = 3
+    warmup: int = 20
+    eval_windows: int = 32  # validation windows per domain
+    max_bytes: int | None = None  # keep only the start of each domain's text (tests)
+    control: bool = True
+    joint: bool = True
+
+
+def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation: list[D.TaskBatch],
+                  joint: bool) -> dict[str, Any]:
+    """Sequential phases (or one joint phase of the same total steps): R rows and training losses."""
+    learner = Learner(setup)
+    generator = torch.Generator().manual_seed(setup.seed)
+    rows = [[learner.evaluate(v).bits_per_byte for v in validation]]  # before any training
+    losses = []
+    started = time.perf_counter()
+    phases = [list(range(len(domains)))] if joint else [[j] for j in range(len(domains))]
+    for phase in phases:
+        phase_losses = []
+        for _ in range(steps * len(phase)):
+            picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
+            windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
+                                 for p in picks])
+            phase_losses.append(learner.step(language_batch(windows)))
+        losses.append(statistics.fmean(phase_losses[-10:]) / math.log(2))
+        rows.append([learner.evaluate(v).bits_per_byte for v in validation])
+    return {"R": rows, "train_bpb": losses, "seconds": time.perf_counter() - started,
+            "params": learner.parameter_count}
+
+
+def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
+    """Train every model (and the control, and the joint bound) on the domains; write the report."""
+    started = time.perf_counter()
+    domains = D.load_domains(config.domains, config.max_bytes)
+    validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
+                  for d in domains]
+    log = RunLog(out / "continual.runs.jsonl", resume)
+    widths = {name: matched_width(spec_path(name), config.params) for name in config.models}
+    variants = [(name, name, 1.0) for name in config.models]
+    if config.control:
+        if "transformer" not in widths:
+            widths["transformer"] = matched_width(spec_path("transformer"), config.params)
+        variants.append((CONTROL, "transformer", CONTROL_MLP_LR_SCALE))
+    results: dict[str, Any] = {}
+    for label, base, mlp_scale in variants:
+        dim, count = widths[base]
+        entry = results.setdefault(label, {"spec": str(spec_path(base).name), "dim": dim, "params": count,
+                                           "mlp_lr_scale": mlp_scale, "sequential": [], "joint": []})
+        for seed in range(config.seeds):
+            setup = Setup(str(spec_path(base)), dim, config.seq_len, config.batch, seed,
+                          mlp_lr_scale=mlp_scale, warmup=config.warmup)
+            kinds = ["sequential"] + (["joint"] if config.joint and label != CONTROL else [])
+            for kind in kinds:
+                key = {"study": "continual", "kind": kind, "setup": asdict(setup), "steps": config.steps,
+                       "domains": [d.record for d in domains], "eval_windows": config.eval_windows}
+                run = log.run(key, lambda s=setup, k=kind: continual_run(s, domains, config.steps, validation,
+                                                                         k == "joint"))
+                entry[kind].append(run)
+                final = " ".join(f"{d.name} {b:.3f}" for d, b in zip(domains, run["R"][-1]))
+                print(f"{label:>22} seed {seed} {kind:>10}: final bpb {final}  ({run['seconds']:.0f} s)",
+                      flush=True)
+    summary = {"config": asdict(config), "command": command, "domains": [d.record for d in domains],
+               "models": results, "wall_seconds": time.perf_counter() - started,
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    write_continual_report(summary, out)
+    return summary
+
+
+def continual_metrics(entry: dict[str, Any]) -> dict[str, Any]:
+    """Per-seed metrics of one model's sequential (and joint) runs."""
+    matrices = [run["R"][1:] for run in entry["sequential"]]  # rows after phases 1 … T
+    metrics = {
+        "average_final": [average_final(R) for R in matrices],
+        "bwt": [backward_transfer(R) for R in matrices],
+        "plasticity": [plasticity(R) for R in matrices],
+        "mean_R": [[statistics.fmean(R[i][j] for R in matrices) for j in range(len(matrices[0][0]))]
+                   for i in range(len(matrices[0]))],
+        "initial": [run["R"][0] for run in entry["sequential"]],
+    }
+    if entry["joint"]:
+        metrics["joint_final"] = [statistics.fmean(run["R"][-1]) for run in entry["joint"]]
+        metrics["joint_R"] = [statistics.fmean(run["R"][-1][j] for run in entry["joint"])
+                              for j in range(len(entry["joint"][0]["R"][-1]))]
+    return metrics
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> str:
+    """`lower`, `higher` or `indistinguishable`: a's mean against b's, by twice the standard error."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    error = math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
+    if abs(mean_a - mean_b) <= 2 * error or len(a) < 2:
+        return "indistinguishable"
+    return "lower" if mean_a < mean_b else "higher"
+
+
+def continual_verdict(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Plain sentences on whether HOPE forgets less than each other model, from the measured BWT."""
+    if "hope" not in metrics:
+        return []
+    hope = metrics["hope"]
+    lines = []
+    for name, other in metrics.items():
+        if name == "hope":
+            continue
+        bwt = compare(hope["bwt"], other["bwt"])
+        final = compare(hope["average_final"], other["average_final"])
+        forgets = {"lower": "forgets less than", "higher": "forgets more than",
+                   "indistinguishable": "forgets about as much as"}[bwt]
+        ends = {"lower": "a lower", "higher": "a higher", "indistinguishable": "an indistinguishable"}[final]
+        lines.append(f"- HOPE {forgets} `{name}` (BWT {pm(hope['bwt'])} vs {pm(other['bwt'])} bpb) and ends with "
+                     f"{ends} average bpb ({pm(hope['average_final'])} vs {pm(other['average_final'])}).")
+    return lines
+
+
+def write_continual_report(summary: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    names = [d["name"] for d in summary["domains"]]
+    config = summary["config"]
+    metrics = {label: continual_metrics(entry) for label, entry in summary["models"].items()}
+    summary["metrics"] = metrics
+    (out / "continual.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    figure = plot_continual(metrics, names, out / "continual.png")
+    seeds = config["seeds"]
+    lines = [
+        "# Continual learning: three text domains in sequence",
+        "",
+        "Made by",
+        "",
+        f"    {summary['command']}",
+        "",
+        f"in {summary['wall_seconds'] / 60:.1f} minutes on CPU ({summary['threads']} thread, torch "
+        f"{summary['torch']}, eager). Every number below is from that run (`continual.json` holds the raw runs).",
+        "",
+        "## Setup",
+        "",
+        f"Byte-level tokens, phases in the order {' → '.join(f'`{n}`' for n in names)}, {config['steps']} steps "
+        f"per phase of {config['batch']} random windows of {config['seq_len']} tokens, AdamW with each spec's "
+        f"lr and weight decay after {config['warmup']} warm-up steps (one optimizer for all phases), "
+        f"{seeds} seeds. After each phase: bits per byte on {config['eval_windows']} evenly spaced validation "
+        f"windows of every domain → R[i, j] (after phase i, on domain j). The in-context levels learn "
+        "within each window and start afresh in the next; the slow CMS level follows the continuum clock.",
+        "",
+        "| domain | source | documents | train bytes | validation bytes |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for d in summary["domains"]:
+        lines.append(f"| `{d['name']}` | {d['source']} | {d['documents']:,} | {d['train_bytes']:,} | "
+                     f"{d['validation_bytes']:,} |")
+    lines += [
+        "",
+        f"Python {summary['domains'][0]['python']}, Unicode {summary['domains'][0]['unicode']}.",
+        "",
+        "| model | spec | dim | parameters |",
+        "|---|---|---:|---:|",
+    ]
+    for label, entry in summary["models"].items():
+        note = f" (MLP lr × {entry['mlp_lr_scale']})" if entry["mlp_lr_scale"] != 1.0 else ""
+        lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} |")
+    lines += [
+        "",
+        "## Results",
+        "",
+        f"Mean ± std over {seeds} seeds, bits per byte (lower is better). BWT = mean over j < T of "
+        "R[T, j] − R[j, j] (positive = forgetting). Plasticity = R[j, j], the bpb on each domain right after "
+        "its own phase. Joint = the same total steps on batches mixing all domains (the upper bound).",
+        "",
+        "| model | average final bpb | BWT (forgetting) | "
+        + " | ".join(f"plasticity `{n}`" for n in names) + " | joint average bpb |",
+        "|---|---:|---:|" + "---:|" * len(names) + "---:|",
+    ]
+    for label, m in metrics.items():
+        cells = [pm(m["average_final"]), pm(m["bwt"])]
+        cells += [pm([p[j] for p in m["plasticity"]]) for j in range(len(names))]
+        cells.append(pm(m["joint_final"]) if "joint_final" in m else "–")
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    lines += ["", "Mean score matrix R[i, j] per model (rows: after phase i; last row: joint training):", ""]
+    for label, m in metrics.items():
+        lines += [f"`{label}`", "", "| after | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for i, row in enumerate(m["mean_R"]):
+            lines.append(f"| `{names[i]}` | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        if "joint_R" in m:
+            lines.append("| joint | " + " | ".join(f"{v:.3f}" for v in m["joint_R"]) + " |")
+        lines.append("")
+    if figure:
+        lines += [f"![score matrices]({figure})", ""]
+    verdict = continual_verdict(metrics)
+    if verdict:
+        lines += ["## Does HOPE forget less here?", "",
+                  "Differences count only when the means differ by more than twice their standard error "
+                  f"over the {seeds} seeds:", "", *verdict, ""]
+    control = metrics.get(CONTROL)
+    if control and "transformer" in metrics:
+        lines += [f"Control: slowing the Transformer's MLP to lr × {CONTROL_MLP_LR_SCALE} changes its BWT from "
+                  f"{pm(metrics['transformer']['bwt'])} to {pm(control['bwt'])} bpb and its average final bpb "
+                  f"from {pm(metrics['transformer']['average_final'])} to {pm(control['average_final'])}.", ""]
+    lines += ["Scale: these are models of about "
+              f"{config['params'] / 1e6:.2f}M parameters trained for {config['steps'] * len(names)} steps in all; "
+              "the paper's continual-learning claims concern far larger models and longer training, so this "
+              "measures the mechanisms at toy scale, not the claims.", ""]
+    (out / "continual.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def plot_continual(metrics: dict[str, dict[str, Any]], names: list[str], path: Path) -> str | None:
+    """Heat-maps of the mean score matrices (plus the joint row); None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = list(metrics)
+    figure, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), squeeze=False)
+    values = [v for m in metrics.values() for row in m["mean_R"] + [m.get("joint_R", [])] for v in row]
+    low, high = min(values), max(values)
+    for axis, label in zip(axes[0], labels):
+        m = metrics[label]
+        rows = m["mean_R"] + ([m["joint_R"]] if "joint_R" in m else [])
+        axis.imshow(rows, vmin=low, vmax=high, cmap="viridis_r")
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                axis.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                          color="white" if v > (low + high) / 2 else "black")
+        axis.set_xticks(range(len(names)), names, fontsize=8)
+        axis.set_yticks(range(len(rows)), [f"after {n}" for n in names] + (["joint"] if "joint_R" in m else []),
+                        fontsize=8)
+        axis.set_title(f"{label}\nBWT {mean_std(m['bwt'])[0]:+.3f}", fontsize=9)
+    figure.suptitle("validation bits per byte R[i, j] (mean over seeds)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+# Study 2: long-context recall ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecallConfig:
+    models: tuple[str, ...] = ("transformer", "titans", "hope_attention", "hope", "deltanet")
+    params: int = 290_000
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    seed: int = 0
+    warmup: int = 20
+    mqar_seq_len: int = 64
+    mqar_pairs: int = 4
+    mqar_batch: int = 32
+    mqar_steps: int = 300
+    mqar_tests: tuple[tuple[int, int], ...] = ((64, 4), (64, 8), (128, 8), (256, 16))  # (length, pairs)
+    test_examples: int = 256
+    passkey_seq_len: int = 128
+    passkey_digits: int = 5
+    passkey_batch: int = 16
+    passkey_steps: int = 250
+    passkey_scales: tuple[int, ...] = (1, 2, 4, 8)
+    passkey_examples: int = 64
+    eval_batch: int = 32
+
+
+TEST_SEED = 1_000_000_007  # test sets never share a seed with a training step
+
+
+def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
+             tests: dict[str, D.TaskBatch], eval_batch: int) -> dict[str, Any]:
+    """Train on freshly generated batches (`make_batch(step)`), then score every test set."""
+    learner = Learner(setup)
+    started = time.perf_counter()
+    losses = [learner.step(make_batch(step)) for step in range(steps)]
+    trained = time.perf_counter() - started
+    results = {}
+    for name, batch in tests.items():
+        scores = learner.evaluate(batch, eval_batch)
+        results[name] = {"accuracy": scores.accuracy, "exact": scores.exact, "loss": scores.loss / scores.positions}
+    return {"tests": results, "final_loss": statistics.fmean(losses[-20:]), "train_seconds": trained,
+            "seconds": time.perf_counter() - started, "params": learner.parameter_count}
+
+
+def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
+    """MQAR with a learning-rate sweep, then passkey retrieval at each model's best MQAR lr; write the report."""
+    started = time.perf_counter()
+    log = RunLog(out / "recall.runs.jsonl", resume)
+    mqar_tests = {f"T={t} D={p}": D.mqar(config.test_examples, t, p, seed=TEST_SEED + i)
+                  for i, (t, p) in enumerate(config.mqar_tests)}
+    passkey_tests = {f"{s}x": D.passkey(config.passkey_examples, config.passkey_seq_len * s, config.passkey_digits,
+                                        seed=TEST_SEED + s) for s in config.passkey_scales}
+    train_key = f"T={config.mqar_seq_len} D={config.mqar_pairs}"
+    models: dict[str, Any] = {}
+    for name in config.models:
+        spec = spec_path(name)
+        dim, count = matched_width(spec, config.params)
+        entry = models.setdefault(model_name(name), {"spec": spec.name, "dim": dim, "params": count, "mqar": {}})
+        for lr in config.lrs:
+            setup = Setup(str(spec), dim, config.mqar_seq_len, config.mqar_batch, config.seed, lr=lr,
+                          warmup=config.warmup)
+            key = {"study": "recall", "task": "mqar", "setup": asdict(setup), "steps": config.mqar_steps,
+                   "tests": list(config.mqar_tests), "examples": config.test_examples}
+
+            def mqar_batch(step: int, s: Setup = setup) -> D.TaskBatch:
+                return D.mqar(s.batch, config.mqar_seq_len, config.mqar_pairs, seed=config.seed * 10**6 + step)
+
+            run = log.run(key, lambda s=setup, make=mqar_batch: task_run(s, make, config.mqar_steps, mqar_tests,
+                                                                          config.eval_batch))
+            entry["mqar"][repr(lr)] = run
+            accuracies = " ".join(f"{k}: {v['accuracy']:.3f}" for k, v in run["tests"].items())
+            print(f"{model_name(name):>16} MQAR lr {lr:g}: {accuracies}  ({run['seconds']:.0f} s)", flush=True)
+        best = max(config.lrs, key=lambda lr: entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"])
+        setup = Setup(str(spec), dim, config.passkey_seq_len, config.passkey_batch, config.seed, lr=best,
+                      warmup=config.warmup)
+        key = {"study": "recall", "task": "passkey", "setup": asdict(setup), "steps": config.passkey_steps,
+               "digits": config.passkey_digits, "scales": list(config.passkey_scales),
+               "examples": config.passkey_examples}
+
+        def passkey_batch(step: int, s: Setup = setup) -> D.TaskBatch:
+            return D.passkey(s.batch, config.passkey_seq_len, config.passkey_digits, seed=config.seed * 10**6 + step)
+
+        run = log.run(key, lambda s=setup, make=passkey_batch: task_run(s, make, config.passkey_steps, passkey_tests,
+                                                                         config.eval_batch))
+        entry["passkey"] = {"lr": best, **run}
+        exact = " ".join(f"{k}: {v['exact']:.3f}" for k, v in run["tests"].items())
+        print(f"{model_name(name):>16} passkey lr {best:g}: {exact}  ({run['seconds']:.0f} s)", flush=True)
+    summary = {"config": asdict(config), "command": command, "models": models,
+               "wall_seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "train_key": train_key}
+    write_recall_report(summary, out)
+    return summary
+
+
+def write_recall_report(summary: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recall.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    config, models = summary["config"], summary["models"]
+    figure = plot_recall(summary, out / "recall.png")
+    tests = [f"T={t} D={p}" for t, p in config["mqar_tests"]]
+    scales = [f"{s}x" for s in config["passkey_scales"]]
+    lines = [
+        "# Long-context recall: MQAR and passkey retrieval",
+        "",
+        "Made by",
+        "",
+        f"    {summary['command']}",
+        "",
+        f"in {summary['wall_seconds'] / 60:.1f} minutes on CPU ({summary['threads']} thread, torch "
+        f"{summary['torch']}, eager). Every number below is from that run (`recall.json` holds the raw runs).",
+        "",
+        "## Setup",
+        "",
+        "Models at equal parameter count (each spec's `dim` nearest to "
+        f"{config['params']:,} parameters), 2 layers, vocabulary 256, AdamW with the spec's weight decay, "
+        f"{config['warmup']} warm-up steps, then a constant lr; seed {config['seed']}.",
+        "",
+        "| model | spec | dim | parameters |",
+        "|---|---|---:|---:|",
+    ]
+    for name, entry in models.items():
+        lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry['params']:,} |")
+    lines += [
+        "",
+        f"**MQAR.** Trained for {config['mqar_steps']} steps of {config['mqar_batch']} fresh sequences of "
+        f"{config['mqar_seq_len']} tokens with {config['mqar_pairs']} key-value pairs (keys from tokens "
+        "1–127, values from 128–255, every key queried once after the prefix at power-law distributed slots, "
+        "a = 0.01, filler token 0); loss and accuracy on the query positions only. Tested on "
+        f"{config['test_examples']} held-out sequences per (length T, pairs D); longer T and more D than in "
+        "training test generalisation. Accuracy per query:",
+        "",
+        "| model | lr | " + " | ".join(f"`{t}`" for t in tests) + " | final train loss |",
+        "|---|---:|" + "---:|" * len(tests) + "---:|",
+    ]
+    for name, entry in models.items():
+        for lr, run in entry["mqar"].items():
+            best = "passkey" in entry and float(lr) == entry["passkey"]["lr"]
+            cells = [f"{run['tests'][t]['accuracy']:.3f}" for t in tests]
+            lines.append(f"| `{name}` | {float(lr):g}{' *' if best else ''} | " + " | ".join(cells)
+                         + f" | {run['final_loss']:.3f} |")
+    lines += [
+        "",
+        f"\\* the lr with the best accuracy at `{summary['train_key']}`, used for the passkey run. "
+        f"Chance is about 1/{config['mqar_pairs']} for a model that only learned to answer with some value of "
+        "the prefix, 1/128 for a blind guess among the values.",
+        "",
+        f"**Passkey.** Trained for {config['passkey_steps']} steps of {config['passkey_batch']} sequences of "
+        f"{config['passkey_seq_len']} bytes: filler sentences, `The pass key is NNNNN. ` at a random depth, and "
+        f"at the end `What is the pass key? The pass key is NNNNN` ({config['passkey_digits']} random digits); "
+        "loss on the final digits only. Tested on "
+        f"{config['passkey_examples']} sequences at 1×–{config['passkey_scales'][-1]}× the training length. "
+        "Share of sequences with every digit right (teacher-forced, which is what greedy decoding gets "
+        "when it is right) / per-digit accuracy:",
+        "",
+        "| model | lr | " + " | ".join(f"{s} ({config['passkey_seq_len'] * int(s[:-1])})" for s in scales) + " |",
+        "|---|---:|" + "---:|" * len(scales),
+    ]
+    for name, entry in models.items():
+        if "passkey" not in entry:
+            continue
+        run = entry["passkey"]
+        cells = [f"{run['tests'][s]['exact']:.2f} / {run['tests'][s]['accuracy']:.2f}" for s in scales]
+        lines.append(f"| `{name}` | {run['lr']:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Training time per run (seconds, this machine):", "",
+              "| model | " + " | ".join(f"MQAR lr {float(lr):g}" for lr in next(iter(models.values()))["mqar"])
+              + " | passkey |",
+              "|---|" + "---:|" * (len(config["lrs"]) + 1)]
+    for name, entry in models.items():
+        cells = [f"{run['train_seconds']:.0f}" for run in entry["mqar"].values()]
+        cells.append(f"{entry['passkey']['train_seconds']:.0f}" if "passkey" in entry else "–")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    if figure:
+        lines += ["", f"![MQAR and passkey accuracy]({figure})"]
+    lines += ["", "Scale: a few hundred steps on CPU, one seed; models that need a longer run to find a "
+              "recall mechanism (an induction circuit for attention) score at chance here, which measures how "
+              "fast they learn recall at this budget, not what they can represent.", ""]
+    (out / "recall.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
+    """MQAR accuracy against lr (training configuration) and passkey exact match against length."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    config, models = summary["config"], summary["models"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, entry in models.items():
+        lrs = [float(lr) for lr in entry["mqar"]]
+        left.plot(lrs, [run["tests"][summary["train_key"]]["accuracy"] for run in entry["mqar"].values()],
+                  marker="o", label=name)
+        if "passkey" in entry:
+            lengths = [config["passkey_seq_len"] * s for s in config["passkey_scales"]]
+            right.plot(lengths, [entry["passkey"]["tests"][f"{s}x"]["exact"] for s in config["passkey_scales"]],
+                       marker="o", label=name)
+    left.set(xscale="log", xlabel="learning rate", ylabel="accuracy", ylim=(-0.02, 1.02),
+             title=f"MQAR {summary['train_key']}")
+    right.set(xscale="log", xlabel="test length (tokens)", ylabel="all digits right", ylim=(-0.02, 1.02),
+              title=f"passkey, trained at {config['passkey_seq_len']}")
+    right.set_xticks(lengths, [str(n) for n in lengths])
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+# Command line ------------------------------------------------------------------------------------------
+
+def continual_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nldsl bench continual",
+                                description="Continual learning over three text domains (docs/results/continual.md).")
+    d = ContinualConfig()
+    p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
+    p.add_argument("--params", type=int, default=d.params, help="parameter count every model is matched to")
+    p.add_argument("--steps", type=int, default=d.steps, help="steps per phase")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--seeds", type=int, default=d.seeds)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--eval-windows", type=int, default=d.eval_windows)
+    p.add_argument("--no-control", action="store_true", help="skip the slow-MLP Transformer control")
+    p.add_argument("--no-joint", action="store_true", help="skip the joint-training bound")
+    common(p)
+    return p
+
+
+def recall_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nldsl bench recall",
+                                description="MQAR and passkey retrieval (see docs/results/recall.md).")
+    d = RecallConfig()
+    p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
+    p.add_argument("--params", type=int, default=d.params, help="parameter count every model is matched to")
+    p.add_argument("--lrs", nargs="+", type=float, default=list(d.lrs), help="learning rates of the MQAR sweep")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--mqar-steps", type=int, default=d.mqar_steps)
+    p.add_argument("--mqar-batch", type=int, default=d.mqar_batch)
+    p.add_argument("--passkey-steps", type=int, default=d.passkey_steps)
+    p.add_argument("--passkey-batch", type=int, default=d.passkey_batch)
+    p.add_argument("--test-examples", type=int, default=d.test_examples)
+    common(p)
+    return p
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(RESULTS), help=f"folder for the report, figure and JSON (default {RESULTS})")
+    p.add_argument("--resume", action="store_true", help="reuse the finished runs of <out>/<study>.runs.jsonl")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run at toy sizes")
+
+
+def continual_config(a: argparse.Namespace) -> ContinualConfig:
+    if a.tiny:
+        return ContinualConfig(models=tuple(a.models), params=15_000, steps=2, batch=2, seq_len=32, seeds=1,
+                               warmup=1, eval_windows=2, max_bytes=200_000, control=not a.no_control,
+                               joint=not a.no_joint)
+    return ContinualConfig(models=tuple(a.models), params=a.params, steps=a.steps, batch=a.batch,
+                           seq_len=a.seq_len, seeds=a.seeds, warmup=a.warmup, eval_windows=a.eval_windows,
+                           control=not a.no_control, joint=not a.no_joint)
+
+
+def recall_config(a: argparse.Namespace) -> RecallConfig:
+    if a.tiny:
+        return RecallConfig(models=tuple(a.models), params=15_000, lrs=tuple(a.lrs[:1]), seed=a.seed, warmup=1,
+                            mqar_seq_len=16, mqar_pairs=2, mqar_batch=2, mqar_steps=2, mqar_tests=((16, 2), (32, 4)),
+                            test_examples=4, passkey_seq_len=72, passkey_batch=2, passkey_steps=2,
+                            passkey_scales=(1, 2), passkey_examples=2, eval_batch=4)
+    return RecallConfig(models=tuple(a.models), params=a.params, lrs=tuple(a.lrs), seed=a.seed,
+                        mqar_batch=a.mqar_batch, mqar_steps=a.mqar_steps, passkey_batch=a.passkey_batch,
+                        passkey_steps=a.passkey_steps, test_examples=a.test_examples)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`nldsl bench continual|recall [options]`: run a study and write its report under --out."""
+    torch.set_num_threads(1)  # the studies share small machines; one thread per study process
+    torch.set_flush_denormal(True)
+    rest = list(args.rest or [])
+    command = shlex.join(["nldsl", "bench", args.study, *rest])
+    if args.study == "continual":
+        a = continual_parser().parse_args(rest)
+        summary = run_continual(continual_config(a), Path(a.out), command, a.resume)
+        print(f"wrote {Path(a.out) / 'continual.md'} ({summary['wall_seconds'] / 60:.1f} min)")
+        return 0
+    if args.study == "recall":
+        a = recall_parser().parse_args(rest)
+        summary = run_recall(recall_config(a), Path(a.out), command, a.resume)
+        print(f"wrote {Path(a.out) / 'recall.md'} ({summary['wall_seconds'] / 60:.1f} min)")
+        return 0
+    raise UserError(f"no study called `{args.study}` here (continual, recall)")

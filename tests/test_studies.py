@@ -1,0 +1,195 @@
+"""Tests of the studies (`nldsl bench continual|recall`): the task generators, the text domains, the
+continual-learning metrics, the continuum clock and width matching of the loop, and a smoke run of
+each study at toy size through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from nldsl.cli import main
+from nldsl.runtime import domains as D
+from nldsl.runtime import studies as S
+
+GAP_TOLERANCE = 0.03  # total-variation distance between the sampled and requested slot distributions
+DOMAIN_DISTANCE = 0.15  # least total-variation distance between two domains' byte distributions
+
+
+@pytest.mark.parametrize("seq_len, pairs", [(63, 4), (100, 8), (257, 16)])
+def test_mqar_keys_values_and_answers(seq_len, pairs):
+    batch = D.mqar(40, seq_len, pairs, seed=3)
+    tokens, scored = batch.tokens, batch.scored
+    assert tokens.shape == (40, seq_len + 1) and scored.shape == (40, seq_len)
+    keys, values = tokens[:, 0:2 * pairs:2], tokens[:, 1:2 * pairs:2]
+    assert ((keys >= 1) & (keys < 128)).all() and ((values >= 128) & (values < 256)).all()
+    for row in range(40):
+        pairing = dict(zip(keys[row].tolist(), values[row].tolist()))
+        assert len(pairing) == pairs  # distinct keys: every query has one answer
+        positions = scored[row].nonzero().flatten().tolist()
+        assert len(positions) == pairs and min(positions) >= 2 * pairs
+        queried = [int(tokens[row, p]) for p in positions]
+        assert sorted(queried) == sorted(pairing)  # every key asked once
+        for p in positions:
+            assert int(tokens[row, p + 1]) == pairing[int(tokens[row, p])]
+        rest = torch.ones(seq_len + 1, dtype=torch.bool)
+        rest[:2 * pairs] = False
+        for p in positions:
+            rest[p] = rest[p + 1] = False
+        assert (tokens[row][rest] == 0).all()  # filler everywhere else
+
+
+def test_mqar_is_deterministic_by_seed():
+    a, b, c = D.mqar(8, 64, 4, seed=1), D.mqar(8, 64, 4, seed=1), D.mqar(8, 64, 4, seed=2)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.scored, b.scored)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("power", [0.01, 0.5])
+def test_mqar_gaps_follow_the_power_law(power):
+    seq_len, count = 65, 20_000
+    batch = D.mqar(count, seq_len, 1, power=power, seed=0)  # one pair: the slot is one draw of the law
+    slot = (batch.scored.float().argmax(dim=1) - 2) // 2
+    slots = (seq_len + 1 - 2) // 2
+    sampled = torch.bincount(slot, minlength=slots).double() / count
+    requested = D.power_law_slot_probabilities(slots, power)
+    assert 0.5 * (sampled - requested).abs().sum() < GAP_TOLERANCE
+    if power < 0.1:
+        assert sampled[0] > 5 * sampled[slots // 2]  # mostly soon after the prefix
+
+
+def test_mqar_rejects_too_many_pairs():
+    with pytest.raises(AssertionError):
+        D.mqar(2, 16, 8)
+
+
+@pytest.mark.parametrize("seq_len", [65, 127, 513])
+def test_passkey(seq_len):
+    batch = D.passkey(12, seq_len, digits=5, seed=4)
+    assert batch.tokens.shape == (12, seq_len + 1)
+    assert batch.scored.sum(dim=1).tolist() == [5] * 12
+    keys = set()
+    for row in range(12):
+        text = bytes(batch.tokens[row].tolist()).decode("ascii")
+        assert text.count("The pass key is ") == 2
+        hidden = text.split("The pass key is ")[1][:5]
+        assert hidden.isdigit() and text.endswith("What is the pass key? The pass key is " + hidden)
+        predicted = batch.tokens[row, 1:][batch.scored[row]]
+        assert bytes(predicted.tolist()).decode("ascii") == hidden  # the scored positions predict the answer
+        keys.add(hidden)
+    assert len(keys) > 6
+    assert torch.equal(batch.tokens, D.passkey(12, seq_len, digits=5, seed=4).tokens)
+
+
+def test_passkey_too_short():
+    with pytest.raises(AssertionError):
+        D.passkey(1, 40)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return D.load_domains(max_bytes=300_000)
+
+
+def test_domains_load_offline_and_are_distinct(domains):
+    assert [d.name for d in domains] == list(D.DOMAIN_NAMES)
+    histograms = []
+    for domain in domains:
+        assert domain.train.dtype == torch.uint8 and domain.validation.numel() > 0
+        assert domain.train.numel() + domain.validation.numel() == 300_000
+        assert abs(domain.validation.numel() / 300_000 - 1 / D.VALIDATION_EVERY) < 0.02
+        histograms.append(torch.bincount(domain.train.long(), minlength=256).double() / domain.train.numel())
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert 0.5 * (histograms[i] - histograms[j]).abs().sum() > DOMAIN_DISTANCE
+    unicode = bytes(domains[2].train[:200].tolist()).decode("utf-8")
+    assert unicode.startswith("U+0020 SPACE\nU+0021 EXCLAMATION MARK")
+    assert "CJK UNIFIED IDEOGRAPH-" not in bytes(domains[2].train.tolist()).decode("utf-8", "replace")
+
+
+def test_split_blocks_every_tenth_block_is_validation():
+    data = bytes(range(256)) * 200  # 51 200 bytes = 12.5 blocks
+    train, validation = D.split_blocks(data)
+    block = D.BLOCK_BYTES
+    assert torch.equal(validation, torch.frombuffer(bytearray(data[9 * block:10 * block]), dtype=torch.uint8))
+    assert train.numel() == len(data) - block
+
+
+def test_continual_metrics_on_a_hand_made_matrix():
+    R = [[2.0, 5.0, 6.0],  # after phase 1 (domain 0)
+         [3.0, 1.5, 6.5],  # after phase 2 (domain 1)
+         [4.0, 2.5, 1.0]]  # after phase 3 (domain 2)
+    assert S.average_final(R) == pytest.approx(2.5)
+    assert S.backward_transfer(R) == pytest.approx(((4.0 - 2.0) + (2.5 - 1.5)) / 2)
+    assert S.plasticity(R) == [2.0, 1.5, 1.0]
+    better = [[2.0, 5.0], [1.5, 1.0]]  # learning the second domain helped the first
+    assert S.backward_transfer(better) == pytest.approx(-0.5)
+
+
+def test_compare_needs_twice_the_standard_error():
+    assert S.compare([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "lower"
+    assert S.compare([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "higher"
+    assert S.compare([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "indistinguishable"
+
+
+def test_clock_sums_gradients_and_steps_every_period():
+    slow, fast = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    clock = S.ContinuumClock([("blocks.1.cms.slow_w1", slow), ("blocks.1.cms.fast_w1", fast)], {"cms.slow_": 3})
+    seen = []
+    for step in range(6):
+        slow.grad = torch.full((2,), float(step + 1))
+        fast.grad = torch.ones(2)
+        clock.tick(step)
+        seen.append(None if slow.grad is None else slow.grad[0].item())
+        assert torch.equal(fast.grad, torch.ones(2))
+    assert seen == [None, None, 1 + 2 + 3, None, None, 4 + 5 + 6]
+
+
+def test_learner_clock_and_control_groups():
+    hope_attention = S.Learner(S.Setup(str(S.spec_path("hope_attention")), 16, 32, 2, 0))
+    periods = {period for _, period, _ in hope_attention.clock.members}
+    assert len(hope_attention.clock.members) == 4 and periods == {math.ceil(4096 / (2 * 32))}  # 2 layers × 2
+    before = [p.detach().clone() for p, _, _ in hope_attention.clock.members]
+    batch = S.language_batch(torch.randint(0, 256, (2, 33)))
+    hope_attention.step(batch)
+    assert all(torch.equal(b, p) for b, (p, _, _) in zip(before, hope_attention.clock.members))
+    control = S.Learner(S.Setup(str(S.spec_path("transformer")), 16, 32, 2, 0, mlp_lr_scale=0.1))
+    lrs = {name: group["base_lr"] for group in control.optimizer.param_groups
+           for name, p in control.model.named_parameters() if any(p is q for q in group["params"])}
+    assert all(lr == pytest.approx(3e-4 if ".mlp." in name else 3e-3) for name, lr in lrs.items())
+    assert sum(".mlp." in name for name in lrs) == 2 * 4  # 2 layers × (norm, w_gate, w_up, w_down)
+
+
+def test_matched_width():
+    assert S.matched_width(S.spec_path("transformer"), S.parameter_count(S.spec_path("transformer"), 16)) == \
+        (16, S.parameter_count(S.spec_path("transformer"), 16))
+    dim, count = S.matched_width(S.spec_path("hope"), 30_000)
+    assert dim % 4 == 0 and abs(count - 30_000) < 0.2 * 30_000
+
+
+def test_continual_smoke(tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["bench", "continual", "--tiny", "--models", "transformer", "hope", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "continual.json").read_text())
+    assert set(summary["models"]) == {"transformer", "hope", S.CONTROL}
+    assert len(summary["models"]["hope"]["sequential"][0]["R"]) == 4  # before training + 3 phases
+    assert len(summary["models"]["hope"]["joint"][0]["R"]) == 2
+    report = (out / "continual.md").read_text()
+    assert "nldsl bench continual --tiny --models transformer hope" in report and "BWT" in report
+    lines = (out / "continual.runs.jsonl").read_text().splitlines()
+    assert main([*argv, "--resume"]) == 0  # nothing recomputed
+    assert (out / "continual.runs.jsonl").read_text().splitlines() == lines
+
+
+def test_recall_smoke(tmp_path):
+    out = tmp_path / "results"
+    assert main(["bench", "recall", "--tiny", "--models", "transformer", "deltanet", "--out", str(out)]) == 0
+    summary = json.loads((out / "recall.json").read_text())
+    for entry in summary["models"].values():
+        for run in entry["mqar"].values():
+            assert all(0 <= t["accuracy"] <= 1 for t in run["tests"].values())
+        assert set(entry["passkey"]["tests"]) == {"1x", "2x"}
+    assert "nldsl bench recall --tiny" in (out / "recall.md").read_text()
