@@ -193,3 +193,26 @@ def test_recall_smoke(tmp_path):
             assert all(0 <= t["accuracy"] <= 1 for t in run["tests"].values())
         assert set(entry["passkey"]["tests"]) == {"1x", "2x"}
     assert "nldsl bench recall --tiny" in (out / "recall.md").read_text()
+
+
+def test_titans_runs_with_normalised_values():
+    learner = S.Learner(S.Setup(str(S.spec_path("titans")), 16, 32, 2, 0, overrides=S.study_overrides("titans")))
+    assert learner.model.spec.model.block.sublayers[0].value_norm == "l2"
+
+
+def test_a_diverged_run_is_recorded_not_fatal(monkeypatch):
+    calls = []
+
+    def step(self, batch):
+        calls.append(1)
+        if len(calls) > 1:
+            raise FloatingPointError("the loss is nan")
+        return 1.0
+
+    monkeypatch.setattr(S.Learner, "step", step)
+    domains = D.load_domains(("docs", "unicode"), max_bytes=50_000)
+    validation = [S.language_batch(D.spaced_windows(d.validation, 2, 17)) for d in domains]
+    run = S.continual_run(S.Setup(str(S.spec_path("transformer")), 16, 16, 2, 0), domains, 3, validation, False)
+    assert run["diverged_at_step"] == 0 and len(run["R"]) == 3
+    assert all(math.isnan(v) for row in run["R"][1:] for v in row)
+    assert any("diverged" in line for line in S.diverged_notes([("transformer", run)]))

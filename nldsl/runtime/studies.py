@@ -54,6 +54,13 @@ SPEC_FILES = {
     "hope": "hope.nl",
     "deltanet": "deltanet.nl",
 }
+# Departures from the shipped specs, applied to every run of that model and stated in the reports.
+STUDY_OVERRIDES = {
+    # The shipped Titans memory takes raw SiLU values: on real text its in-context MLP memory
+    # diverges within one 128-token window at initialisation (NaN logits for most seeds, in the
+    # reference interpreter too), so the studies L2-normalise its values as HOPE does.
+    "titans": ("model.block.lmm.value_norm=l2",),
+}
 CONTROL = "transformer_slow_mlp"  # the Transformer whose MLP weights learn at lr × CONTROL_MLP_LR_SCALE
 CONTROL_MLP_LR_SCALE = 0.1
 MLP_PARAMETER = re.compile(r"^blocks\.\d+\.mlp\.")
@@ -75,28 +82,32 @@ def model_name(name: str) -> str:
 
 
 @functools.cache
-def parameter_count(spec: Path, dim: int) -> int | None:
+def study_overrides(name: str) -> tuple[str, ...]:
+    return STUDY_OVERRIDES.get(name, ())
+
+
+def parameter_count(spec: Path, dim: int, overrides: tuple[str, ...] = ()) -> int | None:
     """Parameters of the spec's model at width `dim`; None when the spec rejects that width."""
     try:
-        model = nldsl.load(spec, [f"dim={dim}"])
+        model = nldsl.load(spec, [f"dim={dim}", *overrides])
     except SpecError:
         return None
     return sum(p.numel() for p in model.parameters())
 
 
-def matched_width(spec: Path, target: int) -> tuple[int, int]:
+def matched_width(spec: Path, target: int, overrides: tuple[str, ...] = ()) -> tuple[int, int]:
     """(dim, parameter count) of the width whose count is nearest to `target`: a bisection over multiples
     of 8 (valid for every shipped spec), then the multiples of 4 beside it that the spec accepts (an odd
     head width is fine without rotary embeddings)."""
     low, high = 1, 64  # in units of 8; the count grows with dim
     while low < high:
         middle = (low + high) // 2
-        if (parameter_count(spec, middle * 8) or 0) < target:
+        if (parameter_count(spec, middle * 8, overrides) or 0) < target:
             low = middle + 1
         else:
             high = middle
     candidates = {d for d in range(low * 8 - 12, low * 8 + 5, 4) if d >= 4}
-    counted = [(abs(n - target), dim, n) for dim in sorted(candidates) if (n := parameter_count(spec, dim))]
+    counted = [(abs(n - target), dim, n) for dim in sorted(candidates) if (n := parameter_count(spec, dim, overrides))]
     _, dim, count = min(counted)
     return dim, count
 
@@ -116,6 +127,7 @@ class Setup:
     mlp_lr_scale: float = 1.0  # the control's slower MLP
     warmup: int = 20
     clip: float = 1.0
+    overrides: tuple[str, ...] = ()  # --set values beyond the width and training shape
 
 
 class ContinuumClock:
@@ -169,7 +181,8 @@ class Learner:
     def __init__(self, setup: Setup):
         self.setup = setup
         torch.manual_seed(setup.seed)
-        overrides = [f"dim={setup.dim}", f"train.seq_len={setup.seq_len}", f"train.batch={setup.batch}"]
+        overrides = [f"dim={setup.dim}", f"train.seq_len={setup.seq_len}", f"train.batch={setup.batch}",
+                     *setup.overrides]
         self.model = nldsl.load(setup.spec, overrides)
         optimizer = self.model.spec.train.optimizer
         if getattr(optimizer, "kind", None) != "adamw":
@@ -290,6 +303,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def nan_to_minus_one(value: float) -> float:
+    return -1.0 if math.isnan(value) else value
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def pm(values: Sequence[float], digits: int = 3) -> str:
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -322,17 +343,22 @@ def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation:
     losses = []
     started = time.perf_counter()
     phases = [list(range(len(domains)))] if joint else [[j] for j in range(len(domains))]
-    for phase in phases:
-        phase_losses = []
-        for _ in range(steps * len(phase)):
-            picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
-            windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
-                                 for p in picks])
-            phase_losses.append(learner.step(language_batch(windows)))
-        losses.append(statistics.fmean(phase_losses[-10:]) / math.log(2))
-        rows.append([learner.evaluate(v).bits_per_byte for v in validation])
+    diverged = None
+    try:
+        for phase in phases:
+            phase_losses = []
+            for _ in range(steps * len(phase)):
+                picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
+                windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
+                                     for p in picks])
+                phase_losses.append(learner.step(language_batch(windows)))
+            losses.append(statistics.fmean(phase_losses[-10:]) / math.log(2))
+            rows.append([learner.evaluate(v).bits_per_byte for v in validation])
+    except FloatingPointError:  # a diverged run stays in the results as NaN rather than ending the study
+        diverged = learner.steps
+        rows += [[math.nan] * len(validation)] * (len(phases) + 1 - len(rows))
     return {"R": rows, "train_bpb": losses, "seconds": time.perf_counter() - started,
-            "params": learner.parameter_count}
+            "params": learner.parameter_count, "diverged_at_step": diverged}
 
 
 def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
@@ -342,7 +368,7 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
     validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
                   for d in domains]
     log = RunLog(out / "continual.runs.jsonl", resume)
-    widths = {name: matched_width(spec_path(name), config.params) for name in config.models}
+    widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in config.models}
     variants = [(name, name, 1.0) for name in config.models]
     if config.control:
         if "transformer" not in widths:
@@ -352,10 +378,11 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
     for label, base, mlp_scale in variants:
         dim, count = widths[base]
         entry = results.setdefault(label, {"spec": str(spec_path(base).name), "dim": dim, "params": count,
-                                           "mlp_lr_scale": mlp_scale, "sequential": [], "joint": []})
+                                           "overrides": list(study_overrides(base)), "mlp_lr_scale": mlp_scale,
+                                           "sequential": [], "joint": []})
         for seed in range(config.seeds):
             setup = Setup(str(spec_path(base)), dim, config.seq_len, config.batch, seed,
-                          mlp_lr_scale=mlp_scale, warmup=config.warmup)
+                          mlp_lr_scale=mlp_scale, warmup=config.warmup, overrides=study_overrides(base))
             kinds = ["sequential"] + (["joint"] if config.joint and label != CONTROL else [])
             for kind in kinds:
                 key = {"study": "continual", "kind": kind, "setup": asdict(setup), "steps": config.steps,
@@ -442,8 +469,9 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"Byte-level tokens, phases in the order {' → '.join(f'`{n}`' for n in names)}, {config['steps']} steps "
         f"per phase of {config['batch']} random windows of {config['seq_len']} tokens, AdamW with each spec's "
-        f"lr and weight decay after {config['warmup']} warm-up steps (one optimizer for all phases), "
-        f"{seeds} seeds. After each phase: bits per byte on {config['eval_windows']} evenly spaced validation "
+        f"lr and weight decay after {plural(config['warmup'], 'warm-up step')} (one optimizer for all phases), "
+        f"{plural(seeds, 'seed')}. After each phase: bits per byte on {config['eval_windows']} evenly spaced "
+        "validation "
         f"windows of every domain → R[i, j] (after phase i, on domain j). The in-context levels learn "
         "within each window and start afresh in the next; the slow CMS level follows the continuum clock.",
         "",
@@ -457,17 +485,19 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"Python {summary['domains'][0]['python']}, Unicode {summary['domains'][0]['unicode']}.",
         "",
-        "| model | spec | dim | parameters |",
-        "|---|---|---:|---:|",
+        "| model | spec | dim | parameters | departures from the spec |",
+        "|---|---|---:|---:|---|",
     ]
     for label, entry in summary["models"].items():
         note = f" (MLP lr × {entry['mlp_lr_scale']})" if entry["mlp_lr_scale"] != 1.0 else ""
-        lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} |")
+        lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
+                     f"{departures(entry['overrides'])} |")
+    lines += ["", *override_notes(summary["models"])]
     lines += [
         "",
         "## Results",
         "",
-        f"Mean ± std over {seeds} seeds, bits per byte (lower is better). BWT = mean over j < T of "
+        f"Mean ± std over {plural(seeds, 'seed')}, bits per byte (lower is better). BWT = mean over j < T of "
         "R[T, j] − R[j, j] (positive = forgetting). Plasticity = R[j, j], the bpb on each domain right after "
         "its own phase. Joint = the same total steps on batches mixing all domains (the upper bound).",
         "",
@@ -480,7 +510,10 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         cells += [pm([p[j] for p in m["plasticity"]]) for j in range(len(names))]
         cells.append(pm(m["joint_final"]) if "joint_final" in m else "–")
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-    lines += ["", "Mean score matrix R[i, j] per model (rows: after phase i; last row: joint training):", ""]
+    lines += ["", *diverged_notes([(f"{label} seed {seed} {kind}", run)
+                                   for label, entry in summary["models"].items()
+                                   for kind in ("sequential", "joint") for seed, run in enumerate(entry[kind])])]
+    lines += ["Mean score matrix R[i, j] per model (rows: after phase i; last row: joint training):", ""]
     for label, m in metrics.items():
         lines += [f"`{label}`", "", "| after | " + " | ".join(f"`{n}`" for n in names) + " |",
                   "|---|" + "---:|" * len(names)]
@@ -495,7 +528,7 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
     if verdict:
         lines += ["## Does HOPE forget less here?", "",
                   "Differences count only when the means differ by more than twice their standard error "
-                  f"over the {seeds} seeds:", "", *verdict, ""]
+                  f"over the {plural(seeds, 'seed')}:", "", *verdict, ""]
     control = metrics.get(CONTROL)
     if control and "transformer" in metrics:
         lines += [f"Control: slowing the Transformer's MLP to lr × {CONTROL_MLP_LR_SCALE} changes its BWT from "
@@ -506,6 +539,27 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
               "the paper's continual-learning claims concern far larger models and longer training, so this "
               "measures the mechanisms at toy scale, not the claims.", ""]
     (out / "continual.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def departures(overrides: Sequence[str]) -> str:
+    return ", ".join(f"`--set {o}`" for o in overrides) or "none"
+
+
+def override_notes(models: dict[str, Any]) -> list[str]:
+    """Why a model departs from its shipped spec (STUDY_OVERRIDES), once per spec."""
+    if not any(entry["overrides"] for entry in models.values()):
+        return []
+    return ["The shipped `titans_lmm.nl` feeds raw SiLU values to its MLP memory; on real text that memory "
+            "diverges inside a single 128-token window at initialisation (NaN logits for most seeds, in the "
+            "reference interpreter as well as the compiled model), so the studies L2-normalise its values, as "
+            "HOPE's self-modifying memories do.", ""]
+
+
+def diverged_notes(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per run whose loss stopped being finite (its scores are NaN in the tables)."""
+    lines = [f"- `{label}` diverged (non-finite loss) at step {run['diverged_at_step']}."
+             for label, run in runs if run.get("diverged_at_step") is not None]
+    return [*lines, ""] if lines else []
 
 
 def plot_continual(metrics: dict[str, dict[str, Any]], names: list[str], path: Path) -> str | None:
@@ -572,14 +626,22 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
     """Train on freshly generated batches (`make_batch(step)`), then score every test set."""
     learner = Learner(setup)
     started = time.perf_counter()
-    losses = [learner.step(make_batch(step)) for step in range(steps)]
+    losses: list[float] = []
+    try:
+        for step in range(steps):
+            losses.append(learner.step(make_batch(step)))
+    except FloatingPointError:  # a diverged run stays in the results as NaN rather than ending the study
+        failed = {"accuracy": math.nan, "exact": math.nan, "loss": math.nan}
+        return {"tests": {name: failed for name in tests}, "final_loss": math.nan, "diverged_at_step": learner.steps,
+                "train_seconds": time.perf_counter() - started, "seconds": time.perf_counter() - started,
+                "params": learner.parameter_count}
     trained = time.perf_counter() - started
     results = {}
     for name, batch in tests.items():
         scores = learner.evaluate(batch, eval_batch)
         results[name] = {"accuracy": scores.accuracy, "exact": scores.exact, "loss": scores.loss / scores.positions}
-    return {"tests": results, "final_loss": statistics.fmean(losses[-20:]), "train_seconds": trained,
-            "seconds": time.perf_counter() - started, "params": learner.parameter_count}
+    return {"tests": results, "final_loss": statistics.fmean(losses[-20:]), "diverged_at_step": None,
+            "train_seconds": trained, "seconds": time.perf_counter() - started, "params": learner.parameter_count}
 
 
 def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
@@ -594,11 +656,13 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
     models: dict[str, Any] = {}
     for name in config.models:
         spec = spec_path(name)
-        dim, count = matched_width(spec, config.params)
-        entry = models.setdefault(model_name(name), {"spec": spec.name, "dim": dim, "params": count, "mqar": {}})
+        overrides = study_overrides(name)
+        dim, count = matched_width(spec, config.params, overrides)
+        entry = models.setdefault(model_name(name), {"spec": spec.name, "dim": dim, "params": count,
+                                                     "overrides": list(overrides), "mqar": {}})
         for lr in config.lrs:
             setup = Setup(str(spec), dim, config.mqar_seq_len, config.mqar_batch, config.seed, lr=lr,
-                          warmup=config.warmup)
+                          warmup=config.warmup, overrides=overrides)
             key = {"study": "recall", "task": "mqar", "setup": asdict(setup), "steps": config.mqar_steps,
                    "tests": list(config.mqar_tests), "examples": config.test_examples}
 
@@ -610,9 +674,9 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
             entry["mqar"][repr(lr)] = run
             accuracies = " ".join(f"{k}: {v['accuracy']:.3f}" for k, v in run["tests"].items())
             print(f"{model_name(name):>16} MQAR lr {lr:g}: {accuracies}  ({run['seconds']:.0f} s)", flush=True)
-        best = max(config.lrs, key=lambda lr: entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"])
+        best = max(config.lrs, key=lambda lr: nan_to_minus_one(entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"]))
         setup = Setup(str(spec), dim, config.passkey_seq_len, config.passkey_batch, config.seed, lr=best,
-                      warmup=config.warmup)
+                      warmup=config.warmup, overrides=overrides)
         key = {"study": "recall", "task": "passkey", "setup": asdict(setup), "steps": config.passkey_steps,
                "digits": config.passkey_digits, "scales": list(config.passkey_scales),
                "examples": config.passkey_examples}
@@ -655,11 +719,13 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         f"{config['params']:,} parameters), 2 layers, vocabulary 256, AdamW with the spec's weight decay, "
         f"{config['warmup']} warm-up steps, then a constant lr; seed {config['seed']}.",
         "",
-        "| model | spec | dim | parameters |",
-        "|---|---|---:|---:|",
+        "| model | spec | dim | parameters | departures from the spec |",
+        "|---|---|---:|---:|---|",
     ]
     for name, entry in models.items():
-        lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry['params']:,} |")
+        lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
+                     f"{departures(entry['overrides'])} |")
+    lines += ["", *override_notes(models)]
     lines += [
         "",
         f"**MQAR.** Trained for {config['mqar_steps']} steps of {config['mqar_batch']} fresh sequences of "
@@ -701,7 +767,11 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         run = entry["passkey"]
         cells = [f"{run['tests'][s]['exact']:.2f} / {run['tests'][s]['accuracy']:.2f}" for s in scales]
         lines.append(f"| `{name}` | {run['lr']:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Training time per run (seconds, this machine):", "",
+    lines += ["", *diverged_notes([(f"{name} MQAR lr {lr}", run) for name, entry in models.items()
+                                   for lr, run in entry["mqar"].items()]
+                                  + [(f"{name} passkey", entry["passkey"]) for name, entry in models.items()
+                                     if "passkey" in entry])]
+    lines += ["Training time per run (seconds, this machine):", "",
               "| model | " + " | ".join(f"MQAR lr {float(lr):g}" for lr in next(iter(models.values()))["mqar"])
               + " | passkey |",
               "|---|" + "---:|" * (len(config["lrs"]) + 1)]
@@ -728,12 +798,12 @@ def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
         return None
     config, models = summary["config"], summary["models"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lengths = [config["passkey_seq_len"] * s for s in config["passkey_scales"]]
     for name, entry in models.items():
         lrs = [float(lr) for lr in entry["mqar"]]
         left.plot(lrs, [run["tests"][summary["train_key"]]["accuracy"] for run in entry["mqar"].values()],
                   marker="o", label=name)
         if "passkey" in entry:
-            lengths = [config["passkey_seq_len"] * s for s in config["passkey_scales"]]
             right.plot(lengths, [entry["passkey"]["tests"][f"{s}x"]["exact"] for s in config["passkey_scales"]],
                        marker="o", label=name)
     left.set(xscale="log", xlabel="learning rate", ylabel="accuracy", ylim=(-0.02, 1.02),
