@@ -23,6 +23,7 @@ from nldsl.runtime.memory import (
     memory_chunk_step,
     memory_forward,
     memory_level,
+    split_chunks,
 )
 
 # Next-token surprise (the CMS driver) ---------------------------------------------------------
@@ -111,12 +112,12 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
     error = head.output_error() if fast.objective == "external" else None
     outputs = []
     chunk = fast.chunk_size
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        piece = inputs[:, :, start:end]
-        out, current = memory_chunk_step(
-            fast, current, piece, None, piece, _slice(lr, start, end), _slice(retention, start, end),
-            _slice(momentum, start, end), error, start=start)
+    pieces = zip(split_chunks(inputs, chunk, -2, length), split_chunks(lr, chunk, -1, length),
+                 split_chunks(retention, chunk, -1, length), split_chunks(momentum, chunk, -1, length))
+    for index, (piece, eta, alpha, beta) in enumerate(pieces):
+        start = index * chunk
+        end = start + piece.shape[-2]
+        out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, start=start)
         outputs.append(out)
         states[0] = current.weights
         restart = None
@@ -134,10 +135,6 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
 
 def _zero_momentum(config: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
     return [torch.zeros_like(w) for w in weights] if config.momentum else None
-
-
-def _slice(gate: Tensor | None, start: int, end: int) -> Tensor | None:
-    return None if gate is None else gate[..., start:end]
 
 
 # Self-modifying projections (HOPE) --------------------------------------------------------------
@@ -187,13 +184,24 @@ def self_modifying_projections(
     length = x_heads.shape[2]
     caches = dict(caches or {name: None for name in "qkv"})
     pieces: dict[str, list[Tensor]] = {name: [] for name in ("q", "k", "v", "lr", "retention")}
-    for start in range(0, length, cfg.chunk_size):
-        end = min(start + cfg.chunk_size, length)
-        x_chunk = x_heads[:, :, start:end]  # (B, H, n, d_h)
-        read = {name: memory_forward(cfg, memories[name].weights, x_chunk)[0] for name in config.adaptive}
+    size = cfg.chunk_size
+    static_chunks = {name: split_chunks(tensor, size, -2, length) for name, tensor in static.items()}
+    gate_chunks = {name: split_chunks(static_gates.get(name), size, -1, length)
+                   for name in ("lr", "retention", "momentum")}
+    # The adaptive memories read the same chunk and take their steps on the same keys, values and
+    # gates; only their weights differ. They run as one level of A·H heads, so every product is
+    # one batched call instead of one per memory.
+    adaptive = config.adaptive
+    stacked = _stack_states([memories[name] for name in adaptive]) if adaptive else None
+    for index, x_chunk in enumerate(split_chunks(x_heads, size, -2, length)):  # (B, H, n, d_h)
+        read: dict[str, Tensor] = {}
+        if stacked is not None:
+            x_tiled = torch.cat([x_chunk] * len(adaptive), dim=1)  # (B, A·H, n, d_h)
+            read_all = memory_forward(cfg, stacked.weights, x_tiled)[0]  # (B, A·H, n, d_h)
+            read = dict(zip(adaptive, read_all.split(config.heads, dim=1)))
         chunk: dict[str, Tensor] = {}
         for name in "qkv":
-            raw = read[name] if name in config.adaptive else static[name][:, :, start:end]
+            raw = read[name] if name in adaptive else static_chunks[name][index]
             if config.conv:
                 convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None,
                                                                 caches[name])
@@ -202,22 +210,50 @@ def self_modifying_projections(
                 raw = l2_normalize(raw)
             chunk[name] = raw
         for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
-            if name in config.adaptive:
+            if name in adaptive:
                 vector, bias = readouts[name]
                 logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
                 chunk[gate] = bound * torch.sigmoid(logits)
             else:
-                chunk[gate] = _slice(static_gates[gate], start, end)  # type: ignore[assignment]
-        momentum = _slice(static_gates.get("momentum"), start, end) if cfg.momentum else None
-        for name in config.adaptive:
-            _, memories[name] = memory_chunk_step(
-                cfg, memories[name], chunk["k"], chunk["v"], x_chunk, chunk["lr"], chunk["retention"],
-                momentum, start=start)
+                chunk[gate] = gate_chunks[gate][index]
+        momentum = gate_chunks["momentum"][index] if cfg.momentum else None
+        if stacked is not None:
+            count = len(adaptive)
+            _, stacked = memory_chunk_step(
+                cfg, stacked, _tile_heads(chunk["k"], count), _tile_heads(chunk["v"], count), x_tiled,
+                _tile_heads(chunk["lr"], count), _tile_heads(chunk.get("retention"), count),
+                _tile_heads(momentum, count), start=index * size)
         for name in pieces:
             if chunk.get(name) is not None:
                 pieces[name].append(chunk[name])
+    if stacked is not None:
+        memories = {**memories, **_unstack_state(stacked, adaptive, config.heads)}
     outputs = {name: torch.cat(parts, dim=-2 if name in "qkv" else -1) for name, parts in pieces.items() if parts}
     return outputs, memories, caches
+
+
+def _tile_heads(tensor: Tensor | None, count: int) -> Tensor | None:
+    """(B, H, …) → (B, count·H, …): the same inputs for each of `count` stacked memories."""
+    return None if tensor is None else torch.cat([tensor] * count, dim=1)
+
+
+def _stack_states(states: list[MemoryState]) -> MemoryState:
+    """Memories of one config as one level, their heads side by side: weights (B, A·H, out, in)."""
+    weights = [torch.cat(layer, dim=1) for layer in zip(*(state.weights for state in states))]
+    if states[0].momentum is None:
+        return MemoryState(weights, None)
+    momentum = [torch.cat(layer, dim=1) for layer in zip(*(state.momentum or [] for state in states))]
+    return MemoryState(weights, momentum)
+
+
+def _unstack_state(stacked: MemoryState, names: tuple[str, ...], heads: int) -> dict[str, MemoryState]:
+    """The inverse of `_stack_states`, by name."""
+    weights = [w.split(heads, dim=1) for w in stacked.weights]
+    momentum = None if stacked.momentum is None else [m.split(heads, dim=1) for m in stacked.momentum]
+    return {
+        name: MemoryState([w[index] for w in weights], None if momentum is None else [m[index] for m in momentum])
+        for index, name in enumerate(names)
+    }
 
 
 # Memory as context (Titans MAC) ---------------------------------------------------------------

@@ -79,16 +79,15 @@ def generalized_delta_chunked(
     """
     assert readout in ("causal", "exclusive"), readout
     assert block >= 1
-    length = q.shape[-2]
     state = initial_state
     outputs = []
-    for begin in range(0, length, block):
-        end = min(begin + block, length)
-        log_alpha = None if alpha is None else torch.log(alpha[..., begin:end])
-        block_outputs, state = _delta_block(
-            q[..., begin:end, :], k[..., begin:end, :], a[..., begin:end, :], x[..., begin:end, :],
-            log_alpha, state, readout, detach_writes,
-        )
+    # torch.split, not slicing: each slice's backward would fill a zero tensor of the full length.
+    log_alphas = [None] * (-(-q.shape[-2] // block)) if alpha is None else torch.log(alpha).split(block, dim=-1)
+    pieces = zip(q.split(block, dim=-2), k.split(block, dim=-2), a.split(block, dim=-2), x.split(block, dim=-2),
+                 log_alphas)
+    for q_block, k_block, a_block, x_block, log_alpha in pieces:
+        block_outputs, state = _delta_block(q_block, k_block, a_block, x_block, log_alpha, state, readout,
+                                            detach_writes)
         outputs.append(block_outputs)
     return torch.cat(outputs, dim=-2), state
 
