@@ -197,7 +197,8 @@ def test_recall_smoke(tmp_path):
 
 def test_titans_runs_with_normalised_values():
     learner = S.Learner(S.Setup(str(S.spec_path("titans")), 16, 32, 2, 0, overrides=S.study_overrides("titans")))
-    assert learner.model.spec.model.block.sublayers[0].value_norm == "l2"
+    memory = learner.model.spec.model.block.sublayers[0]
+    assert memory.value_norm == "l2" and memory.level.lr.max == pytest.approx(0.01)
 
 
 def test_a_diverged_run_is_recorded_not_fatal(monkeypatch):
