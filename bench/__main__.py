@@ -1,0 +1,51 @@
+"""`python -m bench <command>`: the benchmark suite; every command writes bench/results/<command>.json.
+
+    train    training-step tokens/s of every shipped model spec, eager and compiled, T = 512/2048/8192
+    memory   peak memory of a training step against T, one fresh subprocess per point
+    chunks   chunk-size sweep for Titans and HOPE: throughput and loss after a small budget
+    mfu      model FLOPs utilisation against this machine's measured fp32 matmul peak
+    peers    titans-pytorch, nested-learning, fla reference ops, the hand-written floor, the targets
+    profile  torch.profiler tables of the steps behind missed targets
+    smoke    the fast regression guard CI runs (graph breaks, compiled not slower than eager)
+    gpu      the CUDA suite in bf16 autocast (correctness, throughput, MFU); --device cpu --tiny to test
+    report   docs/results/performance.md and its figures from the JSON results
+
+Options before the command apply to all: `python -m bench --threads 2 train --lengths 512`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import chunk_sweep, gpu, harness, mfu, peak_memory, peers, profiles, report, smoke, throughput
+
+COMMANDS = {
+    "train": throughput,
+    "memory": peak_memory,
+    "chunks": chunk_sweep,
+    "mfu": mfu,
+    "peers": peers,
+    "profile": profiles,
+    "smoke": smoke,
+    "gpu": gpu,
+    "report": report,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--threads", type=int, default=harness.DEFAULT_THREADS,
+                        help="torch intra-op threads (default 1: the cores are shared, see bench/harness.py)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        sub = commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0],
+                                  description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    harness.setup_torch(args.threads)
+    return COMMANDS[args.command].main(args) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

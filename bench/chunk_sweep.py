@@ -1,0 +1,115 @@
+"""Chunk-size sweep for Titans and HOPE: training throughput and the loss after a small fixed budget.
+
+The chunk size C is the memory level's period: every inner gradient of a chunk is taken at the
+chunk's start state, so a larger C means fewer sequential steps (faster) and staler gradients
+(possibly worse loss). For HOPE the projection memories keep half the main memory's chunk, the
+ratio of specs/hope.nl (16 / 8).
+
+Throughput: eager training steps at `--length`, median of `--repeats`. Loss: `--steps` training
+steps on the default corpus (byte tokens, the spec's AdamW), then the mean loss on `--eval`
+held-out batches; same seed, same batches for every C.
+
+    python -m bench chunks
+    python -m bench chunks --models titans --chunks 8 16 32
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from bench.harness import (
+    TrainStep,
+    build,
+    log,
+    machine,
+    measure_step,
+    random_tokens,
+    read_result,
+    write_result,
+)
+from nldsl.runtime import data
+
+NAME = "chunks"
+MODELS = {
+    "titans": ("specs/titans_lmm.nl", lambda c: [f"model.block.lmm.level.period={c}"]),
+    "hope": ("specs/hope.nl", lambda c: [f"model.block.titans.memory.period={c}",
+                                         f"model.block.titans.projections.period={max(1, c // 2)}"]),
+}
+CHUNKS = (4, 8, 16, 32, 64)
+
+
+def corpus() -> tuple[data.TokenText, data.TokenText]:
+    split = data.load_split(None)
+    tokenizer = data.ByteTokenizer()
+    return data.tokenize(tokenizer, split.train), data.tokenize(tokenizer, split.validation)
+
+
+def loss_after_budget(spec: str, overrides: list[str], texts, steps: int, batch: int, length: int,
+                      evaluations: int) -> tuple[float, float]:
+    """(final training loss, mean held-out loss) after `steps` steps from the same initialisation."""
+    train_text, valid_text = texts
+    model, optimizer = build(spec, overrides, seq_len=length, seed=0)
+    step = TrainStep(model, optimizer)
+    loss = float("nan")
+    for index in range(steps):
+        loss = step(*data.batch_at(train_text, 0, index, batch, length)).item()
+    with torch.no_grad():
+        held_out = [model.loss(*data.batch_at(valid_text, 1, index, batch, length)).item()
+                    for index in range(evaluations)]
+    return loss, sum(held_out) / len(held_out)
+
+
+def run(models: list[str], chunks: list[int], length: int, batch: int, steps: int, train_length: int,
+        train_batch: int, evaluations: int, repeats: int, fresh: bool) -> dict:
+    result = (None if fresh else read_result(NAME)) or {
+        "machine": machine(), "length": length, "batch": batch, "steps": steps, "train_length": train_length,
+        "train_batch": train_batch, "points": []}
+    done = {(p["model"], p["chunk"]) for p in result["points"]}
+    texts = corpus()
+    for name in models:
+        spec, overrides_for = MODELS[name]
+        for chunk in chunks:
+            if (name, chunk) in done:
+                continue
+            overrides = overrides_for(chunk)
+            point: dict = {"model": name, "spec": spec, "chunk": chunk, "overrides": overrides}
+            try:
+                model, optimizer = build(spec, overrides, seq_len=length)
+                tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+                step = TrainStep(model, optimizer)
+                timing = measure_step(lambda s=step, a=tokens, b=targets: s(a, b), repeats=repeats)
+                point["tokens_per_second"] = batch * length / timing.seconds
+                point["train_loss"], point["eval_loss"] = loss_after_budget(
+                    spec, overrides, texts, steps, train_batch, train_length, evaluations)
+            except Exception as error:
+                point["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            result["points"].append(point)
+            write_result(NAME, result)
+            log(f"chunks {name} C={chunk}: " + (
+                f"{point['tokens_per_second']:,.0f} tok/s, held-out loss {point['eval_loss']:.3f}"
+                if "eval_loss" in point else point["error"]))
+    return result
+
+
+def main(args) -> None:
+    run(args.models, args.chunks, args.length, args.batch, args.steps, args.train_length, args.train_batch,
+        args.eval, args.repeats, args.fresh)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--chunks", nargs="+", type=int, default=list(CHUNKS))
+    parser.add_argument("--length", type=int, default=1024, help="sequence length of the throughput steps")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=40, help="training steps of the loss budget")
+    parser.add_argument("--train-length", type=int, default=256)
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--eval", type=int, default=4, help="held-out batches")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fresh", action="store_true")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench chunks")

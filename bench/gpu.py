@@ -1,0 +1,311 @@
+"""The CUDA suite in one command: correctness on the GPU, then throughput and MFU in bf16 autocast.
+
+    python -m bench gpu                          # on a CUDA machine; about 5 minutes on an H100
+    python -m bench gpu --device cpu --tiny      # every code path at toy sizes, on the CPU
+
+Phases, each written to the JSON and the markdown as soon as it ends (an interrupted run keeps
+what it finished), each skipped with a note when the time budget (`--budget`, seconds) would be
+overrun:
+
+1. Correctness. (a) The generated model against the reference interpreter (nldsl.interpreter,
+   token by token) in float64 on the device, tiny configurations with lengths that are not
+   multiples of the chunk sizes, eager for several specs and under torch.compile for two.
+   (b) The bf16-autocast compiled loss against the fp32 eager loss of the same model and batch.
+2. Throughput. Transformer++ (the spec, d_model 1024, 8 blocks: about 100M parameters, so that
+   compile, warm-up and timing fit the budget with room to spare) compiled, and HOPE with its
+   in-context updates on at the nearest equal parameter count (layers chosen by counting), eager:
+   compiling HOPE unrolls every chunk of every level and would not fit the budget. Training steps
+   (forward + backward + clip + AdamW) in bf16 autocast, T = 2048.
+3. MFU against the card's dense bf16 peak (a table by device name; H100 SXM: 989 TFLOP/s), with a
+   measured bf16 matmul rate beside it. FLOPs per step are counted once (FlopCounterMode over a
+   batch-1 forward + backward, times the batch, attention counted causally).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    TrainStep,
+    attention_flops,
+    build,
+    count_flops,
+    log,
+    machine,
+    matmul_peak,
+    parameter_count,
+    random_tokens,
+    write_result,
+)
+from nldsl import loader
+from nldsl.interpreter import interpret
+
+DENSE_BF16_PEAKS = (  # (substring of torch.cuda.get_device_name(), dense bf16 FLOP/s), first match wins
+    ("H100 PCIe", 756e12),
+    ("H100", 989.4e12),
+    ("H200", 989.4e12),
+    ("GH200", 989.4e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+)
+OUTPUT_RTOL = 1e-6  # float64 generated model vs interpreter, relative to the logits' norm
+BF16_LOSS_RTOL = 2e-2  # bf16 autocast compiled loss vs fp32 eager loss, relative
+CORRECTNESS_SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/gated_deltanet.nl",
+                     "specs/titans_mac.nl")
+COMPILED_CORRECTNESS = ("specs/transformer.nl", "specs/titans_lmm.nl")
+TINY_CORRECTNESS = ["model.dim=32", "model.layers=1"]
+FULL = {"dim": 1024, "heads": 16, "transformer_layers": 8, "length": 2048, "batch": 8, "steps": 5}
+TINY = {"dim": 64, "heads": 4, "transformer_layers": 2, "length": 128, "batch": 2, "steps": 2}
+
+
+class Run:
+    """The results so far, written (JSON and markdown) after every phase."""
+
+    def __init__(self, device: str, budget: float, markdown: Path, name: str) -> None:
+        self.began = time.perf_counter()
+        self.budget = budget
+        self.markdown = markdown
+        self.name = name
+        self.data: dict = {"machine": machine(), "device": device, "phases": {}}
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.began)
+
+    def save(self) -> None:
+        self.data["elapsed_seconds"] = time.perf_counter() - self.began
+        write_result(self.name, self.data)
+        self.markdown.parent.mkdir(parents=True, exist_ok=True)
+        self.markdown.write_text(render(self.data), encoding="utf-8")
+
+
+def autocast(device: str, enabled: bool = True):
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if enabled \
+        else contextlib.nullcontext()
+
+
+def interpreter_agreement(spec: str, device: str, compiled: bool, length: int = 21) -> dict:
+    """Relative difference of the generated model's float64 logits and the interpreter's."""
+    result = loader.check(ROOT / spec, [*TINY_CORRECTNESS, f"train.seq_len={length}"])
+    module = loader.compile_module(result)
+    torch.manual_seed(0)
+    model = module.build(device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))  # off the (often symmetric) initialisation
+    tokens = torch.randint(0, result.spec.model.vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(device)
+    forward = torch.compile(model, fullgraph=True) if compiled else model
+    with torch.no_grad():
+        ours = forward(tokens)
+        reference = interpret(result.spec, dict(model.named_parameters()), tokens)
+    torch._dynamo.reset()
+    error = ((ours - reference).norm() / reference.norm()).item()
+    return {"relative_error": error, "ok": error <= OUTPUT_RTOL, "length": length}
+
+
+def bf16_agreement(spec: str, device: str, length: int) -> dict:
+    """bf16 autocast compiled loss vs fp32 eager loss, same parameters and batch."""
+    model, _ = build(spec, ["model.dim=64", "model.layers=2"], seq_len=length, device=device)
+    tokens, targets = random_tokens(2, length, model.spec.model.vocab, device=device)
+    with torch.no_grad():
+        reference = model.loss(tokens, targets).item()
+        with autocast(device):
+            low = torch.compile(model.loss, fullgraph=True)(tokens, targets).item()
+    torch._dynamo.reset()
+    error = abs(low - reference) / abs(reference)
+    return {"fp32_eager": reference, "bf16_compiled": low, "relative_error": error, "ok": error <= BF16_LOSS_RTOL}
+
+
+def correctness(run: Run, tiny: bool) -> None:
+    device = run.data["device"]
+    phase = run.data["phases"].setdefault("correctness", {"interpreter": {}, "bf16": {}})
+    for spec in CORRECTNESS_SPECS:
+        for compiled in (False, True) if spec in COMPILED_CORRECTNESS else (False,):
+            key = f"{spec} ({'compiled' if compiled else 'eager'})"
+            if run.left() < 60:
+                phase["interpreter"][key] = {"skipped": "time budget"}
+                continue
+            phase["interpreter"][key] = outcome = interpreter_agreement(spec, device, compiled)
+            log(f"gpu correctness {key}: relative error {outcome['relative_error']:.2e}")
+            run.save()
+    for spec in ("specs/transformer.nl", "specs/titans_lmm.nl"):
+        if run.left() < 60:
+            phase["bf16"][spec] = {"skipped": "time budget"}
+            continue
+        phase["bf16"][spec] = outcome = bf16_agreement(spec, device, 64 if tiny else 256)
+        log(f"gpu bf16 {spec}: fp32 {outcome['fp32_eager']:.4f} bf16 {outcome['bf16_compiled']:.4f}")
+        run.save()
+
+
+def equal_parameter_layers(dim: int, heads: int, target: int) -> tuple[int, int]:
+    """HOPE's block count whose parameter count is nearest `target`, and that count (meta device)."""
+    counts = {}
+    for layers in range(1, 49):
+        result = loader.check(ROOT / "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={layers}"])
+        counts[layers] = sum(p.numel() for p in loader.compile_module(result).build("meta").parameters())
+        if counts[layers] > target:
+            break
+    best = min(counts, key=lambda n: abs(counts[n] - target))
+    return best, counts[best]
+
+
+def dense_peak(device: str) -> tuple[str, float | None]:
+    if not device.startswith("cuda"):
+        return "cpu", None
+    name = torch.cuda.get_device_name()
+    return name, next((peak for key, peak in DENSE_BF16_PEAKS if key in name), None)
+
+
+def throughput(run: Run, size: dict, hope_compiled: bool) -> None:
+    device = run.data["device"]
+    name, table_peak = dense_peak(device)
+    measured = matmul_peak(size=1024 if size is TINY else 8192, seconds=1.0, device=device, dtype=torch.bfloat16)
+    peak = table_peak or measured
+    phase = run.data["phases"].setdefault("throughput", {
+        "device_name": name, "table_peak_flops": table_peak, "measured_bf16_matmul_flops": measured,
+        "peak_used": "table" if table_peak else "measured", "config": size, "models": {}})
+    run.save()
+    dim, heads, length, batch = size["dim"], size["heads"], size["length"], size["batch"]
+    transformer_overrides = [f"dim={dim}", f"heads={heads}", f"model.layers={size['transformer_layers']}"]
+    transformer_params = parameter_count(build("specs/transformer.nl", transformer_overrides, device="meta")[0])
+    hope_layers, _ = equal_parameter_layers(dim, heads, transformer_params)
+    plans = [("transformer", "specs/transformer.nl", transformer_overrides, True),
+             ("hope", "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={hope_layers}"], hope_compiled)]
+    for label, spec, overrides, compiled in plans:
+        if run.left() < 45:
+            phase["models"][label] = {"skipped": "time budget"}
+            run.save()
+            continue
+        log(f"gpu throughput {label}: {overrides}, {'compiled' if compiled else 'eager'} ...")
+        phase["models"][label] = measure_model(spec, overrides, length, batch, compiled, device, peak, size, run)
+        run.save()
+
+
+def measure_model(spec: str, overrides: list[str], length: int, batch: int, compiled: bool, device: str,
+                  peak: float, size: dict, run: Run) -> dict:
+    model, optimizer = build(spec, overrides, seq_len=length, device=device)
+    single, single_targets = random_tokens(1, length, model.spec.model.vocab, device=device)
+    with autocast(device):
+        counted, _ = count_flops(lambda: model.loss(single, single_targets).backward())
+    model.zero_grad(set_to_none=True)
+    flops = batch * counted + attention_flops(model, batch, length)
+    tokens, targets = random_tokens(batch, length, model.spec.model.vocab, device=device)
+    step = TrainStep(model, optimizer, compiled=compiled)
+
+    def call():
+        with autocast(device):
+            step(tokens, targets)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    began = time.perf_counter()
+    call()
+    first = time.perf_counter() - began
+    seconds = []
+    for _ in range(size["steps"]):
+        if run.left() < 15 and seconds:
+            break
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    seconds.sort()
+    median = seconds[len(seconds) // 2]
+    torch._dynamo.reset()
+    outcome = {"overrides": overrides, "compiled": compiled, "parameters": parameter_count(model),
+               "flops_per_step": flops, "first_step_seconds": first, "step_seconds": median,
+               "timed_steps": len(seconds), "tokens_per_second": batch * length / median,
+               "mfu": flops / median / peak}
+    log(f"gpu throughput: {outcome['tokens_per_second']:,.0f} tok/s, MFU {100 * outcome['mfu']:.1f}%")
+    return outcome
+
+
+def render(data: dict) -> str:
+    """The markdown page of a run."""
+    lines = ["# nldsl on the GPU", "",
+             f"Measured with `python -m bench gpu` on {data['machine'].get('cuda') or data['device']} "
+             f"(torch {data['machine']['torch']}, {data['machine']['time']}); "
+             f"{data.get('elapsed_seconds', 0):.0f} s in all. Numbers come from bench/results/gpu.json.", ""]
+    correctness_phase = data["phases"].get("correctness")
+    if correctness_phase:
+        lines += ["## Correctness", "",
+                  f"Generated model vs the reference interpreter, float64 logits, tiny configurations "
+                  f"(`{' '.join(TINY_CORRECTNESS)}`, T = 21); tolerance {OUTPUT_RTOL:g} relative.", "",
+                  "| spec | relative error | ok |", "|---|---:|---|"]
+        for key, outcome in correctness_phase["interpreter"].items():
+            lines.append(f"| {key} | {outcome.get('relative_error', float('nan')):.2e} | "
+                         f"{outcome.get('ok', outcome.get('skipped'))} |")
+        lines += ["", f"bf16 autocast compiled loss vs fp32 eager loss (tolerance {BF16_LOSS_RTOL:g} relative):", "",
+                  "| spec | fp32 eager | bf16 compiled | relative difference | ok |", "|---|---:|---:|---:|---|"]
+        for spec, outcome in correctness_phase["bf16"].items():
+            if "skipped" in outcome:
+                lines.append(f"| {spec} | | | | {outcome['skipped']} |")
+                continue
+            lines.append(f"| {spec} | {outcome['fp32_eager']:.4f} | {outcome['bf16_compiled']:.4f} | "
+                         f"{outcome['relative_error']:.2e} | {outcome['ok']} |")
+        lines.append("")
+    phase = data["phases"].get("throughput")
+    if phase:
+        peak = phase["table_peak_flops"] or phase["measured_bf16_matmul_flops"]
+        cfg = phase["config"]
+        lines += ["## Throughput and MFU", "",
+                  f"Training steps in bf16 autocast, T = {cfg['length']}, batch {cfg['batch']}, width "
+                  f"{cfg['dim']}, {cfg['heads']} heads. Peak: {peak / 1e12:.0f} TFLOP/s "
+                  f"({phase['peak_used']}; measured bf16 matmul {phase['measured_bf16_matmul_flops'] / 1e12:.0f} "
+                  f"TFLOP/s) on {phase['device_name']}.", "",
+                  "| model | mode | parameters | tokens/s | step s | first step s | MFU |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for label, outcome in phase["models"].items():
+            if "skipped" in outcome:
+                lines.append(f"| {label} | skipped: {outcome['skipped']} | | | | | |")
+                continue
+            lines.append(f"| {label} | {'compiled' if outcome['compiled'] else 'eager'} | "
+                         f"{outcome['parameters']:,} | {outcome['tokens_per_second']:,.0f} | "
+                         f"{outcome['step_seconds']:.3f} | {outcome['first_step_seconds']:.1f} | "
+                         f"{100 * outcome['mfu']:.1f}% |")
+        models = phase["models"]
+        if "tokens_per_second" in models.get("transformer", {}) and "tokens_per_second" in models.get("hope", {}):
+            ratio = models["transformer"]["tokens_per_second"] / models["hope"]["tokens_per_second"]
+            lines += ["", f"Targets: Transformer++ MFU ≥ 40%: {100 * models['transformer']['mfu']:.1f}% "
+                          f"({'met' if models['transformer']['mfu'] >= 0.4 else 'missed'}); HOPE within 2.5× of "
+                          f"Transformer++: {ratio:.2f}× slower ({'met' if ratio <= 2.5 else 'missed'})."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = args.tiny or not device.startswith("cuda")
+    name = "gpu" if device.startswith("cuda") and not args.tiny else "gpu_tiny"
+    default = ROOT / "docs" / "results" / "performance-gpu.md" if name == "gpu" else RESULTS / "gpu_tiny.md"
+    markdown = Path(args.output) if args.output else default
+    run = Run(device, args.budget, markdown, name)
+    log(f"gpu suite on {device} ({'tiny' if tiny else 'full'} sizes), budget {args.budget:.0f} s")
+    correctness(run, tiny)
+    throughput(run, TINY if tiny else FULL, args.hope_compiled)
+    run.save()
+    log(f"gpu suite done in {time.perf_counter() - run.began:.0f} s: {markdown}")
+    phases = run.data["phases"]
+    checks = [*phases.get("correctness", {}).get("interpreter", {}).values(),
+              *phases.get("correctness", {}).get("bf16", {}).values()]
+    return 0 if all(check.get("ok", True) for check in checks) else 1
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--device", help="cuda (default when available) or cpu")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes: test every code path quickly")
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later phases are skipped past it")
+    parser.add_argument("--hope-compiled", action="store_true",
+                        help="compile HOPE too (unrolls every chunk: minutes of compile at T = 2048)")
+    parser.add_argument("--output", help="markdown file (default: docs/results/performance-gpu.md on CUDA)")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench gpu")

@@ -1,0 +1,256 @@
+"""What every benchmark here shares: torch settings, models from specs, timed training steps, FLOPs, JSON.
+
+- `setup_torch`: flush denormals (decay products underflow into denormals that slowed some runs
+  10×) and pin the intra-op thread count. One thread is the default: the two cores of the
+  benchmark machine are shared, and with two threads every small op waits at an OpenMP barrier
+  for a core another job holds (a 8×32×64 bmm took 5.5 ms instead of 8 µs).
+- `model_specs`, `build`: the shipped specs that define a model, and a model plus its outer
+  optimizer from a spec with overrides.
+- `TrainStep`: forward + backward + gradient clipping + optimizer step, eager or with the loss
+  under `torch.compile(fullgraph=True)`; `measure_step` times it (warm-up first, median of the
+  timed steps) and reports the first (compiling) step separately.
+- `alternate`: time several contenders in rounds, interleaved, and keep each one's median, so a
+  ratio compares like with like on a machine whose load changes.
+- `count_flops`: FLOPs of one forward + backward from `torch.utils.flop_counter.FlopCounterMode`,
+  plus causal attention, which the counter does not see on the CPU.
+- `matmul_peak`: this machine's fp32 matmul rate, measured with a large `torch.mm` loop.
+- `write_result`, `read_result`: bench/results/NAME.json, rewritten after every point so an
+  interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from nldsl.compiler.optimizers import build_optimizer
+
+import nldsl
+from nldsl import loader
+from nldsl.diagnostics import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DEFAULT_THREADS = 1
+CLIP = 1.0  # gradient clipping of the training loop (nldsl train's default)
+
+
+def setup_torch(threads: int = DEFAULT_THREADS) -> None:
+    """Flush denormals and pin the intra-op thread count (module docstring says why)."""
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+
+
+def machine() -> dict[str, Any]:
+    """What a result was measured on."""
+    return {
+        "torch": torch.__version__,
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def model_specs() -> list[str]:
+    """Shipped specs that define a model, repository-relative, sorted."""
+    found = []
+    for path in sorted((ROOT / "specs").glob("*.nl")):
+        try:
+            result = loader.check(path)
+        except SpecError:
+            continue
+        if result.spec.model is not None:
+            found.append(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def build(spec: str, overrides: Sequence[str] = (), seq_len: int | None = None, *,
+          device: str = "cpu", dtype: torch.dtype | None = None, seed: int = 0):
+    """(model, optimizer) of a spec; seq_len also sets train.seq_len (it decides which CMS levels learn
+    in context, so a benchmark at length T trains the model a run at T would train)."""
+    extra = [f"train.seq_len={seq_len}"] if seq_len is not None else []
+    torch.manual_seed(seed)
+    model = nldsl.load(ROOT / spec, [*overrides, *extra])
+    model = model.to(device=device, dtype=dtype)
+    optimizer = build_optimizer(model.named_parameters(), model.spec.train.optimizer)
+    return model, optimizer
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def random_tokens(batch: int, length: int, vocab: int, seed: int = 0, device: str = "cpu"):
+    """Token ids and next-token targets (B, T); the last position has no target (−1)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (batch, length + 1), generator=generator).to(device)
+    targets = tokens[:, 1:].clone()
+    targets[:, -1] = -1
+    return tokens[:, :-1].contiguous(), targets
+
+
+@dataclass
+class TrainStep:
+    """One outer training step of a model built by `build`."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    compiled: bool = False
+    loss_fn: Callable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss_fn = torch.compile(self.model.loss, fullgraph=True) if self.compiled else self.model.loss
+
+    def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(tokens, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        self.optimizer.step()
+        return loss.detach()
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Wall seconds of one call, synchronised on CUDA."""
+    synchronize(device)
+    begin = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - begin
+
+
+@dataclass
+class StepTiming:
+    first_seconds: float  # the first step (compiles, when compiled)
+    seconds: float  # median of the timed steps
+    all_seconds: list[float]
+
+
+def measure_step(step: Callable[[], Any], warmup: int = 1, repeats: int = 3, device: str = "cpu") -> StepTiming:
+    """Time `step`: the first call separately, `warmup − 1` more untimed, then the median of `repeats`."""
+    first = timed(step, device)
+    for _ in range(max(0, warmup - 1)):
+        step()
+    seconds = [timed(step, device) for _ in range(repeats)]
+    return StepTiming(first, statistics.median(seconds), seconds)
+
+
+def alternate(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device: str = "cpu",
+              warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each contender, timed in interleaved rounds after `warmup` untimed calls each."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(timed(fn, device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _visible_pairs(length: int, window: int, extra: int) -> float:
+    """(query, key) pairs a causal attention computes: t+1 keys each (at most `window`), plus `extra`."""
+    if window and window < length:
+        pairs = window * (window + 1) / 2 + (length - window) * window
+    else:
+        pairs = length * (length + 1) / 2
+    return pairs + length * extra
+
+
+def attention_flops(model: torch.nn.Module, batch: int, length: int) -> float:
+    """Forward + backward FLOPs of the softmax attention of a generated model: QKᵀ and PV over the
+    visible (causal) pairs, two multiply-adds per pair and channel, backward twice the forward.
+    FlopCounterMode does not count the CPU's fused attention kernel, so this is added to its total."""
+    spec = model.spec.model
+
+    def layer_pairs(layer) -> float:
+        if layer.kind == "attention":
+            return _visible_pairs(length, layer.window, layer.persistent)
+        if layer.kind == "parallel":
+            return sum(layer_pairs(branch) for branch in layer.branches)
+        if layer.kind == "context":  # per segment: [persistent | retrieved | segment], causal in both
+            segments, rest = divmod(length, layer.segment)
+            per = [layer.segment] * segments + ([rest] if rest else [])
+            return sum(2 * _visible_pairs(n, 0, 0) + n * layer.attention.persistent for n in per)
+        return 0.0
+
+    pairs = sum(layer_pairs(layer) for layer in spec.block.sublayers)
+    return 3.0 * 2 * 2 * pairs * spec.dim * spec.layers * batch
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
+    """FLOPs counted by FlopCounterMode over one call, without attention kernels, and the count per operator.
+
+    Attention is left out because the counter sees it only on some devices (the CUDA kernels, not
+    the CPU one) and then counts all (T, T) pairs; `attention_flops` adds the causal count instead,
+    the same on every device.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    per_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    total = sum(n for op, n in per_op.items() if "attention" not in op)
+    return total, per_op
+
+
+def matmul_peak(size: int = 2048, seconds: float = 2.0, device: str = "cpu", dtype=torch.float32) -> float:
+    """FLOP/s of a large square matmul loop on this machine (the best of several timed batches)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        synchronize(device)
+        begin = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b, out=out)
+        synchronize(device)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - begin))
+    return best
+
+
+def write_result(name: str, data: Any) -> Path:
+    """bench/results/NAME.json (pretty, sorted keys), written whole each time."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def read_result(name: str) -> Any | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss, −1 targets ignored (as the generated `Model.loss`)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,104 @@
+"""Model FLOPs utilisation of training steps against this machine's measured fp32 matmul peak.
+
+The peak is a large square `torch.mm` loop (`harness.matmul_peak`), measured in the same run and
+the same thread setting as the steps. A step's FLOPs are counted once, eagerly, with
+`FlopCounterMode` over one forward + backward (plus the causal attention the counter cannot see on
+the CPU, `harness.attention_flops`); the optimizer step's elementwise work is not counted, as is
+usual for MFU. MFU = FLOPs / (step seconds · peak). The specs run eager and compiled; the
+hand-written Transformer++ of bench/transformer_pp.py is the floor at the same size.
+
+    python -m bench mfu                          # Transformer++ at d_model 512, T = 2048
+    python -m bench mfu --dim 256 --specs specs/transformer.nl specs/titans_lmm.nl
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from bench.harness import (
+    TrainStep,
+    alternate,
+    attention_flops,
+    build,
+    count_flops,
+    log,
+    machine,
+    matmul_peak,
+    parameter_count,
+    random_tokens,
+    read_result,
+    write_result,
+)
+from bench.transformer_pp import TransformerConfig, TransformerPP
+
+NAME = "mfu"
+
+
+def hand_attention_flops(cfg: TransformerConfig, batch: int, length: int) -> float:
+    return 3.0 * 2 * 2 * (length * (length + 1) / 2) * cfg.dim * cfg.layers * batch
+
+
+def run(specs: list[str], dim: int, heads: int, layers: int, length: int, batch: int, rounds: int,
+        fresh: bool) -> dict:
+    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "runs": []}
+    peak = matmul_peak()
+    log(f"mfu: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} thread(s))")
+    config = {"dim": dim, "heads": heads, "layers": layers, "length": length, "batch": batch}
+    entry: dict = {"config": config, "peak_flops": peak, "models": {}}
+    result["runs"].append(entry)
+    contenders = {}
+    for spec in specs:
+        model, optimizer = build(spec, [f"dim={dim}", f"heads={heads}", f"model.layers={layers}"], seq_len=length)
+        tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+        counted, per_op = count_flops(lambda m=model, a=tokens, b=targets: m.loss(a, b).backward())
+        flops = counted + attention_flops(model, batch, length)
+        name = spec.split("/")[-1].removesuffix(".nl")
+        entry["models"][name] = {"flops": flops, "counted_flops": counted, "parameters": parameter_count(model),
+                                 "top_ops": dict(sorted(per_op.items(), key=lambda kv: -kv[1])[:6])}
+        contenders[f"{name}_eager"] = (flops, TrainStep(model, optimizer), tokens, targets)
+        contenders[f"{name}_compiled"] = (flops, TrainStep(model, optimizer, compiled=True), tokens, targets)
+    hand_cfg = TransformerConfig(dim=dim, layers=layers, heads=heads, max_len=length)
+    hand = TransformerPP(hand_cfg)
+    tokens, targets = random_tokens(batch, length, hand_cfg.vocab)
+    counted, _ = count_flops(lambda: hand.loss(tokens, targets).backward())
+    hand_flops = counted + hand_attention_flops(hand_cfg, batch, length)
+    entry["models"]["hand_transformer"] = {"flops": hand_flops, "counted_flops": counted,
+                                           "parameters": parameter_count(hand)}
+    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    contenders["hand_transformer_eager"] = (hand_flops, TrainStep(hand, hand_optimizer), tokens, targets)
+    contenders["hand_transformer_compiled"] = (hand_flops, TrainStep(hand, hand_optimizer, compiled=True),
+                                               tokens, targets)
+    seconds = alternate({name: (lambda c=c: c[1](c[2], c[3])) for name, c in contenders.items()},
+                        rounds=rounds, warmup=2)
+    torch._dynamo.reset()
+    entry["steps"] = {
+        name: {"seconds": seconds[name], "tokens_per_second": batch * length / seconds[name],
+               "achieved_flops": c[0] / seconds[name], "mfu": c[0] / seconds[name] / peak}
+        for name, c in contenders.items()}
+    entry["peak_after"] = matmul_peak()  # the machine's load may change during the run
+    write_result(NAME, result)
+    for name, step in entry["steps"].items():
+        log(f"mfu {name}: {step['tokens_per_second']:,.0f} tok/s, {step['achieved_flops'] / 1e9:.1f} GFLOP/s, "
+            f"MFU {100 * step['mfu']:.1f}%")
+    return result
+
+
+def main(args) -> None:
+    run(args.specs, args.dim, args.heads, args.layers, args.length, args.batch, args.rounds, args.fresh)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--specs", nargs="+", default=["specs/transformer.nl"])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fresh", action="store_true")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench mfu")

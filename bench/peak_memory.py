@@ -1,0 +1,103 @@
+"""Peak memory of one training step against sequence length, each point in a fresh subprocess.
+
+tracemalloc does not see torch's allocator, so a point is a child process that builds the model and
+optimizer, runs one warm-up step at a short length (optimizer state, allocator pools, the lazily
+built kernels), reads its peak resident set size (`ru_maxrss`), runs one step at length T and reads
+the peak again: the difference is what the step at T needed on top. Batch 1, eager.
+
+Memory levels keep one chunk-start state per chunk for the backward pass and attention-like
+(C × C) scores inside a chunk, so they must grow linearly in T. Two contrasts: the Transformer++
+spec calls the fused attention kernel, which never stores the (T, T) scores either; the
+hand-written Transformer++ with `attention="math"` stores them and grows quadratically.
+
+    python -m bench memory
+    python -m bench memory --specs specs/titans_lmm.nl --lengths 512 1024 2048
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+from bench.harness import ROOT, build, log, machine, random_tokens, read_result, setup_torch, write_result
+
+NAME = "memory"
+LENGTHS = (512, 1024, 2048, 4096, 8192)
+SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/gated_deltanet.nl",
+         "specs/titans_mac.nl")
+MATH_ATTENTION = "transformer_pp:math"  # the hand-written floor with materialised (T, T) scores
+WARMUP_LENGTH = 64
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def child(target: str, length: int) -> dict:
+    """Runs in the subprocess: warm-up step, then the measured step; returns MiB figures."""
+    import torch
+
+    from bench.harness import TrainStep
+    from bench.transformer_pp import TransformerConfig, TransformerPP
+
+    setup_torch()
+    if target == MATH_ATTENTION:
+        model = TransformerPP(TransformerConfig(attention="math", max_len=max(length, WARMUP_LENGTH)))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        vocab = model.cfg.vocab
+    else:
+        model, optimizer = build(target, seq_len=length)
+        vocab = model.spec.model.vocab
+    step = TrainStep(model, optimizer)
+    step(*random_tokens(1, WARMUP_LENGTH, vocab))
+    before = peak_rss_mib()
+    step(*random_tokens(1, length, vocab))
+    after = peak_rss_mib()
+    return {"baseline_mib": before, "peak_mib": after, "step_mib": max(0.0, after - before)}
+
+
+def measure(target: str, length: int, timeout: float) -> dict:
+    code = ("import json, sys; from bench.peak_memory import child; "
+            f"print('RESULT' + json.dumps(child({target!r}, {length})))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT"):])
+    return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
+def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool) -> dict:
+    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "points": []}
+    done = {(p["target"], p["length"]) for p in result["points"]}
+    for target in targets:
+        for length in lengths:
+            if (target, length) in done:
+                continue
+            point = {"target": target, "length": length, **measure(target, length, timeout)}
+            result["points"].append(point)
+            write_result(NAME, result)
+            log(f"memory {target} T={length}: " + (f"{point['step_mib']:.0f} MiB" if "step_mib" in point
+                                                    else point["error"]))
+    return result
+
+
+def main(args) -> None:
+    targets = list(args.specs or SPECS) + ([] if args.specs else [MATH_ATTENTION])
+    run(targets, args.lengths, args.timeout, args.fresh)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--specs", nargs="+", help=f"spec files, or {MATH_ATTENTION} (default: a representative set)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point")
+    parser.add_argument("--fresh", action="store_true")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench memory")

@@ -1,0 +1,352 @@
+"""nldsl against other implementations at matched configurations, and the speed targets, in one run.
+
+Every comparison times both sides in interleaved rounds (`harness.alternate`) and keeps medians, so
+its ratio is measured side by side. Peers are used only as installed packages:
+
+- `titans_layer`: the Titans LMM memory layer of specs/titans_lmm.nl against titans-pytorch's
+  `NeuralMemory` (same width, heads, memory depth 2 with expansion 2, chunk 16; forward + backward
+  + AdamW step on a squared-output loss).
+- `titans_mac`: specs/titans_mac.nl against titans-pytorch's `MemoryAsContextTransformer` (same
+  width, depth, segment, persistent tokens, memory chunk), full training steps.
+- `hope_nested_learning`: specs/hope.nl against nested-learning's `hope_selfmod` HOPE with its
+  in-context updates on, trained as its own loop does (a differentiable read pass, backward, the
+  optimizer step, then the self-modifying and CMS update pass with the teach signal).
+- `delta_ops`: the exact delta kernel (nldsl/runtime/delta.py) against flash-linear-attention's
+  pure-torch reference ops for the delta rule and the gated delta rule, forward + backward, with
+  the largest output difference (both compute the same recurrence).
+- `floor`: the Transformer++ spec against the hand-written Transformer++ of bench/transformer_pp.py.
+- `hope_transformer`: HOPE against Transformer++ at equal parameter count (a 4-layer Transformer++
+  matches the 2-layer HOPE of the spec), T = 2048.
+- `memory_reference`: the chunk-parallel memory level against its per-token reference (the
+  inputs and level of bench/memory_speed.py), T = 2048.
+
+    python -m bench peers                        # all of them
+    python -m bench peers --only titans_layer delta_ops
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench.harness import (
+    TrainStep,
+    alternate,
+    build,
+    log,
+    machine,
+    parameter_count,
+    random_tokens,
+    read_result,
+    write_result,
+)
+from bench.transformer_pp import TransformerConfig, TransformerPP
+from nldsl.runtime import layers as L
+
+NAME = "peers"
+
+
+def _error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
+
+
+def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 1024, batch: int = 2,
+                 rounds: int = 3) -> dict:
+    """Our Titans LMM layer vs titans-pytorch NeuralMemory, forward + backward + AdamW step."""
+    from titans_pytorch import NeuralMemory
+
+    model, _ = build("specs/titans_lmm.nl", [f"dim={width}", f"heads={heads}",
+                                              f"model.block.lmm.level.period={chunk}"], seq_len=length)
+    ours = model.blocks[0].lmm
+    theirs = NeuralMemory(dim=width, chunk_size=chunk, heads=heads, dim_head=width // heads,
+                          default_model_kwargs={"depth": 2, "expansion_factor": 2.0})
+    with torch.no_grad():  # its per-head initial memory weights come as one expanded tensor; AdamW
+        for param in theirs.parameters():  # writes in place, so give every head its own storage
+            if 0 in param.stride():
+                param.data = param.data.contiguous()
+    x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
+    ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    theirs_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+
+    def our_loss(x):
+        out, _ = ours(L.rms_norm(x, ours.norm, 1e-6), None)  # pre-norm, as NeuralMemory's own
+        return out.square().mean()
+
+    compiled_loss = torch.compile(our_loss, fullgraph=True)
+
+    def step(loss_fn, optimizer):
+        def run():
+            loss = loss_fn(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return run
+
+    def their_loss(x):
+        retrieved, _ = theirs(x)
+        return retrieved.square().mean()
+
+    seconds = alternate({"nldsl_eager": step(our_loss, ours_optimizer),
+                         "nldsl_compiled": step(compiled_loss, ours_optimizer),
+                         "titans_pytorch": step(their_loss, theirs_optimizer)}, rounds=rounds, warmup=2)
+    torch._dynamo.reset()
+    tokens = batch * length
+    return {"config": {"width": width, "heads": heads, "chunk": chunk, "length": length, "batch": batch,
+                       "memory": "mlp depth 2, expansion 2"},
+            "parameters": {"nldsl": parameter_count(ours), "titans_pytorch": parameter_count(theirs)},
+            "tokens_per_second": {name: tokens / s for name, s in seconds.items()},
+            "speedup_vs_titans_pytorch": {name: seconds["titans_pytorch"] / s for name, s in seconds.items()
+                                          if name != "titans_pytorch"}}
+
+
+def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int = 64, chunk: int = 16,
+               length: int = 512, batch: int = 2, rounds: int = 2) -> dict:
+    """specs/titans_mac.nl vs titans-pytorch MemoryAsContextTransformer, full training steps (eager)."""
+    from titans_pytorch import MemoryAsContextTransformer
+
+    model, optimizer = build("specs/titans_mac.nl", [f"dim={width}", f"heads={heads}"], seq_len=length)
+    tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+    ours = TrainStep(model, optimizer)
+    theirs = MemoryAsContextTransformer(
+        num_tokens=model.spec.model.vocab, dim=width, depth=layers, segment_len=segment, heads=heads,
+        dim_head=width // heads, num_persist_mem_tokens=4, num_longterm_mem_tokens=0,
+        neural_memory_segment_len=chunk, neural_memory_layers=tuple(range(1, layers + 1)),
+        neural_memory_kwargs={"default_model_kwargs": {"depth": 2, "expansion_factor": 2.0}})
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3)
+    sequence = torch.cat([tokens, tokens[:, :1]], dim=1)  # it takes T + 1 tokens and shifts itself
+
+    def their_step():
+        loss = theirs(sequence, return_loss=True)
+        their_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+        their_optimizer.step()
+
+    seconds = alternate({"nldsl_eager": lambda: ours(tokens, targets), "titans_pytorch": their_step},
+                        rounds=rounds)
+    return {"config": {"width": width, "layers": layers, "heads": heads, "segment": segment, "chunk": chunk,
+                       "length": length, "batch": batch},
+            "parameters": {"nldsl": parameter_count(model), "titans_pytorch": parameter_count(theirs)},
+            "tokens_per_second": {name: batch * length / s for name, s in seconds.items()},
+            "speedup_vs_titans_pytorch": seconds["titans_pytorch"] / seconds["nldsl_eager"]}
+
+
+def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, length: int = 512, batch: int = 2,
+                         rounds: int = 2) -> dict:
+    """specs/hope.nl vs nested-learning's hope_selfmod, in-context updates on in both."""
+    from nested_learning.levels import LevelSpec
+    from nested_learning.model import HOPEModel, ModelConfig
+    from nested_learning.training import compute_teach_signal
+
+    model, optimizer = build("specs/hope.nl", [f"dim={width}", f"heads={heads}"], seq_len=length)
+    tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+    ours = TrainStep(model, optimizer)
+    config = ModelConfig(
+        vocab_size=model.spec.model.vocab, dim=width, num_layers=layers, heads=heads,
+        titan_level=LevelSpec("titan", 16),
+        cms_levels=[LevelSpec("fast", 16), LevelSpec("mid", 64), LevelSpec("slow", 4096)],
+        block_variant="hope_selfmod", qk_l2_norm=True, self_mod_chunk_size=8, self_mod_chunk_size_memory=16,
+        self_mod_momentum=0.9)
+    theirs = HOPEModel(config)
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3)
+
+    def their_step():
+        # the order of nested-learning's own training loop with train.use_fast_state and online updates
+        fast_state = theirs.init_fast_state()
+        logits = theirs(tokens, fast_state=fast_state)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                 tokens[:, 1:].reshape(-1))
+        their_optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), max_norm=1.0)
+        their_optimizer.step()
+        with torch.no_grad():
+            teach = compute_teach_signal(theirs, logits, tokens)
+            theirs(tokens, teach_signal=teach, fast_state=fast_state)
+
+    seconds = alternate({"nldsl_eager": lambda: ours(tokens, targets), "nested_learning": their_step},
+                        rounds=rounds)
+    return {"config": {"width": width, "layers": layers, "heads": heads, "length": length, "batch": batch,
+                       "chunks": "memory 16, projections 8, CMS 16/64/4096"},
+            "parameters": {"nldsl": parameter_count(model), "nested_learning": parameter_count(theirs)},
+            "tokens_per_second": {name: batch * length / s for name, s in seconds.items()},
+            "speedup_vs_nested_learning": seconds["nested_learning"] / seconds["nldsl_eager"]}
+
+
+def fla_naive(module: str):
+    """An fla reference module: imported normally, or from its file when fla's package __init__ needs
+    triton (absent on this CPU machine); the reference files themselves import only torch and einops."""
+    try:
+        return importlib.import_module(f"fla.ops.{module}.naive")
+    except ImportError as error:
+        spec = importlib.util.find_spec("fla")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        path = Path(next(iter(spec.submodule_search_locations))) / "ops" / module / "naive.py"
+        loaded_spec = importlib.util.spec_from_file_location(f"fla_naive_{module}", path)
+        assert loaded_spec is not None and loaded_spec.loader is not None
+        loaded = importlib.util.module_from_spec(loaded_spec)
+        loaded_spec.loader.exec_module(loaded)
+        loaded.import_note = f"loaded from {path.name} directly: {_error(error)}"
+        return loaded
+
+
+def delta_ops(batch: int = 2, heads: int = 4, length: int = 2048, dim: int = 64, rounds: int = 2) -> dict:
+    """nldsl's exact delta kernel vs fla's naive delta rule / gated delta rule, forward + backward."""
+    from nldsl.runtime.delta import generalized_delta_chunked
+
+    delta = fla_naive("delta_rule")
+    gated = fla_naive("gated_delta_rule")
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads, length, dim, generator=generator)
+    k = torch.nn.functional.normalize(torch.randn(batch, heads, length, dim, generator=generator), dim=-1)
+    v = torch.randn(batch, heads, length, dim, generator=generator)
+    beta = torch.sigmoid(torch.randn(batch, heads, length, generator=generator))
+    log_alpha = torch.nn.functional.logsigmoid(4.0 + torch.randn(batch, heads, length, generator=generator))
+    leaves = [t.requires_grad_() for t in (q, k, v, beta, log_alpha)]
+    scale = dim ** -0.5
+
+    def ours(gated_rule: bool):
+        def run():
+            alpha = log_alpha.exp() if gated_rule else None
+            a = -beta.unsqueeze(-1) * k * (alpha.unsqueeze(-1) if gated_rule else 1.0)  # decay before write
+            x = beta.unsqueeze(-1) * v
+            state = q.new_zeros(batch, heads, dim, dim)
+            return generalized_delta_chunked(q * scale, k, a, x, alpha, state, block=64)[0]
+        return run
+
+    def to_bthd(t):
+        return t.transpose(1, 2)
+
+    contenders = {
+        "delta_nldsl": ours(False),
+        "delta_fla_recurrent": lambda: delta.delta_rule_recurrence(q, k, v, beta)[0],
+        "delta_fla_chunkwise": lambda: delta.delta_rule_chunkwise(q, k, v, beta, chunk_size=64)[0],
+        "gated_nldsl": ours(True),
+        "gated_fla_recurrent": lambda: to_bthd(gated.naive_recurrent_gated_delta_rule(
+            to_bthd(q), to_bthd(k), to_bthd(v), to_bthd(beta), to_bthd(log_alpha))[0]),
+        "gated_fla_chunk": lambda: to_bthd(gated.naive_chunk_gated_delta_rule(
+            to_bthd(q), to_bthd(k), to_bthd(v), to_bthd(log_alpha), to_bthd(beta), chunk_size=64)[0]),
+    }
+    outputs = {name: fn().detach() for name, fn in contenders.items()}
+    difference = {
+        name: ((outputs[name] - outputs[("gated" if name.startswith("gated") else "delta") + "_nldsl"]).abs().max()
+               / outputs[name].abs().max()).item()
+        for name in outputs if "fla" in name}
+
+    def forward_backward(fn):
+        def run():
+            grads = torch.autograd.grad(fn().square().sum(), leaves, allow_unused=True)
+            return grads
+        return run
+
+    seconds = alternate({name: forward_backward(fn) for name, fn in contenders.items()}, rounds=rounds)
+    note = " ".join(getattr(m, "import_note", "") for m in (delta, gated)).strip()
+    return {"config": {"batch": batch, "heads": heads, "length": length, "dim": dim, "block": 64},
+            "tokens_per_second": {name: batch * length / s for name, s in seconds.items()},
+            "max_relative_output_difference": difference,
+            "import_note": note or None}
+
+
+def floor(width: int = 256, layers: int = 2, heads: int = 4, length: int = 2048, batch: int = 2,
+          rounds: int = 3) -> dict:
+    """The Transformer++ spec vs the hand-written Transformer++, eager and compiled, same config."""
+    model, optimizer = build("specs/transformer.nl", [f"dim={width}", f"heads={heads}", f"model.layers={layers}"],
+                             seq_len=length)
+    tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+    hand = TransformerPP(TransformerConfig(dim=width, layers=layers, heads=heads, max_len=length))
+    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=3e-3, weight_decay=0.1)
+    steps = {
+        "spec_eager": TrainStep(model, optimizer),
+        "spec_compiled": TrainStep(model, optimizer, compiled=True),
+        "hand_eager": TrainStep(hand, hand_optimizer),
+        "hand_compiled": TrainStep(hand, hand_optimizer, compiled=True),
+    }
+    seconds = alternate({name: (lambda s=s: s(tokens, targets)) for name, s in steps.items()}, rounds=rounds,
+                        warmup=2)
+    torch._dynamo.reset()
+    return {"config": {"width": width, "layers": layers, "heads": heads, "length": length, "batch": batch},
+            "parameters": {"spec": parameter_count(model), "hand": parameter_count(hand)},
+            "tokens_per_second": {name: batch * length / s for name, s in seconds.items()}}
+
+
+def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 2, transformer_layers: int = 4) -> dict:
+    """HOPE (in-context updates on) vs Transformer++ at equal parameter count, T = 2048."""
+    hope, hope_optimizer = build("specs/hope.nl", seq_len=length)
+    transformer, transformer_optimizer = build("specs/transformer.nl", [f"model.layers={transformer_layers}"],
+                                               seq_len=length)
+    tokens, targets = random_tokens(batch, length, hope.spec.model.vocab)
+    steps = {
+        "hope_eager": TrainStep(hope, hope_optimizer),
+        "transformer_eager": TrainStep(transformer, transformer_optimizer),
+        "transformer_compiled": TrainStep(transformer, transformer_optimizer, compiled=True),
+    }
+    seconds = alternate({name: (lambda s=s: s(tokens, targets)) for name, s in steps.items()}, rounds=rounds,
+                        warmup=2)
+    torch._dynamo.reset()
+    speeds = {name: batch * length / s for name, s in seconds.items()}
+    best_transformer = max(speeds["transformer_eager"], speeds["transformer_compiled"])
+    return {"config": {"length": length, "batch": batch, "transformer_layers": transformer_layers},
+            "parameters": {"hope": parameter_count(hope), "transformer": parameter_count(transformer)},
+            "tokens_per_second": speeds,
+            "hope_over_transformer": speeds["hope_eager"] / best_transformer}
+
+
+def memory_reference(length: int = 2048, rounds: int = 1) -> dict:
+    """Chunk-parallel memory level vs its per-token reference (bench/memory_speed.py's level)."""
+    from bench.memory_speed import make_inputs, time_forward_backward
+    from nldsl.runtime.memory import LevelConfig, memory_level
+    from nldsl.runtime.reference import memory_level_reference
+
+    cfg = LevelConfig("residual_mlp", 64, 64, hidden=128, objective="l2", dgd=True, momentum=True, chunk_size=16)
+    inputs = make_inputs(cfg, 2, 4, length, "cpu", torch.float32)
+    seconds = alternate({
+        "chunk_parallel": lambda: time_forward_backward(memory_level, cfg, inputs, 2, "cpu"),
+        "per_token_reference": lambda: time_forward_backward(memory_level_reference, cfg, inputs, 2, "cpu"),
+    }, rounds=rounds, warmup=1 if rounds > 1 else 0)
+    return {"config": {"length": length, "batch": 2, "heads": 4, "width": 64, "chunk": 16,
+                       "level": "residual mlp (expansion 2), l2 + DGD + momentum"},
+            "seconds": seconds, "speedup": seconds["per_token_reference"] / seconds["chunk_parallel"]}
+
+
+COMPARISONS = {
+    "titans_layer": titans_layer,
+    "titans_mac": titans_mac,
+    "hope_nested_learning": hope_nested_learning,
+    "delta_ops": delta_ops,
+    "floor": floor,
+    "hope_transformer": hope_transformer,
+    "memory_reference": memory_reference,
+}
+
+
+def run(only: list[str] | None, fresh: bool) -> dict:
+    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "comparisons": {}}
+    for name in only or list(COMPARISONS):
+        log(f"peers {name} ...")
+        try:
+            outcome = COMPARISONS[name]()
+        except Exception as error:  # a peer that cannot run is reported with its error text
+            outcome = {"error": _error(error), "traceback": traceback.format_exc().splitlines()[-6:]}
+        result["comparisons"][name] = outcome
+        write_result(NAME, result)
+        log(f"peers {name}: {outcome}")
+    return result
+
+
+def main(args) -> None:
+    run(args.only, args.fresh)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--only", nargs="+", choices=list(COMPARISONS))
+    parser.add_argument("--fresh", action="store_true")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench peers")

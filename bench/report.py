@@ -1,0 +1,327 @@
+"""docs/results/performance.md and its figures, from the JSON results of the other commands.
+
+Nothing is measured here: every number on the page comes from bench/results/*.json and names the
+command that produced it. A benchmark that has not been run (or was interrupted) shows as such.
+
+    python -m bench report
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+from bench.harness import RESULTS, ROOT, read_result
+
+DOCS = ROOT / "docs" / "results"
+PAGE = DOCS / "performance.md"
+
+
+def fmt(value, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def plot_train(train: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in train["points"] if "tokens_per_second" in p]
+    if not points:
+        return None
+    specs = sorted({p["spec"] for p in points})
+    lengths = sorted({p["length"] for p in points})
+    series = [(length, mode) for length in lengths for mode in ("eager", "compiled")
+              if any(p["length"] == length and p["mode"] == mode for p in points)]
+    figure, axis = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / max(1, len(series))
+    for index, (length, mode) in enumerate(series):
+        values = [next((p["tokens_per_second"] for p in points if p["spec"] == spec and p["length"] == length
+                        and p["mode"] == mode), 0) for spec in specs]
+        axis.bar([i + index * width for i in range(len(specs))], values, width, label=f"T={length} {mode}",
+                 hatch="//" if mode == "compiled" else None)
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(specs))])
+    axis.set_xticklabels([s.removeprefix("specs/").removesuffix(".nl") for s in specs], rotation=30, ha="right")
+    axis.set_yscale("log")
+    axis.set_ylabel("training tokens/s (log)")
+    axis.legend(fontsize=8, ncol=2)
+    axis.set_title("Training-step throughput, 1 CPU thread")
+    figure.tight_layout()
+    path = DOCS / "train_throughput.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+def plot_memory(memory: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in memory["points"] if "step_mib" in p]
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for target in sorted({p["target"] for p in points}):
+        rows = sorted((p["length"], p["step_mib"]) for p in points if p["target"] == target)
+        label = target.removeprefix("specs/").removesuffix(".nl").replace("transformer_pp:math",
+                                                                          "hand Transformer, (T,T) scores")
+        axis.plot([r[0] for r in rows], [max(r[1], 0.5) for r in rows], marker="o", label=label)
+    lengths = sorted({p["length"] for p in points})
+    axis.plot(lengths, [10 * t / lengths[0] for t in lengths], "k:", label="∝ T (reference slope)")
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xlabel("sequence length T (batch 1)")
+    axis.set_ylabel("peak RSS increase of one step (MiB)")
+    axis.legend(fontsize=8)
+    axis.set_title("Peak memory of a training step")
+    figure.tight_layout()
+    path = DOCS / "peak_memory.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+def plot_chunks(chunks: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in chunks["points"] if "eval_loss" in p]
+    if not points:
+        return None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for model in sorted({p["model"] for p in points}):
+        rows = sorted((p["chunk"], p["tokens_per_second"], p["eval_loss"]) for p in points if p["model"] == model)
+        left.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=model)
+        right.plot([r[0] for r in rows], [r[2] for r in rows], marker="o", label=model)
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("memory chunk size C")
+        axis.legend()
+    left.set_ylabel("training tokens/s (eager)")
+    right.set_ylabel(f"held-out loss after {chunks['steps']} steps")
+    figure.tight_layout()
+    path = DOCS / "chunk_sweep.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
+
+
+def targets_section(peers: dict | None, mfu: dict | None, train: dict | None) -> list[str]:
+    comparisons = (peers or {}).get("comparisons", {})
+    rows = []
+
+    def row(target: str, value: str, met: bool | None, command: str) -> None:
+        status = "not measured" if met is None else ("met" if met else "missed")
+        rows.append(f"| {target} | {value} | {status} | `{command}` |")
+
+    run = (mfu or {}).get("runs", [{}])[-1] if mfu else {}
+    steps = run.get("steps", {})
+    compiled = steps.get("transformer_compiled")
+    row("compiled Transformer++ ≥ 55% of fp32 matmul peak (d 512, T 2048)",
+        f"{100 * compiled['mfu']:.1f}% (hand-written: {100 * steps['hand_transformer_compiled']['mfu']:.1f}%)"
+        if compiled and "hand_transformer_compiled" in steps else "—",
+        None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
+    hope = comparisons.get("hope_transformer", {})
+    row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
+        f"{hope['hope_over_transformer']:.3f}×" if "hope_over_transformer" in hope else hope.get("error", "—"),
+        None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
+        "python -m bench peers --only hope_transformer")
+    titans = comparisons.get("titans_layer", {})
+    best = max(titans.get("speedup_vs_titans_pytorch", {}).values(), default=None)
+    row("Titans LMM layer ≥ 3× titans-pytorch NeuralMemory",
+        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" if best else
+        titans.get("error", "—"), None if best is None else best >= 3, "python -m bench peers --only titans_layer")
+    nested = comparisons.get("hope_nested_learning", {})
+    row("HOPE ≥ 30× nested-learning hope_selfmod",
+        f"{nested['speedup_vs_nested_learning']:.1f}×" if "speedup_vs_nested_learning" in nested else
+        nested.get("error", "—"),
+        None if "speedup_vs_nested_learning" not in nested else nested["speedup_vs_nested_learning"] >= 30,
+        "python -m bench peers --only hope_nested_learning")
+    reference = comparisons.get("memory_reference", {})
+    row("chunk-parallel memory ≥ 20× per-token reference, T 2048",
+        f"{reference['speedup']:.1f}×" if "speedup" in reference else "—",
+        None if "speedup" not in reference else reference["speedup"] >= 20,
+        "python -m bench peers --only memory_reference")
+    ratios = compile_ratios(train)
+    slower = [spec for spec, ratio in ratios.items() if ratio < 1.0]
+    row("torch.compile vs eager of the generated module (report)",
+        f"{len(ratios) - len(slower)}/{len(ratios)} measured points faster compiled" if ratios else "—",
+        None if not ratios else not slower, "python -m bench train")
+    return ["| target | measured | status | command |", "|---|---|---|---|", *rows]
+
+
+def compile_ratios(train: dict | None) -> dict[str, float]:
+    ratios = {}
+    for point in (train or {}).get("points", []):
+        if point["mode"] != "compiled" or "tokens_per_second" not in point:
+            continue
+        eager = next((p for p in train["points"] if p["spec"] == point["spec"] and p["length"] == point["length"]
+                      and p["mode"] == "eager" and "tokens_per_second" in p), None)
+        if eager:
+            ratios[f"{point['spec']} T={point['length']}"] = point["tokens_per_second"] / eager["tokens_per_second"]
+    return ratios
+
+
+def train_section(train: dict) -> list[str]:
+    lines = [f"Token budget {train['token_budget']:,} per step (B = budget / T), "
+             f"{train['machine']['threads']} thread(s), torch {train['machine']['torch']}; "
+             "median of the timed steps. `compile s` = first compiled step minus a timed one.", "",
+             "| spec | T | B | parameters | eager tok/s | compiled tok/s | compiled/eager | compile s | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    keys = sorted({(p["spec"], p["length"]) for p in train["points"]}, key=lambda k: (k[0], k[1]))
+    for spec, length in keys:
+        eager = next((p for p in train["points"] if (p["spec"], p["length"], p["mode"]) == (spec, length, "eager")), {})
+        compiled = next((p for p in train["points"]
+                         if (p["spec"], p["length"], p["mode"]) == (spec, length, "compiled")), {})
+        ratio = (compiled["tokens_per_second"] / eager["tokens_per_second"]
+                 if "tokens_per_second" in compiled and "tokens_per_second" in eager else None)
+        note = compiled.get("skipped") or compiled.get("error") or eager.get("error") or ""
+        if not compiled and eager:
+            note = "compiled not run at this length"
+        lines.append(f"| {spec.removeprefix('specs/')} | {length} | {eager.get('batch', compiled.get('batch', ''))} | "
+                     f"{fmt(eager.get('parameters') or compiled.get('parameters'))} | "
+                     f"{fmt(eager.get('tokens_per_second'))} | {fmt(compiled.get('tokens_per_second'))} | "
+                     f"{fmt(ratio, 2, '×')} | {fmt(compiled.get('compile_seconds'), 1)} | {note} |")
+    return lines
+
+
+def peers_section(peers: dict) -> list[str]:
+    lines = []
+    for name, outcome in peers["comparisons"].items():
+        lines += [f"### {name}", ""]
+        if "error" in outcome:
+            lines += [f"Could not run: `{outcome['error']}`", ""]
+            continue
+        lines.append(f"Configuration: `{outcome.get('config')}`; parameters: `{outcome.get('parameters', '—')}`.")
+        lines.append("")
+        if "tokens_per_second" in outcome:
+            lines += ["| contender | tokens/s |", "|---|---:|"]
+            lines += [f"| {k} | {v:,.0f} |" for k, v in outcome["tokens_per_second"].items()]
+            lines.append("")
+        for key in ("speedup_vs_titans_pytorch", "speedup_vs_nested_learning", "hope_over_transformer", "speedup",
+                    "max_relative_output_difference", "seconds", "import_note"):
+            if outcome.get(key) is not None:
+                lines += [f"{key.replace('_', ' ')}: `{outcome[key]}`", ""]
+    return lines
+
+
+def memory_section(memory: dict) -> list[str]:
+    targets = sorted({p["target"] for p in memory["points"]})
+    lengths = sorted({p["length"] for p in memory["points"]})
+    lines = ["| model | " + " | ".join(f"T={t}" for t in lengths) + " | growth per 4× T |",
+             "|---|" + "---:|" * (len(lengths) + 1)]
+    for target in targets:
+        values = {p["length"]: p.get("step_mib") for p in memory["points"] if p["target"] == target}
+        growth = []
+        for short, long in itertools.pairwise(lengths):
+            if long == 4 * short and values.get(short) and values.get(long):
+                growth.append(f"{values[long] / values[short]:.1f}×")
+        lines.append(f"| {target} | " + " | ".join(fmt(values.get(t), 0, " MiB") for t in lengths)
+                     + f" | {', '.join(growth) or '—'} |")
+    return lines
+
+
+def chunks_section(chunks: dict) -> list[str]:
+    lines = [f"Throughput: eager steps at T={chunks['length']}, B={chunks['batch']}. Loss: {chunks['steps']} "
+             f"training steps at T={chunks['train_length']}, B={chunks['train_batch']} on the default corpus, "
+             "then held-out batches; same seed and batches for every C.", "",
+             "| model | C | tokens/s | final train loss | held-out loss |", "|---|---:|---:|---:|---:|"]
+    for p in sorted(chunks["points"], key=lambda p: (p["model"], p["chunk"])):
+        lines.append(f"| {p['model']} | {p['chunk']} | {fmt(p.get('tokens_per_second'))} | "
+                     f"{fmt(p.get('train_loss'), 3)} | {fmt(p.get('eval_loss'), 3)} |"
+                     + (f" {p['error']}" if "error" in p else ""))
+    return lines
+
+
+def mfu_section(mfu: dict) -> list[str]:
+    run = mfu["runs"][-1]
+    cfg = run["config"]
+    lines = [f"d_model {cfg['dim']}, {cfg['heads']} heads, {cfg['layers']} blocks, T={cfg['length']}, "
+             f"B={cfg['batch']}; fp32 matmul peak measured in the same run: {run['peak_flops'] / 1e9:.1f} GFLOP/s "
+             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({mfu['machine']['threads']} thread(s)).", "",
+             "| step | tokens/s | GFLOP/s | MFU |", "|---|---:|---:|---:|"]
+    for name, step in run["steps"].items():
+        lines.append(f"| {name} | {step['tokens_per_second']:,.0f} | {step['achieved_flops'] / 1e9:.1f} | "
+                     f"{100 * step['mfu']:.1f}% |")
+    models = run["models"]
+    lines += ["", "FLOPs per step (forward + backward, FlopCounterMode + causal attention): "
+              + ", ".join(f"{k} {v['flops'] / 1e9:.1f} GFLOP" for k, v in models.items())]
+    return lines
+
+
+def smoke_section(smoke: dict) -> list[str]:
+    lines = [f"Result: **{'ok' if smoke['ok'] else 'FAILED'}** in {smoke['seconds']:.0f} s "
+             f"(tolerance: compiled ≤ {smoke['tolerance']}× eager).", "",
+             "| spec | graph-break check | frames | trace s |", "|---|---|---:|---:|"]
+    for spec, outcome in smoke["graph_breaks"].items():
+        lines.append(f"| {spec} | {'ok' if outcome['ok'] else outcome.get('error', 'FAILED')} | "
+                     f"{outcome.get('frames', '—')} | {fmt(outcome.get('seconds'), 1)} |")
+    lines += ["", "| spec | eager s | compiled s | compiled/eager | compile s |", "|---|---:|---:|---:|---:|"]
+    for spec, outcome in smoke["speed"].items():
+        lines.append(f"| {spec} | {outcome['eager_seconds']:.3f} | {outcome['compiled_seconds']:.3f} | "
+                     f"{outcome['compiled_over_eager']:.2f} | {outcome['compile_seconds']:.1f} |")
+    return lines
+
+
+def write(notes: str = "") -> Path:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    train, memory, chunks, mfu, peers, smoke = (read_result(n) for n in
+                                                 ("train", "memory", "chunks", "mfu", "peers", "smoke"))
+    lines = ["# Performance", "",
+             "Generated by `python -m bench report` from bench/results/*.json; every section names the command "
+             "that measured it. The machine is a shared 2-core CPU (AVX-512) whose other jobs change the load "
+             "during a run: absolute numbers move by 2× from one hour to the next, so every ratio below is measured "
+             "side by side in one run (contenders interleaved, medians kept). One intra-op thread throughout "
+             "(bench/harness.py says why), denormals flushed.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## Targets", "", *targets_section(peers, mfu, train), ""]
+    if train:
+        figure = plot_train(train)
+        lines += ["## Training throughput (`python -m bench train`)", ""]
+        lines += ([f"![training throughput]({figure})", ""] if figure else [])
+        lines += [*train_section(train), ""]
+    if mfu:
+        lines += ["## Model FLOPs utilisation (`python -m bench mfu`)", "", *mfu_section(mfu), ""]
+    if memory:
+        figure = plot_memory(memory)
+        lines += ["## Peak memory against T (`python -m bench memory`)", ""]
+        lines += ([f"![peak memory]({figure})", ""] if figure else [])
+        lines += [*memory_section(memory), ""]
+    if chunks:
+        figure = plot_chunks(chunks)
+        lines += ["## Chunk-size sweep (`python -m bench chunks`)", ""]
+        lines += ([f"![chunk sweep]({figure})", ""] if figure else [])
+        lines += [*chunks_section(chunks), ""]
+    if peers:
+        lines += ["## Peers and targets (`python -m bench peers`)", "", *peers_section(peers)]
+    if smoke:
+        lines += ["## Regression guard (`python -m bench smoke`)", "", *smoke_section(smoke), ""]
+    for name in ("hope", "transformer"):
+        path = RESULTS / f"profile_{name}.txt"
+        if path.exists():
+            lines += [f"## Profile: {name} (`python -m bench profile {name}`)", "", "```",
+                      path.read_text(encoding="utf-8").rstrip(), "```", ""]
+    PAGE.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return PAGE
+
+
+def main(args) -> None:
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    print(write(notes))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--notes", help="a markdown file whose text goes under the introduction")
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m bench report")

@@ -1,0 +1,91 @@
+"""The benchmark suite's regression guard (`python -m bench smoke`) and the pieces it rests on.
+
+The guard itself compiles two specs with inductor and traces every shipped spec with dynamo, which
+takes about a minute on an idle 2-core CPU and several on a loaded one, so it is marked slow.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import harness, smoke
+from bench.throughput import chunk_steps
+from bench.transformer_pp import TransformerConfig, TransformerPP
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    harness.setup_torch(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_graph_break_check_passes_on_a_shipped_spec() -> None:
+    outcome = smoke.graph_breaks("specs/titans_lmm.nl")
+    assert outcome["ok"], outcome
+    assert outcome["frames"] == 1
+
+
+def test_graph_break_check_fails_on_a_graph_break(monkeypatch) -> None:
+    from nldsl.runtime import memory
+
+    real = memory.memory_level
+
+    def breaking(*args, **kwargs):
+        torch._dynamo.graph_break()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "memory_level", breaking)
+    outcome = smoke.graph_breaks("specs/titans_lmm.nl")
+    assert not outcome["ok"]
+
+
+def test_speed_check_fails_when_compiled_is_slower(monkeypatch) -> None:
+    calls = iter([1.0, 2.0] * 10)
+    monkeypatch.setattr(smoke, "alternate", lambda contenders, rounds: {"eager": next(calls), "compiled": next(calls)})
+    monkeypatch.setattr(smoke, "TrainStep", lambda model, optimizer, compiled=False: (lambda tokens, targets: None))
+    outcome = smoke.compiled_vs_eager("specs/transformer.nl", ["model.dim=32"], 16, 1, rounds=1)
+    assert not outcome["ok"] and outcome["compiled_over_eager"] == pytest.approx(2.0)
+
+
+def test_hand_written_transformer_matches_the_spec_parameter_count() -> None:
+    model, _ = harness.build("specs/transformer.nl", ["model.dim=64"], seq_len=32)
+    hand = TransformerPP(TransformerConfig(dim=64, layers=model.spec.model.layers, heads=4))
+    assert harness.parameter_count(hand) == harness.parameter_count(model)
+    tokens, targets = harness.random_tokens(2, 33, 256)
+    math = TransformerPP(TransformerConfig(dim=64, layers=1, heads=4, attention="math"))
+    fused = TransformerPP(TransformerConfig(dim=64, layers=1, heads=4))
+    fused.load_state_dict(math.state_dict())
+    torch.testing.assert_close(math.loss(tokens, targets), fused.loss(tokens, targets), rtol=1e-5, atol=1e-5)
+
+
+def test_flop_count_of_a_linear_layer_and_causal_attention() -> None:
+    layer = torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(3, 8, requires_grad=True)
+    flops, _ = harness.count_flops(lambda: layer(x).sum().backward())
+    assert flops == 3 * (2 * 3 * 8 * 4)  # forward, grad of the input, grad of the weight
+    model, _ = harness.build("specs/transformer.nl", ["model.dim=32"], seq_len=16)
+    pairs = 16 * 17 / 2
+    assert harness.attention_flops(model, 1, 16) == 3 * 2 * 2 * pairs * 32 * model.spec.model.layers
+
+
+def test_chunk_steps_counts_every_unrolled_chunk() -> None:
+    model, _ = harness.build("specs/titans_lmm.nl", seq_len=64)
+    assert chunk_steps(model, 64) == 4 * model.spec.model.layers  # period 16
+    transformer, _ = harness.build("specs/transformer.nl", seq_len=64)
+    assert chunk_steps(transformer, 64) == 0
+
+
+@pytest.mark.slow
+def test_bench_smoke_passes() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "smoke"], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
