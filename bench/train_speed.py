@@ -2,8 +2,9 @@
 
 Each spec trains through the real `nldsl train` loop (nldsl.runtime.train.train) on the default
 corpus in a temporary run folder: `--warmup` steps that are not timed (the first one compiles,
-when compiling), then `--steps` timed steps. Tokens/s counts the global batch (batch · seq_len)
-per timed step; the compile column is the wall time of the first step in compiled mode (dynamo +
+when compiling), then `--steps` timed steps. Tokens/s is the global batch (batch · seq_len) over
+the median time of the timed steps (robust to a neighbour's burst on a shared machine, whose load
+average the header reports); the compile column is the wall time of the first step in compiled mode (dynamo +
 inductor + that step). Both modes run in the same process, one after the other, so the ratio
 compares like with like.
 
@@ -17,7 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +58,7 @@ def measure(spec: str, compiled: bool, warmup: int, steps: int, device: str) -> 
                                                          device=device, progress=False))
     timed = [outcome.step_seconds[s] for s in sorted(outcome.step_seconds)[warmup:]]
     plan = result.spec.train
-    tokens_per_second = plan.batch * plan.seq_len * len(timed) / sum(timed)
+    tokens_per_second = plan.batch * plan.seq_len / statistics.median(timed)
     parameters = sum(p.numel() for p in loader.compile_module(result).build("meta").parameters())
     return tokens_per_second, outcome.step_seconds[min(outcome.step_seconds)], parameters
 
@@ -76,7 +79,7 @@ def main() -> None:
     specs = args.specs or model_specs()
     header = (f"nldsl training throughput, default sizes, {args.warmup} warm-up + {args.steps} timed steps; "
               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} thread(s), device {args.device}")
+              f"{torch.get_num_threads()} thread(s), device {args.device}, load average {os.getloadavg()[0]:.1f}")
     lines = [header, "", "| spec | parameters | " + " | ".join(f"{m} tok/s" for m in modes)
              + (" | compile s | compiled/eager |" if modes == ["eager", "compiled"] else " |"),
              "|---|---:|" + "---:|" * len(modes) + ("---:|---:|" if modes == ["eager", "compiled"] else "")]
@@ -98,6 +101,8 @@ def main() -> None:
             row += " |"
         lines.append(row)
         print(row, flush=True)
+    lines.append(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+    print(lines[-1].strip())
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
