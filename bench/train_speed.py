@@ -5,7 +5,8 @@ corpus in a temporary run folder: `--warmup` steps that are not timed (the first
 when compiling), then `--steps` timed steps. Tokens/s is the global batch (batch · seq_len) over
 the median time of the timed steps (robust to a neighbour's burst on a shared machine, whose load
 average the header reports); the compile column is the wall time of the first step in compiled mode (dynamo +
-inductor + that step). Both modes run in the same process, one after the other, so the ratio
+inductor + that step), from a fresh inductor cache unless `--warm-cache` (a cached graph
+compiles in seconds). Both modes run in the same process, one after the other, so the ratio
 compares like with like.
 
     python bench/train_speed.py                          # every spec, eager and compiled
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from nldsl import loader
+from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.runtime.train import TrainOptions, train
 
@@ -48,8 +50,12 @@ def model_specs() -> list[str]:
     return found
 
 
-def measure(spec: str, compiled: bool, warmup: int, steps: int, device: str) -> tuple[float, float, int]:
-    """(tokens/s over the timed steps, seconds of the first step, parameters) for one spec and mode."""
+def parameter_count(spec: str) -> int:
+    return sum(p.numel() for p in loader.compile_module(loader.check(ROOT / spec)).build("meta").parameters())
+
+
+def measure(spec: str, compiled: bool, warmup: int, steps: int, device: str) -> tuple[float, float]:
+    """(tokens/s over the timed steps, seconds of the first step) for one spec and mode."""
     overrides = [f"train.steps={warmup + steps}", "train.eval_batches=1", "train.eval_every=0",
                  "train.checkpoint_every=0", f"train.log_every={warmup + steps}"]
     result = loader.check(ROOT / spec, overrides)
@@ -59,8 +65,7 @@ def measure(spec: str, compiled: bool, warmup: int, steps: int, device: str) -> 
     timed = [outcome.step_seconds[s] for s in sorted(outcome.step_seconds)[warmup:]]
     plan = result.spec.train
     tokens_per_second = plan.batch * plan.seq_len / statistics.median(timed)
-    parameters = sum(p.numel() for p in loader.compile_module(result).build("meta").parameters())
-    return tokens_per_second, outcome.step_seconds[min(outcome.step_seconds)], parameters
+    return tokens_per_second, outcome.step_seconds[min(outcome.step_seconds)]
 
 
 def main() -> None:
@@ -68,18 +73,22 @@ def main() -> None:
     parser.add_argument("--specs", nargs="+", help="spec files (default: every shipped spec with a model)")
     parser.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", help="also write the table (markdown) here")
+    parser.add_argument("--warm-cache", action="store_true", help="keep torch's compile cache (compile times shrink)")
     args = parser.parse_args()
+    if not args.warm_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="nldsl-bench-inductor-")
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     specs = args.specs or model_specs()
     header = (f"nldsl training throughput, default sizes, {args.warmup} warm-up + {args.steps} timed steps; "
               f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} thread(s), device {args.device}, load average {os.getloadavg()[0]:.1f}")
+              f"{torch.get_num_threads()} thread(s), device {args.device}, "
+              f"{'warm' if args.warm_cache else 'cold'} compile cache, load average {os.getloadavg()[0]:.1f}")
     lines = [header, "", "| spec | parameters | " + " | ".join(f"{m} tok/s" for m in modes)
              + (" | compile s | compiled/eager |" if modes == ["eager", "compiled"] else " |"),
              "|---|---:|" + "---:|" * len(modes) + ("---:|---:|" if modes == ["eager", "compiled"] else "")]
@@ -87,18 +96,25 @@ def main() -> None:
     for spec in specs:
         speeds: dict[str, float] = {}
         first: dict[str, float] = {}
-        parameters = 0
+        parameters = parameter_count(spec)
+        failure = None
         for mode in modes:
             began = time.perf_counter()
-            speeds[mode], first[mode], parameters = measure(spec, mode == "compiled", args.warmup, args.steps,
-                                                            args.device)
+            try:
+                speeds[mode], first[mode] = measure(spec, mode == "compiled", args.warmup, args.steps, args.device)
+            except UserError as error:  # e.g. a loss that is not finite: the row says so instead
+                failure = str(error).split(";")[0]
+                break
             print(f"{spec} {mode}: {speeds[mode]:,.0f} tokens/s, first step {first[mode]:.1f} s "
                   f"({time.perf_counter() - began:.0f} s in all)", file=sys.stderr, flush=True)
-        row = f"| {spec} | {parameters:,} | " + " | ".join(f"{speeds[m]:,.0f}" for m in modes)
-        if modes == ["eager", "compiled"]:
-            row += f" | {first['compiled']:.1f} | {speeds['compiled'] / speeds['eager']:.2f}× |"
+        if failure is not None:
+            row = f"| {spec} | {parameters:,} | {failure} |"
         else:
-            row += " |"
+            row = f"| {spec} | {parameters:,} | " + " | ".join(f"{speeds[m]:,.0f}" for m in modes)
+            if modes == ["eager", "compiled"]:
+                row += f" | {first['compiled']:.1f} | {speeds['compiled'] / speeds['eager']:.2f}× |"
+            else:
+                row += " |"
         lines.append(row)
         print(row, flush=True)
     lines.append(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
