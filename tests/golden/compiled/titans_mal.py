@@ -77,7 +77,7 @@ class Memory0(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""
-        lr = 0.1 * torch.sigmoid(F.linear(x, self.lr_proj, self.lr_bias)).transpose(1, 2)
+        lr = 0.005 * torch.sigmoid(F.linear(x, self.lr_proj, self.lr_bias)).transpose(1, 2)
         retention = 1.0 * torch.sigmoid(F.linear(x, self.retention_proj, self.retention_bias)).transpose(1, 2)
         momentum = 0.9 * torch.sigmoid(F.linear(x, self.momentum_proj, self.momentum_bias)).transpose(1, 2)
         return lr, retention, momentum
@@ -125,7 +125,7 @@ class Memory0(nn.Module):
         with torch.no_grad():
             self.conv_v[:, -1] += 1.0  # start as the identity: the conv passes the current token
         nn.init.normal_(self.lr_proj, std=0.02)
-        nn.init.constant_(self.lr_bias, 0.0)  # lr starts at 0.05
+        nn.init.constant_(self.lr_bias, 0.0)  # lr starts at 0.0025
         nn.init.normal_(self.retention_proj, std=0.02)
         nn.init.constant_(self.retention_bias, 6.906754778648553)  # retention starts at 0.999
         nn.init.normal_(self.momentum_proj, std=0.02)
