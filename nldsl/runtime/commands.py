@@ -120,6 +120,12 @@ def stream_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if args.study in ("speed", "smoke"):  # the benchmark suite lives in the checkout's bench/ package
+        if importlib.util.find_spec("bench") is None or importlib.util.find_spec("bench.harness") is None:
+            raise UserError(f"`nldsl bench {args.study}` runs the benchmark suite of a source checkout: "
+                            "run it from the repository root (or `python -m bench`)")
+        suite = importlib.import_module("bench.__main__")
+        return int(suite.main(["train" if args.study == "speed" else "smoke", *(args.rest or [])]) or 0)
     if importlib.util.find_spec("nldsl.runtime.studies") is None:
         raise UserError(f"`nldsl bench {args.study}` is not available: this installation has no studies module "
                         "(nldsl.runtime.studies)")
