@@ -12,8 +12,6 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import networkx as nx
-
 from . import spec as S
 from .diagnostics import Diagnostic
 from .source import Span
@@ -196,8 +194,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     """Dataflow of an optimizer: flows come from somewhere, no cycles, every level is read."""
     out: list[Diagnostic] = []
     names = {level.name for level in opt.levels}
-    graph = nx.DiGraph()
-    graph.add_nodes_from(level.name for level in opt.levels)  # in file order: messages must not vary by run
+    source_of: dict[str, str] = {}  # each level learns from one flow: a level name, or a gradient stream
     for level in opt.levels:
         lp = f"{path}.{level.name}"
         if level.flow in FLOW_SOURCES:
@@ -209,7 +206,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                   did_you_mean(level.flow, [*names, *FLOW_SOURCES])
                                   or f"use one of: {', '.join([*FLOW_SOURCES, *sorted(names)])}"))
             continue
-        graph.add_edge(level.flow, level.name)
+        source_of[level.name] = level.flow
         source = next(lv for lv in opt.levels if lv.name == level.flow)
         if level.period < source.period:
             out.append(Diagnostic("E0501", f"level `{level.name}` (period {level.period}) reads `{source.name}` "
@@ -219,7 +216,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
             out.append(Diagnostic("E0502", f"period {level.period} of `{level.name}` is not a multiple of "
                                   f"period {source.period} of its source `{source.name}`",
                                   spans.get(f"{lp}.period", spans.get(lp, header))))
-    for cycle in nx.simple_cycles(graph):
+    for cycle in _flow_cycles(source_of, [level.name for level in opt.levels]):
         first = min(cycle)
         cycle = cycle[cycle.index(first):] + cycle[:cycle.index(first)]  # start at a stable level
         out.append(Diagnostic("E0504", f"levels {' → '.join(f'`{c}`' for c in [*cycle, cycle[0]])} "
@@ -240,6 +237,18 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                   spans.get(f"{path}.{level.name}", header),
                                   "use it in `update`, or remove it"))
     return out
+
+
+def _flow_cycles(source_of: dict[str, str], order: list[str]) -> Iterator[list[str]]:
+    """Cycles of levels that learn from each other (each level has one source, so follow it)."""
+    for start in order:  # in file order, so that messages do not vary between runs
+        path: list[str] = []
+        node = start
+        while node in source_of and node not in path:
+            path.append(node)
+            node = source_of[node]
+        if node in path:
+            yield list(reversed(path[path.index(node):]))
 
 
 def _level_refs(tree: Any) -> Iterator[tuple[str, Span | None]]:
