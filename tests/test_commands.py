@@ -222,5 +222,15 @@ def test_bench_without_studies_says_it_is_not_available(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "nldsl.runtime.studies" else real(name, *a))
-    assert main(["bench", "speed"]) == 1
+    assert main(["bench", "continual"]) == 1
     assert "not available" in capsys.readouterr().err
+
+
+def test_bench_speed_outside_a_checkout_says_where_to_run_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.split(".")[0] == "bench" else real(name, *a))
+    assert main(["bench", "speed"]) == 1
+    assert "source checkout" in capsys.readouterr().err
