@@ -289,8 +289,7 @@ def memory_as_context(
     started with, attend over [persistent | retrieved | segment], write the attention output into
     the memory and gate it with the memory's reading of it: out = y ⊙ M(y)."""
     outputs = []
-    for start in range(0, x.shape[1], segment):
-        piece = x[:, start:start + segment]  # (B, S, d)
+    for piece in x.split(segment, dim=1):  # (B, S, d); one split, not a slice per segment (split_chunks says why)
         retrieved = read(piece, state)  # (B, S, d)
         attended = attend(piece, retrieved)  # (B, S, d)
         memory_out, written = write(attended, state)
