@@ -153,7 +153,8 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None) ->
     ratios = compile_ratios(train)
     slower = [spec for spec, ratio in ratios.items() if ratio < 1.0]
     row("torch.compile vs eager of the generated module (report)",
-        f"{len(ratios) - len(slower)}/{len(ratios)} measured points faster compiled" if ratios else "—",
+        f"{len(ratios) - len(slower)}/{len(ratios)} points of bench/results/train.json faster compiled "
+        "(the notes above table every spec)" if ratios else "—",
         None if not ratios else not slower, "python -m bench train")
     return ["| target | measured | status | command |", "|---|---|---|---|", *rows]
 
