@@ -24,12 +24,26 @@ def fmt(value, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
-def plot_train(train: dict) -> str | None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: the report's text needs none of it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save(plt, figure, name: str) -> str:
+    """Write a figure next to the report and return its file name for the markdown link."""
+    figure.tight_layout()
+    figure.savefig(DOCS / name, dpi=110)
+    plt.close(figure)
+    return name
+
+
+def plot_train(train: dict) -> str | None:
+    plt = pyplot()
     points = [p for p in train["points"] if "tokens_per_second" in p]
     if not points:
         return None
@@ -50,19 +64,11 @@ def plot_train(train: dict) -> str | None:
     axis.set_ylabel("training tokens/s (log)")
     axis.legend(fontsize=8, ncol=2)
     axis.set_title("Training-step throughput, 1 CPU thread")
-    figure.tight_layout()
-    path = DOCS / "train_throughput.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path.name
+    return save(plt, figure, "train_throughput.png")
 
 
 def plot_memory(memory: dict) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = [p for p in memory["points"] if "step_mib" in p]
     if not points:
         return None
@@ -80,19 +86,11 @@ def plot_memory(memory: dict) -> str | None:
     axis.set_ylabel("peak RSS increase of one step (MiB)")
     axis.legend(fontsize=8)
     axis.set_title("Peak memory of a training step")
-    figure.tight_layout()
-    path = DOCS / "peak_memory.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path.name
+    return save(plt, figure, "peak_memory.png")
 
 
 def plot_chunks(chunks: dict) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = [p for p in chunks["points"] if "eval_loss" in p]
     if not points:
         return None
@@ -107,11 +105,7 @@ def plot_chunks(chunks: dict) -> str | None:
         axis.legend()
     left.set_ylabel("training tokens/s (eager)")
     right.set_ylabel(f"held-out loss after {chunks['steps']} steps")
-    figure.tight_layout()
-    path = DOCS / "chunk_sweep.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path.name
+    return save(plt, figure, "chunk_sweep.png")
 
 
 def targets_section(peers: dict | None, mfu: dict | None, train: dict | None) -> list[str]:

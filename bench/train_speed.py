@@ -31,23 +31,10 @@ import torch
 
 from nldsl import loader
 from nldsl.cli import UserError
-from nldsl.diagnostics import SpecError
 from nldsl.runtime.train import TrainOptions, train
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def model_specs() -> list[str]:
-    """Shipped specs that define a model, repository-relative."""
-    found = []
-    for path in sorted((ROOT / "specs").glob("*.nl")):
-        try:
-            result = loader.check(path)
-        except SpecError:
-            continue
-        if result.spec.model is not None:
-            found.append(path.relative_to(ROOT).as_posix())
-    return found
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `bench` importable
+from bench.harness import ROOT, model_specs
 
 
 def parameter_count(spec: str) -> int:

@@ -217,3 +217,10 @@ def test_a_diverged_run_is_recorded_not_fatal(monkeypatch):
     assert run["diverged_at_step"] == 0 and len(run["R"]) == 3
     assert all(math.isnan(v) for row in run["R"][1:] for v in row)
     assert any("diverged" in line for line in S.diverged_notes([("transformer", run)]))
+
+
+def test_run_keys_name_shipped_specs_relative_to_the_checkout(tmp_path):
+    shipped = {"study": "recall", "setup": {"spec": str(S.spec_path("hope").resolve()), "dim": 64}}
+    assert S.portable(shipped)["setup"] == {"spec": "specs/hope.nl", "dim": 64}
+    own = {"study": "recall", "setup": {"spec": str(tmp_path / "hope.nl"), "dim": 64}}
+    assert S.portable(own) == own
