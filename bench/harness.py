@@ -6,9 +6,10 @@
   for a core another job holds (a 8×32×64 bmm took 5.5 ms instead of 8 µs).
 - `model_specs`, `build`: the shipped specs that define a model, and a model plus its outer
   optimizer from a spec with overrides.
-- `TrainStep`: forward + backward + gradient clipping + optimizer step, eager or with the loss
-  under `torch.compile(fullgraph=True)`; `measure_step` times it (warm-up first, median of the
-  timed steps) and reports the first (compiling) step separately.
+- `TrainStep`: forward + backward + gradient clipping + optimizer step, eager, with the loss
+  under `torch.compile(fullgraph=True)` or with its chunk bodies compiled (`train.compile =
+  chunks`); `measure_step` times it (warm-up first, median of the timed steps) and reports the
+  first (compiling) step separately.
 - `alternate`: time several contenders in rounds, interleaved, and keep each one's median, so a
   ratio compares like with like on a machine whose load changes.
 - `count_flops`: FLOPs of one forward + backward from `torch.utils.flop_counter.FlopCounterMode`,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -37,9 +39,11 @@ from nldsl.compiler.optimizers import build_optimizer
 import nldsl
 from nldsl import loader
 from nldsl.diagnostics import SpecError
+from nldsl.runtime.chunked import compile_loss
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+# NLDSL_BENCH_RESULTS redirects the JSON (tests run the commands without touching the committed results)
+RESULTS = Path(os.environ.get("NLDSL_BENCH_RESULTS") or ROOT / "bench" / "results")
 DEFAULT_THREADS = 1
 CLIP = 1.0  # gradient clipping of the training loop (nldsl train's default)
 
@@ -105,11 +109,11 @@ class TrainStep:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    compiled: bool = False
+    compiled: bool | str = False  # True: one whole graph; "chunks": each chunk body (train.compile)
     loss_fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loss_fn = torch.compile(self.model.loss, fullgraph=True) if self.compiled else self.model.loss
+        self.loss_fn = compile_loss(self.model.loss, self.compiled)
 
     def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.loss_fn(tokens, targets)

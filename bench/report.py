@@ -49,7 +49,7 @@ def plot_train(train: dict) -> str | None:
         return None
     specs = sorted({p["spec"] for p in points})
     lengths = sorted({p["length"] for p in points})
-    series = [(length, mode) for length in lengths for mode in ("eager", "compiled")
+    series = [(length, mode) for length in lengths for mode in ("eager", "compiled", "chunks")
               if any(p["length"] == length and p["mode"] == mode for p in points)]
     figure, axis = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / max(1, len(series))
@@ -57,7 +57,7 @@ def plot_train(train: dict) -> str | None:
         values = [next((p["tokens_per_second"] for p in points if p["spec"] == spec and p["length"] == length
                         and p["mode"] == mode), 0) for spec in specs]
         axis.bar([i + index * width for i in range(len(specs))], values, width, label=f"T={length} {mode}",
-                 hatch="//" if mode == "compiled" else None)
+                 hatch={"compiled": "//", "chunks": ".."}.get(mode))
     axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(specs))])
     axis.set_xticklabels([s.removeprefix("specs/").removesuffix(".nl") for s in specs], rotation=30, ha="right")
     axis.set_yscale("log")
@@ -156,35 +156,42 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None) ->
 def compile_ratios(train: dict | None) -> dict[str, float]:
     ratios = {}
     for point in (train or {}).get("points", []):
-        if point["mode"] != "compiled" or "tokens_per_second" not in point:
+        if point["mode"] not in ("compiled", "chunks") or "tokens_per_second" not in point:
             continue
         eager = next((p for p in train["points"] if p["spec"] == point["spec"] and p["length"] == point["length"]
                       and p["mode"] == "eager" and "tokens_per_second" in p), None)
         if eager:
-            ratios[f"{point['spec']} T={point['length']}"] = point["tokens_per_second"] / eager["tokens_per_second"]
+            key = f"{point['spec']} T={point['length']}" + (" per chunk" if point["mode"] == "chunks" else "")
+            ratios[key] = point["tokens_per_second"] / eager["tokens_per_second"]
     return ratios
 
 
 def train_section(train: dict) -> list[str]:
     lines = [f"Token budget {train['token_budget']:,} per step (B = budget / T), "
              f"{train['machine']['threads']} thread(s), torch {train['machine']['torch']}; "
-             "median of the timed steps. `compile s` = first compiled step minus a timed one.", "",
-             "| spec | T | B | parameters | eager tok/s | compiled tok/s | compiled/eager | compile s | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "median of the timed steps. `compile s` = first compiled step minus a timed one. "
+             "`per chunk` = `train.compile = chunks` (each chunk body compiled once; specs with chunk loops).", "",
+             "| spec | T | B | parameters | eager tok/s | compiled tok/s | compiled/eager | compile s "
+             "| per-chunk tok/s | per-chunk/eager | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     keys = sorted({(p["spec"], p["length"]) for p in train["points"]}, key=lambda k: (k[0], k[1]))
     for spec, length in keys:
-        eager = next((p for p in train["points"] if (p["spec"], p["length"], p["mode"]) == (spec, length, "eager")), {})
-        compiled = next((p for p in train["points"]
-                         if (p["spec"], p["length"], p["mode"]) == (spec, length, "compiled")), {})
-        ratio = (compiled["tokens_per_second"] / eager["tokens_per_second"]
-                 if "tokens_per_second" in compiled and "tokens_per_second" in eager else None)
-        note = compiled.get("skipped") or compiled.get("error") or eager.get("error") or ""
+        found = {mode: next((p for p in train["points"] if (p["spec"], p["length"], p["mode"]) == (spec, length, mode)),
+                            {}) for mode in ("eager", "compiled", "chunks")}
+        eager, compiled, chunks = found["eager"], found["compiled"], found["chunks"]
+
+        def over_eager(point: dict, eager: dict = eager) -> float | None:
+            measured = "tokens_per_second" in point and "tokens_per_second" in eager
+            return point["tokens_per_second"] / eager["tokens_per_second"] if measured else None
+
+        note = compiled.get("skipped") or compiled.get("error") or eager.get("error") or chunks.get("error") or ""
         if not compiled and eager:
             note = "compiled not run at this length"
         lines.append(f"| {spec.removeprefix('specs/')} | {length} | {eager.get('batch', compiled.get('batch', ''))} | "
                      f"{fmt(eager.get('parameters') or compiled.get('parameters'))} | "
                      f"{fmt(eager.get('tokens_per_second'))} | {fmt(compiled.get('tokens_per_second'))} | "
-                     f"{fmt(ratio, 2, '×')} | {fmt(compiled.get('compile_seconds'), 1)} | {note} |")
+                     f"{fmt(over_eager(compiled), 2, '×')} | {fmt(compiled.get('compile_seconds'), 1)} | "
+                     f"{fmt(chunks.get('tokens_per_second'))} | {fmt(over_eager(chunks), 2, '×')} | {note} |")
     return lines
 
 

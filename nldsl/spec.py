@@ -331,7 +331,8 @@ class TrainSpec(Strict):
     clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = Field(True, description="torch.compile the training step")
+    compile: bool | Literal["chunks"] = Field(
+        True, description="torch.compile the training step: true = as one graph, chunks = each chunk body")
     tokenizer: Tokenizer = Field(default_factory=BytesTokenizer)
     eval_every: int = Field(100, ge=0)
     eval_batches: int = Field(8, ge=1)

@@ -6,6 +6,7 @@ takes about a minute on an idle 2-core CPU and several on a loaded one, so it is
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,7 @@ def test_chunk_steps_counts_every_unrolled_chunk() -> None:
 
 
 @pytest.mark.slow
-def test_bench_smoke_passes() -> None:
+def test_bench_smoke_passes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bench", "smoke"], cwd=REPO, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=1800, env={**os.environ, "NLDSL_BENCH_RESULTS": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

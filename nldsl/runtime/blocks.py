@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nldsl.runtime.chunked import chunk_body
 from nldsl.runtime.layers import causal_depthwise_conv, l2_normalize
 from nldsl.runtime.memory import (
     LevelConfig,
@@ -59,11 +60,10 @@ class HeadContext:
     unembed: Tensor  # (V, d)
     eps: float
 
-    def output_error(self) -> Callable[[Tensor, int, int], Tensor]:
-        def error(prediction: Tensor, start: int, end: int) -> Tensor:
-            return surprise_error(prediction, self.targets[:, start:end], self.final_norm, self.unembed, self.eps)
-
-        return error
+    def output_error(self, prediction: Tensor, targets: Tensor | None) -> Tensor:
+        """The CMS levels' `OutputError`: their error signal is the chunk's targets (B, n)."""
+        assert targets is not None, "the next-token surprise needs the chunk's targets"
+        return surprise_error(prediction, targets, self.final_norm, self.unembed, self.eps)
 
 
 # CMS --------------------------------------------------------------------------------------------
@@ -92,8 +92,9 @@ def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Te
         state = initial_memory_state(level.config, weights, x.shape[0])
     inputs = x.unsqueeze(1)  # (B, 1, T, d): one head
     lr, retention, momentum = gates
-    error = head.output_error() if level.config.objective == "external" else None
-    out, state = memory_level(level.config, state, inputs, None, inputs, lr, retention, momentum, error)
+    external = level.config.objective == "external"
+    error, signal = (head.output_error, head.targets) if external else (None, None)
+    out, state = memory_level(level.config, state, inputs, None, inputs, lr, retention, momentum, error, signal)
     return out.squeeze(1), state
 
 
@@ -109,15 +110,16 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
     current = MemoryState(states[0], _zero_momentum(fast, states[0]))
     inputs = x.unsqueeze(1)  # (B, 1, T, d)
     lr, retention, momentum = gates
-    error = head.output_error() if fast.objective == "external" else None
+    external = fast.objective == "external"
+    error, signal = (head.output_error, head.targets) if external else (None, None)
     outputs = []
     chunk = fast.chunk_size
     pieces = zip(split_chunks(inputs, chunk, -2, length), split_chunks(lr, chunk, -1, length),
-                 split_chunks(retention, chunk, -1, length), split_chunks(momentum, chunk, -1, length))
-    for index, (piece, eta, alpha, beta) in enumerate(pieces):
-        start = index * chunk
-        end = start + piece.shape[-2]
-        out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, start=start)
+                 split_chunks(retention, chunk, -1, length), split_chunks(momentum, chunk, -1, length),
+                 split_chunks(signal, chunk, 1, length))
+    for index, (piece, eta, alpha, beta, targets) in enumerate(pieces):
+        end = index * chunk + piece.shape[-2]
+        out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, targets)
         outputs.append(out)
         states[0] = current.weights
         restart = None
@@ -174,9 +176,10 @@ def self_modifying_projections(
 ) -> tuple[dict[str, Tensor], dict[str, MemoryState], dict[str, Tensor | None]]:
     """Eq. 83–85, 90: q, k, v, η, α from in-context memories read at each chunk's start.
 
-    x_heads (B, H, T, d_h). `static` holds the non-adaptive q/k/v already projected (B, H, T, d_h);
-    `static_gates` the non-adaptive lr/retention and the momentum gate (B, H, T) or None;
-    `readouts[name] = (vector (H, d_h), bias (H,))` turns M_eta / M_alpha outputs into gates.
+    Loops `projection_chunk_step` over chunks of the projections' period. x_heads (B, H, T, d_h).
+    `static` holds the non-adaptive q/k/v already projected (B, H, T, d_h); `static_gates` the
+    non-adaptive lr/retention and the momentum gate (B, H, T) or None; `readouts[name] = (vector
+    (H, d_h), bias (H,))` turns M_eta / M_alpha outputs into gates.
     Returns the full-sequence q, k, v (B, H, T, d_h) and lr, retention (B, H, T), the memories'
     final states and the convolution histories (to continue a stream).
     """
@@ -188,41 +191,12 @@ def self_modifying_projections(
     static_chunks = {name: split_chunks(tensor, size, -2, length) for name, tensor in static.items()}
     gate_chunks = {name: split_chunks(static_gates.get(name), size, -1, length)
                    for name in ("lr", "retention", "momentum")}
-    # The adaptive memories read the same chunk and take their steps on the same keys, values and
-    # gates; only their weights differ. They run as one level of A·H heads, so every product is
-    # one batched call instead of one per memory.
     adaptive = config.adaptive
     stacked = _stack_states([memories[name] for name in adaptive]) if adaptive else None
     for index, x_chunk in enumerate(split_chunks(x_heads, size, -2, length)):  # (B, H, n, d_h)
-        read: dict[str, Tensor] = {}
-        if stacked is not None:
-            x_tiled = torch.cat([x_chunk] * len(adaptive), dim=1)  # (B, A·H, n, d_h)
-            read_all = memory_forward(cfg, stacked.weights, x_tiled)[0]  # (B, A·H, n, d_h)
-            read = dict(zip(adaptive, read_all.split(config.heads, dim=1)))
-        chunk: dict[str, Tensor] = {}
-        for name in "qkv":
-            raw = read[name] if name in adaptive else static_chunks[name][index]
-            if config.conv:
-                convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None,
-                                                                caches[name])
-                raw = split_heads(convolved, config.heads)
-            if (config.qk_norm and name in "qk") or (config.value_norm and name == "v"):
-                raw = l2_normalize(raw)
-            chunk[name] = raw
-        for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
-            if name in adaptive:
-                vector, bias = readouts[name]
-                logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
-                chunk[gate] = bound * torch.sigmoid(logits)
-            else:
-                chunk[gate] = gate_chunks[gate][index]
-        momentum = gate_chunks["momentum"][index] if cfg.momentum else None
-        if stacked is not None:
-            count = len(adaptive)
-            _, stacked = memory_chunk_step(
-                cfg, stacked, _tile_heads(chunk["k"], count), _tile_heads(chunk["v"], count), x_tiled,
-                _tile_heads(chunk["lr"], count), _tile_heads(chunk.get("retention"), count),
-                _tile_heads(momentum, count), start=index * size)
+        chunk, stacked, caches = projection_chunk_step(
+            config, stacked, x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
+            {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts, caches)
         for name in pieces:
             if chunk.get(name) is not None:
                 pieces[name].append(chunk[name])
@@ -230,6 +204,57 @@ def self_modifying_projections(
         memories = {**memories, **_unstack_state(stacked, adaptive, config.heads)}
     outputs = {name: torch.cat(parts, dim=-2 if name in "qkv" else -1) for name, parts in pieces.items() if parts}
     return outputs, memories, caches
+
+
+@chunk_body
+def projection_chunk_step(
+    config: SelfModConfig,
+    stacked: MemoryState | None,
+    x_chunk: Tensor,
+    static: dict[str, Tensor],
+    static_gates: dict[str, Tensor | None],
+    conv_weights: dict[str, Tensor],
+    readouts: dict[str, tuple[Tensor, Tensor]],
+    caches: dict[str, Tensor | None],
+) -> tuple[dict[str, Tensor | None], MemoryState | None, dict[str, Tensor | None]]:
+    """One chunk of `self_modifying_projections`: read q, k, v, η, α at the chunk start, then step.
+
+    x_chunk (B, H, n, d_h); `static` and `static_gates` hold this chunk's share of the arguments
+    of the same names; `stacked` is the adaptive memories as one level of A·H heads (they read the
+    same chunk and step on the same keys, values and gates, so every product is one batched call).
+    Returns the chunk's q, k, v, lr, retention, the stepped memories and the conv histories.
+    """
+    cfg = config.projections
+    adaptive = config.adaptive
+    caches = dict(caches)
+    read: dict[str, Tensor] = {}
+    if stacked is not None:
+        x_tiled = torch.cat([x_chunk] * len(adaptive), dim=1)  # (B, A·H, n, d_h)
+        read_all = memory_forward(cfg, stacked.weights, x_tiled)[0]  # (B, A·H, n, d_h)
+        read = dict(zip(adaptive, read_all.split(config.heads, dim=1)))
+    chunk: dict[str, Tensor | None] = {}
+    for name in "qkv":
+        raw = read[name] if name in adaptive else static[name]
+        if config.conv:
+            convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None, caches[name])
+            raw = split_heads(convolved, config.heads)
+        if (config.qk_norm and name in "qk") or (config.value_norm and name == "v"):
+            raw = l2_normalize(raw)
+        chunk[name] = raw
+    for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
+        if name in adaptive:
+            vector, bias = readouts[name]
+            logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
+            chunk[gate] = bound * torch.sigmoid(logits)
+        else:
+            chunk[gate] = static_gates[gate]
+    if stacked is not None:
+        count = len(adaptive)
+        momentum = static_gates["momentum"] if cfg.momentum else None
+        _, stacked = memory_chunk_step(  # no readout: read_all above is the chunk-start reading
+            cfg, stacked, _tile_heads(chunk["k"], count), _tile_heads(chunk["v"], count), None,
+            _tile_heads(chunk["lr"], count), _tile_heads(chunk["retention"], count), _tile_heads(momentum, count))
+    return chunk, stacked, caches
 
 
 def _tile_heads(tensor: Tensor | None, count: int) -> Tensor | None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nldsl.runtime.chunked import chunk_body
 from nldsl.runtime.delta import delta_rule_coefficients, generalized_delta_chunked, masked_decay_ratios
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
@@ -42,7 +43,8 @@ RESIDUAL_OUT_SCALE = 0.1  # a residual MLP's last layer starts this much smaller
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic (a, b, c)
 NEWTON_SCHULZ_EPS = 1e-7
 
-OutputError = Callable[[Tensor, int, int], Tensor]  # (prediction (B, H, n, d_out), start, end) -> g
+# (prediction (B, H, n, d_out), the chunk's error signal (B, n, …)) -> g (B, H, n, d_out)
+OutputError = Callable[[Tensor, Tensor | None], Tensor]
 
 
 @dataclass(frozen=True)
@@ -219,12 +221,12 @@ def _output_error(
     keys: Tensor,
     values: Tensor | None,
     output_error: OutputError | None,
-    start: int,
+    error_signal: Tensor | None,
 ) -> Tensor:
     """g = ∂ℓ/∂M(k) (B, H, n, d_out) of the level's objective (§1.3), at the chunk-start state."""
     if cfg.objective == "external":
         assert output_error is not None, "objective external needs output_error"
-        return output_error(prediction, start, start + prediction.shape[-2])
+        return output_error(prediction, error_signal)
     if cfg.objective == "reconstruction":
         return prediction - keys
     assert values is not None, f"objective {cfg.objective!r} needs values"
@@ -240,16 +242,17 @@ def _write_factors(
     keys: Tensor,
     values: Tensor | None,
     output_error: OutputError | None,
-    start: int,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """Per layer, the factors of each token's inner gradient u_s^(l) = δ_{l,s} x_{l,s}ᵀ at θ_c.
+    error_signal: Tensor | None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """M_{θ_c}(k), and per layer the factors of each token's inner gradient u_s^(l) = δ_{l,s} x_{l,s}ᵀ at θ_c.
 
     δ_l (B, H, n, out) is backpropagated from g in closed form (Eq. 29), then DGD adds W_l x_l =
-    z_l for the preconditioned layers; x_l (B, H, n, in) is what the layer reads on k.
+    z_l for the preconditioned layers; x_l (B, H, n, in) is what the layer reads on k. The
+    prediction is returned too: a chunk-start readout of the keys themselves is this same forward.
     """
     prediction, layer_inputs, pre_activations = memory_forward(cfg, weights, keys)
     derivative = _ACTIVATIONS[cfg.activation][1]
-    delta = _output_error(cfg, weights, prediction, keys, values, output_error, start)
+    delta = _output_error(cfg, weights, prediction, keys, values, output_error, error_signal)
     deltas = [delta]
     for index in range(len(weights) - 2, -1, -1):
         delta = derivative(pre_activations[index]) * (delta @ weights[index + 1])  # (B, H, n, out_l)
@@ -258,40 +261,48 @@ def _write_factors(
     # not flow into the earlier layers' errors.
     for index in cfg.preconditioned_layers():
         deltas[index] = deltas[index] + pre_activations[index]
-    return deltas, layer_inputs
+    return prediction, deltas, layer_inputs
 
 
 class _DualRows(NamedTuple):
-    """θ_t = state[t] θ_c + momentum[t] S_c − Σ_s writes[t, s] η_s u_s, one row per token t."""
+    """θ_t = state[t] θ_c + momentum[t] S_c − Σ_s writes[t, s] u_s, one row per token t.
+
+    `writes` is γ_{t,s} η_s: the learning rate is folded into the (n, n) coefficients, so no
+    η_s δ_s of the width of a layer is ever formed."""
 
     state: Tensor  # A_t, the retention product from the chunk start  (B, H, n)
     momentum: Tensor | None  # m_t = Σ_{r≤t} (A_t/A_r) B_r  (B, H, n)
-    writes: Tensor  # γ_{t,s}, zero for s > t  (B, H, n, n)
+    writes: Tensor  # γ_{t,s} η_s, zero for s > t  (B, H, n, n)
 
 
 class _MomentumRows(NamedTuple):
-    """S_t = state[t] S_c − Σ_s writes[t, s] η_s u_s."""
+    """S_t = state[t] S_c − Σ_s writes[t, s] u_s."""
 
     state: Tensor  # B_t  (B, H, n)
-    writes: Tensor  # B_t/B_s, zero for s > t  (B, H, n, n)
+    writes: Tensor  # (B_t/B_s) η_s, zero for s > t  (B, H, n, n)
 
 
 def _dual_coefficients(
-    retention: Tensor | None, momentum_decay: Tensor | None, lr: Tensor
+    retention: Tensor | None, momentum_decay: Tensor | None, lr: Tensor, write_lr: Tensor
 ) -> tuple[_DualRows, _MomentumRows | None]:
-    """The chunk's dual-form coefficients (§1.5) from log-cumsums of the gates α and β."""
+    """The chunk's dual-form coefficients (§1.5) from log-cumsums of the gates α and β.
+
+    `write_lr` is the η that scales the writes (lr itself, or lr detached when the level stops
+    gradients through its writes); the retention and momentum rows keep their gradients.
+    """
     n = lr.shape[-1]
     inclusive = torch.ones(n, n, dtype=torch.bool, device=lr.device).tril()
+    per_write = write_lr.unsqueeze(-2)  # η_s along the columns  (B, H, 1, n)
     log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
     log_retained = torch.cumsum(log_alpha, dim=-1)  # log A_t  (B, H, n)
     retained = masked_decay_ratios(log_retained, log_retained, inclusive)  # A_t/A_r
     if momentum_decay is None:
-        return _DualRows(log_retained.exp(), None, retained), None
+        return _DualRows(log_retained.exp(), None, retained * per_write), None
     # β may be 0 (no momentum carried); the clamp keeps the log finite and the ratios exact to
     # within the smallest normal number.
     log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
     log_carried = torch.cumsum(log_beta, dim=-1)  # log B_t  (B, H, n)
-    carried = masked_decay_ratios(log_carried, log_carried, inclusive)  # B_r/B_s
+    carried = masked_decay_ratios(log_carried, log_carried, inclusive) * per_write  # (B_r/B_s) η_s
     momentum_scale = (retained @ log_carried.exp().unsqueeze(-1)).squeeze(-1)  # m_t  (B, H, n)
     rows = _DualRows(log_retained.exp(), momentum_scale, retained @ carried)
     return rows, _MomentumRows(log_carried.exp(), carried)
@@ -308,7 +319,7 @@ def _dual_readout(
     cfg: LevelConfig,
     state: MemoryState,
     rows: _DualRows,
-    write_errors: list[Tensor],
+    deltas: list[Tensor],
     write_inputs: list[Tensor],
     queries: Tensor,
 ) -> Tensor:
@@ -324,11 +335,22 @@ def _dual_readout(
         if rows.momentum is not None:
             assert state.momentum is not None
             mixed = mixed + rows.momentum.unsqueeze(-1) * (hidden @ state.momentum[index].mT)
-        scores = rows.writes * (hidden @ write_inputs[index].mT)  # γ_{t,s} (x_t·x_s)  (B, H, n, n)
-        hidden = mixed - scores @ write_errors[index]
+        scores = rows.writes * (hidden @ write_inputs[index].mT)  # γ_{t,s} η_s (x_t·x_s)  (B, H, n, n)
+        hidden = mixed - scores @ deltas[index]
         if index < len(state.weights) - 1:
             hidden = activation(hidden)
     return queries + hidden if cfg.state == "residual_mlp" else hidden
+
+
+def _weighted_outer_sum(weights: Tensor, errors: Tensor, inputs: Tensor) -> Tensor:
+    """Σ_s w_s δ_s x_sᵀ (B, H, out, in) for w (B, H, n), δ (B, H, n, out), x (B, H, n, in).
+
+    The per-token weight scales whichever factor is narrower (a CMS level's hidden layer is 4×
+    wider than its input), so the elementwise work is the smaller of n·out and n·in.
+    """
+    if errors.shape[-1] <= inputs.shape[-1]:
+        return (weights.unsqueeze(-1) * errors).mT @ inputs
+    return errors.mT @ (weights.unsqueeze(-1) * inputs)
 
 
 def _chunk_end_state(
@@ -336,7 +358,7 @@ def _chunk_end_state(
     state: MemoryState,
     rows: _DualRows,
     momentum_rows: _MomentumRows | None,
-    write_errors: list[Tensor],
+    deltas: list[Tensor],
     write_inputs: list[Tensor],
 ) -> MemoryState:
     """θ and S after the chunk's last token, with Newton–Schulz on the increment when configured."""
@@ -344,7 +366,7 @@ def _chunk_end_state(
     weights = []
     for index, weight in enumerate(state.weights):
         # −Σ_s γ_{n,s} η_s δ_s x_sᵀ  (B, H, out, in)
-        increment = -(rows.writes[..., -1, :, None] * write_errors[index]).mT @ write_inputs[index]
+        increment = -_weighted_outer_sum(rows.writes[..., -1, :], deltas[index], write_inputs[index])
         if rows.momentum is not None:
             assert state.momentum is not None
             increment = increment + rows.momentum[..., -1, None, None] * state.momentum[index]
@@ -357,51 +379,57 @@ def _chunk_end_state(
     carried = momentum_rows.state[..., -1, None, None]  # B_n  (B, H, 1, 1)
     momentum = [
         carried * previous
-        - (momentum_rows.writes[..., -1, :, None] * write_errors[index]).mT @ write_inputs[index]
+        - _weighted_outer_sum(momentum_rows.writes[..., -1, :], deltas[index], write_inputs[index])
         for index, previous in enumerate(state.momentum)
     ]
     return MemoryState(weights, momentum)
 
 
+@chunk_body
 def memory_chunk_step(
     cfg: LevelConfig,
     state: MemoryState,
     keys: Tensor,
     values: Tensor | None,
-    queries: Tensor,
+    queries: Tensor | None,
     lr: Tensor,
     retention: Tensor | None,
     momentum_decay: Tensor | None,
     output_error: OutputError | None = None,
-    *,
-    start: int = 0,
-) -> tuple[Tensor, MemoryState]:
+    error_signal: Tensor | None = None,
+) -> tuple[Tensor | None, MemoryState]:
     """Run one chunk of n <= chunk_size tokens; returns the outputs (B, H, n, d_out) and the new state.
 
     keys, queries: (B, H, n, d_in); values: (B, H, n, d_out), or None for reconstruction and
     external objectives. lr (η), retention (α, None = 1) and momentum_decay (β, required iff
-    cfg.momentum): (B, H, n). For objective external, output_error(prediction, start, end) returns
-    g (B, H, n, d_out) for the memory's prediction M_{θ_c}(k) on the sequence positions
-    [start, end) (start is the chunk's offset in the sequence).
+    cfg.momentum): (B, H, n). For objective external, output_error(prediction, error_signal)
+    returns g (B, H, n, d_out) for the memory's prediction M_{θ_c}(k); error_signal (B, n, …) is
+    the chunk's share of what the error needs per token (the CMS: next-token targets), passed as a
+    tensor rather than a position so that one compiled chunk step serves every chunk. queries None skips the readout
+    (the outputs are then None): a caller that only writes pays for no query pass.
     """
     n = keys.shape[-2]
     assert 1 <= n <= cfg.chunk_size, f"a chunk holds 1..{cfg.chunk_size} tokens, got {n}"
     assert (momentum_decay is not None) == cfg.momentum, "momentum_decay is required iff cfg.momentum"
     assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
 
-    deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, start)
-    write_errors = [lr.unsqueeze(-1) * delta for delta in deltas]  # η_s δ_s
+    prediction, deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, error_signal)
+    write_lr = lr
     if not cfg.grad_through_writes:
-        write_errors = [error.detach() for error in write_errors]
+        deltas = [error.detach() for error in deltas]
         write_inputs = [inputs.detach() for inputs in write_inputs]
-    rows, momentum_rows = _dual_coefficients(retention, momentum_decay, lr)
+        write_lr = lr.detach()
+    rows, momentum_rows = _dual_coefficients(retention, momentum_decay, lr, write_lr)
 
-    if cfg.readout == "chunk_start":
-        outputs = memory_forward(cfg, state.weights, queries)[0]
-    else:
+    outputs = None
+    if queries is not None and cfg.readout == "chunk_start":
+        # Reading the keys themselves at θ_c (a CMS level reads and writes its input) is the
+        # forward the inner gradient already ran.
+        outputs = prediction if queries is keys else memory_forward(cfg, state.weights, queries)[0]
+    elif queries is not None:
         readout_rows = rows if cfg.readout == "causal" else _rows_before(rows)
-        outputs = _dual_readout(cfg, state, readout_rows, write_errors, write_inputs, queries)
-    return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, write_errors, write_inputs)
+        outputs = _dual_readout(cfg, state, readout_rows, deltas, write_inputs, queries)
+    return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, deltas, write_inputs)
 
 
 def uses_delta_kernel(cfg: LevelConfig) -> bool:
@@ -424,12 +452,14 @@ def memory_level(
     retention: Tensor | None,
     momentum_decay: Tensor | None,
     output_error: OutputError | None = None,
+    error_signal: Tensor | None = None,
     *,
     allow_delta_kernel: bool = True,
 ) -> tuple[Tensor, MemoryState]:
     """Run a level over a whole sequence of any length T; returns outputs (B, H, T, d_out) and the state.
 
-    Inputs as in `memory_chunk_step`, with T tokens instead of n. The last chunk may be shorter
+    Inputs as in `memory_chunk_step`, with T tokens instead of n (error_signal (B, T, …) is split
+    with the chunks along its dim 1). The last chunk may be shorter
     than chunk_size. allow_delta_kernel=False forces the chunk loop (the kernel is exact, so this
     only matters for tests and benchmarks).
     """
@@ -448,14 +478,16 @@ def memory_level(
 
     size = cfg.chunk_size
     chunk_outputs = []
+    key_chunks = split_chunks(keys, size, -2, length)
+    # The same chunk objects when the level reads its own keys, so each step reuses that forward.
+    query_chunks = key_chunks if queries is keys else split_chunks(queries, size, -2, length)
     pieces = zip(
-        split_chunks(keys, size, -2, length), split_chunks(values, size, -2, length),
-        split_chunks(queries, size, -2, length), split_chunks(lr, size, -1, length),
+        key_chunks, split_chunks(values, size, -2, length), query_chunks, split_chunks(lr, size, -1, length),
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
+        split_chunks(error_signal, size, 1, length),
     )
-    for index, (k, v, q, eta, alpha, beta) in enumerate(pieces):
-        chunk_output, state = memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error,
-                                                start=index * size)
+    for k, v, q, eta, alpha, beta, signal in pieces:
+        chunk_output, state = memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error, signal)
         chunk_outputs.append(chunk_output)
     return torch.cat(chunk_outputs, dim=-2), state
 

@@ -1,7 +1,8 @@
 """The training loop behind `nldsl train`: a checked spec → a trained model in a run folder.
 
 One outer step: the batch of (seed, step) → `model.loss` (compiled with fullgraph=True when
-`train.compile`, under bf16 autocast when `train.precision = bf16`) → backward through every inner
+`train.compile` is true, per chunk body when it is `chunks` (nldsl/runtime/chunked.py), under bf16
+autocast when `train.precision = bf16`) → backward through every inner
 update → gradients averaged over data-parallel ranks → one gradient-norm clip over all parameters
 → the continuum clock → the spec's outer optimizer, with the learning rate of the schedule.
 
@@ -48,10 +49,12 @@ from nldsl.cli import UserError
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import distributed
+from nldsl.runtime.chunked import compile_loss
 from nldsl.runtime.distributed import Distributed
 from nldsl.runtime.evaluate import Evaluation, clock_prefix, evaluate, evaluation_from_sums, generate
 
 RUNS = Path("runs")
+_COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
 
 
 @dataclass
@@ -61,7 +64,7 @@ class TrainOptions:
     run_dir: str | Path | None = None  # None = runs/<spec stem>-<date>
     resume: bool = False
     tensorboard: bool = False
-    compile: bool | None = None  # None = the spec's train.compile
+    compile: bool | str | None = None  # None = the spec's train.compile (true, false or "chunks")
     sample: bool = False
     device: str = "auto"
     fsdp: bool = False
@@ -314,7 +317,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         start = int(found.record["step"])
 
     compiled = plan.compile if options.compile is None else options.compile
-    loss_function = torch.compile(model.loss, fullgraph=not context.fsdp) if compiled else model.loss
+    loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp)
     bf16 = plan.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -331,12 +334,12 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     _say(context, f"data: {_describe_source(split.record)}; train {len(train_text):,} tokens, validation "
                   f"{len(validation):,} tokens ({tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size})")
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
-                  f"{'compiled' if compiled else 'eager'}, {plan.precision}, {device}"
+                  f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
 
     if compiled and start < plan.steps:
-        _say(context, "compiling the training step on the first step (this can take minutes; --no-compile runs "
-                      "eagerly)")
+        what = "each chunk body (once per shape)" if compiled == "chunks" else "the training step"
+        _say(context, f"compiling {what} on the first step (this can take minutes; --no-compile runs eagerly)")
 
     def evaluate_now() -> Evaluation:
         model.eval()

@@ -58,9 +58,14 @@ class LevelInputs:
                       self.queries, self.lr, self.retention, self.momentum_decay, self.target]
         return [leaf for leaf in candidates if leaf is not None]
 
-    def output_error(self, prediction: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """g of ½‖M(k) − target‖², in closed form, for the fast path."""
-        return prediction - self.target[..., start:end, :]
+    def error_signal(self) -> torch.Tensor:
+        """The target with tokens on dim 1 (B, T, H, d_out), as memory_level splits an error signal."""
+        return self.target.transpose(1, 2)
+
+    @staticmethod
+    def output_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """g of ½‖M(k) − target‖², in closed form, for the fast path; target is a chunk of error_signal."""
+        return prediction - target.transpose(1, 2)
 
     def external_loss(self, prediction: torch.Tensor, t: int) -> torch.Tensor:
         """½‖M(k_t) − target_t‖² as a loss, for the reference."""
@@ -126,7 +131,8 @@ def assert_matches_reference(
     inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed)
 
     def fast(*arguments):
-        return memory_level(cfg, *arguments, inputs.output_error, allow_delta_kernel=allow_delta_kernel)
+        return memory_level(cfg, *arguments, inputs.output_error, inputs.error_signal(),
+                            allow_delta_kernel=allow_delta_kernel)
 
     def reference(*arguments):
         return memory_level_reference(cfg, *arguments, inputs.external_loss)
@@ -259,17 +265,18 @@ def test_chunk_step_equals_level_on_one_chunk() -> None:
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_external_error_sees_sequence_positions() -> None:
+def test_external_error_sees_its_chunk_of_the_signal() -> None:
     cfg = level("mlp2", objective="external", chunk_size=3)
     inputs = make_inputs(cfg, 7, learned_retention=False, seed=0)
+    positions = torch.arange(7).expand(BATCH, 7)  # (B, T): each token's position as its signal
     seen = []
 
-    def output_error(prediction, start, end):
-        seen.append((start, end, prediction.shape[-2]))
-        return inputs.output_error(prediction, start, end)
+    def output_error(prediction, signal):
+        seen.append((signal[0].tolist(), prediction.shape[-2]))
+        return torch.zeros_like(prediction)
 
-    memory_level(cfg, *inputs.arguments(), output_error)
-    assert seen == [(0, 3, 3), (3, 6, 3), (6, 7, 1)]
+    memory_level(cfg, *inputs.arguments(), output_error, positions)
+    assert seen == [([0, 1, 2], 3), ([3, 4, 5], 3), ([6], 1)]
 
 
 @pytest.mark.parametrize(
