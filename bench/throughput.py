@@ -85,8 +85,9 @@ def measure_point(spec: str, length: int, batch: int, compiled: bool | str, repe
 def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: int, repeats: int,
         compile_limit: int, fresh: bool) -> dict:
     specs = specs or model_specs()
-    previous = None if fresh else read_result(NAME)
-    result = previous or {"machine": machine(), "token_budget": budget, "points": []}
+    result = read_result(NAME) or {"machine": machine(), "token_budget": budget, "points": []}
+    if fresh:  # only the specs measured now: the other specs' points stay
+        result["points"] = [p for p in result["points"] if p["spec"] not in specs]
     done = {(p["spec"], p["length"], p["mode"]) for p in result["points"]}
     for spec in specs:
         for length in lengths:
@@ -96,7 +97,8 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
             for mode in modes:
                 if (spec, length, mode) in done:
                     continue
-                point = {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps}
+                point = {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
+                         "measured": machine()["time"]}
                 if mode == "compiled" and steps > compile_limit:
                     point["skipped"] = f"{steps} unrolled chunk steps > {compile_limit} (compile time)"
                 elif mode == "chunks" and not looped:
@@ -127,7 +129,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (median kept)")
     parser.add_argument("--compile-limit", type=int, default=COMPILE_CHUNK_STEPS,
                         help="skip compiled points that unroll more chunk steps than this")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier points of this benchmark")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier points of the specs measured now")
 
 
 if __name__ == "__main__":
