@@ -13,9 +13,10 @@ overrun:
    (b) The bf16-autocast compiled loss against the fp32 eager loss of the same model and batch.
 2. Throughput. Transformer++ (the spec, d_model 1024, 8 blocks: about 100M parameters, so that
    compile, warm-up and timing fit the budget with room to spare) compiled, and HOPE with its
-   in-context updates on at the nearest equal parameter count (layers chosen by counting), eager:
-   compiling HOPE unrolls every chunk of every level and would not fit the budget. Training steps
-   (forward + backward + clip + AdamW) in bf16 autocast, T = 2048.
+   in-context updates on at the nearest equal parameter count (layers chosen by counting); compiling
+   HOPE whole unrolls every chunk of every level and would not fit the budget. Training steps
+   (forward + backward + clip + AdamW) in bf16 autocast, T = 2048. HOPE runs with its chunk bodies
+   compiled (`train.compile = chunks`, `--hope-mode`), the mode its spec trains in.
 3. MFU against the card's dense bf16 peak (a table by device name; H100 SXM: 989 TFLOP/s), with a
    measured bf16 matmul rate beside it. FLOPs per step are counted once (FlopCounterMode over a
    batch-1 forward + backward, times the batch, attention counted causally).
@@ -56,6 +57,7 @@ DENSE_BF16_PEAKS = (  # (substring of torch.cuda.get_device_name(), dense bf16 F
     ("L40S", 362e12),
     ("L4", 121e12),
 )
+MODE_NAMES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
 OUTPUT_RTOL = 1e-6  # float64 generated model vs interpreter, relative to the logits' norm
 BF16_LOSS_RTOL = 2e-2  # bf16 autocast compiled loss vs fp32 eager loss, relative
 CORRECTNESS_SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/gated_deltanet.nl",
@@ -164,7 +166,7 @@ def dense_peak(device: str) -> tuple[str, float | None]:
     return name, next((peak for key, peak in DENSE_BF16_PEAKS if key in name), None)
 
 
-def throughput(run: Run, size: dict, hope_compiled: bool) -> None:
+def throughput(run: Run, size: dict, hope_mode: bool | str) -> None:
     device = run.data["device"]
     name, table_peak = dense_peak(device)
     measured = matmul_peak(size=1024 if size is TINY else 8192, seconds=1.0, device=device, dtype=torch.bfloat16)
@@ -178,18 +180,18 @@ def throughput(run: Run, size: dict, hope_compiled: bool) -> None:
     transformer_params = parameter_count(build("specs/transformer.nl", transformer_overrides, device="meta")[0])
     hope_layers, _ = equal_parameter_layers(dim, heads, transformer_params)
     plans = [("transformer", "specs/transformer.nl", transformer_overrides, True),
-             ("hope", "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={hope_layers}"], hope_compiled)]
+             ("hope", "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={hope_layers}"], hope_mode)]
     for label, spec, overrides, compiled in plans:
         if run.left() < 45:
             phase["models"][label] = {"skipped": "time budget"}
             run.save()
             continue
-        log(f"gpu throughput {label}: {overrides}, {'compiled' if compiled else 'eager'} ...")
+        log(f"gpu throughput {label}: {overrides}, {MODE_NAMES[compiled]} ...")
         phase["models"][label] = measure_model(spec, overrides, length, batch, compiled, device, peak, size, run)
         run.save()
 
 
-def measure_model(spec: str, overrides: list[str], length: int, batch: int, compiled: bool, device: str,
+def measure_model(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str, device: str,
                   peak: float, size: dict, run: Run) -> dict:
     model, optimizer = build(spec, overrides, seq_len=length, device=device)
     single, single_targets = random_tokens(1, length, model.spec.model.vocab, device=device)
@@ -210,7 +212,7 @@ def measure_model(spec: str, overrides: list[str], length: int, batch: int, comp
     call()
     first = time.perf_counter() - began
     seconds = []
-    for _ in range(size["steps"] if compiled else min(3, size["steps"])):  # eager HOPE steps are long
+    for _ in range(size["steps"] if compiled is True else min(3, size["steps"])):  # HOPE steps are long
         if run.left() < 15 and seconds:
             break
         began = time.perf_counter()
@@ -266,7 +268,7 @@ def render(data: dict) -> str:
             if "skipped" in outcome:
                 lines.append(f"| {label} | skipped: {outcome['skipped']} | | | | | |")
                 continue
-            lines.append(f"| {label} | {'compiled' if outcome['compiled'] else 'eager'} | "
+            lines.append(f"| {label} | {MODE_NAMES[outcome['compiled']]} | "
                          f"{outcome['parameters']:,} | {outcome['tokens_per_second']:,.0f} | "
                          f"{outcome['step_seconds']:.3f} | {outcome['first_step_seconds']:.1f} | "
                          f"{100 * outcome['mfu']:.1f}% |")
@@ -289,7 +291,7 @@ def main(args) -> int:
     run = Run(device, args.budget, markdown, name)
     log(f"gpu suite on {device} ({'tiny' if tiny else 'full'} sizes), budget {args.budget:.0f} s")
     correctness(run, tiny)
-    throughput(run, TINY if tiny else FULL, args.hope_compiled)
+    throughput(run, TINY if tiny else FULL, {"eager": False, "compiled": True, "chunks": "chunks"}[args.hope_mode])
     run.save()
     log(f"gpu suite done in {time.perf_counter() - run.began:.0f} s: {markdown}")
     phases = run.data["phases"]
@@ -302,8 +304,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", help="cuda (default when available) or cpu")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: test every code path quickly")
     parser.add_argument("--budget", type=float, default=330.0, help="seconds; later phases are skipped past it")
-    parser.add_argument("--hope-compiled", action="store_true",
-                        help="compile HOPE too (unrolls every chunk: minutes of compile at T = 2048)")
+    parser.add_argument("--hope-mode", choices=("eager", "compiled", "chunks"), default="chunks",
+                        help="how HOPE runs: chunks (each chunk body compiled once, the default), eager, or "
+                             "compiled whole (unrolls every chunk: a very long compile at T = 2048)")
     parser.add_argument("--output", help="markdown file (default: docs/results/performance-gpu.md on CUDA)")
 
 

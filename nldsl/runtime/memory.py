@@ -308,6 +308,34 @@ def _dual_coefficients(
     return rows, _MomentumRows(log_carried.exp(), carried)
 
 
+def _last_row_coefficients(
+    retention: Tensor | None, momentum_decay: Tensor | None, lr: Tensor, write_lr: Tensor
+) -> tuple[_DualRows, _MomentumRows | None]:
+    """Only the chunk's last row of `_dual_coefficients`, each (B, H, 1, …), in O(n) instead of O(n²).
+
+    A chunk-start readout needs nothing but the chunk-end state, and a CMS level with a long period
+    (4096 tokens) would otherwise build (n, n) coefficient matrices to use one row of them. The
+    double sum γ_{n,s} = Σ_{r≥s} (A_n/A_r)(B_r/B_s) is a reversed log-cumsum-exp, so no ratio of
+    products is ever formed outside the log domain (B_s underflows over long chunks).
+    """
+    log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
+    log_retained = torch.cumsum(log_alpha, dim=-1)  # log A_t  (B, H, n)
+    last_retained = log_retained[..., -1:]  # log A_n  (B, H, 1)
+    if momentum_decay is None:
+        writes = (last_retained - log_retained).exp() * write_lr  # (A_n/A_s) η_s  (B, H, n)
+        return _DualRows(last_retained.exp(), None, writes.unsqueeze(-2)), None
+    log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
+    log_carried = torch.cumsum(log_beta, dim=-1)  # log B_t  (B, H, n)
+    last_carried = log_carried[..., -1:]  # log B_n
+    carried_over_retained = log_carried - log_retained  # log (B_r/A_r)
+    suffix = torch.logcumsumexp(carried_over_retained.flip(-1), dim=-1).flip(-1)  # log Σ_{r≥s} B_r/A_r
+    writes = (last_retained - log_carried + suffix).exp() * write_lr  # γ_{n,s} η_s
+    momentum_scale = (last_retained + suffix[..., :1]).exp()  # m_n = Σ_r (A_n/A_r) B_r
+    momentum_writes = (last_carried - log_carried).exp() * write_lr  # (B_n/B_s) η_s
+    rows = _DualRows(last_retained.exp(), momentum_scale, writes.unsqueeze(-2))
+    return rows, _MomentumRows(last_carried.exp(), momentum_writes.unsqueeze(-2))
+
+
 def _rows_before(rows: _DualRows) -> _DualRows:
     """The coefficients of θ_{t−1}: the row above, and θ_c itself (1, 0, no writes) for the first token."""
     momentum = None if rows.momentum is None else F.pad(rows.momentum[..., :-1], (1, 0))
@@ -419,7 +447,9 @@ def memory_chunk_step(
         deltas = [error.detach() for error in deltas]
         write_inputs = [inputs.detach() for inputs in write_inputs]
         write_lr = lr.detach()
-    rows, momentum_rows = _dual_coefficients(retention, momentum_decay, lr, write_lr)
+    # Only the causal and exclusive readouts read rows other than the chunk's last.
+    coefficients = _last_row_coefficients if cfg.readout == "chunk_start" or queries is None else _dual_coefficients
+    rows, momentum_rows = coefficients(retention, momentum_decay, lr, write_lr)
 
     outputs = None
     if queries is not None and cfg.readout == "chunk_start":

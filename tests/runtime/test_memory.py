@@ -390,3 +390,26 @@ def test_compiled_level_matches_eager(cfg: LevelConfig) -> None:
         assert relative_error(actual, expected) <= COMPILE_RTOL
     for actual, expected in zip(gradients, expected_gradients):
         assert relative_error(actual, expected) <= COMPILE_RTOL
+
+
+def test_last_row_coefficients_equal_the_last_row_of_the_full_ones_over_a_long_chunk() -> None:
+    # 300 tokens of β ≈ 0.05: B_t underflows far below the smallest double, the log domain must hold.
+    from nldsl.runtime.memory import _dual_coefficients, _last_row_coefficients
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, 3, 300)
+    retention = 0.9 + 0.1 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    momentum = 0.02 + 0.06 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    lr = torch.rand(shape, generator=generator, dtype=torch.float64)
+    for beta in (None, momentum):
+        full, full_momentum = _dual_coefficients(retention, beta, lr, lr)
+        last, last_momentum = _last_row_coefficients(retention, beta, lr, lr)
+        torch.testing.assert_close(last.state[..., -1], full.state[..., -1], rtol=1e-12, atol=0)
+        torch.testing.assert_close(last.writes[..., -1, :], full.writes[..., -1, :], rtol=1e-10, atol=1e-300)
+        assert torch.isfinite(last.writes).all()
+        if beta is not None:
+            assert last.momentum is not None and full.momentum is not None
+            assert last_momentum is not None and full_momentum is not None
+            torch.testing.assert_close(last.momentum[..., -1], full.momentum[..., -1], rtol=1e-10, atol=0)
+            torch.testing.assert_close(last_momentum.writes[..., -1, :], full_momentum.writes[..., -1, :],
+                                       rtol=1e-10, atol=1e-300)
