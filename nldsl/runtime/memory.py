@@ -216,23 +216,23 @@ def newton_schulz(matrix: Tensor, steps: int) -> Tensor:
 
 def _output_error(
     cfg: LevelConfig,
-    weights: list[Tensor],
     prediction: Tensor,
     keys: Tensor,
-    values: Tensor | None,
+    target: Tensor | None,
     output_error: OutputError | None,
     error_signal: Tensor | None,
 ) -> Tensor:
-    """g = ∂ℓ/∂M(k) (B, H, n, d_out) of the level's objective (§1.3), at the chunk-start state."""
+    """g = ∂ℓ/∂M(k) (B, H, n, d_out) of the level's objective (§1.3), at the chunk-start state.
+
+    `target` is the regression target: the given values, or the generated v̂ = M_{θ_c}(v). A
+    generated target is a constant of the inner loss by construction of the closed form, yet stays
+    attached so that the outer loss differentiates through it."""
     if cfg.objective == "external":
         assert output_error is not None, "objective external needs output_error"
         return output_error(prediction, error_signal)
     if cfg.objective == "reconstruction":
         return prediction - keys
-    assert values is not None, f"objective {cfg.objective!r} needs values"
-    # A generated target is a constant of the inner loss by construction of the closed form, yet
-    # stays attached so that the outer loss differentiates through it.
-    target = values if cfg.values == "given" else memory_forward(cfg, weights, values)[0]
+    assert target is not None, f"objective {cfg.objective!r} needs values"
     return -target if cfg.objective == "dot" else prediction - target
 
 
@@ -249,10 +249,23 @@ def _write_factors(
     δ_l (B, H, n, out) is backpropagated from g in closed form (Eq. 29), then DGD adds W_l x_l =
     z_l for the preconditioned layers; x_l (B, H, n, in) is what the layer reads on k. The
     prediction is returned too: a chunk-start readout of the keys themselves is this same forward.
+    Generated values v̂ = M_{θ_c}(v) go through the memory stacked with the keys: each weight is
+    then one operand of one product per layer, so the outer backward forms one weight-sized
+    gradient for both reads instead of one each. (Both reads only matter through the write, so
+    stacking never gives a parameter a gradient it would not have had.)
     """
-    prediction, layer_inputs, pre_activations = memory_forward(cfg, weights, keys)
+    generated = values is not None and cfg.values == "generated" and cfg.objective in ("dot", "l2")
+    n = keys.shape[-2]
+    rows = torch.cat([keys, values], dim=-2) if generated else keys  # (B, H, n or 2n, d_in)
+    outputs, layer_inputs, pre_activations = memory_forward(cfg, weights, rows)
+    if generated:  # split back: the prediction M(k) and the target v̂ = M(v); the layers' key rows
+        prediction, target = outputs.split(n, dim=-2)
+        layer_inputs = [x.split(n, dim=-2)[0] for x in layer_inputs]
+        pre_activations = [z.split(n, dim=-2)[0] for z in pre_activations]
+    else:
+        prediction, target = outputs, values
     derivative = _ACTIVATIONS[cfg.activation][1]
-    delta = _output_error(cfg, weights, prediction, keys, values, output_error, error_signal)
+    delta = _output_error(cfg, prediction, keys, target, output_error, error_signal)
     deltas = [delta]
     for index in range(len(weights) - 2, -1, -1):
         delta = derivative(pre_activations[index]) * (delta @ weights[index + 1])  # (B, H, n, out_l)
@@ -391,10 +404,13 @@ def _chunk_end_state(
 ) -> MemoryState:
     """θ and S after the chunk's last token, with Newton–Schulz on the increment when configured."""
     retained = rows.state[..., -1, None, None]  # A_n  (B, H, 1, 1)
+    # The minus signs sit on the per-token weights, not on the weight-sized increments: the outer
+    # backward then feeds the state's gradient to the products as it is, with no negated copy.
+    write_weights = -rows.writes[..., -1, :]  # −γ_{n,s} η_s  (B, H, n)
     weights = []
     for index, weight in enumerate(state.weights):
         # −Σ_s γ_{n,s} η_s δ_s x_sᵀ  (B, H, out, in)
-        increment = -_weighted_outer_sum(rows.writes[..., -1, :], deltas[index], write_inputs[index])
+        increment = _weighted_outer_sum(write_weights, deltas[index], write_inputs[index])
         if rows.momentum is not None:
             assert state.momentum is not None
             increment = increment + rows.momentum[..., -1, None, None] * state.momentum[index]
@@ -405,9 +421,9 @@ def _chunk_end_state(
         return MemoryState(weights, None)
     assert state.momentum is not None
     carried = momentum_rows.state[..., -1, None, None]  # B_n  (B, H, 1, 1)
+    momentum_weights = -momentum_rows.writes[..., -1, :]  # −(B_n/B_s) η_s  (B, H, n)
     momentum = [
-        carried * previous
-        - _weighted_outer_sum(momentum_rows.writes[..., -1, :], deltas[index], write_inputs[index])
+        carried * previous + _weighted_outer_sum(momentum_weights, deltas[index], write_inputs[index])
         for index, previous in enumerate(state.momentum)
     ]
     return MemoryState(weights, momentum)
