@@ -1,7 +1,8 @@
 """The benchmark suite's regression guard (`python -m bench smoke`) and the pieces it rests on.
 
-The guard itself compiles two specs with inductor and traces every shipped spec with dynamo, which
-takes about a minute on an idle 2-core CPU and several on a loaded one, so it is marked slow.
+The guard itself traces every shipped spec with dynamo (graph breaks, recompiles on new data) and
+compiles Titans with inductor, which takes about a minute on an idle 2-core CPU with a cold compile
+cache and several on a loaded one, so it is marked slow.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def one_thread():
 def test_graph_break_check_passes_on_a_shipped_spec() -> None:
     outcome = smoke.graph_breaks("specs/titans_lmm.nl")
     assert outcome["ok"], outcome
-    assert outcome["frames"] == 1
+    assert outcome["frames"] == [1, 1, 1]  # one graph, reused for new data
 
 
 def test_graph_break_check_fails_on_a_graph_break(monkeypatch) -> None:
@@ -47,6 +48,32 @@ def test_graph_break_check_fails_on_a_graph_break(monkeypatch) -> None:
     monkeypatch.setattr(memory, "memory_level", breaking)
     outcome = smoke.graph_breaks("specs/titans_lmm.nl")
     assert not outcome["ok"]
+
+
+def test_recompiling_on_new_data_fails_the_graph_check(monkeypatch) -> None:
+    from nldsl.runtime import memory
+
+    real = memory.memory_level
+    calls = iter(range(100))
+
+    def recompiling(*args, **kwargs):
+        outputs, state = real(*args, **kwargs)
+        return outputs * (1.0 + 0.0 * next(calls)), state  # a new Python constant each call: a guard fails
+
+    monkeypatch.setattr(memory, "memory_level", recompiling)
+    outcome = smoke.graph_breaks("specs/titans_lmm.nl")
+    assert not outcome["ok"] and outcome["frames"][-1] > 1, outcome
+
+
+def test_chunk_bodies_are_checked_for_specs_that_compile_them() -> None:
+    outcome = smoke.graph_breaks("specs/hope.nl")
+    assert outcome["ok"], outcome
+    assert outcome["chunk_body_graphs"] and len(set(outcome["chunk_body_graphs"])) == 1
+
+
+def test_speed_check_skips_a_spec_that_trains_eagerly() -> None:
+    outcome = smoke.compiled_vs_eager("specs/transformer.nl", ["model.dim=32", "train.compile=false"], 16, 1, 1)
+    assert outcome["ok"] and "skipped" in outcome
 
 
 def test_speed_check_fails_when_compiled_is_slower(monkeypatch) -> None:
