@@ -332,25 +332,31 @@ class Generator:
         w()
         w("def qkv(self, x: Tensor, keys_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:")
         with w.indent():
-            w("keys_from = x if keys_from is None else keys_from")
-            w(f"q = R.split_heads(F.linear(x, self.wq), {heads})  # (B, H, T, {head_dim})")
-            w(f"k = R.split_heads(F.linear(keys_from, self.wk), {heads})")
-            w(f"v = R.split_heads(F.linear(keys_from, self.wv), {heads})")
+            w("if keys_from is None:  # one product for q, k and v (L.linear_split)")
+            with w.indent():
+                w("q, k, v = L.linear_split(x, self.wq, self.wk, self.wv)  # (B, T, d) each")
+            w("else:")
+            with w.indent():
+                w("q, (k, v) = F.linear(x, self.wq), L.linear_split(keys_from, self.wk, self.wv)")
+            w(f"q, k, v = R.split_heads(q, {heads}), R.split_heads(k, {heads}), R.split_heads(v, {heads})"
+              f"  # (B, H, T, {head_dim})")
             if layer.qk_norm:
                 w("q, k = L.rms_norm(q, self.q_norm, NORM_EPS), L.rms_norm(k, self.k_norm, NORM_EPS)")
             w("return q, k, v")
         if layer.rope:
             w()
-            w("def rope(self, x: Tensor) -> Tensor:")
+            w("def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:")
             with w.indent():
-                w(f"cos, sin = L.rope_frequencies({head_dim}, x.shape[2], {layer.rope_base!r}, x.device, x.dtype)")
-                w("return L.apply_rope(x, cos, sin)")
+                w('"""Rotate each of xs (B, H, T, D), all of one length, with one table."""')
+                w(f"cos, sin = L.rope_frequencies({head_dim}, xs[0].shape[2], {layer.rope_base!r}, "
+                  "xs[0].device, xs[0].dtype)")
+                w("return tuple(L.apply_rope(x, cos, sin) for x in xs)")
         w()
         w("def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:")
         with w.indent():
             w("q, k, v = self.qkv(x)")
             if layer.rope:
-                w("q, k = self.rope(q), self.rope(k)")
+                w("q, k = self.rope(q, k)")
             persistent = ", persistent_k=self.persistent_k, persistent_v=self.persistent_v" if layer.persistent else ""
             w(f"# o: (B, H, T, {head_dim})")
             w(f"o = L.causal_attention(q, k, v, window={layer.window}{persistent})")
@@ -362,7 +368,7 @@ class Generator:
             w("q, k_x, v_x = self.qkv(x)")
             w("_, k_r, v_r = self.qkv(retrieved)")
             if layer.rope:
-                w("q, k_x, k_r = self.rope(q), self.rope(k_x), self.rope(k_r)")
+                w("q, k_x, k_r = self.rope(q, k_x, k_r)")
             persistent = ", self.persistent_k, self.persistent_v" if layer.persistent else ""
             w(f"o = R.segment_attention(q, k_r, v_r, k_x, v_x{persistent})")
             w("return F.linear(R.merge_heads(o), self.wo)")
@@ -429,6 +435,10 @@ class Generator:
         w()
         w("def project(self, x: Tensor, state: dict) -> tuple[Tensor, Tensor, Tensor, dict]:")
         with w.indent():
+            # Three products, not one fused one (L.linear_split): k and v may feed only writes that
+            # nothing reads (a stop-gradient level, a chunk-start readout of one chunk), and a fused
+            # product would give W_k and W_v zero gradients where they have none (weight decay would
+            # then shrink them).
             w("q, k, v = F.linear(x, self.wq), F.linear(x, self.wk), F.linear(x, self.wv)  # (B, T, d)")
             w("caches = {}")
             if layer.conv:

@@ -43,19 +43,21 @@ class Attention0(nn.Module):
         self.wo = nn.Parameter(torch.empty(128, 128))  # (128, 128)
 
     def qkv(self, x: Tensor, keys_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        keys_from = x if keys_from is None else keys_from
-        q = R.split_heads(F.linear(x, self.wq), 4)  # (B, H, T, 32)
-        k = R.split_heads(F.linear(keys_from, self.wk), 4)
-        v = R.split_heads(F.linear(keys_from, self.wv), 4)
+        if keys_from is None:  # one product for q, k and v (L.linear_split)
+            q, k, v = L.linear_split(x, self.wq, self.wk, self.wv)  # (B, T, d) each
+        else:
+            q, (k, v) = F.linear(x, self.wq), L.linear_split(keys_from, self.wk, self.wv)
+        q, k, v = R.split_heads(q, 4), R.split_heads(k, 4), R.split_heads(v, 4)  # (B, H, T, 32)
         return q, k, v
 
-    def rope(self, x: Tensor) -> Tensor:
-        cos, sin = L.rope_frequencies(32, x.shape[2], 10000.0, x.device, x.dtype)
-        return L.apply_rope(x, cos, sin)
+    def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        """Rotate each of xs (B, H, T, D), all of one length, with one table."""
+        cos, sin = L.rope_frequencies(32, xs[0].shape[2], 10000.0, xs[0].device, xs[0].dtype)
+        return tuple(L.apply_rope(x, cos, sin) for x in xs)
 
     def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:
         q, k, v = self.qkv(x)
-        q, k = self.rope(q), self.rope(k)
+        q, k = self.rope(q, k)
         # o: (B, H, T, 32)
         o = L.causal_attention(q, k, v, window=0)
         return F.linear(R.merge_heads(o), self.wo), {}
@@ -64,7 +66,7 @@ class Attention0(nn.Module):
         """Memory as context: queries of a segment over [persistent | retrieved | segment] (§3.8)."""
         q, k_x, v_x = self.qkv(x)
         _, k_r, v_r = self.qkv(retrieved)
-        q, k_x, k_r = self.rope(q), self.rope(k_x), self.rope(k_r)
+        q, k_x, k_r = self.rope(q, k_x, k_r)
         o = R.segment_attention(q, k_r, v_r, k_x, v_x)
         return F.linear(R.merge_heads(o), self.wo)
 
