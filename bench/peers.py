@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import (
+    DEFAULT_THREADS,
     TrainStep,
     alternate,
     build,
@@ -56,7 +57,7 @@ def _error(error: BaseException) -> str:
 
 
 def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 1024, batch: int = 2,
-                 rounds: int = 3) -> dict:
+                 rounds: int = 7) -> dict:
     """Our Titans LMM layer vs titans-pytorch NeuralMemory, forward + backward + AdamW step."""
     from titans_pytorch import NeuralMemory
 
@@ -137,7 +138,7 @@ def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int =
 
 
 def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, length: int = 512, batch: int = 2,
-                         rounds: int = 2) -> dict:
+                         rounds: int = 3) -> dict:
     """specs/hope.nl vs nested-learning's hope_selfmod, in-context updates on in both."""
     from nested_learning.levels import LevelSpec
     from nested_learning.model import HOPEModel, ModelConfig
@@ -278,7 +279,7 @@ def floor(width: int = 256, layers: int = 2, heads: int = 4, length: int = 2048,
             "tokens_per_second": {name: batch * length / s for name, s in seconds.items()}}
 
 
-def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 2, transformer_layers: int = 4) -> dict:
+def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 4, transformer_layers: int = 4) -> dict:
     """HOPE (in-context updates on) vs Transformer++ at equal parameter count, T = 2048."""
     hope, hope_optimizer = build("specs/hope.nl", seq_len=length)
     transformer, transformer_optimizer = build("specs/transformer.nl", [f"model.layers={transformer_layers}"],
@@ -338,7 +339,11 @@ def run(only: list[str] | None, fresh: bool) -> dict:
             outcome = COMPARISONS[name]()
         except Exception as error:  # a peer that cannot run is reported with its error text
             outcome = {"error": _error(error), "traceback": traceback.format_exc().splitlines()[-6:]}
-        result["comparisons"][name] = outcome
+        threads = torch.get_num_threads()
+        outcome["threads"] = threads
+        # the suite's default is one thread per process (bench/harness.py); other counts sit beside it
+        key = name if threads == DEFAULT_THREADS else f"{name} ({threads} threads)"
+        result["comparisons"][key] = outcome
         write_result(NAME, result)
         log(f"peers {name}: {outcome}")
     return result

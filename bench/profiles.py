@@ -4,18 +4,29 @@
   step goes when the chunk loops run in eager mode.
 - `transformer`: one compiled Transformer++ step at d_model 512, T = 2048 (the MFU target's
   configuration), by self CPU time.
+- `hope_components`: HOPE at the nested-learning comparison's configuration (width 256, T = 512,
+  B = 2, chunk bodies compiled as the spec trains): forward + backward seconds of each part of a
+  block — the self-modifying projections, the main memory, each CMS level — timed alone on the
+  inputs it saw in a real step, next to the whole step, and the per-sequence state each part
+  rewrites per token (elements of θ and S over the period), the quantity that bounds a chunk step
+  on a CPU: every chunk reads and writes its level's whole state several times, forward and back.
 
-    python -m bench profile                      # both; bench/results/profile_<name>.txt
+    python -m bench profile                      # all; bench/results/profile_<name>.txt
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.harness import RESULTS, TrainStep, build, log, random_tokens
+from nldsl.runtime import blocks, memory
+from nldsl.runtime.chunked import compiled_chunks
 
 TARGETS = {
     "hope": ("specs/hope.nl", [], 2048, 2, False),
@@ -37,11 +48,125 @@ def profile_step(spec: str, overrides: list[str], length: int, batch: int, compi
                           max_shapes_column_width=60)
 
 
+def _detached(value):
+    """A copy of a captured argument that is a leaf of its own graph (so it can be backpropagated alone)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().requires_grad_(value.is_floating_point())
+    if isinstance(value, memory.MemoryState):
+        return memory.MemoryState([_detached(w) for w in value.weights],
+                                  None if value.momentum is None else [_detached(m) for m in value.momentum])
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_detached(item) for item in value)
+    return value
+
+
+def _state_per_token(cfg: memory.LevelConfig, heads: int) -> float:
+    """Elements of per-sequence state (θ, and S with momentum) a level rewrites per token of its flow."""
+    elements = heads * sum(out * inp for out, inp in cfg.weight_shapes()) * (2 if cfg.momentum else 1)
+    return elements / cfg.chunk_size
+
+
+def hope_components(width: int = 256, length: int = 512, batch: int = 2, repeats: int = 3) -> str:
+    """The table of `hope_components` (module docstring)."""
+    model, optimizer = build("specs/hope.nl", [f"dim={width}", "heads=4"], seq_len=length)
+    tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+    calls: dict[str, list[tuple]] = {"projections": [], "memory": [], "cms": []}
+    patched = {"projections": (blocks, "self_modifying_projections"), "cms": (blocks, "cms_level"),
+               "memory": (model.module.M, "memory_level")}  # the generated module's own calls only
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in patched.items()}
+
+    def capture(name: str, real: Callable) -> Callable:
+        def run(*args, **kwargs):
+            calls[name].append((args, kwargs))
+            return real(*args, **kwargs)
+        return run
+
+    for name, (owner, attr) in patched.items():
+        setattr(owner, attr, capture(name, originals[name]))
+    try:
+        model.loss(tokens, targets)
+    finally:
+        for name, (owner, attr) in patched.items():
+            setattr(owner, attr, originals[name])
+    layers = model.spec.model.layers
+    per_block = len(calls["cms"]) // layers
+    captured = {"projections": calls["projections"][0], "memory": calls["memory"][0],
+                **{f"cms.{index}": calls["cms"][index] for index in range(per_block)}}  # block 0's calls
+
+    def timed(fn: Callable[[], object]) -> float:
+        fn()
+        fn()  # the first call compiles the chunk bodies
+        samples = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - began)
+        return statistics.median(samples)
+
+    def component(name: str) -> Callable[[], None]:
+        args, kwargs = captured[name]
+        real = originals["cms" if name.startswith("cms.") else name]
+
+        def run() -> None:
+            inputs = _detached(list(args))
+            with compiled_chunks():
+                outputs = real(*inputs, **kwargs)
+            tensors = [t for t in _flatten(outputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+            sum(t.float().square().mean() for t in tensors).backward()
+        return run
+
+    step = TrainStep(model, optimizer, compiled="chunks")
+    total = timed(lambda: step(tokens, targets))
+    cfgs = {"projections": model.module.PROJECTIONS_SELFMOD0, "memory": model.module.MEMORY_SELFMOD0}
+    heads = {"projections": 4 * len(model.module.SELFMOD_SELFMOD0.adaptive), "memory": 4}
+    rows = [f"HOPE width {width}, T={length}, B={batch}, chunk bodies compiled, {torch.get_num_threads()} thread(s);"
+            f" whole training step {total:.3f} s ({batch * length / total:,.0f} tokens/s)", "",
+            "| part (one block; the model has {layers}) | forward + backward s | × blocks, share of the step | "
+            "state rewritten per token |".replace("{layers}", str(layers)), "|---|---:|---:|---:|"]
+    parts = 0.0
+    for name in ["projections", "memory", *sorted(k for k in captured if k.startswith("cms."))]:
+        seconds = timed(component(name))
+        parts += seconds * layers
+        if name.startswith("cms."):
+            level = captured[name][0][0]
+            how = "in context" if level.in_context else "static"
+            label = f"CMS level {name[4:]} (period {level.config.chunk_size}, {how})"
+            state = _state_per_token(level.config, 1) if level.in_context else 0.0
+        else:
+            label = {"projections": "self-modifying projections M_k, M_v, M_η, M_α", "memory": "main memory"}[name]
+            state = _state_per_token(cfgs[name], heads[name])
+        rows.append(f"| {label} | {seconds:.3f} | {100 * seconds * layers / total:.0f}% | {state:,.0f} |")
+    rows.append(f"| the parts together (each timed alone, so with its own first calls and colder caches) | — | "
+                f"{100 * parts / total:.0f}% | — |")
+    return "\n".join(rows)
+
+
+def _flatten(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, memory.MemoryState):
+        yield from value.weights
+        yield from value.momentum or []
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flatten(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _flatten(item)
+
+
 def run(names: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
-        spec, overrides, length, batch, compiled = TARGETS[name]
         log(f"profile {name} ...")
+        if name == "hope_components":
+            text = hope_components()
+            (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
+            log(text)
+            continue
+        spec, overrides, length, batch, compiled = TARGETS[name]
         table = profile_step(spec, overrides, length, batch, compiled)
         header = (f"{spec} {' '.join(overrides)} T={length} B={batch} {'compiled' if compiled else 'eager'}, "
                   f"one training step, {torch.get_num_threads()} thread(s)\n")
@@ -54,7 +179,8 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("names", nargs="*", default=list(TARGETS), choices=list(TARGETS))
+    names = [*TARGETS, "hope_components"]
+    parser.add_argument("names", nargs="*", default=names, choices=names)
 
 
 if __name__ == "__main__":

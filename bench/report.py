@@ -248,7 +248,8 @@ def mfu_section(mfu: dict) -> list[str]:
     cfg = run["config"]
     lines = [f"d_model {cfg['dim']}, {cfg['heads']} heads, {cfg['layers']} blocks, T={cfg['length']}, "
              f"B={cfg['batch']}; fp32 matmul peak measured in the same run: {run['peak_flops'] / 1e9:.1f} GFLOP/s "
-             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({mfu['machine']['threads']} thread(s)).", "",
+             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({mfu['machine']['threads']} thread(s)); "
+             "MFU is taken against the higher of the two.", "",
              "| step | tokens/s | GFLOP/s | MFU |", "|---|---:|---:|---:|"]
     for name, step in run["steps"].items():
         lines.append(f"| {name} | {step['tokens_per_second']:,.0f} | {step['achieved_flops'] / 1e9:.1f} | "
