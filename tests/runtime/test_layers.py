@@ -20,6 +20,7 @@ from nldsl.runtime.layers import (
     gelu_mlp_reference,
     l2_normalize,
     l2_normalize_reference,
+    linear_split,
     newton_schulz,
     newton_schulz_reference,
     output_gate,
@@ -281,6 +282,25 @@ def test_causal_depthwise_conv_streams_in_pieces(width, split):
     torch.testing.assert_close(grad_pieces, grad_whole, atol=STREAM_ATOL, rtol=0)
 
 
+def test_compiled_causal_depthwise_conv_sums_taps_at_any_length():
+    """Under torch.compile the taps are summed directly at every length (conv1d only runs eagerly
+    above SHORT_CONV_TOKENS): outputs, cache and gradients equal the token-by-token reference."""
+    gen = torch.Generator().manual_seed(9)
+    x = randn(BATCH, 100, CHANNELS, generator=gen)
+    inputs = [x, randn(CHANNELS, 4, generator=gen), randn(CHANNELS, generator=gen),
+              randn(BATCH, 3, CHANNELS, generator=gen)]
+    traced = []
+
+    def backend(graph, example_inputs):
+        traced.extend(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+        return graph.forward
+
+    compiled = torch.compile(causal_depthwise_conv, backend=backend, fullgraph=True)
+    assert_matches_reference(compiled, causal_depthwise_conv_reference, inputs)
+    torch._dynamo.reset()
+    assert traced and not any("conv" in target for target in traced), traced
+
+
 def test_causal_depthwise_conv_carries_cache_across_many_short_calls():
     gen = torch.Generator().manual_seed(8)
     x = randn(BATCH, 11, CHANNELS, generator=gen)
@@ -291,6 +311,14 @@ def test_causal_depthwise_conv_carries_cache_across_many_short_calls():
         y_t, cache = causal_depthwise_conv(x[:, t : t + 1], weight, bias, cache)
         pieces.append(y_t)
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, atol=STREAM_ATOL, rtol=0)
+
+
+def test_linear_split_is_each_product_and_its_gradients():
+    gen = torch.Generator().manual_seed(10)
+    inputs = [randn(BATCH, 7, CHANNELS, generator=gen), randn(3, CHANNELS, generator=gen),
+              randn(5, CHANNELS, generator=gen)]
+    assert_matches_reference(lambda x, a, b: linear_split(x, a, b),
+                             lambda x, a, b: (x @ a.T, x @ b.T), inputs)
 
 
 @pytest.mark.parametrize("seq_len", SEQ_LENS)
