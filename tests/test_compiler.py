@@ -87,6 +87,17 @@ def test_shipped_spec_matches_interpreter(path: Path) -> None:
     assert_matches_interpreter(spec, length=13)
 
 
+
+@pytest.mark.parametrize("seq_len", [8, 64], ids=["past-the-table", "inside-the-table"])
+def test_rotary_table_serves_any_length(seq_len: int) -> None:
+    """Attention rotates with a table of train.seq_len rows held by the module (not saved with the
+    weights); a longer sequence gets a fresh table, and both agree with the interpreter."""
+    spec = shrunk(check_file(REPO / "specs" / "transformer.nl", [f"train.seq_len={seq_len}"]).spec)
+    model = perturbed_model(spec, seed=2)
+    assert model.blocks[0].attention.rope_cos.shape[0] == seq_len
+    assert not any("rope" in name for name in model.state_dict())
+    assert_matches_interpreter(spec, length=13, seed=2)
+
 # Random valid specs ------------------------------------------------------------------------------
 
 @st.composite
