@@ -66,7 +66,7 @@ def run(specs: list[str], dim: int, heads: int, layers: int, length: int, batch:
     hand_flops = counted + hand_attention_flops(hand_cfg, batch, length)
     entry["models"]["hand_transformer"] = {"flops": hand_flops, "counted_flops": counted,
                                            "parameters": parameter_count(hand)}
-    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3, fused=True)
     contenders["hand_transformer_eager"] = (hand_flops, TrainStep(hand, hand_optimizer), tokens, targets)
     contenders["hand_transformer_compiled"] = (hand_flops, TrainStep(hand, hand_optimizer, compiled=True),
                                                tokens, targets)

@@ -45,7 +45,7 @@ def child(target: str, length: int) -> dict:
     setup_torch()
     if target == MATH_ATTENTION:
         model = TransformerPP(TransformerConfig(attention="math", max_len=max(length, WARMUP_LENGTH)))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         vocab = model.cfg.vocab
     else:
         model, optimizer = build(target, seq_len=length)

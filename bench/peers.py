@@ -71,8 +71,8 @@ def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int 
             if 0 in param.stride():
                 param.data = param.data.contiguous()
     x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
-    ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4)
-    theirs_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
+    ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
+    theirs_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
 
     def our_loss(x):
         out, _ = ours(L.rms_norm(x, ours.norm, 1e-6), None)  # pre-norm, as NeuralMemory's own
@@ -118,7 +118,7 @@ def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int =
         dim_head=width // heads, num_persist_mem_tokens=4, num_longterm_mem_tokens=0,
         neural_memory_segment_len=chunk, neural_memory_layers=tuple(range(1, layers + 1)),
         neural_memory_kwargs={"default_model_kwargs": {"depth": 2, "expansion_factor": 2.0}})
-    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3)
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3, fused=True)
     sequence = torch.cat([tokens, tokens[:, :1]], dim=1)  # it takes T + 1 tokens and shifts itself
 
     def their_step():
@@ -154,7 +154,7 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
         block_variant="hope_selfmod", qk_l2_norm=True, self_mod_chunk_size=8, self_mod_chunk_size_memory=16,
         self_mod_momentum=0.9)
     theirs = HOPEModel(config)
-    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3)
+    their_optimizer = torch.optim.AdamW(theirs.parameters(), lr=3e-3, fused=True)
 
     def their_step():
         # the order of nested-learning's own training loop with train.use_fast_state and online updates
@@ -264,7 +264,7 @@ def floor(width: int = 256, layers: int = 2, heads: int = 4, length: int = 2048,
                              seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
     hand = TransformerPP(TransformerConfig(dim=width, layers=layers, heads=heads, max_len=length))
-    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=3e-3, weight_decay=0.1)
+    hand_optimizer = torch.optim.AdamW(hand.parameters(), lr=3e-3, weight_decay=0.1, fused=True)
     steps = {
         "spec_eager": TrainStep(model, optimizer),
         "spec_compiled": TrainStep(model, optimizer, compiled=True),

@@ -11,11 +11,14 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from nldsl.compiler.optimizers import build_optimizer
 
 from nldsl import loader
+from nldsl.checker import check_text
 from nldsl.cli import main
 from nldsl.runtime import data as D
 from nldsl.runtime import train as T
+from nldsl.spec import BuiltinOptimizer
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--set", "dim=32", "--set", "model.layers=1", "--set", "train.seq_len=32", "--set", "train.batch=4",
@@ -96,6 +99,29 @@ def test_the_schedule_warms_up_then_decays_to_the_floor():
     constant = plan.model_copy(update={"schedule": "constant", "warmup": 0})
     assert {T.learning_rate_factor(s, constant) for s in range(100)} == {1.0}
 
+
+
+@pytest.mark.parametrize("text", ["adamw(lr = 0.01, weight_decay = 0.1)", "sgd(lr = 0.1, momentum = 0.9)"])
+def test_builtin_optimizers_take_torch_fused_kernels_with_the_same_steps(text):
+    spec = check_text(f"train {{ optimizer = {text} }}").spec.train.optimizer
+    assert isinstance(spec, BuiltinOptimizer)
+    torch.manual_seed(0)
+    named = [("w", torch.nn.Parameter(torch.randn(8, 6, dtype=torch.float64))),
+             ("b", torch.nn.Parameter(torch.randn(6, dtype=torch.float64)))]
+    fused = build_optimizer(named, spec)
+    assert all(group["fused"] for group in fused.param_groups)
+    copies = [(name, torch.nn.Parameter(p.detach().clone())) for name, p in named]
+    plain = type(fused)([{**{k: v for k, v in g.items() if k != "params"}, "fused": False,
+                          "params": [c for (_, c), p in zip(copies, named) if any(p[1] is q for q in g["params"])]}
+                         for g in fused.param_groups])
+    for _ in range(5):
+        grads = [torch.randn_like(p) for _, p in named]
+        for (_, p), (_, c), g in zip(named, copies, grads):
+            p.grad, c.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for (_, p), (_, c) in zip(named, copies):
+        torch.testing.assert_close(p, c, rtol=1e-12, atol=1e-12)
 
 def test_the_clock_sums_gradients_and_releases_them_only_when_it_fires():
     slow = torch.nn.Parameter(torch.zeros(3))
