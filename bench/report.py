@@ -141,7 +141,9 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         "python -m bench peers --only hope_nested_learning")
     reference = comparisons.get("memory_reference", {})
     row("chunk-parallel memory ≥ 20× per-token reference, T 2048",
-        f"{reference['speedup']:.1f}×" if "speedup" in reference else "—",
+        (f"{reference['speedup']:.1f}×" + (f" (eager chunk loop {reference['speedup_eager']:.1f}×)"
+                                            if "speedup_eager" in reference else ""))
+        if "speedup" in reference else "—",
         None if "speedup" not in reference else reference["speedup"] >= 20,
         "python -m bench peers --only memory_reference")
     ratios = compile_ratios(train)
@@ -222,10 +224,23 @@ def peers_section(peers: dict) -> list[str]:
             lines += [f"| {k} | {v:,.0f} |" for k, v in outcome["tokens_per_second"].items()]
             lines.append("")
         for key in ("speedup_vs_titans_pytorch", "speedup_vs_nested_learning", "hope_over_transformer", "speedup",
-                    "max_relative_output_difference", "seconds", "import_note"):
+                    "speedup_eager", "max_relative_output_difference", "seconds", "import_note"):
             if outcome.get(key) is not None:
-                lines += [f"{key.replace('_', ' ')}: `{outcome[key]}`", ""]
+                lines += [f"{key.replace('_', ' ')}: {_readable(key, outcome[key])}", ""]
     return lines
+
+
+def _readable(key: str, value) -> str:
+    """A result value as a reader wants it: ratios to 2 decimals with ×, seconds to 3, errors in e-notation."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {_readable(key, v)}" for name, v in value.items())
+    if isinstance(value, float):
+        if key == "seconds":
+            return f"{value:.3f} s"
+        if key.startswith("max_relative"):
+            return f"{value:.1e}"
+        return f"{value:.2f}×"
+    return f"`{value}`"
 
 
 def memory_section(memory: dict) -> list[str]:

@@ -88,6 +88,10 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
     result = read_result(NAME) or {"machine": machine(), "token_budget": budget, "points": []}
     if fresh:  # only the specs measured now: the other specs' points stay
         result["points"] = [p for p in result["points"] if p["spec"] not in specs]
+    if result["points"] and result.get("token_budget") != budget:
+        raise SystemExit(f"bench/results/{NAME}.json holds points at {result.get('token_budget'):,} tokens per step; "
+                         f"measure at that budget (--tokens) or start over with --fresh and every spec")
+    result.update(machine=machine(), token_budget=budget)
     done = {(p["spec"], p["length"], p["mode"]) for p in result["points"]}
     for spec in specs:
         for length in lengths:
