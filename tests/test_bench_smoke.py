@@ -117,3 +117,14 @@ def test_bench_smoke_passes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "bench", "smoke"], cwd=REPO, capture_output=True, text=True,
                           timeout=1800, env={**os.environ, "NLDSL_BENCH_RESULTS": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_report_tables_growth_per_4x_length_and_rounds_values() -> None:
+    from bench import report
+
+    points = [{"target": "m", "length": t, "step_mib": mib} for t, mib in [(512, 10.0), (1024, 21.0), (2048, 40.0)]]
+    row = report.memory_section({"points": points})[-1]
+    assert row.endswith("| 4.0× |")  # 512 → 2048 only: 1024 has no 4096 beside it
+    assert report._readable("speedup", 8.1237) == "8.12×"
+    assert report._readable("seconds", {"a": 1.02392}) == "a 1.024 s"
+    assert report._readable("max_relative_output_difference", 4.53e-07) == "4.5e-07"
