@@ -329,8 +329,7 @@ class Generator:
         self.init_header(w)
         self.declare(w, layer, with_norm)
         if layer.rope:
-            # A table held by the module: computed inside the graph, the compiler would fuse its
-            # float64 cos/sin into every consumer and evaluate them once per head and batch row.
+            # Tables held by the module, not computed in the graph (L.rope_tables says why).
             w("# rotary tables (TRAIN_SEQ_LEN, D), computed in float64 and rounded once by .to(dtype);")
             w("# not saved with the weights")
             w(f"cos, sin = L.rope_frequencies({head_dim}, TRAIN_SEQ_LEN, {layer.rope_base!r}, dtype=torch.float64)")
@@ -356,13 +355,8 @@ class Generator:
             w("def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:")
             with w.indent():
                 w('"""Rotate each of xs (B, H, T, D), all of one length, with one table."""')
-                w("length, dtype = xs[0].shape[2], xs[0].dtype")
-                w("if length <= self.rope_cos.shape[0]:")
-                with w.indent():
-                    w("cos, sin = self.rope_cos[:length].to(dtype), self.rope_sin[:length].to(dtype)")
-                w("else:  # longer than the table: a fresh one for this length")
-                with w.indent():
-                    w(f"cos, sin = L.rope_frequencies({head_dim}, length, {layer.rope_base!r}, xs[0].device, dtype)")
+                w(f"cos, sin = L.rope_tables(self.rope_cos, self.rope_sin, xs[0].shape[2], {layer.rope_base!r}, "
+                  "xs[0].dtype)")
                 w("return tuple(L.apply_rope(x, cos, sin) for x in xs)")
         w()
         w("def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:")

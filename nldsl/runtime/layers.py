@@ -5,7 +5,7 @@ modules, which own them. Every fast function sits beside a plain `_reference` tw
 per-step loop, and tests/runtime/test_layers.py holds the two to each other (outputs and gradients).
 
 - `rms_norm`, `l2_normalize`: normalisation over the last dimension.
-- `rope_frequencies`, `apply_rope`: rotary position embedding, rotate-half convention.
+- `rope_frequencies`, `rope_tables`, `apply_rope`: rotary position embedding, rotate-half convention.
 - `causal_attention`: softmax attention through `scaled_dot_product_attention`, full causal or
   sliding window, with optional persistent memory tokens (Titans) visible to every query.
 - `causal_depthwise_conv`: the short causal convolution after the q/k/v projections, with a cache
@@ -81,6 +81,15 @@ def rope_frequencies(
     angles = torch.outer(positions, inv_freq)  # (max_len, head_dim/2)
     angles = torch.cat([angles, angles], dim=-1)  # (max_len, head_dim)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rope_tables(cos: Tensor, sin: Tensor, length: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The first `length` rows of tables made by `rope_frequencies`, in `dtype`; a fresh pair for
+    this length when the tables are shorter. Generated attention keeps its tables as buffers, since
+    computed inside a compiled graph they would be fused into every consumer and re-evaluated there."""
+    if length <= cos.shape[0]:
+        return cos[:length].to(dtype), sin[:length].to(dtype)
+    return rope_frequencies(cos.shape[1], length, base, cos.device, dtype)
 
 
 def _rotate_half(x: Tensor) -> Tensor:

@@ -168,11 +168,7 @@ class Attention1(nn.Module):
 
     def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:
         """Rotate each of xs (B, H, T, D), all of one length, with one table."""
-        length, dtype = xs[0].shape[2], xs[0].dtype
-        if length <= self.rope_cos.shape[0]:
-            cos, sin = self.rope_cos[:length].to(dtype), self.rope_sin[:length].to(dtype)
-        else:  # longer than the table: a fresh one for this length
-            cos, sin = L.rope_frequencies(32, length, 10000.0, xs[0].device, dtype)
+        cos, sin = L.rope_tables(self.rope_cos, self.rope_sin, xs[0].shape[2], 10000.0, xs[0].dtype)
         return tuple(L.apply_rope(x, cos, sin) for x in xs)
 
     def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:
