@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
+    apply_weights,
     init_memory_weights,
     initial_memory_state,
     memory_chunk_step,
@@ -413,3 +414,18 @@ def test_last_row_coefficients_equal_the_last_row_of_the_full_ones_over_a_long_c
             torch.testing.assert_close(last.momentum[..., -1], full.momentum[..., -1], rtol=1e-10, atol=0)
             torch.testing.assert_close(last_momentum.writes[..., -1, :], full_momentum.writes[..., -1, :],
                                        rtol=1e-10, atol=1e-300)
+
+
+def test_apply_weights_gives_the_weight_gradient_in_the_weight_layout() -> None:
+    # A transposed weight gradient made the compiled backward add the state's gradients in a
+    # strided scalar loop (memory.apply_weights says how much that cost).
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(2, 3, 5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    inputs = torch.randn(2, 3, 7, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, 7, 5, generator=generator, dtype=torch.float64)
+    outputs = apply_weights(weights, inputs)
+    torch.testing.assert_close(outputs, inputs @ weights.mT, rtol=1e-12, atol=0)
+    weights_grad, inputs_grad = torch.autograd.grad(outputs, (weights, inputs), grad)
+    assert weights_grad.is_contiguous()
+    torch.testing.assert_close(weights_grad, grad.mT @ inputs, rtol=1e-12, atol=0)
+    torch.testing.assert_close(inputs_grad, grad @ weights, rtol=1e-12, atol=0)
