@@ -4,6 +4,9 @@
   step goes when the chunk loops run in eager mode.
 - `transformer`: one compiled Transformer++ step at d_model 512, T = 2048 (the MFU target's
   configuration), by self CPU time.
+- `hope_kernels`: one HOPE training step at the nested-learning comparison's configuration (width
+  256, T = 512, B = 2, chunk bodies compiled) with inductor's generated kernels named in the
+  profile, so a slow fused kernel shows up by name beside the matrix products.
 - `hope_components`: HOPE at the nested-learning comparison's configuration (width 256, T = 512,
   B = 2, chunk bodies compiled as the spec trains): forward + backward seconds of each part of a
   block — the self-modifying projections, the main memory, each CMS level — timed alone on the
@@ -31,21 +34,31 @@ from nldsl.runtime.chunked import compiled_chunks
 TARGETS = {
     "hope": ("specs/hope.nl", [], 2048, 2, False),
     "transformer": ("specs/transformer.nl", ["model.dim=512", "heads=8"], 2048, 1, True),
+    "hope_kernels": ("specs/hope.nl", ["dim=256", "heads=4"], 512, 2, "chunks"),
 }
 
 
-def profile_step(spec: str, overrides: list[str], length: int, batch: int, compiled: bool, rows: int = 18) -> str:
+def profile_step(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str,
+                 rows: int = 18) -> str:
     model, optimizer = build(spec, overrides, seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
     step = TrainStep(model, optimizer, compiled=compiled)
-    for _ in range(2 if compiled else 1):
-        step(tokens, targets)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as recorded:
-        step(tokens, targets)
+    # Compiled kernels record themselves under their generated names (a different graph-cache key,
+    # so nothing compiled without it is reused); eager steps are unaffected.
+    with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+        for _ in range(2 if compiled else 1):
+            step(tokens, targets)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as recorded:
+            step(tokens, targets)
     torch._dynamo.reset()
+    by_name = sorted(recorded.key_averages(), key=lambda event: -event.self_cpu_time_total)
+    total = sum(event.self_cpu_time_total for event in by_name)
+    shares = ", ".join(f"{event.key[:44]} {100 * event.self_cpu_time_total / total:.1f}% ({event.count:,} calls)"
+                       for event in by_name[:5])
     averages = recorded.key_averages(group_by_input_shape=True)
-    return averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=44,
-                          max_shapes_column_width=60)
+    return (f"largest shares of self CPU time by operator, all shapes together: {shares}\n"
+            + averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=44,
+                             max_shapes_column_width=60))
 
 
 def _detached(value):
@@ -168,7 +181,8 @@ def run(names: list[str]) -> None:
             continue
         spec, overrides, length, batch, compiled = TARGETS[name]
         table = profile_step(spec, overrides, length, batch, compiled)
-        header = (f"{spec} {' '.join(overrides)} T={length} B={batch} {'compiled' if compiled else 'eager'}, "
+        mode = {False: "eager", True: "compiled", "chunks": "chunk bodies compiled"}[compiled]
+        header = (f"{spec} {' '.join(overrides)} T={length} B={batch} {mode}, "
                   f"one training step, {torch.get_num_threads()} thread(s)\n")
         (RESULTS / f"profile_{name}.txt").write_text(header + table + "\n", encoding="utf-8")
         log(header + table)

@@ -335,7 +335,7 @@ def write(notes: str = "") -> Path:
         lines += ["## Peers and targets (`python -m bench peers`)", "", *peers_section(peers)]
     if smoke:
         lines += ["## Regression guard (`python -m bench smoke`)", "", *smoke_section(smoke), ""]
-    for name in ("hope", "transformer"):
+    for name in ("hope", "transformer", "hope_kernels"):  # the step profiles of bench/profiles.py
         path = RESULTS / f"profile_{name}.txt"
         if path.exists():
             lines += [f"## Profile: {name} (`python -m bench profile {name}`)", "", "```",

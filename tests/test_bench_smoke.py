@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import harness, smoke
+from bench import harness, profiles, smoke
 from bench.throughput import chunk_steps
 from bench.transformer_pp import TransformerConfig, TransformerPP
 
@@ -93,6 +93,15 @@ def test_hand_written_transformer_matches_the_spec_parameter_count() -> None:
     fused = TransformerPP(TransformerConfig(dim=64, layers=1, heads=4))
     fused.load_state_dict(math.state_dict())
     torch.testing.assert_close(math.loss(tokens, targets), fused.loss(tokens, targets), rtol=1e-5, atol=1e-5)
+
+
+def test_step_profile_leads_with_each_operator_share_over_all_shapes() -> None:
+    text = profiles.profile_step("specs/transformer.nl", smoke.TINY, smoke.TINY_LENGTH, 1, compiled=False)
+    summary, table = text.split("\n", 1)
+    assert summary.startswith("largest shares of self CPU time by operator, all shapes together: ")
+    shares = [float(part.rsplit("%", 1)[0].rsplit(" ", 1)[1]) for part in summary.split(": ", 1)[1].split("), ")]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    assert "Self CPU" in table
 
 
 def test_flop_count_of_a_linear_layer_and_causal_attention() -> None:
