@@ -335,9 +335,10 @@ def write(notes: str = "") -> Path:
         lines += ["## Peers and targets (`python -m bench peers`)", "", *peers_section(peers)]
     if smoke:
         lines += ["## Regression guard (`python -m bench smoke`)", "", *smoke_section(smoke), ""]
-    for name in ("hope", "transformer", "hope_kernels"):  # the step profiles of bench/profiles.py
-        path = RESULTS / f"profile_{name}.txt"
-        if path.exists():
+    # Every step profile bench/profiles.py wrote (hope_components is a markdown table, below).
+    for path in sorted(RESULTS.glob("profile_*.txt")):
+        name = path.stem.removeprefix("profile_")
+        if name != "hope_components":
             lines += [f"## Profile: {name} (`python -m bench profile {name}`)", "", "```",
                       path.read_text(encoding="utf-8").rstrip(), "```", ""]
     path = RESULTS / "profile_hope_components.txt"  # a markdown table already
