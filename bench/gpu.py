@@ -16,7 +16,9 @@ overrun:
    in-context updates on at the nearest equal parameter count (layers chosen by counting); compiling
    HOPE whole unrolls every chunk of every level and would not fit the budget. Training steps
    (forward + backward + clip + AdamW) in bf16 autocast, T = 2048. HOPE runs with its chunk bodies
-   compiled (`train.compile = chunks`, `--hope-mode`), the mode its spec trains in.
+   compiled (`train.compile = chunks`, `--hope-mode`), the mode its spec trains in, and with
+   `train.recompute = 16` (`--hope-recompute`): storing every chunk's state ran an eager HOPE of
+   this size out of an H200's 140 GiB at batch 8. Peak device memory is reported per model.
 3. MFU against the card's dense bf16 peak (a table by device name; H100 SXM: 989 TFLOP/s), with a
    measured bf16 matmul rate beside it. FLOPs per step are counted once (FlopCounterMode over a
    batch-1 forward + backward, times the batch, attention counted causally).
@@ -166,7 +168,7 @@ def dense_peak(device: str) -> tuple[str, float | None]:
     return name, next((peak for key, peak in DENSE_BF16_PEAKS if key in name), None)
 
 
-def throughput(run: Run, size: dict, hope_mode: bool | str) -> None:
+def throughput(run: Run, size: dict, hope_mode: bool | str, hope_recompute: int) -> None:
     device = run.data["device"]
     name, table_peak = dense_peak(device)
     measured = matmul_peak(size=1024 if size is TINY else 8192, seconds=1.0, device=device, dtype=torch.bfloat16)
@@ -179,20 +181,23 @@ def throughput(run: Run, size: dict, hope_mode: bool | str) -> None:
     transformer_overrides = [f"dim={dim}", f"heads={heads}", f"model.layers={size['transformer_layers']}"]
     transformer_params = parameter_count(build("specs/transformer.nl", transformer_overrides, device="meta")[0])
     hope_layers, _ = equal_parameter_layers(dim, heads, transformer_params)
-    plans = [("transformer", "specs/transformer.nl", transformer_overrides, True),
-             ("hope", "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={hope_layers}"], hope_mode)]
-    for label, spec, overrides, compiled in plans:
+    recompute = 0 if hope_mode is True else hope_recompute  # the checker's rule: not with one whole graph
+    plans = [("transformer", "specs/transformer.nl", transformer_overrides, True, 0),
+             ("hope", "specs/hope.nl", [f"dim={dim}", f"heads={heads}", f"model.layers={hope_layers}"], hope_mode,
+              recompute)]
+    for label, spec, overrides, compiled, stretch in plans:
         if run.left() < 45:
             phase["models"][label] = {"skipped": "time budget"}
             run.save()
             continue
         log(f"gpu throughput {label}: {overrides}, {MODE_NAMES[compiled]} ...")
-        phase["models"][label] = measure_model(spec, overrides, length, batch, compiled, device, peak, size, run)
+        phase["models"][label] = measure_model(spec, overrides, length, batch, compiled, device, peak, size, run,
+                                               recompute=stretch)
         run.save()
 
 
 def measure_model(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str, device: str,
-                  peak: float, size: dict, run: Run) -> dict:
+                  peak: float, size: dict, run: Run, recompute: int = 0) -> dict:
     model, optimizer = build(spec, overrides, seq_len=length, device=device)
     single, single_targets = random_tokens(1, length, model.spec.model.vocab, device=device)
     with autocast(device):
@@ -200,7 +205,9 @@ def measure_model(spec: str, overrides: list[str], length: int, batch: int, comp
     model.zero_grad(set_to_none=True)
     flops = batch * counted + attention_flops(model, batch, length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab, device=device)
-    step = TrainStep(model, optimizer, compiled=compiled)
+    step = TrainStep(model, optimizer, compiled=compiled, recompute=recompute)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
 
     def call():
         with autocast(device):
@@ -221,7 +228,9 @@ def measure_model(spec: str, overrides: list[str], length: int, batch: int, comp
     seconds.sort()
     median = seconds[len(seconds) // 2]
     torch._dynamo.reset()
-    outcome = {"overrides": overrides, "compiled": compiled, "parameters": parameter_count(model),
+    outcome = {"overrides": overrides, "compiled": compiled, "recompute": recompute,
+               "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
+               "parameters": parameter_count(model),
                "flops_per_step": flops, "first_step_seconds": first, "step_seconds": median,
                "timed_steps": len(seconds), "tokens_per_second": batch * length / median,
                "mfu": flops / median / peak}
@@ -262,16 +271,20 @@ def render(data: dict) -> str:
                   f"{cfg['dim']}, {cfg['heads']} heads. Peak: {peak / 1e12:.3g} TFLOP/s "
                   f"({phase['peak_used']}; measured bf16 matmul {phase['measured_bf16_matmul_flops'] / 1e12:.3g} "
                   f"TFLOP/s) on {phase['device_name']}.", "",
-                  "| model | mode | parameters | tokens/s | step s | first step s | MFU |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| model | mode | parameters | tokens/s | step s | first step s | peak memory | MFU |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for label, outcome in phase["models"].items():
             if "skipped" in outcome:
-                lines.append(f"| {label} | skipped: {outcome['skipped']} | | | | | |")
+                lines.append(f"| {label} | skipped: {outcome['skipped']} | | | | | | |")
                 continue
-            lines.append(f"| {label} | {MODE_NAMES[outcome['compiled']]} | "
+            mode = MODE_NAMES[outcome["compiled"]]
+            if outcome.get("recompute"):
+                mode += f", recompute {outcome['recompute']}"
+            memory = outcome.get("peak_memory_bytes")
+            lines.append(f"| {label} | {mode} | "
                          f"{outcome['parameters']:,} | {outcome['tokens_per_second']:,.0f} | "
                          f"{outcome['step_seconds']:.3f} | {outcome['first_step_seconds']:.1f} | "
-                         f"{100 * outcome['mfu']:.1f}% |")
+                         f"{f'{memory / 2**30:.1f} GiB' if memory else '—'} | {100 * outcome['mfu']:.1f}% |")
         models = phase["models"]
         if "tokens_per_second" in models.get("transformer", {}) and "tokens_per_second" in models.get("hope", {}):
             ratio = models["transformer"]["tokens_per_second"] / models["hope"]["tokens_per_second"]
@@ -291,7 +304,8 @@ def main(args) -> int:
     run = Run(device, args.budget, markdown, name)
     log(f"gpu suite on {device} ({'tiny' if tiny else 'full'} sizes), budget {args.budget:.0f} s")
     correctness(run, tiny)
-    throughput(run, TINY if tiny else FULL, {"eager": False, "compiled": True, "chunks": "chunks"}[args.hope_mode])
+    throughput(run, TINY if tiny else FULL, {"eager": False, "compiled": True, "chunks": "chunks"}[args.hope_mode],
+               args.hope_recompute)
     run.save()
     log(f"gpu suite done in {time.perf_counter() - run.began:.0f} s: {markdown}")
     phases = run.data["phases"]
@@ -307,6 +321,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hope-mode", choices=("eager", "compiled", "chunks"), default="chunks",
                         help="how HOPE runs: chunks (each chunk body compiled once, the default), eager, or "
                              "compiled whole (unrolls every chunk: a very long compile at T = 2048)")
+    parser.add_argument("--hope-recompute", type=int, default=16, metavar="N",
+                        help="HOPE's train.recompute: one state kept per N chunks (0 = every chunk's; ignored with "
+                             "--hope-mode compiled)")
     parser.add_argument("--output", help="markdown file (default: docs/results/performance-gpu.md on CUDA)")
 
 

@@ -110,10 +110,11 @@ class TrainStep:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     compiled: bool | str = False  # True: one whole graph; "chunks": each chunk body (train.compile)
+    recompute: int = 0  # chunks per recomputed stretch (train.recompute); 0 = off
     loss_fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loss_fn = compile_loss(self.model.loss, self.compiled)
+        self.loss_fn = compile_loss(self.model.loss, self.compiled, recompute=self.recompute)
 
     def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.loss_fn(tokens, targets)

@@ -8,10 +8,17 @@ the peak again: the difference is what the step at T needed on top. Batch 1, eag
 Memory levels keep one chunk-start state per chunk for the backward pass and attention-like
 (C × C) scores inside a chunk, so they must grow linearly in T. Two contrasts: the Transformer++
 spec calls the fused attention kernel, which never stores the (T, T) scores either; the
-hand-written Transformer++ with `attention="math"` stores them and grows quadratically.
+hand-written Transformer++ with `attention="math"` stores them and grows quadratically. A target
+`SPEC:recompute=N` trains the spec with `train.recompute = N` (one state kept per N chunks, the
+chunks between rerun in the backward pass).
+
+What recomputation costs in time is measured side by side, in one process, with the chunk bodies
+compiled (`--recompute-cost`: HOPE at width 256, T 2048, B 2, stretches of 8 chunks, interleaved
+rounds), and kept in the same JSON.
 
     python -m bench memory
-    python -m bench memory --specs specs/titans_lmm.nl --lengths 512 1024 2048
+    python -m bench memory --specs specs/titans_lmm.nl specs/hope.nl:recompute=8 --lengths 512 1024 2048
+    python -m bench memory --recompute-cost
 """
 
 from __future__ import annotations
@@ -21,12 +28,23 @@ import resource
 import subprocess
 import sys
 
-from bench.harness import ROOT, build, log, machine, random_tokens, read_result, setup_torch, write_result
+from bench.harness import (
+    ROOT,
+    TrainStep,
+    alternate,
+    build,
+    log,
+    machine,
+    random_tokens,
+    read_result,
+    setup_torch,
+    write_result,
+)
 
 NAME = "memory"
 LENGTHS = (512, 1024, 2048, 4096, 8192)
-SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/gated_deltanet.nl",
-         "specs/titans_mac.nl")
+SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/hope.nl:recompute=8",
+         "specs/gated_deltanet.nl", "specs/titans_mac.nl")
 MATH_ATTENTION = "transformer_pp:math"  # the hand-written floor with materialised (T, T) scores
 WARMUP_LENGTH = 64
 
@@ -39,7 +57,6 @@ def child(target: str, length: int) -> dict:
     """Runs in the subprocess: warm-up step, then the measured step; returns MiB figures."""
     import torch
 
-    from bench.harness import TrainStep
     from bench.transformer_pp import TransformerConfig, TransformerPP
 
     setup_torch()
@@ -47,15 +64,28 @@ def child(target: str, length: int) -> dict:
         model = TransformerPP(TransformerConfig(attention="math", max_len=max(length, WARMUP_LENGTH)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         vocab = model.cfg.vocab
+        recompute = 0
     else:
-        model, optimizer = build(target, seq_len=length)
+        spec, recompute = split_target(target)
+        model, optimizer = build(spec, seq_len=length)
         vocab = model.spec.model.vocab
-    step = TrainStep(model, optimizer)
+    step = TrainStep(model, optimizer, recompute=recompute)
     step(*random_tokens(1, WARMUP_LENGTH, vocab))
     before = peak_rss_mib()
     step(*random_tokens(1, length, vocab))
     after = peak_rss_mib()
     return {"baseline_mib": before, "peak_mib": after, "step_mib": max(0.0, after - before)}
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """`SPEC` or `SPEC:recompute=N` → (spec path, N)."""
+    spec, _, option = target.partition(":")
+    if not option:
+        return spec, 0
+    name, _, value = option.partition("=")
+    if name != "recompute" or not value.isdigit():
+        raise SystemExit(f"bench memory: unknown target option {option!r} (write SPEC:recompute=N)")
+    return spec, int(value)
 
 
 def measure(target: str, length: int, timeout: float) -> dict:
@@ -87,7 +117,34 @@ def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool) -> 
     return result
 
 
+RECOMPUTE_COST = {"spec": "specs/hope.nl", "overrides": ["dim=256", "heads=4"], "length": 2048, "batch": 2,
+                  "stretch": 8}
+
+
+def recompute_cost(rounds: int) -> dict:
+    """Training-step seconds with and without `train.recompute`, chunk bodies compiled, interleaved."""
+    setup_torch()
+    config = RECOMPUTE_COST
+    model, optimizer = build(config["spec"], config["overrides"], seq_len=config["length"])
+    tokens, targets = random_tokens(config["batch"], config["length"], model.spec.model.vocab)
+    plain = TrainStep(model, optimizer, compiled="chunks")
+    recomputed = TrainStep(model, optimizer, compiled="chunks", recompute=config["stretch"])
+    seconds = alternate({"plain": lambda: plain(tokens, targets), "recompute": lambda: recomputed(tokens, targets)},
+                        rounds=rounds, warmup=1)
+    tokens_per_step = config["batch"] * config["length"]
+    return {**config, "rounds": rounds, "seconds": seconds,
+            "tokens_per_second": {name: tokens_per_step / s for name, s in seconds.items()},
+            "time_ratio": seconds["recompute"] / seconds["plain"]}
+
+
 def main(args) -> None:
+    if args.recompute_cost:
+        result = read_result(NAME) or {"machine": machine(), "points": []}
+        result["recompute_cost"] = cost = recompute_cost(args.rounds)
+        write_result(NAME, result)
+        log(f"memory recompute cost: {cost['time_ratio']:.2f}x the step time "
+            f"({cost['tokens_per_second']['recompute']:.0f} vs {cost['tokens_per_second']['plain']:.0f} tokens/s)")
+        return
     targets = list(args.specs or SPECS) + ([] if args.specs else [MATH_ATTENTION])
     run(targets, args.lengths, args.timeout, args.fresh)
 
@@ -97,6 +154,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point")
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--recompute-cost", action="store_true",
+                        help="time a HOPE step with and without train.recompute instead (interleaved)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --recompute-cost")
 
 
 if __name__ == "__main__":

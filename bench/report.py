@@ -255,6 +255,13 @@ def memory_section(memory: dict) -> list[str]:
                 growth.append(f"{values[4 * short] / values[short]:.1f}×")
         lines.append(f"| {target} | " + " | ".join(fmt(values.get(t), 0, " MiB") for t in lengths)
                      + f" | {', '.join(growth) or '—'} |")
+    cost = memory.get("recompute_cost")
+    if cost:
+        speeds = cost["tokens_per_second"]
+        lines += ["", f"What `train.recompute = {cost['stretch']}` costs (`python -m bench memory --recompute-cost`: "
+                  f"{cost['spec']} {' '.join(cost['overrides'])}, T = {cost['length']}, B = {cost['batch']}, chunk "
+                  f"bodies compiled, {cost['rounds']} interleaved rounds): {speeds['recompute']:,.0f} vs "
+                  f"{speeds['plain']:,.0f} tokens/s, {cost['time_ratio']:.2f}× the step time."]
     return lines
 
 

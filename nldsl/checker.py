@@ -1068,7 +1068,15 @@ class Converter:
                 return None
             values["optimizer"] = optimizer
             self.checker.provenance["train.optimizer"] = optimizer_attr.origin
-        return S.TrainSpec(**values) if values is not None else None
+        if values is None:
+            return None
+        if values.get("recompute", 0) and values.get("compile", S.TrainSpec.model_fields["compile"].default) is True:
+            attr = tree.attrs["recompute"]
+            self.bag.error("E0601", "`recompute` needs `compile = chunks` or `compile = false`", attr.span,
+                           "one whole graph would trace every recomputed stretch into itself; write "
+                           "`compile = chunks` (each chunk body compiled once) beside it")
+            return None
+        return S.TrainSpec(**values)
 
     def train_optimizer(self, attr: Attr) -> Any:
         expr = attr.value

@@ -880,7 +880,9 @@ _ENTRIES = (
         chunk started with (Eq. 90). `update = outer` and periods in `steps(...)` are for cms
         levels. Slower nested cms levels move toward the faster one with a constant `lr` only.
         A gated `parallel` needs exactly two branches; memory-as-context sets its span with
-        `segment`, not `window`.
+        `segment`, not `window`. `train.recompute` reruns chunk loops in the backward pass, so it
+        needs `compile = chunks` or `compile = false`: one whole graph would trace every rerun
+        into itself.
         """,
         """
         model tiny {

@@ -333,6 +333,9 @@ class TrainSpec(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool | Literal["chunks"] = Field(
         True, description="torch.compile the training step: true = as one graph, chunks = each chunk body")
+    recompute: int = Field(
+        0, ge=0, description="the backward pass keeps one in-context state per N chunks and recomputes the "
+                             "chunks between; 0 = keep every chunk's state")
     tokenizer: Tokenizer = Field(default_factory=BytesTokenizer)
     eval_every: int = Field(100, ge=0)
     eval_batches: int = Field(8, ge=1)

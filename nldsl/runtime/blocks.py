@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nldsl.runtime.chunked import chunk_body
+from nldsl.runtime.chunked import chunk_body, run_chunks
 from nldsl.runtime.layers import causal_depthwise_conv, l2_normalize
 from nldsl.runtime.memory import (
     LevelConfig,
@@ -112,26 +112,30 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
     lr, retention, momentum = gates
     external = fast.objective == "external"
     error, signal = (head.output_error, head.targets) if external else (None, None)
-    outputs = []
     chunk = fast.chunk_size
     pieces = zip(split_chunks(inputs, chunk, -2, length), split_chunks(lr, chunk, -1, length),
                  split_chunks(retention, chunk, -1, length), split_chunks(momentum, chunk, -1, length),
                  split_chunks(signal, chunk, 1, length))
-    for index, (piece, eta, alpha, beta, targets) in enumerate(pieces):
+
+    def step(carry: tuple[MemoryState, list[list[Tensor]]], indexed: tuple) -> tuple[Tensor, tuple]:
+        current, states = carry[0], list(carry[1])  # a new list: a recomputed stretch reruns from the old
+        index, (piece, eta, alpha, beta, targets) = indexed
         end = index * chunk + piece.shape[-2]
         out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, targets)
-        outputs.append(out)
         states[0] = current.weights
         restart = None
-        for index in range(1, len(levels)):
-            if end % periods[index] == 0:
-                faster, slower, rate = states[index - 1], states[index], slow_lrs[index]
-                states[index] = [s + rate * (f - s) for f, s in zip(faster, slower)]
-                restart = index
+        for level in range(1, len(levels)):
+            if end % periods[level] == 0:
+                faster, slower, rate = states[level - 1], states[level], slow_lrs[level]
+                states[level] = [s + rate * (f - s) for f, s in zip(faster, slower)]
+                restart = level
         if restart is not None:  # every faster level restarts from the level that just moved
-            for index in range(restart):
-                states[index] = states[restart]
+            for level in range(restart):
+                states[level] = states[restart]
             current = MemoryState(states[0], _zero_momentum(fast, states[0]))
+        return out, (current, states)
+
+    outputs, _ = run_chunks(step, (current, states), enumerate(pieces))
     return torch.cat(outputs, dim=2).squeeze(1)
 
 
@@ -193,10 +197,16 @@ def self_modifying_projections(
                    for name in ("lr", "retention", "momentum")}
     adaptive = config.adaptive
     stacked = _stack_states([memories[name] for name in adaptive]) if adaptive else None
-    for index, x_chunk in enumerate(split_chunks(x_heads, size, -2, length)):  # (B, H, n, d_h)
+
+    def step(carry: tuple, indexed: tuple[int, Tensor]) -> tuple[dict[str, Tensor | None], tuple]:
+        index, x_chunk = indexed  # x_chunk (B, H, n, d_h)
         chunk, stacked, caches = projection_chunk_step(
-            config, stacked, x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
-            {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts, caches)
+            config, carry[0], x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
+            {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts, carry[1])
+        return chunk, (stacked, caches)
+
+    chunks, (stacked, caches) = run_chunks(step, (stacked, caches), enumerate(split_chunks(x_heads, size, -2, length)))
+    for chunk in chunks:
         for name in pieces:
             if chunk.get(name) is not None:
                 pieces[name].append(chunk[name])

@@ -12,18 +12,27 @@ around the loops, which run eagerly.
 
 Inside a whole-model `torch.compile` the bodies are plain functions that dynamo traces inline, so
 both modes can be nested without compiling anything twice.
+
+Recomputation (`train.recompute = N`): every chunk loop goes through `run_chunks`, which under
+`recomputed_chunks(N)` runs each stretch of N chunks inside `torch.utils.checkpoint`. The backward
+pass then keeps one state per stretch instead of one per chunk and runs the stretch's chunks again
+when it reaches them: an in-context level's per-sequence state (a HOPE CMS level holds a d × 4d
+MLP per sequence) is what fills memory at long T or large width, and this divides it by about N
+for one more forward pass of the chunk loops. Outputs and gradients are the same (tested).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
+Carry = TypeVar("Carry")
 
 # Distinct graphs one chunk body may need: levels (configs) × chunk shapes × batch sizes × grad
 # modes. Dynamo's default of 8 per function would fail a fullgraph compile on a HOPE model.
@@ -31,6 +40,7 @@ RECOMPILE_LIMIT = 64
 
 _enabled = False
 _backend: Any = "inductor"
+_recompute = 0  # chunks per recomputed stretch; 0 = every chunk's state is kept for the backward
 
 
 def chunk_body(fn: F) -> F:
@@ -70,13 +80,74 @@ def compiled_chunks(enable: bool = True, backend: Any = "inductor") -> Iterator[
         torch._dynamo.config.recompile_limit = limit
 
 
-def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool = True) -> Callable[..., Any]:
-    """`loss` as `train.compile` asks: eager (false), one whole graph (true) or per chunk body ("chunks")."""
-    if mode == "chunks":
-        @functools.wraps(loss)
-        def chunk_compiled(*args: Any, **kwargs: Any) -> Any:
-            with compiled_chunks():
-                return loss(*args, **kwargs)
+@contextlib.contextmanager
+def recomputed_chunks(chunks: int) -> Iterator[None]:
+    """Run every `run_chunks` loop inside this block in recomputed stretches of `chunks` (0 = off)."""
+    global _recompute
+    assert chunks >= 0, chunks
+    previous = _recompute
+    _recompute = chunks
+    try:
+        yield
+    finally:
+        _recompute = previous
 
-        return chunk_compiled
-    return torch.compile(loss, fullgraph=fullgraph) if mode else loss
+
+def run_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
+               pieces: Iterable[Any]) -> tuple[list[Any], Carry]:
+    """Fold `step(carry, piece) -> (output, carry)` over the chunks; returns the outputs and the last carry.
+
+    The one loop every chunk-wise level runs. Under `recomputed_chunks(N)`, with gradients on and
+    outside a whole-graph compile, each stretch of N chunks is one `torch.utils.checkpoint` region
+    (module docstring); otherwise it is the plain loop.
+    """
+    pieces = list(pieces)
+    stretch = _recompute
+    if stretch == 0 or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return _fold(step, carry, pieces)
+    outputs: list[Any] = []
+    for start in range(0, len(pieces), stretch):
+        # The backward pass reruns the stretch with the same chunk bodies (compiled or not) that saved
+        # its tensors, so the mode travels with the call. The chunk steps draw no random numbers, so
+        # the RNG state need not be saved and restored.
+        part, carry = checkpoint(_fold_as, (_enabled, _backend), step, carry, pieces[start:start + stretch],
+                                 use_reentrant=False, preserve_rng_state=False)
+        outputs.extend(part)
+    return outputs, carry
+
+
+def _fold_as(mode: tuple[bool, Any], step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
+             pieces: list[Any]) -> tuple[list[Any], Carry]:
+    with compiled_chunks(*mode):
+        return _fold(step, carry, pieces)
+
+
+def _fold(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, pieces: list[Any]) -> tuple[list[Any], Carry]:
+    outputs = []
+    for piece in pieces:
+        output, carry = step(carry, piece)
+        outputs.append(output)
+    return outputs, carry
+
+
+def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool = True,
+                 recompute: int = 0) -> Callable[..., Any]:
+    """`loss` as `train.compile` and `train.recompute` ask.
+
+    mode: eager (false), one whole graph (true) or per chunk body ("chunks"). recompute: chunks
+    per recomputed stretch (0 = off); the checker allows it with eager and per-chunk compilation
+    only, since a whole graph would trace the checkpoints into one graph of every chunk.
+    """
+    if mode not in (False, "chunks"):
+        if recompute:
+            raise ValueError("train.recompute needs train.compile = chunks or false")
+        return torch.compile(loss, fullgraph=fullgraph) if mode else loss
+    if mode is False and not recompute:
+        return loss
+
+    @functools.wraps(loss)
+    def chunk_wise(*args: Any, **kwargs: Any) -> Any:
+        with compiled_chunks(mode == "chunks"), recomputed_chunks(recompute):
+            return loss(*args, **kwargs)
+
+    return chunk_wise

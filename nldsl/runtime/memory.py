@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nldsl.runtime.chunked import chunk_body
+from nldsl.runtime.chunked import chunk_body, run_chunks
 from nldsl.runtime.delta import delta_rule_coefficients, generalized_delta_chunked, masked_decay_ratios
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
@@ -536,7 +536,6 @@ def memory_level(
         return outputs, MemoryState([final], None)
 
     size = cfg.chunk_size
-    chunk_outputs = []
     key_chunks = split_chunks(keys, size, -2, length)
     # The same chunk objects when the level reads its own keys, so each step reuses that forward.
     query_chunks = key_chunks if queries is keys else split_chunks(queries, size, -2, length)
@@ -545,9 +544,12 @@ def memory_level(
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
         split_chunks(error_signal, size, 1, length),
     )
-    for k, v, q, eta, alpha, beta, signal in pieces:
-        chunk_output, state = memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error, signal)
-        chunk_outputs.append(chunk_output)
+
+    def step(state: MemoryState, piece: tuple) -> tuple[Tensor | None, MemoryState]:
+        k, v, q, eta, alpha, beta, signal = piece
+        return memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error, signal)
+
+    chunk_outputs, state = run_chunks(step, state, pieces)
     return torch.cat(chunk_outputs, dim=-2), state
 
 

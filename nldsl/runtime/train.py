@@ -317,7 +317,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         start = int(found.record["step"])
 
     compiled = plan.compile if options.compile is None else options.compile
-    loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp)
+    loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute)
     bf16 = plan.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
