@@ -318,3 +318,29 @@ def test_compiled_training_matches_eager_and_times_compilation_apart(tmp_path, t
         assert math.isclose(runs[True].losses[step], loss, rel_tol=1e-5)
     assert "compilation + first step" in capsys.readouterr().out
     assert runs[True].tokens_per_second is not None
+
+
+def test_train_recompute_reruns_chunk_stretches_and_keeps_the_losses(tmp_path, text_file, monkeypatch):
+    from nldsl.runtime import chunked
+
+    spec = REPO / "specs/titans_lmm.nl"
+    base = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=3", "train.log_every=1",
+            "train.eval_every=0", "train.compile=false"]
+    stretches = []
+    real = chunked.checkpoint
+
+    def counted(*args, **kwargs):
+        stretches.append(len(args[-1]))  # the pieces of one stretch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked, "checkpoint", counted)
+    runs = {}
+    for recompute in (0, 2):
+        overrides = [*base, f"train.recompute={recompute}"]
+        options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / str(recompute), compile=False,
+                                 progress=False)
+        runs[recompute] = T.train(loader.check(spec, overrides), overrides, options)
+        assert bool(stretches) == bool(recompute)
+    assert stretches and max(stretches) == 2
+    for step, loss in runs[0].losses.items():
+        assert math.isclose(runs[2].losses[step], loss, rel_tol=1e-6)
