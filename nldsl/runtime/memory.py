@@ -46,6 +46,11 @@ NEWTON_SCHULZ_EPS = 1e-7
 # (prediction (B, H, n, d_out), the chunk's error signal (B, n, …)) -> g (B, H, n, d_out)
 OutputError = Callable[[Tensor, Tensor | None], Tensor]
 
+# Up to this many tokens the prefix sums over a chunk's gates are masked (n, n) reductions, which
+# inductor fuses into the kernels around them; a scan (cumsum, logcumsumexp) is a separate library
+# call in the compiled graph, forward and backward. Longer chunks (a CMS level's 4096) scan.
+FUSED_SCAN_LENGTH = 64
+
 
 @dataclass(frozen=True)
 class LevelConfig:
@@ -308,6 +313,24 @@ class _MomentumRows(NamedTuple):
     writes: Tensor  # (B_t/B_s) η_s, zero for s > t  (B, H, n, n)
 
 
+def _prefix_sum(values: Tensor) -> Tensor:
+    """Σ_{s≤t} values_s along the last dim: torch.cumsum, as one fusable reduction for short chunks."""
+    n = values.shape[-1]
+    if n > FUSED_SCAN_LENGTH:
+        return torch.cumsum(values, dim=-1)
+    inclusive = torch.ones(n, n, dtype=torch.bool, device=values.device).tril()
+    return torch.where(inclusive, values.unsqueeze(-2), 0.0).sum(-1)
+
+
+def _suffix_logsumexp(values: Tensor) -> Tensor:
+    """log Σ_{r≥s} exp(values_r) along the last dim: a reversed logcumsumexp, fusable for short chunks."""
+    n = values.shape[-1]
+    if n > FUSED_SCAN_LENGTH:
+        return torch.logcumsumexp(values.flip(-1), dim=-1).flip(-1)
+    later = torch.ones(n, n, dtype=torch.bool, device=values.device).triu()
+    return torch.logsumexp(torch.where(later, values.unsqueeze(-2), float("-inf")), dim=-1)
+
+
 def _dual_coefficients(
     retention: Tensor | None, momentum_decay: Tensor | None, lr: Tensor, write_lr: Tensor
 ) -> tuple[_DualRows, _MomentumRows | None]:
@@ -320,14 +343,14 @@ def _dual_coefficients(
     inclusive = torch.ones(n, n, dtype=torch.bool, device=lr.device).tril()
     per_write = write_lr.unsqueeze(-2)  # η_s along the columns  (B, H, 1, n)
     log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
-    log_retained = torch.cumsum(log_alpha, dim=-1)  # log A_t  (B, H, n)
+    log_retained = _prefix_sum(log_alpha)  # log A_t  (B, H, n)
     retained = masked_decay_ratios(log_retained, log_retained, inclusive)  # A_t/A_r
     if momentum_decay is None:
         return _DualRows(log_retained.exp(), None, retained * per_write), None
     # β may be 0 (no momentum carried); the clamp keeps the log finite and the ratios exact to
     # within the smallest normal number.
     log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
-    log_carried = torch.cumsum(log_beta, dim=-1)  # log B_t  (B, H, n)
+    log_carried = _prefix_sum(log_beta)  # log B_t  (B, H, n)
     carried = masked_decay_ratios(log_carried, log_carried, inclusive) * per_write  # (B_r/B_s) η_s
     momentum_scale = (retained @ log_carried.exp().unsqueeze(-1)).squeeze(-1)  # m_t  (B, H, n)
     rows = _DualRows(log_retained.exp(), momentum_scale, retained @ carried)
@@ -345,16 +368,16 @@ def _last_row_coefficients(
     products is ever formed outside the log domain (B_s underflows over long chunks).
     """
     log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
-    log_retained = torch.cumsum(log_alpha, dim=-1)  # log A_t  (B, H, n)
+    log_retained = _prefix_sum(log_alpha)  # log A_t  (B, H, n)
     last_retained = log_retained[..., -1:]  # log A_n  (B, H, 1)
     if momentum_decay is None:
         writes = (last_retained - log_retained).exp() * write_lr  # (A_n/A_s) η_s  (B, H, n)
         return _DualRows(last_retained.exp(), None, writes.unsqueeze(-2)), None
     log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
-    log_carried = torch.cumsum(log_beta, dim=-1)  # log B_t  (B, H, n)
+    log_carried = _prefix_sum(log_beta)  # log B_t  (B, H, n)
     last_carried = log_carried[..., -1:]  # log B_n
     carried_over_retained = log_carried - log_retained  # log (B_r/A_r)
-    suffix = torch.logcumsumexp(carried_over_retained.flip(-1), dim=-1).flip(-1)  # log Σ_{r≥s} B_r/A_r
+    suffix = _suffix_logsumexp(carried_over_retained)  # log Σ_{r≥s} B_r/A_r
     writes = (last_retained - log_carried + suffix).exp() * write_lr  # γ_{n,s} η_s
     momentum_scale = (last_retained + suffix[..., :1]).exp()  # m_n = Σ_r (A_n/A_r) B_r
     momentum_writes = (last_carried - log_carried).exp() * write_lr  # (B_n/B_s) η_s
@@ -396,15 +419,21 @@ def _dual_readout(
     return queries + hidden if cfg.state == "residual_mlp" else hidden
 
 
-def _weighted_outer_sum(weights: Tensor, errors: Tensor, inputs: Tensor) -> Tensor:
-    """Σ_s w_s δ_s x_sᵀ (B, H, out, in) for w (B, H, n), δ (B, H, n, out), x (B, H, n, in).
+def _weighted_outer_sums(weights: list[Tensor], errors: Tensor, inputs: Tensor) -> list[Tensor]:
+    """[Σ_s w_s δ_s x_sᵀ (B, H, out, in) for each w (B, H, n)], for δ (B, H, n, out), x (B, H, n, in).
 
-    The per-token weight scales whichever factor is narrower (a CMS level's hidden layer is 4×
-    wider than its input), so the elementwise work is the smaller of n·out and n·in.
+    The per-token weights scale whichever factor is narrower (a CMS level's hidden layer is 4×
+    wider than its input), so the elementwise work is the smaller of n·out and n·in. Several
+    weightings (θ's and S's writes under momentum) share one product: their scaled copies of that
+    factor side by side, the sums split from its result. At a chunk's sizes a batched product costs
+    its call more than its arithmetic, and the outer backward then runs two products for it, not
+    two per weighting.
     """
     if errors.shape[-1] <= inputs.shape[-1]:
-        return (weights.unsqueeze(-1) * errors).mT @ inputs
-    return errors.mT @ (weights.unsqueeze(-1) * inputs)
+        scaled = torch.cat([w.unsqueeze(-1) * errors for w in weights], dim=-1)  # (B, H, n, k·out)
+        return list((scaled.mT @ inputs).split(errors.shape[-1], dim=-2))
+    scaled = torch.cat([w.unsqueeze(-1) * inputs for w in weights], dim=-1)  # (B, H, n, k·in)
+    return list((errors.mT @ scaled).split(inputs.shape[-1], dim=-1))
 
 
 def _chunk_end_state(
@@ -419,27 +448,24 @@ def _chunk_end_state(
     retained = rows.state[..., -1, None, None]  # A_n  (B, H, 1, 1)
     # The minus signs sit on the per-token weights, not on the weight-sized increments: the outer
     # backward then feeds the state's gradient to the products as it is, with no negated copy.
-    write_weights = -rows.writes[..., -1, :]  # −γ_{n,s} η_s  (B, H, n)
-    weights = []
+    write_weights = [-rows.writes[..., -1, :]]  # −γ_{n,s} η_s  (B, H, n)
+    previous_momentum, momentum_scale = state.momentum, rows.momentum
+    if momentum_rows is not None:
+        assert previous_momentum is not None and momentum_scale is not None
+        write_weights.append(-momentum_rows.writes[..., -1, :])  # −(B_n/B_s) η_s  (B, H, n)
+    weights, momentum = [], []
     for index, weight in enumerate(state.weights):
-        # −Σ_s γ_{n,s} η_s δ_s x_sᵀ  (B, H, out, in)
-        increment = _weighted_outer_sum(write_weights, deltas[index], write_inputs[index])
-        if rows.momentum is not None:
-            assert state.momentum is not None
-            increment = increment + rows.momentum[..., -1, None, None] * state.momentum[index]
+        # −Σ_s γ_{n,s} η_s δ_s x_sᵀ (B, H, out, in), and S's own writes under momentum
+        increment, *momentum_increment = _weighted_outer_sums(write_weights, deltas[index], write_inputs[index])
+        if momentum_rows is not None:
+            assert previous_momentum is not None and momentum_scale is not None
+            previous = previous_momentum[index]
+            increment = increment + momentum_scale[..., -1, None, None] * previous
+            momentum.append(momentum_rows.state[..., -1, None, None] * previous + momentum_increment[0])
         if cfg.orthogonalize_steps > 0:
             increment = newton_schulz(increment, cfg.orthogonalize_steps)
         weights.append(retained * weight + increment)
-    if momentum_rows is None:
-        return MemoryState(weights, None)
-    assert state.momentum is not None
-    carried = momentum_rows.state[..., -1, None, None]  # B_n  (B, H, 1, 1)
-    momentum_weights = -momentum_rows.writes[..., -1, :]  # −(B_n/B_s) η_s  (B, H, n)
-    momentum = [
-        carried * previous + _weighted_outer_sum(momentum_weights, deltas[index], write_inputs[index])
-        for index, previous in enumerate(state.momentum)
-    ]
-    return MemoryState(weights, momentum)
+    return MemoryState(weights, momentum if momentum_rows is not None else None)
 
 
 @chunk_body
