@@ -6,7 +6,9 @@
   configuration), by self CPU time.
 - `hope_kernels`: one HOPE training step at the nested-learning comparison's configuration (width
   256, T = 512, B = 2, chunk bodies compiled) with inductor's generated kernels named in the
-  profile, so a slow fused kernel shows up by name beside the matrix products.
+  profile, so a slow fused kernel shows up by name beside the matrix products. Chunk bodies
+  compiled with the C++ wrapper (on the CPU, nldsl/runtime/chunked.py) call their batched
+  products as `aoti_torch_cpu_bmm_out`; profiles saved before that change name them `aten::bmm`.
 - `hope_components`: HOPE at the nested-learning comparison's configuration (width 256, T = 512,
   B = 2, chunk bodies compiled as the spec trains): forward + backward seconds of each part of a
   block — the self-modifying projections, the main memory, each CMS level — timed alone on the
