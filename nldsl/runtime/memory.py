@@ -430,10 +430,15 @@ def _weighted_outer_sums(weights: list[Tensor], errors: Tensor, inputs: Tensor) 
     two per weighting.
     """
     if errors.shape[-1] <= inputs.shape[-1]:
-        scaled = torch.cat([w.unsqueeze(-1) * errors for w in weights], dim=-1)  # (B, H, n, k·out)
+        scaled = _side_by_side([w.unsqueeze(-1) * errors for w in weights])  # (B, H, n, k·out)
         return list((scaled.mT @ inputs).split(errors.shape[-1], dim=-2))
-    scaled = torch.cat([w.unsqueeze(-1) * inputs for w in weights], dim=-1)  # (B, H, n, k·in)
+    scaled = _side_by_side([w.unsqueeze(-1) * inputs for w in weights])  # (B, H, n, k·in)
     return list((errors.mT @ scaled).split(inputs.shape[-1], dim=-1))
+
+
+def _side_by_side(tensors: list[Tensor]) -> Tensor:
+    """torch.cat along the last dim, without the copy a single tensor would cost in eager mode."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
 
 
 def _chunk_end_state(
