@@ -19,6 +19,8 @@ its ratio is measured side by side. Peers are used only as installed packages:
   matches the 2-layer HOPE of the spec), T = 2048.
 - `memory_reference`: the chunk-parallel memory level against its per-token reference (the
   inputs and level of bench/memory_speed.py), T = 2048.
+- `fused_write`: HOPE's chunk-compiled training step with the fused memory-write kernel on and
+  off (the PyTorch chunk step it replaces), at width 128, T = 2048 and width 256, T = 512.
 
     python -m bench peers                        # all of them
     python -m bench peers --only titans_layer delta_ops
@@ -334,6 +336,33 @@ def memory_reference(length: int = 2048, rounds: int = 2) -> dict:
             "speedup_eager": seconds["per_token_reference"] / seconds["chunk_parallel"]}
 
 
+def fused_write(configs: tuple[tuple[int, int], ...] = ((128, 2048), (256, 512)), batch: int = 2,
+                rounds: int = 4) -> dict:
+    """HOPE's chunk-compiled training step with the fused memory-write kernel (nldsl/runtime/fused.py) on
+    and off, at the spec's width (T 2048, the hope_transformer point) and at the nested-learning point."""
+    from nldsl.runtime import fused
+
+    speeds, ratios = {}, {}
+    for width, length in configs:
+        model, optimizer = build("specs/hope.nl", [f"dim={width}"], seq_len=length)
+        tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
+        step = TrainStep(model, optimizer, compiled="chunks")
+
+        def with_kernel(enable: bool, step=step, tokens=tokens, targets=targets):
+            def run():
+                with fused.fused_writes(enable):
+                    return step(tokens, targets)
+            return run
+
+        point = f"width {width}, T {length}"
+        seconds = alternate({"kernel": with_kernel(True), "pytorch": with_kernel(False)}, rounds=rounds, warmup=2)
+        torch._dynamo.reset()
+        speeds.update({f"{point}, {name}": batch * length / s for name, s in seconds.items()})
+        ratios[point] = seconds["pytorch"] / seconds["kernel"]
+    return {"config": {"spec": "specs/hope.nl", "batch": batch, "compile": "chunks"},
+            "tokens_per_second": speeds, "speedup": ratios}
+
+
 COMPARISONS = {
     "titans_layer": titans_layer,
     "titans_mac": titans_mac,
@@ -342,6 +371,7 @@ COMPARISONS = {
     "floor": floor,
     "hope_transformer": hope_transformer,
     "memory_reference": memory_reference,
+    "fused_write": fused_write,
 }
 
 

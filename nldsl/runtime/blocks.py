@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nldsl.runtime import fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
 from nldsl.runtime.layers import causal_depthwise_conv, l2_normalize
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
+    fused_write,
     initial_memory_state,
     memory_chunk_step,
     memory_forward,
@@ -186,6 +188,10 @@ def self_modifying_projections(
     (H, d_h), bias (H,))` turns M_eta / M_alpha outputs into gates.
     Returns the full-sequence q, k, v (B, H, T, d_h) and lr, retention (B, H, T), the memories'
     final states and the convolution histories (to continue a stream).
+
+    Where the fused write applies (nldsl/runtime/fused.py), `fused_projection_chunk_step` runs each
+    chunk instead: its kernel writes the memories and reads the next chunk at the new state in one
+    call, so a chunk's read arrives with the carry.
     """
     cfg = config.projections
     length = x_heads.shape[2]
@@ -197,15 +203,31 @@ def self_modifying_projections(
                    for name in ("lr", "retention", "momentum")}
     adaptive = config.adaptive
     stacked = _stack_states([memories[name] for name in adaptive]) if adaptive else None
+    x_chunks = split_chunks(x_heads, size, -2, length)
+    use_fused = stacked is not None and fused.applies(cfg, x_heads, x_heads)
+
+    def arguments(index: int) -> tuple:
+        return ({name: chunks[index] for name, chunks in static_chunks.items()},
+                {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts)
 
     def step(carry: tuple, indexed: tuple[int, Tensor]) -> tuple[dict[str, Tensor | None], tuple]:
         index, x_chunk = indexed  # x_chunk (B, H, n, d_h)
-        chunk, stacked, caches = projection_chunk_step(
-            config, carry[0], x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
-            {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts, carry[1])
+        chunk, stacked, caches = projection_chunk_step(config, carry[0], x_chunk, *arguments(index), carry[1])
         return chunk, (stacked, caches)
 
-    chunks, (stacked, caches) = run_chunks(step, (stacked, caches), enumerate(split_chunks(x_heads, size, -2, length)))
+    def fused_step(carry: tuple, indexed: tuple[int, Tensor]) -> tuple[dict[str, Tensor | None], tuple]:
+        index, read = indexed[0], carry[2]
+        following = x_chunks[index + 1] if index + 1 < len(x_chunks) else None
+        chunk, stacked, caches, read = fused_projection_chunk_step(
+            config, carry[0], read, *arguments(index), carry[1], following)
+        return chunk, (stacked, caches, read)
+
+    if use_fused:
+        assert stacked is not None
+        first_read = memory_forward(cfg, stacked.weights, _tile_heads(x_chunks[0], len(adaptive)))[0]
+        chunks, (stacked, caches, _) = run_chunks(fused_step, (stacked, caches, first_read), enumerate(x_chunks))
+    else:
+        chunks, (stacked, caches) = run_chunks(step, (stacked, caches), enumerate(x_chunks))
     for chunk in chunks:
         for name in pieces:
             if chunk.get(name) is not None:
@@ -236,28 +258,10 @@ def projection_chunk_step(
     """
     cfg = config.projections
     adaptive = config.adaptive
-    caches = dict(caches)
-    read: dict[str, Tensor] = {}
+    read_all = None
     if stacked is not None:
-        x_tiled = torch.cat([x_chunk] * len(adaptive), dim=1)  # (B, A·H, n, d_h)
-        read_all = memory_forward(cfg, stacked.weights, x_tiled)[0]  # (B, A·H, n, d_h)
-        read = dict(zip(adaptive, read_all.split(config.heads, dim=1)))
-    chunk: dict[str, Tensor | None] = {}
-    for name in "qkv":
-        raw = read[name] if name in adaptive else static[name]
-        if config.conv:
-            convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None, caches[name])
-            raw = split_heads(convolved, config.heads)
-        if (config.qk_norm and name in "qk") or (config.value_norm and name == "v"):
-            raw = l2_normalize(raw)
-        chunk[name] = raw
-    for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
-        if name in adaptive:
-            vector, bias = readouts[name]
-            logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
-            chunk[gate] = bound * torch.sigmoid(logits)
-        else:
-            chunk[gate] = static_gates[gate]
+        read_all = memory_forward(cfg, stacked.weights, _tile_heads(x_chunk, len(adaptive)))[0]  # (B, A·H, n, d_h)
+    chunk, caches = _projections_from_reads(config, read_all, static, static_gates, conv_weights, readouts, caches)
     if stacked is not None:
         count = len(adaptive)
         momentum = static_gates["momentum"] if cfg.momentum else None
@@ -265,6 +269,70 @@ def projection_chunk_step(
             cfg, stacked, _tile_heads(chunk["k"], count), _tile_heads(chunk["v"], count), None,
             _tile_heads(chunk["lr"], count), _tile_heads(chunk["retention"], count), _tile_heads(momentum, count))
     return chunk, stacked, caches
+
+
+@chunk_body
+def fused_projection_chunk_step(
+    config: SelfModConfig,
+    stacked: MemoryState,
+    read_all: Tensor,
+    static: dict[str, Tensor],
+    static_gates: dict[str, Tensor | None],
+    conv_weights: dict[str, Tensor],
+    readouts: dict[str, tuple[Tensor, Tensor]],
+    caches: dict[str, Tensor | None],
+    following: Tensor | None,
+) -> tuple[dict[str, Tensor | None], MemoryState, dict[str, Tensor | None], Tensor | None]:
+    """`projection_chunk_step` with the memories' write in the fused kernel (nldsl/runtime/fused.py).
+
+    read_all (B, A·H, n, d_h) is this chunk's chunk-start reading, which the previous chunk's kernel
+    call returned; `following` (B, H, n', d_h) is the next chunk's input x, read at the new state by
+    this call (None for the last chunk). The memories share their keys, values and gates, so the
+    kernel takes them once per head rather than tiled A times.
+    """
+    cfg = config.projections
+    chunk, caches = _projections_from_reads(config, read_all, static, static_gates, conv_weights, readouts, caches)
+    momentum = static_gates["momentum"] if cfg.momentum else None
+    stacked, read_next = fused_write(cfg, stacked, chunk["k"], chunk["v"], chunk["lr"], chunk["retention"],
+                                     momentum, following)
+    return chunk, stacked, caches, read_next
+
+
+def _projections_from_reads(
+    config: SelfModConfig,
+    read_all: Tensor | None,
+    static: dict[str, Tensor],
+    static_gates: dict[str, Tensor | None],
+    conv_weights: dict[str, Tensor],
+    readouts: dict[str, tuple[Tensor, Tensor]],
+    caches: dict[str, Tensor | None],
+) -> tuple[dict[str, Tensor | None], dict[str, Tensor | None]]:
+    """A chunk's q, k, v (B, H, n, d_h), lr and retention (B, H, n) from the memories' chunk-start reading.
+
+    read_all (B, A·H, n, d_h) holds the adaptive memories' outputs side by side (None: none is
+    adaptive); the others come from `static` and `static_gates`. Returns them and the conv histories.
+    """
+    caches = dict(caches)
+    read: dict[str, Tensor] = {}
+    if read_all is not None:
+        read = dict(zip(config.adaptive, read_all.split(config.heads, dim=1)))
+    chunk: dict[str, Tensor | None] = {}
+    for name in "qkv":
+        raw = read[name] if name in read else static[name]
+        if config.conv:
+            convolved, caches[name] = causal_depthwise_conv(merge_heads(raw), conv_weights[name], None, caches[name])
+            raw = split_heads(convolved, config.heads)
+        if (config.qk_norm and name in "qk") or (config.value_norm and name == "v"):
+            raw = l2_normalize(raw)
+        chunk[name] = raw
+    for name, gate, bound in (("eta", "lr", config.eta_max), ("alpha", "retention", config.alpha_max)):
+        if name in read:
+            vector, bias = readouts[name]
+            logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
+            chunk[gate] = bound * torch.sigmoid(logits)
+        else:
+            chunk[gate] = static_gates[gate]
+    return chunk, caches
 
 
 def _tile_heads(tensor: Tensor | None, count: int) -> Tensor | None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nldsl.runtime import fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
 from nldsl.runtime.delta import delta_rule_coefficients, generalized_delta_chunked, masked_decay_ratios
 
@@ -501,6 +502,8 @@ def memory_chunk_step(
     assert (momentum_decay is not None) == cfg.momentum, "momentum_decay is required iff cfg.momentum"
     assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
 
+    if (queries is None or cfg.readout == "chunk_start") and fused.applies(cfg, keys, values):
+        return _fused_chunk_step(cfg, state, keys, values, queries, lr, retention, momentum_decay)
     prediction, deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, error_signal)
     write_lr = lr
     if not cfg.grad_through_writes:
@@ -520,6 +523,50 @@ def memory_chunk_step(
         readout_rows = rows if cfg.readout == "causal" else _rows_before(rows)
         outputs = _dual_readout(cfg, state, readout_rows, deltas, write_inputs, queries)
     return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, deltas, write_inputs)
+
+
+def _fused_chunk_step(
+    cfg: LevelConfig,
+    state: MemoryState,
+    keys: Tensor,
+    values: Tensor,
+    queries: Tensor | None,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum_decay: Tensor | None,
+) -> tuple[Tensor | None, MemoryState]:
+    """`memory_chunk_step` of a level that only needs the chunk-end state: its write in one kernel (fused.py).
+
+    A chunk-start readout reads θ_c here, as the PyTorch step does.
+    """
+    outputs = None if queries is None else memory_forward(cfg, state.weights, queries)[0]
+    return outputs, fused_write(cfg, state, keys, values, lr, retention, momentum_decay)[0]
+
+
+def fused_write(
+    cfg: LevelConfig,
+    state: MemoryState,
+    keys: Tensor,
+    values: Tensor,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum_decay: Tensor | None,
+    next_inputs: Tensor | None = None,
+) -> tuple[MemoryState, Tensor | None]:
+    """The chunk-end state through the fused kernel, from the same gate coefficients as the PyTorch step.
+
+    keys, values (B, H, n, ·) and the gates (B, H, n) may serve A stacked memories (state (B, A·H, …),
+    `fused.chunk_end_state`); next_inputs (B, H, n', d_in) are read at the new state (None: no read).
+    """
+    rows, momentum_rows = _last_row_coefficients(retention, momentum_decay, lr, lr)
+    momentum_scale = momentum_carry = momentum_writes = None
+    if momentum_rows is not None:
+        assert rows.momentum is not None
+        momentum_scale, momentum_carry = rows.momentum[..., -1], momentum_rows.state[..., -1]  # m_n, B_n (B, H)
+        momentum_writes = -momentum_rows.writes[..., -1, :]  # −(B_n/B_s) η_s  (B, H, n)
+    return fused.chunk_end_state(
+        cfg, state, keys, values, rows.state[..., -1], momentum_scale, momentum_carry,
+        -rows.writes[..., -1, :], momentum_writes, next_inputs)
 
 
 def uses_delta_kernel(cfg: LevelConfig) -> bool:

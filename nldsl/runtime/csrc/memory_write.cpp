@@ -1,0 +1,593 @@
+// The fused chunk-end write of a two-layer memory (nldsl/runtime/fused.py says when it runs).
+//
+// One problem is one (sequence, head) of a level: weights W1 (h, d_in), W2 (d_out, h), momentum
+// S1, S2 of the same shapes, the chunk's keys K (n, d_in) and values V (n, d_out). The chunk's
+// gate coefficients come in from PyTorch: A (the retention product A_n), m (m_n), B (B_n) and the
+// per-token write weights c_s = −γ_{n,s} η_s and c'_s = −(B_n/B_s) η_s. Forward, per problem:
+//
+//   Z = K W1ᵀ, H = σ(Z), Y = H W2ᵀ, P = Y + [residual] K               (the memory on the keys)
+//   T = σ(V W1ᵀ) W2ᵀ + [residual] V  if the values are generated, else V
+//   G = P − T                                                          (the L2 error)
+//   D2 = G + [dgd on layer 2] Y,   D1 = σ'(Z) ⊙ (G W2) + [dgd on layer 1] Z
+//   W1' = A W1 + m S1 + Σ_s c_s D1_sᵀ K_s,   S1' = B S1 + Σ_s c'_s D1_sᵀ K_s
+//   W2' = A W2 + m S2 + Σ_s c_s D2_sᵀ H_s,   S2' = B S2 + Σ_s c'_s D2_sᵀ H_s
+//
+// and the backward is the same chain run in reverse by hand. Each problem's weights (8-64 KB at
+// HOPE's widths) stay in L1/L2 for the whole chunk: the unfused chunk step streams the whole
+// batch's state through ~27 batched products and ~15 elementwise passes instead.
+// Matrices are row-major and contiguous; every product is one of two loop nests whose innermost
+// loop runs along contiguous rows, so the compiler vectorises them.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kResidual = 1;
+constexpr int64_t kGenerated = 2;
+constexpr int64_t kDgdFirst = 4;
+constexpr int64_t kDgdSecond = 8;
+constexpr int64_t kActivationShift = 4;  // bits 4-5: 0 silu, 1 gelu, 2 relu, 3 tanh
+
+using at::vec::Vectorized;
+
+// C[i, j] += Σ_k a(i, k) w_k B[k, j] for i < M, j < N, where a(i, k) = A[i·row + k·col] (w = nullptr: all
+// ones). The micro-kernel holds an MR × NV block of C in vector registers across the whole k loop:
+// MR·NV independent FMA chains hide the FMA latency, and each loaded vector of B serves MR rows.
+template <typename T, int MR, int NV>
+inline void product_block(T* __restrict C, const T* __restrict A, int64_t row, int64_t col, const T* __restrict w,
+                          const T* __restrict B, int64_t i, int64_t K, int64_t N, int64_t j) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::loadu(C + (i + r) * N + j + v * V);
+  for (int64_t k = 0; k < K; ++k) {
+    Vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = Vec::loadu(B + k * N + j + v * V);
+    const T scale = w ? w[k] : T(1);
+    for (int r = 0; r < MR; ++r) {
+      const Vec a(A[(i + r) * row + k * col] * scale);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(C + (i + r) * N + j + v * V);
+}
+
+// Columns j .. j + NV·V of every row, MR rows at a time and the leftover rows one at a time.
+template <typename T, int MR, int NV>
+inline void product_strip(T* C, const T* A, int64_t row, int64_t col, const T* w, const T* B, int64_t M, int64_t K,
+                          int64_t N, int64_t j) {
+  int64_t i = 0;
+  for (; i + MR <= M; i += MR) product_block<T, MR, NV>(C, A, row, col, w, B, i, K, N, j);
+  for (; i < M; ++i) product_block<T, 1, NV>(C, A, row, col, w, B, i, K, N, j);
+}
+
+template <typename T>
+inline void product(T* __restrict C, const T* __restrict A, int64_t row, int64_t col, const T* __restrict w,
+                    const T* __restrict B, int64_t M, int64_t K, int64_t N) {
+  constexpr int64_t V = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + 4 * V <= N; j += 4 * V) product_strip<T, 2, 4>(C, A, row, col, w, B, M, K, N, j);
+  for (; j + 2 * V <= N; j += 2 * V) product_strip<T, 4, 2>(C, A, row, col, w, B, M, K, N, j);
+  for (; j + V <= N; j += V) product_strip<T, 8, 1>(C, A, row, col, w, B, M, K, N, j);
+  for (; j < N; ++j)  // columns left over from the vectors
+    for (int64_t i = 0; i < M; ++i) {
+      T sum = C[i * N + j];
+      for (int64_t k = 0; k < K; ++k) sum += A[i * row + k * col] * (w ? w[k] : T(1)) * B[k * N + j];
+      C[i * N + j] = sum;
+    }
+}
+
+// C (M×N) += A (M×K) · B (K×N)
+template <typename T>
+inline void mm_nn(T* C, const T* A, const T* B, int64_t M, int64_t K, int64_t N) {
+  product(C, A, K, 1, static_cast<const T*>(nullptr), B, M, K, N);
+}
+
+// C (M×N) += Aᵀ · B for A (K×M), B (K×N): a sum of K outer products
+template <typename T>
+inline void mm_tn(T* C, const T* A, const T* B, int64_t M, int64_t K, int64_t N) {
+  product(C, A, 1, M, static_cast<const T*>(nullptr), B, M, K, N);
+}
+
+// C (M×N) += Σ_k w_k A_kᵀ B_k, and C2 += Σ_k w2_k A_kᵀ B_k when C2 is given: one layer's writes to θ and S
+template <typename T>
+inline void weighted_outer_sums(T* C, T* C2, const T* w, const T* w2, const T* A, const T* B, int64_t M, int64_t K,
+                                int64_t N) {
+  product(C, A, 1, M, w, B, M, K, N);
+  if (C2 != nullptr) product(C2, A, 1, M, w2, B, M, K, N);
+}
+
+template <typename T>
+inline void transpose(T* __restrict dst, const T* __restrict src, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t count) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + V <= count; i += V) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  T lanes[V];
+  acc.store(lanes);
+  T sum = 0;
+  for (int64_t v = 0; v < V; ++v) sum += lanes[v];
+  for (; i < count; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// σ(z), σ'(z) and (when second is not null) σ''(z) of the activation, elementwise; silu, the one
+// HOPE uses, runs on vectors (Sleef's exp, as PyTorch's own CPU kernels)
+template <typename T>
+void activate(int64_t kind, const T* __restrict z, T* __restrict value, T* __restrict first, T* __restrict second,
+              int64_t count) {
+  switch (kind) {
+    case 0: {  // silu: z s(z)
+      using Vec = Vectorized<T>;
+      constexpr int64_t V = Vec::size();
+      const Vec one(T(1)), two(T(2));
+      int64_t i = 0;
+      for (; i + V <= count; i += V) {
+        const Vec x = Vec::loadu(z + i);
+        const Vec s = one / (one + x.neg().exp());
+        (x * s).store(value + i);
+        (s * (one + x * (one - s))).store(first + i);
+        if (second) (s * (one - s) * (two + x * (one - two * s))).store(second + i);
+      }
+      for (; i < count; ++i) {
+        const T s = T(1) / (T(1) + std::exp(-z[i]));
+        value[i] = z[i] * s;
+        first[i] = s * (T(1) + z[i] * (T(1) - s));
+        if (second) second[i] = s * (T(1) - s) * (T(2) + z[i] * (T(1) - T(2) * s));
+      }
+      break;
+    }
+    case 1: {  // gelu (exact): z Φ(z)
+      const T inv_sqrt2 = T(0.70710678118654752440);
+      const T inv_sqrt_2pi = T(0.39894228040143267794);
+      for (int64_t i = 0; i < count; ++i) {
+        const T cdf = T(0.5) * (T(1) + std::erf(z[i] * inv_sqrt2));
+        const T density = std::exp(T(-0.5) * z[i] * z[i]) * inv_sqrt_2pi;
+        value[i] = z[i] * cdf;
+        first[i] = cdf + z[i] * density;
+        if (second) second[i] = density * (T(2) - z[i] * z[i]);
+      }
+      break;
+    }
+    case 2:  // relu
+      for (int64_t i = 0; i < count; ++i) {
+        value[i] = z[i] > T(0) ? z[i] : T(0);
+        first[i] = z[i] > T(0) ? T(1) : T(0);
+        if (second) second[i] = T(0);
+      }
+      break;
+    default:  // tanh
+      for (int64_t i = 0; i < count; ++i) {
+        const T t = std::tanh(z[i]);
+        value[i] = t;
+        first[i] = T(1) - t * t;
+        if (second) second[i] = T(-2) * t * (T(1) - t * t);
+      }
+  }
+}
+
+struct Dims {
+  int64_t n, d_in, hidden, d_out;
+  int64_t flags;
+  bool momentum;
+  bool residual() const { return flags & kResidual; }
+  bool generated() const { return flags & kGenerated; }
+  int64_t activation() const { return (flags >> kActivationShift) & 3; }
+};
+
+// The forward intermediates of one problem's write, recomputed by the backward rather than saved.
+template <typename T>
+struct Forward {
+  std::vector<T> w1t, w2t, z, h, dz, ddz, y, zv, hv, dzv, g, gw, d1, d2;
+  explicit Forward(const Dims& dm)
+      : w1t(dm.d_in * dm.hidden), w2t(dm.hidden * dm.d_out), z(dm.n * dm.hidden), h(dm.n * dm.hidden),
+        dz(dm.n * dm.hidden), ddz(dm.n * dm.hidden), y(dm.n * dm.d_out), zv(dm.n * dm.hidden),
+        hv(dm.n * dm.hidden), dzv(dm.n * dm.hidden), g(dm.n * dm.d_out), gw(dm.n * dm.hidden),
+        d1(dm.n * dm.hidden), d2(dm.n * dm.d_out) {}
+
+  // Everything up to the errors D1, D2 (the header's first four lines) for one problem.
+  void run(const Dims& dm, const T* W1, const T* W2, const T* K, const T* V, bool second_derivative) {
+    const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    transpose(w1t.data(), W1, hid, din);
+    transpose(w2t.data(), W2, dout, hid);
+    std::fill(z.begin(), z.end(), T(0));
+    mm_nn(z.data(), K, w1t.data(), n, din, hid);
+    activate(dm.activation(), z.data(), h.data(), dz.data(), second_derivative ? ddz.data() : nullptr, n * hid);
+    std::fill(y.begin(), y.end(), T(0));
+    mm_nn(y.data(), h.data(), w2t.data(), n, hid, dout);
+    // g = P − T
+    if (dm.generated()) {
+      std::fill(zv.begin(), zv.end(), T(0));
+      mm_nn(zv.data(), V, w1t.data(), n, din, hid);
+      activate(dm.activation(), zv.data(), hv.data(), dzv.data(), static_cast<T*>(nullptr), n * hid);
+      std::fill(g.begin(), g.end(), T(0));
+      mm_nn(g.data(), hv.data(), w2t.data(), n, hid, dout);  // the target's memory part
+      for (int64_t i = 0; i < n * dout; ++i) g[i] = y[i] - g[i];
+      if (dm.residual())
+        for (int64_t i = 0; i < n * dout; ++i) g[i] += K[i] - V[i];
+    } else {
+      for (int64_t i = 0; i < n * dout; ++i) g[i] = y[i] - V[i];
+      if (dm.residual())
+        for (int64_t i = 0; i < n * dout; ++i) g[i] += K[i];
+    }
+    for (int64_t i = 0; i < n * dout; ++i) d2[i] = (dm.flags & kDgdSecond) ? g[i] + y[i] : g[i];
+    std::fill(gw.begin(), gw.end(), T(0));
+    mm_nn(gw.data(), g.data(), W2, n, dout, hid);
+    for (int64_t i = 0; i < n * hid; ++i) d1[i] = dz[i] * gw[i] + ((dm.flags & kDgdFirst) ? z[i] : T(0));
+  }
+};
+
+// The read M_θ(X) of rows X (rows × d_in) at θ = (W1, W2), with what its backward needs.
+template <typename T>
+struct Read {
+  std::vector<T> w1t, w2t, z, h, dz, gh;
+  Read(const Dims& dm, int64_t rows)
+      : w1t(dm.d_in * dm.hidden), w2t(dm.hidden * dm.d_out), z(rows * dm.hidden), h(rows * dm.hidden),
+        dz(rows * dm.hidden), gh(rows * dm.hidden) {}
+
+  void forward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, T* out) {
+    const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    transpose(w1t.data(), W1, hid, din);
+    transpose(w2t.data(), W2, dout, hid);
+    std::fill(z.begin(), z.end(), T(0));
+    mm_nn(z.data(), X, w1t.data(), rows, din, hid);
+    activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * hid);
+    for (int64_t i = 0; i < rows * dout; ++i) out[i] = dm.residual() ? X[i] : T(0);
+    mm_nn(out, h.data(), w2t.data(), rows, hid, dout);
+  }
+
+  // Given ∂out: ∂W1 += …, ∂W2 += … into G1, G2, and ∂X += … into GX.
+  void backward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, const T* grad_out, T* G1, T* G2,
+                T* GX) {
+    const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    forward_intermediates(dm, W1, X, rows);
+    std::fill(gh.begin(), gh.end(), T(0));
+    mm_nn(gh.data(), grad_out, W2, rows, dout, hid);  // out = H W2ᵀ (+ X)
+    mm_tn(G2, grad_out, h.data(), dout, rows, hid);
+    for (int64_t i = 0; i < rows * hid; ++i) gh[i] *= dz[i];  // now ∂Z
+    if (dm.residual())
+      for (int64_t i = 0; i < rows * din; ++i) GX[i] += grad_out[i];
+    mm_nn(GX, gh.data(), W1, rows, hid, din);  // Z = X W1ᵀ
+    mm_tn(G1, gh.data(), X, hid, rows, din);
+  }
+
+ private:
+  void forward_intermediates(const Dims& dm, const T* W1, const T* X, int64_t rows) {
+    transpose(w1t.data(), W1, dm.hidden, dm.d_in);
+    std::fill(z.begin(), z.end(), T(0));
+    mm_nn(z.data(), X, w1t.data(), rows, dm.d_in, dm.hidden);
+    activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * dm.hidden);
+  }
+};
+
+// The backward of one layer's writes U = Σ_s c_s D_sᵀ X_s (θ) and U' = Σ_s c'_s D_sᵀ X_s (S) for errors D
+// (n × out) on inputs X (n × in), given ∂U = E and ∂U' = F (out × in; F null without momentum):
+// ∂D_s = c_s E X_s + c'_s F X_s, ∂X_s += D_sᵀ(c_s E + c'_s F), ∂c_s += D_s·(E X_s), ∂c'_s += D_s·(F X_s).
+template <typename T>
+struct WriteBackward {
+  std::vector<T> et, ft, xe, xf, scaled;
+  WriteBackward(int64_t n, int64_t out, int64_t in)
+      : et(in * out), ft(in * out), xe(n * out), xf(n * out), scaled(n * out) {}
+
+  void backward(int64_t n, int64_t out, int64_t in, const T* D, const T* X, const T* E, const T* F, const T* c,
+                const T* c2, T* grad_D, T* grad_X, T* grad_c, T* grad_c2) {
+    transpose(et.data(), E, out, in);
+    std::fill(xe.begin(), xe.begin() + n * out, T(0));
+    mm_nn(xe.data(), X, et.data(), n, in, out);
+    if (F != nullptr) {
+      transpose(ft.data(), F, out, in);
+      std::fill(xf.begin(), xf.begin() + n * out, T(0));
+      mm_nn(xf.data(), X, ft.data(), n, in, out);
+    }
+    for (int64_t s = 0; s < n; ++s) {
+      const T* d = D + s * out;
+      grad_c[s] += dot(d, xe.data() + s * out, out);
+      for (int64_t i = 0; i < out; ++i) grad_D[s * out + i] = c[s] * xe[s * out + i];
+      if (F != nullptr) {
+        grad_c2[s] += dot(d, xf.data() + s * out, out);
+        for (int64_t i = 0; i < out; ++i) grad_D[s * out + i] += c2[s] * xf[s * out + i];
+      }
+      for (int64_t i = 0; i < out; ++i) scaled[s * out + i] = c[s] * d[i];
+    }
+    mm_nn(grad_X, scaled.data(), E, n, out, in);
+    if (F != nullptr) {
+      for (int64_t s = 0; s < n; ++s)
+        for (int64_t i = 0; i < out; ++i) scaled[s * out + i] = c2[s] * D[s * out + i];
+      mm_nn(grad_X, scaled.data(), F, n, out, in);
+    }
+  }
+};
+
+// t contiguous, its leading dims flattened into one: (P, trailing dims…)
+at::Tensor flat(const at::Tensor& t, int64_t trailing) {
+  std::vector<int64_t> shape{-1};
+  for (int64_t i = t.dim() - trailing; i < t.dim(); ++i) shape.push_back(t.size(i));
+  return t.contiguous().reshape(shape);
+}
+
+at::Tensor flat(const std::optional<at::Tensor>& t, int64_t trailing) {
+  return t.has_value() ? flat(*t, trailing) : at::Tensor();
+}
+
+template <typename T>
+T* pointer(const at::Tensor& t, int64_t offset) {
+  return t.defined() ? t.data_ptr<T>() + offset : nullptr;
+}
+
+// Memories stack A levels that share their inputs (HOPE's M_k, M_v, M_η, M_α): weights (B, A·H, rows,
+// cols), inputs and gates (B, H, …). Problem (b, a, h) reads input row b·H + h.
+struct Layout {
+  Dims dm;
+  int64_t batch, memories, heads;
+  int64_t weight(int64_t shared, int64_t memory) const {
+    return (shared / heads * memories + memory) * heads + shared % heads;
+  }
+};
+
+Layout layout_of(const at::Tensor& W1, const at::Tensor& W2, const at::Tensor& keys, const at::Tensor& values,
+                 bool momentum, int64_t flags) {
+  TORCH_CHECK(W1.dim() == 4 && W2.dim() == 4 && keys.dim() == 4 && values.dim() == 4,
+              "memory_write: weights (B, A·H, rows, cols), keys and values (B, H, n, width)");
+  Dims dm{keys.size(2), W1.size(3), W1.size(2), W2.size(2), flags, momentum};
+  TORCH_CHECK(W2.size(3) == dm.hidden && keys.size(3) == dm.d_in && values.size(3) == dm.d_out,
+              "memory_write: mismatched widths");
+  TORCH_CHECK(W1.size(1) % keys.size(1) == 0, "memory_write: the weights' heads must be a multiple of the keys'");
+  return {dm, keys.size(0), W1.size(1) / keys.size(1), keys.size(1)};
+}
+
+// The operands of both directions, contiguous with their leading dims flattened (undefined when absent).
+struct Operands {
+  at::Tensor w1, w2, s1, s2, k, v, a, c, m, b, c2, x;
+  int64_t rows;  // of the next read (0: none)
+  Operands(const at::Tensor& W1, const at::Tensor& W2, const std::optional<at::Tensor>& S1,
+           const std::optional<at::Tensor>& S2, const at::Tensor& keys, const at::Tensor& values,
+           const at::Tensor& decay, const std::optional<at::Tensor>& momentum_scale,
+           const std::optional<at::Tensor>& momentum_decay, const at::Tensor& write_weights,
+           const std::optional<at::Tensor>& momentum_write_weights, const std::optional<at::Tensor>& next_inputs)
+      : w1(flat(W1, 2)), w2(flat(W2, 2)), s1(flat(S1, 2)), s2(flat(S2, 2)), k(flat(keys, 2)), v(flat(values, 2)),
+        a(flat(decay, 0)), c(flat(write_weights, 1)), m(flat(momentum_scale, 0)), b(flat(momentum_decay, 0)),
+        c2(flat(momentum_write_weights, 1)), x(flat(next_inputs, 2)), rows(x.defined() ? x.size(1) : 0) {}
+};
+
+std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2, const std::optional<at::Tensor>& S1,
+                                     const std::optional<at::Tensor>& S2, const at::Tensor& keys,
+                                     const at::Tensor& values, const at::Tensor& decay,
+                                     const std::optional<at::Tensor>& momentum_scale,
+                                     const std::optional<at::Tensor>& momentum_decay, const at::Tensor& write_weights,
+                                     const std::optional<at::Tensor>& momentum_write_weights,
+                                     const std::optional<at::Tensor>& next_inputs, int64_t flags) {
+  const bool momentum = S1.has_value();
+  const Layout lay = layout_of(W1, W2, keys, values, momentum, flags);
+  const Dims& dm = lay.dm;
+  const Operands op(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
+                   momentum_write_weights, next_inputs);
+  const at::Tensor &w1 = op.w1, &w2 = op.w2, &s1 = op.s1, &s2 = op.s2, &k = op.k, &v = op.v, &a = op.a, &c = op.c;
+  const at::Tensor &m = op.m, &b = op.b, &c2 = op.c2, &x = op.x;
+  const int64_t rows = op.rows;
+  at::Tensor w1_out = at::empty_like(w1), w2_out = at::empty_like(w2);
+  at::Tensor s1_out = momentum ? at::empty_like(s1) : at::empty({0}, w1.options());
+  at::Tensor s2_out = momentum ? at::empty_like(s2) : at::empty({0}, w1.options());
+  at::Tensor read = x.defined() ? at::empty({w1.size(0), rows, dm.d_out}, w1.options()) : at::empty({0}, w1.options());
+  AT_DISPATCH_FLOATING_TYPES(w1.scalar_type(), "memory_write", [&] {
+    using T = scalar_t;
+    const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    const int64_t size1 = hid * din, size2 = dout * hid;
+    at::parallel_for(0, lay.batch * lay.heads, 1, [&](int64_t begin, int64_t end) {
+      Forward<T> fw(dm);
+      Read<T> reader(dm, rows);
+      for (int64_t q = begin; q < end; ++q) {
+        const T* Kq = k.data_ptr<T>() + q * n * din;
+        const T* Vq = v.data_ptr<T>() + q * n * dout;
+        const T* cq = c.data_ptr<T>() + q * n;
+        const T* c2q = pointer<T>(c2, q * n);
+        const T A = a.data_ptr<T>()[q];
+        for (int64_t memory = 0; memory < lay.memories; ++memory) {
+          const int64_t p = lay.weight(q, memory);
+          const T* W1p = w1.data_ptr<T>() + p * size1;
+          const T* W2p = w2.data_ptr<T>() + p * size2;
+          fw.run(dm, W1p, W2p, Kq, Vq, false);
+          T* W1o = w1_out.data_ptr<T>() + p * size1;
+          T* W2o = w2_out.data_ptr<T>() + p * size2;
+          T* S1o = momentum ? s1_out.data_ptr<T>() + p * size1 : nullptr;
+          T* S2o = momentum ? s2_out.data_ptr<T>() + p * size2 : nullptr;
+          if (momentum) {
+            const T M = m.data_ptr<T>()[q], B = b.data_ptr<T>()[q];
+            const T* S1p = s1.data_ptr<T>() + p * size1;
+            const T* S2p = s2.data_ptr<T>() + p * size2;
+            for (int64_t i = 0; i < size1; ++i) W1o[i] = A * W1p[i] + M * S1p[i], S1o[i] = B * S1p[i];
+            for (int64_t i = 0; i < size2; ++i) W2o[i] = A * W2p[i] + M * S2p[i], S2o[i] = B * S2p[i];
+          } else {
+            for (int64_t i = 0; i < size1; ++i) W1o[i] = A * W1p[i];
+            for (int64_t i = 0; i < size2; ++i) W2o[i] = A * W2p[i];
+          }
+          weighted_outer_sums(W1o, S1o, cq, c2q, fw.d1.data(), Kq, hid, n, din);
+          weighted_outer_sums(W2o, S2o, cq, c2q, fw.d2.data(), fw.h.data(), dout, n, hid);
+          if (rows > 0)  // the next chunk's read, while the new weights are in cache
+            reader.forward(dm, W1o, W2o, x.data_ptr<T>() + q * rows * din, rows, read.data_ptr<T>() + p * rows * dout);
+        }
+      }
+    });
+  });
+  auto shaped = [&](const at::Tensor& t, const std::optional<at::Tensor>& like) {
+    return like.has_value() ? t.view(like->sizes()) : t;
+  };
+  return {w1_out.view(W1.sizes()), w2_out.view(W2.sizes()), shaped(s1_out, S1), shaped(s2_out, S2),
+          x.defined() ? read.view({W1.size(0), W1.size(1), rows, dm.d_out}) : read};
+}
+
+std::vector<at::Tensor> memory_write_backward(
+    const at::Tensor& grad_W1, const at::Tensor& grad_W2, const std::optional<at::Tensor>& grad_S1,
+    const std::optional<at::Tensor>& grad_S2, const std::optional<at::Tensor>& grad_read, const at::Tensor& W1,
+    const at::Tensor& W2, const std::optional<at::Tensor>& S1, const std::optional<at::Tensor>& S2,
+    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& decay,
+    const std::optional<at::Tensor>& momentum_scale, const std::optional<at::Tensor>& momentum_decay,
+    const at::Tensor& write_weights, const std::optional<at::Tensor>& momentum_write_weights,
+    const std::optional<at::Tensor>& next_inputs, const std::optional<at::Tensor>& new_W1,
+    const std::optional<at::Tensor>& new_W2, int64_t flags) {
+  const bool momentum = S1.has_value();
+  const Layout lay = layout_of(W1, W2, keys, values, momentum, flags);
+  const Dims& dm = lay.dm;
+  const Operands op(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
+                   momentum_write_weights, next_inputs);
+  const at::Tensor &w1 = op.w1, &w2 = op.w2, &s1 = op.s1, &s2 = op.s2, &k = op.k, &v = op.v, &a = op.a, &c = op.c;
+  const at::Tensor &m = op.m, &b = op.b, &c2 = op.c2, &x = op.x;
+  const int64_t rows = op.rows;
+  const at::Tensor e1 = flat(grad_W1, 2), e2 = flat(grad_W2, 2), f1 = flat(grad_S1, 2), f2 = flat(grad_S2, 2);
+  const at::Tensor gread = flat(grad_read, 2), w1_new = flat(new_W1, 2), w2_new = flat(new_W2, 2);
+  const auto none = at::empty({0}, w1.options());
+  at::Tensor gw1 = at::empty_like(w1), gw2 = at::empty_like(w2), gk = at::empty_like(k), gv = at::empty_like(v);
+  at::Tensor ga = at::empty_like(a), gc = at::empty_like(c);
+  at::Tensor gs1 = momentum ? at::empty_like(s1) : none, gs2 = momentum ? at::empty_like(s2) : none;
+  at::Tensor gm = momentum ? at::empty_like(m) : none, gb = momentum ? at::empty_like(b) : none;
+  at::Tensor gc2 = momentum ? at::empty_like(c2) : none;
+  at::Tensor gx = x.defined() ? at::zeros_like(x) : none;
+  AT_DISPATCH_FLOATING_TYPES(w1.scalar_type(), "memory_write_backward", [&] {
+    using T = scalar_t;
+    const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    const int64_t size1 = hid * din, size2 = dout * hid;
+    at::parallel_for(0, lay.batch * lay.heads, 1, [&](int64_t begin, int64_t end) {
+      Forward<T> fw(dm);
+      Read<T> reader(dm, rows);
+      // the gradients of the new weights: the incoming ones plus the next read's
+      std::vector<T> total1(size1), total2(size2);
+      WriteBackward<T> writes(n, std::max(hid, dout), std::max(din, hid));
+      std::vector<T> gd1(n * hid), gd2(n * dout), gg(n * dout), ggw(n * hid), gh(n * hid), gz(n * hid),
+          gzv(n * hid);
+      for (int64_t q = begin; q < end; ++q) {
+        const T* Kq = k.data_ptr<T>() + q * n * din;
+        const T* Vq = v.data_ptr<T>() + q * n * dout;
+        const T* cq = c.data_ptr<T>() + q * n;
+        const T* c2q = pointer<T>(c2, q * n);
+        const T A = a.data_ptr<T>()[q];
+        T* GK = gk.data_ptr<T>() + q * n * din;
+        T* GV = gv.data_ptr<T>() + q * n * dout;
+        T* GC = gc.data_ptr<T>() + q * n;
+        T* GC2 = pointer<T>(gc2, q * n);
+        std::fill(GK, GK + n * din, T(0));
+        std::fill(GV, GV + n * dout, T(0));
+        std::fill(GC, GC + n, T(0));
+        T grad_decay = 0, grad_scale = 0, grad_carry = 0;
+        if (momentum) std::fill(GC2, GC2 + n, T(0));
+        for (int64_t memory = 0; memory < lay.memories; ++memory) {
+          const int64_t p = lay.weight(q, memory);
+          const T* W1p = w1.data_ptr<T>() + p * size1;
+          const T* W2p = w2.data_ptr<T>() + p * size2;
+          const T* E1 = e1.data_ptr<T>() + p * size1;
+          const T* E2 = e2.data_ptr<T>() + p * size2;
+          if (rows > 0) {  // the next read's gradient joins the new weights' own
+            std::copy(E1, E1 + size1, total1.begin());
+            std::copy(E2, E2 + size2, total2.begin());
+            reader.backward(dm, w1_new.data_ptr<T>() + p * size1, w2_new.data_ptr<T>() + p * size2,
+                            x.data_ptr<T>() + q * rows * din, rows, gread.data_ptr<T>() + p * rows * dout,
+                            total1.data(), total2.data(), gx.data_ptr<T>() + q * rows * din);
+            E1 = total1.data();
+            E2 = total2.data();
+          }
+          fw.run(dm, W1p, W2p, Kq, Vq, true);
+          T* G1 = gw1.data_ptr<T>() + p * size1;
+          T* G2 = gw2.data_ptr<T>() + p * size2;
+          // W' = A W + m S + …, S' = B S + …
+          for (int64_t i = 0; i < size1; ++i) G1[i] = A * E1[i];
+          for (int64_t i = 0; i < size2; ++i) G2[i] = A * E2[i];
+          grad_decay += dot(E1, W1p, size1) + dot(E2, W2p, size2);
+          const T *F1 = nullptr, *F2 = nullptr;
+          if (momentum) {
+            const T M = m.data_ptr<T>()[q], B = b.data_ptr<T>()[q];
+            const T* S1p = s1.data_ptr<T>() + p * size1;
+            const T* S2p = s2.data_ptr<T>() + p * size2;
+            F1 = f1.data_ptr<T>() + p * size1;
+            F2 = f2.data_ptr<T>() + p * size2;
+            T* GS1 = gs1.data_ptr<T>() + p * size1;
+            T* GS2 = gs2.data_ptr<T>() + p * size2;
+            for (int64_t i = 0; i < size1; ++i) GS1[i] = M * E1[i] + B * F1[i];
+            for (int64_t i = 0; i < size2; ++i) GS2[i] = M * E2[i] + B * F2[i];
+            grad_scale += dot(E1, S1p, size1) + dot(E2, S2p, size2);
+            grad_carry += dot(F1, S1p, size1) + dot(F2, S2p, size2);
+          }
+          // The writes Σ_s c_s D_sᵀ X_s of layer 1 (D1 on the keys) and layer 2 (D2 on the hidden units)
+          writes.backward(n, hid, din, fw.d1.data(), Kq, E1, F1, cq, c2q, gd1.data(), GK, GC, GC2);
+          std::fill(gh.begin(), gh.end(), T(0));
+          writes.backward(n, dout, hid, fw.d2.data(), fw.h.data(), E2, F2, cq, c2q, gd2.data(), gh.data(), GC, GC2);
+          // D1 = σ'(Z) ⊙ (G W2) + [dgd] Z, D2 = G + [dgd] Y
+          for (int64_t i = 0; i < n * hid; ++i) {
+            ggw[i] = fw.dz[i] * gd1[i];
+            gz[i] = fw.ddz[i] * fw.gw[i] * gd1[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
+          }
+          std::copy(gd2.begin(), gd2.end(), gg.begin());
+          mm_nn(gg.data(), ggw.data(), fw.w2t.data(), n, hid, dout);  // G W2 → ∂G += ∂(GW) W2ᵀ
+          mm_tn(G2, fw.g.data(), ggw.data(), dout, n, hid);           // ∂W2 += Gᵀ ∂(GW)
+          // G = P − T with P = Y + [residual] K: ∂Y = ∂G (+ ∂D2 with dgd), ∂T = −∂G
+          std::vector<T>& gy = gd2;  // reused: ∂Y
+          for (int64_t i = 0; i < n * dout; ++i) gy[i] = gg[i] + ((dm.flags & kDgdSecond) ? gy[i] : T(0));
+          if (dm.residual())
+            for (int64_t i = 0; i < n * din; ++i) GK[i] += gg[i];
+          mm_nn(gh.data(), gy.data(), W2p, n, dout, hid);  // Y = H W2ᵀ
+          mm_tn(G2, gy.data(), fw.h.data(), dout, n, hid);
+          for (int64_t i = 0; i < n * hid; ++i) gz[i] += fw.dz[i] * gh[i];
+          mm_nn(GK, gz.data(), W1p, n, hid, din);  // Z = K W1ᵀ
+          mm_tn(G1, gz.data(), Kq, hid, n, din);
+          if (dm.generated()) {  // T = σ(V W1ᵀ) W2ᵀ + [residual] V, ∂T = −∂G
+            if (dm.residual())
+              for (int64_t i = 0; i < n * dout; ++i) GV[i] -= gg[i];
+            for (int64_t i = 0; i < n * dout; ++i) gg[i] = -gg[i];
+            std::fill(gzv.begin(), gzv.end(), T(0));
+            mm_nn(gzv.data(), gg.data(), W2p, n, dout, hid);  // ∂Hv
+            mm_tn(G2, gg.data(), fw.hv.data(), dout, n, hid);
+            for (int64_t i = 0; i < n * hid; ++i) gzv[i] *= fw.dzv[i];
+            mm_nn(GV, gzv.data(), W1p, n, hid, din);
+            mm_tn(G1, gzv.data(), Vq, hid, n, din);
+          } else {
+            for (int64_t i = 0; i < n * dout; ++i) GV[i] -= gg[i];
+          }
+        }
+        ga.data_ptr<T>()[q] = grad_decay;
+        if (momentum) gm.data_ptr<T>()[q] = grad_scale, gb.data_ptr<T>()[q] = grad_carry;
+      }
+    });
+  });
+  auto shaped = [&](const at::Tensor& t, const std::optional<at::Tensor>& like) {
+    return like.has_value() ? t.view(like->sizes()) : t;
+  };
+  return {gw1.view(W1.sizes()),  gw2.view(W2.sizes()),
+          shaped(gs1, S1),       shaped(gs2, S2),
+          gk.view(keys.sizes()), gv.view(values.sizes()),
+          ga.view(decay.sizes()), shaped(gm, momentum_scale),
+          shaped(gb, momentum_decay), gc.view(write_weights.sizes()),
+          shaped(gc2, momentum_write_weights), shaped(gx, next_inputs)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(nldsl, m) {
+  m.def(
+      "memory_write(Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
+      "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
+      "Tensor? next_inputs, int flags) -> Tensor[]");
+  m.def(
+      "memory_write_backward(Tensor grad_W1, Tensor grad_W2, Tensor? grad_S1, Tensor? grad_S2, Tensor? grad_read, "
+      "Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
+      "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
+      "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, int flags) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(nldsl, CPU, m) {
+  m.impl("memory_write", &memory_write);
+  m.impl("memory_write_backward", &memory_write_backward);
+}

@@ -1,0 +1,204 @@
+"""The fused chunk-end write (nldsl/runtime/fused.py) against the PyTorch chunk step it replaces.
+
+The kernel's new θ and S, its read of the next chunk, and the gradients of every input agree in
+float64 with the PyTorch path (`memory_chunk_step` with the kernel off, `memory_forward` for the
+read) over every state, activation, value source, DGD placement and momentum it accepts, for one
+memory and for memories stacked on shared inputs (HOPE's projections); the whole HOPE model agrees
+with the kernel on and off; the dispatch rule; a failed build warns and leaves the PyTorch step;
+under torch.compile the kernel's chunk step is one graph (slow).
+"""
+
+import itertools
+import warnings
+
+import pytest
+import torch
+
+import nldsl
+from nldsl.runtime import fused
+from nldsl.runtime.memory import (
+    LevelConfig,
+    MemoryState,
+    fused_write,
+    init_memory_weights,
+    initial_memory_state,
+    memory_chunk_step,
+    memory_forward,
+)
+
+RTOL = 1e-10  # kernel vs PyTorch, float64: the same arithmetic in another order
+MODEL_RTOL = 1e-9  # a whole HOPE model, float64, through many chunks
+BATCH, HEADS, WIDTH, HIDDEN, TOKENS = 2, 3, 6, 7, 5
+
+def level(state: str = "residual_mlp", **options) -> LevelConfig:
+    for name, default in (("d_in", WIDTH), ("d_out", WIDTH), ("objective", "l2")):
+        options.setdefault(name, default)
+    return LevelConfig(state, hidden=HIDDEN, depth=2, chunk_size=TOKENS, readout="chunk_start", **options)
+
+
+def draw(cfg: LevelConfig, memories: int = 1, seed: int = 0, following: int = 0) -> dict:
+    """A chunk's inputs as float64 leaves: state of `memories` stacked levels, keys, values, gates."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(shape, generator=generator, dtype=torch.float64)).requires_grad_()
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        value = low + (high - low) * torch.rand(BATCH, HEADS, TOKENS, generator=generator, dtype=torch.float64)
+        return value.requires_grad_()
+
+    shared = init_memory_weights(cfg, memories * HEADS, generator=generator, dtype=torch.float64)
+    state = initial_memory_state(cfg, [w.requires_grad_() for w in shared], BATCH)
+    if cfg.momentum:
+        state.momentum = [normal(*m.shape, scale=0.05) for m in state.momentum or []]
+    return {
+        "state": state,
+        "keys": normal(BATCH, HEADS, TOKENS, cfg.d_in),
+        "values": normal(BATCH, HEADS, TOKENS, cfg.d_out),
+        "lr": uniform(0.05, 0.5),
+        "retention": uniform(0.5, 1.0),
+        "momentum": uniform(0.2, 0.9) if cfg.momentum else None,
+        "following": normal(BATCH, HEADS, following, cfg.d_in) if following else None,
+        "shared": shared,
+    }
+
+
+def leaves(inputs: dict) -> list[torch.Tensor]:
+    candidates = [*inputs["shared"], *(inputs["state"].momentum or []), inputs["keys"], inputs["values"],
+                  inputs["lr"], inputs["retention"], inputs["momentum"], inputs["following"]]
+    return [leaf for leaf in candidates if leaf is not None]
+
+
+def tiled(tensor: torch.Tensor | None, memories: int) -> torch.Tensor | None:
+    return None if tensor is None else torch.cat([tensor] * memories, dim=1)
+
+
+def pytorch_step(cfg: LevelConfig, inputs: dict, memories: int) -> tuple[MemoryState, torch.Tensor | None]:
+    """The reference: the PyTorch chunk step on inputs tiled once per stacked memory, then the read."""
+    with fused.fused_writes(False):
+        _, state = memory_chunk_step(
+            cfg, inputs["state"], tiled(inputs["keys"], memories), tiled(inputs["values"], memories), None,
+            tiled(inputs["lr"], memories), tiled(inputs["retention"], memories), tiled(inputs["momentum"], memories))
+    read = None
+    if inputs["following"] is not None:
+        read = memory_forward(cfg, state.weights, tiled(inputs["following"], memories))[0]
+    return state, read
+
+
+def kernel_step(cfg: LevelConfig, inputs: dict, memories: int) -> tuple[MemoryState, torch.Tensor | None]:
+    return fused_write(cfg, inputs["state"], inputs["keys"], inputs["values"], inputs["lr"], inputs["retention"],
+                       inputs["momentum"], inputs["following"])
+
+
+def produced_and_gradients(step, cfg: LevelConfig, inputs: dict, memories: int):
+    state, read = step(cfg, inputs, memories)
+    produced = [*state.weights, *(state.momentum or []), *([] if read is None else [read])]
+    projection = torch.Generator().manual_seed(99)
+    loss = sum((p * torch.randn(p.shape, generator=projection, dtype=p.dtype)).sum() for p in produced)
+    return produced, torch.autograd.grad(loss, leaves(inputs))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def assert_kernel_matches(cfg: LevelConfig, memories: int = 1, following: int = 0) -> None:
+    produced, gradients = produced_and_gradients(kernel_step, cfg, draw(cfg, memories, following=following),
+                                                 memories)
+    expected, expected_gradients = produced_and_gradients(pytorch_step, cfg, draw(cfg, memories, following=following),
+                                                          memories)
+    assert len(produced) == len(expected)
+    for index, (actual, wanted) in enumerate(zip(produced, expected)):
+        assert actual.shape == wanted.shape
+        assert relative_error(actual, wanted) <= RTOL, f"output {index}"
+    for index, (actual, wanted) in enumerate(zip(gradients, expected_gradients)):
+        assert wanted.abs().sum() > 0, f"leaf {index} gets no gradient in the reference"
+        assert relative_error(actual, wanted) <= RTOL, f"gradient of leaf {index}"
+
+
+GRID = [
+    (state, activation, values, dgd, momentum)
+    for state, activation, values, dgd, momentum in itertools.product(
+        ["residual_mlp", "mlp"], ["silu", "gelu", "relu", "tanh"], ["given", "generated"], ["none", "first", "all"],
+        [False, True])
+]
+
+
+@pytest.mark.parametrize(("state", "activation", "values", "dgd", "momentum"), GRID)
+def test_kernel_matches_the_pytorch_step(state: str, activation: str, values: str, dgd: str, momentum: bool) -> None:
+    cfg = level(state, activation=activation, values=values, dgd=dgd != "none",
+                dgd_layers="all" if dgd == "all" else "first", momentum=momentum)
+    assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1))
+    assert_kernel_matches(cfg)
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_rectangular_mlp_with_given_values(momentum: bool) -> None:
+    assert_kernel_matches(level("mlp", d_out=4, momentum=momentum))
+
+
+@pytest.mark.parametrize(("memories", "following"), [(1, 3), (4, TOKENS), (3, 2)])
+def test_stacked_memories_on_shared_inputs_and_the_next_read(memories: int, following: int) -> None:
+    """HOPE's projections: A memories share keys, values and gates; the call also reads the next chunk."""
+    assert_kernel_matches(level(values="generated", dgd=True, momentum=True), memories, following)
+
+
+@pytest.mark.slow
+def test_hope_with_the_kernel_equals_hope_without() -> None:
+    """The whole model in float64, logits and every parameter gradient, at a length no chunk size divides."""
+    model = nldsl.load("specs/hope.nl", dim=16, heads=2).double()
+    tokens = torch.randint(0, 256, (2, 29), generator=torch.Generator().manual_seed(0))
+
+    def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        with fused.fused_writes(enable):
+            logits = model(tokens)
+        weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
+        (logits * weights).sum().backward()
+        return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    logits, gradients = run(True)
+    expected_logits, expected_gradients = run(False)
+    assert relative_error(logits, expected_logits) <= MODEL_RTOL
+    assert gradients.keys() == expected_gradients.keys()
+    for name, wanted in expected_gradients.items():
+        assert relative_error(gradients[name], wanted) <= MODEL_RTOL, name
+
+
+def test_dispatch_rule() -> None:
+    cpu = torch.zeros(1)
+    assert fused.applies(level(), cpu, cpu)
+    assert fused.applies(level("mlp", d_out=4), cpu, cpu)
+    assert not fused.applies(level(), cpu, None)  # no values to regress to
+    assert not fused.applies(level(grad_through_writes=False), cpu, cpu)
+    assert not fused.applies(level(orthogonalize_steps=2), cpu, cpu)
+    assert not fused.applies(level(objective="dot"), cpu, cpu)
+    assert not fused.applies(LevelConfig("linear", d_in=4, d_out=4, objective="l2", chunk_size=4), cpu, cpu)
+    assert not fused.applies(LevelConfig("mlp", d_in=4, d_out=4, hidden=4, depth=3, objective="l2"), cpu, cpu)
+    assert not fused.applies(level(), cpu.half(), cpu.half())
+    with fused.fused_writes(False):
+        assert not fused.applies(level(), cpu, cpu)
+    assert fused.applies(level(), cpu, cpu)
+
+
+def test_a_failed_build_warns_and_leaves_the_pytorch_step(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(fused, "SOURCE", tmp_path / "missing.cpp")
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert fused._build() is False
+    monkeypatch.setattr(fused, "_built", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not fused.applies(level(), torch.zeros(1), torch.zeros(1))
+
+
+@pytest.mark.slow
+def test_compiled_chunk_step_is_one_graph_and_matches_eager() -> None:
+    cfg = level(values="generated", dgd=True, momentum=True)
+    inputs = draw(cfg)
+    arguments = (cfg, inputs["state"], inputs["keys"], inputs["values"], None, inputs["lr"], inputs["retention"],
+                 inputs["momentum"])
+    _, eager = memory_chunk_step(*arguments)
+    torch._dynamo.reset()
+    _, compiled = torch.compile(memory_chunk_step, fullgraph=True, backend="aot_eager")(*arguments)
+    for actual, wanted in zip([*compiled.weights, *compiled.momentum], [*eager.weights, *eager.momentum]):
+        assert relative_error(actual, wanted) <= RTOL
