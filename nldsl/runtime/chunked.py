@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from nldsl.runtime import fused
+
 F = TypeVar("F", bound=Callable[..., Any])
 Carry = TypeVar("Carry")
 
@@ -88,6 +90,7 @@ def compiled_chunks(enable: bool = True, backend: Any = "inductor") -> Iterator[
     _enabled, _backend = enable, backend
     if enable:
         torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+        fused.available()  # build the fused write kernel now: a trace could not
     try:
         yield
     finally:
@@ -156,6 +159,8 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
     if mode not in (False, "chunks"):
         if recompute:
             raise ValueError("train.recompute needs train.compile = chunks or false")
+        if mode:
+            fused.available()  # build the fused write kernel before the trace, which could not
         return torch.compile(loss, fullgraph=fullgraph) if mode else loss
     if mode is False and not recompute:
         return loss

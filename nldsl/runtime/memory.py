@@ -503,6 +503,7 @@ def memory_chunk_step(
     assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
 
     if (queries is None or cfg.readout == "chunk_start") and fused.applies(cfg, keys, values):
+        assert values is not None  # fused.applies checks it
         return _fused_chunk_step(cfg, state, keys, values, queries, lr, retention, momentum_decay)
     prediction, deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, error_signal)
     write_lr = lr
@@ -541,6 +542,26 @@ def _fused_chunk_step(
     """
     outputs = None if queries is None else memory_forward(cfg, state.weights, queries)[0]
     return outputs, fused_write(cfg, state, keys, values, lr, retention, momentum_decay)[0]
+
+
+@chunk_body
+def pipelined_chunk_step(
+    cfg: LevelConfig,
+    state: MemoryState,
+    keys: Tensor,
+    values: Tensor,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum_decay: Tensor | None,
+    following: Tensor | None,
+) -> tuple[MemoryState, Tensor | None]:
+    """One chunk of a chunk-start level through the fused kernel, which also reads the next chunk.
+
+    The chunk's output, M_{θ_c} of its queries, came with the previous call (the first chunk's is
+    read before the loop); `following` (B, H, n', d_in) are the next chunk's queries, None for the
+    last chunk. Returns θ_{c+1} and M_{θ_{c+1}}(following).
+    """
+    return fused_write(cfg, state, keys, values, lr, retention, momentum_decay, following)
 
 
 def fused_write(
@@ -622,6 +643,18 @@ def memory_level(
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
         split_chunks(error_signal, size, 1, length),
     )
+    if cfg.readout == "chunk_start" and fused.applies(cfg, keys, values):
+        # Each kernel call writes its chunk and reads the next chunk's queries at the new state.
+        def pipelined_step(carry: tuple[MemoryState, Tensor], indexed: tuple) -> tuple[Tensor, tuple]:
+            index, (k, v, _, eta, alpha, beta, _) = indexed
+            following = query_chunks[index + 1] if index + 1 < len(query_chunks) else None
+            state, reading = carry
+            new_state, next_reading = pipelined_chunk_step(cfg, state, k, v, eta, alpha, beta, following)
+            return reading, (new_state, next_reading)
+
+        first_reading = memory_forward(cfg, state.weights, query_chunks[0])[0]
+        readings, (state, _) = run_chunks(pipelined_step, (state, first_reading), enumerate(pieces))
+        return torch.cat(readings, dim=-2), state
 
     def step(state: MemoryState, piece: tuple) -> tuple[Tensor | None, MemoryState]:
         k, v, q, eta, alpha, beta, signal = piece

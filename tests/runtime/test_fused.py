@@ -3,8 +3,9 @@
 The kernel's new θ and S, its read of the next chunk, and the gradients of every input agree in
 float64 with the PyTorch path (`memory_chunk_step` with the kernel off, `memory_forward` for the
 read) over every state, activation, value source, DGD placement and momentum it accepts, for one
-memory and for memories stacked on shared inputs (HOPE's projections); the whole HOPE model agrees
-with the kernel on and off; the dispatch rule; a failed build warns and leaves the PyTorch step;
+memory, for memories stacked on shared inputs (HOPE's projections) and for weights past its
+transpose limit; the whole HOPE model agrees with the kernel on and off; the dispatch rule; a
+failed build warns and leaves the PyTorch step;
 under torch.compile the kernel's chunk step is one graph (slow).
 """
 
@@ -31,9 +32,9 @@ MODEL_RTOL = 1e-9  # a whole HOPE model, float64, through many chunks
 BATCH, HEADS, WIDTH, HIDDEN, TOKENS = 2, 3, 6, 7, 5
 
 def level(state: str = "residual_mlp", **options) -> LevelConfig:
-    for name, default in (("d_in", WIDTH), ("d_out", WIDTH), ("objective", "l2")):
+    for name, default in (("d_in", WIDTH), ("d_out", WIDTH), ("objective", "l2"), ("hidden", HIDDEN)):
         options.setdefault(name, default)
-    return LevelConfig(state, hidden=HIDDEN, depth=2, chunk_size=TOKENS, readout="chunk_start", **options)
+    return LevelConfig(state, depth=2, chunk_size=TOKENS, readout="chunk_start", **options)
 
 
 def draw(cfg: LevelConfig, memories: int = 1, seed: int = 0, following: int = 0) -> dict:
@@ -137,6 +138,13 @@ def test_rectangular_mlp_with_given_values(momentum: bool) -> None:
     assert_kernel_matches(level("mlp", d_out=4, momentum=momentum))
 
 
+def test_large_weights_are_multiplied_from_the_left() -> None:
+    """Past the kernel's transpose limit (a CMS level's 512 × 128) products with Wᵀ run as (W Xᵀ)ᵀ."""
+    cfg = level("mlp", d_in=16, d_out=12, hidden=520, momentum=True, dgd=True, dgd_layers="all")
+    assert cfg.hidden * cfg.d_in > 8192  # kTransposeLimit in csrc/memory_write.cpp
+    assert_kernel_matches(cfg, following=3)
+
+
 @pytest.mark.parametrize(("memories", "following"), [(1, 3), (4, TOKENS), (3, 2)])
 def test_stacked_memories_on_shared_inputs_and_the_next_read(memories: int, following: int) -> None:
     """HOPE's projections: A memories share keys, values and gates; the call also reads the next chunk."""
@@ -170,6 +178,7 @@ def test_dispatch_rule() -> None:
     assert fused.applies(level(), cpu, cpu)
     assert fused.applies(level("mlp", d_out=4), cpu, cpu)
     assert not fused.applies(level(), cpu, None)  # no values to regress to
+    assert not fused.applies(level(objective="external"), cpu, None)  # the CMS surprise: measured no faster
     assert not fused.applies(level(grad_through_writes=False), cpu, cpu)
     assert not fused.applies(level(orthogonalize_steps=2), cpu, cpu)
     assert not fused.applies(level(objective="dot"), cpu, cpu)

@@ -113,6 +113,46 @@ inline void transpose(T* __restrict dst, const T* __restrict src, int64_t rows, 
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
+// The largest B (elements) that mm_nt transposes before an mm_nn: a small matrix transposes in
+// L1 at a few cycles an element, while a CMS level's 512 × 128 weight misses cache on every strided
+// write (a transpose then cost more than the product), so larger ones are multiplied from the left.
+constexpr int64_t kTransposeLimit = 8192;
+
+// Products with Bᵀ for one matrix B (rows × cols), C (M × rows) += A (M × cols) · Bᵀ: B transposed once
+// into a buffer when it is small (kTransposeLimit), then mm_nn; otherwise (B Aᵀ)ᵀ.
+template <typename T>
+struct TransposedRight {
+  std::vector<T> buffer;
+  const T* matrix = nullptr;
+  int64_t rows = 0, cols = 0;
+  bool transposed = false;
+  explicit TransposedRight(int64_t capacity) : buffer(std::min(capacity, kTransposeLimit)) {}
+
+  void set(const T* B, int64_t b_rows, int64_t b_cols) {
+    matrix = B, rows = b_rows, cols = b_cols;
+    transposed = rows * cols <= kTransposeLimit;
+    if (transposed) transpose(buffer.data(), B, rows, cols);
+  }
+
+  void times(T* C, const T* A, int64_t M) {
+    if (transposed) {
+      mm_nn(C, A, buffer.data(), M, cols, rows);
+      return;
+    }
+    // Cᵀ (rows × M) = B · Aᵀ: the big matrix streams through once on the left, and only the small
+    // A and the product are transposed
+    a_t.assign(cols * M, T(0));
+    c_t.assign(rows * M, T(0));
+    transpose(a_t.data(), A, M, cols);
+    mm_nn(c_t.data(), matrix, a_t.data(), rows, cols, M);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < rows; ++j) C[i * rows + j] += c_t[j * M + i];
+  }
+
+ private:
+  std::vector<T> a_t, c_t;
+};
+
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t count) {
   using Vec = Vectorized<T>;
@@ -195,7 +235,8 @@ struct Dims {
 // The forward intermediates of one problem's write, recomputed by the backward rather than saved.
 template <typename T>
 struct Forward {
-  std::vector<T> w1t, w2t, z, h, dz, ddz, y, zv, hv, dzv, g, gw, d1, d2;
+  TransposedRight<T> w1t, w2t;
+  std::vector<T> z, h, dz, ddz, y, zv, hv, dzv, g, gw, d1, d2;
   explicit Forward(const Dims& dm)
       : w1t(dm.d_in * dm.hidden), w2t(dm.hidden * dm.d_out), z(dm.n * dm.hidden), h(dm.n * dm.hidden),
         dz(dm.n * dm.hidden), ddz(dm.n * dm.hidden), y(dm.n * dm.d_out), zv(dm.n * dm.hidden),
@@ -205,20 +246,20 @@ struct Forward {
   // Everything up to the errors D1, D2 (the header's first four lines) for one problem.
   void run(const Dims& dm, const T* W1, const T* W2, const T* K, const T* V, bool second_derivative) {
     const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
-    transpose(w1t.data(), W1, hid, din);
-    transpose(w2t.data(), W2, dout, hid);
+    w1t.set(W1, hid, din);
+    w2t.set(W2, dout, hid);
     std::fill(z.begin(), z.end(), T(0));
-    mm_nn(z.data(), K, w1t.data(), n, din, hid);
+    w1t.times(z.data(), K, n);
     activate(dm.activation(), z.data(), h.data(), dz.data(), second_derivative ? ddz.data() : nullptr, n * hid);
     std::fill(y.begin(), y.end(), T(0));
-    mm_nn(y.data(), h.data(), w2t.data(), n, hid, dout);
+    w2t.times(y.data(), h.data(), n);
     // g = P − T
     if (dm.generated()) {
       std::fill(zv.begin(), zv.end(), T(0));
-      mm_nn(zv.data(), V, w1t.data(), n, din, hid);
+      w1t.times(zv.data(), V, n);
       activate(dm.activation(), zv.data(), hv.data(), dzv.data(), static_cast<T*>(nullptr), n * hid);
       std::fill(g.begin(), g.end(), T(0));
-      mm_nn(g.data(), hv.data(), w2t.data(), n, hid, dout);  // the target's memory part
+      w2t.times(g.data(), hv.data(), n);  // the target's memory part
       for (int64_t i = 0; i < n * dout; ++i) g[i] = y[i] - g[i];
       if (dm.residual())
         for (int64_t i = 0; i < n * dout; ++i) g[i] += K[i] - V[i];
@@ -237,20 +278,21 @@ struct Forward {
 // The read M_θ(X) of rows X (rows × d_in) at θ = (W1, W2), with what its backward needs.
 template <typename T>
 struct Read {
-  std::vector<T> w1t, w2t, z, h, dz, gh;
+  TransposedRight<T> w1t, w2t;
+  std::vector<T> z, h, dz, gh;
   Read(const Dims& dm, int64_t rows)
       : w1t(dm.d_in * dm.hidden), w2t(dm.hidden * dm.d_out), z(rows * dm.hidden), h(rows * dm.hidden),
         dz(rows * dm.hidden), gh(rows * dm.hidden) {}
 
   void forward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, T* out) {
     const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
-    transpose(w1t.data(), W1, hid, din);
-    transpose(w2t.data(), W2, dout, hid);
+    w1t.set(W1, hid, din);
+    w2t.set(W2, dout, hid);
     std::fill(z.begin(), z.end(), T(0));
-    mm_nn(z.data(), X, w1t.data(), rows, din, hid);
+    w1t.times(z.data(), X, rows);
     activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * hid);
     for (int64_t i = 0; i < rows * dout; ++i) out[i] = dm.residual() ? X[i] : T(0);
-    mm_nn(out, h.data(), w2t.data(), rows, hid, dout);
+    w2t.times(out, h.data(), rows);
   }
 
   // Given ∂out: ∂W1 += …, ∂W2 += … into G1, G2, and ∂X += … into GX.
@@ -270,9 +312,9 @@ struct Read {
 
  private:
   void forward_intermediates(const Dims& dm, const T* W1, const T* X, int64_t rows) {
-    transpose(w1t.data(), W1, dm.hidden, dm.d_in);
+    w1t.set(W1, dm.hidden, dm.d_in);
     std::fill(z.begin(), z.end(), T(0));
-    mm_nn(z.data(), X, w1t.data(), rows, dm.d_in, dm.hidden);
+    w1t.times(z.data(), X, rows);
     activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * dm.hidden);
   }
 };
@@ -282,19 +324,20 @@ struct Read {
 // ∂D_s = c_s E X_s + c'_s F X_s, ∂X_s += D_sᵀ(c_s E + c'_s F), ∂c_s += D_s·(E X_s), ∂c'_s += D_s·(F X_s).
 template <typename T>
 struct WriteBackward {
-  std::vector<T> et, ft, xe, xf, scaled;
+  TransposedRight<T> et, ft;
+  std::vector<T> xe, xf, scaled;
   WriteBackward(int64_t n, int64_t out, int64_t in)
       : et(in * out), ft(in * out), xe(n * out), xf(n * out), scaled(n * out) {}
 
   void backward(int64_t n, int64_t out, int64_t in, const T* D, const T* X, const T* E, const T* F, const T* c,
                 const T* c2, T* grad_D, T* grad_X, T* grad_c, T* grad_c2) {
-    transpose(et.data(), E, out, in);
+    et.set(E, out, in);
     std::fill(xe.begin(), xe.begin() + n * out, T(0));
-    mm_nn(xe.data(), X, et.data(), n, in, out);
+    et.times(xe.data(), X, n);
     if (F != nullptr) {
-      transpose(ft.data(), F, out, in);
+      ft.set(F, out, in);
       std::fill(xf.begin(), xf.begin() + n * out, T(0));
-      mm_nn(xf.data(), X, ft.data(), n, in, out);
+      ft.times(xf.data(), X, n);
     }
     for (int64_t s = 0; s < n; ++s) {
       const T* d = D + s * out;
@@ -531,7 +574,7 @@ std::vector<at::Tensor> memory_write_backward(
             gz[i] = fw.ddz[i] * fw.gw[i] * gd1[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
           }
           std::copy(gd2.begin(), gd2.end(), gg.begin());
-          mm_nn(gg.data(), ggw.data(), fw.w2t.data(), n, hid, dout);  // G W2 → ∂G += ∂(GW) W2ᵀ
+          fw.w2t.times(gg.data(), ggw.data(), n);                      // G W2 → ∂G += ∂(GW) W2ᵀ
           mm_tn(G2, fw.g.data(), ggw.data(), dout, n, hid);           // ∂W2 += Gᵀ ∂(GW)
           // G = P − T with P = Y + [residual] K: ∂Y = ∂G (+ ∂D2 with dgd), ∂T = −∂G
           std::vector<T>& gy = gd2;  // reused: ∂Y
