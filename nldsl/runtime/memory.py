@@ -545,25 +545,6 @@ def _fused_chunk_step(
 
 
 @chunk_body
-def pipelined_chunk_step(
-    cfg: LevelConfig,
-    state: MemoryState,
-    keys: Tensor,
-    values: Tensor,
-    lr: Tensor,
-    retention: Tensor | None,
-    momentum_decay: Tensor | None,
-    following: Tensor | None,
-) -> tuple[MemoryState, Tensor | None]:
-    """One chunk of a chunk-start level through the fused kernel, which also reads the next chunk.
-
-    The chunk's output, M_{θ_c} of its queries, came with the previous call (the first chunk's is
-    read before the loop); `following` (B, H, n', d_in) are the next chunk's queries, None for the
-    last chunk. Returns θ_{c+1} and M_{θ_{c+1}}(following).
-    """
-    return fused_write(cfg, state, keys, values, lr, retention, momentum_decay, following)
-
-
 def fused_write(
     cfg: LevelConfig,
     state: MemoryState,
@@ -578,6 +559,8 @@ def fused_write(
 
     keys, values (B, H, n, ·) and the gates (B, H, n) may serve A stacked memories (state (B, A·H, …),
     `fused.chunk_end_state`); next_inputs (B, H, n', d_in) are read at the new state (None: no read).
+    A chunk body of its own where `memory_level` runs a chunk-start level with it: each call writes
+    its chunk and reads the next chunk's queries, whose reading is that chunk's output.
     """
     rows, momentum_rows = _last_row_coefficients(retention, momentum_decay, lr, lr)
     momentum_scale = momentum_carry = momentum_writes = None
@@ -649,7 +632,7 @@ def memory_level(
             index, (k, v, _, eta, alpha, beta, _) = indexed
             following = query_chunks[index + 1] if index + 1 < len(query_chunks) else None
             state, reading = carry
-            new_state, next_reading = pipelined_chunk_step(cfg, state, k, v, eta, alpha, beta, following)
+            new_state, next_reading = fused_write(cfg, state, k, v, eta, alpha, beta, following)
             return reading, (new_state, next_reading)
 
         first_reading = memory_forward(cfg, state.weights, query_chunks[0])[0]

@@ -9,6 +9,7 @@ failed build warns and leaves the PyTorch step;
 under torch.compile the kernel's chunk step is one graph (slow).
 """
 
+import dataclasses
 import itertools
 import warnings
 
@@ -17,6 +18,7 @@ import torch
 
 import nldsl
 from nldsl.runtime import fused
+from nldsl.runtime.chunked import compiled_chunks
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
@@ -25,6 +27,7 @@ from nldsl.runtime.memory import (
     initial_memory_state,
     memory_chunk_step,
     memory_forward,
+    memory_level,
 )
 
 RTOL = 1e-10  # kernel vs PyTorch, float64: the same arithmetic in another order
@@ -211,3 +214,34 @@ def test_compiled_chunk_step_is_one_graph_and_matches_eager() -> None:
     _, compiled = torch.compile(memory_chunk_step, fullgraph=True, backend="aot_eager")(*arguments)
     for actual, wanted in zip([*compiled.weights, *compiled.momentum], [*eager.weights, *eager.momentum]):
         assert relative_error(actual, wanted) <= RTOL
+
+
+@pytest.mark.slow
+def test_chunk_start_level_reads_each_next_chunk_in_the_kernel_call_compiled_and_eager() -> None:
+    """memory_level pipelines a chunk-start level through the kernel: the same outputs, state and
+    gradients as the PyTorch chunk loop, eager and with the kernel's chunk body compiled (T not a
+    multiple of the chunk)."""
+    cfg = dataclasses.replace(level(values="generated", dgd=True, momentum=True), chunk_size=4)
+    generator = torch.Generator().manual_seed(3)
+    length = 11
+    shared = [w.requires_grad_() for w in init_memory_weights(cfg, HEADS, generator=generator, dtype=torch.float64)]
+    keys, queries, values = (torch.randn(BATCH, HEADS, length, WIDTH, generator=generator, dtype=torch.float64)
+                             .requires_grad_() for _ in range(3))
+    gates = [(0.1 + 0.8 * torch.rand(BATCH, HEADS, length, generator=generator, dtype=torch.float64)).requires_grad_()
+             for _ in range(3)]
+    leaves_ = [*shared, keys, queries, values, *gates]
+
+    def run(enable: bool, compiled: bool) -> tuple[list[torch.Tensor], tuple]:
+        state = initial_memory_state(cfg, shared, BATCH)
+        with fused.fused_writes(enable), compiled_chunks(compiled, backend="aot_eager"):
+            outputs, final = memory_level(cfg, state, keys, values, queries, *gates)
+        produced = [outputs, *final.weights, *(final.momentum or [])]
+        projection = torch.Generator().manual_seed(7)
+        loss = sum((p * torch.randn(p.shape, generator=projection, dtype=p.dtype)).sum() for p in produced)
+        return produced, torch.autograd.grad(loss, leaves_)
+
+    expected, expected_gradients = run(False, False)
+    for compiled in (False, True):
+        produced, gradients = run(True, compiled)
+        for actual, wanted in zip([*produced, *gradients], [*expected, *expected_gradients]):
+            assert relative_error(actual, wanted) <= RTOL
