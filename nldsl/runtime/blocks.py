@@ -204,7 +204,7 @@ def self_modifying_projections(
     adaptive = config.adaptive
     stacked = _stack_states([memories[name] for name in adaptive]) if adaptive else None
     x_chunks = split_chunks(x_heads, size, -2, length)
-    use_fused = stacked is not None and fused.applies(cfg, x_heads, x_heads)
+    use_fused = stacked is not None and fused.applies(cfg, x_heads, values=x_heads)  # v always exists here
 
     def arguments(index: int) -> tuple:
         return ({name: chunks[index] for name, chunks in static_chunks.items()},

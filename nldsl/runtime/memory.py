@@ -23,7 +23,10 @@ external, and either
 - the objective is dot with given values and no DGD, and readout is causal or exclusive: the
   inner gradient −η v kᵀ does not depend on the state, so every chunk size gives the same states
   (linear attention with decay) and the kernel can use its own block size.
-Every other level loops `memory_chunk_step` over ⌈T/C⌉ chunks.
+Every other level loops over ⌈T/C⌉ chunks: a chunk-start level that the fused write accepts
+(nldsl/runtime/fused.py, CPU) loops `fused_write`, each call writing its chunk and reading the
+next chunk's queries at the new state; the rest loop `memory_chunk_step`, which also hands a
+chunk that needs only its end state to the kernel.
 """
 
 import math

@@ -12,11 +12,14 @@
 //   W1' = A W1 + m S1 + Σ_s c_s D1_sᵀ K_s,   S1' = B S1 + Σ_s c'_s D1_sᵀ K_s
 //   W2' = A W2 + m S2 + Σ_s c_s D2_sᵀ H_s,   S2' = B S2 + Σ_s c'_s D2_sᵀ H_s
 //
-// and the backward is the same chain run in reverse by hand. Each problem's weights (8-64 KB at
-// HOPE's widths) stay in L1/L2 for the whole chunk: the unfused chunk step streams the whole
-// batch's state through ~27 batched products and ~15 elementwise passes instead.
-// Matrices are row-major and contiguous; every product is one of two loop nests whose innermost
-// loop runs along contiguous rows, so the compiler vectorises them.
+// and the backward is the same chain run in reverse by hand, recomputing the forward in cache.
+// Optionally the call also reads the next chunk's rows X at the new weights, R = M_θ'(X), while
+// they are in cache, so the caller's next chunk body needs no weight-sized tensor. Memories that
+// share their inputs (HOPE's M_k, M_v, M_η, M_α) stack along the head dim and take keys, values
+// and gates once per (sequence, head).
+// Matrices are row-major and contiguous. Every product runs through one register-blocked
+// micro-kernel (product_block) over ATen's vector type; products with a weight's transpose
+// transpose it once when it is small and multiply it from the left, (W Xᵀ)ᵀ, when it is not.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
