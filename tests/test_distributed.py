@@ -50,6 +50,13 @@ def torchrun(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Complete
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO)
 
 
+def stderr_of(completed: subprocess.CompletedProcess) -> str:
+    """A failed torchrun's stderr for the assertion message: the workers' own messages come first
+    and the launcher's summary last, so both ends are kept."""
+    text = completed.stderr
+    return text if len(text) <= 6000 else f"{text[:4000]}\n[…]\n{text[-2000:]}"
+
+
 def assert_close(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert found.keys() == expected.keys()
     for name, tensor in expected.items():
@@ -62,7 +69,7 @@ def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_process):
     completed = torchrun(tmp_path / "run", text_file)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.returncode == 0, stderr_of(completed)
     assert completed.stdout.count("run folder:") == 1  # only rank 0 speaks
     assert_close(final_parameters(tmp_path / "run"), single_process)
 
@@ -71,7 +78,7 @@ def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_proce
 def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path, text_file, single_process):
     run_dir = tmp_path / "run"
     completed = torchrun(run_dir, text_file, "--fsdp")
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.returncode == 0, stderr_of(completed)
     assert_close(final_parameters(run_dir), single_process)
     uninterrupted = final_parameters(run_dir)
     (run_dir / "checkpoints" / "latest").write_text("step-000002\n")  # as if killed during step 3
@@ -79,7 +86,7 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path, text_file, singl
         file.unlink()
     (run_dir / "checkpoints" / "step-000003").rmdir()
     completed = torchrun(run_dir, text_file, "--fsdp", "--resume")
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.returncode == 0, stderr_of(completed)
     for name, tensor in final_parameters(run_dir).items():
         assert torch.equal(tensor, uninterrupted[name]), name
 
@@ -91,7 +98,7 @@ def test_fsdp_on_gpus(tmp_path, text_file, single_process):
                "train", str(SPEC), *[f"--set={o}" for o in OVERRIDES], "--data", str(text_file),
                "--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress", "--fsdp"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.returncode == 0, stderr_of(completed)
     found = final_parameters(tmp_path / "run")
     for name, tensor in single_process.items():
         assert torch.allclose(found[name], tensor, atol=1e-3), name  # TF32 matmuls on the GPU
