@@ -229,7 +229,6 @@ void activate(int64_t kind, const T* __restrict z, T* __restrict value, T* __res
 struct Dims {
   int64_t n, d_in, hidden, d_out;
   int64_t flags;
-  bool momentum;
   bool residual() const { return flags & kResidual; }
   bool generated() const { return flags & kGenerated; }
   int64_t activation() const { return (flags >> kActivationShift) & 3; }
@@ -388,10 +387,10 @@ struct Layout {
 };
 
 Layout layout_of(const at::Tensor& W1, const at::Tensor& W2, const at::Tensor& keys, const at::Tensor& values,
-                 bool momentum, int64_t flags) {
+                 int64_t flags) {
   TORCH_CHECK(W1.dim() == 4 && W2.dim() == 4 && keys.dim() == 4 && values.dim() == 4,
               "memory_write: weights (B, A·H, rows, cols), keys and values (B, H, n, width)");
-  Dims dm{keys.size(2), W1.size(3), W1.size(2), W2.size(2), flags, momentum};
+  Dims dm{keys.size(2), W1.size(3), W1.size(2), W2.size(2), flags};
   TORCH_CHECK(W2.size(3) == dm.hidden && keys.size(3) == dm.d_in && values.size(3) == dm.d_out,
               "memory_write: mismatched widths");
   TORCH_CHECK(W1.size(1) % keys.size(1) == 0, "memory_write: the weights' heads must be a multiple of the keys'");
@@ -420,7 +419,7 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
                                      const std::optional<at::Tensor>& momentum_write_weights,
                                      const std::optional<at::Tensor>& next_inputs, int64_t flags) {
   const bool momentum = S1.has_value();
-  const Layout lay = layout_of(W1, W2, keys, values, momentum, flags);
+  const Layout lay = layout_of(W1, W2, keys, values, flags);
   const Dims& dm = lay.dm;
   const Operands op(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
                    momentum_write_weights, next_inputs);
@@ -488,7 +487,7 @@ std::vector<at::Tensor> memory_write_backward(
     const std::optional<at::Tensor>& next_inputs, const std::optional<at::Tensor>& new_W1,
     const std::optional<at::Tensor>& new_W2, int64_t flags) {
   const bool momentum = S1.has_value();
-  const Layout lay = layout_of(W1, W2, keys, values, momentum, flags);
+  const Layout lay = layout_of(W1, W2, keys, values, flags);
   const Dims& dm = lay.dm;
   const Operands op(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
                    momentum_write_weights, next_inputs);
