@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    status = _run(argv)
+    workers = sys.modules.get("nldsl.runtime.distributed")  # loaded only by commands that may join a group
+    if workers is not None:
+        workers.end_worker(status)  # a torchrun worker ends here (see end_worker)
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

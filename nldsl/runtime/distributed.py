@@ -24,6 +24,7 @@ schedule, NaN checks) from the same all-reduced numbers, so they never disagree 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from nldsl.cli import UserError
+
+_joined = False  # whether this process started a process group (it is a torchrun worker)
 
 
 @dataclass
@@ -77,13 +80,39 @@ def setup(device: str = "auto", fsdp: bool = False) -> Distributed:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device, local_rank)
+    global _joined
     if world_size > 1 and not dist.is_initialized():
+        # Importing torch._dynamo after the group exists keeps a reference to it (torch 2.13; the
+        # optimizers import dynamo), so destroy_process_group would leave gloo's worker threads
+        # running into interpreter shutdown, where one releasing a finished collective's tensors
+        # aborts the process ("terminate called without an active exception") after a
+        # successful run. Imported first, the group and its threads end in `teardown`.
+        import torch._dynamo
+
         if resolved.type == "cuda":
             torch.cuda.set_device(resolved)
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        _joined = True
     if fsdp and world_size == 1:
         raise UserError("--fsdp shards the model over processes: start it with torchrun --nproc_per_node=N")
     return Distributed(rank, world_size, local_rank, resolved, fsdp)
+
+
+def end_worker(status: int) -> None:
+    """End a torchrun worker process now, without the interpreter's shutdown, once its run is over.
+
+    Under FSDP the group outlives `destroy_process_group` (DTensor's sharding cache holds the
+    device mesh, which holds the group), so gloo's worker threads are still alive when the
+    interpreter shuts down; one that releases a finished collective's tensors then needs the
+    GIL, which a finalizing interpreter no longer grants, and the process aborts after a
+    successful run. Every file is closed by then, so skipping the shutdown loses nothing.
+    A process that joined no group returns normally.
+    """
+    if not _joined:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def teardown(context: Distributed, together: bool = True) -> None:
