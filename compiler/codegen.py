@@ -745,13 +745,17 @@ class Generator:
                 w('"""Logits (B, T, V) for tokens (B, T); `targets` are next tokens (−1 = none) for the')
                 w("surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues")
                 w('a stream: pass the state returned by a previous call with `return_state=True`."""')
+                unembed = "self.embed" if model.tie_embeddings else "self.head"
+                w("states = state if state is not None else [{} for _ in range(LAYERS)]")
+                w("if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was")
+                with w.indent():
+                    w(f"logits = F.linear(F.embedding(tokens, self.embed), {unembed})  # (B, 0, V)")
+                    w("return (logits, states) if return_state else logits")
                 w("if targets is None:")
                 with w.indent():
                     w("targets = F.pad(tokens[:, 1:], (0, 1), value=-1)")
-                unembed = "self.embed" if model.tie_embeddings else "self.head"
                 w(f"ctx = R.HeadContext(targets, self.final_norm, {unembed}, NORM_EPS)")
                 w("h = F.embedding(tokens, self.embed)  # (B, T, d)")
-                w("states = state if state is not None else [{} for _ in range(LAYERS)]")
                 w("new_states = []")
                 w("for index, block in enumerate(self.blocks):")
                 with w.indent():

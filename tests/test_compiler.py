@@ -243,8 +243,21 @@ def test_two_halves_with_carried_state_equal_one_shot(name: str) -> None:
     targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
     whole = model(tokens, targets)
     first, state = model(tokens[:, :16], targets[:, :16], return_state=True)
+    empty, state = model(tokens[:, :0], targets[:, :0], state=state, return_state=True)  # leaves it as it was
     second = model(tokens[:, 16:], targets[:, 16:], state=state)
+    assert empty.shape == (2, 0, spec.model.vocab)
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("path", model_specs(), ids=lambda p: p.stem)
+def test_an_empty_sequence_gives_empty_logits_and_the_initial_state(path: Path) -> None:
+    spec = shrunk(check_file(path).spec)
+    model = perturbed_model(spec, seed=4)
+    tokens = torch.zeros(3, 0, dtype=torch.long)
+    logits, state = model(tokens, return_state=True)
+    assert logits.shape == (3, 0, spec.model.vocab)
+    one = torch.randint(0, spec.model.vocab, (3, 5), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(model(one, state=state), model(one), rtol=0, atol=0)
 
 
 # The generated text -------------------------------------------------------------------------------

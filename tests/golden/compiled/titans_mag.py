@@ -284,11 +284,14 @@ class Model(nn.Module):
         """Logits (B, T, V) for tokens (B, T); `targets` are next tokens (−1 = none) for the
         surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues
         a stream: pass the state returned by a previous call with `return_state=True`."""
+        states = state if state is not None else [{} for _ in range(LAYERS)]
+        if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was
+            logits = F.linear(F.embedding(tokens, self.embed), self.embed)  # (B, 0, V)
+            return (logits, states) if return_state else logits
         if targets is None:
             targets = F.pad(tokens[:, 1:], (0, 1), value=-1)
         ctx = R.HeadContext(targets, self.final_norm, self.embed, NORM_EPS)
         h = F.embedding(tokens, self.embed)  # (B, T, d)
-        states = state if state is not None else [{} for _ in range(LAYERS)]
         new_states = []
         for index, block in enumerate(self.blocks):
             h, block_state = block(h, ctx, states[index])
