@@ -104,6 +104,39 @@ def test_fsdp_on_gpus(tmp_path, text_file, single_process):
         assert torch.allclose(found[name], tensor, atol=1e-3), name  # TF32 matmuls on the GPU
 
 
+GROUP_LIFETIME = """
+import os, sys, torch
+from nldsl.runtime import distributed
+def gloo_threads():
+    return [t for t in os.listdir("/proc/self/task") if "gloo" in open(f"/proc/self/task/{t}/comm").read()]
+context = distributed.setup("cpu")
+optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])  # imports torch._dynamo
+before = len(gloo_threads())
+distributed.teardown(context)
+with open(os.path.join(sys.argv[1], f"rank{context.rank}.txt"), "w") as report:
+    report.write(f"{before} {len(gloo_threads())}")
+distributed.end_worker(7)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_teardown_ends_the_group_and_end_worker_exits_with_the_status(tmp_path):
+    """A group that outlives teardown leaves gloo threads running into interpreter shutdown, where
+    they can abort the process after a successful run (nldsl/runtime/distributed.py)."""
+    script = tmp_path / "group.py"
+    script.write_text(GROUP_LIFETIME)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO)
+    for rank in (0, 1):
+        report = tmp_path / f"rank{rank}.txt"
+        assert report.exists(), stderr_of(completed)
+        before, after = (int(n) for n in report.read_text().split())
+        assert before > 0 and after == 0, f"rank {rank}: {before} gloo threads before teardown, {after} after"
+    assert "exitcode  : 7" in completed.stderr  # torchrun reports the status end_worker exited with
+
+
 def test_one_process_needs_no_process_group_and_refuses_fsdp():
     context = distributed.setup("cpu")
     assert (context.rank, context.world_size, context.is_main, context.active) == (0, 1, True, False)
