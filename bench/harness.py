@@ -158,6 +158,13 @@ def measure_step(step: Callable[[], Any], warmup: int = 1, repeats: int = 3, dev
 def alternate(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device: str = "cpu",
               warmup: int = 1) -> dict[str, float]:
     """Median seconds of each contender, timed in interleaved rounds after `warmup` untimed calls each."""
+    samples = alternate_samples(contenders, rounds, device, warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def alternate_samples(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device: str = "cpu",
+                      warmup: int = 1) -> dict[str, list[float]]:
+    """Every timed call's seconds of each contender, in interleaved rounds (see `alternate`)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -165,7 +172,7 @@ def alternate(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device:
     for _ in range(rounds):
         for name, fn in contenders.items():
             samples[name].append(timed(fn, device))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def _visible_pairs(length: int, window: int, extra: int) -> float:

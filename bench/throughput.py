@@ -2,9 +2,12 @@
 
 A step is forward + backward + gradient clipping + AdamW (the spec's outer optimizer), on random
 tokens. The batch keeps B·T at a fixed token budget, so every length does the same work per step
-for a model whose cost is linear in T. Each point builds a fresh model; eager and compiled run
-back to back on identical inputs. The compile column is the first compiled step minus a timed
-one (dynamo + inductor). Compiled points whose unrolled chunk loop is long are skipped: dynamo
+for a model whose cost is linear in T. Each (spec, length) builds a fresh model whose modes step
+in interleaved rounds on identical inputs (`harness.alternate_samples`), so a neighbour's burst
+on the shared machine lands on every mode alike and the compiled/eager ratios compare like with
+like. (Points measured before 2026-12-03 ran the modes back to back; their `interleaved` field is
+absent.) The compile column is the first compiled step minus a timed one (dynamo + inductor).
+Compiled points whose unrolled chunk loop is long are skipped: dynamo
 unrolls every chunk of every level, and inductor's time grows with the graph (`chunk_steps`).
 The `chunks` mode (`train.compile = chunks`) compiles each chunk body once instead, so its compile
 time does not grow with T; it runs for the specs whose layers loop over chunks, and is eager for
@@ -18,20 +21,22 @@ the others (so it is skipped there).
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 
 import torch
 
 from bench.harness import (
     TrainStep,
+    alternate_samples,
     build,
     log,
     machine,
-    measure_step,
     model_specs,
     parameter_count,
     random_tokens,
     read_result,
+    timed,
     write_result,
 )
 from nldsl.runtime.blocks import CMSLevel
@@ -66,20 +71,37 @@ def has_chunk_bodies(model: torch.nn.Module) -> bool:
     return any(not uses_delta_kernel(cfg) for cfg in _level_configs(model))
 
 
-def measure_point(spec: str, length: int, batch: int, compiled: bool | str, repeats: int) -> dict:
+def measure_modes(spec: str, length: int, batch: int, modes: list[str], repeats: int) -> dict[str, dict]:
+    """Each mode's step at one (spec, length), the modes interleaved round by round on one model.
+
+    A compiled mode's first step (its compilation) is timed alone first; a mode that fails there
+    gets an `error` and the others go on."""
     model, optimizer = build(spec, seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
-    step = TrainStep(model, optimizer, compiled=compiled)
-    timing = measure_step(lambda: step(tokens, targets), warmup=2 if compiled else 1, repeats=repeats)
-    if compiled:
+    points: dict[str, dict] = {}
+    contenders, first_seconds = {}, {}
+    for mode in modes:
+        step = TrainStep(model, optimizer, compiled=COMPILE_MODES[mode])
+        try:
+            first_seconds[mode] = timed(lambda step=step: step(tokens, targets))
+        except Exception as error:  # a failing mode is recorded, the others go on
+            points[mode] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            continue
+        contenders[mode] = lambda step=step: step(tokens, targets)
+    samples = alternate_samples(contenders, rounds=repeats, warmup=1)
+    if any(COMPILE_MODES[mode] for mode in modes):
         torch._dynamo.reset()
-    return {
-        "tokens_per_second": batch * length / timing.seconds,
-        "step_seconds": timing.seconds,
-        "all_seconds": timing.all_seconds,
-        "compile_seconds": max(0.0, timing.first_seconds - timing.seconds) if compiled else None,
-        "parameters": parameter_count(model),
-    }
+    for mode, seconds in samples.items():
+        median = statistics.median(seconds)
+        points[mode] = {
+            "tokens_per_second": batch * length / median,
+            "step_seconds": median,
+            "all_seconds": seconds,
+            "compile_seconds": max(0.0, first_seconds[mode] - median) if COMPILE_MODES[mode] else None,
+            "parameters": parameter_count(model),
+            "interleaved": True,
+        }
+    return points
 
 
 def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: int, repeats: int,
@@ -98,25 +120,30 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
             batch = max(1, budget // length)
             model = build(spec, seq_len=length)[0]
             steps, looped = chunk_steps(model, length), has_chunk_bodies(model)
-            for mode in modes:
-                if (spec, length, mode) in done:
-                    continue
-                point = {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
-                         "measured": machine()["time"]}
+            pending = [mode for mode in modes if (spec, length, mode) not in done]
+            if not pending:
+                continue
+            points = {mode: {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
+                             "measured": machine()["time"]} for mode in pending}
+            for mode, point in points.items():
                 if mode == "compiled" and steps > compile_limit:
                     point["skipped"] = f"{steps} unrolled chunk steps > {compile_limit} (compile time)"
                 elif mode == "chunks" and not looped:
                     point["skipped"] = "no chunk loops: the same as eager"
-                else:
-                    try:
-                        point.update(measure_point(spec, length, batch, COMPILE_MODES[mode], repeats))
-                    except Exception as error:  # a failing point is recorded, the sweep goes on
-                        point["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            measured = [mode for mode, point in points.items() if "skipped" not in point]
+            if measured:
+                try:
+                    for mode, found in measure_modes(spec, length, batch, measured, repeats).items():
+                        points[mode].update(found)
+                except Exception as error:  # a failing point is recorded, the sweep goes on
+                    for mode in measured:
+                        points[mode]["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            for mode, point in points.items():
                 result["points"].append(point)
-                write_result(NAME, result)
                 shown = (f"{point['tokens_per_second']:,.0f} tok/s" if "tokens_per_second" in point
                          else point.get("skipped") or point.get("error"))
                 log(f"train {spec} T={length} B={batch} {mode}: {shown}")
+            write_result(NAME, result)
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import harness, profiles, smoke
+from bench import harness, profiles, smoke, throughput
 from bench.throughput import chunk_steps
 from bench.transformer_pp import TransformerConfig, TransformerPP
 
@@ -119,6 +119,32 @@ def test_chunk_steps_counts_every_unrolled_chunk() -> None:
     assert chunk_steps(model, 64) == 4 * model.spec.model.layers  # period 16
     transformer, _ = harness.build("specs/transformer.nl", seq_len=64)
     assert chunk_steps(transformer, 64) == 0
+
+
+def test_training_throughput_interleaves_the_modes_and_records_a_failing_one(monkeypatch) -> None:
+    order = []
+    real_step = harness.TrainStep
+
+    class Recorded(real_step):  # eager steps that log their mode's name; "broken" fails
+        def __post_init__(self) -> None:
+            self.name, self.compiled = self.compiled, False
+            super().__post_init__()
+
+        def __call__(self, tokens, targets):
+            order.append(self.name)
+            if self.name == "broken":
+                raise RuntimeError("cannot compile this")
+            return super().__call__(tokens, targets)
+
+    monkeypatch.setattr(throughput, "TrainStep", Recorded)
+    monkeypatch.setattr(throughput, "COMPILE_MODES", {name: name for name in ("eager", "other", "broken")})
+    points = throughput.measure_modes("specs/transformer.nl", 32, 2, ["eager", "other", "broken"], repeats=3)
+    assert points["broken"] == {"error": "RuntimeError: cannot compile this"}
+    for mode in ("eager", "other"):
+        assert points[mode]["interleaved"] and len(points[mode]["all_seconds"]) == 3
+        assert points[mode]["tokens_per_second"] == pytest.approx(64 / points[mode]["step_seconds"])
+    # the first calls, one warm-up each, then three rounds with the two modes in turn
+    assert order == ["eager", "other", "broken", "eager", "other"] + ["eager", "other"] * 3
 
 
 @pytest.mark.slow
