@@ -110,8 +110,11 @@ def end_worker(status: int) -> None:
     """
     if not _joined:
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to deliver there
+            pass
     os._exit(status)
 
 
