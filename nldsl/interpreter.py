@@ -68,6 +68,8 @@ def interpret(
     run = _Run(model, spec.train.seq_len, tokens, converted["final_norm"], head)
 
     hidden = converted["embed"][tokens]  # (B, T, d)
+    if tokens.shape[1] == 0:  # an empty sequence reads and writes nothing
+        return run.logits(hidden)
     for index in range(model.layers):
         block = _Scope(converted, f"blocks.{index}.")
         for layer in model.block.sublayers:

@@ -25,7 +25,7 @@ from test_interpreter import shrunk
 
 from nldsl import loader
 from nldsl.checker import check_file, check_text
-from nldsl.interpreter import interpret
+from nldsl.interpreter import init_params, interpret
 from nldsl.runtime.memory import memory_level as run_memory_level
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,6 +256,7 @@ def test_an_empty_sequence_gives_empty_logits_and_the_initial_state(path: Path) 
     tokens = torch.zeros(3, 0, dtype=torch.long)
     logits, state = model(tokens, return_state=True)
     assert logits.shape == (3, 0, spec.model.vocab)
+    assert interpret(spec, init_params(spec), tokens).shape == (3, 0, spec.model.vocab)
     one = torch.randint(0, spec.model.vocab, (3, 5), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(model(one, state=state), model(one), rtol=0, atol=0)
 
