@@ -13,7 +13,8 @@
 - `alternate`: time several contenders in rounds, interleaved, and keep each one's median, so a
   ratio compares like with like on a machine whose load changes.
 - `count_flops`: FLOPs of one forward + backward from `torch.utils.flop_counter.FlopCounterMode`,
-  plus causal attention, which the counter does not see on the CPU.
+  plus causal attention, which the counter does not see on the CPU; `largest_products`: FLOPs of
+  a call's matrix products by operand shapes, largest first (where a step's arithmetic goes).
 - `matmul_peak`: this machine's fp32 matmul rate, measured with a large `torch.mm` loop.
 - `write_result`, `read_result`: bench/results/NAME.json, rewritten after every point so an
   interrupted run keeps what it measured.
@@ -220,6 +221,29 @@ def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
     per_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     total = sum(n for op, n in per_op.items() if "attention" not in op)
     return total, per_op
+
+
+def largest_products(fn: Callable[[], Any], top: int = 3) -> list[dict[str, Any]]:
+    """The `top` (operator, operand shapes) of one call's mm / bmm products by FLOPs, with their call counts."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    flops: dict[tuple[str, tuple, tuple], list[float]] = {}
+    products = {torch.ops.aten.mm.default: "mm", torch.ops.aten.bmm.default: "bmm"}
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in products:
+                a, b = args[0].shape, args[1].shape
+                entry = flops.setdefault((products[func], tuple(a), tuple(b)), [0.0, 0])
+                entry[0] += 2.0 * math.prod(a) * b[-1]
+                entry[1] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Products():
+        fn()
+    ranked = sorted(flops.items(), key=lambda item: -item[1][0])[:top]
+    return [{"product": f"{op} {list(a)} × {list(b)}", "flops": n, "calls": calls}
+            for (op, a, b), (n, calls) in ranked]
 
 
 def matmul_peak(size: int = 2048, seconds: float = 2.0, device: str = "cpu", dtype=torch.float32) -> float:

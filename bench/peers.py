@@ -10,7 +10,9 @@ its ratio is measured side by side. Peers are used only as installed packages:
   width, depth, segment, persistent tokens, memory chunk), full training steps.
 - `hope_nested_learning`: specs/hope.nl against nested-learning's `hope_selfmod` HOPE with its
   in-context updates on, trained as its own loop does (a differentiable read pass, backward, the
-  optimizer step, then the self-modifying and CMS update pass with the teach signal).
+  optimizer step, then the self-modifying and CMS update pass with the teach signal). Both steps'
+  FLOPs are counted and this machine's matmul peak measured in the same run, which gives the
+  ratio's ceiling: nested-learning's time over nldsl's FLOPs at that peak.
 - `delta_ops`: the exact delta kernel (nldsl/runtime/delta.py) against flash-linear-attention's
   pure-torch reference ops for the delta rule and the gated delta rule, forward + backward, with
   the largest output difference (both compute the same recurrence).
@@ -41,8 +43,11 @@ from bench.harness import (
     TrainStep,
     alternate,
     build,
+    count_flops,
+    largest_products,
     log,
     machine,
+    matmul_peak,
     parameter_count,
     random_tokens,
     read_result,
@@ -177,11 +182,22 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
                         rounds=rounds, warmup=2)  # the first chunk-compiled step compiles
     torch._dynamo.reset()
     best = min(seconds["nldsl_eager"], seconds["nldsl_chunks"])
+    # What bounds the ratio: each side's arithmetic. The eager step counts every product of the model
+    # (the chunk-compiled step's fused kernel is invisible to the counter but computes the same ones).
+    flops = {"nldsl": count_flops(lambda: ours(tokens, targets))[0], "nested_learning": count_flops(their_step)[0]}
+    products = {"nldsl": largest_products(lambda: ours(tokens, targets)),
+                "nested_learning": largest_products(their_step)}
+    peak = matmul_peak()
     return {"config": {"width": width, "layers": layers, "heads": heads, "length": length, "batch": batch,
                        "chunks": "memory 16, projections 8, CMS 16/64/4096"},
             "parameters": {"nldsl": parameter_count(model), "nested_learning": parameter_count(theirs)},
             "tokens_per_second": {name: batch * length / s for name, s in seconds.items()},
-            "speedup_vs_nested_learning": seconds["nested_learning"] / best}
+            "speedup_vs_nested_learning": seconds["nested_learning"] / best,
+            "flops_per_step": flops, "matmul_peak": peak, "largest_products": products,
+            "achieved_flops": {name: flops["nested_learning" if name == "nested_learning" else "nldsl"] / s
+                               for name, s in seconds.items()},
+            # the ratio if nldsl's step ran every counted FLOP at the matmul peak and nothing else
+            "speedup_ceiling": seconds["nested_learning"] * peak / flops["nldsl"]}
 
 
 def fla_naive(module: str):

@@ -134,8 +134,8 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         titans.get("error", "—"), None if best is None else best >= 3, "python -m bench peers --only titans_layer")
     nested = comparisons.get("hope_nested_learning", {})
     row("HOPE ≥ 30× nested-learning hope_selfmod (≥ 20× in the compiler issue)",
-        f"{nested['speedup_vs_nested_learning']:.1f}×" if "speedup_vs_nested_learning" in nested else
-        nested.get("error", "—"),
+        (f"{nested['speedup_vs_nested_learning']:.1f}×" + nested_learning_ceiling(nested))
+        if "speedup_vs_nested_learning" in nested else nested.get("error", "—"),
         None if "speedup_vs_nested_learning" not in nested else nested["speedup_vs_nested_learning"] >= 30,
         "python -m bench peers --only hope_nested_learning")
     reference = comparisons.get("memory_reference", {})
@@ -165,6 +165,16 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
             f"{floor['spec_compiled'] / floor['hand_compiled']:.2f}× the hand-written compiled",
             floor["spec_compiled"] > floor["spec_eager"], "python -m bench peers --only floor")
     return ["| target | measured | status | command |", "|---|---|---|---|", *rows]
+
+
+def nested_learning_ceiling(nested: dict) -> str:
+    """The HOPE comparison's ceiling, when the run counted both sides' FLOPs: the ratio nldsl would reach
+    running every counted FLOP of its step at the matmul peak measured in the same run."""
+    if "speedup_ceiling" not in nested:
+        return ""
+    flops = nested["flops_per_step"]
+    return (f" (ceiling at the measured matmul peak {nested['speedup_ceiling']:.1f}×: nldsl counts "
+            f"{flops['nldsl'] / 1e9:.0f} GFLOP a step, nested-learning {flops['nested_learning'] / 1e9:.0f})")
 
 
 def compile_ratios(train: dict | None) -> dict[str, float]:
@@ -223,9 +233,13 @@ def peers_section(peers: dict) -> list[str]:
             lines += [f"| {k} | {v:,.0f} |" for k, v in outcome["tokens_per_second"].items()]
             lines.append("")
         for key in ("speedup_vs_titans_pytorch", "speedup_vs_nested_learning", "hope_over_transformer", "speedup",
-                    "speedup_eager", "max_relative_output_difference", "seconds", "import_note"):
+                    "speedup_eager", "speedup_ceiling", "max_relative_output_difference", "seconds",
+                    "flops_per_step", "achieved_flops", "matmul_peak", "import_note"):
             if outcome.get(key) is not None:
                 lines += [f"{key.replace('_', ' ')}: {_readable(key, outcome[key])}", ""]
+        for side, products in outcome.get("largest_products", {}).items():
+            lines += [f"largest products ({side}): " + "; ".join(
+                f"{p['product']} {p['flops'] / 1e9:,.1f} GFLOP in {p['calls']:,} calls" for p in products), ""]
     return lines
 
 
@@ -234,6 +248,8 @@ def _readable(key: str, value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{name} {_readable(key, v)}" for name, v in value.items())
     if isinstance(value, float):
+        if key in ("flops_per_step", "achieved_flops", "matmul_peak"):
+            return f"{value / 1e9:,.1f} GFLOP" + ("" if key == "flops_per_step" else "/s")
         if key == "seconds":
             return f"{value:.3f} s"
         if key.startswith("max_relative"):

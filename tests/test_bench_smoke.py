@@ -114,6 +114,14 @@ def test_flop_count_of_a_linear_layer_and_causal_attention() -> None:
     assert harness.attention_flops(model, 1, 16) == 3 * 2 * 2 * pairs * 32 * model.spec.model.layers
 
 
+
+def test_largest_products_ranks_matrix_products_by_flops() -> None:
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    c, d = torch.randn(2, 4, 8), torch.randn(2, 8, 5)
+    ranked = harness.largest_products(lambda: (a @ b, torch.bmm(c, d), c @ d), top=2)
+    assert ranked == [{"product": "bmm [2, 4, 8] × [2, 8, 5]", "flops": 2 * 2 * 2 * 4 * 8 * 5, "calls": 2},
+                      {"product": "mm [4, 8] × [8, 3]", "flops": 2 * 4 * 8 * 3, "calls": 1}]
+
 def test_chunk_steps_counts_every_unrolled_chunk() -> None:
     model, _ = harness.build("specs/titans_lmm.nl", seq_len=64)
     assert chunk_steps(model, 64) == 4 * model.spec.model.layers  # period 16
@@ -163,3 +171,17 @@ def test_report_tables_growth_per_4x_length_and_rounds_values() -> None:
     assert report._readable("speedup", 8.1237) == "8.12×"
     assert report._readable("seconds", {"a": 1.02392}) == "a 1.024 s"
     assert report._readable("max_relative_output_difference", 4.53e-07) == "4.5e-07"
+    assert report._readable("flops_per_step", {"nldsl": 49.09e9}) == "nldsl 49.1 GFLOP"
+    assert report._readable("matmul_peak", 87.7e9) == "87.7 GFLOP/s"
+
+
+def test_report_states_the_nested_learning_ratio_ceiling() -> None:
+    from bench import report
+
+    measured = {"speedup_vs_nested_learning": 6.3, "speedup_ceiling": 24.46,
+                "flops_per_step": {"nldsl": 49.1e9, "nested_learning": 397e9}}
+    rows = report.targets_section({"comparisons": {"hope_nested_learning": measured}}, None, None)
+    row = next(line for line in rows if "nested-learning" in line)
+    assert "6.3× (ceiling at the measured matmul peak 24.5×: nldsl counts 49 GFLOP a step, nested-learning 397)" in row
+    assert "missed" in row
+    assert report.nested_learning_ceiling({"speedup_vs_nested_learning": 6.3}) == ""  # an older result: no ceiling
