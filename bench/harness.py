@@ -224,16 +224,18 @@ def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
 
 
 def largest_products(fn: Callable[[], Any], top: int = 3) -> list[dict[str, Any]]:
-    """The `top` (operator, operand shapes) of one call's mm / bmm products by FLOPs, with their call counts."""
+    """The `top` (operator, operand shapes) of one call's mm / addmm / bmm products by FLOPs, with their call counts."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     flops: dict[tuple[str, tuple, tuple], list[float]] = {}
-    products = {torch.ops.aten.mm.default: "mm", torch.ops.aten.bmm.default: "bmm"}
+    aten = torch.ops.aten
+    products = {aten.mm.default: "mm", aten.bmm.default: "bmm", aten.addmm.default: "addmm"}
 
     class Products(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in products:
-                a, b = args[0].shape, args[1].shape
+                a, b = (args[1], args[2]) if func is aten.addmm.default else (args[0], args[1])
+                a, b = a.shape, b.shape
                 entry = flops.setdefault((products[func], tuple(a), tuple(b)), [0.0, 0])
                 entry[0] += 2.0 * math.prod(a) * b[-1]
                 entry[1] += 1

@@ -144,6 +144,13 @@ def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int =
             "speedup_vs_titans_pytorch": seconds["titans_pytorch"] / seconds["nldsl_eager"]}
 
 
+def _arithmetic(step) -> tuple[float, list[dict]]:
+    """FLOPs and largest products of one call of `step`, counted in one pass (a peer's step takes seconds)."""
+    counted: list[float] = []
+    products = largest_products(lambda: counted.append(count_flops(step)[0]))
+    return counted[0], products
+
+
 def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, length: int = 512, batch: int = 2,
                          rounds: int = 3) -> dict:
     """specs/hope.nl vs nested-learning's hope_selfmod, in-context updates on in both."""
@@ -184,9 +191,9 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
     best = min(seconds["nldsl_eager"], seconds["nldsl_chunks"])
     # What bounds the ratio: each side's arithmetic. The eager step counts every product of the model
     # (the chunk-compiled step's fused kernel is invisible to the counter but computes the same ones).
-    flops = {"nldsl": count_flops(lambda: ours(tokens, targets))[0], "nested_learning": count_flops(their_step)[0]}
-    products = {"nldsl": largest_products(lambda: ours(tokens, targets)),
-                "nested_learning": largest_products(their_step)}
+    arithmetic = {"nldsl": _arithmetic(lambda: ours(tokens, targets)), "nested_learning": _arithmetic(their_step)}
+    flops = {side: counted for side, (counted, _) in arithmetic.items()}
+    products = {side: largest for side, (_, largest) in arithmetic.items()}
     peak = matmul_peak()
     return {"config": {"width": width, "layers": layers, "heads": heads, "length": length, "batch": batch,
                        "chunks": "memory 16, projections 8, CMS 16/64/4096"},

@@ -118,9 +118,11 @@ def test_flop_count_of_a_linear_layer_and_causal_attention() -> None:
 def test_largest_products_ranks_matrix_products_by_flops() -> None:
     a, b = torch.randn(4, 8), torch.randn(8, 3)
     c, d = torch.randn(2, 4, 8), torch.randn(2, 8, 5)
-    ranked = harness.largest_products(lambda: (a @ b, torch.bmm(c, d), c @ d), top=2)
+    bias = torch.randn(3)
+    ranked = harness.largest_products(lambda: (a @ b, torch.bmm(c, d), c @ d, torch.addmm(bias, a, b)), top=3)
     assert ranked == [{"product": "bmm [2, 4, 8] × [2, 8, 5]", "flops": 2 * 2 * 2 * 4 * 8 * 5, "calls": 2},
-                      {"product": "mm [4, 8] × [8, 3]", "flops": 2 * 4 * 8 * 3, "calls": 1}]
+                      {"product": "mm [4, 8] × [8, 3]", "flops": 2 * 4 * 8 * 3, "calls": 1},
+                      {"product": "addmm [4, 8] × [8, 3]", "flops": 2 * 4 * 8 * 3, "calls": 1}]
 
 def test_chunk_steps_counts_every_unrolled_chunk() -> None:
     model, _ = harness.build("specs/titans_lmm.nl", seq_len=64)
