@@ -8,6 +8,7 @@ never a Python traceback; `NLDSL_DEBUG=1` shows tracebacks of internal errors.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,14 @@ from .diagnostics import Diagnostic, render_json, render_text, summary
 
 class UserError(Exception):
     """A problem the user can fix (bad path, bad option); printed as one line, exit status 1."""
+
+
+def write_output(path: str, text: str) -> None:
+    """Write a command's `-o` file; a path that cannot be written is the user's to fix."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _color(stream) -> bool:
@@ -94,7 +103,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if args.format == "json" or (args.output and args.output.endswith(".json")):
         text = graph.to_json()
         if args.output:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_output(args.output, text)
         else:
             sys.stdout.write(text)
         return 0
@@ -131,7 +140,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     source = compile_spec(result.spec, result.sources[result.spec.path].text)
     if args.output:
-        Path(args.output).write_text(source, encoding="utf-8")
+        write_output(args.output, source)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(source)
@@ -212,14 +221,35 @@ def _run(argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:
+        if not _user_facing(error) or os.environ.get("NLDSL_DEBUG"):
+            return _internal_error(error)
+        # a path that does not exist or cannot be written, a full disk: the user's to fix, not a bug
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except SystemExit:
         raise
-    except Exception as error:  # an internal error: say so plainly, keep the traceback behind a flag
-        if os.environ.get("NLDSL_DEBUG"):
-            raise
-        print(f"internal error: {type(error).__name__}: {error}\n"
-              "this is a bug in nldsl; rerun with NLDSL_DEBUG=1 for the traceback", file=sys.stderr)
-        return 3
+    except Exception as error:
+        return _internal_error(error)
+
+
+# errnos of the machine rather than of nldsl: no space, no permission, a read-only file system, quota
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
+
+
+def _user_facing(error: OSError) -> bool:
+    """An OSError about a path (a missing folder, a file in the way) or about the machine."""
+    return error.filename is not None or error.errno in _ENVIRONMENT_ERRNOS
+
+
+def _internal_error(error: Exception) -> int:
+    """An internal error: say so plainly, keep the traceback behind a flag."""
+    if os.environ.get("NLDSL_DEBUG"):
+        raise error
+    print(f"internal error: {type(error).__name__}: {error}\n"
+          "this is a bug in nldsl; rerun with NLDSL_DEBUG=1 for the traceback", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

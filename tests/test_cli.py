@@ -198,3 +198,32 @@ def test_check_output_does_not_depend_on_the_hash_seed():
     assert all(done.returncode == 1 and "Traceback" not in done.stderr for done in outputs)
     assert outputs[0].stdout == outputs[1].stdout
     assert json.loads(outputs[0].stdout)
+
+
+@pytest.mark.parametrize("command", [["compile", "{spec}", "-o", "{out}"], ["graph", "{spec}", "-o", "{out}.json"],
+                                     ["graph", "{spec}", "-o", "{out}.dot"]])
+def test_an_output_path_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys, command):
+    spec = TITANS
+    out = tmp_path / "missing" / "model"
+    assert main([part.format(spec=spec, out=out) for part in command]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") or err.startswith("cannot write"), err
+    assert "No such file or directory" in err and "internal error" not in err and err.count("\n") == 1
+
+
+def test_an_os_error_about_a_path_is_the_users_and_any_other_error_is_internal(monkeypatch, capsys):
+    import nldsl.cli as cli
+
+    def missing_folder(_args):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/run")
+
+    monkeypatch.setattr(cli, "cmd_compile", missing_folder)
+    assert main(["compile", TITANS]) == 1
+    assert capsys.readouterr().err == "error: /nowhere/run: No such file or directory\n"
+
+    def bug(_args):
+        raise OSError("a socket went away")  # no path, not the machine's errno: nldsl's own fault
+
+    monkeypatch.setattr(cli, "cmd_compile", bug)
+    assert main(["compile", TITANS]) == 3
+    assert "internal error" in capsys.readouterr().err

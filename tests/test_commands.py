@@ -234,3 +234,25 @@ def test_bench_speed_outside_a_checkout_says_where_to_run_it(monkeypatch, capsys
                         lambda name, *a: None if name.split(".")[0] == "bench" else real(name, *a))
     assert main(["bench", "speed"]) == 1
     assert "source checkout" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "{run}", "--temperature", "-1"], "--temperature must be a finite number ≥ 0"),
+    (["generate", "{run}", "--temperature", "nan"], "--temperature must be a finite number ≥ 0"),
+    (["stream", "{run}", "--segment", "0"], "--segment must be at least 1"),
+    (["stream", "{run}", "--max-tokens", "-3"], "--max-tokens must be at least 0"),
+    (["eval", "{run}", "--batches", "0"], "--batches must be at least 1"),
+    (["stream", "{run}", "--state-out", "{tmp}/missing/state.safetensors"], "no folder"),
+    (["stream", "{run}", "--state-out", "{tmp}"], "it is a folder"),
+])
+def test_out_of_range_options_and_unwritable_outputs_are_refused_before_any_work(
+        run_dir, tmp_path, capsys, monkeypatch, args, message):
+    def no_work(*_args, **_kwargs):
+        raise AssertionError("the command ran before checking its options")
+
+    monkeypatch.setattr(E, "stream", no_work)  # the stream's learning would be lost to a late refusal
+    monkeypatch.setattr(E, "evaluate_text", no_work)
+    monkeypatch.setattr(E, "generate", no_work)
+    assert main([a.format(run=run_dir, tmp=tmp_path) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

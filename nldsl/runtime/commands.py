@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def _text(args: argparse.Namespace, loaded) -> tuple[str, str]:
 def eval_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import evaluate_text
 
+    if args.batches is not None and args.batches < 1:
+        raise UserError("--batches must be at least 1")
     loaded = _load(args)
     text, what = _text(args, loaded)
     evaluation = evaluate_text(loaded, text, args.batches)
@@ -77,6 +80,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 0")
     if args.top_k < 0:
         raise UserError("--top-k must be at least 0 (0 = no top-k filter)")
+    if not args.temperature >= 0 or args.temperature == float("inf"):  # also refuses NaN
+        raise UserError(f"--temperature must be a finite number ≥ 0 (0 = greedy), not {args.temperature}")
     loaded = _load(args)
     text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
                     args.seed, loaded.spec.train.seq_len, loaded.device)
@@ -87,10 +92,14 @@ def generate_command(args: argparse.Namespace) -> int:
 def stream_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import load_stream_state, save_stream_state, stream, stream_parts
 
+    if args.segment is not None and args.segment < 1:
+        raise UserError("--segment must be at least 1")
+    if args.max_tokens is not None and args.max_tokens < 0:
+        raise UserError("--max-tokens must be at least 0")
+    if args.state_out:
+        _check_writable(Path(args.state_out))  # before the stream, whose learning the state keeps
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
-    if segment < 1:
-        raise UserError("--segment must be at least 1")
     text, what = _text(args, loaded)
     tokens = loaded.tokenizer.encode(text)
     if args.max_tokens is not None:
@@ -117,6 +126,17 @@ def stream_command(args: argparse.Namespace) -> int:
         print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending} token(s) wait for "
               "the next text)")
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output file whose folder is missing or read-only before any work is done."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {path}: folder {folder} is not writable")
 
 
 def bench_command(args: argparse.Namespace) -> int:
