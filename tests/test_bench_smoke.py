@@ -187,3 +187,17 @@ def test_report_states_the_nested_learning_ratio_ceiling() -> None:
     assert "6.3× (ceiling at the measured matmul peak 24.5×: nldsl counts 49 GFLOP a step, nested-learning 397)" in row
     assert "missed" in row
     assert report.nested_learning_ceiling({"speedup_vs_nested_learning": 6.3}) == ""  # an older result: no ceiling
+
+
+def test_report_puts_the_ratio_against_nested_learnings_defaults_beside_the_matched_one() -> None:
+    from bench import report
+
+    measured = {"speedup_vs_nested_learning": 6.3, "speedup_vs_nested_learning_defaults": 8.04,
+                "speedup_ceiling": 24.46, "flops_per_step": {"nldsl": 49.1e9, "nested_learning": 397e9}}
+    rows = report.targets_section({"comparisons": {"hope_nested_learning": measured}}, None, None)
+    row = next(line for line in rows if "nested-learning" in line)
+    assert "| 6.3× (ceiling" in row
+    assert "nested-learning 397; against nested-learning at its default chunk size 1: 8.0×)" in row
+    assert "missed" in row  # the matched ratio decides the target
+    assert report.nested_learning_ceiling({"speedup_vs_nested_learning_defaults": 8.04}) == \
+        " (against nested-learning at its default chunk size 1: 8.0×)"
