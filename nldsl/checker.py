@@ -570,10 +570,10 @@ class Checker:
         self.optimizer_overrides = [(parts[2:], attr) for parts, attr in path_overrides
                                     if parts[:2] == ["train", "optimizer"] and len(parts) > 2]
         for parts, attr in path_overrides:
-            if parts[:2] == ["train", "optimizer"] and len(parts) > 2:
-                continue  # applied where the optimizer section is expanded (Converter.train_optimizer)
             if parts[0] == "train" and "train" not in roots:  # training has defaults: `--set` may still set it
                 roots["train"] = Tree("train", None, attr.span, attr.key_span)
+            if parts[:2] == ["train", "optimizer"] and len(parts) > 2:
+                continue  # applied where the optimizer is converted (Converter.train_optimizer)
             self.apply_path_override(roots, parts, attr)
         converter = Converter(self)
         optimizers = []
@@ -1061,6 +1061,13 @@ class Converter:
         optimizer_attr = tree.attrs.pop("optimizer", None)
         values = self.fields(tree, S.TrainSpec, "train")
         self.children(tree, {}, "`train`")
+        if optimizer_attr is None and self.checker.optimizer_overrides:
+            # `--set train.optimizer.lr=…` on a spec that keeps the default optimizer: override that
+            first_override = self.checker.optimizer_overrides[0][1]
+            optimizer = self.builtin_optimizer(_default_optimizer_call(tree.header), first_override)
+            if optimizer is None or values is None:
+                return None
+            values["optimizer"] = optimizer
         if optimizer_attr is not None:
             tree.attrs["optimizer"] = optimizer_attr
             optimizer = self.train_optimizer(optimizer_attr)
@@ -1094,7 +1101,7 @@ class Converter:
                     self.checker.apply_path_override({"optimizer": tree}, ["optimizer", *parts], override)
                 return self.optimizer(tree, f"train.optimizer.{tree.name}")
             if expr.dotted in ("adamw", "sgd", "muon", "m3"):
-                return S.BuiltinOptimizer(kind=expr.dotted)
+                return self.builtin_optimizer(CallValue(expr.dotted, (), (), expr.span), attr)
             self.bag.error("E0201", f"unknown optimizer `{expr.dotted}`", expr.span,
                            did_you_mean(expr.dotted, ["adamw", "sgd", "muon", "m3", *attr.ns.sections])
                            or "use `adamw(lr = …)`, `muon(…)`, `sgd(…)`, `m3(…)` or an `optimizer` section")
@@ -1105,6 +1112,34 @@ class Converter:
             if error.diagnostic is not None:
                 self.bag.items.append(error.diagnostic)
             return None
+        return self.builtin_optimizer(raw, attr)
+
+    def builtin_optimizer(self, raw: Any, attr: Attr) -> Any:
+        """A built-in optimizer call (`adamw(lr = 3e-3)`) with the `--set train.optimizer.ARG=…`
+        overrides applied to its arguments, validated; None after a diagnostic."""
+        if isinstance(raw, CallValue):
+            cls = S.KINDED_VALUES.get(raw.name)
+            positional = cls.POSITIONAL if cls is not None else ()
+            args, kwargs = list(raw.args), list(raw.kwargs)
+            for parts, override in self.checker.optimizer_overrides:
+                if len(parts) > 1:
+                    self.bag.error("E0206", f"`{raw.name}(…)` is a built-in optimizer: it has no section `{parts[0]}`",
+                                   override.key_span, "override one of its arguments, e.g. `--set "
+                                   "train.optimizer.lr=0.01`, or train with an `optimizer` section")
+                    return None
+                try:
+                    value = self.checker.evaluate(override.value, override.ns)
+                except EvalError as error:
+                    if error.diagnostic is not None:
+                        self.bag.items.append(error.diagnostic)
+                    return None
+                name = parts[0]
+                self.checker.provenance[f"train.optimizer.{name}"] = override.origin
+                if name in positional and positional.index(name) < len(args):
+                    args[positional.index(name)] = value  # `adamw(3e-3)`: the positional lr
+                else:
+                    kwargs = [kwarg for kwarg in kwargs if kwarg[0] != name] + [(name, value, override.value.span)]
+            raw = CallValue(raw.name, tuple(args), tuple(kwargs), raw.span)
         value = self.validate(S.TrainSpec, "optimizer", raw, attr)
         return None if value is _INVALID else value
 
@@ -1131,6 +1166,13 @@ class Converter:
 
 class _Invalid:
     pass
+
+
+def _default_optimizer_call(span: Span) -> CallValue:
+    """`train`'s default optimizer (S.TrainSpec) as the call that writes it, for overrides of its arguments."""
+    default = S.TrainSpec.model_fields["optimizer"].default_factory()
+    arguments = default.model_dump(exclude={"kind"}, exclude_defaults=True)
+    return CallValue(default.kind, (), tuple((name, value, span) for name, value in arguments.items()), span)
 
 
 _INVALID = _Invalid()

@@ -126,6 +126,26 @@ def test_override_of_train_without_a_train_section(tmp_path):
     assert result.ok and result.spec.train.seq_len == 32
 
 
+@pytest.mark.parametrize(("spec_text", "overrides", "expected"), [
+    ("train {\n  optimizer = adamw(lr = 3e-3, weight_decay = 0.1)\n}\n", ["train.optimizer.lr=0.01"],
+     ("adamw", 0.01, 0.1)),
+    ("train {\n  optimizer = sgd(0.05)\n}\n", ["train.optimizer.lr=0.2"], ("sgd", 0.2, 0.0)),  # positional lr
+    ("train {\n  optimizer = muon\n}\n", ["train.optimizer.weight_decay=0.01"], ("muon", 1e-3, 0.01)),
+    ("", ["train.optimizer.lr=0.02"], ("adamw", 0.02, 0.1)),  # no train section: the default optimizer
+    ("train {\n  optimizer = sgd(0.05)\n}\n", ["train.optimizer=adamw", "train.optimizer.lr=0.2"], ("adamw", 0.2, 0.0)),
+])
+def test_override_of_a_built_in_optimizers_argument(tmp_path, spec_text, overrides, expected):
+    spec = tmp_path / "tiny.nl"
+    spec.write_text("model tiny {\n  dim = 64\n  block { mlp { } }\n}\n" + spec_text, encoding="utf-8")
+    result = check_file(spec, overrides)
+    assert result.ok, [d.message for d in result.diagnostics]
+    optimizer = result.spec.train.optimizer
+    assert (optimizer.kind, optimizer.lr, optimizer.weight_decay) == expected
+    argument = overrides[-1].split("=")[0].split(".")[-1]
+    assert result.provenance[f"train.optimizer.{argument}"] == f"--set {overrides[-1]}"
+    assert result.spec.sha256 != check_file(spec).spec.sha256
+
+
 @pytest.mark.parametrize(("override", "code", "text"), [
     ("dimm=3", "E0206", "did you mean `dim`?"),
     ("train.stepz=5", "E0203", "did you mean `steps`?"),
@@ -147,12 +167,17 @@ def test_unknown_override_key_suggests_the_nearest(capsys, override, code, text)
     ("dim=64 / 0", "E0304", "division by zero"),
     ("dim=64 const extra = 1", "E0206", "has more than one value"),
     ("model=3", "E0206", "unknown override `model`"),
+    # a built-in optimizer's arguments: checked like the others, never ignored
+    ("train.optimizer.lr=-1", "E0302", "`lr` should be greater than 0"),
+    ("train.optimizer.foo=1", "E0305", "`adamw` has no argument `foo`"),
+    ("train.optimizer.m.lr=1", "E0206", "`adamw(…)` is a built-in optimizer: it has no section `m`"),
 ])
 def test_bad_override_value(capsys, override, code, text):
     status, out, _ = run(capsys, "check", "--format", "json", TITANS, "--set", override)
     assert status == 1
     items = json.loads(out)
     assert [(item["code"], text in item["message"]) for item in items] == [(code, True)], items
+    assert all(item["file"] == "<--set 1>" for item in items), "it points at the override"
 
 
 def test_explain_prints_the_entry(capsys):
