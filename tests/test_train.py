@@ -192,7 +192,11 @@ def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
     assert "default corpus" in capsys.readouterr().out
 
 
-def test_an_interrupted_run_resumes_exactly(tmp_path, text_file, monkeypatch):
+@pytest.mark.parametrize(("stop", "checkpoints", "rerun"), [
+    (KeyboardInterrupt, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
+    (RuntimeError, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
+])
+def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, checkpoints, rerun):
     spec = REPO / "specs/titans_lmm.nl"
     overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=6", "train.log_every=1",
                  "train.checkpoint_every=3", "train.eval_every=0"]
@@ -204,23 +208,37 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, text_file, monkeypatch):
     whole = run(tmp_path / "whole")
     real = D.batch_at
 
-    def killed_at_step_5(text, seed, step, *args, **kwargs):
+    def stopped_at_step_5(text, seed, step, *args, **kwargs):
         if step == 4:
-            raise KeyboardInterrupt
+            raise stop
         return real(text, seed, step, *args, **kwargs)
 
-    monkeypatch.setattr(D, "batch_at", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
+    with pytest.raises(stop):
         run(tmp_path / "cut")
     assert sorted(losses(tmp_path / "cut")) == [1, 2, 3, 4]
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "cut/checkpoints").glob("step-*")) == checkpoints
     monkeypatch.setattr(D, "batch_at", real)
     resumed = run(tmp_path / "cut", resume=True)
-    assert sorted(resumed.losses) == [4, 5, 6]
+    assert sorted(resumed.losses) == rerun
     logged = [(e["step"], e["loss"]) for e in metrics(tmp_path / "cut") if "loss" in e]
     assert logged == [(e["step"], e["loss"]) for e in metrics(tmp_path / "whole") if "loss" in e]
     assert dict(logged) == whole.losses and [step for step, _ in logged] == [1, 2, 3, 4, 5, 6]
     for name, tensor in weights(whole.checkpoint).items():
         assert torch.equal(tensor, weights(resumed.checkpoint)[name]), name
+
+
+def test_ctrl_c_inside_an_update_waits_for_the_update_to_finish():
+    import os
+    import signal
+
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with T._deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # delivered here, held until the block ends
+            done.append("the rest of the update")
+    assert done == ["the rest of the update"]
+    assert signal.getsignal(signal.SIGINT) is before  # the usual handler is back
 
 
 def test_clock_levels_are_stepped_only_when_their_clock_fires(tmp_path, clock_spec, text_file):

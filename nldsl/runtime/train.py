@@ -22,7 +22,8 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
 - Exact resume: batches depend only on (seed, step); the checkpoint holds the weights, the
   optimizer state, the clock sums and the RNG states, and the lr is a function of the step, so a
   resumed run computes the same losses as one that was never interrupted. Metrics logged after the
-  checkpoint by the interrupted run are dropped when it resumes.
+  checkpoint by the interrupted run are dropped when it resumes. Ctrl-C checkpoints the steps done
+  since the last checkpoint first (one process only; a step's update is never cut in half).
 - Timing: the first step (which compiles, when compiling) is timed on its own and kept out of
   tokens/s; evaluation and checkpoint time are kept out too.
 - A loss or gradient norm that is not finite stops the run before the optimizer step, with a
@@ -31,11 +32,15 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,15 +358,16 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         return evaluation_from_sums(*sums)
 
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
+    saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
-    def save(step: int, evaluation: Evaluation | None) -> None:
+    def save(step: int, evaluation: Evaluation | None, rng: dict[str, Tensor] | None = None) -> None:
         model_state, optimizer_state = distributed.full_state_dicts(model, optimizer, context)
         clock_tensors = clock.tensors()
         message = None
         if context.is_main:
             structure, tensors = C.optimizer_to_files(optimizer_state)
             tensors.update(clock_tensors)
-            tensors.update(C.rng_tensors())
+            tensors.update(rng if rng is not None else C.rng_tensors())
             record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation)
             extra = None
             if isinstance(tokenizer, D.BPETokenizer):
@@ -374,6 +380,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         message = distributed.broadcast_object(message, context)
         if message:
             raise C.CheckpointError(message)
+        saved_step[0] = step
 
     parameters = [p for _, p in named]
     losses: dict[int, float] = {}
@@ -386,6 +393,8 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                disable=not (context.is_main and options.progress))
     model.train()
     step = start
+    # what an interrupt between steps saves: the steps done, the RNG at that boundary, its evaluation
+    completed, boundary_rng, evaluated_at = start, C.rng_tensors(), None
     try:
         for step in range(start, plan.steps):
             began = time.perf_counter()
@@ -413,9 +422,11 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                     f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped "
                     f"before the optimizer step, nothing from this step was written; {kept} (lower the learning "
                     "rate or set train.clip, then --resume)")
-            clock.tick(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with _deferred_interrupt():  # a step's update is applied whole or not at all
+                clock.tick(step)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            completed, boundary_rng = step + 1, C.rng_tensors()
             seconds = time.perf_counter() - began
             losses[step + 1] = loss_value
             step_seconds[step + 1] = seconds
@@ -433,7 +444,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                                "tokens_per_s": speed, "time_s": round(train_seconds + (first_step_seconds or 0), 4)})
                 window_seconds, window_steps = 0.0, 0
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
-                evaluation = evaluate_now()
+                evaluation, evaluated_at = evaluate_now(), done
                 if metrics is not None:
                     metrics.write({"step": done, "eval_loss": evaluation.loss, "eval_perplexity": evaluation.perplexity,
                                    "eval_bpb": evaluation.bits_per_byte})
@@ -442,8 +453,8 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 save(done, evaluation)
     except KeyboardInterrupt:
         bar.close()
-        _say(context, f"interrupted at step {step + 1}; the last checkpoint is {last_checkpoint[0]} "
-                      "(continue with --resume)")
+        _save_on_interrupt(context, completed, saved_step, last_checkpoint,
+                           lambda: save(completed, evaluation if evaluated_at == completed else None, boundary_rng))
         raise
     finally:
         bar.close()
@@ -488,6 +499,39 @@ def _describe_source(record: dict[str, Any]) -> str:
     if source["kind"] == "default":
         return f"default corpus (Python {source['python']} standard library + pydoc topics)"
     return f"{len(record['train']['documents'])} file(s) from --data"
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[int],
+                       last_checkpoint: list[Path | None], save: Any) -> None:
+    """After Ctrl-C: checkpoint the steps done since the last checkpoint, then say where the run stands.
+
+    Steps are whole (`_deferred_interrupt`), so the state is that of `completed` steps. Processes
+    of a distributed run are not all at the same step when the signal arrives; they keep the last
+    regular checkpoint."""
+    if completed > saved_step[0] and not context.active:
+        try:
+            save()  # sets saved_step and last_checkpoint
+        except C.CheckpointError as error:
+            _say(context, f"could not checkpoint step {completed}: {error}")
+    where = (f"the last checkpoint is {last_checkpoint[0]} (step {saved_step[0]}; continue with --resume)"
+             if last_checkpoint[0] else "no checkpoint was written yet")
+    _say(context, f"interrupted after {completed} step(s); {where}")
 
 
 def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, module: Any, optimizer: Any,
