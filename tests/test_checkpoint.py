@@ -189,3 +189,45 @@ def test_parameters_must_match_by_name_and_shape(tmp_path):
     with pytest.raises(C.CheckpointError, match=r"another model: missing b; unexpected extra; w is \(2, 2\)"):
         C.check_parameters(tensors, {"w": (2, 3), "b": (4,)}, tmp_path)
     C.check_parameters({"w": torch.zeros(2, 3)}, {"w": (2, 3)}, tmp_path)
+
+
+def damage(path):
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact_one_and_says_so(tmp_path):
+    for step in (1, 2, 3):
+        save(tmp_path, step)
+    damage(tmp_path / "checkpoints" / "step-000003")
+    damage(tmp_path / "checkpoints" / "step-000002")
+    warnings: list[str] = []
+    found = C.load_for_resume(tmp_path, warnings.append)
+    assert found is not None and found.record["step"] == 1
+    assert len(warnings) == 2 and "step-000003" in warnings[0] and "resuming from step-000002" in warnings[0]
+    assert "resuming from step-000001" in warnings[1]
+    damage(tmp_path / "checkpoints" / "step-000001")
+    with pytest.raises(C.CheckpointError, match=r"no older checkpoint of .* is intact"):
+        C.load_for_resume(tmp_path, warnings.append)
+
+
+def test_resume_without_a_latest_pointer_takes_the_newest_complete_checkpoint(tmp_path):
+    assert C.load_for_resume(tmp_path, print) is None  # no checkpoint at all: nothing to resume
+    for step in (999_999, 1_000_000):  # past six digits, names no longer sort by step
+        save(tmp_path, step)
+    (tmp_path / "checkpoints" / "latest").unlink()  # e.g. a crash right after the first rename
+    assert C.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-1000000"
+    found = C.load_for_resume(tmp_path, print)
+    assert found is not None and found.record["step"] == 1_000_000
+    (tmp_path / "checkpoints" / "latest").write_text("step-000009\n")  # a pointer to nothing
+    warnings: list[str] = []
+    found = C.load_for_resume(tmp_path, warnings.append)
+    assert found is not None and found.record["step"] == 1_000_000 and "not a complete checkpoint" in warnings[0]
+
+
+def test_pruning_keeps_the_newest_by_step_number(tmp_path):
+    for step in (999_998, 999_999, 1_000_000, 1_000_001):
+        save(tmp_path, step, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-1000000", "step-1000001"]

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,8 +205,7 @@ def prune(folder: Path, keep: int) -> None:
     """Remove all but the newest `keep` checkpoints (never the one `latest` names) and leftovers of
     interrupted writes."""
     latest = (folder / LATEST).read_text(encoding="utf-8").strip() if (folder / LATEST).exists() else None
-    complete = sorted((p for p in folder.glob("step-*") if p.is_dir()), key=lambda p: p.name)
-    for path in complete[:-keep]:
+    for path in step_folders(folder)[:-keep]:
         if path.name != latest:
             shutil.rmtree(path, ignore_errors=True)
     for path in folder.glob(".step-*"):
@@ -214,11 +214,21 @@ def prune(folder: Path, keep: int) -> None:
 
 # Loading ----------------------------------------------------------------------------------------------
 
+def step_folders(folder: Path) -> list[Path]:
+    """The `step-N` folders of a checkpoints folder, oldest first (by N: names sort wrongly past 999,999)."""
+    steps = [(int(p.name[5:]), p) for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return [path for _, path in sorted(steps)]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The folder `checkpoints/latest` names, or None when the run has no checkpoint yet."""
+    """The folder `checkpoints/latest` names, or None when the run has no checkpoint yet.
+
+    Without the pointer (a crash between a first checkpoint's rename and the pointer's write, or a
+    deleted file), the newest complete `step-N` folder: each is complete before it is renamed."""
     pointer = run_dir / CHECKPOINTS / LATEST
     if not pointer.exists():
-        return None
+        complete = [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
+        return complete[-1] if complete else None
     name = pointer.read_text(encoding="utf-8").strip()
     path = run_dir / CHECKPOINTS / name
     if not name or not (path / RECORD_FILE).exists():
@@ -286,6 +296,34 @@ def load_checkpoint(target: str | Path) -> Checkpoint:
     model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
     training = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE))
     return Checkpoint(path, record, model, training)
+
+
+def load_for_resume(run_dir: Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint of a run that reads back whole: the latest one or, when that one is
+    damaged, the newest older one (each one passed over is reported through `warn`). None when the
+    run has no checkpoint; CheckpointError when it has some and none of them is intact."""
+    try:
+        latest = latest_checkpoint(run_dir)
+    except CheckpointError as error:  # a pointer to a missing or partial folder
+        warn(str(error))
+        latest = None
+    complete = [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
+    older = [path for path in reversed(complete) if path != latest]
+    if latest is not None and latest.name[5:].isdigit():
+        older = [path for path in older if int(path.name[5:]) < int(latest.name[5:])]
+    candidates = ([latest] if latest is not None else []) + older
+    if not candidates:
+        if (run_dir / CHECKPOINTS / LATEST).exists():
+            raise CheckpointError(f"{run_dir / CHECKPOINTS} holds no complete checkpoint")
+        return None
+    for path, following in zip(candidates, [*candidates[1:], None]):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as error:
+            if following is None:
+                raise CheckpointError(f"{error}; no older checkpoint of {run_dir} is intact") from None
+            warn(f"{error}; resuming from {following.name}, the checkpoint before it, instead")
+    raise AssertionError("unreachable: the last candidate returns or raises")
 
 
 def check_parameters(model_tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], where: Path) -> None:

@@ -262,7 +262,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     if options.resume:
         if not run_dir.is_dir():
             raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
-        found = C.load_checkpoint(run_dir) if C.latest_checkpoint(run_dir) else None
+        found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}"))
         if found is None:
             raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
         _check_same_spec(found, spec, overrides)
