@@ -224,3 +224,18 @@ def test_run_keys_name_shipped_specs_relative_to_the_checkout(tmp_path):
     assert S.portable(shipped)["setup"] == {"spec": "specs/hope.nl", "dim": 64}
     own = {"study": "recall", "setup": {"spec": str(tmp_path / "hope.nl"), "dim": 64}}
     assert S.portable(own) == own
+
+
+@pytest.mark.parametrize(("study", "option", "value", "message"), [
+    ("continual", "--steps", "0", "must be at least 1, got 0"),
+    ("continual", "--lr", "-1", "must be a finite number > 0"),
+    ("continual", "--seq-len", "1", "must be at least 2"),
+    ("continual", "--batch", "x", "expected an integer"),
+    ("recall", "--lrs", "nan", "must be a finite number > 0"),
+    ("recall", "--mqar-batch", "-4", "must be at least 1"),
+])
+def test_out_of_range_study_options_are_usage_errors_before_any_run(capsys, study, option, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", study, "--tiny", option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
