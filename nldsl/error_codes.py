@@ -1036,6 +1036,39 @@ _ENTRIES = (
         train { seq_len = 256 }
         """,
     ),
+    _entry(
+        "W0705", "in-context settings on a level the outer optimizer steps",
+        """
+        A `cms` level with `update = outer`, or whose period is longer than a training sequence,
+        is a plain MLP whose weights the outer optimizer steps on the continuum clock
+        (docs/semantics.md §4). It never takes an inner step, so what shapes one (`rule`,
+        `retention`, `momentum`, `objective`, `orthogonalize`, …) has no effect. Its `lr` is still
+        used: `nldsl stream` steps the level with it. Remove those settings, or let the level learn
+        in context with `update = in_context` and a period of at most `train.seq_len`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 16 }
+              level slow { period = steps(4)  update = outer  momentum = 0.9 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 16 }
+              level slow { period = steps(4)  update = outer }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

@@ -31,6 +31,12 @@ def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]
             yield f"{layer_path}.attention", layer.attention
 
 
+# What a level uses only while it learns in context: a cms level on the continuum clock (an MLP
+# stepped by the outer optimizer) ignores them. Its `lr` stays in use: `nldsl stream` steps it with it.
+_IN_CONTEXT_ONLY = ("objective", "values", "rule", "dgd_layers", "retention", "momentum", "orthogonalize",
+                    "readout", "grad_through_writes", "retention_order")
+
+
 def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     """The in-context levels a layer owns, by their name inside the layer."""
     if isinstance(layer, S.MemorySpec):
@@ -130,6 +136,21 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 warning("W0704", f"period {level.period} is longer than a training sequence "
                         f"({seq_len} tokens): this memory never updates within a sequence",
                         "lower the period or raise `train.seq_len`", f"{lp}.period")
+    if isinstance(layer, S.CMSSpec) and layer.variant != "nested":
+        for level in layer.levels:
+            lp = f"{path}.{level.name}"
+            outer = level.update == "outer"
+            if not outer and not (isinstance(level.period, int) and level.period > seq_len):
+                continue
+            unused = [name for name in _IN_CONTEXT_ONLY if f"{lp}.{name}" in spans]
+            if unused:
+                why = ("`update = outer`" if outer else
+                       f"its period {level.period} is longer than a training sequence ({seq_len} tokens)")
+                warning("W0705", f"level `{level.name}` is a plain MLP stepped by the outer optimizer ({why}), "
+                        f"so {', '.join(f'`{name}`' for name in unused)} "
+                        f"{'has' if len(unused) == 1 else 'have'} no effect",
+                        "remove them, or let the level learn in context: `update = in_context` and a period "
+                        f"of at most train.seq_len ({seq_len})", *(f"{lp}.{name}" for name in unused))
     if isinstance(layer, S.SelfModSpec):
         for source, gate_name in (("eta", "lr"), ("alpha", "retention")):
             if source in layer.adaptive and not isinstance(getattr(layer.memory, gate_name), S.GeneratedGate):
