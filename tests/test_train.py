@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -192,11 +194,13 @@ def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
     assert "default corpus" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("stop", "checkpoints", "rerun"), [
-    (KeyboardInterrupt, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
-    (RuntimeError, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
+@pytest.mark.parametrize(("stop", "done", "checkpoints", "rerun"), [
+    (KeyboardInterrupt, 4, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
+    (RuntimeError, 4, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
+    ("sigint during update", 5, [3, 5], [6]),  # Ctrl-C inside step 5's update: step 5 finishes and is kept
 ])
-def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, checkpoints, rerun):
+def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, done, checkpoints,
+                                                       rerun):
     spec = REPO / "specs/titans_lmm.nl"
     overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=6", "train.log_every=1",
                  "train.checkpoint_every=3", "train.eval_every=0"]
@@ -213,12 +217,23 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
             raise stop
         return real(text, seed, step, *args, **kwargs)
 
-    monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
-    with pytest.raises(stop):
+    real_tick = T.ContinuumClock.tick
+
+    def signalled_in_step_5s_update(clock, step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives between the loss and the optimizer step
+        return real_tick(clock, step)
+
+    if stop == "sigint during update":
+        monkeypatch.setattr(T.ContinuumClock, "tick", signalled_in_step_5s_update)
+    else:
+        monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
+    with pytest.raises(KeyboardInterrupt if stop == "sigint during update" else stop):
         run(tmp_path / "cut")
-    assert sorted(losses(tmp_path / "cut")) == [1, 2, 3, 4]
+    assert sorted(losses(tmp_path / "cut")) == list(range(1, done + 1))
     assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "cut/checkpoints").glob("step-*")) == checkpoints
     monkeypatch.setattr(D, "batch_at", real)
+    monkeypatch.setattr(T.ContinuumClock, "tick", real_tick)
     resumed = run(tmp_path / "cut", resume=True)
     assert sorted(resumed.losses) == rerun
     logged = [(e["step"], e["loss"]) for e in metrics(tmp_path / "cut") if "loss" in e]
@@ -229,9 +244,6 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
 
 
 def test_ctrl_c_inside_an_update_waits_for_the_update_to_finish():
-    import os
-    import signal
-
     done, before = [], signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         with T._deferred_interrupt():

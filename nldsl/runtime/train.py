@@ -422,27 +422,29 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                     f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped "
                     f"before the optimizer step, nothing from this step was written; {kept} (lower the learning "
                     "rate or set train.clip, then --resume)")
-            with _deferred_interrupt():  # a step's update is applied whole or not at all
+            # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
+            with _deferred_interrupt():
                 clock.tick(step)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            completed, boundary_rng = step + 1, C.rng_tensors()
-            seconds = time.perf_counter() - began
-            losses[step + 1] = loss_value
-            step_seconds[step + 1] = seconds
-            if step == start:
-                first_step_seconds = seconds
-            else:
-                train_seconds, train_steps = train_seconds + seconds, train_steps + 1
-                window_seconds, window_steps = window_seconds + seconds, window_steps + 1
-            bar.update(1)
-            speed = tokens_per_step * window_steps / window_seconds if window_steps else None
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{speed:,.0f}" if speed else "…")
-            done = step + 1
-            if metrics is not None and (done % plan.log_every == 0 or done == plan.steps):
-                metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor, "grad_norm": norm_value,
-                               "tokens_per_s": speed, "time_s": round(train_seconds + (first_step_seconds or 0), 4)})
-                window_seconds, window_steps = 0.0, 0
+                seconds = time.perf_counter() - began
+                losses[step + 1] = loss_value
+                step_seconds[step + 1] = seconds
+                if step == start:
+                    first_step_seconds = seconds
+                else:
+                    train_seconds, train_steps = train_seconds + seconds, train_steps + 1
+                    window_seconds, window_steps = window_seconds + seconds, window_steps + 1
+                bar.update(1)
+                speed = tokens_per_step * window_steps / window_seconds if window_steps else None
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{speed:,.0f}" if speed else "…")
+                done = step + 1
+                if metrics is not None and (done % plan.log_every == 0 or done == plan.steps):
+                    metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor,
+                                   "grad_norm": norm_value, "tokens_per_s": speed,
+                                   "time_s": round(train_seconds + (first_step_seconds or 0), 4)})
+                    window_seconds, window_steps = 0.0, 0
+                completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
                 evaluation, evaluated_at = evaluate_now(), done
                 if metrics is not None:
