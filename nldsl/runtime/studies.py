@@ -45,6 +45,7 @@ import nldsl
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.runtime import domains as D
+from nldsl.runtime.train import ContinuumClock
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 SPEC_FILES = {
@@ -131,28 +132,6 @@ class Setup:
     warmup: int = 20
     clip: float = 1.0
     overrides: tuple[str, ...] = ()  # --set values beyond the width and training shape
-
-
-class ContinuumClock:
-    """Steps the parameters of slow CMS levels every N outer steps with their summed gradients."""
-
-    def __init__(self, named: list[tuple[str, torch.nn.Parameter]], clock_steps: dict[str, int]):
-        self.members: list[tuple[torch.nn.Parameter, int, torch.Tensor]] = []
-        for name, parameter in named:
-            for prefix, period in clock_steps.items():
-                if period > 1 and re.match(rf"^blocks\.\d+\.{re.escape(prefix)}", name):
-                    self.members.append((parameter, period, torch.zeros_like(parameter)))
-
-    def tick(self, step: int) -> None:
-        """Call after the clip and before the optimizer step of outer step `step` (0-based)."""
-        for parameter, period, total in self.members:
-            if parameter.grad is not None:
-                total += parameter.grad
-            if (step + 1) % period == 0:
-                parameter.grad = total.clone()
-                total.zero_()
-            else:
-                parameter.grad = None
 
 
 @dataclass
