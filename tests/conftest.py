@@ -63,3 +63,14 @@ def checked_spec() -> Callable[[str | Path], CheckResult]:
         return cache[absolute]
 
     return check
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models run faster so, and on a busy 2-core machine threads spin against each other."""
+    import torch  # here, not at the top: the front-end tests never import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,12 +36,7 @@ GRAD_RTOL = 1e-6  # float64: every parameter gradient, relative to its norm
 RANDOM_SPECS = int(os.environ.get("NLDSL_RANDOM_SPECS", "200"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread start-up dominates on 2 shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def model_specs() -> list[Path]:
