@@ -214,10 +214,21 @@ def prune(folder: Path, keep: int) -> None:
 
 # Loading ----------------------------------------------------------------------------------------------
 
+def _step_number(path: Path) -> int | None:
+    """N of a `step-N` folder; None for any other name."""
+    digits = path.name.removeprefix("step-")
+    return int(digits) if path.name.startswith("step-") and digits.isdigit() else None
+
+
 def step_folders(folder: Path) -> list[Path]:
     """The `step-N` folders of a checkpoints folder, oldest first (by N: names sort wrongly past 999,999)."""
-    steps = [(int(p.name[5:]), p) for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    steps = [(step, p) for p in folder.glob("step-*") if p.is_dir() and (step := _step_number(p)) is not None]
     return [path for _, path in sorted(steps)]
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders that were completed (renamed into place with their record), oldest first."""
+    return [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -227,7 +238,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     deleted file), the newest complete `step-N` folder: each is complete before it is renamed."""
     pointer = run_dir / CHECKPOINTS / LATEST
     if not pointer.exists():
-        complete = [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
+        complete = complete_checkpoints(run_dir)
         return complete[-1] if complete else None
     name = pointer.read_text(encoding="utf-8").strip()
     path = run_dir / CHECKPOINTS / name
@@ -307,10 +318,9 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None]) -> Checkpoint | 
     except CheckpointError as error:  # a pointer to a missing or partial folder
         warn(str(error))
         latest = None
-    complete = [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
-    older = [path for path in reversed(complete) if path != latest]
-    if latest is not None and latest.name[5:].isdigit():
-        older = [path for path in older if int(path.name[5:]) < int(latest.name[5:])]
+    newest = None if latest is None else _step_number(latest)
+    older = [path for path in reversed(complete_checkpoints(run_dir))
+             if path != latest and (newest is None or (_step_number(path) or 0) < newest)]
     candidates = ([latest] if latest is not None else []) + older
     if not candidates:
         if (run_dir / CHECKPOINTS / LATEST).exists():
