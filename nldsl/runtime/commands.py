@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 0")
     if args.top_k < 0:
         raise UserError("--top-k must be at least 0 (0 = no top-k filter)")
-    if not args.temperature >= 0 or args.temperature == float("inf"):  # also refuses NaN
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UserError(f"--temperature must be a finite number ≥ 0 (0 = greedy), not {args.temperature}")
     loaded = _load(args)
     text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
