@@ -297,15 +297,39 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys
     common = ["--data", str(text_file), "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 0
     capsys.readouterr()
-    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=3", *common,
-                 "--resume"]) == 1
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common,
+                 "--set", "train.seed=7", "--resume"]) == 1
     err = capsys.readouterr().err
-    assert "written by another spec" in err and "overrides differ" in err
+    assert "written by another spec" in err and "overrides differ" in err and "only train.steps" in err
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 1
     assert "--resume" in capsys.readouterr().err
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--run-dir", str(tmp_path / "nowhere"),
                  "--resume", "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_file, capsys):
+    """Under a constant schedule the continued run is the run that was trained that long from the start."""
+    spec = REPO / "specs/titans_lmm.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.log_every=1",
+                 "train.eval_every=0", "train.schedule=constant", "train.warmup=0"]
+
+    def run(run_dir: Path, steps: int, resume: bool = False) -> T.TrainResult:
+        chosen = [*overrides, f"train.steps={steps}"]
+        options = T.TrainOptions(data=[str(text_file)], run_dir=run_dir, resume=resume, compile=False, progress=False)
+        return T.train(loader.check(spec, chosen), chosen, options)
+
+    whole = run(tmp_path / "whole", 5)
+    run(tmp_path / "longer", 3)
+    capsys.readouterr()
+    continued = run(tmp_path / "longer", 5, resume=True)
+    assert "continuing with changed train values: steps 3 → 5" in capsys.readouterr().out
+    assert sorted(continued.losses) == [4, 5]
+    assert {step: whole.losses[step] for step in (4, 5)} == continued.losses
+    for name, tensor in weights(whole.checkpoint).items():
+        assert torch.equal(tensor, weights(continued.checkpoint)[name]), name
+    resolved = json.loads((tmp_path / "longer" / "resolved.json").read_text())
+    assert resolved["spec"]["train"]["steps"] == 5  # the run folder records the values it now trains with
 
 
 def test_a_vocabulary_mismatch_is_one_line_with_the_fix(tmp_path, capsys):

@@ -28,7 +28,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
                         "(default: the Python standard library's sources and pydoc topics, no download)")
     p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and logs go (default: runs/<spec>-<date>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir (default: the newest runs/<spec>-*) exactly")
+                   help="continue the run in --run-dir (default: the newest runs/<spec>-*) exactly; "
+                        "with --set train.steps=N, train it longer")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     p.add_argument("--no-compile", action="store_true",
                    help="run eagerly (like --set train.compile=false, but the run resumes either way)")

@@ -21,7 +21,8 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
   checkpoints/ (checkpoint.py), graph.svg (with --sample).
 - Exact resume: batches depend only on (seed, step); the checkpoint holds the weights, the
   optimizer state, the clock sums and the RNG states, and the lr is a function of the step, so a
-  resumed run computes the same losses as one that was never interrupted. Metrics logged after the
+  resumed run computes the same losses as one that was never interrupted (a resume may also
+  change CONTINUABLE values, e.g. train.steps to train longer). Metrics logged after the
   checkpoint by the interrupted run are dropped when it resumes. Ctrl-C checkpoints the steps done
   since the last checkpoint first (one process only; a step's update is never cut in half).
 - Timing: the first step (which compiles, when compiling) is timed on its own and kept out of
@@ -258,14 +259,16 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                         f"(use a multiple of {context.world_size})")
     run_dir = _run_dir(spec.path, options, context)
 
-    found = None
+    found, continued = None, None
     if options.resume:
         if not run_dir.is_dir():
             raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
         found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}"))
         if found is None:
             raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
-        _check_same_spec(found, spec, overrides)
+        continued = _check_same_spec(found, spec, overrides)
+        if continued:
+            _say(context, f"note: {continued}")
     elif run_dir.exists() and C.latest_checkpoint(run_dir) is not None:
         raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or choose "
                         "another --run-dir")
@@ -292,7 +295,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     D.require_windows(train_text, plan.seq_len, "training")
     D.require_windows(validation, plan.seq_len, "validation")
 
-    if context.is_main and found is None:
+    if context.is_main and (found is None or continued):  # a continued run records its new values
         source_text = result.sources[spec.path].text
         (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
         dump = spec.model_dump(mode="json")
@@ -485,15 +488,48 @@ def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
-def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> None:
+# What may change when a run continues: how long it trains, how often it logs, evaluates and
+# checkpoints, and how its steps are executed (compiled or not, recomputed or not), which gives the
+# same steps. Anything else would make the continued run a different experiment.
+CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+               "compile", "recompute")
+
+
+def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> str | None:
+    """None when `found` was written by this very spec; a note when only CONTINUABLE train values
+    differ (e.g. `--set train.steps=…` to train a finished run longer); UserError otherwise."""
     recorded = found.record.get("spec_sha256")
     if recorded == spec.sha256:
-        return
+        return None
+    changed = _continuable_changes(found.record.get("spec"), spec.model_dump(mode="json"))
+    if changed:
+        listed = ", ".join(f"{key} {old} → {new}" for key, (old, new) in changed.items())
+        schedule = ""
+        if "steps" in changed and spec.train.schedule != "constant":
+            schedule = (f"; the {spec.train.schedule} lr schedule now ends at step {spec.train.steps}, so the lr "
+                        "follows that schedule from here on")
+        return f"continuing with changed train values: {listed}{schedule}"
     before = found.record.get("overrides", [])
     why = (f"the overrides differ: {before or 'none'} then, {overrides or 'none'} now" if before != overrides
            else "the spec text differs")
     raise UserError(f"the checkpoint {found.path} was written by another spec (sha256 {str(recorded)[:12]}… vs "
-                    f"{spec.sha256[:12]}…): {why}")
+                    f"{spec.sha256[:12]}…): {why}; only train.{', train.'.join(CONTINUABLE)} may change on --resume")
+
+
+def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any, Any]] | None:
+    """The CONTINUABLE train values that differ between two spec dumps, when nothing else does."""
+    if before is None:
+        return None
+
+    def rest(dump: dict) -> dict:
+        kept = {key: value for key, value in dump.items() if key not in ("path", "sha256")}
+        kept["train"] = {key: value for key, value in dump["train"].items() if key not in CONTINUABLE}
+        return kept
+
+    if rest(before) != rest(now):
+        return None
+    return {key: (before["train"].get(key), now["train"].get(key)) for key in CONTINUABLE
+            if before["train"].get(key) != now["train"].get(key)}
 
 
 def _describe_source(record: dict[str, Any]) -> str:
