@@ -332,6 +332,41 @@ def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_
     assert resolved["spec"]["train"]["steps"] == 5  # the run folder records the values it now trains with
 
 
+def test_init_from_starts_a_new_run_on_new_data_from_a_trained_models_weights(tmp_path, text_file, capsys):
+    spec = REPO / "specs/titans_lmm.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.log_every=1",
+                 "train.eval_every=0"]
+    other_text = tmp_path / "other.txt"
+    other_text.write_text("".join(f"class Widget{i}:\n    weight = {i * 7 % 13}\n\n" for i in range(800)))
+
+    def run(run_dir: Path, data: Path, steps: int, **options) -> T.TrainResult:
+        chosen = [*overrides, f"train.steps={steps}"]
+        settings = T.TrainOptions(data=[str(data)], run_dir=run_dir, compile=False, progress=False, **options)
+        return T.train(loader.check(spec, chosen), chosen, settings)
+
+    trained = run(tmp_path / "trained", text_file, 3)
+    capsys.readouterr()
+    new = run(tmp_path / "new", other_text, 1, init_from=tmp_path / "trained")
+    assert "starting from the weights of" in capsys.readouterr().out
+    # its first loss is the trained model's loss on the new data's first batch: it started from those weights
+    model = loader.load(spec, [*overrides, "train.steps=1"])
+    model.load_state_dict(weights(trained.checkpoint))
+    train_text = D.tokenize(D.ByteTokenizer(), D.load_split([str(other_text)]).train)
+    inputs, targets = D.batch_at(train_text, 0, 0, 4, 32)
+    with torch.no_grad():
+        expected = model.loss(inputs, targets).item()
+    assert new.losses[1] == pytest.approx(expected, rel=1e-6)
+    record = json.loads((new.checkpoint / "record.json").read_text())
+    assert record["initialized_from"] == str(trained.checkpoint.resolve()) and record["step"] == 1
+    with pytest.raises(T.UserError, match="use one of them"):
+        run(tmp_path / "new", other_text, 2, init_from=tmp_path / "trained", resume=True)
+    wider = [*overrides, "dim=64", "train.steps=1"]
+    with pytest.raises(T.UserError, match="written for another model"):
+        T.train(loader.check(spec, wider), wider, T.TrainOptions(data=[str(other_text)], run_dir=tmp_path / "wide",
+                                                                  compile=False, progress=False,
+                                                                  init_from=tmp_path / "trained"))
+
+
 def test_a_vocabulary_mismatch_is_one_line_with_the_fix(tmp_path, capsys):
     status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.tokenizer=bpe(vocab=512)",
                    "--run-dir", str(tmp_path / "run"), "--no-compile"])

@@ -30,6 +30,9 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir (default: the newest runs/<spec>-*) exactly; "
                         "with --set train.steps=N, train it longer")
+    p.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
+                   help="start a new run from the weights of a run or checkpoint (a fresh optimizer, step 0), "
+                        "e.g. to train a trained model on new --data")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     p.add_argument("--no-compile", action="store_true",
                    help="run eagerly (like --set train.compile=false, but the run resumes either way)")

@@ -40,7 +40,7 @@ def train_command(args: argparse.Namespace) -> int:
     options = TrainOptions(
         data=args.data, data_encoding=args.data_encoding, run_dir=args.run_dir, resume=args.resume,
         tensorboard=args.tensorboard, compile=False if args.no_compile else None, sample=args.sample,
-        device=args.device, fsdp=args.fsdp, progress=not args.no_progress)
+        device=args.device, fsdp=args.fsdp, progress=not args.no_progress, init_from=args.init_from)
     train(result, overrides, options)
     return 0
 

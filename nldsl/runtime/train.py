@@ -75,6 +75,7 @@ class TrainOptions:
     device: str = "auto"
     fsdp: bool = False
     progress: bool = True  # the progress bar (rank 0 only)
+    init_from: str | Path | None = None  # a run or checkpoint whose weights a new run starts from
 
 
 @dataclass
@@ -259,6 +260,10 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                         f"(use a multiple of {context.world_size})")
     run_dir = _run_dir(spec.path, options, context)
 
+    if options.resume and options.init_from is not None:
+        raise UserError("--resume continues a run; --init-from starts a new one from another run's weights: "
+                        "use one of them")
+    initial = _initial_checkpoint(options.init_from, plan) if options.init_from is not None else None
     found, continued = None, None
     if options.resume:
         if not run_dir.is_dir():
@@ -273,6 +278,10 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or choose "
                         "another --run-dir")
 
+    # where the weights of step 0 came from (kept across resumes of a run that started from another's)
+    initialized_from = (str(initial.path.resolve()) if initial is not None else
+                        found.record.get("initialized_from") if found is not None else None)
+
     data_paths = options.data
     if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
         data_paths = found.record["data"]["source"]["paths"]
@@ -285,6 +294,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(context)
     tokenizer_file = run_dir / "tokenizer.json"
+    if initial is not None and plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
+        # the weights read token ids of the tokenizer they were trained with, not one trained on new data
+        tokenizer_file.write_bytes((initial.path / "tokenizer.json").read_bytes())
     if plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
         _say(context, f"training a byte-level BPE tokenizer (vocabulary {plan.tokenizer.vocab}) on the train split")
         D.BPETokenizer.train(split.train, plan.tokenizer.vocab).save(tokenizer_file)
@@ -300,13 +312,19 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
         dump = spec.model_dump(mode="json")
         D.write_json(run_dir / "resolved.json", {
-            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides, "spec": dump,
+            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
+            "initialized_from": initialized_from, "spec": dump,
             "values": resolved_values(dump, dict(result.provenance))})
         D.write_json(run_dir / "split.json", split.record)
 
     module = loader.compile_module(result)
     torch.manual_seed(plan.seed)
     model = module.build(device)
+    if initial is not None:
+        C.check_parameters(initial.model, _parameter_shapes(model), initial.path)
+        model.load_state_dict(initial.model)  # before sharding: every process reads the same file
+        _say(context, f"starting from the weights of {initial.path} (step {initial.record['step']}), "
+                      "with a fresh optimizer")
     distributed.broadcast_parameters(model, context)
     distributed.shard_model(model, context)
     named = list(model.named_parameters())
@@ -371,7 +389,8 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
             structure, tensors = C.optimizer_to_files(optimizer_state)
             tensors.update(clock_tensors)
             tensors.update(rng if rng is not None else C.rng_tensors())
-            record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation)
+            record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation,
+                             initialized_from)
             extra = None
             if isinstance(tokenizer, D.BPETokenizer):
                 extra = {"tokenizer.json": tokenizer.to_str().encode("utf-8")}
@@ -495,6 +514,18 @@ CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_
                "compile", "recompute")
 
 
+def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
+    """The checkpoint `--init-from` names, checked against what the new run can take from it."""
+    initial = C.load_checkpoint(target)
+    recorded = initial.record.get("tokenizer", {}).get("kind")
+    if recorded is not None and recorded != plan.tokenizer.kind:
+        raise UserError(f"--init-from {target}: its model reads {recorded} tokens, this spec's train.tokenizer is "
+                        f"{plan.tokenizer.kind}: the weights only fit the tokenizer they were trained with")
+    if plan.tokenizer.kind == "bpe" and not (initial.path / "tokenizer.json").exists():
+        raise UserError(f"--init-from {target}: the checkpoint {initial.path} holds no tokenizer.json for its BPE")
+    return initial
+
+
 def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> str | None:
     """None when `found` was written by this very spec; a note when only CONTINUABLE train values
     differ (e.g. `--set train.steps=…` to train a finished run longer); UserError otherwise."""
@@ -573,7 +604,8 @@ def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[in
 
 
 def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, module: Any, optimizer: Any,
-            context: Distributed, step: int, evaluation: Evaluation | None) -> dict[str, Any]:
+            context: Distributed, step: int, evaluation: Evaluation | None,
+            initialized_from: str | None = None) -> dict[str, Any]:
     spec = result.spec
     return {
         "spec_path": spec.path,
@@ -586,6 +618,7 @@ def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, m
                  "validation_sha256": split.record["validation"]["sha256"], "seed": spec.train.seed,
                  "position": step},
         "clock": dict(getattr(module, "CLOCK_STEPS", {})),
+        "initialized_from": initialized_from,
         "optimizer": optimizer,
         "world_size": context.world_size,
         "fsdp": context.fsdp,
