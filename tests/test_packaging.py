@@ -3,6 +3,7 @@ grammar when installed, as it does from this checkout."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -51,3 +52,20 @@ def test_checkout_finds_its_grammar() -> None:
     from nldsl.parser import grammar_text
 
     assert grammar_text() == (REPO / "grammar" / "nl.lark").read_text(encoding="utf-8")
+
+
+def test_no_tracked_file_names_a_machines_paths() -> None:
+    """Committed logs and results carry no absolute path of the machine that made them: not this
+    checkout's own, and not an installed package's (a traceback pasted from a run shows both)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    pattern = re.compile(rf"{re.escape(str(REPO))}/|\"/[^\"\s]*/site-packages/")
+    found = []
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        path = REPO / name
+        if path.suffix in {".png", ".svg", ".pdf", ".whl", ".safetensors"} or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += [f"{name}:{text.count(chr(10), 0, m.start()) + 1}" for m in pattern.finditer(text)]
+    assert found == [], found[:10]
