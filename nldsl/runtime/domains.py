@@ -100,7 +100,7 @@ def unicode_documents() -> list[str]:
 SOURCES = {
     "docs": (docs_documents, "English documentation: pydoc_data.topics.topics"),
     "code": (code_documents, "Python code: the standard library's .py sources"),
-    "unicode": (unicode_documents, "a catalog: unicodedata names, `U+XXXX NAME` a line"),
+    "unicode": (unicode_documents, "a catalog: unicodedata names, one `U+0041 LATIN CAPITAL LETTER A` a line"),
 }
 
 
