@@ -16,6 +16,7 @@ Options before the command apply to all: `python -m bench --threads 2 train --le
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bench import chunk_sweep, gpu, harness, mfu, peak_memory, peers, profiles, report, smoke, throughput
 
@@ -47,5 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[args.command].main(args) or 0
 
 
+def _cli() -> int:
+    """`python -m bench`: a user's mistake (a spec that does not check, a missing file) is one message,
+    not a traceback (`nldsl bench speed` reaches `main` through nldsl's own CLI, which does the same)."""
+    from nldsl.cli import UserError
+    from nldsl.diagnostics import SpecError
+
+    try:
+        return main()
+    except SpecError as error:
+        print(str(error), file=sys.stderr)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+    except OSError as error:
+        if error.filename is None:
+            raise
+        print(f"error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

@@ -201,3 +201,13 @@ def test_report_puts_the_ratio_against_nested_learnings_defaults_beside_the_matc
     assert "missed" in row  # the matched ratio decides the target
     assert report.nested_learning_ceiling({"speedup_vs_nested_learning_defaults": 8.04}) == \
         " (against nested-learning at its default chunk size 1: 8.0×)"
+
+
+def test_a_mistake_on_the_bench_command_line_is_one_message_not_a_traceback(tmp_path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    for args, expected in ((["train", "--specs", "nowhere.nl"], "error[E0105]"),
+                           (["report", "--notes", str(tmp_path / "missing.md")], "No such file or directory")):
+        done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=root, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 1, done.stderr
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
