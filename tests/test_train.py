@@ -303,6 +303,10 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys
     assert "written by another spec" in err and "overrides differ" in err and "only train.steps" in err
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 1
     assert "--resume" in capsys.readouterr().err
+    commented = tmp_path / "transformer.nl"  # the same spec with a comment more: the same values
+    commented.write_text("# a note\n" + (REPO / "specs/transformer.nl").read_text(), encoding="utf-8")
+    assert main(["train", str(commented), *TINY, "--set", "train.steps=2", *common, "--resume"]) == 0
+    assert "resolve to the same values" in capsys.readouterr().out
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--run-dir", str(tmp_path / "nowhere"),
                  "--resume", "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err

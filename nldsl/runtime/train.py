@@ -527,12 +527,15 @@ def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
 
 
 def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> str | None:
-    """None when `found` was written by this very spec; a note when only CONTINUABLE train values
-    differ (e.g. `--set train.steps=…` to train a finished run longer); UserError otherwise."""
+    """None when `found` was written by this very spec; a note when the spec resolves to the same
+    values as the checkpoint's, or when only CONTINUABLE train values differ (e.g. `--set
+    train.steps=…` to train a finished run longer); UserError otherwise."""
     recorded = found.record.get("spec_sha256")
     if recorded == spec.sha256:
         return None
     changed = _continuable_changes(found.record.get("spec"), spec.model_dump(mode="json"))
+    if changed == {}:  # another text (a comment, the layout, an override spelled out) for the same values
+        return "the spec's text or overrides differ from the checkpoint's, but they resolve to the same values"
     if changed:
         listed = ", ".join(f"{key} {old} → {new}" for key, (old, new) in changed.items())
         schedule = ""
