@@ -746,6 +746,7 @@ class Generator:
                 w("surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues")
                 w('a stream: pass the state returned by a previous call with `return_state=True`."""')
                 unembed = "self.embed" if model.tie_embeddings else "self.head"
+                w("tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS)")
                 w("states = state if state is not None else [{} for _ in range(LAYERS)]")
                 w("if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was")
                 with w.indent():
@@ -768,7 +769,11 @@ class Generator:
             with w.indent():
                 w('"""Mean next-token cross-entropy; targets (B, T) with −1 where there is none."""')
                 w("logits = self(tokens, targets)")
-                w("return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)")
+                w("logits = logits.flatten(0, 1)")
+                w("if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32")
+                with w.indent():
+                    w("logits = logits.float()")
+                w("return F.cross_entropy(logits, targets.flatten().long(), ignore_index=-1)")
         self.classes.append(w.lines)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, render_json, render_text, summary
+from .loader import ModelTooLargeError
 
 
 class UserError(Exception):
@@ -138,6 +139,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     result = load_checked(args.file, args.set)
     from .compiler import compile_spec
 
+    if result.spec.model is None:
+        raise UserError(f"{result.spec.path} defines no `model` section, so there is nothing to compile")
     source = compile_spec(result.spec, result.sources[result.spec.path].text)
     if args.output:
         write_output(args.output, source)
@@ -214,6 +217,9 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ModelTooLargeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

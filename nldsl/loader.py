@@ -7,11 +7,13 @@ and `inspect.getsource` show the generated lines. Nothing is written to disk.
 
 from __future__ import annotations
 
+import hashlib
 import linecache
+import numbers
 import os
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +22,19 @@ from .diagnostics import SpecError
 
 def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
     """`dim=128, train__steps=50` → ["dim=128", "train.steps=50"] (`__` stands for a dot)."""
-    out = list(overrides)
+    out = [] if isinstance(overrides, (str, bytes, Mapping)) else list(overrides)
+    if isinstance(overrides, (str, bytes, Mapping)) or not all(isinstance(item, str) for item in out):
+        raise TypeError("overrides must be a list of 'key=value' strings, e.g. ['dim=64'], or keyword "
+                        f"arguments, e.g. dim=64; got {type(overrides).__name__} {overrides!r}")
     for key, value in values.items():
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, str):
             text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, numbers.Integral):
+            text = repr(int(value))  # numpy and torch integers print as the spec's integers
+        elif isinstance(value, numbers.Real):
+            text = repr(float(value))
         else:
             text = repr(value)
         out.append(f"{key.replace('__', '.')}={text}")
@@ -65,15 +74,69 @@ def build_module(spec, source_text: str = "") -> types.ModuleType:
     from nldsl.compiler import compile_spec
 
     source = compile_spec(spec, source_text)
-    name = f"nldsl_generated_{spec.sha256[:16]}"
+    # Named by the generated text, so a spec built twice gives the same module (and model class):
+    # replacing a registered module would leave the models built from it unpicklable.
+    name = f"nldsl_generated_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
     filename = f"<nldsl generated from {spec.path} ({spec.sha256[:12]})>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    registered = sys.modules.get(name)
+    if isinstance(registered, types.ModuleType) and registered.__dict__.get("__source__") == source:
+        return registered
     module = types.ModuleType(name)
     module.__file__ = filename
     module.__dict__["__source__"] = source
     sys.modules[name] = module  # torch.compile and pickling look modules up by name
     exec(compile(source, filename, "exec"), module.__dict__)
     return module
+
+
+class ModelTooLargeError(MemoryError):
+    """The model's parameters cannot be allocated on the device asked for."""
+
+
+def build_model(module: types.ModuleType, spec, device=None, dtype=None):
+    """`module.build(device, dtype)`, refusing a model whose weights alone exceed the device's memory.
+
+    The check comes first because on Linux a CPU allocation larger than the machine usually
+    succeeds (memory is overcommitted) and the process is killed when initialisation touches the
+    pages, with no message and nothing saved. An allocation that fails anyway is the same error.
+    """
+    import torch
+
+    from . import shapes
+
+    count = shapes.count(shapes.model_parameters(spec.model))
+    element = torch.empty((), dtype=dtype or torch.get_default_dtype()).element_size()
+    where = torch.device(device) if device is not None else torch.device("cpu")
+    needed, capacity = count * element, _device_memory(where)
+
+    def refusal(detail: str) -> ModelTooLargeError:
+        return ModelTooLargeError(
+            f"{spec.path}: the model has {count:,} parameters ({needed / 2**30:,.1f} GiB of weights), "
+            f"{detail}; make it smaller (dim, layers, vocab, expansion)")
+
+    if capacity is not None and needed > capacity:
+        raise refusal(f"more than the {capacity / 2**30:,.1f} GiB of memory of {where.type}")
+    try:
+        return module.build(device, dtype)
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, MemoryError) or "allocate" in str(error):
+            raise refusal(f"which cannot be allocated ({str(error).splitlines()[0]})") from None
+        raise
+
+
+def _device_memory(device) -> int | None:
+    """Bytes of memory of a device: physical memory for the CPU, the card's total for CUDA."""
+    import torch
+
+    try:
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    return None
 
 
 def load(path: str | Path, overrides: Sequence[str] = (), **values: Any):
@@ -85,7 +148,9 @@ def load(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     """
     result = check(path, overrides, **values)
     module = compile_module(result)
-    model = module.build()
+    model = build_model(module, result.spec)
     model.spec = result.spec
-    model.module = module
+    # On the class, not the instance: a module object in the instance would make the model
+    # impossible to deepcopy or pickle.
+    module.Model.module = module
     return model

@@ -29,6 +29,79 @@ from nldsl.runtime.memory import (
     split_chunks,
 )
 
+# The model's inputs --------------------------------------------------------------------------
+
+def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, vocab: int,
+                   layers: int) -> tuple[Tensor, Tensor | None]:
+    """The call's tokens and targets as int64, after checking what a caller can get wrong.
+
+    A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
+    from another model or batch) is a TypeError or ValueError that names it, raised before any
+    layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
+    The checks run in eager calls only: a compiled step (the training loop's) is fed checked
+    batches, and the range check would cost it a graph break.
+    """
+    if not torch.compiler.is_compiling():
+        _check_ids("tokens", tokens, vocab, lowest=0)
+        if targets is not None:
+            _check_ids("targets", targets, vocab, lowest=-1)
+            if targets.shape != tokens.shape:
+                raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}; "
+                                 f"got {tuple(targets.shape)}")
+        if state is not None:
+            _check_state(state, layers, tokens.shape[0])
+    return tokens.long(), (None if targets is None else targets.long())
+
+
+def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
+    """`ids` must be a (B, T) integer tensor with values in [lowest, vocab)."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, time); got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool or ids.dim() != 2:
+        raise TypeError(f"{name} must be a 2-D integer tensor (batch, time); got a {ids.dim()}-D "
+                        f"{str(ids.dtype).removeprefix('torch.')} tensor of shape {tuple(ids.shape)}")
+    if ids.numel():
+        low, high = torch.stack(torch.aminmax(ids)).tolist()
+        if low < lowest or high >= vocab:
+            wrong = low if low < lowest else high
+            none = " (−1 marks a position without a target)" if lowest < 0 else ""
+            raise ValueError(f"{name} must lie in [{lowest}, {vocab}){none}: the vocabulary has {vocab} "
+                             f"ids; got {wrong}")
+
+
+def _check_state(state: object, layers: int, batch: int) -> None:
+    """A state passed back must be one dict per block, for this batch (each sequence has its own)."""
+    if not isinstance(state, (list, tuple)) or len(state) != layers or not all(
+            isinstance(part, dict) for part in state):
+        raise TypeError(f"state must be the list of {layers} per-block dicts that a call with "
+                        f"return_state=True returned; got {_describe(state)}")
+    first = next(_tensors(state), None)
+    if first is not None and first.shape[0] != batch:
+        raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "
+                         f"of {batch}: each sequence carries its own state")
+
+
+def _tensors(value: object):
+    """Every tensor inside a state (dicts, lists and MemoryState), depth first."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, MemoryState):
+        yield from _tensors(value.weights)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} " + ", ".join(
+            sorted({type(item).__name__ for item in value}) or ["items"])
+    return f"a {type(value).__name__}"
+
+
 # Next-token surprise (the CMS driver) ---------------------------------------------------------
 
 def surprise_error(prediction: Tensor, targets: Tensor, final_norm: Tensor, unembed: Tensor,

@@ -109,9 +109,7 @@ def _delta_block(
     decay_before = masked_decay_ratios(log_decay_before, log_decay, strict)  # (B, H, n, n)
     mixing = decay_before * (a @ k.transpose(-1, -2))  # [t, s] = (A_{t−1}/A_s)(a_t·k_s)
     start_term = log_decay_before.exp().unsqueeze(-1) * (a @ state.transpose(-1, -2))  # (B, H, n, d_out)
-    writes = torch.linalg.solve_triangular(
-        -mixing, start_term + x, upper=False, unitriangular=True
-    )  # r_t  (B, H, n, d_out)
+    writes = _solve_unit_lower(-mixing, start_term + x)  # r_t  (B, H, n, d_out)
     write_keys = k
     if detach_writes:
         writes, write_keys = writes.detach(), k.detach()
@@ -127,6 +125,20 @@ def _delta_block(
     to_end = (total - log_decay).exp().unsqueeze(-1)  # A_n/A_s  (B, H, n, 1)
     new_state = total.exp().unsqueeze(-1) * state + (to_end * writes).transpose(-1, -2) @ write_keys
     return outputs, new_state
+
+
+def _solve_unit_lower(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """X with (I + strictly-lower(matrix)) X = rhs, in at least float32.
+
+    The CPU solver has no bfloat16 or float16 kernel, and a substitution through a block is where
+    half precision would lose the most; the result comes back in the inputs' precision.
+    """
+    result_dtype = torch.promote_types(matrix.dtype, rhs.dtype)
+    solve_dtype = torch.promote_types(result_dtype, torch.float32)
+    with torch.autocast(matrix.device.type, enabled=False):
+        solved = torch.linalg.solve_triangular(matrix.to(solve_dtype), rhs.to(solve_dtype), upper=False,
+                                               unitriangular=True)
+    return solved.to(result_dtype)
 
 
 def masked_decay_ratios(log_row: Tensor, log_col: Tensor, mask: Tensor) -> Tensor:

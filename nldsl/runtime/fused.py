@@ -13,7 +13,7 @@ back through the ordinary graph.
 
 It applies (`applies`) to a level whose state has two weight matrices (residual_mlp, or mlp of
 depth 2), with the L2 objective, no Newton–Schulz and gradients through its writes, on CPU
-tensors of float32 or float64. Every other level, and every level on a GPU, takes the PyTorch
+tensors of float32 or float64 outside autocast. Every other level, and every level on a GPU, takes the PyTorch
 chunk step
 (`memory._chunk_end_state` after `_write_factors`), which is also this kernel's reference in
 tests/runtime/test_fused.py (outputs and every input gradient, float64).
@@ -103,7 +103,9 @@ def applies(cfg: LevelConfig, keys: Tensor, values: Tensor | None) -> bool:
     """Whether `memory_chunk_step` writes this level's chunk with the kernel (module docstring)."""
     return (len(cfg.weight_shapes()) == 2 and cfg.objective == "l2" and values is not None
             and cfg.orthogonalize_steps == 0 and cfg.grad_through_writes and keys.device.type == "cpu"
-            and keys.dtype in (torch.float32, torch.float64) and available())
+            and keys.dtype in (torch.float32, torch.float64) and values.dtype == keys.dtype
+            # under autocast the products' inputs arrive in mixed precisions; the PyTorch step takes them
+            and not torch.is_autocast_enabled(keys.device.type) and available())
 
 
 def kernel_flags(cfg: LevelConfig) -> int:

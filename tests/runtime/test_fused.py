@@ -132,7 +132,7 @@ GRID = [
 def test_kernel_matches_the_pytorch_step(state: str, activation: str, values: str, dgd: str, momentum: bool) -> None:
     cfg = level(state, activation=activation, values=values, dgd=dgd != "none",
                 dgd_layers="all" if dgd == "all" else "first", momentum=momentum)
-    assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1))
+    assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     assert_kernel_matches(cfg)
 
 
@@ -188,6 +188,9 @@ def test_dispatch_rule() -> None:
     assert not fused.applies(LevelConfig("linear", d_in=4, d_out=4, objective="l2", chunk_size=4), cpu, cpu)
     assert not fused.applies(LevelConfig("mlp", d_in=4, d_out=4, hidden=4, depth=3, objective="l2"), cpu, cpu)
     assert not fused.applies(level(), cpu.half(), cpu.half())
+    assert not fused.applies(level(), cpu, cpu.bfloat16())  # mixed precisions (autocast's products)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.applies(level(), cpu, cpu)
     with fused.fused_writes(False):
         assert not fused.applies(level(), cpu, cpu)
     assert fused.applies(level(), cpu, cpu)

@@ -147,6 +147,7 @@ class Model(nn.Module):
         """Logits (B, T, V) for tokens (B, T); `targets` are next tokens (−1 = none) for the
         surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues
         a stream: pass the state returned by a previous call with `return_state=True`."""
+        tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS)
         states = state if state is not None else [{} for _ in range(LAYERS)]
         if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was
             logits = F.linear(F.embedding(tokens, self.embed), self.embed)  # (B, 0, V)
@@ -165,7 +166,10 @@ class Model(nn.Module):
     def loss(self, tokens: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) with −1 where there is none."""
         logits = self(tokens, targets)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        logits = logits.flatten(0, 1)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32
+            logits = logits.float()
+        return F.cross_entropy(logits, targets.flatten().long(), ignore_index=-1)
 
 
 def build(device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Model:

@@ -1,0 +1,152 @@
+"""The Python contract of a built model: what a call accepts, what it refuses, and how it travels.
+
+`nldsl.load(path)` returns an `nn.Module` called on tokens (B, T). A caller's mistake is a
+TypeError or ValueError naming it before any layer runs (nldsl/runtime/blocks.py
+`checked_inputs`); any integer dtype of ids is accepted; the model deep-copies and pickles even
+when its spec was built again since; a float64 model's loss stays float64; lower precisions run
+on the CPU for every kind of level, the exact delta kernel and the fused write included.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+
+import pytest
+import torch
+
+import nldsl
+from nldsl.loader import ModelTooLargeError
+from nldsl.runtime.delta import _solve_unit_lower
+
+SMALL = {"dim": 32}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+@pytest.fixture(scope="module")
+def titans():
+    torch.manual_seed(0)
+    return nldsl.load("specs/titans_lmm.nl", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def hope():
+    torch.manual_seed(0)
+    return nldsl.load("specs/hope.nl", **SMALL)
+
+
+def tokens(batch: int = 2, length: int = 20) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("make_input, error, message", [
+    (lambda x: x[0], TypeError, "tokens must be a 2-D integer tensor (batch, time); got a 1-D int64 tensor"),
+    (lambda x: x[None], TypeError, "got a 3-D int64 tensor of shape (1, 2, 20)"),
+    (lambda x: x.float(), TypeError, "got a 2-D float32 tensor"),
+    (lambda x: x.bool(), TypeError, "got a 2-D bool tensor"),
+    (lambda x: x.tolist(), TypeError, "tokens must be a torch.Tensor of shape (batch, time); got list"),
+    (lambda x: torch.tensor([[1, -1, 3]]), ValueError, "tokens must lie in [0, 256)"),
+    (lambda x: torch.tensor([[1, 256, 3]]), ValueError, "the vocabulary has 256 ids; got 256"),
+])
+def test_a_mistaken_token_input_is_named(titans, make_input, error, message) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        titans(make_input(tokens()))
+
+
+def test_mistaken_targets_and_states_are_named(titans) -> None:
+    x = tokens()
+    with pytest.raises(ValueError, match=re.escape("targets must have the tokens' shape (2, 20); got (2, 5)")):
+        titans(x, targets=x[:, :5])
+    with pytest.raises(ValueError, match=re.escape("targets must lie in [-1, 256)")):
+        titans(x, targets=x * 0 - 2)
+    with pytest.raises(TypeError, match=r"state must be the list of 2 per-block dicts .* got a str"):
+        titans(x, state="abc")
+    with pytest.raises(TypeError, match="got a list of 1 dict"):
+        titans(x, state=[{}])
+    _, state = titans(x[:1], return_state=True)
+    with pytest.raises(ValueError, match="state was returned for a batch of 1, and the tokens have a batch of 2"):
+        titans(x, state=state)
+    with pytest.raises(ValueError, match="the vocabulary has 256 ids"):
+        titans.loss(x, x + 300)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_any_integer_ids_give_the_int64_result(hope, dtype) -> None:
+    # HOPE's CMS surprise one-hot encodes the targets, which once required int64
+    x = tokens() % 200
+    with torch.no_grad():
+        expected = hope(x)
+        assert torch.equal(hope(x.to(dtype)), expected)
+        assert torch.equal(hope(x, targets=x.to(dtype)), hope(x, targets=x))
+        assert torch.equal(hope.loss(x.to(dtype), x.to(dtype)), hope.loss(x, x))
+
+
+def test_a_built_model_deep_copies_and_pickles_after_its_spec_is_built_again(titans) -> None:
+    again = nldsl.load("specs/titans_lmm.nl", **SMALL)
+    assert type(again) is type(titans) and again.module is titans.module  # one module per generated text
+    x = tokens()
+    with torch.no_grad():
+        expected = titans(x)
+        assert torch.equal(copy.deepcopy(titans)(x), expected)
+        buffer = io.BytesIO()
+        torch.save(titans, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), expected)
+
+
+def test_a_float64_model_keeps_its_loss_in_float64(titans) -> None:
+    model = copy.deepcopy(titans).double()
+    x = tokens()
+    assert model.loss(x, x).dtype == torch.float64
+    assert copy.deepcopy(titans).bfloat16().loss(x, x).dtype == torch.float32  # half precisions: at least float32
+
+
+@pytest.mark.parametrize("overrides", ["dim=32", {"dim": 32}, ["dim=32", 5]])
+def test_load_refuses_overrides_that_are_not_a_list_of_strings(overrides) -> None:
+    with pytest.raises(TypeError, match="overrides must be a list of 'key=value' strings"):
+        nldsl.load("specs/titans_lmm.nl", overrides)
+
+
+def test_load_takes_any_real_number_for_a_keyword_override() -> None:
+    model = nldsl.load("specs/titans_lmm.nl", dim=torch.tensor(32).item(), train__seq_len=64)
+    assert model.spec.model.dim == 32
+    numpy = pytest.importorskip("numpy")
+    assert nldsl.load("specs/titans_lmm.nl", dim=numpy.int64(32)).spec.model.dim == 32
+
+
+@pytest.mark.parametrize("spec", ["specs/hope.nl", "specs/gated_deltanet.nl"])
+def test_bfloat16_runs_forward_and_backward_on_the_cpu(spec) -> None:
+    """The fused write (HOPE) and the exact delta kernel (gated DeltaNet) under autocast and cast."""
+    torch.manual_seed(0)
+    model = nldsl.load(spec, **SMALL)
+    x = tokens(length=40)
+    with torch.no_grad():
+        reference = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.loss(x, x)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        cast = model.bfloat16()(x).float()
+    assert (cast - reference).norm() < 0.05 * reference.norm()  # bfloat16 keeps ~3 significant digits
+
+
+def test_the_delta_solve_runs_half_precisions_in_float32() -> None:
+    generator = torch.Generator().manual_seed(0)
+    matrix = 0.3 * torch.randn(2, 8, 8, generator=generator).tril(-1)
+    rhs = torch.randn(2, 8, 4, generator=generator)
+    expected = torch.linalg.solve_triangular(matrix, rhs, upper=False, unitriangular=True)
+    solved = _solve_unit_lower(matrix.bfloat16(), rhs.bfloat16())
+    assert solved.dtype == torch.bfloat16
+    assert (solved.float() - expected).norm() < 0.02 * expected.norm()
+    assert torch.equal(_solve_unit_lower(matrix.double(), rhs.double()),
+                       torch.linalg.solve_triangular(matrix.double(), rhs.double(), upper=False, unitriangular=True))
+
+
+def test_a_model_larger_than_memory_is_refused_before_it_is_allocated() -> None:
+    # 10^12 persistent-memory rows: the allocation alone would overcommit, and touching it would kill the process
+    with pytest.raises(ModelTooLargeError,
+                       match=r"the model has [\d,]+ parameters \([\d,.]+ GiB of weights\), more than the"):
+        nldsl.load("specs/transformer.nl", dim=32, model__block__attention__persistent=10**12)
