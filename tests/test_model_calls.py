@@ -116,6 +116,7 @@ def test_load_takes_any_real_number_for_a_keyword_override() -> None:
     assert nldsl.load("specs/titans_lmm.nl", dim=numpy.int64(32)).spec.model.dim == 32
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. torch's "cannot dispatch to fused rms_norm"
 @pytest.mark.parametrize("spec", ["specs/hope.nl", "specs/gated_deltanet.nl"])
 def test_bfloat16_runs_forward_and_backward_on_the_cpu(spec) -> None:
     """The fused write (HOPE) and the exact delta kernel (gated DeltaNet) under autocast and cast."""

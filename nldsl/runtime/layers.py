@@ -31,6 +31,8 @@ MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the quintic a·X +
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float = 1e-6) -> Tensor:
     """Root-mean-square normalisation over the last dimension, then an optional per-channel gain."""
+    if weight is not None and weight.dtype != x.dtype:  # autocast: torch's fused kernel wants one dtype
+        weight = weight.to(x.dtype)
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
