@@ -231,3 +231,59 @@ def test_pruning_keeps_the_newest_by_step_number(tmp_path):
     for step in (999_998, 999_999, 1_000_000, 1_000_001):
         save(tmp_path, step, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-1000000", "step-1000001"]
+
+
+@pytest.mark.parametrize("pointer", [b"step-000009\n", b"\xff\xfe\x00garbage", b"../../elsewhere\n", b""])
+def test_a_save_rewrites_a_damaged_latest_pointer_and_a_resume_repairs_it(tmp_path, pointer):
+    save(tmp_path, 1)
+    latest = tmp_path / "checkpoints" / "latest"
+    latest.write_bytes(pointer)
+    with pytest.raises(C.CheckpointError, match="not a complete checkpoint"):
+        C.latest_checkpoint(tmp_path)  # a clear error for eval, never a UnicodeDecodeError
+    warnings: list[str] = []
+    found = C.load_for_resume(tmp_path, warnings.append, repair=True)
+    assert found is not None and found.record["step"] == 1 and len(warnings) == 1
+    assert latest.read_text() == "step-000001\n"  # repaired by the resume
+    latest.write_bytes(pointer)
+    assert save(tmp_path, 2) == tmp_path / "checkpoints" / "step-000002"  # the save never trips on it
+    assert latest.read_text() == "step-000002\n"
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.pop("step"), lambda r: r.update(step="7"), lambda r: r.update(files=["model.safetensors"]),
+])
+def test_a_record_missing_the_fields_of_a_checkpoint_is_a_damaged_checkpoint(tmp_path, edit):
+    for step in (1, 2):
+        save(tmp_path, step)
+    record_file = tmp_path / "checkpoints" / "step-000002" / "record.json"
+    record = json.loads(record_file.read_text())
+    edit(record)
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(C.CheckpointError, match="damaged checkpoint record"):
+        C.load_checkpoint(tmp_path)
+    warnings: list[str] = []
+    found = C.load_for_resume(tmp_path, warnings.append)  # resume falls back as for other damage
+    assert found is not None and found.record["step"] == 1 and "resuming from step-000001" in warnings[0]
+
+
+def test_a_training_record_needs_what_its_readers_read(tmp_path):
+    record = {"spec": {}, "spec_sha256": "x", "tokenizer": {"kind": "bytes"}, "optimizer": {"dict": {}},
+              "data": {"source": {"kind": "files", "paths": ["a.txt"]}, "train_sha256": "y"}}
+    save(tmp_path, 1, **record)
+    checks = []
+    found = C.load_for_resume(tmp_path, print, check=lambda c: checks.append(C.check_run_record(c, resume=True)))
+    assert found is not None and checks == [None]
+    for key, broken in [("tokenizer", None), ("data", {"source": {"kind": "files"}, "train_sha256": "y"}),
+                        ("spec", []), ("optimizer", None)]:
+        save(tmp_path, 2, **{**record, key: broken})
+        with pytest.raises(C.CheckpointError, match="damaged checkpoint record"):
+            C.check_run_record(C.load_checkpoint(tmp_path), resume=True)
+    with pytest.raises(C.CheckpointError, match="empty"):
+        C.resolve_checkpoint("")
+
+
+def test_a_malformed_stored_structure_is_a_value_error():
+    for structure in ({"tensor": "missing"}, {"dict": [1]}, {"dataclass": "MemoryState", "fields": {"x": 1}},
+                      {"items": [[[1], 2]]}):
+        with pytest.raises(ValueError, match="malformed stored structure"):
+            C.decode(structure, {})

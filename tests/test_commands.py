@@ -250,3 +250,90 @@ def test_out_of_range_options_and_unwritable_outputs_are_refused_before_any_work
     assert main([a.format(run=run_dir, tmp=tmp_path) for a in args]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:
+    """A copy of the run's newest checkpoint, its record changed by `edit`."""
+    import json
+
+    checkpoint = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    to.mkdir()
+    for file in checkpoint.iterdir():
+        (to / file.name).write_bytes(file.read_bytes())
+    if edit is not None:
+        record = json.loads((to / "record.json").read_text())
+        edit(record)
+        (to / "record.json").write_text(json.dumps(record))
+    return to
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.pop("tokenizer"), lambda r: r.pop("step"), lambda r: r.pop("data"),
+    lambda r: r.update(files=[]), lambda r: r["data"].update(source="files"),
+])
+@pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
+def test_a_hand_edited_checkpoint_record_is_a_one_line_error(run_dir, tmp_path, capsys, edit, command):
+    damaged = _copy_checkpoint(run_dir, tmp_path / "damaged", edit)
+    assert main([command[0], str(damaged), *command[1:]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: damaged checkpoint record") and err.count("\n") == 1
+
+
+def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir, tmp_path, capsys):
+    import json
+
+    import safetensors.torch
+
+    loaded = E.load_model(run_dir, CPU)
+    result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16, keep_pending=True)
+    good = tmp_path / "good.safetensors"
+    E.save_stream_state(good, result.state, loaded.checkpoint.record["spec_sha256"], "c")
+    tensors = safetensors.torch.load_file(good)
+    with safetensors.safe_open(str(good), framework="pt") as handle:
+        structure = json.loads(handle.metadata()["nldsl"])
+
+    def variant(name: str, change) -> Path:
+        changed_tensors, changed = dict(tensors), json.loads(json.dumps(structure))
+        change(changed_tensors, changed)
+        path = tmp_path / f"{name}.safetensors"
+        safetensors.torch.save_file(changed_tensors, path, metadata={"nldsl": json.dumps(changed)})
+        return path
+
+    memory_key = next(key for key in tensors if key.startswith("memory"))
+    slow_key = next(key for key in tensors if key.startswith("slow"))
+    cases = {
+        "position": (lambda t, s: s.update(position="x"), "position"),
+        "no-spec": (lambda t, s: s.pop("spec_sha256"), "names no spec"),
+        "not-a-dict": (lambda t, s: s.clear() or s.update(format="nldsl-stream-state/1", spec_sha256=None),
+                       "names no spec"),
+        "missing-tensor": (lambda t, s: t.pop(memory_key), "corrupt stream state"),
+        "memory-shape": (lambda t, s: t.update({memory_key: torch.zeros(3, 5)}), "does not fit this model"),
+        "slow-shape": (lambda t, s: t.update({slow_key: torch.zeros(7)}), "does not fit this model"),
+        "pending": (lambda t, s: t.update({"pending": torch.zeros(2, 2)}), "pending tokens"),
+        "vocabulary": (lambda t, s: t.update({"pending": torch.tensor([1, 999])}), "vocabulary"),
+    }
+    for name, (change, message) in cases.items():
+        path = variant(name, change)
+        assert main(["stream", str(run_dir), "--state-in", str(path), "--max-tokens", "40"]) == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and err.count("\n") == 1, (name, err)
+    assert main(["stream", str(run_dir), "--state-in", str(good), "--max-tokens", "40"]) == 0
+
+
+def test_a_prompt_that_is_not_utf8_and_an_unusable_device_are_one_line_errors(run_dir, capsys):
+    assert main(["generate", str(run_dir), "--prompt", "abc\udcff", "--tokens", "1"]) == 1
+    assert "--prompt is not valid UTF-8" in capsys.readouterr().err
+    for command in ("eval", "generate", "stream"):
+        assert main([command, str(run_dir), "--device", "meta"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: --device meta") and err.count("\n") == 1
+
+
+def test_the_warning_that_the_validation_text_differs_goes_to_stderr(run_dir, capsys):
+    import json
+
+    record = json.loads(sorted((run_dir / "checkpoints").glob("step-*"))[-1].joinpath("record.json").read_text())
+    record["data"]["validation_sha256"] = "0" * 64
+    E.validation_text(record)
+    out, err = capsys.readouterr()
+    assert "validation text differs" in err and out == ""

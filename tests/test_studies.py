@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch
 from nldsl.cli import main
 from nldsl.runtime import domains as D
 from nldsl.runtime import studies as S
+
+REPO = Path(__file__).resolve().parent.parent
 
 GAP_TOLERANCE = 0.03  # total-variation distance between the sampled and requested slot distributions
 DOMAIN_DISTANCE = 0.15  # least total-variation distance between two domains' byte distributions
@@ -226,3 +229,51 @@ def test_out_of_range_study_options_are_usage_errors_before_any_run(capsys, stud
         main(["bench", study, "--tiny", option, value])
     assert stop.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [b'{"key": "k", "result": {"seconds"', b"[1]", b"\xff\xfe", b'{"key": 1, "result": 2}'])
+def test_a_resumed_study_passes_over_unreadable_run_lines_and_rewrites_the_log(tmp_path, capsys, bad):
+    log_file = tmp_path / "continual.runs.jsonl"
+    good = json.dumps({"key": "done", "result": {"seconds": 1.5}})
+    log_file.write_bytes(good.encode() + b"\n" + bad)  # a kill during the append leaves a cut last line
+    log = S.RunLog(log_file, resume=True)
+    assert "unreadable line" in capsys.readouterr().err
+    assert log.run({"k": 1}, lambda: {"seconds": 2.0}) == {"seconds": 2.0}
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [line["key"] for line in lines] == ["done", json.dumps({"k": 1}, sort_keys=True)]
+    assert S.RunLog(log_file, resume=True).done["done"] == {"seconds": 1.5}
+
+
+def test_tiny_studies_write_apart_from_the_published_results_and_refuse_size_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    a = S.parse_study("continual", ["--tiny"])
+    assert a.out == S.TINY_RESULTS and S.RESULTS not in a.out.parents and a.out != S.RESULTS
+    assert S.parse_study("continual", []).out == S.RESULTS
+    assert S.parse_study("recall", ["--tiny", "--out", "mine"]).out == Path("mine")
+    for study, option in [("continual", "--steps"), ("continual", "--params"), ("recall", "--mqar-batch")]:
+        assert main(["bench", study, "--tiny", option, "3"]) == 1
+        err = capsys.readouterr().err
+        assert f"--tiny sets its own toy sizes and would ignore {option}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make", ["no-dim", "errors", "optimizer", "folder", "text"])
+def test_a_model_the_study_cannot_size_is_a_clear_error(tmp_path, capsys, make):
+    if make == "no-dim":
+        path = tmp_path / "fixed.nl"
+        path.write_text((REPO / "specs/transformer.nl").read_text().replace("const dim = 128", "")
+                        .replace("dim = dim", "dim = 32"))
+    elif make == "errors":
+        path = tmp_path / "broken.nl"
+        path.write_text("model m { vocab = 256\n dim = }\n")
+    elif make == "optimizer":
+        path = REPO / "specs/optimizers/adamw.nl"
+    elif make == "folder":
+        path = tmp_path
+    else:
+        path = tmp_path / "notes.txt"
+        path.write_text("just some notes\n")
+    assert main(["bench", "continual", "--tiny", "--no-control", "--out", str(tmp_path / "out"),
+                 "--models", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err and err.strip()
+    assert not (tmp_path / "out").exists()

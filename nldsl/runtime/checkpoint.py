@@ -82,24 +82,31 @@ def encode(value: Any, tensors: dict[str, Tensor], key: str) -> Any:
 
 
 def decode(data: Any, tensors: dict[str, Tensor]) -> Any:
-    """The inverse of `encode`."""
+    """The inverse of `encode`; a structure it did not write (edited, damaged) is a ValueError."""
+    try:
+        return _decode(data, tensors)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"malformed stored structure ({type(error).__name__}: {error})") from None
+
+
+def _decode(data: Any, tensors: dict[str, Tensor]) -> Any:
     if data is None or isinstance(data, (bool, int, float, str)):
         return data
     if isinstance(data, list):
-        return [decode(item, tensors) for item in data]
+        return [_decode(item, tensors) for item in data]
     if "tensor" in data:
         return tensors[data["tensor"]]
     if "tuple" in data:
-        return tuple(decode(item, tensors) for item in data["tuple"])
+        return tuple(_decode(item, tensors) for item in data["tuple"])
     if "dict" in data:
-        return {name: decode(item, tensors) for name, item in data["dict"].items()}
+        return {name: _decode(item, tensors) for name, item in data["dict"].items()}
     if "items" in data:
-        return {decode(name, tensors): decode(item, tensors) for name, item in data["items"]}
+        return {_decode(name, tensors): _decode(item, tensors) for name, item in data["items"]}
     if "dataclass" in data:
         cls = DATACLASSES.get(data["dataclass"])
         if cls is None:
             raise ValueError(f"unknown stored class {data['dataclass']!r}")
-        return cls(**{name: decode(item, tensors) for name, item in data["fields"].items()})
+        return cls(**{name: _decode(item, tensors) for name, item in data["fields"].items()})
     raise ValueError(f"unknown stored value {data!r}")
 
 
@@ -168,7 +175,8 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     temporary = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    previous = latest_checkpoint(run_dir)
+    # only for the message of a failed write: a damaged `latest` must not stop a save, which rewrites it
+    previous = newest_readable(run_dir)
     try:
         files = {
             MODEL_FILE: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
@@ -204,7 +212,7 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
 def prune(folder: Path, keep: int) -> None:
     """Remove all but the newest `keep` checkpoints (never the one `latest` names) and leftovers of
     interrupted writes."""
-    latest = (folder / LATEST).read_text(encoding="utf-8").strip() if (folder / LATEST).exists() else None
+    latest = _pointer_name(folder / LATEST)
     for path in step_folders(folder)[:-keep]:
         if path.name != latest:
             shutil.rmtree(path, ignore_errors=True)
@@ -231,6 +239,16 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return [path for path in step_folders(run_dir / CHECKPOINTS) if (path / RECORD_FILE).exists()]
 
 
+def _pointer_name(pointer: Path) -> str | None:
+    """The `step-N` name a `latest` file holds; None when it is missing or holds anything else
+    (binary garbage, a path): the pointer is only ever written by `save_checkpoint`."""
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if _step_number(Path(name)) is not None and "/" not in name else None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The folder `checkpoints/latest` names, or None when the run has no checkpoint yet.
 
@@ -240,16 +258,33 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.exists():
         complete = complete_checkpoints(run_dir)
         return complete[-1] if complete else None
-    name = pointer.read_text(encoding="utf-8").strip()
-    path = run_dir / CHECKPOINTS / name
+    name = _pointer_name(pointer)
+    path = run_dir / CHECKPOINTS / (name or "")
     if not name or not (path / RECORD_FILE).exists():
-        raise CheckpointError(f"{pointer} names `{name}`, which is not a complete checkpoint "
+        shown = name if name else "something that is not a checkpoint name"
+        raise CheckpointError(f"{pointer} names `{shown}`, which is not a complete checkpoint "
                               f"(pick one of {run_dir / CHECKPOINTS}/step-* by path)")
     return path
 
 
+def newest_readable(run_dir: Path) -> Path | None:
+    """`latest_checkpoint`, or the newest complete checkpoint when the pointer is damaged; never raises."""
+    try:
+        return latest_checkpoint(run_dir)
+    except CheckpointError:
+        complete = complete_checkpoints(run_dir)
+        return complete[-1] if complete else None
+
+
+def point_latest_at(path: Path) -> None:
+    """Make `latest` of the run name the checkpoint folder `path` (atomically)."""
+    write_atomic(path.parent / LATEST, (path.name + "\n").encode("utf-8"))
+
+
 def resolve_checkpoint(target: str | Path) -> Path:
     """A run folder (its latest checkpoint), a checkpoint folder, or a file inside one → the folder."""
+    if not str(target).strip():  # Path("") is the current folder, which the user did not name
+        raise CheckpointError("no run or checkpoint given (the path is empty)")
     path = Path(target)
     if not path.exists():
         raise CheckpointError(f"no run or checkpoint at {target}")
@@ -281,7 +316,41 @@ def read_record(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"corrupt checkpoint record {file}: {error}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a {FORMAT} record")
+    # the fields save_checkpoint itself writes (`files` may be absent: then no hash is checked)
+    if not isinstance(record.get("step"), int) or isinstance(record["step"], bool) or record["step"] < 0:
+        raise CheckpointError(f"damaged checkpoint record {file}: it holds no step number")
+    files = record.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise CheckpointError(f"damaged checkpoint record {file}: `files` is not a table of file hashes")
     return record
+
+
+def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
+    """The fields a checkpoint written by `nldsl train` holds, with the types their readers need
+    (eval, generate, stream; with `resume`, the optimizer's too): a record edited by hand or
+    damaged is a CheckpointError naming the field, never a KeyError deep in a command."""
+    record = checkpoint.record
+    file = checkpoint.path / RECORD_FILE
+
+    def get(path: str, kind: type | tuple[type, ...]) -> Any:
+        value: Any = record
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind):
+            raise CheckpointError(f"damaged checkpoint record {file}: `{path}` is missing or malformed")
+        return value
+
+    get("spec", dict)
+    get("spec_sha256", str)
+    get("tokenizer.kind", str)
+    kind = get("data.source.kind", str)
+    if kind == "files":
+        paths = get("data.source.paths", list)
+        if not all(isinstance(p, str) for p in paths):
+            raise CheckpointError(f"damaged checkpoint record {file}: `data.source.paths` is malformed")
+    get("data.train_sha256", str)
+    if resume:
+        get("optimizer", dict)
 
 
 def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
@@ -309,15 +378,19 @@ def load_checkpoint(target: str | Path) -> Checkpoint:
     return Checkpoint(path, record, model, training)
 
 
-def load_for_resume(run_dir: Path, warn: Callable[[str], None]) -> Checkpoint | None:
-    """The newest checkpoint of a run that reads back whole: the latest one or, when that one is
-    damaged, the newest older one (each one passed over is reported through `warn`). None when the
-    run has no checkpoint; CheckpointError when it has some and none of them is intact."""
+def load_for_resume(run_dir: Path, warn: Callable[[str], None], check: Callable[[Checkpoint], None] | None = None,
+                    repair: bool = False) -> Checkpoint | None:
+    """The newest checkpoint of a run that reads back whole (and passes `check`): the latest one or,
+    when that one is damaged, the newest older one (each one passed over is reported through
+    `warn`). None when the run has no checkpoint; CheckpointError when it has some and none of them
+    is intact. With `repair`, a `latest` that names anything else is pointed at the one returned,
+    so that eval and the next resume find it too."""
+    pointer_ok = True
     try:
         latest = latest_checkpoint(run_dir)
-    except CheckpointError as error:  # a pointer to a missing or partial folder
+    except CheckpointError as error:  # a pointer to a missing or partial folder, or garbage
         warn(str(error))
-        latest = None
+        latest, pointer_ok = None, False
     newest = None if latest is None else _step_number(latest)
     older = [path for path in reversed(complete_checkpoints(run_dir))
              if path != latest and (newest is None or (_step_number(path) or 0) < newest)]
@@ -326,13 +399,23 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None]) -> Checkpoint | 
         if (run_dir / CHECKPOINTS / LATEST).exists():
             raise CheckpointError(f"{run_dir / CHECKPOINTS} holds no complete checkpoint")
         return None
-    for path, following in zip(candidates, [*candidates[1:], None]):
+    for index, (path, following) in enumerate(zip(candidates, [*candidates[1:], None])):
         try:
-            return load_checkpoint(path)
+            found = load_checkpoint(path)
+            if check is not None:
+                check(found)
         except CheckpointError as error:
             if following is None:
                 raise CheckpointError(f"{error}; no older checkpoint of {run_dir} is intact") from None
             warn(f"{error}; resuming from {following.name}, the checkpoint before it, instead")
+            continue
+        if repair and (not pointer_ok or index > 0):
+            try:
+                point_latest_at(found.path)
+            except OSError as error:
+                warn(f"could not repoint {run_dir / CHECKPOINTS / LATEST} at {found.path.name}: "
+                     f"{error.strerror or error}")
+        return found
     raise AssertionError("unreachable: the last candidate returns or raises")
 
 

@@ -46,10 +46,10 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from nldsl.runtime.distributed import resolve_device
     from nldsl.runtime.evaluate import load_model
+    from nldsl.runtime.train import check_device
 
-    return load_model(args.target, resolve_device(args.device))
+    return load_model(args.target, check_device(args.device))
 
 
 def _text(args: argparse.Namespace, loaded) -> tuple[str, str]:
@@ -83,6 +83,10 @@ def generate_command(args: argparse.Namespace) -> int:
         raise UserError("--top-k must be at least 0 (0 = no top-k filter)")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UserError(f"--temperature must be a finite number ≥ 0 (0 = greedy), not {args.temperature}")
+    try:
+        args.prompt.encode("utf-8")  # bytes that were not UTF-8 in argv arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise UserError("--prompt is not valid UTF-8 text (check the terminal's or the script's encoding)") from None
     loaded = _load(args)
     text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
                     args.seed, loaded.spec.train.seq_len, loaded.device)
@@ -91,7 +95,13 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def stream_command(args: argparse.Namespace) -> int:
-    from nldsl.runtime.evaluate import load_stream_state, save_stream_state, stream, stream_parts
+    from nldsl.runtime.evaluate import (
+        check_stream_state,
+        load_stream_state,
+        save_stream_state,
+        stream,
+        stream_parts,
+    )
 
     if args.segment is not None and args.segment < 1:
         raise UserError("--segment must be at least 1")
@@ -107,6 +117,8 @@ def stream_command(args: argparse.Namespace) -> int:
         tokens = tokens[:args.max_tokens + 1]
     sha = loaded.checkpoint.record["spec_sha256"]
     state = load_stream_state(Path(args.state_in), sha, loaded.device) if args.state_in else None
+    if state is not None:
+        check_stream_state(loaded, state, Path(args.state_in), segment)
     result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
                     progress=not args.no_progress)
     fed = sum(s.tokens for s in result.segments)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,14 @@ class LoadedModel:
 def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     """The model of a run folder (its latest checkpoint) or of a checkpoint folder."""
     checkpoint = C.load_checkpoint(target)
+    C.check_run_record(checkpoint)
     record = checkpoint.record
     try:
         spec = spec_from_record(record)
     except (KeyError, ValueError) as error:
         raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: {error}") from None
     module = loader.build_module(spec, record.get("spec_text", ""))
-    model = module.build(device)
+    model = loader.build_model(module, spec, device)
     C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
     model.load_state_dict(checkpoint.model)
     model.requires_grad_(False)
@@ -97,7 +99,7 @@ def validation_text(record: dict[str, Any]) -> str:
     recorded = record["data"].get("validation_sha256")
     if recorded and split.record["validation"]["sha256"] != recorded:
         print("warning: the validation text differs from the one this run recorded (another Python version, or "
-              "edited files?); numbers are not comparable with the run's own evaluations")
+              "edited files?); numbers are not comparable with the run's own evaluations", file=sys.stderr)
     return split.text("validation")
 
 
@@ -398,12 +400,85 @@ def load_stream_state(path: Path, spec_sha256: str, device: torch.device) -> Str
         structure = json.loads(metadata["nldsl"])
     except (safetensors.SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise UserError(f"corrupt stream state {path}: {error}") from None
-    if structure.get("format") != STATE_FORMAT:
+    if not isinstance(structure, dict) or structure.get("format") != STATE_FORMAT:
         raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
-    if structure["spec_sha256"] != spec_sha256:
-        raise UserError(f"the stream state {path} belongs to another spec (sha256 {structure['spec_sha256'][:12]}… "
+    recorded = structure.get("spec_sha256")
+    if not isinstance(recorded, str):
+        raise UserError(f"corrupt stream state {path}: it names no spec")
+    if recorded != spec_sha256:
+        raise UserError(f"the stream state {path} belongs to another spec (sha256 {recorded[:12]}… "
                         f"vs {spec_sha256[:12]}…)")
-    return StreamState(
-        position=structure["position"], memory=C.decode(structure["memory"], tensors),
-        pending=C.decode(structure["pending"], tensors).cpu(), sums=C.decode(structure["sums"], tensors),
-        slow_weights=C.decode(structure["slow_weights"], tensors))
+    position = structure.get("position")
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise UserError(f"corrupt stream state {path}: its position is not a token count")
+    try:
+        state = StreamState(
+            position=position, memory=C.decode(structure.get("memory"), tensors),
+            pending=C.decode(structure.get("pending"), tensors), sums=C.decode(structure.get("sums"), tensors),
+            slow_weights=C.decode(structure.get("slow_weights"), tensors))
+    except ValueError as error:
+        raise UserError(f"corrupt stream state {path}: {error}") from None
+    pending = state.pending
+    if not (isinstance(pending, Tensor) and pending.dim() == 1 and not pending.is_floating_point()
+            and not pending.is_complex()):
+        raise UserError(f"corrupt stream state {path}: its pending tokens are not a list of token ids")
+    state.pending = pending.cpu()
+    for what in ("sums", "slow_weights"):
+        table = getattr(state, what)
+        if not (isinstance(table, dict) and all(isinstance(v, Tensor) for v in table.values())):
+            raise UserError(f"corrupt stream state {path}: `{what}` is not a table of tensors")
+    return state
+
+
+def check_stream_state(loaded: LoadedModel, state: StreamState, path: Path, segment: int) -> None:
+    """A state read from a file fits the loaded model: token ids within its vocabulary, the slow
+    levels' tensors by name and shape, and a memory of the structure and shapes the model makes
+    (compared with the state after one token), so that a hand-made or mismatched file is one clear
+    error instead of a shape error deep in a forward pass."""
+    vocab = loaded.tokenizer.vocab_size
+    if state.pending.numel() and not (0 <= int(state.pending.min()) and int(state.pending.max()) < vocab):
+        raise UserError(f"the stream state {path} holds token ids outside this model's vocabulary of {vocab}")
+    expected = {name: tuple(p.shape) for level in slow_levels(loaded, segment) for name, p in level.parameters}
+    for what in ("sums", "slow_weights"):
+        for name, tensor in getattr(state, what).items():
+            if name not in expected or tuple(tensor.shape) != expected[name]:
+                shape = expected.get(name)
+                wanted = f"the model's {shape}" if shape is not None else "no slow-level parameter of this model"
+                raise UserError(f"the stream state {path} does not fit this model: {what} `{name}` is "
+                                f"{tuple(tensor.shape)}, {wanted}")
+    with torch.no_grad():
+        probe = torch.zeros(1, 1, dtype=torch.long, device=loaded.device)
+        _, reference = loaded.model(probe, probe, return_state=True)
+    problem = _state_mismatch(state.memory, reference, "memory") if state.memory is not None else None
+    if problem:
+        raise UserError(f"the stream state {path} does not fit this model: {problem}")
+
+
+def _state_mismatch(value: Any, reference: Any, where: str) -> str | None:
+    """Where `value` differs from `reference` in structure, tensor shape or dtype; None if nowhere."""
+    if isinstance(reference, Tensor):
+        if not isinstance(value, Tensor):
+            return f"{where} is not a tensor"
+        if tuple(value.shape) != tuple(reference.shape) or value.dtype != reference.dtype:
+            return f"{where} is {tuple(value.shape)} {value.dtype}, the model's is {tuple(reference.shape)} " \
+                   f"{reference.dtype}"
+        return None
+    if isinstance(reference, MemoryState):
+        if not isinstance(value, MemoryState):
+            return f"{where} is not a memory state"
+        return (_state_mismatch(value.weights, reference.weights, f"{where}.weights")
+                or _state_mismatch(value.momentum, reference.momentum, f"{where}.momentum"))
+    if isinstance(reference, dict):
+        if not isinstance(value, dict) or set(value) != set(reference):
+            return f"{where} holds other entries than the model's"
+        return next((found for key in reference
+                     if (found := _state_mismatch(value[key], reference[key], f"{where}.{key}"))), None)
+    if isinstance(reference, (list, tuple)):
+        if not isinstance(value, (list, tuple)) or len(value) != len(reference):
+            return f"{where} holds {len(value) if isinstance(value, (list, tuple)) else 'no'} items, the model's " \
+                   f"{len(reference)}"
+        return next((found for index, (item, ref) in enumerate(zip(value, reference))
+                     if (found := _state_mismatch(item, ref, f"{where}.{index}"))), None)
+    # plain leaves (counters, flags) may hold other values later in a stream, but not another kind
+    return None if type(value) is type(reference) else \
+        f"{where} is a {type(value).__name__}, the model's a {type(reference).__name__}"

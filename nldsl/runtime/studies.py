@@ -32,6 +32,7 @@ import math
 import re
 import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -69,6 +70,8 @@ CONTROL = "transformer_slow_mlp"  # the Transformer whose MLP weights learn at l
 CONTROL_MLP_LR_SCALE = 0.1
 MLP_PARAMETER = re.compile(r"^blocks\.\d+\.mlp\.")
 RESULTS = Path("docs/results")
+# --tiny is a smoke run: its toy numbers must never replace the published results in RESULTS
+TINY_RESULTS = Path("runs/bench-tiny")
 
 
 def spec_path(name: str) -> Path:
@@ -78,7 +81,26 @@ def spec_path(name: str) -> Path:
     path = Path(name)
     if not path.exists():
         raise UserError(f"unknown model `{name}` (known: {', '.join(SPEC_FILES)}; or give a spec path)")
+    if not path.is_file():
+        raise UserError(f"--models {name}: not a spec file")
     return path
+
+
+def check_model_spec(name: str) -> None:
+    """A model of --models must be a spec without errors (its diagnostics are printed otherwise)
+    that defines a model and a `const dim` the study can set (it matches widths through dim)."""
+    from nldsl import loader
+
+    path = spec_path(name)
+    result = loader.check(path, study_overrides(name))  # SpecError: the command prints the diagnostics
+    if result.spec.model is None:
+        raise UserError(f"--models {name}: {path} defines no `model` section, so there is nothing to train")
+    try:
+        loader.check(path, [f"dim={result.spec.model.dim}", *study_overrides(name)])
+    except SpecError:
+        raise UserError(f"--models {name}: {path} has no `const dim` the study can set (it matches every model's "
+                        "parameter count by its width; declare `const dim = …` and use it as the model's dim)"
+                        ) from None
 
 
 def model_name(name: str) -> str:
@@ -112,6 +134,9 @@ def matched_width(spec: Path, target: int, overrides: tuple[str, ...] = ()) -> t
             high = middle
     candidates = {d for d in range(low * 8 - 12, low * 8 + 5, 4) if d >= 4}
     counted = [(abs(n - target), dim, n) for dim in sorted(candidates) if (n := parameter_count(spec, dim, overrides))]
+    if not counted:
+        raise UserError(f"{spec}: no width near {target:,} parameters is valid for this spec (try another --params, "
+                        f"or check it with `nldsl check {spec} --set dim=64`)")
     _, dim, count = min(counted)
     return dim, count
 
@@ -258,11 +283,33 @@ class RunLog:
         self.reused = 0
         self.seconds = 0.0  # summed over every run of the study, reused or not
         if resume and path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
-                self.done[record["key"]] = record["result"]
+            self._read()
         elif path.exists():
             path.unlink()
+
+    def _read(self) -> None:
+        """The finished runs of the log. An append cut short by a kill (or a line edited by hand) is
+        passed over with a warning, and the log is rewritten without it: the next append would
+        otherwise continue the cut line and be lost as well. Such runs are simply run again."""
+        bad = 0
+        for raw in self.path.read_bytes().split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if (isinstance(record, dict) and isinstance(record.get("key"), str)
+                    and isinstance(record.get("result"), dict)
+                    and isinstance(record["result"].get("seconds"), (int, float))):
+                self.done[record["key"]] = record["result"]
+            else:
+                bad += 1
+        if bad:
+            print(f"warning: {self.path}: passed over {bad} unreadable line(s) (a run cut short while it was "
+                  "written?); those runs are done again", file=sys.stderr)
+            text = "".join(json.dumps({"key": key, "result": result}) + "\n" for key, result in self.done.items())
+            self.path.write_text(text, encoding="utf-8")
 
     def run(self, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         text = json.dumps(portable(key), sort_keys=True)
@@ -368,6 +415,8 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
     domains = D.load_domains(config.domains, config.max_bytes)
     validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
                   for d in domains]
+    for name in config.models:
+        check_model_spec(name)
     log = RunLog(out / "continual.runs.jsonl", resume)
     widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in config.models}
     variants = [(name, name, 1.0) for name in config.models]
@@ -678,6 +727,8 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
 def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
     """MQAR with a learning-rate sweep, then passkey retrieval at each model's best MQAR lr; write the report."""
     started = time.perf_counter()
+    for name in config.models:
+        check_model_spec(name)
     log = RunLog(out / "recall.runs.jsonl", resume)
     mqar_tests = {f"T={t} D={p}": D.mqar(config.test_examples, t, p, seed=TEST_SEED + i)
                   for i, (t, p) in enumerate(config.mqar_tests)}
@@ -912,9 +963,36 @@ def recall_parser() -> argparse.ArgumentParser:
 
 
 def common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=str(RESULTS), help=f"folder for the report, figure and JSON (default {RESULTS})")
+    p.add_argument("--out", default=None,
+                   help=f"folder for the report, figure and JSON (default {RESULTS}; with --tiny, {TINY_RESULTS})")
     p.add_argument("--resume", action="store_true", help="reuse the finished runs of <out>/<study>.runs.jsonl")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run at toy sizes")
+    p.add_argument("--tiny", action="store_true",
+                   help=f"a seconds-long smoke run at toy sizes (it sets the sizes itself: --params, steps and "
+                        f"batch options are refused with it; writes to {TINY_RESULTS} unless --out is given)")
+
+
+# The options --tiny replaces by its toy sizes: given with --tiny they would be silently ignored.
+TINY_SIZES = {
+    "continual": ("params", "steps", "batch", "seq_len", "seeds", "warmup", "eval_windows"),
+    "recall": ("params", "mqar_steps", "mqar_batch", "passkey_steps", "passkey_batch", "test_examples"),
+}
+
+
+def parse_study(study: str, rest: list[str]) -> argparse.Namespace:
+    """The options of a study; --tiny with an option it overrides is an error, and --out defaults
+    to a folder of its own under --tiny."""
+    make = continual_parser if study == "continual" else recall_parser
+    a = make().parse_args(rest)
+    if a.tiny:
+        probe = make()  # the same options with None as default: what is not None was given
+        probe.set_defaults(**dict.fromkeys(TINY_SIZES[study]))
+        parsed = vars(probe.parse_args(rest))
+        given = [name for name in TINY_SIZES[study] if parsed[name] is not None]
+        if given:
+            listed = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise UserError(f"--tiny sets its own toy sizes and would ignore {listed}: drop {listed} or --tiny")
+    a.out = Path(a.out if a.out is not None else TINY_RESULTS if a.tiny else RESULTS)
+    return a
 
 
 def continual_config(a: argparse.Namespace) -> ContinualConfig:
@@ -945,13 +1023,13 @@ def run(args: argparse.Namespace) -> int:
     rest = list(args.rest or [])
     command = shlex.join(["nldsl", "bench", args.study, *(r for r in rest if r != "--resume")])
     if args.study == "continual":
-        a = continual_parser().parse_args(rest)
-        summary = run_continual(continual_config(a), Path(a.out), command, a.resume)
-        print(f"wrote {Path(a.out) / 'continual.md'} ({summary['wall_seconds'] / 60:.1f} min)")
+        a = parse_study("continual", rest)
+        summary = run_continual(continual_config(a), a.out, command, a.resume)
+        print(f"wrote {a.out / 'continual.md'} ({summary['wall_seconds'] / 60:.1f} min)")
         return 0
     if args.study == "recall":
-        a = recall_parser().parse_args(rest)
-        summary = run_recall(recall_config(a), Path(a.out), command, a.resume)
-        print(f"wrote {Path(a.out) / 'recall.md'} ({summary['wall_seconds'] / 60:.1f} min)")
+        a = parse_study("recall", rest)
+        summary = run_recall(recall_config(a), a.out, command, a.resume)
+        print(f"wrote {a.out / 'recall.md'} ({summary['wall_seconds'] / 60:.1f} min)")
         return 0
     raise UserError(f"no study called `{args.study}` here (continual, recall)")

@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import math
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -149,9 +152,15 @@ def default_run_dir(spec_path: str) -> Path:
 
 
 def latest_run_dir(spec_path: str) -> Path:
-    """For --resume without --run-dir: the newest runs/<spec stem>-* folder that has a checkpoint."""
+    """For --resume without --run-dir: the newest runs/<spec stem>-<date> folder that has a checkpoint.
+
+    Exactly the names `default_run_dir` makes: a glob `<stem>-*` would also take the runs of
+    another spec whose name starts the same (tf.nl and tf-small.nl)."""
     stem = Path(spec_path).stem
-    candidates = sorted(p for p in RUNS.glob(f"{stem}-*") if (p / C.CHECKPOINTS / C.LATEST).exists())
+    name = re.compile(re.escape(stem) + r"-\d{8}-\d{6}")
+    candidates = sorted(p for p in RUNS.glob(f"{stem}-*")
+                        if name.fullmatch(p.name) and (p / C.CHECKPOINTS).is_dir()
+                        and C.complete_checkpoints(p))
     if not candidates:
         raise UserError(f"nothing to resume: no run of {stem} with a checkpoint under {RUNS}/ (pass --run-dir)")
     return candidates[-1]
@@ -186,15 +195,45 @@ def resolved_values(dump: dict[str, Any], provenance: dict[str, str]) -> dict[st
     return values
 
 
-class MetricsLog:
-    """metrics.jsonl (and TensorBoard) on rank 0; a resumed run first drops lines past its checkpoint."""
+def read_metrics(path: Path, warn: Any = None) -> list[dict[str, Any]]:
+    """The entries of a metrics.jsonl. Appends are not atomic, so a process killed while writing
+    leaves a cut last line (and hands can leave anything): lines that are not a JSON object with
+    an integer step are passed over, and reported through `warn`."""
+    entries, bad = [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            entries.append(entry)
+        else:
+            bad.append(number)
+    if bad and warn is not None:
+        lines = ", ".join(map(str, bad[:5])) + (" …" if len(bad) > 5 else "")
+        warn(f"{path}: dropped {len(bad)} unreadable line(s) ({lines}), e.g. one cut short by a crash")
+    return entries
 
-    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool):
+
+def _json_number(value: Any) -> Any:
+    """NaN and ±inf as null: bare `NaN` in a line makes it invalid JSON for every strict reader."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsLog:
+    """metrics.jsonl (and TensorBoard) on rank 0; a resumed run first drops lines past its checkpoint
+    (and unreadable ones)."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, tensorboard: bool, warn: Any = None):
         self.path = run_dir / "metrics.jsonl"
+        self.last_time = 0.0  # time_s of the last kept entry, where a resumed run's clock goes on from
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            C.write_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+            kept = [entry for entry in read_metrics(self.path, warn) if entry["step"] <= resume_step]
+            times = [entry["time_s"] for entry in kept if isinstance(entry.get("time_s"), (int, float))]
+            self.last_time = float(times[-1]) if times else 0.0
+            C.write_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in kept).encode("utf-8"))
         elif resume_step is None:
             self.path.write_text("", encoding="utf-8")
         self.writer = None
@@ -209,10 +248,10 @@ class MetricsLog:
 
     def write(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+            handle.write(json.dumps({key: _json_number(value) for key, value in entry.items()}) + "\n")
         if self.writer is not None:
             for key, value in entry.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     group = "eval" if key.startswith("eval_") else "train"
                     self.writer.add_scalar(f"{group}/{key.removeprefix('eval_')}", value, entry["step"])
 
@@ -229,6 +268,7 @@ def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResu
     if spec.model is None:
         raise UserError(f"{spec.path} defines no `model` section, so there is nothing to train")
     D.check_vocabulary(spec.model.vocab, spec.train.tokenizer)
+    check_device(options.device)  # before the data is read and the run folder made
     context = distributed.setup(options.device, options.fsdp)
     try:
         outcome = _train(result, list(overrides), options, context)
@@ -239,42 +279,106 @@ def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResu
     return outcome
 
 
-def _say(context: Distributed, message: str) -> None:
+def _say(context: Distributed, message: str, error: bool = False) -> None:
+    """A line from rank 0 (warnings to stderr, beside the errors, out of the way of the run's output)."""
     if context.is_main:
-        tqdm.write(message)
+        tqdm.write(message, file=sys.stderr if error else None)
+
+
+def check_device(name: str) -> torch.device:
+    """The device `--device` names, refused up front unless nldsl can run on it here: a CUDA device
+    must be there, an Apple GPU available, and nothing else (meta, xla …) runs a model."""
+    device = distributed.resolve_device(name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: no Apple GPU (MPS) is available (use --device cpu)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: nldsl runs on cpu, cuda or mps devices, not {device.type}")
+    return device
 
 
 def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> Path:
     if options.run_dir is not None:
+        if not str(options.run_dir).strip():  # Path("") would be the current folder
+            raise UserError("--run-dir is empty: name the run's folder")
         return Path(options.run_dir)
     chosen = latest_run_dir(spec_path) if options.resume else default_run_dir(spec_path)
     return Path(distributed.broadcast_object(str(chosen), context))
 
 
+LOCK_FILE = ".lock"
+
+
+def _lock_run_dir(run_dir: Path) -> Any:
+    """An exclusive lock on the run folder for this process's lifetime (released when the returned
+    file is closed, or by the OS when the process dies): two runs writing one folder would
+    interleave their checkpoints and metrics."""
+    handle = open(run_dir / LOCK_FILE, "a+b")  # held open until `_train` returns
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"another `nldsl train` is running in {run_dir} (it holds {run_dir / LOCK_FILE}): wait "
+                        "for it to end, or choose another --run-dir") from None
+    return handle
+
+
 def _train(result: Any, overrides: list[str], options: TrainOptions, context: Distributed) -> TrainResult:
+    """Make and lock the run folder, then train; a start that fails before the first step leaves no
+    folder behind when this call made it (a half-made run would later look like one to resume)."""
     spec = result.spec
     plan = spec.train
-    device = context.device
     if plan.batch % context.world_size:
         raise UserError(f"train.batch = {plan.batch} does not split over {context.world_size} processes "
                         f"(use a multiple of {context.world_size})")
     run_dir = _run_dir(spec.path, options, context)
-
     if options.resume and options.init_from is not None:
         raise UserError("--resume continues a run; --init-from starts a new one from another run's weights: "
                         "use one of them")
+    if options.resume and not run_dir.is_dir():
+        raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
+    created, lock = False, None
+    if context.is_main:
+        created = not run_dir.exists()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = _lock_run_dir(run_dir)
+        except BaseException:
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    started = [False]  # set when the first step begins: from then on the folder holds a run
+    try:
+        return _train_in(result, overrides, options, context, run_dir, started)
+    except BaseException:
+        if created and not started[0]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_in(result: Any, overrides: list[str], options: TrainOptions, context: Distributed, run_dir: Path,
+              started: list[bool]) -> TrainResult:
+    spec = result.spec
+    plan = spec.train
+    device = context.device
     initial = _initial_checkpoint(options.init_from, plan) if options.init_from is not None else None
     found, continued = None, None
     if options.resume:
-        if not run_dir.is_dir():
-            raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
-        found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}"))
+        found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}", error=True),
+                                  check=lambda checkpoint: C.check_run_record(checkpoint, resume=True),
+                                  repair=context.is_main)
         if found is None:
             raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
+        if plan.steps < found.record["step"]:
+            raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
+                            f"train.steps = {plan.steps}: nothing to do (--set train.steps=N with N ≥ "
+                            f"{found.record['step']} to train it longer)")
         continued = _check_same_spec(found, spec, overrides)
         if continued:
             _say(context, f"note: {continued}")
-    elif run_dir.exists() and C.latest_checkpoint(run_dir) is not None:
+    elif C.newest_readable(run_dir) is not None:
         raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or choose "
                         "another --run-dir")
 
@@ -290,9 +394,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data")
 
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(context)
+    distributed.barrier(context)  # rank 0 made the folder
     tokenizer_file = run_dir / "tokenizer.json"
     if initial is not None and plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
         # the weights read token ids of the tokenizer they were trained with, not one trained on new data
@@ -307,19 +409,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     D.require_windows(train_text, plan.seq_len, "training")
     D.require_windows(validation, plan.seq_len, "validation")
 
-    if context.is_main and (found is None or continued):  # a continued run records its new values
-        source_text = result.sources[spec.path].text
-        (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
-        dump = spec.model_dump(mode="json")
-        D.write_json(run_dir / "resolved.json", {
-            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
-            "initialized_from": initialized_from, "spec": dump,
-            "values": resolved_values(dump, dict(result.provenance))})
-        D.write_json(run_dir / "split.json", split.record)
-
     module = loader.compile_module(result)
     torch.manual_seed(plan.seed)
-    model = module.build(device)
+    model = loader.build_model(module, spec, device)
     if initial is not None:
         C.check_parameters(initial.model, _parameter_shapes(model), initial.path)
         model.load_state_dict(initial.model)  # before sharding: every process reads the same file
@@ -336,11 +428,26 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     start = 0
     if found is not None:
         C.check_parameters(found.model, _parameter_shapes(model), found.path)
-        optimizer_state = C.optimizer_from_files(found.record["optimizer"], found.training)
+        try:
+            optimizer_state = C.optimizer_from_files(found.record["optimizer"], found.training)
+        except ValueError as error:
+            raise C.CheckpointError(f"damaged optimizer state in {found.path / C.RECORD_FILE}: {error}") from None
         distributed.load_state_dicts(model, optimizer, found.model, optimizer_state, context)
         clock.load(found.training)
         C.restore_rng(found.training)
         start = int(found.record["step"])
+
+    # Written only now that the model, the data and the checkpoint all fit: a failed start must not
+    # leave a resumed run's folder describing values it never trained with.
+    if context.is_main and (found is None or continued):  # a continued run records its new values
+        source_text = result.sources[spec.path].text
+        (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
+        dump = spec.model_dump(mode="json")
+        D.write_json(run_dir / "resolved.json", {
+            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
+            "initialized_from": initialized_from, "spec": dump,
+            "values": resolved_values(dump, dict(result.provenance))})
+        D.write_json(run_dir / "split.json", split.record)
 
     compiled = plan.compile if options.compile is None else options.compile
     loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute)
@@ -351,7 +458,12 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
 
     metrics = None
     if context.is_main:
-        metrics = MetricsLog(run_dir, start if found is not None else None, options.tensorboard)
+        metrics = MetricsLog(run_dir, start if found is not None else None, options.tensorboard,
+                             lambda message: _say(context, f"warning: {message}", error=True))
+    # the training time (time_s) of a resumed run goes on from where the checkpoint's left it
+    recorded_time = found.record.get("time_s") if found is not None else None
+    time_offset = (float(recorded_time) if isinstance(recorded_time, (int, float)) and math.isfinite(recorded_time)
+                   else metrics.last_time if metrics is not None else 0.0)
     parameter_count = sum(p.numel() for p in model.parameters())
     tokens_per_step = plan.batch * plan.seq_len
     if found is not None:
@@ -381,16 +493,33 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
+    def stopped(what: str) -> TrainingError:
+        """The error that ends a diverged run, with advice that works: --resume takes a lower lr or a
+        clip (CONTINUABLE_FIXES), and the last checkpoint never holds non-finite weights (`save`)."""
+        kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
+                else "no checkpoint was written yet")
+        then = "then --resume" if last_checkpoint[0] else "then train again"
+        return TrainingError(f"{what}; {kept} (lower the learning rate, e.g. --set train.optimizer.lr="
+                             f"{_lower_lr(plan)}, or set train.clip, {then})")
+
     def save(step: int, evaluation: Evaluation | None, rng: dict[str, Tensor] | None = None) -> None:
         model_state, optimizer_state = distributed.full_state_dicts(model, optimizer, context)
         clock_tensors = clock.tensors()
         message = None
         if context.is_main:
+            broken = [name for name, tensor in model_state.items()
+                      if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+            if broken:  # a checkpoint of non-finite weights would be one nothing can continue or use
+                message = ("diverged", f"the weights are not finite after the update of step {step} "
+                                       f"({len(broken)} of {len(model_state)} tensors, e.g. {broken[0]}); stopped "
+                                       "without checkpointing it")
+        if context.is_main and message is None:
             structure, tensors = C.optimizer_to_files(optimizer_state)
             tensors.update(clock_tensors)
             tensors.update(rng if rng is not None else C.rng_tensors())
             record = _record(result, overrides, tokenizer, split, module, structure, context, step, evaluation,
-                             initialized_from)
+                             initialized_from,
+                             time_s=round(time_offset + train_seconds + (first_step_seconds or 0), 4))
             extra = None
             if isinstance(tokenizer, D.BPETokenizer):
                 extra = {"tokenizer.json": tokenizer.to_str().encode("utf-8")}
@@ -398,10 +527,11 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 last_checkpoint[0] = C.save_checkpoint(run_dir, step, model_state, tensors, record,
                                                        plan.keep_checkpoints, extra)
             except C.CheckpointError as error:
-                message = str(error)
+                message = ("checkpoint", str(error))
         message = distributed.broadcast_object(message, context)
-        if message:
-            raise C.CheckpointError(message)
+        if message is not None:
+            kind, text = message
+            raise stopped(text) if kind == "diverged" else C.CheckpointError(text)
         saved_step[0] = step
 
     parameters = [p for _, p in named]
@@ -414,6 +544,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     bar = tqdm(total=plan.steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (context.is_main and options.progress))
     model.train()
+    started[0] = True
     step = start
     # what an interrupt between steps saves: the steps done, the RNG at that boundary, its evaluation
     completed, boundary_rng, evaluated_at = start, C.rng_tensors(), None
@@ -438,12 +569,8 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
             mean_loss = distributed.all_reduce_sum(loss.detach().float().clone(), context) / context.world_size
             loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
-                        else "no checkpoint was written yet")
-                raise TrainingError(
-                    f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; stopped "
-                    f"before the optimizer step, nothing from this step was written; {kept} (lower the learning "
-                    "rate or set train.clip, then --resume)")
+                raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
+                              "stopped before the optimizer step, nothing from this step was written")
             # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
             with _deferred_interrupt():
                 clock.tick(step)
@@ -464,11 +591,14 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 if metrics is not None and (done % plan.log_every == 0 or done == plan.steps):
                     metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor,
                                    "grad_norm": norm_value, "tokens_per_s": speed,
-                                   "time_s": round(train_seconds + (first_step_seconds or 0), 4)})
+                                   "time_s": round(time_offset + train_seconds + (first_step_seconds or 0), 4)})
                     window_seconds, window_steps = 0.0, 0
                 completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
                 evaluation, evaluated_at = evaluate_now(), done
+                if not math.isfinite(evaluation.loss):  # the update made the model diverge: as a NaN loss
+                    raise stopped(f"the validation loss is {evaluation.loss} after the update of step {done}; "
+                                  "stopped without checkpointing it")
                 if metrics is not None:
                     metrics.write({"step": done, "eval_loss": evaluation.loss, "eval_perplexity": evaluation.perplexity,
                                    "eval_bpb": evaluation.bits_per_byte})
@@ -512,6 +642,11 @@ def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 # same steps. Anything else would make the continued run a different experiment.
 CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
                "compile", "recompute")
+# And the fixes for a run that diverged: a lower learning rate or a gradient clip from its last good
+# checkpoint (the standard move; the alternative, --init-from, would lose the optimizer state). They
+# do change the experiment from that step on, which the note on resuming says and the checkpoints'
+# records and resolved.json keep.
+CONTINUABLE_FIXES = ("clip", "optimizer.lr")
 
 
 def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
@@ -533,7 +668,8 @@ def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> st
     recorded = found.record.get("spec_sha256")
     if recorded == spec.sha256:
         return None
-    changed = _continuable_changes(found.record.get("spec"), spec.model_dump(mode="json"))
+    before, now = found.record.get("spec"), spec.model_dump(mode="json")
+    changed = _continuable_changes(before, now)
     if changed == {}:  # another text (a comment, the layout, an override spelled out) for the same values
         return "the spec's text or overrides differ from the checkpoint's, but they resolve to the same values"
     if changed:
@@ -542,28 +678,69 @@ def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> st
         if "steps" in changed and spec.train.schedule != "constant":
             schedule = (f"; the {spec.train.schedule} lr schedule now ends at step {spec.train.steps}, so the lr "
                         "follows that schedule from here on")
+        if set(changed) & set(CONTINUABLE_FIXES):
+            schedule += (f"; from step {found.record['step']} on this run trains with the new values, unlike the "
+                         "steps before it")
         return f"continuing with changed train values: {listed}{schedule}"
-    before = found.record.get("overrides", [])
-    why = (f"the overrides differ: {before or 'none'} then, {overrides or 'none'} now" if before != overrides
-           else "the spec text differs")
+    # name the value that differs (the first one), not the overrides: these can differ in a value
+    # that may change while the spec text differs in one that may not
+    why = _first_difference(before, now) if isinstance(before, dict) else None
+    allowed = ", ".join(f"train.{key}" for key in (*CONTINUABLE, *CONTINUABLE_FIXES))
     raise UserError(f"the checkpoint {found.path} was written by another spec (sha256 {str(recorded)[:12]}… vs "
-                    f"{spec.sha256[:12]}…): {why}; only train.{', train.'.join(CONTINUABLE)} may change on --resume")
+                    f"{spec.sha256[:12]}…): {why or 'the spec differs'}; only {allowed} may change on --resume")
+
+
+def _flat(node: Any, path: str = "") -> dict[str, Any]:
+    """A spec dump as {dotted path: leaf value}, in the dump's order (list items by index)."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = ((str(index), item) for index, item in enumerate(node))
+    else:
+        return {path: node}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(_flat(value, f"{path}.{key}" if path else str(key)))
+    return flat
+
+
+def _variable(path: str) -> bool:
+    """A dump path that may differ on --resume (or that says nothing about the values)."""
+    return (path in ("path", "sha256")
+            or any(path == f"train.{key}" or path.startswith(f"train.{key}.") for key in (*CONTINUABLE,
+                                                                                         *CONTINUABLE_FIXES)))
+
+
+def _first_difference(before: dict, now: dict) -> str | None:
+    """'train.seed is 0 in the checkpoint but 7 now' for the first value that may not change but did."""
+    old, new = _flat(before), _flat(now)
+    missing = object()
+    for path in [*new, *(p for p in old if p not in new)]:
+        if _variable(path) or old.get(path, missing) == new.get(path, missing):
+            continue
+        shown = [json.dumps(value) if value is not missing else "absent" for value in (old.get(path, missing),
+                                                                                       new.get(path, missing))]
+        return f"{path} is {shown[0]} in the checkpoint but {shown[1]} now"
+    return None
 
 
 def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any, Any]] | None:
-    """The CONTINUABLE train values that differ between two spec dumps, when nothing else does."""
-    if before is None:
+    """The CONTINUABLE (and CONTINUABLE_FIXES) train values that differ between two spec dumps, when
+    nothing else does."""
+    if not isinstance(before, dict) or not isinstance(before.get("train"), dict):
         return None
-
-    def rest(dump: dict) -> dict:
-        kept = {key: value for key, value in dump.items() if key not in ("path", "sha256")}
-        kept["train"] = {key: value for key, value in dump["train"].items() if key not in CONTINUABLE}
-        return kept
-
-    if rest(before) != rest(now):
+    old, new = _flat(before), _flat(now)
+    if {p: v for p, v in old.items() if not _variable(p)} != {p: v for p, v in new.items() if not _variable(p)}:
         return None
-    return {key: (before["train"].get(key), now["train"].get(key)) for key in CONTINUABLE
-            if before["train"].get(key) != now["train"].get(key)}
+    return {path.removeprefix("train."): (old.get(path), new.get(path))
+            for path in dict.fromkeys([*new, *old]) if path.startswith("train.") and _variable(path)
+            and old.get(path) != new.get(path)}
+
+
+def _lower_lr(plan: Any) -> str:
+    """A learning rate ten times lower than the spec's, for the advice after a divergence."""
+    lr = getattr(plan.optimizer, "lr", None)
+    return f"{lr / 10:.3g}" if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 else "…"
 
 
 def _describe_source(record: dict[str, Any]) -> str:
@@ -599,8 +776,8 @@ def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[in
     if completed > saved_step[0] and not context.active:
         try:
             save()  # sets saved_step and last_checkpoint
-        except C.CheckpointError as error:
-            _say(context, f"could not checkpoint step {completed}: {error}")
+        except (C.CheckpointError, TrainingError) as error:
+            _say(context, f"could not checkpoint step {completed}: {error}", error=True)
     where = (f"the last checkpoint is {last_checkpoint[0]} (step {saved_step[0]}; continue with --resume)"
              if last_checkpoint[0] else "no checkpoint was written yet")
     _say(context, f"interrupted after {completed} step(s); {where}")
@@ -608,7 +785,7 @@ def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[in
 
 def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, module: Any, optimizer: Any,
             context: Distributed, step: int, evaluation: Evaluation | None,
-            initialized_from: str | None = None) -> dict[str, Any]:
+            initialized_from: str | None = None, time_s: float | None = None) -> dict[str, Any]:
     spec = result.spec
     return {
         "spec_path": spec.path,
@@ -627,6 +804,7 @@ def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, m
         "fsdp": context.fsdp,
         "evaluation": None if evaluation is None else {
             "loss": evaluation.loss, "perplexity": evaluation.perplexity, "bits_per_byte": evaluation.bits_per_byte},
+        "time_s": time_s,  # training time so far (as metrics.jsonl counts it), where a resume goes on from
         "versions": {"nldsl": __version__, "torch": torch.__version__},
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
