@@ -30,10 +30,10 @@ from pydantic import TypeAdapter
 from . import ast
 from . import spec as S
 from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
-from .parser import parse
+from .parser import MAX_NESTING, parse
 from .source import SourceFile, Span
 
-MAX_IMPORT_DEPTH = 16
+MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
 
 # Layer names become attribute names of generated nn.Modules: Python keywords, the methods and
 # attributes of torch.nn.Module (listed here so that checking never imports torch) and the
@@ -84,7 +84,8 @@ class EvalError(Exception):
 
 
 class ReportedError(EvalError):
-    """A use of a constant whose definition failed: that error is reported once, where it happened."""
+    """A use of a constant whose definition failed, or of an import that failed: that error is
+    reported once, where it happened."""
 
     def __init__(self, name: str, span: Span):
         super().__init__("E0304", f"constant `{name}` has no value", span)
@@ -102,6 +103,7 @@ class Namespace:
     sections: dict[str, ast.Section] = field(default_factory=dict)
     aliases: dict[str, Namespace] = field(default_factory=dict)
     merged: list[Namespace] = field(default_factory=list)  # imports without `as`
+    failed_aliases: set[str] = field(default_factory=set)  # `as` names of imports that failed (reported)
     evaluating: set[str] = field(default_factory=set)
     used: set[str] = field(default_factory=set)
 
@@ -219,6 +221,12 @@ class Checker:
         self.provenance: dict[str, str] = {}
         self.spans: dict[str, Span] = {}
         self.optimizer_overrides: list[tuple[list[str], Attr]] = []  # `--set train.optimizer.X=…`
+        # Chains of constants and of `from` are followed recursively, so their depth is bounded like
+        # the nesting of sections; the one chain that is too deep is reported, not every link of it.
+        # Each stack holds where its chain started, reported as the place to shorten it.
+        self.constant_uses: list[Span] = []
+        self.inheriting: list[Span] = []
+        self.too_deep_reported = False
 
     # 1. loading ------------------------------------------------------------------------------
 
@@ -259,7 +267,6 @@ class Checker:
             return None
         ns = Namespace(path, module)
         self.namespaces[path] = ns
-        self.loading.append(path)
         for item in module.items:
             if isinstance(item, ast.Import):
                 self.load_import(ns, item, base_dir)
@@ -269,43 +276,28 @@ class Checker:
             elif item.name is not None and item.kind not in ("model", "train"):
                 self.declare(ns, item.name, item.name_span or item.span, item.span)
                 ns.sections[item.name] = item
-        self.loading.pop()
         return ns
 
     def declare(self, ns: Namespace, name: str, span: Span, _whole: Span) -> None:
         if name in ns.consts or name in ns.sections or name in ns.aliases:
             self.bag.error("E0202", f"`{name}` is defined twice", span,
                            "rename one of the definitions")
+            return
+        # A name of an import without `as` that is already loaded: the same clash as the one
+        # `load_import` reports when the import comes second (language.md §2.1: whatever the order).
+        for imported in ns.merged:
+            if imported.lookup_const(name) or imported.lookup_section(name):
+                self.bag.error("E0202", f"`{name}` is defined twice (also in `{imported.path}`)", span,
+                               f"rename it, or import `{imported.path}` with a name: "
+                               f"`import \"…\" as name`")
+                return
 
     def load_import(self, ns: Namespace, item: ast.Import, base_dir: Path) -> None:
-        target = (base_dir / item.path).resolve()
-        key = str(target)
-        if key in self.loading or len(self.loading) > MAX_IMPORT_DEPTH:
-            self.bag.error("E0205", f"import cycle through `{item.path}`", item.span,
-                           "a file cannot import itself, directly or through other files")
+        imported = self.import_namespace(item, base_dir)
+        if imported is None:  # reported; uses of its alias would only repeat that
+            if item.alias:
+                ns.failed_aliases.add(item.alias)
             return
-        imported = self.namespaces.get(key)
-        if imported is None:
-            try:
-                data = target.read_bytes()
-            except OSError:
-                self.bag.error("E0205", f"cannot import `{item.path}`: no such file", item.span,
-                               f"paths are relative to the importing file ({base_dir})")
-                return
-            text, problem = decode(data, item.path)
-            if problem:
-                self.bag.error("E0205", f"cannot import `{item.path}`: {problem.message}", item.span)
-                return
-            assert text is not None
-            display = _display_path(target)
-            self.loading.append(key)
-            imported = self.load_text(text, display, target.parent)
-            self.loading.pop()
-            if imported is None:
-                self.bag.error("E0205", f"`{item.path}` has errors", item.span)
-                return
-            self.namespaces[key] = imported
-            self.evaluate_constants(imported)
         if item.alias:
             if item.alias in ns.aliases or item.alias in ns.consts or item.alias in ns.sections:
                 self.bag.error("E0202", f"`{item.alias}` is defined twice", item.span)
@@ -317,6 +309,42 @@ class Checker:
                     self.bag.error("E0202", f"`{name}` is defined twice (also in `{item.path}`)",
                                    item.span, f"import it with a name: `import \"{item.path}\" as name`")
             ns.merged.append(imported)
+
+    def import_namespace(self, item: ast.Import, base_dir: Path) -> Namespace | None:
+        """The namespace of an imported file, loaded once; None after a diagnostic."""
+        target = (base_dir / item.path).resolve()
+        key = str(target)
+        if key in self.loading:
+            self.bag.error("E0205", f"import cycle through `{item.path}`", item.span,
+                           "a file cannot import itself, directly or through other files")
+            return None
+        if len(self.loading) > MAX_IMPORT_DEPTH:  # `loading` holds the root and each file importing
+            self.bag.error("E0205", f"imports nested more than {MAX_IMPORT_DEPTH} deep", item.span,
+                           "import the files this one needs from a file nearer the root")
+            return None
+        imported = self.namespaces.get(key)
+        if imported is not None:
+            return imported
+        try:
+            data = target.read_bytes()
+        except OSError:
+            self.bag.error("E0205", f"cannot import `{item.path}`: no such file", item.span,
+                           f"paths are relative to the importing file ({base_dir})")
+            return None
+        text, problem = decode(data, item.path)
+        if problem:
+            self.bag.error("E0205", f"cannot import `{item.path}`: {problem.message}", item.span)
+            return None
+        assert text is not None
+        self.loading.append(key)
+        imported = self.load_text(text, _display_path(target), target.parent)
+        self.loading.pop()
+        if imported is None:
+            self.bag.error("E0205", f"`{item.path}` has errors", item.span)
+            return None
+        self.namespaces[key] = imported
+        self.evaluate_constants(imported)
+        return imported
 
     # 2. constants ----------------------------------------------------------------------------
 
@@ -338,11 +366,23 @@ class Checker:
         if name in ns.evaluating:
             raise EvalError("E0507", f"constant `{name}` depends on itself", use_span,
                             "break the cycle between these constants")
+        if len(self.constant_uses) >= MAX_NESTING:
+            if self.too_deep_reported:
+                raise ReportedError(name, use_span)
+            self.too_deep_reported = True
+            raise EvalError("E0104", f"constants defined through other constants more than {MAX_NESTING} deep",
+                            self.constant_uses[0], "compute the value in fewer steps")
         ns.evaluating.add(name)
+        self.constant_uses.append(use_span)
         try:
             value = self.evaluate(ns.consts[name].value, ns)
         finally:
             ns.evaluating.discard(name)
+            self.constant_uses.pop()
+        if isinstance(value, Symbol) and not ns.lookup_section(value.name):
+            close = did_you_mean(value.name, [c for c in ns.all_names() if c != name])
+            if close:  # `const e = dimm`: a misspelt constant, not an attempt to name an option
+                raise EvalError("E0201", f"unknown name `{value.name}`", value.span, close)
         if isinstance(value, (Symbol, CallValue)):
             raise EvalError("E0301", f"constant `{name}` must be a number, string, boolean or list",
                             ns.consts[name].value.span)
@@ -391,6 +431,8 @@ class Checker:
 
     def resolve_ref(self, ref: ast.Ref, ns: Namespace) -> Any:
         head, *rest = ref.parts
+        if head in ns.failed_aliases and head not in ns.consts:
+            raise ReportedError(head, ref.span)
         if head in ns.aliases:
             target = ns.aliases[head]
             ns.used.add(head)
@@ -444,7 +486,11 @@ class Checker:
                     if span is not None:  # shift past the `const __value = ` prefix
                         delta = len("const __value = ") - len(f"{key} = ")
                         span = source.span(max(0, span.start - delta), max(0, span.end - delta))
-                    self.bag.items.append(Diagnostic(d.code, f"in override: {d.message}", span, d.help))
+                    help = d.help
+                    if help and "a section" in help:  # the value was complete: what follows is not a file's next item
+                        help = ("the value ends before this: an override sets one value, e.g. "
+                                "`--set train.steps=200`; give each override its own `--set`")
+                    self.bag.items.append(Diagnostic(d.code, f"in override: {d.message}", span, help))
                 continue
             if len(module.items) != 1:  # `dim=1 const x = 2`: the rest would be dropped without a word
                 self.bag.error("E0206", f"override `{text}` has more than one value", source.span(0, len(source.text)),
@@ -465,19 +511,28 @@ class Checker:
                 paths.append((parts, Attr(parts[-1], value, whole, key_span, ns, origin)))
         return consts, paths
 
-    def apply_path_override(self, roots: dict[str, Tree], parts: list[str], attr: Attr) -> None:
+    def apply_path_override(self, roots: dict[str, Tree], parts: list[str], attr: Attr,
+                            shown: str | None = None) -> None:
+        """Set `attr` on the section `parts[:-1]` names; `shown` is the path as the user wrote it."""
+        shown = shown or ".".join(parts)
         node = roots.get(parts[0])
         if node is None:
-            self.bag.error("E0206", f"unknown override `{'.'.join(parts)}`", attr.key_span,
+            self.bag.error("E0206", f"unknown override `{shown}`", attr.key_span,
                            did_you_mean(parts[0], roots) or f"the spec has {', '.join(sorted(roots)) or 'no sections'}")
             return
         for part in parts[1:-1]:
-            matches = [c for c in node.children if c.name == part] or \
+            named = _child_names(node)
+            labels = [label for label, _child in named]
+            matches = [c for label, c in named if label == part] or \
+                      [c for c in node.children if c.name == part] or \
                       [c for c in node.children if c.kind == part]
-            if len(matches) != 1:
-                labels = [c.child_label() for c in node.children]
-                why = "is ambiguous" if matches else "does not exist"
-                self.bag.error("E0206", f"override path `{'.'.join(parts)}`: `{part}` {why}", attr.key_span,
+            if len(matches) > 1:
+                self.bag.error("E0206", f"override path `{shown}`: `{part}` is ambiguous", attr.key_span,
+                               f"several `{part}` sections are here; name one of them: "
+                               + ", ".join(f"`{label}`" for label, c in named if c in matches))
+                return
+            if not matches:
+                self.bag.error("E0206", f"override path `{shown}`: `{part}` does not exist", attr.key_span,
                                did_you_mean(part, labels) or f"children here: {', '.join(labels) or 'none'}")
                 return
             node = matches[0]
@@ -496,12 +551,22 @@ class Checker:
                 if key in chain:
                     self.bag.error("E0404", f"`{section.base.dotted}` inherits from itself", section.base.span)
                     return tree  # the members are already in the expansion that closed the loop
+                elif len(chain) >= MAX_NESTING:
+                    if not self.too_deep_reported:
+                        self.too_deep_reported = True
+                        self.bag.error("E0104", f"`from` chains more than {MAX_NESTING} sections deep",
+                                       self.inheriting[0], "inherit from a section nearer the start of the chain")
+                    return tree
                 elif base_section.kind != section.kind:
                     self.bag.error("E0404", f"a `{section.kind}` cannot inherit from the "
                                    f"`{base_section.kind}` `{section.base.dotted}`", section.base.span,
                                    "`from` needs a section of the same kind")
                 else:
-                    inherited = self.expand(base_section, base_ns, (*chain, key))
+                    self.inheriting.append(section.base.span)
+                    try:
+                        inherited = self.expand(base_section, base_ns, (*chain, key))
+                    finally:
+                        self.inheriting.pop()
                     tree.attrs.update(inherited.attrs)
                     tree.children = list(inherited.children)
                     tree.incomplete = inherited.incomplete
@@ -531,6 +596,8 @@ class Checker:
 
     def find_section(self, ref: ast.Ref, ns: Namespace) -> tuple[ast.Section, Namespace] | None:
         head, *rest = ref.parts
+        if head in ns.failed_aliases and rest:
+            return None  # its import failed, and that was reported
         if head in ns.aliases and len(rest) == 1:
             found = ns.aliases[head].lookup_section(rest[0])
             if found:
@@ -710,6 +777,11 @@ class Converter:
                     self.bag.error("E0305", f"`{raw.name}` has no argument `{name}`", span,
                                    did_you_mean(name, fields) or f"arguments: {', '.join(fields) or 'none'}")
                     return _INVALID
+                if name in data:  # `mlp(3, depth = 2)`: one of the two values would be dropped
+                    self.bag.error("E0305", f"argument `{name}` is given twice", span,
+                                   f"the positional argument already gives `{name}`: give it once, "
+                                   "by position or by name")
+                    return _INVALID
                 if isinstance(value, Symbol):
                     value = value.name
                 data[name] = value
@@ -750,17 +822,29 @@ class Converter:
         if call is not None and field_name != key and kind != "missing":
             model, key, raw = call, field_name, _argument(raw, field_name)  # describe the argument at fault
         message = first["msg"]
+        annotation = model.model_fields[key].annotation
+        takes_list = typing.get_origin(annotation) is tuple
+        if takes_list and not isinstance(raw, list) and kind != "missing":  # `adaptive = k`
+            example = _spell(raw) if isinstance(raw, Symbol) else ", ".join(_literal_choices(annotation)[:2])
+            self.bag.error("E0301", f"`{key}` expects a list of {_describe(model, key).removeprefix('one of ')}",
+                           span, f"write it in brackets: `{key} = [{example}]`")
+            return
         if kind in ("literal_error", "enum"):
-            expected = _literal_choices(model.model_fields[key].annotation)
-            got = raw.name if isinstance(raw, Symbol) else (raw[int(loc[0])] if isinstance(raw, list) and
-                                                            loc and loc[0].isdigit() else raw)
-            got = got.name if isinstance(got, Symbol) else got
-            self.bag.error("E0303", f"`{got}` is not a valid `{key}`", span,
-                           did_you_mean(str(got), expected) or f"expected one of: {', '.join(expected)}")
+            expected = _literal_choices(annotation)
+            in_list = isinstance(raw, list) and loc and loc[0].isdigit()
+            got = raw[int(loc[0])] if in_list else raw
+            if isinstance(got, list):  # `objective = [l2]`, or `[[k], v]` for a list of options
+                self.bag.error("E0303", f"`{_spell(got)}` is not a valid `{key}`", span,
+                               f"{'each item of' if in_list else ''} `{key}` is one option, not a list: "
+                               f"expected one of: {', '.join(expected)}".lstrip())
+                return
+            shown = got if isinstance(got, str) else _spell(got)  # a string may spell an option
+            self.bag.error("E0303", f"`{shown}` is not a valid `{key}`", span,
+                           did_you_mean(shown, expected) or f"expected one of: {', '.join(expected)}")
             return
         if kind == "union_tag_invalid":
-            tags = sorted(_kinds_of(model.model_fields[key].annotation))
-            self.bag.error("E0303", f"`{getattr(raw, 'name', raw)}` is not a valid `{key}`", span,
+            tags = sorted(_kinds_of(annotation))
+            self.bag.error("E0303", f"`{_spell(raw)}` is not a valid `{key}`", span,
                            f"expected one of: {', '.join(tags)}")
             return
         if isinstance(raw, Symbol) and kind not in ("missing",):
@@ -798,9 +882,17 @@ class Converter:
         if isinstance(expr, ast.Negate):
             return ("neg", self.expression(expr.operand, attr))
         if isinstance(expr, ast.Binary) and expr.op in ops:
-            return (ops[expr.op], self.expression(expr.left, attr), self.expression(expr.right, attr))
+            left, right = self.expression(expr.left, attr), self.expression(expr.right, attr)
+            # a constant part that has no value would turn every step into NaN: caught here, as in constants
+            if expr.op == "/" and _constant_part(right) == 0:
+                raise EvalError("E0304", "division by zero", expr.right.span)
+            return (ops[expr.op], left, right)
         if isinstance(expr, ast.Call) and expr.func.dotted == "sqrt" and len(expr.args) == 1 and not expr.kwargs:
-            return ("sqrt", self.expression(expr.args[0], attr))
+            argument = self.expression(expr.args[0], attr)
+            value = _constant_part(argument)
+            if value is not None and value < 0:
+                raise EvalError("E0304", f"the square root of {value:g} has no real value", expr.args[0].span)
+            return ("sqrt", argument)
         raise EvalError("E0301", "an update is built from level names, numbers, + - * / and sqrt(…)",
                         expr.span)
 
@@ -949,6 +1041,8 @@ class Converter:
                                         dict(levels["memory"].attrs))
                 projections_tree.attrs.pop("readout", None)
             projections = self.level(projections_tree, "selfmod", f"{path}.projections", "projections")
+            if "projections" in levels and memory is not None and projections is not None and adaptive:
+                self.unused_projection_gates(levels["projections"], memory, projections)
             if "projections" not in levels:  # copied settings are not the user's: semantics.py warns on those
                 for key in [k for k in self.checker.spans if k.startswith(f"{path}.projections.")]:
                     del self.checker.spans[key]
@@ -1098,13 +1192,22 @@ class Converter:
                 attr.ns.used.add(head)
                 tree = self.checker.expand(found[0], found[1])
                 for parts, override in self.checker.optimizer_overrides:
-                    self.checker.apply_path_override({"optimizer": tree}, ["optimizer", *parts], override)
+                    self.checker.apply_path_override({"optimizer": tree}, ["optimizer", *parts], override,
+                                                     shown=".".join(["train", "optimizer", *parts]))
                 return self.optimizer(tree, f"train.optimizer.{tree.name}")
             if expr.dotted in ("adamw", "sgd", "muon", "m3"):
                 return self.builtin_optimizer(CallValue(expr.dotted, (), (), expr.span), attr)
+            if head in attr.ns.failed_aliases and len(expr.parts) > 1:
+                return None  # its import failed, and that was reported
+            usage = "use `adamw(lr = …)`, `muon(…)`, `sgd(…)`, `m3(…)` or an `optimizer` section"
+            if found is not None:  # a section of another kind: suggesting its own name would not help
+                attr.ns.used.add(head)
+                self.bag.error("E0301", f"`{expr.dotted}` is a {found[0].kind}, not an optimizer", expr.span,
+                               usage)
+                return None
+            optimizer_sections = [name for name, section in attr.ns.sections.items() if section.kind == "optimizer"]
             self.bag.error("E0201", f"unknown optimizer `{expr.dotted}`", expr.span,
-                           did_you_mean(expr.dotted, ["adamw", "sgd", "muon", "m3", *attr.ns.sections])
-                           or "use `adamw(lr = …)`, `muon(…)`, `sgd(…)`, `m3(…)` or an `optimizer` section")
+                           did_you_mean(expr.dotted, ["adamw", "sgd", "muon", "m3", *optimizer_sections]) or usage)
             return None
         try:
             raw = self.checker.evaluate(expr, attr.ns)
@@ -1142,6 +1245,20 @@ class Converter:
             raw = CallValue(raw.name, tuple(args), tuple(kwargs), raw.span)
         value = self.validate(S.TrainSpec, "optimizer", raw, attr)
         return None if value is _INVALID else value
+
+    def unused_projection_gates(self, tree: Tree, memory: S.LevelSpec, projections: S.LevelSpec) -> None:
+        """Warn about `lr` and `retention` written on a selfmod's `level projections` that differ from
+        the memory level's: the projection memories learn with the memory level's η and α (Eq. 88;
+        compiler/codegen.py `selfmod_class`, interpreter.py), so these are never read. Inherited
+        ones are not the user's to remove, and a copy of the memory level's value misleads no one."""
+        for gate in ("lr", "retention"):
+            attr = tree.attrs.get(gate)
+            if attr is None or not (attr.origin.startswith("--set") or _inside(attr.span, tree.span)) \
+                    or getattr(projections, gate) == getattr(memory, gate):
+                continue
+            self.bag.warning("W0706", f"`{gate}` has no effect on level `projections`: the projection memories "
+                             f"learn with the `{gate}` of `level memory` (Eq. 88)",
+                             attr.span, f"remove it, or set `{gate}` on `level memory`")
 
     def built(self, path: str, layer: Any) -> Any:
         """Remember a layer that converted cleanly, for the semantic checks that follow."""
@@ -1287,8 +1404,66 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, list):
-        return "a list"
+        return f"the list `{_spell(value)}`"
     return f"`{value}`"
+
+
+def _spell(value: Any) -> str:
+    """An evaluated value as a spec would write it (`true`, `[k, v]`, `mlp(2, expansion = 4)`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Symbol):
+        return value.name
+    if isinstance(value, CallValue):
+        arguments = [_spell(a) for a in value.args] + [f"{name} = {_spell(v)}" for name, v, _span in value.kwargs]
+        return f"{value.name}({', '.join(arguments)})"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(_spell(item) for item in value)}]"
+    return str(value)
+
+
+def _constant_part(tree: Any) -> float | None:
+    """The value of an `update` subtree that reads no level (None if it reads one)."""
+    if tree[0] == "const":
+        return tree[1]
+    if tree[0] == "level":
+        return None
+    values = [_constant_part(operand) for operand in tree[1:]]
+    if any(value is None for value in values):
+        return None
+    if tree[0] == "neg":
+        return -values[0]
+    if tree[0] == "sqrt":
+        return math.sqrt(values[0])  # a negative one was rejected when its node was built
+    left, right = values
+    if tree[0] == "div":
+        return left / right  # a zero divisor was rejected when its node was built
+    return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
+
+
+def _child_names(tree: Tree) -> list[tuple[str, Tree]]:
+    """The nested sections of `tree` under the names the spec paths give them (language.md §2.3):
+    a second unnamed layer of a kind is `KIND_2`, an unnamed cms or optimizer level `levelN`.
+    Mirrors `Converter.sublayers`, `Converter.sublayer` (cms) and `Converter.optimizer`."""
+    if tree.kind in ("block", "parallel"):
+        named: list[tuple[str, Tree]] = []
+        taken: set[str] = set()
+        for child in tree.children:
+            name = child.name or child.kind
+            if name in taken and child.name is None:
+                index = 2
+                while f"{name}_{index}" in taken:
+                    index += 1
+                name = f"{name}_{index}"
+            taken.add(name)
+            named.append((name, child))
+        return named
+    if tree.kind in ("cms", "optimizer"):
+        levels = [c for c in tree.children if c.kind == "level"]
+        return [(child.name or f"level{index + 1}", child) for index, child in enumerate(levels)]
+    return [(child.child_label(), child) for child in tree.children]
 
 
 def _divisors(n: int) -> list[int]:

@@ -143,14 +143,17 @@ _ENTRIES = (
     _entry(
         "E0104", "nesting too deep",
         """
-        Sections or expressions are nested more than 64 levels deep. No real spec comes close:
-        a model is a handful of sections deep and an arithmetic expression a few operators
-        long. The limit keeps the checker (which walks the tree recursively) from running out of
-        stack on machine-generated or corrupted input, so that it answers with a diagnostic
-        instead of crashing.
+        Sections or expressions are nested more than 64 levels deep, or a chain of `from`
+        (a section inheriting from one that inherits from another, …) or of constants defined
+        through other constants is longer than 64. No real spec comes close: a model is a handful
+        of sections deep and an arithmetic expression a few operators long. The limit keeps the
+        checker (which walks the tree recursively) from running out of stack on
+        machine-generated or corrupted input, so that it answers with a diagnostic instead of
+        crashing.
 
         Flatten the expression: give intermediate values names with `const`, and drop redundant
-        parentheses.
+        parentheses. Shorten a chain of `from` or of constants by starting from a section or a
+        constant nearer its start.
         """,
         f"""
         const width = {_TOO_DEEP}
@@ -1065,6 +1068,36 @@ _ENTRIES = (
               level fast { period = 16 }
               level slow { period = steps(4)  update = outer }
             }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "W0706", "a setting that has no effect",
+        """
+        Another setting makes this one inert, so removing it changes nothing: `values =
+        generated` with an objective that has no value targets (`surprise`, `reconstruction`);
+        `dgd_layers` with `rule = gd`, or on a state with a single weight matrix;
+        `retention_order = before_write` without a `retention` to decay with; `rope_base` with
+        `rope = false`; `lr` or `retention` on a selfmod's `level projections`, whose memories
+        learn with the gates of `level memory` (Eq. 88). The warning names the setting and what
+        makes it inert. Remove the setting, or change the one that makes it inert.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            attention { rope = false  rope_base = 500000 }
+            mlp { }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            attention { rope = true  rope_base = 500000 }
+            mlp { }
           }
         }
         """,

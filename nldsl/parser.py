@@ -8,6 +8,7 @@ cascade of errors on the same line is reported once.
 from __future__ import annotations
 
 import functools
+import keyword
 import math
 from importlib import resources
 
@@ -20,6 +21,9 @@ from .source import SourceFile, Span
 
 KEYWORDS = ("import", "as", "const", "from", "true", "false", "model", "block", "level", "memory",
             "selfmod", "attention", "mlp", "cms", "parallel", "context", "optimizer", "train")
+# Keywords that can never be names. The contextual lexer reads them as names where only a name
+# fits (`const true = 0`), so the builder rejects them there; section kinds may name sections and keys.
+RESERVED_WORDS = frozenset({"import", "as", "const", "from", "true", "false"})
 SECTION_KINDS = ("model", "block", "level", "memory", "selfmod", "attention", "mlp", "cms",
                  "parallel", "context", "optimizer", "train")
 
@@ -113,7 +117,11 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
                                      source.span(start, start + 1),
                                      "flatten the expression with named constants")]
         comment_nodes = tuple(ast.Comment(_span(source, tok), str(tok)) for tok in _comments(source))
-        return _Builder(source).module(tree, comment_nodes), []
+        builder = _Builder(source)
+        module = builder.module(tree, comment_nodes)
+        if builder.problems:  # well-formed for the grammar, but with a part that has no meaning
+            return None, builder.problems
+        return module, []
     return None, bag.sorted()
 
 
@@ -185,6 +193,9 @@ class _Builder:
 
     def __init__(self, source: SourceFile):
         self.source = source
+        # What the grammar accepts but the language does not (a positional argument after a keyword
+        # one, an unknown string escape): reported instead of guessing what was meant.
+        self.problems: list[Diagnostic] = []
 
     def span(self, item: Token | Tree) -> Span:
         return _span(self.source, item)
@@ -196,10 +207,10 @@ class _Builder:
     def item(self, tree: Tree) -> ast.Import | ast.Const | ast.Section:
         if tree.data == "import_stmt":
             _, path, _, alias = tree.children
-            return ast.Import(self.span(tree), _unquote(str(path)), str(alias) if alias else None)
+            return ast.Import(self.span(tree), self.unquote(path), self.name(alias, "an import") if alias else None)
         if tree.data == "const_stmt":
             _, name, _, value = tree.children
-            return ast.Const(self.span(tree), str(name), self.span(name), self.expr(value))
+            return ast.Const(self.span(tree), self.name(name, "a constant"), self.span(name), self.expr(value))
         return self.section(tree)
 
     def section(self, tree: Tree) -> ast.Section:
@@ -211,6 +222,8 @@ class _Builder:
             if isinstance(name_token, Tree):  # a keyword used as a name: `level memory { }`
                 name_token = name_token.children[0]
             name, name_span = str(name_token), self.span(name_token)
+            if not keyword.iskeyword(name):  # a layer named `import` or `from` is E0208, with Python's keywords
+                self.name(name_token, "a section")
         return ast.Section(
             self.span(tree), str(kind_token), self.span(kind_token), name, name_span,
             self.reference(base) if base is not None else None,
@@ -223,7 +236,8 @@ class _Builder:
             key_token = key_tree.children[0]
             if isinstance(key_token, Tree):
                 key_token = key_token.children[0]
-            return ast.Attribute(self.span(tree), str(key_token), self.span(key_token), self.expr(value))
+            return ast.Attribute(self.span(tree), self.name(key_token, "an attribute"), self.span(key_token),
+                                 self.expr(value))
         return self.section(tree)
 
     def reference(self, tree: Tree) -> ast.Ref:
@@ -237,7 +251,7 @@ class _Builder:
             text = str(tree.children[0])
             return ast.Number(span, _number(text), text)
         if data == "string":
-            return ast.String(span, _unquote(str(tree.children[0])))
+            return ast.String(span, self.unquote(tree.children[0]))
         if data == "true":
             return ast.Bool(span, True)
         if data == "false":
@@ -263,11 +277,47 @@ class _Builder:
                     continue
                 if arg.data == "keyword_argument":
                     name, _, value = arg.children
-                    kwargs.append(ast.KeywordArg(self.span(arg), str(name), self.expr(value)))
+                    kwargs.append(ast.KeywordArg(self.span(arg), self.name(name, "an argument"), self.expr(value)))
                 else:
+                    if kwargs:  # the tree keeps positional and keyword arguments apart: the order would be lost
+                        self.problems.append(Diagnostic(
+                            "E0305", "a positional argument follows a keyword argument", self.span(arg),
+                            f"give it by name, or move it before `{kwargs[0].name} = …`"))
                     args.append(self.expr(arg))
             return ast.Call(span, self.reference(func), tuple(args), tuple(kwargs))
         raise AssertionError(f"unhandled grammar rule {data}")
+
+    def name(self, token: Token, what: str) -> str:
+        """The text of a name token; a reserved word read as a name is reported."""
+        text = str(token)
+        if text in RESERVED_WORDS:
+            self.problems.append(Diagnostic("E0101", f"`{text}` is a keyword: it cannot name {what}",
+                                            self.span(token), "choose another name"))
+        return text
+
+    def unquote(self, token: Token) -> str:
+        """The text of a string literal; an unknown escape is reported, not silently dropped."""
+        text = str(token)
+        body = text[1:-1]
+        out, i = [], 0
+        while i < len(body):
+            ch = body[i]
+            if ch == "\\" and i + 1 < len(body):
+                escaped = body[i + 1]
+                if escaped in STRING_ESCAPES:
+                    out.append(STRING_ESCAPES[escaped])
+                else:
+                    start = (token.start_pos or 0) + 1 + i
+                    self.problems.append(Diagnostic(
+                        "E0102", f"unknown escape `\\{escaped}` in a string", self.source.span(start, start + 2),
+                        "strings know the escapes \\n, \\t, \\\" and \\\\; write a backslash as `\\\\` "
+                        "(or use `/` in paths)"))
+                    out.append(escaped)
+                i += 2
+            else:
+                out.append(ch)
+                i += 1
+        return "".join(out)
 
 
 def _number(text: str) -> int | float:
@@ -279,16 +329,4 @@ def _number(text: str) -> int | float:
     return int(clean)
 
 
-def _unquote(text: str) -> str:
-    body = text[1:-1]
-    out, i = [], 0
-    escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and i + 1 < len(body):
-            out.append(escapes.get(body[i + 1], body[i + 1]))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
+STRING_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}

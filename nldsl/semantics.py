@@ -37,6 +37,26 @@ _IN_CONTEXT_ONLY = ("objective", "values", "rule", "dgd_layers", "retention", "m
                     "readout", "grad_through_writes", "retention_order")
 
 
+def _unused_level_settings(level: S.LevelSpec) -> Iterator[tuple[str, str]]:
+    """(setting, why) for each setting a level's other settings make inert, when it is not the default.
+
+    Each reason is read off the runtime: generated targets exist only for the dot and l2 objectives
+    (runtime/memory.py `_write_factors`, runtime/delta.py); DGD's layers are chosen only under
+    `rule = dgd` and a linear state has one layer (`LevelConfig.preconditioned_layers`); decaying
+    before the write needs a retention gate to decay with (`memory_sequence`)."""
+    default = S.LevelSpec.model_fields
+    if level.values != default["values"].default and level.objective not in ("dot", "l2"):
+        yield "values", (f"the `{level.objective}` objective has no value targets to generate "
+                         "(only `dot` and `l2` regress on values)")
+    if level.dgd_layers != default["dgd_layers"].default:
+        if level.rule != "dgd":
+            yield "dgd_layers", "it chooses the layers of DGD, and the level uses `rule = gd`"
+        elif isinstance(level.state, S.LinearState) or (isinstance(level.state, S.MLPState) and level.state.depth == 1):
+            yield "dgd_layers", "the state has a single weight matrix, which DGD always preconditions"
+    if level.retention_order == "before_write" and level.retention is None:
+        yield "retention_order", "without `retention` there is no decay to apply before the write"
+
+
 def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     """The in-context levels a layer owns, by their name inside the layer."""
     if isinstance(layer, S.MemorySpec):
@@ -207,6 +227,19 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
     if isinstance(layer, S.ContextSpec) and layer.attention.window:
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")
+    if not any(d.severity == "error" for d in out):  # next to a rejected combination they are noise
+        for name, level in levels_of(layer):
+            if context == "cms" and not (level.update == "in_context" and isinstance(level.period, int)
+                                         and level.period <= seq_len):
+                continue  # stepped by the outer optimizer: W0705 covers every in-context setting
+            lp = f"{path}.{name}"
+            for setting, why in _unused_level_settings(level):
+                if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
+                    warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",
+                            f"remove `{setting}`", f"{lp}.{setting}")
+        if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
+            warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
+                    "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")
     return out
 
 

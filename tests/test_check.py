@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from nldsl.checker import check_file
+from nldsl.checker import check_file, check_text
 from nldsl.diagnostics import Diagnostic
 from nldsl.error_codes import CODES, explain
 
@@ -166,3 +166,90 @@ def test_explain_shows_the_explanation_and_both_versions():
 def test_explain_unknown_code():
     with pytest.raises(KeyError):
         explain("E9999")
+
+
+# Checks that need files written on the fly --------------------------------------------------
+
+def _import_chain(directory: Path, length: int) -> Path:
+    """`chain{length}.nl` imports `chain{length-1}.nl` … down to `chain0.nl`; returns the top file."""
+    (directory / "chain0.nl").write_text("const _depth = 0\n", encoding="utf-8")
+    for index in range(1, length + 1):
+        (directory / f"chain{index}.nl").write_text(
+            f'import "chain{index - 1}.nl" as below\nconst _depth = below._depth + 1\n', encoding="utf-8")
+    return directory / f"chain{length}.nl"
+
+
+def test_imports_nested_to_the_documented_depth_check(tmp_path: Path):
+    from nldsl.checker import MAX_IMPORT_DEPTH
+
+    result = check_file(_import_chain(tmp_path, MAX_IMPORT_DEPTH))
+    assert result.ok and result.diagnostics == [], _describe(result.diagnostics, tmp_path)
+
+
+def test_imports_nested_too_deep_are_not_a_cycle(tmp_path: Path):
+    from nldsl.checker import MAX_IMPORT_DEPTH
+
+    result = check_file(_import_chain(tmp_path, MAX_IMPORT_DEPTH + 1))
+    assert [(d.code, d.message) for d in result.diagnostics] == [
+        ("E0205", f"imports nested more than {MAX_IMPORT_DEPTH} deep")]
+
+
+# Checks of single behaviours on small specs ---------------------------------------------------
+
+UNNAMED_PARTS = """
+model {
+  dim = 32
+  block {
+    mlp { }
+    attention { }
+    mlp { }
+    cms {
+      level { period = 16 }
+      level { period = 64 }
+    }
+  }
+}
+optimizer momentum_and_sign {
+  level { retention = 0.9 }
+  level last { flow = level1 }
+  update = last
+}
+train { optimizer = momentum_and_sign }
+"""
+
+
+def _messages(result) -> list[tuple[str, str, str | None]]:
+    return [(d.code, d.message, d.help) for d in result.diagnostics]
+
+
+def test_overrides_reach_unnamed_layers_and_levels_by_their_documented_names():
+    result = check_text(UNNAMED_PARTS, overrides=[
+        "model.block.mlp_2.expansion=2", "model.block.cms.level2.period=32", "train.optimizer.level1.retention=0.5"])
+    assert result.ok, _messages(result)
+    sublayers = result.spec.model.block.sublayers
+    assert [(layer.name, getattr(layer, "expansion", None)) for layer in sublayers] == [
+        ("mlp", 4.0), ("attention", None), ("mlp_2", 2.0), ("cms", None)]
+    assert [level.period for level in sublayers[3].levels] == [16, 32]
+    assert [level.retention for level in result.spec.train.optimizer.levels] == [0.5, 1.0]
+
+
+def test_ambiguous_override_lists_the_names_to_choose_from():
+    result = check_text(UNNAMED_PARTS, overrides=["train.optimizer.level.retention=0.5"])
+    assert _messages(result) == [(
+        "E0206", "override path `train.optimizer.level.retention`: `level` is ambiguous",
+        "several `level` sections are here; name one of them: `level1`, `last`")]
+
+
+@pytest.mark.parametrize("override", ["dim=32}", "dim=32 heads=3"])
+def test_override_with_text_after_its_value_gets_override_help(override: str):
+    result = check_text("const dim = 64\nmodel { dim = dim; block { mlp { } } }\n", overrides=[override])
+    [(code, message, help)] = _messages(result)
+    assert code == "E0101" and message.startswith("in override: unexpected")
+    assert "a section" not in help and "give each override its own `--set`" in help
+
+
+def test_list_given_to_a_single_option_says_so():
+    spec = "model { dim = 64; block { memory { level { period = 16; objective = [l2] } } } }\n"
+    [(code, message, help)] = _messages(check_text(spec))
+    assert (code, message) == ("E0303", "`[l2]` is not a valid `objective`")
+    assert help.startswith("`objective` is one option, not a list")
