@@ -406,3 +406,18 @@ def evaluation_starts(length: int, seq_len: int, limit: int | None) -> Tensor:
 
 def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-empty line of a JSON-lines file; None for a line that is
+    not JSON. Appends are not atomic, so a process killed while writing leaves a cut last line
+    (and hands can leave anything): the readers pass such lines over instead of failing."""
+    lines = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            lines.append((number, json.loads(raw.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            lines.append((number, None))
+    return lines

@@ -46,6 +46,7 @@ import nldsl
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.runtime import domains as D
+from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
@@ -292,13 +293,7 @@ class RunLog:
         passed over with a warning, and the log is rewritten without it: the next append would
         otherwise continue the cut line and be lost as well. Such runs are simply run again."""
         bad = 0
-        for raw in self.path.read_bytes().split(b"\n"):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                record = None
+        for _, record in read_json_lines(self.path):
             if (isinstance(record, dict) and isinstance(record.get("key"), str)
                     and isinstance(record.get("result"), dict)
                     and isinstance(record["result"].get("seconds"), (int, float))):

@@ -200,13 +200,7 @@ def read_metrics(path: Path, warn: Any = None) -> list[dict[str, Any]]:
     leaves a cut last line (and hands can leave anything): lines that are not a JSON object with
     an integer step are passed over, and reported through `warn`."""
     entries, bad = [], []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            entry = None
+    for number, entry in D.read_json_lines(path):
         if isinstance(entry, dict) and isinstance(entry.get("step"), int):
             entries.append(entry)
         else:
