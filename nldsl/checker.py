@@ -459,6 +459,13 @@ class Checker:
 
     # 3. overrides ----------------------------------------------------------------------------
 
+    def origin_of(self, attr: Attr) -> str:
+        """Where an attribute's value came from: its line, and the overrides of the constants it
+        names (`dim = dim` under `--set dim=32` reads "hope.nl:37 with --set dim=32")."""
+        overridden = sorted({self.provenance[name] for name in _names_in(attr.value)
+                             if self.provenance.get(name, "").startswith("--set")})
+        return attr.origin + (" with " + ", ".join(overridden) if overridden else "")
+
     def parse_overrides(self, overrides: Sequence[str], ns: Namespace
                         ) -> tuple[dict[str, tuple[ast.Expr, Span, str]], list[tuple[list[str], Attr]]]:
         consts: dict[str, tuple[ast.Expr, Span, str]] = {}
@@ -737,7 +744,7 @@ class Converter:
                 ok = False
                 continue
             values[key] = value
-            self.checker.provenance[f"{path}.{key}"] = attr.origin
+            self.checker.provenance[f"{path}.{key}"] = self.checker.origin_of(attr)
             self.checker.spans[f"{path}.{key}"] = attr.span
         return values if ok else None
 
@@ -1505,3 +1512,21 @@ def _display_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _names_in(expr: ast.Expr) -> set[str]:
+    """The constant names an expression reads (dotted for an imported file's constants)."""
+    if isinstance(expr, ast.Ref):
+        return {expr.dotted}
+    if isinstance(expr, ast.Binary):
+        return _names_in(expr.left) | _names_in(expr.right)
+    if isinstance(expr, ast.Negate):
+        return _names_in(expr.operand)
+    if isinstance(expr, ast.Group):
+        return _names_in(expr.expr)
+    if isinstance(expr, ast.List):
+        return set().union(*(_names_in(item) for item in expr.items))
+    if isinstance(expr, ast.Call):
+        return set().union(*(_names_in(arg) for arg in expr.args),
+                           *(_names_in(keyword.value) for keyword in expr.kwargs))
+    return set()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, render_json, render_text, summary
-from .loader import ModelTooLargeError
+from .loader import ModelTooLargeError, print_debug_stages
 
 
 class UserError(Exception):
@@ -54,6 +54,7 @@ def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", qu
         if fmt == "text":
             print(f"{path}: {summary(result.diagnostics)}", file=sys.stderr)
         raise SystemExit(1)
+    print_debug_stages(result)
     return result
 
 
@@ -67,6 +68,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for path in args.files:
         result = check_file(path, args.set)
         everything.extend(result.diagnostics)
+        if result.ok:
+            print_debug_stages(result)
         if args.format == "text":
             _print_diagnostics(result.diagnostics, result.sources, "text")
             line = f"{path}: {'ok' if result.ok else 'failed'}"

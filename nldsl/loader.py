@@ -48,11 +48,11 @@ def check(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     result = check_file(path, override_strings(overrides, **values))
     if not result.ok:
         raise SpecError(result.diagnostics, result.sources)
-    _debug(result)
+    print_debug_stages(result)
     return result
 
 
-def _debug(result) -> None:
+def print_debug_stages(result) -> None:
     """NLDSL_DEBUG=spec,graph,codegen prints each stage to stderr (codegen: see nldsl.compiler)."""
     stages = os.environ.get("NLDSL_DEBUG", "")
     if "spec" in stages:

@@ -112,6 +112,9 @@ def test_override_is_applied(capsys):
     assert result.ok
     assert (result.spec.train.steps, result.spec.model.dim, result.spec.model.block.sublayers[0].heads) == (5, 64, 2)
     assert result.provenance["train.steps"] == "--set train.steps=5"
+    # an attribute that reads an overridden constant names the override beside its own line
+    assert result.provenance["model.dim"].endswith("titans_lmm.nl:37 with --set dim=64")
+    assert "with" not in result.provenance["model.vocab"]
 
 
 def test_override_changes_the_hash():
@@ -252,3 +255,11 @@ def test_an_os_error_about_a_path_is_the_users_and_any_other_error_is_internal(m
     monkeypatch.setattr(cli, "cmd_compile", bug)
     assert main(["compile", TITANS]) == 3
     assert "internal error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["check", TITANS], ["graph", TITANS], ["compile", TITANS]])
+def test_debug_stages_print_the_checked_spec_and_graph_on_every_command(command, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("NLDSL_DEBUG", "spec,graph")
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert '"sha256"' in err and '"frequency_groups"' in err  # the spec stage, then the graph stage

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -337,3 +339,12 @@ def test_the_warning_that_the_validation_text_differs_goes_to_stderr(run_dir, ca
     E.validation_text(record)
     out, err = capsys.readouterr()
     assert "validation text differs" in err and out == ""
+
+
+@pytest.mark.skipif(shutil.which("nldsl") is None, reason="the nldsl console script is not installed")
+def test_the_console_script_finds_the_benchmark_suite_from_the_repository_root():
+    # a console script, unlike `python -m`, does not put the working folder on sys.path
+    result = subprocess.run(["nldsl", "bench", "speed", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout

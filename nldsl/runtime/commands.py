@@ -154,6 +154,9 @@ def _check_writable(path: Path) -> None:
 
 def bench_command(args: argparse.Namespace) -> int:
     if args.study in ("speed", "smoke"):  # the benchmark suite lives in the checkout's bench/ package
+        checkout = str(Path.cwd())
+        if (Path(checkout) / "bench" / "harness.py").is_file() and checkout not in sys.path:
+            sys.path.insert(0, checkout)  # the `nldsl` console script does not put its folder on the path
         if importlib.util.find_spec("bench") is None or importlib.util.find_spec("bench.harness") is None:
             raise UserError(f"`nldsl bench {args.study}` runs the benchmark suite of a source checkout: "
                             "run it from the repository root (or `python -m bench`)")
