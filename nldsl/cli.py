@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .diagnostics import Diagnostic, render_json, render_text, summary
+from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
 from .loader import ModelTooLargeError, print_debug_stages
 
 
@@ -64,10 +65,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .checker import check_file
 
     status = 0
-    everything: list[Diagnostic] = []
+    everything: list[dict] = []
     for path in args.files:
         result = check_file(path, args.set)
-        everything.extend(result.diagnostics)
+        everything.extend(json_entries(result.diagnostics, path))
         if result.ok:
             print_debug_stages(result)
         if args.format == "text":
@@ -79,7 +80,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not result.ok:
             status = 1
     if args.format == "json":
-        print(render_json(everything))
+        print(json.dumps(everything, indent=2))
     return status
 
 
@@ -102,9 +103,10 @@ def cmd_fmt(args: argparse.Namespace) -> int:
 def cmd_graph(args: argparse.Namespace) -> int:
     from .graph import build_graph
 
+    wants_json = _graph_wants_json(args.format, args.output)
     result = load_checked(args.file, args.set)
     graph = build_graph(result.spec)
-    if args.format == "json" or (args.output and args.output.endswith(".json")):
+    if wants_json:
         text = graph.to_json()
         if args.output:
             write_output(args.output, text)
@@ -119,10 +121,25 @@ def cmd_graph(args: argparse.Namespace) -> int:
         return 0
     message = render(dot, Path(args.output))
     if message:
-        print(message, file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
     return 0
+
+
+def _graph_wants_json(fmt: str | None, output: str | None) -> bool:
+    """JSON or a drawing: `--format` for stdout, the suffix of `-o` for a file; a contradiction
+    between the two is refused rather than settled by one of them silently."""
+    if output is None:
+        return fmt == "json"
+    if output and Path(output).is_dir():
+        raise UserError(f"cannot write {output}: it is a folder")
+    is_json = Path(output).suffix.lower() == ".json"
+    if fmt is not None and (fmt == "json") != is_json:
+        wanted = ".json" if fmt == "json" else ".dot, .svg, .png or .pdf"
+        raise UserError(f"--format {fmt} and -o {output} disagree: with -o the suffix chooses the format "
+                        f"(use a {wanted} file, or leave out --format)")
+    return is_json
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -186,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graph", help="draw the level hierarchy (svg, png, pdf, dot) or export JSON")
     p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", metavar="OUT", help="out.svg|png|pdf|dot|json (default: DOT on stdout)")
-    p.add_argument("--format", choices=("dot", "json"), default="dot")
+    p.add_argument("--format", choices=("dot", "json"), default=None,
+                   help="what goes to stdout without -o (default dot); with -o the file's suffix decides")
     overrides(p)
     p.set_defaults(func=cmd_graph)
 

@@ -129,8 +129,18 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile
     return "\n\n".join(blocks)
 
 
-def render_json(diagnostics: Sequence[Diagnostic]) -> str:
-    return json.dumps([d.to_dict() for d in diagnostics], indent=2)
+def json_entries(diagnostics: Sequence[Diagnostic], file: str | None = None) -> list[dict]:
+    """Diagnostics as JSON objects; `file` names the file of those without a span (an unreadable
+    file's E0105), so a tool reading several files' output can tell whose they are."""
+    entries = [d.to_dict() for d in diagnostics]
+    if file is not None:
+        for entry in entries:
+            entry.setdefault("file", file)
+    return entries
+
+
+def render_json(diagnostics: Sequence[Diagnostic], file: str | None = None) -> str:
+    return json.dumps(json_entries(diagnostics, file), indent=2)
 
 
 def summary(diagnostics: Sequence[Diagnostic]) -> str:

@@ -37,6 +37,7 @@ from typing import Literal
 from . import ast
 from .checker import decode
 from .diagnostics import Diagnostic
+from .files import write_atomic
 from .parser import parse
 from .source import SourceFile
 
@@ -86,7 +87,7 @@ def format_file(path: str | Path, check: bool = False) -> FormatOutcome:
     changed = encoded != data  # a byte-order mark or CRLF line ends count as changes
     if changed and not check:
         try:
-            path.write_bytes(encoded)
+            write_atomic(path, encoded)  # a failed write leaves the spec as it was, never cut short
         except OSError as error:
             return FormatOutcome(False, [_io_error("write", display, error)], sources)
     return FormatOutcome(changed, [], sources)

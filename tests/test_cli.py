@@ -263,3 +263,26 @@ def test_debug_stages_print_the_checked_spec_and_graph_on_every_command(command,
     assert main(command) == 0
     err = capsys.readouterr().err
     assert '"sha256"' in err and '"frequency_groups"' in err  # the spec stage, then the graph stage
+
+
+def test_check_json_names_the_file_of_an_unreadable_one(tmp_path, capsys) -> None:
+    missing = str(tmp_path / "missing.nl")
+    assert main(["check", "--format", "json", TITANS, missing]) == 1
+    entries = json.loads(capsys.readouterr().out)
+    assert [(entry["code"], entry["file"]) for entry in entries] == [("E0105", missing)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "json", "-o", "{tmp}/g.png"], "--format json and -o {tmp}/g.png disagree"),
+    (["--format", "dot", "-o", "{tmp}/g.json"], "--format dot and -o {tmp}/g.json disagree"),
+    (["-o", "{tmp}"], "cannot write {tmp}: it is a folder"),
+])
+def test_graph_refuses_a_format_its_output_contradicts(args, message, tmp_path, capsys) -> None:
+    assert main(["graph", TITANS, *(a.format(tmp=tmp_path) for a in args)]) == 1
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_graph_takes_the_json_suffix_in_any_case(tmp_path) -> None:
+    assert main(["graph", TITANS, "-o", str(tmp_path / "g.JSON")]) == 0
+    assert "frequency_groups" in json.loads((tmp_path / "g.JSON").read_text())

@@ -471,3 +471,25 @@ def test_random_specs_round_trip(text: str):
     once = fmt(text)
     assert tree(once) == tree(text)
     assert fmt(once) == once
+
+
+def test_a_write_that_fails_part_way_leaves_the_spec_as_it_was(tmp_path: Path, monkeypatch):
+    # a full disk or a file-size limit had left the spec cut short mid-line
+    import nldsl.files
+
+    spec = tmp_path / "careless.nl"
+    written = "model   {  dim = 32 ; layers = 1 ; block { mlp { } } }\n"
+    spec.write_text(written)
+    spec.chmod(0o640)
+
+    def disk_full(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nldsl.files, "write_file", disk_full)
+    outcome = format_file(spec)
+    assert outcome.diagnostics and "no space left on device" in outcome.diagnostics[0].message
+    assert spec.read_text() == written and [p.name for p in tmp_path.iterdir()] == ["careless.nl"]
+    monkeypatch.undo()
+    assert format_file(spec).changed and spec.read_text() != written
+    assert spec.stat().st_mode & 0o777 == 0o640  # the rewritten spec keeps its permissions

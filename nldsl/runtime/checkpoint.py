@@ -40,6 +40,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from nldsl.cli import UserError
+from nldsl.files import fsync_folder, write_atomic, write_file
 from nldsl.runtime.memory import MemoryState
 
 FORMAT = "nldsl-checkpoint/1"
@@ -129,34 +130,6 @@ def restore_rng(tensors: dict[str, Tensor]) -> None:
 
 
 # Atomic files ---------------------------------------------------------------------------------------
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write, flush and fsync one file."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def fsync_folder(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` in one step: a reader sees the old file or the new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write_file(temporary, data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_folder(path.parent)
-
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from nldsl import loader
 from nldsl import spec as S
 from nldsl.cli import UserError
+from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime.memory import MemoryState
@@ -384,7 +385,7 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
     }
     data = safetensors.torch.save(tensors, metadata={"nldsl": json.dumps(structure)})
     try:
-        C.write_atomic(path, data)
+        write_atomic(path, data)
     except OSError as error:
         raise UserError(f"could not write the stream state {path}: {error.strerror or error}") from None
 

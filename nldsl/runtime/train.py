@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from nldsl import __version__, loader
 from nldsl.cli import UserError
+from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import distributed
@@ -227,7 +228,7 @@ class MetricsLog:
             kept = [entry for entry in read_metrics(self.path, warn) if entry["step"] <= resume_step]
             times = [entry["time_s"] for entry in kept if isinstance(entry.get("time_s"), (int, float))]
             self.last_time = float(times[-1]) if times else 0.0
-            C.write_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in kept).encode("utf-8"))
+            write_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in kept).encode("utf-8"))
         elif resume_step is None:
             self.path.write_text("", encoding="utf-8")
         self.writer = None

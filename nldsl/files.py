@@ -1,0 +1,45 @@
+"""Writing files so that a crash, a full disk or a size limit never leaves one cut short.
+
+`write_atomic` writes a temporary file beside the target, fsyncs it and renames it over the
+target: a reader (or the user, after a failure) sees the old file or the new one, never a part.
+Used for the files a user keeps (a spec `nldsl fmt` rewrites, `-o` outputs) and for the runtime's
+checkpoint pointers and logs. No torch here: the front end imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write, flush and fsync one file."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_folder(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` in one step; an existing file keeps its permissions."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_file(temporary, data)
+        if path.exists():
+            shutil.copymode(path, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
