@@ -10,7 +10,8 @@
     gpu      the CUDA suite in bf16 autocast (correctness, throughput, MFU); --device cpu --tiny to test
     report   docs/results/performance.md and its figures from the JSON results
 
-Options before the command apply to all: `python -m bench --threads 2 train --lengths 512`.
+`--threads N` (torch intra-op threads, default 1) goes before or after the command:
+`python -m bench --threads 2 train --lengths 512`.
 """
 
 from __future__ import annotations
@@ -33,16 +34,23 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+def main(argv: list[str] | None = None, prog: str = "python -m bench",
+         command_progs: dict[str, str] | None = None) -> int:
+    """Run a command; `prog` and `command_progs` (a command's own name in messages) let `nldsl bench speed`
+    call it under the name its user typed."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--threads", type=int, default=harness.DEFAULT_THREADS,
-                        help="torch intra-op threads (default 1: the cores are shared, see bench/harness.py)")
+    threads_help = "torch intra-op threads (default 1: the cores are shared, see bench/harness.py)"
+    parser.add_argument("--threads", type=harness.at_least(1), default=harness.DEFAULT_THREADS, help=threads_help)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0],
-                                  description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(name, help=(module.__doc__ or name).splitlines()[0], description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  prog=(command_progs or {}).get(name))
         module.add_arguments(sub)
+        # also after the command (`nldsl bench speed --threads 2` has no place before it); SUPPRESS keeps
+        # the value given before the command when none comes after
+        sub.add_argument("--threads", type=harness.at_least(1), default=argparse.SUPPRESS, help=threads_help)
     args = parser.parse_args(argv)
     harness.setup_torch(args.threads)
     return COMMANDS[args.command].main(args) or 0

@@ -21,14 +21,18 @@ import torch
 
 from bench.harness import (
     TrainStep,
+    at_least,
     build,
     log,
     machine,
     measure_step,
+    point_key,
     random_tokens,
     read_result,
+    result_path,
     write_result,
 )
+from nldsl.cli import UserError
 from nldsl.runtime import data
 
 NAME = "chunks"
@@ -61,12 +65,24 @@ def loss_after_budget(spec: str, overrides: list[str], texts, steps: int, batch:
     return loss, sum(held_out) / len(held_out)
 
 
+KEY = ("model", "chunk")  # what identifies a point
+
+
 def run(models: list[str], chunks: list[int], length: int, batch: int, steps: int, train_length: int,
         train_batch: int, evaluations: int, repeats: int, fresh: bool) -> dict:
-    result = (None if fresh else read_result(NAME)) or {
-        "machine": machine(), "length": length, "batch": batch, "steps": steps, "train_length": train_length,
-        "train_batch": train_batch, "points": []}
-    done = {(p["model"], p["chunk"]) for p in result["points"]}
+    settings = {"length": length, "batch": batch, "steps": steps, "train_length": train_length,
+                "train_batch": train_batch}
+    result = read_result(NAME, fresh) or {"machine": machine(), **settings, "points": []}
+    if fresh:  # only the points measured now: other models and chunk sizes stay
+        measured_now = {(name, chunk) for name in models for chunk in chunks}
+        result["points"] = [p for p in result["points"] if point_key(p, KEY) not in measured_now]
+    stored = {key: result.get(key) for key in settings}
+    if result["points"] and stored != settings:  # one header describes every point
+        raise UserError(f"{result_path(NAME)} holds points measured with {stored}; measure with those settings, "
+                        "or move the file away to start over")
+    result.update(settings)
+    # an error is not a measurement: a failed point is measured again (and replaced) on the next run
+    done = {point_key(p, KEY) for p in result["points"] if isinstance(p, dict) and "error" not in p}
     texts = corpus()
     for name in models:
         spec, overrides_for = MODELS[name]
@@ -85,6 +101,7 @@ def run(models: list[str], chunks: list[int], length: int, batch: int, steps: in
                     spec, overrides, texts, steps, train_batch, train_length, evaluations)
             except Exception as error:
                 point["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            result["points"] = [p for p in result["points"] if point_key(p, KEY) != (name, chunk)]
             result["points"].append(point)
             write_result(NAME, result)
             log(f"chunks {name} C={chunk}: " + (
@@ -100,15 +117,17 @@ def main(args) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--chunks", nargs="+", type=int, default=list(CHUNKS))
-    parser.add_argument("--length", type=int, default=1024, help="sequence length of the throughput steps")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40, help="training steps of the loss budget")
-    parser.add_argument("--train-length", type=int, default=256)
-    parser.add_argument("--train-batch", type=int, default=4)
-    parser.add_argument("--eval", type=int, default=4, help="held-out batches")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--chunks", nargs="+", type=at_least(1), default=list(CHUNKS))
+    parser.add_argument("--length", type=at_least(1), default=1024, help="sequence length of the throughput steps")
+    parser.add_argument("--batch", type=at_least(1), default=2)
+    parser.add_argument("--steps", type=at_least(1), default=40, help="training steps of the loss budget")
+    parser.add_argument("--train-length", type=at_least(1), default=256)
+    parser.add_argument("--train-batch", type=at_least(1), default=4)
+    parser.add_argument("--eval", type=at_least(1), default=4, help="held-out batches")
+    parser.add_argument("--repeats", type=at_least(1), default=3)
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the stored points this run measures (these models × chunk sizes; the "
+                             "others stay) and measure them again")
 
 
 if __name__ == "__main__":

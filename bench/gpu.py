@@ -26,6 +26,7 @@ overrun:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
@@ -37,6 +38,7 @@ from bench.harness import (
     RESULTS,
     ROOT,
     TrainStep,
+    at_least,
     attention_flops,
     build,
     count_flops,
@@ -44,6 +46,7 @@ from bench.harness import (
     machine,
     matmul_peak,
     parameter_count,
+    positive_float,
     random_tokens,
     write_result,
 )
@@ -314,14 +317,34 @@ def main(args) -> int:
     return 0 if all(check.get("ok", True) for check in checks) else 1
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a torch device this machine has (a typo or a missing GPU is a usage error, not a
+    RuntimeError or an AssertionError from deep inside torch)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return text
+    if device.type != "cuda":
+        raise argparse.ArgumentTypeError(f"the suite runs on cpu or cuda, not {device.type}")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine "
+                                         "(use --device cpu --tiny to test the code paths)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--device", help="cuda (default when available) or cpu")
+    parser.add_argument("--device", type=device_name, help="cuda (default when available) or cpu")
     parser.add_argument("--tiny", action="store_true", help="toy sizes: test every code path quickly")
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later phases are skipped past it")
+    parser.add_argument("--budget", type=positive_float, default=330.0,
+                        help="seconds; later phases are skipped past it")
     parser.add_argument("--hope-mode", choices=("eager", "compiled", "chunks"), default="chunks",
                         help="how HOPE runs: chunks (each chunk body compiled once, the default), eager, or "
                              "compiled whole (unrolls every chunk: a very long compile at T = 2048)")
-    parser.add_argument("--hope-recompute", type=int, default=16, metavar="N",
+    parser.add_argument("--hope-recompute", type=at_least(0), default=16, metavar="N",
                         help="HOPE's train.recompute: one state kept per N chunks (0 = every chunk's; ignored with "
                              "--hope-mode compiled)")
     parser.add_argument("--output", help="markdown file (default: docs/results/performance-gpu.md on CUDA)")

@@ -17,7 +17,12 @@
   a call's matrix products by operand shapes, largest first (where a step's arithmetic goes).
 - `matmul_peak`: this machine's fp32 matmul rate, measured with a large `torch.mm` loop.
 - `write_result`, `read_result`: bench/results/NAME.json, rewritten after every point so an
-  interrupted run keeps what it measured.
+  interrupted run keeps what it measured; a damaged file is an error that names it, never a
+  traceback, and never silently replaced.
+- `spec_key`, `check_model_specs`: one key per spec file however its path is spelled, and the
+  specs checked in-process before any measuring starts (a mistake is reported whole, up front).
+- `at_least`, `positive_float`: argparse types of the commands' counts and durations, nldsl's own
+  (nldsl/runtime/arguments.py), so that "must be at least 1" reads the same across the CLI.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from nldsl.compiler.optimizers import build_optimizer
 
 import nldsl
 from nldsl import loader
+from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
+from nldsl.runtime.arguments import at_least, positive_float  # noqa: F401  (re-exported: the commands' argparse types)
 from nldsl.runtime.chunked import compile_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,9 +283,98 @@ def write_result(name: str, data: Any) -> Path:
     return path
 
 
-def read_result(name: str) -> Any | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+def result_path(name: str) -> Path:
+    """Where NAME's results live (NLDSL_BENCH_RESULTS honoured): messages name this, not the default."""
+    return RESULTS / f"{name}.json"
+
+
+# The top-level fields each command's results must have (and their types) for the command to add to
+# them or the report to read them; a file without them is old or damaged.
+SHAPES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "train": {"points": list, "token_budget": int},
+    "memory": {"points": list},
+    "chunks": {"points": list, "length": int, "batch": int, "steps": int, "train_length": int, "train_batch": int},
+    "mfu": {"runs": list},
+    "peers": {"comparisons": dict},
+    "smoke": {"graph_breaks": dict, "speed": dict, "ok": bool, "seconds": (int, float), "tolerance": (int, float)},
+}
+NO_FRESH = ("smoke",)  # commands that rewrite their file whole every run (no --fresh)
+
+
+def _shape_problem(name: str, data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "does not hold a JSON object"
+    for key, kind in SHAPES.get(name, {}).items():
+        if key not in data:
+            return f"has no `{key}` field (an old format, or a damaged file)"
+        if not isinstance(data[key], kind) or (isinstance(data[key], bool) and kind is int):
+            return f"has a `{key}` field of the wrong type (an old format, or a damaged file)"
+    return None
+
+
+def read_result(name: str, fresh: bool = False) -> Any | None:
+    """NAME's stored results, or None when there are none.
+
+    A file that is not JSON or lacks the fields its command writes is a `UserError` naming it; with
+    `fresh` (the caller starts over anyway) it is moved aside instead (never deleted: it may hold
+    measurements someone can still read) and None is returned."""
+    path = result_path(name)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = _shape_problem(name, data)
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        data, problem = None, f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+    if problem is None:
+        return data
+    if fresh:
+        aside = path.with_name(f"{name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        path.replace(aside)
+        log(f"warning: {path} {problem}; moved it to {aside} and started over")
+        return None
+    rerun = f"python -m bench {name}" + ("" if name in NO_FRESH else " --fresh")
+    raise UserError(f"{path} {problem}: move it away, or rerun `{rerun}`")
+
+
+def point_key(point: Any, fields: Sequence[str]) -> tuple | None:
+    """The values of `fields` of a stored point, or None for a malformed one (not a dict, a field missing)."""
+    if not isinstance(point, dict) or any(field not in point for field in fields):
+        return None
+    try:
+        key = tuple(point[field] for field in fields)
+        hash(key)
+    except TypeError:  # a list where a name belongs: malformed too
+        return None
+    return key
+
+
+def spec_key(spec: str) -> str:
+    """A spec path as results key it: repository-relative POSIX when inside the repository (so
+    `./specs/hope.nl` and `specs/hope.nl` are one spec), else absolute. Relative paths are taken from
+    the working folder, or from the repository root when only that holds them (the suite's old rule)."""
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = Path.cwd() / path if (Path.cwd() / path).exists() or not (ROOT / path).exists() else ROOT / path
+    path = path.resolve()
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def check_model_specs(specs: Sequence[str], overrides: Sequence[str] = (),
+                      lengths: Sequence[int] = ()) -> None:
+    """Check every spec in this process before anything is measured (a child process or a later point
+    would turn a mistake into an error "result"): a spec that does not check raises its `SpecError`
+    (all diagnostics), one without a model a `UserError`; then with `overrides`, and at each length."""
+    for spec in specs:
+        result = loader.check(ROOT / spec)
+        if result.spec.model is None:
+            raise UserError(f"{spec} defines no model (no `model` section): the benchmarks train models")
+        for length in lengths or [None]:
+            if overrides or length is not None:
+                loader.check(ROOT / spec, [*overrides, *([f"train.seq_len={length}"] if length is not None else [])])
 
 
 def log(message: str) -> None:

@@ -20,8 +20,10 @@ import torch
 from bench.harness import (
     TrainStep,
     alternate,
+    at_least,
     attention_flops,
     build,
+    check_model_specs,
     count_flops,
     log,
     machine,
@@ -29,6 +31,7 @@ from bench.harness import (
     parameter_count,
     random_tokens,
     read_result,
+    spec_key,
     write_result,
 )
 from bench.transformer_pp import TransformerConfig, TransformerPP
@@ -42,10 +45,15 @@ def hand_attention_flops(cfg: TransformerConfig, batch: int, length: int) -> flo
 
 def run(specs: list[str], dim: int, heads: int, layers: int, length: int, batch: int, rounds: int,
         fresh: bool) -> dict:
-    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "runs": []}
+    specs = list(dict.fromkeys(spec_key(spec) for spec in specs))
+    check_model_specs(specs, [f"dim={dim}", f"heads={heads}", f"model.layers={layers}"], lengths=[length])
+    result = read_result(NAME, fresh) or {"machine": machine(), "runs": []}
+    config = {"dim": dim, "heads": heads, "layers": layers, "length": length, "batch": batch}
+    if fresh:  # only the earlier runs at this configuration: runs at other sizes stay
+        result["runs"] = [r for r in result["runs"] if not (isinstance(r, dict) and r.get("config") == config)]
+    result["machine"] = machine()
     peak = matmul_peak()
     log(f"mfu: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} thread(s))")
-    config = {"dim": dim, "heads": heads, "layers": layers, "length": length, "batch": batch}
     entry: dict = {"config": config, "peak_flops": peak, "models": {}}
     result["runs"].append(entry)
     contenders = {}
@@ -94,13 +102,16 @@ def main(args) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", default=["specs/transformer.nl"])
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--dim", type=at_least(1), default=512)
+    parser.add_argument("--heads", type=at_least(1), default=8)
+    parser.add_argument("--layers", type=at_least(1), default=2)
+    parser.add_argument("--length", type=at_least(1), default=2048)
+    parser.add_argument("--batch", type=at_least(1), default=1)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the stored runs at this configuration (--dim, --heads, --layers, --length, "
+                             "--batch; runs at other sizes stay); every run is otherwise kept, the report shows "
+                             "the last")
 
 
 if __name__ == "__main__":

@@ -32,14 +32,20 @@ from bench.harness import (
     ROOT,
     TrainStep,
     alternate,
+    at_least,
     build,
+    check_model_specs,
     log,
     machine,
+    point_key,
+    positive_float,
     random_tokens,
     read_result,
     setup_torch,
+    spec_key,
     write_result,
 )
+from nldsl.cli import UserError
 
 NAME = "memory"
 LENGTHS = (512, 1024, 2048, 4096, 8192)
@@ -84,8 +90,22 @@ def split_target(target: str) -> tuple[str, int]:
         return spec, 0
     name, _, value = option.partition("=")
     if name != "recompute" or not value.isdigit():
-        raise SystemExit(f"bench memory: unknown target option {option!r} (write SPEC:recompute=N)")
+        raise UserError(f"bench memory: unknown target option {option!r} in {target!r} (write SPEC:recompute=N)")
     return spec, int(value)
+
+
+def normalise_target(target: str) -> str:
+    """A target as results key it: the spec path normalised (`harness.spec_key`), its option kept."""
+    if target == MATH_ATTENTION:
+        return target
+    spec, recompute = split_target(target)
+    return spec_key(spec) + (f":recompute={recompute}" if recompute else "")
+
+
+def check_targets(targets: list[str], lengths: list[int]) -> None:
+    """Every target checked here, before the child processes: a child's failure is a measurement's
+    failure, and would keep only its last line of stderr."""
+    check_model_specs([split_target(t)[0] for t in targets if t != MATH_ATTENTION], lengths=lengths)
 
 
 def measure(target: str, length: int, timeout: float) -> dict:
@@ -99,17 +119,28 @@ def measure(target: str, length: int, timeout: float) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
-    return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+    return {"error": lines[-1][:300], "stderr": lines[-20:]}  # the tail too: the last line alone may say little
+
+
+KEY = ("target", "length")  # what identifies a point
 
 
 def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool) -> dict:
-    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "points": []}
-    done = {(p["target"], p["length"]) for p in result["points"]}
+    targets = list(dict.fromkeys(normalise_target(t) for t in targets))
+    check_targets(targets, lengths)
+    result = read_result(NAME, fresh) or {"machine": machine(), "points": []}
+    if fresh:  # only the points measured now: other targets and lengths stay
+        measured_now = {(target, length) for target in targets for length in lengths}
+        result["points"] = [p for p in result["points"] if point_key(p, KEY) not in measured_now]
+    # an error (a timeout, a crash) is not a measurement: it is retried, and replaced, on the next run
+    done = {point_key(p, KEY) for p in result["points"] if isinstance(p, dict) and "error" not in p}
     for target in targets:
         for length in lengths:
             if (target, length) in done:
                 continue
             point = {"target": target, "length": length, **measure(target, length, timeout)}
+            result["points"] = [p for p in result["points"] if point_key(p, KEY) != (target, length)]
             result["points"].append(point)
             write_result(NAME, result)
             log(f"memory {target} T={length}: " + (f"{point['step_mib']:.0f} MiB" if "step_mib" in point
@@ -139,7 +170,8 @@ def recompute_cost(rounds: int) -> dict:
 
 def main(args) -> None:
     if args.recompute_cost:
-        result = read_result(NAME) or {"machine": machine(), "points": []}
+        result = read_result(NAME) or {"machine": machine(), "points": []}  # read first: a damaged file stops the
+        # command before the measurement, not after it (which would lose it)
         result["recompute_cost"] = cost = recompute_cost(args.rounds)
         write_result(NAME, result)
         log(f"memory recompute cost: {cost['time_ratio']:.2f}x the step time "
@@ -151,12 +183,14 @@ def main(args) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", help=f"spec files, or {MATH_ATTENTION} (default: a representative set)")
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per point")
-    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS))
+    parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per point")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the stored points this run measures (these targets × lengths; the others "
+                             "stay) and measure them again")
     parser.add_argument("--recompute-cost", action="store_true",
                         help="time a HOPE step with and without train.recompute instead (interleaved)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --recompute-cost")
+    parser.add_argument("--rounds", type=at_least(1), default=3, help="interleaved rounds of --recompute-cost")
 
 
 if __name__ == "__main__":

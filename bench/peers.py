@@ -411,19 +411,60 @@ COMPARISONS = {
 }
 
 
+# The peers, by the module they import: the pip package (pyproject.toml's `bench` extra) that provides it.
+PEER_PACKAGES = {"titans_pytorch": "titans-pytorch==0.5.5", "nested_learning": "nested-learning==0.2.0",
+                 "fla": "fla-core==0.6.0"}
+
+
+def missing_package(error: BaseException) -> str | None:
+    """One line for a comparison that could not import what it needs (no traceback: the fix is an install)."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    module = error.name.split(".")[0]
+    if module in PEER_PACKAGES:
+        return (f"{module} is not installed: pip install '{PEER_PACKAGES[module]}' "
+                "(or every peer: pip install -e '.[bench]')")
+    return f"the Python module {module} is not installed (the peers' packages: pip install -e '.[bench]')"
+
+
 def run(only: list[str] | None, fresh: bool) -> dict:
-    result = (None if fresh else read_result(NAME)) or {"machine": machine(), "comparisons": {}}
-    for name in only or list(COMPARISONS):
+    names = list(dict.fromkeys(only or COMPARISONS))
+    threads = torch.get_num_threads()
+
+    def key_of(name: str) -> str:  # the suite's default is one thread per process; other counts sit beside it
+        return name if threads == DEFAULT_THREADS else f"{name} ({threads} threads)"
+
+    result = read_result(NAME, fresh) or {"machine": machine(), "comparisons": {}}
+    failures = result.setdefault("failures", {})
+    if not isinstance(failures, dict):  # an odd field is no reason to stop; the comparisons are what matter
+        failures = result["failures"] = {}
+    if fresh:  # only the comparisons run now: the others stay
+        for name in names:
+            result["comparisons"].pop(key_of(name), None)
+            failures.pop(key_of(name), None)
+    for name in names:
         log(f"peers {name} ...")
+        key = key_of(name)
         try:
             outcome = COMPARISONS[name]()
         except Exception as error:  # a peer that cannot run is reported with its error text
-            outcome = {"error": _error(error), "traceback": traceback.format_exc().splitlines()[-6:]}
-        threads = torch.get_num_threads()
+            missing = missing_package(error)
+            failure = {"error": missing or _error(error), "threads": threads, "when": machine()["time"]}
+            if missing is None:
+                failure["traceback"] = traceback.format_exc().splitlines()[-6:]
+            if key in result["comparisons"] and "error" not in result["comparisons"][key]:
+                # a failure never replaces a measurement: it is kept beside it, and said
+                failures[key] = failure
+                log(f"peers {name}: FAILED, {failure['error']} (the earlier measurement is kept)")
+            else:
+                result["comparisons"][key] = failure
+                failures.pop(key, None)
+                log(f"peers {name}: FAILED, {failure['error']}")
+            write_result(NAME, result)
+            continue
         outcome["threads"] = threads
-        # the suite's default is one thread per process (bench/harness.py); other counts sit beside it
-        key = name if threads == DEFAULT_THREADS else f"{name} ({threads} threads)"
         result["comparisons"][key] = outcome
+        failures.pop(key, None)
         write_result(NAME, result)
         log(f"peers {name}: {outcome}")
     return result
@@ -435,7 +476,9 @@ def main(args) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--only", nargs="+", choices=list(COMPARISONS))
-    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the stored results of the comparisons run now (the others stay), so a "
+                             "failure shows instead of an earlier measurement")
 
 
 if __name__ == "__main__":

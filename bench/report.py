@@ -8,10 +8,13 @@ command that produced it. A benchmark that has not been run (or was interrupted)
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import sys
 from pathlib import Path
 
-from bench.harness import RESULTS, ROOT, read_result
+from bench.harness import RESULTS, ROOT, point_key, read_result, result_path
+from nldsl.cli import UserError
 
 DOCS = ROOT / "docs" / "results"
 PAGE = DOCS / "performance.md"
@@ -23,8 +26,18 @@ def fmt(value, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+PLOT_INSTALL = "pip install -e '.[plot]' (or pip install matplotlib)"  # pyproject.toml's `plot` extra
+
+
+def require_matplotlib() -> None:
+    """Refuse before writing anything when the figures cannot be drawn (a half-written page helps nobody)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError(f"bench report draws its figures with matplotlib, which is not installed: {PLOT_INSTALL}")
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (imported late: the report's text needs none of it)."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,18 +137,20 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
-        f"{hope['hope_over_transformer']:.3f}×" if "hope_over_transformer" in hope else hope.get("error", "—"),
+        f"{hope['hope_over_transformer']:.3f}×" if "hope_over_transformer" in hope
+        else short_error(hope.get("error", "—")),
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
         "python -m bench peers --only hope_transformer")
     titans = comparisons.get("titans_layer", {})
     best = max(titans.get("speedup_vs_titans_pytorch", {}).values(), default=None)
     row("Titans LMM layer ≥ 3× titans-pytorch NeuralMemory",
         f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" if best else
-        titans.get("error", "—"), None if best is None else best >= 3, "python -m bench peers --only titans_layer")
+        short_error(titans.get("error", "—")), None if best is None else best >= 3,
+        "python -m bench peers --only titans_layer")
     nested = comparisons.get("hope_nested_learning", {})
     row("HOPE ≥ 30× nested-learning hope_selfmod (≥ 20× in the compiler issue)",
         (f"{nested['speedup_vs_nested_learning']:.1f}×" + nested_learning_ceiling(nested))
-        if "speedup_vs_nested_learning" in nested else nested.get("error", "—"),
+        if "speedup_vs_nested_learning" in nested else short_error(nested.get("error", "—")),
         None if "speedup_vs_nested_learning" not in nested else nested["speedup_vs_nested_learning"] >= 30,
         "python -m bench peers --only hope_nested_learning")
     reference = comparisons.get("memory_reference", {})
@@ -152,7 +167,8 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         + (f" (slower: {', '.join(slower)})" if slower else "") if ratios else "—",
         None if not ratios else not slower, "python -m bench train")
     timed = (smoke or {}).get("speed", {})
-    if timed:
+    if any("compiled_over_eager" in outcome for outcome in timed.values()):
+        timed = {spec: outcome for spec, outcome in timed.items() if "compiled_over_eager" in outcome}  # not skipped
         slower = [spec for spec, outcome in timed.items() if outcome["compiled_over_eager"] >= 1.0]
         row("compiled step faster than eager at the smoke size, each spec in its train.compile mode",
             f"{len(timed) - len(slower)}/{len(timed)} specs"
@@ -194,8 +210,9 @@ def compile_ratios(train: dict | None) -> dict[str, float]:
 
 
 def train_section(train: dict) -> list[str]:
+    where = train.get("machine") if isinstance(train.get("machine"), dict) else {}  # old files may lack it
     lines = [f"Token budget {train['token_budget']:,} per step (B = budget / T), "
-             f"{train['machine']['threads']} thread(s), torch {train['machine']['torch']}; "
+             f"{where.get('threads', '?')} thread(s), torch {where.get('torch', '?')}; "
              "median of the timed steps. `compile s` = first compiled step minus a timed one. "
              "`per chunk` = `train.compile = chunks` (each chunk body compiled once; specs with chunk loops).", "",
              "| spec | T | B | parameters | eager tok/s | compiled tok/s | compiled/eager | compile s "
@@ -222,13 +239,30 @@ def train_section(train: dict) -> list[str]:
     return lines
 
 
+def short_error(error: str) -> str:
+    """A comparison's error as the page shows it; results written before peers.py said which package to install
+    hold the bare ModuleNotFoundError, which reads the same as a new one here."""
+    from bench.peers import missing_package
+
+    found = re.fullmatch(r"ModuleNotFoundError: No module named '([\w.]+)'", str(error).strip())
+    return (missing_package(ModuleNotFoundError(name=found.group(1))) if found else None) or str(error)
+
+
 def peers_section(peers: dict) -> list[str]:
     lines = []
+    failures = peers.get("failures") if isinstance(peers.get("failures"), dict) else {}
     for name, outcome in peers["comparisons"].items():
         lines += [f"### {name}", ""]
-        if "error" in outcome:
-            lines += [f"Could not run: `{outcome['error']}`", ""]
+        if not isinstance(outcome, dict):
+            warn(f"{result_path('peers')}: skipped the malformed comparison {name!r}")
             continue
+        if "error" in outcome:
+            lines += [f"Could not run: `{short_error(outcome['error'])}`", ""]
+            continue
+        failure = failures.get(name)
+        if isinstance(failure, dict) and "error" in failure:
+            lines += [f"The last run ({failure.get('when', 'date unknown')}) failed, so these are the earlier "
+                      f"measurement's numbers: `{short_error(failure['error'])}`", ""]
         lines.append(f"Configuration: `{outcome.get('config')}`; parameters: `{outcome.get('parameters', '—')}`.")
         lines.append("")
         if "tokens_per_second" in outcome:
@@ -300,9 +334,10 @@ def chunks_section(chunks: dict) -> list[str]:
 def mfu_section(mfu: dict) -> list[str]:
     run = mfu["runs"][-1]
     cfg = run["config"]
+    where = mfu.get("machine") if isinstance(mfu.get("machine"), dict) else {}  # old files may lack it
     lines = [f"d_model {cfg['dim']}, {cfg['heads']} heads, {cfg['layers']} blocks, T={cfg['length']}, "
              f"B={cfg['batch']}; fp32 matmul peak measured in the same run: {run['peak_flops'] / 1e9:.1f} GFLOP/s "
-             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({mfu['machine']['threads']} thread(s)); "
+             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({where.get('threads', '?')} thread(s)); "
              "MFU is taken against the higher of the two.", "",
              "| step | tokens/s | GFLOP/s | MFU |", "|---|---:|---:|---:|"]
     for name, step in run["steps"].items():
@@ -323,15 +358,52 @@ def smoke_section(smoke: dict) -> list[str]:
                      f"{outcome.get('frames', '—')} | {fmt(outcome.get('seconds'), 1)} |")
     lines += ["", "| spec | eager s | compiled s | compiled/eager | compile s |", "|---|---:|---:|---:|---:|"]
     for spec, outcome in smoke["speed"].items():
+        if "compiled_over_eager" not in outcome:  # a spec that trains eagerly is skipped by the check
+            lines.append(f"| {spec} | {outcome.get('skipped', 'not timed')} | | | |")
+            continue
         lines.append(f"| {spec} | {outcome['eager_seconds']:.3f} | {outcome['compiled_seconds']:.3f} | "
                      f"{outcome['compiled_over_eager']:.2f} | {outcome['compile_seconds']:.1f} |")
     return lines
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# The fields (and their types) a stored point needs to be tabled and drawn.
+POINT_FIELDS = {"train": {"spec": str, "length": int, "mode": str}, "memory": {"target": str, "length": int},
+                "chunks": {"model": str, "chunk": int}}
+RUN_FIELDS = ("config", "steps", "models", "peak_flops")  # of an mfu run
+
+
+def well_formed(name: str, data: dict | None) -> dict | None:
+    """`data` with its malformed points (or mfu runs) left out, each left out said on stderr."""
+    if data is None:
+        return None
+    if name == "mfu":
+        runs = [r for r in data["runs"] if isinstance(r, dict) and all(k in r for k in RUN_FIELDS)]
+        if len(runs) < len(data["runs"]):
+            warn(f"{result_path(name)}: skipped {len(data['runs']) - len(runs)} malformed run(s)")
+        return {**data, "runs": runs} if runs else None
+    fields = POINT_FIELDS.get(name)
+    if fields is None:
+        return data
+    points = [p for p in data["points"] if point_key(p, list(fields)) is not None
+              and all(isinstance(p[k], kind) and not isinstance(p[k], bool) for k, kind in fields.items())]
+    if len(points) < len(data["points"]):
+        warn(f"{result_path(name)}: skipped {len(data['points']) - len(points)} malformed point(s) "
+             f"(each needs {', '.join(fields)})")
+    return {**data, "points": points}
+
+
 def write(notes: str = "") -> Path:
-    DOCS.mkdir(parents=True, exist_ok=True)
-    train, memory, chunks, mfu, peers, smoke = (read_result(n) for n in
+    # every file read (and judged) before the page is touched: a damaged one stops the report, it does not
+    # leave a half-written page
+    train, memory, chunks, mfu, peers, smoke = (well_formed(n, read_result(n)) for n in
                                                  ("train", "memory", "chunks", "mfu", "peers", "smoke"))
+    if train or memory or chunks:  # the sections with figures
+        require_matplotlib()
+    DOCS.mkdir(parents=True, exist_ok=True)
     lines = ["# Performance", "",
              "Generated by `python -m bench report` from bench/results/*.json; every section names the command "
              "that measured it. The machine is a shared 2-core CPU (AVX-512) whose other jobs change the load "

@@ -28,7 +28,19 @@ import time
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from bench.harness import TrainStep, alternate, build, log, machine, model_specs, random_tokens, write_result
+from bench.harness import (
+    TrainStep,
+    alternate,
+    at_least,
+    build,
+    check_model_specs,
+    log,
+    machine,
+    model_specs,
+    random_tokens,
+    spec_key,
+    write_result,
+)
 from nldsl.runtime.chunked import compiled_chunks
 
 NAME = "smoke"
@@ -95,12 +107,14 @@ def compiled_vs_eager(spec: str, overrides: list[str], length: int, batch: int, 
 def run(specs: list[str] | None = None, timed: list[str] | None = None, rounds: int = 5) -> dict:
     """Both checks (`timed`: the specs of the speed check, default `TIMED`); "ok" is False when any failed."""
     began = time.perf_counter()
-    specs = specs or model_specs()
+    specs = list(dict.fromkeys(spec_key(spec) for spec in specs)) if specs else model_specs()
+    timed = TIMED if timed is None else list(dict.fromkeys(spec_key(spec) for spec in timed))
+    check_model_specs(list(dict.fromkeys([*specs, *timed])))  # up front: a mistake is a message, not a failed check
     result: dict = {"machine": machine(), "tolerance": SLOWDOWN_TOLERANCE, "graph_breaks": {}, "speed": {}}
     for spec in specs:
         result["graph_breaks"][spec] = outcome = graph_breaks(spec)
         log(f"smoke graph {spec}: " + ("ok" if outcome["ok"] else f"FAILED {outcome}"))
-    for spec in TIMED if timed is None else timed:
+    for spec in timed:
         result["speed"][spec] = outcome = compiled_vs_eager(spec, TINY, TINY_LENGTH, TIMED_BATCH, rounds)
         if "skipped" in outcome:
             log(f"smoke speed {spec}: skipped, {outcome['skipped']}")
@@ -123,7 +137,7 @@ def main(args) -> int:
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", help="specs to check (default: every shipped model spec)")
     parser.add_argument("--timed", nargs="+", help=f"specs of the speed check, or all (default: {', '.join(TIMED)})")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of the compiled-vs-eager check")
+    parser.add_argument("--rounds", type=at_least(1), default=5, help="timed rounds of the compiled-vs-eager check")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ the others (so it is skipped there).
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import sys
@@ -29,16 +30,22 @@ import torch
 from bench.harness import (
     TrainStep,
     alternate_samples,
+    at_least,
     build,
+    check_model_specs,
     log,
     machine,
     model_specs,
     parameter_count,
+    point_key,
     random_tokens,
     read_result,
+    result_path,
+    spec_key,
     timed,
     write_result,
 )
+from nldsl.cli import UserError
 from nldsl.runtime.blocks import CMSLevel
 from nldsl.runtime.memory import DELTA_BLOCK, LevelConfig, uses_delta_kernel
 
@@ -104,25 +111,32 @@ def measure_modes(spec: str, length: int, batch: int, modes: list[str], repeats:
     return points
 
 
+KEY = ("spec", "length", "mode")  # what identifies a point
+
+
 def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: int, repeats: int,
         compile_limit: int, fresh: bool) -> dict:
-    specs = specs or model_specs()
-    result = read_result(NAME) or {"machine": machine(), "token_budget": budget, "points": []}
-    if fresh:  # only the specs measured now: the other specs' points stay
-        result["points"] = [p for p in result["points"] if p["spec"] not in specs]
+    specs = list(dict.fromkeys(spec_key(spec) for spec in specs)) if specs else model_specs()
+    check_model_specs(specs, lengths=lengths)  # before the first point: a mistake is not a result
+    result = read_result(NAME, fresh) or {"machine": machine(), "token_budget": budget, "points": []}
+    measured_now = {(spec, length, mode) for spec in specs for length in lengths for mode in modes}
+    if fresh:  # only the points measured now: other specs, lengths and modes stay
+        result["points"] = [p for p in result["points"] if point_key(p, KEY) not in measured_now]
     if result["points"] and result.get("token_budget") != budget:
-        raise SystemExit(f"bench/results/{NAME}.json holds points at {result.get('token_budget'):,} tokens per step; "
-                         f"measure at that budget (--tokens) or start over with --fresh and every spec")
+        raise UserError(f"{result_path(NAME)} holds points at {result.get('token_budget'):,} tokens per step; "
+                        f"measure at that budget (--tokens {result.get('token_budget')}), or move the file away "
+                        f"to start over at {budget:,}")
     result.update(machine=machine(), token_budget=budget)
-    done = {(p["spec"], p["length"], p["mode"]) for p in result["points"]}
+    # an error is not a measurement: a failed point is measured again (and replaced) on the next run
+    done = {point_key(p, KEY) for p in result["points"] if isinstance(p, dict) and "error" not in p}
     for spec in specs:
         for length in lengths:
             batch = max(1, budget // length)
-            model = build(spec, seq_len=length)[0]
-            steps, looped = chunk_steps(model, length), has_chunk_bodies(model)
             pending = [mode for mode in modes if (spec, length, mode) not in done]
             if not pending:
                 continue
+            model = build(spec, seq_len=length)[0]
+            steps, looped = chunk_steps(model, length), has_chunk_bodies(model)
             points = {mode: {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
                              "measured": machine()["time"]} for mode in pending}
             for mode, point in points.items():
@@ -138,6 +152,8 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
                 except Exception as error:  # a failing point is recorded, the sweep goes on
                     for mode in measured:
                         points[mode]["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            replaced = {(spec, length, mode) for mode in points}
+            result["points"] = [p for p in result["points"] if point_key(p, KEY) not in replaced]  # earlier errors
             for mode, point in points.items():
                 result["points"].append(point)
                 shown = (f"{point['tokens_per_second']:,.0f} tok/s" if "tokens_per_second" in point
@@ -148,19 +164,31 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
 
 
 def main(args) -> None:
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    run(args.specs, args.lengths, modes, args.tokens, args.repeats, args.compile_limit, args.fresh)
+    run(args.specs, args.lengths, args.modes, args.tokens, args.repeats, args.compile_limit, args.fresh)
+
+
+def modes_list(text: str) -> list[str]:
+    """An argparse type: comma-separated compile modes, at least one, each known."""
+    modes = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in modes if m not in COMPILE_MODES]
+    if not modes or unknown:
+        what = f"unknown mode {', '.join(map(repr, unknown))}" if unknown else "no mode given"
+        raise argparse.ArgumentTypeError(f"{what}: choose from {', '.join(COMPILE_MODES)}")
+    return modes
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", help="spec files (default: every shipped spec with a model)")
-    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
-    parser.add_argument("--modes", default="eager,compiled,chunks", help="comma-separated: " + ", ".join(COMPILE_MODES))
-    parser.add_argument("--tokens", type=int, default=TOKEN_BUDGET, help="tokens per step (B = tokens / T)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (median kept)")
-    parser.add_argument("--compile-limit", type=int, default=COMPILE_CHUNK_STEPS,
+    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS))
+    parser.add_argument("--modes", type=modes_list, default="eager,compiled,chunks",
+                        help="comma-separated: " + ", ".join(COMPILE_MODES))
+    parser.add_argument("--tokens", type=at_least(1), default=TOKEN_BUDGET, help="tokens per step (B = tokens / T)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed steps per point (median kept)")
+    parser.add_argument("--compile-limit", type=at_least(0), default=COMPILE_CHUNK_STEPS,
                         help="skip compiled points that unroll more chunk steps than this")
-    parser.add_argument("--fresh", action="store_true", help="discard earlier points of the specs measured now")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the stored points this run measures (these specs × lengths × modes; "
+                             "the others stay) and retry them")
 
 
 if __name__ == "__main__":

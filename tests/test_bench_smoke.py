@@ -211,3 +211,205 @@ def test_a_mistake_on_the_bench_command_line_is_one_message_not_a_traceback(tmp_
                               timeout=300)
         assert done.returncode == 1, done.stderr
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# The suite's own bookkeeping: results kept across runs, mistakes refused up front. None of these measure
+# anything: the timing functions are replaced, the results go to tmp_path.
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    return tmp_path / "results"
+
+
+def test_a_failed_peer_comparison_keeps_the_earlier_measurement(results, monkeypatch, capsys) -> None:
+    from bench import peers
+
+    outcomes = iter([{"tokens_per_second": {"a": 1.0}}, RuntimeError("peer broke")])
+
+    def comparison():
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(peers, "COMPARISONS", {"floor": comparison})
+    peers.run(["floor"], fresh=False)
+    result = peers.run(["floor"], fresh=False)
+    assert result["comparisons"]["floor"]["tokens_per_second"] == {"a": 1.0}
+    assert result["failures"]["floor"]["error"] == "RuntimeError: peer broke"
+    assert "FAILED, RuntimeError: peer broke (the earlier measurement is kept)" in capsys.readouterr().out
+    from bench import report
+
+    page = "\n".join(report.peers_section(harness.read_result("peers")))
+    assert "failed" in page and "peer broke" in page and "| a | 1 |" in page
+
+
+def test_a_missing_peer_package_is_one_line_naming_what_to_install(results, monkeypatch, capsys) -> None:
+    from bench import peers, report
+
+    def needs_titans():
+        raise ModuleNotFoundError("No module named 'titans_pytorch'", name="titans_pytorch")
+
+    monkeypatch.setattr(peers, "COMPARISONS", {"titans_layer": needs_titans})
+    outcome = peers.run(None, fresh=False)["comparisons"]["titans_layer"]
+    expected = ("titans_pytorch is not installed: pip install 'titans-pytorch==0.5.5' "
+                "(or every peer: pip install -e '.[bench]')")
+    assert outcome["error"] == expected and "traceback" not in outcome
+    assert capsys.readouterr().out.splitlines()[-1] == f"peers titans_layer: FAILED, {expected}"
+    # a result written before this change holds the bare error; the page shows the same line
+    old = {"comparisons": {"fla": {"error": "ModuleNotFoundError: No module named 'fla'", "traceback": ["..."]}}}
+    assert "Could not run: `fla is not installed: pip install 'fla-core==0.6.0'" in "\n".join(report.peers_section(old))
+
+
+def test_fresh_drops_only_the_points_measured_now_and_errors_are_retried(results, monkeypatch) -> None:
+    from bench import peak_memory
+
+    measured = []
+
+    def measure(target, length, timeout):
+        measured.append((target, length))
+        return {"error": "timed out"} if length == 64 and len(measured) == 1 else {"step_mib": float(length)}
+
+    monkeypatch.setattr(peak_memory, "measure", measure)
+    peak_memory.run(["./specs/transformer.nl"], [64, 128], 10.0, fresh=False)
+    peak_memory.run(["specs/transformer.nl"], [64, 128], 10.0, fresh=False)  # the same spec: only the error reruns
+    assert measured == [("specs/transformer.nl", 64), ("specs/transformer.nl", 128), ("specs/transformer.nl", 64)]
+    peak_memory.run(["specs/titans_lmm.nl"], [64], 10.0, fresh=True)  # another target: the others stay
+    points = harness.read_result("memory")["points"]
+    assert sorted((p["target"], p["length"]) for p in points) == [
+        ("specs/titans_lmm.nl", 64), ("specs/transformer.nl", 64), ("specs/transformer.nl", 128)]
+    assert all("error" not in p for p in points)
+
+
+def test_chunk_sweep_fresh_keeps_other_points_and_mfu_fresh_keeps_other_sizes(results, monkeypatch) -> None:
+    from bench import chunk_sweep
+
+    harness.write_result("chunks", {"machine": {}, "length": 8, "batch": 1, "steps": 1, "train_length": 8,
+                                    "train_batch": 1, "points": [{"model": "titans", "chunk": 4, "eval_loss": 1.0},
+                                                                 {"model": "hope", "chunk": 4, "eval_loss": 2.0}]})
+    monkeypatch.setattr(chunk_sweep, "corpus", lambda: None)
+    monkeypatch.setattr(chunk_sweep, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no model")))
+    result = chunk_sweep.run(["titans"], [4], 8, 1, 1, 8, 1, 1, 1, fresh=True)
+    assert [(p["model"], "error" in p) for p in result["points"]] == [("hope", False), ("titans", True)]
+
+
+def test_a_spec_path_is_one_key_however_it_is_spelled() -> None:
+    assert harness.spec_key("./specs/transformer.nl") == harness.spec_key("specs/transformer.nl") == \
+        harness.spec_key(str(REPO / "specs" / ".." / "specs" / "transformer.nl")) == "specs/transformer.nl"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--lengths", "0"], "argument --lengths: must be at least 1, got 0"),
+    (["train", "--lengths", "-5"], "argument --lengths: must be at least 1, got -5"),
+    (["train", "--modes", "eager,fast"], "unknown mode 'fast': choose from eager, compiled, chunks"),
+    (["train", "--modes", ""], "no mode given: choose from eager, compiled, chunks"),
+    (["train", "--repeats", "0"], "argument --repeats: must be at least 1"),
+    (["mfu", "--rounds", "0"], "argument --rounds: must be at least 1"),
+    (["chunks", "--eval", "0"], "argument --eval: must be at least 1"),
+    (["chunks", "--chunks", "-4"], "argument --chunks: must be at least 1"),
+    (["memory", "--timeout", "0"], "argument --timeout: must be a finite number > 0"),
+    (["--threads", "0", "train"], "argument --threads: must be at least 1"),
+    (["train", "--threads", "0"], "argument --threads: must be at least 1"),
+    (["gpu", "--device", "nosuch"], "argument --device: not a device: 'nosuch'"),
+])
+def test_bad_options_are_refused_before_anything_runs(argv, message, capsys) -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_on_a_machine_without_cuda_says_so(capsys) -> None:
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["gpu", "--device", "cuda"])
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_a_spec_without_a_model_is_refused_up_front(results, monkeypatch) -> None:
+    from bench import mfu, peak_memory
+    from nldsl.cli import UserError
+    from nldsl.diagnostics import SpecError
+
+    monkeypatch.setattr(peak_memory, "measure", lambda *a: pytest.fail("a child process was started"))
+    for run in (lambda s: throughput.run([s], [32], ["eager"], 64, 1, 10, False),
+                lambda s: peak_memory.run([s], [32], 1.0, False),
+                lambda s: mfu.run([s], 32, 4, 1, 16, 1, 1, False),
+                lambda s: smoke.run([s], []),):
+        with pytest.raises(UserError, match=r"specs/optimizers/adamw\.nl defines no model"):
+            run("specs/optimizers/adamw.nl")
+    with pytest.raises(SpecError, match="check the path"):
+        peak_memory.run(["nowhere.nl"], [32], 1.0, False)
+    with pytest.raises(UserError, match="write SPEC:recompute=N"):
+        peak_memory.run(["specs/hope.nl:recompute=x"], [32], 1.0, False)
+    assert not results.exists()  # no error "results"
+
+
+@pytest.mark.parametrize("text", ["", '{"points": [', '{"machine": {}, "points": []}', "[]"])
+def test_a_damaged_results_file_is_one_error_naming_it_and_fresh_moves_it_aside(results, monkeypatch, text) -> None:
+    from nldsl.cli import UserError
+
+    results.mkdir()
+    (results / "train.json").write_text(text)
+    monkeypatch.setattr(throughput, "measure_modes", lambda spec, length, batch, modes, repeats:
+                        {mode: {"tokens_per_second": 1.0} for mode in modes})
+    with pytest.raises(UserError, match=r"train\.json .*: move it away, or rerun `python -m bench train --fresh`"):
+        throughput.run(["specs/transformer.nl"], [32], ["eager"], 64, 1, 10, False)
+    result = throughput.run(["specs/transformer.nl"], [32], ["eager"], 64, 1, 10, True)
+    assert len(result["points"]) == 1
+    assert [p.read_text() for p in results.glob("train.damaged-*.json")] == [text]  # kept, not deleted
+
+
+def test_the_token_budget_message_names_the_file_in_use(results) -> None:
+    from nldsl.cli import UserError
+
+    harness.write_result("train", {"machine": {}, "token_budget": 128, "points": [
+        {"spec": "specs/transformer.nl", "length": 32, "mode": "eager", "tokens_per_second": 1.0}]})
+    with pytest.raises(UserError, match=str(results / "train.json")):
+        throughput.run(["specs/transformer.nl"], [32], ["eager"], 64, 1, 10, False)
+
+
+def test_report_skips_malformed_points_and_refuses_a_damaged_file(results, tmp_path, monkeypatch, capsys) -> None:
+    from bench import report
+    from nldsl.cli import UserError
+
+    monkeypatch.setattr(report, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(report, "PAGE", tmp_path / "docs" / "performance.md")
+    harness.write_result("memory", {"points": [{"target": "m", "length": 512, "step_mib": 3.0}, {"length": 2}, 7]})
+    page = report.write().read_text()
+    assert "| m | 3 MiB |" in page
+    assert "memory.json: skipped 2 malformed point(s)" in capsys.readouterr().err
+    (results / "train.json").write_text('{"points": []}')
+    with pytest.raises(UserError, match="has no `token_budget` field"):
+        report.write()
+
+
+def test_report_without_matplotlib_names_the_package(results, tmp_path, monkeypatch) -> None:
+    from bench import report
+    from nldsl.cli import UserError
+
+    monkeypatch.setattr(report, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(report, "PAGE", tmp_path / "docs" / "performance.md")
+    real = report.importlib.util.find_spec
+    monkeypatch.setattr(report.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib"
+                        else real(name, *a))
+    harness.write_result("memory", {"points": []})
+    with pytest.raises(UserError, match=r"matplotlib, which is not installed: pip install -e '\.\[plot\]'"):
+        report.write()
+    assert not (tmp_path / "docs" / "performance.md").exists()
+
+
+def test_nldsl_bench_speed_takes_threads_and_names_itself(monkeypatch, capsys) -> None:
+    from nldsl.cli import main
+
+    seen = {}
+    monkeypatch.setattr(throughput, "run", lambda *args: seen.update(threads=torch.get_num_threads(), args=args))
+    assert main(["bench", "speed", "--threads", "2", "--specs", "specs/transformer.nl", "--lengths", "32"]) == 0
+    assert seen["threads"] == 2 and seen["args"][1] == [32]
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--lengths", "0"])
+    assert "nldsl bench speed: error: argument --lengths: must be at least 1" in capsys.readouterr().err

@@ -6,7 +6,32 @@ Kept apart from the commands themselves so that building the parser never import
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ low (a step count of 0 or a negative batch is a usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], None], handler) -> None:

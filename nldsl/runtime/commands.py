@@ -161,7 +161,10 @@ def bench_command(args: argparse.Namespace) -> int:
             raise UserError(f"`nldsl bench {args.study}` runs the benchmark suite of a source checkout: "
                             "run it from the repository root (or `python -m bench`)")
         suite = importlib.import_module("bench.__main__")
-        return int(suite.main(["train" if args.study == "speed" else "smoke", *(args.rest or [])]) or 0)
+        command = "train" if args.study == "speed" else "smoke"
+        # the suite's messages name the command the user typed; its options (--threads too) follow it
+        return int(suite.main([command, *(args.rest or [])], prog="nldsl bench",
+                              command_progs={command: f"nldsl bench {args.study}"}) or 0)
     if importlib.util.find_spec("nldsl.runtime.studies") is None:
         raise UserError(f"`nldsl bench {args.study}` is not available: this installation has no studies module "
                         "(nldsl.runtime.studies)")

@@ -46,6 +46,7 @@ import nldsl
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.runtime import domains as D
+from nldsl.runtime.arguments import at_least, positive_float
 from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
@@ -896,43 +897,19 @@ def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
 
 # Command line ------------------------------------------------------------------------------------------
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer ≥ low (a step count of 0 or a negative batch is a usage error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def continual_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nldsl bench continual",
                                 description="Continual learning over three text domains (docs/results/continual.md).")
     d = ContinualConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
-    p.add_argument("--params", type=_at_least(1), default=d.params, help="parameter count every model is matched to")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help="outer AdamW learning rate of every model")
-    p.add_argument("--steps", type=_at_least(1), default=d.steps, help="steps per phase")
-    p.add_argument("--batch", type=_at_least(1), default=d.batch)
-    p.add_argument("--seq-len", type=_at_least(2), default=d.seq_len)
-    p.add_argument("--seeds", type=_at_least(1), default=d.seeds)
-    p.add_argument("--warmup", type=_at_least(0), default=d.warmup)
-    p.add_argument("--eval-windows", type=_at_least(1), default=d.eval_windows)
+    p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="outer AdamW learning rate of every model")
+    p.add_argument("--steps", type=at_least(1), default=d.steps, help="steps per phase")
+    p.add_argument("--batch", type=at_least(1), default=d.batch)
+    p.add_argument("--seq-len", type=at_least(2), default=d.seq_len)
+    p.add_argument("--seeds", type=at_least(1), default=d.seeds)
+    p.add_argument("--warmup", type=at_least(0), default=d.warmup)
+    p.add_argument("--eval-windows", type=at_least(1), default=d.eval_windows)
     p.add_argument("--no-control", action="store_true", help="skip the slow-MLP Transformer control")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training bound")
     common(p)
@@ -944,15 +921,15 @@ def recall_parser() -> argparse.ArgumentParser:
                                 description="MQAR and passkey retrieval (see docs/results/recall.md).")
     d = RecallConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
-    p.add_argument("--params", type=_at_least(1), default=d.params, help="parameter count every model is matched to")
-    p.add_argument("--lrs", nargs="+", type=_positive_float, default=list(d.lrs),
+    p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
+    p.add_argument("--lrs", nargs="+", type=positive_float, default=list(d.lrs),
                    help="learning rates of the MQAR sweep")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mqar-steps", type=_at_least(1), default=d.mqar_steps)
-    p.add_argument("--mqar-batch", type=_at_least(1), default=d.mqar_batch)
-    p.add_argument("--passkey-steps", type=_at_least(1), default=d.passkey_steps)
-    p.add_argument("--passkey-batch", type=_at_least(1), default=d.passkey_batch)
-    p.add_argument("--test-examples", type=_at_least(1), default=d.test_examples)
+    p.add_argument("--mqar-steps", type=at_least(1), default=d.mqar_steps)
+    p.add_argument("--mqar-batch", type=at_least(1), default=d.mqar_batch)
+    p.add_argument("--passkey-steps", type=at_least(1), default=d.passkey_steps)
+    p.add_argument("--passkey-batch", type=at_least(1), default=d.passkey_batch)
+    p.add_argument("--test-examples", type=at_least(1), default=d.test_examples)
     common(p)
     return p
 
