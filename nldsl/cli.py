@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
+from .files import write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 
 
@@ -27,7 +28,7 @@ class UserError(Exception):
 def write_output(path: str, text: str) -> None:
     """Write a command's `-o` file; a path that cannot be written is the user's to fix."""
     try:
-        Path(path).write_text(text, encoding="utf-8")
+        write_atomic(Path(path), text.encode("utf-8"))
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 

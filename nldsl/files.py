@@ -31,8 +31,9 @@ def fsync_folder(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` in one step; an existing file keeps its permissions."""
-    path = Path(path)
+    """Replace `path` by `data` in one step; an existing file keeps its permissions, and a symbolic
+    link keeps pointing where it did (the file it names is the one replaced)."""
+    path = Path(os.path.realpath(path))
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write_file(temporary, data)

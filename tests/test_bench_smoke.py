@@ -7,6 +7,7 @@ cache and several on a loaded one, so it is marked slow.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -403,8 +404,10 @@ def test_report_without_matplotlib_names_the_package(results, tmp_path, monkeypa
     assert not (tmp_path / "docs" / "performance.md").exists()
 
 
-def test_nldsl_bench_speed_takes_threads_and_names_itself(monkeypatch, capsys) -> None:
+def test_nldsl_bench_speed_takes_threads_and_names_itself(monkeypatch, capsys, request) -> None:
     from nldsl.cli import main
+
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))  # the suite sets 2
 
     seen = {}
     monkeypatch.setattr(throughput, "run", lambda *args: seen.update(threads=torch.get_num_threads(), args=args))

@@ -241,9 +241,11 @@ def test_a_save_rewrites_a_damaged_latest_pointer_and_a_resume_repairs_it(tmp_pa
     with pytest.raises(C.CheckpointError, match="not a complete checkpoint"):
         C.latest_checkpoint(tmp_path)  # a clear error for eval, never a UnicodeDecodeError
     warnings: list[str] = []
-    found = C.load_for_resume(tmp_path, warnings.append, repair=True)
+    found = C.load_for_resume(tmp_path, warnings.append)
     assert found is not None and found.record["step"] == 1 and len(warnings) == 1
-    assert latest.read_text() == "step-000001\n"  # repaired by the resume
+    assert latest.read_bytes() == pointer  # finding it writes nothing: a resume may still be refused
+    C.repoint_latest(found, warnings.append)
+    assert latest.read_text() == "step-000001\n"  # repaired once the resume goes on
     latest.write_bytes(pointer)
     assert save(tmp_path, 2) == tmp_path / "checkpoints" / "step-000002"  # the save never trips on it
     assert latest.read_text() == "step-000002\n"

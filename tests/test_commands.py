@@ -127,10 +127,10 @@ def test_a_stream_in_two_parts_with_saved_state_equals_one_stream(run_dir, tmp_p
     first_model = E.load_model(run_dir, CPU)
     first = E.stream(first_model, first_model.tokenizer.encode(text[:cut]), 16, keep_pending=True)
     state_file = tmp_path / "state.safetensors"
-    E.save_stream_state(state_file, first.state, "sha", "checkpoint")
+    E.save_stream_state(state_file, first.state, "sha", "checkpoint", "weights")
     second_model = E.load_model(run_dir, CPU)
     second = E.stream(second_model, second_model.tokenizer.encode(text[cut:]), 16,
-                      E.load_stream_state(state_file, "sha", CPU))
+                      E.load_stream_state(state_file, "sha", "weights", CPU))
     assert [(s.start, s.tokens, s.nats) for s in first.segments + second.segments] == \
         [(s.start, s.tokens, s.nats) for s in whole.segments]
     assert whole.state.position == second.state.position
@@ -180,12 +180,12 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     loaded = E.load_model(run_dir, CPU)
     result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16, keep_pending=True)
     path = tmp_path / "state.safetensors"
-    E.save_stream_state(path, result.state, "one spec", "c")
+    E.save_stream_state(path, result.state, "one spec", "c", "w")
     with pytest.raises(UserError, match="belongs to another spec"):
-        E.load_stream_state(path, "another spec", CPU)
+        E.load_stream_state(path, "another spec", "w", CPU)
     path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt stream state"):
-        E.load_stream_state(path, "one spec", CPU)
+        E.load_stream_state(path, "one spec", "w", CPU)
 
 
 def test_commands_on_a_missing_or_damaged_run_are_one_line_errors(run_dir, tmp_path, capsys):
@@ -289,7 +289,7 @@ def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir,
     loaded = E.load_model(run_dir, CPU)
     result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16, keep_pending=True)
     good = tmp_path / "good.safetensors"
-    E.save_stream_state(good, result.state, loaded.checkpoint.record["spec_sha256"], "c")
+    E.save_stream_state(good, result.state, loaded.checkpoint.record["spec_sha256"], "c", None)
     tensors = safetensors.torch.load_file(good)
     with safetensors.safe_open(str(good), framework="pt") as handle:
         structure = json.loads(handle.metadata()["nldsl"])
@@ -348,3 +348,20 @@ def test_the_console_script_finds_the_benchmark_suite_from_the_repository_root()
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout
+
+
+def test_a_stream_state_of_other_weights_is_refused(run_dir, text_file, tmp_path, capsys, one_thread):
+    """The same spec trained again (here: one more step from the same start) is another model: the
+    state's memory and slow levels grew from the first one's weights and must not continue it."""
+    state = tmp_path / "state.safetensors"
+    assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
+                 "--state-out", str(state)]) == 0
+    other = tmp_path / "other"
+    assert main(["train", str(run_dir / "spec.nl"), "--data", str(text_file), "--run-dir", str(other),
+                 "--no-compile", "--no-progress", "--init-from", str(run_dir), "--set", "train.steps=1"]) == 0
+    capsys.readouterr()
+    assert main(["stream", str(other), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
+                 "--state-in", str(state)]) == 1
+    assert "was written by a stream of other weights" in capsys.readouterr().err
+    assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
+                 "--state-in", str(state)]) == 0  # its own model continues it

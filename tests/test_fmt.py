@@ -493,3 +493,13 @@ def test_a_write_that_fails_part_way_leaves_the_spec_as_it_was(tmp_path: Path, m
     monkeypatch.undo()
     assert format_file(spec).changed and spec.read_text() != written
     assert spec.stat().st_mode & 0o777 == 0o640  # the rewritten spec keeps its permissions
+
+
+def test_formatting_through_a_symbolic_link_rewrites_the_file_it_names(tmp_path: Path):
+    real = tmp_path / "real.nl"
+    real.write_text("model   {  dim = 32 ; layers = 1 ; block { mlp { } } }\n")
+    link = tmp_path / "link.nl"
+    link.symlink_to(real)
+    assert format_file(link).changed
+    assert link.is_symlink()  # the link stays a link, and the file it names holds the new layout
+    assert not format_file(real).changed and real.read_text().startswith("model {")

@@ -2,8 +2,8 @@
 
 `nldsl.load(path)` returns an `nn.Module` called on tokens (B, T). A caller's mistake is a
 TypeError or ValueError naming it before any layer runs (nldsl/runtime/blocks.py
-`checked_inputs`); any integer dtype of ids is accepted; the model deep-copies and pickles even
-when its spec was built again since; a float64 model's loss stays float64; lower precisions run
+`checked_inputs`); any integer dtype of ids is accepted; the model deep-copies and pickles (within
+the process) even when its spec was built again since; a float64 model's loss stays float64; lower precisions run
 on the CPU for every kind of level, the exact delta kernel and the fused write included.
 """
 

@@ -250,7 +250,8 @@ def test_tiny_studies_write_apart_from_the_published_results_and_refuse_size_opt
     assert a.out == S.TINY_RESULTS and S.RESULTS not in a.out.parents and a.out != S.RESULTS
     assert S.parse_study("continual", []).out == S.RESULTS
     assert S.parse_study("recall", ["--tiny", "--out", "mine"]).out == Path("mine")
-    for study, option in [("continual", "--steps"), ("continual", "--params"), ("recall", "--mqar-batch")]:
+    for study, option in [("continual", "--steps"), ("continual", "--params"), ("recall", "--mqar-batch"),
+                          ("recall", "--lrs")]:
         assert main(["bench", study, "--tiny", option, "3"]) == 1
         err = capsys.readouterr().err
         assert f"--tiny sets its own toy sizes and would ignore {option}" in err and err.count("\n") == 1

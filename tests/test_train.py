@@ -544,6 +544,18 @@ def test_resume_without_run_dir_takes_only_this_specs_runs(tmp_path, monkeypatch
     ours = run("tf-20240101-000000")
     run("tf-old-copy")  # not a name train makes
     assert T.latest_run_dir("specs/tf.nl") == ours
+    run("tf-20240101-000000-2")
+    tenth = run("tf-20240101-000000-10")  # runs started in the same second: by number, not by text
+    assert T.latest_run_dir("specs/tf.nl") == tenth
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frozen = T.datetime.datetime(2026, 12, 3, 12, 0, 0)
+    monkeypatch.setattr(T.datetime, "datetime", type("Frozen", (), {"now": staticmethod(lambda: frozen)}))
+    made = [T.new_run_dir("specs/tf.nl") for _ in range(3)]
+    assert [p.name for p in made] == ["tf-20261203-120000", "tf-20261203-120000-2", "tf-20261203-120000-3"]
+    assert all(p.is_dir() for p in made)
 
 
 def test_resume_with_fewer_steps_than_done_is_refused_and_changes_nothing(tmp_path, text_file, capsys):
@@ -592,3 +604,16 @@ def test_a_second_run_into_a_run_folder_in_use_is_refused(tmp_path, text_file, c
         assert "another `nldsl train` is running" in capsys.readouterr().err
     assert not (run_dir / "checkpoints").exists()
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1")) == 0  # released: a run can start
+
+
+def test_a_folder_that_cannot_be_locked_trains_with_a_warning(tmp_path, text_file, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks_here(descriptor, operation):  # a network mount without flock
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_here)
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1")) == 0
+    assert "warning: cannot lock" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints").is_dir()

@@ -91,7 +91,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--data", nargs="+", metavar="PATH", help="text to stream (default: the validation split)")
     p.add_argument("--segment", type=int, default=None, help="tokens per forward pass (default: train.seq_len)")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of the text "
+                        "(tokens a --state-in left waiting come on top)")
     p.add_argument("--state-in", metavar="FILE", help="continue from a saved memory state")
     p.add_argument("--state-out", metavar="FILE",
                    help="save the memory state at the end (an unfinished last segment waits in it for the next text)")

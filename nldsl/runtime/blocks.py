@@ -38,8 +38,9 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
     A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
     from another model or batch) is a TypeError or ValueError that names it, raised before any
     layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
-    The checks run in eager calls only: a compiled step (the training loop's) is fed checked
-    batches, and the range check would cost it a graph break.
+    The checks run wherever the forward runs eagerly (chunk-compiled training steps included: one
+    min/max over the batch); a whole-graph compiled call skips them, as the range check would be a
+    graph break there.
     """
     if not torch.compiler.is_compiling():
         _check_ids("tokens", tokens, vocab, lowest=0)

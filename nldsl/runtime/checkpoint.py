@@ -249,6 +249,21 @@ def newest_readable(run_dir: Path) -> Path | None:
         return complete[-1] if complete else None
 
 
+def repoint_latest(found: Checkpoint, warn: Callable[[str], None]) -> None:
+    """Point `latest` at the checkpoint a resume goes on from, when it names anything else (a
+    damaged one passed over, or garbage), so that eval and the next resume find it too."""
+    pointer = found.path.parent / LATEST
+    try:
+        if pointer.read_bytes() == (found.path.name + "\n").encode("utf-8"):
+            return
+    except OSError:
+        pass
+    try:
+        point_latest_at(found.path)
+    except OSError as error:
+        warn(f"could not repoint {pointer} at {found.path.name}: {error.strerror or error}")
+
+
 def point_latest_at(path: Path) -> None:
     """Make `latest` of the run name the checkpoint folder `path` (atomically)."""
     write_atomic(path.parent / LATEST, (path.name + "\n").encode("utf-8"))
@@ -351,19 +366,17 @@ def load_checkpoint(target: str | Path) -> Checkpoint:
     return Checkpoint(path, record, model, training)
 
 
-def load_for_resume(run_dir: Path, warn: Callable[[str], None], check: Callable[[Checkpoint], None] | None = None,
-                    repair: bool = False) -> Checkpoint | None:
+def load_for_resume(run_dir: Path, warn: Callable[[str], None],
+                    check: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
     """The newest checkpoint of a run that reads back whole (and passes `check`): the latest one or,
     when that one is damaged, the newest older one (each one passed over is reported through
     `warn`). None when the run has no checkpoint; CheckpointError when it has some and none of them
-    is intact. With `repair`, a `latest` that names anything else is pointed at the one returned,
-    so that eval and the next resume find it too."""
-    pointer_ok = True
+    is intact. It writes nothing: `repoint_latest` does, once the resume is sure to go on."""
     try:
         latest = latest_checkpoint(run_dir)
     except CheckpointError as error:  # a pointer to a missing or partial folder, or garbage
         warn(str(error))
-        latest, pointer_ok = None, False
+        latest = None
     newest = None if latest is None else _step_number(latest)
     older = [path for path in reversed(complete_checkpoints(run_dir))
              if path != latest and (newest is None or (_step_number(path) or 0) < newest)]
@@ -372,7 +385,7 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None], check: Callable[
         if (run_dir / CHECKPOINTS / LATEST).exists():
             raise CheckpointError(f"{run_dir / CHECKPOINTS} holds no complete checkpoint")
         return None
-    for index, (path, following) in enumerate(zip(candidates, [*candidates[1:], None])):
+    for path, following in zip(candidates, [*candidates[1:], None]):
         try:
             found = load_checkpoint(path)
             if check is not None:
@@ -382,12 +395,6 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None], check: Callable[
                 raise CheckpointError(f"{error}; no older checkpoint of {run_dir} is intact") from None
             warn(f"{error}; resuming from {following.name}, the checkpoint before it, instead")
             continue
-        if repair and (not pointer_ok or index > 0):
-            try:
-                point_latest_at(found.path)
-            except OSError as error:
-                warn(f"could not repoint {run_dir / CHECKPOINTS / LATEST} at {found.path.name}: "
-                     f"{error.strerror or error}")
         return found
     raise AssertionError("unreachable: the last candidate returns or raises")
 

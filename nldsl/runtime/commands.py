@@ -95,6 +95,7 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def stream_command(args: argparse.Namespace) -> int:
+    from nldsl.runtime.checkpoint import MODEL_FILE
     from nldsl.runtime.evaluate import (
         check_stream_state,
         load_stream_state,
@@ -116,7 +117,8 @@ def stream_command(args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens + 1]
     sha = loaded.checkpoint.record["spec_sha256"]
-    state = load_stream_state(Path(args.state_in), sha, loaded.device) if args.state_in else None
+    weights = loaded.checkpoint.record["files"].get(MODEL_FILE)
+    state = load_stream_state(Path(args.state_in), sha, weights, loaded.device) if args.state_in else None
     if state is not None:
         check_stream_state(loaded, state, Path(args.state_in), segment)
     result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
@@ -134,7 +136,7 @@ def stream_command(args: argparse.Namespace) -> int:
         print(f"bits per byte, first part → last part: {rows[0][2].bits_per_byte:.4f} → "
               f"{rows[-1][2].bits_per_byte:.4f}")
     if args.state_out:
-        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path))
+        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
         pending = result.state.pending.shape[0]
         print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending} token(s) wait for "
               "the next text)")

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from nldsl.cli import UserError
+from nldsl.files import write_atomic
 
 VALIDATION_FRACTION = 0.05
 SEPARATOR = "\n\n"  # between documents in a concatenation
@@ -405,7 +406,7 @@ def evaluation_starts(length: int, seq_len: int, limit: int | None) -> Tensor:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_json_lines(path: Path) -> list[tuple[int, Any]]:

@@ -370,13 +370,16 @@ def stream_parts(segments: list[Segment], parts: int = 4) -> list[tuple[int, int
     return rows
 
 
-def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoint: str) -> None:
-    """One safetensors file: tensors, with the JSON structure in its header metadata; written atomically."""
+def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoint: str,
+                      weights_sha256: str | None) -> None:
+    """One safetensors file: tensors, with the JSON structure in its header metadata; written atomically.
+    `weights_sha256` (the checkpoint's model file) names the weights the state belongs to."""
     tensors: dict[str, Tensor] = {}
     structure = {
         "format": STATE_FORMAT,
         "spec_sha256": spec_sha256,
         "checkpoint": checkpoint,
+        "weights_sha256": weights_sha256,
         "position": state.position,
         "memory": C.encode(state.memory, tensors, "memory"),
         "pending": C.encode(state.pending, tensors, "pending"),
@@ -390,8 +393,10 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
         raise UserError(f"could not write the stream state {path}: {error.strerror or error}") from None
 
 
-def load_stream_state(path: Path, spec_sha256: str, device: torch.device) -> StreamState:
-    """A state written by `save_stream_state` for the same spec."""
+def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, device: torch.device) -> StreamState:
+    """A state written by `save_stream_state` for the same spec and the same weights: a state's
+    memory and slow levels grew from the model that wrote it, so another model (another run of the
+    spec, a model --init-from it, another checkpoint) must not continue it."""
     if not path.exists():
         raise UserError(f"no stream state at {path}")
     try:
@@ -403,6 +408,11 @@ def load_stream_state(path: Path, spec_sha256: str, device: torch.device) -> Str
         raise UserError(f"corrupt stream state {path}: {error}") from None
     if not isinstance(structure, dict) or structure.get("format") != STATE_FORMAT:
         raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
+    written_by = structure.get("weights_sha256")
+    if isinstance(written_by, str) and weights_sha256 is not None and written_by != weights_sha256:
+        raise UserError(f"the stream state {path} was written by a stream of other weights (checkpoint "
+                        f"{structure.get('checkpoint')}): its memory and slow levels belong to that model; "
+                        "continue it with that checkpoint, or stream this one without --state-in")
     recorded = structure.get("spec_sha256")
     if not isinstance(recorded, str):
         raise UserError(f"corrupt stream state {path}: it names no spec")

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 import nldsl
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
+from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
 from nldsl.runtime.arguments import at_least, positive_float
 from nldsl.runtime.data import read_json_lines
@@ -305,7 +306,7 @@ class RunLog:
             print(f"warning: {self.path}: passed over {bad} unreadable line(s) (a run cut short while it was "
                   "written?); those runs are done again", file=sys.stderr)
             text = "".join(json.dumps({"key": key, "result": result}) + "\n" for key, result in self.done.items())
-            self.path.write_text(text, encoding="utf-8")
+            write_atomic(self.path, text.encode("utf-8"))  # a kill mid-rewrite must not cut the log
 
     def run(self, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         text = json.dumps(portable(key), sort_keys=True)
@@ -946,7 +947,7 @@ def common(p: argparse.ArgumentParser) -> None:
 # The options --tiny replaces by its toy sizes: given with --tiny they would be silently ignored.
 TINY_SIZES = {
     "continual": ("params", "steps", "batch", "seq_len", "seeds", "warmup", "eval_windows"),
-    "recall": ("params", "mqar_steps", "mqar_batch", "passkey_steps", "passkey_batch", "test_examples"),
+    "recall": ("params", "lrs", "mqar_steps", "mqar_batch", "passkey_steps", "passkey_batch", "test_examples"),
 }
 
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
+import errno
+import itertools
 import json
 import math
 import re
@@ -148,23 +149,35 @@ class ContinuumClock:
 
 # The run folder --------------------------------------------------------------------------------------
 
-def default_run_dir(spec_path: str) -> Path:
-    return RUNS / f"{Path(spec_path).stem}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def new_run_dir(spec_path: str) -> Path:
+    """A fresh runs/<spec stem>-<date> folder, made here. Made with exist_ok=False, so two runs
+    started in the same second (a sweep) get -2, -3 … instead of sharing one folder."""
+    base = RUNS / f"{Path(spec_path).stem}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    for attempt in itertools.count(1):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def latest_run_dir(spec_path: str) -> Path:
     """For --resume without --run-dir: the newest runs/<spec stem>-<date> folder that has a checkpoint.
 
-    Exactly the names `default_run_dir` makes: a glob `<stem>-*` would also take the runs of
+    Exactly the names `new_run_dir` makes: a glob `<stem>-*` would also take the runs of
     another spec whose name starts the same (tf.nl and tf-small.nl)."""
     stem = Path(spec_path).stem
-    name = re.compile(re.escape(stem) + r"-\d{8}-\d{6}")
-    candidates = sorted(p for p in RUNS.glob(f"{stem}-*")
-                        if name.fullmatch(p.name) and (p / C.CHECKPOINTS).is_dir()
-                        and C.complete_checkpoints(p))
+    name = re.compile(re.escape(stem) + r"-(\d{8}-\d{6})(?:-(\d+))?")
+    candidates = []
+    for folder in RUNS.glob(f"{stem}-*"):
+        match = name.fullmatch(folder.name)
+        if match and (folder / C.CHECKPOINTS).is_dir() and C.complete_checkpoints(folder):
+            candidates.append(((match[1], int(match[2] or 1)), folder))
     if not candidates:
         raise UserError(f"nothing to resume: no run of {stem} with a checkpoint under {RUNS}/ (pass --run-dir)")
-    return candidates[-1]
+    return max(candidates)[1]
 
 
 def resolved_values(dump: dict[str, Any], provenance: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -212,6 +225,11 @@ def read_metrics(path: Path, warn: Any = None) -> list[dict[str, Any]]:
     return entries
 
 
+def _json_line(entry: dict[str, Any]) -> str:
+    """One strict-JSON line of metrics.jsonl."""
+    return json.dumps({key: _json_number(value) for key, value in entry.items()}) + "\n"
+
+
 def _json_number(value: Any) -> Any:
     """NaN and ±inf as null: bare `NaN` in a line makes it invalid JSON for every strict reader."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
@@ -228,7 +246,7 @@ class MetricsLog:
             kept = [entry for entry in read_metrics(self.path, warn) if entry["step"] <= resume_step]
             times = [entry["time_s"] for entry in kept if isinstance(entry.get("time_s"), (int, float))]
             self.last_time = float(times[-1]) if times else 0.0
-            write_atomic(self.path, "".join(json.dumps(entry) + "\n" for entry in kept).encode("utf-8"))
+            write_atomic(self.path, "".join(_json_line(entry) for entry in kept).encode("utf-8"))
         elif resume_step is None:
             self.path.write_text("", encoding="utf-8")
         self.writer = None
@@ -243,7 +261,7 @@ class MetricsLog:
 
     def write(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({key: _json_number(value) for key, value in entry.items()}) + "\n")
+            handle.write(_json_line(entry))
         if self.writer is not None:
             for key, value in entry.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -291,13 +309,17 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> Path:
+def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> tuple[Path, bool]:
+    """The run folder, and whether this process made it (a new default folder is made here, on the
+    main process, so that its name is taken before any other run can take it)."""
     if options.run_dir is not None:
         if not str(options.run_dir).strip():  # Path("") would be the current folder
             raise UserError("--run-dir is empty: name the run's folder")
-        return Path(options.run_dir)
-    chosen = latest_run_dir(spec_path) if options.resume else default_run_dir(spec_path)
-    return Path(distributed.broadcast_object(str(chosen), context))
+        return Path(options.run_dir), False
+    if options.resume:
+        return Path(distributed.broadcast_object(str(latest_run_dir(spec_path)), context)), False
+    made = str(new_run_dir(spec_path)) if context.is_main else None
+    return Path(distributed.broadcast_object(made, context)), context.is_main
 
 
 LOCK_FILE = ".lock"
@@ -307,11 +329,20 @@ def _lock_run_dir(run_dir: Path) -> Any:
     """An exclusive lock on the run folder for this process's lifetime (released when the returned
     file is closed, or by the OS when the process dies): two runs writing one folder would
     interleave their checkpoints and metrics."""
+    try:
+        import fcntl  # POSIX only: elsewhere a run folder is not locked
+    except ImportError:
+        return None
     handle = open(run_dir / LOCK_FILE, "a+b")  # held open until `_train` returns
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as error:
         handle.close()
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # a file system without flock (some network mounts): train, unlocked, rather than refuse
+            print(f"warning: cannot lock {run_dir / LOCK_FILE} ({error.strerror or error}); nothing stops "
+                  "a second run from writing into this folder", file=sys.stderr)
+            return None
         raise UserError(f"another `nldsl train` is running in {run_dir} (it holds {run_dir / LOCK_FILE}): wait "
                         "for it to end, or choose another --run-dir") from None
     return handle
@@ -325,22 +356,22 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     if plan.batch % context.world_size:
         raise UserError(f"train.batch = {plan.batch} does not split over {context.world_size} processes "
                         f"(use a multiple of {context.world_size})")
-    run_dir = _run_dir(spec.path, options, context)
+    run_dir, created = _run_dir(spec.path, options, context)
     if options.resume and options.init_from is not None:
         raise UserError("--resume continues a run; --init-from starts a new one from another run's weights: "
                         "use one of them")
     if options.resume and not run_dir.is_dir():
         raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
-    created, lock = False, None
+    lock = None
     if context.is_main:
-        created = not run_dir.exists()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            lock = _lock_run_dir(run_dir)
-        except BaseException:
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        if not created:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=False)  # atomic: "made by this run" is never a guess
+                created = True
+            except FileExistsError:
+                pass
+        # A failed lock deletes nothing: another run may have entered the folder since it was made.
+        lock = _lock_run_dir(run_dir)
     started = [False]  # set when the first step begins: from then on the folder holds a run
     try:
         return _train_in(result, overrides, options, context, run_dir, started)
@@ -362,8 +393,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     found, continued = None, None
     if options.resume:
         found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}", error=True),
-                                  check=lambda checkpoint: C.check_run_record(checkpoint, resume=True),
-                                  repair=context.is_main)
+                                  check=lambda checkpoint: C.check_run_record(checkpoint, resume=True))
         if found is None:
             raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
         if plan.steps < found.record["step"]:
@@ -388,6 +418,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data")
+    if found is not None and context.is_main:  # every refusal is behind: the resume goes on from `found`
+        C.repoint_latest(found, lambda message: _say(context, f"warning: {message}", error=True))
 
     distributed.barrier(context)  # rank 0 made the folder
     tokenizer_file = run_dir / "tokenizer.json"
@@ -647,7 +679,8 @@ CONTINUABLE_FIXES = ("clip", "optimizer.lr")
 def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
     """The checkpoint `--init-from` names, checked against what the new run can take from it."""
     initial = C.load_checkpoint(target)
-    recorded = initial.record.get("tokenizer", {}).get("kind")
+    C.check_run_record(initial)
+    recorded = initial.record["tokenizer"].get("kind")
     if recorded is not None and recorded != plan.tokenizer.kind:
         raise UserError(f"--init-from {target}: its model reads {recorded} tokens, this spec's train.tokenizer is "
                         f"{plan.tokenizer.kind}: the weights only fit the tokenizer they were trained with")
