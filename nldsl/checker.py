@@ -19,7 +19,7 @@ import hashlib
 import keyword
 import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from . import ast
 from . import spec as S
 from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
-from .parser import MAX_NESTING, parse
+from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
@@ -124,6 +124,18 @@ class Namespace:
             if found:
                 return found
         return None
+
+    def definer(self, name: str) -> Namespace | None:
+        """The file that defines `name` as a constant or section, here or through imports without `as`."""
+        found = self.lookup_const(name) or self.lookup_section(name)
+        return found[1] if found else None
+
+    def defined_names(self) -> set[str]:
+        """Constants and sections defined here or through imports without `as` (not aliases)."""
+        names = set(self.consts) | set(self.sections)
+        for ns in self.merged:
+            names |= ns.defined_names()
+        return names
 
     def all_names(self) -> set[str]:
         names = set(self.consts) | set(self.sections) | set(self.aliases)
@@ -286,8 +298,9 @@ class Checker:
         # A name of an import without `as` that is already loaded: the same clash as the one
         # `load_import` reports when the import comes second (language.md §2.1: whatever the order).
         for imported in ns.merged:
-            if imported.lookup_const(name) or imported.lookup_section(name):
-                self.bag.error("E0202", f"`{name}` is defined twice (also in `{imported.path}`)", span,
+            definer = imported.definer(name)
+            if definer is not None:
+                self.bag.error("E0202", f"`{name}` is defined twice (also in `{definer.path}`)", span,
                                f"rename it, or import `{imported.path}` with a name: "
                                f"`import \"…\" as name`")
                 return
@@ -303,10 +316,13 @@ class Checker:
                 self.bag.error("E0202", f"`{item.alias}` is defined twice", item.span)
             ns.aliases[item.alias] = imported
         else:
-            for name in sorted(imported.sections.keys() | imported.consts.keys()):
-                if name in ns.sections or name in ns.consts or ns.lookup_section(name) \
-                        or ns.lookup_const(name):
-                    self.bag.error("E0202", f"`{name}` is defined twice (also in `{item.path}`)",
+            # every name the file brings, its own and those of its own imports without `as`; one
+            # file reached along two paths (both import it) defines its names once
+            for name in sorted(imported.defined_names()):
+                here, there = ns.definer(name), imported.definer(name)
+                if here is not None and here is not there:
+                    assert there is not None
+                    self.bag.error("E0202", f"`{name}` is defined twice (also in `{there.path}`)",
                                    item.span, f"import it with a name: `import \"{item.path}\" as name`")
             ns.merged.append(imported)
 
@@ -494,7 +510,7 @@ class Checker:
                         delta = len("const __value = ") - len(f"{key} = ")
                         span = source.span(max(0, span.start - delta), max(0, span.end - delta))
                     help = d.help
-                    if help and "a section" in help:  # the value was complete: what follows is not a file's next item
+                    if help and SECTION_EXPECTED in help:  # the value was complete: what follows is no next item
                         help = ("the value ends before this: an override sets one value, e.g. "
                                 "`--set train.steps=200`; give each override its own `--set`")
                     self.bag.items.append(Diagnostic(d.code, f"in override: {d.message}", span, help))
@@ -976,17 +992,11 @@ class Converter:
         for child in trees:
             if child.kind not in S.SUBLAYER_SPECS:
                 continue
-            name = child.name or child.kind
-            if name in names:
-                if child.name is None:
-                    index = 2
-                    while f"{name}_{index}" in names:
-                        index += 1
-                    name = f"{name}_{index}"
-                else:
-                    self.bag.error("E0202", f"two layers here are called `{name}`", child.header,
-                                   "give each layer its own name")
-                    ok = False
+            name = child.name if child.name is not None else unnamed_layer_name(child.kind, names)
+            if child.name is not None and name in names:
+                self.bag.error("E0202", f"two layers here are called `{name}`", child.header,
+                               "give each layer its own name")
+                ok = False
             names[name] = child
             if (child.name is not None and child.name in RESERVED_LAYER_NAMES) or name.startswith("_"):
                 self.bag.error("E0208", f"`{name}` cannot name a layer: the compiled module uses it", child.header,
@@ -1063,7 +1073,7 @@ class Converter:
             levels = []
             seen: set[str] = set()
             for index, child in enumerate(c for c in tree.children if c.kind == "level"):
-                level_name = child.name or f"level{index + 1}"
+                level_name = level_path_name(child.name, index)
                 if level_name in seen:
                     self.bag.error("E0202", f"two cms levels are called `{level_name}`", child.header)
                     ok = False
@@ -1134,7 +1144,7 @@ class Converter:
         levels = []
         seen: set[str] = set()
         for index, child in enumerate(c for c in tree.children if c.kind == "level"):
-            level_name = child.name or f"level{index + 1}"
+            level_name = level_path_name(child.name, index)
             if level_name in seen:
                 self.bag.error("E0202", f"two optimizer levels are called `{level_name}`", child.header)
                 ok = False
@@ -1450,26 +1460,37 @@ def _constant_part(tree: Any) -> float | None:
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
 
 
+def unnamed_layer_name(kind: str, taken: Collection[str]) -> str:
+    """The spec-path name of an unnamed layer (language.md §2.3): its kind, then KIND_2, KIND_3 …"""
+    if kind not in taken:
+        return kind
+    index = 2
+    while f"{kind}_{index}" in taken:
+        index += 1
+    return f"{kind}_{index}"
+
+
+def level_path_name(name: str | None, index: int) -> str:
+    """The spec-path name of the index-th level of a cms or optimizer: its own, else levelN."""
+    return name if name is not None else f"level{index + 1}"
+
+
 def _child_names(tree: Tree) -> list[tuple[str, Tree]]:
     """The nested sections of `tree` under the names the spec paths give them (language.md §2.3):
     a second unnamed layer of a kind is `KIND_2`, an unnamed cms or optimizer level `levelN`.
-    Mirrors `Converter.sublayers`, `Converter.sublayer` (cms) and `Converter.optimizer`."""
+    The same names as `Converter.sublayers`, `Converter.sublayer` (cms) and `Converter.optimizer`
+    give them: both use `unnamed_layer_name` and `level_path_name`."""
     if tree.kind in ("block", "parallel"):
         named: list[tuple[str, Tree]] = []
         taken: set[str] = set()
         for child in tree.children:
-            name = child.name or child.kind
-            if name in taken and child.name is None:
-                index = 2
-                while f"{name}_{index}" in taken:
-                    index += 1
-                name = f"{name}_{index}"
+            name = child.name if child.name is not None else unnamed_layer_name(child.kind, taken)
             taken.add(name)
             named.append((name, child))
         return named
     if tree.kind in ("cms", "optimizer"):
         levels = [c for c in tree.children if c.kind == "level"]
-        return [(child.name or f"level{index + 1}", child) for index, child in enumerate(levels)]
+        return [(level_path_name(child.name, index), child) for index, child in enumerate(levels)]
     return [(child.child_label(), child) for child in tree.children]
 
 

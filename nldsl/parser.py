@@ -53,6 +53,8 @@ def _lark() -> lark.Lark:
 
 OPERATORS = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT", "POWER"})
 VALUE_STARTS = frozenset({"NAME", "NUMBER", "STRING", "TRUE", "FALSE", "LPAR", "LSQB", "MINUS"})
+# How "the next item of a file" reads in a hint; the checker spots it in an override's diagnostics
+SECTION_EXPECTED = "a section (`model`, `block`, `level`, …)"
 
 
 def describe_expected(expected: set[str] | frozenset[str]) -> str:
@@ -62,7 +64,7 @@ def describe_expected(expected: set[str] | frozenset[str]) -> str:
     kinds = {k.upper() for k in SECTION_KINDS} & expected
     if len(kinds) >= 3:
         expected -= kinds
-        words.append("a section (`model`, `block`, `level`, …)")
+        words.append(SECTION_EXPECTED)
     if VALUE_STARTS - {"TRUE", "FALSE"} <= expected:
         expected -= VALUE_STARTS
         words.append("a value")

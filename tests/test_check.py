@@ -194,6 +194,22 @@ def test_imports_nested_too_deep_are_not_a_cycle(tmp_path: Path):
         ("E0205", f"imports nested more than {MAX_IMPORT_DEPTH} deep")]
 
 
+@pytest.mark.parametrize("order", ["import first", "definition first"])
+def test_a_name_brought_by_an_imports_own_import_clashes_whatever_the_order(tmp_path: Path, order: str):
+    (tmp_path / "b.nl").write_text("const x = 3\n")
+    (tmp_path / "a.nl").write_text('import "b.nl"\nconst y = 1\n')
+    (tmp_path / "c.nl").write_text('import "b.nl"\n')
+    lines = ['import "a.nl"', "const x = 1"]
+    (tmp_path / "t.nl").write_text("\n".join(lines if order == "import first" else lines[::-1]) + "\n")
+    result = check_file(tmp_path / "t.nl")
+    errors = [(d.code, d.message) for d in result.diagnostics if d.severity == "error"]
+    assert len(errors) == 1 and errors[0][0] == "E0202"
+    assert errors[0][1].startswith("`x` is defined twice (also in `") and errors[0][1].endswith("/b.nl`)")  # its file
+    # one file reached along two paths (a.nl and c.nl both import b.nl) defines its names once
+    (tmp_path / "diamond.nl").write_text('import "a.nl"\nimport "c.nl"\nconst w = x + y\n')
+    assert check_file(tmp_path / "diamond.nl").ok
+
+
 # Checks of single behaviours on small specs ---------------------------------------------------
 
 UNNAMED_PARTS = """
