@@ -309,7 +309,7 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys
     edited.write_text((REPO / "specs/transformer.nl").read_text().replace("heads = 4", "heads = 2"))
     assert main(["train", str(edited), *TINY, "--set", "train.steps=3", *common, "--resume"]) == 1
     err = capsys.readouterr().err
-    assert "model.block.sublayers.0.heads is 4 in the checkpoint but 2 now" in err and "overrides" not in err
+    assert "model.block.attention.heads is 4 in the checkpoint but 2 now" in err and "overrides" not in err
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 1
     assert "--resume" in capsys.readouterr().err
     commented = tmp_path / "transformer.nl"  # the same spec with a comment more: the same values

@@ -748,8 +748,27 @@ def _first_difference(before: dict, now: dict) -> str | None:
             continue
         shown = [json.dumps(value) if value is not missing else "absent" for value in (old.get(path, missing),
                                                                                        new.get(path, missing))]
-        return f"{path} is {shown[0]} in the checkpoint but {shown[1]} now"
+        return f"{_spec_path(now if path in new else before, path)} is {shown[0]} in the checkpoint but {shown[1]} now"
     return None
+
+
+def _spec_path(dump: dict, path: str) -> str:
+    """A dump path as the spec names it (`model.block.sublayers.0.heads` → `model.block.lmm.heads`):
+    a list item with a name is reached by that name, as in --set and resolved.json."""
+    node: Any = dump
+    shown: list[str] = []
+    for part in path.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            if isinstance(node, dict) and node.get("name"):
+                shown[-1] = str(node["name"])  # the list's own key gives way to the item's name
+                continue
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = None
+        shown.append(part)
+    return ".".join(shown)
 
 
 def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any, Any]] | None:
