@@ -139,8 +139,8 @@ def json_entries(diagnostics: Sequence[Diagnostic], file: str | None = None) -> 
     return entries
 
 
-def render_json(diagnostics: Sequence[Diagnostic], file: str | None = None) -> str:
-    return json.dumps(json_entries(diagnostics, file), indent=2)
+def render_json(diagnostics: Sequence[Diagnostic]) -> str:
+    return json.dumps(json_entries(diagnostics), indent=2)
 
 
 def summary(diagnostics: Sequence[Diagnostic]) -> str:
