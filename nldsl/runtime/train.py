@@ -386,51 +386,21 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
 
 def _train_in(result: Any, overrides: list[str], options: TrainOptions, context: Distributed, run_dir: Path,
               started: list[bool]) -> TrainResult:
+    """The run inside its locked folder: what to resume (or start from), the data and tokenizer,
+    the model and optimizer (with the resumed state), the run's description files, then the steps
+    with their evaluations and checkpoints. Every refusal comes before the first step."""
     spec = result.spec
     plan = spec.train
     device = context.device
     initial = _initial_checkpoint(options.init_from, plan) if options.init_from is not None else None
-    found, continued = None, None
-    if options.resume:
-        found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}", error=True),
-                                  check=lambda checkpoint: C.check_run_record(checkpoint, resume=True))
-        if found is None:
-            raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
-        if plan.steps < found.record["step"]:
-            raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
-                            f"train.steps = {plan.steps}: nothing to do (--set train.steps=N with N ≥ "
-                            f"{found.record['step']} to train it longer)")
-        continued = _check_same_spec(found, spec, overrides)
-        if continued:
-            _say(context, f"note: {continued}")
-    elif C.newest_readable(run_dir) is not None:
-        raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or choose "
-                        "another --run-dir")
+    found, continued = _checkpoint_to_resume(spec, overrides, options, context, run_dir)
 
     # where the weights of step 0 came from (kept across resumes of a run that started from another's)
     initialized_from = (str(initial.path.resolve()) if initial is not None else
                         found.record.get("initialized_from") if found is not None else None)
 
-    data_paths = options.data
-    if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
-        data_paths = found.record["data"]["source"]["paths"]
-    split = D.load_split(data_paths, options.data_encoding)
-    if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
-        raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
-                        "resume with the same --data")
-    if found is not None and context.is_main:  # every refusal is behind: the resume goes on from `found`
-        C.repoint_latest(found, lambda message: _say(context, f"warning: {message}", error=True))
-
-    distributed.barrier(context)  # rank 0 made the folder
-    tokenizer_file = run_dir / "tokenizer.json"
-    if initial is not None and plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
-        # the weights read token ids of the tokenizer they were trained with, not one trained on new data
-        tokenizer_file.write_bytes((initial.path / "tokenizer.json").read_bytes())
-    if plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
-        _say(context, f"training a byte-level BPE tokenizer (vocabulary {plan.tokenizer.vocab}) on the train split")
-        D.BPETokenizer.train(split.train, plan.tokenizer.vocab).save(tokenizer_file)
-    distributed.barrier(context)
-    tokenizer = D.build_tokenizer(plan.tokenizer, split.train, tokenizer_file)
+    split = _split_to_train_on(options, context, run_dir, found)
+    tokenizer = _tokenizer(plan, split, context, run_dir, initial)
     train_text = D.tokenize(tokenizer, split.train)
     validation = D.tokenize(tokenizer, split.validation)
     D.require_windows(train_text, plan.seq_len, "training")
@@ -467,14 +437,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     # Written only now that the model, the data and the checkpoint all fit: a failed start must not
     # leave a resumed run's folder describing values it never trained with.
     if context.is_main and (found is None or continued):  # a continued run records its new values
-        source_text = result.sources[spec.path].text
-        (run_dir / "spec.nl").write_text(source_text, encoding="utf-8")
-        dump = spec.model_dump(mode="json")
-        D.write_json(run_dir / "resolved.json", {
-            "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
-            "initialized_from": initialized_from, "spec": dump,
-            "values": resolved_values(dump, dict(result.provenance))})
-        D.write_json(run_dir / "split.json", split.record)
+        _write_run_description(result, overrides, initialized_from, split, run_dir)
 
     compiled = plan.compile if options.compile is None else options.compile
     loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute)
@@ -657,6 +620,77 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         _sample(spec, model, tokenizer, split, plan, context, run_dir)
     return TrainResult(run_dir, max(start, plan.steps), losses, step_seconds, evaluation, speed, first_step_seconds,
                        last_checkpoint[0])
+
+
+def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions, context: Distributed,
+                          run_dir: Path) -> tuple[C.Checkpoint | None, str | None]:
+    """The checkpoint `--resume` goes on from and the note on the values it may change (both None
+    for a new run), or the refusal: nothing to resume, nothing left to do, another spec, or a new
+    run pointed at a folder that already holds one."""
+    if not options.resume:
+        if C.newest_readable(run_dir) is not None:
+            raise UserError(f"{run_dir} already holds a run with checkpoints: pass --resume to continue it, or "
+                            "choose another --run-dir")
+        return None, None
+    found = C.load_for_resume(run_dir, lambda message: _say(context, f"warning: {message}", error=True),
+                              check=lambda checkpoint: C.check_run_record(checkpoint, resume=True))
+    if found is None:
+        raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
+    steps = spec.train.steps
+    if steps < found.record["step"]:
+        raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
+                        f"train.steps = {steps}: nothing to do (--set train.steps=N with N ≥ "
+                        f"{found.record['step']} to train it longer)")
+    continued = _check_same_spec(found, spec, overrides)
+    if continued:
+        _say(context, f"note: {continued}")
+    return found, continued
+
+
+def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Path,
+                       found: C.Checkpoint | None) -> D.Split:
+    """The train/validation split of --data (a resumed run's own files when --data is not given),
+    refused when it is not the text the resumed run was trained on. This is the last refusal of a
+    resume, so `latest` is repointed at the checkpoint it goes on from here."""
+    data_paths = options.data
+    if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
+        data_paths = found.record["data"]["source"]["paths"]
+    split = D.load_split(data_paths, options.data_encoding)
+    if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
+        raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
+                        "resume with the same --data")
+    if found is not None and context.is_main:
+        C.repoint_latest(found, lambda message: _say(context, f"warning: {message}", error=True))
+    return split
+
+
+def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, initial: C.Checkpoint | None) -> Any:
+    """The run's tokenizer. A BPE one is trained once, on the train split, and kept in the run
+    folder; a run started --init-from another takes that run's, since its weights read those ids."""
+    distributed.barrier(context)  # rank 0 made the folder
+    tokenizer_file = run_dir / "tokenizer.json"
+    if plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
+        if initial is not None:
+            tokenizer_file.write_bytes((initial.path / "tokenizer.json").read_bytes())
+        else:
+            _say(context, f"training a byte-level BPE tokenizer (vocabulary {plan.tokenizer.vocab}) on the train "
+                          "split")
+            D.BPETokenizer.train(split.train, plan.tokenizer.vocab).save(tokenizer_file)
+    distributed.barrier(context)
+    return D.build_tokenizer(plan.tokenizer, split.train, tokenizer_file)
+
+
+def _write_run_description(result: Any, overrides: list[str], initialized_from: str | None, split: D.Split,
+                           run_dir: Path) -> None:
+    """spec.nl, resolved.json and split.json: what the run trains, with every value's origin."""
+    spec = result.spec
+    (run_dir / "spec.nl").write_text(result.sources[spec.path].text, encoding="utf-8")
+    dump = spec.model_dump(mode="json")
+    D.write_json(run_dir / "resolved.json", {
+        "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
+        "initialized_from": initialized_from, "spec": dump,
+        "values": resolved_values(dump, dict(result.provenance))})
+    D.write_json(run_dir / "split.json", split.record)
 
 
 def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
