@@ -2,6 +2,8 @@
 
 Nothing is measured here: every number on the page comes from bench/results/*.json and names the
 command that produced it. A benchmark that has not been run (or was interrupted) shows as such.
+The hand-written notes (how the numbers were taken, what changed, why a target is missed) come
+from bench/report_notes.md unless `--notes` names another file.
 
     python -m bench report
 """
@@ -15,9 +17,11 @@ from pathlib import Path
 
 from bench.harness import RESULTS, ROOT, point_key, read_result, result_path
 from nldsl.cli import UserError
+from nldsl.files import write_atomic
 
 DOCS = ROOT / "docs" / "results"
 PAGE = DOCS / "performance.md"
+NOTES = Path(__file__).with_name("report_notes.md")
 
 
 def fmt(value, digits: int = 0, suffix: str = "") -> str:
@@ -444,17 +448,22 @@ def write(notes: str = "") -> Path:
     if path.exists():
         lines += ["## Profile: the parts of a HOPE block (`python -m bench profile hope_components`)", "",
                   path.read_text(encoding="utf-8").rstrip(), ""]
-    PAGE.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_atomic(PAGE, ("\n".join(lines) + "\n").encode("utf-8"))  # an interrupted report keeps the old page
     return PAGE
 
 
 def main(args) -> None:
-    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    path = NOTES if args.notes is None else Path(args.notes) if args.notes else None
+    try:
+        notes = path.read_text(encoding="utf-8") if path is not None else ""
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"notes {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
     print(write(notes))
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--notes", help="a markdown file whose text goes under the introduction")
+    parser.add_argument("--notes", help="a markdown file whose text goes under the introduction (default: "
+                                        "bench/report_notes.md; --notes '' for none)")
 
 
 if __name__ == "__main__":
