@@ -351,3 +351,18 @@ def test_gated_deltanet_spec_is_the_gated_delta_rule() -> None:
     config = next(value for name, value in vars(model.module).items() if name.startswith("LEVEL_"))
     compiled, _ = run_memory_level(config, layer.initial_state(x), k, v, q, beta, alpha, None)
     torch.testing.assert_close(compiled, textbook, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("level", [
+    "state = linear; objective = l2; lr = 0.1; retention = 0; period = 4",  # the exact delta kernel
+    "state = mlp; objective = l2; lr = 0.1; retention = 0; momentum = 0.5; period = 4",  # the dual form
+    "state = mlp; objective = dot; lr = 0.1; retention = 0; period = 4; readout = chunk_start",  # its last row
+])
+def test_a_retention_of_zero_forgets_instead_of_giving_nan(level: str) -> None:
+    """α = 0 is in range (forget everything before each write); its log must not reach the prefix
+    sums as −inf, whose differences are NaN."""
+    text = ("model {\n  dim = 16\n  block {\n    memory {\n      heads = 2\n"
+            f"      level {{ {level} }}\n    }}\n  }}\n}}\n")
+    result = check_text(text, "forget.nl")
+    assert not [d for d in result.diagnostics if d.severity == "error"]
+    assert_matches_interpreter(result.spec, length=11)

@@ -58,6 +58,14 @@ def delta_rule_coefficients(
     raise ValueError(f"objective {objective!r} has no delta-rule form")
 
 
+def log_gate(gate: Tensor) -> Tensor:
+    """log of a decay gate (α or β, in [0, 1]) for the log-domain prefix sums. A gate may be 0 (a
+    constant `retention = 0` forgets everything each token; β = 0 carries no momentum): the clamp
+    keeps the log finite, so ratios of prefix products stay exact to within the smallest normal
+    number instead of becoming −inf − (−inf) = NaN."""
+    return torch.log(gate.clamp_min(torch.finfo(gate.dtype).tiny))
+
+
 def generalized_delta_chunked(
     q: Tensor,
     k: Tensor,
@@ -82,7 +90,7 @@ def generalized_delta_chunked(
     state = initial_state
     outputs = []
     # torch.split, not slicing: each slice's backward would fill a zero tensor of the full length.
-    log_alphas = [None] * (-(-q.shape[-2] // block)) if alpha is None else torch.log(alpha).split(block, dim=-1)
+    log_alphas = [None] * (-(-q.shape[-2] // block)) if alpha is None else log_gate(alpha).split(block, dim=-1)
     pieces = zip(q.split(block, dim=-2), k.split(block, dim=-2), a.split(block, dim=-2), x.split(block, dim=-2),
                  log_alphas)
     for q_block, k_block, a_block, x_block, log_alpha in pieces:

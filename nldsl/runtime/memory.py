@@ -40,7 +40,12 @@ from torch import Tensor
 
 from nldsl.runtime import fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
-from nldsl.runtime.delta import delta_rule_coefficients, generalized_delta_chunked, masked_decay_ratios
+from nldsl.runtime.delta import (
+    delta_rule_coefficients,
+    generalized_delta_chunked,
+    log_gate,
+    masked_decay_ratios,
+)
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
 RESIDUAL_OUT_SCALE = 0.1  # a residual MLP's last layer starts this much smaller than fan-in scale
@@ -346,14 +351,12 @@ def _dual_coefficients(
     n = lr.shape[-1]
     inclusive = torch.ones(n, n, dtype=torch.bool, device=lr.device).tril()
     per_write = write_lr.unsqueeze(-2)  # η_s along the columns  (B, H, 1, n)
-    log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
+    log_alpha = torch.zeros_like(lr) if retention is None else log_gate(retention)
     log_retained = _prefix_sum(log_alpha)  # log A_t  (B, H, n)
     retained = masked_decay_ratios(log_retained, log_retained, inclusive)  # A_t/A_r
     if momentum_decay is None:
         return _DualRows(log_retained.exp(), None, retained * per_write), None
-    # β may be 0 (no momentum carried); the clamp keeps the log finite and the ratios exact to
-    # within the smallest normal number.
-    log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
+    log_beta = log_gate(momentum_decay)
     log_carried = _prefix_sum(log_beta)  # log B_t  (B, H, n)
     carried = masked_decay_ratios(log_carried, log_carried, inclusive) * per_write  # (B_r/B_s) η_s
     momentum_scale = (retained @ log_carried.exp().unsqueeze(-1)).squeeze(-1)  # m_t  (B, H, n)
@@ -371,13 +374,13 @@ def _last_row_coefficients(
     double sum γ_{n,s} = Σ_{r≥s} (A_n/A_r)(B_r/B_s) is a reversed log-cumsum-exp, so no ratio of
     products is ever formed outside the log domain (B_s underflows over long chunks).
     """
-    log_alpha = torch.zeros_like(lr) if retention is None else torch.log(retention)
+    log_alpha = torch.zeros_like(lr) if retention is None else log_gate(retention)
     log_retained = _prefix_sum(log_alpha)  # log A_t  (B, H, n)
     last_retained = log_retained[..., -1:]  # log A_n  (B, H, 1)
     if momentum_decay is None:
         writes = (last_retained - log_retained).exp() * write_lr  # (A_n/A_s) η_s  (B, H, n)
         return _DualRows(last_retained.exp(), None, writes.unsqueeze(-2)), None
-    log_beta = torch.log(momentum_decay.clamp_min(torch.finfo(momentum_decay.dtype).tiny))
+    log_beta = log_gate(momentum_decay)
     log_carried = _prefix_sum(log_beta)  # log B_t  (B, H, n)
     last_carried = log_carried[..., -1:]  # log B_n
     carried_over_retained = log_carried - log_retained  # log (B_r/A_r)
