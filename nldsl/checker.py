@@ -678,6 +678,8 @@ class Checker:
         seq_len = train.seq_len if train is not None else S.TrainSpec().seq_len
         for path, layer in converter.layers:
             self.bag.extend(check_layer(layer, path, self.spans, seq_len))
+        if model is not None and train is not None:
+            self.check_vocabulary(model, train)
         for name, value in ns.consts.items():
             if self.bag.has_errors:
                 break  # unused-constant warnings are noise while errors cut checking short
@@ -694,6 +696,24 @@ class Checker:
             self.bag.error("E0301", f"invalid spec: {error.errors()[0]['msg'].lower()}", None)
             return None
         return spec
+
+    def check_vocabulary(self, model: S.ModelSpec, train: S.TrainSpec) -> None:
+        """E0508: the embedding needs one row per token of the tokenizer the spec trains with. Only a
+        tokenizer the spec (or --set) names is held to it: a model used from Python with its own
+        token ids may set any vocabulary under the default byte tokenizer, and `nldsl train` still
+        refuses that pairing with a message of its own."""
+        span = self.spans.get("train.tokenizer")
+        tokenizer = train.tokenizer
+        vocab = 256 if tokenizer.kind == "bytes" else tokenizer.vocab
+        if span is None or model.vocab == vocab:
+            return
+        written = "bytes" if tokenizer.kind == "bytes" else f"bpe({vocab})"
+        where = self.spans.get("model.vocab")
+        origin = f" (set at {where.path}:{where.line})" if where is not None else " (the default)"
+        self.bag.error("E0508", f"the tokenizer `{written}` has {vocab} tokens but model.vocab is "
+                                f"{model.vocab}{origin}", span,
+                       f"add --set model.vocab={vocab}" if span.path.startswith("<--set") else
+                       f"set `vocab = {vocab}` in the model")
 
 
 @functools.cache

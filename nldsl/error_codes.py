@@ -867,6 +867,36 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "E0508", "vocabularies differ",
+        """
+        The model's embedding and output layer have one row per token id, `model.vocab` of them,
+        and the tokenizer the spec trains with (`train.tokenizer`) produces ids below its own
+        vocabulary: 256 for `bytes`, N for `bpe(N)`. When the two differ, training would either
+        index past the embedding or never use some of its rows, so a named tokenizer must match
+        the model. (A model without a `tokenizer` setting may use any vocabulary from Python with
+        its own token ids; `nldsl train` then asks for the byte tokenizer's 256.)
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        train {
+          tokenizer = bpe(1024)
+        }
+        """,
+        """
+        model tiny {
+          vocab = 1024
+          dim = 64
+          block { mlp { } }
+        }
+        train {
+          tokenizer = bpe(1024)
+        }
+        """,
+    ),
     # E06xx: combinations the semantics does not define ------------------------------------------
     _entry(
         "E0601", "unsupported combination",

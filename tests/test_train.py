@@ -380,11 +380,18 @@ def test_init_from_starts_a_new_run_on_new_data_from_a_trained_models_weights(tm
                                                                   init_from=tmp_path / "trained"))
 
 
-def test_a_vocabulary_mismatch_is_one_line_with_the_fix(tmp_path, capsys):
+def test_a_vocabulary_mismatch_is_refused_with_the_fix(tmp_path, capsys):
+    # a tokenizer the spec names: the checker's E0508, pointing at the override
     status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.tokenizer=bpe(vocab=512)",
                    "--run-dir", str(tmp_path / "run"), "--no-compile"])
     err = capsys.readouterr().err
-    assert status == 1 and err.count("\n") == 1 and "--set model.vocab=512" in err
+    assert status == 1 and "E0508" in err and "--set model.vocab=512" in err
+    # the default byte tokenizer under another vocabulary: one line from the trainer
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "model.vocab=300",
+                   "--run-dir", str(tmp_path / "run"), "--no-compile"])
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1 and "--set model.vocab=256" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_tensorboard_logs_or_a_clear_message(tmp_path, text_file, capsys):
