@@ -2,8 +2,9 @@
 
 An `optimizer` section becomes a `NestedOptimizer` (nldsl/runtime/optim.py) with one level per
 `level`; a builtin (`adamw(…)`, `sgd(…)`, `muon(…)`, `m3(…)`) becomes its usual optimizer. Weight
-decay applies to weights of two or more dimensions only (matrices, embeddings, initial memory
-states), never to norms, biases or gate parameters.
+decay is decoupled everywhere (p ← p (1 − lr·λ), AdamW's; `sgd` is torch's SGD with that decay,
+`O.DecoupledSGD`) and applies to weights of two or more dimensions only (matrices, embeddings,
+initial memory states), never to norms, biases or gate parameters.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def build_optimizer(named: Iterable[tuple[str, torch.nn.Parameter]], optimizer: 
         return torch.optim.AdamW(groups, lr=optimizer.lr, betas=(optimizer.momentum, optimizer.beta2),
                                  eps=optimizer.eps, fused=fused)
     if optimizer.kind == "sgd":
-        return torch.optim.SGD(groups, lr=optimizer.lr, momentum=optimizer.momentum, fused=fused)
+        return O.DecoupledSGD(groups, lr=optimizer.lr, momentum=optimizer.momentum, fused=fused)
     config = builtin_config(optimizer)
     assert config is not None
     return O.NestedOptimizer(groups, config)

@@ -198,7 +198,11 @@ def _node(g: nx.MultiDiGraph, node: str, indent: str) -> str:
         style, fill, rows = '"rounded,filled,bold"', OUTER_FILL, _outer_rows(attrs)
     elif kind in ("level", "optimizer_level"):
         owner = node.rpartition(".")[0]
-        owner_label = g.nodes[owner]["label"] if owner in g else "the optimizer"
+        owner_attrs = g.nodes[owner] if owner in g else {}
+        if owner_attrs.get("kind") == "outer":  # an optimizer the file defines but does not train with
+            owner_label = f"the optimizer {owner_attrs.get('optimizer', '')}".rstrip()
+        else:  # a layer, or the training optimizer (whose levels hang off the outer level directly)
+            owner_label = owner_attrs.get("label", "the optimizer")
         style, fill, rows = '"rounded,filled"', LEVEL_FILL, _level_rows(attrs, owner_label)
     else:
         style, fill, rows = "filled", MODULE_FILL, _module_rows(attrs)

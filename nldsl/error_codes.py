@@ -379,13 +379,16 @@ _ENTRIES = (
         fixed_overrides=("width=128",),
     ),
     _entry(
-        "E0208", "reserved layer name",
+        "E0208", "reserved name",
         """
         Layer names become attribute names of the generated PyTorch modules (`self.NAME`), so a
         layer cannot be called by a Python keyword (`import`, `class`, `lambda` …), by a name
         starting with an underscore, or by a method or attribute of `torch.nn.Module`
         (`forward`, `training`, `parameters`, `to`, `eval` …), nor by the names a layer module
         uses for its own parameters next to its children (`norm`, `gate_norm_0`, `gate_norm_1`).
+
+        An optimizer level cannot be called `gradients` or `squared_gradients`, the gradient
+        streams that `flow` and `update` name, nor `step`, the optimizer's step counter.
 
         Rejecting them here means that no name from a spec can change what the generated code
         does: everything that passes the checker compiles to valid, unsurprising Python.
@@ -916,6 +919,11 @@ _ENTRIES = (
         `segment`, not `window`. `train.recompute` reruns chunk loops in the backward pass, so it
         needs `compile = chunks` or `compile = false`: one whole graph would trace every rerun
         into itself.
+
+        An optimizer level with `state = mlp` keeps the weights of its MLP, not a momentum
+        buffer, so `nesterov`, `bias_correction` and `init = first_flow` (which act on that
+        buffer) do not apply to it; `bias_correction` divides by 1 - α^w, which is zero with
+        `retention = 1`.
         """,
         """
         model tiny {

@@ -1,8 +1,12 @@
 """The level graph: a model as nested optimization problems, as a networkx graph.
 
 Nodes are modules (embedding, layers, head), in-context levels, the outer level (the training
-optimizer) and the optimizer's own levels. Each node carries its update period, state shape,
-parameter count and, for levels, objective, rule and gates. Edges are typed:
+optimizer) and the optimizer's own levels. The `optimizer` sections a file defines but `train` does
+not use are drawn too, each as an outer level of its own (`optimizers.NAME`, its levels
+`optimizers.NAME.LEVEL`, apart from the training optimizer's `optimizer.LEVEL`); a file without a
+model whose `train` uses none of them (an optimizer library) is drawn as those alone. Each node
+carries its update period, state shape, parameter count and, for levels, objective, rule and gates.
+Edges are typed:
 
 - `data`: the forward dataflow between modules (a DAG);
 - `flow`: a context flow into a level's update, labelled with what it carries ((k, v), surprise, …);
@@ -47,13 +51,23 @@ class LevelGraph:
         spec = self.spec
         train = spec.train
         tokens_per_step = train.batch * train.seq_len
-        optimizer_name = _optimizer_name(train.optimizer)
-        self.add_node(OUTER, kind="outer", label=f"outer level ({optimizer_name})", period="1 step",
-                      period_tokens=tokens_per_step, frequency=0, params=0)
+        trained = train.optimizer if isinstance(train.optimizer, S.OptimizerSpec) else None
+        unused = [opt for opt in spec.optimizers if trained is None or opt.name != trained.name]
+        # A file without a model trains nothing, so a builtin `train.optimizer` (TrainSpec's default,
+        # in an optimizer library) says nothing about it: its own optimizers replace it.
+        if spec.model is not None or trained is not None or not unused:
+            self.add_node(OUTER, kind="outer", label=f"outer level ({_optimizer_name(train.optimizer)})",
+                          period="1 step", period_tokens=tokens_per_step, frequency=0, params=0)
         if spec.model is not None:
             self._model(spec.model)
-        if isinstance(train.optimizer, S.OptimizerSpec):
-            self._optimizer(train.optimizer)
+        if trained is not None:
+            self._optimizer(trained, OUTER, "optimizer")
+        for opt in unused:
+            node_id = f"optimizers.{opt.name}"
+            label = f"outer level ({opt.name})" if spec.model is None else f"optimizer {opt.name} (not used by train)"
+            self.add_node(node_id, kind="outer", label=label, optimizer=opt.name, period="1 step",
+                          period_tokens=tokens_per_step, frequency=0, params=0)
+            self._optimizer(opt, node_id, node_id)
 
     def _model(self, model: S.ModelSpec) -> None:
         dim = model.dim
@@ -151,9 +165,10 @@ class LevelGraph:
                                                 and level.period > self.spec.train.seq_len)
             self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if clock else "meta-learns θ₀")
 
-    def _optimizer(self, opt: S.OptimizerSpec) -> None:
+    def _optimizer(self, opt: S.OptimizerSpec, outer: str, prefix: str) -> None:
+        """The levels of `opt` as nodes `PREFIX.LEVEL`, fed by and read by its outer level `outer`."""
         for level in opt.levels:
-            node_id = f"optimizer.{level.name}"
+            node_id = f"{prefix}.{level.name}"
             self.add_node(node_id, kind="optimizer_level", label=level.name,
                           period=f"{level.period} step{'s' if level.period != 1 else ''}",
                           period_tokens=level.period * self.spec.train.batch * self.spec.train.seq_len,
@@ -161,13 +176,13 @@ class LevelGraph:
                           rule="gd" + (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else ""),
                           gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
         for level in opt.levels:
-            node_id = f"optimizer.{level.name}"
-            if level.flow in ("gradients", "squared_gradients"):
-                self.add_edge(OUTER, node_id, "flow", level.flow.replace("_", " "))
+            node_id = f"{prefix}.{level.name}"
+            if level.flow in S.OPTIMIZER_FLOWS:
+                self.add_edge(outer, node_id, "flow", level.flow.replace("_", " "))
             else:
-                self.add_edge(f"optimizer.{level.flow}", node_id, "flow", "output")
+                self.add_edge(f"{prefix}.{level.flow}", node_id, "flow", "output")
         for name in sorted(_update_reads(opt.update)):
-            self.add_edge(f"optimizer.{name}", OUTER, "read", "update")
+            self.add_edge(f"{prefix}.{name}", outer, "read", "update")
 
     # queries ---------------------------------------------------------------------------------
 

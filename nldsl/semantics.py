@@ -16,7 +16,7 @@ from . import spec as S
 from .diagnostics import Diagnostic
 from .source import Span
 
-FLOW_SOURCES = ("gradients", "squared_gradients")
+FLOW_SOURCES = S.OPTIMIZER_FLOWS
 
 
 def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]:
@@ -243,14 +243,45 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
     return out
 
 
+def _optimizer_level_options(level: S.OptimizerLevelSpec, lp: str, spans: dict[str, Span],
+                             header: Span) -> Iterator[Diagnostic]:
+    """The rules of the runtime's `OptimizerLevelConfig` that the schema cannot state on one field,
+    each at the line of the option that breaks it (tests/runtime/test_optim.py keeps the two in step)."""
+    def at(*attributes: str) -> Span:
+        return _span(spans, *(f"{lp}.{a}" for a in attributes), lp) or header
+
+    if level.name in S.RESERVED_OPTIMIZER_LEVEL_NAMES:
+        why = ("the optimizer's step counter" if level.name not in FLOW_SOURCES
+               else "a gradient stream, which `flow` and `update` would then read in its place")
+        yield Diagnostic("E0208", f"`{level.name}` cannot name an optimizer level: it is {why}", at(),
+                         f"choose another name, e.g. `{level.name}_memory`")
+    if level.state == "mlp":
+        for option, setting, what in (
+                ("nesterov", level.nesterov, "reads α m_t + η X_t off a momentum buffer m"),
+                ("bias_correction", level.bias_correction, "divides a momentum buffer by 1 − α^w"),
+                ("init", level.init == "first_flow", "stores the first flow in a momentum buffer")):
+            shown = f"init = {level.init}" if option == "init" else option
+            if setting:
+                yield Diagnostic("E0601", f"`{shown}` {what}, and level `{level.name}` has `state = mlp`, which "
+                                 "keeps none (its state is the weights of φ)", at(option, "state"),
+                                 f"remove `{shown}`, or use `state = linear`")
+    if level.bias_correction and not level.retention < 1:
+        yield Diagnostic("E0601", f"`bias_correction` divides by 1 − α^w, which is 0 with `retention = "
+                         f"{level.retention:g}`", at("retention", "bias_correction"),
+                         "use a retention below 1 (Adam's β, e.g. 0.9), or remove `bias_correction`")
+
+
 def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans: dict[str, Span],
                           path: str) -> list[Diagnostic]:
-    """Dataflow of an optimizer: flows come from somewhere, no cycles, every level is read."""
+    """An optimizer's levels: their options fit together, flows come from somewhere, no cycles,
+    every level is read. Everything the runtime would reject is reported here, so that an optimizer
+    that passes the checker builds."""
     out: list[Diagnostic] = []
     names = {level.name for level in opt.levels}
     source_of: dict[str, str] = {}  # each level learns from one flow: a level name, or a gradient stream
     for level in opt.levels:
         lp = f"{path}.{level.name}"
+        out.extend(_optimizer_level_options(level, lp, spans, header))
         if level.flow in FLOW_SOURCES:
             continue
         if level.flow not in names:

@@ -146,8 +146,19 @@ class LevelSpec(Strict):
         return self.period if isinstance(self.period, int) else None
 
 
+OPTIMIZER_FLOWS = ("gradients", "squared_gradients")  # the gradient streams an optimizer level can learn from
+# Names an optimizer level cannot take: a flow's (`flow = gradients` and `update = gradients` would read
+# either), and `step`, the optimizer's step counter in each parameter's state (nldsl/runtime/optim.py).
+RESERVED_OPTIMIZER_LEVEL_NAMES = (*OPTIMIZER_FLOWS, "step")
+
+
 class OptimizerLevelSpec(Strict):
-    """A level of an optimizer: a memory of the gradient stream (PAPER_NOTES §4)."""
+    """A level of an optimizer: a memory of the gradient stream (PAPER_NOTES §4).
+
+    Combinations the runtime rejects (`OptimizerLevelConfig`) are checker errors, in
+    semantics.check_optimizer_flows: an `mlp` state has no momentum buffer for `nesterov`,
+    `bias_correction` or `init = first_flow`, and `bias_correction` needs `retention < 1`.
+    """
 
     name: str
     flow: str = Field("gradients", description="gradients, squared_gradients, or another level's output")

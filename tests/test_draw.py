@@ -228,6 +228,45 @@ def test_optimizer_levels_and_a_file_without_a_model():
     assert "no model" in no_model and '"outer" [' in no_model
 
 
+@pytest.mark.parametrize("spec", [spec for spec in SPECS if spec.startswith("specs/optimizers/")])
+def test_an_optimizer_library_draws_its_own_optimizers(spec, monkeypatch):
+    graph = shipped_graph(spec, monkeypatch)
+    (optimizer,) = graph.spec.optimizers
+    outer = f"optimizers.{optimizer.name}"
+    levels = {f"{outer}.{level.name}" for level in optimizer.levels}
+    assert set(graph.nx.nodes) == {outer, *levels}  # not train's default optimizer, which trains nothing here
+    assert graph.nx.nodes[outer]["label"] == f"outer level ({optimizer.name})"
+    assert {v for u, v, a in graph.nx.edges(data=True) if a["kind"] == "flow"} == levels
+    dot = to_dot(graph)
+    assert "outer level (adamw)" not in dot or optimizer.name == "adamw"
+    for level in optimizer.levels:
+        assert f"<B>{level.name}</B>" in dot and f"in the optimizer {optimizer.name}" in dot
+
+
+def test_a_model_spec_that_trains_with_an_imported_optimizer_draws_it_as_the_outer_level(monkeypatch):
+    graph = shipped_graph("specs/transformer_muon.nl", monkeypatch)
+    assert graph.nx.nodes["outer"]["label"] == "outer level (muon)"
+    assert [n for n in graph.nx.nodes if n.startswith("optimizer")] == ["optimizer.momentum"]
+    assert "in the optimizer</FONT>" in declaration(to_dot(graph), "optimizer.momentum")
+
+
+def test_optimizers_a_model_file_defines_but_does_not_train_with_are_drawn_apart():
+    text = SMALL_SPEC.replace("optimizer two_moments {", """optimizer momentum {
+  level fast { retention = 0.9 }
+}
+
+optimizer two_moments {""")
+    graph = checked_graph(text)
+    assert graph.nx.nodes["outer"]["label"] == "outer level (two_moments)"  # the one train uses, as before
+    assert {"optimizer.momentum", "optimizer.second_moment", "optimizers.momentum",
+            "optimizers.momentum.fast"} <= set(graph.nx.nodes)  # a level and an optimizer may share a name
+    assert graph.nx.nodes["optimizers.momentum"]["label"] == "optimizer momentum (not used by train)"
+    builtin = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = sgd(0.1)"))
+    assert builtin.nx.nodes["outer"]["label"] == "outer level (sgd)"
+    assert {"optimizers.two_moments.momentum", "optimizers.two_moments.second_moment"} <= set(builtin.nx.nodes)
+    assert "optimizer.momentum" not in builtin.nx.nodes
+
+
 @pytest.mark.parametrize(("count", "text"), [
     (0, "0"), (999, "999"), (1000, "1k"), (34_499, "34.5k"), (262_144, "262k"), (999_499, "999k"),
     (999_500, "1M"), (1_086_680, "1.09M"), (1_200_000, "1.2M"), (2_500_000_000, "2.5B"),

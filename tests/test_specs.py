@@ -209,6 +209,76 @@ def test_sgd_momentum_is_torch_sgd():
     assert not level.nesterov and not level.bias_correction and level.orthogonalize is None
 
 
+def _steps(named: list, optimizer: Any, grads_per_step: list) -> list:
+    """Step `optimizer` over `named` parameters with the given gradients; the parameters after each step."""
+    history = []
+    for grads in grads_per_step:
+        for (_, p), g in zip(named, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        history.append([p.detach().clone() for _, p in named])
+    return history
+
+
+def test_sgd_momentum_with_weight_decay_is_the_builtin_sgd():
+    # Both decay decoupled, p ← p (1 − lr λ) − lr m, and only weights of two or more dimensions.
+    torch = pytest.importorskip("torch")
+    from nldsl.compiler.optimizers import build_optimizer
+
+    text = 'import "optimizers/sgd_momentum.nl" as opt\ntrain { optimizer = opt.sgd_momentum }\n'
+    result = check_text(text, str(SPECS / "sgd_user.nl"), ["train.optimizer.weight_decay=0.05"], base_dir=SPECS)
+    assert result.ok, render_text(result.diagnostics, result.sources)
+    builtins = [check_text(f"train {{ optimizer = sgd(lr = 0.05, momentum = 0.9{decay}) }}").spec.train.optimizer
+                for decay in (", weight_decay = 0.05", "")]
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (3,), (2, 3, 4)]
+    start = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes] for _ in range(10)]
+    histories = []
+    for spec in (result.spec.train.optimizer, *builtins):
+        named = [(f"p{i}", torch.nn.Parameter(p.clone())) for i, p in enumerate(start)]
+        histories.append(_steps(named, build_optimizer(named, spec), grads))
+    level, builtin, undecayed = histories
+    for ours, theirs in zip(level, builtin, strict=True):
+        for p, q in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(builtin[-1][0], undecayed[-1][0])  # the decay acts on the matrix
+    assert torch.equal(builtin[-1][1], undecayed[-1][1])  # and not on the vector
+
+
+@pytest.mark.parametrize("name", ["muon.nl", "m3.nl"])
+def test_matrices_only_optimizers_decay_weights_of_two_or_more_dimensions_only(name):
+    torch = pytest.importorskip("torch")
+    from nldsl.compiler.optimizers import build_optimizer
+
+    optimizer = optimizer_of(name)
+    assert optimizer.matrices_only and optimizer.weight_decay > 0
+    named = [("w", torch.nn.Parameter(torch.ones(4, 4, dtype=torch.float64))),
+             ("state", torch.nn.Parameter(torch.ones(2, 2, 2, dtype=torch.float64))),
+             ("norm.weight", torch.nn.Parameter(torch.ones(4, dtype=torch.float64)))]
+    zero = [[torch.zeros_like(p) for _, p in named]] * 10  # no gradient: only weight decay moves a parameter
+    (*_, last) = _steps(named, build_optimizer(named, optimizer), zero)
+    decayed = (1 - optimizer.lr * optimizer.weight_decay) ** 10
+    assert [p.flatten()[0].item() for p in last] == pytest.approx([decayed, decayed, 1.0], rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("rms, ratio", [(1e-3, (1.0, 1.001)), (1e-2, (1.0, 1.02)), (1e-1, (3.6, 3.8))])
+def test_dmgd_step_against_sgd_momentum_on_a_steady_gradient(rms, ratio):
+    # What specs/optimizers/dmgd.nl says of its lr: on a steady gradient (after 100 steps, when
+    # sgd_momentum's buffer has reached g / (1 − 0.9) to 3e-5) DMGD's step lr · φ(g) is sgd_momentum's
+    # while φ stays near the identity, and grows once gradient entries are large enough to steepen φ.
+    torch = pytest.importorskip("torch")
+    from nldsl.compiler.optimizers import build_optimizer
+
+    g = torch.randn(64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * rms
+    steps = []
+    for name in ("dmgd.nl", "sgd_momentum.nl"):
+        named = [("w", torch.nn.Parameter(torch.zeros(64, 64, dtype=torch.float64)))]
+        *_, before, after = _steps(named, build_optimizer(named, optimizer_of(name)), [[g]] * 100)
+        steps.append((after[0] - before[0]).norm().item())
+    assert ratio[0] <= steps[0] / steps[1] <= ratio[1]
+
+
 def test_delta_momentum_and_dmgd_change_only_the_memory():
     momentum = optimizer_of("sgd_momentum.nl").levels[0]
     delta = optimizer_of("delta_momentum.nl").levels[0]

@@ -24,9 +24,13 @@ Levels, with η = `lr`, α = `retention`, X_t the flow (summed over the period, 
   smaller, (m X̂ᵀ) X̂ at O(rows²·cols) or m (X̂ᵀ X̂) at O(rows·cols²); a 1-D tensor therefore costs O(n),
   α m − η ⟨m, x̂⟩ x̂ + η x, and the n × n matrix is never built.
 - mlp (deep momentum, DMGD, Eq. 50): an element-wise residual MLP φ: R → R shared by all entries
-  of p, φ(x) = x + Σ_j w_out[j] tanh(w_in[j] x + b_in[j]) with hidden width H = `hidden`. Its
-  weights θ = (w_in, b_in, w_out) are the level's state, initialised to w_in = 1, b_in evenly spaced
-  over [−1, 1] (distinct features), w_out = 0 (so φ is exactly the identity at step 0). Over the N
+  of p, φ(x) = x + Σ_j w_out[j] tanh(w_in[j] x) with hidden width H = `hidden`. Its weights
+  θ = (w_in, w_out) are the level's state, initialised to w_in = 2^s for s evenly spaced over [−1, 1]
+  (distinct features: equal ones would get equal gradients and stay equal) and w_out = 0 (so φ is
+  exactly the identity at step 0). φ has no biases, so it is odd for every θ: φ(0) = 0 and
+  φ(−x) = −φ(x). With biases it could learn φ(0) ≠ 0 and add that constant to every entry of every
+  update, a drift common to the whole tensor that no momentum of the gradients should produce; odd,
+  it turns a gradient symmetric about zero into an update symmetric about zero. Over the N
   entries of X, the inner objective is
       l2:  L(θ; X) = ½ mean_i (φ(X_i) − X_i)²        dot:  L(θ; X) = −mean_i φ(X_i) X_i,
   one GD step with retention per write, θ_t = α θ_{t−1} − η ∇_θ L(θ_{t−1}; X_t), and the output is
@@ -53,7 +57,8 @@ computes its write (Newton–Schulz included) every step and keeps it only when 
 Update. p_t = p_{t−1} (1 − lr·λ) − lr·s·u, where λ is the decoupled `weight_decay` (AdamW), u is the
 update expression evaluated on the level outputs, and s = √max(1, rows/cols) for 2-D parameters when
 `lr_scale = "muon"` (torch.optim.Muon's "original" adjustment), else 1. `matrices_only` sends every
-parameter that is not 2-D to the `fallback` optimizer, in its own param group.
+parameter that is not 2-D to the `fallback` optimizer, in its own param group with the weight decay of
+the group it came from (so a group of norms and biases with weight_decay 0 stays undecayed).
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ import torch
 from torch import Tensor
 
 from nldsl.runtime.layers import newton_schulz
+from nldsl.spec import OPTIMIZER_FLOWS as FLOW_SOURCES
+from nldsl.spec import RESERVED_OPTIMIZER_LEVEL_NAMES
 
-FLOW_SOURCES = ("gradients", "squared_gradients")
 EXPRESSION_ARITY = {"level": 1, "const": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "sqrt": 1, "neg": 1}
 ORTHOGONALIZE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "param": None}
 
@@ -93,7 +99,9 @@ class OptimizerLevelConfig:
     readout: Literal["causal", "exclusive"] = "causal"  # exclusive: read the previous write's output
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier() or self.name in (*FLOW_SOURCES, "step"):
+        # The checker reports each of these at the spec's line (semantics.check_optimizer_flows, the
+        # schema of spec.OptimizerLevelSpec); here they guard configs built in Python.
+        if not self.name.isidentifier() or self.name in RESERVED_OPTIMIZER_LEVEL_NAMES:
             raise ValueError(f"level name {self.name!r} must be an identifier other than a flow or 'step'")
         if self.state not in ("linear", "mlp"):
             raise ValueError(f"level {self.name!r}: unknown state {self.state!r}")
@@ -236,55 +244,47 @@ def delta_rule_write_reference(memory: Tensor, flow: Tensor, retention: float, l
     return (m @ decay + lr * x).reshape(memory.shape)
 
 
-def mlp_memory_init(hidden: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """DMGD state at step 0: (w_in, b_in, w_out), each (H,), making φ exactly the identity."""
-    w_in = torch.ones(hidden, dtype=like.dtype, device=like.device)
-    b_in = torch.linspace(-1.0, 1.0, hidden, dtype=like.dtype, device=like.device)
+def mlp_memory_init(hidden: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """DMGD state at step 0: (w_in, w_out), each (H,), making φ exactly the identity."""
+    w_in = 2.0 ** torch.linspace(-1.0, 1.0, hidden, dtype=like.dtype, device=like.device)
     w_out = torch.zeros(hidden, dtype=like.dtype, device=like.device)
-    return w_in, b_in, w_out
+    return w_in, w_out
 
 
-def mlp_memory_forward(w_in: Tensor, b_in: Tensor, w_out: Tensor, x: Tensor) -> Tensor:
-    """φ(x) = x + Σ_j w_out[j] tanh(w_in[j] x + b_in[j]), applied to every entry of x."""
-    features = torch.tanh(x.unsqueeze(-1) * w_in + b_in)  # (*x.shape, H)
+def mlp_memory_forward(w_in: Tensor, w_out: Tensor, x: Tensor) -> Tensor:
+    """φ(x) = x + Σ_j w_out[j] tanh(w_in[j] x), applied to every entry of x."""
+    features = torch.tanh(x.unsqueeze(-1) * w_in)  # (*x.shape, H)
     return x + features @ w_out
 
 
-def mlp_memory_gradient(
-    w_in: Tensor, b_in: Tensor, w_out: Tensor, x: Tensor, objective: str
-) -> tuple[Tensor, Tensor, Tensor]:
+def mlp_memory_gradient(w_in: Tensor, w_out: Tensor, x: Tensor, objective: str) -> tuple[Tensor, Tensor]:
     """∇_θ L(θ; x) of the DMGD inner objective in closed form (no autograd in the step).
 
-    With e_i = ∂L/∂φ(x_i) (l2: (φ(x_i) − x_i)/N, dot: −x_i/N) and h_ij = tanh(w_in[j] x_i + b_in[j]):
-    ∇w_out[j] = Σ_i e_i h_ij, ∇b_in[j] = Σ_i e_i w_out[j] (1 − h_ij²),
-    ∇w_in[j] = Σ_i e_i w_out[j] (1 − h_ij²) x_i.
+    With e_i = ∂L/∂φ(x_i) (l2: (φ(x_i) − x_i)/N, dot: −x_i/N) and h_ij = tanh(w_in[j] x_i):
+    ∇w_out[j] = Σ_i e_i h_ij, ∇w_in[j] = Σ_i e_i w_out[j] (1 − h_ij²) x_i.
     """
     flat = x.reshape(-1)  # (N,)
-    features = torch.tanh(flat.unsqueeze(-1) * w_in + b_in)  # (N, H)
+    features = torch.tanh(flat.unsqueeze(-1) * w_in)  # (N, H)
     if objective == "l2":
         error = (features @ w_out) / flat.numel()  # φ(x) − x
     else:
         error = -flat / flat.numel()
     grad_w_out = error @ features  # (H,)
     through_tanh = error.unsqueeze(-1) * w_out * (1 - features * features)  # (N, H)
-    return flat @ through_tanh, through_tanh.sum(0), grad_w_out
+    return flat @ through_tanh, grad_w_out
 
 
-def mlp_memory_gradient_reference(
-    w_in: Tensor, b_in: Tensor, w_out: Tensor, x: Tensor, objective: str
-) -> tuple[Tensor, Tensor, Tensor]:
+def mlp_memory_gradient_reference(w_in: Tensor, w_out: Tensor, x: Tensor, objective: str) -> tuple[Tensor, Tensor]:
     """Plain reference for `mlp_memory_gradient`: autograd through the inner objective, entry by entry."""
-    weights = [w.detach().clone().requires_grad_(True) for w in (w_in, b_in, w_out)]
+    weights = [w.detach().clone().requires_grad_(True) for w in (w_in, w_out)]
     loss = x.new_zeros(())
     with torch.enable_grad():
         for value in x.reshape(-1):
-            phi = value + sum(
-                weights[2][j] * torch.tanh(weights[0][j] * value + weights[1][j]) for j in range(len(w_in))
-            )
+            phi = value + sum(weights[1][j] * torch.tanh(weights[0][j] * value) for j in range(len(w_in)))
             loss = loss + (0.5 * (phi - value) ** 2 if objective == "l2" else -phi * value)
         loss = loss / x.numel()
         grads = torch.autograd.grad(loss, weights)
-    return grads[0], grads[1], grads[2]
+    return grads[0], grads[1]
 
 
 class NestedOptimizer(torch.optim.Optimizer):
@@ -292,9 +292,10 @@ class NestedOptimizer(torch.optim.Optimizer):
 
     Param groups carry "lr", "weight_decay" and "coupled_weight_decay" (so LR schedulers work) and a
     "role": "main" for the config, "fallback" for the parameters `matrices_only` routes to
-    `config.fallback` (with the fallback's lr and weight decay; a user group may set "fallback_lr").
+    `config.fallback`. A fallback group takes the fallback's lr (a user group may set "fallback_lr") and
+    the weight decays of the group it was split from, or the fallback's where that group sets none.
     All state is plain tensors, created at construction: "step" (int64, on the parameter's device)
-    and per level "<name>.memory" (linear) or "<name>.w_in"/".b_in"/".w_out" (mlp), plus
+    and per level "<name>.memory" (linear) or "<name>.w_in"/".w_out" (mlp), plus
     "<name>.accumulated" (period > 1) and "<name>.output" (a stored readout).
 
     `step` compiles with `torch.compile(optimizer.step, fullgraph=True)`. Compile it before attaching
@@ -328,12 +329,16 @@ class NestedOptimizer(torch.optim.Optimizer):
             main = {key: value for key, value in param_group.items() if key != "fallback_lr"}
             groups = [{**main, "params": [p for p in params if p.ndim == 2]}]
             if others:
+                # The group's own decay wins over the fallback's: the caller chose it for these very
+                # parameters (compiler/optimizers.parameter_groups gives norms and biases 0).
                 groups.append(
                     {
                         "params": others,
                         "lr": param_group.get("fallback_lr", fallback.lr),
-                        "weight_decay": fallback.weight_decay,
-                        "coupled_weight_decay": fallback.coupled_weight_decay,
+                        "weight_decay": param_group.get("weight_decay", fallback.weight_decay),
+                        "coupled_weight_decay": param_group.get(
+                            "coupled_weight_decay", fallback.coupled_weight_decay
+                        ),
                         "role": "fallback",
                     }
                 )
@@ -356,18 +361,23 @@ class NestedOptimizer(torch.optim.Optimizer):
             if level.state == "linear":
                 state[f"{level.name}.memory"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             else:
-                w_in, b_in, w_out = mlp_memory_init(level.hidden, p)
-                state[f"{level.name}.w_in"], state[f"{level.name}.b_in"] = w_in, b_in
-                state[f"{level.name}.w_out"] = w_out
+                state[f"{level.name}.w_in"], state[f"{level.name}.w_out"] = mlp_memory_init(level.hidden, p)
             if level.period > 1:
                 state[f"{level.name}.accumulated"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if level.keeps_output:
                 state[f"{level.name}.output"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as torch does, then keep each step counter on its parameter's device."""
+        """Load as torch does, then keep each step counter on its parameter's device. A state whose
+        entries are not the ones this optimizer keeps (another optimizer's, or one saved by an earlier
+        layout of a level's state) is refused rather than half used: torch would load it as it is."""
+        expected = {p: set(state) for p, state in self.state.items()}
         super().load_state_dict(state_dict)
         for p, state in self.state.items():
+            if p in expected and set(state) != expected[p]:
+                raise ValueError(f"the saved state of a parameter holds {sorted(state)} where this optimizer keeps "
+                                 f"{sorted(expected[p])}: it was saved by another optimizer, or by an nldsl "
+                                 "version whose levels kept other state")
             state["step"] = state["step"].to(device=p.device, dtype=torch.int64)
 
     @torch.no_grad()
@@ -439,7 +449,7 @@ def _run_level(level: OptimizerLevelConfig, flow: Tensor, state: dict[str, Tenso
             output = output / (1 - level.retention**exponent)
         _commit(memory, written, fires)
     else:
-        weights = [state[f"{name}.{part}"] for part in ("w_in", "b_in", "w_out")]
+        weights = [state[f"{name}.{part}"] for part in ("w_in", "w_out")]
         gradients = mlp_memory_gradient(*weights, flow, level.objective)
         new_weights = [level.retention * w - level.lr * g for w, g in zip(weights, gradients)]
         output = mlp_memory_forward(*new_weights, flow)
@@ -463,6 +473,36 @@ def _commit(target: Tensor, value: Tensor, fires: Tensor | None) -> None:
         target.copy_(value if fires is None else torch.where(fires, value, target))
 
 
+class DecoupledSGD(torch.optim.SGD):
+    """torch.optim.SGD whose "weight_decay" is decoupled (AdamW's λ, the language's `weight_decay`):
+    p_t = p_{t−1} (1 − lr·λ) − lr·m_t, with m_t torch's momentum of the gradient alone.
+
+    torch.optim.SGD's own weight_decay adds λ p to the gradient, so the decay passes through the
+    momentum and, in the steady state, shrinks p by lr·λ / (1 − μ) per step instead of lr·λ. Here the
+    decay is one `_foreach_mul_` per group, then torch's step (fused or foreach, whichever the group
+    asks for) runs with its coupled term off, so with λ = 0 this is torch.optim.SGD bit for bit.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()  # the gradient at p_{t−1}: taken before the decay
+        decays = [group["weight_decay"] for group in self.param_groups]
+        for group, decay in zip(self.param_groups, decays):
+            stepped = [p for p in group["params"] if p.grad is not None]
+            if decay != 0 and stepped:
+                torch._foreach_mul_(stepped, 1 - group["lr"] * decay)
+            group["weight_decay"] = 0.0  # torch's step would read it as its coupled L2 term
+        try:
+            super().step()
+        finally:
+            for group, decay in zip(self.param_groups, decays):
+                group["weight_decay"] = decay
+        return loss
+
+
 def sgd_momentum(
     lr: float,
     momentum: float = 0.9,
@@ -472,7 +512,8 @@ def sgd_momentum(
 ) -> OptimizerConfig:
     """torch.optim.SGD as one level: m_t = μ m_{t−1} + (1 − dampening) X_t, m_1 = X_1.
 
-    `weight_decay` is coupled (added to the gradient), as in torch.optim.SGD.
+    `weight_decay` is coupled (added to the gradient), as in torch.optim.SGD; the language's `sgd(…)`
+    decays decoupled instead (`DecoupledSGD`).
     """
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov momentum needs momentum > 0 and zero dampening")

@@ -429,7 +429,10 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             optimizer_state = C.optimizer_from_files(found.record["optimizer"], found.training)
         except ValueError as error:
             raise C.CheckpointError(f"damaged optimizer state in {found.path / C.RECORD_FILE}: {error}") from None
-        distributed.load_state_dicts(model, optimizer, found.model, optimizer_state, context)
+        try:
+            distributed.load_state_dicts(model, optimizer, found.model, optimizer_state, context)
+        except ValueError as error:  # torch's (a group of another size) or NestedOptimizer's own check
+            raise C.CheckpointError(f"cannot resume the optimizer from {found.path}: {error}") from None
         clock.load(found.training)
         C.restore_rng(found.training)
         start = int(found.record["step"])

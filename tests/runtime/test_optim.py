@@ -5,14 +5,22 @@ check the parameters after each of 10 steps; the hand checks write the expected 
 the test. The compiled checks are marked slow.
 """
 
+import ast
 import copy
+import inspect
 import math
+import textwrap
 
 import pytest
 import torch
+from nldsl.compiler.optimizers import build_optimizer
 
+from nldsl import spec as S
+from nldsl.checker import check_text
+from nldsl.runtime import optim as O
 from nldsl.runtime.layers import MUON_COEFFICIENTS
 from nldsl.runtime.optim import (
+    DecoupledSGD,
     NestedOptimizer,
     OptimizerConfig,
     OptimizerLevelConfig,
@@ -189,7 +197,7 @@ def test_delta_momentum_two_steps_by_hand(shape):
 def test_mlp_memory_gradient_matches_autograd(objective, shape):
     generator = torch.Generator().manual_seed(5)
     hidden = 3
-    weights = [torch.randn(hidden, generator=generator, dtype=torch.float64) for _ in range(3)]
+    weights = [torch.randn(hidden, generator=generator, dtype=torch.float64) for _ in range(2)]  # w_in, w_out
     x = torch.randn(shape, generator=generator, dtype=torch.float64)
     fast = mlp_memory_gradient(*weights, x, objective)
     reference = mlp_memory_gradient_reference(*weights, x, objective)
@@ -209,14 +217,32 @@ def test_dmgd_one_step_by_hand_dot_objective():
     lr, alpha, eta = 0.1, 0.9, 0.5
     (p1,) = step_with_gradients(p0.clone(), dmgd(lr, alpha, eta, hidden=3, objective="dot"), [g])
 
-    # θ_0: w_in = 1, b_in = (−1, 0, 1), w_out = 0. L = −mean φ(g) g with
-    # φ(x) = x + Σ_j w_out_j tanh(w_in_j x + b_in_j), so ∂L/∂w_out_j = −mean(g tanh(g + b_j)),
-    # and ∂L/∂w_in = ∂L/∂b_in = 0 because w_out = 0.
-    b = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
-    w_out = eta * torch.stack([(g * torch.tanh(g + b_j)).mean() for b_j in b])  # α·0 − η ∂L/∂w_out
-    w_in, b_in = alpha * torch.ones(3, dtype=torch.float64), alpha * b
-    phi = g + sum(w_out[j] * torch.tanh(w_in[j] * g + b_in[j]) for j in range(3))
+    # θ_0: w_in = (1/2, 1, 2), w_out = 0. L = −mean φ(g) g with φ(x) = x + Σ_j w_out_j tanh(w_in_j x),
+    # so ∂L/∂w_out_j = −mean(g tanh(w_in_j g)), and ∂L/∂w_in = 0 because w_out = 0.
+    a = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    w_out = eta * torch.stack([(g * torch.tanh(a_j * g)).mean() for a_j in a])  # α·0 − η ∂L/∂w_out
+    w_in = alpha * a
+    phi = g + sum(w_out[j] * torch.tanh(w_in[j] * g) for j in range(3))
     torch.testing.assert_close(p1, p0 - lr * phi, **HAND)
+
+
+def test_dmgd_gives_no_mean_drift_on_symmetric_zero_mean_gradients():
+    # Each gradient holds every value with both signs (zero mean, symmetric). φ has no biases, so it is
+    # odd whatever it learns and every update sums to zero: the mean of p stays where it started. With
+    # biases φ learned φ(0) ≠ 0 and moved every entry the same way, step after step.
+    generator = torch.Generator().manual_seed(9)
+    p0 = torch.randn(6, 8, generator=generator, dtype=torch.float64)
+    param = p0.clone()
+    optimizer = NestedOptimizer([param], dmgd(0.5, 0.99, 1.0))  # the settings of specs/optimizers/dmgd.nl
+    for _ in range(50):
+        half = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+        param.grad = torch.cat([half, -half])[torch.randperm(6, generator=generator)]
+        optimizer.step()
+    w_in, w_out = optimizer.state[param]["momentum.w_in"], optimizer.state[param]["momentum.w_out"]
+    assert w_out.abs().min() > 0.1  # φ has learned far from the identity
+    assert mlp_memory_forward(w_in, w_out, torch.zeros(1, dtype=torch.float64)).item() == 0.0
+    assert (param - p0).abs().mean() > 1.0  # p moved...
+    assert abs(param.mean() - p0.mean()) < 1e-12  # ...with no drift of its mean
 
 
 def test_dmgd_l2_objective_keeps_the_identity():
@@ -357,6 +383,22 @@ def test_state_dict_round_trip_resumes_exactly(config):
     assert_histories_close(train(resumed_model, resumed, steps=5, seed=2), uninterrupted, BITWISE)
 
 
+
+def test_a_state_of_another_layout_is_refused_not_half_loaded():
+    """A DMGD state saved with the biases of an earlier φ (w_in, b_in, w_out), or another
+    optimizer's state, would load silently through torch and be half used; it is refused."""
+    model = make_model()
+    optimizer = NestedOptimizer(model.parameters(), dmgd(0.01, hidden=3))
+    train(model, optimizer, steps=1, seed=1)
+    saved = copy.deepcopy(optimizer.state_dict())
+    for state in saved["state"].values():
+        state["deep_momentum.b_in"] = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="b_in"):
+        NestedOptimizer(make_model().parameters(), dmgd(0.01, hidden=3)).load_state_dict(saved)
+    other = NestedOptimizer(make_model().parameters(), delta_momentum(0.05))
+    with pytest.raises(ValueError, match="another optimizer"):
+        other.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+
 def test_lr_scheduler_scales_main_and_fallback_groups():
     param, bias = torch.zeros(3, 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
     config = OptimizerConfig(
@@ -428,6 +470,207 @@ def test_level_config_rejects_inconsistent_options():
         OptimizerLevelConfig("slow", "gradients", period=0)
     with pytest.raises(ValueError, match="identifier"):
         OptimizerLevelConfig("gradients", "gradients")
+
+
+# Every rule the runtime enforces on an optimizer is a checker diagnostic at a spec line ----------
+#
+# One case per rule: how the runtime meets it (a constructor that must raise ValueError) and the
+# smallest spec that breaks it with the code the checker must report there; a rule that no spec can
+# break says why instead. `test_every_runtime_rule_has_a_case` finds the rules by their `raise`
+# statements, so a new runtime rule without a checker diagnostic fails here.
+
+def _level(**options):
+    return lambda: OptimizerLevelConfig(**{"name": "m", "flow": "gradients", **options})
+
+
+def _optimizer(*levels, update=("level", "a"), **options):
+    return lambda: OptimizerConfig(0.1, tuple(OptimizerLevelConfig(*level) for level in levels), update, **options)
+
+
+RUNTIME_RULES = [  # (id, runtime, spec, code or why no spec can break it)
+    ("reserved_step", _level(name="step"), "optimizer o { level step { } }", "E0208"),
+    ("reserved_gradients", _level(name="gradients"), "optimizer o { level gradients { } }", "E0208"),
+    ("reserved_squared", _level(name="squared_gradients"), "optimizer o { level squared_gradients { } }", "E0208"),
+    ("state", _level(state="deep"), "optimizer o { level m { state = deep } }", "E0303"),
+    ("objective", _level(objective="l1"), "optimizer o { level m { objective = l1 } }", "E0303"),
+    ("period", _level(period=0), "optimizer o { level m { period = 0 } }", "E0302"),
+    ("hidden", _level(state="mlp", hidden=0), "optimizer o { level m { state = mlp; hidden = 0 } }", "E0302"),
+    ("newton_schulz", _level(orthogonalize_steps=-1),
+     "optimizer o { level m { orthogonalize = newton_schulz(steps = 0) } }", "E0302"),
+    ("orthogonalize_dtype", _level(orthogonalize_dtype="float16"), None,
+     "not a spec attribute: the compiler keeps the default"),
+    ("init", _level(init="ones"), "optimizer o { level m { init = ones } }", "E0303"),
+    ("readout", _level(readout="chunk_start"), "optimizer o { level m { readout = chunk_start } }", "E0303"),
+    ("mlp_nesterov", _level(state="mlp", nesterov=True),
+     "optimizer o { level m { state = mlp; nesterov = true } }", "E0601"),
+    ("mlp_bias_correction", _level(state="mlp", retention=0.9, bias_correction=True),
+     "optimizer o { level m { state = mlp; retention = 0.9; bias_correction = true } }", "E0601"),
+    ("mlp_init", _level(state="mlp", init="first_flow"),
+     "optimizer o { level m { state = mlp; init = first_flow } }", "E0601"),
+    ("bias_correction_retention", _level(bias_correction=True),
+     "optimizer o { level m { bias_correction = true } }", "E0601"),
+    ("no_levels", _optimizer(update=("const", 1.0)), "optimizer o { update = 1 }", "E0401"),
+    ("same_names", _optimizer(("a", "gradients"), ("a", "gradients")),
+     "optimizer o { level a { } level a { } update = a }", "E0202"),
+    ("unknown_flow", _optimizer(("a", "velocity")), "optimizer o { level a { flow = velocity } }", "E0505"),
+    ("cycle", _optimizer(("a", "b"), ("b", "a")),
+     "optimizer o { level a { flow = b } level b { flow = a } update = a }", "E0504"),
+    ("never_read", _optimizer(("a", "gradients"), ("b", "gradients")),
+     "optimizer o { level a { } level b { } update = a }", "E0506"),
+    ("lr_scale", _optimizer(("a", "gradients"), lr_scale="adam"),
+     "optimizer o { lr_scale = adam; level a { } }", "E0303"),
+    ("fallback", _optimizer(("a", "gradients"), matrices_only=True, fallback=muon()), None,
+     "the compiler builds every fallback, as adamw"),
+    ("unknown_level", _optimizer(("a", "gradients"), update=("add", ("level", "a"), ("level", "velocity"))),
+     "optimizer o { level a { } update = a + velocity }", "E0201"),
+    ("malformed", _optimizer(("a", "gradients"), update=("pow", ("level", "a"))), None,
+     "the checker builds the update tree from the grammar's operators"),
+    ("arity", _optimizer(("a", "gradients"), update=("add", ("level", "a"))), None,
+     "the checker builds the update tree from the grammar's operators"),
+    ("constant", _optimizer(("a", "gradients"), update=("add", ("level", "a"), ("const", "1"))), None,
+     "the checker evaluates constants to numbers (E0301 otherwise)"),
+]
+RULE_FUNCTIONS = (OptimizerLevelConfig.__post_init__, OptimizerConfig.__post_init__, OptimizerConfig.level_order,
+                  O._expression_levels)
+
+
+def _raised_at(runtime) -> int:
+    """The line of `nldsl/runtime/optim.py` whose `raise` rejects what `runtime` builds."""
+    with pytest.raises(ValueError) as info:
+        runtime()
+    frame = info.tb
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    assert frame.tb_frame.f_code.co_filename == O.__file__
+    return frame.tb_lineno
+
+
+def test_every_runtime_rule_has_a_case():
+    rules = set()
+    for function in RULE_FUNCTIONS:
+        lines, first = inspect.getsourcelines(function)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+        rules |= {first + node.lineno - 1 for node in ast.walk(tree) if isinstance(node, ast.Raise)}
+    covered = {_raised_at(runtime) for _, runtime, _, _ in RUNTIME_RULES}
+    assert sorted(rules - covered) == [], "runtime rules (lines of nldsl/runtime/optim.py) without a case"
+
+
+@pytest.mark.parametrize("runtime, spec, code", [case[1:] for case in RUNTIME_RULES if case[2] is not None],
+                         ids=[case[0] for case in RUNTIME_RULES if case[2] is not None])
+def test_every_runtime_rule_is_a_checker_diagnostic(runtime, spec, code):
+    _raised_at(runtime)
+    result = check_text(spec, "rule.nl")
+    assert not result.ok and code in {d.code for d in result.diagnostics}, [d.message for d in result.diagnostics]
+    assert all(d.span is not None and d.span.path == "rule.nl" for d in result.diagnostics)  # at a spec line
+
+
+def test_rules_no_spec_can_break_concern_values_the_checker_never_writes():
+    assert "orthogonalize_dtype" not in S.OptimizerLevelSpec.model_fields
+    assert "fallback" not in S.OptimizerSpec.model_fields
+
+
+@pytest.mark.parametrize("overrides", [
+    ["m.state=mlp"],  # meets the written `nesterov = true`
+    ["v.state=mlp"],  # meets the written `bias_correction = true`
+    ["v.retention=1"],  # meets the written `bias_correction = true`
+    ["m.nesterov=false", "m.state=mlp", "m.init=first_flow"],
+])
+def test_overrides_that_break_a_runtime_rule_are_checker_diagnostics(overrides):
+    text = """
+optimizer o {
+  level m { retention = 0.9; nesterov = true }
+  level v { flow = squared_gradients; lr = 0.001; retention = 0.999; bias_correction = true }
+  update = m / (sqrt(v) + 1e-8)
+}
+train { optimizer = o }
+"""
+    assert check_text(text, "override.nl").ok
+    broken = check_text(text, "override.nl", [f"train.optimizer.{override}" for override in overrides])
+    assert [d.code for d in broken.diagnostics] == ["E0601"], [d.message for d in broken.diagnostics]
+
+
+# Weight decay under matrices_only, and the builtin sgd's ---------------------------------------
+
+def test_matrices_only_fallback_groups_keep_the_weight_decay_of_their_group():
+    matrix, cube = torch.ones(4, 4, dtype=torch.float64), torch.ones(2, 2, 2, dtype=torch.float64)
+    norm, bias = torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    config = muon(0.1, weight_decay=0.2, fallback=adamw(0.1, weight_decay=0.3))
+    groups = [{"params": [matrix, cube], "weight_decay": 0.5}, {"params": [norm], "weight_decay": 0.0}, [bias]]
+    optimizer = NestedOptimizer([g if isinstance(g, dict) else {"params": g} for g in groups], config)
+    decays = [(group["role"], group["weight_decay"], len(group["params"])) for group in optimizer.param_groups]
+    # the group's own decay for both of its parts; a group without one: the config's and the fallback's
+    assert decays == [("main", 0.5, 1), ("fallback", 0.5, 1), ("fallback", 0.0, 1), ("fallback", 0.3, 1)]
+    for _ in range(10):
+        for p in (matrix, cube, norm, bias):
+            p.grad = torch.zeros_like(p)  # no gradient step: only weight decay moves a parameter
+        optimizer.step()
+    torch.testing.assert_close(matrix, torch.full_like(matrix, (1 - 0.1 * 0.5) ** 10), **HAND)
+    torch.testing.assert_close(cube, torch.full_like(cube, (1 - 0.1 * 0.5) ** 10), **HAND)
+    torch.testing.assert_close(norm, torch.ones_like(norm), **BITWISE)
+    torch.testing.assert_close(bias, torch.full_like(bias, (1 - 0.1 * 0.3) ** 10), **HAND)
+
+
+@pytest.mark.parametrize("builtin", ["muon(lr = 0.02, weight_decay = 0.1)", "m3(lr = 0.02, weight_decay = 0.1)"])
+def test_builtin_matrices_only_optimizers_decay_weights_of_two_or_more_dimensions_only(builtin):
+    spec = check_text(f"train {{ optimizer = {builtin} }}").spec.train.optimizer
+    named = [("w", torch.nn.Parameter(torch.ones(4, 4, dtype=torch.float64))),
+             ("state", torch.nn.Parameter(torch.ones(2, 2, 2, dtype=torch.float64))),
+             ("norm.weight", torch.nn.Parameter(torch.ones(4, dtype=torch.float64))),
+             ("bias", torch.nn.Parameter(torch.ones(3, dtype=torch.float64)))]
+    optimizer = build_optimizer(named, spec)
+    for _ in range(10):
+        for _, p in named:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    decayed = (1 - 0.02 * 0.1) ** 10
+    for name, p in named:
+        expected = decayed if p.ndim >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), torch.full_like(p, expected), **HAND, msg=name)
+
+
+def decoupled_sgd_reference(params, grads_per_step, lr, momentum, weight_decay):
+    """Written out: m_t = μ m_{t−1} + g_t (m_1 = g_1), p_t = p_{t−1} (1 − lr λ) − lr m_t, per parameter."""
+    params = [p.clone() for p in params]
+    buffers = [torch.zeros_like(p) for p in params]
+    history = []
+    for grads in grads_per_step:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            buffers[i] = momentum * buffers[i] + g
+            decay = weight_decay if p.ndim >= 2 else 0.0  # norms and biases never decay
+            params[i] = p * (1 - lr * decay) - lr * buffers[i]
+        history.append([p.clone() for p in params])
+    return history
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_builtin_sgd_weight_decay_is_decoupled(fused):
+    spec = check_text("train { optimizer = sgd(lr = 0.1, momentum = 0.9, weight_decay = 0.05) }").spec.train.optimizer
+    generator = torch.Generator().manual_seed(4)
+    named = [("w", torch.nn.Parameter(torch.randn(5, 3, generator=generator, dtype=torch.float64))),
+             ("b", torch.nn.Parameter(torch.randn(3, generator=generator, dtype=torch.float64)))]
+    start = [p.detach().clone() for _, p in named]
+    optimizer = build_optimizer(named, spec)
+    assert isinstance(optimizer, DecoupledSGD)
+    for group in optimizer.param_groups:
+        group["fused"] = fused  # torch reads the flag at every step
+    grads_per_step = [[torch.randn(p.shape, generator=generator, dtype=torch.float64) for _, p in named]
+                      for _ in range(STEPS)]
+    ours = []
+    for grads in grads_per_step:
+        for (_, p), g in zip(named, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        ours.append([p.detach().clone() for _, p in named])
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]  # λ, kept after steps
+    assert_histories_close(ours, decoupled_sgd_reference(start, grads_per_step, 0.1, 0.9, 0.05), HAND)
+
+
+def test_builtin_sgd_without_weight_decay_is_torch_sgd_bit_for_bit():
+    model, reference = make_model(), make_model()
+    spec = check_text("train { optimizer = sgd(lr = 0.1, momentum = 0.9) }").spec.train.optimizer
+    ours = build_optimizer(model.named_parameters(), spec)
+    theirs = torch.optim.SGD(reference.parameters(), 0.1, 0.9, fused=True)
+    assert_histories_close(train(model, ours), train(reference, theirs), BITWISE)
 
 
 @pytest.mark.slow
