@@ -599,9 +599,13 @@ class Generator:
                 fast = levels[0][0]
                 gates = self.cms_gates(fast, "x")
                 slow = tuple(float(lv.lr.value) if isinstance(lv.lr, S.ConstantGate) else 0.0 for lv, _, _ in levels)
-                periods = tuple(lv.period for lv, _, _ in levels)
-                w(f"h = R.nested_cms(({', '.join(c for _, c, _ in levels)},), {slow!r}, {periods!r},")
-                w(f"                 [{weights}], x, {gates}, ctx)")
+                names = tuple(lv.name for lv, _, _ in levels)
+                w(f"# η, α, β of `{fast.name}`: the one MLP that runs is the fastest level's")
+                w(f"gates = {gates}")
+                w.statement("h, carried = R.nested_cms(", [
+                    f"({', '.join(c for _, c, _ in levels)},)", repr(slow), f"[{weights}]", "x", "gates", "ctx",
+                    "[" + ", ".join(f"state.get({n!r})" for n in names) + "]"])
+                w(f"new_state.update(zip({names!r}, carried))")
             elif layer.variant == "sequential":
                 w("h = x")
                 for level, cfg, _ in levels:

@@ -211,11 +211,17 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                       "it holds the initial state the faster level restarts from", None,
                       f"{path}.{level.name}.state", f"{path}.{level.name}")
             lp = f"{path}.{level.name}"
-            if not isinstance(level.lr, S.ConstantGate) or level.retention is not None \
-                    or level.momentum is not None or level.update != "in_context":
+            gated = [name for name in ("lr", "retention", "momentum") if getattr(level, name) is not None
+                     and not (name == "lr" and isinstance(level.lr, S.ConstantGate))]
+            if gated:
                 error("E0601", f"the slower nested level `{level.name}` moves its state toward the faster "
-                      "level with a constant `lr` only", "use `lr = 0.5` (a constant) and no retention, "
-                      "momentum or `update = outer` on slower nested levels", f"{lp}.lr", lp)
+                      "level with a constant `lr` only", "use `lr = 0.5` (a constant) and no retention or "
+                      "momentum on slower nested levels", *(f"{lp}.{name}" for name in gated), lp)
+            if level.update != "in_context":
+                error("E0601", f"the slower nested level `{level.name}` runs no MLP of its own: its state is only "
+                      "the start the faster level restarts from when it moves in context, so `update = outer` "
+                      "would leave it unused", "remove `update = outer` from slower nested levels",
+                      f"{lp}.update", lp)
     if isinstance(layer, S.ParallelSpec) and layer.combine == "gate" and len(layer.branches) != 2:
         error("E0601", f"`combine = gate` gates one branch by another, so it needs two branches, "
               f"not {len(layer.branches)}", "use `combine = sum`", f"{path}.combine")

@@ -174,16 +174,28 @@ def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Te
     return out.squeeze(1), state
 
 
-def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], periods: tuple[int, ...],
-               weights: list[list[Tensor]], x: Tensor, gates: tuple[Tensor | None, ...],
-               head: HeadContext) -> Tensor:
+def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weights: list[list[Tensor]], x: Tensor,
+               gates: tuple[Tensor | None, ...], head: HeadContext, state: list[MemoryState | None] | None = None,
+               ) -> tuple[Tensor, list[MemoryState | None]]:
     """Nested CMS (Eq. 72, docs/semantics.md §3.7): the fastest level runs and learns in context;
-    when a slower level's period ends it moves toward the faster level's state,
-    θ_ℓ ← θ_ℓ + η_ℓ (θ_{ℓ−1} − θ_ℓ), and every faster level restarts from it."""
+    when the period (its chunk size) of a slower level that learns in context ends, that level moves
+    toward the faster level's state, θ_ℓ ← θ_ℓ + η_ℓ (θ_{ℓ−1} − θ_ℓ), and every faster level restarts
+    from it. Slower levels on the continuum clock never move here.
+
+    `state` holds one entry per level as returned by a previous call (None: start from the
+    parameters); the fastest level's carries θ_1 and its momentum, a slower one's its θ_ℓ. Returns
+    the outputs (B, T, d) and that list, None for levels that do not learn in context, so that two
+    calls split at a chunk boundary of every level equal one call (§1.8).
+    """
     fast = levels[0].config
+    state = state or [None] * len(levels)
+    if not levels[0].in_context:  # a plain MLP with its parameters, and no level moves (§3.7)
+        return static_mlp(fast, weights[0], x), [None] * len(levels)
     batch, length, _ = x.shape
-    states = [initial_memory_state(level.config, w, batch).weights for level, w in zip(levels, weights)]
-    current = MemoryState(states[0], _zero_momentum(fast, states[0]))
+    states = [(initial_memory_state(level.config, w, batch) if carried is None else carried).weights
+              for level, w, carried in zip(levels, weights, state)]
+    current = MemoryState(states[0], _zero_momentum(fast, states[0])) if state[0] is None else state[0]
+    moving = [index for index in range(1, len(levels)) if levels[index].in_context]
     inputs = x.unsqueeze(1)  # (B, 1, T, d)
     lr, retention, momentum = gates
     external = fast.objective == "external"
@@ -200,8 +212,8 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
         out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, targets)
         states[0] = current.weights
         restart = None
-        for level in range(1, len(levels)):
-            if end % periods[level] == 0:
+        for level in moving:
+            if end % levels[level].config.chunk_size == 0:
                 faster, slower, rate = states[level - 1], states[level], slow_lrs[level]
                 states[level] = [s + rate * (f - s) for f, s in zip(faster, slower)]
                 restart = level
@@ -211,8 +223,10 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], period
             current = MemoryState(states[0], _zero_momentum(fast, states[0]))
         return out, (current, states)
 
-    outputs, _ = run_chunks(step, (current, states), enumerate(pieces))
-    return torch.cat(outputs, dim=2).squeeze(1)
+    outputs, (current, states) = run_chunks(step, (current, states), enumerate(pieces))
+    carried: list[MemoryState | None] = [current]
+    carried += [MemoryState(states[index]) if levels[index].in_context else None for index in range(1, len(levels))]
+    return torch.cat(outputs, dim=2).squeeze(1), carried
 
 
 def _zero_momentum(config: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
