@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch._dynamo
 from test_compiler import assert_matches_interpreter, perturbed_model
+from test_recompute import assert_same
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from nldsl import spec as S
@@ -172,14 +173,6 @@ def loss_grads_and_state(model: torch.nn.Module, tokens: torch.Tensor, targets: 
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     return [loss.detach(), *grads, *(t.detach() for t in tensors(state))]
-
-
-def assert_same(actual: list, expected: list, rtol: float) -> None:
-    assert len(actual) == len(expected)
-    for got, want in zip(actual, expected):
-        assert (got is None) == (want is None)
-        if want is not None:
-            torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * 1e-3)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
