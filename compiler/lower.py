@@ -54,7 +54,7 @@ def period_value(level: S.LevelSpec) -> int:
 def learns_in_context(level: S.LevelSpec, train: S.TrainSpec) -> bool:
     """A CMS level learns in the forward pass unless it is an outer level or its period is longer
     than a training sequence (then the continuum clock steps it; docs/semantics.md §3.7, §4)."""
-    return level.update == "in_context" and isinstance(level.period, int) and level.period <= train.seq_len
+    return level.learns_in_context(train.seq_len)
 
 
 def clock_steps(level: S.LevelSpec, train: S.TrainSpec) -> int:

@@ -146,9 +146,10 @@ def level_config(level: S.LevelSpec, d_in: int, d_out: int) -> LevelConfig:
 def learns_in_context(level: S.LevelSpec, seq_len: int) -> bool:
     """A cms level learns in context when `update = in_context` and its period fits a training sequence.
 
-    Otherwise it is a plain MLP whose weights only the outer optimizer changes (§3.7, §4).
+    Otherwise it is a plain MLP whose weights only the outer optimizer changes (§3.7, §4). The rule
+    lives on the spec (`LevelSpec.learns_in_context`), where the checker and the compiler read it too.
     """
-    return level.update == "in_context" and isinstance(level.period, int) and level.period <= seq_len
+    return level.learns_in_context(seq_len)
 
 
 # Plumbing: parameter scopes and the model-wide pieces a layer may need --------------------------

@@ -235,14 +235,27 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
               "set the attention span with `segment`", f"{path}.attention.window")
     if not any(d.severity == "error" for d in out):  # next to a rejected combination they are noise
         for name, level in levels_of(layer):
-            if context == "cms" and not (level.update == "in_context" and isinstance(level.period, int)
-                                         and level.period <= seq_len):
+            if context == "cms" and not level.learns_in_context(seq_len):
                 continue  # stepped by the outer optimizer: W0705 covers every in-context setting
             lp = f"{path}.{name}"
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",
                             f"remove `{setting}`", f"{lp}.{setting}")
+        if isinstance(layer, S.CMSSpec) and layer.variant == "nested":
+            fastest = layer.levels[0]
+            for level in layer.levels[1:]:
+                if not fastest.learns_in_context(seq_len):
+                    why = (f"the fastest level `{fastest.name}` does not learn in context (an outer level, or a "
+                           f"period past train.seq_len = {seq_len}), so the chain runs as that level's static MLP")
+                elif not level.learns_in_context(seq_len):
+                    why = (f"its period {level.period} is longer than train.seq_len = {seq_len}, so it never "
+                           "moves within a sequence, and the faster levels restart only from a level that moves")
+                else:
+                    continue
+                warning("W0706", f"nested level `{level.name}` has no effect: {why}",
+                        "remove the level, or give it a period that fits a training sequence",
+                        f"{path}.{level.name}.period", f"{path}.{level.name}")
         if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
             warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
                     "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")

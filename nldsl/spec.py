@@ -145,6 +145,12 @@ class LevelSpec(Strict):
     def period_tokens(self) -> int | None:
         return self.period if isinstance(self.period, int) else None
 
+    def learns_in_context(self, seq_len: int) -> bool:
+        """Whether a cms level learns in the forward pass: `update = in_context` and a period that fits a
+        training sequence. Otherwise it is a plain MLP that only the outer optimizer changes, on the
+        continuum clock (docs/semantics.md §3.7, §4)."""
+        return self.update == "in_context" and isinstance(self.period, int) and self.period <= seq_len
+
 
 OPTIMIZER_FLOWS = ("gradients", "squared_gradients")  # the gradient streams an optimizer level can learn from
 # Names an optimizer level cannot take: a flow's (`flow = gradients` and `update = gradients` would read
