@@ -81,7 +81,8 @@ class LearnedGate(Kinded):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("max",)
     kind: Literal["learned"] = "learned"
     max: float = Field(1.0, gt=0, description="upper bound of the gate")
-    init: float | None = Field(None, gt=0, description="value at initialisation (sets the bias); default max/2")
+    init: float | None = Field(None, gt=0, description="value at initialisation (sets the bias); default: "
+                               "max times lr 0.5, retention 0.999, momentum 0.9")
 
 
 class GeneratedGate(Kinded):

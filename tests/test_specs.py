@@ -316,6 +316,7 @@ def test_m3_mixes_a_fast_a_slow_and_a_second_moment_level():
     levels = {level.name: level for level in optimizer.levels}
     fast, slow, second = levels["fast"], levels["slow"], levels["second_moment"]
     assert fast.period == 1 < slow.period
+    assert (fast.readout, slow.readout) == ("causal", "exclusive")  # Algorithm 1 reads M2 of the last block
     assert fast.orthogonalize is not None and slow.orthogonalize is not None
     assert second.flow == "squared_gradients" and second.orthogonalize is None
     assert optimizer.update == ("div", ("add", ("level", "fast"), ("mul", ("const", 0.5), ("level", "slow"))),

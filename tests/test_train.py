@@ -135,6 +135,18 @@ def test_the_clock_sums_gradients_and_releases_them_only_when_it_fires():
     assert released == [None, None, 1 + 2 + 3, None, None, 4 + 5 + 6]
 
 
+def test_a_clock_level_takes_only_its_own_weights_not_those_of_a_level_named_after_it():
+    from nldsl.runtime.evaluate import clock_prefix
+
+    clocks = {"cms.slow_": 8, "cms.slow_fast_": 16}
+    assert clock_prefix("blocks.0.cms.slow_w1", clocks) == "cms.slow_"
+    assert clock_prefix("blocks.0.cms.slow_fast_w2", clocks) == "cms.slow_fast_"
+    assert clock_prefix("blocks.1.par.left.cms.slow_w1", clocks) == "cms.slow_"  # inside a parallel branch
+    assert clock_prefix("blocks.0.cms.slow_fast_w2", {"cms.slow_": 8}) is None
+    assert clock_prefix("blocks.0.cms.fast_w1", clocks) is None
+    assert clock_prefix("blocks.0.xcms.slow_w1", clocks) is None
+
+
 def test_resolved_values_say_where_every_value_came_from():
     path = REPO / "specs/titans_lmm.nl"
     lines = path.read_text().splitlines()

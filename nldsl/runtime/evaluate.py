@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,7 @@ class SlowLevel:
 
 def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
     """The cms level a CLOCK_STEPS prefix ("cms.slow_") names, wherever its layer sits in the block."""
-    layer_name, _, level_name = prefix.rstrip("_").partition(".")
+    layer_name, _, level_name = prefix.removesuffix("_").partition(".")
 
     def search(layers: tuple[Any, ...]) -> S.LevelSpec | None:
         for layer in layers:
@@ -224,13 +225,16 @@ def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
 
 
 def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
-    """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any."""
+    """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any.
+
+    A clocked level's parameters are its state weights, `<prefix>w<i>`, matched whole: a prefix
+    test alone would put a level `slow_fast` on the clock of a level `slow` (`cms.slow_`)."""
     parts = name.split(".", 2)
     if len(parts) < 3 or parts[0] != "blocks":
         return None
     inner = parts[2]
     for prefix in clock_steps:
-        if inner.startswith(prefix) or f".{prefix}" in inner:
+        if re.fullmatch(rf"(?:.+\.)?{re.escape(prefix)}w\d+", inner):
             return prefix
     return None
 

@@ -21,7 +21,7 @@ is linear (or an mlp of depth 1), it has no momentum, no Newton–Schulz, its ob
 external, and either
 - chunk_size == 1 (then readout chunk_start is the same as exclusive), or
 - the objective is dot with given values and no DGD, and readout is causal or exclusive: the
-  inner gradient −η v kᵀ does not depend on the state, so every chunk size gives the same states
+  inner gradient −v kᵀ (a write of +η v kᵀ) does not depend on the state, so every chunk size gives the same states
   (linear attention with decay) and the kernel can use its own block size.
 Every other level loops over ⌈T/C⌉ chunks: a chunk-start level that the fused write accepts
 (nldsl/runtime/fused.py, CPU) loops `fused_write`, each call writing its chunk and reading the
