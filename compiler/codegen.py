@@ -115,6 +115,7 @@ class Generator:
         self.classes: list[list[str]] = []
         self.class_index = 0
         self.clock_levels: list[tuple[str, int]] = []  # (parameter prefix inside a block, steps)
+        self.scope: list[str] = []  # names of the enclosing `parallel` layers of the layer being generated
 
     @property
     def uses_memory(self) -> bool:
@@ -201,8 +202,14 @@ class Generator:
             w("return loss.detach()")
 
     def constant(self, name: str, value: str, comment: str = "") -> str:
-        self.constants.append((name, value, safe_comment(comment)))
-        return name
+        # Spec names are case-sensitive but constants are upper-cased: levels `a` and `A` would
+        # share one name and the later definition would silently win, so number the repeats.
+        taken = {existing for existing, _, _ in self.constants}
+        unique, repeat = name, 2
+        while unique in taken:
+            unique, repeat = f"{name}_{repeat}", repeat + 1
+        self.constants.append((unique, value, safe_comment(comment)))
+        return unique
 
     def new_class(self, kind: str) -> tuple[str, Writer]:
         name = f"{kind}{self.class_index}"
@@ -577,7 +584,9 @@ class Generator:
         for level in layer.levels:
             in_context = lower.learns_in_context(level, self.train)
             if not in_context:
-                self.clock_levels.append((f"{layer.name}.{level.name}_", lower.clock_steps(level, self.train)))
+                # the full path inside the block: cms layers of one name may sit in different branches
+                path = ".".join([*self.scope, layer.name, level.name])
+                self.clock_levels.append((f"{path}_", lower.clock_steps(level, self.train)))
             cfg = self.constant(
                 f"CMS_{name.upper()}_{level.name.upper()}",
                 wrap_call("R.CMSLevel", [config_literal(lower.level_config(level, dim, dim), indent=8),
@@ -624,8 +633,11 @@ class Generator:
         return name
 
     def weights_list(self, level: S.LevelSpec, dim: int) -> str:
-        count = len(shapes.state_layers(level.state, dim, dim))
-        return "[" + ", ".join(f"self.{level.name}_w{i + 1}" for i in range(count)) + "]"
+        """θ_0 of a cms level: its parameters, or zeros for `init = zeros` (linear, learns in context)."""
+        layers = shapes.state_layers(level.state, dim, dim)
+        if level.init == "zeros":
+            return "[" + ", ".join(f"x.new_zeros(1, {out}, {inp})" for out, inp in layers) + "]"
+        return "[" + ", ".join(f"self.{level.name}_w{i + 1}" for i in range(len(layers))) + "]"
 
     def cms_gates(self, level: S.LevelSpec, source: str) -> str:
         if not lower.learns_in_context(level, self.train):
@@ -635,7 +647,9 @@ class Generator:
         return "(" + ", ".join(e or "None" for e in exprs) + ")"
 
     def parallel_class(self, layer: S.ParallelSpec, with_norm: bool) -> str:
+        self.scope.append(layer.name)
         children = [(branch.name, self.layer_class(branch, with_norm=False)) for branch in layer.branches]
+        self.scope.pop()
         name, w = self.new_class("Parallel")
         self.begin(w, name, layer, f"{len(children)} branches combined by {layer.combine} (§3.8).")
         self.init_header(w)

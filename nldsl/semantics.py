@@ -103,6 +103,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
         if level.init == "zeros" and not isinstance(level.state, S.LinearState):
             error("E0601", "`init = zeros` needs a linear state (an all-zero MLP never learns)",
                   "use `init = learned`", f"{lp}.init")
+        if context == "cms" and level.init == "zeros" and not level.learns_in_context(seq_len):
+            why = ("it is stepped by the outer optimizer" if level.update == "outer" else
+                   f"its period {level.period} is longer than train.seq_len = {seq_len}")
+            error("E0601", f"`init = zeros` leaves level `{name}` nothing to learn: {why}, and zero "
+                  "weights have no parameter to step", "use `init = learned`", f"{lp}.init")
         if level.objective == "surprise" and context != "cms":
             error("E0601", "`objective = surprise` (the next-token loss) is only available to cms levels",
                   "use `l2` or `dot` for memories with keys and values", f"{lp}.objective")

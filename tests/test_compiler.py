@@ -170,12 +170,15 @@ def sublayers(draw, depth: int = 0) -> str:
             update = draw(st.sampled_from(choices))
             objective = draw(st.sampled_from(["surprise", "reconstruction"]))
             if variant != "nested" or index == 0:
-                state = draw(st.sampled_from(["mlp(expansion = 2)", "residual_mlp(expansion = 1)", "mlp(depth = 1)"]))
+                state = draw(st.sampled_from(["mlp(expansion = 2)", "residual_mlp(expansion = 1)", "mlp(depth = 1)",
+                                              "linear"]))
             extra = ""
+            if state == "linear" and update == "in_context" and period <= 6 and draw(st.booleans()):
+                extra = "init = zeros "  # within seq_len = 6 it learns in context, from zero
             if variant != "nested" or index == 0:
-                extra = f"{draw(gates('lr', False))} {draw(gates('momentum', True))}"
+                extra += f"{draw(gates('lr', False))} {draw(gates('momentum', True))}"
             else:
-                extra = "lr = 0.5"  # a slower nested level moves half way to the faster one
+                extra += "lr = 0.5"  # a slower nested level moves half way to the faster one
             levels.append(f"level l{index} {{ state = {state} objective = {objective} period = {period} "
                           f"update = {update} {extra} }}")
             period *= draw(st.integers(1, 2))
@@ -364,5 +367,21 @@ def test_a_retention_of_zero_forgets_instead_of_giving_nan(level: str) -> None:
     text = ("model {\n  dim = 16\n  block {\n    memory {\n      heads = 2\n"
             f"      level {{ {level} }}\n    }}\n  }}\n}}\n")
     result = check_text(text, "forget.nl")
+    assert not [d for d in result.diagnostics if d.severity == "error"]
+    assert_matches_interpreter(result.spec, length=11)
+
+
+@pytest.mark.parametrize("cms", [
+    # spec names are case-sensitive; the generated constants are upper-case and must still differ
+    "variant = sequential; level a { period = 2 } level A { period = 4; objective = reconstruction }",
+    "variant = nested; level a { period = 2 } level A { period = 4; lr = 0.5 }",
+    # a linear level that starts each sequence from zero (no θ_0 parameter)
+    "variant = independent; level a { state = linear; init = zeros; period = 2 } level b { period = 4 }",
+    "variant = nested; level a { state = linear; period = 2 } "
+    "level b { state = linear; init = zeros; period = 4; lr = 0.5 }",
+])
+def test_cms_levels_run_with_their_own_config_and_initial_state(cms: str) -> None:
+    text = f"model {{\n  vocab = 13\n  dim = 16\n  block {{\n    cms {{ {cms} }}\n  }}\n}}\ntrain {{ seq_len = 16 }}\n"
+    result = check_text(text, "levels.nl")
     assert not [d for d in result.diagnostics if d.severity == "error"]
     assert_matches_interpreter(result.spec, length=11)

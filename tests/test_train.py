@@ -141,7 +141,8 @@ def test_a_clock_level_takes_only_its_own_weights_not_those_of_a_level_named_aft
     clocks = {"cms.slow_": 8, "cms.slow_fast_": 16}
     assert clock_prefix("blocks.0.cms.slow_w1", clocks) == "cms.slow_"
     assert clock_prefix("blocks.0.cms.slow_fast_w2", clocks) == "cms.slow_fast_"
-    assert clock_prefix("blocks.1.par.left.cms.slow_w1", clocks) == "cms.slow_"  # inside a parallel branch
+    assert clock_prefix("blocks.1.par.cms.slow_w1", {"par.cms.slow_": 4}) == "par.cms.slow_"  # in a parallel
+    assert clock_prefix("blocks.1.par.cms.slow_w1", clocks) is None  # not the top-level `cms` clock
     assert clock_prefix("blocks.0.cms.slow_fast_w2", {"cms.slow_": 8}) is None
     assert clock_prefix("blocks.0.cms.fast_w1", clocks) is None
     assert clock_prefix("blocks.0.xcms.slow_w1", clocks) is None
@@ -636,3 +637,52 @@ def test_a_folder_that_cannot_be_locked_trains_with_a_warning(tmp_path, text_fil
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1")) == 0
     assert "warning: cannot lock" in capsys.readouterr().err
     assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_cms_layers_of_one_name_in_different_branches_keep_their_own_clocks():
+    from nldsl.runtime.evaluate import clock_prefix, find_level
+
+    text = ("model {\n  vocab = 13\n  dim = 8\n  block {\n"
+            "    parallel p { combine = sum\n      cms c { level slow { update = outer; period = steps(2) } }\n"
+            "      mlp m { } }\n"
+            "    cms c { level slow { update = outer; period = steps(5) } }\n  }\n}\n")
+    result = check_text(text, "clocks.nl")
+    assert not [d for d in result.diagnostics if d.severity == "error"]
+    module = loader.build_module(result.spec)
+    assert module.CLOCK_STEPS == {"p.c.slow_": 2, "c.slow_": 5}
+    clocked = {n: clock_prefix(n, module.CLOCK_STEPS) for n, _ in module.build().named_parameters()}
+    assert clocked["blocks.0.p.c.slow_w1"] == "p.c.slow_"
+    assert clocked["blocks.0.c.slow_w1"] == "c.slow_"
+    assert find_level(result.spec, "p.c.slow_").period.count == 2
+    assert find_level(result.spec, "c.slow_").period.count == 5
+    assert find_level(result.spec, "p.slow_") is None
+
+
+def test_a_new_run_refuses_a_folder_of_the_users_own_files(tmp_path, text_file, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "spec.nl").write_text("# my unsaved edits\n")
+    (folder / "resolved.json").write_text('{"notes": "mine"}')
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--data", str(text_file),
+                   "--run-dir", str(folder), "--no-compile", "--no-progress"])
+    assert status == 1 and "not an nldsl run" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["resolved.json", "spec.nl"]
+    assert (folder / "spec.nl").read_text() == "# my unsaved edits\n"
+
+
+def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_path, text_file, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # an earlier run that stopped before its first checkpoint, with a tokenizer of another vocabulary
+    D.write_json(run_dir / "resolved.json", {"spec_sha256": "0" * 64, "values": {}})
+    D.BPETokenizer.train("an unrelated text " * 50, 300).save(run_dir / "tokenizer.json")
+    bpe = ["--set", "train.tokenizer=bpe(vocab=400)", "--set", "model.vocab=400"]
+    args = ["train", str(REPO / "specs/transformer.nl"), *TINY, *bpe, "--data", str(text_file),
+            "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
+    assert main(args) == 0
+    vocabulary = json.loads((run_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(vocabulary) == 400  # not the 300 of the tokenizer left behind
+    (run_dir / "tokenizer.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume", "--set", "train.steps=8"]) == 1
+    assert "tokenizer.json is missing" in capsys.readouterr().err

@@ -205,36 +205,33 @@ class SlowLevel:
 
 
 def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
-    """The cms level a CLOCK_STEPS prefix ("cms.slow_") names, wherever its layer sits in the block."""
-    layer_name, _, level_name = prefix.removesuffix("_").partition(".")
-
-    def search(layers: tuple[Any, ...]) -> S.LevelSpec | None:
-        for layer in layers:
-            if isinstance(layer, S.CMSSpec) and layer.name == layer_name:
-                for level in layer.levels:
-                    if level.name == level_name:
-                        return level
-            if isinstance(layer, S.ParallelSpec):
-                found = search(layer.branches)
-                if found is not None:
-                    return found
-        return None
-
+    """The cms level a CLOCK_STEPS prefix names: "cms.slow_", or "p.cms.slow_" inside a `parallel` p."""
+    *path, level_name = prefix.removesuffix("_").split(".")
     assert spec.model is not None
-    return search(spec.model.block.sublayers)
+    layers: tuple[Any, ...] = spec.model.block.sublayers
+    for index, name in enumerate(path):
+        layer = next((candidate for candidate in layers if candidate.name == name), None)
+        if isinstance(layer, S.ParallelSpec) and index < len(path) - 1:
+            layers = layer.branches
+        elif isinstance(layer, S.CMSSpec) and index == len(path) - 1:
+            return next((level for level in layer.levels if level.name == level_name), None)
+        else:
+            return None
+    return None
 
 
 def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
     """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any.
 
-    A clocked level's parameters are its state weights, `<prefix>w<i>`, matched whole: a prefix
-    test alone would put a level `slow_fast` on the clock of a level `slow` (`cms.slow_`)."""
+    A clocked level's parameters are its state weights, `<prefix>w<i>`, matched whole from the
+    block down: a prefix test alone would put a level `slow_fast` on the clock of a level `slow`
+    (`cms.slow_`), and a suffix test a cms `c` inside a `parallel` on the clock of a top-level `c`."""
     parts = name.split(".", 2)
     if len(parts) < 3 or parts[0] != "blocks":
         return None
     inner = parts[2]
     for prefix in clock_steps:
-        if re.fullmatch(rf"(?:.+\.)?{re.escape(prefix)}w\d+", inner):
+        if re.fullmatch(rf"{re.escape(prefix)}w\d+", inner):
             return prefix
     return None
 

@@ -325,6 +325,23 @@ def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> tup
 LOCK_FILE = ".lock"
 
 
+def _may_hold_a_new_run(run_dir: Path) -> bool:
+    """Whether a new run may write into `run_dir`: it does not exist yet, is empty (or holds only a
+    lock left by a start that failed), or holds an earlier run of nldsl (its resolved.json says so;
+    one with checkpoints is refused later unless resumed). Any other folder is the user's own."""
+    if not run_dir.exists():
+        return True
+    if not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+    if {entry.name for entry in run_dir.iterdir()} <= {LOCK_FILE}:
+        return True
+    try:
+        record = json.loads((run_dir / "resolved.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "spec_sha256" in record and "values" in record
+
+
 def _lock_run_dir(run_dir: Path) -> Any:
     """An exclusive lock on the run folder for this process's lifetime (released when the returned
     file is closed, or by the OS when the process dies): two runs writing one folder would
@@ -362,6 +379,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                         "use one of them")
     if options.resume and not run_dir.is_dir():
         raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
+    if not options.resume and not created and not _may_hold_a_new_run(run_dir):
+        raise UserError(f"{run_dir} holds files that are not an nldsl run: a run writes spec.nl, resolved.json, "
+                        "metrics.jsonl … there and would overwrite them; choose a new or empty --run-dir")
     lock = None
     if context.is_main:
         if not created:
@@ -400,7 +420,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                         found.record.get("initialized_from") if found is not None else None)
 
     split = _split_to_train_on(options, context, run_dir, found)
-    tokenizer = _tokenizer(plan, split, context, run_dir, initial)
+    tokenizer = _tokenizer(plan, split, context, run_dir, initial, resumed=found is not None)
     train_text = D.tokenize(tokenizer, split.train)
     validation = D.tokenize(tokenizer, split.validation)
     D.require_windows(train_text, plan.seq_len, "training")
@@ -667,12 +687,17 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
     return split
 
 
-def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, initial: C.Checkpoint | None) -> Any:
+def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, initial: C.Checkpoint | None,
+               resumed: bool) -> Any:
     """The run's tokenizer. A BPE one is trained once, on the train split, and kept in the run
-    folder; a run started --init-from another takes that run's, since its weights read those ids."""
+    folder, where a resumed run reads it back; a new run makes its own even when an earlier run
+    left one there (other data or vocabulary), and a run started --init-from another takes that
+    run's, since its weights read those ids."""
     distributed.barrier(context)  # rank 0 made the folder
     tokenizer_file = run_dir / "tokenizer.json"
-    if plan.tokenizer.kind == "bpe" and context.is_main and not tokenizer_file.exists():
+    if plan.tokenizer.kind == "bpe" and resumed and not tokenizer_file.exists():
+        raise UserError(f"cannot resume: {tokenizer_file} is missing, and its checkpoints read that tokenizer's ids")
+    if plan.tokenizer.kind == "bpe" and context.is_main and not resumed:
         if initial is not None:
             tokenizer_file.write_bytes((initial.path / "tokenizer.json").read_bytes())
         else:
