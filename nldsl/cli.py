@@ -19,6 +19,7 @@ from . import __version__
 from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
 from .files import write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
+from .runtime.arguments import path_text
 
 
 class UserError(Exception):
@@ -191,19 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a constant or an attribute path, e.g. dim=256 or train.steps=50")
 
     p = sub.add_parser("check", help="check specs and report every problem")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", type=path_text)
     p.add_argument("--format", choices=("text", "json"), default="text")
     overrides(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("fmt", help="rewrite specs in the canonical layout (comments kept)")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", type=path_text)
     p.add_argument("--check", action="store_true", help="only report files that would change (exit 1)")
     p.set_defaults(func=cmd_fmt)
 
     p = sub.add_parser("graph", help="draw the level hierarchy (svg, png, pdf, dot) or export JSON")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("-o", "--output", metavar="OUT", help="out.svg|png|pdf|dot|json (default: DOT on stdout)")
+    p.add_argument("file", metavar="FILE", type=path_text)
+    p.add_argument("-o", "--output", metavar="OUT", type=path_text,
+                   help="out.svg|png|pdf|dot|json (default: DOT on stdout)")
     p.add_argument("--format", choices=("dot", "json"), default=None,
                    help="what goes to stdout without -o (default dot); with -o the file's suffix decides")
     overrides(p)
@@ -214,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compile", help="compile a spec to a readable PyTorch module")
-    p.add_argument("file", metavar="FILE")
-    p.add_argument("-o", "--output", metavar="OUT.py")
+    p.add_argument("file", metavar="FILE", type=path_text)
+    p.add_argument("-o", "--output", metavar="OUT.py", type=path_text)
     overrides(p)
     p.set_defaults(func=cmd_compile)
 

@@ -32,8 +32,14 @@ def fsync_folder(path: Path) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` by `data` in one step; an existing file keeps its permissions, and a symbolic
-    link keeps pointing where it did (the file it names is the one replaced)."""
+    link keeps pointing where it did (the file it names is the one replaced). A device or a named
+    pipe is written to as it is: replacing it by a file would break what it was."""
     path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a device or a pipe (`-o /dev/stdout`, a FIFO) is written through, never renamed over
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write_file(temporary, data)

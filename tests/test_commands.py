@@ -139,6 +139,40 @@ def test_a_stream_in_two_parts_with_saved_state_equals_one_stream(run_dir, tmp_p
         assert torch.equal(value, second.state.slow_weights[name]), name
 
 
+def test_a_stream_stopped_by_ctrl_c_keeps_whole_segments_and_continues_exactly(run_dir):
+    import os
+    import signal
+
+    text = "".join(f"x{i} = {i * i % 97}\n" for i in range(60))
+    whole_model = E.load_model(run_dir, CPU)
+    whole = E.stream(whole_model, whole_model.tokenizer.encode(text), 16)
+    loaded = E.load_model(run_dir, CPU)
+    forward, calls = loaded.model.forward, []
+
+    def interrupted_in_the_third_segment(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # held until the segment is whole
+        return forward(*args, **kwargs)
+
+    loaded.model.forward = interrupted_in_the_third_segment
+    stopped = E.stream(loaded, loaded.tokenizer.encode(text), 16, keep_pending=True)
+    assert stopped.stopped is not None and stopped.stopped.startswith("interrupted")
+    assert len(stopped.segments) == 3 and stopped.state.position == 48
+    rest_model = E.load_model(run_dir, CPU)
+    rest = E.stream(rest_model, torch.zeros(0, dtype=torch.long), 16, stopped.state)  # the text not yet streamed
+    assert [s.nats for s in stopped.segments + rest.segments] == [s.nats for s in whole.segments]
+    assert all(torch.equal(a, b) for a, b in zip(flat(whole.state.memory), flat(rest.state.memory), strict=True))
+
+
+def test_a_stream_whose_loss_is_not_finite_stops_before_applying_it(run_dir, capsys):
+    loaded = E.load_model(run_dir, CPU)
+    with torch.no_grad():
+        loaded.model.embed.fill_(float("nan"))
+    result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16)
+    assert result.segments == [] and result.state.position == 0 and "the loss is nan" in result.stopped
+
+
 def test_slow_levels_take_an_sgd_step_with_their_lr_each_period(run_dir):
     loaded = E.load_model(run_dir, CPU)
     levels = {level.prefix: level for level in E.slow_levels(loaded, 16)}

@@ -51,6 +51,10 @@ def test_folders_are_searched_for_text_files_sorted_and_hidden_ones_skipped(tmp_
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "d.txt").write_text("hidden\n")
     (tmp_path / "empty.rst").write_text("")
+    run = tmp_path / "runs" / "model-20260101-000000"  # a run beside the data: its logs are not text to learn
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "resolved.json").write_text("{}")
+    (run / "spec.nl").write_text("model { }\n")
     documents = D.user_corpus([str(tmp_path)])
     assert [Path(d.id).relative_to(tmp_path).as_posix() for d in documents] == ["a.txt", "b.md", "sub/c.py"]
 
@@ -97,6 +101,14 @@ def test_one_document_is_split_by_position_at_a_line_boundary():
     assert split.text("train") + split.text("validation") == text + D.SEPARATOR
     assert split.text("train").endswith("\n") and split.text("validation").startswith("line ")
     assert 0 < len(split.text("validation")) < 0.1 * len(text)
+
+
+def test_a_cut_by_position_does_not_move_back_over_one_long_line():
+    text = "".join(f"line {i}\n" for i in range(100)) + "[" + "1, " * 5000 + "]\n"  # a one-line JSON file
+    split = D.split_documents([D.Document("only", text)], {"kind": "test"})
+    assert split.text("train") + split.text("validation") == text + D.SEPARATOR
+    share = len(split.text("validation")) / len(text + D.SEPARATOR)
+    assert D.VALIDATION_FRACTION <= share <= 1.1 * D.VALIDATION_FRACTION
 
 
 def test_batches_are_a_function_of_seed_and_step_and_ranks_share_the_global_batch():

@@ -20,6 +20,7 @@ from nldsl.checker import check_text
 from nldsl.cli import main
 from nldsl.runtime import data as D
 from nldsl.runtime import train as T
+from nldsl.runtime.interrupt import deferred_interrupt
 from nldsl.spec import BuiltinOptimizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,7 +254,7 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
 def test_ctrl_c_inside_an_update_waits_for_the_update_to_finish():
     done, before = [], signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        with T._deferred_interrupt():
+        with deferred_interrupt():
             os.kill(os.getpid(), signal.SIGINT)  # delivered here, held until the block ends
             done.append("the rest of the update")
     assert done == ["the rest of the update"]
@@ -609,8 +610,9 @@ def test_a_failed_start_leaves_no_run_folder_and_an_empty_run_dir_is_refused(tmp
     existing.mkdir()
     assert main(_tiny_run(tmp_path, short, run_dir=existing)) == 1
     assert existing.is_dir()  # a folder the user made is left alone
-    assert main(_tiny_run(tmp_path, text_file, run_dir="")) == 1
-    assert "--run-dir is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # not the current folder: argparse refuses it
+        main(_tiny_run(tmp_path, text_file, run_dir=""))
+    assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err
 
 
 def test_a_second_run_into_a_run_folder_in_use_is_refused(tmp_path, text_file, capsys):

@@ -23,6 +23,14 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def path_text(text: str) -> str:
+    """An argparse type: a file or folder name that is not empty (`Path("")` is the current folder,
+    so an unset shell variable would otherwise read, or write, the wrong place)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file or folder")
+    return text
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0 (a learning rate)."""
     try:
@@ -46,16 +54,17 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("train", help="train a spec (default: the embedded corpus, no download)")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", type=path_text)
     overrides(p)
-    p.add_argument("--data", nargs="+", metavar="PATH",
+    p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
                    help="text files, or folders searched recursively for *.txt, *.md, *.py, *.rst … "
                         "(default: the Python standard library's sources and pydoc topics, no download)")
-    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and logs go (default: runs/<spec>-<date>)")
+    p.add_argument("--run-dir", metavar="DIR", type=path_text,
+                   help="where checkpoints and logs go (default: runs/<spec>-<date>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir (default: the newest runs/<spec>-*) exactly; "
                         "with --set train.steps=N, train it longer")
-    p.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT",
+    p.add_argument("--init-from", metavar="RUN_DIR|CHECKPOINT", type=path_text,
                    help="start a new run from the weights of a run or checkpoint (a fresh optimizer, step 0), "
                         "e.g. to train a trained model on new --data")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
@@ -70,15 +79,16 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=handler, runtime_command="train")
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run or checkpoint")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="evaluate on these files instead of the validation split")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
+    p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
+                   help="evaluate on these files instead of the validation split")
     p.add_argument("--batches", type=int, default=None, help="number of batches (default: train.eval_batches)")
     encoding(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="eval")
 
     p = sub.add_parser("generate", help="sample text from a trained model")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
     p.add_argument("--prompt", default="def ", help="text to continue")
     p.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -88,13 +98,14 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=handler, runtime_command="generate")
 
     p = sub.add_parser("stream", help="feed a long text through a model that keeps learning (continuum clock)")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="text to stream (default: the validation split)")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
+    p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
+                   help="text to stream (default: the validation split)")
     p.add_argument("--segment", type=int, default=None, help="tokens per forward pass (default: train.seq_len)")
     p.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of the text "
                         "(tokens a --state-in left waiting come on top)")
-    p.add_argument("--state-in", metavar="FILE", help="continue from a saved memory state")
-    p.add_argument("--state-out", metavar="FILE",
+    p.add_argument("--state-in", metavar="FILE", type=path_text, help="continue from a saved memory state")
+    p.add_argument("--state-out", metavar="FILE", type=path_text,
                    help="save the memory state at the end (an unfinished last segment waits in it for the next text)")
     p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
     encoding(p)

@@ -138,8 +138,12 @@ def stream_command(args: argparse.Namespace) -> int:
     if args.state_out:
         save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
         pending = result.state.pending.shape[0]
-        print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending} token(s) wait for "
-              "the next text)")
+        print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending:,} token(s) wait "
+              "for the next text)")
+    if result.stopped is not None:
+        kept = f"; the state up to there is saved in {args.state_out}" if args.state_out else ""
+        print(f"error: {result.stopped}{kept}", file=sys.stderr)
+        return 130 if result.stopped.startswith("interrupted") else 1
     return 0
 
 

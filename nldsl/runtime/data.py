@@ -5,13 +5,15 @@
   `site-packages`, test folders and `pydoc_data`) and the pydoc topics (`pydoc_data.topics`), one
   document each. It depends on the Python version; split.json records what it was.
 - `--data PATH...`: a file is read whatever its name; a folder is searched recursively for files
-  whose suffix is in `TEXT_SUFFIXES`, skipping hidden files and folders; everything is sorted by
-  path. Files must be UTF-8 (or the `--data-encoding` given): an undecodable file is an error that
-  names the file and the byte offset, never silently replaced characters. A given file that is
-  empty is an error; empty files found inside a folder are skipped.
+  whose suffix is in `TEXT_SUFFIXES`, skipping hidden files and folders and the folders of runs
+  (`is_run_folder`); everything is sorted by path. Files must be UTF-8 (or the `--data-encoding`
+  given): an undecodable file is an error that names the file and the byte offset, never silently
+  replaced characters. A given file that is empty is an error; empty files found inside a folder
+  are skipped.
 - The split is by document: a document goes to validation when a stable hash of its id falls below
   `VALIDATION_FRACTION`. When that leaves a side empty (one file, say) the concatenated text is cut
-  by position instead, the last `VALIDATION_FRACTION` of it going to validation. Each side is its
+  by position instead, the last `VALIDATION_FRACTION` of it going to validation (from the start of
+  a line when one lies within a tenth of the cut, so one long line cannot move it far). Each side is its
   documents, each followed by `SEPARATOR`; `Split.record` (written as split.json) lists the
   documents, sizes and the sha256 of both concatenations.
 - Tokenizers: bytes (vocabulary 256, the default) or a byte-level BPE trained locally on the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pydoc_data.topics
 import sys
 import sysconfig
@@ -95,6 +98,28 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
                         f"{error.start} cannot be decoded ({hint})") from None
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder `nldsl train` wrote (its spec, metrics and checkpoints are not training text)."""
+    return (folder / "resolved.json").is_file() and (
+        (folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir())
+
+
+def _text_files(root: Path) -> list[Path]:
+    """The files of a data folder with a text suffix, below it at any depth, except hidden ones
+    and those in hidden folders or in run folders (`--data .` beside a `runs/`)."""
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        here = Path(folder)
+        if is_run_folder(here):
+            subfolders.clear()
+            continue
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files.extend(here / name for name in names
+                     if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES
+                     and (here / name).is_file())
+    return files
+
+
 def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
     """Documents from the user's files and folders (the rule is in the module docstring)."""
     documents: list[Document] = []
@@ -103,10 +128,7 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
         if not path.exists():
             raise UserError(f"data path {given} does not exist")
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-                and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(_text_files(path))
             texts = [(p, decode_file(p, encoding)) for p in found]
             texts = [(p, text) for p, text in texts if text.strip()]
             if not texts:
@@ -166,7 +188,8 @@ def split_documents(documents: list[Document], source: dict[str, Any],
         cut = _line_boundary(whole, math.floor(len(whole) * (1 - fraction)))
         train_pieces, validation_pieces = [whole[:cut]], [whole[cut:]]
         train_ids = validation_ids = [d.id for d in documents]
-        rule = f"by position: the last {fraction} of the concatenated text, cut at a line boundary, is validation"
+        rule = (f"by position: the last {fraction} of the concatenated text, cut at a line boundary within a "
+                "tenth of it, is validation")
     record = {
         "rule": rule,
         "by": by,
@@ -200,7 +223,10 @@ def _side_record(ids: list[str], pieces: list[str]) -> dict[str, Any]:
 
 
 def _line_boundary(text: str, index: int) -> int:
-    newline = text.rfind("\n", 0, index)
+    """`index` moved back to the start of its line, unless that line is so long that validation
+    would grow by more than a tenth (one long JSON line must not move most of the text over)."""
+    slack = (len(text) - index) // 10
+    newline = text.rfind("\n", max(0, index - slack - 1), index)
     return newline + 1 if newline > 0 else index
 
 

@@ -44,6 +44,7 @@ from nldsl.cli import UserError
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
+from nldsl.runtime.interrupt import deferred_interrupt
 from nldsl.runtime.memory import MemoryState
 
 STATE_FORMAT = "nldsl-stream-state/1"
@@ -276,6 +277,7 @@ class StreamResult:
     segments: list[Segment]
     state: StreamState
     updates: dict[str, int]  # slow level → SGD steps taken
+    stopped: str | None = None  # why the stream ended before the text did (Ctrl-C, a non-finite loss)
 
 
 def detach_state(value: Any) -> Any:
@@ -315,6 +317,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     updates = {level.prefix: 0 for level in levels}
     bar = tqdm(total=max(buffer.shape[0] - 1, 0), unit="tok", unit_scale=True, disable=not progress, leave=False)
     total_nats, total_bytes = 0.0, 0
+    stopped = None
     while True:
         available = buffer.shape[0] - fed - 1  # inputs whose next token is known
         n = segment if available >= segment else (available if available >= 1 and not keep_pending else 0)
@@ -322,39 +325,51 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
             break
         inputs = buffer[fed:fed + n].unsqueeze(0)  # (1, n)
         targets = buffer[fed + 1:fed + n + 1].unsqueeze(0)
-        with torch.set_grad_enabled(bool(levels)):
-            logits, new_memory = model(inputs, targets, state=memory, return_state=True)
-            loss = F.cross_entropy(logits[0].float(), targets[0], reduction="sum")
-        if levels:
-            (loss / n).backward()
-            for level in levels:
-                for name, p in level.parameters:
-                    if p.grad is not None:
-                        sums[name] += p.grad
-                    p.grad = None
-        memory = detach_state(new_memory)
-        segment_bytes = int(token_bytes[targets].sum())
-        nats = float(loss.detach())
-        segments.append(Segment(position, n, nats, segment_bytes))
-        before, position, fed = position, position + n, fed + n
-        for level in levels:
-            if position // level.period > before // level.period:
-                with torch.no_grad():
-                    for name, p in level.parameters:
-                        p.sub_(level.lr * sums[name])
-                        sums[name].zero_()
-                updates[level.prefix] += 1
+        try:
+            with deferred_interrupt():  # a segment is applied whole, so the state saved after Ctrl-C is sound
+                with torch.set_grad_enabled(bool(levels)):
+                    logits, new_memory = model(inputs, targets, state=memory, return_state=True)
+                    loss = F.cross_entropy(logits[0].float(), targets[0], reduction="sum")
+                nats = float(loss.detach())
+                if not math.isfinite(nats):
+                    stopped = (f"the loss is {nats} on the segment at token {position:,}: it was not applied, and "
+                               "the stream stopped there")
+                    break
+                if levels:
+                    (loss / n).backward()
+                    for level in levels:
+                        for name, p in level.parameters:
+                            if p.grad is not None:
+                                sums[name] += p.grad
+                            p.grad = None
+                memory = detach_state(new_memory)
+                segment_bytes = int(token_bytes[targets].sum())
+                segments.append(Segment(position, n, nats, segment_bytes))
+                before, position, fed = position, position + n, fed + n
+                for level in levels:
+                    if position // level.period > before // level.period:
+                        with torch.no_grad():
+                            for name, p in level.parameters:
+                                p.sub_(level.lr * sums[name])
+                                sums[name].zero_()
+                        updates[level.prefix] += 1
+        except KeyboardInterrupt:
+            stopped = f"interrupted (Ctrl-C) after {position - state.position:,} tokens"
+            break
         total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
         bar.update(n)
         bar.set_postfix(loss=f"{nats / n:.3f}", bpb=f"{total_nats / math.log(2) / max(total_bytes, 1):.3f}")
     bar.close()
+    for level in levels:
+        for _, p in level.parameters:
+            p.grad = None
     model.requires_grad_(False)
     final = StreamState(
         position=position, memory=memory,
         pending=buffer[fed:].cpu() if keep_pending else torch.zeros(0, dtype=torch.int64),
         sums={name: s.cpu() for name, s in sums.items()},
         slow_weights={name: p.detach().cpu().clone() for level in every_level for name, p in level.parameters})
-    return StreamResult(segments, final, updates)
+    return StreamResult(segments, final, updates, stopped)
 
 
 def stream_parts(segments: list[Segment], parts: int = 4) -> list[tuple[int, int, Evaluation]]:

@@ -33,7 +33,6 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import itertools
@@ -41,11 +40,8 @@ import json
 import math
 import re
 import shutil
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +59,7 @@ from nldsl.runtime import distributed
 from nldsl.runtime.chunked import compile_loss
 from nldsl.runtime.distributed import Distributed
 from nldsl.runtime.evaluate import Evaluation, clock_prefix, evaluate, evaluation_from_sums, generate
+from nldsl.runtime.interrupt import deferred_interrupt
 
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
@@ -585,7 +582,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
                               "stopped before the optimizer step, nothing from this step was written")
             # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
-            with _deferred_interrupt():
+            with deferred_interrupt():
                 clock.tick(step)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -859,27 +856,11 @@ def _describe_source(record: dict[str, Any]) -> str:
     return f"{len(record['train']['documents'])} file(s) from --data"
 
 
-@contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has finished."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread handles signals
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, _frame: received.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[int],
                        last_checkpoint: list[Path | None], save: Any) -> None:
     """After Ctrl-C: checkpoint the steps done since the last checkpoint, then say where the run stands.
 
-    Steps are whole (`_deferred_interrupt`), so the state is that of `completed` steps. Processes
+    Steps are whole (`deferred_interrupt`), so the state is that of `completed` steps. Processes
     of a distributed run are not all at the same step when the signal arrives; they keep the last
     regular checkpoint."""
     if completed > saved_step[0] and not context.active:
