@@ -1284,18 +1284,24 @@ class Converter:
         return None if value is _INVALID else value
 
     def unused_projection_gates(self, tree: Tree, memory: S.LevelSpec, projections: S.LevelSpec) -> None:
-        """Warn about `lr` and `retention` written on a selfmod's `level projections` that differ from
-        the memory level's: the projection memories learn with the memory level's η and α (Eq. 88;
-        compiler/codegen.py `selfmod_class`, interpreter.py), so these are never read. Inherited
-        ones are not the user's to remove, and a copy of the memory level's value misleads no one."""
-        for gate in ("lr", "retention"):
+        """Warn about gates written on a selfmod's `level projections` that differ from the memory
+        level's: the projection memories learn with the memory level's η, α and β (Eq. 88;
+        compiler/codegen.py `selfmod_class`, interpreter.py), so their values are never read (a
+        `momentum` there only switches the projections' momentum buffer on). Inherited ones are not
+        the user's to remove, and a copy of the memory level's value misleads no one."""
+        for gate in ("lr", "retention", "momentum"):
             attr = tree.attrs.get(gate)
             if attr is None or not (attr.origin.startswith("--set") or _inside(attr.span, tree.span)) \
-                    or getattr(projections, gate) == getattr(memory, gate):
+                    or getattr(projections, gate) == getattr(memory, gate) \
+                    or (gate == "momentum" and memory.momentum is None):  # E0601 says what to do there
                 continue
-            self.bag.warning("W0706", f"`{gate}` has no effect on level `projections`: the projection memories "
-                             f"learn with the `{gate}` of `level memory` (Eq. 88)",
-                             attr.span, f"remove it, or set `{gate}` on `level memory`")
+            what = (f"`{gate}` has no effect on level `projections`" if gate != "momentum" else
+                    "the value of `momentum` has no effect on level `projections` (writing it gives them a "
+                    "momentum buffer)")
+            self.bag.warning("W0706", f"{what}: the projection memories learn with the `{gate}` of "
+                             "`level memory` (Eq. 88)", attr.span,
+                             "write the same value as on `level memory`, or set it there" if gate == "momentum"
+                             else f"remove it, or set `{gate}` on `level memory`")
 
     def built(self, path: str, layer: Any) -> Any:
         """Remember a layer that converted cleanly, for the semantic checks that follow."""

@@ -688,3 +688,22 @@ def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_
     capsys.readouterr()
     assert main([*args, "--resume", "--set", "train.steps=8"]) == 1
     assert "tokenizer.json is missing" in capsys.readouterr().err
+
+
+def test_weight_decay_takes_matrices_and_gate_projections_never_vectors():
+    """docs/language.md: the rule is the shape: θ_0, weights and learned gates' projections decay;
+    norms, biases, per-head gate logits and an independent cms's mix do not."""
+    text = ("model {\n  vocab = 13\n  dim = 8\n  block {\n"
+            "    memory { heads = 2; level { lr = learned(); retention = per_head(init = 0.99) } }\n"
+            "    cms { variant = independent; level a { period = 2 } level b { period = 4 } }\n  }\n}\n"
+            "train { optimizer = adamw(lr = 0.01, weight_decay = 0.1) }\n")
+    result = check_text(text, "decay.nl")
+    model = loader.build_module(result.spec).build()
+    optimizer = build_optimizer(model.named_parameters(), result.spec.train.optimizer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [(group["weight_decay"], {names[id(p)].rsplit(".", 1)[-1] for p in group["params"]})
+              for group in optimizer.param_groups]
+    decayed = set().union(*(group for decay, group in groups if decay))
+    kept = set().union(*(group for decay, group in groups if not decay))
+    assert {"lr_proj", "memory_w1", "a_w1", "conv_q", "embed"} <= decayed
+    assert {"lr_bias", "retention_logit", "norm", "mix"} <= kept and not decayed & kept
