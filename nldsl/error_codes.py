@@ -1117,10 +1117,12 @@ _ENTRIES = (
         generated` with an objective that has no value targets (`surprise`, `reconstruction`);
         `dgd_layers` with `rule = gd`, or on a state with a single weight matrix;
         `retention_order = before_write` without a `retention` to decay with; `rope_base` with
-        `rope = false`; `lr` or `retention` on a selfmod's `level projections`, whose memories
-        learn with the gates of `level memory` (Eq. 88); a slower level of a nested `cms` that never
-        moves in context (its period is longer than `train.seq_len`, or the fastest level does not
-        learn in context), since the faster levels restart only from a level that moves. The
+        `rope = false`; `lr`, `retention` or a `momentum` value on a selfmod's `level projections`,
+        whose memories learn with the gates of `level memory` (Eq. 88); the objective, rule and
+        other update settings of a slower level of a nested `cms`, where only the fastest level runs
+        and learns; a slower nested level that never moves in context (its period is longer than
+        `train.seq_len`, or the fastest level does not learn in context), since the faster levels
+        restart only from a level that moves. The
         warning names the setting and what makes it inert. Remove the setting, or change the one
         that makes it inert.
         """,

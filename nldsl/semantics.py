@@ -57,6 +57,12 @@ def _unused_level_settings(level: S.LevelSpec) -> Iterator[tuple[str, str]]:
         yield "retention_order", "without `retention` there is no decay to apply before the write"
 
 
+# What a slower level of a nested cms never reads: the fastest level's values of these apply.
+# (`retention` and `momentum` there are errors, E0601.)
+_FASTEST_LEVEL_SETTINGS = ("objective", "values", "rule", "dgd_layers", "orthogonalize", "grad_through_writes",
+                           "retention_order")
+
+
 def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     """The in-context levels a layer owns, by their name inside the layer."""
     if isinstance(layer, S.MemorySpec):
@@ -249,6 +255,16 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                             f"remove `{setting}`", f"{lp}.{setting}")
         if isinstance(layer, S.CMSSpec) and layer.variant == "nested":
             fastest = layer.levels[0]
+            for level in layer.levels[1:]:
+                # a slower level keeps only a state that moves toward the faster one's (runtime/blocks.py
+                # `nested_cms`): the fastest level's objective, rule and gates do all the learning
+                for setting in _FASTEST_LEVEL_SETTINGS:
+                    written = f"{path}.{level.name}.{setting}" in spans
+                    if written and getattr(level, setting) != getattr(fastest, setting):
+                        warning("W0706", f"`{setting}` has no effect on nested level `{level.name}`: only the "
+                                f"fastest level `{fastest.name}` runs and learns; a slower one moves toward it with "
+                                "its `lr` each period", f"remove `{setting}`, or set it on `{fastest.name}`",
+                                f"{path}.{level.name}.{setting}")
             for level in layer.levels[1:]:
                 if not fastest.learns_in_context(seq_len):
                     why = (f"the fastest level `{fastest.name}` does not learn in context (an outer level, or a "
