@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
-from .files import write_atomic
+from .files import text_bytes, write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 from .runtime.arguments import path_text
 
@@ -29,7 +29,7 @@ class UserError(Exception):
 def write_output(path: str, text: str) -> None:
     """Write a command's `-o` file; a path that cannot be written is the user's to fix."""
     try:
-        write_atomic(Path(path), text.encode("utf-8"))
+        write_atomic(Path(path), text_bytes(text))
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
 
@@ -261,7 +261,19 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit:
         raise
     except Exception as error:
+        if _out_of_memory(error) and not os.environ.get("NLDSL_DEBUG"):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"error: out of memory ({first[:200]}): use a smaller batch, sequence length or model",
+                  file=sys.stderr)
+            return 1
         return _internal_error(error)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """The machine's limit, not a bug: Python's MemoryError, torch's CUDA `OutOfMemoryError`, or
+    the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it)."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 # errnos of the machine rather than of nldsl: no space, no permission, a read-only file system, quota

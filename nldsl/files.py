@@ -14,6 +14,13 @@ import uuid
 from pathlib import Path
 
 
+def text_bytes(text: str) -> bytes:
+    """UTF-8 for a file we write. A file name that is not UTF-8 reaches Python with surrogates
+    (PEP 383) and may be quoted in the text: it is written as its `\\udcXX` escape, which JSON reads
+    back to the same name, instead of failing the write."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def write_file(path: Path, data: bytes) -> None:
     """Write, flush and fsync one file."""
     with open(path, "wb") as handle:

@@ -217,6 +217,24 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     E.save_stream_state(path, result.state, "one spec", "c", "w")
     with pytest.raises(UserError, match="belongs to another spec"):
         E.load_stream_state(path, "another spec", "w", CPU)
+    import json
+
+    import safetensors
+    import safetensors.torch
+
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    floating = next(key for key, t in tensors.items() if t.is_floating_point() and t.numel())
+    edited = {**tensors, floating: tensors[floating] + 1}  # an edit the header does not know of
+    path.write_bytes(safetensors.torch.save(edited, metadata=metadata))
+    with pytest.raises(UserError, match="differ from the ones written"):
+        E.load_stream_state(path, "one spec", "w", CPU)
+    poisoned = {**tensors, floating: torch.full_like(tensors[floating], float("nan"))}
+    structure = json.loads(metadata["nldsl"])
+    structure["tensors_sha256"] = E.state_tensors_sha256(poisoned)  # even with a matching digest
+    path.write_bytes(safetensors.torch.save(poisoned, metadata={"nldsl": json.dumps(structure)}))
+    with pytest.raises(UserError, match="NaN or infinite"):
+        E.load_stream_state(path, "one spec", "w", CPU)
     path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt stream state"):
         E.load_stream_state(path, "one spec", "w", CPU)
@@ -331,6 +349,8 @@ def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir,
     def variant(name: str, change) -> Path:
         changed_tensors, changed = dict(tensors), json.loads(json.dumps(structure))
         change(changed_tensors, changed)
+        if "tensors_sha256" in changed:  # made by hand with its digest: the checks past the digest find it
+            changed["tensors_sha256"] = E.state_tensors_sha256(changed_tensors)
         path = tmp_path / f"{name}.safetensors"
         safetensors.torch.save_file(changed_tensors, path, metadata={"nldsl": json.dumps(changed)})
         return path

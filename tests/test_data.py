@@ -162,3 +162,20 @@ def test_a_text_shorter_than_one_window_is_a_clear_error():
     text = D.TokenText(torch.zeros(10, dtype=torch.uint8), torch.ones(256, dtype=torch.int64))
     with pytest.raises(UserError, match=r"train\.seq_len"):
         D.require_windows(text, 16, "validation")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_split_and_recorded(tmp_path):
+    import json
+    import os
+    import sys
+
+    if sys.platform == "win32" or sys.getfilesystemencoding() != "utf-8":
+        pytest.skip("file names are bytes decoded as UTF-8 with surrogates only on POSIX")
+    name = os.fsdecode(b"n\xe9me.txt")  # latin-1 bytes: a surrogate in Python's str
+    (tmp_path / name).write_text("some text\n" * 20)
+    (tmp_path / "other.txt").write_text("more text\n" * 20)
+    documents = D.user_corpus([str(tmp_path)])
+    split = D.split_documents(documents, {"kind": "files", "paths": [str(tmp_path)]})
+    D.write_json(tmp_path / "split.json", split.record)
+    recorded = json.loads((tmp_path / "split.json").read_text(encoding="utf-8"))
+    assert recorded == json.loads(json.dumps(split.record))  # the name reads back as it was

@@ -31,14 +31,28 @@ def path_text(text: str) -> str:
     return text
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (a learning rate)."""
+    """An argparse type: a number > 0 that float32 holds (a learning rate: the parameters' dtype)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 and at most {FLOAT32_MAX:.3g} (float32), got {text}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """An argparse type: a random seed torch takes, 0 ≤ seed < 2⁶³."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2^63 - 1, got {value}")
     return value
 
 
@@ -93,7 +107,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     device(p)
     p.set_defaults(func=handler, runtime_command="generate")
 

@@ -40,7 +40,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from nldsl.cli import UserError
-from nldsl.files import fsync_folder, write_atomic, write_file
+from nldsl.files import fsync_folder, text_bytes, write_atomic, write_file
 from nldsl.runtime.memory import MemoryState
 
 FORMAT = "nldsl-checkpoint/1"
@@ -159,7 +159,7 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         }
         record = {**record, "format": FORMAT, "step": step,
                   "files": {name: sha256_bytes(data) for name, data in files.items()}}
-        files[RECORD_FILE] = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        files[RECORD_FILE] = text_bytes(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         temporary.mkdir()
         for name, data in files.items():
             write_file(temporary / name, data)

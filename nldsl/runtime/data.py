@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from nldsl.cli import UserError
-from nldsl.files import write_atomic
+from nldsl.files import text_bytes, write_atomic
 
 VALIDATION_FRACTION = 0.05
 SEPARATOR = "\n\n"  # between documents in a concatenation
@@ -152,7 +152,7 @@ def read_documents(paths: list[str] | None, encoding: str = "utf-8") -> list[Doc
 
 def goes_to_validation(document_id: str, fraction: float = VALIDATION_FRACTION) -> bool:
     """A stable, platform-independent coin: the first 8 bytes of sha256(id) as a fraction of 2⁶⁴."""
-    digest = hashlib.sha256(document_id.encode("utf-8")).digest()
+    digest = hashlib.sha256(document_id.encode("utf-8", "surrogateescape")).digest()  # a file name's own bytes
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -432,7 +432,7 @@ def evaluation_starts(length: int, seq_len: int, limit: int | None) -> Tensor:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    write_atomic(path, text_bytes(json.dumps(data, indent=2, ensure_ascii=False) + "\n"))
 
 
 def read_json_lines(path: Path) -> list[tuple[int, Any]]:

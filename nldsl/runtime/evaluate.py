@@ -402,11 +402,17 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
         "sums": C.encode(state.sums, tensors, "sums"),
         "slow_weights": C.encode(state.slow_weights, tensors, "slow"),
     }
+    structure["tensors_sha256"] = state_tensors_sha256(tensors)
     data = safetensors.torch.save(tensors, metadata={"nldsl": json.dumps(structure)})
     try:
         write_atomic(path, data)
     except OSError as error:
         raise UserError(f"could not write the stream state {path}: {error.strerror or error}") from None
+
+
+def state_tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """A digest of a state's tensors (their safetensors serialization, which orders them by name)."""
+    return C.sha256_bytes(safetensors.torch.save(tensors))
 
 
 def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, device: torch.device) -> StreamState:
@@ -424,6 +430,11 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         raise UserError(f"corrupt stream state {path}: {error}") from None
     if not isinstance(structure, dict) or structure.get("format") != STATE_FORMAT:
         raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
+    digest = structure.get("tensors_sha256")
+    if digest is not None and digest != state_tensors_sha256({key: t.cpu() for key, t in tensors.items()}):
+        raise UserError(f"corrupt stream state {path}: its tensors differ from the ones written (sha256)")
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise UserError(f"corrupt stream state {path}: it holds NaN or infinite values")
     written_by = structure.get("weights_sha256")
     if isinstance(written_by, str) and weights_sha256 is not None and written_by != weights_sha256:
         raise UserError(f"the stream state {path} was written by a stream of other weights (checkpoint "

@@ -47,7 +47,7 @@ from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
-from nldsl.runtime.arguments import at_least, positive_float
+from nldsl.runtime.arguments import at_least, positive_float, random_seed
 from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
@@ -141,7 +141,13 @@ def matched_width(spec: Path, target: int, overrides: tuple[str, ...] = ()) -> t
         raise UserError(f"{spec}: no width near {target:,} parameters is valid for this spec (try another --params, "
                         f"or check it with `nldsl check {spec} --set dim=64`)")
     _, dim, count = min(counted)
+    if abs(count - target) > MATCH_TOLERANCE * target:  # past the widths searched: say so, never clamp
+        raise UserError(f"{spec}: --params {target:,} is out of reach; the nearest of the widths searched (dim 4 "
+                        f"to 516) is dim {dim}, with {count:,} parameters")
     return dim, count
+
+
+MATCH_TOLERANCE = 0.25  # how far a matched model's parameter count may be from --params
 
 
 # The training loop --------------------------------------------------------------------------------
@@ -925,7 +931,7 @@ def recall_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
     p.add_argument("--lrs", nargs="+", type=positive_float, default=list(d.lrs),
                    help="learning rates of the MQAR sweep")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=random_seed, default=d.seed)
     p.add_argument("--mqar-steps", type=at_least(1), default=d.mqar_steps)
     p.add_argument("--mqar-batch", type=at_least(1), default=d.mqar_batch)
     p.add_argument("--passkey-steps", type=at_least(1), default=d.passkey_steps)
