@@ -688,7 +688,11 @@ class Checker:
                                  "remove it, or prefix its name with `_`")
         if self.bag.has_errors or train is None:
             return None
-        digest_source = text + "".join(f"\n#--set {o}" for o in overrides)
+        # The hash names what the model is: the file, every file it imports (a resume or a stream
+        # state must not take an edited import for the same spec) and the overrides.
+        imported = sorted((path, source.text) for path, source in self.sources.items() if path != ns.path)
+        digest_source = (text + "".join(f"\n#--import\n{imported_text}" for _, imported_text in imported)
+                         + "".join(f"\n#--set {o}" for o in overrides))
         try:
             spec = S.Spec(path=ns.path, sha256=hashlib.sha256(digest_source.encode()).hexdigest(),
                           model=model, train=train, optimizers=tuple(optimizers))

@@ -366,7 +366,7 @@ class Spec(Strict):
     """A whole checked file: the model (if any), training, and the named optimizers it defines."""
 
     path: str
-    sha256: str  # of the file's text, after overrides
+    sha256: str  # of the file's text, the texts of the files it imports, and the overrides
     model: ModelSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     optimizers: tuple[OptimizerSpec, ...] = ()

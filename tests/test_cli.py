@@ -122,6 +122,14 @@ def test_override_changes_the_hash():
     assert plain.spec.sha256 != overridden.spec.sha256
 
 
+def test_an_edited_import_changes_the_hash(tmp_path):
+    (tmp_path / "lib.nl").write_text("block shared { memory { level { period = 8 } } }\n")
+    (tmp_path / "main.nl").write_text('import "lib.nl" as lib\nmodel { dim = 32; block from lib.shared { } }\n')
+    before = check_file(tmp_path / "main.nl").spec.sha256
+    (tmp_path / "lib.nl").write_text("block shared { memory { level { period = 16 } } }\n")
+    assert check_file(tmp_path / "main.nl").spec.sha256 != before  # a resume must not take it for the same model
+
+
 def test_override_of_train_without_a_train_section(tmp_path):
     spec = tmp_path / "tiny.nl"
     spec.write_text("model tiny {\n  dim = 64\n  block { mlp { } }\n}\n", encoding="utf-8")

@@ -419,3 +419,9 @@ def test_a_stream_state_of_other_weights_is_refused(run_dir, text_file, tmp_path
     assert "was written by a stream of other weights" in capsys.readouterr().err
     assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
                  "--state-in", str(state)]) == 0  # its own model continues it
+
+
+def test_generated_control_characters_reach_a_terminal_escaped():
+    from nldsl.runtime.commands import _terminal_safe
+
+    assert _terminal_safe("a\x1b[31mb\tc\nd\x7f\x9b é") == "a\\x1b[31mb\tc\nd\\x7f\\x9b é"

@@ -421,6 +421,8 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
     spec, a model --init-from it, another checkpoint) must not continue it."""
     if not path.exists():
         raise UserError(f"no stream state at {path}")
+    if not path.is_file():
+        raise UserError(f"{path} is a folder, not a stream state file (written by `nldsl stream --state-out FILE`)")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}

@@ -375,7 +375,8 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         raise UserError("--resume continues a run; --init-from starts a new one from another run's weights: "
                         "use one of them")
     if options.resume and not run_dir.is_dir():
-        raise UserError(f"nothing to resume: the run folder {run_dir} does not exist")
+        raise UserError(f"nothing to resume: {run_dir} is a file, not a run folder" if run_dir.exists() else
+                        f"nothing to resume: the run folder {run_dir} does not exist")
     if not options.resume and not created and not _may_hold_a_new_run(run_dir):
         raise UserError(f"{run_dir} holds files that are not an nldsl run: a run writes spec.nl, resolved.json, "
                         "metrics.jsonl … there and would overwrite them; choose a new or empty --run-dir")
