@@ -1081,6 +1081,8 @@ class Converter:
                 projections_tree = Tree("level", "projections", levels["memory"].span, levels["memory"].header,
                                         dict(levels["memory"].attrs))
                 projections_tree.attrs.pop("readout", None)
+                # the projections' chunk step decays with the write (semantics.py, E0601)
+                projections_tree.attrs.pop("retention_order", None)
             projections = self.level(projections_tree, "selfmod", f"{path}.projections", "projections")
             if "projections" in levels and memory is not None and projections is not None and adaptive:
                 self.unused_projection_gates(levels["projections"], memory, projections)

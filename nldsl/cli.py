@@ -252,7 +252,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as error:
-        if not _user_facing(error) or os.environ.get("NLDSL_DEBUG"):
+        if not _user_facing(error):
             return _internal_error(error)
         # a path that does not exist or cannot be written, a full disk: the user's to fix, not a bug
         where = f"{error.filename}: " if error.filename else ""
@@ -261,7 +261,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit:
         raise
     except Exception as error:
-        if _out_of_memory(error) and not os.environ.get("NLDSL_DEBUG"):
+        if _out_of_memory(error):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(f"error: out of memory ({first[:200]}): use a smaller batch, sequence length or model",
                   file=sys.stderr)
@@ -285,9 +285,15 @@ def _user_facing(error: OSError) -> bool:
     return error.filename is not None or error.errno in _ENVIRONMENT_ERRNOS
 
 
+def _show_tracebacks() -> bool:
+    """`NLDSL_DEBUG=1` (alone or in its list of stages, `1,spec`): a stage name alone prints that
+    stage, and a user's mistake is a one-line error whatever the setting."""
+    return "1" in (part.strip() for part in os.environ.get("NLDSL_DEBUG", "").split(","))
+
+
 def _internal_error(error: Exception) -> int:
     """An internal error: say so plainly, keep the traceback behind a flag."""
-    if os.environ.get("NLDSL_DEBUG"):
+    if _show_tracebacks():
         raise error
     print(f"internal error: {type(error).__name__}: {error}\n"
           "this is a bug in nldsl; rerun with NLDSL_DEBUG=1 for the traceback", file=sys.stderr)

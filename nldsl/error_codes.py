@@ -1120,7 +1120,9 @@ _ENTRIES = (
         `rope = false`; `lr`, `retention` or a `momentum` value on a selfmod's `level projections`,
         whose memories learn with the gates of `level memory` (Eq. 88); the objective, rule and
         other update settings of a slower level of a nested `cms`, where only the fastest level runs
-        and learns; a slower nested level that never moves in context (its period is longer than
+        and learns; `grad_through_writes = false` on a selfmod's memory level, which leaves the
+        adaptive projections other than `q` without gradient (they reach the loss only through its
+        writes); a slower nested level that never moves in context (its period is longer than
         `train.seq_len`, or the fastest level does not learn in context), since the faster levels
         restart only from a level that moves. The
         warning names the setting and what makes it inert. Remove the setting, or change the one

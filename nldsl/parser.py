@@ -115,9 +115,12 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
         deep = _too_deep(tree)
         if deep is not None:
             start = getattr(deep.meta, "start_pos", 0)
+            sections = deep.data == "section" or any(
+                isinstance(child, Tree) and child.data == "section" for child in deep.children)
+            help = ("nest fewer sections: name a block or level at the top of the file and inherit it with "
+                    "`from`" if sections else "flatten the expression with named constants")
             return None, [Diagnostic("E0104", f"nested more than {MAX_NESTING} levels deep",
-                                     source.span(start, start + 1),
-                                     "flatten the expression with named constants")]
+                                     source.span(start, start + 1), help)]
         comment_nodes = tuple(ast.Comment(_span(source, tok), str(tok)) for tok in _comments(source))
         builder = _Builder(source)
         module = builder.module(tree, comment_nodes)

@@ -106,6 +106,14 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
             error("E0601", "`retention_order = before_write` (Gated DeltaNet) needs a linear state, `period = 1` "
                   "and no momentum", "remove it, or make the level a linear period-1 memory",
                   f"{lp}.retention_order")
+        if level.retention_order == "before_write" and (
+                (isinstance(layer, S.SelfModSpec) and name == "projections")
+                or (isinstance(layer, S.CMSSpec) and layer.variant == "nested")):
+            where = "a selfmod's projection memories" if context == "selfmod" else "a nested cms"
+            error("E0601", f"`retention_order = before_write` is not available to {where}: they run the "
+                  "chunk step, which decays with the write (Gated DeltaNet's order is on the delta-rule path "
+                  "of a memory or a sequential or independent cms level)", "remove `retention_order`",
+                  f"{lp}.retention_order")
         if level.init == "zeros" and not isinstance(level.state, S.LinearState):
             error("E0601", "`init = zeros` needs a linear state (an all-zero MLP never learns)",
                   "use `init = learned`", f"{lp}.init")
@@ -277,6 +285,13 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 warning("W0706", f"nested level `{level.name}` has no effect: {why}",
                         "remove the level, or give it a period that fits a training sequence",
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
+        written_through = [name for name in layer.adaptive if name != "q"] if isinstance(layer, S.SelfModSpec) else []
+        if written_through and not layer.memory.grad_through_writes and f"{path}.memory.grad_through_writes" in spans:
+            memories = ", ".join(f"M_{name}" for name in written_through)
+            warning("W0706", f"the parameters of {memories} get no gradient: what they generate reaches the loss "
+                    "only through the memory's writes, which `grad_through_writes = false` cuts off",
+                    "remove `grad_through_writes = false`, or keep those projections static (`adaptive`)",
+                    f"{path}.memory.grad_through_writes")
         if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
             warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
                     "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")

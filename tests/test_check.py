@@ -269,3 +269,10 @@ def test_list_given_to_a_single_option_says_so():
     [(code, message, help)] = _messages(check_text(spec))
     assert (code, message) == ("E0303", "`[l2]` is not a valid `objective`")
     assert help.startswith("`objective` is one option, not a list")
+
+
+def test_sections_nested_too_deep_get_help_about_sections_not_expressions():
+    deep = "parallel { combine = sum mlp { } " * 70 + "mlp { }" + " }" * 70
+    result = check_text(f"model {{ dim = 8 block {{ {deep} }} }}\n", "deep.nl")
+    [diagnostic] = result.diagnostics
+    assert diagnostic.code == "E0104" and "sections" in diagnostic.help and "expression" not in diagnostic.help

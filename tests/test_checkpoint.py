@@ -289,3 +289,14 @@ def test_a_malformed_stored_structure_is_a_value_error():
                       {"items": [[[1], 2]]}):
         with pytest.raises(ValueError, match="malformed stored structure"):
             C.decode(structure, {})
+
+
+def test_a_folder_in_place_of_latest_is_moved_aside_not_a_failed_save(tmp_path):
+    step = tmp_path / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").mkdir()
+    (tmp_path / "checkpoints" / "latest" / "kept.txt").write_text("mine")
+    C.point_latest_at(step)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002\n"
+    aside = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith("moved-aside")]
+    assert len(aside) == 1 and (aside[0] / "kept.txt").read_text() == "mine"

@@ -263,6 +263,18 @@ def test_an_os_error_about_a_path_is_the_users_and_any_other_error_is_internal(m
     monkeypatch.setattr(cli, "cmd_compile", bug)
     assert main(["compile", TITANS]) == 3
     assert "internal error" in capsys.readouterr().err
+    # a stage list prints stages; only `1` shows tracebacks, and never for the user's own mistake
+    monkeypatch.setattr(cli, "cmd_compile", missing_folder)
+    for setting in ("spec", "1", "1,graph"):
+        monkeypatch.setenv("NLDSL_DEBUG", setting)
+        assert main(["compile", TITANS]) == 1
+        assert capsys.readouterr().err.endswith("error: /nowhere/run: No such file or directory\n")
+    monkeypatch.setattr(cli, "cmd_compile", bug)
+    monkeypatch.setenv("NLDSL_DEBUG", "spec")
+    assert main(["compile", TITANS]) == 3
+    monkeypatch.setenv("NLDSL_DEBUG", "1,spec")
+    with pytest.raises(OSError, match="a socket went away"):
+        main(["compile", TITANS])
 
 
 @pytest.mark.parametrize("command", [["check", TITANS], ["graph", TITANS], ["compile", TITANS]])

@@ -105,6 +105,13 @@ def test_generate_is_seeded_and_greedy_at_temperature_zero(run_dir, capsys):
             ids.append(int(loaded.model(torch.tensor([ids[-16:]]))[0, -1].argmax()))
     expected = bytes(ids[6:]).decode("utf-8", errors="replace")
     assert E.generate(loaded.model, loaded.tokenizer, "class ", 5, 0.0, 40, 0, 16, CPU) == expected
+    # a tiny positive temperature is greedy too, not an overflow to inf (also where denormals are flushed)
+    flushing = torch.set_flush_denormal(True)
+    try:
+        assert E.generate(loaded.model, loaded.tokenizer, "class ", 5, 1e-40, 0, 0, 16, CPU) == expected
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
 
 
 def flat(value) -> list[torch.Tensor]:
@@ -324,6 +331,7 @@ def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:
 @pytest.mark.parametrize("edit", [
     lambda r: r.pop("tokenizer"), lambda r: r.pop("step"), lambda r: r.pop("data"),
     lambda r: r.update(files=[]), lambda r: r["data"].update(source="files"),
+    lambda r: r.update(tokenizer={"kind": "bpe"}),  # a BPE tokenizer without its file and vocabulary
 ])
 @pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
 def test_a_hand_edited_checkpoint_record_is_a_one_line_error(run_dir, tmp_path, capsys, edit, command):
@@ -422,6 +430,4 @@ def test_a_stream_state_of_other_weights_is_refused(run_dir, text_file, tmp_path
 
 
 def test_generated_control_characters_reach_a_terminal_escaped():
-    from nldsl.runtime.commands import _terminal_safe
-
-    assert _terminal_safe("a\x1b[31mb\tc\nd\x7f\x9b é") == "a\\x1b[31mb\tc\nd\\x7f\\x9b é"
+    assert E.terminal_safe("a\x1b[31mb\tc\nd\x7f\x9b é") == "a\\x1b[31mb\tc\nd\\x7f\\x9b é"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -56,7 +55,21 @@ def test_folders_are_searched_for_text_files_sorted_and_hidden_ones_skipped(tmp_
     (run / "resolved.json").write_text("{}")
     (run / "spec.nl").write_text("model { }\n")
     documents = D.user_corpus([str(tmp_path)])
-    assert [Path(d.id).relative_to(tmp_path).as_posix() for d in documents] == ["a.txt", "b.md", "sub/c.py"]
+    assert [d.id for d in documents] == [f"{tmp_path.name}/{name}" for name in ("a.txt", "b.md", "sub/c.py")]
+
+
+def test_document_ids_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    """A run records its data by absolute path and reads it back from there: the ids that decide
+    the split must be the ones a relative `--data` gave when it trained."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(40):
+        (corpus / f"doc{index}.md").write_text(f"document {index}\n")
+    monkeypatch.chdir(tmp_path)
+    relative = D.load_split(["corpus"])
+    monkeypatch.chdir(corpus)
+    again = D.load_split([str(corpus)])
+    assert relative.record["validation"] == again.record["validation"] and relative.record["by"] == "document"
 
 
 def test_a_given_file_is_read_whatever_its_name(tmp_path):

@@ -707,3 +707,18 @@ def test_weight_decay_takes_matrices_and_gate_projections_never_vectors():
     kept = set().union(*(group for decay, group in groups if not decay))
     assert {"lr_proj", "memory_w1", "a_w1", "conv_q", "embed"} <= decayed
     assert {"lr_bias", "retention_logit", "norm", "mix"} <= kept and not decayed & kept
+
+
+def test_a_divergence_right_after_a_checkpoint_does_not_advise_a_resume_that_cannot_help(tmp_path, text_file,
+                                                                                        capsys, monkeypatch):
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2")) == 0
+    capsys.readouterr()
+    # weights whose gradient on the next batch is not finite: that batch and those weights come back
+    # on every resume from this checkpoint, so no learning rate can change the outcome
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: torch.tensor(math.nan))
+    for lr in ("1e-3", "1e-6"):
+        assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=4", "--set", f"train.optimizer.lr={lr}",
+                              "--resume")) == 1
+        err = capsys.readouterr().err
+        assert "at step 3" in err and "whatever the learning rate" in err and "step-000002" in err
+        assert "--init-from" in err and "step-000001" in err and err.count("\n") == 1

@@ -172,7 +172,7 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         else:
             os.rename(temporary, final)
         fsync_folder(folder)
-        write_atomic(folder / LATEST, (final.name + "\n").encode("utf-8"))
+        point_latest_at(final)
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
@@ -265,8 +265,12 @@ def repoint_latest(found: Checkpoint, warn: Callable[[str], None]) -> None:
 
 
 def point_latest_at(path: Path) -> None:
-    """Make `latest` of the run name the checkpoint folder `path` (atomically)."""
-    write_atomic(path.parent / LATEST, (path.name + "\n").encode("utf-8"))
+    """Make `latest` of the run name the checkpoint folder `path` (atomically). A folder in its
+    place (hands, a copy gone wrong) is moved aside, kept, rather than failing every save."""
+    latest = path.parent / LATEST
+    if latest.is_dir() and not latest.is_symlink():
+        os.rename(latest, path.parent / f".{LATEST}.{uuid.uuid4().hex[:8]}.moved-aside")
+    write_atomic(latest, (path.name + "\n").encode("utf-8"))
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
@@ -330,7 +334,11 @@ def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
 
     get("spec", dict)
     get("spec_sha256", str)
-    get("tokenizer.kind", str)
+    if get("tokenizer.kind", str) != "bytes":  # a BPE tokenizer is read from its file, at its vocabulary
+        get("tokenizer.file", str)
+        vocab = get("tokenizer.vocab", int)
+        if isinstance(vocab, bool) or vocab < 1:
+            raise CheckpointError(f"damaged checkpoint record {file}: `tokenizer.vocab` is malformed")
     kind = get("data.source.kind", str)
     if kind == "files":
         paths = get("data.source.paths", list)

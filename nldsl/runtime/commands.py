@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from nldsl.runtime.evaluate import generate
+    from nldsl.runtime.evaluate import generate, shown_text
 
     if args.tokens < 0:
         raise UserError("--tokens must be at least 0")
@@ -91,17 +90,8 @@ def generate_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
     text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
                     args.seed, loaded.spec.train.seq_len, loaded.device)
-    print(args.prompt + (_terminal_safe(text) if sys.stdout.isatty() else text))
+    print(args.prompt + shown_text(text))
     return 0
-
-
-# Control characters but newline and tab, and DEL and the C1 controls: a model's bytes may hold a
-# terminal escape sequence, which must not reach a terminal as one (a pipe gets the text as it is).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _terminal_safe(text: str) -> str:
-    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def stream_command(args: argparse.Namespace) -> int:

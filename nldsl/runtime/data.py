@@ -10,7 +10,9 @@
   given): an undecodable file is an error that names the file and the byte offset, never silently
   replaced characters. A given file that is empty is an error; empty files found inside a folder
   are skipped.
-- The split is by document: a document goes to validation when a stable hash of its id falls below
+- The split is by document: a document goes to validation when a stable hash of its id (a file's
+  name, or `<folder name>/<path inside it>` for a file found in a folder: the same from any working
+  directory and on any machine, so a run's split can be read again from its split.json) falls below
   `VALIDATION_FRACTION`. When that leaves a side empty (one file, say) the concatenated text is cut
   by position instead, the last `VALIDATION_FRACTION` of it going to validation (from the start of
   a line when one lies within a tenth of the cut, so one long line cannot move it far). Each side is its
@@ -134,12 +136,13 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
             if not texts:
                 suffixes = ", ".join(sorted(TEXT_SUFFIXES))
                 raise UserError(f"data folder {given} holds no non-empty text files (looked for {suffixes})")
-            documents.extend(Document(p.as_posix(), text) for p, text in texts)
+            folder = path.resolve().name
+            documents.extend(Document(f"{folder}/{p.relative_to(path).as_posix()}", text) for p, text in texts)
         else:
             text = decode_file(path, encoding)
             if not text.strip():
                 raise UserError(f"data file {given} is empty")
-            documents.append(Document(path.as_posix(), text))
+            documents.append(Document(path.resolve().name, text))
     return documents
 
 

@@ -101,8 +101,10 @@ def validation_text(record: dict[str, Any]) -> str:
     split = D.load_split(paths, source.get("encoding", "utf-8"))
     recorded = record["data"].get("validation_sha256")
     if recorded and split.record["validation"]["sha256"] != recorded:
-        print("warning: the validation text differs from the one this run recorded (another Python version, or "
-              "edited files?); numbers are not comparable with the run's own evaluations", file=sys.stderr)
+        why = ("the data files changed since the run read them" if paths else
+               "the default corpus comes from this Python's standard library, and the run used another version")
+        print(f"warning: the validation text differs from the one this run recorded ({why}); numbers are not "
+              "comparable with the run's own evaluations", file=sys.stderr)
     return split.text("validation")
 
 
@@ -185,12 +187,28 @@ def generate(model: torch.nn.Module, tokenizer: D.ByteTokenizer | D.BPETokenizer
         if temperature <= 0:
             ids.append(int(logits.argmax()))
             continue
-        logits = logits / temperature
+        # shifted first, so that a tiny temperature gives −inf (probability 0), never inf; in float64,
+        # where a temperature below float32's normal range (1e-40) is not flushed to zero
+        logits = (logits.double() - logits.max()) / temperature
         if 0 < top_k < logits.shape[0]:
             threshold = torch.topk(logits, top_k).values[-1]
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         ids.append(int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)))
     return tokenizer.decode(ids[prompt_length:])
+
+
+# Control characters but newline and tab, and DEL and the C1 controls: a model's bytes may hold a
+# terminal escape sequence, which must not reach a terminal as one (a pipe gets the text as it is).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def shown_text(text: str) -> str:
+    """Generated text as printed: escaped on a terminal, as it is into a pipe or a file."""
+    return terminal_safe(text) if sys.stdout.isatty() else text
 
 
 # Streaming --------------------------------------------------------------------------------------------

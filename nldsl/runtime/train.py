@@ -58,7 +58,14 @@ from nldsl.runtime import data as D
 from nldsl.runtime import distributed
 from nldsl.runtime.chunked import compile_loss
 from nldsl.runtime.distributed import Distributed
-from nldsl.runtime.evaluate import Evaluation, clock_prefix, evaluate, evaluation_from_sums, generate
+from nldsl.runtime.evaluate import (
+    Evaluation,
+    clock_prefix,
+    evaluate,
+    evaluation_from_sums,
+    generate,
+    shown_text,
+)
 from nldsl.runtime.interrupt import deferred_interrupt
 
 RUNS = Path("runs")
@@ -504,9 +511,19 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
-    def stopped(what: str) -> TrainingError:
+    def stopped(what: str, from_the_checkpoint: bool = False) -> TrainingError:
         """The error that ends a diverged run, with advice that works: --resume takes a lower lr or a
-        clip (CONTINUABLE_FIXES), and the last checkpoint never holds non-finite weights (`save`)."""
+        clip (CONTINUABLE_FIXES), and the last checkpoint never holds non-finite weights (`save`).
+        When the step that failed is the first one after the last checkpoint, its weights already
+        give a non-finite loss or gradient before any new lr acts: resuming from it cannot help."""
+        if from_the_checkpoint and last_checkpoint[0]:
+            earlier = [p for p in C.complete_checkpoints(run_dir) if p.name < last_checkpoint[0].name]
+            way = (f"start a new run from an earlier one, e.g. --init-from {earlier[-1]} --run-dir NEW, with a "
+                   "lower learning rate" if earlier else
+                   "train again, into a new --run-dir, with a lower learning rate")
+            return TrainingError(f"{what}; it is the first step after the checkpoint {last_checkpoint[0]}, whose "
+                                 "weights already give it, so resuming from there fails the same way whatever the "
+                                 f"learning rate: {way}")
         kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
                 else "no checkpoint was written yet")
         then = "then --resume" if last_checkpoint[0] else "then train again"
@@ -581,7 +598,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
-                              "stopped before the optimizer step, nothing from this step was written")
+                              "stopped before the optimizer step, nothing from this step was written",
+                              from_the_checkpoint=step == saved_step[0])
             # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
             with deferred_interrupt():
                 clock.tick(step)
@@ -629,7 +647,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     speed = tokens_per_step * train_steps / train_seconds if train_steps else None
     if first_step_seconds is not None:
         what = "compilation + first step" if compiled else "first step"
-        _say(context, f"{what}: {first_step_seconds:.2f} s; then {train_steps} steps at "
+        steps = f"{train_steps} step{'' if train_steps == 1 else 's'}"
+        _say(context, f"{what}: {first_step_seconds:.2f} s; then {steps} at "
                       + (f"{speed:,.0f} tokens/s" if speed else "– tokens/s"))
     if evaluation is None and start >= plan.steps:
         evaluation = evaluate_now()
@@ -910,7 +929,7 @@ def _sample(spec: Any, model: torch.nn.Module, tokenizer: Any, split: D.Split, p
     text = generate(model, tokenizer, prompt, 200, 0.8, 40, plan.seed, plan.seq_len, context.device)
     if not context.is_main:
         return
-    print(f"sample (temperature 0.8, top-k 40):\n{prompt}{text}")
+    print(f"sample (temperature 0.8, top-k 40):\n{prompt}{shown_text(text)}")
     from nldsl.draw import render, to_dot
     from nldsl.graph import build_graph
 
