@@ -722,3 +722,25 @@ def test_a_divergence_right_after_a_checkpoint_does_not_advise_a_resume_that_can
         err = capsys.readouterr().err
         assert "at step 3" in err and "whatever the learning rate" in err and "step-000002" in err
         assert "--init-from" in err and "step-000001" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_during_an_evaluation_is_made_up_on_resume(tmp_path, text_file, capsys, monkeypatch):
+    every = ["--set", "train.eval_every=2", "--set", "train.eval_batches=1", "--set", "train.steps=4"]
+    assert main(_tiny_run(tmp_path, text_file, *every, run_dir=tmp_path / "reference")) == 0
+    real, calls = T.evaluate, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while step 2 is evaluated
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate", interrupted_once)
+    assert main(_tiny_run(tmp_path, text_file, *every)) == 130
+    assert main(_tiny_run(tmp_path, text_file, *every, "--resume")) == 0
+
+    def evaluations(run_dir: Path) -> list[tuple[int, float]]:
+        return [(e["step"], e["eval_loss"]) for e in strict_metrics(run_dir) if "eval_loss" in e]
+
+    assert evaluations(tmp_path / "run") == evaluations(tmp_path / "reference")
+    assert [step for step, _ in evaluations(tmp_path / "run")] == [2, 4]

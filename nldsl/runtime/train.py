@@ -508,6 +508,12 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             sums = (float(totals[0]), int(totals[1]), int(totals[2]), int(totals[3]))
         return evaluation_from_sums(*sums)
 
+    def log_evaluation(step: int, evaluation: Evaluation) -> None:
+        if metrics is not None:
+            metrics.write({"step": step, "eval_loss": evaluation.loss, "eval_perplexity": evaluation.perplexity,
+                           "eval_bpb": evaluation.bits_per_byte})
+        _say(context, f"step {step}: validation {evaluation.line()}")
+
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
@@ -577,6 +583,12 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     # what an interrupt between steps saves: the steps done, the RNG at that boundary, its evaluation
     completed, boundary_rng, evaluated_at = start, C.rng_tensors(), None
     try:
+        if (found is not None and plan.eval_every and start % plan.eval_every == 0 and start < plan.steps
+                and found.record.get("evaluation") is None):
+            # Ctrl-C during this step's evaluation saved the step without it: evaluate it now, as the
+            # uninterrupted run did before its next step
+            evaluation, evaluated_at = evaluate_now(), start
+            log_evaluation(start, evaluation)
         for step in range(start, plan.steps):
             began = time.perf_counter()
             factor = learning_rate_factor(step, plan)
@@ -628,10 +640,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 if not math.isfinite(evaluation.loss):  # the update made the model diverge: as a NaN loss
                     raise stopped(f"the validation loss is {evaluation.loss} after the update of step {done}; "
                                   "stopped without checkpointing it")
-                if metrics is not None:
-                    metrics.write({"step": done, "eval_loss": evaluation.loss, "eval_perplexity": evaluation.perplexity,
-                                   "eval_bpb": evaluation.bits_per_byte})
-                _say(context, f"step {done}: validation {evaluation.line()}")
+                log_evaluation(done, evaluation)
             if (plan.checkpoint_every and done % plan.checkpoint_every == 0) or done == plan.steps:
                 save(done, evaluation)
     except KeyboardInterrupt:
