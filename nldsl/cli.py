@@ -112,6 +112,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         text = graph.to_json()
         if args.output:
             write_output(args.output, text)
+            print(f"wrote {args.output}")
         else:
             sys.stdout.write(text)
         return 0

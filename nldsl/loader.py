@@ -27,18 +27,23 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
         raise TypeError("overrides must be a list of 'key=value' strings, e.g. ['dim=64'], or keyword "
                         f"arguments, e.g. dim=64; got {type(overrides).__name__} {overrides!r}")
     for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        elif isinstance(value, numbers.Integral):
-            text = repr(int(value))  # numpy and torch integers print as the spec's integers
-        elif isinstance(value, numbers.Real):
-            text = repr(float(value))
-        else:
-            text = repr(value)
-        out.append(f"{key.replace('__', '.')}={text}")
+        out.append(f"{key.replace('__', '.')}={_spec_value(value)}")
     return out
+
+
+def _spec_value(value: Any) -> str:
+    """A Python value written as the spec language writes it (the checker then validates it)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, numbers.Integral):
+        return repr(int(value))  # numpy and torch integers print as the spec's integers
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_spec_value(item) for item in value) + "]"
+    return repr(value)  # anything else: the checker reports it against the override
 
 
 def check(path: str | Path, overrides: Sequence[str] = (), **values: Any):

@@ -276,3 +276,12 @@ def test_sections_nested_too_deep_get_help_about_sections_not_expressions():
     result = check_text(f"model {{ dim = 8 block {{ {deep} }} }}\n", "deep.nl")
     [diagnostic] = result.diagnostics
     assert diagnostic.code == "E0104" and "sections" in diagnostic.help and "expression" not in diagnostic.help
+
+
+def test_python_keyword_overrides_are_written_as_the_spec_language_writes_them():
+    from nldsl.loader import override_strings
+
+    assert override_strings(dim=64, train__steps=True, name='a "b"', adaptive=["k", "v"], gates=(1, 0.5)) == [
+        "dim=64", "train.steps=true", 'name="a \\"b\\""', 'adaptive=["k", "v"]', "gates=[1, 0.5]"]
+    result = check_text(UNNAMED_PARTS, overrides=override_strings(model__block__cms__level2__period=32))
+    assert result.ok, _messages(result)

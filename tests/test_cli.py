@@ -303,9 +303,10 @@ def test_graph_refuses_a_format_its_output_contradicts(args, message, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_graph_takes_the_json_suffix_in_any_case(tmp_path) -> None:
+def test_graph_takes_the_json_suffix_in_any_case(tmp_path, capsys) -> None:
     assert main(["graph", TITANS, "-o", str(tmp_path / "g.JSON")]) == 0
     assert "frequency_groups" in json.loads((tmp_path / "g.JSON").read_text())
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'g.JSON'}\n"  # as a drawing's -o says
 
 
 @pytest.mark.parametrize("args", [["compile", TITANS, "-o", ""], ["graph", TITANS, "-o", " "], ["check", ""],

@@ -260,6 +260,17 @@ def test_tiny_studies_write_apart_from_the_published_results_and_refuse_size_opt
         assert f"--tiny sets its own toy sizes and would ignore {option}" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("study", ["continual", "recall"])
+def test_a_model_named_twice_is_refused_not_pooled(tmp_path, capsys, study):
+    copy = tmp_path / "transformer.nl"  # another file with the same name: reported under the same label
+    copy.write_text((REPO / "specs/transformer.nl").read_text())
+    for models in (["hope", "hope"], ["transformer", str(copy)]):
+        assert main(["bench", study, "--tiny", "--out", str(tmp_path / "out"), "--models", *models]) == 1
+        err = capsys.readouterr().err
+        assert f"--models names {models[0]} more than once" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("make", ["no-dim", "errors", "optimizer", "folder", "text"])
 def test_a_model_the_study_cannot_size_is_a_clear_error(tmp_path, capsys, make):
     if make == "no-dim":

@@ -36,7 +36,7 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
     """The call's tokens and targets as int64, after checking what a caller can get wrong.
 
     A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
-    from another model or batch) is a TypeError or ValueError that names it, raised before any
+    of another layout or batch) is a TypeError or ValueError that names it, raised before any
     layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
     The checks run wherever the forward runs eagerly (chunk-compiled training steps included: one
     min/max over the batch); a whole-graph compiled call skips them, as the range check would be a

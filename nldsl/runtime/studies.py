@@ -801,7 +801,7 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         "",
         "Models at equal parameter count (each spec's `dim` nearest to "
         f"{config['params']:,} parameters), 2 layers, vocabulary 256, AdamW with the spec's weight decay, "
-        f"{config['warmup']} warm-up steps, then a constant lr; seed {config['seed']}.",
+        f"{plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}.",
         "",
         "| model | spec | dim | parameters | departures from the spec |",
         "|---|---|---:|---:|---|",
@@ -865,9 +865,10 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     if figure:
         lines += ["", f"![MQAR and passkey accuracy]({figure})"]
-    lines += ["", "Scale: a few hundred steps on CPU, one seed; models that need a longer run to find a "
-              "recall mechanism (an induction circuit for attention) score at chance here, which measures how "
-              "fast they learn recall at this budget, not what they can represent.", ""]
+    lines += ["", f"Scale: {plural(config['mqar_steps'], 'MQAR step')} and "
+              f"{plural(config['passkey_steps'], 'passkey step')} on CPU, one seed; models that need a longer run "
+              "to find a recall mechanism (an induction circuit for attention) score at chance here, which "
+              "measures how fast they learn recall at this budget, not what they can represent.", ""]
     (out / "recall.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -970,6 +971,11 @@ def parse_study(study: str, rest: list[str]) -> argparse.Namespace:
         if given:
             listed = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UserError(f"--tiny sets its own toy sizes and would ignore {listed}: drop {listed} or --tiny")
+    labels = [model_name(name) for name in a.models]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # the report keys models by these names: two of one name would be pooled as one model
+        raise UserError(f"--models names {', '.join(repeated)} more than once (models are reported by name; "
+                        "give each model once, and copy a spec to another file name to compare two variants)")
     a.out = Path(a.out if a.out is not None else TINY_RESULTS if a.tiny else RESULTS)
     return a
 
