@@ -1293,13 +1293,15 @@ class Converter:
         """Warn about gates written on a selfmod's `level projections` that differ from the memory
         level's: the projection memories learn with the memory level's η, α and β (Eq. 88;
         compiler/codegen.py `selfmod_class`, interpreter.py), so their values are never read (a
-        `momentum` there only switches the projections' momentum buffer on). Inherited ones are not
+        `momentum` there only switches the projections' momentum buffer on, and `momentum = none`
+        off, which is a setting with an effect). Inherited ones are not
         the user's to remove, and a copy of the memory level's value misleads no one."""
         for gate in ("lr", "retention", "momentum"):
             attr = tree.attrs.get(gate)
             if attr is None or not (attr.origin.startswith("--set") or _inside(attr.span, tree.span)) \
                     or getattr(projections, gate) == getattr(memory, gate) \
-                    or (gate == "momentum" and memory.momentum is None):  # E0601 says what to do there
+                    or (gate == "momentum" and memory.momentum is None) \
+                    or (gate == "momentum" and projections.momentum is None):  # `none` turns their momentum off
                 continue
             what = (f"`{gate}` has no effect on level `projections`" if gate != "momentum" else
                     "the value of `momentum` has no effect on level `projections` (writing it gives them a "

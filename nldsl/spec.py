@@ -160,7 +160,7 @@ RESERVED_OPTIMIZER_LEVEL_NAMES = (*OPTIMIZER_FLOWS, "step")
 
 
 class OptimizerLevelSpec(Strict):
-    """A level of an optimizer: a memory of the gradient stream (PAPER_NOTES §4).
+    """A level of an optimizer: a memory of the gradient stream (Nested Learning §4).
 
     Combinations the runtime rejects (`OptimizerLevelConfig`) are checker errors, in
     semantics.check_optimizer_flows: an `mlp` state has no momentum buffer for `nesterov`,

@@ -202,10 +202,32 @@ def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
     assert "default corpus" in capsys.readouterr().out
 
 
+def test_a_closed_stdout_pipe_stops_training_with_its_steps_saved(tmp_path):
+    """`nldsl train … | head -1`: the reader exits, the next line printed fails; the run keeps its steps."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "nldsl", "train", str(REPO / "specs/titans_lmm.nl"), *TINY,
+               "--set", "train.steps=40", "--set", "train.eval_every=4", "--set", "train.checkpoint_every=0",
+               "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert process.stdout.readline().startswith("run folder:")
+    process.stdout.close()  # as `head -1` does
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 1, err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "the output was closed (its reader exited) after" in line and "continue with --resume" in line
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert list((run_dir / "checkpoints").glob("step-*"))
+
+
 @pytest.mark.parametrize(("stop", "done", "checkpoints", "rerun"), [
     (KeyboardInterrupt, 4, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
     (RuntimeError, 4, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
     ("sigint during update", 5, [3, 5], [6]),  # Ctrl-C inside step 5's update: step 5 finishes and is kept
+    (BrokenPipeError, 4, [3, 4], [5, 6]),  # stdout's reader exited: saved as after Ctrl-C, then a clear error
 ])
 def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, done, checkpoints,
                                                        rerun):
@@ -236,8 +258,14 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
         monkeypatch.setattr(T.ContinuumClock, "tick", signalled_in_step_5s_update)
     else:
         monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
-    with pytest.raises(KeyboardInterrupt if stop == "sigint during update" else stop):
+    discarded = []  # pytest's capture is no pipe to point at the null device (the subprocess test does that)
+    monkeypatch.setattr(T, "_discard_stdout", lambda: discarded.append(True))
+    expected = {"sigint during update": KeyboardInterrupt, BrokenPipeError: T.UserError}.get(stop, stop)
+    with pytest.raises(expected) as raised:
         run(tmp_path / "cut")
+    if stop is BrokenPipeError:
+        assert discarded and "the output was closed (its reader exited) after 4 step(s)" in str(raised.value)
+        assert "step-000004 (step 4; continue with --resume)" in str(raised.value)
     assert sorted(losses(tmp_path / "cut")) == list(range(1, done + 1))
     assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "cut/checkpoints").glob("step-*")) == checkpoints
     monkeypatch.setattr(D, "batch_at", real)

@@ -123,6 +123,8 @@ def stream_command(args: argparse.Namespace) -> int:
         check_stream_state(loaded, state, Path(args.state_in), segment)
     result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
                     progress=not args.no_progress)
+    if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
+        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
     fed = sum(s.tokens for s in result.segments)
     print(f"streamed {fed:,} tokens of {what} in {len(result.segments)} segments of up to {segment} "
           f"from checkpoint {loaded.checkpoint.path}")
@@ -136,7 +138,6 @@ def stream_command(args: argparse.Namespace) -> int:
         print(f"bits per byte, first part → last part: {rows[0][2].bits_per_byte:.4f} → "
               f"{rows[-1][2].bits_per_byte:.4f}")
     if args.state_out:
-        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
         pending = result.state.pending.shape[0]
         print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending:,} token(s) wait "
               "for the next text)")

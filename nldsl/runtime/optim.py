@@ -1,7 +1,7 @@
 """Optimizers as nested levels: the runtime that executes `optimizer` sections of a spec.
 
 In Nested Learning an optimizer is itself a stack of associative memories whose context flow is the
-gradient stream (PAPER_NOTES §4). `OptimizerConfig` describes one as levels plus an update expression,
+gradient stream (Nested Learning §4). `OptimizerConfig` describes one as levels plus an update expression,
 and `NestedOptimizer` runs it as an ordinary `torch.optim.Optimizer`. Everything below is per
 parameter tensor p with gradient G at outer step t = 1, 2, …
 

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import datetime
 import errno
+import io
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -643,10 +645,17 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 log_evaluation(done, evaluation)
             if (plan.checkpoint_every and done % plan.checkpoint_every == 0) or done == plan.steps:
                 save(done, evaluation)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as stop:
         bar.close()
-        _save_on_interrupt(context, completed, saved_step, last_checkpoint,
-                           lambda: save(completed, evaluation if evaluated_at == completed else None, boundary_rng))
+        closed = isinstance(stop, BrokenPipeError)  # stdout's reader exited (`nldsl train … | head`)
+        if closed:
+            _discard_stdout()
+        where = _save_on_interrupt(context, completed, saved_step, last_checkpoint,
+                                   lambda: save(completed, evaluation if evaluated_at == completed else None,
+                                                boundary_rng), say=not closed)
+        if closed:
+            raise UserError(f"the output was closed (its reader exited) after {completed} step(s); {where}"
+                            ) from None
         raise
     finally:
         bar.close()
@@ -885,9 +894,25 @@ def _describe_source(record: dict[str, Any]) -> str:
     return f"{len(record['train']['documents'])} file(s) from --data"
 
 
+def _discard_stdout() -> None:
+    """Point stdout at the null device once its reader is gone, so that what is still printed (and
+    the interpreter's final flush) neither raises again nor interrupts saving the run."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's capture): nothing to do
+        pass
+
+
 def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[int],
-                       last_checkpoint: list[Path | None], save: Any) -> None:
-    """After Ctrl-C: checkpoint the steps done since the last checkpoint, then say where the run stands.
+                       last_checkpoint: list[Path | None], save: Any, say: bool = True) -> str:
+    """After Ctrl-C: checkpoint the steps done since the last checkpoint, then say where the run
+    stands (returned as well, for a stop that reports it otherwise).
 
     Steps are whole (`deferred_interrupt`), so the state is that of `completed` steps. Processes
     of a distributed run are not all at the same step when the signal arrives; they keep the last
@@ -899,7 +924,9 @@ def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[in
             _say(context, f"could not checkpoint step {completed}: {error}", error=True)
     where = (f"the last checkpoint is {last_checkpoint[0]} (step {saved_step[0]}; continue with --resume)"
              if last_checkpoint[0] else "no checkpoint was written yet")
-    _say(context, f"interrupted after {completed} step(s); {where}")
+    if say:
+        _say(context, f"interrupted after {completed} step(s); {where}")
+    return where
 
 
 def _record(result: Any, overrides: list[str], tokenizer: Any, split: D.Split, module: Any, optimizer: Any,

@@ -122,7 +122,7 @@ def test_kernel_is_deltanet(length: int, gated: bool) -> None:
 
 @pytest.mark.parametrize("length", [63, 100])
 def test_l2_level_of_period_one_is_deltanet(length: int) -> None:
-    """A linear l2 level with period 1 and learning rate β is DeltaNet (semantics §1, DESIGN §4)."""
+    """A linear l2 level with period 1 and learning rate β is DeltaNet (docs/semantics.md §1)."""
     t = draw(length, seed=length + 1, d_out=D_IN)
     cfg = LevelConfig("linear", D_IN, D_IN, objective="l2", chunk_size=1)
 
@@ -148,7 +148,7 @@ def linear_attention_loop(q, k, v):
 
 @pytest.mark.parametrize("length", [63, 100])
 def test_dot_level_is_linear_attention(length: int) -> None:
-    """Linear memory, dot objective, gd from zero, any period: causal linear attention (DESIGN §4)."""
+    """Linear memory, dot objective, gd from zero, any period: causal linear attention."""
     t = draw(length, seed=length + 2)
     ones = torch.ones(BATCH, HEADS, length, dtype=torch.float64)
     empty = torch.zeros(BATCH, HEADS, D_OUT, D_IN, dtype=torch.float64)
