@@ -14,6 +14,7 @@ Every problem becomes a `Diagnostic`; nothing a user writes may raise.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import keyword
@@ -191,12 +192,25 @@ def check_file(path: str | Path, overrides: Sequence[str] = ()) -> CheckResult:
     path = Path(path)
     display = str(path)
     try:
-        data = path.read_bytes()
+        data = read_spec_bytes(path)
     except OSError as error:
         reason = error.strerror or str(error)
-        return CheckResult(None, [Diagnostic("E0105", f"cannot read `{display}`: {reason.lower()}",
+        return CheckResult(None, [Diagnostic("E0105", f"cannot read `{display}`: {reason[:1].lower() + reason[1:]}",
                                              None, "check the path")], {})
     return check_bytes(data, display, overrides, base_dir=path.parent)
+
+
+MAX_SPEC_BYTES = 16 * 2**20
+
+
+def read_spec_bytes(path: Path) -> bytes:
+    """A spec file's bytes; a file past MAX_SPEC_BYTES (or an endless device such as /dev/zero) is an
+    OSError rather than a read that fills the memory. Pipes (`<(…)`) read as files do."""
+    with open(path, "rb") as file:
+        data = file.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_SPEC_BYTES:,} bytes, which no spec is")
+    return data
 
 
 def check_text(text: str, path: str = "<string>", overrides: Sequence[str] = (),
@@ -258,11 +272,16 @@ class Checker:
                 found = ns.lookup_const(name)
                 owner = found[1] if found else ns
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
-                owner.values.clear()  # constants of that file are evaluated again with the override
                 owner.used.add(name)
                 self.provenance[name] = origin
-                if owner is not ns:
-                    self.evaluate_constants(owner)
+            if const_overrides:
+                # Every file's constants are evaluated again: one computed in another file from the
+                # overridden constant (`heads = dim / 16` importing `dim`) follows it too. A problem
+                # found twice is reported once (the bag drops repeats).
+                for namespace in {id(n): n for n in [*self.namespaces.values(), ns]}.values():
+                    namespace.values.clear()
+                for namespace in {id(n): n for n in [*self.namespaces.values(), ns]}.values():
+                    self.evaluate_constants(namespace)
             self.evaluate_constants(ns)
             spec = self.build_spec(ns, text, path_overrides, overrides)
         diagnostics = self.bag.sorted()
@@ -328,7 +347,12 @@ class Checker:
 
     def import_namespace(self, item: ast.Import, base_dir: Path) -> Namespace | None:
         """The namespace of an imported file, loaded once; None after a diagnostic."""
-        target = (base_dir / item.path).resolve()
+        try:
+            target = (base_dir / item.path).resolve()
+        except (OSError, RuntimeError, ValueError) as error:  # a NUL in the path, a loop of symbolic links
+            reason = "the path holds a NUL character" if "null" in str(error) else f"cannot resolve it ({error})"
+            self.bag.error("E0205", f"cannot import `{item.path}`: {reason}", item.span)
+            return None
         key = str(target)
         if key in self.loading:
             self.bag.error("E0205", f"import cycle through `{item.path}`", item.span,
@@ -342,10 +366,17 @@ class Checker:
         if imported is not None:
             return imported
         try:
-            data = target.read_bytes()
-        except OSError:
-            self.bag.error("E0205", f"cannot import `{item.path}`: no such file", item.span,
-                           f"paths are relative to the importing file ({base_dir})")
+            if target.exists() and not target.is_file():  # a folder, or a device such as /dev/zero
+                what = "a folder" if target.is_dir() else "not a regular file"
+                self.bag.error("E0205", f"cannot import `{item.path}`: it is {what}", item.span,
+                               "import a spec file")
+                return None
+            data = read_spec_bytes(target)
+        except OSError as error:
+            missing = isinstance(error, FileNotFoundError)
+            self.bag.error("E0205", f"cannot import `{item.path}`: "
+                           + ("no such file" if missing else error.strerror or str(error)), item.span,
+                           f"paths are relative to the importing file ({base_dir})" if missing else None)
             return None
         text, problem = decode(data, item.path)
         if problem:
@@ -690,8 +721,9 @@ class Checker:
             return None
         # The hash names what the model is: the file, every file it imports (a resume or a stream
         # state must not take an edited import for the same spec) and the overrides.
-        imported = sorted((path, source.text) for path, source in self.sources.items() if path != ns.path)
-        digest_source = (text + "".join(f"\n#--import\n{imported_text}" for _, imported_text in imported)
+        # Sorted by their text, not their paths: a display path depends on the working folder.
+        imported = sorted(source.text for path, source in self.sources.items() if path != ns.path)
+        digest_source = (text + "".join(f"\n#--import\n{imported_text}" for imported_text in imported)
                          + "".join(f"\n#--set {o}" for o in overrides))
         try:
             spec = S.Spec(path=ns.path, sha256=hashlib.sha256(digest_source.encode()).hexdigest(),
@@ -1012,11 +1044,12 @@ class Converter:
     def sublayers(self, trees: list[Tree], path: str, dim: int | None) -> list[Any] | None:
         out: list[Any] = []
         names: dict[str, Tree] = {}
+        explicit = explicit_names(trees)
         ok = True
         for child in trees:
             if child.kind not in S.SUBLAYER_SPECS:
                 continue
-            name = child.name if child.name is not None else unnamed_layer_name(child.kind, names)
+            name = child.name if child.name is not None else unnamed_layer_name(child.kind, names.keys() | explicit)
             if child.name is not None and name in names:
                 self.bag.error("E0202", f"two layers here are called `{name}`", child.header,
                                "give each layer its own name")
@@ -1150,6 +1183,11 @@ class Converter:
             if isinstance(values.get("flow"), str) is False and "flow" in values:
                 return None
             return S.OptimizerLevelSpec(name=name, **values)
+        if name.startswith("_"):  # `self.__fast_w1` would be renamed by Python (name mangling)
+            self.bag.error("E0208", f"`{name}` cannot name a level: the compiled module uses it", tree.header,
+                           "choose a name without a leading underscore (a level's weights become attribute "
+                           "names of the generated module)")
+            return None
         defaults = dict(LEVEL_DEFAULTS.get((parent or "", name), LEVEL_DEFAULTS.get((parent or "", None), {})))
         for gate in unset_defaults:
             defaults.pop(gate, None)
@@ -1494,8 +1532,15 @@ def _constant_part(tree: Any) -> float | None:
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
 
 
+def explicit_names(trees: Sequence[Tree]) -> set[str]:
+    """The names written on sections: an unnamed layer's name avoids them wherever they stand, so
+    that naming does not depend on the order of the layers."""
+    return {tree.name for tree in trees if tree.name is not None}
+
+
 def unnamed_layer_name(kind: str, taken: Collection[str]) -> str:
-    """The spec-path name of an unnamed layer (language.md §2.3): its kind, then KIND_2, KIND_3 …"""
+    """The spec-path name of an unnamed layer (language.md §2.3): its kind, then KIND_2, KIND_3 …
+    skipping every name in `taken` (the names written in the same block and those already given)."""
     if kind not in taken:
         return kind
     index = 2
@@ -1516,7 +1561,7 @@ def _child_names(tree: Tree) -> list[tuple[str, Tree]]:
     give them: both use `unnamed_layer_name` and `level_path_name`."""
     if tree.kind in ("block", "parallel"):
         named: list[tuple[str, Tree]] = []
-        taken: set[str] = set()
+        taken: set[str] = explicit_names(tree.children)
         for child in tree.children:
             name = child.name if child.name is not None else unnamed_layer_name(child.kind, taken)
             taken.add(name)

@@ -148,7 +148,7 @@ def _graph_wants_json(fmt: str | None, output: str | None) -> bool:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .error_codes import CODES, explain
 
-    code = args.code.upper()
+    code = args.code.strip().upper()
     if code not in CODES:
         from .diagnostics import did_you_mean
 
@@ -166,11 +166,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UserError(f"{result.spec.path} defines no `model` section, so there is nothing to compile")
     source = compile_spec(result.spec, result.sources[result.spec.path].text)
     if args.output:
+        _refuse_to_overwrite_a_source(args.output, result.sources)
         write_output(args.output, source)
         print(f"wrote {args.output}")
     else:
         sys.stdout.write(source)
     return 0
+
+
+def _refuse_to_overwrite_a_source(output: str, sources: dict) -> None:
+    """`nldsl compile spec.nl -o spec.nl` would replace the spec with Python: refused, as is an import."""
+    target = Path(output).resolve()
+    for name in sources:
+        if Path(name).resolve() == target:
+            raise UserError(f"-o {output} would overwrite {name}, a spec file this compile reads; choose another "
+                            "file for the module, e.g. model.py")
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -90,9 +91,21 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean `{matches[0]}`?" if matches else None
 
 
+# Control characters but newline and tab, and DEL and the C1 controls: a spec's text or a model's
+# bytes may hold a terminal escape sequence, which must not reach a terminal as one.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with each control character written as a `\\xNN` escape."""
+    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile],
                 color: bool = False) -> str:
-    """Render diagnostics in the rustc layout: header, location, source line, caret, help."""
+    """Render diagnostics in the rustc layout: header, location, source line, caret, help. Control
+    characters from the spec (in its lines, names or strings) are escaped, so the caret still
+    points at the span and nothing the spec holds acts on the terminal."""
 
     def paint(text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if color else text
@@ -100,31 +113,31 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile
     blocks = []
     for d in diagnostics:
         kind = paint(f"{d.severity}[{d.code}]", "1;31" if d.severity == "error" else "1;33")
-        lines = [f"{kind}: {d.message}"]
+        lines = [f"{kind}: {terminal_safe(d.message)}"]
         source = sources.get(d.span.path) if d.span else None
         if d.span is not None:
             width = len(str(d.span.line))
             pad = " " * width
-            lines.append(f"{pad}--> {d.span}")
+            lines.append(terminal_safe(f"{pad}--> {d.span}"))
             text = source.line_text(d.span.line) if source else ""
             if source is not None:
-                display = text.expandtabs(4)
-                prefix = text[: d.span.column - 1].expandtabs(4)
+                display = terminal_safe(text.expandtabs(4))
+                prefix = terminal_safe(text[: d.span.column - 1].expandtabs(4))
                 if d.span.end_line == d.span.line:
-                    length = max(1, len(text[d.span.column - 1: d.span.end_column - 1].expandtabs(4)))
+                    length = max(1, len(terminal_safe(text[d.span.column - 1: d.span.end_column - 1].expandtabs(4))))
                 else:
                     length = max(1, len(display) - len(prefix))
                 lines.append(f"{pad} |")
                 lines.append(f"{d.span.line} | {display}")
                 lines.append(f"{pad} | {' ' * len(prefix)}{paint('^' * length, '1;31')}")
             for note in d.notes:
-                lines.append(f"{pad} = note: {note}")
+                lines.append(f"{pad} = note: {terminal_safe(note)}")
             if d.help:
-                lines.append(f"{pad} = help: {d.help}")
+                lines.append(f"{pad} = help: {terminal_safe(d.help)}")
         else:
-            lines.extend(f"  = note: {note}" for note in d.notes)
+            lines.extend(f"  = note: {terminal_safe(note)}" for note in d.notes)
             if d.help:
-                lines.append(f"  = help: {d.help}")
+                lines.append(f"  = help: {terminal_safe(d.help)}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import ast
-from .checker import decode
+from .checker import decode, read_spec_bytes
 from .diagnostics import Diagnostic
 from .files import write_atomic
 from .parser import parse
@@ -72,7 +72,7 @@ def format_file(path: str | Path, check: bool = False) -> FormatOutcome:
     path = Path(path)
     display = str(path)
     try:
-        data = path.read_bytes()
+        data = read_spec_bytes(path)
     except OSError as error:
         return FormatOutcome(False, [_io_error("read", display, error)], {})
     text, problem = decode(data, display)

@@ -33,6 +33,8 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
 
 def _spec_value(value: Any) -> str:
     """A Python value written as the spec language writes it (the checker then validates it)."""
+    if value is None:
+        return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -146,6 +148,11 @@ def _device_memory(device) -> int | None:
 
 def load(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     """Build the model of a spec: `nldsl.load("specs/hope.nl", dim=64, train__seq_len=128)`.
+
+    A keyword's `__` stands for a dot; its value is written as the spec writes it (None as
+    `none`, a str as a string, a list as a list). A value the spec writes as a bare name or a
+    call (`optimizer = muon`, `tokenizer = bpe(512)`) goes in `overrides` as spec text:
+    `nldsl.load("specs/hope.nl", ["train.tokenizer=bpe(512)", "model.vocab=512"], dim=64)`.
 
     Returns a freshly initialised `torch.nn.Module` whose call on tokens (B, T) returns logits
     (B, T, vocab); `model(tokens, return_state=True)` also returns the memory state. The checked

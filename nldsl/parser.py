@@ -112,15 +112,19 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
             continue
         if bag.items:
             break
-        deep = _too_deep(tree)
-        if deep is not None:
+        found = _too_deep(tree)
+        if found is not None:
+            deep, chain = found
             start = getattr(deep.meta, "start_pos", 0)
             sections = deep.data == "section" or any(
                 isinstance(child, Tree) and child.data == "section" for child in deep.children)
             help = ("nest fewer sections: name a block or level at the top of the file and inherit it with "
                     "`from`" if sections else "flatten the expression with named constants")
-            return None, [Diagnostic("E0104", f"nested more than {MAX_NESTING} levels deep",
-                                     source.span(start, start + 1), help)]
+            what = f"nested more than {MAX_NESTING} levels deep"
+            if chain:  # a long flat chain `1 + 1 + …` nests one level per operator
+                what += " (each operator of a chain such as `a + b + c` is a level)"
+                help = "split the chain into named constants, e.g. `const first = …` for its first half"
+            return None, [Diagnostic("E0104", what, source.span(start, start + 1), help)]
         comment_nodes = tuple(ast.Comment(_span(source, tok), str(tok)) for tok in _comments(source))
         builder = _Builder(source)
         module = builder.module(tree, comment_nodes)
@@ -130,14 +134,16 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
     return None, bag.sorted()
 
 
-def _too_deep(tree: Tree) -> Tree | None:
-    """The first node nested deeper than `MAX_NESTING`, found without recursion."""
-    stack = [(tree, 0)]
+def _too_deep(tree: Tree) -> tuple[Tree, bool] | None:
+    """The first node nested deeper than `MAX_NESTING`, found without recursion, and whether most of
+    the levels above it are operators (a long chain `1 + 1 + …` rather than nested groups or sections)."""
+    stack = [(tree, 0, 0)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, operators = stack.pop()
         if depth > MAX_NESTING:
-            return node
-        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+            return node, 2 * operators > depth
+        operators += node.data == "binary"
+        stack.extend((child, depth + 1, operators) for child in node.children if isinstance(child, Tree))
     return None
 
 

@@ -281,7 +281,90 @@ def test_sections_nested_too_deep_get_help_about_sections_not_expressions():
 def test_python_keyword_overrides_are_written_as_the_spec_language_writes_them():
     from nldsl.loader import override_strings
 
-    assert override_strings(dim=64, train__steps=True, name='a "b"', adaptive=["k", "v"], gates=(1, 0.5)) == [
-        "dim=64", "train.steps=true", 'name="a \\"b\\""', 'adaptive=["k", "v"]', "gates=[1, 0.5]"]
+    assert override_strings(dim=64, train__steps=True, name='a "b"', adaptive=["k", "v"], gates=(1, 0.5),
+                            momentum=None) == [
+        "dim=64", "train.steps=true", 'name="a \\"b\\""', 'adaptive=["k", "v"]', "gates=[1, 0.5]", "momentum=none"]
     result = check_text(UNNAMED_PARTS, overrides=override_strings(model__block__cms__level2__period=32))
     assert result.ok, _messages(result)
+
+
+@pytest.mark.parametrize(("target", "reason"), [
+    ("a\0b.nl", "the path holds a NUL character"), ("folder", "it is a folder"),
+    ("loop.nl", ""),  # Python 3.11 fails to resolve it, later versions to read it
+    ("/dev/zero", "it is not a regular file"), ("missing.nl", "no such file")])
+def test_an_import_that_cannot_be_read_is_a_diagnostic_not_a_crash(tmp_path, target, reason):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "loop.nl").symlink_to(tmp_path / "loop2.nl")
+    (tmp_path / "loop2.nl").symlink_to(tmp_path / "loop.nl")
+    result = check_text(f'import "{target}"\nmodel {{ dim = 8; block {{ mlp {{ }} }} }}\n', base_dir=tmp_path)
+    [(code, message, _)] = _messages(result)
+    assert code == "E0205" and message.startswith(f"cannot import `{target}`: {reason}")
+
+
+def test_an_endless_or_huge_spec_file_is_refused_before_it_fills_the_memory():
+    from nldsl.checker import check_file
+
+    [diagnostic] = check_file("/dev/zero").diagnostics
+    assert diagnostic.code == "E0105" and "larger than 16,777,216 bytes" in diagnostic.message
+
+
+def test_the_spec_hash_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    from nldsl.checker import check_file
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "z.nl").write_text("const width = 16\n")
+    (tmp_path / "specs/a.nl").write_text("block b { mlp { } }\n")
+    (tmp_path / "specs/root.nl").write_text(
+        'import "a.nl"\nimport "../z.nl"\nmodel { dim = width; block from b { } }\ntrain { steps = 1 }\n')
+    monkeypatch.chdir(tmp_path)
+    from_above = check_file("specs/root.nl").spec.sha256
+    monkeypatch.chdir(tmp_path / "specs")
+    assert check_file("root.nl").spec.sha256 == from_above
+
+
+def test_control_characters_of_a_spec_are_escaped_in_diagnostics_and_the_caret_still_fits():
+    from nldsl.diagnostics import render_text
+
+    result = check_text('model { dim = 8; block { mlp { expansion = "\x1b[31mX\x07" } } }\n', path="esc.nl")
+    text = render_text(result.diagnostics, result.sources)
+    assert "\x1b" not in text and "\x07" not in text and 'got "\\x1b[31mX\\x07"' in text
+    source_line, caret_line = [line for line in text.splitlines() if line.startswith(("1 |", "  |"))][-2:]
+    start = caret_line.index("^")
+    assert source_line[start:start + caret_line.count("^")] == '"\\x1b[31mX\\x07"'
+
+
+@pytest.mark.parametrize("digits", ["１６", "١٦"])
+def test_numbers_take_ascii_digits_only(digits):
+    [(code, message, _)] = _messages(check_text(f"model {{ dim = {digits}; block {{ mlp {{ }} }} }}\n"))
+    assert code == "E0102" and message == f"unexpected character `{digits[0]}`"
+
+
+def test_an_overridden_constant_reaches_the_constants_other_files_compute_from_it(tmp_path):
+    from nldsl.checker import check_file
+
+    (tmp_path / "base.nl").write_text("const dim = 64\n")
+    (tmp_path / "mid.nl").write_text('import "base.nl"\nconst heads = dim / 16\n'
+                                     "block blk { attention { heads = heads } mlp { } }\n")
+    (tmp_path / "root.nl").write_text('import "mid.nl"\nmodel { dim = dim; block from blk { } }\n')
+    result = check_file(tmp_path / "root.nl", ["dim=32"])
+    assert result.ok, _messages(result)
+    assert result.spec.model.dim == 32 and result.spec.model.block.sublayers[0].heads == 2
+
+
+@pytest.mark.parametrize("layers", ["mlp { } attention mlp { heads = 2 }", "attention mlp { heads = 2 } mlp { }"])
+def test_an_unnamed_layer_avoids_the_names_written_in_its_block_in_any_order(layers):
+    result = check_text(f"model {{ dim = 8; block {{ {layers} }} }}\n",
+                        overrides=["model.block.mlp.heads=4", "model.block.mlp_2.expansion=2"])
+    assert result.ok, _messages(result)
+    by_name = {layer.name: layer for layer in result.spec.model.block.sublayers}
+    assert by_name["mlp"].kind == "attention" and by_name["mlp"].heads == 4
+    assert by_name["mlp_2"].kind == "mlp" and by_name["mlp_2"].expansion == 2
+
+
+def test_a_long_flat_chain_of_operators_is_told_apart_from_nested_groups():
+    chain = check_text("const _x = " + " + ".join(["1"] * 70) + "\n")
+    groups = check_text("const _x = " + "(" * 70 + "1" + ")" * 70 + "\n")
+    [(code, message, help)] = _messages(chain)
+    assert code == "E0104" and "each operator of a chain" in message and help.startswith("split the chain")
+    [(code, message, help)] = _messages(groups)
+    assert code == "E0104" and "chain" not in message and help == "flatten the expression with named constants"

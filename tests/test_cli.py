@@ -352,3 +352,13 @@ def test_seeds_and_learning_rates_out_of_torchs_range_are_usage_errors(args, cap
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("victim", ["hope.nl", "titans_lmm.nl"])  # the spec itself, and a file it imports
+def test_compile_refuses_to_write_over_a_spec_it_reads(tmp_path, capsys, victim):
+    for name in ("hope.nl", "titans_lmm.nl"):
+        (tmp_path / name).write_text((REPO_ROOT / "specs" / name).read_text())
+    before = (tmp_path / victim).read_text()
+    assert main(["compile", str(tmp_path / "hope.nl"), "-o", str(tmp_path / ".." / tmp_path.name / victim)]) == 1
+    assert "a spec file this compile reads" in capsys.readouterr().err
+    assert (tmp_path / victim).read_text() == before

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from nldsl import loader
 from nldsl import spec as S
 from nldsl.cli import UserError
+from nldsl.diagnostics import terminal_safe
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
@@ -195,15 +196,6 @@ def generate(model: torch.nn.Module, tokenizer: D.ByteTokenizer | D.BPETokenizer
             logits = logits.masked_fill(logits < threshold, float("-inf"))
         ids.append(int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)))
     return tokenizer.decode(ids[prompt_length:])
-
-
-# Control characters but newline and tab, and DEL and the C1 controls: a model's bytes may hold a
-# terminal escape sequence, which must not reach a terminal as one (a pipe gets the text as it is).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str) -> str:
-    return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def shown_text(text: str) -> str:
