@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import keyword
 import math
+import string
 from importlib import resources
 
 import lark
@@ -161,6 +162,10 @@ def _comments(source: SourceFile) -> list[Token]:
     return [tok for tok in _lark().lex(source.text, dont_ignore=True) if tok.type == "COMMENT"]
 
 
+# Every character some token of the grammar (grammar/nl.lark) can hold outside strings and comments.
+LANGUAGE_CHARACTERS = frozenset(string.ascii_letters + string.digits + '_"=(){}[],.+-*/%#;' + " \t\f\r\n")
+
+
 def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInput, text: str) -> Diagnostic:
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
         pos = error.pos_in_stream or 0
@@ -170,6 +175,12 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
             return Diagnostic("E0102", "unterminated string", span,
                               "strings are written on one line between double quotes")
         shown = repr(char)[1:-1] if char.isprintable() and char.strip() else f"U+{ord(char):04X}"
+        if char not in LANGUAGE_CHARACTERS:
+            # The lexer's `allowed` is the parser state's before it reduced what precedes, so it can
+            # list tokens that cannot follow here; for a character no token has, say that instead.
+            return Diagnostic("E0102", f"unexpected character `{shown}`", span,
+                              "the language has no such character: names are ASCII letters, digits and `_`, "
+                              "numbers ASCII digits, comments start with `#`")
         return Diagnostic("E0102", f"unexpected character `{shown}`", span,
                           f"expected {describe_expected(error.allowed or set())}")
     if isinstance(error, lark.exceptions.UnexpectedToken):

@@ -368,3 +368,10 @@ def test_a_long_flat_chain_of_operators_is_told_apart_from_nested_groups():
     assert code == "E0104" and "each operator of a chain" in message and help.startswith("split the chain")
     [(code, message, help)] = _messages(groups)
     assert code == "E0104" and "chain" not in message and help == "flatten the expression with named constants"
+
+
+@pytest.mark.parametrize("text", ["const a = 1\n@\n", "model { dim = 8 }\n$x\n"])
+def test_a_character_the_language_lacks_is_said_so_rather_than_guessing_what_may_follow(text):
+    [(code, message, help)] = _messages(check_text(text))
+    assert code == "E0102" and message.startswith("unexpected character")
+    assert help.startswith("the language has no such character")
