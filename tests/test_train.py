@@ -202,25 +202,45 @@ def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
     assert "default corpus" in capsys.readouterr().out
 
 
-def test_a_closed_stdout_pipe_stops_training_with_its_steps_saved(tmp_path):
-    """`nldsl train … | head -1`: the reader exits, the next line printed fails; the run keeps its steps."""
+def test_a_closed_stdout_pipe_stops_training_with_a_clear_error(tmp_path):
+    """`nldsl train … | head -3`: the reader exits, the next line printed fails; exit 1, never a silent 0."""
     import subprocess
     import sys
 
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "nldsl", "train", str(REPO / "specs/titans_lmm.nl"), *TINY,
-               "--set", "train.steps=40", "--set", "train.eval_every=4", "--set", "train.checkpoint_every=0",
+               "--set", "train.steps=200", "--set", "train.eval_every=4", "--set", "train.checkpoint_every=0",
                "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert process.stdout.readline().startswith("run folder:")
-    process.stdout.close()  # as `head -1` does
+    first = [process.stdout.readline() for _ in range(3)]  # run folder, data, model: then the steps
+    assert first[0].startswith("run folder:") and first[2].startswith("model:")
+    process.stdout.close()  # as `head` does
     err = process.stderr.read()
     assert process.wait(timeout=300) == 1, err
     [line] = [line for line in err.splitlines() if line.startswith("error:")]
     assert "the output was closed (its reader exited) after" in line and "continue with --resume" in line
     assert "Traceback" not in err and "Exception ignored" not in err
     assert list((run_dir / "checkpoints").glob("step-*"))
+
+
+def test_a_closed_stdout_before_the_first_step_is_an_error_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    real_say = T._say
+
+    def closed_after_the_first_line(context, message, error=False):
+        if message.startswith("data:"):
+            raise BrokenPipeError(32, "Broken pipe")
+        real_say(context, message, error)
+
+    monkeypatch.setattr(T, "_say", closed_after_the_first_line)
+    monkeypatch.setattr(T, "_discard_stdout", lambda: None)  # pytest's capture is no pipe
+    run_dir = tmp_path / "run"
+    assert main(["train", str(REPO / "specs/titans_lmm.nl"), *TINY, "--run-dir", str(run_dir), "--no-compile",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "the output was closed (its reader exited) before the first step: nothing was trained, and the run " \
+           f"folder {run_dir} was removed" in err
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize(("stop", "done", "checkpoints", "rerun"), [

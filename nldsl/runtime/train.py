@@ -402,9 +402,13 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     started = [False]  # set when the first step begins: from then on the folder holds a run
     try:
         return _train_in(result, overrides, options, context, run_dir, started)
-    except BaseException:
+    except BaseException as error:
         if created and not started[0]:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(error, BrokenPipeError):  # stdout's reader exited before the first step (a later one is
+            _discard_stdout()                   # checkpointed by the step loop, which says so itself)
+            raise UserError("the output was closed (its reader exited) before the first step: nothing was "
+                            "trained" + (f", and the run folder {run_dir} was removed" if created else "")) from None
         raise
     finally:
         if lock is not None:
