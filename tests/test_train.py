@@ -224,23 +224,27 @@ def test_a_closed_stdout_pipe_stops_training_with_a_clear_error(tmp_path):
     assert list((run_dir / "checkpoints").glob("step-*"))
 
 
-def test_a_closed_stdout_before_the_first_step_is_an_error_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("line", "said"), [
+    ("data:", "before the first step: nothing was trained, and the run folder {run_dir} was removed"),
+    ("step 6: validation", "after the last step; the run finished and its checkpoint is {run_dir}"),
+    ("first step:", "after training; the run and its checkpoints are in {run_dir}"),
+])
+def test_a_closed_stdout_outside_the_steps_says_what_was_kept(tmp_path, monkeypatch, capsys, line, said):
     real_say = T._say
 
-    def closed_after_the_first_line(context, message, error=False):
-        if message.startswith("data:"):
+    def closed_at_that_line(context, message, error=False):
+        if message.startswith(line):
             raise BrokenPipeError(32, "Broken pipe")
         real_say(context, message, error)
 
-    monkeypatch.setattr(T, "_say", closed_after_the_first_line)
+    monkeypatch.setattr(T, "_say", closed_at_that_line)
     monkeypatch.setattr(T, "_discard_stdout", lambda: None)  # pytest's capture is no pipe
     run_dir = tmp_path / "run"
     assert main(["train", str(REPO / "specs/titans_lmm.nl"), *TINY, "--run-dir", str(run_dir), "--no-compile",
                  "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "the output was closed (its reader exited) before the first step: nothing was trained, and the run " \
-           f"folder {run_dir} was removed" in err
-    assert not run_dir.exists()
+    assert "error: the output was closed (its reader exited) " + said.format(run_dir=run_dir) in err
+    assert run_dir.exists() == (line != "data:")
 
 
 @pytest.mark.parametrize(("stop", "done", "checkpoints", "rerun"), [

@@ -405,8 +405,11 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     except BaseException as error:
         if created and not started[0]:
             shutil.rmtree(run_dir, ignore_errors=True)
-        if isinstance(error, BrokenPipeError):  # stdout's reader exited before the first step (a later one is
-            _discard_stdout()                   # checkpointed by the step loop, which says so itself)
+        if isinstance(error, BrokenPipeError):  # stdout's reader exited outside the step loop (inside it, the
+            _discard_stdout()                   # loop checkpoints the steps done and says so itself)
+            if started[0]:  # after the loop: every step ran and was checkpointed; only the report is lost
+                raise UserError(f"the output was closed (its reader exited) after training; the run and its "
+                                f"checkpoints are in {run_dir}") from None
             raise UserError("the output was closed (its reader exited) before the first step: nothing was "
                             "trained" + (f", and the run folder {run_dir} was removed" if created else "")) from None
         raise
@@ -657,6 +660,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         where = _save_on_interrupt(context, completed, saved_step, last_checkpoint,
                                    lambda: save(completed, evaluation if evaluated_at == completed else None,
                                                 boundary_rng), say=not closed)
+        if closed and completed >= plan.steps and completed == saved_step[0]:  # the run had finished
+            raise UserError(f"the output was closed (its reader exited) after the last step; the run finished and "
+                            f"its checkpoint is {last_checkpoint[0]}") from None
         if closed:
             raise UserError(f"the output was closed (its reader exited) after {completed} step(s); {where}"
                             ) from None
