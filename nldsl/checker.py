@@ -271,6 +271,8 @@ class Checker:
             for name, (value, attr_span, origin) in const_overrides.items():
                 found = ns.lookup_const(name)
                 owner = found[1] if found else ns
+                if owner is not ns:
+                    value = self.folded_in_root(value, ns)
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
                 owner.used.add(name)
                 self.provenance[name] = origin
@@ -288,6 +290,24 @@ class Checker:
         if any(d.severity == "error" for d in diagnostics):
             spec = None
         return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans)
+
+    def folded_in_root(self, value: ast.Expr, root: Namespace) -> ast.Expr:
+        """An override's value read where the user wrote it, the root file: `--set dim=width` sets a
+        constant of an imported file from the root's `width`. A value the root cannot fold (a name
+        only the imported file knows) is left for the imported file's scope, as before."""
+        if not _names_in(value):
+            return value
+        try:
+            folded = self.evaluate(value, root)
+        except EvalError:
+            return value
+        if isinstance(folded, bool):
+            return ast.Bool(value.span, folded)
+        if isinstance(folded, (int, float)):
+            return ast.Number(value.span, folded, repr(folded))
+        if isinstance(folded, str) and not isinstance(folded, Symbol):
+            return ast.String(value.span, folded)
+        return value
 
     def load_text(self, text: str, path: str, base_dir: Path) -> Namespace | None:
         source = SourceFile.from_text(path, text)

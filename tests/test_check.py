@@ -375,3 +375,14 @@ def test_a_character_the_language_lacks_is_said_so_rather_than_guessing_what_may
     [(code, message, help)] = _messages(check_text(text))
     assert code == "E0102" and message.startswith("unexpected character")
     assert help.startswith("the language has no such character")
+
+
+def test_an_override_of_an_imported_constant_reads_names_in_the_root_file(tmp_path):
+    from nldsl.checker import check_file
+
+    (tmp_path / "base.nl").write_text("const dim = 64\n")
+    (tmp_path / "root.nl").write_text('import "base.nl"\nconst width = 48\nmodel { dim = dim; block { mlp { } } }\n')
+    result = check_file(tmp_path / "root.nl", ["dim=width"])
+    assert result.ok and not result.diagnostics, _messages(result)
+    assert result.spec.model.dim == 48
+    assert check_file(tmp_path / "root.nl", ["dim=dim // 2"]).spec.model.dim == 32
