@@ -295,7 +295,9 @@ def test_bench_speed_outside_a_checkout_says_where_to_run_it(monkeypatch, capsys
     (["generate", "{run}", "--temperature", "-1"], "--temperature must be a finite number ≥ 0"),
     (["generate", "{run}", "--temperature", "nan"], "--temperature must be a finite number ≥ 0"),
     (["stream", "{run}", "--segment", "0"], "--segment must be at least 1"),
-    (["stream", "{run}", "--max-tokens", "-3"], "--max-tokens must be at least 0"),
+    (["stream", "{run}", "--max-tokens", "-3"], "--max-tokens must be at least 1"),
+    (["stream", "{run}", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+    (["stream", "{run}", "--state-out", "{tmp}/notes.txt"], "the file exists and is not a stream state"),
     (["eval", "{run}", "--batches", "0"], "--batches must be at least 1"),
     (["stream", "{run}", "--state-out", "{tmp}/missing/state.safetensors"], "no folder"),
     (["stream", "{run}", "--state-out", "{tmp}"], "it is a folder"),
@@ -305,12 +307,41 @@ def test_out_of_range_options_and_unwritable_outputs_are_refused_before_any_work
     def no_work(*_args, **_kwargs):
         raise AssertionError("the command ran before checking its options")
 
+    (tmp_path / "notes.txt").write_text("the user's own file\n")  # --state-out must not replace it
     monkeypatch.setattr(E, "stream", no_work)  # the stream's learning would be lost to a late refusal
     monkeypatch.setattr(E, "evaluate_text", no_work)
     monkeypatch.setattr(E, "generate", no_work)
     assert main([a.format(run=run_dir, tmp=tmp_path) for a in args]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file\n"
+
+
+@pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
+def test_weights_that_are_not_finite_are_a_damaged_checkpoint(run_dir, tmp_path, capsys, command):
+    from safetensors.torch import load_file, save_file
+
+    damaged = _copy_checkpoint(run_dir, tmp_path / "damaged", lambda r: r.pop("files"))  # no hashes to catch it
+    weights = load_file(damaged / "model.safetensors")
+    first = next(name for name, t in weights.items() if t.is_floating_point())
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, damaged / "model.safetensors")
+    assert main([command[0], str(damaged), *command[1:]]) == 1
+    err = capsys.readouterr().err
+    assert f"hold NaN or infinite values ({first}" in err and err.count("\n") == 1
+
+
+def test_a_tokenizer_file_other_than_the_recorded_one_is_refused(tmp_path):
+    import hashlib
+
+    D.BPETokenizer.train(["the quick brown fox jumps over the lazy dog " * 50], 300).save(tmp_path / "tokenizer.json")
+    record = {"kind": "bpe", "file": "tokenizer.json", "vocab": 300}
+    recorded = hashlib.sha256((tmp_path / "tokenizer.json").read_bytes()).hexdigest()
+    assert D.tokenizer_from_record(record, tmp_path, recorded).vocab_size == 300
+    with pytest.raises(UserError, match=r"is not the tokenizer the checkpoint in .* was written with"):
+        D.tokenizer_from_record(record, tmp_path, "0" * 64)
+    with pytest.raises(UserError, match="more than the model's vocabulary of 260"):
+        D.tokenizer_from_record({**record, "vocab": 260}, tmp_path)
 
 
 def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:

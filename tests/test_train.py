@@ -736,8 +736,11 @@ def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_
     assert main(args) == 0
     vocabulary = json.loads((run_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocabulary) == 400  # not the 300 of the tokenizer left behind
-    (run_dir / "tokenizer.json").unlink()
+    D.BPETokenizer.train("another unrelated text " * 50, 400).save(run_dir / "tokenizer.json")
     capsys.readouterr()
+    assert main([*args, "--resume", "--set", "train.steps=8"]) == 1  # another tokenizer: other ids
+    assert "tokenizer.json is not the tokenizer the checkpoint" in capsys.readouterr().err
+    (run_dir / "tokenizer.json").unlink()
     assert main([*args, "--resume", "--set", "train.steps=8"]) == 1
     assert "tokenizer.json is missing" in capsys.readouterr().err
 

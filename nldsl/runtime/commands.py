@@ -106,10 +106,11 @@ def stream_command(args: argparse.Namespace) -> int:
 
     if args.segment is not None and args.segment < 1:
         raise UserError("--segment must be at least 1")
-    if args.max_tokens is not None and args.max_tokens < 0:
-        raise UserError("--max-tokens must be at least 0")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
     if args.state_out:
         _check_writable(Path(args.state_out))  # before the stream, whose learning the state keeps
+        _check_replaceable_state(Path(args.state_out))
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
     text, what = _text(args, loaded)
@@ -117,7 +118,7 @@ def stream_command(args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens + 1]
     sha = loaded.checkpoint.record["spec_sha256"]
-    weights = loaded.checkpoint.record["files"].get(MODEL_FILE)
+    weights = loaded.checkpoint.record.get("files", {}).get(MODEL_FILE)
     state = load_stream_state(Path(args.state_in), sha, weights, loaded.device) if args.state_in else None
     if state is not None:
         check_stream_state(loaded, state, Path(args.state_in), segment)
@@ -126,6 +127,9 @@ def stream_command(args: argparse.Namespace) -> int:
     if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
         save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
     fed = sum(s.tokens for s in result.segments)
+    if not result.segments and not args.state_out and result.stopped is None:
+        raise UserError(f"nothing to stream: {what} holds {len(tokens):,} token(s), and a segment needs a token and "
+                        "the one after it")
     print(f"streamed {fed:,} tokens of {what} in {len(result.segments)} segments of up to {segment} "
           f"from checkpoint {loaded.checkpoint.path}")
     for prefix, count in result.updates.items():
@@ -146,6 +150,16 @@ def stream_command(args: argparse.Namespace) -> int:
         print(f"error: {result.stopped}{kept}", file=sys.stderr)
         return 130 if result.stopped.startswith("interrupted") else 1
     return 0
+
+
+def _check_replaceable_state(path: Path) -> None:
+    """--state-out replaces only a stream state (or writes through a device such as /dev/null): a
+    file of any other kind there (the text being streamed, a checkpoint's weights) is the user's."""
+    from nldsl.runtime.evaluate import holds_a_stream_state
+
+    if path.is_file() and not holds_a_stream_state(path):
+        raise UserError(f"--state-out {path}: the file exists and is not a stream state, so writing the state "
+                        "there would destroy it; choose a new file (a stream state is replaced as it is updated)")
 
 
 def _check_writable(path: Path) -> None:

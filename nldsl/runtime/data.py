@@ -309,6 +309,9 @@ class BPETokenizer:
             tokenizer = tk.Tokenizer.from_file(str(path))
         except Exception as error:  # the package raises its own exception type for bad files
             raise UserError(f"cannot read the tokenizer {path}: {error}") from None
+        if tokenizer.get_vocab_size() > vocab:  # its ids would index past the model's embedding
+            raise UserError(f"the tokenizer {path} has {tokenizer.get_vocab_size():,} ids, more than the model's "
+                            f"vocabulary of {vocab:,}: it is not the tokenizer this model was trained with")
         return cls(tokenizer, vocab)
 
     def save(self, path: Path) -> None:
@@ -364,14 +367,24 @@ def build_tokenizer(tokenizer_spec: Any, train_texts: list[str], saved: Path | N
     return BPETokenizer.train(train_texts, tokenizer_spec.vocab)
 
 
-def tokenizer_from_record(record: dict[str, Any], folder: Path) -> ByteTokenizer | BPETokenizer:
-    """The tokenizer a checkpoint names (`record["tokenizer"]`), its file read from `folder`."""
+def tokenizer_from_record(record: dict[str, Any], folder: Path, sha256: str | None = None
+                          ) -> ByteTokenizer | BPETokenizer:
+    """The tokenizer a checkpoint names (`record["tokenizer"]`), its file read from `folder` and
+    checked against the sha256 the checkpoint recorded for it (`record["files"]`), when it has one."""
     if record["kind"] == "bytes":
         return ByteTokenizer()
     path = folder / record["file"]
     if not path.exists():
         raise UserError(f"the checkpoint in {folder} names a BPE tokenizer but {path} is missing")
+    check_tokenizer_file(path, sha256, f"the checkpoint in {folder} was written with")
     return BPETokenizer.from_file(path, record["vocab"])
+
+
+def check_tokenizer_file(path: Path, sha256: str | None, whose: str) -> None:
+    """A tokenizer file must be the one a checkpoint recorded: another one maps text to other ids,
+    so the weights would read it wrongly (a loss that is not the run's, or ids past the vocabulary)."""
+    if sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise UserError(f"{path} is not the tokenizer {whose} (its sha256 differs from the recorded one)")
 
 
 # Token streams and batches ------------------------------------------------------------------------

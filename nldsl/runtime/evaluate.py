@@ -89,9 +89,15 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     module = loader.build_module(spec, record.get("spec_text", ""))
     model = loader.build_model(module, spec, device)
     C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
+    broken = [name for name, t in checkpoint.model.items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # training never saves such weights (it stops first): the file was damaged or made elsewhere
+        raise C.CheckpointError(f"the weights in {checkpoint.path} hold NaN or infinite values ({broken[0]}"
+                                + (f" and {len(broken) - 1} more" if len(broken) > 1 else "") + ")")
     model.load_state_dict(checkpoint.model)
     model.requires_grad_(False)
-    tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path)
+    tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,
+                                        record.get("files", {}).get("tokenizer.json"))
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
 
 
@@ -418,6 +424,17 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
         write_atomic(path, data)
     except OSError as error:
         raise UserError(f"could not write the stream state {path}: {error.strerror or error}") from None
+
+
+def holds_a_stream_state(path: Path) -> bool:
+    """Whether the file at `path` is a state `save_stream_state` wrote (a damaged one included: its
+    header still says so), i.e. a file `--state-out` may replace."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            structure = json.loads((handle.metadata() or {}).get("nldsl", "null"))
+    except (safetensors.SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(structure, dict) and structure.get("format") == STATE_FORMAT
 
 
 def state_tensors_sha256(tensors: dict[str, Tensor]) -> str:

@@ -434,7 +434,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                         found.record.get("initialized_from") if found is not None else None)
 
     split = _split_to_train_on(options, context, run_dir, found)
-    tokenizer = _tokenizer(plan, split, context, run_dir, initial, resumed=found is not None)
+    tokenizer = _tokenizer(plan, split, context, run_dir, initial, found)
     train_text = D.tokenize(tokenizer, split.train)
     validation = D.tokenize(tokenizer, split.validation)
     D.require_windows(train_text, plan.seq_len, "training")
@@ -733,17 +733,23 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
 
 
 def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, initial: C.Checkpoint | None,
-               resumed: bool) -> Any:
+               found: C.Checkpoint | None) -> Any:
     """The run's tokenizer. A BPE one is trained once, on the train split, and kept in the run
     folder, where a resumed run reads it back; a new run makes its own even when an earlier run
     left one there (other data or vocabulary), and a run started --init-from another takes that
     run's, since its weights read those ids."""
     distributed.barrier(context)  # rank 0 made the folder
     tokenizer_file = run_dir / "tokenizer.json"
+    resumed = found is not None
     if plan.tokenizer.kind == "bpe" and resumed and not tokenizer_file.exists():
         raise UserError(f"cannot resume: {tokenizer_file} is missing, and its checkpoints read that tokenizer's ids")
+    if plan.tokenizer.kind == "bpe" and found is not None:
+        D.check_tokenizer_file(tokenizer_file, found.record.get("files", {}).get("tokenizer.json"),
+                               f"the checkpoint {found.path} was trained with")
     if plan.tokenizer.kind == "bpe" and context.is_main and not resumed:
         if initial is not None:
+            D.check_tokenizer_file(initial.path / "tokenizer.json", initial.record.get("files", {}).get(
+                "tokenizer.json"), f"the checkpoint {initial.path} was trained with")
             tokenizer_file.write_bytes((initial.path / "tokenizer.json").read_bytes())
         else:
             _say(context, f"training a byte-level BPE tokenizer (vocabulary {plan.tokenizer.vocab}) on the train "
