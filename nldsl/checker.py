@@ -280,9 +280,10 @@ class Checker:
                 # Every file's constants are evaluated again: one computed in another file from the
                 # overridden constant (`heads = dim / 16` importing `dim`) follows it too. A problem
                 # found twice is reported once (the bag drops repeats).
-                for namespace in {id(n): n for n in [*self.namespaces.values(), ns]}.values():
+                every = list({id(n): n for n in [*self.namespaces.values(), ns]}.values())  # one entry per file
+                for namespace in every:
                     namespace.values.clear()
-                for namespace in {id(n): n for n in [*self.namespaces.values(), ns]}.values():
+                for namespace in every:
                     self.evaluate_constants(namespace)
             self.evaluate_constants(ns)
             spec = self.build_spec(ns, text, path_overrides, overrides)
@@ -305,7 +306,7 @@ class Checker:
             return ast.Bool(value.span, folded)
         if isinstance(folded, (int, float)):
             return ast.Number(value.span, folded, repr(folded))
-        if isinstance(folded, str) and not isinstance(folded, Symbol):
+        if isinstance(folded, str):  # a bare name folds to a Symbol, which stays in the imported file's scope
             return ast.String(value.span, folded)
         return value
 
@@ -1358,8 +1359,8 @@ class Converter:
             attr = tree.attrs.get(gate)
             if attr is None or not (attr.origin.startswith("--set") or _inside(attr.span, tree.span)) \
                     or getattr(projections, gate) == getattr(memory, gate) \
-                    or (gate == "momentum" and memory.momentum is None) \
-                    or (gate == "momentum" and projections.momentum is None):  # `none` turns their momentum off
+                    or (gate == "momentum" and None in (memory.momentum, projections.momentum)):
+                # a memory level without momentum: E0601 says what to do; `none` turns theirs off
                 continue
             what = (f"`{gate}` has no effect on level `projections`" if gate != "momentum" else
                     "the value of `momentum` has no effect on level `projections` (writing it gives them a "
