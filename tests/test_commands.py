@@ -114,6 +114,18 @@ def test_generate_is_seeded_and_greedy_at_temperature_zero(run_dir, capsys):
             torch.set_flush_denormal(False)
 
 
+
+def test_generate_yields_its_text_as_it_samples(run_dir):
+    loaded = E.load_model(run_dir, CPU)
+    pieces = list(E.generate_pieces(loaded.model, loaded.tokenizer, "class ", 40, 1.0, 0, 5, 16, CPU))
+    assert "".join(pieces) == E.generate(loaded.model, loaded.tokenizer, "class ", 40, 1.0, 0, 5, 16, CPU)
+    # an incomplete UTF-8 sequence waits for the token that completes it (only the last piece may end in one)
+    assert all(piece and not piece.endswith("\ufffd") for piece in pieces[:-1])
+    # lazily: the first piece of a practically endless continuation comes at once
+    endless = E.generate_pieces(loaded.model, loaded.tokenizer, "class ", 10**12, 0.0, 0, 0, 16, CPU)
+    assert next(endless)
+
+
 def flat(value) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
@@ -462,3 +474,9 @@ def test_a_stream_state_of_other_weights_is_refused(run_dir, text_file, tmp_path
 
 def test_generated_control_characters_reach_a_terminal_escaped():
     assert E.terminal_safe("a\x1b[31mb\tc\nd\x7f\x9b é") == "a\\x1b[31mb\tc\nd\\x7f\\x9b é"
+
+
+def test_a_run_whose_data_moved_is_told_to_pass_data(tmp_path):
+    record = {"data": {"source": {"kind": "files", "paths": [str(tmp_path / "moved.txt")], "encoding": "utf-8"}}}
+    with pytest.raises(UserError, match=r"moved\.txt does not exist: .*pass --data"):
+        E.validation_text(record)

@@ -799,3 +799,15 @@ def test_ctrl_c_during_an_evaluation_is_made_up_on_resume(tmp_path, text_file, c
 
     assert evaluations(tmp_path / "run") == evaluations(tmp_path / "reference")
     assert [step for step, _ in evaluations(tmp_path / "run")] == [2, 4]
+
+
+def test_a_first_step_that_is_not_finite_points_at_the_layer_not_the_optimizer(tmp_path, text_file, capsys):
+    # an in-context memory with a learning rate far too large: its readout overflows before any update
+    spec = tmp_path / "unstable.nl"
+    spec.write_text((REPO / "specs/titans_lmm.nl").read_text().replace("lr = learned(max = 0.005)", "lr = 1e6"))
+    status = main(["train", str(spec), *TINY, "--data", str(text_file), "--run-dir", str(tmp_path / "run"),
+                   "--no-compile", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 1 and "at step 1" in err and err.count("\n") == 1
+    assert "a lower train.optimizer.lr or a clip cannot help" in err
+    assert "first not finite in lmm of block 0 (blocks.0.lmm)" in err and "learned(max = …)" in err

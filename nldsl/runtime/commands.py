@@ -75,7 +75,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from nldsl.runtime.evaluate import generate, shown_text
+    from nldsl.runtime.evaluate import generate_pieces, shown_text
 
     if args.tokens < 0:
         raise UserError("--tokens must be at least 0")
@@ -88,9 +88,18 @@ def generate_command(args: argparse.Namespace) -> int:
     except UnicodeEncodeError:
         raise UserError("--prompt is not valid UTF-8 text (check the terminal's or the script's encoding)") from None
     loaded = _load(args)
-    text = generate(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
-                    args.seed, loaded.spec.train.seq_len, loaded.device)
-    print(args.prompt + shown_text(text))
+    pieces = generate_pieces(loaded.model, loaded.tokenizer, args.prompt, args.tokens, args.temperature, args.top_k,
+                             args.seed, loaded.spec.train.seq_len, loaded.device)
+    # printed as it is sampled: a long continuation shows as it grows, and a reader that stops
+    # reading (`| head`) stops the sampling
+    print(shown_text(args.prompt), end="", flush=True)
+    try:
+        for piece in pieces:
+            print(shown_text(piece), end="", flush=True)
+    except KeyboardInterrupt:
+        print()  # the text so far stays, and "interrupted" goes on a line of its own
+        raise
+    print()
     return 0
 
 

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,13 @@ def validation_text(record: dict[str, Any]) -> str:
     """The validation split of the run a checkpoint belongs to, read again from its recorded source."""
     source = record["data"]["source"]
     paths = source["paths"] if source["kind"] == "files" else None
-    split = D.load_split(paths, source.get("encoding", "utf-8"))
+    try:
+        split = D.load_split(paths, source.get("encoding", "utf-8"))
+    except UserError as error:
+        if not paths:
+            raise
+        raise UserError(f"{error}: the run's validation split is read again from the data it trained on; "
+                        "pass --data to give the text where it is now, or another one") from None
     recorded = record["data"].get("validation_sha256")
     if recorded and split.record["validation"]["sha256"] != recorded:
         why = ("the data files changed since the run read them" if paths else
@@ -181,27 +188,49 @@ def evaluate_text(loaded: LoadedModel, text: str, batches: int | None) -> Evalua
 
 # Generation ------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: D.ByteTokenizer | D.BPETokenizer, prompt: str, tokens: int,
              temperature: float, top_k: int, seed: int, seq_len: int, device: torch.device) -> str:
     """The continuation of `prompt` (without the prompt), sampled one token at a time."""
+    return "".join(generate_pieces(model, tokenizer, prompt, tokens, temperature, top_k, seed, seq_len, device))
+
+
+def generate_pieces(model: torch.nn.Module, tokenizer: D.ByteTokenizer | D.BPETokenizer, prompt: str, tokens: int,
+                    temperature: float, top_k: int, seed: int, seq_len: int,
+                    device: torch.device) -> Iterator[str]:
+    """The continuation of `prompt`, yielded piece by piece as it is sampled, so that a long one shows
+    as it grows. A piece is the text the tokens so far add that no later token can change: a
+    trailing replacement character (an incomplete UTF-8 sequence, with byte tokens or byte-level
+    BPE) waits for the next token, and the last piece holds whatever is left."""
     ids = tokenizer.encode(prompt).long().tolist() or tokenizer.encode("\n").long().tolist()
     prompt_length = len(ids)
     generator = torch.Generator().manual_seed(seed)
+    shown = 0  # characters of the continuation yielded so far
     for _ in range(tokens):
-        context = torch.tensor(ids[-seq_len:], device=device).unsqueeze(0)  # (1, T)
-        logits = model(context)[0, -1].float().cpu()  # (V,)
-        if temperature <= 0:
-            ids.append(int(logits.argmax()))
-            continue
-        # shifted first, so that a tiny temperature gives −inf (probability 0), never inf; in float64,
-        # where a temperature below float32's normal range (1e-40) is not flushed to zero
-        logits = (logits.double() - logits.max()) / temperature
-        if 0 < top_k < logits.shape[0]:
-            threshold = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < threshold, float("-inf"))
-        ids.append(int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)))
-    return tokenizer.decode(ids[prompt_length:])
+        ids.append(_next_token(model, ids[-seq_len:], temperature, top_k, generator, device))
+        text = tokenizer.decode(ids[prompt_length:])
+        stable = len(text.rstrip("\ufffd"))  # decoding more tokens leaves the text before this as it is
+        if stable > shown:
+            yield text[shown:stable]
+            shown = stable
+    if tokens:
+        rest = tokenizer.decode(ids[prompt_length:])[shown:]
+        if rest:
+            yield rest
+
+
+@torch.no_grad()
+def _next_token(model: torch.nn.Module, context: list[int], temperature: float, top_k: int,
+                generator: torch.Generator, device: torch.device) -> int:
+    logits = model(torch.tensor(context, device=device).unsqueeze(0))[0, -1].float().cpu()  # (V,)
+    if temperature <= 0:
+        return int(logits.argmax())
+    # shifted first, so that a tiny temperature gives −inf (probability 0), never inf; in float64,
+    # where a temperature below float32's normal range (1e-40) is not flushed to zero
+    logits = (logits.double() - logits.max()) / temperature
+    if 0 < top_k < logits.shape[0]:
+        threshold = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
 def shown_text(text: str) -> str:

@@ -44,6 +44,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -524,6 +525,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         _say(context, f"step {step}: validation {evaluation.line()}")
 
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
+    first_inputs: list[Tensor] = []  # the batch of a first step that was not finite, for `stopped`
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
     def stopped(what: str, from_the_checkpoint: bool = False) -> TrainingError:
@@ -539,6 +541,14 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             return TrainingError(f"{what}; it is the first step after the checkpoint {last_checkpoint[0]}, whose "
                                  "weights already give it, so resuming from there fails the same way whatever the "
                                  f"learning rate: {way}")
+        if from_the_checkpoint and first_inputs:
+            where = _first_non_finite(model, first_inputs[0], bf16) if context.world_size == 1 else None
+            found_at = (f"the forward pass is first not finite in {where}" if where else
+                        "the forward pass is finite, its gradient is not")
+            return TrainingError(f"{what}; the weights it starts from already give it, before any update, so a lower "
+                                 f"train.optimizer.lr or a clip cannot help: {found_at}. An in-context level's "
+                                 "learning rate (`lr` in its `level`) set too high is the usual cause: lower it, or "
+                                 "bound it with learned(max = …)")
         kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
                 else "no checkpoint was written yet")
         then = "then --resume" if last_checkpoint[0] else "then train again"
@@ -618,6 +628,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             mean_loss = distributed.all_reduce_sum(loss.detach().float().clone(), context) / context.world_size
             loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                if step == saved_step[0] and last_checkpoint[0] is None:
+                    first_inputs.append(inputs)  # the first step of the weights the run starts from
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
                               "stopped before the optimizer step, nothing from this step was written",
                               from_the_checkpoint=step == saved_step[0])
@@ -895,6 +907,30 @@ def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any,
     return {path.removeprefix("train."): (old.get(path), new.get(path))
             for path in dict.fromkeys([*new, *old]) if path.startswith("train.") and _variable(path)
             and old.get(path) != new.get(path)}
+
+
+@torch.no_grad()
+def _first_non_finite(model: torch.nn.Module, inputs: Tensor, bf16: bool) -> str | None:
+    """Where a forward pass on `inputs` first gives a value that is not finite: the submodule, innermost
+    first, that returned it (e.g. "lmm of block 0 (blocks.0.lmm)"), or None when the logits are finite."""
+    found: list[str] = []
+
+    def check(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            tensors = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, Tensor)]
+            if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+                block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+                found.append(f"{block[2]} of block {block[1]} ({name})" if block else name or "the model")
+        return hook
+
+    handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules()]
+    try:
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
 
 
 def _lower_lr(plan: Any) -> str:
