@@ -447,27 +447,29 @@ class Generator:
         self.declare(w, layer, with_norm)
         w.depth -= 1
         w()
-        w("def project(self, x: Tensor, state: dict) -> tuple[Tensor, Tensor, Tensor, dict]:")
+        made = layer.projected  # "qk" for reconstruction, whose objective reads no values
+        names = ", ".join(made)
+        values = "Tensor" if "v" in made else "None"
+        w(f"def project(self, x: Tensor, state: dict) -> tuple[Tensor, Tensor, {values}, dict]:")
         with w.indent():
-            # Three products, not one fused one (L.linear_split): k and v may feed only writes that
+            # Separate products, not one fused one (L.linear_split): k and v may feed only writes that
             # nothing reads (a stop-gradient level, a chunk-start readout of one chunk), and a fused
             # product would give W_k and W_v zero gradients where they have none (weight decay would
             # then shrink them).
-            w("q, k, v = F.linear(x, self.wq), F.linear(x, self.wk), F.linear(x, self.wv)  # (B, T, d)")
+            w(f"{names} = {', '.join(f'F.linear(x, self.w{x})' for x in made)}  # (B, T, d)")
             w("caches = {}")
             if layer.conv:
-                for x in "qkv":
+                for x in made:
                     w(f"{x}, caches['conv_{x}'] = L.causal_depthwise_conv({x}, self.conv_{x}, None, "
                       f"state.get('conv_{x}'))")
             if layer.activation == "silu":
-                w("q, k, v = F.silu(q), F.silu(k), F.silu(v)")
-            w(f"q, k, v = R.split_heads(q, {heads}), R.split_heads(k, {heads}), R.split_heads(v, {heads})"
-              f"  # (B, H, T, {head_dim})")
+                w(f"{names} = {', '.join(f'F.silu({x})' for x in made)}")
+            w(f"{names} = {', '.join(f'R.split_heads({x}, {heads})' for x in made)}  # (B, H, T, {head_dim})")
             if layer.qk_norm == "l2":
                 w("q, k = L.l2_normalize(q), L.l2_normalize(k)")
-            if layer.value_norm == "l2":
+            if layer.value_norm == "l2" and "v" in made:
                 w("v = L.l2_normalize(v)")
-            w("return q, k, v, caches")
+            w(f"return q, k, {'v' if 'v' in made else 'None'}, caches")
         w()
         w("def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:")
         with w.indent():

@@ -440,7 +440,8 @@ def _memory_stream(run: _Run, scope: _Scope, layer: S.MemorySpec, stream: Tensor
     """
     head_width = stream.shape[-1] // layer.heads
     config = level_config(layer.level, head_width, head_width)
-    q, k, v = (_memory_projection(scope, layer, stream, name)[:, :, start:] for name in "qkv")  # (B, H, n, d_h)
+    q, k, v = (_memory_projection(scope, layer, stream, name)[:, :, start:] if name in layer.projected else None
+               for name in "qkv")  # (B, H, n, d_h); v None for reconstruction
     x = stream[:, start:]
     lr, retention, momentum = _level_gates(scope, layer.level, x, layer.heads)
     outputs, state = memory_level_reference(config, state, k, v, q, lr, retention, momentum)

@@ -292,6 +292,9 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                     "only through the memory's writes, which `grad_through_writes = false` cuts off",
                     "remove `grad_through_writes = false`, or keep those projections static (`adaptive`)",
                     f"{path}.memory.grad_through_writes")
+        if isinstance(layer, S.MemorySpec) and "v" not in layer.projected and f"{path}.value_norm" in spans:
+            warning("W0706", "`value_norm` has no effect: the `reconstruction` objective ½‖M(k) − k‖² reads no "
+                    "values, so the layer makes none", "remove `value_norm`", f"{path}.value_norm")
         if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
             warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
                     "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")

@@ -80,9 +80,9 @@ def layer_parameters(layer: Any, dim: int) -> Shapes:
         return {"w_in": (hidden, dim), "b_in": (hidden,), "w_out": (dim, hidden), "b_out": (dim,)}
     if isinstance(layer, S.MemorySpec):
         head_dim = dim // layer.heads
-        shapes = {"wq": (dim, dim), "wk": (dim, dim), "wv": (dim, dim)}
+        shapes = {f"w{x}": (dim, dim) for x in layer.projected}
         if layer.conv:
-            shapes.update({f"conv_{x}": (dim, layer.conv) for x in "qkv"})
+            shapes.update({f"conv_{x}": (dim, layer.conv) for x in layer.projected})
         shapes.update(level_gates(layer.level, dim, layer.heads))
         shapes.update(level_state("memory_", layer.level, head_dim, head_dim, layer.heads))
         shapes.update(_output_parameters(layer, dim))

@@ -213,6 +213,12 @@ class MemorySpec(Strict):
     output_gate: bool = Field(True, description="multiply the output by sigmoid(x W_g)")
     level: LevelSpec
 
+    @property
+    def projected(self) -> str:
+        """The projections the layer makes: q, k and v, or only q and k when its level's objective,
+        `reconstruction` (½‖M(k) − k‖²), reads no values (a W_v would get no gradient)."""
+        return "qk" if self.level.objective == "reconstruction" else "qkv"
+
 
 class SelfModSpec(Strict):
     """Self-modifying Titans (HOPE, Eq. 83–93): projections are in-context memories too."""

@@ -121,7 +121,7 @@ def states(draw, square: bool = True) -> str:
 @st.composite
 def memory_level(draw) -> str:
     state = draw(states())
-    lines = [f"state = {state}", f"objective = {draw(st.sampled_from(['dot', 'l2']))}",
+    lines = [f"state = {state}", f"objective = {draw(st.sampled_from(['dot', 'l2', 'reconstruction']))}",
              f"values = {draw(st.sampled_from(['given', 'generated']))}",
              f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
              f"dgd_layers = {draw(st.sampled_from(['first', 'all']))}",
@@ -245,6 +245,27 @@ def test_two_halves_with_carried_state_equal_one_shot(name: str) -> None:
     second = model(tokens[:, 16:], targets[:, 16:], state=state)
     assert empty.shape == (2, 0, spec.model.vocab)
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-9)
+
+
+def test_a_reconstruction_memory_makes_no_value_projection() -> None:
+    # ½‖M(k) − k‖² reads no values: a W_v (and its conv) would be parameters without a gradient
+    spec = check_text("""
+model m {
+  vocab = 32
+  dim = 16
+  layers = 1
+  block { memory lmm { heads = 2; conv = 3; value_norm = l2; level { objective = reconstruction; period = 3 } } }
+}
+""").spec
+    model = perturbed_model(spec, seed=5)
+    assert not {"blocks.0.lmm.wv", "blocks.0.lmm.conv_v"} & set(dict(model.named_parameters()))
+    assert_matches_interpreter(spec, length=10)
+    tokens = torch.randint(0, 32, (2, 10), generator=torch.Generator().manual_seed(5))
+    model.loss(tokens[:, :-1], tokens[:, 1:]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    first, state = model(tokens[:, :6], return_state=True)  # a cut at a chunk boundary
+    torch.testing.assert_close(torch.cat([first, model(tokens[:, 6:], state=state)], dim=1), model(tokens),
+                               rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("path", model_specs(), ids=lambda p: p.stem)
