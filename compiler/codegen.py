@@ -285,13 +285,15 @@ class Generator:
         if gate is None or isinstance(gate, S.GeneratedGate):
             return None
         p = f"self.{prefix}{gate_name}"
+        # in at least float32 (L.gate_precision): α = 0.999 is exactly 1 in bfloat16
         if isinstance(gate, S.ConstantGate):
-            return f"{source}.new_full(({source}.shape[0], {heads}, {source}.shape[1]), {gate.value!r})"
+            return f"L.constant_gate({source}, {heads}, {gate.value!r})"
         if isinstance(gate, S.PerHeadGate):
             squash = "F.softplus" if gate_name == "lr" else "torch.sigmoid"
-            return f"{squash}({p}_logit).view(1, {heads}, 1).expand({source}.shape[0], {heads}, {source}.shape[1])"
+            return (f"{squash}(L.gate_precision({p}_logit)).view(1, {heads}, 1).expand({source}.shape[0], {heads}, "
+                    f"{source}.shape[1])")
         assert isinstance(gate, S.LearnedGate)
-        return f"{gate.max!r} * torch.sigmoid(F.linear({source}, {p}_proj, {p}_bias)).transpose(1, 2)"
+        return f"L.learned_gate({source}, {p}_proj, {p}_bias, {gate.max!r})"
 
     # layers ----------------------------------------------------------------------------------
 

@@ -134,6 +134,26 @@ def test_bfloat16_runs_forward_and_backward_on_the_cpu(spec) -> None:
     assert (cast - reference).norm() < 0.05 * reference.norm()  # bfloat16 keeps ~3 significant digits
 
 
+@pytest.mark.parametrize("mode", ["autocast", "cast"])
+def test_bfloat16_keeps_a_retention_near_one(mode) -> None:
+    # Titans' learned retention starts at α = 0.999, exactly 1 in bfloat16: a memory computed with
+    # its gates in bfloat16 never forgot, and its error against float64 grew with T (0.07 → 0.49 over
+    # 1024 tokens). With the gates and the recurrence in float32 the error stays where bfloat16 puts it.
+    torch.manual_seed(0)
+    model = nldsl.load("specs/titans_lmm.nl", **SMALL, model__layers=1).double()
+    x = tokens(batch=1, length=512)
+    with torch.no_grad():
+        reference = model(x)
+        if mode == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model.float()(x).double()
+        else:
+            low = model.bfloat16()(x).double()
+    error = ((low - reference).norm(dim=-1) / reference.norm(dim=-1))[0]  # per token
+    windows = [error[start:start + 128].mean().item() for start in range(0, 512, 128)]
+    assert max(windows) < 0.03 and windows[-1] < 1.5 * windows[0], windows
+
+
 def test_the_delta_solve_runs_half_precisions_in_float32() -> None:
     generator = torch.Generator().manual_seed(0)
     matrix = 0.3 * torch.randn(2, 8, 8, generator=generator).tril(-1)

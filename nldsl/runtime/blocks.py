@@ -17,10 +17,11 @@ from torch import Tensor
 
 from nldsl.runtime import fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
-from nldsl.runtime.layers import causal_depthwise_conv, l2_normalize
+from nldsl.runtime.layers import causal_depthwise_conv, gate_precision, l2_normalize
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
+    float32_recurrence,
     fused_write,
     initial_memory_state,
     memory_chunk_step,
@@ -159,6 +160,7 @@ def static_mlp(config: LevelConfig, weights: list[Tensor], x: Tensor) -> Tensor:
     return out.squeeze(1)  # (B, T, d)
 
 
+@float32_recurrence
 def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Tensor | None, ...],
               head: HeadContext, state: MemoryState | None = None) -> tuple[Tensor, MemoryState | None]:
     """One CMS level over a whole sequence (Eq. 71): read at chunk start, update at chunk ends."""
@@ -174,6 +176,7 @@ def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Te
     return out.squeeze(1), state
 
 
+@float32_recurrence
 def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weights: list[list[Tensor]], x: Tensor,
                gates: tuple[Tensor | None, ...], head: HeadContext, state: list[MemoryState | None] | None = None,
                ) -> tuple[Tensor, list[MemoryState | None]]:
@@ -258,6 +261,7 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_dim)  # (B, T, d)
 
 
+@float32_recurrence
 def self_modifying_projections(
     config: SelfModConfig,
     x_heads: Tensor,
@@ -417,7 +421,7 @@ def _projections_from_reads(
         if name in read:
             vector, bias = readouts[name]
             logits = (read[name] * vector.unsqueeze(1)).sum(-1) + bias.unsqueeze(-1)  # (B, H, n)
-            chunk[gate] = bound * torch.sigmoid(logits)
+            chunk[gate] = bound * torch.sigmoid(gate_precision(logits))
         else:
             chunk[gate] = static_gates[gate]
     return chunk, caches

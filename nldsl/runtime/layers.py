@@ -46,6 +46,29 @@ def rms_norm_reference(x: Tensor, weight: Tensor | None, eps: float = 1e-6) -> T
     return torch.stack(out).reshape(x.shape)
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def gate_precision(x: Tensor) -> Tensor:
+    """A gate's logits in at least float32. bfloat16's largest value below 1 is 0.996: a retention
+    α = 0.999 (a memory that forgets over about a thousand tokens) rounds to exactly 1 in it and
+    the memory never forgets, and η and β lose as much. Gates are few (B, H, T) numbers; the
+    memory's coefficients are computed from them in float32 (memory.float32_recurrence)."""
+    return x.float() if x.dtype in LOW_PRECISION else x
+
+
+def constant_gate(x: Tensor, heads: int, value: float) -> Tensor:
+    """A constant gate (B, H, T) for the tokens x (B, T, d), in at least float32 (`gate_precision`)."""
+    dtype = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
+    return torch.full((x.shape[0], heads, x.shape[1]), value, dtype=dtype, device=x.device)
+
+
+def learned_gate(x: Tensor, proj: Tensor, bias: Tensor, bound: float) -> Tensor:
+    """A gate learned per token and head: bound · sigmoid(x W + b), (B, T, d) → (B, H, T), in at
+    least float32 (`gate_precision`)."""
+    return bound * torch.sigmoid(gate_precision(F.linear(x, proj, bias))).transpose(1, 2)
+
+
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Scale the last dimension to unit L2 norm: x / sqrt(Σ x² + eps).
 

@@ -29,10 +29,12 @@ next chunk's queries at the new state; the rest loop `memory_chunk_step`, which 
 chunk that needs only its end state to the kernel.
 """
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ from nldsl.runtime.delta import (
     log_gate,
     masked_decay_ratios,
 )
+from nldsl.runtime.layers import LOW_PRECISION
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
 RESIDUAL_OUT_SCALE = 0.1  # a residual MLP's last layer starts this much smaller than fan-in scale
@@ -127,6 +130,66 @@ class MemoryState:
 
     weights: list[Tensor]  # θ, each (B, H, out, in)
     momentum: list[Tensor] | None = None  # S, each (B, H, out, in); None without momentum
+
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def float32_recurrence(function: Function) -> Function:
+    """Run a memory's recurrence in float32 when the model is cast whole to bfloat16 or float16.
+
+    The gates come in float32 (layers.gate_precision), and their products over a chunk and across
+    chunks must stay there: α = 0.999 is exactly 1 in bfloat16. Under autocast (training with
+    `precision = bf16`) the products take bfloat16 inputs by themselves and everything else
+    promotes to the gates' float32, so nothing is cast here. Without autocast a bfloat16 tensor
+    meeting a float32 one in a product is an error, so the floating tensors among the arguments
+    (inside lists, dicts and dataclasses such as MemoryState) go to float32, and those of the
+    result come back in the model's precision."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        low = _low_precision(args) or _low_precision(tuple(kwargs.values()))
+        if low is None or torch.is_autocast_enabled(low[1]):
+            return function(*args, **kwargs)
+        result = function(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
+        return _cast_floats(result, low[0])
+
+    return run  # type: ignore[return-value]
+
+
+def _low_precision(value: Any) -> tuple[torch.dtype, str] | None:
+    """The (dtype, device type) of the first bfloat16 or float16 tensor in `value`, if any."""
+    if isinstance(value, Tensor):
+        return (value.dtype, value.device.type) if value.dtype in LOW_PRECISION else None
+    if isinstance(value, (list, tuple)):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = value.values()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = (getattr(value, f.name) for f in dataclasses.fields(value))
+    else:
+        return None
+    return next((found for item in items if (found := _low_precision(item)) is not None), None)
+
+
+def _cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """`value` with every floating tensor in it (as `_low_precision` walks it) cast to `dtype`; a
+    container none of whose items changes is returned as it is."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        cast = {key: _cast_floats(item, dtype) for key, item in value.items()}
+        return value if all(cast[key] is value[key] for key in value) else cast
+    if isinstance(value, (list, tuple)):
+        items = [_cast_floats(item, dtype) for item in value]
+        if all(new is old for new, old in zip(items, value)):
+            return value
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # a NamedTuple or not
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+        cast = {name: _cast_floats(item, dtype) for name, item in fields.items()}
+        return value if all(cast[name] is fields[name] for name in fields) else dataclasses.replace(value, **cast)
+    return value
 
 
 def init_memory_weights(
@@ -589,6 +652,7 @@ def uses_delta_kernel(cfg: LevelConfig) -> bool:
     return cfg.chunk_size == 1 or (state_free_error and cfg.readout != "chunk_start")
 
 
+@float32_recurrence
 def memory_level(
     cfg: LevelConfig,
     state: MemoryState,

@@ -73,7 +73,7 @@ class Memory0(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""
-        lr = 1.0 * torch.sigmoid(F.linear(x, self.lr_proj, self.lr_bias)).transpose(1, 2)
+        lr = L.learned_gate(x, self.lr_proj, self.lr_bias, 1.0)
         retention = None
         momentum = None
         return lr, retention, momentum

@@ -77,8 +77,8 @@ class Memory0(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""
-        lr = 1.0 * torch.sigmoid(F.linear(x, self.lr_proj, self.lr_bias)).transpose(1, 2)
-        retention = 1.0 * torch.sigmoid(F.linear(x, self.retention_proj, self.retention_bias)).transpose(1, 2)
+        lr = L.learned_gate(x, self.lr_proj, self.lr_bias, 1.0)
+        retention = L.learned_gate(x, self.retention_proj, self.retention_bias, 1.0)
         momentum = None
         return lr, retention, momentum
 

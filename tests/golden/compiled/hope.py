@@ -146,7 +146,7 @@ class SelfMod0(nn.Module):
         static_gates = {
             'lr': None,
             'retention': None,
-            'momentum': 0.9 * torch.sigmoid(F.linear(x, self.momentum_proj, self.momentum_bias)).transpose(1, 2),
+            'momentum': L.learned_gate(x, self.momentum_proj, self.momentum_bias, 0.9),
         }
         readouts = {'eta': (self.eta_readout, self.eta_bias), 'alpha': (self.alpha_readout, self.alpha_bias)}
         convs = {'q': self.conv_q, 'k': self.conv_k, 'v': self.conv_v}
@@ -219,11 +219,11 @@ class CMS1(nn.Module):
         state = state or {}
         new_state = {}
         h = x
-        gates = (h.new_full((h.shape[0], 1, h.shape[1]), 0.01), None, None)  # η, α, β of `fast`
+        gates = (L.constant_gate(h, 1, 0.01), None, None)  # η, α, β of `fast`
         h, new_state['fast'] = R.cms_level(
             CMS_CMS1_FAST, [self.fast_w1, self.fast_w2], h, gates, ctx, state.get('fast'),
         )
-        gates = (h.new_full((h.shape[0], 1, h.shape[1]), 0.01), None, None)  # η, α, β of `mid`
+        gates = (L.constant_gate(h, 1, 0.01), None, None)  # η, α, β of `mid`
         h, new_state['mid'] = R.cms_level(CMS_CMS1_MID, [self.mid_w1, self.mid_w2], h, gates, ctx, state.get('mid'))
         gates = (None, None, None)  # η, α, β of `slow`
         h, new_state['slow'] = R.cms_level(

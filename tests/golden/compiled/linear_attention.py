@@ -64,7 +64,7 @@ class Memory0(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""
-        lr = x.new_full((x.shape[0], 4, x.shape[1]), 1.0)
+        lr = L.constant_gate(x, 4, 1.0)
         retention = None
         momentum = None
         return lr, retention, momentum

@@ -77,9 +77,9 @@ class Memory0(nn.Module):
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""
-        lr = 0.005 * torch.sigmoid(F.linear(x, self.lr_proj, self.lr_bias)).transpose(1, 2)
-        retention = 1.0 * torch.sigmoid(F.linear(x, self.retention_proj, self.retention_bias)).transpose(1, 2)
-        momentum = 0.9 * torch.sigmoid(F.linear(x, self.momentum_proj, self.momentum_bias)).transpose(1, 2)
+        lr = L.learned_gate(x, self.lr_proj, self.lr_bias, 0.005)
+        retention = L.learned_gate(x, self.retention_proj, self.retention_bias, 1.0)
+        momentum = L.learned_gate(x, self.momentum_proj, self.momentum_bias, 0.9)
         return lr, retention, momentum
 
     def output(self, o: Tensor, x: Tensor) -> Tensor:
