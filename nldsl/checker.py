@@ -19,6 +19,7 @@ import functools
 import hashlib
 import keyword
 import math
+import re
 import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -953,6 +954,9 @@ class Converter:
                            did_you_mean(raw.name, consts) or f"`{key}` expects {_describe(model, key)}")
             return
         if kind.startswith(("greater", "less")):
+            limit = next(iter(first.get("ctx", {}).values()), None)
+            if isinstance(limit, float):  # pydantic writes 1e-12 as 0.000000000001
+                message = re.sub(r"\b0\.0{4,}\d+\b", f"{limit:g}", message)
             self.bag.error("E0302", f"`{field_name}` {message.lower().replace('input ', '')}", span)
             return
         if kind == "missing":

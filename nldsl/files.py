@@ -53,6 +53,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         if path.exists():
             shutil.copymode(path, temporary)
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename == str(temporary):  # the error is about the user's file (a folder in its place …)
+            raise type(error)(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -297,7 +297,8 @@ class ModelSpec(Strict):
     layers: int = Field(1, ge=1, le=256, description="how many times the block repeats")
     block: BlockSpec
     tie_embeddings: bool = True
-    norm_eps: float = Field(1e-6, gt=0)
+    # ≥ 1e-12: RMSNorm's backward at a zero row scales by ε^−1.5, which float32 overflows below ~1e-26
+    norm_eps: float = Field(1e-6, ge=1e-12, le=1.0)
 
 
 # Optimizers and training ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from nldsl import loader
 from nldsl.cli import UserError, main
+from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import evaluate as E
 from nldsl.runtime.memory import MemoryState
@@ -254,9 +255,15 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     path.write_bytes(safetensors.torch.save(poisoned, metadata={"nldsl": json.dumps(structure)}))
     with pytest.raises(UserError, match="NaN or infinite"):
         E.load_stream_state(path, "one spec", "w", CPU)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-8])  # cut short: refused, but still a state --state-out may replace
+    with pytest.raises(UserError, match="corrupt stream state"):
+        E.load_stream_state(path, "one spec", "w", CPU)
+    assert E.holds_a_stream_state(path)
     path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt stream state"):
         E.load_stream_state(path, "one spec", "w", CPU)
+    assert not E.holds_a_stream_state(path)
 
 
 def test_commands_on_a_missing_or_damaged_run_are_one_line_errors(run_dir, tmp_path, capsys):
@@ -304,17 +311,27 @@ def test_bench_speed_outside_a_checkout_says_where_to_run_it(monkeypatch, capsys
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "{run}", "--temperature", "-1"], "--temperature must be a finite number ≥ 0"),
-    (["generate", "{run}", "--temperature", "nan"], "--temperature must be a finite number ≥ 0"),
-    (["stream", "{run}", "--segment", "0"], "--segment must be at least 1"),
-    (["stream", "{run}", "--max-tokens", "-3"], "--max-tokens must be at least 1"),
-    (["stream", "{run}", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+    (["generate", "{run}", "--temperature", "-1"], "argument --temperature: must be a finite number ≥ 0"),
+    (["generate", "{run}", "--temperature", "nan"], "argument --temperature: must be a finite number ≥ 0"),
+    (["generate", "{run}", "--tokens", "-1"], "argument --tokens: must be at least 0"),
+    (["generate", "{run}", "--top-k", "-1"], "argument --top-k: must be at least 0"),
+    (["stream", "{run}", "--segment", "0"], "argument --segment: must be at least 1"),
+    (["stream", "{run}", "--max-tokens", "-3"], "argument --max-tokens: must be at least 1"),
+    (["stream", "{run}", "--max-tokens", "0"], "argument --max-tokens: must be at least 1"),
+    (["eval", "{run}", "--batches", "0"], "argument --batches: must be at least 1"),
+])
+def test_out_of_range_options_are_usage_errors(run_dir, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        main([a.format(run=run_dir) for a in args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
     (["stream", "{run}", "--state-out", "{tmp}/notes.txt"], "the file exists and is not a stream state"),
-    (["eval", "{run}", "--batches", "0"], "--batches must be at least 1"),
     (["stream", "{run}", "--state-out", "{tmp}/missing/state.safetensors"], "no folder"),
     (["stream", "{run}", "--state-out", "{tmp}"], "it is a folder"),
 ])
-def test_out_of_range_options_and_unwritable_outputs_are_refused_before_any_work(
+def test_unwritable_outputs_are_refused_before_any_work(
         run_dir, tmp_path, capsys, monkeypatch, args, message):
     def no_work(*_args, **_kwargs):
         raise AssertionError("the command ran before checking its options")
@@ -480,3 +497,29 @@ def test_a_run_whose_data_moved_is_told_to_pass_data(tmp_path):
     record = {"data": {"source": {"kind": "files", "paths": [str(tmp_path / "moved.txt")], "encoding": "utf-8"}}}
     with pytest.raises(UserError, match=r"moved\.txt does not exist: .*pass --data"):
         E.validation_text(record)
+
+
+def test_eval_needs_no_optimizer_state_and_follows_the_latest_pointer(run_dir, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (C.latest_checkpoint(copy) / C.TRAINING_FILE).unlink()  # the optimizer and RNG state: eval reads neither
+    assert main(["eval", str(copy / C.CHECKPOINTS / C.LATEST), "--batches", "1"]) == 0
+    assert "loss" in capsys.readouterr().out
+
+
+def test_a_checkpoint_pruned_while_it_is_read_gives_way_to_the_newer_one(run_dir, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    real, replaced = C.read_record, []
+
+    def pruned_while_read(path: Path) -> dict:
+        if not replaced:  # a training run saves a newer checkpoint and prunes this one meanwhile
+            newer = path.parent / C.checkpoint_name(999)
+            shutil.copytree(path, newer)
+            C.point_latest_at(newer)
+            shutil.rmtree(path)
+            replaced.append(newer)
+        return real(path)
+
+    monkeypatch.setattr(C, "read_record", pruned_while_read)
+    assert C.load_checkpoint(copy).path == replaced[0]

@@ -97,6 +97,14 @@ def test_a_folder_without_text_files_is_an_error(tmp_path):
         D.user_corpus([str(tmp_path)])
 
 
+def test_a_run_folder_given_as_data_is_named_as_one(tmp_path):
+    (tmp_path / "resolved.json").write_text("{}")
+    (tmp_path / "spec.nl").write_text("model m { }\n")
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(UserError, match="is a run folder of nldsl train"):
+        D.user_corpus([str(tmp_path)])
+
+
 def test_data_encoding_reads_other_codecs_and_rejects_unknown_ones(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("café\n".encode("latin-1"))

@@ -503,3 +503,13 @@ def test_formatting_through_a_symbolic_link_rewrites_the_file_it_names(tmp_path:
     assert format_file(link).changed
     assert link.is_symlink()  # the link stays a link, and the file it names holds the new layout
     assert not format_file(real).changed and real.read_text().startswith("model {")
+
+
+def test_an_atomic_write_names_the_users_file_not_its_temporary(tmp_path):
+    from nldsl.files import write_atomic
+
+    (tmp_path / "resolved.json").mkdir()  # a folder where the file goes
+    with pytest.raises(IsADirectoryError) as error:
+        write_atomic(tmp_path / "resolved.json", b"{}")
+    assert error.value.filename == str(tmp_path / "resolved.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["resolved.json"]  # no temporary left behind

@@ -45,6 +45,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def temperature(text: str) -> float:
+    """An argparse type: a sampling temperature, a finite number ≥ 0 (0 = greedy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0 (0 = greedy), got {text}")
+    return value
+
+
 def random_seed(text: str) -> int:
     """An argparse type: a random seed torch takes, 0 ≤ seed < 2⁶³."""
     try:
@@ -96,18 +107,21 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
                    help="evaluate on these files instead of the validation split")
-    p.add_argument("--batches", type=int, default=None, help="number of batches (default: train.eval_batches)")
+    p.add_argument("--batches", type=at_least(1), default=None,
+                   help="number of batches (default: the run's train.eval_batches)")
     encoding(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="eval")
 
     p = sub.add_parser("generate", help="sample text from a trained model")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
-    p.add_argument("--prompt", default="def ", help="text to continue")
-    p.add_argument("--tokens", type=int, default=200, help="how many tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--seed", type=random_seed, default=0)
+    p.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
+    p.add_argument("--tokens", type=at_least(0), default=200, help="how many tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=temperature, default=0.8,
+                   help="divides the logits before sampling; 0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=at_least(0), default=40,
+                   help="sample among the k likeliest tokens; 0 = all (default: %(default)s)")
+    p.add_argument("--seed", type=random_seed, default=0, help="seed of the sampling (default: %(default)s)")
     device(p)
     p.set_defaults(func=handler, runtime_command="generate")
 
@@ -115,8 +129,10 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
                    help="text to stream (default: the validation split)")
-    p.add_argument("--segment", type=int, default=None, help="tokens per forward pass (default: train.seq_len)")
-    p.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of the text "
+    p.add_argument("--segment", type=at_least(1), default=None,
+                   help="tokens per forward pass (default: the run's train.seq_len)")
+    p.add_argument("--max-tokens", type=at_least(1), default=None,
+                   help="predict at most this many tokens of the text, reading one more as the last one's target "
                         "(tokens a --state-in left waiting come on top)")
     p.add_argument("--state-in", metavar="FILE", type=path_text, help="continue from a saved memory state")
     p.add_argument("--state-out", metavar="FILE", type=path_text,

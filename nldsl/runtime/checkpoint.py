@@ -280,7 +280,9 @@ def resolve_checkpoint(target: str | Path) -> Path:
     path = Path(target)
     if not path.exists():
         raise CheckpointError(f"no run or checkpoint at {target}")
-    if path.is_file():
+    if path.is_file() and path.name == LATEST and path.parent.name == CHECKPOINTS:
+        path = path.parent.parent  # the pointer names the run's latest checkpoint
+    elif path.is_file():
         path = path.parent
     if (path / RECORD_FILE).exists():
         return path
@@ -364,14 +366,24 @@ def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
         raise CheckpointError(f"corrupt checkpoint file {file}: {error}") from None
 
 
-def load_checkpoint(target: str | Path) -> Checkpoint:
-    """Read a checkpoint (a run folder means its latest one)."""
-    path = resolve_checkpoint(target)
-    record = read_record(path)
-    files = record.get("files", {})
-    model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
-    training = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE))
-    return Checkpoint(path, record, model, training)
+def load_checkpoint(target: str | Path, training: bool = True) -> Checkpoint:
+    """Read a checkpoint (a run folder means its latest one); without `training`, only its record
+    and weights (eval, generate and stream need no optimizer state).
+
+    A run that is still training checkpoints and prunes as it goes: a checkpoint that vanishes
+    while it is read was replaced by a newer one, which is then read instead."""
+    for attempt in range(3):
+        path = resolve_checkpoint(target)
+        try:
+            record = read_record(path)
+            files = record.get("files", {})
+            model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
+            optimizer = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE)) if training else {}
+            return Checkpoint(path, record, model, optimizer)
+        except CheckpointError:
+            if path.exists() or attempt == 2:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def load_for_resume(run_dir: Path, warn: Callable[[str], None],

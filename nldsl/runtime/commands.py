@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import math
 import os
 import sys
 from pathlib import Path
@@ -64,8 +63,6 @@ def _text(args: argparse.Namespace, loaded) -> tuple[str, str]:
 def eval_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import evaluate_text
 
-    if args.batches is not None and args.batches < 1:
-        raise UserError("--batches must be at least 1")
     loaded = _load(args)
     text, what = _text(args, loaded)
     evaluation = evaluate_text(loaded, text, args.batches)
@@ -77,12 +74,6 @@ def eval_command(args: argparse.Namespace) -> int:
 def generate_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import generate_pieces, shown_text
 
-    if args.tokens < 0:
-        raise UserError("--tokens must be at least 0")
-    if args.top_k < 0:
-        raise UserError("--top-k must be at least 0 (0 = no top-k filter)")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise UserError(f"--temperature must be a finite number ≥ 0 (0 = greedy), not {args.temperature}")
     try:
         args.prompt.encode("utf-8")  # bytes that were not UTF-8 in argv arrive as lone surrogates
     except UnicodeEncodeError:
@@ -113,10 +104,6 @@ def stream_command(args: argparse.Namespace) -> int:
         stream_parts,
     )
 
-    if args.segment is not None and args.segment < 1:
-        raise UserError("--segment must be at least 1")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError("--max-tokens must be at least 1")
     if args.state_out:
         _check_writable(Path(args.state_out))  # before the stream, whose learning the state keeps
         _check_replaceable_state(Path(args.state_out))
@@ -139,7 +126,8 @@ def stream_command(args: argparse.Namespace) -> int:
     if not result.segments and not args.state_out and result.stopped is None:
         raise UserError(f"nothing to stream: {what} holds {len(tokens):,} token(s), and a segment needs a token and "
                         "the one after it")
-    print(f"streamed {fed:,} tokens of {what} in {len(result.segments)} segments of up to {segment} "
+    segments = f"{len(result.segments)} segment{'' if len(result.segments) == 1 else 's'}"
+    print(f"streamed {fed:,} tokens of {what} in {segments} of up to {segment} "
           f"from checkpoint {loaded.checkpoint.path}")
     for prefix, count in result.updates.items():
         print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")

@@ -133,6 +133,9 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
             found = sorted(_text_files(path))
             texts = [(p, decode_file(p, encoding)) for p in found]
             texts = [(p, text) for p, text in texts if text.strip()]
+            if not texts and is_run_folder(path):
+                raise UserError(f"data folder {given} is a run folder of nldsl train, whose files are not read as "
+                                "training text: give the text files or their folder")
             if not texts:
                 suffixes = ", ".join(sorted(TEXT_SUFFIXES))
                 raise UserError(f"data folder {given} holds no non-empty text files (looked for {suffixes})")
@@ -404,11 +407,12 @@ def tokenize(tokenizer: ByteTokenizer | BPETokenizer, texts: list[str]) -> Token
     return TokenText(tokenizer.encode_documents(texts), tokenizer.token_bytes())
 
 
-def require_windows(text: TokenText, seq_len: int, what: str) -> None:
+def require_windows(text: TokenText, seq_len: int, what: str,
+                    fix: str = "give more text (--data) or lower train.seq_len") -> None:
     """A window is seq_len + 1 tokens; say plainly when a text is shorter than one."""
     if len(text) < seq_len + 1:
         raise UserError(f"the {what} text has {len(text)} tokens but one window needs train.seq_len + 1 = "
-                        f"{seq_len + 1}: give more text (--data) or lower train.seq_len")
+                        f"{seq_len + 1}: {fix}")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

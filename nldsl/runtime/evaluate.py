@@ -11,9 +11,10 @@
   (`model(…, state=…, return_state=True)`). The target of a segment's last position is the next
   segment's first token. The in-context levels learn as the text passes; the levels the continuum
   clock steps during training (the module's CLOCK_STEPS parameters) learn from the stream too:
-  each segment adds the gradient of its mean loss to a per-level sum, and when the level's period
-  in tokens has passed (a `steps(n)` period counts n segments), the level takes one SGD step with
-  its spec's constant `lr` η (a learned gate's starting value otherwise) and the sum restarts.
+  each segment adds the gradient of its mean loss to a per-level sum, and at the end of a segment
+  that crosses a multiple of the level's period in tokens (a `steps(n)` period counts n segments)
+  the level takes one SGD step with its spec's constant `lr` η (a learned gate's starting value
+  otherwise) and the sum restarts: one step however many periods a long segment spans.
 - Stream state files (`--state-out`, `--state-in`): one safetensors file whose header holds the
   JSON structure. It keeps the memory state, the slow levels' weights and sums, the position in
   tokens, and the tokens of an unfinished last segment: when a state is saved those tokens are not
@@ -80,7 +81,7 @@ class LoadedModel:
 
 def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     """The model of a run folder (its latest checkpoint) or of a checkpoint folder."""
-    checkpoint = C.load_checkpoint(target)
+    checkpoint = C.load_checkpoint(target, training=False)
     C.check_run_record(checkpoint)
     record = checkpoint.record
     try:
@@ -141,7 +142,7 @@ class Evaluation:
 
     def line(self) -> str:
         return (f"loss {self.loss:.4f}  perplexity {self.perplexity:.2f}  bits per byte {self.bits_per_byte:.4f}  "
-                f"({self.tokens:,} tokens in {self.windows} windows)")
+                f"({self.tokens:,} tokens in {self.windows} window{'' if self.windows == 1 else 's'})")
 
 
 def evaluation_from_sums(nats: float, tokens: int, byte_count: int, windows: int) -> Evaluation:
@@ -179,7 +180,8 @@ def evaluate_text(loaded: LoadedModel, text: str, batches: int | None) -> Evalua
     """Evaluate a loaded model on a text with the run's seq_len and batch size."""
     train = loaded.spec.train
     tokens = D.tokenize(loaded.tokenizer, [text])
-    D.require_windows(tokens, train.seq_len, "evaluation")
+    D.require_windows(tokens, train.seq_len, "evaluation",
+                      "give a longer text with --data (the run's train.seq_len is the model's window)")
     limit = (batches or train.eval_batches) * train.batch
     sums = evaluate(loaded.model, tokens, train.seq_len, train.batch, limit, loaded.device,
                     bf16=train.precision == "bf16")
@@ -458,10 +460,16 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
 def holds_a_stream_state(path: Path) -> bool:
     """Whether the file at `path` is a state `save_stream_state` wrote (a damaged one included: its
     header still says so), i.e. a file `--state-out` may replace."""
+    # The header is read by hand: safetensors refuses to open a file whose tensors are cut short.
+    # Layout: an 8-byte little-endian header length, then the JSON header with its __metadata__.
     try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            structure = json.loads((handle.metadata() or {}).get("nldsl", "null"))
-    except (safetensors.SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError):
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= path.stat().st_size - 8:
+                return False
+            metadata = json.loads(handle.read(length)).get("__metadata__") or {}
+            structure = json.loads(metadata.get("nldsl", "null"))
+    except (OSError, ValueError, AttributeError, TypeError):  # ValueError: bad JSON or UTF-8
         return False
     return isinstance(structure, dict) and structure.get("format") == STATE_FORMAT
 
