@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from nldsl import spec as S
 
@@ -18,11 +19,12 @@ class CompileError(Exception):
     """The spec cannot be compiled (e.g. it defines no model)."""
 
 
-def compile_spec(spec: S.Spec, source_text: str = "") -> str:
-    """The generated module's source for a checked spec."""
+def compile_spec(spec: S.Spec, source_text: str = "", overrides: Sequence[str] = ()) -> str:
+    """The generated module's source for a checked spec (`overrides`: the `--set` texts it was
+    checked with, named in the banner's command that regenerates it)."""
     if spec.model is None:
         raise CompileError(f"{spec.path} defines no `model` section, so there is nothing to compile")
-    source = generate(spec, source_text)
+    source = generate(spec, source_text, overrides)
     if "codegen" in os.environ.get("NLDSL_DEBUG", ""):
         print(source, file=sys.stderr)
     return source

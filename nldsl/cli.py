@@ -164,7 +164,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     if result.spec.model is None:
         raise UserError(f"{result.spec.path} defines no `model` section, so there is nothing to compile")
-    source = compile_spec(result.spec, result.sources[result.spec.path].text)
+    source = compile_spec(result.spec, result.sources[result.spec.path].text, args.set or ())
     if args.output:
         _refuse_to_overwrite_a_source(args.output, result.sources)
         write_output(args.output, source)

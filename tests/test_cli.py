@@ -362,3 +362,18 @@ def test_compile_refuses_to_write_over_a_spec_it_reads(tmp_path, capsys, victim)
     assert main(["compile", str(tmp_path / "hope.nl"), "-o", str(tmp_path / ".." / tmp_path.name / victim)]) == 1
     assert "a spec file this compile reads" in capsys.readouterr().err
     assert (tmp_path / victim).read_text() == before
+
+
+def test_the_banner_command_regenerates_the_module_with_its_overrides(tmp_path, capsys):
+    import shlex
+
+    first, again = tmp_path / "a.py", tmp_path / "b.py"
+    spec = str(REPO_ROOT / "specs" / "titans_lmm.nl")
+    overrides = ["--set", "dim=32", "--set", "train.optimizer=adamw(lr = 1e-3)"]
+    assert main(["compile", spec, *overrides, "-o", str(first)]) == 0
+    command = first.read_text().splitlines()[1].removeprefix("#").strip()
+    assert command.endswith(" -o <this file>")
+    words = shlex.split(command.removesuffix(" -o <this file>"))
+    assert words[:2] == ["nldsl", "compile"] and "--set=dim=32" in words
+    assert main([*words[1:], "-o", str(again)]) == 0
+    assert again.read_text() == first.read_text()

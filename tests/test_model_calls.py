@@ -70,6 +70,12 @@ def test_mistaken_targets_and_states_are_named(titans) -> None:
         titans(x, state=state)
     with pytest.raises(ValueError, match="the vocabulary has 256 ids"):
         titans.loss(x, x + 300)
+    _, state = titans(x, return_state=True)
+    with pytest.raises(ValueError, match="state holds float32 tensors on cpu, and the model is float64"):
+        copy.deepcopy(titans).double()(x, state=state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a state of mixed precisions is autocast's own
+        _, mixed = titans(x, return_state=True)
+        titans(x, state=mixed)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])

@@ -33,11 +33,12 @@ from nldsl.runtime.memory import (
 # The model's inputs --------------------------------------------------------------------------
 
 def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, vocab: int,
-                   layers: int) -> tuple[Tensor, Tensor | None]:
+                   layers: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The call's tokens and targets as int64, after checking what a caller can get wrong.
 
     A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
-    of another layout or batch) is a TypeError or ValueError that names it, raised before any
+    of another layout or batch, or of another precision or device than the model's `weights`) is a
+    TypeError or ValueError that names it, raised before any
     layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
     The checks run wherever the forward runs eagerly (chunk-compiled training steps included: one
     min/max over the batch); a whole-graph compiled call skips them, as the range check would be a
@@ -51,7 +52,7 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
                 raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}; "
                                  f"got {tuple(targets.shape)}")
         if state is not None:
-            _check_state(state, layers, tokens.shape[0])
+            _check_state(state, layers, tokens.shape[0], weights)
     return tokens.long(), (None if targets is None else targets.long())
 
 
@@ -71,8 +72,10 @@ def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
                              f"ids; got {wrong}")
 
 
-def _check_state(state: object, layers: int, batch: int) -> None:
-    """A state passed back must be one dict per block, for this batch (each sequence has its own)."""
+def _check_state(state: object, layers: int, batch: int, weights: Tensor | None = None) -> None:
+    """A state passed back must be one dict per block, for this batch (each sequence has its own),
+    on the device of the model's `weights` and, outside autocast, in their precision (a model
+    moved or cast since)."""
     if not isinstance(state, (list, tuple)) or len(state) != layers or not all(
             isinstance(part, dict) for part in state):
         raise TypeError(f"state must be the list of {layers} per-block dicts that a call with "
@@ -81,6 +84,16 @@ def _check_state(state: object, layers: int, batch: int) -> None:
     if first is not None and first.shape[0] != batch:
         raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "
                          f"of {batch}: each sequence carries its own state")
+    if weights is None:
+        return
+    mixed = torch.is_autocast_enabled(weights.device.type)  # under autocast a state mixes precisions
+    for tensor in _tensors(state):
+        if tensor.is_floating_point() and ((tensor.dtype != weights.dtype and not mixed)
+                                           or tensor.device != weights.device):
+            raise ValueError(f"state holds {str(tensor.dtype).removeprefix('torch.')} tensors on {tensor.device}, "
+                             f"and the model is {str(weights.dtype).removeprefix('torch.')} on {weights.device}: "
+                             "a state continues only the model it came from, as it is (cast or move the state "
+                             "with the model)")
 
 
 def _tensors(value: object):
