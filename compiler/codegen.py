@@ -619,9 +619,11 @@ class Generator:
                 names = tuple(lv.name for lv, _, _ in levels)
                 w(f"# η, α, β of `{fast.name}`: the one MLP that runs is the fastest level's")
                 w(f"gates = {gates}")
-                w.statement("h, carried = R.nested_cms(", [
+                # `_position` (no level name starts with `_`, E0208): the stream's tokens so far, which
+                # time the slower levels' moves across calls
+                w.statement("h, carried, new_state['_position'] = R.nested_cms(", [
                     f"({', '.join(c for _, c, _ in levels)},)", repr(slow), f"[{weights}]", "x", "gates", "ctx",
-                    "[" + ", ".join(f"state.get({n!r})" for n in names) + "]"])
+                    "[" + ", ".join(f"state.get({n!r})" for n in names) + "]", "state.get('_position', 0)"])
                 w(f"new_state.update(zip({names!r}, carried))")
             elif layer.variant == "sequential":
                 w("h = x")

@@ -36,7 +36,9 @@ LENGTH = 11  # a multiple of no period below: every level ends the sequence insi
 class Case:
     levels: str  # the cms section's levels
     seq_len: int  # train.seq_len: which levels learn in context
-    splits: tuple[int, ...]  # where a stream is cut: chunk boundaries of every level that learns in context
+    # where a stream is cut: chunk boundaries of the fastest level (a call may be shorter than a slower
+    # level's period: the carried position times its moves)
+    splits: tuple[int, ...]
     layers: int = 1
 
 
@@ -50,7 +52,7 @@ CASES = {
     # two levels
     "two_in_context": Case("level fast { state = residual_mlp(expansion = 1) period = 2 momentum = 0.5 "
                            "retention = 0.95 } level slow { state = residual_mlp(expansion = 1) period = 4 "
-                           "lr = 0.5 }", seq_len=8, splits=(4, 8), layers=2),
+                           "lr = 0.5 }", seq_len=8, splits=(2, 6, 8), layers=2),
     "two_slow_clock": Case("level fast { state = mlp(depth = 1) objective = reconstruction period = 2 lr = 0.05 } "
                            "level slow { state = mlp(depth = 1) period = 8 lr = 0.5 }", seq_len=4, splits=(6,)),
     "two_clock": Case("level fast { state = mlp(expansion = 2) period = 8 } level slow { state = mlp(expansion = 2) "
@@ -60,7 +62,7 @@ CASES = {
     # three levels
     "three_in_context": Case("level a { state = mlp(depth = 1) period = 2 lr = learned(max = 0.2) } "
                              "level b { state = mlp(depth = 1) period = 4 lr = 0.5 } "
-                             "level c { state = mlp(depth = 1) period = 8 lr = 0.3 }", seq_len=8, splits=(8,)),
+                             "level c { state = mlp(depth = 1) period = 8 lr = 0.3 }", seq_len=8, splits=(2, 6)),
     "three_mixed": Case("level a { state = mlp(expansion = 2) period = 2 momentum = 0.5 } "
                         "level b { state = mlp(expansion = 2) period = 4 lr = 0.5 } "
                         "level c { state = mlp(expansion = 2) period = 8 lr = 0.5 }", seq_len=6, splits=(4, 8)),
@@ -104,7 +106,7 @@ def tensors(value: object) -> list[torch.Tensor]:
         return [t for key in sorted(value) for t in tensors(value[key])]
     if isinstance(value, (list, tuple)):
         return [t for item in value for t in tensors(item)]
-    assert value is None, type(value)
+    assert value is None or isinstance(value, int), type(value)  # an int: the stream's position
     return []
 
 
@@ -146,9 +148,10 @@ def test_calls_with_the_carried_state_equal_one_call(case: str) -> None:
     streamed = torch.cat(pieces, dim=1)
     torch.testing.assert_close(streamed, whole, rtol=1e-10, atol=1e-12)
 
-    for block_state in state:
+    for block_state, whole_block in zip(state, whole_state, strict=True):
         carried = block_state["c"]
-        assert list(carried) == [level.name for level in layer.levels]
+        assert list(carried) == ["_position", *(level.name for level in layer.levels)]
+        assert carried["_position"] == whole_block["c"]["_position"]  # the stream's tokens so far
         fastest_learns = learns_in_context(layer.levels[0], spec.train.seq_len)
         for level in layer.levels:
             # a level carries a state exactly when it moves in context (the fastest decides whether any does)

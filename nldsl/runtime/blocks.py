@@ -192,22 +192,27 @@ def cms_level(level: CMSLevel, weights: list[Tensor], x: Tensor, gates: tuple[Te
 @float32_recurrence
 def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weights: list[list[Tensor]], x: Tensor,
                gates: tuple[Tensor | None, ...], head: HeadContext, state: list[MemoryState | None] | None = None,
-               ) -> tuple[Tensor, list[MemoryState | None]]:
+               position: int = 0) -> tuple[Tensor, list[MemoryState | None], int]:
     """Nested CMS (Eq. 72, docs/semantics.md §3.7): the fastest level runs and learns in context;
     when the period (its chunk size) of a slower level that learns in context ends, that level moves
     toward the faster level's state, θ_ℓ ← θ_ℓ + η_ℓ (θ_{ℓ−1} − θ_ℓ), and every faster level restarts
     from it. Slower levels on the continuum clock never move here.
 
     `state` holds one entry per level as returned by a previous call (None: start from the
-    parameters); the fastest level's carries θ_1 and its momentum, a slower one's its θ_ℓ. Returns
-    the outputs (B, T, d) and that list, None for levels that do not learn in context, so that two
+    parameters); the fastest level's carries θ_1 and its momentum, a slower one's its θ_ℓ.
+    `position` counts the tokens of the stream before this call (modulo the slowest period), so
+    that a slower level moves when the stream, not the call, passes a multiple of its period: a
+    stream of calls shorter than a period still moves it. Returns the outputs (B, T, d), that list
+    (None for levels that do not learn in context) and the position after the call, so that two
     calls split at a chunk boundary of every level equal one call (§1.8).
     """
     fast = levels[0].config
     state = state or [None] * len(levels)
-    if not levels[0].in_context:  # a plain MLP with its parameters, and no level moves (§3.7)
-        return static_mlp(fast, weights[0], x), [None] * len(levels)
     batch, length, _ = x.shape
+    cycle = max(level.config.chunk_size for level in levels)  # every period divides the slowest (E0502)
+    after = (position + length) % cycle
+    if not levels[0].in_context:  # a plain MLP with its parameters, and no level moves (§3.7)
+        return static_mlp(fast, weights[0], x), [None] * len(levels), after
     states = [(initial_memory_state(level.config, w, batch) if carried is None else carried).weights
               for level, w, carried in zip(levels, weights, state)]
     current = MemoryState(states[0], _zero_momentum(fast, states[0])) if state[0] is None else state[0]
@@ -224,12 +229,14 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     def step(carry: tuple[MemoryState, list[list[Tensor]]], indexed: tuple) -> tuple[Tensor, tuple]:
         current, states = carry[0], list(carry[1])  # a new list: a recomputed stretch reruns from the old
         index, (piece, eta, alpha, beta, targets) = indexed
-        end = index * chunk + piece.shape[-2]
+        end = position + index * chunk + piece.shape[-2]  # tokens of the stream after this chunk
+        start = end - piece.shape[-2]
         out, current = memory_chunk_step(fast, current, piece, None, piece, eta, alpha, beta, error, targets)
         states[0] = current.weights
         restart = None
         for level in moving:
-            if end % levels[level].config.chunk_size == 0:
+            period = levels[level].config.chunk_size
+            if end // period > start // period:  # the chunk reached a multiple of the level's period
                 faster, slower, rate = states[level - 1], states[level], slow_lrs[level]
                 states[level] = [s + rate * (f - s) for f, s in zip(faster, slower)]
                 restart = level
@@ -242,7 +249,7 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     outputs, (current, states) = run_chunks(step, (current, states), enumerate(pieces))
     carried: list[MemoryState | None] = [current]
     carried += [MemoryState(states[index]) if levels[index].in_context else None for index in range(1, len(levels))]
-    return torch.cat(outputs, dim=2).squeeze(1), carried
+    return torch.cat(outputs, dim=2).squeeze(1), carried, after
 
 
 def _zero_momentum(config: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
