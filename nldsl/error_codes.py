@@ -1117,7 +1117,8 @@ _ENTRIES = (
         generated` with an objective that has no value targets (`surprise`, `reconstruction`);
         `dgd_layers` with `rule = gd`, or on a state with a single weight matrix;
         `retention_order = before_write` without a `retention` to decay with; `rope_base` with
-        `rope = false`; `lr`, `retention` or a `momentum` value on a selfmod's `level projections`,
+        `rope = false`; `value_norm` on a `memory` whose objective is `reconstruction` (it makes no
+        values); `lr`, `retention` or a `momentum` value on a selfmod's `level projections`,
         whose memories learn with the gates of `level memory` (Eq. 88); the objective, rule and
         other update settings of a slower level of a nested `cms`, where only the fastest level runs
         and learns; `grad_through_writes = false` on a selfmod's memory level, which leaves the
@@ -1143,6 +1144,33 @@ _ENTRIES = (
           block {
             attention { rope = true  rope_base = 500000 }
             mlp { }
+          }
+        }
+        """,
+    ),
+    _entry(
+        "W0707", "an inner objective that grows the memory without bound",
+        """
+        With `objective = dot` and `values = generated` the target a level writes toward is its own
+        reading M(v), and the Hebbian write θ ← θ + η M(v) kᵀ steps along what the memory already
+        outputs: nothing pulls it back, so M grows geometrically wherever kᵀv > 0, and at the
+        default learning rate its outputs can overflow within a short sequence. The delta rule
+        (`objective = l2`) writes toward the target instead of along it; `values = given` gives the
+        Hebbian write a target that does not grow with M.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory { level { objective = dot  values = generated } }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory { level { objective = l2  values = generated } }
           }
         }
         """,

@@ -257,6 +257,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
             if context == "cms" and not level.learns_in_context(seq_len):
                 continue  # stepped by the outer optimizer: W0705 covers every in-context setting
             lp = f"{path}.{name}"
+            if level.objective == "dot" and level.values == "generated":
+                warning("W0707", f"level `{name}` can grow without bound: with `objective = dot` and `values = "
+                        "generated` each write adds η M(v) kᵀ, a step along what the memory already outputs",
+                        "use `objective = l2` (the delta rule), or `values = given`", f"{lp}.values",
+                        f"{lp}.objective", lp)
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",
