@@ -42,9 +42,10 @@ Outputs (in this order): `nesterov` outputs α m_t + η X_t instead of m_t (torc
 > 0 replaces the output of a 2-D parameter by Newton–Schulz_k(output) (Muon, Eq. 42–44, 52; the
 `layers.newton_schulz` iteration, bit for bit torch.optim.Muon's in bfloat16), other shapes pass
 through unchanged. A level with η = 1 − α is an exponential moving average and is written with
-`lerp` (m + η (X − m)), the rounding torch's Adam and Muon use, so float32 runs agree with them bit
-for bit (float64 runs agree either way). `init = "first_flow"` makes the first write store m_1 = X_1 (the first
-momentum buffer of torch.optim.SGD, which skips dampening once).
+`lerp` (m + η (X − m)), the rounding torch's Muon uses, so float32 runs agree with it bit for bit;
+torch's Adam orders its second-moment update and step differently, so float32 runs agree with it to
+rounding (about 2e-6 relative), and float64 runs agree with both to 1e-16. `init = "first_flow"`
+makes the first write store m_1 = X_1 (the first momentum buffer of torch.optim.SGD, which skips dampening once).
 
 Clock (Eq. 71). A level with period P > 1 adds its flow into an accumulator every step and writes
 once, with the sum of the P flows since its last write, when t ≡ 0 (mod P); between writes its
