@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,15 +32,28 @@ def text_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory, text_file) -> dict[str, torch.Tensor]:
-    """Final parameters of the reference run in this process."""
+def single_run(tmp_path_factory, text_file) -> Path:
+    """The reference run, in this process."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path_factory.mktemp("single") / "run", compile=False,
                              progress=False)
     result = T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
     torch.set_num_threads(before)
-    return safetensors.torch.load_file(result.checkpoint / "model.safetensors")
+    return result.run_dir
+
+
+@pytest.fixture(scope="module")
+def single_process(single_run) -> dict[str, torch.Tensor]:
+    """Final parameters of the reference run."""
+    return final_parameters(single_run)
+
+
+def gradient_norms(run_dir: Path) -> list[float]:
+    """The logged gradient norm of every step: AdamW and the clip hide a gradient summed instead of
+    averaged over the processes from the parameters, not from this."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row["grad_norm"] for row in rows if "grad_norm" in row]
 
 
 def torchrun(run_dir: Path, text_file: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -67,11 +81,13 @@ def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(run_dir / "checkpoints" / "step-000003" / "model.safetensors")
 
 
-def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_process):
+def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_run, single_process):
     completed = torchrun(tmp_path / "run", text_file)
     assert completed.returncode == 0, stderr_of(completed)
     assert completed.stdout.count("run folder:") == 1  # only rank 0 speaks
     assert_close(final_parameters(tmp_path / "run"), single_process)
+    expected = gradient_norms(single_run)
+    assert len(expected) == 3 and gradient_norms(tmp_path / "run") == pytest.approx(expected, rel=TOLERANCE)
 
 
 @pytest.mark.slow

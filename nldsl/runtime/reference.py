@@ -86,7 +86,9 @@ def inner_gradient(
     gradients = list(torch.autograd.grad(loss, copies, create_graph=True))
     if cfg.dgd:
         layer_inputs = apply_memory(cfg, chunk_weights, key)[1]
-        for index in cfg.preconditioned_layers():
+        # spelled out here rather than read from cfg.preconditioned_layers(), which the fast path uses
+        preconditioned = range(len(chunk_weights)) if cfg.dgd_layers == "all" else range(1)
+        for index in preconditioned:
             x = layer_inputs[index]
             gradients[index] = gradients[index] + torch.einsum(
                 "bhoi,bhi,bhj->bhoj", chunk_weights[index], x, x

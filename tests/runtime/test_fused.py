@@ -40,18 +40,19 @@ def level(state: str = "residual_mlp", **options) -> LevelConfig:
     return LevelConfig(state, depth=2, chunk_size=TOKENS, readout="chunk_start", **options)
 
 
-def draw(cfg: LevelConfig, memories: int = 1, seed: int = 0, following: int = 0) -> dict:
-    """A chunk's inputs as float64 leaves: state of `memories` stacked levels, keys, values, gates."""
+def draw(cfg: LevelConfig, memories: int = 1, seed: int = 0, following: int = 0,
+         dtype: torch.dtype = torch.float64) -> dict:
+    """A chunk's inputs as leaves: state of `memories` stacked levels, keys, values, gates."""
     generator = torch.Generator().manual_seed(seed)
 
     def normal(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (scale * torch.randn(shape, generator=generator, dtype=torch.float64)).requires_grad_()
+        return (scale * torch.randn(shape, generator=generator, dtype=dtype)).requires_grad_()
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        value = low + (high - low) * torch.rand(BATCH, HEADS, TOKENS, generator=generator, dtype=torch.float64)
+        value = low + (high - low) * torch.rand(BATCH, HEADS, TOKENS, generator=generator, dtype=dtype)
         return value.requires_grad_()
 
-    shared = init_memory_weights(cfg, memories * HEADS, generator=generator, dtype=torch.float64)
+    shared = init_memory_weights(cfg, memories * HEADS, generator=generator, dtype=dtype)
     state = initial_memory_state(cfg, [w.requires_grad_() for w in shared], BATCH)
     if cfg.momentum:
         state.momentum = [normal(*m.shape, scale=0.05) for m in state.momentum or []]
@@ -106,18 +107,19 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
-def assert_kernel_matches(cfg: LevelConfig, memories: int = 1, following: int = 0) -> None:
-    produced, gradients = produced_and_gradients(kernel_step, cfg, draw(cfg, memories, following=following),
-                                                 memories)
-    expected, expected_gradients = produced_and_gradients(pytorch_step, cfg, draw(cfg, memories, following=following),
-                                                          memories)
+def assert_kernel_matches(cfg: LevelConfig, memories: int = 1, following: int = 0,
+                          dtype: torch.dtype = torch.float64, rtol: float = RTOL) -> None:
+    produced, gradients = produced_and_gradients(
+        kernel_step, cfg, draw(cfg, memories, following=following, dtype=dtype), memories)
+    expected, expected_gradients = produced_and_gradients(
+        pytorch_step, cfg, draw(cfg, memories, following=following, dtype=dtype), memories)
     assert len(produced) == len(expected)
     for index, (actual, wanted) in enumerate(zip(produced, expected)):
-        assert actual.shape == wanted.shape
-        assert relative_error(actual, wanted) <= RTOL, f"output {index}"
+        assert actual.shape == wanted.shape and actual.dtype == dtype
+        assert relative_error(actual, wanted) <= rtol, f"output {index}"
     for index, (actual, wanted) in enumerate(zip(gradients, expected_gradients)):
         assert wanted.abs().sum() > 0, f"leaf {index} gets no gradient in the reference"
-        assert relative_error(actual, wanted) <= RTOL, f"gradient of leaf {index}"
+        assert relative_error(actual, wanted) <= rtol, f"gradient of leaf {index}"
 
 
 GRID = [
@@ -134,6 +136,17 @@ def test_kernel_matches_the_pytorch_step(state: str, activation: str, values: st
                 dgd_layers="all" if dgd == "all" else "first", momentum=momentum)
     assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     assert_kernel_matches(cfg)
+
+
+@pytest.mark.parametrize(("state", "values", "width", "hidden"), [
+    ("residual_mlp", "generated", WIDTH, HIDDEN), ("residual_mlp", "given", 20, 36), ("mlp", "generated", 36, 20)])
+def test_the_float32_kernel_matches_the_pytorch_step(state: str, values: str, width: int, hidden: int) -> None:
+    """The path training takes: the kernel's float instantiation (its own vector width), at widths
+    that are not multiples of a vector, against the PyTorch step in float32."""
+    cfg = level(state, values=values, d_in=width, d_out=width, hidden=hidden, dgd=True, dgd_layers="all",
+                momentum=True)
+    assert fused.applies(cfg, torch.zeros(1), torch.zeros(1))
+    assert_kernel_matches(cfg, following=2, dtype=torch.float32, rtol=2e-5)
 
 
 @pytest.mark.parametrize("momentum", [False, True])
@@ -155,15 +168,31 @@ def test_stacked_memories_on_shared_inputs_and_the_next_read(memories: int, foll
 
 
 @pytest.mark.slow
-def test_hope_with_the_kernel_equals_hope_without() -> None:
+def counting_kernel_calls(monkeypatch) -> list[int]:
+    """Count the kernel's calls (one entry each), so that a test of "with the kernel" knows it ran."""
+    calls: list[int] = []
+    real = fused.chunk_end_state
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "chunk_end_state", counted)
+    return calls
+
+
+def test_hope_with_the_kernel_equals_hope_without(monkeypatch) -> None:
     """The whole model in float64, logits and every parameter gradient, at a length no chunk size divides."""
     model = nldsl.load("specs/hope.nl", dim=16, heads=2).double()
     tokens = torch.randint(0, 256, (2, 29), generator=torch.Generator().manual_seed(0))
+    calls = counting_kernel_calls(monkeypatch)
 
     def run(enable: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad()
+        calls.clear()
         with fused.fused_writes(enable):
             logits = model(tokens)
+        assert bool(calls) == enable, f"the kernel ran {len(calls)} times with fused writes {enable}"
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
         (logits * weights).sum().backward()
         return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -220,7 +249,7 @@ def test_compiled_chunk_step_is_one_graph_and_matches_eager() -> None:
 
 
 @pytest.mark.slow
-def test_chunk_start_level_reads_each_next_chunk_in_the_kernel_call_compiled_and_eager() -> None:
+def test_chunk_start_level_reads_each_next_chunk_in_the_kernel_call_compiled_and_eager(monkeypatch) -> None:
     """memory_level pipelines a chunk-start level through the kernel: the same outputs, state and
     gradients as the PyTorch chunk loop, eager and with the kernel's chunk body compiled (T not a
     multiple of the chunk)."""
@@ -243,8 +272,11 @@ def test_chunk_start_level_reads_each_next_chunk_in_the_kernel_call_compiled_and
         loss = sum((p * torch.randn(p.shape, generator=projection, dtype=p.dtype)).sum() for p in produced)
         return produced, torch.autograd.grad(loss, leaves_)
 
+    calls = counting_kernel_calls(monkeypatch)
     expected, expected_gradients = run(False, False)
+    assert not calls
     for compiled in (False, True):
         produced, gradients = run(True, compiled)
+        assert calls, "the kernel did not run"  # eager calls it, a compiled run traces through it
         for actual, wanted in zip([*produced, *gradients], [*expected, *expected_gradients]):
             assert relative_error(actual, wanted) <= RTOL

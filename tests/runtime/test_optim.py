@@ -422,7 +422,7 @@ def test_lr_scheduler_scales_main_and_fallback_groups():
 
 def test_tensor_lr_matches_float_lr():
     model, reference = make_model(), make_model()
-    ours = NestedOptimizer(model.parameters(), adamw(0.01))
+    ours = NestedOptimizer(model.parameters(), adamw(0.05))  # the group's tensor lr, not this one, must act
     ours.param_groups[0]["lr"] = torch.tensor(0.01, dtype=torch.float64)
     theirs = NestedOptimizer(reference.parameters(), adamw(0.01))
     assert_histories_close(train(model, ours), train(reference, theirs), TORCH_MATCH)
