@@ -411,40 +411,56 @@ def test_selfmod_reads_its_projection_memories_within_a_chunk():
     assert_same_function(spec, params, tokens, unembed(hidden, params))
 
 
-def test_memory_as_context_wiring():
-    """Titans MAC with a memory that does not learn (η = 0): retrieval, attention over
-    [persistent | r_s | x_s] per segment, the memory on the y stream (conv across segments), y ⊙ m."""
+def mac_attention(x_s, r_s, attention, heads):
+    """MAC's attention over [persistent | retrieved r_s | segment x_s] for the queries of x_s."""
+    size = x_s.shape[1]
+    q = rope_complex(heads_of(x_s @ attention["wq"].T, heads))
+    k = torch.cat([rope_complex(heads_of(part @ attention["wk"].T, heads)) for part in (r_s, x_s)], dim=2)
+    v = torch.cat([heads_of(part @ attention["wv"].T, heads) for part in (r_s, x_s)], dim=2)
+    causal = torch.arange(size)[None, :] <= torch.arange(size)[:, None]
+    scores = (q @ k.mT).masked_fill(~torch.cat([causal, causal], dim=1), float("-inf"))
+    scores = torch.cat([q @ attention["persistent_k"].mT, scores], dim=-1) / math.sqrt(q.shape[-1])
+    v = torch.cat([attention["persistent_v"].expand(BATCH, -1, -1, -1), v], dim=2)
+    return merged(torch.softmax(scores, dim=-1) @ v) @ attention["wo"].T
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.5])
+def test_memory_as_context_wiring(lr):
+    """Titans MAC: segment s retrieves with the state the writes of segments 0 … s−1 left (the
+    per-token reference runs each segment's writes; with η = 0 the state stays θ_0), attends over
+    [persistent | r_s | x_s], writes its attention output y_s and returns y_s ⊙ M(y_s); the read
+    stream's conv runs over x and the write stream's over y, each across segments."""
     length, segment, heads = 11, 4, 2
     spec = checked(model_text(f"""    context mac {{ segment = {segment}
-      memory {{ heads = {heads} level {{ state = mlp(depth = 2, expansion = 2) period = 2 lr = 0 }} }}
+      memory {{ heads = {heads} level {{ state = mlp(depth = 2, expansion = 2) period = 2 lr = {lr} }} }}
       attention {{ heads = {heads} persistent = 2 }} }}"""))
-    params = leaf_params(spec, seed=8)
-    tokens = random_tokens(length, seed=8)
-
+    params = leaf_params(spec, seed=9)
+    tokens = random_tokens(length, seed=9)
     memory, attention = scoped(params, "blocks.0.mac.memory."), scoped(params, "blocks.0.mac.attention.")
+    width = params["embed"].shape[1] // heads
+    level = LevelConfig("mlp", width, width, hidden=2 * width, chunk_size=2)  # silu, l2, gd, causal
     hidden = params["embed"][tokens]
     x = rms(hidden, params["blocks.0.mac.norm"])
 
-    def read(stream):
-        q = memory_path(stream, memory, heads, "q")
-        inner = F.silu(torch.einsum("hoi,bhti->bhto", memory["memory_w1"], q))
-        return memory_output_path(torch.einsum("hoi,bhti->bhto", memory["memory_w2"], inner), memory, stream)
+    def memory_read(queries, weights):  # M_θ(q) per sequence and head
+        inner = F.silu(torch.einsum("bhoi,bhti->bhto", weights[0], queries))
+        return torch.einsum("bhoi,bhti->bhto", weights[1], inner)
 
-    retrieved = read(x)
-    attended = []
+    state = MemoryState([w.unsqueeze(0).expand(BATCH, *w.shape) for w in (memory["memory_w1"], memory["memory_w2"])])
+    read_queries = memory_path(x, memory, heads, "q")  # the read stream's conv runs over all of x
+    attended, outputs = [], []
     for start in range(0, length, segment):
-        x_s, r_s = x[:, start:start + segment], retrieved[:, start:start + segment]
+        x_s = x[:, start:start + segment]
         size = x_s.shape[1]
-        q = rope_complex(heads_of(x_s @ attention["wq"].T, heads))
-        k = torch.cat([rope_complex(heads_of(part @ attention["wk"].T, heads)) for part in (r_s, x_s)], dim=2)
-        v = torch.cat([heads_of(part @ attention["wv"].T, heads) for part in (r_s, x_s)], dim=2)
-        causal = torch.arange(size)[None, :] <= torch.arange(size)[:, None]
-        scores = (q @ k.mT).masked_fill(~torch.cat([causal, causal], dim=1), float("-inf"))
-        scores = torch.cat([q @ attention["persistent_k"].mT, scores], dim=-1) / math.sqrt(q.shape[-1])
-        v = torch.cat([attention["persistent_v"].expand(BATCH, -1, -1, -1), v], dim=2)
-        attended.append(merged(torch.softmax(scores, dim=-1) @ v) @ attention["wo"].T)
-    y = torch.cat(attended, dim=1)
-    hidden = hidden + y * read(y)
+        r_s = memory_output_path(memory_read(read_queries[:, :, start:start + size], state.weights), memory, x_s)
+        attended.append(mac_attention(x_s, r_s, attention, heads))
+        y = torch.cat(attended, dim=1)  # the write stream so far: its conv runs across segments
+        q_y, k_y, v_y = (memory_path(y, memory, heads, name)[:, :, start:] for name in "qkv")
+        rates = torch.full((BATCH, heads, size), lr, dtype=torch.float64)
+        out, state = memory_level_reference(level, state, k_y, v_y, q_y, rates, None, None)
+        outputs.append(attended[-1] * memory_output_path(out, memory, attended[-1]))
+    assert torch.equal(state.weights[0][0], memory["memory_w1"]) == (lr == 0)  # it learned, or it did not
+    hidden = hidden + torch.cat(outputs, dim=1)
     assert_same_function(spec, params, tokens, unembed(hidden, params))
 
 
