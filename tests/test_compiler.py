@@ -301,6 +301,16 @@ def test_generated_module_is_deterministic_and_golden(path: Path, update_golden:
         f"the generated module for {relative} changed; review it and run pytest --update-golden"
 
 
+def test_every_compiled_golden_has_a_spec(update_golden: bool) -> None:
+    expected = {GOLDEN / path.relative_to(REPO / "specs").with_suffix(".py") for path in model_specs()}
+    stale = sorted(path for path in GOLDEN.rglob("*.py") if path not in expected)
+    if update_golden:
+        for path in stale:
+            path.unlink()
+        stale = []
+    assert not stale, f"golden modules without a spec: {[p.name for p in stale]}; rerun with --update-golden"
+
+
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
 def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
     for path in model_specs():
