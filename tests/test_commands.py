@@ -523,3 +523,9 @@ def test_a_checkpoint_pruned_while_it_is_read_gives_way_to_the_newer_one(run_dir
 
     monkeypatch.setattr(C, "read_record", pruned_while_read)
     assert C.load_checkpoint(copy).path == replaced[0]
+
+
+def test_a_nested_stream_state_without_its_position_says_why_it_is_refused():
+    weights = torch.zeros(2)
+    found = E._state_mismatch({"fast": weights}, {"fast": weights, "_position": 0}, "memory.0.c")
+    assert found is not None and "carries no stream position" in found

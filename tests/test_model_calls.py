@@ -76,6 +76,7 @@ def test_mistaken_targets_and_states_are_named(titans) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # a state of mixed precisions is autocast's own
         _, mixed = titans(x, return_state=True)
         titans(x, state=mixed)
+    titans(x, state=mixed)  # and it continues without autocast too
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])

@@ -74,8 +74,8 @@ def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
 
 def _check_state(state: object, layers: int, batch: int, weights: Tensor | None = None) -> None:
     """A state passed back must be one dict per block, for this batch (each sequence has its own),
-    on the device of the model's `weights` and, outside autocast, in their precision (a model
-    moved or cast since)."""
+    on the device of the model's `weights` and not wholly in another precision (a model moved or
+    cast since)."""
     if not isinstance(state, (list, tuple)) or len(state) != layers or not all(
             isinstance(part, dict) for part in state):
         raise TypeError(f"state must be the list of {layers} per-block dicts that a call with "
@@ -86,14 +86,17 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
                          f"of {batch}: each sequence carries its own state")
     if weights is None:
         return
-    mixed = torch.is_autocast_enabled(weights.device.type)  # under autocast a state mixes precisions
-    for tensor in _tensors(state):
-        if tensor.is_floating_point() and ((tensor.dtype != weights.dtype and not mixed)
-                                           or tensor.device != weights.device):
-            raise ValueError(f"state holds {str(tensor.dtype).removeprefix('torch.')} tensors on {tensor.device}, "
-                             f"and the model is {str(weights.dtype).removeprefix('torch.')} on {weights.device}: "
-                             "a state continues only the model it came from, as it is (cast or move the state "
-                             "with the model)")
+    floating = [tensor for tensor in _tensors(state) if tensor.is_floating_point()]
+    elsewhere = next((tensor for tensor in floating if tensor.device != weights.device), None)
+    # A state made under autocast mixes bfloat16 and the model's precision, and continues with or
+    # without it; one wholly in another precision, outside autocast, comes from a model cast since.
+    autocast = torch.is_autocast_enabled(weights.device.type)
+    if elsewhere is None and (autocast or not floating or any(tensor.dtype == weights.dtype for tensor in floating)):
+        return
+    tensor = elsewhere if elsewhere is not None else floating[0]
+    raise ValueError(f"state holds {str(tensor.dtype).removeprefix('torch.')} tensors on {tensor.device}, and the "
+                     f"model is {str(weights.dtype).removeprefix('torch.')} on {weights.device}: a state continues "
+                     "only the model it came from, as it is (cast or move the state with the model)")
 
 
 def _tensors(value: object):
@@ -200,7 +203,7 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
 
     `state` holds one entry per level as returned by a previous call (None: start from the
     parameters); the fastest level's carries θ_1 and its momentum, a slower one's its θ_ℓ.
-    `position` counts the tokens of the stream before this call (modulo the slowest period), so
+    `position` counts the tokens of the stream before this call (modulo the slowest moving period), so
     that a slower level moves when the stream, not the call, passes a multiple of its period: a
     stream of calls shorter than a period still moves it. Returns the outputs (B, T, d), that list
     (None for levels that do not learn in context) and the position after the call, so that two
@@ -209,14 +212,17 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     fast = levels[0].config
     state = state or [None] * len(levels)
     batch, length, _ = x.shape
-    cycle = max(level.config.chunk_size for level in levels)  # every period divides the slowest (E0502)
-    after = (position + length) % cycle
+    moving = [index for index in range(1, len(levels)) if levels[index].in_context]
+    # Only the moving levels read the position, so it counts modulo the slowest of them (every
+    # period divides the next slower one, E0502) and stays 0 without them: a whole-graph compiled
+    # call with a state specialises on it, and fewer values mean fewer recompilations.
+    cycle = max([1] + [levels[index].config.chunk_size for index in moving])  # (no `default=`: dynamo)
+    after = (position + length) % cycle if levels[0].in_context else 0
     if not levels[0].in_context:  # a plain MLP with its parameters, and no level moves (§3.7)
         return static_mlp(fast, weights[0], x), [None] * len(levels), after
     states = [(initial_memory_state(level.config, w, batch) if carried is None else carried).weights
               for level, w, carried in zip(levels, weights, state)]
     current = MemoryState(states[0], _zero_momentum(fast, states[0])) if state[0] is None else state[0]
-    moving = [index for index in range(1, len(levels)) if levels[index].in_context]
     inputs = x.unsqueeze(1)  # (B, 1, T, d)
     lr, retention, momentum = gates
     external = fast.objective == "external"

@@ -381,7 +381,7 @@ def load_checkpoint(target: str | Path, training: bool = True) -> Checkpoint:
             optimizer = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE)) if training else {}
             return Checkpoint(path, record, model, optimizer)
         except CheckpointError:
-            if path.exists() or attempt == 2:
+            if (path / RECORD_FILE).exists() or attempt == 2:  # pruning removes the files, then the folder
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
 

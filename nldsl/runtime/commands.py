@@ -127,7 +127,7 @@ def stream_command(args: argparse.Namespace) -> int:
         raise UserError(f"nothing to stream: {what} holds {len(tokens):,} token(s), and a segment needs a token and "
                         "the one after it")
     segments = f"{len(result.segments)} segment{'' if len(result.segments) == 1 else 's'}"
-    print(f"streamed {fed:,} tokens of {what} in {segments} of up to {segment} "
+    print(f"streamed {fed:,} token{'' if fed == 1 else 's'} of {what} in {segments} of up to {segment} "
           f"from checkpoint {loaded.checkpoint.path}")
     for prefix, count in result.updates.items():
         print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")

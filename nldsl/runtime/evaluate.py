@@ -469,7 +469,7 @@ def holds_a_stream_state(path: Path) -> bool:
                 return False
             metadata = json.loads(handle.read(length)).get("__metadata__") or {}
             structure = json.loads(metadata.get("nldsl", "null"))
-    except (OSError, ValueError, AttributeError, TypeError):  # ValueError: bad JSON or UTF-8
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # ValueError: bad JSON or UTF-8
         return False
     return isinstance(structure, dict) and structure.get("format") == STATE_FORMAT
 
@@ -573,6 +573,9 @@ def _state_mismatch(value: Any, reference: Any, where: str) -> str | None:
         return (_state_mismatch(value.weights, reference.weights, f"{where}.weights")
                 or _state_mismatch(value.momentum, reference.momentum, f"{where}.momentum"))
     if isinstance(reference, dict):
+        if isinstance(value, dict) and set(reference) - set(value) == {"_position"} and set(value) <= set(reference):
+            return (f"{where} carries no stream position: the state was written before nested CMS states "
+                    "carried one, so it cannot time its slower levels; stream the text again from the checkpoint")
         if not isinstance(value, dict) or set(value) != set(reference):
             return f"{where} holds other entries than the model's"
         return next((found for key in reference

@@ -525,7 +525,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         _say(context, f"step {step}: validation {evaluation.line()}")
 
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
-    first_inputs: list[Tensor] = []  # the batch of a first step that was not finite, for `stopped`
+    first_inputs: list[tuple[Tensor, Tensor]] = []  # the batch of a first step that was not finite, for `stopped`
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
     def stopped(what: str, from_the_checkpoint: bool = False) -> TrainingError:
@@ -542,7 +542,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                                  "weights already give it, so resuming from there fails the same way whatever the "
                                  f"learning rate: {way}")
         if from_the_checkpoint and first_inputs:
-            where = _first_non_finite(model, first_inputs[0], bf16) if context.world_size == 1 else None
+            where = _first_non_finite(model, *first_inputs[0], bf16) if context.world_size == 1 else None
             found_at = (f"the forward pass is first not finite in {where}" if where else
                         "the forward pass is finite, its gradient is not")
             return TrainingError(f"{what}; the weights it starts from already give it, before any update, so a lower "
@@ -629,7 +629,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 if step == saved_step[0] and last_checkpoint[0] is None:
-                    first_inputs.append(inputs)  # the first step of the weights the run starts from
+                    first_inputs.append((inputs, targets))  # the first step of the weights the run starts from
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
                               "stopped before the optimizer step, nothing from this step was written",
                               from_the_checkpoint=step == saved_step[0])
@@ -912,9 +912,10 @@ def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any,
 
 
 @torch.no_grad()
-def _first_non_finite(model: torch.nn.Module, inputs: Tensor, bf16: bool) -> str | None:
-    """Where a forward pass on `inputs` first gives a value that is not finite: the submodule, innermost
-    first, that returned it (e.g. "lmm of block 0 (blocks.0.lmm)"), or None when the logits are finite."""
+def _first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf16: bool) -> str | None:
+    """Where the step's forward pass (with its targets, which the surprise of a CMS reads) first gives
+    a value that is not finite: the submodule, innermost first, that returned it (e.g. "lmm of
+    block 0 (blocks.0.lmm)"), or None when the logits are finite."""
     found: list[str] = []
 
     def check(name: str) -> Callable[..., None]:
@@ -928,7 +929,7 @@ def _first_non_finite(model: torch.nn.Module, inputs: Tensor, bf16: bool) -> str
     handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules()]
     try:
         with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(inputs)
+            model(inputs, targets)
     finally:
         for handle in handles:
             handle.remove()
