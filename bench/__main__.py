@@ -7,6 +7,7 @@
     peers    titans-pytorch, nested-learning, fla reference ops, the hand-written floor, the targets
     profile  torch.profiler tables of the steps behind missed targets
     smoke    the fast regression guard CI runs (graph breaks, compiled not slower than eager)
+    precision  bfloat16 (autocast and cast) against float64, the error per window of T
     gpu      the CUDA suite in bf16 autocast (correctness, throughput, MFU); --device cpu --tiny to test
     report   docs/results/performance.md and its figures from the JSON results
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import chunk_sweep, gpu, harness, mfu, peak_memory, peers, profiles, report, smoke, throughput
+from bench import chunk_sweep, gpu, harness, mfu, peak_memory, peers, precision, profiles, report, smoke, throughput
 
 COMMANDS = {
     "train": throughput,
@@ -29,6 +30,7 @@ COMMANDS = {
     "peers": peers,
     "profile": profiles,
     "smoke": smoke,
+    "precision": precision,
     "gpu": gpu,
     "report": report,
 }

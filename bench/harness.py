@@ -297,8 +297,9 @@ SHAPES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "mfu": {"runs": list},
     "peers": {"comparisons": dict},
     "smoke": {"graph_breaks": dict, "speed": dict, "ok": bool, "seconds": (int, float), "tolerance": (int, float)},
+    "precision": {"points": list, "windows": int},
 }
-NO_FRESH = ("smoke",)  # commands that rewrite their file whole every run (no --fresh)
+NO_FRESH = ("smoke", "precision")  # commands that rewrite their file whole every run (no --fresh)
 
 
 def _shape_problem(name: str, data: Any) -> str | None:

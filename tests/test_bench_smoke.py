@@ -416,3 +416,16 @@ def test_nldsl_bench_speed_takes_threads_and_names_itself(monkeypatch, capsys, r
     with pytest.raises(SystemExit):
         main(["bench", "speed", "--lengths", "0"])
     assert "nldsl bench speed: error: argument --lengths: must be at least 1" in capsys.readouterr().err
+
+
+def test_precision_reports_the_bfloat16_error_per_window(results, monkeypatch) -> None:
+    import json
+
+    from bench import precision
+
+    result = precision.run(["specs/titans_lmm.nl"], length=64)
+    [point] = result["points"]
+    assert len(point["autocast"]) == len(point["cast"]) == precision.WINDOWS
+    # bfloat16 keeps ~3 digits: an error near 1e-2, not the 0 of a float64 run or the 1 of a broken one
+    assert all(0 < error < 0.05 for error in point["autocast"] + point["cast"])
+    assert json.loads((results / "precision.json").read_text())["points"] == result["points"]
