@@ -37,8 +37,8 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
     """The call's tokens and targets as int64, after checking what a caller can get wrong.
 
     A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
-    of another layout or batch, or of another precision or device than the model's `weights`) is a
-    TypeError or ValueError that names it, raised before any
+    of another layout or batch, on another device than the model's `weights` or wholly in another
+    precision) is a TypeError or ValueError that names it, raised before any
     layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
     The checks run wherever the forward runs eagerly (chunk-compiled training steps included: one
     min/max over the batch); a whole-graph compiled call skips them, as the range check would be a
@@ -217,9 +217,9 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     # period divides the next slower one, E0502) and stays 0 without them: a whole-graph compiled
     # call with a state specialises on it, and fewer values mean fewer recompilations.
     cycle = max([1] + [levels[index].config.chunk_size for index in moving])  # (no `default=`: dynamo)
-    after = (position + length) % cycle if levels[0].in_context else 0
     if not levels[0].in_context:  # a plain MLP with its parameters, and no level moves (§3.7)
-        return static_mlp(fast, weights[0], x), [None] * len(levels), after
+        return static_mlp(fast, weights[0], x), [None] * len(levels), 0
+    after = (position + length) % cycle
     states = [(initial_memory_state(level.config, w, batch) if carried is None else carried).weights
               for level, w, carried in zip(levels, weights, state)]
     current = MemoryState(states[0], _zero_momentum(fast, states[0])) if state[0] is None else state[0]

@@ -54,13 +54,17 @@ def gate_precision(x: Tensor) -> Tensor:
     α = 0.999 (a memory that forgets over about a thousand tokens) rounds to exactly 1 in it and
     the memory never forgets, and η and β lose as much. Gates are few (B, H, T) numbers; the
     memory's coefficients are computed from them in float32 (memory.float32_recurrence)."""
-    return x.float() if x.dtype in LOW_PRECISION else x
+    return x.to(gate_dtype(x.dtype))
+
+
+def gate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision a gate is computed in for data of `dtype`: at least float32 (`gate_precision`)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 def constant_gate(x: Tensor, heads: int, value: float) -> Tensor:
     """A constant gate (B, H, T) for the tokens x (B, T, d), in at least float32 (`gate_precision`)."""
-    dtype = torch.float32 if x.dtype in LOW_PRECISION else x.dtype
-    return torch.full((x.shape[0], heads, x.shape[1]), value, dtype=dtype, device=x.device)
+    return torch.full((x.shape[0], heads, x.shape[1]), value, dtype=gate_dtype(x.dtype), device=x.device)
 
 
 def learned_gate(x: Tensor, proj: Tensor, bias: Tensor, bound: float) -> Tensor:

@@ -525,10 +525,10 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         _say(context, f"step {step}: validation {evaluation.line()}")
 
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
-    first_inputs: list[tuple[Tensor, Tensor]] = []  # the batch of a first step that was not finite, for `stopped`
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
-    def stopped(what: str, from_the_checkpoint: bool = False) -> TrainingError:
+    def stopped(what: str, from_the_checkpoint: bool = False,
+                batch: tuple[Tensor, Tensor] | None = None) -> TrainingError:
         """The error that ends a diverged run, with advice that works: --resume takes a lower lr or a
         clip (CONTINUABLE_FIXES), and the last checkpoint never holds non-finite weights (`save`).
         When the step that failed is the first one after the last checkpoint, its weights already
@@ -541,8 +541,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             return TrainingError(f"{what}; it is the first step after the checkpoint {last_checkpoint[0]}, whose "
                                  "weights already give it, so resuming from there fails the same way whatever the "
                                  f"learning rate: {way}")
-        if from_the_checkpoint and first_inputs:
-            where = _first_non_finite(model, *first_inputs[0], bf16) if context.world_size == 1 else None
+        if from_the_checkpoint and batch is not None:
+            # no checkpoint yet: the first step of the weights the run starts from, before any outer update
+            where = _first_non_finite(model, *batch, bf16) if context.world_size == 1 else None
             found_at = (f"the forward pass is first not finite in {where}" if where else
                         "the forward pass is finite, its gradient is not")
             return TrainingError(f"{what}; the weights it starts from already give it, before any update, so a lower "
@@ -628,11 +629,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             mean_loss = distributed.all_reduce_sum(loss.detach().float().clone(), context) / context.world_size
             loss_value, norm_value = torch.stack([mean_loss, grad_norm.float()]).tolist()
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                if step == saved_step[0] and last_checkpoint[0] is None:
-                    first_inputs.append((inputs, targets))  # the first step of the weights the run starts from
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
                               "stopped before the optimizer step, nothing from this step was written",
-                              from_the_checkpoint=step == saved_step[0])
+                              from_the_checkpoint=step == saved_step[0], batch=(inputs, targets))
             # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
             with deferred_interrupt():
                 clock.tick(step)
