@@ -342,12 +342,9 @@ class Generator:
         self.init_header(w)
         self.declare(w, layer, with_norm)
         if layer.rope:
-            # Tables held by the module, not computed in the graph (L.rope_tables says why).
-            w("# rotary tables (TRAIN_SEQ_LEN, D), computed in float64 and rounded once by .to(dtype);")
-            w("# not saved with the weights")
-            w(f"cos, sin = L.rope_frequencies({head_dim}, TRAIN_SEQ_LEN, {layer.rope_base!r}, dtype=torch.float64)")
-            w('self.register_buffer("rope_cos", cos, persistent=False)')
-            w('self.register_buffer("rope_sin", sin, persistent=False)')
+            # Tables held by the module, not computed in the graph (L.RotaryTables says why).
+            w(f"self.rotary = L.RotaryTables({head_dim}, TRAIN_SEQ_LEN, {layer.rope_base!r})"
+              "  # (TRAIN_SEQ_LEN, D) float64, not saved")
         w.depth -= 1
         w()
         w("def qkv(self, x: Tensor, keys_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:")
@@ -368,8 +365,7 @@ class Generator:
             w("def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:")
             with w.indent():
                 w('"""Rotate each of xs (B, H, T, D), all of one length, with one table."""')
-                w(f"cos, sin = L.rope_tables(self.rope_cos, self.rope_sin, xs[0].shape[2], {layer.rope_base!r}, "
-                  "xs[0].dtype)")
+                w("cos, sin = self.rotary(xs[0].shape[2], xs[0].dtype)")
                 w("return tuple(L.apply_rope(x, cos, sin) for x in xs)")
         w()
         w("def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:")

@@ -89,7 +89,7 @@ def test_rotary_table_serves_any_length(seq_len: int) -> None:
     weights); a longer sequence gets a fresh table, and both agree with the interpreter."""
     spec = shrunk(check_file(REPO / "specs" / "transformer.nl", [f"train.seq_len={seq_len}"]).spec)
     model = perturbed_model(spec, seed=2)
-    assert model.blocks[0].attention.rope_cos.shape[0] == seq_len
+    assert model.blocks[0].attention.rotary.cos.shape[0] == seq_len
     assert not any("rope" in name for name in model.state_dict())
     assert_matches_interpreter(spec, length=13, seed=2)
 

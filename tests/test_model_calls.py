@@ -110,6 +110,18 @@ def test_a_float64_model_keeps_its_loss_in_float64(titans) -> None:
     assert copy.deepcopy(titans).bfloat16().loss(x, x).dtype == torch.float32  # half precisions: at least float32
 
 
+def test_a_cast_and_back_leaves_the_rotary_tables_exact() -> None:
+    """The tables are not saved with the weights, so a rounded table would outlive a cast back:
+    they follow the model's device and are rebuilt in float64 at every move (L.RotaryTables)."""
+    model = nldsl.load("specs/transformer.nl", **SMALL)
+    rotary = model.blocks[0].attention.rotary
+    exact = rotary.cos.clone(), rotary.sin.clone()
+    model.bfloat16().float()
+    assert rotary.cos.dtype == torch.float64 and torch.equal(rotary.cos, exact[0]) and torch.equal(rotary.sin, exact[1])
+    model.to("meta")
+    assert rotary.cos.device.type == "meta"
+
+
 @pytest.mark.parametrize("overrides", ["dim=32", {"dim": 32}, ["dim=32", 5]])
 def test_load_refuses_overrides_that_are_not_a_list_of_strings(overrides) -> None:
     with pytest.raises(TypeError, match="overrides must be a list of 'key=value' strings"):

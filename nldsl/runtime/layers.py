@@ -5,7 +5,7 @@ modules, which own them. Every fast function sits beside a plain `_reference` tw
 per-step loop, and tests/runtime/test_layers.py holds the two to each other (outputs and gradients).
 
 - `rms_norm`, `l2_normalize`: normalisation over the last dimension.
-- `rope_frequencies`, `rope_tables`, `apply_rope`: rotary position embedding, rotate-half convention.
+- `rope_frequencies`, `RotaryTables`, `apply_rope`: rotary position embedding, rotate-half convention.
 - `causal_attention`: softmax attention through `scaled_dot_product_attention`, full causal or
   sliding window, with optional persistent memory tokens (Titans) visible to every query.
 - `causal_depthwise_conv`: the short causal convolution after the q/k/v projections, with a cache
@@ -112,13 +112,37 @@ def rope_frequencies(
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def rope_tables(cos: Tensor, sin: Tensor, length: int, base: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The first `length` rows of tables made by `rope_frequencies`, in `dtype`; a fresh pair for
-    this length when the tables are shorter. Generated attention keeps its tables as buffers, since
-    computed inside a compiled graph they would be fused into every consumer and re-evaluated there."""
-    if length <= cos.shape[0]:
-        return cos[:length].to(dtype), sin[:length].to(dtype)
-    return rope_frequencies(cos.shape[1], length, base, cos.device, dtype)
+class RotaryTables(torch.nn.Module):
+    """Cosine and sine tables of `rope_frequencies` for one attention layer, `max_len` rows in
+    float64, as non-persistent buffers (not saved with the weights).
+
+    Generated attention keeps its tables in a module because, computed inside a compiled graph,
+    they would be fused into every consumer and re-evaluated there. The tables follow the model's
+    device but never its dtype: `.bfloat16()` and then `.float()` would otherwise leave them
+    rounded to bfloat16 (about 3e-3 off), so every move rebuilds them in float64 where the model
+    now lives, and each call rounds them once to the dtype it is asked for.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        cos, sin = rope_frequencies(head_dim, max_len, base, dtype=torch.float64)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        device = fn(self.cos).device  # where .to / .cuda / to_empty sends the module's tensors
+        self.cos, self.sin = rope_frequencies(self.head_dim, self.cos.shape[0], self.base, device, torch.float64)
+        return self
+
+    def forward(self, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The first `length` rows in `dtype`; a fresh pair for this length when the tables are shorter."""
+        if length <= self.cos.shape[0]:
+            return self.cos[:length].to(dtype), self.sin[:length].to(dtype)
+        return rope_frequencies(self.head_dim, length, self.base, self.cos.device, dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, max_len={self.cos.shape[0]}, base={self.base}"
 
 
 def _rotate_half(x: Tensor) -> Tensor:

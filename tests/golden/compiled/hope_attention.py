@@ -77,11 +77,7 @@ class Attention0(nn.Module):
         self.wk = nn.Parameter(torch.empty(128, 128))  # (128, 128)
         self.wv = nn.Parameter(torch.empty(128, 128))  # (128, 128)
         self.wo = nn.Parameter(torch.empty(128, 128))  # (128, 128)
-        # rotary tables (TRAIN_SEQ_LEN, D), computed in float64 and rounded once by .to(dtype);
-        # not saved with the weights
-        cos, sin = L.rope_frequencies(32, TRAIN_SEQ_LEN, 10000.0, dtype=torch.float64)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rotary = L.RotaryTables(32, TRAIN_SEQ_LEN, 10000.0)  # (TRAIN_SEQ_LEN, D) float64, not saved
 
     def qkv(self, x: Tensor, keys_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         if keys_from is None:  # one product for q, k and v (L.linear_split)
@@ -93,7 +89,7 @@ class Attention0(nn.Module):
 
     def rope(self, *xs: Tensor) -> tuple[Tensor, ...]:
         """Rotate each of xs (B, H, T, D), all of one length, with one table."""
-        cos, sin = L.rope_tables(self.rope_cos, self.rope_sin, xs[0].shape[2], 10000.0, xs[0].dtype)
+        cos, sin = self.rotary(xs[0].shape[2], xs[0].dtype)
         return tuple(L.apply_rope(x, cos, sin) for x in xs)
 
     def forward(self, x: Tensor, ctx: R.HeadContext, state: dict | None = None) -> tuple[Tensor, dict]:
