@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import pydantic
 from pydantic import TypeAdapter
 
@@ -229,11 +230,31 @@ def decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        return None, Diagnostic("E0105", f"`{path}` is not valid UTF-8 (byte {error.start})", None,
-                                "save the spec as UTF-8 text")
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1  # in bytes: the text cannot be decoded
+        return None, Diagnostic("E0105", f"`{path}` is not valid UTF-8 (byte {error.start}: line {line}, byte {column} "
+                                f"of the line)", None, "save the spec as UTF-8 text")
     if text.startswith("\ufeff"):
         text = text[1:]
     return text, None
+
+
+def _dependency_order(consts: dict[str, ast.Const]) -> list[str]:
+    """The constants ordered so that each comes after the constants of its file it reads, those of
+    a cycle in the order they are written. Evaluated in this order, a constant finds what it reads
+    already computed, so the recursion of `Checker.const_value` is only as deep as a cycle is long,
+    whatever order the constants are written in; a cycle is reported there (E0507)."""
+    reads = nx.DiGraph()
+    reads.add_nodes_from(consts)
+    reads.add_edges_from((name, read) for name, const in consts.items()
+                         for read in _names_in(const.value) if read in consts)
+    position = {name: index for index, name in enumerate(consts)}
+    groups = nx.condensation(reads)  # one node per cycle (or lone constant), edges from reader to read
+    order: list[str] = []
+    for group in reversed(list(nx.lexicographical_topological_sort(groups, key=lambda g: min(
+            position[name] for name in groups.nodes[g]["members"])))):
+        order.extend(sorted(groups.nodes[group]["members"], key=position.__getitem__))
+    return order
 
 
 # The checker ---------------------------------------------------------------------------------
@@ -369,6 +390,10 @@ class Checker:
 
     def import_namespace(self, item: ast.Import, base_dir: Path) -> Namespace | None:
         """The namespace of an imported file, loaded once; None after a diagnostic."""
+        if not item.path.strip():
+            self.bag.error("E0205", "cannot import an empty path", item.span,
+                           'name a spec file, e.g. `import "titans_lmm.nl"`')
+            return None
         try:
             target = (base_dir / item.path).resolve()
         except (OSError, RuntimeError, ValueError) as error:  # a NUL in the path, a loop of symbolic links
@@ -418,7 +443,7 @@ class Checker:
     # 2. constants ----------------------------------------------------------------------------
 
     def evaluate_constants(self, ns: Namespace) -> None:
-        for name in list(ns.consts):
+        for name in _dependency_order(ns.consts):
             if name not in ns.values:
                 try:
                     self.const_value(ns, name, ns.consts[name].name_span)
@@ -439,8 +464,9 @@ class Checker:
             if self.too_deep_reported:
                 raise ReportedError(name, use_span)
             self.too_deep_reported = True
-            raise EvalError("E0104", f"constants defined through other constants more than {MAX_NESTING} deep",
-                            self.constant_uses[0], "compute the value in fewer steps")
+            # constants are evaluated in dependency order (`_dependency_order`): only a cycle recurses this deep
+            raise EvalError("E0507", f"this constant depends on itself through a cycle of more than {MAX_NESTING} "
+                            "constants", self.constant_uses[0], "break the cycle between these constants")
         ns.evaluating.add(name)
         self.constant_uses.append(use_span)
         try:
@@ -483,7 +509,7 @@ class Checker:
             return CallValue(expr.func.dotted, args, kwargs, expr.span)
         if isinstance(expr, ast.Negate):
             value = self.number(self.evaluate(expr.operand, ns), expr.operand.span)
-            return -value
+            return -value + 0  # `-0.0` is 0.0: a sign on zero would pass `≥ 0` and show as `-0`
         if isinstance(expr, ast.Binary):
             left = self.number(self.evaluate(expr.left, ns), expr.left.span)
             right = self.number(self.evaluate(expr.right, ns), expr.right.span)
@@ -528,11 +554,15 @@ class Checker:
 
     # 3. overrides ----------------------------------------------------------------------------
 
+    def overrides_read(self, attr: Attr) -> list[str]:
+        """The `--set` overrides of the constants an attribute's value names."""
+        return sorted({self.provenance[name] for name in _names_in(attr.value)
+                       if self.provenance.get(name, "").startswith("--set")})
+
     def origin_of(self, attr: Attr) -> str:
         """Where an attribute's value came from: its line, and the overrides of the constants it
         names (`dim = dim` under `--set dim=32` reads "hope.nl:37 with --set dim=32")."""
-        overridden = sorted({self.provenance[name] for name in _names_in(attr.value)
-                             if self.provenance.get(name, "").startswith("--set")})
+        overridden = self.overrides_read(attr)
         return attr.origin + (" with " + ", ".join(overridden) if overridden else "")
 
     def parse_overrides(self, overrides: Sequence[str], ns: Namespace
@@ -899,6 +929,14 @@ class Converter:
             return tuple(r.name if isinstance(r, Symbol) else r for r in raw)
         return raw
 
+    def set_by_override(self, attr: Attr) -> str | None:
+        """Where a value written in the spec takes a constant from the command line: the error points
+        at the spec's line, and this says which `--set` gave it its value."""
+        overrides = self.checker.overrides_read(attr)
+        if attr.origin.startswith("--set") or not overrides:
+            return None
+        return f"the value comes from `{'`, `'.join(overrides)}`"
+
     def report_validation(self, error: pydantic.ValidationError, key: str, raw: Any, attr: Attr,
                           model: type[pydantic.BaseModel]) -> None:
         errors = error.errors()
@@ -957,16 +995,18 @@ class Converter:
             limit = next(iter(first.get("ctx", {}).values()), None)
             if isinstance(limit, float):  # pydantic writes 1e-12 as 0.000000000001
                 message = re.sub(r"\b0\.0{4,}\d+\b", f"{limit:g}", message)
-            self.bag.error("E0302", f"`{field_name}` {message.lower().replace('input ', '')}", span)
+            self.bag.error("E0302", f"`{field_name}` {message.lower().replace('input ', '')}", span,
+                           self.set_by_override(attr))
             return
         if kind == "missing":
             self.bag.error("E0305", f"`{getattr(raw, 'name', key)}` needs the argument `{field_name}`", span)
             return
         if kind == "value_error":
-            self.bag.error("E0302", message.lower().removeprefix("value error, "), span)
+            self.bag.error("E0302", message.lower().removeprefix("value error, "), span, self.set_by_override(attr))
             return
+        from_set = self.set_by_override(attr)
         self.bag.error("E0301", f"`{field_name}` expects {_describe(model, key)}", span,
-                       f"got {_show(raw)}")
+                       f"got {_show(raw)}" + (f"; {from_set}" if from_set else ""))
 
     def expression(self, expr: ast.Expr, attr: Attr) -> Any:
         """An optimizer `update` expression as a tuple tree (names are checked later)."""
@@ -1156,8 +1196,8 @@ class Converter:
             ok = self.children(tree, {"level": (1, None)}, "a `cms`")
             levels = []
             seen: set[str] = set()
-            for index, child in enumerate(c for c in tree.children if c.kind == "level"):
-                level_name = level_path_name(child.name, index)
+            level_trees = [c for c in tree.children if c.kind == "level"]
+            for level_name, child in zip(level_path_names(level_trees), level_trees, strict=True):
                 if level_name in seen:
                     self.bag.error("E0202", f"two cms levels are called `{level_name}`", child.header)
                     ok = False
@@ -1232,8 +1272,8 @@ class Converter:
         ok = self.children(tree, {"level": (1, None)}, "an `optimizer`")
         levels = []
         seen: set[str] = set()
-        for index, child in enumerate(c for c in tree.children if c.kind == "level"):
-            level_name = level_path_name(child.name, index)
+        level_trees = [c for c in tree.children if c.kind == "level"]
+        for level_name, child in zip(level_path_names(level_trees), level_trees, strict=True):
             if level_name in seen:
                 self.bag.error("E0202", f"two optimizer levels are called `{level_name}`", child.header)
                 ok = False
@@ -1574,16 +1614,26 @@ def unnamed_layer_name(kind: str, taken: Collection[str]) -> str:
     return f"{kind}_{index}"
 
 
-def level_path_name(name: str | None, index: int) -> str:
-    """The spec-path name of the index-th level of a cms or optimizer: its own, else levelN."""
-    return name if name is not None else f"level{index + 1}"
+def level_path_names(levels: Sequence[Tree]) -> list[str]:
+    """The spec-path names of a cms's or optimizer's levels: a level's own, else `levelN` for the
+    N-th level, or the next free number when a name written on another level is `levelN`."""
+    names: list[str] = []
+    taken = explicit_names(levels)
+    for index, level in enumerate(levels):
+        name, number = level.name, index + 1
+        while name is None:
+            name = f"level{number}" if f"level{number}" not in taken else None
+            number += 1
+        taken.add(name)
+        names.append(name)
+    return names
 
 
 def _child_names(tree: Tree) -> list[tuple[str, Tree]]:
     """The nested sections of `tree` under the names the spec paths give them (language.md §2.3):
     a second unnamed layer of a kind is `KIND_2`, an unnamed cms or optimizer level `levelN`.
     The same names as `Converter.sublayers`, `Converter.sublayer` (cms) and `Converter.optimizer`
-    give them: both use `unnamed_layer_name` and `level_path_name`."""
+    give them: both use `unnamed_layer_name` and `level_path_names`."""
     if tree.kind in ("block", "parallel"):
         named: list[tuple[str, Tree]] = []
         taken: set[str] = explicit_names(tree.children)
@@ -1594,7 +1644,7 @@ def _child_names(tree: Tree) -> list[tuple[str, Tree]]:
         return named
     if tree.kind in ("cms", "optimizer"):
         levels = [c for c in tree.children if c.kind == "level"]
-        return [(level_path_name(child.name, index), child) for index, child in enumerate(levels)]
+        return list(zip(level_path_names(levels), levels, strict=True))
     return [(child.child_label(), child) for child in tree.children]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -101,6 +102,29 @@ def terminal_safe(text: str) -> str:
     return _CONTROLS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
+SNIPPET_CONTEXT = 60  # characters of a long line shown on each side of what a diagnostic points at
+
+
+def _shown(before: str, marked: str, after: str) -> tuple[str, str, str]:
+    """A source line cut into the text before a span, the span and the text after it, as printed:
+    tabs expanded, control characters escaped, and a long line cut to `SNIPPET_CONTEXT` characters
+    around the span (a long span to twice that), with `…` where text was left out."""
+    before, marked, after = (terminal_safe(part.expandtabs(4)) for part in (before, marked, after))
+    if len(before) > SNIPPET_CONTEXT:
+        before = "…" + before[-SNIPPET_CONTEXT:]
+    if len(marked) > 2 * SNIPPET_CONTEXT:
+        marked, after = marked[: 2 * SNIPPET_CONTEXT] + "…", ""
+    if len(after) > SNIPPET_CONTEXT:
+        after = after[:SNIPPET_CONTEXT] + "…"
+    return before, marked, after
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns `text` takes: East Asian wide characters two, combining marks none."""
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
+
+
 def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile],
                 color: bool = False) -> str:
     """Render diagnostics in the rustc layout: header, location, source line, caret, help. Control
@@ -113,7 +137,8 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile
     blocks = []
     for d in diagnostics:
         kind = paint(f"{d.severity}[{d.code}]", "1;31" if d.severity == "error" else "1;33")
-        lines = [f"{kind}: {terminal_safe(d.message)}"]
+        header = terminal_safe(d.message).replace("\n", "\\x0a")  # one line, even with a newline from a path
+        lines = [f"{kind}: {header}"]
         source = sources.get(d.span.path) if d.span else None
         if d.span is not None:
             width = len(str(d.span.line))
@@ -121,15 +146,11 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile
             lines.append(terminal_safe(f"{pad}--> {d.span}"))
             text = source.line_text(d.span.line) if source else ""
             if source is not None:
-                display = terminal_safe(text.expandtabs(4))
-                prefix = terminal_safe(text[: d.span.column - 1].expandtabs(4))
-                if d.span.end_line == d.span.line:
-                    length = max(1, len(terminal_safe(text[d.span.column - 1: d.span.end_column - 1].expandtabs(4))))
-                else:
-                    length = max(1, len(display) - len(prefix))
+                end = d.span.end_column - 1 if d.span.end_line == d.span.line else len(text)
+                before, marked, after = _shown(text[: d.span.column - 1], text[d.span.column - 1: end], text[end:])
                 lines.append(f"{pad} |")
-                lines.append(f"{d.span.line} | {display}")
-                lines.append(f"{pad} | {' ' * len(prefix)}{paint('^' * length, '1;31')}")
+                lines.append(f"{d.span.line} | {before}{marked}{after}")
+                lines.append(f"{pad} | {' ' * _columns(before)}{paint('^' * max(1, _columns(marked)), '1;31')}")
             for note in d.notes:
                 lines.append(f"{pad} = note: {terminal_safe(note)}")
             if d.help:

@@ -144,16 +144,15 @@ _ENTRIES = (
         "E0104", "nesting too deep",
         """
         Sections or expressions are nested more than 64 levels deep, or a chain of `from`
-        (a section inheriting from one that inherits from another, …) or of constants defined
-        through other constants is longer than 64. No real spec comes close: a model is a handful
-        of sections deep and an arithmetic expression a few operators long. The limit keeps the
-        checker (which walks the tree recursively) from running out of stack on
-        machine-generated or corrupted input, so that it answers with a diagnostic instead of
-        crashing.
+        (a section inheriting from one that inherits from another, …) is longer than 64.
+        Constants defined through other constants may chain without limit, in any order. No
+        real spec comes close: a model is a handful of sections deep and an arithmetic
+        expression a few operators long. The limit keeps the checker (which walks the tree
+        recursively) from running out of stack on machine-generated or corrupted input, so that
+        it answers with a diagnostic instead of crashing.
 
         Flatten the expression: give intermediate values names with `const`, and drop redundant
-        parentheses. Shorten a chain of `from` or of constants by starting from a section or a
-        constant nearer its start.
+        parentheses. Shorten a chain of `from` by starting from a section nearer its start.
         """,
         f"""
         const width = {_TOO_DEEP}

@@ -57,7 +57,7 @@ class NestedLearningLexer(RegexLexer):
     tokens = {  # noqa: RUF012
         "root": [
             (rf"{SPACE}+", Whitespace),
-            (r"#[^\n]*", Comment.Single),
+            (r"#[^\r\n]*", Comment.Single),
             (r'"', String.Double, "string"),
             (rf"(const)({SPACE}+)({NAME})", bygroups(Keyword.Namespace, Whitespace, Name.Constant)),
             (rf"(as)({SPACE}+)({NAME})", bygroups(Keyword.Namespace, Whitespace, Name.Namespace)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import keyword
 import math
+import re
 import string
 from importlib import resources
 
@@ -17,7 +18,7 @@ import lark
 from lark import Token, Tree
 
 from . import ast
-from .diagnostics import Diagnostic, DiagnosticBag
+from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
 from .source import SourceFile, Span
 
 KEYWORDS = ("import", "as", "const", "from", "true", "false", "model", "block", "level", "memory",
@@ -102,14 +103,20 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
         try:
             tree = _lark().parse(text)
         except lark.exceptions.UnexpectedInput as error:
-            diagnostic = _syntax_diagnostic(source, error, text)
+            misspelt = _misspelt_keyword(source, text, error)
+            diagnostic = misspelt[0] if misspelt else (
+                _malformed_number(source, text, error) or _syntax_diagnostic(source, error, text))
             if bag.items and (diagnostic.code == "E0103" or diagnostic.span is None
                               or diagnostic.span.line <= bag.items[-1].span.line):  # type: ignore[union-attr]
                 break
             bag.items.append(diagnostic)
             if diagnostic.span is None or diagnostic.code == "E0103":
                 break
-            text = _blank_lines(source, text, diagnostic.span)
+            if misspelt and misspelt[1] is not None:  # read on as if the keyword were spelt right
+                start, end, word = misspelt[1]
+                text = text[:start] + word + text[end:]
+            else:
+                text = _blank_lines(source, text, diagnostic.span)
             continue
         if bag.items:
             break
@@ -166,6 +173,11 @@ def _comments(source: SourceFile) -> list[Token]:
 LANGUAGE_CHARACTERS = frozenset(string.ascii_letters + string.digits + '_"=(){}[],.+-*/%#;' + " \t\f\r\n")
 
 
+# `key =` at the end of a line (a comment after it aside), then a name: what precedes an `=` that the
+# parser did not expect when a value was left out and the next attribute's key was read as it
+UNFINISHED_ATTRIBUTE = re.compile(r"([A-Za-z_]\w*)\s*(=)[ \t\f]*(#[^\n]*)?\r?\n\s*[A-Za-z_]\w*\s*$")
+
+
 def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInput, text: str) -> Diagnostic:
     if isinstance(error, lark.exceptions.UnexpectedCharacters):
         pos = error.pos_in_stream or 0
@@ -174,6 +186,10 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
         if char == '"':
             return Diagnostic("E0102", "unterminated string", span,
                               "strings are written on one line between double quotes")
+        if char == "\r":  # CRLF is a line end; a CR alone is not, and the lexer must not read past it
+            return Diagnostic("E0102", "a carriage return (U+000D) without a line feed after it", span,
+                              "the file has classic Mac line ends or a stray CR: save it with `\\n` (or `\\r\\n`) "
+                              "line ends")
         shown = repr(char)[1:-1] if char.isprintable() and char.strip() else f"U+{ord(char):04X}"
         if char not in LANGUAGE_CHARACTERS:
             # The lexer's `allowed` is the parser state's before it reduced what precedes, so it can
@@ -192,6 +208,11 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
                               f"expected {describe_expected(expected)}")
         span = _span(source, token)
         hint = f"expected {describe_expected(expected)}"
+        unfinished = UNFINISHED_ATTRIBUTE.search(text[:token.start_pos])
+        if token.type == "EQUALS" and unfinished:  # `dim =` ⏎ `layers = 2` read `dim = layers`, then `= 2`
+            return Diagnostic("E0101", f"`{unfinished[1]}` has no value",
+                              source.span(unfinished.start(2), unfinished.end(2)),
+                              f"write the value of `{unfinished[1]}` after its `=`")
         if token.type == "EQUALS" and "LBRACE" in expected:
             hint += "; a section is written `kind name { ... }`"
         return Diagnostic("E0101", f"unexpected {_token_text(token)}", span, hint)
@@ -200,6 +221,68 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
         return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
                           f"expected {describe_expected(set(error.expected))}")
     return Diagnostic("E0101", "syntax error", source.span(0, 0))
+
+
+def _misspelt_keyword(source: SourceFile, text: str, error: lark.exceptions.UnexpectedInput
+                      ) -> tuple[Diagnostic, tuple[int, int, str] | None] | None:
+    """A name where a keyword belongs that is close to one (`modle`, `improt`), or a name close to a
+    section kind before what opens a section (`mpl { }`, `mpl fast { }`, read as an attribute key
+    until `=` is missing): the diagnostic points at the word and suggests the keyword. When the two
+    are equally long, also the correction that lets parsing go on without a cascade of errors."""
+    if not isinstance(error, lark.exceptions.UnexpectedToken) or error.token.type == "$END":
+        return None
+    token, expected = error.token, set(error.expected)
+    start = end = None
+    if token.type == "NAME":
+        candidates = [kw for kw in KEYWORDS if kw.upper() in expected]
+        start, end = token.start_pos or 0, token.end_pos or 0
+    if not (start is not None and candidates) and "EQUALS" in expected and token.type in ("LBRACE", "NAME", "FROM"):
+        # the name before this token was read as an attribute key; a section kind was probably meant
+        words = list(re.finditer(r"[A-Za-z_]\w*", text[:token.start_pos]))
+        if not words or text[words[-1].end():token.start_pos].strip():
+            return None
+        start, end, candidates = words[-1].start(), words[-1].end(), list(SECTION_KINDS)
+    if start is None:
+        return None
+    word = text[start:end]
+    if word in KEYWORDS:
+        return None
+    suggestion = did_you_mean(word, candidates)
+    if suggestion is None:
+        return None
+    keyword_meant = suggestion.split("`")[1]
+    hint = suggestion if keyword_meant not in SECTION_KINDS else (
+        f"{suggestion} A section is written `kind name {{ ... }}`")
+    diagnostic = Diagnostic("E0101", f"unexpected name `{word}`", source.span(start, end), hint)
+    return diagnostic, (start, end, keyword_meant) if len(keyword_meant) == len(word) else None
+
+
+def _malformed_number(source: SourceFile, text: str, error: lark.exceptions.UnexpectedInput) -> Diagnostic | None:
+    """A number with letters, digits or `_` stuck to it (`0x40`, `64_`, `1e`, `1.2.3`), at or before the
+    error. The lexer splits `0x40` into `0` and the name `x40`, which parses as the start of the next
+    attribute, so the syntax error lands a token or a line later; the number is what to point at."""
+    tokens: list[Token] = []
+    try:
+        for token in _lark().lex(text, dont_ignore=True):
+            tokens.append(token)
+            if (token.start_pos or 0) > error.pos_in_stream:
+                break
+    except lark.exceptions.UnexpectedInput:
+        pass  # a character no token takes: the tokens before it are all there is to look at
+    for index, token in enumerate(tokens[:-1]):
+        if token.type != "NUMBER":
+            continue
+        end = index + 1
+        while end < len(tokens) and tokens[end].start_pos == tokens[end - 1].end_pos \
+                and tokens[end].type in ("NAME", "NUMBER", "DOT"):
+            end += 1
+        if end > index + 1 and (token.start_pos or 0) <= error.pos_in_stream:
+            word = text[token.start_pos:tokens[end - 1].end_pos]
+            return Diagnostic("E0102", f"malformed number `{word}`",
+                              source.span(token.start_pos or 0, tokens[end - 1].end_pos or 0),
+                              "numbers are decimal: digits, `_` only between two digits, an optional fraction "
+                              "and exponent (`1_000`, `0.5`, `3e-4`)")
+    return None
 
 
 def _span(source: SourceFile, item: Token | Tree) -> Span:

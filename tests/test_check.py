@@ -386,3 +386,85 @@ def test_an_override_of_an_imported_constant_reads_names_in_the_root_file(tmp_pa
     assert result.ok and not result.diagnostics, _messages(result)
     assert result.spec.model.dim == 48
     assert check_file(tmp_path / "root.nl", ["dim=dim // 2"]).spec.model.dim == 32
+
+
+def test_constants_chain_in_any_order_without_a_depth_limit():
+    """Constants are evaluated in dependency order, so a chain longer than expressions may nest
+    checks whichever end of it is written first (a cycle is still E0507)."""
+    chain = ["const c0 = 8"] + [f"const c{i} = c{i - 1} + 1" for i in range(1, 100)]
+    for lines in (chain, chain[::-1]):
+        result = check_text("\n".join(lines) + "\nmodel { dim = c99; block { mlp { } } }\n")
+        assert result.ok, _messages(result)
+        assert result.spec.model.dim == 107
+
+
+@pytest.mark.parametrize(("value", "word"), [("0x40", "0x40"), ("64_", "64_"), ("6__4", "6__4"), ("1e", "1e"),
+                                             ("1.2.3", "1.2.3")])
+def test_a_malformed_number_is_pointed_at_not_the_token_after_it(value, word):
+    result = check_text(f"model {{\n  dim = {value}\n  layers = 2\n  block {{ mlp {{ }} }}\n}}\n")
+    [diagnostic] = result.diagnostics
+    assert (diagnostic.code, diagnostic.message) == ("E0102", f"malformed number `{word}`")
+    assert (diagnostic.span.line, diagnostic.span.column, diagnostic.span.end_column) == (2, 9, 9 + len(word))
+
+
+@pytest.mark.parametrize("text", ["model {\n  dim = 64  # width\r  layers = 3\n  block { mlp { } }\n}\n",
+                                  "# a title\rmodel {\r  dim = 64\r  block { mlp { } }\r}\r"])
+def test_a_carriage_return_alone_is_refused_rather_than_hiding_what_follows_it(text):
+    [(code, message, help)] = _messages(check_text(text))
+    assert (code, message) == ("E0102", "a carriage return (U+000D) without a line feed after it")
+    assert "line ends" in help
+    assert check_text(text.replace("\r", "\r\n")).ok  # CRLF line ends are fine
+
+
+@pytest.mark.parametrize(("text", "word", "meant"), [
+    ("modle tiny {\n  dim = 8\n  block { mlp { } }\n}\n", "modle", "model"),
+    ("model {\n  dim = 8\n  block { mpl { } }\n}\n", "mpl", "mlp"),
+    ("model {\n  dim = 8\n  block { mpl fast { } }\n}\n", "mpl", "mlp"),
+    ('improt "base.nl"\nmodel { dim = 8; block { mlp { } } }\n', "improt", "import"),
+])
+def test_a_misspelt_keyword_is_named_with_the_keyword_meant_and_no_cascade(text, word, meant):
+    [(code, message, help)] = _messages(check_text(text))
+    assert (code, message) == ("E0101", f"unexpected name `{word}`")
+    assert help.startswith(f"did you mean `{meant}`?")
+
+
+def test_an_attribute_left_without_a_value_is_named():
+    text = "model {\n  dim =   # width\n  layers = 2\n  block { mlp { } }\n}\n"
+    [(code, message, help)] = _messages(check_text(text))
+    assert (code, message, help) == ("E0101", "`dim` has no value", "write the value of `dim` after its `=`")
+
+
+def test_an_error_in_a_value_taken_from_a_set_constant_names_the_override():
+    spec = "const dim = 64\nmodel { dim = dim; block { mlp { } } }\n"
+    [(code, _, help)] = _messages(check_text(spec, overrides=["dim=0"]))
+    assert code == "E0302" and help == "the value comes from `--set dim=0`"
+    [(code, _, help)] = _messages(check_text(spec, overrides=['dim="64"']))
+    assert code == "E0301" and help == 'got "64"; the value comes from `--set dim="64"`'
+
+
+def test_an_unnamed_level_skips_a_level_name_written_after_it():
+    spec = "model { dim = 8; block { cms { level { period = 16 } level level1 { period = 32 } } } }\n"
+    result = check_text(spec, overrides=["model.block.cms.level2.period=8"])
+    assert result.ok, _messages(result)
+    assert [(level.name, level.period) for level in result.spec.model.block.sublayers[0].levels] == [
+        ("level2", 8), ("level1", 32)]
+
+
+def test_small_front_end_messages():
+    import math
+
+    from nldsl.checker import check_bytes
+    from nldsl.diagnostics import render_text
+
+    [(code, message, _)] = _messages(check_bytes(b"model {\n  dim = 8 # caf\xe9\n}\n", "latin.nl"))
+    assert (code, message) == ("E0105", "`latin.nl` is not valid UTF-8 (byte 23: line 2, byte 16 of the line)")
+    [(code, message, _)] = _messages(check_text('import ""\nmodel { dim = 8; block { mlp { } } }\n'))
+    assert (code, message) == ("E0205", "cannot import an empty path")
+    result = check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = -0.0 }\n")
+    assert result.ok and math.copysign(1, result.spec.train.clip) == 1  # no `-0` in the graph or the banner
+    wide = check_text('const _s = "日本語" ; const _t = 1 @\n')  # the caret counts wide characters twice
+    source_line, caret = render_text(wide.diagnostics, wide.sources).splitlines()[3:5]
+    assert source_line.endswith("1 @") and caret.index("^") == len(source_line) - 1 + 3
+    long = check_text("const _x = " + "1 + " * 5000 + "@\n")  # a long line is cut around the span
+    snippet = render_text(long.diagnostics, long.sources).splitlines()[3]
+    assert len(snippet) < 200 and snippet.split("| ", 1)[1].startswith("…")
