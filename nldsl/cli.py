@@ -20,6 +20,7 @@ from .diagnostics import Diagnostic, json_entries, render_json, render_text, sum
 from .files import text_bytes, write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 from .runtime.arguments import path_text
+from .runtime.interrupt import ReportedInterrupt
 
 
 class UserError(Exception):
@@ -257,6 +258,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except ModelTooLargeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except ReportedInterrupt:  # the command has said what it saved and how to go on
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

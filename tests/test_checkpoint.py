@@ -300,3 +300,17 @@ def test_a_folder_in_place_of_latest_is_moved_aside_not_a_failed_save(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step-000002\n"
     aside = [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith("moved-aside")]
     assert len(aside) == 1 and (aside[0] / "kept.txt").read_text() == "mine"
+
+
+def test_reading_a_run_whose_latest_pointer_is_damaged_takes_its_newest_complete_checkpoint_and_says_so(tmp_path):
+    """eval, generate, stream and --init-from read a run as a resume does: a `latest` that names
+    nothing usable is passed over with a warning; without a warning to give, the error says what to do."""
+    for step in (1, 2):
+        save(tmp_path, step)
+    (tmp_path / "checkpoints" / "latest").write_text("garbage\n")
+    warnings: list[str] = []
+    assert C.load_checkpoint(tmp_path, training=False, warn=warnings.append).record["step"] == 2
+    [warning] = warnings
+    assert "not a complete checkpoint; using step-000002, the newest complete checkpoint" in warning
+    with pytest.raises(C.CheckpointError, match=r"name one of .*/step-\* by path"):
+        C.resolve_checkpoint(tmp_path)

@@ -105,6 +105,16 @@ def test_a_run_folder_given_as_data_is_named_as_one(tmp_path):
         D.user_corpus([str(tmp_path)])
 
 
+@pytest.mark.parametrize("given", [["d", "d"], ["d", "d/a.txt"], ["d/a.txt", "d/../d/a.txt"]])
+def test_a_file_given_twice_is_refused(tmp_path, given):
+    """Read twice, a file would sit in the training text and, for a small corpus split by
+    position, in the validation text as well: the held-out numbers would not be held out."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("some text\n")
+    with pytest.raises(D.UserError, match="is given twice .*: each file must be read once"):
+        D.user_corpus([str(tmp_path / name) for name in given])
+
+
 def test_data_encoding_reads_other_codecs_and_rejects_unknown_ones(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("café\n".encode("latin-1"))

@@ -18,9 +18,10 @@ from nldsl.compiler.optimizers import build_optimizer
 from nldsl import loader
 from nldsl.checker import check_text
 from nldsl.cli import main
+from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import train as T
-from nldsl.runtime.interrupt import deferred_interrupt
+from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt
 from nldsl.spec import BuiltinOptimizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -811,3 +812,36 @@ def test_a_first_step_that_is_not_finite_points_at_the_layer_not_the_optimizer(t
     assert status == 1 and "at step 1" in err and err.count("\n") == 1
     assert "a lower train.optimizer.lr or a clip cannot help" in err
     assert "first not finite in lmm of block 0 (blocks.0.lmm)" in err and "learned(max = …)" in err
+
+
+def test_a_second_ctrl_c_during_the_interrupt_checkpoint_waits_for_it(tmp_path, text_file, monkeypatch, capsys):
+    """Ctrl-C checkpoints the steps done on the way out; a second Ctrl-C while that checkpoint is
+    written used to end the process before it was, so a resume silently went back to the last
+    regular checkpoint. It now waits for the checkpoint, and the stop is reported once."""
+    spec = REPO / "specs/titans_lmm.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=6", "train.log_every=1",
+                 "train.checkpoint_every=3", "train.eval_every=0"]
+    real_batch, real_save = D.batch_at, C.save_checkpoint
+
+    def stopped_at_step_5(text, seed, step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(text, seed, step, *args, **kwargs)
+
+    def signalled_while_saving(run_dir, step, *args, **kwargs):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # the impatient second Ctrl-C
+        return real_save(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
+    monkeypatch.setattr(C, "save_checkpoint", signalled_while_saving)
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "cut", compile=False, progress=False)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        T.train(loader.check(spec, overrides), overrides, options)
+    assert isinstance(raised.value, ReportedInterrupt)
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "cut/checkpoints").glob("step-*")) == [3, 4]
+    said = "".join(capsys.readouterr())
+    assert "saving step 4 before stopping" in said and said.count("interrupted after 4 step(s)") == 1
+    assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "cut2"),
+                     "--no-compile", *[a for o in overrides for a in ("--set", o)]]) == 130
+    assert "".join(capsys.readouterr()).count("interrupted") == 1  # the command line does not say it again

@@ -235,8 +235,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     path = run_dir / CHECKPOINTS / (name or "")
     if not name or not (path / RECORD_FILE).exists():
         shown = name if name else "something that is not a checkpoint name"
-        raise CheckpointError(f"{pointer} names `{shown}`, which is not a complete checkpoint "
-                              f"(pick one of {run_dir / CHECKPOINTS}/step-* by path)")
+        raise CheckpointError(f"{pointer} names `{shown}`, which is not a complete checkpoint")
     return path
 
 
@@ -273,8 +272,11 @@ def point_latest_at(path: Path) -> None:
     write_atomic(latest, (path.name + "\n").encode("utf-8"))
 
 
-def resolve_checkpoint(target: str | Path) -> Path:
-    """A run folder (its latest checkpoint), a checkpoint folder, or a file inside one → the folder."""
+def resolve_checkpoint(target: str | Path, warn: Callable[[str], None] | None = None) -> Path:
+    """A run folder (its latest checkpoint), a checkpoint folder, or a file inside one → the folder.
+
+    When the run's `latest` pointer is damaged, its newest complete checkpoint, said through `warn`
+    (as a resume does); without `warn`, a CheckpointError that says how to name one."""
     if not str(target).strip():  # Path("") is the current folder, which the user did not name
         raise CheckpointError("no run or checkpoint given (the path is empty)")
     path = Path(target)
@@ -287,7 +289,16 @@ def resolve_checkpoint(target: str | Path) -> Path:
     if (path / RECORD_FILE).exists():
         return path
     if (path / CHECKPOINTS).is_dir() or (path / "resolved.json").exists():
-        found = latest_checkpoint(path)
+        try:
+            found = latest_checkpoint(path)
+        except CheckpointError as error:
+            complete = complete_checkpoints(path)
+            if warn is None or not complete:
+                advice = (f"name one of {path / CHECKPOINTS}/step-* by path" if complete
+                          else f"{path / CHECKPOINTS} holds no complete checkpoint")
+                raise CheckpointError(f"{error} ({advice})") from None
+            warn(f"{error}; using {complete[-1].name}, the newest complete checkpoint")
+            return complete[-1]
         if found is None:
             raise CheckpointError(f"the run {target} has no checkpoint yet")
         return found
@@ -366,14 +377,15 @@ def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
         raise CheckpointError(f"corrupt checkpoint file {file}: {error}") from None
 
 
-def load_checkpoint(target: str | Path, training: bool = True) -> Checkpoint:
+def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[str], None] | None = None
+                    ) -> Checkpoint:
     """Read a checkpoint (a run folder means its latest one); without `training`, only its record
-    and weights (eval, generate and stream need no optimizer state).
+    and weights (eval, generate and stream need no optimizer state). `warn`: see `resolve_checkpoint`.
 
     A run that is still training checkpoints and prunes as it goes: a checkpoint that vanishes
     while it is read was replaced by a newer one, which is then read instead."""
     for attempt in range(3):
-        path = resolve_checkpoint(target)
+        path = resolve_checkpoint(target, warn if attempt == 0 else None)
         try:
             record = read_record(path)
             files = record.get("files", {})
@@ -395,7 +407,7 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None],
     try:
         latest = latest_checkpoint(run_dir)
     except CheckpointError as error:  # a pointer to a missing or partial folder, or garbage
-        warn(str(error))
+        warn(f"{error}; resuming from the newest complete checkpoint")
         latest = None
     newest = None if latest is None else _step_number(latest)
     older = [path for path in reversed(complete_checkpoints(run_dir))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
+from nldsl.runtime.interrupt import deferred_interrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,7 +122,8 @@ def stream_command(args: argparse.Namespace) -> int:
     result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
                     progress=not args.no_progress)
     if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
-        save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
+        with deferred_interrupt():  # a second Ctrl-C waits for the state: it holds what the stream learned
+            save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
     fed = sum(s.tokens for s in result.segments)
     if not result.segments and not args.state_out and result.stopped is None:
         raise UserError(f"nothing to stream: {what} holds {len(tokens):,} token(s), and a segment needs a token and "

@@ -125,12 +125,24 @@ def _text_files(root: Path) -> list[Path]:
 def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
     """Documents from the user's files and folders (the rule is in the module docstring)."""
     documents: list[Document] = []
-    for given in paths:
+    read_as: dict[Path, tuple[int, str]] = {}  # each file read, resolved: which argument reached it, and how
+
+    def once(file: Path, how: str, index: int) -> None:
+        # a file read twice would sit in the training text and, for a small corpus split by position,
+        # also in the validation text, so the held-out numbers would not be held out
+        earlier = read_as.setdefault(file.resolve(), (index, how))
+        if earlier[0] != index:
+            raise UserError(f"data file {file} is given twice ({earlier[1]}, and {how}): each file must be read "
+                            "once; drop one of them from --data")
+
+    for index, given in enumerate(paths):
         path = Path(given)
         if not path.exists():
             raise UserError(f"data path {given} does not exist")
         if path.is_dir():
             found = sorted(_text_files(path))
+            for file in found:
+                once(file, f"in the folder {given}", index)
             texts = [(p, decode_file(p, encoding)) for p in found]
             texts = [(p, text) for p, text in texts if text.strip()]
             if not texts and is_run_folder(path):
@@ -142,6 +154,7 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
             folder = path.resolve().name
             documents.extend(Document(f"{folder}/{p.relative_to(path).as_posix()}", text) for p, text in texts)
         else:
+            once(path, f"as {given}", index)
             text = decode_file(path, encoding)
             if not text.strip():
                 raise UserError(f"data file {given} is empty")

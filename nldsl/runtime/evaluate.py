@@ -81,7 +81,8 @@ class LoadedModel:
 
 def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     """The model of a run folder (its latest checkpoint) or of a checkpoint folder."""
-    checkpoint = C.load_checkpoint(target, training=False)
+    checkpoint = C.load_checkpoint(target, training=False,
+                                   warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     C.check_run_record(checkpoint)
     record = checkpoint.record
     try:

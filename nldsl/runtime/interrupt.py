@@ -27,3 +27,7 @@ def deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+class ReportedInterrupt(KeyboardInterrupt):
+    """A Ctrl-C whose outcome (what was saved, how to go on) has been told to the user already."""

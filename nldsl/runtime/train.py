@@ -69,7 +69,7 @@ from nldsl.runtime.evaluate import (
     generate,
     shown_text,
 )
-from nldsl.runtime.interrupt import deferred_interrupt
+from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt
 
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
@@ -497,7 +497,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     if found is not None:
         _say(context, f"resuming {run_dir} at step {start} from {found.path}")
     _say(context, f"run folder: {run_dir}")
-    _say(context, f"data: {_describe_source(split.record)}; train {len(train_text):,} tokens, validation "
+    source = _describe_source(split.record, recorded=found is not None and not options.data)
+    _say(context, f"data: {source}; train {len(train_text):,} tokens, validation "
                   f"{len(validation):,} tokens ({tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size})")
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
                   f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
@@ -677,7 +678,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         if closed:
             raise UserError(f"the output was closed (its reader exited) after {completed} step(s); {where}"
                             ) from None
-        raise
+        raise ReportedInterrupt from None  # _save_on_interrupt said where the run stands
     finally:
         bar.close()
         if metrics is not None:
@@ -802,7 +803,7 @@ CONTINUABLE_FIXES = ("clip", "optimizer.lr")
 
 def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
     """The checkpoint `--init-from` names, checked against what the new run can take from it."""
-    initial = C.load_checkpoint(target)
+    initial = C.load_checkpoint(target, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     C.check_run_record(initial)
     recorded = initial.record["tokenizer"].get("kind")
     if recorded is not None and recorded != plan.tokenizer.kind:
@@ -941,11 +942,13 @@ def _lower_lr(plan: Any) -> str:
     return f"{lr / 10:.3g}" if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 else "…"
 
 
-def _describe_source(record: dict[str, Any]) -> str:
+def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
+    """What the run trains on; `recorded`: a resume reading the files its run recorded (no --data)."""
     source = record["source"]
     if source["kind"] == "default":
         return f"default corpus (Python {source['python']} standard library + pydoc topics)"
-    return f"{len(record['train']['documents'])} file(s) from --data"
+    where = "the --data the run recorded" if recorded else "--data"
+    return f"{len(record['train']['documents'])} file(s) from {where}"
 
 
 def _discard_stdout() -> None:
@@ -972,8 +975,13 @@ def _save_on_interrupt(context: Distributed, completed: int, saved_step: list[in
     of a distributed run are not all at the same step when the signal arrives; they keep the last
     regular checkpoint."""
     if completed > saved_step[0] and not context.active:
+        if say:
+            _say(context, f"saving step {completed} before stopping (a second Ctrl-C waits for the checkpoint)")
         try:
-            save()  # sets saved_step and last_checkpoint
+            with deferred_interrupt():  # the run stops anyway; a second Ctrl-C must not lose the steps
+                save()  # sets saved_step and last_checkpoint
+        except KeyboardInterrupt:
+            pass
         except (C.CheckpointError, TrainingError) as error:
             _say(context, f"could not checkpoint step {completed}: {error}", error=True)
     where = (f"the last checkpoint is {last_checkpoint[0]} (step {saved_step[0]}; continue with --resume)"
