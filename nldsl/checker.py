@@ -489,6 +489,8 @@ class Checker:
         if isinstance(expr, ast.Number):
             if abs(expr.value) > 2**63 or not math.isfinite(expr.value):
                 raise EvalError("E0304", "this number is too large", expr.span)
+            if expr.value == 0 and re.search(r"[1-9]", re.split(r"[eE]", expr.text)[0]):
+                raise EvalError("E0304", f"`{expr.text}` is too small: it rounds to 0 in double precision", expr.span)
             return expr.value
         if isinstance(expr, (ast.String, ast.Bool)):
             return expr.value

@@ -505,9 +505,10 @@ _ENTRIES = (
         "E0304", "no value can be computed",
         """
         Constant arithmetic failed: a division by zero, a power without a real value, a number
-        too large to be a sensible setting (beyond 2⁶³, or not finite as a float), or a literal
-        too long to read. Arithmetic is evaluated exactly when the spec is checked, so a mistake
-        here would otherwise surface as a crash far away.
+        too large to be a sensible setting (beyond 2⁶³, or not finite as a float), a literal so
+        small that it rounds to 0 (`1e-400`), or a literal too long to read. Arithmetic is
+        evaluated exactly when the spec is checked, so a mistake here would otherwise surface as
+        a crash far away.
 
         A constant whose definition fails is reported once, where it fails; its uses are not
         reported again.

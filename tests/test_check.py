@@ -460,6 +460,8 @@ def test_small_front_end_messages():
     assert (code, message) == ("E0105", "`latin.nl` is not valid UTF-8 (byte 23: line 2, byte 16 of the line)")
     [(code, message, _)] = _messages(check_text('import ""\nmodel { dim = 8; block { mlp { } } }\n'))
     assert (code, message) == ("E0205", "cannot import an empty path")
+    [(code, message, _)] = _messages(check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = 1e-400 }\n"))
+    assert (code, message) == ("E0304", "`1e-400` is too small: it rounds to 0 in double precision")
     result = check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = -0.0 }\n")
     assert result.ok and math.copysign(1, result.spec.train.clip) == 1  # no `-0` in the graph or the banner
     wide = check_text('const _s = "日本語" ; const _t = 1 @\n')  # the caret counts wide characters twice

@@ -111,7 +111,7 @@ def test_a_file_given_twice_is_refused(tmp_path, given):
     position, in the validation text as well: the held-out numbers would not be held out."""
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("some text\n")
-    with pytest.raises(D.UserError, match="is given twice .*: each file must be read once"):
+    with pytest.raises(D.UserError, match=r"is given twice .*: each file must be read once"):
         D.user_corpus([str(tmp_path / name) for name in given])
 
 
