@@ -139,7 +139,8 @@ class Generator:
         w(f"DIM = {self.model.dim}")
         w(f"LAYERS = {self.model.layers}")
         w(f"NORM_EPS = {self.model.norm_eps!r}")
-        w(f"TRAIN_SEQ_LEN = {self.train.seq_len}  # decides which CMS levels learn in context (§3.7)")
+        w(f"TRAIN_SEQ_LEN = {self.train.seq_len}  # train.seq_len compiled for: it decided which CMS levels learn in "
+          "context (§3.7)")
         for name, value, comment in self.constants:
             w()
             if comment:
@@ -147,7 +148,7 @@ class Generator:
             w(f"{name} = {value}")
         clocks = ", ".join(f"{name!r}: {steps}" for name, steps in self.clock_levels)
         w()
-        w("# Parameters stepped by the continuum clock: name inside a block -> outer steps between updates.")
+        w("# Parameters stepped by the continuum clock: name prefix inside a block -> outer steps between updates.")
         w(f"CLOCK_STEPS = {{{clocks}}}")
         for lines in self.classes:
             w()
@@ -165,6 +166,7 @@ class Generator:
                            ["nldsl", "compile", self.spec.path, *(f"--set={o}" for o in self.overrides)])
         w(f"#     {safe_comment(command)} -o <this file>")
         w(f"# spec sha256: {self.spec.sha256}")
+        w("# `Eq. N` cites the Nested Learning paper; a bare `§N` is a section of nldsl's docs/semantics.md.")
         comments = _leading_comments(self.source_text)
         if comments:
             w("#")
@@ -270,8 +272,9 @@ class Generator:
             elif len(shape) == 3:  # an initial memory state θ_0 (heads, out, in)
                 std = 1.0 / math.sqrt(shape[2])
                 if _is_last_residual_layer(layer, name):
-                    std *= 0.1
-                w(f"nn.init.normal_({target}, std={std!r})  # θ_0 ~ N(0, 1/fan_in)")
+                    w(f"nn.init.normal_({target}, std=M.RESIDUAL_OUT_SCALE * {std!r})  # M(x) ≈ x at first")
+                else:
+                    w(f"nn.init.normal_({target}, std={std!r})  # θ_0 ~ N(0, 1/fan_in)")
             elif len(shape) == 2:
                 std = 1.0 / math.sqrt(shape[1])
                 if name in ("wo", "w_down", "w_out"):
@@ -291,13 +294,13 @@ class Generator:
         p = f"self.{prefix}{gate_name}"
         # in at least float32 (L.gate_precision): α = 0.999 is exactly 1 in bfloat16
         if isinstance(gate, S.ConstantGate):
-            return f"L.constant_gate({source}, {heads}, {gate.value!r})"
+            return f"L.constant_gate({source}, heads={heads}, value={gate.value!r})"
         if isinstance(gate, S.PerHeadGate):
             squash = "F.softplus" if gate_name == "lr" else "torch.sigmoid"
             return (f"{squash}(L.gate_precision({p}_logit)).view(1, {heads}, 1).expand({source}.shape[0], {heads}, "
                     f"{source}.shape[1])")
         assert isinstance(gate, S.LearnedGate)
-        return f"L.learned_gate({source}, {p}_proj, {p}_bias, {gate.max!r})"
+        return f"L.learned_gate({source}, {p}_proj, {p}_bias, bound={gate.max!r})"
 
     # layers ----------------------------------------------------------------------------------
 
@@ -333,7 +336,8 @@ class Generator:
         w.depth += 1
         w("super().__init__()")
 
-    def attention_class(self, layer: S.AttentionSpec, with_norm: bool) -> str:
+    def attention_class(self, layer: S.AttentionSpec, with_norm: bool, in_context: bool = False) -> str:
+        """`in_context`: the attention of a `context` (Titans MAC), which also gets `attend`."""
         name, w = self.new_class("Attention")
         dim, heads = self.model.dim, layer.heads
         head_dim = dim // heads
@@ -347,14 +351,9 @@ class Generator:
               "  # (TRAIN_SEQ_LEN, D) float64, not saved")
         w.depth -= 1
         w()
-        w("def qkv(self, x: Tensor, keys_from: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:")
+        w("def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:")
         with w.indent():
-            w("if keys_from is None:  # one product for q, k and v (L.linear_split)")
-            with w.indent():
-                w("q, k, v = L.linear_split(x, self.wq, self.wk, self.wv)  # (B, T, d) each")
-            w("else:")
-            with w.indent():
-                w("q, (k, v) = F.linear(x, self.wq), L.linear_split(keys_from, self.wk, self.wv)")
+            w("q, k, v = L.linear_split(x, self.wq, self.wk, self.wv)  # (B, T, d) each, from one product")
             w(f"q, k, v = R.split_heads(q, {heads}), R.split_heads(k, {heads}), R.split_heads(v, {heads})"
               f"  # (B, H, T, {head_dim})")
             if layer.qk_norm:
@@ -377,6 +376,12 @@ class Generator:
             w(f"# o: (B, H, T, {head_dim})")
             w(f"o = L.causal_attention(q, k, v, window={layer.window}{persistent})")
             w("return F.linear(R.merge_heads(o), self.wo), {}")
+        if in_context:
+            self.attend_method(w, layer)
+        self.finish(w, layer, with_norm)
+        return name
+
+    def attend_method(self, w: Writer, layer: S.AttentionSpec) -> None:
         w()
         w("def attend(self, x: Tensor, retrieved: Tensor) -> Tensor:")
         with w.indent():
@@ -388,8 +393,6 @@ class Generator:
             persistent = ", self.persistent_k, self.persistent_v" if layer.persistent else ""
             w(f"o = R.segment_attention(q, k_r, v_r, k_x, v_x{persistent})")
             w("return F.linear(R.merge_heads(o), self.wo)")
-        self.finish(w, layer, with_norm)
-        return name
 
     def mlp_class(self, layer: S.MLPSpec, with_norm: bool) -> str:
         name, w = self.new_class("MLP")
@@ -437,7 +440,8 @@ class Generator:
             else:
                 w(f"{target} = {expr}")
 
-    def memory_class(self, layer: S.MemorySpec, with_norm: bool) -> str:
+    def memory_class(self, layer: S.MemorySpec, with_norm: bool, in_context: bool = False) -> str:
+        """`in_context`: the memory of a `context` (Titans MAC), which also gets `read`."""
         name, w = self.new_class("Memory")
         dim, heads = self.model.dim, layer.heads
         head_dim = dim // heads
@@ -475,7 +479,7 @@ class Generator:
         w()
         w("def gates(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:")
         with w.indent():
-            w('"""η (learning rate), α (retention), β (momentum decay), each (B, H, T) or None."""')
+            w('"""lr (η), retention (α) and momentum (β, the momentum decay), each (B, H, T) or None."""')
             for gate_name in ("lr", "retention", "momentum"):
                 expr = self.gate_expr(gate_name, getattr(level, gate_name), "x", heads)
                 w(f"{gate_name} = {expr or 'None'}")
@@ -495,16 +499,20 @@ class Generator:
             w(f"# o: (B, H, T, {head_dim})")
             w(f"o, memory = M.memory_level({config}, memory, k, v, q, lr, retention, momentum)")
             w("return self.output(o, x), {'memory': memory, **caches}")
-        w()
-        w("def read(self, x: Tensor, state: dict) -> Tensor:")
-        with w.indent():
-            w('"""Memory as context: read with the current state, without writing (§3.8)."""')
-            w("caches = {key[5:]: value for key, value in state.items() if key.startswith('read_')}")
-            w("q, _, _, caches = self.project(x, caches)")
-            w("state.update({'read_' + key: value for key, value in caches.items()})")
-            w("memory = state.get('memory') or self.initial_state(x)")
-            w(f"o, _, _ = M.memory_forward({config}, memory.weights, q)")
-            w("return self.output(o, x)")
+        if in_context:
+            w()
+            w("def read(self, x: Tensor, state: dict) -> Tensor:")
+            with w.indent():
+                w('"""Memory as context: read with the current state without writing the memory (§3.8).')
+                w()
+                w("The read's own convolution caches go into `state` under `read_`.")
+                w('"""')
+                w("caches = {key[5:]: value for key, value in state.items() if key.startswith('read_')}")
+                w("q, _, _, caches = self.project(x, caches)")
+                w("state.update({'read_' + key: value for key, value in caches.items()})")
+                w("memory = state.get('memory') or self.initial_state(x)")
+                w(f"o, _, _ = M.memory_forward({config}, memory.weights, q)")
+                w("return self.output(o, x)")
         self.finish(w, layer, with_norm)
         return name
 
@@ -517,7 +525,7 @@ class Generator:
                 w("o = L.rms_norm(o, self.out_norm, NORM_EPS)")
             w("y = R.merge_heads(o)  # (B, T, d)")
             if layer.output_gate:
-                w("y = y * torch.sigmoid(F.linear(x, self.w_gate))")
+                w("y = L.output_gate(y, x, self.w_gate)")
             w("return F.linear(y, self.wo)")
 
     def selfmod_class(self, layer: S.SelfModSpec, with_norm: bool) -> str:
@@ -526,10 +534,12 @@ class Generator:
         head_dim = dim // heads
         memory_config = self.constant(
             f"MEMORY_{name.upper()}", config_literal(lower.level_config(layer.memory, head_dim, head_dim)),
-            f"`{layer.name}`: the main memory, read with q (Eq. 94)")
+            f"`{layer.name}`: the main memory, read with q (Eq. 94; readout {layer.memory.readout}: "
+            f"{_READOUT_STATE[layer.memory.readout]})")
         projections = self.constant(
             f"PROJECTIONS_{name.upper()}", config_literal(lower.level_config(layer.projections, head_dim, head_dim)),
-            f"`{layer.name}`: the in-context projection memories M_k, M_v, M_eta, M_alpha (Eq. 83-85, 90)")
+            f"`{layer.name}`: the in-context projection memories "
+            f"{', '.join(f'M_{n}' for n in layer.adaptive) or 'none'} (Eq. 83-85, 90)")
         eta_max = layer.memory.lr.max if isinstance(layer.memory.lr, S.GeneratedGate) else 1.0
         alpha = layer.memory.retention
         alpha_max = alpha.max if isinstance(alpha, S.GeneratedGate) else 1.0
@@ -595,8 +605,9 @@ class Generator:
                 f"CMS_{name.upper()}_{level.name.upper()}",
                 wrap_call("R.CMSLevel", [config_literal(lower.level_config(level, dim, dim), indent=8),
                                          f"in_context={in_context}"]),
-                f"`{layer.name}.{level.name}`: period {lower.period_value(level)}"
-                + (" tokens, learns in context" if in_context else ", stepped by the continuum clock"))
+                f"`{layer.name}.{level.name}`: period {lower.period_value(level)} "
+                + ("tokens" if isinstance(level.period, int) else "outer steps")
+                + (", learns in context" if in_context else ", stepped by the continuum clock"))
             levels.append((level, cfg, in_context))
         self.begin(w, name, layer, f"Continuum Memory System, {layer.variant}, {len(layer.levels)} levels (§3.7).")
         self.init_header(w)
@@ -684,8 +695,8 @@ class Generator:
         return name
 
     def context_class(self, layer: S.ContextSpec, with_norm: bool) -> str:
-        memory_cls = self.layer_class(layer.memory, with_norm=False)
-        attention_cls = self.layer_class(layer.attention, with_norm=False)
+        memory_cls = self.memory_class(layer.memory, with_norm=False, in_context=True)
+        attention_cls = self.attention_class(layer.attention, with_norm=False, in_context=True)
         name, w = self.new_class("Context")
         self.begin(w, name, layer, f"memory as context (Titans MAC), segments of {layer.segment} tokens (§3.8).")
         self.init_header(w)
@@ -817,8 +828,17 @@ def _leading_comments(text: str) -> list[str]:
     return out
 
 
+# Which state token t reads, per `readout` (docs/semantics.md §1.6); Eq. 94 writes M_{t−1}
+_READOUT_STATE = {"causal": "θ_t, after its own write", "exclusive": "θ_{t−1}, before its own write",
+                  "chunk_start": "its chunk's start state"}
+
+
 def _shape_comment(name: str, shape: tuple[int, ...]) -> str:
     dims = ", ".join(str(s) for s in shape)
+    if name.startswith("persistent_"):
+        return f"persistent tokens per head: (H, P, D) = ({dims})"
+    if len(shape) == 3 and shape[0] == 1:  # a CMS level: one MLP, no heads
+        return f"θ_0: (1, out, in) = ({dims})"
     if len(shape) == 3:
         return f"θ_0 per head: (H, out, in) = ({dims})"
     return f"({dims})"

@@ -520,7 +520,7 @@ def memory_as_context(
 
 
 __all__ = [
-    "CMSLevel", "HeadContext", "SelfModConfig", "cms_level", "memory_as_context", "merge_heads",
+    "CMSLevel", "HeadContext", "SelfModConfig", "checked_inputs", "cms_level", "memory_as_context", "merge_heads",
     "nested_cms", "segment_attention", "self_modifying_projections", "split_heads", "static_mlp",
     "surprise_error",
 ]

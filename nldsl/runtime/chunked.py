@@ -3,7 +3,8 @@
 Compiling a whole model (`compile = true`) unrolls every chunk loop of every level into one graph,
 so compile time grows with T / C: HOPE at T = 256 (136 chunk steps) had not finished compiling
 after 40 minutes on one CPU core. Under `compiled_chunks()` the functions marked `chunk_body` —
-`memory_chunk_step` and the self-modifying projections' chunk step — are instead compiled with
+`memory_chunk_step`, `memory.fused_write` and the self-modifying projections' chunk steps
+(`blocks.projection_chunk_step`, `blocks.fused_projection_chunk_step`) — are instead compiled with
 `fullgraph=True` the first time they meet a new shape (a sequence's last, shorter chunk is a
 second shape; another batch size or grad mode another) and that graph runs every chunk after it,
 so compile time no longer depends on T. What it costs: one compiled call per chunk (guard checks

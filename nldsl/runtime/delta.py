@@ -4,10 +4,11 @@ A linear memory updated token by token (period 1, no momentum) follows
 
     S_t = S_{t−1} (α_t I + a_t k_tᵀ) + x_t k_tᵀ        S: d_out × d_in
 
-for every objective of docs/semantics.md §1.3 (the inner gradient is taken at S_{t−1}, and every
-term is linear in S_{t−1}). `delta_rule_coefficients` derives a_t and x_t from the level's
-objective, values and DGD switch; `generalized_delta_chunked` runs the recurrence exactly (not an
-approximation) over blocks of L tokens:
+for the objectives `l2` and `dot` of docs/semantics.md §1.3 (the inner gradient is taken at
+S_{t−1}, and every term is linear in S_{t−1}; `external` has no such form).
+`delta_rule_coefficients` derives a_t and x_t from the level's objective, values and DGD switch;
+`generalized_delta_chunked` runs the recurrence exactly (not an approximation) over blocks of L
+tokens:
 
 - r_t = S_{t−1} a_t + x_t is what token t writes (S_t = α_t S_{t−1} + r_t k_tᵀ). Unrolling S_{t−1}
   from the block start gives the unit lower-triangular system
@@ -79,7 +80,7 @@ def generalized_delta_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Run S_t = S_{t−1}(α_t I + a_t k_tᵀ) + x_t k_tᵀ exactly, block by block.
 
-    q, k, a: (B, H, T, d_in); x: (B, H, T, d_out); alpha: (B, H, T) in (0, 1] or None (no decay);
+    q, k, a: (B, H, T, d_in); x: (B, H, T, d_out); alpha: (B, H, T) in [0, 1] or None (no decay);
     initial_state: (B, H, d_out, d_in). readout "causal" returns o_t = S_t q_t, "exclusive"
     o_t = S_{t−1} q_t. detach_writes stops gradients through each written increment r_t k_tᵀ while
     the retention path (α and S_0) stays differentiable (semantics §1.7).

@@ -48,11 +48,13 @@ from nldsl.runtime.delta import (
     log_gate,
     masked_decay_ratios,
 )
-from nldsl.runtime.layers import LOW_PRECISION
+from nldsl.runtime.layers import LOW_PRECISION, MUON_COEFFICIENTS
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
-RESIDUAL_OUT_SCALE = 0.1  # a residual MLP's last layer starts this much smaller than fan-in scale
-NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic (a, b, c)
+# A residual MLP's last layer starts this much smaller than fan-in scale, so the level starts close to
+# the identity while its first layer still receives inner gradients (a zero last layer would block
+# them). Generated modules initialise with it too (compiler/codegen.py).
+RESIDUAL_OUT_SCALE = 0.1
 NEWTON_SCHULZ_EPS = 1e-7
 
 # (prediction (B, H, n, d_out), the chunk's error signal (B, n, …)) -> g (B, H, n, d_out)
@@ -294,7 +296,7 @@ def newton_schulz(matrix: Tensor, steps: int) -> Tensor:
     Pushes the singular values of matrix / ‖matrix‖_F towards 1. Wide orientation is used inside
     (rows <= cols) so that the Gram matrices are the small ones.
     """
-    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    a, b, c = MUON_COEFFICIENTS
     transposed = matrix.shape[-2] > matrix.shape[-1]
     x = matrix.mT if transposed else matrix
     x = x / (torch.linalg.matrix_norm(x) + NEWTON_SCHULZ_EPS)[..., None, None]
