@@ -185,6 +185,8 @@ class Generator:
         w("from nldsl.runtime import layers as L")
         if self.uses_memory:
             w("from nldsl.runtime import memory as M")
+        if self.clock_levels:
+            w("from nldsl.runtime.clock import ContinuumClock")
         w()
 
     def footer(self, w: Writer) -> None:
@@ -194,16 +196,38 @@ class Generator:
             w("return Model().to(device=device, dtype=dtype)")
         w()
         w()
+        clocked = bool(self.clock_levels)
+        if clocked:
+            w("def continuum_clock(model: Model) -> ContinuumClock:")
+            with w.indent():
+                w('"""The clock of the levels in CLOCK_STEPS, kept on the model from its first call (§4)."""')
+                w("if '_continuum_clock' not in model.__dict__:")
+                with w.indent():
+                    w("model._continuum_clock = ContinuumClock(list(model.named_parameters()), CLOCK_STEPS)")
+                w("return model._continuum_clock")
+            w()
+            w()
         w("def training_step(model: Model, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor,")
-        w("                  clip: float = 1.0) -> Tensor:")
+        w("                  clip: float = 1.0" + (", clock: ContinuumClock | None = None" if clocked else "")
+          + ") -> Tensor:")
         with w.indent():
-            w('"""One outer step: loss, backward through every inner update, clip, step. Returns the loss."""')
+            if clocked:
+                w('"""One outer step: loss, backward through every inner update, clip, the continuum clock, step.')
+                w()
+                w("The levels of CLOCK_STEPS take an outer step every N calls, with the gradients of those calls")
+                w("summed (§4); `clock` keeps that count and those sums, by default `continuum_clock(model)`.")
+                w("Returns the loss.")
+                w('"""')
+            else:
+                w('"""One outer step: loss, backward through every inner update, clip, step. Returns the loss."""')
             w("loss = model.loss(tokens, targets)")
             w("optimizer.zero_grad(set_to_none=True)")
             w("loss.backward()")
             w("if clip > 0:")
             with w.indent():
                 w("torch.nn.utils.clip_grad_norm_(model.parameters(), clip)")
+            if clocked:
+                w("(clock if clock is not None else continuum_clock(model)).tick()")
             w("optimizer.step()")
             w("return loss.detach()")
 

@@ -331,6 +331,34 @@ def test_generated_module_runs_with_only_torch_and_the_runtime(tmp_path: Path) -
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=tmp_path)
 
 
+def test_a_standalone_generated_module_steps_its_slow_levels_on_the_continuum_clock(tmp_path: Path) -> None:
+    """`nldsl compile` output used on its own: its training_step ticks the continuum clock, so a CMS
+    level slower than a sequence moves only every CLOCK_STEPS calls, with their gradients summed
+    (before, it was stepped every call). Uses only torch and the runtime."""
+    result = check_file(REPO / "specs" / "hope_attention.nl", ["dim=16", "model.layers=1", "train.seq_len=32",
+                                                              "train.batch=2"])
+    (tmp_path / "model.py").write_text(compile_spec(result.spec, ""))
+    code = """if True:
+        import sys, torch; sys.path.insert(0, sys.argv[1]); import model
+        torch.manual_seed(0)
+        m = model.build(dtype=torch.float64)
+        levels = {prefix: ([p for n, p in m.named_parameters() if n.startswith("blocks.0." + prefix)], every)
+                  for prefix, every in model.CLOCK_STEPS.items()}
+        assert any(every > 1 for _, every in levels.values())
+        optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+        x = torch.randint(0, 256, (2, 32))
+        before = {prefix: [p.detach().clone() for p in slow] for prefix, (slow, _) in levels.items()}
+        for call in range(1, 2 * max(every for _, every in levels.values()) + 1):
+            model.training_step(m, optimizer, x, x.roll(-1, 1))
+            for prefix, (slow, every) in levels.items():
+                moved = any(not torch.equal(p, b) for p, b in zip(slow, before[prefix]))
+                assert moved == (call % every == 0), (prefix, call, every)
+                before[prefix] = [p.detach().clone() for p in slow]
+        assert not any(n.startswith("nldsl.") and n.split(".")[1] != "runtime" for n in sys.modules)
+    """
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=tmp_path)
+
+
 INJECTIONS = {
     "path": ('model m { dim = 8 block { mlp { } } }', 'evil\n__import__("os").system("echo pwned")\n#.nl'),
     "comment": ('# """\n# __import__("os")\nmodel m { dim = 8 block { mlp { } } }', "c.nl"),

@@ -138,7 +138,7 @@ def test_the_clock_sums_gradients_and_releases_them_only_when_it_fires():
 
 
 def test_a_clock_level_takes_only_its_own_weights_not_those_of_a_level_named_after_it():
-    from nldsl.runtime.evaluate import clock_prefix
+    from nldsl.runtime.clock import clock_prefix
 
     clocks = {"cms.slow_": 8, "cms.slow_fast_": 16}
     assert clock_prefix("blocks.0.cms.slow_w1", clocks) == "cms.slow_"
@@ -695,7 +695,8 @@ def test_a_folder_that_cannot_be_locked_trains_with_a_warning(tmp_path, text_fil
 
 
 def test_cms_layers_of_one_name_in_different_branches_keep_their_own_clocks():
-    from nldsl.runtime.evaluate import clock_prefix, find_level
+    from nldsl.runtime.clock import clock_prefix
+    from nldsl.runtime.evaluate import find_level
 
     text = ("model {\n  vocab = 13\n  dim = 8\n  block {\n"
             "    parallel p { combine = sum\n      cms c { level slow { update = outer; period = steps(2) } }\n"

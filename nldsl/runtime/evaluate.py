@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from nldsl.diagnostics import terminal_safe
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
+from nldsl.runtime.clock import clock_prefix
 from nldsl.runtime.interrupt import deferred_interrupt
 from nldsl.runtime.memory import MemoryState
 
@@ -266,22 +266,6 @@ def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
             return next((level for level in layer.levels if level.name == level_name), None)
         else:
             return None
-    return None
-
-
-def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
-    """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any.
-
-    A clocked level's parameters are its state weights, `<prefix>w<i>`, matched whole from the
-    block down: a prefix test alone would put a level `slow_fast` on the clock of a level `slow`
-    (`cms.slow_`), and a suffix test a cms `c` inside a `parallel` on the clock of a top-level `c`."""
-    parts = name.split(".", 2)
-    if len(parts) < 3 or parts[0] != "blocks":
-        return None
-    inner = parts[2]
-    for prefix in clock_steps:
-        if re.fullmatch(rf"{re.escape(prefix)}w\d+", inner):
-            return prefix
     return None
 
 

@@ -60,10 +60,10 @@ from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import distributed
 from nldsl.runtime.chunked import compile_loss
+from nldsl.runtime.clock import ContinuumClock as BaseClock
 from nldsl.runtime.distributed import Distributed
 from nldsl.runtime.evaluate import (
     Evaluation,
-    clock_prefix,
     evaluate,
     evaluation_from_sums,
     generate,
@@ -119,28 +119,8 @@ def learning_rate_factor(step: int, train: Any) -> float:
     return 1 - (1 - low) * progress
 
 
-class ContinuumClock:
-    """Frequency-gated outer steps for the parameters of slow levels (module docstring)."""
-
-    def __init__(self, named_parameters: list[tuple[str, torch.nn.Parameter]], clock_steps: dict[str, int]):
-        self.members: list[tuple[str, torch.nn.Parameter, int]] = []
-        for name, p in named_parameters:
-            prefix = clock_prefix(name, clock_steps)
-            if prefix is not None and clock_steps[prefix] > 1:
-                self.members.append((name, p, clock_steps[prefix]))
-        self.sums = {name: torch.zeros_like(p) for name, p, _ in self.members}
-
-    def tick(self, step: int) -> None:
-        """After the gradients of outer step `step` (0-based): accumulate, and fire where it is due."""
-        for name, p, steps in self.members:
-            total = self.sums[name]
-            if p.grad is not None:
-                total.add_(p.grad)
-            if (step + 1) % steps == 0:
-                p.grad = total.clone()
-                total.zero_()
-            else:
-                p.grad = None
+class ContinuumClock(BaseClock):
+    """The runtime's continuum clock, with its sums saved in and restored from checkpoints."""
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"clock.{name}": distributed.full_tensor(total) for name, total in self.sums.items()}

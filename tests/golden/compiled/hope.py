@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from nldsl.runtime import blocks as R
 from nldsl.runtime import layers as L
 from nldsl.runtime import memory as M
+from nldsl.runtime.clock import ContinuumClock
 
 SPEC_PATH = 'specs/hope.nl'
 SPEC_SHA256 = '4b3dbaa24971aa406b7e3677bf4af4bd7f583d12d4558b8c2e8582eaa360eb47'
@@ -316,13 +317,26 @@ def build(device: torch.device | str | None = None, dtype: torch.dtype | None = 
     return Model().to(device=device, dtype=dtype)
 
 
+def continuum_clock(model: Model) -> ContinuumClock:
+    """The clock of the levels in CLOCK_STEPS, kept on the model from its first call (§4)."""
+    if '_continuum_clock' not in model.__dict__:
+        model._continuum_clock = ContinuumClock(list(model.named_parameters()), CLOCK_STEPS)
+    return model._continuum_clock
+
+
 def training_step(model: Model, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor,
-                  clip: float = 1.0) -> Tensor:
-    """One outer step: loss, backward through every inner update, clip, step. Returns the loss."""
+                  clip: float = 1.0, clock: ContinuumClock | None = None) -> Tensor:
+    """One outer step: loss, backward through every inner update, clip, the continuum clock, step.
+
+    The levels of CLOCK_STEPS take an outer step every N calls, with the gradients of those calls
+    summed (§4); `clock` keeps that count and those sums, by default `continuum_clock(model)`.
+    Returns the loss.
+    """
     loss = model.loss(tokens, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    (clock if clock is not None else continuum_clock(model)).tick()
     optimizer.step()
     return loss.detach()
