@@ -22,6 +22,17 @@ def load(path: Any, overrides: Any = (), **values: Any) -> Any:
     return _load(path, overrides, **values)
 
 
+def load_run(path: Any, device: Any = "cpu") -> Any:
+    """A trained run: its folder (the latest checkpoint), `checkpoints/latest` or a checkpoint
+    folder. Returns `nldsl.runtime.evaluate.LoadedModel`: `.model` with the run's weights (their
+    gradients off: `requires_grad_()` to train on), `.tokenizer` (`encode`/`decode`), `.spec`,
+    `.checkpoint` (record and step) and `.module` (the generated module). Raises `nldsl.runtime.checkpoint.CheckpointError` for what is not a run."""
+    from .runtime.evaluate import load_model
+    from .runtime.train import check_device
+
+    return load_model(path, check_device(str(device)))
+
+
 def check(path: Any, overrides: Any = (), **values: Any) -> Any:
     """Check a spec (raises `nldsl.diagnostics.SpecError` listing every problem); see `nldsl.loader.check`."""
     from .loader import check as _check
@@ -29,4 +40,4 @@ def check(path: Any, overrides: Any = (), **values: Any) -> Any:
     return _check(path, overrides, **values)
 
 
-__all__ = ["__version__", "check", "load"]
+__all__ = ["__version__", "check", "load", "load_run"]

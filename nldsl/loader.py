@@ -158,6 +158,9 @@ def load(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     (B, T, vocab); `model(tokens, return_state=True)` also returns the memory state. The checked
     spec and the generated module are attached as `model.spec` and `model.module`.
     """
+    if isinstance(path, (str, Path)) and Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a folder: nldsl.load builds a spec file's model; a trained run "
+                                "(its folder or a checkpoint) is read by nldsl.load_run")
     result = check(path, overrides, **values)
     module = compile_module(result)
     model = build_model(module, result.spec)

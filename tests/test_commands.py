@@ -529,3 +529,20 @@ def test_a_nested_stream_state_without_its_position_says_why_it_is_refused():
     weights = torch.zeros(2)
     found = E._state_mismatch({"fast": weights}, {"fast": weights, "_position": 0}, "memory.0.c")
     assert found is not None and "carries no stream position" in found
+
+
+def test_a_trained_run_loads_from_python(run_dir):
+    """`nldsl.load_run` gives what eval uses: the run's weights, tokenizer, spec and checkpoint; a run
+    folder given to `nldsl.load` (which builds a spec) says where to go instead."""
+    import nldsl
+
+    run = nldsl.load_run(run_dir)
+    saved = C.load_checkpoint(run_dir, training=False).model
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in run.model.state_dict().items())
+    assert run.checkpoint.record["step"] == 4 and run.spec.model.dim == 16
+    tokens = torch.as_tensor(run.tokenizer.encode("class Thing")).reshape(1, -1)
+    assert run.model(tokens).shape == (1, tokens.shape[1], 256)
+    with pytest.raises(IsADirectoryError, match="nldsl.load_run"):
+        nldsl.load(run_dir)
+    with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):
+        nldsl.load_run(run_dir / "nowhere")

@@ -483,6 +483,11 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
                   f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
+    if plan.warmup >= plan.steps and start < plan.steps:
+        peak = learning_rate_factor(plan.steps - 1, plan)
+        _say(context, f"note: train.warmup ({plan.warmup}) is not below train.steps ({plan.steps}): the learning "
+                      f"rate rises for the whole run, to {peak:.0%} of the optimizer's lr at the last step; lower "
+                      "train.warmup for a short run")
 
     if compiled and start < plan.steps:
         what = "each chunk body (once per shape)" if compiled == "chunks" else "the training step"
@@ -576,8 +581,10 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     train_seconds, train_steps = 0.0, 0
     window_seconds, window_steps = 0.0, 0
     evaluation = None
-    bar = tqdm(total=plan.steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=not (context.is_main and options.progress))
+    # the bar on a terminal; a log line every train.log_every steps otherwise (--no-progress, or the
+    # output going to a file, where a redrawn bar would be a flood of carriage returns)
+    show_bar = context.is_main and options.progress and sys.stderr.isatty()
+    bar = tqdm(total=plan.steps, initial=start, unit="step", dynamic_ncols=True, disable=not show_bar)
     model.train()
     started[0] = True
     step = start
@@ -630,10 +637,14 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 speed = tokens_per_step * window_steps / window_seconds if window_steps else None
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{speed:,.0f}" if speed else "…")
                 done = step + 1
-                if metrics is not None and (done % plan.log_every == 0 or done == plan.steps):
-                    metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor,
-                                   "grad_norm": norm_value, "tokens_per_s": speed,
-                                   "time_s": round(time_offset + train_seconds + (first_step_seconds or 0), 4)})
+                if done % plan.log_every == 0 or done == plan.steps:
+                    if metrics is not None:
+                        metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor,
+                                       "grad_norm": norm_value, "tokens_per_s": speed,
+                                       "time_s": round(time_offset + train_seconds + (first_step_seconds or 0), 4)})
+                    if not show_bar:
+                        _say(context, f"step {done}/{plan.steps}: loss {loss_value:.4f}, lr {base_lrs[0] * factor:.3g},"
+                                      f" grad norm {norm_value:.3g}" + (f", {speed:,.0f} tokens/s" if speed else ""))
                     window_seconds, window_steps = 0.0, 0
                 completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
