@@ -26,7 +26,8 @@ def load_run(path: Any, device: Any = "cpu") -> Any:
     """A trained run: its folder (the latest checkpoint), `checkpoints/latest` or a checkpoint
     folder. Returns `nldsl.runtime.evaluate.LoadedModel`: `.model` with the run's weights (their
     gradients off: `requires_grad_()` to train on), `.tokenizer` (`encode`/`decode`), `.spec`,
-    `.checkpoint` (record and step) and `.module` (the generated module). Raises `nldsl.runtime.checkpoint.CheckpointError` for what is not a run."""
+    `.checkpoint` (record and step) and `.module` (the generated module). Raises
+    `nldsl.runtime.checkpoint.CheckpointError` for what is not a run."""
     from .runtime.evaluate import load_model
     from .runtime.train import check_device
 

@@ -542,7 +542,7 @@ def test_a_trained_run_loads_from_python(run_dir):
     assert run.checkpoint.record["step"] == 4 and run.spec.model.dim == 16
     tokens = torch.as_tensor(run.tokenizer.encode("class Thing")).reshape(1, -1)
     assert run.model(tokens).shape == (1, tokens.shape[1], 256)
-    with pytest.raises(IsADirectoryError, match="nldsl.load_run"):
+    with pytest.raises(IsADirectoryError, match=r"nldsl\.load_run"):
         nldsl.load(run_dir)
     with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):
         nldsl.load_run(run_dir / "nowhere")
