@@ -99,9 +99,18 @@ def fused_writes(enable: bool = True) -> Iterator[None]:
         _enabled = previous
 
 
+# The largest weight (elements) the kernel takes: its products against a weight past the C++
+# kTransposeLimit (8192) stream the weight once per few rows of a chunk with no cache blocking, and run
+# slower than the PyTorch step's library products. Measured on HOPE (width 256, T 512, B 2, chunk
+# bodies compiled, one thread, interleaved): heads 4, weights 64 × 128: kernel 559 vs PyTorch 492
+# tokens/s; heads 2, expansion 1, 128 × 128: 238 vs 481; heads 1, expansion 1, 256 × 256: 114 vs 327.
+LARGEST_WEIGHT = 8192
+
+
 def applies(cfg: LevelConfig, keys: Tensor, values: Tensor | None) -> bool:
     """Whether `memory_chunk_step` writes this level's chunk with the kernel (module docstring)."""
     return (len(cfg.weight_shapes()) == 2 and cfg.objective == "l2" and values is not None
+            and all(rows * cols <= LARGEST_WEIGHT for rows, cols in cfg.weight_shapes())
             and cfg.orthogonalize_steps == 0 and cfg.grad_through_writes and keys.device.type == "cpu"
             and keys.dtype in (torch.float32, torch.float64) and values.dtype == keys.dtype
             # under autocast the products' inputs arrive in mixed precisions; the PyTorch step takes them
