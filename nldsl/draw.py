@@ -242,7 +242,7 @@ def _level_rows(attrs: dict[str, Any], owner_label: str) -> list[str]:
         generated = ", v̂ = M(v)" if attrs.get("values") == "generated" else ""
         facts += [("params", _params_text(attrs)),
                   ("objective", f"{attrs.get('objective')}{generated}"),
-                  ("rule", f"{attrs.get('rule')}, readout {attrs.get('readout')}")]
+                  ("rule", f"{attrs.get('rule')}" + (f", readout {attrs['readout']}" if attrs.get("readout") else ""))]
     else:
         facts += [("objective", attrs.get("objective")), ("rule", attrs.get("rule"))]
     facts.append(("gates", attrs.get("gates")))

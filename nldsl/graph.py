@@ -112,13 +112,19 @@ class LevelGraph:
                 self.add_edge(projection, node_id, "read", {"k": "k", "v": "v", "q": "q",
                                                             "eta": "η", "alpha": "α"}[name])
         elif isinstance(layer, S.CMSSpec):
+            seq_len = self.spec.train.seq_len
             previous = None
-            for level in layer.levels:
+            for index, level in enumerate(layer.levels):
                 level_id = f"{node_id}.{level.name}"
-                self._level(level_id, level, dim, 1, repeat)
-                if level.update == "in_context" and level.objective == "reconstruction":
+                # a nested chain runs only its fastest level's MLP; a slower one moves toward the level
+                # just faster than it (docs/semantics.md §3.7)
+                follows = layer.levels[index - 1].name if layer.variant == "nested" and index else None
+                on_clock = not level.learns_in_context(seq_len) and follows is None
+                self._level(level_id, level, dim, 1, repeat, on_clock=on_clock, follows=follows)
+                if not on_clock and follows is None and level.objective == "reconstruction":
                     self.add_edge(node_id, level_id, "flow", "x")
-                self.add_edge(level_id, node_id, "read", "MLP(x)")
+                if follows is None:
+                    self.add_edge(level_id, node_id, "read", "MLP(x)")
                 if layer.variant == "nested" and previous is not None:
                     self.add_edge(level_id, previous, "meta", "initial state")
                 previous = level_id
@@ -137,33 +143,41 @@ class LevelGraph:
         return node_id
 
     def _level(self, node_id: str, level: S.LevelSpec, d_in: int, heads: int, repeat: int,
-               role: str | None = None) -> None:
+               role: str | None = None, on_clock: bool = False, follows: str | None = None) -> None:
+        """A level's node. `on_clock`: a cms level slower than a training sequence, a plain MLP that
+        the outer optimizer steps on the continuum clock; `follows`: a slower level of a nested
+        chain, which moves toward the level `follows` instead of running (docs/semantics.md §3.7)."""
         layers = shapes.state_layers(level.state, d_in, d_in)
         state_params = sum(o * i for o, i in layers) * heads
         period_tokens = level.period if isinstance(level.period, int) else None
-        if level.update == "outer":
+        outer = level.update == "outer" or on_clock
+        objective, rule, readout, gates = level.objective, level.rule, level.readout, _gates_text(level)
+        rule += ("+momentum" if level.momentum is not None else "") + \
+            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        if outer:
             tokens_per_step = self.spec.train.batch * self.spec.train.seq_len
             steps = level.period.count if isinstance(level.period, S.Steps) else \
                 max(1, math.ceil(level.period / tokens_per_step))
             period = f"{steps} step{'s' if steps != 1 else ''}"
             period_tokens = steps * tokens_per_step
+            # its in-context settings have no effect (W0705): the outer optimizer steps its weights
+            objective, readout, gates = "the model's loss", None, ""
+            rule = "outer optimizer" + (f", gradients summed over {steps} steps" if steps > 1 else "")
         else:
             period = f"{level.period} token{'s' if level.period != 1 else ''}"
-        rule = level.rule + ("+momentum" if level.momentum is not None else "") + \
-            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        if follows is not None:
+            objective, readout = f"none: moves toward `{follows}`", None
+            rule = f"θ ← θ + η (θ_{follows} − θ) each period"
         self.add_node(
             node_id, kind="level", label=role or node_id.rsplit(".", 1)[-1], period=period,
             period_tokens=period_tokens, frequency=1.0 / period_tokens if period_tokens else 0.0,
             state=_state_text(level.state, d_in, heads), params=state_params * repeat,
-            objective=level.objective, values=level.values, rule=rule, readout=level.readout,
-            update=level.update, gates=_gates_text(level), init=level.init,
+            objective=objective, values=level.values, rule=rule, readout=readout,
+            update="outer" if outer else level.update, gates=gates, init=level.init,
             grad_through_writes=level.grad_through_writes, repeat=repeat,
         )
         if level.init == "learned":
-            clock = level.update == "outer" or (isinstance(level.period, int) and role is None
-                                                and level.objective == "surprise"
-                                                and level.period > self.spec.train.seq_len)
-            self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if clock else "meta-learns θ₀")
+            self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if outer else "meta-learns θ₀")
 
     def _optimizer(self, opt: S.OptimizerSpec, outer: str, prefix: str) -> None:
         """The levels of `opt` as nodes `PREFIX.LEVEL`, fed by and read by its outer level `outer`."""
@@ -195,7 +209,10 @@ class LevelGraph:
         order: dict[str, float] = {}
         for node, attrs in self.nx.nodes(data=True):
             if attrs["kind"] in ("module", "outer", "optimizer_level") or attrs.get("update") == "outer":
-                key = "outer" if attrs["kind"] != "level" else attrs["period"]
+                # modules and whatever the outer optimizer steps every step share the outer group; a level
+                # stepped every N > 1 steps (the continuum clock, an optimizer level's period) has its own
+                every_step = attrs["kind"] in ("module", "outer") or attrs.get("period") == "1 step"
+                key = "outer" if every_step else attrs["period"]
                 rank = -1.0 if key == "outer" else 1.0 / (attrs.get("period_tokens") or 1)
             else:
                 key = attrs["period"]

@@ -58,7 +58,7 @@ model small {
 train {
   optimizer = two_moments
   batch = 2
-  seq_len = 16
+  seq_len = 32
 }
 """
 
@@ -147,7 +147,8 @@ def test_output_is_deterministic(monkeypatch):
 def test_frequency_groups_are_nested_clusters_slowest_outermost(monkeypatch):
     graph = shipped_graph("specs/hope.nl", monkeypatch)
     clusters, node_cluster = clusters_of(to_dot(graph))
-    assert clusters == [("every step (outer)", 0), ("every 4096 tokens", 1), ("every 64 tokens", 2),
+    # the 4096-token level is longer than a sequence: the outer optimizer steps it every 4096 / (8 × 256) steps
+    assert clusters == [("every step (outer)", 0), ("every 2 steps", 1), ("every 64 tokens", 2),
                         ("every 16 tokens", 3), ("every 8 tokens", 4)]
     for (_, nodes), (title, _) in zip(graph.frequency_groups(), clusters):
         assert set(nodes) == {node for node, where in node_cluster.items() if where == title}
@@ -323,7 +324,7 @@ def test_render_svg_with_graphviz(tmp_path, monkeypatch):
     texts = set(root.itertext())
     for level in graph.levels():
         assert graph.nx.nodes[level]["label"] in texts, level
-    assert "every 4096 tokens" in texts
+    assert "every 2 steps" in texts
 
 
 @needs_dot
@@ -392,3 +393,23 @@ def test_cli_graph_writes_dot(tmp_path, monkeypatch, capsys):
     assert main(["graph", "specs/hope.nl", "-o", str(out)]) == 0
     assert out.read_text(encoding="utf-8") == to_dot(shipped_graph("specs/hope.nl", monkeypatch))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_levels_stepped_by_the_outer_optimizer_and_nested_followers_are_drawn_as_what_they_do():
+    """A cms level slower than a sequence is an MLP the outer optimizer steps on the continuum
+    clock, and a slower level of a nested chain only moves toward the faster one: neither learns
+    from the surprise nor is read as an MLP of its own (docs/semantics.md §3.7, §4)."""
+    text = SMALL_SPEC.replace("level slow { period = 32 }", "level slow { period = 256 }")
+    graph = checked_graph(text)
+    slow = graph.nx.nodes["block.cms.slow"]
+    assert (slow["period"], slow["update"], slow["objective"]) == ("4 steps", "outer", "the model's loss")
+    assert slow["rule"] == "outer optimizer, gradients summed over 4 steps"
+    assert not graph.nx.has_edge("head", "block.cms.slow")  # no surprise flow
+    nested = checked_graph(SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
+        "level slow { period = 32 }", "level slow { period = 32  lr = 0.5 }"))
+    follower = nested.nx.nodes["block.cms.slow"]
+    assert follower["objective"] == "none: moves toward `fast`" and "θ_fast" in follower["rule"]
+    assert not nested.nx.has_edge("block.cms.slow", "block.cms")  # only the fastest level's MLP is read
+    assert nested.nx.has_edge("block.cms.fast", "block.cms") and nested.nx.has_edge("head", "block.cms.fast")
+    m3 = [title for title, _ in clusters_of(to_dot(build_graph(check_file(ROOT / "specs/optimizers/m3.nl").spec)))[0]]
+    assert "every 16 steps" in m3  # M3's slow level writes once every f = 16 outer steps
