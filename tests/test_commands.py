@@ -546,3 +546,17 @@ def test_a_trained_run_loads_from_python(run_dir):
         nldsl.load(run_dir)
     with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):
         nldsl.load_run(run_dir / "nowhere")
+
+
+def test_stream_says_when_nothing_in_the_model_learns_from_it(run_dir, text_file, tmp_path, capsys):
+    spec = tmp_path / "plain.nl"
+    spec.write_text("model { vocab = 256\n dim = 16\n layers = 1\n block { attention { heads = 2 }\n mlp { } } }\n"
+                    "train { steps = 2\n batch = 2\n seq_len = 16\n warmup = 0 }\n")
+    assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["stream", str(tmp_path / "run"), "--data", str(text_file), "--max-tokens", "64",
+                 "--no-progress"]) == 0
+    assert "note: nothing in this model learns from the stream" in capsys.readouterr().out
+    assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress"]) == 0
+    assert "nothing in this model learns" not in capsys.readouterr().out
