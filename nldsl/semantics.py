@@ -288,7 +288,9 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 else:
                     continue
                 warning("W0706", f"nested level `{level.name}` has no effect: {why}",
-                        "remove the level, or give it a period that fits a training sequence",
+                        "remove the level, or give it a period that fits a training sequence; a level slower "
+                        "than a sequence belongs in a `sequential` or `independent` cms, where the continuum "
+                        "clock steps it",
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
         written_through = [name for name in layer.adaptive if name != "q"] if isinstance(layer, S.SelfModSpec) else []
         if written_through and not layer.memory.grad_through_writes and f"{path}.memory.grad_through_writes" in spans:
