@@ -192,6 +192,10 @@ def nested_learning_ceiling(nested: dict) -> str:
     running every counted FLOP of its step at the matmul peak measured in the same run."""
     defaults = nested.get("speedup_vs_nested_learning_defaults")
     at_defaults = f"; against nested-learning at its default chunk size 1: {defaults:.1f}×" if defaults else ""
+    matched = nested.get("speedup_matched_memory_vs_nested_learning")
+    if matched is not None:  # the same model with memories of nested-learning's shape (bench/peers.py)
+        at_defaults = (f"; with memories of nested-learning's shape: {matched:.1f}×, ceiling "
+                       f"{nested['speedup_ceiling_matched_memory']:.1f}×" + at_defaults)
     if "speedup_ceiling" not in nested:
         return f" ({at_defaults.removeprefix('; ')})" if at_defaults else ""
     flops = nested["flops_per_step"]
@@ -274,9 +278,10 @@ def peers_section(peers: dict) -> list[str]:
             lines += [f"| {k} | {v:,.0f} |" for k, v in outcome["tokens_per_second"].items()]
             lines.append("")
         for key in ("speedup_vs_titans_pytorch", "speedup_vs_nested_learning", "speedup_vs_nested_learning_defaults",
-                    "hope_over_transformer", "speedup",
-                    "speedup_eager", "speedup_ceiling", "max_relative_output_difference", "seconds",
-                    "flops_per_step", "achieved_flops", "matmul_peak", "import_note"):
+                    "speedup_matched_memory_vs_nested_learning", "hope_over_transformer", "speedup",
+                    "speedup_eager", "speedup_ceiling", "speedup_ceiling_matched_memory",
+                    "max_relative_output_difference", "seconds", "flops_per_step", "achieved_flops", "matmul_peak",
+                    "import_note"):
             if outcome.get(key) is not None:
                 lines += [f"{key.replace('_', ' ')}: {_readable(key, outcome[key])}", ""]
         for side, products in outcome.get("largest_products", {}).items():
