@@ -166,13 +166,15 @@ class Generator:
                            ["nldsl", "compile", self.spec.path, *(f"--set={o}" for o in self.overrides)])
         w(f"#     {safe_comment(command)} -o <this file>")
         w(f"# spec sha256: {self.spec.sha256}")
-        w("# `Eq. N` cites the Nested Learning paper; a bare `§N` is a section of nldsl's docs/semantics.md.")
         comments = _leading_comments(self.source_text)
         if comments:
             w("#")
             w("# The spec says:")
             for line in comments:
                 w(f"#   {safe_comment(line)}".rstrip())
+        w("#")
+        w("# In nldsl's comments below, `Eq. N` cites the Nested Learning paper and a bare `§N` is a section")
+        w("# of nldsl's docs/semantics.md.")
         w('"""' + "The model of a nldsl spec: `Model`, `build()` and `training_step()`." + '"""')
         w()
         w("from __future__ import annotations")
@@ -257,7 +259,8 @@ class Generator:
             if "." in name or name.startswith(skip_prefixes):
                 continue
             dims = ", ".join(str(s) for s in shape)
-            w(f"self.{name} = nn.Parameter(torch.empty({dims}))  # {_shape_comment(name, shape)}")
+            w(f"self.{name} = nn.Parameter(torch.empty({dims}))  "
+              f"# {_shape_comment(name, shape, isinstance(layer, S.CMSSpec))}")
 
     def init_lines(self, w: Writer, layer: Any, with_norm: bool) -> None:
         """`reset_parameters`: explicit initialisation of every parameter of the layer."""
@@ -857,11 +860,11 @@ _READOUT_STATE = {"causal": "θ_t, after its own write", "exclusive": "θ_{t−1
                   "chunk_start": "its chunk's start state"}
 
 
-def _shape_comment(name: str, shape: tuple[int, ...]) -> str:
+def _shape_comment(name: str, shape: tuple[int, ...], cms: bool = False) -> str:
     dims = ", ".join(str(s) for s in shape)
     if name.startswith("persistent_"):
         return f"persistent tokens per head: (H, P, D) = ({dims})"
-    if len(shape) == 3 and shape[0] == 1:  # a CMS level: one MLP, no heads
+    if len(shape) == 3 and cms:  # a CMS level: one MLP over the whole width, no heads
         return f"θ_0: (1, out, in) = ({dims})"
     if len(shape) == 3:
         return f"θ_0 per head: (H, out, in) = ({dims})"

@@ -267,6 +267,7 @@ class Checker:
         self.namespaces: dict[str, Namespace] = {}
         self.loading: list[str] = []
         self.provenance: dict[str, str] = {}
+        self.overridden: set[tuple[int, str]] = set()  # (id of the defining namespace, constant) set by --set
         self.spans: dict[str, Span] = {}
         self.optimizer_overrides: list[tuple[list[str], Attr]] = []  # `--set train.optimizer.X=…`
         # Chains of constants and of `from` are followed recursively, so their depth is bounded like
@@ -298,6 +299,7 @@ class Checker:
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
                 owner.used.add(name)
                 self.provenance[name] = origin
+                self.overridden.add((id(owner), name))
             if const_overrides:
                 # Every file's constants are evaluated again: one computed in another file from the
                 # overridden constant (`heads = dim / 16` importing `dim`) follows it too. A problem
@@ -515,7 +517,7 @@ class Checker:
         if isinstance(expr, ast.Binary):
             left = self.number(self.evaluate(expr.left, ns), expr.left.span)
             right = self.number(self.evaluate(expr.right, ns), expr.right.span)
-            return _arithmetic(expr, left, right)
+            return _arithmetic(expr, left, right) + 0  # no negative zero from `0.0 * -1` either
         raise AssertionError(type(expr))
 
     def number(self, value: Any, span: Span) -> int | float:
@@ -557,9 +559,11 @@ class Checker:
     # 3. overrides ----------------------------------------------------------------------------
 
     def overrides_read(self, attr: Attr) -> list[str]:
-        """The `--set` overrides of the constants an attribute's value names."""
+        """The `--set` overrides of the constants an attribute's value names, where the name is the
+        overridden constant itself (not another file's constant of the same name)."""
         return sorted({self.provenance[name] for name in _names_in(attr.value)
-                       if self.provenance.get(name, "").startswith("--set")})
+                       if self.provenance.get(name, "").startswith("--set")
+                       and (id(attr.ns.definer(name)), name) in self.overridden})
 
     def origin_of(self, attr: Attr) -> str:
         """Where an attribute's value came from: its line, and the overrides of the constants it

@@ -173,6 +173,9 @@ def _comments(source: SourceFile) -> list[Token]:
 LANGUAGE_CHARACTERS = frozenset(string.ascii_letters + string.digits + '_"=(){}[],.+-*/%#;' + " \t\f\r\n")
 
 
+# What follows a section kind: an optional name, an optional `from BASE`, then `{`
+SECTION_OPENING = re.compile(r"(?:[A-Za-z_]\w*\s+)?(?:from\s+[A-Za-z_][\w.]*\s*)?\{")
+
 # `key =` at the end of a line (a comment after it aside), then a name: what precedes an `=` that the
 # parser did not expect when a value was left out and the next attribute's key was read as it
 UNFINISHED_ATTRIBUTE = re.compile(r"([A-Za-z_]\w*)\s*(=)[ \t\f]*(#[^\n]*)?\r?\n\s*[A-Za-z_]\w*\s*$")
@@ -236,8 +239,10 @@ def _misspelt_keyword(source: SourceFile, text: str, error: lark.exceptions.Unex
     if token.type == "NAME":
         candidates = [kw for kw in KEYWORDS if kw.upper() in expected]
         start, end = token.start_pos or 0, token.end_pos or 0
-    if not (start is not None and candidates) and "EQUALS" in expected and token.type in ("LBRACE", "NAME", "FROM"):
-        # the name before this token was read as an attribute key; a section kind was probably meant
+    opens_section = SECTION_OPENING.match(text, token.start_pos or 0)  # `{`, `name {`, `from base {`, `name from …`
+    if not (start is not None and candidates) and "EQUALS" in expected and opens_section:
+        # the name before this token was read as an attribute key, but a section follows: a section
+        # kind was probably meant (`mpl { }`); a key with its `=` left out (`activation swiglu`) is not
         words = list(re.finditer(r"[A-Za-z_]\w*", text[:token.start_pos]))
         if not words or text[words[-1].end():token.start_pos].strip():
             return None

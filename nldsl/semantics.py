@@ -282,15 +282,16 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                 if not fastest.learns_in_context(seq_len):
                     why = (f"the fastest level `{fastest.name}` does not learn in context (an outer level, or a "
                            f"period past train.seq_len = {seq_len}), so the chain runs as that level's static MLP")
+                    help = f"remove the level, or let `{fastest.name}` learn in context"
                 elif not level.learns_in_context(seq_len):
                     why = (f"its period {level.period} is longer than train.seq_len = {seq_len}, so it never "
                            "moves within a sequence, and the faster levels restart only from a level that moves")
+                    help = ("remove the level, or give it a period that fits a training sequence; a level slower "
+                            "than a sequence belongs in a `sequential` or `independent` cms, where the continuum "
+                            "clock steps it")
                 else:
                     continue
-                warning("W0706", f"nested level `{level.name}` has no effect: {why}",
-                        "remove the level, or give it a period that fits a training sequence; a level slower "
-                        "than a sequence belongs in a `sequential` or `independent` cms, where the continuum "
-                        "clock steps it",
+                warning("W0706", f"nested level `{level.name}` has no effect: {why}", help,
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
         written_through = [name for name in layer.adaptive if name != "q"] if isinstance(layer, S.SelfModSpec) else []
         if written_through and not layer.memory.grad_through_writes and f"{path}.memory.grad_through_writes" in spans:

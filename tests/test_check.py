@@ -428,6 +428,11 @@ def test_a_misspelt_keyword_is_named_with_the_keyword_meant_and_no_cascade(text,
     assert help.startswith(f"did you mean `{meant}`?")
 
 
+def test_a_key_without_its_equals_sign_is_not_taken_for_a_misspelt_section():
+    [(code, message, help)] = _messages(check_text("model {\n  dim = 8\n  block { mlp { activation swiglu } }\n}\n"))
+    assert (code, message, help) == ("E0101", "unexpected name `swiglu`", "expected `=`")
+
+
 def test_an_attribute_left_without_a_value_is_named():
     text = "model {\n  dim =   # width\n  layers = 2\n  block { mlp { } }\n}\n"
     [(code, message, help)] = _messages(check_text(text))
@@ -462,8 +467,9 @@ def test_small_front_end_messages():
     assert (code, message) == ("E0205", "cannot import an empty path")
     [(code, message, _)] = _messages(check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = 1e-400 }\n"))
     assert (code, message) == ("E0304", "`1e-400` is too small: it rounds to 0 in double precision")
-    result = check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = -0.0 }\n")
-    assert result.ok and math.copysign(1, result.spec.train.clip) == 1  # no `-0` in the graph or the banner
+    for zero in ("-0.0", "0.0 * -1", "-1 * 0.0"):
+        result = check_text(f"model {{ dim = 8; block {{ mlp {{ }} }} }}\ntrain {{ clip = {zero} }}\n")
+        assert result.ok and math.copysign(1, result.spec.train.clip) == 1  # no `-0` in the graph or banner
     wide = check_text('const _s = "日本語" ; const _t = 1 @\n')  # the caret counts wide characters twice
     source_line, caret = render_text(wide.diagnostics, wide.sources).splitlines()[3:5]
     assert source_line.endswith("1 @") and caret.index("^") == len(source_line) - 1 + 3

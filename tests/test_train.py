@@ -142,6 +142,7 @@ def test_a_clock_level_takes_only_its_own_weights_not_those_of_a_level_named_aft
 
     clocks = {"cms.slow_": 8, "cms.slow_fast_": 16}
     assert clock_prefix("blocks.0.cms.slow_w1", clocks) == "cms.slow_"
+    assert clock_prefix("_orig_mod.blocks.0.cms.slow_w1", clocks) == "cms.slow_"  # a torch.compile'd model
     assert clock_prefix("blocks.0.cms.slow_fast_w2", clocks) == "cms.slow_fast_"
     assert clock_prefix("blocks.1.par.cms.slow_w1", {"par.cms.slow_": 4}) == "par.cms.slow_"  # in a parallel
     assert clock_prefix("blocks.1.par.cms.slow_w1", clocks) is None  # not the top-level `cms` clock

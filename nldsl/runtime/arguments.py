@@ -75,8 +75,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
         p.add_argument("--data-encoding", default="utf-8", metavar="CODEC",
                        help="encoding of the --data files (default utf-8; an undecodable file is an error)")
 
-    def progress(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    def progress(p: argparse.ArgumentParser, instead: str = "") -> None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar" + instead)
 
     p = sub.add_parser("train", help="train a spec (default: the embedded corpus, no download)")
     p.add_argument("spec", metavar="SPEC", type=path_text)
@@ -99,7 +99,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard parameters, gradients and optimizer state (FSDP2, for GPUs)")
     encoding(p)
-    progress(p)
+    progress(p, ": a log line every train.log_every steps instead (as when the output is not a terminal)")
     device(p)
     p.set_defaults(func=handler, runtime_command="train")
 

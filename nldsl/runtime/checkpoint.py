@@ -407,7 +407,7 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None],
     try:
         latest = latest_checkpoint(run_dir)
     except CheckpointError as error:  # a pointer to a missing or partial folder, or garbage
-        warn(f"{error}; resuming from the newest complete checkpoint")
+        warn(f"{error}; resuming from the newest complete checkpoint" if complete_checkpoints(run_dir) else str(error))
         latest = None
     newest = None if latest is None else _step_number(latest)
     older = [path for path in reversed(complete_checkpoints(run_dir))

@@ -14,13 +14,18 @@ import re
 import torch
 from torch import Tensor
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DistributedDataParallel
+
 
 def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
     """The CLOCK_STEPS prefix a parameter ("blocks.0.cms.slow_w1") falls under, if any.
 
     A clocked level's parameters are its state weights, `<prefix>w<i>`, matched whole from the
     block down: a prefix test alone would put a level `slow_fast` on the clock of a level `slow`
-    (`cms.slow_`), and a suffix test a cms `c` inside a `parallel` on the clock of a top-level `c`."""
+    (`cms.slow_`), and a suffix test a cms `c` inside a `parallel` on the clock of a top-level `c`.
+    A wrapper's prefix (`_orig_mod.` of `torch.compile`, `module.` of DDP) is passed over."""
+    while name.startswith(WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
     parts = name.split(".", 2)
     if len(parts) < 3 or parts[0] != "blocks":
         return None

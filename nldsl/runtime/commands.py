@@ -134,7 +134,7 @@ def stream_command(args: argparse.Namespace) -> int:
     for prefix, count in result.updates.items():
         print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")
     in_context = any(layer for block in (result.state.memory or []) for layer in block.values())
-    if not in_context and not result.updates:
+    if not in_context and not getattr(loaded.module, "CLOCK_STEPS", {}):
         print("note: nothing in this model learns from the stream (no in-context level, no level on the "
               "continuum clock): its numbers below change only with the text")
     rows = stream_parts(result.segments)

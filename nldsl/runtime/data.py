@@ -122,8 +122,10 @@ def _text_files(root: Path) -> list[Path]:
     return files
 
 
-def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
-    """Documents from the user's files and folders (the rule is in the module docstring)."""
+def user_corpus(paths: list[str], encoding: str = "utf-8", once_each: bool = False) -> list[Document]:
+    """Documents from the user's files and folders (the rule is in the module docstring).
+    `once_each`: refuse a file reached twice (training text, where the repeat could land in both
+    the training and the validation side; eval and stream may read a text twice on purpose)."""
     documents: list[Document] = []
     read_as: dict[Path, tuple[int, str]] = {}  # each file read, resolved: which argument reached it, and how
 
@@ -131,7 +133,7 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
         # a file read twice would sit in the training text and, for a small corpus split by position,
         # also in the validation text, so the held-out numbers would not be held out
         earlier = read_as.setdefault(file.resolve(), (index, how))
-        if earlier[0] != index:
+        if once_each and earlier[0] != index:
             raise UserError(f"data file {file} is given twice ({earlier[1]}, and {how}): each file must be read "
                             "once; drop one of them from --data")
 
@@ -162,9 +164,9 @@ def user_corpus(paths: list[str], encoding: str = "utf-8") -> list[Document]:
     return documents
 
 
-def read_documents(paths: list[str] | None, encoding: str = "utf-8") -> list[Document]:
+def read_documents(paths: list[str] | None, encoding: str = "utf-8", once_each: bool = True) -> list[Document]:
     """The user's documents if `paths` are given, else the default corpus."""
-    return user_corpus(paths, encoding) if paths else default_corpus()
+    return user_corpus(paths, encoding, once_each) if paths else default_corpus()
 
 
 # The split --------------------------------------------------------------------------------------
@@ -229,9 +231,10 @@ def corpus_source(paths: list[str] | None, encoding: str) -> dict[str, Any]:
             "what": "standard-library .py sources (no site-packages, tests, pydoc_data) + pydoc topics"}
 
 
-def load_split(paths: list[str] | None, encoding: str = "utf-8") -> Split:
-    """Read and split the training text in one call."""
-    return split_documents(read_documents(paths, encoding), corpus_source(paths, encoding))
+def load_split(paths: list[str] | None, encoding: str = "utf-8", once_each: bool = True) -> Split:
+    """Read and split the training text in one call. `once_each=False` for the paths a run recorded:
+    a run trained before a repeated file was refused reads its text as it was then."""
+    return split_documents(read_documents(paths, encoding, once_each), corpus_source(paths, encoding))
 
 
 def _side_record(ids: list[str], pieces: list[str]) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def validation_text(record: dict[str, Any]) -> str:
     source = record["data"]["source"]
     paths = source["paths"] if source["kind"] == "files" else None
     try:
-        split = D.load_split(paths, source.get("encoding", "utf-8"))
+        split = D.load_split(paths, source.get("encoding", "utf-8"), once_each=False)
     except UserError as error:
         if not paths:
             raise

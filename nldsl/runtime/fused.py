@@ -12,9 +12,9 @@ per-token write weights) stay in PyTorch and reach the kernel as inputs, so thei
 back through the ordinary graph.
 
 It applies (`applies`) to a level whose state has two weight matrices (residual_mlp, or mlp of
-depth 2), with the L2 objective, no Newton–Schulz and gradients through its writes, on CPU
-tensors of float32 or float64 outside autocast. Every other level, and every level on a GPU, takes the PyTorch
-chunk step
+depth 2) of at most `LARGEST_WEIGHT` elements each, with the L2 objective, no Newton–Schulz and
+gradients through its writes, on CPU tensors of float32 or float64 outside autocast. Every other
+level, and every level on a GPU, takes the PyTorch chunk step
 (`memory._chunk_end_state` after `_write_factors`), which is also this kernel's reference in
 tests/runtime/test_fused.py (outputs and every input gradient, float64).
 

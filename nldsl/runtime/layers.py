@@ -132,7 +132,10 @@ class RotaryTables(torch.nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         device = fn(self.cos).device  # where .to / .cuda / to_empty sends the module's tensors
-        self.cos, self.sin = rope_frequencies(self.head_dim, self.cos.shape[0], self.base, device, torch.float64)
+        # computed in float64 on the CPU and rounded once to what the device holds (MPS has no float64)
+        cos, sin = rope_frequencies(self.head_dim, self.cos.shape[0], self.base, "cpu", torch.float64)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.cos, self.sin = cos.to(device, dtype), sin.to(device, dtype)
         return self
 
     def forward(self, length: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

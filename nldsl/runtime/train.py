@@ -483,9 +483,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
                   f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
-    if plan.warmup >= plan.steps and start < plan.steps:
+    if plan.warmup > plan.steps and start < plan.steps:
         peak = learning_rate_factor(plan.steps - 1, plan)
-        _say(context, f"note: train.warmup ({plan.warmup}) is not below train.steps ({plan.steps}): the learning "
+        _say(context, f"note: train.warmup ({plan.warmup}) is longer than train.steps ({plan.steps}): the learning "
                       f"rate rises for the whole run, to {peak:.0%} of the optimizer's lr at the last step; lower "
                       "train.warmup for a short run")
 
@@ -726,7 +726,7 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
     data_paths = options.data
     if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
         data_paths = found.record["data"]["source"]["paths"]
-    split = D.load_split(data_paths, options.data_encoding)
+    split = D.load_split(data_paths, options.data_encoding, once_each=bool(options.data))
     if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data")
