@@ -10,7 +10,9 @@ overrun:
 1. Correctness. (a) The generated model against the reference interpreter (nldsl.interpreter,
    token by token) in float64 on the device, tiny configurations with lengths that are not
    multiples of the chunk sizes, eager for several specs and under torch.compile for two.
-   (b) The bf16-autocast compiled loss against the fp32 eager loss of the same model and batch.
+   (b) The bf16-autocast compiled logits against the fp32 eager logits of the same model and batch,
+       its parameters moved off their initialisation (where every loss is near ln V whatever the
+       precision, so a loss comparison could hardly fail); the losses are reported beside it.
 2. Throughput. Transformer++ (the spec, d_model 1024, 8 blocks: about 100M parameters, so that
    compile, warm-up and timing fit the budget with room to spare) compiled, and HOPE with its
    in-context updates on at the nearest equal parameter count (layers chosen by counting); compiling
@@ -64,7 +66,10 @@ DENSE_BF16_PEAKS = (  # (substring of torch.cuda.get_device_name(), dense bf16 F
 )
 MODE_NAMES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
 OUTPUT_RTOL = 1e-6  # float64 generated model vs interpreter, relative to the logits' norm
-BF16_LOSS_RTOL = 2e-2  # bf16 autocast compiled loss vs fp32 eager loss, relative
+# bf16 autocast compiled logits vs fp32 eager logits, relative to their norm, with the parameters moved
+# off their initialisation (at it the logits are near zero and every loss near ln V, whatever the
+# precision). `python -m bench precision` puts bfloat16 at 0.006-0.025 on every spec on the CPU.
+BF16_LOGITS_RTOL = 5e-2
 CORRECTNESS_SPECS = ("specs/transformer.nl", "specs/titans_lmm.nl", "specs/hope.nl", "specs/gated_deltanet.nl",
                      "specs/titans_mac.nl")
 COMPILED_CORRECTNESS = ("specs/transformer.nl", "specs/titans_lmm.nl")
@@ -119,16 +124,22 @@ def interpreter_agreement(spec: str, device: str, compiled: bool, length: int = 
 
 
 def bf16_agreement(spec: str, device: str, length: int) -> dict:
-    """bf16 autocast compiled loss vs fp32 eager loss, same parameters and batch."""
+    """bf16 autocast compiled logits (and loss) vs fp32 eager, same parameters and batch, the
+    parameters moved off their initialisation as in `interpreter_agreement`."""
     model, _ = build(spec, ["model.dim=64", "model.layers=2"], seq_len=length, device=device)
     tokens, targets = random_tokens(2, length, model.spec.model.vocab, device=device)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        reference = model.loss(tokens, targets).item()
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param))
+        reference, reference_loss = model(tokens), model.loss(tokens, targets).item()
         with autocast(device):
-            low = torch.compile(model.loss, fullgraph=True)(tokens, targets).item()
+            low = torch.compile(model, fullgraph=True)(tokens).float()
+            low_loss = torch.compile(model.loss, fullgraph=True)(tokens, targets).item()
     torch._dynamo.reset()
-    error = abs(low - reference) / abs(reference)
-    return {"fp32_eager": reference, "bf16_compiled": low, "relative_error": error, "ok": error <= BF16_LOSS_RTOL}
+    error = ((low - reference).norm() / reference.norm()).item()
+    return {"fp32_eager": reference_loss, "bf16_compiled": low_loss, "relative_error": error,
+            "ok": error <= BF16_LOGITS_RTOL}
 
 
 def correctness(run: Run, tiny: bool) -> None:
@@ -148,7 +159,8 @@ def correctness(run: Run, tiny: bool) -> None:
             phase["bf16"][spec] = {"skipped": "time budget"}
             continue
         phase["bf16"][spec] = outcome = bf16_agreement(spec, device, 64 if tiny else 256)
-        log(f"gpu bf16 {spec}: fp32 {outcome['fp32_eager']:.4f} bf16 {outcome['bf16_compiled']:.4f}")
+        log(f"gpu bf16 {spec}: loss fp32 {outcome['fp32_eager']:.4f} bf16 {outcome['bf16_compiled']:.4f}, logits' "
+            f"relative difference {outcome['relative_error']:.2e}")
         run.save()
 
 
@@ -256,8 +268,10 @@ def render(data: dict) -> str:
         for key, outcome in correctness_phase["interpreter"].items():
             lines.append(f"| {key} | {outcome.get('relative_error', float('nan')):.2e} | "
                          f"{outcome.get('ok', outcome.get('skipped'))} |")
-        lines += ["", f"bf16 autocast compiled loss vs fp32 eager loss (tolerance {BF16_LOSS_RTOL:g} relative):", "",
-                  "| spec | fp32 eager | bf16 compiled | relative difference | ok |", "|---|---:|---:|---:|---|"]
+        lines += ["", "bf16 autocast compiled vs fp32 eager, parameters off their initialisation: the losses, and the "
+                  f"logits' relative difference (tolerance {BF16_LOGITS_RTOL:g}):", "",
+                  "| spec | fp32 eager loss | bf16 compiled loss | logits' relative difference | ok |",
+                  "|---|---:|---:|---:|---|"]
         for spec, outcome in correctness_phase["bf16"].items():
             if "skipped" in outcome:
                 lines.append(f"| {spec} | | | | {outcome['skipped']} |")
