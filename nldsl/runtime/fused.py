@@ -12,9 +12,9 @@ per-token write weights) stay in PyTorch and reach the kernel as inputs, so thei
 back through the ordinary graph.
 
 It applies (`applies`) to a level whose state has two weight matrices (residual_mlp, or mlp of
-depth 2) of at most `LARGEST_WEIGHT` elements each, with the L2 objective, no Newton–Schulz and
-gradients through its writes, on CPU tensors of float32 or float64 outside autocast. Every other
-level, and every level on a GPU, takes the PyTorch chunk step
+depth 2), with the L2 objective, no Newton–Schulz and gradients through its writes, on CPU
+tensors of float32 or float64 outside autocast. Every other level, and every level on a GPU,
+takes the PyTorch chunk step
 (`memory._chunk_end_state` after `_write_factors`), which is also this kernel's reference in
 tests/runtime/test_fused.py (outputs and every input gradient, float64).
 
@@ -99,18 +99,9 @@ def fused_writes(enable: bool = True) -> Iterator[None]:
         _enabled = previous
 
 
-# The largest weight (elements) the kernel takes: its products against a weight past the C++
-# kTransposeLimit (8192) stream the weight once per few rows of a chunk with no cache blocking, and run
-# slower than the PyTorch step's library products. Measured on HOPE (width 256, T 512, B 2, chunk
-# bodies compiled, one thread, interleaved): heads 4, weights 64 × 128: kernel 559 vs PyTorch 492
-# tokens/s; heads 2, expansion 1, 128 × 128: 238 vs 481; heads 1, expansion 1, 256 × 256: 114 vs 327.
-LARGEST_WEIGHT = 8192
-
-
 def applies(cfg: LevelConfig, keys: Tensor, values: Tensor | None) -> bool:
     """Whether `memory_chunk_step` writes this level's chunk with the kernel (module docstring)."""
     return (len(cfg.weight_shapes()) == 2 and cfg.objective == "l2" and values is not None
-            and all(rows * cols <= LARGEST_WEIGHT for rows, cols in cfg.weight_shapes())
             and cfg.orthogonalize_steps == 0 and cfg.grad_through_writes and keys.device.type == "cpu"
             and keys.dtype in (torch.float32, torch.float64) and values.dtype == keys.dtype
             # under autocast the products' inputs arrive in mixed precisions; the PyTorch step takes them

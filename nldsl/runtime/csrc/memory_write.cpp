@@ -121,6 +121,9 @@ inline void transpose(T* __restrict dst, const T* __restrict src, int64_t rows, 
 // write (a transpose then cost more than the product), so larger ones are multiplied from the left.
 constexpr int64_t kTransposeLimit = 8192;
 
+template <typename T>
+inline T dot(const T* __restrict a, const T* __restrict b, int64_t count);
+
 // Products with Bᵀ for one matrix B (rows × cols), C (M × rows) += A (M × cols) · Bᵀ: B transposed once
 // into a buffer when it is small (kTransposeLimit), then mm_nn; otherwise (B Aᵀ)ᵀ.
 template <typename T>
@@ -142,18 +145,14 @@ struct TransposedRight {
       mm_nn(C, A, buffer.data(), M, cols, rows);
       return;
     }
-    // Cᵀ (rows × M) = B · Aᵀ: the big matrix streams through once on the left, and only the small
-    // A and the product are transposed
-    a_t.assign(cols * M, T(0));
-    c_t.assign(rows * M, T(0));
-    transpose(a_t.data(), A, M, cols);
-    mm_nn(c_t.data(), matrix, a_t.data(), rows, cols, M);
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < rows; ++j) C[i * rows + j] += c_t[j * M + i];
+    // C (M × rows) += A · Bᵀ as dot products of rows: each row of the big B streams through once and
+    // meets every row of the small A, which stays in L1. (Computing Cᵀ = B Aᵀ with mm_nn instead
+    // left it a product only M columns wide, fewer than a vector, which ran scalar.)
+    for (int64_t j = 0; j < rows; ++j) {
+      const T* b = matrix + j * cols;
+      for (int64_t i = 0; i < M; ++i) C[i * rows + j] += dot(A + i * cols, b, cols);
+    }
   }
-
- private:
-  std::vector<T> a_t, c_t;
 };
 
 template <typename T>
