@@ -154,8 +154,9 @@ def test_rectangular_mlp_with_given_values(momentum: bool) -> None:
     assert_kernel_matches(level("mlp", d_out=4, momentum=momentum))
 
 
-def test_large_weights_are_multiplied_from_the_left() -> None:
-    """Past the kernel's transpose limit (a CMS level's 512 × 128) products with Wᵀ run as (W Xᵀ)ᵀ."""
+def test_large_weights_are_read_row_by_row() -> None:
+    """Past the kernel's transpose limit (a CMS level's 512 × 128) products with Wᵀ are dot products of
+    W's rows with the chunk's rows instead of a transposed copy."""
     cfg = level("mlp", d_in=16, d_out=12, hidden=520, momentum=True, dgd=True, dgd_layers="all")
     assert cfg.hidden * cfg.d_in > 8192  # kTransposeLimit in csrc/memory_write.cpp
     assert_kernel_matches(cfg, following=3)

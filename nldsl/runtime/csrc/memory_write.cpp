@@ -19,7 +19,7 @@
 // and gates once per (sequence, head).
 // Matrices are row-major and contiguous. Every product runs through one register-blocked
 // micro-kernel (product_block) over ATen's vector type; products with a weight's transpose
-// transpose it once when it is small and multiply it from the left, (W Xᵀ)ᵀ, when it is not.
+// transpose it once when it is small, and take dot products of its rows when it is not.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -118,14 +118,14 @@ inline void transpose(T* __restrict dst, const T* __restrict src, int64_t rows, 
 
 // The largest B (elements) that mm_nt transposes before an mm_nn: a small matrix transposes in
 // L1 at a few cycles an element, while a CMS level's 512 × 128 weight misses cache on every strided
-// write (a transpose then cost more than the product), so larger ones are multiplied from the left.
+// write (a transpose then cost more than the product), so larger ones are read row by row instead.
 constexpr int64_t kTransposeLimit = 8192;
 
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t count);
 
 // Products with Bᵀ for one matrix B (rows × cols), C (M × rows) += A (M × cols) · Bᵀ: B transposed once
-// into a buffer when it is small (kTransposeLimit), then mm_nn; otherwise (B Aᵀ)ᵀ.
+// into a buffer when it is small (kTransposeLimit), then mm_nn; otherwise dot products of rows.
 template <typename T>
 struct TransposedRight {
   std::vector<T> buffer;
