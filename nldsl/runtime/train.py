@@ -407,7 +407,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     spec = result.spec
     plan = spec.train
     device = context.device
-    initial = _initial_checkpoint(options.init_from, plan) if options.init_from is not None else None
+    initial = _initial_checkpoint(options.init_from, plan, context) if options.init_from is not None else None
     found, continued = _checkpoint_to_resume(spec, overrides, options, context, run_dir)
 
     # where the weights of step 0 came from (kept across resumes of a run that started from another's)
@@ -792,9 +792,9 @@ CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_
 CONTINUABLE_FIXES = ("clip", "optimizer.lr")
 
 
-def _initial_checkpoint(target: str | Path, plan: Any) -> C.Checkpoint:
+def _initial_checkpoint(target: str | Path, plan: Any, context: Distributed) -> C.Checkpoint:
     """The checkpoint `--init-from` names, checked against what the new run can take from it."""
-    initial = C.load_checkpoint(target, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+    initial = C.load_checkpoint(target, warn=lambda message: _say(context, f"warning: {message}", error=True))
     C.check_run_record(initial)
     recorded = initial.record["tokenizer"].get("kind")
     if recorded is not None and recorded != plan.tokenizer.kind:
