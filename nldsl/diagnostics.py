@@ -86,10 +86,16 @@ class DiagnosticBag:
         return sorted(unique, key=Diagnostic.sort_key)
 
 
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The known name closest to `name`, if any is close enough to suggest."""
+    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A `help:` line suggesting the closest known name, if any is close enough."""
-    matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f"did you mean `{matches[0]}`?" if matches else None
+    match = closest(name, candidates)
+    return f"did you mean `{match}`?" if match else None
 
 
 # Control characters but newline and tab, and DEL and the C1 controls: a spec's text or a model's

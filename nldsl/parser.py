@@ -18,7 +18,7 @@ import lark
 from lark import Token, Tree
 
 from . import ast
-from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
+from .diagnostics import Diagnostic, DiagnosticBag, closest
 from .source import SourceFile, Span
 
 KEYWORDS = ("import", "as", "const", "from", "true", "false", "model", "block", "level", "memory",
@@ -236,6 +236,7 @@ def _misspelt_keyword(source: SourceFile, text: str, error: lark.exceptions.Unex
         return None
     token, expected = error.token, set(error.expected)
     start = end = None
+    candidates: list[str] = []
     if token.type == "NAME":
         candidates = [kw for kw in KEYWORDS if kw.upper() in expected]
         start, end = token.start_pos or 0, token.end_pos or 0
@@ -252,12 +253,11 @@ def _misspelt_keyword(source: SourceFile, text: str, error: lark.exceptions.Unex
     word = text[start:end]
     if word in KEYWORDS:
         return None
-    suggestion = did_you_mean(word, candidates)
-    if suggestion is None:
+    keyword_meant = closest(word, candidates)
+    if keyword_meant is None:
         return None
-    keyword_meant = suggestion.split("`")[1]
-    hint = suggestion if keyword_meant not in SECTION_KINDS else (
-        f"{suggestion} A section is written `kind name {{ ... }}`")
+    hint = f"did you mean `{keyword_meant}`?" + (
+        " A section is written `kind name { ... }`" if keyword_meant in SECTION_KINDS else "")
     diagnostic = Diagnostic("E0101", f"unexpected name `{word}`", source.span(start, end), hint)
     return diagnostic, (start, end, keyword_meant) if len(keyword_meant) == len(word) else None
 

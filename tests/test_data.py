@@ -112,8 +112,8 @@ def test_a_file_given_twice_is_refused(tmp_path, given):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.txt").write_text("some text\n")
     with pytest.raises(D.UserError, match=r"is given twice .*: each file must be read once"):
-        D.user_corpus([str(tmp_path / name) for name in given], once_each=True)
-    assert len(D.user_corpus([str(tmp_path / name) for name in given])) == 2  # eval and stream may repeat a text
+        D.user_corpus([str(tmp_path / name) for name in given])
+    assert len(D.user_corpus([str(tmp_path / name) for name in given], once_each=False)) == 2  # eval and stream
 
 
 def test_data_encoding_reads_other_codecs_and_rejects_unknown_ones(tmp_path):

@@ -122,7 +122,7 @@ def _text_files(root: Path) -> list[Path]:
     return files
 
 
-def user_corpus(paths: list[str], encoding: str = "utf-8", once_each: bool = False) -> list[Document]:
+def user_corpus(paths: list[str], encoding: str = "utf-8", once_each: bool = True) -> list[Document]:
     """Documents from the user's files and folders (the rule is in the module docstring).
     `once_each`: refuse a file reached twice (training text, where the repeat could land in both
     the training and the validation side; eval and stream may read a text twice on purpose)."""

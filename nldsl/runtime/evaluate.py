@@ -127,7 +127,7 @@ def validation_text(record: dict[str, Any]) -> str:
 def files_text(paths: list[str], encoding: str) -> str:
     """The user's files for eval and stream, separated as in training but with nothing after the last, so
     that a text cut into two files streams exactly as the whole."""
-    return D.SEPARATOR.join(d.text for d in D.user_corpus(paths, encoding))
+    return D.SEPARATOR.join(d.text for d in D.user_corpus(paths, encoding, once_each=False))  # a text twice: fine
 
 
 # Evaluation ------------------------------------------------------------------------------------------
