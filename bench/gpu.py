@@ -24,6 +24,10 @@ overrun:
 3. MFU against the card's dense bf16 peak (a table by device name; H100 SXM: 989 TFLOP/s), with a
    measured bf16 matmul rate beside it. FLOPs per step are counted once (FlopCounterMode over a
    batch-1 forward + backward, times the batch, attention counted causally).
+4. Where the time goes: one more step of each model under torch.profiler, its device kernels counted
+   and summed. Their total against the unprofiled step time is how busy the GPU was (a step that
+   launches many small kernels leaves it idle between them); the kernels with the largest shares
+   are listed by name.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from bench.harness import (
     RESULTS,
@@ -242,14 +248,36 @@ def measure_model(spec: str, overrides: list[str], length: int, batch: int, comp
         seconds.append(time.perf_counter() - began)
     seconds.sort()
     median = seconds[len(seconds) // 2]
+    if not device.startswith("cuda"):
+        kernels = {"skipped": "no device kernels on the cpu"}
+    else:
+        kernels = kernel_profile(call, median) if run.left() > 3 * median + 20 else {"skipped": "time budget"}
     torch._dynamo.reset()
     outcome = {"overrides": overrides, "compiled": compiled, "recompute": recompute,
                "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else None,
                "parameters": parameter_count(model),
                "flops_per_step": flops, "first_step_seconds": first, "step_seconds": median,
                "timed_steps": len(seconds), "tokens_per_second": batch * length / median,
-               "mfu": flops / median / peak}
+               "mfu": flops / median / peak, "kernels": kernels}
     log(f"gpu throughput: {outcome['tokens_per_second']:,.0f} tok/s, MFU {100 * outcome['mfu']:.1f}%")
+    return outcome
+
+
+def kernel_profile(call, step_seconds: float, top: int = 8) -> dict:
+    """One profiled step: how many device kernels it launched, their summed time against the unprofiled
+    step time (the profiler slows the host, hardly the kernels), and the kernels with the largest shares."""
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as recorded:
+        call()
+    durations: dict[str, list[float]] = {}
+    for event in recorded.events():
+        if event.device_type == DeviceType.CUDA:
+            durations.setdefault(event.name, []).append(event.time_range.elapsed_us() * 1e-6)
+    total = sum(sum(values) for values in durations.values())
+    largest = sorted(durations.items(), key=lambda item: -sum(item[1]))[:top]
+    outcome = {"launches": sum(len(values) for values in durations.values()), "kernel_seconds": total,
+               "busy_fraction": total / step_seconds,
+               "largest": [{"name": name, "seconds": sum(values), "calls": len(values)} for name, values in largest]}
+    log(f"gpu profile: {outcome['launches']:,} kernels, {total:.3f} s of kernel time in a {step_seconds:.3f} s step")
     return outcome
 
 
@@ -309,7 +337,31 @@ def render(data: dict) -> str:
                           f"({'met' if models['transformer']['mfu'] >= 0.4 else 'missed'}); HOPE within 2.5× of "
                           f"Transformer++: {ratio:.2f}× slower ({'met' if ratio <= 2.5 else 'missed'})."]
         lines.append("")
+        lines += render_kernels(models)
     return "\n".join(lines)
+
+
+def render_kernels(models: dict) -> list[str]:
+    profiled = {label: outcome["kernels"] for label, outcome in models.items()
+                if "launches" in outcome.get("kernels", {})}
+    if not profiled:
+        return []
+    lines = ["## Where the step's time goes", "",
+             "One more training step of each model under torch.profiler: the device kernels it launched, their "
+             "summed time against the unprofiled step time (how busy the GPU was), and the kernels with the "
+             "largest shares of that kernel time.", ""]
+    for label, kernels in profiled.items():
+        step = kernels["kernel_seconds"] / kernels["busy_fraction"] if kernels["busy_fraction"] else 0.0
+        lines += [f"**{label}**: {kernels['launches']:,} kernels, {kernels['kernel_seconds']:.3f} s of kernel time "
+                  f"in a {step:.3f} s step (GPU busy {100 * kernels['busy_fraction']:.0f}%).", "",
+                  "| kernel | share of kernel time | calls |", "|---|---:|---:|"]
+        for kernel in kernels["largest"]:
+            name = kernel["name"].replace("|", "\\|")
+            name = name if len(name) <= 90 else name[:87] + "..."
+            share = kernel["seconds"] / kernels["kernel_seconds"] if kernels["kernel_seconds"] else 0.0
+            lines.append(f"| `{name}` | {100 * share:.1f}% | {kernel['calls']:,} |")
+        lines.append("")
+    return lines
 
 
 def main(args) -> int:
