@@ -263,14 +263,16 @@ def measure_model(spec: str, overrides: list[str], length: int, batch: int, comp
     return outcome
 
 
-def kernel_profile(call, step_seconds: float, top: int = 8) -> dict:
+def kernel_profile(call, step_seconds: float, top: int = 8, kernels: DeviceType = DeviceType.CUDA) -> dict:
     """One profiled step: how many device kernels it launched, their summed time against the unprofiled
-    step time (the profiler slows the host, hardly the kernels), and the kernels with the largest shares."""
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as recorded:
+    step time (the profiler slows the host, hardly the kernels), and the kernels with the largest shares.
+    `kernels` is the device whose events count (CPU: every operator, which is how the tests exercise it)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kernels == DeviceType.CUDA else [])
+    with profile(activities=activities) as recorded:
         call()
     durations: dict[str, list[float]] = {}
     for event in recorded.events():
-        if event.device_type == DeviceType.CUDA:
+        if event.device_type == kernels:
             durations.setdefault(event.name, []).append(event.time_range.elapsed_us() * 1e-6)
     total = sum(sum(values) for values in durations.values())
     largest = sorted(durations.items(), key=lambda item: -sum(item[1]))[:top]

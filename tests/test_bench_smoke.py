@@ -331,6 +331,22 @@ def test_gpu_on_a_machine_without_cuda_says_so(capsys) -> None:
     assert "CUDA is not available on this machine" in capsys.readouterr().err
 
 
+def test_the_gpu_suites_kernel_profile_sums_and_ranks_what_it_counts() -> None:
+    """The GPU suite's profile counts device kernels; counting CPU operators exercises the same code here."""
+    from torch.autograd import DeviceType
+
+    from bench import gpu
+
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    kernels = gpu.kernel_profile(lambda: [a @ b for _ in range(5)], step_seconds=10.0, kernels=DeviceType.CPU)
+    mm = next(kernel for kernel in kernels["largest"] if kernel["name"] == "aten::mm")
+    assert mm["calls"] == 5 and 0 < mm["seconds"] <= kernels["kernel_seconds"]
+    assert kernels["launches"] >= 5 and kernels["busy_fraction"] == pytest.approx(kernels["kernel_seconds"] / 10.0)
+    page = "\n".join(gpu.render_kernels({"hope": {"kernels": kernels}, "transformer": {"kernels": {"skipped": "x"}}}))
+    assert f"**hope**: {kernels['launches']:,} kernels" in page and "| `aten::mm` |" in page
+    assert "transformer" not in page
+
+
 def test_a_spec_without_a_model_is_refused_up_front(results, monkeypatch) -> None:
     from bench import mfu, peak_memory
     from nldsl.cli import UserError
