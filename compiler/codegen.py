@@ -829,13 +829,16 @@ class Generator:
             w()
             w("def loss(self, tokens: Tensor, targets: Tensor) -> Tensor:")
             with w.indent():
-                w('"""Mean next-token cross-entropy; targets (B, T) with −1 where there is none."""')
+                w('"""Mean next-token cross-entropy over the positions that have a target; targets (B, T) with −1')
+                w("where there is none. A batch without any target has loss 0 (an empty mean would be NaN).\"\"\"")
                 w("logits = self(tokens, targets)")
                 w("logits = logits.flatten(0, 1)")
                 w("if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32")
                 with w.indent():
                     w("logits = logits.float()")
-                w("return F.cross_entropy(logits, targets.flatten().long(), ignore_index=-1)")
+                w("targets = targets.flatten().long()")
+                w('total = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")')
+                w("return total / (targets >= 0).sum().clamp(min=1)")
         self.classes.append(w.lines)
 
 

@@ -110,6 +110,24 @@ def test_a_float64_model_keeps_its_loss_in_float64(titans) -> None:
     assert copy.deepcopy(titans).bfloat16().loss(x, x).dtype == torch.float32  # half precisions: at least float32
 
 
+def test_the_loss_is_the_mean_over_positions_with_a_target_and_zero_without_any(hope) -> None:
+    """−1 marks a position without a target; a batch with none at all (a padded tail, T = 1 with the
+    last target unknown) has loss 0 and zero gradients, not the NaN of an empty mean."""
+    x = tokens()
+    targets = torch.roll(x, -1, dims=1)
+    targets[0, 3:] = -1
+    logits = hope(x, targets)
+    kept = targets >= 0
+    expected = torch.nn.functional.cross_entropy(logits[kept], targets[kept])
+    assert torch.allclose(hope.loss(x, targets), expected, rtol=1e-6)
+    hope.zero_grad(set_to_none=True)
+    empty = hope.loss(x, torch.full_like(x, -1))
+    empty.backward()
+    assert empty.item() == 0.0
+    assert all(torch.count_nonzero(p.grad) == 0 for p in hope.parameters() if p.grad is not None)
+    hope.zero_grad(set_to_none=True)
+
+
 def test_a_cast_and_back_leaves_the_rotary_tables_exact() -> None:
     """The tables are not saved with the weights, so a rounded table would outlive a cast back:
     they follow the model's device and are rebuilt in float64 at every move (L.RotaryTables)."""

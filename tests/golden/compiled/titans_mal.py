@@ -258,12 +258,15 @@ class Model(nn.Module):
         return (logits, new_states) if return_state else logits
 
     def loss(self, tokens: Tensor, targets: Tensor) -> Tensor:
-        """Mean next-token cross-entropy; targets (B, T) with −1 where there is none."""
+        """Mean next-token cross-entropy over the positions that have a target; targets (B, T) with −1
+        where there is none. A batch without any target has loss 0 (an empty mean would be NaN)."""
         logits = self(tokens, targets)
         logits = logits.flatten(0, 1)
         if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32
             logits = logits.float()
-        return F.cross_entropy(logits, targets.flatten().long(), ignore_index=-1)
+        targets = targets.flatten().long()
+        total = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+        return total / (targets >= 0).sum().clamp(min=1)
 
 
 def build(device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Model:
