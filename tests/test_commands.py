@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,15 @@ def test_eval_reports_loss_perplexity_and_bits_per_byte_as_defined(run_dir, text
 def test_eval_defaults_to_the_runs_validation_split(run_dir, capsys):
     assert main(["eval", str(run_dir)]) == 0
     assert "validation split" in capsys.readouterr().out
+
+
+def test_eval_draws_a_progress_bar_on_a_terminal_unless_told_not_to(run_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["eval", str(run_dir), "--batches", "2"]) == 0
+    assert "0/2 [" in capsys.readouterr().err  # tqdm's bar over the batches (cleared when done)
+    assert main(["eval", str(run_dir), "--batches", "2", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "validation split" in captured.out
 
 
 def test_generate_is_seeded_and_greedy_at_temperature_zero(run_dir, capsys):

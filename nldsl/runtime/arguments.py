@@ -110,6 +110,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--batches", type=at_least(1), default=None,
                    help="number of batches (default: the run's train.eval_batches)")
     encoding(p)
+    progress(p)
     device(p)
     p.set_defaults(func=handler, runtime_command="eval")
 

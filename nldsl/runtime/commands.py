@@ -66,7 +66,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     text, what = _text(args, loaded)
-    evaluation = evaluate_text(loaded, text, args.batches)
+    evaluation = evaluate_text(loaded, text, args.batches, progress=not args.no_progress)
     print(f"checkpoint {loaded.checkpoint.path} (step {loaded.checkpoint.record['step']}) on {what}")
     print(evaluation.line())
     return 0

@@ -155,18 +155,20 @@ def evaluation_from_sums(nats: float, tokens: int, byte_count: int, windows: int
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, text: D.TokenText, seq_len: int, batch: int, limit: int | None,
              device: torch.device, bf16: bool = False, rank: int = 0, world_size: int = 1,
-             every_rank_all: bool = False) -> tuple[float, int, int, int]:
+             every_rank_all: bool = False, progress: bool = False) -> tuple[float, int, int, int]:
     """Sums (nats, predicted tokens, bytes, windows) over the evaluation windows of `text`.
 
     With several ranks each takes every world_size-th window and the caller adds the sums; under
     FSDP (`every_rank_all`) every rank runs every window, because sharded forwards must run in step.
+    `progress` draws a bar over the batches when stderr is a terminal.
     """
     starts = D.evaluation_starts(len(text), seq_len, limit)
     if world_size > 1 and not every_rank_all:
         starts = starts[rank::world_size]
     token_bytes = text.token_bytes.to(device)
     nats, count, byte_count = 0.0, 0, 0
-    for first in range(0, starts.shape[0], batch):
+    firsts = range(0, starts.shape[0], batch)
+    for first in tqdm(firsts, unit="batch", leave=False, disable=not (progress and sys.stderr.isatty())):
         inputs, targets = D.windows(text.tokens, starts[first:first + batch], seq_len)
         inputs, targets = inputs.to(device), targets.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -177,7 +179,7 @@ def evaluate(model: torch.nn.Module, text: D.TokenText, seq_len: int, batch: int
     return nats, count, byte_count, int(starts.shape[0])
 
 
-def evaluate_text(loaded: LoadedModel, text: str, batches: int | None) -> Evaluation:
+def evaluate_text(loaded: LoadedModel, text: str, batches: int | None, progress: bool = False) -> Evaluation:
     """Evaluate a loaded model on a text with the run's seq_len and batch size."""
     train = loaded.spec.train
     tokens = D.tokenize(loaded.tokenizer, [text])
@@ -185,7 +187,7 @@ def evaluate_text(loaded: LoadedModel, text: str, batches: int | None) -> Evalua
                       "give a longer text with --data (the run's train.seq_len is the model's window)")
     limit = (batches or train.eval_batches) * train.batch
     sums = evaluate(loaded.model, tokens, train.seq_len, train.batch, limit, loaded.device,
-                    bf16=train.precision == "bf16")
+                    bf16=train.precision == "bf16", progress=progress)
     return evaluation_from_sums(*sums)
 
 
