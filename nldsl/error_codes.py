@@ -1175,6 +1175,38 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0708", "newton-schulz steps that turn an increment's rounding noise into its write",
+        """
+        `orthogonalize = newton_schulz(n)` on an in-context level orthogonalises each chunk's
+        increment. That increment is a sum of at most `period` outer products, so most of its
+        singular values are 0 up to rounding, and every step of Muon's quintic iteration multiplies
+        those by up to 3.4445 while it pushes the real ones toward 1. In float32, on a rank-1
+        32 × 32 increment, the largest of them is 2e-5 after 5 steps, 1e-2 after 10 and about 1
+        (as large as the real ones) from 15: the write becomes noise. Muon takes 5 steps; more
+        than 8 is warned about.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 16  orthogonalize = newton_schulz(steps = 15) }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 16  orthogonalize = newton_schulz(steps = 5) }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

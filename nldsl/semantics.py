@@ -17,6 +17,13 @@ from .diagnostics import Diagnostic
 from .source import Span
 
 FLOW_SOURCES = S.OPTIMIZER_FLOWS
+# Newton–Schulz on an in-context level's chunk increment (rank ≤ its period): the quintic's slope at 0,
+# Muon's a (nldsl.runtime.layers.MUON_COEFFICIENTS), multiplies the singular values that should be 0,
+# i.e. float32 rounding noise, at every step. On a rank-1 32 × 32 increment the largest of them is
+# 2e-5 after 5 steps, 8e-4 after 8, 1e-2 after 10, 0.1 after 12 and about 1 (the kept ones' size)
+# from 15: past 8 steps the write is visibly noise (W0708).
+NEWTON_SCHULZ_SLOPE = 3.4445
+NOISY_NEWTON_SCHULZ_STEPS = 8
 
 
 def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]:
@@ -262,6 +269,13 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                         "generated` each write adds η M(v) kᵀ, a step along what the memory already outputs",
                         "use `objective = l2` (the delta rule), or `values = given`", f"{lp}.values",
                         f"{lp}.objective", lp)
+            if level.orthogonalize is not None and level.orthogonalize.steps > NOISY_NEWTON_SCHULZ_STEPS:
+                steps = level.orthogonalize.steps
+                warning("W0708", f"newton_schulz({steps}) on level `{name}` turns rounding noise into "
+                        f"its write: a chunk's increment has rank at most its period ({level.period}), and each "
+                        f"step multiplies the rest of its singular values, rounding noise, by up to "
+                        f"{NEWTON_SCHULZ_SLOPE:g}",
+                        f"use at most {NOISY_NEWTON_SCHULZ_STEPS} steps (Muon uses 5)", f"{lp}.orthogonalize")
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",

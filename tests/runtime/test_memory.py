@@ -356,6 +356,24 @@ def test_newton_schulz_matches_reference_and_orthogonalizes() -> None:
         assert singular_values.min() > 0.6 and singular_values.max() < 1.3
 
 
+def test_newton_schulz_grows_a_low_rank_increments_rounding_noise_as_the_checker_says() -> None:
+    """W0708's numbers (nldsl/semantics.py): on a float32 rank-1 increment the singular values that
+    should stay 0 are rounding noise times the quintic's slope at 0 per step: small after Muon's 5
+    steps, as large as the kept one from 15."""
+    from nldsl.runtime.layers import MUON_COEFFICIENTS
+    from nldsl.semantics import NEWTON_SCHULZ_SLOPE, NOISY_NEWTON_SCHULZ_STEPS
+
+    assert NEWTON_SCHULZ_SLOPE == MUON_COEFFICIENTS[0]
+    generator = torch.Generator().manual_seed(0)
+    increment = torch.randn(32, 1, generator=generator) @ torch.randn(1, 32, generator=generator)
+
+    def noise(steps: int) -> float:
+        return torch.linalg.svdvals(newton_schulz(increment, steps).double())[1].item()
+
+    assert noise(5) < 1e-4 and noise(NOISY_NEWTON_SCHULZ_STEPS) < 5e-3
+    assert noise(12) > 2e-2 and noise(15) > 0.5
+
+
 def test_initial_state_shapes_and_scale() -> None:
     cfg = level("residual", momentum=True)
     weights = init_memory_weights(cfg, HEADS, generator=torch.Generator().manual_seed(0))
