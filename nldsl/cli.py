@@ -108,6 +108,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     wants_json = _graph_wants_json(args.format, args.output)
     result = load_checked(args.file, args.set)
+    if args.output:
+        _refuse_to_overwrite_a_source(args.output, result.sources, "graph", "the graph, e.g. graph.svg")
     graph = build_graph(result.spec)
     if wants_json:
         text = graph.to_json()
@@ -175,13 +177,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_to_overwrite_a_source(output: str, sources: dict) -> None:
-    """`nldsl compile spec.nl -o spec.nl` would replace the spec with Python: refused, as is an import."""
+def _refuse_to_overwrite_a_source(output: str, sources: dict, command: str = "compile",
+                                  instead: str = "the module, e.g. model.py") -> None:
+    """`nldsl compile spec.nl -o spec.nl` would replace the spec with Python (and `nldsl graph` with
+    a drawing): refused, as is an import."""
     target = Path(output).resolve()
     for name in sources:
         if Path(name).resolve() == target:
-            raise UserError(f"-o {output} would overwrite {name}, a spec file this compile reads; choose another "
-                            "file for the module, e.g. model.py")
+            raise UserError(f"-o {output} would overwrite {name}, a spec file this {command} reads; choose another "
+                            f"file for {instead}")
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:

@@ -364,6 +364,16 @@ def test_compile_refuses_to_write_over_a_spec_it_reads(tmp_path, capsys, victim)
     assert (tmp_path / victim).read_text() == before
 
 
+@pytest.mark.parametrize("name", ["spec.dot", "spec.json", "spec.svg"])
+def test_graph_refuses_to_write_over_the_spec_it_reads(tmp_path, capsys, name):
+    spec = tmp_path / name  # a spec's name need not end in .nl, and -o's suffix picks the drawing's format
+    spec.write_text((REPO_ROOT / "specs" / "transformer.nl").read_text())
+    before = spec.read_text()
+    assert main(["graph", str(spec), "-o", str(spec)]) == 1
+    assert "a spec file this graph reads" in capsys.readouterr().err
+    assert spec.read_text() == before
+
+
 def test_the_banner_command_regenerates_the_module_with_its_overrides(tmp_path, capsys):
     import shlex
 

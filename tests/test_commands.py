@@ -356,8 +356,11 @@ def test_unwritable_outputs_are_refused_before_any_work(
     assert (tmp_path / "notes.txt").read_text() == "the user's own file\n"
 
 
-@pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
-def test_weights_that_are_not_finite_are_a_damaged_checkpoint(run_dir, tmp_path, capsys, command):
+@pytest.mark.parametrize("command", [["eval", "{damaged}", "--batches", "1"],
+                                     ["generate", "{damaged}", "--tokens", "1"], ["stream", "{damaged}"],
+                                     ["train", "{spec}", "--init-from", "{damaged}", "--data", "{data}",
+                                      "--run-dir", "{new}", "--no-compile", "--no-progress"]])
+def test_weights_that_are_not_finite_are_a_damaged_checkpoint(run_dir, text_file, tmp_path, capsys, command):
     from safetensors.torch import load_file, save_file
 
     damaged = _copy_checkpoint(run_dir, tmp_path / "damaged", lambda r: r.pop("files"))  # no hashes to catch it
@@ -365,9 +368,11 @@ def test_weights_that_are_not_finite_are_a_damaged_checkpoint(run_dir, tmp_path,
     first = next(name for name, t in weights.items() if t.is_floating_point())
     weights[first] = torch.full_like(weights[first], float("nan"))
     save_file(weights, damaged / "model.safetensors")
-    assert main([command[0], str(damaged), *command[1:]]) == 1
+    names = {"damaged": damaged, "spec": run_dir / "spec.nl", "data": text_file, "new": tmp_path / "new"}
+    assert main([part.format(**names) for part in command]) == 1
     err = capsys.readouterr().err
     assert f"hold NaN or infinite values ({first}" in err and err.count("\n") == 1
+    assert not (tmp_path / "new").exists()  # --init-from refuses before a run folder is made or kept
 
 
 def test_a_tokenizer_file_other_than_the_recorded_one_is_refused(tmp_path):
@@ -402,6 +407,7 @@ def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:
     lambda r: r.pop("tokenizer"), lambda r: r.pop("step"), lambda r: r.pop("data"),
     lambda r: r.update(files=[]), lambda r: r["data"].update(source="files"),
     lambda r: r.update(tokenizer={"kind": "bpe"}),  # a BPE tokenizer without its file and vocabulary
+    lambda r: r.update(spec_text=None), lambda r: r.update(spec_text=5),
 ])
 @pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
 def test_a_hand_edited_checkpoint_record_is_a_one_line_error(run_dir, tmp_path, capsys, edit, command):
@@ -409,6 +415,14 @@ def test_a_hand_edited_checkpoint_record_is_a_one_line_error(run_dir, tmp_path, 
     assert main([command[0], str(damaged), *command[1:]]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: damaged checkpoint record") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("spec, field", [({"x": 1}, "`path`"), ({"path": 1, "sha256": "s"}, "`path`")])
+def test_a_recorded_spec_that_is_not_one_is_a_one_line_error(run_dir, tmp_path, capsys, spec, field):
+    damaged = _copy_checkpoint(run_dir, tmp_path / "damaged", lambda r: r.update(spec=spec))
+    assert main(["eval", str(damaged), "--batches", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no usable spec: " + field in err and err.count("\n") == 1
 
 
 def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir, tmp_path, capsys):

@@ -814,6 +814,7 @@ def test_a_first_step_that_is_not_finite_points_at_the_layer_not_the_optimizer(t
     assert status == 1 and "at step 1" in err and err.count("\n") == 1
     assert "a lower train.optimizer.lr or a clip cannot help" in err
     assert "first not finite in lmm of block 0 (blocks.0.lmm)" in err and "learned(max = …)" in err
+    assert not (tmp_path / "run").exists()  # no step was done: the folder the run made is removed
 
 
 def test_a_second_ctrl_c_during_the_interrupt_checkpoint_waits_for_it(tmp_path, text_file, monkeypatch, capsys):

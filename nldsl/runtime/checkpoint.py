@@ -347,6 +347,8 @@ def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
 
     get("spec", dict)
     get("spec_sha256", str)
+    if "spec_text" in record:  # the spec's own text, for the generated module's banner and tracebacks
+        get("spec_text", str)
     if get("tokenizer.kind", str) != "bytes":  # a BPE tokenizer is read from its file, at its vocabulary
         get("tokenizer.file", str)
         vocab = get("tokenizer.vocab", int)
@@ -429,6 +431,15 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None],
             continue
         return found
     raise AssertionError("unreachable: the last candidate returns or raises")
+
+
+def check_finite_weights(weights: dict[str, Tensor], path: Path) -> None:
+    """CheckpointError when a checkpoint's weights hold NaN or infinite values: training never saves
+    such weights (it stops first), so the file was damaged or made elsewhere."""
+    broken = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise CheckpointError(f"the weights in {path} hold NaN or infinite values ({broken[0]}"
+                              + (f" and {len(broken) - 1} more" if len(broken) > 1 else "") + ")")
 
 
 def check_parameters(model_tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], where: Path) -> None:

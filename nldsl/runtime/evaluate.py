@@ -36,6 +36,7 @@ import safetensors
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor
 from tqdm import tqdm
 
@@ -87,16 +88,18 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     record = checkpoint.record
     try:
         spec = spec_from_record(record)
+    except ValidationError as error:  # one line: the first field that is wrong (pydantic lists them all)
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "spec"
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: `{where}`: "
+                                f"{first['msg']}{more}") from None
     except (KeyError, ValueError) as error:
         raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: {error}") from None
     module = loader.build_module(spec, record.get("spec_text", ""))
     model = loader.build_model(module, spec, device)
     C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
-    broken = [name for name, t in checkpoint.model.items()
-              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if broken:  # training never saves such weights (it stops first): the file was damaged or made elsewhere
-        raise C.CheckpointError(f"the weights in {checkpoint.path} hold NaN or infinite values ({broken[0]}"
-                                + (f" and {len(broken) - 1} more" if len(broken) > 1 else "") + ")")
+    C.check_finite_weights(checkpoint.model, checkpoint.path)
     model.load_state_dict(checkpoint.model)
     model.requires_grad_(False)
     tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,

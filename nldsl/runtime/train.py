@@ -353,8 +353,9 @@ def _lock_run_dir(run_dir: Path) -> Any:
 
 
 def _train(result: Any, overrides: list[str], options: TrainOptions, context: Distributed) -> TrainResult:
-    """Make and lock the run folder, then train; a start that fails before the first step leaves no
-    folder behind when this call made it (a half-made run would later look like one to resume)."""
+    """Make and lock the run folder, then train; a start that fails before its first step is done (bad
+    data, a first step out of memory or not finite) leaves no folder behind when this call made it
+    (a half-made run would later look like one to resume)."""
     spec = result.spec
     plan = spec.train
     if plan.batch % context.world_size:
@@ -380,7 +381,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 pass
         # A failed lock deletes nothing: another run may have entered the folder since it was made.
         lock = _lock_run_dir(run_dir)
-    started = [False]  # set when the first step begins: from then on the folder holds a run
+    started = [False]  # set when the first step is done: from then on the folder holds a run
     try:
         return _train_in(result, overrides, options, context, run_dir, started)
     except BaseException as error:
@@ -586,7 +587,6 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     show_bar = context.is_main and options.progress and sys.stderr.isatty()
     bar = tqdm(total=plan.steps, initial=start, unit="step", dynamic_ncols=True, disable=not show_bar)
     model.train()
-    started[0] = True
     step = start
     # what an interrupt between steps saves: the steps done, the RNG at that boundary, its evaluation
     completed, boundary_rng, evaluated_at = start, C.rng_tensors(), None
@@ -647,6 +647,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                                       f" grad norm {norm_value:.3g}" + (f", {speed:,.0f} tokens/s" if speed else ""))
                     window_seconds, window_steps = 0.0, 0
                 completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
+                started[0] = True  # a step is done: the folder holds a run (its metrics, soon a checkpoint)
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
                 evaluation, evaluated_at = evaluate_now(), done
                 if not math.isfinite(evaluation.loss):  # the update made the model diverge: as a NaN loss
@@ -796,6 +797,7 @@ def _initial_checkpoint(target: str | Path, plan: Any, context: Distributed) -> 
     """The checkpoint `--init-from` names, checked against what the new run can take from it."""
     initial = C.load_checkpoint(target, warn=lambda message: _say(context, f"warning: {message}", error=True))
     C.check_run_record(initial)
+    C.check_finite_weights(initial.model, initial.path)
     recorded = initial.record["tokenizer"].get("kind")
     if recorded is not None and recorded != plan.tokenizer.kind:
         raise UserError(f"--init-from {target}: its model reads {recorded} tokens, this spec's train.tokenizer is "
