@@ -145,14 +145,16 @@ class Evaluation:
     windows: int
 
     def line(self) -> str:
-        return (f"loss {self.loss:.4f}  perplexity {self.perplexity:.2f}  bits per byte {self.bits_per_byte:.4f}  "
+        # past 10⁶ a perplexity is shown in powers of ten, not as a number of hundreds of digits
+        perplexity = f"{self.perplexity:.2f}" if self.perplexity < 1e6 else f"{self.perplexity:.3g}"
+        return (f"loss {self.loss:.4f}  perplexity {perplexity}  bits per byte {self.bits_per_byte:.4f}  "
                 f"({self.tokens:,} tokens in {self.windows} window{'' if self.windows == 1 else 's'})")
 
 
 def evaluation_from_sums(nats: float, tokens: int, byte_count: int, windows: int) -> Evaluation:
     loss = nats / max(tokens, 1)
-    return Evaluation(loss, math.exp(min(loss, 700.0)), nats / math.log(2) / max(byte_count, 1), tokens,
-                      byte_count, windows)
+    perplexity = math.inf if loss >= 709.0 else math.exp(loss)  # exp overflows a float from 709.8 (NaN stays NaN)
+    return Evaluation(loss, perplexity, nats / math.log(2) / max(byte_count, 1), tokens, byte_count, windows)
 
 
 @torch.no_grad()
