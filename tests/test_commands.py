@@ -468,6 +468,8 @@ def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir,
         "slow-shape": (lambda t, s: t.update({slow_key: torch.zeros(7)}), "does not fit this model"),
         "pending": (lambda t, s: t.update({"pending": torch.zeros(2, 2)}), "pending tokens"),
         "vocabulary": (lambda t, s: t.update({"pending": torch.tensor([1, 999])}), "vocabulary"),
+        "no-memory-entry": (lambda t, s: s.pop("memory"), "holds no `memory` entry"),  # was a fresh memory
+        "memory-none": (lambda t, s: s.update(memory=None), "tokens but holds no memory"),
     }
     for name, (change, message) in cases.items():
         path = variant(name, change)

@@ -507,6 +507,11 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
     position = structure.get("position")
     if not isinstance(position, int) or isinstance(position, bool) or position < 0:
         raise UserError(f"corrupt stream state {path}: its position is not a token count")
+    # `memory` is written always, and is none only before the first segment (the stream starts fresh)
+    if "memory" not in structure:
+        raise UserError(f"corrupt stream state {path}: it holds no `memory` entry")
+    if structure["memory"] is None and position > 0:
+        raise UserError(f"corrupt stream state {path}: it has streamed {position:,} tokens but holds no memory")
     try:
         state = StreamState(
             position=position, memory=C.decode(structure.get("memory"), tensors),
