@@ -29,10 +29,17 @@ class UserError(Exception):
 
 def write_output(path: str, text: str) -> None:
     """Write a command's `-o` file; a path that cannot be written is the user's to fix."""
+    _refuse_a_folder(path)
     try:
         write_atomic(Path(path), text_bytes(text))
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _refuse_a_folder(path: str) -> None:
+    """`-o out/` or `-o existing_folder` names a folder: refused, never written as a file named `out`."""
+    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+        raise UserError(f"cannot write {path}: it names a folder, and -o takes a file")
 
 
 def _color(stream) -> bool:
@@ -138,8 +145,8 @@ def _graph_wants_json(fmt: str | None, output: str | None) -> bool:
     between the two is refused rather than settled by one of them silently."""
     if output is None:
         return fmt == "json"
-    if output and Path(output).is_dir():
-        raise UserError(f"cannot write {output}: it is a folder")
+    if output:
+        _refuse_a_folder(output)
     is_json = Path(output).suffix.lower() == ".json"
     if fmt is not None and (fmt == "json") != is_json:
         wanted = ".json" if fmt == "json" else ".dot, .svg, .png or .pdf"

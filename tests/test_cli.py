@@ -295,12 +295,22 @@ def test_check_json_names_the_file_of_an_unreadable_one(tmp_path, capsys) -> Non
 @pytest.mark.parametrize("args, message", [
     (["--format", "json", "-o", "{tmp}/g.png"], "--format json and -o {tmp}/g.png disagree"),
     (["--format", "dot", "-o", "{tmp}/g.json"], "--format dot and -o {tmp}/g.json disagree"),
-    (["-o", "{tmp}"], "cannot write {tmp}: it is a folder"),
+    (["-o", "{tmp}"], "cannot write {tmp}: it names a folder"),
 ])
 def test_graph_refuses_a_format_its_output_contradicts(args, message, tmp_path, capsys) -> None:
     assert main(["graph", TITANS, *(a.format(tmp=tmp_path) for a in args)]) == 1
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("output", ["{tmp}", "{tmp}/new/", "{tmp}/new.json/"])
+@pytest.mark.parametrize("command", ["compile", "graph"])
+def test_an_output_that_names_a_folder_is_refused_not_written_as_a_file(command, output, tmp_path, capsys) -> None:
+    output = output.format(tmp=tmp_path)
+    assert main([command, TITANS, "-o", output]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {output}: it") and "folder" in err
+    assert list(tmp_path.iterdir()) == []  # `-o new/` used to write a file named `new`
 
 
 def test_graph_takes_the_json_suffix_in_any_case(tmp_path, capsys) -> None:
