@@ -481,7 +481,8 @@ class Checker:
             if close:  # `const e = dimm`: a misspelt constant, not an attempt to name an option
                 raise EvalError("E0201", f"unknown name `{value.name}`", value.span, close)
         if isinstance(value, (Symbol, CallValue)):
-            raise EvalError("E0301", f"constant `{name}` must be a number, string, boolean or list",
+            what = f"the name `{value.name}`" if isinstance(value, Symbol) else "a call"
+            raise EvalError("E0301", f"constant `{name}` must be a number, string, boolean or list, not {what}",
                             ns.consts[name].value.span)
         ns.values[name] = value
         return value
