@@ -154,7 +154,7 @@ def test_a_damaged_file_is_named(tmp_path):
 def test_a_broken_safetensors_header_is_a_clear_error(tmp_path):
     path = save(tmp_path, 1)
     record = json.loads((path / "record.json").read_text())
-    del record["files"]  # no recorded hash: the header itself must be checked
+    del record["files"], record[C.RECORD_DIGEST]  # no recorded hash: the header itself must be checked
     (path / "record.json").write_text(json.dumps(record))
     (path / "training.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
     with pytest.raises(C.CheckpointError, match=r"corrupt checkpoint file .*training\.safetensors"):
@@ -259,6 +259,7 @@ def test_a_record_missing_the_fields_of_a_checkpoint_is_a_damaged_checkpoint(tmp
         save(tmp_path, step)
     record_file = tmp_path / "checkpoints" / "step-000002" / "record.json"
     record = json.loads(record_file.read_text())
+    record.pop(C.RECORD_DIGEST)  # the field checks behind it (records written before the digest have none)
     edit(record)
     record_file.write_text(json.dumps(record))
     with pytest.raises(C.CheckpointError, match="damaged checkpoint record"):
@@ -266,6 +267,30 @@ def test_a_record_missing_the_fields_of_a_checkpoint_is_a_damaged_checkpoint(tmp
     warnings: list[str] = []
     found = C.load_for_resume(tmp_path, warnings.append)  # resume falls back as for other damage
     assert found is not None and found.record["step"] == 1 and "resuming from step-000001" in warnings[0]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.update(step=r["step"] + 1), lambda r: r.update(note="added"), lambda r: r.pop("files"),
+])
+def test_an_edited_record_fails_its_own_hash_and_resume_falls_back(tmp_path, edit):
+    for step in (1, 2):
+        save(tmp_path, step)
+    record_file = tmp_path / "checkpoints" / "step-000002" / "record.json"
+    record = json.loads(record_file.read_text())
+    edit(record)
+    record_file.write_text(json.dumps(record, indent=4))  # layout and key order are not contents
+    with pytest.raises(C.CheckpointError, match=r"damaged checkpoint record .*differ from the ones written"):
+        C.load_checkpoint(tmp_path)
+    warnings: list[str] = []
+    found = C.load_for_resume(tmp_path, warnings.append)
+    assert found is not None and found.record["step"] == 1 and "resuming from step-000001" in warnings[0]
+
+
+def test_a_records_own_hash_ignores_layout_and_key_order(tmp_path):
+    path = save(tmp_path, 1)
+    record = json.loads((path / "record.json").read_text())
+    (path / "record.json").write_text(json.dumps(dict(reversed(record.items())), indent=None))
+    assert C.load_checkpoint(tmp_path).record == record
 
 
 def test_a_training_record_needs_what_its_readers_read(tmp_path):

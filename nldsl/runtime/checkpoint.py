@@ -5,7 +5,8 @@ A run directory keeps its checkpoints under `checkpoints/`:
     checkpoints/step-000100/model.safetensors      the model's parameters, by name
     checkpoints/step-000100/training.safetensors   optimizer state tensors, continuum-clock sums, RNG states
     checkpoints/step-000100/record.json            spec text, sha256 and overrides, the resolved spec, step,
-                                                   data position, tokenizer, optimizer structure, file hashes
+                                                   data position, tokenizer, optimizer structure, file hashes,
+                                                   and its own hash (of everything else in it)
     checkpoints/step-000100/tokenizer.json         (BPE runs) so that a checkpoint stands on its own
     checkpoints/latest                             the name of the newest complete checkpoint
 
@@ -17,7 +18,8 @@ the previous checkpoint intact and says so in one line. The last `keep` checkpoi
 Nested state (an optimizer's `state_dict()`, a model's memory state) is stored by `encode`: tensors
 go to safetensors under a path-like key, the structure goes to JSON with `{"tensor": key}` where a
 tensor was. Only plain containers and the dataclasses in `DATACLASSES` can come back, so loading
-runs no code from the file. Loading checks the hash of every file, so a damaged file is named.
+runs no code from the file. Loading checks the hash of every file, the record's own included, so
+a damaged or edited file is named.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ LATEST = "latest"
 MODEL_FILE = "model.safetensors"
 TRAINING_FILE = "training.safetensors"
 RECORD_FILE = "record.json"
+RECORD_DIGEST = "record_sha256"  # the record's own hash, kept in it (`record_digest`)
 DATACLASSES: dict[str, type] = {"MemoryState": MemoryState}  # the only classes a stored structure may name
 
 
@@ -135,6 +138,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def record_digest(record: dict[str, Any]) -> str:
+    """sha256 of a record's contents, its own digest left out, as JSON reads them back: the layout of
+    the file and the order of its keys do not count, any value does."""
+    body = {key: value for key, value in record.items() if key != RECORD_DIGEST}
+    return sha256_bytes(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
 # Saving -----------------------------------------------------------------------------------------------
 
 def checkpoint_name(step: int) -> str:
@@ -159,6 +169,8 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         }
         record = {**record, "format": FORMAT, "step": step,
                   "files": {name: sha256_bytes(data) for name, data in files.items()}}
+        record = json.loads(json.dumps(record))  # as a reader will see it (tuples as lists, keys as strings)
+        record[RECORD_DIGEST] = record_digest(record)
         files[RECORD_FILE] = text_bytes(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         temporary.mkdir()
         for name, data in files.items():
@@ -321,6 +333,10 @@ def read_record(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"corrupt checkpoint record {file}: {error}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a {FORMAT} record")
+    digest = record.get(RECORD_DIGEST)  # absent from records written before it was added
+    if digest is not None and digest != record_digest(record):
+        raise CheckpointError(f"damaged checkpoint record {file}: its contents differ from the ones written "
+                              f"(`{RECORD_DIGEST}`); it was edited or damaged")
     # the fields save_checkpoint itself writes (`files` may be absent: then no hash is checked)
     if not isinstance(record.get("step"), int) or isinstance(record["step"], bool) or record["step"] < 0:
         raise CheckpointError(f"damaged checkpoint record {file}: it holds no step number")
