@@ -226,6 +226,9 @@ def test_run_keys_name_shipped_specs_relative_to_the_checkout(tmp_path):
     ("continual", "--batch", "x", "expected an integer"),
     ("recall", "--lrs", "nan", "must be a number > 0"),
     ("recall", "--mqar-batch", "-4", "must be at least 1"),
+    ("recall", "--seed", str(S.LARGEST_SEED + 1), f"must be at most {S.LARGEST_SEED:,}"),  # train seeds < test seeds
+    ("recall", "--passkey-steps", str(10**6), "must be at most 999,999"),
+    ("continual", "--out", "", "an empty path"),
 ])
 def test_out_of_range_study_options_are_usage_errors_before_any_run(capsys, study, option, value, message):
     with pytest.raises(SystemExit) as stop:
@@ -292,3 +295,49 @@ def test_a_model_the_study_cannot_size_is_a_clear_error(tmp_path, capsys, make):
     err = capsys.readouterr().err
     assert "internal error" not in err and "Traceback" not in err and err.strip()
     assert not (tmp_path / "out").exists()
+
+
+def test_training_and_test_seeds_of_recall_never_meet():
+    assert S.LARGEST_SEED * 10**6 + (10**6 - 1) < S.TEST_SEED  # the largest seed's last step
+    assert S.TEST_SEED + 16 < 2**63  # every test set's seed is one torch takes
+
+
+def test_a_resumed_study_reuses_only_runs_of_the_same_code_and_spec(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results"
+    argv = ["bench", "recall", "--tiny", "--models", "transformer", "--out", str(out)]
+    assert main(argv) == 0
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "recall.json").read_text())["runs_reused"] == 2  # MQAR and passkey
+    monkeypatch.setattr(S, "code_digest", lambda: "other code")  # a run made by other code is another run
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "recall.json").read_text())["runs_reused"] == 0
+    key = json.loads(json.loads((out / "recall.runs.jsonl").read_text().splitlines()[0])["key"])
+    assert key["spec_sha256"] == S.loader_check(str(S.spec_path("transformer")), ()).sha256[:16]
+
+
+def test_a_new_study_keeps_the_earlier_runs_aside_and_checks_its_folder_first(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results"
+    argv = ["bench", "recall", "--tiny", "--models", "transformer", "--out", str(out)]
+    assert main(argv) == 0
+    earlier = (out / "recall.runs.jsonl").read_text()
+    assert main(argv) == 0  # without --resume: a new study, the earlier runs kept, not deleted
+    assert (out / "recall.runs.jsonl.previous").read_text() == earlier
+    assert "kept in" in capsys.readouterr().err
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run trained before the results folder was checked")
+
+    monkeypatch.setattr(S, "Learner", no_training)
+    (tmp_path / "afile").write_text("")
+    beneath_a_file = str(tmp_path / "afile" / "x")
+    assert main(["bench", "continual", "--tiny", "--models", "transformer", "--out", beneath_a_file]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the study's results to") and err.count("\n") == 1
+
+
+def test_a_sequence_longer_than_a_domains_text_is_a_clear_error(tmp_path, capsys):
+    argv = ["bench", "continual", "--models", "transformer", "--seq-len", "500000", "--steps", "1", "--seeds", "1",
+            "--no-joint", "--no-control", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--seq-len 500000 needs windows of 500001 bytes" in err and err.count("\n") == 1

@@ -10,8 +10,9 @@ import math
 from collections.abc import Callable
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer ≥ low (a step count of 0 or a negative batch is a usage error)."""
+def at_least(low: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer ≥ low (a step count of 0 or a negative batch is a usage error),
+    and at most `most` when given."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -19,6 +20,8 @@ def at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,}, got {value}")
         return value
     return parse
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import re
@@ -41,13 +42,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import nldsl
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
-from nldsl.runtime.arguments import at_least, positive_float, random_seed
+from nldsl.runtime.arguments import at_least, path_text, positive_float, random_seed
 from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
@@ -273,6 +275,39 @@ def language_batch(tokens: torch.Tensor) -> D.TaskBatch:
 
 # Run records (resumable studies) -----------------------------------------------------------------
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of nldsl's Python sources (parser, checker, compiler, runtime, this file): a run made by
+    other code is another run, whatever its configuration (a resumed study must not mix the two)."""
+    import nldsl.compiler  # in a source checkout it lives beside the package, not in it
+
+    digest = hashlib.sha256()
+    for module in (nldsl, nldsl.compiler):
+        root = Path(module.__file__).resolve().parent
+        for source in sorted(root.rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def loader_check(spec: str | Path, overrides: tuple[str, ...]) -> Any:
+    """The checked spec (nldsl.spec.Spec) of a study model."""
+    from nldsl import loader
+
+    return loader.check(spec, list(overrides)).spec
+
+
+def spec_digest(spec: str, overrides: tuple[str, ...]) -> str:
+    """The checked spec's sha256 (its text, its imports' texts and the overrides): a spec file edited
+    since a run makes another run."""
+    return loader_check(spec, overrides).sha256[:16]
+
+
+def run_key(key: dict[str, Any], setup: Setup) -> dict[str, Any]:
+    """A study's run key with what else decides its numbers: the spec's contents and the code."""
+    return {**key, "spec_sha256": spec_digest(setup.spec, setup.overrides), "code": code_digest()}
+
+
 def portable(key: dict[str, Any]) -> dict[str, Any]:
     """The key with a shipped spec named `specs/<file>`, so that a log resumes from any checkout."""
     setup = key.get("setup")
@@ -291,10 +326,19 @@ class RunLog:
         self.done: dict[str, dict[str, Any]] = {}
         self.reused = 0
         self.seconds = 0.0  # summed over every run of the study, reused or not
-        if resume and path.exists():
-            self._read()
-        elif path.exists():
-            path.unlink()
+        try:  # before any run: a folder that cannot take the results must not cost a trained run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if resume and path.exists():
+                self._read()
+            elif path.exists():  # a new study: the earlier one's runs are kept aside, not deleted
+                previous = path.with_name(path.name + ".previous")
+                path.replace(previous)
+                print(f"note: the finished runs of an earlier study are kept in {previous} (--resume would have "
+                      "reused those of the identical configuration)", file=sys.stderr)
+            with path.open("a", encoding="utf-8"):
+                pass
+        except OSError as error:
+            raise UserError(f"cannot write the study's results to {path.parent}: {error.strerror or error}") from None
 
     def _read(self) -> None:
         """The finished runs of the log. An append cut short by a kill (or a line edited by hand) is
@@ -385,6 +429,12 @@ class ContinualConfig:
     joint: bool = True
 
 
+def steps_bar(steps: int, what: str) -> Any:
+    """The steps of a run, with a progress bar on a terminal (a HOPE run takes minutes; the study
+    prints a line only when a run ends)."""
+    return tqdm(range(steps), desc=what, unit="step", leave=False, disable=not sys.stderr.isatty())
+
+
 def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation: list[D.TaskBatch],
                   joint: bool) -> dict[str, Any]:
     """Sequential phases (or one joint phase of the same total steps): R rows and training losses."""
@@ -396,9 +446,10 @@ def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation:
     phases = [list(range(len(domains)))] if joint else [[j] for j in range(len(domains))]
     diverged = None
     try:
-        for phase in phases:
+        for number, phase in enumerate(phases, 1):
             phase_losses = []
-            for _ in range(steps * len(phase)):
+            for _ in steps_bar(steps * len(phase), f"{Path(setup.spec).stem} seed {setup.seed} "
+                                                   f"{'joint' if joint else f'phase {number}'}"):
                 picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
                 windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
                                      for p in picks])
@@ -416,6 +467,12 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
     """Train every model (and the control, and the joint bound) on the domains; write the report."""
     started = time.perf_counter()
     domains = D.load_domains(config.domains, config.max_bytes)
+    for domain in domains:
+        shortest = min(domain.train.numel(), domain.validation.numel())
+        which = "training" if domain.train.numel() == shortest else "validation"
+        if shortest < config.seq_len + 1:
+            raise UserError(f"--seq-len {config.seq_len} needs windows of {config.seq_len + 1} bytes, and the "
+                            f"`{domain.name}` domain's {which} text holds {shortest:,}: use a shorter --seq-len")
     validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
                   for d in domains]
     for name in config.models:
@@ -438,8 +495,8 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
                           mlp_lr_scale=mlp_scale, warmup=config.warmup, overrides=study_overrides(base))
             kinds = ["sequential"] + (["joint"] if config.joint and label != CONTROL else [])
             for kind in kinds:
-                key = {"study": "continual", "kind": kind, "setup": asdict(setup), "steps": config.steps,
-                       "domains": [d.record for d in domains], "eval_windows": config.eval_windows}
+                key = run_key({"study": "continual", "kind": kind, "setup": asdict(setup), "steps": config.steps,
+                               "domains": [d.record for d in domains], "eval_windows": config.eval_windows}, setup)
                 run = log.run(key, lambda s=setup, k=kind: continual_run(s, domains, config.steps, validation,
                                                                          k == "joint"))
                 entry[kind].append(run)
@@ -533,12 +590,12 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
     for d in summary["domains"]:
         lines.append(f"| `{d['name']}` | {d['source']} | {d['documents']:,} | {d['train_bytes']:,} | "
                      f"{d['validation_bytes']:,} |")
-    if config["lr"] < SPEC_LR:
-        lines += ["", f"The shipped specs train at lr {SPEC_LR:g}. At that lr HOPE's loss became non-finite in 3 of "
-                  "its first 4 runs of this study (seeds 0–1; in float64 as well): the outer steps drive its "
-                  "generated gates towards their bounds (retention α → 1, β ≈ 0.8, η near its maximum 0.1), where "
-                  "the memories' chunk-summed inner steps are unstable. Every model here trains at "
-                  f"{config['lr']:g} instead."]
+    if config["lr"] < SPEC_LR and "hope" in summary["models"]:
+        lines += ["", f"The shipped specs train at lr {SPEC_LR:g}. At that lr, in the first runs of this study "
+                  "(2026-11-26), HOPE's loss became non-finite in 3 of its first 4 runs (seeds 0–1; in float64 as "
+                  "well): the outer steps drive its generated gates towards their bounds (retention α → 1, β ≈ "
+                  "0.8, η near its maximum 0.1), where the memories' chunk-summed inner steps are unstable. Every "
+                  f"model here trains at {config['lr']:g} instead."]
     lines += [
         "",
         f"Python {summary['domains'][0]['python']}, Unicode {summary['domains'][0]['unicode']}.",
@@ -701,7 +758,10 @@ class RecallConfig:
     eval_batch: int = 32
 
 
-TEST_SEED = 1_000_000_007  # test sets never share a seed with a training step
+# Training batch `step` of seed s is generated from s · 10⁶ + step (below 2⁶² for every --seed the
+# parser takes, and steps below 10⁶); test sets from TEST_SEED + i, above it: they never share a seed.
+TEST_SEED = 2**62
+LARGEST_SEED = 2**62 // 10**6 - 1
 
 
 def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
@@ -711,7 +771,8 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
     started = time.perf_counter()
     losses: list[float] = []
     try:
-        for step in range(steps):
+        lr = f"lr {setup.lr:g}" if setup.lr is not None else "the spec's lr"
+        for step in steps_bar(steps, f"{Path(setup.spec).stem} {lr}"):
             losses.append(learner.step(make_batch(step)))
     except FloatingPointError:  # a diverged run stays in the results as NaN rather than ending the study
         failed = {"accuracy": math.nan, "exact": math.nan, "loss": math.nan}
@@ -743,13 +804,15 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
         spec = spec_path(name)
         overrides = study_overrides(name)
         dim, count = matched_width(spec, config.params, overrides)
+        model = loader_check(spec, (f"dim={dim}", *overrides)).model
         entry = models.setdefault(model_name(name), {"spec": spec.name, "dim": dim, "params": count,
+                                                     "layers": model.layers, "vocab": model.vocab,
                                                      "overrides": list(overrides), "mqar": {}})
         for lr in config.lrs:
             setup = Setup(str(spec), dim, config.mqar_seq_len, config.mqar_batch, config.seed, lr=lr,
                           warmup=config.warmup, overrides=overrides)
-            key = {"study": "recall", "task": "mqar", "setup": asdict(setup), "steps": config.mqar_steps,
-                   "tests": list(config.mqar_tests), "examples": config.test_examples}
+            key = run_key({"study": "recall", "task": "mqar", "setup": asdict(setup), "steps": config.mqar_steps,
+                           "tests": list(config.mqar_tests), "examples": config.test_examples}, setup)
 
             def mqar_batch(step: int, s: Setup = setup) -> D.TaskBatch:
                 return D.mqar(s.batch, config.mqar_seq_len, config.mqar_pairs, seed=config.seed * 10**6 + step)
@@ -762,9 +825,9 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
         best = max(config.lrs, key=lambda lr: nan_to_minus_one(entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"]))
         setup = Setup(str(spec), dim, config.passkey_seq_len, config.passkey_batch, config.seed, lr=best,
                       warmup=config.warmup, overrides=overrides)
-        key = {"study": "recall", "task": "passkey", "setup": asdict(setup), "steps": config.passkey_steps,
-               "digits": config.passkey_digits, "scales": list(config.passkey_scales),
-               "examples": config.passkey_examples}
+        key = run_key({"study": "recall", "task": "passkey", "setup": asdict(setup), "steps": config.passkey_steps,
+                       "digits": config.passkey_digits, "scales": list(config.passkey_scales),
+                       "examples": config.passkey_examples}, setup)
 
         def passkey_batch(step: int, s: Setup = setup) -> D.TaskBatch:
             return D.passkey(s.batch, config.passkey_seq_len, config.passkey_digits, seed=config.seed * 10**6 + step)
@@ -800,15 +863,15 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         "## Setup",
         "",
         "Models at equal parameter count (each spec's `dim` nearest to "
-        f"{config['params']:,} parameters), 2 layers, vocabulary 256, AdamW with the spec's weight decay, "
-        f"{plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}.",
+        f"{config['params']:,} parameters), each with its spec's layers and vocabulary (table), AdamW with the "
+        f"spec's weight decay, {plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}.",
         "",
-        "| model | spec | dim | parameters | departures from the spec |",
-        "|---|---|---:|---:|---|",
+        "| model | spec | dim | layers | vocabulary | parameters | departures from the spec |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, entry in models.items():
-        lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
-                     f"{departures(entry['overrides'])} |")
+        lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry.get('layers', '?')} | "
+                     f"{entry.get('vocab', '?')} | {entry['params']:,} | {departures(entry['overrides'])} |")
     lines += ["", *override_notes(models)]
     lines += [
         "",
@@ -932,18 +995,28 @@ def recall_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
     p.add_argument("--lrs", nargs="+", type=positive_float, default=list(d.lrs),
                    help="learning rates of the MQAR sweep")
-    p.add_argument("--seed", type=random_seed, default=d.seed)
-    p.add_argument("--mqar-steps", type=at_least(1), default=d.mqar_steps)
+    p.add_argument("--seed", type=study_seed, default=d.seed,
+                   help=f"0 to {LARGEST_SEED:,} (default %(default)s)")
+    p.add_argument("--mqar-steps", type=at_least(1, most=10**6 - 1), default=d.mqar_steps)
     p.add_argument("--mqar-batch", type=at_least(1), default=d.mqar_batch)
-    p.add_argument("--passkey-steps", type=at_least(1), default=d.passkey_steps)
+    p.add_argument("--passkey-steps", type=at_least(1, most=10**6 - 1), default=d.passkey_steps)
     p.add_argument("--passkey-batch", type=at_least(1), default=d.passkey_batch)
     p.add_argument("--test-examples", type=at_least(1), default=d.test_examples)
     common(p)
     return p
 
 
+def study_seed(text: str) -> int:
+    """An argparse type: a recall --seed whose training seeds stay below the test sets' (TEST_SEED)."""
+    value = random_seed(text)
+    if value > LARGEST_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {LARGEST_SEED:,} (its training batches are seeded "
+                                         f"seed · 10^6 + step, below the test sets'), got {value}")
+    return value
+
+
 def common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=path_text,
                    help=f"folder for the report, figure and JSON (default {RESULTS}; with --tiny, {TINY_RESULTS})")
     p.add_argument("--resume", action="store_true", help="reuse the finished runs of <out>/<study>.runs.jsonl")
     p.add_argument("--tiny", action="store_true",
