@@ -13,7 +13,7 @@ overrun:
    (b) The bf16-autocast compiled logits against the fp32 eager logits of the same model and batch,
        its parameters moved off their initialisation (where every loss is near ln V whatever the
        precision, so a loss comparison could hardly fail); the losses are reported beside it.
-2. Throughput. Transformer++ (the spec, d_model 1024, 8 blocks: about 100M parameters, so that
+2. Throughput. Transformer++ (the spec, d_model 1024, 8 blocks: 134.5M parameters, so that
    compile, warm-up and timing fit the budget with room to spare) compiled, and HOPE with its
    in-context updates on at the nearest equal parameter count (layers chosen by counting); compiling
    HOPE whole unrolls every chunk of every level and would not fit the budget. Training steps
@@ -92,7 +92,7 @@ class Run:
         self.budget = budget
         self.markdown = markdown
         self.name = name
-        self.data: dict = {"machine": machine(), "device": device, "phases": {}}
+        self.data: dict = {"machine": machine(), "device": device, "name": name, "phases": {}}
 
     def left(self) -> float:
         return self.budget - (time.perf_counter() - self.began)
@@ -220,10 +220,15 @@ def throughput(run: Run, size: dict, hope_mode: bool | str, hope_recompute: int)
 def measure_model(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str, device: str,
                   peak: float, size: dict, run: Run, recompute: int = 0) -> dict:
     model, optimizer = build(spec, overrides, seq_len=length, device=device)
+    # Counted on one whole sequence of length T, not a shorter one scaled up: HOPE's count grows faster
+    # than T (at width 64 and 128, T 2048 counts 8.39× and 8.36× T 256), so a scaled count would be 4%
+    # short. It costs an eager step under the counter (tens of seconds for HOPE at width 1024).
     single, single_targets = random_tokens(1, length, model.spec.model.vocab, device=device)
     with autocast(device):
         counted, _ = count_flops(lambda: model.loss(single, single_targets).backward())
     model.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the counted step's activations, before the timed steps' peak is read
     flops = batch * counted + attention_flops(model, batch, length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab, device=device)
     step = TrainStep(model, optimizer, compiled=compiled, recompute=recompute)
@@ -267,7 +272,8 @@ def kernel_profile(call, step_seconds: float, top: int = 8, kernels: DeviceType 
     """One profiled step: how many device kernels it launched, their summed time against the unprofiled
     step time (the profiler slows the host, hardly the kernels), and the kernels with the largest shares.
     `kernels` is the device whose events count (CPU: every operator, which is how the tests exercise it)."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kernels == DeviceType.CUDA else [])
+    # device kernels only: the host's events of a HOPE step (about a million) took minutes to read back
+    activities = [ProfilerActivity.CUDA] if kernels == DeviceType.CUDA else [ProfilerActivity.CPU]
     with profile(activities=activities) as recorded:
         call()
     durations: dict[str, list[float]] = {}
@@ -288,7 +294,8 @@ def render(data: dict) -> str:
     lines = ["# nldsl on the GPU", "",
              f"Measured with `python -m bench gpu` on {data['machine'].get('cuda') or data['device']} "
              f"(torch {data['machine']['torch']}, {data['machine']['time']}); "
-             f"{data.get('elapsed_seconds', 0):.0f} s in all. Numbers come from bench/results/gpu.json.", ""]
+             f"{data.get('elapsed_seconds', 0):.0f} s in all. Numbers come from bench/results/"
+             f"{data.get('name', 'gpu')}.json.", ""]
     correctness_phase = data["phases"].get("correctness")
     if correctness_phase:
         lines += ["## Correctness", "",

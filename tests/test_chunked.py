@@ -83,3 +83,19 @@ def test_compile_loss_modes() -> None:
     inside[0] = True
     assert compile_loss(loss, "chunks")(torch.ones(2)).item() == 2.0
     assert not chunked.enabled()
+
+
+def test_the_fused_kernel_is_built_for_a_model_that_may_run_on_the_cpu_only(monkeypatch) -> None:
+    """It never runs on a GPU: building it there (some 20 s) was time a GPU session lost."""
+    from nldsl.runtime import fused
+
+    built = []
+    monkeypatch.setattr(fused, "available", lambda: built.append(1) or True)
+    model, _ = tiny_model(REPO / "specs/titans_lmm.nl")
+    chunked.compile_loss(model.loss, True)
+    assert built == [1]
+    model.to("meta")  # a model on no CPU, as a CUDA one
+    chunked.compile_loss(model.loss, True)
+    assert built == [1]
+    chunked.compile_loss(lambda tokens: tokens, True)  # not a model's loss: it may run anywhere
+    assert built == [1, 1]

@@ -83,15 +83,18 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def compiled_chunks(enable: bool = True, backend: Any = "inductor") -> Iterator[None]:
-    """Compile every `chunk_body` called inside this block (module docstring) with `backend`."""
+def compiled_chunks(enable: bool = True, backend: Any = "inductor", cpu: bool = True) -> Iterator[None]:
+    """Compile every `chunk_body` called inside this block (module docstring) with `backend`.
+    `cpu`: the model may run on the CPU, the only device of the fused write kernel, which is then
+    built first (a GPU model leaves it unbuilt: it never runs there)."""
     global _enabled, _backend
     previous = _enabled, _backend
     limit = torch._dynamo.config.recompile_limit
     _enabled, _backend = enable, backend
     if enable:
         torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
-        fused.available()  # build the fused write kernel now: a trace could not
+        if cpu:
+            fused.available()  # build the fused write kernel now: a trace could not
     try:
         yield
     finally:
@@ -157,10 +160,11 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
     per recomputed stretch (0 = off); the checker allows it with eager and per-chunk compilation
     only, since a whole graph would trace the checkpoints into one graph of every chunk.
     """
+    cpu = _may_run_on_cpu(loss)
     if mode not in (False, "chunks"):
         if recompute:
             raise ValueError("train.recompute needs train.compile = chunks or false")
-        if mode:
+        if mode and cpu:
             fused.available()  # build the fused write kernel before the trace, which could not
         return torch.compile(loss, fullgraph=fullgraph) if mode else loss
     if mode is False and not recompute:
@@ -168,7 +172,16 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
 
     @functools.wraps(loss)
     def chunk_wise(*args: Any, **kwargs: Any) -> Any:
-        with compiled_chunks(mode == "chunks"), recomputed_chunks(recompute):
+        with compiled_chunks(mode == "chunks", cpu=cpu), recomputed_chunks(recompute):
             return loss(*args, **kwargs)
 
     return chunk_wise
+
+
+def _may_run_on_cpu(loss: Callable[..., Any]) -> bool:
+    """False only for a model's bound `loss` whose parameters are all off the CPU (a GPU model, where
+    the fused write kernel never runs, so building it, some 20 s, would be wasted)."""
+    model = getattr(loss, "__self__", None)
+    if not isinstance(model, torch.nn.Module):
+        return True
+    return any(p.device.type == "cpu" for p in model.parameters())

@@ -76,8 +76,9 @@ def _build() -> bool:
 def available() -> bool:
     """Whether the kernel can run now, building it on the first call made outside a torch.compile trace.
 
-    Call it before compiling (`compiled_chunks` and `compile_loss` do): inside a trace an unbuilt
-    kernel reads as unavailable, and the traced graph takes the PyTorch step.
+    Call it before compiling (`compiled_chunks` and `compile_loss` do, unless the model is all on a
+    GPU, where the kernel never runs): inside a trace an unbuilt kernel reads as unavailable, and the
+    traced graph takes the PyTorch step.
     """
     global _built
     if not _enabled:

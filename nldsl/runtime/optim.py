@@ -241,7 +241,7 @@ def delta_rule_write_reference(memory: Tensor, flow: Tensor, retention: float, l
     """Plain reference for `delta_rule_write`: builds the (cols × cols) decay matrix explicitly."""
     m, x = _as_matrix(memory), _as_matrix(flow)
     key = x / x.norm()
-    decay = retention * torch.eye(x.shape[1], dtype=x.dtype) - lr * key.T @ key  # (cols, cols)
+    decay = retention * torch.eye(x.shape[1], dtype=x.dtype, device=x.device) - lr * key.T @ key  # (cols, cols)
     return (m @ decay + lr * x).reshape(memory.shape)
 
 
