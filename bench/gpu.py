@@ -280,7 +280,10 @@ def kernel_profile(call, step_seconds: float, top: int = 8, kernels: DeviceType 
     for event in recorded.events():
         if event.device_type == kernels:
             durations.setdefault(event.name, []).append(event.time_range.elapsed_us() * 1e-6)
-    total = sum(sum(values) for values in durations.values())
+    if not durations:  # the profiler can miss a device's events: say so rather than read "0 kernels, idle"
+        log("gpu profile: the profiler recorded no device kernel")
+        return {"skipped": "the profiler recorded no device kernel"}
+    total = sum(sum(values) for values in durations.values())  # kernels on several streams overlap: can pass 100%
     largest = sorted(durations.items(), key=lambda item: -sum(item[1]))[:top]
     outcome = {"launches": sum(len(values) for values in durations.values()), "kernel_seconds": total,
                "busy_fraction": total / step_seconds,

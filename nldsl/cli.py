@@ -38,7 +38,7 @@ def write_output(path: str, text: str) -> None:
 
 def _refuse_a_folder(path: str) -> None:
     """`-o out/` or `-o existing_folder` names a folder: refused, never written as a file named `out`."""
-    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+    if path.endswith(("/", os.sep)) or os.path.basename(path) in (".", "..") or Path(path).is_dir():
         raise UserError(f"cannot write {path}: it names a folder, and -o takes a file")
 
 

@@ -155,6 +155,7 @@ def test_a_broken_safetensors_header_is_a_clear_error(tmp_path):
     path = save(tmp_path, 1)
     record = json.loads((path / "record.json").read_text())
     del record["files"], record[C.RECORD_DIGEST]  # no recorded hash: the header itself must be checked
+    record["format"] = C.FORMAT_WITHOUT_DIGEST
     (path / "record.json").write_text(json.dumps(record))
     (path / "training.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
     with pytest.raises(C.CheckpointError, match=r"corrupt checkpoint file .*training\.safetensors"):
@@ -260,6 +261,7 @@ def test_a_record_missing_the_fields_of_a_checkpoint_is_a_damaged_checkpoint(tmp
     record_file = tmp_path / "checkpoints" / "step-000002" / "record.json"
     record = json.loads(record_file.read_text())
     record.pop(C.RECORD_DIGEST)  # the field checks behind it (records written before the digest have none)
+    record["format"] = C.FORMAT_WITHOUT_DIGEST
     edit(record)
     record_file.write_text(json.dumps(record))
     with pytest.raises(C.CheckpointError, match="damaged checkpoint record"):
@@ -271,6 +273,7 @@ def test_a_record_missing_the_fields_of_a_checkpoint_is_a_damaged_checkpoint(tmp
 
 @pytest.mark.parametrize("edit", [
     lambda r: r.update(step=r["step"] + 1), lambda r: r.update(note="added"), lambda r: r.pop("files"),
+    lambda r: r.pop(C.RECORD_DIGEST), lambda r: r.update({C.RECORD_DIGEST: None}),  # a new record needs its hash
 ])
 def test_an_edited_record_fails_its_own_hash_and_resume_falls_back(tmp_path, edit):
     for step in (1, 2):
@@ -284,6 +287,11 @@ def test_an_edited_record_fails_its_own_hash_and_resume_falls_back(tmp_path, edi
     warnings: list[str] = []
     found = C.load_for_resume(tmp_path, warnings.append)
     assert found is not None and found.record["step"] == 1 and "resuming from step-000001" in warnings[0]
+
+
+def test_a_record_holding_a_path_that_is_not_utf8_passes_its_own_hash(tmp_path):
+    path = save(tmp_path, 1, data={"source": {"kind": "files", "paths": ["/d/caf\udce9.txt"]}})  # bytes b"caf\xe9"
+    assert C.load_checkpoint(path).record["data"]["source"]["paths"] == ["/d/caf\udce9.txt"]
 
 
 def test_a_records_own_hash_ignores_layout_and_key_order(tmp_path):

@@ -303,7 +303,7 @@ def test_graph_refuses_a_format_its_output_contradicts(args, message, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("output", ["{tmp}", "{tmp}/new/", "{tmp}/new.json/"])
+@pytest.mark.parametrize("output", ["{tmp}", "{tmp}/new/", "{tmp}/new.json/", "{tmp}/new/.", "{tmp}/new/.."])
 @pytest.mark.parametrize("command", ["compile", "graph"])
 def test_an_output_that_names_a_folder_is_refused_not_written_as_a_file(command, output, tmp_path, capsys) -> None:
     output = output.format(tmp=tmp_path)

@@ -408,6 +408,7 @@ def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:
     if edit is not None:
         record = json.loads((to / "record.json").read_text())
         record.pop(C.RECORD_DIGEST)  # as a record written before it: the checks behind the digest are tested
+        record["format"] = C.FORMAT_WITHOUT_DIGEST
         edit(record)
         (to / "record.json").write_text(json.dumps(record))
     return to

@@ -322,7 +322,12 @@ def test_a_new_study_keeps_the_earlier_runs_aside_and_checks_its_folder_first(tm
     earlier = (out / "recall.runs.jsonl").read_text()
     assert main(argv) == 0  # without --resume: a new study, the earlier runs kept, not deleted
     assert (out / "recall.runs.jsonl.previous").read_text() == earlier
-    assert "kept in" in capsys.readouterr().err
+    assert "moved to" in capsys.readouterr().err
+    second = (out / "recall.runs.jsonl").read_text()
+    assert main(argv) == 0  # a third: the first study's runs are not overwritten by the second's
+    assert (out / "recall.runs.jsonl.previous").read_text() == earlier
+    assert (out / "recall.runs.jsonl.previous2").read_text() == second
+    capsys.readouterr()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a run trained before the results folder was checked")

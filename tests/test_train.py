@@ -848,3 +848,19 @@ def test_a_second_ctrl_c_during_the_interrupt_checkpoint_waits_for_it(tmp_path, 
     assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "cut2"),
                      "--no-compile", *[a for o in overrides for a in ("--set", o)]]) == 130
     assert "".join(capsys.readouterr()).count("interrupted") == 1  # the command line does not say it again
+
+
+def test_ctrl_c_in_the_first_step_removes_the_folder_it_made_and_says_so(tmp_path, text_file, monkeypatch, capsys):
+    spec = REPO / "specs/titans_lmm.nl"
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=3"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "batch_at", interrupted)
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "cut", compile=False, progress=False)
+    with pytest.raises(ReportedInterrupt):
+        T.train(loader.check(spec, overrides), overrides, options)
+    assert not (tmp_path / "cut").exists()
+    said = "".join(capsys.readouterr())
+    assert "interrupted after 0 step(s)" in said and f"the run folder {tmp_path / 'cut'} was removed" in said

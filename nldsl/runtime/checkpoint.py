@@ -45,7 +45,8 @@ from nldsl.cli import UserError
 from nldsl.files import fsync_folder, text_bytes, write_atomic, write_file
 from nldsl.runtime.memory import MemoryState
 
-FORMAT = "nldsl-checkpoint/1"
+FORMAT = "nldsl-checkpoint/2"  # /2: the record holds its own hash (`record_digest`), which readers require
+FORMAT_WITHOUT_DIGEST = "nldsl-checkpoint/1"  # records written before it, read as before
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 MODEL_FILE = "model.safetensors"
@@ -142,7 +143,8 @@ def record_digest(record: dict[str, Any]) -> str:
     """sha256 of a record's contents, its own digest left out, as JSON reads them back: the layout of
     the file and the order of its keys do not count, any value does."""
     body = {key: value for key, value in record.items() if key != RECORD_DIGEST}
-    return sha256_bytes(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    # ASCII escapes: a path that is not UTF-8 (held with surrogates) hashes like any other text
+    return sha256_bytes(json.dumps(body, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode("ascii"))
 
 
 # Saving -----------------------------------------------------------------------------------------------
@@ -331,10 +333,9 @@ def read_record(path: Path) -> dict[str, Any]:
         record = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"corrupt checkpoint record {file}: {error}") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in (FORMAT, FORMAT_WITHOUT_DIGEST):
         raise CheckpointError(f"{file} is not a {FORMAT} record")
-    digest = record.get(RECORD_DIGEST)  # absent from records written before it was added
-    if digest is not None and digest != record_digest(record):
+    if record["format"] == FORMAT and record.get(RECORD_DIGEST) != record_digest(record):
         raise CheckpointError(f"damaged checkpoint record {file}: its contents differ from the ones written "
                               f"(`{RECORD_DIGEST}`); it was edited or damaged")
     # the fields save_checkpoint itself writes (`files` may be absent: then no hash is checked)

@@ -140,7 +140,7 @@ def run_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
 
 def _fold_as(mode: tuple[bool, Any], step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
              pieces: list[Any]) -> tuple[list[Any], Carry]:
-    with compiled_chunks(*mode):
+    with compiled_chunks(*mode, cpu=False):  # the kernel was built, where it can run, by the outer block
         return _fold(step, carry, pieces)
 
 

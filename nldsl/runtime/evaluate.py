@@ -153,7 +153,10 @@ class Evaluation:
 
 def evaluation_from_sums(nats: float, tokens: int, byte_count: int, windows: int) -> Evaluation:
     loss = nats / max(tokens, 1)
-    perplexity = math.inf if loss >= 709.0 else math.exp(loss)  # exp overflows a float from 709.8 (NaN stays NaN)
+    try:
+        perplexity = math.exp(loss)  # NaN stays NaN
+    except OverflowError:  # from a loss of 709.78: past a float's range
+        perplexity = math.inf
     return Evaluation(loss, perplexity, nats / math.log(2) / max(byte_count, 1), tokens, byte_count, windows)
 
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import math
 import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -275,17 +277,32 @@ def language_batch(tokens: torch.Tensor) -> D.TaskBatch:
 
 # Run records (resumable studies) -----------------------------------------------------------------
 
+CODE_SUFFIXES = (".py", ".lark", ".cpp")  # what decides a run's numbers: Python, the grammar, the fused kernel
+
+
 @functools.cache
 def code_digest() -> str:
-    """sha256 of nldsl's Python sources (parser, checker, compiler, runtime, this file): a run made by
-    other code is another run, whatever its configuration (a resumed study must not mix the two)."""
-    import nldsl.compiler  # in a source checkout it lives beside the package, not in it
+    """sha256 of nldsl's sources (parser, grammar, checker, compiler, runtime, fused kernel, this file):
+    a run made by other code is another run, whatever its configuration (a resumed study must not mix
+    the two). Files are named by package (`nldsl.compiler/codegen.py`), so a source checkout, where
+    compiler/ and grammar/ sit beside nldsl/, and an installed wheel, where they sit inside it, agree."""
+    import nldsl.compiler
+    import nldsl.grammar
 
+    packages = {"nldsl.compiler": nldsl.compiler, "nldsl.grammar": nldsl.grammar, "nldsl": nldsl}
+    roots = {name: Path(module.__file__).resolve().parent for name, module in packages.items()}
+    named: dict[str, bytes] = {}
+    for name, root in roots.items():  # the subpackages first: their files are theirs, not nldsl's
+        for source in sorted(root.rglob("*")):
+            if source.suffix not in CODE_SUFFIXES or "__pycache__" in source.parts:
+                continue
+            inner = next((other for other, r in roots.items() if other != name and r != root
+                          and r in source.parents and len(other) > len(name)), None)
+            if inner is None:  # a file of a nested subpackage is named (once) by that subpackage
+                named.setdefault(f"{name}/{source.relative_to(root).as_posix()}", source.read_bytes())
     digest = hashlib.sha256()
-    for module in (nldsl, nldsl.compiler):
-        root = Path(module.__file__).resolve().parent
-        for source in sorted(root.rglob("*.py")):
-            digest.update(source.relative_to(root).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    for key in sorted(named):
+        digest.update(key.encode() + b"\0" + named[key] + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -328,15 +345,16 @@ class RunLog:
         self.seconds = 0.0  # summed over every run of the study, reused or not
         try:  # before any run: a folder that cannot take the results must not cost a trained run
             path.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path.parent).close()
             if resume and path.exists():
                 self._read()
-            elif path.exists():  # a new study: the earlier one's runs are kept aside, not deleted
-                previous = path.with_name(path.name + ".previous")
+            elif path.exists() and path.stat().st_size:  # a new study: the earlier one's runs are moved aside
+                previous = next(candidate for n in itertools.count(1)
+                                if not (candidate := path.with_name(f"{path.name}.previous{'' if n == 1 else n}"))
+                                .exists())
                 path.replace(previous)
-                print(f"note: the finished runs of an earlier study are kept in {previous} (--resume would have "
-                      "reused those of the identical configuration)", file=sys.stderr)
-            with path.open("a", encoding="utf-8"):
-                pass
+                print(f"note: the finished runs of an earlier study were moved to {previous} (without --resume "
+                      "a study starts afresh)", file=sys.stderr)
         except OSError as error:
             raise UserError(f"cannot write the study's results to {path.parent}: {error.strerror or error}") from None
 
