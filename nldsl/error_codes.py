@@ -1123,7 +1123,9 @@ _ENTRIES = (
         other update settings of a slower level of a nested `cms`, where only the fastest level runs
         and learns; `grad_through_writes = false` on a selfmod's memory level, which leaves the
         adaptive projections other than `q` without gradient (they reach the loss only through its
-        writes); a slower nested level that never moves in context (its period is longer than
+        writes); a selfmod whose memory level learns by `reconstruction` while no projection is
+        adaptive or the projection memories reconstruct too, so that nothing reads its values; a
+        slower nested level that never moves in context (its period is longer than
         `train.seq_len`, or the fastest level does not learn in context), since the faster levels
         restart only from a level that moves. The
         warning names the setting and what makes it inert. Remove the setting, or change the one

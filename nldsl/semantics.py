@@ -314,6 +314,16 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                     "only through the memory's writes, which `grad_through_writes = false` cuts off",
                     "remove `grad_through_writes = false`, or keep those projections static (`adaptive`)",
                     f"{path}.memory.grad_through_writes")
+        if isinstance(layer, S.SelfModSpec) and layer.memory.objective == "reconstruction" and (
+                not layer.adaptive or layer.projections.objective == "reconstruction"):
+            why = ("no projection is adaptive" if not layer.adaptive else
+                   "the projection memories' objective is `reconstruction` too")
+            maker = "M_v" if "v" in layer.adaptive else "W_v"
+            made_by = f"{maker} and the convolution of v" if layer.conv else maker
+            warning("W0706", f"nothing reads this selfmod's values: the memory level's objective `reconstruction` "
+                    f"writes its keys as targets, and {why}, so {made_by} get no gradient",
+                    "use `objective = l2` on the memory level (Titans and HOPE write values)",
+                    f"{path}.memory.objective", f"{path}.memory")
         if isinstance(layer, S.MemorySpec) and "v" not in layer.projected and f"{path}.value_norm" in spans:
             warning("W0706", "`value_norm` has no effect: the `reconstruction` objective ½‖M(k) − k‖² reads no "
                     "values, so the layer makes none", "remove `value_norm`", f"{path}.value_norm")

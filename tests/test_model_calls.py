@@ -211,3 +211,45 @@ def test_a_model_larger_than_memory_is_refused_before_it_is_allocated() -> None:
     with pytest.raises(ModelTooLargeError,
                        match=r"the model has [\d,]+ parameters \([\d,.]+ GiB of weights\), more than the"):
         nldsl.load("specs/transformer.nl", dim=32, model__block__attention__persistent=10**12)
+
+
+@pytest.mark.parametrize("adaptive, projections, warned, unread", [
+    ("[]", "", True, ["wv", "conv_v"]),
+    ("[k]", "objective = reconstruction", True, ["wv", "conv_v"]),
+    ("[k, v]", "objective = reconstruction", True, ["v_memory_w1", "v_memory_w2", "conv_v"]),
+    ("[k, v]", "", False, ["v_memory_w1", "v_memory_w2", "conv_v"]),  # the projection memories write values
+])
+def test_w0706_on_a_selfmod_whose_values_nothing_reads_names_what_gets_no_gradient(
+        tmp_path, adaptive, projections, warned, unread) -> None:
+    from nldsl.checker import check_file
+
+    spec = tmp_path / "values.nl"
+    spec.write_text(f"""model m {{
+  vocab = 256
+  dim = 32
+  layers = 1
+  block {{
+    selfmod {{
+      heads = 2
+      adaptive = {adaptive}
+      level memory {{ objective = reconstruction  period = 4 }}
+      level projections {{ {projections}  period = 2  readout = chunk_start }}
+    }}
+  }}
+}}
+train {{ seq_len = 32 }}
+""")
+    warnings = [d.message for d in check_file(spec).diagnostics if d.code == "W0706" and "values" in d.message]
+    assert bool(warnings) == warned
+    torch.manual_seed(0)
+    model = nldsl.load(spec)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))  # off the initialisation, where some gradients vanish anyway
+    x = tokens(2, 16)
+    model.loss(x, torch.roll(x, -1, 1)).backward()
+    grads = {name.rsplit(".", 1)[-1]: p.grad for name, p in model.named_parameters()}
+    silent = [name for name in unread if grads[name] is None or not grads[name].any()]
+    assert silent == (unread if warned else [])
+    if warned:
+        assert ("M_v" if "v" in adaptive else "W_v") in warnings[0]
