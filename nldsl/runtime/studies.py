@@ -965,18 +965,27 @@ def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
     config, models = summary["config"], summary["models"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     lengths = [config["passkey_seq_len"] * s for s in config["passkey_scales"]]
-    for name, entry in models.items():
+    markers = "osD^v<>ph"  # lines that coincide (several models at 0) stay told apart by their markers
+    diverged_shown = False
+    for index, (name, entry) in enumerate(models.items()):
+        marker = markers[index % len(markers)]
         lrs = [float(lr) for lr in entry["mqar"]]
-        left.plot(lrs, [run["tests"][summary["train_key"]]["accuracy"] for run in entry["mqar"].values()],
-                  marker="o", label=name)
+        accuracies = [run["tests"][summary["train_key"]]["accuracy"] for run in entry["mqar"].values()]
+        line, = left.plot(lrs, accuracies, marker=marker, label=name, alpha=0.85)
+        lost = [lr for lr, accuracy in zip(lrs, accuracies) if math.isnan(accuracy)]
+        if lost:  # a diverged run has no accuracy: drawn as an × on the axis rather than left out unseen
+            left.plot(lost, [0.0] * len(lost), "x", color=line.get_color(), markersize=9, markeredgewidth=2,
+                      label=None if diverged_shown else "diverged (×)")
+            diverged_shown = True
         if "passkey" in entry:
             right.plot(lengths, [entry["passkey"]["tests"][f"{s}x"]["exact"] for s in config["passkey_scales"]],
-                       marker="o", label=name)
+                       marker=marker, color=line.get_color(), label=name, alpha=0.85)
     left.set(xscale="log", xlabel="learning rate", ylabel="accuracy", ylim=(-0.02, 1.02),
              title=f"MQAR {summary['train_key']}")
     right.set(xscale="log", xlabel="test length (tokens)", ylabel="all digits right", ylim=(-0.02, 1.02),
               title=f"passkey, trained at {config['passkey_seq_len']}")
     right.set_xticks(lengths, [str(n) for n in lengths])
+    right.minorticks_off()  # the log axis's minor labels overprinted the lengths
     left.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
