@@ -319,9 +319,9 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
             why = ("no projection is adaptive" if not layer.adaptive else
                    "the projection memories' objective is `reconstruction` too")
             maker = "M_v" if "v" in layer.adaptive else "W_v"
-            made_by = f"{maker} and the convolution of v" if layer.conv else maker
+            made_by = f"{maker} and the convolution of v get" if layer.conv else f"{maker} gets"
             warning("W0706", f"nothing reads this selfmod's values: the memory level's objective `reconstruction` "
-                    f"writes its keys as targets, and {why}, so {made_by} get no gradient",
+                    f"writes its keys as targets, and {why}, so {made_by} no gradient",
                     "use `objective = l2` on the memory level (Titans and HOPE write values)",
                     f"{path}.memory.objective", f"{path}.memory")
         if isinstance(layer, S.MemorySpec) and "v" not in layer.projected and f"{path}.value_norm" in spans:

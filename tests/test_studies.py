@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,27 @@ def test_a_sequence_longer_than_a_domains_text_is_a_clear_error(tmp_path, capsys
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "--seq-len 500000 needs windows of 500001 bytes" in err and err.count("\n") == 1
+
+
+def test_the_code_digest_is_the_same_for_a_checkout_and_an_installed_wheel(tmp_path):
+    """A wheel installs compiler/ and grammar/ inside nldsl/ (pyproject's package-dir); the digest
+    names files by package, so a log made in a checkout resumes from an install of the same code."""
+    import shutil
+    import subprocess
+    import sys
+
+    import nldsl.compiler
+    import nldsl.grammar
+
+    site = tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(Path(nldsl.__file__).parent, site / "nldsl", ignore=ignore)
+    for module, name in ((nldsl.compiler, "compiler"), (nldsl.grammar, "grammar")):
+        if not (site / "nldsl" / name).exists():  # a checkout: they sit beside the package
+            shutil.copytree(Path(module.__file__).parent, site / "nldsl" / name, ignore=ignore)
+    probe = ("import nldsl, nldsl.runtime.studies as S; "
+             f"assert nldsl.__file__.startswith({str(site)!r}), nldsl.__file__; print(S.code_digest())")
+    installed = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(site)},
+                               capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert installed == S.code_digest()

@@ -292,14 +292,13 @@ def code_digest() -> str:
     packages = {"nldsl.compiler": nldsl.compiler, "nldsl.grammar": nldsl.grammar, "nldsl": nldsl}
     roots = {name: Path(module.__file__).resolve().parent for name, module in packages.items()}
     named: dict[str, bytes] = {}
-    for name, root in roots.items():  # the subpackages first: their files are theirs, not nldsl's
+    for name, root in roots.items():
+        nested = [r for other, r in roots.items() if other.startswith(name + ".")]  # inside root in a wheel
         for source in sorted(root.rglob("*")):
             if source.suffix not in CODE_SUFFIXES or "__pycache__" in source.parts:
                 continue
-            inner = next((other for other, r in roots.items() if other != name and r != root
-                          and r in source.parents and len(other) > len(name)), None)
-            if inner is None:  # a file of a nested subpackage is named (once) by that subpackage
-                named.setdefault(f"{name}/{source.relative_to(root).as_posix()}", source.read_bytes())
+            if not any(r in source.parents for r in nested):  # a subpackage's files are named by it
+                named[f"{name}/{source.relative_to(root).as_posix()}"] = source.read_bytes()
     digest = hashlib.sha256()
     for key in sorted(named):
         digest.update(key.encode() + b"\0" + named[key] + b"\0")
