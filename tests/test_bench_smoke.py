@@ -345,6 +345,8 @@ def test_the_gpu_suites_kernel_profile_sums_and_ranks_what_it_counts() -> None:
     page = "\n".join(gpu.render_kernels({"hope": {"kernels": kernels}, "transformer": {"kernels": {"skipped": "x"}}}))
     assert f"**hope**: {kernels['launches']:,} kernels" in page and "| `aten::mm` |" in page
     assert "transformer" not in page
+    nothing = gpu.kernel_profile(lambda: None, step_seconds=1.0, kernels=DeviceType.CPU)
+    assert nothing == {"skipped": "the profiler recorded no device kernel"}  # not "0 kernels, GPU idle"
 
 
 def test_a_spec_without_a_model_is_refused_up_front(results, monkeypatch) -> None:

@@ -102,3 +102,14 @@ def test_the_fused_kernel_is_built_for_a_model_that_may_run_on_the_cpu_only(monk
     # recomputed stretches rerun their chunks inside compiled_chunks of their own, forward and backward
     chunked._fold_as((True, "eager"), lambda carry, piece: (piece, carry), 0, [1, 2])
     assert built == [1, 1]
+
+    class OnNoCpu(torch.nn.Module):  # per-chunk compilation of a model all off the CPU
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+        def loss(self, tokens):
+            return chunked.enabled()
+
+    assert chunked.compile_loss(OnNoCpu().loss, "chunks")(None) is True
+    assert built == [1, 1]

@@ -229,6 +229,7 @@ def test_run_keys_name_shipped_specs_relative_to_the_checkout(tmp_path):
     ("recall", "--mqar-batch", "-4", "must be at least 1"),
     ("recall", "--seed", str(S.LARGEST_SEED + 1), f"must be at most {S.LARGEST_SEED:,}"),  # train seeds < test seeds
     ("recall", "--passkey-steps", str(10**6), "must be at most 999,999"),
+    ("recall", "--mqar-steps", str(10**6), "must be at most 999,999"),
     ("continual", "--out", "", "an empty path"),
 ])
 def test_out_of_range_study_options_are_usage_errors_before_any_run(capsys, study, option, value, message):
@@ -328,6 +329,9 @@ def test_a_new_study_keeps_the_earlier_runs_aside_and_checks_its_folder_first(tm
     assert main(argv) == 0  # a third: the first study's runs are not overwritten by the second's
     assert (out / "recall.runs.jsonl.previous").read_text() == earlier
     assert (out / "recall.runs.jsonl.previous2").read_text() == second
+    (out / "recall.runs.jsonl").write_text("")  # what a study stopped before its first run leaves
+    S.RunLog(out / "recall.runs.jsonl", resume=False)
+    assert not (out / "recall.runs.jsonl.previous3").exists()  # nothing to keep: no empty log moved aside
     capsys.readouterr()
 
     def no_training(*args, **kwargs):
@@ -371,3 +375,8 @@ def test_the_code_digest_is_the_same_for_a_checkout_and_an_installed_wheel(tmp_p
                                env={**os.environ, "PYTHONPATH": str(site)},
                                capture_output=True, text=True, check=True).stdout.split()[-1]
     assert installed == S.code_digest()
+    grammar = next((site / "nldsl" / "grammar").glob("*.lark"))  # the grammar decides what a spec means
+    grammar.write_text(grammar.read_text() + "\n// edited\n")
+    edited = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+                            capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert edited != installed
