@@ -144,6 +144,9 @@ def memory_level_reference(
             if t % cfg.chunk_size == 0:
                 chunk_weights = weights  # θ_c: every gradient of this chunk is taken here
                 chunk_retention = torch.ones_like(lr[..., 0, None, None])  # A: α's product so far
+                # θ_t − A θ_c, summed as it is written: taken as that difference, it would hold rounding
+                # noise of θ's size, which Newton–Schulz multiplies by up to 3.4445 a step
+                increments = [torch.zeros_like(weight) for weight in weights]
             key, query = keys[..., t, :], queries[..., t, :]
             value = None if values is None else values[..., t, :]
             eta = lr[..., t, None, None]
@@ -163,11 +166,13 @@ def memory_level_reference(
                 written = [w.detach() for w in written]
             if momentum is None:
                 weights = [alpha * weight - w for weight, w in zip(weights, written)]
+                increments = [alpha * d - w for d, w in zip(increments, written)]
             else:
                 assert momentum_decay is not None, "a momentum level needs momentum_decay"
                 beta = momentum_decay[..., t, None, None]
                 momentum = [beta * s - w for s, w in zip(momentum, written)]
                 weights = [alpha * weight + s for weight, s in zip(weights, momentum)]
+                increments = [alpha * d + s for d, s in zip(increments, momentum)]
             chunk_retention = chunk_retention * alpha
 
             if cfg.readout == "causal":
@@ -176,9 +181,8 @@ def memory_level_reference(
             chunk_ends = (t + 1) % cfg.chunk_size == 0 or t == length - 1
             if cfg.orthogonalize_steps > 0 and chunk_ends:
                 weights = [
-                    chunk_retention * start
-                    + _orthogonalize(weight - chunk_retention * start, cfg.orthogonalize_steps)
-                    for weight, start in zip(weights, chunk_weights)
+                    chunk_retention * start + _orthogonalize(increment, cfg.orthogonalize_steps)
+                    for increment, start in zip(increments, chunk_weights)
                 ]
     return torch.stack(outputs, dim=-2), MemoryState(weights, momentum)
 
