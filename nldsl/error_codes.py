@@ -1127,7 +1127,9 @@ _ENTRIES = (
         adaptive or the projection memories reconstruct too, so that nothing reads its values; a
         slower nested level that never moves in context (its period is longer than
         `train.seq_len`, or the fastest level does not learn in context), since the faster levels
-        restart only from a level that moves. The
+        restart only from a level that moves; `lr` on a level with `orthogonalize`, when η is a
+        constant or `per_head`, or the level has period 1 and no momentum: Newton–Schulz
+        normalises each chunk's increment, which such an η only scales (docs/semantics.md §1.5). The
         warning names the setting and what makes it inert. Remove the setting, or change the one
         that makes it inert.
         """,

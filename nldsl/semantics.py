@@ -62,6 +62,17 @@ def _unused_level_settings(level: S.LevelSpec) -> Iterator[tuple[str, str]]:
             yield "dgd_layers", "the state has a single weight matrix, which DGD always preconditions"
     if level.retention_order == "before_write" and level.retention is None:
         yield "retention_order", "without `retention` there is no decay to apply before the write"
+    # Newton–Schulz starts from Δ/‖Δ‖, so a factor common to a chunk's whole increment is lost
+    # (`_chunk_end_state`): an η that is one number (per head) scales every write of every chunk, and
+    # with a period of 1 and no momentum an increment is a single write η_t u_t
+    if level.orthogonalize is not None:
+        if isinstance(level.lr, (S.ConstantGate, S.PerHeadGate)):
+            one = "one number" if isinstance(level.lr, S.ConstantGate) else "one number per head"
+            yield "lr", (f"newton_schulz normalises each chunk's increment, and an η that is {one} only scales "
+                         "it, so the iteration alone sets the write's size (singular values near 1)")
+        elif level.period == 1 and level.momentum is None:
+            yield "lr", ("with period 1 and no momentum each chunk's increment is one token's write η_t u_t, and "
+                         "newton_schulz normalises it, so the iteration alone sets the write's size")
 
 
 # What a slower level of a nested cms never reads: the fastest level's values of these apply.
