@@ -138,6 +138,7 @@ class Generator:
         w(f"VOCAB = {self.model.vocab}")
         w(f"DIM = {self.model.dim}")
         w(f"LAYERS = {self.model.layers}")
+        w(f"BLOCK_STATE = {tuple(layer.name for layer in self.model.block.sublayers)!r}  # what a block's state holds")
         w(f"NORM_EPS = {self.model.norm_eps!r}")
         w(f"TRAIN_SEQ_LEN = {self.train.seq_len}  # train.seq_len compiled for: it decided which CMS levels learn in "
           "context (§3.7)")
@@ -808,7 +809,7 @@ class Generator:
                 w("surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues")
                 w('a stream: pass the state returned by a previous call with `return_state=True`."""')
                 unembed = "self.embed" if model.tie_embeddings else "self.head"
-                w("tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS, self.embed)")
+                w("tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS, self.embed, BLOCK_STATE)")
                 w("states = state if state is not None else [{} for _ in range(LAYERS)]")
                 w("if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was")
                 with w.indent():

@@ -27,11 +27,17 @@ def load_run(path: Any, device: Any = "cpu") -> Any:
     folder. Returns `nldsl.runtime.evaluate.LoadedModel`: `.model` with the run's weights (their
     gradients off: `requires_grad_()` to train on), `.tokenizer` (`encode`/`decode`), `.spec`,
     `.checkpoint` (record and step) and `.module` (the generated module). Raises
-    `nldsl.runtime.checkpoint.CheckpointError` for what is not a run."""
+    `nldsl.runtime.checkpoint.CheckpointError` for what is not a run and `ValueError` for a device
+    nldsl cannot run on here."""
+    from .cli import UserError
     from .runtime.evaluate import load_model
     from .runtime.train import check_device
 
-    return load_model(path, check_device(str(device)))
+    try:
+        resolved = check_device(str(device))
+    except UserError as error:  # worded for the command line's --device
+        raise ValueError(str(error).replace("--device", "device")) from None
+    return load_model(path, resolved)
 
 
 def check(path: Any, overrides: Any = (), **values: Any) -> Any:

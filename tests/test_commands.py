@@ -584,6 +584,8 @@ def test_a_trained_run_loads_from_python(run_dir):
         nldsl.load(run_dir)
     with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):
         nldsl.load_run(run_dir / "nowhere")
+    with pytest.raises(ValueError, match=r"^device meta: nldsl runs on cpu, cuda or mps devices, not meta$"):
+        nldsl.load_run(run_dir, device="meta")  # worded for Python, not for the command line's --device
 
 
 def test_stream_says_when_nothing_in_the_model_learns_from_it(run_dir, text_file, tmp_path, capsys):

@@ -79,6 +79,28 @@ def test_mistaken_targets_and_states_are_named(titans) -> None:
     titans(x, state=mixed)  # and it continues without autocast too
 
 
+def test_a_state_from_another_model_is_refused_and_empty_dicts_start_afresh(titans, hope) -> None:
+    x = tokens()
+    _, state = hope(x, return_state=True)
+    with pytest.raises(ValueError, match=re.escape("state holds blocks of the layers 'titans', 'cms', and this "
+                                                   "model's blocks have 'lmm', 'mlp'")):
+        titans(x, state=state)  # read by name, it would have run from a fresh memory without a word
+    with torch.no_grad():
+        assert torch.equal(titans(x, state=[{}, {}]), titans(x))  # what a call on no tokens returns
+
+
+def test_training_across_calls_takes_the_state_detached(titans) -> None:
+    from nldsl.runtime.evaluate import detach_state
+
+    model = copy.deepcopy(titans)
+    _, state = model(tokens(), return_state=True)
+    logits, _ = model(tokens(), state=state, return_state=True)
+    logits.sum().backward()  # through both calls' graphs: the first one is freed now
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        model(tokens(), state=state).sum().backward()
+    model(tokens(), state=detach_state(state)).sum().backward()  # as the README says
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
 def test_any_integer_ids_give_the_int64_result(hope, dtype) -> None:
     # HOPE's CMS surprise one-hot encodes the targets, which once required int64

@@ -33,13 +33,15 @@ from nldsl.runtime.memory import (
 # The model's inputs --------------------------------------------------------------------------
 
 def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, vocab: int,
-                   layers: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                   layers: int, weights: Tensor | None = None,
+                   block_state: tuple[str, ...] | None = None) -> tuple[Tensor, Tensor | None]:
     """The call's tokens and targets as int64, after checking what a caller can get wrong.
 
     A mistake (float or 1-D tokens, ids outside the vocabulary, targets of another shape, a state
-    of another layout or batch, on another device than the model's `weights` or wholly in another
-    precision) is a TypeError or ValueError that names it, raised before any
-    layer runs; without this it surfaces as an index error deep in an embedding or a chunk step.
+    of another layout or batch, another model's (its blocks hold other layers than `block_state`),
+    on another device than the model's `weights` or wholly in another precision) is a TypeError or
+    ValueError that names it, raised before any layer runs; without this it surfaces as an index
+    error deep in an embedding or a chunk step.
     The checks run wherever the forward runs eagerly (chunk-compiled training steps included: one
     min/max over the batch); a whole-graph compiled call skips them, as the range check would be a
     graph break there.
@@ -52,7 +54,7 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
                 raise ValueError(f"targets must have the tokens' shape {tuple(tokens.shape)}; "
                                  f"got {tuple(targets.shape)}")
         if state is not None:
-            _check_state(state, layers, tokens.shape[0], weights)
+            _check_state(state, layers, tokens.shape[0], weights, block_state)
     return tokens.long(), (None if targets is None else targets.long())
 
 
@@ -72,14 +74,24 @@ def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
                              f"ids; got {wrong}")
 
 
-def _check_state(state: object, layers: int, batch: int, weights: Tensor | None = None) -> None:
-    """A state passed back must be one dict per block, for this batch (each sequence has its own),
-    on the device of the model's `weights` and not wholly in another precision (a model moved or
-    cast since)."""
+def _check_state(state: object, layers: int, batch: int, weights: Tensor | None = None,
+                 block_state: tuple[str, ...] | None = None) -> None:
+    """A state passed back must be one dict per block, each empty (a fresh start, as a call on no
+    tokens returns it) or holding this model's layers `block_state`, for this batch (each
+    sequence has its own), on the device of the model's `weights` and not wholly in another
+    precision (a model moved or cast since)."""
     if not isinstance(state, (list, tuple)) or len(state) != layers or not all(
             isinstance(part, dict) for part in state):
         raise TypeError(f"state must be the list of {layers} per-block dicts that a call with "
                         f"return_state=True returned; got {_describe(state)}")
+    if block_state is not None:
+        # a block reads its layers' entries by name and starts afresh where one is missing, so
+        # another model's state would otherwise be passed over without a word
+        wrong = next((part for part in state if part and set(part) != set(block_state)), None)
+        if wrong is not None:
+            raise ValueError(f"state holds blocks of the layers {', '.join(map(repr, wrong))}, and this model's "
+                             f"blocks have {', '.join(map(repr, block_state))}: a state continues only the "
+                             "model it came from")
     first = next(_tensors(state), None)
     if first is not None and first.shape[0] != batch:
         raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "

@@ -427,8 +427,8 @@ def require_windows(text: TokenText, seq_len: int, what: str,
                     fix: str = "give more text (--data) or lower train.seq_len") -> None:
     """A window is seq_len + 1 tokens; say plainly when a text is shorter than one."""
     if len(text) < seq_len + 1:
-        raise UserError(f"the {what} text has {len(text)} tokens but one window needs train.seq_len + 1 = "
-                        f"{seq_len + 1}: {fix}")
+        tokens = "1 token" if len(text) == 1 else f"{len(text)} tokens"
+        raise UserError(f"the {what} text has {tokens} but one window needs train.seq_len + 1 = {seq_len + 1}: {fix}")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

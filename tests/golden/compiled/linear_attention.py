@@ -33,6 +33,7 @@ NLDSL_VERSION = '0.1.0'
 VOCAB = 256
 DIM = 128
 LAYERS = 2
+BLOCK_STATE = ('linear_attention', 'mlp')  # what a block's state holds
 NORM_EPS = 1e-06
 TRAIN_SEQ_LEN = 256  # train.seq_len compiled for: it decided which CMS levels learn in context (§3.7)
 
@@ -163,7 +164,7 @@ class Model(nn.Module):
         """Logits (B, T, V) for tokens (B, T); `targets` are next tokens (−1 = none) for the
         surprise of in-context CMS levels (default: the tokens shifted by one). `state` continues
         a stream: pass the state returned by a previous call with `return_state=True`."""
-        tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS, self.embed)
+        tokens, targets = R.checked_inputs(tokens, targets, state, VOCAB, LAYERS, self.embed, BLOCK_STATE)
         states = state if state is not None else [{} for _ in range(LAYERS)]
         if tokens.shape[1] == 0:  # nothing to read or write: every level's state stays as it was
             logits = F.linear(F.embedding(tokens, self.embed), self.embed)  # (B, 0, V)
