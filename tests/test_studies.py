@@ -380,3 +380,45 @@ def test_the_code_digest_is_the_same_for_a_checkout_and_an_installed_wheel(tmp_p
     edited = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
                             capture_output=True, text=True, check=True).stdout.split()[-1]
     assert edited != installed
+
+
+def test_the_recall_report_marks_a_diverged_run_and_tells_which_notes_apply(tmp_path, monkeypatch):
+    summary = json.loads((REPO / "docs/results/recall.json").read_text())  # HOPE diverged at lr 0.003 and 0.01
+    lost = summary["models"]["deltanet"]["mqar"]["0.01"]
+    lost["diverged_at_step"] = 7
+    for test in lost["tests"].values():
+        test["accuracy"] = math.nan
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    drawn = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: drawn.append((a, k)) or plot(self, *a, **k))
+    S.write_recall_report(summary, tmp_path)
+    report = (tmp_path / "recall.md").read_text()
+    assert (tmp_path / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](recall.png)" in report
+    crosses = [(a, k) for a, k in drawn if len(a) == 3 and a[2] == "x"]  # on the axis, once per model
+    assert [(list(a[0]), list(a[1])) for a, _ in crosses] == [([0.003, 0.01], [0.0, 0.0]), ([0.01], [0.0])]
+    assert [k["label"] for _, k in crosses] == ["diverged (×)", None]  # one legend entry for them all
+    assert len({k["marker"] for _, k in drawn if "marker" in k}) == len(summary["models"])
+    assert "- `deltanet MQAR lr 0.01` diverged (non-finite loss) at step 7." in report
+    row = next(line for line in report.splitlines() if line.startswith("| `transformer` | transformer.nl"))
+    assert row.split(" | ")[3:5] == ["2", "256"]  # layers and vocabulary
+    assert S.OVERRIDE_NOTES["hope.nl"] in report and S.OVERRIDE_NOTES["titans_lmm.nl"] in report
+
+    for entry in summary["models"].values():  # no model departs from its spec or diverges: no note says so
+        entry["overrides"] = []
+        for run in [*entry["mqar"].values(), entry["passkey"]]:
+            run["diverged_at_step"] = None
+    S.write_recall_report(summary, tmp_path)
+    report = (tmp_path / "recall.md").read_text()
+    assert "Why" not in report and "diverged" not in report
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_study_run_draws_its_steps_only_on_a_terminal(monkeypatch, terminal):
+    monkeypatch.setattr(S.sys.stderr, "isatty", lambda: terminal)
+    bar = S.steps_bar(5, "hope seed 0 phase 1")
+    assert bar.disable is (not terminal)  # read before the loop: tqdm disables a closed bar
+    assert not terminal or bar.desc == "hope seed 0 phase 1"
+    assert list(bar) == list(range(5))
