@@ -78,7 +78,7 @@ def test_eval_reports_loss_perplexity_and_bits_per_byte_as_defined(run_dir, text
     assert main(["eval", str(run_dir), "--data", str(text_file), "--batches", "3"]) == 0
     out = capsys.readouterr().out
     loaded = E.load_model(run_dir, CPU)
-    tokens = loaded.tokenizer.encode(E.files_text([str(text_file)], "utf-8"))
+    tokens = loaded.tokenizer.encode("".join(E.files_text([str(text_file)], "utf-8")))
     starts = D.evaluation_starts(len(tokens), 16, 3 * 2)
     inputs, targets = D.windows(tokens, starts, 16)
     with torch.no_grad():

@@ -52,8 +52,9 @@ def _load(args: argparse.Namespace):
     return load_model(args.target, check_device(args.device))
 
 
-def _text(args: argparse.Namespace, loaded) -> tuple[str, str]:
-    """The text a command reads (--data files, else the run's validation split) and its description."""
+def _text(args: argparse.Namespace, loaded) -> tuple[list[str], str]:
+    """The text a command reads (--data files, else the run's validation split), in pieces, one per
+    document, and its description."""
     from nldsl.runtime.evaluate import files_text, validation_text
 
     if args.data:
@@ -65,8 +66,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import evaluate_text
 
     loaded = _load(args)
-    text, what = _text(args, loaded)
-    evaluation = evaluate_text(loaded, text, args.batches, progress=not args.no_progress)
+    pieces, what = _text(args, loaded)
+    evaluation = evaluate_text(loaded, pieces, args.batches, progress=not args.no_progress)
     print(f"checkpoint {loaded.checkpoint.path} (step {loaded.checkpoint.record['step']}) on {what}")
     print(evaluation.line())
     return 0
@@ -110,8 +111,8 @@ def stream_command(args: argparse.Namespace) -> int:
         _check_replaceable_state(Path(args.state_out))
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
-    text, what = _text(args, loaded)
-    tokens = loaded.tokenizer.encode(text)
+    pieces, what = _text(args, loaded)
+    tokens = loaded.tokenizer.encode("".join(pieces))  # one text: a stream does not know where documents end
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens + 1]
     sha = loaded.checkpoint.record["spec_sha256"]

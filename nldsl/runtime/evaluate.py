@@ -107,8 +107,9 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
 
 
-def validation_text(record: dict[str, Any]) -> str:
-    """The validation split of the run a checkpoint belongs to, read again from its recorded source."""
+def validation_text(record: dict[str, Any]) -> list[str]:
+    """The validation split of the run a checkpoint belongs to, read again from its recorded source, in
+    the pieces training encoded one by one (`Split`: each document with its separator)."""
     source = record["data"]["source"]
     paths = source["paths"] if source["kind"] == "files" else None
     try:
@@ -124,13 +125,14 @@ def validation_text(record: dict[str, Any]) -> str:
                "the default corpus comes from this Python's standard library, and the run used another version")
         print(f"warning: the validation text differs from the one this run recorded ({why}); numbers are not "
               "comparable with the run's own evaluations", file=sys.stderr)
-    return split.text("validation")
+    return split.validation
 
 
-def files_text(paths: list[str], encoding: str) -> str:
+def files_text(paths: list[str], encoding: str) -> list[str]:
     """The user's files for eval and stream, separated as in training but with nothing after the last, so
-    that a text cut into two files streams exactly as the whole."""
-    return D.SEPARATOR.join(d.text for d in D.user_corpus(paths, encoding, once_each=False))  # a text twice: fine
+    that a text cut into two files streams exactly as the whole; as pieces, one per document."""
+    documents = D.user_corpus(paths, encoding, once_each=False)  # a text twice: fine
+    return [d.text + D.SEPARATOR for d in documents[:-1]] + [documents[-1].text]
 
 
 # Evaluation ------------------------------------------------------------------------------------------
@@ -187,10 +189,12 @@ def evaluate(model: torch.nn.Module, text: D.TokenText, seq_len: int, batch: int
     return nats, count, byte_count, int(starts.shape[0])
 
 
-def evaluate_text(loaded: LoadedModel, text: str, batches: int | None, progress: bool = False) -> Evaluation:
-    """Evaluate a loaded model on a text with the run's seq_len and batch size."""
+def evaluate_text(loaded: LoadedModel, pieces: list[str], batches: int | None, progress: bool = False) -> Evaluation:
+    """Evaluate a loaded model on a text with the run's seq_len and batch size. The text comes in
+    pieces (documents), encoded one by one as training encodes its validation split: a BPE merge
+    across a document boundary would shift the tokens, and the windows with them."""
     train = loaded.spec.train
-    tokens = D.tokenize(loaded.tokenizer, [text])
+    tokens = D.tokenize(loaded.tokenizer, pieces)
     D.require_windows(tokens, train.seq_len, "evaluation",
                       "give a longer text with --data (the run's train.seq_len is the model's window)")
     limit = (batches or train.eval_batches) * train.batch

@@ -943,7 +943,10 @@ def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
     if source["kind"] == "default":
         return f"default corpus (Python {source['python']} standard library + pydoc topics)"
     where = "the --data the run recorded" if recorded else "--data"
-    return f"{len(record['train']['documents'])} file(s) from {where}"
+    files = len(record["train"]["documents"])  # a split by position names every file on both sides
+    if record.get("by") == "document":
+        files += len(record["validation"]["documents"])
+    return f"{files} file(s) from {where}"
 
 
 def _discard_stdout() -> None:
