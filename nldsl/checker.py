@@ -1328,8 +1328,8 @@ class Converter:
             attr = tree.attrs["recompute"]
             self.bag.error("E0601", "`recompute` needs `compile = chunks` or `compile = false`", attr.span,
                            "one whole graph would trace every recomputed stretch into itself; write "
-                           "`compile = chunks` (each chunk body compiled once) or `compile = false` beside it "
-                           "(`nldsl train --no-compile` runs eagerly but checks the spec as written)")
+                           "`compile = chunks` (each chunk body compiled once) or `compile = false` beside it, "
+                           "or train with `--no-compile`")
             return None
         return S.TrainSpec(**values)
 

@@ -186,8 +186,9 @@ def test_train_writes_a_complete_run_folder(tmp_path, text_file, capsys):
     checkpoint = run_dir / "checkpoints" / "step-000006"
     assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "training.safetensors", "record.json"}
     record = json.loads((checkpoint / "record.json").read_text())
-    overrides = [a for a in TINY if a != "--set"] + ["train.log_every=2"]
+    overrides = [a for a in TINY if a != "--set"] + ["train.log_every=2", "train.compile=false"]  # --no-compile
     assert record["overrides"] == overrides
+    assert resolved["values"]["train.compile"] == {"value": False, "from": "--set train.compile=false"}
     expected = loader.check(REPO / "specs/transformer.nl", overrides).spec.sha256
     assert record["spec_sha256"] == expected
     assert "bits per byte" in out and "sample (temperature 0.8" in out and "first step" in out
@@ -883,3 +884,12 @@ def test_eval_of_a_bpe_run_scores_the_windows_its_training_scored(tmp_path, caps
     trained = next(entry for entry in reversed(logged) if "eval_bpb" in entry)
     assert main(["eval", str(run_dir), "--no-progress"]) == 0
     assert f"bits per byte {trained['eval_bpb']:.4f}" in capsys.readouterr().out
+
+
+def test_no_compile_lets_a_whole_graph_spec_recompute(tmp_path, text_file, capsys):
+    # recompute is E0601 beside `compile = true` (one graph would trace every rerun stretch); run
+    # eagerly, the spec is checked as the eager spec it runs as
+    args = ["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=1", "--set", "train.recompute=2",
+            "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 1 and "E0601" in capsys.readouterr().err
+    assert main([*args, "--no-compile"]) == 0

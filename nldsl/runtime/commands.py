@@ -36,6 +36,8 @@ def train_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.train import TrainOptions, train
 
     overrides = list(args.set)
+    if args.no_compile:  # as an override, so that the run records how it ran and checks as an eager spec
+        overrides.append("train.compile=false")
     result = loader.check(args.spec, overrides)
     options = TrainOptions(
         data=args.data, data_encoding=args.data_encoding, run_dir=args.run_dir, resume=args.resume,

@@ -715,7 +715,7 @@ def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions
         raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
                         f"train.steps = {steps}: nothing to do (--set train.steps=N with N ≥ "
                         f"{found.record['step']} to train it longer)")
-    continued = _check_same_spec(found, spec, overrides, eager=options.compile is False)
+    continued = _check_same_spec(found, spec, overrides)
     if continued:
         _say(context, f"note: {continued}")
     return found, continued
@@ -809,11 +809,10 @@ def _initial_checkpoint(target: str | Path, plan: Any, context: Distributed) -> 
     return initial
 
 
-def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str], eager: bool = False) -> str | None:
+def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> str | None:
     """None when `found` was written by this very spec; a note when the spec resolves to the same
     values as the checkpoint's, or when only CONTINUABLE train values differ (e.g. `--set
-    train.steps=…` to train a finished run longer); UserError otherwise. `eager`: --no-compile was
-    given, so a changed train.compile does not change how this run executes."""
+    train.steps=…` to train a finished run longer); UserError otherwise."""
     recorded = found.record.get("spec_sha256")
     if recorded == spec.sha256:
         return None
@@ -822,8 +821,7 @@ def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str], eager
     if changed == {}:  # another text (a comment, the layout, an override spelled out) for the same values
         return "the spec's text or overrides differ from the checkpoint's, but they resolve to the same values"
     if changed:
-        listed = ", ".join(f"{key} {old} → {new}" + (" (but --no-compile: eager)" if key == "compile" and eager else "")
-                           for key, (old, new) in changed.items())
+        listed = ", ".join(f"{key} {old} → {new}" for key, (old, new) in changed.items())
         schedule = ""
         if "steps" in changed and spec.train.schedule != "constant":
             schedule = (f"; the {spec.train.schedule} lr schedule now ends at step {spec.train.steps}, so the lr "
