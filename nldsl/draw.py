@@ -2,8 +2,9 @@
 
 `to_dot` turns a `LevelGraph` into DOT text, laid out left to right:
 - update frequencies become nested clusters, slowest outermost: the outer level's cluster (every
-  step) holds the modules and the training optimizer, and each faster group of levels sits inside
-  the previous one, so a level is drawn inside every slower level it is nested in;
+  step) holds the modules and the training optimizer, the groups stepped every N > 1 steps (the
+  continuum clock, an optimizer level's period) enclose it, and each faster group of levels sits
+  inside the previous one, so a level is drawn inside every slower level it is nested in;
 - the model's modules stand in one column in forward order (embedding at the bottom, head at the
   top, one repeated block drawn once with its repeat count); their levels sit to the right;
 - modules are plain boxes, levels rounded boxes listing period, state shape, parameter count,
@@ -247,6 +248,7 @@ def _level_rows(attrs: dict[str, Any], owner_label: str) -> list[str]:
         facts += [("objective", attrs.get("objective")), ("rule", attrs.get("rule"))]
     facts.append(("gates", attrs.get("gates")))
     notes = [note for note, applies in (
+        (str(attrs.get("inert")), attrs.get("inert") is not None),
         ("updated by the outer optimizer", attrs.get("update") == "outer"),
         ("starts at zero", attrs.get("init") == "zeros"),
         ("no gradient through writes", attrs.get("grad_through_writes") is False),

@@ -57,7 +57,7 @@ class LevelGraph:
         # in an optimizer library) says nothing about it: its own optimizers replace it.
         if spec.model is not None or trained is not None or not unused:
             self.add_node(OUTER, kind="outer", label=f"outer level ({_optimizer_name(train.optimizer)})",
-                          period="1 step", period_tokens=tokens_per_step, frequency=0, params=0)
+                          period="1 step", period_tokens=tokens_per_step, frequency=1.0 / tokens_per_step, params=0)
         if spec.model is not None:
             self._model(spec.model)
         if trained is not None:
@@ -66,7 +66,7 @@ class LevelGraph:
             node_id = f"optimizers.{opt.name}"
             label = f"outer level ({opt.name})" if spec.model is None else f"optimizer {opt.name} (not used by train)"
             self.add_node(node_id, kind="outer", label=label, optimizer=opt.name, period="1 step",
-                          period_tokens=tokens_per_step, frequency=0, params=0)
+                          period_tokens=tokens_per_step, frequency=1.0 / tokens_per_step, params=0)
             self._optimizer(opt, node_id, node_id)
 
     def _model(self, model: S.ModelSpec) -> None:
@@ -95,20 +95,28 @@ class LevelGraph:
                       **_layer_details(layer, dim))
         if isinstance(layer, S.MemorySpec):
             head_dim = dim // layer.heads
-            self._level(f"{node_id}.{layer.level.name}", layer.level, head_dim, layer.heads, repeat)
+            self._level(f"{node_id}.{layer.level.name}", layer.level, head_dim, layer.heads, repeat,
+                        inert=self._past_sequence(layer.level))
             self.add_edge(node_id, f"{node_id}.{layer.level.name}", "flow", "(k, v)")
             self.add_edge(f"{node_id}.{layer.level.name}", node_id, "read", "M(q)")
         elif isinstance(layer, S.SelfModSpec):
             head_dim = dim // layer.heads
             memory = f"{node_id}.memory"
-            self._level(memory, layer.memory, head_dim, layer.heads, repeat)
+            self._level(memory, layer.memory, head_dim, layer.heads, repeat, inert=self._past_sequence(layer.memory))
             values = "(k, v̂ = M(v))" if layer.memory.values == "generated" else "(k, v)"
             self.add_edge(node_id, memory, "flow", values)
             self.add_edge(memory, node_id, "read", "M(q)")
+            # the projection memories learn with the memory level's η, α (and β where the projections
+            # level asks for momentum), not with gates of their own (Eq. 88, docs/semantics.md §3.6)
+            shared = layer.memory.momentum if layer.projections.momentum is not None else None
+            projections = layer.projections.model_copy(update={
+                "lr": layer.memory.lr, "retention": layer.memory.retention, "momentum": shared})
             for name in layer.adaptive:
                 projection = f"{node_id}.M_{name}"
-                self._level(projection, layer.projections, head_dim, layer.heads, repeat, role=f"M_{name}")
-                self.add_edge(node_id, projection, "flow", f"(k, v̂_{name})")
+                self._level(projection, projections, head_dim, layer.heads, repeat, role=f"M_{name}",
+                            inert=self._past_sequence(projections))
+                target = f"v̂_{name}" if projections.values == "generated" else "v"
+                self.add_edge(node_id, projection, "flow", f"(k, {target})")
                 self.add_edge(projection, node_id, "read", {"k": "k", "v": "v", "q": "q",
                                                             "eta": "η", "alpha": "α"}[name])
         elif isinstance(layer, S.CMSSpec):
@@ -120,7 +128,13 @@ class LevelGraph:
                 # just faster than it (docs/semantics.md §3.7)
                 follows = layer.levels[index - 1].name if layer.variant == "nested" and index else None
                 on_clock = not level.learns_in_context(seq_len) and follows is None
-                self._level(level_id, level, dim, 1, repeat, on_clock=on_clock, follows=follows)
+                inert = None  # as W0706 says of a slower nested level
+                if follows is not None and not layer.levels[0].learns_in_context(seq_len):
+                    inert = (f"never moves: the fastest level `{layer.levels[0].name}` does not learn in context, "
+                             "so the chain runs as its MLP")
+                elif follows is not None and not level.learns_in_context(seq_len):
+                    inert = f"never moves within a sequence: its period passes train.seq_len = {seq_len}"
+                self._level(level_id, level, dim, 1, repeat, on_clock=on_clock, follows=follows, inert=inert)
                 if not on_clock and follows is None and level.objective == "reconstruction":
                     self.add_edge(node_id, level_id, "flow", "x")
                 if follows is None:
@@ -142,11 +156,20 @@ class LevelGraph:
             self.add_edge(attention, node_id, "data", "y ⊗ M(y)")
         return node_id
 
+    def _past_sequence(self, level: S.LevelSpec) -> str | None:
+        """Why a memory level never writes in training (W0704), or None."""
+        seq_len = self.spec.train.seq_len
+        if isinstance(level.period, int) and level.period > seq_len:
+            return f"never updates within a sequence: its period passes train.seq_len = {seq_len}"
+        return None
+
     def _level(self, node_id: str, level: S.LevelSpec, d_in: int, heads: int, repeat: int,
-               role: str | None = None, on_clock: bool = False, follows: str | None = None) -> None:
+               role: str | None = None, on_clock: bool = False, follows: str | None = None,
+               inert: str | None = None) -> None:
         """A level's node. `on_clock`: a cms level slower than a training sequence, a plain MLP that
         the outer optimizer steps on the continuum clock; `follows`: a slower level of a nested
-        chain, which moves toward the level `follows` instead of running (docs/semantics.md §3.7)."""
+        chain, which moves toward the level `follows` instead of running (docs/semantics.md §3.7);
+        `inert`: why the level never changes in training, as the checker's warning says."""
         layers = shapes.state_layers(level.state, d_in, d_in)
         state_params = sum(o * i for o, i in layers) * heads
         period_tokens = level.period if isinstance(level.period, int) else None
@@ -174,7 +197,7 @@ class LevelGraph:
             state=_state_text(level.state, d_in, heads), params=state_params * repeat,
             objective=objective, values=level.values, rule=rule, readout=readout,
             update="outer" if outer else level.update, gates=gates, init=level.init,
-            grad_through_writes=level.grad_through_writes, repeat=repeat,
+            grad_through_writes=level.grad_through_writes, repeat=repeat, inert=inert,
         )
         if level.init == "learned":
             self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if outer else "meta-learns θ₀")
@@ -183,10 +206,11 @@ class LevelGraph:
         """The levels of `opt` as nodes `PREFIX.LEVEL`, fed by and read by its outer level `outer`."""
         for level in opt.levels:
             node_id = f"{prefix}.{level.name}"
+            period_tokens = level.period * self.spec.train.batch * self.spec.train.seq_len
             self.add_node(node_id, kind="optimizer_level", label=level.name,
                           period=f"{level.period} step{'s' if level.period != 1 else ''}",
-                          period_tokens=level.period * self.spec.train.batch * self.spec.train.seq_len,
-                          frequency=0.0, state=level.state, objective=level.objective,
+                          period_tokens=period_tokens, frequency=1.0 / period_tokens, state=level.state,
+                          objective=level.objective,
                           rule="gd" + (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else ""),
                           gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
         for level in opt.levels:
@@ -204,21 +228,22 @@ class LevelGraph:
         return [n for n, a in self.nx.nodes(data=True) if a["kind"] in ("level", "optimizer_level")]
 
     def frequency_groups(self) -> list[tuple[str, list[str]]]:
-        """Nodes grouped by update period, slowest group first (the outer level's group first)."""
+        """Nodes grouped by update period, slowest group first, by tokens between updates: a level
+        stepped every N > 1 outer steps (the continuum clock, an optimizer level's period) is slower
+        than the outer level, which is slower than every in-context level (or as slow, and then first)."""
+        step_tokens = self.spec.train.batch * self.spec.train.seq_len
         groups: dict[str, list[str]] = {}
-        order: dict[str, float] = {}
+        order: dict[str, tuple[float, bool]] = {}
         for node, attrs in self.nx.nodes(data=True):
             if attrs["kind"] in ("module", "outer", "optimizer_level") or attrs.get("update") == "outer":
-                # modules and whatever the outer optimizer steps every step share the outer group; a level
-                # stepped every N > 1 steps (the continuum clock, an optimizer level's period) has its own
+                # modules and whatever the outer optimizer steps every step share the outer group
                 every_step = attrs["kind"] in ("module", "outer") or attrs.get("period") == "1 step"
                 key = "outer" if every_step else attrs["period"]
-                rank = -1.0 if key == "outer" else 1.0 / (attrs.get("period_tokens") or 1)
             else:
                 key = attrs["period"]
-                rank = 1.0 / attrs["period_tokens"]
+            tokens = step_tokens if key == "outer" else attrs["period_tokens"]
             groups.setdefault(key, []).append(node)
-            order[key] = rank
+            order[key] = (1.0 / tokens, key != "outer")
         return [(key, sorted(groups[key])) for key in sorted(groups, key=lambda k: (order[k], k))]
 
     def to_dict(self) -> dict:

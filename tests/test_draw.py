@@ -147,8 +147,9 @@ def test_output_is_deterministic(monkeypatch):
 def test_frequency_groups_are_nested_clusters_slowest_outermost(monkeypatch):
     graph = shipped_graph("specs/hope.nl", monkeypatch)
     clusters, node_cluster = clusters_of(to_dot(graph))
-    # the 4096-token level is longer than a sequence: the outer optimizer steps it every 4096 / (8 × 256) steps
-    assert clusters == [("every step (outer)", 0), ("every 2 steps", 1), ("every 64 tokens", 2),
+    # the 4096-token level is longer than a sequence: the outer optimizer steps it every 4096 / (8 × 256)
+    # steps, so it is slower than the outer level and encloses it
+    assert clusters == [("every 2 steps", 0), ("every step (outer)", 1), ("every 64 tokens", 2),
                         ("every 16 tokens", 3), ("every 8 tokens", 4)]
     for (_, nodes), (title, _) in zip(graph.frequency_groups(), clusters):
         assert set(nodes) == {node for node, where in node_cluster.items() if where == title}
@@ -412,4 +413,27 @@ def test_levels_stepped_by_the_outer_optimizer_and_nested_followers_are_drawn_as
     assert not nested.nx.has_edge("block.cms.slow", "block.cms")  # only the fastest level's MLP is read
     assert nested.nx.has_edge("block.cms.fast", "block.cms") and nested.nx.has_edge("head", "block.cms.fast")
     m3 = [title for title, _ in clusters_of(to_dot(build_graph(check_file(ROOT / "specs/optimizers/m3.nl").spec)))[0]]
-    assert "every 16 steps" in m3  # M3's slow level writes once every f = 16 outer steps
+    assert m3[:2] == ["every 16 steps", "every step (outer)"]  # M3's slow level writes every f = 16 outer steps
+    frequencies = {node: attrs["frequency"] for node, attrs in graph.nx.nodes(data=True) if attrs.get("frequency")}
+    assert frequencies["outer"] == 1 / (2 * 32) > frequencies["block.cms.slow"] == 1 / (4 * 2 * 32)  # per token
+
+
+def test_what_never_changes_in_training_is_drawn_as_such_and_projections_show_the_gates_they_use():
+    """The checker's W0704 and W0706 cases in the graph: a memory whose period passes a sequence and
+    the slower levels of a nested chain that never move carry a note; a selfmod's projection memories
+    learn with the memory level's gates (Eq. 88), not with their own."""
+    long_memory = checked_graph(SMALL_SPEC.replace("  period = 4\n", "  period = 64\n"))
+    notes = {node: attrs.get("inert") for node, attrs in long_memory.nx.nodes(data=True) if attrs.get("inert")}
+    assert notes == {"block.lmm.level": "never updates within a sequence: its period passes train.seq_len = 32"}
+    nested = checked_graph(SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
+        "level slow { period = 32 }", "level slow { period = 64  lr = 0.5 }"))
+    assert "never moves within a sequence" in nested.nx.nodes["block.cms.slow"]["inert"]
+    assert "never moves within a sequence" in to_dot(nested)
+    selfmod = checked_graph("model m {\n  dim = 16\n  block {\n    selfmod s {\n      adaptive = [k]\n"
+                            "      level memory { period = 8  lr = 0.05  momentum = 0.9 }\n"
+                            "      level projections { period = 4  readout = chunk_start  lr = 0.7  values = given }\n"
+                            "    }\n  }\n}\n")
+    projection = selfmod.nx.nodes["block.s.M_k"]
+    assert projection["gates"] == "η=0.05" and "momentum" not in projection["rule"]  # no momentum asked for
+    flows = [a["label"] for _, _, a in selfmod.nx.in_edges("block.s.M_k", data=True) if a["kind"] == "flow"]
+    assert flows == ["(k, v)"]  # `values = given`: the projection regresses on v itself
