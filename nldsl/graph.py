@@ -62,6 +62,10 @@ class LevelGraph:
             self._model(spec.model)
         if trained is not None:
             self._optimizer(trained, OUTER, "optimizer")
+        elif spec.model is not None and train.optimizer.kind in ("muon", "m3"):
+            from .compiler.optimizers import builtin_config  # imports torch: only for these builtins
+
+            self._optimizer(builtin_config(train.optimizer), OUTER, "optimizer")  # the levels it runs as
         for opt in unused:
             node_id = f"optimizers.{opt.name}"
             label = f"outer level ({opt.name})" if spec.model is None else f"optimizer {opt.name} (not used by train)"
@@ -202,16 +206,18 @@ class LevelGraph:
         if level.init == "learned":
             self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if outer else "meta-learns θ₀")
 
-    def _optimizer(self, opt: S.OptimizerSpec, outer: str, prefix: str) -> None:
-        """The levels of `opt` as nodes `PREFIX.LEVEL`, fed by and read by its outer level `outer`."""
+    def _optimizer(self, opt: Any, outer: str, prefix: str) -> None:
+        """The levels of `opt` as nodes `PREFIX.LEVEL`, fed by and read by its outer level `outer`.
+        `opt` is an `optimizer` section, or the runtime configuration a builtin (muon, m3) runs as."""
         for level in opt.levels:
             node_id = f"{prefix}.{level.name}"
             period_tokens = level.period * self.spec.train.batch * self.spec.train.seq_len
+            steps = level.orthogonalize.steps if isinstance(getattr(level, "orthogonalize", None), S.NewtonSchulz) \
+                else getattr(level, "orthogonalize_steps", 0)
             self.add_node(node_id, kind="optimizer_level", label=level.name,
                           period=f"{level.period} step{'s' if level.period != 1 else ''}",
                           period_tokens=period_tokens, frequency=1.0 / period_tokens, state=level.state,
-                          objective=level.objective,
-                          rule="gd" + (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else ""),
+                          objective=level.objective, rule="gd" + (f"+NS{steps}" if steps else ""),
                           gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
         for level in opt.levels:
             node_id = f"{prefix}.{level.name}"

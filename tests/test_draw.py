@@ -437,3 +437,19 @@ def test_what_never_changes_in_training_is_drawn_as_such_and_projections_show_th
     assert projection["gates"] == "η=0.05" and "momentum" not in projection["rule"]  # no momentum asked for
     flows = [a["label"] for _, _, a in selfmod.nx.in_edges("block.s.M_k", data=True) if a["kind"] == "flow"]
     assert flows == ["(k, v)"]  # `values = given`: the projection regresses on v itself
+
+
+def test_a_builtin_that_runs_as_levels_draws_them():
+    """`train.optimizer = m3` runs as three levels (Algorithm 1) and `muon` as one orthogonalised
+    momentum: the graph shows them as an `optimizer` section's levels would be shown."""
+    m3 = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = m3"))
+    levels = {node: (a["period"], a["rule"]) for node, a in m3.nx.nodes(data=True)
+              if a["kind"] == "optimizer_level" and node.startswith("optimizer.")}  # the file's own are drawn apart
+    assert levels == {"optimizer.fast_momentum": ("1 step", "gd+NS5"),
+                      "optimizer.slow_momentum": ("10 steps", "gd+NS5"), "optimizer.second_moment": ("1 step", "gd")}
+    assert [title for title, _ in clusters_of(to_dot(m3))[0]][:2] == ["every 10 steps", "every step (outer)"]
+    assert m3.nx.has_edge("outer", "optimizer.second_moment") and m3.nx.has_edge("optimizer.slow_momentum", "outer")
+    muon = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = muon"))
+    assert [n for n in muon.nx.nodes if n.startswith("optimizer.")] == ["optimizer.momentum"]
+    adamw = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = adamw"))
+    assert not [n for n in adamw.nx.nodes if n.startswith("optimizer.")]  # torch's own, drawn as the outer level
