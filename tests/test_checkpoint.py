@@ -228,6 +228,14 @@ def test_resume_without_a_latest_pointer_takes_the_newest_complete_checkpoint(tm
     assert found is not None and found.record["step"] == 1_000_000 and "not a complete checkpoint" in warnings[0]
 
 
+def test_a_save_removes_what_a_killed_pointer_write_left(tmp_path):
+    save(tmp_path, 1)
+    leftover = tmp_path / "checkpoints" / ".latest.0123abcd.tmp"  # written, then killed before the rename
+    leftover.write_text("step-000001\n")
+    save(tmp_path, 2)
+    assert not leftover.exists() and (tmp_path / "checkpoints" / "latest").read_text() == "step-000002\n"
+
+
 def test_pruning_keeps_the_newest_by_step_number(tmp_path):
     for step in (999_998, 999_999, 1_000_000, 1_000_001):
         save(tmp_path, step, keep=2)

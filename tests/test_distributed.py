@@ -81,13 +81,20 @@ def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(run_dir / "checkpoints" / "step-000003" / "model.safetensors")
 
 
-def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_run, single_process):
+def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_run, single_process, capsys):
     completed = torchrun(tmp_path / "run", text_file)
     assert completed.returncode == 0, stderr_of(completed)
     assert completed.stdout.count("run folder:") == 1  # only rank 0 speaks
     assert_close(final_parameters(tmp_path / "run"), single_process)
     expected = gradient_norms(single_run)
     assert len(expected) == 3 and gradient_norms(tmp_path / "run") == pytest.approx(expected, rel=TOLERANCE)
+    # resumed by one process: the same batches summed in another order, said so
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000002\n")
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False,
+                             resume=True)
+    T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+    assert "written by 2 process(es) and this run has 1" in capsys.readouterr().out
+    assert_close(final_parameters(tmp_path / "run"), single_process)
 
 
 @pytest.mark.slow
@@ -174,4 +181,29 @@ def test_the_global_batch_must_split_over_the_processes(tmp_path, text_file, mon
     monkeypatch.setattr(distributed, "setup", lambda device, fsdp: distributed.Distributed(0, 3))
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
     with pytest.raises(UserError, match="does not split over 3 processes"):
+        T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+
+
+GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:40123: "
+                  "Connection reset by peer")
+
+
+def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path, text_file, monkeypatch):
+    """A killed torchrun worker makes the others' next collective raise gloo's RuntimeError: the
+    survivors say another process stopped and how to go on (an audit saw 'internal error … a bug
+    in nldsl', exit 3)."""
+    two = distributed.Distributed(0, 2)
+    assert distributed.peer_failed(RuntimeError(GLOO_PEER_GONE), two)
+    assert distributed.peer_failed(torch.distributed.DistBackendError("NCCL communicator was aborted"), two)
+    assert not distributed.peer_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two)
+    assert not distributed.peer_failed(RuntimeError(GLOO_PEER_GONE), distributed.Distributed(0, 1))
+
+    def gone(*_args):
+        raise RuntimeError(GLOO_PEER_GONE)
+
+    monkeypatch.setattr(distributed, "setup", lambda device, fsdp: two)
+    monkeypatch.setattr(T, "_train", gone)
+    options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
+    with pytest.raises(UserError, match=r"another process of this torchrun run stopped \(\[.*Connection reset by "
+                                        r"peer\); .* rerun the same torchrun command with --resume"):
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)

@@ -316,6 +316,20 @@ def test_ctrl_c_inside_an_update_waits_for_the_update_to_finish():
     assert signal.getsignal(signal.SIGINT) is before  # the usual handler is back
 
 
+def test_a_process_that_ignores_ctrl_c_goes_on_ignoring_it_inside_an_update(monkeypatch):
+    # a job started in the background (`&` in a script) inherits SIGINT ignored: an update must not
+    # turn a Ctrl-C meant for others into a stop for this run
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    except KeyboardInterrupt:
+        pytest.fail("an ignored Ctrl-C stopped the update")
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_clock_levels_are_stepped_only_when_their_clock_fires(tmp_path, clock_spec, text_file):
     overrides = ["train.checkpoint_every=1", "train.keep_checkpoints=10", "train.eval_every=0"]
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)

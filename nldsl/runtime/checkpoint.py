@@ -205,6 +205,8 @@ def prune(folder: Path, keep: int) -> None:
             shutil.rmtree(path, ignore_errors=True)
     for path in folder.glob(".step-*"):
         shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(f".{LATEST}.*.tmp"):  # a pointer write killed before its rename
+        path.unlink(missing_ok=True)
 
 
 # Loading ----------------------------------------------------------------------------------------------

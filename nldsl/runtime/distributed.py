@@ -128,6 +128,18 @@ def teardown(context: Distributed, together: bool = True) -> None:
         dist.destroy_process_group()
 
 
+# What a collective raises when another process of the run is gone (killed, out of memory on its
+# device, its machine down): torch's DistError, or gloo's and NCCL's own RuntimeErrors, named by these
+_PEER_FAILURES = ("/gloo/", "NCCL", "Connection reset by peer", "Connection closed by peer")
+
+
+def peer_failed(error: BaseException, context: Distributed) -> bool:
+    """Whether `error` says another process of this torchrun run stopped, not this one failing."""
+    if context.world_size == 1 or not isinstance(error, RuntimeError):
+        return False
+    return isinstance(error, dist.DistError) or any(mark in str(error) for mark in _PEER_FAILURES)
+
+
 def barrier(context: Distributed) -> None:
     if context.active:
         dist.barrier()

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has finished."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread handles signals
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # only the main thread handles signals; a process started to ignore SIGINT goes on ignoring it
         return
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda number, _frame: received.append(number))

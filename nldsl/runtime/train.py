@@ -272,8 +272,12 @@ def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResu
     context = distributed.setup(options.device, options.fsdp)
     try:
         outcome = _train(result, list(overrides), options, context)
-    except BaseException:
+    except BaseException as error:
         distributed.teardown(context, together=False)
+        if distributed.peer_failed(error, context):
+            what = str(error).strip().splitlines()[0][:200]
+            raise UserError(f"another process of this torchrun run stopped ({what}); the run keeps its last "
+                            "regular checkpoint: rerun the same torchrun command with --resume") from None
         raise
     distributed.teardown(context)
     return outcome
@@ -718,6 +722,11 @@ def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions
     continued = _check_same_spec(found, spec, overrides)
     if continued:
         _say(context, f"note: {continued}")
+    written_by = found.record.get("world_size", 1)
+    if written_by != context.world_size:  # each process sums its rows of the batch, then they are averaged
+        _say(context, f"note: the checkpoint was written by {written_by} process(es) and this run has "
+                      f"{context.world_size}: the batches are the same, but their sums run in another order, so the "
+                      "losses agree with an uninterrupted run to float rounding (~1e-7), not bit for bit")
     return found, continued
 
 
