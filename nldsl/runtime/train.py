@@ -275,7 +275,7 @@ def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResu
     except BaseException as error:
         distributed.teardown(context, together=False)
         if distributed.peer_failed(error, context):
-            what = str(error).strip().splitlines()[0][:200]
+            what = str(error).strip().splitlines()[0].split(". ")[0][:200]  # gloo's first sentence says it
             raise UserError(f"another process of this torchrun run stopped ({what}); the run keeps its last "
                             "regular checkpoint: rerun the same torchrun command with --resume") from None
         raise
