@@ -645,8 +645,11 @@ class Checker:
                                + ", ".join(f"`{label}`" for label, c in named if c in matches))
                 return
             if not matches:
+                # a misspelt attribute that names a section (`train.optimzer.lr` for `train.optimizer.lr`)
+                # is suggested too: it is what the path goes through
                 self.bag.error("E0206", f"override path `{shown}`: `{part}` does not exist", attr.key_span,
-                               did_you_mean(part, labels) or f"children here: {', '.join(labels) or 'none'}")
+                               did_you_mean(part, [*labels, *node.attrs])
+                               or f"sections here: {', '.join(labels) or 'none'}")
                 return
             node = matches[0]
         node.attrs[parts[-1]] = attr
@@ -985,8 +988,9 @@ class Converter:
                                f"expected one of: {', '.join(expected)}".lstrip())
                 return
             shown = got if isinstance(got, str) else _spell(got)  # a string may spell an option
+            guess = did_you_mean(shown, expected)
             self.bag.error("E0303", f"`{shown}` is not a valid `{key}`", span,
-                           did_you_mean(shown, expected) or f"expected one of: {', '.join(expected)}")
+                           (f"{guess} " if guess else "") + f"expected one of: {', '.join(expected)}")
             return
         if kind == "union_tag_invalid":
             tags = sorted(_kinds_of(annotation))

@@ -123,10 +123,11 @@ _ENTRIES = (
     _entry(
         "E0103", "unexpected end of file",
         """
-        The file ends in the middle of something: usually a section whose closing `}` is
-        missing, or an attribute without its value. The error points at the end of the file;
-        the unclosed section is usually the last one that was opened without being closed
-        (`nldsl fmt` indents by nesting, which makes it easy to spot).
+        The file ends in the middle of something: a section whose closing `}` is missing, or an
+        attribute without its value. For a missing `}` the error points at the `{` left open:
+        where the braces that follow were borrowed by enclosing sections, the one whose `}`
+        would start a line less indented than its own line; otherwise the innermost. For a
+        missing value it points at the end of the file.
         """,
         """
         model tiny {

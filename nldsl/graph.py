@@ -217,7 +217,8 @@ class LevelGraph:
             self.add_node(node_id, kind="optimizer_level", label=level.name,
                           period=f"{level.period} step{'s' if level.period != 1 else ''}",
                           period_tokens=period_tokens, frequency=1.0 / period_tokens, state=level.state,
-                          objective=level.objective, rule="gd" + (f"+NS{steps}" if steps else ""),
+                          objective=level.objective, rule="gd" + (f"+NS{steps}" if steps else "")
+                          + ("+bias correction" if level.bias_correction else ""),
                           gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
         for level in opt.levels:
             node_id = f"{prefix}.{level.name}"

@@ -206,9 +206,7 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
         token = error.token
         expected = {e for e in error.expected if not e.startswith("__")}
         if token.type == "$END":
-            end = len(source.text)
-            return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
-                              f"expected {describe_expected(expected)}")
+            return _unexpected_end(source, text, expected)
         span = _span(source, token)
         hint = f"expected {describe_expected(expected)}"
         unfinished = UNFINISHED_ATTRIBUTE.search(text[:token.start_pos])
@@ -220,10 +218,54 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
             hint += "; a section is written `kind name { ... }`"
         return Diagnostic("E0101", f"unexpected {_token_text(token)}", span, hint)
     if isinstance(error, lark.exceptions.UnexpectedEOF):
-        end = len(source.text)
-        return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
-                          f"expected {describe_expected(set(error.expected))}")
+        return _unexpected_end(source, text, set(error.expected))
     return Diagnostic("E0101", "syntax error", source.span(0, 0))
+
+
+def _unexpected_end(source: SourceFile, text: str, expected: set[str]) -> Diagnostic:
+    """E0103 at the end of the file, naming the `{` left open when that is why (in a long spec the
+    end of the file is far from the section that lacks its `}`)."""
+    end = len(source.text)
+    opened = _unclosed_brace(text) if "RBRACE" in expected else None  # not when a value is what is missing
+    if opened is None:
+        return Diagnostic("E0103", "unexpected end of file", source.span(end, end),
+                          f"expected {describe_expected(expected)}")
+    line, column = source.position(opened)
+    return Diagnostic("E0103", f"unexpected end of file: the `{{` at line {line}, column {column} is never closed",
+                      source.span(opened, opened + 1), "close the section with `}`")
+
+
+def _unclosed_brace(text: str) -> int | None:
+    """The offset of the `{` that lacks its `}` (strings and comments skipped), or None.
+
+    Counting alone blames the outermost section, whose `}` the others' borrowed; the indentation
+    says better: a `}` that starts a line less indented than the line of the `{` it would close
+    belongs to an enclosing section, and that `{` is the one left open."""
+    def indent(offset: int) -> int:
+        start = text.rfind("\n", 0, offset) + 1
+        return len(text[start:offset]) - len(text[start:offset].lstrip(" \t"))
+
+    opened: list[int] = []
+    left_open: list[int] = []
+    at = 0
+    while at < len(text):
+        char = text[at]
+        if char == "#":
+            newline = text.find("\n", at)
+            at = len(text) if newline < 0 else newline
+        elif char == '"':
+            at += 1
+            while at < len(text) and text[at] not in '"\n':
+                at += 2 if text[at] == "\\" else 1
+        elif char == "{":
+            opened.append(at)
+        elif char == "}" and opened:
+            starts_line = not text[text.rfind("\n", 0, at) + 1:at].strip()
+            while starts_line and len(opened) > 1 and indent(opened[-1]) > indent(at):
+                left_open.append(opened.pop())
+            opened.pop()
+        at += 1
+    return (left_open or opened[-1:] or [None])[0]
 
 
 def _misspelt_keyword(source: SourceFile, text: str, error: lark.exceptions.UnexpectedInput

@@ -445,6 +445,10 @@ def test_a_builtin_that_runs_as_levels_draws_them():
     m3 = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = m3"))
     levels = {node: (a["period"], a["rule"]) for node, a in m3.nx.nodes(data=True)
               if a["kind"] == "optimizer_level" and node.startswith("optimizer.")}  # the file's own are drawn apart
+    assert m3.nx.nodes["optimizers.two_moments.second_moment"]["rule"] == "gd"
+    adam_like = checked_graph(SMALL_SPEC.replace("flow = squared_gradients", "flow = squared_gradients  "
+                                                                             "bias_correction = true"))
+    assert adam_like.nx.nodes["optimizer.second_moment"]["rule"] == "gd+bias correction"
     assert levels == {"optimizer.fast_momentum": ("1 step", "gd+NS5"),
                       "optimizer.slow_momentum": ("10 steps", "gd+NS5"), "optimizer.second_moment": ("1 step", "gd")}
     assert [title for title, _ in clusters_of(to_dot(m3))[0]][:2] == ["every 10 steps", "every step (outer)"]
