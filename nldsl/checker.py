@@ -37,6 +37,7 @@ from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
+MAX_EXPANDED_SECTIONS = 10_000  # sections expanded through `from`: a real model has tens; bounds a check's time
 
 # Layer names become attribute names of generated nn.Modules: Python keywords, the methods and
 # attributes of torch.nn.Module (listed here so that checking never imports torch) and the
@@ -276,6 +277,9 @@ class Checker:
         self.constant_uses: list[Span] = []
         self.inheriting: list[Span] = []
         self.too_deep_reported = False
+        # Sections inheriting from two copies of one that does the same double at each line: a
+        # kilobyte of `from` could expand into millions of sections, so the expansion is counted
+        self.expanded = 0
 
     # 1. loading ------------------------------------------------------------------------------
 
@@ -658,6 +662,14 @@ class Checker:
 
     def expand(self, section: ast.Section, ns: Namespace, chain: tuple[str, ...] = ()) -> Tree:
         tree = Tree(section.kind, section.name, section.span, section.header_span)
+        self.expanded += 1
+        if self.expanded > MAX_EXPANDED_SECTIONS:
+            if self.expanded == MAX_EXPANDED_SECTIONS + 1:
+                self.bag.error("E0104", f"the sections expand into more than {MAX_EXPANDED_SECTIONS:,} through `from`",
+                               self.inheriting[0] if self.inheriting else section.header_span,
+                               "inherit from fewer copies of sections that themselves inherit twice or more")
+            tree.incomplete = True
+            return tree
         if section.base is not None:
             base = self.find_section(section.base, ns)
             tree.incomplete = True  # until the base is inherited
@@ -1438,8 +1450,10 @@ class Converter:
             return
         span = tree.attrs["heads"].span if "heads" in tree.attrs else tree.header
         if dim % heads:
+            given = self.set_by_override(tree.attrs["heads"]) if "heads" in tree.attrs else None
             self.bag.error("E0503", f"{heads} heads do not divide the model width {dim}", span,
-                           f"choose heads among: {', '.join(str(h) for h in _divisors(dim)[:8])}")
+                           f"choose heads among: {', '.join(str(h) for h in _divisors(dim)[:8])}"
+                           + (f" ({given})" if given else ""))
         elif need_even and (dim // heads) % 2:
             self.bag.error("E0503", f"rotary embeddings need an even head width, got {dim // heads}", span,
                            "change `heads`, or set `rope = false`")

@@ -145,7 +145,9 @@ _ENTRIES = (
         "E0104", "nesting too deep",
         """
         Sections or expressions are nested more than 64 levels deep, or a chain of `from`
-        (a section inheriting from one that inherits from another, …) is longer than 64.
+        (a section inheriting from one that inherits from another, …) is longer than 64, or
+        the sections expand through `from` into more than 10,000 (each line of sections that
+        inherit from two copies of the line before doubles the count).
         Constants defined through other constants may chain without limit, in any order. No
         real spec comes close: a model is a handful of sections deep and an arithmetic
         expression a few operators long. The limit keeps the checker (which walks the tree

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import math
 import numbers
 import os
 import sys
@@ -42,7 +43,10 @@ def _spec_value(value: Any) -> str:
     if isinstance(value, numbers.Integral):
         return repr(int(value))  # numpy and torch integers print as the spec's integers
     if isinstance(value, numbers.Real):
-        return repr(float(value))
+        try:
+            return repr(float(value))
+        except OverflowError:  # a Fraction or Decimal past a float's range: as inf, which the checker refuses
+            return repr(math.inf if value > 0 else -math.inf)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_spec_value(item) for item in value) + "]"
     return repr(value)  # anything else: the checker reports it against the override

@@ -21,6 +21,7 @@ else) and its fixed version checks without a single diagnostic.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +277,26 @@ def test_sections_nested_too_deep_get_help_about_sections_not_expressions():
     result = check_text(f"model {{ dim = 8 block {{ {deep} }} }}\n", "deep.nl")
     [diagnostic] = result.diagnostics
     assert diagnostic.code == "E0104" and "sections" in diagnostic.help and "expression" not in diagnostic.help
+
+
+def test_sections_that_inherit_twice_per_line_are_refused_in_bounded_time():
+    # each line inherits two copies of the line before: 15 lines of 60 bytes expand into 2^15
+    # sections, which took seconds per line added before the expansion was counted
+    lines = "".join(f"parallel p{i} {{ parallel a from p{i - 1} {{ }} parallel b from p{i - 1} {{ }} }}\n"
+                    for i in range(1, 16))
+    text = (f"parallel p0 {{ mlp {{ }} mlp {{ }} }}\n{lines}"
+            "model m { dim = 8\n block { parallel from p15 { } } }\n")
+    started = time.perf_counter()
+    result = check_text(text, "doubling.nl")
+    assert time.perf_counter() - started < 2
+    [diagnostic] = [d for d in result.diagnostics if d.code == "E0104"]
+    assert "expand into more than 10,000" in diagnostic.message and 2 <= diagnostic.span.line <= 16  # a `from`
+
+
+def test_heads_that_do_not_divide_because_of_an_override_name_it():
+    result = check_file(PACKAGE_DIR.parent / "specs/hope.nl", ["heads=10"])
+    [diagnostic] = [d for d in result.diagnostics if d.code == "E0503"]
+    assert diagnostic.span.path.endswith("hope.nl") and "the value comes from `--set heads=10`" in diagnostic.help
 
 
 def test_python_keyword_overrides_are_written_as_the_spec_language_writes_them():

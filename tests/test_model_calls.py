@@ -10,6 +10,7 @@ on the CPU for every kind of level, the exact delta kernel and the fused write i
 from __future__ import annotations
 
 import copy
+import fractions
 import io
 import re
 
@@ -173,6 +174,9 @@ def test_load_takes_any_real_number_for_a_keyword_override() -> None:
     assert model.spec.model.dim == 32
     numpy = pytest.importorskip("numpy")
     assert nldsl.load("specs/titans_lmm.nl", dim=numpy.int64(32)).spec.model.dim == 32
+    for huge in (fractions.Fraction(10**400, 3), -fractions.Fraction(10**400, 3)):  # past a float: refused
+        with pytest.raises(nldsl.diagnostics.SpecError, match="inf"):  # (float() of it raised OverflowError)
+            nldsl.load("specs/titans_lmm.nl", dim=huge)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # e.g. torch's "cannot dispatch to fused rms_norm"
