@@ -416,7 +416,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
             guess = did_you_mean(name, names)
             out.append(Diagnostic("E0201", f"the update reads `{name}`, which is not a level of this optimizer",
                                   span or header, (f"{guess} " if guess else "")
-                                  + f"its levels: {', '.join(f'`{n}`' for n in names)}"))
+                                  + f"its levels: {', '.join(f'`{n}`' for n in sorted(names))}"))
         read.add(name)
     read |= {level.flow for level in opt.levels}
     for level in opt.levels:

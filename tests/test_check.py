@@ -293,6 +293,22 @@ def test_sections_that_inherit_twice_per_line_are_refused_in_bounded_time():
     assert "expand into more than 10,000" in diagnostic.message and 2 <= diagnostic.span.line <= 16  # a `from`
 
 
+def test_hints_name_what_is_there():
+    """The help of three errors a newcomer meets: a misspelt attribute in an override path, an
+    invalid option (its did-you-mean and the valid ones), an update reading a level that is not there."""
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    [path] = check_file(hope, ["train.optimzer.lr=1"]).diagnostics
+    assert path.code == "E0206" and path.help == "did you mean `optimizer`?"
+    [option] = check_text("model m {\n  dim = 16\n  block { selfmod { adaptive = [k, beta]\n"
+                          "    level memory { } level projections { readout = chunk_start } } }\n}\n",
+                          "a.nl").diagnostics
+    assert option.help == "did you mean `eta`? expected one of: k, v, q, eta, alpha"
+    text = ("optimizer o {\n  level m { }\n  level v { flow = squared_gradients }\n  update = m / sqrt(vv)\n}\n"
+            "model m {\n  dim = 16\n  block { mlp { } }\n}\ntrain { optimizer = o }\n")
+    [update] = [d for d in check_text(text, "o.nl").diagnostics if d.code == "E0201"]
+    assert update.help == "did you mean `v`? its levels: `m`, `v`"
+
+
 def test_heads_that_do_not_divide_because_of_an_override_name_it():
     result = check_file(PACKAGE_DIR.parent / "specs/hope.nl", ["heads=10"])
     [diagnostic] = [d for d in result.diagnostics if d.code == "E0503"]

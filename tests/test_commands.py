@@ -74,6 +74,16 @@ def run_dir(tmp_path_factory, text_file) -> Path:
     return folder / "run"
 
 
+def test_files_to_evaluate_come_as_documents_and_a_one_token_text_is_named(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("    indented = 1\n")
+    second.write_text("    more = 2\n")
+    # one piece per file, as training encodes documents (a BPE merge must not cross the separator)
+    assert E.files_text([str(first), str(second)], "utf-8") == ["    indented = 1\n" + D.SEPARATOR, "    more = 2\n"]
+    with pytest.raises(UserError, match="the evaluation text has 1 token but one window needs"):
+        D.require_windows(D.tokenize(D.ByteTokenizer(), ["x"]), 16, "evaluation")
+
+
 def test_eval_reports_loss_perplexity_and_bits_per_byte_as_defined(run_dir, text_file, capsys):
     assert main(["eval", str(run_dir), "--data", str(text_file), "--batches", "3"]) == 0
     out = capsys.readouterr().out

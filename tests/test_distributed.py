@@ -185,7 +185,7 @@ def test_the_global_batch_must_split_over_the_processes(tmp_path, text_file, mon
 
 
 GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:40123: "
-                  "Connection reset by peer")
+                  "Connection reset by peer. This is typically caused by a remote worker hanging")
 
 
 def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path, text_file, monkeypatch):
@@ -194,7 +194,7 @@ def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path,
     in nldsl', exit 3)."""
     two = distributed.Distributed(0, 2)
     assert distributed.peer_failed(RuntimeError(GLOO_PEER_GONE), two)
-    assert distributed.peer_failed(torch.distributed.DistBackendError("NCCL communicator was aborted"), two)
+    assert distributed.peer_failed(torch.distributed.DistBackendError("communicator was aborted"), two)
     assert not distributed.peer_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two)
     assert not distributed.peer_failed(RuntimeError(GLOO_PEER_GONE), distributed.Distributed(0, 1))
 
@@ -205,5 +205,6 @@ def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path,
     monkeypatch.setattr(T, "_train", gone)
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
     with pytest.raises(UserError, match=r"another process of this torchrun run stopped \(\[.*Connection reset by "
-                                        r"peer\); .* rerun the same torchrun command with --resume"):
+                                        r"peer\); .* rerun the same torchrun command with --resume") as raised:
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+    assert "typically caused" not in str(raised.value)  # gloo's first sentence only

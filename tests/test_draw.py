@@ -429,12 +429,21 @@ def test_what_never_changes_in_training_is_drawn_as_such_and_projections_show_th
         "level slow { period = 32 }", "level slow { period = 64  lr = 0.5 }"))
     assert "never moves within a sequence" in nested.nx.nodes["block.cms.slow"]["inert"]
     assert "never moves within a sequence" in to_dot(nested)
-    selfmod = checked_graph("model m {\n  dim = 16\n  block {\n    selfmod s {\n      adaptive = [k]\n"
-                            "      level memory { period = 8  lr = 0.05  momentum = 0.9 }\n"
-                            "      level projections { period = 4  readout = chunk_start  lr = 0.7  values = given }\n"
-                            "    }\n  }\n}\n")
+    still = checked_graph(SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
+        "level fast { period = 8 }", "level fast { period = 64 }").replace(
+        "level slow { period = 32 }", "level slow { period = 128  lr = 0.5 }"))
+    assert still.nx.nodes["block.cms.slow"]["inert"].startswith("never moves: the fastest level `fast`")
+    selfmod_text = ("model m {\n  dim = 16\n  block {\n    selfmod s {\n      adaptive = [k]\n"
+                    "      level memory { period = 8  lr = 0.05  momentum = 0.9 }\n"
+                    "      level projections { period = 4  readout = chunk_start  lr = 0.7  values = given }\n"
+                    "    }\n  }\n}\ntrain { seq_len = 32 }\n")
+    selfmod = checked_graph(selfmod_text)
     projection = selfmod.nx.nodes["block.s.M_k"]
     assert projection["gates"] == "η=0.05" and "momentum" not in projection["rule"]  # no momentum asked for
+    with_momentum = checked_graph(selfmod_text.replace("values = given", "values = given  momentum = 0.5"))
+    assert with_momentum.nx.nodes["block.s.M_k"]["gates"] == "η=0.05, β=0.9"  # the memory level's β, not 0.5
+    slow_projections = checked_graph(selfmod_text.replace("period = 4", "period = 64"))
+    assert slow_projections.nx.nodes["block.s.M_k"]["inert"].startswith("never updates within a sequence")
     flows = [a["label"] for _, _, a in selfmod.nx.in_edges("block.s.M_k", data=True) if a["kind"] == "flow"]
     assert flows == ["(k, v)"]  # `values = given`: the projection regresses on v itself
 

@@ -174,8 +174,8 @@ def test_load_takes_any_real_number_for_a_keyword_override() -> None:
     assert model.spec.model.dim == 32
     numpy = pytest.importorskip("numpy")
     assert nldsl.load("specs/titans_lmm.nl", dim=numpy.int64(32)).spec.model.dim == 32
-    for huge in (fractions.Fraction(10**400, 3), -fractions.Fraction(10**400, 3)):  # past a float: refused
-        with pytest.raises(nldsl.diagnostics.SpecError, match="inf"):  # (float() of it raised OverflowError)
+    for huge, shown in ((fractions.Fraction(10**400, 3), "dim = inf"), (-fractions.Fraction(10**400, 3), "dim = -inf")):
+        with pytest.raises(nldsl.diagnostics.SpecError, match=shown):  # past a float (float() raised OverflowError)
             nldsl.load("specs/titans_lmm.nl", dim=huge)
 
 
