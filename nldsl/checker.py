@@ -32,7 +32,7 @@ from pydantic import TypeAdapter
 
 from . import ast
 from . import spec as S
-from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean
+from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean, did_you_mean_among
 from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
@@ -1000,9 +1000,8 @@ class Converter:
                                f"expected one of: {', '.join(expected)}".lstrip())
                 return
             shown = got if isinstance(got, str) else _spell(got)  # a string may spell an option
-            guess = did_you_mean(shown, expected)
             self.bag.error("E0303", f"`{shown}` is not a valid `{key}`", span,
-                           (f"{guess} " if guess else "") + f"expected one of: {', '.join(expected)}")
+                           did_you_mean_among(shown, expected, f"expected one of: {', '.join(expected)}"))
             return
         if kind == "union_tag_invalid":
             tags = sorted(_kinds_of(annotation))

@@ -98,6 +98,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     return f"did you mean `{match}`?" if match else None
 
 
+def did_you_mean_among(name: str, candidates: Sequence[str], listing: str) -> str:
+    """The closest known name when one is close enough, then `listing` (what the valid names are)."""
+    guess = did_you_mean(name, candidates)
+    return f"{guess} {listing}" if guess else listing
+
+
 # Control characters but newline and tab, and DEL and the C1 controls: a spec's text or a model's
 # bytes may hold a terminal escape sequence, which must not reach a terminal as one.
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -412,11 +412,11 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     read: set[str] = set()
     for name, span in _level_refs(update):
         if name not in names:
-            from .diagnostics import did_you_mean
-            guess = did_you_mean(name, names)
+            from .diagnostics import did_you_mean_among
+            levels = sorted(names)
+            listing = f"its levels: {', '.join(f'`{n}`' for n in levels)}"
             out.append(Diagnostic("E0201", f"the update reads `{name}`, which is not a level of this optimizer",
-                                  span or header, (f"{guess} " if guess else "")
-                                  + f"its levels: {', '.join(f'`{n}`' for n in sorted(names))}"))
+                                  span or header, did_you_mean_among(name, levels, listing)))
         read.add(name)
     read |= {level.flow for level in opt.levels}
     for level in opt.levels:

@@ -79,7 +79,8 @@ def test_files_to_evaluate_come_as_documents_and_a_one_token_text_is_named(tmp_p
     first.write_text("    indented = 1\n")
     second.write_text("    more = 2\n")
     # one piece per file, as training encodes documents (a BPE merge must not cross the separator)
-    assert E.files_text([str(first), str(second)], "utf-8") == ["    indented = 1\n" + D.SEPARATOR, "    more = 2\n"]
+    pieces = E.files_documents([str(first), str(second)], "utf-8")
+    assert pieces == ["    indented = 1\n" + D.SEPARATOR, "    more = 2\n"]
     with pytest.raises(UserError, match="the evaluation text has 1 token but one window needs"):
         D.require_windows(D.tokenize(D.ByteTokenizer(), ["x"]), 16, "evaluation")
 
@@ -88,7 +89,7 @@ def test_eval_reports_loss_perplexity_and_bits_per_byte_as_defined(run_dir, text
     assert main(["eval", str(run_dir), "--data", str(text_file), "--batches", "3"]) == 0
     out = capsys.readouterr().out
     loaded = E.load_model(run_dir, CPU)
-    tokens = loaded.tokenizer.encode("".join(E.files_text([str(text_file)], "utf-8")))
+    tokens = loaded.tokenizer.encode("".join(E.files_documents([str(text_file)], "utf-8")))
     starts = D.evaluation_starts(len(tokens), 16, 3 * 2)
     inputs, targets = D.windows(tokens, starts, 16)
     with torch.no_grad():
@@ -506,7 +507,7 @@ def test_the_warning_that_the_validation_text_differs_goes_to_stderr(run_dir, ca
 
     record = json.loads(sorted((run_dir / "checkpoints").glob("step-*"))[-1].joinpath("record.json").read_text())
     record["data"]["validation_sha256"] = "0" * 64
-    E.validation_text(record)
+    E.validation_documents(record)
     out, err = capsys.readouterr()
     assert "validation text differs" in err and out == ""
 
@@ -544,7 +545,7 @@ def test_generated_control_characters_reach_a_terminal_escaped():
 def test_a_run_whose_data_moved_is_told_to_pass_data(tmp_path):
     record = {"data": {"source": {"kind": "files", "paths": [str(tmp_path / "moved.txt")], "encoding": "utf-8"}}}
     with pytest.raises(UserError, match=r"moved\.txt does not exist: .*pass --data"):
-        E.validation_text(record)
+        E.validation_documents(record)
 
 
 def test_eval_needs_no_optimizer_state_and_follows_the_latest_pointer(run_dir, tmp_path, capsys):

@@ -54,21 +54,21 @@ def _load(args: argparse.Namespace):
     return load_model(args.target, check_device(args.device))
 
 
-def _text(args: argparse.Namespace, loaded) -> tuple[list[str], str]:
+def _documents(args: argparse.Namespace, loaded) -> tuple[list[str], str]:
     """The text a command reads (--data files, else the run's validation split), in pieces, one per
     document, and its description."""
-    from nldsl.runtime.evaluate import files_text, validation_text
+    from nldsl.runtime.evaluate import files_documents, validation_documents
 
     if args.data:
-        return files_text(args.data, args.data_encoding), f"{len(args.data)} path(s) from --data"
-    return validation_text(loaded.checkpoint.record), "the run's validation split"
+        return files_documents(args.data, args.data_encoding), f"{len(args.data)} path(s) from --data"
+    return validation_documents(loaded.checkpoint.record), "the run's validation split"
 
 
 def eval_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.evaluate import evaluate_text
 
     loaded = _load(args)
-    pieces, what = _text(args, loaded)
+    pieces, what = _documents(args, loaded)
     evaluation = evaluate_text(loaded, pieces, args.batches, progress=not args.no_progress)
     print(f"checkpoint {loaded.checkpoint.path} (step {loaded.checkpoint.record['step']}) on {what}")
     print(evaluation.line())
@@ -113,7 +113,7 @@ def stream_command(args: argparse.Namespace) -> int:
         _check_replaceable_state(Path(args.state_out))
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
-    pieces, what = _text(args, loaded)
+    pieces, what = _documents(args, loaded)
     tokens = loaded.tokenizer.encode("".join(pieces))  # one text: a stream does not know where documents end
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens + 1]

@@ -107,7 +107,7 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
 
 
-def validation_text(record: dict[str, Any]) -> list[str]:
+def validation_documents(record: dict[str, Any]) -> list[str]:
     """The validation split of the run a checkpoint belongs to, read again from its recorded source, in
     the pieces training encoded one by one (`Split`: each document with its separator)."""
     source = record["data"]["source"]
@@ -128,7 +128,7 @@ def validation_text(record: dict[str, Any]) -> list[str]:
     return split.validation
 
 
-def files_text(paths: list[str], encoding: str) -> list[str]:
+def files_documents(paths: list[str], encoding: str) -> list[str]:
     """The user's files for eval and stream, separated as in training but with nothing after the last, so
     that a text cut into two files streams exactly as the whole; as pieces, one per document."""
     documents = D.user_corpus(paths, encoding, once_each=False)  # a text twice: fine
