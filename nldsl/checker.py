@@ -22,7 +22,7 @@ import math
 import re
 import typing
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,21 @@ class Attr:
     span: Span  # the whole attribute
     key_span: Span
     ns: Namespace
-    origin: str  # "file:line" or "--set key=value"
+    origin: str  # "file:line", "--set key=value" or a keyword of nldsl.load, "key=value"
+
+
+class Override(str):
+    """An override's `key=value` text, and how the user wrote it: diagnostics name a keyword of
+    `nldsl.load` as the keyword (`<keyword dim>`, `dim='abc'`), not as a `--set` the user never typed.
+    A plain str is a command line's `--set`."""
+
+    origin: str | None = None  # None: `--set TEXT`
+    label: str | None = None  # the file name its diagnostics show; None: `<--set N>`
+
+    def __new__(cls, text: str, origin: str | None = None, label: str | None = None) -> Override:
+        override = super().__new__(cls, text)
+        override.origin, override.label = origin, label
+        return override
 
 
 @dataclass
@@ -269,7 +283,12 @@ class Checker:
         self.loading: list[str] = []
         self.provenance: dict[str, str] = {}
         self.overridden: set[tuple[int, str]] = set()  # (id of the defining namespace, constant) set by --set
+        self.override_origins: set[str] = set()  # each override's origin ("--set dim=32", "dim=32")
+        self.override_paths: set[str] = set()  # the file names its diagnostics show ("<--set 1>")
         self.spans: dict[str, Span] = {}
+        # (attribute span, spec path of its section) for each attribute written in another file than
+        # the section that uses it: a problem there is noted with the line that imports it.
+        self.inherited_attrs: list[tuple[Span, str]] = []
         self.optimizer_overrides: list[tuple[list[str], Attr]] = []  # `--set train.optimizer.X=…`
         # Chains of constants and of `from` are followed recursively, so their depth is bounded like
         # the nesting of sections; the one chain that is too deep is reported, not every link of it.
@@ -315,10 +334,34 @@ class Checker:
                     self.evaluate_constants(namespace)
             self.evaluate_constants(ns)
             spec = self.build_spec(ns, text, path_overrides, overrides)
+            self.note_use_sites(path)
         diagnostics = self.bag.sorted()
         if any(d.severity == "error" for d in diagnostics):
             spec = None
         return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans)
+
+    def note_use_sites(self, root: str) -> None:
+        """A problem in an attribute another file wrote (`level from lib.mem`) points at that file's
+        line; a note names the sections of the root file that use it, which the user may not see
+        from the imported line alone (one imported level can serve several sections)."""
+        for index, diagnostic in enumerate(self.bag.items):
+            span = diagnostic.span
+            if span is None or span.path == root or diagnostic.notes:
+                continue
+            users: dict[str, Span] = {}
+            for attr_span, path in self.inherited_attrs:
+                if attr_span.path != span.path or not (attr_span.start <= span.start and span.end <= attr_span.end):
+                    continue
+                parts = path.split(".")
+                while parts and (".".join(parts) not in self.spans or self.spans[".".join(parts)].path != root):
+                    parts.pop()  # up to the nearest section the root file writes
+                if parts:
+                    users[".".join(parts)] = self.spans[".".join(parts)]
+            if users:  # the first in the file is where it is imported; the rest inherit from it
+                (first, header), *rest = sorted(users.items(), key=lambda item: (item[1].line, item[1].column))
+                more = f" (and {len(rest)} more section{'s' if len(rest) > 1 else ''})" if rest else ""
+                note = f"used by `{first}` at {header.path}:{header.line}{more}"
+                self.bag.items[index] = replace(diagnostic, notes=(note,))
 
     def folded_in_root(self, value: ast.Expr, root: Namespace) -> ast.Expr:
         """An override's value read where the user wrote it, the root file: `--set dim=width` sets a
@@ -567,7 +610,7 @@ class Checker:
         """The `--set` overrides of the constants an attribute's value names, where the name is the
         overridden constant itself (not another file's constant of the same name)."""
         return sorted({self.provenance[name] for name in _names_in(attr.value)
-                       if self.provenance.get(name, "").startswith("--set")
+                       if self.provenance.get(name) in self.override_origins
                        and (id(attr.ns.definer(name)), name) in self.overridden})
 
     def origin_of(self, attr: Attr) -> str:
@@ -581,10 +624,12 @@ class Checker:
         consts: dict[str, tuple[ast.Expr, Span, str]] = {}
         paths: list[tuple[list[str], Attr]] = []
         for index, text in enumerate(overrides):
-            origin = f"--set {text}"
+            origin = getattr(text, "origin", None) or f"--set {text}"
+            path = getattr(text, "label", None) or f"<--set {index + 1}>"
+            self.override_origins.add(origin)
+            self.override_paths.add(path)
             key, sep, value_text = text.partition("=")
             key = key.strip()
-            path = f"<--set {index + 1}>"
             source = SourceFile.from_text(path, f"{key} = {value_text.strip()}")
             self.sources[path] = source
             if not sep or not key or not value_text.strip():
@@ -822,7 +867,9 @@ class Checker:
         origin = f" (set at {where.path}:{where.line})" if where is not None else " (the default)"
         self.bag.error("E0508", f"the tokenizer `{written}` has {vocab} tokens but model.vocab is "
                                 f"{model.vocab}{origin}", span,
-                       f"add --set model.vocab={vocab}" if span.path.startswith("<--set") else
+                       (f"add --set model.vocab={vocab}" if span.path.startswith("<--set")
+                        else f"add the keyword model__vocab={vocab}")
+                       if span.path in self.override_paths else
                        f"set `vocab = {vocab}` in the model")
 
 
@@ -870,6 +917,8 @@ class Converter:
         ok = True
         self.checker.spans[path] = tree.header
         for key, attr in tree.attrs.items():
+            if attr.span.path != tree.header.path:
+                self.checker.inherited_attrs.append((attr.span, path))
             if key not in allowed:
                 where = context or f"`{tree.kind}`"
                 self.bag.error("E0203", f"unknown attribute `{key}` in {where}", attr.key_span,
@@ -955,7 +1004,7 @@ class Converter:
         """Where a value written in the spec takes a constant from the command line: the error points
         at the spec's line, and this says which `--set` gave it its value."""
         overrides = self.checker.overrides_read(attr)
-        if attr.origin.startswith("--set") or not overrides:
+        if attr.origin in self.checker.override_origins or not overrides:
             return None
         return f"the value comes from `{'`, `'.join(overrides)}`"
 
@@ -1424,7 +1473,7 @@ class Converter:
         the user's to remove, and a copy of the memory level's value misleads no one."""
         for gate in ("lr", "retention", "momentum"):
             attr = tree.attrs.get(gate)
-            if attr is None or not (attr.origin.startswith("--set") or _inside(attr.span, tree.span)) \
+            if attr is None or not (attr.origin in self.checker.override_origins or _inside(attr.span, tree.span)) \
                     or getattr(projections, gate) == getattr(memory, gate) \
                     or (gate == "momentum" and None in (memory.momentum, projections.momentum)):
                 # a memory level without momentum: E0601 says what to do; `none` turns theirs off

@@ -27,8 +27,13 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
     if isinstance(overrides, (str, bytes, Mapping)) or not all(isinstance(item, str) for item in out):
         raise TypeError("overrides must be a list of 'key=value' strings, e.g. ['dim=64'], or keyword "
                         f"arguments, e.g. dim=64; got {type(overrides).__name__} {overrides!r}")
+    from .checker import Override
+
     for key, value in values.items():
-        out.append(f"{key.replace('__', '.')}={_spec_value(value)}")
+        # Diagnostics name a keyword as the user wrote it, not as a `--set` they never typed (the
+        # strings of `overrides` are the command line's and read as `--set`).
+        out.append(Override(f"{key.replace('__', '.')}={_spec_value(value)}",
+                            origin=f"{key}={value!r}", label=f"<keyword {key}>"))
     return out
 
 

@@ -325,6 +325,53 @@ def test_python_keyword_overrides_are_written_as_the_spec_language_writes_them()
     assert result.ok, _messages(result)
 
 
+def test_a_problem_in_an_imported_level_names_the_section_that_uses_it(tmp_path):
+    (tmp_path / "lib.nl").write_text("level mem {\n  state = linear\n  rule = dgdx\n}\n")
+    (tmp_path / "main.nl").write_text('import "lib.nl" as lib\nmodel m {\n  dim = 16\n  block {\n'
+                                      "    memory a {\n      level from lib.mem { }\n    }\n  }\n}\n")
+    [error] = _errors(check_file(tmp_path / "main.nl"))
+    assert (error.code, error.span.path, error.span.line) == ("E0303", str(tmp_path / "lib.nl"), 3)
+    assert error.notes == (f"used by `model.block.a.level` at {tmp_path / 'main.nl'}:6",)
+    assert not _errors(check_file(tmp_path / "lib.nl"))[0].notes, "checked alone, nothing imports it"
+    # HOPE's memory, its projections and their templates all inherit Titans' level: the note names
+    # the first, the line that imports it, and counts the rest
+    for name in ("hope.nl", "titans_lmm.nl"):
+        (tmp_path / name).write_text((PACKAGE_DIR.parent / "specs" / name).read_text())
+    lmm = tmp_path / "titans_lmm.nl"
+    lmm.write_text(lmm.read_text().replace("  objective = l2", "  objective = l3"))
+    [error] = _errors(check_file(tmp_path / "hope.nl"))
+    assert error.notes == (f"used by `hope_memory` at {tmp_path / 'hope.nl'}:17 (and 4 more sections)",)
+
+
+def test_a_keyword_of_nldsl_load_is_named_as_the_keyword_not_as_a_set():
+    from nldsl.loader import override_strings
+
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    result = check_file(hope, override_strings(["train.steps=5"], train__stepz=3, heads=7))
+    by_code = {d.code: d for d in result.diagnostics}
+    assert by_code["E0203"].span.path == "<keyword train__stepz>", "the keyword, not `<--set 2>`"
+    assert by_code["E0503"].help.endswith("(the value comes from `heads=7`)")
+    [vocab] = [d for d in check_file(hope, override_strings(train__tokenizer=_Raw("bpe(512)"))).diagnostics
+               if d.code == "E0508"]
+    assert vocab.help == "add the keyword model__vocab=512"
+    [vocab] = [d for d in check_file(hope, ["train.tokenizer=bpe(512)"]).diagnostics if d.code == "E0508"]
+    assert vocab.span.path == "<--set 1>" and vocab.help == "add --set model.vocab=512", "a --set stays a --set"
+
+
+def _errors(result) -> list[Diagnostic]:
+    return [d for d in result.diagnostics if d.severity == "error"]
+
+
+class _Raw:
+    """A value whose repr is spec text (a call), as an object the keyword writer passes on as is."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 @pytest.mark.parametrize(("target", "reason"), [
     ("a\0b.nl", "the path holds a NUL character"), ("folder", "it is a folder"),
     ("loop.nl", ""),  # Python 3.11 fails to resolve it, later versions to read it
