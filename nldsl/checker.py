@@ -827,7 +827,7 @@ class Checker:
         from .semantics import check_layer
         seq_len = train.seq_len if train is not None else S.TrainSpec().seq_len
         for path, layer in converter.layers:
-            self.bag.extend(check_layer(layer, path, self.spans, seq_len))
+            self.bag.extend(check_layer(layer, path, self.spans, seq_len, model.dim if model is not None else None))
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
         for name, value in ns.consts.items():

@@ -1214,6 +1214,39 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0709", "delta gradient descent that grows the state on a wide input",
+        """
+        `rule = dgd` adds the decay θ(αI − η x xᵀ) to each write (Eq. 57/88). It scales the state's
+        component along the input x by α − η‖x‖². Eq. 57 assumes normalised keys, but a `cms`
+        level's input is RMS-normalised, so ‖x‖² is the model width: once η·dim passes 2 the factor
+        passes −1, and a token seen again multiplies that component again, with a flipped sign each
+        time. On repeated text a width-256 level at the cms default η = 0.01 (η·dim = 2.56) reached
+        NaN by token 758, and one of width 192 (η·dim = 1.92) stayed finite over 1024 tokens.
+        η is the gate's bound where it has one (`max`), else its value or initial value. Inner
+        learning rates are not scaled by width: lower `lr` as the model widens, or use `rule = gd`.
+        """,
+        """
+        model wide {
+          dim = 256
+          block {
+            cms {
+              level { period = 4  rule = dgd }
+            }
+          }
+        }
+        """,
+        """
+        model wide {
+          dim = 256
+          block {
+            cms {
+              level { period = 4  rule = dgd  lr = 0.0078 }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

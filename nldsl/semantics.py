@@ -9,6 +9,7 @@ so that everything that passes `nldsl check` compiles and runs.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +93,30 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
+def _dgd_growth(layer: Any, level: S.LevelSpec, dim: int | None) -> tuple[float, float] | None:
+    """(η, 1 − η·dim) where a cms level's dgd decay can exceed −1 along its input: the input is
+    RMS-normalised, so ‖x‖² = dim, and (αI − η x xᵀ) scales the component along x by α − η‖x‖²,
+    which a token seen again multiplies again (on repeated text a width-256 level at η = 0.01
+    reached NaN by token 758, one of width 192 stayed finite over 1024). η is the gate's bound
+    where it has one, else its initial value (a `per_head` gate is unbounded)."""
+    if dim is None or not isinstance(layer, S.CMSSpec) or level.rule != "dgd":
+        return None
+    if layer.variant == "nested" and level is not layer.levels[0]:
+        return None  # a slower nested level has no rule of its own (it moves toward the faster one)
+    gate = level.lr
+    eta = {"constant": getattr(gate, "value", None), "per_head": getattr(gate, "init", None)}.get(
+        gate.kind, getattr(gate, "max", None))
+    if eta is None or eta * dim <= 2:
+        return None
+    return eta, 1 - eta * dim
+
+
+def _round_down(value: float) -> float:
+    """`value` rounded down to two significant digits (a bound the hint's number keeps)."""
+    exponent = math.floor(math.log10(value)) - 1
+    return math.floor(value / 10 ** exponent) * 10 ** exponent
+
+
 def _span(spans: dict[str, Span], *paths: str) -> Span | None:
     for path in paths:
         if path in spans:
@@ -99,8 +124,10 @@ def _span(spans: dict[str, Span], *paths: str) -> Span | None:
     return None
 
 
-def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> list[Diagnostic]:
-    """The checks that need a whole layer: combinations of its levels' options, periods."""
+def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
+                dim: int | None = None) -> list[Diagnostic]:
+    """The checks that need a whole layer: combinations of its levels' options, periods (and, given
+    the model's width `dim`, what a cms level's RMS-normalised input does to its dgd decay)."""
     out: list[Diagnostic] = []
 
     def error(code: str, message: str, help: str | None, *paths: str) -> None:
@@ -287,6 +314,15 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int) -> 
                         f"step multiplies the rest of its singular values, rounding noise, by up to "
                         f"{NEWTON_SCHULZ_SLOPE:g}",
                         f"use at most {NOISY_NEWTON_SCHULZ_STEPS} steps (Muon uses 5)", f"{lp}.orthogonalize")
+            growth = _dgd_growth(layer, level, dim)
+            if growth is not None:
+                eta, factor = growth
+                warning("W0709", f"dgd on level `{name}` grows its state along repeated inputs: the decay "
+                        f"(αI − η x xᵀ) scales a state's component along its RMS-normalised input (‖x‖² = dim "
+                        f"= {dim}) by α − η‖x‖², down to 1 − {eta:g}·{dim} = {factor:.3g}, past −1"
+                        .replace("= -", "= −"),
+                        f"keep η·dim under 2 (`lr` at most {_round_down(2 / dim):g} at this width), or use "
+                        "`rule = gd`", f"{lp}.lr", f"{lp}.rule", lp)
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",
