@@ -39,6 +39,20 @@ def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]
             yield f"{layer_path}.attention", layer.attention
 
 
+def in_context_periods(model: S.ModelSpec, seq_len: int) -> set[int]:
+    """The chunk sizes of the levels that learn in the forward pass (a nested cms's slower levels
+    count their periods from the stream's start, so only its fastest level's chunks are cut by a
+    call's end)."""
+    periods: set[int] = set()
+    for _, layer in walk_layers(model.block.sublayers, "block"):
+        levels = [level for _, level in levels_of(layer)]
+        if isinstance(layer, S.CMSSpec):
+            levels = [level for level in levels[:1 if layer.variant == "nested" else None]
+                      if level.learns_in_context(seq_len)]
+        periods.update(level.period for level in levels if isinstance(level.period, int))
+    return periods
+
+
 # What a level uses only while it learns in context: a cms level on the continuum clock (an MLP
 # stepped by the outer optimizer) ignores them. Its `lr` stays in use: `nldsl stream` steps it with it.
 _IN_CONTEXT_ONLY = ("objective", "values", "rule", "dgd_layers", "retention", "momentum", "orthogonalize",

@@ -214,6 +214,33 @@ def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact_one_and_say
         C.load_for_resume(tmp_path, warnings.append)
 
 
+def test_reading_a_damaged_checkpoint_names_the_runs_older_complete_one(tmp_path):
+    for step in (1, 2):
+        save(tmp_path, step)
+    damage(tmp_path / "checkpoints" / "step-000002")
+    older = tmp_path / "checkpoints" / "step-000001"
+    for target in (tmp_path, tmp_path / "checkpoints" / "step-000002"):
+        with pytest.raises(C.CheckpointError, match="sha256") as raised:
+            C.load_checkpoint(target, training=False)
+        assert str(raised.value).endswith(f"({older} is an older complete checkpoint of the run: name it by "
+                                          "path to use it)")
+    damage(older)
+    with pytest.raises(C.CheckpointError) as raised:  # none older: nothing to name
+        C.load_checkpoint(older, training=False)
+    assert "older complete" not in str(raised.value)
+
+
+def test_a_runs_checkpoints_folder_reads_as_the_run_and_a_spec_says_to_train_it(tmp_path):
+    save(tmp_path, 1)
+    (tmp_path / "resolved.json").write_text("{}")
+    assert C.resolve_checkpoint(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "step-000001"
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "m.nl").write_text("model m { dim = 8 }\n")
+    with pytest.raises(C.CheckpointError, match=r"train it first \(nldsl train SPEC\)"):
+        C.resolve_checkpoint(specs / "m.nl")
+
+
 def test_resume_without_a_latest_pointer_takes_the_newest_complete_checkpoint(tmp_path):
     assert C.load_for_resume(tmp_path, print) is None  # no checkpoint at all: nothing to resume
     for step in (999_999, 1_000_000):  # past six digits, names no longer sort by step

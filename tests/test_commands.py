@@ -190,6 +190,17 @@ def test_a_stream_in_two_parts_with_saved_state_equals_one_stream(run_dir, tmp_p
         assert torch.equal(value, second.state.slow_weights[name]), name
 
 
+def test_a_fresh_stream_starts_from_the_checkpoints_slow_weights_every_time(run_dir):
+    """stream steps the slow levels' weights in place: a second stream on the same loaded model, with
+    no state, must not start where the first left them."""
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode("".join(f"y{i} = {i * 7 % 31}\n" for i in range(80)))
+    first = E.stream(loaded, tokens, 16)
+    assert sum(first.updates.values()) > 0, "the slow levels must step for the test to mean anything"
+    second = E.stream(loaded, tokens, 16)
+    assert [s.nats for s in second.segments] == [s.nats for s in first.segments]
+
+
 def test_a_stream_stopped_by_ctrl_c_keeps_whole_segments_and_continues_exactly(run_dir):
     import os
     import signal
@@ -611,3 +622,17 @@ def test_stream_says_when_nothing_in_the_model_learns_from_it(run_dir, text_file
     assert "note: nothing in this model learns from the stream" in capsys.readouterr().out
     assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress"]) == 0
     assert "nothing in this model learns" not in capsys.readouterr().out
+
+
+def test_stream_notes_a_segment_that_cuts_in_context_chunks_or_passes_seq_len(run_dir, text_file, capsys):
+    common = ["--data", str(text_file), "--max-tokens", "64", "--no-progress"]
+    assert main(["stream", str(run_dir), *common]) == 0  # the default segment, train.seq_len = 16
+    assert "note: a segment" not in capsys.readouterr().out
+    assert main(["stream", str(run_dir), "--segment", "12", *common]) == 0  # lmm's period 4 divides it, fast's 8 not
+    out = capsys.readouterr().out
+    assert ("note: a segment of 12 tokens is not a multiple of the in-context period(s) 8: each segment ends a "
+            "chunk early, so the losses differ from a stream cut at chunk boundaries (--segment 8 cuts none)") in out
+    assert main(["stream", str(run_dir), "--segment", "44", *common]) == 0
+    out = capsys.readouterr().out
+    assert "(--segment 40 cuts none)" in out
+    assert "note: a segment of 44 tokens is longer than the 16 tokens the model was trained on" in out

@@ -384,7 +384,13 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys
                  "--set", "train.seed=7", "--resume"]) == 1
     err = capsys.readouterr().err
     assert "written by another spec" in err and "train.seed is 0 in the checkpoint but 7 now" in err
-    assert "only train.steps" in err
+    assert "only train.steps" in err and "leaves out" not in err, "every --set of the run is given"
+    # a resume without the run's --set flags: the message names them
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=2", *common, "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "model.dim is 32 in the checkpoint but 128 now" in err
+    assert ("(the run was trained with --set dim=32 --set model.layers=1 --set train.seq_len=32 --set "
+            "train.batch=4, which this command leaves out: give them again)") in err
     # the text differs in a value that may not change and an override in one that may: the message
     # names the value, not the overrides (which differ only in the allowed train.steps)
     edited = tmp_path / "edited" / "transformer.nl"
@@ -402,6 +408,38 @@ def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path, text_file, capsys
     assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--run-dir", str(tmp_path / "nowhere"),
                  "--resume", "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_validation_split_that_changed(tmp_path, text_file, capsys):
+    data = tmp_path / "text.txt"
+    data.write_text(text_file.read_text())
+    common = ["--data", str(data), "--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress"]
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=2", *common]) == 0
+    with data.open("a") as file:  # the training part stays as it was; the validation part grows
+        file.write("x\n")
+    capsys.readouterr()
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=3", *common,
+                 "--resume"]) == 1
+    assert "the validation text differs from the one" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-000002"]
+
+
+def test_the_run_folders_spec_resumes_a_spec_with_imports(tmp_path, text_file, capsys):
+    specs = tmp_path / "specs"
+    (specs / "lib").mkdir(parents=True)
+    (specs / "lib" / "blocks.nl").write_text("block tiny_block {\n  attention { heads = 2 }\n  mlp { }\n}\n")
+    (specs / "tiny.nl").write_text('import "lib/blocks.nl" as lib\nmodel tiny {\n  dim = 32\n  layers = 1\n'
+                                   "  block from lib.tiny_block { }\n}\n")
+    run_dir = tmp_path / "run"
+    common = ["--set", "train.seq_len=32", "--set", "train.batch=4", "--data", str(text_file), "--run-dir",
+              str(run_dir), "--no-compile", "--no-progress"]
+    assert main(["train", str(specs / "tiny.nl"), "--set", "train.steps=2", *common]) == 0
+    assert (run_dir / "lib" / "blocks.nl").read_text() == (specs / "lib" / "blocks.nl").read_text()
+    (specs / "lib" / "blocks.nl").write_text("block tiny_block {\n  mlp { }\n}\n")  # the original moves on
+    capsys.readouterr()
+    assert main(["train", str(run_dir / "spec.nl"), "--set", "train.steps=3", *common, "--resume"]) == 0, \
+        capsys.readouterr().err
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 
 def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_file, capsys):

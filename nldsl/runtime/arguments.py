@@ -109,9 +109,11 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run or checkpoint")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
-                   help="evaluate on these files instead of the validation split")
+                   help="evaluate on these files instead of the validation split (name RUN_DIR first: "
+                        "the files take every word after --data, or end them with --)")
     p.add_argument("--batches", type=at_least(1), default=None,
-                   help="number of batches (default: the run's train.eval_batches)")
+                   help="number of batches, each train.batch windows of train.seq_len + 1 tokens (default: "
+                        "the run's train.eval_batches)")
     encoding(p)
     progress(p)
     device(p)
@@ -132,7 +134,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p = sub.add_parser("stream", help="feed a long text through a model that keeps learning (continuum clock)")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
-                   help="text to stream (default: the validation split)")
+                   help="text to stream (default: the validation split; name RUN_DIR first: the files take "
+                        "every word after --data, or end them with --)")
     p.add_argument("--segment", type=at_least(1), default=None,
                    help="tokens per forward pass (default: the run's train.seq_len)")
     p.add_argument("--max-tokens", type=at_least(1), default=None,

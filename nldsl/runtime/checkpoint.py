@@ -318,7 +318,11 @@ def resolve_checkpoint(target: str | Path, warn: Callable[[str], None] | None = 
         if found is None:
             raise CheckpointError(f"the run {target} has no checkpoint yet")
         return found
-    raise CheckpointError(f"{target} is neither a run folder nor a checkpoint (no {RECORD_FILE}, no {CHECKPOINTS}/)")
+    if path.name == CHECKPOINTS and (path.parent / "resolved.json").exists():
+        return resolve_checkpoint(path.parent, warn)  # RUN/checkpoints: the run's latest
+    advice = ": train it first (nldsl train SPEC), then name the run folder" if Path(target).suffix == ".nl" else ""
+    raise CheckpointError(f"{target} is neither a run folder nor a checkpoint (no {RECORD_FILE}, no "
+                          f"{CHECKPOINTS}/){advice}")
 
 
 @dataclass
@@ -398,10 +402,12 @@ def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
         raise CheckpointError(f"corrupt checkpoint file {file}: {error}") from None
 
 
-def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[str], None] | None = None
-                    ) -> Checkpoint:
+def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[str], None] | None = None,
+                    suggest_older: bool = True) -> Checkpoint:
     """Read a checkpoint (a run folder means its latest one); without `training`, only its record
     and weights (eval, generate and stream need no optimizer state). `warn`: see `resolve_checkpoint`.
+    A damaged checkpoint's error names the run's newest older complete one (`suggest_older`): the
+    caller asked for this one, so it is not replaced by another step without a word.
 
     A run that is still training checkpoints and prunes as it goes: a checkpoint that vanishes
     while it is read was replaced by a newer one, which is then read instead."""
@@ -413,10 +419,23 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
             model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
             optimizer = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE)) if training else {}
             return Checkpoint(path, record, model, optimizer)
-        except CheckpointError:
+        except CheckpointError as error:
             if (path / RECORD_FILE).exists() or attempt == 2:  # pruning removes the files, then the folder
-                raise
+                older = _older_complete(path) if suggest_older else None
+                if older is None:
+                    raise
+                raise CheckpointError(f"{error} ({older} is an older complete checkpoint of the run: name it by "
+                                      "path to use it)") from None
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _older_complete(path: Path) -> Path | None:
+    """The newest complete checkpoint of `path`'s run before it, if `path` is a step folder of a run."""
+    step = _step_number(path)
+    if step is None or path.parent.name != CHECKPOINTS:
+        return None
+    older = [other for other in complete_checkpoints(path.parent.parent) if (_step_number(other) or 0) < step]
+    return older[-1] if older else None
 
 
 def load_for_resume(run_dir: Path, warn: Callable[[str], None],
@@ -440,7 +459,7 @@ def load_for_resume(run_dir: Path, warn: Callable[[str], None],
         return None
     for path, following in zip(candidates, [*candidates[1:], None]):
         try:
-            found = load_checkpoint(path)
+            found = load_checkpoint(path, suggest_older=False)  # it goes on to the older one itself
             if check is not None:
                 check(found)
         except CheckpointError as error:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
@@ -113,6 +115,7 @@ def stream_command(args: argparse.Namespace) -> int:
         _check_replaceable_state(Path(args.state_out))
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
+    _note_segment(loaded.spec, segment)
     pieces, what = _documents(args, loaded)
     tokens = loaded.tokenizer.encode("".join(pieces))  # one text: a stream does not know where documents end
     if args.max_tokens is not None:
@@ -156,6 +159,23 @@ def stream_command(args: argparse.Namespace) -> int:
         print(f"error: {result.stopped}{kept}", file=sys.stderr)
         return 130 if result.stopped.startswith("interrupted") else 1
     return 0
+
+
+def _note_segment(spec: Any, segment: int) -> None:
+    """A segment that cuts in-context chunks, or is longer than training's calls, gives other numbers
+    than the run's own stream would: say so before the numbers (docs/runtime.md, *Stream*)."""
+    from nldsl.semantics import in_context_periods
+
+    periods = in_context_periods(spec.model, spec.train.seq_len)
+    cut = sorted(period for period in periods if segment % period)
+    if cut:
+        every = math.lcm(*periods)
+        print(f"note: a segment of {segment} tokens is not a multiple of the in-context period(s) "
+              f"{', '.join(map(str, cut))}: each segment ends a chunk early, so the losses differ from a stream "
+              f"cut at chunk boundaries (--segment {max(every, segment // every * every)} cuts none)")
+    if segment > spec.train.seq_len:
+        print(f"note: a segment of {segment} tokens is longer than the {spec.train.seq_len} tokens the model was "
+              "trained on (train.seq_len)")
 
 
 def _check_replaceable_state(path: Path) -> None:

@@ -348,8 +348,11 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     with torch.no_grad():
         for level in every_level:
             for name, p in level.parameters:
-                if name in state.slow_weights:
-                    p.copy_(state.slow_weights[name])
+                # A fresh stream starts from the checkpoint's weights, not from where an earlier
+                # stream of this process left the model (it steps them in place).
+                start = state.slow_weights.get(name, loaded.checkpoint.model.get(name))
+                if start is not None:
+                    p.copy_(start)
     model.requires_grad_(False)
     for level in levels:
         for _, p in level.parameters:

@@ -742,6 +742,12 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
     if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data")
+    validation = found.record["data"].get("validation_sha256") if found is not None else None
+    if validation is not None and split.record["validation"]["sha256"] != validation:
+        # the same training text with another validation split: the run's validation losses would
+        # change text at the resume, and metrics.jsonl would compare numbers of two texts
+        raise UserError(f"the validation text differs from the one {run_dir} was evaluated on (see its split.json): "
+                        "resume with the same --data, or start a new run")
     if found is not None and context.is_main:
         C.repoint_latest(found, lambda message: _say(context, f"warning: {message}", error=True))
     return split
@@ -779,12 +785,33 @@ def _write_run_description(result: Any, overrides: list[str], initialized_from: 
     """spec.nl, resolved.json and split.json: what the run trains, with every value's origin."""
     spec = result.spec
     (run_dir / "spec.nl").write_text(result.sources[spec.path].text, encoding="utf-8")
+    _copy_imports(result, run_dir)
     dump = spec.model_dump(mode="json")
     D.write_json(run_dir / "resolved.json", {
         "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
         "initialized_from": initialized_from, "spec": dump,
         "values": resolved_values(dump, dict(result.provenance))})
     D.write_json(run_dir / "split.json", split.record)
+
+
+def _copy_imports(result: Any, run_dir: Path) -> None:
+    """The files the spec imports, beside spec.nl at their paths relative to the spec's folder, so
+    that `nldsl train RUN/spec.nl --run-dir RUN --resume` resumes even after the originals change
+    (an import from outside the spec's folder has no such place and is left out: the checkpoint
+    record and resolved.json still hold every value)."""
+    root = Path(result.spec.path).resolve().parent
+    for path, source in result.sources.items():
+        if path == result.spec.path or path.startswith("<"):  # the spec itself, an override
+            continue
+        try:
+            relative = Path(path).resolve().relative_to(root)
+        except (ValueError, OSError):
+            continue
+        target = run_dir / relative
+        if relative == Path("spec.nl") or (target.exists() and target.suffix != ".nl"):
+            continue  # never over spec.nl or a file of the run's (metrics, checkpoints)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source.text, encoding="utf-8")
 
 
 def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -843,8 +870,15 @@ def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> st
     # that may change while the spec text differs in one that may not
     why = _first_difference(before, now) if isinstance(before, dict) else None
     allowed = ", ".join(f"train.{key}" for key in (*CONTINUABLE, *CONTINUABLE_FIXES))
+    # The usual cause is a resume that leaves out some of the run's --set flags
+    given = {str(item).partition("=")[0].strip() for item in overrides}
+    missing = [str(item) for item in found.record.get("overrides") or []
+               if str(item).partition("=")[0].strip() not in given]
+    hint = (f" (the run was trained with {' '.join(f'--set {item}' for item in missing)}, which this command "
+            "leaves out: give them again)") if missing else ""
     raise UserError(f"the checkpoint {found.path} was written by another spec (sha256 {str(recorded)[:12]}… vs "
-                    f"{spec.sha256[:12]}…): {why or 'the spec differs'}; only {allowed} may change on --resume")
+                    f"{spec.sha256[:12]}…): {why or 'the spec differs'}; only {allowed} may change on "
+                    f"--resume{hint}")
 
 
 def _flat(node: Any, path: str = "") -> dict[str, Any]:
