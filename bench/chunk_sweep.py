@@ -30,6 +30,7 @@ from bench.harness import (
     random_tokens,
     read_result,
     result_path,
+    stamp,
     write_result,
 )
 from nldsl.cli import UserError
@@ -90,13 +91,14 @@ def run(models: list[str], chunks: list[int], length: int, batch: int, steps: in
             if (name, chunk) in done:
                 continue
             overrides = overrides_for(chunk)
-            point: dict = {"model": name, "spec": spec, "chunk": chunk, "overrides": overrides}
+            point: dict = {"model": name, "spec": spec, "chunk": chunk, "overrides": overrides, **stamp()}
             try:
                 model, optimizer = build(spec, overrides, seq_len=length)
                 tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
                 step = TrainStep(model, optimizer)
                 timing = measure_step(lambda s=step, a=tokens, b=targets: s(a, b), repeats=repeats)
                 point["tokens_per_second"] = batch * length / timing.seconds
+                point["all_seconds"] = timing.all_seconds  # timed one C after another, not interleaved
                 point["train_loss"], point["eval_loss"] = loss_after_budget(
                     spec, overrides, texts, steps, train_batch, train_length, evaluations)
             except Exception as error:
@@ -116,15 +118,23 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--chunks", nargs="+", type=at_least(1), default=list(CHUNKS))
-    parser.add_argument("--length", type=at_least(1), default=1024, help="sequence length of the throughput steps")
-    parser.add_argument("--batch", type=at_least(1), default=2)
-    parser.add_argument("--steps", type=at_least(1), default=40, help="training steps of the loss budget")
-    parser.add_argument("--train-length", type=at_least(1), default=256)
-    parser.add_argument("--train-batch", type=at_least(1), default=4)
-    parser.add_argument("--eval", type=at_least(1), default=4, help="held-out batches")
-    parser.add_argument("--repeats", type=at_least(1), default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help=f"models to sweep (default: {' '.join(MODELS)})")
+    parser.add_argument("--chunks", nargs="+", type=at_least(1), default=list(CHUNKS),
+                        help=f"memory chunk sizes C (default: {' '.join(map(str, CHUNKS))})")
+    parser.add_argument("--length", type=at_least(1), default=1024,
+                        help="sequence length of the throughput steps (default: %(default)s)")
+    parser.add_argument("--batch", type=at_least(1), default=2,
+                        help="batch of the throughput steps (default: %(default)s)")
+    parser.add_argument("--steps", type=at_least(1), default=40,
+                        help="training steps of the loss budget (default: %(default)s)")
+    parser.add_argument("--train-length", type=at_least(1), default=256,
+                        help="sequence length of the loss budget's steps (default: %(default)s)")
+    parser.add_argument("--train-batch", type=at_least(1), default=4,
+                        help="batch of the loss budget's steps (default: %(default)s)")
+    parser.add_argument("--eval", type=at_least(1), default=4, help="held-out batches (default: %(default)s)")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
+                        help="timed throughput steps per C, median kept (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the stored points this run measures (these models × chunk sizes; the "
                              "others stay) and measure them again")

@@ -19,6 +19,9 @@
 - `write_result`, `read_result`: bench/results/NAME.json, rewritten after every point so an
   interrupted run keeps what it measured; a damaged file is an error that names it, never a
   traceback, and never silently replaced.
+- `stamp`: when an entry (point, run, comparison) was measured and on how many threads, kept in the
+  entry (a file's `machine` is its first run's); `check_results_writable`, `check_writable`: the
+  output refused in one line before anything is measured.
 - `spec_key`, `check_model_specs`: one key per spec file however its path is spelled, and the
   specs checked in-process before any measuring starts (a mistake is reported whole, up front).
 - `at_least`, `positive_float`: argparse types of the commands' counts and durations, nldsl's own
@@ -44,6 +47,7 @@ from nldsl.compiler.optimizers import build_optimizer
 
 import nldsl
 from nldsl import loader
+from nldsl.checker import Override
 from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError
 from nldsl.runtime.arguments import at_least, positive_float  # noqa: F401  (re-exported: the commands' argparse types)
@@ -71,6 +75,12 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def stamp() -> dict[str, Any]:
+    """When an entry (a point, a run, a comparison) was measured and on how many threads: stored in the
+    entry itself, since a results file's `machine` is that of the run that created it."""
+    return {"measured": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": torch.get_num_threads()}
 
 
 def model_specs() -> list[str]:
@@ -283,6 +293,38 @@ def write_result(name: str, data: Any) -> Path:
     return path
 
 
+def check_writable(path: Path, what: str = "the output") -> None:
+    """Refuse, in one line and before anything is measured, a file `path` that could not be written
+    later (its folder cannot be made, is not writable, or the path is a folder): a `UserError`."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "Permission denied", str(path))
+        else:  # a probe beside it, removed at once: the file itself appears only when results do
+            probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write {what} {path}: {error.strerror or error} (nothing was measured)") from None
+
+
+def check_results_writable() -> None:
+    """The results folder (NLDSL_BENCH_RESULTS honoured) checked before a command measures anything:
+    a `UserError` in one line when it cannot be made or written."""
+    try:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        probe = RESULTS / f".write-check.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write results to {RESULTS}: {error.strerror or error} "
+                        "(set NLDSL_BENCH_RESULTS to a writable folder; nothing was measured)") from None
+
+
 def result_path(name: str) -> Path:
     """Where NAME's results live (NLDSL_BENCH_RESULTS honoured): messages name this, not the default."""
     return RESULTS / f"{name}.json"
@@ -364,18 +406,26 @@ def spec_key(spec: str) -> str:
         return path.as_posix()
 
 
+def option_override(text: str, option: str) -> Override:
+    """An override a bench option sets (`heads=3` from `--heads 3`): its diagnostics name the option the
+    user typed, not a `--set` they never did."""
+    return Override(text, origin=option, label=f"<{option.split()[0]}>")
+
+
 def check_model_specs(specs: Sequence[str], overrides: Sequence[str] = (),
-                      lengths: Sequence[int] = ()) -> None:
+                      lengths: Sequence[int] = (), length_option: str = "--lengths") -> None:
     """Check every spec in this process before anything is measured (a child process or a later point
     would turn a mistake into an error "result"): a spec that does not check raises its `SpecError`
-    (all diagnostics), one without a model a `UserError`; then with `overrides`, and at each length."""
+    (all diagnostics), one without a model a `UserError`; then with `overrides`, and at each length
+    (its diagnostics name `length_option`, the bench option that gave it)."""
     for spec in specs:
         result = loader.check(ROOT / spec)
         if result.spec.model is None:
             raise UserError(f"{spec} defines no model (no `model` section): the benchmarks train models")
         for length in lengths or [None]:
             if overrides or length is not None:
-                loader.check(ROOT / spec, [*overrides, *([f"train.seq_len={length}"] if length is not None else [])])
+                at_length = [option_override(f"train.seq_len={length}", f"{length_option} {length}")]
+                loader.check(ROOT / spec, [*overrides, *(at_length if length is not None else [])])
 
 
 def log(message: str) -> None:

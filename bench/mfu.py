@@ -28,10 +28,12 @@ from bench.harness import (
     log,
     machine,
     matmul_peak,
+    option_override,
     parameter_count,
     random_tokens,
     read_result,
     spec_key,
+    stamp,
     write_result,
 )
 from bench.transformer_pp import TransformerConfig, TransformerPP
@@ -46,7 +48,10 @@ def hand_attention_flops(cfg: TransformerConfig, batch: int, length: int) -> flo
 def run(specs: list[str], dim: int, heads: int, layers: int, length: int, batch: int, rounds: int,
         fresh: bool) -> dict:
     specs = list(dict.fromkeys(spec_key(spec) for spec in specs))
-    check_model_specs(specs, [f"dim={dim}", f"heads={heads}", f"model.layers={layers}"], lengths=[length])
+    # the options as the user typed them: a spec they do not fit says `--heads 3`, not `--set heads=3`
+    sizes = [option_override(f"dim={dim}", f"--dim {dim}"), option_override(f"heads={heads}", f"--heads {heads}"),
+             option_override(f"model.layers={layers}", f"--layers {layers}")]
+    check_model_specs(specs, sizes, lengths=[length], length_option="--length")
     result = read_result(NAME, fresh) or {"machine": machine(), "runs": []}
     config = {"dim": dim, "heads": heads, "layers": layers, "length": length, "batch": batch}
     if fresh:  # only the earlier runs at this configuration: runs at other sizes stay
@@ -54,11 +59,11 @@ def run(specs: list[str], dim: int, heads: int, layers: int, length: int, batch:
     result["machine"] = machine()
     peak = matmul_peak()
     log(f"mfu: fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} thread(s))")
-    entry: dict = {"config": config, "peak_flops": peak, "models": {}}
+    entry: dict = {"config": config, "peak_flops": peak, "models": {}, **stamp()}
     result["runs"].append(entry)
     contenders = {}
     for spec in specs:
-        model, optimizer = build(spec, [f"dim={dim}", f"heads={heads}", f"model.layers={layers}"], seq_len=length)
+        model, optimizer = build(spec, sizes, seq_len=length)
         tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
         counted, per_op = count_flops(lambda m=model, a=tokens, b=targets: m.loss(a, b).backward())
         flops = counted + attention_flops(model, batch, length)
@@ -101,13 +106,16 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--specs", nargs="+", default=["specs/transformer.nl"])
-    parser.add_argument("--dim", type=at_least(1), default=512)
-    parser.add_argument("--heads", type=at_least(1), default=8)
-    parser.add_argument("--layers", type=at_least(1), default=2)
-    parser.add_argument("--length", type=at_least(1), default=2048)
-    parser.add_argument("--batch", type=at_least(1), default=1)
-    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument("--specs", nargs="+", default=["specs/transformer.nl"],
+                        help="spec files, timed eager and compiled beside the hand-written Transformer++ "
+                             "(default: specs/transformer.nl)")
+    parser.add_argument("--dim", type=at_least(1), default=512, help="model width d_model (default: %(default)s)")
+    parser.add_argument("--heads", type=at_least(1), default=8, help="attention heads (default: %(default)s)")
+    parser.add_argument("--layers", type=at_least(1), default=2, help="blocks (default: %(default)s)")
+    parser.add_argument("--length", type=at_least(1), default=2048, help="sequence length T (default: %(default)s)")
+    parser.add_argument("--batch", type=at_least(1), default=1, help="batch (default: %(default)s)")
+    parser.add_argument("--rounds", type=at_least(1), default=3,
+                        help="interleaved timed rounds, median kept (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the stored runs at this configuration (--dim, --heads, --layers, --length, "
                              "--batch; runs at other sizes stay); every run is otherwise kept, the report shows "

@@ -29,6 +29,7 @@ import subprocess
 import sys
 
 from bench.harness import (
+    DEFAULT_THREADS,
     ROOT,
     TrainStep,
     alternate,
@@ -43,6 +44,7 @@ from bench.harness import (
     read_result,
     setup_torch,
     spec_key,
+    stamp,
     write_result,
 )
 from nldsl.cli import UserError
@@ -59,13 +61,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def child(target: str, length: int) -> dict:
+def child(target: str, length: int, threads: int = DEFAULT_THREADS) -> dict:
     """Runs in the subprocess: warm-up step, then the measured step; returns MiB figures."""
     import torch
 
     from bench.transformer_pp import TransformerConfig, TransformerPP
 
-    setup_torch()
+    setup_torch(threads)
     if target == MATH_ATTENTION:
         model = TransformerPP(TransformerConfig(attention="math", max_len=max(length, WARMUP_LENGTH)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
@@ -108,9 +110,10 @@ def check_targets(targets: list[str], lengths: list[int]) -> None:
     check_model_specs([split_target(t)[0] for t in targets if t != MATH_ATTENTION], lengths=lengths)
 
 
-def measure(target: str, length: int, timeout: float) -> dict:
+def measure(target: str, length: int, timeout: float, threads: int = DEFAULT_THREADS) -> dict:
+    """One point in a child process on `threads` intra-op threads (the parent's `--threads`)."""
     code = ("import json, sys; from bench.peak_memory import child; "
-            f"print('RESULT' + json.dumps(child({target!r}, {length})))")
+            f"print('RESULT' + json.dumps(child({target!r}, {length}, {threads})))")
     try:
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout)
@@ -126,7 +129,8 @@ def measure(target: str, length: int, timeout: float) -> dict:
 KEY = ("target", "length")  # what identifies a point
 
 
-def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool) -> dict:
+def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool,
+        threads: int = DEFAULT_THREADS) -> dict:
     targets = list(dict.fromkeys(normalise_target(t) for t in targets))
     check_targets(targets, lengths)
     result = read_result(NAME, fresh) or {"machine": machine(), "points": []}
@@ -139,7 +143,8 @@ def run(targets: list[str], lengths: list[int], timeout: float, fresh: bool) -> 
         for length in lengths:
             if (target, length) in done:
                 continue
-            point = {"target": target, "length": length, **measure(target, length, timeout)}
+            point = {"target": target, "length": length, **measure(target, length, timeout, threads=threads),
+                     **stamp(), "threads": threads}
             result["points"] = [p for p in result["points"] if point_key(p, KEY) != (target, length)]
             result["points"].append(point)
             write_result(NAME, result)
@@ -152,9 +157,9 @@ RECOMPUTE_COST = {"spec": "specs/hope.nl", "overrides": ["dim=256", "heads=4"], 
                   "stretch": 8}
 
 
-def recompute_cost(rounds: int) -> dict:
+def recompute_cost(rounds: int, threads: int = DEFAULT_THREADS) -> dict:
     """Training-step seconds with and without `train.recompute`, chunk bodies compiled, interleaved."""
-    setup_torch()
+    setup_torch(threads)
     config = RECOMPUTE_COST
     model, optimizer = build(config["spec"], config["overrides"], seq_len=config["length"])
     tokens, targets = random_tokens(config["batch"], config["length"], model.spec.model.vocab)
@@ -163,7 +168,7 @@ def recompute_cost(rounds: int) -> dict:
     seconds = alternate({"plain": lambda: plain(tokens, targets), "recompute": lambda: recomputed(tokens, targets)},
                         rounds=rounds, warmup=1)
     tokens_per_step = config["batch"] * config["length"]
-    return {**config, "rounds": rounds, "seconds": seconds,
+    return {**config, **stamp(), "rounds": rounds, "seconds": seconds,
             "tokens_per_second": {name: tokens_per_step / s for name, s in seconds.items()},
             "time_ratio": seconds["recompute"] / seconds["plain"]}
 
@@ -172,25 +177,28 @@ def main(args) -> None:
     if args.recompute_cost:
         result = read_result(NAME) or {"machine": machine(), "points": []}  # read first: a damaged file stops the
         # command before the measurement, not after it (which would lose it)
-        result["recompute_cost"] = cost = recompute_cost(args.rounds)
+        result["recompute_cost"] = cost = recompute_cost(args.rounds, args.threads)
         write_result(NAME, result)
         log(f"memory recompute cost: {cost['time_ratio']:.2f}x the step time "
             f"({cost['tokens_per_second']['recompute']:.0f} vs {cost['tokens_per_second']['plain']:.0f} tokens/s)")
         return
     targets = list(args.specs or SPECS) + ([] if args.specs else [MATH_ATTENTION])
-    run(targets, args.lengths, args.timeout, args.fresh)
+    run(targets, args.lengths, args.timeout, args.fresh, args.threads)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", help=f"spec files, or {MATH_ATTENTION} (default: a representative set)")
-    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS))
-    parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per point")
+    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS),
+                        help=f"sequence lengths T, batch 1 (default: {' '.join(map(str, LENGTHS))})")
+    parser.add_argument("--timeout", type=positive_float, default=600.0,
+                        help="seconds per point (default: %(default)g)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the stored points this run measures (these targets × lengths; the others "
                              "stay) and measure them again")
     parser.add_argument("--recompute-cost", action="store_true",
                         help="time a HOPE step with and without train.recompute instead (interleaved)")
-    parser.add_argument("--rounds", type=at_least(1), default=3, help="interleaved rounds of --recompute-cost")
+    parser.add_argument("--rounds", type=at_least(1), default=3,
+                        help="interleaved rounds of --recompute-cost (default: %(default)s)")
 
 
 if __name__ == "__main__":

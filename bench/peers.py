@@ -59,6 +59,7 @@ from bench.harness import (
     parameter_count,
     random_tokens,
     read_result,
+    stamp,
     write_result,
 )
 from bench.transformer_pp import TransformerConfig, TransformerPP
@@ -476,7 +477,7 @@ def run(only: list[str] | None, fresh: bool) -> dict:
             outcome = COMPARISONS[name]()
         except Exception as error:  # a peer that cannot run is reported with its error text
             missing = missing_package(error)
-            failure = {"error": missing or _error(error), "threads": threads, "when": machine()["time"]}
+            failure = {"error": missing or _error(error), "when": machine()["time"], **stamp()}
             if missing is None:
                 failure["traceback"] = traceback.format_exc().splitlines()[-6:]
             if key in result["comparisons"] and "error" not in result["comparisons"][key]:
@@ -489,7 +490,7 @@ def run(only: list[str] | None, fresh: bool) -> dict:
                 log(f"peers {name}: FAILED, {failure['error']}")
             write_result(NAME, result)
             continue
-        outcome["threads"] = threads
+        outcome.update(stamp())  # when, and on how many threads (the file's `machine` is its first run's)
         result["comparisons"][key] = outcome
         failures.pop(key, None)
         write_result(NAME, result)
@@ -502,7 +503,8 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--only", nargs="+", choices=list(COMPARISONS))
+    parser.add_argument("--only", nargs="+", choices=list(COMPARISONS), metavar="COMPARISON",
+                        help=f"comparisons to run, of: {', '.join(COMPARISONS)} (default: all)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the stored results of the comparisons run now (the others stay), so a "
                              "failure shows instead of an earlier measurement")

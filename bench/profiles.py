@@ -196,7 +196,8 @@ def main(args) -> None:
 
 def add_arguments(parser) -> None:
     names = [*TARGETS, "hope_components"]
-    parser.add_argument("names", nargs="*", default=names, choices=names)
+    parser.add_argument("names", nargs="*", default=names, choices=names, metavar="NAME",
+                        help=f"profiles to take, of: {', '.join(names)} (default: all)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.harness import RESULTS, ROOT, point_key, read_result, result_path
+from bench.smoke import stored_full_speed_check
 from nldsl.cli import UserError
 from nldsl.files import write_atomic
 
@@ -132,12 +133,13 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         status = "not measured" if met is None else ("met" if met else "missed")
         rows.append(f"| {target} | {value} | {status} | `{command}` |")
 
-    run = (mfu or {}).get("runs", [{}])[-1] if mfu else {}
-    steps = run.get("steps", {})
+    run = mfu_target_run(mfu)
+    steps = (run or {}).get("steps", {})
     compiled = steps.get("transformer_compiled")
     row("compiled Transformer++ ≥ 55% of fp32 matmul peak (d 512, T 2048)",
         f"{100 * compiled['mfu']:.1f}% (hand-written: {100 * steps['hand_transformer_compiled']['mfu']:.1f}%)"
-        if compiled and "hand_transformer_compiled" in steps else "—",
+        + stamp_note(run) if compiled and "hand_transformer_compiled" in steps
+        else "— (no run at d 512, T 2048)" if mfu and run is None else "—",
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
@@ -166,18 +168,29 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         "python -m bench peers --only memory_reference")
     ratios = compile_ratios(train)
     slower = [spec for spec, ratio in ratios.items() if ratio < 1.0]
+    apart = len(compile_ratios(train, interleaved=False))
     row("torch.compile vs eager of the generated module (report)",
         f"{len(ratios) - len(slower)}/{len(ratios)} points of bench/results/train.json faster compiled"
-        + (f" (slower: {', '.join(slower)})" if slower else "") if ratios else "—",
+        + (f" (slower: {', '.join(slower)})" if slower else "")
+        + (f"; {apart} of the {len(ratios)} timed eager and compiled back to back, not interleaved" if apart else "")
+        if ratios else "—",
         None if not ratios else not slower, "python -m bench train")
-    timed = (smoke or {}).get("speed", {})
+    full = stored_full_speed_check(smoke)
+    timed = (full or {}).get("speed", {})
+    smoke_target = "compiled step faster than eager at the smoke size, each spec in its train.compile mode"
     if any("compiled_over_eager" in outcome for outcome in timed.values()):
         timed = {spec: outcome for spec, outcome in timed.items() if "compiled_over_eager" in outcome}  # not skipped
         slower = [spec for spec, outcome in timed.items() if outcome["compiled_over_eager"] >= 1.0]
-        row("compiled step faster than eager at the smoke size, each spec in its train.compile mode",
-            f"{len(timed) - len(slower)}/{len(timed)} specs"
-            + (f" (not faster: {', '.join(slower)})" if slower else ""),
+        # a run that stamped its full check says when; the check of a file written before that is the file's run
+        when = f"; run of {full['machine']['time']}" if "full_speed_check" in smoke and isinstance(
+            full.get("machine"), dict) and full["machine"].get("time") else ""
+        row(smoke_target, f"{len(timed) - len(slower)}/{len(timed)} specs"
+            + (f" (not faster: {', '.join(slower)})" if slower else "") + when,
             not slower, "python -m bench smoke --timed all")
+    elif smoke and any("compiled_over_eager" in outcome for outcome in smoke.get("speed", {}).values()):
+        partial = ", ".join(spec for spec, outcome in smoke["speed"].items() if "compiled_over_eager" in outcome)
+        row(smoke_target, f"— (the stored run timed only {partial}; the target needs every spec)", None,
+            "python -m bench smoke --timed all")
     floor = comparisons.get("floor", {}).get("tokens_per_second", {})
     if floor:
         row("Transformer++ spec compiled vs eager and vs the hand-written model (width 256, T 2048)",
@@ -185,6 +198,33 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
             f"{floor['spec_compiled'] / floor['hand_compiled']:.2f}× the hand-written compiled",
             floor["spec_compiled"] > floor["spec_eager"], "python -m bench peers --only floor")
     return ["| target | measured | status | command |", "|---|---|---|---|", *rows]
+
+
+MFU_TARGET_SIZE = {"dim": 512, "length": 2048}  # the size the MFU target names
+
+
+def mfu_target_run(mfu: dict | None) -> dict | None:
+    """The latest mfu run at the target's size (d 512, T 2048), or None."""
+    runs = [run for run in (mfu or {}).get("runs", [])
+            if all(run.get("config", {}).get(key) == value for key, value in MFU_TARGET_SIZE.items())]
+    return runs[-1] if runs else None
+
+
+def stamp_note(entry: dict | None) -> str:
+    """"; measured DATE, N thread(s)" for an entry stamped when it was measured (`harness.stamp`), else ""."""
+    entry = entry if isinstance(entry, dict) else {}
+    when = entry.get("measured")
+    if not isinstance(when, str) or not when:
+        return ""
+    threads = entry.get("threads")
+    return f"; measured {when}" + (f", {threads} thread(s)" if isinstance(threads, int) else "")
+
+
+def measured_on(entry: dict | None) -> str:
+    """When an entry was measured (and on how many threads), or "not recorded" for one stored before
+    entries were stamped."""
+    note = stamp_note(entry)
+    return note.removeprefix("; measured ") if note else "not recorded"
 
 
 def nested_learning_ceiling(nested: dict) -> str:
@@ -204,10 +244,14 @@ def nested_learning_ceiling(nested: dict) -> str:
             f"{at_defaults})")
 
 
-def compile_ratios(train: dict | None) -> dict[str, float]:
+def compile_ratios(train: dict | None, interleaved: bool | None = None) -> dict[str, float]:
+    """Compiled (or per-chunk) over eager tokens/s of every point measured both ways; with `interleaved`,
+    only the points whose modes were (True) or were not (False) timed interleaved."""
     ratios = {}
     for point in (train or {}).get("points", []):
         if point["mode"] not in ("compiled", "chunks") or "tokens_per_second" not in point:
+            continue
+        if interleaved is not None and bool(point.get("interleaved")) != interleaved:
             continue
         eager = next((p for p in train["points"] if p["spec"] == point["spec"] and p["length"] == point["length"]
                       and p["mode"] == "eager" and "tokens_per_second" in p), None)
@@ -222,10 +266,13 @@ def train_section(train: dict) -> list[str]:
     lines = [f"Token budget {train['token_budget']:,} per step (B = budget / T), "
              f"{where.get('threads', '?')} thread(s), torch {where.get('torch', '?')}; "
              "median of the timed steps. `compile s` = first compiled step minus a timed one. "
-             "`per chunk` = `train.compile = chunks` (each chunk body compiled once; specs with chunk loops).", "",
+             "`per chunk` = `train.compile = chunks` (each chunk body compiled once; specs with chunk loops). "
+             "`timing`: the timed steps of each mode, whether the modes stepped interleaved round by round or "
+             "back to back (the earlier points: their ratios also carry any change of load between the modes), "
+             "and the spread, the largest max/min of one mode's timed steps.", "",
              "| spec | T | B | parameters | eager tok/s | compiled tok/s | compiled/eager | compile s "
-             "| per-chunk tok/s | per-chunk/eager | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| per-chunk tok/s | per-chunk/eager | timing | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     keys = sorted({(p["spec"], p["length"]) for p in train["points"]}, key=lambda k: (k[0], k[1]))
     for spec, length in keys:
         found = {mode: next((p for p in train["points"] if (p["spec"], p["length"], p["mode"]) == (spec, length, mode)),
@@ -243,8 +290,24 @@ def train_section(train: dict) -> list[str]:
                      f"{fmt(eager.get('parameters') or compiled.get('parameters'))} | "
                      f"{fmt(eager.get('tokens_per_second'))} | {fmt(compiled.get('tokens_per_second'))} | "
                      f"{fmt(over_eager(compiled), 2, '×')} | {fmt(compiled.get('compile_seconds'), 1)} | "
-                     f"{fmt(chunks.get('tokens_per_second'))} | {fmt(over_eager(chunks), 2, '×')} | {note} |")
+                     f"{fmt(chunks.get('tokens_per_second'))} | {fmt(over_eager(chunks), 2, '×')} | "
+                     f"{timing_note([eager, compiled, chunks])} | {note} |")
     return lines
+
+
+def timing_note(points: list[dict]) -> str:
+    """How a (spec, length)'s modes were timed: steps per mode, interleaved or back to back, spread."""
+    measured = [p for p in points if "tokens_per_second" in p]
+    if not measured:
+        return ""
+    counts = "/".join(str(n) for n in sorted({len(p.get("all_seconds") or []) for p in measured}))
+    interleaved = [bool(p.get("interleaved")) for p in measured]
+    how = "interleaved" if all(interleaved) else "back to back" if not any(interleaved) else "partly interleaved"
+    if len(measured) == 1:
+        how = "one mode"
+    spreads = [max(samples) / min(samples) for p in measured
+               if len(samples := p.get("all_seconds") or []) > 1 and min(samples) > 0]
+    return f"{counts} steps, {how}" + (f", spread {max(spreads):.2f}×" if spreads else "")
 
 
 def short_error(error: str) -> str:
@@ -271,7 +334,8 @@ def peers_section(peers: dict) -> list[str]:
         if isinstance(failure, dict) and "error" in failure:
             lines += [f"The last run ({failure.get('when', 'date unknown')}) failed, so these are the earlier "
                       f"measurement's numbers: `{short_error(failure['error'])}`", ""]
-        lines.append(f"Configuration: `{outcome.get('config')}`; parameters: `{outcome.get('parameters', '—')}`.")
+        lines.append(f"Configuration: `{outcome.get('config')}`; parameters: `{outcome.get('parameters', '—')}`; "
+                     f"measured: {measured_on(outcome)}.")
         lines.append("")
         if "tokens_per_second" in outcome:
             lines += ["| contender | tokens/s |", "|---|---:|"]
@@ -308,34 +372,44 @@ def _readable(key: str, value) -> str:
 def memory_section(memory: dict) -> list[str]:
     targets = sorted({p["target"] for p in memory["points"]})
     lengths = sorted({p["length"] for p in memory["points"]})
-    lines = ["| model | " + " | ".join(f"T={t}" for t in lengths) + " | growth per 4× T |",
-             "|---|" + "---:|" * (len(lengths) + 1)]
+    lines = ["| model | " + " | ".join(f"T={t}" for t in lengths) + " | growth per 4× T | measured |",
+             "|---|" + "---:|" * (len(lengths) + 1) + "---|"]
     for target in targets:
         values = {p["length"]: p.get("step_mib") for p in memory["points"] if p["target"] == target}
+        dates = list(dict.fromkeys(measured_on(p) for p in sorted(
+            (p for p in memory["points"] if p["target"] == target), key=lambda p: p["length"])))
         growth = []  # every T and 4·T both measured: 512 → 2048, 1024 → 4096, 2048 → 8192, …
         for short in lengths:
             if values.get(short) and values.get(4 * short):
                 growth.append(f"{values[4 * short] / values[short]:.1f}×")
         lines.append(f"| {target} | " + " | ".join(fmt(values.get(t), 0, " MiB") for t in lengths)
-                     + f" | {', '.join(growth) or '—'} |")
+                     + f" | {', '.join(growth) or '—'} | {'; '.join(dates)} |")
     cost = memory.get("recompute_cost")
     if cost:
         speeds = cost["tokens_per_second"]
         lines += ["", f"What `train.recompute = {cost['stretch']}` costs (`python -m bench memory --recompute-cost`: "
                   f"{cost['spec']} {' '.join(cost['overrides'])}, T = {cost['length']}, B = {cost['batch']}, chunk "
                   f"bodies compiled, {cost['rounds']} interleaved rounds): {speeds['recompute']:,.0f} vs "
-                  f"{speeds['plain']:,.0f} tokens/s, {cost['time_ratio']:.2f}× the step time."]
+                  f"{speeds['plain']:,.0f} tokens/s, {cost['time_ratio']:.2f}× the step time; measured: "
+                  f"{measured_on(cost)}."]
     return lines
 
 
 def chunks_section(chunks: dict) -> list[str]:
     lines = [f"Throughput: eager steps at T={chunks['length']}, B={chunks['batch']}. Loss: {chunks['steps']} "
              f"training steps at T={chunks['train_length']}, B={chunks['train_batch']} on the default corpus, "
-             "then held-out batches; same seed and batches for every C.", "",
-             "| model | C | tokens/s | final train loss | held-out loss |", "|---|---:|---:|---:|---:|"]
+             "then held-out batches; same seed and batches for every C. Each C is timed on its own, one after "
+             "another (not interleaved), so its tokens/s moves with the machine's load; `timed steps`: how many "
+             "steps its median is of, and their spread (max/min).", "",
+             "| model | C | tokens/s | timed steps | final train loss | held-out loss | measured |",
+             "|---|---:|---:|---|---:|---:|---|"]
     for p in sorted(chunks["points"], key=lambda p: (p["model"], p["chunk"])):
+        samples = p.get("all_seconds") if isinstance(p.get("all_seconds"), list) else None
+        steps = "not recorded" if not samples else f"{len(samples)}" + (
+            f", spread {max(samples) / min(samples):.2f}×" if len(samples) > 1 and min(samples) > 0 else "")
         lines.append(f"| {p['model']} | {p['chunk']} | {fmt(p.get('tokens_per_second'))} | "
-                     f"{fmt(p.get('train_loss'), 3)} | {fmt(p.get('eval_loss'), 3)} |"
+                     f"{steps if 'tokens_per_second' in p else ''} | "
+                     f"{fmt(p.get('train_loss'), 3)} | {fmt(p.get('eval_loss'), 3)} | {measured_on(p)} |"
                      + (f" {p['error']}" if "error" in p else ""))
     return lines
 
@@ -346,8 +420,9 @@ def mfu_section(mfu: dict) -> list[str]:
     where = mfu.get("machine") if isinstance(mfu.get("machine"), dict) else {}  # old files may lack it
     lines = [f"d_model {cfg['dim']}, {cfg['heads']} heads, {cfg['layers']} blocks, T={cfg['length']}, "
              f"B={cfg['batch']}; fp32 matmul peak measured in the same run: {run['peak_flops'] / 1e9:.1f} GFLOP/s "
-             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after ({where.get('threads', '?')} thread(s)); "
-             "MFU is taken against the higher of the two.", "",
+             f"before, {run.get('peak_after', 0) / 1e9:.1f} GFLOP/s after "
+             f"({run.get('threads', where.get('threads', '?'))} thread(s)); "
+             f"MFU is taken against the higher of the two. This is the latest run (measured: {measured_on(run)}).", "",
              "| step | tokens/s | GFLOP/s | MFU |", "|---|---:|---:|---:|"]
     for name, step in run["steps"].items():
         lines.append(f"| {name} | {step['tokens_per_second']:,.0f} | {step['achieved_flops'] / 1e9:.1f} | "
@@ -359,19 +434,36 @@ def mfu_section(mfu: dict) -> list[str]:
 
 
 def smoke_section(smoke: dict) -> list[str]:
-    lines = [f"Result: **{'ok' if smoke['ok'] else 'FAILED'}** in {smoke['seconds']:.0f} s "
-             f"(tolerance: compiled ≤ {smoke['tolerance']}× eager).", "",
+    tolerance = smoke["tolerance"]
+    lines = [f"Result: **{'ok' if smoke['ok'] else 'FAILED'}** in {smoke['seconds']:.0f} s, run of "
+             f"{(smoke.get('machine') or {}).get('time', 'date not recorded')}. The guard's speed check passes a "
+             f"spec whose compiled step takes at most {tolerance}× the eager one (a margin for timing noise); the "
+             "Targets row above asks for more, compiled faster than eager (below 1.0×), so a spec can pass here "
+             "and miss there.", "",
              "| spec | graph-break check | frames | trace s |", "|---|---|---:|---:|"]
     for spec, outcome in smoke["graph_breaks"].items():
         lines.append(f"| {spec} | {'ok' if outcome['ok'] else outcome.get('error', 'FAILED')} | "
                      f"{outcome.get('frames', '—')} | {fmt(outcome.get('seconds'), 1)} |")
-    lines += ["", "| spec | eager s | compiled s | compiled/eager | compile s |", "|---|---:|---:|---:|---:|"]
-    for spec, outcome in smoke["speed"].items():
+    lines += ["", *speed_table(smoke["speed"], tolerance)]
+    full = stored_full_speed_check(smoke)
+    if full is not None and full.get("speed") != smoke["speed"]:
+        lines += ["", "The Targets row reads the last run that timed every shipped spec (`python -m bench smoke "
+                  f"--timed all`, run of {(full.get('machine') or {}).get('time', 'date not recorded')}):", "",
+                  *speed_table(full["speed"], full.get("tolerance") or tolerance)]
+    return lines
+
+
+def speed_table(speed: dict, tolerance: float) -> list[str]:
+    lines = [f"| spec | eager s | compiled s | compiled/eager | compile s | guard (≤ {tolerance}×) "
+             "| target (< 1.0×) |", "|---|---:|---:|---:|---:|---|---|"]
+    for spec, outcome in speed.items():
         if "compiled_over_eager" not in outcome:  # a spec that trains eagerly is skipped by the check
-            lines.append(f"| {spec} | {outcome.get('skipped', 'not timed')} | | | |")
+            lines.append(f"| {spec} | {outcome.get('skipped', 'not timed')} | | | | | |")
             continue
+        ratio = outcome["compiled_over_eager"]
         lines.append(f"| {spec} | {outcome['eager_seconds']:.3f} | {outcome['compiled_seconds']:.3f} | "
-                     f"{outcome['compiled_over_eager']:.2f} | {outcome['compile_seconds']:.1f} |")
+                     f"{ratio:.2f} | {outcome['compile_seconds']:.1f} | {'ok' if ratio <= tolerance else 'FAILED'} | "
+                     f"{'met' if ratio < 1.0 else 'missed'} |")
     return lines
 
 
@@ -416,9 +508,12 @@ def write(notes: str = "") -> Path:
     lines = ["# Performance", "",
              "Generated by `python -m bench report` from bench/results/*.json; every section names the command "
              "that measured it. The machine is a shared 2-core CPU (AVX-512) whose other jobs change the load "
-             "during a run: absolute numbers move by 2× from one hour to the next, so every ratio below is measured "
-             "side by side in one run (contenders interleaved, medians kept). One intra-op thread throughout "
-             "(bench/harness.py says why), denormals flushed.", ""]
+             "during a run: absolute numbers move by 2× from one hour to the next. The MFU, peers, regression-guard "
+             "and recompute-cost ratios are measured side by side in one run (contenders interleaved, medians "
+             "kept); the training-throughput table says for each point whether its modes were interleaved or "
+             "run back to back and how many steps were timed, and the chunk-size sweep times each chunk size on "
+             "its own. One intra-op thread unless an entry says otherwise (bench/harness.py says why), denormals "
+             "flushed.", ""]
     if notes:
         lines += [notes, ""]
     lines += ["## Targets", "", *targets_section(peers, mfu, train, smoke), ""]

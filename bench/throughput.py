@@ -42,6 +42,7 @@ from bench.harness import (
     read_result,
     result_path,
     spec_key,
+    stamp,
     timed,
     write_result,
 )
@@ -138,7 +139,7 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
             model = build(spec, seq_len=length)[0]
             steps, looped = chunk_steps(model, length), has_chunk_bodies(model)
             points = {mode: {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
-                             "measured": machine()["time"]} for mode in pending}
+                             **stamp()} for mode in pending}
             for mode, point in points.items():
                 if mode == "compiled" and steps > compile_limit:
                     point["skipped"] = f"{steps} unrolled chunk steps > {compile_limit} (compile time)"
@@ -179,13 +180,16 @@ def modes_list(text: str) -> list[str]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--specs", nargs="+", help="spec files (default: every shipped spec with a model)")
-    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS))
+    parser.add_argument("--lengths", nargs="+", type=at_least(1), default=list(LENGTHS),
+                        help=f"sequence lengths T (default: {' '.join(map(str, LENGTHS))})")
     parser.add_argument("--modes", type=modes_list, default="eager,compiled,chunks",
-                        help="comma-separated: " + ", ".join(COMPILE_MODES))
-    parser.add_argument("--tokens", type=at_least(1), default=TOKEN_BUDGET, help="tokens per step (B = tokens / T)")
-    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed steps per point (median kept)")
+                        help="comma-separated: " + ", ".join(COMPILE_MODES) + " (default: all three)")
+    parser.add_argument("--tokens", type=at_least(1), default=TOKEN_BUDGET,
+                        help="tokens per step (B = tokens / T; default: %(default)s)")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
+                        help="timed steps per point, interleaved across the modes (median kept; default: %(default)s)")
     parser.add_argument("--compile-limit", type=at_least(0), default=COMPILE_CHUNK_STEPS,
-                        help="skip compiled points that unroll more chunk steps than this")
+                        help="skip compiled points that unroll more chunk steps than this (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the stored points this run measures (these specs × lengths × modes; "
                              "the others stay) and retry them")

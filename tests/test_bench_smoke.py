@@ -170,7 +170,7 @@ def test_report_tables_growth_per_4x_length_and_rounds_values() -> None:
 
     points = [{"target": "m", "length": t, "step_mib": mib} for t, mib in [(512, 10.0), (1024, 21.0), (2048, 40.0)]]
     row = report.memory_section({"points": points})[-1]
-    assert row.endswith("| 4.0× |")  # 512 → 2048 only: 1024 has no 4096 beside it
+    assert row.endswith("| 4.0× | not recorded |")  # 512 → 2048 only: 1024 has no 4096 beside it; no date
     assert report._readable("speedup", 8.1237) == "8.12×"
     assert report._readable("seconds", {"a": 1.02392}) == "a 1.024 s"
     assert report._readable("max_relative_output_difference", 4.53e-07) == "4.5e-07"
@@ -268,7 +268,7 @@ def test_fresh_drops_only_the_points_measured_now_and_errors_are_retried(results
 
     measured = []
 
-    def measure(target, length, timeout):
+    def measure(target, length, timeout, threads=1):
         measured.append((target, length))
         return {"error": "timed out"} if length == 64 and len(measured) == 1 else {"step_mib": float(length)}
 
@@ -447,3 +447,207 @@ def test_precision_reports_the_bfloat16_error_per_window(results, monkeypatch) -
     # bfloat16 keeps ~3 digits: an error near 1e-2, not the 0 of a float64 run or the 1 of a broken one
     assert all(0 < error < 0.05 for error in point["autocast"] + point["cast"])
     assert json.loads((results / "precision.json").read_text())["points"] == result["points"]
+
+
+# The audit of the suite (smoke's partial runs, the MFU row's size, timing and dates on the page, the GPU
+# suite's failures and labels, output checked before measuring, option names in messages).
+
+TWO_SPECS = ["specs/transformer.nl", "specs/titans_lmm.nl"]
+
+
+def fake_smoke(monkeypatch, ratios: dict[str, float]) -> None:
+    """smoke.run over TWO_SPECS (the shipped specs for it) with the checks replaced: nothing compiles."""
+    monkeypatch.setattr(smoke, "model_specs", lambda: list(TWO_SPECS))
+    monkeypatch.setattr(smoke, "graph_breaks", lambda spec: {"ok": True, "frames": [1, 1, 1]})
+    monkeypatch.setattr(smoke, "compiled_vs_eager", lambda spec, *a: {
+        "ok": True, "mode": "whole graph", "eager_seconds": 1.0, "compiled_seconds": ratios[spec],
+        "compiled_over_eager": ratios[spec], "compile_seconds": 1.0})
+
+
+def smoke_row(stored: dict | None) -> str:
+    from bench import report
+
+    return next(line for line in report.targets_section(None, None, None, stored) if "smoke size" in line)
+
+
+def test_a_partial_smoke_run_keeps_the_full_speed_check_for_the_targets_row(results, monkeypatch) -> None:
+    fake_smoke(monkeypatch, {"specs/transformer.nl": 0.8, "specs/titans_lmm.nl": 1.2})
+    smoke.run(timed=list(TWO_SPECS))  # --timed all
+    full = smoke_row(harness.read_result("smoke"))
+    assert "| 1/2 specs (not faster: specs/titans_lmm.nl); run of " in full and "| missed |" in full
+    fake_smoke(monkeypatch, {"specs/transformer.nl": 0.8, "specs/titans_lmm.nl": 0.5})
+    stored = smoke.run()  # the default: times specs/titans_lmm.nl only
+    assert list(stored["speed"]) == ["specs/titans_lmm.nl"]
+    assert smoke_row(stored) == full  # not "1/1 specs | met"
+    from bench import report
+
+    assert "The Targets row reads the last run that timed every shipped spec" in "\n".join(
+        report.smoke_section(stored))
+
+
+def test_a_smoke_run_that_timed_some_specs_is_no_targets_result(results, monkeypatch) -> None:
+    fake_smoke(monkeypatch, {"specs/transformer.nl": 0.8, "specs/titans_lmm.nl": 0.5})
+    row = smoke_row(smoke.run())
+    assert "the stored run timed only specs/titans_lmm.nl" in row and "| not measured |" in row
+    # a file written before the full check was kept apart: a run that timed every spec it checked is one
+    old = {"graph_breaks": {s: {"ok": True} for s in TWO_SPECS}, "ok": True, "seconds": 1.0, "tolerance": 1.3,
+           "speed": {s: {"compiled_over_eager": r} for s, r in zip(TWO_SPECS, (0.8, 1.1), strict=True)}}
+    assert smoke_row(old).startswith("| compiled step faster than eager at the smoke size, each spec in its "
+                                     "train.compile mode | 1/2 specs (not faster: specs/titans_lmm.nl) | missed |")
+
+
+def test_smoke_states_its_tolerance_and_the_page_says_which_threshold_is_which() -> None:
+    from bench import report
+
+    assert f"{smoke.SLOWDOWN_TOLERANCE}×" in smoke.__doc__.splitlines()[0]
+    stored = {"graph_breaks": {}, "ok": True, "seconds": 1.0, "tolerance": 1.3,
+              "speed": {"specs/titans_lmm.nl": {"compiled_over_eager": 1.2, "eager_seconds": 1.0,
+                                                "compiled_seconds": 1.2, "compile_seconds": 1.0}}}
+    page = "\n".join(report.smoke_section(stored))
+    assert "at most 1.3× the eager one" in page and "compiled faster than eager (below 1.0×)" in page
+    assert "| 1.20 | 1.0 | ok | missed |" in page
+
+
+def test_the_mfu_target_reads_the_latest_run_at_its_size() -> None:
+    from bench import report
+
+    def run(dim: int, mfu: float) -> dict:
+        steps = {"transformer_compiled": {"mfu": mfu}, "hand_transformer_compiled": {"mfu": 0.6}}
+        return {"config": {"dim": dim, "length": 2048}, "steps": steps}
+
+    def row(runs: list[dict]) -> str:
+        return next(line for line in report.targets_section(None, {"runs": runs}, None) if "matmul peak" in line)
+
+    assert "| 57.0% (hand-written: 60.0%) | met |" in row([run(512, 0.57), run(256, 0.2)])
+    assert "| — (no run at d 512, T 2048) | not measured |" in row([run(256, 0.9)])
+
+
+def test_the_training_table_says_how_each_point_was_timed() -> None:
+    from bench import report
+
+    def point(mode: str, seconds: list[float], **extra) -> dict:
+        return {"spec": "specs/x.nl", "length": 64, "mode": mode, "all_seconds": seconds,
+                "tokens_per_second": 64 / min(seconds), **extra}
+
+    old = {"token_budget": 64, "points": [point("eager", [1.0, 2.0]), point("compiled", [0.5, 0.6])]}
+    assert "| 2 steps, back to back, spread 2.00× |" in report.train_section(old)[-1]
+    new = {"token_budget": 64, "points": [point("eager", [1.0] * 3, interleaved=True),
+                                          point("compiled", [0.5] * 3, interleaved=True)]}
+    assert "| 3 steps, interleaved, spread 1.00× |" in report.train_section(new)[-1]
+    row = next(line for line in report.targets_section(None, None, old) if "torch.compile" in line)
+    assert "1 of the 1 timed eager and compiled back to back, not interleaved" in row
+
+
+def test_the_page_dates_each_entry_and_says_when_an_old_one_is_not_recorded() -> None:
+    from bench import report
+
+    stamped = {"config": "c", "tokens_per_second": {"a": 1.0}, "measured": "2026-12-05 10:00:00", "threads": 2}
+    page = "\n".join(report.peers_section({"comparisons": {"new": stamped, "old": {"config": "c"}}}))
+    assert "measured: 2026-12-05 10:00:00, 2 thread(s)." in page and "measured: not recorded." in page
+    memory = {"points": [{"target": "m", "length": 512, "step_mib": 3.0},
+                         {"target": "n", "length": 512, "step_mib": 3.0, "measured": "2026-12-05 11:00:00",
+                          "threads": 1}]}
+    rows = report.memory_section(memory)
+    assert rows[-2].endswith("| not recorded |") and rows[-1].endswith("| 2026-12-05 11:00:00, 1 thread(s) |")
+    chunks = {"length": 8, "batch": 1, "steps": 1, "train_length": 8, "train_batch": 1, "points": [
+        {"model": "titans", "chunk": 4, "tokens_per_second": 1.0, "eval_loss": 1.0, "train_loss": 1.0}]}
+    assert "| 4 | 1 | not recorded | 1.000 | 1.000 | not recorded |" in report.chunks_section(chunks)[-1]
+
+
+def test_memory_points_are_stamped_and_measured_on_the_threads_asked_for(results, monkeypatch) -> None:
+    from bench import peak_memory
+
+    commands = []
+
+    class Done:
+        stdout, stderr = 'RESULT{"step_mib": 1.0}', ""
+
+    real = subprocess.run
+
+    def run(command, **kwargs):  # only the child of a point is faked (torch may start processes of its own)
+        if "from bench.peak_memory import child" not in command[-1]:
+            return real(command, **kwargs)
+        commands.append(command)
+        return Done()
+
+    monkeypatch.setattr(peak_memory.subprocess, "run", run)
+    [point] = peak_memory.run(["specs/transformer.nl"], [64], 10.0, fresh=False, threads=2)["points"]
+    assert len(commands) == 1 and "child('specs/transformer.nl', 64, 2)" in commands[0][-1]
+    assert point["threads"] == 2 and point["measured"] and point["step_mib"] == 1.0
+
+
+def test_the_gpu_suite_records_out_of_memory_per_model_and_goes_on(results, tmp_path, monkeypatch) -> None:
+    from bench import gpu
+
+    def measure_model(spec, *args, **kwargs):
+        if "transformer" in spec:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB. Of the allocated ...")
+        return {"compiled": "chunks", "recompute": 16, "parameters": 1, "tokens_per_second": 2.0, "step_seconds": 1.0,
+                "first_step_seconds": 1.0, "mfu": 0.1, "kernels": {"skipped": "cpu"}}
+
+    monkeypatch.setattr(gpu, "measure_model", measure_model)
+    monkeypatch.setattr(gpu, "matmul_peak", lambda **kw: 1e9)
+    monkeypatch.setattr(gpu, "equal_parameter_layers", lambda *a: (1, 1))
+    run = gpu.Run("cpu", 1000.0, tmp_path / "page.md", "gpu_tiny")
+    gpu.throughput(run, gpu.TINY, "chunks", 16)
+    models = harness.read_result("gpu_tiny")["phases"]["throughput"]["models"]
+    assert models["transformer"]["error"] == "CUDA out of memory. Tried to allocate 9.00 GiB"
+    assert models["hope"]["tokens_per_second"] == 2.0
+    page = (tmp_path / "page.md").read_text()
+    assert "| transformer | compiled, failed: CUDA out of memory. Tried to allocate 9.00 GiB |" in page
+
+
+def test_the_gpu_page_labels_each_bf16_check_by_what_was_measured() -> None:
+    from bench import gpu
+
+    old = {"fp32_eager": 5.5575, "bf16_compiled": 5.5575, "relative_error": 4.5e-6, "ok": True}
+    new = {**old, "relative_error": 0.012, "compared": gpu.BF16_COMPARED, "tolerance": gpu.BF16_LOGITS_RTOL}
+    old_page = "\n".join(gpu.render_bf16({"specs/transformer.nl": old}))
+    assert "at the parameters' initialisation" in old_page and "tolerance 0.02" in old_page
+    assert "off their initialisation" not in old_page and "losses' relative difference" in old_page
+    new_page = "\n".join(gpu.render_bf16({"specs/transformer.nl": new}))
+    assert "parameters off their initialisation" in new_page and "tolerance 0.05" in new_page
+
+
+def test_an_unwritable_output_is_refused_before_measuring(tmp_path, monkeypatch) -> None:
+    from bench import gpu, precision
+    from bench.__main__ import main
+    from nldsl.cli import UserError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(harness, "RESULTS", blocker / "results")
+    monkeypatch.setattr(precision, "measure", lambda *a: pytest.fail("measured before checking the results folder"))
+    with pytest.raises(UserError, match=r"^cannot write results to .*a-file/results: .*nothing was measured\)$"):
+        main(["precision", "--specs", "specs/titans_lmm.nl"])
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(gpu, "correctness", lambda *a: pytest.fail("measured before checking --output"))
+    with pytest.raises(UserError, match=r"^cannot write the markdown page .*a-file/x\.md: "):
+        main(["gpu", "--device", "cpu", "--tiny", "--output", str(blocker / "x.md")])
+
+
+def test_a_bench_option_that_does_not_fit_the_spec_is_named_as_typed(results) -> None:
+    from bench import mfu
+    from nldsl.diagnostics import SpecError
+
+    with pytest.raises(SpecError) as error:
+        mfu.run(["specs/transformer.nl"], 512, 3, 1, 64, 1, 1, False)
+    assert "`--heads 3`" in str(error.value) and "--set" not in str(error.value)
+
+
+def test_every_bench_option_has_help_and_every_command_says_what_it_costs(capsys) -> None:
+    import argparse
+
+    from bench.__main__ import COMMANDS, main
+
+    for name, module in COMMANDS.items():
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        for action in parser._actions:
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    assert all(f"{name} " in listing for name in COMMANDS) and listing.count("Takes ") == len(COMMANDS)
