@@ -514,9 +514,10 @@ def write(notes: str = "") -> Path:
              "run back to back and how many steps were timed, and the chunk-size sweep times each chunk size on "
              "its own. One intra-op thread unless an entry says otherwise (bench/harness.py says why), denormals "
              "flushed.", ""]
-    if notes:
-        lines += [notes, ""]
+    # the targets first: the notes' history of each round is long, and a reader comes for the status
     lines += ["## Targets", "", *targets_section(peers, mfu, train, smoke), ""]
+    if notes:
+        lines += ["## How these numbers were taken, and what changed", "", notes, ""]
     if train:
         figure = plot_train(train)
         lines += ["## Training throughput (`python -m bench train`)", ""]
