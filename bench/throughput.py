@@ -185,7 +185,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--modes", type=modes_list, default="eager,compiled,chunks",
                         help="comma-separated: " + ", ".join(COMPILE_MODES) + " (default: all three)")
     parser.add_argument("--tokens", type=at_least(1), default=TOKEN_BUDGET,
-                        help="tokens per step (B = tokens / T; default: %(default)s)")
+                        help="tokens per step (B = max(1, tokens // T): a T past it steps on T tokens; default: "
+                             "%(default)s)")
     parser.add_argument("--repeats", type=at_least(1), default=3,
                         help="timed steps per point, interleaved across the modes (median kept; default: %(default)s)")
     parser.add_argument("--compile-limit", type=at_least(0), default=COMPILE_CHUNK_STEPS,
