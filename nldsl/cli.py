@@ -175,12 +175,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if result.spec.model is None:
         raise UserError(f"{result.spec.path} defines no `model` section, so there is nothing to compile")
     source = compile_spec(result.spec, result.sources[result.spec.path].text, args.set or ())
-    if args.output:
+    if args.output and args.output != "-":
         _refuse_to_overwrite_a_source(args.output, result.sources)
         write_output(args.output, source)
         print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(source)
+    else:  # as UTF-8 bytes, as a written module is: a console in another encoding must not fail on `§`
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text_bytes(source))
+        sys.stdout.buffer.flush()
     return 0
 
 
@@ -240,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a spec to a readable PyTorch module")
     p.add_argument("file", metavar="FILE", type=path_text)
-    p.add_argument("-o", "--output", metavar="OUT.py", type=path_text)
+    p.add_argument("-o", "--output", metavar="OUT.py", type=path_text,
+                   help="the module's file (default, or -: stdout, UTF-8)")
     overrides(p)
     p.set_defaults(func=cmd_compile)
 

@@ -389,9 +389,18 @@ def test_the_banner_command_regenerates_the_module_with_its_overrides(tmp_path, 
 
     first, again = tmp_path / "a.py", tmp_path / "b.py"
     spec = str(REPO_ROOT / "specs" / "titans_lmm.nl")
-    overrides = ["--set", "dim=32", "--set", "train.optimizer=adamw(lr = 1e-3)"]
+    overrides = ["--set", "dim=32", "--set", "train.optimizer=adamw(lr = 1e-3)", "--set", "train.log_every=7",
+                 "--set", "train.eval_every=9", "--set", "train.seed=3"]
     assert main(["compile", spec, *overrides, "-o", str(first)]) == 0
-    command = first.read_text().splitlines()[1].removeprefix("#").strip()
+    lines = first.read_text().splitlines()
+    assert all(len(line) <= 120 for line in lines[:12]), "the command goes on over lines"
+    start = next(i for i, line in enumerate(lines) if line.startswith("#     nldsl compile"))
+    command = ""
+    for line in lines[start:]:  # a long command goes on over lines ending in ` \`, as a shell reads it
+        command += line.removeprefix("#").strip().removesuffix("\\").rstrip() + " "
+        if not line.endswith("\\"):
+            break
+    command = command.strip()
     assert command.endswith(" -o <this file>")
     words = shlex.split(command.removesuffix(" -o <this file>"))
     assert words[:2] == ["nldsl", "compile"] and "--set=dim=32" in words

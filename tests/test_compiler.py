@@ -10,6 +10,7 @@ generated code unvalidated.
 from __future__ import annotations
 
 import ast as pyast
+import inspect
 import os
 import shutil
 import subprocess
@@ -311,13 +312,87 @@ def test_every_compiled_golden_has_a_spec(update_golden: bool) -> None:
     assert not stale, f"golden modules without a spec: {[p.name for p in stale]}; rerun with --update-golden"
 
 
+LONG = "a" + "_abcdefghij" * 6  # a 67-character name
+ODD_SPEC = f"""\
+# A spec comment far longer than a line of the module may be: it goes on and on, past the limit of 120 characters.
+# {"averylongword" * 12}
+model m {{
+  vocab = 64
+  dim = 16
+  layers = 1
+  block {{
+    attention att{LONG} {{ heads = 2  rope = true }}
+    memory mem{LONG} {{ heads = 2  level lvl{LONG} {{ state = mlp  period = 8  momentum = learned() }} }}
+    mlp mlp{LONG} {{ }}
+    cms cms{LONG} {{
+      level fast{LONG} {{ period = 4 }}
+      level outer{LONG} {{ period = steps(2)  update = outer }}
+    }}
+    cms nested{LONG} {{
+      variant = nested
+      level f{LONG} {{ period = 2 }}
+      level s{LONG} {{ period = 4 }}
+    }}
+    parallel par{LONG} {{
+      attention pa{LONG} {{ heads = 2 }}
+      mlp pm{LONG} {{ }}
+    }}
+  }}
+}}
+train {{ seq_len = 32  batch = 2 }}
+"""
+
+
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
 def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
+    """Where a user keeps a generated module (outside nldsl's checkout, so nldsl's imports sort with
+    torch's), for every shipped spec and for one of long names, long comments, many overrides and a
+    nested cms."""
+    out = tmp_path / "modules"
+    out.mkdir()
     for path in model_specs():
-        (tmp_path / f"{path.stem}.py").write_text(generated(Path("specs") / path.relative_to(REPO / "specs")))
-    result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B",
-                             str(tmp_path)], capture_output=True, text=True)
+        (out / f"{path.stem}.py").write_text(generated(Path("specs") / path.relative_to(REPO / "specs")))
+    odd = check_text(ODD_SPEC, str(tmp_path / f"odd{LONG}.nl"), [f"train.steps={n}" for n in range(200, 210)])
+    assert odd.ok, odd.diagnostics
+    (out / "odd.py").write_text(compile_spec(odd.spec, ODD_SPEC, [f"train.steps={n}" for n in range(200, 210)]))
+    result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
+                             str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_spec_path_never_declares_the_modules_encoding(tmp_path: Path) -> None:
+    """Python reads `coding=…` in a file's first two lines as its encoding (PEP 263): a spec path
+    such as `recoding=fast.nl` there made the written module impossible to import."""
+    for name in ("recoding=fast.nl", "ascii coding:ascii.nl", "coding=latin-1/tränsformer.nl"):
+        spec = tmp_path / name
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text((REPO / "specs" / "transformer.nl").read_text())
+        module = tmp_path / "module.py"
+        module.write_text(compile_spec(check_file(spec).spec, ""), encoding="utf-8")
+        code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('m', sys.argv[1]); "
+                "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.SPEC_PATH)")
+        done = subprocess.run([sys.executable, "-c", code, str(module)], capture_output=True, text=True,
+                              encoding="utf-8")
+        assert done.returncode == 0 and done.stdout.strip() == str(spec), done.stderr
+
+
+def test_compile_to_stdout_writes_utf8_whatever_the_console_encoding(tmp_path: Path) -> None:
+    for target in ([], ["-o", "-"]):
+        done = subprocess.run([sys.executable, "-m", "nldsl", "compile", str(REPO / "specs" / "hope.nl"), *target],
+                              capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode("utf-8") == generated(REPO / "specs" / "hope.nl")
+    assert not (Path.cwd() / "-").exists()
+
+
+def test_the_modules_training_step_clips_as_the_spec_says(tmp_path: Path) -> None:
+    for clip in (0.0, 0.25):
+        result = check_file(REPO / "specs" / "transformer.nl", ["dim=16", f"train.clip={clip}"])
+        namespace: dict = {}
+        exec(compile(compile_spec(result.spec, ""), "<module>", "exec"), namespace)
+        assert namespace["TRAIN_CLIP"] == clip
+        assert inspect.signature(namespace["training_step"]).parameters["clip"].default == clip
+        assert namespace["__all__"] == ["Model", "build", "training_step"]
 
 
 def test_generated_module_runs_with_only_torch_and_the_runtime(tmp_path: Path) -> None:
