@@ -132,10 +132,48 @@ def test_continual_metrics_on_a_hand_made_matrix():
     assert S.backward_transfer(better) == pytest.approx(-0.5)
 
 
-def test_compare_needs_twice_the_standard_error():
-    assert S.compare([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "lower"
-    assert S.compare([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "higher"
-    assert S.compare([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]) == "indistinguishable"
+def test_compare_is_welchs_t_test_at_five_percent():
+    assert S.compare([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]).outcome == "lower"
+    assert S.compare([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]).outcome == "higher"
+    assert S.compare([1.0, 1.5, 0.5], [1.2, 1.7, 0.7]).outcome == "not significant"
+    assert S.t_critical(3.41) == 3.182 and S.t_critical(1) == 12.706 and S.t_critical(30.9) == 2.042
+    assert S.t_critical(31) == 1.96 and S.t_critical(0.4) == 12.706
+    # The published HOPE-vs-titans BWT (1.363 ± 0.384 vs 1.997 ± 0.246, 3 seeds): beyond twice the standard
+    # error, but Welch's p ≈ 0.085, so not a difference at 5%
+    published = json.loads((REPO / "docs/results/continual.json").read_text())["metrics"]
+    hope, titans = published["hope"]["bwt"], published["titans"]["bwt"]
+    comparison = S.compare(hope, titans)
+    assert comparison.outcome == "not significant"
+    assert comparison.df == pytest.approx(3.41, abs=0.01) and comparison.t == pytest.approx(2.41, abs=0.01)
+    verdict = "\n".join(S.continual_verdict({name: published[name] for name in ("hope", "titans")}))
+    assert "HOPE forgets not significantly differently from `titans`" in verdict and "forgets less" not in verdict
+    assert "Welch t = 2.41, df 3.4, 5% critical value 3.182" in verdict
+
+
+def test_statistics_leave_diverged_seeds_out_and_never_compare_them(tmp_path):
+    nan = math.nan
+    assert S.mean_std([1.0, nan, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert S.pm([1.0, nan, 3.0]) == "2.000 ± 1.414 (2 of 3 seeds finite)"
+    assert S.pm([1.5]) == "1.500 (one seed: no spread)" and "±" not in S.pm([1.5])
+    assert S.pm([nan, nan]).startswith("diverged")
+    assert S.compare([1.0, nan, 1.1], [2.0, 2.1, 1.9]).outcome == "not comparable"
+    assert S.compare([1.0], [2.0]).outcome == "not comparable"  # one seed: no verdict
+    summary = json.loads((REPO / "docs/results/continual.json").read_text())
+    hope = summary["models"]["hope"]["sequential"][1]
+    hope["R"] = [hope["R"][0]] + [[nan] * 3] * 3  # seed 1 of HOPE diverged in its first phase
+    hope["diverged_at_step"] = 5
+    S.write_continual_report(summary, tmp_path)  # statistics.stdev raised on the NaN here
+    report = (tmp_path / "continual.md").read_text()
+    assert "- `hope`: 1 of 3 seeds diverged in sequential training" in report
+    assert "HOPE cannot be compared with `titans` on forgetting" in report and "1 of 3 seeds of HOPE diverged" in report
+    assert "forgets less" not in report and "nan ±" not in report
+    json.loads((tmp_path / "continual.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    summary["config"]["seeds"] = 1
+    for entry in summary["models"].values():
+        entry["sequential"], entry["joint"] = entry["sequential"][:1], entry["joint"][:1]
+    S.write_continual_report(summary, tmp_path)
+    report = (tmp_path / "continual.md").read_text()
+    assert "± 0.000" not in report and "no spread is available" in report and "cannot be compared" in report
 
 
 def test_learner_clock_and_control_groups():
@@ -256,7 +294,6 @@ def test_tiny_studies_write_apart_from_the_published_results_and_refuse_size_opt
     monkeypatch.chdir(tmp_path)
     a = S.parse_study("continual", ["--tiny"])
     assert a.out == S.TINY_RESULTS and S.RESULTS not in a.out.parents and a.out != S.RESULTS
-    assert S.parse_study("continual", []).out == S.RESULTS
     assert S.parse_study("recall", ["--tiny", "--out", "mine"]).out == Path("mine")
     for study, option in [("continual", "--steps"), ("continual", "--params"), ("recall", "--mqar-batch"),
                           ("recall", "--lrs")]:
@@ -422,3 +459,121 @@ def test_a_study_run_draws_its_steps_only_on_a_terminal(monkeypatch, terminal):
     assert bar.disable is (not terminal)  # read before the loop: tqdm disables a closed bar
     assert not terminal or bar.desc == "hope seed 0 phase 1"
     assert list(bar) == list(range(5))
+
+
+@pytest.mark.parametrize("study", ["continual", "recall"])
+def test_a_study_without_out_never_writes_the_published_results(tmp_path, monkeypatch, study):
+    monkeypatch.chdir(tmp_path)
+    a = S.parse_study(study, [])
+    assert a.out == Path(f"runs/bench-{study}") and a.out != S.RESULTS and S.RESULTS not in a.out.parents
+    assert S.parse_study(study, ["--out", "docs/results"]).out == S.RESULTS  # publishing is explicit
+    assert f"runs/bench-{study}" in (S.continual_parser() if study == "continual" else S.recall_parser()).format_help()
+
+
+def test_a_refused_study_leaves_the_earlier_log_in_place(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "results"
+    out.mkdir()
+    log = out / "recall.runs.jsonl"
+    log.write_text(json.dumps({"key": "an earlier run", "result": {"seconds": 1.0}}) + "\n")
+    muon = str(REPO / "specs/transformer_muon.nl")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run trained before the options were checked")
+
+    monkeypatch.setattr(S, "Learner", no_training)
+    for argv in (["bench", "recall", "--params", "5", "--models", "transformer"],  # no width that small
+                 ["bench", "continual", "--params", "5", "--models", "transformer", "--no-control"],
+                 ["bench", "recall", "--tiny", "--models", "transformer", muon]):  # an optimizer it cannot use
+        assert main([*argv, "--out", str(out)]) == 1
+        assert capsys.readouterr().err.startswith("error:")
+        assert log.exists() and not list(out.glob("*.previous*"))  # not moved aside before the refusal
+
+
+@pytest.mark.parametrize("make, message", [
+    ("muon", "the studies train every model with AdamW"),
+    ("vocab", "has vocab = 128, but the studies train on bytes"),
+    ("bpe", "uses the bpe tokenizer, but the studies train on bytes"),
+])
+@pytest.mark.parametrize("study", ["continual", "recall"])
+def test_a_spec_the_studies_cannot_train_is_refused_before_any_run(tmp_path, capsys, monkeypatch, make, message,
+                                                                   study):
+    text = (REPO / "specs/transformer.nl").read_text()
+    if make == "muon":
+        path = REPO / "specs/transformer_muon.nl"
+    else:
+        path = tmp_path / f"{make}.nl"
+        path.write_text(text.replace("vocab = 256", "vocab = 128") if make == "vocab" else
+                        text.replace("vocab = 256", "vocab = 512").replace("seq_len = 256",
+                                                                            "seq_len = 256\n  tokenizer = bpe(512)"))
+    trained = []
+    monkeypatch.setattr(S, "Learner", lambda *a, **k: trained.append(a) or pytest.fail("trained a model"))
+    # the spec the study cannot use comes last: no other model trains first
+    assert main(["bench", study, "--tiny", "--no-control" if study == "continual" else "--seed", *(
+        [] if study == "continual" else ["0"]), "--out", str(tmp_path / "out"),
+        "--models", "transformer", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "internal error" not in err and not trained
+
+
+def test_resume_says_which_runs_it_does_not_reuse_and_report_only_rebuilds_without_training(tmp_path, monkeypatch,
+                                                                                            capsys):
+    out = tmp_path / "results"
+    argv = ["bench", "recall", "--tiny", "--models", "transformer", "--out", str(out)]
+    assert main([*argv, "--report-only"]) == 1  # nothing logged yet: nothing to rebuild from
+    assert "--report-only rebuilds the report from the logged runs" in capsys.readouterr().err
+    assert main(argv) == 0
+    made = S.code_digest()
+    page = (out / "recall.md").read_text()
+    summary = json.loads((out / "recall.json").read_text())
+    monkeypatch.setattr(S, "code_digest", lambda: "other code")
+    capsys.readouterr()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only trained a run")
+
+    monkeypatch.setattr(S, "Learner", no_training)
+    logged = (out / "recall.runs.jsonl").read_text()
+    assert main([*argv, "--report-only"]) == 0
+    assert (out / "recall.runs.jsonl").read_text() == logged  # read, never written or moved
+    rebuilt = (out / "recall.md").read_text()
+    assert f"rebuilt with `--report-only` from the logged runs in `recall.runs.jsonl`, made by nldsl code `{made}`" \
+        in rebuilt and "`other code`" in rebuilt
+    assert rebuilt.split("\n", 8)[8] == page.split("\n", 8)[8]  # below the header: the same page
+    again = json.loads((out / "recall.json").read_text())
+    assert again["models"] == summary["models"] and again["command"] == summary["command"]
+    assert again["rebuilt"] == {"runs_code": [made], "code": "other code"}
+    monkeypatch.undo()
+    monkeypatch.setattr(S, "code_digest", lambda: "other code")
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: 2 of the 2 logged runs in {out / 'recall.runs.jsonl'} were made by other code ({made}" in err
+    assert "logged runs of" in err and f"not reused: 2 made by other code ({made})" in err
+
+
+def test_duplicate_learning_rates_are_one_run(tmp_path):
+    a = S.parse_study("recall", ["--lrs", "0.01", "1e-2", "0.003", "--out", str(tmp_path)])
+    assert a.lrs == [0.01, 0.003] and S.recall_config(a).lrs == (0.01, 0.003)
+
+
+def test_report_files_are_strict_json_and_a_failed_write_names_its_file(tmp_path, monkeypatch):
+    summary = json.loads((REPO / "docs/results/recall.json").read_text())  # HOPE diverged at lr 0.003 and 0.01
+    S.write_recall_report(summary, tmp_path)
+    text = (tmp_path / "recall.json").read_text()
+    assert "NaN" not in text and json.loads(text)["models"]["hope"]["mqar"]["0.01"]["tests"]["T=64 D=4"]["accuracy"] \
+        is None
+    revived = S.revive(json.loads(text)["models"]["hope"]["mqar"]["0.01"])
+    assert math.isnan(revived["tests"]["T=64 D=4"]["accuracy"]) and revived["diverged_at_step"] is not None
+    report = (tmp_path / "recall.md").read_text()
+    assert "Models at matched parameter count" in report and "the counts span 270,776–309,096" in report
+    assert "*Earlier observations, not from this run*" in report
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(S, "write_atomic", full)
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'recall.json'}: No space left on device"):
+        S.write_recall_report(summary, tmp_path)
+    log = S.RunLog(tmp_path / "x.runs.jsonl", resume=False)
+    monkeypatch.setattr(Path, "open", lambda *a, **k: full(None, None))
+    with pytest.raises(UserError, match=r"cannot write .*x\.runs\.jsonl: No space left on device"):
+        log.run({"k": 1}, lambda: {"seconds": 1.0})

@@ -8,8 +8,9 @@
   visible on its own.
 - Long-context recall: MQAR (trained at one length and number of pairs, tested on several) with a
   small learning-rate sweep, and passkey retrieval trained at one length and tested at 1×–8× it.
-- Models are built with `nldsl.load` at EQUAL parameter count: each spec's `dim` is the width
-  (a multiple of 4 the spec accepts) whose count is nearest to `--params`.
+- Models are built with `nldsl.load` at MATCHED parameter count: each spec's `dim` is the width
+  (a multiple of 4 the spec accepts) whose count is nearest to `--params`. Widths come in steps, so
+  the counts are close, not equal (within MATCH_TOLERANCE; the reports give their spread).
 - The loop is eager (no torch.compile: compiling dominates runs this short on CPU), one thread,
   torch.optim.AdamW built here with the spec's AdamW hyper-parameters and the decay split of the
   spec optimizer (weight decay on tensors of two or more dimensions only), linear warm-up then a
@@ -20,7 +21,12 @@
   stepped by AdamW only when (step + 1) is a multiple of N, with that sum; in between it has no
   gradient, so AdamW leaves it (and its moments) alone.
 - Each finished run is appended to `<out>/<study>.runs.jsonl`; `--resume` reuses the runs of an
-  identical configuration, so an interrupted study continues where it stopped.
+  identical configuration, so an interrupted study continues where it stopped, and
+  `--report-only` rebuilds the report from the logged runs without training. `<out>` defaults to
+  `runs/bench-<study>`; the published pages are written only with an explicit `--out docs/results`.
+- Statistics over seeds leave diverged (NaN) runs out and say how many there were; two models are
+  compared by Welch's two-sided t-test at the 5% level, and a comparison with a diverged seed or
+  fewer than two seeds is reported as not comparable.
 """
 
 from __future__ import annotations
@@ -76,9 +82,12 @@ SPEC_LR = 3e-3  # the outer lr of every shipped spec used here
 CONTROL = "transformer_slow_mlp"  # the Transformer whose MLP weights learn at lr × CONTROL_MLP_LR_SCALE
 CONTROL_MLP_LR_SCALE = 0.1
 MLP_PARAMETER = re.compile(r"^blocks\.\d+\.mlp\.")
-RESULTS = Path("docs/results")
+RESULTS = Path("docs/results")  # the published pages: written only when --out names this folder
+# The default --out of each study: a run without --out must never replace the published results
+DEFAULT_RESULTS = {"continual": Path("runs/bench-continual"), "recall": Path("runs/bench-recall")}
 # --tiny is a smoke run: its toy numbers must never replace the published results in RESULTS
 TINY_RESULTS = Path("runs/bench-tiny")
+BYTE_VOCAB = 256  # the studies' tokens are bytes (text domains, MQAR and passkey alike)
 
 
 def spec_path(name: str) -> Path:
@@ -95,13 +104,31 @@ def spec_path(name: str) -> Path:
 
 def check_model_spec(name: str) -> None:
     """A model of --models must be a spec without errors (its diagnostics are printed otherwise)
-    that defines a model and a `const dim` the study can set (it matches widths through dim)."""
+    that defines a model the studies can train: with the AdamW they build, on byte tokens (a byte
+    vocabulary, no BPE), and with a `const dim` the study can set (it matches widths through dim).
+    Checked for every model before any run, so a spec the study cannot use never costs another
+    model's training."""
     from nldsl import loader
 
     path = spec_path(name)
     result = loader.check(path, study_overrides(name))  # SpecError: the command prints the diagnostics
     if result.spec.model is None:
         raise UserError(f"--models {name}: {path} defines no `model` section, so there is nothing to train")
+    train = result.spec.train
+    kind = getattr(train.optimizer, "kind", None)
+    if kind != "adamw":
+        written = (f"the optimizer section `{train.optimizer.name}`" if kind == "spec" and train.optimizer.name
+                   else "an optimizer section" if kind == "spec" else f"{kind}(…)")
+        raise UserError(f"--models {name}: {path} trains with {written}, but the studies train every model with "
+                        "AdamW (its lr, weight decay and betas taken from `optimizer = adamw(…)`): give the spec "
+                        "an adamw optimizer")
+    if train.tokenizer.kind != "bytes":
+        raise UserError(f"--models {name}: {path} uses the {train.tokenizer.kind} tokenizer, but the studies "
+                        f"train on bytes (tokens 0–{BYTE_VOCAB - 1}): use the bytes tokenizer and vocab = "
+                        f"{BYTE_VOCAB}")
+    if result.spec.model.vocab < BYTE_VOCAB:
+        raise UserError(f"--models {name}: {path} has vocab = {result.spec.model.vocab}, but the studies train "
+                        f"on bytes (tokens 0–{BYTE_VOCAB - 1}): the vocabulary must hold at least {BYTE_VOCAB}")
     try:
         loader.check(path, [f"dim={result.spec.model.dim}", *study_overrides(name)])
     except SpecError:
@@ -334,14 +361,90 @@ def portable(key: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
-class RunLog:
-    """Finished runs of a study, one JSON line each, keyed by their full configuration."""
+# Result fields whose null in a JSON file stands for NaN (a diverged run): the files are strict JSON
+NUMERIC_FIELDS = frozenset({"R", "train_bpb", "final_loss", "accuracy", "exact", "loss"})
 
-    def __init__(self, path: Path, resume: bool):
+
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float as None: NaN is not JSON, and strict readers reject it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(item) for item in value]
+    return value
+
+
+def revive(value: Any, numeric: bool = False) -> Any:
+    """A result read back from JSON: a null in a numeric field is the NaN it was written for (logs
+    written before the files were strict hold NaN literals, which Python reads as NaN anyway)."""
+    if isinstance(value, dict):
+        return {key: revive(item, numeric or key in NUMERIC_FIELDS) for key, item in value.items()}
+    if isinstance(value, list):
+        return [revive(item, numeric) for item in value]
+    return math.nan if value is None and numeric else value
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    return json.dumps(strict(value), indent=indent, allow_nan=False)
+
+
+def write_text(path: Path, text: str | bytes) -> None:
+    """Write a report file whole (never cut short); a full disk or a refused write names the file."""
+    try:
+        write_atomic(path, text.encode("utf-8") if isinstance(text, str) else text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """A matplotlib figure as PNG, written like the reports."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_text(path, buffer.getvalue())
+
+
+def key_of(text: str) -> dict[str, Any]:
+    """The run key of a logged key text ({} for a key that is not one, e.g. edited by hand)."""
+    try:
+        key = json.loads(text)
+    except ValueError:
+        return {}
+    return key if isinstance(key, dict) else {}
+
+
+def report_match(key: dict[str, Any]) -> str:
+    """What --report-only asks of a logged run: its configuration, whatever code and spec files made
+    it, on whatever copy of the domains' texts, at whatever width the spec matched then (the report
+    takes the width and the domains from the logged key)."""
+    rest = {name: value for name, value in key.items() if name not in ("code", "spec_sha256", "domains")}
+    if isinstance(rest.get("setup"), dict):
+        rest["setup"] = {name: value for name, value in rest["setup"].items() if name != "dim"}
+    return json.dumps(rest, sort_keys=True)
+
+
+class RunLog:
+    """Finished runs of a study, one JSON line each, keyed by their full configuration. Made only once
+    every option and spec of the study is checked: a study refused for its options must leave an
+    earlier study's log where it was. With `report_only` the log is read, never written or moved."""
+
+    def __init__(self, path: Path, resume: bool, report_only: bool = False):
         self.path = path
         self.done: dict[str, dict[str, Any]] = {}
         self.reused = 0
         self.seconds = 0.0  # summed over every run of the study, reused or not
+        self.report_only = report_only
+        self.used: set[str] = set()  # the logged key texts this study's report is made of
+        self.last_key: dict[str, Any] = {}  # the key of the run `run` returned last
+        if report_only:
+            if not path.is_file():
+                raise UserError(f"--report-only rebuilds the report from the logged runs in {path}, and there is "
+                                "no such file: run the study first, or give the --out that holds its log")
+            self._read(rewrite=False)
+            return
         try:  # before any run: a folder that cannot take the results must not cost a trained run
             path.parent.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=path.parent).close()
@@ -356,8 +459,19 @@ class RunLog:
                       "a study starts afresh)", file=sys.stderr)
         except OSError as error:
             raise UserError(f"cannot write the study's results to {path.parent}: {error.strerror or error}") from None
+        other = self._by_other_code()
+        if other:
+            print(f"note: {len(other)} of the {plural(len(self.done), 'logged run')} in {path} were made by other "
+                  f"code ({', '.join(sorted(set(other.values())))}; this code is {code_digest()}) and are not "
+                  "reused: --resume reuses only runs of the same code and spec files (`--report-only` rebuilds "
+                  "the report from the logged runs without training)", file=sys.stderr)
 
-    def _read(self) -> None:
+    def _by_other_code(self) -> dict[str, str]:
+        """The logged key texts made by code other than this, with that code's digest."""
+        return {text: str(key_of(text).get("code")) for text in self.done
+                if key_of(text).get("code") != code_digest()}
+
+    def _read(self, rewrite: bool = True) -> None:
         """The finished runs of the log. An append cut short by a kill (or a line edited by hand) is
         passed over with a warning, and the log is rewritten without it: the next append would
         otherwise continue the cut line and be lost as well. Such runs are simply run again."""
@@ -366,29 +480,70 @@ class RunLog:
             if (isinstance(record, dict) and isinstance(record.get("key"), str)
                     and isinstance(record.get("result"), dict)
                     and isinstance(record["result"].get("seconds"), (int, float))):
-                self.done[record["key"]] = record["result"]
+                self.done[record["key"]] = revive(record["result"])
             else:
                 bad += 1
         if bad:
+            again = "those runs are done again" if rewrite else "the report is made without them"
             print(f"warning: {self.path}: passed over {bad} unreadable line(s) (a run cut short while it was "
-                  "written?); those runs are done again", file=sys.stderr)
-            text = "".join(json.dumps({"key": key, "result": result}) + "\n" for key, result in self.done.items())
-            write_atomic(self.path, text.encode("utf-8"))  # a kill mid-rewrite must not cut the log
+                  f"written?); {again}", file=sys.stderr)
+            if rewrite:
+                text = "".join(json_text({"key": key, "result": result}) + "\n" for key, result in self.done.items())
+                write_text(self.path, text)  # a kill mid-rewrite must not cut the log
+
+    def _logged(self, key: dict[str, Any]) -> str:
+        """--report-only: the logged run of this configuration (the last logged, when several are)."""
+        wanted = report_match(key)
+        matches = [text for text in self.done if report_match(key_of(text)) == wanted]
+        if not matches:
+            setup = key.get("setup", {})
+            what = " ".join(str(part) for part in (key.get("kind") or key.get("task"),
+                                                   Path(setup.get("spec", "?")).name,
+                                                   f"seed {setup.get('seed')}", f"lr {setup.get('lr')}"))
+            raise UserError(f"--report-only: {self.path} holds no run of {what} with these options (trains nothing; "
+                            "run the study with the same options, and --resume, to make the missing runs)")
+        return matches[-1]
 
     def run(self, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         text = json.dumps(portable(key), sort_keys=True)
+        if self.report_only:
+            text = self._logged(portable(key))
         if text in self.done:
             self.reused += 1
         else:
             self.done[text] = compute()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps({"key": text, "result": self.done[text]}) + "\n")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(json_text({"key": text, "result": self.done[text]}) + "\n")
+            except OSError as error:  # a full disk: say where, and that the run is lost
+                raise UserError(f"cannot write {self.path}: {error.strerror or error} (the run just trained is "
+                                "not logged; --resume trains it again)") from None
+        self.used.add(text)
+        self.last_key = key_of(text)
         self.seconds += self.done[text]["seconds"]
         return self.done[text]
 
+    def note_unused(self) -> None:
+        """After a resumed study: how many logged runs it did not reuse, and why (other code, or other
+        spec files or options)."""
+        unused = [text for text in self.done if text not in self.used]
+        if self.report_only or not unused:
+            return
+        other = self._by_other_code()
+        by_code = sum(text in other for text in unused)
+        parts = ([f"{by_code} made by other code ({', '.join(sorted({other[t] for t in unused if t in other}))})"]
+                 if by_code else []) + ([f"{len(unused) - by_code} made with other spec files or options"]
+                                        if len(unused) > by_code else [])
+        print(f"note: {plural(len(unused), 'logged run')} of {self.path} not reused: {', '.join(parts)}",
+              file=sys.stderr)
+
+    def codes(self) -> list[str]:
+        """The code digests of the runs the report is made of."""
+        return sorted({str(key_of(text).get("code")) for text in self.used})
+
     def record(self) -> dict[str, Any]:
-        return {"runs_reused": self.reused, "run_seconds": self.seconds}
+        return {"runs_reused": self.reused, "run_seconds": self.seconds, "runs_code": self.codes()}
 
 
 # Continual-learning metrics ------------------------------------------------------------------------
@@ -410,8 +565,18 @@ def plasticity(scores: Sequence[Sequence[float]]) -> list[float]:
     return [scores[j][j] for j in range(len(scores))]
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def finite(values: Sequence[float]) -> list[float]:
+    """The values of the seeds that did not diverge (a diverged run's scores are NaN)."""
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation over the finite values: NaN mean when none is finite, and
+    no standard deviation (None) from fewer than two."""
+    kept = finite(values)
+    if not kept:
+        return math.nan, None
+    return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else None)
 
 
 def nan_to_minus_one(value: float) -> float:
@@ -423,8 +588,68 @@ def plural(count: int, noun: str) -> str:
 
 
 def pm(values: Sequence[float], digits: int = 3) -> str:
+    """`mean ± std` over the finite seeds; says when seeds diverged or one seed leaves no spread."""
+    kept = finite(values)
+    if not kept:
+        return f"diverged ({len(values)} of {len(values)})" if len(values) > 1 else "diverged"
     mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f} (one seed: no spread)"
+    if len(kept) < len(values):
+        text += f" ({len(kept)} of {len(values)} seeds finite)"
+    return text
+
+
+# Two-sided 5% critical values of Student's t (its 0.975 quantiles) for 1–30 degrees of freedom; the
+# normal's 1.96 beyond. Welch's degrees of freedom are rounded down, which makes the test conservative.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_critical(df: float) -> float:
+    """The two-sided 5% critical value of Student's t at floor(df) degrees of freedom (df ≥ 1)."""
+    whole = max(1, math.floor(df))
+    return T_975[whole - 1] if whole <= len(T_975) else 1.96
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """a against b: `lower`, `higher`, `not significant` (Welch's two-sided t-test at 5%), or `not
+    comparable` (a diverged seed, or fewer than two seeds on a side), with the test's numbers."""
+
+    outcome: str
+    t: float | None = None
+    df: float | None = None
+    critical: float | None = None
+    reason: str = ""
+
+    @property
+    def detail(self) -> str:
+        if self.outcome == "not comparable":
+            return self.reason
+        return f"Welch t = {self.t:.2f}, df {self.df:.1f}, 5% critical value {self.critical:.3f}"
+
+
+def compare(a: Sequence[float], b: Sequence[float], names: tuple[str, str] = ("a", "b")) -> Comparison:
+    """Welch's two-sided t-test at the 5% level of a's mean against b's. A side with a diverged
+    (non-finite) seed or fewer than two seeds is not comparable: never a verdict from it."""
+    for side, name in zip((a, b), names):
+        if len(finite(side)) < len(side):
+            return Comparison("not comparable", reason=f"{len(side) - len(finite(side))} of {len(side)} seeds of "
+                                                       f"{name} diverged")
+        if len(side) < 2:
+            return Comparison("not comparable", reason=f"{name} has {plural(len(side), 'seed')}: no spread to "
+                                                       "test against")
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    va, vb = std_a**2 / len(a), std_b**2 / len(b)
+    if va + vb == 0:  # no spread on either side: any difference of the means is exact
+        t, df = (math.inf if mean_a != mean_b else 0.0), float(len(a) + len(b) - 2)
+    else:
+        t = abs(mean_a - mean_b) / math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    critical = t_critical(df)
+    if t <= critical:
+        return Comparison("not significant", t, df, critical)
+    return Comparison("lower" if mean_a < mean_b else "higher", t, df, critical)
 
 
 # Study 1: continual learning ----------------------------------------------------------------------
@@ -480,26 +705,34 @@ def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation:
             "params": learner.parameter_count, "diverged_at_step": diverged}
 
 
-def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
-    """Train every model (and the control, and the joint bound) on the domains; write the report."""
+def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool = False,
+                  report_only: bool = False) -> dict[str, Any]:
+    """Train every model (and the control, and the joint bound) on the domains; write the report.
+    Every option and spec is checked before the run log is touched. With `report_only` every run
+    comes from the log in `out`, and nothing is trained."""
     started = time.perf_counter()
-    domains = D.load_domains(config.domains, config.max_bytes)
-    for domain in domains:
-        shortest = min(domain.train.numel(), domain.validation.numel())
-        which = "training" if domain.train.numel() == shortest else "validation"
-        if shortest < config.seq_len + 1:
-            raise UserError(f"--seq-len {config.seq_len} needs windows of {config.seq_len + 1} bytes, and the "
-                            f"`{domain.name}` domain's {which} text holds {shortest:,}: use a shorter --seq-len")
-    validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
-                  for d in domains]
     for name in config.models:
         check_model_spec(name)
-    log = RunLog(out / "continual.runs.jsonl", resume)
-    widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in config.models}
+    bases = [*config.models, *(["transformer"] if config.control and "transformer" not in config.models else [])]
+    domains: list[D.Domain] = []
+    validation: list[D.TaskBatch] = []
+    if report_only:  # the widths and the domains' records come from the logged runs
+        widths: dict[str, tuple[Any, Any]] = {name: (None, None) for name in bases}
+    else:
+        domains = D.load_domains(config.domains, config.max_bytes)
+        for domain in domains:
+            shortest = min(domain.train.numel(), domain.validation.numel())
+            which = "training" if domain.train.numel() == shortest else "validation"
+            if shortest < config.seq_len + 1:
+                raise UserError(f"--seq-len {config.seq_len} needs windows of {config.seq_len + 1} bytes, and the "
+                                f"`{domain.name}` domain's {which} text holds {shortest:,}: use a shorter --seq-len")
+        validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
+                      for d in domains]
+        widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in bases}
+    log = RunLog(out / "continual.runs.jsonl", resume, report_only)
+    records = [d.record for d in domains] if domains else None
     variants = [(name, name, 1.0) for name in config.models]
     if config.control:
-        if "transformer" not in widths:
-            widths["transformer"] = matched_width(spec_path("transformer"), config.params)
         variants.append((CONTROL, "transformer", CONTROL_MLP_LR_SCALE))
     results: dict[str, Any] = {}
     for label, base, mlp_scale in variants:
@@ -513,45 +746,89 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
             kinds = ["sequential"] + (["joint"] if config.joint and label != CONTROL else [])
             for kind in kinds:
                 key = run_key({"study": "continual", "kind": kind, "setup": asdict(setup), "steps": config.steps,
-                               "domains": [d.record for d in domains], "eval_windows": config.eval_windows}, setup)
+                               "domains": records, "eval_windows": config.eval_windows}, setup)
                 run = log.run(key, lambda s=setup, k=kind: continual_run(s, domains, config.steps, validation,
                                                                          k == "joint"))
+                if report_only:
+                    entry["dim"], entry["params"] = log.last_key["setup"]["dim"], run["params"]
+                    records = records or log.last_key.get("domains")
                 entry[kind].append(run)
-                final = " ".join(f"{d.name} {b:.3f}" for d, b in zip(domains, run["R"][-1]))
-                print(f"{label:>22} seed {seed} {kind:>10}: final bpb {final}  ({run['seconds']:.0f} s)",
-                      flush=True)
-    summary = {"config": asdict(config), "command": command, "domains": [d.record for d in domains],
+                final = " ".join(f"{d} {b:.3f}" for d, b in zip(config.domains, run["R"][-1]))
+                if not report_only:
+                    print(f"{label:>22} seed {seed} {kind:>10}: final bpb {final}  ({run['seconds']:.0f} s)",
+                          flush=True)
+    summary = {"config": asdict(config), "command": command, "domains": records,
                "models": results, "wall_seconds": time.perf_counter() - started, **log.record(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if report_only:
+        summary = rebuilt_summary(summary, out / "continual.json", log)
+    elif resume:
+        log.note_unused()
     write_continual_report(summary, out)
     return summary
 
 
+def rebuilt_summary(summary: dict[str, Any], previous: Path, log: RunLog) -> dict[str, Any]:
+    """--report-only: what the invocation that made the runs recorded of itself (its command, time and
+    machine), from the summary it wrote in `previous` when that is of the same configuration, and
+    which code made the logged runs and which code rebuilt the report."""
+    try:
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("config") == strict(summary["config"]):
+        summary.update({field: earlier[field] for field in ("command", "wall_seconds", "runs_reused", "threads",
+                                                             "torch") if field in earlier})
+    else:  # no record of that invocation: only what the log holds
+        summary.update(wall_seconds=None, runs_reused=0, threads=None, torch=None)
+    summary["rebuilt"] = {"runs_code": log.codes(), "code": code_digest()}
+    return summary
+
+
+def mean_matrix(matrices: list[list[list[float]]]) -> list[list[float]]:
+    """The cell-wise mean of the score matrices of the seeds that stayed finite throughout (NaN cells
+    when none did): mixing a diverged seed's early rows into some cells only would make the rows of
+    one matrix means over different seeds."""
+    kept = [R for R in matrices if all(math.isfinite(v) for row in R for v in row)]
+    shape = (len(matrices[0]), len(matrices[0][0]))
+    if not kept:
+        return [[math.nan] * shape[1] for _ in range(shape[0])]
+    return [[statistics.fmean(R[i][j] for R in kept) for j in range(shape[1])] for i in range(shape[0])]
+
+
 def continual_metrics(entry: dict[str, Any]) -> dict[str, Any]:
-    """Per-seed metrics of one model's sequential (and joint) runs."""
+    """Per-seed metrics of one model's sequential (and joint) runs (NaN for a diverged seed)."""
     matrices = [run["R"][1:] for run in entry["sequential"]]  # rows after phases 1 … T
     metrics = {
         "average_final": [average_final(R) for R in matrices],
         "bwt": [backward_transfer(R) for R in matrices],
         "plasticity": [plasticity(R) for R in matrices],
-        "mean_R": [[statistics.fmean(R[i][j] for R in matrices) for j in range(len(matrices[0][0]))]
-                   for i in range(len(matrices[0]))],
+        "mean_R": mean_matrix(matrices),
         "initial": [run["R"][0] for run in entry["sequential"]],
     }
     if entry["joint"]:
         metrics["joint_final"] = [statistics.fmean(run["R"][-1]) for run in entry["joint"]]
-        metrics["joint_R"] = [statistics.fmean(run["R"][-1][j] for run in entry["joint"])
-                              for j in range(len(entry["joint"][0]["R"][-1]))]
+        metrics["joint_R"] = mean_matrix([[run["R"][-1]] for run in entry["joint"]])[0]
     return metrics
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> str:
-    """`lower`, `higher` or `indistinguishable`: a's mean against b's, by twice the standard error."""
-    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
-    error = math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
-    if abs(mean_a - mean_b) <= 2 * error or len(a) < 2:
-        return "indistinguishable"
-    return "lower" if mean_a < mean_b else "higher"
+def diverged_seeds(entry: dict[str, Any]) -> str | None:
+    """`k of n seeds diverged (…)` for a model some of whose runs diverged; None when none did."""
+    parts = []
+    for kind in ("sequential", "joint"):
+        lost = sum(run.get("diverged_at_step") is not None for run in entry[kind])
+        if lost:
+            parts.append(f"{lost} of {len(entry[kind])} seeds diverged in {kind} training")
+    return "; ".join(parts) or None
+
+
+COMPARED = {  # outcome → (how HOPE forgets, how its average final bpb stands), against another model
+    "lower": ("forgets less than {name}", "lower than {name}'s"),
+    "higher": ("forgets more than {name}", "higher than {name}'s"),
+    "not significant": ("forgets not significantly differently from {name}", "not significantly different from "
+                                                                               "{name}'s"),
+    "not comparable": ("cannot be compared with {name} on forgetting", "not comparable with {name}'s"),
+}
 
 
 def continual_verdict(metrics: dict[str, dict[str, Any]]) -> list[str]:
@@ -563,23 +840,24 @@ def continual_verdict(metrics: dict[str, dict[str, Any]]) -> list[str]:
     for name, other in metrics.items():
         if name == "hope":
             continue
-        bwt = compare(hope["bwt"], other["bwt"])
-        final = compare(hope["average_final"], other["average_final"])
-        forgets = {"lower": "forgets less than", "higher": "forgets more than",
-                   "indistinguishable": "forgets about as much as"}[bwt]
-        ends = {"lower": "a lower", "higher": "a higher", "indistinguishable": "an indistinguishable"}[final]
-        lines.append(f"- HOPE {forgets} `{name}` (BWT {pm(hope['bwt'])} vs {pm(other['bwt'])} bpb) and ends with "
-                     f"{ends} average bpb ({pm(hope['average_final'])} vs {pm(other['average_final'])}).")
+        bwt = compare(hope["bwt"], other["bwt"], ("HOPE", f"`{name}`"))
+        final = compare(hope["average_final"], other["average_final"], ("HOPE", f"`{name}`"))
+        forgets = COMPARED[bwt.outcome][0].format(name=f"`{name}`")
+        ends = COMPARED[final.outcome][1].format(name=f"`{name}`")
+        lines.append(f"- HOPE {forgets} (BWT {pm(hope['bwt'])} vs {pm(other['bwt'])} bpb; {bwt.detail}), and its "
+                     f"average final bpb is {ends} ({pm(hope['average_final'])} vs {pm(other['average_final'])}; "
+                     f"{final.detail}).")
     return lines
 
 
 def write_continual_report(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    summary["models"] = revive(summary["models"])  # a summary read back from strict JSON: null is NaN
     names = [d["name"] for d in summary["domains"]]
     config = summary["config"]
     metrics = {label: continual_metrics(entry) for label, entry in summary["models"].items()}
     summary["metrics"] = metrics
-    (out / "continual.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_text(out / "continual.json", json_text(summary, indent=1) + "\n")
     figure = plot_continual(metrics, names, out / "continual.png")
     seeds = config["seeds"]
     lines = [
@@ -589,7 +867,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"    {summary['command']}",
         "",
-        timing(summary) + " Every number below is from that run (`continual.json` holds the raw runs).",
+        timing(summary, "continual") + " Every number below is from that run (`continual.json` holds the raw "
+        "runs), except the earlier observations marked as such.",
         "",
         "## Setup",
         "",
@@ -608,8 +887,9 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| `{d['name']}` | {d['source']} | {d['documents']:,} | {d['train_bytes']:,} | "
                      f"{d['validation_bytes']:,} |")
     if config["lr"] < SPEC_LR and "hope" in summary["models"]:
-        lines += ["", f"The shipped specs train at lr {SPEC_LR:g}. At that lr, in the first runs of this study "
-                  "(2026-11-26), HOPE's loss became non-finite in 3 of its first 4 runs (seeds 0–1; in float64 as "
+        lines += ["", f"The shipped specs train at lr {SPEC_LR:g}. *Earlier observation, not from this run:* "
+                  "at that lr, in the first runs of this study (2026-11-26), HOPE's loss became non-finite in 3 of "
+                  "its first 4 runs (seeds 0–1; in float64 as "
                   "well): the outer steps drive its generated gates towards their bounds (retention α → 1, β ≈ "
                   "0.8, η near its maximum 0.1), where the memories' chunk-summed inner steps are unstable. Every "
                   f"model here trains at {config['lr']:g} instead."]
@@ -624,12 +904,14 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         note = f" (MLP lr × {entry['mlp_lr_scale']})" if entry["mlp_lr_scale"] != 1.0 else ""
         lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
                      f"{departures(entry['overrides'])} |")
-    lines += ["", *override_notes(summary["models"])]
+    lines += ["", parameter_spread(summary["models"], config["params"]), "", *override_notes(summary["models"])]
     lines += [
         "",
         "## Results",
         "",
-        f"Mean ± std over {plural(seeds, 'seed')}, bits per byte (lower is better). BWT = mean over j < T of "
+        (f"Mean ± std over {plural(seeds, 'seed')} (a diverged seed left out, and said so)" if seeds > 1 else
+         "Values of the single seed (no spread is available from one seed)")
+        + ", bits per byte (lower is better). BWT = mean over j < T of "
         "R[T, j] − R[j, j] (positive = forgetting). Plasticity = R[j, j], the bpb on each domain right after "
         "its own phase. Joint = the same total steps on batches mixing all domains (the upper bound).",
         "",
@@ -642,25 +924,31 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         cells += [pm([p[j] for p in m["plasticity"]]) for j in range(len(names))]
         cells.append(pm(m["joint_final"]) if "joint_final" in m else "–")
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-    lines += ["", *diverged_notes([(f"{label} seed {seed} {kind}", run)
-                                   for label, entry in summary["models"].items()
-                                   for kind in ("sequential", "joint") for seed, run in enumerate(entry[kind])])]
+    lost = [f"- `{label}`: {text}; its statistics are over the finite seeds only (none where all diverged), "
+            "and it is not compared with the others." for label, entry in summary["models"].items()
+            if (text := diverged_seeds(entry))]
+    lines += ["", *lost, *([""] if lost else [])]
+    lines += diverged_notes([(f"{label} seed {seed} {kind}", run) for label, entry in summary["models"].items()
+                             for kind in ("sequential", "joint") for seed, run in enumerate(entry[kind])])
     lines += ["Mean score matrix R[i, j] per model (rows: after phase i; last row: joint training):", ""]
     for label, m in metrics.items():
         lines += [f"`{label}`", "", "| after | " + " | ".join(f"`{n}`" for n in names) + " |",
                   "|---|" + "---:|" * len(names)]
         for i, row in enumerate(m["mean_R"]):
-            lines.append(f"| `{names[i]}` | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+            lines.append(f"| `{names[i]}` | " + " | ".join(cell(v) for v in row) + " |")
         if "joint_R" in m:
-            lines.append("| joint | " + " | ".join(f"{v:.3f}" for v in m["joint_R"]) + " |")
+            lines.append("| joint | " + " | ".join(cell(v) for v in m["joint_R"]) + " |")
         lines.append("")
     if figure:
         lines += [f"![score matrices]({figure})", ""]
     verdict = continual_verdict(metrics)
     if verdict:
         lines += ["## Does HOPE forget less here?", "",
-                  "Differences count only when the means differ by more than twice their standard error "
-                  f"over the {plural(seeds, 'seed')}:", "", *verdict, ""]
+                  f"Each comparison is Welch's two-sided t-test at the 5% level over the {plural(seeds, 'seed')} "
+                  "(critical values of Student's t at the Welch degrees of freedom rounded down, which is "
+                  f"conservative). The {plural(2 * len(verdict), 'comparison')} are not corrected for "
+                  "multiplicity: with this many tests at 5% each, one false difference is not unlikely. A model "
+                  "with a diverged seed, or with a single seed, is not comparable.", "", *verdict, ""]
     control = metrics.get(CONTROL)
     if control and "transformer" in metrics:
         lines += [f"Control: slowing the Transformer's MLP to lr × {CONTROL_MLP_LR_SCALE} changes its BWT from "
@@ -670,17 +958,41 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
               f"{config['params'] / 1e6:.2f}M parameters trained for {config['steps'] * len(names)} steps in all; "
               "the paper's continual-learning claims concern far larger models and longer training, so this "
               "measures the mechanisms at toy scale, not the claims.", ""]
-    (out / "continual.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text(out / "continual.md", "\n".join(lines))
 
 
-def timing(summary: dict[str, Any]) -> str:
-    """When and how long: the invocation's wall time, and the runs reused by --resume if any."""
-    text = (f"in {summary['wall_seconds'] / 60:.1f} minutes on CPU ({summary['threads']} thread, torch "
-            f"{summary['torch']}, eager).")
+def cell(value: float) -> str:
+    """A mean score matrix's cell: `–` where every seed diverged."""
+    return f"{value:.3f}" if math.isfinite(value) else "–"
+
+
+def timing(summary: dict[str, Any], study: str) -> str:
+    """When and how long: the invocation's wall time, the runs reused by --resume if any, and for a
+    page rebuilt by --report-only, that it was and which code made the runs."""
+    if summary.get("wall_seconds") is not None:
+        text = (f"in {summary['wall_seconds'] / 60:.1f} minutes on CPU ({summary['threads']} thread, torch "
+                f"{summary['torch']}, eager).")
+    else:  # rebuilt from a log without the summary of the invocation that made it
+        text = f"on CPU (eager), its runs taking {summary['run_seconds'] / 60:.1f} minutes in all."
     if summary["runs_reused"]:
         text += (f" That invocation had `--resume` and reused {summary['runs_reused']} finished runs of the identical "
                  f"configuration from an earlier one; the runs took {summary['run_seconds'] / 60:.1f} minutes in all.")
+    rebuilt = summary.get("rebuilt")
+    if rebuilt:
+        made = ", ".join(f"`{code}`" for code in rebuilt["runs_code"])
+        text += (f" This page was rebuilt with `--report-only` from the logged runs in `{study}.runs.jsonl`, made by "
+                 f"nldsl code {made} (the code digest `--resume` matches); the report's text is that of code "
+                 f"`{rebuilt['code']}`, and nothing was trained again.")
     return text
+
+
+def parameter_spread(models: dict[str, Any], target: int) -> str:
+    """The matched parameter counts: close to the target, not equal (widths come in steps of 4)."""
+    counts = [entry["params"] for entry in models.values()]
+    low, high = min(counts), max(counts)
+    worst = max(abs(count - target) for count in counts) / target
+    return (f"Parameter counts are matched, not equal: each spec's width is the one whose count is nearest to "
+            f"{target:,}, and the counts span {low:,}–{high:,} ({worst:.0%} from {target:,} at most).")
 
 
 def departures(overrides: Sequence[str]) -> str:
@@ -706,10 +1018,17 @@ OVERRIDE_NOTES = {
 }
 
 
+OVERRIDE_SOURCE = ("*Earlier observations, not from this run* (checks made when the studies were set up, "
+                   "recorded with STUDY_OVERRIDES in nldsl/runtime/studies.py):")
+
+
 def override_notes(models: dict[str, Any]) -> list[str]:
-    """Why a model departs from its shipped spec (STUDY_OVERRIDES), once per spec."""
+    """Why a model departs from its shipped spec (STUDY_OVERRIDES), once per spec, marked as earlier
+    observations: their numbers are not measured by the run the page reports."""
     specs = sorted({entry["spec"] for entry in models.values() if entry["overrides"]})
-    return [line for spec in specs for line in (OVERRIDE_NOTES[spec], "")]
+    if not specs:
+        return []
+    return [OVERRIDE_SOURCE, "", *(line for spec in specs for line in (OVERRIDE_NOTES[spec], ""))]
 
 
 def diverged_notes(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -730,8 +1049,8 @@ def plot_continual(metrics: dict[str, dict[str, Any]], names: list[str], path: P
         return None
     labels = list(metrics)
     figure, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), squeeze=False)
-    values = [v for m in metrics.values() for row in m["mean_R"] + [m.get("joint_R", [])] for v in row]
-    low, high = min(values), max(values)
+    values = finite([v for m in metrics.values() for row in m["mean_R"] + [m.get("joint_R", [])] for v in row])
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)  # every run diverged: NaN cells, drawn blank
     for axis, label in zip(axes[0], labels):
         m = metrics[label]
         rows = m["mean_R"] + ([m["joint_R"]] if "joint_R" in m else [])
@@ -746,7 +1065,7 @@ def plot_continual(metrics: dict[str, dict[str, Any]], names: list[str], path: P
         axis.set_title(f"{label}\nBWT {mean_std(m['bwt'])[0]:+.3f}", fontsize=9)
     figure.suptitle("validation bits per byte R[i, j] (mean over seeds)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path.name
 
@@ -805,25 +1124,31 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
             "train_seconds": trained, "seconds": time.perf_counter() - started, "params": learner.parameter_count}
 
 
-def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = False) -> dict[str, Any]:
-    """MQAR with a learning-rate sweep, then passkey retrieval at each model's best MQAR lr; write the report."""
+def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = False,
+               report_only: bool = False) -> dict[str, Any]:
+    """MQAR with a learning-rate sweep, then passkey retrieval at each model's best MQAR lr; write the report.
+    Every option and spec is checked before the run log is touched. With `report_only` every run
+    comes from the log in `out`, and nothing is trained."""
     started = time.perf_counter()
     for name in config.models:
         check_model_spec(name)
-    log = RunLog(out / "recall.runs.jsonl", resume)
-    mqar_tests = {f"T={t} D={p}": D.mqar(config.test_examples, t, p, seed=TEST_SEED + i)
-                  for i, (t, p) in enumerate(config.mqar_tests)}
-    passkey_tests = {f"{s}x": D.passkey(config.passkey_examples, config.passkey_seq_len * s, config.passkey_digits,
-                                        seed=TEST_SEED + s) for s in config.passkey_scales}
+    widths = {name: (None, None) if report_only
+              else matched_width(spec_path(name), config.params, study_overrides(name))
+              for name in config.models}  # --params out of reach: refused here, before the log is touched
+    log = RunLog(out / "recall.runs.jsonl", resume, report_only)
+    mqar_tests = {} if report_only else {f"T={t} D={p}": D.mqar(config.test_examples, t, p, seed=TEST_SEED + i)
+                                         for i, (t, p) in enumerate(config.mqar_tests)}
+    passkey_tests = {} if report_only else {
+        f"{s}x": D.passkey(config.passkey_examples, config.passkey_seq_len * s, config.passkey_digits,
+                           seed=TEST_SEED + s) for s in config.passkey_scales}
     train_key = f"T={config.mqar_seq_len} D={config.mqar_pairs}"
     models: dict[str, Any] = {}
     for name in config.models:
         spec = spec_path(name)
         overrides = study_overrides(name)
-        dim, count = matched_width(spec, config.params, overrides)
-        model = loader_check(spec, (f"dim={dim}", *overrides)).model
+        dim, count = widths[name]
         entry = models.setdefault(model_name(name), {"spec": spec.name, "dim": dim, "params": count,
-                                                     "layers": model.layers, "vocab": model.vocab,
+                                                     "layers": None, "vocab": None,
                                                      "overrides": list(overrides), "mqar": {}})
         for lr in config.lrs:
             setup = Setup(str(spec), dim, config.mqar_seq_len, config.mqar_batch, config.seed, lr=lr,
@@ -836,9 +1161,14 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
 
             run = log.run(key, lambda s=setup, make=mqar_batch: task_run(s, make, config.mqar_steps, mqar_tests,
                                                                           config.eval_batch))
+            if report_only:
+                entry["dim"], entry["params"] = log.last_key["setup"]["dim"], run["params"]
             entry["mqar"][repr(lr)] = run
             accuracies = " ".join(f"{k}: {v['accuracy']:.3f}" for k, v in run["tests"].items())
-            print(f"{model_name(name):>16} MQAR lr {lr:g}: {accuracies}  ({run['seconds']:.0f} s)", flush=True)
+            if not report_only:
+                print(f"{model_name(name):>16} MQAR lr {lr:g}: {accuracies}  ({run['seconds']:.0f} s)", flush=True)
+        model = loader_check(spec, (f"dim={entry['dim']}", *overrides)).model
+        entry["layers"], entry["vocab"] = model.layers, model.vocab
         best = max(config.lrs, key=lambda lr: nan_to_minus_one(entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"]))
         setup = Setup(str(spec), dim, config.passkey_seq_len, config.passkey_batch, config.seed, lr=best,
                       warmup=config.warmup, overrides=overrides)
@@ -853,17 +1183,23 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
                                                                          config.eval_batch))
         entry["passkey"] = {"lr": best, **run}
         exact = " ".join(f"{k}: {v['exact']:.3f}" for k, v in run["tests"].items())
-        print(f"{model_name(name):>16} passkey lr {best:g}: {exact}  ({run['seconds']:.0f} s)", flush=True)
+        if not report_only:
+            print(f"{model_name(name):>16} passkey lr {best:g}: {exact}  ({run['seconds']:.0f} s)", flush=True)
     summary = {"config": asdict(config), "command": command, "models": models,
                "wall_seconds": time.perf_counter() - started, **log.record(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "train_key": train_key}
+    if report_only:
+        summary = rebuilt_summary(summary, out / "recall.json", log)
+    elif resume:
+        log.note_unused()
     write_recall_report(summary, out)
     return summary
 
 
 def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recall.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    summary["models"] = revive(summary["models"])  # a summary read back from strict JSON: null is NaN
+    write_text(out / "recall.json", json_text(summary, indent=1) + "\n")
     config, models = summary["config"], summary["models"]
     figure = plot_recall(summary, out / "recall.png")
     tests = [f"T={t} D={p}" for t, p in config["mqar_tests"]]
@@ -875,11 +1211,12 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"    {summary['command']}",
         "",
-        timing(summary) + " Every number below is from that run (`recall.json` holds the raw runs).",
+        timing(summary, "recall") + " Every number below is from that run (`recall.json` holds the raw runs), "
+        "except the earlier observations marked as such.",
         "",
         "## Setup",
         "",
-        "Models at equal parameter count (each spec's `dim` nearest to "
+        "Models at matched parameter count (each spec's `dim` nearest to "
         f"{config['params']:,} parameters), each with its spec's layers and vocabulary (table), AdamW with the "
         f"spec's weight decay, {plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}.",
         "",
@@ -889,7 +1226,7 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     for name, entry in models.items():
         lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry.get('layers', '?')} | "
                      f"{entry.get('vocab', '?')} | {entry['params']:,} | {departures(entry['overrides'])} |")
-    lines += ["", *override_notes(models)]
+    lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models)]
     lines += [
         "",
         f"**MQAR.** Trained for {config['mqar_steps']} steps of {config['mqar_batch']} fresh sequences of "
@@ -938,7 +1275,7 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     lines += ["Training time per run (seconds, this machine):", "",
               "| model | " + " | ".join(f"MQAR lr {float(lr):g}" for lr in next(iter(models.values()))["mqar"])
               + " | passkey |",
-              "|---|" + "---:|" * (len(config["lrs"]) + 1)]
+              "|---|" + "---:|" * (len(next(iter(models.values()))["mqar"]) + 1)]
     for name, entry in models.items():
         cells = [f"{run['train_seconds']:.0f}" for run in entry["mqar"].values()]
         cells.append(f"{entry['passkey']['train_seconds']:.0f}" if "passkey" in entry else "–")
@@ -949,7 +1286,7 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
               f"{plural(config['passkey_steps'], 'passkey step')} on CPU, one seed; models that need a longer run "
               "to find a recall mechanism (an induction circuit for attention) score at chance here, which "
               "measures how fast they learn recall at this budget, not what they can represent.", ""]
-    (out / "recall.md").write_text("\n".join(lines), encoding="utf-8")
+    write_text(out / "recall.md", "\n".join(lines))
 
 
 def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
@@ -987,7 +1324,7 @@ def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
     right.minorticks_off()  # the log axis's minor labels overprinted the lengths
     left.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path.name
 
@@ -996,7 +1333,8 @@ def plot_recall(summary: dict[str, Any], path: Path) -> str | None:
 
 def continual_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nldsl bench continual",
-                                description="Continual learning over three text domains (docs/results/continual.md).")
+                                description="Continual learning over three text domains (published in "
+                                            "docs/results/continual.md, with --out docs/results).")
     d = ContinualConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
     p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
@@ -1009,18 +1347,19 @@ def continual_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-windows", type=at_least(1), default=d.eval_windows)
     p.add_argument("--no-control", action="store_true", help="skip the slow-MLP Transformer control")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training bound")
-    common(p)
+    common(p, "continual")
     return p
 
 
 def recall_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nldsl bench recall",
-                                description="MQAR and passkey retrieval (see docs/results/recall.md).")
+                                description="MQAR and passkey retrieval (published in docs/results/recall.md, with "
+                                            "--out docs/results).")
     d = RecallConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), help=f"names ({', '.join(SPEC_FILES)}) or spec paths")
     p.add_argument("--params", type=at_least(1), default=d.params, help="parameter count every model is matched to")
     p.add_argument("--lrs", nargs="+", type=positive_float, default=list(d.lrs),
-                   help="learning rates of the MQAR sweep")
+                   help="learning rates of the MQAR sweep (one run per value: 0.01 and 1e-2 are one)")
     p.add_argument("--seed", type=study_seed, default=d.seed,
                    help=f"0 to {LARGEST_SEED:,} (default %(default)s)")
     p.add_argument("--mqar-steps", type=at_least(1, most=10**6 - 1), default=d.mqar_steps)
@@ -1028,7 +1367,7 @@ def recall_parser() -> argparse.ArgumentParser:
     p.add_argument("--passkey-steps", type=at_least(1, most=10**6 - 1), default=d.passkey_steps)
     p.add_argument("--passkey-batch", type=at_least(1), default=d.passkey_batch)
     p.add_argument("--test-examples", type=at_least(1), default=d.test_examples)
-    common(p)
+    common(p, "recall")
     return p
 
 
@@ -1041,10 +1380,15 @@ def study_seed(text: str) -> int:
     return value
 
 
-def common(p: argparse.ArgumentParser) -> None:
+def common(p: argparse.ArgumentParser, study: str) -> None:
     p.add_argument("--out", default=None, type=path_text,
-                   help=f"folder for the report, figure and JSON (default {RESULTS}; with --tiny, {TINY_RESULTS})")
-    p.add_argument("--resume", action="store_true", help="reuse the finished runs of <out>/<study>.runs.jsonl")
+                   help=f"folder for the report, figure, JSON and run log (default {DEFAULT_RESULTS[study]}; with "
+                        f"--tiny, {TINY_RESULTS}); the published pages are written only with --out {RESULTS}")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs of <out>/<study>.runs.jsonl made by the same code and specs")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report, JSON and figure from the runs logged in <out>/<study>.runs.jsonl with "
+                        "the same options (whatever code made them), training nothing")
     p.add_argument("--tiny", action="store_true",
                    help=f"a seconds-long smoke run at toy sizes (it sets the sizes itself: --params, steps and "
                         f"batch options are refused with it; writes to {TINY_RESULTS} unless --out is given)")
@@ -1075,7 +1419,9 @@ def parse_study(study: str, rest: list[str]) -> argparse.Namespace:
     if repeated:  # the report keys models by these names: two of one name would be pooled as one model
         raise UserError(f"--models names {', '.join(repeated)} more than once (models are reported by name; "
                         "give each model once, and copy a spec to another file name to compare two variants)")
-    a.out = Path(a.out if a.out is not None else TINY_RESULTS if a.tiny else RESULTS)
+    a.out = Path(a.out if a.out is not None else TINY_RESULTS if a.tiny else DEFAULT_RESULTS[study])
+    if study == "recall":  # one run per learning rate: 0.01 and 1e-2 would train the same run twice
+        a.lrs = list(dict.fromkeys(a.lrs))
     return a
 
 
@@ -1105,15 +1451,15 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # the studies share small machines; one thread per study process
     torch.set_flush_denormal(True)
     rest = list(args.rest or [])
-    command = shlex.join(["nldsl", "bench", args.study, *(r for r in rest if r != "--resume")])
-    if args.study == "continual":
-        a = parse_study("continual", rest)
-        summary = run_continual(continual_config(a), a.out, command, a.resume)
-        print(f"wrote {a.out / 'continual.md'} ({summary['wall_seconds'] / 60:.1f} min)")
-        return 0
-    if args.study == "recall":
-        a = parse_study("recall", rest)
-        summary = run_recall(recall_config(a), a.out, command, a.resume)
-        print(f"wrote {a.out / 'recall.md'} ({summary['wall_seconds'] / 60:.1f} min)")
+    command = shlex.join(["nldsl", "bench", args.study, *(r for r in rest if r not in ("--resume", "--report-only"))])
+    started = time.perf_counter()
+    if args.study in ("continual", "recall"):
+        a = parse_study(args.study, rest)
+        if args.study == "continual":
+            run_continual(continual_config(a), a.out, command, a.resume, a.report_only)
+        else:
+            run_recall(recall_config(a), a.out, command, a.resume, a.report_only)
+        how = "rebuilt from the logged runs" if a.report_only else f"{(time.perf_counter() - started) / 60:.1f} min"
+        print(f"wrote {a.out / f'{args.study}.md'} ({how})")
         return 0
     raise UserError(f"no study called `{args.study}` here (continual, recall)")
