@@ -12,7 +12,7 @@
   segment's first token. The in-context levels learn as the text passes; the levels the continuum
   clock steps during training (the module's CLOCK_STEPS parameters) learn from the stream too:
   each segment adds the gradient of its mean loss to a per-level sum, and at the end of a segment
-  that crosses a multiple of the level's period in tokens (a `steps(n)` period counts n segments)
+  that crosses a multiple of the level's period in tokens (a `steps(n)` period is n × segment tokens: n whole segments)
   the level takes one SGD step with its spec's constant `lr` η (a learned gate's starting value
   otherwise) and the sum restarts: one step however many periods a long segment spans.
 - Stream state files (`--state-out`, `--state-in`): one safetensors file whose header holds the
