@@ -358,6 +358,40 @@ def test_a_keyword_of_nldsl_load_is_named_as_the_keyword_not_as_a_set():
     assert vocab.span.path == "<--set 1>" and vocab.help == "add --set model.vocab=512", "a --set stays a --set"
 
 
+def test_a_value_a_keyword_sets_is_not_said_to_come_from_another_keyword():
+    """The hint 'the value comes from …' is for a spec line that reads an overridden constant, not
+    for a value the keyword itself gives; and a keyword may set an inert projection gate (W0706)."""
+    from nldsl.loader import override_strings
+
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    result = check_file(hope, override_strings(heads=8, model__dim=_Raw("heads - 8")))
+    [error] = [d for d in result.diagnostics if d.code == "E0302"]
+    assert error.span.path == "<keyword model__dim>" and error.help is None, error
+    result = check_file(hope, override_strings(model__block__titans__projections__lr=0.5))
+    assert [d.span.path for d in result.diagnostics if d.code == "W0706"] == [
+        "<keyword model__block__titans__projections__lr>"]
+
+
+def test_w0709_is_not_given_for_a_slower_nested_level_which_has_no_rule_of_its_own():
+    text = ("model m {\n  dim = 256\n  block {\n    cms {\n      variant = nested\n"
+            "      level fast { period = 4  rule = dgd  lr = 0.005 }\n      level slow { period = 16 }\n"
+            "    }\n  }\n}\n")
+    assert "W0709" not in {d.code for d in check_text(text, "nested.nl").diagnostics}
+    wide = text.replace("lr = 0.005", "lr = 0.01")
+    assert "W0709" in {d.code for d in check_text(wide, "nested.nl").diagnostics}, "the fastest level is checked"
+
+
+def test_the_in_context_periods_of_a_nested_cms_are_its_fastest_levels():
+    from nldsl.semantics import in_context_periods
+
+    text = ("model m {\n  dim = 16\n  block {\n    memory { level { period = 8 } }\n    cms {\n"
+            "      variant = nested\n      level fast { period = 4 }\n      level slow { period = 16 }\n"
+            "    }\n  }\n}\ntrain { seq_len = 64 }\n")
+    result = check_text(text, "nested.nl")
+    assert result.ok, _messages(result)
+    assert in_context_periods(result.spec.model, result.spec.train.seq_len) == {4, 8}
+
+
 def _errors(result) -> list[Diagnostic]:
     return [d for d in result.diagnostics if d.severity == "error"]
 

@@ -215,19 +215,20 @@ def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact_one_and_say
 
 
 def test_reading_a_damaged_checkpoint_names_the_runs_older_complete_one(tmp_path):
-    for step in (1, 2):
+    for step in (1, 2, 3):
         save(tmp_path, step)
+    damage(tmp_path / "checkpoints" / "step-000003")
     damage(tmp_path / "checkpoints" / "step-000002")
-    older = tmp_path / "checkpoints" / "step-000001"
-    for target in (tmp_path, tmp_path / "checkpoints" / "step-000002"):
+    older = tmp_path / "checkpoints" / "step-000001"  # the newest before it that reads back whole
+    for target in (tmp_path, tmp_path / "checkpoints" / "step-000003"):
         with pytest.raises(C.CheckpointError, match="sha256") as raised:
             C.load_checkpoint(target, training=False)
-        assert str(raised.value).endswith(f"({older} is an older complete checkpoint of the run: name it by "
+        assert str(raised.value).endswith(f"({older} is an older intact checkpoint of the run: name it by "
                                           "path to use it)")
     damage(older)
-    with pytest.raises(C.CheckpointError) as raised:  # none older: nothing to name
-        C.load_checkpoint(older, training=False)
-    assert "older complete" not in str(raised.value)
+    with pytest.raises(C.CheckpointError) as raised:  # none older intact: nothing to name
+        C.load_checkpoint(tmp_path, training=False)
+    assert "older intact" not in str(raised.value)
 
 
 def test_a_runs_checkpoints_folder_reads_as_the_run_and_a_spec_says_to_train_it(tmp_path):

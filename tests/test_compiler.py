@@ -354,7 +354,9 @@ def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
         (out / f"{path.stem}.py").write_text(generated(Path("specs") / path.relative_to(REPO / "specs")))
     odd = check_text(ODD_SPEC, str(tmp_path / f"odd{LONG}.nl"), [f"train.steps={n}" for n in range(200, 210)])
     assert odd.ok, odd.diagnostics
-    (out / "odd.py").write_text(compile_spec(odd.spec, ODD_SPEC, [f"train.steps={n}" for n in range(200, 210)]))
+    module = compile_spec(odd.spec, ODD_SPEC, [f"train.steps={n}" for n in range(200, 210)])
+    (out / "odd.py").write_text(module)
+    assert "BLOCK_STATE = (  # what a block's state holds\n    'att" in module, "long layer names: one to a line"
     result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
                              str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -442,6 +442,19 @@ def test_the_run_folders_spec_resumes_a_spec_with_imports(tmp_path, text_file, c
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 
+def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, text_file):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "spec.nl").write_text("block tiny_block {\n  mlp { }\n}\n")  # copies to RUN/spec.nl
+    (specs / "tiny.nl").write_text('import "spec.nl" as lib\nmodel tiny {\n  dim = 32\n  layers = 1\n'
+                                   "  block from lib.tiny_block { }\n}\n")
+    run_dir = tmp_path / "run"
+    assert main(["train", str(specs / "tiny.nl"), "--set", "train.steps=1", "--set", "train.seq_len=32", "--set",
+                 "train.batch=2", "--data", str(text_file), "--run-dir", str(run_dir), "--no-compile",
+                 "--no-progress"]) == 0
+    assert (run_dir / "spec.nl").read_text() == (specs / "tiny.nl").read_text(), "spec.nl is the spec's"
+
+
 def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_file, capsys):
     """Under a constant schedule the continued run is the run that was trained that long from the start."""
     spec = REPO / "specs/titans_lmm.nl"

@@ -406,7 +406,7 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
                     suggest_older: bool = True) -> Checkpoint:
     """Read a checkpoint (a run folder means its latest one); without `training`, only its record
     and weights (eval, generate and stream need no optimizer state). `warn`: see `resolve_checkpoint`.
-    A damaged checkpoint's error names the run's newest older complete one (`suggest_older`): the
+    A damaged checkpoint's error names the run's newest older intact one (`suggest_older`): the
     caller asked for this one, so it is not replaced by another step without a word.
 
     A run that is still training checkpoints and prunes as it goes: a checkpoint that vanishes
@@ -424,18 +424,25 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
                 older = _older_complete(path) if suggest_older else None
                 if older is None:
                     raise
-                raise CheckpointError(f"{error} ({older} is an older complete checkpoint of the run: name it by "
+                raise CheckpointError(f"{error} ({older} is an older intact checkpoint of the run: name it by "
                                       "path to use it)") from None
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _older_complete(path: Path) -> Path | None:
-    """The newest complete checkpoint of `path`'s run before it, if `path` is a step folder of a run."""
+def _older_complete(path: Path, tries: int = 3) -> Path | None:
+    """The newest checkpoint of `path`'s run before it that reads back whole (its record and weights
+    match their hashes), if `path` is a step folder of a run; at most `tries` are read."""
     step = _step_number(path)
     if step is None or path.parent.name != CHECKPOINTS:
         return None
     older = [other for other in complete_checkpoints(path.parent.parent) if (_step_number(other) or 0) < step]
-    return older[-1] if older else None
+    for candidate in reversed(older[-tries:]):
+        try:
+            read_tensors(candidate / MODEL_FILE, read_record(candidate).get("files", {}).get(MODEL_FILE))
+        except CheckpointError:
+            continue
+        return candidate
+    return None
 
 
 def load_for_resume(run_dir: Path, warn: Callable[[str], None],
