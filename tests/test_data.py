@@ -211,3 +211,70 @@ def test_a_file_name_that_is_not_utf8_is_read_split_and_recorded(tmp_path):
     D.write_json(tmp_path / "split.json", split.record)
     recorded = json.loads((tmp_path / "split.json").read_text(encoding="utf-8"))
     assert recorded == json.loads(json.dumps(split.record))  # the name reads back as it was
+
+
+def test_the_default_corpus_leaves_out_the_codec_tables(default_split):
+    ids = default_split.record["train"]["documents"] + default_split.record["validation"]["documents"]
+    assert "stdlib:encodings/__init__.py" in ids, "the package's own code stays"
+    tables = ("cp1140", "cp437", "cp720", "cp1125", "mac_roman", "koi8_r", "iso8859_15", "palmos")
+    assert not [i for i in ids if i.removeprefix("stdlib:encodings/").removesuffix(".py") in tables]
+    assert "stdlib:encodings/cp932.py" in ids, "a codec that is code, not a table, stays"
+
+
+def test_copies_of_a_text_go_to_the_side_of_the_first(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    names = [f"f{i:02}.txt" for i in range(60)]
+    for index, name in enumerate(names):
+        (folder / name).write_text(f"document {index}\n")
+    validation = D.split_documents(D.user_corpus([str(folder)]), {}).record["validation"]["documents"]
+    assert validation, "some document must go to validation for the test to mean anything"
+    copied = (folder / validation[0].split("/", 1)[1]).read_text()
+    for index in range(40):  # copies under other names, which alone would mostly go to train
+        (folder / f"copy{index:02}.txt").write_text(copied)
+    split = D.split_documents(D.user_corpus([str(folder)]), {})
+    train_text = split.text("train")
+    assert copied not in train_text and split.text("validation").count(copied) == 41
+
+
+def test_a_file_reached_twice_through_a_link_in_a_folder_is_refused(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("some text\n")
+    (folder / "z_link.txt").symlink_to(folder / "a.txt")
+    with pytest.raises(UserError, match=r"a\.txt is reached twice in the folder .* \(a link to it\)"):
+        D.user_corpus([str(folder)])
+    assert len(D.user_corpus([str(folder)], once_each=False)) == 2, "eval and stream may read a text twice"
+
+
+def test_a_byte_order_mark_is_not_text_and_a_fifo_is_refused(tmp_path):
+    import os
+
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfhello\n")
+    assert D.decode_file(bom) == "hello\n" and D.decode_file(bom, "UTF8") == "hello\n"
+    assert D.decode_file(bom, "latin-1").startswith("ï»¿"), "another encoding reads the bytes as they are"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="neither a regular file nor a folder"):
+        D.user_corpus([str(fifo)])
+    (tmp_path / "blank.txt").write_text("  \n\t\n")
+    with pytest.raises(UserError, match="is empty but for whitespace"):
+        D.user_corpus([str(tmp_path / "blank.txt")])
+
+
+def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids():
+    pytest.importorskip("tokenizers")
+    import random
+
+    rng = random.Random(0)
+    alphabet = "ab \n\t\r'sdé😀\u00a0\u2028\u3000x1.,;:()"
+    text = "".join(rng.choice(alphabet) for _ in range(60_000))
+    tokenizer = D.BPETokenizer.train([text[:20_000]], 300)
+    pieces = D._pieces(text, 400)
+    assert len(pieces) > 50 and "".join(pieces) == text
+    whole = torch.tensor(tokenizer.tokenizer.encode(text).ids, dtype=torch.int32)
+    by_piece = torch.cat([torch.tensor(e.ids, dtype=torch.int32) for e in tokenizer.tokenizer.encode_batch(pieces)])
+    assert torch.equal(by_piece, whole)
+    assert torch.equal(tokenizer.encode(text), whole) and torch.equal(tokenizer.encode_documents([text, text]),
+                                                                      torch.cat([whole, whole]))

@@ -442,6 +442,18 @@ def test_the_run_folders_spec_resumes_a_spec_with_imports(tmp_path, text_file, c
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 
+def test_a_resume_reads_the_runs_files_with_the_encoding_it_recorded(tmp_path, text_file, capsys):
+    data = tmp_path / "latin.txt"
+    data.write_bytes(text_file.read_text().replace("function", "fonctión").encode("latin-1"))
+    common = ["--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress", "--set", "train.seq_len=32",
+              "--set", "train.batch=2", "--set", "dim=32", "--set", "model.layers=1"]
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=1", *common, "--data", str(data),
+                 "--data-encoding", "latin-1"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=2", *common, "--resume"]) == 0, \
+        capsys.readouterr().err
+
+
 def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, text_file):
     specs = tmp_path / "specs"
     specs.mkdir()

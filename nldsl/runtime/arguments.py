@@ -75,8 +75,9 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
 
     def encoding(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-encoding", default="utf-8", metavar="CODEC",
-                       help="encoding of the --data files (default utf-8; an undecodable file is an error)")
+        p.add_argument("--data-encoding", default=None, metavar="CODEC",
+                       help="encoding of the --data files (default utf-8, or the encoding a resumed run recorded; "
+                            "an undecodable file is an error)")
 
     def progress(p: argparse.ArgumentParser, instead: str = "") -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bar" + instead)

@@ -62,7 +62,7 @@ def _documents(args: argparse.Namespace, loaded) -> tuple[list[str], str]:
     from nldsl.runtime.evaluate import files_documents, validation_documents
 
     if args.data:
-        return files_documents(args.data, args.data_encoding), f"{len(args.data)} path(s) from --data"
+        return files_documents(args.data, args.data_encoding or "utf-8"), f"{len(args.data)} path(s) from --data"
     return validation_documents(loaded.checkpoint.record), "the run's validation split"
 
 

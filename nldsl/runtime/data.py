@@ -2,25 +2,34 @@
 
 - The default corpus ships with every Python installation, so `nldsl train` needs no download: the
   standard library's `.py` sources (`sysconfig.get_paths()["stdlib"]`, sorted, without
-  `site-packages`, test folders and `pydoc_data`) and the pydoc topics (`pydoc_data.topics`), one
-  document each. It depends on the Python version; split.json records what it was.
+  `site-packages`, test folders, `pydoc_data` and the codec tables of `encodings/`) and
+  the pydoc topics (`pydoc_data.topics`), one document each. It depends on the Python version;
+  split.json records what it was.
 - `--data PATH...`: a file is read whatever its name; a folder is searched recursively for files
   whose suffix is in `TEXT_SUFFIXES`, skipping hidden files and folders and the folders of runs
-  (`is_run_folder`); everything is sorted by path. Files must be UTF-8 (or the `--data-encoding`
-  given): an undecodable file is an error that names the file and the byte offset, never silently
-  replaced characters. A given file that is empty is an error; empty files found inside a folder
-  are skipped.
+  (`is_run_folder`); a folder's files are sorted by path, and the paths given are read in the
+  order given. Files must be UTF-8 (or the `--data-encoding`
+  given; a UTF-8 byte-order mark is dropped): an undecodable file is an error that names the file
+  and the byte offset, never silently replaced characters. A given file that is empty (or only
+  whitespace) is an error, and so is one that is not a regular file (a FIFO would never end); empty
+  files found inside a folder are skipped. A file reached twice (given twice, or through a link in a
+  folder) is refused.
 - The split is by document: a document goes to validation when a stable hash of its id (a file's
   name, or `<folder name>/<path inside it>` for a file found in a folder: the same from any working
-  directory and on any machine, so a run's split can be read again from its split.json) falls below
-  `VALIDATION_FRACTION`. When that leaves a side empty (one file, say) the concatenated text is cut
+  directory and on any machine, so a run's split can be read again from its split.json; it changes
+  when a file or the folder given is renamed, and a folder's files and the same files given one by
+  one have other ids) falls below `VALIDATION_FRACTION`; copies of one text (the same text under
+  other names) all go where the first goes, so no copy of a validation document is trained on.
+  When that leaves a side empty (one file, say) the concatenated text is cut
   by position instead, the last `VALIDATION_FRACTION` of it going to validation (from the start of
   a line when one lies within a tenth of the cut, so one long line cannot move it far). Each side is its
   documents, each followed by `SEPARATOR`; `Split.record` (written as split.json) lists the
   documents, sizes and the sha256 of both concatenations.
 - Tokenizers: bytes (vocabulary 256, the default) or a byte-level BPE trained locally on the
-  train split with the `tokenizers` package. Both know how many bytes of text each token stands for
-  (`token_bytes`), which is what bits per byte divides by.
+  train split with the `tokenizers` package (a long text encoded in pieces cut where its
+  pre-tokenizer cuts, so the ids are the whole text's at a fraction of the memory). Both know how
+  many bytes of UTF-8 text each token stands for (`token_bytes`), which is what bits per byte
+  divides by (UTF-8 bytes also for a file read with another `--data-encoding`).
 - Batches are a pure function of (seed, step): `window_starts` draws random windows of
   `seq_len + 1` tokens with a generator seeded from both, so a resumed run sees the same batches
   and each data-parallel rank takes its slice of the same global batch.
@@ -28,6 +37,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -52,6 +62,10 @@ TEXT_SUFFIXES = frozenset({
     ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js", ".ts", ".lua",
     ".html", ".css", ".json", ".toml", ".yaml", ".yml", ".csv", ".nl",
 })
+# How the codec tables `encodings/cp1140.py` and the like begin: 72 files, mostly generated, 11% of
+# the standard library's text, near-copies of each other (the long lines of a validation table
+# largely recur in training ones), which would make the held-out numbers partly not held out.
+CODEC_TABLE = "Python Character Mapping Codec"
 SKIPPED_STDLIB_FOLDERS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data",
                                     "__pycache__"})
 
@@ -76,7 +90,7 @@ def default_corpus() -> list[Document]:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue  # unreadable stdlib files are simply not part of the corpus
-        if text.strip():
+        if text.strip() and CODEC_TABLE not in text[:200]:
             documents.append(Document(f"stdlib:{relative.as_posix()}", text))
     for topic in sorted(pydoc_data.topics.topics):
         documents.append(Document(f"pydoc:{topic}", pydoc_data.topics.topics[topic]))
@@ -90,7 +104,8 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
     except OSError as error:
         raise UserError(f"cannot read data file {path}: {error.strerror or error}") from None
     try:
-        return data.decode(encoding)
+        # a UTF-8 byte-order mark (Windows tools write one) is not text to train on or score
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
     except LookupError:
         raise UserError(f"unknown --data-encoding `{encoding}`") from None
     except UnicodeDecodeError as error:
@@ -130,12 +145,17 @@ def user_corpus(paths: list[str], encoding: str = "utf-8", once_each: bool = Tru
     read_as: dict[Path, tuple[int, str]] = {}  # each file read, resolved: which argument reached it, and how
 
     def once(file: Path, how: str, index: int) -> None:
-        # a file read twice would sit in the training text and, for a small corpus split by position,
-        # also in the validation text, so the held-out numbers would not be held out
-        earlier = read_as.setdefault(file.resolve(), (index, how))
-        if once_each and earlier[0] != index:
+        # a file read twice (given twice, or reached again through a link in a folder) would sit in
+        # the training text and possibly in the validation text, so held-out numbers would not be
+        resolved = file.resolve()
+        earlier = read_as.get(resolved)
+        if once_each and earlier is not None and earlier[0] != index:
             raise UserError(f"data file {file} is given twice ({earlier[1]}, and {how}): each file must be read "
                             "once; drop one of them from --data")
+        if once_each and earlier is not None:
+            raise UserError(f"data file {resolved} is reached twice {how} (a link to it): each file must be read "
+                            "once; remove the link or the file from the folder")
+        read_as.setdefault(resolved, (index, how))
 
     for index, given in enumerate(paths):
         path = Path(given)
@@ -156,10 +176,12 @@ def user_corpus(paths: list[str], encoding: str = "utf-8", once_each: bool = Tru
             folder = path.resolve().name
             documents.extend(Document(f"{folder}/{p.relative_to(path).as_posix()}", text) for p, text in texts)
         else:
+            if not path.is_file():  # a FIFO or a device would block the read or never end
+                raise UserError(f"data path {given} is neither a regular file nor a folder")
             once(path, f"as {given}", index)
             text = decode_file(path, encoding)
             if not text.strip():
-                raise UserError(f"data file {given} is empty")
+                raise UserError(f"data file {given} is empty" + (" but for whitespace" if text else ""))
             documents.append(Document(path.resolve().name, text))
     return documents
 
@@ -195,14 +217,22 @@ def split_documents(documents: list[Document], source: dict[str, Any],
     """Train and validation text by document, falling back to a cut by position (module docstring)."""
     if not documents:
         raise UserError("no text to train on")
-    train = [d for d in documents if not goes_to_validation(d.id, fraction)]
-    validation = [d for d in documents if goes_to_validation(d.id, fraction)]
+    # A text that occurs more than once (copies under other names) goes where its first copy goes:
+    # by id alone, copies could land on both sides and the validation text would not be held out.
+    first_id: dict[bytes, str] = {}
+    side = {}
+    for d in documents:
+        digest = hashlib.sha256(d.text.encode("utf-8", "surrogatepass")).digest()
+        side[id(d)] = goes_to_validation(first_id.setdefault(digest, d.id), fraction)
+    train = [d for d in documents if not side[id(d)]]
+    validation = [d for d in documents if side[id(d)]]
     if train and validation:
         by = "document"
         train_pieces = [d.text + SEPARATOR for d in train]
         validation_pieces = [d.text + SEPARATOR for d in validation]
         train_ids, validation_ids = [d.id for d in train], [d.id for d in validation]
-        rule = f"by document: a document goes to validation when sha256(id) < {fraction} · 2^64"
+        rule = (f"by document: a document goes to validation when sha256(id) < {fraction} · 2^64, the id being "
+                "that of the first document with the same text")
     else:
         by = "position"
         whole = "".join(d.text + SEPARATOR for d in documents)
@@ -249,7 +279,7 @@ def _line_boundary(text: str, index: int) -> int:
     would grow by more than a tenth (one long JSON line must not move most of the text over)."""
     slack = (len(text) - index) // 10
     newline = text.rfind("\n", max(0, index - slack - 1), index)
-    return newline + 1 if newline > 0 else index
+    return newline + 1 if newline >= 0 else index
 
 
 # Tokenizers -------------------------------------------------------------------------------------
@@ -290,6 +320,33 @@ def _byte_level_alphabet() -> dict[str, int]:
             table[chr(256 + shifted)] = b
             shifted += 1
     return table
+
+
+PIECE_CHARACTERS = 1 << 20  # a long text is encoded in pieces of about this many characters
+BATCH_CHARACTERS = 1 << 23  # and this many characters' pieces at a time
+
+
+def _pieces(text: str, size: int = PIECE_CHARACTERS) -> list[str]:
+    """`text` in pieces of about `size` characters, each cut just after a newline that has a
+    non-space character on both sides. The byte-level pre-tokenizer (GPT-2's pattern) always ends a
+    pre-token there (the newline is one on its own), so pieces encode to exactly the whole text's
+    ids. A text with no such newline past `size` stays whole from there."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = start + size
+        while True:
+            newline = text.find("\n", cut, len(text) - 1)
+            if newline < 0:
+                break
+            if not text[newline - 1].isspace() and not text[newline + 1].isspace():
+                break
+            cut = newline + 1
+        if newline < 0:
+            break
+        pieces.append(text[start:newline + 1])
+        start = newline + 1
+    pieces.append(text[start:])
+    return pieces
 
 
 class BPETokenizer:
@@ -340,13 +397,28 @@ class BPETokenizer:
         return self.tokenizer.to_str()
 
     def encode(self, text: str) -> Tensor:
-        return torch.tensor(self.tokenizer.encode(text).ids, dtype=torch.int32)
+        return self.encode_documents([text])
 
     def encode_documents(self, texts: list[str]) -> Tensor:
-        """Each text encoded on its own (merges never cross a document boundary), then concatenated."""
-        encodings = self.tokenizer.encode_batch(texts)
-        ids = [i for encoding in encodings for i in encoding.ids]
-        return torch.tensor(ids, dtype=torch.int32)
+        """Each text encoded on its own (merges never cross a document boundary), then concatenated.
+
+        Long texts go in pieces of about `PIECE_CHARACTERS`, cut where the byte-level pre-tokenizer
+        cuts anyway (`_pre_token_cuts`), so the ids are those of the whole text; a batch of pieces at
+        a time keeps the package's per-token objects (about 200 bytes each) to a batch's worth
+        rather than the corpus's (a 50 MB text took 10.6 GB whole)."""
+        pieces = [piece for text in texts for piece in _pieces(text)]
+        chunks: list[Tensor] = []
+        batch: list[str] = []
+        size = 0
+        for piece in [*pieces, None]:
+            if piece is None or (batch and size + len(piece) > BATCH_CHARACTERS):
+                encoded = self.tokenizer.encode_batch_fast(batch) if batch else []
+                chunks.extend(torch.tensor(encoding.ids, dtype=torch.int32) for encoding in encoded)
+                batch, size = [], 0
+            if piece is not None:
+                batch.append(piece)
+                size += len(piece)
+        return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int32)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids])

@@ -78,7 +78,7 @@ _COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chun
 @dataclass
 class TrainOptions:
     data: list[str] | None = None  # files or folders; None = the default corpus
-    data_encoding: str = "utf-8"
+    data_encoding: str | None = None  # None: utf-8, or the encoding the resumed run recorded
     run_dir: str | Path | None = None  # None = runs/<spec stem>-<date>
     resume: bool = False
     tensorboard: bool = False
@@ -735,11 +735,18 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
     """The train/validation split of --data (a resumed run's own files when --data is not given),
     refused when it is not the text the resumed run was trained on. This is the last refusal of a
     resume, so `latest` is repointed at the checkpoint it goes on from here."""
-    data_paths = options.data
-    if found is not None and not data_paths and found.record["data"]["source"]["kind"] == "files":
-        data_paths = found.record["data"]["source"]["paths"]
-    split = D.load_split(data_paths, options.data_encoding, once_each=bool(options.data))
+    data_paths, encoding = options.data, options.data_encoding
+    source = found.record["data"]["source"] if found is not None else {}
+    if found is not None and not data_paths and source["kind"] == "files":
+        data_paths = source["paths"]
+        encoding = encoding or source.get("encoding")  # the run's files, read as the run read them
+    split = D.load_split(data_paths, encoding or "utf-8", once_each=bool(options.data))
     if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
+        if source.get("kind") == "default" and not options.data:
+            raise UserError(f"the default corpus differs from the one {run_dir} was trained on (see its split.json): "
+                            "it is read from this Python's standard library by this nldsl's rule, and the run's "
+                            "was another Python's or another nldsl's; resume where the run was made, or start a "
+                            "new run")
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data")
     validation = found.record["data"].get("validation_sha256") if found is not None else None
