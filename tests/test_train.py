@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -815,6 +816,7 @@ def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_
     args = ["train", str(REPO / "specs/transformer.nl"), *TINY, *bpe, "--data", str(text_file),
             "--run-dir", str(run_dir), "--no-compile", "--no-progress"]
     assert main(args) == 0
+    assert "note: the BPE learned" not in capsys.readouterr().out, "the text has pairs for all 400 ids"
     vocabulary = json.loads((run_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(vocabulary) == 400  # not the 300 of the tokenizer left behind
     D.BPETokenizer.train("another unrelated text " * 50, 400).save(run_dir / "tokenizer.json")
@@ -824,6 +826,29 @@ def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_
     (run_dir / "tokenizer.json").unlink()
     assert main([*args, "--resume", "--set", "train.steps=8"]) == 1
     assert "tokenizer.json is missing" in capsys.readouterr().err
+
+
+def test_a_bpe_that_learns_fewer_ids_than_the_vocabulary_says_so(tmp_path, capsys):
+    data = tmp_path / "short.txt"
+    data.write_text("".join(f"line {i}: tiny text\n" for i in range(400)))
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=1", "--set",
+                 "train.tokenizer=bpe(vocab=5000)", "--set", "model.vocab=5000", "--data", str(data), "--run-dir",
+                 str(tmp_path / "run"), "--no-compile", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"note: the BPE learned [0-9,]+ of its 5,000 ids on this text", out), out
+
+
+def test_a_refused_resume_never_says_it_continues(tmp_path, text_file, capsys):
+    common = ["--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress"]
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=1", "--data",
+                 str(text_file), *common]) == 0
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text().upper())
+    capsys.readouterr()
+    assert main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=3", "--data",
+                 str(other), *common, "--resume"]) == 1
+    captured = capsys.readouterr()
+    assert "the training text differs" in captured.err and "continuing with changed" not in captured.out
 
 
 def test_weight_decay_takes_matrices_and_gate_projections_never_vectors():

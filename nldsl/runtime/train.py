@@ -422,6 +422,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                         found.record.get("initialized_from") if found is not None else None)
 
     split = _split_to_train_on(options, context, run_dir, found)
+    if continued:  # after the last refusal of the resume: a refused one never says it continues
+        _say(context, f"note: {continued}")
     tokenizer = _tokenizer(plan, split, context, run_dir, initial, found)
     train_text = D.tokenize(tokenizer, split.train)
     validation = D.tokenize(tokenizer, split.validation)
@@ -487,6 +489,10 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     source = _describe_source(split.record, recorded=found is not None and not options.data)
     _say(context, f"data: {source}; train {len(train_text):,} tokens, validation "
                   f"{len(validation):,} tokens ({tokenizer.kind} tokenizer, vocabulary {tokenizer.vocab_size})")
+    learned = tokenizer.tokenizer.get_vocab_size() if tokenizer.kind == "bpe" else tokenizer.vocab_size
+    if learned < tokenizer.vocab_size:  # a small text has fewer pairs to merge than the spec asked for
+        _say(context, f"note: the BPE learned {learned:,} of its {tokenizer.vocab_size:,} ids on this text; the "
+                      "model's other embedding and output rows are never a target (the perplexity counts them)")
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
                   f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
@@ -719,9 +725,7 @@ def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions
         raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
                         f"train.steps = {steps}: nothing to do (--set train.steps=N with N ≥ "
                         f"{found.record['step']} to train it longer)")
-    continued = _check_same_spec(found, spec, overrides)
-    if continued:
-        _say(context, f"note: {continued}")
+    continued = _check_same_spec(found, spec, overrides)  # said once the data check passed too
     written_by = found.record.get("world_size", 1)
     if written_by != context.world_size:  # each process sums its rows of the batch, then they are averaged
         _say(context, f"note: the checkpoint was written by {written_by} process(es) and this run has "
