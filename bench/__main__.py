@@ -61,7 +61,7 @@ RUNS = {
     "gpu": ("a phase that would overrun --budget is skipped; the committed H200 run took 128 s (elapsed_seconds "
             "in bench/results/gpu.json), --device cpu --tiny 33 s on the 2-core CPU",
             "writes bench/results/gpu.json and docs/results/performance-gpu.md (gpu_tiny.json and "
-            "bench/results/gpu_tiny.md with --tiny)"),
+            "bench/results/gpu_tiny.md with --tiny or on the CPU)"),
     "report": ("seconds; measures nothing", "writes docs/results/performance.md and its figures"),
 }
 

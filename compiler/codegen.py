@@ -76,11 +76,14 @@ class Writer:
 
 def comment_lines(text: str, indent: str = "# ", width: int = 116) -> list[str]:
     """A comment (already made safe) as `#` lines of at most `width` characters: spec text and
-    names can be any length, and the module stays ruff-clean."""
+    names can be any length, and the module stays ruff-clean. A word is never split (a path or a URL
+    must stay whole to be used): a line that one word alone makes longer than 120 is marked as such
+    for ruff (E501)."""
     if not text.strip():
         return [indent.rstrip()]
-    return [indent + line for line in textwrap.wrap(text, width - len(indent), break_long_words=True,
-                                                     break_on_hyphens=False)]
+    lines = [indent + line for line in textwrap.wrap(text, width - len(indent), break_long_words=False,
+                                                      break_on_hyphens=False)]
+    return [line if len(line) <= 120 else line + "  # noqa: E501" for line in lines]
 
 
 def fit_width(source: str, width: int = 120) -> str:
@@ -99,11 +102,14 @@ def fit_width(source: str, width: int = 120) -> str:
             in_string.update(range(token.start[0] - 1, token.end[0]))
     out: list[str] = []
     for index, line in enumerate(lines):
-        if len(line) <= width or index in in_string:
-            out.append(line)
+        if len(line) <= width or index in in_string or line.endswith("# noqa: E501"):
+            out.append(line)  # short, inside a string, or a long word's line already marked
             continue
         indent = line[:len(line) - len(line.lstrip())]
         column = comments.get(index)
+        if column is not None and line.rstrip().endswith("\\"):
+            out.append(line)  # a command's ` \` continuation (the banner's): rewrapped it would break
+            continue
         if column is not None:
             comment = line[column:].removeprefix("#").strip()
             out.extend(comment_lines(comment, indent + "# ", width))
@@ -224,15 +230,17 @@ class Generator:
         w("# Do not edit it: edit the spec and run the command below again.")
         for line in comment_lines(f"spec: {safe_comment(self.spec.path)}"):
             w(line)
+        # The spec's path comes last: a path too long for a line then ends the command, where the
+        # ruff marker for a long line is a shell comment, instead of breaking a ` \` continuation.
         parts = [safe_comment(shlex.quote(part)) for part in
-                 ["nldsl", "compile", self.spec.path, *(f"--set={o}" for o in self.overrides), "-o"]]
+                 ["nldsl", "compile", *(f"--set={o}" for o in self.overrides), "-o"]]
         line = "#    "
-        for part in [*parts, "<this file>"]:  # continued with ` \` past the width, as a shell reads it
-            if len(line) > 5 and len(line) + 1 + len(part) + 2 > 116:
+        for part in [*parts, "<this file>", safe_comment(shlex.quote(self.spec.path))]:
+            if len(line) > 5 and len(line) + 1 + len(part) + 2 > 116:  # continued as a shell reads it
                 w(line + " \\")
                 line = "#        "
             line += " " + part
-        w(line)
+        w(line if len(line) <= 120 else line + "  # noqa: E501")
         w(f"# spec sha256: {self.spec.sha256}")
         comments = _leading_comments(self.source_text)
         if comments:

@@ -1223,7 +1223,8 @@ _ENTRIES = (
         passes −1, and a token seen again multiplies that component again, with a flipped sign each
         time. On repeated text a width-256 level at the cms default η = 0.01 (η·dim = 2.56) reached
         NaN by token 758, and one of width 192 (η·dim = 1.92) stayed finite over 1024 tokens.
-        η is the gate's bound where it has one (`max`), else its value or initial value. Inner
+        η is the gate's bound where it has one (`max`), else its value or initial value. With a
+        retention α < 1 the factor passes −1 earlier, at η·dim > 1 + α; the warning takes α = 1. Inner
         learning rates are not scaled by width: lower `lr` as the model widens, or use `rule = gd`.
         """,
         """

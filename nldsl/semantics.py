@@ -335,8 +335,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         f"(αI − η x xᵀ) scales a state's component along its RMS-normalised input (‖x‖² = dim "
                         f"= {dim}) by α − η‖x‖², down to 1 − {eta:g}·{dim} = {factor:.3g}, past −1"
                         .replace("= -", "= −"),
-                        f"keep η·dim under 2 (`lr` at most {_round_down(2 / dim):g} at this width), or use "
-                        "`rule = gd`", f"{lp}.lr", f"{lp}.rule", lp)
+                        f"keep η·dim under 1 + α, so under 2 (`lr` at most {_round_down(2 / dim):g} at this "
+                        "width) and lower with a retention α < 1, or use `rule = gd`", f"{lp}.lr", f"{lp}.rule", lp)
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",

@@ -357,6 +357,12 @@ def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
     module = compile_spec(odd.spec, ODD_SPEC, [f"train.steps={n}" for n in range(200, 210)])
     (out / "odd.py").write_text(module)
     assert "BLOCK_STATE = (  # what a block's state holds\n    'att" in module, "long layer names: one to a line"
+    deep = tmp_path / ("e" * 130) / "transformer.nl"  # a path no line can hold: never split, marked
+    deep.parent.mkdir()
+    deep.write_text((REPO / "specs" / "transformer.nl").read_text())
+    module = compile_spec(check_file(deep).spec, "")
+    (out / "deep.py").write_text(module)
+    assert f" -o <this file> \\\n#         {deep}  # noqa: E501\n" in module, module[:600]
     result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
                              str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

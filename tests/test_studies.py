@@ -577,3 +577,9 @@ def test_report_files_are_strict_json_and_a_failed_write_names_its_file(tmp_path
     monkeypatch.setattr(Path, "open", lambda *a, **k: full(None, None))
     with pytest.raises(UserError, match=r"cannot write .*x\.runs\.jsonl: No space left on device"):
         log.run({"k": 1}, lambda: {"seconds": 1.0})
+
+
+def test_report_only_refuses_a_params_its_logged_runs_never_had():
+    assert S.logged_params({"params": 290_000}, 300_000, "hope") == 290_000
+    with pytest.raises(UserError, match=r"logged runs of hope have 290,000 parameters, not about --params 500,000"):
+        S.logged_params({"params": 290_000}, 500_000, "hope")

@@ -76,8 +76,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
 
     def encoding(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-encoding", default=None, metavar="CODEC",
-                       help="encoding of the --data files (default utf-8, or the encoding a resumed run recorded; "
-                            "an undecodable file is an error)")
+                       help="encoding of the --data files (default utf-8; train --resume: the encoding the run "
+                            "recorded; an undecodable file is an error)")
 
     def progress(p: argparse.ArgumentParser, instead: str = "") -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bar" + instead)

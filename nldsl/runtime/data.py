@@ -403,7 +403,7 @@ class BPETokenizer:
         """Each text encoded on its own (merges never cross a document boundary), then concatenated.
 
         Long texts go in pieces of about `PIECE_CHARACTERS`, cut where the byte-level pre-tokenizer
-        cuts anyway (`_pre_token_cuts`), so the ids are those of the whole text; a batch of pieces at
+        cuts anyway (`_pieces`), so the ids are those of the whole text; a batch of pieces at
         a time keeps the package's per-token objects (about 200 bytes each) to a batch's worth
         rather than the corpus's (a 50 MB text took 10.6 GB whole)."""
         pieces = [piece for text in texts for piece in _pieces(text)]
@@ -412,7 +412,9 @@ class BPETokenizer:
         size = 0
         for piece in [*pieces, None]:
             if piece is None or (batch and size + len(piece) > BATCH_CHARACTERS):
-                encoded = self.tokenizer.encode_batch_fast(batch) if batch else []
+                # encode_batch_fast (tokenizers ≥ 0.20) skips the offsets nothing here reads
+                encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+                encoded = encode(batch) if batch else []
                 chunks.extend(torch.tensor(encoding.ids, dtype=torch.int32) for encoding in encoded)
                 batch, size = [], 0
             if piece is not None:

@@ -71,7 +71,8 @@ def docs_documents() -> list[str]:
 
 
 def code_documents() -> list[str]:
-    """The standard library's Python sources (UTF-8 files only)."""
+    """The standard library's Python sources (UTF-8 files only), codec tables included: unlike the
+    training corpus (data.default_corpus), this is the text the published study runs read."""
     root = Path(sysconfig.get_paths()["stdlib"])
     documents = []
     for path in sorted(root.rglob("*.py")):

@@ -121,7 +121,8 @@ def validation_documents(record: dict[str, Any]) -> list[str]:
                         "pass --data to give the text where it is now, or another one") from None
     recorded = record["data"].get("validation_sha256")
     if recorded and split.record["validation"]["sha256"] != recorded:
-        why = ("the data files changed since the run read them" if paths else
+        why = ("the data files changed since the run read them, or the run was made by an nldsl whose rule "
+               "for reading them changed" if paths else
                "the default corpus comes from this Python's standard library by this nldsl's rule, and the run "
                "used another Python's or another nldsl's")
         print(f"warning: the validation text differs from the one this run recorded ({why}); numbers are not "

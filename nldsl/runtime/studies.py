@@ -181,6 +181,17 @@ def matched_width(spec: Path, target: int, overrides: tuple[str, ...] = ()) -> t
 MATCH_TOLERANCE = 0.25  # how far a matched model's parameter count may be from --params
 
 
+def logged_params(run: dict[str, Any], target: int, label: str) -> int:
+    """--report-only: a logged run's parameter count, refused when --params does not describe it (the
+    match ignores widths, which follow the spec files of the day, so a page must not claim a size
+    its runs never had)."""
+    count = int(run["params"])
+    if abs(count - target) > MATCH_TOLERANCE * target:
+        raise UserError(f"--report-only: the logged runs of {label} have {count:,} parameters, not about --params "
+                        f"{target:,}: rebuild with the options the study ran with")
+    return count
+
+
 # The training loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -754,7 +765,8 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
                 run = log.run(key, lambda s=setup, k=kind: continual_run(s, domains, config.steps, validation,
                                                                          k == "joint"))
                 if report_only:
-                    entry["dim"], entry["params"] = log.last_key["setup"]["dim"], run["params"]
+                    entry["dim"], entry["params"] = log.last_key["setup"]["dim"], logged_params(run, config.params,
+                                                                                                label)
                     records = records or log.last_key.get("domains")
                 entry[kind].append(run)
                 final = " ".join(f"{d} {b:.3f}" for d, b in zip(config.domains, run["R"][-1]))
@@ -871,8 +883,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"    {summary['command']}",
         "",
-        timing(summary, "continual") + " Every number below is from that run (`continual.json` holds the raw "
-        "runs), except the earlier observations marked as such.",
+        timing(summary, "continual") + " Every number below is from the runs of that command (`continual.json` "
+        "holds them raw), except the earlier observations marked as such.",
         "",
         "## Setup",
         "",
@@ -928,9 +940,10 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         cells += [pm([p[j] for p in m["plasticity"]]) for j in range(len(names))]
         cells.append(pm(m["joint_final"]) if "joint_final" in m else "–")
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-    lost = [f"- `{label}`: {text}; its statistics are over the finite seeds only (none where all diverged), "
-            "and it is not compared with the others." for label, entry in summary["models"].items()
-            if (text := diverged_seeds(entry))]
+    lost = [f"- `{label}`: {text}; its statistics are over the finite seeds only (none where all diverged)"
+            + (", and it is not compared with the others (the comparisons read sequential training)."
+               if "in sequential" in text else ".")
+            for label, entry in summary["models"].items() if (text := diverged_seeds(entry))]
     lines += ["", *lost, *([""] if lost else [])]
     lines += diverged_notes([(f"{label} seed {seed} {kind}", run) for label, entry in summary["models"].items()
                              for kind in ("sequential", "joint") for seed, run in enumerate(entry[kind])])
@@ -1166,7 +1179,8 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
             run = log.run(key, lambda s=setup, make=mqar_batch: task_run(s, make, config.mqar_steps, mqar_tests,
                                                                           config.eval_batch))
             if report_only:
-                entry["dim"], entry["params"] = log.last_key["setup"]["dim"], run["params"]
+                entry["dim"], entry["params"] = log.last_key["setup"]["dim"], logged_params(run, config.params,
+                                                                                            name)
             entry["mqar"][repr(lr)] = run
             accuracies = " ".join(f"{k}: {v['accuracy']:.3f}" for k, v in run["tests"].items())
             if not report_only:
@@ -1215,8 +1229,8 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         "",
         f"    {summary['command']}",
         "",
-        timing(summary, "recall") + " Every number below is from that run (`recall.json` holds the raw runs), "
-        "except the earlier observations marked as such.",
+        timing(summary, "recall") + " Every number below is from the runs of that command (`recall.json` holds "
+        "them raw), except the earlier observations marked as such.",
         "",
         "## Setup",
         "",

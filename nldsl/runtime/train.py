@@ -422,8 +422,6 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                         found.record.get("initialized_from") if found is not None else None)
 
     split = _split_to_train_on(options, context, run_dir, found)
-    if continued:  # after the last refusal of the resume: a refused one never says it continues
-        _say(context, f"note: {continued}")
     tokenizer = _tokenizer(plan, split, context, run_dir, initial, found)
     train_text = D.tokenize(tokenizer, split.train)
     validation = D.tokenize(tokenizer, split.validation)
@@ -485,6 +483,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     tokens_per_step = plan.batch * plan.seq_len
     if found is not None:
         _say(context, f"resuming {run_dir} at step {start} from {found.path}")
+    if continued:  # after every refusal of the resume (data, tokenizer, state): a refused one never says it
+        _say(context, f"note: {continued}")
     _say(context, f"run folder: {run_dir}")
     source = _describe_source(split.record, recorded=found is not None and not options.data)
     _say(context, f"data: {source}; train {len(train_text):,} tokens, validation "
@@ -492,7 +492,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     learned = tokenizer.tokenizer.get_vocab_size() if tokenizer.kind == "bpe" else tokenizer.vocab_size
     if learned < tokenizer.vocab_size:  # a small text has fewer pairs to merge than the spec asked for
         _say(context, f"note: the BPE learned {learned:,} of its {tokenizer.vocab_size:,} ids on this text; the "
-                      "model's other embedding and output rows are never a target (the perplexity counts them)")
+                      "model's other embedding and output rows are never a target, though the softmax still spreads "
+                      "probability over them")
     _say(context, f"model: {spec.model.name or Path(spec.path).stem}, {parameter_count:,} parameters, "
                   f"{_COMPILE_MODES[compiled]}, {plan.precision}, {device}"
                   + (f", {context.world_size} processes{' (FSDP)' if context.fsdp else ''}" if context.active else ""))
@@ -743,6 +744,7 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
     source = found.record["data"]["source"] if found is not None else {}
     if found is not None and not data_paths and source["kind"] == "files":
         data_paths = source["paths"]
+    if found is not None and source["kind"] == "files":
         encoding = encoding or source.get("encoding")  # the run's files, read as the run read them
     split = D.load_split(data_paths, encoding or "utf-8", once_each=bool(options.data))
     if found is not None and split.record["train"]["sha256"] != found.record["data"]["train_sha256"]:
@@ -752,7 +754,8 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
                             "was another Python's or another nldsl's; resume where the run was made, or start a "
                             "new run")
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
-                        "resume with the same --data")
+                        "resume with the same --data (if it is the same, an nldsl whose rule for reading it "
+                        "changed made the run: a byte-order mark, a file reached twice, copies of one text)")
     validation = found.record["data"].get("validation_sha256") if found is not None else None
     if validation is not None and split.record["validation"]["sha256"] != validation:
         # the same training text with another validation split: the run's validation losses would
