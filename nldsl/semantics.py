@@ -465,8 +465,15 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
             from .diagnostics import did_you_mean_among
             levels = sorted(names)
             listing = f"its levels: {', '.join(f'`{n}`' for n in levels)}"
+            hint = did_you_mean_among(name, levels, listing)
+            if name in FLOW_SOURCES or name == "step":  # what a user reaches for: say how to get it
+                hint = (f"the update reads levels only: a level that passes the {name.replace('_', ' ')} through "
+                        f"reads it (`level g {{ flow = {name}  retention = 0 }}`); {listing}"
+                        if name in FLOW_SOURCES else
+                        f"the step counter is not readable: Adam's bias correction is the level option "
+                        f"`bias_correction = true`; {listing}")
             out.append(Diagnostic("E0201", f"the update reads `{name}`, which is not a level of this optimizer",
-                                  span or header, did_you_mean_among(name, levels, listing)))
+                                  span or header, hint))
         read.add(name)
     read |= {level.flow for level in opt.levels}
     for level in opt.levels:

@@ -307,6 +307,12 @@ def test_hints_name_what_is_there():
             "model m {\n  dim = 16\n  block { mlp { } }\n}\ntrain { optimizer = o }\n")
     [update] = [d for d in check_text(text, "o.nl").diagnostics if d.code == "E0201"]
     assert update.help == "did you mean `v`? its levels: `m`, `v`"
+    for reads, hint in (("gradients", "a level that passes the gradients through reads it (`level g { flow = "
+                                      "gradients  retention = 0 }`)"),
+                        ("step", "the step counter is not readable: Adam's bias correction is the level option")):
+        [update] = [d for d in check_text(text.replace("m / sqrt(vv)", f"m + {reads}"), "o.nl").diagnostics
+                    if d.code == "E0201"]
+        assert hint in update.help, update.help
 
 
 def test_heads_that_do_not_divide_because_of_an_override_name_it():

@@ -851,6 +851,17 @@ def test_a_refused_resume_never_says_it_continues(tmp_path, text_file, capsys):
     assert "the training text differs" in captured.err and "continuing with changed" not in captured.out
 
 
+def test_a_divergence_under_an_optimizer_written_as_levels_points_at_its_update(tmp_path, text_file, capsys):
+    spec = tmp_path / "ratio.nl"
+    spec.write_text("optimizer ratio {\n  lr = 1e-3\n  level fast { }\n  level slow { period = 4 }\n"
+                    "  update = fast / slow\n}\nmodel m {\n  dim = 16\n  block { mlp { } }\n}\n"
+                    "train { optimizer = ratio  steps = 4  batch = 2  seq_len = 16  warmup = 0 }\n")
+    assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "is nan" in err and "with an optimizer written as levels, also check that its update stays finite" in err
+
+
 def test_weight_decay_takes_matrices_and_gate_projections_never_vectors():
     """docs/language.md: the rule is the shape: θ_0, weights and learned gates' projections decay;
     norms, biases, per-head gate logits and an independent cms's mix do not."""

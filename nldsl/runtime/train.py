@@ -54,6 +54,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from nldsl import __version__, loader
+from nldsl import spec as S
 from nldsl.cli import UserError
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
@@ -553,8 +554,11 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
                 else "no checkpoint was written yet")
         then = "then --resume" if last_checkpoint[0] else "then train again"
+        written = ("; with an optimizer written as levels, also check that its update stays finite: a level "
+                   "reads 0 until its first write, so dividing by one can give inf"
+                   if isinstance(plan.optimizer, S.OptimizerSpec) else "")
         return TrainingError(f"{what}; {kept} (lower the learning rate, e.g. --set train.optimizer.lr="
-                             f"{_lower_lr(plan)}, or set train.clip, {then})")
+                             f"{_lower_lr(plan)}, or set train.clip, {then}{written})")
 
     def save(step: int, evaluation: Evaluation | None, rng: dict[str, Tensor] | None = None) -> None:
         model_state, optimizer_state = distributed.full_state_dicts(model, optimizer, context)
