@@ -8,7 +8,7 @@
 - the model's modules stand in one column in forward order (embedding at the bottom, head at the
   top, one repeated block drawn once with its repeat count); their levels sit to the right;
 - modules are plain boxes, levels rounded boxes listing period, state shape, parameter count,
-  objective, rule and gates;
+  objective, rule and gates, and an optimizer's outer level shows its update u as the spec writes it;
 - each edge kind has its own style (data solid black, flow coloured, read dashed, meta dotted);
   the title names the spec and its parameter count, with a legend of edge kinds beneath.
 Every label is an HTML-like label built from escaped text (names and paths come from users), and
@@ -231,7 +231,8 @@ def _module_rows(attrs: dict[str, Any]) -> list[str]:
 def _outer_rows(attrs: dict[str, Any]) -> list[str]:
     period = f"{attrs['period']} = {attrs['period_tokens']:,} tokens" if attrs.get("period_tokens") \
         else str(attrs.get("period", ""))
-    return [f"<TD><B>{_html(str(attrs.get('label', '')))}</B></TD>", f"<TD>{_small(period)}</TD>"]
+    update = [f"<TD>{_small('update u = ' + attrs['update'])}</TD>"] if attrs.get("update") else []
+    return [f"<TD><B>{_html(str(attrs.get('label', '')))}</B></TD>", f"<TD>{_small(period)}</TD>", *update]
 
 
 def _level_rows(attrs: dict[str, Any], owner_label: str) -> list[str]:

@@ -228,6 +228,7 @@ class LevelGraph:
                 self.add_edge(f"{prefix}.{level.flow}", node_id, "flow", "output")
         for name in sorted(_update_reads(opt.update)):
             self.add_edge(f"{prefix}.{name}", outer, "read", "update")
+        self.nx.nodes[outer]["update"] = update_text(opt.update)
 
     # queries ---------------------------------------------------------------------------------
 
@@ -323,6 +324,30 @@ def _layer_details(layer: Any, dim: int) -> dict[str, Any]:
     if isinstance(layer, S.ContextSpec):
         return {"segment": layer.segment}
     return {}
+
+
+_BINARY = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2)}  # symbol, precedence
+
+
+def update_text(tree: Any, outer: int = 0) -> str:
+    """An optimizer's update expression as the spec would write it (`m / (sqrt(v) + 1e-08)`), with
+    the brackets its precedence needs; the graph shows it on the optimizer's outer node."""
+    kind = tree[0] if isinstance(tree, tuple) and tree else None
+    if kind == "level":
+        return str(tree[1])
+    if kind == "const":
+        return f"{tree[1]:g}"
+    if kind == "sqrt":
+        return f"sqrt({update_text(tree[1])})"
+    if kind == "neg":
+        return f"-{update_text(tree[1], 3)}"
+    if kind in _BINARY:
+        symbol, precedence = _BINARY[kind]
+        # the right operand of − and / binds tighter: `a − (b − c)` keeps its brackets
+        right = precedence + (1 if kind in ("sub", "div") else 0)
+        text = f"{update_text(tree[1], precedence)} {symbol} {update_text(tree[2], right)}"
+        return f"({text})" if precedence < outer else text
+    return str(tree)
 
 
 def _update_reads(tree: Any) -> set[str]:

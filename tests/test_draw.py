@@ -466,3 +466,17 @@ def test_a_builtin_that_runs_as_levels_draws_them():
     assert [n for n in muon.nx.nodes if n.startswith("optimizer.")] == ["optimizer.momentum"]
     adamw = checked_graph(SMALL_SPEC.replace("optimizer = two_moments", "optimizer = adamw"))
     assert not [n for n in adamw.nx.nodes if n.startswith("optimizer.")]  # torch's own, drawn as the outer level
+
+
+def test_an_optimizers_outer_node_shows_its_update_as_the_spec_writes_it():
+    from nldsl.graph import update_text
+
+    result = check_file(ROOT / "specs" / "optimizers" / "m3.nl")
+    graph = build_graph(result.spec)
+    assert graph.nx.nodes["optimizers.m3"]["update"] == "(fast + 0.5 * slow) / (sqrt(second_moment) + 1e-08)"
+    assert "update u = (fast + 0.5 * slow) / (sqrt(second_moment) + 1e-08)" in to_dot(graph)
+    level = ("level", "a"), ("level", "b"), ("level", "c")
+    assert update_text(("sub", level[0], ("sub", level[1], level[2]))) == "a - (b - c)"
+    assert update_text(("sub", ("sub", level[0], level[1]), level[2])) == "a - b - c"
+    assert update_text(("div", level[0], ("mul", level[1], level[2]))) == "a / (b * c)"
+    assert update_text(("mul", ("add", level[0], level[1]), ("neg", level[2]))) == "(a + b) * -c"
