@@ -476,11 +476,16 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                   span or header, hint))
         read.add(name)
     read |= {level.flow for level in opt.levels}
+    # an update set by an override is why a level written in the spec goes unread: say so there
+    update_span = spans.get(f"{path}.update")
+    overridden = update_span is not None and update_span.path.startswith("<")
     for level in opt.levels:
         if level.name not in read:
             out.append(Diagnostic("E0506", f"level `{level.name}` is never read",
                                   spans.get(f"{path}.{level.name}", header),
-                                  "use it in `update`, or remove it"))
+                                  "use it in `update`, or remove it", notes=(
+                                      f"`update` comes from {update_span.path}, which does not read it",)
+                                  if overridden else ()))
     return out
 
 

@@ -398,6 +398,15 @@ def test_the_in_context_periods_of_a_nested_cms_are_its_fastest_levels():
     assert in_context_periods(result.spec.model, result.spec.train.seq_len) == {4, 8}
 
 
+def test_a_level_an_overridden_update_leaves_unread_names_the_override():
+    text = ("optimizer o {\n  level m { }\n  level v { flow = squared_gradients }\n  update = m / sqrt(v)\n}\n"
+            "model x {\n  dim = 16\n  block { mlp { } }\n}\ntrain { optimizer = o }\n")
+    [unread] = [d for d in check_text(text, "o.nl", ["train.optimizer.update=m"]).diagnostics if d.code == "E0506"]
+    assert unread.span.line == 3 and unread.notes == ("`update` comes from <--set 1>, which does not read it",)
+    [unread] = [d for d in check_text(text.replace("m / sqrt(v)", "m"), "o.nl").diagnostics if d.code == "E0506"]
+    assert unread.notes == (), "the spec's own update: nothing to add"
+
+
 def _errors(result) -> list[Diagnostic]:
     return [d for d in result.diagnostics if d.severity == "error"]
 
