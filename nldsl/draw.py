@@ -245,13 +245,15 @@ def _level_rows(attrs: dict[str, Any], owner_label: str) -> list[str]:
         facts += [("params", _params_text(attrs)),
                   ("objective", f"{attrs.get('objective')}{generated}"),
                   ("rule", f"{attrs.get('rule')}" + (f", readout {attrs['readout']}" if attrs.get("readout") else ""))]
-    else:
-        facts += [("objective", attrs.get("objective")), ("rule", attrs.get("rule"))]
+    else:  # an optimizer level: its readout where it is not the default
+        readout = f", readout {attrs['readout']}" if attrs.get("readout", "causal") != "causal" else ""
+        facts += [("objective", attrs.get("objective")), ("rule", f"{attrs.get('rule')}{readout}")]
     facts.append(("gates", attrs.get("gates")))
     notes = [note for note, applies in (
         (str(attrs.get("inert")), attrs.get("inert") is not None),
         ("updated by the outer optimizer", attrs.get("update") == "outer"),
-        ("starts at zero", attrs.get("init") == "zeros"),
+        ("starts at zero", attrs.get("init") == "zeros" and attrs["kind"] == "level"),
+        ("starts at its first flow", attrs.get("init") == "first_flow"),
         ("no gradient through writes", attrs.get("grad_through_writes") is False),
     ) if applies]
     facts.append(("note", "; ".join(notes)))

@@ -218,8 +218,10 @@ class LevelGraph:
                           period=f"{level.period} step{'s' if level.period != 1 else ''}",
                           period_tokens=period_tokens, frequency=1.0 / period_tokens, state=level.state,
                           objective=level.objective, rule="gd" + (f"+NS{steps}" if steps else "")
-                          + ("+bias correction" if level.bias_correction else ""),
-                          gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1)
+                          + ("+bias correction" if level.bias_correction else "")
+                          + ("+nesterov" if getattr(level, "nesterov", False) else ""),
+                          gates=f"η={level.lr:g}, α={level.retention:g}", params=0, repeat=1,
+                          readout=getattr(level, "readout", "causal"), init=getattr(level, "init", "zeros"))
         for level in opt.levels:
             node_id = f"{prefix}.{level.name}"
             if level.flow in S.OPTIMIZER_FLOWS:

@@ -476,6 +476,9 @@ def test_an_optimizers_outer_node_shows_its_update_as_the_spec_writes_it():
     assert graph.nx.nodes["optimizers.m3"]["update"] == "(fast + 0.5 * slow) / (sqrt(second_moment) + 1e-08)"
     assert "update u = (fast + 0.5 * slow) / (sqrt(second_moment) + 1e-08)" in to_dot(graph)
     level = ("level", "a"), ("level", "b"), ("level", "c")
+    assert "readout exclusive" in to_dot(graph), "m3's slow level reads the previous write"
+    muon = build_graph(check_file(ROOT / "specs" / "optimizers" / "muon.nl").spec)
+    assert any(a.get("rule", "").endswith("+nesterov") for _, a in muon.nx.nodes(data=True))
     assert update_text(("sub", level[0], ("sub", level[1], level[2]))) == "a - (b - c)"
     assert update_text(("sub", ("sub", level[0], level[1]), level[2])) == "a - b - c"
     assert update_text(("div", level[0], ("mul", level[1], level[2]))) == "a / (b * c)"
