@@ -214,7 +214,7 @@ def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact_one_and_say
         C.load_for_resume(tmp_path, warnings.append)
 
 
-def test_reading_a_damaged_checkpoint_names_the_runs_older_complete_one(tmp_path):
+def test_reading_a_damaged_checkpoint_names_the_runs_older_intact_one(tmp_path):
     for step in (1, 2, 3):
         save(tmp_path, step)
     damage(tmp_path / "checkpoints" / "step-000003")

@@ -263,7 +263,7 @@ def test_a_byte_order_mark_is_not_text_and_a_fifo_is_refused(tmp_path):
         D.user_corpus([str(tmp_path / "blank.txt")])
 
 
-def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids():
+def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids(monkeypatch):
     pytest.importorskip("tokenizers")
     import random
 
@@ -278,3 +278,6 @@ def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids():
     assert torch.equal(by_piece, whole)
     assert torch.equal(tokenizer.encode(text), whole) and torch.equal(tokenizer.encode_documents([text, text]),
                                                                       torch.cat([whole, whole]))
+    monkeypatch.setattr(D, "PIECE_CHARACTERS", 400)  # many pieces, in many batches
+    monkeypatch.setattr(D, "BATCH_CHARACTERS", 3000)
+    assert torch.equal(tokenizer.encode_documents([text, "", text]), torch.cat([whole, whole]))

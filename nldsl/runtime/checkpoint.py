@@ -421,7 +421,7 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
             return Checkpoint(path, record, model, optimizer)
         except CheckpointError as error:
             if (path / RECORD_FILE).exists() or attempt == 2:  # pruning removes the files, then the folder
-                older = _older_complete(path) if suggest_older else None
+                older = _older_intact(path) if suggest_older else None
                 if older is None:
                     raise
                 raise CheckpointError(f"{error} ({older} is an older intact checkpoint of the run: name it by "
@@ -429,7 +429,7 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _older_complete(path: Path, tries: int = 3) -> Path | None:
+def _older_intact(path: Path, tries: int = 3) -> Path | None:
     """The newest checkpoint of `path`'s run before it that reads back whole (its record and weights
     match their hashes), if `path` is a step folder of a run; at most `tries` are read."""
     step = _step_number(path)

@@ -31,19 +31,17 @@ from __future__ import annotations
 
 import pydoc_data.topics
 import sys
-import sysconfig
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from nldsl.runtime.data import stdlib_sources
+
 BLOCK_BYTES = 4096
 VALIDATION_EVERY = 10  # block i is validation text when i % VALIDATION_EVERY == VALIDATION_EVERY − 1
-SKIPPED_STDLIB_FOLDERS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data",
-                                    "__pycache__"})
 DOMAIN_NAMES = ("docs", "code", "unicode")
 
 
@@ -73,18 +71,7 @@ def docs_documents() -> list[str]:
 def code_documents() -> list[str]:
     """The standard library's Python sources (UTF-8 files only), codec tables included: unlike the
     training corpus (data.default_corpus), this is the text the published study runs read."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    documents = []
-    for path in sorted(root.rglob("*.py")):
-        if SKIPPED_STDLIB_FOLDERS.intersection(path.relative_to(root).parts[:-1]):
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        if text.strip():
-            documents.append(text)
-    return documents
+    return [text for _, text in stdlib_sources(codec_tables=True)]
 
 
 def unicode_documents() -> list[str]:
