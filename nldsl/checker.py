@@ -37,6 +37,9 @@ from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
+# An optimizer's `update`: element-wise functions of one operand, and the grammar its errors name.
+UPDATE_FUNCTIONS = ("sqrt", "abs", "sign")
+UPDATE_GRAMMAR = "level names, numbers, + - * /, ** with a number as exponent, sqrt(…), abs(…) and sign(…)"
 MAX_EXPANDED_SECTIONS = 10_000  # sections expanded through `from`: a real model has tens; bounds a check's time
 
 # Layer names become attribute names of generated nn.Modules: Python keywords, the methods and
@@ -1102,14 +1105,30 @@ class Converter:
             if expr.op == "/" and _constant_part(right) == 0:
                 raise EvalError("E0304", "division by zero", expr.right.span)
             return (ops[expr.op], left, right)
-        if isinstance(expr, ast.Call) and expr.func.dotted == "sqrt" and len(expr.args) == 1 and not expr.kwargs:
+        if isinstance(expr, ast.Binary) and expr.op == "**":
+            return self.power(expr, attr)
+        if isinstance(expr, ast.Call) and expr.func.dotted in UPDATE_FUNCTIONS and len(expr.args) == 1 \
+                and not expr.kwargs:
             argument = self.expression(expr.args[0], attr)
             value = _constant_part(argument)
-            if value is not None and value < 0:
+            if expr.func.dotted == "sqrt" and value is not None and value < 0:
                 raise EvalError("E0304", f"the square root of {value:g} has no real value", expr.args[0].span)
-            return ("sqrt", argument)
-        raise EvalError("E0301", "an update is built from level names, numbers, + - * / and sqrt(…)",
-                        expr.span)
+            return (expr.func.dotted, argument)
+        if isinstance(expr, ast.Call) and expr.func.dotted in UPDATE_FUNCTIONS:
+            raise EvalError("E0301", f"`{expr.func.dotted}(…)` takes one expression", expr.span)
+        raise EvalError("E0301", f"an update is built from {UPDATE_GRAMMAR}", expr.span)
+
+    def power(self, expr: ast.Binary, attr: Attr) -> Any:
+        """`base ** exponent` in an update: the exponent is a number, so the power stays element-wise and
+        its constant part can be checked here (a root of a negative number or a power past floats)."""
+        base = self.expression(expr.left, attr)
+        exponent = _constant_part(self.expression(expr.right, attr))
+        if exponent is None:
+            raise EvalError("E0301", "the exponent of `**` in an update is a number, not a level", expr.right.span,
+                            "write a level's square as `m * m` or `m ** 2`")
+        if _constant_part(base) is not None:
+            _constant_power(_constant_part(base), exponent, expr.span)
+        return ("pow", base, ("const", exponent))
 
     def missing(self, tree: Tree, message: str, help: str | None = None) -> None:
         """Report a part the section needs, unless it lost its base (then that was the error)."""
@@ -1665,10 +1684,28 @@ def _constant_part(tree: Any) -> float | None:
         return -values[0]
     if tree[0] == "sqrt":
         return math.sqrt(values[0])  # a negative one was rejected when its node was built
+    if tree[0] == "abs":
+        return abs(values[0])
+    if tree[0] == "sign":
+        return float((values[0] > 0) - (values[0] < 0))
     left, right = values
+    if tree[0] == "pow":
+        return math.pow(left, right)  # checked by `_constant_power` when its node was built
     if tree[0] == "div":
         return left / right  # a zero divisor was rejected when its node was built
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
+
+
+def _constant_power(base: float, exponent: float, span: Span) -> float:
+    """base ** exponent of an update's constant part, or E0304 where it has no finite real value."""
+    if base < 0 and not exponent.is_integer():
+        raise EvalError("E0304", f"{base:g} ** {exponent:g} has no real value", span)
+    if base == 0 and exponent < 0:
+        raise EvalError("E0304", "division by zero", span)
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        raise EvalError("E0304", f"{base:g} ** {exponent:g} overflows", span) from None
 
 
 def explicit_names(trees: Sequence[Tree]) -> set[str]:

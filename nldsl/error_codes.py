@@ -419,8 +419,8 @@ _ENTRIES = (
 
         Counts (`dim`, `heads`, `layers`, `period`) are integers: `dim = 2 ** 7` and
         `dim = width / 2` are fine when the result is whole, but `layers = 2.5` is not. An
-        optimizer's `update` is an expression of its levels, numbers, `+ - * /` and `sqrt(...)`
-        only.
+        optimizer's `update` is an expression of its levels, numbers, `+ - * /`, `**` with a
+        number as exponent, `sqrt(...)`, `abs(...)` and `sign(...)` only.
         """,
         """
         model tiny {

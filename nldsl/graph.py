@@ -329,6 +329,7 @@ def _layer_details(layer: Any, dim: int) -> dict[str, Any]:
 
 
 _BINARY = {"add": ("+", 1), "sub": ("-", 1), "mul": ("*", 2), "div": ("/", 2)}  # symbol, precedence
+_NEGATION, _POWER = 3, 4  # precedences: `-a ** 2` is −(a²), `(-a) ** 2` keeps its brackets
 
 
 def update_text(tree: Any, outer: int = 0) -> str:
@@ -338,11 +339,15 @@ def update_text(tree: Any, outer: int = 0) -> str:
     if kind == "level":
         return str(tree[1])
     if kind == "const":
-        return f"{tree[1]:g}"
-    if kind == "sqrt":
-        return f"sqrt({update_text(tree[1])})"
+        return f"({tree[1]:g})" if tree[1] < 0 and outer > _NEGATION else f"{tree[1]:g}"
+    if kind in ("sqrt", "abs", "sign"):
+        return f"{kind}({update_text(tree[1])})"
     if kind == "neg":
-        return f"-{update_text(tree[1], 3)}"
+        text = f"-{update_text(tree[1], _NEGATION)}"
+        return f"({text})" if outer > _NEGATION else text
+    if kind == "pow":  # right-associative, and its exponent is a number
+        text = f"{update_text(tree[1], _POWER + 1)} ** {update_text(tree[2], _NEGATION)}"
+        return f"({text})" if outer > _POWER else text
     if kind in _BINARY:
         symbol, precedence = _BINARY[kind]
         # the right operand of − and / binds tighter: `a − (b − c)` keeps its brackets

@@ -303,7 +303,7 @@ class ModelSpec(Strict):
 
 # Optimizers and training ----------------------------------------------------------------------
 
-Expression = Any  # a tuple tree: ("level", name) | ("const", x) | (op, a, b) | ("sqrt", a) | ("neg", a)
+Expression = Any  # a tuple tree: ("level", name) | ("const", x) | (op, a, b) | (function, a) | ("neg", a)
 
 
 class OptimizerSpec(Strict):

@@ -398,6 +398,42 @@ def test_the_in_context_periods_of_a_nested_cms_are_its_fastest_levels():
     assert in_context_periods(result.spec.model, result.spec.train.seq_len) == {4, 8}
 
 
+UPDATE_TEXT = "optimizer o {\n  level m { }\n  level v { flow = squared_gradients }\n  update = UPDATE\n}\n"
+
+
+def update_of(update: str):
+    """An `update` as the checker reads it, or its diagnostics (code, message, column) when it is refused."""
+    result = check_text(UPDATE_TEXT.replace("UPDATE", update), "o.nl")
+    if result.ok:
+        return result.spec.optimizers[0].update
+    return [(d.code, d.message, d.span.column) for d in result.diagnostics if d.severity == "error"]
+
+
+def test_update_powers_abs_and_sign():
+    m, v = ("level", "m"), ("level", "v")
+    assert update_of("sign(m) * abs(v) ** 0.5") == ("mul", ("sign", m), ("pow", ("abs", v), ("const", 0.5)))
+    assert update_of("-m ** 2 * v") == ("mul", ("neg", ("pow", m, ("const", 2.0))), v)  # ** binds tighter than -
+    assert update_of("m * v ** -(1 / 2)") == ("mul", m, ("pow", v, ("const", -0.5)))  # a constant exponent folds
+    assert update_of("m / (v ** 2 + 2 ** -3)") == ("div", m, ("add", ("pow", v, ("const", 2.0)),
+                                                              ("pow", ("const", 2.0), ("const", -3.0))))
+    # a constant part is checked whatever function it passes through
+    assert update_of("m * v / sign(1 - 1)") == [("E0304", "division by zero", 20)]
+    assert update_of("m * v / abs(0 - 0)") == [("E0304", "division by zero", 20)]
+
+
+@pytest.mark.parametrize("update, code, message, column", [
+    ("m ** v", "E0301", "the exponent of `**` in an update is a number, not a level", 17),
+    ("m * v * (-2) ** 0.5", "E0304", "-2 ** 0.5 has no real value", 20),
+    ("m * v * 0 ** -1", "E0304", "division by zero", 20),
+    ("m * v * 10 ** 400", "E0304", "10 ** 400 overflows", 20),
+    ("sign(m, v)", "E0301", "`sign(…)` takes one expression", 12),
+    ("exp(m)", "E0301", "an update is built from level names, numbers, + - * /, ** with a number as exponent, "
+                       "sqrt(…), abs(…) and sign(…)", 12),
+])
+def test_update_powers_and_functions_that_are_refused(update, code, message, column):
+    assert update_of(update) == [(code, message, column)]
+
+
 def test_a_level_an_overridden_update_leaves_unread_names_the_override():
     text = ("optimizer o {\n  level m { }\n  level v { flow = squared_gradients }\n  update = m / sqrt(v)\n}\n"
             "model x {\n  dim = 16\n  block { mlp { } }\n}\ntrain { optimizer = o }\n")

@@ -17,7 +17,7 @@ import pytest
 from nldsl.checker import check_file, check_text
 from nldsl.cli import main
 from nldsl.draw import EDGE_STYLES, SUPPORTED_SUFFIXES, human_count, render, to_dot
-from nldsl.graph import build_graph
+from nldsl.graph import build_graph, update_text
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "dot"
@@ -469,7 +469,6 @@ def test_a_builtin_that_runs_as_levels_draws_them():
 
 
 def test_an_optimizers_outer_node_shows_its_update_as_the_spec_writes_it():
-    from nldsl.graph import update_text
 
     result = check_file(ROOT / "specs" / "optimizers" / "m3.nl")
     graph = build_graph(result.spec)
@@ -483,3 +482,19 @@ def test_an_optimizers_outer_node_shows_its_update_as_the_spec_writes_it():
     assert update_text(("sub", ("sub", level[0], level[1]), level[2])) == "a - b - c"
     assert update_text(("div", level[0], ("mul", level[1], level[2]))) == "a / (b * c)"
     assert update_text(("mul", ("add", level[0], level[1]), ("neg", level[2]))) == "(a + b) * -c"
+
+
+@pytest.mark.parametrize("update", [
+    "-m ** 2 + v", "(-m) ** 2 * v", "(m ** 2) ** 3 - v", "m ** 2 ** 3 / v", "v * m ** -0.5", "-(m - v) * v",
+    "-(-m) / v", "sign(0.9 * m + (1 - 0.9) * v)", "abs(m) / (sqrt(abs(v)) + 1e-08)", "m - (v - m) / -v",
+    "(m + v) ** 2", "(-2) ** 3 * m + v",
+])
+def test_update_text_reads_back_as_the_same_update(update):
+    """The graph's text of an update is spec text with the same meaning: checked again it gives the same tree."""
+    def tree(text: str):
+        template = "optimizer o {\n  level m { }\n  level v { flow = squared_gradients }\n  update = UPDATE\n}\n"
+        result = check_text(template.replace("UPDATE", text), "o.nl")
+        assert result.ok, text
+        return result.spec.optimizers[0].update
+
+    assert tree(update_text(tree(update))) == tree(update)

@@ -31,7 +31,7 @@ SHIPPED = {
     "hope.nl", "hope_attention.nl", "titans_lmm.nl", "titans_mac.nl", "titans_mag.nl", "titans_mal.nl",
     "transformer.nl", "transformer_muon.nl", "linear_attention.nl", "deltanet.nl", "gated_deltanet.nl",
     "optimizers/sgd_momentum.nl", "optimizers/delta_momentum.nl", "optimizers/dmgd.nl", "optimizers/muon.nl",
-    "optimizers/m3.nl", "optimizers/adamw.nl",
+    "optimizers/m3.nl", "optimizers/adamw.nl", "optimizers/lion.nl",
 }
 
 
@@ -309,6 +309,33 @@ def test_muon_has_torch_momentum_and_newton_schulz():
     assert (level.retention, level.lr, level.nesterov) == \
         (defaults["momentum"], 1 - defaults["momentum"], defaults["nesterov"])
     assert level.orthogonalize == S.NewtonSchulz(steps=defaults["ns_steps"])
+
+
+def test_lion_is_lion_step_for_step():
+    # Chen et al. 2023, Algorithm 2, written here: c = β1 m + (1 − β1) g; p ← p − lr (sign(c) + λ p);
+    # m ← β2 m + (1 − β2) g. Applied, as Lion's weight decay is, to every parameter here; nldsl decays
+    # matrices only, so the vector is checked with λ = 0.
+    torch = pytest.importorskip("torch")
+    from nldsl.compiler.optimizers import build_optimizer
+
+    optimizer = optimizer_of("lion.nl")
+    lr, decay, beta1, beta2 = optimizer.lr, optimizer.weight_decay, 0.9, 0.99
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (4,)]
+    start = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    # a zero entry in the first step's gradient: sign(0) is 0, the entry moves by its decay only
+    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes] for _ in range(12)]
+    grads[0][0][0, 0] = 0.0
+    named = [(f"p{i}", torch.nn.Parameter(p.clone())) for i, p in enumerate(start)]
+    ours = _steps(named, build_optimizer(named, optimizer), grads)
+    params, moments = [p.clone() for p in start], [torch.zeros_like(p) for p in start]
+    for step, step_grads in enumerate(grads):
+        for i, g in enumerate(step_grads):
+            c = beta1 * moments[i] + (1 - beta1) * g
+            params[i] = params[i] - lr * (torch.sign(c) + (decay if params[i].ndim >= 2 else 0.0) * params[i])
+            moments[i] = beta2 * moments[i] + (1 - beta2) * g
+            torch.testing.assert_close(ours[step][i], params[i], rtol=1e-12, atol=1e-15)
+    assert ours[0][0][0, 0] == start[0][0, 0] * (1 - lr * decay)
 
 
 def test_m3_mixes_a_fast_a_slow_and_a_second_moment_level():

@@ -76,7 +76,8 @@ from nldsl.runtime.layers import newton_schulz
 from nldsl.spec import OPTIMIZER_FLOWS as FLOW_SOURCES
 from nldsl.spec import RESERVED_OPTIMIZER_LEVEL_NAMES
 
-EXPRESSION_ARITY = {"level": 1, "const": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "sqrt": 1, "neg": 1}
+EXPRESSION_ARITY = {"level": 1, "const": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "pow": 2, "sqrt": 1, "abs": 1,
+                    "sign": 1, "neg": 1}
 ORTHOGONALIZE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "param": None}
 
 
@@ -135,7 +136,8 @@ class OptimizerConfig:
     """An optimizer as nested levels plus the update expression over their outputs.
 
     The update is a small tree of tuples: ("level", name) | ("const", float) | ("add", a, b)
-    | ("sub", a, b) | ("mul", a, b) | ("div", a, b) | ("sqrt", a) | ("neg", a).
+    | ("sub", a, b) | ("mul", a, b) | ("div", a, b) | ("pow", a, ("const", p)) | ("sqrt", a) | ("abs", a)
+    | ("sign", a) | ("neg", a).
     """
 
     lr: float
@@ -205,12 +207,16 @@ def evaluate_update(node: tuple, outputs: dict[str, Tensor]) -> Tensor | float:
         return outputs[node[1]]
     if op == "const":
         return float(node[1])
-    if op == "sqrt":
+    if op in ("sqrt", "abs", "sign"):
         value = evaluate_update(node[1], outputs)
-        return torch.sqrt(value) if isinstance(value, Tensor) else math.sqrt(value)
+        if isinstance(value, Tensor):
+            return {"sqrt": torch.sqrt, "abs": torch.abs, "sign": torch.sign}[op](value)
+        return {"sqrt": math.sqrt, "abs": abs, "sign": lambda x: float((x > 0) - (x < 0))}[op](value)
     if op == "neg":
         return -evaluate_update(node[1], outputs)
     left, right = evaluate_update(node[1], outputs), evaluate_update(node[2], outputs)
+    if op == "pow":  # the exponent is a number (the checker's rule); math.pow never turns complex
+        return left ** right if isinstance(left, Tensor) else math.pow(left, right)
     if op == "add":
         return left + right
     if op == "sub":
