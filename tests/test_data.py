@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 import torch
@@ -184,6 +185,23 @@ def test_bpe_tokenizer_trains_locally_and_knows_the_bytes_of_each_token(tmp_path
     assert torch.equal(again.encode(text), ids)
 
 
+def test_bpe_cuts_long_pre_tokens_so_a_text_without_spaces_trains_in_time():
+    # Training is quadratic in a pre-token's length: 80,000 letters without a space took 1.5 s as one
+    # pre-token, and a million would take minutes; cut, they train like ordinary text.
+    pytest.importorskip("tokenizers")
+    import random
+
+    rng = random.Random(0)
+    run = "".join(rng.choice("ACGT") for _ in range(300_000))
+    pre_tokens = D.BPETokenizer.train(["hello world"], 260).tokenizer.pre_tokenizer.pre_tokenize_str(run + " end")
+    assert [len(token) for token, _ in pre_tokens] == [256] * 1171 + [224, 4], "the run in 256-character pieces"
+    start = time.perf_counter()
+    tokenizer = D.BPETokenizer.train([run], 400)
+    assert time.perf_counter() - start < 8  # about 0.4 s here; as one pre-token, about 20 s
+    ids = tokenizer.encode(run)
+    assert len(ids) < len(run) / 3 and tokenizer.decode(ids.tolist()) == run
+
+
 def test_model_vocabulary_must_match_the_tokenizer():
     D.check_vocabulary(256, S.BytesTokenizer())
     with pytest.raises(UserError, match=r"--set model.vocab=1024"):
@@ -269,7 +287,8 @@ def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids(monkeypat
 
     rng = random.Random(0)
     alphabet = "ab \n\t\r'sdé😀\u00a0\u2028\u3000x1.,;:()"
-    text = "".join(rng.choice(alphabet) for _ in range(60_000))
+    # with runs longer than a pre-token may be (MAX_PRETOKEN_CHARACTERS), which are cut in runs too
+    text = "".join(rng.choice([*alphabet, "x" * 700, "\n" + "7" * 300]) for _ in range(60_000))
     tokenizer = D.BPETokenizer.train([text[:20_000]], 300)
     pieces = D._pieces(text, 400)
     assert len(pieces) > 50 and "".join(pieces) == text
