@@ -26,6 +26,8 @@ from .runtime.interrupt import ReportedInterrupt
 class UserError(Exception):
     """A problem the user can fix (bad path, bad option); printed as one line, exit status 1."""
 
+    every_worker = False  # under torchrun, printed by every process rather than one a machine (`quiet_worker`)
+
 
 def write_output(path: str, text: str) -> None:
     """Write a command's `-o` file; a path that cannot be written is the user's to fix."""
@@ -59,10 +61,11 @@ def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", qu
     from .checker import check_file
 
     result = check_file(path, overrides)
-    if not result.ok or (result.diagnostics and not quiet_ok):
+    shown = not quiet_worker()  # under torchrun, the machine's first worker shows them
+    if shown and (not result.ok or (result.diagnostics and not quiet_ok)):
         _print_diagnostics(result.diagnostics, result.sources, fmt)
     if not result.ok:
-        if fmt == "text":
+        if fmt == "text" and shown:
             print(f"{path}: {summary(result.diagnostics)}", file=sys.stderr)
         raise SystemExit(1)
     print_debug_stages(result)
@@ -266,11 +269,9 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ModelTooLargeError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (UserError, ModelTooLargeError) as error:
+        if not quiet_worker() or getattr(error, "every_worker", False):
+            print(f"error: {error}", file=sys.stderr)
         return 1
     except ReportedInterrupt:  # the command has said what it saved and how to go on
         return 130
@@ -295,6 +296,15 @@ def _run(argv: Sequence[str] | None) -> int:
                   file=sys.stderr)
             return 1
         return _internal_error(error)
+
+
+def quiet_worker() -> bool:
+    """Whether this process is a torchrun worker other than its machine's first (LOCAL_RANK > 0). Its
+    processes read the same spec, options and files and take the same collective decisions, so they
+    stop with the same user error: the first says it, the others only exit, except for an error
+    marked `every_worker` (another process stopped, which only the survivors can say). Each
+    machine's first says its own, for a file one machine lacks."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def _out_of_memory(error: BaseException) -> bool:

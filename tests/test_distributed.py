@@ -188,7 +188,8 @@ GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read err
                   "Connection reset by peer. This is typically caused by a remote worker hanging")
 
 
-def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path, text_file, monkeypatch):
+def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path, text_file, single_run,
+                                                                         monkeypatch):
     """A killed torchrun worker makes the others' next collective raise gloo's RuntimeError: the
     survivors say another process stopped and how to go on (an audit saw 'internal error … a bug
     in nldsl', exit 3)."""
@@ -198,13 +199,73 @@ def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path,
     assert not distributed.peer_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two)
     assert not distributed.peer_failed(RuntimeError(GLOO_PEER_GONE), distributed.Distributed(0, 1))
 
-    def gone(*_args):
-        raise RuntimeError(GLOO_PEER_GONE)
+    def gone_in(run_dir: Path):
+        def gone(result, overrides, options, context, folder):
+            folder.append(run_dir)
+            raise RuntimeError(GLOO_PEER_GONE)
+        return gone
 
     monkeypatch.setattr(distributed, "setup", lambda device, fsdp: two)
-    monkeypatch.setattr(T, "_train", gone)
+    monkeypatch.setattr(T, "_train", gone_in(single_run))
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False)
-    with pytest.raises(UserError, match=r"another process of this torchrun run stopped \(\[.*Connection reset by "
-                                        r"peer\); .* rerun the same torchrun command with --resume") as raised:
+    with pytest.raises(distributed.PeerFailure, match=r"another process of this torchrun run stopped \(\[.*Connection "
+                       r"reset by peer\); the run keeps its last regular checkpoint \(step-000003\): rerun the same "
+                       r"torchrun command with --resume$") as raised:
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
     assert "typically caused" not in str(raised.value)  # gloo's first sentence only
+    # before the first checkpoint, --resume would find nothing (an audit followed that advice)
+    monkeypatch.setattr(T, "_train", gone_in(tmp_path / "new"))
+    with pytest.raises(distributed.PeerFailure, match=r"stopped \(.*\); no checkpoint was written yet: rerun the "
+                                                      r"same torchrun command$"):
+        T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+
+
+def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_survivor(monkeypatch, capsys, tmp_path):
+    from nldsl.cli import main
+
+    bad = tmp_path / "bad.nl"
+    bad.write_text("model m { dim = 3x }\n")
+    for local_rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        for argv in (["train", str(bad)], ["train", str(SPEC), "--set", "train.batchh=3"],
+                     ["train", str(SPEC), "--data", str(tmp_path / "missing.txt")]):
+            assert main(argv) == 1
+            assert bool(capsys.readouterr().err) == shown, (local_rank, argv)
+        monkeypatch.setattr(T, "train", lambda *args: (_ for _ in ()).throw(distributed.PeerFailure("peer gone")))
+        assert main(["train", str(SPEC)]) == 1
+        assert capsys.readouterr().err == "error: peer gone\n"  # only a survivor can say it
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("command", [["eval", "runs/x"], ["generate", "runs/x"], ["stream", "runs/x", "--data", "t"]])
+def test_commands_of_one_process_refuse_torchrun(command, monkeypatch, capsys):
+    from nldsl.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 1
+    assert f"`nldsl {command[0]}` runs in one process: start it without torchrun" in capsys.readouterr().err
+
+
+def test_a_run_folder_in_use_stops_every_process_with_the_same_reason(tmp_path, text_file):
+    """Only rank 0 takes the folder's lock: the other process used to report rank 0's exit as a
+    crash and advise --resume (an audit)."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / T.LOCK_FILE, "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        completed = torchrun(run_dir, text_file)
+    assert completed.returncode != 0
+    assert completed.stderr.count("another `nldsl train` is running in") == 1, stderr_of(completed)
+    assert "another process of this torchrun run stopped" not in completed.stderr, stderr_of(completed)
+
+
+def test_a_first_step_that_is_not_finite_under_torchrun_says_how_to_find_the_layer(tmp_path, text_file):
+    # the search for the layer runs one process's batch, so torchrun runs skip it; they said instead
+    # that the forward pass was finite, under a loss of nan (an audit)
+    completed = torchrun(tmp_path / "run", text_file, "--set", "model.block.lmm.level.lr=1e12")
+    assert completed.returncode != 0
+    assert completed.stderr.count("error: the training loss is nan") == 1, stderr_of(completed)
+    assert "the same command in one process (without torchrun) names the layer" in completed.stderr
+    assert "the forward pass is finite" not in completed.stderr

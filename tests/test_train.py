@@ -255,6 +255,7 @@ def test_a_closed_stdout_outside_the_steps_says_what_was_kept(tmp_path, monkeypa
     (KeyboardInterrupt, 4, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
     (RuntimeError, 4, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
     ("sigint during update", 5, [3, 5], [6]),  # Ctrl-C inside step 5's update: step 5 finishes and is kept
+    ("sigint during checkpoint", 3, [3], [4, 5, 6]),  # Ctrl-C inside step 3's save: the save finishes, once
     (BrokenPipeError, 4, [3, 4], [5, 6]),  # stdout's reader exited: saved as after Ctrl-C, then a clear error
 ])
 def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, done, checkpoints,
@@ -282,15 +283,28 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
             os.kill(os.getpid(), signal.SIGINT)  # arrives between the loss and the optimizer step
         return real_tick(clock, step)
 
+    real_save, saves = T.C.save_checkpoint, []
+
+    def signalled_in_step_3s_save(run_dir, step, *args, **kwargs):
+        saves.append(step)
+        if step == 3:  # a save cut here (under torchrun, where no save follows) left `latest` and pruning apart
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(run_dir, step, *args, **kwargs)
+
     if stop == "sigint during update":
         monkeypatch.setattr(T.ContinuumClock, "tick", signalled_in_step_5s_update)
+    elif stop == "sigint during checkpoint":
+        monkeypatch.setattr(T.C, "save_checkpoint", signalled_in_step_3s_save)
     else:
         monkeypatch.setattr(D, "batch_at", stopped_at_step_5)
     discarded = []  # pytest's capture is no pipe to point at the null device (the subprocess test does that)
     monkeypatch.setattr(T, "_discard_stdout", lambda: discarded.append(True))
-    expected = {"sigint during update": KeyboardInterrupt, BrokenPipeError: T.UserError}.get(stop, stop)
+    expected = {"sigint during update": KeyboardInterrupt, "sigint during checkpoint": KeyboardInterrupt,
+                BrokenPipeError: T.UserError}.get(stop, stop)
     with pytest.raises(expected) as raised:
         run(tmp_path / "cut")
+    if stop == "sigint during checkpoint":
+        assert saves == [3], "the save ran whole; nothing was left to save again on the way out"
     if stop is BrokenPipeError:
         assert discarded and "the output was closed (its reader exited) after 4 step(s)" in str(raised.value)
         assert "step-000004 (step 4; continue with --resume)" in str(raised.value)
@@ -298,6 +312,7 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
     assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "cut/checkpoints").glob("step-*")) == checkpoints
     monkeypatch.setattr(D, "batch_at", real)
     monkeypatch.setattr(T.ContinuumClock, "tick", real_tick)
+    monkeypatch.setattr(T.C, "save_checkpoint", real_save)
     resumed = run(tmp_path / "cut", resume=True)
     assert sorted(resumed.losses) == rerun
     logged = [(e["step"], e["loss"]) for e in metrics(tmp_path / "cut") if "loss" in e]

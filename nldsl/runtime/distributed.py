@@ -37,6 +37,12 @@ from nldsl.cli import UserError
 _joined = False  # whether this process started a process group (it is a torchrun worker)
 
 
+class PeerFailure(UserError):
+    """Another process of the run stopped: an error every surviving process prints (`cli.quiet_worker`)."""
+
+    every_worker = True
+
+
 @dataclass
 class Distributed:
     """Where this process stands: its rank among `world_size` and its device."""
