@@ -344,27 +344,40 @@ class Checker:
         return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans)
 
     def note_use_sites(self, root: str) -> None:
-        """A problem in an attribute another file wrote (`level from lib.mem`) points at that file's
-        line; a note names the sections of the root file that use it, which the user may not see
-        from the imported line alone (one imported level can serve several sections)."""
-        for index, diagnostic in enumerate(self.bag.items):
+        """A problem in an attribute a section inherits (`level fast from lib.mem`, or from a section
+        of the same file) points at the line that wrote it; a note names the section of the root file
+        that uses it, which the user may not see from that line alone (one definition can serve
+        several sections). A problem of a combination (a cms level with `objective = dot`) names the
+        use whose check found it; any other names the first use."""
+        def use_of(path: str) -> str | None:
+            parts = path.split(".")
+            while parts and (".".join(parts) not in self.spans or self.spans[".".join(parts)].path != root):
+                parts.pop()  # up to the nearest section the root file writes
+            return ".".join(parts) or None
+
+        found_as_is = list(self.bag.items)  # before any gets its note
+        for index, diagnostic in enumerate(found_as_is):
             span = diagnostic.span
-            if span is None or span.path == root or diagnostic.notes:
+            if span is None or diagnostic.notes:
                 continue
-            users: dict[str, Span] = {}
-            for attr_span, path in self.inherited_attrs:
-                if attr_span.path != span.path or not (attr_span.start <= span.start and span.end <= attr_span.end):
-                    continue
-                parts = path.split(".")
-                while parts and (".".join(parts) not in self.spans or self.spans[".".join(parts)].path != root):
-                    parts.pop()  # up to the nearest section the root file writes
-                if parts:
-                    users[".".join(parts)] = self.spans[".".join(parts)]
-            if users:  # the first in the file is where it is imported; the rest inherit from it
+            users = {use: self.spans[use] for attr_span, path in self.inherited_attrs
+                     if _within(span, attr_span) and (use := use_of(path)) is not None}
+            if not users:
+                continue
+            # the same problem found by several uses is one diagnostic per use until the bag drops repeats
+            origins = {same.origin or "" for same in found_as_is if same == diagnostic}
+            found = sorted({max(matches, key=len) for origin in origins
+                            if (matches := [use for use in users if origin == use or origin.startswith(use + ".")])},
+                           key=lambda use: (users[use].line, users[use].column))
+            if found and len(found) < len(users):
+                header = users[found[0]]
+                more = f" (and {len(found) - 1} more use{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+                note = f"found where `{found[0]}` at {header.path}:{header.line} uses it{more}"
+            else:  # the first in the file is where it is imported; the rest inherit from it
                 (first, header), *rest = sorted(users.items(), key=lambda item: (item[1].line, item[1].column))
                 more = f" (and {len(rest)} more section{'s' if len(rest) > 1 else ''})" if rest else ""
                 note = f"used by `{first}` at {header.path}:{header.line}{more}"
-                self.bag.items[index] = replace(diagnostic, notes=(note,))
+            self.bag.items[index] = replace(diagnostic, notes=(note,))
 
     def folded_in_root(self, value: ast.Expr, root: Namespace) -> ast.Expr:
         """An override's value read where the user wrote it, the root file: `--set dim=width` sets a
@@ -682,8 +695,14 @@ class Checker:
         shown = shown or ".".join(parts)
         node = roots.get(parts[0])
         if node is None:
-            self.bag.error("E0206", f"unknown override `{shown}`", attr.key_span,
-                           did_you_mean(parts[0], roots) or f"the spec has {', '.join(sorted(roots)) or 'no sections'}")
+            if len(parts) == 2 and parts[0] in attr.ns.aliases and parts[1] in attr.ns.aliases[parts[0]].consts:
+                help = (f"`{parts[0]}` is a file imported with `as`, whose constants an override does not reach: "
+                        f"import it without `as` to override `{parts[1]}` by name, or set the attribute it gives "
+                        "by its path (`model.…`)")
+            else:
+                starts = ", ".join(f"`{root}.…`" for root in sorted({*roots, "train"}))
+                help = did_you_mean(parts[0], roots) or f"an override sets a constant or a path starting {starts}"
+            self.bag.error("E0206", f"unknown override `{shown}`", attr.key_span, help)
             return
         for part in parts[1:-1]:
             named = _child_names(node)
@@ -920,7 +939,7 @@ class Converter:
         ok = True
         self.checker.spans[path] = tree.header
         for key, attr in tree.attrs.items():
-            if attr.span.path != tree.header.path:
+            if not _within(attr.span, tree.span):  # written in the section it inherits from (`from`)
                 self.checker.inherited_attrs.append((attr.span, path))
             if key not in allowed:
                 where = context or f"`{tree.kind}`"
@@ -1694,6 +1713,10 @@ def _constant_part(tree: Any) -> float | None:
     if tree[0] == "div":
         return left / right  # a zero divisor was rejected when its node was built
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
+
+
+def _within(inner: Span, outer: Span) -> bool:
+    return inner.path == outer.path and outer.start <= inner.start and inner.end <= outer.end
 
 
 def _constant_power(base: float, exponent: float, span: Span) -> float:

@@ -34,6 +34,9 @@ class Diagnostic:
     help: str | None = None
     severity: Severity = "error"
     notes: tuple[str, ...] = ()
+    # the spec path whose check found it (`model.block.cms.fast.objective`), where the problem comes
+    # from a combination: an inherited attribute is then shown with the section that uses it
+    origin: str | None = field(default=None, compare=False)
 
     def sort_key(self) -> tuple:
         if self.span is None:

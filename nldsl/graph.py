@@ -147,10 +147,12 @@ class LevelGraph:
                     self.add_edge(level_id, previous, "meta", "initial state")
                 previous = level_id
         elif isinstance(layer, S.ParallelSpec):
-            for branch in layer.branches:
+            # gate: norm(b_0) ⊙ sigmoid(norm(b_1)), so the two branches play different parts
+            roles = ["value", "sigmoid gate"] if layer.combine == "gate" else ["sum"] * len(layer.branches)
+            for branch, role in zip(layer.branches, roles, strict=True):
                 child = self._layer(branch, f"{node_id}.{branch.name}", dim, repeat)
                 self.add_edge(node_id, child, "data", "x")
-                self.add_edge(child, node_id, "data", layer.combine)
+                self.add_edge(child, node_id, "data", role)
         elif isinstance(layer, S.ContextSpec):
             memory = self._layer(layer.memory, f"{node_id}.memory", dim, repeat)
             attention = self._layer(layer.attention, f"{node_id}.attention", dim, repeat)

@@ -216,6 +216,8 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
                               f"write the value of `{unfinished[1]}` after its `=`")
         if token.type == "EQUALS" and "LBRACE" in expected:
             hint += "; a section is written `kind name { ... }`"
+        if token.value == "," and "RBRACE" in expected:  # `{ period = 4, lr = 0.1 }`: commas are for arguments
+            hint += "; attributes are separated by a new line or `;`, not `,`"
         return Diagnostic("E0101", f"unexpected {_token_text(token)}", span, hint)
     if isinstance(error, lark.exceptions.UnexpectedEOF):
         return _unexpected_end(source, text, set(error.expected))

@@ -145,10 +145,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
     out: list[Diagnostic] = []
 
     def error(code: str, message: str, help: str | None, *paths: str) -> None:
-        out.append(Diagnostic(code, message, _span(spans, *paths, path), help))
+        out.append(Diagnostic(code, message, _span(spans, *paths, path), help, origin=paths[0] if paths else path))
 
     def warning(code: str, message: str, help: str | None, *paths: str) -> None:
-        out.append(Diagnostic(code, message, _span(spans, *paths, path), help, "warning"))
+        out.append(Diagnostic(code, message, _span(spans, *paths, path), help, "warning",
+                              origin=paths[0] if paths else path))
 
     context = layer.kind
     for name, level in levels_of(layer):
@@ -208,6 +209,16 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 error("E0302", f"`{gate_name}` cannot exceed 1, but its `max` is {bound:g}", None, f"{lp}.{gate_name}")
         for gate_name in ("lr", "retention", "momentum"):
             gate = getattr(level, gate_name)
+            # softplus (lr) and sigmoid (the others) of a logit reach 0 and 1 only at ±∞: the logit would
+            # start clamped where the gate's gradient is ~1e-8, a gate that could not learn
+            # (a momentum of 1 or more is out of its range, above)
+            squashed_end = gate_name == "retention" and isinstance(gate, S.PerHeadGate) and gate.init == 1
+            if isinstance(gate, S.PerHeadGate) and (gate.init == 0 or squashed_end):
+                error("E0302", f"`{gate_name} = per_head({gate.init:g})` starts where its "
+                      f"{'softplus' if gate_name == 'lr' else 'sigmoid'} is flat, at a logit of "
+                      f"{'−' if gate.init == 0 else '+'}∞, so it could not learn",
+                      f"start it inside {'(0, ∞)' if gate_name == 'lr' else '(0, 1)'}, e.g. per_head("
+                      f"{'0.01' if gate.init == 0 else '0.999'}), or use a constant gate", f"{lp}.{gate_name}")
             if isinstance(gate, S.LearnedGate) and gate.init is not None and gate.init >= gate.max:
                 error("E0302", f"`{gate_name}` starts at {gate.init:g}, which is not below its `max` {gate.max:g}",
                       "a learned gate is max · sigmoid(…): choose init < max", f"{lp}.{gate_name}")

@@ -349,6 +349,54 @@ def test_a_problem_in_an_imported_level_names_the_section_that_uses_it(tmp_path)
     assert error.notes == (f"used by `hope_memory` at {tmp_path / 'hope.nl'}:17 (and 4 more sections)",)
 
 
+def test_a_problem_of_how_a_level_is_used_names_the_use_that_has_it(tmp_path):
+    # `objective = dot` is fine in a memory and wrong in a cms level: the note named the first use,
+    # a memory that is fine (a newcomer's audit); a definition in the same file had no note at all
+    definition = "level dotmem {\n  state = linear\n  objective = dot\n}\n"
+    uses = ("model m {\n  dim = 16\n  block {\n    memory a { level from DEF { } }\n    cms {\n"
+            "      level c from DEF { period = 4 }\n      level d from DEF { period = 8 }\n    }\n  }\n}\n")
+    (tmp_path / "lib.nl").write_text(definition)
+    (tmp_path / "main.nl").write_text('import "lib.nl" as lib\n' + uses.replace("DEF", "lib.dotmem"))
+    (tmp_path / "same.nl").write_text(definition + uses.replace("DEF", "dotmem"))
+    for name, line in (("main.nl", 7), ("same.nl", 10)):
+        [error] = _errors(check_file(tmp_path / name))
+        assert (error.code, error.span.line) == ("E0601", 3) and "no value stream" in error.message
+        assert error.notes == (f"found where `model.block.cms.c` at {tmp_path / name}:{line} uses it (and 1 more use)",)
+    # a problem every use has names the first use, as before
+    (tmp_path / "all.nl").write_text(definition.replace("linear", "linearr") + uses.replace("DEF", "dotmem"))
+    [error] = _errors(check_file(tmp_path / "all.nl"))
+    assert error.notes == (f"used by `model.block.a.level` at {tmp_path / 'all.nl'}:8 (and 2 more sections)",)
+
+
+def test_an_override_of_an_aliased_import_says_why_it_cannot_reach_it(tmp_path):
+    (tmp_path / "lib.nl").write_text("const width = 16\n")
+    (tmp_path / "main.nl").write_text('import "lib.nl" as lib\nmodel m {\n  dim = lib.width\n  block { mlp { } }\n}\n')
+    [error] = _errors(check_file(tmp_path / "main.nl", ["lib.width=32"]))
+    assert error.code == "E0206" and error.help.startswith("`lib` is a file imported with `as`, whose constants")
+    [error] = _errors(check_file(tmp_path / "main.nl", ["lib.depth=32"]))
+    assert error.help == "an override sets a constant or a path starting `model.…`, `train.…`"
+
+
+def test_attributes_separated_by_commas_are_told_the_separators():
+    text = "model m {\n  dim = 16\n  block { memory { level { period = 4, lr = 0.1 } } }\n}\n"
+    [error] = check_text(text).diagnostics
+    assert (error.code, error.message, error.span.line, error.span.column) == ("E0101", "unexpected `,`", 3, 38)
+    assert error.help.endswith("; attributes are separated by a new line or `;`, not `,`")
+    [error] = check_text("const x = [1, 2\nmodel m { dim = 16 }\n").diagnostics
+    assert error.help == "expected `,` or `]`", "a comma that may follow is not the mistake"
+
+
+@pytest.mark.parametrize("gate, ok", [("lr = per_head(0)", False), ("retention = per_head(1.0)", False),
+                                      ("momentum = per_head(0)", False), ("retention = per_head(0)", False),
+                                      ("lr = per_head(0.01)", True), ("retention = per_head(0.999)", True)])
+def test_a_per_head_gate_may_not_start_where_its_logit_is_infinite(gate, ok):
+    # per_head(0) for lr gave a logit clamped at −18.4, whose gradient is ~1e-8: a gate that never learned
+    result = check_text(f"model m {{\n  dim = 16\n  block {{ memory {{ heads = 2; level {{ {gate} }} }} }}\n}}\n")
+    assert [(d.code, d.span.line) for d in _errors(result)] == ([] if ok else [("E0302", 3)])
+    if not ok:
+        assert "could not learn" in _errors(result)[0].message
+
+
 def test_a_keyword_of_nldsl_load_is_named_as_the_keyword_not_as_a_set():
     from nldsl.loader import override_strings
 

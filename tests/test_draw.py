@@ -498,3 +498,11 @@ def test_update_text_reads_back_as_the_same_update(update):
         return result.spec.optimizers[0].update
 
     assert tree(update_text(tree(update))) == tree(update)
+
+
+def test_a_gated_parallel_names_the_part_each_branch_plays(monkeypatch):
+    # combine = gate is norm(b_0) ⊙ sigmoid(norm(b_1)); both edges read "gate" before (a newcomer's audit)
+    graph = shipped_graph("specs/titans_mag.nl", monkeypatch)
+    labels = {source: data["label"] for source, target, data in graph.nx.edges(data=True)
+              if target == "block.mag" and source.startswith("block.mag.")}
+    assert labels == {"block.mag.swa": "value", "block.mag.lmm": "sigmoid gate"}
