@@ -4,7 +4,9 @@ The layout is printed from the syntax tree, so two files that parse to the same 
 aside) come out identical, save for where the author left blank lines:
 - 2-space indent, one attribute per line `key = value`, one member per line; a section opens
   with `kind name from base {` and closes with `}` on its own line; a section with no members
-  and no comments inside is `kind name { }`;
+  and no comments inside is `kind name { }`; a section the author wrote on one line stays on one
+  (`level fast { period = 16 }`, `train { steps = 3; seq_len = 8 }`: `; ` after attributes)
+  while it fits in ONE_LINE_WIDTH columns;
 - one blank line between top-level items, except inside a run of imports or a run of consts,
   which keep at most one blank line where the author put one; inside a section at most one
   blank line between members, none after `{` or before `}`;
@@ -17,8 +19,8 @@ Comments (the parser hands them over with spans) are attached to the printed lin
   statement's indent; one before a closing `}` stays inside the block; one after the last item
   stays at the end of the file;
 - a comment after code stays at the end of the line of the last statement that ended there
-  (a `}` only when nothing else ended on that line); when a single-line section is expanded,
-  it therefore follows its last attribute;
+  (a `}` only when nothing else ended on that line); when a section written on one line is
+  expanded (it was too wide), it therefore follows its last attribute;
 - a comment written inside a statement that spans lines (a list broken over lines) moves to its
   own line before that statement, since the statement is now printed on one line.
 Trailing comments on consecutive lines of one block line up in one column: column 34 (the
@@ -42,6 +44,7 @@ from .parser import parse
 from .source import SourceFile
 
 INDENT = "  "
+ONE_LINE_WIDTH = 100  # a section written on one line stays on one line up to this width (indent included)
 COMMENT_COLUMN = 33  # trailing comments start at least this many characters into the line
 COMMENT_GAP = 2  # and at least this many spaces after the longest code of their run
 INSIGNIFICANT = " \t\f\r;"  # what may surround code without being code
@@ -192,23 +195,40 @@ class _Printer:
         self.lines.append(_CodeLine(depth, code, node.span.start, node.span.end))
 
     def section(self, section: ast.Section, depth: int) -> None:
-        header = [section.kind]
-        if section.name is not None:
-            header.append(section.name)
-        if section.base is not None:
-            header += ["from", section.base.dotted]
+        header = _header(section)
         opening = self.opening_brace(section)
         closing = section.span.end - 1
         if not section.members and not self.has_comment(opening, closing):
-            self.statement(depth, " ".join(header) + " { }", section)
+            self.statement(depth, header + " { }", section)
             return
-        self.lines.append(_CodeLine(depth, " ".join(header) + " {", section.span.start, opening + 1, "open"))
+        one_line = self.one_line(section)
+        if one_line is not None and len(INDENT * depth + one_line) <= ONE_LINE_WIDTH:
+            self.statement(depth, one_line, section)
+            return
+        self.lines.append(_CodeLine(depth, header + " {", section.span.start, opening + 1, "open"))
         for member in section.members:
             if isinstance(member, ast.Attribute):
                 self.statement(depth + 1, f"{member.key} = {expression(member.value)}", member)
             else:
                 self.section(member, depth + 1)
         self.lines.append(_CodeLine(depth, "}", closing, closing + 1, "close"))
+
+    def one_line(self, section: ast.Section) -> str | None:
+        """The section on one line, when the author wrote it on one (`level fast { period = 16 }`):
+        `; ` after each attribute, a space after each section. None when it spans lines."""
+        if self.source.position(section.span.start)[0] != self.source.position(section.span.end - 1)[0]:
+            return None  # (a comment runs to the end of its line, so none can be inside)
+        header = _header(section)
+        if not section.members:
+            return f"{header} {{ }}"
+        parts = []
+        for member in section.members:
+            if isinstance(member, ast.Attribute):
+                parts.append(f"{member.key} = {expression(member.value)};")
+            else:
+                parts.append(self.one_line(member) or "")
+        body = " ".join(parts).removesuffix(";")
+        return f"{header} {{ {body} }}"
 
     def opening_brace(self, section: ast.Section) -> int:
         """The offset of a section's `{` (the tree does not keep it): past spaces, `;` and comments."""
@@ -277,6 +297,16 @@ class _Printer:
         for comment in end_of_file:
             output.append(_OutputLine(0, _text(comment), None, self.blank_before(comment.span.start), "comment"))
         return output, first_output
+
+
+def _header(section: ast.Section) -> str:
+    """`kind name from base`, as much of it as the section has."""
+    header = [section.kind]
+    if section.name is not None:
+        header.append(section.name)
+    if section.base is not None:
+        header += ["from", section.base.dotted]
+    return " ".join(header)
 
 
 def _text(comment: ast.Comment) -> str:

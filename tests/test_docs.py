@@ -203,3 +203,21 @@ def _flatten(annotation: Any) -> list[Any]:
     if origin in (typing.Union, types.UnionType, tuple):
         return [leaf for arg in typing.get_args(annotation) if arg is not Ellipsis for leaf in _flatten(arg)]
     return [annotation]
+
+
+FREE_LAYOUT = "# `;` and newlines are interchangeable"  # the example of §1 shows layouts fmt rewrites
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/language.md"])
+def test_examples_are_in_the_layout_fmt_writes(doc):
+    # a newcomer formatting an example saw it change (an audit)
+    from nldsl.fmt import format_source
+
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for match in FENCE.finditer(text):
+        body = match.group(3)
+        if match.group(1) != "nl" or body.startswith(FREE_LAYOUT):
+            continue
+        formatted, _ = format_source(body)
+        line = text[:match.start()].count("\n") + 1
+        assert formatted in (None, body), f"{doc}:{line}: `nldsl fmt` would change this example"

@@ -114,9 +114,7 @@ block titans_block {
     level from titans_memory { }  # inherited
     # before the brace
   }
-  mlp {
-    activation = swiglu          # one line
-  }
+  mlp { activation = swiglu }    # one line
 }
 
 model titans_lmm {
@@ -212,6 +210,19 @@ def test_tricky_input_is_stable_and_keeps_tree_and_comments(name: str):
     assert comment_texts(once) == comment_texts(text)
 
 
+@pytest.mark.parametrize(("written", "canonical"), [
+    # a section written on one line stays on one: `; ` after attributes, a space after sections
+    ("train {steps=3 seq_len = 8;}\n", "train { steps = 3; seq_len = 8 }\n"),
+    ("block { memory a { heads = 2 level from m { period=4 } } mlp { } }\n",
+     "block { memory a { heads = 2; level from m { period = 4 } } mlp { } }\n"),
+    # written over lines, or wider than ONE_LINE_WIDTH, it is one member per line
+    ("train { steps = 3\n seq_len = 8 }\n", "train {\n  steps = 3\n  seq_len = 8\n}\n"),
+    ("level a { x = " + "1 + " * 30 + "1 }\n", "level a {\n  x = " + "1 + " * 30 + "1\n}\n"),
+])
+def test_one_line_sections(written: str, canonical: str):
+    assert fmt(written) == canonical and fmt(canonical) == canonical
+
+
 def test_careless_spec_gets_the_canonical_layout():
     assert fmt(CARELESS_TITANS) == CARELESS_TITANS_FORMATTED
 
@@ -261,7 +272,8 @@ def test_input_fmt_would_change_the_meaning_of_is_refused(written: str, code: st
 
 @pytest.mark.parametrize(("written", "canonical"), [
     # a trailing comment follows the last statement that ended on its line
-    ("level a { x = 1 } # c\n", "level a {\n  x = 1                          # c\n}\n"),
+    ("level a { x = 1 } # c\n", "level a { x = 1 }                # c\n"),
+    ("level a { x = 1\n  y = 2 } # c\n", "level a {\n  x = 1\n  y = 2                          # c\n}\n"),
     ("level a { x = 1\n} # c\n", "level a {\n  x = 1\n}                                # c\n"),
     ("level a { } # c\n", "level a { }                      # c\n"),
     ("level a { # c\n}\n", "level a {                        # c\n}\n"),
@@ -336,12 +348,12 @@ def test_byte_order_mark_and_crlf_are_changes(tmp_path: Path, data: bytes):
 
 def test_fmt_check_exit_status(tmp_path: Path, capsys):
     messy = tmp_path / "messy.nl"
-    messy.write_text("level a { x = 1 }\n", encoding="utf-8")
+    messy.write_text("level a { x = 1\ny = 2 }\n", encoding="utf-8")
     tidy = tmp_path / "tidy.nl"
-    tidy.write_text("level a {\n  x = 1\n}\n", encoding="utf-8")
+    tidy.write_text("level a {\n  x = 1\n  y = 2\n}\n", encoding="utf-8")
     assert main(["fmt", "--check", str(messy)]) == 1
     assert "would reformat" in capsys.readouterr().out
-    assert messy.read_text(encoding="utf-8") == "level a { x = 1 }\n"
+    assert messy.read_text(encoding="utf-8") == "level a { x = 1\ny = 2 }\n"
     assert main(["fmt", "--check", str(tidy)]) == 0
     assert capsys.readouterr().out == ""
     assert main(["fmt", str(messy)]) == 0
