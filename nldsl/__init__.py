@@ -15,11 +15,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def load(path: Any, overrides: Any = (), **values: Any) -> Any:
-    """Build the model of a spec; see `nldsl.loader.load`."""
+def load(path: Any, overrides: Any = (), *, device: Any = None, dtype: Any = None, **values: Any) -> Any:
     from .loader import load as _load
 
-    return _load(path, overrides, **values)
+    return _load(path, overrides, device=device, dtype=dtype, **values)
 
 
 def load_run(path: Any, device: Any = "cpu") -> Any:
@@ -43,8 +42,19 @@ def load_run(path: Any, device: Any = "cpu") -> Any:
 def check(path: Any, overrides: Any = (), **values: Any) -> Any:
     """Check a spec (raises `nldsl.diagnostics.SpecError` listing every problem); see `nldsl.loader.check`."""
     from .loader import check as _check
+    from .loader import python_overrides
 
-    return _check(path, overrides, **values)
+    return _check(path, python_overrides(overrides), **values)
 
+
+def _document_load() -> None:
+    """`help(nldsl.load)` shows the whole contract, written once beside the code. The loader
+    imports only the standard library and the diagnostics (torch when a model is built)."""
+    from .loader import load as _load
+
+    load.__doc__ = _load.__doc__
+
+
+_document_load()
 
 __all__ = ["__version__", "check", "load", "load_run"]

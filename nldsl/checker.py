@@ -650,7 +650,8 @@ class Checker:
             self.sources[path] = source
             if not sep or not key or not value_text.strip():
                 self.bag.error("E0206", f"override `{text}` is not `key=value`", source.span(0, len(source.text)),
-                               "write e.g. `--set train.steps=200` or `--set dim=128`")
+                               "write e.g. `--set train.steps=200` or `--set dim=128`" if path.startswith("<--set")
+                               else "write e.g. 'train.steps=200' or 'dim=128'")
                 continue
             parts = key.split(".")
             if not all(p.isidentifier() for p in parts):

@@ -30,11 +30,26 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
     from .checker import Override
 
     for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):  # (one past a float's range: below)
+            raise ValueError(f"{key}={value!r}: a spec's numbers are finite (the language has no nan or inf)")
         # Diagnostics name a keyword as the user wrote it, not as a `--set` they never typed (the
         # strings of `overrides` are the command line's and read as `--set`).
         out.append(Override(f"{key.replace('__', '.')}={_spec_value(value)}",
                             origin=f"{key}={value!r}", label=f"<keyword {key}>"))
     return out
+
+
+def python_overrides(overrides: Any) -> Any:
+    """The strings of a Python caller's `overrides` list, named in diagnostics as its items
+    (`<override 1>`) rather than as `--set` flags nobody typed; anything else is left for
+    `override_strings` to refuse."""
+    from .checker import Override
+
+    if isinstance(overrides, (str, bytes, Mapping)) or not isinstance(overrides, Sequence):
+        return overrides
+    return [Override(item, origin=f"override {item}", label=f"<override {index}>")
+            if isinstance(item, str) and not isinstance(item, Override) else item
+            for index, item in enumerate(overrides, 1)]
 
 
 def _spec_value(value: Any) -> str:
@@ -45,13 +60,16 @@ def _spec_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a 0-d tensor or array: its number
     if isinstance(value, numbers.Integral):
         return repr(int(value))  # numpy and torch integers print as the spec's integers
     if isinstance(value, numbers.Real):
         try:
-            return repr(float(value))
+            number = float(value)
         except OverflowError:  # a Fraction or Decimal past a float's range: as inf, which the checker refuses
-            return repr(math.inf if value > 0 else -math.inf)
+            number = math.inf if value > 0 else -math.inf
+        return repr(number) if math.isfinite(number) else f"{'-' if number < 0 else ''}1e308 * 10"  # E0304
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_spec_value(item) for item in value) + "]"
     return repr(value)  # anything else: the checker reports it against the override
@@ -155,24 +173,42 @@ def _device_memory(device) -> int | None:
     return None
 
 
-def load(path: str | Path, overrides: Sequence[str] = (), **values: Any):
+def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None, dtype: Any = None,
+         **values: Any):
     """Build the model of a spec: `nldsl.load("specs/hope.nl", dim=64, train__seq_len=128)`.
 
     A keyword's `__` stands for a dot; its value is written as the spec writes it (None as
     `none`, a str as a string, a list as a list). A value the spec writes as a bare name or a
     call (`optimizer = muon`, `tokenizer = bpe(512)`) goes in `overrides` as spec text:
     `nldsl.load("specs/hope.nl", ["train.tokenizer=bpe(512)", "model.vocab=512"], dim=64)`.
+    `device` and `dtype` place the model (`device="cuda", dtype=torch.bfloat16`); they are not
+    overrides, so a spec constant of either name is set through `overrides`.
 
     Returns a freshly initialised `torch.nn.Module` whose call on tokens (B, T) returns logits
     (B, T, vocab); `model(tokens, return_state=True)` also returns the memory state. The checked
-    spec and the generated module are attached as `model.spec` and `model.module`.
+    spec and the generated module are attached as `model.spec` and `model.module`. Its weights
+    come from torch's global random state, as any module's (`torch.manual_seed` first to repeat
+    them); given `train__seed` (or a `train.seed=` override), they are the ones `nldsl train`
+    starts from with that seed, and the global random state is left as it was.
     """
-    if isinstance(path, (str, Path)) and Path(path).is_dir():
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a spec file's path (a str or pathlib.Path), got {type(path).__name__} "
+                        f"{path!r}")
+    if Path(path).is_dir():
         raise IsADirectoryError(f"{path} is a folder: nldsl.load builds a spec file's model; a trained run "
                                 "(its folder or a checkpoint) is read by nldsl.load_run")
-    result = check(path, overrides, **values)
+    result = check(path, python_overrides(overrides), **values)
     module = compile_module(result)
-    model = build_model(module, result.spec)
+    seeded = "train__seed" in values or any(str(item).split("=", 1)[0].strip() == "train.seed"
+                                            for item in overrides if isinstance(item, str))
+    if seeded:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(result.spec.train.seed)  # as `nldsl train` does before building
+            model = build_model(module, result.spec, device, dtype)
+    else:
+        model = build_model(module, result.spec, device, dtype)
     model.spec = result.spec
     # On the class, not the instance: a module object in the instance would make the model
     # impossible to deepcopy or pickle.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -602,6 +603,9 @@ def test_a_trained_run_loads_from_python(run_dir):
     assert run.checkpoint.record["step"] == 4 and run.spec.model.dim == 16
     tokens = torch.as_tensor(run.tokenizer.encode("class Thing")).reshape(1, -1)
     assert run.model(tokens).shape == (1, tokens.shape[1], 256)
+    assert run.model.spec is run.spec and run.model.module is run.module  # as nldsl.load's model carries them
+    assert re.fullmatch(r"LoadedModel\('.*', step 4, [\d,]+ parameters, bytes tokenizer, on cpu, from '.*'\)",
+                        repr(run)), "one line, not every weight (a notebook printed 730 lines)"
     with pytest.raises(IsADirectoryError, match=r"nldsl\.load_run"):
         nldsl.load(run_dir)
     with pytest.raises(C.CheckpointError, match="no run or checkpoint at"):

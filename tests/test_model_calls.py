@@ -174,9 +174,62 @@ def test_load_takes_any_real_number_for_a_keyword_override() -> None:
     assert model.spec.model.dim == 32
     numpy = pytest.importorskip("numpy")
     assert nldsl.load("specs/titans_lmm.nl", dim=numpy.int64(32)).spec.model.dim == 32
-    for huge, shown in ((fractions.Fraction(10**400, 3), "dim = inf"), (-fractions.Fraction(10**400, 3), "dim = -inf")):
+    for huge, shown in ((fractions.Fraction(10**400, 3), r"dim = 1e308 \* 10"),
+                        (-fractions.Fraction(10**400, 3), r"dim = -1e308 \* 10")):
         with pytest.raises(nldsl.diagnostics.SpecError, match=shown):  # past a float (float() raised OverflowError)
             nldsl.load("specs/titans_lmm.nl", dim=huge)
+    assert nldsl.load("specs/titans_lmm.nl", dim=torch.tensor(32)).spec.model.dim == 32  # a 0-d tensor: its number
+    for odd in (float("nan"), float("-inf")):  # the language has neither: a ValueError naming the keyword
+        with pytest.raises(ValueError, match=r"train__clip=(nan|-inf): a spec's numbers are finite"):
+            nldsl.load("specs/titans_lmm.nl", train__clip=odd)
+    with pytest.raises(TypeError, match="path must be a spec file's path"):
+        nldsl.load(5)
+
+
+def test_python_overrides_are_named_as_python_gives_them() -> None:
+    with pytest.raises(nldsl.diagnostics.SpecError) as raised:
+        nldsl.load("specs/titans_lmm.nl", ["dim32"])
+    assert "<override 1>" in str(raised.value) and "write e.g. 'train.steps=200'" in str(raised.value)
+    assert "--set" not in str(raised.value)
+    assert "Returns a freshly initialised `torch.nn.Module`" in nldsl.load.__doc__  # help(nldsl.load) says it all
+
+
+def test_load_places_the_model_and_train_seed_gives_the_weights_nldsl_train_starts_from() -> None:
+    model = nldsl.load("specs/titans_lmm.nl", dim=32, dtype=torch.float64, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    torch.manual_seed(3)
+    first = nldsl.load("specs/titans_lmm.nl", dim=32, train__seed=0)
+    after_first = torch.rand(1)
+    torch.manual_seed(3)
+    other = nldsl.load("specs/titans_lmm.nl", dim=32, train__seed=5)
+    assert torch.equal(torch.rand(1), after_first), "the global random state is left as it was"
+    again = nldsl.load("specs/titans_lmm.nl", ["train.seed=0"], dim=32)
+    torch.manual_seed(0)  # what `nldsl train` does before building
+    trained_from = nldsl.load("specs/titans_lmm.nl", dim=32)
+    for name, weight in first.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]) and torch.equal(weight, trained_from.state_dict()[name])
+    assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters(), strict=True))
+
+
+def test_a_state_made_under_inference_mode_continues_without_gradients_only(titans) -> None:
+    with torch.inference_mode():
+        _, state = titans(tokens(), return_state=True)
+    with pytest.raises(ValueError, match=r"made under torch.inference_mode\(\).*torch.no_grad\(\)"):
+        titans(tokens(), state=state)
+    with torch.no_grad():
+        assert titans(tokens(), state=state).isfinite().all()
+
+
+def test_a_saved_state_reads_back_with_torch_load_defaults(titans) -> None:
+    from nldsl.runtime.evaluate import detach_state
+
+    _, state = titans(tokens(), return_state=True)
+    buffer = io.BytesIO()
+    torch.save(detach_state(state), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer)  # weights_only=True
+    expected = titans(tokens(), state=detach_state(state))
+    torch.testing.assert_close(titans(tokens(), state=loaded), expected, rtol=0, atol=0)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # e.g. torch's "cannot dispatch to fused rms_norm"

@@ -72,12 +72,20 @@ def spec_from_record(record: dict[str, Any]) -> S.Spec:
 
 @dataclass
 class LoadedModel:
+    """A trained run, as `nldsl.load_run` returns it: `model` (also carrying `.spec` and `.module`,
+    as `nldsl.load`'s does), `tokenizer`, `checkpoint` (record and step) and the `device`."""
+
     model: torch.nn.Module
     module: Any  # the generated module (CLOCK_STEPS, build)
     spec: S.Spec
     tokenizer: D.ByteTokenizer | D.BPETokenizer
     checkpoint: C.Checkpoint
     device: torch.device
+
+    def __repr__(self) -> str:  # the default would print every weight and the whole record
+        count = sum(parameter.numel() for parameter in self.model.parameters())
+        return (f"LoadedModel({self.spec.path!r}, step {self.checkpoint.record.get('step')}, {count:,} parameters, "
+                f"{self.tokenizer.kind} tokenizer, on {self.device}, from {str(self.checkpoint.path)!r})")
 
 
 def load_model(target: str | Path, device: torch.device) -> LoadedModel:
@@ -102,6 +110,8 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     C.check_finite_weights(checkpoint.model, checkpoint.path)
     model.load_state_dict(checkpoint.model)
     model.requires_grad_(False)
+    model.spec = spec
+    module.Model.module = module  # on the class, as nldsl.load does: the instance stays copyable
     tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,
                                         record.get("files", {}).get("tokenizer.json"))
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
@@ -329,6 +339,8 @@ class StreamResult:
 
 
 def detach_state(value: Any) -> Any:
+    """A memory state (as `model(tokens, return_state=True)` returns it) cut from the graph that
+    made it: to carry state across calls that each take a backward pass."""
     if isinstance(value, Tensor):
         return value.detach()
     if isinstance(value, MemoryState):

@@ -134,6 +134,10 @@ class MemoryState:
     momentum: list[Tensor] | None = None  # S, each (B, H, out, in); None without momentum
 
 
+# lists of tensors only: a saved state reads back with torch.load's default weights_only=True
+torch.serialization.add_safe_globals([MemoryState])
+
+
 Function = TypeVar("Function", bound=Callable[..., Any])
 
 
