@@ -6,8 +6,9 @@ of their own; any chunk-start readout) spends its chunk step writing θ and S. U
 whole batch's state, rewritten one chunk earlier and no longer in cache, at memory speed.
 `nldsl::memory_write` instead runs one (sequence, head) problem at a time: the memory on the keys
 and generated values, the closed-form inner gradient, DGD and both weighted writes, with that
-problem's weights in L1/L2; its backward (`nldsl::memory_write_backward`) recomputes the forward
-in cache and runs the chain in reverse by hand. The gate coefficients (A_n, m_n, B_n and the
+problem's weights in L1/L2; its backward (`nldsl::memory_write_backward`) runs the chain in reverse
+by hand from intermediates the forward saved (a training call returns them as one extra tensor, so
+the backward repeats none of the forward's products). The gate coefficients (A_n, m_n, B_n and the
 per-token write weights) stay in PyTorch and reach the kernel as inputs, so their gradients flow
 back through the ordinary graph.
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("csrc") / "memory_write.cpp"
 ACTIVATION_IDS = {"silu": 0, "gelu": 1, "relu": 2, "tanh": 3}  # bits 4-5 of the kernel's flags
+SAVE = 64  # bit 6: the forward returns the intermediates its backward reads (kSave)
 # The instruction sets the kernel is compiled for, from the level torch itself dispatches to here.
 # ATen's vector types (at::vec::Vectorized) then take that level's registers and Sleef's functions.
 CAPABILITY_FLAGS = {
@@ -116,6 +118,15 @@ def kernel_flags(cfg: LevelConfig) -> int:
             | (4 if 0 in layers else 0) | (8 if 1 in layers else 0) | ACTIVATION_IDS[cfg.activation] << 4)
 
 
+def saved_size(chunk: int, hidden: int, d_out: int, rows: int, flags: int) -> int:
+    """Elements per problem of the forward's saved intermediates (`Saved` in csrc/memory_write.cpp)."""
+    if not flags & SAVE:
+        return 0
+    hidden_blocks = 3 if flags & 2 else 2  # Z, G W2 (+ Zv when the values are generated)
+    error_blocks = 2 if flags & 8 else 1  # G (+ Y when DGD preconditions layer 2)
+    return chunk * (hidden * hidden_blocks + d_out * error_blocks) + rows * hidden  # + the next read's Z
+
+
 def chunk_end_state(cfg: LevelConfig, state: MemoryState, keys: Tensor, values: Tensor, decay: Tensor,
                     momentum_scale: Tensor | None, momentum_decay: Tensor | None, write_weights: Tensor,
                     momentum_write_weights: Tensor | None,
@@ -131,10 +142,13 @@ def chunk_end_state(cfg: LevelConfig, state: MemoryState, keys: Tensor, values: 
     from nldsl.runtime.memory import MemoryState
 
     momentum = state.momentum
-    first, second, moment_first, moment_second, read = torch.ops.nldsl.memory_write(
-        state.weights[0], state.weights[1], None if momentum is None else momentum[0],
-        None if momentum is None else momentum[1], keys, values, decay, momentum_scale, momentum_decay,
-        write_weights, momentum_write_weights, next_inputs, kernel_flags(cfg))
+    inputs = (state.weights[0], state.weights[1], None if momentum is None else momentum[0],
+              None if momentum is None else momentum[1], keys, values, decay, momentum_scale, momentum_decay,
+              write_weights, momentum_write_weights, next_inputs)
+    # a call that autograd records keeps its forward's intermediates for the backward; others keep nothing
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    first, second, moment_first, moment_second, read, _ = torch.ops.nldsl.memory_write(
+        *inputs, kernel_flags(cfg) | (SAVE if training else 0))
     new_state = MemoryState([first, second], None if momentum is None else [moment_first, moment_second])
     return new_state, None if next_inputs is None else read
 
@@ -150,15 +164,20 @@ def _register_python_parts() -> None:
             return W1.new_empty((0,))
         return W1.new_empty((W1.shape[0], W1.shape[1], next_inputs.shape[2], W2.shape[2]))
 
+    def saved_shape(W1: Tensor, W2: Tensor, keys: Tensor, next_inputs: Tensor | None, flags: int) -> Tensor:
+        rows = 0 if next_inputs is None else next_inputs.shape[2]
+        return W1.new_empty((W1.shape[0] * W1.shape[1] if flags & SAVE else 0,
+                             saved_size(keys.shape[2], W1.shape[2], W2.shape[2], rows, flags)))
+
     @torch.library.register_fake("nldsl::memory_write")
     def _(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
           momentum_write_weights, next_inputs, flags):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
-                read_shape(W1, W2, next_inputs)]
+                read_shape(W1, W2, next_inputs), saved_shape(W1, W2, keys, next_inputs, flags)]
 
     @torch.library.register_fake("nldsl::memory_write_backward")
     def _(grad_W1, grad_W2, grad_S1, grad_S2, grad_read, W1, W2, S1, S2, keys, values, decay, momentum_scale,
-          momentum_decay, write_weights, momentum_write_weights, next_inputs, new_W1, new_W2, flags):
+          momentum_decay, write_weights, momentum_write_weights, next_inputs, new_W1, new_W2, saved, flags):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
                 keys.new_empty(keys.shape), values.new_empty(values.shape), decay.new_empty(decay.shape),
                 empty(momentum_scale, W1), empty(momentum_decay, W1), write_weights.new_empty(write_weights.shape),
@@ -166,13 +185,14 @@ def _register_python_parts() -> None:
 
     def setup_context(ctx, inputs, output) -> None:
         ctx.flags = inputs[-1]
-        ctx.save_for_backward(*inputs[:-1], output[0], output[1])
+        ctx.mark_non_differentiable(output[5])  # the forward's intermediates, for backward only
+        ctx.save_for_backward(*inputs[:-1], output[0], output[1], output[5])
 
     def backward(ctx, grads):
-        W1, W2, S1, S2, *rest, new_W1, new_W2 = ctx.saved_tensors
+        W1, W2, S1, S2, *rest, new_W1, new_W2, saved = ctx.saved_tensors
         next_inputs = rest[-1]
         momentum = S1 is not None
-        grad_W1, grad_W2, grad_S1, grad_S2, grad_read = grads
+        grad_W1, grad_W2, grad_S1, grad_S2, grad_read, _ = grads
         grad_W1 = torch.zeros_like(W1) if grad_W1 is None else grad_W1
         grad_W2 = torch.zeros_like(W2) if grad_W2 is None else grad_W2
         if momentum:
@@ -183,7 +203,8 @@ def _register_python_parts() -> None:
         out = torch.ops.nldsl.memory_write_backward(
             grad_W1, grad_W2, grad_S1 if momentum else None, grad_S2 if momentum else None,
             grad_read if next_inputs is not None else None, W1, W2, S1, S2, *rest,
-            new_W1 if next_inputs is not None else None, new_W2 if next_inputs is not None else None, ctx.flags)
+            new_W1 if next_inputs is not None else None, new_W2 if next_inputs is not None else None, saved,
+            ctx.flags)
         absent = [2, 3, 7, 8, 10] if not momentum else []  # no S, m_n, B_n or S writes without momentum
         if next_inputs is None:
             absent.append(11)

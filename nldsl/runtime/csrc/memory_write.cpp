@@ -12,7 +12,8 @@
 //   W1' = A W1 + m S1 + Σ_s c_s D1_sᵀ K_s,   S1' = B S1 + Σ_s c'_s D1_sᵀ K_s
 //   W2' = A W2 + m S2 + Σ_s c_s D2_sᵀ H_s,   S2' = B S2 + Σ_s c'_s D2_sᵀ H_s
 //
-// and the backward is the same chain run in reverse by hand, recomputing the forward in cache.
+// and the backward is the same chain run in reverse by hand. A training call (kSave) also returns the
+// forward's product results that chain reads (Saved), so the backward repeats none of its products.
 // Optionally the call also reads the next chunk's rows X at the new weights, R = M_θ'(X), while
 // they are in cache, so the caller's next chunk body needs no weight-sized tensor. Memories that
 // share their inputs (HOPE's M_k, M_v, M_η, M_α) stack along the head dim and take keys, values
@@ -38,6 +39,7 @@ constexpr int64_t kGenerated = 2;
 constexpr int64_t kDgdFirst = 4;
 constexpr int64_t kDgdSecond = 8;
 constexpr int64_t kActivationShift = 4;  // bits 4-5: 0 silu, 1 gelu, 2 relu, 3 tanh
+constexpr int64_t kSave = 64;            // bit 6: return the forward's intermediates for the backward
 
 using at::vec::Vectorized;
 
@@ -231,9 +233,30 @@ struct Dims {
   bool residual() const { return flags & kResidual; }
   bool generated() const { return flags & kGenerated; }
   int64_t activation() const { return (flags >> kActivationShift) & 3; }
+  bool save() const { return flags & kSave; }
 };
 
-// The forward intermediates of one problem's write, recomputed by the backward rather than saved.
+// Where one problem's saved intermediates lie in its row of the forward's extra output. Only the
+// results of products are kept: Z, G W2, Zv, G (Y when DGD preconditions layer 2) and the next read's
+// Z. The backward recomputes the rest elementwise (σ and its derivatives, D1, D2), a few µs a problem
+// against the ~100 µs of products it no longer repeats, and half the memory of keeping them too.
+// fused.py's saved_size is the same sum, for the fake kernel.
+struct Saved {
+  int64_t z, gw, zv = -1, g, y = -1, read_z = -1, size;
+  Saved(const Dims& dm, int64_t rows) {
+    const int64_t hidden = dm.n * dm.hidden, out = dm.n * dm.d_out;
+    int64_t end = 0;
+    auto take = [&](int64_t count) { end += count; return end - count; };
+    z = take(hidden), gw = take(hidden), g = take(out);
+    if (dm.generated()) zv = take(hidden);
+    if (dm.flags & kDgdSecond) y = take(out);
+    if (rows > 0) read_z = take(rows * dm.hidden);
+    size = dm.save() ? end : 0;
+  }
+};
+
+// The forward intermediates of one problem's write: run computes them, save keeps its products'
+// results for the backward, restore rebuilds the rest from those.
 template <typename T>
 struct Forward {
   TransposedRight<T> w1t, w2t;
@@ -245,13 +268,13 @@ struct Forward {
         d1(dm.n * dm.hidden), d2(dm.n * dm.d_out) {}
 
   // Everything up to the errors D1, D2 (the header's first four lines) for one problem.
-  void run(const Dims& dm, const T* W1, const T* W2, const T* K, const T* V, bool second_derivative) {
+  void run(const Dims& dm, const T* W1, const T* W2, const T* K, const T* V) {
     const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
     w1t.set(W1, hid, din);
     w2t.set(W2, dout, hid);
     std::fill(z.begin(), z.end(), T(0));
     w1t.times(z.data(), K, n);
-    activate(dm.activation(), z.data(), h.data(), dz.data(), second_derivative ? ddz.data() : nullptr, n * hid);
+    activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), n * hid);
     std::fill(y.begin(), y.end(), T(0));
     w2t.times(y.data(), h.data(), n);
     // g = P − T
@@ -269,9 +292,39 @@ struct Forward {
       if (dm.residual())
         for (int64_t i = 0; i < n * dout; ++i) g[i] += K[i];
     }
-    for (int64_t i = 0; i < n * dout; ++i) d2[i] = (dm.flags & kDgdSecond) ? g[i] + y[i] : g[i];
     std::fill(gw.begin(), gw.end(), T(0));
     mm_nn(gw.data(), g.data(), W2, n, dout, hid);
+    errors(dm);
+  }
+
+  void save(const Dims& dm, const Saved& place, T* saved) const {
+    std::copy(z.begin(), z.end(), saved + place.z);
+    std::copy(gw.begin(), gw.end(), saved + place.gw);
+    std::copy(g.begin(), g.end(), saved + place.g);
+    if (dm.generated()) std::copy(zv.begin(), zv.end(), saved + place.zv);
+    if (dm.flags & kDgdSecond) std::copy(y.begin(), y.end(), saved + place.y);
+  }
+
+  // What run leaves, and σ''(Z), which only the backward reads, from what save kept and W2 (for w2t),
+  // without a product.
+  void restore(const Dims& dm, const T* W2, const Saved& place, const T* saved) {
+    const int64_t n = dm.n, hid = dm.hidden, dout = dm.d_out;
+    w2t.set(W2, dout, hid);
+    std::copy(saved + place.z, saved + place.z + n * hid, z.begin());
+    std::copy(saved + place.gw, saved + place.gw + n * hid, gw.begin());
+    std::copy(saved + place.g, saved + place.g + n * dout, g.begin());
+    activate(dm.activation(), z.data(), h.data(), dz.data(), ddz.data(), n * hid);
+    if (dm.generated())
+      activate(dm.activation(), saved + place.zv, hv.data(), dzv.data(), static_cast<T*>(nullptr), n * hid);
+    if (dm.flags & kDgdSecond) std::copy(saved + place.y, saved + place.y + n * dout, y.begin());
+    errors(dm);
+  }
+
+ private:
+  // D2 = G + [dgd on layer 2] Y, D1 = σ'(Z) ⊙ (G W2) + [dgd on layer 1] Z
+  void errors(const Dims& dm) {
+    const int64_t n = dm.n, hid = dm.hidden, dout = dm.d_out;
+    for (int64_t i = 0; i < n * dout; ++i) d2[i] = (dm.flags & kDgdSecond) ? g[i] + y[i] : g[i];
     for (int64_t i = 0; i < n * hid; ++i) d1[i] = dz[i] * gw[i] + ((dm.flags & kDgdFirst) ? z[i] : T(0));
   }
 };
@@ -285,7 +338,8 @@ struct Read {
       : w1t(dm.d_in * dm.hidden), w2t(dm.hidden * dm.d_out), z(rows * dm.hidden), h(rows * dm.hidden),
         dz(rows * dm.hidden), gh(rows * dm.hidden) {}
 
-  void forward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, T* out) {
+  // out = M_θ(X); Z also into saved when it is given (a training call), for backward.
+  void forward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, T* out, T* saved) {
     const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
     w1t.set(W1, hid, din);
     w2t.set(W2, dout, hid);
@@ -294,13 +348,14 @@ struct Read {
     activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * hid);
     for (int64_t i = 0; i < rows * dout; ++i) out[i] = dm.residual() ? X[i] : T(0);
     w2t.times(out, h.data(), rows);
+    if (saved != nullptr) std::copy(z.begin(), z.end(), saved);
   }
 
-  // Given ∂out: ∂W1 += …, ∂W2 += … into G1, G2, and ∂X += … into GX.
-  void backward(const Dims& dm, const T* W1, const T* W2, const T* X, int64_t rows, const T* grad_out, T* G1, T* G2,
-                T* GX) {
+  // Given ∂out and the forward's Z (saved): ∂W1 += …, ∂W2 += … into G1, G2, and ∂X += … into GX.
+  void backward(const Dims& dm, const T* W1, const T* W2, const T* X, const T* Z, int64_t rows, const T* grad_out,
+                T* G1, T* G2, T* GX) {
     const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
-    forward_intermediates(dm, W1, X, rows);
+    activate(dm.activation(), Z, h.data(), dz.data(), static_cast<T*>(nullptr), rows * hid);
     std::fill(gh.begin(), gh.end(), T(0));
     mm_nn(gh.data(), grad_out, W2, rows, dout, hid);  // out = H W2ᵀ (+ X)
     mm_tn(G2, grad_out, h.data(), dout, rows, hid);
@@ -309,14 +364,6 @@ struct Read {
       for (int64_t i = 0; i < rows * din; ++i) GX[i] += grad_out[i];
     mm_nn(GX, gh.data(), W1, rows, hid, din);  // Z = X W1ᵀ
     mm_tn(G1, gh.data(), X, hid, rows, din);
-  }
-
- private:
-  void forward_intermediates(const Dims& dm, const T* W1, const T* X, int64_t rows) {
-    w1t.set(W1, dm.hidden, dm.d_in);
-    std::fill(z.begin(), z.end(), T(0));
-    w1t.times(z.data(), X, rows);
-    activate(dm.activation(), z.data(), h.data(), dz.data(), static_cast<T*>(nullptr), rows * dm.hidden);
   }
 };
 
@@ -429,6 +476,8 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
   at::Tensor s1_out = momentum ? at::empty_like(s1) : at::empty({0}, w1.options());
   at::Tensor s2_out = momentum ? at::empty_like(s2) : at::empty({0}, w1.options());
   at::Tensor read = x.defined() ? at::empty({w1.size(0), rows, dm.d_out}, w1.options()) : at::empty({0}, w1.options());
+  const Saved place(dm, rows);
+  at::Tensor saved = at::empty({dm.save() ? w1.size(0) : 0, place.size}, w1.options());
   AT_DISPATCH_FLOATING_TYPES(w1.scalar_type(), "memory_write", [&] {
     using T = scalar_t;
     const int64_t n = dm.n, din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
@@ -446,7 +495,9 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
           const int64_t p = lay.weight(q, memory);
           const T* W1p = w1.data_ptr<T>() + p * size1;
           const T* W2p = w2.data_ptr<T>() + p * size2;
-          fw.run(dm, W1p, W2p, Kq, Vq, false);
+          T* kept = dm.save() ? saved.data_ptr<T>() + p * place.size : nullptr;
+          fw.run(dm, W1p, W2p, Kq, Vq);
+          if (kept != nullptr) fw.save(dm, place, kept);
           T* W1o = w1_out.data_ptr<T>() + p * size1;
           T* W2o = w2_out.data_ptr<T>() + p * size2;
           T* S1o = momentum ? s1_out.data_ptr<T>() + p * size1 : nullptr;
@@ -464,7 +515,8 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
           weighted_outer_sums(W1o, S1o, cq, c2q, fw.d1.data(), Kq, hid, n, din);
           weighted_outer_sums(W2o, S2o, cq, c2q, fw.d2.data(), fw.h.data(), dout, n, hid);
           if (rows > 0)  // the next chunk's read, while the new weights are in cache
-            reader.forward(dm, W1o, W2o, x.data_ptr<T>() + q * rows * din, rows, read.data_ptr<T>() + p * rows * dout);
+            reader.forward(dm, W1o, W2o, x.data_ptr<T>() + q * rows * din, rows, read.data_ptr<T>() + p * rows * dout,
+                           kept == nullptr ? nullptr : kept + place.read_z);
         }
       }
     });
@@ -473,7 +525,7 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
     return like.has_value() ? t.view(like->sizes()) : t;
   };
   return {w1_out.view(W1.sizes()), w2_out.view(W2.sizes()), shaped(s1_out, S1), shaped(s2_out, S2),
-          x.defined() ? read.view({W1.size(0), W1.size(1), rows, dm.d_out}) : read};
+          x.defined() ? read.view({W1.size(0), W1.size(1), rows, dm.d_out}) : read, saved};
 }
 
 std::vector<at::Tensor> memory_write_backward(
@@ -484,7 +536,7 @@ std::vector<at::Tensor> memory_write_backward(
     const std::optional<at::Tensor>& momentum_scale, const std::optional<at::Tensor>& momentum_decay,
     const at::Tensor& write_weights, const std::optional<at::Tensor>& momentum_write_weights,
     const std::optional<at::Tensor>& next_inputs, const std::optional<at::Tensor>& new_W1,
-    const std::optional<at::Tensor>& new_W2, int64_t flags) {
+    const std::optional<at::Tensor>& new_W2, const at::Tensor& saved_forward, int64_t flags) {
   const bool momentum = S1.has_value();
   const Layout lay = layout_of(W1, W2, keys, values, flags);
   const Dims& dm = lay.dm;
@@ -495,6 +547,10 @@ std::vector<at::Tensor> memory_write_backward(
   const int64_t rows = op.rows;
   const at::Tensor e1 = flat(grad_W1, 2), e2 = flat(grad_W2, 2), f1 = flat(grad_S1, 2), f2 = flat(grad_S2, 2);
   const at::Tensor gread = flat(grad_read, 2), w1_new = flat(new_W1, 2), w2_new = flat(new_W2, 2);
+  const Saved place(dm, rows);
+  TORCH_CHECK(dm.save() && saved_forward.numel() == w1.size(0) * place.size,
+              "memory_write_backward: the forward's saved intermediates (a call with kSave) are missing");
+  const at::Tensor saved = saved_forward.contiguous();
   const auto none = at::empty({0}, w1.options());
   at::Tensor gw1 = at::empty_like(w1), gw2 = at::empty_like(w2), gk = at::empty_like(k), gv = at::empty_like(v);
   at::Tensor ga = at::empty_like(a), gc = at::empty_like(c);
@@ -535,16 +591,18 @@ std::vector<at::Tensor> memory_write_backward(
           const T* W2p = w2.data_ptr<T>() + p * size2;
           const T* E1 = e1.data_ptr<T>() + p * size1;
           const T* E2 = e2.data_ptr<T>() + p * size2;
+          const T* kept = saved.data_ptr<T>() + p * place.size;
           if (rows > 0) {  // the next read's gradient joins the new weights' own
             std::copy(E1, E1 + size1, total1.begin());
             std::copy(E2, E2 + size2, total2.begin());
             reader.backward(dm, w1_new.data_ptr<T>() + p * size1, w2_new.data_ptr<T>() + p * size2,
-                            x.data_ptr<T>() + q * rows * din, rows, gread.data_ptr<T>() + p * rows * dout,
-                            total1.data(), total2.data(), gx.data_ptr<T>() + q * rows * din);
+                            x.data_ptr<T>() + q * rows * din, kept + place.read_z, rows,
+                            gread.data_ptr<T>() + p * rows * dout, total1.data(), total2.data(),
+                            gx.data_ptr<T>() + q * rows * din);
             E1 = total1.data();
             E2 = total2.data();
           }
-          fw.run(dm, W1p, W2p, Kq, Vq, true);
+          fw.restore(dm, W2p, place, kept);
           T* G1 = gw1.data_ptr<T>() + p * size1;
           T* G2 = gw2.data_ptr<T>() + p * size2;
           // W' = A W + m S + …, S' = B S + …
@@ -628,7 +686,7 @@ TORCH_LIBRARY(nldsl, m) {
       "memory_write_backward(Tensor grad_W1, Tensor grad_W2, Tensor? grad_S1, Tensor? grad_S2, Tensor? grad_read, "
       "Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
       "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
-      "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, int flags) -> Tensor[]");
+      "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, Tensor saved, int flags) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nldsl, CPU, m) {
