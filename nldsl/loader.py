@@ -175,22 +175,7 @@ def _device_memory(device) -> int | None:
 
 def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None, dtype: Any = None,
          **values: Any):
-    """Build the model of a spec: `nldsl.load("specs/hope.nl", dim=64, train__seq_len=128)`.
-
-    A keyword's `__` stands for a dot; its value is written as the spec writes it (None as
-    `none`, a str as a string, a list as a list). A value the spec writes as a bare name or a
-    call (`optimizer = muon`, `tokenizer = bpe(512)`) goes in `overrides` as spec text:
-    `nldsl.load("specs/hope.nl", ["train.tokenizer=bpe(512)", "model.vocab=512"], dim=64)`.
-    `device` and `dtype` place the model (`device="cuda", dtype=torch.bfloat16`); they are not
-    overrides, so a spec constant of either name is set through `overrides`.
-
-    Returns a freshly initialised `torch.nn.Module` whose call on tokens (B, T) returns logits
-    (B, T, vocab); `model(tokens, return_state=True)` also returns the memory state. The checked
-    spec and the generated module are attached as `model.spec` and `model.module`. Its weights
-    come from torch's global random state, as any module's (`torch.manual_seed` first to repeat
-    them); given `train__seed` (or a `train.seed=` override), they are the ones `nldsl train`
-    starts from with that seed, and the global random state is left as it was.
-    """
+    """`nldsl.load` (its docstring is the contract: overrides, placement, seeding, what it returns)."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a spec file's path (a str or pathlib.Path), got {type(path).__name__} "
                         f"{path!r}")
