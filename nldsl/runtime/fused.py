@@ -4,9 +4,9 @@ A level whose chunk needs only the chunk-end state (HOPE's self-modifying projec
 of their own; any chunk-start readout) spends its chunk step writing θ and S. Unfused, that write is
 ~10 batched products and a few elementwise passes forward and ~20 backward, each streaming the
 whole batch's state, rewritten one chunk earlier and no longer in cache, at memory speed.
-`nldsl::memory_write` instead runs one (sequence, head) problem at a time: the memory on the keys
+`nldsl_<digest>::memory_write` instead runs one (sequence, head) problem at a time: the memory on the keys
 and generated values, the closed-form inner gradient, DGD and both weighted writes, with that
-problem's weights in L1/L2; its backward (`nldsl::memory_write_backward`) runs the chain in reverse
+problem's weights in L1/L2; its backward (`memory_write_backward`) runs the chain in reverse
 by hand from intermediates the forward saved (a training call returns them as one extra tensor, so
 the backward repeats none of the forward's products). The gate coefficients (A_n, m_n, B_n and the
 per-token write weights) stay in PyTorch and reach the kernel as inputs, so their gradients flow
@@ -21,7 +21,10 @@ tests/runtime/test_fused.py (outputs and every input gradient, float64).
 
 The kernel is built on first use by torch.utils.cpp_extension (ninja and a C++ compiler, the
 same compiler inductor needs on the CPU) into torch's extensions folder, and loaded from there
-afterwards. NLDSL_FUSED_WRITE=0 turns it off; `fused_writes(False)` does so for a block of code (the
+afterwards. Its ops live in the namespace `nldsl_<digest of the source and flags>`: inductor's
+cache keys a compiled graph by the ops it calls, not by their outputs' shapes, so a graph compiled
+for an earlier kernel (another saved layout) is never replayed against this one.
+NLDSL_FUSED_WRITE=0 turns it off; `fused_writes(False)` does so for a block of code (the
 benchmarks time both paths side by side). A failed build warns once and leaves the PyTorch step.
 """
 
@@ -54,24 +57,30 @@ CAPABILITY_FLAGS = {
 
 _enabled = os.environ.get("NLDSL_FUSED_WRITE", "1") != "0"
 _built: bool | None = None  # None: not tried yet
+_namespace = ""  # the ops' namespace, nldsl_<digest>, once built (`_build`)
 
 
 def _build() -> bool:
     """Compile and load the kernel (once per process; torch caches the library across processes)."""
     from torch.utils import cpp_extension
 
+    global _namespace
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", *CAPABILITY_FLAGS.get(capability, [])]
     try:
-        # the source and flags name the library, so an edited kernel or another CPU level builds anew
+        # the source and flags name the library and its ops' namespace, so an edited kernel or another
+        # CPU level builds anew, and no graph compiled for another kernel is replayed (csrc, at the end)
         digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-        cpp_extension.load(name=f"nldsl_memory_write_{digest}", sources=[str(SOURCE)], extra_cflags=flags,
-                           is_python_module=False, verbose=False)
+        namespace = f"nldsl_{digest}"
+        cpp_extension.load(name=f"nldsl_memory_write_{digest}", sources=[str(SOURCE)],
+                           extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
+                           verbose=False)
     except Exception as error:  # no compiler or ninja: say so once, keep the PyTorch chunk step
         warnings.warn(f"nldsl: the fused memory-write kernel could not be built ({error}); memory levels "
                       "use the PyTorch chunk step, which gives the same results more slowly", stacklevel=3)
         return False
-    _register_python_parts()
+    _namespace = namespace
+    _register_python_parts(namespace)
     return True
 
 
@@ -147,13 +156,13 @@ def chunk_end_state(cfg: LevelConfig, state: MemoryState, keys: Tensor, values: 
               write_weights, momentum_write_weights, next_inputs)
     # a call that autograd records keeps its forward's intermediates for the backward; others keep nothing
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    first, second, moment_first, moment_second, read, _ = torch.ops.nldsl.memory_write(
+    first, second, moment_first, moment_second, read, _ = getattr(torch.ops, _namespace).memory_write(
         *inputs, kernel_flags(cfg) | (SAVE if training else 0))
     new_state = MemoryState([first, second], None if momentum is None else [moment_first, moment_second])
     return new_state, None if next_inputs is None else read
 
 
-def _register_python_parts() -> None:
+def _register_python_parts(namespace: str) -> None:
     """Shapes for tracing (fake kernels) and the autograd formula of the ops the library defined."""
 
     def empty(like: Tensor | None, reference: Tensor) -> Tensor:
@@ -169,13 +178,13 @@ def _register_python_parts() -> None:
         return W1.new_empty((W1.shape[0] * W1.shape[1] if flags & SAVE else 0,
                              saved_size(keys.shape[2], W1.shape[2], W2.shape[2], rows, flags)))
 
-    @torch.library.register_fake("nldsl::memory_write")
+    @torch.library.register_fake(f"{namespace}::memory_write")
     def _(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
           momentum_write_weights, next_inputs, flags):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
                 read_shape(W1, W2, next_inputs), saved_shape(W1, W2, keys, next_inputs, flags)]
 
-    @torch.library.register_fake("nldsl::memory_write_backward")
+    @torch.library.register_fake(f"{namespace}::memory_write_backward")
     def _(grad_W1, grad_W2, grad_S1, grad_S2, grad_read, W1, W2, S1, S2, keys, values, decay, momentum_scale,
           momentum_decay, write_weights, momentum_write_weights, next_inputs, new_W1, new_W2, saved, flags):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
@@ -200,7 +209,7 @@ def _register_python_parts() -> None:
             grad_S2 = torch.zeros_like(S2) if grad_S2 is None else grad_S2
         if next_inputs is not None and grad_read is None:
             grad_read = new_W1.new_zeros((W1.shape[0], W1.shape[1], next_inputs.shape[2], W2.shape[2]))
-        out = torch.ops.nldsl.memory_write_backward(
+        out = getattr(torch.ops, namespace).memory_write_backward(
             grad_W1, grad_W2, grad_S1 if momentum else None, grad_S2 if momentum else None,
             grad_read if next_inputs is not None else None, W1, W2, S1, S2, *rest,
             new_W1 if next_inputs is not None else None, new_W2 if next_inputs is not None else None, saved,
@@ -212,4 +221,4 @@ def _register_python_parts() -> None:
             out[index] = None
         return (*out, None)
 
-    torch.library.register_autograd("nldsl::memory_write", backward, setup_context=setup_context)
+    torch.library.register_autograd(f"{namespace}::memory_write", backward, setup_context=setup_context)

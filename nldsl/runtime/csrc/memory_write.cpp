@@ -677,7 +677,17 @@ std::vector<at::Tensor> memory_write_backward(
 
 }  // namespace
 
-TORCH_LIBRARY(nldsl, m) {
+// The ops' namespace is nldsl_<digest of this source and its flags> (fused.py passes it): a graph
+// that inductor cached for an earlier kernel names that kernel's namespace, so it is never replayed
+// against this one (its cache key does not cover a custom op's output shapes, and a graph cached
+// for another saved layout failed at run time). The indirection lets the macro argument expand.
+#ifndef NLDSL_NAMESPACE
+#define NLDSL_NAMESPACE nldsl
+#endif
+#define NLDSL_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define NLDSL_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+NLDSL_LIBRARY(NLDSL_NAMESPACE, m) {
   m.def(
       "memory_write(Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
       "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
@@ -689,7 +699,7 @@ TORCH_LIBRARY(nldsl, m) {
       "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, Tensor saved, int flags) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(nldsl, CPU, m) {
+NLDSL_LIBRARY_IMPL(NLDSL_NAMESPACE, CPU, m) {
   m.impl("memory_write", &memory_write);
   m.impl("memory_write_backward", &memory_write_backward);
 }
