@@ -467,6 +467,9 @@ def test_update_powers_abs_and_sign():
     # a constant part is checked whatever function it passes through
     assert update_of("m * v / sign(1 - 1)") == [("E0304", "division by zero", 20)]
     assert update_of("m * v / abs(0 - 0)") == [("E0304", "division by zero", 20)]
+    assert update_of("m * v * abs(-2)") == ("mul", ("mul", m, v), ("abs", ("neg", ("const", 2.0))))  # not a root
+    assert update_of("m * v * sqrt(abs(-4))")[0] == "mul"  # |−4| = 4 has a root
+    assert update_of("m * v * sqrt(sign(-2))") == [("E0304", "the square root of -1 has no real value", 25)]
 
 
 @pytest.mark.parametrize("update, code, message, column", [

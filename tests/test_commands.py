@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import shutil
@@ -604,6 +605,8 @@ def test_a_trained_run_loads_from_python(run_dir):
     tokens = torch.as_tensor(run.tokenizer.encode("class Thing")).reshape(1, -1)
     assert run.model(tokens).shape == (1, tokens.shape[1], 256)
     assert run.model.spec is run.spec and run.model.module is run.module  # as nldsl.load's model carries them
+    assert "module" not in vars(run.model)  # on the class: a module object would make the model uncopyable
+    copy.deepcopy(run.model)
     assert re.fullmatch(r"LoadedModel\('.*', step 4, [\d,]+ parameters, bytes tokenizer, on cpu, from '.*'\)",
                         repr(run)), "one line, not every weight (a notebook printed 730 lines)"
     with pytest.raises(IsADirectoryError, match=r"nldsl\.load_run"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_run, 
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False,
                              resume=True)
     T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
-    assert "written by 2 process(es) and this run has 1" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "written by 2 process(es) and this run has 1" in said and "drift apart slowly" in said
     assert_close(final_parameters(tmp_path / "run"), single_process)
 
 
@@ -218,6 +220,16 @@ def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path,
     with pytest.raises(distributed.PeerFailure, match=r"stopped \(.*\); no checkpoint was written yet: rerun the "
                                                       r"same torchrun command$"):
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+    # the folder is the one `_train` resolves (here a copy of a run with its checkpoints)
+    monkeypatch.undo()
+    shutil.copytree(single_run, tmp_path / "copy")
+    monkeypatch.setattr(distributed, "setup", lambda device, fsdp: two)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda value, context: value)
+    monkeypatch.setattr(T, "_train_in", lambda *args: (_ for _ in ()).throw(RuntimeError(GLOO_PEER_GONE)))
+    resumed = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "copy", compile=False, progress=False,
+                             resume=True)
+    with pytest.raises(distributed.PeerFailure, match=r"its last regular checkpoint \(step-000003\)"):
+        T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, resumed)
 
 
 def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_survivor(monkeypatch, capsys, tmp_path):
@@ -231,10 +243,18 @@ def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_sur
                      ["train", str(SPEC), "--data", str(tmp_path / "missing.txt")]):
             assert main(argv) == 1
             assert bool(capsys.readouterr().err) == shown, (local_rank, argv)
+        with pytest.raises(SystemExit):  # the spec commands print their diagnostics the same way
+            main(["compile", str(bad)])
+        assert bool(capsys.readouterr().err) == shown
         monkeypatch.setattr(T, "train", lambda *args: (_ for _ in ()).throw(distributed.PeerFailure("peer gone")))
         assert main(["train", str(SPEC)]) == 1
         assert capsys.readouterr().err == "error: peer gone\n"  # only a survivor can say it
         monkeypatch.undo()
+    from nldsl.cli import quiet_worker
+
+    for local_rank, quiet in (("", False), ("0", False), ("1", True), (" 2 ", True)):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert quiet_worker() == quiet, repr(local_rank)
 
 
 @pytest.mark.parametrize("command", [["eval", "runs/x"], ["generate", "runs/x"], ["stream", "runs/x", "--data", "t"]])

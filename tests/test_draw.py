@@ -500,6 +500,12 @@ def test_update_text_reads_back_as_the_same_update(update):
     assert tree(update_text(tree(update))) == tree(update)
 
 
+def test_a_negative_constant_keeps_its_brackets_as_a_base():
+    # a named constant below zero is one node, not a negation: `-2 ** 3` would read as −(2³)
+    assert update_text(("pow", ("const", -2.0), ("const", 3.0))) == "(-2) ** 3"
+    assert update_text(("mul", ("level", "m"), ("const", -2.0))) == "m * -2"
+
+
 def test_a_gated_parallel_names_the_part_each_branch_plays(monkeypatch):
     # combine = gate is norm(b_0) ⊙ sigmoid(norm(b_1)); both edges read "gate" before (a newcomer's audit)
     graph = shipped_graph("specs/titans_mag.nl", monkeypatch)

@@ -223,6 +223,17 @@ def test_one_line_sections(written: str, canonical: str):
     assert fmt(written) == canonical and fmt(canonical) == canonical
 
 
+@pytest.mark.parametrize("depth", [0, 1])
+def test_a_one_line_section_stays_while_it_fits_the_width_indent_included(depth: int):
+    from nldsl.fmt import INDENT, ONE_LINE_WIDTH
+
+    for width, kept in ((ONE_LINE_WIDTH, True), (ONE_LINE_WIDTH + 1, False)):
+        line = f"level {'x' * (width - len(INDENT * depth) - len('level  { a = 1 }'))} {{ a = 1 }}"
+        assert len(INDENT * depth + line) == width
+        text = f"{line}\n" if depth == 0 else f"block {{\n{INDENT}{line}\n}}\n"
+        assert (fmt(text) == text) == kept, (width, depth)
+
+
 def test_careless_spec_gets_the_canonical_layout():
     assert fmt(CARELESS_TITANS) == CARELESS_TITANS_FORMATTED
 

@@ -186,9 +186,10 @@ def test_load_takes_any_real_number_for_a_keyword_override() -> None:
         nldsl.load(5)
 
 
-def test_python_overrides_are_named_as_python_gives_them() -> None:
+@pytest.mark.parametrize("call", [nldsl.load, nldsl.check])
+def test_python_overrides_are_named_as_python_gives_them(call) -> None:
     with pytest.raises(nldsl.diagnostics.SpecError) as raised:
-        nldsl.load("specs/titans_lmm.nl", ["dim32"])
+        call("specs/titans_lmm.nl", ["dim32"])
     assert "<override 1>" in str(raised.value) and "write e.g. 'train.steps=200'" in str(raised.value)
     assert "--set" not in str(raised.value)
     assert "Returns a freshly initialised `torch.nn.Module`" in nldsl.load.__doc__  # help(nldsl.load) says it all

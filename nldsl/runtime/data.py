@@ -384,9 +384,9 @@ class BPETokenizer:
         """Learn merges on `texts` until the vocabulary has `vocab` tokens (or no pair repeats)."""
         tk = cls._package()
         tokenizer = tk.Tokenizer(tk.models.BPE())
-        # GPT-2's byte-level pre-tokens, each cut into runs of at most MAX_PRETOKEN_CHARACTERS bytes
-        # (Oniguruma's `(?m)`: `.` matches every character); the tokenizer keeps the cut, so
-        # encoding cuts where training did
+        # GPT-2's byte-level pre-tokens, each cut into runs of at most MAX_PRETOKEN_CHARACTERS bytes;
+        # the tokenizer keeps the cut, so encoding cuts where training did. (Oniguruma's `(?m)` makes
+        # `.` match every character; after the byte-level mapping no line break is left anyway.)
         tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence([
             tk.pre_tokenizers.ByteLevel(add_prefix_space=False),
             tk.pre_tokenizers.Split(tk.Regex(f"(?m).{{1,{MAX_PRETOKEN_CHARACTERS}}}"), behavior="isolated")])

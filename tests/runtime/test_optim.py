@@ -346,6 +346,19 @@ def test_levels_run_in_dependency_order():
     torch.testing.assert_close(history[1], -outer1 - outer2, **HAND)
 
 
+def test_update_powers_abs_and_sign_evaluate_on_tensors_and_numbers():
+    from nldsl.runtime.optim import evaluate_update
+
+    t = torch.tensor([-2.0, 0.0, 3.0], dtype=torch.float64)
+    m = ("level", "m")
+    torch.testing.assert_close(evaluate_update(("pow", m, ("const", 3.0)), {"m": t}), t ** 3, **HAND)
+    torch.testing.assert_close(evaluate_update(("pow", ("abs", m), ("const", 0.5)), {"m": t}), t.abs().sqrt(), **HAND)
+    assert evaluate_update(("sign", m), {"m": t}).tolist() == [-1.0, 0.0, 1.0]
+    assert evaluate_update(("sign", ("const", -2.0)), {}) == -1.0 and evaluate_update(("sign", ("const", 0.0)), {}) == 0
+    assert evaluate_update(("pow", ("const", 2.0), ("const", 3.0)), {}) == 8.0
+    assert evaluate_update(("abs", ("const", -2.5)), {}) == 2.5
+
+
 def test_update_expression_and_squared_gradients():
     # p ← p − lr (m − 2) / sqrt(v) with m = g and v = g² (retention 0): every entry moves by −lr (1 − 2/|g|).
     levels = (
