@@ -304,7 +304,8 @@ def quiet_worker() -> bool:
     stop with the same user error: the first says it, the others only exit, except for an error
     marked `every_worker` (another process stopped, which only the survivors can say). Each
     machine's first says its own, for a file one machine lacks."""
-    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+    workers = os.environ.get("WORLD_SIZE", "1").strip()
+    return workers.isdigit() and int(workers) > 1 and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -238,7 +238,9 @@ def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_sur
     bad = tmp_path / "bad.nl"
     bad.write_text("model m { dim = 3x }\n")
     for local_rank, shown in (("0", True), ("1", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_RANK", local_rank)
+        monkeypatch.setattr(distributed, "setup", lambda device, fsdp: distributed.Distributed())  # no group here
         for argv in (["train", str(bad)], ["train", str(SPEC), "--set", "train.batchh=3"],
                      ["train", str(SPEC), "--data", str(tmp_path / "missing.txt")]):
             assert main(argv) == 1
@@ -252,9 +254,11 @@ def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_sur
         monkeypatch.undo()
     from nldsl.cli import quiet_worker
 
-    for local_rank, quiet in (("", False), ("0", False), ("1", True), (" 2 ", True)):
+    for world, local_rank, quiet in (("2", "", False), ("2", "0", False), ("2", "1", True), ("3", " 2 ", True),
+                                     ("1", "1", False)):  # another launcher's LOCAL_RANK alone: not a torchrun
+        monkeypatch.setenv("WORLD_SIZE", world)
         monkeypatch.setenv("LOCAL_RANK", local_rank)
-        assert quiet_worker() == quiet, repr(local_rank)
+        assert quiet_worker() == quiet, (world, local_rank)
 
 
 @pytest.mark.parametrize("command", [["eval", "runs/x"], ["generate", "runs/x"], ["stream", "runs/x", "--data", "t"]])
