@@ -30,7 +30,8 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
     from .checker import Override
 
     for key, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):  # (one past a float's range: below)
+        # (a Fraction or Decimal past a float's range is written for the checker to refuse: `_spec_value`)
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key}={value!r}: a spec's numbers are finite (the language has no nan or inf)")
         # Diagnostics name a keyword as the user wrote it, not as a `--set` they never typed (the
         # strings of `overrides` are the command line's and read as `--set`).
