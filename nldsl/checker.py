@@ -1124,7 +1124,11 @@ class Converter:
             # a constant part that has no value would turn every step into NaN: caught here, as in constants
             if expr.op == "/" and _constant_part(right) == 0:
                 raise EvalError("E0304", "division by zero", expr.right.span)
-            return (ops[expr.op], left, right)
+            tree = (ops[expr.op], left, right)
+            value = _constant_part(tree)  # in floats, as the optimizer step computes it
+            if value is not None and not math.isfinite(value):
+                raise EvalError("E0304", f"this constant part of the update is {value} in floating point", expr.span)
+            return tree
         if isinstance(expr, ast.Binary) and expr.op == "**":
             return self.power(expr, attr)
         if isinstance(expr, ast.Call) and expr.func.dotted in UPDATE_FUNCTIONS and len(expr.args) == 1 \
@@ -1142,10 +1146,12 @@ class Converter:
         """`base ** exponent` in an update: the exponent is a number, so the power stays element-wise and
         its constant part can be checked here (a root of a negative number or a power past floats)."""
         base = self.expression(expr.left, attr)
-        exponent = _constant_part(self.expression(expr.right, attr))
+        written = self.expression(expr.right, attr)
+        exponent = _constant_part(written)
         if exponent is None:
-            raise EvalError("E0301", "the exponent of `**` in an update is a number, not a level", expr.right.span,
-                            "write a level's square as `m * m` or `m ** 2`")
+            named = f", and `{written[1]}` is not a constant" if written[0] == "level" else ", not a level"
+            raise EvalError("E0301", f"the exponent of `**` in an update is a number or a constant{named}",
+                            expr.right.span, "write a level's square as `m * m` or `m ** 2`")
         if _constant_part(base) is not None:
             _constant_power(_constant_part(base), exponent, expr.span)
         return ("pow", base, ("const", exponent))
@@ -1722,14 +1728,15 @@ def _within(inner: Span, outer: Span) -> bool:
 
 def _constant_power(base: float, exponent: float, span: Span) -> float:
     """base ** exponent of an update's constant part, or E0304 where it has no finite real value."""
+    shown = f"({base:g}) ** {exponent:g}" if base < 0 else f"{base:g} ** {exponent:g}"  # −2 ** 0.5 is −(2 ** 0.5)
     if base < 0 and not exponent.is_integer():
-        raise EvalError("E0304", f"{base:g} ** {exponent:g} has no real value", span)
+        raise EvalError("E0304", f"{shown} has no real value", span)
     if base == 0 and exponent < 0:
         raise EvalError("E0304", "division by zero", span)
     try:
         return math.pow(base, exponent)
     except OverflowError:
-        raise EvalError("E0304", f"{base:g} ** {exponent:g} overflows", span) from None
+        raise EvalError("E0304", f"{shown} overflows", span) from None
 
 
 def explicit_names(trees: Sequence[Tree]) -> set[str]:

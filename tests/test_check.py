@@ -473,8 +473,15 @@ def test_update_powers_abs_and_sign():
 
 
 @pytest.mark.parametrize("update, code, message, column", [
-    ("m ** v", "E0301", "the exponent of `**` in an update is a number, not a level", 17),
-    ("m * v * (-2) ** 0.5", "E0304", "-2 ** 0.5 has no real value", 20),
+    ("m ** v", "E0301", "the exponent of `**` in an update is a number or a constant, and `v` is not a constant", 17),
+    ("m * v ** gradients", "E0301", "the exponent of `**` in an update is a number or a constant, and `gradients` "
+                                    "is not a constant", 21),
+    ("m * v ** (m + 1)", "E0301", "the exponent of `**` in an update is a number or a constant, not a level", 21),
+    ("m * v * (-2) ** 0.5", "E0304", "(-2) ** 0.5 has no real value", 20),
+    # a constant part past a float, which the optimizer step would compute as inf (an audit)
+    ("m * v * (10 ** 200 * 10 ** 200)", "E0304", "this constant part of the update is inf in floating point", 21),
+    ("m * v * (10 ** 200 * 10 ** 200 / 10 ** 300)", "E0304",
+     "this constant part of the update is inf in floating point", 21),
     ("m * v * 0 ** -1", "E0304", "division by zero", 20),
     ("m * v * 10 ** 400", "E0304", "10 ** 400 overflows", 20),
     ("sign(m, v)", "E0301", "`sign(…)` takes one expression", 12),

@@ -571,7 +571,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 else "no checkpoint was written yet")
         then = "then --resume" if last_checkpoint[0] else "then train again"
         written = ("; with an optimizer written as levels, also check that its update stays finite: a level "
-                   "reads 0 until its first write, so dividing by one can give inf"
+                   "reads 0 until its first write, so dividing by one can give inf, and a fractional power of a "
+                   "negative entry is NaN"
                    if isinstance(plan.optimizer, S.OptimizerSpec) else "")
         return TrainingError(f"{what}; {kept} (lower the learning rate, e.g. --set train.optimizer.lr="
                              f"{_lower_lr(plan)}, or set train.clip, {then}{written})")
