@@ -238,6 +238,7 @@ def test_a_torchrun_command_mistake_is_said_once_and_a_peer_failure_by_every_sur
     bad = tmp_path / "bad.nl"
     bad.write_text("model m { dim = 3x }\n")
     for local_rank, shown in (("0", True), ("1", False)):
+        monkeypatch.chdir(tmp_path)  # a train without --run-dir makes runs/ where it runs
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         monkeypatch.setattr(distributed, "setup", lambda device, fsdp: distributed.Distributed())  # no group here
