@@ -483,7 +483,7 @@ def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, t
     assert (run_dir / "spec.nl").read_text() == (specs / "tiny.nl").read_text(), "spec.nl is the spec's"
 
 
-def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_file, capsys):
+def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_file, capsys, monkeypatch):
     """Under a constant schedule the continued run is the run that was trained that long from the start."""
     spec = REPO / "specs/titans_lmm.nl"
     overrides = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.log_every=1",
@@ -505,6 +505,17 @@ def test_a_finished_run_trains_longer_with_resume_and_more_steps(tmp_path, text_
         assert torch.equal(tensor, weights(continued.checkpoint)[name]), name
     resolved = json.loads((tmp_path / "longer" / "resolved.json").read_text())
     assert resolved["spec"]["train"]["steps"] == 5  # the run folder records the values it now trains with
+    # a continuation stopped before its first step leaves the description of what the run trained
+    real = D.batch_at
+
+    def stopped(text, seed, step, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "batch_at", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "longer", 7, resume=True)
+    monkeypatch.setattr(D, "batch_at", real)
+    assert json.loads((tmp_path / "longer" / "resolved.json").read_text())["spec"]["train"]["steps"] == 5
 
 
 def test_init_from_starts_a_new_run_on_new_data_from_a_trained_models_weights(tmp_path, text_file, capsys):

@@ -44,8 +44,9 @@ RECOMPILE_LIMIT = 64
 # Inductor options for chunk bodies compiled for the CPU. A chunk body is a few dozen small kernels
 # and library calls, run once per chunk, so the wrapper that calls them is a real share of its time:
 # the C++ wrapper made HOPE's and titans_lmm's chunk-compiled steps 5.6% and 6.8% faster than the
-# Python wrapper (interleaved in one process, T 2048, B 2), for no more compile time
-# (docs/compiler.md). On a GPU the bodies keep inductor's defaults: it was not measured there.
+# Python wrapper (interleaved in one process, T 2048, B 2), for no more compile time (commit 21f5bac,
+# which measured it together with the two changes docs/compiler.md names beside it). On a GPU the
+# bodies keep inductor's defaults: it was not measured there.
 CPU_INDUCTOR_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
 
 _enabled = False

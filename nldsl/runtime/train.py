@@ -473,9 +473,11 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         start = int(found.record["step"])
 
     # Written only now that the model, the data and the checkpoint all fit: a failed start must not
-    # leave a resumed run's folder describing values it never trained with.
-    if context.is_main and (found is None or continued):  # a continued run records its new values
+    # leave a resumed run's folder describing values it never trained with. A continued run records
+    # its new values once its first step is done (a stop before it leaves the old description).
+    if context.is_main and found is None:
         _write_run_description(result, overrides, initialized_from, split, run_dir)
+    describe_after_first_step = context.is_main and found is not None and continued
 
     compiled = plan.compile if options.compile is None else options.compile
     loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute)
@@ -682,6 +684,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                     window_seconds, window_steps = 0.0, 0
                 completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
                 started[0] = True  # a step is done: the folder holds a run (its metrics, soon a checkpoint)
+                if describe_after_first_step:
+                    _write_run_description(result, overrides, initialized_from, split, run_dir)
+                    describe_after_first_step = False
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
                 evaluation, evaluated_at = evaluate_now(), done
                 if not math.isfinite(evaluation.loss):  # the update made the model diverge: as a NaN loss
