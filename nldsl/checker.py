@@ -37,8 +37,7 @@ from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
-# An optimizer's `update`: element-wise functions of one operand, and the grammar its errors name.
-UPDATE_FUNCTIONS = ("sqrt", "abs", "sign")
+# An optimizer's `update`: the grammar its errors name (S.UPDATE_FUNCTIONS: its functions).
 UPDATE_GRAMMAR = "level names, numbers, + - * /, ** with a number as exponent, sqrt(…), abs(…) and sign(…)"
 MAX_EXPANDED_SECTIONS = 10_000  # sections expanded through `from`: a real model has tens; bounds a check's time
 
@@ -361,7 +360,7 @@ class Checker:
             if span is None or diagnostic.notes:
                 continue
             users = {use: self.spans[use] for attr_span, path in self.inherited_attrs
-                     if _within(span, attr_span) and (use := use_of(path)) is not None}
+                     if _inside(span, attr_span) and (use := use_of(path)) is not None}
             if not users:
                 continue
             # the same problem found by several uses is one diagnostic per use until the bag drops repeats
@@ -940,7 +939,7 @@ class Converter:
         ok = True
         self.checker.spans[path] = tree.header
         for key, attr in tree.attrs.items():
-            if not _within(attr.span, tree.span):  # written in the section it inherits from (`from`)
+            if not _inside(attr.span, tree.span):  # written in the section it inherits from (`from`)
                 self.checker.inherited_attrs.append((attr.span, path))
             if key not in allowed:
                 where = context or f"`{tree.kind}`"
@@ -1131,14 +1130,14 @@ class Converter:
             return tree
         if isinstance(expr, ast.Binary) and expr.op == "**":
             return self.power(expr, attr)
-        if isinstance(expr, ast.Call) and expr.func.dotted in UPDATE_FUNCTIONS and len(expr.args) == 1 \
+        if isinstance(expr, ast.Call) and expr.func.dotted in S.UPDATE_FUNCTIONS and len(expr.args) == 1 \
                 and not expr.kwargs:
             argument = self.expression(expr.args[0], attr)
             value = _constant_part(argument)
             if expr.func.dotted == "sqrt" and value is not None and value < 0:
                 raise EvalError("E0304", f"the square root of {value:g} has no real value", expr.args[0].span)
             return (expr.func.dotted, argument)
-        if isinstance(expr, ast.Call) and expr.func.dotted in UPDATE_FUNCTIONS:
+        if isinstance(expr, ast.Call) and expr.func.dotted in S.UPDATE_FUNCTIONS:
             raise EvalError("E0301", f"`{expr.func.dotted}(…)` takes one expression", expr.span)
         raise EvalError("E0301", f"an update is built from {UPDATE_GRAMMAR}", expr.span)
 
@@ -1152,8 +1151,9 @@ class Converter:
             named = f", and `{written[1]}` is not a constant" if written[0] == "level" else ", not a level"
             raise EvalError("E0301", f"the exponent of `**` in an update is a number or a constant{named}",
                             expr.right.span, "write a level's square as `m * m` or `m ** 2`")
-        if _constant_part(base) is not None:
-            _constant_power(_constant_part(base), exponent, expr.span)
+        constant_base = _constant_part(base)
+        if constant_base is not None:  # raises where the power has no finite value
+            _constant_power(constant_base, exponent, expr.span)
         return ("pow", base, ("const", exponent))
 
     def missing(self, tree: Tree, message: str, help: str | None = None) -> None:
@@ -1720,10 +1720,6 @@ def _constant_part(tree: Any) -> float | None:
     if tree[0] == "div":
         return left / right  # a zero divisor was rejected when its node was built
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
-
-
-def _within(inner: Span, outer: Span) -> bool:
-    return inner.path == outer.path and outer.start <= inner.start and inner.end <= outer.end
 
 
 def _constant_power(base: float, exponent: float, span: Span) -> float:

@@ -269,9 +269,12 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ModelTooLargeError) as error:
-        if not quiet_worker() or getattr(error, "every_worker", False):
+    except UserError as error:
+        if not quiet_worker() or error.every_worker:
             print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ModelTooLargeError as error:  # every process says it: one device may be fuller than another's
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except ReportedInterrupt:  # the command has said what it saved and how to go on
         return 130
@@ -298,14 +301,19 @@ def _run(argv: Sequence[str] | None) -> int:
         return _internal_error(error)
 
 
+def torchrun_workers() -> int:
+    """The processes of this torchrun run (WORLD_SIZE, which torchrun sets), 1 outside torchrun."""
+    workers = os.environ.get("WORLD_SIZE", "1").strip()
+    return int(workers) if workers.isdigit() else 1
+
+
 def quiet_worker() -> bool:
     """Whether this process is a torchrun worker other than its machine's first (LOCAL_RANK > 0). Its
     processes read the same spec, options and files and take the same collective decisions, so they
     stop with the same user error: the first says it, the others only exit, except for an error
     marked `every_worker` (another process stopped, which only the survivors can say). Each
     machine's first says its own, for a file one machine lacks."""
-    workers = os.environ.get("WORLD_SIZE", "1").strip()
-    return workers.isdigit() and int(workers) > 1 and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+    return torchrun_workers() > 1 and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -340,9 +340,9 @@ def update_text(tree: Any, outer: int = 0) -> str:
     kind = tree[0] if isinstance(tree, tuple) and tree else None
     if kind == "level":
         return str(tree[1])
-    if kind == "const":
-        return f"({tree[1]:g})" if tree[1] < 0 and outer > _NEGATION else f"{tree[1]:g}"
-    if kind in ("sqrt", "abs", "sign"):
+    if kind == "const":  # a named constant below zero is one node: `-(-2)`, `(-2) ** 2` keep their brackets
+        return f"({tree[1]:g})" if tree[1] < 0 and outer >= _NEGATION else f"{tree[1]:g}"
+    if kind in S.UPDATE_FUNCTIONS:
         return f"{kind}({update_text(tree[1])})"
     if kind == "neg":
         text = f"-{update_text(tree[1], _NEGATION)}"

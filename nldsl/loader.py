@@ -30,12 +30,9 @@ def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
     from .checker import Override
 
     for key, value in values.items():
-        # (a Fraction or Decimal past a float's range is written for the checker to refuse: `_spec_value`)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key}={value!r}: a spec's numbers are finite (the language has no nan or inf)")
         # Diagnostics name a keyword as the user wrote it, not as a `--set` they never typed (the
         # strings of `overrides` are the command line's and read as `--set`).
-        out.append(Override(f"{key.replace('__', '.')}={_spec_value(value)}",
+        out.append(Override(f"{key.replace('__', '.')}={_spec_value(value, key)}",
                             origin=f"{key}={value!r}", label=f"<keyword {key}>"))
     return out
 
@@ -53,26 +50,30 @@ def python_overrides(overrides: Any) -> Any:
             for index, item in enumerate(overrides, 1)]
 
 
-def _spec_value(value: Any) -> str:
-    """A Python value written as the spec language writes it (the checker then validates it)."""
+def _spec_value(value: Any, key: str) -> str:
+    """A Python value written as the spec language writes it (the checker then validates it); `key`,
+    the keyword, names a number the language cannot write (nan, inf, one past a float's range)."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a 0-d tensor or array: its bool or number
     if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()  # a 0-d tensor or array: its number
     if isinstance(value, numbers.Integral):
         return repr(int(value))  # numpy and torch integers print as the spec's integers
     if isinstance(value, numbers.Real):
         try:
             number = float(value)
-        except OverflowError:  # a Fraction or Decimal past a float's range: as inf, which the checker refuses
-            number = math.inf if value > 0 else -math.inf
-        return repr(number) if math.isfinite(number) else f"{'-' if number < 0 else ''}1e308 * 10"  # E0304
+        except OverflowError:  # a Fraction or Decimal past a float's range
+            number = math.inf
+        if not math.isfinite(number):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "…"
+            raise ValueError(f"{key}={shown}: a spec's numbers are finite floats (the language has no nan or inf)")
+        return repr(number)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_spec_value(item) for item in value) + "]"
+        return "[" + ", ".join(_spec_value(item, key) for item in value) + "]"
     return repr(value)  # anything else: the checker reports it against the override
 
 
@@ -190,12 +191,19 @@ def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None,
     if seeded:
         import torch
 
+        # the model is built on the CPU and then moved, so the CPU generator is the one `nldsl train`'s
+        # torch.manual_seed gives its weights from; fork_rng restores it (and no device's is touched)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(result.spec.train.seed)  # as `nldsl train` does before building
+            torch.default_generator.manual_seed(result.spec.train.seed)
             model = build_model(module, result.spec, device, dtype)
     else:
         model = build_model(module, result.spec, device, dtype)
-    model.spec = result.spec
+    return attach(model, module, result.spec)
+
+
+def attach(model, module: types.ModuleType, spec):
+    """`model.spec` and `model.module`, as `nldsl.load` and `nldsl.load_run` give them."""
+    model.spec = spec
     # On the class, not the instance: a module object in the instance would make the model
     # impossible to deepcopy or pickle.
     module.Model.module = module

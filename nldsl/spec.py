@@ -304,6 +304,7 @@ class ModelSpec(Strict):
 # Optimizers and training ----------------------------------------------------------------------
 
 Expression = Any  # a tuple tree: ("level", name) | ("const", x) | (op, a, b) | (function, a) | ("neg", a)
+UPDATE_FUNCTIONS = ("sqrt", "abs", "sign")  # an update's element-wise functions of one operand
 
 
 class OptimizerSpec(Strict):

@@ -216,9 +216,15 @@ def test_a_process_of_the_run_that_stops_is_named_as_such_not_as_a_bug(tmp_path,
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
     assert "typically caused" not in str(raised.value)  # gloo's first sentence only
     # before the first checkpoint, --resume would find nothing (an audit followed that advice)
+    (tmp_path / "new").mkdir()
     monkeypatch.setattr(T, "_train", gone_in(tmp_path / "new"))
     with pytest.raises(distributed.PeerFailure, match=r"stopped \(.*\); no checkpoint was written yet: rerun the "
                                                       r"same torchrun command$"):
+        T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
+    # a folder this machine does not see (rank 0's, on another machine): no claim either way
+    monkeypatch.setattr(T, "_train", gone_in(tmp_path / "elsewhere"))
+    with pytest.raises(distributed.PeerFailure, match=r"stopped \(.*\); rerun the same torchrun command, with "
+                                                      r"--resume if the run wrote a checkpoint$"):
         T.train(loader.check(SPEC, OVERRIDES), OVERRIDES, options)
     # the folder is the one `_train` resolves (here a copy of a run with its checkpoints)
     monkeypatch.undo()

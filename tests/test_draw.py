@@ -504,6 +504,7 @@ def test_a_negative_constant_keeps_its_brackets_as_a_base():
     # a named constant below zero is one node, not a negation: `-2 ** 3` would read as −(2³)
     assert update_text(("pow", ("const", -2.0), ("const", 3.0))) == "(-2) ** 3"
     assert update_text(("mul", ("level", "m"), ("const", -2.0))) == "m * -2"
+    assert update_text(("neg", ("const", -2.0))) == "-(-2)"  # not `--2`
 
 
 def test_a_gated_parallel_names_the_part_each_branch_plays(monkeypatch):

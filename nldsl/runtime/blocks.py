@@ -92,8 +92,9 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
             raise ValueError(f"state holds blocks of the layers {', '.join(map(repr, wrong))}, and this model's "
                              f"blocks have {', '.join(map(repr, block_state))}: a state continues only the "
                              "model it came from")
-    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled() and any(
-            tensor.is_inference() for tensor in _tensors(state)):
+    # (a frozen model, as load_run gives, records nothing, and continues such a state as it is)
+    records = torch.is_grad_enabled() and weights is not None and weights.requires_grad
+    if records and not torch.is_inference_mode_enabled() and any(tensor.is_inference() for tensor in _tensors(state)):
         raise ValueError("state was made under torch.inference_mode(), and such tensors cannot enter a call that "
                          "records gradients: continue it under torch.inference_mode() or torch.no_grad(), or "
                          "make it outside inference_mode")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nldsl.cli import UserError, quiet_worker
+from nldsl.cli import UserError, quiet_worker, torchrun_workers
 from nldsl.diagnostics import SpecError
 from nldsl.runtime.interrupt import deferred_interrupt
 
@@ -26,8 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch `args.runtime_command`; returns the exit status."""
     handlers = {"train": train_command, "eval": eval_command, "generate": generate_command,
                 "stream": stream_command, "bench": bench_command}
-    workers = os.environ.get("WORLD_SIZE", "1").strip()
-    if args.runtime_command != "train" and workers.isdigit() and int(workers) > 1:
+    if args.runtime_command != "train" and torchrun_workers() > 1:
         # each torchrun process would run the whole command and print it again
         raise UserError(f"`nldsl {args.runtime_command}` runs in one process: start it without torchrun "
                         "(only `nldsl train` shares its work among torchrun's processes)")

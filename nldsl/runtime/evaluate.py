@@ -110,8 +110,7 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     C.check_finite_weights(checkpoint.model, checkpoint.path)
     model.load_state_dict(checkpoint.model)
     model.requires_grad_(False)
-    model.spec = spec
-    module.Model.module = module  # on the class, as nldsl.load does: the instance stays copyable
+    loader.attach(model, module, spec)
     tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,
                                         record.get("files", {}).get("tokenizer.json"))
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)

@@ -21,7 +21,7 @@ tests/runtime/test_fused.py (outputs and every input gradient, float64).
 
 The kernel is built on first use by torch.utils.cpp_extension (ninja and a C++ compiler, the
 same compiler inductor needs on the CPU) into torch's extensions folder, and loaded from there
-afterwards. Its ops live in the namespace `nldsl_<digest of the source and flags>`: inductor's
+afterwards. Its ops live in the namespace `nldsl_<digest of its sources and flags>`: inductor's
 cache keys a compiled graph by the ops it calls, not by their outputs' shapes, so a graph compiled
 for an earlier kernel (another saved layout) is never replayed against this one.
 NLDSL_FUSED_WRITE=0 turns it off; `fused_writes(False)` does so for a block of code (the
@@ -68,9 +68,10 @@ def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", *CAPABILITY_FLAGS.get(capability, [])]
     try:
-        # the source and flags name the library and its ops' namespace, so an edited kernel or another
-        # CPU level builds anew, and no graph compiled for another kernel is replayed (csrc, at the end)
-        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+        # the sources and flags name the library and its ops' namespace, so an edited kernel (its C++, or
+        # its shapes and autograd here) or another CPU level builds anew, and no graph compiled for another
+        # kernel is replayed (csrc, at the end)
+        digest = kernel_digest(flags)
         namespace = f"nldsl_{digest}"
         cpp_extension.load(name=f"nldsl_memory_write_{digest}", sources=[str(SOURCE)],
                            extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
@@ -82,6 +83,11 @@ def _build() -> bool:
     _namespace = namespace
     _register_python_parts(namespace)
     return True
+
+
+def kernel_digest(flags: list[str]) -> str:
+    """16 hex digits of the kernel's C++, this module (its fake kernels and autograd) and the flags."""
+    return hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
 
 
 def available() -> bool:
@@ -150,6 +156,8 @@ def chunk_end_state(cfg: LevelConfig, state: MemoryState, keys: Tensor, values: 
     """
     from nldsl.runtime.memory import MemoryState
 
+    if not _namespace and not available():  # a direct call (tests, benchmarks), before anything built it
+        raise RuntimeError("the fused memory-write kernel is not available here (fused.applies says when it is)")
     momentum = state.momentum
     inputs = (state.weights[0], state.weights[1], None if momentum is None else momentum[0],
               None if momentum is None else momentum[1], keys, values, decay, momentum_scale, momentum_decay,

@@ -79,6 +79,9 @@ from nldsl.spec import RESERVED_OPTIMIZER_LEVEL_NAMES
 EXPRESSION_ARITY = {"level": 1, "const": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "pow": 2, "sqrt": 1, "abs": 1,
                     "sign": 1, "neg": 1}
 ORTHOGONALIZE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "param": None}
+# an update's functions (nldsl.spec.UPDATE_FUNCTIONS) on a level's output, and on a constant part
+TENSOR_FUNCTIONS = {"sqrt": torch.sqrt, "abs": torch.abs, "sign": torch.sign}
+NUMBER_FUNCTIONS = {"sqrt": math.sqrt, "abs": abs, "sign": lambda x: float((x > 0) - (x < 0))}
 
 
 @dataclass(frozen=True)
@@ -207,11 +210,9 @@ def evaluate_update(node: tuple, outputs: dict[str, Tensor]) -> Tensor | float:
         return outputs[node[1]]
     if op == "const":
         return float(node[1])
-    if op in ("sqrt", "abs", "sign"):
+    if op in TENSOR_FUNCTIONS:
         value = evaluate_update(node[1], outputs)
-        if isinstance(value, Tensor):
-            return {"sqrt": torch.sqrt, "abs": torch.abs, "sign": torch.sign}[op](value)
-        return {"sqrt": math.sqrt, "abs": abs, "sign": lambda x: float((x > 0) - (x < 0))}[op](value)
+        return (TENSOR_FUNCTIONS if isinstance(value, Tensor) else NUMBER_FUNCTIONS)[op](value)
     if op == "neg":
         return -evaluate_update(node[1], outputs)
     left, right = evaluate_update(node[1], outputs), evaluate_update(node[2], outputs)

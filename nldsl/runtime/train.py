@@ -278,9 +278,11 @@ def train(result: Any, overrides: list[str], options: TrainOptions) -> TrainResu
         distributed.teardown(context, together=False)
         if distributed.peer_failed(error, context):
             what = str(error).strip().splitlines()[0].split(". ")[0][:200]  # gloo's first sentence says it
-            kept = C.complete_checkpoints(folder[0]) if folder and folder[0].is_dir() else []
+            seen = bool(folder) and folder[0].is_dir()  # (on another machine than rank 0's it may not be)
+            kept = C.complete_checkpoints(folder[0]) if seen else []
             then = (f"the run keeps its last regular checkpoint ({kept[-1].name}): rerun the same torchrun command "
-                    "with --resume" if kept else "no checkpoint was written yet: rerun the same torchrun command")
+                    "with --resume" if kept else "no checkpoint was written yet: rerun the same torchrun command"
+                    if seen else "rerun the same torchrun command, with --resume if the run wrote a checkpoint")
             raise distributed.PeerFailure(f"another process of this torchrun run stopped ({what}); {then}") from None
         raise
     distributed.teardown(context)

@@ -10,7 +10,6 @@ under torch.compile the kernel's chunk step is one graph (slow).
 """
 
 import dataclasses
-import hashlib
 import itertools
 import warnings
 
@@ -228,16 +227,19 @@ def test_dispatch_rule() -> None:
     assert fused.applies(level(), cpu, cpu)
 
 
-def test_the_ops_namespace_names_the_kernel_source() -> None:
+def test_the_ops_namespace_names_the_kernel_source(monkeypatch, tmp_path) -> None:
     # a graph inductor cached for another kernel calls another namespace, so it is never replayed
     # here (one cached for a development version of the saved layout failed at run time)
     assert fused.available()
     digest = fused._namespace.removeprefix("nldsl_")
     assert len(digest) == 16 and fused._namespace != "nldsl"
     assert hasattr(getattr(torch.ops, fused._namespace), "memory_write")
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags = " ".join(["-O3", *fused.CAPABILITY_FLAGS.get(capability, [])])
-    assert digest == hashlib.sha256(fused.SOURCE.read_bytes() + flags.encode()).hexdigest()[:16]
+    flags = ["-O3", *fused.CAPABILITY_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+    assert digest == fused.kernel_digest(flags)
+    edited = tmp_path / "memory_write.cpp"  # an edit to the C++ names another namespace
+    edited.write_bytes(fused.SOURCE.read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(fused, "SOURCE", edited)
+    assert fused.kernel_digest(flags) != digest
 
 
 def test_a_failed_build_warns_and_leaves_the_pytorch_step(monkeypatch, tmp_path) -> None:
