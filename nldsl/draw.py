@@ -4,7 +4,8 @@
 - update frequencies become nested clusters, slowest outermost: the outer level's cluster (every
   step) holds the modules and the training optimizer, the groups stepped every N > 1 steps (the
   continuum clock, an optimizer level's period) enclose it, and each faster group of levels sits
-  inside the previous one, so a level is drawn inside every slower level it is nested in;
+  inside the fastest slower group whose period is a multiple of its own (beside it otherwise), so
+  a level is drawn inside every slower level it is nested in;
 - the model's modules stand in one column in forward order (embedding at the bottom, head at the
   top, one repeated block drawn once with its repeat count); their levels sit to the right;
 - modules are plain boxes, levels rounded boxes listing period, state shape, parameter count,
@@ -84,7 +85,8 @@ def to_dot(graph: LevelGraph) -> str:
         f'  node [fontname="{FONT}", fontsize=10, margin="0.08,0.04"];',
         f'  edge [fontname="{FONT}", fontsize=9, arrowsize=0.7];',
     ]
-    lines += _cluster(g, graph.frequency_groups(), spine, 0, "  ")
+    groups = graph.frequency_groups()
+    lines += _cluster(g, groups, _enclosing(graph, groups), spine, 0, 0, "  ")
     for source, target, kind, label in sorted((u, v, a["kind"], a["label"]) for u, v, a in g.edges(data=True)):
         attrs = [EDGE_STYLES.get(kind, UNKNOWN_EDGE_STYLE)]
         if _returns_to_owner(g, source, target):
@@ -154,17 +156,36 @@ def _spine(g: nx.MultiDiGraph) -> set[str]:
             if attrs["kind"] == "module" and node.rpartition(".")[0] not in g}
 
 
-def _cluster(g: nx.MultiDiGraph, groups: list[tuple[str, list[str]]], spine: set[str], depth: int,
-             indent: str) -> list[str]:
-    """Cluster `depth`: its own nodes and, nested inside, the clusters of every faster group."""
-    if depth == len(groups):
-        return []
-    key, nodes = groups[depth]
+def _enclosing(graph: LevelGraph, groups: list[tuple[str, list[str]]]) -> list[int | None]:
+    """For each frequency group (slowest first), the group whose cluster encloses it. The groups
+    slower than the outer level enclose one another and the outer level's, slowest outermost. An
+    in-context group sits in the fastest slower in-context group whose period is a multiple of its
+    own, so that nesting says "updates at every k-th of these"; a group no such period divides (16
+    and 24 tokens) sits beside it, in the outer level's cluster, where every in-context level restarts
+    with each sequence."""
+    step_tokens = graph.spec.train.batch * graph.spec.train.seq_len
+    keys = [key for key, _ in groups]
+    outer = keys.index(OUTER) if OUTER in keys else None
+    tokens = [step_tokens if key == OUTER else graph.nx.nodes[nodes[0]]["period_tokens"] for key, nodes in groups]
+    enclosing: list[int | None] = []
+    for index in range(len(groups)):
+        if outer is None or index <= outer:
+            enclosing.append(index - 1 if index else None)
+            continue
+        multiples = [j for j in range(outer + 1, index) if tokens[j] % tokens[index] == 0]
+        enclosing.append(multiples[-1] if multiples else outer)
+    return enclosing
+
+
+def _cluster(g: nx.MultiDiGraph, groups: list[tuple[str, list[str]]], enclosing: list[int | None],
+             spine: set[str], index: int, depth: int, indent: str) -> list[str]:
+    """Group `index`'s cluster at nesting `depth`: its own nodes and, inside, the clusters it encloses."""
+    key, nodes = groups[index]
     fill = CLUSTER_FILLS[depth % len(CLUSTER_FILLS)]
     border = CLUSTER_BORDERS[depth % len(CLUSTER_BORDERS)]
     inner = indent + "  "
     lines = [
-        f"{indent}subgraph cluster_{depth} {{",
+        f"{indent}subgraph cluster_{index} {{",
         f'{inner}graph [style="rounded,filled", fillcolor="{fill}", color="{border}", penwidth=1.2,',
         f'{inner}       fontsize=12, fontcolor="{border}", labeljust=l, margin=12,',
         f"{inner}       label=<<B>{_html(_period_title(key))}</B>>];",
@@ -173,7 +194,8 @@ def _cluster(g: nx.MultiDiGraph, groups: list[tuple[str, list[str]]], spine: set
     column = [node for node in nodes if node in spine]
     if len(column) > 1:
         lines.append(f"{inner}{{rank=same; {'; '.join(_id(node) for node in column)}}}")
-    lines += _cluster(g, groups, spine, depth + 1, inner)
+    for inside in (j for j, outside in enumerate(enclosing) if outside == index):
+        lines += _cluster(g, groups, enclosing, spine, inside, depth + 1, inner)
     lines.append(f"{indent}}}")
     return lines
 

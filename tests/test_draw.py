@@ -157,6 +157,18 @@ def test_frequency_groups_are_nested_clusters_slowest_outermost(monkeypatch):
     assert node_cluster["block.titans.M_k"] == "every 8 tokens"
 
 
+def test_a_faster_group_nests_only_in_a_group_whose_period_it_divides():
+    # 24 tokens is not a multiple of 16: drawn inside it, level b would read as updated at every
+    # k-th update of a; they sit side by side in 48's cluster, which both divide, and 8 sits in 16's
+    levels = "level a { period = 16 } level b { period = 24 } level c { period = 8 } level d { period = 40 }"
+    graph = checked_graph(f"model m {{\n  dim = 16\n  layers = 1\n  block {{ cms {{ variant = independent\n"
+                          f"    {levels} }} }}\n}}\ntrain {{ seq_len = 80 }}\n")
+    clusters, node_cluster = clusters_of(to_dot(graph))
+    assert clusters == [("every step (outer)", 0), ("every 40 tokens", 1), ("every 24 tokens", 1),
+                        ("every 16 tokens", 1), ("every 8 tokens", 2)]
+    assert node_cluster["block.cms.c"] == "every 8 tokens" and node_cluster["block.cms.b"] == "every 24 tokens"
+
+
 def test_cluster_titles_name_steps_and_single_units():
     graph = checked_graph(SMALL_SPEC)
     clusters, _ = clusters_of(to_dot(graph))
