@@ -228,7 +228,8 @@ def _node(g: nx.MultiDiGraph, node: str, indent: str) -> str:
             owner_label = owner_attrs.get("label", "the optimizer")
         style, fill, rows = '"rounded,filled"', LEVEL_FILL, _level_rows(attrs, owner_label)
     else:
-        style, fill, rows = "filled", MODULE_FILL, _module_rows(attrs)
+        parts = any(other.startswith(node + ".") for other in g.nodes)
+        style, fill, rows = "filled", MODULE_FILL, _module_rows(attrs, parts)
     return f'[shape=box, style={style}, fillcolor="{fill}", label=<{_table(rows, indent)}>]'
 
 
@@ -238,7 +239,9 @@ def _table(rows: list[str], indent: str, padding: int = 1) -> str:
     return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="{padding}">{lines}\n{indent}</TABLE>'
 
 
-def _module_rows(attrs: dict[str, Any]) -> list[str]:
+def _module_rows(attrs: dict[str, Any], parts: bool) -> list[str]:
+    """Title, details and parameters; a module drawn with parts (levels, branches) counts theirs too,
+    which the row says, so that nobody adds the parts' counts to it."""
     title = f"<B>{_html(str(attrs.get('label', '')))}</B>"
     if attrs.get("repeat", 1) > 1:
         title += f' <FONT COLOR="{MUTED}">×{attrs["repeat"]} blocks</FONT>'
@@ -246,7 +249,8 @@ def _module_rows(attrs: dict[str, Any]) -> list[str]:
                if attrs.get(name) not in (None, 0, "none")]
     if attrs.get("rope"):
         details.append("RoPE")
-    rows = [title, *([_small(" · ".join(details))] if details else []), _small(_params_text(attrs))]
+    counted = _params_text(attrs) + (", parts included" if parts and attrs.get("params") else "")
+    rows = [title, *([_small(" · ".join(details))] if details else []), _small(counted)]
     return [f"<TD>{row}</TD>" for row in rows]
 
 

@@ -525,3 +525,13 @@ def test_a_gated_parallel_names_the_part_each_branch_plays(monkeypatch):
     labels = {source: data["label"] for source, target, data in graph.nx.edges(data=True)
               if target == "block.mag" and source.startswith("block.mag.")}
     assert labels == {"block.mag.swa": "value", "block.mag.lmm": "sigmoid gate"}
+
+
+def test_a_module_drawn_with_parts_says_its_count_includes_theirs(monkeypatch):
+    # selfmod's 267k include its memories' θ₀, drawn beside it with their own counts: a reader adding
+    # them up counted twice (a known gap of the last notes)
+    dot = to_dot(shipped_graph("specs/hope.nl", monkeypatch))
+    assert "parts included" in declaration(dot, "block.titans") and "parts included" in declaration(dot, "block.cms")
+    assert "parts included" not in declaration(dot, "embedding")
+    mag = to_dot(shipped_graph("specs/titans_mag.nl", monkeypatch))
+    assert "parts included" in declaration(mag, "block.mag") and "parts included" not in declaration(mag, "block.mlp")
