@@ -92,12 +92,8 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
             raise ValueError(f"state holds blocks of the layers {', '.join(map(repr, wrong))}, and this model's "
                              f"blocks have {', '.join(map(repr, block_state))}: a state continues only the "
                              "model it came from")
-    # (a frozen model, as load_run gives, records nothing, and continues such a state as it is)
-    records = torch.is_grad_enabled() and weights is not None and weights.requires_grad
-    if records and not torch.is_inference_mode_enabled() and any(tensor.is_inference() for tensor in _tensors(state)):
-        raise ValueError("state was made under torch.inference_mode(), and such tensors cannot enter a call that "
-                         "records gradients: continue it under torch.inference_mode() or torch.no_grad(), or "
-                         "make it outside inference_mode")
+    if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        _leave_inference_mode(state)
     first = next(_tensors(state), None)
     if first is not None and first.shape[0] != batch:
         raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "
@@ -115,6 +111,34 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
     raise ValueError(f"state holds {str(tensor.dtype).removeprefix('torch.')} tensors on {tensor.device}, and the "
                      f"model is {str(weights.dtype).removeprefix('torch.')} on {weights.device}: a state continues "
                      "only the model it came from, as it is (cast or move the state with the model)")
+
+
+def _leave_inference_mode(state: list) -> None:
+    """A state made under torch.inference_mode() holds tensors that no call recording gradients may
+    use (torch refuses to save them for the backward, deep in a layer). Continued outside it, each is
+    replaced, in the caller's dicts and MemoryStates, by a copy with the same values: like a
+    detached state, a constant of the call. A state with none is left as it is, at no cost."""
+    def normal(value: object) -> object:
+        if isinstance(value, Tensor):
+            return value.clone() if value.is_inference() else value
+        if isinstance(value, MemoryState):
+            value.weights = [normal(tensor) for tensor in value.weights]
+            if value.momentum is not None:
+                value.momentum = [normal(tensor) for tensor in value.momentum]
+            return value
+        if isinstance(value, dict):
+            for key in value:
+                value[key] = normal(value[key])
+            return value
+        if isinstance(value, list):
+            value[:] = [normal(item) for item in value]
+            return value
+        if isinstance(value, tuple):  # rebuilt, and put back by the container that holds it
+            return tuple(normal(item) for item in value)
+        return value
+
+    if any(tensor.is_inference() for tensor in _tensors(state)):
+        normal(state)
 
 
 def _tensors(value: object):
