@@ -832,7 +832,9 @@ _ENTRIES = (
         """
         An optimizer level is written but nothing reads it: it is not used in `update` and no
         other level learns from it. It would cost memory and time and change nothing, which
-        usually means the `update` expression forgot it. Use it, or remove the level.
+        usually means the `update` expression forgot it. Use it, or remove the level. An update
+        that reads a name no level has is that error alone (E0201): the levels it leaves unread are
+        reported once its names are mended.
         """,
         """
         optimizer adam_like {

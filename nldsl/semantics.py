@@ -490,8 +490,9 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     # an update set by an override is why a level written in the spec goes unread: say so there
     update_span = spans.get(f"{path}.update")
     overridden = update_span is not None and update_span.path.startswith("<")
+    misread = any(name not in names for name, _ in _level_refs(update))
     for level in opt.levels:
-        if level.name not in read:
+        if level.name not in read and not misread:  # (an update that misnames one reads it once mended)
             out.append(Diagnostic("E0506", f"level `{level.name}` is never read",
                                   spans.get(f"{path}.{level.name}", header),
                                   "use it in `update`, or remove it", notes=(

@@ -307,6 +307,9 @@ def test_hints_name_what_is_there():
             "model m {\n  dim = 16\n  block { mlp { } }\n}\ntrain { optimizer = o }\n")
     [update] = [d for d in check_text(text, "o.nl").diagnostics if d.code == "E0201"]
     assert update.help == "did you mean `v`? its levels: `m`, `v`"
+    # the unknown name is the one mistake: the levels it leaves unread are not reported besides (E0506)
+    assert [d.code for d in check_text(text.replace("m / sqrt(vv)", "gradients"), "o.nl").diagnostics
+            if d.severity == "error"] == ["E0201"]
     for reads, hint in (("gradients", "a level that passes the gradients through reads it (`level g { flow = "
                                       "gradients  retention = 0 }`)"),
                         ("step", "the step counter is not readable: Adam's bias correction is the level option")):
