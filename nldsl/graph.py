@@ -341,7 +341,9 @@ def update_text(tree: Any, outer: int = 0) -> str:
     if kind == "level":
         return str(tree[1])
     if kind == "const":  # a named constant below zero is one node: `-(-2)`, `(-2) ** 2` keep their brackets
-        return f"({tree[1]:g})" if tree[1] < 0 and outer >= _NEGATION else f"{tree[1]:g}"
+        # the shortest text that reads back as the same float (`:g` showed 1/3 as 0.333333)
+        text = repr(float(tree[1])).removesuffix(".0")
+        return f"({text})" if tree[1] < 0 and outer >= _NEGATION else text
     if kind in S.UPDATE_FUNCTIONS:
         return f"{kind}({update_text(tree[1])})"
     if kind == "neg":

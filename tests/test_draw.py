@@ -517,6 +517,8 @@ def test_a_negative_constant_keeps_its_brackets_as_a_base():
     assert update_text(("pow", ("const", -2.0), ("const", 3.0))) == "(-2) ** 3"
     assert update_text(("mul", ("level", "m"), ("const", -2.0))) == "m * -2"
     assert update_text(("neg", ("const", -2.0))) == "-(-2)"  # not `--2`
+    assert update_text(("pow", ("level", "m"), ("const", 1 / 3))) == "m ** 0.3333333333333333"  # exact, not 0.333333
+    assert update_text(("add", ("level", "m"), ("const", 1e-8))) == "m + 1e-08"
 
 
 def test_a_gated_parallel_names_the_part_each_branch_plays(monkeypatch):
