@@ -138,6 +138,37 @@ def _span(spans: dict[str, Span], *paths: str) -> Span | None:
     return None
 
 
+def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
+                                ) -> tuple[str, str, str, str] | None:
+    """What `grad_through_writes = false`, written on a layer's memory level, leaves without a gradient:
+    the parameters whose only way to the loss is a write (the keys, the values, the learning rate,
+    and a selfmod's memories that generate them); None when the layer keeps them all.
+    Returns (what loses its gradient, how it reaches the loss, help, the setting's path)."""
+    if isinstance(layer, S.SelfModSpec):
+        setting = f"{path}.memory.grad_through_writes"
+        written_through = [name for name in layer.adaptive if name != "q"]
+        if not written_through or layer.memory.grad_through_writes or setting not in spans:
+            return None
+        return (f"the parameters of {', '.join(f'M_{name}' for name in written_through)}",
+                "what they generate reaches", "remove `grad_through_writes = false`, or keep those projections "
+                "static (`adaptive`)", setting)
+    if isinstance(layer, S.MemorySpec):
+        setting = f"{path}.level.grad_through_writes"
+        level = layer.level
+        if level.grad_through_writes or level.update != "in_context" or setting not in spans:
+            return None
+        lost = [f"W_{name}" for name in layer.projected if name != "q"]
+        if layer.conv:
+            lost.append("their convolutions" if len(lost) > 1 else "its convolution")
+        if isinstance(level.lr, S.LearnedGate | S.PerHeadGate):
+            lost.append("the learned `lr`")
+        listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
+        return (listed, "they reach" if len(lost) > 1 else "it reaches",
+                "remove `grad_through_writes = false` (Titans and DeltaNet learn their keys and values through "
+                "the writes), or accept keys and values fixed at their initial weights", setting)
+    return None
+
+
 def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 dim: int | None = None) -> list[Diagnostic]:
     """The checks that need a whole layer: combinations of its levels' options, periods (and, given
@@ -379,13 +410,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                     continue
                 warning("W0706", f"nested level `{level.name}` has no effect: {why}", help,
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
-        written_through = [name for name in layer.adaptive if name != "q"] if isinstance(layer, S.SelfModSpec) else []
-        if written_through and not layer.memory.grad_through_writes and f"{path}.memory.grad_through_writes" in spans:
-            memories = ", ".join(f"M_{name}" for name in written_through)
-            warning("W0706", f"the parameters of {memories} get no gradient: what they generate reaches the loss "
-                    "only through the memory's writes, which `grad_through_writes = false` cuts off",
-                    "remove `grad_through_writes = false`, or keep those projections static (`adaptive`)",
-                    f"{path}.memory.grad_through_writes")
+        cut_off = _cut_off_by_detached_writes(layer, path, spans)
+        if cut_off is not None:
+            lost, what, help, setting = cut_off
+            warning("W0706", f"{lost} get no gradient: {what} the loss only through the memory's writes, which "
+                    "`grad_through_writes = false` cuts off", help, setting)
         if isinstance(layer, S.SelfModSpec) and layer.memory.objective == "reconstruction" and (
                 not layer.adaptive or layer.projections.objective == "reconstruction"):
             why = ("no projection is adaptive" if not layer.adaptive else

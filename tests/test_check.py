@@ -706,3 +706,46 @@ def test_small_front_end_messages():
     long = check_text("const _x = " + "1 + " * 5000 + "@\n")  # a long line is cut around the span
     snippet = render_text(long.diagnostics, long.sources).splitlines()[3]
     assert len(snippet) < 200 and snippet.split("| ", 1)[1].startswith("…")
+
+
+@pytest.mark.parametrize("spec, level", [
+    ("titans_lmm", "model.block.lmm.level"),
+    ("linear_attention", "model.block.linear_attention.level"),
+    ("titans_mac", "model.block.mac.lmm.level"),
+    ("titans_lmm", "model.block.lmm.level!reconstruction"),
+])
+def test_w0706_names_exactly_the_parameters_detached_writes_leave_without_gradient(spec, level):
+    """`grad_through_writes = false` on a memory layer's level cuts off W_k, W_v, their convolutions
+    and a learned `lr`: the warning lists what the model's backward then leaves without a gradient."""
+    import torch
+
+    import nldsl
+
+    level, _, objective = level.partition("!")
+    overrides = {f"{level}.grad_through_writes": False, "model.dim": 32, "model.layers": 1}
+    if objective:
+        overrides[f"{level}.objective"] = objective
+    path = PACKAGE_DIR.parent / f"specs/{spec}.nl"
+    [warning] = [d for d in check_file(path, [f"{k}={str(v).lower()}" for k, v in overrides.items()]).diagnostics
+                 if d.code == "W0706"]
+    model = nldsl.load(path, **overrides)
+    model(torch.randint(0, 256, (2, 20))).logsumexp(-1).mean().backward()
+    without = {name.rsplit(".", 1)[1] for name, p in model.named_parameters() if p.grad is None}
+    named = {"W_k": "wk", "W_v": "wv", "convolution": "conv_k", "learned `lr`": "lr_proj"}
+    listed = {param for phrase, param in named.items() if phrase in warning.message}
+    expected = {p for p in without if p not in ("conv_v", "lr_bias")}
+    assert listed == expected, (warning.message, without)
+    assert ("conv_v" in without) == ("W_v" in warning.message and "convolution" in warning.message)
+    if objective:
+        assert warning.message.startswith("W_k, its convolution and the learned `lr` get no gradient: they reach")
+
+
+def test_w0706_a_selfmod_whose_writes_are_detached_names_the_memories_that_generate_them():
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    [warning] = [d for d in check_file(hope, ["model.block.titans.memory.grad_through_writes=false"]).diagnostics
+                 if d.code == "W0706"]
+    assert warning.message.startswith("the parameters of M_k, M_v, M_eta, M_alpha get no gradient: what they "
+                                      "generate reaches the loss only through the memory's writes")
+    assert warning.span.path == "<--set 1>"
+    written = check_file(hope, ["model.block.titans.memory.grad_through_writes=true"]).diagnostics
+    assert "W0706" not in {d.code for d in written}
