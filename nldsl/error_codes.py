@@ -1129,8 +1129,9 @@ _ENTRIES = (
         and learns; `grad_through_writes = false` on a selfmod's memory level, which leaves the
         adaptive projections other than `q` without gradient (they reach the loss only through its
         writes), and on a `memory` layer's level, which leaves W_k, W_v, their convolutions and a
-        learned `lr` without gradient for the same reason; a selfmod whose memory level learns by `reconstruction` while no projection is
-        adaptive or the projection memories reconstruct too, so that nothing reads its values; a
+        learned `lr` without gradient for the same reason; a selfmod whose memory level learns by
+        `reconstruction` while no projection is adaptive or the projection memories reconstruct
+        too, so that nothing reads its values; a
         slower nested level that never moves in context (its period is longer than
         `train.seq_len`, or the fastest level does not learn in context), since the faster levels
         restart only from a level that moves; `lr` on a level with `orthogonalize`, when η is a
