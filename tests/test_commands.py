@@ -308,6 +308,9 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     with pytest.raises(UserError, match="corrupt stream state"):
         E.load_stream_state(path, "one spec", "w", CPU)
     assert not E.holds_a_stream_state(path)
+    path.write_bytes(safetensors.torch.save({"embed": torch.zeros(2)}))  # weights of a checkpoint: no nldsl header
+    with pytest.raises(UserError, match="is not a stream state written by `nldsl stream --state-out`"):
+        E.load_stream_state(path, "one spec", "w", CPU)
 
 
 def test_commands_on_a_missing_or_damaged_run_are_one_line_errors(run_dir, tmp_path, capsys):

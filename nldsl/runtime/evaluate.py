@@ -506,8 +506,10 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key).to(device) for key in handle.keys()}
+        if "nldsl" not in metadata:  # a safetensors file of something else (a checkpoint's weights)
+            raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
         structure = json.loads(metadata["nldsl"])
-    except (safetensors.SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+    except (safetensors.SafetensorError, OSError, json.JSONDecodeError) as error:
         raise UserError(f"corrupt stream state {path}: {error}") from None
     if not isinstance(structure, dict) or structure.get("format") != STATE_FORMAT:
         raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out`")
