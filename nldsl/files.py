@@ -8,9 +8,11 @@ checkpoint pointers and logs. No torch here: the front end imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -23,10 +25,22 @@ def text_bytes(text: str) -> bytes:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write, flush and fsync one file."""
-    with open(path, "wb") as handle:
+    with _naming(path), open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (a full disk) names its file: the OSError of a write, a flush or an fsync
+    carries no file name, and the user's one-line message would name none."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from None
 
 
 def fsync_folder(path: Path) -> None:
@@ -44,7 +58,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file() and not path.is_dir():
         # a device or a pipe (`-o /dev/stdout`, a FIFO) is written through, never renamed over
-        with open(path, "wb") as handle:
+        with _naming(path), open(path, "wb") as handle:
             handle.write(data)
         return
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

@@ -536,3 +536,41 @@ def test_an_atomic_write_names_the_users_file_not_its_temporary(tmp_path):
         write_atomic(tmp_path / "resolved.json", b"{}")
     assert error.value.filename == str(tmp_path / "resolved.json")
     assert [p.name for p in tmp_path.iterdir()] == ["resolved.json"]  # no temporary left behind
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_write_that_fails_for_want_of_space_names_its_file(tmp_path, monkeypatch):
+    """A write's or an fsync's OSError has no file name: a resumed run that could not rewrite its
+    metrics.jsonl on a full disk said only `error: No space left on device`."""
+    import nldsl.files
+    from nldsl.files import write_atomic, write_file
+
+    for write in (write_file, write_atomic):  # write_atomic writes a device through
+        with pytest.raises(OSError) as error:
+            write(Path("/dev/full"), b"x" * 100)
+        assert (error.value.errno, error.value.filename) == (28, "/dev/full"), write
+
+    target = tmp_path / "metrics.jsonl"
+    target.write_text("kept\n")
+    real_open = open
+    monkeypatch.setattr(nldsl.files, "open", lambda path, mode: _Unwritable(real_open(path, mode)), raising=False)
+    with pytest.raises(OSError) as error:
+        write_atomic(target, b"new\n")
+    assert error.value.filename == str(target), "the user's file, not the temporary"
+    assert target.read_text() == "kept\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+class _Unwritable:
+    """A file object whose writes fail as a full disk's do: with an OSError naming no file."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        raise OSError(28, "No space left on device")
