@@ -638,6 +638,7 @@ class Checker:
                         ) -> tuple[dict[str, tuple[ast.Expr, Span, str]], list[tuple[list[str], Attr]]]:
         consts: dict[str, tuple[ast.Expr, Span, str]] = {}
         paths: list[tuple[list[str], Attr]] = []
+        last_by_key = {text.partition("=")[0].strip(): index for index, text in enumerate(overrides)}
         for index, text in enumerate(overrides):
             origin = getattr(text, "origin", None) or f"--set {text}"
             path = getattr(text, "label", None) or f"<--set {index + 1}>"
@@ -647,6 +648,13 @@ class Checker:
             key = key.strip()
             source = SourceFile.from_text(path, f"{key} = {value_text.strip()}")
             self.sources[path] = source
+            if sep and key and last_by_key[key] != index:
+                # the last override of a key counts; an earlier one would otherwise vanish unchecked
+                later = overrides[last_by_key[key]]
+                shown = getattr(later, "origin", None) or f"--set {later}"
+                self.bag.warning("W0706", f"this override has no effect: `{shown}` sets `{key}` again, and the "
+                                 "last one counts", source.span(0, len(source.text)), "remove one of the two")
+                continue
             if not sep or not key or not value_text.strip():
                 self.bag.error("E0206", f"override `{text}` is not `key=value`", source.span(0, len(source.text)),
                                "write e.g. `--set train.steps=200` or `--set dim=128`" if path.startswith("<--set")

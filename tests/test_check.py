@@ -749,3 +749,19 @@ def test_w0706_a_selfmod_whose_writes_are_detached_names_the_memories_that_gener
     assert warning.span.path == "<--set 1>"
     written = check_file(hope, ["model.block.titans.memory.grad_through_writes=true"]).diagnostics
     assert "W0706" not in {d.code for d in written}
+
+
+def test_an_override_given_twice_warns_that_the_first_has_no_effect():
+    """The last override of a key counts; the one before is never checked, so it is named (W0706)."""
+    from nldsl.loader import override_strings
+
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    result = check_file(hope, ["train.steps=5", "train.steps=oops", "train.steps=6"])
+    assert result.ok and result.spec.train.steps == 6, "the invalid value is not the one used"
+    shadowed = [d for d in result.diagnostics if d.code == "W0706"]
+    assert [d.span.path for d in shadowed] == ["<--set 1>", "<--set 2>"]
+    assert shadowed[0].message == ("this override has no effect: `--set train.steps=6` sets `train.steps` "
+                                   "again, and the last one counts")
+    [keyword] = [d for d in check_file(hope, override_strings(["dim=64"], dim=128)).diagnostics if d.code == "W0706"]
+    assert keyword.span.path == "<--set 1>" and "`dim=128` sets `dim` again" in keyword.message
+    assert "W0706" not in {d.code for d in check_file(hope, ["train.steps=5", "dim=64"]).diagnostics}

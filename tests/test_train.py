@@ -189,11 +189,25 @@ def test_train_writes_a_complete_run_folder(tmp_path, text_file, capsys):
     record = json.loads((checkpoint / "record.json").read_text())
     overrides = [a for a in TINY if a != "--set"] + ["train.log_every=2", "train.compile=false"]  # --no-compile
     assert record["overrides"] == overrides
-    assert resolved["values"]["train.compile"] == {"value": False, "from": "--set train.compile=false"}
+    assert resolved["values"]["train.compile"] == {"value": False, "from": "--no-compile"}
     expected = loader.check(REPO / "specs/transformer.nl", overrides).spec.sha256
     assert record["spec_sha256"] == expected
     assert "bits per byte" in out and "sample (temperature 0.8" in out and "first step" in out
     assert (run_dir / "graph.svg").exists() or "graphviz" in out.lower()
+
+
+def test_train_shows_the_specs_warnings_before_it_starts(tmp_path, text_file, capsys):
+    """`nldsl train` says what `nldsl check` would warn of, first: here a --set that --no-compile
+    shadows, whose invalid value was otherwise accepted without a word."""
+    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.steps=1",
+                   "--set", "train.compile=maybe", "--data", str(text_file), "--run-dir", str(tmp_path / "run"),
+                   "--no-compile", "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert err.startswith("warning[W0706]: this override has no effect: "), err
+    assert ("warning[W0706]: this override has no effect: `--no-compile` sets `train.compile` again, and the "
+            "last one counts") in err
+    assert "warning[W0706]: this override has no effect: `--set train.steps=1` sets `train.steps` again" in err
 
 
 def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
@@ -623,9 +637,13 @@ def test_train_recompute_reruns_chunk_stretches_and_keeps_the_losses(tmp_path, t
 
 
 def _tiny_run(tmp_path: Path, text_file: Path, *extra: str, run_dir: Path | str | None = None) -> list[str]:
-    """The arguments of a tiny `nldsl train` run that checkpoints every step."""
-    return ["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "train.checkpoint_every=1",
-            "--set", "train.log_every=1", "--set", "train.eval_every=0", "--data", str(text_file),
+    """The arguments of a tiny `nldsl train` run that checkpoints every step; a --set in `extra`
+    replaces the default one of its key (a key set twice is a warning)."""
+    base = [*TINY, "--set", "train.checkpoint_every=1", "--set", "train.log_every=1", "--set", "train.eval_every=0"]
+    given = {extra[i + 1].partition("=")[0] for i, arg in enumerate(extra[:-1]) if arg == "--set"}
+    kept = [arg for pair in zip(base[::2], base[1::2], strict=True) if pair[1].partition("=")[0] not in given
+            for arg in pair]
+    return ["train", str(REPO / "specs/transformer.nl"), *kept, "--data", str(text_file),
             "--run-dir", str(tmp_path / "run" if run_dir is None else run_dir), "--no-compile", "--no-progress", *extra]
 
 

@@ -40,12 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     from nldsl import loader
+    from nldsl.checker import Override
+    from nldsl.diagnostics import render_text
     from nldsl.runtime.train import TrainOptions, train
 
     overrides = list(args.set)
     if args.no_compile:  # as an override, so that the run records how it ran and checks as an eager spec
-        overrides.append("train.compile=false")
+        overrides.append(Override("train.compile=false", origin="--no-compile", label="<--no-compile>"))
     result = loader.check(args.spec, overrides)
+    warnings = [d for d in result.diagnostics if d.severity == "warning"]
+    if warnings and not quiet_worker():  # what `nldsl check` says: before a long run, not after it
+        print(render_text(warnings, result.sources) + "\n", file=sys.stderr)
     options = TrainOptions(
         data=args.data, data_encoding=args.data_encoding, run_dir=args.run_dir, resume=args.resume,
         tensorboard=args.tensorboard, compile=False if args.no_compile else None, sample=args.sample,
