@@ -726,12 +726,35 @@ class Checker:
             if not matches:
                 # a misspelt attribute that names a section (`train.optimzer.lr` for `train.optimizer.lr`)
                 # is suggested too: it is what the path goes through
+                if part in node.attrs:  # `lr.max`: a path into an attribute's value (as resolved.json lists it)
+                    self.bag.error("E0206", f"override path `{shown}`: `{part}` is an attribute, not a section",
+                                   attr.key_span, self.whole_value_help(node.attrs[part], parts, part, attr))
+                    return
                 self.bag.error("E0206", f"override path `{shown}`: `{part}` does not exist", attr.key_span,
                                did_you_mean(part, [*labels, *node.attrs])
                                or f"sections here: {', '.join(labels) or 'none'}")
                 return
             node = matches[0]
         node.attrs[parts[-1]] = attr
+
+    def whole_value_help(self, current: Attr, parts: list[str], part: str, attr: Attr) -> str:
+        """An override sets an attribute's whole value: the help writes it, from the attribute's
+        current call with the one argument the path named replaced (or added)."""
+        prefix = ".".join(parts[: parts.index(part) + 1])
+        flag = "--set " if attr.span.path.startswith("<--set") else ""
+        value = current.value
+        if isinstance(value, ast.Call) and parts[-2] == part:
+            def text(expr: ast.Expr) -> str:
+                return self.sources[expr.span.path].text[expr.span.start:expr.span.end]
+
+            given = self.sources[attr.span.path].text.partition("=")[2].strip()
+            arguments = [text(arg) for arg in value.args]
+            keywords = {k.name: text(k.value) for k in value.kwargs}
+            keywords[parts[-1]] = given
+            arguments += [f"{name} = {written}" for name, written in keywords.items()]
+            return (f"an override sets the whole value: write `{flag}{prefix}={value.func.dotted}("
+                    f"{', '.join(arguments)})`")
+        return f"an override sets the whole value: write `{flag}{prefix}=VALUE`"
 
     # 4. inheritance --------------------------------------------------------------------------
 

@@ -765,3 +765,19 @@ def test_an_override_given_twice_warns_that_the_first_has_no_effect():
     [keyword] = [d for d in check_file(hope, override_strings(["dim=64"], dim=128)).diagnostics if d.code == "W0706"]
     assert keyword.span.path == "<--set 1>" and "`dim=128` sets `dim` again" in keyword.message
     assert "W0706" not in {d.code for d in check_file(hope, ["train.steps=5", "dim=64"]).diagnostics}
+
+
+def test_an_override_path_into_an_attributes_value_says_to_set_the_whole_value():
+    """resolved.json and a resume's mismatch name `…lr.max`; an override sets `lr` whole, and the
+    help writes it from the spec's call with the argument replaced or added."""
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    [error] = check_file(titans, ["model.block.lmm.level.lr.max=0.1"]).diagnostics
+    assert error.message == "override path `model.block.lmm.level.lr.max`: `lr` is an attribute, not a section"
+    assert error.help == ("an override sets the whole value: write "
+                          "`--set model.block.lmm.level.lr=learned(max = 0.1)`")
+    written = error.help.split("`")[1].removeprefix("--set ")
+    assert check_file(titans, [written]).ok, "the written override checks"
+    [added] = check_file(titans, ["model.block.lmm.level.retention.max=0.5"]).diagnostics
+    assert added.help.endswith("`--set model.block.lmm.level.retention=learned(max = 0.5)`")
+    [plain] = check_file(titans, ["model.block.lmm.level.period.x=3"]).diagnostics
+    assert plain.help == "an override sets the whole value: write `--set model.block.lmm.level.period=VALUE`"
