@@ -8,6 +8,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -866,10 +867,27 @@ def test_a_new_bpe_run_trains_its_own_tokenizer_and_a_resume_needs_the_runs(tmp_
     D.BPETokenizer.train("another unrelated text " * 50, 400).save(run_dir / "tokenizer.json")
     capsys.readouterr()
     assert main([*args, "--resume", "--set", "train.steps=8"]) == 1  # another tokenizer: other ids
-    assert "tokenizer.json is not the tokenizer the checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "tokenizer.json is not the tokenizer the checkpoint" in err
+    [remedy] = re.findall(r"`(cp \S+ \S+)`, then --resume", err)  # the checkpoint keeps its own copy
+    subprocess.run(remedy.split(), check=True)
+    assert main([*args, "--resume", "--set", "train.steps=7"]) == 0
     (run_dir / "tokenizer.json").unlink()
     assert main([*args, "--resume", "--set", "train.steps=8"]) == 1
     assert "tokenizer.json is missing" in capsys.readouterr().err
+
+
+def test_a_resume_goes_back_past_a_checkpoint_whose_tokenizer_copy_is_damaged(tmp_path, text_file, capsys):
+    """A BPE checkpoint's tokenizer.json is checked with its other files: eval refused the damaged
+    checkpoint, while a resume kept it without a word."""
+    bpe = ("--set", "train.tokenizer=bpe(vocab=300)", "--set", "model.vocab=300")
+    assert main(_tiny_run(tmp_path, text_file, *bpe, "--set", "train.steps=2")) == 0
+    (tmp_path / "run/checkpoints/step-000002/tokenizer.json").write_text("garbage")
+    capsys.readouterr()
+    assert main(_tiny_run(tmp_path, text_file, *bpe, "--set", "train.steps=3", "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "step-000002/tokenizer.json: its sha256 differs" in captured.err, captured.err
+    assert "resuming from step-000001, the checkpoint before it, instead" in captured.err
 
 
 def test_a_bpe_that_learns_fewer_ids_than_the_vocabulary_says_so(tmp_path, capsys):

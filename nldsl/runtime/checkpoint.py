@@ -418,6 +418,7 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
             files = record.get("files", {})
             model = read_tensors(path / MODEL_FILE, files.get(MODEL_FILE))
             optimizer = read_tensors(path / TRAINING_FILE, files.get(TRAINING_FILE)) if training else {}
+            _check_extra_files(path, files)
             return Checkpoint(path, record, model, optimizer)
         except CheckpointError as error:
             if (path / RECORD_FILE).exists() or attempt == 2:  # pruning removes the files, then the folder
@@ -427,6 +428,22 @@ def load_checkpoint(target: str | Path, training: bool = True, warn: Callable[[s
                 raise CheckpointError(f"{error} ({older} is an older intact checkpoint of the run: name it by "
                                       "path to use it)") from None
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _check_extra_files(path: Path, files: dict[str, str]) -> None:
+    """The checkpoint's other recorded files (a BPE run's tokenizer.json) match their hashes: a
+    resume that did not read them would keep a checkpoint that eval, generate and --init-from then
+    refuse, instead of going back to the one before."""
+    for name, expected in files.items():
+        if name in (MODEL_FILE, TRAINING_FILE):
+            continue
+        try:
+            data = (path / name).read_bytes()
+        except OSError as error:
+            raise CheckpointError(f"cannot read checkpoint file {path / name}: {error.strerror or error}") from None
+        if sha256_bytes(data) != expected:
+            raise CheckpointError(f"corrupt checkpoint file {path / name}: its sha256 differs from the one recorded "
+                                  "when it was written")
 
 
 def _older_intact(path: Path, tries: int = 3) -> Path | None:

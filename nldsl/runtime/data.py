@@ -489,11 +489,12 @@ def tokenizer_from_record(record: dict[str, Any], folder: Path, sha256: str | No
     return BPETokenizer.from_file(path, record["vocab"])
 
 
-def check_tokenizer_file(path: Path, sha256: str | None, whose: str) -> None:
+def check_tokenizer_file(path: Path, sha256: str | None, whose: str, remedy: str = "") -> None:
     """A tokenizer file must be the one a checkpoint recorded: another one maps text to other ids,
-    so the weights would read it wrongly (a loss that is not the run's, or ids past the vocabulary)."""
+    so the weights would read it wrongly (a loss that is not the run's, or ids past the vocabulary).
+    `remedy` ends the message: how to get the right file back, where there is a way."""
     if sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        raise UserError(f"{path} is not the tokenizer {whose} (its sha256 differs from the recorded one)")
+        raise UserError(f"{path} is not the tokenizer {whose} (its sha256 differs from the recorded one){remedy}")
 
 
 # Token streams and batches ------------------------------------------------------------------------

@@ -811,8 +811,11 @@ def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, i
     if plan.tokenizer.kind == "bpe" and resumed and not tokenizer_file.exists():
         raise UserError(f"cannot resume: {tokenizer_file} is missing, and its checkpoints read that tokenizer's ids")
     if plan.tokenizer.kind == "bpe" and found is not None:
+        kept = found.path / "tokenizer.json"  # the checkpoint's own copy, checked when it was read
         D.check_tokenizer_file(tokenizer_file, found.record.get("files", {}).get("tokenizer.json"),
-                               f"the checkpoint {found.path} was trained with")
+                               f"the checkpoint {found.path} was trained with",
+                               f"; the checkpoint keeps its own copy: `cp {kept} {tokenizer_file}`, then --resume"
+                               if kept.exists() else "")
     if plan.tokenizer.kind == "bpe" and context.is_main and not resumed:
         if initial is not None:
             D.check_tokenizer_file(initial.path / "tokenizer.json", initial.record.get("files", {}).get(
