@@ -20,7 +20,7 @@ from .diagnostics import Diagnostic, json_entries, render_json, render_text, sum
 from .files import text_bytes, write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 from .runtime.arguments import path_text
-from .runtime.interrupt import ReportedInterrupt
+from .runtime.interrupt import ReportedInterrupt, signal_number
 
 
 class UserError(Exception):
@@ -276,11 +276,11 @@ def _run(argv: Sequence[str] | None) -> int:
     except ModelTooLargeError as error:  # every process says it: one device may be fuller than another's
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except ReportedInterrupt:  # the command has said what it saved and how to go on
-        return 130
-    except KeyboardInterrupt:
+    except ReportedInterrupt as stop:  # the command has said what it saved and how to go on
+        return 128 + (stop.args[0] if stop.args and isinstance(stop.args[0], int) else 2)  # 130 for Ctrl-C
+    except KeyboardInterrupt as stop:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal_number(stop)
     except BrokenPipeError:
         return 0
     except OSError as error:

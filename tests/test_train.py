@@ -270,6 +270,7 @@ def test_a_closed_stdout_outside_the_steps_says_what_was_kept(tmp_path, monkeypa
     (KeyboardInterrupt, 4, [3, 4], [5, 6]),  # Ctrl-C: the 4 steps done are checkpointed on the way out
     (RuntimeError, 4, [3], [4, 5, 6]),  # a crash: the run goes back to its last checkpoint, step 4's metrics dropped
     ("sigint during update", 5, [3, 5], [6]),  # Ctrl-C inside step 5's update: step 5 finishes and is kept
+    ("sigterm during update", 5, [3, 5], [6]),  # a scheduler's SIGTERM acts as Ctrl-C does
     ("sigint during checkpoint", 3, [3], [4, 5, 6]),  # Ctrl-C inside step 3's save: the save finishes, once
     (BrokenPipeError, 4, [3, 4], [5, 6]),  # stdout's reader exited: saved as after Ctrl-C, then a clear error
 ])
@@ -294,8 +295,8 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
     real_tick = T.ContinuumClock.tick
 
     def signalled_in_step_5s_update(clock, step):
-        if step == 4:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives between the loss and the optimizer step
+        if step == 4:  # arrives between the loss and the optimizer step
+            os.kill(os.getpid(), signal.SIGTERM if stop == "sigterm during update" else signal.SIGINT)
         return real_tick(clock, step)
 
     real_save, saves = T.C.save_checkpoint, []
@@ -306,7 +307,7 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
             os.kill(os.getpid(), signal.SIGINT)
         return real_save(run_dir, step, *args, **kwargs)
 
-    if stop == "sigint during update":
+    if stop in ("sigint during update", "sigterm during update"):
         monkeypatch.setattr(T.ContinuumClock, "tick", signalled_in_step_5s_update)
     elif stop == "sigint during checkpoint":
         monkeypatch.setattr(T.C, "save_checkpoint", signalled_in_step_3s_save)
@@ -315,9 +316,12 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
     discarded = []  # pytest's capture is no pipe to point at the null device (the subprocess test does that)
     monkeypatch.setattr(T, "_discard_stdout", lambda: discarded.append(True))
     expected = {"sigint during update": KeyboardInterrupt, "sigint during checkpoint": KeyboardInterrupt,
-                BrokenPipeError: T.UserError}.get(stop, stop)
+                "sigterm during update": KeyboardInterrupt, BrokenPipeError: T.UserError}.get(stop, stop)
     with pytest.raises(expected) as raised:
         run(tmp_path / "cut")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the default SIGTERM is back after the run"
+    if stop == "sigterm during update":
+        assert raised.value.args == (signal.SIGTERM,), "the exit status is 143"
     if stop == "sigint during checkpoint":
         assert saves == [3], "the save ran whole; nothing was left to save again on the way out"
     if stop is BrokenPipeError:
@@ -788,6 +792,8 @@ def test_a_failed_start_leaves_no_run_folder_and_an_empty_run_dir_is_refused(tmp
     existing.mkdir()
     assert main(_tiny_run(tmp_path, short, run_dir=existing)) == 1
     assert existing.is_dir()  # a folder the user made is left alone
+    assert main(_tiny_run(tmp_path, short, run_dir=tmp_path / "made/deep/er/run")) == 1
+    assert not (tmp_path / "made").exists(), "the folders made to hold the run go with it"
     with pytest.raises(SystemExit) as usage:  # not the current folder: argparse refuses it
         main(_tiny_run(tmp_path, text_file, run_dir=""))
     assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err

@@ -70,7 +70,7 @@ from nldsl.runtime.evaluate import (
     generate,
     shown_text,
 )
-from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt
+from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signal_number, terminate_as_interrupt
 
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
@@ -384,11 +384,13 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         raise UserError(f"{run_dir} holds files that are not an nldsl run: a run writes spec.nl, resolved.json, "
                         "metrics.jsonl … there and would overwrite them; choose a new or empty --run-dir")
     lock, refused = None, None
+    made_parents: list[Path] = []  # folders above --run-dir that this run makes, nearest first
     if context.is_main:
         if not created:
+            missing = [parent for parent in run_dir.parents if not parent.exists()]
             try:
                 run_dir.mkdir(parents=True, exist_ok=False)  # atomic: "made by this run" is never a guess
-                created = True
+                created, made_parents = True, missing
             except FileExistsError:
                 pass
         # A failed lock deletes nothing: another run may have entered the folder since it was made.
@@ -402,10 +404,16 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         raise UserError(refused)
     started = [False]  # set when the first step is done: from then on the folder holds a run
     try:
-        return _train_in(result, overrides, options, context, run_dir, started)
+        with terminate_as_interrupt(enabled=not context.active):
+            return _train_in(result, overrides, options, context, run_dir, started)
     except BaseException as error:
         if created and not started[0]:
             shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in made_parents:  # and the folders made to hold it, while nothing else is in them
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
             if isinstance(error, ReportedInterrupt):  # the other stops say so in their own message, or need not
                 _say(context, f"no step was done: the run folder {run_dir} was removed")
         if isinstance(error, BrokenPipeError):  # stdout's reader exited outside the step loop (inside it, the
@@ -714,7 +722,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         if closed:
             raise UserError(f"the output was closed (its reader exited) after {completed} step(s); {where}"
                             ) from None
-        raise ReportedInterrupt from None  # _save_on_interrupt said where the run stands
+        raise ReportedInterrupt(signal_number(stop)) from None  # _save_on_interrupt said where the run stands
     finally:
         bar.close()
         if metrics is not None:
