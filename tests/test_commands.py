@@ -506,7 +506,9 @@ def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir,
         assert main(["stream", str(run_dir), "--state-in", str(path), "--max-tokens", "40"]) == 1, name
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err and err.count("\n") == 1, (name, err)
+    capsys.readouterr()
     assert main(["stream", str(run_dir), "--state-in", str(good), "--max-tokens", "40"]) == 0
+    assert "\r" not in capsys.readouterr().err, "no progress bar where stderr is no terminal (a log)"
 
 
 def test_a_prompt_that_is_not_utf8_and_an_unusable_device_are_one_line_errors(run_dir, capsys):

@@ -377,7 +377,8 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     memory, position, fed = state.memory, state.position, 0
     segments: list[Segment] = []
     updates = {level.prefix: 0 for level in levels}
-    bar = tqdm(total=max(buffer.shape[0] - 1, 0), unit="tok", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(total=max(buffer.shape[0] - 1, 0), unit="tok", unit_scale=True, leave=False,
+               disable=not (progress and sys.stderr.isatty()))  # a log gets no carriage returns
     total_nats, total_bytes = 0.0, 0
     stopped = None
     while True:
