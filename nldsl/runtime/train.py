@@ -1029,10 +1029,16 @@ def _first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, b
     return found[0] if found else None
 
 
+LOWER_LR_CAP = 0.01  # above it a tenth of the lr is still far off any usual one (1e6 → 1e5)
+
+
 def _lower_lr(plan: Any) -> str:
-    """A learning rate ten times lower than the spec's, for the advice after a divergence."""
+    """A learning rate for the advice after a divergence: a tenth of the spec's, and at most
+    LOWER_LR_CAP."""
     lr = getattr(plan.optimizer, "lr", None)
-    return f"{lr / 10:.3g}" if isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 else "…"
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        return "…"
+    return f"{min(lr / 10, LOWER_LR_CAP):.3g}"
 
 
 def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
