@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nldsl.runtime import fused
+from nldsl.runtime import chunked, fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
 from nldsl.runtime.delta import (
     delta_rule_coefficients,
@@ -717,8 +717,19 @@ def memory_level(
 
     def step(state: MemoryState, piece: tuple) -> tuple[Tensor | None, MemoryState]:
         k, v, q, eta, alpha, beta, signal = piece
+        if split_last and q is not None and k is key_chunks[-1]:
+            # The last chunk's end state is often dead for the loss (a training step drops the
+            # returned state), but a compiled chunk body is one autograd node whose backward runs
+            # through all its outputs, the write included. Reading θ_c outside the body and writing
+            # without a readout keeps the two apart: an unused state costs no backward pass.
+            out = memory_forward(cfg, state.weights, q)[0]
+            return out, memory_chunk_step(cfg, state, k, v, None, eta, alpha, beta, output_error, signal)[1]
         return memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error, signal)
 
+    # only where the bodies are compiled (eager autograd skips a dead write by itself), with
+    # gradients on and outside a whole-graph trace
+    split_last = (cfg.readout == "chunk_start" and chunked.enabled() and torch.is_grad_enabled()
+                  and not torch.compiler.is_compiling())
     chunk_outputs, state = run_chunks(step, state, pieces)
     return torch.cat(chunk_outputs, dim=-2), state
 
