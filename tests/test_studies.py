@@ -441,7 +441,8 @@ def test_the_recall_report_marks_a_diverged_run_and_tells_which_notes_apply(tmp_
     assert "- `deltanet MQAR lr 0.01` diverged (non-finite loss) at step 7." in report
     row = next(line for line in report.splitlines() if line.startswith("| `transformer` | transformer.nl"))
     assert row.split(" | ")[3:5] == ["2", "256"]  # layers and vocabulary
-    assert S.OVERRIDE_NOTES["hope.nl"] in report and S.OVERRIDE_NOTES["titans_lmm.nl"] in report
+    assert S.override_notes(summary["models"], summary["config"]["lrs"])[2] in report
+    assert S.OVERRIDE_NOTES["titans_lmm.nl"] in report
 
     for entry in summary["models"].values():  # no model departs from its spec or diverges: no note says so
         entry["overrides"] = []
@@ -583,3 +584,108 @@ def test_report_only_refuses_a_params_its_logged_runs_never_had():
     assert S.logged_params({"params": 290_000}, 300_000, "hope") == 290_000
     with pytest.raises(UserError, match=r"logged runs of hope have 290,000 parameters, not about --params 500,000"):
         S.logged_params({"params": 290_000}, 500_000, "hope")
+
+
+def tiny_recall(**changes):
+    """The --tiny recall configuration of one Transformer, with `changes`."""
+    import dataclasses
+
+    return dataclasses.replace(S.recall_config(S.parse_study("recall", ["--tiny", "--models", "transformer"])),
+                               **changes)
+
+
+def tiny_continual(**changes):
+    import dataclasses
+
+    a = S.parse_study("continual", ["--tiny", "--no-control", "--no-joint", "--models", "transformer"])
+    return dataclasses.replace(S.continual_config(a), **changes)
+
+
+def test_report_only_takes_exactly_the_logged_params(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    S.run_recall(tiny_recall(), out, "nldsl bench recall --tiny")
+    monkeypatch.setattr(S, "Learner", lambda *a, **k: pytest.fail("--report-only trained a run"))
+    with pytest.raises(UserError, match=r"made with --params 15,000 \(as .*recall\.json records\), not 14,000: "
+                                        r"rebuild with --params 15000"):
+        S.run_recall(tiny_recall(params=14_000), out, "nldsl bench recall --params 14000", report_only=True)
+    S.run_recall(tiny_recall(), out, "nldsl bench recall --tiny", report_only=True)  # the logged value: rebuilt
+    (out / "recall.json").unlink()  # no record of --params: the logged widths must be what it matches
+    S.run_recall(tiny_recall(params=14_000), out, "nldsl bench recall --params 14000", report_only=True)
+    assert "nearest to 14,000 parameters" in (out / "recall.md").read_text()  # dim 16 is: the page is true
+    with pytest.raises(UserError, match=r"have dim 16, and --params 24,000 matches dim 24"):
+        S.check_logged_width(S.spec_path("transformer"), 24_000, (), 16, "transformer", {})
+
+
+def test_a_run_shorter_than_the_warm_up_is_warned_of_and_the_page_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    S.run_continual(tiny_continual(warmup=20), tmp_path / "c", "nldsl bench continual")  # 3 phases × 2 steps
+    err = capsys.readouterr().err
+    assert "warning: the runs take 6 steps, fewer than the 20 warm-up steps" in err and "at 6/20 of the lr" in err
+    page = (tmp_path / "c" / "continual.md").read_text()
+    assert "AdamW at lr" not in page and "its 6 steps end at 6/20 of it (lr 0.0003)" in page
+    S.run_recall(tiny_recall(warmup=3), tmp_path / "r", "nldsl bench recall")  # 2 MQAR and 2 passkey steps
+    err = capsys.readouterr().err
+    assert "warning: the MQAR runs take 2 steps" in err and "warning: the passkey runs take 2 steps" in err
+    page = (tmp_path / "r" / "recall.md").read_text()
+    assert "The passkey runs (2 steps) end inside the warm-up, at 2/3 of their lr" in page
+    published = json.loads((REPO / "docs/results/continual.json").read_text())  # 240 steps ≥ 20: as before
+    S.write_continual_report(published, tmp_path / "p")
+    assert "AdamW at lr 0.001 with each spec's weight decay after 20 warm-up steps" in \
+        (tmp_path / "p" / "continual.md").read_text()
+
+
+def test_a_model_whose_every_lr_diverged_has_no_best_lr_and_no_passkey_run(tmp_path, monkeypatch, capsys):
+    def diverge(self, batch):
+        raise FloatingPointError("the loss is nan")
+
+    monkeypatch.setattr(S.Learner, "step", diverge)
+    out = tmp_path / "results"
+    assert main(["bench", "recall", "--tiny", "--models", "transformer", "--out", str(out)]) == 0
+    assert "note: transformer: every lr of the MQAR sweep diverged" in capsys.readouterr().err
+    entry = json.loads((out / "recall.json").read_text())["models"]["transformer"]
+    assert "passkey" not in entry and len(entry["mqar"]) == 1
+    page = (out / "recall.md").read_text()
+    assert " *" not in page and "(`transformer`: every lr diverged, so no lr is starred and no passkey run" in page
+    assert "| `transformer` | – | not run | not run |" in page
+
+
+def test_a_spec_path_is_reported_by_its_stem_in_both_studies(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "specs" / "mine.nl"
+    spec.parent.mkdir()
+    spec.write_text((REPO / "specs/transformer.nl").read_text())
+    assert main(["bench", "continual", "--tiny", "--no-control", "--no-joint", "--models", str(spec)]) == 0
+    assert list(json.loads((S.TINY_RESULTS / "continual.json").read_text())["models"]) == ["mine"]
+    assert "| `mine` |" in (S.TINY_RESULTS / "continual.md").read_text()
+    control = tmp_path / f"{S.CONTROL}.nl"  # the control's name: two models of one name, refused
+    control.write_text(spec.read_text())
+    assert main(["bench", "continual", "--tiny", "--models", str(control)]) == 1
+    assert f"--models names {S.CONTROL} more than once" in capsys.readouterr().err
+    assert main(["bench", "continual", "--tiny", "--no-control", "--no-joint", "--models", str(control),
+                 "--out", "other"]) == 0
+
+
+def test_page_sentences_hold_for_the_run_they_describe(tmp_path):
+    continual = json.loads((REPO / "docs/results/continual.json").read_text())
+    S.write_continual_report(continual, tmp_path)
+    page = (tmp_path / "continual.md").read_text()
+    assert "the slow CMS level follows the continuum clock" not in page
+    assert "A model's in-context levels, where it has any, learn within each window" in page
+    assert "(this study trains at outer lr 0.001, where 0.1 stayed finite" in page
+    recall = json.loads((REPO / "docs/results/recall.json").read_text())
+    S.write_recall_report(recall, tmp_path)
+    page = (tmp_path / "recall.md").read_text()
+    assert "the studies train at outer lr 0.001" not in page
+    assert "(this study trains at outer lr 0.001, 0.003 and 0.01, where 0.1 stayed finite" in page
+
+
+def test_recall_page_states_chance_per_pair_count_and_the_loss_unit(tmp_path):
+    recall = json.loads((REPO / "docs/results/recall.json").read_text())
+    recall["config"]["passkey_steps"] = 1
+    S.write_recall_report(recall, tmp_path)
+    page = (tmp_path / "recall.md").read_text()
+    assert "Chance is about 1/D" in page and "(1/4 at D=4, 1/8 at D=8, 1/16 at D=16)" in page
+    assert "Chance is about 1/4 " not in page
+    assert "Trained for 300 steps of" in page and "Trained for 1 step of" in page
+    assert "| final train loss (nats) |" in page and "in nats" in page

@@ -192,6 +192,36 @@ def logged_params(run: dict[str, Any], target: int, label: str) -> int:
     return count
 
 
+def recorded_params(previous: Path, target: int, log_path: Path) -> int | None:
+    """--report-only: the --params of the invocation whose summary `previous` (the study's JSON beside its
+    log) records, refused unless it is `target`: the page names --params in its command and width
+    sentence, and the logged widths are what that value matched, not what another one would. None
+    when no summary records it (then each logged width is checked against what `target` matches)."""
+    try:
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    params = earlier.get("config", {}).get("params") if isinstance(earlier, dict) else None
+    if not isinstance(params, int) or isinstance(params, bool):
+        return None
+    if params != target:
+        raise UserError(f"--report-only: the runs in {log_path} were made with --params {params:,} (as {previous} "
+                        f"records), not {target:,}: rebuild with --params {params}")
+    return params
+
+
+def check_logged_width(spec: Path, target: int, overrides: tuple[str, ...], logged: int, label: str,
+                       known: dict[str, int]) -> None:
+    """--report-only without a recorded --params: a logged width must be the one `target` matches (at
+    the spec files of today), or the page would say the widths are nearest to a count they are not."""
+    if label not in known:
+        known[label] = matched_width(spec, target, overrides)[0]
+    if known[label] != logged:
+        raise UserError(f"--report-only: the logged runs of {label} have dim {logged}, and --params {target:,} "
+                        f"matches dim {known[label]}: no summary beside the log records the --params they were "
+                        "made with; rebuild with that --params")
+
+
 # The training loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -208,6 +238,19 @@ class Setup:
     warmup: int = 20
     clip: float = 1.0
     overrides: tuple[str, ...] = ()  # --set values beyond the width and training shape
+
+
+def short_of_warmup(warmup: int, runs: dict[str, int]) -> dict[str, int]:
+    """The runs (what → outer steps) that end inside the linear warm-up, never at the full lr."""
+    return {what: steps for what, steps in runs.items() if steps < warmup}
+
+
+def warn_warmup(warmup: int, runs: dict[str, int]) -> None:
+    """Before any run: say so when a run ends inside the warm-up (its page says so too)."""
+    for what, steps in short_of_warmup(warmup, runs).items():
+        print(f"warning: {what} take {plural(steps, 'step')}, fewer than the {plural(warmup, 'warm-up step')}: "
+              f"they end inside the linear warm-up, their last step at {steps}/{warmup} of the lr, never at the lr "
+              "itself (the report says so)", file=sys.stderr)
 
 
 @dataclass
@@ -590,10 +633,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else None)
 
 
-def nan_to_minus_one(value: float) -> float:
-    return -1.0 if math.isnan(value) else value
-
-
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -745,8 +784,11 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
                       for d in domains]
         widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in bases}
     log = RunLog(out / "continual.runs.jsonl", resume, report_only)
+    recorded = recorded_params(out / "continual.json", config.params, log.path) if report_only else None
+    known_widths: dict[str, int] = {}
+    warn_warmup(config.warmup, {"the runs": config.steps * len(config.domains)})
     records = [d.record for d in domains] if domains else None
-    variants = [(name, name, 1.0) for name in config.models]
+    variants = [(model_name(name), name, 1.0) for name in config.models]  # a spec path by its stem, as recall
     if config.control:
         variants.append((CONTROL, "transformer", CONTROL_MLP_LR_SCALE))
     results: dict[str, Any] = {}
@@ -767,6 +809,9 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
                 if report_only:
                     entry["dim"], entry["params"] = log.last_key["setup"]["dim"], logged_params(run, config.params,
                                                                                                 label)
+                    if recorded is None:
+                        check_logged_width(spec_path(base), config.params, study_overrides(base), entry["dim"],
+                                           label, known_widths)
                     records = records or log.last_key.get("domains")
                 entry[kind].append(run)
                 final = " ".join(f"{d} {b:.3f}" for d, b in zip(config.domains, run["R"][-1]))
@@ -876,6 +921,14 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
     write_text(out / "continual.json", json_text(summary, indent=1) + "\n")
     figure = plot_continual(metrics, names, out / "continual.png")
     seeds = config["seeds"]
+    total = config["steps"] * len(names)  # one optimizer for all phases (and the joint run's steps)
+    if short_of_warmup(config["warmup"], {"run": total}):
+        optimizer = (f"AdamW with each spec's weight decay, its lr rising linearly towards {config['lr']:g} over "
+                     f"{plural(config['warmup'], 'warm-up step')} that every run ends inside: its {total} steps end "
+                     f"at {total}/{config['warmup']} of it (lr {config['lr'] * total / config['warmup']:g})")
+    else:
+        optimizer = (f"AdamW at lr {config['lr']:g} with each spec's weight decay after "
+                     f"{plural(config['warmup'], 'warm-up step')}")
     lines = [
         "# Continual learning: three text domains in sequence",
         "",
@@ -889,12 +942,12 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "## Setup",
         "",
         f"Byte-level tokens, phases in the order {' → '.join(f'`{n}`' for n in names)}, {config['steps']} steps "
-        f"per phase of {config['batch']} random windows of {config['seq_len']} tokens, AdamW at lr {config['lr']:g} "
-        f"with each spec's weight decay after {plural(config['warmup'], 'warm-up step')} (one optimizer for all "
-        f"phases), {plural(seeds, 'seed')}. After each phase: bits per byte on {config['eval_windows']} evenly "
-        "spaced validation "
-        f"windows of every domain → R[i, j] (after phase i, on domain j). The in-context levels learn "
-        "within each window and start afresh in the next; the slow CMS level follows the continuum clock.",
+        f"per phase of {config['batch']} random windows of {config['seq_len']} tokens, {optimizer} (one optimizer "
+        f"for all phases), {plural(seeds, 'seed')}. After each phase: bits per byte on {config['eval_windows']} "
+        "evenly spaced validation "
+        "windows of every domain → R[i, j] (after phase i, on domain j). A model's in-context levels, where it "
+        "has any, learn within each window and start afresh in the next; its levels on the continuum clock, "
+        "where it has any, are stepped by the outer optimizer only every N steps (docs/semantics.md §4).",
         "",
         "| domain | source | documents | train bytes | validation bytes |",
         "|---|---|---:|---:|---:|",
@@ -920,7 +973,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         note = f" (MLP lr × {entry['mlp_lr_scale']})" if entry["mlp_lr_scale"] != 1.0 else ""
         lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
                      f"{departures(entry['overrides'])} |")
-    lines += ["", parameter_spread(summary["models"], config["params"]), "", *override_notes(summary["models"])]
+    lines += ["", parameter_spread(summary["models"], config["params"]), "",
+              *override_notes(summary["models"], [config["lr"]])]
     lines += [
         "",
         "## Results",
@@ -1031,7 +1085,7 @@ OVERRIDE_NOTES = {
         "Why HOPE departs from `hope.nl`: the studies ran when the spec bounded its memories' generated "
         "inner lr η at 0.1; the override pins them to that setting. The spec now bounds η at 0.02, because "
         "at 0.1 and the spec's outer lr 0.003 the default 120-step training run's loss became NaN at step 79 "
-        "(the studies train at outer lr 0.001, where 0.1 stayed finite except in the runs marked diverged).",
+        "(this study trains at outer lr {lrs}, where 0.1 stayed finite except in the runs marked diverged).",
 }
 
 
@@ -1039,13 +1093,17 @@ OVERRIDE_SOURCE = ("*Earlier observations, not from this run* (checks made when 
                    "recorded with STUDY_OVERRIDES in nldsl/runtime/studies.py):")
 
 
-def override_notes(models: dict[str, Any]) -> list[str]:
+def override_notes(models: dict[str, Any], lrs: Sequence[float]) -> list[str]:
     """Why a model departs from its shipped spec (STUDY_OVERRIDES), once per spec, marked as earlier
-    observations: their numbers are not measured by the run the page reports."""
+    observations: their numbers are not measured by the run the page reports. `lrs`: the outer lrs
+    the page's study trains at (its --lr, or recall's sweep), which a note may name."""
     specs = sorted({entry["spec"] for entry in models.values() if entry["overrides"]})
     if not specs:
         return []
-    return [OVERRIDE_SOURCE, "", *(line for spec in specs for line in (OVERRIDE_NOTES[spec], ""))]
+    named = [f"{float(lr):g}" for lr in lrs]
+    listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    return [OVERRIDE_SOURCE, "", *(line for spec in specs
+                                   for line in (OVERRIDE_NOTES[spec].replace("{lrs}", listed), ""))]
 
 
 def diverged_notes(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -1153,6 +1211,9 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
               else matched_width(spec_path(name), config.params, study_overrides(name))
               for name in config.models}  # --params out of reach: refused here, before the log is touched
     log = RunLog(out / "recall.runs.jsonl", resume, report_only)
+    recorded = recorded_params(out / "recall.json", config.params, log.path) if report_only else None
+    known_widths: dict[str, int] = {}
+    warn_warmup(config.warmup, {"the MQAR runs": config.mqar_steps, "the passkey runs": config.passkey_steps})
     mqar_tests = {} if report_only else {f"T={t} D={p}": D.mqar(config.test_examples, t, p, seed=TEST_SEED + i)
                                          for i, (t, p) in enumerate(config.mqar_tests)}
     passkey_tests = {} if report_only else {
@@ -1181,13 +1242,20 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
             if report_only:
                 entry["dim"], entry["params"] = log.last_key["setup"]["dim"], logged_params(run, config.params,
                                                                                             name)
+                if recorded is None:
+                    check_logged_width(spec, config.params, overrides, entry["dim"], model_name(name), known_widths)
             entry["mqar"][repr(lr)] = run
             accuracies = " ".join(f"{k}: {v['accuracy']:.3f}" for k, v in run["tests"].items())
             if not report_only:
                 print(f"{model_name(name):>16} MQAR lr {lr:g}: {accuracies}  ({run['seconds']:.0f} s)", flush=True)
         model = loader_check(spec, (f"dim={entry['dim']}", *overrides)).model
         entry["layers"], entry["vocab"] = model.layers, model.vocab
-        best = max(config.lrs, key=lambda lr: nan_to_minus_one(entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"]))
+        scored = [lr for lr in config.lrs if math.isfinite(entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"])]
+        if not scored:  # every lr diverged: no best lr to claim, and no passkey run to make at one
+            print(f"note: {model_name(name)}: every lr of the MQAR sweep diverged, so it has no best lr and its "
+                  "passkey run is skipped", file=sys.stderr, flush=True)
+            continue
+        best = max(scored, key=lambda lr: entry["mqar"][repr(lr)]["tests"][train_key]["accuracy"])
         setup = Setup(str(spec), dim, config.passkey_seq_len, config.passkey_batch, config.seed, lr=best,
                       warmup=config.warmup, overrides=overrides)
         key = run_key({"study": "recall", "task": "passkey", "setup": asdict(setup), "steps": config.passkey_steps,
@@ -1236,7 +1304,12 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
         "",
         "Models at matched parameter count (each spec's `dim` nearest to "
         f"{config['params']:,} parameters), each with its spec's layers and vocabulary (table), AdamW with the "
-        f"spec's weight decay, {plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}.",
+        f"spec's weight decay, {plural(config['warmup'], 'warm-up step')}, then a constant lr; seed {config['seed']}."
+        + "".join(f" {what.capitalize()} ({plural(steps, 'step')}) end inside the warm-up, at {steps}/"
+                  f"{config['warmup']} of their lr: they never train at the lr named below."
+                  for what, steps in short_of_warmup(config["warmup"], {"the MQAR runs": config["mqar_steps"],
+                                                                        "the passkey runs": config["passkey_steps"]})
+                  .items()),
         "",
         "| model | spec | dim | layers | vocabulary | parameters | departures from the spec |",
         "|---|---|---:|---:|---:|---:|---|",
@@ -1244,17 +1317,17 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     for name, entry in models.items():
         lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry.get('layers', '?')} | "
                      f"{entry.get('vocab', '?')} | {entry['params']:,} | {departures(entry['overrides'])} |")
-    lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models)]
+    lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models, config["lrs"])]
     lines += [
         "",
-        f"**MQAR.** Trained for {config['mqar_steps']} steps of {config['mqar_batch']} fresh sequences of "
+        f"**MQAR.** Trained for {plural(config['mqar_steps'], 'step')} of {config['mqar_batch']} fresh sequences of "
         f"{config['mqar_seq_len']} tokens with {config['mqar_pairs']} key-value pairs (keys from tokens "
         "1–127, values from 128–255, every key queried once after the prefix at power-law distributed slots, "
         "a = 0.01, filler token 0); loss and accuracy on the query positions only. Tested on "
         f"{config['test_examples']} held-out sequences per (length T, pairs D); longer T and more D than in "
         "training test generalisation. Accuracy per query:",
         "",
-        "| model | lr | " + " | ".join(f"`{t}`" for t in tests) + " | final train loss |",
+        "| model | lr | " + " | ".join(f"`{t}`" for t in tests) + " | final train loss (nats) |",
         "|---|---:|" + "---:|" * len(tests) + "---:|",
     ]
     for name, entry in models.items():
@@ -1263,13 +1336,19 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
             cells = [f"{run['tests'][t]['accuracy']:.3f}" for t in tests]
             lines.append(f"| `{name}` | {float(lr):g}{' *' if best else ''} | " + " | ".join(cells)
                          + f" | {run['final_loss']:.3f} |")
+    unscored = [name for name, entry in models.items() if "passkey" not in entry]  # every lr diverged
+    pairs = sorted({p for _, p in config["mqar_tests"]})
     lines += [
         "",
-        f"\\* the lr with the best accuracy at `{summary['train_key']}`, used for the passkey run. "
-        f"Chance is about 1/{config['mqar_pairs']} for a model that only learned to answer with some value of "
-        "the prefix, 1/128 for a blind guess among the values.",
+        f"\\* the lr with the best accuracy at `{summary['train_key']}`, used for the passkey run"
+        + (f" ({' and '.join(f'`{n}`' for n in unscored)}: every lr diverged, so no lr is starred and no passkey "
+           "run was made)" if unscored else "")
+        + ". Chance is about 1/D for a model that only learned to answer with some value of the prefix ("
+        + ", ".join(f"1/{p} at D={p}" for p in pairs) + "), 1/128 for a blind guess among the values. "
+        "Final train loss: the mean cross-entropy of the last 20 training steps on the query positions, in nats "
+        "(natural log).",
         "",
-        f"**Passkey.** Trained for {config['passkey_steps']} steps of {config['passkey_batch']} sequences of "
+        f"**Passkey.** Trained for {plural(config['passkey_steps'], 'step')} of {config['passkey_batch']} sequences of "
         f"{config['passkey_seq_len']} bytes: filler sentences, `The pass key is NNNNN. ` at a random depth, and "
         f"at the end `What is the pass key? The pass key is NNNNN` ({config['passkey_digits']} random digits); "
         "loss on the final digits only. Tested on "
@@ -1282,6 +1361,7 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     ]
     for name, entry in models.items():
         if "passkey" not in entry:
+            lines.append(f"| `{name}` | – | " + " | ".join("not run" for _ in scales) + " |")
             continue
         run = entry["passkey"]
         cells = [f"{run['tests'][s]['exact']:.2f} / {run['tests'][s]['accuracy']:.2f}" for s in scales]
@@ -1432,11 +1512,16 @@ def parse_study(study: str, rest: list[str]) -> argparse.Namespace:
         if given:
             listed = ", ".join("--" + name.replace("_", "-") for name in given)
             raise UserError(f"--tiny sets its own toy sizes and would ignore {listed}: drop {listed} or --tiny")
-    labels = [model_name(name) for name in a.models]
+    labels = [model_name(name) for name in a.models]  # a spec path by its stem, in both studies' reports
+    if study == "continual" and not a.no_control:
+        labels.append(CONTROL)  # the control is reported under its own name
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:  # the report keys models by these names: two of one name would be pooled as one model
-        raise UserError(f"--models names {', '.join(repeated)} more than once (models are reported by name; "
-                        "give each model once, and copy a spec to another file name to compare two variants)")
+        control = (f"; `{CONTROL}` is the name of the control (--no-control drops it)" if CONTROL in repeated
+                   else "")
+        raise UserError(f"--models names {', '.join(repeated)} more than once (models are reported by name, a spec "
+                        f"path by its file's stem{control}; give each model once, and copy a spec to another file "
+                        "name to compare two variants)")
     a.out = Path(a.out if a.out is not None else TINY_RESULTS if a.tiny else DEFAULT_RESULTS[study])
     if study == "recall":  # one run per learning rate: 0.01 and 1e-2 would train the same run twice
         a.lrs = list(dict.fromkeys(a.lrs))
