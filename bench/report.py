@@ -184,8 +184,10 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         # a run that stamped its full check says when; the check of a file written before that is the file's run
         when = f"; run of {full['machine']['time']}" if "full_speed_check" in smoke and isinstance(
             full.get("machine"), dict) and full["machine"].get("time") else ""
+        closest = max(timed, key=lambda spec: timed[spec]["compiled_over_eager"])  # the one nearest to missing
         row(smoke_target, f"{len(timed) - len(slower)}/{len(timed)} specs"
-            + (f" (not faster: {', '.join(slower)})" if slower else "") + when,
+            + (f" (not faster: {', '.join(slower)})" if slower else
+               f" (closest: {closest} at {timed[closest]['compiled_over_eager']:.2f}× eager)") + when,
             not slower, "python -m bench smoke --timed all")
     elif smoke and any("compiled_over_eager" in outcome for outcome in smoke.get("speed", {}).values()):
         partial = ", ".join(spec for spec, outcome in smoke["speed"].items() if "compiled_over_eager" in outcome)
