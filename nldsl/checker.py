@@ -319,7 +319,9 @@ class Checker:
             for name, (value, attr_span, origin) in const_overrides.items():
                 found = ns.lookup_const(name)
                 owner = found[1] if found else ns
-                if owner is not ns:
+                if owner is not ns or _reads(value, name, ns):
+                    # `--set dim=dim*2` (or `dim=width`, width = dim * 2) reads the file's `dim`, in the
+                    # root file as in an imported one, rather than the override itself (a cycle)
                     value = self.folded_in_root(value, ns)
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
                 owner.used.add(name)
@@ -1856,6 +1858,23 @@ def _display_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _reads(value: ast.Expr, name: str, ns: Namespace) -> bool:
+    """Whether `value` reads the constant `name`, directly or through the constants it reads."""
+    seen: set[str] = set()
+    todo = list(_names_in(value))
+    while todo:
+        current = todo.pop()
+        if current == name:
+            return True
+        if current in seen:
+            continue
+        seen.add(current)
+        found = ns.lookup_const(current)
+        if found is not None:
+            todo.extend(_names_in(found[0].value))
+    return False
 
 
 def _names_in(expr: ast.Expr) -> set[str]:

@@ -781,3 +781,12 @@ def test_an_override_path_into_an_attributes_value_says_to_set_the_whole_value()
     assert added.help.endswith("`--set model.block.lmm.level.retention=learned(max = 0.5)`")
     [plain] = check_file(titans, ["model.block.lmm.level.period.x=3"]).diagnostics
     assert plain.help == "an override sets the whole value: write `--set model.block.lmm.level.period=VALUE`"
+
+
+def test_an_override_that_reads_its_own_constant_reads_the_files_value_in_the_root_as_in_an_import():
+    """`--set dim=dim*2` doubled an imported `dim` but was a cycle (E0507) for the root file's own."""
+    text = "const dim = 32\nconst width = dim * 2\nmodel { dim = width  layers = 1  block { mlp { } } }\n"
+    for overrides, dim in ((["dim=dim*2"], 128), (["dim=width"], 128), (["dim=64", "width=dim*3"], 192),
+                           (["width=dim*3"], 96)):
+        result = check_text(text, "solo.nl", overrides)
+        assert result.ok and result.spec.model.dim == dim, (overrides, result.diagnostics)
