@@ -640,7 +640,7 @@ class Checker:
                         ) -> tuple[dict[str, tuple[ast.Expr, Span, str]], list[tuple[list[str], Attr]]]:
         consts: dict[str, tuple[ast.Expr, Span, str]] = {}
         paths: list[tuple[list[str], Attr]] = []
-        last_by_key = {text.partition("=")[0].strip(): index for index, text in enumerate(overrides)}
+        keys = [text.partition("=")[0].strip() for text in overrides]
         for index, text in enumerate(overrides):
             origin = getattr(text, "origin", None) or f"--set {text}"
             path = getattr(text, "label", None) or f"<--set {index + 1}>"
@@ -650,12 +650,17 @@ class Checker:
             key = key.strip()
             source = SourceFile.from_text(path, f"{key} = {value_text.strip()}")
             self.sources[path] = source
-            if sep and key and last_by_key[key] != index:
-                # the last override of a key counts; an earlier one would otherwise vanish unchecked
-                later = overrides[last_by_key[key]]
+            # the last override of a path counts, and one of a section's whole value replaces what an
+            # earlier one set inside it: an override replaced so would otherwise vanish unchecked
+            replaced_by = next((j for j in range(len(overrides) - 1, index, -1) if sep and key and (
+                keys[j] == key or key.startswith(keys[j] + "."))), None)
+            if replaced_by is not None:
+                later = overrides[replaced_by]
                 shown = getattr(later, "origin", None) or f"--set {later}"
-                self.bag.warning("W0706", f"this override has no effect: `{shown}` sets `{key}` again, and the "
-                                 "last one counts", source.span(0, len(source.text)), "remove one of the two")
+                what = "again" if keys[replaced_by] == key else "whole"
+                self.bag.warning("W0706", f"this override has no effect: `{shown}` sets `{keys[replaced_by]}` "
+                                 f"{what} later, and the last one counts", source.span(0, len(source.text)),
+                                 "remove this one")
                 continue
             if not sep or not key or not value_text.strip():
                 self.bag.error("E0206", f"override `{text}` is not `key=value`", source.span(0, len(source.text)),

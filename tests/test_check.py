@@ -761,10 +761,20 @@ def test_an_override_given_twice_warns_that_the_first_has_no_effect():
     shadowed = [d for d in result.diagnostics if d.code == "W0706"]
     assert [d.span.path for d in shadowed] == ["<--set 1>", "<--set 2>"]
     assert shadowed[0].message == ("this override has no effect: `--set train.steps=6` sets `train.steps` "
-                                   "again, and the last one counts")
+                                   "again later, and the last one counts")
     [keyword] = [d for d in check_file(hope, override_strings(["dim=64"], dim=128)).diagnostics if d.code == "W0706"]
     assert keyword.span.path == "<--set 1>" and "`dim=128` sets `dim` again" in keyword.message
     assert "W0706" not in {d.code for d in check_file(hope, ["train.steps=5", "dim=64"]).diagnostics}
+    # a section's whole value replaces what an earlier override set inside it; a later one refines it
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    result = check_file(titans, ["train.optimizer.lr=0.05", "train.optimizer=muon(lr = 0.02)"])
+    assert result.spec.train.optimizer.kind == "muon" and result.spec.train.optimizer.lr == 0.02
+    [whole] = [d for d in result.diagnostics if d.code == "W0706"]
+    assert whole.span.path == "<--set 1>" and whole.message == (
+        "this override has no effect: `--set train.optimizer=muon(lr = 0.02)` sets `train.optimizer` whole later, "
+        "and the last one counts")
+    result = check_file(titans, ["train.optimizer=muon(lr = 0.02)", "train.optimizer.lr=0.05"])
+    assert result.spec.train.optimizer.lr == 0.05 and "W0706" not in {d.code for d in result.diagnostics}
 
 
 def test_an_override_path_into_an_attributes_value_says_to_set_the_whole_value():

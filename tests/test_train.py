@@ -206,9 +206,9 @@ def test_train_shows_the_specs_warnings_before_it_starts(tmp_path, text_file, ca
     err = capsys.readouterr().err
     assert status == 0
     assert err.startswith("warning[W0706]: this override has no effect: "), err
-    assert ("warning[W0706]: this override has no effect: `--no-compile` sets `train.compile` again, and the "
+    assert ("warning[W0706]: this override has no effect: `--no-compile` sets `train.compile` again later, and the "
             "last one counts") in err
-    assert "warning[W0706]: this override has no effect: `--set train.steps=1` sets `train.steps` again" in err
+    assert "warning[W0706]: this override has no effect: `--set train.steps=1` sets `train.steps` again later" in err
 
 
 def test_train_on_the_default_corpus_needs_no_data(tmp_path, capsys):
