@@ -449,8 +449,10 @@ class Checker:
             for name in sorted(imported.defined_names()):
                 here, there = ns.definer(name), imported.definer(name)
                 if here is not None and here is not there:
-                    assert there is not None
-                    self.bag.error("E0202", f"`{name}` is defined twice (also in `{there.path}`)",
+                    # `here` defines it first (this file, or one imported before `item`), `there` again
+                    first = "this file" if here is ns else f"`{here.path}`"
+                    through = "" if there is imported else f", which `{item.path}` imports"
+                    self.bag.error("E0202", f"`{name}` is defined twice: in {first} and in `{there.path}`{through}",
                                    item.span, f"import it with a name: `import \"{item.path}\" as name`")
             ns.merged.append(imported)
 
