@@ -324,7 +324,8 @@ class Checker:
                     # root file as in an imported one, rather than the override itself (a cycle)
                     value = self.folded_in_root(value, ns)
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
-                owner.used.add(name)
+                if owner is not ns:  # a root constant's override is checked for a reader below (W0706)
+                    owner.used.add(name)
                 self.provenance[name] = origin
                 self.overridden.add((id(owner), name))
             if const_overrides:
@@ -895,7 +896,12 @@ class Checker:
         for name, value in ns.consts.items():
             if self.bag.has_errors:
                 break  # unused-constant warnings are noise while errors cut checking short
-            if name not in ns.used and not name.startswith("_"):
+            if name in ns.used:
+                continue
+            if (id(ns), name) in self.overridden:  # `value` is the override's, at its --set
+                self.bag.warning("W0706", f"this override has no effect: nothing reads the constant `{name}`",
+                                 value.span, "override what reads it instead, or remove the override")
+            elif not name.startswith("_"):
                 self.bag.warning("W0702", f"constant `{name}` is never used", value.name_span,
                                  "remove it, or prefix its name with `_`")
         if self.bag.has_errors or train is None:

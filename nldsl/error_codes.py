@@ -1137,7 +1137,8 @@ _ENTRIES = (
         restart only from a level that moves; `lr` on a level with `orthogonalize`, when η is a
         constant or `per_head`, or the level has period 1 and no momentum: Newton–Schulz
         normalises each chunk's increment, which such an η only scales (docs/semantics.md §1.5); an
-        override that a later override of the same key replaces (its value is never checked). The
+        override that a later override of the same key replaces (its value is never checked), and
+        one of a constant nothing reads. The
         warning names the setting and what makes it inert. Remove the setting, or change the one
         that makes it inert.
         """,

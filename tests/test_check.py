@@ -814,3 +814,17 @@ def test_two_imports_defining_one_name_say_which_file_defined_it_first(tmp_path:
     [error] = check_file(tmp_path / "two.nl").diagnostics
     assert error.code == "E0202" and error.span.line == 2
     assert re.fullmatch(r"`width` is defined twice: in `\S*w1\.nl` and in `\S*w2\.nl`", error.message), error.message
+
+
+def test_an_override_of_a_constant_nothing_reads_has_no_effect_and_says_so():
+    """An override marked its constant used: the W0702 of an unread constant went, and nothing said
+    the override did nothing (also when a path override replaces the constant's only reader)."""
+    text = "const mine = 3\nmodel { dim = 32  layers = 1  block { mlp { } } }\n"
+    assert [d.code for d in check_text(text, "unused.nl").diagnostics] == ["W0702"]
+    [warning] = check_text(text, "unused.nl", ["mine=4"]).diagnostics
+    assert (warning.code, warning.span.path) == ("W0706", "<--set 1>")
+    assert warning.message == "this override has no effect: nothing reads the constant `mine`"
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    [dead] = check_file(titans, ["model.dim=64", "dim=32"]).diagnostics
+    assert (dead.code, dead.span.path) == ("W0706", "<--set 2>") and "`dim`" in dead.message
+    assert not check_file(titans, ["dim=64"]).diagnostics, "a constant the model reads"
