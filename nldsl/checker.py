@@ -819,10 +819,7 @@ class Checker:
                 same = [i for i, c in enumerate(tree.children)
                         if c.kind == child.kind and c.name == child.name and child.name is not None]
                 if same and not _inside(tree.children[same[0]].span, section.span):
-                    merged = tree.children[same[0]]  # override an inherited child section
-                    merged.attrs.update(child.attrs)
-                    merged.children.extend(child.children)
-                    merged.span, merged.header = child.span, child.header
+                    _merge_into(tree.children[same[0]], child)  # override an inherited child section
                 elif same:
                     self.bag.error("E0202", f"`{child.kind} {child.name}` is defined twice here",
                                    child.header, "rename one of them")
@@ -1811,6 +1808,21 @@ def level_path_names(levels: Sequence[Tree]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def _merge_into(inherited: Tree, child: Tree) -> None:
+    """A nested section merged into the inherited one of its kind and name: its attributes replace,
+    and its own nested sections merge the same way at any depth (`cms c { level fast { … } }`
+    refines the inherited cms's level `fast`), or are appended."""
+    inherited.attrs.update(child.attrs)
+    for grandchild in child.children:
+        same = [c for c in inherited.children
+                if grandchild.name is not None and c.kind == grandchild.kind and c.name == grandchild.name]
+        if same:
+            _merge_into(same[0], grandchild)
+        else:
+            inherited.children.append(grandchild)
+    inherited.span, inherited.header = child.span, child.header
 
 
 def _child_names(tree: Tree) -> list[tuple[str, Tree]]:

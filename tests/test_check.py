@@ -828,3 +828,19 @@ def test_an_override_of_a_constant_nothing_reads_has_no_effect_and_says_so():
     [dead] = check_file(titans, ["model.dim=64", "dim=32"]).diagnostics
     assert (dead.code, dead.span.path) == ("W0706", "<--set 2>") and "`dim`" in dead.message
     assert not check_file(titans, ["dim=64"]).diagnostics, "a constant the model reads"
+
+
+def test_a_derived_section_merges_nested_sections_of_the_same_kind_and_name_at_any_depth():
+    """`cms c { level fast { … } }` over an inherited cms with a level `fast` refines that level; it
+    was appended, and the cms then had two levels called `fast` (E0202)."""
+    text = ("block base {\n  cms c {\n    level fast { period = 4 }\n    level slow { period = 8 }\n  }\n"
+            "  mlp m { expansion = 2 }\n}\n"
+            "block b from base {\n  cms c {\n    level fast { period = 2 }\n    level extra { period = 16 }\n"
+            "  }\n}\nmodel { dim = 32  layers = 1  block from b { } }\n")
+    result = check_text(text, "merge.nl")
+    assert result.ok, result.diagnostics
+    cms, mlp = result.spec.model.block.sublayers
+    assert [(level.name, level.period) for level in cms.levels] == [("fast", 2), ("slow", 8), ("extra", 16)]
+    assert mlp.expansion == 2, "an inherited section the derived one does not name is kept as it is"
+    twice = text.replace("level extra { period = 16 }", "level fast { period = 16 }")
+    assert "E0202" in {d.code for d in check_text(twice, "merge.nl").diagnostics}, "twice in one section"
