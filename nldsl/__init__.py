@@ -30,7 +30,8 @@ def load(path: Any, overrides: Any = (), *, device: Any = None, dtype: Any = Non
     spec and the generated module are attached as `model.spec` and `model.module`. Its weights
     come from torch's global random state, as any module's (`torch.manual_seed` first to repeat
     them); given `train__seed` (or a `train.seed=` override), they are the ones `nldsl train`
-    starts from with that seed, and the global random state is left as it was.
+    starts from with that seed, and the global random state is left as it was. What `nldsl check`
+    warns of in the spec is issued as a `nldsl.diagnostics.SpecWarning` (Python's `warnings`).
     """
     from .loader import load as _load
 

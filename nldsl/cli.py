@@ -56,8 +56,9 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic], sources: dict, fmt: st
         print(file=sys.stderr)
 
 
-def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", quiet_ok: bool = True):
-    """Check a spec for a command that needs a valid one; print diagnostics and stop if invalid."""
+def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", quiet_ok: bool = False):
+    """Check a spec for a command that needs a valid one; print its diagnostics (warnings too, to
+    stderr, unless `quiet_ok`) and stop if invalid."""
     from .checker import check_file
 
     result = check_file(path, overrides)

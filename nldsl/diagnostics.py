@@ -55,6 +55,10 @@ class Diagnostic:
         return out
 
 
+class SpecWarning(UserWarning):
+    """A spec's warning (what `nldsl check` warns of), issued by `nldsl.load` through `warnings`."""
+
+
 class SpecError(Exception):
     """Raised by library entry points when a spec (or an override) has errors."""
 

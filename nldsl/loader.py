@@ -14,11 +14,12 @@ import numbers
 import os
 import sys
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .diagnostics import SpecError
+from .diagnostics import SpecError, SpecWarning, render_text
 
 
 def override_strings(overrides: Sequence[str] = (), **values: Any) -> list[str]:
@@ -185,6 +186,9 @@ def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None,
         raise IsADirectoryError(f"{path} is a folder: nldsl.load builds a spec file's model; a trained run "
                                 "(its folder or a checkpoint) is read by nldsl.load_run")
     result = check(path, python_overrides(overrides), **values)
+    for diagnostic in result.diagnostics:  # a notebook sees what `nldsl check` would say of the spec
+        if diagnostic.severity == "warning":
+            warnings.warn(render_text([diagnostic], result.sources), SpecWarning, stacklevel=3)
     module = compile_module(result)
     seeded = "train__seed" in values or any(str(item).split("=", 1)[0].strip() == "train.seed"
                                             for item in overrides if isinstance(item, str))

@@ -406,3 +406,26 @@ def test_the_banner_command_regenerates_the_module_with_its_overrides(tmp_path, 
     assert words[:2] == ["nldsl", "compile"] and "--set=dim=32" in words
     assert main(words[1:]) == 0
     assert again.read_text() == first.read_text()
+
+
+def test_compile_graph_and_load_show_the_specs_warnings(tmp_path, capsys):
+    """Warnings were only in `nldsl check` (and `train`): compile and graph built without a word,
+    and a notebook calling nldsl.load never saw them."""
+    import warnings
+
+    import nldsl
+    from nldsl.diagnostics import SpecWarning
+
+    spec = str(REPO_ROOT / "specs/titans_lmm.nl")
+    twice = ["--set", "dim=32", "--set", "dim=64"]
+    for command in (["compile", spec, *twice, "-o", str(tmp_path / "m.py")],
+                    ["graph", spec, *twice, "-o", str(tmp_path / "g.dot")]):
+        assert main(command) == 0
+        err = capsys.readouterr().err
+        assert "warning[W0706]: this override has no effect: `--set dim=64` sets `dim` again later" in err, command
+    assert main(["compile", spec, "-o", str(tmp_path / "m.py")]) == 0 and not capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nldsl.load(spec, ["dim=32"], dim=64)
+    [warning] = [w for w in caught if issubclass(w.category, SpecWarning)]
+    assert "`dim=64` sets `dim` again later" in str(warning.message) and warning.filename == __file__
