@@ -119,6 +119,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     wants_json = _graph_wants_json(args.format, args.output)
     result = load_checked(args.file, args.set)
+    if result.spec.model is None and not result.spec.optimizers:  # the graph would be a lone outer level
+        raise UserError(f"{result.spec.path} defines no `model` or `optimizer` section, so there is nothing to "
+                        "draw (a model or train section of an imported file is not imported)")
     if args.output:
         _refuse_to_overwrite_a_source(args.output, result.sources, "graph", "the graph, e.g. graph.svg")
     graph = build_graph(result.spec)

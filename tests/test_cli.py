@@ -429,3 +429,13 @@ def test_compile_graph_and_load_show_the_specs_warnings(tmp_path, capsys):
         nldsl.load(spec, ["dim=32"], dim=64)
     [warning] = [w for w in caught if issubclass(w.category, SpecWarning)]
     assert "`dim=64` sets `dim` again later" in str(warning.message) and warning.filename == __file__
+
+
+def test_graph_of_a_file_with_nothing_to_draw_says_so(tmp_path, capsys):
+    """A file of imports only drew a lone `outer` node with 0 parameters; compile refused it."""
+    spec = tmp_path / "imports.nl"
+    spec.write_text(f'import "{REPO_ROOT / "specs/titans_lmm.nl"}"\n')
+    assert main(["graph", str(spec), "-o", str(tmp_path / "g.json")]) == 1
+    assert "defines no `model` or `optimizer` section, so there is nothing to draw" in capsys.readouterr().err
+    assert not (tmp_path / "g.json").exists()
+    assert main(["graph", str(REPO_ROOT / "specs/optimizers/lion.nl"), "-o", str(tmp_path / "o.json")]) == 0
