@@ -836,8 +836,13 @@ class Checker:
             if found:
                 ns.used.add(head)
                 return found
-            self.bag.error("E0201", f"`{ns.aliases[head].path}` defines no section `{rest[0]}`", ref.span,
-                           did_you_mean(rest[0], ns.aliases[head].sections))
+            imported = ns.aliases[head]
+            whole = next((item.kind for item in imported.module.items if isinstance(item, ast.Section)
+                          and item.kind in ("model", "train") and item.name == rest[0]), None)
+            self.bag.error("E0201", f"`{imported.path}` defines no section `{rest[0]}`"
+                           + (f" that can be imported: its `{whole} {rest[0]}` is the file's own" if whole else ""),
+                           ref.span, "inherit from the sections it is made of (its `block`, `level` …)" if whole
+                           else did_you_mean(rest[0], imported.sections))
             return None
         if not rest:
             found = ns.lookup_section(head)
@@ -1694,7 +1699,7 @@ def _describe(model: type[pydantic.BaseModel], key: str) -> str:
     parts = []
     for arg in _flatten(annotation):
         if arg is bool:
-            parts.append("true or false")
+            parts.extend(["true", "false"])
         elif arg is int:
             parts.append("an integer")
         elif arg is float:
@@ -1702,12 +1707,14 @@ def _describe(model: type[pydantic.BaseModel], key: str) -> str:
         elif arg is str:
             parts.append("a name")
         elif typing.get_origin(arg) is typing.Literal:
-            parts.append("one of " + ", ".join(str(a) for a in typing.get_args(arg)))
+            options = typing.get_args(arg)
+            parts.append(str(options[0]) if len(options) == 1 else "one of " + ", ".join(map(str, options)))
         elif isinstance(arg, type) and issubclass(arg, S.Kinded):
             parts.extend(f"`{kind}(…)`" for kind in sorted(_kinds_of(arg)))
         elif arg is type(None):
             continue
-    return " or ".join(dict.fromkeys(parts)) or "a value"
+    parts = list(dict.fromkeys(parts))
+    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0] if parts else "a value"
 
 
 def _show(value: Any) -> str:

@@ -844,3 +844,13 @@ def test_a_derived_section_merges_nested_sections_of_the_same_kind_and_name_at_a
     assert mlp.expansion == 2, "an inherited section the derived one does not name is kept as it is"
     twice = text.replace("level extra { period = 16 }", "level fast { period = 16 }")
     assert "E0202" in {d.code for d in check_text(twice, "merge.nl").diagnostics}, "twice in one section"
+
+
+def test_a_model_of_an_imported_file_is_named_as_not_importable_and_a_choice_reads_as_a_list():
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    [error] = check_text(f'import "{titans}" as t\nmodel from t.titans_lmm {{ }}\n', "m.nl").diagnostics
+    assert error.message.endswith("defines no section `titans_lmm` that can be imported: its `model titans_lmm` "
+                                  "is the file's own")
+    assert error.help == "inherit from the sections it is made of (its `block`, `level` …)"
+    [wrong] = check_file(titans, ["train.compile=3"]).diagnostics
+    assert wrong.message == "`compile` expects true, false or chunks"
