@@ -1119,6 +1119,12 @@ class Converter:
                                f"expected one of: {', '.join(expected)}".lstrip())
                 return
             shown = got if isinstance(got, str) else _spell(got)  # a string may spell an option
+            written = attr.value.dotted if isinstance(attr.value, ast.Ref) and not in_list else None
+            if written in expected:  # `const l2 = 5` … `objective = l2`: the constant hides the option
+                self.bag.error("E0303", f"`{shown}` is not a valid `{key}`: `{written}` here is the constant "
+                               f"`{written}`, which hides the option `{written}`", span,
+                               f"rename the constant `{written}`")
+                return
             self.bag.error("E0303", f"`{shown}` is not a valid `{key}`", span,
                            did_you_mean_among(shown, expected, f"expected one of: {', '.join(expected)}"))
             return

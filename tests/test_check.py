@@ -854,3 +854,12 @@ def test_a_model_of_an_imported_file_is_named_as_not_importable_and_a_choice_rea
     assert error.help == "inherit from the sections it is made of (its `block`, `level` …)"
     [wrong] = check_file(titans, ["train.compile=3"]).diagnostics
     assert wrong.message == "`compile` expects true, false or chunks"
+
+
+def test_a_constant_that_hides_an_option_is_named_as_the_cause():
+    text = "const l2 = 5\nmodel { dim = 32  layers = 1  block { memory { level { objective = l2 } } } }\n"
+    [error] = check_text(text, "shadow.nl").diagnostics
+    assert error.message == ("`5` is not a valid `objective`: `l2` here is the constant `l2`, which hides the "
+                             "option `l2`") and error.help == "rename the constant `l2`"
+    wrong = check_text(text.replace("objective = l2", "objective = ll2"), "shadow.nl").diagnostics
+    assert "hides" not in wrong[0].message, "only a name that is an option"
