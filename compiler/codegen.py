@@ -911,7 +911,7 @@ class Generator:
                 w("new_states = []")
                 w("for index, block in enumerate(self.blocks):")
                 with w.indent():
-                    w("h, block_state = block(h, ctx, states[index])")
+                    w("h, block_state = R.run_block(block, h, ctx, states[index], index)")
                     w("new_states.append(block_state)")
                 w(f"logits = F.linear(L.rms_norm(h, self.final_norm, NORM_EPS), {unembed})  # (B, T, V)")
                 w("return (logits, new_states) if return_state else logits")

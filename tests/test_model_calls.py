@@ -90,6 +90,21 @@ def test_a_state_from_another_model_is_refused_and_empty_dicts_start_afresh(tita
         assert torch.equal(titans(x, state=[{}, {}]), titans(x))  # what a call on no tokens returns
 
 
+def test_a_state_of_the_same_spec_at_another_width_names_the_tensor_that_differs(titans, hope) -> None:
+    """It failed deep in a layer with torch's shape error; the block now runs afresh to tell a
+    state that does not fit from another failure, and names the state's first tensor that differs."""
+    x = tokens()
+    for model, spec, layer in ((titans, "specs/titans_lmm.nl", "lmm"), (hope, "specs/hope.nl", "titans")):
+        wider = nldsl.load(spec, **{**SMALL, "dim": SMALL["dim"] * 2})
+        _, state = model(x, return_state=True)
+        with pytest.raises(ValueError, match=re.escape(f"the state of block 0 does not fit this model: `{layer}.")
+                           ) as refused:
+            wider(x, state=state)
+        assert "holds a tensor of shape" in str(refused.value) and isinstance(refused.value.__cause__, RuntimeError)
+        _, own = wider(x, return_state=True)
+        wider(x, state=own)  # its own state continues
+
+
 def test_training_across_calls_takes_the_state_detached(titans) -> None:
     from nldsl.runtime.evaluate import detach_state
 

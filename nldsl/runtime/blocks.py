@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,56 @@ def _tensors(value: object):
             yield from _tensors(item)
     elif isinstance(value, MemoryState):
         yield from _tensors(value.weights)
+
+
+def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple[Tensor, dict]:
+    """One block of the model's forward. A carried state made by the same spec at another width (or
+    with other heads) holds tensors of other shapes, which fail deep in a layer with torch's shape
+    error: when the block fails on a carried state and runs on a fresh one, the error names the
+    state's first tensor whose shape differs from the fresh state's. Eager calls only (a whole
+    compiled graph runs the block as it is)."""
+    if torch.compiler.is_compiling() or not state:
+        return block(h, ctx, state)
+    try:
+        return block(h, ctx, state)
+    except RuntimeError as error:
+        mismatch = _state_mismatch(block, h, ctx, state)
+        if mismatch is None:
+            raise
+        raise ValueError(f"the state of block {index} does not fit this model: {mismatch}; a state continues only "
+                         "the model it came from (the same spec, with the same overrides)") from error
+
+
+def _state_mismatch(block: Any, h: Tensor, ctx: Any, state: dict) -> str | None:
+    """Where `state` differs in shape from the state the block makes from scratch, if it runs so."""
+    try:
+        with torch.no_grad():
+            _, fresh = block(h.detach(), ctx, {})
+    except RuntimeError:
+        return None  # the block fails without the state too: the state is not the cause
+    made = dict(_named_tensors(fresh, ""))
+    for name, tensor in _named_tensors(state, ""):
+        expected = made.get(name)
+        if expected is not None and expected.shape[1:] != tensor.shape[1:]:  # dim 0: the batch, checked before
+            return (f"`{name}` holds a tensor of shape {tuple(tensor.shape)}, where this model's is "
+                    f"{tuple(tensor.shape[:1]) + tuple(expected.shape[1:])}")
+    return None
+
+
+def _named_tensors(value: object, path: str):
+    """(path, tensor) for every tensor inside a state: `lmm.memory.weights[0]`."""
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_tensors(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            yield from _named_tensors(item, f"{path}[{position}]")
+    elif isinstance(value, MemoryState):
+        yield from _named_tensors(value.weights, f"{path}.weights")
+        if value.momentum is not None:
+            yield from _named_tensors(value.momentum, f"{path}.momentum")
 
 
 def _describe(value: object) -> str:

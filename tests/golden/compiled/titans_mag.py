@@ -277,7 +277,7 @@ class Model(nn.Module):
         h = F.embedding(tokens, self.embed)  # (B, T, d)
         new_states = []
         for index, block in enumerate(self.blocks):
-            h, block_state = block(h, ctx, states[index])
+            h, block_state = R.run_block(block, h, ctx, states[index], index)
             new_states.append(block_state)
         logits = F.linear(L.rms_norm(h, self.final_norm, NORM_EPS), self.embed)  # (B, T, V)
         return (logits, new_states) if return_state else logits
