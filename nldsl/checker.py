@@ -37,6 +37,7 @@ from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
+M3_WARMUP = 20  # the warm-up the built-in m3 was measured to need (W0710, docs/language.md)
 # An optimizer's `update`: the grammar its errors name (S.UPDATE_FUNCTIONS: its functions).
 UPDATE_GRAMMAR = "level names, numbers, + - * /, ** with a number as exponent, sqrt(…), abs(…) and sign(…)"
 MAX_EXPANDED_SECTIONS = 10_000  # sections expanded through `from`: a real model has tens; bounds a check's time
@@ -895,6 +896,8 @@ class Checker:
             self.bag.extend(check_layer(layer, path, self.spans, seq_len, model.dim if model is not None else None))
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
+        if train is not None:
+            self.check_m3_warmup(train)
         for name, value in ns.consts.items():
             if self.bag.has_errors:
                 break  # unused-constant warnings are noise while errors cut checking short
@@ -921,6 +924,17 @@ class Checker:
             self.bag.error("E0301", f"invalid spec: {error.errors()[0]['msg'].lower()}", None)
             return None
         return spec
+
+    def check_m3_warmup(self, train: S.TrainSpec) -> None:
+        """W0710: the built-in `m3` with a warm-up shorter than the default (docs/language.md measures
+        what a short one does)."""
+        optimizer = train.optimizer
+        if getattr(optimizer, "kind", None) != "m3" or train.warmup >= M3_WARMUP:
+            return
+        span = self.spans.get("train.warmup") or self.spans.get("train.optimizer")
+        self.bag.warning("W0710", f"`m3` with `warmup = {train.warmup}`: its first steps divide NS(M1) by the root of "
+                         "a handful of squared gradients, so an entry whose gradients were tiny takes a huge step",
+                         span, f"keep train.warmup at {M3_WARMUP} (the default) or more")
 
     def check_vocabulary(self, model: S.ModelSpec, train: S.TrainSpec) -> None:
         """E0508: the embedding needs one row per token of the tokenizer the spec trains with. Only a

@@ -1254,6 +1254,39 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0710", "a warm-up too short for m3",
+        """
+        The built-in `m3` (Algorithm 1 as printed) divides NS(M1) entry by entry by the root of the
+        squared gradients summed so far, without bias correction: in its first steps that is a
+        handful of them, so an entry whose gradients were tiny takes a huge step. The learning-rate
+        warm-up holds those steps back. Measured (docs/language.md, `m3`): on specs/transformer.nl at
+        dim 64 the validation loss after 80 steps was 4.06 with the default `warmup = 20`, 5.44 with
+        5 and 9.47 with 0; on specs/titans_mal.nl the loss was NaN at step 5 with `warmup = 2`. The
+        warning is given below 20. Raise `train.warmup`, or use `specs/optimizers/m3.nl`, whose
+        second moment is bias-corrected.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        train {
+          optimizer = m3
+          warmup = 5
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        train {
+          optimizer = m3
+          warmup = 20
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}
