@@ -37,6 +37,7 @@ from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
+ROUNDING = 2.0 ** -52  # float64's machine epsilon: one unit in the last place of 1.0
 M3_WARMUP = 20  # the warm-up the built-in m3 was measured to need (W0710, docs/language.md)
 # An optimizer's `update`: the grammar its errors name (S.UPDATE_FUNCTIONS: its functions).
 UPDATE_GRAMMAR = "level names, numbers, + - * /, ** with a number as exponent, sqrt(…), abs(…) and sign(…)"
@@ -1191,6 +1192,9 @@ class Converter:
             # a constant part that has no value would turn every step into NaN: caught here, as in constants
             if expr.op == "/" and _constant_part(right) == 0:
                 raise EvalError("E0304", "division by zero", expr.right.span)
+            if expr.op == "/" and _cancels_to_rounding(right):  # `1 - 0.9 - 0.1`: 0 but for rounding
+                raise EvalError("E0304", f"division by zero: this constant part is 0 up to floating-point "
+                                f"rounding (it computes to {_constant_part(right):.3g})", expr.right.span)
             tree = (ops[expr.op], left, right)
             value = _constant_part(tree)  # in floats, as the optimizer step computes it
             if value is not None and not math.isfinite(value):
@@ -1790,6 +1794,17 @@ def _constant_part(tree: Any) -> float | None:
     if tree[0] == "div":
         return left / right  # a zero divisor was rejected when its node was built
     return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
+
+
+def _cancels_to_rounding(tree: Any) -> bool:
+    """Whether a constant sum or difference is rounding noise: not 0, yet within a few units of the
+    last place of its operands (1 − 0.9 − 0.1 = −2.8e−17), so a division by it is a division by 0."""
+    if tree[0] not in ("add", "sub"):
+        return False
+    value, left, right = _constant_part(tree), _constant_part(tree[1]), _constant_part(tree[2])
+    if value is None or left is None or right is None or value == 0:
+        return False
+    return abs(value) <= 8 * ROUNDING * (abs(left) + abs(right))
 
 
 def _constant_power(base: float, exponent: float, span: Span) -> float:
