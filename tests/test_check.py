@@ -867,9 +867,9 @@ def test_a_constant_that_hides_an_option_is_named_as_the_cause():
 
 def test_an_update_dividing_by_a_constant_that_is_zero_but_for_rounding_is_refused():
     """1 − 0.9 − 0.1 computes to −2.8e−17: a division by it scaled every step by −3.6e16."""
-    [(code, message, column)] = update_of("m / (1 - 0.9 - 0.1)")
-    assert (code, column) == ("E0304", 16)  # at the bracketed divisor
+    [(code, message, column)] = update_of("m * v / (1 - 0.9 - 0.1)")
+    assert (code, column) == ("E0304", 20)  # at the bracketed divisor
     assert message == ("division by zero: this constant part is 0 up to floating-point rounding (it computes "
                        "to -2.78e-17)")
-    assert update_of("m / (1 - 0.999999)")[0] == "div", "a small denominator that is no rounding noise"
-    assert update_of("m / (0.3 - 0.1 * 3 + 1)")[0] == "div", "noise inside a sum that is not 0"
+    assert update_of("m * v / (1 - 0.999999)")[0] == "div", "a small denominator that is no rounding noise"
+    assert update_of("m * v / (0.3 - 0.1 * 3 + 1)")[0] == "div", "noise inside a sum that is not 0"
