@@ -183,12 +183,14 @@ def render_text(diagnostics: Sequence[Diagnostic], sources: dict[str, SourceFile
 
 
 def json_entries(diagnostics: Sequence[Diagnostic], file: str | None = None) -> list[dict]:
-    """Diagnostics as JSON objects; `file` names the file of those without a span (an unreadable
-    file's E0105), so a tool reading several files' output can tell whose they are."""
+    """Diagnostics as JSON objects; `file`, the spec checked, is each entry's `spec` and the `file`
+    of those without a span (an unreadable file's E0105), so a tool reading several specs' output
+    can tell whose they are (an entry's own `file` may be an import or a `<--set N>`)."""
     entries = [d.to_dict() for d in diagnostics]
     if file is not None:
         for entry in entries:
             entry.setdefault("file", file)
+            entry["spec"] = file
     return entries
 
 

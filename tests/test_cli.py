@@ -79,6 +79,9 @@ def test_check_several_files_reports_each_and_fails_if_any_fails(capsys):
     assert f"{UNKNOWN_ATTRIBUTE}: failed" in err
     status, out, _ = run(capsys, "check", "--format", "json", HOPE, UNKNOWN_ATTRIBUTE)
     assert status == 1 and {item["file"] for item in json.loads(out)} == {UNKNOWN_ATTRIBUTE}
+    # an entry's file may be an override (or an import): its `spec` says which FILE it was found checking
+    status, out, _ = run(capsys, "check", "--format", "json", HOPE, TITANS, "--set", "nosuch=3")
+    assert {(item["file"], item["spec"]) for item in json.loads(out)} == {("<--set 1>", HOPE), ("<--set 1>", TITANS)}
 
 
 def test_check_every_shipped_spec_at_once(capsys):
