@@ -321,7 +321,7 @@ class Checker:
             for name, (value, attr_span, origin) in const_overrides.items():
                 found = ns.lookup_const(name)
                 owner = found[1] if found else ns
-                if owner is not ns or _reads(value, name, ns):
+                if owner is not ns or _reads_itself(value, name, ns, set(const_overrides) - {name}):
                     # `--set dim=dim*2` (or `dim=width`, width = dim * 2) reads the file's `dim`, in the
                     # root file as in an imported one, rather than the override itself (a cycle)
                     value = self.folded_in_root(value, ns)
@@ -658,7 +658,7 @@ class Checker:
             # the last override of a path counts, and one of a section's whole value replaces what an
             # earlier one set inside it: an override replaced so would otherwise vanish unchecked
             replaced_by = next((j for j in range(len(overrides) - 1, index, -1) if sep and key and (
-                keys[j] == key or key.startswith(keys[j] + "."))), None)
+                keys[j] == key or key.startswith(keys[j] + ".")) and overrides[j].partition("=")[2].strip()), None)
             if replaced_by is not None:
                 later = overrides[replaced_by]
                 shown = getattr(later, "origin", None) or f"--set {later}"
@@ -760,10 +760,17 @@ class Checker:
                 return self.sources[expr.span.path].text[expr.span.start:expr.span.end]
 
             given = self.sources[attr.span.path].text.partition("=")[2].strip()
-            arguments = [text(arg) for arg in value.args]
-            keywords = {k.name: text(k.value) for k in value.kwargs}
+            # a positional argument is named as the call's field it fills (`bpe(512)`: vocab), so the
+            # one the path names is replaced wherever it was written; positions no field names stay
+            kinded = S.KINDED_VALUES.get(value.func.dotted)
+            named = kinded.POSITIONAL if kinded is not None else ()
+            arguments = [text(arg) for arg in value.args[len(named):]]
+            keywords = {name: text(arg) for name, arg in zip(named, value.args)}
+            keywords |= {k.name: text(k.value) for k in value.kwargs}
             keywords[parts[-1]] = given
-            arguments += [f"{name} = {written}" for name, written in keywords.items()]
+            if arguments:  # positions the help cannot name: it would write the argument twice
+                return f"an override sets the whole value: write `{flag}{prefix}=VALUE`"
+            arguments = [f"{name} = {written}" for name, written in keywords.items()]
             return (f"an override sets the whole value: write `{flag}{prefix}={value.func.dotted}("
                     f"{', '.join(arguments)})`")
         return f"an override sets the whole value: write `{flag}{prefix}=VALUE`"
@@ -1927,15 +1934,18 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _reads(value: ast.Expr, name: str, ns: Namespace) -> bool:
-    """Whether `value` reads the constant `name`, directly or through the constants it reads."""
+def _reads_itself(value: ast.Expr, name: str, ns: Namespace, overridden: set[str]) -> bool:
+    """Whether an override's `value` for the constant `name` reads `name` through the file's own
+    definitions: then it reads the file's value. A path through another overridden constant
+    follows that override, not the file, so two overrides that read each other stay a cycle
+    (E0507) whatever their order."""
     seen: set[str] = set()
     todo = list(_names_in(value))
     while todo:
         current = todo.pop()
         if current == name:
             return True
-        if current in seen:
+        if current in seen or current in overridden:
             continue
         seen.add(current)
         found = ns.lookup_const(current)

@@ -793,6 +793,11 @@ def test_an_override_path_into_an_attributes_value_says_to_set_the_whole_value()
     assert check_file(titans, [written]).ok, "the written override checks"
     [added] = check_file(titans, ["model.block.lmm.level.retention.max=0.5"]).diagnostics
     assert added.help.endswith("`--set model.block.lmm.level.retention=learned(max = 0.5)`")
+    # a positional argument is the field it fills: replaced, not written a second time by name
+    transformer = PACKAGE_DIR.parent / "specs/transformer.nl"
+    [positional] = [d for d in check_file(transformer, ["train.tokenizer=bpe(512)", "model.vocab=512",
+                                                        "train.tokenizer.vocab=300"]).diagnostics if d.code == "E0206"]
+    assert positional.help.endswith("`--set train.tokenizer=bpe(vocab = 300)`")
     [plain] = check_file(titans, ["model.block.lmm.level.period.x=3"]).diagnostics
     assert plain.help == "an override sets the whole value: write `--set model.block.lmm.level.period=VALUE`"
 
@@ -804,6 +809,10 @@ def test_an_override_that_reads_its_own_constant_reads_the_files_value_in_the_ro
                            (["width=dim*3"], 96)):
         result = check_text(text, "solo.nl", overrides)
         assert result.ok and result.spec.model.dim == dim, (overrides, result.diagnostics)
+    for overrides in (["width=dim*3", "dim=width"], ["dim=width", "width=dim*3"]):  # they read each other
+        assert "E0507" in {d.code for d in check_text(text, "solo.nl", overrides).diagnostics}, overrides
+    # a later override that is no `key=value` does not replace the one before it
+    assert [d.code for d in check_text(text, "solo.nl", ["dim=32", "dim"]).diagnostics] == ["E0206"]
 
 
 def test_two_imports_defining_one_name_say_which_file_defined_it_first(tmp_path: Path):
