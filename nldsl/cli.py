@@ -56,14 +56,14 @@ def _print_diagnostics(diagnostics: Sequence[Diagnostic], sources: dict, fmt: st
         print(file=sys.stderr)
 
 
-def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text", quiet_ok: bool = False):
+def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text"):
     """Check a spec for a command that needs a valid one; print its diagnostics (warnings too, to
-    stderr, unless `quiet_ok`) and stop if invalid."""
+    stderr) and stop if invalid."""
     from .checker import check_file
 
     result = check_file(path, overrides)
     shown = not quiet_worker()  # under torchrun, the machine's first worker shows them
-    if shown and (not result.ok or (result.diagnostics and not quiet_ok)):
+    if shown and result.diagnostics:
         _print_diagnostics(result.diagnostics, result.sources, fmt)
     if not result.ok:
         if fmt == "text" and shown:

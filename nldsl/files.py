@@ -25,22 +25,27 @@ def text_bytes(text: str) -> bytes:
 
 def write_file(path: Path, data: bytes) -> None:
     """Write, flush and fsync one file."""
-    with _naming(path), open(path, "wb") as handle:
+    with naming(path), open(path, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
 
 
 @contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
+def naming(path: Path) -> Iterator[None]:
     """A failed write (a full disk) names its file: the OSError of a write, a flush or an fsync
     carries no file name, and the user's one-line message would name none."""
     try:
         yield
     except OSError as error:
-        if error.filename is not None:
+        if error.filename is not None or error.errno is None:
             raise
-        raise type(error)(error.errno, error.strerror, str(path)) from None
+        raise _at(error, path) from None
+
+
+def _at(error: OSError, path: Path) -> OSError:
+    """The same error, about `path`."""
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def fsync_folder(path: Path) -> None:
@@ -58,7 +63,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file() and not path.is_dir():
         # a device or a pipe (`-o /dev/stdout`, a FIFO) is written through, never renamed over
-        with _naming(path), open(path, "wb") as handle:
+        with naming(path), open(path, "wb") as handle:
             handle.write(data)
         return
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -69,8 +74,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(temporary, path)
     except OSError as error:
         temporary.unlink(missing_ok=True)
-        if error.filename == str(temporary):  # the error is about the user's file (a folder in its place …)
-            raise type(error)(error.errno, error.strerror, str(path)) from None
+        if error.filename == str(temporary) and error.errno is not None:  # about the user's file (a folder …)
+            raise _at(error, path) from None
         raise
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -149,7 +149,7 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
         written_through = [name for name in layer.adaptive if name != "q"]
         if not written_through or layer.memory.grad_through_writes or setting not in spans:
             return None
-        return (f"the parameters of {', '.join(f'M_{name}' for name in written_through)}",
+        return (f"the parameters of {', '.join(f'M_{name}' for name in written_through)} get",
                 "what they generate reaches", "remove `grad_through_writes = false`, or keep those projections "
                 "static (`adaptive`)", setting)
     if isinstance(layer, S.MemorySpec):
@@ -163,9 +163,9 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
         if isinstance(level.lr, S.LearnedGate | S.PerHeadGate):
             lost.append("the learned `lr`")
         listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
-        return (listed, "they reach" if len(lost) > 1 else "it reaches",
-                "remove `grad_through_writes = false` (Titans and DeltaNet learn their keys and values through "
-                "the writes), or accept keys and values fixed at their initial weights", setting)
+        return (listed + (" get" if len(lost) > 1 else " gets"), "they reach" if len(lost) > 1 else "it reaches",
+                "remove `grad_through_writes = false` (Titans and DeltaNet learn these projections through the "
+                "writes), or accept them fixed at their initial weights", setting)
     return None
 
 
@@ -413,7 +413,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         cut_off = _cut_off_by_detached_writes(layer, path, spans)
         if cut_off is not None:
             lost, what, help, setting = cut_off
-            warning("W0706", f"{lost} get no gradient: {what} the loss only through the memory's writes, which "
+            warning("W0706", f"{lost} no gradient: {what} the loss only through the memory's writes, which "
                     "`grad_through_writes = false` cuts off", help, setting)
         if isinstance(layer, S.SelfModSpec) and layer.memory.objective == "reconstruction" and (
                 not layer.adaptive or layer.projections.objective == "reconstruction"):

@@ -390,3 +390,13 @@ def test_reading_a_run_whose_latest_pointer_is_damaged_takes_its_newest_complete
     assert "not a complete checkpoint; using step-000002, the newest complete checkpoint" in warning
     with pytest.raises(C.CheckpointError, match=r"name one of .*/step-\* by path"):
         C.resolve_checkpoint(tmp_path)
+
+
+def test_a_record_naming_a_file_outside_its_checkpoint_is_damaged(tmp_path):
+    """A checkpoint's recorded files are read and hashed: only files of its own folder."""
+    for name in ("../model.safetensors", "/dev/zero", ".."):
+        with pytest.raises(C.CheckpointError, match="which is not a file of its folder"):
+            C._check_extra_files(tmp_path, {name: "0" * 64})
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(C.CheckpointError, match="its sha256 differs"):
+        C._check_extra_files(tmp_path, {"tokenizer.json": "0" * 64})

@@ -1074,3 +1074,13 @@ def test_no_compile_lets_a_whole_graph_spec_recompute(tmp_path, text_file, capsy
             "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main(args) == 1 and "E0601" in capsys.readouterr().err
     assert main([*args, "--no-compile"]) == 0
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_metrics_line_that_cannot_be_written_names_the_file(tmp_path):
+    """The append of every logged step: on a full disk its error named no file."""
+    log = T.MetricsLog(tmp_path, None, False)
+    log.path = Path("/dev/full")
+    with pytest.raises(OSError) as error:
+        log.write({"step": 1, "loss": 1.0})
+    assert (error.value.errno, error.value.filename) == (28, "/dev/full")

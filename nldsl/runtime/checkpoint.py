@@ -437,6 +437,9 @@ def _check_extra_files(path: Path, files: dict[str, str]) -> None:
     for name, expected in files.items():
         if name in (MODEL_FILE, TRAINING_FILE):
             continue
+        if Path(name).name != name or name in (".", ".."):  # a file of the checkpoint's own folder, nothing else
+            raise CheckpointError(f"damaged checkpoint record {path / RECORD_FILE}: `files` names {name!r}, "
+                                  "which is not a file of its folder")
         try:
             data = (path / name).read_bytes()
         except OSError as error:
@@ -455,7 +458,9 @@ def _older_intact(path: Path, tries: int = 3) -> Path | None:
     older = [other for other in complete_checkpoints(path.parent.parent) if (_step_number(other) or 0) < step]
     for candidate in reversed(older[-tries:]):
         try:
-            read_tensors(candidate / MODEL_FILE, read_record(candidate).get("files", {}).get(MODEL_FILE))
+            files = read_record(candidate).get("files", {})
+            read_tensors(candidate / MODEL_FILE, files.get(MODEL_FILE))
+            _check_extra_files(candidate, files)
         except CheckpointError:
             continue
         return candidate

@@ -38,7 +38,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 Carry = TypeVar("Carry")
 
 # Distinct graphs one chunk body may need: levels (configs) × chunk shapes × batch sizes × grad
-# modes. Dynamo's default of 8 per function would fail a fullgraph compile on a HOPE model.
+# modes, and for a level read at `chunk_start` one more, the last chunk's body without a readout
+# (memory.memory_level). Dynamo's default of 8 per function would fail a fullgraph compile on a
+# HOPE model.
 RECOMPILE_LIMIT = 64
 
 # Inductor options for chunk bodies compiled for the CPU. A chunk body is a few dozen small kernels

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -23,8 +24,10 @@ def deferred_interrupt() -> Iterator[None]:
         return
     held = [number for number in (signal.SIGINT, signal.SIGTERM) if _acts_as_interrupt(number)]
     received: list[int] = []
-    previous = {number: signal.signal(number, lambda number, _frame: received.append(number)) for number in held}
-    try:
+    previous: dict[int, Any] = {}
+    try:  # inside the try: a signal between two installs still has each installed one put back
+        for number in held:
+            previous[number] = signal.signal(number, lambda number, _frame: received.append(number))
         yield
     finally:
         for number, handler in previous.items():

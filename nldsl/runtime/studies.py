@@ -201,7 +201,8 @@ def recorded_params(previous: Path, target: int, log_path: Path) -> int | None:
         earlier = json.loads(previous.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    params = earlier.get("config", {}).get("params") if isinstance(earlier, dict) else None
+    config = earlier.get("config") if isinstance(earlier, dict) else None
+    params = config.get("params") if isinstance(config, dict) else None
     if not isinstance(params, int) or isinstance(params, bool):
         return None
     if params != target:

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -56,7 +57,7 @@ from tqdm import tqdm
 from nldsl import __version__, loader
 from nldsl import spec as S
 from nldsl.cli import UserError
-from nldsl.files import write_atomic
+from nldsl.files import naming, write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import distributed
@@ -248,7 +249,7 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, entry: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with naming(self.path), open(self.path, "a", encoding="utf-8") as handle:  # a full disk names the file
             handle.write(_json_line(entry))
         if self.writer is not None:
             for key, value in entry.items():
@@ -822,7 +823,8 @@ def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, i
         kept = found.path / "tokenizer.json"  # the checkpoint's own copy, checked when it was read
         D.check_tokenizer_file(tokenizer_file, found.record.get("files", {}).get("tokenizer.json"),
                                f"the checkpoint {found.path} was trained with",
-                               f"; the checkpoint keeps its own copy: `cp {kept} {tokenizer_file}`, then --resume"
+                               f"; the checkpoint keeps its own copy: `cp {shlex.quote(str(kept))} "
+                               f"{shlex.quote(str(tokenizer_file))}`, then --resume"
                                if kept.exists() else "")
     if plan.tokenizer.kind == "bpe" and context.is_main and not resumed:
         if initial is not None:
