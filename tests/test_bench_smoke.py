@@ -48,7 +48,20 @@ def test_graph_break_check_fails_on_a_graph_break(monkeypatch) -> None:
 
     monkeypatch.setattr(memory, "memory_level", breaking)
     outcome = smoke.graph_breaks("specs/titans_lmm.nl")
-    assert not outcome["ok"]
+    assert not outcome["ok"] and "graph_break" in outcome["error"], "the break itself is named"
+    # the speed check of a spec whose compile fails records the failure and lets the run go on
+    timed = smoke.compiled_vs_eager("specs/titans_lmm.nl", smoke.TINY, smoke.TINY_LENGTH, 2, rounds=1)
+    assert timed["ok"] is False and "graph_break" in timed["error"]
+
+
+def test_a_shipped_spec_that_does_not_check_fails_the_guard_rather_than_vanish(tmp_path, monkeypatch) -> None:
+    from nldsl.diagnostics import SpecError
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs/broken.nl").write_text("model { dim = }\n")
+    monkeypatch.setattr(harness, "ROOT", tmp_path)
+    with pytest.raises(SpecError):
+        harness.model_specs()
 
 
 def test_recompiling_on_new_data_fails_the_graph_check(monkeypatch) -> None:
