@@ -358,11 +358,15 @@ class Generator:
         if with_norm:
             w("nn.init.ones_(self.norm)")
         gates = _gate_owners(layer)
+        # a cms level's parameters are named after the level (`b_fast_w1`): the prefixes below name a
+        # layer's own parameters, never a level's, whatever the spec calls it
+        levels = tuple(f"{level.name}_" for level in layer.levels) if isinstance(layer, S.CMSSpec) else ()
         for name, shape in shapes.layer_parameters(layer, dim).items():
             if "." in name:
                 continue
             target = f"self.{name}"
-            if name in ("norm", "q_norm", "k_norm", "out_norm") or name.startswith("gate_norm"):
+            own = not name.startswith(levels) if levels else True
+            if name in ("norm", "q_norm", "k_norm", "out_norm") or (own and name.startswith("gate_norm")):
                 w(f"nn.init.ones_({target})")
             elif name in gates:
                 gate_name, gate, part = gates[name]
@@ -374,16 +378,16 @@ class Generator:
                     w(f"nn.init.zeros_({target})  # the generated gate starts the same for every token")
                 else:
                     w(f"nn.init.normal_({target}, std={0.02!r})")
-            elif name.startswith("conv_"):
+            elif own and name.startswith("conv_"):
                 w(f"nn.init.normal_({target}, std={0.02!r})")
                 w("with torch.no_grad():")
                 with w.indent():
                     w(f"{target}[:, -1] += 1.0  # start as the identity: the conv passes the current token")
             elif name == "mix":
                 w(f"nn.init.constant_({target}, {1.0 / shape[0]!r})")
-            elif name.startswith("persistent_"):
+            elif own and name.startswith("persistent_"):
                 w(f"nn.init.normal_({target}, std={0.02!r})")
-            elif name.startswith("b_"):
+            elif own and name.startswith("b_"):
                 w(f"nn.init.zeros_({target})")
             elif len(shape) == 3:  # an initial memory state θ_0 (heads, out, in)
                 std = 1.0 / math.sqrt(shape[2])

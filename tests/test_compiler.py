@@ -555,3 +555,25 @@ def test_newton_schulz_levels_agree_with_the_interpreter_past_its_rounding_noise
     tokens = torch.randint(0, 13, (2, length), generator=torch.Generator().manual_seed(0))
     compiled, reference = model(tokens), interpret(spec, dict(model.named_parameters()), tokens)
     assert ((compiled - reference).norm() / reference.norm()).item() <= 1e-10
+
+
+def test_a_cms_level_is_initialised_the_same_whatever_its_name():
+    """Init rules picked by a parameter's prefix (`b_`, `gate_norm`, `conv_`, `persistent_`) name a
+    layer's own parameters; a level called `b_fast` had its weights zeroed, and never learned."""
+    levels = ["fast", "b_fast", "gate_norm_x", "conv_x", "persistent_z"]
+    text = ("model m {\n  dim = 32\n  layers = 1\n  block {\n    cms {\n      variant = independent\n"
+            + "".join(f"      level {name} {{ period = 4  lr = learned() }}\n" for name in levels)
+            + "    }\n  }\n}\n")
+    result = check_text(text, "names.nl")
+    assert result.ok, result.diagnostics
+    source = compile_spec(result.spec, text)
+    lines = [line.strip() for line in source.splitlines() if line.strip().startswith("nn.init.")]
+
+    def init_of(level: str) -> list[str]:
+        return [line.replace(f"self.{level}_", "self.LEVEL_") for line in lines if f"self.{level}_" in line]
+
+    assert init_of("fast") and all(init_of(name) == init_of("fast") for name in levels), {
+        name: init_of(name) for name in levels}
+    torch.manual_seed(0)
+    model = loader.build_model(loader.compile_module(result), result.spec, None, None)
+    assert model.blocks[0].cms.b_fast_w1.abs().max() > 0, "not zeroed"
