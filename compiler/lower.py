@@ -78,7 +78,8 @@ def gate_start(name: str, gate: Any) -> float:
 
 
 def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
+    # the checker refuses a start past the edge (E0302), where the gate could not learn
+    p = min(max(p, S.SIGMOID_START_EDGE), 1 - S.SIGMOID_START_EDGE)
     return math.log(p / (1 - p))
 
 

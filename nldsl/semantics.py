@@ -253,6 +253,13 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             if isinstance(gate, S.LearnedGate) and gate.init is not None and gate.init >= gate.max:
                 error("E0302", f"`{gate_name}` starts at {gate.init:g}, which is not below its `max` {gate.max:g}",
                       "a learned gate is max · sigmoid(…): choose init < max", f"{lp}.{gate_name}")
+            elif isinstance(gate, S.LearnedGate) and gate.init is not None and not (
+                    S.SIGMOID_START_EDGE <= gate.init / gate.max <= 1 - S.SIGMOID_START_EDGE):
+                edge = S.SIGMOID_START_EDGE
+                error("E0302", f"`{gate_name}` starts at {gate.init!r}, {gate.init / gate.max!r} of its `max`: "
+                      f"max · sigmoid(…) starts there only past a logit of ±13.8, where it could not learn",
+                      f"start it within [{edge:g}, 1 − {edge:g}] of max, from {edge * gate.max:.3g} to "
+                      f"{(1 - edge) * gate.max:.7g}", f"{lp}.{gate_name}")
         generated = [g for g in ("lr", "retention", "momentum")
                      if isinstance(getattr(level, g), S.GeneratedGate)]
         if isinstance(layer, S.SelfModSpec) and name == "projections":

@@ -61,6 +61,11 @@ State = Annotated[LinearState | MLPState | ResidualMLPState, Field(discriminator
 
 # Gates (η, α, β) ------------------------------------------------------------------------------
 
+# A sigmoid gate starts at most this close to 0 or to its bound: its logit would start past ±13.8,
+# where its gradient is below 1e-6 and it could not learn (compiler/lower.logit, checked as E0302).
+SIGMOID_START_EDGE = 1e-6
+
+
 class ConstantGate(Kinded):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("value",)
     kind: Literal["constant"] = "constant"

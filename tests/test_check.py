@@ -882,3 +882,14 @@ def test_an_update_dividing_by_a_constant_that_is_zero_but_for_rounding_is_refus
                        "to -2.78e-17)")
     assert update_of("m * v / (1 - 0.999999)")[0] == "div", "a small denominator that is no rounding noise"
     assert update_of("m * v / (0.3 - 0.1 * 3 + 1)")[0] == "div", "noise inside a sum that is not 0"
+
+
+def test_a_learned_gate_that_would_start_where_its_sigmoid_is_flat_is_refused():
+    """The logit was clamped to ±13.8 without a word: init = 0.9999999 started at 0.999999, ten
+    times the forgetting written, and the comment of the generated code said it started at 1."""
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    [error] = check_file(titans, ["model.block.lmm.level.retention=learned(init = 0.9999999)"]).diagnostics
+    assert error.code == "E0302" and error.message.startswith("`retention` starts at 0.9999999, 0.9999999 of its")
+    [tiny] = check_file(titans, ["model.block.lmm.level.lr=learned(max = 0.005, init = 5e-324)"]).diagnostics
+    assert tiny.code == "E0302" and tiny.help.endswith("from 5e-09 to 0.004999995")
+    assert check_file(titans, ["model.block.lmm.level.retention=learned(init = 0.999)"]).ok
