@@ -235,7 +235,9 @@ class Generator:
         parts = [safe_comment(shlex.quote(part)) for part in
                  ["nldsl", "compile", *(f"--set={o}" for o in self.overrides), "-o"]]
         line = "#    "
-        for part in [*parts, "<this file>", safe_comment(shlex.quote(self.spec.path))]:
+        path = safe_comment(shlex.quote(self.spec.path))
+        # a path that starts with `-` would read as an option: `--` ends them (the command still runs)
+        for part in [*parts, "<this file>", *(["--"] if path.startswith("-") else []), path]:
             if len(line) > 5 and len(line) + 1 + len(part) + 2 > 116:  # continued as a shell reads it
                 w(line + " \\")
                 line = "#        "

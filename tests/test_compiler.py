@@ -577,3 +577,11 @@ def test_a_cms_level_is_initialised_the_same_whatever_its_name():
     torch.manual_seed(0)
     model = loader.build_model(loader.compile_module(result), result.spec, None, None)
     assert model.blocks[0].cms.b_fast_w1.abs().max() > 0, "not zeroed"
+
+
+def test_the_banners_command_ends_the_options_before_a_path_that_starts_with_a_dash(tmp_path: Path) -> None:
+    spec = tmp_path / "-x.nl"
+    spec.write_text((REPO / "specs" / "transformer.nl").read_text())
+    result = check_text(spec.read_text(), "-x.nl")
+    assert "#     nldsl compile -o <this file> -- -x.nl\n" in compile_spec(result.spec, "")
+    assert "#     nldsl compile -o <this file> x.nl\n" in compile_spec(check_text(spec.read_text(), "x.nl").spec, "")
