@@ -26,8 +26,10 @@ report's Targets row reads that one, never a run that timed only some specs.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
@@ -80,12 +82,22 @@ def graph_breaks(spec: str, steps: int = 3) -> dict:
                     model.loss(*random_tokens(2, TINY_LENGTH, model.spec.model.vocab, seed=seed))
                     bodies.append(body_counter.frame_count)
     except Exception as error:
-        return {"ok": False, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+        return {"ok": False, "error": failure(error)}
     finally:
         torch._dynamo.reset()
     ok = frames == [1] * steps and (not bodies or (bodies[0] > 0 and len(set(bodies)) == 1))
     return {"ok": ok, "frames": frames, "chunk_body_graphs": bodies or None, "ops": counter.op_count,
             "seconds": time.perf_counter() - began}
+
+
+def failure(error: Exception) -> str:
+    """An error in one line: its first, and where dynamo's trace met it (the last frame of its "from
+    user code" lines, which name the function that broke the graph)."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)
+    where = f" (at {Path(frames[-1][0]).name}:{frames[-1][1]}, in {frames[-1][2]})" if frames else ""
+    return f"{type(error).__name__}: {first}{where}"
 
 
 def compiled_vs_eager(spec: str, overrides: list[str], length: int, batch: int, rounds: int) -> dict:
@@ -103,7 +115,7 @@ def compiled_vs_eager(spec: str, overrides: list[str], length: int, batch: int, 
         seconds = alternate({"eager": lambda: eager(tokens, targets),
                              "compiled": lambda: compiled(tokens, targets)}, rounds=rounds)
     except Exception as error:
-        return {"ok": False, "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"}
+        return {"ok": False, "error": failure(error)}
     finally:
         torch._dynamo.reset()
     ratio = seconds["compiled"] / seconds["eager"]

@@ -49,6 +49,7 @@ def test_graph_break_check_fails_on_a_graph_break(monkeypatch) -> None:
     monkeypatch.setattr(memory, "memory_level", breaking)
     outcome = smoke.graph_breaks("specs/titans_lmm.nl")
     assert not outcome["ok"] and "graph_break" in outcome["error"], "the break itself is named"
+    assert "(at test_bench_smoke.py:" in outcome["error"] and ", in breaking)" in outcome["error"], outcome["error"]
     # the speed check of a spec whose compile fails records the failure and lets the run go on
     timed = smoke.compiled_vs_eager("specs/titans_lmm.nl", smoke.TINY, smoke.TINY_LENGTH, 2, rounds=1)
     assert timed["ok"] is False and "graph_break" in timed["error"]
