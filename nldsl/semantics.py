@@ -244,7 +244,14 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             # start clamped where the gate's gradient is ~1e-8, a gate that could not learn
             # (a momentum of 1 or more is out of its range, above)
             squashed_end = gate_name == "retention" and isinstance(gate, S.PerHeadGate) and gate.init == 1
-            if isinstance(gate, S.PerHeadGate) and (gate.init == 0 or squashed_end):
+            edge = S.SIGMOID_START_EDGE
+            near_end = gate_name != "lr" and isinstance(gate, S.PerHeadGate) and (
+                0 < gate.init < edge or 1 - edge < gate.init < 1)  # a sigmoid's logit past ±13.8
+            if near_end:
+                error("E0302", f"`{gate_name} = per_head({gate.init!r})` starts where its sigmoid is flat, at a "
+                      f"logit past {'−' if gate.init < 0.5 else '+'}13.8, so it could not learn",
+                      f"start it within [{edge:g}, 1 − {edge:g}]", f"{lp}.{gate_name}")
+            elif isinstance(gate, S.PerHeadGate) and (gate.init == 0 or squashed_end):
                 error("E0302", f"`{gate_name} = per_head({gate.init:g})` starts where its "
                       f"{'softplus' if gate_name == 'lr' else 'sigmoid'} is flat, at a logit of "
                       f"{'−' if gate.init == 0 else '+'}∞, so it could not learn",

@@ -893,3 +893,6 @@ def test_a_learned_gate_that_would_start_where_its_sigmoid_is_flat_is_refused():
     [tiny] = check_file(titans, ["model.block.lmm.level.lr=learned(max = 0.005, init = 5e-324)"]).diagnostics
     assert tiny.code == "E0302" and tiny.help.endswith("from 5e-09 to 0.004999995")
     assert check_file(titans, ["model.block.lmm.level.retention=learned(init = 0.999)"]).ok
+    [flat] = check_file(titans, ["model.block.lmm.level.retention=per_head(0.9999999)"]).diagnostics
+    assert flat.code == "E0302" and "at a logit past +13.8" in flat.message  # per_head's sigmoid as well
+    assert check_file(titans, ["model.block.lmm.level.momentum=per_head(0.5)"]).ok
