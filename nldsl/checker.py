@@ -32,7 +32,7 @@ from pydantic import TypeAdapter
 
 from . import ast
 from . import spec as S
-from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean, did_you_mean_among
+from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean, did_you_mean_among, listing
 from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
 
@@ -1745,7 +1745,7 @@ def _describe(model: type[pydantic.BaseModel], key: str) -> str:
         elif arg is type(None):
             continue
     parts = list(dict.fromkeys(parts))
-    return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0] if parts else "a value"
+    return listing(parts, "or") if parts else "a value"
 
 
 def _show(value: Any) -> str:

@@ -55,6 +55,11 @@ class Diagnostic:
         return out
 
 
+def listing(items: Sequence[str], last: str = "and") -> str:
+    """`a`, `a and b`, `a, b and c` (with `last` = "or": `a, b or c`)."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
 class SpecWarning(UserWarning):
     """A spec's warning (what `nldsl check` warns of), issued by `nldsl.load` through `warnings`."""
 

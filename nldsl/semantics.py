@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import spec as S
-from .diagnostics import Diagnostic
+from .diagnostics import Diagnostic, listing
 from .source import Span
 
 FLOW_SOURCES = S.OPTIMIZER_FLOWS
@@ -162,7 +162,7 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
             lost.append("their convolutions" if len(lost) > 1 else "its convolution")
         if isinstance(level.lr, S.LearnedGate | S.PerHeadGate):
             lost.append("the learned `lr`")
-        listed = lost[0] if len(lost) == 1 else ", ".join(lost[:-1]) + " and " + lost[-1]
+        listed = listing(lost)
         return (listed + (" get" if len(lost) > 1 else " gets"), "they reach" if len(lost) > 1 else "it reaches",
                 "remove `grad_through_writes = false` (Titans and DeltaNet learn these projections through the "
                 "writes), or accept them fixed at their initial weights", setting)

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 import nldsl
 from nldsl.cli import UserError
-from nldsl.diagnostics import SpecError
+from nldsl.diagnostics import SpecError, listing
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
 from nldsl.runtime.arguments import at_least, path_text, positive_float, random_seed
@@ -1102,7 +1102,7 @@ def override_notes(models: dict[str, Any], lrs: Sequence[float]) -> list[str]:
     if not specs:
         return []
     named = [f"{float(lr):g}" for lr in lrs]
-    listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+    listed = listing(named)
     return [OVERRIDE_SOURCE, "", *(line for spec in specs
                                    for line in (OVERRIDE_NOTES[spec].replace("{lrs}", listed), ""))]
 
