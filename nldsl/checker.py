@@ -587,6 +587,17 @@ class Checker:
         if isinstance(expr, ast.Binary):
             left = self.number(self.evaluate(expr.left, ns), expr.left.span)
             right = self.number(self.evaluate(expr.right, ns), expr.right.span)
+            divisor = expr.right
+            while isinstance(divisor, ast.Group):
+                divisor = divisor.expr
+            if expr.op in ("/", "//", "%") and isinstance(divisor, ast.Binary) and divisor.op in ("+", "-"):
+                terms = (self.number(self.evaluate(divisor.left, ns), divisor.left.span),
+                         self.number(self.evaluate(divisor.right, ns), divisor.right.span))
+                if isinstance(right, float) and right != 0 and \
+                        abs(right) <= 8 * ROUNDING * (abs(terms[0]) + abs(terms[1])):  # integers are exact
+                    # `1 / (1 - 0.9 - 0.1)`: 0 but for rounding, as in an optimizer's update
+                    raise EvalError("E0304", f"division by zero: this is 0 up to floating-point rounding (it "
+                                    f"computes to {right:.3g})", expr.right.span)
             return _arithmetic(expr, left, right) + 0  # no negative zero from `0.0 * -1` either
         raise AssertionError(type(expr))
 

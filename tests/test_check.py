@@ -896,3 +896,13 @@ def test_a_learned_gate_that_would_start_where_its_sigmoid_is_flat_is_refused():
     [flat] = check_file(titans, ["model.block.lmm.level.retention=per_head(0.9999999)"]).diagnostics
     assert flat.code == "E0302" and "at a logit past +13.8" in flat.message  # per_head's sigmoid as well
     assert check_file(titans, ["model.block.lmm.level.momentum=per_head(0.5)"]).ok
+
+
+def test_a_constant_divided_by_a_difference_that_is_zero_but_for_rounding_is_refused():
+    """As in an optimizer's update (E0304): `1 / (1 - 0.9 - 0.1)` was −3.6e16 in a constant."""
+    model = "model {{ dim = 32  layers = 1  block {{ mlp {{ expansion = {} }} }} }}\n"
+    [error] = check_text("const y = 1 / (1 - 0.9 - 0.1)\n" + model.format("y"), "c.nl").diagnostics
+    assert (error.code, error.span.column) == ("E0304", 15) and "0 up to floating-point rounding" in error.message
+    assert check_text("const y = 8 / (1 - 0.5)\n" + model.format("y"), "c.nl").ok
+    big = "const y = 2 ** 60 / (2 ** 60 - (2 ** 60 - 1))\n"  # integers are exact: 2 ** 60, far too wide, but no E0304
+    assert "E0304" not in {d.code for d in check_text(big + model.format("y"), "c.nl").diagnostics}
