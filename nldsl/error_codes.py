@@ -442,7 +442,8 @@ _ENTRIES = (
         """
         The value has the right type but lies outside the range its attribute allows: a
         period of 0, a negative learning rate, a retention above 1, a width of 0, more than 8
-        layers in an MLP state.
+        layers in an MLP state, a gate that would start within 1e-6 of 0 or of its bound (its
+        sigmoid's logit past ±13.8, where it could not learn).
 
         The ranges follow the meaning of the symbols: periods C count tokens (C >= 1); gates
         are non-negative; a retention α is a fraction of the old state kept, so α ∈ [0, 1] and
@@ -510,8 +511,10 @@ _ENTRIES = (
         Constant arithmetic failed: a division by zero, a power without a real value, a number
         too large to be a sensible setting (beyond 2⁶³, or not finite as a float), a literal so
         small that it rounds to 0 (`1e-400`), or a literal too long to read. Arithmetic is
-        evaluated exactly when the spec is checked, so a mistake here would otherwise surface as
-        a crash far away.
+        evaluated in floating point when the spec is checked, so a mistake here would otherwise
+        surface as a crash far away; a divisor that is 0 up to floating-point rounding (`1 - 0.9 -
+        0.1`, which computes to -2.8e-17) is a division by zero too, in a constant as in an
+        optimizer's `update`.
 
         A constant whose definition fails is reported once, where it fails; its uses are not
         reported again.
@@ -856,7 +859,9 @@ _ENTRIES = (
         """
         A named constant is defined in terms of itself, directly or through other constants, so
         it has no value. Constants are evaluated once, in dependency order, before anything
-        else; give one of the constants in the cycle a plain value.
+        else; give one of the constants in the cycle a plain value. An override that reads the
+        constant it sets (`--set dim=dim*2`) reads the file's value and is no cycle; two
+        overrides that read each other are (docs/language.md §6).
         """,
         """
         const dim = heads * 16
@@ -1137,8 +1142,9 @@ _ENTRIES = (
         restart only from a level that moves; `lr` on a level with `orthogonalize`, when η is a
         constant or `per_head`, or the level has period 1 and no momentum: Newton–Schulz
         normalises each chunk's increment, which such an η only scales (docs/semantics.md §1.5); an
-        override that a later override of the same key replaces (its value is never checked), and
-        one of a constant nothing reads. The
+        override that a later override of the same key replaces (its value is never checked), or
+        one inside a section whose whole value a later override sets, and one of a constant
+        nothing reads. The
         warning names the setting and what makes it inert. Remove the setting, or change the one
         that makes it inert.
         """,
@@ -1261,8 +1267,8 @@ _ENTRIES = (
         squared gradients summed so far, without bias correction: in its first steps that is a
         handful of them, so an entry whose gradients were tiny takes a huge step. The learning-rate
         warm-up holds those steps back. Measured (docs/language.md, `m3`): on specs/transformer.nl at
-        dim 64 the validation loss after 80 steps was 4.06 with the default `warmup = 20`, 5.44 with
-        5 and 9.47 with 0; on specs/titans_mal.nl the loss was NaN at step 5 with `warmup = 2`. The
+        dim 64 the validation loss after 80 steps was 4.27 with the default `warmup = 20`, 5.67 with
+        5 and 7.98 with 0; on specs/titans_mal.nl the loss was NaN at step 5 with `warmup = 2`. The
         warning is given below 20. Raise `train.warmup`, or use `specs/optimizers/m3.nl`, whose
         second moment is bias-corrected.
         """,
