@@ -593,8 +593,7 @@ class Checker:
             if expr.op in ("/", "//", "%") and isinstance(divisor, ast.Binary) and divisor.op in ("+", "-"):
                 terms = (self.number(self.evaluate(divisor.left, ns), divisor.left.span),
                          self.number(self.evaluate(divisor.right, ns), divisor.right.span))
-                if isinstance(right, float) and right != 0 and \
-                        abs(right) <= 8 * ROUNDING * (abs(terms[0]) + abs(terms[1])):  # integers are exact
+                if isinstance(right, float) and _rounding_noise(right, *terms):  # integers are exact
                     # `1 / (1 - 0.9 - 0.1)`: 0 but for rounding, as in an optimizer's update
                     raise EvalError("E0304", f"division by zero: this is 0 up to floating-point rounding (it "
                                     f"computes to {right:.3g})", expr.right.span)
@@ -1820,9 +1819,15 @@ def _cancels_to_rounding(tree: Any) -> bool:
     if tree[0] not in ("add", "sub"):
         return False
     value, left, right = _constant_part(tree), _constant_part(tree[1]), _constant_part(tree[2])
-    if value is None or left is None or right is None or value == 0:
+    if value is None or left is None or right is None:
         return False
-    return abs(value) <= 8 * ROUNDING * (abs(left) + abs(right))
+    return _rounding_noise(value, left, right)
+
+
+def _rounding_noise(value: float, left: float, right: float) -> bool:
+    """A sum or difference of `left` and `right` that is not 0 yet within 8 units in the last place
+    of its operands: 0 but for floating-point rounding."""
+    return value != 0 and abs(value) <= 8 * ROUNDING * (abs(left) + abs(right))
 
 
 def _constant_power(base: float, exponent: float, span: Span) -> float:

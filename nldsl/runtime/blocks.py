@@ -143,17 +143,8 @@ def _leave_inference_mode(state: list) -> None:
 
 
 def _tensors(value: object):
-    """Every tensor inside a state (dicts, lists and MemoryState), depth first."""
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, MemoryState):
-        yield from _tensors(value.weights)
+    """Every tensor inside a state (dicts, lists and MemoryState, its momentum too), depth first."""
+    return (tensor for _, tensor in _named_tensors(value, ""))
 
 
 def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple[Tensor, dict]:
