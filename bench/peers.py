@@ -455,13 +455,15 @@ def missing_package(error: BaseException) -> str | None:
     return f"the Python module {module} is not installed (the peers' packages: pip install -e '.[bench]')"
 
 
+def key_of(name: str) -> str:
+    """A comparison's key in the results: the suite's default is one thread per process; other counts sit
+    beside it."""
+    threads = torch.get_num_threads()
+    return name if threads == DEFAULT_THREADS else f"{name} ({threads} threads)"
+
+
 def run(only: list[str] | None, fresh: bool) -> dict:
     names = list(dict.fromkeys(only or COMPARISONS))
-    threads = torch.get_num_threads()
-
-    def key_of(name: str) -> str:  # the suite's default is one thread per process; other counts sit beside it
-        return name if threads == DEFAULT_THREADS else f"{name} ({threads} threads)"
-
     result = read_result(NAME, fresh) or {"machine": machine(), "comparisons": {}}
     failures = result.setdefault("failures", {})
     if not isinstance(failures, dict):  # an odd field is no reason to stop; the comparisons are what matter
@@ -498,8 +500,17 @@ def run(only: list[str] | None, fresh: bool) -> dict:
     return result
 
 
-def main(args) -> None:
-    run(args.only, args.fresh)
+def main(args) -> int:
+    """0 when every comparison asked for ran; 1 when any failed now (a stored measurement kept beside a
+    failure does not make the run a success: a script that checks the status must see it)."""
+    names = list(dict.fromkeys(args.only or COMPARISONS))
+    result = run(names, args.fresh)
+    failed = [name for name in names
+              if key_of(name) in result["failures"] or "error" in result["comparisons"].get(key_of(name), {})]
+    if failed:
+        log(f"peers: {len(failed)} of {len(names)} comparisons failed: {', '.join(failed)}")
+        return 1
+    return 0
 
 
 def add_arguments(parser) -> None:

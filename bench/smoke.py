@@ -133,7 +133,8 @@ def run(specs: list[str] | None = None, timed: list[str] | None = None, rounds: 
     began = time.perf_counter()
     specs = list(dict.fromkeys(spec_key(spec) for spec in specs)) if specs else model_specs()
     timed = TIMED if timed is None else list(dict.fromkeys(spec_key(spec) for spec in timed))
-    check_model_specs(list(dict.fromkeys([*specs, *timed])))  # up front: a mistake is a message, not a failed check
+    specs = list(dict.fromkeys([*specs, *timed]))  # a timed spec is graph-checked too, also outside --specs
+    check_model_specs(specs)  # up front: a mistake is a message, not a failed check
     full = set(model_specs()) <= set(timed)
     # read before measuring: a damaged file is moved aside (with a warning) rather than stop the guard
     earlier = None if full else stored_full_speed_check(read_result(NAME, fresh=True))

@@ -260,6 +260,24 @@ def test_a_failed_peer_comparison_keeps_the_earlier_measurement(results, monkeyp
     assert "failed" in page and "peer broke" in page and "| a | 1 |" in page
 
 
+def test_peers_exits_nonzero_when_a_comparison_asked_for_fails(results, monkeypatch, capsys) -> None:
+    import argparse
+
+    from bench import peers
+
+    def broken():
+        raise RuntimeError("peer broke")
+
+    monkeypatch.setattr(peers, "COMPARISONS", {"floor": lambda: {"tokens_per_second": {"a": 1.0}},
+                                               "other": broken})
+    assert peers.main(argparse.Namespace(only=["floor"], fresh=False)) == 0
+    assert peers.main(argparse.Namespace(only=None, fresh=False)) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "peers: 1 of 2 comparisons failed: other"
+    # a failure kept beside an earlier measurement still fails the run
+    monkeypatch.setattr(peers, "COMPARISONS", {"floor": broken})
+    assert peers.main(argparse.Namespace(only=["floor"], fresh=False)) == 1
+
+
 def test_a_missing_peer_package_is_one_line_naming_what_to_install(results, monkeypatch, capsys) -> None:
     from bench import peers, report
 
@@ -497,6 +515,12 @@ def test_a_partial_smoke_run_keeps_the_full_speed_check_for_the_targets_row(resu
 
     assert "The Targets row reads the last run that timed every shipped spec" in "\n".join(
         report.smoke_section(stored))
+
+
+def test_a_timed_spec_outside_specs_is_graph_checked_too(results, monkeypatch) -> None:
+    fake_smoke(monkeypatch, {"specs/transformer.nl": 0.8, "specs/titans_lmm.nl": 0.5})
+    stored = smoke.run(["specs/transformer.nl"], ["specs/titans_lmm.nl"])
+    assert list(stored["graph_breaks"]) == TWO_SPECS and list(stored["speed"]) == ["specs/titans_lmm.nl"]
 
 
 def test_a_smoke_run_that_timed_some_specs_is_no_targets_result(results, monkeypatch) -> None:
