@@ -114,6 +114,12 @@ class Namespace:
     failed_aliases: set[str] = field(default_factory=set)  # `as` names of imports that failed (reported)
     evaluating: set[str] = field(default_factory=set)
     used: set[str] = field(default_factory=set)
+    # names read by the file's own values that an override replaced: used as the file is written, so no
+    # unused-constant warning (W0702) for them, though no longer evaluated (W0706 still asks `used`)
+    read_by_replaced: set[str] = field(default_factory=set)
+
+    def note_replaced(self, value: ast.Expr) -> None:
+        self.read_by_replaced.update(name.split(".")[0] for name in _names_in(value))
 
     def lookup_section(self, name: str) -> tuple[ast.Section, Namespace] | None:
         if name in self.sections:
@@ -200,6 +206,7 @@ class CheckResult:
     module: ast.Module | None = None
     provenance: dict[str, str] = field(default_factory=dict)  # spec path -> where its value came from
     spans: dict[str, Span] = field(default_factory=dict)  # spec path -> span of its section or value
+    overrides: tuple[str, ...] = ()  # the `--set` texts it was checked with (a generated banner names them)
 
     @property
     def ok(self) -> bool:
@@ -325,6 +332,8 @@ class Checker:
                     # `--set dim=dim*2` (or `dim=width`, width = dim * 2) reads the file's `dim`, in the
                     # root file as in an imported one, rather than the override itself (a cycle)
                     value = self.folded_in_root(value, ns)
+                if name in owner.consts:
+                    owner.note_replaced(owner.consts[name].value)
                 owner.consts[name] = ast.Const(attr_span, name, attr_span, value)
                 if owner is not ns:  # a root constant's override is checked for a reader below (W0706)
                     owner.used.add(name)
@@ -345,7 +354,8 @@ class Checker:
         diagnostics = self.bag.sorted()
         if any(d.severity == "error" for d in diagnostics):
             spec = None
-        return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans)
+        return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans,
+                           tuple(str(override) for override in overrides))
 
     def note_use_sites(self, root: str) -> None:
         """A problem in an attribute a section inherits (`level fast from lib.mem`, or from a section
@@ -757,6 +767,9 @@ class Checker:
                                or f"sections here: {', '.join(labels) or 'none'}")
                 return
             node = matches[0]
+        replaced = node.attrs.get(parts[-1])
+        if replaced is not None and not replaced.span.path.startswith("<"):  # the file's value, not an override's
+            replaced.ns.note_replaced(replaced.value)
         node.attrs[parts[-1]] = attr
 
     def whole_value_help(self, current: Attr, parts: list[str], part: str, attr: Attr) -> str:
@@ -924,7 +937,7 @@ class Checker:
             if (id(ns), name) in self.overridden:  # `value` is the override's, at its --set
                 self.bag.warning("W0706", f"this override has no effect: nothing reads the constant `{name}`",
                                  value.span, "override what reads it instead, or remove the override")
-            elif not name.startswith("_"):
+            elif not name.startswith("_") and name not in ns.read_by_replaced:
                 self.bag.warning("W0702", f"constant `{name}` is never used", value.name_span,
                                  "remove it, or prefix its name with `_`")
         if self.bag.has_errors or train is None:

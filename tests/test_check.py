@@ -839,6 +839,20 @@ def test_an_override_of_a_constant_nothing_reads_has_no_effect_and_says_so():
     assert not check_file(titans, ["dim=64"]).diagnostics, "a constant the model reads"
 
 
+def test_a_constant_only_an_overridden_value_reads_is_no_unused_constant():
+    """The file uses `dim` and `wide`; an override that replaces their reader is the user's choice, not
+    the file's unused constant (W0702 pointed at the file for `--set model.dim=64` on every shipped spec)."""
+    text = "const dim = 32\nconst wide = dim * 2\nmodel { dim = wide  layers = 1  block { mlp { } } }\n"
+    assert check_text(text, "w.nl").diagnostics == []
+    assert check_text(text, "w.nl", ["model.dim=64"]).diagnostics == []
+    assert check_text(text, "w.nl", ["wide=64"]).diagnostics == []
+    assert not check_file(PACKAGE_DIR.parent / "specs/hope.nl", ["model.dim=64"]).diagnostics
+    # an override's value replaced by a later override is no use by the file
+    unread = check_text("const dim = 32\nmodel { dim = 64  layers = 1  block { mlp { } } }\n", "w.nl",
+                        ["model.dim=dim", "model.dim=32"]).diagnostics
+    assert [d.code for d in unread] == ["W0706", "W0702"], unread
+
+
 def test_a_derived_section_merges_nested_sections_of_the_same_kind_and_name_at_any_depth():
     """`cms c { level fast { … } }` over an inherited cms with a level `fast` refines that level; it
     was appended, and the cms then had two levels called `fast` (E0202)."""
