@@ -794,6 +794,8 @@ def test_a_failed_start_leaves_no_run_folder_and_an_empty_run_dir_is_refused(tmp
     assert existing.is_dir()  # a folder the user made is left alone
     assert main(_tiny_run(tmp_path, short, run_dir=tmp_path / "made/deep/er/run")) == 1
     assert not (tmp_path / "made").exists(), "the folders made to hold the run go with it"
+    assert main(_tiny_run(tmp_path, short, run_dir=tmp_path / "new/../other/run")) == 1
+    assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists(), "also through `..`"
     with pytest.raises(SystemExit) as usage:  # not the current folder: argparse refuses it
         main(_tiny_run(tmp_path, text_file, run_dir=""))
     assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err

@@ -388,7 +388,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     made_parents: list[Path] = []  # folders above --run-dir that this run makes, nearest first
     if context.is_main:
         if not created:
-            missing = [parent for parent in run_dir.parents if not parent.exists()]
+            # `new/../x` names `new` twice: as `new` and through `new/..`, which only a missing `new`
+            # makes missing and which is no folder of its own to remove
+            missing = [parent for parent in run_dir.parents if not parent.exists() and parent.name != ".."]
             try:
                 run_dir.mkdir(parents=True, exist_ok=False)  # atomic: "made by this run" is never a guess
                 created, made_parents = True, missing
