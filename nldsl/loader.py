@@ -103,24 +103,39 @@ def print_debug_stages(result) -> None:
 def compile_module(result) -> types.ModuleType:
     """Execute the generated source of a checked spec as a module (registered for tracebacks)."""
     spec = result.spec
-    return build_module(spec, result.sources[spec.path].text)
+    return build_module(spec, result.sources[spec.path].text, result.overrides)
 
 
-def build_module(spec, source_text: str = "") -> types.ModuleType:
-    """Compile a checked `Spec` and execute the source as a module."""
+class GeneratedSource:
+    """The loader of a generated module: it has no file, so tracebacks and `inspect.getsource` read
+    its lines from here (`linecache` asks a module's `__loader__` when its file name is no file on
+    disk, also after `linecache.clearcache()` dropped the registered copy)."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def get_source(self, name: str) -> str:
+        return self.source
+
+
+def build_module(spec, source_text: str = "", overrides: Sequence[str] = ()) -> types.ModuleType:
+    """Compile a checked `Spec` and execute the source as a module (`overrides`: the `--set` texts it
+    was checked with, which the banner's command names)."""
     from nldsl.compiler import compile_spec
 
-    source = compile_spec(spec, source_text)
+    source = compile_spec(spec, source_text, overrides)
     # Named by the generated text, so a spec built twice gives the same module (and model class):
     # replacing a registered module would leave the models built from it unpicklable.
     name = f"nldsl_generated_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
-    filename = f"<nldsl generated from {spec.path} ({spec.sha256[:12]})>"
+    # Not in <…>: linecache reloads only a file name without them through the module's loader.
+    filename = f"nldsl generated from {spec.path} ({spec.sha256[:12]})"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     registered = sys.modules.get(name)
     if isinstance(registered, types.ModuleType) and registered.__dict__.get("__source__") == source:
         return registered
     module = types.ModuleType(name)
     module.__file__ = filename
+    module.__loader__ = GeneratedSource(source)
     module.__dict__["__source__"] = source
     sys.modules[name] = module  # torch.compile and pickling look modules up by name
     exec(compile(source, filename, "exec"), module.__dict__)

@@ -128,6 +128,29 @@ def test_any_integer_ids_give_the_int64_result(hope, dtype) -> None:
         assert torch.equal(hope.loss(x.to(dtype), x.to(dtype)), hope.loss(x, x))
 
 
+def test_tracebacks_and_getsource_show_the_generated_lines_also_after_linecache_is_cleared(titans) -> None:
+    import inspect
+    import linecache
+    import traceback
+
+    def failing_call() -> list[str]:
+        try:
+            titans(torch.zeros(2, 3))  # float ids: refused inside the generated forward
+        except TypeError:
+            lines = traceback.format_exc().splitlines()
+        generated = next(i for i, line in enumerate(lines) if "nldsl generated from specs/titans_lmm.nl" in line)
+        return lines[generated:generated + 2]
+
+    first = failing_call()
+    assert "R.checked_inputs(" in first[1], first
+    linecache.clearcache()  # as IPython and some debuggers do: the registered copy is gone
+    assert failing_call() == first
+    module = inspect.getmodule(type(titans))
+    banner = inspect.getsource(module).splitlines()[3]
+    # the command in the banner makes this module: it names the override the model was built with
+    assert banner == "#     nldsl compile --set=dim=32 -o <this file> specs/titans_lmm.nl", banner
+
+
 def test_a_built_model_deep_copies_and_pickles_after_its_spec_is_built_again(titans) -> None:
     again = nldsl.load("specs/titans_lmm.nl", **SMALL)
     assert type(again) is type(titans) and again.module is titans.module  # one module per generated text

@@ -104,7 +104,9 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
                                 f"{first['msg']}{more}") from None
     except (KeyError, ValueError) as error:
         raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: {error}") from None
-    module = loader.build_module(spec, record.get("spec_text", ""))
+    overrides = record.get("overrides")  # for the generated banner only: the spec above is already resolved
+    overrides = overrides if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides) else ()
+    module = loader.build_module(spec, record.get("spec_text", ""), overrides)
     model = loader.build_model(module, spec, device)
     C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
     C.check_finite_weights(checkpoint.model, checkpoint.path)
