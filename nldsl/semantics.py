@@ -139,19 +139,36 @@ def _span(spans: dict[str, Span], *paths: str) -> Span | None:
 
 
 def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
-                                ) -> tuple[str, str, str, str] | None:
+                                ) -> tuple[str, str, str] | None:
     """What `grad_through_writes = false`, written on a layer's memory level, leaves without a gradient:
-    the parameters whose only way to the loss is a write (the keys, the values, the learning rate,
-    and a selfmod's memories that generate them); None when the layer keeps them all.
-    Returns (what loses its gradient, how it reaches the loss, help, the setting's path)."""
+    the parameters whose only way to the loss is a detached write (the keys, the values, the learning
+    rate); None when the layer keeps them all. Returns (the message, help, the setting's path).
+
+    A selfmod's projection memories are written with the same k, v and η (and retention α), so
+    while those writes are differentiable, k, v and η also reach the loss through the memories
+    whose outputs do: q's (the readout) and α's (the retention, never detached)."""
     if isinstance(layer, S.SelfModSpec):
         setting = f"{path}.memory.grad_through_writes"
-        written_through = [name for name in layer.adaptive if name != "q"]
-        if not written_through or layer.memory.grad_through_writes or setting not in spans:
+        if layer.memory.grad_through_writes or setting not in spans:
             return None
-        return (f"the parameters of {', '.join(f'M_{name}' for name in written_through)} get",
-                "what they generate reaches", "remove `grad_through_writes = false`, or keep those projections "
-                "static (`adaptive`)", setting)
+        adaptive = set(layer.adaptive)
+        carried = sorted(adaptive & {"q", "alpha"}, key=layer.adaptive.index)
+        if layer.projections.grad_through_writes and carried:
+            return None  # the projections' writes carry k, v and η into q or α
+        lost = [f"M_{name}" if name in adaptive else f"W_{name}" for name in ("k", "v")]
+        if "eta" in adaptive:
+            lost.append("M_eta")
+        elif isinstance(layer.memory.lr, S.LearnedGate | S.PerHeadGate):
+            lost.append("the learned `lr`")
+        if layer.conv:
+            lost.append("the convolutions of k and v")
+        how = "the memory's writes" if not adaptive else "the writes of the memory and of the projection memories"
+        help = ("remove `grad_through_writes = false`, or accept them fixed at their initial weights"
+                if not carried else
+                "remove `grad_through_writes = false` here or on the `projections` level, whose own writes "
+                f"would carry k, v and η into {listing([f'M_{name}' for name in carried])}")
+        return (f"{listing(lost)} get no gradient: k, v and η reach the loss only through {how}, which "
+                "`grad_through_writes = false` cuts off", help, setting)
     if isinstance(layer, S.MemorySpec):
         setting = f"{path}.level.grad_through_writes"
         level = layer.level
@@ -162,8 +179,10 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
             lost.append("their convolutions" if len(lost) > 1 else "its convolution")
         if isinstance(level.lr, S.LearnedGate | S.PerHeadGate):
             lost.append("the learned `lr`")
-        listed = listing(lost)
-        return (listed + (" get" if len(lost) > 1 else " gets"), "they reach" if len(lost) > 1 else "it reaches",
+        several = len(lost) > 1
+        return (f"{listing(lost)} {'get' if several else 'gets'} no gradient: "
+                f"{'they reach' if several else 'it reaches'} the loss only through the memory's writes, which "
+                "`grad_through_writes = false` cuts off",
                 "remove `grad_through_writes = false` (Titans and DeltaNet learn these projections through the "
                 "writes), or accept them fixed at their initial weights", setting)
     return None
@@ -426,9 +445,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
         cut_off = _cut_off_by_detached_writes(layer, path, spans)
         if cut_off is not None:
-            lost, what, help, setting = cut_off
-            warning("W0706", f"{lost} no gradient: {what} the loss only through the memory's writes, which "
-                    "`grad_through_writes = false` cuts off", help, setting)
+            message, help, setting = cut_off
+            warning("W0706", message, help, setting)
         if isinstance(layer, S.SelfModSpec) and layer.memory.objective == "reconstruction" and (
                 not layer.adaptive or layer.projections.objective == "reconstruction"):
             why = ("no projection is adaptive" if not layer.adaptive else

@@ -20,6 +20,7 @@ else) and its fixed version checks without a single diagnostic.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from nldsl.checker import check_file, check_text
-from nldsl.diagnostics import Diagnostic
+from nldsl.diagnostics import Diagnostic, SpecWarning
 from nldsl.error_codes import CODES, explain
 
 INVALID_DIR = Path(__file__).parent / "invalid"
@@ -744,15 +745,53 @@ def test_w0706_names_exactly_the_parameters_detached_writes_leave_without_gradie
         assert warning.message.startswith("W_k, its convolution and the learned `lr` get no gradient: they reach")
 
 
-def test_w0706_a_selfmod_whose_writes_are_detached_names_the_memories_that_generate_them():
+SELFMOD_CUTS = {  # overrides beside the memory level's `grad_through_writes = false` → W0706 expected
+    "projections detached too": (["projections.grad_through_writes=false"], True),
+    "no projection memory reaches the loss": (["adaptive=[k,v,eta]", "memory.retention=0.9"], True),
+    "static v and lr": (["adaptive=[k,alpha]", "memory.lr=learned(max=0.02)", "projections.grad_through_writes=false"],
+                        True),
+    "no adaptive projection": (["adaptive=[]", "memory.lr=learned(max=0.02)", "memory.retention=0.9",
+                                "memory.values=given"], True),
+    # the projections' own writes carry k, v and η into M_alpha, whose α (the retention) reaches the loss
+    "projections' writes differentiable": ([], False),
+}
+
+
+@pytest.mark.parametrize("case", SELFMOD_CUTS)
+def test_w0706_on_a_selfmod_names_exactly_what_the_reference_leaves_without_gradient(case):
+    """A selfmod's projection memories are written with the same k, v and η: detaching the main
+    memory's writes cuts those off only when the projections' writes cannot carry them to the loss
+    (the warning used to claim that M_k, M_v, M_eta and M_alpha got no gradient whenever the main
+    memory's writes were detached; the reference interpreter gives all four one)."""
+    import torch
+
+    import nldsl
+    from nldsl.interpreter import interpret
+
+    extra, warns = SELFMOD_CUTS[case]
+    overrides = ["dim=32", "model.layers=1", "model.block.titans.memory.grad_through_writes=false",
+                 *(f"model.block.titans.{item}" for item in extra)]
     hope = PACKAGE_DIR.parent / "specs/hope.nl"
-    [warning] = [d for d in check_file(hope, ["model.block.titans.memory.grad_through_writes=false"]).diagnostics
-                 if d.code == "W0706"]
-    assert warning.message.startswith("the parameters of M_k, M_v, M_eta, M_alpha get no gradient: what they "
-                                      "generate reaches the loss only through the memory's writes")
-    assert warning.span.path == "<--set 1>"
-    written = check_file(hope, ["model.block.titans.memory.grad_through_writes=true"]).diagnostics
-    assert "W0706" not in {d.code for d in written}
+    result = check_file(hope, overrides)
+    warnings = [d for d in result.diagnostics if d.code == "W0706"]
+    assert len(warnings) == warns and result.ok, result.diagnostics
+    torch.manual_seed(0)
+    with pytest.warns(SpecWarning) if warns else contextlib.nullcontext():
+        model = nldsl.load(hope, overrides, dtype=torch.float64)
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # off the init, where zero-initialised readouts pass no gradient to their memories
+        for param in params.values():
+            param.add_(0.05 * torch.randn_like(param))
+    logits = interpret(result.spec, params, torch.randint(0, 256, (2, 20)))
+    grads = torch.autograd.grad(logits.logsumexp(-1).mean(), list(params.values()), allow_unused=True)
+    without = {name.rsplit(".", 1)[1] for name, grad in zip(params, grads, strict=True) if grad is None}
+    named = {"M_k": {"k_memory_w1", "k_memory_w2"}, "M_v": {"v_memory_w1", "v_memory_w2"},
+             "M_eta": {"eta_memory_w1", "eta_memory_w2", "eta_readout", "eta_bias"}, "W_k": {"wk"}, "W_v": {"wv"},
+             "the learned `lr`": {"lr_proj", "lr_bias"}, "the convolutions of k and v": {"conv_k", "conv_v"}}
+    listed = set().union(*(names for phrase, names in named.items() if warnings and phrase in warnings[0].message))
+    assert listed == without, (warnings, without)
+    if warns:
+        assert warnings[0].span.path == "<--set 3>"
 
 
 def test_an_override_given_twice_warns_that_the_first_has_no_effect():
