@@ -719,7 +719,10 @@ class Generator:
         levels = []
         for level in layer.levels:
             in_context = lower.learns_in_context(level, self.train)
-            if not in_context:
+            # a slower nested level that does not learn in context is read by nothing (docs/semantics.md
+            # §3.7): no clock steps it, so streaming and the clock never ask for its gradient
+            read = layer.variant != "nested" or level is layer.levels[0]
+            if not in_context and read:
                 # the full path inside the block: cms layers of one name may sit in different branches
                 path = ".".join([*self.scope, layer.name, level.name])
                 self.clock_levels.append((f"{path}_", lower.clock_steps(level, self.train)))
@@ -729,7 +732,8 @@ class Generator:
                                          f"in_context={in_context}"]),
                 f"`{layer.name}.{level.name}`: period {lower.period_value(level)} "
                 + ("tokens" if isinstance(level.period, int) else "outer steps")
-                + (", learns in context" if in_context else ", stepped by the continuum clock"))
+                + (", learns in context" if in_context else ", stepped by the continuum clock" if read
+                   else ", read by nothing: it never moves within a training sequence (W0706)"))
             levels.append((level, cfg, in_context))
         self.begin(w, name, layer, f"Continuum Memory System, {layer.variant}, {len(layer.levels)} levels (§3.7).")
         self.init_header(w)

@@ -143,7 +143,7 @@ class LevelGraph:
                     self.add_edge(node_id, level_id, "flow", "x")
                 if follows is None:
                     self.add_edge(level_id, node_id, "read", "MLP(x)")
-                if layer.variant == "nested" and previous is not None:
+                if layer.variant == "nested" and previous is not None and inert is None:
                     self.add_edge(level_id, previous, "meta", "initial state")
                 previous = level_id
         elif isinstance(layer, S.ParallelSpec):
@@ -205,7 +205,7 @@ class LevelGraph:
             update="outer" if outer else level.update, gates=gates, init=level.init,
             grad_through_writes=level.grad_through_writes, repeat=repeat, inert=inert,
         )
-        if level.init == "learned":
+        if level.init == "learned" and inert is None:  # nothing reads an inert level, so nothing learns it
             self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if outer else "meta-learns θ₀")
 
     def _optimizer(self, opt: Any, outer: str, prefix: str) -> None:

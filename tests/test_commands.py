@@ -281,6 +281,11 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     E.save_stream_state(path, result.state, "one spec", "c", "w")
     with pytest.raises(UserError, match="belongs to another spec"):
         E.load_stream_state(path, "another spec", "w", CPU)
+    with pytest.raises(UserError, match="is a folder: a stream state is a file"):
+        E.load_stream_state(tmp_path, "one spec", "w", CPU)
+    if Path("/dev/null").exists():  # a device is no folder (it was called one)
+        with pytest.raises(UserError, match="/dev/null is not a regular file: a stream state is a file"):
+            E.load_stream_state(Path("/dev/null"), "one spec", "w", CPU)
     import json
 
     import safetensors
@@ -634,6 +639,27 @@ def test_stream_says_when_nothing_in_the_model_learns_from_it(run_dir, text_file
     assert "note: nothing in this model learns from the stream" in capsys.readouterr().out
     assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress"]) == 0
     assert "nothing in this model learns" not in capsys.readouterr().out
+
+
+def test_stream_runs_a_nested_cms_whose_slowest_level_never_moves(text_file, tmp_path, capsys):
+    """A slower nested level past train.seq_len is read by nothing (W0706): it was still on the
+    continuum clock, and stream's backward then asked for a gradient nothing computes (an internal
+    error at any length)."""
+    spec = tmp_path / "nested.nl"
+    spec.write_text("model { dim = 16\n layers = 1\n block { attention { heads = 2 }\n cms { variant = nested\n"
+                    " level fast { period = 4 }\n level mid { period = 16; lr = 0.5 }\n"
+                    " level slow { period = 64; lr = 0.5 } } } }\n"
+                    "train { steps = 2\n batch = 2\n seq_len = 32\n warmup = 0 }\n")
+    assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
+                 "--no-progress"]) == 0
+    from nldsl import loader
+
+    assert loader.compile_module(loader.check(spec)).CLOCK_STEPS == {}
+    capsys.readouterr()
+    assert main(["stream", str(tmp_path / "run"), "--data", str(text_file), "--max-tokens", "100",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "internal error" not in out and "bits per byte" in out
 
 
 def test_stream_notes_a_segment_that_cuts_in_context_chunks_or_passes_seq_len(run_dir, text_file, capsys):

@@ -441,6 +441,9 @@ def test_what_never_changes_in_training_is_drawn_as_such_and_projections_show_th
         "level slow { period = 32 }", "level slow { period = 64  lr = 0.5 }"))
     assert "never moves within a sequence" in nested.nx.nodes["block.cms.slow"]["inert"]
     assert "never moves within a sequence" in to_dot(nested)
+    # nothing reads it: no θ₀ learned by the outer optimizer, no initial state given to a faster level
+    assert not [edge for edge in nested.nx.edges("block.cms.slow") if nested.nx.edges[edge]["kind"] == "meta"]
+    assert not [edge for edge in nested.nx.in_edges("block.cms.slow") if nested.nx.edges[edge]["kind"] == "meta"]
     still = checked_graph(SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
         "level fast { period = 8 }", "level fast { period = 64 }").replace(
         "level slow { period = 32 }", "level slow { period = 128  lr = 0.5 }"))
