@@ -35,7 +35,21 @@ def load(path: Any, overrides: Any = (), *, device: Any = None, dtype: Any = Non
     """
     from .loader import load as _load
 
-    return _load(path, overrides, device=device, dtype=dtype, **values)
+    return _load(path, overrides, device=None if device is None else _device(device), dtype=dtype, **values)
+
+
+def _device(device: Any) -> Any:
+    """A `device` argument nldsl can run on here, as a torch.device; a `ValueError` worded for Python
+    otherwise (torch's own errors say "Torch not compiled with CUDA enabled" deep in a layer's init)."""
+    from .cli import UserError
+    from .runtime.train import check_device
+
+    # an int is a CUDA index, as torch reads it
+    name = f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else str(device)
+    try:
+        return check_device(name)
+    except UserError as error:  # worded for the command line's --device
+        raise ValueError(str(error).replace("--device", "device")) from None
 
 
 def load_run(path: Any, device: Any = "cpu") -> Any:
@@ -45,15 +59,9 @@ def load_run(path: Any, device: Any = "cpu") -> Any:
     `.checkpoint` (record and step) and `.module` (the generated module). Raises
     `nldsl.runtime.checkpoint.CheckpointError` for what is not a run and `ValueError` for a device
     nldsl cannot run on here."""
-    from .cli import UserError
     from .runtime.evaluate import load_model
-    from .runtime.train import check_device
 
-    try:
-        resolved = check_device(str(device))
-    except UserError as error:  # worded for the command line's --device
-        raise ValueError(str(error).replace("--device", "device")) from None
-    return load_model(path, resolved)
+    return load_model(path, _device(device))
 
 
 def check(path: Any, overrides: Any = (), **values: Any) -> Any:

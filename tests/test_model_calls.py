@@ -103,6 +103,15 @@ def test_a_state_of_the_same_spec_at_another_width_names_the_tensor_that_differs
         assert "holds a tensor of shape" in str(refused.value) and isinstance(refused.value.__cause__, RuntimeError)
         _, own = wider(x, return_state=True)
         wider(x, state=own)  # its own state continues
+    # a memory without momentum keeps no S: a state with one (or without, the other way round) is named,
+    # where a runtime assertion escaped
+    plain = nldsl.load("specs/titans_lmm.nl", **SMALL, model__block__lmm__level__momentum=None)
+    _, with_momentum = titans(x, return_state=True)
+    _, without = plain(x, return_state=True)
+    for model, state, why in ((plain, with_momentum, "it holds `lmm.memory.momentum[0]`, which this model's state "
+                               "has not"), (titans, without, "it has no `lmm.memory.momentum[0]`, which this model's")):
+        with pytest.raises(ValueError, match=re.escape(f"does not fit this model: {why}")):
+            model(x, state=state)
 
 
 def test_training_across_calls_takes_the_state_detached(titans) -> None:
@@ -240,6 +249,16 @@ def test_python_overrides_are_named_as_python_gives_them(call) -> None:
 def test_load_places_the_model_and_train_seed_gives_the_weights_nldsl_train_starts_from() -> None:
     model = nldsl.load("specs/titans_lmm.nl", dim=32, dtype=torch.float64, device="cpu")
     assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert next(nldsl.load("specs/titans_lmm.nl", dim=32, device=torch.device("cpu")).parameters()).is_cpu
+    # a device nldsl cannot use here is a ValueError before anything is built, as nldsl.load_run says it
+    for device, message in (("meta", "device meta: nldsl runs on cpu, cuda or mps devices, not meta"),
+                            ("nope", "unknown device `nope`")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            nldsl.load("specs/titans_lmm.nl", dim=32, device=device)
+    if not torch.cuda.is_available():  # torch's AssertionError "Torch not compiled with CUDA enabled" escaped
+        for device in ("cuda", 0):
+            with pytest.raises(ValueError, match=r"device cuda(:0)?: no CUDA device is available"):
+                nldsl.load("specs/titans_lmm.nl", dim=32, device=device)
     torch.manual_seed(3)
     first = nldsl.load("specs/titans_lmm.nl", dim=32, train__seed=0)
     after_first = torch.rand(1)

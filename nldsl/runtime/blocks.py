@@ -157,7 +157,7 @@ def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple
         return block(h, ctx, state)
     try:
         return block(h, ctx, state)
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # a runtime's check of the state's parts asserts
         mismatch = _state_mismatch(block, h, ctx, state)
         if mismatch is None:
             raise
@@ -170,15 +170,21 @@ def _state_mismatch(block: Any, h: Tensor, ctx: Any, state: dict) -> str | None:
     try:
         with torch.no_grad():
             _, fresh = block(h.detach(), ctx, {})
-    except RuntimeError:
+    except (RuntimeError, AssertionError):
         return None  # the block fails without the state too: the state is not the cause
     made = dict(_named_tensors(fresh, ""))
-    for name, tensor in _named_tensors(state, ""):
+    carried = dict(_named_tensors(state, ""))
+    for name, tensor in carried.items():
         expected = made.get(name)
         if expected is not None and expected.shape[1:] != tensor.shape[1:]:  # dim 0: the batch, checked before
             return (f"`{name}` holds a tensor of shape {tuple(tensor.shape)}, where this model's is "
                     f"{tuple(tensor.shape[:1]) + tuple(expected.shape[1:])}")
-    return None
+    # a memory with momentum carries S beside θ, one without does not (the same layers otherwise)
+    extra = next((name for name in carried if name not in made), None)
+    if extra is not None:
+        return f"it holds `{extra}`, which this model's state has not"
+    missing = next((name for name in made if name not in carried), None)
+    return None if missing is None else f"it has no `{missing}`, which this model's state holds"
 
 
 def _named_tensors(value: object, path: str):

@@ -504,7 +504,8 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
     if not path.exists():
         raise UserError(f"no stream state at {path}")
     if not path.is_file():
-        raise UserError(f"{path} is a folder, not a stream state file (written by `nldsl stream --state-out FILE`)")
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise UserError(f"{path} is {what}: a stream state is a file, written by `nldsl stream --state-out FILE`")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
