@@ -929,6 +929,9 @@ class Checker:
             self.check_vocabulary(model, train)
         if train is not None:
             self.check_m3_warmup(train)
+        # a file without a model or train section is a library: its constants are for the files
+        # that import it, so one its own definitions do not read is no unused constant
+        library = not any(section.kind in ("model", "train") for section in module.sections)
         for name, value in ns.consts.items():
             if self.bag.has_errors:
                 break  # unused-constant warnings are noise while errors cut checking short
@@ -937,7 +940,7 @@ class Checker:
             if (id(ns), name) in self.overridden:  # `value` is the override's, at its --set
                 self.bag.warning("W0706", f"this override has no effect: nothing reads the constant `{name}`",
                                  value.span, "override what reads it instead, or remove the override")
-            elif not name.startswith("_") and name not in ns.read_by_replaced:
+            elif not name.startswith("_") and name not in ns.read_by_replaced and not library:
                 self.bag.warning("W0702", f"constant `{name}` is never used", value.name_span,
                                  "remove it, or prefix its name with `_`")
         if self.bag.has_errors or train is None:

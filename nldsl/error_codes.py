@@ -1006,7 +1006,9 @@ _ENTRIES = (
         be used was written as a literal somewhere instead, so changing the constant (or
         overriding it with `--set`) would silently do nothing. Use it, remove it, or prefix its
         name with `_` to keep it as documentation. The warning is held back while the file has
-        errors.
+        errors, and a file without a `model` or `train` section (a library of definitions) gets
+        none: its constants are for the files that import it. A constant read only by a value an
+        override replaced (`--set model.dim=64` over `dim = dim`) counts as used.
         """,
         """
         const width = 128

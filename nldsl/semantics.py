@@ -45,7 +45,7 @@ def in_context_periods(model: S.ModelSpec, seq_len: int) -> set[int]:
     call's end)."""
     periods: set[int] = set()
     for _, layer in walk_layers(model.block.sublayers, "block"):
-        levels = [level for _, level in levels_of(layer)]
+        levels = [level for _, level in read_levels_of(layer)]
         if isinstance(layer, S.CMSSpec):
             levels = [level for level in levels[:1 if layer.variant == "nested" else None]
                       if level.learns_in_context(seq_len)]
@@ -105,6 +105,13 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     if isinstance(layer, S.CMSSpec):
         return [(level.name, level) for level in layer.levels]
     return []
+
+
+def read_levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
+    """The levels of `levels_of` that the model runs: a selfmod with no adaptive projection has no
+    projection memories, so its `projections` level is never read (W0703)."""
+    return [(name, level) for name, level in levels_of(layer)
+            if not (isinstance(layer, S.SelfModSpec) and name == "projections" and not layer.adaptive)]
 
 
 def _dgd_growth(layer: Any, level: S.LevelSpec, dim: int | None) -> tuple[float, float] | None:
@@ -387,7 +394,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")
     if not any(d.severity == "error" for d in out):  # next to a rejected combination they are noise
-        for name, level in levels_of(layer):
+        for name, level in read_levels_of(layer):
             if context == "cms" and not level.learns_in_context(seq_len):
                 continue  # stepped by the outer optimizer: W0705 covers every in-context setting
             lp = f"{path}.{name}"

@@ -745,6 +745,16 @@ def test_w0706_names_exactly_the_parameters_detached_writes_leave_without_gradie
         assert warning.message.startswith("W_k, its convolution and the learned `lr` get no gradient: they reach")
 
 
+def test_a_selfmod_without_adaptive_projections_gets_no_warning_about_its_projection_memories():
+    """`adaptive = []` makes no projection memory: W0707 named a level `projections` that the
+    model does not have (only the memory level's own warning is true)."""
+    text = ("model { dim = 16; block { selfmod { heads = 2; adaptive = []\n"
+            "level memory { period = 8; state = linear; objective = dot } } } }\n")
+    found = [(d.code, d.message.split(":")[0]) for d in check_text(text, "s.nl").diagnostics]
+    assert ("W0707", "level `memory` can grow without bound") in found
+    assert not [message for code, message in found if code == "W0707" and "projections" in message], found
+
+
 SELFMOD_CUTS = {  # overrides beside the memory level's `grad_through_writes = false` → W0706 expected
     "projections detached too": (["projections.grad_through_writes=false"], True),
     "no projection memory reaches the loss": (["adaptive=[k,v,eta]", "memory.retention=0.9"], True),
@@ -885,6 +895,8 @@ def test_a_constant_only_an_overridden_value_reads_is_no_unused_constant():
     assert check_text(text, "w.nl").diagnostics == []
     assert check_text(text, "w.nl", ["model.dim=64"]).diagnostics == []
     assert check_text(text, "w.nl", ["wide=64"]).diagnostics == []
+    # a library (no model, no train): its constants are for the files that import it
+    assert check_text("const dim = 64\nconst width = 4\nlevel fast { period = width }\n", "lib.nl").diagnostics == []
     assert not check_file(PACKAGE_DIR.parent / "specs/hope.nl", ["model.dim=64"]).diagnostics
     # an override's value replaced by a later override is no use by the file
     unread = check_text("const dim = 32\nmodel { dim = 64  layers = 1  block { mlp { } } }\n", "w.nl",
