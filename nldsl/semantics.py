@@ -158,10 +158,10 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
         setting = f"{path}.memory.grad_through_writes"
         if layer.memory.grad_through_writes or setting not in spans:
             return None
-        adaptive = set(layer.adaptive)
-        carried = sorted(adaptive & {"q", "alpha"}, key=layer.adaptive.index)
-        if layer.projections.grad_through_writes and carried:
+        if not layer.written_only():
             return None  # the projections' writes carry k, v and η into q or α
+        adaptive = set(layer.adaptive)
+        carried = [name for name in layer.adaptive if name in ("q", "alpha")]
         lost = [f"M_{name}" if name in adaptive else f"W_{name}" for name in ("k", "v")]
         if "eta" in adaptive:
             lost.append("M_eta")

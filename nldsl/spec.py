@@ -242,6 +242,17 @@ class SelfModSpec(Strict):
     memory: LevelSpec
     projections: LevelSpec
 
+    def written_only(self) -> bool:
+        """Whether k, v and η reach the loss only through detached writes, so that nothing that makes
+        them (M_k, M_v, M_η, or W_k, W_v and a learned lr, and the convolutions of k and v) gets a
+        gradient. The main memory detaches its writes, and the projection memories' writes, made
+        with the same k, v and η, carry them nowhere: they are detached too, or no memory whose
+        output reaches the loss is among them (q's is read out, α's is the retention, never
+        detached)."""
+        if self.memory.grad_through_writes:
+            return False
+        return not (self.projections.grad_through_writes and {"q", "alpha"} & set(self.adaptive))
+
 
 class MLPSpec(Strict):
     """A feed-forward block: a CMS level that never updates in context."""

@@ -800,6 +800,10 @@ def test_w0706_on_a_selfmod_names_exactly_what_the_reference_leaves_without_grad
              "the learned `lr`": {"lr_proj", "lr_bias"}, "the convolutions of k and v": {"conv_k", "conv_v"}}
     listed = set().union(*(names for phrase, names in named.items() if warnings and phrase in warnings[0].message))
     assert listed == without, (warnings, without)
+    # the generated module leaves the same ones without gradient: none gets a gradient of zeros, which
+    # weight decay would follow (the projection memories are stacked into one batched level)
+    model(torch.randint(0, 256, (2, 20))).logsumexp(-1).mean().backward()
+    assert {name.rsplit(".", 1)[1] for name, param in params.items() if param.grad is None} == without
     if warns:
         assert warnings[0].span.path == "<--set 3>"
 
