@@ -684,7 +684,7 @@ class Generator:
             static = [n for n in "qkv" if n not in layer.adaptive]
             w("static = {" + ", ".join(f"'{n}': R.split_heads(F.linear(x, self.w{n}), {heads})" for n in static) + "}")
             w("memories = {}  # the in-context projection memories M_□ and their per-sequence states")
-            unreached = {"k", "v", "eta"} & set(layer.adaptive) if layer.written_only() else set()
+            unreached = {"k", "v", "eta"} & set(layer.adaptive) if layer.kv_eta_cut_off() else set()
             if unreached:
                 # stacked with the others, they would get gradients of zero, which weight decay follows
                 w(f"# {', '.join(f'M_{n}' for n in layer.adaptive if n in unreached)}: no gradient reaches them "

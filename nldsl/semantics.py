@@ -158,7 +158,7 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
         setting = f"{path}.memory.grad_through_writes"
         if layer.memory.grad_through_writes or setting not in spans:
             return None
-        if not layer.written_only():
+        if not layer.kv_eta_cut_off():
             return None  # the projections' writes carry k, v and η into q or α
         adaptive = set(layer.adaptive)
         carried = [name for name in layer.adaptive if name in ("q", "alpha")]

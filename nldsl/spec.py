@@ -242,7 +242,7 @@ class SelfModSpec(Strict):
     memory: LevelSpec
     projections: LevelSpec
 
-    def written_only(self) -> bool:
+    def kv_eta_cut_off(self) -> bool:
         """Whether k, v and η reach the loss only through detached writes, so that nothing that makes
         them (M_k, M_v, M_η, or W_k, W_v and a learned lr, and the convolutions of k and v) gets a
         gradient. The main memory detaches its writes, and the projection memories' writes, made
