@@ -203,6 +203,53 @@ def test_a_fresh_stream_starts_from_the_checkpoints_slow_weights_every_time(run_
     assert [s.nats for s in second.segments] == [s.nats for s in first.segments]
 
 
+def test_stream_steps_each_slow_level_by_the_gradients_since_its_last_step(run_dir):
+    """Against the rule written out here (docs/semantics.md §4): each segment's mean next-token loss is
+    differentiated, the slow levels' gradients summed, and a level whose period the stream crosses
+    steps θ ← θ − η Σ and starts a new sum. Over several periods (a sum never reset after a step
+    passed the one-period tests)."""
+    import torch.nn.functional as F
+
+    text = "".join(f"z{i} = {i * 5 % 23}\n" for i in range(40))
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode(text)[:16 * 9 + 1]
+    streamed = E.stream(loaded, tokens, 16)
+    levels = E.slow_levels(loaded, 16)
+    assert all(streamed.updates[level.prefix] >= 2 for level in levels), streamed.updates
+
+    replay = E.load_model(run_dir, CPU)  # by hand, on a fresh copy of the weights
+    model = replay.model
+    slow = {level.prefix: (dict(level.parameters), level.period, level.lr) for level in E.slow_levels(replay, 16)}
+    model.requires_grad_(False)
+    for parameters, _, _ in slow.values():
+        for p in parameters.values():
+            p.requires_grad_(True)
+    sums = {name: torch.zeros_like(p) for parameters, _, _ in slow.values() for name, p in parameters.items()}
+    memory, nats = None, []
+    for start in range(0, len(tokens) - 1, 16):
+        inputs, targets = tokens[start:start + 16][None], tokens[start + 1:start + 17][None]
+        logits, memory = model(inputs, targets, state=memory, return_state=True)
+        loss = F.cross_entropy(logits[0], targets[0], reduction="sum")
+        nats.append(float(loss.detach()))
+        gradients = torch.autograd.grad(loss / inputs.shape[1], [p for ps, _, _ in slow.values() for p in ps.values()],
+                                        allow_unused=True)
+        for name, grad in zip(sums, gradients, strict=True):
+            if grad is not None:
+                sums[name] += grad
+        memory = E.detach_state(memory)
+        for parameters, period, lr in slow.values():
+            if (start + inputs.shape[1]) // period > start // period:
+                with torch.no_grad():
+                    for name, p in parameters.items():
+                        p.sub_(lr * sums[name])
+                        sums[name].zero_()
+    assert [s.nats for s in streamed.segments] == pytest.approx(nats, rel=1e-9)
+    for name, value in streamed.state.slow_weights.items():
+        torch.testing.assert_close(value, dict(model.named_parameters())[name].detach(), rtol=1e-9, atol=1e-12)
+    for name, value in streamed.state.sums.items():
+        torch.testing.assert_close(value, sums[name], rtol=1e-9, atol=1e-12)
+
+
 def test_a_stream_stopped_by_ctrl_c_keeps_whole_segments_and_continues_exactly(run_dir):
     import os
     import signal

@@ -131,6 +131,13 @@ def test_nested_cms_matches_the_interpreter(case: str) -> None:
     assert_matches_interpreter(nested_spec(case), length=LENGTH, seed=1)
 
 
+@pytest.mark.parametrize("case", ["three_in_context", "three_mixed"])
+def test_every_faster_level_restarts_from_a_slower_one_that_moved(case: str) -> None:
+    """Past twice the slowest period (T = 19): at T = 11 the middle level never moved again after the
+    slowest one did, so a restart that reset only the fastest level from it went unnoticed."""
+    assert_matches_interpreter(nested_spec(case), length=19, seed=5)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_calls_with_the_carried_state_equal_one_call(case: str) -> None:
     """Cut at chunk boundaries of every level that learns in context, the calls continue the one call:

@@ -476,3 +476,24 @@ def test_compiled_newton_schulz_matches_eager():
     compiled_outputs, compiled_grads = outputs_and_grads(compiled, inputs, cotangent_seed=14)
     torch.testing.assert_close(compiled_outputs, eager_outputs, atol=COMPILED_ATOL, rtol=COMPILED_ATOL)
     torch.testing.assert_close(compiled_grads, eager_grads, atol=COMPILED_ATOL, rtol=COMPILED_ATOL)
+
+
+def test_the_surprise_is_the_per_token_gradient_of_the_next_token_loss_and_zero_without_a_target() -> None:
+    """blocks.surprise_error, in closed form, against autograd of CE(RMSNorm(y) Eᵀ, target) per token;
+    a position whose target is −1 (none known) has g = 0 exactly (a mask dropped went unnoticed)."""
+    from nldsl.runtime.blocks import surprise_error
+
+    generator = torch.Generator().manual_seed(0)
+    batch, length, width, vocab, eps = 2, 5, 6, 11, 1e-6
+    y = torch.randn(batch, length, width, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = 1 + 0.1 * torch.randn(width, generator=generator, dtype=torch.float64)
+    unembed = torch.randn(vocab, width, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, vocab, (batch, length), generator=generator)
+    targets[0, -1] = targets[1, 2] = -1
+    normed = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * weight
+    losses = torch.nn.functional.cross_entropy((normed @ unembed.T).flatten(0, 1), targets.flatten(),
+                                               ignore_index=-1, reduction="sum")
+    [expected] = torch.autograd.grad(losses, [y])  # per token: each loss term reads only its own y_t
+    got = surprise_error(y.detach().unsqueeze(1), targets, weight, unembed, eps).squeeze(1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    assert not got[0, -1].any() and not got[1, 2].any() and got[0, 0].any()

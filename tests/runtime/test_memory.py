@@ -195,6 +195,19 @@ def test_readout_momentum_chunks(readout: str, momentum: bool, chunk_size: int) 
     assert_matches_reference(cfg, 13, seed=chunk_size)
 
 
+@pytest.mark.parametrize("readout", ["causal", "exclusive", "chunk_start"])
+@pytest.mark.parametrize("momentum", [False, True])
+def test_chunks_longer_than_the_fused_scan(readout: str, momentum: bool) -> None:
+    """Chunks past FUSED_SCAN_LENGTH take torch's cumsum and logcumsumexp (as a CMS level with a long
+    period does): no other test ran them against the per-token reference, and a scan that left out
+    each token's own gate went unnoticed."""
+    from nldsl.runtime.memory import FUSED_SCAN_LENGTH
+
+    for state, chunk_size in (("linear", FUSED_SCAN_LENGTH + 6), ("residual", FUSED_SCAN_LENGTH + 36)):
+        cfg = level(state, dgd=True, momentum=momentum, readout=readout, chunk_size=chunk_size)
+        assert_matches_reference(cfg, 2 * chunk_size + 11, seed=chunk_size)
+
+
 @pytest.mark.parametrize("length", [1, 7, 13])
 @pytest.mark.parametrize("learned_retention", [False, True])
 def test_lengths_and_retention(length: int, learned_retention: bool) -> None:

@@ -733,3 +733,79 @@ def test_compiled_step_follows_a_tensor_lr_schedule_without_recompiling():
     theirs = train(reference, Scheduled(eager, eager.step, schedules[1]), steps=5)
     assert_histories_close(ours, theirs, COMPILED)
     assert compiled.param_groups[0]["lr"].item() == pytest.approx(0.01 / 32)
+
+
+# Mutation-audit checks: bias correction on a slow level, Nesterov off the EMA form, builtin m3 wiring ----
+
+def test_bias_correction_on_a_slow_level_counts_writes_not_steps():
+    # O1: a level with period p writes at t = p, 2p, …; its correction is 1 − α^w with w the writes so far.
+    period, retention, lr = 3, 0.9, 0.1
+    level = OptimizerLevelConfig("m", "gradients", retention=retention, lr=lr, period=period, bias_correction=True)
+    config = OptimizerConfig(1.0, (level,), ("level", "m"))
+    generator = torch.Generator().manual_seed(21)
+    grads = [torch.randn(5, generator=generator, dtype=torch.float64) for _ in range(7)]
+    history = step_with_gradients(torch.zeros(5, dtype=torch.float64), config, grads)
+    zero = torch.zeros(5, dtype=torch.float64)
+    memory, accumulated, output, param = zero, zero, zero, zero
+    writes, expected = 0, []
+    for t, grad in enumerate(grads, start=1):
+        accumulated = accumulated + grad
+        if t % period == 0:  # writes at t = 3 and t = 6, with the sum of the flows since the last write
+            writes += 1
+            memory = retention * memory + lr * accumulated
+            accumulated = zero
+            output = memory / (1 - retention**writes)
+        param = param - output  # between writes (and before the first) the output is held
+        expected.append(param)
+    assert writes == 2
+    for t in range(7):
+        torch.testing.assert_close(history[t], expected[t], **HAND, msg=lambda m, t=t: f"step {t + 1}: {m}")
+
+
+def test_nesterov_on_a_level_that_is_not_a_moving_average():
+    # O3: η ≠ 1 − α, so the output is α m_t + η X_t, with m_t = α m_{t−1} + η X_t.
+    retention, lr = 0.9, 0.5
+    level = OptimizerLevelConfig("m", "gradients", retention=retention, lr=lr, nesterov=True)
+    assert not level.is_moving_average
+    config = OptimizerConfig(1.0, (level,), ("level", "m"))
+    g1 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    g2 = torch.tensor([3.0, 0.25, -1.0], dtype=torch.float64)
+    g3 = torch.tensor([-0.5, 1.5, 2.0], dtype=torch.float64)
+    history = step_with_gradients(torch.zeros(3, dtype=torch.float64), config, [g1, g2, g3])
+    m1 = 0.5 * g1
+    m2 = 0.9 * m1 + 0.5 * g2
+    m3_ = 0.9 * m2 + 0.5 * g3
+    outputs = [0.9 * m1 + 0.5 * g1, 0.9 * m2 + 0.5 * g2, 0.9 * m3_ + 0.5 * g3]
+    expected = [-outputs[0], -outputs[0] - outputs[1], -outputs[0] - outputs[1] - outputs[2]]
+    for t in range(3):
+        torch.testing.assert_close(history[t], expected[t], **HAND, msg=lambda m, t=t: f"step {t + 1}: {m}")
+
+
+def test_builtin_m3_puts_momentum_in_beta1_and_beta3_and_beta2_in_the_second_moment():
+    # O15 (docs §3.6): `momentum` is β1 and β3, `beta2` is β2; Algorithm 1 as printed: M ← M + β X
+    # (retention 1, lr β), M2 written every 10 steps; p ← p − lr (NS(M1) + NS(M2)) / (√V + ε).
+    from nldsl.compiler.optimizers import builtin_config
+
+    text = "train { optimizer = m3(lr = 0.02, momentum = 0.7, beta2 = 0.95, eps = 0.001, weight_decay = 0.1) }"
+    config = builtin_config(check_text(text).spec.train.optimizer)
+    assert config is not None
+    assert (config.lr, config.weight_decay, config.matrices_only) == (0.02, 0.1, True)
+    levels = {level.name: level for level in config.levels}
+    assert set(levels) == {"fast_momentum", "slow_momentum", "second_moment"}
+    fast, slow, second = levels["fast_momentum"], levels["slow_momentum"], levels["second_moment"]
+    assert (fast.flow, fast.retention, fast.lr, fast.period) == ("gradients", 1.0, 0.7, 1)  # β1 = momentum
+    assert (slow.flow, slow.retention, slow.lr, slow.period) == ("gradients", 1.0, 0.7, 10)  # β3 = momentum
+    assert (second.flow, second.retention, second.lr, second.period) == ("squared_gradients", 1.0, 0.95, 1)  # β2
+    assert fast.orthogonalize_steps > 0 and slow.orthogonalize_steps > 0 and second.orthogonalize_steps == 0
+    for level in (fast, slow, second):
+        assert not level.nesterov and not level.bias_correction and level.init == "zeros"
+    # the update, on numbers: (O1 + 1·O2) / (√V + ε) with ε = eps
+    outputs = {"fast_momentum": torch.tensor([2.0], dtype=torch.float64),
+               "slow_momentum": torch.tensor([3.0], dtype=torch.float64),
+               "second_moment": torch.tensor([16.0], dtype=torch.float64)}
+    torch.testing.assert_close(O.evaluate_update(config.update, outputs),
+                               torch.tensor([5.0 / (4.0 + 0.001)], dtype=torch.float64), **HAND)
+    # the other tensors: AdamW with β1 = 0.9, β2 = beta2, the same eps
+    fallback = {level.name: level for level in config.fallback.levels}
+    assert (fallback["first_moment"].retention, fallback["second_moment"].retention) == (0.9, 0.95)
+    assert (config.fallback.lr, config.fallback.weight_decay) == (0.02, 0.1)
