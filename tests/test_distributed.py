@@ -292,6 +292,17 @@ def test_a_run_folder_in_use_stops_every_process_with_the_same_reason(tmp_path, 
     assert "another process of this torchrun run stopped" not in completed.stderr, stderr_of(completed)
 
 
+def test_a_run_folder_that_cannot_be_made_stops_every_process_with_its_reason(tmp_path, text_file):
+    """Rank 0 makes the folder: a failure there (a file in the way) left the other process to report
+    rank 0's exit as a peer that stopped, before rank 0's own reason (an audit)."""
+    (tmp_path / "afile").write_text("x")
+    completed = torchrun(tmp_path / "afile" / "run", text_file)
+    assert completed.returncode != 0
+    assert completed.stderr.count(f"error: {tmp_path / 'afile' / 'run'}: Not a directory") == 1, \
+        stderr_of(completed)
+    assert "another process of this torchrun run stopped" not in completed.stderr, stderr_of(completed)
+
+
 def test_a_first_step_that_is_not_finite_under_torchrun_says_how_to_find_the_layer(tmp_path, text_file):
     # the search for the layer runs one process's batch, so torchrun runs skip it; they said instead
     # that the forward pass was finite, under a loss of nan (an audit)

@@ -100,7 +100,8 @@ def setup(device: str = "auto", fsdp: bool = False) -> Distributed:
         dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
         _joined = True
     if fsdp and world_size == 1:
-        raise UserError("--fsdp shards the model over processes: start it with torchrun --nproc_per_node=N")
+        raise UserError("--fsdp shards the model over processes: start it with torchrun --nproc_per_node=N, "
+                        "N at least 2")
     return Distributed(rank, world_size, local_rank, resolved, fsdp)
 
 

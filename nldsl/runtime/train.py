@@ -316,8 +316,21 @@ def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> tup
         return Path(options.run_dir), False
     if options.resume:
         return Path(distributed.broadcast_object(str(latest_run_dir(spec_path)), context)), False
-    made = str(new_run_dir(spec_path)) if context.is_main else None
-    return Path(distributed.broadcast_object(made, context)), context.is_main
+    made, refused = None, None
+    if context.is_main:
+        try:
+            made = str(new_run_dir(spec_path))
+        except OSError as error:  # `runs` is a file, or not writable: every rank stops with this reason
+            refused = _cannot_make(RUNS, error)
+    made, refused = distributed.broadcast_object((made, refused), context)
+    if refused is not None:
+        raise UserError(refused)
+    return Path(made), context.is_main
+
+
+def _cannot_make(folder: Path, error: OSError) -> str:
+    """Why a run folder could not be made, as the command line prints an OSError: `path: reason`."""
+    return f"{error.filename or folder}: {error.strerror or error}"
 
 
 LOCK_FILE = ".lock"
@@ -396,11 +409,14 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 created, made_parents = True, missing
             except FileExistsError:
                 pass
+            except OSError as error:  # a file where a folder is asked for, no permission: said by every rank
+                refused = _cannot_make(run_dir, error)
         # A failed lock deletes nothing: another run may have entered the folder since it was made.
-        try:
-            lock = _lock_run_dir(run_dir)
-        except UserError as error:
-            refused = str(error)
+        if refused is None:
+            try:
+                lock = _lock_run_dir(run_dir)
+            except UserError as error:
+                refused = str(error)
     # every process stops with rank 0's reason (the others would only see rank 0 leave)
     refused = distributed.broadcast_object(refused, context)
     if refused is not None:
