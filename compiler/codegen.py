@@ -684,7 +684,7 @@ class Generator:
             static = [n for n in "qkv" if n not in layer.adaptive]
             w("static = {" + ", ".join(f"'{n}': R.split_heads(F.linear(x, self.w{n}), {heads})" for n in static) + "}")
             w("memories = {}  # the in-context projection memories M_□ and their per-sequence states")
-            unreached = {"k", "v", "eta"} & set(layer.adaptive) if layer.kv_eta_cut_off() else set()
+            unreached = {"k", "v", "eta"} & set(layer.adaptive) if layer.kv_eta_cut_off(self.train.seq_len) else set()
             if unreached:
                 # stacked with the others, they would get gradients of zero, which weight decay follows
                 w(f"# {', '.join(f'M_{n}' for n in layer.adaptive if n in unreached)}: no gradient reaches them "
@@ -726,9 +726,9 @@ class Generator:
         levels = []
         for level in layer.levels:
             in_context = lower.learns_in_context(level, self.train)
-            # a slower nested level that does not learn in context is read by nothing (docs/semantics.md
-            # §3.7): no clock steps it, so streaming and the clock never ask for its gradient
-            read = layer.variant != "nested" or level is layer.levels[0]
+            # a slower nested level that never moves is read by nothing (docs/semantics.md §3.7): no
+            # clock steps it, so streaming and the clock never ask for its gradient
+            read = level.name not in layer.inert_levels(self.train.seq_len)
             if not in_context and read:
                 # the full path inside the block: cms layers of one name may sit in different branches
                 path = ".".join([*self.scope, layer.name, level.name])

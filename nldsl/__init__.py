@@ -41,15 +41,20 @@ def load(path: Any, overrides: Any = (), *, device: Any = None, dtype: Any = Non
 def _device(device: Any) -> Any:
     """A `device` argument nldsl can run on here, as a torch.device; a `ValueError` worded for Python
     otherwise (torch's own errors say "Torch not compiled with CUDA enabled" deep in a layer's init)."""
+    import torch
+
     from .cli import UserError
     from .runtime.train import check_device
 
     # an int is a CUDA index, as torch reads it
     name = f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else str(device)
     try:
-        return check_device(name)
+        resolved = check_device(name)
     except UserError as error:  # worded for the command line's --device
         raise ValueError(str(error).replace("--device", "device")) from None
+    # a bare "cuda" stays torch's current CUDA device (a torchrun worker's after torch.cuda.set_device),
+    # where the command line's --device cuda means this process's LOCAL_RANK
+    return torch.device(name) if name == "cuda" else resolved
 
 
 def load_run(path: Any, device: Any = "cpu") -> Any:

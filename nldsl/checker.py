@@ -768,7 +768,7 @@ class Checker:
                 return
             node = matches[0]
         replaced = node.attrs.get(parts[-1])
-        if replaced is not None and not replaced.span.path.startswith("<"):  # the file's value, not an override's
+        if replaced is not None and replaced.span.path not in self.override_paths:  # the file's, not an override's
             replaced.ns.note_replaced(replaced.value)
         node.attrs[parts[-1]] = attr
 

@@ -133,17 +133,16 @@ class LevelGraph:
                 follows = layer.levels[index - 1].name if layer.variant == "nested" and index else None
                 on_clock = not level.learns_in_context(seq_len) and follows is None
                 inert = None  # as W0706 says of a slower nested level
-                if follows is not None and not layer.levels[0].learns_in_context(seq_len):
+                if level.name in layer.inert_levels(seq_len):
                     inert = (f"never moves: the fastest level `{layer.levels[0].name}` does not learn in context, "
-                             "so the chain runs as its MLP")
-                elif follows is not None and not level.learns_in_context(seq_len):
-                    inert = f"never moves within a sequence: its period passes train.seq_len = {seq_len}"
+                             "so the chain runs as its MLP" if not layer.levels[0].learns_in_context(seq_len) else
+                             f"never moves within a sequence: its period passes train.seq_len = {seq_len}")
                 self._level(level_id, level, dim, 1, repeat, on_clock=on_clock, follows=follows, inert=inert)
                 if not on_clock and follows is None and level.objective == "reconstruction":
                     self.add_edge(node_id, level_id, "flow", "x")
                 if follows is None:
                     self.add_edge(level_id, node_id, "read", "MLP(x)")
-                if layer.variant == "nested" and previous is not None and inert is None:
+                if layer.variant == "nested" and previous is not None and inert is None:  # a level that moves
                     self.add_edge(level_id, previous, "meta", "initial state")
                 previous = level_id
         elif isinstance(layer, S.ParallelSpec):
@@ -205,7 +204,9 @@ class LevelGraph:
             update="outer" if outer else level.update, gates=gates, init=level.init,
             grad_through_writes=level.grad_through_writes, repeat=repeat, inert=inert,
         )
-        if level.init == "learned" and inert is None:  # nothing reads an inert level, so nothing learns it
+        # nothing reads a slower nested level that never moves, so nothing learns its θ₀ (an inert memory
+        # that never writes is still read, and its θ₀ trained)
+        if level.init == "learned" and not (inert and follows):
             self.add_edge(OUTER, node_id, "meta", "steps every clock tick" if outer else "meta-learns θ₀")
 
     def _optimizer(self, opt: Any, outer: str, prefix: str) -> None:

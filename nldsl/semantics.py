@@ -45,7 +45,7 @@ def in_context_periods(model: S.ModelSpec, seq_len: int) -> set[int]:
     call's end)."""
     periods: set[int] = set()
     for _, layer in walk_layers(model.block.sublayers, "block"):
-        levels = [level for _, level in read_levels_of(layer)]
+        levels = [level for _, level in read_levels_of(layer, seq_len)]
         if isinstance(layer, S.CMSSpec):
             levels = [level for level in levels[:1 if layer.variant == "nested" else None]
                       if level.learns_in_context(seq_len)]
@@ -107,11 +107,14 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
-def read_levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
-    """The levels of `levels_of` that the model runs: a selfmod with no adaptive projection has no
-    projection memories, so its `projections` level is never read (W0703)."""
+def read_levels_of(layer: Any, seq_len: int) -> list[tuple[str, S.LevelSpec]]:
+    """The levels of `levels_of` that the model reads: not the `projections` level of a selfmod with
+    no adaptive projection (it has no projection memories, W0703), nor a slower nested cms level
+    that never moves (W0706)."""
+    inert = layer.inert_levels(seq_len) if isinstance(layer, S.CMSSpec) else ()
     return [(name, level) for name, level in levels_of(layer)
-            if not (isinstance(layer, S.SelfModSpec) and name == "projections" and not layer.adaptive)]
+            if name not in inert
+            and not (isinstance(layer, S.SelfModSpec) and name == "projections" and not layer.adaptive)]
 
 
 def _dgd_growth(layer: Any, level: S.LevelSpec, dim: int | None) -> tuple[float, float] | None:
@@ -145,7 +148,7 @@ def _span(spans: dict[str, Span], *paths: str) -> Span | None:
     return None
 
 
-def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
+def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span], seq_len: int
                                 ) -> tuple[str, str, str] | None:
     """What `grad_through_writes = false`, written on a layer's memory level, leaves without a gradient:
     the parameters whose only way to the loss is a detached write (the keys, the values, the learning
@@ -158,7 +161,7 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span]
         setting = f"{path}.memory.grad_through_writes"
         if layer.memory.grad_through_writes or setting not in spans:
             return None
-        if not layer.kv_eta_cut_off():
+        if not layer.kv_eta_cut_off(seq_len):
             return None  # the projections' writes carry k, v and η into q or α
         adaptive = set(layer.adaptive)
         carried = [name for name in layer.adaptive if name in ("q", "alpha")]
@@ -394,7 +397,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")
     if not any(d.severity == "error" for d in out):  # next to a rejected combination they are noise
-        for name, level in read_levels_of(layer):
+        for name, level in read_levels_of(layer, seq_len):
             if context == "cms" and not level.learns_in_context(seq_len):
                 continue  # stepped by the outer optimizer: W0705 covers every in-context setting
             lp = f"{path}.{name}"
@@ -450,7 +453,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                     continue
                 warning("W0706", f"nested level `{level.name}` has no effect: {why}", help,
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
-        cut_off = _cut_off_by_detached_writes(layer, path, spans)
+        cut_off = _cut_off_by_detached_writes(layer, path, spans, seq_len)
         if cut_off is not None:
             message, help, setting = cut_off
             warning("W0706", message, help, setting)

@@ -242,16 +242,18 @@ class SelfModSpec(Strict):
     memory: LevelSpec
     projections: LevelSpec
 
-    def kv_eta_cut_off(self) -> bool:
+    def kv_eta_cut_off(self, seq_len: int) -> bool:
         """Whether k, v and η reach the loss only through detached writes, so that nothing that makes
         them (M_k, M_v, M_η, or W_k, W_v and a learned lr, and the convolutions of k and v) gets a
         gradient. The main memory detaches its writes, and the projection memories' writes, made
         with the same k, v and η, carry them nowhere: they are detached too, or no memory whose
         output reaches the loss is among them (q's is read out, α's is the retention, never
-        detached)."""
+        detached). Projection memories whose period passes `seq_len` never write in training, so
+        they carry nothing either."""
         if self.memory.grad_through_writes:
             return False
-        return not (self.projections.grad_through_writes and {"q", "alpha"} & set(self.adaptive))
+        carrying = self.projections.grad_through_writes and self.projections.learns_in_context(seq_len)
+        return not (carrying and {"q", "alpha"} & set(self.adaptive))
 
 
 class MLPSpec(Strict):
@@ -270,6 +272,16 @@ class CMSSpec(Strict):
     name: str | None = None
     variant: Literal["sequential", "independent", "nested"] = "sequential"
     levels: tuple[LevelSpec, ...]
+
+    def inert_levels(self, seq_len: int) -> tuple[str, ...]:
+        """The slower levels of a nested chain that never move, so that nothing reads them: all of
+        them when the fastest level does not learn in context (the chain is its MLP), else those
+        whose period passes `seq_len` (docs/semantics.md §3.7)."""
+        if self.variant != "nested":
+            return ()
+        fastest_learns = self.levels[0].learns_in_context(seq_len)
+        return tuple(level.name for level in self.levels[1:]
+                     if not fastest_learns or not level.learns_in_context(seq_len))
 
 
 class ParallelSpec(Strict):

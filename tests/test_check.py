@@ -762,6 +762,9 @@ SELFMOD_CUTS = {  # overrides beside the memory level's `grad_through_writes = f
                         True),
     "no adaptive projection": (["adaptive=[]", "memory.lr=learned(max=0.02)", "memory.retention=0.9",
                                 "memory.values=given"], True),
+    # projection memories slower than a training sequence never write, so they carry nothing either
+    "projections that never write": (["adaptive=[q,k,v]", "memory.lr=learned(max=0.02)", "memory.retention=0.9",
+                                      "projections.period=512"], True),
     # the projections' own writes carry k, v and η into M_alpha, whose α (the retention) reaches the loss
     "projections' writes differentiable": ([], False),
 }
@@ -899,6 +902,7 @@ def test_a_constant_only_an_overridden_value_reads_is_no_unused_constant():
     assert check_text(text, "w.nl").diagnostics == []
     assert check_text(text, "w.nl", ["model.dim=64"]).diagnostics == []
     assert check_text(text, "w.nl", ["wide=64"]).diagnostics == []
+    assert check_text(text, overrides=["model.dim=64"]).diagnostics == [], "a file named <string> too"
     # a library (no model, no train): its constants are for the files that import it
     assert check_text("const dim = 64\nconst width = 4\nlevel fast { period = width }\n", "lib.nl").diagnostics == []
     assert not check_file(PACKAGE_DIR.parent / "specs/hope.nl", ["model.dim=64"]).diagnostics

@@ -437,6 +437,8 @@ def test_what_never_changes_in_training_is_drawn_as_such_and_projections_show_th
     long_memory = checked_graph(SMALL_SPEC.replace("  period = 4\n", "  period = 64\n"))
     notes = {node: attrs.get("inert") for node, attrs in long_memory.nx.nodes(data=True) if attrs.get("inert")}
     assert notes == {"block.lmm.level": "never updates within a sequence: its period passes train.seq_len = 32"}
+    # still read, so its θ₀ is still learned by the outer optimizer (unlike a nested level that never moves)
+    assert any(a["label"] == "meta-learns θ₀" for _, _, a in long_memory.nx.in_edges("block.lmm.level", data=True))
     nested = checked_graph(SMALL_SPEC.replace("cms {", "cms {\n      variant = nested").replace(
         "level slow { period = 32 }", "level slow { period = 64  lr = 0.5 }"))
     assert "never moves within a sequence" in nested.nx.nodes["block.cms.slow"]["inert"]

@@ -796,6 +796,15 @@ def test_a_failed_start_leaves_no_run_folder_and_an_empty_run_dir_is_refused(tmp
     assert not (tmp_path / "made").exists(), "the folders made to hold the run go with it"
     assert main(_tiny_run(tmp_path, short, run_dir=tmp_path / "new/../other/run")) == 1
     assert not (tmp_path / "new").exists() and not (tmp_path / "other").exists(), "also through `..`"
+    capsys.readouterr()
+    too_long = tmp_path / "made" / ("x" * 300) / "run"  # the parent `made` is made, then the name fails
+    assert main(_tiny_run(tmp_path, short, run_dir=too_long)) == 1
+    assert "File name too long" in capsys.readouterr().err and not (tmp_path / "made").exists()
+    (tmp_path / "runs").write_text("a file where the default runs/ folder goes")
+    arguments = _tiny_run(tmp_path, short)
+    at = arguments.index("--run-dir")
+    assert main(arguments[:at] + arguments[at + 2:]) == 1
+    assert re.search(r"^error: runs/transformer-[\d-]+: Not a directory$", capsys.readouterr().err, re.M)
     with pytest.raises(SystemExit) as usage:  # not the current folder: argparse refuses it
         main(_tiny_run(tmp_path, text_file, run_dir=""))
     assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err

@@ -328,6 +328,17 @@ def _run_dir(spec_path: str, options: TrainOptions, context: Distributed) -> tup
     return Path(made), context.is_main
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (nearest first) while they exist and nothing else is in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENAMETOOLONG):
+                continue  # not made before the failure (a name too long was never made)
+            break  # not empty: something else is in it
+
+
 def _cannot_make(folder: Path, error: OSError) -> str:
     """Why a run folder could not be made, as the command line prints an OSError: `path: reason`."""
     return f"{error.filename or folder}: {error.strerror or error}"
@@ -411,6 +422,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
                 pass
             except OSError as error:  # a file where a folder is asked for, no permission: said by every rank
                 refused = _cannot_make(run_dir, error)
+                _remove_empty(missing)  # the parents made before the failure
         # A failed lock deletes nothing: another run may have entered the folder since it was made.
         if refused is None:
             try:
@@ -428,11 +440,7 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
     except BaseException as error:
         if created and not started[0]:
             shutil.rmtree(run_dir, ignore_errors=True)
-            for parent in made_parents:  # and the folders made to hold it, while nothing else is in them
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            _remove_empty(made_parents)  # and the folders made to hold it
             if isinstance(error, ReportedInterrupt):  # the other stops say so in their own message, or need not
                 _say(context, f"no step was done: the run folder {run_dir} was removed")
         if isinstance(error, BrokenPipeError):  # stdout's reader exited outside the step loop (inside it, the
