@@ -1134,9 +1134,10 @@ _ENTRIES = (
         whose memories learn with the gates of `level memory` (Eq. 88); the objective, rule and
         other update settings of a slower level of a nested `cms`, where only the fastest level runs
         and learns; `grad_through_writes = false` on a selfmod's memory level when the projection memories'
-        own writes cannot carry k, v and η to the loss either (they are detached too or never made
-        in training, or neither q nor α is adaptive): M_k, M_v and M_η (or W_k, W_v and a learned `lr`) and the convolutions
-        of k and v are then left without gradient, while M_α keeps its through the retention; and
+        own writes cannot carry k, v and η to the loss either (they are detached too or never
+        made in training, or neither q nor α is adaptive): M_k, M_v and M_η (or W_k, W_v and a
+        learned `lr`) and the convolutions of k and v are then left without gradient, while M_α
+        keeps its through the retention; and
         on a `memory` layer's level, which leaves W_k, W_v, their convolutions and a
         learned `lr` without gradient for the same reason; a selfmod whose memory level learns by
         `reconstruction` while no projection is adaptive or the projection memories reconstruct
