@@ -1135,7 +1135,7 @@ _ENTRIES = (
         other update settings of a slower level of a nested `cms`, where only the fastest level runs
         and learns; `grad_through_writes = false` on a selfmod's memory level when the projection memories'
         own writes cannot carry k, v and η to the loss either (they are detached too or never
-        made in training, or neither q nor α is adaptive): M_k, M_v and M_η (or W_k, W_v and a
+        read in training, or neither q nor α is adaptive): M_k, M_v and M_η (or W_k, W_v and a
         learned `lr`) and the convolutions of k and v are then left without gradient, while M_α
         keeps its through the retention; and
         on a `memory` layer's level, which leaves W_k, W_v, their convolutions and a

@@ -172,13 +172,23 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span], s
             lost.append("the learned `lr`")
         if layer.conv:
             lost.append("the convolutions of k and v")
-        how = "the memory's writes" if not adaptive else "the writes of the memory and of the projection memories"
-        help = ("remove `grad_through_writes = false`, or accept them fixed at their initial weights"
-                if not carried else
-                "remove `grad_through_writes = false` here or on the `projections` level, whose own writes "
-                f"would carry k, v and η into {listing([f'M_{name}' for name in carried])}")
-        return (f"{listing(lost)} get no gradient: k, v and η reach the loss only through {how}, which "
-                "`grad_through_writes = false` cuts off", help, setting)
+        into = listing([f"M_{name}" for name in carried]) if carried else ""
+        if not adaptive:
+            why, help = "", "remove `grad_through_writes = false`, or accept them fixed at their initial weights"
+        elif not carried:
+            why = " (the projection memories' writes only make k, v and η again)"
+            help = "remove `grad_through_writes = false`, or accept them fixed at their initial weights"
+        elif not layer.projections.grad_through_writes:
+            why = " (and the projection memories' writes, detached too)"
+            help = ("remove `grad_through_writes = false` here or on the `projections` level, whose own writes "
+                    f"would carry k, v and η into {into}")
+        else:
+            why = (" (nothing reads the projection memories' writes in training: their period "
+                   f"{layer.projections.period} is not shorter than train.seq_len = {seq_len})")
+            help = (f"remove `grad_through_writes = false`, or give the `projections` level a period under "
+                    f"{seq_len}, so that its writes carry k, v and η into {into}")
+        return (f"{listing(lost)} get no gradient: k, v and η reach the loss only through the memory's writes, "
+                f"which `grad_through_writes = false` cuts off{why}", help, setting)
     if isinstance(layer, S.MemorySpec):
         setting = f"{path}.level.grad_through_writes"
         level = layer.level

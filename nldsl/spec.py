@@ -248,12 +248,19 @@ class SelfModSpec(Strict):
         gradient. The main memory detaches its writes, and the projection memories' writes, made
         with the same k, v and η, carry them nowhere: they are detached too, or no memory whose
         output reaches the loss is among them (q's is read out, α's is the retention, never
-        detached). Projection memories whose period passes `seq_len` never write in training, so
-        they carry nothing either."""
+        detached), or nothing reads them in training (`projections_read`)."""
         if self.memory.grad_through_writes:
             return False
-        carrying = self.projections.grad_through_writes and self.projections.learns_in_context(seq_len)
+        carrying = self.projections.grad_through_writes and self.projections_read(seq_len)
         return not (carrying and {"q", "alpha"} & set(self.adaptive))
+
+    def projections_read(self, seq_len: int) -> bool:
+        """Whether a write of the projection memories is read within a training sequence: they write
+        at chunk ends for the next chunk (`readout = chunk_start`), so a period of `seq_len` or more
+        leaves every write unread (a longer one makes none)."""
+        projections = self.projections
+        return projections.learns_in_context(seq_len) and (
+            projections.readout != "chunk_start" or projections.period < seq_len)
 
 
 class MLPSpec(Strict):

@@ -762,9 +762,11 @@ SELFMOD_CUTS = {  # overrides beside the memory level's `grad_through_writes = f
                         True),
     "no adaptive projection": (["adaptive=[]", "memory.lr=learned(max=0.02)", "memory.retention=0.9",
                                 "memory.values=given"], True),
-    # projection memories slower than a training sequence never write, so they carry nothing either
+    # projection memories slower than a training sequence never write, so they carry nothing either;
+    # at a period of seq_len they write once, at the end, for a next chunk that never comes
     "projections that never write": (["adaptive=[q,k,v]", "memory.lr=learned(max=0.02)", "memory.retention=0.9",
                                       "projections.period=512"], True),
+    "projections whose writes nothing reads": (["projections.period=256"], True),
     # the projections' own writes carry k, v and η into M_alpha, whose α (the retention) reaches the loss
     "projections' writes differentiable": ([], False),
 }
@@ -809,6 +811,10 @@ def test_w0706_on_a_selfmod_names_exactly_what_the_reference_leaves_without_grad
     assert {name.rsplit(".", 1)[1] for name, param in params.items() if param.grad is None} == without
     if warns:
         assert warnings[0].span.path == "<--set 3>"
+    if case == "projections whose writes nothing reads":
+        assert "their period 256 is not shorter than train.seq_len = 256" in warnings[0].message
+        assert warnings[0].help.startswith("remove `grad_through_writes = false`, or give the `projections` "
+                                           "level a period under 256")
 
 
 def test_an_override_given_twice_warns_that_the_first_has_no_effect():
