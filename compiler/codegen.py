@@ -688,8 +688,8 @@ class Generator:
             if unreached:
                 # stacked with the others, they would get gradients of zero, which weight decay follows
                 w(f"# {', '.join(f'M_{n}' for n in layer.adaptive if n in unreached)}: no gradient reaches them "
-                  "(k, v and η reach the loss only through detached writes, W0706), so their θ_0 enter")
-                w("# detached and stay as initialised")
+                  "(k, v and η reach the loss only through detached writes, W0706), so their θ_0 enter detached "
+                  "and stay as initialised")
             for n in ("q", "k", "v", "eta", "alpha"):
                 if n in layer.adaptive:
                     self.memory_state_lines(w, f"memories[{n!r}]", projections, layer.projections, f"{n}_memory_",

@@ -363,6 +363,11 @@ def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
     module = compile_spec(check_file(deep).spec, "")
     (out / "deep.py").write_text(module)
     assert f" -o <this file> \\\n#         {deep}  # noqa: E501\n" in module, module[:600]
+    detached = ["model.block.titans.memory.grad_through_writes=false",  # θ_0 of M_k, M_v, M_eta detached
+                "model.block.titans.projections.grad_through_writes=false"]
+    module = compile_spec(check_file(REPO / "specs/hope.nl", detached).spec, "", detached)
+    assert "their θ_0 enter detached and stay as initialised" in module
+    (out / "detached.py").write_text(module)
     result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
                              str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
