@@ -19,7 +19,8 @@
   JSON structure. It keeps the memory state, the slow levels' weights and sums, the position in
   tokens, and the tokens of an unfinished last segment: when a state is saved those tokens are not
   fed yet but wait in the file for the next text, so a text streamed in two parts (save, then
-  restore) gives exactly the losses and state of one stream.
+  restore) gives the losses and state of one stream (to float rounding through the file;
+  docs/runtime.md).
 """
 
 from __future__ import annotations
