@@ -192,6 +192,19 @@ def test_a_stream_in_two_parts_with_saved_state_equals_one_stream(run_dir, tmp_p
         assert torch.equal(value, second.state.slow_weights[name]), name
 
 
+def test_a_restored_stream_state_sits_in_fresh_aligned_memory(run_dir, tmp_path):
+    """safetensors hands out tensors at unaligned offsets of the file's buffer; continued from them,
+    matrix kernels rounded a hope_attention stream differently from one stream (1e-6 in a slow
+    level's gradient sum after 3,000 bytes). A restored state is copied into fresh memory."""
+    loaded = E.load_model(run_dir, CPU)
+    first = E.stream(loaded, loaded.tokenizer.encode("abc " * 30), 16, keep_pending=True)
+    path = tmp_path / "state.safetensors"
+    E.save_stream_state(path, first.state, "sha", "checkpoint", "weights")
+    restored = E.load_stream_state(path, "sha", "weights", CPU)
+    tensors = [*flat(restored.memory), *restored.sums.values(), *restored.slow_weights.values()]
+    assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors), [t.data_ptr() % 64 for t in tensors]
+
+
 def test_a_fresh_stream_starts_from_the_checkpoints_slow_weights_every_time(run_dir):
     """stream steps the slow levels' weights in place: a second stream on the same loaded model, with
     no state, must not start where the first left them."""
