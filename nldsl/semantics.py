@@ -448,19 +448,20 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                                 f"fastest level `{fastest.name}` runs and learns; a slower one moves toward it with "
                                 "its `lr` each period", f"remove `{setting}`, or set it on `{fastest.name}`",
                                 f"{path}.{level.name}.{setting}")
+            inert = layer.inert_levels(seq_len)
             for level in layer.levels[1:]:
+                if level.name not in inert:
+                    continue
                 if not fastest.learns_in_context(seq_len):
                     why = (f"the fastest level `{fastest.name}` does not learn in context (an outer level, or a "
                            f"period past train.seq_len = {seq_len}), so the chain runs as that level's static MLP")
                     help = f"remove the level, or let `{fastest.name}` learn in context"
-                elif not level.learns_in_context(seq_len):
+                else:
                     why = (f"its period {level.period} is longer than train.seq_len = {seq_len}, so it never "
                            "moves within a sequence, and the faster levels restart only from a level that moves")
                     help = ("remove the level, or give it a period that fits a training sequence; a level slower "
                             "than a sequence belongs in a `sequential` or `independent` cms, where the continuum "
                             "clock steps it")
-                else:
-                    continue
                 warning("W0706", f"nested level `{level.name}` has no effect: {why}", help,
                         f"{path}.{level.name}.period", f"{path}.{level.name}")
         cut_off = _cut_off_by_detached_writes(layer, path, spans, seq_len)
