@@ -253,16 +253,27 @@ def check_bytes(data: bytes, path: str, overrides: Sequence[str] = (),
 
 
 def decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
+    """A spec's text, or E0105 at its first byte that is not UTF-8 (its span points into
+    `shown_undecoded(data, path)`, the text with that byte replaced, which callers give the renderer)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1  # in bytes: the text cannot be decoded
+        start = len(_without_bom(data[:error.start].decode("utf-8")))  # all valid before the first bad byte
+        span = shown_undecoded(data, path).span(start, start + 1)
         return None, Diagnostic("E0105", f"`{path}` is not valid UTF-8 (byte {error.start}: line {line}, byte {column} "
-                                f"of the line)", None, "save the spec as UTF-8 text")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text, None
+                                f"of the line)", span, "save the spec as UTF-8 text")
+    return _without_bom(text), None
+
+
+def shown_undecoded(data: bytes, path: str) -> SourceFile:
+    """A file that is not UTF-8 as the renderer shows it: each byte that does not decode as U+FFFD."""
+    return SourceFile.from_text(path, _without_bom(data.decode("utf-8", errors="replace")))
+
+
+def _without_bom(text: str) -> str:
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _dependency_order(consts: dict[str, ast.Const]) -> list[str]:
@@ -316,7 +327,7 @@ class Checker:
     def run(self, data: bytes, path: str, overrides: Sequence[str]) -> CheckResult:
         text, problem = decode(data, path)
         if problem:
-            return CheckResult(None, [problem], {})
+            return CheckResult(None, [problem], {path: shown_undecoded(data, path)})
         assert text is not None
         self.loading.append(str((self.base_dir / Path(path).name).resolve()))  # imports compare resolved paths
         ns = self.load_text(text, path, self.base_dir)
@@ -688,7 +699,10 @@ class Checker:
                                  "remove this one")
                 continue
             if not sep or not key or not value_text.strip():
-                self.bag.error("E0206", f"override `{text}` is not `key=value`", source.span(0, len(source.text)),
+                source = SourceFile.from_text(path, str(text))  # shown as typed: there is no key = value to show
+                self.sources[path] = source
+                what = f"override `{text}`" if str(text).strip() else "an empty override"
+                self.bag.error("E0206", f"{what} is not `key=value`", source.span(0, len(source.text)),
                                "write e.g. `--set train.steps=200` or `--set dim=128`" if path.startswith("<--set")
                                else "write e.g. 'train.steps=200' or 'dim=128'")
                 continue
@@ -738,7 +752,7 @@ class Checker:
             if len(parts) == 2 and parts[0] in attr.ns.aliases and parts[1] in attr.ns.aliases[parts[0]].consts:
                 help = (f"`{parts[0]}` is a file imported with `as`, whose constants an override does not reach: "
                         f"import it without `as` to override `{parts[1]}` by name, or set the attribute it gives "
-                        "by its path (`model.…`)")
+                        "by its path (`model.…`, or `train.optimizer.LEVEL.…` for an optimizer's)")
             else:
                 starts = ", ".join(f"`{root}.…`" for root in sorted({*roots, "train"}))
                 help = did_you_mean(parts[0], roots) or f"an override sets a constant or a path starting {starts}"
@@ -826,7 +840,7 @@ class Checker:
                                        self.inheriting[0], "inherit from a section nearer the start of the chain")
                     return tree
                 elif base_section.kind != section.kind:
-                    self.bag.error("E0404", f"a `{section.kind}` cannot inherit from the "
+                    self.bag.error("E0404", f"{_article(section.kind)} `{section.kind}` cannot inherit from the "
                                    f"`{base_section.kind}` `{section.base.dotted}`", section.base.span,
                                    "`from` needs a section of the same kind")
                 else:
@@ -901,7 +915,9 @@ class Checker:
                 roots[section.kind] = self.expand(section, ns)
             elif section.name is None:
                 self.bag.error("E0401", f"a top-level `{section.kind}` needs a name", section.header_span,
-                               f"write `{section.kind} NAME {{ … }}` so it can be used with `from NAME`")
+                               f"write `{section.kind} NAME {{ … }}` so it can be used "
+                               + ("as `train { optimizer = NAME }`" if section.kind == "optimizer"
+                                  else "with `from NAME`"))
             else:
                 definitions.append(self.expand(section, ns))
         self.optimizer_overrides = [(parts[2:], attr) for parts, attr in path_overrides
@@ -1023,6 +1039,8 @@ class Converter:
         self.checker = checker
         self.bag = checker.bag
         self.layers: list[tuple[str, Any]] = []  # (spec path, layer) of every cleanly converted layer
+        # the `--set` that gave the model its width, for errors at the layers that must fit it
+        self.width_given: list[str] = []
 
     # generic attribute handling ----------------------------------------------------------
 
@@ -1125,6 +1143,13 @@ class Converter:
         if attr.origin in self.checker.override_origins or not overrides:
             return None
         return f"the value comes from `{'`, `'.join(overrides)}`"
+
+    def given_by(self, attr: Attr) -> list[str]:
+        """The `--set` overrides an attribute's value comes from: the override of the attribute itself,
+        or those of the constants it names."""
+        if attr.origin in self.checker.override_origins:
+            return [attr.origin]
+        return self.checker.overrides_read(attr)
 
     def report_validation(self, error: pydantic.ValidationError, key: str, raw: Any, attr: Attr,
                           model: type[pydantic.BaseModel]) -> None:
@@ -1273,8 +1298,9 @@ class Converter:
         for child in tree.children:
             if child.kind not in allowed:
                 kinds = ", ".join(f"`{k}`" for k in allowed) or "none"
-                self.bag.error("E0204", f"a `{child.kind}` section cannot appear in {context}", child.header,
-                               f"{context} may contain: {kinds}")
+                top_level = " (it is written at the top level of a file)" if child.kind == "optimizer" else ""
+                self.bag.error("E0204", f"{_article(child.kind)} `{child.kind}` section cannot appear in {context}",
+                               child.header, f"{context} may contain: {kinds}{top_level}")
                 ok = False
                 continue
             counts[child.kind] = counts.get(child.kind, 0) + 1
@@ -1308,6 +1334,9 @@ class Converter:
         self.children(tree, {"block": (1, 1)}, "a `model`")
         blocks = [c for c in tree.children if c.kind == "block"]
         dim = values.get("dim") if values else None
+        if "dim" in tree.attrs:
+            attr = tree.attrs["dim"]
+            self.width_given = self.given_by(attr)
         if values is not None and dim is None:
             self.missing(tree, "the model needs a `dim`", "add `dim = 128` (the model width)")
         block = self.block(blocks[0], "model.block", dim) if blocks else None
@@ -1455,7 +1484,7 @@ class Converter:
             self.bag.error("E0204", "a `level` belongs inside `memory`, `selfmod`, `cms` or `optimizer`",
                            tree.header)
             return None
-        self.bag.error("E0204", f"a `{kind}` section cannot appear here", tree.header)
+        self.bag.error("E0204", f"{_article(kind)} `{kind}` section cannot appear here", tree.header)
         return None
 
     def level(self, tree: Tree, parent: str | None, path: str, name: str | None = None,
@@ -1502,15 +1531,14 @@ class Converter:
             level = self.level(child, "optimizer", f"{path}.{level_name}", level_name)
             ok = ok and level is not None
             levels.append(level)
+        if "update" not in tree.attrs and len(level_trees) > 1:  # reported beside the values' errors
+            self.missing(tree, "an optimizer with several levels needs an `update`",
+                         "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
+            return None
         if values is None or not ok:
             return None
-        if "update" not in values:
-            if len(levels) == 1:
-                values["update"] = ("level", levels[0].name, tree.header)
-            else:
-                self.missing(tree, "an optimizer with several levels needs an `update`",
-                             "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
-                return None
+        if "update" not in values:  # a single level is the step direction
+            values["update"] = ("level", levels[0].name, tree.header)
         update = values["update"]
         values["update"] = _strip_spans(update)
         out = S.OptimizerSpec(name=tree.name, levels=tuple(levels), **values)
@@ -1549,21 +1577,28 @@ class Converter:
 
     def train_optimizer(self, attr: Attr) -> Any:
         expr = attr.value
+        called = _named_section(expr.func.parts, attr.ns) if isinstance(expr, ast.Call) else None
+        if called is not None and called[0].kind == "optimizer" and expr.func.dotted not in S.BUILTIN_OPTIMIZERS:
+            name = expr.func.dotted
+            self.bag.error("E0303", f"`{name}` is an `optimizer` section: it is named, not called", expr.span,
+                           f"write `optimizer = {name}` and set its attributes in the section, or inherit "
+                           f"(`optimizer tuned from {name} {{ lr = … }}`, then `optimizer = tuned`), or override "
+                           "one with `--set train.optimizer.lr=…`")
+            return None
         if isinstance(expr, ast.Ref):
-            found = None
             head = expr.parts[0]
-            if head in attr.ns.aliases and len(expr.parts) == 2:
-                found = attr.ns.aliases[head].lookup_section(expr.parts[1])
-            elif len(expr.parts) == 1:
-                found = attr.ns.lookup_section(head)
+            found = _named_section(expr.parts, attr.ns)
             if found is not None and found[0].kind == "optimizer":
                 attr.ns.used.add(head)
                 tree = self.checker.expand(found[0], found[1])
+                if tree.span.path != attr.span.path:  # a problem in the imported section notes this use
+                    self.checker.spans["train.optimizer"] = attr.span
+                    self.checker.inherited_attrs.append((tree.span, "train.optimizer"))
                 for parts, override in self.checker.optimizer_overrides:
                     self.checker.apply_path_override({"optimizer": tree}, ["optimizer", *parts], override,
                                                      shown=".".join(["train", "optimizer", *parts]))
                 return self.optimizer(tree, f"train.optimizer.{tree.name}")
-            if expr.dotted in ("adamw", "sgd", "muon", "m3"):
+            if expr.dotted in S.BUILTIN_OPTIMIZERS:
                 return self.builtin_optimizer(CallValue(expr.dotted, (), (), expr.span), attr)
             if head in attr.ns.failed_aliases and len(expr.parts) > 1:
                 return None  # its import failed, and that was reported
@@ -1575,7 +1610,7 @@ class Converter:
                 return None
             optimizer_sections = [name for name, section in attr.ns.sections.items() if section.kind == "optimizer"]
             self.bag.error("E0201", f"unknown optimizer `{expr.dotted}`", expr.span,
-                           did_you_mean(expr.dotted, ["adamw", "sgd", "muon", "m3", *optimizer_sections]) or usage)
+                           did_you_mean(expr.dotted, [*S.BUILTIN_OPTIMIZERS, *optimizer_sections]) or usage)
             return None
         try:
             raw = self.checker.evaluate(expr, attr.ns)
@@ -1647,20 +1682,34 @@ class Converter:
         if dim is None or (values is None and "heads" in tree.attrs):
             return
         span = tree.attrs["heads"].span if "heads" in tree.attrs else tree.header
+        given = [f"{what} comes from `{'`, `'.join(origins)}`" for what, origins in (
+            # an error at an override's own text needs no note that it comes from there
+            ("the value", self.checker.overrides_read(tree.attrs["heads"]) if "heads" in tree.attrs else []),
+            ("the width", self.width_given)) if origins]
+        given_note = f" ({'; '.join(given)})" if given else ""
         if dim % heads:
-            given = self.set_by_override(tree.attrs["heads"]) if "heads" in tree.attrs else None
             self.bag.error("E0503", f"{heads} heads do not divide the model width {dim}", span,
-                           f"choose heads among: {', '.join(str(h) for h in _divisors(dim)[:8])}"
-                           + (f" ({given})" if given else ""))
+                           f"choose heads among: {', '.join(str(h) for h in _divisors(dim)[:8])}" + given_note)
         elif need_even and (dim // heads) % 2:
             self.bag.error("E0503", f"rotary embeddings need an even head width, got {dim // heads}", span,
-                           "change `heads`, or set `rope = false`")
+                           "change `heads`, or set `rope = false`" + given_note)
 
 
 # Helpers -------------------------------------------------------------------------------------
 
 class _Invalid:
     pass
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _named_section(parts: Sequence[str], ns: Namespace) -> tuple[ast.Section, Namespace] | None:
+    """The section a name (`mine`, `alias.mine`) refers to, if any."""
+    if parts[0] in ns.aliases and len(parts) == 2:
+        return ns.aliases[parts[0]].lookup_section(parts[1])
+    return ns.lookup_section(parts[0]) if len(parts) == 1 else None
 
 
 def _default_optimizer_call(span: Span) -> CallValue:

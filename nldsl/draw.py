@@ -218,7 +218,8 @@ def _node(g: nx.MultiDiGraph, node: str, indent: str) -> str:
     attrs = g.nodes[node]
     kind = attrs["kind"]
     if kind == "outer":
-        style, fill, rows = '"rounded,filled,bold"', OUTER_FILL, _outer_rows(attrs)
+        rows = _outer_rows(attrs, g.graph.get("step_has_tokens", True))
+        style, fill = '"rounded,filled,bold"', OUTER_FILL
     elif kind in ("level", "optimizer_level"):
         owner = node.rpartition(".")[0]
         owner_attrs = g.nodes[owner] if owner in g else {}
@@ -254,9 +255,9 @@ def _module_rows(attrs: dict[str, Any], parts: bool) -> list[str]:
     return [f"<TD>{row}</TD>" for row in rows]
 
 
-def _outer_rows(attrs: dict[str, Any]) -> list[str]:
-    period = f"{attrs['period']} = {attrs['period_tokens']:,} tokens" if attrs.get("period_tokens") \
-        else str(attrs.get("period", ""))
+def _outer_rows(attrs: dict[str, Any], step_has_tokens: bool) -> list[str]:
+    sized = attrs.get("period_tokens") and step_has_tokens
+    period = f"{attrs['period']} = {attrs['period_tokens']:,} tokens" if sized else str(attrs.get("period", ""))
     update = [f"<TD>{_small('update u = ' + attrs['update'])}</TD>"] if attrs.get("update") else []
     return [f"<TD><B>{_html(str(attrs.get('label', '')))}</B></TD>", f"<TD>{_small(period)}</TD>", *update]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import ast
-from .checker import decode, read_spec_bytes
+from .checker import decode, read_spec_bytes, shown_undecoded
 from .diagnostics import Diagnostic
 from .files import write_atomic
 from .parser import parse
@@ -80,7 +80,7 @@ def format_file(path: str | Path, check: bool = False) -> FormatOutcome:
         return FormatOutcome(False, [_io_error("read", display, error)], {})
     text, problem = decode(data, display)
     if problem is not None:
-        return FormatOutcome(False, [problem], {})
+        return FormatOutcome(False, [problem], {display: shown_undecoded(data, display)})
     assert text is not None
     sources = {display: SourceFile.from_text(display, text)}
     formatted, diagnostics = format_source(text, display)

@@ -51,6 +51,8 @@ class LevelGraph:
         spec = self.spec
         train = spec.train
         tokens_per_step = train.batch * train.seq_len
+        # a file without a model trains nothing: its steps have no size, whatever TrainSpec's defaults say
+        self.nx.graph["step_has_tokens"] = spec.model is not None
         trained = train.optimizer if isinstance(train.optimizer, S.OptimizerSpec) else None
         unused = [opt for opt in spec.optimizers if trained is None or opt.name != trained.name]
         # A file without a model trains nothing, so a builtin `train.optimizer` (TrainSpec's default,

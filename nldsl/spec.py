@@ -11,7 +11,7 @@ given to a gate is a `constant`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -420,7 +420,8 @@ KINDED_VALUES: dict[str, type[Kinded]] = {
     for cls in (LinearState, MLPState, ResidualMLPState, ConstantGate, PerHeadGate, LearnedGate,
                 GeneratedGate, NewtonSchulz, Steps, BytesTokenizer, BPETokenizer)
 }
-for _name in ("adamw", "sgd", "muon", "m3"):
+BUILTIN_OPTIMIZERS: tuple[str, ...] = get_args(BuiltinOptimizer.model_fields["kind"].annotation)
+for _name in BUILTIN_OPTIMIZERS:
     KINDED_VALUES[_name] = BuiltinOptimizer
 
 SUBLAYER_SPECS: dict[str, type[Strict]] = {

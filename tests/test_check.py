@@ -6,7 +6,7 @@ says what the checker must report in `#!` comments:
     perod = 16             #! E0203 unknown attribute `perod`     on this line
     #! E0101:7 unexpected number                                  on the next line that is not
     dim 64                                                        an annotation; column 7
-    #! elsewhere E0105 is not valid UTF-8                         not on a line of this file
+    #! elsewhere E0201 unknown name                               not on a line of this file
     #! set train.steps=0                                          check with `--set train.steps=0`
 
 The text after the code is a substring of the message. The set of (line, code) pairs reported
@@ -329,6 +329,19 @@ def test_heads_that_do_not_divide_because_of_an_override_name_it():
     assert diagnostic.span.path.endswith("hope.nl") and "the value comes from `--set heads=10`" in diagnostic.help
 
 
+def test_a_width_that_heads_do_not_divide_because_of_an_override_names_it():
+    """The error points at the layer's `heads`, so the help says where the width came from."""
+    transformer = PACKAGE_DIR.parent / "specs/transformer.nl"
+    for overrides, note in ((["dim=30"], "(the width comes from `--set dim=30`)"),
+                            (["model.dim=30"], "(the width comes from `--set model.dim=30`)"),
+                            (["dim=36", "heads=12"],
+                             "(the value comes from `--set heads=12`; the width comes from `--set dim=36`)")):
+        [diagnostic] = [d for d in check_file(transformer, overrides).diagnostics if d.code == "E0503"]
+        assert diagnostic.span.path.endswith("transformer.nl") and diagnostic.help.endswith(note), diagnostic.help
+    [diagnostic] = check_file(transformer, ["model.block.attention.heads=7"]).diagnostics
+    assert diagnostic.span.path == "<--set 1>" and "comes from" not in diagnostic.help, "the error is at the --set"
+
+
 def test_python_keyword_overrides_are_written_as_the_spec_language_writes_them():
     from nldsl.loader import override_strings
 
@@ -347,6 +360,16 @@ def test_a_problem_in_an_imported_level_names_the_section_that_uses_it(tmp_path)
     assert (error.code, error.span.path, error.span.line) == ("E0303", str(tmp_path / "lib.nl"), 3)
     assert error.notes == (f"used by `model.block.a.level` at {tmp_path / 'main.nl'}:6",)
     assert not _errors(check_file(tmp_path / "lib.nl"))[0].notes, "checked alone, nothing imports it"
+
+
+def test_a_problem_in_an_imported_optimizer_names_the_train_section_that_uses_it(tmp_path):
+    (tmp_path / "opt.nl").write_text("optimizer mine {\n  level m { retention = 0.9 }\n  level v { }\n"
+                                     "  update = m / vv\n}\n")
+    (tmp_path / "main.nl").write_text('import "opt.nl" as opt\nmodel { dim = 16\n  block { mlp { } } }\n'
+                                      "train {\n  optimizer = opt.mine\n}\n")
+    [error] = _errors(check_file(tmp_path / "main.nl"))
+    assert (error.code, error.span.path, error.span.line) == ("E0201", str(tmp_path / "opt.nl"), 4)
+    assert error.notes == (f"used by `train.optimizer` at {tmp_path / 'main.nl'}:5",)
     # HOPE's memory, its projections and their templates all inherit Titans' level: the note names
     # the first, the line that imports it, and counts the rest
     for name in ("hope.nl", "titans_lmm.nl"):
@@ -698,6 +721,8 @@ def test_small_front_end_messages():
 
     [(code, message, _)] = _messages(check_bytes(b"model {\n  dim = 8 # caf\xe9\n}\n", "latin.nl"))
     assert (code, message) == ("E0105", "`latin.nl` is not valid UTF-8 (byte 23: line 2, byte 16 of the line)")
+    [latin] = check_bytes(b"model {\n  dim = 8 # \xc3\xa9\xe9\n}\n", "latin.nl").diagnostics
+    assert (latin.span.line, latin.span.column) == (2, 14), "the span counts characters, the message bytes"
     [(code, message, _)] = _messages(check_text('import ""\nmodel { dim = 8; block { mlp { } } }\n'))
     assert (code, message) == ("E0205", "cannot import an empty path")
     [(code, message, _)] = _messages(check_text("model { dim = 8; block { mlp { } } }\ntrain { clip = 1e-400 }\n"))
@@ -985,3 +1010,40 @@ def test_a_constant_divided_by_a_difference_that_is_zero_but_for_rounding_is_ref
     assert check_text("const y = 8 / (1 - 0.5)\n" + model.format("y"), "c.nl").ok
     big = "const y = 2 ** 60 / (2 ** 60 - (2 ** 60 - 1))\n"  # integers are exact: 2 ** 60, far too wide, but no E0304
     assert "E0304" not in {d.code for d in check_text(big + model.format("y"), "c.nl").diagnostics}
+
+
+def test_an_optimizer_missing_its_update_is_reported_beside_its_values_errors():
+    text = """optimizer mine {
+  lr = -0.05
+  level m { flow = gradients }
+  level v { flow = squared_gradients }
+}
+"""
+    codes = sorted((d.code, d.span.line) for d in check_text(text, "o.nl").diagnostics)
+    assert codes == [("E0302", 2), ("E0401", 1)], codes
+    single = check_text("optimizer mine {\n  lr = -0.05\n  level m { }\n}\n", "o.nl").diagnostics
+    assert [d.code for d in single] == ["E0302"], "one level is the update"
+
+
+def test_an_optimizer_section_called_with_arguments_says_it_is_named_not_called():
+    section = "optimizer mymom {\n  level m { retention = 0.9 }\n}\n"
+    model = "model { dim = 32\n  block { mlp { } } }\n"
+    [error] = check_text(section + model + "train { optimizer = mymom(lr = 0.1) }\n", "o.nl").diagnostics
+    assert (error.code, error.span.line) == ("E0303", 6), error
+    assert error.message == "`mymom` is an `optimizer` section: it is named, not called"
+    assert "`optimizer = mymom`" in error.help and "--set train.optimizer.lr" in error.help
+    # a section that shadows a built-in's name leaves the built-in's call as it was
+    shadowing = section.replace("mymom", "adamw") + model + "train { optimizer = adamw(lr = 0.1) }\n"
+    assert [d.code for d in check_text(shadowing, "o.nl").diagnostics if d.severity == "error"] == []
+
+
+def test_optimizer_section_slips_get_help_that_fits_an_optimizer():
+    [colon] = check_text("optimizer o {\n  level m { retention: 0.9 }\n}\n", "o.nl").diagnostics
+    assert (colon.code, colon.span.line, colon.help) == (
+        "E0102", 2, "an attribute is set with `=`: write `retention = …`")
+    [unnamed] = check_text("optimizer {\n  level m { }\n}\n", "o.nl").diagnostics
+    assert unnamed.code == "E0401" and unnamed.help.endswith("used as `train { optimizer = NAME }`")
+    [nested] = check_text("model { dim = 32\n  optimizer o { level m { } }\n  block { mlp { } } }\n",
+                          "o.nl").diagnostics
+    assert nested.message == "an `optimizer` section cannot appear in a `model`"
+    assert nested.help.endswith("(it is written at the top level of a file)")

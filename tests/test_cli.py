@@ -194,6 +194,16 @@ def test_bad_override_value(capsys, override, code, text):
     assert all(item["file"] == "<--set 1>" for item in items), "it points at the override"
 
 
+@pytest.mark.parametrize(("override", "shown", "message"), [
+    ("nokey", "1 | nokey\n", "override `nokey` is not `key=value`"),
+    ("=3", "1 | =3\n", "override `=3` is not `key=value`"),
+    ("", "1 | \n", "an empty override is not `key=value`"),
+])
+def test_an_override_without_key_and_value_is_shown_as_typed(capsys, override, shown, message):
+    status, _, err = run(capsys, "check", TITANS, "--set", override)
+    assert status == 1 and f"error[E0206]: {message}" in err and shown in err, err
+
+
 def test_explain_prints_the_entry(capsys):
     status, out, _ = run(capsys, "explain", "E0203")
     assert status == 0

@@ -265,7 +265,8 @@ def test_run_keys_name_shipped_specs_relative_to_the_checkout(tmp_path):
     ("continual", "--batch", "x", "expected an integer"),
     ("recall", "--lrs", "nan", "must be a number > 0"),
     ("recall", "--mqar-batch", "-4", "must be at least 1"),
-    ("recall", "--seed", str(S.LARGEST_SEED + 1), f"must be at most {S.LARGEST_SEED:,}"),  # train seeds < test seeds
+    ("recall", "--seed", str(S.LARGEST_SEED + 1), f"must be between 0 and {S.LARGEST_SEED:,}"),  # < test seeds
+    ("recall", "--seed", "-1", f"must be between 0 and {S.LARGEST_SEED:,}"),
     ("recall", "--passkey-steps", str(10**6), "must be at most 999,999"),
     ("recall", "--mqar-steps", str(10**6), "must be at most 999,999"),
     ("continual", "--out", "", "an empty path"),
@@ -380,6 +381,9 @@ def test_a_new_study_keeps_the_earlier_runs_aside_and_checks_its_folder_first(tm
     assert main(["bench", "continual", "--tiny", "--models", "transformer", "--out", beneath_a_file]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the study's results to") and err.count("\n") == 1
+    assert err.rstrip().endswith(f"{tmp_path / 'afile'} is a file, not a folder"), err
+    assert main(["bench", "recall", "--tiny", "--models", "transformer", "--out", str(tmp_path / "afile")]) == 1
+    assert capsys.readouterr().err.rstrip().endswith("afile is a file, not a folder")
 
 
 def test_a_sequence_longer_than_a_domains_text_is_a_clear_error(tmp_path, capsys):
@@ -491,7 +495,9 @@ def test_a_refused_study_leaves_the_earlier_log_in_place(tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("make, message", [
-    ("muon", "the studies train every model with AdamW"),
+    ("muon", "the studies train every model with the built-in AdamW"),
+    ("adamw section", "trains with the optimizer section `adamw`, but the studies train every model with the "
+                      "built-in AdamW"),
     ("vocab", "has vocab = 128, but the studies train on bytes"),
     ("bpe", "uses the bpe tokenizer, but the studies train on bytes"),
 ])
@@ -501,6 +507,10 @@ def test_a_spec_the_studies_cannot_train_is_refused_before_any_run(tmp_path, cap
     text = (REPO / "specs/transformer.nl").read_text()
     if make == "muon":
         path = REPO / "specs/transformer_muon.nl"
+    elif make == "adamw section":  # AdamW written as levels is still not the built-in the studies build
+        path = tmp_path / "adamw_section.nl"
+        path.write_text(f'import "{REPO / "specs/optimizers/adamw.nl"}" as opt\n'
+                        + text.replace("optimizer = adamw(", "optimizer = opt.adamw  # ("))
     else:
         path = tmp_path / f"{make}.nl"
         path.write_text(text.replace("vocab = 256", "vocab = 128") if make == "vocab" else
@@ -607,12 +617,18 @@ def test_report_only_takes_exactly_the_logged_params(tmp_path, monkeypatch, caps
     S.run_recall(tiny_recall(), out, "nldsl bench recall --tiny")
     monkeypatch.setattr(S, "Learner", lambda *a, **k: pytest.fail("--report-only trained a run"))
     with pytest.raises(UserError, match=r"made with --params 15,000 \(as .*recall\.json records\), not 14,000: "
-                                        r"rebuild with --params 15000"):
+                                        r"rebuild with `nldsl bench recall --tiny --report-only`$"):
+        S.run_recall(tiny_recall(params=14_000), out, "nldsl bench recall --params 14000", report_only=True)
+    summary = json.loads((out / "recall.json").read_text())
+    (out / "recall.json").write_text(json.dumps({**summary, "command": "nldsl bench recall --params 15000"}))
+    with pytest.raises(UserError, match=r"not 14,000: rebuild with --params 15000$"):  # not --tiny: its --params
         S.run_recall(tiny_recall(params=14_000), out, "nldsl bench recall --params 14000", report_only=True)
     S.run_recall(tiny_recall(), out, "nldsl bench recall --tiny", report_only=True)  # the logged value: rebuilt
     (out / "recall.json").unlink()  # no record of --params: the logged widths must be what it matches
     S.run_recall(tiny_recall(params=14_000), out, "nldsl bench recall --params 14000", report_only=True)
-    assert "nearest to 14,000 parameters" in (out / "recall.md").read_text()  # dim 16 is: the page is true
+    page = (out / "recall.md").read_text()
+    assert "nearest to 14,000 parameters" in page  # dim 16 is: the page is true
+    assert "the mean cross-entropy of the last 2 training steps" in page, "--tiny trains 2 steps, not 20"
     with pytest.raises(UserError, match=r"have dim 16, and --params 24,000 matches dim 24"):
         S.check_logged_width(S.spec_path("transformer"), 24_000, (), 16, "transformer", {})
 
@@ -689,3 +705,15 @@ def test_recall_page_states_chance_per_pair_count_and_the_loss_unit(tmp_path):
     assert "Chance is about 1/4 " not in page
     assert "Trained for 300 steps of" in page and "Trained for 1 step of" in page
     assert "| final train loss (nats) |" in page and "in nats" in page
+
+
+def test_a_model_name_that_is_no_model_and_no_file_is_told_apart_from_a_missing_spec_file(tmp_path):
+    with pytest.raises(UserError, match=r"^unknown model `hopee` \(known: .*hope.*; or give a spec path\)$"):
+        S.spec_path("hopee")
+    with pytest.raises(UserError, match=r"^--models .*missing\.nl: no such spec file \(the known models: "):
+        S.spec_path(str(tmp_path / "missing.nl"))
+    with pytest.raises(UserError, match=r"^--models lost\.nl: no such spec file"):
+        S.spec_path("lost.nl")
+    with pytest.raises(UserError, match=r": not a spec file$"):
+        S.spec_path(str(tmp_path))
+    assert S.spec_path("hope").name == "hope.nl"

@@ -57,7 +57,7 @@ from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError, listing
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
-from nldsl.runtime.arguments import at_least, path_text, positive_float, random_seed
+from nldsl.runtime.arguments import at_least, path_text, positive_float
 from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
@@ -96,6 +96,8 @@ def spec_path(name: str) -> Path:
         return SPECS_DIR / SPEC_FILES[name]
     path = Path(name)
     if not path.exists():
+        if path.suffix == ".nl" or len(path.parts) > 1:  # written as a path: say the file is missing
+            raise UserError(f"--models {name}: no such spec file (the known models: {', '.join(SPEC_FILES)})")
         raise UserError(f"unknown model `{name}` (known: {', '.join(SPEC_FILES)}; or give a spec path)")
     if not path.is_file():
         raise UserError(f"--models {name}: not a spec file")
@@ -120,8 +122,9 @@ def check_model_spec(name: str) -> None:
         written = (f"the optimizer section `{train.optimizer.name}`" if kind == "spec" and train.optimizer.name
                    else "an optimizer section" if kind == "spec" else f"{kind}(…)")
         raise UserError(f"--models {name}: {path} trains with {written}, but the studies train every model with "
-                        "AdamW (its lr, weight decay and betas taken from `optimizer = adamw(…)`): give the spec "
-                        "an adamw optimizer")
+                        "the built-in AdamW (its lr, weight decay and betas taken from `optimizer = adamw(…)`): "
+                        "write `optimizer = adamw(lr = …, weight_decay = …)` in its `train` section (an `optimizer` "
+                        "section, even one written as AdamW, is not read)")
     if train.tokenizer.kind != "bytes":
         raise UserError(f"--models {name}: {path} uses the {train.tokenizer.kind} tokenizer, but the studies "
                         f"train on bytes (tokens 0–{BYTE_VOCAB - 1}): use the bytes tokenizer and vocab = "
@@ -206,8 +209,12 @@ def recorded_params(previous: Path, target: int, log_path: Path) -> int | None:
     if not isinstance(params, int) or isinstance(params, bool):
         return None
     if params != target:
+        command = earlier.get("command")
+        # --tiny sets --params itself: the command that made the runs is the one to rebuild with
+        again = (f"`{command} --report-only`" if isinstance(command, str) and "--tiny" in command.split()
+                 else f"--params {params}")
         raise UserError(f"--report-only: the runs in {log_path} were made with --params {params:,} (as {previous} "
-                        f"records), not {target:,}: rebuild with --params {params}")
+                        f"records), not {target:,}: rebuild with {again}")
     return params
 
 
@@ -513,7 +520,10 @@ class RunLog:
                 print(f"note: the finished runs of an earlier study were moved to {previous} (without --resume "
                       "a study starts afresh)", file=sys.stderr)
         except OSError as error:
-            raise UserError(f"cannot write the study's results to {path.parent}: {error.strerror or error}") from None
+            # mkdir's "File exists" (or "Not a directory" further down) means a file stands where a folder must
+            blocking = next((folder for folder in (path.parent, *path.parent.parents) if folder.is_file()), None)
+            reason = f"{blocking} is a file, not a folder" if blocking else error.strerror or error
+            raise UserError(f"cannot write the study's results to {path.parent}: {reason}") from None
         other = self._by_other_code()
         if other:
             print(f"note: {len(other)} of the {plural(len(self.done), 'logged run')} in {path} were made by other "
@@ -1174,6 +1184,7 @@ class RecallConfig:
 # parser takes, and steps below 10⁶); test sets from TEST_SEED + i, above it: they never share a seed.
 TEST_SEED = 2**62
 LARGEST_SEED = 2**62 // 10**6 - 1
+FINAL_LOSS_STEPS = 20  # a run's "final train loss" averages its last this many steps
 
 
 def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
@@ -1196,7 +1207,7 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
     for name, batch in tests.items():
         scores = learner.evaluate(batch, eval_batch)
         results[name] = {"accuracy": scores.accuracy, "exact": scores.exact, "loss": scores.loss / scores.positions}
-    return {"tests": results, "final_loss": statistics.fmean(losses[-20:]), "diverged_at_step": None,
+    return {"tests": results, "final_loss": statistics.fmean(losses[-FINAL_LOSS_STEPS:]), "diverged_at_step": None,
             "train_seconds": trained, "seconds": time.perf_counter() - started, "params": learner.parameter_count}
 
 
@@ -1346,7 +1357,8 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
            "run was made)" if unscored else "")
         + ". Chance is about 1/D for a model that only learned to answer with some value of the prefix ("
         + ", ".join(f"1/{p} at D={p}" for p in pairs) + "), 1/128 for a blind guess among the values. "
-        "Final train loss: the mean cross-entropy of the last 20 training steps on the query positions, in nats "
+        "Final train loss: the mean cross-entropy of the last "
+        f"{plural(min(FINAL_LOSS_STEPS, config['mqar_steps']), 'training step')} on the query positions, in nats "
         "(natural log).",
         "",
         f"**Passkey.** Trained for {plural(config['passkey_steps'], 'step')} of {config['passkey_batch']} sequences of "
@@ -1472,9 +1484,12 @@ def recall_parser() -> argparse.ArgumentParser:
 
 def study_seed(text: str) -> int:
     """An argparse type: a recall --seed whose training seeds stay below the test sets' (TEST_SEED)."""
-    value = random_seed(text)
-    if value > LARGEST_SEED:
-        raise argparse.ArgumentTypeError(f"must be at most {LARGEST_SEED:,} (its training batches are seeded "
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= LARGEST_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {LARGEST_SEED:,} (its training batches are seeded "
                                          f"seed · 10^6 + step, below the test sets'), got {value}")
     return value
 
