@@ -400,3 +400,60 @@ def test_a_record_naming_a_file_outside_its_checkpoint_is_damaged(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(C.CheckpointError, match="its sha256 differs"):
         C._check_extra_files(tmp_path, {"tokenizer.json": "0" * 64})
+
+
+# What the mutation audit of the checkpoint code found untested -------------------------------------
+
+TENSORS = {"w": torch.ones(2)}
+
+
+def test_pruning_never_removes_the_checkpoint_just_saved(tmp_path):
+    """A run resumed from an older step (its newer one damaged) can save below a newer folder: the
+    save it just made is kept and `latest` names it, whatever `keep` says of the newer one."""
+    C.save_checkpoint(tmp_path, 5, TENSORS, {}, {}, keep=3)
+    C.save_checkpoint(tmp_path, 3, TENSORS, {}, {}, keep=1)
+    assert (tmp_path / "checkpoints" / "step-000003" / C.RECORD_FILE).exists()
+    assert C.latest_checkpoint(tmp_path).name == "step-000003"
+
+
+def test_a_kill_before_the_folder_is_in_place_leaves_latest_at_the_previous_checkpoint(tmp_path, monkeypatch):
+    C.save_checkpoint(tmp_path, 1, TENSORS, {}, {}, keep=3)
+    rename = C.os.rename
+
+    def killed(source, target):
+        if ".tmp" in str(source):
+            raise KeyboardInterrupt  # killed just before the new folder's rename
+        return rename(source, target)
+
+    monkeypatch.setattr(C.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        C.save_checkpoint(tmp_path, 2, TENSORS, {}, {}, keep=3)
+    assert C.latest_checkpoint(tmp_path).name == "step-000001", "latest never names a folder not yet in place"
+
+
+def test_one_non_finite_weight_among_finite_ones_is_refused(tmp_path):
+    weights = torch.zeros(4)
+    weights[1] = float("nan")
+    with pytest.raises(C.CheckpointError):
+        C.check_finite_weights({"w": weights, "v": torch.ones(2)}, tmp_path)
+    C.check_finite_weights({"w": torch.zeros(4), "v": torch.ones(2)}, tmp_path)
+
+
+def test_a_step_folder_without_its_record_is_not_a_checkpoint(tmp_path):
+    """An empty or half-copied `step-N` folder is not taken as the newest checkpoint when `latest` is gone."""
+    C.save_checkpoint(tmp_path, 1, TENSORS, {}, {}, keep=3)
+    (tmp_path / "checkpoints" / "step-000002").mkdir()
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert C.latest_checkpoint(tmp_path).name == "step-000001"
+
+
+def test_a_damaged_checkpoint_suggests_an_older_one_never_itself(tmp_path):
+    """Only its optimizer state is damaged, which the 'older intact' check does not read: the
+    suggestion must still be an older step."""
+    for step in (2, 4):
+        C.save_checkpoint(tmp_path, step, TENSORS, {"m": torch.zeros(2)}, {}, keep=3)
+    damaged = tmp_path / "checkpoints" / "step-000004" / C.TRAINING_FILE
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
+    with pytest.raises(C.CheckpointError, match=r"step-000002 is an older intact checkpoint") as error:
+        C.load_checkpoint(tmp_path)
+    assert "step-000004 is an older" not in str(error.value)

@@ -297,3 +297,54 @@ def test_a_long_text_is_bpe_encoded_in_pieces_with_the_whole_texts_ids(monkeypat
     monkeypatch.setattr(D, "PIECE_CHARACTERS", 400)  # many pieces, in many batches
     monkeypatch.setattr(D, "BATCH_CHARACTERS", 3000)
     assert torch.equal(tokenizer.encode_documents([text, "", text]), torch.cat([whole, whole]))
+
+
+# What the mutation audit of the data and evaluation code found untested ----------------------------
+
+def test_every_window_start_of_the_training_text_can_be_drawn():
+    """A text of 10 tokens holds windows of 8 + 1 tokens at starts 0 and 1: both are drawn."""
+    seen = set()
+    for step in range(200):
+        seen.update(D.window_starts(10, 0, step, 4, 8).tolist())
+    assert seen == {0, 1}
+
+
+def test_bpe_merges_never_cross_a_document_boundary():
+    tokenizer = D.BPETokenizer.train(["ab " * 200], 300)
+    assert tokenizer.encode("ab").numel() == 1, "the pair merges inside a document"
+    assert torch.equal(tokenizer.encode_documents(["a", "b"]),
+                       torch.cat([tokenizer.encode("a"), tokenizer.encode("b")]))
+
+
+class _Uniform(torch.nn.Module):
+    """Logits that give every one of 256 tokens the same probability: ln 256 nats per token."""
+
+    def forward(self, tokens, state=None):
+        return torch.zeros(*tokens.shape, 256)
+
+
+def test_bits_per_byte_counts_the_bytes_of_the_predicted_tokens():
+    """Tokens of 1 to 4 bytes: the bytes are those of the targets (the inputs' would be 20, not 23)."""
+    import math
+
+    from nldsl.runtime import evaluate as E
+
+    tokens = torch.tensor([0, 0, 0, 0, 3, 3, 3, 3, 3], dtype=torch.uint8)
+    token_bytes = torch.tensor([1, 2, 3, 4] + [1] * 252, dtype=torch.int64)
+    sums = E.evaluate(_Uniform(), D.TokenText(tokens, token_bytes), 4, 2, None, torch.device("cpu"))
+    nats, count, size, windows = sums
+    assert (count, size, windows) == (8, 23, 2)
+    scores = E.evaluation_from_sums(*sums)
+    assert scores.bits_per_byte == pytest.approx(nats / math.log(2) / 23)
+    assert scores.bits_per_byte < scores.loss / math.log(2), "tokens of several bytes cost fewer bits per byte"
+
+
+def test_a_last_evaluation_batch_that_is_not_full_is_scored():
+    import math
+
+    from nldsl.runtime import evaluate as E
+
+    text = D.TokenText(torch.arange(5 * 4 + 1, dtype=torch.uint8), torch.ones(256, dtype=torch.int64))
+    nats, count, size, windows = E.evaluate(_Uniform(), text, 4, 2, None, torch.device("cpu"))
+    assert (windows, count, size) == (5, 20, 20)  # batches of 2, 2 and 1 window
+    assert nats == pytest.approx(20 * math.log(256))

@@ -50,11 +50,15 @@ def single_process(single_run) -> dict[str, torch.Tensor]:
     return final_parameters(single_run)
 
 
+def logged(run_dir: Path, key: str) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [row[key] for row in rows if key in row]
+
+
 def gradient_norms(run_dir: Path) -> list[float]:
     """The logged gradient norm of every step: AdamW and the clip hide a gradient summed instead of
     averaged over the processes from the parameters, not from this."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [row["grad_norm"] for row in rows if "grad_norm" in row]
+    return logged(run_dir, "grad_norm")
 
 
 def torchrun(run_dir: Path, text_file: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -89,6 +93,8 @@ def test_two_data_parallel_processes_match_one(tmp_path, text_file, single_run, 
     assert_close(final_parameters(tmp_path / "run"), single_process)
     expected = gradient_norms(single_run)
     assert len(expected) == 3 and gradient_norms(tmp_path / "run") == pytest.approx(expected, rel=TOLERANCE)
+    # the logged loss is the mean over every process's rows, not their sum
+    assert logged(tmp_path / "run", "loss") == pytest.approx(logged(single_run, "loss"), rel=TOLERANCE)
     # resumed by one process: the same batches summed in another order, said so
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000002\n")
     options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / "run", compile=False, progress=False,

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -382,6 +383,29 @@ def test_clock_levels_are_stepped_only_when_their_clock_fires(tmp_path, clock_sp
                 changed[level].append(step)
         before = after
     assert changed == {"fast": [1, 2, 3, 4, 5, 6], "slow": [2, 4, 6], "outer": [3, 6]}
+
+
+def test_a_run_with_clock_levels_resumed_between_their_ticks_equals_one_run(tmp_path, clock_spec, text_file):
+    """Resumed after step 1, the 2- and 3-step levels are mid-period: their summed gradients and the
+    clock's count come back from the checkpoint, so the rest equals the uninterrupted run bit for bit."""
+    overrides = ["train.checkpoint_every=1", "train.keep_checkpoints=10", "train.eval_every=0"]
+    result = loader.check(clock_spec, overrides)
+
+    def run(folder: Path, resume: bool = False) -> T.TrainResult:
+        options = T.TrainOptions(data=[str(text_file)], run_dir=folder, resume=resume, compile=False, progress=False)
+        return T.train(result, overrides, options)
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "cut")
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    (checkpoints / "latest").write_text("step-000001\n")  # as if killed after step 1
+    for step in range(2, 7):
+        shutil.rmtree(checkpoints / f"step-{step:06d}")
+    resumed = run(tmp_path / "cut", resume=True)
+    assert {step: loss for step, loss in losses(tmp_path / "cut").items() if step > 1} == \
+        {step: loss for step, loss in losses(tmp_path / "whole").items() if step > 1}
+    whole_weights, resumed_weights = weights(whole.checkpoint), weights(resumed.checkpoint)
+    assert all(torch.equal(tensor, resumed_weights[name]) for name, tensor in whole_weights.items())
 
 
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, text_file, monkeypatch,

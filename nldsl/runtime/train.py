@@ -586,7 +586,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         When the step that failed is the first one after the last checkpoint, its weights already
         give a non-finite loss or gradient before any new lr acts: resuming from it cannot help."""
         if from_the_checkpoint and last_checkpoint[0]:
-            earlier = [p for p in C.complete_checkpoints(run_dir) if p.name < last_checkpoint[0].name]
+            complete = C.complete_checkpoints(run_dir)  # oldest first, by step (names sort wrongly past 999,999)
+            earlier = complete[:complete.index(last_checkpoint[0])] if last_checkpoint[0] in complete else []
             way = (f"start a new run from an earlier one, e.g. --init-from {earlier[-1]} --run-dir NEW, with a "
                    "lower learning rate" if earlier else
                    "train again, into a new --run-dir, with a lower learning rate")
