@@ -1064,7 +1064,9 @@ _ENTRIES = (
         sequence, so during training it never completes a chunk and never updates: it acts as
         a fixed map from its initial state. Its state is per sequence, so unlike a slow `cms`
         level it does not carry updates across sequences either (the continuum clock applies to
-        cms levels). Lower the period or raise `train.seq_len`.
+        cms levels). With `readout = chunk_start` a period of exactly one sequence is the same:
+        a chunk reads only the writes of earlier chunks, and the one write comes at the end.
+        Lower the period or raise `train.seq_len`.
         """,
         """
         model tiny {

@@ -329,6 +329,12 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 warning("W0704", f"period {level.period} is longer than a training sequence "
                         f"({seq_len} tokens): this memory never updates within a sequence",
                         "lower the period or raise `train.seq_len`", f"{lp}.period")
+            elif context != "cms" and level.period == seq_len and level.readout == "chunk_start":
+                # the one write lands at the sequence's end; chunk_start reads only earlier chunks' writes
+                warning("W0704", f"period {level.period} is a whole training sequence and `readout = chunk_start` "
+                        "reads only earlier chunks' writes: this memory's one write lands at the end of the "
+                        "sequence, where nothing reads it", "lower the period or raise `train.seq_len`",
+                        f"{lp}.period")
     if isinstance(layer, S.CMSSpec) and layer.variant != "nested":
         for level in layer.levels:
             lp = f"{path}.{level.name}"

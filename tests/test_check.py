@@ -1008,6 +1008,10 @@ def test_a_constant_divided_by_a_difference_that_is_zero_but_for_rounding_is_ref
     [error] = check_text("const y = 1 / (1 - 0.9 - 0.1)\n" + model.format("y"), "c.nl").diagnostics
     assert (error.code, error.span.column) == ("E0304", 15) and "0 up to floating-point rounding" in error.message
     assert check_text("const y = 8 / (1 - 0.5)\n" + model.format("y"), "c.nl").ok
+    # rounding noise a few ulps wide (13 terms of 0.81 less 10.53 leave 5.3e-15) is still noise
+    many = "const y = 1 / (" + " + ".join(["0.81"] * 13) + " - 10.53)\n"
+    [error] = check_text(many + model.format("y"), "c.nl").diagnostics
+    assert error.code == "E0304" and "0 up to floating-point rounding" in error.message
     big = "const y = 2 ** 60 / (2 ** 60 - (2 ** 60 - 1))\n"  # integers are exact: 2 ** 60, far too wide, but no E0304
     assert "E0304" not in {d.code for d in check_text(big + model.format("y"), "c.nl").diagnostics}
 
@@ -1047,3 +1051,52 @@ def test_optimizer_section_slips_get_help_that_fits_an_optimizer():
                           "o.nl").diagnostics
     assert nested.message == "an `optimizer` section cannot appear in a `model`"
     assert nested.help.endswith("(it is written at the top level of a file)")
+
+
+# Each rule's boundary, on both sides (from a mutation audit: a `>` turned `>=` went unnoticed) --------
+
+def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> str:
+    train = f"train {{ seq_len = {seq_len} }}\n" if seq_len else ""
+    return f"model m {{\n  dim = {dim}\n  block {{\n    {layer}\n  }}\n}}\n{train}"
+
+
+@pytest.mark.parametrize(("layer", "dim", "seq_len", "expected"), [
+    # W0709: dgd's decay α − η·dim past −1; exactly −1 is not past it
+    ("cms { level fast { period = 4\n rule = dgd\n lr = 0.0078125 } }", 256, None, []),
+    ("cms { level fast { period = 4\n rule = dgd\n lr = 0.008 } }", 256, None, [("W0709", 6)]),
+    # … and only the fastest nested level runs dgd (a slower one's rule is inert, W0706)
+    ("cms { variant = nested\n level fast { period = 4 }\n level slow { period = 16\n rule = dgd\n lr = 0.5 } }",
+     256, None, [("W0706", 7)]),
+    # W0704: a memory's period longer than a sequence; as long, with a causal readout, it still learns
+    ("memory { level { period = 128 } }", 64, 128, []),
+    ("memory { level { period = 129 } }", 64, 128, [("W0704", 4)]),
+    ("memory { level { period = 128\n readout = chunk_start } }", 64, 128, [("W0704", 4)]),
+    ("memory { level { period = 64\n readout = chunk_start } }", 64, 128, []),
+    # W0705: a cms level slower than a sequence is a plain MLP
+    ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, []),
+    ("cms { level a { period = 129\n objective = reconstruction } }", 64, 128, [("W0705", 5)]),
+    # W0701: token by token only at period 1
+    ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),
+    ("memory { level { period = 1\n momentum = 0.9 } }", 64, None, [("W0701", 4)]),
+    # momentum lies in [0, 1)
+    ("memory { level { period = 16\n momentum = 1 } }", 64, None, [("E0302", 5)]),
+    # nested periods may be equal
+    ("cms { variant = nested\n level a { period = 16 }\n level b { period = 16 } }", 64, None, []),
+    # a layer with an error gets no warnings beside it (W0708's 12 steps here)
+    ("memory { level { period = 16\n orthogonalize = newton_schulz(steps = 12) } }", 64, None, [("E0601", 5)]),
+    # attention's default 4 heads divide 36
+    ("attention { rope = false }", 36, None, []),
+])
+def test_rule_boundaries(layer, dim, seq_len, expected):
+    result = check_text(_boundary_model(layer, dim, seq_len), "b.nl")
+    assert [(d.code, d.span.line) for d in result.diagnostics] == expected, _messages(result)
+
+
+def test_boundary_messages():
+    [start] = check_text(_boundary_model("memory { level { period = 16\n lr = learned(init = 0.1, max = 0.1) } }"),
+                         "b.nl").diagnostics
+    assert (start.code, start.message) == ("E0302", "`lr` starts at 0.1, which is not below its `max` 0.1")
+    [large] = check_text(_boundary_model("mlp { }") + "train { steps = 10000000000000000000 }\n", "b.nl").diagnostics
+    assert (large.code, large.span.line, large.message) == ("E0304", 7, "this number is too large")
+    [key] = check_text(_boundary_model("mlp { }"), "b.nl", ["train.3steps=2"]).diagnostics
+    assert (key.code, key.message) == ("E0206", "override key `train.3steps` is not a dotted name")
