@@ -482,6 +482,7 @@ def _number(text: str) -> int | float:
     clean = text.replace("_", "")
     if any(c in clean for c in ".eE"):
         return float(clean)
+    clean = clean.lstrip("0") or "0"  # leading zeros add digits, not value
     if len(clean) > 4000:  # beyond Python's int-from-text limit; the checker rejects it as too large
         return math.inf
     return int(clean)

@@ -1100,3 +1100,33 @@ def test_boundary_messages():
     assert (large.code, large.span.line, large.message) == ("E0304", 7, "this number is too large")
     [key] = check_text(_boundary_model("mlp { }"), "b.nl", ["train.3steps=2"]).diagnostics
     assert (key.code, key.message) == ("E0206", "override key `train.3steps` is not a dotted name")
+
+
+# The parser's recovery and limits (from a mutation audit of the front end) ---------------------------
+
+def _syntax(text: str) -> list[tuple[str, str, int, int]]:
+    from nldsl.parser import parse
+    from nldsl.source import SourceFile
+
+    _module, diagnostics = parse(SourceFile.from_text("x.nl", text))
+    return [(d.code, d.message, d.span.line, d.span.column) for d in diagnostics]
+
+
+def test_a_syntax_error_reports_its_first_problem_without_cascades():
+    # the rest of a line after an error, and the next line's start, are not reported again
+    assert _syntax("model {\n  dim = (3\n  layers = 4\n}\n") == [("E0101", "unexpected name `layers`", 3, 3)]
+    assert _syntax("modle { dim = 3 3 }\n") == [("E0101", "unexpected name `modle`", 1, 1)]
+    # the `{` never closed is the outermost open one, not the last that was closed
+    assert _syntax("model {\n  block {\n    mlp { }\n  }\n") == [
+        ("E0103", "unexpected end of file: the `{` at line 1, column 7 is never closed", 1, 7)]
+
+
+def test_nesting_and_number_limits():
+    def nested(depth: int) -> str:
+        return "const a = " + "(" * depth + "1" + ")" * depth + "\n"
+
+    assert _syntax(nested(62)) == [] and [code for code, *_ in _syntax(nested(65))] == ["E0104"]
+    model = "model {\n  dim = a\n  block { mlp { } }\n}\n"
+    [huge] = check_text("const a = " + "9" * 4500 + "\n" + model, "x.nl").diagnostics
+    assert (huge.code, huge.message) == ("E0304", "this number is too large"), "not Python's 4300-digit ValueError"
+    assert check_text("const a = " + "0" * 4001 + "16\n" + model, "x.nl").ok, "leading zeros add no value"

@@ -310,10 +310,10 @@ def test_labels_and_names_are_escaped():
 
 
 def test_control_characters_cannot_break_the_dot_text():
-    graph = checked_graph(SMALL_SPEC, "two\nlines\x07.nl")
+    graph = checked_graph(SMALL_SPEC, "two\nlines\x07\x7f.nl")
     dot = to_dot(graph)
-    assert dot.startswith("// Level graph of two lines\ufffd.nl,")
-    assert "\x07" not in dot
+    assert dot.startswith("// Level graph of two lines\ufffd\ufffd.nl,")
+    assert "\x07" not in dot and "\x7f" not in dot
 
 
 @needs_dot
@@ -542,3 +542,29 @@ def test_a_module_drawn_with_parts_says_its_count_includes_theirs(monkeypatch):
     assert "parts included" not in declaration(dot, "embedding")
     mag = to_dot(shipped_graph("specs/titans_mag.nl", monkeypatch))
     assert "parts included" in declaration(mag, "block.mag") and "parts included" not in declaration(mag, "block.mlp")
+
+
+# From a mutation audit of the graph and its drawing ---------------------------------------------------
+
+def test_a_level_on_the_continuum_clock_waits_whole_steps_rounded_up():
+    """3,000 tokens at 2,048 tokens a step: the level is stepped every 2 steps, not every step."""
+    graph = checked_graph("model m {\n  dim = 16\n  layers = 1\n  block { cms { level slow { period = 3000 } } }\n}\n"
+                          "train { seq_len = 1024\n  batch = 2 }\n")
+    assert graph.nx.nodes["block.cms.slow"]["period"] == "2 steps"
+
+
+def test_an_in_context_level_as_slow_as_the_outer_step_is_drawn_inside_it():
+    graph = checked_graph("model m {\n  dim = 16\n  layers = 1\n  block { cms { level a { period = 16 } } }\n}\n"
+                          "train { seq_len = 16\n  batch = 1 }\n")
+    assert [key for key, _ in graph.frequency_groups()] == ["outer", "16 tokens"]
+
+
+def test_a_layer_whose_name_starts_another_is_not_drawn_as_its_part():
+    dot = to_dot(checked_graph("model m {\n  dim = 16\n  layers = 1\n  block { mlp ab { }\n  mlp a { } }\n}\n"))
+    [edge] = [line for line in dot.splitlines() if line.strip().startswith('"block.ab" -> "block.a"')]
+    assert "dir=back" not in edge
+    assert not [line for line in dot.splitlines() if line.strip().startswith('"block.a" -> "block.ab"')]
+
+
+def test_a_negative_exponent_in_an_update_is_written_without_brackets():
+    assert update_text(("pow", ("level", "m"), ("neg", ("const", 2.0)))) == "m ** -2"

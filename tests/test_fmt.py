@@ -574,3 +574,15 @@ class _Unwritable:
 
     def write(self, data):
         raise OSError(28, "No space left on device")
+
+
+def test_trailing_comments_align_with_their_own_depth_not_a_deeper_line():
+    text = "level x {\n  a = 1  # c\n  level y {  # d\n    " + "b" * 40 + " = 2  # e\n  }\n}\n"
+    formatted, diagnostics = format_source(text)
+    assert not diagnostics
+    assert formatted == ("level x {\n"
+                         "  a = 1                          # c\n"
+                         "  level y {                      # d\n"
+                         "    bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb = 2  # e\n"
+                         "  }\n"
+                         "}\n")

@@ -104,3 +104,9 @@ def test_found_by_file_name_before_newlisp():
     assert find_lexer_class_for_filename("hope.nl") is NestedLearningLexer
     text = (ROOT / "specs" / "hope.nl").read_text(encoding="utf-8")
     assert find_lexer_class_for_filename("hope.nl", text) is NestedLearningLexer
+
+
+def test_a_spec_is_recognised_by_a_section_header_also_when_indented():
+    assert NestedLearningLexer.analyse_text("# a spec\nmodel m {\n}\n") > 0
+    assert NestedLearningLexer.analyse_text("// x\n  model m {\n}\n") > 0
+    assert NestedLearningLexer.analyse_text("def model(m):\n    return m\n") == 0
