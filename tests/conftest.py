@@ -12,12 +12,21 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nldsl.checker import CheckResult, check_bytes
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background (`&` in a script, some CI runners) inherits SIGINT ignored,
+    which nldsl rightly leaves alone; the tests that send themselves a Ctrl-C need Python's usual
+    handler (those about an ignored one set it themselves)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECS_DIR = REPO_ROOT / "specs"

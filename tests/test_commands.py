@@ -734,3 +734,156 @@ def test_stream_notes_a_segment_that_cuts_in_context_chunks_or_passes_seq_len(ru
     out = capsys.readouterr().out
     assert "(--segment 40 cuts none)" in out
     assert "note: a segment of 44 tokens is longer than the 16 tokens the model was trained on" in out
+
+
+# From a mutation audit of generate, stream and the command line ---------------------------------------
+
+class FixedLogits(torch.nn.Module):
+    """Every position predicts the same logits over 256 bytes; records the contexts it is given."""
+
+    def __init__(self, weights: list[float]):
+        super().__init__()
+        self.logits = torch.full((256,), -1e4)
+        for index, weight in enumerate(weights):  # byte `a` + index gets log weight
+            self.logits[ord("a") + index] = math.log(weight)
+        self.seen: list[list[int]] = []
+
+    def forward(self, tokens):
+        self.seen.append(tokens[0].tolist())
+        return self.logits.expand(tokens.shape[0], tokens.shape[1], -1)
+
+
+def sampled(model: FixedLogits, count: int, temperature: float, top_k: int, seed: int = 0, prompt: str = "x",
+            seq_len: int = 16) -> str:
+    return E.generate(model, D.ByteTokenizer(), prompt, count, temperature, top_k, seed, seq_len, CPU)
+
+
+def test_sampling_draws_from_the_softmax_of_the_logits_over_the_temperature():
+    from collections import Counter
+
+    weights, draws = [1.0, 2.0, 4.0, 8.0], 4000
+    for temperature in (1.0, 0.5, 2.0):
+        counts = Counter(sampled(FixedLogits(weights), draws, temperature, 0))
+        expected = torch.tensor(weights, dtype=torch.float64) ** (1 / temperature)
+        expected /= expected.sum()
+        for letter, probability in zip("abcd", expected.tolist(), strict=True):
+            assert abs(counts[letter] / draws - probability) < 0.03, (temperature, counts)
+
+
+def test_top_k_samples_among_exactly_the_k_likeliest_tokens():
+    for k in (1, 2, 3):
+        assert set(sampled(FixedLogits([1.0, 1.5, 2.0, 3.0, 4.0]), 600, 1.0, k)) == set("edcba"[:k]), k
+
+
+def test_the_seed_chooses_the_sample_and_the_context_is_the_last_seq_len_tokens():
+    uniform = FixedLogits([1.0] * 16)
+    assert sampled(uniform, 30, 1.0, 0, seed=1) == sampled(uniform, 30, 1.0, 0, seed=1)
+    assert sampled(uniform, 30, 1.0, 0, seed=1) != sampled(uniform, 30, 1.0, 0, seed=2)
+    recorder = FixedLogits([1.0])
+    sampled(recorder, 10, 0.0, 0, prompt="0123456789", seq_len=4)
+    assert recorder.seen[0] == list(b"6789") and recorder.seen[-1] == list(b"aaaa")
+
+
+def test_stream_parts_span_their_segments():
+    segments = [E.Segment(0, 16, 1.0, 16), E.Segment(16, 16, 1.0, 16), E.Segment(32, 7, 1.0, 7)]
+    assert [(first, last) for first, last, _ in E.stream_parts(segments, 3)] == [(0, 16), (16, 32), (32, 39)]
+
+
+def test_a_text_of_whole_segments_is_fed_whole_when_the_state_is_kept(run_dir):
+    loaded = E.load_model(run_dir, CPU)
+    result = E.stream(loaded, loaded.tokenizer.encode("x" * 33), 16, keep_pending=True)  # 2 × 16 and a target
+    assert [s.tokens for s in result.segments] == [16, 16] and result.state.pending.tolist() == [ord("x")]
+
+
+def streamed(run_dir: Path, text_file: Path, capsys, *more: str) -> tuple[int, str]:
+    status = main(["stream", str(run_dir), "--data", str(text_file), "--no-progress", "--segment", "16", *more])
+    return status, capsys.readouterr().out
+
+
+def test_stream_max_tokens_predicts_that_many_and_state_out_keeps_the_rest(run_dir, text_file, tmp_path, capsys):
+    status, out = streamed(run_dir, text_file, capsys, "--max-tokens", "40")
+    assert status == 0 and "streamed 40 tokens" in out
+    status, out = streamed(run_dir, text_file, capsys, "--max-tokens", "40", "--state-out", str(tmp_path / "s"))
+    assert status == 0 and "streamed 32 tokens" in out and "position 32; 9 token(s) wait" in out
+
+
+def test_stream_no_learn_takes_no_sgd_step(run_dir, text_file, capsys):
+    status, out = streamed(run_dir, text_file, capsys, "--max-tokens", "200")
+    assert status == 0 and re.search(r"cms\.slow: [1-9]\d* SGD step", out)
+    status, out = streamed(run_dir, text_file, capsys, "--max-tokens", "200", "--no-learn")
+    assert status == 0 and not re.search(r": [1-9]\d* SGD step", out)
+
+
+def test_an_interrupted_stream_exits_130(run_dir, text_file, capsys, monkeypatch):
+    real = E.stream
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.stopped = "interrupted (Ctrl-C) after 16 tokens"
+        return result
+
+    monkeypatch.setattr(E, "stream", interrupted)
+    assert streamed(run_dir, text_file, capsys, "--max-tokens", "32")[0] == 130
+
+
+def test_eval_under_a_two_process_torchrun_is_refused_on_the_first_process(run_dir, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(["eval", str(run_dir)]) == 1
+    assert "runs in one process" in capsys.readouterr().err
+
+
+def test_the_generate_command_seed_chooses_the_sample(run_dir, capsys):
+    command = ["generate", str(run_dir), "--prompt", "class ", "--tokens", "40", "--temperature", "1", "--top-k", "0"]
+    outputs = []
+    for seed in ("1", "2"):
+        assert main([*command, "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] != outputs[1]
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ("sigterm", 143), (BrokenPipeError(32, "Broken pipe"), 0), (ValueError("boom"), 3)])
+def test_exit_status_of_a_sigterm_a_closed_pipe_and_an_internal_error(monkeypatch, capsys, error, status):
+    from nldsl import cli
+    from nldsl.runtime.interrupt import Terminated
+
+    monkeypatch.delenv("NLDSL_DEBUG", raising=False)
+
+    def fails(args):
+        raise Terminated() if error == "sigterm" else error
+
+    monkeypatch.setattr(cli, "cmd_explain", fails)
+    assert main(["explain", "E0101"]) == status
+
+
+def test_the_loaded_module_is_the_compiled_one(capsys):
+    import nldsl
+
+    spec = REPO / "specs/linear_attention.nl"
+    assert main(["compile", str(spec)]) == 0
+    assert nldsl.load(spec).module.__source__ == capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option", [["--seed", str(2**63 - 1)], ["--top-k", "0"], ["--tokens", "0"],
+                                    ["--temperature", "0"]])
+def test_generate_takes_its_documented_bounds(option):
+    from nldsl.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "run", *option]).runtime_command == "generate"
+
+
+def test_argument_bounds():
+    import argparse
+
+    from nldsl.cli import build_parser
+    from nldsl.runtime.arguments import at_least, positive_float
+
+    for seed in (str(2**63), "-1"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["generate", "run", "--seed", seed])
+    assert at_least(1, most=10)("10") == 10
+    with pytest.raises(argparse.ArgumentTypeError):
+        at_least(1, most=10)("11")
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_float("0")

@@ -60,22 +60,29 @@ _built: bool | None = None  # None: not tried yet
 _namespace = ""  # the ops' namespace, nldsl_<digest>, once built (`_build`)
 
 
+def _flags() -> list[str]:
+    return ["-O3", *CAPABILITY_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+
+
+def extension_name(flags: list[str]) -> str:
+    # the sources and flags name the library and its ops' namespace, so an edited kernel (its C++, or
+    # its shapes and autograd here) or another CPU level builds anew, and no graph compiled for another
+    # kernel is replayed (csrc, at the end)
+    return f"nldsl_memory_write_{kernel_digest(flags)}"
+
+
 def _build() -> bool:
     """Compile and load the kernel (once per process; torch caches the library across processes)."""
     from torch.utils import cpp_extension
 
     global _namespace
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", *CAPABILITY_FLAGS.get(capability, [])]
+    flags = _flags()
     try:
-        # the sources and flags name the library and its ops' namespace, so an edited kernel (its C++, or
-        # its shapes and autograd here) or another CPU level builds anew, and no graph compiled for another
-        # kernel is replayed (csrc, at the end)
-        digest = kernel_digest(flags)
-        namespace = f"nldsl_{digest}"
-        cpp_extension.load(name=f"nldsl_memory_write_{digest}", sources=[str(SOURCE)],
-                           extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
-                           verbose=False)
+        namespace = f"nldsl_{kernel_digest(flags)}"
+        with _builder_lock(extension_name(flags)):
+            cpp_extension.load(name=extension_name(flags), sources=[str(SOURCE)],
+                               extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
+                               verbose=False)
     except Exception as error:  # no compiler or ninja: say so once, keep the PyTorch chunk step
         warnings.warn(f"nldsl: the fused memory-write kernel could not be built ({error}); memory levels "
                       "use the PyTorch chunk step, which gives the same results more slowly", stacklevel=3)
@@ -83,6 +90,31 @@ def _build() -> bool:
     _namespace = namespace
     _register_python_parts(namespace)
     return True
+
+
+@contextlib.contextmanager
+def _builder_lock(name: str) -> Iterator[None]:
+    """Hold an OS lock on the kernel's build folder while torch loads (and perhaps builds) it.
+
+    torch marks a build in progress with a `lock` file that it waits on, without end, while it exists;
+    a process killed mid-build (Ctrl-C during the first compile) leaves it behind, and every later run
+    would hang. Every process loading this kernel holds this lock first, and the OS drops it with its
+    process, so a `lock` file found while holding it is one a dead process left: it is removed."""
+    try:
+        import fcntl
+
+        from torch.utils.cpp_extension import _get_build_directory  # where torch keeps its `lock`
+    except ImportError:  # no POSIX locks here (or another torch): torch's own baton alone
+        yield
+        return
+    folder = Path(_get_build_directory(name, False))
+    with open(folder / "nldsl.flock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS if this process dies
+        stale = folder / "lock"
+        if stale.exists():
+            warnings.warn(f"nldsl: removed {stale}, left by a kernel build that was stopped midway", stacklevel=4)
+            stale.unlink(missing_ok=True)
+        yield
 
 
 def kernel_digest(flags: list[str]) -> str:

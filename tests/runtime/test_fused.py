@@ -235,11 +235,27 @@ def test_the_ops_namespace_names_the_kernel_source(monkeypatch, tmp_path) -> Non
     assert len(digest) == 16 and fused._namespace != "nldsl"
     assert hasattr(getattr(torch.ops, fused._namespace), "memory_write")
     flags = ["-O3", *fused.CAPABILITY_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
-    assert digest == fused.kernel_digest(flags)
+    assert digest == fused.kernel_digest(flags) and fused._flags() == flags
     edited = tmp_path / "memory_write.cpp"  # an edit to the C++ names another namespace
     edited.write_bytes(fused.SOURCE.read_bytes() + b"\n// edited\n")
     monkeypatch.setattr(fused, "SOURCE", edited)
     assert fused.kernel_digest(flags) != digest
+
+
+def test_a_lock_a_killed_build_left_is_removed_before_torch_would_wait_on_it(monkeypatch, tmp_path) -> None:
+    """torch waits without end while its `lock` file exists; one left by a build stopped midway is
+    removed under the OS lock every loading process holds (a live builder would hold that too)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    (tmp_path / "lock").write_text("")
+    with pytest.warns(UserWarning, match="left by a kernel build that was stopped midway"):
+        with fused._builder_lock("nldsl_memory_write_test"):
+            assert not (tmp_path / "lock").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no lock left: nothing to say
+        with fused._builder_lock("nldsl_memory_write_test"):
+            pass
 
 
 def test_a_failed_build_warns_and_leaves_the_pytorch_step(monkeypatch, tmp_path) -> None:
