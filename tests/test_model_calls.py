@@ -364,6 +364,19 @@ def test_a_model_larger_than_memory_is_refused_before_it_is_allocated() -> None:
         nldsl.load("specs/transformer.nl", dim=32, model__block__attention__persistent=10**12)
 
 
+
+def test_the_memory_check_counts_the_bytes_of_the_dtype_asked_for(monkeypatch) -> None:
+    """Memory for the float32 weights and half as much again: float64 weights do not fit."""
+    from nldsl import loader, shapes
+
+    spec = nldsl.check("specs/transformer.nl", ["dim=32"]).spec
+    count = shapes.count(shapes.model_parameters(spec.model))
+    monkeypatch.setattr(loader, "_device_memory", lambda device: count * 6)
+    assert nldsl.load("specs/transformer.nl", dim=32) is not None
+    with pytest.raises(ModelTooLargeError, match=r"more than the [\d.]+ GiB of memory of cpu"):
+        nldsl.load("specs/transformer.nl", dim=32, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("adaptive, projections, warned, unread", [
     ("[]", "", True, ["wv", "conv_v"]),
     ("[k]", "objective = reconstruction", True, ["wv", "conv_v"]),
