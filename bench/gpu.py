@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,13 +64,17 @@ from bench.harness import (
 from nldsl import loader
 from nldsl.interpreter import interpret
 
-DENSE_BF16_PEAKS = (  # (substring of torch.cuda.get_device_name(), dense bf16 FLOP/s), first match wins
+# (a word of torch.cuda.get_device_name(), dense bf16 FLOP/s): the longest key whose words all appear in
+# the name wins, and a word matches whole ("L4" is not "L40", "H100" alone is not the H100 NVL's row)
+DENSE_BF16_PEAKS = (
     ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
     ("H100", 989.4e12),
     ("H200", 989.4e12),
     ("GH200", 989.4e12),
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
 )
 MODE_NAMES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
@@ -193,7 +198,14 @@ def dense_peak(device: str) -> tuple[str, float | None]:
     if not device.startswith("cuda"):
         return "cpu", None
     name = torch.cuda.get_device_name()
-    return name, next((peak for key, peak in DENSE_BF16_PEAKS if key in name), None)
+    return name, table_peak(name)
+
+
+def table_peak(name: str) -> float | None:
+    """The dense bf16 peak of the card a device name names, or None for a card the table lacks."""
+    words = set(re.split(r"[\s-]+", name))
+    matches = [(len(key), peak) for key, peak in DENSE_BF16_PEAKS if set(key.split()) <= words]
+    return max(matches)[1] if matches else None
 
 
 def throughput(run: Run, size: dict, hope_mode: bool | str, hope_recompute: int) -> None:

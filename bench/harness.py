@@ -229,12 +229,16 @@ def count_flops(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
 
     Attention is left out because the counter sees it only on some devices (the CUDA kernels, not
     the CPU one) and then counts all (T, T) pairs; `attention_flops` adds the causal count instead,
-    the same on every device.
+    the same on every device. The fused memory write is off while counting: the counter sees aten's
+    products, and the kernel (a custom op) computes the same ones unseen (HOPE's count would lose a
+    quarter).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nldsl.runtime import fused
+
     counter = FlopCounterMode(display=False)
-    with counter:
+    with fused.fused_writes(False), counter:
         fn()
     per_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     total = sum(n for op, n in per_op.items() if "attention" not in op)

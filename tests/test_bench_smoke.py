@@ -689,3 +689,55 @@ def test_every_bench_option_has_help_and_every_command_says_what_it_costs(capsys
         main(["--help"])
     listing = " ".join(capsys.readouterr().out.split())
     assert all(f"{name} " in listing for name in COMMANDS) and listing.count("Takes ") == len(COMMANDS)
+
+
+# From an audit of the numbers bench publishes ---------------------------------------------------------
+
+def test_a_spec_whose_timing_failed_counts_as_missed_not_as_absent() -> None:
+    from bench import report
+
+    stored = {"graph_breaks": {s: {"ok": True} for s in TWO_SPECS}, "ok": False, "seconds": 1.0, "tolerance": 1.3,
+              "speed": {"specs/transformer.nl": {"compiled_over_eager": 0.8, "eager_seconds": 1.0,
+                                                 "compiled_seconds": 0.8, "compile_seconds": 1.0},
+                        "specs/titans_lmm.nl": {"ok": False, "error": "RuntimeError: boom"}}}
+    assert "| 1/2 specs (not faster: specs/titans_lmm.nl) | missed |" in smoke_row(stored)
+    assert "| specs/titans_lmm.nl | failed: RuntimeError: boom | | | | | missed |" in report.smoke_section(stored)
+
+
+def test_flops_are_counted_with_the_fused_write_off_which_the_counter_cannot_see() -> None:
+    from nldsl.runtime import fused
+
+    model, _ = harness.build("specs/hope.nl", ["model.dim=32", "model.layers=1"], seq_len=64)
+    tokens = torch.randint(0, 256, (2, 64))
+    with fused.fused_writes(True):
+        on, _ = harness.count_flops(lambda: model.loss(tokens, tokens).backward())
+    with fused.fused_writes(False):
+        off, _ = harness.count_flops(lambda: model.loss(tokens, tokens).backward())
+    assert on == off > 0
+
+
+def test_the_gpu_peak_table_matches_a_card_by_whole_words_the_longest_key_first() -> None:
+    from bench.gpu import table_peak
+
+    assert table_peak("NVIDIA H100 80GB HBM3") == 989.4e12 and table_peak("NVIDIA H100 PCIe") == 756e12
+    assert table_peak("NVIDIA H100 NVL") == 835e12 and table_peak("NVIDIA H200") == 989.4e12
+    assert table_peak("NVIDIA L4") == 121e12 and table_peak("NVIDIA L40") == 181e12
+    assert table_peak("NVIDIA L40S") == 362e12 and table_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert table_peak("Tesla T4") is None
+
+
+def test_modes_timed_in_separate_runs_are_not_called_interleaved() -> None:
+    from bench import report
+
+    def point(mode: str, tokens_per_second: float, measured: str) -> dict:
+        return {"spec": "specs/hope.nl", "length": 512, "mode": mode, "tokens_per_second": tokens_per_second,
+                "interleaved": True, "measured": measured, "all_seconds": [1.0, 1.0]}
+
+    first, later = "2026-12-01 10:00:00", "2026-12-05 09:00:00"
+    together = {"points": [point("eager", 100.0, first), point("compiled", 200.0, first)]}
+    apart = {"points": [point("eager", 100.0, later), point("compiled", 200.0, first)]}
+    assert report.compile_ratios(together, interleaved=True) == {"specs/hope.nl T=512": 2.0}
+    assert report.compile_ratios(apart, interleaved=True) == {}
+    assert report.compile_ratios(apart, interleaved=False) == {"specs/hope.nl T=512": 2.0}
+    assert "in separate runs" in report.timing_note(apart["points"])
+    assert "interleaved" in report.timing_note(together["points"])
