@@ -138,8 +138,9 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
                 continue
             model = build(spec, seq_len=length)[0]
             steps, looped = chunk_steps(model, length), has_chunk_bodies(model)
+            stamped = stamp()  # one for the modes timed together (report.timed_together compares them)
             points = {mode: {"spec": spec, "length": length, "batch": batch, "mode": mode, "chunk_steps": steps,
-                             **stamp()} for mode in pending}
+                             **stamped} for mode in pending}
             for mode, point in points.items():
                 if mode == "compiled" and steps > compile_limit:
                     point["skipped"] = f"{steps} unrolled chunk steps > {compile_limit} (compile time)"

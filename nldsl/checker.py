@@ -268,7 +268,8 @@ def decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
 
 
 def shown_undecoded(data: bytes, path: str) -> SourceFile:
-    """A file that is not UTF-8 as the renderer shows it: each byte that does not decode as U+FFFD."""
+    """A file that is not UTF-8 as the renderer shows it: what does not decode as U+FFFD (one for each
+    maximal invalid sequence, as Python's `errors="replace"` does)."""
     return SourceFile.from_text(path, _without_bom(data.decode("utf-8", errors="replace")))
 
 

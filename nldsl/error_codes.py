@@ -1065,8 +1065,10 @@ _ENTRIES = (
         a fixed map from its initial state. Its state is per sequence, so unlike a slow `cms`
         level it does not carry updates across sequences either (the continuum clock applies to
         cms levels). With `readout = chunk_start` a period of exactly one sequence is the same:
-        a chunk reads only the writes of earlier chunks, and the one write comes at the end.
-        Lower the period or raise `train.seq_len`.
+        a chunk reads only the writes of earlier chunks, and the one write comes at the end. So is
+        an in-context `cms` level at a period of one sequence (it reads the weights of its last
+        write; one slower than a sequence goes on the continuum clock instead). Lower the period
+        or raise `train.seq_len`.
         """,
         """
         model tiny {

@@ -262,7 +262,10 @@ class LevelGraph:
         return [(key, sorted(groups[key])) for key in sorted(groups, key=lambda k: (order[k], k))]
 
     def to_dict(self) -> dict:
-        nodes = [{"id": n, **_plain(a)} for n, a in sorted(self.nx.nodes(data=True))]
+        # a file without a model trains nothing: its optimizer levels' periods are steps, not tokens
+        sized = () if self.nx.graph.get("step_has_tokens", True) else ("period_tokens", "frequency")
+        nodes = [{"id": n, **{k: v for k, v in _plain(a).items() if k not in sized}}
+                 for n, a in sorted(self.nx.nodes(data=True))]
         edges = sorted(({"source": u, "target": v, "kind": a["kind"], "label": a["label"]}
                         for u, v, a in self.nx.edges(data=True)),
                        key=lambda e: (e["source"], e["target"], e["kind"], e["label"]))

@@ -194,10 +194,11 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
                               "the file has classic Mac line ends or a stray CR: save it with `\\n` (or `\\r\\n`) "
                               "line ends")
         shown = repr(char)[1:-1] if char.isprintable() and char.strip() else f"U+{ord(char):04X}"
-        before = re.split(r"[{;]", text[text.rfind("\n", 0, pos) + 1:pos])[-1].strip()
+        before = re.split(r"[{;(,]", text[text.rfind("\n", 0, pos) + 1:pos])[-1].strip()
         if char == ":" and re.fullmatch(r"[A-Za-z_]\w*", before):  # `retention: 0.9`, as in YAML
             return Diagnostic("E0102", "unexpected character `:`", span,
-                              f"an attribute is set with `=`: write `{before} = …`")
+                              f"a section is written `{before} {{ … }}`" if before in SECTION_KINDS else
+                              f"a value is given with `=`: write `{before} = …`")
         if char not in LANGUAGE_CHARACTERS:
             # The lexer's `allowed` is the parser state's before it reduced what precedes, so it can
             # list tokens that cannot follow here; for a character no token has, say that instead.

@@ -333,8 +333,18 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 # the one write lands at the sequence's end; chunk_start reads only earlier chunks' writes
                 warning("W0704", f"period {level.period} is a whole training sequence and `readout = chunk_start` "
                         "reads only earlier chunks' writes: this memory's one write lands at the end of the "
-                        "sequence, where nothing reads it", "lower the period or raise `train.seq_len`",
-                        f"{lp}.period")
+                        "sequence, where nothing in the training sequence reads it",
+                        "lower the period or raise `train.seq_len`", f"{lp}.period")
+            elif context == "cms" and level.period == seq_len and not (
+                    isinstance(layer, S.CMSSpec) and layer.variant == "nested" and name != layer.levels[0].name):
+                # a cms level reads the weights of its last write, as chunk_start does; one slower than a
+                # sequence goes on the continuum clock instead (learns_in_context); a nested chain's slower
+                # levels follow the fastest one (S.CMSSpec.inert_levels)
+                warning("W0704", f"period {level.period} is a whole training sequence: a cms level reads the "
+                        "weights of its last write, and its one write lands at the end of the sequence, where "
+                        "nothing in the training sequence reads it",
+                        f"use a period below train.seq_len ({seq_len}), or one above it (the level is then "
+                        "stepped by the outer optimizer on the continuum clock)", f"{lp}.period")
     if isinstance(layer, S.CMSSpec) and layer.variant != "nested":
         for level in layer.levels:
             lp = f"{path}.{level.name}"
@@ -349,7 +359,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         f"so {', '.join(f'`{name}`' for name in unused)} "
                         f"{'has' if len(unused) == 1 else 'have'} no effect",
                         "remove them, or let the level learn in context: `update = in_context` and a period "
-                        f"of at most train.seq_len ({seq_len})", *(f"{lp}.{name}" for name in unused))
+                        f"below train.seq_len ({seq_len})", *(f"{lp}.{name}" for name in unused))
     if isinstance(layer, S.SelfModSpec):
         for source, gate_name in (("eta", "lr"), ("alpha", "retention")):
             if source in layer.adaptive and not isinstance(getattr(layer.memory, gate_name), S.GeneratedGate):

@@ -21,6 +21,16 @@ import pytest
 from nldsl.checker import CheckResult, check_bytes
 
 
+@pytest.fixture(autouse=True)
+def _denormals_kept():
+    """A study or benchmark run in-process flushes denormals for the whole process (their speed);
+    later tests in the same worker must see float arithmetic as usual (5e-324 is not 0)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A suite started in the background (`&` in a script, some CI runners) inherits SIGINT ignored,
     which nldsl rightly leaves alone; the tests that send themselves a Ctrl-C need Python's usual

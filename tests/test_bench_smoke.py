@@ -573,7 +573,7 @@ def test_the_training_table_says_how_each_point_was_timed() -> None:
                                           point("compiled", [0.5] * 3, interleaved=True)]}
     assert "| 3 steps, interleaved, spread 1.00× |" in report.train_section(new)[-1]
     row = next(line for line in report.targets_section(None, None, old) if "torch.compile" in line)
-    assert "1 of the 1 timed eager and compiled back to back, not interleaved" in row
+    assert "1 of the 1 not timed interleaved in one run" in row
 
 
 def test_the_page_dates_each_entry_and_says_when_an_old_one_is_not_recorded() -> None:
@@ -702,11 +702,15 @@ def test_a_spec_whose_timing_failed_counts_as_missed_not_as_absent() -> None:
                         "specs/titans_lmm.nl": {"ok": False, "error": "RuntimeError: boom"}}}
     assert "| 1/2 specs (not faster: specs/titans_lmm.nl) | missed |" in smoke_row(stored)
     assert "| specs/titans_lmm.nl | failed: RuntimeError: boom | | | | | missed |" in report.smoke_section(stored)
+    both_failed = {**stored, "speed": {spec: {"ok": False, "error": "boom"} for spec in TWO_SPECS}}
+    assert "| 0/2 specs (not faster: specs/transformer.nl, specs/titans_lmm.nl) | missed |" in smoke_row(both_failed)
 
 
 def test_flops_are_counted_with_the_fused_write_off_which_the_counter_cannot_see() -> None:
     from nldsl.runtime import fused
 
+    if not fused.available():
+        pytest.skip("the fused kernel cannot be built here, so there is nothing the counter could miss")
     model, _ = harness.build("specs/hope.nl", ["model.dim=32", "model.layers=1"], seq_len=64)
     tokens = torch.randint(0, 256, (2, 64))
     with fused.fused_writes(True):
@@ -723,7 +727,7 @@ def test_the_gpu_peak_table_matches_a_card_by_whole_words_the_longest_key_first(
     assert table_peak("NVIDIA H100 NVL") == 835e12 and table_peak("NVIDIA H200") == 989.4e12
     assert table_peak("NVIDIA L4") == 121e12 and table_peak("NVIDIA L40") == 181e12
     assert table_peak("NVIDIA L40S") == 362e12 and table_peak("NVIDIA A100-SXM4-80GB") == 312e12
-    assert table_peak("Tesla T4") is None
+    assert table_peak("NVIDIA H200 NVL") == 835e12 and table_peak("Tesla T4") is None
 
 
 def test_modes_timed_in_separate_runs_are_not_called_interleaved() -> None:
@@ -739,5 +743,5 @@ def test_modes_timed_in_separate_runs_are_not_called_interleaved() -> None:
     assert report.compile_ratios(together, interleaved=True) == {"specs/hope.nl T=512": 2.0}
     assert report.compile_ratios(apart, interleaved=True) == {}
     assert report.compile_ratios(apart, interleaved=False) == {"specs/hope.nl T=512": 2.0}
-    assert "in separate runs" in report.timing_note(apart["points"])
-    assert "interleaved" in report.timing_note(together["points"])
+    assert report.timing_note(apart["points"]) == "2 steps, in separate runs, spread 1.00×"
+    assert report.timing_note(together["points"]) == "2 steps, interleaved, spread 1.00×"

@@ -1044,7 +1044,11 @@ def test_an_optimizer_section_called_with_arguments_says_it_is_named_not_called(
 def test_optimizer_section_slips_get_help_that_fits_an_optimizer():
     [colon] = check_text("optimizer o {\n  level m { retention: 0.9 }\n}\n", "o.nl").diagnostics
     assert (colon.code, colon.span.line, colon.help) == (
-        "E0102", 2, "an attribute is set with `=`: write `retention = …`")
+        "E0102", 2, "a value is given with `=`: write `retention = …`")
+    [section] = check_text("model m {\n  block:\n}\n", "o.nl").diagnostics
+    assert section.help == "a section is written `block { … }`"
+    [argument] = check_text("optimizer o { level m { lr = learned(max: 0.1) } }\n", "o.nl").diagnostics
+    assert argument.help == "a value is given with `=`: write `max = …`"
     [unnamed] = check_text("optimizer {\n  level m { }\n}\n", "o.nl").diagnostics
     assert unnamed.code == "E0401" and unnamed.help.endswith("used as `train { optimizer = NAME }`")
     [nested] = check_text("model { dim = 32\n  optimizer o { level m { } }\n  block { mlp { } } }\n",
@@ -1072,8 +1076,13 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     ("memory { level { period = 129 } }", 64, 128, [("W0704", 4)]),
     ("memory { level { period = 128\n readout = chunk_start } }", 64, 128, [("W0704", 4)]),
     ("memory { level { period = 64\n readout = chunk_start } }", 64, 128, []),
+    # … and an in-context cms level, which reads the weights of its last write, as chunk_start does
+    ("cms { level slow { period = 128 } }", 64, 128, [("W0704", 4)]),
+    ("cms { level slow { period = 64 } }", 64, 128, []),
+    ("cms { level slow { period = 128\n update = outer } }", 64, 128, []),
+    ("cms { variant = nested\n level a { period = 64 }\n level b { period = 128 } }", 64, 128, []),
     # W0705: a cms level slower than a sequence is a plain MLP
-    ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, []),
+    ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, [("W0704", 4)]),  # not W0705
     ("cms { level a { period = 129\n objective = reconstruction } }", 64, 128, [("W0705", 5)]),
     # W0701: token by token only at period 1
     ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),

@@ -715,6 +715,8 @@ def test_a_model_name_that_is_no_model_and_no_file_is_told_apart_from_a_missing_
         S.spec_path(str(tmp_path / "missing.nl"))
     with pytest.raises(UserError, match=r"^--models lost\.nl: no such spec file"):
         S.spec_path("lost.nl")
+    with pytest.raises(UserError, match=r"^--models \./hope: no such spec file"):
+        S.spec_path("./hope")
     with pytest.raises(UserError, match=r": not a spec file$"):
         S.spec_path(str(tmp_path))
     assert S.spec_path("hope").name == "hope.nl"

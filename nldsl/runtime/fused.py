@@ -64,13 +64,6 @@ def _flags() -> list[str]:
     return ["-O3", *CAPABILITY_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
 
 
-def extension_name(flags: list[str]) -> str:
-    # the sources and flags name the library and its ops' namespace, so an edited kernel (its C++, or
-    # its shapes and autograd here) or another CPU level builds anew, and no graph compiled for another
-    # kernel is replayed (csrc, at the end)
-    return f"nldsl_memory_write_{kernel_digest(flags)}"
-
-
 def _build() -> bool:
     """Compile and load the kernel (once per process; torch caches the library across processes)."""
     from torch.utils import cpp_extension
@@ -78,9 +71,13 @@ def _build() -> bool:
     global _namespace
     flags = _flags()
     try:
-        namespace = f"nldsl_{kernel_digest(flags)}"
-        with _builder_lock(extension_name(flags)):
-            cpp_extension.load(name=extension_name(flags), sources=[str(SOURCE)],
+        # the sources and flags name the library and its ops' namespace, so an edited kernel (its C++, or
+        # its shapes and autograd here) or another CPU level builds anew, and no graph compiled for another
+        # kernel is replayed (csrc, at the end)
+        digest = kernel_digest(flags)
+        namespace, name = f"nldsl_{digest}", f"nldsl_memory_write_{digest}"
+        with _builder_lock(name):
+            cpp_extension.load(name=name, sources=[str(SOURCE)],
                                extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
                                verbose=False)
     except Exception as error:  # no compiler or ninja: say so once, keep the PyTorch chunk step
@@ -109,9 +106,13 @@ def _builder_lock(name: str) -> Iterator[None]:
         return
     folder = Path(_get_build_directory(name, False))
     with open(folder / "nldsl.flock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS if this process dies
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS if this process dies
+            locked = True
+        except OSError:  # a file system without locks (some network mounts): torch's own baton alone
+            locked = False
         stale = folder / "lock"
-        if stale.exists():
+        if locked and stale.exists():
             warnings.warn(f"nldsl: removed {stale}, left by a kernel build that was stopped midway", stacklevel=4)
             stale.unlink(missing_ok=True)
         yield

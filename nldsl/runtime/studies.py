@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import shlex
 import statistics
@@ -96,7 +97,7 @@ def spec_path(name: str) -> Path:
         return SPECS_DIR / SPEC_FILES[name]
     path = Path(name)
     if not path.exists():
-        if path.suffix == ".nl" or len(path.parts) > 1:  # written as a path: say the file is missing
+        if path.suffix == ".nl" or "/" in name or os.sep in name:  # written as a path: say the file is missing
             raise UserError(f"--models {name}: no such spec file (the known models: {', '.join(SPEC_FILES)})")
         raise UserError(f"unknown model `{name}` (known: {', '.join(SPEC_FILES)}; or give a spec path)")
     if not path.is_file():

@@ -256,6 +256,15 @@ def test_a_lock_a_killed_build_left_is_removed_before_torch_would_wait_on_it(mon
         warnings.simplefilter("error")  # no lock left: nothing to say
         with fused._builder_lock("nldsl_memory_write_test"):
             pass
+    import fcntl
+
+    def refused(*args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)  # a file system without locks: torch's own baton alone
+    (tmp_path / "lock").write_text("")
+    with fused._builder_lock("nldsl_memory_write_test"):
+        assert (tmp_path / "lock").exists(), "without the OS lock a live builder's file cannot be told apart"
 
 
 def test_a_failed_build_warns_and_leaves_the_pytorch_step(monkeypatch, tmp_path) -> None:
