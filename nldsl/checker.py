@@ -260,8 +260,9 @@ def decode(data: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1  # in bytes: the text cannot be decoded
-        start = len(_without_bom(data[:error.start].decode("utf-8")))  # all valid before the first bad byte
-        span = shown_undecoded(data, path).span(start, start + 1)
+        before = _without_bom(data[:error.start].decode("utf-8"))  # all valid before the first bad byte
+        at = len(before) - before.rfind("\n")  # in characters, as every other span's column
+        span = Span(path, line, at, line, at + 1, len(before), len(before) + 1)
         return None, Diagnostic("E0105", f"`{path}` is not valid UTF-8 (byte {error.start}: line {line}, byte {column} "
                                 f"of the line)", span, "save the spec as UTF-8 text")
     return _without_bom(text), None

@@ -59,15 +59,20 @@ def temperature(text: str) -> float:
     return value
 
 
-def random_seed(text: str) -> int:
-    """An argparse type: a random seed torch takes, 0 ≤ seed < 2⁶³."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2^63 - 1, got {value}")
-    return value
+def seed_up_to(largest: int, shown: str, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a random seed from 0 to `largest` (written `shown` in the message, `why` after it)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not 0 <= value <= largest:
+            raise argparse.ArgumentTypeError(f"must be between 0 and {shown}{why}, got {value}")
+        return value
+    return parse
+
+
+random_seed = seed_up_to(2**63 - 1, "2^63 - 1")  # the seeds torch takes
 
 
 def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], None], handler) -> None:

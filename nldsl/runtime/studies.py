@@ -58,7 +58,7 @@ from nldsl.cli import UserError
 from nldsl.diagnostics import SpecError, listing
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
-from nldsl.runtime.arguments import at_least, path_text, positive_float
+from nldsl.runtime.arguments import at_least, path_text, positive_float, seed_up_to
 from nldsl.runtime.data import read_json_lines
 from nldsl.runtime.train import ContinuumClock
 
@@ -1483,16 +1483,9 @@ def recall_parser() -> argparse.ArgumentParser:
     return p
 
 
-def study_seed(text: str) -> int:
-    """An argparse type: a recall --seed whose training seeds stay below the test sets' (TEST_SEED)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= LARGEST_SEED:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {LARGEST_SEED:,} (its training batches are seeded "
-                                         f"seed · 10^6 + step, below the test sets'), got {value}")
-    return value
+# a recall --seed whose training seeds stay below the test sets' (TEST_SEED)
+study_seed = seed_up_to(LARGEST_SEED, f"{LARGEST_SEED:,}",
+                        " (its training batches are seeded seed · 10^6 + step, below the test sets')")
 
 
 def common(p: argparse.ArgumentParser, study: str) -> None:
