@@ -809,3 +809,129 @@ def test_builtin_m3_puts_momentum_in_beta1_and_beta3_and_beta2_in_the_second_mom
     fallback = {level.name: level for level in config.fallback.levels}
     assert (fallback["first_moment"].retention, fallback["second_moment"].retention) == (0.9, 0.95)
     assert (config.fallback.lr, config.fallback.weight_decay) == (0.02, 0.1)
+
+
+# From a mutation audit of the optimizer runtime (9 of 46 mutants survived the tests above) ------------
+
+def test_first_flow_on_a_slow_level_stores_the_first_written_sum():
+    # init = first_flow counts writes, not steps: a level with period 3 writes first at t = 3, and that
+    # write stores m = X_1 + X_2 + X_3 (not α·0 + η·ΣX). Kills `torch.where(step == 1, …)` (optim.py:449).
+    level = OptimizerLevelConfig("m", "gradients", retention=0.9, lr=0.5, period=3, init="first_flow")
+    config = OptimizerConfig(1.0, (level,), ("level", "m"))
+    grads = [torch.full((4,), float(t), dtype=torch.float64) for t in (1, 2, 3, 4, 5, 6)]
+    history = step_with_gradients(torch.zeros(4, dtype=torch.float64), config, grads)
+    m3 = 1.0 + 2.0 + 3.0  # first write: the flow itself
+    m6 = 0.9 * m3 + 0.5 * (4.0 + 5.0 + 6.0)  # second write: α m + η ΣX
+    readouts = [0.0, 0.0, m3, m3, m3, m6]
+    expected = -torch.tensor(readouts, dtype=torch.float64).cumsum(0)
+    torch.testing.assert_close(torch.stack(history)[:, 0], expected, **HAND)
+
+
+def test_orthogonalize_leaves_tensors_that_are_not_2d_unchanged():
+    # Newton–Schulz applies to 2-D parameters only; a 3-D (or 1-D) output passes through. With
+    # retention 0 and lr 1 the output is the gradient itself, so p_1 = −g. Kills `ndim >= 2` (optim.py:467).
+    level = OptimizerLevelConfig("m", "gradients", retention=0.0, lr=1.0, orthogonalize_steps=5)
+    config = OptimizerConfig(1.0, (level,), ("level", "m"))
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(2, 3, 4), (5,)]:
+        g = torch.randn(shape, generator=generator, dtype=torch.float64)
+        (p1,) = step_with_gradients(torch.zeros(shape, dtype=torch.float64), config, [g])
+        torch.testing.assert_close(p1, -g, rtol=0.0, atol=0.0)
+    # and a 2-D one does take it (the rows of NS(g) for a wide g are roughly orthonormal)
+    g = torch.randn(3, 6, generator=generator, dtype=torch.float64)
+    (p1,) = step_with_gradients(torch.zeros(3, 6, dtype=torch.float64), config, [g])
+    assert not torch.allclose(p1, -g)
+
+
+def test_matrices_only_section_hands_the_rest_to_adamw_at_its_lr_and_weight_decay():
+    # docs §3.6: an `optimizer` section with matrices_only = true trains the other tensors with AdamW at
+    # the section's lr and weight_decay. Through build_optimizer the group's decay wins (parameter_groups
+    # always sets one), so only the config shows it. Kills `O.adamw(lr=opt.lr)` (compiler/optimizers.py:31).
+    from nldsl.compiler.optimizers import optimizer_config
+
+    text = ("optimizer mo {\n  lr = 0.02\n  weight_decay = 0.3\n  matrices_only = true\n"
+            "  level m { flow = gradients }\n  update = m\n}\ntrain { optimizer = mo }\n")
+    result = check_text(text)
+    assert result.ok, [d.message for d in result.diagnostics]
+    config = optimizer_config(result.spec.train.optimizer)
+    assert config.fallback is not None
+    assert (config.fallback.lr, config.fallback.weight_decay) == (0.02, 0.3)
+
+
+def test_builtin_muon_maps_momentum_to_its_level_and_gives_the_rest_adamw_with_beta1_0_9():
+    # docs §3.6: muon's `momentum` is Muon's; the other tensors take AdamW with β1 = 0.9, `beta2`, `eps`,
+    # the same lr and weight_decay. Kills `betas=(opt.momentum, opt.beta2)` (compiler/optimizers.py:41).
+    from nldsl.compiler.optimizers import builtin_config
+
+    text = "train { optimizer = muon(lr = 0.02, momentum = 0.7, beta2 = 0.95, eps = 0.001, weight_decay = 0.1) }"
+    config = builtin_config(check_text(text).spec.train.optimizer)
+    assert config is not None and config.matrices_only and config.lr_scale == "muon"
+    (level,) = config.levels
+    assert (level.retention, level.lr, level.nesterov, level.orthogonalize_steps) == (0.7, 1 - 0.7, True, 5)
+    assert (config.lr, config.weight_decay) == (0.02, 0.1)
+    fallback = {level.name: level for level in config.fallback.levels}
+    assert (fallback["first_moment"].retention, fallback["second_moment"].retention) == (0.9, 0.95)
+    assert (config.fallback.lr, config.fallback.weight_decay) == (0.02, 0.1)
+    assert config.fallback.update[2][2] == ("const", 0.001)  # m̂ / (√v̂ + ε)
+
+
+def test_builtin_adamw_takes_momentum_as_beta1():
+    # docs §3.6: `momentum` is β1 of adamw. Kills `betas=(0.9, optimizer.beta2)` (compiler/optimizers.py:79),
+    # which the default momentum = 0.9 hides.
+    from nldsl.compiler.optimizers import build_optimizer
+
+    text = "train { optimizer = adamw(lr = 0.01, momentum = 0.5, beta2 = 0.9, eps = 0.001, weight_decay = 0.1) }"
+    spec = check_text(text).spec.train.optimizer
+    named = [("w", torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))),
+             ("b", torch.nn.Parameter(torch.ones(2, dtype=torch.float64)))]
+    optimizer = build_optimizer(named, spec)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [(g["betas"], g["eps"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        ((0.5, 0.9), 0.001, 0.01, 0.1), ((0.5, 0.9), 0.001, 0.01, 0.0)]
+
+
+def test_update_pow_of_a_negative_number_keeps_its_sign():
+    # ("pow", number, number) is math.pow: (−2)³ = −8. Kills `math.pow(abs(left), right)` (optim.py:220).
+    from nldsl.runtime.optim import evaluate_update
+
+    assert evaluate_update(("pow", ("neg", ("const", 2.0)), ("const", 3.0)), {}) == -8.0
+    assert evaluate_update(("pow", ("const", -2.0), ("const", 2.0)), {}) == 4.0
+    t = torch.tensor([-2.0, 3.0], dtype=torch.float64)
+    assert evaluate_update(("pow", ("level", "m"), ("const", 3.0)), {"m": t}).tolist() == [-8.0, 27.0]
+
+
+def test_a_loaded_step_counter_is_int64_and_keeps_counting_past_float32_precision():
+    # load_state_dict keeps "step" an int64 (the class docstring): a float32 counter stops at 2**24, and
+    # the clock and bias correction read it. Kills `.to(…, dtype=torch.float32)` (optim.py:389).
+
+    param = torch.zeros(3, dtype=torch.float64)
+    optimizer = NestedOptimizer([param], adamw(0.01))
+    param.grad = torch.ones(3, dtype=torch.float64)
+    optimizer.step()
+    saved = optimizer.state_dict()
+    saved["state"][0]["step"] = torch.tensor(2**24, dtype=torch.int64)
+    restored = NestedOptimizer([param], adamw(0.01))
+    restored.load_state_dict(saved)
+    assert restored.state[param]["step"].dtype == torch.int64
+    restored.step()
+    assert restored.state[param]["step"].item() == 2**24 + 1
+
+
+def test_m3_reads_its_slow_memory_exclusively_by_default_and_so_does_the_builtin():
+    # Algorithm 1: a new O2 is used from the step after its write. Kills `slow_readout = "causal"` as
+    # m3's default (optim.py:639), which the builtin `m3(…)` takes.
+    from nldsl.compiler.optimizers import builtin_config
+
+    assert {level.name: level.readout for level in m3().levels}["slow_momentum"] == "exclusive"
+    config = builtin_config(check_text("train { optimizer = m3(lr = 0.02) }").spec.train.optimizer)
+    assert {level.name: level.readout for level in config.levels}["slow_momentum"] == "exclusive"
+    # behaviour: at its first write (t = 10) the slow memory does not move p yet
+    param = torch.zeros(3, dtype=torch.float64)  # 1-D: no Newton–Schulz, O = M
+    optimizer = NestedOptimizer([param], m3(1.0, betas=(0.0, 1.0, 1.0), eps=0.0))  # M1 = 0, V = Σ g², M2 = Σ g
+    for _ in range(10):  # t = 1 … 10
+        param.grad = torch.ones(3, dtype=torch.float64)
+        optimizer.step()
+    torch.testing.assert_close(param, torch.zeros(3, dtype=torch.float64), rtol=0.0, atol=0.0)
+    param.grad = torch.ones(3, dtype=torch.float64)
+    optimizer.step()  # t = 11: O2 = 10, V = 11
+    torch.testing.assert_close(param, torch.full((3,), -10 / 11**0.5, dtype=torch.float64), **HAND)
