@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +27,9 @@ def _denormals_kept():
     """A study or benchmark run in-process flushes denormals for the whole process (their speed);
     later tests in the same worker must see float arithmetic as usual (5e-324 is not 0)."""
     yield
-    import torch
-
-    torch.set_flush_denormal(False)
+    torch = sys.modules.get("torch")  # not imported here: the front-end tests never import torch
+    if torch is not None:
+        torch.set_flush_denormal(False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
