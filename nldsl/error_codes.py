@@ -1067,8 +1067,10 @@ _ENTRIES = (
         cms levels). With `readout = chunk_start` a period of exactly one sequence is the same:
         a chunk reads only the writes of earlier chunks, and the one write comes at the end. So is
         an in-context `cms` level at a period of one sequence (it reads the weights of its last
-        write; one slower than a sequence goes on the continuum clock instead). Lower the period
-        or raise `train.seq_len`.
+        write; one slower than a sequence goes on the continuum clock instead), and a slower level
+        of a `nested` cms at a period of one sequence: it moves after the sequence's last token,
+        so training never reads the move and its start gets no gradient (a stream carried across
+        calls does read it). Lower the period or raise `train.seq_len`.
         """,
         """
         model tiny {

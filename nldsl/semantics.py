@@ -335,11 +335,20 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         "reads only earlier chunks' writes: this memory's one write lands at the end of the "
                         "sequence, where nothing in the training sequence reads it",
                         "lower the period or raise `train.seq_len`", f"{lp}.period")
-            elif context == "cms" and level.period == seq_len and not (
-                    isinstance(layer, S.CMSSpec) and layer.variant == "nested" and name != layer.levels[0].name):
+            elif context == "cms" and level.period == seq_len and isinstance(layer, S.CMSSpec) and (
+                    layer.variant == "nested" and name != layer.levels[0].name):
+                # a slower nested level moves when its period ends, and the faster levels restart from it
+                # after the last token: training never reads the move, so no gradient reaches its start
+                # (a stream carried across calls does read it; S.CMSSpec.inert_levels keeps it)
+                if layer.levels[0].learns_in_context(seq_len):
+                    warning("W0704", f"period {level.period} is a whole training sequence: nested level "
+                            f"`{level.name}` moves only at the end of its period, after the sequence's last token, "
+                            f"so no training sequence reads its move and its start `{level.name}_w*` gets no "
+                            "gradient (a stream carried across calls does read it)",
+                            f"use a period below train.seq_len ({seq_len}), or raise `train.seq_len`", f"{lp}.period")
+            elif context == "cms" and level.period == seq_len:
                 # a cms level reads the weights of its last write, as chunk_start does; one slower than a
-                # sequence goes on the continuum clock instead (learns_in_context); a nested chain's slower
-                # levels follow the fastest one (S.CMSSpec.inert_levels)
+                # sequence goes on the continuum clock instead (learns_in_context)
                 warning("W0704", f"period {level.period} is a whole training sequence: a cms level reads the "
                         "weights of its last write, and its one write lands at the end of the sequence, where "
                         "nothing in the training sequence reads it",

@@ -1080,7 +1080,9 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     ("cms { level slow { period = 128 } }", 64, 128, [("W0704", 4)]),
     ("cms { level slow { period = 64 } }", 64, 128, []),
     ("cms { level slow { period = 128\n update = outer } }", 64, 128, []),
-    ("cms { variant = nested\n level a { period = 64 }\n level b { period = 128 } }", 64, 128, []),
+    # … and a slower nested level, which moves after the sequence's last token (a stream reads the move)
+    ("cms { variant = nested\n level a { period = 64 }\n level b { period = 128 } }", 64, 128, [("W0704", 6)]),
+    ("cms { variant = nested\n level a { period = 32 }\n level b { period = 64 } }", 64, 128, []),
     # W0705: a cms level slower than a sequence is a plain MLP
     ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, [("W0704", 4)]),  # not W0705
     ("cms { level a { period = 129\n objective = reconstruction } }", 64, 128, [("W0705", 5)]),

@@ -275,3 +275,41 @@ def test_a_slower_nested_level_is_refused_for_what_it_sets(setting: str, blamed:
     [diagnostic] = [d for d in result.diagnostics if d.severity == "error"]
     assert diagnostic.code == "E0601" and message in diagnostic.message, diagnostic.message
     assert diagnostic.span is not None and text.splitlines()[diagnostic.span.line - 1].strip() == blamed
+
+
+ONE_SEQUENCE_SLOWER = """\
+model m {
+  dim = 16
+  vocab = 32
+  block {
+    cms { variant = nested
+      level fast { state = mlp(expansion = 1) period = 4 }
+      level slow { state = mlp(expansion = 1) period = 8 lr = 0.5 } }
+  }
+}
+train { seq_len = 8 }
+"""
+
+
+@pytest.mark.parametrize("length", [8, 16])
+def test_a_slower_level_at_a_period_of_one_sequence_is_unread_in_training(length: int, tmp_path) -> None:
+    """What W0704 says of it: it moves after the sequence's last token, so a training sequence gives
+    its start no gradient; a longer call (a stream) reads the move."""
+    result = check_text(ONE_SEQUENCE_SLOWER, "slower.nl")
+    assert [(d.code, d.span.line) for d in result.diagnostics] == [("W0704", 7)]
+    path = tmp_path / "slower.nl"
+    path.write_text(ONE_SEQUENCE_SLOWER)
+    import warnings
+
+    import nldsl
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nldsl.load(path)
+    torch.manual_seed(0)
+    model(torch.randint(0, 32, (2, length))).sum().backward()
+    grads = [p.grad for name, p in model.named_parameters() if ".slow_w" in name]
+    assert len(grads) == 2
+    if length == 8:
+        assert all(g is None or not g.any() for g in grads)
+    else:
+        assert all(g is not None and g.abs().max() > 0 for g in grads)
