@@ -887,3 +887,31 @@ def test_argument_bounds():
         at_least(1, most=10)("11")
     with pytest.raises(argparse.ArgumentTypeError):
         positive_float("0")
+
+
+def test_a_stream_continued_without_data_goes_on_with_the_validation_split(run_dir, text_file, tmp_path, capsys):
+    """The default text is the run's validation split: a state that read part of it continues it (a
+    researcher's audit found the second half fed the split from its start again, labelled as if it
+    went on), and a state that read other text starts the split afresh, with a note."""
+    def run(*more: str) -> str:
+        assert main(["stream", str(run_dir), "--no-progress", "--segment", "16", *more]) == 0
+        return capsys.readouterr().out
+
+    whole, half, rest = tmp_path / "whole", tmp_path / "half", tmp_path / "rest"
+    run("--max-tokens", "64", "--state-out", str(whole))
+    run("--max-tokens", "32", "--state-out", str(half))
+    out = run("--max-tokens", "32", "--state-in", str(half), "--state-out", str(rest))
+    assert "of the run's validation split from its token 33 in 2 segments" in out, out
+    one, two = (E.load_stream_state(path, *_sha_and_weights(run_dir), CPU) for path in (whole, rest))
+    assert one.position == two.position == 64 and (one.validation_read, two.validation_read) == (65, 66)
+    assert all(torch.equal(a, b) for a, b in zip(flat(one.memory), flat(two.memory), strict=True))
+
+    other = tmp_path / "other"
+    run("--data", str(text_file), "--max-tokens", "32", "--state-out", str(other))
+    assert E.load_stream_state(other, *_sha_and_weights(run_dir), CPU).validation_read is None
+    assert "streams the run's validation split from its start" in run("--max-tokens", "16", "--state-in", str(other))
+
+
+def _sha_and_weights(run_dir: Path) -> tuple[str, str | None]:
+    record = E.load_model(run_dir, CPU).checkpoint.record
+    return record["spec_sha256"], record.get("files", {}).get("model.safetensors")

@@ -126,22 +126,39 @@ def stream_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
     segment = args.segment or loaded.spec.train.seq_len
     _note_segment(loaded.spec, segment)
-    pieces, what = _documents(args, loaded)
-    tokens = loaded.tokenizer.encode("".join(pieces))  # one text: a stream does not know where documents end
-    if args.max_tokens is not None:
-        tokens = tokens[:args.max_tokens + 1]
     sha = loaded.checkpoint.record["spec_sha256"]
     weights = loaded.checkpoint.record.get("files", {}).get(MODEL_FILE)
     state = load_stream_state(Path(args.state_in), sha, weights, loaded.device) if args.state_in else None
     if state is not None:
         check_stream_state(loaded, state, Path(args.state_in), segment)
+    pieces, what = _documents(args, loaded)
+    tokens = loaded.tokenizer.encode("".join(pieces))  # one text: a stream does not know where documents end
+    # Without --data a continued stream goes on with the validation split where its state stopped
+    # reading it; a state that read other text starts the split afresh, and says so.
+    start = 0
+    if not args.data and state is not None:
+        if state.validation_read is None:
+            print("note: the --state-in stream read other text (--data), so this one streams the run's validation "
+                  "split from its start")
+        else:
+            start = state.validation_read
+            what = f"the run's validation split from its token {start:,}"
+    split_size = len(tokens)
+    tokens = tokens[start:]
+    if args.max_tokens is not None:
+        tokens = tokens[:args.max_tokens + 1]
     result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
                     progress=not args.no_progress)
+    # every token taken from the text was fed or waits in the state (keep_pending)
+    result.state.validation_read = None if args.data else start + len(tokens)
     if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
         with deferred_interrupt():  # a second Ctrl-C waits for the state: it holds what the stream learned
             save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
     fed = sum(s.tokens for s in result.segments)
     if not result.segments and not args.state_out and result.stopped is None:
+        if start and start >= split_size:
+            raise UserError(f"nothing to stream: the run's validation split holds {split_size:,} token(s), and the "
+                            "--state-in stream has read them all; give more text with --data")
         raise UserError(f"nothing to stream: {what} holds {len(tokens):,} token(s), and a segment needs a token and "
                         "the one after it")
     segments = f"{len(result.segments)} segment{'' if len(result.segments) == 1 else 's'}"

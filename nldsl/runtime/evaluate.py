@@ -19,7 +19,9 @@
   JSON structure. It keeps the memory state, the slow levels' weights and sums, the position in
   tokens, and the tokens of an unfinished last segment: when a state is saved those tokens are not
   fed yet but wait in the file for the next text, so a text streamed in two parts (save, then
-  restore) gives exactly the losses and state of one stream.
+  restore) gives exactly the losses and state of one stream. A stream of the run's validation
+  split (no --data) also keeps how many of its tokens it has read, so that a stream continued
+  without --data goes on with the split where the last one stopped.
 """
 
 from __future__ import annotations
@@ -321,6 +323,9 @@ class StreamState:
     pending: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))  # tokens not fed yet
     sums: dict[str, Tensor] = field(default_factory=dict)  # parameter name → summed stream gradient
     slow_weights: dict[str, Tensor] = field(default_factory=dict)  # parameter name → value
+    # tokens of the run's validation split read so far (fed or pending), where the stream has read
+    # only that text: a stream continued without --data goes on from there; None after other text
+    validation_read: int | None = None
 
 
 @dataclass
@@ -466,6 +471,7 @@ def save_stream_state(path: Path, state: StreamState, spec_sha256: str, checkpoi
         "pending": C.encode(state.pending, tensors, "pending"),
         "sums": C.encode(state.sums, tensors, "sums"),
         "slow_weights": C.encode(state.slow_weights, tensors, "slow"),
+        "validation_read": state.validation_read,
     }
     structure["tensors_sha256"] = state_tensors_sha256(tensors)
     data = safetensors.torch.save(tensors, metadata={"nldsl": json.dumps(structure)})
@@ -544,11 +550,14 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         raise UserError(f"corrupt stream state {path}: it holds no `memory` entry")
     if structure["memory"] is None and position > 0:
         raise UserError(f"corrupt stream state {path}: it has streamed {position:,} tokens but holds no memory")
+    read = structure.get("validation_read")  # absent in states written before it was kept
+    if read is not None and (not isinstance(read, int) or isinstance(read, bool) or read < 0):
+        raise UserError(f"corrupt stream state {path}: its `validation_read` is not a token count")
     try:
         state = StreamState(
             position=position, memory=C.decode(structure.get("memory"), tensors),
             pending=C.decode(structure.get("pending"), tensors), sums=C.decode(structure.get("sums"), tensors),
-            slow_weights=C.decode(structure.get("slow_weights"), tensors))
+            slow_weights=C.decode(structure.get("slow_weights"), tensors), validation_read=read)
     except ValueError as error:
         raise UserError(f"corrupt stream state {path}: {error}") from None
     pending = state.pending
