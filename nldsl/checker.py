@@ -940,9 +940,12 @@ class Checker:
         model = converter.model(roots["model"]) if "model" in roots else None
         train = converter.train(roots["train"]) if "train" in roots else S.TrainSpec()
         from .semantics import check_layer
-        seq_len = train.seq_len if train is not None else S.TrainSpec().seq_len
+        # a train section with errors: its seq_len where that is known, else no layer check that reads it
+        seq_len = train.seq_len if train is not None else converter.seq_len_of_failed_train
         for path, layer in converter.layers:
-            self.bag.extend(check_layer(layer, path, self.spans, seq_len, model.dim if model is not None else None))
+            found = check_layer(layer, path, self.spans, seq_len or S.TrainSpec().seq_len,
+                                model.dim if model is not None else None)
+            self.bag.extend(found if seq_len else [d for d in found if d.severity == "error"])
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
         if train is not None:
@@ -1043,6 +1046,10 @@ class Converter:
         self.layers: list[tuple[str, Any]] = []  # (spec path, layer) of every cleanly converted layer
         # the `--set` that gave the model its width, for errors at the layers that must fit it
         self.width_given: list[str] = []
+        # train.seq_len where the train section failed to convert but its seq_len is known (written
+        # and valid, or left at its default): the layer checks that read it still see the right one
+        self.seq_len_of_failed_train: int | None = None
+        self.last_fields: dict[str, Any] = {}
 
     # generic attribute handling ----------------------------------------------------------
 
@@ -1079,6 +1086,7 @@ class Converter:
             values[key] = value
             self.checker.provenance[f"{path}.{key}"] = self.checker.origin_of(attr)
             self.checker.spans[f"{path}.{key}"] = attr.span
+        self.last_fields = values  # what did validate, also where something did not
         return values if ok else None
 
     def validate(self, model: type[pydantic.BaseModel], key: str, raw: Any, attr: Attr) -> Any:
@@ -1551,6 +1559,8 @@ class Converter:
     def train(self, tree: Tree) -> S.TrainSpec | None:
         optimizer_attr = tree.attrs.pop("optimizer", None)
         values = self.fields(tree, S.TrainSpec, "train")
+        self.seq_len_of_failed_train = self.last_fields.get(  # read only where this returns None
+            "seq_len", None if "seq_len" in tree.attrs else S.TrainSpec().seq_len)
         self.children(tree, {}, "`train`")
         if optimizer_attr is None and self.checker.optimizer_overrides:
             # `--set train.optimizer.lr=…` on a spec that keeps the default optimizer: override that

@@ -1141,3 +1141,21 @@ def test_nesting_and_number_limits():
     [huge] = check_text("const a = " + "9" * 4500 + "\n" + model, "x.nl").diagnostics
     assert (huge.code, huge.message) == ("E0304", "this number is too large"), "not Python's 4300-digit ValueError"
     assert check_text("const a = " + "0" * 4001 + "16\n" + model, "x.nl").ok, "leading zeros add no value"
+
+
+@pytest.mark.parametrize(("train", "expected"), [
+    # an error elsewhere in train: the layer checks still read the file's seq_len (32: no W0704 at 256)
+    ("train { seq_len = 32; steps = 0 }", [("E0302", 7)]),
+    ("train { seq_len = 32\n optimizer = sgdd }", [("E0201", 8)]),
+    # seq_len left at its default (256): the warning that reads it stands
+    ("train { steps = 0 }", [("W0704", 4), ("E0302", 7)]),
+    # seq_len itself invalid: no warning that would read a seq_len nobody wrote
+    ("train { seq_len = 0; steps = 0 }", [("E0302", 7), ("E0302", 7)]),
+])
+def test_a_train_section_with_errors_keeps_its_seq_len_for_the_layer_checks(train, expected):
+    """From a researcher's audit: any error in `train` made the layer checks read the default
+    seq_len, so a file with seq_len 32 got a W0704 for a period of 256."""
+    text = "model m {\n  dim = 64\n  block {\n    cms { level fast { period = 8 } level slow { period = 256 } }\n" \
+           f"  }}\n}}\n{train}\n"
+    result = check_text(text, "t.nl")
+    assert [(d.code, d.span.line) for d in result.diagnostics] == expected, _messages(result)

@@ -545,8 +545,9 @@ def test_a_write_that_fails_for_want_of_space_names_its_file(tmp_path, monkeypat
     import nldsl.files
     from nldsl.files import write_atomic, write_file
 
-    for write in (write_file, write_atomic):  # write_atomic writes a device through
-        with pytest.raises(OSError) as error:
+    # (on a machine without the full-disk device the writes would make a plain file /dev/full)
+    for write in (write_file, write_atomic) if Path("/dev/full").is_char_device() else ():
+        with pytest.raises(OSError) as error:  # write_atomic writes a device through
             write(Path("/dev/full"), b"x" * 100)
         assert (error.value.errno, error.value.filename) == (28, "/dev/full"), write
 
