@@ -190,7 +190,7 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span], s
         return (f"{listing(lost)} get no gradient: k, v and η reach the loss only through the memory's writes, "
                 f"which `grad_through_writes = false` cuts off{why}", help, setting)
     if isinstance(layer, S.MemorySpec):
-        setting = f"{path}.level.grad_through_writes"
+        setting = f"{path}.{layer.level.name}.grad_through_writes"
         level = layer.level
         if level.grad_through_writes or level.update != "in_context" or setting not in spans:
             return None
@@ -427,7 +427,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             and layer.segment % layer.memory.level.period:
         error("E0502", f"the memory's period {layer.memory.level.period} does not divide the segment "
               f"({layer.segment} tokens)", "make the segment a multiple of the memory's period",
-              f"{path}.segment", f"{path}.memory.level.period")
+              f"{path}.segment", f"{path}.memory.{layer.memory.level.name}.period")
     if isinstance(layer, S.ContextSpec) and layer.attention.window:
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")

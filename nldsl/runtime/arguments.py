@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import struct
 from collections.abc import Callable
 
 
@@ -35,6 +36,7 @@ def path_text(text: str) -> str:
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (a subnormal)
 
 
 def positive_float(text: str) -> float:
@@ -43,8 +45,10 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
-        raise argparse.ArgumentTypeError(f"must be a number > 0 and at most {FLOAT32_MAX:.3g} (float32), got {text}")
+    # a number so small that float32 rounds it to 0 would be a learning rate of 0, without a word
+    if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX and struct.unpack("f", struct.pack("f", value))[0] > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0 that float32 holds, from {FLOAT32_TINY:.2g} to "
+                                         f"{FLOAT32_MAX:.3g}, got {text}")
     return value
 
 
