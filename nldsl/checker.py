@@ -338,12 +338,18 @@ class Checker:
         spec = None
         if ns is not None:
             const_overrides, path_overrides = self.parse_overrides(overrides, ns)
-            for name, (value, attr_span, origin) in const_overrides.items():
+            every = list({id(n): n for n in [*self.namespaces.values(), ns]}.values())  # one entry per file
+            for name in _override_order(const_overrides, ns):
+                value, attr_span, origin = const_overrides[name]
                 found = ns.lookup_const(name)
                 owner = found[1] if found else ns
                 if owner is not ns or _reads_itself(value, name, ns, set(const_overrides) - {name}):
                     # `--set dim=dim*2` (or `dim=width`, width = dim * 2) reads the file's `dim`, in the
-                    # root file as in an imported one, rather than the override itself (a cycle)
+                    # root file as in an imported one, rather than the override itself (a cycle); the
+                    # other overrides it reads are in place (_override_order), and no value computed
+                    # before them stays cached
+                    for namespace in every:
+                        namespace.values.clear()
                     value = self.folded_in_root(value, ns)
                 if name in owner.consts:
                     owner.note_replaced(owner.consts[name].value)
@@ -356,7 +362,6 @@ class Checker:
                 # Every file's constants are evaluated again: one computed in another file from the
                 # overridden constant (`heads = dim / 16` importing `dim`) follows it too. A problem
                 # found twice is reported once (the bag drops repeats).
-                every = list({id(n): n for n in [*self.namespaces.values(), ns]}.values())  # one entry per file
                 for namespace in every:
                     namespace.values.clear()
                 for namespace in every:
@@ -2045,6 +2050,36 @@ def _reads_itself(value: ast.Expr, name: str, ns: Namespace, overridden: set[str
         if found is not None:
             todo.extend(_names_in(found[0].value))
     return False
+
+
+def _override_order(overrides: dict[str, Any], ns: Namespace) -> list[str]:
+    """The constants' overrides in an order where each comes after the other overrides it reads,
+    through the file's definitions and its own name's (`--set heads=heads+dim/32` after `--set
+    dim=dim*2`, whichever is written first): an override that reads its own name is evaluated when
+    it is set, so those it reads must be set before. Overrides that read each other (a cycle,
+    reported as such where it matters) keep the order they were given in."""
+    import graphlib
+
+    graph: dict[str, set[str]] = {}
+    for name, (value, *_rest) in overrides.items():
+        others = set(overrides) - {name}
+        seen: set[str] = set()
+        todo = list(_names_in(value))
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if current in others:
+                continue
+            found = ns.lookup_const(current)
+            if found is not None:
+                todo.extend(_names_in(found[0].value))
+        graph[name] = seen & others
+    try:
+        return list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError:
+        return list(overrides)
 
 
 def _names_in(expr: ast.Expr) -> set[str]:

@@ -1159,3 +1159,23 @@ def test_a_train_section_with_errors_keeps_its_seq_len_for_the_layer_checks(trai
            f"  }}\n}}\n{train}\n"
     result = check_text(text, "t.nl")
     assert [(d.code, d.span.line) for d in result.diagnostics] == expected, _messages(result)
+
+
+OVERRIDDEN = "const width = 32\nconst dim = width\nconst heads = 2\n" \
+             "model m {\n  dim = dim\n  block { attention { heads = heads } }\n}\n"
+
+
+@pytest.mark.parametrize(("overrides", "dim", "heads"), [
+    # an override that reads its own name reads the file's value, and every other override in place,
+    # whichever order they are written in (a researcher's audit: the second read dim as 32, heads 3)
+    (["dim=dim*2", "heads=heads+dim/32"], 64, 4),
+    (["heads=heads+dim/32", "dim=dim*2"], 64, 4),
+    (["width=64", "dim=dim*2"], 128, 2),  # the file's dim reads the overridden width
+    (["dim=dim*2", "width=64"], 128, 2),
+    (["dim=64", "heads=heads+dim/32"], 64, 4),
+])
+def test_overrides_that_read_their_own_name_see_the_other_overrides(overrides, dim, heads):
+    result = check_text(OVERRIDDEN, "o.nl", overrides)
+    assert result.spec is not None, _messages(result)
+    model = result.spec.model
+    assert (model.dim, model.block.sublayers[0].heads) == (dim, heads)
