@@ -119,8 +119,10 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as error:
         hint = "convert it to UTF-8 or pass --data-encoding (e.g. latin-1)" if encoding == "utf-8" else \
             "pass the file's real encoding with --data-encoding"
-        raise UserError(f"data file {path} is not valid {encoding}: byte 0x{data[error.start]:02x} at offset "
-                        f"{error.start} cannot be decoded ({hint})") from None
+        # utf-8-sig decodes the bytes after a byte-order mark: its offsets count from there
+        offset = error.start + len(data) - len(error.object)
+        raise UserError(f"data file {path} is not valid {encoding}: byte 0x{data[offset]:02x} at offset "
+                        f"{offset} cannot be decoded ({hint})") from None
 
 
 def is_run_folder(folder: Path) -> bool:
