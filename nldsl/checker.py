@@ -215,6 +215,26 @@ class CheckResult:
 
 # Entry points --------------------------------------------------------------------------------
 
+def held_to_training(result: CheckResult) -> CheckResult:
+    """`result` with what `nldsl check` and `nldsl train` also hold a spec to: nldsl's own data path
+    reads text with the spec's tokenizer, so the default byte tokenizer needs model.vocab = 256
+    (E0508). The checker itself does not ask it (Checker.check_vocabulary): a model used from Python
+    with token ids of its own may set any vocabulary."""
+    spec = result.spec
+    if (not result.ok or spec.model is None or "train.tokenizer" in result.spans
+            or spec.train.tokenizer.kind != "bytes" or spec.model.vocab == 256):
+        return result
+    span = result.spans.get("model.vocab")
+    problem = Diagnostic(
+        "E0508", f"model.vocab is {spec.model.vocab}, but `nldsl train` reads text with the default tokenizer "
+        "`bytes`, which has 256 tokens", span,
+        ("use --set model.vocab=256" if span is not None and span.path.startswith("<--set") else "set `vocab = 256`")
+        + (f", or name a tokenizer with that many tokens (`train {{ tokenizer = bpe(vocab = {spec.model.vocab}) }}`)"
+           if S.BPE_VOCAB_RANGE[0] <= spec.model.vocab <= S.BPE_VOCAB_RANGE[1] else "")
+        + "; from Python, a model fed token ids of its own may keep any vocabulary")
+    return replace(result, spec=None, diagnostics=[*result.diagnostics, problem])
+
+
 def check_file(path: str | Path, overrides: Sequence[str] = ()) -> CheckResult:
     """Check a spec file (and its imports), with optional `key=value` overrides."""
     path = Path(path)

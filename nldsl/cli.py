@@ -76,12 +76,12 @@ def load_checked(path: str, overrides: Sequence[str] = (), fmt: str = "text"):
 # Commands --------------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checker import check_file
+    from .checker import check_file, held_to_training
 
     status = 0
     everything: list[dict] = []
     for path in args.files:
-        result = check_file(path, args.set)
+        result = held_to_training(check_file(path, args.set))
         everything.extend(json_entries(result.diagnostics, path))
         if result.ok:
             print_debug_stages(result)

@@ -887,8 +887,9 @@ _ENTRIES = (
         and the tokenizer the spec trains with (`train.tokenizer`) produces ids below its own
         vocabulary: 256 for `bytes`, N for `bpe(N)`. When the two differ, training would either
         index past the embedding or never use some of its rows, so a named tokenizer must match
-        the model. (A model without a `tokenizer` setting may use any vocabulary from Python with
-        its own token ids; `nldsl train` then asks for the byte tokenizer's 256.)
+        the model. A spec without a `tokenizer` setting trains with `bytes`: `nldsl check` and
+        `nldsl train` then ask for its 256, while `nldsl.load` lets a model fed token ids of its
+        own from Python keep any vocabulary.
         """,
         """
         model tiny {

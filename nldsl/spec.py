@@ -371,10 +371,13 @@ class BytesTokenizer(Kinded):
     kind: Literal["bytes"] = "bytes"
 
 
+BPE_VOCAB_RANGE = (260, 65536)
+
+
 class BPETokenizer(Kinded):
     POSITIONAL: ClassVar[tuple[str, ...]] = ("vocab",)
     kind: Literal["bpe"] = "bpe"
-    vocab: int = Field(1024, ge=260, le=65536)
+    vocab: int = Field(1024, ge=BPE_VOCAB_RANGE[0], le=BPE_VOCAB_RANGE[1])
 
 
 Tokenizer = Annotated[BytesTokenizer | BPETokenizer, Field(discriminator="kind")]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from nldsl.compiler.optimizers import build_optimizer
 
 from nldsl import loader
-from nldsl.checker import check_text
+from nldsl.checker import check_file, check_text
 from nldsl.cli import main
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
@@ -602,12 +602,20 @@ def test_a_vocabulary_mismatch_is_refused_with_the_fix(tmp_path, capsys):
                    "--run-dir", str(tmp_path / "run"), "--no-compile"])
     err = capsys.readouterr().err
     assert status == 1 and "E0508" in err and "--set model.vocab=512" in err
-    # the default byte tokenizer under another vocabulary: one line from the trainer
-    status = main(["train", str(REPO / "specs/transformer.nl"), *TINY, "--set", "model.vocab=300",
-                   "--run-dir", str(tmp_path / "run"), "--no-compile"])
-    err = capsys.readouterr().err
-    assert status == 1 and err.count("\n") == 1 and "--set model.vocab=256" in err
+    # the default byte tokenizer under another vocabulary: E0508 too, which `nldsl check` also gives (it
+    # passed check and failed train, with a message naming no line: a researcher's audit)
+    for command in (["train"], ["check"]):
+        status = main([*command, str(REPO / "specs/transformer.nl"), *(TINY if command == ["train"] else []),
+                       "--set", "model.vocab=300", *(["--run-dir", str(tmp_path / "run"), "--no-compile"]
+                                                     if command == ["train"] else [])])
+        err = capsys.readouterr().err
+        assert status == 1 and "E0508" in err and "<--set" in err and "use --set model.vocab=256, or name" in err, err
     assert not (tmp_path / "run").exists()
+    # … while the checker alone, as `nldsl.load` uses it, lets a model fed its own token ids keep it
+    assert check_file(REPO / "specs/transformer.nl", ["model.vocab=300"]).ok
+    # and the trainer's own check stays for a caller from Python
+    with pytest.raises(T.UserError, match=r"add --set model\.vocab=256"):
+        T.train(check_file(REPO / "specs/transformer.nl", ["model.vocab=300"]), [], T.TrainOptions(compile=False))
 
 
 def test_tensorboard_logs_or_a_clear_message(tmp_path, text_file, capsys):

@@ -40,14 +40,16 @@ def run(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     from nldsl import loader
-    from nldsl.checker import Override
+    from nldsl.checker import Override, held_to_training
     from nldsl.diagnostics import render_text
     from nldsl.runtime.train import TrainOptions, train
 
     overrides = list(args.set)
     if args.no_compile:  # as an override, so that the run records how it ran and checks as an eager spec
         overrides.append(Override("train.compile=false", origin="--no-compile", label="<--no-compile>"))
-    result = loader.check(args.spec, overrides)
+    result = held_to_training(loader.check(args.spec, overrides))
+    if not result.ok:
+        raise loader.SpecError(result.diagnostics, result.sources)
     warnings = [d for d in result.diagnostics if d.severity == "warning"]
     if warnings and not quiet_worker():  # what `nldsl check` says: before a long run, not after it
         print(render_text(warnings, result.sources) + "\n", file=sys.stderr)
