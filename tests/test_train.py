@@ -499,6 +499,14 @@ def test_the_run_folders_spec_resumes_a_spec_with_imports(tmp_path, text_file, c
     assert main(["train", str(run_dir / "spec.nl"), "--set", "train.steps=3", *common, "--resume"]) == 0, \
         capsys.readouterr().err
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert "outside the spec's folder" not in capsys.readouterr().err
+    # an import from outside the spec's folder has no place in the run folder: training says so
+    (specs / "sub").mkdir()
+    (specs / "sub" / "tiny.nl").write_text((specs / "tiny.nl").read_text().replace('"lib/', '"../lib/'))
+    common[common.index(str(run_dir))] = str(tmp_path / "outside")
+    assert main(["train", str(specs / "sub" / "tiny.nl"), "--set", "train.steps=1", *common]) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "lib/blocks.nl is imported from outside the spec's folder" in err, err
 
 
 def test_a_resume_reads_the_runs_files_with_the_encoding_it_recorded(tmp_path, text_file, capsys):
@@ -799,8 +807,21 @@ def test_resume_with_fewer_steps_than_done_is_refused_and_changes_nothing(tmp_pa
     resolved = (run_dir / "resolved.json").read_text()
     capsys.readouterr()
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1", "--resume")) == 1
-    assert "the run is already at step 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the run is already at step 2" in err and "with N > 2 to train it longer" in err, err
     assert (run_dir / "resolved.json").read_text() == resolved
+    # a spec whose own steps are fewer, resumed without the run's --set train.steps: that is the fix
+    # (a researcher's audit: the hint said only to pass more steps)
+    short = tmp_path / "short.nl"
+    short.write_text((REPO / "specs/transformer.nl").read_text().replace("steps = 200", "steps = 1"))
+    arguments = _tiny_run(tmp_path, text_file, "--set", "train.steps=2", run_dir=tmp_path / "short")
+    assert main([arguments[0], str(short), *arguments[2:]]) == 0
+    capsys.readouterr()
+    cut = arguments.index("train.steps=2")
+    resumed = arguments[:cut - 1] + arguments[cut + 1:]  # without that --set
+    assert main([resumed[0], str(short), *resumed[2:], "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "the run was trained with --set train.steps=2, which this command leaves out: give it again" in err, err
 
 
 @pytest.mark.parametrize("device", ["meta", "mps", "xla"])

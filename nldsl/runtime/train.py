@@ -513,7 +513,11 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     # leave a resumed run's folder describing values it never trained with. A continued run records
     # its new values once its first step is done (a stop before it leaves the old description).
     if context.is_main and found is None:
-        _write_run_description(result, overrides, initialized_from, split, run_dir)
+        outside = _write_run_description(result, overrides, initialized_from, split, run_dir)
+        if outside:
+            _say(context, f"note: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} imported from outside "
+                          "the spec's folder, so the run folder holds no copy: a resume from its spec.nl needs "
+                          "the original spec (or the import in place)", error=True)
     describe_after_first_step = context.is_main and found is not None and continued
 
     compiled = plan.compile if options.compile is None else options.compile
@@ -790,9 +794,11 @@ def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions
         raise UserError(f"nothing to resume: {run_dir} has no checkpoint yet (train without --resume)")
     steps = spec.train.steps
     if steps < found.record["step"]:
+        left_out = [item for item in _left_out_overrides(found, overrides) if item.startswith("train.steps")]
+        hint = (f"the run was trained with --set {left_out[0]}, which this command leaves out: give it again"
+                if left_out else f"--set train.steps=N with N > {found.record['step']} to train it longer")
         raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
-                        f"train.steps = {steps}: nothing to do (--set train.steps=N with N ≥ "
-                        f"{found.record['step']} to train it longer)")
+                        f"train.steps = {steps}: nothing to do ({hint})")
     continued = _check_same_spec(found, spec, overrides)  # said once the data check passed too
     written_by = found.record.get("world_size", 1)
     if written_by != context.world_size:  # each process sums its rows of the batch, then they are averaged
@@ -867,37 +873,42 @@ def _tokenizer(plan: Any, split: D.Split, context: Distributed, run_dir: Path, i
 
 
 def _write_run_description(result: Any, overrides: list[str], initialized_from: str | None, split: D.Split,
-                           run_dir: Path) -> None:
-    """spec.nl, resolved.json and split.json: what the run trains, with every value's origin."""
+                           run_dir: Path) -> list[str]:
+    """spec.nl, resolved.json and split.json: what the run trains, with every value's origin.
+    Returns the imports left out of the copy (_copy_imports)."""
     spec = result.spec
     (run_dir / "spec.nl").write_text(result.sources[spec.path].text, encoding="utf-8")
-    _copy_imports(result, run_dir)
+    outside = _copy_imports(result, run_dir)
     dump = spec.model_dump(mode="json")
     D.write_json(run_dir / "resolved.json", {
         "spec_path": spec.path, "spec_sha256": spec.sha256, "overrides": overrides,
         "initialized_from": initialized_from, "spec": dump,
         "values": resolved_values(dump, dict(result.provenance))})
     D.write_json(run_dir / "split.json", split.record)
+    return outside
 
 
-def _copy_imports(result: Any, run_dir: Path) -> None:
+def _copy_imports(result: Any, run_dir: Path) -> list[str]:
     """The files the spec imports, beside spec.nl at their paths relative to the spec's folder, so
     that `nldsl train RUN/spec.nl --run-dir RUN --resume` resumes even after the originals change
     (an import from outside the spec's folder has no such place and is left out: the checkpoint
-    record and resolved.json still hold every value)."""
+    record and resolved.json still hold every value). Returns the imports left out."""
     root = Path(result.spec.path).resolve().parent
+    outside = []
     for path, source in result.sources.items():
         if path == result.spec.path or path.startswith("<"):  # the spec itself, an override
             continue
         try:
             relative = Path(path).resolve().relative_to(root)
         except (ValueError, OSError):
+            outside.append(path)
             continue
         target = run_dir / relative
         if relative == Path("spec.nl") or (target.exists() and target.suffix != ".nl"):
             continue  # never over spec.nl or a file of the run's (metrics, checkpoints)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(source.text, encoding="utf-8")
+    return outside
 
 
 def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -956,15 +967,19 @@ def _check_same_spec(found: C.Checkpoint, spec: Any, overrides: list[str]) -> st
     # that may change while the spec text differs in one that may not
     why = _first_difference(before, now) if isinstance(before, dict) else None
     allowed = ", ".join(f"train.{key}" for key in (*CONTINUABLE, *CONTINUABLE_FIXES))
-    # The usual cause is a resume that leaves out some of the run's --set flags
-    given = {str(item).partition("=")[0].strip() for item in overrides}
-    missing = [str(item) for item in found.record.get("overrides") or []
-               if str(item).partition("=")[0].strip() not in given]
+    missing = _left_out_overrides(found, overrides)  # the usual cause
     hint = (f" (the run was trained with {' '.join(f'--set {item}' for item in missing)}, which this command "
             "leaves out: give them again)") if missing else ""
     raise UserError(f"the checkpoint {found.path} was written by another spec (sha256 {str(recorded)[:12]}… vs "
                     f"{spec.sha256[:12]}…): {why or 'the spec differs'}; only {allowed} may change on "
                     f"--resume{hint}")
+
+
+def _left_out_overrides(found: Any, overrides: list[Any]) -> list[str]:
+    """The run's --set overrides whose keys this resume does not give."""
+    given = {str(item).partition("=")[0].strip() for item in overrides}
+    return [str(item) for item in found.record.get("overrides") or []
+            if str(item).partition("=")[0].strip() not in given]
 
 
 def _flat(node: Any, path: str = "") -> dict[str, Any]:
