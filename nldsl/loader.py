@@ -164,11 +164,11 @@ def build_model(module: types.ModuleType, spec, device=None, dtype=None):
 
     def refusal(detail: str) -> ModelTooLargeError:
         return ModelTooLargeError(
-            f"{spec.path}: the model has {count:,} parameters ({needed / 2**30:,.1f} GiB of weights), "
+            f"{spec.path}: the model has {count:,} parameters ({_gib(needed)} of weights), "
             f"{detail}; make it smaller (dim, layers, vocab, expansion)")
 
     if capacity is not None and needed > capacity:
-        raise refusal(f"more than the {capacity / 2**30:,.1f} GiB of memory of {where.type}")
+        raise refusal(f"more than the {_gib(capacity)} of memory of {where.type}")
     try:
         return module.build(device, dtype)
     except (MemoryError, RuntimeError) as error:
@@ -227,3 +227,9 @@ def attach(model, module: types.ModuleType, spec):
     # impossible to deepcopy or pickle.
     module.Model.module = module
     return model
+
+
+def _gib(size: int) -> str:
+    """A size in GiB as a reader takes it in: 0.4 GiB, 12.5 GiB, 1,024 GiB, 1.9e+14 GiB."""
+    gib = size / 2**30
+    return f"{gib:.1f} GiB" if gib < 100 else f"{gib:,.0f} GiB" if gib < 1e6 else f"{gib:.2g} GiB"

@@ -360,8 +360,11 @@ def test_the_delta_solve_runs_half_precisions_in_float32() -> None:
 def test_a_model_larger_than_memory_is_refused_before_it_is_allocated() -> None:
     # 10^12 persistent-memory rows: the allocation alone would overcommit, and touching it would kill the process
     with pytest.raises(ModelTooLargeError,
-                       match=r"the model has [\d,]+ parameters \([\d,.]+ GiB of weights\), more than the"):
+                       match=r"the model has [\d,]+ parameters \(476,837 GiB of weights\), more than the"):
         nldsl.load("specs/transformer.nl", dim=32, model__block__attention__persistent=10**12)
+    from nldsl.loader import _gib  # a size past a million GiB reads as a power of ten, not 15 digits and ".0"
+    assert [_gib(int(size)) for size in (4e8, 1.3e10, 1.1e12, 2.05e23)] == \
+        ["0.4 GiB", "12.1 GiB", "1,024 GiB", "1.9e+14 GiB"]
 
 
 
