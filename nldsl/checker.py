@@ -1165,6 +1165,8 @@ class Converter:
             if raw.name in kinds and raw.name in S.KINDED_VALUES:
                 return {"kind": raw.name}
             return raw.name
+        if isinstance(raw, str) and raw in kinds and raw in S.KINDED_VALUES:
+            return {"kind": raw}  # a string spells an option: `lr = "learned"` is `lr = learned`
         if kinds and "constant" in kinds and isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return {"kind": "constant", "value": raw}
         if isinstance(raw, list):

@@ -1179,3 +1179,22 @@ def test_overrides_that_read_their_own_name_see_the_other_overrides(overrides, d
     assert result.spec is not None, _messages(result)
     model = result.spec.model
     assert (model.dim, model.block.sublayers[0].heads) == (dim, heads)
+
+
+def test_a_string_spells_a_kinded_option_as_it_spells_any_other():
+    """docs/language.md: a string may spell an option (`objective = "l2"` is `objective = l2`); a
+    researcher's audit found `lr = "learned"` and `state = "mlp"` refused (and so `nldsl.load(…,
+    train__optimizer="sgd")`, whose keyword strings are quoted)."""
+    def spec(level: str, overrides=()):
+        text = f"model m {{\n  dim = 64\n  block {{ memory {{ level {{ {level} }} }} }}\n}}\n"
+        result = check_text(text, "s.nl", list(overrides))
+        assert result.ok, _messages(result)
+        return result.spec
+
+    quoted = spec('objective = "l2"; lr = "learned"; state = "mlp"; period = 8',
+                  ['train.optimizer="sgd"'])
+    bare = spec("objective = l2; lr = learned; state = mlp; period = 8", ["train.optimizer=sgd"])
+    assert quoted.model == bare.model and quoted.train.optimizer == bare.train.optimizer
+    [error] = check_text('model m {\n  dim = 64\n  block { memory { level { lr = "learnt" } } }\n}\n',
+                         "s.nl").diagnostics
+    assert error.code == "E0301"
