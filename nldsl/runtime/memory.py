@@ -576,6 +576,11 @@ def memory_chunk_step(
     assert 1 <= n <= cfg.chunk_size, f"a chunk holds 1..{cfg.chunk_size} tokens, got {n}"
     assert (momentum_decay is not None) == cfg.momentum, "momentum_decay is required iff cfg.momentum"
     assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
+    if cfg.decay_before_write and retention is not None:
+        # Gated DeltaNet (a chunk of one token, LevelConfig): the write and its gradient read α_t θ_{t−1},
+        # as the delta kernel does; what the chunk rule below would apply after the write is done
+        state = MemoryState([w * retention[..., None] for w in state.weights], state.momentum)
+        retention = None
 
     if (queries is None or cfg.readout == "chunk_start") and fused.applies(cfg, keys, values):
         assert values is not None  # fused.applies checks it
