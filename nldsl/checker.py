@@ -1177,9 +1177,17 @@ class Converter:
         """Where a value written in the spec takes a constant from the command line: the error points
         at the spec's line, and this says which `--set` gave it its value."""
         overrides = self.checker.overrides_read(attr)
-        if attr.origin in self.checker.override_origins or not overrides:
+        if attr.origin in self.checker.override_origins:
             return None
-        return f"the value comes from `{'`, `'.join(overrides)}`"
+        if overrides:
+            return f"the value comes from `{'`, `'.join(overrides)}`"
+        # a constant defined elsewhere in the file (or an import) is where the value is written
+        defined = [(name, found[0].span) for name in sorted(_names_in(attr.value))
+                   if (found := attr.ns.lookup_const(name)) is not None and found[0].span is not None]
+        if not defined:
+            return None
+        return "the value comes from " + ", ".join(f"`const {name}` at {span.path}:{span.line}"
+                                                   for name, span in defined)
 
     def given_by(self, attr: Attr) -> list[str]:
         """The `--set` overrides an attribute's value comes from: the override of the attribute itself,

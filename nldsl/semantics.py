@@ -324,7 +324,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 warning("W0701", "`period = 1` on this level runs token by token (no chunk-parallel "
                         "form exists for it); training will be slow",
                         "use a period of 8–64 (the chunk rule), or a linear state without momentum",
-                        f"{lp}.period")
+                        f"{lp}.period", lp)  # the level's header where its period is the default
             if context != "cms" and level.period > seq_len:
                 warning("W0704", f"period {level.period} is longer than a training sequence "
                         f"({seq_len} tokens): this memory never updates within a sequence",

@@ -1089,6 +1089,7 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     # W0701: token by token only at period 1
     ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),
     ("memory { level { period = 1\n momentum = 0.9 } }", 64, None, [("W0701", 4)]),
+    ("memory {\n level {\n momentum = 0.9 } }", 64, None, [("W0701", 5)]),  # period 1 by default: the level
     # momentum lies in [0, 1)
     ("memory { level { period = 16\n momentum = 1 } }", 64, None, [("E0302", 5)]),
     # nested periods may be equal
@@ -1198,3 +1199,14 @@ def test_a_string_spells_a_kinded_option_as_it_spells_any_other():
     [error] = check_text('model m {\n  dim = 64\n  block { memory { level { lr = "learnt" } } }\n}\n',
                          "s.nl").diagnostics
     assert error.code == "E0301"
+
+
+def test_a_value_out_of_range_names_the_constant_it_comes_from():
+    """The error points at the use (`dim = dim`); the help names the `const` line that wrote the value
+    (a researcher's audit: `const dim = -8` was reported only where it is used)."""
+    text = "const width = -8\nconst _unused = 1\nmodel m {\n  dim = width\n  block { mlp { } }\n}\n"
+    [error] = check_text(text, "c.nl").diagnostics
+    assert (error.code, error.span.line) == ("E0302", 4)
+    assert error.help == "the value comes from `const width` at c.nl:1"
+    [error] = check_text(text, "c.nl", ["width=-4"]).diagnostics
+    assert error.help == "the value comes from `--set width=-4`", "an override is named as before"
