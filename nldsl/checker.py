@@ -1092,7 +1092,8 @@ class Converter:
             if key not in allowed:
                 where = context or f"`{tree.kind}`"
                 self.bag.error("E0203", f"unknown attribute `{key}` in {where}", attr.key_span,
-                               did_you_mean(key, allowed) or f"{where} takes: {', '.join(allowed)}")
+                               _belongs_elsewhere(model, key) or did_you_mean(key, allowed)
+                               or f"{where} takes: {', '.join(allowed)}")
                 ok = False
                 continue
             try:
@@ -2080,6 +2081,19 @@ def _reads_itself(value: ast.Expr, name: str, ns: Namespace, overridden: set[str
         if found is not None:
             todo.extend(_names_in(found[0].value))
     return False
+
+
+def _belongs_elsewhere(model: type[pydantic.BaseModel], key: str) -> str | None:
+    """Where a setting written in `model` or `train` belongs when it is the other's, or an optimizer's
+    argument (`train { lr = 0.01 }`)."""
+    if model is S.ModelSpec and key in S.TrainSpec.model_fields:
+        return f"`{key}` belongs in the `train` section: `train {{ {key} = … }}`"
+    if model is S.TrainSpec and key in S.ModelSpec.model_fields and key != "name":
+        return f"`{key}` belongs in the `model` section"
+    if model is S.TrainSpec and key in S.BuiltinOptimizer.model_fields and key != "kind":
+        return (f"`{key}` is an argument of the optimizer: `optimizer = adamw({key} = …)`, or "
+                f"`--set train.optimizer.{key}=…`")
+    return None
 
 
 def _override_order(overrides: dict[str, Any], ns: Namespace) -> list[str]:

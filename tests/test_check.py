@@ -1210,3 +1210,16 @@ def test_a_value_out_of_range_names_the_constant_it_comes_from():
     assert error.help == "the value comes from `const width` at c.nl:1"
     [error] = check_text(text, "c.nl", ["width=-4"]).diagnostics
     assert error.help == "the value comes from `--set width=-4`", "an override is named as before"
+
+
+@pytest.mark.parametrize(("text", "help"), [
+    ("model m {\n  dim = 64\n  steps = 10\n  block { mlp { } }\n}\n",
+     "`steps` belongs in the `train` section: `train { steps = … }`"),
+    ("model m {\n  dim = 64\n  block { mlp { } }\n}\ntrain { dim = 32 }\n", "`dim` belongs in the `model` section"),
+    ("model m {\n  dim = 64\n  block { mlp { } }\n}\ntrain { weight_decay = 0.1 }\n",
+     "`weight_decay` is an argument of the optimizer: `optimizer = adamw(weight_decay = …)`, or "
+     "`--set train.optimizer.weight_decay=…`"),
+])
+def test_a_setting_in_the_wrong_section_says_where_it_belongs(text, help):
+    [error] = check_text(text, "w.nl").diagnostics
+    assert (error.code, error.help) == ("E0203", help)
