@@ -1556,6 +1556,12 @@ class Converter:
                              context="a level")
         self.children(tree, {}, "a `level`")
         if values is None:
+            # the range of a written gate needs no other setting: report it beside the failed ones
+            from .semantics import gate_range_errors
+            for gate_name in ("retention", "momentum"):
+                if gate_name in tree.attrs and (gate := self.last_fields.get(gate_name)) is not None:
+                    for message, help in gate_range_errors(gate_name, gate):
+                        self.bag.error("E0302", message, tree.attrs[gate_name].value.span, help)
             return None
         try:
             return S.LevelSpec(name=name, **values)

@@ -107,6 +107,22 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
+def gate_range_errors(gate_name: str, gate: Any) -> list[tuple[str, str | None]]:
+    """(message, help) of E0302 for a `retention` or `momentum` gate outside its range: both multiply
+    the state (or the momentum) every token. A rule on the gate alone, so that the checker also asks
+    it of a level whose other settings failed (Converter.level)."""
+    high_closed = gate_name == "retention"
+    value = gate.value if isinstance(gate, S.ConstantGate) else gate.init if isinstance(
+        gate, (S.PerHeadGate, S.LearnedGate)) and gate.init is not None else None
+    bound = gate.max if isinstance(gate, (S.LearnedGate, S.GeneratedGate)) else 1.0
+    if value is not None and not (0 <= value <= 1 if high_closed else 0 <= value < 1):
+        return [(f"`{gate_name}` must lie in [0, 1{']' if high_closed else ')'}, got {value:g}",
+                 "it multiplies the state (or the momentum) every token")]
+    if bound > 1:
+        return [(f"`{gate_name}` cannot exceed 1, but its `max` is {bound:g}", None)]
+    return []
+
+
 def read_levels_of(layer: Any, seq_len: int) -> list[tuple[str, S.LevelSpec]]:
     """The levels of `levels_of` that the model reads: not the `projections` level of a selfmod with
     no adaptive projection (it has no projection memories, W0703), nor a slower nested cms level
@@ -267,16 +283,9 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if isinstance(level.period, S.Steps) and level.update != "outer":
             error("E0601", "a period in steps needs `update = outer`; in-context levels count tokens",
                   "write `period = 16` (tokens) or add `update = outer`", f"{lp}.period")
-        for gate_name, high_closed in (("retention", True), ("momentum", False)):
-            gate = getattr(level, gate_name)
-            value = gate.value if isinstance(gate, S.ConstantGate) else gate.init if isinstance(
-                gate, (S.PerHeadGate, S.LearnedGate)) and gate.init is not None else None
-            bound = gate.max if isinstance(gate, (S.LearnedGate, S.GeneratedGate)) else 1.0
-            if value is not None and not (0 <= value <= 1 if high_closed else 0 <= value < 1):
-                error("E0302", f"`{gate_name}` must lie in [0, 1{']' if high_closed else ')'}, got {value:g}",
-                      "it multiplies the state (or the momentum) every token", f"{lp}.{gate_name}")
-            elif bound > 1:
-                error("E0302", f"`{gate_name}` cannot exceed 1, but its `max` is {bound:g}", None, f"{lp}.{gate_name}")
+        for gate_name in ("retention", "momentum"):
+            for message, help in gate_range_errors(gate_name, getattr(level, gate_name)):
+                error("E0302", message, help, f"{lp}.{gate_name}")
         for gate_name in ("lr", "retention", "momentum"):
             gate = getattr(level, gate_name)
             # softplus (lr) and sigmoid (the others) of a logit reach 0 and 1 only at ±∞: the logit would

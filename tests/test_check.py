@@ -1223,3 +1223,13 @@ def test_a_value_out_of_range_names_the_constant_it_comes_from():
 def test_a_setting_in_the_wrong_section_says_where_it_belongs(text, help):
     [error] = check_text(text, "w.nl").diagnostics
     assert (error.code, error.help) == ("E0203", help)
+
+
+def test_a_gate_out_of_range_is_reported_beside_the_levels_other_errors():
+    """A level whose `period` fails is not built, so the layer rules never ran on it: its retention
+    of 1.5 showed only once the period was fixed (a researcher's audit)."""
+    text = _boundary_model("memory { level { period = 0\n retention = 1.5\n momentum = learned(max = 2) } }")
+    assert [(d.code, d.span.line, d.message) for d in check_text(text, "g.nl").diagnostics] == [
+        ("E0302", 4, "`period` should be greater than or equal to 1"),
+        ("E0302", 5, "`retention` must lie in [0, 1], got 1.5"),
+        ("E0302", 6, "`momentum` cannot exceed 1, but its `max` is 2")]
