@@ -38,6 +38,7 @@ from .source import SourceFile, Span
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
 ROUNDING = 2.0 ** -52  # float64's machine epsilon: one unit in the last place of 1.0
+NUMBER_RANGE = "a spec's numbers lie within ±2**63 (about 9.2e18)"
 M3_WARMUP = 20  # the warm-up the built-in m3 was measured to need (W0710, docs/language.md)
 # An optimizer's `update`: the grammar its errors name (S.UPDATE_FUNCTIONS: its functions).
 UPDATE_GRAMMAR = "level names, numbers, + - * /, ** with a number as exponent, sqrt(…), abs(…) and sign(…)"
@@ -608,7 +609,7 @@ class Checker:
         """Constant-fold an expression; bare names that are not constants become `Symbol`s."""
         if isinstance(expr, ast.Number):
             if abs(expr.value) > 2**63 or not math.isfinite(expr.value):
-                raise EvalError("E0304", "this number is too large", expr.span)
+                raise EvalError("E0304", "this number is too large", expr.span, NUMBER_RANGE)
             if expr.value == 0 and re.search(r"[1-9]", re.split(r"[eE]", expr.text)[0]):
                 raise EvalError("E0304", f"`{expr.text}` is too small: it rounds to 0 in double precision", expr.span)
             return expr.value
@@ -1806,9 +1807,9 @@ def _arithmetic(expr: ast.Binary, left: int | float, right: int | float) -> int 
     except ZeroDivisionError:
         raise EvalError("E0304", "division by zero", expr.right.span) from None
     except OverflowError:
-        raise EvalError("E0304", "this number is too large", expr.span) from None
+        raise EvalError("E0304", "this number is too large", expr.span, NUMBER_RANGE) from None
     if isinstance(result, int) and abs(result) > 2**63:
-        raise EvalError("E0304", "this number is too large", expr.span)
+        raise EvalError("E0304", "this number is too large", expr.span, NUMBER_RANGE)
     if isinstance(result, float) and not math.isfinite(result):
         raise EvalError("E0304", "this number is not finite", expr.span)
     return result

@@ -200,6 +200,12 @@ def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None,
     if Path(path).is_dir():
         raise IsADirectoryError(f"{path} is a folder: nldsl.load builds a spec file's model; a trained run "
                                 "(its folder or a checkpoint) is read by nldsl.load_run")
+    if dtype is not None:
+        import torch
+
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, "
+                            f"torch.bfloat16, …), got {dtype!r}: the weights are real numbers")
     result = check(path, python_overrides(overrides), **values)
     for diagnostic in result.diagnostics:  # a notebook sees what `nldsl check` would say of the spec
         if diagnostic.severity == "warning":

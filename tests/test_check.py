@@ -1110,6 +1110,7 @@ def test_boundary_messages():
     assert (start.code, start.message) == ("E0302", "`lr` starts at 0.1, which is not below its `max` 0.1")
     [large] = check_text(_boundary_model("mlp { }") + "train { steps = 10000000000000000000 }\n", "b.nl").diagnostics
     assert (large.code, large.span.line, large.message) == ("E0304", 7, "this number is too large")
+    assert large.help == "a spec's numbers lie within ±2**63 (about 9.2e18)"
     [key] = check_text(_boundary_model("mlp { }"), "b.nl", ["train.3steps=2"]).diagnostics
     assert (key.code, key.message) == ("E0206", "override key `train.3steps` is not a dotted name")
 

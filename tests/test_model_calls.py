@@ -255,6 +255,9 @@ def test_load_places_the_model_and_train_seed_gives_the_weights_nldsl_train_star
                             ("nope", "unknown device `nope`")):
         with pytest.raises(ValueError, match=re.escape(message)):
             nldsl.load("specs/titans_lmm.nl", dim=32, device=device)
+    for dtype in (torch.int32, "float32"):  # torch's own TypeError named nn.Module.to
+        with pytest.raises(TypeError, match=r"dtype must be a floating-point torch dtype"):
+            nldsl.load("specs/titans_lmm.nl", dim=32, dtype=dtype)
     if not torch.cuda.is_available():  # torch's AssertionError "Torch not compiled with CUDA enabled" escaped
         for device in ("cuda", 0):
             with pytest.raises(ValueError, match=r"device cuda(:0)?: no CUDA device is available"):
