@@ -809,6 +809,17 @@ class Checker:
                                or f"sections here: {', '.join(labels) or 'none'}")
                 return
             node = matches[0]
+        sections = [(label, child) for label, child in _child_names(node)
+                    if parts[-1] in (label, child.name, child.kind)]
+        if sections and parts[-1] not in node.attrs:  # `model.block.lmm.level=linear`
+            flag = "--set " if attr.span.path.startswith("<--set") else ""
+            label, child = sections[0]
+            given = self.sources[attr.span.path].text.partition("=")[2].strip()
+            example = f"state={given}" if child.kind == "level" else "ATTRIBUTE=…"
+            self.bag.error("E0206", f"override path `{shown}`: `{parts[-1]}` is a section, not an attribute",
+                           attr.key_span, f"an override sets one attribute of it, e.g. "
+                           f"`{flag}{'.'.join(parts[:-1])}.{label}.{example}`")
+            return
         replaced = node.attrs.get(parts[-1])
         if replaced is not None and replaced.span.path not in self.override_paths:  # the file's, not an override's
             replaced.ns.note_replaced(replaced.value)

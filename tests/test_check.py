@@ -1234,3 +1234,15 @@ def test_a_gate_out_of_range_is_reported_beside_the_levels_other_errors():
         ("E0302", 4, "`period` should be greater than or equal to 1"),
         ("E0302", 5, "`retention` must lie in [0, 1], got 1.5"),
         ("E0302", 6, "`momentum` cannot exceed 1, but its `max` is 2")]
+
+
+def test_an_override_of_a_section_says_to_set_one_of_its_attributes():
+    """`--set model.block.lmm.level=linear` said `memory` has no attribute `level` (a researcher's audit)."""
+    titans = PACKAGE_DIR.parent / "specs/titans_lmm.nl"
+    [error] = check_file(titans, ["model.block.lmm.level=linear"]).diagnostics
+    assert (error.code, error.message, error.help) == (
+        "E0206", "override path `model.block.lmm.level`: `level` is a section, not an attribute",
+        "an override sets one attribute of it, e.g. `--set model.block.lmm.level.state=linear`")
+    [error] = check_file(titans, ["model.block.lmm=3"]).diagnostics
+    assert error.help.endswith("`--set model.block.lmm.ATTRIBUTE=…`")
+    assert check_file(titans, ["model.block.lmm.level.state=linear"]).ok
