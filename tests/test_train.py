@@ -195,6 +195,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, text_file, capsys):
     expected = loader.check(REPO / "specs/transformer.nl", overrides).spec.sha256
     assert record["spec_sha256"] == expected
     assert "bits per byte" in out and "sample (temperature 0.8" in out and "first step" in out
+    assert out.count("bits per byte") == 1, "the last step's validation line is not repeated in the summary"
     assert (run_dir / "graph.svg").exists() or "graphviz" in out.lower()
 
 

@@ -768,7 +768,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                       + (f"; then {steps} at {speed:,.0f} tokens/s" if speed else " (no other step)"))
     if evaluation is None and start >= plan.steps:
         evaluation = evaluate_now()
-    if evaluation is not None:
+    if evaluation is not None and evaluated_at != plan.steps:  # the last step's line said it just above
         _say(context, f"validation: {evaluation.line()}")
     if last_checkpoint[0] is not None:
         _say(context, f"checkpoint: {last_checkpoint[0]}")
