@@ -1599,14 +1599,17 @@ class Converter:
             self.missing(tree, "an optimizer with several levels needs an `update`",
                          "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
             return None
+        from .semantics import check_optimizer_flows
         if values is None or not ok:
+            if ok:  # the levels converted: their flows are checked beside the errors of the other values
+                levels_only = S.OptimizerSpec.model_construct(name=tree.name, levels=tuple(levels))
+                self.bag.extend(check_optimizer_flows(levels_only, None, tree.header, self.checker.spans, path))
             return None
         if "update" not in values:  # a single level is the step direction
             values["update"] = ("level", levels[0].name, tree.header)
         update = values["update"]
         values["update"] = _strip_spans(update)
         out = S.OptimizerSpec(name=tree.name, levels=tuple(levels), **values)
-        from .semantics import check_optimizer_flows
         self.bag.extend(check_optimizer_flows(out, update, tree.header, self.checker.spans, path))
         return out
 

@@ -574,11 +574,13 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
         if level.period < source.period:
             out.append(Diagnostic("E0501", f"level `{level.name}` (period {level.period}) reads `{source.name}` "
                                   f"(period {source.period}) but updates more often than its source",
-                                  spans.get(f"{lp}.period", spans.get(lp, header))))
+                                  spans.get(f"{lp}.period", spans.get(lp, header)),
+                                  f"give `{level.name}` a period that is a multiple of {source.period}"))
         elif level.period % source.period:
             out.append(Diagnostic("E0502", f"period {level.period} of `{level.name}` is not a multiple of "
                                   f"period {source.period} of its source `{source.name}`",
-                                  spans.get(f"{lp}.period", spans.get(lp, header))))
+                                  spans.get(f"{lp}.period", spans.get(lp, header)),
+                                  f"use a multiple of {source.period}"))
     for cycle in _flow_cycles(source_of, [level.name for level in opt.levels]):
         first = min(cycle)
         cycle = cycle[cycle.index(first):] + cycle[:cycle.index(first)]  # start at a stable level
@@ -586,6 +588,8 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                               "learn from each other in a cycle", spans.get(f"{path}.{first}.flow", header),
                               "one of them must learn from the gradients"))
         break
+    if update is None:  # it failed to convert: the levels' own checks only
+        return out
     read: set[str] = set()
     for name, span in _level_refs(update):
         if name not in names:

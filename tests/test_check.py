@@ -1246,3 +1246,19 @@ def test_an_override_of_a_section_says_to_set_one_of_its_attributes():
     [error] = check_file(titans, ["model.block.lmm=3"]).diagnostics
     assert error.help.endswith("`--set model.block.lmm.ATTRIBUTE=…`")
     assert check_file(titans, ["model.block.lmm.level.state=linear"]).ok
+
+
+def test_an_optimizers_flows_are_checked_beside_an_update_that_fails():
+    """An update that did not convert (`m ** n`) hid the levels' own errors: a cycle and a misnamed
+    flow showed only once it was mended (a researcher's audit). Names the update reads wait for it."""
+    text = ("optimizer bad {\n  lr = 1e-3\n  level m { flow = n; retention = 0.9 }\n"
+            "  level n { flow = m; retention = 0.9 }\n  level g { flow = gradient }\n"
+            "  update = m / (sqrt(vv) + 1e-8) + m ** n\n}\n"
+            "model { dim = 32; block { mlp { } } }\ntrain { optimizer = bad }\n")
+    assert [(d.code, d.span.line) for d in check_text(text, "o.nl").diagnostics] == [
+        ("E0504", 3), ("E0505", 5), ("E0301", 6)]
+    periods = ("optimizer slow {\n  level m { flow = gradients; period = 4 }\n"
+               "  level n { flow = m; period = 6 }\n  update = m + n\n}\n"
+               "model { dim = 32; block { mlp { } } }\ntrain { optimizer = slow }\n")
+    [error] = check_text(periods, "p.nl").diagnostics
+    assert (error.code, error.help) == ("E0502", "use a multiple of 4")
