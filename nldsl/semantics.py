@@ -369,7 +369,9 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             outer = level.update == "outer"
             if not outer and not (isinstance(level.period, int) and level.period > seq_len):
                 continue
-            unused = [name for name in _IN_CONTEXT_ONLY if f"{lp}.{name}" in spans]
+            # `momentum = none` unsets an inherited gate: it asks for nothing, so it is not unused
+            unused = [name for name in _IN_CONTEXT_ONLY
+                      if f"{lp}.{name}" in spans and getattr(level, name) is not None]
             if unused:
                 why = ("`update = outer`" if outer else
                        f"its period {level.period} is longer than a training sequence ({seq_len} tokens)")

@@ -1262,3 +1262,14 @@ def test_an_optimizers_flows_are_checked_beside_an_update_that_fails():
                "model { dim = 32; block { mlp { } } }\ntrain { optimizer = slow }\n")
     [error] = check_text(periods, "p.nl").diagnostics
     assert (error.code, error.help) == ("E0502", "use a multiple of 4")
+
+
+def test_unsetting_an_inherited_gate_on_an_outer_level_is_no_unused_setting():
+    """W0705 said `momentum = none` had no effect: it is how an inherited gate is unset, and leaving
+    it out inherits 0.9 (an optimizer researcher's audit)."""
+    text = ("level base { period = 8; momentum = 0.9 }\nmodel m {\n  dim = 16\n  block {\n    cms {\n"
+            "      level fast from base { }\n      level slow from base { period = steps(2); update = outer; "
+            "momentum = none }\n    }\n  }\n}\n")
+    assert check_text(text, "n.nl").diagnostics == []
+    kept = text.replace("momentum = none", "momentum = 0.5")
+    assert [d.code for d in check_text(kept, "n.nl").diagnostics] == ["W0705"]
