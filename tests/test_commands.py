@@ -915,3 +915,36 @@ def test_a_stream_continued_without_data_goes_on_with_the_validation_split(run_d
 def _sha_and_weights(run_dir: Path) -> tuple[str, str | None]:
     record = E.load_model(run_dir, CPU).checkpoint.record
     return record["spec_sha256"], record.get("files", {}).get("model.safetensors")
+
+
+def test_a_sigterm_stops_a_stream_as_ctrl_c_does_and_its_state_is_saved(run_dir, text_file, tmp_path, capsys,
+                                                                         monkeypatch):
+    """`timeout` or a scheduler's SIGTERM ended `nldsl stream` where it stood and --state-out saved
+    nothing (a continual-learning researcher's audit): it stops after the segment, saves, exits 143."""
+    import os
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("this process handles SIGTERM itself")
+    real_load, calls = E.load_model, []
+
+    def load_model(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        forward = loaded.model.forward
+
+        def terminated_in_the_second_segment(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # held until the segment is whole
+            return forward(*a, **k)
+
+        loaded.model.forward = terminated_in_the_second_segment
+        return loaded
+
+    monkeypatch.setattr(E, "load_model", load_model)
+    state = tmp_path / "s.state"
+    status = main(["stream", str(run_dir), "--data", str(text_file), "--no-progress", "--segment", "16",
+                   "--max-tokens", "64", "--state-out", str(state)])
+    assert status == 143 and "interrupted (SIGTERM) after 32 tokens" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert E.load_stream_state(state, *_sha_and_weights(run_dir), CPU).position == 32

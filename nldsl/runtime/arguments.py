@@ -131,7 +131,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
 
     p = sub.add_parser("generate", help="sample text from a trained model")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
-    p.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
+    p.add_argument("--prompt", default="def ",
+                   help="text to continue (default: %(default)r; an empty one starts after a newline)")
     p.add_argument("--tokens", type=at_least(0), default=200, help="how many tokens to generate (default: %(default)s)")
     p.add_argument("--temperature", type=temperature, default=0.8,
                    help="divides the logits before sampling; 0 = greedy (default: %(default)s)")

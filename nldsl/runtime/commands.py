@@ -13,13 +13,14 @@ import importlib
 import importlib.util
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from nldsl.cli import UserError, quiet_worker, torchrun_workers
 from nldsl.diagnostics import SpecError
-from nldsl.runtime.interrupt import deferred_interrupt
+from nldsl.runtime.interrupt import deferred_interrupt, terminate_as_interrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,13 +150,15 @@ def stream_command(args: argparse.Namespace) -> int:
     tokens = tokens[start:]
     if args.max_tokens is not None:
         tokens = tokens[:args.max_tokens + 1]
-    result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
-                    progress=not args.no_progress)
-    # every token taken from the text was fed or waits in the state (keep_pending)
-    result.state.validation_read = None if args.data else start + len(tokens)
-    if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
-        with deferred_interrupt():  # a second Ctrl-C waits for the state: it holds what the stream learned
-            save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
+    # a SIGTERM (`timeout`, a scheduler) stops the stream as Ctrl-C does, so that --state-out keeps it
+    with terminate_as_interrupt():
+        result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
+                        progress=not args.no_progress)
+        # every token taken from the text was fed or waits in the state (keep_pending)
+        result.state.validation_read = None if args.data else start + len(tokens)
+        if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
+            with deferred_interrupt():  # a second Ctrl-C waits for the state: it holds what the stream learned
+                save_stream_state(Path(args.state_out), result.state, sha, str(loaded.checkpoint.path), weights)
     fed = sum(s.tokens for s in result.segments)
     if not result.segments and not args.state_out and result.stopped is None:
         if start and start >= split_size:
@@ -186,7 +189,9 @@ def stream_command(args: argparse.Namespace) -> int:
     if result.stopped is not None:
         kept = f"; the state up to there is saved in {args.state_out}" if args.state_out else ""
         print(f"error: {result.stopped}{kept}", file=sys.stderr)
-        return 130 if result.stopped.startswith("interrupted") else 1
+        if result.stopped.startswith("interrupted"):
+            return 128 + (signal.SIGTERM if "SIGTERM" in result.stopped else signal.SIGINT)
+        return 1
     return 0
 
 

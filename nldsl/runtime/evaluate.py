@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime.clock import clock_prefix
-from nldsl.runtime.interrupt import deferred_interrupt
+from nldsl.runtime.interrupt import deferred_interrupt, signal_number
 from nldsl.runtime.memory import MemoryState
 
 STATE_FORMAT = "nldsl-stream-state/1"
@@ -423,8 +424,9 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                                 p.sub_(level.lr * sums[name])
                                 sums[name].zero_()
                         updates[level.prefix] += 1
-        except KeyboardInterrupt:
-            stopped = f"interrupted (Ctrl-C) after {position - state.position:,} tokens"
+        except KeyboardInterrupt as stop:
+            how = "SIGTERM" if signal_number(stop) == signal.SIGTERM else "Ctrl-C"
+            stopped = f"interrupted ({how}) after {position - state.position:,} tokens"
             break
         total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
         bar.update(n)
