@@ -264,22 +264,12 @@ def test_stream_steps_each_slow_level_by_the_gradients_since_its_last_step(run_d
 
 
 def test_a_stream_stopped_by_ctrl_c_keeps_whole_segments_and_continues_exactly(run_dir):
-    import os
     import signal
 
     text = "".join(f"x{i} = {i * i % 97}\n" for i in range(60))
     whole_model = E.load_model(run_dir, CPU)
     whole = E.stream(whole_model, whole_model.tokenizer.encode(text), 16)
-    loaded = E.load_model(run_dir, CPU)
-    forward, calls = loaded.model.forward, []
-
-    def interrupted_in_the_third_segment(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # held until the segment is whole
-        return forward(*args, **kwargs)
-
-    loaded.model.forward = interrupted_in_the_third_segment
+    loaded = _signalled_in_segment(E.load_model(run_dir, CPU), 3, signal.SIGINT)
     stopped = E.stream(loaded, loaded.tokenizer.encode(text), 16, keep_pending=True)
     assert stopped.stopped is not None and stopped.stopped.startswith("interrupted")
     assert len(stopped.segments) == 3 and stopped.state.position == 48
@@ -287,6 +277,23 @@ def test_a_stream_stopped_by_ctrl_c_keeps_whole_segments_and_continues_exactly(r
     rest = E.stream(rest_model, torch.zeros(0, dtype=torch.long), 16, stopped.state)  # the text not yet streamed
     assert [s.nats for s in stopped.segments + rest.segments] == [s.nats for s in whole.segments]
     assert all(torch.equal(a, b) for a, b in zip(flat(whole.state.memory), flat(rest.state.memory), strict=True))
+
+
+def _signalled_in_segment(loaded, segment: int, number: int):
+    """`loaded` whose model sends this process the signal `number` as its `segment`-th call starts
+    (a stream holds it until the segment is whole)."""
+    import os
+
+    forward, calls = loaded.model.forward, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == segment:
+            os.kill(os.getpid(), number)
+        return forward(*args, **kwargs)
+
+    loaded.model.forward = signalled
+    return loaded
 
 
 def test_a_stream_whose_loss_is_not_finite_stops_before_applying_it(run_dir, capsys):
@@ -921,27 +928,12 @@ def test_a_sigterm_stops_a_stream_as_ctrl_c_does_and_its_state_is_saved(run_dir,
                                                                          monkeypatch):
     """`timeout` or a scheduler's SIGTERM ended `nldsl stream` where it stood and --state-out saved
     nothing (a continual-learning researcher's audit): it stops after the segment, saves, exits 143."""
-    import os
     import signal
 
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("this process handles SIGTERM itself")
-    real_load, calls = E.load_model, []
-
-    def load_model(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        forward = loaded.model.forward
-
-        def terminated_in_the_second_segment(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)  # held until the segment is whole
-            return forward(*a, **k)
-
-        loaded.model.forward = terminated_in_the_second_segment
-        return loaded
-
-    monkeypatch.setattr(E, "load_model", load_model)
+    real_load = E.load_model
+    monkeypatch.setattr(E, "load_model", lambda *a, **k: _signalled_in_segment(real_load(*a, **k), 2, signal.SIGTERM))
     state = tmp_path / "s.state"
     status = main(["stream", str(run_dir), "--data", str(text_file), "--no-progress", "--segment", "16",
                    "--max-tokens", "64", "--state-out", str(state)])
