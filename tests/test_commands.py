@@ -940,3 +940,17 @@ def test_a_sigterm_stops_a_stream_as_ctrl_c_does_and_its_state_is_saved(run_dir,
     assert status == 143 and "interrupted (SIGTERM) after 32 tokens" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert E.load_stream_state(state, *_sha_and_weights(run_dir), CPU).position == 32
+
+
+def test_a_stream_state_whose_checkpoint_was_pruned_says_so(run_dir, tmp_path):
+    """A run that trained on pruned the checkpoint a state was streamed with: the refusal said to
+    continue with that checkpoint, which was gone (a continual-learning researcher's audit)."""
+    loaded = E.load_model(run_dir, CPU)
+    result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16, keep_pending=True)
+    path = tmp_path / "state.safetensors"
+    E.save_stream_state(path, result.state, "sha", str(tmp_path / "run" / "step-000010"), "old weights")
+    with pytest.raises(UserError, match=r"step-000010, which no longer exists .* raise train\.keep_checkpoints"):
+        E.load_stream_state(path, "sha", "new weights", CPU)
+    E.save_stream_state(path, result.state, "sha", str(run_dir), "old weights")
+    with pytest.raises(UserError, match="continue it with that checkpoint"):
+        E.load_stream_state(path, "sha", "new weights", CPU)

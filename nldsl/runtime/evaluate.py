@@ -535,8 +535,15 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         raise UserError(f"corrupt stream state {path}: it holds NaN or infinite values")
     written_by = structure.get("weights_sha256")
     if isinstance(written_by, str) and weights_sha256 is not None and written_by != weights_sha256:
+        checkpoint = structure.get("checkpoint")
+        if isinstance(checkpoint, str) and checkpoint and not Path(checkpoint).exists():
+            # pruned by keep_checkpoints (a run trained on), or deleted: nothing can continue the state
+            raise UserError(f"the stream state {path} was written by a stream of checkpoint {checkpoint}, which no "
+                            "longer exists (a run that trained on prunes its older checkpoints: raise "
+                            "train.keep_checkpoints to keep them): its memory and slow levels belong to those "
+                            "weights; stream this checkpoint without --state-in")
         raise UserError(f"the stream state {path} was written by a stream of other weights (checkpoint "
-                        f"{structure.get('checkpoint')}): its memory and slow levels belong to that model; "
+                        f"{checkpoint}): its memory and slow levels belong to that model; "
                         "continue it with that checkpoint, or stream this one without --state-in")
     recorded = structure.get("spec_sha256")
     if not isinstance(recorded, str):
