@@ -924,3 +924,19 @@ def test_the_warm_up_starts_at_one_step_of_it_and_reaches_the_lr():
         learner.step(batch)
         lrs.append(learner.optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+
+
+def test_the_pages_name_what_the_checker_warns_of_a_model_at_the_studys_settings():
+    """MQAR trains at 64 tokens, where HOPE's `mid` cms level (period 64) writes only after the last
+    token (W0704): the recall page said nothing of it (a continual-learning researcher's audit)."""
+    from nldsl.runtime import studies
+
+    models = {"hope": {"spec": "hope.nl", "dim": 32, "overrides": []},
+              "elsewhere": {"spec": "not-a-shipped-spec.nl", "dim": 32, "overrides": []}}
+    lines = studies.checker_notes(models, {"MQAR": 64, "passkey": 128}, {"MQAR": 2, "passkey": 2})
+    assert lines[0].startswith("`nldsl check` warns of these models at the study's settings")
+    assert [line for line in lines if line.startswith("- ")] == [
+        "- `hope` (MQAR, 64 tokens): W0704 at `model.block.cms.mid.period`: period 64 is a whole training "
+        "sequence: a cms level reads the weights of its last write, and its one write lands at the end of the "
+        "sequence, where nothing in the training sequence reads it."]
+    assert studies.checker_notes(models, {"training": 128}, {"training": 2}) == []

@@ -44,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ from tqdm import tqdm
 
 import nldsl
 from nldsl.cli import UserError
-from nldsl.diagnostics import SpecError, listing
+from nldsl.diagnostics import SpecError, SpecWarning, listing
 from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
 from nldsl.runtime.arguments import at_least, path_text, positive_float, seed_up_to
@@ -285,6 +286,9 @@ class Scores:
         return self.sequences_correct / max(self.sequences, 1)
 
 
+_SHOWN_WARNINGS: set[str] = set()  # a spec's warnings at a setup, printed by the first Learner that meets them
+
+
 class Learner:
     """A freshly initialised model of a spec with its AdamW and continuum clock."""
 
@@ -293,7 +297,15 @@ class Learner:
         torch.manual_seed(setup.seed)
         overrides = [f"dim={setup.dim}", f"train.seq_len={setup.seq_len}", f"train.batch={setup.batch}",
                      *setup.overrides]
-        self.model = nldsl.load(setup.spec, overrides)
+        with warnings.catch_warnings(record=True) as caught:  # shown once each, as `nldsl check` shows them
+            warnings.simplefilter("always", SpecWarning)
+            self.model = nldsl.load(setup.spec, overrides)
+        for warning in caught:
+            if issubclass(warning.category, SpecWarning) and str(warning.message) not in _SHOWN_WARNINGS:
+                _SHOWN_WARNINGS.add(str(warning.message))
+                print(f"{warning.message}\n", file=sys.stderr)
+            elif not issubclass(warning.category, SpecWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         optimizer = self.model.spec.train.optimizer
         if getattr(optimizer, "kind", None) != "adamw":
             raise UserError(f"{setup.spec}: the studies train with AdamW; the spec's optimizer is not adamw(…)")
@@ -986,7 +998,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| `{label}`{note} | {entry['spec']} | {entry['dim']} | {entry['params']:,} | "
                      f"{departures(entry['overrides'])} |")
     lines += ["", parameter_spread(summary["models"], config["params"]), "",
-              *override_notes(summary["models"], [config["lr"]])]
+              *override_notes(summary["models"], [config["lr"]]),
+              *checker_notes(summary["models"], {"training": config["seq_len"]}, {"training": config["batch"]})]
     lines += [
         "",
         "## Results",
@@ -1116,6 +1129,31 @@ def override_notes(models: dict[str, Any], lrs: Sequence[float]) -> list[str]:
     listed = listing(named)
     return [OVERRIDE_SOURCE, "", *(line for spec in specs
                                    for line in (OVERRIDE_NOTES[spec].replace("{lrs}", listed), ""))]
+
+
+def checker_notes(models: dict[str, Any], seq_lens: dict[str, int], batch: dict[str, int]) -> list[str]:
+    """What `nldsl check` warns of each model at the study's width, batch and sequence lengths
+    (`seq_lens`: the training length of each part of the study), so that a level the study's setting
+    leaves unread in training (W0704) is on the page, not only in the run's log. Computed when the
+    page is written, from the spec file as it is now (the spec digests of the runs say whether it
+    changed since)."""
+    from nldsl import loader
+
+    lines = []
+    for label, entry in models.items():
+        path = SPECS_DIR / entry["spec"]
+        if not path.is_file():  # a model given by a path elsewhere: its folder is not recorded
+            continue
+        for part, seq_len in seq_lens.items():
+            overrides = [f"dim={entry['dim']}", f"train.seq_len={seq_len}", f"train.batch={batch[part]}",
+                         *entry["overrides"]]
+            warnings = [d for d in loader.check(path, overrides).diagnostics if d.severity == "warning"]
+            lines += [f"- `{label}` ({part}, {seq_len} tokens): {d.code} at `{d.origin}`: {d.message}."
+                      for d in warnings]
+    if not lines:
+        return []
+    return ["`nldsl check` warns of these models at the study's settings (width, batch, training length; "
+            "the spec files as they are now):", "", *lines, ""]
 
 
 def diverged_notes(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -1330,7 +1368,9 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
     for name, entry in models.items():
         lines.append(f"| `{name}` | {entry['spec']} | {entry['dim']} | {entry.get('layers', '?')} | "
                      f"{entry.get('vocab', '?')} | {entry['params']:,} | {departures(entry['overrides'])} |")
-    lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models, config["lrs"])]
+    lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models, config["lrs"]),
+              *checker_notes(models, {"MQAR": config["mqar_seq_len"], "passkey": config["passkey_seq_len"]},
+                             {"MQAR": config["mqar_batch"], "passkey": config["passkey_batch"]})]
     lines += [
         "",
         f"**MQAR.** Trained for {plural(config['mqar_steps'], 'step')} of {config['mqar_batch']} fresh sequences of "
