@@ -1610,6 +1610,8 @@ class Converter:
         update = values["update"]
         values["update"] = _strip_spans(update)
         out = S.OptimizerSpec(name=tree.name, levels=tuple(levels), **values)
+        if self.decay_flips(out, self.checker.spans.get(f"{path}.weight_decay", tree.header)):
+            return None
         self.bag.extend(check_optimizer_flows(out, update, tree.header, self.checker.spans, path))
         return out
 
@@ -1716,7 +1718,21 @@ class Converter:
                     kwargs = [kwarg for kwarg in kwargs if kwarg[0] != name] + [(name, value, override.value.span)]
             raw = CallValue(raw.name, tuple(args), tuple(kwargs), raw.span)
         value = self.validate(S.TrainSpec, "optimizer", raw, attr)
-        return None if value is _INVALID else value
+        if value is _INVALID or self.decay_flips(value, attr.value.span):
+            return None
+        return value
+
+    def decay_flips(self, optimizer: Any, span: Span | None) -> bool:
+        """E0302 where lr · weight_decay > 1: the decoupled decay p ← p (1 − lr·λ) then flips every
+        weight's sign each step (and grows it past 2), which no schedule below lr undoes."""
+        product = optimizer.lr * optimizer.weight_decay
+        if product <= 1:
+            return False
+        self.bag.error("E0302", f"lr × weight_decay is {optimizer.lr:g} × {optimizer.weight_decay:g} = {product:g}, "
+                       "above 1: the decoupled decay p ← p (1 − lr·weight_decay) would flip every weight's sign "
+                       "each step", span, "keep lr × weight_decay well below 1 (AdamW's usual weight_decay is "
+                       "0.01–0.1 at an lr of 1e-4–1e-2)")
+        return True
 
     def unused_projection_gates(self, tree: Tree, memory: S.LevelSpec, projections: S.LevelSpec) -> None:
         """Warn about gates written on a selfmod's `level projections` that differ from the memory

@@ -1273,3 +1273,17 @@ def test_unsetting_an_inherited_gate_on_an_outer_level_is_no_unused_setting():
     assert check_text(text, "n.nl").diagnostics == []
     kept = text.replace("momentum = none", "momentum = 0.5")
     assert [d.code for d in check_text(kept, "n.nl").diagnostics] == ["W0705"]
+
+
+@pytest.mark.parametrize(("train", "line"), [
+    ("train { optimizer = adamw(lr = 0.5, weight_decay = 5) }", 5),
+    ("optimizer decaying {\n  lr = 1\n  weight_decay = 3\n  level m { flow = gradients }\n}\n"
+     "train { optimizer = decaying }", 7),
+])
+def test_a_weight_decay_that_would_flip_the_weights_sign_is_refused(train, line):
+    """lr × weight_decay > 1 made p ← p (1 − lr·λ) flip every weight's sign and double it each step
+    (p: 1 → −2 → 4 → −8), with no diagnostic (an optimizer researcher's audit)."""
+    text = f"model m {{\n  dim = 32\n  block {{ mlp {{ }} }}\n}}\n{train}\n"
+    [error] = check_text(text, "d.nl").diagnostics
+    assert (error.code, error.span.line) == ("E0302", line) and "flip every weight's sign" in error.message
+    assert check_text(text.replace("= 5", "= 2").replace("= 3", "= 1"), "d.nl").ok  # lr·λ ≤ 1
