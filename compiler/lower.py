@@ -59,9 +59,7 @@ def learns_in_context(level: S.LevelSpec, train: S.TrainSpec) -> bool:
 
 def clock_steps(level: S.LevelSpec, train: S.TrainSpec) -> int:
     """Outer steps between two updates of a level driven by the continuum clock."""
-    if isinstance(level.period, S.Steps):
-        return level.period.count
-    return max(1, math.ceil(level.period / (train.batch * train.seq_len)))
+    return train.clock_steps(level)
 
 
 def gate_start(name: str, gate: Any) -> float:

@@ -987,6 +987,8 @@ class Checker:
             self.check_vocabulary(model, train)
         if train is not None:
             self.check_m3_warmup(train)
+            from .semantics import check_run_length
+            self.bag.extend(check_run_length(converter.layers, train, self.spans))
         # a file without a model or train section is a library: its constants are for the files
         # that import it, so one its own definitions do not read is no unused constant
         library = not any(section.kind in ("model", "train") for section in module.sections)
@@ -1327,6 +1329,10 @@ class Converter:
             return (expr.func.dotted, argument)
         if isinstance(expr, ast.Call) and expr.func.dotted in S.UPDATE_FUNCTIONS:
             raise EvalError("E0301", f"`{expr.func.dotted}(…)` takes one expression", expr.span)
+        spelled = {"rsqrt": "x ** -0.5", "square": "x * x", "exp": None, "log": None}
+        if isinstance(expr, ast.Call) and spelled.get(expr.func.dotted):
+            raise EvalError("E0301", f"`{expr.func.dotted}(…)` is not an update function", expr.span,
+                            f"write it as `{spelled[expr.func.dotted]}`; an update is built from {UPDATE_GRAMMAR}")
         raise EvalError("E0301", f"an update is built from {UPDATE_GRAMMAR}", expr.span)
 
     def power(self, expr: ast.Binary, attr: Attr) -> Any:
@@ -1595,6 +1601,14 @@ class Converter:
             level = self.level(child, "optimizer", f"{path}.{level_name}", level_name)
             ok = ok and level is not None
             levels.append(level)
+        update_attr = tree.attrs.get("update")
+        hidden = sorted(name for name in (_names_in(update_attr.value) if update_attr is not None else ())
+                        if name in seen and update_attr.ns.lookup_const(name) is not None)
+        for name in hidden:  # the update reads the constant: the level would go unread (E0506) for no clear reason
+            self.bag.error("E0202", f"`{name}` in `update` is the constant `{name}`, which hides the level `{name}`",
+                           update_attr.value.span, f"rename the constant `{name}` or the level")
+        if hidden:
+            return None
         if "update" not in tree.attrs and len(level_trees) > 1:  # reported beside the values' errors
             self.missing(tree, "an optimizer with several levels needs an `update`",
                          "e.g. `update = momentum / (sqrt(second_moment) + 1e-8)`")
@@ -1680,8 +1694,14 @@ class Converter:
                                usage)
                 return None
             optimizer_sections = [name for name, section in attr.ns.sections.items() if section.kind == "optimizer"]
+            shipped = Path(__file__).resolve().parents[1] / "specs" / "optimizers" / f"{expr.dotted}.nl"
+            # a shipped optimizer spec is a file to import, not a name nldsl knows
+            hint = (f"`{expr.dotted}` is the optimizer section of specs/optimizers/{expr.dotted}.nl: import that "
+                    f"file (`import \"…/optimizers/{expr.dotted}.nl\" as opt`, its path from this file) and write "
+                    f"`optimizer = opt.{expr.dotted}`"
+                    if shipped.is_file() and "." not in expr.dotted else None)
             self.bag.error("E0201", f"unknown optimizer `{expr.dotted}`", expr.span,
-                           did_you_mean(expr.dotted, [*S.BUILTIN_OPTIMIZERS, *optimizer_sections]) or usage)
+                           hint or did_you_mean(expr.dotted, [*S.BUILTIN_OPTIMIZERS, *optimizer_sections]) or usage)
             return None
         try:
             raw = self.checker.evaluate(expr, attr.ns)
@@ -2122,11 +2142,15 @@ def _reads_itself(value: ast.Expr, name: str, ns: Namespace, overridden: set[str
 
 def _belongs_elsewhere(model: type[pydantic.BaseModel], key: str) -> str | None:
     """Where a setting written in `model` or `train` belongs when it is the other's, or an optimizer's
-    argument (`train { lr = 0.01 }`)."""
+    argument (`train { lr = 0.01 }`), or a built-in optimizer's argument an optimizer section builds."""
     if model is S.ModelSpec and key in S.TrainSpec.model_fields:
         return f"`{key}` belongs in the `train` section: `train {{ {key} = … }}`"
     if model is S.TrainSpec and key in S.ModelSpec.model_fields and key != "name":
         return f"`{key}` belongs in the `model` section"
+    if model is S.OptimizerSpec and key in ("momentum", "beta1", "beta2", "betas", "eps"):
+        return (f"an `optimizer` section builds `{key}` from levels: e.g. `level momentum {{ flow = gradients; "
+                "retention = 0.9 }` with `update = momentum` (specs/optimizers/adamw.nl writes Adam's two moments "
+                "so), or use the built-in `adamw(…)`")
     if model is S.TrainSpec and key in S.BuiltinOptimizer.model_fields and key != "kind":
         return (f"`{key}` is an argument of the optimizer: `optimizer = adamw({key} = …)`, or "
                 f"`--set train.optimizer.{key}=…`")

@@ -1305,6 +1305,45 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0711", "a level that never updates in the run",
+        """
+        A level updates less often than once in the whole training run, so it keeps its start for
+        all of it: a `cms` level on the continuum clock (an outer level, or one whose period is
+        longer than a training sequence) is stepped every N outer steps, N being its `steps(n)` or
+        its period in tokens over the `batch × seq_len` tokens of a step (rounded up), and here N
+        is more than `train.steps`; or a level of the optimizer `train` uses has a `period` longer
+        than `train.steps`, so its output never moves and whatever reads it keeps its start. Lower
+        the period, or raise `train.steps`.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 8 }
+              level slow { period = steps(500); update = outer }
+            }
+          }
+        }
+        train { steps = 200 }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            cms {
+              level fast { period = 8 }
+              level slow { period = steps(50); update = outer }  # every 50 of the 200 steps
+            }
+          }
+        }
+        train {
+          steps = 200
+          seq_len = 128
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

@@ -107,6 +107,40 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
+def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
+    """W0711: a level whose updates come less often than once in the whole run keeps its start for
+    all of it: a cms level on the continuum clock stepped every N > train.steps outer steps, and a
+    level of the optimizer `train` uses whose period passes train.steps."""
+    out: list[Diagnostic] = []
+    for path, layer in layers:
+        if not isinstance(layer, S.CMSSpec):
+            continue
+        inert = layer.inert_levels(train.seq_len)
+        for level in layer.levels:
+            if level.learns_in_context(train.seq_len) or level.name in inert or (
+                    layer.variant == "nested" and level is not layer.levels[0]):
+                continue
+            steps = train.clock_steps(level)
+            if steps > train.steps:
+                lp = f"{path}.{level.name}"
+                out.append(Diagnostic(
+                    "W0711", f"level `{level.name}` is stepped every {steps} outer steps (its period), more than "
+                    f"train.steps = {train.steps}: it keeps its initial weights for the whole run",
+                    _span(spans, f"{lp}.period", lp, path), "lower its period or raise train.steps", "warning",
+                    origin=f"{lp}.period"))
+    optimizer = train.optimizer
+    if isinstance(optimizer, S.OptimizerSpec):
+        for level in optimizer.levels:
+            if level.period > train.steps:
+                lp = f"{optimizer.name}.{level.name}"
+                out.append(Diagnostic(
+                    "W0711", f"optimizer level `{level.name}` updates every {level.period} steps, more than "
+                    f"train.steps = {train.steps}: it never updates in the run, so what reads it keeps its start",
+                    _span(spans, f"{lp}.period", lp, "train.optimizer"), "lower its period or raise train.steps",
+                    "warning", origin=f"{lp}.period"))
+    return out
+
+
 def gate_range_errors(gate_name: str, gate: Any) -> list[tuple[str, str | None]]:
     """(message, help) of E0302 for a `retention` or `momentum` gate outside its range: both multiply
     the state (or the momentum) every token. A rule on the gate alone, so that the checker also asks

@@ -11,6 +11,7 @@ given to a gate is a `constant`.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -406,6 +407,13 @@ class TrainSpec(Strict):
     checkpoint_every: int = Field(100, ge=0)
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
+
+    def clock_steps(self, level: LevelSpec) -> int:
+        """Outer steps between two updates of a level the continuum clock drives (docs/semantics.md
+        §4): its `steps(n)`, or its period in tokens over the tokens of one step, rounded up."""
+        if isinstance(level.period, Steps):
+            return level.period.count
+        return max(1, math.ceil(level.period / (self.batch * self.seq_len)))
 
 
 class Spec(Strict):

@@ -1287,3 +1287,25 @@ def test_a_weight_decay_that_would_flip_the_weights_sign_is_refused(train, line)
     [error] = check_text(text, "d.nl").diagnostics
     assert (error.code, error.span.line) == ("E0302", line) and "flip every weight's sign" in error.message
     assert check_text(text.replace("= 5", "= 2").replace("= 3", "= 1"), "d.nl").ok  # lr·λ ≤ 1
+
+
+@pytest.mark.parametrize(("optimizer", "code", "help"), [
+    ("train { optimizer = sgd_momentum }", "E0201",
+     "`sgd_momentum` is the optimizer section of specs/optimizers/sgd_momentum.nl: import that file (`import "
+     "\"…/optimizers/sgd_momentum.nl\" as opt`, its path from this file) and write `optimizer = opt.sgd_momentum`"),
+    ("optimizer o {\n  level m { retention = 0.9 }\n  update = m / (rsqrt(m) + 1)\n}\ntrain { optimizer = o }",
+     "E0301", "write it as `x ** -0.5`; an update is built from level names, numbers, + - * /, ** with a number as "
+              "exponent, sqrt(…), abs(…) and sign(…)"),
+    ("const m = 2\noptimizer o {\n  level m { retention = 0.9 }\n  update = m * 1\n}\ntrain { optimizer = o }",
+     "E0202", "rename the constant `m` or the level"),
+    ("optimizer o {\n  momentum = 0.9\n  level m { retention = 0.9 }\n}\ntrain { optimizer = o }", "E0203",
+     "an `optimizer` section builds `momentum` from levels: e.g. `level momentum { flow = gradients; retention = "
+     "0.9 }` with `update = momentum` (specs/optimizers/adamw.nl writes Adam's two moments so), or use the "
+     "built-in `adamw(…)`"),
+])
+def test_an_optimizer_researchers_mistakes_get_a_way_out(optimizer, code, help):
+    """From an optimizer researcher's audit: each of these named no fix (the constant one reported only
+    that the level `m` was never read)."""
+    text = f"model m {{\n  dim = 32\n  block {{ mlp {{ }} }}\n}}\n{optimizer}\n".replace("model m {", "model {")
+    [error] = check_text(text, "o.nl").diagnostics
+    assert (error.code, error.help) == (code, help)

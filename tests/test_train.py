@@ -726,7 +726,9 @@ def test_a_damaged_latest_pointer_is_repaired_on_resume_and_the_next_checkpoint_
 def test_a_diverged_update_stops_the_run_without_checkpointing_it_and_resume_takes_a_lower_lr(
         tmp_path, text_file, capsys, eval_every):
     run_dir = tmp_path / "run"
-    fine = ["--set", "train.warmup=0", "--set", f"train.eval_every={eval_every}", "--set", "train.eval_batches=1"]
+    # no weight decay: lr × weight_decay above 1 is refused by the checker (E0302), before any step
+    fine = ["--set", "train.warmup=0", "--set", f"train.eval_every={eval_every}", "--set", "train.eval_batches=1",
+            "--set", "train.optimizer.weight_decay=0"]
     assert main(_tiny_run(tmp_path, text_file, *fine, "--set", "train.steps=2")) == 0
     capsys.readouterr()
     huge = ["--set", "train.optimizer.lr=1e18*1e18*1e4"]  # the first update makes every weight non-finite
