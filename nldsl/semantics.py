@@ -276,7 +276,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         lp = f"{path}.{name}"
         if isinstance(layer, S.MemorySpec):
             lp = f"{path}.{name}"
-        if level.orthogonalize is not None and level.readout != "chunk_start":
+        outer_cms = context == "cms" and not level.learns_in_context(seq_len)  # its in-context settings: W0705
+        if level.orthogonalize is not None and level.readout != "chunk_start" and not outer_cms:
             error("E0601", "newton_schulz changes the state only at chunk ends, so it needs "
                   "`readout = chunk_start`", "add `readout = chunk_start` or remove `orthogonalize`",
                   f"{lp}.orthogonalize", f"{lp}.readout")
@@ -308,7 +309,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if context == "cms" and level.objective in ("dot", "l2"):
             error("E0601", f"a cms level has no value stream for `objective = {level.objective}`",
                   "use `surprise` (default) or `reconstruction`", f"{lp}.objective")
-        if context == "cms" and level.readout != "chunk_start" and level.update == "in_context":
+        if context == "cms" and level.readout != "chunk_start" and not outer_cms:
             error("E0601", "cms levels change only at chunk ends (Eq. 71): use `readout = chunk_start`",
                   None, f"{lp}.readout")
         if context != "cms" and level.update == "outer":

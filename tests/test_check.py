@@ -1086,6 +1086,10 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     # W0705: a cms level slower than a sequence is a plain MLP
     ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, [("W0704", 4)]),  # not W0705
     ("cms { level a { period = 129\n objective = reconstruction } }", 64, 128, [("W0705", 5)]),
+    # … whose in-context-only settings get that warning, not the in-context rules' errors (E0601)
+    ("cms { level a { period = 129\n readout = causal\n orthogonalize = newton_schulz } }", 64, 128,
+     [("W0705", 6)]),
+    ("cms { level a { period = 64\n readout = causal } }", 64, 128, [("E0601", 5)]),
     # W0701: token by token only at period 1
     ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),
     ("memory { level { period = 1\n momentum = 0.9 } }", 64, None, [("W0701", 4)]),
