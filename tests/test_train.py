@@ -1151,3 +1151,17 @@ def test_a_metrics_line_that_cannot_be_written_names_the_file(tmp_path):
     with pytest.raises(OSError) as error:
         log.write({"step": 1, "loss": 1.0})
     assert (error.value.errno, error.value.filename) == (28, "/dev/full")
+
+
+def test_an_interrupt_before_the_first_step_says_the_run_folder_was_removed(tmp_path, text_file, capsys,
+                                                                           monkeypatch):
+    """A SIGTERM or Ctrl-C while the run was being set up (data, model, compile) removed the new run
+    folder and said only `interrupted` (a continual-learning researcher's audit)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_write_run_description", interrupted)
+    assert main(_tiny_run(tmp_path, text_file)) == 130
+    err = capsys.readouterr().err
+    assert f"no step was done: the run folder {tmp_path / 'run'} was removed" in err and "interrupted" in err
+    assert not (tmp_path / "run").exists()
