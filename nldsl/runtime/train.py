@@ -441,8 +441,9 @@ def _train(result: Any, overrides: list[str], options: TrainOptions, context: Di
         if created and not started[0]:
             shutil.rmtree(run_dir, ignore_errors=True)
             _remove_empty(made_parents)  # and the folders made to hold it
-            if isinstance(error, KeyboardInterrupt):  # Ctrl-C or SIGTERM; the other stops say so in their own
-                _say(context, f"no step was done: the run folder {run_dir} was removed")  # message, or need not
+            # Ctrl-C or SIGTERM (the other stops say so in their own message, or need not)
+            if isinstance(error, KeyboardInterrupt):
+                _say(context, f"no step was done: the run folder {run_dir} was removed", error=True)
         if isinstance(error, BrokenPipeError):  # stdout's reader exited outside the step loop (inside it, the
             _discard_stdout()                   # loop checkpoints the steps done and says so itself)
             if started[0]:  # after the loop: every step ran and was checkpointed; only the report is lost
