@@ -954,3 +954,13 @@ def test_a_stream_state_whose_checkpoint_was_pruned_says_so(run_dir, tmp_path):
     E.save_stream_state(path, result.state, "sha", str(run_dir), "old weights")
     with pytest.raises(UserError, match="continue it with that checkpoint"):
         E.load_stream_state(path, "sha", "new weights", CPU)
+
+
+def test_a_run_left_out_or_taken_by_data_is_named(run_dir, text_file, capsys):
+    """`nldsl stream --data f.txt RUN`: --data took the run too, and argparse said only that
+    RUN_DIR|CHECKPOINT was required (a continual-learning researcher's audit)."""
+    assert main(["stream", "--data", str(text_file), str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: name the run: `nldsl stream RUN_DIR …`; --data takes every word after it (")
+    assert "put RUN_DIR before --data or end the files with --" in err
+    assert main(["eval"]) == 1 and capsys.readouterr().err == "error: name the run: `nldsl eval RUN_DIR …`\n"

@@ -117,7 +117,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=handler, runtime_command="train")
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run or checkpoint")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text, nargs="?")  # _load names a missing one
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
                    help="evaluate on these files instead of the validation split (name RUN_DIR first: "
                         "the files take every word after --data, or end them with --)")
@@ -130,7 +130,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=handler, runtime_command="eval")
 
     p = sub.add_parser("generate", help="sample text from a trained model")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text, nargs="?")  # _load names a missing one
     p.add_argument("--prompt", default="def ",
                    help="text to continue (default: %(default)r; an empty one starts after a newline)")
     p.add_argument("--tokens", type=at_least(0), default=200, help="how many tokens to generate (default: %(default)s)")
@@ -143,7 +143,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.set_defaults(func=handler, runtime_command="generate")
 
     p = sub.add_parser("stream", help="feed a long text through a model that keeps learning (continuum clock)")
-    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text)
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", type=path_text, nargs="?")  # _load names a missing one
     p.add_argument("--data", nargs="+", metavar="PATH", type=path_text,
                    help="text to stream (default: the validation split; name RUN_DIR first: the files take "
                         "every word after --data, or end them with --)")

@@ -66,6 +66,11 @@ def _load(args: argparse.Namespace):
     from nldsl.runtime.evaluate import load_model
     from nldsl.runtime.train import check_device
 
+    if args.target is None:  # argparse's "required" would not say that --data took every word after it
+        data = getattr(args, "data", None)
+        raise UserError(f"name the run: `nldsl {args.command} RUN_DIR …`"
+                        + (f"; --data takes every word after it ({' '.join(data)}), so put RUN_DIR before --data "
+                           "or end the files with --" if data else ""))
     return load_model(args.target, check_device(args.device))
 
 
