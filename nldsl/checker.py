@@ -1159,21 +1159,24 @@ class Converter:
                                f"name the arguments: {', '.join(n for n in cls.model_fields if n != 'kind')}")
                 return _INVALID
             data.update(zip(cls.POSITIONAL, raw.args))
+            bad = False  # every wrong argument of the call is reported, not only the first
             for name, value, span in raw.kwargs:
                 if name not in cls.model_fields or name == "kind":
                     fields = [n for n in cls.model_fields if n != "kind"]
                     self.bag.error("E0305", f"`{raw.name}` has no argument `{name}`", span,
                                    did_you_mean(name, fields) or f"arguments: {', '.join(fields) or 'none'}")
-                    return _INVALID
+                    bad = True
+                    continue
                 if name in data:  # `mlp(3, depth = 2)`: one of the two values would be dropped
                     self.bag.error("E0305", f"argument `{name}` is given twice", span,
                                    f"the positional argument already gives `{name}`: give it once, "
                                    "by position or by name")
-                    return _INVALID
+                    bad = True
+                    continue
                 if isinstance(value, Symbol):
                     value = value.name
                 data[name] = value
-            return data
+            return _INVALID if bad else data
         if isinstance(raw, Symbol):
             if raw.name == "none" and type(None) in _flatten(annotation):
                 return None  # unset an optional value (e.g. one inherited with `from`)

@@ -1313,3 +1313,9 @@ def test_an_optimizer_researchers_mistakes_get_a_way_out(optimizer, code, help):
     text = f"model m {{\n  dim = 32\n  block {{ mlp {{ }} }}\n}}\n{optimizer}\n".replace("model m {", "model {")
     [error] = check_text(text, "o.nl").diagnostics
     assert (error.code, error.help) == (code, help)
+
+
+def test_every_wrong_argument_of_a_call_is_reported():
+    text = "model m {\n  dim = 32\n  block { mlp { } }\n}\ntrain { optimizer = adamw(lr = 0.1, bogus = 1, wd = 2) }\n"
+    assert [(d.code, d.message) for d in check_text(text, "a.nl").diagnostics] == [
+        ("E0305", "`adamw` has no argument `bogus`"), ("E0305", "`adamw` has no argument `wd`")]
