@@ -277,9 +277,13 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if isinstance(layer, S.MemorySpec):
             lp = f"{path}.{name}"
         outer_cms = context == "cms" and not level.learns_in_context(seq_len)  # its in-context settings: W0705
-        if level.orthogonalize is not None and level.readout != "chunk_start" and not outer_cms:
+        if level.orthogonalize is not None and level.readout != "chunk_start":
+            # (on a level the outer optimizer steps the pair has no effect, but the runtime's level
+            # config still refuses it: remove it rather than add to it)
             error("E0601", "newton_schulz changes the state only at chunk ends, so it needs "
-                  "`readout = chunk_start`", "add `readout = chunk_start` or remove `orthogonalize`",
+                  "`readout = chunk_start`",
+                  "remove `orthogonalize` and `readout`: a level the outer optimizer steps uses neither"
+                  if outer_cms else "add `readout = chunk_start` or remove `orthogonalize`",
                   f"{lp}.orthogonalize", f"{lp}.readout")
         if level.retention_order == "before_write" and (
                 not isinstance(level.state, S.LinearState) or level.period != 1 or level.momentum is not None

@@ -1087,8 +1087,10 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     ("cms { level a { period = 128\n objective = reconstruction } }", 64, 128, [("W0704", 4)]),  # not W0705
     ("cms { level a { period = 129\n objective = reconstruction } }", 64, 128, [("W0705", 5)]),
     # … whose in-context-only settings get that warning, not the in-context rules' errors (E0601)
+    ("cms { level a { period = 129\n readout = causal } }", 64, 128, [("W0705", 5)]),
+    # (with orthogonalize the runtime's level config still refuses the pair: an error that says to remove it)
     ("cms { level a { period = 129\n readout = causal\n orthogonalize = newton_schulz } }", 64, 128,
-     [("W0705", 6)]),
+     [("E0601", 6), ("W0705", 6)]),
     ("cms { level a { period = 64\n readout = causal } }", 64, 128, [("E0601", 5)]),
     # W0701: token by token only at period 1
     ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),
@@ -1319,3 +1321,27 @@ def test_every_wrong_argument_of_a_call_is_reported():
     text = "model m {\n  dim = 32\n  block { mlp { } }\n}\ntrain { optimizer = adamw(lr = 0.1, bogus = 1, wd = 2) }\n"
     assert [(d.code, d.message) for d in check_text(text, "a.nl").diagnostics] == [
         ("E0305", "`adamw` has no argument `bogus`"), ("E0305", "`adamw` has no argument `wd`")]
+
+
+def test_an_outer_cms_level_with_settings_w0705_calls_inert_still_builds(tmp_path):
+    """W0705 says these settings have no effect, so the model must build with them (a review found
+    that `orthogonalize` without `readout = chunk_start` passed the check and then failed to build)."""
+    import warnings
+
+    import torch
+
+    import nldsl
+
+    text = ("model m {\n  dim = 32\n  block { cms { level fast { period = 8 } level slow { period = steps(2)\n"
+            "    update = outer\n    readout = {readout}\n    orthogonalize = newton_schulz } } }\n}\n"
+            "train {{ seq_len = 16; batch = 2; steps = 4 }}\n")
+    for readout, codes in (("chunk_start", ["W0705"]), ("causal", ["E0601", "W0705"])):
+        spec = text.replace("{readout}", readout).replace("{{", "{").replace("}}", "}")
+        result = check_text(spec, "o.nl")
+        assert [d.code for d in result.diagnostics] == codes, _messages(result)
+        if result.ok:
+            path = tmp_path / "o.nl"
+            path.write_text(spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert nldsl.load(path)(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 256)
