@@ -578,9 +578,14 @@ def memory_chunk_step(
     assert (state.momentum is not None) == cfg.momentum, "the state carries S iff cfg.momentum"
     if cfg.decay_before_write and retention is not None:
         # Gated DeltaNet (a chunk of one token, LevelConfig): the write and its gradient read α_t θ_{t−1},
-        # as the delta kernel does; what the chunk rule below would apply after the write is done
-        state = MemoryState([w * retention[..., None] for w in state.weights], state.momentum)
-        retention = None
+        # as the delta kernel does; what the chunk rule below would apply after the write is done.
+        # An exclusive or chunk_start readout reads θ_{t−1} itself, before the decay.
+        decayed = MemoryState([w * retention[..., None] for w in state.weights], state.momentum)
+        if queries is not None and cfg.readout != "causal":
+            outputs = memory_forward(cfg, state.weights, queries)[0]
+            return outputs, memory_chunk_step(cfg, decayed, keys, values, None, lr, None, momentum_decay,
+                                              output_error, error_signal)[1]
+        state, retention = decayed, None
 
     if (queries is None or cfg.readout == "chunk_start") and fused.applies(cfg, keys, values):
         assert values is not None  # fused.applies checks it

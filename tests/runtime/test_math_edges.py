@@ -40,21 +40,26 @@ def _draw(seed: int, length: int):
     return q, k, v, lr, alpha, s0
 
 
+@pytest.mark.parametrize("readout", ["causal", "exclusive", "chunk_start"])
 @pytest.mark.parametrize("kernel", [True, False])
-def test_decay_before_write_is_the_gated_delta_rule(kernel: bool) -> None:
-    # Gated DeltaNet (Yang et al. 2024): S_t = α_t S_{t−1} (I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ, o_t = S_t q_t.
-    # Both routes: the chunk loop (kernel=False) applied α after the write, 0.18 off (a mutation audit).
+def test_decay_before_write_is_the_gated_delta_rule(kernel: bool, readout: str) -> None:
+    # Gated DeltaNet (Yang et al. 2024): S_t = α_t S_{t−1} (I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ, o_t = S_t q_t
+    # (causal), S_{t−1} q_t (exclusive, and chunk_start at period 1). Both routes: the chunk loop
+    # (kernel=False) applied α after the write, 0.18 off (a mutation audit), then read exclusive and
+    # chunk_start at the decayed state, 0.645 off (a review).
     length = 7
     q, k, v, lr, alpha, s0 = _draw(1, length)
-    cfg = LevelConfig(state="linear", d_in=DK, d_out=DV, objective="l2", decay_before_write=True)
+    cfg = LevelConfig(state="linear", d_in=DK, d_out=DV, objective="l2", decay_before_write=True, readout=readout)
     out, final = memory_level(cfg, MemoryState([s0]), k, v, q, lr, alpha, None, allow_delta_kernel=kernel)
     state, expected = s0, []
     eye = torch.eye(DK, dtype=torch.float64)
     for t in range(length):
         kt, vt, eta, a = k[..., t, :], v[..., t, :], lr[..., t, None, None], alpha[..., t, None, None]
+        before = state
         state = (a * state @ (eye - eta * kt.unsqueeze(-1) * kt.unsqueeze(-2))
                  + eta * vt.unsqueeze(-1) * kt.unsqueeze(-2))
-        expected.append((state @ q[..., t, :].unsqueeze(-1)).squeeze(-1))
+        read = state if readout == "causal" else before
+        expected.append((read @ q[..., t, :].unsqueeze(-1)).squeeze(-1))
     torch.testing.assert_close(out, torch.stack(expected, dim=-2), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(final.weights[0], state, rtol=1e-10, atol=1e-10)
 
