@@ -1627,7 +1627,8 @@ class Converter:
         update = values["update"]
         values["update"] = _strip_spans(update)
         out = S.OptimizerSpec(name=tree.name, levels=tuple(levels), **values)
-        if self.decay_flips(out, self.checker.spans.get(f"{path}.weight_decay", tree.header)):
+        decay = tree.attrs.get("weight_decay")  # as written, by the file or a --set
+        if self.decay_flips(out, decay.span if decay is not None else tree.header):
             return None
         self.bag.extend(check_optimizer_flows(out, update, tree.header, self.checker.spans, path))
         return out
@@ -1741,7 +1742,11 @@ class Converter:
                     kwargs = [kwarg for kwarg in kwargs if kwarg[0] != name] + [(name, value, override.value.span)]
             raw = CallValue(raw.name, tuple(args), tuple(kwargs), raw.span)
         value = self.validate(S.TrainSpec, "optimizer", raw, attr)
-        if value is _INVALID or self.decay_flips(value, attr.value.span):
+        if value is _INVALID:
+            return None
+        # the argument that makes the product too large, where it was written (a --set's own line)
+        written = {name: span for name, _value, span in raw.kwargs} if isinstance(raw, CallValue) else {}
+        if self.decay_flips(value, written.get("weight_decay", attr.value.span)):
             return None
         return value
 

@@ -123,20 +123,31 @@ def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: d
             steps = train.clock_steps(level)
             if steps > train.steps:
                 lp = f"{path}.{level.name}"
+                how = ("its `steps(n)` period" if isinstance(level.period, S.Steps) else
+                       f"its period of {level.period:,} tokens over the {train.batch * train.seq_len:,} tokens of a "
+                       "step (batch × seq_len)")
                 out.append(Diagnostic(
-                    "W0711", f"level `{level.name}` is stepped every {steps} outer steps (its period), more than "
+                    "W0711", f"level `{level.name}` is stepped every {steps:,} outer steps ({how}), more than "
                     f"train.steps = {train.steps}: it keeps its initial weights for the whole run",
                     _span(spans, f"{lp}.period", lp, path), "lower its period or raise train.steps", "warning",
                     origin=f"{lp}.period"))
     optimizer = train.optimizer
+    if getattr(optimizer, "kind", None) == "m3" and S.M3_SLOW_PERIOD > train.steps:
+        out.append(Diagnostic(
+            "W0711", f"the built-in `m3` writes its slow momentum every {S.M3_SLOW_PERIOD} steps, more than "
+            f"train.steps = {train.steps}: it never does in the run, so m3 steps with its fast momentum only",
+            _span(spans, "train.optimizer", "train.steps"), f"raise train.steps to {S.M3_SLOW_PERIOD} or more, or "
+            "use `adamw` or `muon` for so short a run", "warning", origin="train.optimizer"))
     if isinstance(optimizer, S.OptimizerSpec):
         for level in optimizer.levels:
             if level.period > train.steps:
                 lp = f"{optimizer.name}.{level.name}"
+                used = f"train.optimizer.{lp}"  # the section as train uses it: with its --set overrides
                 out.append(Diagnostic(
                     "W0711", f"optimizer level `{level.name}` updates every {level.period} steps, more than "
                     f"train.steps = {train.steps}: it never updates in the run, so what reads it keeps its start",
-                    _span(spans, f"{lp}.period", lp, "train.optimizer"), "lower its period or raise train.steps",
+                    _span(spans, f"{used}.period", f"{lp}.period", lp, "train.optimizer"),
+                    "lower its period or raise train.steps",
                     "warning", origin=f"{lp}.period"))
     return out
 

@@ -356,6 +356,9 @@ class OptimizerSpec(Strict):
     update: Expression = Field(description="the step direction as an expression over level outputs")
 
 
+M3_SLOW_PERIOD = 10  # outer steps between two writes of the built-in m3's slow momentum (Algorithm 1's f)
+
+
 class BuiltinOptimizer(Kinded):
     """A named optimizer with its usual hyper-parameters: `adamw(lr = 3e-4)`."""
 

@@ -1345,3 +1345,23 @@ def test_an_outer_cms_level_with_settings_w0705_calls_inert_still_builds(tmp_pat
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 assert nldsl.load(path)(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 256)
+
+
+def test_w0711_names_each_level_that_never_updates_where_its_period_was_written():
+    """W0711, with the review's mends: the built-in m3's slow momentum, a token period's arithmetic,
+    and a --set's own line when an override wrote the period or the weight decay."""
+    base = "model m {\n  dim = 32\n  block { mlp { } }\n}\n"
+    [m3] = check_text(base + "train { optimizer = m3; steps = 9; warmup = 20 }\n", "m.nl").diagnostics
+    assert m3.code == "W0711" and m3.message.startswith("the built-in `m3` writes its slow momentum every 10 steps")
+    assert [d.code for d in check_text(base + "train { optimizer = m3; steps = 10 }\n", "m.nl").diagnostics] == []
+    hope = PACKAGE_DIR.parent / "specs/hope.nl"
+    [slow] = check_file(hope, ["train.steps=10", "train.batch=2", "train.seq_len=32"]).diagnostics
+    assert slow.message.startswith("level `slow` is stepped every 64 outer steps (its period of 4,096 tokens over "
+                                   "the 64 tokens of a step (batch × seq_len)), more than train.steps = 10")
+    section = ("optimizer slowopt {\n  lr = 0.01\n  level s { flow = gradients; period = 5 }\n}\n"
+               + base + "train { optimizer = slowopt; steps = 40 }\n")
+    assert check_text(section, "s.nl").diagnostics == []
+    [late] = check_text(section, "s.nl", ["train.optimizer.s.period=60"]).diagnostics
+    assert (late.code, late.span.path) == ("W0711", "<--set 1>")
+    [decay] = check_file(hope, ["train.optimizer.weight_decay=500"]).diagnostics
+    assert (decay.code, decay.span.path) == ("E0302", "<--set 1>")

@@ -916,7 +916,29 @@ def test_a_stream_continued_without_data_goes_on_with_the_validation_split(run_d
     other = tmp_path / "other"
     run("--data", str(text_file), "--max-tokens", "32", "--state-out", str(other))
     assert E.load_stream_state(other, *_sha_and_weights(run_dir), CPU).validation_read is None
-    assert "streams the run's validation split from its start" in run("--max-tokens", "16", "--state-in", str(other))
+    assert "read other text (--data), so this one streams the run's validation split from its start" in run(
+        "--max-tokens", "16", "--state-in", str(other))
+    # a state written before the count was kept says nothing of its text: not taken as --data text (a review)
+    older = tmp_path / "older"
+    state = E.load_stream_state(half, *_sha_and_weights(run_dir), CPU)
+    state.validation_read = None
+    E.save_stream_state(older, state, *_sha_and_weights(run_dir)[:1], "checkpoint", _sha_and_weights(run_dir)[1])
+    _drop_from_header(older, "validation_read")
+    assert E.load_stream_state(older, *_sha_and_weights(run_dir), CPU).validation_read == E.UNKNOWN_READ
+    assert "does not say which text it read" in run("--max-tokens", "16", "--state-in", str(older))
+
+
+def _drop_from_header(path: Path, key: str) -> None:
+    """Rewrite a stream state without `key` in its JSON structure, as an older nldsl wrote it."""
+    import json
+
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(str(path))
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        structure = json.loads(handle.metadata()["nldsl"])
+    del structure[key]
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"nldsl": json.dumps(structure)}))
 
 
 def _sha_and_weights(run_dir: Path) -> tuple[str, str | None]:

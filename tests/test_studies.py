@@ -933,10 +933,16 @@ def test_the_pages_name_what_the_checker_warns_of_a_model_at_the_studys_settings
 
     models = {"hope": {"spec": "hope.nl", "dim": 32, "overrides": []},
               "elsewhere": {"spec": "not-a-shipped-spec.nl", "dim": 32, "overrides": []}}
-    lines = studies.checker_notes(models, {"MQAR": 64, "passkey": 128}, {"MQAR": 2, "passkey": 2})
+    lines = studies.checker_notes(models, {"MQAR": 64, "passkey": 128}, {"MQAR": 2, "passkey": 2},
+                                  {"MQAR": 300, "passkey": 300})
     assert lines[0].startswith("`nldsl check` warns of these models at the study's settings")
     assert [line for line in lines if line.startswith("- ")] == [
         "- `hope` (MQAR, 64 tokens): W0704 at `model.block.cms.mid.period`: period 64 is a whole training "
         "sequence: a cms level reads the weights of its last write, and its one write lands at the end of the "
         "sequence, where nothing in the training sequence reads it."]
-    assert studies.checker_notes(models, {"training": 128}, {"training": 2}) == []
+    assert studies.checker_notes(models, {"training": 128}, {"training": 2}, {"training": 300}) == []
+    # … at the study's steps: HOPE's slow level (4,096 tokens) steps every 32 steps of 2 × 64 tokens
+    [short] = [line for line in studies.checker_notes(models, {"MQAR": 64}, {"MQAR": 2}, {"MQAR": 20})
+               if "W0711" in line]
+    assert short.startswith("- `hope` (MQAR, 64 tokens): W0711 at `model.block.cms.slow.period`: level `slow` is "
+                            "stepped every 32 outer steps")

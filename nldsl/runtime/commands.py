@@ -121,6 +121,7 @@ def generate_command(args: argparse.Namespace) -> int:
 def stream_command(args: argparse.Namespace) -> int:
     from nldsl.runtime.checkpoint import MODEL_FILE
     from nldsl.runtime.evaluate import (
+        UNKNOWN_READ,
         check_stream_state,
         load_stream_state,
         save_stream_state,
@@ -148,6 +149,10 @@ def stream_command(args: argparse.Namespace) -> int:
         if state.validation_read is None:
             print("note: the --state-in stream read other text (--data), so this one streams the run's validation "
                   "split from its start")
+        elif state.validation_read == UNKNOWN_READ:
+            print("note: the --state-in file does not say which text it read (it was written before streams kept "
+                  "that count), so this one streams the run's validation split from its start: pass --data to "
+                  "choose the text")
         else:
             start = state.validation_read
             what = f"the run's validation split from its token {start:,}"

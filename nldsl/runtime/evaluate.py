@@ -55,6 +55,7 @@ from nldsl.runtime.interrupt import deferred_interrupt, signal_number
 from nldsl.runtime.memory import MemoryState
 
 STATE_FORMAT = "nldsl-stream-state/1"
+UNKNOWN_READ = -1  # StreamState.validation_read of a state that does not say which text it read
 
 
 # Loading a trained model ---------------------------------------------------------------------------
@@ -325,7 +326,8 @@ class StreamState:
     sums: dict[str, Tensor] = field(default_factory=dict)  # parameter name → summed stream gradient
     slow_weights: dict[str, Tensor] = field(default_factory=dict)  # parameter name → value
     # tokens of the run's validation split read so far (fed or pending), where the stream has read
-    # only that text: a stream continued without --data goes on from there; None after other text
+    # only that text: a stream continued without --data goes on from there; None after other text,
+    # UNKNOWN_READ in a state written before the count was kept
     validation_read: int | None = None
 
 
@@ -390,13 +392,13 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     total_nats, total_bytes = 0.0, 0
     stopped = None
     while True:
-        available = buffer.shape[0] - fed - 1  # inputs whose next token is known
-        n = segment if available >= segment else (available if available >= 1 and not keep_pending else 0)
-        if n == 0:
-            break
-        inputs = buffer[fed:fed + n].unsqueeze(0)  # (1, n)
-        targets = buffer[fed + 1:fed + n + 1].unsqueeze(0)
-        try:
+        try:  # a Ctrl-C or SIGTERM anywhere in the loop stops it at a whole segment
+            available = buffer.shape[0] - fed - 1  # inputs whose next token is known
+            n = segment if available >= segment else (available if available >= 1 and not keep_pending else 0)
+            if n == 0:
+                break
+            inputs = buffer[fed:fed + n].unsqueeze(0)  # (1, n)
+            targets = buffer[fed + 1:fed + n + 1].unsqueeze(0)
             with deferred_interrupt():  # a segment is applied whole, so the state saved after Ctrl-C is sound
                 with torch.set_grad_enabled(bool(levels)):
                     logits, new_memory = model(inputs, targets, state=memory, return_state=True)
@@ -424,13 +426,13 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                                 p.sub_(level.lr * sums[name])
                                 sums[name].zero_()
                         updates[level.prefix] += 1
+            total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
+            bar.update(n)
+            bar.set_postfix(loss=f"{nats / n:.3f}", bpb=f"{total_nats / math.log(2) / max(total_bytes, 1):.3f}")
         except KeyboardInterrupt as stop:
             how = "SIGTERM" if signal_number(stop) == signal.SIGTERM else "Ctrl-C"
             stopped = f"interrupted ({how}) after {position - state.position:,} tokens"
             break
-        total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
-        bar.update(n)
-        bar.set_postfix(loss=f"{nats / n:.3f}", bpb=f"{total_nats / math.log(2) / max(total_bytes, 1):.3f}")
     bar.close()
     for level in levels:
         for _, p in level.parameters:
@@ -559,8 +561,9 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         raise UserError(f"corrupt stream state {path}: it holds no `memory` entry")
     if structure["memory"] is None and position > 0:
         raise UserError(f"corrupt stream state {path}: it has streamed {position:,} tokens but holds no memory")
-    read = structure.get("validation_read")  # absent in states written before it was kept
-    if read is not None and (not isinstance(read, int) or isinstance(read, bool) or read < 0):
+    read = structure.get("validation_read", UNKNOWN_READ)  # absent in states written before it was kept
+    if read is not None and read != UNKNOWN_READ and (not isinstance(read, int) or isinstance(read, bool)
+                                                      or read < 0):
         raise UserError(f"corrupt stream state {path}: its `validation_read` is not a token count")
     try:
         state = StreamState(

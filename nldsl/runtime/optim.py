@@ -73,8 +73,8 @@ import torch
 from torch import Tensor
 
 from nldsl.runtime.layers import newton_schulz
+from nldsl.spec import M3_SLOW_PERIOD, RESERVED_OPTIMIZER_LEVEL_NAMES
 from nldsl.spec import OPTIMIZER_FLOWS as FLOW_SOURCES
-from nldsl.spec import RESERVED_OPTIMIZER_LEVEL_NAMES
 
 EXPRESSION_ARITY = {"level": 1, "const": 1, "add": 2, "sub": 2, "mul": 2, "div": 2, "pow": 2, "sqrt": 1, "abs": 1,
                     "sign": 1, "neg": 1}
@@ -633,7 +633,7 @@ def m3(
     alpha: float = 1.0,
     eps: float = 1e-8,
     ns_steps: int = 5,
-    frequency: int = 10,
+    frequency: int = M3_SLOW_PERIOD,
     weight_decay: float = 0.0,
     decay: bool = False,
     slow_readout: Literal["causal", "exclusive"] = "exclusive",

@@ -301,6 +301,8 @@ class Learner:
             warnings.simplefilter("always", SpecWarning)
             self.model = nldsl.load(setup.spec, overrides)
         for warning in caught:
+            if issubclass(warning.category, SpecWarning) and "W0711" in str(warning.message):
+                continue  # read against the spec's train.steps, not the study's: the page lists the study's
             if issubclass(warning.category, SpecWarning) and str(warning.message) not in _SHOWN_WARNINGS:
                 _SHOWN_WARNINGS.add(str(warning.message))
                 print(f"{warning.message}\n", file=sys.stderr)
@@ -999,7 +1001,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
                      f"{departures(entry['overrides'])} |")
     lines += ["", parameter_spread(summary["models"], config["params"]), "",
               *override_notes(summary["models"], [config["lr"]]),
-              *checker_notes(summary["models"], {"training": config["seq_len"]}, {"training": config["batch"]})]
+              *checker_notes(summary["models"], {"training": config["seq_len"]}, {"training": config["batch"]},
+                             {"training": config["steps"] * len(names)})]
     lines += [
         "",
         "## Results",
@@ -1131,12 +1134,13 @@ def override_notes(models: dict[str, Any], lrs: Sequence[float]) -> list[str]:
                                    for line in (OVERRIDE_NOTES[spec].replace("{lrs}", listed), ""))]
 
 
-def checker_notes(models: dict[str, Any], seq_lens: dict[str, int], batch: dict[str, int]) -> list[str]:
-    """What `nldsl check` warns of each model at the study's width, batch and sequence lengths
-    (`seq_lens`: the training length of each part of the study), so that a level the study's setting
-    leaves unread in training (W0704) is on the page, not only in the run's log. Computed when the
-    page is written, from the spec file as it is now (the spec digests of the runs say whether it
-    changed since)."""
+def checker_notes(models: dict[str, Any], seq_lens: dict[str, int], batch: dict[str, int],
+                  steps: dict[str, int]) -> list[str]:
+    """What `nldsl check` warns of each model at the study's width, batch, sequence lengths and
+    steps (each a dict by part of the study), so that a level the study's setting leaves unread in
+    training (W0704) or never steps (W0711) is on the page, not only in the run's log. Computed when
+    the page is written, from the spec file as it is now (the spec digests of the runs say whether
+    it changed since)."""
     from nldsl import loader
 
     lines = []
@@ -1146,7 +1150,7 @@ def checker_notes(models: dict[str, Any], seq_lens: dict[str, int], batch: dict[
             continue
         for part, seq_len in seq_lens.items():
             overrides = [f"dim={entry['dim']}", f"train.seq_len={seq_len}", f"train.batch={batch[part]}",
-                         *entry["overrides"]]
+                         f"train.steps={steps[part]}", *entry["overrides"]]
             warnings = [d for d in loader.check(path, overrides).diagnostics if d.severity == "warning"]
             lines += [f"- `{label}` ({part}, {seq_len} tokens): {d.code} at `{d.origin}`: {d.message}."
                       for d in warnings]
@@ -1370,7 +1374,8 @@ def write_recall_report(summary: dict[str, Any], out: Path) -> None:
                      f"{entry.get('vocab', '?')} | {entry['params']:,} | {departures(entry['overrides'])} |")
     lines += ["", parameter_spread(models, config["params"]), "", *override_notes(models, config["lrs"]),
               *checker_notes(models, {"MQAR": config["mqar_seq_len"], "passkey": config["passkey_seq_len"]},
-                             {"MQAR": config["mqar_batch"], "passkey": config["passkey_batch"]})]
+                             {"MQAR": config["mqar_batch"], "passkey": config["passkey_batch"]},
+                             {"MQAR": config["mqar_steps"], "passkey": config["passkey_steps"]})]
     lines += [
         "",
         f"**MQAR.** Trained for {plural(config['mqar_steps'], 'step')} of {config['mqar_batch']} fresh sequences of "
