@@ -816,9 +816,11 @@ class Checker:
             label, child = sections[0]
             given = self.sources[attr.span.path].text.partition("=")[2].strip()
             example = f"state={given}" if child.kind == "level" else "ATTRIBUTE=…"
+            path = [*parts[:-1], label, example]
+            written = ("__".join(path) if attr.span.path.startswith("<keyword")  # nldsl.load(…, a__b=…)
+                       else flag + ".".join(path))
             self.bag.error("E0206", f"override path `{shown}`: `{parts[-1]}` is a section, not an attribute",
-                           attr.key_span, f"an override sets one attribute of it, e.g. "
-                           f"`{flag}{'.'.join(parts[:-1])}.{label}.{example}`")
+                           attr.key_span, f"an override sets one attribute of it, e.g. `{written}`")
             return
         replaced = node.attrs.get(parts[-1])
         if replaced is not None and replaced.span.path not in self.override_paths:  # the file's, not an override's

@@ -561,10 +561,11 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
         raise UserError(f"corrupt stream state {path}: it holds no `memory` entry")
     if structure["memory"] is None and position > 0:
         raise UserError(f"corrupt stream state {path}: it has streamed {position:,} tokens but holds no memory")
-    read = structure.get("validation_read", UNKNOWN_READ)  # absent in states written before it was kept
-    if read is not None and read != UNKNOWN_READ and (not isinstance(read, int) or isinstance(read, bool)
-                                                      or read < 0):
+    read = structure.get("validation_read")
+    if read is not None and (not isinstance(read, int) or isinstance(read, bool) or read < 0):
         raise UserError(f"corrupt stream state {path}: its `validation_read` is not a token count")
+    if "validation_read" not in structure:  # a state written before the count was kept
+        read = UNKNOWN_READ
     try:
         state = StreamState(
             position=position, memory=C.decode(structure.get("memory"), tensors),

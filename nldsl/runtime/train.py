@@ -796,7 +796,7 @@ def _checkpoint_to_resume(spec: Any, overrides: list[str], options: TrainOptions
     steps = spec.train.steps
     if steps < found.record["step"]:
         left_out = [item for item in _left_out_overrides(found, overrides) if item.startswith("train.steps")]
-        hint = (f"the run was trained with --set {left_out[0]}, which this command leaves out: give it again"
+        hint = (f"the run was trained with --set {left_out[-1]}, which this command leaves out: give it again"
                 if left_out else f"--set train.steps=N with N > {found.record['step']} to train it longer")
         raise UserError(f"the run is already at step {found.record['step']} ({found.path}), past "
                         f"train.steps = {steps}: nothing to do ({hint})")
