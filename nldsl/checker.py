@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import graphlib
 import hashlib
 import keyword
 import math
@@ -2135,19 +2136,23 @@ def _reads_itself(value: ast.Expr, name: str, ns: Namespace, overridden: set[str
     definitions: then it reads the file's value. A path through another overridden constant
     follows that override, not the file, so two overrides that read each other stay a cycle
     (E0507) whatever their order."""
+    return name in _names_reached(value, ns, overridden)
+
+
+def _names_reached(value: ast.Expr, ns: Namespace, stops: set[str]) -> set[str]:
+    """The constant names `value` reads, and those their definitions in the file read in turn,
+    except through a name of `stops` (an overridden constant: its file definition is not read)."""
     seen: set[str] = set()
     todo = list(_names_in(value))
     while todo:
         current = todo.pop()
-        if current == name:
-            return True
-        if current in seen or current in overridden:
+        if current in seen:
             continue
         seen.add(current)
-        found = ns.lookup_const(current)
+        found = ns.lookup_const(current) if current not in stops else None
         if found is not None:
             todo.extend(_names_in(found[0].value))
-    return False
+    return seen
 
 
 def _belongs_elsewhere(model: type[pydantic.BaseModel], key: str) -> str | None:
@@ -2173,24 +2178,8 @@ def _override_order(overrides: dict[str, Any], ns: Namespace) -> list[str]:
     dim=dim*2`, whichever is written first): an override that reads its own name is evaluated when
     it is set, so those it reads must be set before. Overrides that read each other (a cycle,
     reported as such where it matters) keep the order they were given in."""
-    import graphlib
-
-    graph: dict[str, set[str]] = {}
-    for name, (value, *_rest) in overrides.items():
-        others = set(overrides) - {name}
-        seen: set[str] = set()
-        todo = list(_names_in(value))
-        while todo:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            if current in others:
-                continue
-            found = ns.lookup_const(current)
-            if found is not None:
-                todo.extend(_names_in(found[0].value))
-        graph[name] = seen & others
+    graph = {name: _names_reached(value, ns, others) & others
+             for name, (value, *_rest) in overrides.items() for others in [set(overrides) - {name}]}
     try:
         return list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError:
