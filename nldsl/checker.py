@@ -1751,6 +1751,11 @@ class Converter:
         written = {name: span for name, _value, span in raw.kwargs} if isinstance(raw, CallValue) else {}
         if self.decay_flips(value, written.get("weight_decay", attr.value.span)):
             return None
+        for name in ("beta2", "eps"):
+            if value.kind == "sgd" and name in written:
+                self.bag.warning("W0706", f"`{name}` has no effect on `sgd`: it is a setting of Adam's second "
+                                 "moment, which SGD with momentum keeps none of", written[name],
+                                 f"remove `{name}`, or use `adamw(…)`")
         return value
 
     def decay_flips(self, optimizer: Any, span: Span | None) -> bool:

@@ -514,7 +514,11 @@ _ENTRIES = (
         evaluated in floating point when the spec is checked, so a mistake here would otherwise
         surface as a crash far away; a divisor that is 0 up to floating-point rounding (`1 - 0.9 -
         0.1`, which computes to -2.8e-17) is a division by zero too, in a constant as in an
-        optimizer's `update`.
+        optimizer's `update`. So is an `update` that takes a square root or a fractional power of
+        a level that goes negative (`sqrt(m)` of a momentum of the gradients, NaN wherever m < 0):
+        only a linear `dot` level of `squared_gradients` (or of such a level), without
+        Newton–Schulz, stays non-negative; an argument that subtracts (`sqrt(v - m * m)`) is left
+        to the writer.
 
         A constant whose definition fails is reported once, where it fails; its uses are not
         reported again.
@@ -1154,7 +1158,10 @@ _ENTRIES = (
         restart only from a level that moves; `lr` on a level with `orthogonalize`, when η is a
         constant or `per_head`, or the level has period 1 and no momentum: Newton–Schulz
         normalises each chunk's increment, which such an η only scales (docs/semantics.md §1.5); an
-        override that a later override of the same key replaces (its value is never checked), or
+        optimizer level's `hidden` on a `linear` state (it is the width of an `mlp` state's φ); an
+        optimizer level with `lr = 0` on a `linear` state that starts at zero (it writes nothing, so
+        its output is 0 at every step); `beta2` or `eps` on `sgd(…)`, which keeps no second moment;
+        an override that a later override of the same key replaces (its value is never checked), or
         one inside a section whose whole value a later override sets, and one of a constant
         nothing reads. The
         warning names the setting and what makes it inert. Remove the setting, or change the one

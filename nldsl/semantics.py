@@ -595,6 +595,15 @@ def _optimizer_level_options(level: S.OptimizerLevelSpec, lp: str, spans: dict[s
                 yield Diagnostic("E0601", f"`{shown}` {what}, and level `{level.name}` has `state = mlp`, which "
                                  "keeps none (its state is the weights of φ)", at(option, "state"),
                                  f"remove `{shown}`, or use `state = linear`")
+    if level.state == "linear" and f"{lp}.hidden" in spans:
+        yield Diagnostic("W0706", f"`hidden` has no effect on level `{level.name}`: it is the width of an `mlp` "
+                         "state's φ, and this level's state is `linear` (a momentum buffer)", at("hidden"),
+                         "remove `hidden`, or write `state = mlp`", "warning")
+    if level.lr == 0 and level.state == "linear" and level.init == "zeros" and f"{lp}.lr" in spans:
+        yield Diagnostic("W0706", f"`lr = 0` makes level `{level.name}` write nothing: its state starts at zero "
+                         "and stays there, so its output is 0 at every step", at("lr"),
+                         "give the level an `lr` above 0 (momentum writes with `lr = 1`, an average with "
+                         "`lr = 1 - retention`)", "warning")
     if level.bias_correction and not level.retention < 1:
         yield Diagnostic("E0601", f"`bias_correction` divides by 1 − α^w, which is 0 with `retention = "
                          f"{level.retention:g}`", at("retention", "bias_correction"),
@@ -670,7 +679,106 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                   "use it in `update`, or remove it", notes=(
                                       f"`update` comes from {update_span.path}, which does not read it",)
                                   if overridden else ()))
+    if not misread and not any(d.severity == "error" for d in out):  # beside a broken level: noise
+        out.extend(_roots_of_signed_levels(opt, update, header))
     return out
+
+
+def _nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:
+    """The levels whose output is ≥ 0 in every entry: a linear `dot` momentum (its writes η X and its
+    decay α are ≥ 0, an EMA's lerp too) of a flow that is ≥ 0 (`squared_gradients`, or such a level),
+    not orthogonalised. A `gradients` flow, the delta rule's (αI − η X̂X̂ᵀ) and an `mlp` state's φ take
+    both signs."""
+    found: set[str] = set()
+    grown = True
+    while grown:  # flows have no cycles here, so this settles within one pass per level
+        grown = False
+        for level in opt.levels:
+            if level.name not in found and level.state == "linear" and level.objective == "dot" \
+                    and level.orthogonalize is None and level.flow in ("squared_gradients", *found):
+                found.add(level.name)
+                grown = True
+    return found
+
+
+def _sign(tree: Any, nonnegative: set[str]) -> str:
+    """The sign an update expression's value is known to have in every entry: "+" (≥ 0), "-" (≤ 0) or
+    "?" (either)."""
+    kind = tree[0]
+    if kind == "level":
+        return "+" if tree[1] in nonnegative else "?"
+    if kind == "const":
+        return "+" if tree[1] >= 0 else "-"
+    if kind in ("sqrt", "abs"):
+        return "+"
+    if kind == "sign":
+        return _sign(tree[1], nonnegative)
+    if kind == "neg":
+        return {"+": "-", "-": "+"}.get(_sign(tree[1], nonnegative), "?")
+    if kind == "pow":
+        exponent = tree[2][1]
+        if exponent == int(exponent):
+            return "+" if int(exponent) % 2 == 0 else _sign(tree[1], nonnegative)
+        return "+"  # a fractional power of a negative entry has no value (see _roots_of_signed_levels)
+    left, right = (_sign(part, nonnegative) for part in tree[1:3])
+    if kind in ("mul", "div"):
+        if _bare(tree[1]) == _bare(tree[2]):
+            return "+"  # m * m
+        return "?" if "?" in (left, right) else "+" if left == right else "-"
+    if kind == "sub":
+        right = {"+": "-", "-": "+"}.get(right, "?")
+    return left if left == right else "?"
+
+
+def _bare(tree: Any) -> Any:
+    """An update expression without its levels' spans (two `m`s are the same value)."""
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        return tree[:2]
+    return tuple(_bare(part) for part in tree) if isinstance(tree, tuple) else tree
+
+
+def _subtracts(tree: Any) -> bool:
+    """Whether an expression subtracts or negates anywhere (`v - m * m` can be ≥ 0 by the levels'
+    own arithmetic, which a sign analysis cannot see)."""
+    return isinstance(tree, tuple) and (tree[0] in ("sub", "neg") or any(_subtracts(part) for part in tree[1:]))
+
+
+def _roots_of_signed_levels(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
+    """E0304 where the update takes a square root (or a fractional power) of a sum or product of levels
+    that take both signs: `sqrt(m)` of a momentum of the gradients is NaN in every entry where m < 0,
+    about half of them at the first step. An argument that subtracts is left alone: `sqrt(v - m * m)`
+    is ≥ 0 when v and m average the same steps, which no sign rule sees."""
+    nonnegative = _nonnegative_levels(opt)
+    for tree in _subtrees(update):
+        if tree[0] == "sqrt":
+            argument, spelled = tree[1], "the square root"
+        elif tree[0] == "pow" and tree[2][1] != int(tree[2][1]):
+            argument, spelled = tree[1], f"the power {tree[2][1]:g}"
+        else:
+            continue
+        if _sign(argument, nonnegative) == "+" or _subtracts(argument):
+            continue
+        signed = [(name, span) for name, span in _level_refs(argument) if name not in nonnegative]
+        if not signed:
+            continue  # a negative constant: the update's conversion reports it
+        name, span = signed[0]
+        level = next(level for level in opt.levels if level.name == name)
+        why = ("it remembers the gradients, which take both signs" if level.flow == "gradients" else
+               "Newton–Schulz gives its output both signs" if level.orthogonalize is not None else
+               "its φ can flip a sign" if level.state == "mlp" else
+               "the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign" if level.objective == "l2" else
+               f"it remembers level `{level.flow}`, which takes both signs")
+        yield Diagnostic("E0304", f"{spelled} of `{name}` has no real value (NaN in the step) wherever `{name}` < 0, "
+                         f"and level `{name}` goes negative: {why}",
+                         span or header, "take it of a level of `squared_gradients` (Adam's second moment: "
+                         "`level v { flow = squared_gradients }`), or of `abs(…)`")
+
+
+def _subtrees(tree: Any) -> Iterator[Any]:
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str):
+        yield tree
+        for part in tree[1:]:
+            yield from _subtrees(part)
 
 
 def _flow_cycles(source_of: dict[str, str], order: list[str]) -> Iterator[list[str]]:

@@ -1,0 +1,107 @@
+"""Checks of an optimizer that the runtime would run without complaint but to no purpose, or into
+NaN: settings that do nothing (W0706), a level that writes nothing (W0706) and a root of a level
+that goes negative (E0304)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compiler.optimizers import build_optimizer
+from nldsl.checker import check_text
+
+MODEL = "model m {\n  dim = 32\n  vocab = 256\n  block { mlp { } }\n}\n"
+
+
+def _optimizer(levels: str, update: str) -> str:
+    return MODEL + f"optimizer o {{\n  lr = 1e-3\n{levels}\n  update = {update}\n}}\ntrain {{ optimizer = o }}\n"
+
+
+def _found(text: str, overrides=()) -> list[tuple[str, int]]:
+    return [(d.code, d.span.line) for d in check_text(text, "o.nl", list(overrides)).diagnostics]
+
+
+ADAM_LEVELS = ("  level m { flow = gradients  retention = 0.9  lr = 0.1 }\n"
+               "  level v { flow = squared_gradients  retention = 0.99  lr = 0.01 }")
+
+
+@pytest.mark.parametrize("update", ["m / (sqrt(v) + 1e-8)", "m / (v ** 0.5 + 1e-8)", "sqrt(m * m)", "sqrt(abs(m))",
+                                    "m ** 2", "m ** 3", "sqrt(v - m * m)", "sqrt(-(-v))", "(m * m) ** 0.25",
+                                    "sqrt(sign(v))", "sqrt(2 * v / 3)"])
+def test_roots_of_levels_that_cannot_go_negative_are_accepted(update):
+    """Adam's `sqrt(v)`, a square, an abs, and an argument that subtracts (`v − m²` is ≥ 0 by the
+    levels' arithmetic when they average the same steps, which no sign rule can see)."""
+    assert _found(_optimizer(ADAM_LEVELS, f"{update} + m + v")) == []
+
+
+@pytest.mark.parametrize(("update", "name"), [("m / sqrt(m)", "m"), ("m ** 0.5", "m"), ("sqrt(v * m)", "m"),
+                                              ("sqrt(v + m)", "m"), ("(2 * m) ** 1.5", "m"), ("sqrt(sign(m))", "m")])
+def test_a_root_of_a_momentum_of_the_gradients_is_e0304_at_the_level(update, name):
+    text = _optimizer(ADAM_LEVELS, f"{update} + v")
+    [error] = check_text(text, "o.nl").diagnostics
+    assert (error.code, error.span.line) == ("E0304", 10), error
+    assert text.splitlines()[9][error.span.column - 1:].startswith(name)
+    assert "it remembers the gradients" in error.message and "abs(" in error.help
+
+
+def test_the_sign_of_a_level_follows_its_flow_rule_and_newton_schulz():
+    """A momentum of a non-negative level stays non-negative; the delta rule, an mlp state and
+    Newton–Schulz give a level of squared gradients both signs, and the message says which."""
+    chained = "  level v { flow = squared_gradients }\n  level s { flow = v  retention = 0.5 }"
+    assert _found(_optimizer(chained, "sqrt(s)")) == []
+    for option, why in [("objective = l2", "delta rule"), ("state = mlp", "φ can flip"),
+                        ("orthogonalize = newton_schulz(5)", "Newton–Schulz")]:
+        text = _optimizer(f"  level v {{ flow = squared_gradients  {option} }}", "sqrt(v)")
+        [error] = check_text(text, "o.nl").diagnostics
+        assert error.code == "E0304" and why in error.message, (option, error)
+        follower = _optimizer(f"  level v {{ flow = squared_gradients  {option} }}\n  level s {{ flow = v }}",
+                              "sqrt(s)")
+        [error] = check_text(follower, "o.nl").diagnostics
+        assert error.code == "E0304" and "remembers level `v`" in error.message, (option, error)
+
+
+def test_a_root_of_a_signed_level_really_is_nan_at_the_first_step():
+    """What E0304 prevents: the runtime's step of `m / sqrt(m)` on a momentum of the gradients turns
+    every entry whose gradient is negative into NaN."""
+    from nldsl.runtime import optim as O
+    levels = (O.OptimizerLevelConfig("m", "gradients", retention=0.9, lr=0.1),)
+    param = torch.nn.Parameter(torch.ones(4, 4))
+    optimizer = O.NestedOptimizer([param], O.OptimizerConfig(lr=1e-3, levels=levels, update=(
+        "div", ("level", "m"), ("sqrt", ("level", "m")))))
+    param.grad = torch.tensor([[1.0, -1.0] * 2] * 4)
+    optimizer.step()
+    assert torch.isnan(param[:, 1::2]).all() and torch.isfinite(param[:, ::2]).all()
+
+
+def test_hidden_on_a_linear_level_and_lr_zero_are_w0706():
+    text = _optimizer("  level m { flow = gradients  hidden = 4 }\n  level z { flow = gradients  lr = 0 }", "m + z")
+    assert _found(text) == [("W0706", 8), ("W0706", 9)]
+    result = check_text(text, "o.nl")
+    assert "`hidden` has no effect on level `m`" in result.diagnostics[0].message
+    assert "output is 0 at every step" in result.diagnostics[1].message
+    # an mlp state reads `hidden`; a level that starts at its first flow still moves with lr = 0
+    quiet = _optimizer("  level m { flow = gradients  state = mlp  hidden = 4 }\n"
+                       "  level z { flow = gradients  lr = 0  init = first_flow  retention = 0.5 }", "m + z")
+    assert _found(quiet) == []
+
+
+def test_a_level_that_writes_nothing_really_outputs_zero():
+    """What the lr = 0 warning says, on the optimizer the checked spec builds."""
+    spec = check_text(_optimizer("  level z { flow = gradients  lr = 0 }", "z"), "o.nl").spec
+    param = torch.nn.Parameter(torch.ones(3, 3))
+    optimizer = build_optimizer([("w", param)], spec.train.optimizer)
+    for _ in range(3):
+        param.grad = torch.randn(3, 3)
+        optimizer.step()
+    assert torch.equal(param.detach(), torch.ones(3, 3))
+
+
+def test_adams_second_moment_settings_on_sgd_are_w0706_where_written():
+    text = MODEL + "train { optimizer = sgd(lr = 0.1, beta2 = 0.9, eps = 1e-6) }\n"
+    assert _found(text) == [("W0706", 6), ("W0706", 6)]
+    [override] = check_text(MODEL + "train { optimizer = sgd(lr = 0.1) }\n", "o.nl", ["train.optimizer.eps=1e-3"]
+                            ).diagnostics
+    assert (override.code, override.span.path) == ("W0706", "<--set 1>")
+    for kind in ("adamw", "muon", "m3"):  # their second moment (muon's and m3's AdamW fallback) reads both
+        assert _found(MODEL + f"train {{ optimizer = {kind}(lr = 0.01, beta2 = 0.9, eps = 1e-6)  steps = 100 }}\n"
+                      ) == [], kind
