@@ -793,7 +793,7 @@ def test_the_seed_chooses_the_sample_and_the_context_is_the_last_seq_len_tokens(
 
 def test_stream_parts_span_their_segments():
     segments = [E.Segment(0, 16, 1.0, 16), E.Segment(16, 16, 1.0, 16), E.Segment(32, 7, 1.0, 7)]
-    assert [(first, last) for first, last, _ in E.stream_parts(segments, 3)] == [(0, 16), (16, 32), (32, 39)]
+    assert [(first, last) for first, last, _, _ in E.stream_parts(segments, 3)] == [(0, 16), (16, 32), (32, 39)]
 
 
 def test_a_text_of_whole_segments_is_fed_whole_when_the_state_is_kept(run_dir):
@@ -986,3 +986,50 @@ def test_a_run_left_out_or_taken_by_data_is_named(run_dir, text_file, capsys):
     assert err.startswith("error: name the run: `nldsl stream RUN_DIR …`; --data takes every word after it (")
     assert "put RUN_DIR before --data or end the files with --" in err
     assert main(["eval"]) == 1 and capsys.readouterr().err == "error: name the run: `nldsl eval RUN_DIR …`\n"
+
+
+def test_a_stream_baseline_scores_each_segment_from_a_fresh_state_with_the_weights_of_then(run_dir):
+    """`--baseline`: each segment's fresh score is the model's loss on that segment alone from its
+    initial memory, with the slow levels' weights as the stream has stepped them by then; asking
+    for it changes nothing of the stream itself."""
+    text = "".join(f"z{i} = {i * 5 % 23}\n" for i in range(40))
+    plain_model = E.load_model(run_dir, CPU)
+    plain = E.stream(plain_model, plain_model.tokenizer.encode(text), 16)
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode(text)
+    weights_then: list[dict[str, torch.Tensor]] = []
+    real_forward = loaded.model.forward
+
+    def recording(inputs, targets=None, **kwargs):  # the weights each fresh call sees
+        if "state" not in kwargs:
+            weights_then.append({n: p.detach().clone() for n, p in loaded.model.named_parameters()})
+        return real_forward(inputs, targets, **kwargs)
+
+    loaded.model.forward = recording
+    result = E.stream(loaded, tokens, 16, baseline=True)
+    assert sum(result.updates.values()) > 0, "the slow levels must step for the test to mean anything"
+    assert [(s.start, s.nats) for s in result.segments] == [(s.start, s.nats) for s in plain.segments]
+    assert result.segments[0].fresh_nats == pytest.approx(result.segments[0].nats, rel=1e-6)  # both start fresh
+    fresh = E.load_model(run_dir, CPU)
+    for segment, weights in zip(result.segments, weights_then, strict=True):
+        fresh.model.load_state_dict(weights)
+        inputs = tokens[segment.start:segment.start + segment.tokens].unsqueeze(0)
+        targets = tokens[segment.start + 1:segment.start + segment.tokens + 1].unsqueeze(0)
+        with torch.no_grad():
+            nats = F.cross_entropy(fresh.model(inputs)[0], targets[0], reduction="sum").item()
+        assert segment.fresh_nats == pytest.approx(nats, rel=1e-6), segment.start
+    assert any(s.fresh_nats != pytest.approx(s.nats, rel=1e-3) for s in result.segments[1:])
+
+
+def test_stream_cli_baseline_prints_the_fresh_columns_and_the_difference(run_dir, text_file, capsys):
+    status, out = streamed(run_dir, text_file, capsys, "--max-tokens", "128", "--baseline")
+    assert status == 0
+    assert re.search(r"part +tokens +loss +bpb +fresh loss +fresh bpb", out), out
+    carried, fresh = map(float, re.search(r"bits per byte over the stream: (\d+\.\d+) with the memory carried, "
+                                          r"(\d+\.\d+) from a fresh state per segment \(carrying it (saves|costs) ",
+                                          out).groups()[:2])
+    rows = [line.split() for line in out.splitlines() if re.match(r" +\d+ +\d", line)]
+    assert len(rows) == 4 and all(len(row) == 6 for row in rows)
+    status, plain = streamed(run_dir, text_file, capsys, "--max-tokens", "128")
+    assert "fresh" not in plain
+    assert f"{carried:.4f}" != f"{fresh:.4f}"

@@ -156,6 +156,9 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--state-out", metavar="FILE", type=path_text,
                    help="save the memory state at the end (an unfinished last segment waits in it for the next text)")
     p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score each segment from a fresh memory state, as eval scores a window, to show "
+                        "what carrying the memory adds (one more forward pass per segment)")
     encoding(p)
     progress(p)
     device(p)

@@ -163,7 +163,7 @@ def stream_command(args: argparse.Namespace) -> int:
     # a SIGTERM (`timeout`, a scheduler) stops the stream as Ctrl-C does, so that --state-out keeps it
     with terminate_as_interrupt():
         result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, baseline=args.baseline)
         # every token taken from the text was fed or waits in the state (keep_pending)
         result.state.validation_read = None if args.data else start + len(tokens)
         if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
@@ -187,11 +187,15 @@ def stream_command(args: argparse.Namespace) -> int:
               "continuum clock): its numbers below change only with the text")
     rows = stream_parts(result.segments)
     if rows:
-        print(f"{'part':>4}  {'tokens':>23}  {'loss':>8}  {'bpb':>8}")
-        for index, (first, last, evaluation) in enumerate(rows, 1):
-            print(f"{index:>4}  {f'{first:,}–{last:,}':>23}  {evaluation.loss:8.4f}  {evaluation.bits_per_byte:8.4f}")
+        fresh_columns = f"  {'fresh loss':>10}  {'fresh bpb':>9}" if args.baseline else ""
+        print(f"{'part':>4}  {'tokens':>23}  {'loss':>8}  {'bpb':>8}{fresh_columns}")
+        for index, (first, last, evaluation, fresh) in enumerate(rows, 1):
+            fresh_values = f"  {fresh.loss:10.4f}  {fresh.bits_per_byte:9.4f}" if fresh is not None else ""
+            print(f"{index:>4}  {f'{first:,}–{last:,}':>23}  {evaluation.loss:8.4f}  "
+                  f"{evaluation.bits_per_byte:8.4f}{fresh_values}")
         print(f"bits per byte, first part → last part: {rows[0][2].bits_per_byte:.4f} → "
               f"{rows[-1][2].bits_per_byte:.4f}")
+        _print_baseline(result.segments, args.baseline)
     if args.state_out:
         pending = result.state.pending.shape[0]
         print(f"state saved to {args.state_out} (position {result.state.position:,}; {pending:,} token(s) wait "
@@ -203,6 +207,22 @@ def stream_command(args: argparse.Namespace) -> int:
             return 128 + (signal.SIGTERM if "SIGTERM" in result.stopped else signal.SIGINT)
         return 1
     return 0
+
+
+def _print_baseline(segments: list, asked: bool) -> None:
+    """The whole stream's bits per byte with the memory carried and from a fresh state per segment
+    (`--baseline`): what carrying the memory adds, or costs."""
+    if not asked:
+        return
+    from nldsl.runtime.evaluate import stream_parts
+
+    [(_first, _last, carried, fresh)] = stream_parts(segments, parts=1)
+    if fresh is None:
+        return
+    change = carried.bits_per_byte - fresh.bits_per_byte
+    verdict = "saves" if change < 0 else "costs"
+    print(f"bits per byte over the stream: {carried.bits_per_byte:.4f} with the memory carried, "
+          f"{fresh.bits_per_byte:.4f} from a fresh state per segment (carrying it {verdict} {abs(change):.4f})")
 
 
 def _note_segment(spec: Any, segment: int) -> None:

@@ -337,6 +337,7 @@ class Segment:
     tokens: int  # predicted tokens
     nats: float
     bytes: int
+    fresh_nats: float | None = None  # the same segment from a fresh memory state (`--baseline`)
 
 
 @dataclass
@@ -362,8 +363,12 @@ def detach_state(value: Any) -> Any:
 
 
 def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState | None = None,
-           learn: bool = True, keep_pending: bool = False, progress: bool = False) -> StreamResult:
-    """Feed `tokens` (N,) segment by segment after what `state` left; see the module docstring."""
+           learn: bool = True, keep_pending: bool = False, progress: bool = False,
+           baseline: bool = False) -> StreamResult:
+    """Feed `tokens` (N,) segment by segment after what `state` left; see the module docstring.
+    With `baseline`, each segment is also scored from a fresh memory state (the model's initial one,
+    with the weights as the stream has them then), as `eval` scores a window: the difference is
+    what carrying the memory from segment to segment does."""
     state = state or StreamState()
     model, device = loaded.model, loaded.device
     every_level = slow_levels(loaded, segment)
@@ -404,6 +409,11 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                     logits, new_memory = model(inputs, targets, state=memory, return_state=True)
                     loss = F.cross_entropy(logits[0].float(), targets[0], reduction="sum")
                 nats = float(loss.detach())
+                fresh_nats = None
+                if baseline:
+                    with torch.no_grad():
+                        fresh_nats = float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0],
+                                                           reduction="sum"))
                 if not math.isfinite(nats):
                     stopped = (f"the loss is {nats} on the segment at token {position:,}: it was not applied, and "
                                "the stream stopped there")
@@ -417,7 +427,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                             p.grad = None
                 memory = detach_state(new_memory)
                 segment_bytes = int(token_bytes[targets].sum())
-                segments.append(Segment(position, n, nats, segment_bytes))
+                segments.append(Segment(position, n, nats, segment_bytes, fresh_nats))
                 before, position, fed = position, position + n, fed + n
                 for level in levels:
                     if position // level.period > before // level.period:
@@ -446,17 +456,22 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     return StreamResult(segments, final, updates, stopped)
 
 
-def stream_parts(segments: list[Segment], parts: int = 4) -> list[tuple[int, int, Evaluation]]:
-    """(first token, last token, evaluation) for `parts` consecutive stretches of segments."""
+def stream_parts(segments: list[Segment], parts: int = 4
+                 ) -> list[tuple[int, int, Evaluation, Evaluation | None]]:
+    """(first token, last token, evaluation, evaluation from fresh states or None) for `parts`
+    consecutive stretches of segments."""
     if not segments:
         return []
     parts = min(parts, len(segments))
     rows = []
     for index in range(parts):
         chunk = segments[index * len(segments) // parts:(index + 1) * len(segments) // parts]
-        nats = sum(s.nats for s in chunk)
+        tokens, byte_count = sum(s.tokens for s in chunk), sum(s.bytes for s in chunk)
+        fresh = None
+        if all(s.fresh_nats is not None for s in chunk):
+            fresh = evaluation_from_sums(sum(s.fresh_nats or 0.0 for s in chunk), tokens, byte_count, len(chunk))
         rows.append((chunk[0].start, chunk[-1].start + chunk[-1].tokens,
-                     evaluation_from_sums(nats, sum(s.tokens for s in chunk), sum(s.bytes for s in chunk), len(chunk))))
+                     evaluation_from_sums(sum(s.nats for s in chunk), tokens, byte_count, len(chunk)), fresh))
     return rows
 
 
