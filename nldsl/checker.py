@@ -1134,6 +1134,12 @@ class Converter:
 
     def validate(self, model: type[pydantic.BaseModel], key: str, raw: Any, attr: Attr) -> Any:
         prepared = self.prepare(raw, model.model_fields[key].annotation, attr)
+        if isinstance(prepared, _WrongArguments):  # reported; the call's other arguments are checked too
+            try:
+                _adapter(model, key).validate_python(prepared.rest, strict=True)
+            except pydantic.ValidationError as error:
+                self.report_validation(error, key, raw, attr, model, arguments_only=True)
+            return _INVALID
         if prepared is _INVALID:
             return _INVALID
         try:
@@ -1179,7 +1185,7 @@ class Converter:
                 if isinstance(value, Symbol):
                     value = value.name
                 data[name] = value
-            return _INVALID if bad else data
+            return _WrongArguments(data) if bad else data
         if isinstance(raw, Symbol):
             if raw.name == "none" and type(None) in _flatten(annotation):
                 return None  # unset an optional value (e.g. one inherited with `from`)
@@ -1218,13 +1224,29 @@ class Converter:
         return self.checker.overrides_read(attr)
 
     def report_validation(self, error: pydantic.ValidationError, key: str, raw: Any, attr: Attr,
-                          model: type[pydantic.BaseModel]) -> None:
+                          model: type[pydantic.BaseModel], arguments_only: bool = False) -> None:
+        """The validation error of a value, or of each argument of a call (`adamw(lr = -1, beta2 = 2)`
+        has two); `arguments_only`: only those of the arguments written (the call also has a wrong
+        one, which may be the missing argument misspelled)."""
         errors = error.errors()
         if isinstance(raw, CallValue):  # in a union, report on the member the call names
             member = S.KINDED_VALUES.get(raw.name)
             tags = {raw.name, member.__name__ if member else raw.name}
-            errors = [e for e in errors if e["loc"] and str(e["loc"][0]) in tags] or errors
-        first = errors[0]
+            members = [e for e in errors if e["loc"] and str(e["loc"][0]) in tags]
+            written = {name for name, _value, _span in raw.kwargs} | set(
+                member.POSITIONAL[:len(raw.args)] if member is not None else ())
+            by_argument = [e for e in members if len(e["loc"]) >= 2 and str(e["loc"][-1]) in written]
+            if arguments_only or len(by_argument) > 1:
+                for each in by_argument:
+                    self.report_error(each, key, raw, attr, model)
+                return
+            errors = members or errors
+        if arguments_only:
+            return
+        self.report_error(errors[0], key, raw, attr, model)
+
+    def report_error(self, first: Any, key: str, raw: Any, attr: Attr, model: type[pydantic.BaseModel]) -> None:
+        """One pydantic error as a diagnostic at the value, or at the call's argument it names."""
         kind = first["type"]
         loc = [str(x) for x in first["loc"]]
         span = attr.value.span
@@ -1841,6 +1863,14 @@ def _default_optimizer_call(span: Span) -> CallValue:
 
 
 _INVALID = _Invalid()
+
+
+@dataclass
+class _WrongArguments:
+    """A call with an unknown or doubled argument (already reported), and the arguments that are
+    left, for their own checks."""
+
+    rest: dict[str, Any]
 
 
 def _arithmetic(expr: ast.Binary, left: int | float, right: int | float) -> int | float:

@@ -105,3 +105,26 @@ def test_adams_second_moment_settings_on_sgd_are_w0706_where_written():
     for kind in ("adamw", "muon", "m3"):  # their second moment (muon's and m3's AdamW fallback) reads both
         assert _found(MODEL + f"train {{ optimizer = {kind}(lr = 0.01, beta2 = 0.9, eps = 1e-6)  steps = 100 }}\n"
                       ) == [], kind
+
+
+@pytest.mark.parametrize(("call", "expected"), [
+    ("adamw(lr = -1, beta2 = 2)", [("E0302", "lr"), ("E0302", "beta2")]),
+    ("adamw(-1, beta2 = 2)", [("E0302", "adamw(-1"), ("E0302", "beta2")]),
+    ("adamw(lr = -1, fo = 2, beta2 = 2)", [("E0302", "lr"), ("E0305", "fo"), ("E0302", "beta2")]),
+    ("sgd(0.1, lr = 0.2, momentum = 1)", [("E0305", "lr = 0.2"), ("E0302", "momentum")]),
+])
+def test_every_wrong_argument_of_a_call_is_reported_also_beside_an_unknown_one(call, expected):
+    """Range errors of a call's arguments are reported together, and do not wait for an unknown or
+    doubled argument beside them to be mended."""
+    text = MODEL + f"train {{ optimizer = {call} }}\n"
+    line = text.splitlines()[5]
+    found = [(d.code, line[d.span.column - 1:]) for d in check_text(text, "o.nl").diagnostics]
+    assert [code for code, _ in found] == [code for code, _ in expected], found
+    assert all(at.startswith(start) for (_, at), (_, start) in zip(found, expected, strict=True)), found
+
+
+def test_a_misspelled_argument_and_a_wrong_one_beside_it_are_both_reported():
+    """A state's `mlp(depht = 2, expansion = -1)`: the misspelling, and the range error of the
+    argument spelled right, but no word of a missing argument."""
+    text = MODEL.replace("block { mlp { } }", "block { memory { level { state = mlp(depht = 2, expansion = -1) } } }")
+    assert [d.code for d in check_text(text, "o.nl").diagnostics] == ["E0305", "E0302"]
