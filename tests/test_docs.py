@@ -221,3 +221,27 @@ def test_examples_are_in_the_layout_fmt_writes(doc):
         formatted, _ = format_source(body)
         line = text[:match.start()].count("\n") + 1
         assert formatted in (None, body), f"{doc}:{line}: `nldsl fmt` would change this example"
+
+
+def test_diagnostics_table_lists_every_code_with_its_title():
+    from nldsl.error_codes import CODES
+    rows = table_after("Diagnostics")[2:]
+    assert {first_code(row[0]) or row[0]: row[1] for row in rows} == {code: e.title for code, e in CODES.items()}
+
+
+def test_every_command_line_flag_is_named_in_the_docs():
+    """A flag of any command (`--baseline`, `--fsdp`, …) is named in the README or a page of docs/."""
+    import argparse
+
+    from nldsl.cli import build_parser
+    pages = "\n".join(path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+    flags: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            flags.update(flag for flag in action.option_strings if flag.startswith("--") and flag != "--help")
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+    walk(build_parser())
+    assert flags and not {flag for flag in flags if not re.search(re.escape(flag) + r"\b", pages)}
