@@ -32,6 +32,7 @@ new run.
 from __future__ import annotations
 
 import bisect
+from codecs import BOM_UTF8 as BOM
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -86,14 +87,23 @@ def format_file(path: str | Path, check: bool = False) -> FormatOutcome:
     formatted, diagnostics = format_source(text, display)
     if formatted is None:
         return FormatOutcome(False, diagnostics, sources)
-    encoded = formatted.encode("utf-8")
-    changed = encoded != data  # a byte-order mark or CRLF line ends count as changes
+    encoded = _as_written(formatted, data)
+    changed = encoded != data
     if changed and not check:
         try:
             write_atomic(path, encoded)  # a failed write leaves the spec as it was, never cut short
         except OSError as error:
             return FormatOutcome(False, [_io_error("write", display, error)], sources)
     return FormatOutcome(changed, [], sources)
+
+
+def _as_written(formatted: str, data: bytes) -> bytes:
+    """The formatted text in the file's own conventions, as editors keep them: its byte-order mark,
+    and CRLF line ends where its first line ends so (a file of mixed line ends takes its first's)."""
+    first_end = data.find(b"\n")
+    if first_end > 0 and data[first_end - 1:first_end] == b"\r":
+        formatted = formatted.replace("\n", "\r\n")  # a spec's strings and comments hold no newline
+    return (BOM if data.startswith(BOM) else b"") + formatted.encode("utf-8")
 
 
 def _io_error(verb: str, display: str, error: OSError) -> Diagnostic:

@@ -349,12 +349,20 @@ def test_format_file_rewrites_unless_checking(tmp_path: Path):
     assert not format_file(path).changed
 
 
-@pytest.mark.parametrize("data", [b"\xef\xbb\xbfconst a = 1\n", b"const a = 1\r\n"])
-def test_byte_order_mark_and_crlf_are_changes(tmp_path: Path, data: bytes):
+@pytest.mark.parametrize(("data", "formatted"), [
+    (b"\xef\xbb\xbfconst a = 1\n", None), (b"const a = 1\r\nconst b = 2\r\n", None),
+    (b"\xef\xbb\xbfconst a=1\r\n\r\n\r\nconst b = 2\r\n", b"\xef\xbb\xbfconst a = 1\r\n\r\nconst b = 2\r\n"),
+    (b"const a = 1\r\nconst b=2\n", b"const a = 1\r\nconst b = 2\r\n"),  # mixed: the first line's end
+    (b"const a = 1\nconst b = 2\r\n", b"const a = 1\nconst b = 2\n"),
+])
+def test_fmt_keeps_the_files_byte_order_mark_and_line_ends(tmp_path: Path, data: bytes, formatted: bytes | None):
+    """As editors and other formatters do: a file already in the canonical layout, but with a BOM
+    or CRLF line ends, is left alone (`fmt --check` passes it), and a file that changes keeps them."""
     path = tmp_path / "spec.nl"
     path.write_bytes(data)
-    assert format_file(path).changed
-    assert path.read_bytes() == b"const a = 1\n"
+    assert format_file(path).changed is (formatted is not None)
+    assert path.read_bytes() == (formatted or data)
+    assert not format_file(path, check=True).changed
 
 
 def test_fmt_check_exit_status(tmp_path: Path, capsys):
