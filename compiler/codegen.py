@@ -534,19 +534,22 @@ class Generator:
         return name
 
     def memory_state_expr(self, config_name: str, level: S.LevelSpec, prefix: str, like: str, heads: int,
-                          d: int, batch: str | None = None, detached: bool = False) -> str:
+                          d: int, batch: str | None = None, detached: bool | str = False) -> str:
         """A fresh per-sequence state: θ_0 expanded over the batch (or zeros); `detached`: θ_0 out of
-        the graph, for a memory that no gradient reaches."""
+        the graph, for a memory that no gradient reaches (a name: where that local is true)."""
         batch = batch or f"{like}.shape[0]"
         if level.init == "zeros":
             momentum = f"[{like}.new_zeros({batch}, {heads}, {d}, {d})]" if level.momentum else "None"
             return f"M.MemoryState([{like}.new_zeros({batch}, {heads}, {d}, {d})], {momentum})"
         count = len(shapes.state_layers(level.state, d, d))
-        weights = ", ".join(f"self.{prefix}w{i + 1}" + (".detach()" if detached else "") for i in range(count))
+        if isinstance(detached, str):
+            weights = f"*R.detached_if({detached}, " + ", ".join(f"self.{prefix}w{i + 1}" for i in range(count)) + ")"
+        else:
+            weights = ", ".join(f"self.{prefix}w{i + 1}" + (".detach()" if detached else "") for i in range(count))
         return f"M.initial_memory_state({config_name}, [{weights}], {batch})"
 
     def memory_state_lines(self, w: Writer, target: str, config_name: str, level: S.LevelSpec, prefix: str,
-                           heads: int, d: int, key: str, detached: bool = False) -> None:
+                           heads: int, d: int, key: str, detached: bool | str = False) -> None:
         """`target = state.get(key) or <a fresh state>`, wrapped when long."""
         expr = self.memory_state_expr(config_name, level, prefix, "x", heads, d, batch="batch", detached=detached)
         line = f"{target} = state.get({key!r}) or {expr}"
@@ -685,15 +688,24 @@ class Generator:
             w("static = {" + ", ".join(f"'{n}': R.split_heads(F.linear(x, self.w{n}), {heads})" for n in static) + "}")
             w("memories = {}  # the in-context projection memories M_□ and their per-sequence states")
             unreached = {"k", "v", "eta"} & set(layer.adaptive) if layer.kv_eta_cut_off(self.train.seq_len) else set()
+            detached: bool | str = True
+            longest = layer.longest_call_reading_no_projection_write()
+            if unreached and not layer.kv_eta_cut_off(longest + 1):
+                # a call longer than training's can read the projection memories' own writes, which
+                # carry k, v and η to the loss through M_q or M_α: there they get their gradient
+                detached = "short"
             if unreached:
                 # stacked with the others, they would get gradients of zero, which weight decay follows
+                within = f"in a call of up to {longest} tokens " if detached == "short" else ""
                 w(f"# {', '.join(f'M_{n}' for n in layer.adaptive if n in unreached)}: no gradient reaches them "
-                  "(k, v and η reach the loss only through detached writes, W0706), so their θ_0 enter detached "
-                  "and stay as initialised")
+                  f"{within}(k, v and η reach the loss only through detached writes, W0706), so their θ_0 enter "
+                  "detached and stay as initialised")
+            if detached == "short":
+                w(f"short = x.shape[1] <= {longest}  # a longer call reads the projection memories' writes")
             for n in ("q", "k", "v", "eta", "alpha"):
                 if n in layer.adaptive:
                     self.memory_state_lines(w, f"memories[{n!r}]", projections, layer.projections, f"{n}_memory_",
-                                            heads, head_dim, n, detached=n in unreached)
+                                            heads, head_dim, n, detached=n in unreached and detached)
             lr_expr = None if "eta" in layer.adaptive else self.gate_expr("lr", layer.memory.lr, "x", heads)
             retention = layer.memory.retention
             ret_expr = None if "alpha" in layer.adaptive else self.gate_expr("retention", retention, "x", heads)

@@ -12,6 +12,7 @@ given to a gate is a `constant`.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -254,6 +255,15 @@ class SelfModSpec(Strict):
             return False
         carrying = self.projections.grad_through_writes and self.projections_read(seq_len)
         return not (carrying and {"q", "alpha"} & set(self.adaptive))
+
+    def longest_call_reading_no_projection_write(self) -> int:
+        """The longest call in which no write of the projection memories is read: one period with a
+        `chunk_start` readout (the write at its end is for the next chunk), a period less one token
+        otherwise (`projections_read`); the longest there is where they never learn in context."""
+        projections = self.projections
+        if projections.update != "in_context" or not isinstance(projections.period, int):
+            return sys.maxsize - 1
+        return projections.period - (projections.readout != "chunk_start")
 
     def projections_read(self, seq_len: int) -> bool:
         """Whether a write of the projection memories is read within a training sequence: they write

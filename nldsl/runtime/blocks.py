@@ -367,6 +367,12 @@ class SelfModConfig:
     projections: LevelConfig  # chunk_size C_p, readout chunk_start, values generated
 
 
+def detached_if(cut: bool, *weights: Tensor) -> list[Tensor]:
+    """A projection memory's θ_0, out of the graph where the call reads no write that carries its
+    gradient (generated code: `short`, a call no longer than the projections' period)."""
+    return [weight.detach() for weight in weights] if cut else list(weights)
+
+
 def split_heads(x: Tensor, heads: int) -> Tensor:
     batch, length, width = x.shape
     return x.view(batch, length, heads, width // heads).transpose(1, 2)  # (B, H, T, d_h)
