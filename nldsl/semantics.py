@@ -299,8 +299,15 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if level.retention_order == "before_write" and (
                 not isinstance(level.state, S.LinearState) or level.period != 1 or level.momentum is not None
                 or level.orthogonalize is not None or level.objective in ("surprise",)):
-            error("E0601", "`retention_order = before_write` (Gated DeltaNet) needs a linear state, `period = 1` "
-                  "and no momentum", "remove it, or make the level a linear period-1 memory",
+            has = [what for what, wrong in (
+                ("an MLP state", not isinstance(level.state, S.LinearState)), (f"`period = {level.period}`",
+                                                                              level.period != 1),
+                ("momentum", level.momentum is not None), ("`orthogonalize`", level.orthogonalize is not None),
+                ("`objective = surprise` (a cms level's default)", level.objective == "surprise")) if wrong]
+            error("E0601", "`retention_order = before_write` (Gated DeltaNet) needs a linear state, `period = 1`, "
+                  "no momentum, no `orthogonalize` and an objective with keys of its own (not `surprise`); this "
+                  f"level has {listing(has)}", "remove it, or make the level a linear period-1 memory"
+                  + (" with `objective = reconstruction`" if level.objective == "surprise" else ""),
                   f"{lp}.retention_order")
         if level.retention_order == "before_write" and (
                 (isinstance(layer, S.SelfModSpec) and name == "projections")

@@ -128,3 +128,23 @@ def test_a_misspelled_argument_and_a_wrong_one_beside_it_are_both_reported():
     argument spelled right, but no word of a missing argument."""
     text = MODEL.replace("block { mlp { } }", "block { memory { level { state = mlp(depht = 2, expansion = -1) } } }")
     assert [d.code for d in check_text(text, "o.nl").diagnostics] == ["E0305", "E0302"]
+
+
+@pytest.mark.parametrize(("level", "named"), [
+    ("state = linear period = 1 retention = 0.9", "`objective = surprise` (a cms level's default)"),
+    ("state = mlp period = 2 retention = 0.9 objective = reconstruction momentum = 0.5",
+     "an MLP state, `period = 2` and momentum"),
+])
+def test_before_write_names_what_the_level_has_that_it_cannot_take(level, named):
+    """A cms level that meets the state, period and momentum rules still cannot decay before a
+    `surprise` write: the message says which of the rules this level breaks."""
+    text = f"model m {{\n  dim = 32\n  block {{ cms {{ level a {{ {level} retention_order = before_write }} }} }}\n}}\n"
+    [error] = check_text(text, "o.nl").diagnostics
+    assert error.code == "E0601" and error.message.endswith(f"this level has {named}"), error.message
+
+
+
+def test_before_write_on_a_cms_level_that_reconstructs_checks():
+    text = ("model m {\n  dim = 32\n  block { cms { level a { state = linear period = 1 retention = 0.9 "
+            "objective = reconstruction retention_order = before_write } } }\n}\n")
+    assert check_text(text, "o.nl").diagnostics == []
