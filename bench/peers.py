@@ -127,7 +127,10 @@ def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int =
     """specs/titans_mac.nl vs titans-pytorch MemoryAsContextTransformer, full training steps (eager)."""
     from titans_pytorch import MemoryAsContextTransformer
 
-    model, optimizer = build("specs/titans_mac.nl", [f"dim={width}", f"heads={heads}"], seq_len=length)
+    # every size the peer is given, nldsl's spec is given too (the defaults are the spec's own)
+    model, optimizer = build("specs/titans_mac.nl", [f"dim={width}", f"heads={heads}", f"model.layers={layers}",
+                                                     f"model.block.mac.segment={segment}",
+                                                     f"model.block.mac.lmm.level.period={chunk}"], seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
     ours = TrainStep(model, optimizer)
     theirs = MemoryAsContextTransformer(
@@ -173,13 +176,15 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
     from nested_learning.model import HOPEModel, ModelConfig
     from nested_learning.training import compute_teach_signal
 
-    model, optimizer = build("specs/hope.nl", [f"dim={width}", f"heads={heads}"], seq_len=length)
+    model, optimizer = build("specs/hope.nl", [f"dim={width}", f"heads={heads}", f"model.layers={layers}"],
+                             seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
     ours, ours_chunks = TrainStep(model, optimizer), TrainStep(model, optimizer, compiled="chunks")
     # nested-learning's memories have no heads and a hidden layer as wide as their input (dim → dim →
     # dim, identity skip); the shipped spec's are 4 heads of dim/4 with hidden 2·dim/4, a third of the
     # state. The same model with memories of nested-learning's shape, timed beside the shipped one:
-    matched, matched_optimizer = build("specs/hope.nl", [f"dim={width}", *MATCHED_MEMORY], seq_len=length)
+    matched, matched_optimizer = build("specs/hope.nl", [f"dim={width}", f"model.layers={layers}", *MATCHED_MEMORY],
+                                       seq_len=length)
     ours_matched = TrainStep(matched, matched_optimizer, compiled="chunks")
 
     def their_step(**config_changes) -> tuple[torch.nn.Module, Callable[[], None]]:

@@ -133,7 +133,17 @@ def plot_chunks(chunks: dict) -> str | None:
 
 def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, smoke: dict | None = None) -> list[str]:
     comparisons = (peers or {}).get("comparisons", {})
+    failures = (peers or {}).get("failures")
+    failures = failures if isinstance(failures, dict) else {}
     rows = []
+
+    def when(name: str) -> str:
+        """When a peer comparison's numbers were measured, and whether its last run failed (the peers
+        keep the earlier numbers then)."""
+        failure = failures.get(name)
+        failed = (f"; the last run ({failure.get('when', 'date unknown')}) failed, so this is the one before"
+                  if isinstance(failure, dict) and "error" in failure else "")
+        return stamp_note(comparisons.get(name)) + failed
 
     def row(target: str, value: str, met: bool | None, command: str) -> None:
         status = "not measured" if met is None else ("met" if met else "missed")
@@ -149,26 +159,28 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
-        f"{hope['hope_over_transformer']:.3f}×" if "hope_over_transformer" in hope
+        f"{hope['hope_over_transformer']:.3f}×" + when("hope_transformer") if "hope_over_transformer" in hope
         else short_error(hope.get("error", "—")),
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
         "python -m bench peers --only hope_transformer")
     titans = comparisons.get("titans_layer", {})
     best = max(titans.get("speedup_vs_titans_pytorch", {}).values(), default=None)
     row("Titans LMM layer ≥ 3× titans-pytorch NeuralMemory",
-        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" if best else
+        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" + when("titans_layer")
+        if best else
         short_error(titans.get("error", "—")), None if best is None else best >= 3,
         "python -m bench peers --only titans_layer")
     nested = comparisons.get("hope_nested_learning", {})
     row("HOPE ≥ 30× nested-learning hope_selfmod (≥ 20× in the compiler issue)",
-        (f"{nested['speedup_vs_nested_learning']:.1f}×" + nested_learning_ceiling(nested))
+        (f"{nested['speedup_vs_nested_learning']:.1f}×" + nested_learning_ceiling(nested)
+         + when("hope_nested_learning"))
         if "speedup_vs_nested_learning" in nested else short_error(nested.get("error", "—")),
         None if "speedup_vs_nested_learning" not in nested else nested["speedup_vs_nested_learning"] >= 30,
         "python -m bench peers --only hope_nested_learning")
     reference = comparisons.get("memory_reference", {})
     row("chunk-parallel memory ≥ 20× per-token reference, T 2048",
         (f"{reference['speedup']:.1f}×" + (f" (eager chunk loop {reference['speedup_eager']:.1f}×)"
-                                            if "speedup_eager" in reference else ""))
+                                            if "speedup_eager" in reference else "") + when("memory_reference"))
         if "speedup" in reference else "—",
         None if "speedup" not in reference else reference["speedup"] >= 20,
         "python -m bench peers --only memory_reference")
@@ -551,10 +563,7 @@ def write(notes: str = "") -> Path:
                   "Each cell: how far one training step at T (batch 1, eager, in a fresh process) raises the "
                   f"process's peak resident set above its peak after a warm-up step at T = {WARMUP_LENGTH}. "
                   "The warm-up step's own activations, freed before the measured step, count in that baseline, "
-                  "so a cell "
-                  "is low by up to their size: for titans_lmm 4–5 MiB, 7% at T 512 and 2% at "
-                  "T 2048 (measured 2026-12-05 by calling `bench.peak_memory.child` with a warm-up at T = 8 "
-                  "beside one at T = 64).", ""]
+                  "so a cell can be low by up to their size (the notes below say what was measured of it).", ""]
         lines += ([f"![peak memory]({figure})", ""] if figure else [])
         lines += [*memory_section(memory), ""]
     if chunks:

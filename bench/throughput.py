@@ -6,7 +6,9 @@ for a model whose cost is linear in T. Each (spec, length) builds a fresh model 
 in interleaved rounds on identical inputs (`harness.alternate_samples`), so a neighbour's burst
 on the shared machine lands on every mode alike and the compiled/eager ratios compare like with
 like. (Points measured before 2026-12-03 ran the modes back to back; their `interleaved` field is
-absent.) The compile column is the first compiled step minus a timed one (dynamo + inductor).
+absent.) The compile column is the first compiled step minus a timed one (dynamo + inductor),
+from empty compile caches for each point (points measured before 2026-12-05 used the machine's
+on-disk inductor cache, so a graph compiled before loaded in seconds).
 Compiled points whose unrolled chunk loop is long are skipped: dynamo
 unrolls every chunk of every level, and inductor's time grows with the graph (`chunk_steps`).
 The `chunks` mode (`train.compile = chunks`) compiles each chunk body once instead, so its compile
@@ -26,6 +28,7 @@ import statistics
 import sys
 
 import torch
+from torch._inductor.utils import fresh_cache
 
 from bench.harness import (
     TrainStep,
@@ -149,7 +152,11 @@ def run(specs: list[str] | None, lengths: list[int], modes: list[str], budget: i
             measured = [mode for mode, point in points.items() if "skipped" not in point]
             if measured:
                 try:
-                    for mode, found in measure_modes(spec, length, batch, measured, repeats).items():
+                    # every point compiles from nothing: torch's on-disk caches in an empty folder of their
+                    # own (a graph another point or an earlier run compiled would otherwise load in seconds)
+                    with fresh_cache():
+                        found_modes = measure_modes(spec, length, batch, measured, repeats)
+                    for mode, found in found_modes.items():
                         points[mode].update(found)
                 except Exception as error:  # a failing point is recorded, the sweep goes on
                     for mode in measured:

@@ -5,9 +5,11 @@ corpus in a temporary run folder: `--warmup` steps that are not timed (the first
 when compiling), then `--steps` timed steps. Tokens/s is the global batch (batch · seq_len) over
 the median time of the timed steps (robust to a neighbour's burst on a shared machine, whose load
 average the header reports); the compile column is the wall time of the first step in compiled mode (dynamo +
-inductor + that step), from a fresh inductor cache unless `--warm-cache` (a cached graph
-compiles in seconds). Both modes run in the same process, one after the other, so the ratio
-compares like with like.
+inductor + that step), each (spec, mode) from empty compile caches unless `--warm-cache` (a cached
+graph, such as transformer_muon's after transformer's, compiles in seconds). Both modes run in the
+same process, one after the other through the real training loop, so a neighbour's burst on a
+shared machine can land on one of them: `python -m bench train` interleaves its modes round by
+round for ratios that compare like with like.
 
     python bench/train_speed.py                          # every spec, eager and compiled
     python bench/train_speed.py --specs specs/transformer.nl --modes eager
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._inductor.utils import fresh_cache
 
 from nldsl import loader
 from nldsl.cli import UserError
@@ -68,8 +71,6 @@ def main() -> None:
     parser.add_argument("--output", help="also write the table (markdown) here")
     parser.add_argument("--warm-cache", action="store_true", help="keep torch's compile cache (compile times shrink)")
     args = parser.parse_args()
-    if not args.warm_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="nldsl-bench-inductor-")
     if args.threads:
         torch.set_num_threads(args.threads)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -91,7 +92,9 @@ def main() -> None:
         for mode in modes:
             began = time.perf_counter()
             try:
-                speeds[mode], first[mode] = measure(spec, COMPILE_MODES[mode], args.warmup, args.steps, args.device)
+                with contextlib.nullcontext() if args.warm_cache else fresh_cache():
+                    speeds[mode], first[mode] = measure(spec, COMPILE_MODES[mode], args.warmup, args.steps,
+                                                        args.device)
             except UserError as error:  # e.g. a loss that is not finite: the row says so instead
                 failure = str(error).split(";")[0]
                 break

@@ -1,0 +1,135 @@
+"""The benchmark code measures what its report says: the notes quote the committed results, a peer is
+built at the sizes its comparison records, a failed peer run is named beside its earlier numbers,
+and a compile time is measured from empty compile caches. Each runs in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import bench
+from bench import harness, peers, report, throughput
+
+BENCH = Path(bench.__file__).resolve().parent
+RESULTS = BENCH / "results"
+NOTES = (BENCH / "report_notes.md").read_text(encoding="utf-8")
+
+
+def _json(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+# report_notes.md: figures presented as "the latest run" must be the committed JSON's
+
+def test_notes_latest_nested_learning_ratio_is_the_committed_one() -> None:
+    """The notes' "latest run" of HOPE against nested-learning is peers.json's."""
+    nested = _json("peers")["comparisons"]["hope_nested_learning"]
+    found = re.search(r"The latest run \(above\) reads\s+([\d.]+)×\s+for the shipped spec with a ceiling of ([\d.]+)×",
+                      NOTES)
+    assert found, "the sentence moved; re-point this test"
+    assert float(found.group(1)) == round(nested["speedup_vs_nested_learning"], 1)
+    assert float(found.group(2)) == round(nested["speedup_ceiling"], 1)
+
+
+def test_notes_last_two_ceilings_are_the_last_two_runs() -> None:
+    """The ceilings of "the last two runs" include peers.json's."""
+    ceiling = round(_json("peers")["comparisons"]["hope_nested_learning"]["speedup_ceiling"], 1)
+    found = re.search(r"would read ([\d.]+)× and ([\d.]+)× in the last two runs", NOTES)
+    assert found
+    assert ceiling in {float(found.group(1)), float(found.group(2))}
+
+
+def test_notes_smoke_duration_is_the_committed_run() -> None:
+    """The `--timed all` duration the notes quote is smoke.json's."""
+    smoke = _json("smoke")
+    found = re.search(r"--timed all` times every spec \(the table below, (\d+) s", NOTES)
+    assert found
+    assert int(found.group(1)) == round(smoke["seconds"])
+
+
+def test_notes_titans_lmm_guard_ratio_is_the_tables() -> None:
+    """The guard's ratio the notes quote is the table's."""
+    ratio = _json("smoke")["speed"]["specs/titans_lmm.nl"]["compiled_over_eager"]
+    found = re.search(r"compiled is ([\d.]+)× eager there in the table below", NOTES)
+    assert found
+    assert found.group(1) == f"{ratio:.2f}"
+
+
+# peers.py: the reported configuration must be the one nldsl was built at
+
+class _Built(Exception):
+    pass
+
+
+def _capture_build(monkeypatch) -> dict:
+    seen: dict = {}
+    real = harness.build
+
+    def build(spec, overrides=(), seq_len=None, **kw):
+        seen["model"] = real(spec, overrides, seq_len=seq_len, **kw)[0]
+        raise _Built()
+
+    monkeypatch.setattr(peers, "build", build)
+    return seen
+
+
+def test_titans_mac_builds_nldsl_at_the_layers_segment_and_chunk_it_reports(monkeypatch) -> None:
+    """`layers`, `segment` and `chunk` reach nldsl's model as they reach titans-pytorch's."""
+    monkeypatch.setitem(sys.modules, "titans_pytorch", types.SimpleNamespace(MemoryAsContextTransformer=object))
+    seen = _capture_build(monkeypatch)
+    with pytest.raises(_Built):
+        peers.titans_mac(layers=1, segment=32, chunk=8, length=64)
+    spec = seen["model"].spec.model
+    context = next(layer for layer in spec.block.sublayers if layer.kind == "context")
+    assert (spec.layers, context.segment, context.memory.level.period) == (1, 32, 8)
+
+
+def test_hope_nested_learning_builds_nldsl_at_the_layers_it_reports(monkeypatch) -> None:
+    """`layers` reaches nldsl's model as it reaches nested-learning's."""
+    for name in ("nested_learning", "nested_learning.levels", "nested_learning.model", "nested_learning.training"):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(
+            LevelSpec=object, HOPEModel=object, ModelConfig=object, compute_teach_signal=None))
+    seen = _capture_build(monkeypatch)
+    with pytest.raises(_Built):
+        peers.hope_nested_learning(layers=1, length=64)
+    assert seen["model"].spec.model.layers == 1
+
+
+# report.py: the Targets table must not show a failed run's predecessor as a current "met"
+
+def test_targets_row_says_the_last_peer_run_failed() -> None:
+    """peers.run keeps the earlier numbers beside a failed rerun: the Targets row says so."""
+    peer_results = {"comparisons": {"titans_layer": {
+        "speedup_vs_titans_pytorch": {"nldsl_eager": 1.5, "nldsl_compiled": 3.5}}},
+        "failures": {"titans_layer": {"error": "ModuleNotFoundError: No module named 'titans_pytorch'",
+                                      "when": "2026-12-06 10:00:00"}}}
+    rows = report.targets_section(peer_results, None, None, None)
+    row = next(r for r in rows if r.startswith("| Titans LMM layer"))
+    assert "fail" in row.lower() or "earlier" in row.lower(), row
+
+
+# throughput.py: "compile s" must be a compile, not an inductor cache hit
+
+def test_train_compile_seconds_are_measured_with_a_fresh_inductor_cache(tmp_path, monkeypatch) -> None:
+    """Each point's compile time starts from empty compile caches (a graph compiled before loads in seconds)."""
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    seen = {}
+
+    def measure_modes(spec, length, batch, modes, repeats):
+        import torch._inductor.config as inductor_config
+
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        seen["isolated"] = (not inductor_config.fx_graph_cache) or (
+            cache is not None and Path(cache).is_dir() and not any(Path(cache).iterdir()))
+        return {mode: {"tokens_per_second": 1.0, "step_seconds": 1.0, "all_seconds": [1.0],
+                       "compile_seconds": 0.0, "parameters": 1, "interleaved": True} for mode in modes}
+
+    monkeypatch.setattr(throughput, "measure_modes", measure_modes)
+    throughput.run(["specs/transformer.nl"], [16], ["eager", "compiled"], 16, 1, 160, fresh=True)
+    assert seen["isolated"]
