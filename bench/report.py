@@ -286,7 +286,9 @@ def train_section(train: dict) -> list[str]:
     where = train.get("machine") if isinstance(train.get("machine"), dict) else {}  # old files may lack it
     lines = [f"Token budget {train['token_budget']:,} per step (B = budget / T), "
              f"{where.get('threads', '?')} thread(s), torch {where.get('torch', '?')}; "
-             "median of the timed steps. `compile s` = first compiled step minus a timed one. "
+             "median of the timed steps. `compile s` = first compiled step minus a timed one, from empty "
+             "compile caches for points measured after 2026-12-05 (earlier points used the machine's on-disk "
+             "inductor cache, so a graph compiled before read a few seconds or 0). "
              "`per chunk` = `train.compile = chunks` (each chunk body compiled once; specs with chunk loops). "
              "`timing`: the timed steps of each mode, whether the modes stepped interleaved round by round or "
              "back to back (the earlier points: their ratios also carry any change of load between the modes), "
