@@ -39,9 +39,11 @@ Levels, with η = `lr`, α = `retention`, X_t the flow (summed over the period, 
 
 Outputs (in this order): `nesterov` outputs α m_t + η X_t instead of m_t (torch's Nesterov form);
 `bias_correction` divides by 1 − α^w, w the number of writes so far (Adam); `orthogonalize_steps`
-> 0 replaces the output of a 2-D parameter by Newton–Schulz_k(output) (Muon, Eq. 42–44, 52; the
-`layers.newton_schulz` iteration, bit for bit torch.optim.Muon's in bfloat16), other shapes pass
-through unchanged. A level with η = 1 − α is an exponential moving average and is written with
+> 0 replaces the output of a parameter of two or more dimensions by Newton–Schulz_k(output), each
+matrix of its last two dimensions on its own (Muon, Eq. 42–44, 52; the `layers.newton_schulz`
+iteration, bit for bit torch.optim.Muon's in bfloat16): a weight matrix, and each matrix of a
+stack, such as a cms level's (1, out, in) weights or a memory's per-head initial states (heads,
+out, in); vectors pass through unchanged. A level with η = 1 − α is an exponential moving average and is written with
 `lerp` (m + η (X − m)), the rounding torch's Muon uses, so float32 runs agree with it bit for bit;
 torch's Adam orders its second-moment update and step differently, so float32 runs agree with it to
 rounding (about 2e-6 relative), and float64 runs agree with both to 1e-16. `init = "first_flow"`
@@ -56,7 +58,8 @@ data-dependent Python control flow and compiles to one graph; the price is that 
 computes its write (Newton–Schulz included) every step and keeps it only when its clock fires.
 
 Update. p_t = p_{t−1} (1 − lr·λ) − lr·s·u, where λ is the decoupled `weight_decay` (AdamW), u is the
-update expression evaluated on the level outputs, and s = √max(1, rows/cols) for 2-D parameters when
+update expression evaluated on the level outputs, and s = √max(1, rows/cols) (a stack's matrices'
+rows and columns) for parameters of two or more dimensions when
 `lr_scale = "muon"` (torch.optim.Muon's "original" adjustment), else 1. `matrices_only` sends every
 parameter that is not 2-D to the `fallback` optimizer, in its own param group with the weight decay of
 the group it came from (so a group of norms and biases with weight_decay 0 stays undecayed).
@@ -96,7 +99,7 @@ class OptimizerLevelConfig:
     lr: float = 1.0  # η: inner learning rate (what the flow is scaled by when written)
     retention: float = 1.0  # α: decay of the old state
     period: int = 1  # in steps: the level sums its flow over `period` steps and writes when its clock fires
-    orthogonalize_steps: int = 0  # Newton–Schulz on the level's output for 2-D parameters (Muon)
+    orthogonalize_steps: int = 0  # Newton–Schulz on each matrix of the level's output (Muon), not on vectors
     orthogonalize_dtype: Literal["bfloat16", "float32", "param"] = "bfloat16"  # "param": the param's dtype
     nesterov: bool = False  # output α·m_t + η·x_t instead of m_t (torch's nesterov form)
     bias_correction: bool = False  # divide the output by (1 − α^w), w = writes so far (Adam)
@@ -148,7 +151,7 @@ class OptimizerConfig:
     update: tuple
     weight_decay: float = 0.0  # decoupled (AdamW-style): p ← p (1 − lr·wd)
     coupled_weight_decay: float = 0.0  # L2 penalty added to the gradient flow (torch.optim.SGD's)
-    lr_scale: Literal["none", "muon"] = "none"  # "muon": lr·max(1, rows/cols)^0.5 for 2-D params
+    lr_scale: Literal["none", "muon"] = "none"  # "muon": lr·max(1, rows/cols)^0.5 for matrices (and stacks)
     matrices_only: bool = False  # apply this optimizer only to 2-D params; others use `fallback`
     fallback: OptimizerConfig | None = None
 
@@ -415,7 +418,7 @@ class NestedOptimizer(torch.optim.Optimizer):
             outputs[level.name] = _run_level(level, outputs[level.flow], state, step, p.ndim)
         update = evaluate_update(config.update, outputs)
         lr, weight_decay = group["lr"], group["weight_decay"]
-        scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1])) if config.lr_scale == "muon" and p.ndim == 2 else 1.0
+        scale = math.sqrt(max(1.0, p.shape[-2] / p.shape[-1])) if config.lr_scale == "muon" and p.ndim >= 2 else 1.0
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
         if isinstance(lr, Tensor):
@@ -464,7 +467,7 @@ def _run_level(level: OptimizerLevelConfig, flow: Tensor, state: dict[str, Tenso
         for weight, new_weight in zip(weights, new_weights):
             _commit(weight, new_weight, fires)
 
-    if level.orthogonalize_steps > 0 and ndim == 2:
+    if level.orthogonalize_steps > 0 and ndim >= 2:  # a stack's matrices each on their own
         compute_dtype = ORTHOGONALIZE_DTYPES[level.orthogonalize_dtype]
         output = newton_schulz(output, level.orthogonalize_steps, compute_dtype=compute_dtype)
     if not level.keeps_output:

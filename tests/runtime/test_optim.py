@@ -827,20 +827,32 @@ def test_first_flow_on_a_slow_level_stores_the_first_written_sum():
     torch.testing.assert_close(torch.stack(history)[:, 0], expected, **HAND)
 
 
-def test_orthogonalize_leaves_tensors_that_are_not_2d_unchanged():
-    # Newton–Schulz applies to 2-D parameters only; a 3-D (or 1-D) output passes through. With
-    # retention 0 and lr 1 the output is the gradient itself, so p_1 = −g. Kills `ndim >= 2` (optim.py:467).
+def test_orthogonalize_takes_each_matrix_of_a_stack_and_leaves_vectors_unchanged():
+    # Newton–Schulz applies to each matrix of the last two dimensions (a cms level's (1, out, in)
+    # weights, a memory's (heads, out, in) initial states), as to a 2-D parameter; a 1-D output
+    # passes through. With retention 0 and lr 1 the output is the gradient itself, so p_1 = −NS(g).
+    from nldsl.runtime.layers import newton_schulz
     level = OptimizerLevelConfig("m", "gradients", retention=0.0, lr=1.0, orthogonalize_steps=5)
     config = OptimizerConfig(1.0, (level,), ("level", "m"))
     generator = torch.Generator().manual_seed(3)
-    for shape in [(2, 3, 4), (5,)]:
+    g = torch.randn(5, generator=generator, dtype=torch.float64)
+    (p1,) = step_with_gradients(torch.zeros(5, dtype=torch.float64), config, [g])
+    torch.testing.assert_close(p1, -g, rtol=0.0, atol=0.0)
+    for shape in [(3, 6), (2, 3, 4), (1, 6, 3)]:
         g = torch.randn(shape, generator=generator, dtype=torch.float64)
         (p1,) = step_with_gradients(torch.zeros(shape, dtype=torch.float64), config, [g])
-        torch.testing.assert_close(p1, -g, rtol=0.0, atol=0.0)
-    # and a 2-D one does take it (the rows of NS(g) for a wide g are roughly orthonormal)
-    g = torch.randn(3, 6, generator=generator, dtype=torch.float64)
-    (p1,) = step_with_gradients(torch.zeros(3, 6, dtype=torch.float64), config, [g])
-    assert not torch.allclose(p1, -g)
+        each = torch.stack([newton_schulz(m, 5) for m in g.reshape(-1, *shape[-2:])]).reshape(shape)
+        torch.testing.assert_close(p1, -each, rtol=0.0, atol=0.0)
+        assert not torch.allclose(p1, -g)
+
+
+def test_muon_lr_scale_reads_a_stacks_matrices():
+    """`lr_scale = muon` scales a (heads, rows, cols) stack by √max(1, rows/cols), as a matrix."""
+    config = OptimizerConfig(1.0, (OptimizerLevelConfig("m", "gradients", retention=0.0, lr=1.0),), ("level", "m"),
+                             lr_scale="muon")
+    g = torch.ones(2, 8, 2, dtype=torch.float64)
+    (p1,) = step_with_gradients(torch.zeros(2, 8, 2, dtype=torch.float64), config, [g])
+    torch.testing.assert_close(p1, -2.0 * g)  # √(8 / 2)
 
 
 def test_matrices_only_section_hands_the_rest_to_adamw_at_its_lr_and_weight_decay():
