@@ -76,8 +76,8 @@ def _build() -> bool:
         # kernel is replayed (csrc, at the end)
         digest = kernel_digest(flags)
         namespace, name = f"nldsl_{digest}", f"nldsl_memory_write_{digest}"
-        with _builder_lock(name):
-            cpp_extension.load(name=name, sources=[str(SOURCE)],
+        with _builder_lock(name) as folder:
+            cpp_extension.load(name=name, sources=[str(_source_in(folder))],
                                extra_cflags=[*flags, f"-DNLDSL_NAMESPACE={namespace}"], is_python_module=False,
                                verbose=False)
     except Exception as error:  # no compiler or ninja: say so once, keep the PyTorch chunk step
@@ -89,8 +89,24 @@ def _build() -> bool:
     return True
 
 
+def _source_in(folder: Path | None) -> Path:
+    """The kernel's C++ as a copy in its build folder: ninja's build file records the source's path,
+    so a checkout elsewhere (another clone, a second venv) that built from its own path would make
+    every process that alternates between them rebuild the library (15 s each). The folder is named
+    by the source's digest, so the copy is only written when missing (a rewrite would look newer
+    than the library to ninja)."""
+    if folder is None:
+        return SOURCE
+    copy = folder / SOURCE.name
+    if not copy.is_file() or copy.read_bytes() != SOURCE.read_bytes():
+        tmp = copy.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(SOURCE.read_bytes())
+        os.replace(tmp, copy)
+    return copy
+
+
 @contextlib.contextmanager
-def _builder_lock(name: str) -> Iterator[None]:
+def _builder_lock(name: str) -> Iterator[Path | None]:
     """Hold an OS lock on the kernel's build folder while torch loads (and perhaps builds) it.
 
     torch marks a build in progress with a `lock` file that it waits on, without end, while it exists;
@@ -102,7 +118,7 @@ def _builder_lock(name: str) -> Iterator[None]:
 
         from torch.utils.cpp_extension import _get_build_directory  # where torch keeps its `lock`
     except ImportError:  # no POSIX locks here (or another torch): torch's own baton alone
-        yield
+        yield None
         return
     folder = Path(_get_build_directory(name, False))
     with open(folder / "nldsl.flock", "a") as handle:
@@ -115,7 +131,7 @@ def _builder_lock(name: str) -> Iterator[None]:
         if locked and stale.exists():
             warnings.warn(f"nldsl: removed {stale}, left by a kernel build that was stopped midway", stacklevel=4)
             stale.unlink(missing_ok=True)
-        yield
+        yield folder
 
 
 def kernel_digest(flags: list[str]) -> str:

@@ -267,6 +267,58 @@ def test_a_lock_a_killed_build_left_is_removed_before_torch_would_wait_on_it(mon
         assert (tmp_path / "lock").exists(), "without the OS lock a live builder's file cannot be told apart"
 
 
+def test_the_kernel_builds_from_a_copy_in_its_build_folder(monkeypatch, tmp_path) -> None:
+    """ninja's build file records the source's path: a build from the checkout's own path would be
+    redone by every process of another checkout that shares the folder. The copy is written once
+    (a rewrite would look newer than the library) and again when the source differs."""
+    from torch.utils import cpp_extension
+
+    copy = fused._source_in(tmp_path)
+    assert copy == tmp_path / fused.SOURCE.name and copy.read_bytes() == fused.SOURCE.read_bytes()
+    written = copy.stat().st_mtime_ns
+    assert fused._source_in(tmp_path) == copy and copy.stat().st_mtime_ns == written
+    copy.write_bytes(b"// stale\n")
+    assert fused._source_in(tmp_path).read_bytes() == fused.SOURCE.read_bytes()
+    assert fused._source_in(None) == fused.SOURCE  # no build folder known: the source where it is
+    seen = {}
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(fused, "_register_python_parts", lambda namespace: None)
+    monkeypatch.setattr(fused, "_namespace", fused._namespace)
+    assert fused._build()
+    assert seen["sources"] == [str(tmp_path / fused.SOURCE.name)]
+
+
+@pytest.mark.slow
+def test_two_checkouts_share_one_kernel_build(tmp_path) -> None:
+    """A process of one checkout after one of another loads the built kernel (it rebuilt it, 15 s a
+    time, when each checkout's path was in the build file)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    here = Path(nldsl.__file__).resolve().parent.parent
+    other = tmp_path / "other_checkout"
+    shutil.copytree(here / "nldsl", other / "nldsl", ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "extensions"))
+    code = "from nldsl.runtime import fused; assert fused.available()"
+
+    def load(root: Path) -> float:
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(env, PYTHONPATH=str(root)), cwd=root, timeout=900)
+        assert done.returncode == 0, done.stderr
+        return time.perf_counter() - began
+
+    built = load(here)  # the first build
+    load(other)
+    again = load(here)
+    assert again < built / 2, (built, again)
+
+
 def test_a_failed_build_warns_and_leaves_the_pytorch_step(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(fused, "SOURCE", tmp_path / "missing.cpp")
     with pytest.warns(UserWarning, match="could not be built"):
