@@ -302,6 +302,24 @@ def test_a_stream_whose_loss_is_not_finite_stops_before_applying_it(run_dir, cap
         loaded.model.embed.fill_(float("nan"))
     result = E.stream(loaded, loaded.tokenizer.encode("abc " * 20), 16)
     assert result.segments == [] and result.state.position == 0 and "the loss is nan" in result.stopped
+    assert "the forward pass is first not finite in" in result.stopped  # as `nldsl train` says of a first step
+    assert "`lr` in its `level`" in result.stopped and "fresh memory state" not in result.stopped
+
+
+def test_a_stream_says_when_its_carried_memory_diverged_and_a_fresh_one_would_not(run_dir):
+    """A segment that is not finite with the memory carried to it but finite from a fresh state: the
+    message names the layer and says the carried memory is what diverged."""
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode("abc " * 20)
+    first = E.stream(loaded, tokens[:17], 16, keep_pending=True)
+    for tensor in flat(first.state.memory):
+        if tensor.is_floating_point():
+            tensor.fill_(float("inf"))
+    result = E.stream(loaded, tokens[17:], 16, first.state)
+    assert result.segments == [] and "the loss is nan" in result.stopped, result.stopped
+    expected = (r"first not finite in \S+ of block 0 \(blocks\.0\.\S+\) with the memory carried here, and "
+                r"finite from a fresh memory state \(loss \d+\.\d+\): the carried memory diverged")
+    assert re.search(expected, result.stopped), result.stopped
 
 
 def test_slow_levels_take_an_sgd_step_with_their_lr_each_period(run_dir):

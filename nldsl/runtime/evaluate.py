@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,31 @@ def detach_state(value: Any) -> Any:
     return value
 
 
+def first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False,
+                     state: Any = None) -> str | None:
+    """Where a forward pass (with its targets, which the surprise of a CMS reads, and a carried
+    memory `state`) first gives a value that is not finite: the submodule, innermost first, that
+    returned it (e.g. "lmm of block 0 (blocks.0.lmm)"), or None when the logits are finite."""
+    found: list[str] = []
+
+    def check(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            tensors = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, Tensor)]
+            if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+                block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+                found.append(f"{block[2]} of block {block[1]} ({name})" if block else name or "the model")
+        return hook
+
+    handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules()]
+    try:
+        with torch.no_grad(), torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(inputs, targets, state=state) if state is not None else model(inputs, targets)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
 def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState | None = None,
            learn: bool = True, keep_pending: bool = False, progress: bool = False,
            baseline: bool = False) -> StreamResult:
@@ -416,7 +442,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                                                            reduction="sum"))
                 if not math.isfinite(nats):
                     stopped = (f"the loss is {nats} on the segment at token {position:,}: it was not applied, and "
-                               "the stream stopped there")
+                               f"the stream stopped there; {_non_finite_cause(model, inputs, targets, memory)}")
                     break
                 if levels:
                     (loss / n).backward()
@@ -454,6 +480,26 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
         sums={name: s.cpu() for name, s in sums.items()},
         slow_weights={name: p.detach().cpu().clone() for level in every_level for name, p in level.parameters})
     return StreamResult(segments, final, updates, stopped)
+
+
+def _non_finite_cause(model: torch.nn.Module, inputs: Tensor, targets: Tensor, memory: Any) -> str:
+    """Why a stream's segment is not finite, as `nldsl train` says it of a first step: the layer
+    where the forward pass first is, and whether a fresh memory state gets through the same segment
+    (then the memory carried this far is what diverged)."""
+    where = first_non_finite(model, inputs, targets, state=memory)
+    found = f"the forward pass is first not finite in {where}" if where else "the forward pass is finite"
+    if memory is None:
+        return (f"{found}. An in-context level's learning rate (`lr` in its `level`) set too high is the usual "
+                "cause: lower it, or bound it with learned(max = …), and train again")
+    with torch.no_grad():
+        fresh = float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0], reduction="sum"))
+    if math.isfinite(fresh):
+        return (f"{found} with the memory carried here, and finite from a fresh memory state (loss "
+                f"{fresh / inputs.shape[1]:.4f}): the carried memory diverged. A memory without retention, or with "
+                "a large `lr`, can grow past what training's sequences showed it; stream shorter texts, or give "
+                "the level a retention below 1. A --state-in of the saved state meets this segment first")
+    return (f"{found}, from a fresh memory state too. An in-context level's learning rate (`lr` in its `level`) set "
+            "too high is the usual cause: lower it, or bound it with learned(max = …), and train again")
 
 
 def stream_parts(segments: list[Segment], parts: int = 4

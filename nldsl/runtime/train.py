@@ -45,7 +45,6 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from nldsl.runtime.evaluate import (
     Evaluation,
     evaluate,
     evaluation_from_sums,
+    first_non_finite,
     generate,
     shown_text,
 )
@@ -602,7 +602,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         if from_the_checkpoint and batch is not None:
             # no checkpoint yet: the first step of the weights the run starts from, before any outer update
             if context.world_size == 1:
-                where = _first_non_finite(model, *batch, bf16)
+                where = first_non_finite(model, *batch, bf16=bf16)
                 found_at = (f"the forward pass is first not finite in {where}" if where else
                             "the forward pass is finite, its gradient is not")
             else:  # the search runs the model on one process's batch: not a collective step
@@ -1047,31 +1047,6 @@ def _continuable_changes(before: dict | None, now: dict) -> dict[str, tuple[Any,
     return {path.removeprefix("train."): (old.get(path), new.get(path))
             for path in dict.fromkeys([*new, *old]) if path.startswith("train.") and _variable(path)
             and old.get(path) != new.get(path)}
-
-
-@torch.no_grad()
-def _first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf16: bool) -> str | None:
-    """Where the step's forward pass (with its targets, which the surprise of a CMS reads) first gives
-    a value that is not finite: the submodule, innermost first, that returned it (e.g. "lmm of
-    block 0 (blocks.0.lmm)"), or None when the logits are finite."""
-    found: list[str] = []
-
-    def check(name: str) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            tensors = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, Tensor)]
-            if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
-                block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-                found.append(f"{block[2]} of block {block[1]} ({name})" if block else name or "the model")
-        return hook
-
-    handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules()]
-    try:
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(inputs, targets)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found[0] if found else None
 
 
 LOWER_LR_CAP = 0.01  # above it a tenth of the lr is still far off any usual one (1e6 → 1e5)
