@@ -1352,6 +1352,44 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0712", "an update that can divide by zero",
+        """
+        An optimizer's `update` divides by an expression of its levels (or raises one to a negative
+        power) with nothing to keep it off 0, as in `m / sqrt(v)`. A level is 0 before its first
+        write, and in the entries of a parameter whose gradient has been 0 all along, such as the
+        row of an embedding that no token of the batch used: the step is then 0/0 = NaN there, and
+        `nldsl train` stops at the update that made the weights not finite. Add an ε to the divisor,
+        as Adam does: `m / (sqrt(v) + 1e-8)`. A sum with a positive constant and a part that cannot
+        go negative (`sqrt(v) + 1e-8`, `abs(m) + 1`) counts as kept off 0.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        optimizer rms {
+          lr = 1e-3
+          level v { flow = squared_gradients; retention = 0.99; lr = 0.01 }
+          level m { flow = gradients; retention = 0.9; lr = 0.1 }
+          update = m / sqrt(v)
+        }
+        train { optimizer = rms }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block { mlp { } }
+        }
+        optimizer rms {
+          lr = 1e-3
+          level v { flow = squared_gradients; retention = 0.99; lr = 0.01 }
+          level m { flow = gradients; retention = 0.9; lr = 0.1 }
+          update = m / (sqrt(v) + 1e-8)
+        }
+        train { optimizer = rms }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

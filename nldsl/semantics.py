@@ -687,8 +687,62 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                       f"`update` comes from {update_span.path}, which does not read it",)
                                   if overridden else ()))
     if not misread and not any(d.severity == "error" for d in out):  # beside a broken level: noise
-        out.extend(_roots_of_signed_levels(opt, update, header))
+        roots = list(_roots_of_signed_levels(opt, update, header))
+        out.extend(roots or _divisions_by_zero(opt, update, header))  # a root that is NaN comes first
     return out
+
+
+def _may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
+    """Whether an update expression can be 0 in some entry: a level is 0 before its first write and
+    wherever the gradients it remembers have been 0; a sum is kept off 0 only by a constant of the
+    sign its other part cannot cross (`sqrt(v) + 1e-8`)."""
+    kind = tree[0]
+    if kind == "level":
+        return True
+    if kind == "const":
+        return tree[1] == 0
+    if kind in ("sqrt", "abs", "sign", "neg"):
+        return _may_be_zero(tree[1], nonnegative)
+    if kind == "pow":
+        return _may_be_zero(tree[1], nonnegative)
+    if kind == "mul":
+        return _may_be_zero(tree[1], nonnegative) or _may_be_zero(tree[2], nonnegative)
+    if kind == "div":
+        return _may_be_zero(tree[1], nonnegative)
+    right = tree[2] if kind == "add" else ("neg", tree[2])
+    for constant, other in ((tree[1], right), (right, tree[1])):
+        value = constant[1] if constant[0] == "const" else -constant[1][1] if (
+            constant[0] == "neg" and constant[1][0] == "const") else None
+        if value is not None and value != 0 and _sign(other, nonnegative) == ("+" if value > 0 else "-"):
+            return False
+    return True
+
+
+def _divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
+    """W0712 where the update divides by levels with nothing to keep the divisor off 0 (`m / sqrt(v)`,
+    or `m * v ** -0.5`): 0/0 is NaN in the entries of a parameter whose gradient has been 0, such as an
+    embedding row no token used, and x/0 is inf before a slower level's first write."""
+    from .graph import update_text
+
+    nonnegative = _nonnegative_levels(opt)
+    for tree in _subtrees(update):
+        if tree[0] == "div":
+            divisor = tree[2]
+            mended = ("div", tree[1], ("add", divisor, ("const", 1e-8)))
+        elif tree[0] == "pow" and tree[2][1] < 0:
+            divisor = tree[1]
+            mended = ("pow", ("add", divisor, ("const", 1e-8)), tree[2])
+        else:
+            continue
+        names = [(name, span) for name, span in _level_refs(divisor)]
+        if not names or not _may_be_zero(divisor, nonnegative):
+            continue
+        yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level "
+                         f"`{names[0][0]}` is (before its first write, and in the entries of a parameter whose "
+                         "gradient has been 0, such as an embedding row no token used): the step is then inf or "
+                         "0/0 = NaN there", names[0][1] or header,
+                         f"add an ε to the divisor, e.g. `{update_text(mended)}` (Adam's ε)", "warning")
+        return  # one is enough: the same ε mends the others
 
 
 def _nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:

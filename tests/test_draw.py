@@ -502,7 +502,7 @@ def test_an_optimizers_outer_node_shows_its_update_as_the_spec_writes_it():
 
 
 @pytest.mark.parametrize("update", [
-    "-m ** 2 + v", "(-m) ** 2 * v", "(m ** 2) ** 3 - v", "m ** 2 ** 3 / v", "v * m ** -0.5", "-(m - v) * v",
+    "-m ** 2 + v", "(-m) ** 2 * v", "(m ** 2) ** 3 - v", "m ** 2 ** 3 / v", "m * v ** -0.5", "-(m - v) * v",
     "-(-m) / v", "sign(0.9 * m + (1 - 0.9) * v)", "abs(m) / (sqrt(abs(v)) + 1e-08)", "m - (v - m) / -v",
     "(m + v) ** 2", "(-2) ** 3 * m + v",
 ])

@@ -148,3 +148,18 @@ def test_before_write_on_a_cms_level_that_reconstructs_checks():
     text = ("model m {\n  dim = 32\n  block { cms { level a { state = linear period = 1 retention = 0.9 "
             "objective = reconstruction retention_order = before_write } } }\n}\n")
     assert check_text(text, "o.nl").diagnostics == []
+
+
+@pytest.mark.parametrize("update", ["m / sqrt(v)", "m * v ** -0.5", "m / (sqrt(v) * 2)", "m / (v + 0)",
+                                    "m / (sqrt(v) - 1e-8)", "m / (m + 1)", "m / sqrt(v + m * m)", "m / abs(m)"])
+def test_an_update_that_can_divide_by_zero_is_w0712_at_its_level(update):
+    text = _optimizer(ADAM_LEVELS, update if "v" in update else f"{update} + v")
+    found = check_text(text, "o.nl").diagnostics
+    assert [d.code for d in found] == ["W0712"], found
+    assert "add an ε to the divisor" in found[0].help and found[0].span.line == 10
+
+
+@pytest.mark.parametrize("update", ["m / (sqrt(v) + 1e-8)", "m * (v + 1e-8) ** -0.5", "m / (1 + sqrt(v))",
+                                    "m / (abs(m) + 1) + v", "m / (-1 - v)", "m / 2 + v", "m / (v * v + 1e-8)"])
+def test_a_divisor_kept_off_zero_by_a_constant_is_quiet(update):
+    assert check_text(_optimizer(ADAM_LEVELS, update), "o.nl").diagnostics == []

@@ -986,15 +986,27 @@ def test_a_refused_resume_never_says_it_continues(tmp_path, text_file, capsys):
     assert "the training text differs" in captured.err and "continuing with changed" not in captured.out
 
 
-def test_a_divergence_under_an_optimizer_written_as_levels_points_at_its_update(tmp_path, text_file, capsys):
+def _train_ratio(tmp_path: Path, text_file: Path, update: str) -> int:
     spec = tmp_path / "ratio.nl"
     spec.write_text("optimizer ratio {\n  lr = 1e-3\n  level fast { }\n  level slow { period = 4 }\n"
-                    "  update = fast / slow\n}\nmodel m {\n  dim = 16\n  block { mlp { } }\n}\n"
+                    f"  update = {update}\n}}\nmodel m {{\n  dim = 16\n  block {{ mlp {{ }} }}\n}}\n"
                     "train { optimizer = ratio  steps = 4  batch = 2  seq_len = 16  warmup = 0 }\n")
-    assert main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
-                 "--no-progress"]) == 1
+    return main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
+                 "--no-progress"])
+
+
+def test_a_divergence_under_an_optimizer_written_as_levels_points_at_its_update(tmp_path, text_file, capsys):
+    assert _train_ratio(tmp_path, text_file, "fast / slow") == 1
     err = capsys.readouterr().err
-    assert "is nan" in err and "with an optimizer written as levels, also check that its update stays finite" in err
+    # `slow` reads 0 until its first write: the first update divides by it, which names step 1 and the
+    # weights it broke, not the NaN loss of step 2
+    assert "the optimizer's update of step 1 made weights not finite (" in err, err
+    assert "a division by a level that is 0" in err and "lower the learning rate" not in err
+    assert not (tmp_path / "run").exists()  # nothing was saved, so the folder went
+
+
+def test_a_finite_update_of_an_optimizer_written_as_levels_trains_as_before(tmp_path, text_file):
+    assert _train_ratio(tmp_path, text_file, "fast / (abs(slow) + 1)") == 0
 
 
 def test_weight_decay_takes_matrices_and_gate_projections_never_vectors():

@@ -655,6 +655,26 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         saved_step[0] = step
 
     parameters = [p for _, p in named]
+    # an optimizer written as levels can compute NaN from finite gradients (0 / 0 where a level is 0):
+    # its every update is checked, so that the error names the step and the weights, not a NaN loss later
+    # (each process holds the same weights, so all stop alike; FSDP's shards are left to the save's check)
+    written_optimizer = isinstance(plan.optimizer, S.OptimizerSpec) and not context.fsdp
+
+    def check_the_update(step: int, norm: float) -> None:
+        finite = torch.stack([torch.isfinite(p).all() for p in parameters]).tolist()
+        if all(finite):
+            return
+        broken = [name for (name, _), ok in zip(named, finite) if not ok]
+        kept = (f"the last good checkpoint is {last_checkpoint[0]}: fix the update, then --resume"
+                if last_checkpoint[0] else "no checkpoint was written yet: fix the update, then train again")
+        raise TrainingError(
+            f"the optimizer's update of step {step} made weights not finite ({', '.join(broken[:4])}"
+            f"{f' and {len(broken) - 4} more' if len(broken) > 4 else ''}) from a finite loss and gradient (norm "
+            f"{norm:.3g}), so its `update` expression computed NaN or inf: a division by a level that is 0 gives "
+            "0/0 where the gradient has been 0 (an embedding row no token used, a level before its first write), "
+            "and a fractional power of a negative entry is NaN; add an ε to a divisor, e.g. `m / (sqrt(v) + 1e-8)`. "
+            f"Nothing from this step was saved; {kept}")
+
     losses: dict[int, float] = {}
     step_seconds: dict[int, float] = {}
     first_step_seconds = None
@@ -703,6 +723,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             with deferred_interrupt():
                 clock.tick(step)
                 optimizer.step()
+                if written_optimizer:
+                    check_the_update(step + 1, norm_value)
                 optimizer.zero_grad(set_to_none=True)
                 seconds = time.perf_counter() - began
                 losses[step + 1] = loss_value
