@@ -816,7 +816,9 @@ class Checker:
             flag = "--set " if attr.span.path.startswith("<--set") else ""
             label, child = sections[0]
             given = self.sources[attr.span.path].text.partition("=")[2].strip()
-            example = f"state={given}" if child.kind == "level" else "ATTRIBUTE=…"
+            state_kinds = _kinds_of(S.LevelSpec.model_fields["state"].annotation)  # `…level=linear` meant a state
+            a_state = given.strip('"').partition("(")[0].strip() in state_kinds
+            example = f"state={given}" if child.kind == "level" and a_state else "ATTRIBUTE=…"
             path = [*parts[:-1], label, example]
             written = ("__".join(path) if attr.span.path.startswith("<keyword")  # nldsl.load(…, a__b=…)
                        else flag + ".".join(path))
@@ -1967,7 +1969,8 @@ def _describe(model: type[pydantic.BaseModel], key: str) -> str:
             options = typing.get_args(arg)
             parts.append(str(options[0]) if len(options) == 1 else "one of " + ", ".join(map(str, options)))
         elif isinstance(arg, type) and issubclass(arg, S.Kinded):
-            parts.extend(f"`{kind}(…)`" for kind in sorted(_kinds_of(arg)))
+            takes = set(arg.model_fields) - {"kind"}  # `linear` takes no arguments: no `(…)` to write
+            parts.extend(f"`{kind}(…)`" if takes else f"`{kind}`" for kind in sorted(_kinds_of(arg)))
         elif arg is type(None):
             continue
     parts = list(dict.fromkeys(parts))

@@ -163,3 +163,18 @@ def test_an_update_that_can_divide_by_zero_is_w0712_at_its_level(update):
                                     "m / (abs(m) + 1) + v", "m / (-1 - v)", "m / 2 + v", "m / (v * v + 1e-8)"])
 def test_a_divisor_kept_off_zero_by_a_constant_is_quiet(update):
     assert check_text(_optimizer(ADAM_LEVELS, update), "o.nl").diagnostics == []
+
+
+def test_a_section_override_suggests_a_state_only_for_a_state_value():
+    """`--set …fast=none` is not a state: the help names no `state=none` override, which would fail too;
+    and a state without arguments is shown without `(…)`."""
+    from pathlib import Path
+
+    from nldsl.checker import check_file
+    hope = Path(__file__).resolve().parent.parent / "specs" / "hope.nl"
+    [error] = check_file(hope, ["model.block.cms.fast=none"]).diagnostics
+    assert error.help.endswith("`--set model.block.cms.fast.ATTRIBUTE=…`"), error.help
+    [error] = check_file(hope, ["model.block.cms.fast=mlp(depth = 2)"]).diagnostics
+    assert error.help.endswith("`--set model.block.cms.fast.state=mlp(depth = 2)`"), error.help
+    [error] = check_file(hope, ["model.block.cms.fast.state=none"]).diagnostics
+    assert error.help == "`state` expects `linear`, `mlp(…)` or `residual_mlp(…)`", error.help
