@@ -103,7 +103,7 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
         try:
             tree = _lark().parse(text)
         except lark.exceptions.UnexpectedInput as error:
-            misspelt = _misspelt_keyword(source, text, error)
+            misspelt = _misspelt_keyword(source, text, error) or _word_after_value(source, text, error)
             diagnostic = misspelt[0] if misspelt else (
                 _malformed_number(source, text, error) or _syntax_diagnostic(source, error, text))
             if bag.items and (diagnostic.code == "E0103" or diagnostic.span is None
@@ -112,7 +112,7 @@ def parse(source: SourceFile) -> tuple[ast.Module | None, list[Diagnostic]]:
             bag.items.append(diagnostic)
             if diagnostic.span is None or diagnostic.code == "E0103":
                 break
-            if misspelt and misspelt[1] is not None:  # read on as if the keyword were spelt right
+            if misspelt and misspelt[1] is not None:  # read on as if the keyword were right (or the word gone)
                 start, end, word = misspelt[1]
                 text = text[:start] + word + text[end:]
             else:
@@ -227,6 +227,31 @@ def _syntax_diagnostic(source: SourceFile, error: lark.exceptions.UnexpectedInpu
     if isinstance(error, lark.exceptions.UnexpectedEOF):
         return _unexpected_end(source, text, set(error.expected))
     return Diagnostic("E0101", "syntax error", source.span(0, 0))
+
+
+# `key = value word` on one line, up to the token after `word`: the word was read as the next key
+_VALUE_THEN_WORD = re.compile(r"([A-Za-z_]\w*)[ \t]*=[ \t]*([^=;{}\n]*?[^\s=;{}])[ \t]+([A-Za-z_]\w*)\s*$")
+
+
+def _word_after_value(source: SourceFile, text: str, error: lark.exceptions.UnexpectedInput
+                      ) -> tuple[Diagnostic, tuple[int, int, str]] | None:
+    """`period = 16 tokens`: a word after a value on its line reads as the key of another attribute,
+    so the parser stops at what follows it (`}`, or the next line's key) for want of its `=`; point
+    at the word instead, which is what to remove (a unit, a note that wants a `#`), and read on
+    without it."""
+    if not isinstance(error, lark.exceptions.UnexpectedToken) or "EQUALS" not in error.expected:
+        return None
+    start = error.token.start_pos or 0
+    before = len(text[:start].rstrip())  # the word may end the line before the token (the next key)
+    found = _VALUE_THEN_WORD.search(text, text.rfind("\n", 0, before) + 1, start)
+    if found is None or found[3] in KEYWORDS or found[1] in KEYWORDS:
+        return None
+    diagnostic = Diagnostic(
+        "E0101", f"unexpected name `{found[3]}` after the value of `{found[1]}`",
+        source.span(found.start(3), found.end(3)),
+        f"a value takes no word after it (no unit: a period counts tokens, a size elements); remove `{found[3]}`, "
+        "put a comment after `#`, or begin the next attribute on a new line or after `;`")
+    return diagnostic, (found.start(3), found.end(3), " " * len(found[3]))
 
 
 def _unexpected_end(source: SourceFile, text: str, expected: set[str]) -> Diagnostic:

@@ -1,6 +1,8 @@
-"""Checks of an optimizer that the runtime would run without complaint but to no purpose, or into
-NaN: settings that do nothing (W0706), a level that writes nothing (W0706) and a root of a level
-that goes negative (E0304)."""
+"""Checks that catch what would otherwise run to no purpose or into NaN, and messages that say how
+to mend them: an optimizer's settings that do nothing (W0706), a level that writes nothing (W0706),
+a root of a level that goes negative (E0304), an update that can divide by zero (W0712), every wrong
+argument of a call, Gated DeltaNet's order on a level that cannot take it, section overrides, and a
+word after a value."""
 
 from __future__ import annotations
 
@@ -178,3 +180,19 @@ def test_a_section_override_suggests_a_state_only_for_a_state_value():
     assert error.help.endswith("`--set model.block.cms.fast.state=mlp(depth = 2)`"), error.help
     [error] = check_file(hope, ["model.block.cms.fast.state=none"]).diagnostics
     assert error.help == "`state` expects `linear`, `mlp(…)` or `residual_mlp(…)`", error.help
+
+
+@pytest.mark.parametrize("text", ["model m {\n  dim = 32\n  block { memory { level { period = 16 tokens } } }\n}\n",
+                                  "model m {\n  dim = 32\n  block { memory { level { period = 16 tokens\n"
+                                  "  lr = 0.1 } } }\n}\n"])
+def test_a_word_after_a_value_is_named_where_it_stands(text):
+    """`period = 16 tokens` reads `tokens` as the next attribute's key: the error points at the word,
+    not at the `}` or the next line's key that lacks its `=`."""
+    [error] = check_text(text, "u.nl").diagnostics
+    assert (error.code, error.span.line, error.span.column) == ("E0101", 3, 40), error
+    assert error.message == "unexpected name `tokens` after the value of `period`"
+    assert "remove `tokens`" in error.help
+
+
+def test_attributes_on_one_line_still_parse():
+    assert check_text("model m {\n  dim = 32 layers = 2\n  block { mlp { } }\n}\n", "u.nl").diagnostics == []
