@@ -394,10 +394,11 @@ def test_stream_state_of_another_spec_or_a_damaged_file_is_refused(run_dir, tmp_
     with pytest.raises(UserError, match="corrupt stream state"):
         E.load_stream_state(path, "one spec", "w", CPU)
     assert E.holds_a_stream_state(path)
-    path.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="corrupt stream state"):
-        E.load_stream_state(path, "one spec", "w", CPU)
-    assert not E.holds_a_stream_state(path)
+    for garbage in (b"garbage", b"# notes\nthe text of a stream\n"):  # no safetensors file at all
+        path.write_bytes(garbage)
+        with pytest.raises(UserError, match=r"is not a stream state written by `nldsl stream --state-out` \(nor any"):
+            E.load_stream_state(path, "one spec", "w", CPU)
+        assert not E.holds_a_stream_state(path)
     path.write_bytes(safetensors.torch.save({"embed": torch.zeros(2)}))  # weights of a checkpoint: no nldsl header
     with pytest.raises(UserError, match="is not a stream state written by `nldsl stream --state-out`"):
         E.load_stream_state(path, "one spec", "w", CPU)
@@ -1051,3 +1052,23 @@ def test_stream_cli_baseline_prints_the_fresh_columns_and_the_difference(run_dir
     status, plain = streamed(run_dir, text_file, capsys, "--max-tokens", "128")
     assert "fresh" not in plain
     assert f"{carried:.4f}" != f"{fresh:.4f}"
+
+
+def test_a_slow_levels_stream_step_does_not_depend_on_the_segment_length(run_dir):
+    """Segments of 8 and 16 tokens cut no in-context chunk (periods 4 and 8), so the stream's losses
+    are the same; the slow level (period 48) then takes the same steps: each segment adds its summed
+    loss's gradient over train.seq_len, not its mean's (which made a step twice as large at half the
+    segment length)."""
+    tokens = torch.randint(0, 256, (97,), generator=torch.Generator().manual_seed(0))
+    weights, nats = {}, {}
+    for segment in (8, 16):
+        loaded = E.load_model(run_dir, CPU)
+        result = E.stream(loaded, tokens, segment)
+        assert result.updates["cms.slow_"] == 2
+        weights[segment] = {k: v for k, v in result.state.slow_weights.items() if ".slow_" in k}
+        nats[segment] = sum(s.nats for s in result.segments)
+    assert nats[8] == pytest.approx(nats[16], rel=1e-5)
+    start = E.load_model(run_dir, CPU).checkpoint.model
+    for name, value in weights[16].items():
+        assert not torch.equal(value, start[name])
+        torch.testing.assert_close(weights[8][name], value, rtol=1e-4, atol=1e-6)

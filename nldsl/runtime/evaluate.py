@@ -399,6 +399,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     model, device = loaded.model, loaded.device
     every_level = slow_levels(loaded, segment)
     levels = every_level if learn else []
+    seq_len = loaded.spec.train.seq_len
     with torch.no_grad():
         for level in every_level:
             for name, p in level.parameters:
@@ -445,7 +446,10 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                                f"the stream stopped there; {_non_finite_cause(model, inputs, targets, memory)}")
                     break
                 if levels:
-                    (loss / n).backward()
+                    # the segment's summed loss over a training sequence's length: its mean loss weighted
+                    # by its share of a sequence, so that a period's step does not depend on --segment
+                    # (a training step's loss is a mean over seq_len tokens; a segment of seq_len is one)
+                    (loss / seq_len).backward()
                     for level in levels:
                         for name, p in level.parameters:
                             if p.grad is not None:
@@ -577,6 +581,14 @@ def load_stream_state(path: Path, spec_sha256: str, weights_sha256: str | None, 
     if not path.is_file():
         what = "a folder" if path.is_dir() else "not a regular file"
         raise UserError(f"{path} is {what}: a stream state is a file, written by `nldsl stream --state-out FILE`")
+    try:
+        with open(path, "rb") as file:
+            opening = file.read(9)
+    except OSError as error:
+        raise UserError(f"cannot read the stream state {path}: {error.strerror or error}") from None
+    if len(opening) < 9 or opening[8:9] != b"{":  # a safetensors file opens with its header's length, then `{`
+        raise UserError(f"{path} is not a stream state written by `nldsl stream --state-out` (nor any "
+                        "safetensors file)")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
