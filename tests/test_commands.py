@@ -723,8 +723,15 @@ def test_stream_says_when_nothing_in_the_model_learns_from_it(run_dir, text_file
     assert main(["stream", str(tmp_path / "run"), "--data", str(text_file), "--max-tokens", "64",
                  "--no-progress"]) == 0
     assert "note: nothing in this model learns from the stream" in capsys.readouterr().out
+    assert main(["stream", str(tmp_path / "run"), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
+                 "--no-learn"]) == 0
+    assert "note: --no-learn freezes the levels on the continuum clock, and this model has none" in \
+        capsys.readouterr().out
     assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress"]) == 0
     assert "nothing in this model learns" not in capsys.readouterr().out
+    assert main(["stream", str(run_dir), "--data", str(text_file), "--max-tokens", "64", "--no-progress",
+                 "--no-learn"]) == 0
+    assert "--no-learn freezes" not in capsys.readouterr().out
 
 
 def test_stream_runs_a_nested_cms_whose_slowest_level_never_moves(text_file, tmp_path, capsys):

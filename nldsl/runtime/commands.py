@@ -181,6 +181,9 @@ def stream_command(args: argparse.Namespace) -> int:
           f"from checkpoint {loaded.checkpoint.path}")
     for prefix, count in result.updates.items():
         print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")
+    if args.no_learn and not getattr(loaded.module, "CLOCK_STEPS", {}):
+        print("note: --no-learn freezes the levels on the continuum clock, and this model has none: its in-context "
+              "levels run as without it")
     in_context = any(layer for block in (result.state.memory or []) for layer in block.values())
     if not in_context and not getattr(loaded.module, "CLOCK_STEPS", {}):
         print("note: nothing in this model learns from the stream (no in-context level, no level on the "
