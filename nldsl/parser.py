@@ -246,6 +246,9 @@ def _word_after_value(source: SourceFile, text: str, error: lark.exceptions.Unex
     found = _VALUE_THEN_WORD.search(text, text.rfind("\n", 0, before) + 1, start)
     if found is None or found[3] in KEYWORDS or found[1] in KEYWORDS:
         return None
+    ends_there = error.token.type == "RBRACE" or "\n" in text[found.end(3):start]
+    if not ends_there:  # `retention 0.9`: a value follows the word, whose `=` is what is missing
+        return None
     diagnostic = Diagnostic(
         "E0101", f"unexpected name `{found[3]}` after the value of `{found[1]}`",
         source.span(found.start(3), found.end(3)),

@@ -16,6 +16,7 @@ from typing import Any
 from . import spec as S
 from .diagnostics import Diagnostic, listing
 from .source import Span
+from .update_checks import divisions_by_zero, level_refs, roots_of_negative_values
 
 FLOW_SOURCES = S.OPTIMIZER_FLOWS
 # Newton–Schulz on an in-context level's chunk increment (rank ≤ its period): the quintic's slope at 0,
@@ -659,7 +660,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     if update is None:  # it failed to convert: the levels' own checks only
         return out
     read: set[str] = set()
-    for name, span in _level_refs(update):
+    for name, span in level_refs(update):
         if name not in names:
             from .diagnostics import did_you_mean_among
             levels = sorted(names)
@@ -678,7 +679,7 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
     # an update set by an override is why a level written in the spec goes unread: say so there
     update_span = spans.get(f"{path}.update")
     overridden = update_span is not None and update_span.path.startswith("<")
-    misread = any(name not in names for name, _ in _level_refs(update))
+    misread = any(name not in names for name, _ in level_refs(update))
     for level in opt.levels:
         if level.name not in read and not misread:  # (an update that misnames one reads it once mended)
             out.append(Diagnostic("E0506", f"level `{level.name}` is never read",
@@ -687,159 +688,9 @@ def check_optimizer_flows(opt: S.OptimizerSpec, update: Any, header: Span, spans
                                       f"`update` comes from {update_span.path}, which does not read it",)
                                   if overridden else ()))
     if not misread and not any(d.severity == "error" for d in out):  # beside a broken level: noise
-        roots = list(_roots_of_signed_levels(opt, update, header))
-        out.extend(roots or _divisions_by_zero(opt, update, header))  # a root that is NaN comes first
+        roots = list(roots_of_negative_values(opt, update, header))
+        out.extend(roots or divisions_by_zero(opt, update, header))  # a root that is NaN comes first
     return out
-
-
-def _may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
-    """Whether an update expression can be 0 in some entry: a level is 0 before its first write and
-    wherever the gradients it remembers have been 0; a sum is kept off 0 only by a constant of the
-    sign its other part cannot cross (`sqrt(v) + 1e-8`)."""
-    kind = tree[0]
-    if kind == "level":
-        return True
-    if kind == "const":
-        return tree[1] == 0
-    if kind in ("sqrt", "abs", "sign", "neg"):
-        return _may_be_zero(tree[1], nonnegative)
-    if kind == "pow":
-        return _may_be_zero(tree[1], nonnegative)
-    if kind == "mul":
-        return _may_be_zero(tree[1], nonnegative) or _may_be_zero(tree[2], nonnegative)
-    if kind == "div":
-        return _may_be_zero(tree[1], nonnegative)
-    right = tree[2] if kind == "add" else ("neg", tree[2])
-    for constant, other in ((tree[1], right), (right, tree[1])):
-        value = constant[1] if constant[0] == "const" else -constant[1][1] if (
-            constant[0] == "neg" and constant[1][0] == "const") else None
-        if value is not None and value != 0 and _sign(other, nonnegative) == ("+" if value > 0 else "-"):
-            return False
-    return True
-
-
-def _divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
-    """W0712 where the update divides by levels with nothing to keep the divisor off 0 (`m / sqrt(v)`,
-    or `m * v ** -0.5`): 0/0 is NaN in the entries of a parameter whose gradient has been 0, such as an
-    embedding row no token used, and x/0 is inf before a slower level's first write."""
-    from .graph import update_text
-
-    nonnegative = _nonnegative_levels(opt)
-    for tree in _subtrees(update):
-        if tree[0] == "div":
-            divisor = tree[2]
-            mended = ("div", tree[1], ("add", divisor, ("const", 1e-8)))
-        elif tree[0] == "pow" and tree[2][1] < 0:
-            divisor = tree[1]
-            mended = ("pow", ("add", divisor, ("const", 1e-8)), tree[2])
-        else:
-            continue
-        names = [(name, span) for name, span in _level_refs(divisor)]
-        if not names or not _may_be_zero(divisor, nonnegative):
-            continue
-        yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level "
-                         f"`{names[0][0]}` is (before its first write, and in the entries of a parameter whose "
-                         "gradient has been 0, such as an embedding row no token used): the step is then inf or "
-                         "0/0 = NaN there", names[0][1] or header,
-                         f"add an ε to the divisor, e.g. `{update_text(mended)}` (Adam's ε)", "warning")
-        return  # one is enough: the same ε mends the others
-
-
-def _nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:
-    """The levels whose output is ≥ 0 in every entry: a linear `dot` momentum (its writes η X and its
-    decay α are ≥ 0, an EMA's lerp too) of a flow that is ≥ 0 (`squared_gradients`, or such a level),
-    not orthogonalised. A `gradients` flow, the delta rule's (αI − η X̂X̂ᵀ) and an `mlp` state's φ take
-    both signs."""
-    found: set[str] = set()
-    grown = True
-    while grown:  # flows have no cycles here, so this settles within one pass per level
-        grown = False
-        for level in opt.levels:
-            if level.name not in found and level.state == "linear" and level.objective == "dot" \
-                    and level.orthogonalize is None and level.flow in ("squared_gradients", *found):
-                found.add(level.name)
-                grown = True
-    return found
-
-
-def _sign(tree: Any, nonnegative: set[str]) -> str:
-    """The sign an update expression's value is known to have in every entry: "+" (≥ 0), "-" (≤ 0) or
-    "?" (either)."""
-    kind = tree[0]
-    if kind == "level":
-        return "+" if tree[1] in nonnegative else "?"
-    if kind == "const":
-        return "+" if tree[1] >= 0 else "-"
-    if kind in ("sqrt", "abs"):
-        return "+"
-    if kind == "sign":
-        return _sign(tree[1], nonnegative)
-    if kind == "neg":
-        return {"+": "-", "-": "+"}.get(_sign(tree[1], nonnegative), "?")
-    if kind == "pow":
-        exponent = tree[2][1]
-        if exponent == int(exponent):
-            return "+" if int(exponent) % 2 == 0 else _sign(tree[1], nonnegative)
-        return "+"  # a fractional power of a negative entry has no value (see _roots_of_signed_levels)
-    left, right = (_sign(part, nonnegative) for part in tree[1:3])
-    if kind in ("mul", "div"):
-        if _bare(tree[1]) == _bare(tree[2]):
-            return "+"  # m * m
-        return "?" if "?" in (left, right) else "+" if left == right else "-"
-    if kind == "sub":
-        right = {"+": "-", "-": "+"}.get(right, "?")
-    return left if left == right else "?"
-
-
-def _bare(tree: Any) -> Any:
-    """An update expression without its levels' spans (two `m`s are the same value)."""
-    if isinstance(tree, tuple) and tree and tree[0] == "level":
-        return tree[:2]
-    return tuple(_bare(part) for part in tree) if isinstance(tree, tuple) else tree
-
-
-def _subtracts(tree: Any) -> bool:
-    """Whether an expression subtracts or negates anywhere (`v - m * m` can be ≥ 0 by the levels'
-    own arithmetic, which a sign analysis cannot see)."""
-    return isinstance(tree, tuple) and (tree[0] in ("sub", "neg") or any(_subtracts(part) for part in tree[1:]))
-
-
-def _roots_of_signed_levels(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
-    """E0304 where the update takes a square root (or a fractional power) of a sum or product of levels
-    that take both signs: `sqrt(m)` of a momentum of the gradients is NaN in every entry where m < 0,
-    about half of them at the first step. An argument that subtracts is left alone: `sqrt(v - m * m)`
-    is ≥ 0 when v and m average the same steps, which no sign rule sees."""
-    nonnegative = _nonnegative_levels(opt)
-    for tree in _subtrees(update):
-        if tree[0] == "sqrt":
-            argument, spelled = tree[1], "the square root"
-        elif tree[0] == "pow" and tree[2][1] != int(tree[2][1]):
-            argument, spelled = tree[1], f"the power {tree[2][1]:g}"
-        else:
-            continue
-        if _sign(argument, nonnegative) == "+" or _subtracts(argument):
-            continue
-        signed = [(name, span) for name, span in _level_refs(argument) if name not in nonnegative]
-        if not signed:
-            continue  # a negative constant: the update's conversion reports it
-        name, span = signed[0]
-        level = next(level for level in opt.levels if level.name == name)
-        why = ("it remembers the gradients, which take both signs" if level.flow == "gradients" else
-               "Newton–Schulz gives its output both signs" if level.orthogonalize is not None else
-               "its φ can flip a sign" if level.state == "mlp" else
-               "the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign" if level.objective == "l2" else
-               f"it remembers level `{level.flow}`, which takes both signs")
-        yield Diagnostic("E0304", f"{spelled} of `{name}` has no real value (NaN in the step) wherever `{name}` < 0, "
-                         f"and level `{name}` goes negative: {why}",
-                         span or header, "take it of a level of `squared_gradients` (Adam's second moment: "
-                         "`level v { flow = squared_gradients }`), or of `abs(…)`")
-
-
-def _subtrees(tree: Any) -> Iterator[Any]:
-    if isinstance(tree, tuple) and tree and isinstance(tree[0], str):
-        yield tree
-        for part in tree[1:]:
-            yield from _subtrees(part)
 
 
 def _flow_cycles(source_of: dict[str, str], order: list[str]) -> Iterator[list[str]]:
@@ -852,11 +703,3 @@ def _flow_cycles(source_of: dict[str, str], order: list[str]) -> Iterator[list[s
             node = source_of[node]
         if node in path:
             yield list(reversed(path[path.index(node):]))
-
-
-def _level_refs(tree: Any) -> Iterator[tuple[str, Span | None]]:
-    if isinstance(tree, tuple) and tree and tree[0] == "level":
-        yield tree[1], tree[2] if len(tree) > 2 else None
-    elif isinstance(tree, tuple):
-        for item in tree[1:]:
-            yield from _level_refs(item)

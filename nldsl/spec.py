@@ -257,13 +257,13 @@ class SelfModSpec(Strict):
         return not (carrying and {"q", "alpha"} & set(self.adaptive))
 
     def longest_call_reading_no_projection_write(self) -> int:
-        """The longest call in which no write of the projection memories is read: one period with a
-        `chunk_start` readout (the write at its end is for the next chunk), a period less one token
-        otherwise (`projections_read`); the longest there is where they never learn in context."""
+        """The longest call in which no write of the projection memories is read: one period (they
+        read at `chunk_start`, E0601 otherwise, so the write at a chunk's end is for the next chunk);
+        the longest there is where they never learn in context."""
         projections = self.projections
         if projections.update != "in_context" or not isinstance(projections.period, int):
             return sys.maxsize - 1
-        return projections.period - (projections.readout != "chunk_start")
+        return projections.period
 
     def projections_read(self, seq_len: int) -> bool:
         """Whether a write of the projection memories is read within a training sequence: they write

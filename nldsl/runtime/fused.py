@@ -92,9 +92,9 @@ def _build() -> bool:
 def _source_in(folder: Path | None) -> Path:
     """The kernel's C++ as a copy in its build folder: ninja's build file records the source's path,
     so a checkout elsewhere (another clone, a second venv) that built from its own path would make
-    every process that alternates between them rebuild the library (15 s each). The folder is named
-    by the source's digest, so the copy is only written when missing (a rewrite would look newer
-    than the library to ninja)."""
+    every process that alternates between them rebuild the library (15 s each). The copy is written
+    only when missing or different (a rewrite would look newer than the library to ninja); the
+    folder is named by the source's digest, so a different copy is a damaged one."""
     if folder is None:
         return SOURCE
     copy = folder / SOURCE.name

@@ -661,6 +661,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     written_optimizer = isinstance(plan.optimizer, S.OptimizerSpec) and not context.fsdp
 
     def check_the_update(step: int, norm: float) -> None:
+        if not parameters:
+            return
         finite = torch.stack([torch.isfinite(p).all() for p in parameters]).tolist()
         if all(finite):
             return

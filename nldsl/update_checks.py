@@ -1,0 +1,267 @@
+"""What an optimizer's `update` expression can compute, read off its tree without running it.
+
+The tree is the checker's (`("level", name, span)`, `("const", x)`, `(op, a, b)`, `(function, a)`,
+`("neg", a)`). Each part has a sign known in every entry: POSITIVE (≥ 0), NEGATIVE (≤ 0) or
+EITHER. From the signs: a square root or fractional power of a part that goes negative is NaN
+there (E0304), and a divisor that can be 0 makes the step inf or 0/0 (W0712). A difference of two
+level expressions (`v - m * m`, a variance) is left to its writer: its sign comes from the levels'
+own arithmetic (v and m averaging the same steps), which no sign rule sees.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from . import spec as S
+from .diagnostics import Diagnostic
+from .source import Span
+
+POSITIVE, NEGATIVE, EITHER = "+", "-", "?"
+FLIPPED = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE, EITHER: EITHER}
+EPSILON = 1e-8  # the ε a help suggests (Adam's)
+
+
+def nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:
+    """The levels whose output is ≥ 0 in every entry: a linear `dot` momentum (its writes η X and its
+    decay α are ≥ 0, an EMA's lerp too) of a flow that is ≥ 0 (`squared_gradients`, or such a level),
+    not orthogonalised. A `gradients` flow, the delta rule's (αI − η X̂X̂ᵀ) and an `mlp` state's φ take
+    both signs."""
+    found: set[str] = set()
+    grown = True
+    while grown:  # flows have no cycles here, so this settles within one pass per level
+        grown = False
+        for level in opt.levels:
+            if level.name not in found and level.state == "linear" and level.objective == "dot" \
+                    and level.orthogonalize is None and level.flow in ("squared_gradients", *found):
+                found.add(level.name)
+                grown = True
+    return found
+
+
+def sign(tree: Any, nonnegative: set[str]) -> str:
+    """The sign an update expression has in every entry."""
+    kind = tree[0]
+    if kind == "level":
+        return POSITIVE if tree[1] in nonnegative else EITHER
+    if kind == "const":
+        return POSITIVE if tree[1] >= 0 else NEGATIVE
+    if kind in ("sqrt", "abs"):
+        return POSITIVE
+    if kind == "sign":
+        return sign(tree[1], nonnegative)
+    if kind == "pow":
+        exponent = tree[2][1]
+        if exponent != int(exponent):
+            return POSITIVE  # where it has a value (a negative base is caught as a root, E0304)
+        return POSITIVE if int(exponent) % 2 == 0 else sign(tree[1], nonnegative)
+    if kind in ("mul", "div"):
+        return _product_sign(tree, nonnegative)
+    return _sum_sign(tree, nonnegative)  # add, sub, neg
+
+
+def _chain(tree: Any, same: str, inverse: str, unary: str | None = None,
+           inverted: bool = False) -> Iterator[tuple[Any, bool]]:
+    """The operands of a chain of an operation and its inverse (`+` and `-` with negations, `*` and
+    `/`), each with whether it is inverted (subtracted, or a divisor)."""
+    if tree[0] in (same, inverse):
+        yield from _chain(tree[1], same, inverse, unary, inverted)
+        yield from _chain(tree[2], same, inverse, unary, inverted != (tree[0] == inverse))
+    elif tree[0] == unary:
+        yield from _chain(tree[1], same, inverse, unary, not inverted)
+    else:
+        yield tree, inverted
+
+
+def _terms(tree: Any) -> Iterator[tuple[Any, bool]]:
+    """The terms of a sum, each with whether it is subtracted."""
+    return _chain(tree, "add", "sub", "neg")
+
+
+def _factors(tree: Any) -> Iterator[tuple[Any, bool]]:
+    """The factors of a product, each with whether it divides."""
+    return _chain(tree, "mul", "div")
+
+
+def _constant_and_signs(tree: Any, nonnegative: set[str]) -> tuple[float, list[str]]:
+    """A sum's constant terms added up, and the signs of its other terms as they count."""
+    constant, signs = 0.0, []
+    for term, negated in _terms(tree):
+        if term[0] == "const":
+            constant += -term[1] if negated else term[1]
+        else:
+            term_sign = sign(term, nonnegative)
+            signs.append(FLIPPED[term_sign] if negated else term_sign)
+    return constant, signs
+
+
+def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
+    constant, signs = _constant_and_signs(tree, nonnegative)
+    if all(s == POSITIVE for s in signs) and constant >= 0:
+        return POSITIVE
+    if all(s == NEGATIVE for s in signs) and constant <= 0:
+        return NEGATIVE
+    return EITHER
+
+
+def _product_sign(tree: Any, nonnegative: set[str]) -> str:
+    """A product's sign from its factors' (a quotient's is a product's): a factor that appears an even
+    number of times is a square, and `sign(x) * x` is |x|."""
+    counts = Counter(bare(factor) for factor, _ in _factors(tree))
+    odd = {factor for factor, count in counts.items() if count % 2}
+    for factor in list(odd):
+        if factor[0] == "sign" and factor in odd and factor[1] in odd:
+            odd -= {factor, factor[1]}
+    signs = [sign(factor, nonnegative) for factor in odd]
+    if EITHER in signs:
+        return EITHER
+    return NEGATIVE if signs.count(NEGATIVE) % 2 else POSITIVE
+
+
+def bare(tree: Any) -> Any:
+    """An update expression without its levels' spans (two `m`s are the same value)."""
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        return tree[:2]
+    return tuple(bare(part) for part in tree) if isinstance(tree, tuple) else tree
+
+
+def differs_levels(tree: Any) -> bool:
+    """Whether an expression subtracts a level expression from another one (`v - m * m`), anywhere."""
+    for part in subtrees(tree):
+        if part[0] in ("add", "sub", "neg"):
+            terms = [(term, negated) for term, negated in _terms(part) if any(level_refs(term))]
+            if any(negated for _, negated in terms) and any(not negated for _, negated in terms):
+                return True
+    return False
+
+
+def may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
+    """Whether an update expression can be 0 in some entry: a level is 0 before its first write and
+    wherever the gradients it remembers have been 0; a sum is kept off 0 by its constants when its
+    other terms cannot cross them (`sqrt(v) + 1e-8`), and trusted to be when it is a difference of
+    levels beside a constant (`v - m * m + 1e-8`)."""
+    kind = tree[0]
+    if kind == "level":
+        return True
+    if kind == "const":
+        return tree[1] == 0
+    if kind in ("sqrt", "abs", "sign"):
+        return may_be_zero(tree[1], nonnegative)
+    if kind == "pow":  # a negative power of 0 is inf, not 0 (the division it is, W0712, is found on its own)
+        return tree[2][1] > 0 and may_be_zero(tree[1], nonnegative)
+    if kind in ("mul", "div"):
+        return any(may_be_zero(factor, nonnegative) for factor, divides in _factors(tree) if not divides)
+    constant, signs = _constant_and_signs(tree, nonnegative)
+    if (constant > 0 and all(s == POSITIVE for s in signs)) or (constant < 0 and all(s == NEGATIVE for s in signs)):
+        return False
+    return not (constant != 0 and differs_levels(tree))
+
+
+def _zero_part(tree: Any, nonnegative: set[str]) -> Any:
+    """The part of a product that can be 0 (a factor, through other factors), or the expression."""
+    if tree[0] in ("mul", "div"):
+        for factor, divides in _factors(tree):
+            if not divides and may_be_zero(factor, nonnegative):
+                return _zero_part(factor, nonnegative)
+    return tree
+
+
+def _replaced(tree: Any, part: Any, new: Any) -> Any:
+    if tree is part:
+        return new
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str) and tree[0] != "level":
+        return (tree[0], *(_replaced(item, part, new) for item in tree[1:]))
+    return tree
+
+
+def subtrees(tree: Any) -> Iterator[Any]:
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str):
+        yield tree
+        for part in tree[1:]:
+            yield from subtrees(part)
+
+
+def level_refs(tree: Any) -> Iterator[tuple[str, Span | None]]:
+    if isinstance(tree, tuple) and tree and tree[0] == "level":
+        yield tree[1], tree[2] if len(tree) > 2 else None
+    elif isinstance(tree, tuple):
+        for item in tree[1:]:
+            yield from level_refs(item)
+
+
+def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
+    """E0304 where the update takes a square root (or a fractional power) of a part that goes
+    negative: `sqrt(m)` of a momentum of the gradients is NaN in every entry where m < 0, about half
+    of them at the first step; `sqrt(-v)` wherever v > 0."""
+    from .graph import update_text
+
+    nonnegative = nonnegative_levels(opt)
+    for tree in subtrees(update):
+        if tree[0] == "sqrt":
+            argument, spelled = tree[1], "the square root"
+        elif tree[0] == "pow" and tree[2][1] != int(tree[2][1]):
+            argument, spelled = tree[1], f"the power {tree[2][1]:g}"
+        else:
+            continue
+        argument_sign = sign(argument, nonnegative)
+        levels = list(level_refs(argument))
+        if argument_sign == POSITIVE or not levels or differs_levels(argument):
+            continue
+        shown, span = update_text(argument), levels[0][1] or header
+        if argument_sign == NEGATIVE:
+            yield Diagnostic("E0304", f"{spelled} of `{shown}` has no real value (NaN in the step) wherever it is "
+                             f"not 0, and it is ≤ 0 in every entry: level `{levels[0][0]}` is ≥ 0 (it remembers "
+                             "squared gradients), and the sign in front of it turns that around", span,
+                             "take it of the level itself, or of `abs(…)`")
+            continue
+        signed = [(name, at) for name, at in levels if name not in nonnegative]
+        if not signed:
+            continue  # levels that are ≥ 0 and constants (`v - 1`): the writer knows what the level holds
+        name, at = signed[0]
+        level = next(level for level in opt.levels if level.name == name)
+        why = ("it remembers the gradients, which take both signs" if level.flow == "gradients" else
+               "Newton–Schulz gives its output both signs" if level.orthogonalize is not None else
+               "its φ can flip a sign" if level.state == "mlp" else
+               "the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign" if level.objective == "l2" else
+               f"it remembers level `{level.flow}`, which takes both signs")
+        yield Diagnostic("E0304", f"{spelled} of `{name}` has no real value (NaN in the step) wherever `{name}` < 0, "
+                         f"and level `{name}` goes negative: {why}",
+                         at or header, "take it of a level of `squared_gradients` (Adam's second moment: "
+                         "`level v { flow = squared_gradients }`), or of `abs(…)`")
+
+
+def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
+    """W0712 where the update divides by levels with nothing to keep the divisor off 0 (`m / sqrt(v)`,
+    or `m * v ** -0.5`): 0/0 is NaN in the entries of a parameter whose gradient has been 0, such as an
+    embedding row no token used, and x/0 is inf before a slower level's first write. One warning: the
+    same mend serves the others."""
+    from .graph import update_text
+
+    nonnegative = nonnegative_levels(opt)
+    for tree in subtrees(update):
+        if tree[0] == "div":
+            divisor = tree[2]
+        elif tree[0] == "pow" and tree[2][1] < 0:
+            divisor = tree[1]
+        else:
+            continue
+        if not any(level_refs(divisor)) or not may_be_zero(divisor, nonnegative):
+            continue
+        zero = _zero_part(divisor, nonnegative)
+        [(name, span), *_] = level_refs(zero)
+        if sign(divisor, nonnegative) == POSITIVE:
+            mended = _replaced(tree, divisor, ("add", divisor, ("const", EPSILON)))
+            yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level "
+                             f"`{name}` is (before its first write, and in the entries of a parameter whose "
+                             "gradient has been 0, such as an embedding row no token used): the step is then inf or "
+                             "0/0 = NaN there", span or header,
+                             f"add an ε, e.g. `{update_text(mended)}` (Adam's ε)", "warning")
+        else:  # no ε keeps a divisor that takes both signs off 0: one that is ≥ 0 first
+            mended = _replaced(tree, divisor, ("add", ("abs", divisor), ("const", EPSILON)))
+            yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which takes both signs, so it "
+                             "crosses 0 in some entries (and a level is 0 before its first write): the step is then "
+                             "inf or NaN there", span or header,
+                             f"divide by something ≥ 0 plus an ε, e.g. `{update_text(mended)}`, or by `sqrt(v) + "
+                             "1e-8` of a level of squared gradients", "warning")
+        return
