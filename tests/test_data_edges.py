@@ -244,7 +244,8 @@ class _UnevenBytes(D.ByteTokenizer):
 def _loaded_stub():
     from types import SimpleNamespace
 
-    return E.LoadedModel(_StatefulPeaked(), SimpleNamespace(), None, _UnevenBytes(), None, CPU)
+    spec = SimpleNamespace(train=SimpleNamespace(seq_len=16))  # what a stream reads of the spec
+    return E.LoadedModel(_StatefulPeaked(), SimpleNamespace(), spec, _UnevenBytes(), None, CPU)
 
 
 def test_a_stream_counts_the_bytes_of_the_predicted_tokens():
@@ -280,8 +281,9 @@ def test_a_slow_level_steps_when_the_stream_crosses_its_period_not_only_when_it_
     model = _Biased()
     levels = [E.SlowLevel("a_", [("bias", model.bias)], 24, 0.1)]
     monkeypatch.setattr(E, "slow_levels", lambda loaded, segment: levels)
-    loaded = E.LoadedModel(model, SimpleNamespace(), None, D.ByteTokenizer(),
-                           SimpleNamespace(model={"bias": torch.zeros(256)}), CPU)
+    spec = SimpleNamespace(train=SimpleNamespace(seq_len=16))
+    checkpoint = SimpleNamespace(model={"bias": torch.zeros(256)})
+    loaded = E.LoadedModel(model, SimpleNamespace(), spec, D.ByteTokenizer(), checkpoint, CPU)
     tokens = (torch.arange(49) * 5 % 256).long()
     assert E.stream(loaded, tokens, 16).updates == {"a_": 2}
     levels[0].period = 40
