@@ -241,20 +241,26 @@ def _word_after_value(source: SourceFile, text: str, error: lark.exceptions.Unex
     without it."""
     if not isinstance(error, lark.exceptions.UnexpectedToken) or "EQUALS" not in error.expected:
         return None
-    start = error.token.start_pos or 0
+    token, start = error.token, error.token.start_pos or 0
     before = len(text[:start].rstrip())  # the word may end the line before the token (the next key)
-    found = _VALUE_THEN_WORD.search(text, text.rfind("\n", 0, before) + 1, start)
+    line_start = text.rfind("\n", 0, before) + 1
+    code = text[line_start:before].split("#", 1)[0].rstrip()  # a comment's words are no stray word
+    if '"' in code:  # a string may hold `=` and words: nothing to read off the line
+        return None
+    found = _VALUE_THEN_WORD.search(code)
     if found is None or found[3] in KEYWORDS or found[1] in KEYWORDS:
         return None
-    ends_there = error.token.type == "RBRACE" or "\n" in text[found.end(3):start]
-    if not ends_there:  # `retention 0.9`: a value follows the word, whose `=` is what is missing
+    # the word is a stray one where what follows ends the section or begins the next attribute on a
+    # later line; a value after it (`retention 0.9`, or `seq_len` ⏎ `64`) is its `=` left out instead
+    next_line = "\n" in text[line_start + found.end(3):start]
+    if not (token.type == "RBRACE" or (next_line and token.type == "NAME")):
         return None
+    word_start, word_end = line_start + found.start(3), line_start + found.end(3)
     diagnostic = Diagnostic(
-        "E0101", f"unexpected name `{found[3]}` after the value of `{found[1]}`",
-        source.span(found.start(3), found.end(3)),
+        "E0101", f"unexpected name `{found[3]}` after the value of `{found[1]}`", source.span(word_start, word_end),
         f"a value takes no word after it (no unit: a period counts tokens, a size elements); remove `{found[3]}`, "
         "put a comment after `#`, or begin the next attribute on a new line or after `;`")
-    return diagnostic, (found.start(3), found.end(3), " " * len(found[3]))
+    return diagnostic, (word_start, word_end, " " * len(found[3]))
 
 
 def _unexpected_end(source: SourceFile, text: str, expected: set[str]) -> Diagnostic:

@@ -97,12 +97,27 @@ def _constant_and_signs(tree: Any, nonnegative: set[str]) -> tuple[float, list[s
 
 
 def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
+    """A sum's sign from its terms'; a difference of level expressions (`v - m * m`) counts as ≥ 0,
+    trusted to its writer, and combines with the rest as such (`-(v - m * m)` is ≤ 0)."""
+    if tree[0] == "neg":
+        return FLIPPED[sign(tree[1], nonnegative)]
+    if _is_difference(tree):
+        constant = sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const")
+        return POSITIVE if constant >= 0 else EITHER
     constant, signs = _constant_and_signs(tree, nonnegative)
     if all(s == POSITIVE for s in signs) and constant >= 0:
         return POSITIVE
     if all(s == NEGATIVE for s in signs) and constant <= 0:
         return NEGATIVE
     return EITHER
+
+
+def _is_difference(tree: Any) -> bool:
+    """Whether a sum subtracts a level expression from another one."""
+    if tree[0] not in ("add", "sub"):
+        return False
+    with_levels = [negated for term, negated in _terms(tree) if any(level_refs(term))]
+    return True in with_levels and False in with_levels
 
 
 def _product_sign(tree: Any, nonnegative: set[str]) -> str:
@@ -126,21 +141,10 @@ def bare(tree: Any) -> Any:
     return tuple(bare(part) for part in tree) if isinstance(tree, tuple) else tree
 
 
-def differs_levels(tree: Any) -> bool:
-    """Whether an expression subtracts a level expression from another one (`v - m * m`), anywhere."""
-    for part in subtrees(tree):
-        if part[0] in ("add", "sub", "neg"):
-            terms = [(term, negated) for term, negated in _terms(part) if any(level_refs(term))]
-            if any(negated for _, negated in terms) and any(not negated for _, negated in terms):
-                return True
-    return False
-
-
 def may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
     """Whether an update expression can be 0 in some entry: a level is 0 before its first write and
     wherever the gradients it remembers have been 0; a sum is kept off 0 by its constants when its
-    other terms cannot cross them (`sqrt(v) + 1e-8`), and trusted to be when it is a difference of
-    levels beside a constant (`v - m * m + 1e-8`)."""
+    other terms cannot cross them (`sqrt(v) + 1e-8`, and a trusted difference: `v - m * m + 1e-8`)."""
     kind = tree[0]
     if kind == "level":
         return True
@@ -152,26 +156,19 @@ def may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
         return tree[2][1] > 0 and may_be_zero(tree[1], nonnegative)
     if kind in ("mul", "div"):
         return any(may_be_zero(factor, nonnegative) for factor, divides in _factors(tree) if not divides)
+    if _is_difference(tree):  # trusted ≥ 0: kept off 0 by a positive constant beside it
+        return sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const") <= 0
     constant, signs = _constant_and_signs(tree, nonnegative)
-    if (constant > 0 and all(s == POSITIVE for s in signs)) or (constant < 0 and all(s == NEGATIVE for s in signs)):
-        return False
-    return not (constant != 0 and differs_levels(tree))
+    return not ((constant > 0 and all(s == POSITIVE for s in signs))
+                or (constant < 0 and all(s == NEGATIVE for s in signs)))
 
 
 def _zero_part(tree: Any, nonnegative: set[str]) -> Any:
     """The part of a product that can be 0 (a factor, through other factors), or the expression."""
     if tree[0] in ("mul", "div"):
         for factor, divides in _factors(tree):
-            if not divides and may_be_zero(factor, nonnegative):
+            if not divides and any(level_refs(factor)) and may_be_zero(factor, nonnegative):
                 return _zero_part(factor, nonnegative)
-    return tree
-
-
-def _replaced(tree: Any, part: Any, new: Any) -> Any:
-    if tree is part:
-        return new
-    if isinstance(tree, tuple) and tree and isinstance(tree[0], str) and tree[0] != "level":
-        return (tree[0], *(_replaced(item, part, new) for item in tree[1:]))
     return tree
 
 
@@ -206,18 +203,20 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
             continue
         argument_sign = sign(argument, nonnegative)
         levels = list(level_refs(argument))
-        if argument_sign == POSITIVE or not levels or differs_levels(argument):
+        if argument_sign == POSITIVE or not levels:
             continue
         shown, span = update_text(argument), levels[0][1] or header
         if argument_sign == NEGATIVE:
             yield Diagnostic("E0304", f"{spelled} of `{shown}` has no real value (NaN in the step) wherever it is "
-                             f"not 0, and it is ≤ 0 in every entry: level `{levels[0][0]}` is ≥ 0 (it remembers "
-                             "squared gradients), and the sign in front of it turns that around", span,
-                             "take it of the level itself, or of `abs(…)`")
+                             "not 0: it is ≤ 0 in every entry (a minus sign in front of something ≥ 0)", span,
+                             "take it of something ≥ 0, such as a level of squared gradients, or `abs(…)`")
             continue
         signed = [(name, at) for name, at in levels if name not in nonnegative]
-        if not signed:
-            continue  # levels that are ≥ 0 and constants (`v - 1`): the writer knows what the level holds
+        as_if_nonnegative = sign(argument, {name for name, _ in levels})
+        if not signed or as_if_nonnegative == EITHER:
+            # ≥ 0 levels and constants (`v - 1`), or a sign the levels' own would not settle
+            # (`abs(m) - 1e-8`): the writer knows what the levels hold
+            continue
         name, at = signed[0]
         level = next(level for level in opt.levels if level.name == name)
         why = ("it remembers the gradients, which take both signs" if level.flow == "gradients" else
@@ -225,8 +224,9 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
                "its φ can flip a sign" if level.state == "mlp" else
                "the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign" if level.objective == "l2" else
                f"it remembers level `{level.flow}`, which takes both signs")
-        yield Diagnostic("E0304", f"{spelled} of `{name}` has no real value (NaN in the step) wherever `{name}` < 0, "
-                         f"and level `{name}` goes negative: {why}",
+        where = f"`{name}` < 0" if as_if_nonnegative == POSITIVE else f"`{shown}` < 0, that is where `{name}` > 0"
+        yield Diagnostic("E0304", f"{spelled} of `{shown}` has no real value (NaN in the step) wherever {where}, "
+                         f"and level `{name}` takes both signs: {why}",
                          at or header, "take it of a level of `squared_gradients` (Adam's second moment: "
                          "`level v { flow = squared_gradients }`), or of `abs(…)`")
 
@@ -234,11 +234,13 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
 def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
     """W0712 where the update divides by levels with nothing to keep the divisor off 0 (`m / sqrt(v)`,
     or `m * v ** -0.5`): 0/0 is NaN in the entries of a parameter whose gradient has been 0, such as an
-    embedding row no token used, and x/0 is inf before a slower level's first write. One warning: the
-    same mend serves the others."""
+    embedding row no token used, and x/0 is inf before a slower level's first write. One warning, at
+    the first such divisor; its help mends them all."""
     from .graph import update_text
 
     nonnegative = nonnegative_levels(opt)
+    mends: dict[int, Any] = {}
+    first = None
     for tree in subtrees(update):
         if tree[0] == "div":
             divisor = tree[2]
@@ -246,22 +248,36 @@ def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterat
             divisor = tree[1]
         else:
             continue
-        if not any(level_refs(divisor)) or not may_be_zero(divisor, nonnegative):
+        if id(divisor) in mends or not any(level_refs(divisor)) or not may_be_zero(divisor, nonnegative):
             continue
-        zero = _zero_part(divisor, nonnegative)
-        [(name, span), *_] = level_refs(zero)
-        if sign(divisor, nonnegative) == POSITIVE:
-            mended = _replaced(tree, divisor, ("add", divisor, ("const", EPSILON)))
-            yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level "
-                             f"`{name}` is (before its first write, and in the entries of a parameter whose "
-                             "gradient has been 0, such as an embedding row no token used): the step is then inf or "
-                             "0/0 = NaN there", span or header,
-                             f"add an ε, e.g. `{update_text(mended)}` (Adam's ε)", "warning")
-        else:  # no ε keeps a divisor that takes both signs off 0: one that is ≥ 0 first
-            mended = _replaced(tree, divisor, ("add", ("abs", divisor), ("const", EPSILON)))
-            yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which takes both signs, so it "
-                             "crosses 0 in some entries (and a level is 0 before its first write): the step is then "
-                             "inf or NaN there", span or header,
-                             f"divide by something ≥ 0 plus an ε, e.g. `{update_text(mended)}`, or by `sqrt(v) + "
-                             "1e-8` of a level of squared gradients", "warning")
+        divisor_sign = sign(divisor, nonnegative)
+        mends[id(divisor)] = (("add", divisor, ("const", EPSILON)) if divisor_sign == POSITIVE else
+                              ("sub", divisor, ("const", EPSILON)) if divisor_sign == NEGATIVE else
+                              ("add", ("abs", divisor), ("const", EPSILON)))
+        if first is None:
+            first = divisor, divisor_sign
+    if first is None:
         return
+    divisor, divisor_sign = first
+    [(name, span), *_] = level_refs(_zero_part(divisor, nonnegative))
+    mended = update_text(_mended(update, mends))
+    if divisor_sign == EITHER:  # no ε keeps a divisor that takes both signs off 0: one that is ≥ 0 first
+        yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which takes both signs, so it "
+                         "crosses 0 in some entries (and a level is 0 before its first write): the step is then "
+                         "inf or NaN there", span or header,
+                         f"divide by something ≥ 0 plus an ε, e.g. `{mended}`, or by `sqrt(v) + 1e-8` of a level "
+                         "of squared gradients", "warning")
+        return
+    yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level `{name}` "
+                     "is (before its first write, and in the entries of a parameter whose gradient has been 0, such "
+                     "as an embedding row no token used): the step is then inf or 0/0 = NaN there", span or header,
+                     f"add an ε, e.g. `{mended}` (Adam's ε)", "warning")
+
+
+def _mended(tree: Any, mends: dict[int, Any]) -> Any:
+    """`tree` with each part whose id is in `mends` replaced by its mend."""
+    if id(tree) in mends:
+        return mends[id(tree)]
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str) and tree[0] != "level":
+        return (tree[0], *(_mended(item, mends) for item in tree[1:]))
+    return tree

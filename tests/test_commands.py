@@ -326,6 +326,8 @@ def test_slow_levels_take_an_sgd_step_with_their_lr_each_period(run_dir):
     loaded = E.load_model(run_dir, CPU)
     levels = {level.prefix: level for level in E.slow_levels(loaded, 16)}
     assert {p: (lv.period, lv.lr) for p, lv in levels.items()} == {"cms.slow_": (48, 0.01), "cms.outer_": (48, 0.01)}
+    # the steps(3) level counts segments (each adds its mean loss's gradient), the other tokens
+    assert {p: lv.per_segment for p, lv in levels.items()} == {"cms.slow_": False, "cms.outer_": True}
     start = {name: p.detach().clone() for level in levels.values() for name, p in level.parameters}
     tokens = loaded.tokenizer.encode("".join(f"y{i} = {i}\n" for i in range(20)))[:16 * 5 + 1]
     result = E.stream(loaded, tokens, 16)

@@ -311,3 +311,23 @@ def test_a_stream_state_with_a_negative_position_is_corrupt(tmp_path):
     E.save_stream_state(path, E.StreamState(position=-5), "spec", "c", "w")
     with pytest.raises(UserError, match="its position is not a token count"):
         E.load_stream_state(path, "spec", "w", CPU)
+
+
+def test_a_steps_count_levels_stream_step_does_not_grow_with_the_segment(monkeypatch):
+    """A `steps(3)` level's period is three segments, each adding its mean loss's gradient (as an
+    outer step adds its batch mean's): the step is the same at --segment 8 and 16 (the token-share
+    scaling of levels with a period in tokens doubled it)."""
+    from types import SimpleNamespace
+
+    steps = {}
+    for segment in (8, 16):
+        model = _Biased()
+        level = E.SlowLevel("a_", [("bias", model.bias)], 3 * segment, 0.1, per_segment=True)
+        monkeypatch.setattr(E, "slow_levels", lambda loaded, seg, level=level: [level])
+        spec = SimpleNamespace(train=SimpleNamespace(seq_len=16))
+        checkpoint = SimpleNamespace(model={"bias": torch.zeros(256)})
+        loaded = E.LoadedModel(model, SimpleNamespace(), spec, D.ByteTokenizer(), checkpoint, CPU)
+        result = E.stream(loaded, torch.full((3 * segment + 1,), 5, dtype=torch.long), segment)
+        assert result.updates == {"a_": 1}
+        steps[segment] = result.state.slow_weights["bias"].abs().sum().item()
+    assert steps[8] == pytest.approx(steps[16], rel=1e-5), steps

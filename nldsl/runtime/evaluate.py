@@ -283,6 +283,9 @@ class SlowLevel:
     parameters: list[tuple[str, torch.nn.Parameter]]
     period: int  # tokens
     lr: float  # η
+    # a `steps(count)` level: its period is `count` segments, each adding its mean loss's gradient as an
+    # outer step adds its batch mean's (a level of a period in tokens adds each token's share instead)
+    per_segment: bool = False
 
 
 def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
@@ -313,7 +316,8 @@ def slow_levels(loaded: LoadedModel, segment: int) -> list[SlowLevel]:
             continue
         parameters = [(n, p) for n, p in loaded.model.named_parameters() if clock_prefix(n, {prefix: 1}) == prefix]
         period = level.period if isinstance(level.period, int) else level.period.count * segment
-        levels.append(SlowLevel(prefix, parameters, period, lower.gate_start("lr", level.lr)))
+        levels.append(SlowLevel(prefix, parameters, period, lower.gate_start("lr", level.lr),
+                                per_segment=not isinstance(level.period, int)))
     return levels
 
 
@@ -447,13 +451,14 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                     break
                 if levels:
                     # the segment's summed loss over a training sequence's length: its mean loss weighted
-                    # by its share of a sequence, so that a period's step does not depend on --segment
-                    # (a training step's loss is a mean over seq_len tokens; a segment of seq_len is one)
+                    # by its share of a sequence, so that a period in tokens takes the same step whatever
+                    # --segment cuts it into (a segment of seq_len adds its mean loss's gradient); a
+                    # `steps(count)` level counts segments, and each adds its mean loss's gradient
                     (loss / seq_len).backward()
                     for level in levels:
                         for name, p in level.parameters:
                             if p.grad is not None:
-                                sums[name] += p.grad
+                                sums[name] += p.grad * (seq_len / n) if level.per_segment else p.grad
                             p.grad = None
                 memory = detach_state(new_memory)
                 segment_bytes = int(token_bytes[targets].sum())
