@@ -1381,13 +1381,13 @@ _ENTRIES = (
           dim = 64
           block { mlp { } }
         }
-        optimizer rms {
+        optimizer rms_with_eps {
           lr = 1e-3
-          level v { flow = squared_gradients; retention = 0.99; lr = 0.01 }
           level m { flow = gradients; retention = 0.9; lr = 0.1 }
-          update = m / (sqrt(v) + 1e-8)
+          level v { flow = squared_gradients; retention = 0.99; lr = 0.01 }
+          update = m / (sqrt(v) + 1e-8)  # ε keeps the divisor off 0
         }
-        train { optimizer = rms }
+        train { optimizer = rms_with_eps }
         """,
     ),
 )

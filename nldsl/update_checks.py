@@ -4,8 +4,8 @@ The tree is the checker's (`("level", name, span)`, `("const", x)`, `(op, a, b)`
 `("neg", a)`). Each part has a sign known in every entry: POSITIVE (≥ 0), NEGATIVE (≤ 0) or
 EITHER. From the signs: a square root or fractional power of a part that goes negative is NaN
 there (E0304), and a divisor that can be 0 makes the step inf or 0/0 (W0712). A difference of two
-level expressions (`v - m * m`, a variance) is left to its writer: its sign comes from the levels'
-own arithmetic (v and m averaging the same steps), which no sign rule sees.
+level expressions (`v - m * m`, a variance) counts as ≥ 0, trusted to its writer: its sign comes
+from the levels' own arithmetic (v and m averaging the same steps), which no sign rule sees.
 """
 
 from __future__ import annotations
@@ -84,16 +84,16 @@ def _factors(tree: Any) -> Iterator[tuple[Any, bool]]:
     return _chain(tree, "mul", "div")
 
 
+def _constant(tree: Any) -> float:
+    """A sum's constant terms added up."""
+    return sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const")
+
+
 def _constant_and_signs(tree: Any, nonnegative: set[str]) -> tuple[float, list[str]]:
     """A sum's constant terms added up, and the signs of its other terms as they count."""
-    constant, signs = 0.0, []
-    for term, negated in _terms(tree):
-        if term[0] == "const":
-            constant += -term[1] if negated else term[1]
-        else:
-            term_sign = sign(term, nonnegative)
-            signs.append(FLIPPED[term_sign] if negated else term_sign)
-    return constant, signs
+    signs = [FLIPPED[sign(term, nonnegative)] if negated else sign(term, nonnegative)
+             for term, negated in _terms(tree) if term[0] != "const"]
+    return _constant(tree), signs
 
 
 def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
@@ -102,8 +102,7 @@ def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
     if tree[0] == "neg":
         return FLIPPED[sign(tree[1], nonnegative)]
     if _is_difference(tree):
-        constant = sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const")
-        return POSITIVE if constant >= 0 else EITHER
+        return POSITIVE if _constant(tree) >= 0 else EITHER
     constant, signs = _constant_and_signs(tree, nonnegative)
     if all(s == POSITIVE for s in signs) and constant >= 0:
         return POSITIVE
@@ -157,7 +156,7 @@ def may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
     if kind in ("mul", "div"):
         return any(may_be_zero(factor, nonnegative) for factor, divides in _factors(tree) if not divides)
     if _is_difference(tree):  # trusted ≥ 0: kept off 0 by a positive constant beside it
-        return sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const") <= 0
+        return _constant(tree) <= 0
     constant, signs = _constant_and_signs(tree, nonnegative)
     return not ((constant > 0 and all(s == POSITIVE for s in signs))
                 or (constant < 0 and all(s == NEGATIVE for s in signs)))

@@ -442,9 +442,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                 nats = float(loss.detach())
                 fresh_nats = None
                 if baseline:
-                    with torch.no_grad():
-                        fresh_nats = float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0],
-                                                           reduction="sum"))
+                    fresh_nats = _fresh_nats(model, inputs, targets)
                 if not math.isfinite(nats):
                     stopped = (f"the loss is {nats} on the segment at token {position:,}: it was not applied, and "
                                f"the stream stopped there; {_non_finite_cause(model, inputs, targets, memory)}")
@@ -491,6 +489,17 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
     return StreamResult(segments, final, updates, stopped)
 
 
+def _fresh_nats(model: torch.nn.Module, inputs: Tensor, targets: Tensor) -> float:
+    """A segment's summed loss from a fresh memory state (one sequence)."""
+    with torch.no_grad():
+        return float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0], reduction="sum"))
+
+
+# what to change when an in-context level diverges (`nldsl train` says it of a first step too)
+IN_CONTEXT_LR_ADVICE = ("An in-context level's learning rate (`lr` in its `level`) set too high is the usual cause: "
+                        "lower it, or bound it with learned(max = …)")
+
+
 def _non_finite_cause(model: torch.nn.Module, inputs: Tensor, targets: Tensor, memory: Any) -> str:
     """Why a stream's segment is not finite, as `nldsl train` says it of a first step: the layer
     where the forward pass first is, and whether a fresh memory state gets through the same segment
@@ -498,17 +507,14 @@ def _non_finite_cause(model: torch.nn.Module, inputs: Tensor, targets: Tensor, m
     where = first_non_finite(model, inputs, targets, state=memory)
     found = f"the forward pass is first not finite in {where}" if where else "the forward pass is finite"
     if memory is None:
-        return (f"{found}. An in-context level's learning rate (`lr` in its `level`) set too high is the usual "
-                "cause: lower it, or bound it with learned(max = …), and train again")
-    with torch.no_grad():
-        fresh = float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0], reduction="sum"))
+        return f"{found}. {IN_CONTEXT_LR_ADVICE}, and train again"
+    fresh = _fresh_nats(model, inputs, targets)
     if math.isfinite(fresh):
         return (f"{found} with the memory carried here, and finite from a fresh memory state (loss "
                 f"{fresh / inputs.shape[1]:.4f}): the carried memory diverged. A memory without retention, or with "
                 "a large `lr`, can grow past what training's sequences showed it; stream shorter texts, or give "
                 "the level a retention below 1. A --state-in of the saved state meets this segment first")
-    return (f"{found}, from a fresh memory state too. An in-context level's learning rate (`lr` in its `level`) set "
-            "too high is the usual cause: lower it, or bound it with learned(max = …), and train again")
+    return f"{found}, from a fresh memory state too. {IN_CONTEXT_LR_ADVICE}, and train again"
 
 
 def stream_parts(segments: list[Segment], parts: int = 4

@@ -64,6 +64,7 @@ from nldsl.runtime.chunked import compile_loss
 from nldsl.runtime.clock import ContinuumClock as BaseClock
 from nldsl.runtime.distributed import Distributed
 from nldsl.runtime.evaluate import (
+    IN_CONTEXT_LR_ADVICE,
     Evaluation,
     evaluate,
     evaluation_from_sums,
@@ -609,9 +610,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 found_at = ("the same command in one process (without torchrun) names the layer where the "
                             "forward pass is first not finite")
             return TrainingError(f"{what}; the weights it starts from already give it, before any update, so a lower "
-                                 f"train.optimizer.lr or a clip cannot help: {found_at}. An in-context level's "
-                                 "learning rate (`lr` in its `level`) set too high is the usual cause: lower it, or "
-                                 "bound it with learned(max = …)")
+                                 f"train.optimizer.lr or a clip cannot help: {found_at}. {IN_CONTEXT_LR_ADVICE}")
         kept = (f"the last good checkpoint is {last_checkpoint[0]}" if last_checkpoint[0]
                 else "no checkpoint was written yet")
         then = "then --resume" if last_checkpoint[0] else "then train again"
