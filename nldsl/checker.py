@@ -36,6 +36,7 @@ from . import spec as S
 from .diagnostics import Diagnostic, DiagnosticBag, did_you_mean, did_you_mean_among, listing
 from .parser import MAX_NESTING, SECTION_EXPECTED, parse
 from .source import SourceFile, Span
+from .update_checks import constant_value
 
 MAX_IMPORT_DEPTH = 16  # files in a chain of imports, not counting the root
 ROUNDING = 2.0 ** -52  # float64's machine epsilon: one unit in the last place of 1.0
@@ -1338,13 +1339,13 @@ class Converter:
         if isinstance(expr, ast.Binary) and expr.op in ops:
             left, right = self.expression(expr.left, attr), self.expression(expr.right, attr)
             # a constant part that has no value would turn every step into NaN: caught here, as in constants
-            if expr.op == "/" and _constant_part(right) == 0:
+            if expr.op == "/" and constant_value(right) == 0:
                 raise EvalError("E0304", "division by zero", expr.right.span)
             if expr.op == "/" and _cancels_to_rounding(right):  # `1 - 0.9 - 0.1`: 0 but for rounding
                 raise EvalError("E0304", f"division by zero: this constant part is 0 up to floating-point "
-                                f"rounding (it computes to {_constant_part(right):.3g})", expr.right.span)
+                                f"rounding (it computes to {constant_value(right):.3g})", expr.right.span)
             tree = (ops[expr.op], left, right)
-            value = _constant_part(tree)  # in floats, as the optimizer step computes it
+            value = constant_value(tree)  # in floats, as the optimizer step computes it
             if value is not None and not math.isfinite(value):
                 raise EvalError("E0304", f"this constant part of the update is {value} in floating point", expr.span)
             return tree
@@ -1353,7 +1354,7 @@ class Converter:
         if isinstance(expr, ast.Call) and expr.func.dotted in S.UPDATE_FUNCTIONS and len(expr.args) == 1 \
                 and not expr.kwargs:
             argument = self.expression(expr.args[0], attr)
-            value = _constant_part(argument)
+            value = constant_value(argument)
             if expr.func.dotted == "sqrt" and value is not None and value < 0:
                 raise EvalError("E0304", f"the square root of {value:g} has no real value", expr.args[0].span)
             return (expr.func.dotted, argument)
@@ -1370,12 +1371,12 @@ class Converter:
         its constant part can be checked here (a root of a negative number or a power past floats)."""
         base = self.expression(expr.left, attr)
         written = self.expression(expr.right, attr)
-        exponent = _constant_part(written)
+        exponent = constant_value(written)
         if exponent is None:
             named = f", and `{written[1]}` is not a constant" if written[0] == "level" else ", not a level"
             raise EvalError("E0301", f"the exponent of `**` in an update is a number or a constant{named}",
                             expr.right.span, "write a level's square as `m * m` or `m ** 2`")
-        constant_base = _constant_part(base)
+        constant_base = constant_value(base)
         if constant_base is not None:  # raises where the power has no finite value
             _constant_power(constant_base, exponent, expr.span)
         return ("pow", base, ("const", exponent))
@@ -2007,37 +2008,12 @@ def _spell(value: Any) -> str:
     return str(value)
 
 
-def _constant_part(tree: Any) -> float | None:
-    """The value of an `update` subtree that reads no level (None if it reads one)."""
-    if tree[0] == "const":
-        return tree[1]
-    if tree[0] == "level":
-        return None
-    values = [_constant_part(operand) for operand in tree[1:]]
-    if any(value is None for value in values):
-        return None
-    if tree[0] == "neg":
-        return -values[0]
-    if tree[0] == "sqrt":
-        return math.sqrt(values[0])  # a negative one was rejected when its node was built
-    if tree[0] == "abs":
-        return abs(values[0])
-    if tree[0] == "sign":
-        return float((values[0] > 0) - (values[0] < 0))
-    left, right = values
-    if tree[0] == "pow":
-        return math.pow(left, right)  # checked by `_constant_power` when its node was built
-    if tree[0] == "div":
-        return left / right  # a zero divisor was rejected when its node was built
-    return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
-
-
 def _cancels_to_rounding(tree: Any) -> bool:
     """Whether a constant sum or difference is rounding noise: not 0, yet within a few units of the
     last place of its operands (1 − 0.9 − 0.1 = −2.8e−17), so a division by it is a division by 0."""
     if tree[0] not in ("add", "sub"):
         return False
-    value, left, right = _constant_part(tree), _constant_part(tree[1]), _constant_part(tree[2])
+    value, left, right = constant_value(tree), constant_value(tree[1]), constant_value(tree[2])
     if value is None or left is None or right is None:
         return False
     return _rounding_noise(value, left, right)

@@ -517,8 +517,9 @@ _ENTRIES = (
         optimizer's `update`. So is an `update` that takes a square root or a fractional power of
         a level that goes negative (`sqrt(m)` of a momentum of the gradients, NaN wherever m < 0):
         only a linear `dot` level of `squared_gradients` (or of such a level), without
-        Newton–Schulz, stays non-negative; an argument that subtracts (`sqrt(v - m * m)`) is left
-        to the writer.
+        Newton–Schulz, stays non-negative; a difference of non-negative parts (`sqrt(v - m * m)`,
+        a variance) is left to the writer, and `nldsl train` stops at the first update it makes
+        non-finite.
 
         A constant whose definition fails is reported once, where it fails; its uses are not
         reported again.
@@ -1160,7 +1161,9 @@ _ENTRIES = (
         normalises each chunk's increment, which such an η only scales (docs/semantics.md §1.5); an
         optimizer level's `hidden` on a `linear` state (it is the width of an `mlp` state's φ); an
         optimizer level with `lr = 0` on a `linear` state that starts at zero (it writes nothing, so
-        its output is 0 at every step); `beta2` or `eps` on `sgd(…)`, which keeps no second moment;
+        its output is 0 at every step); `bias_correction` or `nesterov` on a linear level with
+        `retention = 0` (1 − 0^w is 1, and α m + η X is the write itself); `beta2` or `eps` on
+        `sgd(…)`, which keeps no second moment;
         an override that a later override of the same key replaces (its value is never checked), or
         one inside a section whose whole value a later override sets, and one of a constant
         nothing reads. The

@@ -612,6 +612,15 @@ def _optimizer_level_options(level: S.OptimizerLevelSpec, lp: str, spans: dict[s
                          "and stays there, so its output is 0 at every step", at("lr"),
                          "give the level an `lr` above 0 (momentum writes with `lr = 1`, an average with "
                          "`lr = 1 - retention`)", "warning")
+    if level.retention == 0 and level.state == "linear":
+        # 1 − 0^w = 1 from the first write on; and with nothing kept, α m + η X is the write η X itself
+        inert = [("bias_correction", level.bias_correction, "divides by 1 − α^w, which is 1 with `retention = 0`"),
+                 ("nesterov", level.nesterov and level.objective == "dot" and level.init == "zeros",
+                  "outputs α m + η X, which is the write η X itself with `retention = 0`")]
+        for option, setting, why in inert:
+            if setting and f"{lp}.{option}" in spans:
+                yield Diagnostic("W0706", f"`{option}` has no effect on level `{level.name}`: it {why}", at(option),
+                                 f"remove `{option}`, or give the level a retention above 0", "warning")
     if level.bias_correction and not level.retention < 1:
         yield Diagnostic("E0601", f"`bias_correction` divides by 1 − α^w, which is 0 with `retention = "
                          f"{level.retention:g}`", at("retention", "bias_correction"),

@@ -10,6 +10,7 @@ from the levels' own arithmetic (v and m averaging the same steps), which no sig
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,32 @@ from .source import Span
 POSITIVE, NEGATIVE, EITHER = "+", "-", "?"
 FLIPPED = {POSITIVE: NEGATIVE, NEGATIVE: POSITIVE, EITHER: EITHER}
 EPSILON = 1e-8  # the ε a help suggests (Adam's)
+
+
+def constant_value(tree: Any) -> float | None:
+    """The value of an update subtree that reads no level (None if it reads one), in floats as the
+    optimizer step computes it."""
+    if tree[0] == "const":
+        return tree[1]
+    if tree[0] == "level":
+        return None
+    values = [constant_value(operand) for operand in tree[1:]]
+    if any(value is None for value in values):
+        return None
+    if tree[0] == "neg":
+        return -values[0]
+    if tree[0] == "sqrt":
+        return math.sqrt(values[0])  # a negative one was rejected when its node was built
+    if tree[0] == "abs":
+        return abs(values[0])
+    if tree[0] == "sign":
+        return float((values[0] > 0) - (values[0] < 0))
+    left, right = values
+    if tree[0] == "pow":
+        return math.pow(left, right)  # checked by the checker's `_constant_power` when its node was built
+    if tree[0] == "div":
+        return left / right  # a zero divisor was rejected when its node was built
+    return {"add": left + right, "sub": left - right, "mul": left * right}[tree[0]]
 
 
 def nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:
@@ -40,25 +67,26 @@ def nonnegative_levels(opt: S.OptimizerSpec) -> set[str]:
     return found
 
 
-def sign(tree: Any, nonnegative: set[str]) -> str:
-    """The sign an update expression has in every entry."""
-    kind = tree[0]
+def sign(tree: Any, nonnegative: set[str], trust: bool = True) -> str:
+    """The sign an update expression has in every entry; `trust`: a difference of levels counts as
+    ≥ 0 (under a root its writer means it to be; as a divisor it is one that can cross 0)."""
+    kind, value = tree[0], constant_value(tree)
+    if value is not None:  # `2 * eps`, `1 / 1e8`: a number, whatever its spelling
+        return POSITIVE if value >= 0 else NEGATIVE
     if kind == "level":
         return POSITIVE if tree[1] in nonnegative else EITHER
-    if kind == "const":
-        return POSITIVE if tree[1] >= 0 else NEGATIVE
     if kind in ("sqrt", "abs"):
         return POSITIVE
     if kind == "sign":
-        return sign(tree[1], nonnegative)
+        return sign(tree[1], nonnegative, trust)
     if kind == "pow":
         exponent = tree[2][1]
         if exponent != int(exponent):
             return POSITIVE  # where it has a value (a negative base is caught as a root, E0304)
-        return POSITIVE if int(exponent) % 2 == 0 else sign(tree[1], nonnegative)
+        return POSITIVE if int(exponent) % 2 == 0 else sign(tree[1], nonnegative, trust)
     if kind in ("mul", "div"):
-        return _product_sign(tree, nonnegative)
-    return _sum_sign(tree, nonnegative)  # add, sub, neg
+        return _product_sign(tree, nonnegative, trust)
+    return _sum_sign(tree, nonnegative, trust)  # add, sub, neg
 
 
 def _chain(tree: Any, same: str, inverse: str, unary: str | None = None,
@@ -85,25 +113,27 @@ def _factors(tree: Any) -> Iterator[tuple[Any, bool]]:
 
 
 def _constant(tree: Any) -> float:
-    """A sum's constant terms added up."""
-    return sum(-term[1] if negated else term[1] for term, negated in _terms(tree) if term[0] == "const")
+    """A sum's constant terms added up (a term that reads no level is one, however written)."""
+    values = [(constant_value(term), negated) for term, negated in _terms(tree)]
+    return sum(-value if negated else value for value, negated in values if value is not None)
 
 
-def _constant_and_signs(tree: Any, nonnegative: set[str]) -> tuple[float, list[str]]:
+def _constant_and_signs(tree: Any, nonnegative: set[str], trust: bool = True) -> tuple[float, list[str]]:
     """A sum's constant terms added up, and the signs of its other terms as they count."""
-    signs = [FLIPPED[sign(term, nonnegative)] if negated else sign(term, nonnegative)
-             for term, negated in _terms(tree) if term[0] != "const"]
+    signs = [FLIPPED[sign(term, nonnegative, trust)] if negated else sign(term, nonnegative, trust)
+             for term, negated in _terms(tree) if constant_value(term) is None]
     return _constant(tree), signs
 
 
-def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
-    """A sum's sign from its terms'; a difference of level expressions (`v - m * m`) counts as ≥ 0,
-    trusted to its writer, and combines with the rest as such (`-(v - m * m)` is ≤ 0)."""
+def _sum_sign(tree: Any, nonnegative: set[str], trust: bool = True) -> str:
+    """A sum's sign from its terms'; with `trust`, a difference of non-negative level expressions
+    (`v - m * m`) counts as ≥ 0, as its writer means it, and combines with the rest as such
+    (`-(v - m * m)` is ≤ 0)."""
     if tree[0] == "neg":
-        return FLIPPED[sign(tree[1], nonnegative)]
-    if _is_difference(tree):
+        return FLIPPED[sign(tree[1], nonnegative, trust)]
+    if trust and _is_difference(tree, nonnegative):
         return POSITIVE if _constant(tree) >= 0 else EITHER
-    constant, signs = _constant_and_signs(tree, nonnegative)
+    constant, signs = _constant_and_signs(tree, nonnegative, trust)
     if all(s == POSITIVE for s in signs) and constant >= 0:
         return POSITIVE
     if all(s == NEGATIVE for s in signs) and constant <= 0:
@@ -111,15 +141,17 @@ def _sum_sign(tree: Any, nonnegative: set[str]) -> str:
     return EITHER
 
 
-def _is_difference(tree: Any) -> bool:
-    """Whether a sum subtracts a level expression from another one."""
+def _is_difference(tree: Any, nonnegative: set[str]) -> bool:
+    """Whether a sum subtracts a non-negative level expression from another (`v - m * m`, a variance;
+    `v - m` is none: m takes both signs)."""
     if tree[0] not in ("add", "sub"):
         return False
-    with_levels = [negated for term, negated in _terms(tree) if any(level_refs(term))]
-    return True in with_levels and False in with_levels
+    with_levels = [(term, negated) for term, negated in _terms(tree) if any(level_refs(term))]
+    return (any(negated for _, negated in with_levels) and any(not negated for _, negated in with_levels)
+            and all(sign(term, nonnegative, trust=False) == POSITIVE for term, _ in with_levels))
 
 
-def _product_sign(tree: Any, nonnegative: set[str]) -> str:
+def _product_sign(tree: Any, nonnegative: set[str], trust: bool = True) -> str:
     """A product's sign from its factors' (a quotient's is a product's): a factor that appears an even
     number of times is a square, and `sign(x) * x` is |x|."""
     counts = Counter(bare(factor) for factor, _ in _factors(tree))
@@ -127,7 +159,7 @@ def _product_sign(tree: Any, nonnegative: set[str]) -> str:
     for factor in list(odd):
         if factor[0] == "sign" and factor in odd and factor[1] in odd:
             odd -= {factor, factor[1]}
-    signs = [sign(factor, nonnegative) for factor in odd]
+    signs = [sign(factor, nonnegative, trust) for factor in odd]
     if EITHER in signs:
         return EITHER
     return NEGATIVE if signs.count(NEGATIVE) % 2 else POSITIVE
@@ -140,24 +172,25 @@ def bare(tree: Any) -> Any:
     return tuple(bare(part) for part in tree) if isinstance(tree, tuple) else tree
 
 
-def may_be_zero(tree: Any, nonnegative: set[str]) -> bool:
+def may_be_zero(tree: Any, nonnegative: set[str], trust: bool = False) -> bool:
     """Whether an update expression can be 0 in some entry: a level is 0 before its first write and
     wherever the gradients it remembers have been 0; a sum is kept off 0 by its constants when its
-    other terms cannot cross them (`sqrt(v) + 1e-8`, and a trusted difference: `v - m * m + 1e-8`)."""
-    kind = tree[0]
+    other terms cannot cross them (`sqrt(v) + 1e-8`; under a root, a trusted difference too:
+    `sqrt(v - m * m + 1e-8)`)."""
+    kind, value = tree[0], constant_value(tree)
+    if value is not None:
+        return value == 0
     if kind == "level":
         return True
-    if kind == "const":
-        return tree[1] == 0
     if kind in ("sqrt", "abs", "sign"):
-        return may_be_zero(tree[1], nonnegative)
+        return may_be_zero(tree[1], nonnegative, trust or kind == "sqrt")
     if kind == "pow":  # a negative power of 0 is inf, not 0 (the division it is, W0712, is found on its own)
-        return tree[2][1] > 0 and may_be_zero(tree[1], nonnegative)
+        return tree[2][1] > 0 and may_be_zero(tree[1], nonnegative, trust or tree[2][1] != int(tree[2][1]))
     if kind in ("mul", "div"):
-        return any(may_be_zero(factor, nonnegative) for factor, divides in _factors(tree) if not divides)
-    if _is_difference(tree):  # trusted ≥ 0: kept off 0 by a positive constant beside it
+        return any(may_be_zero(factor, nonnegative, trust) for factor, divides in _factors(tree) if not divides)
+    if trust and _is_difference(tree, nonnegative):  # trusted ≥ 0: kept off 0 by a positive constant beside it
         return _constant(tree) <= 0
-    constant, signs = _constant_and_signs(tree, nonnegative)
+    constant, signs = _constant_and_signs(tree, nonnegative, trust)
     return not ((constant > 0 and all(s == POSITIVE for s in signs))
                 or (constant < 0 and all(s == NEGATIVE for s in signs)))
 
@@ -218,16 +251,23 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
             continue
         name, at = signed[0]
         level = next(level for level in opt.levels if level.name == name)
-        why = ("it remembers the gradients, which take both signs" if level.flow == "gradients" else
-               "Newton–Schulz gives its output both signs" if level.orthogonalize is not None else
-               "its φ can flip a sign" if level.state == "mlp" else
-               "the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign" if level.objective == "l2" else
-               f"it remembers level `{level.flow}`, which takes both signs")
+        why, help = (
+            ("it remembers the gradients, which take both signs", "take it of a level of `squared_gradients` "
+             "(Adam's second moment: `level v { flow = squared_gradients }`), or of `abs(…)`")
+            if level.flow == "gradients" else
+            ("Newton–Schulz gives its output both signs",
+             f"remove `orthogonalize` from `{name}`, or take it of `abs(…)`")
+            if level.orthogonalize is not None else
+            ("its φ can flip a sign", f"use `state = linear` on `{name}`, or take it of `abs(…)`")
+            if level.state == "mlp" else
+            ("the delta rule's decay (αI − η X̂X̂ᵀ) can flip a sign", f"use `objective = dot` on `{name}`, or take it "
+             "of `abs(…)`") if level.objective == "l2" else
+            (f"it remembers level `{level.flow}`, which takes both signs", f"take it of `abs(…)`, or make "
+             f"`{level.flow}` a level of squared gradients"))
         where = f"`{name}` < 0" if as_if_nonnegative == POSITIVE else f"`{shown}` < 0, that is where `{name}` > 0"
         yield Diagnostic("E0304", f"{spelled} of `{shown}` has no real value (NaN in the step) wherever {where}, "
                          f"and level `{name}` takes both signs: {why}",
-                         at or header, "take it of a level of `squared_gradients` (Adam's second moment: "
-                         "`level v { flow = squared_gradients }`), or of `abs(…)`")
+                         at or header, help)
 
 
 def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
@@ -249,7 +289,7 @@ def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterat
             continue
         if id(divisor) in mends or not any(level_refs(divisor)) or not may_be_zero(divisor, nonnegative):
             continue
-        divisor_sign = sign(divisor, nonnegative)
+        divisor_sign = sign(divisor, nonnegative, trust=False)
         mends[id(divisor)] = (("add", divisor, ("const", EPSILON)) if divisor_sign == POSITIVE else
                               ("sub", divisor, ("const", EPSILON)) if divisor_sign == NEGATIVE else
                               ("add", ("abs", divisor), ("const", EPSILON)))
@@ -260,17 +300,21 @@ def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterat
     divisor, divisor_sign = first
     [(name, span), *_] = level_refs(_zero_part(divisor, nonnegative))
     mended = update_text(_mended(update, mends))
+    level = next(level for level in opt.levels if level.name == name)
+    # before its first write an ε alone is the divisor: an ε keeps the step finite, not small
+    later = (f"; but level `{name}` is 0 until its first write at step {level.period}, and until then the step "
+             f"divides by ε alone: give `{name}` `period = 1`" if level.period > 1 else "")
     if divisor_sign == EITHER:  # no ε keeps a divisor that takes both signs off 0: one that is ≥ 0 first
         yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which takes both signs, so it "
                          "crosses 0 in some entries (and a level is 0 before its first write): the step is then "
                          "inf or NaN there", span or header,
                          f"divide by something ≥ 0 plus an ε, e.g. `{mended}`, or by `sqrt(v) + 1e-8` of a level "
-                         "of squared gradients", "warning")
+                         f"of squared gradients{later}", "warning")
         return
     yield Diagnostic("W0712", f"the update divides by `{update_text(divisor)}`, which is 0 wherever level `{name}` "
                      "is (before its first write, and in the entries of a parameter whose gradient has been 0, such "
                      "as an embedding row no token used): the step is then inf or 0/0 = NaN there", span or header,
-                     f"add an ε, e.g. `{mended}` (Adam's ε)", "warning")
+                     f"add an ε, e.g. `{mended}` (Adam's ε){later}", "warning")
 
 
 def _mended(tree: Any, mends: dict[int, Any]) -> Any:

@@ -90,3 +90,54 @@ def test_the_word_hint_does_not_fire_on_a_missing_equals_whose_value_is_on_the_n
     text = MODEL + "train { steps = 100 seq_len\n  64 }\n"
     [d, *_] = _parse_diags(text)
     assert "after the value of" not in d.message, d.message
+
+
+# From an optimizer researcher's session: 32 optimizers of the literature written as sections
+
+OPT_MODEL = "model { dim = 32\n block { mlp { } } }\n"
+M = "level m { lr = 0.1; retention = 0.9 }"
+V = "level v { flow = squared_gradients; lr = 0.001; retention = 0.999 }"
+FAST_SLOW = "level fast { lr = 0.5; retention = 0.5 }\n level slow { lr = 0.01; retention = 0.99 }"
+
+
+def _optimizer_diags(levels: str, update: str, pre: str = ""):
+    text = pre + OPT_MODEL + f"optimizer o {{\n{levels}\n  update = {update}\n}}\ntrain {{ optimizer = o }}\n"
+    return check_text(text, "o.nl").diagnostics
+
+
+@pytest.mark.parametrize(("eps", "pre"), [("2 * 1e-8", ""), ("1 / 1e8", ""), ("1e-4 ** 2", ""), ("sqrt(1e-16)", ""),
+                                          ("eps / 10", "const eps = 1e-8\n")])
+def test_an_epsilon_written_as_arithmetic_keeps_the_divisor_off_zero(eps, pre):
+    assert _optimizer_diags(M + "\n " + V, f"m / (sqrt(v) + {eps})", pre) == []
+
+
+@pytest.mark.parametrize(("levels", "update"), [(FAST_SLOW, "sqrt(fast - slow)"), (M + "\n " + V, "sqrt(v - m)")])
+def test_a_difference_is_trusted_only_of_non_negative_parts(levels, update):
+    """`v - m * m` may be a variance; `fast - slow` and `v - m` are no such thing (m takes both signs)."""
+    assert [d.code for d in _optimizer_diags(levels, update)] == ["E0304"]
+
+
+def test_the_root_help_names_what_makes_a_level_of_squared_gradients_signed():
+    levels = M + "\n level v { flow = squared_gradients; lr = 0.1; retention = 0.9; objective = l2 }"
+    [error] = [d for d in _optimizer_diags(levels, "m / (sqrt(v) + 1e-8)") if d.code == "E0304"]
+    assert error.help.startswith("use `objective = dot` on `v`"), error.help
+
+
+def test_a_divisor_that_is_a_difference_of_levels_takes_both_signs():
+    [warning] = [d for d in _optimizer_diags(M + "\n " + FAST_SLOW, "m / (fast - slow)") if d.code == "W0712"]
+    assert "takes both signs" in warning.message and "abs(fast - slow) + 1e-08" in warning.help
+
+
+def test_the_epsilon_help_says_when_the_level_is_written_only_every_few_steps():
+    """An ε keeps the step finite, not small, until a slower level's first write."""
+    levels = M + "\n level v { flow = squared_gradients; lr = 0.1; retention = 0.9; period = 4 }"
+    [warning] = _optimizer_diags(levels, "m / sqrt(v)")
+    assert "level `v` is 0 until its first write at step 4" in warning.help, warning.help
+    [warning] = _optimizer_diags(M + "\n " + V, "m / sqrt(v)")
+    assert "until its first write" not in warning.help
+
+
+@pytest.mark.parametrize("option", ["bias_correction = true", "nesterov = true"])
+def test_momentum_options_with_zero_retention_have_no_effect(option):
+    assert [d.code for d in _optimizer_diags(f"level m {{ retention = 0; {option} }}", "m")] == ["W0706"]
+    assert _optimizer_diags(f"level m {{ retention = 0.5; {option} }}", "m") == []
