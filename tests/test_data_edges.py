@@ -316,11 +316,11 @@ def test_a_stream_state_with_a_negative_position_is_corrupt(tmp_path):
 def test_a_steps_count_levels_stream_step_does_not_grow_with_the_segment(monkeypatch):
     """A `steps(3)` level's period is three segments, each adding its mean loss's gradient (as an
     outer step adds its batch mean's): the step is the same at --segment 8 and 16 (the token-share
-    scaling of levels with a period in tokens doubled it)."""
+    scaling of levels with a period in tokens doubled it), and at 12, which does not divide seq_len."""
     from types import SimpleNamespace
 
     steps = {}
-    for segment in (8, 16):
+    for segment in (8, 12, 16):
         model = _Biased()
         level = E.SlowLevel("a_", [("bias", model.bias)], 3 * segment, 0.1, per_segment=True)
         monkeypatch.setattr(E, "slow_levels", lambda loaded, seg, level=level: [level])
@@ -330,4 +330,4 @@ def test_a_steps_count_levels_stream_step_does_not_grow_with_the_segment(monkeyp
         result = E.stream(loaded, torch.full((3 * segment + 1,), 5, dtype=torch.long), segment)
         assert result.updates == {"a_": 1}
         steps[segment] = result.state.slow_weights["bias"].abs().sum().item()
-    assert steps[8] == pytest.approx(steps[16], rel=1e-5), steps
+    assert steps[8] == pytest.approx(steps[16], rel=1e-5) and steps[12] == pytest.approx(steps[16], rel=1e-5), steps
