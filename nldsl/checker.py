@@ -1332,7 +1332,7 @@ class Converter:
                 attr.ns.used.add(expr.dotted)
                 value = self.checker.const_value(found[1], expr.dotted, expr.span)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    return ("const", float(value))
+                    return S.NamedConstant(float(value), expr.dotted)
             return ("level", expr.dotted, expr.span)
         if isinstance(expr, ast.Negate):
             return ("neg", self.expression(expr.operand, attr))
@@ -2115,7 +2115,7 @@ def _inside(inner: Span, outer: Span) -> bool:
 def _strip_spans(tree: Any) -> Any:
     if isinstance(tree, tuple) and tree and tree[0] == "level":
         return ("level", tree[1])
-    if isinstance(tree, tuple):
+    if isinstance(tree, tuple) and tree and tree[0] != "const":  # a const is a leaf (a NamedConstant keeps its name)
         return tuple(_strip_spans(t) if isinstance(t, tuple) else t for t in tree)
     return tree
 

@@ -939,7 +939,8 @@ _ENTRIES = (
         An optimizer level with `state = mlp` keeps the weights of its MLP, not a momentum
         buffer, so `nesterov`, `bias_correction` and `init = first_flow` (which act on that
         buffer) do not apply to it; `bias_correction` divides by 1 - α^w, which is zero with
-        `retention = 1`.
+        `retention = 1`, and which undoes a start at zero, so it does not go with
+        `init = first_flow` (a buffer that starts at its first flow).
         """,
         """
         model tiny {

@@ -346,6 +346,8 @@ def update_text(tree: Any, outer: int = 0) -> str:
     kind = tree[0] if isinstance(tree, tuple) and tree else None
     if kind == "level":
         return str(tree[1])
+    if isinstance(tree, S.NamedConstant):
+        return tree.name
     if kind == "const":  # a named constant below zero is one node: `-(-2)`, `(-2) ** 2` keep their brackets
         # the shortest text that reads back as the same float (`:g` showed 1/3 as 0.333333)
         text = repr(float(tree[1])).removesuffix(".0")

@@ -621,6 +621,15 @@ def _optimizer_level_options(level: S.OptimizerLevelSpec, lp: str, spans: dict[s
             if setting and f"{lp}.{option}" in spans:
                 yield Diagnostic("W0706", f"`{option}` has no effect on level `{level.name}`: it {why}", at(option),
                                  f"remove `{option}`, or give the level a retention above 0", "warning")
+    if level.bias_correction and level.init == "first_flow" and level.state == "linear" \
+            and 0 < level.retention < 1:
+        # 1 − α^w undoes the pull towards a zero start; a buffer that starts at X_1 has none to undo
+        yield Diagnostic("E0601", f"`bias_correction` divides level `{level.name}` by 1 − α^w, which undoes a "
+                         "start at zero, and `init = first_flow` starts it at the first flow: its first output "
+                         f"would be that flow over 1 − α, {1 / (1 - level.retention):.3g}× too large",
+                         at("bias_correction", "init"),
+                         "remove `bias_correction` (a buffer that starts at its first flow is not biased "
+                         "towards 0), or `init = first_flow`")
     if level.bias_correction and not level.retention < 1:
         yield Diagnostic("E0601", f"`bias_correction` divides by 1 − α^w, which is 0 with `retention = "
                          f"{level.retention:g}`", at("retention", "bias_correction"),

@@ -353,6 +353,22 @@ Expression = Any  # a tuple tree: ("level", name) | ("const", x) | (op, a, b) | 
 UPDATE_FUNCTIONS = ("sqrt", "abs", "sign")  # an update's element-wise functions of one operand
 
 
+class NamedConstant(tuple):
+    """A `("const", x)` node that the spec wrote as a named constant: equal to the plain node, but
+    its text (`update_text`) is the name, so an expression shown back to the user (a graph's update,
+    a help that mends it) still reads the constant rather than its value."""
+
+    name: str
+
+    def __new__(cls, value: float, name: str) -> NamedConstant:
+        node = super().__new__(cls, ("const", value))
+        node.name = name
+        return node
+
+    def __getnewargs__(self) -> tuple[float, str]:  # copies and pickles rebuild it from its value and name
+        return self[1], self.name
+
+
 class OptimizerSpec(Strict):
     """An outer optimizer written as levels over the gradient stream."""
 

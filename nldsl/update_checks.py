@@ -321,6 +321,6 @@ def _mended(tree: Any, mends: dict[int, Any]) -> Any:
     """`tree` with each part whose id is in `mends` replaced by its mend."""
     if id(tree) in mends:
         return mends[id(tree)]
-    if isinstance(tree, tuple) and tree and isinstance(tree[0], str) and tree[0] != "level":
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str) and tree[0] not in ("level", "const"):
         return (tree[0], *(_mended(item, mends) for item in tree[1:]))
     return tree

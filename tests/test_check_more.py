@@ -196,3 +196,12 @@ def test_a_word_after_a_value_is_named_where_it_stands(text):
 
 def test_attributes_on_one_line_still_parse():
     assert check_text("model m {\n  dim = 32 layers = 2\n  block { mlp { } }\n}\n", "u.nl").diagnostics == []
+
+
+@pytest.mark.parametrize(("retention", "expected"), [(0.9, [("E0601", 9)]), (0.0, [("W0706", 9)])])
+def test_bias_correction_does_not_go_with_a_first_flow_start(retention, expected):
+    """1 − α^w undoes a zero start: on a buffer that starts at its first flow it makes the first output
+    1/(1 − α) times that flow; at retention 0 it divides by 1 and only does nothing."""
+    levels = (f"  level m {{ flow = gradients  retention = {retention}  lr = 0.1  init = first_flow\n"
+              "            bias_correction = true }")
+    assert _found(_optimizer(levels, "m")) == expected

@@ -151,3 +151,26 @@ def test_a_difference_of_a_trusted_difference_is_not_trusted_again():  # mutant:
     m, v, s = ("level", "m"), ("level", "v"), ("level", "s")
     tree = ("sub", v, ("mul", s, ("sub", v, ("mul", m, m))))  # v - s * (v - m * m)
     assert U.sign(tree, {"v", "s"}) == U.EITHER
+
+
+def test_w0712_help_keeps_named_constants():
+    """The mended update reads the spec's constants, so pasting it back leaves none unused (W0702)."""
+    text = ("const beta2 = 0.999\nconst scale = 0.5\n" + MODEL + "optimizer o {\n"
+            "  level v { flow = squared_gradients; retention = beta2; lr = 0.01 }\n"
+            "  level m { flow = gradients; retention = 0.9; lr = 0.1 }\n"
+            "  update = scale * m / sqrt(v)\n}\ntrain { optimizer = o }\n")
+    [warning] = check_text(text, "o.nl").diagnostics
+    assert warning.code == "W0712" and "`scale * m / (sqrt(v) + 1e-08)`" in warning.help
+    mended = text.replace("scale * m / sqrt(v)", "scale * m / (sqrt(v) + 1e-08)")
+    assert list(check_text(mended, "o.nl").diagnostics) == []
+
+
+def test_a_named_constant_survives_copies_and_pickles():
+    import copy
+    import pickle
+
+    from nldsl.spec import NamedConstant
+
+    node = NamedConstant(0.5, "scale")
+    for twin in (copy.deepcopy(node), pickle.loads(pickle.dumps(node))):
+        assert twin == ("const", 0.5) and twin.name == "scale"

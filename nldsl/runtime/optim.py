@@ -125,6 +125,8 @@ class OptimizerLevelConfig:
             raise ValueError(f"level {self.name!r}: nesterov, bias_correction and init apply to linear states")
         if self.bias_correction and not 0.0 <= self.retention < 1.0:
             raise ValueError(f"level {self.name!r}: bias_correction needs retention in [0, 1)")
+        if self.bias_correction and self.init == "first_flow" and self.retention > 0:  # it undoes a zero start
+            raise ValueError(f"level {self.name!r}: bias_correction assumes init 'zeros', not 'first_flow'")
 
     @property
     def is_moving_average(self) -> bool:

@@ -522,6 +522,8 @@ RUNTIME_RULES = [  # (id, runtime, spec, code or why no spec can break it)
      "optimizer o { level m { state = mlp; init = first_flow } }", "E0601"),
     ("bias_correction_retention", _level(bias_correction=True),
      "optimizer o { level m { bias_correction = true } }", "E0601"),
+    ("bias_correction_first_flow", _level(retention=0.9, bias_correction=True, init="first_flow"),
+     "optimizer o { level m { retention = 0.9; bias_correction = true; init = first_flow } }", "E0601"),
     ("no_levels", _optimizer(update=("const", 1.0)), "optimizer o { update = 1 }", "E0401"),
     ("same_names", _optimizer(("a", "gradients"), ("a", "gradients")),
      "optimizer o { level a { } level a { } update = a }", "E0202"),
