@@ -2,8 +2,9 @@
 
 The tree is the checker's (`("level", name, span)`, `("const", x)`, `(op, a, b)`, `(function, a)`,
 `("neg", a)`). Each part has a sign known in every entry: POSITIVE (≥ 0), NEGATIVE (≤ 0) or
-EITHER. From the signs: a square root or fractional power of a part that goes negative is NaN
-there (E0304), and a divisor that can be 0 makes the step inf or 0/0 (W0712). A difference of two
+EITHER; where signs do not settle it, `bounds` reads sizes (`sign(m) + 2` is at least 1). From
+them: a square root or fractional power of a part that goes negative is NaN there (E0304), and a
+divisor that can be 0 makes the step inf or 0/0 (W0712). A difference of two
 level expressions (`v - m * m`, a variance) counts as ≥ 0, trusted to its writer: its sign comes
 from the levels' own arithmetic (v and m averaging the same steps), which no sign rule sees.
 """
@@ -138,7 +139,8 @@ def _sum_sign(tree: Any, nonnegative: set[str], trust: bool = True) -> str:
         return POSITIVE
     if all(s == NEGATIVE for s in signs) and constant <= 0:
         return NEGATIVE
-    return EITHER
+    low, high = bounds(tree, nonnegative)  # `sign(m) + 1` is ≥ 0 by the sizes of its terms
+    return POSITIVE if low >= 0 else NEGATIVE if high <= 0 else EITHER
 
 
 def _is_difference(tree: Any, nonnegative: set[str]) -> bool:
@@ -191,8 +193,34 @@ def may_be_zero(tree: Any, nonnegative: set[str], trust: bool = False) -> bool:
     if trust and _is_difference(tree, nonnegative):  # trusted ≥ 0: kept off 0 by a positive constant beside it
         return _constant(tree) <= 0
     constant, signs = _constant_and_signs(tree, nonnegative, trust)
+    low, high = bounds(tree, nonnegative)  # `sign(g) + 2` is at least 1, whatever g's sign
     return not ((constant > 0 and all(s == POSITIVE for s in signs))
-                or (constant < 0 and all(s == NEGATIVE for s in signs)))
+                or (constant < 0 and all(s == NEGATIVE for s in signs)) or low > 0 or high < 0)
+
+
+def bounds(tree: Any, nonnegative: set[str]) -> tuple[float, float]:
+    """An interval that holds every entry of an update expression: sizes where signs do not settle it,
+    from the parts whose size is known (numbers, and `sign(…)` in [−1, 1]); a level's entries are
+    unbounded (≥ 0 where its sign is)."""
+    kind, value = tree[0], constant_value(tree)
+    if value is not None:
+        return value, value
+    if kind == "sign":
+        low, high = bounds(tree[1], nonnegative)
+        return float(low > 0) - float(low < 0), float(high > 0) - float(high < 0)
+    if kind in ("add", "sub"):
+        (a, b), (c, d) = bounds(tree[1], nonnegative), bounds(tree[2], nonnegative)
+        return (a + c, b + d) if kind == "add" else (a - d, b - c)
+    if kind == "neg":
+        low, high = bounds(tree[1], nonnegative)
+        return -high, -low
+    if kind == "mul":  # the corners' products, with 0 · ∞ read as 0 (a bounded factor of 0 keeps it 0)
+        (a, b), (c, d) = bounds(tree[1], nonnegative), bounds(tree[2], nonnegative)
+        corners = [x * y if x and y else 0.0 for x in (a, b) for y in (c, d)]
+        return min(corners), max(corners)
+    if sign(tree, nonnegative, trust=False) == POSITIVE:
+        return 0.0, math.inf
+    return -math.inf, math.inf
 
 
 def _zero_part(tree: Any, nonnegative: set[str]) -> Any:

@@ -174,3 +174,24 @@ def test_a_named_constant_survives_copies_and_pickles():
     node = NamedConstant(0.5, "scale")
     for twin in (copy.deepcopy(node), pickle.loads(pickle.dumps(node))):
         assert twin == ("const", 0.5) and twin.name == "scale"
+
+
+@pytest.mark.parametrize(("update", "codes"), [
+    ("m / (sign(m) + 2) + v + g + s", []),              # a divisor of at least 1 (sizes, not signs)
+    ("m / (2 - sign(m) * 0.5) + v + g + s", []),
+    ("m / (sign(m) + 1) + v + g + s", ["W0712"]),       # 0 where m < 0
+    ("m / (sign(m) + 1 + 1e-8) + v + g + s", []),
+    ("sqrt(sign(m) + 1) * m + v + g + s", []),          # ≥ 0 by the sizes of its terms
+    ("sqrt(sign(m) + 0.5) * m + v + g + s", ["E0304"]),  # −0.5 where m < 0
+    ("sqrt(-sign(v) - 1) * m + g + s", ["E0304"]),
+])
+def test_sizes_settle_what_signs_do_not(update, codes):
+    assert [d.code for d in _diags(update)] == codes
+
+
+def test_bounds_of_products_and_signs():
+    m, v = ("level", "m"), ("level", "v")
+    assert U.bounds(("mul", ("sign", m), ("const", -3.0)), set()) == (-3.0, 3.0)
+    assert U.bounds(("sign", v), {"v"}) == (0.0, 1.0)          # the sign of a level ≥ 0
+    assert U.bounds(("mul", m, ("const", 0.0)), set()) == (0.0, 0.0)
+    assert U.bounds(("sub", ("const", 1.0), ("sqrt", v)), {"v"}) == (-U.math.inf, 1.0)
