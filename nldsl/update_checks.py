@@ -254,6 +254,7 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
     from .graph import update_text
 
     nonnegative = nonnegative_levels(opt)
+    yield from negative_variances(opt, update, header)
     for tree in subtrees(update):
         if tree[0] == "sqrt":
             argument, spelled = tree[1], "the square root"
@@ -296,6 +297,100 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
         yield Diagnostic("E0304", f"{spelled} of `{shown}` has no real value (NaN in the step) wherever {where}, "
                          f"and level `{name}` takes both signs: {why}",
                          at or header, help)
+
+
+VARIANCE_STEPS = 100  # steps over which a variance's weights are compared (a violation shows by step 2)
+
+
+def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
+    """E0304 for a variance `v - m * m` under a root whose levels' weights make it negative. With m the
+    gradients averaged with weights a_k and v their squares with weights b_k, Cauchy–Schwarz gives
+    m² ≤ (Σ a_k² / b_k) v, so v − m² ≥ 0 for every gradient exactly when Σ a_k² / b_k ≤ 1 at each
+    step: it holds for one moving average of both (Σ = 1 − α^t), with both bias-corrected, or v
+    alone; not for a corrected m beside an uncorrected v (1 / (1 − β₂) at step 1) or two different
+    retentions. Only the plain case is read (linear `dot` levels written every step, straight from
+    the two gradient streams, no Nesterov or Newton–Schulz, the same readout); any other variance
+    stays trusted to its writer."""
+    from .graph import update_text
+
+    levels = {level.name: level for level in opt.levels}
+    reported: set[tuple[str, str]] = set()
+    for root in subtrees(update):
+        if not (root[0] == "sqrt" or (root[0] == "pow" and root[2][1] != int(root[2][1]))):
+            continue
+        for tree in subtrees(root[1]):
+            pair = _variance_pair(tree, levels)
+            if pair is None or pair in reported:
+                continue
+            second, first = levels[pair[0]], levels[pair[1]]
+            step = _first_negative_step(first, second)
+            if step is None:
+                continue
+            reported.add(pair)
+            reasons = [f"`{first.name}` is bias-corrected and `{second.name}` is not"
+                       ] if first.bias_correction and not second.bias_correction else []
+            for option in ("retention", "lr", "init"):
+                if getattr(first, option) != getattr(second, option):
+                    reasons.append(f"their {option}s differ ({getattr(first, option)} and {getattr(second, option)})")
+            if not reasons:  # one set of weights, summing past 1: a momentum (lr 1), not an average
+                reasons.append(f"the weights they give the gradients add up to more than 1 by step {step} (lr "
+                               f"{first.lr:g} with retention {first.retention:g} sums rather than averages: an "
+                               "average writes with lr = 1 − retention)")
+            why = "; ".join(reasons)
+            span = next((at for _, at in level_refs(tree) if at is not None), header)
+            yield Diagnostic("E0304", f"`{update_text(tree)}` goes negative from step {step} on some gradients, so "
+                             f"its root is NaN there: {why}, so `{first.name}`² can exceed `{second.name}`", span,
+                             f"give `{first.name}` and `{second.name}` the same retention, lr and init, and "
+                             f"bias-correct both or neither (or `{second.name}` alone): `{update_text(tree)}` is then "
+                             "a variance, ≥ 0")
+
+
+def _variance_pair(tree: Any, levels: dict[str, S.OptimizerLevelSpec]) -> tuple[str, str] | None:
+    """(v, m) where `tree` is `v - m * m` or `v - m ** 2` with v a plain level of the squared gradients
+    and m one of the gradients."""
+    if tree[0] != "sub" or tree[1][0] != "level":
+        return None
+    right = bare(tree[2])
+    if right[0] == "mul" and right[1] == right[2] and right[1][0] == "level":
+        m = right[1][1]
+    elif right[0] == "pow" and right[2][1] == 2 and right[1][0] == "level":
+        m = right[1][1]
+    else:
+        return None
+    v = tree[1][1]
+    plain = [levels.get(v), levels.get(m)]
+    if any(level is None or level.state != "linear" or level.objective != "dot" or level.period != 1
+           or level.nesterov or level.orthogonalize is not None for level in plain):
+        return None
+    if (levels[v].flow, levels[m].flow) != ("squared_gradients", "gradients") or \
+            levels[v].readout != levels[m].readout:
+        return None
+    return v, m
+
+
+def _weights(level: S.OptimizerLevelSpec, t: int) -> list[float]:
+    """The weight of each step's flow (1 … t) in a plain linear level's output at step t."""
+    weights = [level.lr * level.retention ** (t - k) for k in range(1, t + 1)]
+    if level.init == "first_flow":
+        weights[0] = level.retention ** (t - 1)
+    if level.bias_correction:
+        weights = [w / (1 - level.retention ** t) for w in weights]
+    return weights
+
+
+def _first_negative_step(first: S.OptimizerLevelSpec, second: S.OptimizerLevelSpec) -> int | None:
+    """The first step at which Σ a_k² / b_k > 1 (m's weights a, v's b), or None within VARIANCE_STEPS."""
+    for t in range(1, VARIANCE_STEPS + 1):
+        total = 0.0
+        for a, b in zip(_weights(first, t), _weights(second, t)):
+            if a == 0:
+                continue
+            if b == 0:
+                return t
+            total += a * a / b
+        if total > 1 + 1e-9:
+            return t
+    return None
 
 
 def divisions_by_zero(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:

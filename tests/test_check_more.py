@@ -24,7 +24,7 @@ def _found(text: str, overrides=()) -> list[tuple[str, int]]:
 
 
 ADAM_LEVELS = ("  level m { flow = gradients  retention = 0.9  lr = 0.1 }\n"
-               "  level v { flow = squared_gradients  retention = 0.99  lr = 0.01 }")
+               "  level v { flow = squared_gradients  retention = 0.9  lr = 0.1 }")
 
 
 @pytest.mark.parametrize("update", ["m / (sqrt(v) + 1e-8)", "m / (v ** 0.5 + 1e-8)", "sqrt(m * m)", "sqrt(abs(m))",

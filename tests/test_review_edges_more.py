@@ -10,7 +10,7 @@ from nldsl.checker import check_text
 
 MODEL = "model mm {\n  dim = 32\n  vocab = 256\n  block { mlp { } }\n}\n"
 LEVELS = ("  level m { flow = gradients  retention = 0.9  lr = 0.1 }\n"
-          "  level v { flow = squared_gradients  retention = 0.99  lr = 0.01 }\n"
+          "  level v { flow = squared_gradients  retention = 0.9  lr = 0.1 }\n"
           "  level g { flow = gradients  retention = 0 }\n"
           "  level s { flow = v  retention = 0.5  lr = 0.5 }")
 

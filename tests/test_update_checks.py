@@ -11,7 +11,7 @@ from nldsl.checker import check_text
 
 MODEL = "model m {\n  dim = 32\n  vocab = 256\n  block { mlp { } }\n}\n"
 LEVELS = ("  level m { flow = gradients  retention = 0.9  lr = 0.1 }\n"
-          "  level v { flow = squared_gradients  retention = 0.99  lr = 0.01 }\n"
+          "  level v { flow = squared_gradients  retention = 0.9  lr = 0.1 }\n"
           "  level g { flow = gradients  retention = 0 }\n"
           "  level s { flow = v  retention = 0.5  lr = 0.5 }")
 
@@ -195,3 +195,40 @@ def test_bounds_of_products_and_signs():
     assert U.bounds(("sign", v), {"v"}) == (0.0, 1.0)          # the sign of a level ≥ 0
     assert U.bounds(("mul", m, ("const", 0.0)), set()) == (0.0, 0.0)
     assert U.bounds(("sub", ("const", 1.0), ("sqrt", v)), {"v"}) == (-U.math.inf, 1.0)
+
+
+def _variance(m_options: str, v_options: str) -> list[tuple[str, str]]:
+    text = MODEL + ("optimizer o {\n  lr = 1e-3\n"
+                    f"  level m {{ flow = gradients  {m_options} }}\n"
+                    f"  level s {{ flow = squared_gradients  {v_options} }}\n"
+                    "  update = m / (sqrt(s - m * m) + 1e-8)\n}\ntrain { optimizer = o }\n")
+    return [(d.code, d.message) for d in check_text(text, "o.nl").diagnostics]
+
+
+EMA = "retention = 0.9  lr = 0.1"
+
+
+@pytest.mark.parametrize(("m_options", "v_options"), [
+    (EMA, EMA),                                                    # one average of both: Σ = 1 − α^t
+    (f"{EMA}  bias_correction = true", f"{EMA}  bias_correction = true"),
+    (EMA, f"{EMA}  bias_correction = true"),                       # v alone corrected: larger v
+    ("retention = 0.9  lr = 0.05", EMA),                           # m's weights the smaller
+    (f"{EMA}  init = first_flow", f"{EMA}  init = first_flow"),
+    (f"{EMA}  period = 2", EMA),                                   # not read: trusted to its writer
+])
+def test_variances_that_stay_nonnegative_are_accepted(m_options, v_options):
+    assert _variance(m_options, v_options) == []
+
+
+@pytest.mark.parametrize(("m_options", "v_options", "step", "why"), [
+    (f"{EMA}  bias_correction = true", EMA, 1, "`m` is bias-corrected and `s` is not"),
+    (EMA, "retention = 0.99  lr = 0.01", 2, "their retentions differ (0.9 and 0.99)"),
+    ("retention = 0.999  lr = 0.001", EMA, 90, "their retentions differ"),
+    ("retention = 0.9  lr = 1", "retention = 0.9  lr = 1", 2, "add up to more than 1 by step 2"),
+    (f"{EMA}  init = first_flow", EMA, 1, "their inits differ"),
+])
+def test_variances_that_go_negative_are_e0304(m_options, v_options, step, why):
+    """AdaBelief-like `sqrt(s - m * m)` whose levels weigh the gradients so that m² can exceed s:
+    NaN in the step from the step named (Cauchy–Schwarz on the levels' weights)."""
+    [(code, message)] = _variance(m_options, v_options)
+    assert code == "E0304" and f"from step {step} " in message and why in message
