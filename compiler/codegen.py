@@ -267,7 +267,7 @@ class Generator:
         if self.uses_memory:
             w("from nldsl.runtime import memory as M")
         if self.clock_levels:
-            w("from nldsl.runtime.clock import ContinuumClock")
+            w("from nldsl.runtime.clock import ContinuumClock, watch_clock")
         w("from torch import Tensor, nn")
         w()
 
@@ -908,6 +908,8 @@ class Generator:
                 if not model.tie_embeddings:
                     w("self.head = nn.Parameter(torch.empty(VOCAB, DIM))  # (V, d)")
                 w("self.reset_parameters()")
+                if self.clock_levels:  # a loop of its own that steps the clocked levels every call is warned
+                    w("watch_clock(self, CLOCK_STEPS)")
             w()
             w("def reset_parameters(self) -> None:")
             with w.indent():

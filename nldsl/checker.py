@@ -767,7 +767,7 @@ class Checker:
             elif len(parts) == 1:
                 candidates = [c for c in (*ns.consts, "train", "model") if c != key]
                 self.bag.error("E0206", f"unknown override `{key}`", key_span,
-                               did_you_mean(key, candidates)
+                               _as_path(key, path.startswith("<keyword")) or did_you_mean(key, candidates)
                                or "override a named constant or a path like `train.steps`")
             else:
                 paths.append((parts, Attr(parts[-1], value, whole, key_span, ns, origin)))
@@ -991,6 +991,8 @@ class Checker:
             self.bag.extend(found if seq_len else [d for d in found if d.severity == "error"])
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
+            from .semantics import check_recompute
+            self.bag.extend(check_recompute(model, train, self.spans))
         if train is not None:
             self.check_m3_warmup(train)
             from .semantics import check_run_length
@@ -2110,6 +2112,18 @@ def _divisors(n: int) -> list[int]:
 
 def _inside(inner: Span, outer: Span) -> bool:
     return inner.path == outer.path and outer.start <= inner.start and inner.end <= outer.end
+
+
+def _as_path(key: str, keyword: bool) -> str | None:
+    """The help for a single-word override that names an attribute of `train` or `model`
+    (`seq_len`, or `train_seq_len` with one underscore): the path that sets it, as the override
+    is written (`train.seq_len`, or the keyword `train__seq_len` of `nldsl.load`)."""
+    for section, spec in (("train", S.TrainSpec), ("model", S.ModelSpec)):
+        field = key.removeprefix(f"{section}_") if key.startswith(f"{section}_") else key
+        if field in spec.model_fields and field not in ("kind", "name"):
+            shown = f"{section}__{field}" if keyword else f"{section}.{field}"
+            return f"`{field}` is an attribute of `{section}`: set it as `{shown}`"
+    return None
 
 
 def _strip_spans(tree: Any) -> Any:

@@ -1077,7 +1077,10 @@ _ENTRIES = (
         write; one slower than a sequence goes on the continuum clock instead), and a slower level
         of a `nested` cms at a period of one sequence: it moves after the sequence's last token,
         so training never reads the move and its start gets no gradient (a stream carried across
-        calls does read it). Lower the period or raise `train.seq_len`.
+        calls does read it). So is a `context` (memory as context) segment of a whole sequence
+        or more: each sequence is one segment, whose retrieval reads the state the sequence
+        starts with, so training never shows attention a retrieval of earlier segments. Lower
+        the period (or the segment) or raise `train.seq_len`.
         """,
         """
         model tiny {
@@ -1164,7 +1167,8 @@ _ENTRIES = (
         optimizer level with `lr = 0` on a `linear` state that starts at zero (it writes nothing, so
         its output is 0 at every step); `bias_correction` or `nesterov` on a linear level with
         `retention = 0` (1 − 0^w is 1, and α m + η X is the write itself); `beta2` or `eps` on
-        `sgd(…)`, which keeps no second moment;
+        `sgd(…)`, which keeps no second moment; `train.recompute` on a model with no level that
+        learns in context (it recomputes chunk loops, and there are none);
         an override that a later override of the same key replaces (its value is never checked), or
         one inside a section whose whole value a later override sets, and one of a constant
         nothing reads. The

@@ -124,11 +124,15 @@ def build_module(spec, source_text: str = "", overrides: Sequence[str] = ()) -> 
     from nldsl.compiler import compile_spec
 
     source = compile_spec(spec, source_text, overrides)
+    # Not in <…>: linecache reloads only a file name without them through the module's loader.
+    return _module_of_source(source, f"nldsl generated from {spec.path} ({spec.sha256[:12]})")
+
+
+def _module_of_source(source: str, filename: str) -> types.ModuleType:
+    """The module a generated source defines, executed once per process and registered by name."""
     # Named by the generated text, so a spec built twice gives the same module (and model class):
     # replacing a registered module would leave the models built from it unpicklable.
     name = f"nldsl_generated_{hashlib.sha256(source.encode()).hexdigest()[:16]}"
-    # Not in <…>: linecache reloads only a file name without them through the module's loader.
-    filename = f"nldsl generated from {spec.path} ({spec.sha256[:12]})"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     registered = sys.modules.get(name)
     if isinstance(registered, types.ModuleType) and registered.__dict__.get("__source__") == source:
@@ -139,7 +143,31 @@ def build_module(spec, source_text: str = "", overrides: Sequence[str] = ()) -> 
     module.__dict__["__source__"] = source
     sys.modules[name] = module  # torch.compile and pickling look modules up by name
     exec(compile(source, filename, "exec"), module.__dict__)
+    import torch
+
+    for value in list(module.__dict__.values()):  # its modules pickle with the source that defines them
+        if isinstance(value, type) and issubclass(value, torch.nn.Module) and value.__module__ == name:
+            value.__reduce_ex__ = _reduce_generated
     return module
+
+
+def _reduce_generated(self: Any, protocol: int) -> tuple:
+    """Pickle a generated module's `nn.Module` with its source, so that a new process (which never
+    built the spec, and has no module of that name) reads it back: `torch.save(model, f)` then
+    `torch.load(f, weights_only=False)` after `import nldsl`."""
+    module = sys.modules[type(self).__module__]
+    return (_rebuilt_generated, (module.__dict__["__source__"], module.__file__, type(self).__qualname__),
+            self.__getstate__())
+
+
+def _rebuilt_generated(source: str, filename: str, qualname: str) -> Any:
+    """An empty instance of a generated class (unpickling fills in its state), its module executed
+    from `source` where this process has not built it yet."""
+    module = _module_of_source(source, filename)
+    cls = getattr(module, qualname)
+    if qualname == "Model":
+        cls.module = module  # as `attach` gives it
+    return cls.__new__(cls)
 
 
 class ModelTooLargeError(MemoryError):
@@ -203,9 +231,14 @@ def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None,
     if dtype is not None:
         import torch
 
-        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, "
-                            f"torch.bfloat16, …), got {dtype!r}: the weights are real numbers")
+        # the precisions a model computes in; float8 types store weights but have no arithmetic of their own
+        computing = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        if dtype not in computing:
+            real = isinstance(dtype, torch.dtype) and dtype.is_floating_point
+            raise TypeError(f"dtype must be a floating-point torch dtype a model computes in (torch.float32, "
+                            f"torch.float64, torch.bfloat16 or torch.float16), got {dtype!r}: "
+                            + ("a storage format without arithmetic (norms and products are not defined on it)"
+                               if real else "the weights are real numbers"))
     result = check(path, python_overrides(overrides), **values)
     for diagnostic in result.diagnostics:  # a notebook sees what `nldsl check` would say of the spec
         if diagnostic.severity == "warning":

@@ -108,6 +108,17 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
+def check_recompute(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
+    """W0706: `train.recompute` recomputes chunk loops, and a model with no level learning in context
+    (attention and MLPs only, or cms levels on the continuum clock) runs none."""
+    if not train.recompute or in_context_periods(model, train.seq_len) or any(
+            isinstance(layer, S.ContextSpec) for _, layer in walk_layers(model.block.sublayers, "block")):
+        return []
+    return [Diagnostic("W0706", f"`recompute = {train.recompute}` has no effect: it recomputes chunk loops in the "
+                       "backward pass, and no level of this model learns in context, so there are none",
+                       _span(spans, "train.recompute"), "remove `recompute`", "warning", origin="train.recompute")]
+
+
 def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
     """W0711: a level whose updates come less often than once in the whole run keeps its start for
     all of it: a cms level on the continuum clock stepped every N > train.steps outer steps, and a
@@ -500,6 +511,14 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
     if isinstance(layer, S.ContextSpec) and layer.attention.window:
         error("E0601", "memory-as-context attends within its segment: leave `window` unset",
               "set the attention span with `segment`", f"{path}.attention.window")
+    if isinstance(layer, S.ContextSpec) and layer.segment >= seq_len:
+        # one segment per sequence: the retrieval r_s is read at the segment's start state (§3.6)
+        warning("W0704", f"segment {layer.segment} is {'a whole' if layer.segment == seq_len else 'longer than a'} "
+                f"training sequence ({seq_len} tokens): each sequence is one segment, so the retrieval attention "
+                "reads (r_s) always comes from the state the sequence starts with, and training never shows the "
+                "model a retrieval of earlier segments",
+                f"use a segment below train.seq_len ({seq_len}), e.g. {max(1, seq_len // 4)}, or raise "
+                "`train.seq_len`", f"{path}.segment")
     if not any(d.severity == "error" for d in out):  # next to a rejected combination they are noise
         for name, level in read_levels_of(layer, seq_len):
             if context == "cms" and not level.learns_in_context(seq_len):

@@ -143,7 +143,9 @@ def test_recompute_under_the_default_compile_is_refused():
     # checker.train: `compile` defaults to a whole graph, which `recompute` cannot use
     [error] = _diags(_model("mlp { }", train="train { recompute = 2 }\n"))
     assert (error.code, error.span.line) == ("E0601", 7) and "compile = chunks" in error.message
-    assert _codes(_model("mlp { }", train="train { recompute = 2\n compile = chunks }\n")) == []
+    assert _codes(_model("mlp { }", train="train { recompute = 2\n compile = chunks }\n")) == [("W0706", 7)]
+    memory = "memory { level { period = 8 } }"
+    assert _codes(_model(memory, train="train { recompute = 2\n compile = chunks }\n")) == []
 
 
 def test_a_zero_written_with_an_exponent_is_zero_not_a_number_too_small():
@@ -243,3 +245,13 @@ def test_a_selfmods_copied_projections_level_drops_gated_deltanets_order():
             "level memory { period = 1; state = linear; objective = l2; retention = 0.9; "
             "retention_order = before_write } } } }\n")
     assert _codes(text) == []
+
+
+def test_a_context_segment_of_a_whole_sequence_is_w0704():
+    """One segment per training sequence: MAC's retrieval r_s only ever reads the sequence's start
+    state (a language-breadth audit)."""
+    context = ("context {{ segment = {}\n memory {{ heads = 2; level {{ state = linear; period = 4 }} }}\n"
+               " attention {{ heads = 2 }} }}")
+    for segment, expected in ((40, [("W0704", 4)]), (32, [("W0704", 4)]), (16, [])):
+        text = _model(context.format(segment), dim=16, train="train { seq_len = 32 }\n")
+        assert _codes(text) == expected, segment

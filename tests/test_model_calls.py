@@ -121,7 +121,7 @@ def test_training_across_calls_takes_the_state_detached(titans) -> None:
     _, state = model(tokens(), return_state=True)
     logits, _ = model(tokens(), state=state, return_state=True)
     logits.sum().backward()  # through both calls' graphs: the first one is freed now
-    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+    with pytest.raises(RuntimeError, match=r"holds the autograd graph of an earlier call.*its backward pass has run"):
         model(tokens(), state=state).sum().backward()
     model(tokens(), state=detach_state(state)).sum().backward()  # as the README says
 

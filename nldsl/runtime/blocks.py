@@ -95,6 +95,7 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
                              "model it came from")
     if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
         _leave_inference_mode(state)
+        _watch_carried_graph(state)
     first = next(_tensors(state), None)
     if first is not None and first.shape[0] != batch:
         raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "
@@ -112,6 +113,58 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
     raise ValueError(f"state holds {str(tensor.dtype).removeprefix('torch.')} tensors on {tensor.device}, and the "
                      f"model is {str(weights.dtype).removeprefix('torch.')} on {weights.device}: a state continues "
                      "only the model it came from, as it is (cast or move the state with the model)")
+
+
+STALE_STATE = ("the state carried into this call holds the autograd graph of an earlier call, and that graph "
+               "can no longer be differentiated: {why}. Detach the state between optimizer steps, "
+               "`state = nldsl.runtime.evaluate.detach_state(state)` (gradients then stop at this call's start, "
+               "as in truncated backpropagation through time)")
+
+
+def _watch_carried_graph(state: list) -> None:
+    """A state carried without detaching still holds its call's graph. Once that call's backward ran
+    (which frees the graph) or the optimizer stepped the weights it read, the next backward pass
+    fails inside it with torch's "backward through the graph a second time" or "modified by an
+    inplace operation", which name neither the state nor the mend. Hooks on the state's tensors
+    with a graph look at that graph when the gradient first reaches one of them in a backward pass,
+    and name both."""
+    roots = [tensor.grad_fn for tensor in _tensors(state) if tensor.grad_fn is not None]
+    checked: list[int] = []  # the backward passes (graph tasks) that looked already
+
+    def look(_: Tensor) -> None:
+        task = getattr(torch._C, "_current_graph_task_id", lambda: -1)()  # private: one look per state without it
+        if task not in checked:
+            checked.append(task)
+            _check_graph(roots)
+
+    for tensor in _tensors(state):
+        if tensor.grad_fn is not None:
+            tensor.register_hook(look)
+
+
+_SAVED_NAMES: dict[type, list[str]] = {}  # an autograd node class -> its `_saved_…` attributes
+
+
+def _check_graph(roots: list, limit: int = 512) -> None:
+    """Raise STALE_STATE where a saved tensor of the graph below `roots` (breadth first, up to `limit`
+    nodes) was freed or changed in place since it was saved. The first nodes of a state's graph
+    can be intact after a backward that never needed them (the last write of the state), so the
+    search goes on until it meets one the backward ran, a few dozen nodes down."""
+    queue, seen = list(roots), set()
+    while queue and len(seen) < limit:
+        node = queue.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names = _SAVED_NAMES.setdefault(type(node), [n for n in dir(type(node)) if n.startswith("_saved_")])
+        for name in names:
+            try:
+                getattr(node, name)
+            except RuntimeError as error:
+                why = ("its backward pass has run, which frees it" if "second time" in str(error) else
+                       "a tensor it saved has changed since (an optimizer step changes the weights in place)")
+                raise RuntimeError(STALE_STATE.format(why=why)) from None
+        queue.extend(next_node for next_node, _ in node.next_functions)
 
 
 def _leave_inference_mode(state: list) -> None:

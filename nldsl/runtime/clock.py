@@ -10,11 +10,24 @@ between the backward pass and the optimizer step.
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import Tensor
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DistributedDataParallel
+# The attribute that counts the outer steps a continuum clock (or a stream's slow-level step) took of
+# a clocked parameter: what `watch_clock` reads to tell them from an optimizer stepping it on its own.
+CLOCKED_STEPS = "_nldsl_clocked_steps"
+
+
+class ClockWarning(UserWarning):
+    """A clocked level's weights were stepped outside the continuum clock (`watch_clock`)."""
+
+
+def record_clocked_step(parameter: Tensor) -> None:
+    """Count an outer step of a clocked parameter taken by its clock (`watch_clock` reads the count)."""
+    setattr(parameter, CLOCKED_STEPS, getattr(parameter, CLOCKED_STEPS, 0) + 1)
 
 
 def clock_prefix(name: str, clock_steps: dict[str, int]) -> str | None:
@@ -60,6 +73,43 @@ class ContinuumClock:
             if (step + 1) % steps == 0:
                 p.grad = total.clone()
                 total.zero_()
+                record_clocked_step(p)
             else:
                 p.grad = None
         self.steps_done = step + 1
+
+
+def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
+    """Warn once (ClockWarning) when a clocked level's weights take optimizer steps with no clock.
+
+    A loop of its own (`loss.backward(); optimizer.step()`) steps a slow level at every call, where
+    the spec gives it one step every N calls with their gradients summed; nothing else would tell.
+    A gradient reaching a clocked weight after the weight changed, with no clocked step counted in
+    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), is that loop.
+    Several backward passes per step (gradient accumulation) change nothing in between, and copies
+    of the model (`deepcopy`, pickles) do not keep the watch."""
+    members = [(name, p, clock_steps[prefix]) for name, p in model.named_parameters()
+               if (prefix := clock_prefix(name, clock_steps)) is not None and clock_steps[prefix] > 1]
+    seen: dict[int, tuple[int, int]] = {}  # id(weight) -> (its version, its clocked steps) at its last gradient
+    warned: list[bool] = []
+
+    def on_gradient(p: Tensor, name: str, steps: int) -> None:
+        if warned or torch.compiler.is_compiling():
+            return
+        now = (p._version, getattr(p, CLOCKED_STEPS, 0))
+        before, seen[id(p)] = seen.get(id(p)), now
+        if before is not None and now[0] != before[0] and now[1] == before[1]:
+            warned.append(True)
+            level = name.split(".", 2)[-1].rsplit("_", 1)[0]
+            warnings.warn(
+                f"level `{level}` is on the continuum clock (an outer step every {steps} calls, with their "
+                "gradients summed: docs/semantics.md §4), but its weights changed between two backward passes "
+                "with no clock step: an optimizer step outside the model's `training_step` moves it at every "
+                "call. Use the generated module's `training_step(model, optimizer, tokens, targets)` "
+                "(`model.module` of `nldsl.load`), or call its `continuum_clock(model).tick()` between "
+                "`backward()` and `optimizer.step()`", ClockWarning, stacklevel=1)
+
+    for name, p, steps in members:
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(
+                lambda p, name=name, steps=steps: on_gradient(p, name, steps))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from nldsl.runtime import blocks as R
 from nldsl.runtime import layers as L
 from nldsl.runtime import memory as M
-from nldsl.runtime.clock import ContinuumClock
+from nldsl.runtime.clock import ContinuumClock, watch_clock
 from torch import Tensor, nn
 
 SPEC_PATH = 'specs/hope.nl'
@@ -280,6 +280,7 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
         self.final_norm = nn.Parameter(torch.empty(DIM))
         self.reset_parameters()
+        watch_clock(self, CLOCK_STEPS)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embed, std=0.02)
