@@ -397,8 +397,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if level.update == "in_context" and isinstance(level.period, int):
             slow = level.period == 1 and (
                 not isinstance(level.state, S.LinearState) or level.momentum is not None)
-            if slow and not (isinstance(level.state, S.LinearState) and level.objective == "dot"
-                             and level.values == "given" and level.rule == "gd"):
+            # a level the checker rejects is not also warned of (its speed follows from the rejected setting)
+            rejected = any(d.severity == "error" and (d.origin == lp or (d.origin or "").startswith(f"{lp}."))
+                           for d in out)
+            if slow and not rejected and not (isinstance(level.state, S.LinearState) and level.objective == "dot"
+                                              and level.values == "given" and level.rule == "gd"):
                 warning("W0701", "`period = 1` on this level runs token by token (no chunk-parallel "
                         "form exists for it); training will be slow",
                         "use a period of 8–64 (the chunk rule), or a linear state without momentum",

@@ -255,3 +255,10 @@ def test_a_context_segment_of_a_whole_sequence_is_w0704():
     for segment, expected in ((40, [("W0704", 4)]), (32, [("W0704", 4)]), (16, [])):
         text = _model(context.format(segment), dim=16, train="train { seq_len = 32 }\n")
         assert _codes(text) == expected, segment
+
+
+def test_a_rejected_gate_is_not_also_warned_of_as_slow():
+    """`momentum = generated` outside a selfmod is E0505; W0701 (token by token, from that momentum)
+    beside it was noise (a language-breadth audit)."""
+    assert _codes(_model("memory { level { momentum = generated } }", dim=16)) == [("E0505", 4)]
+    assert _codes(_model("memory { level { momentum = 0.9 } }", dim=16)) == [("W0701", 4)]
