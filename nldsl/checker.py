@@ -724,9 +724,11 @@ class Checker:
                 later = overrides[replaced_by]
                 shown = getattr(later, "origin", None) or f"--set {later}"
                 what = "again" if keys[replaced_by] == key else "whole"
+                # a flag's override (--no-compile) is applied after every --set, wherever it was typed
+                flag = (getattr(later, "origin", None) or "").startswith("--")
+                when = f"{what}, after every --set" if flag else f"{what} later, and the last one counts"
                 self.bag.warning("W0706", f"this override has no effect: `{shown}` sets `{keys[replaced_by]}` "
-                                 f"{what} later, and the last one counts", source.span(0, len(source.text)),
-                                 "remove this one")
+                                 f"{when}", source.span(0, len(source.text)), "remove this one")
                 continue
             if not sep or not key or not value_text.strip():
                 source = SourceFile.from_text(path, str(text))  # shown as typed: there is no key = value to show

@@ -291,7 +291,7 @@ def _run(argv: Sequence[str] | None) -> int:
         if not _user_facing(error):
             return _internal_error(error)
         # a path that does not exist or cannot be written, a full disk: the user's to fix, not a bug
-        where = f"{error.filename}: " if error.filename else ""
+        where = f"{error.filename}: " if error.filename else _failing_stdout(error)
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except SystemExit:
@@ -329,6 +329,24 @@ def _out_of_memory(error: BaseException) -> bool:
 
 # errnos of the machine rather than of nldsl: no space, no permission, a read-only file system, quota
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
+
+
+def _failing_stdout(error: OSError) -> str:
+    """"could not write to standard output: " where the error was stdout's (`> /dev/full`), else
+    nothing. A failed print drops its text, so a line written again tells: it fails the same way
+    on a full device, and on a sound stdout it is one more newline after the command's output.
+    Only for the errors of a write to an open file (a full disk or quota, an I/O error)."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return ""
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except OSError as again:
+        if again.errno == error.errno:
+            return "could not write to standard output: "
+    except ValueError:  # stdout closed
+        pass
+    return ""
 
 
 def _user_facing(error: OSError) -> bool:

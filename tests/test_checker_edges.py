@@ -262,3 +262,16 @@ def test_a_rejected_gate_is_not_also_warned_of_as_slow():
     beside it was noise (a language-breadth audit)."""
     assert _codes(_model("memory { level { momentum = generated } }", dim=16)) == [("E0505", 4)]
     assert _codes(_model("memory { level { momentum = 0.9 } }", dim=16)) == [("W0701", 4)]
+
+
+def test_a_set_replaced_by_a_flag_says_the_flag_counts_after_every_set():
+    """`--no-compile --set train.compile=maybe`: the warning said --no-compile came later, where it was
+    typed first (a flag's override is applied after every --set)."""
+    from nldsl.checker import Override
+
+    overrides = ["train.compile=maybe", Override("train.compile=false", origin="--no-compile", label="<--no-compile>")]
+    [warning] = check_text(_model("mlp { }"), "k.nl", overrides).diagnostics
+    assert warning.code == "W0706" and warning.message.endswith(
+        "`--no-compile` sets `train.compile` again, after every --set")
+    [later] = check_text(_model("mlp { }"), "k.nl", ["train.steps=3", "train.steps=4"]).diagnostics
+    assert later.message.endswith("sets `train.steps` again later, and the last one counts")

@@ -452,3 +452,17 @@ def test_graph_of_a_file_with_nothing_to_draw_says_so(tmp_path, capsys):
     assert "defines no `model` or `optimizer` section, so there is nothing to draw" in capsys.readouterr().err
     assert not (tmp_path / "g.json").exists()
     assert main(["graph", str(REPO_ROOT / "specs/optimizers/lion.nl"), "-o", str(tmp_path / "o.json")]) == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+def test_a_full_stdout_is_named_as_stdout():
+    """`nldsl check spec > /dev/full` said only "No space left on device", as if the disk were full (a
+    bad-input audit); a sound stdout gets its output as before."""
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "nldsl", "check", "specs/hope.nl"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == "error: could not write to standard output: No space left on device"
+    assert "Exception ignored" not in run.stderr
+    sound = python("-m", "nldsl", "check", "specs/hope.nl")
+    assert (sound.returncode, sound.stdout) == (0, "specs/hope.nl: ok\n")

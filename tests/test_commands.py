@@ -56,7 +56,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "text.txt"
+    return tiny_text(tmp_path_factory.mktemp("data"))
+
+
+def tiny_text(folder: Path) -> Path:
+    """A small text of repeated Python classes, written into `folder`."""
+    path = folder / "text.txt"
     path.write_text("".join(f"class Thing{i}:\n    size = {i * 3 % 11}\n\n" for i in range(500)))
     return path
 
@@ -64,9 +69,13 @@ def text_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, text_file) -> Path:
     """A trained tiny model with slow CMS levels (trained once for the module)."""
-    folder = tmp_path_factory.mktemp("run")
+    return train_tiny(tmp_path_factory.mktemp("run"), CLOCK_SPEC, text_file)
+
+
+def train_tiny(folder: Path, spec_text: str, text_file: Path) -> Path:
+    """Train `spec_text` eagerly on one thread into `folder`/run; the run folder."""
     spec = folder / "clock.nl"
-    spec.write_text(CLOCK_SPEC)
+    spec.write_text(spec_text)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     status = main(["train", str(spec), "--data", str(text_file), "--run-dir", str(folder / "run"), "--no-compile",

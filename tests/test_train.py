@@ -208,8 +208,8 @@ def test_train_shows_the_specs_warnings_before_it_starts(tmp_path, text_file, ca
     err = capsys.readouterr().err
     assert status == 0
     assert err.startswith("warning[W0706]: this override has no effect: "), err
-    assert ("warning[W0706]: this override has no effect: `--no-compile` sets `train.compile` again later, and the "
-            "last one counts") in err
+    assert ("warning[W0706]: this override has no effect: `--no-compile` sets `train.compile` again, after every "
+            "--set") in err
     assert "warning[W0706]: this override has no effect: `--set train.steps=1` sets `train.steps` again later" in err
 
 
@@ -275,6 +275,9 @@ def test_a_closed_stdout_outside_the_steps_says_what_was_kept(tmp_path, monkeypa
     ("sigterm during update", 5, [3, 5], [6]),  # a scheduler's SIGTERM acts as Ctrl-C does
     ("sigint during checkpoint", 3, [3], [4, 5, 6]),  # Ctrl-C inside step 3's save: the save finishes, once
     (BrokenPipeError, 4, [3, 4], [5, 6]),  # stdout's reader exited: saved as after Ctrl-C, then a clear error
+    # the reader exited as step 5's line was printed, after its update: the weights saved are step 5's and
+    # called so (they were saved as step 4, and the resumed run applied step 5 twice)
+    ("pipe closed at step 5's line", 5, [3, 5], [6]),
 ])
 def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monkeypatch, stop, done, checkpoints,
                                                        rerun):
@@ -309,8 +312,17 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
             os.kill(os.getpid(), signal.SIGINT)
         return real_save(run_dir, step, *args, **kwargs)
 
+    real_say = T._say
+
+    def closed_at_step_5s_line(context, message, error=False):
+        if message.startswith("step 5/"):
+            raise BrokenPipeError(32, "Broken pipe")
+        real_say(context, message, error)
+
     if stop in ("sigint during update", "sigterm during update"):
         monkeypatch.setattr(T.ContinuumClock, "tick", signalled_in_step_5s_update)
+    elif stop == "pipe closed at step 5's line":
+        monkeypatch.setattr(T, "_say", closed_at_step_5s_line)
     elif stop == "sigint during checkpoint":
         monkeypatch.setattr(T.C, "save_checkpoint", signalled_in_step_3s_save)
     else:
@@ -318,7 +330,8 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
     discarded = []  # pytest's capture is no pipe to point at the null device (the subprocess test does that)
     monkeypatch.setattr(T, "_discard_stdout", lambda: discarded.append(True))
     expected = {"sigint during update": KeyboardInterrupt, "sigint during checkpoint": KeyboardInterrupt,
-                "sigterm during update": KeyboardInterrupt, BrokenPipeError: T.UserError}.get(stop, stop)
+                "sigterm during update": KeyboardInterrupt, BrokenPipeError: T.UserError,
+                "pipe closed at step 5's line": T.UserError}.get(stop, stop)
     with pytest.raises(expected) as raised:
         run(tmp_path / "cut")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the default SIGTERM is back after the run"
@@ -334,6 +347,9 @@ def test_an_interrupted_or_crashed_run_resumes_exactly(tmp_path, text_file, monk
     monkeypatch.setattr(D, "batch_at", real)
     monkeypatch.setattr(T.ContinuumClock, "tick", real_tick)
     monkeypatch.setattr(T.C, "save_checkpoint", real_save)
+    monkeypatch.setattr(T, "_say", real_say)
+    if stop == "pipe closed at step 5's line":
+        assert "after 5 step(s)" in str(raised.value) and "step-000005 (step 5;" in str(raised.value)
     resumed = run(tmp_path / "cut", resume=True)
     assert sorted(resumed.losses) == rerun
     logged = [(e["step"], e["loss"]) for e in metrics(tmp_path / "cut") if "loss" in e]
@@ -750,6 +766,31 @@ def test_a_diverged_update_stops_the_run_without_checkpointing_it_and_resume_tak
     assert [e["step"] for e in strict_metrics(run_dir) if "loss" in e] == [1, 2, 3, 4]
     record = json.loads((run_dir / "checkpoints" / "step-000004" / "record.json").read_text())
     assert record["spec"]["train"]["optimizer"]["lr"] == 0.001  # the next resume compares with the new lr
+
+
+def test_a_nan_after_a_risen_loss_names_the_earlier_checkpoints(tmp_path, text_file, capsys, monkeypatch):
+    """A finite checkpoint is not a good one: the loss of steps 5–7 rose tenfold before step 8's was NaN,
+    and the error says so and names the way back to the checkpoints before (a bad-input audit)."""
+    real = T.compile_loss
+    scale = {5: 10.0, 6: 10.0, 7: 10.0, 8: float("nan")}  # step 8: not the first after a checkpoint
+
+    def rising_then_nan(*args, **kwargs):
+        loss, calls = real(*args, **kwargs), []
+
+        def scaled(inputs, targets):
+            calls.append(1)
+            return loss(inputs, targets) * scale.get(len(calls), 1.0)
+        return scaled
+
+    monkeypatch.setattr(T, "compile_loss", rising_then_nan)
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=9", "--set", "train.checkpoint_every=2",
+                          "--set", "train.keep_checkpoints=3")) == 1
+    err = capsys.readouterr().err
+    assert "the last good checkpoint is" in err and "step-000006 (lower the learning rate" in err
+    assert re.search(r"That checkpoint's training loss was [\d.]+, above this run's lowest, [\d.]+ at step [1-4]: "
+                     r"if it had begun to diverge, start a new run from an earlier checkpoint instead, "
+                     r"e.g. --init-from", err)
+    assert "step-000004 --run-dir NEW (kept: step-000002, step-000004)" in err
 
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):

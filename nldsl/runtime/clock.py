@@ -26,7 +26,8 @@ class ClockWarning(UserWarning):
 
 
 def record_clocked_step(parameter: Tensor) -> None:
-    """Count an outer step of a clocked parameter taken by its clock (`watch_clock` reads the count)."""
+    """Count an outer step of a clocked parameter taken by its clock, or a change its clock's owner
+    made otherwise (a stream restoring the checkpoint's weights): `watch_clock` reads the count."""
     setattr(parameter, CLOCKED_STEPS, getattr(parameter, CLOCKED_STEPS, 0) + 1)
 
 
@@ -85,12 +86,14 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
     A loop of its own (`loss.backward(); optimizer.step()`) steps a slow level at every call, where
     the spec gives it one step every N calls with their gradients summed; nothing else would tell.
     A gradient reaching a clocked weight after the weight changed, with no clocked step counted in
-    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), is that loop.
+    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), a second time
+    is that loop (once may be a `load_state_dict` between steps).
     Several backward passes per step (gradient accumulation) change nothing in between, and copies
     of the model (`deepcopy`, pickles) do not keep the watch."""
     members = [(name, p, clock_steps[prefix]) for name, p in model.named_parameters()
                if (prefix := clock_prefix(name, clock_steps)) is not None and clock_steps[prefix] > 1]
     seen: dict[int, tuple[int, int]] = {}  # id(weight) -> (its version, its clocked steps) at its last gradient
+    unclocked: dict[int, int] = {}  # id(weight) -> changes seen with no clock step
     warned: list[bool] = []
 
     def on_gradient(p: Tensor, name: str, steps: int) -> None:
@@ -99,6 +102,10 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
         now = (p._version, getattr(p, CLOCKED_STEPS, 0))
         before, seen[id(p)] = seen.get(id(p)), now
         if before is not None and now[0] != before[0] and now[1] == before[1]:
+            unclocked[id(p)] = unclocked.get(id(p), 0) + 1
+        # twice: one change may be a `load_state_dict` between steps; a loop without the clock changes
+        # the weights at every step
+        if unclocked.get(id(p), 0) >= 2:
             warned.append(True)
             level = name.split(".", 2)[-1].rsplit("_", 1)[0]
             warnings.warn(

@@ -574,6 +574,8 @@ def read_json_lines(path: Path) -> list[tuple[int, Any]]:
             continue
         try:
             lines.append((number, json.loads(raw.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        # ValueError: not UTF-8 or not JSON (or an integer past Python's digit limit); RecursionError:
+        # arrays or objects nested deeper than the parser's recursion (a hand-made `[[[[…`)
+        except (ValueError, RecursionError):
             lines.append((number, None))
     return lines

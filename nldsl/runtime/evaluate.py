@@ -412,6 +412,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                 start = state.slow_weights.get(name, loaded.checkpoint.model.get(name))
                 if start is not None:
                     p.copy_(start)
+                    record_clocked_step(p)  # the stream's own change, not an optimizer's (clock.watch_clock)
     model.requires_grad_(False)
     for level in levels:
         for _, p in level.parameters:

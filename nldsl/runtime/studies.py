@@ -503,14 +503,93 @@ def report_match(key: dict[str, Any]) -> str:
     return json.dumps(rest, sort_keys=True)
 
 
+def number(value: Any) -> bool:
+    """A logged number: an int or a float (NaN for a diverged run), never a bool or a text."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def count_value(value: Any) -> bool:
+    """A logged count (parameters, a step): an int, never a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def seconds_problem(result: dict[str, Any]) -> str | None:
+    """What every study's logged result must hold: its time, which the page sums."""
+    seconds = result.get("seconds")
+    if not (number(seconds) and math.isfinite(seconds) and seconds >= 0):
+        return "its `seconds` is not a finite, non-negative number"
+    return None
+
+
+def setup_problem(key: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """What both studies' reports read of any logged run: the width its key records, its parameter
+    count and the step it diverged at (or null)."""
+    setup = key.get("setup")
+    if not (isinstance(setup, dict) and count_value(setup.get("dim"))):
+        return "its key records no width (`setup.dim`)"
+    if not (count_value(result.get("params")) and result["params"] > 0):
+        return "its `params` is not a parameter count"
+    if not (result.get("diverged_at_step") is None or count_value(result["diverged_at_step"])):
+        return "its `diverged_at_step` is neither null nor a step"
+    return None
+
+
+DOMAIN_FIELDS = {"name": str, "source": str, "documents": int, "train_bytes": int, "validation_bytes": int,
+                 "python": str, "unicode": str}
+
+
+def continual_problem(key: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """Why a logged continual run cannot be reported (None when it can): its key must record the
+    domains' texts the page describes, and its R hold a row before training and one after each
+    phase (one phase when joint), a number (or null) per domain: the page indexes R by both."""
+    domains = key.get("domains")
+    if not (isinstance(domains, list) and domains
+            and all(isinstance(d, dict) and all(isinstance(d.get(field), kind) and not isinstance(d[field], bool)
+                                                for field, kind in DOMAIN_FIELDS.items()) for d in domains)):
+        return "its key does not record the domains' texts"
+    if key.get("kind") not in ("sequential", "joint"):
+        return "its key names neither sequential nor joint training"
+    rows = 2 if key["kind"] == "joint" else len(domains) + 1
+    R = result.get("R")
+    if not (isinstance(R, list) and len(R) == rows
+            and all(isinstance(row, list) and len(row) == len(domains) and all(number(v) for v in row) for row in R)):
+        return f"its `R` is not {rows} rows of {len(domains)} numbers (one row before training, one per phase)"
+    return setup_problem(key, result)
+
+
+def recall_problem(key: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """Why a logged recall run cannot be reported (None when it can): every test its key names must
+    be scored (accuracy, exact and loss), with its final loss and training time."""
+    task, tests, scales = key.get("task"), key.get("tests"), key.get("scales")
+    if task == "mqar" and isinstance(tests, list) and all(isinstance(t, list) and len(t) == 2 for t in tests):
+        names = [f"T={length} D={pairs}" for length, pairs in tests]
+    elif task == "passkey" and isinstance(scales, list):
+        names = [f"{scale}x" for scale in scales]
+    else:
+        return "its key names no MQAR tests or passkey scales"
+    scored = result.get("tests")
+    if not (isinstance(scored, dict) and all(isinstance(scored.get(name), dict)
+                                             and all(number(scored[name].get(field))
+                                                     for field in ("accuracy", "exact", "loss")) for name in names)):
+        return f"its `tests` do not score {', '.join(names)} (accuracy, exact and loss each)"
+    if not (number(result.get("final_loss")) and number(result.get("train_seconds"))):
+        return "its `final_loss` or `train_seconds` is not a number"
+    return setup_problem(key, result)
+
+
 class RunLog:
     """Finished runs of a study, one JSON line each, keyed by their full configuration. Made only once
     every option and spec of the study is checked: a study refused for its options must leave an
-    earlier study's log where it was. With `report_only` the log is read, never written or moved."""
+    earlier study's log where it was. With `report_only` the log is read, never written or moved.
+    `problem` says why a logged result of this study cannot be reported (None when it can): a line
+    that is JSON but not such a result is passed over like a cut one, and never reaches a report."""
 
-    def __init__(self, path: Path, resume: bool, report_only: bool = False):
+    def __init__(self, path: Path, resume: bool, report_only: bool = False,
+                 problem: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None):
         self.path = path
+        self.problem = problem
         self.done: dict[str, dict[str, Any]] = {}
+        self.unusable: dict[str, tuple[int, str]] = {}  # key text → (line, why) of a logged result passed over
         self.reused = 0
         self.seconds = 0.0  # summed over every run of the study, reused or not
         self.report_only = report_only
@@ -552,24 +631,41 @@ class RunLog:
                 if key_of(text).get("code") != code_digest()}
 
     def _read(self, rewrite: bool = True) -> None:
-        """The finished runs of the log. An append cut short by a kill (or a line edited by hand) is
-        passed over with a warning, and the log is rewritten without it: the next append would
-        otherwise continue the cut line and be lost as well. Such runs are simply run again."""
-        bad = 0
-        for _, record in read_json_lines(self.path):
-            if (isinstance(record, dict) and isinstance(record.get("key"), str)
-                    and isinstance(record.get("result"), dict)
-                    and isinstance(record["result"].get("seconds"), (int, float))):
-                self.done[record["key"]] = revive(record["result"])
+        """The finished runs of the log. An append cut short by a kill (or a line edited by hand, or a
+        result this study cannot report) is passed over with a warning, and the log is rewritten
+        without it: the next append would otherwise continue the cut line and be lost as well. Such
+        runs are simply run again; the lines passed over are kept in `<log>.skipped`."""
+        bad: list[int] = []  # the line numbers passed over
+        for number, record in read_json_lines(self.path):
+            if not (isinstance(record, dict) and isinstance(record.get("key"), str)
+                    and isinstance(record.get("result"), dict)):
+                bad.append(number)
+                continue
+            result = revive(record["result"])
+            why = seconds_problem(result) or (self.problem(key_of(record["key"]), result) if self.problem else None)
+            if why:
+                bad.append(number)
+                self.unusable[record["key"]] = (number, why)
             else:
-                bad += 1
-        if bad:
-            again = "those runs are done again" if rewrite else "the report is made without them"
-            print(f"warning: {self.path}: passed over {bad} unreadable line(s) (a run cut short while it was "
-                  f"written?); {again}", file=sys.stderr)
-            if rewrite:
-                text = "".join(json_text({"key": key, "result": result}) + "\n" for key, result in self.done.items())
-                write_text(self.path, text)  # a kill mid-rewrite must not cut the log
+                self.done[record["key"]] = result
+        if not bad:
+            return
+        whys = sorted({why for _, why in self.unusable.values()})
+        said = f" ({'; '.join(whys[:3])}{'; …' if len(whys) > 3 else ''})" if whys else ""
+        if not rewrite:
+            print(f"warning: {self.path}: passed over {len(bad)} unreadable line(s) (a run cut short while it was "
+                  f"written, or a result edited by hand?){said}; the report is made without them", file=sys.stderr)
+            return
+        # the rewrite drops them from the log: keep them beside it, so that nothing is lost unseen
+        skipped = self.path.with_name(f"{self.path.name}.skipped")
+        lines = self.path.read_bytes().split(b"\n")
+        with skipped.open("ab") as out:
+            out.write(b"".join(lines[number - 1].rstrip(b"\r") + b"\n" for number in bad))
+        print(f"warning: {self.path}: passed over {len(bad)} unreadable line(s) (a run cut short while it was "
+              f"written, or a result edited by hand?){said}; those runs are done again, and the lines are kept "
+              f"in {skipped}", file=sys.stderr)
+        text = "".join(json_text({"key": key, "result": result}) + "\n" for key, result in self.done.items())
+        write_text(self.path, text)  # a kill mid-rewrite must not cut the log
 
     def _logged(self, key: dict[str, Any]) -> str:
         """--report-only: the logged run of this configuration (the last logged, when several are)."""
@@ -580,6 +676,16 @@ class RunLog:
             what = " ".join(str(part) for part in (key.get("kind") or key.get("task"),
                                                    Path(setup.get("spec", "?")).name,
                                                    f"seed {setup.get('seed')}", f"lr {setup.get('lr')}"))
+            scale = setup.get("mlp_lr_scale", 1.0)
+            if scale != 1.0:  # the control: the same spec, seed and lr as the plain run, which may well be logged
+                control = f"the control `{CONTROL}`, " if scale == CONTROL_MLP_LR_SCALE else ""
+                what = f"{what} with its MLP at lr × {scale:g} ({control}not the plain run)"
+            broken = [place for text, place in self.unusable.items() if report_match(key_of(text)) == wanted]
+            if broken:
+                number, why = max(broken)
+                raise UserError(f"--report-only: the logged run of {what} (line {number} of {self.path}) cannot be "
+                                f"reported: {why} (trains nothing; run the study with the same options, and "
+                                "--resume, to make it again)")
             raise UserError(f"--report-only: {self.path} holds no run of {what} with these options (trains nothing; "
                             "run the study with the same options, and --resume, to make the missing runs)")
         return matches[-1]
@@ -809,7 +915,7 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
         validation = [language_batch(D.spaced_windows(d.validation, config.eval_windows, config.seq_len + 1))
                       for d in domains]
         widths = {name: matched_width(spec_path(name), config.params, study_overrides(name)) for name in bases}
-    log = RunLog(out / "continual.runs.jsonl", resume, report_only)
+    log = RunLog(out / "continual.runs.jsonl", resume, report_only, continual_problem)
     recorded = recorded_params(out / "continual.json", config.params, log.path) if report_only else None
     known_widths: dict[str, int] = {}
     warn_warmup(config.warmup, {"the runs": config.steps * len(config.domains)})
@@ -818,6 +924,8 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
     if config.control:
         variants.append((CONTROL, "transformer", CONTROL_MLP_LR_SCALE))
     results: dict[str, Any] = {}
+    other_texts: list[str] = []  # --report-only: the runs logged on other domain texts than the first run
+    first_run = ""
     for label, base, mlp_scale in variants:
         dim, count = widths[base]
         entry = results.setdefault(label, {"spec": str(spec_path(base).name), "dim": dim, "params": count,
@@ -838,12 +946,23 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
                     if recorded is None:
                         check_logged_width(spec_path(base), config.params, study_overrides(base), entry["dim"],
                                            label, known_widths)
-                    records = records or log.last_key.get("domains")
+                    # the page describes one copy of the texts (the first run's): a run scored on another
+                    # (another Python's stdlib, say) would be described wrongly without a word
+                    if records is None:
+                        records, first_run = log.last_key["domains"], f"{label} seed {seed} {kind}"
+                    elif log.last_key["domains"] != records:
+                        other_texts.append(f"{label} seed {seed} {kind} ({texts(log.last_key['domains'])})")
                 entry[kind].append(run)
                 final = " ".join(f"{d} {b:.3f}" for d, b in zip(config.domains, run["R"][-1]))
                 if not report_only:
                     print(f"{label:>22} seed {seed} {kind:>10}: final bpb {final}  ({run['seconds']:.0f} s)",
                           flush=True)
+    if other_texts:
+        raise UserError(f"--report-only: the runs in {log.path} read different copies of the domains' texts, and a "
+                        f"page describes one: {first_run} read {texts(records or [])}, but "
+                        f"{', '.join(other_texts[:4])}{', …' if len(other_texts) > 4 else ''} read other texts. Run "
+                        "the study again with --resume on one Python (it reuses the runs of that Python's texts and "
+                        "makes the others again), then rebuild the page")
     summary = {"config": asdict(config), "command": command, "domains": records,
                "models": results, "wall_seconds": time.perf_counter() - started, **log.record(),
                "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -853,6 +972,13 @@ def run_continual(config: ContinualConfig, out: Path, command: str, resume: bool
         log.note_unused()
     write_continual_report(summary, out)
     return summary
+
+
+def texts(records: list[dict[str, Any]]) -> str:
+    """Which copy of the domains' texts a run read, in short: the Python and Unicode versions of its
+    standard library and the bytes of each domain."""
+    head = f"Python {records[0]['python']}, Unicode {records[0]['unicode']}, " if records else ""
+    return head + ", ".join(f"`{d['name']}` {d['train_bytes'] + d['validation_bytes']:,} bytes" for d in records)
 
 
 def rebuilt_summary(summary: dict[str, Any], previous: Path, log: RunLog) -> dict[str, Any]:
@@ -872,11 +998,16 @@ def rebuilt_summary(summary: dict[str, Any], previous: Path, log: RunLog) -> dic
     return summary
 
 
+def stayed_finite(scores: Sequence[Sequence[float]]) -> bool:
+    """Whether a seed's score matrix is finite in every cell: the seeds every continual statistic counts."""
+    return all(math.isfinite(v) for row in scores for v in row)
+
+
 def mean_matrix(matrices: list[list[list[float]]]) -> list[list[float]]:
     """The cell-wise mean of the score matrices of the seeds that stayed finite throughout (NaN cells
     when none did): mixing a diverged seed's early rows into some cells only would make the rows of
     one matrix means over different seeds."""
-    kept = [R for R in matrices if all(math.isfinite(v) for row in R for v in row)]
+    kept = [R for R in matrices if stayed_finite(R)]
     shape = (len(matrices[0]), len(matrices[0][0]))
     if not kept:
         return [[math.nan] * shape[1] for _ in range(shape[0])]
@@ -889,7 +1020,9 @@ def continual_metrics(entry: dict[str, Any]) -> dict[str, Any]:
     metrics = {
         "average_final": [average_final(R) for R in matrices],
         "bwt": [backward_transfer(R) for R in matrices],
-        "plasticity": [plasticity(R) for R in matrices],
+        # all NaN for a seed that diverged in any phase, its finite early R[j, j] too: plasticity is
+        # then the diagonal of mean_R, over the same seeds (and the same seeds as the final bpb and BWT)
+        "plasticity": [plasticity(R) if stayed_finite(R) else [math.nan] * len(R) for R in matrices],
         "mean_R": mean_matrix(matrices),
         "initial": [run["R"][0] for run in entry["sequential"]],
     }
@@ -1007,7 +1140,8 @@ def write_continual_report(summary: dict[str, Any], out: Path) -> None:
         "",
         "## Results",
         "",
-        (f"Mean ± std over {plural(seeds, 'seed')} (a diverged seed left out, and said so)" if seeds > 1 else
+        (f"Mean ± std over {plural(seeds, 'seed')} (a run that diverged in any phase left out of every number "
+         "taken from it, its plasticity in the phases before it too, and said so)" if seeds > 1 else
          "Values of the single seed (no spread is available from one seed)")
         + ", bits per byte (lower is better). BWT = mean over j < T of "
         "R[T, j] − R[j, j] (positive = forgetting). Plasticity = R[j, j], the bpb on each domain right after "
@@ -1265,7 +1399,7 @@ def run_recall(config: RecallConfig, out: Path, command: str, resume: bool = Fal
     widths = {name: (None, None) if report_only
               else matched_width(spec_path(name), config.params, study_overrides(name))
               for name in config.models}  # --params out of reach: refused here, before the log is touched
-    log = RunLog(out / "recall.runs.jsonl", resume, report_only)
+    log = RunLog(out / "recall.runs.jsonl", resume, report_only, recall_problem)
     recorded = recorded_params(out / "recall.json", config.params, log.path) if report_only else None
     known_widths: dict[str, int] = {}
     warn_warmup(config.warmup, {"the MQAR runs": config.mqar_steps, "the passkey runs": config.passkey_steps})

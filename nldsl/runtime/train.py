@@ -585,6 +585,22 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     last_checkpoint: list[Path | None] = [found.path if found is not None else None]
     saved_step = [start]  # the step of the newest checkpoint (or where the run began)
 
+    def _divergence_note(step: int) -> str:
+        """Finite is not good: a checkpoint whose training loss had risen well past the run's lowest
+        may already be diverging, and the earlier ones are the way back (named while they exist)."""
+        here = losses.get(step)
+        if here is None or not losses:
+            return ""
+        best_step = min(losses, key=losses.__getitem__)
+        if here <= 1.1 * losses[best_step]:
+            return ""
+        earlier = [path for path in C.complete_checkpoints(run_dir) if path != last_checkpoint[0]]
+        back = (f"start a new run from an earlier checkpoint instead, e.g. --init-from {earlier[-1]} --run-dir NEW "
+                f"(kept: {', '.join(path.name for path in earlier)})" if earlier else
+                "train again, into a new --run-dir (no earlier checkpoint is kept: raise train.keep_checkpoints)")
+        return (f". That checkpoint's training loss was {here:.4g}, above this run's lowest, {losses[best_step]:.4g} "
+                f"at step {best_step}: if it had begun to diverge, {back}")
+
     def stopped(what: str, from_the_checkpoint: bool = False,
                 batch: tuple[Tensor, Tensor] | None = None) -> TrainingError:
         """The error that ends a diverged run, with advice that works: --resume takes a lower lr or a
@@ -618,8 +634,9 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                    "reads 0 until its first write, so dividing by one can give inf, and a fractional power of a "
                    "negative entry is NaN"
                    if isinstance(plan.optimizer, S.OptimizerSpec) else "")
+        note = _divergence_note(saved_step[0]) if last_checkpoint[0] else ""
         return TrainingError(f"{what}; {kept} (lower the learning rate, e.g. --set train.optimizer.lr="
-                             f"{_lower_lr(plan)}, or set train.clip, {then}{written})")
+                             f"{_lower_lr(plan)}, or set train.clip, {then}{written}){note}")
 
     def save(step: int, evaluation: Evaluation | None, rng: dict[str, Tensor] | None = None) -> None:
         model_state, optimizer_state = distributed.full_state_dicts(model, optimizer, context)
@@ -727,6 +744,14 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 if written_optimizer:
                     check_the_update(step + 1, norm_value)
                 optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                # what an interrupt from here on saves: set before anything is printed, since a print
+                # into a closed pipe (`| head`) raises here, after the step changed the weights
+                completed, boundary_rng = done, C.rng_tensors()
+                started[0] = True  # a step is done: the folder holds a run (its metrics, soon a checkpoint)
+                if describe_after_first_step:
+                    _write_run_description(result, overrides, initialized_from, split, run_dir)
+                    describe_after_first_step = False
                 seconds = time.perf_counter() - began
                 losses[step + 1] = loss_value
                 step_seconds[step + 1] = seconds
@@ -738,7 +763,6 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 bar.update(1)
                 speed = tokens_per_step * window_steps / window_seconds if window_steps else None
                 bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{speed:,.0f}" if speed else "…")
-                done = step + 1
                 if done % plan.log_every == 0 or done == plan.steps:
                     if metrics is not None:
                         metrics.write({"step": done, "loss": loss_value, "lr": base_lrs[0] * factor,
@@ -748,11 +772,6 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                         _say(context, f"step {done}/{plan.steps}: loss {loss_value:.4f}, lr {base_lrs[0] * factor:.3g},"
                                       f" grad norm {norm_value:.3g}" + (f", {speed:,.0f} tokens/s" if speed else ""))
                     window_seconds, window_steps = 0.0, 0
-                completed, boundary_rng = done, C.rng_tensors()  # what an interrupt from here on saves
-                started[0] = True  # a step is done: the folder holds a run (its metrics, soon a checkpoint)
-                if describe_after_first_step:
-                    _write_run_description(result, overrides, initialized_from, split, run_dir)
-                    describe_after_first_step = False
             if (plan.eval_every and done % plan.eval_every == 0) or done == plan.steps:
                 evaluation, evaluated_at = evaluate_now(), done
                 if not math.isfinite(evaluation.loss):  # the update made the model diverge: as a NaN loss
