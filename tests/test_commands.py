@@ -1090,3 +1090,30 @@ def test_a_slow_levels_stream_step_does_not_depend_on_the_segment_length(run_dir
     for name, value in weights[16].items():
         assert not torch.equal(value, start[name])
         torch.testing.assert_close(weights[8][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_slow_lr_sets_a_slow_levels_stream_step_and_refuses_what_it_cannot_set(run_dir, capsys):
+    """--slow-lr: one stream step of `cms.slow` (48 tokens, before any other step changes its
+    gradient) moves it by the lr given, twice the spec's moving it twice as far; a name no slow level
+    has, and the flag beside --no-learn, are refused (a clock-stepped level's lr was the spec's only)."""
+    loaded = E.load_model(run_dir, CPU)
+    tokens = loaded.tokenizer.encode("".join(f"w{i} = {i * 3 % 17}\n" for i in range(40)))[:49]
+    [slow] = [level for level in E.slow_levels(loaded, 16) if level.prefix == "cms.slow_"]
+    start = {name: loaded.checkpoint.model[name] for name, _ in slow.parameters}
+    default = E.stream(loaded, tokens, 16)
+    doubled = E.stream(loaded, tokens, 16, slow_lrs={"cms.slow": 2 * slow.lr})
+    assert default.updates["cms.slow_"] == doubled.updates["cms.slow_"] == 1
+    for name, first in start.items():
+        torch.testing.assert_close(doubled.state.slow_weights[name] - first,
+                                   2 * (default.state.slow_weights[name] - first), rtol=1e-4, atol=2e-7)  # float32
+    assert max(float((default.state.slow_weights[n] - first).abs().max()) for n, first in start.items()) > 1e-4
+    frozen = E.stream(loaded, tokens, 16, slow_lrs={"cms.slow": 0.0})
+    assert all(torch.equal(frozen.state.slow_weights[name], first) for name, first in start.items())
+    with pytest.raises(UserError, match=r"--slow-lr names `cms.fast`, which is no slow level of this model \(the "
+                       r"levels on the continuum clock: `cms.slow`, `cms.outer`\)"):
+        E.stream(loaded, tokens, 16, slow_lrs={"cms.fast": 0.1})
+    assert main(["stream", str(run_dir), "--no-learn", "--slow-lr", "cms.slow=0.1", "--no-progress"]) == 1
+    assert "--slow-lr sets how the slow levels learn from the stream, and --no-learn freezes them" in \
+        capsys.readouterr().err
+    assert main(["stream", str(run_dir), "--max-tokens", "40", "--slow-lr", "cms.outer=0.25", "--no-progress"]) == 0
+    assert "slow level cms.outer: 0 SGD step(s) from the stream at lr 0.25 (--slow-lr)" in capsys.readouterr().out

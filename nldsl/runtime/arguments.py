@@ -35,6 +35,23 @@ def path_text(text: str) -> str:
     return text
 
 
+def slow_lr(text: str) -> tuple[str, float]:
+    """An argparse type: `LEVEL=LR`, a slow level's name as the stream prints it and a finite η ≥ 0
+    (the stream checks the name against the model's levels)."""
+    import math
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected LEVEL=LR (e.g. cms.slow=0.01), got {text!r}")
+    try:
+        lr = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number after `=`, got {value!r}") from None
+    if not math.isfinite(lr) or lr < 0 or lr > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"a learning rate is a finite number ≥ 0, got {value!r}")
+    return name.strip(), lr
+
+
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32 (a subnormal)
 
@@ -156,6 +173,9 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--state-out", metavar="FILE", type=path_text,
                    help="save the memory state at the end (an unfinished last segment waits in it for the next text)")
     p.add_argument("--no-learn", action="store_true", help="freeze the slow levels (in-context levels still run)")
+    p.add_argument("--slow-lr", action="append", default=[], metavar="LEVEL=LR", type=slow_lr,
+                   help="the SGD learning rate of a slow level in this stream (e.g. cms.slow=0.01; default: the "
+                        "level's lr in the spec); repeat for several levels")
     p.add_argument("--baseline", action="store_true",
                    help="also score each segment from a fresh memory state, as eval scores a window, to show "
                         "what carrying the memory adds (one more forward pass per segment)")

@@ -129,6 +129,9 @@ def stream_command(args: argparse.Namespace) -> int:
         stream_parts,
     )
 
+    if args.no_learn and args.slow_lr:
+        raise UserError("--slow-lr sets how the slow levels learn from the stream, and --no-learn freezes them: "
+                        "give one of the two")
     if args.state_out:
         _check_writable(Path(args.state_out))  # before the stream, whose learning the state keeps
         _check_replaceable_state(Path(args.state_out))
@@ -163,7 +166,7 @@ def stream_command(args: argparse.Namespace) -> int:
     # a SIGTERM (`timeout`, a scheduler) stops the stream as Ctrl-C does, so that --state-out keeps it
     with terminate_as_interrupt():
         result = stream(loaded, tokens, segment, state, learn=not args.no_learn, keep_pending=bool(args.state_out),
-                        progress=not args.no_progress, baseline=args.baseline)
+                        progress=not args.no_progress, baseline=args.baseline, slow_lrs=dict(args.slow_lr))
         # every token taken from the text was fed or waits in the state (keep_pending)
         result.state.validation_read = None if args.data else start + len(tokens)
         if args.state_out:  # saved before anything is printed: a closed stdout must not lose the stream's learning
@@ -179,8 +182,10 @@ def stream_command(args: argparse.Namespace) -> int:
     segments = f"{len(result.segments)} segment{'' if len(result.segments) == 1 else 's'}"
     print(f"streamed {fed:,} token{'' if fed == 1 else 's'} of {what} in {segments} of up to {segment} "
           f"from checkpoint {loaded.checkpoint.path}")
-    for prefix, count in result.updates.items():
-        print(f"slow level {prefix.rstrip('_')}: {count} SGD step(s) from the stream")
+    for level in result.levels:
+        if level.prefix in result.updates:
+            print(f"slow level {level.prefix.rstrip('_')}: {result.updates[level.prefix]} SGD step(s) from the stream "
+                  f"at lr {level.lr:g}" + (" (--slow-lr)" if level.prefix.rstrip("_") in dict(args.slow_lr) else ""))
     if args.no_learn and not getattr(loaded.module, "CLOCK_STEPS", {}):
         print("note: --no-learn freezes the levels on the continuum clock, and this model has none: its in-context "
               "levels run as without it")

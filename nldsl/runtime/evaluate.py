@@ -304,8 +304,10 @@ def find_level(spec: S.Spec, prefix: str) -> S.LevelSpec | None:
     return None
 
 
-def slow_levels(loaded: LoadedModel, segment: int) -> list[SlowLevel]:
-    """The clock-stepped levels of a model with their stream periods and learning rates."""
+def slow_levels(loaded: LoadedModel, segment: int, lrs: dict[str, float] | None = None) -> list[SlowLevel]:
+    """The clock-stepped levels of a model with their stream periods and learning rates: the spec's,
+    or `lrs` by level name as the stream prints it (`cms.slow`; a name no level has is a UserError
+    that lists them)."""
     from nldsl.compiler import lower
 
     clock_steps: dict[str, int] = getattr(loaded.module, "CLOCK_STEPS", {})
@@ -316,8 +318,13 @@ def slow_levels(loaded: LoadedModel, segment: int) -> list[SlowLevel]:
             continue
         parameters = [(n, p) for n, p in loaded.model.named_parameters() if clock_prefix(n, {prefix: 1}) == prefix]
         period = level.period if isinstance(level.period, int) else level.period.count * segment
-        levels.append(SlowLevel(prefix, parameters, period, lower.gate_start("lr", level.lr),
-                                per_segment=not isinstance(level.period, int)))
+        lr = (lrs or {}).get(prefix.removesuffix("_"), lower.gate_start("lr", level.lr))
+        levels.append(SlowLevel(prefix, parameters, period, lr, per_segment=not isinstance(level.period, int)))
+    unknown = sorted(set(lrs or {}) - {level.prefix.removesuffix("_") for level in levels})
+    if unknown:
+        names = ", ".join(f"`{level.prefix.removesuffix('_')}`" for level in levels) or "none"
+        raise UserError(f"--slow-lr names {', '.join(f'`{name}`' for name in unknown)}, which is no slow level of "
+                        f"this model (the levels on the continuum clock: {names})")
     return levels
 
 
@@ -351,6 +358,7 @@ class StreamResult:
     state: StreamState
     updates: dict[str, int]  # slow level → SGD steps taken
     stopped: str | None = None  # why the stream ended before the text did (Ctrl-C, a non-finite loss)
+    levels: list[SlowLevel] = field(default_factory=list)  # the slow levels that learned, with their lr
 
 
 def detach_state(value: Any) -> Any:
@@ -394,14 +402,14 @@ def first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf
 
 def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState | None = None,
            learn: bool = True, keep_pending: bool = False, progress: bool = False,
-           baseline: bool = False) -> StreamResult:
+           baseline: bool = False, slow_lrs: dict[str, float] | None = None) -> StreamResult:
     """Feed `tokens` (N,) segment by segment after what `state` left; see the module docstring.
     With `baseline`, each segment is also scored from a fresh memory state (the model's initial one,
     with the weights as the stream has them then), as `eval` scores a window: the difference is
     what carrying the memory from segment to segment does."""
     state = state or StreamState()
     model, device = loaded.model, loaded.device
-    every_level = slow_levels(loaded, segment)
+    every_level = slow_levels(loaded, segment, slow_lrs)
     levels = every_level if learn else []
     seq_len = loaded.spec.train.seq_len
     with torch.no_grad():
@@ -488,7 +496,7 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
         pending=buffer[fed:].cpu() if keep_pending else torch.zeros(0, dtype=torch.int64),
         sums={name: s.cpu() for name, s in sums.items()},
         slow_weights={name: p.detach().cpu().clone() for level in every_level for name, p in level.parameters})
-    return StreamResult(segments, final, updates, stopped)
+    return StreamResult(segments, final, updates, stopped, levels)
 
 
 def _fresh_nats(model: torch.nn.Module, inputs: Tensor, targets: Tensor) -> float:
