@@ -1167,8 +1167,9 @@ _ENTRIES = (
         optimizer level with `lr = 0` on a `linear` state that starts at zero (it writes nothing, so
         its output is 0 at every step); `bias_correction` or `nesterov` on a linear level with
         `retention = 0` (1 − 0^w is 1, and α m + η X is the write itself); `beta2` or `eps` on
-        `sgd(…)`, which keeps no second moment; `train.recompute` on a model with no level that
-        learns in context (it recomputes chunk loops, and there are none);
+        `sgd(…)`, which keeps no second moment; `train.recompute` on a model whose levels run no chunk
+        loop (none learns in context, or each runs on the exact delta kernel, as linear
+        attention and DeltaNet do): it reruns chunk loops, and there are none;
         an override that a later override of the same key replaces (its value is never checked), or
         one inside a section whose whole value a later override sets, and one of a constant
         nothing reads. The

@@ -108,15 +108,37 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
     return []
 
 
+def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
+    """Whether a level of `layer` runs a chunk loop in training (what `train.recompute` reruns): a
+    cms level learning in context and a selfmod's levels do; a memory's (or a context's) level does
+    unless it runs through the exact delta kernel (paths.runs_delta_kernel, the runtime's rule)."""
+    from nldsl.runtime.paths import runs_delta_kernel
+
+    if isinstance(layer, S.CMSSpec):
+        return level.learns_in_context(seq_len)
+    if not isinstance(layer, (S.MemorySpec, S.ContextSpec)):
+        return True
+    state = level.state
+    single = isinstance(state, S.LinearState) or (isinstance(state, S.MLPState) and state.depth == 1)
+    chunk = level.period if isinstance(level.period, int) else 1
+    return not runs_delta_kernel(single, state.kind, level.momentum is not None,
+                                 level.orthogonalize.steps if level.orthogonalize else 0,
+                                 "external" if level.objective == "surprise" else level.objective, level.values,
+                                 level.rule == "dgd", chunk, level.readout)
+
+
 def check_recompute(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
-    """W0706: `train.recompute` recomputes chunk loops, and a model with no level learning in context
-    (attention and MLPs only, or cms levels on the continuum clock) runs none."""
-    if not train.recompute or in_context_periods(model, train.seq_len) or any(
-            isinstance(layer, S.ContextSpec) for _, layer in walk_layers(model.block.sublayers, "block")):
+    """W0706: `train.recompute` reruns chunk loops, and a model whose levels run none (attention and
+    MLPs only, cms levels on the continuum clock, memories on the exact delta kernel) has nothing
+    to rerun."""
+    if not train.recompute or any(runs_chunk_loop(layer, level, train.seq_len)
+                                  for _, layer in walk_layers(model.block.sublayers, "block")
+                                  for _, level in read_levels_of(layer, train.seq_len)):
         return []
-    return [Diagnostic("W0706", f"`recompute = {train.recompute}` has no effect: it recomputes chunk loops in the "
-                       "backward pass, and no level of this model learns in context, so there are none",
-                       _span(spans, "train.recompute"), "remove `recompute`", "warning", origin="train.recompute")]
+    return [Diagnostic("W0706", f"`recompute = {train.recompute}` has no effect: it reruns chunk loops in the "
+                       "backward pass, and no level of this model runs one (levels on the exact delta kernel, "
+                       "as linear attention and DeltaNet, run none)", _span(spans, "train.recompute"),
+                       "remove `recompute`", "warning", origin="train.recompute")]
 
 
 def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:

@@ -300,17 +300,21 @@ def roots_of_negative_values(opt: S.OptimizerSpec, update: Any, header: Span) ->
 
 
 VARIANCE_STEPS = 100  # steps over which a variance's weights are compared (a violation shows by step 2)
+ROUNDING = 1e-9  # Σ a² / b this close to 1 leaves v − m² at 0 for equal gradients, and rounding below it
 
 
 def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Iterator[Diagnostic]:
-    """E0304 for a variance `v - m * m` under a root whose levels' weights make it negative. With m the
-    gradients averaged with weights a_k and v their squares with weights b_k, Cauchy–Schwarz gives
-    m² ≤ (Σ a_k² / b_k) v, so v − m² ≥ 0 for every gradient exactly when Σ a_k² / b_k ≤ 1 at each
-    step: it holds for one moving average of both (Σ = 1 − α^t), with both bias-corrected, or v
-    alone; not for a corrected m beside an uncorrected v (1 / (1 − β₂) at step 1) or two different
-    retentions. Only the plain case is read (linear `dot` levels written every step, straight from
-    the two gradient streams, no Nesterov or Newton–Schulz, the same readout); any other variance
-    stays trusted to its writer."""
+    """E0304 for a variance `v - m * m` under a root whose levels' weights let it go negative. With m
+    the gradients averaged with weights a_k and v their squares with weights b_k, Cauchy–Schwarz gives
+    m² ≤ (Σ a_k² / b_k) v, with equality for gradients proportional to a_k / b_k. So v − m² < 0 for
+    some gradients once Σ a_k² / b_k > 1: a corrected m beside an uncorrected v (1 / (1 − β₂) at step
+    1), two retentions, weights that sum past 1. With both bias-corrected Σ = 1 at every step: v − m²
+    is 0 at the first step for any gradient, and the corrections round it below 0 (measured: 86% of
+    the entries NaN at step 1 in float64): also E0304, unless a positive constant inside the root
+    keeps it off 0. (One plain moving average of both has Σ = 1 − α^t < 1.) Only the
+    plain case is read (linear `dot` levels written every step, straight from the two gradient
+    streams, no Nesterov or Newton–Schulz, the same readout); any other variance stays trusted to
+    its writer."""
     from .graph import update_text
 
     levels = {level.name: level for level in opt.levels}
@@ -318,15 +322,29 @@ def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Itera
     for root in subtrees(update):
         if not (root[0] == "sqrt" or (root[0] == "pow" and root[2][1] != int(root[2][1]))):
             continue
+        kept_off = _constant(root[1]) > 0  # `sqrt(v - m * m + 1e-8)`
         for tree in subtrees(root[1]):
             pair = _variance_pair(tree, levels)
             if pair is None or pair in reported:
                 continue
             second, first = levels[pair[0]], levels[pair[1]]
-            step = _first_negative_step(first, second)
+            step, zero = _first_step_past(first, second, 1 + ROUNDING), False
+            if step is None and not kept_off and first.bias_correction and second.bias_correction:
+                # Σ = 1 from the first step: its v − m² is 0 for any gradient, and the two corrections
+                # round apart (a plain average's Σ = 1 − α^t keeps it above 0 but for equal gradients)
+                step, zero = _first_step_past(first, second, 1 - ROUNDING), True
             if step is None:
                 continue
             reported.add(pair)
+            shown, span = update_text(tree), next((at for _, at in level_refs(tree) if at is not None), header)
+            mend = f"take the root of `abs({shown})`"
+            if zero:
+                yield Diagnostic("E0304", f"`{shown}` is 0 at step {step} for any gradient, and later wherever the "
+                                 "gradients stay equal: both levels are bias-corrected, so their weights sum to 1, "
+                                 "and the two corrections round apart, taking it below 0, where its root is NaN",
+                                 span, f"{mend}, or add an ε inside the root, `sqrt({shown} + 1e-8)`; or "
+                                 f"bias-correct `{second.name}` alone")
+                continue
             reasons = [f"`{first.name}` is bias-corrected and `{second.name}` is not"
                        ] if first.bias_correction and not second.bias_correction else []
             for option in ("retention", "lr", "init"):
@@ -336,13 +354,12 @@ def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Itera
                 reasons.append(f"the weights they give the gradients add up to more than 1 by step {step} (lr "
                                f"{first.lr:g} with retention {first.retention:g} sums rather than averages: an "
                                "average writes with lr = 1 − retention)")
-            why = "; ".join(reasons)
-            span = next((at for _, at in level_refs(tree) if at is not None), header)
-            yield Diagnostic("E0304", f"`{update_text(tree)}` goes negative from step {step} on some gradients, so "
-                             f"its root is NaN there: {why}, so `{first.name}`² can exceed `{second.name}`", span,
+            yield Diagnostic("E0304", f"`{shown}` goes negative from step {step} on some gradients, so "
+                             f"its root is NaN there: {'; '.join(reasons)}, so `{first.name}`² can exceed "
+                             f"`{second.name}`", span,
                              f"give `{first.name}` and `{second.name}` the same retention, lr and init, and "
-                             f"bias-correct both or neither (or `{second.name}` alone): `{update_text(tree)}` is then "
-                             "a variance, ≥ 0")
+                             f"bias-correct neither (or `{second.name}` alone), so that `{shown}` is a variance, "
+                             f"≥ 0 but for rounding; or {mend}")
 
 
 def _variance_pair(tree: Any, levels: dict[str, S.OptimizerLevelSpec]) -> tuple[str, str] | None:
@@ -378,8 +395,9 @@ def _weights(level: S.OptimizerLevelSpec, t: int) -> list[float]:
     return weights
 
 
-def _first_negative_step(first: S.OptimizerLevelSpec, second: S.OptimizerLevelSpec) -> int | None:
-    """The first step at which Σ a_k² / b_k > 1 (m's weights a, v's b), or None within VARIANCE_STEPS."""
+def _first_step_past(first: S.OptimizerLevelSpec, second: S.OptimizerLevelSpec, bound: float) -> int | None:
+    """The first step at which Σ a_k² / b_k > `bound` (m's weights a, v's b; a weight of m where v has
+    none is past any bound), or None within VARIANCE_STEPS."""
     for t in range(1, VARIANCE_STEPS + 1):
         total = 0.0
         for a, b in zip(_weights(first, t), _weights(second, t)):
@@ -388,7 +406,7 @@ def _first_negative_step(first: S.OptimizerLevelSpec, second: S.OptimizerLevelSp
             if b == 0:
                 return t
             total += a * a / b
-        if total > 1 + 1e-9:
+        if total > bound:
             return t
     return None
 

@@ -144,3 +144,21 @@ def test_a_storage_only_dtype_is_refused_at_load(dtype):
     """float8 stores weights but has no norms or products: the first call failed deep in rms_norm."""
     with pytest.raises(TypeError, match="a storage format without arithmetic"):
         nldsl.load(TITANS, dim=32, dtype=dtype)
+
+
+def test_a_gradient_taken_at_the_carried_state_is_not_refused():
+    """`torch.autograd.grad(loss, state tensors)` stops at the state and never enters the first call's
+    freed graph: torch gives it, and the stale-state check (a tensor hook, then) refused it."""
+    model, x = _load(TITANS), _tokens(2, 65)
+    first, state = model(x[:, :32], return_state=True)
+    first.float().pow(2).mean().backward()
+    second = model(x[:, 32:64], state=state)
+    carried = [t for block in state for t in _state_tensors(block) if t.grad_fn is not None]
+    grads = torch.autograd.grad(second.float().pow(2).mean(), carried, allow_unused=True)
+    assert any(g is not None for g in grads)
+
+
+def _state_tensors(value):
+    from nldsl.runtime.blocks import _tensors
+
+    return list(_tensors(value))

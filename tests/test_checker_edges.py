@@ -4,7 +4,10 @@ of the 29 that survived the suite (its comment names the rule)."""
 
 from __future__ import annotations
 
-from nldsl.checker import check_text
+import pytest
+
+from nldsl import spec as S
+from nldsl.checker import check_file, check_text
 
 
 def _model(layer: str, dim: int = 64, train: str = "") -> str:
@@ -275,3 +278,28 @@ def test_a_set_replaced_by_a_flag_says_the_flag_counts_after_every_set():
         "`--no-compile` sets `train.compile` again, after every --set")
     [later] = check_text(_model("mlp { }"), "k.nl", ["train.steps=3", "train.steps=4"]).diagnostics
     assert later.message.endswith("sets `train.steps` again later, and the last one counts")
+
+
+def test_the_checkers_chunk_loop_rule_is_the_runtimes(shipped_spec):
+    """check_recompute's W0706 reads which memory levels run the exact delta kernel from the spec; the
+    runtime decides from the lowered LevelConfig: the two agree on every level of every shipped spec
+    (linear attention, DeltaNet and Gated DeltaNet run no chunk loop, so recompute does nothing)."""
+    from nldsl.compiler import lower
+
+    from nldsl import semantics
+    from nldsl.runtime.memory import LevelConfig, uses_delta_kernel
+
+    spec = check_file(shipped_spec).spec
+    if spec.model is None:  # an optimizer library
+        return
+    for _, layer in semantics.walk_layers(spec.model.block.sublayers, "block"):
+        if isinstance(layer, (S.MemorySpec, S.ContextSpec)):
+            for _, level in semantics.read_levels_of(layer, spec.train.seq_len):
+                kernel = uses_delta_kernel(LevelConfig(**lower.level_config(level, 8, 8)))
+                assert semantics.runs_chunk_loop(layer, level, spec.train.seq_len) == (not kernel), level
+
+
+@pytest.mark.parametrize(("spec", "warned"), [("deltanet", True), ("linear_attention", True), ("titans_lmm", False)])
+def test_recompute_on_a_model_of_delta_kernel_levels_is_w0706(spec, warned):
+    result = check_file(f"specs/{spec}.nl", ["train.recompute=2", "train.compile=chunks"])
+    assert [d.code for d in result.diagnostics if d.code == "W0706"] == (["W0706"] if warned else [])

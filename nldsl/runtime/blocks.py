@@ -125,21 +125,26 @@ def _watch_carried_graph(state: list) -> None:
     """A state carried without detaching still holds its call's graph. Once that call's backward ran
     (which frees the graph) or the optimizer stepped the weights it read, the next backward pass
     fails inside it with torch's "backward through the graph a second time" or "modified by an
-    inplace operation", which name neither the state nor the mend. Hooks on the state's tensors
-    with a graph look at that graph when the gradient first reaches one of them in a backward pass,
-    and name both."""
-    roots = [tensor.grad_fn for tensor in _tensors(state) if tensor.grad_fn is not None]
+    inplace operation", which name neither the state nor the mend. A pre-hook on the nodes that
+    made the state's tensors looks at the graph below when a backward pass is about to run one of
+    them, and names both; a backward that stops at the state (`autograd.grad` of its tensors) runs
+    none of them, and is not looked at. Each tensor is watched once, however many calls it is
+    passed to."""
+    fresh = [tensor for tensor in _tensors(state) if tensor.grad_fn is not None
+             and not getattr(tensor, "_nldsl_watched", False)]
+    roots = list({id(tensor.grad_fn): tensor.grad_fn for tensor in fresh}.values())
     checked: list[int] = []  # the backward passes (graph tasks) that looked already
 
-    def look(_: Tensor) -> None:
+    def look(grad_outputs: Any) -> None:
         task = getattr(torch._C, "_current_graph_task_id", lambda: -1)()  # private: one look per state without it
         if task not in checked:
             checked.append(task)
             _check_graph(roots)
 
-    for tensor in _tensors(state):
-        if tensor.grad_fn is not None:
-            tensor.register_hook(look)
+    for tensor in fresh:
+        tensor._nldsl_watched = True
+    for node in roots:
+        node.register_prehook(look)
 
 
 _SAVED_NAMES: dict[type, list[str]] = {}  # an autograd node class -> its `_saved_…` attributes

@@ -21,6 +21,9 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule,
 CLOCKED_STEPS = "_nldsl_clocked_steps"
 
 
+UNCLOCKED_IN_A_ROW = 3  # backward passes in a row that find a clocked weight changed with no clock step
+
+
 class ClockWarning(UserWarning):
     """A clocked level's weights were stepped outside the continuum clock (`watch_clock`)."""
 
@@ -86,14 +89,15 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
     A loop of its own (`loss.backward(); optimizer.step()`) steps a slow level at every call, where
     the spec gives it one step every N calls with their gradients summed; nothing else would tell.
     A gradient reaching a clocked weight after the weight changed, with no clocked step counted in
-    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), a second time
-    is that loop (once may be a `load_state_dict` between steps).
+    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), at
+    UNCLOCKED_IN_A_ROW backward passes in a row is that loop (a `load_state_dict` between steps is
+    one such pass, and the next finds the weights as they were).
     Several backward passes per step (gradient accumulation) change nothing in between, and copies
     of the model (`deepcopy`, pickles) do not keep the watch."""
     members = [(name, p, clock_steps[prefix]) for name, p in model.named_parameters()
                if (prefix := clock_prefix(name, clock_steps)) is not None and clock_steps[prefix] > 1]
     seen: dict[int, tuple[int, int]] = {}  # id(weight) -> (its version, its clocked steps) at its last gradient
-    unclocked: dict[int, int] = {}  # id(weight) -> changes seen with no clock step
+    unclocked: dict[int, int] = {}  # id(weight) -> backward passes in a row that found it changed, unclocked
     warned: list[bool] = []
 
     def on_gradient(p: Tensor, name: str, steps: int) -> None:
@@ -101,11 +105,12 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
             return
         now = (p._version, getattr(p, CLOCKED_STEPS, 0))
         before, seen[id(p)] = seen.get(id(p)), now
-        if before is not None and now[0] != before[0] and now[1] == before[1]:
-            unclocked[id(p)] = unclocked.get(id(p), 0) + 1
-        # twice: one change may be a `load_state_dict` between steps; a loop without the clock changes
-        # the weights at every step
-        if unclocked.get(id(p), 0) >= 2:
+        changed = before is not None and now[0] != before[0] and now[1] == before[1]
+        unclocked[id(p)] = unclocked.get(id(p), 0) + 1 if changed else 0
+        # a loop without the clock changes the weights before every backward pass; a ticking loop
+        # leaves them alone between clock steps, whatever `load_state_dict` (an EMA swapped in for an
+        # evaluation and back) does now and then
+        if unclocked[id(p)] >= UNCLOCKED_IN_A_ROW:
             warned.append(True)
             level = name.split(".", 2)[-1].rsplit("_", 1)[0]
             warnings.warn(

@@ -49,6 +49,7 @@ from nldsl.runtime.delta import (
     masked_decay_ratios,
 )
 from nldsl.runtime.layers import LOW_PRECISION, MUON_COEFFICIENTS
+from nldsl.runtime.paths import runs_delta_kernel
 
 DELTA_BLOCK = 64  # tokens per block of the delta kernel
 # A residual MLP's last layer starts this much smaller than fan-in scale, so the level starts close to
@@ -659,13 +660,10 @@ def fused_write(
 
 
 def uses_delta_kernel(cfg: LevelConfig) -> bool:
-    """Whether `memory_level` runs this level through the exact delta kernel (module docstring)."""
-    if len(cfg.weight_shapes()) != 1 or cfg.state == "residual_mlp":
-        return False
-    if cfg.momentum or cfg.orthogonalize_steps > 0 or cfg.objective == "external":
-        return False
-    state_free_error = cfg.objective == "dot" and cfg.values == "given" and not cfg.dgd
-    return cfg.chunk_size == 1 or (state_free_error and cfg.readout != "chunk_start")
+    """Whether `memory_level` runs this level through the exact delta kernel (module docstring; the
+    rule, shared with the checker, is `paths.runs_delta_kernel`)."""
+    return runs_delta_kernel(len(cfg.weight_shapes()) == 1, cfg.state, cfg.momentum, cfg.orthogonalize_steps,
+                             cfg.objective, cfg.values, cfg.dgd, cfg.chunk_size, cfg.readout)
 
 
 @float32_recurrence
