@@ -280,7 +280,7 @@ def test_a_slow_level_steps_when_the_stream_crosses_its_period_not_only_when_it_
 
     model = _Biased()
     levels = [E.SlowLevel("a_", [("bias", model.bias)], 24, 0.1)]
-    monkeypatch.setattr(E, "slow_levels", lambda loaded, segment: levels)
+    monkeypatch.setattr(E, "slow_levels", lambda loaded, segment, lrs=None: levels)
     spec = SimpleNamespace(train=SimpleNamespace(seq_len=16))
     checkpoint = SimpleNamespace(model={"bias": torch.zeros(256)})
     loaded = E.LoadedModel(model, SimpleNamespace(), spec, D.ByteTokenizer(), checkpoint, CPU)
@@ -323,7 +323,7 @@ def test_a_steps_count_levels_stream_step_does_not_grow_with_the_segment(monkeyp
     for segment in (8, 12, 16):
         model = _Biased()
         level = E.SlowLevel("a_", [("bias", model.bias)], 3 * segment, 0.1, per_segment=True)
-        monkeypatch.setattr(E, "slow_levels", lambda loaded, seg, level=level: [level])
+        monkeypatch.setattr(E, "slow_levels", lambda loaded, seg, lrs=None, level=level: [level])
         spec = SimpleNamespace(train=SimpleNamespace(seq_len=16))
         checkpoint = SimpleNamespace(model={"bias": torch.zeros(256)})
         loaded = E.LoadedModel(model, SimpleNamespace(), spec, D.ByteTokenizer(), checkpoint, CPU)
