@@ -110,13 +110,14 @@ def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
 
 def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
     """Whether a level of `layer` runs a chunk loop in training (what `train.recompute` reruns): a
-    cms level learning in context and a selfmod's levels do; a memory's (or a context's) level does
-    unless it runs through the exact delta kernel (paths.runs_delta_kernel, the runtime's rule)."""
+    cms level learning in context and a selfmod's levels do; a memory's level (a context's too, which
+    `walk_layers` gives as its memory) does unless it runs through the exact delta kernel
+    (paths.runs_delta_kernel, the runtime's rule)."""
     from nldsl.runtime.paths import runs_delta_kernel
 
     if isinstance(layer, S.CMSSpec):
         return level.learns_in_context(seq_len)
-    if not isinstance(layer, (S.MemorySpec, S.ContextSpec)):
+    if not isinstance(layer, S.MemorySpec):
         return True
     state = level.state
     single = isinstance(state, S.LinearState) or (isinstance(state, S.MLPState) and state.depth == 1)

@@ -322,28 +322,29 @@ def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Itera
     for root in subtrees(update):
         if not (root[0] == "sqrt" or (root[0] == "pow" and root[2][1] != int(root[2][1]))):
             continue
-        kept_off = _constant(root[1]) > 0  # `sqrt(v - m * m + 1e-8)`
-        for tree in subtrees(root[1]):
+        for tree in _outside_abs(root[1]):  # `abs(v - m * m)` is the mend, ≥ 0 whatever its levels
             pair = _variance_pair(tree, levels)
             if pair is None or pair in reported:
                 continue
             second, first = levels[pair[0]], levels[pair[1]]
             step, zero = _first_step_past(first, second, 1 + ROUNDING), False
-            if step is None and not kept_off and first.bias_correction and second.bias_correction:
-                # Σ = 1 from the first step: its v − m² is 0 for any gradient, and the two corrections
-                # round apart (a plain average's Σ = 1 − α^t keeps it above 0 but for equal gradients)
-                step, zero = _first_step_past(first, second, 1 - ROUNDING), True
+            if step is None and (first.bias_correction or second.bias_correction) \
+                    and not _kept_off_zero(root[1], tree, opt) and _first_step_past(first, second, 1 - ROUNDING) == 1:
+                # Σ = 1 at the first step: its v − m² is 0 for any gradient, and a bias correction
+                # rounds it apart (a plain average's Σ = 1 − α^t keeps it above 0 but for equal gradients)
+                step, zero = 1, True
             if step is None:
                 continue
             reported.add(pair)
             shown, span = update_text(tree), next((at for _, at in level_refs(tree) if at is not None), header)
             mend = f"take the root of `abs({shown})`"
             if zero:
-                yield Diagnostic("E0304", f"`{shown}` is 0 at step {step} for any gradient, and later wherever the "
-                                 "gradients stay equal: both levels are bias-corrected, so their weights sum to 1, "
-                                 "and the two corrections round apart, taking it below 0, where its root is NaN",
-                                 span, f"{mend}, or add an ε inside the root, `sqrt({shown} + 1e-8)`; or "
-                                 f"bias-correct `{second.name}` alone")
+                why = ("both levels are bias-corrected, so their weights sum to 1" if first.bias_correction
+                       and second.bias_correction else f"`{first.name}`'s weight squared equals `{second.name}`'s "
+                       "at step 1")
+                yield Diagnostic("E0304", f"`{shown}` is 0 at step 1 for any gradient ({why}), and the bias "
+                                 "correction rounds it below 0, where its root is NaN", span,
+                                 f"{mend}, or add an ε inside the root, `sqrt({shown} + 1e-8)`")
                 continue
             reasons = [f"`{first.name}` is bias-corrected and `{second.name}` is not"
                        ] if first.bias_correction and not second.bias_correction else []
@@ -360,6 +361,30 @@ def negative_variances(opt: S.OptimizerSpec, update: Any, header: Span) -> Itera
                              f"give `{first.name}` and `{second.name}` the same retention, lr and init, and "
                              f"bias-correct neither (or `{second.name}` alone), so that `{shown}` is a variance, "
                              f"≥ 0 but for rounding; or {mend}")
+
+
+def _outside_abs(tree: Any) -> Iterator[Any]:
+    """`subtrees`, not entering `abs(…)`."""
+    if isinstance(tree, tuple) and tree and isinstance(tree[0], str):
+        yield tree
+        if tree[0] != "abs":
+            for part in tree[1:]:
+                yield from _outside_abs(part)
+
+
+FLOAT32_TINY = 1.401298464324817e-45  # below it a positive ε is 0 in float32
+
+
+def _kept_off_zero(argument: Any, variance: Any, opt: S.OptimizerSpec) -> bool:
+    """Whether a root's argument stays above 0 where its variance is 0: `v - m * m + 1e-8`, or
+    `(v - m * m + 1e-8) * 0.5`, with an ε float32 keeps (a positive constant part, whatever the
+    brackets; one that cancels, `+ 1e-8 - 1e-8`, or that float32 rounds to 0, keeps nothing)."""
+    rest = _mended(argument, {id(variance): ("const", 0.0)})
+    value = constant_value(rest)
+    if value is not None:
+        return value >= FLOAT32_TINY
+    low, _ = bounds(rest, nonnegative_levels(opt))
+    return low >= FLOAT32_TINY
 
 
 def _variance_pair(tree: Any, levels: dict[str, S.OptimizerLevelSpec]) -> tuple[str, str] | None:

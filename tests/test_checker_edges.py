@@ -293,7 +293,7 @@ def test_the_checkers_chunk_loop_rule_is_the_runtimes(shipped_spec):
     if spec.model is None:  # an optimizer library
         return
     for _, layer in semantics.walk_layers(spec.model.block.sublayers, "block"):
-        if isinstance(layer, (S.MemorySpec, S.ContextSpec)):
+        if isinstance(layer, S.MemorySpec):
             for _, level in semantics.read_levels_of(layer, spec.train.seq_len):
                 kernel = uses_delta_kernel(LevelConfig(**lower.level_config(level, 8, 8)))
                 assert semantics.runs_chunk_loop(layer, level, spec.train.seq_len) == (not kernel), level

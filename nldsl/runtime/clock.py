@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 
 import torch
 from torch import Tensor
@@ -19,9 +20,7 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule,
 # The attribute that counts the outer steps a continuum clock (or a stream's slow-level step) took of
 # a clocked parameter: what `watch_clock` reads to tell them from an optimizer stepping it on its own.
 CLOCKED_STEPS = "_nldsl_clocked_steps"
-
-
-UNCLOCKED_IN_A_ROW = 3  # backward passes in a row that find a clocked weight changed with no clock step
+STEPPED_AT = "_nldsl_clocked_steps_at_last_optimizer_step"
 
 
 class ClockWarning(UserWarning):
@@ -84,44 +83,52 @@ class ContinuumClock:
 
 
 def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
-    """Warn once (ClockWarning) when a clocked level's weights take optimizer steps with no clock.
+    """Warn once (ClockWarning) when an optimizer steps a clocked level's weights with no clock.
 
     A loop of its own (`loss.backward(); optimizer.step()`) steps a slow level at every call, where
     the spec gives it one step every N calls with their gradients summed; nothing else would tell.
-    A gradient reaching a clocked weight after the weight changed, with no clocked step counted in
-    between (`record_clocked_step`: ContinuumClock.tick, a stream's slow-level step), at
-    UNCLOCKED_IN_A_ROW backward passes in a row is that loop (a `load_state_dict` between steps is
-    one such pass, and the next finds the weights as they were).
-    Several backward passes per step (gradient accumulation) change nothing in between, and copies
-    of the model (`deepcopy`, pickles) do not keep the watch."""
-    members = [(name, p, clock_steps[prefix]) for name, p in model.named_parameters()
-               if (prefix := clock_prefix(name, clock_steps)) is not None and clock_steps[prefix] > 1]
-    seen: dict[int, tuple[int, int]] = {}  # id(weight) -> (its version, its clocked steps) at its last gradient
-    unclocked: dict[int, int] = {}  # id(weight) -> backward passes in a row that found it changed, unclocked
-    warned: list[bool] = []
+    A hook before every optimizer step (torch's global step pre-hook) looks at the clocked weights
+    the optimizer holds: one with a gradient and no clocked step counted since the optimizer last
+    stepped it (`record_clocked_step`: ContinuumClock.tick hands the summed gradient over on its
+    due steps and leaves none on the others) is that loop. Gradient accumulation, `load_state_dict`
+    (an EMA swapped in for an evaluation) and streams take no optimizer step, and are not read.
+    Copies of the model (`deepcopy`, pickles) are not watched."""
+    global _step_hook
+    warned: list[bool] = []  # one warning per model
+    for name, p in model.named_parameters():
+        prefix = clock_prefix(name, clock_steps)
+        if prefix is not None and clock_steps[prefix] > 1:
+            _WATCHED[id(p)] = (weakref.ref(p), prefix.removesuffix("_"), clock_steps[prefix], warned)
+    if _step_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    def on_gradient(p: Tensor, name: str, steps: int) -> None:
-        if warned or torch.compiler.is_compiling():
-            return
-        now = (p._version, getattr(p, CLOCKED_STEPS, 0))
-        before, seen[id(p)] = seen.get(id(p)), now
-        changed = before is not None and now[0] != before[0] and now[1] == before[1]
-        unclocked[id(p)] = unclocked.get(id(p), 0) + 1 if changed else 0
-        # a loop without the clock changes the weights before every backward pass; a ticking loop
-        # leaves them alone between clock steps, whatever `load_state_dict` (an EMA swapped in for an
-        # evaluation and back) does now and then
-        if unclocked[id(p)] >= UNCLOCKED_IN_A_ROW:
-            warned.append(True)
-            level = name.split(".", 2)[-1].rsplit("_", 1)[0]
-            warnings.warn(
-                f"level `{level}` is on the continuum clock (an outer step every {steps} calls, with their "
-                "gradients summed: docs/semantics.md §4), but its weights changed between two backward passes "
-                "with no clock step: an optimizer step outside the model's `training_step` moves it at every "
-                "call. Use the generated module's `training_step(model, optimizer, tokens, targets)` "
-                "(`model.module` of `nldsl.load`), or call its `continuum_clock(model).tick()` between "
-                "`backward()` and `optimizer.step()`", ClockWarning, stacklevel=1)
+        _step_hook = register_optimizer_step_pre_hook(_before_optimizer_step)
 
-    for name, p, steps in members:
-        if p.requires_grad:
-            p.register_post_accumulate_grad_hook(
-                lambda p, name=name, steps=steps: on_gradient(p, name, steps))
+
+# id(parameter) -> (the parameter, its level, outer steps between its clock steps, its model's warned flag)
+_WATCHED: dict[int, tuple[weakref.ref, str, int, list[bool]]] = {}
+_step_hook = None
+
+
+def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """`watch_clock`'s check, before any optimizer's step."""
+    if not _WATCHED or torch.compiler.is_compiling():
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            entry = _WATCHED.get(id(p))
+            if entry is None or entry[0]() is not p or p.grad is None:
+                continue
+            _, level, steps, warned = entry
+            clocked = getattr(p, CLOCKED_STEPS, 0)
+            unclocked = clocked == getattr(p, STEPPED_AT, 0)  # no clock step since the optimizer last stepped it
+            setattr(p, STEPPED_AT, clocked)
+            if unclocked and not warned:
+                warned.append(True)
+                warnings.warn(
+                    f"level `{level}` is on the continuum clock (an outer step every {steps} calls, with their "
+                    "gradients summed: docs/semantics.md §4), but this optimizer step moves it with no clock step: "
+                    "a loop outside the model's `training_step` steps it at every call. Use the generated "
+                    "module's `training_step(model, optimizer, tokens, targets)` (`model.module` of "
+                    "`nldsl.load`), or call its `continuum_clock(model).tick()` between `backward()` and "
+                    "`optimizer.step()`", ClockWarning, stacklevel=3)
