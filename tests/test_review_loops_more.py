@@ -207,3 +207,24 @@ def test_recompute_on_cms_levels_on_the_continuum_clock_alone_is_w0706():
             "train { seq_len = 64\n recompute = 2\n compile = false }\n")
     diagnostics = check_text(text, "k.nl").diagnostics
     assert any(d.code == "W0706" and "recompute" in d.message for d in diagnostics)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_step_that_calls_its_parents_step_is_read_once():
+    """nldsl's DecoupledSGD.step calls torch's SGD.step, whose hooks run too once any SGD was made in
+    the process: the watch read that inner call as a second step with no clock step, and the clock
+    tests of `nldsl train` failed in the whole suite only (a pyproject error)."""
+    from nldsl.runtime.optim import DecoupledSGD
+
+    import nldsl
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # torch patches SGD.step with its hooks
+    _, x = _clocked_hope()
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nldsl.load("specs/hope.nl", dim=32)  # its seq_len and batch: `cms.slow` every 2 steps
+    assert model.module.CLOCK_STEPS == {"cms.slow_": 2}
+    optimizer = DecoupledSGD(model.parameters(), lr=0.1)
+    for _ in range(3):  # pyproject makes a ClockWarning an error
+        model.module.training_step(model, optimizer, x[:, :-1], x[:, 1:])

@@ -111,7 +111,7 @@ _step_hook = None
 
 
 def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-    """`watch_clock`'s check, before any optimizer's step."""
+    """`watch_clock`'s check, before any optimizer step."""
     if not _WATCHED or torch.compiler.is_compiling():
         return
     for group in optimizer.param_groups:
@@ -120,9 +120,12 @@ def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs
             if entry is None or entry[0]() is not p or p.grad is None:
                 continue
             _, level, steps, warned = entry
-            clocked = getattr(p, CLOCKED_STEPS, 0)
-            unclocked = clocked == getattr(p, STEPPED_AT, 0)  # no clock step since the optimizer last stepped it
-            setattr(p, STEPPED_AT, clocked)
+            now = (getattr(p, CLOCKED_STEPS, 0), p._version)
+            last = getattr(p, STEPPED_AT, (0, None))
+            if now == last:  # the same step entered again: a subclass's step calling its parent's
+                continue
+            unclocked = now[0] == last[0]  # no clock step since an optimizer last stepped it
+            setattr(p, STEPPED_AT, now)
             if unclocked and not warned:
                 warned.append(True)
                 warnings.warn(
