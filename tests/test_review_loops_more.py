@@ -214,9 +214,8 @@ def test_a_step_that_calls_its_parents_step_is_read_once():
     """nldsl's DecoupledSGD.step calls torch's SGD.step, whose hooks run too once any SGD was made in
     the process: the watch read that inner call as a second step with no clock step, and the clock
     tests of `nldsl train` failed in the whole suite only (a pyproject error)."""
-    from nldsl.runtime.optim import DecoupledSGD
-
     import nldsl
+    from nldsl.runtime.optim import DecoupledSGD
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # torch patches SGD.step with its hooks
     _, x = _clocked_hope()
