@@ -18,6 +18,7 @@ from typing import Any
 
 from . import spec as S
 from .diagnostics import Diagnostic
+from .runtime.arguments import FLOAT32_TINY  # below it a positive ε is 0 in float32
 from .source import Span
 
 POSITIVE, NEGATIVE, EITHER = "+", "-", "?"
@@ -370,9 +371,6 @@ def _outside_abs(tree: Any) -> Iterator[Any]:
         if tree[0] != "abs":
             for part in tree[1:]:
                 yield from _outside_abs(part)
-
-
-FLOAT32_TINY = 1.401298464324817e-45  # below it a positive ε is 0 in float32
 
 
 def _kept_off_zero(argument: Any, variance: Any, opt: S.OptimizerSpec) -> bool:

@@ -38,8 +38,6 @@ def path_text(text: str) -> str:
 def slow_lr(text: str) -> tuple[str, float]:
     """An argparse type: `LEVEL=LR`, a slow level's name as the stream prints it and a finite η ≥ 0
     (the stream checks the name against the model's levels)."""
-    import math
-
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected LEVEL=LR (e.g. cms.slow=0.01), got {text!r}")
