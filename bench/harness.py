@@ -53,6 +53,7 @@ from nldsl.cli import UserError
 from nldsl.diagnostics import SpecWarning
 from nldsl.runtime.arguments import at_least, positive_float  # noqa: F401  (re-exported: the commands' argparse types)
 from nldsl.runtime.chunked import compile_loss
+from nldsl.runtime.clock import ContinuumClock
 
 ROOT = Path(__file__).resolve().parent.parent
 # NLDSL_BENCH_RESULTS redirects the JSON (tests run the commands without touching the committed results)
@@ -132,14 +133,21 @@ class TrainStep:
     recompute: int = 0  # chunks per recomputed stretch (train.recompute); 0 = off
     loss_fn: Callable = field(init=False)
 
+    clock: ContinuumClock = field(init=False)
+
     def __post_init__(self) -> None:
         self.loss_fn = compile_loss(self.model.loss, self.compiled, recompute=self.recompute)
+        # the continuum clock, as `nldsl train` ticks it: a slow level's weights take the optimizer's
+        # step on their clock's steps only, with the gradients of the steps between summed
+        clock_steps = getattr(getattr(self.model, "module", None), "CLOCK_STEPS", {})
+        self.clock = ContinuumClock(list(self.model.named_parameters()), dict(clock_steps))
 
     def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.loss_fn(tokens, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+        self.clock.tick()
         self.optimizer.step()
         return loss.detach()
 

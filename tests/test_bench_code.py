@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
 from bench import harness, peers, report, throughput
@@ -133,3 +134,17 @@ def test_train_compile_seconds_are_measured_with_a_fresh_inductor_cache(tmp_path
     monkeypatch.setattr(throughput, "measure_modes", measure_modes)
     throughput.run(["specs/transformer.nl"], [16], ["eager", "compiled"], 16, 1, 160, fresh=True)
     assert seen["isolated"]
+
+
+def test_the_benchmarks_training_step_ticks_the_continuum_clock(one_thread) -> None:
+    """`TrainStep` stepped HOPE's slow CMS level at every step, as no `nldsl train` does: the clock
+    watch (a ClockWarning, an error under pyproject) found it. It now ticks the clock as training."""
+    model, optimizer = harness.build("specs/hope.nl", ["dim=32", "model.layers=1"], seq_len=16)
+    step = harness.TrainStep(model, optimizer)
+    assert [name for name, _, _ in step.clock.members] == ["blocks.0.cms.slow_w1", "blocks.0.cms.slow_w2"]
+    slow = dict(model.named_parameters())["blocks.0.cms.slow_w1"]
+    before = slow.detach().clone()
+    tokens, targets = harness.random_tokens(1, 16, 256)
+    for _ in range(2):
+        step(tokens, targets)
+    assert torch.equal(slow.detach(), before)  # its clock fires every 32 steps at this size
