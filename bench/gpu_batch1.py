@@ -14,6 +14,7 @@ import time
 import torch
 
 import nldsl
+from nldsl.runtime.clock import ContinuumClock
 
 
 def time_steps(spec: str, overrides: list[str], compiled: bool, batch: int, length: int = 2048,
@@ -22,6 +23,8 @@ def time_steps(spec: str, overrides: list[str], compiled: bool, batch: int, leng
     model = nldsl.load(spec, overrides).cuda()
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    # the continuum clock, as `nldsl train` ticks it (HOPE's slow CMS level steps every N steps)
+    clock = ContinuumClock(list(model.named_parameters()), dict(getattr(model.module, "CLOCK_STEPS", {})))
     loss_fn = torch.compile(model.loss, fullgraph=True) if compiled else model.loss
     tokens = torch.randint(0, model.spec.model.vocab, (batch, length), device="cuda")
     targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)  # -1: no target at the end
@@ -31,6 +34,7 @@ def time_steps(spec: str, overrides: list[str], compiled: bool, batch: int, leng
             loss = loss_fn(tokens, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clock.tick()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
