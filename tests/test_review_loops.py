@@ -293,7 +293,7 @@ def clocked_run(tmp_path_factory):
 
 @pytest.mark.usefixtures("one_thread")
 def test_streams_again_and_again_on_one_loaded_model_are_not_warned(clocked_run):
-    # mutant: a stream's restore of the checkpoint's weights not counted as the clock's; k8: its slow steps
+    # streams step the slow levels without an optimizer: the clock watch has nothing to read
     import torch
 
     from nldsl.runtime import evaluate as E

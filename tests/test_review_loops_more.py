@@ -79,23 +79,6 @@ def test_the_zero_variance_points_at_the_update_line():  # mutant: span = header
 
 # nldsl/runtime/clock.py watch_clock ----------------------------------------------------------------------
 
-@pytest.mark.usefixtures("one_thread")
-def test_a_clocked_level_stepped_with_a_clock_step_before_each_backward_is_not_warned():
-    # mutant: `now[1] == before[1]` dropped (a change with a clocked step counted as unclocked)
-    from nldsl.runtime.clock import ClockWarning, record_clocked_step
-
-    model, x = _clocked_hope()
-    slow = dict(model.named_parameters())["blocks.0.cms.slow_w1"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ClockWarning)
-        for _ in range(5):
-            model.zero_grad()
-            model.loss(x[:, :-1], x[:, 1:]).backward()
-            with torch.no_grad():
-                slow.add_(1e-3)
-            record_clocked_step(slow)  # as a stream's slow-level step does
-
-
 # nldsl/runtime/blocks.py _watch_carried_graph ---------------------------------------------------------------
 
 def _counting(monkeypatch):

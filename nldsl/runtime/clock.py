@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's OptimizedModule, DistributedDataParallel
-# The attribute that counts the outer steps a continuum clock (or a stream's slow-level step) took of
-# a clocked parameter: what `watch_clock` reads to tell them from an optimizer stepping it on its own.
+# The attribute that counts the outer steps a continuum clock took of a clocked parameter: what
+# `watch_clock` reads to tell them from an optimizer stepping it on its own.
 CLOCKED_STEPS = "_nldsl_clocked_steps"
 STEPPED_AT = "_nldsl_clocked_steps_at_last_optimizer_step"
 
@@ -28,8 +28,7 @@ class ClockWarning(UserWarning):
 
 
 def record_clocked_step(parameter: Tensor) -> None:
-    """Count an outer step of a clocked parameter taken by its clock, or a change its clock's owner
-    made otherwise (a stream restoring the checkpoint's weights): `watch_clock` reads the count."""
+    """Count an outer step of a clocked parameter taken by its clock (`watch_clock` reads the count)."""
     setattr(parameter, CLOCKED_STEPS, getattr(parameter, CLOCKED_STEPS, 0) + 1)
 
 

@@ -51,7 +51,7 @@ from nldsl.diagnostics import terminal_safe
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
-from nldsl.runtime.clock import clock_prefix, record_clocked_step
+from nldsl.runtime.clock import clock_prefix
 from nldsl.runtime.interrupt import deferred_interrupt, signal_number
 from nldsl.runtime.memory import MemoryState
 
@@ -420,7 +420,6 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                 start = state.slow_weights.get(name, loaded.checkpoint.model.get(name))
                 if start is not None:
                     p.copy_(start)
-                    record_clocked_step(p)  # the stream's own change, not an optimizer's (clock.watch_clock)
     model.requires_grad_(False)
     for level in levels:
         for _, p in level.parameters:
@@ -477,7 +476,6 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                             for name, p in level.parameters:
                                 p.sub_(level.lr * sums[name])
                                 sums[name].zero_()
-                                record_clocked_step(p)
                         updates[level.prefix] += 1
             total_nats, total_bytes = total_nats + nats, total_bytes + segment_bytes
             bar.update(n)
