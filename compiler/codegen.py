@@ -911,6 +911,13 @@ class Generator:
                 if self.clock_levels:  # a loop of its own that steps the clocked levels every call is warned
                     w("watch_clock(self, CLOCK_STEPS)")
             w()
+            if self.clock_levels:  # a copy (deepcopy, an unpickled model) is built without __init__
+                w("def __setstate__(self, state: dict) -> None:")
+                with w.indent():
+                    w('"""A copy (`copy.deepcopy`, `torch.load` of a pickled model) is watched as the model is."""')
+                    w("super().__setstate__(state)")
+                    w("watch_clock(self, CLOCK_STEPS)")
+                w()
             w("def reset_parameters(self) -> None:")
             with w.indent():
                 w("nn.init.normal_(self.embed, std=0.02)")

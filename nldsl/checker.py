@@ -210,6 +210,7 @@ class CheckResult:
     provenance: dict[str, str] = field(default_factory=dict)  # spec path -> where its value came from
     spans: dict[str, Span] = field(default_factory=dict)  # spec path -> span of its section or value
     overrides: tuple[str, ...] = ()  # the `--set` texts it was checked with (a generated banner names them)
+    levels: tuple[S.LevelSpec, ...] = ()  # the file's own `level` definitions (`nldsl graph` draws a library's)
 
     @property
     def ok(self) -> bool:
@@ -329,6 +330,7 @@ class Checker:
         self.namespaces: dict[str, Namespace] = {}
         self.loading: list[str] = []
         self.provenance: dict[str, str] = {}
+        self.level_definitions: list[S.LevelSpec] = []  # the root file's `level NAME { … }` (CheckResult.levels)
         self.overridden: set[tuple[int, str]] = set()  # (id of the defining namespace, constant) set by --set
         self.override_origins: set[str] = set()  # each override's origin ("--set dim=32", "dim=32")
         self.override_paths: set[str] = set()  # the file names its diagnostics show ("<--set 1>")
@@ -396,7 +398,8 @@ class Checker:
         if any(d.severity == "error" for d in diagnostics):
             spec = None
         return CheckResult(spec, diagnostics, self.sources, root_module, self.provenance, self.spans,
-                           tuple(str(override) for override in overrides))
+                           tuple(str(override) for override in overrides),
+                           tuple(self.level_definitions) if spec is not None else ())
 
     def note_use_sites(self, root: str) -> None:
         """A problem in an attribute a section inherits (`level fast from lib.mem`, or from a section
@@ -981,6 +984,8 @@ class Checker:
             result = converter.section(tree, parent=None, path=tree.name or tree.kind)
             if isinstance(result, S.OptimizerSpec):
                 optimizers.append(result)
+            elif isinstance(result, S.LevelSpec):
+                self.level_definitions.append(result)
         converter.layers.clear()  # definitions were checked above; check layers as the model uses them
         model = converter.model(roots["model"]) if "model" in roots else None
         train = converter.train(roots["train"]) if "train" in roots else S.TrainSpec()

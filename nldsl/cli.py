@@ -119,12 +119,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     wants_json = _graph_wants_json(args.format, args.output)
     result = load_checked(args.file, args.set)
-    if result.spec.model is None and not result.spec.optimizers:  # the graph would be a lone outer level
-        raise UserError(f"{result.spec.path} defines no `model` or `optimizer` section, so there is nothing to "
-                        "draw (a model or train section of an imported file is not imported)")
+    if result.spec.model is None and not result.spec.optimizers and not result.levels:
+        # the graph would be a lone outer level
+        raise UserError(f"{result.spec.path} defines no `model`, `optimizer` or `level` section, so there is "
+                        "nothing to draw (a model or train section of an imported file is not imported; a "
+                        "`block` is drawn where a model uses it)")
     if args.output:
         _refuse_to_overwrite_a_source(args.output, result.sources, "graph", "the graph, e.g. graph.svg")
-    graph = build_graph(result.spec)
+    graph = build_graph(result.spec, result.levels)
     if wants_json:
         text = graph.to_json()
         if args.output:

@@ -223,11 +223,13 @@ def _node(g: nx.MultiDiGraph, node: str, indent: str) -> str:
     elif kind in ("level", "optimizer_level"):
         owner = node.rpartition(".")[0]
         owner_attrs = g.nodes[owner] if owner in g else {}
-        if owner_attrs.get("kind") == "outer":  # an optimizer the file defines but does not train with
-            owner_label = f"the optimizer {owner_attrs.get('optimizer', '')}".rstrip()
+        if attrs.get("definition"):  # a level definition of a file without a model
+            context = "level definition, d: the width where it is used"
+        elif owner_attrs.get("kind") == "outer":  # an optimizer the file defines but does not train with
+            context = f"in the optimizer {owner_attrs.get('optimizer', '')}".rstrip()
         else:  # a layer, or the training optimizer (whose levels hang off the outer level directly)
-            owner_label = owner_attrs.get("label", "the optimizer")
-        style, fill, rows = '"rounded,filled"', LEVEL_FILL, _level_rows(attrs, owner_label)
+            context = f"in {owner_attrs.get('label', 'the optimizer')}"
+        style, fill, rows = '"rounded,filled"', LEVEL_FILL, _level_rows(attrs, context)
     else:
         parts = any(other.startswith(node + ".") for other in g.nodes)
         style, fill, rows = "filled", MODULE_FILL, _module_rows(attrs, parts)
@@ -262,14 +264,15 @@ def _outer_rows(attrs: dict[str, Any], step_has_tokens: bool) -> list[str]:
     return [f"<TD><B>{_html(str(attrs.get('label', '')))}</B></TD>", f"<TD>{_small(period)}</TD>", *update]
 
 
-def _level_rows(attrs: dict[str, Any], owner_label: str) -> list[str]:
-    """Two columns: the level's name and owner across both, then one row per fact."""
+def _level_rows(attrs: dict[str, Any], context: str) -> list[str]:
+    """Two columns: the level's name and owner (`context`) across both, then one row per fact; a
+    level definition, which has no width, has no parameter count."""
     repeat = attrs.get("repeat", 1)
-    context = f"in {owner_label}" + (f", ×{repeat} blocks" if repeat > 1 else "")
+    context += f", ×{repeat} blocks" if repeat > 1 else ""
     facts = [("period", attrs.get("period")), ("state", attrs.get("state"))]
     if attrs["kind"] == "level":
         generated = ", v̂ = M(v)" if attrs.get("values") == "generated" else ""
-        facts += [("params", _params_text(attrs)),
+        facts += [("params", _params_text(attrs) if attrs.get("params") is not None else None),
                   ("objective", f"{attrs.get('objective')}{generated}"),
                   ("rule", f"{attrs.get('rule')}" + (f", readout {attrs['readout']}" if attrs.get("readout") else ""))]
     else:  # an optimizer level: its readout where it is not the default

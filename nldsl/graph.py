@@ -4,7 +4,9 @@ Nodes are modules (embedding, layers, head), in-context levels, the outer level 
 optimizer) and the optimizer's own levels. The `optimizer` sections a file defines but `train` does
 not use are drawn too, each as an outer level of its own (`optimizers.NAME`, its levels
 `optimizers.NAME.LEVEL`, apart from the training optimizer's `optimizer.LEVEL`); a file without a
-model whose `train` uses none of them (an optimizer library) is drawn as those alone. Each node
+model whose `train` uses none of them (an optimizer library) is drawn as those alone. The `level`
+definitions of a file without a model (a library of levels) are drawn as they are written, each a
+node `levels.NAME` with no edges, its state's widths in d (the width where it is used). Each node
 carries its update period, state shape, parameter count and, for levels, objective, rule and gates.
 Edges are typed:
 
@@ -34,8 +36,9 @@ OUTER = "outer"
 class LevelGraph:
     """A `networkx.MultiDiGraph` with helpers; `graph.nx` is the raw graph."""
 
-    def __init__(self, spec: S.Spec):
+    def __init__(self, spec: S.Spec, levels: tuple[S.LevelSpec, ...] = ()):
         self.spec = spec
+        self.definitions = levels if spec.model is None else ()  # a model's file draws the levels it uses
         self.nx = nx.MultiDiGraph(name=spec.path)
         self._build()
 
@@ -57,7 +60,7 @@ class LevelGraph:
         unused = [opt for opt in spec.optimizers if trained is None or opt.name != trained.name]
         # A file without a model trains nothing, so a builtin `train.optimizer` (TrainSpec's default,
         # in an optimizer library) says nothing about it: its own optimizers replace it.
-        if spec.model is not None or trained is not None or not unused:
+        if spec.model is not None or trained is not None or not (unused or self.definitions):
             self.add_node(OUTER, kind="outer", label=f"outer level ({_optimizer_name(train.optimizer)})",
                           period="1 step", period_tokens=tokens_per_step, frequency=1.0 / tokens_per_step, params=0)
         if spec.model is not None:
@@ -74,6 +77,28 @@ class LevelGraph:
             self.add_node(node_id, kind="outer", label=label, optimizer=opt.name, period="1 step",
                           period_tokens=tokens_per_step, frequency=1.0 / tokens_per_step, params=0)
             self._optimizer(opt, node_id, node_id)
+        for level in self.definitions:
+            self._definition(level)
+
+    def _definition(self, level: S.LevelSpec) -> None:
+        """A `level` definition of a file without a model, as written: no width, so no parameter
+        count, and its state's shape in d, the input width where it is used (a memory's head width,
+        a cms's model width)."""
+        if isinstance(level.period, S.Steps):
+            count = level.period.count
+            period = f"{count} step{'s' if count != 1 else ''}"
+            period_tokens = count * self.spec.train.batch * self.spec.train.seq_len
+        else:
+            period, period_tokens = f"{level.period} token{'s' if level.period != 1 else ''}", level.period
+        rule = level.rule + ("+momentum" if level.momentum is not None else "") + \
+            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        self.add_node(
+            f"levels.{level.name}", kind="level", label=level.name, definition=True, period=period,
+            period_tokens=period_tokens, frequency=1.0 / period_tokens, state=_symbolic_state_text(level.state),
+            params=None, objective=level.objective, values=level.values, rule=rule, readout=level.readout,
+            update=level.update, gates=_gates_text(level), init=level.init,
+            grad_through_writes=level.grad_through_writes, repeat=1, inert=None,
+        )
 
     def _model(self, model: S.ModelSpec) -> None:
         dim = model.dim
@@ -281,8 +306,10 @@ class LevelGraph:
         return shapes.count(shapes.model_parameters(model)) if model is not None else 0
 
 
-def build_graph(spec: S.Spec) -> LevelGraph:
-    return LevelGraph(spec)
+def build_graph(spec: S.Spec, levels: tuple[S.LevelSpec, ...] = ()) -> LevelGraph:
+    """The graph of `spec`; `levels`: the file's `level` definitions (CheckResult.levels), drawn
+    when it has no model."""
+    return LevelGraph(spec, levels)
 
 
 def _plain(attrs: dict) -> dict:
@@ -300,6 +327,15 @@ def _state_text(state: Any, d_in: int, heads: int) -> str:
     dims = " → ".join([str(layers[0][1])] + [str(out) for out, _ in layers])
     prefix = f"{heads}×" if heads > 1 else ""
     return f"{prefix}{state.kind}[{dims}]"
+
+
+def _symbolic_state_text(state: Any) -> str:
+    """A state's shape in d, its input width: `mlp[d → 2d → d]` (a definition has no width of its own)."""
+    if isinstance(state, S.LinearState) or (isinstance(state, S.MLPState) and state.depth == 1):
+        return f"{state.kind}[d → d]"
+    hidden = f"{state.expansion:g}d"
+    depth = state.depth if isinstance(state, S.MLPState) else 2
+    return f"{state.kind}[{' → '.join(['d', *[hidden] * (depth - 1), 'd'])}]"
 
 
 def _gates_text(level: S.LevelSpec) -> str:

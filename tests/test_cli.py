@@ -449,7 +449,7 @@ def test_graph_of_a_file_with_nothing_to_draw_says_so(tmp_path, capsys):
     spec = tmp_path / "imports.nl"
     spec.write_text(f'import "{REPO_ROOT / "specs/titans_lmm.nl"}"\n')
     assert main(["graph", str(spec), "-o", str(tmp_path / "g.json")]) == 1
-    assert "defines no `model` or `optimizer` section, so there is nothing to draw" in capsys.readouterr().err
+    assert "defines no `model`, `optimizer` or `level` section, so there is nothing to draw" in capsys.readouterr().err
     assert not (tmp_path / "g.json").exists()
     assert main(["graph", str(REPO_ROOT / "specs/optimizers/lion.nl"), "-o", str(tmp_path / "o.json")]) == 0
 

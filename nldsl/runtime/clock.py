@@ -9,6 +9,7 @@ between the backward pass and the optimizer step.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 import weakref
@@ -91,13 +92,15 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
     stepped it (`record_clocked_step`: ContinuumClock.tick hands the summed gradient over on its
     due steps and leaves none on the others) is that loop. Gradient accumulation, `load_state_dict`
     (an EMA swapped in for an evaluation) and streams take no optimizer step, and are not read.
-    Copies of the model (`deepcopy`, pickles) are not watched."""
+    A copy of the model (`copy.deepcopy`, `torch.load` of a pickled model) is watched too: the
+    generated `Model.__setstate__` calls this again, and the copy warns once on its own."""
     global _step_hook
     warned: list[bool] = []  # one warning per model
     for name, p in model.named_parameters():
         prefix = clock_prefix(name, clock_steps)
         if prefix is not None and clock_steps[prefix] > 1:
-            _WATCHED[id(p)] = (weakref.ref(p), prefix.removesuffix("_"), clock_steps[prefix], warned)
+            ref = weakref.ref(p, functools.partial(_forget, id(p)))
+            _WATCHED[id(p)] = (ref, prefix.removesuffix("_"), clock_steps[prefix], warned)
     if _step_hook is None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -107,6 +110,12 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
 # id(parameter) -> (the parameter, its level, outer steps between its clock steps, its model's warned flag)
 _WATCHED: dict[int, tuple[weakref.ref, str, int, list[bool]]] = {}
 _step_hook = None
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    """Drop the entry of a parameter that is gone (copies of a model add entries of their own)."""
+    if key in _WATCHED and _WATCHED[key][0] is ref:
+        del _WATCHED[key]
 
 
 def _before_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:

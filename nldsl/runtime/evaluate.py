@@ -99,6 +99,7 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
                                    warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     C.check_run_record(checkpoint)
     record = checkpoint.record
+    _check_run_folder_spec(checkpoint, lambda message: print(f"warning: {message}", file=sys.stderr))
     try:
         spec = spec_from_record(record)
     except ValidationError as error:  # one line: the first field that is wrong (pydantic lists them all)
@@ -121,6 +122,49 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,
                                         record.get("files", {}).get("tokenizer.json"))
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
+
+
+def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]) -> None:
+    """A checkpoint inside a run folder (RUN/checkpoints/step-N) that another spec wrote, copied in
+    from another run: its model is always rebuilt from its own record, so what it computes is right
+    for it, but not the run's, whose name the output carries. Weights that do not fit the model of the
+    run's spec (resolved.json) are not this run's: a CheckpointError naming both specs and the first
+    value that differs. Weights that fit (a period, an update rule or a train value changed): a
+    warning, naming the same. Values that `--resume` may change (train.steps, …) are not compared."""
+    from nldsl import shapes
+    from nldsl.runtime.train import _flat, _spec_path, _variable
+
+    folder = checkpoint.path.parent
+    resolved = folder.parent / "resolved.json"
+    if folder.name != C.CHECKPOINTS or not resolved.is_file():
+        return
+    try:
+        run = json.loads(resolved.read_text(encoding="utf-8"))
+        mine, theirs = run["spec"], checkpoint.record["spec"]
+        run_spec = spec_from_record(run)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, ValidationError):
+        return  # a damaged resolved.json: the checkpoint, which holds its own spec, is read as it is
+    old, new = _flat(theirs), _flat(mine)
+    missing = object()
+    difference = next((path for path in dict.fromkeys([*old, *new])
+                       if not _variable(path) and old.get(path, missing) != new.get(path, missing)), None)
+    if difference is None:
+        return
+    shown = [json.dumps(value) if value is not missing else "absent"
+             for value in (old.get(difference, missing), new.get(difference, missing))]
+    where = _spec_path(theirs if difference in old else mine, difference)
+    run_dir = folder.parent
+    said = (f"the checkpoint {checkpoint.path} was written by another spec than the run {run_dir}'s: "
+            f"{checkpoint.record.get('spec_path', '?')} (sha256 {str(checkpoint.record.get('spec_sha256'))[:12]}…) "
+            f"vs the run's {run.get('spec_path', '?')} (sha256 {str(run.get('spec_sha256'))[:12]}…); "
+            f"{where} is {shown[0]} in the checkpoint but {shown[1]} in the run")
+    expected = shapes.model_parameters(run_spec.model)
+    fits = ({name: tuple(t.shape) for name, t in checkpoint.model.items()} == expected)
+    if not fits:
+        raise C.CheckpointError(f"{said}, and its weights do not fit the run's model: it was copied in from "
+                                "another run. Put it back in its own run, or copy it out of this run folder to "
+                                "read it alone (with the spec it recorded)")
+    warn(f"{said}. Its weights fit the run's model, but it is read with the spec it recorded, not the run's")
 
 
 def validation_documents(record: dict[str, Any]) -> list[str]:

@@ -184,6 +184,11 @@ class Model(nn.Module):
         self.reset_parameters()
         watch_clock(self, CLOCK_STEPS)
 
+    def __setstate__(self, state: dict) -> None:
+        """A copy (`copy.deepcopy`, `torch.load` of a pickled model) is watched as the model is."""
+        super().__setstate__(state)
+        watch_clock(self, CLOCK_STEPS)
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embed, std=0.02)
         nn.init.ones_(self.final_norm)
