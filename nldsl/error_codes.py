@@ -866,7 +866,9 @@ _ENTRIES = (
         it has no value. Constants are evaluated once, in dependency order, before anything
         else; give one of the constants in the cycle a plain value. An override that reads the
         constant it sets (`--set dim=dim*2`) reads the file's value and is no cycle; two
-        overrides that read each other are (docs/language.md §6).
+        overrides that read each other but not themselves (`--set a=b --set b=a`) are, while two
+        that also read their own names (`--set a=a+b --set b=b+a`) are applied in the order given
+        (docs/language.md §6).
         """,
         """
         const dim = heads * 16

@@ -466,3 +466,16 @@ def test_a_full_stdout_is_named_as_stdout():
     assert "Exception ignored" not in run.stderr
     sound = python("-m", "nldsl", "check", "specs/hope.nl")
     assert (sound.returncode, sound.stdout) == (0, "specs/hope.nl: ok\n")
+
+
+def test_the_command_list_names_every_bench_study():
+    """`nldsl --help` listed `bench` as "speed, continual, recall", leaving out `smoke` (an audit)."""
+    import argparse
+
+    from nldsl.cli import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bench = commands.choices["bench"]
+    studies = next(a for a in bench._actions if a.dest == "study").choices
+    listed = next(a.help for a in commands._choices_actions if a.dest == "bench")
+    assert all(study in listed for study in studies), listed

@@ -651,7 +651,7 @@ def test_tensorboard_logs_or_a_clear_message(tmp_path, text_file, capsys):
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
-        assert "pip install 'nldsl[tensorboard]'" in capsys.readouterr().err
+        assert "pip install 'tensorboard>=2.14'" in capsys.readouterr().err
     else:
         assert any((run_dir / "tensorboard").iterdir())
 

@@ -182,7 +182,8 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
     device(p)
     p.set_defaults(func=handler, runtime_command="stream")
 
-    p = sub.add_parser("bench", help="benchmarks and studies: speed, continual, recall")
-    p.add_argument("study", choices=("speed", "continual", "recall", "smoke"))
+    studies = ("speed", "continual", "recall", "smoke")
+    p = sub.add_parser("bench", help="benchmarks and studies: " + ", ".join(studies))
+    p.add_argument("study", choices=studies)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the study (see --help of each)")
     p.set_defaults(func=handler, runtime_command="bench")

@@ -378,7 +378,8 @@ class BPETokenizer:
         try:
             import tokenizers
         except ImportError:
-            raise UserError("`tokenizer = bpe(…)` needs the `tokenizers` package: pip install 'nldsl[bpe]'") from None
+            raise UserError("`tokenizer = bpe(…)` needs the `tokenizers` package: pip install 'tokenizers>=0.15' "
+                            "(or pip install -e '.[bpe]' in nldsl's checkout)") from None
         return tokenizers
 
     @classmethod

@@ -245,7 +245,8 @@ class MetricsLog:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 tqdm.write("warning: TensorBoard logs need the `tensorboard` package (pip install "
-                           "'nldsl[tensorboard]'); training goes on without them", file=sys.stderr)
+                           "'tensorboard>=2.14', or pip install -e '.[tensorboard]' in nldsl's checkout); training "
+                           "goes on without them", file=sys.stderr)
             else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
