@@ -1004,6 +1004,7 @@ class Checker:
             self.check_m3_warmup(train)
             from .semantics import check_run_length
             self.bag.extend(check_run_length(converter.layers, train, self.spans))
+        self.check_imported_definitions(ns)
         # a file without a model or train section is a library: its constants are for the files
         # that import it, so one its own definitions do not read is no unused constant
         library = not any(section.kind in ("model", "train") for section in module.sections)
@@ -1033,6 +1034,31 @@ class Checker:
             self.bag.error("E0301", f"invalid spec: {error.errors()[0]['msg'].lower()}", None)
             return None
         return spec
+
+    def check_imported_definitions(self, root: Namespace) -> None:
+        """Every named definition of every imported file is checked on its own, as `nldsl check` on
+        that file checks it, whether or not the root uses it: a library's broken level is reported
+        at its own line, once, rather than waiting for the first spec that uses it (language.md
+        §2.1). The `model` and `train` sections of an imported file are not importable, so not
+        checked. A problem a use of the definition already found (same code and place, the message
+        perhaps worded for the use's context) is not reported again; what the definitions' checks
+        record about spec paths is dropped, since the root's paths name its own sections."""
+        imported = [ns for ns in {id(n): n for n in self.namespaces.values()}.values() if ns is not root]
+        if not imported:
+            return
+        bag, spans, provenance = self.bag, dict(self.spans), dict(self.provenance)
+        inherited, seen = list(self.inherited_attrs), {(d.code, d.span) for d in bag.items}
+        self.bag = DiagnosticBag()
+        try:
+            converter = Converter(self)
+            for ns in imported:
+                for section in ns.sections.values():
+                    tree = self.expand(section, ns)
+                    converter.section(tree, parent=None, path=tree.name or tree.kind)
+            found = self.bag.items
+        finally:
+            self.bag, self.spans, self.provenance, self.inherited_attrs = bag, spans, provenance, inherited
+        bag.extend(d for d in found if (d.code, d.span) not in seen)
 
     def check_m3_warmup(self, train: S.TrainSpec) -> None:
         """W0710: the built-in `m3` with a warm-up shorter than the default (docs/language.md measures

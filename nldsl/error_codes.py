@@ -1401,6 +1401,40 @@ _ENTRIES = (
         train { optimizer = rms_with_eps }
         """,
     ),
+    _entry(
+        "W0713", "a self-modifying memory whose first step diverges",
+        """
+        A selfmod's `memory` level takes its in-context steps with a momentum β: at a steady
+        gradient the step it builds up is η/(1 − β) times the gradient, with η the `lr` gate's
+        starting value (`generated(max = M)` starts at M/10, its readout vector being zero; a
+        `learned` gate at half its bound) and β the momentum's (`learned` starts at 0.9 of its bound).
+        Measured on specs/hope.nl (the first forward at a random init, dims 64 and 128, seq_len 256
+        and 1024, periods 4 to 32, two seeds): η/(1 − β) at or below 0.3 never gave a NaN loss, 0.4
+        to 0.5 did in most runs, 0.6 and above in every run. The period barely mattered (η·C/(1 − β)
+        does not predict it), and the `projections` level stayed finite even at 2. The default
+        `lr = generated(max = 1)` with `momentum = 0.95` is 2: lower the bound or the momentum.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            selfmod {
+              level memory { period = 16  momentum = 0.95 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            selfmod {
+              level memory { period = 16  momentum = 0.95  lr = generated(max = 0.15) }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

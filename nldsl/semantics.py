@@ -231,6 +231,53 @@ def _dgd_growth(layer: Any, level: S.LevelSpec, dim: int | None) -> tuple[float,
     return eta, 1 - eta * dim
 
 
+# The value a gate starts at, as nldsl/compiler/lower.py sets it (`gate_start`; tests/test_checker_gaps.py
+# holds the two together): a learned gate at these fractions of its bound unless `init` says, a
+# generated one at these fractions (its readout vector starts at zero, so every token's gate is this).
+LEARNED_GATE_START = {"lr": 0.5, "retention": 0.999, "momentum": 0.9}
+GENERATED_GATE_START = {"lr": 0.1, "retention": 0.999}
+# W0713: a selfmod's main memory whose initial step η/(1 − β) reaches this diverges in its first
+# forward. Measured on specs/hope.nl (its first forward at a random init, seeds 0–1, bytes of
+# json/decoder.py), varying the memory level's lr = generated(max = M) (η starts at M/10), a constant
+# momentum β and the period C, e.g.
+#   nldsl check specs/hope.nl --set dim=64 --set "model.block.titans.memory.lr=generated(max=1)" \
+#     --set model.block.titans.memory.momentum=0.95      (the loss of the first forward: NaN)
+# M ∈ {1, 0.5, 0.3, 0.2, 0.1, 0.05}, β ∈ {0, 0.5, 0.8, 0.9, 0.95, the spec's learned 0.81}, C ∈ {4, 8,
+# 16, 32}, dim 64 and 128, seq_len 256 and 1024: η/(1 − β) ≤ 0.3 never gave NaN; 0.4–0.5 gave NaN in
+# most runs (dim 64 at every C ≥ 8, seq_len 1024 at every C; not at dim 128 for 0.4, nor at C = 4 for
+# 0.5 with β = 0.8); ≥ 0.6 gave NaN in every run. The period barely matters: η·C/(1 − β) = 9.6 (M 0.3,
+# β 0.9, C 32) stayed finite where 4 (M 1, β 0.9, C 4) did not. The projections level (period 8) stayed
+# finite even at η/(1 − β) = 2, so only the `memory` level is held to it.
+SELFMOD_STEP_LIMIT = 0.4
+SELFMOD_STEP_SAFE = 0.3
+
+
+def gate_start(name: str, gate: Any) -> float | None:
+    """The value a level's `lr`, `retention` or `momentum` gate starts at (None: no gate)."""
+    if gate is None:
+        return None
+    if gate.kind == "constant":
+        return gate.value
+    if gate.kind == "per_head":
+        return gate.init
+    if gate.kind == "learned":
+        return gate.init if gate.init is not None else LEARNED_GATE_START[name] * gate.max
+    return GENERATED_GATE_START[name] * gate.max
+
+
+def _selfmod_step(layer: Any, name: str, level: S.LevelSpec) -> tuple[float, float, float] | None:
+    """(η, β, η/(1 − β)) at init where a selfmod's main memory starts with a step that diverges
+    (SELFMOD_STEP_LIMIT, measured above); None otherwise."""
+    if not isinstance(layer, S.SelfModSpec) or name != "memory":
+        return None
+    eta = gate_start("lr", level.lr)
+    beta = gate_start("momentum", level.momentum) or 0.0
+    if eta is None or beta >= 1:
+        return None
+    step = eta / (1 - beta)
+    return (eta, beta, step) if step >= SELFMOD_STEP_LIMIT else None
+
+
 def _round_down(value: float) -> float:
     """`value` rounded down to two significant digits (a bound the hint's number keeps)."""
     exponent = math.floor(math.log10(value)) - 1
@@ -571,6 +618,20 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         .replace("= -", "= −"),
                         f"keep η·dim under 1 + α, so under 2 (`lr` at most {_round_down(2 / dim):g} at this "
                         "width) and lower with a retention α < 1, or use `rule = gd`", f"{lp}.lr", f"{lp}.rule", lp)
+            start = _selfmod_step(layer, name, level)
+            if start is not None:
+                eta, beta, step = start
+                bound = ""
+                if level.lr.kind == "generated":
+                    bound = (f"; `lr = generated(max = M)` starts η at M/{1 / GENERATED_GATE_START['lr']:g}, so "
+                             f"max = {_round_down(SELFMOD_STEP_SAFE * (1 - beta) / GENERATED_GATE_START['lr']):g} "
+                             "or less at this momentum")
+                warning("W0713", f"selfmod level `{name}` starts with a step η/(1 − β) = {eta:g}/(1 − {beta:g}) "
+                        f"= {step:.3g}: in measured runs of specs/hope.nl the first forward's loss was NaN in most "
+                        f"runs at {SELFMOD_STEP_LIMIT:g}–0.5 and in every run from 0.6, never at "
+                        f"{SELFMOD_STEP_SAFE:g} or below",
+                        f"lower the level's `lr` or its `momentum` so that η/(1 − β) stays at or below "
+                        f"{SELFMOD_STEP_SAFE:g}{bound}", f"{lp}.lr", f"{lp}.momentum", lp)
             for setting, why in _unused_level_settings(level):
                 if f"{lp}.{setting}" in spans:  # written in the spec (a default or a copy is not the user's)
                     warning("W0706", f"`{setting}` has no effect on level `{name}`: {why}",

@@ -1,0 +1,132 @@
+"""Two gaps the checker had: definitions of an imported file that the spec does not use went
+unchecked, and a selfmod level whose step η_max·C/(1 − β) diverges at init gave no warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nldsl.checker import check_file
+
+LIBRARY = """\
+level good {
+  period = 4
+}
+
+level bad {
+  period = 4
+  colour = 3
+}
+"""
+
+
+def _codes(path: Path, overrides=()) -> list[tuple[str, str, int | None]]:
+    result = check_file(path, list(overrides))
+    return [(d.code, Path(d.span.path).name if d.span else "", d.span.line if d.span else None)
+            for d in result.diagnostics]
+
+
+def _main(tmp_path: Path, use: str, imports: str = 'import "other.nl" as o') -> Path:
+    (tmp_path / "other.nl").write_text(LIBRARY)
+    main = tmp_path / "main.nl"
+    main.write_text(f"{imports}\n\nmodel {{\n  dim = 64\n  block {{\n    memory lmm {{\n"
+                    f"      level from {use} {{ }}\n    }}\n  }}\n}}\n")
+    return main
+
+
+def test_an_unused_imported_definition_with_an_error_is_reported_at_its_own_line(tmp_path):
+    main = _main(tmp_path, "o.good")
+    result = check_file(main)
+    assert not result.ok
+    assert _codes(main) == [("E0203", "other.nl", 7)]
+    assert "`colour`" in result.diagnostics[0].message
+
+
+def test_an_import_without_as_is_checked_the_same_way(tmp_path):
+    main = _main(tmp_path, "good", imports='import "other.nl"')
+    assert _codes(main) == [("E0203", "other.nl", 7)]
+
+
+def test_an_error_in_a_used_imported_definition_is_reported_once_with_its_use(tmp_path):
+    main = _main(tmp_path, "o.bad")
+    [error] = check_file(main).diagnostics
+    assert (error.code, Path(error.span.path).name, error.span.line) == ("E0203", "other.nl", 7)
+    assert error.notes and "main.nl:7" in error.notes[0]
+
+
+def test_a_file_imported_twice_reports_its_error_once(tmp_path):
+    (tmp_path / "middle.nl").write_text('import "other.nl" as o\n\nlevel mine from o.good { }\n')
+    main = _main(tmp_path, "m.mine", imports='import "other.nl" as o\nimport "middle.nl" as m')
+    assert _codes(main) == [("E0203", "other.nl", 7)]
+
+
+def test_a_clean_library_adds_nothing_and_the_imported_model_is_not_checked(tmp_path):
+    # `model` and `train` of an imported file are not importable: an error there is that file's own
+    (tmp_path / "other.nl").write_text("level good {\n  period = 4\n}\n\nmodel {\n  dim = -1\n}\n")
+    main = tmp_path / "main.nl"
+    main.write_text('import "other.nl" as o\n\nmodel {\n  dim = 64\n  block {\n    memory lmm {\n'
+                    "      level from o.good { }\n    }\n  }\n}\n")
+    assert _codes(main) == []
+
+
+def test_the_shipped_specs_that_import_stay_clean():
+    specs = Path(__file__).resolve().parent.parent / "specs"
+    for name in ("hope.nl", "titans_mac.nl", "titans_mag.nl", "titans_mal.nl", "gated_deltanet.nl",
+                 "transformer_muon.nl"):
+        assert [d for d in check_file(specs / name).diagnostics if d.severity == "error"] == [], name
+
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+MEMORY = "model.block.titans.memory"
+
+
+def _selfmod(memory: str) -> str:
+    return (f"model tiny {{\n  dim = 64\n  block {{\n    selfmod {{\n      level memory {{\n{memory}\n"
+            "      }\n    }\n  }\n}\n")
+
+
+def _w0713(text: str) -> list:
+    from nldsl.checker import check_text
+    return [d for d in check_text(text, "k.nl").diagnostics if d.code == "W0713"]
+
+
+def test_w0713_a_selfmod_memory_with_momentum_at_the_default_lr_bound():
+    # lr = generated(max = 1) starts η at 0.1: with β = 0.95, η/(1 − β) = 2 (hope.nl's first forward: NaN)
+    [warning] = _w0713(_selfmod("period = 16\nmomentum = 0.95"))
+    assert warning.severity == "warning" and warning.span.line == 7
+    assert "0.1/(1 − 0.95) = 2" in warning.message and "measured" in warning.message
+    assert "max = 0.15 or less" in warning.help
+
+
+def test_w0713_stays_quiet_below_the_measured_threshold():
+    assert _w0713(_selfmod("period = 16\nmomentum = 0.95\nlr = generated(max = 0.15)")) == []  # 0.3
+    assert _w0713(_selfmod("period = 16\nmomentum = 0.5")) == []  # 0.2
+    assert _w0713(_selfmod("period = 16")) == []  # no momentum: 0.1
+
+
+def test_w0713_reads_a_learned_momentum_at_its_start_and_points_at_the_written_lr():
+    # learned(max = 0.9) starts at 0.81: η 0.1 gives 0.53; the lr line is where to act
+    [warning] = _w0713(_selfmod("period = 16\nlr = generated(max = 1)\nmomentum = learned(max = 0.9)"))
+    assert warning.span.line == 7 and "= 0.526" in warning.message
+
+
+def test_w0713_on_hope_follows_the_overrides_and_not_the_shipped_spec():
+    assert [d for d in check_file(SPECS / "hope.nl").diagnostics if d.code == "W0713"] == []
+    overrides = ["dim=64", f"{MEMORY}.lr=generated(max=1)", f"{MEMORY}.momentum=0.95"]
+    assert [d.code for d in check_file(SPECS / "hope.nl", overrides).diagnostics] == ["W0713"]
+    # the projections level stayed finite at this step (measured): not held to it
+    projections = ["dim=64", "model.block.titans.projections.lr=generated(max=1)",
+                   "model.block.titans.projections.momentum=0.95"]
+    assert "W0713" not in {d.code for d in check_file(SPECS / "hope.nl", projections).diagnostics}
+
+
+def test_no_shipped_spec_gets_w0713():
+    for path in sorted(SPECS.glob("**/*.nl")):
+        assert "W0713" not in {d.code for d in check_file(path).diagnostics}, path
+
+
+def test_gate_starts_agree_with_the_compiler():
+    from nldsl.compiler import lower
+
+    from nldsl import semantics
+    assert semantics.LEARNED_GATE_START == lower.LEARNED_GATE_START
+    assert semantics.GENERATED_GATE_START == lower.GENERATED_GATE_START
