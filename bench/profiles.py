@@ -12,7 +12,8 @@
 - `hope_components`: HOPE at the nested-learning comparison's configuration (width 256, T = 512,
   B = 2, chunk bodies compiled as the spec trains): forward + backward seconds of each part of a
   block — the self-modifying projections, the main memory, each CMS level — timed alone on the
-  inputs it saw in a real step, next to the whole step, and the per-sequence state each part
+  inputs it saw in a real step, next to the whole step, with its FLOPs and the rate it runs them at
+  (against the matmul peak read in the same run), and the per-sequence state each part
   rewrites per token (elements of θ and S over the period), the quantity that bounds a chunk step
   on a CPU: every chunk reads and writes its level's whole state several times, forward and back.
 
@@ -21,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -28,9 +30,10 @@ from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench.harness import RESULTS, TrainStep, build, log, random_tokens
-from nldsl.runtime import blocks, memory
+from bench.harness import RESULTS, TrainStep, build, log, matmul_peak, random_tokens
+from nldsl.runtime import blocks, fused, memory
 from nldsl.runtime.chunked import compiled_chunks
 
 TARGETS = {
@@ -120,13 +123,13 @@ def hope_components(width: int = 256, length: int = 512, batch: int = 2, repeats
             samples.append(time.perf_counter() - began)
         return statistics.median(samples)
 
-    def component(name: str) -> Callable[[], None]:
+    def component(name: str, compiled: bool = True) -> Callable[[], None]:
         args, kwargs = captured[name]
         real = originals["cms" if name.startswith("cms.") else name]
 
         def run() -> None:
             inputs = _detached(list(args))
-            with compiled_chunks():
+            with compiled_chunks() if compiled else contextlib.nullcontext():
                 outputs = real(*inputs, **kwargs)
             tensors = [t for t in _flatten(outputs) if isinstance(t, torch.Tensor) and t.requires_grad]
             sum(t.float().square().mean() for t in tensors).backward()
@@ -139,10 +142,12 @@ def hope_components(width: int = 256, length: int = 512, batch: int = 2, repeats
     rows = [f"HOPE width {width}, T={length}, B={batch}, chunk bodies compiled, {torch.get_num_threads()} thread(s);"
             f" whole training step {total:.3f} s ({batch * length / total:,.0f} tokens/s)", "",
             "| part (one block; the model has {layers}) | forward + backward s | × blocks, share of the step | "
-            "state rewritten per token |".replace("{layers}", str(layers)), "|---|---:|---:|---:|"]
+            "GFLOP | GFLOP/s | state rewritten per token |".replace("{layers}", str(layers)),
+            "|---|---:|---:|---:|---:|---:|"]
     parts = 0.0
     for name in ["projections", "memory", *sorted(k for k in captured if k.startswith("cms."))]:
         seconds = timed(component(name))
+        gflop = _counted_flops(component(name, compiled=False)) / 1e9
         parts += seconds * layers
         if name.startswith("cms."):
             level = captured[name][0][0]
@@ -152,10 +157,25 @@ def hope_components(width: int = 256, length: int = 512, batch: int = 2, repeats
         else:
             label = {"projections": "self-modifying projections M_k, M_v, M_η, M_α", "memory": "main memory"}[name]
             state = _state_per_token(cfgs[name], heads[name])
-        rows.append(f"| {label} | {seconds:.3f} | {100 * seconds * layers / total:.0f}% | {state:,.0f} |")
+        rows.append(f"| {label} | {seconds:.3f} | {100 * seconds * layers / total:.0f}% | {gflop:.2f} | "
+                    f"{gflop / seconds:.1f} | {state:,.0f} |")
+    step_gflop = _counted_flops(lambda: TrainStep(model, optimizer)(tokens, targets)) / 1e9
     rows.append(f"| the parts together (each timed alone, so with its own first calls and colder caches) | — | "
-                f"{100 * parts / total:.0f}% | — |")
+                f"{100 * parts / total:.0f}% | — | — | — |")
+    rows.append(f"| the whole training step | {total:.3f} | 100% | {step_gflop:.2f} | {step_gflop / total:.1f} | — |")
+    peak = matmul_peak() / 1e9
+    rows += ["", f"GFLOP: counted once by `FlopCounterMode` on the eager forward + backward with the fused write off "
+             "(the counter does not see that custom op, which computes the same products); GFLOP/s: that count "
+             f"over the chunk-compiled seconds. This run's fp32 matmul peak: {peak:.1f} GFLOP/s."]
     return "\n".join(rows)
+
+
+def _counted_flops(run: Callable[[], object]) -> float:
+    """FLOPs of one call of `run` as `FlopCounterMode` counts them, with the fused write off (its custom op
+    is invisible to the counter; the PyTorch step computes the same products)."""
+    with fused.fused_writes(False), FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 def _flatten(value):
