@@ -99,6 +99,9 @@ def watch_clock(model: torch.nn.Module, clock_steps: dict[str, int]) -> None:
     for name, p in model.named_parameters():
         prefix = clock_prefix(name, clock_steps)
         if prefix is not None and clock_steps[prefix] > 1:
+            entry = _WATCHED.get(id(p))
+            if entry is not None and entry[0]() is p:  # watched already (a `copy.copy` shares its weights):
+                continue  # its model's warning stays the one it gave, or gives
             ref = weakref.ref(p, functools.partial(_forget, id(p)))
             _WATCHED[id(p)] = (ref, prefix.removesuffix("_"), clock_steps[prefix], warned)
     if _step_hook is None:

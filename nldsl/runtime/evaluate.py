@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -134,16 +135,24 @@ def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]
     from nldsl import shapes
     from nldsl.runtime.train import _flat, _spec_path, _variable
 
-    folder = checkpoint.path.parent
+    # absolute: a checkpoint named from inside its run (`eval step-N` in RUN/checkpoints, `eval .`) has
+    # a relative path whose parents say nothing of the run around it
+    folder = Path(os.path.abspath(checkpoint.path)).parent
     resolved = folder.parent / "resolved.json"
     if folder.name != C.CHECKPOINTS or not resolved.is_file():
         return
     try:
         run = json.loads(resolved.read_text(encoding="utf-8"))
-        mine, theirs = run["spec"], checkpoint.record["spec"]
         run_spec = spec_from_record(run)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, ValidationError):
-        return  # a damaged resolved.json: the checkpoint, which holds its own spec, is read as it is
+        # both read back as the spec reads them: a value a later nldsl added (with its default) is no
+        # difference between a checkpoint written before it and a run resumed after it
+        mine = run_spec.model_dump(mode="json")
+        theirs = spec_from_record(checkpoint.record).model_dump(mode="json")
+        expected = shapes.model_parameters(run_spec.model)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, ValidationError):
+        # a damaged resolved.json: the checkpoint, which holds its own spec, is read as it is (a
+        # damaged record is said by load_model)
+        return
     old, new = _flat(theirs), _flat(mine)
     missing = object()
     difference = next((path for path in dict.fromkeys([*old, *new])
@@ -153,12 +162,11 @@ def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]
     shown = [json.dumps(value) if value is not missing else "absent"
              for value in (old.get(difference, missing), new.get(difference, missing))]
     where = _spec_path(theirs if difference in old else mine, difference)
-    run_dir = folder.parent
+    run_dir = checkpoint.path.parent.parent if checkpoint.path.parent.name == C.CHECKPOINTS else folder.parent
     said = (f"the checkpoint {checkpoint.path} was written by another spec than the run {run_dir}'s: "
             f"{checkpoint.record.get('spec_path', '?')} (sha256 {str(checkpoint.record.get('spec_sha256'))[:12]}…) "
             f"vs the run's {run.get('spec_path', '?')} (sha256 {str(run.get('spec_sha256'))[:12]}…); "
             f"{where} is {shown[0]} in the checkpoint but {shown[1]} in the run")
-    expected = shapes.model_parameters(run_spec.model)
     fits = ({name: tuple(t.shape) for name, t in checkpoint.model.items()} == expected)
     if not fits:
         raise C.CheckpointError(f"{said}, and its weights do not fit the run's model: it was copied in from "
