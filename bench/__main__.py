@@ -7,11 +7,12 @@
     peers    titans-pytorch, nested-learning, fla reference ops, the hand-written floor, the targets
     profile  torch.profiler tables of the steps behind missed targets
     smoke    the fast regression guard CI runs (graph breaks, compiled at most 1.3x eager's step time)
+    kernel   the fused memory-write kernel of two or more git revisions, side by side in one process
     precision  bfloat16 (autocast and cast) against float64, the error per window of T
     gpu      the CUDA suite in bf16 autocast (correctness, throughput, MFU); --device cpu --tiny to test
     report   docs/results/performance.md and its figures from the JSON results (measures nothing)
 
-train, memory, chunks, mfu, peers, smoke and precision write bench/results/<command>.json; profile
+train, memory, chunks, mfu, peers, smoke, kernel and precision write bench/results/<command>.json; profile
 writes bench/results/profile_<name>.txt; gpu writes bench/results/gpu.json and
 docs/results/performance-gpu.md (gpu_tiny.json and .md with --tiny or on the CPU); report writes
 docs/results/. NLDSL_BENCH_RESULTS=DIR puts what goes to bench/results/ in DIR instead. Each
@@ -26,7 +27,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import chunk_sweep, gpu, harness, mfu, peak_memory, peers, precision, profiles, report, smoke, throughput
+from bench import (
+    chunk_sweep,
+    gpu,
+    harness,
+    kernel_builds,
+    mfu,
+    peak_memory,
+    peers,
+    precision,
+    profiles,
+    report,
+    smoke,
+    throughput,
+)
 
 COMMANDS = {
     "train": throughput,
@@ -36,6 +50,7 @@ COMMANDS = {
     "peers": peers,
     "profile": profiles,
     "smoke": smoke,
+    "kernel": kernel_builds,
     "precision": precision,
     "gpu": gpu,
     "report": report,
@@ -56,6 +71,8 @@ RUNS = {
     "profile": ("a profiled step per missed target", "writes bench/results/profile_<name>.txt"),
     "smoke": ("less than --timed all, which compiles every spec (the last run's seconds are in "
               "bench/results/smoke.json)", "writes bench/results/smoke.json"),
+    "kernel": ("a build of each revision's kernel (a minute or two each, once), then --rounds shuffled rounds",
+               "writes bench/results/kernel.json"),
     "precision": ("a float64 forward and two bfloat16 ones (autocast, cast) per spec",
                   "writes bench/results/precision.json"),
     "gpu": ("a phase that would overrun --budget is skipped; the committed H200 run took 128 s (elapsed_seconds "
