@@ -275,7 +275,8 @@ def _selfmod_step(layer: Any, name: str, level: S.LevelSpec) -> tuple[float, flo
     if eta is None or beta >= 1:
         return None
     step = eta / (1 - beta)
-    return (eta, beta, step) if step >= SELFMOD_STEP_LIMIT else None
+    # "reaches 0.4" as written: 0.12/(1 − 0.7) is 0.3999999999999999 in floats, and is 0.4
+    return (eta, beta, step) if step >= SELFMOD_STEP_LIMIT * (1 - 1e-9) else None
 
 
 def _round_down(value: float) -> float:
