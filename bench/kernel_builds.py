@@ -46,9 +46,12 @@ def source_of(revision: str) -> bytes:
 
 
 def build(source: bytes, registered: set[str]) -> str:
-    """Build and load one source into a namespace named by its digest; the namespace."""
+    """Build and load one source into a namespace named by its digest; the namespace. The source of this
+    checkout's kernel is the one nldsl already built (`fused.available()`), in its own namespace."""
     from torch.utils import cpp_extension
 
+    if source == fused.SOURCE.read_bytes() and fused.available():
+        return fused._namespace
     flags = fused._flags()
     digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:16]
     namespace = f"nldsl_ab_{digest}"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bench
-from bench import harness, peers, report, throughput
+from bench import harness, kernel_builds, peers, report, throughput
 
 BENCH = Path(bench.__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -148,3 +148,20 @@ def test_the_benchmarks_training_step_ticks_the_continuum_clock(one_thread) -> N
     for _ in range(2):
         step(tokens, targets)
     assert torch.equal(slow.detach(), before)  # its clock fires every 32 steps at this size
+
+
+# bench kernel: revisions of the fused write side by side
+
+def test_bench_kernel_times_the_checkout_s_kernel_against_itself(one_thread) -> None:
+    """`python -m bench kernel WORKTREE WORKTREE`: one build (this checkout's, which nldsl built
+    already), identical outputs, and a ratio of 1 to itself; a revision git does not know is one line."""
+    from nldsl.runtime import fused
+
+    if not fused.available():
+        pytest.skip("the fused write kernel does not build here")
+    result = kernel_builds.run(["WORKTREE", "WORKTREE"], rounds=1, dtype_name="float64", width=32)
+    assert result["revisions"] == ["WORKTREE"]
+    assert result["largest_difference_vs_first"] == {"WORKTREE": 0.0}
+    assert result["speedup_vs_first"]["WORKTREE"] == {"forward": 1.0, "forward_backward": 1.0}
+    with pytest.raises(SystemExit, match=re.escape("no nldsl/runtime/csrc/memory_write.cpp at 'no-such-revision'")):
+        kernel_builds.source_of("no-such-revision")
