@@ -122,11 +122,3 @@ def test_w0713_on_hope_follows_the_overrides_and_not_the_shipped_spec():
 def test_no_shipped_spec_gets_w0713():
     for path in sorted(SPECS.glob("**/*.nl")):
         assert "W0713" not in {d.code for d in check_file(path).diagnostics}, path
-
-
-def test_gate_starts_agree_with_the_compiler():
-    from nldsl.compiler import lower
-
-    from nldsl import semantics
-    assert semantics.LEARNED_GATE_START == lower.LEARNED_GATE_START
-    assert semantics.GENERATED_GATE_START == lower.GENERATED_GATE_START

@@ -133,7 +133,7 @@ def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]
     value that differs. Weights that fit (a period, an update rule or a train value changed): a
     warning, naming the same. Values that `--resume` may change (train.steps, …) are not compared."""
     from nldsl import shapes
-    from nldsl.runtime.train import _flat, _spec_path, _variable
+    from nldsl.runtime.train import _first_difference
 
     # absolute: a checkpoint named from inside its run (`eval step-N` in RUN/checkpoints, `eval .`) has
     # a relative path whose parents say nothing of the run around it
@@ -153,20 +153,14 @@ def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]
         # a damaged resolved.json: the checkpoint, which holds its own spec, is read as it is (a
         # damaged record is said by load_model)
         return
-    old, new = _flat(theirs), _flat(mine)
-    missing = object()
-    difference = next((path for path in dict.fromkeys([*old, *new])
-                       if not _variable(path) and old.get(path, missing) != new.get(path, missing)), None)
+    difference = _first_difference(theirs, mine, now_is="in the run")
     if difference is None:
         return
-    shown = [json.dumps(value) if value is not missing else "absent"
-             for value in (old.get(difference, missing), new.get(difference, missing))]
-    where = _spec_path(theirs if difference in old else mine, difference)
     run_dir = checkpoint.path.parent.parent if checkpoint.path.parent.name == C.CHECKPOINTS else folder.parent
     said = (f"the checkpoint {checkpoint.path} was written by another spec than the run {run_dir}'s: "
             f"{checkpoint.record.get('spec_path', '?')} (sha256 {str(checkpoint.record.get('spec_sha256'))[:12]}…) "
             f"vs the run's {run.get('spec_path', '?')} (sha256 {str(run.get('spec_sha256'))[:12]}…); "
-            f"{where} is {shown[0]} in the checkpoint but {shown[1]} in the run")
+            f"{difference}")
     fits = ({name: tuple(t.shape) for name, t in checkpoint.model.items()} == expected)
     if not fits:
         raise C.CheckpointError(f"{said}, and its weights do not fit the run's model: it was copied in from "

@@ -1047,8 +1047,9 @@ def _variable(path: str) -> bool:
                                                                                          *CONTINUABLE_FIXES)))
 
 
-def _first_difference(before: dict, now: dict) -> str | None:
-    """'train.seed is 0 in the checkpoint but 7 now' for the first value that may not change but did."""
+def _first_difference(before: dict, now: dict, now_is: str = "now") -> str | None:
+    """'train.seed is 0 in the checkpoint but 7 now' for the first value that may not change but did
+    (`now_is`: how the message names the second dump's side, "in the run" for a run's resolved.json)."""
     old, new = _flat(before), _flat(now)
     missing = object()
     for path in [*new, *(p for p in old if p not in new)]:
@@ -1056,7 +1057,8 @@ def _first_difference(before: dict, now: dict) -> str | None:
             continue
         shown = [json.dumps(value) if value is not missing else "absent" for value in (old.get(path, missing),
                                                                                        new.get(path, missing))]
-        return f"{_spec_path(now if path in new else before, path)} is {shown[0]} in the checkpoint but {shown[1]} now"
+        return (f"{_spec_path(now if path in new else before, path)} is {shown[0]} in the checkpoint but "
+                f"{shown[1]} {now_is}")
     return None
 
 
