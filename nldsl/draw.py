@@ -184,11 +184,12 @@ def _cluster(g: nx.MultiDiGraph, groups: list[tuple[str, list[str]]], enclosing:
     fill = CLUSTER_FILLS[depth % len(CLUSTER_FILLS)]
     border = CLUSTER_BORDERS[depth % len(CLUSTER_BORDERS)]
     inner = indent + "  "
+    has_outer = any(attrs["kind"] == "outer" for _, attrs in g.nodes(data=True))
     lines = [
         f"{indent}subgraph cluster_{index} {{",
         f'{inner}graph [style="rounded,filled", fillcolor="{fill}", color="{border}", penwidth=1.2,',
         f'{inner}       fontsize=12, fontcolor="{border}", labeljust=l, margin=12,',
-        f"{inner}       label=<<B>{_html(_period_title(key))}</B>>];",
+        f"{inner}       label=<<B>{_html(_period_title(key, has_outer))}</B>>];",
     ]
     lines += [f"{inner}{_id(node)} {_node(g, node, inner)};" for node in nodes]
     column = [node for node in nodes if node in spine]
@@ -200,10 +201,12 @@ def _cluster(g: nx.MultiDiGraph, groups: list[tuple[str, list[str]]], enclosing:
     return lines
 
 
-def _period_title(key: str) -> str:
-    """A frequency group's key ("outer", "16 tokens", "1 step") as a cluster title."""
+def _period_title(key: str, has_outer: bool) -> str:
+    """A frequency group's key ("outer", "16 tokens", "1 step") as a cluster title; the outer group of a
+    graph with no outer level (the training optimizer's, or an optimizer's of a library) is named by
+    its period alone: a file of level definitions whose levels update every step."""
     if key == OUTER:
-        return "every step (outer)"
+        return "every step (outer)" if has_outer else "every step"
     count, _, unit = key.partition(" ")
     return f"every {unit.removesuffix('s')}" if count == "1" else f"every {key}"
 

@@ -184,3 +184,15 @@ def test_graph_of_level_definitions_draws_each_as_written(tmp_path, capsys):
     assert "updated by the outer optimizer" in _node(dot, "res")
     assert ">gd+NS3, readout chunk_start<" in _node(dot, "ortho")
     assert ">mlp[d → 4d → d]<" in _node(dot, "ortho")
+
+
+def test_a_level_definition_stepped_every_step_is_not_titled_outer_without_an_outer_level(tmp_path, capsys):
+    """The cluster of levels updated every outer step is "every step (outer)" in a model's graph,
+    which has the outer level; a file of level definitions has none, so it is "every step"."""
+    spec = tmp_path / "levels.nl"
+    spec.write_text(LEVELS)
+    assert main(["graph", str(spec)]) == 0
+    dot = capsys.readouterr().out
+    assert "<B>every step</B>" in dot and "(outer)" not in dot
+    assert main(["graph", str(Path(__file__).parents[1] / "specs" / "titans_lmm.nl")]) == 0
+    assert "<B>every step (outer)</B>" in capsys.readouterr().out
