@@ -89,10 +89,9 @@ def projection_problem(width: int, heads: int, batch: int, chunk: int, dtype: to
     state.weights = [w.detach().contiguous().requires_grad_() for w in state.weights]
     state.momentum = [(0.05 * torch.randn(m.shape, generator=generator, dtype=dtype)).requires_grad_()
                       for m in state.momentum or []]
-    inputs = (cfg, state, leaf(batch, heads, chunk, head), leaf(batch, heads, chunk, head),
-              leaf(batch, heads, chunk, low=0.05, high=0.15), leaf(batch, heads, chunk, low=0.9, high=1.0),
-              leaf(batch, heads, chunk, low=0.5, high=0.9), leaf(batch, heads, chunk, head))
-    return inputs
+    return (cfg, state, leaf(batch, heads, chunk, head), leaf(batch, heads, chunk, head),
+            leaf(batch, heads, chunk, low=0.05, high=0.15), leaf(batch, heads, chunk, low=0.9, high=1.0),
+            leaf(batch, heads, chunk, low=0.5, high=0.9), leaf(batch, heads, chunk, head))
 
 
 def outputs(inputs) -> list[torch.Tensor]:
@@ -113,8 +112,9 @@ def run(revisions: list[str], rounds: int, dtype_name: str, width: int) -> dict:
     inputs = projection_problem(width, heads=4, batch=2, chunk=8, dtype=dtype)
     with torch.no_grad():
         fused._namespace = namespaces[revisions[0]]
-        baseline = torch.cat([t.flatten() for t in outputs(inputs)])
-        gradients = [torch.randn_like(t) for t in outputs(inputs)]
+        produced = outputs(inputs)
+        baseline = torch.cat([t.flatten() for t in produced])
+        gradients = [torch.randn_like(t) for t in produced]
     differences = {}
     for revision, namespace in namespaces.items():
         fused._namespace = namespace
