@@ -131,12 +131,14 @@ class TrainStep:
     optimizer: torch.optim.Optimizer
     compiled: bool | str = False  # True: one whole graph; "chunks": each chunk body (train.compile)
     recompute: int = 0  # chunks per recomputed stretch (train.recompute); 0 = off
+    chunks_per_call: int = 1  # chunk bodies per compiled call (train.chunks_per_call)
     loss_fn: Callable = field(init=False)
 
     clock: ContinuumClock = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loss_fn = compile_loss(self.model.loss, self.compiled, recompute=self.recompute)
+        self.loss_fn = compile_loss(self.model.loss, self.compiled, recompute=self.recompute,
+                                    chunks_per_call=self.chunks_per_call)
         # the continuum clock, as `nldsl train` ticks it: a slow level's weights take the optimizer's
         # step on their clock's steps only, with the gradients of the steps between summed
         clock_steps = getattr(getattr(self.model, "module", None), "CLOCK_STEPS", {})

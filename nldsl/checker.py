@@ -998,8 +998,8 @@ class Checker:
             self.bag.extend(found if seq_len else [d for d in found if d.severity == "error"])
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
-            from .semantics import check_recompute
-            self.bag.extend(check_recompute(model, train, self.spans))
+            from .semantics import check_chunk_options
+            self.bag.extend(check_chunk_options(model, train, self.spans))
         if train is not None:
             self.check_m3_warmup(train)
             from .semantics import check_run_length
@@ -1718,12 +1718,20 @@ class Converter:
             self.checker.provenance["train.optimizer"] = optimizer_attr.origin
         if values is None:
             return None
-        if values.get("recompute", 0) and values.get("compile", S.TrainSpec.model_fields["compile"].default) is True:
+        compile_mode = values.get("compile", S.TrainSpec.model_fields["compile"].default)
+        if values.get("recompute", 0) and compile_mode is True:
             attr = tree.attrs["recompute"]
             self.bag.error("E0601", "`recompute` needs `compile = chunks` or `compile = false`", attr.span,
                            "one whole graph would trace every recomputed stretch into itself; write "
                            "`compile = chunks` (each chunk body compiled once) or `compile = false` beside it, "
                            "or train with `--no-compile`")
+            return None
+        grouped = values.get("chunks_per_call", 1)
+        if isinstance(grouped, int) and grouped > 1 and compile_mode != "chunks":  # (a wrong type: E0301 below)
+            attr = tree.attrs["chunks_per_call"]
+            self.bag.error("E0601", "`chunks_per_call` needs `compile = chunks`", attr.span,
+                           "it sets how many chunk bodies one compiled call runs, and only `compile = chunks` "
+                           "compiles chunk bodies; write `compile = chunks` beside it, or remove it")
             return None
         return S.TrainSpec(**values)
 

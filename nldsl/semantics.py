@@ -128,18 +128,29 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
                                  level.rule == "dgd", chunk, level.readout)
 
 
-def check_recompute(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
-    """W0706: `train.recompute` reruns chunk loops, and a model whose levels run none (attention and
-    MLPs only, cms levels on the continuum clock, memories on the exact delta kernel) has nothing
-    to rerun."""
-    if not train.recompute or any(runs_chunk_loop(layer, level, train.seq_len)
-                                  for _, layer in walk_layers(model.block.sublayers, "block")
-                                  for _, level in read_levels_of(layer, train.seq_len)):
-        return []
-    return [Diagnostic("W0706", f"`recompute = {train.recompute}` has no effect: it reruns chunk loops in the "
-                       "backward pass, and no level of this model runs one (levels on the exact delta kernel, "
-                       "as linear attention and DeltaNet, run none)", _span(spans, "train.recompute"),
-                       "remove `recompute`", "warning", origin="train.recompute")]
+def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
+    """W0706: `train.recompute` reruns chunk loops and `train.chunks_per_call` runs several chunks per
+    compiled call, and a model whose levels run none (attention and MLPs only, cms levels on the
+    continuum clock, memories on the exact delta kernel) has nothing for them to act on. A nested
+    cms's loop runs one chunk per call whatever `chunks_per_call` says (its step reads the chunk's
+    position, nldsl/runtime/chunked.py), so it counts for `recompute` only."""
+    loops = [layer for _, layer in walk_layers(model.block.sublayers, "block")
+             for _, level in read_levels_of(layer, train.seq_len) if runs_chunk_loop(layer, level, train.seq_len)]
+    found = []
+    if train.recompute and not loops:
+        found.append(Diagnostic(
+            "W0706", f"`recompute = {train.recompute}` has no effect: it reruns chunk loops in the backward pass, "
+            "and no level of this model runs one (levels on the exact delta kernel, as linear attention and "
+            "DeltaNet, run none)", _span(spans, "train.recompute"), "remove `recompute`", "warning",
+            origin="train.recompute"))
+    if train.chunks_per_call > 1 and all(isinstance(layer, S.CMSSpec) and layer.variant == "nested" for layer in loops):
+        found.append(Diagnostic(
+            "W0706", f"`chunks_per_call = {train.chunks_per_call}` has no effect: it runs several chunks of a chunk "
+            "loop per compiled call, and no level of this model runs a loop it can group (levels on the exact "
+            "delta kernel run none; a nested cms runs one chunk per call, since its step reads the chunk's "
+            "position)", _span(spans, "train.chunks_per_call"), "remove `chunks_per_call`", "warning",
+            origin="train.chunks_per_call"))
+    return found
 
 
 def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:

@@ -430,6 +430,9 @@ class TrainSpec(Strict):
     recompute: int = Field(
         0, ge=0, description="the backward pass keeps one in-context state per N chunks and recomputes the "
                              "chunks between; 0 = keep every chunk's state")
+    chunks_per_call: int = Field(
+        1, ge=1, description="chunk bodies per compiled call under compile = chunks (each chunk loop unrolled "
+                             "that many times: fewer calls, a longer first compilation)")
     tokenizer: Tokenizer = Field(default_factory=BytesTokenizer)
     eval_every: int = Field(100, ge=0)
     eval_batches: int = Field(8, ge=1)

@@ -281,7 +281,7 @@ def test_a_set_replaced_by_a_flag_says_the_flag_counts_after_every_set():
 
 
 def test_the_checkers_chunk_loop_rule_is_the_runtimes(shipped_spec):
-    """check_recompute's W0706 reads which memory levels run the exact delta kernel from the spec; the
+    """check_chunk_options's W0706 reads which memory levels run the exact delta kernel from the spec; the
     runtime decides from the lowered LevelConfig: the two agree on every level of every shipped spec
     (linear attention, DeltaNet and Gated DeltaNet run no chunk loop, so recompute does nothing)."""
     from nldsl.compiler import lower

@@ -100,7 +100,7 @@ def test_the_fused_kernel_is_built_for_a_model_that_may_run_on_the_cpu_only(monk
     chunked.compile_loss(lambda tokens: tokens, True)  # not a model's loss: it may run anywhere
     assert built == [1, 1]
     # recomputed stretches rerun their chunks inside compiled_chunks of their own, forward and backward
-    chunked._fold_as((True, "eager"), lambda carry, piece: (piece, carry), 0, [1, 2])
+    chunked._fold_as((True, "eager", 1), lambda carry, piece: (piece, carry), 0, [1, 2], True)
     assert built == [1, 1]
 
     class OnNoCpu(torch.nn.Module):  # per-chunk compilation of a model all off the CPU

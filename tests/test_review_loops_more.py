@@ -130,7 +130,7 @@ def test_a_freed_graph_behind_the_second_root_is_named():  # mutant: _check_grap
         (intact.sum() + freed.sum()).backward()
 
 
-# nldsl/semantics.py runs_chunk_loop / check_recompute, nldsl/runtime/paths.py -------------------------------
+# nldsl/semantics.py runs_chunk_loop / check_chunk_options, nldsl/runtime/paths.py -------------------------------
 
 D = "model.block.deltanet.level."
 L = "model.block.lmm.level."

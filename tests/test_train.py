@@ -698,6 +698,27 @@ def test_train_recompute_reruns_chunk_stretches_and_keeps_the_losses(tmp_path, t
         assert math.isclose(runs[2].losses[step], loss, rel_tol=1e-6)
 
 
+def test_train_chunks_per_call_groups_the_compiled_chunks_and_keeps_the_losses(tmp_path, text_file, monkeypatch):
+    """`train.chunks_per_call` reaches the chunk loops of a run (bodies compiled by AOT autograd here,
+    not inductor, to keep the test fast): the grouped run compiles folds of chunks and trains the same."""
+    from nldsl.runtime import chunked
+
+    monkeypatch.setattr(chunked.compiled_chunks.__wrapped__, "__defaults__", (True, "aot_eager", True, 1))
+    monkeypatch.setattr(chunked, "_folds", {})
+    spec = REPO / "specs/titans_lmm.nl"
+    base = ["dim=32", "model.layers=1", "train.seq_len=32", "train.batch=4", "train.steps=3", "train.log_every=1",
+            "train.eval_every=0", "train.compile=chunks"]
+    runs = {}
+    for group in (1, 3):
+        overrides = [*base, f"train.chunks_per_call={group}"]
+        options = T.TrainOptions(data=[str(text_file)], run_dir=tmp_path / str(group), progress=False)
+        runs[group] = T.train(loader.check(spec, overrides), overrides, options)
+        assert bool(chunked._folds) == (group > 1)
+    for step, loss in runs[1].losses.items():
+        assert math.isclose(runs[3].losses[step], loss, rel_tol=1e-5)
+    assert json.loads((tmp_path / "3" / "resolved.json").read_text())["spec"]["train"]["chunks_per_call"] == 3
+
+
 def _tiny_run(tmp_path: Path, text_file: Path, *extra: str, run_dir: Path | str | None = None) -> list[str]:
     """The arguments of a tiny `nldsl train` run that checkpoints every step; a --set in `extra`
     replaces the default one of its key (a key set twice is a warning)."""

@@ -400,7 +400,8 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
             current = MemoryState(states[0], _zero_momentum(fast, states[0]))
         return out, (current, states)
 
-    outputs, (current, states) = run_chunks(step, (current, states), enumerate(pieces))
+    # one chunk per compiled call: the step reads the chunk's position (when a slower level moves)
+    outputs, (current, states) = run_chunks(step, (current, states), enumerate(pieces), groupable=False)
     carried: list[MemoryState | None] = [current]
     carried += [MemoryState(states[index]) if levels[index].in_context else None for index in range(1, len(levels))]
     return torch.cat(outputs, dim=2).squeeze(1), carried, after
@@ -478,28 +479,31 @@ def self_modifying_projections(
     x_chunks = split_chunks(x_heads, size, -2, length)
     use_fused = stacked is not None and fused.applies(cfg, x_heads, values=x_heads)  # v always exists here
 
-    def arguments(index: int) -> tuple:
-        return ({name: chunks[index] for name, chunks in static_chunks.items()},
-                {name: chunks[index] for name, chunks in gate_chunks.items()}, conv_weights, readouts)
+    # each chunk's inputs, x (B, H, n, d_h) and its share of `static` and `static_gates`, then the next
+    # chunk's x (None after the last): tensors only, so that a compiled run of chunks serves any of them
+    pieces_in = [(x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
+                  {name: chunks[index] for name, chunks in gate_chunks.items()},
+                  x_chunks[index + 1] if index + 1 < len(x_chunks) else None)
+                 for index, x_chunk in enumerate(x_chunks)]
 
-    def step(carry: tuple, indexed: tuple[int, Tensor]) -> tuple[dict[str, Tensor | None], tuple]:
-        index, x_chunk = indexed  # x_chunk (B, H, n, d_h)
-        chunk, stacked, caches = projection_chunk_step(config, carry[0], x_chunk, *arguments(index), carry[1])
+    def step(carry: tuple, piece: tuple) -> tuple[dict[str, Tensor | None], tuple]:
+        x_chunk, static_chunk, gate_chunk, _ = piece
+        chunk, stacked, caches = projection_chunk_step(config, carry[0], x_chunk, static_chunk, gate_chunk,
+                                                       conv_weights, readouts, carry[1])
         return chunk, (stacked, caches)
 
-    def fused_step(carry: tuple, indexed: tuple[int, Tensor]) -> tuple[dict[str, Tensor | None], tuple]:
-        index, read = indexed[0], carry[2]
-        following = x_chunks[index + 1] if index + 1 < len(x_chunks) else None
+    def fused_step(carry: tuple, piece: tuple) -> tuple[dict[str, Tensor | None], tuple]:
+        _, static_chunk, gate_chunk, following = piece
         chunk, stacked, caches, read = fused_projection_chunk_step(
-            config, carry[0], read, *arguments(index), carry[1], following)
+            config, carry[0], carry[2], static_chunk, gate_chunk, conv_weights, readouts, carry[1], following)
         return chunk, (stacked, caches, read)
 
     if use_fused:
         assert stacked is not None
         first_read = memory_forward(cfg, stacked.weights, _tile_heads(x_chunks[0], len(adaptive)))[0]
-        chunks, (stacked, caches, _) = run_chunks(fused_step, (stacked, caches, first_read), enumerate(x_chunks))
+        chunks, (stacked, caches, _) = run_chunks(fused_step, (stacked, caches, first_read), pieces_in)
     else:
-        chunks, (stacked, caches) = run_chunks(step, (stacked, caches), enumerate(x_chunks))
+        chunks, (stacked, caches) = run_chunks(step, (stacked, caches), pieces_in)
     for chunk in chunks:
         for name in pieces:
             if chunk.get(name) is not None:

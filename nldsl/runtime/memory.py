@@ -705,27 +705,28 @@ def memory_level(
     key_chunks = split_chunks(keys, size, -2, length)
     # The same chunk objects when the level reads its own keys, so each step reuses that forward.
     query_chunks = key_chunks if queries is keys else split_chunks(queries, size, -2, length)
-    pieces = zip(
+    # each chunk's inputs, then the next chunk's queries (None after the last): tensors only, so that
+    # a compiled run of chunks serves any of them (chunked.run_chunks)
+    pieces = list(zip(
         key_chunks, split_chunks(values, size, -2, length), query_chunks, split_chunks(lr, size, -1, length),
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
-        split_chunks(error_signal, size, 1, length),
-    )
+        split_chunks(error_signal, size, 1, length), [*query_chunks[1:], None],
+    ))
     if cfg.readout == "chunk_start" and fused.applies(cfg, keys, values):
         # Each kernel call writes its chunk and reads the next chunk's queries at the new state.
-        def pipelined_step(carry: tuple[MemoryState, Tensor], indexed: tuple) -> tuple[Tensor, tuple]:
-            index, (k, v, _, eta, alpha, beta, _) = indexed
-            following = query_chunks[index + 1] if index + 1 < len(query_chunks) else None
+        def pipelined_step(carry: tuple[MemoryState, Tensor], piece: tuple) -> tuple[Tensor, tuple]:
+            k, v, _, eta, alpha, beta, _, following = piece
             state, reading = carry
             new_state, next_reading = fused_write(cfg, state, k, v, eta, alpha, beta, following)
             return reading, (new_state, next_reading)
 
         first_reading = memory_forward(cfg, state.weights, query_chunks[0])[0]
-        readings, (state, _) = run_chunks(pipelined_step, (state, first_reading), enumerate(pieces))
+        readings, (state, _) = run_chunks(pipelined_step, (state, first_reading), pieces)
         return torch.cat(readings, dim=-2), state
 
     def step(state: MemoryState, piece: tuple) -> tuple[Tensor | None, MemoryState]:
-        k, v, q, eta, alpha, beta, signal = piece
-        if split_last and q is not None and k is key_chunks[-1]:
+        k, v, q, eta, alpha, beta, signal, following = piece
+        if split_last and q is not None and following is None:  # the last chunk (its queries exist)
             # The last chunk's end state is often dead for the loss (a training step drops the
             # returned state), but a compiled chunk body is one autograd node whose backward runs
             # through all its outputs, the write included. Reading θ_c outside the body and writing

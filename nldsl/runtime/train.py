@@ -524,7 +524,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     describe_after_first_step = context.is_main and found is not None and continued
 
     compiled = plan.compile if options.compile is None else options.compile
-    loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute)
+    loss_function = compile_loss(model.loss, compiled, fullgraph=not context.fsdp, recompute=plan.recompute,
+                                 chunks_per_call=plan.chunks_per_call)
     bf16 = plan.precision == "bf16"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -961,10 +962,10 @@ def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 # What may change when a run continues: how long it trains, how often it logs, evaluates and
-# checkpoints, and how its steps are executed (compiled or not, recomputed or not), which gives the
+# checkpoints, and how its steps are executed (compiled or not, recomputed or not, chunks per call), which gives the
 # same steps. Anything else would make the continued run a different experiment.
 CONTINUABLE = ("steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-               "compile", "recompute")
+               "compile", "recompute", "chunks_per_call")
 # And the fixes for a run that diverged: a lower learning rate or a gradient clip from its last good
 # checkpoint (the standard move; the alternative, --init-from, would lose the optimizer state). They
 # do change the experiment from that step on, which the note on resuming says and the checkpoints'
