@@ -1726,13 +1726,6 @@ class Converter:
                            "`compile = chunks` (each chunk body compiled once) or `compile = false` beside it, "
                            "or train with `--no-compile`")
             return None
-        grouped = values.get("chunks_per_call", 1)
-        if isinstance(grouped, int) and grouped > 1 and compile_mode != "chunks":  # (a wrong type: E0301 below)
-            attr = tree.attrs["chunks_per_call"]
-            self.bag.error("E0601", "`chunks_per_call` needs `compile = chunks`", attr.span,
-                           "it sets how many chunk bodies one compiled call runs, and only `compile = chunks` "
-                           "compiles chunk bodies; write `compile = chunks` beside it, or remove it")
-            return None
         return S.TrainSpec(**values)
 
     def train_optimizer(self, attr: Attr) -> Any:

@@ -936,8 +936,7 @@ _ENTRIES = (
         A gated `parallel` needs exactly two branches; memory-as-context sets its span with
         `segment`, not `window`. `train.recompute` reruns chunk loops in the backward pass, so it
         needs `compile = chunks` or `compile = false`: one whole graph would trace every rerun
-        into itself. `train.chunks_per_call` sets how many chunk bodies one compiled call runs,
-        so it needs `compile = chunks`, the mode that compiles chunk bodies.
+        into itself.
 
         An optimizer level with `state = mlp` keeps the weights of its MLP, not a momentum
         buffer, so `nesterov`, `bias_correction` and `init = first_flow` (which act on that
@@ -1173,8 +1172,10 @@ _ENTRIES = (
         `sgd(…)`, which keeps no second moment; `train.recompute` on a model whose levels run no chunk
         loop (none learns in context, or each runs on the exact delta kernel, as linear
         attention and DeltaNet do): it reruns chunk loops, and there are none;
-        `train.chunks_per_call` above 1 on such a model, or on one whose only chunk loops are nested
-        `cms` ones, which run one chunk per compiled call (their step reads the chunk's position);
+        `train.chunks_per_call` above 1 on such a model, on one whose only chunk loops are nested
+        `cms` ones, which run one chunk per compiled call (their step reads the chunk's position),
+        or without `compile = chunks`, the only mode that compiles chunk bodies (a warning rather
+        than an error, since `nldsl train --no-compile` sets `compile = false`);
         an override that a later override of the same key replaces (its value is never checked), or
         one inside a section whose whole value a later override sets, and one of a constant
         nothing reads. The

@@ -133,7 +133,8 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
     compiled call, and a model whose levels run none (attention and MLPs only, cms levels on the
     continuum clock, memories on the exact delta kernel) has nothing for them to act on. A nested
     cms's loop runs one chunk per call whatever `chunks_per_call` says (its step reads the chunk's
-    position, nldsl/runtime/chunked.py), so it counts for `recompute` only."""
+    position, nldsl/runtime/chunked.py), so it counts for `recompute` only; and `chunks_per_call`
+    acts under `compile = chunks` only."""
     loops = [layer for _, layer in walk_layers(model.block.sublayers, "block")
              for _, level in read_levels_of(layer, train.seq_len) if runs_chunk_loop(layer, level, train.seq_len)]
     found = []
@@ -143,7 +144,15 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             "and no level of this model runs one (levels on the exact delta kernel, as linear attention and "
             "DeltaNet, run none)", _span(spans, "train.recompute"), "remove `recompute`", "warning",
             origin="train.recompute"))
-    if train.chunks_per_call > 1 and all(isinstance(layer, S.CMSSpec) and layer.variant == "nested" for layer in loops):
+    if train.chunks_per_call > 1 and train.compile != "chunks":
+        # a warning, not an error: `nldsl train --no-compile` sets compile = false on a spec that groups
+        found.append(Diagnostic(
+            "W0706", f"`chunks_per_call = {train.chunks_per_call}` has no effect with `compile = "
+            f"{str(train.compile).lower()}`: it sets how many chunk bodies one compiled call runs, and only "
+            "`compile = chunks` compiles chunk bodies", _span(spans, "train.chunks_per_call"),
+            "write `compile = chunks` beside it, or remove it", "warning", origin="train.chunks_per_call"))
+    elif train.chunks_per_call > 1 and all(isinstance(layer, S.CMSSpec) and layer.variant == "nested"
+                                           for layer in loops):
         found.append(Diagnostic(
             "W0706", f"`chunks_per_call = {train.chunks_per_call}` has no effect: it runs several chunks of a chunk "
             "loop per compiled call, and no level of this model runs a loop it can group (levels on the exact "

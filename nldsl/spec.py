@@ -432,7 +432,7 @@ class TrainSpec(Strict):
                              "chunks between; 0 = keep every chunk's state")
     chunks_per_call: int = Field(
         1, ge=1, description="chunk bodies per compiled call under compile = chunks (each chunk loop unrolled "
-                             "that many times: fewer calls, a longer first compilation)")
+                             "that many times: fewer calls, a longer first compilation); no effect otherwise")
     tokenizer: Tokenizer = Field(default_factory=BytesTokenizer)
     eval_every: int = Field(100, ge=0)
     eval_batches: int = Field(8, ge=1)

@@ -538,6 +538,18 @@ def test_a_resume_reads_the_runs_files_with_the_encoding_it_recorded(tmp_path, t
         capsys.readouterr().err
 
 
+def test_a_resume_may_change_how_many_chunks_one_compiled_call_runs(tmp_path, text_file, capsys):
+    """`train.chunks_per_call` changes how steps execute, not what they compute (CONTINUABLE)."""
+    common = ["--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress", "--data", str(text_file), *TINY,
+              "--set", "train.compile=chunks"]
+    assert main(["train", str(REPO / "specs/titans_lmm.nl"), "--set", "train.steps=1", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", str(REPO / "specs/titans_lmm.nl"), "--set", "train.steps=2", "--set",
+                 "train.chunks_per_call=2", *common, "--resume"]) == 0, capsys.readouterr().err
+    assert main(["train", str(REPO / "specs/titans_lmm.nl"), "--set", "train.steps=3", "--set",
+                 "train.seed=5", *common, "--resume"]) == 1  # beside a change that is refused
+
+
 def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, text_file):
     specs = tmp_path / "specs"
     specs.mkdir()

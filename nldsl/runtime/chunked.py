@@ -204,8 +204,8 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
     mode: eager (false), one whole graph (true) or per chunk body ("chunks"). recompute: chunks
     per recomputed stretch (0 = off); the checker allows it with eager and per-chunk compilation
     only, since a whole graph would trace the checkpoints into one graph of every chunk.
-    chunks_per_call: chunks per compiled call under mode "chunks" (the checker allows more than 1
-    there only; eager mode, as `nldsl train --no-compile` asks, compiles nothing to group).
+    chunks_per_call: chunks per compiled call under mode "chunks"; the other modes compile no chunk
+    body to group (the checker warns, W0706: `nldsl train --no-compile` runs a grouping spec eagerly).
     """
     cpu = _may_run_on_cpu(loss)
     if mode not in (False, "chunks"):
