@@ -70,12 +70,13 @@ def build(source: bytes, registered: set[str]) -> str:
     return namespace
 
 
-def projection_problem(width: int, heads: int, batch: int, chunk: int, dtype: torch.dtype):
+def projection_problem(width: int, heads: int, batch: int, chunk: int, dtype: torch.dtype,
+                       dgd_layers: str = "first"):
     """A chunk's inputs at HOPE's self-modifying projections' shapes, and fixed output gradients."""
     generator = torch.Generator().manual_seed(0)
     head = width // heads
     cfg = LevelConfig("residual_mlp", d_in=head, d_out=head, hidden=2 * head, depth=2, objective="l2",
-                      values="generated", dgd=True, dgd_layers="first", momentum=True, chunk_size=chunk,
+                      values="generated", dgd=True, dgd_layers=dgd_layers, momentum=True, chunk_size=chunk,
                       readout="chunk_start")
 
     def leaf(*shape: int, low: float | None = None, high: float | None = None) -> torch.Tensor:
@@ -99,7 +100,7 @@ def outputs(inputs) -> list[torch.Tensor]:
     return [*state.weights, *(state.momentum or []), read]
 
 
-def run(revisions: list[str], rounds: int, dtype_name: str, width: int) -> dict:
+def run(revisions: list[str], rounds: int, dtype_name: str, width: int, dgd_layers: str = "first") -> dict:
     dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
     revisions = list(dict.fromkeys(revisions))  # a revision named twice is one build
     if not fused.available():
@@ -109,7 +110,7 @@ def run(revisions: list[str], rounds: int, dtype_name: str, width: int) -> dict:
     for revision in revisions:
         log(f"building the kernel of {revision} ...")
         namespaces[revision] = build(source_of(revision), registered)
-    inputs = projection_problem(width, heads=4, batch=2, chunk=8, dtype=dtype)
+    inputs = projection_problem(width, heads=4, batch=2, chunk=8, dtype=dtype, dgd_layers=dgd_layers)
     with torch.no_grad():
         fused._namespace = namespaces[revisions[0]]
         produced = outputs(inputs)
@@ -154,14 +155,14 @@ def run(revisions: list[str], rounds: int, dtype_name: str, width: int) -> dict:
                for revision, parts in samples.items()}
     base = medians[revisions[0]]
     return {"machine": machine(), "revisions": revisions, "dtype": dtype_name, "rounds": rounds,
-            "config": {"width": width, "heads": 4, "memories": 4, "batch": 2, "chunk": 8},
+            "config": {"width": width, "heads": 4, "memories": 4, "batch": 2, "chunk": 8, "dgd_layers": dgd_layers},
             "milliseconds": {r: {part: 1e3 * s for part, s in m.items()} for r, m in medians.items()},
             "speedup_vs_first": {r: {part: base[part] / s for part, s in m.items()} for r, m in medians.items()},
             "largest_difference_vs_first": differences}
 
 
 def main(args) -> None:
-    result = run(args.revisions, args.rounds, args.dtype, args.width)
+    result = run(args.revisions, args.rounds, args.dtype, args.width, args.dgd_layers)
     write_result("kernel", result)
     for revision in result["revisions"]:
         ms, speedup = result["milliseconds"][revision], result["speedup_vs_first"][revision]
@@ -177,7 +178,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", type=int, default=100, help="shuffled rounds (default 100)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="the problem's floating type (default float32)")
-    parser.add_argument("--width", type=int, default=256, help="model width (4 heads; default 256)")
+    parser.add_argument("--width", type=int, default=256,
+                        help="model width (4 heads of width/4, hidden twice that; default 256, specs/hope.nl's 128)")
+    parser.add_argument("--dgd-layers", choices=["first", "all"], default="first",
+                        help="the layers DGD preconditions (default first, as specs/hope.nl)")
 
 
 if __name__ == "__main__":

@@ -165,3 +165,14 @@ def test_bench_kernel_times_the_checkout_s_kernel_against_itself(one_thread) -> 
     assert result["speedup_vs_first"]["WORKTREE"] == {"forward": 1.0, "forward_backward": 1.0}
     with pytest.raises(SystemExit, match=re.escape("no nldsl/runtime/csrc/memory_write.cpp at 'no-such-revision'")):
         kernel_builds.source_of("no-such-revision")
+
+
+def test_bench_kernel_problem_takes_the_dgd_layers() -> None:
+    """`--dgd-layers all` times the kernel with DGD on both layers (flag 8), `first` (specs/hope.nl's) on the first."""
+    from nldsl.runtime import fused
+
+    for layers, second in (("first", 0), ("all", 8)):
+        cfg = kernel_builds.projection_problem(128, heads=4, batch=2, chunk=8, dtype=torch.float32,
+                                               dgd_layers=layers)[0]
+        assert (cfg.d_in, cfg.hidden, cfg.dgd_layers) == (32, 64, layers)
+        assert fused.kernel_flags(cfg) & 12 == 4 | second

@@ -139,10 +139,13 @@ def test_kernel_matches_the_pytorch_step(state: str, activation: str, values: st
 
 
 @pytest.mark.parametrize(("state", "values", "width", "hidden"), [
-    ("residual_mlp", "generated", WIDTH, HIDDEN), ("residual_mlp", "given", 20, 36), ("mlp", "generated", 36, 20)])
+    ("residual_mlp", "generated", WIDTH, HIDDEN), ("residual_mlp", "given", 20, 36), ("mlp", "generated", 36, 20),
+    ("residual_mlp", "generated", 32, 64)])
 def test_the_float32_kernel_matches_the_pytorch_step(state: str, values: str, width: int, hidden: int) -> None:
     """The path training takes: the kernel's float instantiation (its own vector width), at widths
-    that are not multiples of a vector, against the PyTorch step in float32."""
+    that are not multiples of a vector, and at HOPE's projections' 32 → 64 → 32 (whole vectors, where
+    the products start from the new weights' and gradients' elementwise parts in registers), against
+    the PyTorch step in float32."""
     cfg = level(state, values=values, d_in=width, d_out=width, hidden=hidden, dgd=True, dgd_layers="all",
                 momentum=True)
     assert fused.applies(cfg, torch.zeros(1), torch.zeros(1))

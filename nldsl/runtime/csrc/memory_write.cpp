@@ -43,17 +43,18 @@ constexpr int64_t kSave = 64;            // bit 6: return the forward's intermed
 
 using at::vec::Vectorized;
 
-// C[i, j] += Σ_k a(i, k) B[k, j] for i < M, j < N, where a(i, k) = A[i·row + k·col]. The micro-kernel holds
-// an MR × NV block of C in vector registers across the whole k loop: MR·NV independent FMA chains hide the
-// FMA latency, each loaded vector of B serves MR rows, and each a(i, k) is broadcast straight from memory.
-template <typename T, int MR, int NV>
+// C[i, j] = c(i·N + j) + Σ_k a(i, k) B[k, j] for i < M, j < N, where a(i, k) = A[i·row + k·col] and c gives the
+// vector of C's starting values at an offset (C's own, LoadC, for C +=). The micro-kernel holds an MR × NV block
+// of C in vector registers across the whole k loop: MR·NV independent FMA chains hide the FMA latency, each
+// loaded vector of B serves MR rows, and each a(i, k) is broadcast straight from memory.
+template <typename T, int MR, int NV, typename Start>
 inline void product_block(T* __restrict C, const T* __restrict A, int64_t row, int64_t col, const T* __restrict B,
-                          int64_t i, int64_t K, int64_t N, int64_t j) {
+                          int64_t i, int64_t K, int64_t N, int64_t j, const Start& start) {
   using Vec = Vectorized<T>;
   constexpr int64_t V = Vec::size();
   Vec acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::loadu(C + (i + r) * N + j + v * V);
+    for (int v = 0; v < NV; ++v) acc[r][v] = start((i + r) * N + j + v * V);
   for (int64_t k = 0; k < K; ++k) {
     Vec b[NV];
     for (int v = 0; v < NV; ++v) b[v] = Vec::loadu(B + k * N + j + v * V);
@@ -66,35 +67,58 @@ inline void product_block(T* __restrict C, const T* __restrict A, int64_t row, i
     for (int v = 0; v < NV; ++v) acc[r][v].store(C + (i + r) * N + j + v * V);
 }
 
+template <typename T>
+struct LoadC {
+  const T* C;
+  Vectorized<T> operator()(int64_t at) const { return Vectorized<T>::loadu(C + at); }
+};
+
 // Strips of NV vectors from column j on while they fit (j is left past them): MR rows at a time, and the
 // leftover rows one at a time.
-template <typename T, int MR, int NV>
+template <typename T, int MR, int NV, typename Start>
 inline void product_strips(T* C, const T* A, int64_t row, int64_t col, const T* B, int64_t M, int64_t K, int64_t N,
-                           int64_t& j) {
+                           int64_t& j, const Start& start) {
   constexpr int64_t W = NV * Vectorized<T>::size();
   for (; j + W <= N; j += W) {
     int64_t i = 0;
-    for (; i + MR <= M; i += MR) product_block<T, MR, NV>(C, A, row, col, B, i, K, N, j);
-    for (; i < M; ++i) product_block<T, 1, NV>(C, A, row, col, B, i, K, N, j);
+    for (; i + MR <= M; i += MR) product_block<T, MR, NV>(C, A, row, col, B, i, K, N, j, start);
+    for (; i < M; ++i) product_block<T, 1, NV>(C, A, row, col, B, i, K, N, j, start);
   }
+}
+
+// The vector strips of a product, j left at the first column they leave over (N itself when N is a whole
+// number of vectors).
+template <typename T, typename Start>
+inline void product_vectors(T* __restrict C, const T* __restrict A, int64_t row, int64_t col, const T* __restrict B,
+                            int64_t M, int64_t K, int64_t N, int64_t& j, const Start& start) {
+  // 4 × 4 blocks (2 × 4 before, with a(i, k)·w_k in the loop): at HOPE's projections of width 256, with the
+  // tiled transpose below, the op's forward 1.43× and forward + backward 1.30× faster in float32
+  // (`python -m bench kernel 2210f8e <this commit>`, 60 rounds; the blocking alone about 1.1×)
+  product_strips<T, 4, 4>(C, A, row, col, B, M, K, N, j, start);
+  product_strips<T, 4, 2>(C, A, row, col, B, M, K, N, j, start);
+  product_strips<T, 8, 1>(C, A, row, col, B, M, K, N, j, start);
 }
 
 template <typename T>
 inline void product(T* __restrict C, const T* __restrict A, int64_t row, int64_t col, const T* __restrict B,
                     int64_t M, int64_t K, int64_t N) {
   int64_t j = 0;
-  // 4 × 4 blocks (2 × 4 before, with a(i, k)·w_k in the loop): at HOPE's projections of width 256, with the
-  // tiled transpose below, the op's forward 1.43× and forward + backward 1.30× faster in float32
-  // (`python -m bench kernel 2210f8e <this commit>`, 60 rounds; the blocking alone about 1.1×)
-  product_strips<T, 4, 4>(C, A, row, col, B, M, K, N, j);
-  product_strips<T, 4, 2>(C, A, row, col, B, M, K, N, j);
-  product_strips<T, 8, 1>(C, A, row, col, B, M, K, N, j);
+  product_vectors(C, A, row, col, B, M, K, N, j, LoadC<T>{C});
   for (; j < N; ++j)  // columns left over from the vectors
     for (int64_t i = 0; i < M; ++i) {
       T sum = C[i * N + j];
       for (int64_t k = 0; k < K; ++k) sum += A[i * row + k * col] * B[k * N + j];
       C[i * N + j] = sum;
     }
+}
+
+// C (M×N) = start + Aᵀ · B for A (K×M), B (K×N), N a whole number of vectors (start as in product_block):
+// mm_tn with C's elementwise start computed in the block's registers rather than in a pass of its own.
+template <typename T, typename Start>
+inline void mm_tn_from(T* C, const Start& start, const T* A, const T* B, int64_t M, int64_t K, int64_t N) {
+  int64_t j = 0;
+  product_vectors(C, A, 1, M, B, M, K, N, j, start);
+  TORCH_CHECK(j == N, "mm_tn_from: N must be a whole number of vectors");
 }
 
 // C (M×N) += A (M×K) · B (K×N)
@@ -123,6 +147,40 @@ inline void weighted_outer_sums(T* C, T* C2, const T* w, const T* w2, const T* A
   for (int64_t k = 0; k < K; ++k)
     for (int64_t i = 0; i < M; ++i) scaled[k * M + i] = w2[k] * A[k * M + i];
   mm_tn(C2, scaled.data(), B, M, K, N);
+}
+
+// One layer's new weight and momentum: W' = A W + m S + Σ_s c_s D_sᵀ X_s, S' = B S + Σ_s c'_s D_sᵀ X_s (S and S'
+// null without momentum) for errors D (n × rows) on inputs X (n × cols). Where cols is a whole number of vectors
+// each is one product that starts its blocks from A W + m S (or B S) in registers, so W' and S' are written
+// once, not written by an elementwise pass and then loaded and stored again by the product's blocks (the same
+// arithmetic: the pass's A·W + (m·S) is one fmadd, as the compiler contracted it).
+template <typename T>
+inline void new_weights(T* Wo, T* So, const T* W, const T* S, T A, T M, T B, const T* c, const T* c2, const T* D,
+                        const T* X, int64_t rows, int64_t n, int64_t cols) {
+  using Vec = Vectorized<T>;
+  const int64_t size = rows * cols;
+  if (cols % Vec::size() != 0) {
+    if (S != nullptr)
+      for (int64_t i = 0; i < size; ++i) Wo[i] = A * W[i] + M * S[i], So[i] = B * S[i];
+    else
+      for (int64_t i = 0; i < size; ++i) Wo[i] = A * W[i];
+    weighted_outer_sums(Wo, So, c, c2, D, X, rows, n, cols);
+    return;
+  }
+  thread_local std::vector<T> scaled;
+  scaled.resize(n * rows);
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t i = 0; i < rows; ++i) scaled[k * rows + i] = c[k] * D[k * rows + i];
+  const Vec a(A), m(M), b(B);
+  if (S != nullptr)
+    mm_tn_from(Wo, [&](int64_t at) { return at::vec::fmadd(a, Vec::loadu(W + at), m * Vec::loadu(S + at)); },
+               scaled.data(), X, rows, n, cols);
+  else
+    mm_tn_from(Wo, [&](int64_t at) { return a * Vec::loadu(W + at); }, scaled.data(), X, rows, n, cols);
+  if (So == nullptr) return;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t i = 0; i < rows; ++i) scaled[k * rows + i] = c2[k] * D[k * rows + i];
+  mm_tn_from(So, [&](int64_t at) { return b * Vec::loadu(S + at); }, scaled.data(), X, rows, n, cols);
 }
 
 // dst (cols × rows) = srcᵀ for src (rows × cols): ATen's tiled transpose, 16 × 16 tiles in vector registers
@@ -172,6 +230,18 @@ struct TransposedRight {
   }
 };
 
+// dot's ending: the lanes of its vector sum acc in order, then the products a[i] b[i] past the last whole vector
+template <typename T>
+inline T dot_end(const Vectorized<T>& acc, const T* __restrict a, const T* __restrict b, int64_t i, int64_t count) {
+  constexpr int64_t V = Vectorized<T>::size();
+  T lanes[V];
+  acc.store(lanes);
+  T sum = 0;
+  for (int64_t v = 0; v < V; ++v) sum += lanes[v];
+  for (; i < count; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
 template <typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t count) {
   using Vec = Vectorized<T>;
@@ -179,12 +249,36 @@ inline T dot(const T* __restrict a, const T* __restrict b, int64_t count) {
   Vec acc(T(0));
   int64_t i = 0;
   for (; i + V <= count; i += V) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
-  T lanes[V];
-  acc.store(lanes);
-  T sum = 0;
-  for (int64_t v = 0; v < V; ++v) sum += lanes[v];
-  for (; i < count; ++i) sum += a[i] * b[i];
-  return sum;
+  return dot_end(acc, a, b, i, count);
+}
+
+// E·W, E·S and F·S for one weight W, its momentum S and the gradients E, F of the new ones, each summed
+// exactly as dot sums it, and ∂S = m E + B F into GS, in one pass over the four (they were two elementwise
+// passes and three dots, each reading its operands anew). F null: E·W alone.
+template <typename T>
+inline void decay_dots(const T* __restrict E, const T* __restrict F, const T* __restrict W, const T* __restrict S,
+                       int64_t count, T& ew, T& es, T& fs, T M, T B, T* __restrict GS) {
+  using Vec = Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  if (F == nullptr) {
+    ew = dot(E, W, count);
+    return;
+  }
+  // ∂S: m·E + (B·F) is one fmadd, as the compiler contracted the elementwise pass it replaces
+  const Vec m(M), b(B);
+  Vec acc_ew(T(0)), acc_es(T(0)), acc_fs(T(0));
+  int64_t i = 0;
+  for (; i + V <= count; i += V) {
+    const Vec e = Vec::loadu(E + i), s = Vec::loadu(S + i), f = Vec::loadu(F + i);
+    at::vec::fmadd(m, e, b * f).store(GS + i);
+    acc_ew = at::vec::fmadd(e, Vec::loadu(W + i), acc_ew);
+    acc_es = at::vec::fmadd(e, s, acc_es);
+    acc_fs = at::vec::fmadd(f, s, acc_fs);
+  }
+  for (int64_t t = i; t < count; ++t) GS[t] = M * E[t] + B * F[t];
+  ew = dot_end(acc_ew, E, W, i, count);
+  es = dot_end(acc_es, E, S, i, count);
+  fs = dot_end(acc_fs, F, S, i, count);
 }
 
 // σ(z), σ'(z) and (when second is not null) σ''(z) of the activation, elementwise; silu, the one
@@ -366,19 +460,31 @@ struct Read {
     if (saved != nullptr) std::copy(z.begin(), z.end(), saved);
   }
 
-  // Given ∂out and the forward's Z (saved): ∂W1 += …, ∂W2 += … into G1, G2, and ∂X += … into GX.
+  // Given ∂out and the forward's Z (saved): G1 = E1 + ∂W1, G2 = E2 + ∂W2 (E1, E2 the new weights' own
+  // gradients), and ∂X += … into GX.
   void backward(const Dims& dm, const T* W1, const T* W2, const T* X, const T* Z, int64_t rows, const T* grad_out,
-                T* G1, T* G2, T* GX) {
+                const T* E1, const T* E2, T* G1, T* G2, T* GX) {
     const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
     activate(dm.activation(), Z, h.data(), dz.data(), static_cast<T*>(nullptr), rows * hid);
     std::fill(gh.begin(), gh.end(), T(0));
     mm_nn(gh.data(), grad_out, W2, rows, dout, hid);  // out = H W2ᵀ (+ X)
-    mm_tn(G2, grad_out, h.data(), dout, rows, hid);
+    // G = E + …: the products' blocks start from E where they cover whole vectors (no copy of E first)
+    const bool from_e = din % Vectorized<T>::size() == 0 && hid % Vectorized<T>::size() == 0;
+    if (from_e) {
+      mm_tn_from(G2, LoadC<T>{E2}, grad_out, h.data(), dout, rows, hid);
+    } else {
+      std::copy(E1, E1 + din * hid, G1);
+      std::copy(E2, E2 + hid * dout, G2);
+      mm_tn(G2, grad_out, h.data(), dout, rows, hid);
+    }
     for (int64_t i = 0; i < rows * hid; ++i) gh[i] *= dz[i];  // now ∂Z
     if (dm.residual())
       for (int64_t i = 0; i < rows * din; ++i) GX[i] += grad_out[i];
     mm_nn(GX, gh.data(), W1, rows, hid, din);  // Z = X W1ᵀ
-    mm_tn(G1, gh.data(), X, hid, rows, din);
+    if (from_e)
+      mm_tn_from(G1, LoadC<T>{E1}, gh.data(), X, hid, rows, din);
+    else
+      mm_tn(G1, gh.data(), X, hid, rows, din);
   }
 };
 
@@ -517,18 +623,11 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
           T* W2o = w2_out.data_ptr<T>() + p * size2;
           T* S1o = momentum ? s1_out.data_ptr<T>() + p * size1 : nullptr;
           T* S2o = momentum ? s2_out.data_ptr<T>() + p * size2 : nullptr;
-          if (momentum) {
-            const T M = m.data_ptr<T>()[q], B = b.data_ptr<T>()[q];
-            const T* S1p = s1.data_ptr<T>() + p * size1;
-            const T* S2p = s2.data_ptr<T>() + p * size2;
-            for (int64_t i = 0; i < size1; ++i) W1o[i] = A * W1p[i] + M * S1p[i], S1o[i] = B * S1p[i];
-            for (int64_t i = 0; i < size2; ++i) W2o[i] = A * W2p[i] + M * S2p[i], S2o[i] = B * S2p[i];
-          } else {
-            for (int64_t i = 0; i < size1; ++i) W1o[i] = A * W1p[i];
-            for (int64_t i = 0; i < size2; ++i) W2o[i] = A * W2p[i];
-          }
-          weighted_outer_sums(W1o, S1o, cq, c2q, fw.d1.data(), Kq, hid, n, din);
-          weighted_outer_sums(W2o, S2o, cq, c2q, fw.d2.data(), fw.h.data(), dout, n, hid);
+          const T M = momentum ? m.data_ptr<T>()[q] : T(0), B = momentum ? b.data_ptr<T>()[q] : T(0);
+          const T* S1p = pointer<T>(s1, p * size1);
+          const T* S2p = pointer<T>(s2, p * size2);
+          new_weights(W1o, S1o, W1p, S1p, A, M, B, cq, c2q, fw.d1.data(), Kq, hid, n, din);
+          new_weights(W2o, S2o, W2p, S2p, A, M, B, cq, c2q, fw.d2.data(), fw.h.data(), dout, n, hid);
           if (rows > 0)  // the next chunk's read, while the new weights are in cache
             reader.forward(dm, W1o, W2o, x.data_ptr<T>() + q * rows * din, rows, read.data_ptr<T>() + p * rows * dout,
                            kept == nullptr ? nullptr : kept + place.read_z);
@@ -583,8 +682,9 @@ std::vector<at::Tensor> memory_write_backward(
       // the gradients of the new weights: the incoming ones plus the next read's
       std::vector<T> total1(size1), total2(size2);
       WriteBackward<T> writes(n, std::max(hid, dout), std::max(din, hid));
-      std::vector<T> gd1(n * hid), gd2(n * dout), gg(n * dout), ggw(n * hid), gh(n * hid), gz(n * hid),
-          gzv(n * hid);
+      std::vector<T> gd1(n * hid), gd2(n * dout), gg(n * dout), gh(n * hid);
+      // the stacked factors of the products into ∂W2 (3 of n rows) and ∂W1 (2 of n rows)
+      std::vector<T> left2(3 * n * dout), right2(3 * n * hid), left1(2 * n * hid), right1(2 * n * din);
       for (int64_t q = begin; q < end; ++q) {
         const T* Kq = k.data_ptr<T>() + q * n * din;
         const T* Vq = v.data_ptr<T>() + q * n * dout;
@@ -608,11 +708,9 @@ std::vector<at::Tensor> memory_write_backward(
           const T* E2 = e2.data_ptr<T>() + p * size2;
           const T* kept = saved.data_ptr<T>() + p * place.size;
           if (rows > 0) {  // the next read's gradient joins the new weights' own
-            std::copy(E1, E1 + size1, total1.begin());
-            std::copy(E2, E2 + size2, total2.begin());
             reader.backward(dm, w1_new.data_ptr<T>() + p * size1, w2_new.data_ptr<T>() + p * size2,
                             x.data_ptr<T>() + q * rows * din, kept + place.read_z, rows,
-                            gread.data_ptr<T>() + p * rows * dout, total1.data(), total2.data(),
+                            gread.data_ptr<T>() + p * rows * dout, E1, E2, total1.data(), total2.data(),
                             gx.data_ptr<T>() + q * rows * din);
             E1 = total1.data();
             E2 = total2.data();
@@ -621,57 +719,83 @@ std::vector<at::Tensor> memory_write_backward(
           T* G1 = gw1.data_ptr<T>() + p * size1;
           T* G2 = gw2.data_ptr<T>() + p * size2;
           // W' = A W + m S + …, S' = B S + …
-          for (int64_t i = 0; i < size1; ++i) G1[i] = A * E1[i];
-          for (int64_t i = 0; i < size2; ++i) G2[i] = A * E2[i];
-          grad_decay += dot(E1, W1p, size1) + dot(E2, W2p, size2);
-          const T *F1 = nullptr, *F2 = nullptr;
+          // ∂W = A E (+ the products at the end): in their blocks' registers where those cover whole vectors
+          const bool from_e = din % Vectorized<T>::size() == 0 && hid % Vectorized<T>::size() == 0;
+          if (!from_e) {
+            for (int64_t i = 0; i < size1; ++i) G1[i] = A * E1[i];
+            for (int64_t i = 0; i < size2; ++i) G2[i] = A * E2[i];
+          }
+          const T *F1 = nullptr, *F2 = nullptr, *S1p = nullptr, *S2p = nullptr;
+          T M = 0, B = 0, *GS1 = nullptr, *GS2 = nullptr;
           if (momentum) {
-            const T M = m.data_ptr<T>()[q], B = b.data_ptr<T>()[q];
-            const T* S1p = s1.data_ptr<T>() + p * size1;
-            const T* S2p = s2.data_ptr<T>() + p * size2;
+            M = m.data_ptr<T>()[q], B = b.data_ptr<T>()[q];
+            S1p = s1.data_ptr<T>() + p * size1;
+            S2p = s2.data_ptr<T>() + p * size2;
             F1 = f1.data_ptr<T>() + p * size1;
             F2 = f2.data_ptr<T>() + p * size2;
-            T* GS1 = gs1.data_ptr<T>() + p * size1;
-            T* GS2 = gs2.data_ptr<T>() + p * size2;
-            for (int64_t i = 0; i < size1; ++i) GS1[i] = M * E1[i] + B * F1[i];
-            for (int64_t i = 0; i < size2; ++i) GS2[i] = M * E2[i] + B * F2[i];
-            grad_scale += dot(E1, S1p, size1) + dot(E2, S2p, size2);
-            grad_carry += dot(F1, S1p, size1) + dot(F2, S2p, size2);
+            GS1 = gs1.data_ptr<T>() + p * size1;
+            GS2 = gs2.data_ptr<T>() + p * size2;
           }
+          // E·W, E·S, F·S and S' = m E + B F in one pass over each weight
+          T ew1 = 0, es1 = 0, fs1 = 0, ew2 = 0, es2 = 0, fs2 = 0;
+          decay_dots(E1, F1, W1p, S1p, size1, ew1, es1, fs1, M, B, GS1);
+          decay_dots(E2, F2, W2p, S2p, size2, ew2, es2, fs2, M, B, GS2);
+          grad_decay += ew1 + ew2;
+          if (momentum) grad_scale += es1 + es2, grad_carry += fs1 + fs2;
           // The writes Σ_s c_s D_sᵀ X_s of layer 1 (D1 on the keys) and layer 2 (D2 on the hidden units)
           writes.backward(n, hid, din, fw.d1.data(), Kq, E1, F1, cq, c2q, gd1.data(), GK, GC, GC2);
           std::fill(gh.begin(), gh.end(), T(0));
           writes.backward(n, dout, hid, fw.d2.data(), fw.h.data(), E2, F2, cq, c2q, gd2.data(), gh.data(), GC, GC2);
-          // D1 = σ'(Z) ⊙ (G W2) + [dgd] Z, D2 = G + [dgd] Y
+          // D1 = σ'(Z) ⊙ (G W2) + [dgd] Z, D2 = G + [dgd] Y. The products into ∂W2 (Gᵀ ∂(GW), ∂Yᵀ H, ∂Tᵀ Hv)
+          // and ∂W1 (∂Zᵀ K, ∂Zvᵀ V) run as one product each, on their factors stacked in left2/right2 and
+          // left1/right1: the same sums in the same order as one product after another, without a pass
+          // over ∂W (load and store) for each.
+          T* ggw = right2.data();  // ∂(GW)
+          T* gz = left1.data();    // ∂Z
           for (int64_t i = 0; i < n * hid; ++i) {
             ggw[i] = fw.dz[i] * gd1[i];
             gz[i] = fw.ddz[i] * fw.gw[i] * gd1[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
           }
           std::copy(gd2.begin(), gd2.end(), gg.begin());
-          fw.w2t.times(gg.data(), ggw.data(), n);                      // G W2 → ∂G += ∂(GW) W2ᵀ
-          mm_tn(G2, fw.g.data(), ggw.data(), dout, n, hid);           // ∂W2 += Gᵀ ∂(GW)
+          fw.w2t.times(gg.data(), ggw, n);  // G W2 → ∂G += ∂(GW) W2ᵀ
+          std::copy(fw.g.begin(), fw.g.end(), left2.begin());
           // G = P − T with P = Y + [residual] K: ∂Y = ∂G (+ ∂D2 with dgd), ∂T = −∂G
-          std::vector<T>& gy = gd2;  // reused: ∂Y
-          for (int64_t i = 0; i < n * dout; ++i) gy[i] = gg[i] + ((dm.flags & kDgdSecond) ? gy[i] : T(0));
+          T* gy = left2.data() + n * dout;
+          for (int64_t i = 0; i < n * dout; ++i) gy[i] = gg[i] + ((dm.flags & kDgdSecond) ? gd2[i] : T(0));
           if (dm.residual())
             for (int64_t i = 0; i < n * din; ++i) GK[i] += gg[i];
-          mm_nn(gh.data(), gy.data(), W2p, n, dout, hid);  // Y = H W2ᵀ
-          mm_tn(G2, gy.data(), fw.h.data(), dout, n, hid);
+          mm_nn(gh.data(), gy, W2p, n, dout, hid);  // Y = H W2ᵀ
+          std::copy(fw.h.begin(), fw.h.end(), right2.begin() + n * hid);
           for (int64_t i = 0; i < n * hid; ++i) gz[i] += fw.dz[i] * gh[i];
-          mm_nn(GK, gz.data(), W1p, n, hid, din);  // Z = K W1ᵀ
-          mm_tn(G1, gz.data(), Kq, hid, n, din);
+          mm_nn(GK, gz, W1p, n, hid, din);  // Z = K W1ᵀ
+          std::copy(Kq, Kq + n * din, right1.begin());
+          int64_t terms = 1;  // the products of layer 1's inputs (layer 2 has one more)
           if (dm.generated()) {  // T = σ(V W1ᵀ) W2ᵀ + [residual] V, ∂T = −∂G
             if (dm.residual())
               for (int64_t i = 0; i < n * dout; ++i) GV[i] -= gg[i];
-            for (int64_t i = 0; i < n * dout; ++i) gg[i] = -gg[i];
-            std::fill(gzv.begin(), gzv.end(), T(0));
-            mm_nn(gzv.data(), gg.data(), W2p, n, dout, hid);  // ∂Hv
-            mm_tn(G2, gg.data(), fw.hv.data(), dout, n, hid);
+            T* gt = left2.data() + 2 * n * dout;  // ∂T
+            for (int64_t i = 0; i < n * dout; ++i) gt[i] = -gg[i];
+            T* gzv = left1.data() + n * hid;
+            std::fill(gzv, gzv + n * hid, T(0));
+            mm_nn(gzv, gt, W2p, n, dout, hid);  // ∂Hv
+            std::copy(fw.hv.begin(), fw.hv.end(), right2.begin() + 2 * n * hid);
             for (int64_t i = 0; i < n * hid; ++i) gzv[i] *= fw.dzv[i];
-            mm_nn(GV, gzv.data(), W1p, n, hid, din);
-            mm_tn(G1, gzv.data(), Vq, hid, n, din);
+            mm_nn(GV, gzv, W1p, n, hid, din);
+            std::copy(Vq, Vq + n * din, right1.begin() + n * din);
+            terms = 2;
           } else {
             for (int64_t i = 0; i < n * dout; ++i) GV[i] -= gg[i];
+          }
+          if (from_e) {
+            using Vec = Vectorized<T>;
+            const Vec decay(A);
+            mm_tn_from(G2, [&](int64_t at) { return decay * Vec::loadu(E2 + at); }, left2.data(), right2.data(), dout,
+                       (terms + 1) * n, hid);
+            mm_tn_from(G1, [&](int64_t at) { return decay * Vec::loadu(E1 + at); }, left1.data(), right1.data(), hid,
+                       terms * n, din);
+          } else {
+            mm_tn(G2, left2.data(), right2.data(), dout, (terms + 1) * n, hid);
+            mm_tn(G1, left1.data(), right1.data(), hid, terms * n, din);
           }
         }
         ga.data_ptr<T>()[q] = grad_decay;
