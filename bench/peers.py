@@ -26,14 +26,14 @@ its ratio is measured side by side. Peers are used only as installed packages:
 - `floor`: the Transformer++ spec against the hand-written Transformer++ of bench/transformer_pp.py.
 - `hope_transformer`: HOPE against Transformer++ at equal parameter count (a 4-layer Transformer++
   matches the 2-layer HOPE of the spec), T = 2048.
-
-Both HOPE comparisons time nldsl's step eager, chunk-compiled, and chunk-compiled with
-`train.chunks_per_call = GROUPED_CHUNKS` (the same model and arithmetic, fewer compiled calls), and
-take the fastest of the three.
 - `memory_reference`: the chunk-parallel memory level against its per-token reference (the
   inputs and level of bench/memory_speed.py), T = 2048.
 - `fused_write`: HOPE's chunk-compiled training step with the fused memory-write kernel on and
   off (the PyTorch chunk step it replaces), at width 128, T = 2048 and width 256, T = 512.
+
+Both HOPE comparisons time nldsl's step eager, chunk-compiled, and chunk-compiled with
+`train.chunks_per_call = GROUPED_CHUNKS` (the same model and arithmetic, fewer compiled calls), and
+take the fastest of the three.
 
     python -m bench peers                        # all of them
     python -m bench peers --only titans_layer delta_ops
@@ -169,8 +169,10 @@ def _arithmetic(step) -> tuple[float, list[dict]]:
 
 
 # HOPE's chunk-compiled step is also timed with `train.chunks_per_call` at this value (its chunk loops
-# run this many chunks per compiled call); the faster nldsl step gives the ratio
-GROUPED_CHUNKS = 4
+# run this many chunks per compiled call); the faster nldsl step gives the ratio. 8: at width 128,
+# T 2048 it ran 1.055x faster than 4 (1,926 vs 1,825 tok/s, interleaved, other jobs on the machine),
+# while 16 had not finished its first compilation after 24 minutes
+GROUPED_CHUNKS = 8
 
 # specs/hope.nl with memories of nested-learning's shape: one head as wide as the model, hidden width = input
 MATCHED_MEMORY = ["heads=1", "model.block.titans.memory.state=residual_mlp(expansion = 1)",

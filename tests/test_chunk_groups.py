@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from functorch.compile import make_boxed_func
 from test_chunked import CHUNK_LOOPS, batch
 from test_compile import MODEL_SPECS, REPO, tiny_model
 from test_interpreter import COVERAGE, model_text
 from test_recompute import coverage_model
+from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from nldsl.checker import check_file, check_text
-from nldsl.runtime import chunked
+from nldsl.runtime import chunked, fused
 from nldsl.runtime.chunked import compile_loss, compiled_chunks, recomputed_chunks, run_chunks
+from nldsl.runtime.memory import LevelConfig, init_memory_weights, initial_memory_state, memory_level
 
 pytestmark = pytest.mark.slow
 
@@ -107,22 +110,23 @@ def test_grouping_composes_with_recomputed_stretches() -> None:
 def test_grouped_coverage_models_match_eager(case: str) -> None:
     """Every layer kind (tests/test_interpreter.py's coverage specs). The nested cms's step reads the
     chunk's position in Python, so its loop runs one chunk per call (`run_chunks(groupable=False)`):
-    as many calls grouped as not; every other case with a chunk loop makes fewer."""
+    as many calls grouped as not; every other case with a chunk loop makes fewer. K = 2: the memory
+    of the mac case loops over 2 chunks a segment, and a loop shorter than K runs one chunk per call."""
     torch._dynamo.reset()
     model, vocab = coverage_model(case)
     tokens, targets = batch(vocab, 1, length=40)
     eager = loss_and_grads(model, model.loss, tokens, targets)
     calls = {}
-    for group in (1, 4):
+    for group in (1, 2):
         counter = CallCounter()
         with compiled_chunks(backend=counter, group=group):
             result = loss_and_grads(model, model.loss, tokens, targets)
         assert_same(result, eager)
         calls[group] = counter.calls
     if case == "nested_cms":
-        assert calls[1] == calls[4] > 0
+        assert calls[1] == calls[2] > 0
     elif calls[1]:
-        assert calls[4] < calls[1], calls
+        assert calls[2] < calls[1], calls
 
 
 def test_run_chunks_groups_a_plain_fold() -> None:
@@ -140,8 +144,8 @@ def test_run_chunks_groups_a_plain_fold() -> None:
         outputs, carry = run_chunks(step, torch.zeros(3), pieces)
     torch.testing.assert_close(carry, expected[1])
     torch.testing.assert_close(torch.stack(outputs), torch.stack(expected[0]))
-    assert counter.calls == 3  # 3 + 3 + 1
-    assert counter.frame_count == 2  # runs of 3 and of 1
+    assert counter.calls == 2  # 3 + 3 compiled; the one left over runs as it is (no chunk body in this step)
+    assert counter.frame_count == 1  # one graph: no second one for a shorter run
 
 
 def test_inductor_grouped_hope_matches_eager() -> None:
@@ -157,6 +161,126 @@ def test_inductor_grouped_hope_matches_eager() -> None:
     assert not chunked.enabled() and chunked._group == 1, "the mode ends with the call"
 
 
+class PassCounter:
+    """An AOT-autograd backend that counts how often its forward and its backward graphs run."""
+
+    def __init__(self) -> None:
+        self.forward = self.backward = 0
+        self.backend = aot_autograd(fw_compiler=self.counting("forward"), bw_compiler=self.counting("backward"))
+
+    def counting(self, kind: str):
+        def compiler(gm, example_inputs):
+            def run(*args):
+                setattr(self, kind, getattr(self, kind) + 1)
+                return gm(*args)
+
+            return make_boxed_func(run)
+
+        return compiler
+
+    def __call__(self, gm, example_inputs, **kwargs):
+        return self.backend(gm, example_inputs, **kwargs)
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["pytorch_step", "fused_pipelined"])
+@pytest.mark.parametrize("group", [1, 3])
+def test_a_chunk_start_levels_dropped_end_state_runs_no_backward(group: int, kernel: bool) -> None:
+    """A chunk-start level's last chunk only writes in training (memory_level `split_last`, and the
+    fused kernel's pipelined loop, whose last call reads nothing), and a training step drops that
+    state: its write must be an autograd node of its own that the backward pass never runs, grouped
+    or not. Inside a compiled run of chunks it would be part of one node whose backward runs through
+    it (zero gradients, a wasted chunk of backward work per level and step)."""
+    if kernel and not fused.available():
+        pytest.skip("the fused write kernel cannot be built here")
+    torch._dynamo.reset()
+    cfg = LevelConfig("residual_mlp", d_in=4, d_out=4, hidden=8, chunk_size=3, readout="chunk_start")
+    generator = torch.Generator().manual_seed(0)
+    weights = [w.requires_grad_() for w in init_memory_weights(cfg, 2, generator=generator)]
+    keys, values, queries = (torch.randn(2, 2, 11, 4, generator=generator).requires_grad_() for _ in range(3))
+    lr = (0.1 + 0.5 * torch.rand(2, 2, 11, generator=generator)).requires_grad_()
+    leaves = [*weights, keys, values, queries, lr]
+
+    def run(compiled: PassCounter | None, keep_state: bool):
+        with fused.fused_writes(kernel), compiled_chunks(compiled is not None, backend=compiled, group=group):
+            outputs, final = memory_level(cfg, initial_memory_state(cfg, weights, 2), keys, values, queries, lr,
+                                          None, None)
+        loss = (outputs * torch.linspace(-1, 1, 4)).sum() + (sum(w.sum() for w in final.weights) if keep_state else 0)
+        return loss, torch.autograd.grad(loss, leaves)
+
+    for keep_state in (False, True):
+        counter = PassCounter()
+        assert_same(run(counter, keep_state), run(None, keep_state))
+        if keep_state:
+            assert counter.backward == counter.forward, (counter.forward, counter.backward)
+        else:  # 4 chunks: 4 bodies (K = 1), or a run of 3 and the last chunk's write alone (K = 3)
+            assert counter.forward == (4 if group == 1 else 2), counter.forward
+            assert counter.backward == counter.forward - 1, "the dropped end state's write ran backward"
+
+
+@pytest.mark.parametrize(("count", "recompute", "calls"), [
+    (7, 0, 2),  # runs of 3 and 3, then the last piece alone
+    (8, 4, 2),  # stretches of 4: a run of 3, one left over | a run of 3, then the last piece alone
+])
+def test_last_apart_keeps_only_the_loops_last_piece_out_of_the_compiled_runs(count: int, recompute: int,
+                                                                             calls: int) -> None:
+    """`run_chunks(last_apart=True)` under grouping: the loop's last piece runs eagerly (here a plain
+    step: no compiled call), in a recomputed stretch only in the stretch that holds it; the results
+    and gradients are the plain fold's."""
+    torch._dynamo.reset()
+
+    def step(carry: torch.Tensor, piece: tuple[torch.Tensor]):
+        carry = torch.tanh(carry * 0.5 + piece[0])
+        return carry.sum(), carry
+
+    def fold(run):
+        start = torch.linspace(-1, 1, 3).requires_grad_()
+        pieces = [(torch.full((3,), 0.1 * i),) for i in range(count)]
+        outputs, carry = run(step, start, pieces)
+        value = torch.stack(outputs).sum() + carry.pow(2).sum()
+        return value, torch.autograd.grad(value, [start])
+
+    counter = CallCounter()
+
+    def grouped(step, start, pieces):
+        with compiled_chunks(backend=counter, group=3), recomputed_chunks(recompute):
+            result = run_chunks(step, start, pieces, last_apart=True)
+        assert counter.calls == calls, counter.calls  # the forward's, before the backward reruns any
+        return result
+
+    assert_same(fold(grouped), fold(chunked._fold))
+
+
+def test_closures_of_one_code_object_get_their_own_graphs() -> None:
+    """`_folds` keeps one compiled fold per step's code object: two closures of one code that capture
+    different constants or functions must not share a graph (dynamo guards the closure's cells)."""
+    torch._dynamo.reset()
+
+    def make(scale: float, activation):
+        def step(carry: torch.Tensor, piece: torch.Tensor):
+            carry = activation(carry * scale + piece)
+            return carry.sum(), carry
+
+        return step
+
+    pieces = [torch.full((3,), 0.25 * i) for i in range(5)]
+    counter = CallCounter()
+    for step in (make(0.5, torch.tanh), make(2.0, torch.tanh), make(0.5, torch.sigmoid), make(0.5, torch.tanh)):
+        expected = chunked._fold(step, torch.ones(3), pieces)
+        with compiled_chunks(backend=counter, group=2):
+            outputs, carry = run_chunks(step, torch.ones(3), pieces)
+        torch.testing.assert_close(carry, expected[1])
+        torch.testing.assert_close(torch.stack(outputs), torch.stack(expected[0]))
+    assert len([key for key in chunked._folds if key[1] == id(counter)]) == 1  # one fold, several graphs
+
+
+def test_the_device_type_is_read_from_a_top_level_tensor_or_a_nested_one() -> None:
+    """A chunk body's tensors sit among its arguments; a fold's inside its carry and pieces."""
+    meta = torch.empty(1, device="meta")
+    assert chunked._device_type((None, {"x": [meta]}, (torch.zeros(1),))) == "meta"
+    assert chunked._device_type((object(), torch.zeros(1), meta)) == "cpu"
+    assert chunked._device_type((None, 3)) == "cpu"
+
+
 # The checker --------------------------------------------------------------------------------------
 
 def test_chunks_per_call_acts_under_compile_chunks_only() -> None:
@@ -168,6 +292,10 @@ def test_chunks_per_call_acts_under_compile_chunks_only() -> None:
         [warning] = [d for d in result.diagnostics if d.code == "W0706"]
         assert warning.message.startswith(f"`chunks_per_call = 4` has no effect with `compile = {mode}`")
     assert check_file(REPO / "specs" / "hope.nl", ["train.chunks_per_call=4"]).diagnostics == []
+    # a spec that leaves `compile` out compiles one whole graph (the default, true)
+    text = model_text(COVERAGE["nested_cms"], train="train {\n  seq_len = 32\n  chunks_per_call = 2\n}")
+    [warning] = [d for d in check_text(text).diagnostics if d.code == "W0706"]
+    assert warning.message.startswith("`chunks_per_call = 2` has no effect with `compile = true`")
     assert not check_file(REPO / "specs" / "hope.nl", ["train.chunks_per_call=0"]).ok
 
 
@@ -185,3 +313,5 @@ def test_chunks_per_call_warns_where_it_groups_nothing() -> None:
     text = model_text(COVERAGE["nested_cms"], train=train)
     [nested] = warnings("", text)
     assert "a nested cms runs one chunk per call" in nested
+    # the other cms variants' loops are grouped (each level is a memory_level loop)
+    assert warnings("", model_text(COVERAGE["independent_cms"], train=train)) == []

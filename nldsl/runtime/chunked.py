@@ -20,7 +20,8 @@ chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 t
 were about 0.3 ms a call, and K = 4 made its step 1.15× faster; at the shipped spec's size it gained
 nothing measurable and doubled the first compilation (docs/compiler.md has the measurements). A loop whose step reads
 the chunk's position in Python (nested CMS: when a slower level moves) compiles one chunk at a time,
-as before, since a graph would be specialised to each position.
+as before, since a graph would be specialised to each position, and a chunk-start level's last
+chunk runs on its own in training (`run_chunks` `last_apart`).
 
 Recomputation (`train.recompute = N`): every chunk loop goes through `run_chunks`, which under
 `recomputed_chunks(N)` runs each stretch of N chunks inside `torch.utils.checkpoint`. The backward
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FunctionType
 from typing import Any, TypeVar
@@ -88,9 +90,12 @@ def chunk_body(fn: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _device_type(args: Any) -> str:
+def _device_type(args: tuple) -> str:
     """The device type of the first tensor in `args` (every chunk body and chunk takes one)."""
-    return next((arg.device.type for arg in tree_leaves(args) if isinstance(arg, torch.Tensor)), "cpu")
+    # a chunk body's arguments hold one at the top: looked up there first, since this runs on every
+    # call (flattening them all took some 13 µs a call against 1 µs, 14 ms of a HOPE step's 1,100 calls)
+    found = next((arg.device.type for arg in args if isinstance(arg, torch.Tensor)), None)
+    return found or next((arg.device.type for arg in tree_leaves(args) if isinstance(arg, torch.Tensor)), "cpu")
 
 
 def _compiled(fn: Callable[..., Any], device: str) -> Callable[..., Any]:
@@ -139,54 +144,77 @@ def recomputed_chunks(chunks: int) -> Iterator[None]:
 
 
 def run_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
-               pieces: Iterable[Any], *, groupable: bool = True) -> tuple[list[Any], Carry]:
+               pieces: Iterable[Any], *, groupable: bool = True, last_apart: bool = False) -> tuple[list[Any], Carry]:
     """Fold `step(carry, piece) -> (output, carry)` over the chunks; returns the outputs and the last carry.
 
     The one loop every chunk-wise level runs. Under `recomputed_chunks(N)`, with gradients on and
     outside a whole-graph compile, each stretch of N chunks is one `torch.utils.checkpoint` region
     (module docstring); otherwise it is the plain loop. `groupable`: the step's Python reads nothing
-    of a piece but its tensors (and constants the same in every piece), so that one compiled graph of
-    several chunks serves every run of them (`compiled_chunks(group=K)`, K > 1).
+    of a piece but its tensors (and constants the same in every piece; whether an entry is None may
+    differ, as for the last chunk's next input: that run of chunks is one more graph), so that one
+    compiled graph of several chunks serves every run of them (`compiled_chunks(group=K)`, K > 1). `last_apart`: where
+    chunks are grouped, the last piece runs on its own, its chunk bodies compiled one per call as
+    with K = 1, so that what its step keeps outside them stays outside every graph (memory_level: a
+    chunk-start level's last write, whose end state a training step drops, is then an autograd node
+    of its own that the backward pass never runs; inside a run of chunks it would be part of one
+    node whose backward runs through it).
     """
     pieces = list(pieces)
     stretch = _recompute
     if stretch == 0 or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return _fold_chunks(step, carry, pieces, groupable)
+        return _fold_chunks(step, carry, pieces, groupable, last_apart)
     outputs: list[Any] = []
     for start in range(0, len(pieces), stretch):
         # The backward pass reruns the stretch with the same chunk bodies (compiled or not) that saved
         # its tensors, so the mode travels with the call. The chunk steps draw no random numbers, so
         # the RNG state need not be saved and restored.
         part, carry = checkpoint(_fold_as, (_enabled, _backend, _group), step, carry, pieces[start:start + stretch],
-                                 groupable, use_reentrant=False, preserve_rng_state=False)
+                                 groupable, last_apart and start + stretch >= len(pieces),
+                                 use_reentrant=False, preserve_rng_state=False)
         outputs.extend(part)
     return outputs, carry
 
 
 def _fold_as(mode: tuple[bool, Any, int], step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
-             pieces: list[Any], groupable: bool) -> tuple[list[Any], Carry]:
+             pieces: list[Any], groupable: bool, last_apart: bool = False) -> tuple[list[Any], Carry]:
     enable, backend, group = mode
     # the kernel was built, where it can run, by the outer block
     with compiled_chunks(enable, backend, cpu=False, group=group):
-        return _fold_chunks(step, carry, pieces, groupable)
+        return _fold_chunks(step, carry, pieces, groupable, last_apart)
 
 
 def _fold_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, pieces: list[Any],
-                 groupable: bool) -> tuple[list[Any], Carry]:
-    """`_fold`, in compiled calls of `_group` chunks each where the loop allows it (`run_chunks`)."""
+                 groupable: bool, last_apart: bool = False) -> tuple[list[Any], Carry]:
+    """`_fold`, in compiled calls of `_group` chunks each where the loop allows it (`run_chunks`).
+
+    The chunks left over from whole runs of `_group` (and the last, `last_apart`) run one at a time,
+    their bodies compiled as with K = 1: a shorter run would be one more graph of several chunks,
+    whose compilation costs more than the few calls it saves."""
     if not (_enabled and _group > 1 and groupable) or torch.compiler.is_compiling() or not pieces:
         return _fold(step, carry, pieces)
-    key = (step.__code__, id(_backend), _device_type((carry, pieces[0])))
+    whole = (len(pieces) - (1 if last_apart else 0)) // _group * _group
+    outputs: list[Any] = []
+    if whole:
+        fold = _fold_of(step, _device_type((carry, pieces[0])))
+        for start in range(0, whole, _group):
+            part, carry = fold(step, carry, pieces[start:start + _group])
+            outputs.extend(part)
+    part, carry = _fold(step, carry, pieces[whole:])
+    outputs.extend(part)
+    return outputs, carry
+
+
+def _fold_of(step: Callable[..., Any], device: str) -> Callable[..., Any]:
+    """The compiled fold for `step`'s code (`_folds`)."""
+    key = (step.__code__, id(_backend), device)
     if key not in _folds:
         name = f"chunks_of_{step.__code__.co_name}"  # what tracebacks and profiles show
-        code = _fold.__code__.replace(co_name=name, co_qualname=name)
-        _folds[key] = _compiled(FunctionType(code, _fold.__globals__, name), key[2])
-    fold = _folds[key]
-    outputs: list[Any] = []
-    for start in range(0, len(pieces), _group):
-        part, carry = fold(step, carry, pieces[start:start + _group])
-        outputs.extend(part)
-    return outputs, carry
+        # (co_qualname exists from Python 3.11; the project supports 3.10, where replace() refuses it)
+        names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
+        function = FunctionType(_fold.__code__.replace(**names), _fold.__globals__, name)
+        function.__qualname__ = name
+        _folds[key] = _compiled(function, device)
+    return _folds[key]
 
 
 def _fold(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, pieces: list[Any]) -> tuple[list[Any], Carry]:

@@ -712,6 +712,10 @@ def memory_level(
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
         split_chunks(error_signal, size, 1, length), [*query_chunks[1:], None],
     ))
+    # only where the bodies are compiled (eager autograd skips a dead write by itself), with
+    # gradients on and outside a whole-graph trace
+    split_last = (cfg.readout == "chunk_start" and chunked.enabled() and torch.is_grad_enabled()
+                  and not torch.compiler.is_compiling())
     if cfg.readout == "chunk_start" and fused.applies(cfg, keys, values):
         # Each kernel call writes its chunk and reads the next chunk's queries at the new state.
         def pipelined_step(carry: tuple[MemoryState, Tensor], piece: tuple) -> tuple[Tensor, tuple]:
@@ -721,7 +725,9 @@ def memory_level(
             return reading, (new_state, next_reading)
 
         first_reading = memory_forward(cfg, state.weights, query_chunks[0])[0]
-        readings, (state, _) = run_chunks(pipelined_step, (state, first_reading), pieces)
+        # the last call only writes (its reading came with the carry): a node of its own, also where
+        # chunks are grouped (run_chunks `last_apart`), so that a dropped end state costs no backward
+        readings, (state, _) = run_chunks(pipelined_step, (state, first_reading), pieces, last_apart=split_last)
         return torch.cat(readings, dim=-2), state
 
     def step(state: MemoryState, piece: tuple) -> tuple[Tensor | None, MemoryState]:
@@ -735,11 +741,8 @@ def memory_level(
             return out, memory_chunk_step(cfg, state, k, v, None, eta, alpha, beta, output_error, signal)[1]
         return memory_chunk_step(cfg, state, k, v, q, eta, alpha, beta, output_error, signal)
 
-    # only where the bodies are compiled (eager autograd skips a dead write by itself), with
-    # gradients on and outside a whole-graph trace
-    split_last = (cfg.readout == "chunk_start" and chunked.enabled() and torch.is_grad_enabled()
-                  and not torch.compiler.is_compiling())
-    chunk_outputs, state = run_chunks(step, state, pieces)
+    # where chunks are grouped, the last one stays out of the compiled runs of them, for the same reason
+    chunk_outputs, state = run_chunks(step, state, pieces, last_apart=split_last)
     return torch.cat(chunk_outputs, dim=-2), state
 
 
