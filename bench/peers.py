@@ -248,7 +248,7 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
     peak = matmul_peak()
     counted_as = {"nested_learning": "nested_learning", "nldsl_chunks_matched_memory": "nldsl_matched_memory"}
     return {"config": {"width": width, "layers": layers, "heads": heads, "length": length, "batch": batch,
-                       "chunks": "memory 16, projections 8, CMS 16/64/4096",
+                       "chunks": "memory 16, projections 8, CMS 16/64/4096", "grouped_chunks_per_call": GROUPED_CHUNKS,
                        "matched_memory": " ".join(MATCHED_MEMORY)},
             "parameters": {"nldsl": parameter_count(model), "nldsl_matched_memory": parameter_count(matched),
                            "nested_learning": parameter_count(theirs)},
@@ -381,7 +381,8 @@ def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 4, transf
     speeds = {name: batch * length / s for name, s in seconds.items()}
     best_transformer = max(speeds["transformer_eager"], speeds["transformer_compiled"])
     best_hope = max(speeds["hope_eager"], speeds["hope_chunks"], speeds["hope_chunks_grouped"])
-    return {"config": {"length": length, "batch": batch, "transformer_layers": transformer_layers},
+    return {"config": {"length": length, "batch": batch, "transformer_layers": transformer_layers,
+                       "grouped_chunks_per_call": GROUPED_CHUNKS},
             "parameters": {"hope": parameter_count(hope), "transformer": parameter_count(transformer)},
             "tokens_per_second": speeds,
             "hope_over_transformer": best_hope / best_transformer}

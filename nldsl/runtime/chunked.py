@@ -17,7 +17,7 @@ both modes can be nested without compiling anything twice.
 Several chunks per call (`train.chunks_per_call = K`): `run_chunks` then folds each run of K chunks
 inside one compiled graph (the loop unrolled K times), so the per-call costs are paid once per K
 chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 the per-call costs
-were about 0.3 ms a call, and K = 4 made its step 1.15× faster; at the shipped spec's size it gained
+were about 0.3 ms a call, and K = 8 made its step 1.18–1.20× faster; at the shipped spec's size K = 4 gained
 nothing measurable and doubled the first compilation (docs/compiler.md has the measurements). A loop whose step reads
 the chunk's position in Python (nested CMS: when a slower level moves) compiles one chunk at a time,
 as before, since a graph would be specialised to each position, and a chunk-start level's last
