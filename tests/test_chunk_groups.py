@@ -148,6 +148,83 @@ def test_run_chunks_groups_a_plain_fold() -> None:
     assert counter.frame_count == 1  # one graph: no second one for a shorter run
 
 
+@pytest.mark.parametrize("last", ["shorter", "none_entry"])
+def test_a_last_piece_laid_out_unlike_the_others_runs_on_its_own(last: str) -> None:
+    """A loop of 6 pieces in runs of 3 whose last piece is a shorter chunk, or holds None where the
+    others hold a tensor (the last chunk's next input): a run ending with it would be a second graph
+    of 3 chunks. It runs on its own instead, so the loop compiles one graph; the results are the
+    plain fold's."""
+    torch._dynamo.reset()
+    counter = CallCounter()
+
+    def step(carry: torch.Tensor, piece: tuple[torch.Tensor, torch.Tensor | None]):
+        x, following = piece
+        carry = torch.tanh(carry * 0.5 + x.sum())
+        return carry.sum() + (0.0 if following is None else following.sum()), carry
+
+    pieces = [(torch.full((3,), 0.1 * i), torch.full((3,), 0.2 * i)) for i in range(6)]
+    pieces[-1] = (torch.full((2,), 0.5), pieces[-1][1]) if last == "shorter" else (pieces[-1][0], None)
+    expected = chunked._fold(step, torch.zeros(3), pieces)
+    with compiled_chunks(backend=counter, group=3):
+        outputs, carry = run_chunks(step, torch.zeros(3), pieces)
+    torch.testing.assert_close(carry, expected[1])
+    torch.testing.assert_close(torch.stack(outputs), torch.stack(expected[0]))
+    assert counter.frame_count == 1, "a second graph of 3 chunks for the run that ends the loop"
+    assert counter.calls == 1  # one run of 3; the two left over and the last run as they are
+
+
+@pytest.mark.parametrize(("readout", "grad"), [("causal", True), ("chunk_start", False)])
+def test_a_loop_of_whole_runs_compiles_one_graph(readout: str, grad: bool) -> None:
+    """A memory level of 4 chunks in runs of 2: the plain chunk step carries the next chunk's queries
+    only where it needs them (a chunk-start level in training), so a causal level, or a chunk-start
+    level read without gradients, lays out its last piece as the others and compiles one graph for
+    both runs."""
+    torch._dynamo.reset()
+    cfg = LevelConfig("residual_mlp", d_in=4, d_out=4, hidden=8, chunk_size=3, readout=readout, objective="l2")
+    generator = torch.Generator().manual_seed(0)
+    weights = [w.requires_grad_(grad) for w in init_memory_weights(cfg, 2, generator=generator)]
+    keys, values, queries = (torch.randn(2, 2, 12, 4, generator=generator) for _ in range(3))
+    lr = 0.1 + 0.5 * torch.rand(2, 2, 12, generator=generator)
+    counter = CallCounter()
+    with torch.set_grad_enabled(grad), fused.fused_writes(False):
+        expected, _ = memory_level(cfg, initial_memory_state(cfg, weights, 2), keys, values, queries, lr, None, None)
+        with compiled_chunks(backend=counter, group=2):
+            outputs, _ = memory_level(cfg, initial_memory_state(cfg, weights, 2), keys, values, queries, lr,
+                                      None, None)
+    torch.testing.assert_close(outputs, expected)
+    assert (counter.frame_count, counter.calls) == (1, 2)
+
+
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("name", ["hope", "titans_lmm"])
+def test_a_loops_first_chunk_needs_no_graph_of_its_own(name: str, group: int) -> None:
+    """The state a loop starts from is laid out as the state later chunks receive: θ_0 copied per
+    sequence (not an expanded view, batch stride 0), S = 0 requiring gradients as later S do, conv
+    caches of zeros rather than None, one tensor each. Otherwise each loop compiles its first chunk
+    (or run of chunks) as a graph of its own. Compiled chunk code may recompile for another level
+    or chunk shape, never for these; and a run of chunks never for a last piece laid out unlike
+    the others (it runs on its own)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.guard_failures.clear()
+    model, spec = tiny_model(REPO / "specs" / f"{name}.nl")
+    counter = CallCounter()
+    for seed in range(2):
+        tokens, targets = batch(spec.model.vocab, seed, length=48)
+        with compiled_chunks(backend=counter, group=group):
+            loss_and_grads(model, model.loss, tokens, targets)
+    assert counter.calls > 0
+    layout = ("stride mismatch", "requires_grad mismatch", "is None", " is ")  # (" is ": aliasing)
+    carried = ("carry", "state", "stacked", "caches")  # what a loop carries from chunk to chunk
+    for code, reasons in torch._dynamo.utils.guard_failures.items():
+        for reason in reasons:
+            about_carry = any(name in reason for name in carried)
+            assert not (about_carry and any(word in reason for word in layout)), f"{code.co_name} recompiled: {reason}"
+            if code.co_name.startswith("chunks_of_"):
+                assert "NoneType" not in reason, f"{code.co_name} recompiled: {reason}"
+    if name == "titans_lmm":
+        assert counter.frame_count == 1  # its one loop: one graph (two before the initial state's layout matched)
+
+
 def test_inductor_grouped_hope_matches_eager() -> None:
     torch._dynamo.reset()
     model, spec = tiny_model(REPO / "specs" / "hope.nl")

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from nldsl.runtime import fused
 from nldsl.runtime.chunked import chunk_body, run_chunks
-from nldsl.runtime.layers import causal_depthwise_conv, gate_precision, l2_normalize
+from nldsl.runtime.layers import causal_depthwise_conv, gate_precision, l2_normalize, zero_history
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
@@ -29,6 +29,7 @@ from nldsl.runtime.memory import (
     memory_forward,
     memory_level,
     split_chunks,
+    zero_momentum,
 )
 
 # The model's inputs --------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     after = (position + length) % cycle
     states = [(initial_memory_state(level.config, w, batch) if carried is None else carried).weights
               for level, w, carried in zip(levels, weights, state)]
-    current = MemoryState(states[0], _zero_momentum(fast, states[0])) if state[0] is None else state[0]
+    current = MemoryState(states[0], zero_momentum(fast, states[0])) if state[0] is None else state[0]
     inputs = x.unsqueeze(1)  # (B, 1, T, d)
     lr, retention, momentum = gates
     external = fast.objective == "external"
@@ -397,7 +398,7 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
         if restart is not None:  # every faster level restarts from the level that just moved
             for level in range(restart):
                 states[level] = states[restart]
-            current = MemoryState(states[0], _zero_momentum(fast, states[0]))
+            current = MemoryState(states[0], zero_momentum(fast, states[0]))
         return out, (current, states)
 
     # one chunk per compiled call: the step reads the chunk's position (when a slower level moves)
@@ -405,10 +406,6 @@ def nested_cms(levels: tuple[CMSLevel, ...], slow_lrs: tuple[float, ...], weight
     carried: list[MemoryState | None] = [current]
     carried += [MemoryState(states[index]) if levels[index].in_context else None for index in range(1, len(levels))]
     return torch.cat(outputs, dim=2).squeeze(1), carried, after
-
-
-def _zero_momentum(config: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
-    return [torch.zeros_like(w) for w in weights] if config.momentum else None
 
 
 # Self-modifying projections (HOPE) --------------------------------------------------------------
@@ -469,6 +466,10 @@ def self_modifying_projections(
     cfg = config.projections
     length = x_heads.shape[2]
     caches = dict(caches or {name: None for name in "qkv"})
+    if config.conv and length:  # the stream's start: every chunk then receives caches laid out alike
+        # (one tensor each: graphs are specialised on which arguments alias)
+        first = merge_heads(x_heads[:, :, :1])  # (B, 1, H·d_h)
+        caches = {name: zero_history(first, config.conv) if cache is None else cache for name, cache in caches.items()}
     pieces: dict[str, list[Tensor]] = {name: [] for name in ("q", "k", "v", "lr", "retention")}
     size = cfg.chunk_size
     static_chunks = {name: split_chunks(tensor, size, -2, length) for name, tensor in static.items()}

@@ -20,8 +20,10 @@ chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 t
 were about 0.3 ms a call, and K = 8 made its step 1.18–1.20× faster; at the shipped spec's size K = 4 gained
 nothing measurable and doubled the first compilation (docs/compiler.md has the measurements). A loop whose step reads
 the chunk's position in Python (nested CMS: when a slower level moves) compiles one chunk at a time,
-as before, since a graph would be specialised to each position, and a chunk-start level's last
-chunk runs on its own in training (`run_chunks` `last_apart`).
+as before, since a graph would be specialised to each position. A chunk-start level's last chunk
+runs on its own in training (`run_chunks` `last_apart`), and so does any loop's last chunk where it
+is laid out unlike the others (a shorter chunk, no next chunk to read), so that a loop compiles one
+graph of K chunks, not a second one for the run that ends it.
 
 Recomputation (`train.recompute = N`): every chunk loop goes through `run_chunks`, which under
 `recomputed_chunks(N)` runs each stretch of N chunks inside `torch.utils.checkpoint`. The backward
@@ -41,7 +43,7 @@ from types import CodeType, FunctionType
 from typing import Any, TypeVar
 
 import torch
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten, tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from nldsl.runtime import fused
@@ -151,8 +153,10 @@ def run_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry,
     outside a whole-graph compile, each stretch of N chunks is one `torch.utils.checkpoint` region
     (module docstring); otherwise it is the plain loop. `groupable`: the step's Python reads nothing
     of a piece but its tensors (and constants the same in every piece; whether an entry is None may
-    differ, as for the last chunk's next input: that run of chunks is one more graph), so that one
-    compiled graph of several chunks serves every run of them (`compiled_chunks(group=K)`, K > 1). `last_apart`: where
+    differ, as for the last chunk's next input), so that one compiled graph of several chunks serves
+    every run of them (`compiled_chunks(group=K)`, K > 1). A last piece laid out unlike the first (a
+    None there, a shorter chunk) runs on its own, as with `last_apart`, rather than making the run
+    that holds it a second graph of K chunks. `last_apart`: where
     chunks are grouped, the last piece runs on its own, its chunk bodies compiled one per call as
     with K = 1, so that what its step keeps outside them stays outside every graph (memory_level: a
     chunk-start level's last write, whose end state a training step drops, is then an autograd node
@@ -187,12 +191,16 @@ def _fold_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, 
                  groupable: bool, last_apart: bool = False) -> tuple[list[Any], Carry]:
     """`_fold`, in compiled calls of `_group` chunks each where the loop allows it (`run_chunks`).
 
-    The chunks left over from whole runs of `_group` (and the last, `last_apart`) run one at a time,
-    their bodies compiled as with K = 1: a shorter run would be one more graph of several chunks,
-    whose compilation costs more than the few calls it saves."""
+    The chunks left over from whole runs of `_group` (and the last, with `last_apart` or where it is laid
+    out unlike the first) run one at a time, their bodies compiled as with K = 1: a shorter run, or
+    one ending with a differently laid out piece, would be one more graph of several chunks, whose
+    compilation costs more than the few calls it saves."""
     if not (_enabled and _group > 1 and groupable) or torch.compiler.is_compiling() or not pieces:
         return _fold(step, carry, pieces)
-    whole = (len(pieces) - (1 if last_apart else 0)) // _group * _group
+    # a last piece laid out unlike the others (a shorter last chunk, a None for the next chunk's input)
+    # would make the run that holds it a second graph of K chunks: it runs on its own instead
+    apart = last_apart or _layout(pieces[-1]) != _layout(pieces[0])
+    whole = (len(pieces) - (1 if apart else 0)) // _group * _group
     outputs: list[Any] = []
     if whole:
         fold = _fold_of(step, _device_type((carry, pieces[0])))
@@ -202,6 +210,14 @@ def _fold_chunks(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, 
     part, carry = _fold(step, carry, pieces[whole:])
     outputs.extend(part)
     return outputs, carry
+
+
+def _layout(piece: Any) -> tuple:
+    """What a compiled run of chunks is specialised on in a piece: its structure (which entries are
+    None) and its tensors' shapes, dtypes and whether they require gradients."""
+    leaves, structure = tree_flatten(piece)
+    return structure, tuple((leaf.shape, leaf.dtype, leaf.requires_grad) if isinstance(leaf, torch.Tensor)
+                            else type(leaf) for leaf in leaves)
 
 
 def _fold_of(step: Callable[..., Any], device: str) -> Callable[..., Any]:

@@ -259,7 +259,10 @@ def causal_depthwise_conv(
     if seq_len == 0:
         return x, cache  # conv1d rejects inputs shorter than the kernel
     padded = torch.cat([cache, x], dim=1)  # (B, W−1+T, C)
-    new_cache = padded[:, padded.shape[1] - (width - 1) :]  # (B, W−1, C); a plain -(W−1) breaks at W = 1
+    # (B, W−1, C); a plain -(W−1) breaks at W = 1. A copy, not a view into `padded`: every cache is
+    # then laid out alike, whatever the length of the piece it came from, so a compiled chunk body that
+    # receives one is specialised on the same strides for the stream's start (`zero_history`) as after
+    new_cache = padded[:, padded.shape[1] - (width - 1) :].contiguous()
     if seq_len <= SHORT_CONV_TOKENS or torch.compiler.is_compiling():
         # W shifted multiply-adds. Short pieces (HOPE convolves every 8-token chunk of its generated
         # projections): forward + backward 1.8× faster than conv1d at T = 8, C = 128 on a CPU core.
@@ -271,6 +274,14 @@ def causal_depthwise_conv(
         return (y if bias is None else y + bias), new_cache
     y = F.conv1d(padded.transpose(1, 2), weight.unsqueeze(1), bias, groups=channels)  # (B, C, T)
     return y.transpose(1, 2), new_cache
+
+
+def zero_history(x: Tensor, width: int) -> Tensor:
+    """The cache `causal_depthwise_conv` starts a stream from (zeros, (B, W−1, C) for x (B, T ≥ 1, C)),
+    made from x so that it requires gradients where x does, as the caches of later pieces do: a
+    compiled chunk body is specialised on requires_grad, and a cache of None or of fresh zeros would
+    make the first chunk's call (or run of chunks) a graph of its own."""
+    return (x[:, :1] * 0).expand(-1, width - 1, -1).contiguous()
 
 
 def causal_depthwise_conv_reference(

@@ -5,7 +5,7 @@ residual MLP, and learns them in context from (k_t, v_t) pairs with the chunk ru
 gradient of a chunk of C tokens is taken at the state θ_c the chunk started with.
 
 - `LevelConfig`: the static description the code generator fills from a spec.
-- `init_memory_weights`, `initial_memory_state`: θ_0 per head, expanded to per-sequence state.
+- `init_memory_weights`, `initial_memory_state`, `zero_momentum`: θ_0 per head, copied to per-sequence state.
 - `memory_chunk_step`: one chunk, with no per-token loop. The memory runs forward on the chunk's
   keys at θ_c, the output error g is backpropagated in closed form (activation derivatives written
   out, no autograd.grad, so the outer loss differentiates through it and torch.compile sees one
@@ -226,10 +226,24 @@ def init_memory_weights(
 
 
 def initial_memory_state(cfg: LevelConfig, weights: list[Tensor], batch_size: int) -> MemoryState:
-    """Every sequence starts from the shared θ_0 (expanded, so the outer loss trains it) and zero S."""
-    expanded = [weight.unsqueeze(0).expand(batch_size, *weight.shape) for weight in weights]
-    momentum = [torch.zeros_like(weight) for weight in expanded] if cfg.momentum else None
-    return MemoryState(expanded, momentum)
+    """Every sequence starts from the shared θ_0 (a copy per sequence whose gradient the outer loss
+    sums into it) and zero S.
+
+    A copy, not an expanded view: a view's zero batch stride would differ from the contiguous state
+    every later chunk receives, and a compiled chunk body (or run of chunks) is specialised on
+    strides, so each loop would compile its first call as a graph of its own (chunked.py). One
+    weight-sized copy per sequence and call costs less than one chunk's write.
+    """
+    expanded = [weight.unsqueeze(0).expand(batch_size, *weight.shape).contiguous() for weight in weights]
+    return MemoryState(expanded, zero_momentum(cfg, expanded))
+
+
+def zero_momentum(cfg: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
+    """S = 0 beside the weights θ (None without momentum), computed as 0·θ so that it requires
+    gradients where θ does, as the S of every later chunk does: compiled chunk bodies are
+    specialised on requires_grad, and a fresh zero tensor would make the first chunk's call (or run
+    of chunks) a graph of its own."""
+    return [weight * 0 for weight in weights] if cfg.momentum else None
 
 
 def _silu_derivative(z: Tensor) -> Tensor:
@@ -705,18 +719,24 @@ def memory_level(
     key_chunks = split_chunks(keys, size, -2, length)
     # The same chunk objects when the level reads its own keys, so each step reuses that forward.
     query_chunks = key_chunks if queries is keys else split_chunks(queries, size, -2, length)
-    # each chunk's inputs, then the next chunk's queries (None after the last): tensors only, so that
-    # a compiled run of chunks serves any of them (chunked.run_chunks)
-    pieces = list(zip(
-        key_chunks, split_chunks(values, size, -2, length), query_chunks, split_chunks(lr, size, -1, length),
-        split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
-        split_chunks(error_signal, size, 1, length), [*query_chunks[1:], None],
-    ))
     # only where the bodies are compiled (eager autograd skips a dead write by itself), with
     # gradients on and outside a whole-graph trace
     split_last = (cfg.readout == "chunk_start" and chunked.enabled() and torch.is_grad_enabled()
                   and not torch.compiler.is_compiling())
-    if cfg.readout == "chunk_start" and fused.applies(cfg, keys, values):
+    pipelined = cfg.readout == "chunk_start" and fused.applies(cfg, keys, values)
+    # The next chunk's queries (None after the last): the pipelined kernel reads them, the plain step
+    # only looks for the None to find the last chunk (split_last). Other loops carry None in every
+    # piece, so that their last piece is laid out as the others and a compiled run of chunks ending
+    # with it is the same graph (chunked.run_chunks).
+    following = [*query_chunks[1:], None] if pipelined or split_last else [None] * len(query_chunks)
+    # each chunk's inputs, then `following`: tensors only, so that a compiled run of chunks serves
+    # any of them
+    pieces = list(zip(
+        key_chunks, split_chunks(values, size, -2, length), query_chunks, split_chunks(lr, size, -1, length),
+        split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
+        split_chunks(error_signal, size, 1, length), following,
+    ))
+    if pipelined:
         # Each kernel call writes its chunk and reads the next chunk's queries at the new state.
         def pipelined_step(carry: tuple[MemoryState, Tensor], piece: tuple) -> tuple[Tensor, tuple]:
             k, v, _, eta, alpha, beta, _, following = piece
