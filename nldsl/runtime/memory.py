@@ -234,8 +234,8 @@ def initial_memory_state(cfg: LevelConfig, weights: list[Tensor], batch_size: in
     strides, so each loop would compile its first call as a graph of its own (chunked.py). One
     weight-sized copy per sequence and call costs less than one chunk's write.
     """
-    expanded = [weight.unsqueeze(0).expand(batch_size, *weight.shape).contiguous() for weight in weights]
-    return MemoryState(expanded, zero_momentum(cfg, expanded))
+    per_sequence = [weight.unsqueeze(0).expand(batch_size, *weight.shape).contiguous() for weight in weights]
+    return MemoryState(per_sequence, zero_momentum(cfg, per_sequence))
 
 
 def zero_momentum(cfg: LevelConfig, weights: list[Tensor]) -> list[Tensor] | None:
@@ -728,13 +728,13 @@ def memory_level(
     # only looks for the None to find the last chunk (split_last). Other loops carry None in every
     # piece, so that their last piece is laid out as the others and a compiled run of chunks ending
     # with it is the same graph (chunked.run_chunks).
-    following = [*query_chunks[1:], None] if pipelined or split_last else [None] * len(query_chunks)
-    # each chunk's inputs, then `following`: tensors only, so that a compiled run of chunks serves
+    next_queries = [*query_chunks[1:], None] if pipelined or split_last else [None] * len(query_chunks)
+    # each chunk's inputs, then `next_queries`: tensors only, so that a compiled run of chunks serves
     # any of them
     pieces = list(zip(
         key_chunks, split_chunks(values, size, -2, length), query_chunks, split_chunks(lr, size, -1, length),
         split_chunks(retention, size, -1, length), split_chunks(momentum_decay, size, -1, length),
-        split_chunks(error_signal, size, 1, length), following,
+        split_chunks(error_signal, size, 1, length), next_queries,
     ))
     if pipelined:
         # Each kernel call writes its chunk and reads the next chunk's queries at the new state.
