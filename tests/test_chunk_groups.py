@@ -18,12 +18,14 @@ from functorch.compile import make_boxed_func
 from test_chunked import CHUNK_LOOPS, batch
 from test_compile import MODEL_SPECS, REPO, tiny_model
 from test_interpreter import COVERAGE, model_text
+from test_nested_cms import nested_spec
 from test_recompute import coverage_model
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from nldsl import loader
 from nldsl.checker import check_file, check_text
-from nldsl.runtime import chunked, fused
+from nldsl.runtime import blocks, chunked, fused
 from nldsl.runtime.chunked import compile_loss, compiled_chunks, recomputed_chunks, run_chunks
 from nldsl.runtime.memory import LevelConfig, init_memory_weights, initial_memory_state, memory_level
 
@@ -223,6 +225,49 @@ def test_a_loops_first_chunk_needs_no_graph_of_its_own(name: str, group: int) ->
                 assert "NoneType" not in reason, f"{code.co_name} recompiled: {reason}"
     if name == "titans_lmm":
         assert counter.frame_count == 1  # its one loop: one graph (two before the initial state's layout matched)
+
+
+def test_the_plain_projection_loop_of_whole_runs_runs_no_chunk_on_its_own(monkeypatch) -> None:
+    """HOPE's self-modifying projections without the fused write (a GPU, autocast): the plain chunk
+    step reads no next chunk, so its pieces carry None in every one, and a loop of whole runs of K
+    chunks runs every chunk inside them. With the next chunk's x in every piece but the last, that
+    last piece ran on its own and the run before it was cut up: one more graph (the chunk body's,
+    compiled one chunk per call) and K − 1 more calls."""
+    torch._dynamo.reset()
+    model, spec = tiny_model(REPO / "specs" / "hope.nl")
+    alone = []
+    plain = blocks.projection_chunk_step
+
+    def counted(*args, **kwargs):
+        if not torch.compiler.is_compiling():
+            alone.append(args[2].shape[-2])  # a chunk run on its own, outside a compiled run of chunks
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(blocks, "projection_chunk_step", counted)
+    tokens, targets = batch(spec.model.vocab, 0, length=48)  # whole runs of 3 chunks in every loop
+    with fused.fused_writes(False), compiled_chunks(backend=CallCounter(), group=3):
+        loss_and_grads(model, model.loss, tokens, targets)
+    assert alone == []
+
+
+def test_a_nested_cms_restart_needs_no_graph_of_its_own() -> None:
+    """Where a slower nested CMS level moves, the fast level restarts from it with S = 0: made as
+    0·θ (memory.zero_momentum), it requires gradients as the S of every other chunk does, so the
+    chunk after a restart reuses the chunk body's graph (a fresh zero tensor would recompile it)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.guard_failures.clear()
+    spec = nested_spec("two_in_context")  # fast: momentum, period 2; slow: period 4
+    torch.manual_seed(0)
+    model = loader.build_module(spec).build()
+    tokens = torch.randint(0, 13, (2, 12), generator=torch.Generator().manual_seed(0))  # moves at 4, 8, 12
+    targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
+    counter = CallCounter()
+    with compiled_chunks(backend=counter):
+        loss_and_grads(model, model.loss, tokens, targets)
+    assert counter.calls > 0
+    reasons = [reason for code, found in torch._dynamo.utils.guard_failures.items()
+               if code.co_name == "memory_chunk_step" for reason in found]
+    assert not [reason for reason in reasons if "requires_grad mismatch" in reason], reasons
 
 
 def test_inductor_grouped_hope_matches_eager() -> None:

@@ -481,10 +481,13 @@ def self_modifying_projections(
     use_fused = stacked is not None and fused.applies(cfg, x_heads, values=x_heads)  # v always exists here
 
     # each chunk's inputs, x (B, H, n, d_h) and its share of `static` and `static_gates`, then the next
-    # chunk's x (None after the last): tensors only, so that a compiled run of chunks serves any of them
+    # chunk's x (None after the last), which only the fused step reads: the plain step's pieces carry
+    # None in every piece, so that its last piece is laid out as the others and a compiled run of
+    # chunks ending with it is the same graph (chunked.run_chunks). Tensors only, so that a compiled
+    # run of chunks serves any of them
     pieces_in = [(x_chunk, {name: chunks[index] for name, chunks in static_chunks.items()},
                   {name: chunks[index] for name, chunks in gate_chunks.items()},
-                  x_chunks[index + 1] if index + 1 < len(x_chunks) else None)
+                  x_chunks[index + 1] if use_fused and index + 1 < len(x_chunks) else None)
                  for index, x_chunk in enumerate(x_chunks)]
 
     def step(carry: tuple, piece: tuple) -> tuple[dict[str, Tensor | None], tuple]:
