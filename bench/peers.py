@@ -171,7 +171,7 @@ def _arithmetic(step) -> tuple[float, list[dict]]:
 # HOPE's chunk-compiled step is also timed with `train.chunks_per_call` at this value (its chunk loops
 # run this many chunks per compiled call); the faster nldsl step gives the ratio. 8: at width 128,
 # T 2048 it ran 1.055x faster than 4 (1,926 vs 1,825 tok/s, interleaved, other jobs on the machine),
-# while 16 had not finished its first compilation after 24 minutes
+# and 16 no faster than 8 (2,078 vs 2,071 tok/s, 2026-12-06) for a first compilation of some 4 minutes
 GROUPED_CHUNKS = 8
 
 # specs/hope.nl with memories of nested-learning's shape: one head as wide as the model, hidden width = input
@@ -228,12 +228,15 @@ def hope_nested_learning(width: int = 256, layers: int = 2, heads: int = 4, leng
     # token, no momentum), the configuration the "about 40 tokens/s" describes.
     _, default_step = their_step()
 
-    seconds = alternate({"nldsl_eager": lambda: ours(tokens, targets),
-                         "nldsl_chunks": lambda: ours_chunks(tokens, targets),
+    seconds = alternate({"nldsl_chunks": lambda: ours_chunks(tokens, targets),
                          "nldsl_chunks_grouped": lambda: ours_grouped(tokens, targets),
                          "nldsl_chunks_matched_memory": lambda: ours_matched(tokens, targets),
                          "nested_learning": matched_step, "nested_learning_defaults": default_step},
                         rounds=rounds, warmup=2)  # the first chunk-compiled step compiles
+    # nldsl's eager step after them, in rounds of its own, as in hope_transformer (where, interleaved,
+    # it left the compiled step after it some 13% slower)
+    seconds["nldsl_eager"] = alternate({"nldsl_eager": lambda: ours(tokens, targets)}, rounds=rounds,
+                                       warmup=1)["nldsl_eager"]
     torch._dynamo.reset()
     best = min(seconds["nldsl_eager"], seconds["nldsl_chunks"], seconds["nldsl_chunks_grouped"])
     # What bounds the ratio: each side's arithmetic, counted on the eager step with the fused write off:
