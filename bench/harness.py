@@ -54,6 +54,7 @@ from nldsl.diagnostics import SpecWarning
 from nldsl.runtime.arguments import at_least, positive_float  # noqa: F401  (re-exported: the commands' argparse types)
 from nldsl.runtime.chunked import compile_loss
 from nldsl.runtime.clock import ContinuumClock
+from nldsl.runtime.heap import frozen_heap
 
 ROOT = Path(__file__).resolve().parent.parent
 # NLDSL_BENCH_RESULTS redirects the JSON (tests run the commands without touching the committed results)
@@ -176,11 +177,14 @@ class StepTiming:
 
 
 def measure_step(step: Callable[[], Any], warmup: int = 1, repeats: int = 3, device: str = "cpu") -> StepTiming:
-    """Time `step`: the first call separately, `warmup − 1` more untimed, then the median of `repeats`."""
-    first = timed(step, device)
-    for _ in range(max(0, warmup - 1)):
-        step()
-    seconds = [timed(step, device) for _ in range(repeats)]
+    """Time `step`: the first call separately, `warmup − 1` more untimed, then the median of `repeats`,
+    with the Python heap frozen after the warm-up as `nldsl train` freezes it (nldsl/runtime/heap.py)."""
+    with frozen_heap() as settle:
+        first = timed(step, device)
+        for _ in range(max(0, warmup - 1)):
+            step()
+        settle()
+        seconds = [timed(step, device) for _ in range(repeats)]
     return StepTiming(first, statistics.median(seconds), seconds)
 
 
@@ -193,14 +197,18 @@ def alternate(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device:
 
 def alternate_samples(contenders: dict[str, Callable[[], Any]], rounds: int = 3, device: str = "cpu",
                       warmup: int = 1) -> dict[str, list[float]]:
-    """Every timed call's seconds of each contender, in interleaved rounds (see `alternate`)."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            samples[name].append(timed(fn, device))
+    """Every timed call's seconds of each contender, in interleaved rounds (see `alternate`), with the
+    Python heap frozen after the warm-up as `nldsl train` freezes it after its first steps
+    (nldsl/runtime/heap.py; before 2026-12-06 it was not, and a full collection fell every few steps)."""
+    with frozen_heap() as settle:
+        for fn in contenders.values():
+            for _ in range(warmup):
+                fn()
+        settle()
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, fn in contenders.items():
+                samples[name].append(timed(fn, device))
     return samples
 
 

@@ -33,6 +33,7 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import io
@@ -72,6 +73,7 @@ from nldsl.runtime.evaluate import (
     generate,
     shown_text,
 )
+from nldsl.runtime.heap import frozen_heap
 from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signal_number, terminate_as_interrupt
 
 RUNS = Path("runs")
@@ -709,6 +711,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     step = start
     # what an interrupt between steps saves: the steps done, the RNG at that boundary, its evaluation
     completed, boundary_rng, evaluated_at = start, C.rng_tensors(), None
+    heap = contextlib.ExitStack()  # what lives as long as the run leaves the cyclic collector (heap.py)
+    settle = heap.enter_context(frozen_heap())
     try:
         if (found is not None and plan.eval_every and start % plan.eval_every == 0 and start < plan.steps
                 and found.record.get("evaluation") is None):
@@ -785,6 +789,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 # between its `latest` pointer and its pruning would leave the run's account stale
                 with deferred_interrupt():
                     save(done, evaluation)
+            if done - start <= 2 or evaluated_at == done:
+                settle()  # the first steps compile, and so may an evaluation: what they made lives on
     except (KeyboardInterrupt, BrokenPipeError) as stop:
         bar.close()
         closed = isinstance(stop, BrokenPipeError)  # stdout's reader exited (`nldsl train … | head`)
@@ -801,6 +807,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                             ) from None
         raise ReportedInterrupt(signal_number(stop)) from None  # _save_on_interrupt said where the run stands
     finally:
+        heap.close()
         bar.close()
         if metrics is not None:
             metrics.close()

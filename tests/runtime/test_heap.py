@@ -1,0 +1,76 @@
+"""The training loop's frozen heap (nldsl/runtime/heap.py): what is alive after the compiling steps leaves
+the cyclic collector for the loop's duration, garbage is collected rather than frozen, and nothing
+stays frozen after the loop."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import pytest
+
+from nldsl import loader
+from nldsl.runtime import heap
+from nldsl.runtime import train as T
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Node:
+    """An object that takes part in a reference cycle (and can be weakly referenced)."""
+
+
+def cycle() -> tuple[Node, weakref.ref]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a, weakref.ref(a)
+
+
+@pytest.fixture(autouse=True)
+def nothing_frozen():
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_settle_freezes_what_is_alive_and_collects_the_garbage_first():
+    kept, kept_ref = cycle()
+    dropped, dropped_ref = cycle()
+    del dropped
+    with heap.frozen_heap() as settle:
+        settle()
+        assert dropped_ref() is None, "cyclic garbage must be collected, not frozen"
+        assert gc.get_freeze_count() > 0
+        assert kept_ref() is kept
+        del kept  # a cycle among frozen objects waits for the loop's end
+        gc.collect()
+        assert kept_ref() is not None
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert kept_ref() is None, "after the loop the frozen objects are collected again"
+
+
+def test_a_heap_frozen_by_someone_else_stays_frozen():
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    with heap.frozen_heap() as settle:
+        settle()
+    assert gc.get_freeze_count() >= frozen > 0
+
+
+def test_the_training_loop_settles_after_its_first_two_steps_and_each_evaluation(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append(len(calls)))
+    unfrozen: list[bool] = []
+    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(True))
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"def f_{i}(x):\n    return x * {i}\n\n" for i in range(300)))
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=16", "train.batch=2", "train.steps=7",
+                 "train.eval_every=3", "train.eval_batches=1", "train.checkpoint_every=0"]
+    result = loader.check(REPO / "specs/transformer.nl", overrides)
+    options = T.TrainOptions(data=[str(data)], run_dir=tmp_path / "run", compile=False, progress=False)
+    T.train(result, overrides, options)
+    # after steps 1 and 2 (they compile), and after the evaluations at steps 3, 6 and 7 (the last step's)
+    assert len(calls) == 5
+    assert unfrozen == [True], "the loop hands the frozen objects back when it ends"
