@@ -61,6 +61,7 @@ from nldsl.files import write_atomic
 from nldsl.runtime import domains as D
 from nldsl.runtime.arguments import at_least, path_text, positive_float, seed_up_to
 from nldsl.runtime.data import read_json_lines
+from nldsl.runtime.heap import frozen_heap
 from nldsl.runtime.train import ContinuumClock
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
@@ -874,16 +875,19 @@ def continual_run(setup: Setup, domains: list[D.Domain], steps: int, validation:
     phases = [list(range(len(domains)))] if joint else [[j] for j in range(len(domains))]
     diverged = None
     try:
-        for number, phase in enumerate(phases, 1):
-            phase_losses = []
-            for _ in steps_bar(steps * len(phase), f"{Path(setup.spec).stem} seed {setup.seed} "
-                                                   f"{'joint' if joint else f'phase {number}'}"):
-                picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
-                windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
-                                     for p in picks])
-                phase_losses.append(learner.step(language_batch(windows)))
-            losses.append(statistics.fmean(phase_losses[-10:]) / math.log(2))
-            rows.append([learner.evaluate(v).bits_per_byte for v in validation])
+        with frozen_heap() as settle:  # as `nldsl train` does (heap.py)
+            for number, phase in enumerate(phases, 1):
+                phase_losses = []
+                for _ in steps_bar(steps * len(phase), f"{Path(setup.spec).stem} seed {setup.seed} "
+                                                       f"{'joint' if joint else f'phase {number}'}"):
+                    picks = torch.randint(0, len(phase), (setup.batch,), generator=generator).tolist()
+                    windows = torch.cat([D.random_windows(domains[phase[p]].train, 1, setup.seq_len + 1, generator)
+                                         for p in picks])
+                    phase_losses.append(learner.step(language_batch(windows)))
+                    if learner.steps <= 2:  # the first steps compile
+                        settle()
+                losses.append(statistics.fmean(phase_losses[-10:]) / math.log(2))
+                rows.append([learner.evaluate(v).bits_per_byte for v in validation])
     except FloatingPointError:  # a diverged run stays in the results as NaN rather than ending the study
         diverged = learner.steps
         rows += [[math.nan] * len(validation)] * (len(phases) + 1 - len(rows))
@@ -1372,8 +1376,11 @@ def task_run(setup: Setup, make_batch: Callable[[int], D.TaskBatch], steps: int,
     losses: list[float] = []
     try:
         lr = f"lr {setup.lr:g}" if setup.lr is not None else "the spec's lr"
-        for step in steps_bar(steps, f"{Path(setup.spec).stem} {lr}"):
-            losses.append(learner.step(make_batch(step)))
+        with frozen_heap() as settle:  # as `nldsl train` does (heap.py)
+            for step in steps_bar(steps, f"{Path(setup.spec).stem} {lr}"):
+                losses.append(learner.step(make_batch(step)))
+                if learner.steps <= 2:  # the first steps compile
+                    settle()
     except FloatingPointError:  # a diverged run stays in the results as NaN rather than ending the study
         failed = {"accuracy": math.nan, "exact": math.nan, "loss": math.nan}
         return {"tests": {name: failed for name in tests}, "final_loss": math.nan, "diverged_at_step": learner.steps,

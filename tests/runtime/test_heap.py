@@ -74,3 +74,26 @@ def test_the_training_loop_settles_after_its_first_two_steps_and_each_evaluation
     # after steps 1 and 2 (they compile), and after the evaluations at steps 3, 6 and 7 (the last step's)
     assert len(calls) == 5
     assert unfrozen == [True], "the loop hands the frozen objects back when it ends"
+
+
+def test_the_studies_runs_settle_after_their_first_two_steps(monkeypatch):
+    from nldsl.runtime import domains as D
+    from nldsl.runtime import studies as S
+
+    frozen: list[int] = []
+    unfrozen: list[int] = []
+    monkeypatch.setattr(heap.gc, "freeze", lambda: frozen.append(1))
+    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(1))
+
+    def step(self, batch) -> float:
+        self.steps += 1
+        return 1.0
+
+    monkeypatch.setattr(S.Learner, "step", step)
+    setup = S.Setup(str(S.spec_path("transformer")), 16, 16, 2, 0)
+    S.task_run(setup, lambda step: None, 5, {}, 4)
+    assert (len(frozen), len(unfrozen)) == (2, 1)
+    domains = D.load_domains(("docs", "unicode"), max_bytes=50_000)
+    validation = [S.language_batch(D.spaced_windows(d.validation, 2, 17)) for d in domains]
+    S.continual_run(setup, domains, 3, validation, False)
+    assert (len(frozen), len(unfrozen)) == (4, 2)
