@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 def frozen_heap() -> Iterator[Callable[[], None]]:
     """Yield `settle`, which collects the garbage there is and freezes every object still alive: call it
     after the steps that compile (the first ones, an evaluation's first). On exit the frozen objects
-    return to the collector, unless something else had frozen objects before (then it unfreezes them)."""
+    return to the collector, unless something else had frozen objects before this block began: that
+    freeze is not this block's to undo, so everything then stays frozen."""
     ours = gc.get_freeze_count() == 0
 
     def settle() -> None:
