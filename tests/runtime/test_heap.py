@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import harness
 from nldsl import loader
 from nldsl.runtime import heap
 from nldsl.runtime import train as T
@@ -59,21 +60,61 @@ def test_a_heap_frozen_by_someone_else_stays_frozen():
     assert gc.get_freeze_count() >= frozen > 0
 
 
+def tiny_run(tmp_path: Path, steps: int, eval_every: int, resume: bool = False) -> T.TrainResult:
+    data = tmp_path / "text.txt"
+    data.write_text("".join(f"def f_{i}(x):\n    return x * {i}\n\n" for i in range(300)))
+    overrides = ["dim=32", "model.layers=1", "train.seq_len=16", "train.batch=2", f"train.steps={steps}",
+                 f"train.eval_every={eval_every}", "train.eval_batches=1", "train.checkpoint_every=0"]
+    result = loader.check(REPO / "specs/transformer.nl", overrides)
+    options = T.TrainOptions(data=[str(data)], run_dir=tmp_path / "run", resume=resume, compile=False,
+                             progress=False)
+    return T.train(result, overrides, options)
+
+
 def test_the_training_loop_settles_after_its_first_two_steps_and_each_evaluation(tmp_path, monkeypatch):
     calls: list[int] = []
     monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append(len(calls)))
     unfrozen: list[bool] = []
     monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(True))
-    data = tmp_path / "text.txt"
-    data.write_text("".join(f"def f_{i}(x):\n    return x * {i}\n\n" for i in range(300)))
-    overrides = ["dim=32", "model.layers=1", "train.seq_len=16", "train.batch=2", "train.steps=7",
-                 "train.eval_every=3", "train.eval_batches=1", "train.checkpoint_every=0"]
-    result = loader.check(REPO / "specs/transformer.nl", overrides)
-    options = T.TrainOptions(data=[str(data)], run_dir=tmp_path / "run", compile=False, progress=False)
-    T.train(result, overrides, options)
+    tiny_run(tmp_path, 7, 3)
     # after steps 1 and 2 (they compile), and after the evaluations at steps 3, 6 and 7 (the last step's)
     assert len(calls) == 5
     assert unfrozen == [True], "the loop hands the frozen objects back when it ends"
+
+
+def test_a_resumed_run_settles_after_its_own_first_two_steps_and_an_interrupt_unfreezes(tmp_path, monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append(len(calls)))
+    unfrozen: list[bool] = []
+    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(True))
+    tiny_run(tmp_path, 3, 0)
+    calls.clear()
+    unfrozen.clear()
+    real = T.D.batch_at
+
+    def interrupted_at_step_6(text, seed, step, *args, **kwargs):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(text, seed, step, *args, **kwargs)
+
+    monkeypatch.setattr(T.D, "batch_at", interrupted_at_step_6)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        tiny_run(tmp_path, 7, 0, resume=True)
+    # a resumed process compiles in its own first steps (4 and 5), whatever step it resumed at
+    assert len(calls) == 2
+    # handed back as the loop stops, not later when the stopped run's frames are freed (`stopped` holds them)
+    assert unfrozen == [True] and stopped.value is not None
+
+
+def test_the_benchmarks_freeze_the_heap_between_the_warm_up_and_the_timed_calls(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(heap.gc, "unfreeze", lambda: calls.append("unfreeze"))
+    harness.measure_step(lambda: calls.append("step"), warmup=2, repeats=2)
+    assert calls == ["step", "step", "freeze", "step", "step", "unfreeze"]
+    calls.clear()
+    harness.alternate_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, warmup=1)
+    assert calls == ["a", "b", "freeze", "a", "b", "a", "b", "unfreeze"]
 
 
 def test_the_studies_runs_settle_after_their_first_two_steps(monkeypatch):
