@@ -71,25 +71,26 @@ def tiny_run(tmp_path: Path, steps: int, eval_every: int, resume: bool = False) 
     return T.train(result, overrides, options)
 
 
-def test_the_training_loop_settles_after_its_first_two_steps_and_each_evaluation(tmp_path, monkeypatch):
-    calls: list[int] = []
-    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append(len(calls)))
-    unfrozen: list[bool] = []
-    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(True))
+@pytest.fixture()
+def gc_log(monkeypatch) -> list[str]:
+    """The collector's freezes and unfreezes, in order (they do nothing here)."""
+    log: list[str] = []
+    monkeypatch.setattr(heap.gc, "freeze", lambda: log.append("freeze"))
+    monkeypatch.setattr(heap.gc, "unfreeze", lambda: log.append("unfreeze"))
+    return log
+
+
+def test_the_training_loop_settles_after_its_first_two_steps_and_each_evaluation(tmp_path, gc_log):
     tiny_run(tmp_path, 7, 3)
     # after steps 1 and 2 (they compile), and after the evaluations at steps 3, 6 and 7 (the last step's)
-    assert len(calls) == 5
-    assert unfrozen == [True], "the loop hands the frozen objects back when it ends"
+    assert gc_log.count("freeze") == 5
+    assert gc_log[-1] == "unfreeze" and gc_log.count("unfreeze") == 1, "the loop hands the frozen objects back"
 
 
-def test_a_resumed_run_settles_after_its_own_first_two_steps_and_an_interrupt_unfreezes(tmp_path, monkeypatch):
-    calls: list[int] = []
-    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append(len(calls)))
-    unfrozen: list[bool] = []
-    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(True))
+def test_a_resumed_run_settles_after_its_own_first_two_steps_and_an_interrupt_unfreezes(tmp_path, monkeypatch,
+                                                                                        gc_log):
     tiny_run(tmp_path, 3, 0)
-    calls.clear()
-    unfrozen.clear()
+    gc_log.clear()
     real = T.D.batch_at
 
     def interrupted_at_step_6(text, seed, step, *args, **kwargs):
@@ -100,31 +101,24 @@ def test_a_resumed_run_settles_after_its_own_first_two_steps_and_an_interrupt_un
     monkeypatch.setattr(T.D, "batch_at", interrupted_at_step_6)
     with pytest.raises(KeyboardInterrupt) as stopped:
         tiny_run(tmp_path, 7, 0, resume=True)
-    # a resumed process compiles in its own first steps (4 and 5), whatever step it resumed at
-    assert len(calls) == 2
-    # handed back as the loop stops, not later when the stopped run's frames are freed (`stopped` holds them)
-    assert unfrozen == [True] and stopped.value is not None
+    # a resumed process compiles in its own first steps (4 and 5), whatever step it resumed at; the
+    # frozen objects are handed back as the loop stops, not later when the stopped run's frames are
+    # freed (`stopped` holds them)
+    assert gc_log == ["freeze", "freeze", "unfreeze"] and stopped.value is not None
 
 
-def test_the_benchmarks_freeze_the_heap_between_the_warm_up_and_the_timed_calls(monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(heap.gc, "freeze", lambda: calls.append("freeze"))
-    monkeypatch.setattr(heap.gc, "unfreeze", lambda: calls.append("unfreeze"))
-    harness.measure_step(lambda: calls.append("step"), warmup=2, repeats=2)
-    assert calls == ["step", "step", "freeze", "step", "step", "unfreeze"]
-    calls.clear()
-    harness.alternate_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, warmup=1)
-    assert calls == ["a", "b", "freeze", "a", "b", "a", "b", "unfreeze"]
+def test_the_benchmarks_freeze_the_heap_between_the_warm_up_and_the_timed_calls(gc_log):
+    harness.measure_step(lambda: gc_log.append("step"), warmup=2, repeats=2)
+    assert gc_log == ["step", "step", "freeze", "step", "step", "unfreeze"]
+    gc_log.clear()
+    harness.alternate_samples({"a": lambda: gc_log.append("a"), "b": lambda: gc_log.append("b")}, rounds=2,
+                              warmup=1)
+    assert gc_log == ["a", "b", "freeze", "a", "b", "a", "b", "unfreeze"]
 
 
-def test_the_studies_runs_settle_after_their_first_two_steps(monkeypatch):
+def test_the_studies_runs_settle_after_their_first_two_steps(monkeypatch, gc_log):
     from nldsl.runtime import domains as D
     from nldsl.runtime import studies as S
-
-    frozen: list[int] = []
-    unfrozen: list[int] = []
-    monkeypatch.setattr(heap.gc, "freeze", lambda: frozen.append(1))
-    monkeypatch.setattr(heap.gc, "unfreeze", lambda: unfrozen.append(1))
 
     def step(self, batch) -> float:
         self.steps += 1
@@ -133,8 +127,9 @@ def test_the_studies_runs_settle_after_their_first_two_steps(monkeypatch):
     monkeypatch.setattr(S.Learner, "step", step)
     setup = S.Setup(str(S.spec_path("transformer")), 16, 16, 2, 0)
     S.task_run(setup, lambda step: None, 5, {}, 4)
-    assert (len(frozen), len(unfrozen)) == (2, 1)
+    assert gc_log == ["freeze", "freeze", "unfreeze"]
     domains = D.load_domains(("docs", "unicode"), max_bytes=50_000)
     validation = [S.language_batch(D.spaced_windows(d.validation, 2, 17)) for d in domains]
+    gc_log.clear()
     S.continual_run(setup, domains, 3, validation, False)
-    assert (len(frozen), len(unfrozen)) == (4, 2)
+    assert gc_log == ["freeze", "freeze", "unfreeze"]
