@@ -159,7 +159,9 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
-        f"{hope['hope_over_transformer']:.4f}×" + when("hope_transformer") if "hope_over_transformer" in hope
+        f"{hope['hope_over_transformer']:.4f}×"
+        + (f" (matmul peak {hope['matmul_peak'] / 1e9:,.1f} GFLOP/s)" if "matmul_peak" in hope else "")
+        + when("hope_transformer") if "hope_over_transformer" in hope
         else short_error(hope.get("error", "—")),
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
         "python -m bench peers --only hope_transformer")

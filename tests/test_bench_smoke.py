@@ -218,6 +218,21 @@ def test_report_puts_the_ratio_against_nested_learnings_defaults_beside_the_matc
         " (against nested-learning at its default chunk size 1: 8.0×)"
 
 
+def test_report_states_the_matmul_peak_beside_the_hope_over_transformer_ratio() -> None:
+    """The ratio moves with the machine's matmul speed (Transformer++'s step is matmul-bound, HOPE's is
+    not), so its row names the peak read in the same run; a result from before the peak was kept has none."""
+    from bench import report
+
+    def row(measured: dict) -> str:
+        rows = report.targets_section({"comparisons": {"hope_transformer": measured}}, None, None)
+        return next(line for line in rows if "Transformer++ tokens/s" in line)
+
+    assert "| 0.4250× (matmul peak 88.5 GFLOP/s)" in row({"hope_over_transformer": 0.425, "matmul_peak": 88.5e9})
+    assert "| met |" in row({"hope_over_transformer": 0.425, "matmul_peak": 88.5e9})
+    older = row({"hope_over_transformer": 0.2995})
+    assert "| 0.2995× |" in older and "matmul peak" not in older and "| missed |" in older
+
+
 def test_a_mistake_on_the_bench_command_line_is_one_message_not_a_traceback(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     for args, expected in ((["train", "--specs", "nowhere.nl"], "error[E0105]"),
