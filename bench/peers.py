@@ -390,9 +390,9 @@ def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 8, transf
     eager = TrainStep(hope, hope_optimizer)
     seconds["hope_eager"] = alternate({"hope_eager": lambda: eager(tokens, targets)}, rounds=2, warmup=1)["hope_eager"]
     torch._dynamo.reset()
-    # the ratio depends on the machine: Transformer++'s step runs at about two thirds of the matmul
-    # peak, HOPE's at a fraction of it, so a machine with faster matrix products favours Transformer++
-    # (0.307× where the peak read 165 GFLOP/s, 0.427× where it read about 92); the peak is kept beside it
+    # the ratio depends on the machine: Transformer++'s step is mostly large matrix products, HOPE's runs
+    # at a third of the matmul peak or less, so a machine with faster products favours Transformer++
+    # (0.307× where the peak read 165 GFLOP/s, 0.425× where it read 88.5); the peak is kept beside it
     peak = matmul_peak()
     speeds = {name: batch * length / s for name, s in seconds.items()}
     best_transformer = max(speeds["transformer_eager"], speeds["transformer_compiled"])
