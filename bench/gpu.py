@@ -20,7 +20,8 @@ overrun:
    (forward + backward + clip + AdamW) in bf16 autocast, T = 2048. HOPE runs with its chunk bodies
    compiled (`train.compile = chunks`, `--hope-mode`), the mode its spec trains in, and with
    `train.recompute = 16` (`--hope-recompute`): storing every chunk's state ran an eager HOPE of
-   this size out of an H200's 140 GiB at batch 8. Peak device memory is reported per model.
+   this size out of an H200's 140 GiB at batch 8. Peak device memory is reported per model; a model
+   out of memory is timed again at half the batch, down to 1, and the page says at which batch it ran.
 3. MFU against the card's dense bf16 peak (a table by device name; H100 SXM: 989 TFLOP/s), with a
    measured bf16 matmul rate beside it. FLOPs per step are counted once (FlopCounterMode over a
    batch-1 forward + backward, times the batch, attention counted causally).
@@ -231,18 +232,36 @@ def throughput(run: Run, size: dict, hope_mode: bool | str, hope_recompute: int)
             phase["models"][label] = {"skipped": "time budget"}
             run.save()
             continue
-        log(f"gpu throughput {label}: {overrides}, {MODE_NAMES[compiled]} ...")
+        phase["models"][label] = measure_fitting(spec, overrides, length, batch, compiled, device, peak, size,
+                                                 run, label, stretch)
+        run.save()
+
+
+def measure_fitting(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str, device: str,
+                    peak: float, size: dict, run: Run, label: str, recompute: int) -> dict:
+    """`measure_model` at `batch`, halved after each out-of-memory error while the budget allows, so a
+    model too large for the card at the suite's batch is still timed at the largest batch that fits (the
+    outcome's `batch`; the batches that ran out, in `out_of_memory_batches`). Every batch out of memory:
+    the last error, recorded for this model, and the other models still run."""
+    ran_out: list[int] = []
+    while True:
+        log(f"gpu throughput {label}: {overrides}, batch {batch}, {MODE_NAMES[compiled]} ...")
         try:
-            phase["models"][label] = measure_model(spec, overrides, length, batch, compiled, device, peak, size,
-                                                   run, recompute=stretch)
-        except torch.cuda.OutOfMemoryError as error:  # recorded for this model; the others still run
-            phase["models"][label] = {"overrides": overrides, "compiled": compiled, "recompute": stretch,
-                                      "error": out_of_memory(error)}
-            log(f"gpu throughput {label}: {phase['models'][label]['error']}")
+            outcome = measure_model(spec, overrides, length, batch, compiled, device, peak, size, run,
+                                    recompute=recompute)
+        except torch.cuda.OutOfMemoryError as error:
+            message = out_of_memory(error)
+            log(f"gpu throughput {label} at batch {batch}: {message}")
             torch._dynamo.reset()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
-        run.save()
+            ran_out.append(batch)
+            if batch > 1 and run.left() >= 45:
+                batch //= 2
+                continue
+            return {"overrides": overrides, "compiled": compiled, "recompute": recompute, "error": message,
+                    "out_of_memory_batches": ran_out}
+        return {**outcome, "batch": batch, "out_of_memory_batches": ran_out}
 
 
 def out_of_memory(error: BaseException) -> str:
@@ -372,6 +391,9 @@ def render(data: dict) -> str:
             mode = MODE_NAMES[outcome["compiled"]]
             if outcome.get("recompute"):
                 mode += f", recompute {outcome['recompute']}"
+            if outcome.get("batch", cfg["batch"]) != cfg["batch"]:
+                ran_out = ", ".join(str(b) for b in outcome.get("out_of_memory_batches", []))
+                mode += f", **batch {outcome['batch']}**" + (f" (batch {ran_out}: out of memory)" if ran_out else "")
             memory = outcome.get("peak_memory_bytes")
             lines.append(f"| {label} | {mode} | "
                          f"{outcome['parameters']:,} | {outcome['tokens_per_second']:,.0f} | "
@@ -380,9 +402,13 @@ def render(data: dict) -> str:
         models = phase["models"]
         if "tokens_per_second" in models.get("transformer", {}) and "tokens_per_second" in models.get("hope", {}):
             ratio = models["transformer"]["tokens_per_second"] / models["hope"]["tokens_per_second"]
+            batches = {models[m].get("batch", cfg["batch"]) for m in ("transformer", "hope")}
             lines += ["", f"Targets: Transformer++ MFU ≥ 40%: {100 * models['transformer']['mfu']:.1f}% "
                           f"({'met' if models['transformer']['mfu'] >= 0.4 else 'missed'}); HOPE within 2.5× of "
-                          f"Transformer++: {ratio:.2f}× slower ({'met' if ratio <= 2.5 else 'missed'})."]
+                          f"Transformer++: {ratio:.2f}× slower ({'met' if ratio <= 2.5 else 'missed'})"
+                          + ("." if len(batches) == 1 else
+                             f", at different batches ({models['hope'].get('batch', cfg['batch'])} for HOPE, "
+                             f"{models['transformer'].get('batch', cfg['batch'])} for Transformer++).")]
         lines.append("")
         lines += render_kernels(models)
     return "\n".join(lines)

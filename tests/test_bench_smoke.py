@@ -650,6 +650,32 @@ def test_the_gpu_suite_records_out_of_memory_per_model_and_goes_on(results, tmp_
     assert "| transformer | compiled, failed: CUDA out of memory. Tried to allocate 9.00 GiB |" in page
 
 
+def test_the_gpu_suite_halves_the_batch_of_a_model_out_of_memory_and_says_so(results, tmp_path, monkeypatch) -> None:
+    from bench import gpu
+
+    batches = []
+
+    def measure_model(spec, overrides, length, batch, *args, **kwargs):
+        batches.append((spec, batch))
+        if "hope" in spec and batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return {"compiled": "chunks", "recompute": 16, "parameters": 1, "tokens_per_second": 10.0 * batch,
+                "step_seconds": 1.0, "first_step_seconds": 1.0, "mfu": 0.5, "kernels": {"skipped": "cpu"}}
+
+    monkeypatch.setattr(gpu, "measure_model", measure_model)
+    monkeypatch.setattr(gpu, "matmul_peak", lambda **kw: 1e9)
+    monkeypatch.setattr(gpu, "equal_parameter_layers", lambda *a: (1, 1))
+    run = gpu.Run("cpu", 1000.0, tmp_path / "page.md", "gpu_tiny")
+    gpu.throughput(run, {**gpu.TINY, "batch": 4}, "chunks", 16)
+    assert batches == [("specs/transformer.nl", 4), ("specs/hope.nl", 4), ("specs/hope.nl", 2), ("specs/hope.nl", 1)]
+    models = harness.read_result("gpu_tiny")["phases"]["throughput"]["models"]
+    assert models["transformer"]["batch"] == 4 and models["transformer"]["out_of_memory_batches"] == []
+    assert models["hope"]["batch"] == 1 and models["hope"]["out_of_memory_batches"] == [4, 2]
+    page = (tmp_path / "page.md").read_text()
+    assert "| hope | compiled per chunk, recompute 16, **batch 1** (batch 4, 2: out of memory) |" in page
+    assert "4.00× slower (missed), at different batches (1 for HOPE, 4 for Transformer++)." in page
+
+
 def test_the_gpu_page_labels_each_bf16_check_by_what_was_measured() -> None:
     from bench import gpu
 
