@@ -528,6 +528,9 @@ def run(only: list[str] | None, fresh: bool) -> dict:
             write_result(NAME, result)
             continue
         outcome.update(stamp())  # when, and on how many threads (the file's `machine` is its first run's)
+        # the machine's fp32 matmul peak beside every ratio (a comparison that reads it during its rounds
+        # keeps its own): the ratios move with it, nldsl's matmul-bound steps more than the peers' Python loops
+        outcome.setdefault("matmul_peak", matmul_peak())
         result["comparisons"][key] = outcome
         failures.pop(key, None)
         write_result(NAME, result)

@@ -153,22 +153,24 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
     steps = (run or {}).get("steps", {})
     compiled = steps.get("transformer_compiled")
     row("compiled Transformer++ ≥ 55% of fp32 matmul peak (d 512, T 2048)",
-        f"{100 * compiled['mfu']:.1f}% (hand-written: {100 * steps['hand_transformer_compiled']['mfu']:.1f}%)"
+        f"{100 * compiled['mfu']:.1f}%"
+        + (f" of {run['peak_flops'] / 1e9:,.1f} GFLOP/s" if "peak_flops" in run else "")
+        + f" (hand-written: {100 * steps['hand_transformer_compiled']['mfu']:.1f}%)"
         + stamp_note(run) if compiled and "hand_transformer_compiled" in steps
         else "— (no run at d 512, T 2048)" if mfu and run is None else "—",
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
-        f"{hope['hope_over_transformer']:.4f}×"
-        + (f" (matmul peak {hope['matmul_peak'] / 1e9:,.1f} GFLOP/s)" if "matmul_peak" in hope else "")
-        + when("hope_transformer") if "hope_over_transformer" in hope
+        f"{hope['hope_over_transformer']:.4f}×" + peak_note(hope) + when("hope_transformer")
+        if "hope_over_transformer" in hope
         else short_error(hope.get("error", "—")),
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
         "python -m bench peers --only hope_transformer")
     titans = comparisons.get("titans_layer", {})
     best = max(titans.get("speedup_vs_titans_pytorch", {}).values(), default=None)
     row("Titans LMM layer ≥ 3× titans-pytorch NeuralMemory",
-        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" + when("titans_layer")
+        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)" + peak_note(titans)
+        + when("titans_layer")
         if best else
         short_error(titans.get("error", "—")), None if best is None else best >= 3,
         "python -m bench peers --only titans_layer")
@@ -182,7 +184,8 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
     reference = comparisons.get("memory_reference", {})
     row("chunk-parallel memory ≥ 20× per-token reference, T 2048",
         (f"{reference['speedup']:.1f}×" + (f" (eager chunk loop {reference['speedup_eager']:.1f}×)"
-                                            if "speedup_eager" in reference else "") + when("memory_reference"))
+                                            if "speedup_eager" in reference else "") + peak_note(reference)
+         + when("memory_reference"))
         if "speedup" in reference else "—",
         None if "speedup" not in reference else reference["speedup"] >= 20,
         "python -m bench peers --only memory_reference")
@@ -250,6 +253,12 @@ def measured_on(entry: dict | None) -> str:
     return note.removeprefix("; measured ") if note else "not recorded"
 
 
+def peak_note(outcome: dict) -> str:
+    """The fp32 matmul peak a comparison ran at, for its Targets row (results from before the peers kept
+    one have none): ratios against a peer that loops in Python move with the machine's matmul speed."""
+    return f" (matmul peak {outcome['matmul_peak'] / 1e9:,.1f} GFLOP/s)" if "matmul_peak" in outcome else ""
+
+
 def nested_learning_ceiling(nested: dict) -> str:
     """The HOPE comparison's ceiling, when the run counted both sides' FLOPs: the ratio nldsl would reach
     running every counted FLOP of its step at the matmul peak measured in the same run."""
@@ -262,7 +271,8 @@ def nested_learning_ceiling(nested: dict) -> str:
     if "speedup_ceiling" not in nested:
         return f" ({at_defaults.removeprefix('; ')})" if at_defaults else ""
     flops = nested["flops_per_step"]
-    return (f" (ceiling at the measured matmul peak {nested['speedup_ceiling']:.1f}×: nldsl counts "
+    peak = f" ({nested['matmul_peak'] / 1e9:,.1f} GFLOP/s)" if "matmul_peak" in nested else ""
+    return (f" (ceiling at the measured matmul peak{peak} {nested['speedup_ceiling']:.1f}×: nldsl counts "
             f"{flops['nldsl'] / 1e9:.0f} GFLOP a step, nested-learning {flops['nested_learning'] / 1e9:.0f}"
             f"{at_defaults})")
 

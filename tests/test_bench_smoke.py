@@ -233,6 +233,31 @@ def test_report_states_the_matmul_peak_beside_the_hope_over_transformer_ratio() 
     assert "| 0.2995× |" in older and "matmul peak" not in older and "| missed |" in older
 
 
+def test_every_peer_comparison_keeps_the_matmul_peak_and_every_target_row_states_it(results, monkeypatch) -> None:
+    """A comparison that reads the peak during its rounds keeps its own; the others get one read after them."""
+    from bench import peers, report
+
+    monkeypatch.setattr(peers, "COMPARISONS", {"titans_layer": lambda: {"speedup_vs_titans_pytorch": {
+        "nldsl_compiled": 2.76, "nldsl_eager": 1.2}}, "hope_transformer": lambda: {
+        "hope_over_transformer": 0.425, "matmul_peak": 88.5e9}})
+    monkeypatch.setattr(peers, "matmul_peak", lambda: 90.04e9)
+    comparisons = peers.run(None, fresh=False)["comparisons"]
+    assert comparisons["titans_layer"]["matmul_peak"] == 90.04e9
+    assert comparisons["hope_transformer"]["matmul_peak"] == 88.5e9
+    comparisons["memory_reference"] = {"speedup": 42.5, "matmul_peak": 87.0e9}
+    comparisons["hope_nested_learning"] = {"speedup_vs_nested_learning": 8.4, "speedup_ceiling": 21.9,
+                                           "flops_per_step": {"nldsl": 49.1e9, "nested_learning": 397e9},
+                                           "matmul_peak": 89.7e9}
+    mfu = {"runs": [{"config": {"dim": 512, "length": 2048}, "peak_flops": 87.1e9,
+                     "steps": {"transformer_compiled": {"mfu": 0.866}, "hand_transformer_compiled": {"mfu": 0.824}}}]}
+    page = "\n".join(report.targets_section({"comparisons": comparisons}, mfu, None))
+    assert "| 2.76× (eager 1.20×) (matmul peak 90.0 GFLOP/s)" in page
+    assert "| 0.4250× (matmul peak 88.5 GFLOP/s)" in page
+    assert "| 42.5× (matmul peak 87.0 GFLOP/s)" in page
+    assert "| 8.4× (ceiling at the measured matmul peak (89.7 GFLOP/s) 21.9×: nldsl counts 49 GFLOP" in page
+    assert "| 86.6% of 87.1 GFLOP/s (hand-written: 82.4%) | met |" in page
+
+
 def test_a_mistake_on_the_bench_command_line_is_one_message_not_a_traceback(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     for args, expected in ((["train", "--specs", "nowhere.nl"], "error[E0105]"),
@@ -264,6 +289,7 @@ def test_a_failed_peer_comparison_keeps_the_earlier_measurement(results, monkeyp
         return outcome
 
     monkeypatch.setattr(peers, "COMPARISONS", {"floor": comparison})
+    monkeypatch.setattr(peers, "matmul_peak", lambda: 1e9)
     peers.run(["floor"], fresh=False)
     result = peers.run(["floor"], fresh=False)
     assert result["comparisons"]["floor"]["tokens_per_second"] == {"a": 1.0}
@@ -285,6 +311,7 @@ def test_peers_exits_nonzero_when_a_comparison_asked_for_fails(results, monkeypa
 
     monkeypatch.setattr(peers, "COMPARISONS", {"floor": lambda: {"tokens_per_second": {"a": 1.0}},
                                                "other": broken})
+    monkeypatch.setattr(peers, "matmul_peak", lambda: 1e9)
     assert peers.main(argparse.Namespace(only=["floor"], fresh=False)) == 0
     assert peers.main(argparse.Namespace(only=None, fresh=False)) == 1
     assert capsys.readouterr().out.splitlines()[-1] == "peers: 1 of 2 comparisons failed: other"
