@@ -77,7 +77,7 @@ RUNS = {
                   "writes bench/results/precision.json"),
     "gpu": ("a phase that would overrun --budget is skipped; the committed H200 run took 128 s (elapsed_seconds "
             "in bench/results/gpu.json), --device cpu --tiny 18 s on a 2-core CPU "
-            "with warm compile caches, 277 s from empty ones (it compiles titans_lmm whole)",
+            "with warm compile caches, 277 s from empty ones",
             "writes bench/results/gpu.json and docs/results/performance-gpu.md (gpu_tiny.json and "
             "bench/results/gpu_tiny.md with --tiny or on the CPU)"),
     "report": ("seconds; measures nothing", "writes docs/results/performance.md and its figures"),
