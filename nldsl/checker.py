@@ -989,6 +989,7 @@ class Checker:
         converter.layers.clear()  # definitions were checked above; check layers as the model uses them
         model = converter.model(roots["model"]) if "model" in roots else None
         train = converter.train(roots["train"]) if "train" in roots else S.TrainSpec()
+        compile_time: list[Diagnostic] = []
         from .semantics import check_layer
         # a train section with errors: its seq_len where that is known, else no layer check that reads it
         seq_len = train.seq_len if train is not None else converter.seq_len_of_failed_train
@@ -999,7 +1000,9 @@ class Checker:
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
             from .semantics import check_chunk_options
-            self.bag.extend(check_chunk_options(model, train, self.spans))
+            options = check_chunk_options(model, train, self.spans)
+            self.bag.extend(d for d in options if d.code != "W0714")
+            compile_time = [d for d in options if d.code == "W0714"]  # added below, on a spec without errors
         if train is not None:
             self.check_m3_warmup(train)
             from .semantics import check_run_length
@@ -1019,6 +1022,8 @@ class Checker:
             elif not name.startswith("_") and name not in ns.read_by_replaced and not library:
                 self.bag.warning("W0702", f"constant `{name}` is never used", value.name_span,
                                  "remove it, or prefix its name with `_`")
+        if not self.bag.has_errors:  # a spec with errors is not also warned of its compile time: it does not compile
+            self.bag.extend(compile_time)
         if self.bag.has_errors or train is None:
             return None
         # The hash names what the model is: the file, every file it imports (a resume or a stream

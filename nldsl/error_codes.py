@@ -996,6 +996,7 @@ _ENTRIES = (
             }
           }
         }
+        train { compile = chunks }  # one graph would unroll all 256 tokens (W0714)
         """,
         """
         model tiny {
@@ -1006,6 +1007,7 @@ _ENTRIES = (
             }
           }
         }
+        train { compile = chunks }
         """,
     ),
     _entry(
@@ -1278,7 +1280,7 @@ _ENTRIES = (
           dim = 256
           block {
             cms {
-              level { period = 4  rule = dgd }
+              level { period = 16  rule = dgd }
             }
           }
         }
@@ -1288,7 +1290,7 @@ _ENTRIES = (
           dim = 256
           block {
             cms {
-              level { period = 4  rule = dgd  lr = 0.0078 }
+              level { period = 16  rule = dgd  lr = 0.0078 }
             }
           }
         }
@@ -1437,6 +1439,43 @@ _ENTRIES = (
             }
           }
         }
+        """,
+    ),
+    _entry(
+        "W0714", "a whole-graph compile that unrolls many chunk steps",
+        """
+        `train.compile = true` compiles the training step as one graph, and every chunk loop of
+        every in-context level is unrolled into it: a level with period C runs ceil(seq_len / C)
+        chunk steps per block. Compilation time grows with that count. On a 2-core CPU one Titans
+        memory layer of 64 chunk steps (width 256, seq_len 1024, period 16) took 11 minutes to
+        compile its first step, and specs/hope.nl's 136 had not compiled after 40 minutes. The
+        checker flags 64 chunk steps or more. `compile = chunks` compiles each chunk body once,
+        whatever the length, and is the usual choice for long sequences; the whole graph runs
+        faster once compiled where the chunk steps are few (docs/compiler.md).
+        """,
+        """
+        model tiny {
+          dim = 64
+          layers = 1
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16 }
+            }
+          }
+        }
+        train { seq_len = 1024 }
+        """,
+        """
+        model tiny {
+          dim = 64
+          layers = 1
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16 }
+            }
+          }
+        }
+        train { seq_len = 1024  compile = chunks }
         """,
     ),
 )

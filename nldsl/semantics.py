@@ -128,13 +128,29 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
                                  level.rule == "dgd", chunk, level.readout)
 
 
+# W0714: a whole-graph compile unrolling this many chunk steps (or more) per sequence is flagged. One
+# Titans memory layer of 64 chunk steps (width 256, T 1024, chunks of 16: bench/peers.py's titans_layer)
+# spent 658 s compiling and running its first step from an empty compile cache on a 2-core CPU
+# (2026-12-06); specs/hope.nl's 136 had not compiled after 40 minutes (docs/compiler.md).
+UNROLLED_CHUNK_STEPS_WARNING = 64
+
+
+def unrolled_chunk_steps(model: S.ModelSpec, seq_len: int) -> int:
+    """The chunk steps a training sequence runs through all blocks: what `compile = true` unrolls into
+    one graph (each level's chunk loop, ceil(seq_len / period) steps, once per block)."""
+    per_block = sum(math.ceil(seq_len / (level.period if isinstance(level.period, int) else 1))
+                    for _, layer in walk_layers(model.block.sublayers, "block")
+                    for _, level in read_levels_of(layer, seq_len) if runs_chunk_loop(layer, level, seq_len))
+    return model.layers * per_block
+
+
 def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
     """W0706: `train.recompute` reruns chunk loops and `train.chunks_per_call` runs several chunks per
     compiled call, and a model whose levels run none (attention and MLPs only, cms levels on the
     continuum clock, memories on the exact delta kernel) has nothing for them to act on. A nested
     cms's loop runs one chunk per call whatever `chunks_per_call` says (its step reads the chunk's
     position, nldsl/runtime/chunked.py), so it counts for `recompute` only; and `chunks_per_call`
-    acts under `compile = chunks` only."""
+    acts under `compile = chunks` only. W0714: `compile = true` with many chunk steps to unroll."""
     loops = [layer for _, layer in walk_layers(model.block.sublayers, "block")
              for _, level in read_levels_of(layer, train.seq_len) if runs_chunk_loop(layer, level, train.seq_len)]
     found = []
@@ -159,6 +175,15 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             "delta kernel run none; a nested cms runs one chunk per call, since its step reads the chunk's "
             "position)", _span(spans, "train.chunks_per_call"), "remove `chunks_per_call`", "warning",
             origin="train.chunks_per_call"))
+    steps = unrolled_chunk_steps(model, train.seq_len) if train.compile is True else 0
+    if steps >= UNROLLED_CHUNK_STEPS_WARNING:
+        found.append(Diagnostic(
+            "W0714", f"`compile = true` unrolls every chunk loop into one graph: {steps} chunk steps at "
+            f"seq_len {train.seq_len}, and the first step's compilation grows with them (one Titans memory "
+            f"layer of {UNROLLED_CHUNK_STEPS_WARNING} chunk steps took 11 minutes on a 2-core CPU)",
+            _span(spans, "train.compile", "train.seq_len", "train", "model.layers", "model"),
+            "write `compile = chunks` (each chunk body compiles once, whatever the length), or train with "
+            "`--no-compile`", "warning", origin="train.compile"))
     return found
 
 

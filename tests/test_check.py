@@ -1107,7 +1107,9 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
 ])
 def test_rule_boundaries(layer, dim, seq_len, expected):
     result = check_text(_boundary_model(layer, dim, seq_len), "b.nl")
-    assert [(d.code, d.span.line) for d in result.diagnostics] == expected, _messages(result)
+    # the compile-time warning (W0714, tests/invalid) follows from the periods, not from these rules
+    found = [(d.code, d.span.line) for d in result.diagnostics if d.code != "W0714"]
+    assert found == expected, _messages(result)
 
 
 def test_boundary_messages():

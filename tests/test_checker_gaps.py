@@ -61,7 +61,7 @@ def test_a_file_imported_twice_reports_its_error_once(tmp_path):
 
 def test_a_clean_library_adds_nothing_and_the_imported_model_is_not_checked(tmp_path):
     # `model` and `train` of an imported file are not importable: an error there is that file's own
-    (tmp_path / "other.nl").write_text("level good {\n  period = 4\n}\n\nmodel {\n  dim = -1\n}\n")
+    (tmp_path / "other.nl").write_text("level good {\n  period = 16\n}\n\nmodel {\n  dim = -1\n}\n")
     main = tmp_path / "main.nl"
     main.write_text('import "other.nl" as o\n\nmodel {\n  dim = 64\n  block {\n    memory lmm {\n'
                     "      level from o.good { }\n    }\n  }\n}\n")
