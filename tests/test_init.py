@@ -40,6 +40,7 @@ model {
     mlp { expansion = 2.6667 }
   }
 }
+train { compile = chunks }  # built eagerly here; one whole graph would unroll 960 chunk steps (W0714)
 """
 
 
