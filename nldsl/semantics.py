@@ -130,7 +130,7 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
 
 # W0714: a whole-graph compile unrolling this many chunk steps (or more) per sequence is flagged. One
 # Titans memory layer of 64 chunk steps (width 256, T 1024, chunks of 16: bench/peers.py's titans_layer)
-# spent 658 s compiling and running its first step from an empty compile cache on a 2-core CPU
+# spent 658 s compiling and running its first step from a cold compile cache on a 2-core CPU
 # (2026-12-06); specs/hope.nl's 136 had not compiled after 40 minutes (docs/compiler.md).
 UNROLLED_CHUNK_STEPS_WARNING = 64
 
