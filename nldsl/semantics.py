@@ -135,12 +135,16 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
 UNROLLED_CHUNK_STEPS_WARNING = 64
 
 
-def unrolled_chunk_steps(model: S.ModelSpec, seq_len: int) -> int:
+def chunk_loops(model: S.ModelSpec, seq_len: int) -> list[tuple[Any, S.LevelSpec]]:
+    """(layer, level) for every level of a block that runs a chunk loop in training (`runs_chunk_loop`)."""
+    return [(layer, level) for _, layer in walk_layers(model.block.sublayers, "block")
+            for _, level in read_levels_of(layer, seq_len) if runs_chunk_loop(layer, level, seq_len)]
+
+
+def unrolled_chunk_steps(model: S.ModelSpec, seq_len: int, loops: list[tuple[Any, S.LevelSpec]]) -> int:
     """The chunk steps a training sequence runs through all blocks: what `compile = true` unrolls into
-    one graph (each level's chunk loop, ceil(seq_len / period) steps, once per block)."""
-    per_block = sum(math.ceil(seq_len / (level.period if isinstance(level.period, int) else 1))
-                    for _, layer in walk_layers(model.block.sublayers, "block")
-                    for _, level in read_levels_of(layer, seq_len) if runs_chunk_loop(layer, level, seq_len))
+    one graph (each of a block's `loops`, ceil(seq_len / period) steps, once per block)."""
+    per_block = sum(math.ceil(seq_len / (level.period if isinstance(level.period, int) else 1)) for _, level in loops)
     return model.layers * per_block
 
 
@@ -151,8 +155,8 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
     cms's loop runs one chunk per call whatever `chunks_per_call` says (its step reads the chunk's
     position, nldsl/runtime/chunked.py), so it counts for `recompute` only; and `chunks_per_call`
     acts under `compile = chunks` only. W0714: `compile = true` with many chunk steps to unroll."""
-    loops = [layer for _, layer in walk_layers(model.block.sublayers, "block")
-             for _, level in read_levels_of(layer, train.seq_len) if runs_chunk_loop(layer, level, train.seq_len)]
+    looping = chunk_loops(model, train.seq_len)
+    loops = [layer for layer, _ in looping]
     found = []
     if train.recompute and not loops:
         found.append(Diagnostic(
@@ -175,7 +179,7 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             "delta kernel run none; a nested cms runs one chunk per call, since its step reads the chunk's "
             "position)", _span(spans, "train.chunks_per_call"), "remove `chunks_per_call`", "warning",
             origin="train.chunks_per_call"))
-    steps = unrolled_chunk_steps(model, train.seq_len) if train.compile is True else 0
+    steps = unrolled_chunk_steps(model, train.seq_len, looping) if train.compile is True else 0
     if steps >= UNROLLED_CHUNK_STEPS_WARNING:
         found.append(Diagnostic(
             "W0714", f"`compile = true` unrolls every chunk loop into one graph: {steps} chunk steps at "
