@@ -77,14 +77,29 @@ def _error(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
 
 
+def titans_memory_layer(width: int, heads: int, chunk: int, length: int) -> tuple[torch.nn.Module, Callable]:
+    """specs/titans_lmm.nl's memory layer at these sizes, and the loss `titans_layer` times on it.
+
+    The loss reads the layer's output for a pre-normed input (as NeuralMemory norms its own) and
+    returns its mean square: the layer alone, without the block's MLP or the model's head.
+    """
+    model, _ = build("specs/titans_lmm.nl", [f"dim={width}", f"heads={heads}",
+                                              f"model.block.lmm.level.period={chunk}"], seq_len=length)
+    layer = model.blocks[0].lmm
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        out, _ = layer(L.rms_norm(x, layer.norm, 1e-6), None)
+        return out.square().mean()
+
+    return layer, loss
+
+
 def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 1024, batch: int = 2,
                  rounds: int = 7) -> dict:
     """Our Titans LMM layer vs titans-pytorch NeuralMemory, forward + backward + AdamW step."""
     from titans_pytorch import NeuralMemory
 
-    model, _ = build("specs/titans_lmm.nl", [f"dim={width}", f"heads={heads}",
-                                              f"model.block.lmm.level.period={chunk}"], seq_len=length)
-    ours = model.blocks[0].lmm
+    ours, our_loss = titans_memory_layer(width, heads, chunk, length)
     theirs = NeuralMemory(dim=width, chunk_size=chunk, heads=heads, dim_head=width // heads,
                           default_model_kwargs={"depth": 2, "expansion_factor": 2.0})
     with torch.no_grad():  # its per-head initial memory weights come as one expanded tensor; AdamW
@@ -94,11 +109,6 @@ def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int 
     x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
     ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
     theirs_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
-
-    def our_loss(x):
-        out, _ = ours(L.rms_norm(x, ours.norm, 1e-6), None)  # pre-norm, as NeuralMemory's own
-        return out.square().mean()
-
     compiled_loss = torch.compile(our_loss, fullgraph=True)
 
     def step(loss_fn, optimizer):

@@ -17,6 +17,12 @@
   rewrites per token (elements of θ and S over the period), the quantity that bounds a chunk step
   on a CPU: every chunk reads and writes its level's whole state several times, forward and back.
 
+- `titans_layer`: the Titans LMM layer of `peers --only titans_layer` (the ≥ 3× target), compiled
+  as a whole graph, at T = 256 instead of the comparison's 1024 (16 chunks: the graph compiles in
+  minutes, 1024 took 658 s from a cold cache), over 5 steps with inductor's kernels named: the
+  share of MKL's batched products, of the projections' dense ones and of the compiled graphs'
+  Python wrappers, which launch every call.
+
     python -m bench profile                      # all; bench/results/profile_<name>.txt
 """
 
@@ -32,6 +38,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import peers
 from bench.harness import RESULTS, TrainStep, build, log, matmul_peak, random_tokens
 from nldsl.runtime import blocks, fused, memory
 from nldsl.runtime.chunked import compiled_chunks
@@ -41,6 +48,7 @@ TARGETS = {
     "transformer": ("specs/transformer.nl", ["model.dim=512", "heads=8"], 2048, 1, True),
     "hope_kernels": ("specs/hope.nl", ["dim=256", "heads=4"], 512, 2, "chunks"),
 }
+TITANS_LAYER_STEPS = 5  # profiled steps of `titans_layer` (one step is some 65 ms there)
 
 
 def profile_step(spec: str, overrides: list[str], length: int, batch: int, compiled: bool | str,
@@ -48,22 +56,50 @@ def profile_step(spec: str, overrides: list[str], length: int, batch: int, compi
     model, optimizer = build(spec, overrides, seq_len=length)
     tokens, targets = random_tokens(batch, length, model.spec.model.vocab)
     step = TrainStep(model, optimizer, compiled=compiled)
+    return _profile_table(lambda: step(tokens, targets), warmups=2 if compiled else 1, steps=1, rows=rows)
+
+
+def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 256, batch: int = 2,
+                 rows: int = 18) -> str:
+    """The table of `titans_layer` (module docstring): peers' Titans layer step, compiled, over 5 steps."""
+    layer, loss = peers.titans_memory_layer(width, heads, chunk, length)
+    x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-4, fused=True)
+    compiled_loss = torch.compile(loss, fullgraph=True)
+
+    def step() -> None:
+        value = compiled_loss(x)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
+    return _profile_table(step, warmups=3, steps=TITANS_LAYER_STEPS, rows=rows)
+
+
+def _profile_table(step: Callable[[], object], warmups: int, steps: int, rows: int) -> str:
+    """Operators of `steps` calls of `step` (after `warmups`) by self CPU time, with their shapes."""
     # Compiled kernels record themselves under their generated names (a different graph-cache key,
     # so nothing compiled without it is reused); eager steps are unaffected.
     with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
-        for _ in range(2 if compiled else 1):
-            step(tokens, targets)
+        for _ in range(warmups):
+            step()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as recorded:
-            step(tokens, targets)
+            for _ in range(steps):
+                step()
     torch._dynamo.reset()
     by_name = sorted(recorded.key_averages(), key=lambda event: -event.self_cpu_time_total)
     total = sum(event.self_cpu_time_total for event in by_name)
-    shares = ", ".join(f"{event.key[:44]} {100 * event.self_cpu_time_total / total:.1f}% ({event.count:,} calls)"
-                       for event in by_name[:5])
+    shares = ", ".join(f"{event.key[:44]} {100 * event.self_cpu_time_total / total:.1f}% "
+                       f"({_calls(event.count / steps)} a step)" for event in by_name[:5])
     averages = recorded.key_averages(group_by_input_shape=True)
-    return (f"largest shares of self CPU time by operator, all shapes together: {shares}\n"
+    return (f"{total / steps / 1e3:.1f} ms of self CPU time a step; largest shares by operator, all shapes "
+            f"together: {shares}\n"
             + averages.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=44,
                              max_shapes_column_width=60))
+
+
+def _calls(count: float) -> str:
+    return f"{count:,.0f} call{'' if round(count) == 1 else 's'}"
 
 
 def _detached(value):
@@ -196,6 +232,15 @@ def run(names: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names:
         log(f"profile {name} ...")
+        if name == "titans_layer":
+            header = (f"the Titans LMM layer of `python -m bench peers --only titans_layer` at T=256 (width 256, "
+                      f"4 heads, chunk 16, B=2), compiled whole, forward + backward + AdamW, "
+                      f"{TITANS_LAYER_STEPS} steps, {torch.get_num_threads()} thread(s); "
+                      "'## Call CompiledFxGraph' rows are the compiled graphs' Python wrappers\n")
+            text = header + titans_layer()
+            (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
+            log(text)
+            continue
         if name == "hope_components":
             text = hope_components()
             (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
@@ -215,7 +260,7 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    names = [*TARGETS, "hope_components"]
+    names = [*TARGETS, "hope_components", "titans_layer"]
     parser.add_argument("names", nargs="*", default=names, choices=names, metavar="NAME",
                         help=f"profiles to take, of: {', '.join(names)} (default: all)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,13 +111,33 @@ def test_hand_written_transformer_matches_the_spec_parameter_count() -> None:
     torch.testing.assert_close(math.loss(tokens, targets), fused.loss(tokens, targets), rtol=1e-5, atol=1e-5)
 
 
+def _profile_summary(text: str) -> tuple[float, list[float], list[float], str]:
+    """A step profile's milliseconds a step, top five shares and their calls a step, and its table."""
+    summary, table = text.split("\n", 1)
+    found = re.fullmatch(r"([\d.]+) ms of self CPU time a step; largest shares by operator, all shapes together: (.*)",
+                         summary)
+    assert found, summary
+    parts = re.findall(r" ([\d.]+)% \(([\d,]+) calls? a step\)", found.group(2))
+    return (float(found.group(1)), [float(share) for share, _ in parts],
+            [float(calls.replace(",", "")) for _, calls in parts], table)
+
+
 def test_step_profile_leads_with_each_operator_share_over_all_shapes() -> None:
     text = profiles.profile_step("specs/transformer.nl", smoke.TINY, smoke.TINY_LENGTH, 1, compiled=False)
-    summary, table = text.split("\n", 1)
-    assert summary.startswith("largest shares of self CPU time by operator, all shapes together: ")
-    shares = [float(part.rsplit("%", 1)[0].rsplit(" ", 1)[1]) for part in summary.split(": ", 1)[1].split("), ")]
+    milliseconds, shares, _, table = _profile_summary(text)
+    assert milliseconds > 0
     assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
     assert "Self CPU" in table
+
+
+@pytest.mark.slow
+def test_titans_layer_profile_counts_calls_per_step_of_the_compiled_layer() -> None:
+    """The profile behind the Titans target: the compiled layer's products, per step over several steps."""
+    text = profiles.titans_layer(width=16, heads=2, chunk=4, length=8, batch=1)
+    milliseconds, shares, calls, table = _profile_summary(text)
+    assert milliseconds > 0 and len(shares) == 5 and shares == sorted(shares, reverse=True)
+    assert all(count >= 1 for count in calls)
+    assert "Call CompiledFxGraph" in table and "aten::bmm" in table  # compiled whole; per-head products
 
 
 def test_flop_count_of_a_linear_layer_and_causal_attention() -> None:
