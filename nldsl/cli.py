@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
-from .files import text_bytes, write_atomic
+from .files import file_in_the_way, text_bytes, write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 from .runtime.arguments import path_text
 from .runtime.interrupt import ReportedInterrupt, signal_number
@@ -271,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    _escape_unprintable_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -294,7 +295,7 @@ def _run(argv: Sequence[str] | None) -> int:
             return _internal_error(error)
         # a path that does not exist or cannot be written, a full disk: the user's to fix, not a bug
         where = f"{error.filename}: " if error.filename else _failing_stdout(error)
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"error: {where}{error.strerror or error}{file_in_the_way(error)}", file=sys.stderr)
         return 1
     except SystemExit:
         raise
@@ -349,6 +350,18 @@ def _failing_stdout(error: OSError) -> str:
     except ValueError:  # stdout closed
         pass
     return ""
+
+
+def _escape_unprintable_output() -> None:
+    """Print what the terminal's encoding cannot show as escapes (`\\u2026`), not as an exception.
+
+    Help texts, samples and graphs hold non-ASCII characters (…, η, a sample's bytes), and a
+    stream set to ASCII or Latin-1 (PYTHONIOENCODING, a pipe under an old locale) would
+    otherwise stop the command after its work was done, or before argparse printed its help."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            reconfigure(errors="backslashreplace")
 
 
 def _user_facing(error: OSError) -> bool:

@@ -33,6 +33,7 @@ from .graph import OUTER, LevelGraph
 FONT = "Helvetica"
 RENDERED_SUFFIXES = (".svg", ".png", ".pdf")
 SUPPORTED_SUFFIXES = (".dot", *RENDERED_SUFFIXES)
+DRAWN_BY = "drawn by `nldsl graph`."  # ends the DOT text's first line: a fallback may replace such a file
 DOT_TIMEOUT_S = 120
 INSTALL_HINT = "install graphviz (`apt-get install graphviz`, `brew install graphviz` or `conda install graphviz`)"
 
@@ -78,7 +79,7 @@ def to_dot(graph: LevelGraph) -> str:
     g = graph.nx
     spine = _spine(g)
     lines = [
-        f"// Level graph of {_clean(graph.spec.path)}, drawn by `nldsl graph`.",
+        f"// Level graph of {_clean(graph.spec.path)}, {DRAWN_BY}",
         "digraph level_graph {",
         f'  graph [rankdir=LR, newrank=true, nodesep=0.25, ranksep=0.45, fontname="{FONT}", fontsize=16,',
         f"         labelloc=t, labeljust=l, label=<{_title(graph, '    ')}>];",
@@ -119,6 +120,10 @@ def render(dot: str, out: Path) -> str | None:
     executable = shutil.which("dot")
     if executable is None:
         fallback = out.with_suffix(".dot")
+        if fallback.exists() and not _drawn_here(fallback):
+            return (f"graphviz's `dot` program is not on PATH, so {out} was not drawn, and {fallback} is not "
+                    f"a graph `nldsl graph` wrote, so it was left as it is: {INSTALL_HINT}, or write the "
+                    "DOT text elsewhere with `-o NAME.dot`")
         problem = _write(fallback, dot.encode("utf-8"))
         if problem:
             return f"graphviz's `dot` program is not on PATH, and {problem}; {INSTALL_HINT}"
@@ -350,6 +355,16 @@ def _html(text: str) -> str:
 def _id(node: str) -> str:
     """A node name as a quoted DOT identifier (in DOT, only `"` and `\\` need a backslash)."""
     return '"' + _clean(node).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _drawn_here(path: Path) -> bool:
+    """Whether `path` begins as `to_dot`'s text does, so a fallback may replace it (a rerun's)."""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(512)
+    except OSError:
+        return False
+    return first.startswith(b"// Level graph of ") and first.rstrip().endswith(DRAWN_BY.encode("utf-8"))
 
 
 def _write(path: Path, data: bytes) -> str | None:

@@ -81,3 +81,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
+
+
+def file_in_the_way(error: OSError) -> str:
+    """For "Not a directory": the file standing where a path needs a folder (`runs` made by
+    `echo > runs`), which the error alone does not name; "" for any other error."""
+    if not isinstance(error, NotADirectoryError) or not error.filename:
+        return ""
+    for parent in Path(os.fsdecode(error.filename)).parents:
+        if parent.is_file():
+            return f" ({parent} is a file, not a folder)"
+    return ""

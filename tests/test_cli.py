@@ -479,3 +479,20 @@ def test_the_command_list_names_every_bench_study():
     studies = next(a for a in bench._actions if a.dest == "study").choices
     listed = next(a.help for a in commands._choices_actions if a.dest == "bench")
     assert all(study in listed for study in studies), listed
+
+
+@pytest.mark.parametrize("command", [["train", "--help"], ["graph", "specs/hope.nl", "--format", "json"]])
+def test_an_ascii_terminal_gets_escapes_not_a_traceback(command):
+    """Help texts and graphs hold `…` and `η`: a stream that cannot encode them (PYTHONIOENCODING=ascii,
+    an old locale's pipe) printed a traceback or an internal error (a bad-input audit)."""
+    done = python("-m", "nldsl", *command, env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert "\\u" in done.stdout  # each unprintable character as its escape
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path, capsys):
+    (tmp_path / "runs").write_text("notes\n", encoding="utf-8")
+    status = main(["train", "specs/transformer.nl", "--run-dir", str(tmp_path / "runs" / "first"), "--no-compile"])
+    assert status == 1
+    assert f"({tmp_path / 'runs'} is a file, not a folder)" in capsys.readouterr().err

@@ -124,6 +124,20 @@ def test_data_encoding_reads_other_codecs_and_rejects_unknown_ones(tmp_path):
     assert D.user_corpus([str(path)], "latin-1")[0].text == "café\n"
     with pytest.raises(UserError, match="unknown --data-encoding"):
         D.user_corpus([str(path)], "no-such-codec")
+    # a codec Python knows that decodes nothing is the user's choice to correct, not an internal error
+    with pytest.raises(UserError, match=r"cannot be read as undefined.*--data-encoding"):
+        D.user_corpus([str(path)], "undefined")
+
+
+@pytest.mark.parametrize(("given", "reason"), [("", "an empty encoding"), ("hex", "not a text encoding"),
+                                               ("no-such-codec", "unknown encoding")])
+def test_data_encoding_option_refuses_what_cannot_name_a_text_encoding(given, reason, capsys):
+    from nldsl.cli import main
+
+    with pytest.raises(SystemExit) as stop:  # refused by argparse, before any file is read
+        main(["eval", "no-such-run", "--data-encoding", given])
+    assert stop.value.code == 2
+    assert reason in capsys.readouterr().err
 
 
 def test_one_document_is_split_by_position_at_a_line_boundary():

@@ -374,6 +374,22 @@ def test_missing_dot_writes_the_dot_file_and_says_how_to_install(tmp_path, monke
     assert not (tmp_path / "graph.svg").exists()
 
 
+def test_missing_dot_never_replaces_a_dot_file_it_did_not_write(tmp_path, monkeypatch):
+    empty = tmp_path / "empty_path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    dot = to_dot(checked_graph(SMALL_SPEC))
+    mine = tmp_path / "graph.dot"
+    mine.write_text("digraph mine { a -> b }\n", encoding="utf-8")
+    message = render(dot, tmp_path / "graph.svg")
+    assert message is not None and "left as it is" in message and "-o NAME.dot" in message
+    assert mine.read_text(encoding="utf-8") == "digraph mine { a -> b }\n"
+    # a fallback nldsl wrote before (a rerun without graphviz) is replaced by the new graph
+    mine.write_text(dot.replace("->", "-> "), encoding="utf-8")
+    assert "wrote" in render(dot, tmp_path / "graph.svg")
+    assert mine.read_text(encoding="utf-8") == dot
+
+
 @pytest.mark.parametrize("name", ["graph.jpg", "graph", "graph.SVGZ"])
 def test_unknown_suffix_lists_the_supported_ones(tmp_path, name):
     message = render("digraph {}", tmp_path / name)

@@ -536,6 +536,13 @@ def test_a_resume_reads_the_runs_files_with_the_encoding_it_recorded(tmp_path, t
     capsys.readouterr()
     assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=2", *common, "--resume"]) == 0, \
         capsys.readouterr().err
+    capsys.readouterr()
+    # another encoding that reads the bytes as other text (0xf3: ó in Latin-1, σ in Greek) is refused,
+    # naming the encodings rather than --data
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=3", *common, "--resume",
+                 "--data-encoding", "iso8859-7"]) == 1
+    err = capsys.readouterr().err
+    assert "the run read its files as latin-1, this resume as iso8859-7" in err, err
 
 
 def test_a_resume_may_change_how_many_chunks_one_compiled_call_runs(tmp_path, text_file, capsys):

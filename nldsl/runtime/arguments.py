@@ -6,6 +6,7 @@ Kept apart from the commands themselves so that building the parser never import
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
 import struct
 from collections.abc import Callable
@@ -32,6 +33,20 @@ def path_text(text: str) -> str:
     so an unset shell variable would otherwise read, or write, the wrong place)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path: name a file or folder")
+    return text
+
+
+def text_codec(text: str) -> str:
+    """An argparse type: the name of a text encoding Python knows (`latin-1`, `utf-16`), not an
+    empty one (which would read as the default) nor a bytes-to-bytes codec such as `hex`."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty encoding: name one, e.g. utf-8 or latin-1")
+    try:
+        known = codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"unknown encoding `{text}` (e.g. utf-8, latin-1, utf-16)") from None
+    if not getattr(known, "_is_text_encoding", True):
+        raise argparse.ArgumentTypeError(f"`{text}` is not a text encoding (e.g. utf-8, latin-1, utf-16)")
     return text
 
 
@@ -99,7 +114,7 @@ def add_runtime_commands(sub, overrides: Callable[[argparse.ArgumentParser], Non
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda if available)")
 
     def encoding(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-encoding", default=None, metavar="CODEC",
+        p.add_argument("--data-encoding", default=None, metavar="CODEC", type=text_codec,
                        help="encoding of the --data files (default utf-8; train --resume: the encoding the run "
                             "recorded; an undecodable file is an error)")
 

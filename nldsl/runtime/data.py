@@ -123,6 +123,9 @@ def decode_file(path: Path, encoding: str = "utf-8") -> str:
         offset = error.start + len(data) - len(error.object)
         raise UserError(f"data file {path} is not valid {encoding}: byte 0x{data[offset]:02x} at offset "
                         f"{offset} cannot be decoded ({hint})") from None
+    except UnicodeError as error:  # a codec that decodes nothing (`undefined`) or rejects the whole text
+        raise UserError(f"data file {path} cannot be read as {encoding}: {error}; pass the file's real "
+                        "encoding with --data-encoding") from None
 
 
 def is_run_folder(folder: Path) -> bool:

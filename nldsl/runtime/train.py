@@ -33,6 +33,7 @@ update → gradients averaged over data-parallel ranks → one gradient-norm cli
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import datetime
 import errno
@@ -57,7 +58,7 @@ from tqdm import tqdm
 from nldsl import __version__, loader
 from nldsl import spec as S
 from nldsl.cli import UserError
-from nldsl.files import naming, write_atomic
+from nldsl.files import file_in_the_way, naming, write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime import distributed
@@ -345,7 +346,7 @@ def _remove_empty(folders: list[Path]) -> None:
 
 def _cannot_make(folder: Path, error: OSError) -> str:
     """Why a run folder could not be made, as the command line prints an OSError: `path: reason`."""
-    return f"{error.filename or folder}: {error.strerror or error}"
+    return f"{error.filename or folder}: {error.strerror or error}{file_in_the_way(error)}"
 
 
 LOCK_FILE = ".lock"
@@ -879,6 +880,11 @@ def _split_to_train_on(options: TrainOptions, context: Distributed, run_dir: Pat
                             "it is read from this Python's standard library by this nldsl's rule, and the run's "
                             "was another Python's or another nldsl's; resume where the run was made, or start a "
                             "new run")
+        recorded = source.get("encoding") or "utf-8"
+        if options.data_encoding and codecs.lookup(options.data_encoding).name != codecs.lookup(recorded).name:
+            raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
+                            f"the run read its files as {recorded}, this resume as {options.data_encoding}; resume "
+                            f"with --data-encoding {recorded}, or without --data-encoding")
         raise UserError(f"the training text differs from the one {run_dir} was trained on (see its split.json): "
                         "resume with the same --data (if it is the same, an nldsl whose rule for reading it "
                         "changed made the run: a byte-order mark, a file reached twice, copies of one text)")
