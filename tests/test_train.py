@@ -941,7 +941,8 @@ def test_a_failed_start_leaves_no_run_folder_and_an_empty_run_dir_is_refused(tmp
     arguments = _tiny_run(tmp_path, short)
     at = arguments.index("--run-dir")
     assert main(arguments[:at] + arguments[at + 2:]) == 1
-    assert re.search(r"^error: runs/transformer-[\d-]+: Not a directory$", capsys.readouterr().err, re.M)
+    assert re.search(r"^error: runs/transformer-[\d-]+: Not a directory \(runs is a file, not a folder\)$",
+                     capsys.readouterr().err, re.M)
     with pytest.raises(SystemExit) as usage:  # not the current folder: argparse refuses it
         main(_tiny_run(tmp_path, text_file, run_dir=""))
     assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err
