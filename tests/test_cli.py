@@ -489,10 +489,3 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(command):
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     assert "\\u" in done.stdout  # each unprintable character as its escape
-
-
-def test_a_file_where_a_folder_is_needed_is_named(tmp_path, capsys):
-    (tmp_path / "runs").write_text("notes\n", encoding="utf-8")
-    status = main(["train", "specs/transformer.nl", "--run-dir", str(tmp_path / "runs" / "first"), "--no-compile"])
-    assert status == 1
-    assert f"({tmp_path / 'runs'} is a file, not a folder)" in capsys.readouterr().err
