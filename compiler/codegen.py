@@ -309,6 +309,7 @@ class Generator:
                 for line in CALLERS_PART:
                     w(line)
                 w('"""')
+            w("R.check_training_step(model, optimizer)")
             w("loss = model.loss(tokens, targets)")
             w("optimizer.zero_grad(set_to_none=True)")
             w("loss.backward()")
@@ -958,6 +959,9 @@ class Generator:
             with w.indent():
                 w('"""Mean next-token cross-entropy over the positions that have a target; targets (B, T) with −1')
                 w("where there is none. A batch without any target has loss 0 (an empty mean would be NaN).\"\"\"")
+                w("if targets is None:")
+                with w.indent():
+                    w('raise TypeError("loss needs targets (B, T): the next token at each position, -1 where none")')
                 w("logits = self(tokens, targets)")
                 w("logits = logits.flatten(0, 1)")
                 w("if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32")

@@ -68,11 +68,19 @@ def _fused_kernels_apply(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
 
 def build_optimizer(named: Iterable[tuple[str, torch.nn.Parameter]], optimizer: Any) -> torch.optim.Optimizer:
     """The outer optimizer of `train.optimizer` over named parameters."""
-    named = list(named)
+    usage = "build_optimizer(model.named_parameters(), spec.train.optimizer)"
+    try:
+        named = list(named)
+    except TypeError:
+        raise TypeError(f"build_optimizer takes the model's named parameters, got {type(named).__name__}: "
+                        f"{usage}") from None
+    if not all(isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor) for item in named):
+        raise TypeError(f"build_optimizer takes (name, parameter) pairs, as named_parameters() gives them: {usage}")
+    if not isinstance(optimizer, (S.OptimizerSpec, S.BuiltinOptimizer)):
+        raise TypeError(f"build_optimizer takes a spec's train.optimizer, got {type(optimizer).__name__}: {usage}")
     if isinstance(optimizer, S.OptimizerSpec):
         config = optimizer_config(optimizer)
         return O.NestedOptimizer(parameter_groups(named, optimizer.weight_decay), config)
-    assert isinstance(optimizer, S.BuiltinOptimizer)
     groups = parameter_groups(named, optimizer.weight_decay)
     fused = _fused_kernels_apply(named)
     if optimizer.kind == "adamw":

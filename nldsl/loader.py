@@ -82,6 +82,7 @@ def check(path: str | Path, overrides: Sequence[str] = (), **values: Any):
     """Check a spec file; raise `SpecError` with all diagnostics if it has errors."""
     from .checker import check_file
 
+    _check_spec_path(path, "nldsl.check")
     result = check_file(path, override_strings(overrides, **values))
     if not result.ok:
         raise SpecError(result.diagnostics, result.sources)
@@ -219,12 +220,22 @@ def _device_memory(device) -> int | None:
     return None
 
 
-def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None, dtype: Any = None,
-         **values: Any):
-    """`nldsl.load` (its docstring is the contract: overrides, placement, seeding, what it returns)."""
+def _check_spec_path(path: object, caller: str) -> None:
+    """A spec file's path: not another object, not empty (the current folder), not the spec's text."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a spec file's path (a str or pathlib.Path), got {type(path).__name__} "
                         f"{path!r}")
+    if isinstance(path, str) and not path.strip():
+        raise ValueError(f"{caller} got an empty path: name a spec file")
+    if isinstance(path, str) and "\n" in path:  # no spec file has a line break in its name
+        raise ValueError(f"{caller} takes a spec file's path, and this looks like a spec's text "
+                         f"({path.strip().splitlines()[0][:60]!r}…): write the text to a .nl file and pass its path")
+
+
+def load(path: str | Path, overrides: Sequence[str] = (), *, device: Any = None, dtype: Any = None,
+         **values: Any):
+    """`nldsl.load` (its docstring is the contract: overrides, placement, seeding, what it returns)."""
+    _check_spec_path(path, "nldsl.load")
     if Path(path).is_dir():
         raise IsADirectoryError(f"{path} is a folder: nldsl.load builds a spec file's model; a trained run "
                                 "(its folder or a checkpoint) is read by nldsl.load_run")

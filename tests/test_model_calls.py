@@ -50,6 +50,9 @@ def tokens(batch: int = 2, length: int = 20) -> torch.Tensor:
     (lambda x: x.tolist(), TypeError, "tokens must be a torch.Tensor of shape (batch, time); got list"),
     (lambda x: torch.tensor([[1, -1, 3]]), ValueError, "tokens must lie in [0, 256)"),
     (lambda x: torch.tensor([[1, 256, 3]]), ValueError, "the vocabulary has 256 ids; got 256"),
+    # torch has no CPU min/max of the wider unsigned types, which the range check reads
+    (lambda x: x.to(torch.uint16), TypeError, "got a 2-D uint16 tensor of shape (2, 20) (ids are int64, int32"),
+    (lambda x: x.to("meta"), ValueError, "tokens are on the meta device, which holds shapes but no values"),
 ])
 def test_a_mistaken_token_input_is_named(titans, make_input, error, message) -> None:
     with pytest.raises(error, match=re.escape(message)):
@@ -67,7 +70,7 @@ def test_mistaken_targets_and_states_are_named(titans) -> None:
     with pytest.raises(TypeError, match="got a list of 1 dict"):
         titans(x, state=[{}])
     _, state = titans(x[:1], return_state=True)
-    with pytest.raises(ValueError, match="state was returned for a batch of 1, and the tokens have a batch of 2"):
+    with pytest.raises(ValueError, match=r"state \[0\]\.\S+ holds a batch of 1, and the tokens have a batch of 2"):
         titans(x, state=state)
     with pytest.raises(ValueError, match="the vocabulary has 256 ids"):
         titans.loss(x, x + 300)
@@ -78,6 +81,67 @@ def test_mistaken_targets_and_states_are_named(titans) -> None:
         _, mixed = titans(x, return_state=True)
         titans(x, state=mixed)
     titans(x, state=mixed)  # and it continues without autocast too
+
+
+def test_every_tensor_of_a_carried_state_is_checked_not_only_the_first(titans) -> None:
+    """One tensor of batch 1 broadcast over the batch (every sequence read the first one's memory),
+    and a part replaced by a str or a 0-d tensor failed deep in a chunk step (a Python API audit)."""
+    from nldsl.runtime.evaluate import detach_state
+
+    x = tokens()
+
+    def edited(edit):
+        state = detach_state(titans(x, return_state=True)[1])
+        edit(state[1]["lmm"])
+        return state
+
+    def first_sequence_only(layer):
+        layer["memory"].weights[1] = layer["memory"].weights[1][:1]
+
+    def scalar(layer):
+        layer["memory"].weights[0] = torch.tensor(1.0)
+
+    with pytest.raises(ValueError, match=re.escape("state [1].lmm.memory.weights[1] holds a batch of 1")):
+        titans(x, state=edited(first_sequence_only))
+    with pytest.raises(ValueError, match=re.escape("state [1].lmm.memory.weights[0] holds a 0-d tensor")):
+        titans(x, state=edited(scalar))
+    with pytest.raises(TypeError, match=re.escape("state [1].lmm.memory holds a str")):
+        titans(x, state=edited(lambda layer: layer.update(memory="x")))
+
+
+def test_loss_and_training_step_name_a_caller_s_mistake(titans) -> None:
+    from nldsl.compiler.optimizers import build_optimizer
+
+    model = copy.deepcopy(titans)
+    x = tokens()
+    with pytest.raises(TypeError, match="loss needs targets"):
+        model.loss(x, None)
+    optimizer = build_optimizer(model.named_parameters(), model.spec.train.optimizer)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"outside torch.no_grad\(\)"):
+        model.module.training_step(model, optimizer, x, x)
+    another = build_optimizer(copy.deepcopy(titans).named_parameters(), model.spec.train.optimizer)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="the optimizer holds none of this model's parameters"):
+        model.module.training_step(model, another, x, x)  # it returned losses while the model never changed
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    model.module.training_step(model, optimizer, x, x)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    usage = re.escape("build_optimizer(model.named_parameters(), spec.train.optimizer)")
+    for named, spec in [(model.parameters(), model.spec.train.optimizer), (model, model.spec.train.optimizer),
+                        (model.named_parameters(), None), (model.named_parameters(), model.spec.train)]:
+        with pytest.raises(TypeError, match=usage):
+            build_optimizer(named, spec)
+
+
+@pytest.mark.parametrize(("path", "error", "message"), [
+    ("model m {\n  dim = 32\n}\n", ValueError, "looks like a spec's text ('model m {'"),
+    ("", ValueError, "got an empty path"),
+    (None, TypeError, "path must be a spec file's path"),
+])
+@pytest.mark.parametrize("entry", [nldsl.load, nldsl.check])
+def test_load_and_check_name_what_is_not_a_spec_path(entry, path, error, message) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        entry(path)
 
 
 def test_a_state_from_another_model_is_refused_and_empty_dicts_start_afresh(titans, hope) -> None:

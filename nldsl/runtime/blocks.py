@@ -60,13 +60,21 @@ def checked_inputs(tokens: Tensor, targets: Tensor | None, state: list | None, v
     return tokens.long(), (None if targets is None else targets.long())
 
 
+# the integer types a range check and an embedding read (torch has no min/max of uint16/32/64 on the CPU)
+ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
 def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
     """`ids` must be a (B, T) integer tensor with values in [lowest, vocab)."""
     if not isinstance(ids, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, time); got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool or ids.dim() != 2:
+    if ids.dtype not in ID_DTYPES or ids.dim() != 2:
+        names = ", ".join(str(dtype).removeprefix("torch.") for dtype in ID_DTYPES)
+        kinds = "" if ids.dtype in ID_DTYPES else f" (ids are {names})"
         raise TypeError(f"{name} must be a 2-D integer tensor (batch, time); got a {ids.dim()}-D "
-                        f"{str(ids.dtype).removeprefix('torch.')} tensor of shape {tuple(ids.shape)}")
+                        f"{str(ids.dtype).removeprefix('torch.')} tensor of shape {tuple(ids.shape)}{kinds}")
+    if ids.is_meta:
+        raise ValueError(f"{name} are on the meta device, which holds shapes but no values: give real ids")
     if ids.numel():
         low, high = torch.stack(torch.aminmax(ids)).tolist()
         if low < lowest or high >= vocab:
@@ -74,6 +82,23 @@ def _check_ids(name: str, ids: object, vocab: int, lowest: int) -> None:
             none = " (−1 marks a position without a target)" if lowest < 0 else ""
             raise ValueError(f"{name} must lie in [{lowest}, {vocab}){none}: the vocabulary has {vocab} "
                              f"ids; got {wrong}")
+
+
+def check_training_step(model: torch.nn.Module, optimizer: object) -> None:
+    """What a generated `training_step` needs from its caller: gradients on (a step under
+    `torch.no_grad()` has no backward), and an optimizer that steps this model's parameters (one
+    made for another model would return losses while this one never changed)."""
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        raise RuntimeError("training_step runs a backward pass: call it outside torch.no_grad() and "
+                           "torch.inference_mode()")
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer over the model's parameters; got "
+                        f"{_describe(optimizer)}")
+    stepped = {id(param) for group in groups for param in group.get("params", ())}
+    if not any(id(param) in stepped for param in model.parameters()):
+        raise ValueError("the optimizer holds none of this model's parameters (it was made for another model, or "
+                         "before the model was rebuilt): build it from model.parameters()")
 
 
 def _check_state(state: object, layers: int, batch: int, weights: Tensor | None = None,
@@ -97,10 +122,11 @@ def _check_state(state: object, layers: int, batch: int, weights: Tensor | None 
     if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
         _leave_inference_mode(state)
         _watch_carried_graph(state)
-    first = next(_tensors(state), None)
-    if first is not None and first.shape[0] != batch:
-        raise ValueError(f"state was returned for a batch of {first.shape[0]}, and the tokens have a batch "
-                         f"of {batch}: each sequence carries its own state")
+    for path, tensor in _named_tensors(state, ""):  # every one: a single tensor of batch 1 would broadcast
+        if tensor.dim() == 0 or tensor.shape[0] != batch:
+            held = "a 0-d tensor" if tensor.dim() == 0 else f"a batch of {tensor.shape[0]}"
+            raise ValueError(f"state {path} holds {held}, and the tokens have a batch of {batch}: each sequence "
+                             "carries its own state, as a call with return_state=True returned it")
     if weights is None:
         return
     floating = [tensor for tensor in _tensors(state) if tensor.is_floating_point()]
@@ -260,6 +286,9 @@ def _named_tensors(value: object, path: str):
         yield from _named_tensors(value.weights, f"{path}.weights")
         if value.momentum is not None:
             yield from _named_tensors(value.momentum, f"{path}.momentum")
+    elif value is not None:  # a state holds tensors, memory states and None (a level without that part)
+        raise TypeError(f"state {path} holds a {type(value).__name__}, where a call with return_state=True "
+                        "returns tensors: a state continues only the model it came from, as it returned it")
 
 
 def _describe(value: object) -> str:

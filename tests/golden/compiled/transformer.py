@@ -160,6 +160,8 @@ class Model(nn.Module):
     def loss(self, tokens: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the positions that have a target; targets (B, T) with −1
         where there is none. A batch without any target has loss 0 (an empty mean would be NaN)."""
+        if targets is None:
+            raise TypeError("loss needs targets (B, T): the next token at each position, -1 where none")
         logits = self(tokens, targets)
         logits = logits.flatten(0, 1)
         if logits.dtype in (torch.float16, torch.bfloat16):  # the loss in at least float32
@@ -181,6 +183,7 @@ def training_step(model: Model, optimizer: torch.optim.Optimizer, tokens: Tensor
     The optimizer and its lr schedule, bf16 autocast and `train.compile` are the caller's
     (`nldsl train` applies the spec's; docs/compiler.md).
     """
+    R.check_training_step(model, optimizer)
     loss = model.loss(tokens, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
