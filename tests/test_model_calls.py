@@ -107,6 +107,15 @@ def test_every_tensor_of_a_carried_state_is_checked_not_only_the_first(titans) -
         titans(x, state=edited(scalar))
     with pytest.raises(TypeError, match=re.escape("state [1].lmm.memory holds a str")):
         titans(x, state=edited(lambda layer: layer.update(memory="x")))
+    # a part dropped, set to None or renamed started afresh while the rest carried on (a Python API audit)
+    with pytest.raises(ValueError, match=re.escape("the state of block 1 has no `[1].lmm.memory`")):
+        titans(x, state=edited(lambda layer: layer.update(memroy=layer.pop("memory"))))
+    with pytest.raises(ValueError, match=re.escape("holds None at `[1].lmm.memory`, where this model's state has")):
+        titans(x, state=edited(lambda layer: layer.update(memory=None)))
+    with pytest.raises(ValueError, match=re.escape("holds `[1].lmm.extra`, which this model's state has not")):
+        titans(x, state=edited(lambda layer: layer.update(extra=torch.zeros(2))))
+    state = detach_state(titans(x, return_state=True)[1])
+    titans(x, state=[{}, state[1]])  # an empty dict still starts its block afresh
 
 
 def test_loss_and_training_step_name_a_caller_s_mistake(titans) -> None:

@@ -241,13 +241,39 @@ def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple
     if torch.compiler.is_compiling() or not state:
         return block(h, ctx, state)
     try:
-        return block(h, ctx, state)
+        out, new_state = block(h, ctx, state)
     except (RuntimeError, AssertionError) as error:  # a runtime's check of the state's parts asserts
         mismatch = _state_mismatch(block, h, ctx, state)
         if mismatch is None:
             raise
         raise ValueError(f"the state of block {index} does not fit this model: {mismatch}; a state continues only "
                          "the model it came from (the same spec, with the same overrides)") from error
+    # A layer starts a part afresh where the carried state has none (a key missing, or None), and
+    # passes over a key it does not read: a state edited so would run on without a word. A block's
+    # state has the same parts after every call (whatever the number of tokens), so the carried
+    # state must have the parts the call returns.
+    difference = _first_part_difference(state, new_state, f"[{index}]")
+    if difference is not None:
+        raise ValueError(f"the state of block {index} {difference}; a state continues only as a call with "
+                         "return_state=True returned it (an empty dict starts a block afresh)")
+    return out, new_state
+
+
+def _first_part_difference(carried: object, made: object, path: str) -> str | None:
+    """Where `carried` lacks a part `made` has or holds one it has not, by dict keys and None."""
+    if isinstance(made, dict) and isinstance(carried, dict):
+        for key in made:
+            if key not in carried:
+                return f"has no `{path}.{key}`, which this model's state holds"
+            found = _first_part_difference(carried[key], made[key], f"{path}.{key}")
+            if found is not None:
+                return found
+        extra = next((key for key in carried if key not in made), None)
+        return None if extra is None else f"holds `{path}.{extra}`, which this model's state has not"
+    if (carried is None) != (made is None):
+        return (f"holds None at `{path}`, where this model's state has a part" if carried is None else
+                f"holds a part at `{path}`, where this model's state has None")
+    return None
 
 
 def _state_mismatch(block: Any, h: Tensor, ctx: Any, state: dict) -> str | None:
