@@ -12,6 +12,7 @@ checker's diagnostics for slower nested levels.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -175,6 +176,17 @@ def test_calls_with_the_carried_state_equal_one_call(case: str) -> None:
         assert (got is None) == (want is None), name
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_a_carried_state_without_its_stream_position_is_refused() -> None:
+    """Without `_position` the slower levels would time their writes from token 0 again, silently."""
+    spec = nested_spec("three_mixed")
+    model = perturbed_model(spec, seed=2)
+    tokens, targets = batch(spec.model.vocab, seed=2)
+    _, state = model(tokens, targets, return_state=True)
+    state[0]["c"].pop("_position")
+    with pytest.raises(ValueError, match=re.escape("the state of block 0 has no `[0].c._position`")):
+        model(tokens, targets, state=state)
 
 
 def loss_grads_and_state(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> list:

@@ -312,7 +312,9 @@ def _named_tensors(value: object, path: str):
         yield from _named_tensors(value.weights, f"{path}.weights")
         if value.momentum is not None:
             yield from _named_tensors(value.momentum, f"{path}.momentum")
-    elif value is not None:  # a state holds tensors, memory states and None (a level without that part)
+    elif value is not None and not isinstance(value, int):
+        # a state holds tensors, memory states, None (a level without that part) and a nested CMS's
+        # `_position` (the tokens it has streamed, an int)
         raise TypeError(f"state {path} holds a {type(value).__name__}, where a call with return_state=True "
                         "returns tensors: a state continues only the model it came from, as it returned it")
 
