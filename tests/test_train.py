@@ -844,11 +844,14 @@ def test_unreadable_metrics_lines_are_dropped_with_a_warning_on_resume_and_time_
     run_dir = tmp_path / "run"
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2")) == 0
     with open(run_dir / "metrics.jsonl", "ab") as handle:  # what a kill during an append, or hands, leave
-        handle.write(b'[1, 2]\n\xff\xfe{"step": 1}\n{"step": 2, "loss": 1.0')
+        handle.write(b'[1, 2]\n\xff\xfe{"step": 1}\n{"step": 9, "loss": 0.5}\n{"step": 2, "loss": 1.0')
     capsys.readouterr()
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=3", "--resume")) == 0
     err = capsys.readouterr().err
-    assert "dropped 3 unreadable line(s)" in err and "Traceback" not in err
+    assert "dropped 3 unreadable line(s)" in err and "kept in metrics.jsonl.dropped" in err and "Traceback" not in err
+    # nothing is lost: the unreadable lines as they were, and those past the checkpoint (step 9), in order
+    assert (run_dir / "metrics.jsonl.dropped").read_bytes() == (
+        b'[1, 2]\n\xff\xfe{"step": 1}\n{"step": 9, "loss": 0.5}\n{"step": 2, "loss": 1.0\n')
     entries = strict_metrics(run_dir)
     assert [e["step"] for e in entries if "loss" in e] == [1, 2, 3]
     times = [e["time_s"] for e in entries if "time_s" in e]

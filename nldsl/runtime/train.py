@@ -202,20 +202,36 @@ def resolved_values(dump: dict[str, Any], provenance: dict[str, str]) -> dict[st
     return values
 
 
-def read_metrics(path: Path, warn: Any = None) -> list[dict[str, Any]]:
-    """The entries of a metrics.jsonl. Appends are not atomic, so a process killed while writing
-    leaves a cut last line (and hands can leave anything): lines that are not a JSON object with
-    an integer step are passed over, and reported through `warn`."""
-    entries, bad = [], []
+def read_metrics(path: Path, warn: Any) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+    """The entries of a metrics.jsonl with their line numbers, and the numbers of its unreadable
+    lines. Appends are not atomic, so a process killed while writing leaves a cut last line (and
+    hands can leave anything): lines that are not a JSON object with an integer step are passed
+    over, and reported through `warn`."""
+    entries, unreadable = [], []
     for number, entry in D.read_json_lines(path):
         if isinstance(entry, dict) and isinstance(entry.get("step"), int):
-            entries.append(entry)
+            entries.append((number, entry))
         else:
-            bad.append(number)
-    if bad and warn is not None:
-        lines = ", ".join(map(str, bad[:5])) + (" …" if len(bad) > 5 else "")
-        warn(f"{path}: dropped {len(bad)} unreadable line(s) ({lines}), e.g. one cut short by a crash")
-    return entries
+            unreadable.append(number)
+    if unreadable and warn is not None:
+        lines = ", ".join(map(str, unreadable[:5])) + (" …" if len(unreadable) > 5 else "")
+        warn(f"{path}: dropped {len(unreadable)} unreadable line(s) ({lines}), e.g. one cut short by a crash; "
+             f"they are kept in {path.name}{DROPPED_SUFFIX}")
+    return entries, unreadable
+
+
+DROPPED_SUFFIX = ".dropped"  # metrics.jsonl.dropped: the lines a resume took out, appended as they were
+
+
+def _keep_dropped_lines(path: Path, numbers: set[int]) -> None:
+    """Append the lines `numbers` (1-based) of `path` to its `.dropped` file, byte for byte, so that
+    a resume, which rewrites metrics.jsonl without them, loses nothing a user may want back."""
+    if not numbers:
+        return
+    raw = path.read_bytes().split(b"\n")
+    dropped = path.with_name(path.name + DROPPED_SUFFIX)
+    with naming(dropped), open(dropped, "ab") as handle:
+        handle.write(b"".join(raw[number - 1] + b"\n" for number in sorted(numbers)))
 
 
 def _json_line(entry: dict[str, Any]) -> str:
@@ -236,7 +252,11 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         self.last_time = 0.0  # time_s of the last kept entry, where a resumed run's clock goes on from
         if resume_step is not None and self.path.exists():
-            kept = [entry for entry in read_metrics(self.path, warn) if entry["step"] <= resume_step]
+            numbered, unreadable = read_metrics(self.path, warn)
+            kept = [entry for _, entry in numbered if entry["step"] <= resume_step]
+            # the lines past the checkpoint (the steps this resume runs again) and the unreadable ones
+            later = {number for number, entry in numbered if entry["step"] > resume_step}
+            _keep_dropped_lines(self.path, later | set(unreadable))
             times = [entry["time_s"] for entry in kept if isinstance(entry.get("time_s"), (int, float))]
             self.last_time = float(times[-1]) if times else 0.0
             write_atomic(self.path, "".join(_json_line(entry) for entry in kept).encode("utf-8"))
