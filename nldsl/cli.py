@@ -186,6 +186,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     source = compile_spec(result.spec, result.sources[result.spec.path].text, args.set or ())
     if args.output and args.output != "-":
         _refuse_to_overwrite_a_source(args.output, result.sources)
+        _refuse_to_replace_what_compile_did_not_write(Path(args.output))
         write_output(args.output, source)
         print(f"wrote {args.output}")
     else:  # as UTF-8 bytes, as a written module is: a console in another encoding must not fail on `§`
@@ -204,6 +205,24 @@ def _refuse_to_overwrite_a_source(output: str, sources: dict, command: str = "co
         if Path(name).resolve() == target:
             raise UserError(f"-o {output} would overwrite {name}, a spec file this {command} reads; choose another "
                             f"file for {instead}")
+
+
+def _refuse_to_replace_what_compile_did_not_write(output: Path) -> None:
+    """`-o notes.py` onto a file of the user's own would replace it; a module `nldsl compile` wrote
+    (a rerun's) is replaced, and a pipe or device is written through."""
+    from .compiler.codegen import GENERATED_BANNER
+
+    if not output.is_file():
+        return
+    try:
+        with open(output, "rb") as file:
+            first = file.read(len(GENERATED_BANNER))
+    except OSError:
+        return  # an unreadable file: the write says what is wrong with it
+    if first != GENERATED_BANNER.encode("utf-8"):
+        raise UserError(f"-o {output} exists and is not a module `nldsl compile` wrote (its first line would begin "
+                        f"`{GENERATED_BANNER.strip()}`), so it is left as it is: remove it first, or choose another "
+                        "file")
 
 
 def cmd_runtime(args: argparse.Namespace) -> int:

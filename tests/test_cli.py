@@ -489,3 +489,16 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(command):
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     assert "\\u" in done.stdout  # each unprintable character as its escape
+
+
+def test_compile_output_replaces_a_module_it_wrote_but_not_a_users_file(tmp_path, capsys):
+    """`-o notes.py` replaced a file of the user's own without a word (a bad-input audit)."""
+    mine = tmp_path / "notes.py"
+    mine.write_text("my notes\n", encoding="utf-8")
+    assert main(["compile", TITANS, "-o", str(mine)]) == 1
+    assert "exists and is not a module `nldsl compile` wrote" in capsys.readouterr().err
+    assert mine.read_text(encoding="utf-8") == "my notes\n"
+    module = tmp_path / "model.py"
+    assert main(["compile", TITANS, "-o", str(module)]) == 0
+    assert main(["compile", HOPE, "-o", str(module)]) == 0  # a rerun's module, another spec's even
+    assert "spec: " + HOPE in module.read_text(encoding="utf-8")
