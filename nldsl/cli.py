@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, json_entries, render_json, render_text, summary
-from .files import file_in_the_way, text_bytes, write_atomic
+from .files import file_in_the_way, first_line, text_bytes, write_atomic
 from .loader import ModelTooLargeError, print_debug_stages
 from .runtime.arguments import path_text
 from .runtime.interrupt import ReportedInterrupt, signal_number
@@ -214,12 +214,8 @@ def _refuse_to_replace_what_compile_did_not_write(output: Path) -> None:
 
     if not output.is_file():
         return
-    try:
-        with open(output, "rb") as file:
-            first = file.read(len(GENERATED_BANNER))
-    except OSError:
-        return  # an unreadable file: the write says what is wrong with it
-    if first != GENERATED_BANNER.encode("utf-8"):
+    first = first_line(output)  # None: unreadable, and the write then says what is wrong with it
+    if first is not None and not first.startswith(GENERATED_BANNER.encode("utf-8")):
         raise UserError(f"-o {output} exists and is not a module `nldsl compile` wrote (its first line would begin "
                         f"`{GENERATED_BANNER.strip()}`), so it is left as it is: remove it first, or choose another "
                         "file")

@@ -28,6 +28,7 @@ from typing import Any
 
 import networkx as nx
 
+from .files import first_line
 from .graph import OUTER, LevelGraph
 
 FONT = "Helvetica"
@@ -359,12 +360,9 @@ def _id(node: str) -> str:
 
 def _drawn_here(path: Path) -> bool:
     """Whether `path` begins as `to_dot`'s text does, so a fallback may replace it (a rerun's)."""
-    try:
-        with open(path, "rb") as file:
-            first = file.readline(512)
-    except OSError:
-        return False
-    return first.startswith(b"// Level graph of ") and first.rstrip().endswith(DRAWN_BY.encode("utf-8"))
+    first = first_line(path)
+    return first is not None and first.startswith(b"// Level graph of ") and \
+        first.rstrip().endswith(DRAWN_BY.encode("utf-8"))
 
 
 def _write(path: Path, data: bytes) -> str | None:

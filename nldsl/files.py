@@ -92,3 +92,13 @@ def file_in_the_way(error: OSError) -> str:
         if parent.is_file():
             return f" ({parent} is a file, not a folder)"
     return ""
+
+
+def first_line(path: Path, limit: int = 512) -> bytes | None:
+    """The first line of a file (at most `limit` bytes), None where it cannot be read: how an
+    output a command wrote before (its banner) is told from a file of the user's own."""
+    try:
+        with open(path, "rb") as file:
+            return file.readline(limit)
+    except OSError:
+        return None
