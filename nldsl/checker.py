@@ -1531,7 +1531,7 @@ class Converter:
         if kind == "mlp":
             values = self.fields(tree, S.MLPSpec, path)
             self.children(tree, {}, "`mlp`")
-            return S.MLPSpec(name=name, **values) if values is not None else None
+            return self.built(path, S.MLPSpec(name=name, **values)) if values is not None else None
         if kind == "memory":
             values = self.fields(tree, S.MemorySpec, path, skip=("level",))
             ok = self.children(tree, {"level": (1, 1)}, "a `memory`")

@@ -1478,6 +1478,39 @@ _ENTRIES = (
         train { seq_len = 1024  compile = chunks }
         """,
     ),
+    _entry(
+        "W0715", "a hidden width that rounds up to one unit",
+        """
+        A hidden width is `expansion` times the width it reads, rounded: an `mlp` layer's reads the
+        model's `dim`, a level's `mlp(depth ≥ 2)` or `residual_mlp` state a head's width (`dim /
+        heads`; a `cms` level's, `dim`). Below one unit the product rounds up to 1, the least a
+        weight can have, so the layer is built with a width the spec does not say: a memory or an MLP
+        of one hidden unit, more than `expansion` asked for. The warning gives the product; raise
+        `expansion` to 1/width or more for the width meant, or use a `linear` state.
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              heads = 4
+              level { state = mlp(depth = 2, expansion = 0.01)  period = 16 }
+            }
+          }
+        }
+        """,
+        """
+        model tiny {
+          dim = 64
+          block {
+            memory {
+              heads = 4
+              level { state = mlp(depth = 2, expansion = 0.5)  period = 16 }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

@@ -405,6 +405,19 @@ def _cut_off_by_detached_writes(layer: Any, path: str, spans: dict[str, Span], s
     return None
 
 
+def hidden_width_settings(layer: Any, path: str, dim: int) -> Iterator[tuple[str, float, int]]:
+    """(spec path, expansion, input width) of every hidden width a layer's own settings make: an `mlp`
+    layer's, and each level's `mlp(depth ≥ 2)` or `residual_mlp` state, whose input is a head's width."""
+    if isinstance(layer, S.MLPSpec):
+        yield f"{path}.expansion", layer.expansion, dim
+        return
+    width = dim // layer.heads if isinstance(layer, (S.MemorySpec, S.SelfModSpec)) else dim
+    for name, level in levels_of(layer):
+        state = level.state
+        if isinstance(state, S.ResidualMLPState) or (isinstance(state, S.MLPState) and state.depth > 1):
+            yield f"{path}.{name}.state", state.expansion, width
+
+
 def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 dim: int | None = None) -> list[Diagnostic]:
     """The checks that need a whole layer: combinations of its levels' options, periods (and, given
@@ -735,6 +748,12 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if isinstance(layer, S.MemorySpec) and "v" not in layer.projected and f"{path}.value_norm" in spans:
             warning("W0706", "`value_norm` has no effect: the `reconstruction` objective ½‖M(k) − k‖² reads no "
                     "values, so the layer makes none", "remove `value_norm`", f"{path}.value_norm")
+        for setting, expansion, width in hidden_width_settings(layer, path, dim) if dim else ():
+            if expansion * width < 1:  # shapes.hidden_width keeps at least one unit
+                warning("W0715", f"expansion {expansion:g} × input width {width} = {expansion * width:.3g}: the "
+                        "hidden width rounds up to 1, a memory or MLP of one hidden unit",
+                        f"use an expansion of at least 1/{width} = {1 / width:.3g} for the width meant, or a "
+                        "`linear` state", setting)
         if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
             warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
                     "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")

@@ -1,5 +1,6 @@
-"""Two gaps the checker had: definitions of an imported file that the spec does not use went
-unchecked, and a selfmod level whose step η_max·C/(1 − β) diverges at init gave no warning."""
+"""Gaps the checker had: definitions of an imported file that the spec does not use went
+unchecked, a selfmod level whose step η_max·C/(1 − β) diverges at init gave no warning, and an
+`expansion` whose hidden width rounds up to one unit was built without a word."""
 
 from __future__ import annotations
 
@@ -122,3 +123,42 @@ def test_w0713_on_hope_follows_the_overrides_and_not_the_shipped_spec():
 def test_no_shipped_spec_gets_w0713():
     for path in sorted(SPECS.glob("**/*.nl")):
         assert "W0713" not in {d.code for d in check_file(path).diagnostics}, path
+
+
+def _w0715(text: str, overrides=()) -> list[tuple[int, str]]:
+    from nldsl.checker import check_text
+    return [(d.span.line, d.message.split(":")[0]) for d in check_text(text, "k.nl", list(overrides)).diagnostics
+            if d.code == "W0715"]
+
+
+WIDTHS = """\
+model tiny {
+  dim = 64
+  block {
+    cms { level fast { period = 16  state = mlp(2, expansion = 0.001) } }
+    parallel { mlp a { expansion = 0.001 }  attention b { } }
+    context { memory { heads = 2  level { state = mlp(3, expansion = 0.03125) } }  attention { } }
+    selfmod { heads = 4  level memory { state = mlp(depth = 1, expansion = 0.001) }
+              level projections { state = residual_mlp(0.01) } }
+  }
+}
+"""
+
+
+def test_w0715_names_each_hidden_width_below_one_unit_with_the_width_it_reads():
+    # a head's width for selfmod and memory levels, the model's for cms levels and mlp layers; a
+    # depth-1 mlp state has no hidden width, and 0.03125 × 32 is exactly one unit
+    assert _w0715(WIDTHS) == [(4, "expansion 0.001 × input width 64 = 0.064"),
+                              (5, "expansion 0.001 × input width 64 = 0.064"),
+                              (8, "expansion 0.01 × input width 16 = 0.16")]
+
+
+def test_w0715_follows_the_width_an_override_sets():
+    spec = "model tiny {\n  dim = 64\n  block {\n    mlp { expansion = 0.05 }\n  }\n}\n"
+    assert _w0715(spec) == []
+    assert _w0715(spec, ["model.dim=16"]) == [(4, "expansion 0.05 × input width 16 = 0.8")]
+
+
+def test_no_shipped_spec_gets_w0715():
+    for path in sorted(SPECS.glob("**/*.nl")):
+        assert "W0715" not in {d.code for d in check_file(path).diagnostics}, path
