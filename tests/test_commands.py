@@ -566,6 +566,36 @@ def test_a_recorded_spec_that_is_not_one_is_a_one_line_error(run_dir, tmp_path, 
     assert "holds no usable spec: " + field in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("edit, said", [
+    (lambda r: r["spec"].pop("model"), "holds no usable spec: it has no `model`"),
+    (lambda r: r["spec"]["model"].update(dim=True), "holds no usable spec: `model.dim`"),  # not read as 1
+    (lambda r: r["spec"]["model"].update(dim="16"), "holds no usable spec: `model.dim`"),
+    # a width its heads do not divide: the checker never passed it, so it came from an edit
+    (lambda r: r["spec"]["model"].update(dim=1), "model.dim is 1 in the record but 16 in its spec text"),
+    (lambda r: r["spec"]["train"].update(seq_len=10**30), "holds no usable spec: `train.seq_len`: a spec's numbers"),
+    (lambda r: r["data"]["source"].update(encoding=["utf-8"]), "`data.source.encoding` is not a text encoding"),
+    (lambda r: r["data"]["source"].update(encoding="hex"), "`data.source.encoding` is not a text encoding"),
+])
+def test_a_recorded_spec_or_encoding_edited_past_its_types_is_a_one_line_error(run_dir, tmp_path, capsys, edit,
+                                                                               said):
+    damaged = _copy_checkpoint(run_dir, tmp_path / "damaged", edit)
+    assert main(["eval", str(damaged), "--batches", "1"]) == 1
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+
+
+def test_a_recorded_spec_that_its_own_text_checks_to_but_does_not_build_is_nldsl_s_error(run_dir, monkeypatch):
+    # the failure is not blamed on the record when its spec is the very one its text checks to
+    from nldsl import loader
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(loader, "build_model", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        E.load_model(run_dir, CPU)
+
+
 def test_a_hand_made_stream_state_that_does_not_fit_is_a_one_line_error(run_dir, tmp_path, capsys):
     import json
 

@@ -911,6 +911,41 @@ def test_resume_with_fewer_steps_than_done_is_refused_and_changes_nothing(tmp_pa
     assert "the run was trained with --set train.steps=2, which this command leaves out: give it again" in err, err
 
 
+def _first_parameter_state(optimizer: dict) -> dict:
+    return optimizer["state"]["items"][0][1]["dict"]
+
+
+NOT_A_STATE = "it is not an optimizer's state"
+WRONG_ENTRY = "where the optimizer keeps a"
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda o: o.pop("state"), NOT_A_STATE), (lambda o: o.update(state=None), NOT_A_STATE),
+    (lambda o: o.update(param_groups=3), NOT_A_STATE), (lambda o: o.pop("param_groups"), NOT_A_STATE),
+    (lambda o: _first_parameter_state(o).update(exp_avg=None), WRONG_ENTRY),
+    (lambda o: _first_parameter_state(o).pop("exp_avg_sq"), WRONG_ENTRY),
+    # another parameter's moments: a tensor of the checkpoint, but not of this parameter's shape
+    (lambda o: _first_parameter_state(o).update(exp_avg=o["state"]["items"][-1][1]["dict"]["exp_avg"]), WRONG_ENTRY),
+    # a group's settings: a flag that picks another code path, a number that is not one, its parameters
+    (lambda o: o["param_groups"][0]["dict"].update(amsgrad=True), "`amsgrad` of parameter group 0 is True, where"),
+    (lambda o: o["param_groups"][0]["dict"].update(betas="x"), "`betas` of parameter group 0 is 'x', where"),
+    (lambda o: o["param_groups"][0]["dict"]["params"].reverse(), "parameter group 0 is not the run's"),
+])
+def test_a_resume_from_an_optimizer_state_no_optimizer_wrote_is_a_one_line_error(tmp_path, text_file, capsys, edit,
+                                                                                  said):
+    # a record edited by hand and its digest recomputed: past the digest, the state's shape is checked
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1")) == 0
+    [checkpoint] = (tmp_path / "run" / "checkpoints").glob("step-*")
+    record = json.loads((checkpoint / C.RECORD_FILE).read_text())
+    edit(record["optimizer"]["dict"])
+    record[C.RECORD_DIGEST] = C.record_digest(record)
+    (checkpoint / C.RECORD_FILE).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2", "--resume")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: damaged optimizer state in ") and said in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("device", ["meta", "mps", "xla"])
 def test_an_unusable_device_is_refused_before_anything_is_read_or_made(tmp_path, text_file, capsys, device):
     if device == "mps" and torch.backends.mps.is_available():

@@ -24,6 +24,7 @@ a damaged or edited file is named.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import hashlib
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from nldsl.cli import UserError
 from nldsl.files import fsync_folder, text_bytes, write_atomic, write_file
+from nldsl.runtime.arguments import text_codec
 from nldsl.runtime.memory import MemoryState
 
 FORMAT = "nldsl-checkpoint/2"  # /2: the record holds its own hash (`record_digest`), which readers require
@@ -382,6 +384,12 @@ def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
         paths = get("data.source.paths", list)
         if not all(isinstance(p, str) for p in paths):
             raise CheckpointError(f"damaged checkpoint record {file}: `data.source.paths` is malformed")
+        encoding = record["data"]["source"].get("encoding", "utf-8")  # absent: written before it was recorded
+        try:
+            text_codec(encoding if isinstance(encoding, str) else "")
+        except argparse.ArgumentTypeError:
+            raise CheckpointError(f"damaged checkpoint record {file}: `data.source.encoding` is not a text "
+                                  "encoding") from None
     get("data.train_sha256", str)
     if resume:
         get("optimizer", dict)

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from nldsl import loader
 from nldsl import spec as S
+from nldsl.checker import NUMBER_RANGE
 from nldsl.cli import UserError
 from nldsl.diagnostics import terminal_safe
 from nldsl.files import write_atomic
@@ -67,13 +68,30 @@ def _tuples(value: Any) -> Any:
 
 
 def spec_from_record(record: dict[str, Any]) -> S.Spec:
-    """The checked spec stored in a checkpoint record (JSON turns an optimizer's update tuple into lists)."""
-    spec = S.Spec.model_validate(record["spec"])
+    """The checked spec stored in a checkpoint record (JSON turns an optimizer's update tuple into lists).
+
+    Validated as JSON, strictly: a value nldsl wrote has its field's type already, so `true` for a
+    width or "8" for a period is an edited record, not something to coerce (`true` would read as 1)."""
+    too_large = next(_numbers_past_the_spec_range(record["spec"], ""), None)
+    if too_large is not None:
+        raise ValueError(f"`{too_large}`: {NUMBER_RANGE}, as the checker requires")
+    spec = S.Spec.model_validate_json(json.dumps(record["spec"]), strict=True)
     optimizer = spec.train.optimizer
     if isinstance(optimizer, S.OptimizerSpec):
         optimizer = optimizer.model_copy(update={"update": _tuples(optimizer.update)})
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"optimizer": optimizer})})
     return spec
+
+
+def _numbers_past_the_spec_range(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers_past_the_spec_range(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _numbers_past_the_spec_range(item, f"{path}.{index}")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        yield path
 
 
 @dataclass
@@ -104,17 +122,23 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     try:
         spec = spec_from_record(record)
     except ValidationError as error:  # one line: the first field that is wrong (pydantic lists them all)
-        first = error.errors()[0]
+        errors = error.errors()  # a missing or wrong field says more than an extra one
+        first = next((e for e in errors if e["type"] != "extra_forbidden"), errors[0])
         where = ".".join(str(part) for part in first["loc"]) or "spec"
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
         raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: `{where}`: "
                                 f"{first['msg']}{more}") from None
     except (KeyError, ValueError) as error:
         raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: {error}") from None
+    if spec.model is None:
+        raise C.CheckpointError(f"the record in {checkpoint.path} holds no usable spec: it has no `model`")
     overrides = record.get("overrides")  # for the generated banner only: the spec above is already resolved
     overrides = overrides if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides) else ()
-    module = loader.build_module(spec, record.get("spec_text", ""), overrides)
-    model = loader.build_model(module, spec, device)
+    try:
+        module = loader.build_module(spec, record.get("spec_text", ""), overrides)
+        model = loader.build_model(module, spec, device)
+    except Exception as error:  # sorted out below: an edited record, or a bug of nldsl's
+        raise _unbuildable(checkpoint, spec, overrides, error) from error
     C.check_parameters(checkpoint.model, {n: tuple(t.shape) for n, t in model.state_dict().items()}, checkpoint.path)
     C.check_finite_weights(checkpoint.model, checkpoint.path)
     model.load_state_dict(checkpoint.model)
@@ -123,6 +147,32 @@ def load_model(target: str | Path, device: torch.device) -> LoadedModel:
     tokenizer = D.tokenizer_from_record(record["tokenizer"], checkpoint.path,
                                         record.get("files", {}).get("tokenizer.json"))
     return LoadedModel(model, module, spec, tokenizer, checkpoint, device)
+
+
+def _unbuildable(checkpoint: C.Checkpoint, spec: S.Spec, overrides: Any, error: Exception) -> Exception:
+    """What to raise when the spec of a record that passed its digest does not build. The checker
+    passed the spec when the run began, so a spec that fails here was edited in the record (its
+    digest recomputed) or written by another tool: said as a CheckpointError naming the first value
+    that differs from what the record's own spec text checks to. Only where that text checks to the
+    very spec recorded is the failure nldsl's own, and the error goes on as it is (an internal error)."""
+    from nldsl.checker import check_text
+    from nldsl.runtime.train import _first_difference
+
+    why = f"{type(error).__name__}: {error}"
+    text = checkpoint.record.get("spec_text")
+    if isinstance(text, str):
+        again = check_text(text, spec.path, list(overrides)).spec  # None where it does not check on its own
+        if again is not None:
+            recorded, checked = spec.model_dump(mode="json"), again.model_dump(mode="json")
+            for dump in (recorded, checked):
+                dump.pop("path"), dump.pop("sha256")
+            if recorded == checked:
+                return error
+            difference = _first_difference(recorded, checked, now_is="in its spec text")
+            if difference is not None:
+                why += f"; {difference.replace('in the checkpoint', 'in the record', 1)}"
+    return C.CheckpointError(f"the spec recorded in {checkpoint.path} does not build ({why}): the record was "
+                             "edited or written by another tool; use an older checkpoint of the run, or retrain")
 
 
 def _check_run_folder_spec(checkpoint: C.Checkpoint, warn: Callable[[str], None]) -> None:

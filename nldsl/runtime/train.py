@@ -527,10 +527,14 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             optimizer_state = C.optimizer_from_files(found.record["optimizer"], found.training)
         except ValueError as error:
             raise C.CheckpointError(f"damaged optimizer state in {found.path / C.RECORD_FILE}: {error}") from None
+        _check_optimizer_state(optimizer_state, optimizer, named, plan.optimizer, found.path)
         try:
             distributed.load_state_dicts(model, optimizer, found.model, optimizer_state, context)
         except ValueError as error:  # torch's (a group of another size) or NestedOptimizer's own check
             raise C.CheckpointError(f"cannot resume the optimizer from {found.path}: {error}") from None
+        except (KeyError, TypeError, AttributeError, IndexError) as error:  # a structure no optimizer wrote
+            raise C.CheckpointError(f"damaged optimizer state in {found.path / C.RECORD_FILE}: it is not an "
+                                    f"optimizer's state ({type(error).__name__}: {error})") from None
         clock.load(found.training)
         C.restore_rng(found.training)
         start = int(found.record["step"])
@@ -987,6 +991,84 @@ def _copy_imports(result: Any, run_dir: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(source.text, encoding="utf-8")
     return outside
+
+
+def _check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, named: list[tuple[str, torch.nn.Parameter]],
+                           optimizer_spec: Any, path: Path) -> None:
+    """The stored optimizer state holds what this optimizer keeps: its parameter groups the same
+    parameters and settings of the same kinds as the optimizer built for the run (flags equal), and
+    each parameter's state the entries, tensors of the shapes, that one step of the same optimizer
+    on shape-only (meta) copies of the parameters makes, so nothing is computed or allocated. A
+    stored state that passed its digest but not this was edited by hand: loaded, it would fail only
+    inside the first optimizer step, as an error (or worse) in torch's kernels."""
+    from nldsl.compiler.optimizers import build_optimizer
+
+    def damaged(what: str) -> C.CheckpointError:
+        return C.CheckpointError(f"damaged optimizer state in {path / C.RECORD_FILE}: {what}")
+
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or \
+            not isinstance(state.get("param_groups"), list):
+        raise damaged("it is not an optimizer's state (no `state` table and `param_groups` list)")
+    groups = optimizer.state_dict()["param_groups"]
+    if len(state["param_groups"]) != len(groups):
+        return  # said by torch's load, with both counts
+    for index, (stored, built) in enumerate(zip(state["param_groups"], groups, strict=True)):
+        if not isinstance(stored, dict) or stored.get("params") != built["params"]:
+            raise damaged(f"parameter group {index} is not the run's (its `params` differ)")
+        for key, value in built.items():
+            difference = _kind_difference(stored.get(key, _ABSENT), value)
+            if difference is not None:
+                raise damaged(f"`{key}` of parameter group {index} is {difference}")
+    shapes = [(name, tuple(parameter.shape)) for name, parameter in named]
+    try:
+        shadows = [(name, torch.nn.Parameter(torch.empty(shape, device="meta"))) for name, shape in shapes]
+        shadow = build_optimizer(shadows, optimizer_spec)
+        for _, parameter in shadows:
+            parameter.grad = torch.zeros_like(parameter)
+        shadow.step()
+        expected = shadow.state_dict()["state"]
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return  # an optimizer whose step reads values cannot run on shapes alone: the groups are checked
+    for index, stored in state["state"].items():
+        keeps = expected.get(index)
+        if keeps is None:
+            continue  # a parameter past the list: torch's load names it
+        if not isinstance(stored, dict):
+            raise damaged(f"the state of {shapes[index][0]} is a {type(stored).__name__}, where the optimizer keeps "
+                          "a table")
+        for key, value in keeps.items():
+            difference = _kind_difference(stored.get(key, _ABSENT), value, flags_equal=False)
+            if difference is not None:
+                raise damaged(f"`{key}` of {shapes[index][0]} is {difference}")
+
+
+_ABSENT = object()
+
+
+def _kind_difference(stored: Any, built: Any, flags_equal: bool = True) -> str | None:
+    """How `stored` differs in kind from `built` ('absent, where the optimizer keeps a (4, 8) tensor'),
+    or None: tensors by shape, numbers by being numbers, sequences item by item and, with
+    `flags_equal`, booleans, strings and None by value (they choose the optimizer's code path)."""
+    def shown(value: Any) -> str:
+        if value is _ABSENT:
+            return "absent"
+        return f"a {tuple(value.shape)} tensor" if torch.is_tensor(value) else repr(value)
+
+    if torch.is_tensor(built):
+        same = torch.is_tensor(stored) and (built.dim() == 0 or tuple(stored.shape) == tuple(built.shape))
+    elif isinstance(built, bool) or built is None or isinstance(built, str):
+        same = stored == built if flags_equal else stored is not _ABSENT
+    elif isinstance(built, (int, float)):
+        same = isinstance(stored, (int, float)) and not isinstance(stored, bool)
+    elif isinstance(built, (list, tuple)):
+        if not isinstance(stored, (list, tuple)) or len(stored) != len(built):
+            same = False
+        else:
+            return next((f"{d} at item {i}" for i, (a, b) in enumerate(zip(stored, built, strict=True))
+                         if (d := _kind_difference(a, b, flags_equal)) is not None), None)
+    else:
+        same = stored is not _ABSENT
+    return None if same else f"{shown(stored)}, where the optimizer keeps {shown(built)}"
 
 
 def _parameter_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
