@@ -926,6 +926,7 @@ WRONG_ENTRY = "where the optimizer keeps a"
     (lambda o: _first_parameter_state(o).pop("exp_avg_sq"), WRONG_ENTRY),
     # another parameter's moments: a tensor of the checkpoint, but not of this parameter's shape
     (lambda o: _first_parameter_state(o).update(exp_avg=o["state"]["items"][-1][1]["dict"]["exp_avg"]), WRONG_ENTRY),
+    (lambda o: _first_parameter_state(o).update(exp_avg=o["state"]["items"][0][1]["dict"]["step"]), WRONG_ENTRY),
     # a group's settings: a flag that picks another code path, a number that is not one, its parameters
     (lambda o: o["param_groups"][0]["dict"].update(amsgrad=True), "`amsgrad` of parameter group 0 is True, where"),
     (lambda o: o["param_groups"][0]["dict"].update(betas="x"), "`betas` of parameter group 0 is 'x', where"),
@@ -944,6 +945,25 @@ def test_a_resume_from_an_optimizer_state_no_optimizer_wrote_is_a_one_line_error
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2", "--resume")) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: damaged optimizer state in ") and said in err and err.count("\n") == 1, err
+
+
+def test_a_resume_from_optimizer_moments_of_another_dtype_is_a_one_line_error(tmp_path, text_file, capsys):
+    # the training file rewritten with one moment in float64 and its hash recomputed, as the record's:
+    # loaded, torch's fused AdamW would step on it with the wrong element size
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=1")) == 0
+    [checkpoint] = (tmp_path / "run" / "checkpoints").glob("step-*")
+    record = json.loads((checkpoint / C.RECORD_FILE).read_text())
+    key = _first_parameter_state(record["optimizer"]["dict"])["exp_avg"]["tensor"]
+    tensors = safetensors.torch.load_file(checkpoint / C.TRAINING_FILE)
+    tensors[key] = tensors[key].double()
+    safetensors.torch.save_file(tensors, checkpoint / C.TRAINING_FILE)
+    record["files"][C.TRAINING_FILE] = C.sha256_bytes((checkpoint / C.TRAINING_FILE).read_bytes())
+    record[C.RECORD_DIGEST] = C.record_digest(record)
+    (checkpoint / C.RECORD_FILE).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2", "--resume")) == 1
+    err = capsys.readouterr().err
+    assert "torch.float64 tensor, where the optimizer keeps a" in err and "torch.float32 tensor" in err, err
 
 
 @pytest.mark.parametrize("device", ["meta", "mps", "xla"])

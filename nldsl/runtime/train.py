@@ -1021,7 +1021,8 @@ def _check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, named: 
                 raise damaged(f"`{key}` of parameter group {index} is {difference}")
     shapes = [(name, tuple(parameter.shape)) for name, parameter in named]
     try:
-        shadows = [(name, torch.nn.Parameter(torch.empty(shape, device="meta"))) for name, shape in shapes]
+        shadows = [(name, torch.nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype, device="meta")))
+                   for name, parameter in named]
         shadow = build_optimizer(shadows, optimizer_spec)
         for _, parameter in shadows:
             parameter.grad = torch.zeros_like(parameter)
@@ -1046,16 +1047,18 @@ _ABSENT = object()
 
 
 def _kind_difference(stored: Any, built: Any, flags_equal: bool = True) -> str | None:
-    """How `stored` differs in kind from `built` ('absent, where the optimizer keeps a (4, 8) tensor'),
-    or None: tensors by shape, numbers by being numbers, sequences item by item and, with
-    `flags_equal`, booleans, strings and None by value (they choose the optimizer's code path)."""
+    """How `stored` differs in kind from `built` ('absent, where the optimizer keeps a (4, 8)
+    torch.float32 tensor'), or None: tensors by shape and dtype, numbers by being numbers, sequences
+    item by item and, with `flags_equal`, booleans, strings and None by value (they choose the
+    optimizer's code path)."""
     def shown(value: Any) -> str:
         if value is _ABSENT:
             return "absent"
-        return f"a {tuple(value.shape)} tensor" if torch.is_tensor(value) else repr(value)
+        return f"a {tuple(value.shape)} {value.dtype} tensor" if torch.is_tensor(value) else repr(value)
 
-    if torch.is_tensor(built):
-        same = torch.is_tensor(stored) and (built.dim() == 0 or tuple(stored.shape) == tuple(built.shape))
+    if torch.is_tensor(built):  # a 0-d one (a step count) may be kept in another dtype by a fused kernel
+        same = torch.is_tensor(stored) and (built.dim() == 0 or (
+            tuple(stored.shape) == tuple(built.shape) and stored.dtype == built.dtype))
     elif isinstance(built, bool) or built is None or isinstance(built, str):
         same = stored == built if flags_equal else stored is not _ABSENT
     elif isinstance(built, (int, float)):
