@@ -549,6 +549,7 @@ def _copy_checkpoint(run_dir: Path, to: Path, edit=None) -> Path:
     lambda r: r.update(files=[]), lambda r: r["data"].update(source="files"),
     lambda r: r.update(tokenizer={"kind": "bpe"}),  # a BPE tokenizer without its file and vocabulary
     lambda r: r.update(spec_text=None), lambda r: r.update(spec_text=5),
+    lambda r: r.update(overrides=7), lambda r: r.update(overrides=[1]),
 ])
 @pytest.mark.parametrize("command", [["eval", "--batches", "1"], ["generate", "--tokens", "1"], ["stream"]])
 def test_a_hand_edited_checkpoint_record_is_a_one_line_error(run_dir, tmp_path, capsys, edit, command):

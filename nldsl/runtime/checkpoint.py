@@ -391,6 +391,9 @@ def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
             raise CheckpointError(f"damaged checkpoint record {file}: `data.source.encoding` is not a text "
                                   "encoding") from None
     get("data.train_sha256", str)
+    overrides = record.get("overrides", [])  # the run's --set, which a resume compares with its own
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise CheckpointError(f"damaged checkpoint record {file}: `overrides` is not a list of --set values")
     if resume:
         get("optimizer", dict)
 
