@@ -752,8 +752,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             if expansion * width < 1:  # shapes.hidden_width keeps at least one unit
                 warning("W0715", f"expansion {expansion:g} × input width {width} = {expansion * width:.3g}: the "
                         "hidden width rounds up to 1, a memory or MLP of one hidden unit",
-                        f"use an expansion of at least 1/{width} = {1 / width:.3g} for the width meant, or a "
-                        "`linear` state", setting)
+                        f"use an expansion of at least 1/{width} = {1 / width:.3g} for the width meant"
+                        + ("" if isinstance(layer, S.MLPSpec) else ", or a `linear` state"), setting)
         if isinstance(layer, S.AttentionSpec) and not layer.rope and f"{path}.rope_base" in spans:
             warning("W0706", "`rope_base` has no effect: `rope = false` turns rotary embeddings off",
                     "remove `rope_base`, or set `rope = true`", f"{path}.rope_base")

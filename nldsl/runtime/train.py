@@ -1019,7 +1019,7 @@ def _check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, named: 
             difference = _kind_difference(stored.get(key, _ABSENT), value)
             if difference is not None:
                 raise damaged(f"`{key}` of parameter group {index} is {difference}")
-    shapes = [(name, tuple(parameter.shape)) for name, parameter in named]
+    names = [name for name, _ in named]
     try:
         shadows = [(name, torch.nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype, device="meta")))
                    for name, parameter in named]
@@ -1035,12 +1035,12 @@ def _check_optimizer_state(state: Any, optimizer: torch.optim.Optimizer, named: 
         if keeps is None:
             continue  # a parameter past the list: torch's load names it
         if not isinstance(stored, dict):
-            raise damaged(f"the state of {shapes[index][0]} is a {type(stored).__name__}, where the optimizer keeps "
-                          "a table")
+            raise damaged(f"the state of {names[index]} is a {type(stored).__name__}, where the optimizer keeps a "
+                          "table")
         for key, value in keeps.items():
             difference = _kind_difference(stored.get(key, _ABSENT), value, flags_equal=False)
             if difference is not None:
-                raise damaged(f"`{key}` of {shapes[index][0]} is {difference}")
+                raise damaged(f"`{key}` of {names[index]} is {difference}")
 
 
 _ABSENT = object()
