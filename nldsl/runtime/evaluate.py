@@ -72,7 +72,10 @@ def spec_from_record(record: dict[str, Any]) -> S.Spec:
 
     Validated as JSON, strictly: a value nldsl wrote has its field's type already, so `true` for a
     width or "8" for a period is an edited record, not something to coerce (`true` would read as 1)."""
-    too_large = next(_numbers_past_the_spec_range(record["spec"], ""), None)
+    from nldsl.runtime.train import _flat
+
+    too_large = next((path for path, value in _flat(record["spec"]).items()
+                      if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63), None)
     if too_large is not None:
         raise ValueError(f"`{too_large}`: {NUMBER_RANGE}, as the checker requires")
     spec = S.Spec.model_validate_json(json.dumps(record["spec"]), strict=True)
@@ -81,17 +84,6 @@ def spec_from_record(record: dict[str, Any]) -> S.Spec:
         optimizer = optimizer.model_copy(update={"update": _tuples(optimizer.update)})
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"optimizer": optimizer})})
     return spec
-
-
-def _numbers_past_the_spec_range(value: Any, path: str) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _numbers_past_the_spec_range(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _numbers_past_the_spec_range(item, f"{path}.{index}")
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
-        yield path
 
 
 @dataclass

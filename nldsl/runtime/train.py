@@ -1050,7 +1050,9 @@ def _kind_difference(stored: Any, built: Any, flags_equal: bool = True) -> str |
     """How `stored` differs in kind from `built` ('absent, where the optimizer keeps a (4, 8)
     torch.float32 tensor'), or None: tensors by shape and dtype, numbers by being numbers, sequences
     item by item and, with `flags_equal`, booleans, strings and None by value (they choose the
-    optimizer's code path)."""
+    optimizer's code path). Looser than a stream state's check (evaluate.py `_state_mismatch`, exact
+    entries and dtypes): a group's numbers change (the schedule's `lr`, a resume's new one), a state
+    may hold entries one step does not make, and a fused kernel keeps its step counts in its own dtype."""
     def shown(value: Any) -> str:
         if value is _ABSENT:
             return "absent"
