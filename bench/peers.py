@@ -5,7 +5,12 @@ its ratio is measured side by side. Peers are used only as installed packages:
 
 - `titans_layer`: the Titans LMM memory layer of specs/titans_lmm.nl against titans-pytorch's
   `NeuralMemory` (same width, heads, memory depth 2 with expansion 2, chunk 16; forward + backward
-  + AdamW step on a squared-output loss).
+  + AdamW step on a squared-output loss). As configured by default, `NeuralMemory` takes every
+  chunk's surprise (the gradient of its inner loss) at the weights its call starts from, all chunks
+  at once: it does not run the chunk recurrence, where each chunk's gradient is taken at the weights
+  the chunks before it wrote (Titans §3.2, and nldsl's chunk rule). Its `batch_size = chunk` runs
+  that recurrence; that peer is timed beside it, and the run checks which weights each one takes its
+  surprises at (`peer_surprise_difference`).
 - `titans_mac`: specs/titans_mac.nl against titans-pytorch's `MemoryAsContextTransformer` (same
   width, depth, segment, persistent tokens, memory chunk), full training steps. Not matched:
   titans-pytorch keeps its defaults of 4 hyper-connection residual streams and a NeuralMemory of
@@ -94,21 +99,59 @@ def titans_memory_layer(width: int, heads: int, chunk: int, length: int) -> tupl
     return layer, loss
 
 
-def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 1024, batch: int = 2,
-                 rounds: int = 7) -> dict:
-    """Our Titans LMM layer vs titans-pytorch NeuralMemory, forward + backward + AdamW step."""
+def neural_memory(width: int, heads: int, chunk: int, batch_size: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """titans-pytorch's `NeuralMemory` as `titans_layer` times it: an MLP memory of depth 2, expansion 2.
+
+    `batch_size` is its own argument: None (its default) takes every chunk's surprise at the weights
+    the call starts from; `chunk` updates the weights after every chunk, so that each chunk's
+    surprise is taken at the weights the chunks before it wrote, as the Titans chunk rule does."""
     from titans_pytorch import NeuralMemory
 
-    ours, our_loss = titans_memory_layer(width, heads, chunk, length)
-    theirs = NeuralMemory(dim=width, chunk_size=chunk, heads=heads, dim_head=width // heads,
-                          default_model_kwargs={"depth": 2, "expansion_factor": 2.0})
+    memory = NeuralMemory(dim=width, chunk_size=chunk, heads=heads, dim_head=width // heads, batch_size=batch_size,
+                          default_model_kwargs={"depth": 2, "expansion_factor": 2.0}).to(dtype)
     with torch.no_grad():  # its per-head initial memory weights come as one expanded tensor; AdamW
-        for param in theirs.parameters():  # writes in place, so give every head its own storage
+        for param in memory.parameters():  # writes in place, so give every head its own storage
             if 0 in param.stride():
                 param.data = param.data.contiguous()
+    return memory
+
+
+def peer_surprise_difference(batch_size: int | None, width: int = 64, heads: int = 2, chunk: int = 16,
+                             chunks: int = 4) -> float:
+    """How far `NeuralMemory`'s inner losses inside one call over `chunks` chunks are from the same
+    tokens' losses at the weights the call starts from, largest over the chunks after the first.
+
+    Its keys and values are per-token projections, so a token's loss at the starting weights does
+    not depend on the tokens before it: a fresh call on the chunk alone gives it. 0 means that every
+    chunk's surprise is taken at the starting weights (no chunk recurrence); a difference of the
+    order of the loss itself means each chunk sees the weights the chunks before it wrote. float64.
+    """
+    torch.manual_seed(0)
+    memory = neural_memory(width, heads, chunk, batch_size, torch.float64)
+    x = torch.randn(1, chunks * chunk, width, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, _, (losses, _) = memory(x, return_surprises=True)
+        differences = []
+        for index in range(1, chunks):
+            _, _, (alone, _) = memory(x[:, index * chunk:(index + 1) * chunk], return_surprises=True)
+            inside = losses[..., index * chunk:(index + 1) * chunk]
+            differences.append(((inside - alone).abs().max() / alone.abs().max()).item())
+    return max(differences)
+
+
+def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int = 1024, batch: int = 2,
+                 rounds: int = 7) -> dict:
+    """Our Titans LMM layer vs titans-pytorch NeuralMemory, forward + backward + AdamW step.
+
+    Two peers (module docstring): `titans_pytorch`, as configured by default (the issue's target
+    reads against it), and `titans_pytorch_chunk_recurrence` (`batch_size = chunk`), which takes each
+    chunk's surprise at the weights the chunks before it wrote, as nldsl's layer does."""
+    ours, our_loss = titans_memory_layer(width, heads, chunk, length)
+    peers = {"titans_pytorch": neural_memory(width, heads, chunk),
+             "titans_pytorch_chunk_recurrence": neural_memory(width, heads, chunk, batch_size=chunk)}
     x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
     ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
-    theirs_optimizer = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
     compiled_loss = torch.compile(our_loss, fullgraph=True)
 
     def step(loss_fn, optimizer):
@@ -119,21 +162,29 @@ def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int 
             optimizer.step()
         return run
 
-    def their_loss(x):
-        retrieved, _ = theirs(x)
-        return retrieved.square().mean()
+    def peer_step(memory: torch.nn.Module):
+        def their_loss(x):
+            retrieved, _ = memory(x)
+            return retrieved.square().mean()
+        return step(their_loss, torch.optim.AdamW(memory.parameters(), lr=1e-4, fused=True))
 
     seconds = alternate({"nldsl_eager": step(our_loss, ours_optimizer),
                          "nldsl_compiled": step(compiled_loss, ours_optimizer),
-                         "titans_pytorch": step(their_loss, theirs_optimizer)}, rounds=rounds, warmup=2)
+                         **{name: peer_step(memory) for name, memory in peers.items()}}, rounds=rounds, warmup=2)
     torch._dynamo.reset()
     tokens = batch * length
+    ours_modes = [name for name in seconds if name.startswith("nldsl")]
     return {"config": {"width": width, "heads": heads, "chunk": chunk, "length": length, "batch": batch,
-                       "memory": "mlp depth 2, expansion 2"},
-            "parameters": {"nldsl": parameter_count(ours), "titans_pytorch": parameter_count(theirs)},
+                       "memory": "mlp depth 2, expansion 2",
+                       "titans_pytorch_chunk_recurrence": f"NeuralMemory(batch_size={chunk})"},
+            "parameters": {"nldsl": parameter_count(ours), "titans_pytorch": parameter_count(peers["titans_pytorch"])},
             "tokens_per_second": {name: tokens / s for name, s in seconds.items()},
-            "speedup_vs_titans_pytorch": {name: seconds["titans_pytorch"] / s for name, s in seconds.items()
-                                          if name != "titans_pytorch"}}
+            "speedup_vs_titans_pytorch": {name: seconds["titans_pytorch"] / seconds[name] for name in ours_modes},
+            "speedup_vs_titans_pytorch_chunk_recurrence": {
+                name: seconds["titans_pytorch_chunk_recurrence"] / seconds[name] for name in ours_modes},
+            "peer_surprise_difference": {
+                "titans_pytorch": peer_surprise_difference(None, chunk=chunk),
+                "titans_pytorch_chunk_recurrence": peer_surprise_difference(chunk, chunk=chunk)}}
 
 
 def titans_mac(width: int = 128, layers: int = 2, heads: int = 4, segment: int = 64, chunk: int = 16,

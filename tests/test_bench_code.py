@@ -115,6 +115,29 @@ def test_targets_row_says_the_last_peer_run_failed() -> None:
     assert "fail" in row.lower() or "earlier" in row.lower(), row
 
 
+
+def test_targets_row_reads_the_default_peer_and_shows_the_chunk_recurrence_beside_it() -> None:
+    """The ≥ 3× status follows titans-pytorch as configured by default (the issue's peer); the ratio against
+    the peer that runs the chunk recurrence is shown beside it and does not decide the status."""
+    peer_results = {"comparisons": {"titans_layer": {
+        "speedup_vs_titans_pytorch": {"nldsl_eager": 1.3, "nldsl_compiled": 2.7},
+        "speedup_vs_titans_pytorch_chunk_recurrence": {"nldsl_eager": 2.9, "nldsl_compiled": 5.8}}}}
+    rows = report.targets_section(peer_results, None, None, None)
+    row = next(r for r in rows if r.startswith("| Titans LMM layer"))
+    assert "2.70× (eager 1.30×)" in row and "chunk recurrence" in row and "5.80×" in row, row
+    assert row.split("|")[3].strip() == "missed", row
+    page = "\n".join(report.peers_section(peer_results))
+    assert "speedup vs titans pytorch chunk recurrence: nldsl_eager 2.90×, nldsl_compiled 5.80×" in page, page
+
+
+def test_titans_pytorch_takes_chunk_surprises_at_the_starting_weights_unless_its_batch_size_is_set() -> None:
+    """What the Targets row says of the peer: by default every chunk's inner loss is the one at the call's
+    starting weights; with batch_size = chunk the later chunks' losses are taken at the weights written before."""
+    pytest.importorskip("titans_pytorch")
+    assert peers.peer_surprise_difference(None) < 1e-12
+    assert peers.peer_surprise_difference(16) > 0.1
+
+
 # throughput.py: "compile s" must be a compile, not an inductor cache hit
 
 def test_train_compile_seconds_are_measured_with_a_fresh_inductor_cache(tmp_path, monkeypatch) -> None:
