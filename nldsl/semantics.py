@@ -749,7 +749,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
             warning("W0706", "`value_norm` has no effect: the `reconstruction` objective ½‖M(k) − k‖² reads no "
                     "values, so the layer makes none", "remove `value_norm`", f"{path}.value_norm")
         for setting, expansion, width in hidden_width_settings(layer, path, dim) if dim else ():
-            if expansion * width < 1:  # shapes.hidden_width keeps at least one unit
+            # width 0: more heads than the model's width, which the model's shape check reports
+            if width >= 1 and expansion * width < 1:  # shapes.hidden_width keeps at least one unit
                 warning("W0715", f"expansion {expansion:g} × input width {width} = {expansion * width:.3g}: the "
                         "hidden width rounds up to 1, a memory or MLP of one hidden unit",
                         f"use an expansion of at least 1/{width} = {1 / width:.3g} for the width meant"

@@ -159,6 +159,14 @@ def test_w0715_follows_the_width_an_override_sets():
     assert _w0715(spec, ["model.dim=16"]) == [(4, "expansion 0.05 × input width 16 = 0.8")]
 
 
+def test_more_heads_than_the_width_is_the_shape_error_not_a_crash_of_w0715():
+    # a head's width dim // heads is 0 there: W0715 has nothing to divide by, E0503 says what is wrong
+    from nldsl.checker import check_text
+    spec = "model tiny {\n  dim = 8\n  block {\n    memory { heads = 16  level { state = mlp(2) } }\n  }\n}\n"
+    codes = [d.code for d in check_text(spec, "k.nl").diagnostics]
+    assert "E0503" in codes and "W0715" not in codes, codes
+
+
 def test_no_shipped_spec_gets_w0715():
     for path in sorted(SPECS.glob("**/*.nl")):
         assert "W0715" not in {d.code for d in check_file(path).diagnostics}, path
