@@ -315,7 +315,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit:
         raise
     except Exception as error:
-        if _out_of_memory(error):
+        if is_out_of_memory(error):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(f"error: out of memory ({first[:200]}): use a smaller batch, sequence length or model",
                   file=sys.stderr)
@@ -338,7 +338,7 @@ def quiet_worker() -> bool:
     return torchrun_workers() > 1 and os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
     """The machine's limit, not a bug: Python's MemoryError, torch's CUDA `OutOfMemoryError`, or
     the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it)."""
     return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (

@@ -9,6 +9,7 @@ which the CLI prints as one line — never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import math
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nldsl.cli import UserError, quiet_worker, torchrun_workers
+from nldsl.cli import UserError, is_out_of_memory, quiet_worker, torchrun_workers
 from nldsl.diagnostics import SpecError
 from nldsl.runtime.interrupt import deferred_interrupt, terminate_as_interrupt
 
@@ -31,12 +32,24 @@ def run(args: argparse.Namespace) -> int:
         # each torchrun process would run the whole command and print it again
         raise UserError(f"`nldsl {args.runtime_command}` runs in one process: start it without torchrun "
                         "(only `nldsl train` shares its work among torchrun's processes)")
+    # the commands that run a model (all but bench, whose suite sets its own sizes) on the CPU: an
+    # allocation past the machine's memory is an error there, not a kill (host_memory)
+    capped = (_memory_capped(args.device) if args.runtime_command != "bench" else contextlib.nullcontext())
+    limit = None
     try:
-        return handlers[args.runtime_command](args)
+        with capped as limit:
+            return handlers[args.runtime_command](args)
     except SpecError as error:
         if not quiet_worker():  # under torchrun, the machine's first worker prints the diagnostics
             print(str(error), file=sys.stderr)
         return 1
+    except Exception as error:
+        if limit is None or not is_out_of_memory(error):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"out of memory: this command needs more than the {limit / 2**30:,.1f} GiB this machine had "
+                        f"for it when it started ({first[:200]}); use a smaller batch, sequence length or model"
+                        ) from None
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -60,6 +73,18 @@ def train_command(args: argparse.Namespace) -> int:
         device=args.device, fsdp=args.fsdp, progress=not args.no_progress, init_from=args.init_from)
     train(result, overrides, options)
     return 0
+
+
+def _memory_capped(device_name: str) -> contextlib.AbstractContextManager:
+    """On the CPU, a block whose allocations past the machine's memory fail as errors rather than
+    kills (host_memory); elsewhere, or for a device `check_device` will refuse, a plain block."""
+    from nldsl.runtime import distributed, host_memory
+
+    try:
+        on_cpu = distributed.resolve_device(device_name).type == "cpu"
+    except UserError:  # said in its place, by check_device
+        on_cpu = False
+    return host_memory.capped_to_available() if on_cpu else contextlib.nullcontext()
 
 
 def _load(args: argparse.Namespace):
