@@ -30,7 +30,7 @@ from conftest import REPO_ROOT, SPECS_DIR, shipped_spec_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nldsl.checker import CheckResult, check_bytes
+from nldsl.checker import CheckResult, check_bytes, check_file
 from nldsl.cli import main
 from nldsl.diagnostics import render_json, render_text
 from nldsl.error_codes import CODES
@@ -229,6 +229,38 @@ def test_cli_check_subprocess_on_mutants(spec_copy, seed):
     assert done.returncode in (0, 1), done.stderr
     assert "Traceback" not in done.stdout + done.stderr and "internal error" not in done.stderr, done.stderr
 
+
+
+TRAINED_MUTANTS = 40  # mutants the checker passes, each trained one step (~0.4 s each, eager)
+
+
+@pytest.mark.slow
+def test_mutants_the_checker_passes_train_a_step(spec_copy, tmp_path):
+    """What `check` passes, `train` runs (the compiler issue's promise): mutants of the shipped model specs
+    that check without errors train one step eager on a small text, or stop with a user's error
+    (a vocabulary the tokenizer does not fill, a loss that is not finite), never an internal one."""
+    data = tmp_path / "data.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog. " * 400, encoding="utf-8")
+    models = sorted(spec for spec in SPEC_TEXTS if not spec.startswith("specs/optimizers/"))
+    trained, outcomes = 0, []
+    for seed in range(5000):
+        if trained == TRAINED_MUTANTS:
+            break
+        rng = random.Random(seed)
+        spec = rng.choice(models)
+        text = mutate(SPEC_TEXTS[spec], rng, rng.randint(1, 3), rng.choice([VALUE_EDITS, VALUE_EDITS, LINE_EDITS]))
+        path = spec_copy / Path(spec).relative_to("specs").parent / f"trained_{seed}.nl"
+        path.write_text(text, encoding="utf-8")
+        if not check_file(path).ok:
+            continue
+        trained += 1
+        status, out, err = run_cli(["train", str(path), "--data", str(data), "--no-compile", "--no-progress",
+                                    "--run-dir", str(tmp_path / f"run_{seed}"), "--set", "train.steps=1",
+                                    "--set", "train.batch=1", "--set", "train.seq_len=32"])
+        assert "Traceback" not in out + err and "internal error" not in err, (seed, spec, err)
+        assert status in (0, 1), (seed, spec, status, err)
+        outcomes.append(status)
+    assert trained == TRAINED_MUTANTS and outcomes.count(0) >= TRAINED_MUTANTS // 2, outcomes
 
 def test_cli_check_on_binary_garbage(spec_copy):
     path = spec_copy / "garbage.nl"
