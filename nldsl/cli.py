@@ -312,9 +312,11 @@ def _run(argv: Sequence[str] | None) -> int:
         where = f"{error.filename}: " if error.filename else _failing_stdout(error)
         print(f"error: {where}{error.strerror or error}{file_in_the_way(error)}", file=sys.stderr)
         return 1
-    except SystemExit:
+    except (SystemExit, GeneratorExit):
         raise
-    except Exception as error:
+    # Exception, and what a Rust extension raises: pyo3's PanicException (safetensors, tokenizers)
+    # derives from BaseException alone, and one would otherwise leave as a bare traceback
+    except BaseException as error:
         if is_out_of_memory(error):
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(f"error: out of memory ({first[:200]}): use a smaller batch, sequence length or model",
@@ -340,9 +342,18 @@ def quiet_worker() -> bool:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """The machine's limit, not a bug: Python's MemoryError, torch's CUDA `OutOfMemoryError`, or
-    the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it)."""
-    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it).
+    A Rust extension's panic over a failed allocation (safetensors serialising a checkpoint: pyo3's
+    PanicException, raised while a MemoryError is handled) counts too: the chain is walked."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or type(current).__name__ == "OutOfMemoryError" or (
+                isinstance(current, RuntimeError) and "can't allocate memory" in str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 # errnos of the machine rather than of nldsl: no space, no permission, a read-only file system, quota
@@ -390,7 +401,7 @@ def _show_tracebacks() -> bool:
     return "1" in (part.strip() for part in os.environ.get("NLDSL_DEBUG", "").split(","))
 
 
-def _internal_error(error: Exception) -> int:
+def _internal_error(error: BaseException) -> int:
     """An internal error: say so plainly, keep the traceback behind a flag."""
     if _show_tracebacks():
         raise error

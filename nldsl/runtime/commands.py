@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if not quiet_worker():  # under torchrun, the machine's first worker prints the diagnostics
             print(str(error), file=sys.stderr)
         return 1
-    except Exception as error:
+    except BaseException as error:  # a Rust extension's panic over a failed allocation too (cli.is_out_of_memory)
         if limit is None or not is_out_of_memory(error):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
