@@ -141,6 +141,34 @@ def test_a_full_disk_is_one_clear_message_and_the_previous_checkpoint_stays(tmp_
     assert not list((tmp_path / "checkpoints").glob(".step-*"))
 
 
+
+def test_a_save_holds_one_file_s_bytes_at_a_time(tmp_path, monkeypatch):
+    """The weights' file is written (and its bytes let go) before the optimizer state is serialised."""
+    real, seen = C.safetensors.torch.save, []
+
+    def serialise(tensors, *args, **kwargs):
+        seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob(".step-*/*")))
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(C.safetensors.torch, "save", serialise)
+    save(tmp_path, 1)
+    assert seen == [[], [C.MODEL_FILE]]
+
+
+def test_running_out_of_memory_while_serialising_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):
+    save(tmp_path, 1)
+    real = C.safetensors.torch.save
+
+    def fails_on_the_optimizer_state(tensors, *args, **kwargs):
+        if "clock.w" in tensors:
+            raise MemoryError
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(C.safetensors.torch, "save", fails_on_the_optimizer_state)
+    with pytest.raises(MemoryError):
+        save(tmp_path, 2)
+    assert not list((tmp_path / "checkpoints").glob(".step-*")) and C.load_checkpoint(tmp_path).record["step"] == 1
+
 def test_a_damaged_file_is_named(tmp_path):
     path = save(tmp_path, 1)
     weights = path / "model.safetensors"

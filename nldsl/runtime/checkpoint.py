@@ -164,21 +164,27 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
     temporary = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     # only for the message of a failed write: a damaged `latest` must not stop a save, which rewrites it
     previous = newest_readable(run_dir)
+    # Each file is serialised, written and hashed before the next is made, so that a save holds one
+    # file's bytes at a time: the optimizer state's are twice the weights' under AdamW, and holding
+    # both files at once took the save of a 538M-parameter model past the memory its training fit in.
+    files: dict[str, Callable[[], bytes]] = {
+        MODEL_FILE: lambda: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
+                                                    for k, v in model_tensors.items()}),
+        TRAINING_FILE: lambda: safetensors.torch.save(training_tensors),
+        **{name: (lambda data=data: data) for name, data in (extra_files or {}).items()},
+    }
     try:
-        files = {
-            MODEL_FILE: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
-                                                for k, v in model_tensors.items()}),
-            TRAINING_FILE: safetensors.torch.save(training_tensors),
-            **(extra_files or {}),
-        }
-        record = {**record, "format": FORMAT, "step": step,
-                  "files": {name: sha256_bytes(data) for name, data in files.items()}}
+        temporary.mkdir()
+        digests = {}
+        for name, serialise in files.items():
+            data = serialise()
+            write_file(temporary / name, data)
+            digests[name] = sha256_bytes(data)
+            del data
+        record = {**record, "format": FORMAT, "step": step, "files": digests}
         record = json.loads(json.dumps(record))  # as a reader will see it (tuples as lists, keys as strings)
         record[RECORD_DIGEST] = record_digest(record)
-        files[RECORD_FILE] = text_bytes(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        temporary.mkdir()
-        for name, data in files.items():
-            write_file(temporary / name, data)
+        write_file(temporary / RECORD_FILE, text_bytes(json.dumps(record, indent=2, ensure_ascii=False) + "\n"))
         fsync_folder(temporary)
         if final.exists():  # a step written again after a resume from an older checkpoint
             stale = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
@@ -194,6 +200,9 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise CheckpointError(f"could not write the checkpoint of step {step} in {folder}: {reason}; {kept}") from None
+    except BaseException:  # out of memory while serialising, an interrupt: no half-written folder stays
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     prune(folder, keep)
     return final
 
