@@ -344,13 +344,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     """The machine's limit, not a bug: Python's MemoryError, torch's CUDA `OutOfMemoryError`, or
     the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it).
     A Rust extension's panic over a failed allocation (safetensors serialising a checkpoint: pyo3's
-    PanicException, raised while a MemoryError is handled) counts too: the chain is walked."""
+    PanicException, raised while a MemoryError is handled) counts too: the chain is walked. So does
+    a buffer that a graph compiled with inductor's C++ wrapper could not allocate: its generated code
+    says only that the call failed (`aoti_torch_empty_strided(…) API call failed at …`), and making
+    an empty tensor on the CPU fails for want of memory alone."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        text = str(current) if isinstance(current, RuntimeError) else ""
         if isinstance(current, MemoryError) or type(current).__name__ == "OutOfMemoryError" or (
-                isinstance(current, RuntimeError) and "can't allocate memory" in str(current)):
+                "can't allocate memory" in text
+                or (text.startswith("aoti_torch_empty_strided(") and "API call failed" in text)):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -356,7 +356,11 @@ def test_an_output_to_a_named_pipe_is_written_through_not_replaced(tmp_path):
 
 
 @pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] "
-                                                                 "DefaultCPUAllocator: can't allocate memory")])
+                                                                 "DefaultCPUAllocator: can't allocate memory"),
+                                     # a chunk body compiled with inductor's C++ wrapper, under the CPU memory cap
+                                     RuntimeError("aoti_torch_empty_strided(3, int_array_53, int_array_54, "
+                                                  "cached_torch_dtype_float32, cached_torch_device_type_cpu, 0, "
+                                                  "&buf35_handle) API call failed at /tmp/x.main.cpp, line 249")])
 def test_running_out_of_memory_is_the_machines_limit_not_a_bug(failure, monkeypatch, capsys):
     import nldsl.cli as cli
 
