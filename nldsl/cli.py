@@ -318,9 +318,7 @@ def _run(argv: Sequence[str] | None) -> int:
     # derives from BaseException alone, and one would otherwise leave as a bare traceback
     except BaseException as error:
         if is_out_of_memory(error):
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"error: out of memory ({first[:200]}): use a smaller batch, sequence length or model",
-                  file=sys.stderr)
+            print(f"error: {out_of_memory_message(error)}", file=sys.stderr)
             return 1
         return _internal_error(error)
 
@@ -359,6 +357,15 @@ def is_out_of_memory(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def out_of_memory_message(error: BaseException, room: int | None = None) -> str:
+    """What a command that ran out of memory says; `room`: the bytes its memory cap gave it (host_memory)."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    if room is None:
+        return f"out of memory ({first}): use a smaller batch, sequence length or model"
+    return (f"out of memory: this command needs more than the {room / 2**30:,.1f} GiB this machine had for it when "
+            f"it started ({first}); use a smaller batch, sequence length or model")
 
 
 # errnos of the machine rather than of nldsl: no space, no permission, a read-only file system, quota

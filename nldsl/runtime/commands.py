@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nldsl.cli import UserError, is_out_of_memory, quiet_worker, torchrun_workers
+from nldsl.cli import UserError, is_out_of_memory, out_of_memory_message, quiet_worker, torchrun_workers
 from nldsl.diagnostics import SpecError
 from nldsl.runtime.interrupt import deferred_interrupt, terminate_as_interrupt
 
@@ -46,10 +46,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException as error:  # a Rust extension's panic over a failed allocation too (cli.is_out_of_memory)
         if limit is None or not is_out_of_memory(error):
             raise
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"out of memory: this command needs more than the {limit / 2**30:,.1f} GiB this machine had "
-                        f"for it when it started ({first[:200]}); use a smaller batch, sequence length or model"
-                        ) from None
+        raise UserError(out_of_memory_message(error, limit)) from None
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -24,7 +24,11 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+try:
+    import resource
+except ImportError:  # not a Unix: nothing is capped
+    resource = None
 
 MEMINFO = Path("/proc/meminfo")
 STATUS = Path("/proc/self/status")
@@ -38,12 +42,7 @@ def capped_to_available() -> Iterator[int | None]:
     """Run the block with RLIMIT_DATA at this process's data now plus the memory the machine has
     available; yield that limit in bytes, or None where nothing was set (not Linux, turned off, a
     lower limit kept, or the numbers unreadable). The limit before is back afterwards."""
-    try:
-        import resource
-    except ImportError:  # not a Unix
-        yield None
-        return
-    limit = _limit(resource)
+    limit = _limit()
     if limit is None:
         yield None
         return
@@ -59,9 +58,9 @@ def capped_to_available() -> Iterator[int | None]:
         resource.setrlimit(resource.RLIMIT_DATA, before)
 
 
-def _limit(resource: Any) -> int | None:
+def _limit() -> int | None:
     """The limit `capped_to_available` sets, or None where it sets none."""
-    if os.environ.get("NLDSL_MEMORY_CAP", "1") == "0":
+    if resource is None or os.environ.get("NLDSL_MEMORY_CAP", "1") == "0":
         return None
     held, headroom = _kib(STATUS, "VmData"), available_bytes()
     if held is None or headroom is None:
