@@ -230,7 +230,6 @@ def test_cli_check_subprocess_on_mutants(spec_copy, seed):
     assert "Traceback" not in done.stdout + done.stderr and "internal error" not in done.stderr, done.stderr
 
 
-
 TRAINED_MUTANTS = 40  # mutants the checker passes, each trained one step (~0.4 s each, eager)
 
 
@@ -261,6 +260,7 @@ def test_mutants_the_checker_passes_train_a_step(spec_copy, tmp_path):
         assert status in (0, 1), (seed, spec, status, err)
         outcomes.append(status)
     assert trained == TRAINED_MUTANTS and outcomes.count(0) >= TRAINED_MUTANTS // 2, outcomes
+
 
 def test_cli_check_on_binary_garbage(spec_copy):
     path = spec_copy / "garbage.nl"
