@@ -315,7 +315,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except (SystemExit, GeneratorExit):
         raise
     # Exception, and what a Rust extension raises: pyo3's PanicException (safetensors, tokenizers)
-    # derives from BaseException alone, and one would otherwise leave as a bare traceback
+    # derives from BaseException alone, and would otherwise leave as a bare traceback
     except BaseException as error:
         if is_out_of_memory(error):
             print(f"error: {out_of_memory_message(error)}", file=sys.stderr)
@@ -340,12 +340,12 @@ def quiet_worker() -> bool:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """The machine's limit, not a bug: Python's MemoryError, torch's CUDA `OutOfMemoryError`, or
-    the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it).
-    A Rust extension's panic over a failed allocation (safetensors serialising a checkpoint: pyo3's
-    PanicException, raised while a MemoryError is handled) counts too: the chain is walked. So does
-    a buffer that a graph compiled with inductor's C++ wrapper could not allocate: its generated code
-    says only that the call failed (`aoti_torch_empty_strided(…) API call failed at …`), and making
-    an empty tensor on the CPU fails for want of memory alone."""
+    the CPU allocator's refusal (a RuntimeError; the front end does not import torch to test it),
+    also as the cause or context of the error raised (the chain is walked). So does a buffer that a
+    graph compiled with inductor's C++ wrapper could not allocate: its generated code says only that
+    the call failed (`aoti_torch_empty_strided(…) API call failed at …`), and making an empty tensor
+    on the CPU fails for want of memory alone. (safetensors' panic when it cannot allocate a
+    checkpoint's bytes is made a MemoryError where it is raised: checkpoint._serialised.)"""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

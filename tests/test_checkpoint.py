@@ -169,6 +169,42 @@ def test_running_out_of_memory_while_serialising_leaves_no_half_written_checkpoi
         save(tmp_path, 2)
     assert not list((tmp_path / "checkpoints").glob(".step-*")) and C.load_checkpoint(tmp_path).record["step"] == 1
 
+
+class PanicException(BaseException):
+    """pyo3's panic, as safetensors raises it when it cannot allocate a file's bytes."""
+
+
+def test_safetensors_panicking_over_a_failed_allocation_is_out_of_memory(tmp_path, monkeypatch):
+    """safetensors prints the MemoryError and panics ("PyObject pointer is null"), carrying neither: the
+    save raises a MemoryError (the CLI's "out of memory"), leaves no temporary folder and the previous
+    checkpoint. Found saving titans_mal.nl at dim 4096 (740M parameters) under the CPU memory cap."""
+    save(tmp_path, 1)
+    real = C.safetensors.torch.save
+
+    def panics_on_the_optimizer_state(tensors, *args, **kwargs):
+        if "clock.w" in tensors:
+            raise PanicException("PyObject pointer is null")
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(C.safetensors.torch, "save", panics_on_the_optimizer_state)
+    with pytest.raises(MemoryError, match=r"training\.safetensors"):
+        save(tmp_path, 2)
+    assert not list((tmp_path / "checkpoints").glob(".step-*")) and C.load_checkpoint(tmp_path).record["step"] == 1
+
+
+def test_a_save_that_needs_more_than_the_data_limit_leaves_is_refused_before_safetensors_runs(tmp_path, monkeypatch):
+    """Under a data limit safetensors cannot fail cleanly (Rust aborts the process where its buffer cannot be
+    allocated), so a save that would need more than the room left is a MemoryError before it starts."""
+    save(tmp_path, 1)
+    calls = []
+    # bytes: more than three times the weights (28 bytes), less than twice the optimizer state and RNG
+    monkeypatch.setattr(C.host_memory, "room", lambda: 100)
+    monkeypatch.setattr(C.safetensors.torch, "save", lambda *a, **k: calls.append(a) or b"")
+    with pytest.raises(MemoryError, match=r"writing training\.safetensors of the checkpoint needs about"):
+        save(tmp_path, 2)
+    assert len(calls) == 1 and not list((tmp_path / "checkpoints").glob(".step-*"))  # the weights' file only
+    assert C.load_checkpoint(tmp_path).record["step"] == 1
+
 def test_a_damaged_file_is_named(tmp_path):
     path = save(tmp_path, 1)
     weights = path / "model.safetensors"

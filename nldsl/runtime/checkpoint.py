@@ -44,6 +44,7 @@ from torch import Tensor
 
 from nldsl.cli import UserError
 from nldsl.files import fsync_folder, text_bytes, write_atomic, write_file
+from nldsl.runtime import host_memory
 from nldsl.runtime.arguments import text_codec
 from nldsl.runtime.memory import MemoryState
 
@@ -167,17 +168,20 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
     # Each file is serialised, written and hashed before the next is made, so that a save holds one
     # file's bytes at a time: the optimizer state's are twice the weights' under AdamW, and holding
     # both files at once took the save of a 538M-parameter model past the memory its training fit in.
-    files: dict[str, Callable[[], bytes]] = {
-        MODEL_FILE: lambda: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
-                                                    for k, v in model_tensors.items()}),
-        TRAINING_FILE: lambda: safetensors.torch.save(training_tensors),
-        **{name: (lambda data=data: data) for name, data in (extra_files or {}).items()},
+    # With each, the memory it takes: safetensors builds a file's bytes in Rust and copies them into a
+    # Python bytes object (twice the tensors' size), and the weights are first copied to the CPU.
+    files: dict[str, tuple[int, Callable[[], bytes]]] = {
+        MODEL_FILE: (3 * _nbytes(model_tensors),
+                     lambda: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
+                                                     for k, v in model_tensors.items()})),
+        TRAINING_FILE: (2 * _nbytes(training_tensors), lambda: safetensors.torch.save(training_tensors)),
+        **{name: (0, lambda data=data: data) for name, data in (extra_files or {}).items()},
     }
     try:
         temporary.mkdir()
         digests = {}
-        for name, serialise in files.items():
-            data = serialise()
+        for name, (needed, serialise) in files.items():
+            data = _serialised(name, needed, serialise)
             write_file(temporary / name, data)
             digests[name] = sha256_bytes(data)
             del data
@@ -205,6 +209,31 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         raise
     prune(folder, keep)
     return final
+
+
+def _nbytes(tensors: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _serialised(name: str, needed: int, serialise: Callable[[], bytes]) -> bytes:
+    """`serialise()`, refused up front as a MemoryError where it needs more memory than this process
+    may still take under a data limit (the CPU commands' cap, host_memory, or a `ulimit -d`).
+
+    safetensors cannot fail cleanly there: where its Rust buffer cannot be allocated, Rust aborts the
+    process ("memory allocation of N bytes failed"), and where the Python bytes object cannot, the
+    extension prints the MemoryError and panics with "PyObject pointer is null" (pyo3's
+    PanicException, a BaseException carrying neither), which is made a MemoryError here too. Both
+    found saving 540M- and 740M-parameter models under the cap on a 24 GiB machine."""
+    room = host_memory.room()
+    if room is not None and needed > room:
+        raise MemoryError(f"writing {name} of the checkpoint needs about {needed / 2**30:,.1f} GiB, and this "
+                          f"process may take {room / 2**30:,.1f} GiB more")
+    try:
+        return serialise()
+    except BaseException as error:
+        if type(error).__name__ == "PanicException" and "pointer is null" in str(error):
+            raise MemoryError(f"safetensors could not allocate the bytes of {name} ({error})") from error
+        raise
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if not quiet_worker():  # under torchrun, the machine's first worker prints the diagnostics
             print(str(error), file=sys.stderr)
         return 1
-    except BaseException as error:  # a Rust extension's panic over a failed allocation too (cli.is_out_of_memory)
+    except BaseException as error:  # not Exception alone: a Rust extension's panic too (cli._run)
         if limit is None or not is_out_of_memory(error):
             raise
         raise UserError(out_of_memory_message(error, limit)) from None
