@@ -222,8 +222,9 @@ def _serialised(name: str, needed: int, serialise: Callable[[], bytes]) -> bytes
     safetensors cannot fail cleanly there: where its Rust buffer cannot be allocated, Rust aborts the
     process ("memory allocation of N bytes failed"), and where the Python bytes object cannot, the
     extension prints the MemoryError and panics with "PyObject pointer is null" (pyo3's
-    PanicException, a BaseException carrying neither), which is made a MemoryError here too. Both
-    found saving 540M- and 740M-parameter models under the cap on a 24 GiB machine."""
+    PanicException, a BaseException carrying neither), which is made a MemoryError here too. The
+    panic was met saving 540M- and 740M-parameter models under the cap on a 24 GiB machine, the abort
+    in a script that serialised 400 MB with 200 MiB of room."""
     room = host_memory.room()
     if room is not None and needed > room:
         raise MemoryError(f"writing {name} of the checkpoint needs about {needed / 2**30:,.1f} GiB, and this "
