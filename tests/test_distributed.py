@@ -61,8 +61,15 @@ def gradient_norms(run_dir: Path) -> list[float]:
     return logged(run_dir, "grad_norm")
 
 
+def launcher(log_dir: Path) -> list[str]:
+    """torchrun for two processes on this machine, its logs in `log_dir`: without one it makes a
+    /tmp/torchelastic_* folder at each launch and leaves it there."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--log-dir={log_dir}"]
+
+
 def torchrun(run_dir: Path, text_file: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nldsl",
+    # beside the data, not the run folder, which some tests put where no folder can be made
+    command = [*launcher(text_file.parent / "launcher-logs"), "-m", "nldsl",
                "train", str(SPEC), *[f"--set={o}" for o in OVERRIDES], "--data", str(text_file),
                "--run-dir", str(run_dir), "--no-compile", "--no-progress", "--device", "cpu", *extra]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -125,7 +132,7 @@ def test_fsdp_matches_one_process_and_resumes_exactly(tmp_path, text_file, singl
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP over NCCL needs two GPUs")
 def test_fsdp_on_gpus(tmp_path, text_file, single_process):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nldsl",
+    command = [*launcher(tmp_path / "launcher-logs"), "-m", "nldsl",
                "train", str(SPEC), *[f"--set={o}" for o in OVERRIDES], "--data", str(text_file),
                "--run-dir", str(tmp_path / "run"), "--no-compile", "--no-progress", "--fsdp"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -156,8 +163,7 @@ def test_teardown_ends_the_group_and_end_worker_exits_with_the_status(tmp_path):
     they can abort the process after a successful run (nldsl/runtime/distributed.py)."""
     script = tmp_path / "group.py"
     script.write_text(GROUP_LIFETIME)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               str(tmp_path)]
+    command = [*launcher(tmp_path / "launcher-logs"), str(script), str(tmp_path)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO)
     for rank in (0, 1):
