@@ -1,7 +1,7 @@
 """`train.chunks_per_call = K` (nldsl/runtime/chunked.py): under `compile = chunks` each run of K
 chunks of a chunk loop is one compiled graph. It must give the eager model's loss and gradients,
 reuse its graphs across steps, really make fewer calls, and compose with `train.recompute`; the
-checker refuses it without `compile = chunks` and warns where it has nothing to group.
+checker warns where it has no effect: without `compile = chunks` or with nothing to group (W0706).
 
 Graphs are built by a counting backend over AOT autograd on shrunk specs (as tests/test_chunked.py);
 one shrunk HOPE also runs through inductor against eager.
