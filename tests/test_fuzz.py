@@ -266,10 +266,11 @@ TOOLED_MUTANTS = 60  # mutants the checker passes, each compiled, drawn and form
 
 
 def test_mutants_the_checker_passes_compile_draw_and_format(spec_copy, tmp_path):
-    """What `check` passes, the other tools take too (an audit of 40,000 mutants found nothing, and
-    this keeps it so): a model compiles to a module that imports and is ruff-clean, every spec
-    draws (JSON, so that no Graphviz is needed), and `fmt` rewrites it into a spec that checks to
-    the same meaning and that a second `fmt` leaves alone."""
+    """What `check` passes, the other tools take too: a model compiles to a module that is valid
+    Python and ruff-clean, every spec draws (JSON, so that no Graphviz is needed), and `fmt`
+    rewrites it into a spec that checks to the same meaning and that a second `fmt` leaves alone.
+    A one-off audit of the same (importing each module too) found nothing in the 13,913 mutants
+    that the checker passed of 42,344 drawn; this keeps it so."""
     modules = tmp_path / "modules"
     modules.mkdir()
     tooled = 0
