@@ -2,7 +2,7 @@
 # Do not edit it: edit the spec and run the command below again.
 # spec: specs/gated_deltanet.nl
 #     nldsl compile -o <this file> specs/gated_deltanet.nl
-# spec sha256: c8dbc7bb6d1f20436ae8f2c1fbc26ec5b11bdbc1e77f2c5b05dcf2ff902cb9c0
+# spec sha256: 4b6da9e99ecd335b94f4a1e1bdd34c38a69b0de7f4fdda0b334339bca045ab89
 #
 # The spec says:
 #   Gated DeltaNet (Yang et al. 2025) as an associative memory: DeltaNet's L2 objective and GD step
@@ -29,7 +29,7 @@ from nldsl.runtime import memory as M
 from torch import Tensor, nn
 
 SPEC_PATH = 'specs/gated_deltanet.nl'
-SPEC_SHA256 = 'c8dbc7bb6d1f20436ae8f2c1fbc26ec5b11bdbc1e77f2c5b05dcf2ff902cb9c0'
+SPEC_SHA256 = '4b6da9e99ecd335b94f4a1e1bdd34c38a69b0de7f4fdda0b334339bca045ab89'
 NLDSL_VERSION = '0.1.0'
 VOCAB = 256
 DIM = 128

@@ -2,12 +2,13 @@
 # Do not edit it: edit the spec and run the command below again.
 # spec: specs/linear_attention.nl
 #     nldsl compile -o <this file> specs/linear_attention.nl
-# spec sha256: f13878249eb9a62b995dc9cd4a8fae2216fc8f6c07c5e537dcd3f1a030c52941
+# spec sha256: c15d427f4619b996206127c17092db2743bc4c44b0be043ad3c49659a7903d28
 #
 # The spec says:
-#   Causal linear attention as an associative memory (Nested Learning §2.1 and §4.1; Eq. 76–78 with a
-#   linear memory): a matrix memory trained in context with the dot-product (Hebbian) objective
-#   ℓ = −⟨M k_t, v_t⟩ by one GD step per token with η = 1, from a zero initial state:
+#   Causal linear attention as an associative memory (Nested Learning §8.1, Eq. 76–78 with a
+#   linear memory; §4.1 contrasts it with backpropagation): a matrix memory trained in context
+#   with the dot-product (Hebbian) objective ℓ = −⟨M k_t, v_t⟩ by one GD step per token with
+#   η = 1, from a zero initial state:
 #   M_t = M_{t−1} + v_t k_tᵀ,        y_t = M_t q_t   (causal readout: token t sees itself).
 #   This is linear attention without feature map and without normaliser ("vanilla" linear attention).
 #   Kept from Katharopoulos et al. (2020): the causal sum of value-key outer products and its
@@ -29,7 +30,7 @@ from nldsl.runtime import memory as M
 from torch import Tensor, nn
 
 SPEC_PATH = 'specs/linear_attention.nl'
-SPEC_SHA256 = 'f13878249eb9a62b995dc9cd4a8fae2216fc8f6c07c5e537dcd3f1a030c52941'
+SPEC_SHA256 = 'c15d427f4619b996206127c17092db2743bc4c44b0be043ad3c49659a7903d28'
 NLDSL_VERSION = '0.1.0'
 VOCAB = 256
 DIM = 128

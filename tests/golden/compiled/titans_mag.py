@@ -2,14 +2,15 @@
 # Do not edit it: edit the spec and run the command below again.
 # spec: specs/titans_mag.nl
 #     nldsl compile -o <this file> specs/titans_mag.nl
-# spec sha256: e8bc211f9e5449c36cbfa4fbf33ca055ad2a3a88b10f9299af6ed8b20a38d788
+# spec sha256: 0abbae0e75f5ac595fb16399695371262c635dfe42a3d7d070d698e7fea9c958
 #
 # The spec says:
 #   Titans MAG, memory as a gate (Behrouz et al., 2025, "Titans" §4.2; Nested Learning §8.1,
 #   Eq. 76–78): two branches read the same input, a sliding-window attention with persistent
-#   memory tokens (the short-term memory) and the long-term memory of titans_lmm.nl (reused
-#   unchanged); their outputs are combined by a non-linear gate, o = norm(y_attention) ⊗
-#   sigmoid(norm(y_memory)) ("normalised by learnable vectors, then a non-linearity").
+#   memory tokens (the short-term memory) and the long-term memory level of titans_lmm.nl (reused
+#   unchanged; the layer L2-normalises its values); their outputs are combined by a non-linear
+#   gate, o = norm(y_attention) ⊗ sigmoid(norm(y_memory)) ("normalised by learnable vectors, then
+#   a non-linearity").
 #   Readings chosen: the window (64 tokens) is a quarter of the training sequence so the memory has
 #   something to add; the attention branch is listed first because it is the one being gated; a
 #   SwiGLU MLP follows the gated pair, as in the Titans blocks.
@@ -28,7 +29,7 @@ from nldsl.runtime import memory as M
 from torch import Tensor, nn
 
 SPEC_PATH = 'specs/titans_mag.nl'
-SPEC_SHA256 = 'e8bc211f9e5449c36cbfa4fbf33ca055ad2a3a88b10f9299af6ed8b20a38d788'
+SPEC_SHA256 = '0abbae0e75f5ac595fb16399695371262c635dfe42a3d7d070d698e7fea9c958'
 NLDSL_VERSION = '0.1.0'
 VOCAB = 256
 DIM = 128
