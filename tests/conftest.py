@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPECS_DIR = REPO_ROOT / "specs"
+
+
+def ruff_check_generated(folder: Path) -> subprocess.CompletedProcess:
+    """ruff on generated modules as a user keeps them: outside nldsl's checkout (run from `folder`, so
+    that nldsl's imports sort after torch's), with the rules the code generator keeps to."""
+    return subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
+                           str(folder)], capture_output=True, text=True, cwd=folder)
 
 
 def shipped_spec_paths() -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ruff_check_generated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nldsl.compiler import compile_spec
@@ -368,8 +369,7 @@ def test_generated_modules_are_ruff_clean(tmp_path: Path) -> None:
     module = compile_spec(check_file(REPO / "specs/hope.nl", detached).spec, "", detached)
     assert "their θ_0 enter detached and stay as initialised" in module
     (out / "detached.py").write_text(module)
-    result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
-                             str(out)], capture_output=True, text=True, cwd=tmp_path)
+    result = ruff_check_generated(out)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

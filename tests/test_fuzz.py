@@ -23,10 +23,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SPECS_DIR, shipped_spec_paths
+from conftest import REPO_ROOT, SPECS_DIR, ruff_check_generated, shipped_spec_paths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -230,6 +231,25 @@ def test_cli_check_subprocess_on_mutants(spec_copy, seed):
     assert "Traceback" not in done.stdout + done.stderr and "internal error" not in done.stderr, done.stderr
 
 
+def checker_passing_mutants(specs: list[str], spec_copy: Path, count: int, name: str) -> Iterator[tuple]:
+    """The first `count` mutants of `specs` that `check` passes, derandomised: (seed, spec, path, result),
+    each written as `{name}_{seed}.nl` beside its spec's copy (so that its imports resolve)."""
+    found = 0
+    for seed in range(5000):
+        if found == count:
+            return
+        rng = random.Random(seed)
+        spec = rng.choice(specs)
+        text = mutate(SPEC_TEXTS[spec], rng, rng.randint(1, 3), rng.choice([VALUE_EDITS, VALUE_EDITS, LINE_EDITS]))
+        path = spec_copy / Path(spec).relative_to("specs").parent / f"{name}_{seed}.nl"
+        path.write_text(text, encoding="utf-8")
+        result = check_file(path)
+        if result.ok:
+            found += 1
+            yield seed, spec, path, result
+    raise AssertionError(f"only {found} of 5000 mutants passed the checker, {count} wanted")
+
+
 TRAINED_MUTANTS = 40  # mutants the checker passes, each trained one step (~0.4 s each, eager)
 
 
@@ -241,25 +261,15 @@ def test_mutants_the_checker_passes_train_a_step(spec_copy, tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("the quick brown fox jumps over the lazy dog. " * 400, encoding="utf-8")
     models = sorted(spec for spec in SPEC_TEXTS if not spec.startswith("specs/optimizers/"))
-    trained, outcomes = 0, []
-    for seed in range(5000):
-        if trained == TRAINED_MUTANTS:
-            break
-        rng = random.Random(seed)
-        spec = rng.choice(models)
-        text = mutate(SPEC_TEXTS[spec], rng, rng.randint(1, 3), rng.choice([VALUE_EDITS, VALUE_EDITS, LINE_EDITS]))
-        path = spec_copy / Path(spec).relative_to("specs").parent / f"trained_{seed}.nl"
-        path.write_text(text, encoding="utf-8")
-        if not check_file(path).ok:
-            continue
-        trained += 1
+    outcomes = []
+    for seed, spec, path, _ in checker_passing_mutants(models, spec_copy, TRAINED_MUTANTS, "trained"):
         status, out, err = run_cli(["train", str(path), "--data", str(data), "--no-compile", "--no-progress",
                                     "--run-dir", str(tmp_path / f"run_{seed}"), "--set", "train.steps=1",
                                     "--set", "train.batch=1", "--set", "train.seq_len=32"])
         assert "Traceback" not in out + err and "internal error" not in err, (seed, spec, err)
         assert status in (0, 1), (seed, spec, status, err)
         outcomes.append(status)
-    assert trained == TRAINED_MUTANTS and outcomes.count(0) >= TRAINED_MUTANTS // 2, outcomes
+    assert len(outcomes) == TRAINED_MUTANTS and outcomes.count(0) >= TRAINED_MUTANTS // 2, outcomes
 
 
 TOOLED_MUTANTS = 60  # mutants the checker passes, each compiled, drawn and formatted (~0.1 s each)
@@ -273,25 +283,12 @@ def test_mutants_the_checker_passes_compile_draw_and_format(spec_copy, tmp_path)
     that the checker passed of 42,344 drawn; this keeps it so."""
     modules = tmp_path / "modules"
     modules.mkdir()
-    tooled = 0
-    for seed in range(5000):
-        if tooled == TOOLED_MUTANTS:
-            break
-        rng = random.Random(seed)
-        spec = rng.choice(sorted(SPEC_TEXTS))
-        text = mutate(SPEC_TEXTS[spec], rng, rng.randint(1, 3), rng.choice([VALUE_EDITS, VALUE_EDITS, LINE_EDITS]))
-        folder = spec_copy / Path(spec).relative_to("specs").parent
-        path = folder / f"tooled_{seed}.nl"
-        path.write_text(text, encoding="utf-8")
-        checked = check_file(path)
-        if not checked.ok:
-            continue
-        tooled += 1
+    for seed, spec, path, checked in checker_passing_mutants(sorted(SPEC_TEXTS), spec_copy, TOOLED_MUTANTS, "tooled"):
         status, _, err = run_cli(["graph", str(path), "-o", str(tmp_path / "graph.json")])
         assert status == 0, (seed, spec, err)
         assert json.loads((tmp_path / "graph.json").read_text(encoding="utf-8"))
-        copy = folder / f"formatted_{seed}.nl"
-        copy.write_text(text, encoding="utf-8")
+        copy = path.with_name(f"formatted_{seed}.nl")
+        copy.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
         status, _, err = run_cli(["fmt", str(copy)])
         assert status == 0, (seed, spec, err)
         formatted = check_file(copy)
@@ -304,10 +301,8 @@ def test_mutants_the_checker_passes_compile_draw_and_format(spec_copy, tmp_path)
             status, _, err = run_cli(["compile", str(path), "-o", str(module)])
             assert status == 0, (seed, spec, err)
             compile(module.read_text(encoding="utf-8"), str(module), "exec")
-    assert tooled == TOOLED_MUTANTS
-    if shutil.which("ruff") is not None:  # nldsl's imports sort after torch's outside its checkout
-        result = subprocess.run(["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I",
-                                 str(modules)], capture_output=True, text=True, cwd=tmp_path)
+    if shutil.which("ruff") is not None:
+        result = ruff_check_generated(modules)
         assert result.returncode == 0, result.stdout + result.stderr
 
 

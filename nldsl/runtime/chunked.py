@@ -19,9 +19,9 @@ inside one compiled graph (the loop unrolled K times), so the per-call costs are
 chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 the per-call costs
 were about 0.3 ms a call, and K = 8 made its step 1.18–1.20× faster; at the shipped spec's size
 K = 4 gained nothing measurable and made a first run with empty compile caches 1.7× longer
-(docs/compiler.md has the measurements). A loop whose step reads the chunk's position in Python (nested CMS: when a
-slower level moves) compiles one chunk at a time, as before, since a graph would be specialised to
-each position. A chunk-start level's last chunk runs on its own in training (`run_chunks`
+(docs/compiler.md has the measurements). A loop whose step reads the chunk's position in Python
+(nested CMS: when a slower level moves) compiles one chunk at a time, as before, since a graph
+would be specialised to each position. A chunk-start level's last chunk runs on its own in training (`run_chunks`
 `last_apart`), and so does any loop's last chunk where it is laid out unlike the others (a shorter
 chunk, no next chunk to read), so that a loop compiles one graph of K chunks, not a second one for
 the run that ends it.
