@@ -10,7 +10,8 @@ its ratio is measured side by side. Peers are used only as installed packages:
   at once: it does not run the chunk recurrence, where each chunk's gradient is taken at the weights
   the chunks before it wrote (Titans §3.2, and nldsl's chunk rule). Its `batch_size = chunk` runs
   that recurrence; that peer is timed beside it, and the run checks which weights each one takes its
-  surprises at (`peer_surprise_difference`).
+  surprises at (`peer_surprise_difference`). nldsl's layer is also timed with `readout =
+  chunk_start`, which reads a chunk's queries at one set of weights, as `NeuralMemory` does.
 - `titans_mac`: specs/titans_mac.nl against titans-pytorch's `MemoryAsContextTransformer` (same
   width, depth, segment, persistent tokens, memory chunk), full training steps. Not matched:
   titans-pytorch keeps its defaults of 4 hyper-connection residual streams and a NeuralMemory of
@@ -82,14 +83,18 @@ def _error(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
 
 
-def titans_memory_layer(width: int, heads: int, chunk: int, length: int) -> tuple[torch.nn.Module, Callable]:
+def titans_memory_layer(width: int, heads: int, chunk: int, length: int,
+                        readout: str | None = None) -> tuple[torch.nn.Module, Callable]:
     """specs/titans_lmm.nl's memory layer at these sizes, and the loss `titans_layer` times on it.
 
     The loss reads the layer's output for a pre-normed input (as NeuralMemory norms its own) and
     returns its mean square: the layer alone, without the block's MLP or the model's head.
+    `readout` overrides the level's (the spec's is `causal`).
     """
-    model, _ = build("specs/titans_lmm.nl", [f"dim={width}", f"heads={heads}",
-                                              f"model.block.lmm.level.period={chunk}"], seq_len=length)
+    overrides = [f"dim={width}", f"heads={heads}", f"model.block.lmm.level.period={chunk}"]
+    if readout is not None:
+        overrides.append(f"model.block.lmm.level.readout={readout}")
+    model, _ = build("specs/titans_lmm.nl", overrides, seq_len=length)
     layer = model.blocks[0].lmm
 
     def loss(x: torch.Tensor) -> torch.Tensor:
@@ -146,13 +151,22 @@ def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int 
 
     Two peers (module docstring): `titans_pytorch`, as configured by default (the issue's target
     reads against it), and `titans_pytorch_chunk_recurrence` (`batch_size = chunk`), which takes each
-    chunk's surprise at the weights the chunks before it wrote, as nldsl's layer does."""
+    chunk's surprise at the weights the chunks before it wrote, as nldsl's layer does.
+
+    nldsl's layer is timed eager and compiled with the spec's readout (`causal`: each query reads the
+    weights written up to its own token), and compiled with `readout = chunk_start`
+    (`nldsl_compiled_chunk_start`), which reads every query of a chunk at the weights the chunks
+    before it wrote: the granularity at which NeuralMemory's `retrieve_memories` reads. The target
+    follows the spec's readout; the chunk-start ratio is reported beside it."""
     ours, our_loss = titans_memory_layer(width, heads, chunk, length)
+    chunk_start, chunk_start_loss = titans_memory_layer(width, heads, chunk, length, readout="chunk_start")
     peers = {"titans_pytorch": neural_memory(width, heads, chunk),
              "titans_pytorch_chunk_recurrence": neural_memory(width, heads, chunk, batch_size=chunk)}
     x = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(0))
     ours_optimizer = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
     compiled_loss = torch.compile(our_loss, fullgraph=True)
+    chunk_start_optimizer = torch.optim.AdamW(chunk_start.parameters(), lr=1e-4, fused=True)
+    compiled_chunk_start_loss = torch.compile(chunk_start_loss, fullgraph=True)
 
     def step(loss_fn, optimizer):
         def run():
@@ -170,12 +184,15 @@ def titans_layer(width: int = 256, heads: int = 4, chunk: int = 16, length: int 
 
     seconds = alternate({"nldsl_eager": step(our_loss, ours_optimizer),
                          "nldsl_compiled": step(compiled_loss, ours_optimizer),
+                         "nldsl_compiled_chunk_start": step(compiled_chunk_start_loss, chunk_start_optimizer),
                          **{name: peer_step(memory) for name, memory in peers.items()}}, rounds=rounds, warmup=2)
     torch._dynamo.reset()
     tokens = batch * length
     ours_modes = [name for name in seconds if name.startswith("nldsl")]
     return {"config": {"width": width, "heads": heads, "chunk": chunk, "length": length, "batch": batch,
                        "memory": "mlp depth 2, expansion 2",
+                       "readout": {"nldsl_eager": "causal", "nldsl_compiled": "causal",
+                                   "nldsl_compiled_chunk_start": "chunk_start"},
                        "titans_pytorch_chunk_recurrence": f"NeuralMemory(batch_size={chunk})"},
             "parameters": {"nldsl": parameter_count(ours), "titans_pytorch": parameter_count(peers["titans_pytorch"])},
             "tokens_per_second": {name: tokens / s for name, s in seconds.items()},

@@ -33,6 +33,8 @@ def fmt(value, digits: int = 0, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
+# the Titans layer's contender with `readout = chunk_start` (bench/peers.py titans_layer); not the target's
+CHUNK_START = "nldsl_compiled_chunk_start"
 PLOT_INSTALL = "pip install -e '.[plot]' (or pip install matplotlib)"  # pyproject.toml's `plot` extra
 
 
@@ -167,13 +169,19 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
         "python -m bench peers --only hope_transformer")
     titans = comparisons.get("titans_layer", {})
-    best = max(titans.get("speedup_vs_titans_pytorch", {}).values(), default=None)
-    recurrence = max(titans.get("speedup_vs_titans_pytorch_chunk_recurrence", {}).values(), default=None)
+    # the target follows the spec's own (causal) readout; the chunk-start contender is shown beside it
+    speedups = titans.get("speedup_vs_titans_pytorch", {})
+    best = max((v for name, v in speedups.items() if name != CHUNK_START), default=None)
+    recurrence = max((v for name, v in titans.get("speedup_vs_titans_pytorch_chunk_recurrence", {}).items()
+                      if name != CHUNK_START), default=None)
     row("Titans LMM layer ≥ 3× titans-pytorch NeuralMemory",
-        f"{best:.2f}× (eager {titans['speedup_vs_titans_pytorch']['nldsl_eager']:.2f}×)"
+        f"{best:.2f}× (eager {speedups['nldsl_eager']:.2f}×)"
         + (f"; against NeuralMemory running the chunk recurrence as nldsl does (its `batch_size` = the chunk; "
            f"by default it takes every chunk's surprise at the call's starting weights): {recurrence:.2f}×"
            if recurrence else "")
+        + (f"; with `readout = chunk_start` (every query of a chunk read at the weights the chunks before it "
+           f"wrote, the granularity NeuralMemory reads at): {speedups[CHUNK_START]:.2f}×"
+           if CHUNK_START in speedups else "")
         + peak_note(titans) + when("titans_layer")
         if best else
         short_error(titans.get("error", "—")), None if best is None else best >= 3,
