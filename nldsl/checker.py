@@ -997,6 +997,9 @@ class Checker:
             found = check_layer(layer, path, self.spans, seq_len or S.TrainSpec().seq_len,
                                 model.dim if model is not None else None)
             self.bag.extend(found if seq_len else [d for d in found if d.severity == "error"])
+        if model is not None:
+            from .semantics import check_model_size
+            self.bag.extend(check_model_size(model, self.spans))
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
             from .semantics import check_chunk_options

@@ -1,6 +1,7 @@
 """Gaps the checker had: definitions of an imported file that the spec does not use went
 unchecked, a selfmod level whose step η_max·C/(1 − β) diverges at init gave no warning, and an
-`expansion` whose hidden width rounds up to one unit was built without a word."""
+`expansion` whose hidden width rounds up to one unit was built without a word, and a model too
+large for any one device (a typo in a width) passed `nldsl check` in silence."""
 
 from __future__ import annotations
 
@@ -170,3 +171,44 @@ def test_more_heads_than_the_width_is_the_shape_error_not_a_crash_of_w0715():
 def test_no_shipped_spec_gets_w0715():
     for path in sorted(SPECS.glob("**/*.nl")):
         assert "W0715" not in {d.code for d in check_file(path).diagnostics}, path
+
+
+def _w0716(text: str, overrides=()) -> list[tuple[int, str]]:
+    from nldsl.checker import check_text
+    return [(d.span.line, d.message) for d in check_text(text, "k.nl", list(overrides)).diagnostics
+            if d.code == "W0716"]
+
+
+MLP_MODEL = "model tiny {\n  dim = 64\n  block {\n    mlp { }\n  }\n}\n"
+
+
+def test_w0716_flags_a_width_typo_at_the_model_dim_with_the_parameter_count_nldsl_graph_shows():
+    from nldsl.checker import check_text
+    from nldsl.graph import build_graph
+    typo = MLP_MODEL.replace("dim = 64", "dim = 10000000")
+    total = build_graph(check_text(typo, "k.nl").spec).total_params()
+    assert _w0716(typo) == [(2, f"the model has {total:,} parameters, {total * 4 / 2**40:.3g} TiB of float32 "
+                                "weights: more than one device holds, so `nldsl train` will refuse it for memory")]
+    # set by an override, the warning points at the override
+    spans = [d.span for d in check_text(MLP_MODEL, "k.nl", ["model.dim=10000000"]).diagnostics if d.code == "W0716"]
+    assert [(span.path, span.line) for span in spans] == [("<--set 1>", 1)]
+
+
+def test_w0716_starts_where_float32_weights_pass_one_tib():
+    from nldsl import shapes
+    from nldsl.checker import check_text
+
+    def weights(dim: int) -> int:
+        return 4 * shapes.count(shapes.model_parameters(check_text(MLP_MODEL, "k.nl", [f"model.dim={dim}"]).spec.model))
+
+    low, high = 64, 10_000_000  # weights(low) ≤ 1 TiB < weights(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if weights(middle) <= 2**40 else (low, middle)
+    assert _w0716(MLP_MODEL, [f"model.dim={low}"]) == []
+    assert len(_w0716(MLP_MODEL, [f"model.dim={high}"])) == 1
+
+
+def test_no_shipped_spec_gets_w0716():
+    for path in sorted(SPECS.glob("**/*.nl")):
+        assert "W0716" not in {d.code for d in check_file(path).diagnostics}, path
