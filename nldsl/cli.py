@@ -88,14 +88,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.format == "text":
             _print_diagnostics(result.diagnostics, result.sources, "text")
             line = f"{path}: {'ok' if result.ok else 'failed'}"
+            details = [_model_summary(result.spec.model)] if result.ok and result.spec.model is not None else []
             if result.diagnostics:
-                line += f" ({summary(result.diagnostics)})"
+                details.append(summary(result.diagnostics))
+            if details:
+                line += f" ({'; '.join(details)})"
             print(line, file=sys.stderr if not result.ok else sys.stdout)
         if not result.ok:
             status = 1
     if args.format == "json":
         print(json.dumps(everything, indent=2))
     return status
+
+
+def _model_summary(model) -> str:
+    """`model hope, 3.05M parameters`: what a checked spec builds, as `nldsl graph` titles it."""
+    from . import shapes
+
+    total = shapes.count(shapes.model_parameters(model))
+    return (f"model {model.name}, " if model.name else "") + f"{shapes.human_count(total)} parameters"
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import networkx as nx
 
 from .files import first_line
 from .graph import OUTER, LevelGraph
+from .shapes import human_count
 
 FONT = "Helvetica"
 RENDERED_SUFFIXES = (".svg", ".png", ".pdf")
@@ -141,17 +142,6 @@ def render(dot: str, out: Path) -> str | None:
         errors = [line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
         return f"graphviz's `dot` failed to draw {out}: {errors[0] if errors else f'exit status {done.returncode}'}"
     return _write(out, done.stdout)
-
-
-def human_count(count: int) -> str:
-    """A parameter count for people, to three significant digits: 950, 34.5k, 1.09M, 2.5B."""
-    if count < 1000:
-        return str(count)
-    for scale, unit in ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T")):
-        text = f"{count / scale:.3g}"
-        if float(text) < 1000:
-            return f"{text}{unit}"
-    return f"{count / 1e12:,.0f}T"
 
 
 # Clusters and nodes.

@@ -167,3 +167,14 @@ def model_parameters(model: S.ModelSpec) -> Shapes:
 
 def count(shapes: Shapes) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
+
+
+def human_count(count: int) -> str:
+    """A parameter count for people, to three significant digits: 950, 34.5k, 1.09M, 2.5B."""
+    if count < 1000:
+        return str(count)
+    for scale, unit in ((1e3, "k"), (1e6, "M"), (1e9, "B"), (1e12, "T")):
+        text = f"{count / scale:.3g}"
+        if float(text) < 1000:
+            return f"{text}{unit}"
+    return f"{count / 1e12:,.0f}T"

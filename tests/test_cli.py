@@ -42,6 +42,22 @@ def test_check_valid_spec_exits_0(capsys):
     assert f"{HOPE}: ok" in out and err == ""
 
 
+@pytest.mark.parametrize("spec", ["specs/hope.nl", "specs/titans_mac.nl", "specs/transformer.nl"])
+def test_check_names_the_model_and_the_parameters_it_builds(capsys, spec):
+    import nldsl
+    from nldsl.shapes import human_count
+    built = nldsl.load(REPO_ROOT / spec)
+    total = sum(p.numel() for p in built.parameters())
+    status, out, _ = run(capsys, "check", str(REPO_ROOT / spec))
+    expected = f"{REPO_ROOT / spec}: ok (model {built.spec.model.name}, {human_count(total)} parameters)\n"
+    assert status == 0 and out == expected
+
+
+def test_check_of_a_file_without_a_model_says_ok_alone(capsys):
+    status, out, _ = run(capsys, "check", str(REPO_ROOT / "specs/optimizers/adamw.nl"))
+    assert (status, out) == (0, f"{REPO_ROOT / 'specs/optimizers/adamw.nl'}: ok\n")
+
+
 def test_check_invalid_spec_exits_1_with_rustc_style_text(capsys):
     status, _, err = run(capsys, "check", UNKNOWN_ATTRIBUTE)
     assert status == 1
@@ -489,7 +505,7 @@ def test_a_full_stdout_is_named_as_stdout():
     assert run.stderr.strip().splitlines()[-1] == "error: could not write to standard output: No space left on device"
     assert "Exception ignored" not in run.stderr
     sound = python("-m", "nldsl", "check", "specs/hope.nl")
-    assert (sound.returncode, sound.stdout) == (0, "specs/hope.nl: ok\n")
+    assert (sound.returncode, sound.stdout) == (0, "specs/hope.nl: ok (model hope, 1.09M parameters)\n")
 
 
 def test_the_command_list_names_every_bench_study():
