@@ -997,9 +997,6 @@ class Checker:
             found = check_layer(layer, path, self.spans, seq_len or S.TrainSpec().seq_len,
                                 model.dim if model is not None else None)
             self.bag.extend(found if seq_len else [d for d in found if d.severity == "error"])
-        if model is not None:
-            from .semantics import check_model_size
-            self.bag.extend(check_model_size(model, self.spans))
         if model is not None and train is not None:
             self.check_vocabulary(model, train)
             from .semantics import check_chunk_options
@@ -1027,6 +1024,9 @@ class Checker:
                                  "remove it, or prefix its name with `_`")
         if not self.bag.has_errors:  # a spec with errors is not also warned of its compile time: it does not compile
             self.bag.extend(compile_time)
+            if model is not None:  # nor of its size: its shapes may not be counted
+                from .semantics import check_model_size
+                self.bag.extend(check_model_size(model, self.spans))
         if self.bag.has_errors or train is None:
             return None
         # The hash names what the model is: the file, every file it imports (a resume or a stream

@@ -102,7 +102,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _model_summary(model) -> str:
-    """`model hope, 3.05M parameters`: what a checked spec builds, as `nldsl graph` titles it."""
+    """`model hope, 1.09M parameters`: what a checked spec builds, as `nldsl graph` titles it."""
     from . import shapes
 
     total = shapes.count(shapes.model_parameters(model))

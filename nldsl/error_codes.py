@@ -1514,11 +1514,12 @@ _ENTRIES = (
     _entry(
         "W0716", "a model too large for any one device",
         """
-        The model's float32 weights alone pass 1 TiB. No one device holds that, and every rank of a
-        data-parallel run holds the whole model, so a spec this large is almost always a typo in a
-        width or a count (`dim = 10000000000000`). The spec is still valid: `nldsl check`, `graph`
-        and `compile` work on it, and `nldsl train` refuses it before allocating anything, naming the
-        device's memory. The warning gives the parameter count; it is the count `nldsl graph` shows.
+        The model's float32 weights alone pass 1 TiB. Almost no one device holds that, and every rank
+        of a data-parallel run holds the whole model, so a spec this large is almost always a typo in
+        a width or a count (`dim = 10000000000000`). The spec is still valid: `nldsl check`, `graph`
+        and `compile` work on it, and `nldsl train` refuses a model whose weights pass its device's
+        memory before allocating anything, naming that memory. The warning gives the parameter count;
+        it is the count `nldsl graph` shows. A spec with errors is not also checked for size.
         """,
         """
         model tiny {

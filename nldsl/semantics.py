@@ -135,9 +135,9 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
 UNROLLED_CHUNK_STEPS_WARNING = 64
 
 
-# W0716: float32 weights past this many bytes are flagged. No one device holds a model this large,
-# and every rank of a data-parallel run holds all of it, so such a spec is almost always a typo in a
-# width (`dim = 10000000000000`). `nldsl train` measures the device itself before it builds the model
+# W0716: float32 weights past this many bytes are flagged. Almost no one device holds a model this
+# large, and every rank of a data-parallel run holds all of it, so such a spec is almost always a typo
+# in a width (`dim = 10000000000000`). `nldsl train` measures the device itself before it builds the model
 # (nldsl/loader.py build_model); this warning is the machine-independent one `nldsl check` can give.
 MODEL_WEIGHTS_WARNING_BYTES = 2**40
 
@@ -151,7 +151,8 @@ def check_model_size(model: S.ModelSpec, spans: dict[str, Span]) -> list[Diagnos
         return []
     return [Diagnostic(
         "W0716", f"the model has {count:,} parameters, {count * 4 / 2**40:.3g} TiB of float32 weights: more than "
-        "one device holds, so `nldsl train` will refuse it for memory", _span(spans, "model.dim", "model"),
+        "almost any one device holds (`nldsl train` refuses weights past its device's memory)",
+        _span(spans, "model.dim", "model"),
         "check the widths (dim, expansion, vocab) and layers for a typo", "warning", origin="model")]
 
 

@@ -188,7 +188,8 @@ def test_w0716_flags_a_width_typo_at_the_model_dim_with_the_parameter_count_nlds
     typo = MLP_MODEL.replace("dim = 64", "dim = 10000000")
     total = build_graph(check_text(typo, "k.nl").spec).total_params()
     assert _w0716(typo) == [(2, f"the model has {total:,} parameters, {total * 4 / 2**40:.3g} TiB of float32 "
-                                "weights: more than one device holds, so `nldsl train` will refuse it for memory")]
+                                "weights: more than almost any one device holds (`nldsl train` refuses weights past "
+                                "its device's memory)")]
     # set by an override, the warning points at the override
     spans = [d.span for d in check_text(MLP_MODEL, "k.nl", ["model.dim=10000000"]).diagnostics if d.code == "W0716"]
     assert [(span.path, span.line) for span in spans] == [("<--set 1>", 1)]
@@ -212,3 +213,11 @@ def test_w0716_starts_where_float32_weights_pass_one_tib():
 def test_no_shipped_spec_gets_w0716():
     for path in sorted(SPECS.glob("**/*.nl")):
         assert "W0716" not in {d.code for d in check_file(path).diagnostics}, path
+
+
+def test_w0716_waits_for_a_spec_without_errors():
+    # a spec with errors may have shapes that cannot be counted; its errors come first
+    from nldsl.checker import check_text
+    broken = MLP_MODEL.replace("dim = 64", "dim = 10000000\n  colour = 3")
+    codes = {d.code for d in check_text(broken, "k.nl").diagnostics}
+    assert "E0203" in codes and "W0716" not in codes, codes
