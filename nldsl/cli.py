@@ -105,7 +105,7 @@ def _model_summary(model) -> str:
     """`model hope, 1.09M parameters`: what a checked spec builds, as `nldsl graph` titles it."""
     from . import shapes
 
-    total = shapes.count(shapes.model_parameters(model))
+    total = shapes.parameter_count(model)
     return (f"model {model.name}, " if model.name else "") + f"{shapes.human_count(total)} parameters"
 
 

@@ -303,7 +303,7 @@ class LevelGraph:
 
     def total_params(self) -> int:
         model = self.spec.model
-        return shapes.count(shapes.model_parameters(model)) if model is not None else 0
+        return shapes.parameter_count(model) if model is not None else 0
 
 
 def build_graph(spec: S.Spec, levels: tuple[S.LevelSpec, ...] = ()) -> LevelGraph:

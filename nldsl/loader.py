@@ -186,7 +186,7 @@ def build_model(module: types.ModuleType, spec, device=None, dtype=None):
 
     from . import shapes
 
-    count = shapes.count(shapes.model_parameters(spec.model))
+    count = shapes.parameter_count(spec.model)
     element = torch.empty((), dtype=dtype or torch.get_default_dtype()).element_size()
     where = torch.device(device) if device is not None else torch.device("cpu")
     needed, capacity = count * element, _device_memory(where)

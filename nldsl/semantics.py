@@ -146,7 +146,7 @@ def check_model_size(model: S.ModelSpec, spans: dict[str, Span]) -> list[Diagnos
     """W0716: a model whose float32 weights alone pass MODEL_WEIGHTS_WARNING_BYTES."""
     from . import shapes
 
-    count = shapes.count(shapes.model_parameters(model))
+    count = shapes.parameter_count(model)
     if count * 4 <= MODEL_WEIGHTS_WARNING_BYTES:
         return []
     return [Diagnostic(

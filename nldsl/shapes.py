@@ -169,6 +169,12 @@ def count(shapes: Shapes) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
 
 
+def parameter_count(model: S.ModelSpec) -> int:
+    """How many parameters the model builds: what `nldsl check` and `nldsl graph` show, W0716 and
+    the loader's memory check read."""
+    return count(model_parameters(model))
+
+
 def human_count(count: int) -> str:
     """A parameter count for people, to three significant digits: 950, 34.5k, 1.09M, 2.5B."""
     if count < 1000:
