@@ -17,14 +17,14 @@ both modes can be nested without compiling anything twice.
 Several chunks per call (`train.chunks_per_call = K`): `run_chunks` then folds each run of K chunks
 inside one compiled graph (the loop unrolled K times), so the per-call costs are paid once per K
 chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 the per-call costs
-were about 0.3 ms a call, and K = 8 made its step 1.18–1.20× faster; at the shipped spec's size
-K = 4 gained nothing measurable and made a first run with empty compile caches 1.7× longer
-(docs/compiler.md has the measurements). A loop whose step reads the chunk's position in Python
-(nested CMS: when a slower level moves) compiles one chunk at a time, as before, since a graph
-would be specialised to each position. A chunk-start level's last chunk runs on its own in training (`run_chunks`
-`last_apart`), and so does any loop's last chunk where it is laid out unlike the others (a shorter
-chunk, no next chunk to read), so that a loop compiles one graph of K chunks, not a second one for
-the run that ends it.
+were about 0.3 ms a call, and K = 8 made its step 1.18–1.20× faster (2026-12-05; 1.10× in a later
+run); at the shipped spec's size K = 4 gained nothing measurable and made a first run with empty
+compile caches 1.7× longer (docs/compiler.md has the measurements). A loop whose step reads the
+chunk's position in Python (nested CMS: when a slower level moves) compiles one chunk at a time, as
+before, since a graph would be specialised to each position. A chunk-start level's last chunk runs
+on its own in training (`run_chunks` `last_apart`), and so does any loop's last chunk where it is
+laid out unlike the others (a shorter chunk, no next chunk to read), so that a loop compiles one
+graph of K chunks, not a second one for the run that ends it.
 
 Recomputation (`train.recompute = N`): every chunk loop goes through `run_chunks`, which under
 `recomputed_chunks(N)` runs each stretch of N chunks inside `torch.utils.checkpoint`. The backward
@@ -272,7 +272,7 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
 
 def _may_run_on_cpu(loss: Callable[..., Any]) -> bool:
     """False only for a model's bound `loss` whose parameters are all off the CPU (a GPU model, where
-    the fused write kernel never runs, so building it, some 20 s, would be wasted)."""
+    the fused write kernel never runs, so building it, some 30 s (docs/compiler.md), would be wasted)."""
     model = getattr(loss, "__self__", None)
     if not isinstance(model, torch.nn.Module):
         return True
