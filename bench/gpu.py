@@ -79,7 +79,7 @@ DENSE_BF16_PEAKS = (
     ("L40", 181e12),
     ("L4", 121e12),
 )
-MODE_NAMES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
+MODE_NAMES = {False: "eager", True: "compiled", "blocks": "compiled per block", "chunks": "compiled per chunk"}
 OUTPUT_RTOL = 1e-6  # float64 generated model vs interpreter, relative to the logits' norm
 # bf16 autocast compiled logits vs fp32 eager logits, relative to their norm, with the parameters moved
 # off their initialisation (at it the logits are near zero and every loss near ln V, whatever the

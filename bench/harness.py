@@ -130,7 +130,7 @@ class TrainStep:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    compiled: bool | str = False  # True: one whole graph; "chunks": each chunk body (train.compile)
+    compiled: bool | str = False  # train.compile: True one whole graph, "blocks" each block, "chunks" each chunk body
     recompute: int = 0  # chunks per recomputed stretch (train.recompute); 0 = off
     chunks_per_call: int = 1  # chunk bodies per compiled call (train.chunks_per_call)
     loss_fn: Callable = field(init=False)

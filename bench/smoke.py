@@ -8,7 +8,7 @@ Two checks, both over every shipped model spec:
    dynamo's, so tracing the forward is enough. Chunk bodies are plain functions inside a
    whole-model trace, so a break in one of them fails this check too.
 2. Compiled vs eager speed: a spec's training step in the compile mode the spec itself asks for
-   (`train.compile`: one whole graph, or each chunk body), at the tiny size, against the eager
+   (`train.compile`: one whole graph, each block or each chunk body), at the tiny size, against the eager
    step on the same inputs. Both are timed in interleaved rounds; the check fails when the
    compiled step's median is more than `SLOWDOWN_TOLERANCE` times the eager one (the margin only
    absorbs timing noise on a shared machine). A cold inductor compile costs 30 s (Transformer++)
@@ -119,7 +119,8 @@ def compiled_vs_eager(spec: str, overrides: list[str], length: int, batch: int, 
     finally:
         torch._dynamo.reset()
     ratio = seconds["compiled"] / seconds["eager"]
-    return {"ok": ratio <= SLOWDOWN_TOLERANCE, "mode": "chunks" if mode == "chunks" else "whole graph",
+    shown = {"chunks": "chunks", "blocks": "per block"}.get(mode, "whole graph")
+    return {"ok": ratio <= SLOWDOWN_TOLERANCE, "mode": shown,
             "eager_seconds": seconds["eager"], "compiled_seconds": seconds["compiled"],
             "compiled_over_eager": ratio, "compile_seconds": compile_seconds, "length": length, "batch": batch,
             "overrides": overrides}

@@ -1727,10 +1727,11 @@ class Converter:
         if values is None:
             return None
         compile_mode = values.get("compile", S.TrainSpec.model_fields["compile"].default)
-        if values.get("recompute", 0) and compile_mode is True:
+        if values.get("recompute", 0) and (compile_mode is True or compile_mode == "blocks"):
             attr = tree.attrs["recompute"]
             self.bag.error("E0601", "`recompute` needs `compile = chunks` or `compile = false`", attr.span,
-                           "one whole graph would trace every recomputed stretch into itself; write "
+                           f"{'one whole graph' if compile_mode is True else 'a block graph'} would trace every "
+                           "recomputed stretch into itself; write "
                            "`compile = chunks` (each chunk body compiled once) or `compile = false` beside it, "
                            "or train with `--no-compile`")
             return None

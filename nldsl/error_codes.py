@@ -935,8 +935,8 @@ _ENTRIES = (
         levels. Slower nested cms levels move toward the faster one with a constant `lr` only.
         A gated `parallel` needs exactly two branches; memory-as-context sets its span with
         `segment`, not `window`. `train.recompute` reruns chunk loops in the backward pass, so it
-        needs `compile = chunks` or `compile = false`: one whole graph would trace every rerun
-        into itself.
+        needs `compile = chunks` or `compile = false`: one whole graph (or, with `compile =
+        blocks`, a block's graph) would trace every rerun into itself.
 
         An optimizer level with `state = mlp` keeps the weights of its MLP, not a momentum
         buffer, so `nesterov`, `bias_correction` and `init = first_flow` (which act on that
@@ -1449,9 +1449,11 @@ _ENTRIES = (
         chunk steps per block. Compilation time grows with that count. On a 2-core CPU one Titans
         memory layer of 64 chunk steps (width 256, seq_len 1024, period 16) took 11 minutes to
         compile its first step, and specs/hope.nl's 136 had not compiled after 40 minutes. The
-        checker flags 64 chunk steps or more. `compile = chunks` compiles each chunk body once,
-        whatever the length, and is the usual choice for long sequences; the whole graph runs
-        faster once compiled where the chunk steps are few (docs/compiler.md).
+        checker flags 64 chunk steps or more. `compile = blocks` compiles one block's graph, which
+        every block then reuses, so its count is one block's (and the help names it where that
+        count is below 64). `compile = chunks` compiles each chunk body once, whatever the length,
+        and is the usual choice for long sequences; the whole graph runs faster once compiled
+        where the chunk steps are few (docs/compiler.md).
         """,
         """
         model tiny {

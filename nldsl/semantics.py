@@ -162,11 +162,13 @@ def chunk_loops(model: S.ModelSpec, seq_len: int) -> list[tuple[Any, S.LevelSpec
             for _, level in read_levels_of(layer, seq_len) if runs_chunk_loop(layer, level, seq_len)]
 
 
-def unrolled_chunk_steps(model: S.ModelSpec, seq_len: int, loops: list[tuple[Any, S.LevelSpec]]) -> int:
-    """The chunk steps a training sequence runs through all blocks: what `compile = true` unrolls into
-    one graph (each of a block's `loops`, ceil(seq_len / period) steps, once per block)."""
+def unrolled_chunk_steps(model: S.ModelSpec, seq_len: int, loops: list[tuple[Any, S.LevelSpec]],
+                         blocks: int | None = None) -> int:
+    """The chunk steps a training sequence runs through `blocks` blocks (default: all of them): what
+    `compile = true` unrolls into one graph, and `compile = blocks` into a block's graph with blocks = 1
+    (each of a block's `loops`, ceil(seq_len / period) steps, once per block)."""
     per_block = sum(math.ceil(seq_len / (level.period if isinstance(level.period, int) else 1)) for _, level in loops)
-    return model.layers * per_block
+    return (model.layers if blocks is None else blocks) * per_block
 
 
 def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
@@ -175,7 +177,8 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
     continuum clock, memories on the exact delta kernel) has nothing for them to act on. A nested
     cms's loop runs one chunk per call whatever `chunks_per_call` says (its step reads the chunk's
     position, nldsl/runtime/chunked.py), so it counts for `recompute` only; and `chunks_per_call`
-    acts under `compile = chunks` only. W0714: `compile = true` with many chunk steps to unroll."""
+    acts under `compile = chunks` only. W0714: `compile = true` (or `blocks`, counting one block) with
+    many chunk steps to unroll."""
     looping = chunk_loops(model, train.seq_len)
     loops = [layer for layer, _ in looping]
     found = []
@@ -200,15 +203,26 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             "delta kernel run none; a nested cms runs one chunk per call, since its step reads the chunk's "
             "position)", _span(spans, "train.chunks_per_call"), "remove `chunks_per_call`", "warning",
             origin="train.chunks_per_call"))
-    steps = unrolled_chunk_steps(model, train.seq_len, looping) if train.compile is True else 0
-    if steps >= UNROLLED_CHUNK_STEPS_WARNING:
-        found.append(Diagnostic(
-            "W0714", f"`compile = true` unrolls every chunk loop into one graph: {steps} chunk steps at "
-            f"seq_len {train.seq_len}, and the first step's compilation grows with them (one Titans memory "
-            f"layer of {UNROLLED_CHUNK_STEPS_WARNING} chunk steps took 11 minutes on a 2-core CPU)",
-            _span(spans, "train.compile", "train.seq_len", "train", "model.layers", "model"),
-            "write `compile = chunks` (each chunk body compiles once, whatever the length), or train with "
-            "`--no-compile`", "warning", origin="train.compile"))
+    if train.compile is True or train.compile == "blocks":
+        per_block = train.compile == "blocks"
+        steps = unrolled_chunk_steps(model, train.seq_len, looping, blocks=1 if per_block else None)
+        if steps >= UNROLLED_CHUNK_STEPS_WARNING:
+            one_block = unrolled_chunk_steps(model, train.seq_len, looping, blocks=1)
+            # where one block's loops are short enough, compiling a block and reusing it is the smaller step
+            blocks_help = (f"write `compile = blocks` (one block's graph, {one_block} chunk steps, reused by "
+                           "every block), `compile = chunks` (each chunk body compiles once, whatever the "
+                           "length), or train with `--no-compile`")
+            help = (blocks_help if not per_block and one_block < UNROLLED_CHUNK_STEPS_WARNING else
+                    "write `compile = chunks` (each chunk body compiles once, whatever the length), or train "
+                    "with `--no-compile`")
+            what = ("`compile = blocks` unrolls a block's chunk loops into its graph" if per_block else
+                    "`compile = true` unrolls every chunk loop into one graph")
+            found.append(Diagnostic(
+                "W0714", f"{what}: {steps} chunk steps at seq_len {train.seq_len}, and the first step's "
+                f"compilation grows with them (one Titans memory layer of {UNROLLED_CHUNK_STEPS_WARNING} chunk "
+                "steps took 11 minutes on a 2-core CPU)",
+                _span(spans, "train.compile", "train.seq_len", "train", "model.layers", "model"),
+                help, "warning", origin="train.compile"))
     return found
 
 

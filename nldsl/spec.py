@@ -425,8 +425,9 @@ class TrainSpec(Strict):
     clip: float = Field(1.0, ge=0, description="gradient-norm clipping; 0 = off")
     seed: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool | Literal["chunks"] = Field(
-        True, description="torch.compile the training step: true = as one graph, chunks = each chunk body")
+    compile: bool | Literal["chunks", "blocks"] = Field(
+        True, description="torch.compile the training step: true = as one graph, blocks = each block (one graph "
+                          "every block reuses), chunks = each chunk body")
     recompute: int = Field(
         0, ge=0, description="the backward pass keeps one in-context state per N chunks and recomputes the "
                              "chunks between; 0 = keep every chunk's state")

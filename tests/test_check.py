@@ -966,7 +966,7 @@ def test_a_model_of_an_imported_file_is_named_as_not_importable_and_a_choice_rea
                                   "is the file's own")
     assert error.help == "inherit from the sections it is made of (its `block`, `level` …)"
     [wrong] = check_file(titans, ["train.compile=3"]).diagnostics
-    assert wrong.message == "`compile` expects true, false or chunks"
+    assert wrong.message == "`compile` expects true, false or one of chunks, blocks"
 
 
 def test_a_constant_that_hides_an_option_is_named_as_the_cause():

@@ -557,6 +557,20 @@ def test_a_resume_may_change_how_many_chunks_one_compiled_call_runs(tmp_path, te
                  "train.seed=5", *common, "--resume"]) == 1  # beside a change that is refused
 
 
+@pytest.mark.slow
+def test_a_run_compiled_per_block_trains_and_resumes_eagerly(tmp_path, text_file, capsys):
+    """`train.compile = blocks` trains through the CLI, says what it compiles, and a resume may run
+    eagerly (how steps execute is CONTINUABLE)."""
+    common = ["--run-dir", str(tmp_path / "run"), "--no-progress", "--data", str(text_file), *TINY,
+              "--set", "model.layers=3", "--set", "train.eval_every=0"]
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=2", "--set",
+                 "train.compile=blocks", *common]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "compiled per block" in out and "compiling one block (every block reuses it)" in out, out
+    assert main(["train", str(REPO / "specs/transformer.nl"), "--set", "train.steps=3", "--set",
+                 "train.compile=blocks", *common, "--no-compile", "--resume"]) == 0, capsys.readouterr().err
+
+
 def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, text_file):
     specs = tmp_path / "specs"
     specs.mkdir()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nldsl.runtime import fused
-from nldsl.runtime.chunked import chunk_body, run_chunks
+from nldsl.runtime.chunked import call_block, chunk_body, run_chunks
 from nldsl.runtime.layers import causal_depthwise_conv, gate_precision, l2_normalize, zero_history
 from nldsl.runtime.memory import (
     LevelConfig,
@@ -236,12 +236,12 @@ def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple
     """One block of the model's forward. A carried state made by the same spec at another width (or
     with other heads) holds tensors of other shapes, which fail deep in a layer with torch's shape
     error: when the block fails on a carried state and runs on a fresh one, the error names the
-    state's first tensor whose shape differs from the fresh state's. Eager calls only (a whole
-    compiled graph runs the block as it is)."""
+    state's first tensor whose shape differs from the fresh state's. Eager and per-block compiled
+    calls only (`chunked.call_block`; a whole compiled graph runs the block as it is)."""
     if torch.compiler.is_compiling() or not state:
-        return block(h, ctx, state)
+        return call_block(block, h, ctx, state)
     try:
-        out, new_state = block(h, ctx, state)
+        out, new_state = call_block(block, h, ctx, state)
     except (RuntimeError, AssertionError) as error:  # a runtime's check of the state's parts asserts
         mismatch = _state_mismatch(block, h, ctx, state)
         if mismatch is None:

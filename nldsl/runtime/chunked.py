@@ -14,6 +14,10 @@ around the loops, which run eagerly.
 Inside a whole-model `torch.compile` the bodies are plain functions that dynamo traces inline, so
 both modes can be nested without compiling anything twice.
 
+Block-wise compilation (`train.compile = blocks`, `compiled_blocks`) sits between the two: each
+block is one compiled graph, its chunk loops unrolled as in a whole graph, and every block of the
+model runs that same graph, so compile time grows with a block's chunk steps but not with depth.
+
 Several chunks per call (`train.chunks_per_call = K`): `run_chunks` then folds each run of K chunks
 inside one compiled graph (the loop unrolled K times), so the per-call costs are paid once per K
 chunks and inductor sees K chunk bodies at once. For HOPE at width 128, T 2048 the per-call costs
@@ -133,6 +137,55 @@ def compiled_chunks(enable: bool = True, backend: Any = "inductor", cpu: bool = 
         torch._dynamo.config.recompile_limit = limit
 
 
+def block_compiler(backend: Any = "inductor", fullgraph: bool = True) -> Callable[..., Any]:
+    """A compiled `block(h, ctx, state)` call for `compiled_blocks` (`train.compile = blocks`).
+
+    Its function has a code object of its own: dynamo keeps graphs, and counts recompiles, per code
+    object, so one shared function would pile every model's block graphs of a process onto one
+    recompile limit and fail a fullgraph compile at the ninth. A model's blocks are one generated
+    class whose parameters dynamo takes as inputs, so they all share the first block's graph."""
+    name = "compiled_block"  # what tracebacks and profiles show
+    names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
+    function = FunctionType(_call_block.__code__.replace(**names), _call_block.__globals__, name)
+    function.__qualname__ = name
+    return torch.compile(function, fullgraph=fullgraph, backend=backend)
+
+
+def _call_block(block: Any, h: Any, ctx: Any, state: Any) -> Any:
+    return block(h, ctx, state)
+
+
+_block_call: Callable[..., Any] | None = None  # set by compiled_blocks
+
+
+@contextlib.contextmanager
+def compiled_blocks(call: Callable[..., Any]) -> Iterator[None]:
+    """Run every block called inside this block (`blocks.run_block`) through `call`, a
+    `block_compiler()` function: each block of the model is then one compiled graph, the same
+    graph for all of them, and the embedding, the final norm and the loss run eagerly.
+
+    What it buys over one whole graph (`compile = true`): compile time that does not grow with
+    depth (the whole graph's grows by some 1.5 s a block on the CPU, docs/compiler.md). What it
+    costs: one compiled call per block, and nothing fuses across blocks."""
+    global _block_call
+    previous, limit = _block_call, torch._dynamo.config.recompile_limit
+    _block_call = call
+    # every block graph of the model (shapes × grad modes × a carried state or not) is one function's
+    torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
+    try:
+        yield
+    finally:
+        _block_call = previous
+        torch._dynamo.config.recompile_limit = limit
+
+
+def call_block(block: Any, h: Any, ctx: Any, state: Any) -> Any:
+    """`block(h, ctx, state)`, through the compiled call under `compiled_blocks`."""
+    if _block_call is None or torch.compiler.is_compiling():
+        return block(h, ctx, state)
+    return _block_call(block, h, ctx, state)
+
+
 @contextlib.contextmanager
 def recomputed_chunks(chunks: int) -> Iterator[None]:
     """Run every `run_chunks` loop inside this block in recomputed stretches of `chunks` (0 = off)."""
@@ -246,18 +299,28 @@ def compile_loss(loss: Callable[..., Any], mode: bool | str, *, fullgraph: bool 
                  recompute: int = 0, chunks_per_call: int = 1) -> Callable[..., Any]:
     """`loss` as `train.compile`, `train.recompute` and `train.chunks_per_call` ask.
 
-    mode: eager (false), one whole graph (true) or per chunk body ("chunks"). recompute: chunks
-    per recomputed stretch (0 = off); the checker allows it with eager and per-chunk compilation
-    only, since a whole graph would trace the checkpoints into one graph of every chunk.
-    chunks_per_call: chunks per compiled call under mode "chunks"; the other modes compile no chunk
-    body to group (the checker warns, W0706: `nldsl train --no-compile` runs a grouping spec eagerly).
+    mode: eager (false), one whole graph (true), per block ("blocks": `compiled_blocks`) or per
+    chunk body ("chunks"). recompute: chunks per recomputed stretch (0 = off); the checker allows it
+    with eager and per-chunk compilation only, since a whole graph or a block's graph would trace the
+    checkpoints into itself. chunks_per_call: chunks per compiled call under mode "chunks"; the other
+    modes compile no chunk body to group (the checker warns, W0706: `nldsl train --no-compile` runs
+    a grouping spec eagerly).
     """
     cpu = _may_run_on_cpu(loss)
     if mode not in (False, "chunks"):
         if recompute:
-            raise ValueError("train.recompute needs train.compile = chunks or false")
+            raise ValueError(f"train.recompute needs train.compile = chunks or false, not {mode}")
         if mode and cpu:
             fused.available()  # build the fused write kernel before the trace, which could not
+        if mode == "blocks":
+            call = block_compiler(fullgraph=fullgraph)
+
+            @functools.wraps(loss)
+            def block_wise(*args: Any, **kwargs: Any) -> Any:
+                with compiled_blocks(call):
+                    return loss(*args, **kwargs)
+
+            return block_wise
         return torch.compile(loss, fullgraph=fullgraph) if mode else loss
     if mode is False and not recompute:
         return loss

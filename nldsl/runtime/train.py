@@ -1,9 +1,9 @@
 """The training loop behind `nldsl train`: a checked spec → a trained model in a run folder.
 
 One outer step: the batch of (seed, step) → `model.loss` (compiled with fullgraph=True when
-`train.compile` is true, per chunk body when it is `chunks` (nldsl/runtime/chunked.py), under bf16
-autocast when `train.precision = bf16`) → backward through every inner
-update → gradients averaged over data-parallel ranks → one gradient-norm clip over all parameters
+`train.compile` is true, per block when it is `blocks` and per chunk body when it is `chunks`
+(nldsl/runtime/chunked.py), under bf16 autocast when `train.precision = bf16`) → backward through
+every inner update → gradients averaged over data-parallel ranks → one gradient-norm clip over all parameters
 → the continuum clock → the spec's outer optimizer, with the learning rate of the schedule.
 
 - Schedule: linear warm-up over `warmup` steps to the optimizer's lr, then cosine or linear decay
@@ -78,7 +78,7 @@ from nldsl.runtime.heap import frozen_heap
 from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signal_number, terminate_as_interrupt
 
 RUNS = Path("runs")
-_COMPILE_MODES = {False: "eager", True: "compiled", "chunks": "compiled per chunk"}
+_COMPILE_MODES = {False: "eager", True: "compiled", "blocks": "compiled per block", "chunks": "compiled per chunk"}
 
 
 @dataclass
@@ -88,7 +88,7 @@ class TrainOptions:
     run_dir: str | Path | None = None  # None = runs/<spec stem>-<date>
     resume: bool = False
     tensorboard: bool = False
-    compile: bool | str | None = None  # None = the spec's train.compile (true, false or "chunks")
+    compile: bool | str | None = None  # None = the spec's train.compile (true, false, "blocks" or "chunks")
     sample: bool = False
     device: str = "auto"
     fsdp: bool = False
@@ -591,7 +591,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                       "train.warmup for a short run")
 
     if compiled and start < plan.steps:
-        what = "each chunk body (once per shape)" if compiled == "chunks" else "the training step"
+        what = {"chunks": "each chunk body (once per shape)", "blocks": "one block (every block reuses it)"}.get(
+            compiled, "the training step")
         _say(context, f"compiling {what} on the first step (this can take minutes; --no-compile runs eagerly)")
 
     def evaluate_now() -> Evaluation:

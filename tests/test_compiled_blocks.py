@@ -1,0 +1,130 @@
+"""`train.compile = blocks` (nldsl/runtime/chunked.py `compiled_blocks`): each block is one compiled
+graph, the same graph for every block of a model, reused across steps, and the loss and gradients
+are the eager model's.
+
+Graph counts use a counting backend over AOT autograd (forward and backward graphs are built) on the
+shrunk shipped specs (two blocks each); one model also runs through inductor against eager.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from test_compile import MODEL_SPECS, REPO, tiny_model
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from nldsl import loader
+from nldsl.checker import check_text
+from nldsl.runtime import chunked
+from nldsl.runtime.chunked import block_compiler, compile_loss, compiled_blocks
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+
+def batch(vocab: int, seed: int, length: int = 13) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(seed))
+    return tokens, torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
+
+
+def assert_same_loss_and_grads(model, loss_function, tokens, targets, rtol: float = 1e-4) -> None:
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    eager = model.loss(tokens, targets)
+    eager_grads = torch.autograd.grad(eager, parameters, allow_unused=True)
+    compiled = loss_function(tokens, targets)
+    compiled_grads = torch.autograd.grad(compiled, parameters, allow_unused=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for actual, expected in zip(compiled_grads, eager_grads):
+        assert (actual is None) == (expected is None)
+        if actual is not None:
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", MODEL_SPECS, ids=lambda p: p.stem)
+def test_every_block_runs_one_graph_and_matches_eager(path: Path) -> None:
+    torch._dynamo.reset()
+    model, spec = tiny_model(path)
+    assert spec.model.layers >= 2, "one graph for several blocks needs several blocks"
+    counter = CompileCounterWithBackend("aot_eager")
+    call = block_compiler(backend=counter)
+
+    def loss_function(tokens, targets):
+        with compiled_blocks(call):
+            return model.loss(tokens, targets)
+
+    counts = []
+    for seed in range(3):  # new data each step, same shapes: the block graph must be reused
+        assert_same_loss_and_grads(model, loss_function, *batch(spec.model.vocab, seed))
+        counts.append(counter.frame_count)
+    assert counts == [1, 1, 1], f"block graphs per step {counts}: a graph per block, a break or a recompile"
+
+
+def test_inductor_block_compiled_loss_matches_eager_and_the_mode_ends_with_the_call() -> None:
+    torch._dynamo.reset()
+    model, spec = tiny_model(REPO / "specs" / "titans_mag.nl")
+    loss_function = compile_loss(model.loss, "blocks")
+    for seed in range(2):
+        assert_same_loss_and_grads(model, loss_function, *batch(spec.model.vocab, seed), rtol=1e-3)
+    assert chunked._block_call is None, "the compiled call is set for the loss's call only"
+    with pytest.raises(ValueError, match="recompute needs"):
+        compile_loss(model.loss, "blocks", recompute=2)
+
+
+def test_a_carried_state_runs_through_the_block_graph_and_a_foreign_one_is_named() -> None:
+    torch._dynamo.reset()
+    model, spec = tiny_model(REPO / "specs" / "titans_lmm.nl")
+    tokens, _ = batch(spec.model.vocab, 3, length=20)
+    counter = CompileCounterWithBackend("aot_eager")
+    call = block_compiler(backend=counter)
+    with torch.no_grad():
+        _, state = model(tokens[:, :9], return_state=True)
+        expected = model(tokens[:, 9:], state=state)
+        with compiled_blocks(call):
+            _, compiled_state = model(tokens[:, :9], return_state=True)
+            continued = model(tokens[:, 9:], state=compiled_state)
+    torch.testing.assert_close(continued, expected, rtol=1e-5, atol=1e-6)
+    assert counter.frame_count >= 1
+    edited = [dict(block) for block in state]
+    edited[0][next(iter(edited[0]))] = None  # a part the model's own state holds, replaced by None
+    with torch.no_grad(), compiled_blocks(call), pytest.raises(ValueError, match="the state of block 0 holds None"):
+        model(tokens[:, 9:], state=edited)
+
+
+def test_each_model_keeps_its_own_recompile_limit(monkeypatch) -> None:
+    """One shared compiled function would pile every model's block graphs onto one recompile limit:
+    with a limit of one graph, the second model would fail to compile."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(chunked, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    inductor = chunked.block_compiler  # minutes for three models here: the backend is swapped
+    monkeypatch.setattr(chunked, "block_compiler",
+                        lambda fullgraph=True: inductor(backend="eager", fullgraph=fullgraph))
+    for name in ("transformer", "linear_attention", "titans_mag"):
+        model, spec = tiny_model(REPO / "specs" / f"{name}.nl")
+        assert torch.isfinite(compile_loss(model.loss, "blocks")(*batch(spec.model.vocab, 0)))
+
+
+def test_the_checker_counts_one_block_for_w0714_and_refuses_recompute() -> None:
+    text = ("model tiny {\n  dim = 64\n  layers = 4\n  block {\n    memory {\n"
+            "      level { state = mlp(depth = 2)  period = 16 }\n    }\n  }\n}\ntrain { seq_len = 256 }\n")
+
+    def codes(*overrides: str) -> dict[str, list]:
+        found: dict[str, list] = {}
+        for d in check_text(text, "deep.nl", list(overrides)).diagnostics:
+            found.setdefault(d.code, []).append(d)
+        return found
+
+    whole = codes()["W0714"][0]  # 4 blocks × 16 chunk steps in one graph
+    assert "64 chunk steps" in whole.message and "`compile = blocks` (one block's graph, 16 chunk steps" in whole.help
+    assert "W0714" not in codes("train.compile=blocks")  # one block's graph: 16 chunk steps
+    long = codes("train.compile=blocks", "train.seq_len=1024")["W0714"][0]
+    assert long.message.startswith("`compile = blocks` unrolls a block's chunk loops")
+    assert "64 chunk steps" in long.message
+    assert "compile = blocks" not in long.help  # it is the mode already
+    refused = codes("train.compile=blocks", "train.recompute=2")["E0601"][0]
+    assert "a block graph would trace" in refused.help
+    spec = check_text(text, "deep.nl", ["train.compile=blocks"]).spec
+    assert spec.train.compile == "blocks"
+    assert loader.build_module(spec).build() is not None
