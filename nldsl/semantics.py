@@ -212,9 +212,9 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             blocks_help = (f"write `compile = blocks` (one block's graph, {one_block} chunk steps, reused by "
                            "every block), `compile = chunks` (each chunk body compiles once, whatever the "
                            "length), or train with `--no-compile`")
-            help = (blocks_help if not per_block and one_block < UNROLLED_CHUNK_STEPS_WARNING else
-                    "write `compile = chunks` (each chunk body compiles once, whatever the length), or train "
-                    "with `--no-compile`")
+            advice = (blocks_help if not per_block and one_block < UNROLLED_CHUNK_STEPS_WARNING else
+                      "write `compile = chunks` (each chunk body compiles once, whatever the length), or train "
+                      "with `--no-compile`")
             what = ("`compile = blocks` unrolls a block's chunk loops into its graph" if per_block else
                     "`compile = true` unrolls every chunk loop into one graph")
             found.append(Diagnostic(
@@ -222,7 +222,7 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
                 f"compilation grows with them (one Titans memory layer of {UNROLLED_CHUNK_STEPS_WARNING} chunk "
                 "steps took 11 minutes on a 2-core CPU)",
                 _span(spans, "train.compile", "train.seq_len", "train", "model.layers", "model"),
-                help, "warning", origin="train.compile"))
+                advice, "warning", origin="train.compile"))
     return found
 
 

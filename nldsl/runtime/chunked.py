@@ -160,7 +160,7 @@ _block_call: Callable[..., Any] | None = None  # set by compiled_blocks
 
 @contextlib.contextmanager
 def compiled_blocks(call: Callable[..., Any]) -> Iterator[None]:
-    """Run every block called inside this block (`blocks.run_block`) through `call`, a
+    """Run every model block called inside this `with` (`blocks.run_block`) through `call`, a
     `block_compiler()` function: each block of the model is then one compiled graph, the same
     graph for all of them, and the embedding, the final norm and the loss run eagerly.
 
