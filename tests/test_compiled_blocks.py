@@ -72,6 +72,20 @@ def test_inductor_block_compiled_loss_matches_eager_and_the_mode_ends_with_the_c
         compile_loss(model.loss, "blocks", recompute=2)
 
 
+def test_block_graphs_run_under_bf16_autocast() -> None:
+    """`precision = bf16`: the training loop enters autocast around the loss, outside the block graphs."""
+    torch._dynamo.reset()
+    model, spec = tiny_model(REPO / "specs" / "titans_mag.nl")
+    tokens, targets = batch(spec.model.vocab, 5)
+    counter = CompileCounterWithBackend("aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model.loss(tokens, targets)
+        with compiled_blocks(block_compiler(backend=counter)):
+            compiled = model.loss(tokens, targets)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)  # the same bf16 products, in one graph
+
+
 def test_a_carried_state_runs_through_the_block_graph_and_a_foreign_one_is_named() -> None:
     torch._dynamo.reset()
     model, spec = tiny_model(REPO / "specs" / "titans_lmm.nl")
