@@ -86,7 +86,7 @@ def test_block_graphs_run_under_bf16_autocast() -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)  # the same bf16 products, in one graph
 
 
-def test_a_carried_state_runs_through_the_block_graph_and_a_foreign_one_is_named() -> None:
+def test_a_carried_state_runs_through_the_block_graph_and_an_edited_one_is_named() -> None:
     torch._dynamo.reset()
     model, spec = tiny_model(REPO / "specs" / "titans_lmm.nl")
     tokens, _ = batch(spec.model.vocab, 3, length=20)
