@@ -205,9 +205,9 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
             origin="train.chunks_per_call"))
     if train.compile is True or train.compile == "blocks":
         per_block = train.compile == "blocks"
-        steps = unrolled_chunk_steps(model, train.seq_len, looping, blocks=1 if per_block else None)
+        one_block = unrolled_chunk_steps(model, train.seq_len, looping, blocks=1)
+        steps = one_block if per_block else unrolled_chunk_steps(model, train.seq_len, looping)
         if steps >= UNROLLED_CHUNK_STEPS_WARNING:
-            one_block = unrolled_chunk_steps(model, train.seq_len, looping, blocks=1)
             # where one block's loops are short enough, compiling a block and reusing it is the smaller step
             blocks_help = (f"write `compile = blocks` (one block's graph, {one_block} chunk steps, reused by "
                            "every block), `compile = chunks` (each chunk body compiles once, whatever the "

@@ -144,11 +144,7 @@ def block_compiler(backend: Any = "inductor", fullgraph: bool = True) -> Callabl
     object, so one shared function would pile every model's block graphs of a process onto one
     recompile limit and fail a fullgraph compile at the ninth. A model's blocks are one generated
     class whose parameters dynamo takes as inputs, so they all share the first block's graph."""
-    name = "compiled_block"  # what tracebacks and profiles show
-    names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
-    function = FunctionType(_call_block.__code__.replace(**names), _call_block.__globals__, name)
-    function.__qualname__ = name
-    return torch.compile(function, fullgraph=fullgraph, backend=backend)
+    return torch.compile(_with_own_code(_call_block, "compiled_block"), fullgraph=fullgraph, backend=backend)
 
 
 def _call_block(block: Any, h: Any, ctx: Any, state: Any) -> Any:
@@ -278,13 +274,18 @@ def _fold_of(step: Callable[..., Any], device: str) -> Callable[..., Any]:
     """The compiled fold for `step`'s code (`_folds`)."""
     key = (step.__code__, id(_backend), device)
     if key not in _folds:
-        name = f"chunks_of_{step.__code__.co_name}"  # what tracebacks and profiles show
-        # (co_qualname exists from Python 3.11; the project supports 3.10, where replace() refuses it)
-        names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
-        function = FunctionType(_fold.__code__.replace(**names), _fold.__globals__, name)
-        function.__qualname__ = name
-        _folds[key] = _compiled(function, device)
+        _folds[key] = _compiled(_with_own_code(_fold, f"chunks_of_{step.__code__.co_name}"), device)
     return _folds[key]
+
+
+def _with_own_code(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`function` with a code object of its own, named `name` (what tracebacks and profiles show):
+    dynamo keeps graphs, and counts recompiles, per code object."""
+    # (co_qualname exists from Python 3.11; the project supports 3.10, where replace() refuses it)
+    names = {"co_name": name, **({"co_qualname": name} if sys.version_info >= (3, 11) else {})}
+    copy = FunctionType(function.__code__.replace(**names), function.__globals__, name)
+    copy.__qualname__ = name
+    return copy
 
 
 def _fold(step: Callable[[Carry, Any], tuple[Any, Carry]], carry: Carry, pieces: list[Any]) -> tuple[list[Any], Carry]:
