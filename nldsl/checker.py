@@ -1003,6 +1003,8 @@ class Checker:
             options = check_chunk_options(model, train, self.spans)
             self.bag.extend(d for d in options if d.code != "W0714")
             compile_time = [d for d in options if d.code == "W0714"]  # added below, on a spec without errors
+            from .semantics import check_compile_depth
+            compile_time.extend(check_compile_depth(model, train, self.spans, chunk_warning=bool(compile_time)))
         if train is not None:
             self.check_m3_warmup(train)
             from .semantics import check_run_length

@@ -135,6 +135,13 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
 UNROLLED_CHUNK_STEPS_WARNING = 64
 
 
+# W0717: a whole-graph compile of this many blocks (or more) is flagged, where W0714 does not already
+# speak of the compile. The graph grows by some 1.5 s of compile time a block on the CPU:
+# specs/transformer.nl (no chunk loops) took 37.9 s to its first step at 16 layers and 99.9 s at 64,
+# against 16.2 s and 15.1 s with `compile = blocks` (2-core CPU, 2026-12-06; docs/compiler.md).
+DEEP_MODEL_LAYERS = 16
+
+
 # W0716: float32 weights past this many bytes are flagged. Almost no one device holds a model this
 # large, and every rank of a data-parallel run holds all of it, so such a spec is almost always a typo
 # in a width (`dim = 10000000000000`). `nldsl train` measures the device itself before it builds the model
@@ -224,6 +231,21 @@ def check_chunk_options(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
                 _span(spans, "train.compile", "train.seq_len", "train", "model.layers", "model"),
                 advice, "warning", origin="train.compile"))
     return found
+
+
+def check_compile_depth(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str, Span],
+                        chunk_warning: bool) -> list[Diagnostic]:
+    """W0717: `compile = true` on a model of DEEP_MODEL_LAYERS blocks or more puts every block into one
+    graph, where `compile = blocks` compiles one and reuses it. `chunk_warning`: W0714 already warns
+    of this spec's compile time (and names `blocks` where it helps), so nothing is added."""
+    if train.compile is not True or model.layers < DEEP_MODEL_LAYERS or chunk_warning:
+        return []
+    return [Diagnostic(
+        "W0717", f"`compile = true` compiles all {model.layers} blocks into one graph, and the first step's "
+        "compilation grows with the depth (specs/transformer.nl took 37.9 s at 16 layers and 99.9 s at 64 on a "
+        "2-core CPU)", _span(spans, "model.layers", "train.compile", "model"),
+        "write `compile = blocks` in `train` (one block's graph, reused by every block: 16.2 s and 15.1 s "
+        "there), or train with `--no-compile`", "warning", origin="train.compile")]
 
 
 def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:

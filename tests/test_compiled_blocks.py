@@ -17,6 +17,7 @@ from test_compile import MODEL_SPECS, REPO, tiny_model
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from nldsl import loader
+from nldsl import semantics as SEM
 from nldsl.checker import check_text
 from nldsl.runtime import chunked
 from nldsl.runtime.chunked import block_compiler, compile_loss, compiled_blocks
@@ -118,6 +119,24 @@ def test_each_model_keeps_its_own_recompile_limit(monkeypatch) -> None:
     for name in ("transformer", "linear_attention", "titans_mag"):
         model, spec = tiny_model(REPO / "specs" / f"{name}.nl")
         assert torch.isfinite(compile_loss(model.loss, "blocks")(*batch(spec.model.vocab, 0)))
+
+
+def test_the_checker_names_per_block_compilation_for_a_deep_whole_graph() -> None:
+    text = "model tiny {\n  dim = 64\n  layers = 16\n  block {\n    mlp { }\n  }\n}\n"
+
+    def deep(*overrides: str) -> list:
+        return [d for d in check_text(text, "deep.nl", list(overrides)).diagnostics if d.code == "W0717"]
+
+    (warning,) = deep()
+    assert warning.severity == "warning" and warning.span.line == 3  # `layers = 16`
+    assert "all 16 blocks into one graph" in warning.message and "`compile = blocks`" in warning.help
+    assert not deep(f"model.layers={SEM.DEEP_MODEL_LAYERS - 1}")
+    assert not deep("train.compile=blocks") and not deep("train.compile=chunks") and not deep("train.compile=false")
+    # a deep model whose chunk loops W0714 already counts gets that warning alone
+    looping = text.replace("mlp { }", "memory {\n      level { state = mlp(depth = 2)  period = 16 }\n    }")
+    codes = {d.code for d in check_text(looping, "deep.nl", []).diagnostics}
+    assert "W0714" in codes and "W0717" not in codes
+    assert "W0717" not in {d.code for d in check_text(text, "deep.nl", ["model.dim=-1"]).diagnostics}  # errors first
 
 
 def test_the_checker_counts_one_block_for_w0714_and_refuses_recompute() -> None:

@@ -571,14 +571,11 @@ def test_a_run_compiled_per_block_trains_and_resumes_eagerly(tmp_path, text_file
                  "train.compile=blocks", *common, "--no-compile", "--resume"]) == 0, capsys.readouterr().err
 
 
-def test_the_notice_before_a_deep_whole_graph_compile_names_per_block_compilation():
-    deep = T.compile_notice(True, T.DEEP_MODEL_LAYERS)
-    assert deep.startswith("compiling the training step on the first step")
-    assert f"one graph holds all {T.DEEP_MODEL_LAYERS} blocks" in deep and "train.compile=blocks" in deep
-    assert "blocks" not in T.compile_notice(True, T.DEEP_MODEL_LAYERS - 1)
-    assert "train.compile=blocks" not in T.compile_notice("blocks", 64)  # the mode already
-    assert "train.compile=blocks" not in T.compile_notice("chunks", 64)  # its graphs hold no block
-    assert T.compile_notice("chunks", 2).startswith("compiling each chunk body (once per shape)")
+def test_the_notice_before_the_first_step_names_what_compiles():
+    assert T.compile_notice(True).startswith("compiling the training step on the first step")
+    assert T.compile_notice("blocks").startswith("compiling one block (every block reuses it)")
+    assert T.compile_notice("chunks").startswith("compiling each chunk body (once per shape)")
+    assert "--no-compile runs eagerly" in T.compile_notice(True)
 
 
 def test_an_import_named_like_the_runs_own_files_never_replaces_them(tmp_path, text_file):

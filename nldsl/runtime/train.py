@@ -80,21 +80,13 @@ from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signa
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "blocks": "compiled per block", "chunks": "compiled per chunk"}
 
-# From this depth on, the notice before a whole-graph compile names `compile = blocks`: the graph grows
-# by some 1.5 s of compile time a block on the CPU (specs/transformer.nl: 37.9 s at 16 layers against
-# 16.2 s compiled per block, docs/compiler.md).
-DEEP_MODEL_LAYERS = 16
+def compile_notice(compiled: bool | str) -> str:
+    """What the training loop says before the first step compiles, in the compile mode `compiled`.
 
-
-def compile_notice(compiled: bool | str, layers: int) -> str:
-    """What the training loop says before the first step compiles, in the compile mode `compiled`."""
+    A deep model under one whole graph is the checker's to point out (W0717), with the other warnings."""
     what = {"chunks": "each chunk body (once per shape)", "blocks": "one block (every block reuses it)"}.get(
         compiled, "the training step")
-    notice = f"compiling {what} on the first step (this can take minutes; --no-compile runs eagerly)"
-    if compiled is True and layers >= DEEP_MODEL_LAYERS:
-        notice += (f"; one graph holds all {layers} blocks, and `--set train.compile=blocks` would compile one "
-                   "block for all of them")
-    return notice
+    return f"compiling {what} on the first step (this can take minutes; --no-compile runs eagerly)"
 
 
 @dataclass
@@ -607,7 +599,7 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                       "train.warmup for a short run")
 
     if compiled and start < plan.steps:
-        _say(context, compile_notice(compiled, spec.model.layers))
+        _say(context, compile_notice(compiled))
 
     def evaluate_now() -> Evaluation:
         model.eval()
