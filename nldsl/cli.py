@@ -355,8 +355,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     also as the cause or context of the error raised (the chain is walked). So does a buffer that a
     graph compiled with inductor's C++ wrapper could not allocate: its generated code says only that
     the call failed (`aoti_torch_empty_strided(…) API call failed at …`), and making an empty tensor
-    on the CPU fails for want of memory alone. (safetensors' panic when it cannot allocate a
-    checkpoint's bytes is made a MemoryError where it is raised: checkpoint._serialised.)"""
+    on the CPU fails for want of memory alone. (Checkpoints no longer go through safetensors' writers,
+    whose panic over a buffer they could not allocate carried no MemoryError: checkpoint.write_tensors.)"""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

@@ -103,21 +103,22 @@ def test_save_points_latest_at_the_newest_and_keeps_the_last_n(tmp_path):
 
 def test_a_write_killed_midway_leaves_latest_on_the_previous_complete_checkpoint(tmp_path, monkeypatch):
     save(tmp_path, 1)
-    real = C.write_file
+    real = C.write_tensors
     calls = []
 
-    def dies_in_the_second_file(path, data):
+    def dies_in_the_second_file(path, tensors):
         calls.append(path)
         if len(calls) == 2:
-            with open(path, "wb") as handle:
-                handle.write(data[: len(data) // 2])
-            raise KeyboardInterrupt  # the process is killed here
-        real(path, data)
+            real(path, tensors)
+            with open(path, "r+b") as handle:
+                handle.truncate(path.stat().st_size // 2)
+            raise KeyboardInterrupt  # the process is killed here, half the file written
+        return real(path, tensors)
 
-    monkeypatch.setattr(C, "write_file", dies_in_the_second_file)
+    monkeypatch.setattr(C, "write_tensors", dies_in_the_second_file)
     with pytest.raises(KeyboardInterrupt):
         save(tmp_path, 2)
-    monkeypatch.setattr(C, "write_file", real)
+    monkeypatch.setattr(C, "write_tensors", real)
     assert not (tmp_path / "checkpoints" / "step-000002").exists()
     assert C.load_checkpoint(tmp_path).record["step"] == 1
     save(tmp_path, 2)  # the next save clears the leftovers
@@ -131,79 +132,108 @@ def test_a_full_disk_is_one_clear_message_and_the_previous_checkpoint_stays(tmp_
     def full_disk(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(C, "write_file", full_disk)
-    with pytest.raises(C.CheckpointError) as error:
-        save(tmp_path, 6)
-    message = str(error.value)
-    assert "no space left on device" in message and "step-000005 is intact" in message and "\n" not in message
-    monkeypatch.undo()
+    for writer in ("write_file", "write_tensors"):  # the record, or a tensor file
+        monkeypatch.setattr(C, writer, full_disk)
+        with pytest.raises(C.CheckpointError) as error:
+            save(tmp_path, 6)
+        message = str(error.value)
+        assert "no space left on device" in message and "step-000005 is intact" in message and "\n" not in message
+        monkeypatch.undo()
     assert C.load_checkpoint(tmp_path).record["step"] == 5
     assert not list((tmp_path / "checkpoints").glob(".step-*"))
 
 
 
-def test_a_save_holds_one_file_s_bytes_at_a_time(tmp_path, monkeypatch):
-    """The weights' file is written (and its bytes let go) before the optimizer state is serialised."""
-    real, seen = C.safetensors.torch.save, []
+def test_tensor_files_read_back_with_safetensors_for_every_dtype(tmp_path):
+    """`write_tensors` streams the safetensors format itself: safetensors reads every dtype back equal, its
+    returned digest is the file's, and every tensor's data starts aligned to its element size."""
+    import struct
 
-    def serialise(tensors, *args, **kwargs):
-        seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob(".step-*/*")))
-        return real(tensors, *args, **kwargs)
+    import safetensors
+    import safetensors.torch
 
-    monkeypatch.setattr(C.safetensors.torch, "save", serialise)
+    base = torch.randn(4, 4)
+    tensors = {
+        "f32": torch.randn(3, 4), "bf16": torch.randn(5, dtype=torch.bfloat16),
+        "f16": torch.randn(3, dtype=torch.float16),
+        "f64": torch.randn(2, dtype=torch.float64), "scalar": torch.tensor(7), "empty": torch.zeros(0, 3),
+        "flags": torch.tensor([True, False, True]), "bytes": torch.arange(10, dtype=torch.uint8),
+        "i32": torch.arange(3, dtype=torch.int32), "f8": torch.randn(3).to(torch.float8_e4m3fn),
+        "c64": torch.randn(2, dtype=torch.complex64),
+        "column": base[:, 1], "row": base[2],  # a non-contiguous view, and two views of one storage
+    }
+    path = tmp_path / "t.safetensors"
+    digest = C.write_tensors(path, tensors)
+    assert digest == C.sha256_bytes(path.read_bytes())
+    back = safetensors.torch.load_file(path)
+    assert set(back) == set(tensors)
+
+    def raw(t):
+        return t.contiguous().reshape(-1).view(torch.uint8)
+
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
+        assert torch.equal(raw(back[name]), raw(tensor)), name
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    assert length % 8 == 0
+    for name, entry in json.loads(data[8:8 + length]).items():
+        assert entry["data_offsets"][0] % tensors[name].element_size() == 0, name
+    with safetensors.safe_open(str(path), framework="pt") as handle:  # its own validation of the layout
+        assert set(handle.keys()) == set(tensors)
+
+
+def test_a_save_streams_each_tensor_and_never_builds_a_file_in_memory(tmp_path, monkeypatch):
+    """safetensors' writers build a whole file's bytes first (twice the tensors' size; Rust aborts where it
+    cannot allocate them): a save never calls them, and no single write is larger than one tensor."""
+    def refused(*args, **kwargs):
+        raise AssertionError("a save built a file's bytes in memory")
+
+    monkeypatch.setattr(C.safetensors.torch, "save", refused)
+    monkeypatch.setattr(C.safetensors.torch, "save_file", refused)
+    writes: list[int] = []
+    real_open = open
+
+    class Recording:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def write(self, data):
+            writes.append(memoryview(data).nbytes)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(C, "open", lambda *a, **k: Recording(real_open(*a, **k)), raising=False)
+    model = {"big": torch.randn(1000), "small": torch.randn(10)}
+    path = C.save_checkpoint(tmp_path, 1, model, {"clock.w": torch.ones(3)}, {"x": 1}, keep=2)
+    monkeypatch.undo()
+    assert writes and max(writes) == 4000  # the largest tensor's bytes
+    loaded = C.load_checkpoint(path)
+    assert torch.equal(loaded.model["big"], model["big"])
+
+
+def test_running_out_of_memory_while_writing_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):
     save(tmp_path, 1)
-    assert seen == [[], [C.MODEL_FILE]]
+    real = C.write_tensors
 
-
-def test_running_out_of_memory_while_serialising_leaves_no_half_written_checkpoint(tmp_path, monkeypatch):
-    save(tmp_path, 1)
-    real = C.safetensors.torch.save
-
-    def fails_on_the_optimizer_state(tensors, *args, **kwargs):
+    def fails_on_the_optimizer_state(path, tensors):
         if "clock.w" in tensors:
             raise MemoryError
-        return real(tensors, *args, **kwargs)
+        return real(path, tensors)
 
-    monkeypatch.setattr(C.safetensors.torch, "save", fails_on_the_optimizer_state)
+    monkeypatch.setattr(C, "write_tensors", fails_on_the_optimizer_state)
     with pytest.raises(MemoryError):
         save(tmp_path, 2)
     assert not list((tmp_path / "checkpoints").glob(".step-*")) and C.load_checkpoint(tmp_path).record["step"] == 1
 
-
-class PanicException(BaseException):
-    """pyo3's panic, as safetensors raises it when it cannot allocate a file's bytes."""
-
-
-def test_safetensors_panicking_over_a_failed_allocation_is_out_of_memory(tmp_path, monkeypatch):
-    """safetensors prints the MemoryError and panics ("PyObject pointer is null"), carrying neither: the
-    save raises a MemoryError (the CLI's "out of memory"), leaves no temporary folder and the previous
-    checkpoint. Found saving titans_mal.nl at dim 4096 (740M parameters) under the CPU memory cap."""
-    save(tmp_path, 1)
-    real = C.safetensors.torch.save
-
-    def panics_on_the_optimizer_state(tensors, *args, **kwargs):
-        if "clock.w" in tensors:
-            raise PanicException("PyObject pointer is null")
-        return real(tensors, *args, **kwargs)
-
-    monkeypatch.setattr(C.safetensors.torch, "save", panics_on_the_optimizer_state)
-    with pytest.raises(MemoryError, match=r"training\.safetensors"):
-        save(tmp_path, 2)
-    assert not list((tmp_path / "checkpoints").glob(".step-*")) and C.load_checkpoint(tmp_path).record["step"] == 1
-
-
-def test_a_save_that_needs_more_than_the_data_limit_leaves_is_refused_before_safetensors_runs(tmp_path, monkeypatch):
-    """Under a data limit safetensors cannot fail cleanly (Rust aborts the process where its buffer cannot be
-    allocated), so a save that would need more than the room left is a MemoryError before it starts."""
-    save(tmp_path, 1)
-    calls = []
-    # bytes: more than three times the weights (28 bytes), less than twice the optimizer state and RNG
-    monkeypatch.setattr(C.host_memory, "room", lambda: 100)
-    monkeypatch.setattr(C.safetensors.torch, "save", lambda *a, **k: calls.append(a) or b"")
-    with pytest.raises(MemoryError, match=r"writing training\.safetensors of the checkpoint needs about"):
-        save(tmp_path, 2)
-    assert len(calls) == 1 and not list((tmp_path / "checkpoints").glob(".step-*"))  # the weights' file only
-    assert C.load_checkpoint(tmp_path).record["step"] == 1
 
 def test_a_damaged_file_is_named(tmp_path):
     path = save(tmp_path, 1)

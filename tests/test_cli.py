@@ -396,8 +396,8 @@ class PanicException(BaseException):
 
 def test_a_rust_extension_s_panic_is_an_error_not_a_bare_traceback(monkeypatch, capsys):
     """pyo3's PanicException is not an Exception, and one left `main` as a traceback (found by the --set
-    audit: safetensors panicking while it serialised a checkpoint; checkpoint._serialised now makes that
-    one a MemoryError, tests/test_checkpoint.py). Any other panic is a one-line internal error."""
+    audit: safetensors panicking while it serialised a checkpoint, whose writers a save no longer calls:
+    checkpoint.write_tensors). Any panic is a one-line internal error."""
     import nldsl.cli as cli
 
     def panics(_args):

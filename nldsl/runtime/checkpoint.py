@@ -31,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +45,7 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from nldsl.cli import UserError
-from nldsl.files import fsync_folder, text_bytes, write_atomic, write_file
-from nldsl.runtime import host_memory
+from nldsl.files import fsync_folder, naming, text_bytes, write_atomic, write_file
 from nldsl.runtime.arguments import text_codec
 from nldsl.runtime.memory import MemoryState
 
@@ -165,26 +166,14 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
     temporary = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     # only for the message of a failed write: a damaged `latest` must not stop a save, which rewrites it
     previous = newest_readable(run_dir)
-    # Each file is serialised, written and hashed before the next is made, so that a save holds one
-    # file's bytes at a time: the optimizer state's are twice the weights' under AdamW, and holding
-    # both files at once took the save of a 538M-parameter model past the memory its training fit in.
-    # With each, the memory it takes: safetensors builds a file's bytes in Rust and copies them into a
-    # Python bytes object (twice the tensors' size), and the weights are first copied to the CPU.
-    files: dict[str, tuple[int, Callable[[], bytes]]] = {
-        MODEL_FILE: (3 * _nbytes(model_tensors),
-                     lambda: safetensors.torch.save({k: v.detach().to("cpu", copy=True).contiguous()
-                                                     for k, v in model_tensors.items()})),
-        TRAINING_FILE: (2 * _nbytes(training_tensors), lambda: safetensors.torch.save(training_tensors)),
-        **{name: (0, lambda data=data: data) for name, data in (extra_files or {}).items()},
-    }
     try:
         temporary.mkdir()
-        digests = {}
-        for name, (needed, serialise) in files.items():
-            data = _serialised(name, needed, serialise)
+        # each tensor file streams from the tensors themselves (`write_tensors`): a save holds no file's bytes
+        digests = {MODEL_FILE: write_tensors(temporary / MODEL_FILE, model_tensors),
+                   TRAINING_FILE: write_tensors(temporary / TRAINING_FILE, training_tensors)}
+        for name, data in (extra_files or {}).items():
             write_file(temporary / name, data)
             digests[name] = sha256_bytes(data)
-            del data
         record = {**record, "format": FORMAT, "step": step, "files": digests}
         record = json.loads(json.dumps(record))  # as a reader will see it (tuples as lists, keys as strings)
         record[RECORD_DIGEST] = record_digest(record)
@@ -204,37 +193,62 @@ def save_checkpoint(run_dir: Path, step: int, model_tensors: dict[str, Tensor], 
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         reason = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise CheckpointError(f"could not write the checkpoint of step {step} in {folder}: {reason}; {kept}") from None
-    except BaseException:  # out of memory while serialising, an interrupt: no half-written folder stays
+    except BaseException:  # out of memory while writing, an interrupt: no half-written folder stays
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     prune(folder, keep)
     return final
 
 
-def _nbytes(tensors: dict[str, Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+# torch's dtypes by their names in the safetensors format
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16",
+    torch.uint8: "U8", torch.bool: "BOOL", torch.complex64: "C64",
+}
 
 
-def _serialised(name: str, needed: int, serialise: Callable[[], bytes]) -> bytes:
-    """`serialise()`, refused up front as a MemoryError where it needs more memory than this process
-    may still take under a data limit (the CPU commands' cap, host_memory, or a `ulimit -d`).
+def write_tensors(path: Path, tensors: dict[str, Tensor]) -> str:
+    """Write `tensors` as a safetensors file, one tensor at a time, flushed and fsynced; returns its sha256.
 
-    safetensors cannot fail cleanly there: where its Rust buffer cannot be allocated, Rust aborts the
-    process ("memory allocation of N bytes failed"), and where the Python bytes object cannot, the
-    extension prints the MemoryError and panics with "PyObject pointer is null" (pyo3's
-    PanicException, a BaseException carrying neither), which is made a MemoryError here too. The
-    panic was met saving 540M- and 740M-parameter models under the cap on a 24 GiB machine, the abort
-    in a script that serialised 400 MB with 200 MiB of room."""
-    room = host_memory.room()
-    if room is not None and needed > room:
-        raise MemoryError(f"writing {name} of the checkpoint needs about {needed / 2**30:,.1f} GiB, and this "
-                          f"process may take {room / 2**30:,.1f} GiB more")
-    try:
-        return serialise()
-    except BaseException as error:
-        if type(error).__name__ == "PanicException" and "pointer is null" in str(error):
-            raise MemoryError(f"safetensors could not allocate the bytes of {name} ({error})") from error
-        raise
+    safetensors' own writers build the whole file in memory first (in Rust, then copied into a Python
+    bytes object: twice the tensors' size), which took the save of a 538M-parameter model past the
+    memory its training fit in, and where Rust cannot allocate that buffer it aborts the process.
+    This one streams each tensor's bytes from the tensor itself, so a save holds at most one
+    tensor's CPU copy (none for a tensor already contiguous on the CPU), and hashes them on the way.
+    The layout is safetensors' own: an 8-byte little-endian header length, a JSON header padded with
+    spaces to 8 bytes, then the data with the tensors ordered by element size (largest first) and
+    name, so that each starts aligned. Files are read with safetensors itself (`read_tensors`);
+    tests/test_checkpoint.py checks that it reads every dtype back equal.
+    """
+    if sys.byteorder != "little":  # the format is little-endian, and each tensor's bytes go out as they are
+        raise RuntimeError("nldsl writes checkpoints on little-endian machines only (the safetensors format's order)")
+    order = sorted(tensors, key=lambda name: (-tensors[name].element_size(), name))
+    header: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        if tensor.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"a checkpoint cannot store {name!r} of dtype {tensor.dtype}")
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    digest = hashlib.sha256()
+    with naming(path), open(path, "wb") as handle:
+        for piece in (struct.pack("<Q", len(text)), text):
+            digest.update(piece)
+            handle.write(piece)
+        for name in order:
+            data = tensors[name].detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+            digest.update(data)
+            handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
 
 
 def prune(folder: Path, keep: int) -> None:
@@ -438,16 +452,20 @@ def check_run_record(checkpoint: Checkpoint, resume: bool = False) -> None:
 
 
 def read_tensors(file: Path, expected_sha256: str | None) -> dict[str, Tensor]:
-    """A safetensors file, checked against its recorded hash; loading never unpickles."""
+    """A safetensors file, checked against its recorded hash; loading never unpickles.
+
+    The hash is taken reading the file in blocks and the tensors are then read by safetensors from
+    the file, so a load holds the tensors alone, not also the file's bytes."""
     try:
-        data = file.read_bytes()
+        if expected_sha256 is not None:
+            with open(file, "rb") as handle:
+                actual = hashlib.file_digest(handle, "sha256").hexdigest()
+            if actual != expected_sha256:
+                raise CheckpointError(f"corrupt checkpoint file {file}: its sha256 differs from the one recorded "
+                                      "when it was written")
+        return safetensors.torch.load_file(file)
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint file {file}: {error.strerror or error}") from None
-    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
-        raise CheckpointError(f"corrupt checkpoint file {file}: its sha256 differs from the one recorded when it "
-                              "was written")
-    try:
-        return safetensors.torch.load(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"corrupt checkpoint file {file}: {error}") from None
 

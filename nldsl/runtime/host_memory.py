@@ -72,16 +72,6 @@ def _limit() -> int | None:
     return limit if hard == resource.RLIM_INFINITY else min(limit, hard)
 
 
-def room() -> int | None:
-    """Bytes this process may still take under its data limit (RLIMIT_DATA: this module's cap or a
-    `ulimit -d`), or None where no limit is set or the numbers are unreadable."""
-    held = _kib(STATUS, "VmData")
-    if resource is None or held is None:
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    return None if soft == resource.RLIM_INFINITY else max(soft - held * 1024, 0)
-
-
 def available_bytes() -> int | None:
     """What the machine can still give a process: MemAvailable, or a memory cgroup's limit minus its
     usage where that is less; None where /proc/meminfo has no MemAvailable (not Linux, or a kernel
