@@ -244,8 +244,8 @@ def check_compile_depth(model: S.ModelSpec, train: S.TrainSpec, spans: dict[str,
         "W0717", f"`compile = true` compiles all {model.layers} blocks into one graph, and the first step's "
         "compilation grows with the depth (specs/transformer.nl took 37.9 s at 16 layers and 99.9 s at 64 on a "
         "2-core CPU)", _span(spans, "model.layers", "train.compile", "model"),
-        "write `compile = blocks` in `train` (one block's graph, reused by every block: 16.2 s and 15.1 s "
-        "there), or train with `--no-compile`", "warning", origin="train.compile")]
+        "write `compile = blocks` in `train` or pass `--set train.compile=blocks` (one block's graph, reused "
+        "by every block: 16.2 s and 15.1 s there), or train with `--no-compile`", "warning", origin="train.compile")]
 
 
 def check_run_length(layers: list[tuple[str, Any]], train: S.TrainSpec, spans: dict[str, Span]) -> list[Diagnostic]:
