@@ -551,3 +551,16 @@ def test_a_damaged_checkpoint_suggests_an_older_one_never_itself(tmp_path):
     with pytest.raises(C.CheckpointError, match=r"step-000002 is an older intact checkpoint") as error:
         C.load_checkpoint(tmp_path)
     assert "step-000004 is an older" not in str(error.value)
+
+
+def test_changing_loaded_tensors_in_place_leaves_the_checkpoint_as_it_was(tmp_path):
+    """Loads read the files with safetensors.load_file, which maps them: an optimizer that updates its loaded
+    state in place (AdamW's moments, as `load_state_dict` keeps them) must not write through to the file."""
+    path = save(tmp_path, 1)
+    loaded = C.load_checkpoint(path)
+    for tensor in (*loaded.model.values(), *loaded.training.values()):
+        if tensor.is_floating_point():
+            tensor.add_(1.0)
+    again = C.load_checkpoint(path)  # its files' hashes are checked again
+    assert torch.equal(again.model["w"], torch.full((2, 2), 1.0))
+    assert torch.equal(again.training["clock.w"], torch.ones(2))
