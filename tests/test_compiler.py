@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ruff_check_generated
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from nldsl.compiler import compile_spec
 from test_interpreter import shrunk
@@ -28,6 +28,7 @@ from test_interpreter import shrunk
 from nldsl import loader
 from nldsl.checker import check_file, check_text
 from nldsl.interpreter import init_params, interpret
+from nldsl.runtime.memory import MemoryState
 from nldsl.runtime.memory import memory_level as run_memory_level
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +221,40 @@ def random_specs(draw) -> str:
             f"  block {{\n  {block}\n  }}\n}}\ntrain {{ seq_len = {draw(st.sampled_from([6, 64]))} }}\n")
 
 
+# A state entry past this magnitude marks a recurrence that diverges on the test's tokens (below).
+DIVERGED_STATE = 1e8
+
+
+def diverges(spec, length: int, seed: int = 0, batch: int = 2) -> bool:
+    """Whether the in-context state of `assert_matches_interpreter`'s model blows up on its tokens.
+
+    The generator draws specs the checker warns may grow without bound (W0707: a dot objective on
+    generated values adds η M(v) kᵀ, a step along what the memory already outputs). Run long enough,
+    such a memory's weights pass 1e40 and then overflow, and two float orders of one divergent
+    recurrence need not agree: the outputs turn NaN in both executions alike, or stay finite behind an
+    output norm while the gradients, taken through a state of 1e43, differ by their own size (both
+    found at lengths 11 and 13 by a run of 5,089 examples drawn without derandomize, outputs agreeing to 2e-15
+    up to the overflow). Such an example says nothing about the compiler, so it is drawn again."""
+    model = perturbed_model(spec, seed)
+    tokens = torch.randint(0, spec.model.vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        outputs, state = model(tokens, return_state=True)
+    leaves = [outputs]
+    pending = [state]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            leaves.append(item)
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, MemoryState):
+            pending.extend([item.weights, item.momentum or []])
+    return any(not torch.isfinite(t).all() or (t.is_floating_point() and t.abs().max() > DIVERGED_STATE)
+               for t in leaves if t.numel())
+
+
 @settings(max_examples=RANDOM_SPECS, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(text=random_specs(), length=st.sampled_from([5, 7, 9, 11]))
@@ -227,7 +262,70 @@ def test_random_spec_matches_interpreter(text: str, length: int) -> None:
     result = check_text(text, "random.nl")
     errors = [d for d in result.diagnostics if d.severity == "error"]
     assert not errors, "generator produced an invalid spec:\n" + text + "\n" + "\n".join(d.message for d in errors)
+    assume(not diverges(result.spec, length))
     assert_matches_interpreter(result.spec, length=length)
+
+
+def test_a_diverging_memory_is_told_from_a_bounded_one() -> None:
+    """`diverges` on the two examples the long run found (W0707 specs), and on the same spec with l2."""
+    text = """model random {
+  vocab = 13
+  dim = 8
+  layers = 2
+  block {
+  memory layer0 {
+    heads = 2
+    conv = 0
+    activation = silu
+    qk_norm = l2
+    value_norm = l2
+    output_norm = true
+    output_gate = true
+    level {
+      state = linear
+      objective = dot
+      values = given
+      rule = gd
+      dgd_layers = first
+      lr = 0.05
+      retention = 0.9
+      momentum = 0.5
+      period = 1
+      grad_through_writes = true
+      readout = causal
+    }
+  }
+  memory layer1 {
+    heads = 2
+    conv = 2
+    activation = none
+    qk_norm = l2
+    value_norm = none
+    output_norm = true
+    output_gate = false
+    level {
+      state = mlp(depth = 3, expansion = 2, activation = silu)
+      objective = dot
+      values = generated
+      rule = gd
+      dgd_layers = first
+      lr = 0.05
+      retention = learned(max = 1.0)
+      momentum = per_head(0.5)
+      period = 1
+      grad_through_writes = true
+      readout = causal
+    }
+  }
+  }
+}
+train { seq_len = 6 }
+"""
+    spec = check_text(text, "random.nl").spec
+    assert diverges(spec, 13) and not diverges(spec, 5)
+    bounded = check_text(text.replace("objective = dot\n      values = generated", "objective = l2"), "random.nl").spec
+    assert not diverges(bounded, 13)
+    assert_matches_interpreter(bounded, length=13)
 
 
 # Streaming ----------------------------------------------------------------------------------------
