@@ -224,10 +224,38 @@ def random_specs(draw) -> str:
 # A state entry past this magnitude marks a recurrence that diverges on the test's tokens (below; the
 # wide-spec test sets aside its own diverging specs the same way, tests/test_wide_specs.py).
 DIVERGED_STATE = 1e8
+# Every parameter moved by this much, relative (float64's rounding), must move the outputs by less than
+# CHAOTIC_RESPONSE, relative: past it, rounding alone carries the outputs towards the tolerances.
+NUDGE = 1e-15
+CHAOTIC_RESPONSE = 1e-9
+
+
+def amplifies_rounding(model: torch.nn.Module, tokens: torch.Tensor) -> bool:
+    """Whether the model's outputs on `tokens` move by more than CHAOTIC_RESPONSE when its parameters
+    move by NUDGE.
+
+    Some specs are chaotic on a few dozen tokens. A self-modifying projection memory whose writes
+    Newton–Schulz normalises (period 1) takes a step of fixed size every token along a direction its
+    own state sets, so a difference of 1e-15 grows some tenfold every two tokens. On the one the
+    wide-spec test's generator found (found by a run without derandomize), at length 31 the
+    interpreter against itself with parameters nudged by 1e-15 differed by 6.3e-5 and the compiled
+    model against the interpreter by 1.0e-4, with the states bounded (about 1) and agreement to
+    1e-13 over the first 12 tokens. Two float orders of such a spec need not agree to any tolerance,
+    so the comparison sets it aside."""
+    generator = torch.Generator().manual_seed(12345)
+    with torch.no_grad():
+        before = model(tokens)
+        # through functional_call: the parameters themselves are not touched, so a graph the caller built
+        # on them (its outputs, for a backward afterwards) stays valid
+        nudged = {name: p * (1 + NUDGE * torch.randn(p.shape, dtype=p.dtype, generator=generator))
+                  for name, p in model.named_parameters() if p.is_floating_point()}
+        after = torch.func.functional_call(model, nudged, (tokens,))
+    return not ((after - before).norm() <= CHAOTIC_RESPONSE * before.norm()).item()
 
 
 def diverges(spec, length: int, seed: int = 0, batch: int = 2) -> bool:
-    """Whether the in-context state of `assert_matches_interpreter`'s model blows up on its tokens.
+    """Whether the in-context state of `assert_matches_interpreter`'s model blows up on its tokens, or
+    its outputs amplify rounding (`amplifies_rounding`).
 
     The generator draws specs the checker warns may grow without bound (W0707: a dot objective on
     generated values adds η M(v) kᵀ, a step along what the memory already outputs). Run long enough,
@@ -242,7 +270,7 @@ def diverges(spec, length: int, seed: int = 0, batch: int = 2) -> bool:
         outputs, state = model(tokens, return_state=True)
     leaves = [outputs, *_tensors(state)]
     return any(not torch.isfinite(t).all() or (t.is_floating_point() and t.abs().max() > DIVERGED_STATE)
-               for t in leaves if t.numel())
+               for t in leaves if t.numel()) or amplifies_rounding(model, tokens)
 
 
 @settings(max_examples=RANDOM_SPECS, deadline=None, derandomize=True,
