@@ -213,8 +213,9 @@ def write_tensors(path: Path, tensors: dict[str, Tensor]) -> str:
     """Write `tensors` as a safetensors file, one tensor at a time, flushed and fsynced; returns its sha256.
 
     safetensors' own writers build the whole file in memory first (in Rust, then copied into a Python
-    bytes object: twice the tensors' size), which took the save of a 538M-parameter model past the
-    memory its training fit in, and where Rust cannot allocate that buffer it aborts the process.
+    bytes object: twice the tensors' size; holding two files' bytes at once took the save of a
+    538M-parameter model past the memory its training fit in), and where Rust cannot allocate that
+    buffer it aborts the process.
     This one streams each tensor's bytes from the tensor itself, so a save holds at most one
     tensor's CPU copy (none for a tensor already contiguous on the CPU), and hashes them on the way.
     The layout is safetensors' own: an 8-byte little-endian header length, a JSON header padded with
