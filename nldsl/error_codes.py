@@ -1573,6 +1573,48 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0718", "a delta-rule write that grows the state along its keys",
+        """
+        With l2-normalised keys (`qk_norm = l2`, the default, so ‖k‖ = 1), a linear state and the l2
+        objective, a write θ(αI − η k kᵀ) + η v kᵀ scales the state's component along its key by
+        α − η, or α − 2η with `rule = dgd`, whose decay adds a second η k kᵀ (docs/semantics.md
+        §1.4). Once η passes 1 + α, so 2 at α = 1, the factor passes −1: the component grows, with a
+        flipped sign, each time a key comes back near it, and an output norm hides the growth until
+        the state overflows. Measured on specs/deltanet.nl at a random initialisation (its forward
+        pass on 1,024 tokens of json/decoder.py, seeds 0 and 1, `--set model.block.deltanet.level.lr=…`),
+        the largest state entry: 6–7 at η = 1.9, 2,500–4,200 at 2.1, 7e28–1e30 at 2.5, NaN at 3; with
+        dgd, 3 at η = 0.9 and 1e8–1e10 at 1.1. With momentum β a key's steps add up to η/(1 − β), and
+        keys that change each token let the buffer's steps land on later keys: the measured boundary
+        is η/(1 − β) = 2 (β = 0.5: 6 at η = 1, 6e17–3e18 at 1.5; β = 0.9: 4 at 0.1, 11–16 at 0.2,
+        2e18–4e18 at 0.5). η is the gate's bound (`max`), else its value or initial value; β is the
+        momentum's value or initial value (a learned β can approach its bound, 1 by default, where no
+        η is safe); the warning takes α = 1. A period C > 1 sums a chunk's k kᵀ, whose largest eigenvalue lies between
+        1 and C, so a chunked level can grow at a lower η than flagged here (period 16: 3 at η = 0.2,
+        3e3–4e4 at 0.5): the warning names what grows at every period. It covers `memory` layers,
+        Titans MAC's memory among them; a selfmod's memory is held to W0713.
+        """,
+        """
+        model delta {
+          dim = 64
+          block {
+            memory {
+              level { lr = 2.5 }
+            }
+          }
+        }
+        """,
+        """
+        model delta {
+          dim = 64
+          block {
+            memory {
+              level { lr = 1 }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

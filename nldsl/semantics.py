@@ -329,12 +329,40 @@ def _dgd_growth(layer: Any, level: S.LevelSpec, dim: int | None) -> tuple[float,
         return None
     if layer.variant == "nested" and level is not layer.levels[0]:
         return None  # a slower nested level has no rule of its own (it moves toward the faster one)
-    gate = level.lr
-    eta = {"constant": getattr(gate, "value", None), "per_head": getattr(gate, "init", None)}.get(
-        gate.kind, getattr(gate, "max", None))
-    if eta is None or eta * dim <= 2:
+    eta = gate_bound(level.lr)
+    if eta * dim <= 2:
         return None
     return eta, 1 - eta * dim
+
+
+def gate_bound(gate: Any) -> float:
+    """The largest value a gate takes where it has a bound (`max` of a learned or generated gate),
+    else its value (constant) or initial value (`per_head`, which is unbounded)."""
+    if isinstance(gate, S.ConstantGate):
+        return gate.value
+    if isinstance(gate, S.PerHeadGate):
+        return gate.init
+    return gate.max
+
+
+def _delta_overshoot(layer: Any, level: S.LevelSpec) -> tuple[float, float, int, float] | None:
+    """(η, β, c, c·η/(1 − β)) where a `memory` layer's delta-rule write can grow its state along its
+    keys (W0718). With l2-normalised keys (‖k‖ = 1), a linear state and the l2 objective, a write
+    scales the state's component along its key by α − c·η, c = 1 for gd and 2 for dgd (whose decay
+    adds a second η k kᵀ, docs/semantics.md §1.4): past −1 once c·η > 1 + α, so past 2 at α = 1.
+    With momentum the measured boundary is c·η/(1 − β) = 2 (keys that change each token make the
+    buffer's old steps land along new keys). η is the gate's bound (`gate_bound`), β the momentum's
+    start (`gate_start`): a learned β can approach its bound, 1 by default, where no η is safe."""
+    if not (isinstance(layer, S.MemorySpec) and layer.qk_norm == "l2" and isinstance(level.state, S.LinearState)
+            and level.objective == "l2" and level.values == "given" and level.update == "in_context"
+            and isinstance(level.period, int) and level.orthogonalize is None):
+        return None
+    eta = gate_bound(level.lr)
+    beta = gate_start("momentum", level.momentum) or 0.0
+    c = 2 if level.rule == "dgd" else 1
+    step = c * eta / (1 - beta)
+    # "passes 2" as written: 0.2/(1 − 0.9) is 2.0000000000000004 in floats, and is 2
+    return (eta, beta, c, step) if step > 2 * (1 + 1e-9) else None
 
 
 # Where a learned gate starts, as a fraction of its `max` (docs/semantics.md §2): a moderate
@@ -742,6 +770,22 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         .replace("= -", "= −"),
                         f"keep η·dim under 1 + α, so under 2 (`lr` at most {_round_down(2 / dim):g} at this "
                         "width) and lower with a retention α < 1, or use `rule = gd`", f"{lp}.lr", f"{lp}.rule", lp)
+            overshoot = _delta_overshoot(layer, level)
+            if overshoot is not None:
+                eta, beta, c, step = overshoot
+                base = f"{c}·η" if c > 1 else "η"
+                value = f"{c}·{eta:g}" if c > 1 else f"{eta:g}"
+                step_text = (f"{base}/(1 − β) = {value}/(1 − {beta:g}) = {step:.3g}" if beta
+                             else f"{base} = {value}" + (f" = {step:.3g}" if c > 1 else ""))
+                rule = " (dgd's decay adds a second η k kᵀ)" if c > 1 else ""
+                momentum = "" if not beta else (" at this momentum" if isinstance(level.momentum, S.ConstantGate)
+                                                else " at the momentum's starting value")
+                warning("W0718", f"level `{name}` grows its state along its keys: a write scales the state's "
+                        f"component along its l2-normalised key by α − {base}{rule}, and {step_text} passes 2, "
+                        "past which that component grows each time its key comes back",
+                        f"keep {base}{'/(1 − β)' if beta else ''} at most 2: `lr` at most "
+                        f"{_round_down(2 * (1 - beta) / c * (1 + 1e-9)):g}{momentum}",
+                        f"{lp}.lr", f"{lp}.momentum", lp)
             start = _selfmod_step(layer, name, level)
             if start is not None:
                 eta, beta, step = start

@@ -1071,6 +1071,22 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     # … and only the fastest nested level runs dgd (a slower one's rule is inert, W0706)
     ("cms { variant = nested\n level fast { period = 4 }\n level slow { period = 16\n rule = dgd\n lr = 0.5 } }",
      256, None, [("W0706", 7)]),
+    # W0718: a delta-rule write's factor α − c·η along a normalised key past −1; exactly −1 is not past it
+    ("memory { level { lr = 2 } }", 64, None, []),
+    ("memory { level { lr = 2.01 } }", 64, None, [("W0718", 4)]),
+    ("memory { level { rule = dgd\n lr = 1 } }", 64, None, []),
+    ("memory { level { rule = dgd\n lr = 1.01 } }", 64, None, [("W0718", 5)]),
+    ("memory { level { period = 8\n lr = 0.2\n momentum = 0.9 } }", 64, None, []),
+    ("memory { level { period = 8\n lr = 0.21\n momentum = 0.9 } }", 64, None, [("W0718", 5)]),
+    # … with a learned momentum, at the β it starts from (0.9 of its bound: 0.81 here, so η up to 0.38)
+    ("memory { level { period = 8\n lr = 0.38\n momentum = learned(max = 0.9) } }", 64, None, []),
+    ("memory { level { period = 8\n lr = 0.39\n momentum = learned(max = 0.9) } }", 64, None, [("W0718", 5)]),
+    # … only where the factor is α − c·η: normalised keys, a linear state, given values, no Newton–Schulz
+    ("memory { qk_norm = none\n level { lr = 2.5 } }", 64, None, []),
+    ("memory { level { values = generated\n lr = 2.5 } }", 64, None, []),
+    ("memory { level { period = 8\n state = mlp(depth = 2)\n lr = 2.5 } }", 64, None, []),
+    ("memory { level { period = 8\n readout = chunk_start\n orthogonalize = newton_schulz\n"
+     " lr = learned(max = 2.5)\n momentum = 0.9 } }", 64, None, []),
     # W0704: a memory's period longer than a sequence; as long, with a causal readout, it still learns
     ("memory { level { period = 128 } }", 64, 128, []),
     ("memory { level { period = 129 } }", 64, 128, [("W0704", 4)]),
