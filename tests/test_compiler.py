@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast as pyast
 import inspect
+import math
 import os
 import shutil
 import subprocess
@@ -35,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted(p for p in (REPO / "specs").rglob("*.nl"))
 GOLDEN = REPO / "tests" / "golden" / "compiled"
 OUTPUT_RTOL = 1e-6  # float64: compiled and interpreted outputs, relative to the output's norm
-GRAD_RTOL = 1e-6  # float64: every parameter gradient, relative to its norm
+GRAD_RTOL = 1e-6  # float64: every parameter gradient, relative to its norm …
+# … or to this share of all gradients' norm where that is larger: a gradient that is a vanishing share
+# of the whole is made of rounding (test_a_vanishing_gradient_is_compared_at_the_floor)
+FLOOR = 1e-6
 RANDOM_SPECS = int(os.environ.get("NLDSL_RANDOM_SPECS", "200"))
 
 
@@ -58,23 +62,30 @@ def perturbed_model(spec, seed: int):
     return model
 
 
-def assert_matches_interpreter(spec, length: int, seed: int = 0, batch: int = 2) -> None:
+def both_executions(spec, length: int, seed: int = 0, batch: int = 2):
+    """The outputs' relative difference and each parameter's (name, compiled, interpreted) gradient of
+    a probe of the outputs (None where a parameter gets none), in float64 on perturbed weights."""
     model = perturbed_model(spec, seed)
     tokens = torch.randint(0, spec.model.vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
     params = dict(model.named_parameters())
     compiled = model(tokens)
     reference = interpret(spec, params, tokens)
     error = ((compiled - reference).norm() / reference.norm()).item()
-    assert error <= OUTPUT_RTOL, f"outputs differ: relative error {error:.2e}"
     probe = torch.randn(compiled.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
-    names = list(params)
     grads_compiled = torch.autograd.grad((compiled * probe).sum(), list(params.values()), allow_unused=True)
     grads_reference = torch.autograd.grad((reference * probe).sum(), list(params.values()), allow_unused=True)
-    for name, a, b in zip(names, grads_compiled, grads_reference):
+    return error, list(zip(params, grads_compiled, grads_reference))
+
+
+def assert_matches_interpreter(spec, length: int, seed: int = 0, batch: int = 2) -> None:
+    error, gradients = both_executions(spec, length, seed, batch)
+    assert error <= OUTPUT_RTOL, f"outputs differ: relative error {error:.2e}"
+    total = math.sqrt(sum(b.norm().item() ** 2 for _, _, b in gradients if b is not None))
+    for name, a, b in gradients:
         assert (a is None) == (b is None), f"{name}: gradient present in only one execution"
         if a is None:
             continue
-        scale = b.norm().item()
+        scale = max(b.norm().item(), FLOOR * total)
         error = (a - b).norm().item() / scale if scale > 0 else (a - b).norm().item()
         assert error <= GRAD_RTOL, f"{name}: gradient relative error {error:.2e}"
 
@@ -282,6 +293,44 @@ def test_random_spec_matches_interpreter(text: str, length: int) -> None:
     assert not errors, "generator produced an invalid spec:\n" + text + "\n" + "\n".join(d.message for d in errors)
     assume(not diverges(result.spec, length))
     assert_matches_interpreter(result.spec, length=length)
+
+
+VANISHING_SPEC = """model vanishing {
+  vocab = 13
+  dim = 8
+  layers = 2
+  block {
+    parallel layer0 {
+      combine = COMBINE
+      mlp left { activation = swiglu  expansion = 2 }
+      cms right {
+        variant = independent
+        level l0 {
+          state = linear  objective = surprise  period = 3  init = zeros
+          lr = learned(max = 0.1)  momentum = learned(max = 1.0)
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_a_vanishing_gradient_is_compared_at_the_floor() -> None:
+    """A run of the random-spec test without derandomize failed 4 of 13,600 examples, all on this
+    pattern: an independent cms's mixing weight read through `combine = gate`, which RMS-normalises
+    the branch, so that the weight reaches the loss only through the norm's ε. Here its gradient is
+    2e-12 to 5e-12 of all gradients' norm, and the two executions' differ by up to 2.4e-6 of it
+    (length 11): rounding, 6e-18 of the whole. So each gradient is compared at `FLOOR` of the whole
+    where its own norm is smaller. With `combine = sum` the same weight's gradient is 1e-3 of the
+    whole, and the two agree to 9e-15 of it."""
+    for combine, vanishes in (("gate", True), ("sum", False)):
+        spec = check_text(VANISHING_SPEC.replace("COMBINE", combine), "vanishing.nl").spec
+        _, gradients = both_executions(spec, length=11)
+        total = math.sqrt(sum(b.norm().item() ** 2 for _, _, b in gradients if b is not None))
+        mix = [b.norm().item() / total for name, _, b in gradients if name.endswith("right.mix")]
+        assert len(mix) == 2 and all((share < 1e-8) == vanishes and (share < FLOOR) == vanishes for share in mix), mix
+        assert_matches_interpreter(spec, length=11)
 
 
 def test_a_diverging_memory_is_told_from_a_bounded_one() -> None:

@@ -32,7 +32,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_compiler import GRAD_RTOL, OUTPUT_RTOL, amplifies_rounding, perturbed_model
+from test_compiler import FLOOR, GRAD_RTOL, OUTPUT_RTOL, amplifies_rounding, perturbed_model
 
 from nldsl.checker import check_text
 from nldsl.interpreter import interpret
@@ -41,7 +41,6 @@ from nldsl.runtime.blocks import _tensors
 WIDE_SPECS = int(os.environ.get("NLDSL_WIDE_SPECS", "60"))
 DIVERGED = 1e4  # largest state entry of a spec that has not diverged
 UNSTABLE_GRADIENT = 1e6  # largest gradient norm of one that is not on its way
-FLOOR = 1e-6  # share of all gradients' norm below which a gradient is compared at that share
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
