@@ -683,6 +683,47 @@ def test_a_retention_of_zero_forgets_instead_of_giving_nan(level: str) -> None:
     assert_matches_interpreter(result.spec, length=11)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_zero_gate_makes_every_product_that_holds_it_exactly_zero(dtype) -> None:
+    """A product of gates with a 0 among them is 0, not the smallest normal number: the log-domain
+    ratios A_t/A_r that span a zero gate underflow to exactly 0, and those that do not stay exact."""
+    from nldsl.runtime.delta import log_gate
+
+    gates = torch.tensor([0.5, 0.0, 0.7, 0.9], dtype=dtype)
+    log_products = torch.cumsum(log_gate(gates), dim=0)  # log A_t
+    ratios = (log_products.unsqueeze(-1) - log_products).exp()  # A_t/A_r
+    assert log_products.exp()[1:].eq(0).all() and log_products.exp()[0] == 0.5
+    assert ratios[2:, :1].eq(0).all()  # spans the zero gate of token 1
+    torch.testing.assert_close(ratios[3, 1:], torch.tensor([0.63, 0.9, 1.0], dtype=dtype))
+
+
+def test_a_wiped_relu_memory_reads_its_kink_as_the_interpreter_does() -> None:
+    """`retention = 0` wipes the state before each write, so with momentum a relu MLP memory's
+    pre-activations are exactly 0 in places. When a zero gate's log was the smallest normal
+    number's, the compiled dual form left 1e-308 of the wiped state there, relu's derivative read 1
+    instead of 0, and the outputs differed from token 2 on (9.3e-6 here; 0.38 in the selfmod spec a
+    run of the wide-spec test without derandomize found)."""
+    text = """model wiped {
+  vocab = 13
+  dim = 16
+  block {
+    memory {
+      heads = 4
+      conv = 0
+      qk_norm = none
+      output_gate = false
+      level {
+        state = mlp(depth = 3, expansion = 2, activation = relu)
+        objective = reconstruction  rule = dgd  dgd_layers = all  readout = chunk_start
+        lr = learned(max = 0.2)  retention = 0  momentum = learned(max = 1.0, init = 0.9)
+      }
+    }
+  }
+}
+"""
+    assert_matches_interpreter(check_text(text, "wiped.nl").spec, length=12)
+
+
 @pytest.mark.parametrize("cms", [
     # spec names are case-sensitive; the generated constants are upper-case and must still differ
     "variant = sequential; level a { period = 2 } level A { period = 4; objective = reconstruction }",

@@ -20,6 +20,8 @@ A_t is the product of α over the block up to t. Its ratios are exponentials of 
 of a log-cumsum, so long blocks with strong decay neither underflow nor divide by zero.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -61,10 +63,16 @@ def delta_rule_coefficients(
 
 def log_gate(gate: Tensor) -> Tensor:
     """log of a decay gate (α or β, in [0, 1]) for the log-domain prefix sums. A gate may be 0 (a
-    constant `retention = 0` forgets everything each token; β = 0 carries no momentum): the clamp
-    keeps the log finite, so ratios of prefix products stay exact to within the smallest normal
-    number instead of becoming −inf − (−inf) = NaN."""
-    return torch.log(gate.clamp_min(torch.finfo(gate.dtype).tiny))
+    constant `retention = 0` forgets everything each token; β = 0 carries no momentum). Its log is
+    kept finite, so that ratios of prefix products do not become −inf − (−inf) = NaN, and is set to
+    twice the log of the smallest normal number, so that the exp of every prefix sum or ratio that
+    holds it underflows to exactly 0. At the log of that number itself, such a product came out as
+    1e-308 times what it scales: a state that `retention = 0` should have wiped still moved a
+    relu memory's pre-activations off 0 (by about 1e-308), so relu's derivative there read 1 where
+    the interpreter's exact 0 reads 0 (a run of the wide-spec property test without derandomize
+    found it: outputs 0.38 apart)."""
+    tiny = torch.finfo(gate.dtype).tiny
+    return torch.where(gate > 0, torch.log(gate.clamp_min(tiny)), 2 * math.log(tiny))
 
 
 def generalized_delta_chunked(
