@@ -1589,10 +1589,10 @@ _ENTRIES = (
         is η/(1 − β) = 2 (β = 0.5: 6 at η = 1, 6e17–3e18 at 1.5; β = 0.9: 4 at 0.1, 11–16 at 0.2,
         2e18–4e18 at 0.5). η is the gate's bound (`max`), else its value or initial value; β is the
         momentum's value or initial value (a learned β can approach its bound, 1 by default, where no
-        η is safe); the warning takes α = 1. A period C > 1 sums a chunk's k kᵀ, whose largest eigenvalue lies between
-        1 and C, so a chunked level can grow at a lower η than flagged here (period 16: 3 at η = 0.2,
-        3e3–4e4 at 0.5): the warning names what grows at every period. It covers `memory` layers,
-        Titans MAC's memory among them; a selfmod's memory is held to W0713.
+        η is safe); the warning takes α = 1. A period C > 1 sums a chunk's k kᵀ, whose largest
+        eigenvalue lies between 1 and C, so a chunked level can grow at a lower η than flagged here
+        (period 16: 3 at η = 0.2, 3e3–4e4 at 0.5): the warning names what grows at every period. It
+        covers `memory` layers, Titans MAC's memory among them; a selfmod's memory is held to W0713.
         """,
         """
         model delta {

@@ -359,6 +359,8 @@ def _delta_overshoot(layer: Any, level: S.LevelSpec) -> tuple[float, float, int,
         return None
     eta = gate_bound(level.lr)
     beta = gate_start("momentum", level.momentum) or 0.0
+    if beta >= 1:
+        return None  # a momentum of 1 or more is an error (E0302), reported instead
     c = 2 if level.rule == "dgd" else 1
     step = c * eta / (1 - beta)
     # "passes 2" as written: 0.2/(1 − 0.9) is 2.0000000000000004 in floats, and is 2
