@@ -317,7 +317,7 @@ VANISHING_SPEC = """model vanishing {
 
 
 def test_a_vanishing_gradient_is_compared_at_the_floor() -> None:
-    """A run of the random-spec test without derandomize failed 4 of 13,600 examples, all on this
+    """A run of the random-spec test without derandomize failed 4 of some 15,100 examples, all on this
     pattern: an independent cms's mixing weight read through `combine = gate`, which RMS-normalises
     the branch, so that the weight reaches the loss only through the norm's ε. Here its gradient is
     2e-12 to 5e-12 of all gradients' norm, and the two executions' differ by up to 2.4e-6 of it
@@ -329,7 +329,7 @@ def test_a_vanishing_gradient_is_compared_at_the_floor() -> None:
         _, gradients = both_executions(spec, length=11)
         total = math.sqrt(sum(b.norm().item() ** 2 for _, _, b in gradients if b is not None))
         mix = [b.norm().item() / total for name, _, b in gradients if name.endswith("right.mix")]
-        assert len(mix) == 2 and all((share < 1e-8) == vanishes and (share < FLOOR) == vanishes for share in mix), mix
+        assert len(mix) == 2 and all(share < 1e-8 if vanishes else share >= FLOOR for share in mix), mix
         assert_matches_interpreter(spec, length=11)
 
 
