@@ -7,6 +7,10 @@ to 8 at lengths 13–40 (never a multiple of every period), one to four heads, d
 layers, selfmods with their own projection settings, three-level nested CMS and outer levels on
 `steps(…)`, three-branch parallels and attention windows.
 
+Both generators' specs also stream: cut at a multiple of every chunk with the state carried, a call
+pair equals one call (`test_random_spec_streams_in_two_calls`; the shipped specs' cases are in
+tests/test_compiler.py).
+
 Three things are set aside here, each for a reason measured when it was added:
 - specs whose in-context states diverge. Their outputs can stay finite behind an output norm while
   the states reach 1e57–1e98 in float64; there the two executions' gradients, both exact in exact
@@ -32,11 +36,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_compiler import FLOOR, GRAD_RTOL, OUTPUT_RTOL, amplifies_rounding, perturbed_model
+from test_compiler import FLOOR, GRAD_RTOL, OUTPUT_RTOL, amplifies_rounding, perturbed_model, random_specs
 
+from nldsl import spec as S
 from nldsl.checker import check_text
 from nldsl.interpreter import interpret
 from nldsl.runtime.blocks import _tensors
+from nldsl.semantics import in_context_periods, walk_layers
 
 WIDE_SPECS = int(os.environ.get("NLDSL_WIDE_SPECS", "60"))
 DIVERGED = 1e4  # largest state entry of a spec that has not diverged
@@ -250,6 +256,51 @@ def test_wide_random_spec_matches_interpreter(text: str, length: int) -> None:
     for name, a, b in pairs:
         error = (a - b).norm().item() / max(b.norm().item(), FLOOR * total, 1e-300)
         assert error <= GRAD_RTOL, f"{name}: gradient relative error {error:.2e}\n{text}"
+
+
+STREAMED_SPECS = int(os.environ.get("NLDSL_STREAMED_SPECS", "80"))
+LONGEST_STREAM_UNIT = 24  # a cut must fall on a multiple of every chunk: past this the sequence grows long
+
+
+def stream_unit(spec) -> int | None:
+    """The shortest call after which a carried state continues the sequence exactly: the lcm of every
+    in-context period and every context segment; None where attention outside a context makes no cut
+    exact (it keeps no cache across calls, docs/runtime.md)."""
+    layers = [layer for _, layer in walk_layers(spec.model.block.sublayers, "block")]
+    in_contexts = {id(layer.attention) for layer in layers if isinstance(layer, S.ContextSpec)}
+    if any(isinstance(layer, S.AttentionSpec) and id(layer) not in in_contexts for layer in layers):
+        return None
+    units = in_context_periods(spec.model, spec.train.seq_len)
+    units |= {layer.segment for layer in layers if isinstance(layer, S.ContextSpec)}
+    return math.lcm(*units) if units else 1
+
+
+@settings(max_examples=STREAMED_SPECS, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(text=st.one_of(random_specs(), wide_specs()), data=st.data())
+def test_random_spec_streams_in_two_calls(text: str, data) -> None:
+    """Cut at a multiple of every chunk, with the state carried (and an empty call between), a random
+    spec's outputs and final state equal one call's, for both generators' specs."""
+    result = check_text(text, "random.nl")
+    assume(not any(d.severity == "error" for d in result.diagnostics))
+    spec = result.spec
+    unit = stream_unit(spec)
+    assume(unit is not None and unit <= LONGEST_STREAM_UNIT)
+    cut = unit * data.draw(st.integers(1, LONGEST_STREAM_UNIT // unit), label="chunks before the cut")
+    length = cut + data.draw(st.integers(1, 20), label="tokens after it")
+    model = perturbed_model(spec, 3)
+    tokens = torch.randint(0, spec.model.vocab, (2, length), generator=torch.Generator().manual_seed(3))
+    targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
+    with torch.no_grad():
+        whole, final = model(tokens, targets, return_state=True)
+        assume(all(entry.abs().max() <= DIVERGED for entry in _tensors(final) if entry.is_floating_point()))
+        assume(not amplifies_rounding(model, tokens))
+        first, state = model(tokens[:, :cut], targets[:, :cut], return_state=True)
+        _, state = model(tokens[:, :0], targets[:, :0], state=state, return_state=True)
+        second, carried = model(tokens[:, cut:], targets[:, cut:], state=state, return_state=True)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-9)
+    for entry, expected in zip(_tensors(carried), _tensors(final), strict=True):
+        torch.testing.assert_close(entry, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_a_chaotic_spec_is_told_from_a_calm_one() -> None:
