@@ -1615,6 +1615,49 @@ _ENTRIES = (
         }
         """,
     ),
+    _entry(
+        "W0719", "an mlp memory whose first step diverges",
+        """
+        A `memory` layer whose state is an MLP (`mlp(…)` or `residual_mlp`) takes its in-context
+        steps on the l2 objective with the `lr` gate's η and, with momentum β, builds them up to
+        η/(1 − β) times the gradient. Unlike a linear state's (W0718), the factor a step scales the
+        memory by depends on the memory's own weights, so no bound follows from the spec alone; this
+        one is measured. On specs/titans_lmm.nl (the first forward at a random init, seeds 0 and 1,
+        the bytes of json/decoder.py, `--set model.block.lmm.level.lr=…`), η/(1 − β) at 0.8, 1 and 2
+        gave a NaN loss in all 1,296 runs: dims 64, 128 and 256 at 4 heads; `mlp(depth = 2, expansion
+        = 2)`, `mlp(depth = 3, expansion = 4)` and `residual_mlp`; periods 1, 16 and 64; gd and dgd;
+        β 0 and 0.81; seq_len 256 and 1024. Below 0.8 the first NaN depended on the shape, the period
+        and the length, and no one value was safe for all: at 256 tokens it came from 0.74 (dim 64,
+        depth 2, period 1, β 0.81) down to 0.05 (dim 256, `mlp(depth = 3, expansion = 4)`, period 64,
+        β 0.81); at period 1 some shapes were NaN at 0.45; over 1,024 tokens at period 64 some were NaN
+        at 0.025, a state growing from under 7 to over 1e20 within two chunks (a chunk sums its
+        tokens' gradients at one state). So the warning flags only what diverged everywhere, and a run's NaN-loss error
+        names `lr` as the usual cause for the rest. specs/titans_lmm.nl's memory starts at 0.013. η is
+        the gate's starting value (a `learned` lr starts at half its `max`), β the momentum's (a
+        `learned` one at 0.9 of its bound). It covers normalised keys, given values and no
+        Newton–Schulz, what was measured; a linear state is held to W0718, a selfmod's memory to W0713.
+        """,
+        """
+        model titans {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16  lr = 1 }
+            }
+          }
+        }
+        """,
+        """
+        model titans {
+          dim = 64
+          block {
+            memory {
+              level { state = mlp(depth = 2)  period = 16  lr = 0.02 }
+            }
+          }
+        }
+        """,
+    ),
 )
 
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in _ENTRIES}

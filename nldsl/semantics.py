@@ -388,6 +388,18 @@ GENERATED_GATE_START = {"lr": 0.1, "retention": 0.999}
 # finite even at η/(1 − β) = 2, so only the `memory` level is held to it.
 SELFMOD_STEP_LIMIT = 0.4
 SELFMOD_STEP_SAFE = 0.3
+# W0719: a `memory` layer's MLP memory whose initial step η/(1 − β) reaches this diverged in its
+# first forward in every measured run. Measured on specs/titans_lmm.nl (its first forward at a random
+# init, seeds 0–1, the bytes of json/decoder.py): at 0.8, 1 and 2, each with dim 64, 128 and 256 (4
+# heads), the states mlp(depth = 2, expansion = 2), mlp(depth = 3, expansion = 4) and residual_mlp,
+# periods 1, 16 and 64, gd and dgd, β 0 and 0.81, seq_len 256 and 1024: NaN in all 1,296 runs, e.g.
+#   nldsl check specs/titans_lmm.nl --set model.block.lmm.level.lr=0.8 --set model.block.lmm.level.momentum=0
+# Below it the first NaN depended on the shape, the period and the length, with no safe value for
+# all: at 256 tokens from 0.74 (dim 64, depth 2, period 1, β 0.81) down to 0.05 (dim 256,
+# mlp(depth = 3, expansion = 4), period 64, β 0.81); at period 1 some shapes were NaN at 0.45; over
+# 1,024 tokens at period 64 some were NaN at 0.025 (a chunk sums its tokens' gradients at one state).
+# So the warning flags only what diverged everywhere.
+MLP_MEMORY_STEP_LIMIT = 0.8
 
 
 def gate_start(name: str, gate: Any) -> float | None:
@@ -417,6 +429,22 @@ def _selfmod_step(layer: Any, name: str, level: S.LevelSpec) -> tuple[float, flo
     step = eta / (1 - beta)
     # "reaches 0.4" as written: 0.12/(1 − 0.7) is 0.3999999999999999 in floats, and is 0.4
     return (eta, beta, step) if step >= SELFMOD_STEP_LIMIT * (1 - 1e-9) else None
+
+
+def _mlp_memory_step(layer: Any, level: S.LevelSpec) -> tuple[float, float, float] | None:
+    """(η, β, η/(1 − β)) at init where a `memory` layer's MLP memory starts with a step that diverged
+    in every measured run (MLP_MEMORY_STEP_LIMIT, measured above); None otherwise, and for what was
+    not measured: other objectives, generated values, Newton–Schulz, unnormalised keys."""
+    if not (isinstance(layer, S.MemorySpec) and layer.qk_norm == "l2"
+            and isinstance(level.state, (S.MLPState, S.ResidualMLPState)) and level.objective == "l2"
+            and level.values == "given" and level.update == "in_context" and level.orthogonalize is None):
+        return None
+    eta = gate_start("lr", level.lr)
+    beta = gate_start("momentum", level.momentum) or 0.0
+    if eta is None or beta >= 1:
+        return None  # a momentum of 1 or more is an error (E0302), reported instead
+    step = eta / (1 - beta)
+    return (eta, beta, step) if step >= MLP_MEMORY_STEP_LIMIT * (1 - 1e-9) else None
 
 
 def _round_down(value: float) -> float:
@@ -787,6 +815,19 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                         "past which that component grows each time its key comes back",
                         f"keep {base}{'/(1 − β)' if beta else ''} at most 2: `lr` at most "
                         f"{_round_down(2 * (1 - beta) / c * (1 + 1e-9)):g}{momentum}",
+                        f"{lp}.lr", f"{lp}.momentum", lp)
+            mlp_start = _mlp_memory_step(layer, level)
+            if mlp_start is not None:
+                eta, beta, step = mlp_start
+                step_text = f"η/(1 − β) = {eta:g}/(1 − {beta:g}) = {step:.3g}" if beta else f"η = {eta:g}"
+                warning("W0719", f"the MLP memory of level `{name}` starts with a step {step_text}: in measured "
+                        f"runs of specs/titans_lmm.nl an MLP memory's first forward was NaN in every run from "
+                        f"{MLP_MEMORY_STEP_LIMIT:g}, and in some far below it (at 0.025 over 1,024 tokens at "
+                        "period 64)",
+                        f"lower the level's `lr`{' or its `momentum`' if beta else ''} well below "
+                        f"η{'/(1 − β)' if beta else ''} = {MLP_MEMORY_STEP_LIMIT:g} (specs/titans_lmm.nl's "
+                        "memory starts at 0.013; a learned lr starts at half its `max`, a learned momentum "
+                        "at 0.9 of its bound)",
                         f"{lp}.lr", f"{lp}.momentum", lp)
             start = _selfmod_step(layer, name, level)
             if start is not None:

@@ -1084,9 +1084,25 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     # … only where the factor is α − c·η: normalised keys, a linear state, given values, no Newton–Schulz
     ("memory { qk_norm = none\n level { lr = 2.5 } }", 64, None, []),
     ("memory { level { values = generated\n lr = 2.5 } }", 64, None, []),
-    ("memory { level { period = 8\n state = mlp(depth = 2)\n lr = 2.5 } }", 64, None, []),
+    ("memory { level { period = 8\n state = mlp(depth = 2)\n lr = 2.5 } }", 64, None, [("W0719", 6)]),  # not W0718
     ("memory { level { period = 8\n readout = chunk_start\n orthogonalize = newton_schulz\n"
      " lr = learned(max = 2.5)\n momentum = 0.9 } }", 64, None, []),
+    # W0719: an MLP memory's starting step η/(1 − β) at 0.8, where every measured first forward was NaN
+    ("memory { level { period = 16\n state = mlp(depth = 2)\n lr = 0.79 } }", 64, None, []),
+    ("memory { level { period = 16\n state = mlp(depth = 2)\n lr = 0.8 } }", 64, None, [("W0719", 6)]),
+    ("memory { level { period = 16\n state = residual_mlp\n lr = 0.39\n momentum = 0.5 } }", 64, None, []),
+    ("memory { level { period = 16\n state = residual_mlp\n lr = 0.4\n momentum = 0.5 } }", 64, None,
+     [("W0719", 6)]),
+    # … a learned lr at its start, half its bound
+    ("memory { level { period = 16\n state = mlp(depth = 3)\n lr = learned(max = 1.58) } }", 64, None, []),
+    ("memory { level { period = 16\n state = mlp(depth = 3)\n lr = learned(max = 1.6) } }", 64, None,
+     [("W0719", 6)]),
+    # … only where it was measured: normalised keys, the l2 objective, given values, no Newton–Schulz
+    ("memory { qk_norm = none\n level { period = 16\n state = mlp(depth = 2)\n lr = 1 } }", 64, None, []),
+    ("memory { level { period = 16\n state = mlp(depth = 2)\n objective = dot\n lr = 1 } }", 64, None, []),
+    ("memory { level { period = 16\n state = mlp(depth = 2)\n values = generated\n lr = 1 } }", 64, None, []),
+    ("memory { level { period = 16\n state = mlp(depth = 2)\n readout = chunk_start\n orthogonalize = newton_schulz\n"
+     " lr = learned(max = 2) } }", 64, None, []),
     # W0704: a memory's period longer than a sequence; as long, with a causal readout, it still learns
     ("memory { level { period = 128 } }", 64, 128, []),
     ("memory { level { period = 129 } }", 64, 128, [("W0704", 4)]),

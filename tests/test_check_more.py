@@ -1,16 +1,21 @@
 """Checks that catch what would otherwise run to no purpose or into NaN, and messages that say how
 to mend them: an optimizer's settings that do nothing (W0706), a level that writes nothing (W0706),
 a root of a level that goes negative (E0304), an update that can divide by zero (W0712), a delta-rule
-write that grows the memory (W0718), every wrong argument of a call, Gated DeltaNet's order on a level
-that cannot take it, section overrides, and a word after a value."""
+write that grows the memory (W0718), an MLP memory whose first forward is NaN (W0719), every wrong
+argument of a call, Gated DeltaNet's order on a level that cannot take it, section overrides, and a
+word after a value."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from compiler.optimizers import build_optimizer
 from nldsl.checker import check_text
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODEL = "model m {\n  dim = 32\n  vocab = 256\n  block { mlp { } }\n}\n"
 
@@ -101,6 +106,29 @@ def test_a_delta_rule_write_w0718_flags_really_grows_the_state(tmp_path, lr, war
         largest.append(max(w.abs().max().item() for w in state[0]["memory"]["memory"].weights))
     # measured: 6.2 and 9.5 at η = 1.9; 3.7e5 and 1.7e5 at η = 2.5
     assert (min(largest) > 1e4) if warned else (max(largest) < 100), largest
+
+
+@pytest.mark.parametrize(("lr", "warned"), [("0.025", False), ("0.8", True)])
+def test_an_mlp_memory_w0719_flags_really_diverges_in_its_first_forward(lr, warned):
+    """What W0719 says, on specs/titans_lmm.nl at width 64 without momentum: from a starting step of
+    0.8 its first forward is NaN (every measured shape's was), and well below it, at 0.025, finite."""
+    import json.decoder
+    import warnings
+
+    import nldsl
+    from nldsl.diagnostics import SpecWarning
+
+    text = Path(json.decoder.__file__).read_bytes()[:256]
+    tokens = torch.tensor(list(text)).unsqueeze(0)
+    for seed in (0, 1):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.manual_seed(seed)
+            model = nldsl.load(REPO / "specs" / "titans_lmm.nl", dim=64, model__block__lmm__level__lr=float(lr),
+                               model__block__lmm__level__momentum=0)  # so that the step η/(1 − β) is η
+        assert any(isinstance(w.message, SpecWarning) and "W0719" in str(w.message) for w in caught) == warned
+        with torch.no_grad():
+            assert torch.isfinite(model(tokens)).all().item() != warned, seed
 
 
 def test_hidden_on_a_linear_level_and_lr_zero_are_w0706():
