@@ -422,13 +422,7 @@ def _selfmod_step(layer: Any, name: str, level: S.LevelSpec) -> tuple[float, flo
     (SELFMOD_STEP_LIMIT, measured above); None otherwise."""
     if not isinstance(layer, S.SelfModSpec) or name != "memory":
         return None
-    eta = gate_start("lr", level.lr)
-    beta = gate_start("momentum", level.momentum) or 0.0
-    if eta is None or beta >= 1:
-        return None
-    step = eta / (1 - beta)
-    # "reaches 0.4" as written: 0.12/(1 − 0.7) is 0.3999999999999999 in floats, and is 0.4
-    return (eta, beta, step) if step >= SELFMOD_STEP_LIMIT * (1 - 1e-9) else None
+    return _starting_step(level, SELFMOD_STEP_LIMIT)
 
 
 def _mlp_memory_step(layer: Any, level: S.LevelSpec) -> tuple[float, float, float] | None:
@@ -439,12 +433,19 @@ def _mlp_memory_step(layer: Any, level: S.LevelSpec) -> tuple[float, float, floa
             and isinstance(level.state, (S.MLPState, S.ResidualMLPState)) and level.objective == "l2"
             and level.values == "given" and level.update == "in_context" and level.orthogonalize is None):
         return None
+    return _starting_step(level, MLP_MEMORY_STEP_LIMIT)
+
+
+def _starting_step(level: S.LevelSpec, limit: float) -> tuple[float, float, float] | None:
+    """(η, β, η/(1 − β)) from the level's starting gates where that step reaches `limit`; None otherwise,
+    and where there is no step to form (a momentum of 1 or more is an error, E0302, reported instead)."""
     eta = gate_start("lr", level.lr)
     beta = gate_start("momentum", level.momentum) or 0.0
     if eta is None or beta >= 1:
-        return None  # a momentum of 1 or more is an error (E0302), reported instead
+        return None
     step = eta / (1 - beta)
-    return (eta, beta, step) if step >= MLP_MEMORY_STEP_LIMIT * (1 - 1e-9) else None
+    # "reaches 0.4" as written: 0.12/(1 − 0.7) is 0.3999999999999999 in floats, and is 0.4
+    return (eta, beta, step) if step >= limit * (1 - 1e-9) else None
 
 
 def _round_down(value: float) -> float:
