@@ -241,9 +241,9 @@ NUDGE = 1e-15
 CHAOTIC_RESPONSE = 1e-9
 
 
-def amplifies_rounding(model: torch.nn.Module, tokens: torch.Tensor) -> bool:
-    """Whether the model's outputs on `tokens` move by more than CHAOTIC_RESPONSE when its parameters
-    move by NUDGE.
+def amplifies_rounding(model: torch.nn.Module, tokens: torch.Tensor, state: bool = False) -> bool:
+    """Whether the model's outputs on `tokens` (and with `state`, any tensor of its final state) move
+    by more than CHAOTIC_RESPONSE when its parameters move by NUDGE.
 
     Some specs are chaotic on a few dozen tokens. A self-modifying projection memory whose writes
     Newton–Schulz normalises (period 1) takes a step of fixed size every token along a direction its
@@ -255,13 +255,17 @@ def amplifies_rounding(model: torch.nn.Module, tokens: torch.Tensor) -> bool:
     so the comparison sets it aside."""
     generator = torch.Generator().manual_seed(12345)
     with torch.no_grad():
-        before = model(tokens)
+        before = model(tokens, return_state=True)
         # through functional_call: the parameters themselves are not touched, so a graph the caller built
         # on them (its outputs, for a backward afterwards) stays valid
         nudged = {name: p * (1 + NUDGE * torch.randn(p.shape, dtype=p.dtype, generator=generator))
                   for name, p in model.named_parameters() if p.is_floating_point()}
-        after = torch.func.functional_call(model, nudged, (tokens,))
-    return not ((after - before).norm() <= CHAOTIC_RESPONSE * before.norm()).item()
+        after = torch.func.functional_call(model, nudged, (tokens,), {"return_state": True})
+    pairs = [(after[0], before[0])]
+    if state:
+        pairs += [(a, b) for a, b in zip(_tensors(after[1]), _tensors(before[1]), strict=True)
+                  if b.is_floating_point() and b.numel()]
+    return not all(((a - b).norm() <= CHAOTIC_RESPONSE * b.norm()).item() for a, b in pairs)
 
 
 def diverges(spec, length: int, seed: int = 0, batch: int = 2) -> bool:
