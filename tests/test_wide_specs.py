@@ -293,7 +293,8 @@ def test_random_spec_streams_in_two_calls(text: str, data) -> None:
     targets = torch.nn.functional.pad(tokens[:, 1:], (0, 1), value=-1)
     with torch.no_grad():
         whole, final = model(tokens, targets, return_state=True)
-        assume(all(entry.abs().max() <= DIVERGED for entry in _tensors(final) if entry.is_floating_point()))
+        assume(all(entry.abs().max() <= DIVERGED for entry in _tensors(final)
+                   if entry.is_floating_point() and entry.numel()))
         # Newton–Schulz can amplify rounding in a state more than in the outputs: a run without derandomize
         # found two of 13,000 examples whose final states moved by 3e-9 and 5e-9 under NUDGE
         assume(not amplifies_rounding(model, tokens, state=True))
