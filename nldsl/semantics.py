@@ -54,6 +54,13 @@ def in_context_periods(model: S.ModelSpec, seq_len: int) -> set[int]:
     return periods
 
 
+def context_segments(model: S.ModelSpec) -> set[int]:
+    """The segment lengths of the memory-as-context layers: a call that ends inside a segment cuts it
+    short, as one ending inside a chunk does (each segment retrieves from the memory at its start)."""
+    layers = walk_layers(model.block.sublayers, "block")
+    return {layer.segment for _, layer in layers if isinstance(layer, S.ContextSpec)}
+
+
 # What a level uses only while it learns in context: a cms level on the continuum clock (an MLP
 # stepped by the outer optimizer) ignores them. Its `lr` stays in use: `nldsl stream` steps it with it.
 _IN_CONTEXT_ONLY = ("objective", "values", "rule", "dgd_layers", "retention", "momentum", "orthogonalize",

@@ -811,6 +811,25 @@ def test_stream_notes_a_segment_that_cuts_in_context_chunks_or_passes_seq_len(ru
     assert "note: a segment of 44 tokens is longer than the 16 tokens the model was trained on" in out
 
 
+@pytest.mark.parametrize(("segment", "note"), [
+    (64, None),
+    (32, "the memory-as-context segment(s) 64: each segment ends a context segment early, so the losses differ "
+         "from a stream cut at segment boundaries (--segment 64 cuts none)"),
+    (24, "the in-context period(s) 16 or the memory-as-context segment(s) 64: each segment ends chunks and segments "
+         "early, so the losses differ from a stream cut at chunk and segment boundaries (--segment 64 cuts none)"),
+])
+def test_stream_notes_a_segment_that_cuts_a_memory_as_context_segment(capsys, segment, note):
+    """Titans MAC retrieves from its memory once per segment (64 tokens in specs/titans_mac.nl, whose
+    memory's period is 16): a stream segment of 32 divides the period yet cuts each context segment (at
+    width 32 and one layer, 128 tokens in two calls cut at token 32 read 1.0 apart from one call,
+    relative; cut at 64 they agree exactly)."""
+    from nldsl.runtime.commands import _note_segment
+
+    _note_segment(loader.check(REPO / "specs" / "titans_mac.nl").spec, segment)
+    out = capsys.readouterr().out
+    assert (f"note: a segment of {segment} tokens is not a multiple of {note}" in out) if note else not out
+
+
 # From a mutation audit of generate, stream and the command line ---------------------------------------
 
 class FixedLogits(torch.nn.Module):

@@ -42,7 +42,7 @@ from nldsl import spec as S
 from nldsl.checker import check_text
 from nldsl.interpreter import interpret
 from nldsl.runtime.blocks import _tensors
-from nldsl.semantics import in_context_periods, walk_layers
+from nldsl.semantics import context_segments, in_context_periods, walk_layers
 
 WIDE_SPECS = int(os.environ.get("NLDSL_WIDE_SPECS", "60"))
 DIVERGED = 1e4  # largest state entry of a spec that has not diverged
@@ -270,9 +270,7 @@ def stream_unit(spec) -> int | None:
     in_contexts = {id(layer.attention) for layer in layers if isinstance(layer, S.ContextSpec)}
     if any(isinstance(layer, S.AttentionSpec) and id(layer) not in in_contexts for layer in layers):
         return None
-    units = in_context_periods(spec.model, spec.train.seq_len)
-    units |= {layer.segment for layer in layers if isinstance(layer, S.ContextSpec)}
-    return math.lcm(*units) if units else 1
+    return math.lcm(*in_context_periods(spec.model, spec.train.seq_len), *context_segments(spec.model))
 
 
 @settings(max_examples=STREAMED_SPECS, deadline=None, derandomize=True,

@@ -256,17 +256,24 @@ def _print_baseline(segments: list, asked: bool) -> None:
 
 
 def _note_segment(spec: Any, segment: int) -> None:
-    """A segment that cuts in-context chunks, or is longer than training's calls, gives other numbers
-    than the run's own stream would: say so before the numbers (docs/runtime.md, *Stream*)."""
-    from nldsl.semantics import in_context_periods
+    """A segment that cuts in-context chunks or memory-as-context segments, or is longer than
+    training's calls, gives other numbers than the run's own stream would: say so before the numbers
+    (docs/runtime.md, *Stream*)."""
+    from nldsl.semantics import context_segments, in_context_periods
 
     periods = in_context_periods(spec.model, spec.train.seq_len)
-    cut = sorted(period for period in periods if segment % period)
-    if cut:
-        every = math.lcm(*periods)
-        print(f"note: a segment of {segment} tokens is not a multiple of the in-context period(s) "
-              f"{', '.join(map(str, cut))}: each segment ends a chunk early, so the losses differ from a stream "
-              f"cut at chunk boundaries (--segment {max(every, segment // every * every)} cuts none)")
+    segments = context_segments(spec.model)
+    cut_periods = sorted(period for period in periods if segment % period)
+    cut_segments = sorted(length for length in segments if segment % length)
+    if cut_periods or cut_segments:
+        every = math.lcm(*periods, *segments)
+        what = [f"the {name}(s) {', '.join(map(str, cut))}" for name, cut in
+                (("in-context period", cut_periods), ("memory-as-context segment", cut_segments)) if cut]
+        ends, at = (("a chunk", "chunk") if not cut_segments else ("a context segment", "segment") if not cut_periods
+                    else ("chunks and segments", "chunk and segment"))
+        print(f"note: a segment of {segment} tokens is not a multiple of {' or '.join(what)}: each segment ends "
+              f"{ends} early, so the losses differ from a stream cut at {at} boundaries "
+              f"(--segment {max(every, segment // every * every)} cuts none)")
     if segment > spec.train.seq_len:
         print(f"note: a segment of {segment} tokens is longer than the {spec.train.seq_len} tokens the model was "
               "trained on (train.seq_len)")
