@@ -425,6 +425,23 @@ def test_a_run_with_clock_levels_resumed_between_their_ticks_equals_one_run(tmp_
     assert all(torch.equal(tensor, resumed_weights[name]) for name, tensor in whole_weights.items())
 
 
+def test_sgd_momentum_trains_a_level_on_the_continuum_clock(tmp_path, text_file, capsys):
+    """A cms level whose period passes seq_len is stepped by the outer optimizer on the continuum
+    clock, so its weights get their first gradient after the others' (at its first tick). torch's
+    fused SGD refused that mix of momentum buffers with an internal error; found by a resume audit
+    of random specs trained with `sgd(…, momentum = 0.9)`."""
+    spec = tmp_path / "late.nl"
+    spec.write_text("model late {\n  vocab = 256\n  dim = 16\n  layers = 1\n  block {\n    cms {\n"
+                    "      level fast { period = 2 }\n      level slow { period = 10 }\n    }\n  }\n}\n"
+                    "train { optimizer = sgd(lr = 0.01, momentum = 0.9)  steps = 3  batch = 1  seq_len = 6  "
+                    "eval_every = 0  log_every = 1 }\n")
+    status = main(["train", str(spec), "--data", str(text_file), "--run-dir", str(tmp_path / "run"), "--no-compile",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 0 and "internal error" not in err, err
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
+
+
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path, text_file, monkeypatch,
                                                                               capsys):
     real = F.cross_entropy

@@ -372,13 +372,13 @@ class NestedOptimizer(torch.optim.Optimizer):
         state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
         for level in config.levels:
             if level.state == "linear":
-                state[f"{level.name}.memory"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[f"{level.name}.memory"] = torch.zeros_like(p)
             else:
                 state[f"{level.name}.w_in"], state[f"{level.name}.w_out"] = mlp_memory_init(level.hidden, p)
             if level.period > 1:
-                state[f"{level.name}.accumulated"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[f"{level.name}.accumulated"] = torch.zeros_like(p)
             if level.keeps_output:
-                state[f"{level.name}.output"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[f"{level.name}.output"] = torch.zeros_like(p)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, then keep each step counter on its parameter's device. A state whose
@@ -508,12 +508,29 @@ class DecoupledSGD(torch.optim.SGD):
             if decay != 0 and stepped:
                 torch._foreach_mul_(stepped, 1 - group["lr"] * decay)
             group["weight_decay"] = 0.0  # torch's step would read it as its coupled L2 term
+            self._start_late_momentum(group, stepped)
         try:
             super().step()
         finally:
             for group, decay in zip(self.param_groups, decays):
                 group["weight_decay"] = decay
         return loss
+
+    def _start_late_momentum(self, group: dict[str, Any], stepped: list[Tensor]) -> None:
+        """Give a parameter whose first gradient comes after the others' a zero momentum buffer.
+
+        torch's fused SGD kernel takes a group's buffers all present or all absent (torch 2.13: a
+        mix fails with "expected Tensor as element …"). A mix happens when a parameter gets no
+        gradient in the first steps: an outer level stepped every few steps (`update = outer`,
+        `period` > 1). With dampening 0 the step makes a zero buffer μ·0 + X_1 = X_1, bit for bit the
+        buffer torch's other (foreach, per-tensor) paths start such a parameter from."""
+        if not group["momentum"] or group["dampening"]:
+            return
+        buffers = [self.state[p].get("momentum_buffer") for p in stepped]
+        if any(buffer is not None for buffer in buffers):
+            for p, buffer in zip(stepped, buffers):
+                if buffer is None:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
 
 
 def sgd_momentum(
