@@ -372,13 +372,13 @@ class NestedOptimizer(torch.optim.Optimizer):
         state["step"] = torch.zeros((), dtype=torch.int64, device=p.device)
         for level in config.levels:
             if level.state == "linear":
-                state[f"{level.name}.memory"] = torch.zeros_like(p)
+                state[f"{level.name}.memory"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             else:
                 state[f"{level.name}.w_in"], state[f"{level.name}.w_out"] = mlp_memory_init(level.hidden, p)
             if level.period > 1:
-                state[f"{level.name}.accumulated"] = torch.zeros_like(p)
+                state[f"{level.name}.accumulated"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if level.keeps_output:
-                state[f"{level.name}.output"] = torch.zeros_like(p)
+                state[f"{level.name}.output"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch does, then keep each step counter on its parameter's device. A state whose
@@ -521,9 +521,10 @@ class DecoupledSGD(torch.optim.SGD):
 
         torch's fused SGD kernel takes a group's buffers all present or all absent (torch 2.13: a
         mix fails with "expected Tensor as element …"). A mix happens when a parameter gets no
-        gradient in the first steps: an outer level stepped every few steps (`update = outer`,
-        `period` > 1). With dampening 0 the step makes a zero buffer μ·0 + X_1 = X_1, bit for bit the
-        buffer torch's other (foreach, per-tensor) paths start such a parameter from."""
+        gradient in the first steps: a cms level on the continuum clock (its period passes seq_len)
+        gets its first at its first tick. With dampening 0 the step makes a zero buffer μ·0 + X_1 =
+        X_1, bit for bit the buffer torch's other (foreach, per-tensor) paths start such a parameter
+        from."""
         if not group["momentum"] or group["dampening"]:
             return
         buffers = [self.state[p].get("momentum_buffer") for p in stepped]

@@ -690,7 +690,7 @@ def test_builtin_sgd_without_weight_decay_is_torch_sgd_bit_for_bit():
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_builtin_sgd_steps_a_parameter_whose_first_gradient_comes_late(fused):
-    """An outer level stepped every few steps gets its first gradient after the others have momentum
+    """A cms level on the continuum clock gets its first gradient after the others have momentum
     buffers: torch's fused kernel refused that mix (a resume audit of random specs found it, training
     with `sgd(…, momentum = 0.9)`). Each parameter's momentum still starts at its first gradient, as
     torch's per-tensor SGD starts it: bit for bit without the fused kernel, to its rounding (float64)
