@@ -525,8 +525,8 @@ class DecoupledSGD(torch.optim.SGD):
         gets its first at its first tick. With dampening 0 the step makes a zero buffer μ·0 + X_1 =
         X_1, bit for bit the buffer torch's other (foreach, per-tensor) paths start such a parameter
         from."""
-        if not group["momentum"] or group["dampening"]:
-            return
+        if not group["fused"] or not group["momentum"] or group["dampening"]:
+            return  # torch's other paths start a late buffer themselves
         buffers = [self.state[p].get("momentum_buffer") for p in stepped]
         if any(buffer is not None for buffer in buffers):
             for p, buffer in zip(stepped, buffers):
