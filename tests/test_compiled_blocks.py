@@ -107,6 +107,46 @@ def test_a_carried_state_runs_through_the_block_graph_and_an_edited_one_is_named
         model(tokens[:, 9:], state=edited)
 
 
+KEYS_READ_BY_THE_STATE_ONLY = """model keys {
+  vocab = 13
+  dim = 8
+  layers = 2
+  block {
+    memory {
+      heads = 2
+      conv = 2
+      level { state = linear objective = reconstruction period = 2 grad_through_writes = false }
+    }
+  }
+}
+"""
+
+
+def test_a_weight_only_the_state_reads_gets_no_gradient_as_in_eager() -> None:
+    """The key projection reaches the loss only through writes cut from the graph, but the
+    convolution's cache in the block's state reads it: a block graph that returned that cache with
+    its graph gave the projection a zero gradient (which AdamW's decay acts on) where eager gives
+    none. Kept with `state_graph = True`, the state's graph reaches the weights it read."""
+    torch._dynamo.reset()
+    spec = check_text(KEYS_READ_BY_THE_STATE_ONLY, "keys.nl").spec
+    torch.manual_seed(0)
+    model = loader.build_module(spec).build()
+    tokens, targets = batch(spec.model.vocab, 0)
+    keys = model.blocks[0].memory.wk
+    assert torch.autograd.grad(model.loss(tokens, targets), keys, allow_unused=True) == (None,)
+    call = block_compiler(backend=CompileCounterWithBackend("aot_eager"))
+
+    def loss_function(tokens, targets):
+        with compiled_blocks(call):
+            return model.loss(tokens, targets)
+
+    assert_same_loss_and_grads(model, loss_function, tokens, targets)
+    with compiled_blocks(call, state_graph=True):
+        _, state = model(tokens, return_state=True)
+    (cache_gradient,) = torch.autograd.grad(state[0]["memory"]["conv_k"].sum(), keys)
+    assert cache_gradient.abs().sum() > 0
+
+
 def test_each_model_keeps_its_own_recompile_limit(monkeypatch) -> None:
     """One shared compiled function would pile every model's block graphs onto one recompile limit:
     with a limit of one graph, the second model would fail to compile."""

@@ -22,6 +22,7 @@ from nldsl.runtime.layers import causal_depthwise_conv, gate_precision, l2_norma
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
+    detach_state,
     float32_recurrence,
     fused_write,
     initial_memory_state,
@@ -239,9 +240,9 @@ def run_block(block: Any, h: Tensor, ctx: Any, state: dict, index: int) -> tuple
     state's first tensor whose shape differs from the fresh state's. Eager and per-block compiled
     calls only (`chunked.call_block`; a whole compiled graph runs the block as it is)."""
     if torch.compiler.is_compiling() or not state:
-        return call_block(block, h, ctx, state)
+        return call_block(block, h, ctx, state, detach_state)
     try:
-        out, new_state = call_block(block, h, ctx, state)
+        out, new_state = call_block(block, h, ctx, state, detach_state)
     except (RuntimeError, AssertionError) as error:  # a runtime's check of the state's parts asserts
         mismatch = _state_mismatch(block, h, ctx, state)
         if mismatch is None:

@@ -147,39 +147,48 @@ def block_compiler(backend: Any = "inductor", fullgraph: bool = True) -> Callabl
     return torch.compile(_with_own_code(_call_block, "compiled_block"), fullgraph=fullgraph, backend=backend)
 
 
-def _call_block(block: Any, h: Any, ctx: Any, state: Any) -> Any:
-    return block(h, ctx, state)
+def _call_block(block: Any, h: Any, ctx: Any, state: Any, cut: Callable[[Any], Any] | None) -> Any:
+    out, new_state = block(h, ctx, state)
+    return out, (new_state if cut is None else cut(new_state))
 
 
 _block_call: Callable[..., Any] | None = None  # set by compiled_blocks
+_block_state_graph = False  # set by compiled_blocks
 
 
 @contextlib.contextmanager
-def compiled_blocks(call: Callable[..., Any]) -> Iterator[None]:
+def compiled_blocks(call: Callable[..., Any], state_graph: bool = False) -> Iterator[None]:
     """Run every model block called inside this `with` (`blocks.run_block`) through `call`, a
     `block_compiler()` function: each block of the model is then one compiled graph, the same
     graph for all of them, and the embedding, the final norm and the loss run eagerly.
 
     What it buys over one whole graph (`compile = true`): compile time that does not grow with
     depth (the whole graph's grows by some 1.5 s a block on the CPU, docs/compiler.md). What it
-    costs: one compiled call per block, and nothing fuses across blocks."""
-    global _block_call
-    previous, limit = _block_call, torch._dynamo.config.recompile_limit
-    _block_call = call
+    costs: one compiled call per block, and nothing fuses across blocks.
+
+    state_graph: whether the state a block returns keeps its graph. A loss discards it (the
+    default), and then the block graph cuts it inside: a state that stayed an output of the graph
+    would have its backward run with zero gradients, which gives a zero gradient, where eager
+    gives none, to a weight that only the state reads (a key projection behind a convolution's
+    cache, with `grad_through_writes = false`), and AdamW would then decay that weight."""
+    global _block_call, _block_state_graph
+    previous, limit = (_block_call, _block_state_graph), torch._dynamo.config.recompile_limit
+    _block_call, _block_state_graph = call, state_graph
     # every block graph of the model (shapes × grad modes × a carried state or not) is one function's
     torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
     try:
         yield
     finally:
-        _block_call = previous
+        _block_call, _block_state_graph = previous
         torch._dynamo.config.recompile_limit = limit
 
 
-def call_block(block: Any, h: Any, ctx: Any, state: Any) -> Any:
-    """`block(h, ctx, state)`, through the compiled call under `compiled_blocks`."""
+def call_block(block: Any, h: Any, ctx: Any, state: Any, cut: Callable[[Any], Any]) -> Any:
+    """`block(h, ctx, state)`, through the compiled call under `compiled_blocks`, which applies
+    `cut` (detaching a state) to the state the block returns unless `compiled_blocks` keeps its graph."""
     if _block_call is None or torch.compiler.is_compiling():
         return block(h, ctx, state)
-    return _block_call(block, h, ctx, state)
+    return _block_call(block, h, ctx, state, None if _block_state_graph else cut)
 
 
 @contextlib.contextmanager

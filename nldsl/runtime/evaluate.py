@@ -55,7 +55,7 @@ from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
 from nldsl.runtime.clock import clock_prefix
 from nldsl.runtime.interrupt import deferred_interrupt, signal_number
-from nldsl.runtime.memory import MemoryState
+from nldsl.runtime.memory import MemoryState, detach_state
 
 STATE_FORMAT = "nldsl-stream-state/1"
 UNKNOWN_READ = -1  # StreamState.validation_read of a state that does not say which text it read
@@ -447,20 +447,6 @@ class StreamResult:
     updates: dict[str, int]  # slow level → SGD steps taken
     stopped: str | None = None  # why the stream ended before the text did (Ctrl-C, a non-finite loss)
     levels: list[SlowLevel] = field(default_factory=list)  # the slow levels that learned, with their lr
-
-
-def detach_state(value: Any) -> Any:
-    """A memory state (as `model(tokens, return_state=True)` returns it) cut from the graph that
-    made it: to carry state across calls that each take a backward pass."""
-    if isinstance(value, Tensor):
-        return value.detach()
-    if isinstance(value, MemoryState):
-        return MemoryState(detach_state(value.weights), detach_state(value.momentum))
-    if isinstance(value, dict):
-        return {k: detach_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(detach_state(v) for v in value)
-    return value
 
 
 def first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False,

@@ -6,6 +6,7 @@ gradient of a chunk of C tokens is taken at the state θ_c the chunk started wit
 
 - `LevelConfig`: the static description the code generator fills from a spec.
 - `init_memory_weights`, `initial_memory_state`, `zero_momentum`: θ_0 per head, copied to per-sequence state.
+- `MemoryState`, `detach_state`: a level's carried state, and a whole state cut from its graph.
 - `memory_chunk_step`: one chunk, with no per-token loop. The memory runs forward on the chunk's
   keys at θ_c, the output error g is backpropagated in closed form (activation derivatives written
   out, no autograd.grad, so the outer loss differentiates through it and torch.compile sees one
@@ -137,6 +138,20 @@ class MemoryState:
 
 # lists of tensors only: a saved state reads back with torch.load's default weights_only=True
 torch.serialization.add_safe_globals([MemoryState])
+
+
+def detach_state(value: Any) -> Any:
+    """A memory state (as `model(tokens, return_state=True)` returns it, or one block's part of it)
+    cut from the graph that made it: to carry state across calls that each take a backward pass."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, MemoryState):
+        return MemoryState(detach_state(value.weights), detach_state(value.momentum))
+    if isinstance(value, dict):
+        return {k: detach_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(detach_state(v) for v in value)
+    return value
 
 
 Function = TypeVar("Function", bound=Callable[..., Any])
