@@ -331,6 +331,33 @@ def test_a_stream_says_when_its_carried_memory_diverged_and_a_fresh_one_would_no
     assert re.search(expected, result.stopped), result.stopped
 
 
+def test_a_memory_that_diverges_under_a_finite_loss_stops_the_stream_before_its_segment(run_dir, tmp_path):
+    """A write no later token of its segment reads (or a part the readout bounds) can pass infinity
+    with the loss finite: the stream stops there as for a loss that is not finite, naming the part,
+    and the state it keeps (the segment waiting in it) saves and loads back, all finite."""
+    loaded = E.load_model(run_dir, CPU)
+    forward, calls = loaded.model.forward, []
+
+    def diverging(*args, **kwargs):
+        logits, state = forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            state[0]["lmm"]["memory"].weights[0] = torch.full_like(state[0]["lmm"]["memory"].weights[0], float("inf"))
+        return logits, state
+
+    loaded.model.forward = diverging
+    tokens = loaded.tokenizer.encode("abc " * 20)
+    result = E.stream(loaded, tokens, 16, keep_pending=True)
+    assert [s.start for s in result.segments] == [0] and result.state.position == 16
+    assert result.stopped.startswith("the memory state is not finite after the segment at token 16 "
+                                     "(state[0].lmm.memory.weights[0] holds NaN or infinite values)"), result.stopped
+    assert "the carried memory diverged" in result.stopped and "retention below 1" in result.stopped
+    assert torch.equal(result.state.pending, tokens[16:].long())  # the segment not applied waits
+    E.save_stream_state(tmp_path / "state.safetensors", result.state, "sha", "checkpoint", "weights")
+    restored = E.load_stream_state(tmp_path / "state.safetensors", "sha", "weights", CPU)
+    assert restored.position == 16 and all(torch.isfinite(t).all() for t in flat(restored.memory))
+
+
 def test_slow_levels_take_an_sgd_step_with_their_lr_each_period(run_dir):
     loaded = E.load_model(run_dir, CPU)
     levels = {level.prefix: level for level in E.slow_levels(loaded, 16)}

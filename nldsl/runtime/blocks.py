@@ -299,6 +299,15 @@ def _state_mismatch(block: Any, h: Tensor, ctx: Any, state: dict) -> str | None:
     return None if missing is None else f"it has no `{missing}`, which this model's state holds"
 
 
+def non_finite_part(state: object) -> str | None:
+    """The first tensor of a state (as a call with return_state=True returns it) that holds NaN or an
+    infinity, named as it is reached from the state (`state[1].lmm.memory.weights[0]`), or None."""
+    for path, tensor in _named_tensors(state, "state"):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return path
+    return None
+
+
 def _named_tensors(value: object, path: str):
     """(path, tensor) for every tensor inside a state: `lmm.memory.weights[0]`."""
     if isinstance(value, Tensor):

@@ -53,6 +53,7 @@ from nldsl.diagnostics import terminal_safe
 from nldsl.files import write_atomic
 from nldsl.runtime import checkpoint as C
 from nldsl.runtime import data as D
+from nldsl.runtime.blocks import non_finite_part
 from nldsl.runtime.clock import clock_prefix
 from nldsl.runtime.interrupt import deferred_interrupt, signal_number
 from nldsl.runtime.memory import MemoryState, detach_state
@@ -529,6 +530,15 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                     stopped = (f"the loss is {nats} on the segment at token {position:,}: it was not applied, and "
                                f"the stream stopped there; {_non_finite_cause(model, inputs, targets, memory)}")
                     break
+                # A memory can pass infinity in a write that no later token of the segment reads, or in a
+                # part the readout bounds: the loss stays finite, and the next segment, or a --state-in of
+                # the saved state, would meet it
+                broken = non_finite_part(new_memory)
+                if broken is not None:
+                    stopped = (f"the memory state is not finite after the segment at token {position:,} ({broken} "
+                               "holds NaN or infinite values), though the segment's loss is: the segment was not "
+                               f"applied, and the stream stopped there; the carried memory diverged. {DIVERGED_MEMORY}")
+                    break
                 if levels:
                     # the segment's summed loss over a training sequence's length: its mean loss weighted
                     # by its share of a sequence, so that a period in tokens takes the same step whatever
@@ -577,6 +587,10 @@ def _fresh_nats(model: torch.nn.Module, inputs: Tensor, targets: Tensor) -> floa
         return float(F.cross_entropy(model(inputs, targets)[0].float(), targets[0], reduction="sum"))
 
 
+# why a memory carried along a stream diverges, and what to change
+DIVERGED_MEMORY = ("A memory without retention, or with a large `lr`, can grow past what training's sequences "
+                   "showed it; stream shorter texts, or give the level a retention below 1. A --state-in of the "
+                   "saved state meets this segment first")
 # what to change when an in-context level diverges (`nldsl train` says it of a first step too)
 IN_CONTEXT_LR_ADVICE = ("An in-context level's learning rate (`lr` in its `level`) set too high is the usual cause: "
                         "lower it, or bound it with learned(max = …)")
@@ -593,9 +607,7 @@ def _non_finite_cause(model: torch.nn.Module, inputs: Tensor, targets: Tensor, m
     fresh = _fresh_nats(model, inputs, targets)
     if math.isfinite(fresh):
         return (f"{found} with the memory carried here, and finite from a fresh memory state (loss "
-                f"{fresh / inputs.shape[1]:.4f}): the carried memory diverged. A memory without retention, or with "
-                "a large `lr`, can grow past what training's sequences showed it; stream shorter texts, or give "
-                "the level a retention below 1. A --state-in of the saved state meets this segment first")
+                f"{fresh / inputs.shape[1]:.4f}): the carried memory diverged. {DIVERGED_MEMORY}")
     return f"{found}, from a fresh memory state too. {IN_CONTEXT_LR_ADVICE}, and train again"
 
 
