@@ -8,18 +8,26 @@ shrunk shipped specs (two blocks each); one model also runs through inductor aga
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
 import torch._dynamo
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from test_compile import MODEL_SPECS, REPO, tiny_model
+from test_compiler import DIVERGED_STATE, FLOOR, amplifies_rounding, perturbed_model, random_specs
+from test_wide_specs import wide_specs
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from nldsl import loader
 from nldsl import semantics as SEM
 from nldsl.checker import check_text
 from nldsl.runtime import chunked
+from nldsl.runtime.blocks import _tensors
 from nldsl.runtime.chunked import block_compiler, compile_loss, compiled_blocks
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
@@ -145,6 +153,44 @@ def test_a_weight_only_the_state_reads_gets_no_gradient_as_in_eager() -> None:
         _, state = model(tokens, return_state=True)
     (cache_gradient,) = torch.autograd.grad(state[0]["memory"]["conv_k"].sum(), keys)
     assert cache_gradient.abs().sum() > 0
+
+
+BLOCKED_SPECS = int(os.environ.get("NLDSL_BLOCKED_SPECS", "8"))
+
+
+@settings(max_examples=BLOCKED_SPECS, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(text=st.one_of(random_specs(), wide_specs()), layers=st.sampled_from([2, 3]), length=st.integers(5, 16))
+def test_a_random_spec_runs_one_block_graph_with_the_eager_loss_and_gradients(text: str, layers: int,
+                                                                             length: int) -> None:
+    """Both random generators' specs, made 2 or 3 blocks deep: one graph for every block and both
+    steps, and the loss and every gradient (None where eager's is None) of eager, in float64."""
+    result = check_text(re.sub(r"(?m)^  layers = \d+", f"  layers = {layers}", text), "random.nl")
+    assume(not any(d.severity == "error" for d in result.diagnostics))
+    spec = result.spec
+    model = perturbed_model(spec, 0)
+    steps = [batch(spec.model.vocab, seed, length) for seed in range(2)]
+    with torch.no_grad():
+        outputs, state = model(steps[0][0], return_state=True)
+    assume(torch.isfinite(outputs).all() and not amplifies_rounding(model, steps[0][0]))
+    assume(all(t.abs().max() <= DIVERGED_STATE for t in _tensors(state) if t.is_floating_point() and t.numel()))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    call = block_compiler(backend=counter)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for tokens, targets in steps:
+        eager = model.loss(tokens, targets)
+        expected = torch.autograd.grad(eager, parameters, allow_unused=True)
+        with compiled_blocks(call):
+            compiled = model.loss(tokens, targets)
+        actual = torch.autograd.grad(compiled, parameters, allow_unused=True)
+        assert abs(compiled.item() - eager.item()) <= 1e-9 * abs(eager.item()), text
+        total = math.sqrt(sum(g.norm().item() ** 2 for g in expected if g is not None))
+        for got, want in zip(actual, expected, strict=True):
+            assert (got is None) == (want is None), text
+            if want is not None:
+                assert (got - want).norm().item() <= 1e-9 * max(want.norm().item(), FLOOR * total, 1e-300), text
+    assert counter.frame_count == 1, f"{counter.frame_count} block graphs: a graph per block, a break or a recompile"
 
 
 def test_each_model_keeps_its_own_recompile_limit(monkeypatch) -> None:

@@ -536,8 +536,9 @@ def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState
                 broken = non_finite_part(new_memory)
                 if broken is not None:
                     stopped = (f"the memory state is not finite after the segment at token {position:,} ({broken} "
-                               "holds NaN or infinite values), though the segment's loss is: the segment was not "
-                               f"applied, and the stream stopped there; the carried memory diverged. {DIVERGED_MEMORY}")
+                               "holds NaN or infinite values), though the segment's loss is finite: the segment was "
+                               "not applied, and the stream stopped there; the carried memory diverged. "
+                               + DIVERGED_MEMORY)
                     break
                 if levels:
                     # the segment's summed loss over a training sequence's length: its mean loss weighted
