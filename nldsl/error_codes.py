@@ -927,7 +927,11 @@ _ENTRIES = (
 
         Newton-Schulz orthogonalization replaces a whole chunk's increment, so the state changes
         only at chunk ends and the level must read `readout = chunk_start`. `init = zeros` needs
-        a linear state (an all-zero MLP has zero gradients and never learns). The `surprise`
+        a linear state (an all-zero MLP has zero gradients and never learns), and a linear state
+        that starts at zero moves only with a nonzero key and a nonzero target: it is refused
+        with `values = generated` under `l2` or `dot` (the target M(v) starts at zero too), and
+        on a selfmod's projection memories when M_k generates their keys or M_v their values
+        (copied from `level memory`, it is named there). The `surprise`
         objective (the model's next-token loss) exists only for `cms` levels, and `cms` levels
         have no value stream for `dot` or `l2`; they change only at chunk ends (Eq. 71). The
         self-modifying projections generate their own values, so they read the state their

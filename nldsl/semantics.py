@@ -541,6 +541,51 @@ def hidden_width_settings(layer: Any, path: str, dim: int) -> Iterator[tuple[str
             yield f"{path}.{name}.state", state.expansion, width
 
 
+def _zero_start_never_writes(layer: Any, name: str, level: S.LevelSpec, spans: dict[str, Span],
+                             projections_prefix: str) -> tuple[str, str] | None:
+    """Why a linear level that starts at zero (`init = zeros`) would stay at zero, and what to change;
+    None where it writes.
+
+    A write is δ kᵀ with δ = M(k) − target, and M(k) = 0 at the start: the level moves only with a
+    nonzero key and a nonzero target. Its own prediction as target (`values = generated`, Eq. 83) is
+    M(v) = 0. A selfmod's projection memories write with the keys M_k generates (zero from a zero M_k)
+    and regress onto the values M_v generates (likewise); measured, their states were still exactly zero
+    after 16 tokens in each such case. Projection settings copied from `level memory` are named there."""
+    if name == "projections":
+        copied = not any(p.startswith(projections_prefix) for p in spans)
+        # copied: `memory` reports it; without adaptive projections nothing reads them (W0703)
+        stuck = None if copied or not layer.adaptive else _zero_projections(layer)
+        return None if stuck is None else (stuck, "use `init = learned` on the projections level")
+    why = ("the memory's prediction M(k) and its target M(v) both start at zero, so every inner gradient is zero "
+           "and the state stays zero" if level.values == "generated" and level.objective in ("l2", "dot") else None)
+    help = "use `init = learned`, or `values = given`"
+    projections = layer.projections if isinstance(layer, S.SelfModSpec) else None
+    if (projections is not None and layer.adaptive and projections.init == "zeros"
+            and not any(p.startswith(projections_prefix) for p in spans)):
+        stuck = _zero_projections(layer)
+        if stuck is not None:
+            copied = f"the projection memories copy this level's settings, `init = zeros` among them, and {stuck}"
+            help = ("use `init = learned`, or give the selfmod a `level projections` of its own (its projection "
+                    "memories then start from learned weights)")
+            return (copied if why is None else f"{why}; {copied}"), help
+    return None if why is None else (why, help)
+
+
+def _zero_projections(layer: S.SelfModSpec) -> str | None:
+    """Why a selfmod's projection memories, starting at zero, never write (None where they do)."""
+    projections = layer.projections
+    if "k" in layer.adaptive:
+        return ("M_k starts at zero, so every key it generates is zero, and every projection memory's write "
+                "δ kᵀ is zero with it")
+    if projections.objective not in ("l2", "dot"):
+        return None  # reconstruction: the target is the static key
+    if projections.values == "generated":
+        return "each projection memory predicts M(k) = 0 and regresses onto its own M(v) = 0"
+    if "v" in layer.adaptive:
+        return "each projection memory predicts M(k) = 0 and regresses onto the values of M_v, which starts at zero"
+    return None
+
+
 def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                 dim: int | None = None) -> list[Diagnostic]:
     """The checks that need a whole layer: combinations of its levels' options, periods (and, given
@@ -592,6 +637,11 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
         if level.init == "zeros" and not isinstance(level.state, S.LinearState):
             error("E0601", "`init = zeros` needs a linear state (an all-zero MLP never learns)",
                   "use `init = learned`", f"{lp}.init")
+        elif context != "cms" and level.init == "zeros":
+            never_writes = _zero_start_never_writes(layer, name, level, spans, f"{path}.projections.")
+            if never_writes is not None:
+                why, help = never_writes
+                error("E0601", f"`init = zeros` never writes here: {why}", help, f"{lp}.init", f"{lp}.values")
         if context == "cms" and level.init == "zeros" and not level.learns_in_context(seq_len):
             why = ("it is stepped by the outer optimizer" if level.update == "outer" else
                    f"its period {level.period} is longer than train.seq_len = {seq_len}")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from compiler.optimizers import build_optimizer
+from nldsl import spec as S
 from nldsl.checker import check_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +130,54 @@ def test_an_mlp_memory_w0719_flags_really_diverges_in_its_first_forward(lr, warn
         assert any(isinstance(w.message, SpecWarning) and "W0719" in str(w.message) for w in caught) == warned
         with torch.no_grad():
             assert torch.isfinite(model(tokens)).all().item() != warned, seed
+
+
+ZERO_START_CASES = [  # (layer, refused): the layer as written, with `init = zeros` where it is refused
+    ("memory m { heads = 2 level { state = linear values = generated objective = l2 period = 2 } }", True),
+    ("memory m { heads = 2 level { state = linear values = generated objective = dot period = 2 } }", True),
+    ("memory m { heads = 2 level { state = linear objective = l2 period = 2 } }", False),  # given values
+    ("memory m { heads = 2 level { state = linear values = generated objective = reconstruction period = 2 } }",
+     False),
+    ("selfmod m { heads = 2 adaptive = [k, v] level memory { state = linear values = given period = 2 } "
+     "level projections { state = linear values = given period = 2 } }", True),  # M_k's keys
+    ("selfmod m { heads = 2 adaptive = [v, eta] level memory { state = linear values = given period = 2 } "
+     "level projections { state = linear values = given period = 2 } }", True),  # M_v's values
+    ("selfmod m { heads = 2 adaptive = [eta] level memory { state = linear values = given period = 2 } "
+     "level projections { state = linear values = given period = 2 } }", False),  # static keys and values
+    ("selfmod m { heads = 2 adaptive = [v] level memory { state = linear values = given period = 2 } "
+     "level projections { state = linear objective = reconstruction period = 2 } }", False),
+]
+
+
+@pytest.mark.parametrize(("layer", "refused"), ZERO_START_CASES)
+def test_init_zeros_is_refused_exactly_where_the_zero_state_never_writes(layer, refused):
+    """E0601 on `init = zeros` where the state would stay exactly zero, and not where it writes: each
+    case is built from its spec with learned starts, then run from zero starts (the checker's
+    refusal bypassed by editing the checked spec), and its zero-started states read after 16 tokens."""
+    from nldsl import loader
+
+    def text(zeros: bool) -> str:
+        written = layer.replace("state = linear", "state = linear init = zeros") if zeros else layer
+        return f"model t {{\n  vocab = 256\n  dim = 16\n  block {{\n    {written}\n  }}\n}}\n"
+
+    zero_starts = check_text(text(True), "z.nl")
+    assert [d.code for d in zero_starts.diagnostics if d.severity == "error"] == (["E0601"] if refused else [])
+    spec = check_text(text(False), "z.nl").spec
+    sublayer = spec.model.block.sublayers[0]
+    if isinstance(sublayer, S.MemorySpec):
+        sublayer = sublayer.model_copy(update={"level": sublayer.level.model_copy(update={"init": "zeros"})})
+    else:
+        sublayer = sublayer.model_copy(update={name: getattr(sublayer, name).model_copy(update={"init": "zeros"})
+                                               for name in ("memory", "projections")})
+    block = spec.model.block.model_copy(update={"sublayers": (sublayer,)})
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"block": block})})
+    torch.manual_seed(0)
+    model = loader.build_module(spec).build()
+    with torch.no_grad():
+        _, state = model(torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0)),
+                         return_state=True)
+    levels = [part for part in state[0]["m"].values() if hasattr(part, "weights")]
+    assert levels and all(part.weights[0].abs().max().item() == 0 for part in levels) == refused
 
 
 def test_hidden_on_a_linear_level_and_lr_zero_are_w0706():

@@ -135,8 +135,9 @@ def states(draw, square: bool = True) -> str:
 @st.composite
 def memory_level(draw) -> str:
     state = draw(states())
-    lines = [f"state = {state}", f"objective = {draw(st.sampled_from(['dot', 'l2', 'reconstruction']))}",
-             f"values = {draw(st.sampled_from(['given', 'generated']))}",
+    objective = draw(st.sampled_from(["dot", "l2", "reconstruction"]))
+    values = draw(st.sampled_from(["given", "generated"]))
+    lines = [f"state = {state}", f"objective = {objective}", f"values = {values}",
              f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
              f"dgd_layers = {draw(st.sampled_from(['first', 'all']))}",
              draw(gates("lr", False)), draw(gates("retention", True)), draw(gates("momentum", True)),
@@ -146,7 +147,8 @@ def memory_level(draw) -> str:
     if readout == "chunk_start" and state != "linear" and draw(st.booleans()):
         lines.append("orthogonalize = newton_schulz(3)")
     lines.append(f"readout = {readout}")
-    if state == "linear" and draw(st.booleans()):
+    # from zeros, a level whose targets are its own predictions never writes (E0601)
+    if state == "linear" and (values == "given" or objective == "reconstruction") and draw(st.booleans()):
         lines.append("init = zeros")
     return "level {\n      " + "\n      ".join(line for line in lines if line) + "\n    }"
 

@@ -100,9 +100,10 @@ CASES = {
                                      "period = 3 } level projections { period = 2 readout = chunk_start "
                                      "grad_through_writes = false } }", 6),
     # selfmod settings never generated
-    "selfmod_linear_zero_states": ("selfmod { heads = 2 conv = 0 adaptive = [k, v] level memory { state = linear "
-                                   "init = zeros period = 3 lr = 0.1 } level projections { period = 2 "
-                                   "readout = chunk_start state = linear init = zeros } }", 6),
+    # (static keys and given values: from zeros, M_k's zero keys or targets of their own would never write, E0601)
+    "selfmod_linear_zero_states": ("selfmod { heads = 2 conv = 0 adaptive = [alpha] level memory { state = linear "
+                                   "init = zeros values = given period = 3 lr = 0.1 } level projections { period = 2 "
+                                   "readout = chunk_start state = linear init = zeros values = given } }", 6),
     "selfmod_projections_given_dgd_all": ("selfmod { heads = 2 conv = 2 adaptive = [k, v, eta] level memory { "
                                           "period = 2 } level projections { period = 3 readout = chunk_start "
                                           "values = given objective = l2 rule = dgd dgd_layers = all } }", 6),

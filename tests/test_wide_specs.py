@@ -100,14 +100,16 @@ def memory_level(draw) -> str:
     else:
         lines = [gate(draw, "retention", True), gate(draw, "momentum", True), f"period = {draw(st.integers(1, 8))}"]
     readout = "chunk_start" if mode == "orthogonal" else draw(st.sampled_from(["causal", "exclusive", "chunk_start"]))
-    lines += [f"state = {kind}", f"objective = {draw(st.sampled_from(['dot', 'l2', 'reconstruction']))}",
-              f"values = {draw(st.sampled_from(['given', 'generated']))}",
+    objective = draw(st.sampled_from(["dot", "l2", "reconstruction"]))
+    values = draw(st.sampled_from(["given", "generated"]))
+    lines += [f"state = {kind}", f"objective = {objective}", f"values = {values}",
               rule(draw), gate(draw, "lr", False),
               f"grad_through_writes = {draw(st.sampled_from(['true', 'true', 'false']))}",
               f"readout = {readout}"]
     if mode == "orthogonal":
         lines.append(newton_schulz(draw))
-    if kind == "linear" and draw(st.booleans()):
+    # from zeros, a level whose targets are its own predictions never writes (E0601)
+    if kind == "linear" and (values == "given" or objective == "reconstruction") and draw(st.booleans()):
         lines.append("init = zeros")
     return "level {\n      " + "\n      ".join(line for line in lines if line) + "\n    }"
 
