@@ -142,7 +142,8 @@ L = "model.block.lmm.level."
     ("deltanet", [D + "objective=dot", D + "period=8"], True),                      # dot on given values: the kernel
     ("deltanet", [D + "objective=dot", D + "period=8", D + "readout=chunk_start"], False),  # readout dropped, chunk = 1
     ("deltanet", [D + "objective=dot", D + "period=8", D + "rule=dgd"], False),  # `not dgd` dropped, dgd = False
-    ("deltanet", [D + "objective=dot", D + "period=8", D + "values=generated"], False),
+    # (learned starts: from deltanet's zeros a memory with generated values never writes, E0601)
+    ("deltanet", [D + "objective=dot", D + "period=8", D + "values=generated", D + "init=learned"], False),
     ("titans_lmm", [L + "momentum=none", L + "period=1"], False),  # depth <= 2 read as one matrix
     ("titans_lmm", [L + "state=mlp(depth = 1)", L + "momentum=none", L + "period=1"], True),
     ("titans_mac", ["model.block.mac.memory.level.state=linear", "model.block.mac.memory.level.momentum=none",
