@@ -551,17 +551,15 @@ def _zero_start_never_writes(layer: Any, name: str, level: S.LevelSpec, spans: d
     M(v) = 0. A selfmod's projection memories write with the keys M_k generates (zero from a zero M_k)
     and regress onto the values M_v generates (likewise); measured, their states were still exactly zero
     after 16 tokens in each such case. Projection settings copied from `level memory` are named there."""
+    copied_projections = isinstance(layer, S.SelfModSpec) and not any(p.startswith(projections_prefix) for p in spans)
     if name == "projections":
-        copied = not any(p.startswith(projections_prefix) for p in spans)
         # copied: `memory` reports it; without adaptive projections nothing reads them (W0703)
-        stuck = None if copied or not layer.adaptive else _zero_projections(layer)
+        stuck = None if copied_projections or not layer.adaptive else _zero_projections(layer)
         return None if stuck is None else (stuck, "use `init = learned` on the projections level")
     why = ("the memory's prediction M(k) and its target M(v) both start at zero, so every inner gradient is zero "
            "and the state stays zero" if level.values == "generated" and level.objective in ("l2", "dot") else None)
     help = "use `init = learned`, or `values = given`"
-    projections = layer.projections if isinstance(layer, S.SelfModSpec) else None
-    if (projections is not None and layer.adaptive and projections.init == "zeros"
-            and not any(p.startswith(projections_prefix) for p in spans)):
+    if copied_projections and layer.adaptive:  # the copy starts at zero as this level does
         stuck = _zero_projections(layer)
         if stuck is not None:
             copied = f"the projection memories copy this level's settings, `init = zeros` among them, and {stuck}"
