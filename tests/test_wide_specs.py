@@ -9,7 +9,8 @@ layers, selfmods with their own projection settings, three-level nested CMS and 
 
 Both generators' specs also stream: cut at a multiple of every chunk with the state carried, a call
 pair equals one call (`test_random_spec_streams_in_two_calls`; the shipped specs' cases are in
-tests/test_compiler.py).
+tests/test_compiler.py). And at any cut they are causal, give a prefix's outputs on the prefix alone,
+and keep the sequences of a batch apart (`test_a_random_spec_is_causal_prefix_consistent_and_batch_independent`).
 
 Three things are set aside here, each for a reason measured when it was added:
 - specs whose in-context states diverge. Their outputs can stay finite behind an output norm while
@@ -305,6 +306,45 @@ def test_random_spec_streams_in_two_calls(text: str, data) -> None:
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-9, atol=1e-9)
     for entry, expected in zip(_tensors(carried), _tensors(final), strict=True):
         torch.testing.assert_close(entry, expected, rtol=1e-9, atol=1e-9)
+
+
+CAUSAL_SPECS = int(os.environ.get("NLDSL_CAUSAL_SPECS", "80"))
+
+
+@settings(max_examples=CAUSAL_SPECS, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(text=st.one_of(random_specs(), wide_specs()), length=st.integers(4, 40), data=st.data())
+def test_a_random_spec_is_causal_prefix_consistent_and_batch_independent(text: str, length: int, data) -> None:
+    """For both generators' specs, at a random cut that need not fall on any chunk's end: tokens past
+    the cut leave the outputs before it unchanged, a call on the tokens before the cut gives those
+    outputs (a short last chunk reads as the same chunk cut by a longer call), each sequence of a
+    batch gives alone what it gives in the batch, and a second call gives the first one's outputs
+    (a call leaves no trace in the model)."""
+    result = check_text(text, "random.nl")
+    assume(not any(d.severity == "error" for d in result.diagnostics))
+    spec = result.spec
+    model = perturbed_model(spec, 5)
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="token seed"))
+    tokens = torch.randint(0, spec.model.vocab, (3, length), generator=generator)
+    cut = data.draw(st.integers(1, length - 1), label="cut")
+    with torch.no_grad():
+        whole, final = model(tokens, return_state=True)
+        assume(torch.isfinite(whole).all())
+        assume(all(entry.abs().max() <= DIVERGED for entry in _tensors(final)
+                   if entry.is_floating_point() and entry.numel()))
+        assume(not amplifies_rounding(model, tokens))
+        changed = tokens.clone()
+        changed[:, cut:] = (changed[:, cut:] + torch.randint(1, spec.model.vocab, changed[:, cut:].shape,
+                                                             generator=generator)) % spec.model.vocab
+        later_changed = model(changed)
+        prefix = model(tokens[:, :cut])
+        alone = torch.cat([model(tokens[b:b + 1]) for b in range(len(tokens))])
+        again = model(tokens)
+    same = {"rtol": 1e-9, "atol": 1e-9 * whole.abs().max().item()}
+    torch.testing.assert_close(later_changed[:, :cut], whole[:, :cut], **same, msg=lambda m: f"not causal: {m}")
+    torch.testing.assert_close(prefix, whole[:, :cut], **same, msg=lambda m: f"the prefix differs: {m}")
+    torch.testing.assert_close(alone, whole, **same, msg=lambda m: f"sequences of a batch interact: {m}")
+    torch.testing.assert_close(again, whole, **same, msg=lambda m: f"a second call differs: {m}")
 
 
 def test_a_chaotic_spec_is_told_from_a_calm_one() -> None:
