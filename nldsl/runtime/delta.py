@@ -70,7 +70,13 @@ def log_gate(gate: Tensor) -> Tensor:
     1e-308 times what it scales: a state that `retention = 0` should have wiped still moved a
     relu memory's pre-activations off 0 (by about 1e-308), so relu's derivative there read 1 where
     the interpreter's exact 0 reads 0 (a run of the wide-spec property test without derandomize
-    found it: outputs 0.38 apart)."""
+    found it: outputs 0.38 apart).
+
+    The gradient with respect to a gate that is exactly 0 is 0 here (log has no derivative there),
+    where the per-token reference's is the state the gate scales. No spec reaches the difference:
+    every gate is a constant or `max · sigmoid(…)` (docs/semantics.md §2), whose own derivative is
+    0 wherever it is 0, so what flows back to a parameter is 0 either way. (An audit of this kernel
+    against the reference on random shapes and gates, α drawn with exact zeros, found it.)"""
     tiny = torch.finfo(gate.dtype).tiny
     return torch.where(gate > 0, torch.log(gate.clamp_min(tiny)), 2 * math.log(tiny))
 

@@ -183,3 +183,32 @@ def test_coefficients_match_chunk_rule(objective: str, values: str, dgd: bool, r
         return level
 
     check_against(run(True), run(False), list(t.values()))
+
+
+def test_a_sigmoid_gate_that_underflows_to_zero_passes_back_what_the_reference_does() -> None:
+    """A retention gate exactly 0 has no log: the kernel's gradient for it is 0 where the reference's
+    is the state it scales (log_gate). Every gate a spec makes is a constant or max · sigmoid(z), and
+    where that is 0 so is its derivative, so what reaches z agrees; the gate's own gradient does not."""
+    t = draw(40, seed=5)
+    logits = torch.randn(BATCH, HEADS, 40, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    logits[..., ::7] = -1e4  # sigmoid underflows to exactly 0 at these tokens
+    logits.requires_grad_()
+
+    def run(function):
+        alpha = torch.sigmoid(logits)
+        alpha.retain_grad()
+        beta = t["beta"].unsqueeze(-1)
+        outputs, final = function(t["q"], t["k"], -beta * t["k"], beta * t["v"], alpha, t["state"])
+        projection = torch.Generator().manual_seed(99)
+        loss = sum((p * torch.randn(p.shape, generator=projection, dtype=p.dtype)).sum() for p in (outputs, final))
+        logits.grad = None
+        loss.backward()
+        return alpha, logits.grad.clone(), alpha.grad.clone()
+
+    alpha, kernel_logits, kernel_alpha = run(lambda *a: generalized_delta_chunked(*a, block=16))
+    _, reference_logits, reference_alpha = run(generalized_delta_reference)
+    zero = alpha == 0
+    assert zero.sum() == BATCH * HEADS * 6
+    assert relative_error(kernel_logits, reference_logits) <= GRAD_RTOL
+    assert relative_error(kernel_alpha[~zero], reference_alpha[~zero]) <= GRAD_RTOL
+    assert (kernel_alpha[zero] == 0).all() and (reference_alpha[zero] != 0).all()
