@@ -38,8 +38,9 @@ RTOL = 1e-10  # kernel vs PyTorch, float64: the same arithmetic in another order
 MODEL_RTOL = 1e-9  # a whole HOPE model, float64, through many chunks; random problems up to 600 wide
 KERNEL_PROBLEMS = int(os.environ.get("NLDSL_KERNEL_PROBLEMS", "200"))
 # float32: the kernel's error against the float64 answer, at most this many times the PyTorch step's own
-# float32 error (on the same inputs or on inputs an ulp away), or under the floor
-FLOAT32_FACTOR, FLOAT32_FLOOR = 20.0, 2e-5
+# float32 error (on the same inputs or on inputs an ulp away), or under the floor. An audit of 28,036 random
+# problems read at most 21 times; a kernel dropping 3 leftover rows of a product read 5.7·10⁴ (1.9e-3 vs 3.3e-8)
+FLOAT32_FACTOR, FLOAT32_FLOOR = 100.0, 2e-5
 BATCH, HEADS, WIDTH, HIDDEN, TOKENS = 2, 3, 6, 7, 5
 
 def level(state: str = "residual_mlp", **options) -> LevelConfig:

@@ -136,8 +136,10 @@ def relative_error(actual: torch.Tensor | None, expected: torch.Tensor | None) -
 
 def assert_matches_reference(
     cfg: LevelConfig, length: int, *, learned_retention: bool = True, seed: int = 0,
-    allow_delta_kernel: bool = True, sizes: tuple[int, int] = (BATCH, HEADS),
+    allow_delta_kernel: bool = True, sizes: tuple[int, int] = (BATCH, HEADS), slack: float = 0.0,
 ) -> None:
+    """The fast path against the reference: outputs, final state and every input gradient. `slack`
+    raises the tolerance to what the inputs' own conditioning allows (test_random_shapes)."""
     inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed, sizes=sizes)
 
     def fast(*arguments):
@@ -151,6 +153,7 @@ def assert_matches_reference(
     expected_outputs, expected_final, expected_gradients = outputs_and_gradients(reference, inputs)
     assert outputs.shape == (*sizes, length, cfg.d_out)
     output_rtol, grad_rtol = (OUTPUT_RTOL, GRAD_RTOL) if cfg.orthogonalize_steps else (EXACT_RTOL, EXACT_RTOL)
+    output_rtol, grad_rtol = max(output_rtol, slack), max(grad_rtol, slack)
     assert relative_error(outputs, expected_outputs) <= output_rtol
     produced = [*final.weights, *(final.momentum or [])]
     expected = [*expected_final.weights, *(expected_final.momentum or [])]
@@ -293,7 +296,7 @@ def level_shapes(draw) -> tuple[LevelConfig, int, tuple[int, int], bool, bool, i
             depth=draw(st.integers(1, 4)) if kind == "mlp" else 2, activation=draw(st.sampled_from(ACTIVATION_CYCLE)),
             objective=objective, values=values, dgd=draw(st.booleans()),
             dgd_layers=draw(st.sampled_from(["first", "all"])), momentum=draw(st.booleans()),
-            chunk_size=draw(st.sampled_from([1, 2, 3, 5, 8, 16, 20])), readout=readout,
+            chunk_size=draw(st.sampled_from([1, 1, 1, 2, 3, 5, 8, 16, 20])), readout=readout,
             orthogonalize_steps=draw(st.sampled_from([0, 0, 2])) if readout == "chunk_start" else 0,
             grad_through_writes=draw(st.booleans()), decay_before_write=draw(st.sampled_from([False, False, True])))
     except AssertionError:  # a combination the level refuses (as the checker would)
@@ -309,14 +312,25 @@ def test_random_shapes(case) -> None:
     without the delta kernel: the fixed small shapes above leave most of these sizes untried."""
     cfg, length, sizes, learned_retention, delta_kernel, seed = case
     assume(cfg is not None)
+
+    def reference_run(shake: float) -> list[torch.Tensor]:
+        inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed, sizes=sizes)
+        with torch.no_grad():
+            for leaf in inputs.leaves():
+                leaf.mul_(1 + shake * torch.randn(leaf.shape, generator=torch.Generator().manual_seed(1),
+                                                  dtype=leaf.dtype))
+            outputs, final = memory_level_reference(cfg, *inputs.arguments(), inputs.external_loss)
+        return [outputs, *final.weights]
+
+    exact, shaken = reference_run(0.0), reference_run(1e-14)
     # Some draws have inner dynamics that blow up (a `dot` objective on generated values amplifies itself,
     # one-wide keys at that): both paths overflow alike, and nothing is left to compare. Those are passed over.
-    inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed, sizes=sizes)
-    with torch.no_grad():
-        outputs, final = memory_level_reference(cfg, *inputs.arguments(), inputs.external_loss)
-    assume(all(bool(t.isfinite().all()) and t.abs().max() < 1e3 for t in (outputs, *final.weights)))
+    assume(all(bool(t.isfinite().all()) and t.abs().max() < 1e3 for t in exact))
+    # Others are chaotic: inputs moved by 1e-14 move the reference's own results by up to 1e-6 (an audit,
+    # a 4-matrix mlp reconstructing its inputs), so the fast path is held to what rounding alone does there
+    sensitivity = max(relative_error(moved, result) for moved, result in zip(shaken, exact))
     assert_matches_reference(cfg, length, learned_retention=learned_retention, seed=seed,
-                             allow_delta_kernel=delta_kernel, sizes=sizes)
+                             allow_delta_kernel=delta_kernel, sizes=sizes, slack=1e3 * sensitivity)
 
 
 def test_chunk_step_equals_level_on_one_chunk() -> None:
