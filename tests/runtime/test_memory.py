@@ -125,21 +125,23 @@ def outputs_and_gradients(
     return outputs, final, list(gradients)
 
 
-def relative_error(actual: torch.Tensor | None, expected: torch.Tensor | None) -> float:
-    """‖actual − expected‖ / ‖expected‖, where a missing gradient counts as zeros."""
+def relative_error(actual: torch.Tensor | None, expected: torch.Tensor | None, floor: float = 1e-30) -> float:
+    """‖actual − expected‖ / max(‖expected‖, floor), where a missing gradient counts as zeros."""
     if actual is None and expected is None:
         return 0.0
     actual = torch.zeros_like(expected) if actual is None else actual
     expected = torch.zeros_like(actual) if expected is None else expected
-    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+    return ((actual - expected).norm() / expected.norm().clamp_min(floor)).item()
 
 
 def assert_matches_reference(
     cfg: LevelConfig, length: int, *, learned_retention: bool = True, seed: int = 0,
     allow_delta_kernel: bool = True, sizes: tuple[int, int] = (BATCH, HEADS), slack: float = 0.0,
+    floor: float = 1e-30,
 ) -> None:
     """The fast path against the reference: outputs, final state and every input gradient. `slack`
-    raises the tolerance to what the inputs' own conditioning allows (test_random_shapes)."""
+    raises the tolerance to what the inputs' own conditioning allows, and a result whose norm is under
+    `floor` is compared at that norm (test_random_shapes)."""
     inputs = make_inputs(cfg, length, learned_retention=learned_retention, seed=seed, sizes=sizes)
 
     def fast(*arguments):
@@ -154,14 +156,14 @@ def assert_matches_reference(
     assert outputs.shape == (*sizes, length, cfg.d_out)
     output_rtol, grad_rtol = (OUTPUT_RTOL, GRAD_RTOL) if cfg.orthogonalize_steps else (EXACT_RTOL, EXACT_RTOL)
     output_rtol, grad_rtol = max(output_rtol, slack), max(grad_rtol, slack)
-    assert relative_error(outputs, expected_outputs) <= output_rtol
+    assert relative_error(outputs, expected_outputs, floor) <= output_rtol
     produced = [*final.weights, *(final.momentum or [])]
     expected = [*expected_final.weights, *(expected_final.momentum or [])]
     assert len(produced) == len(expected)
     for index, (actual, wanted) in enumerate(zip(produced, expected)):
-        assert relative_error(actual, wanted) <= output_rtol, f"final state tensor {index}"
+        assert relative_error(actual, wanted, floor) <= output_rtol, f"final state tensor {index}"
     for index, (actual, wanted) in enumerate(zip(gradients, expected_gradients)):
-        assert relative_error(actual, wanted) <= grad_rtol, f"gradient of leaf {index}"
+        assert relative_error(actual, wanted, floor) <= grad_rtol, f"gradient of leaf {index}"
     assert any(g is not None and g.abs().sum() > 0 for g in expected_gradients)
 
 
@@ -327,10 +329,14 @@ def test_random_shapes(case) -> None:
     # one-wide keys at that): both paths overflow alike, and nothing is left to compare. Those are passed over.
     assume(all(bool(t.isfinite().all()) and t.abs().max() < 1e3 for t in exact))
     # Others are chaotic: inputs moved by 1e-14 move the reference's own results by up to 1e-6 (an audit,
-    # a 4-matrix mlp reconstructing its inputs), so the fast path is held to what rounding alone does there
-    sensitivity = max(relative_error(moved, result) for moved, result in zip(shaken, exact))
+    # a 4-matrix mlp reconstructing its inputs), so the fast path is held to what rounding alone does there.
+    # And a one-wide linear state can cancel down to 1e-20 and less, where both paths keep only rounding of
+    # the O(1) terms that cancelled (1e-16 and less apart in the audit): results under 1e-3 are compared
+    # at 1e-3, the inputs being O(1)
+    floor = 1e-3
+    sensitivity = max(relative_error(moved, result, floor) for moved, result in zip(shaken, exact))
     assert_matches_reference(cfg, length, learned_retention=learned_retention, seed=seed,
-                             allow_delta_kernel=delta_kernel, sizes=sizes, slack=1e3 * sensitivity)
+                             allow_delta_kernel=delta_kernel, sizes=sizes, slack=1e3 * sensitivity, floor=floor)
 
 
 def test_chunk_step_equals_level_on_one_chunk() -> None:
