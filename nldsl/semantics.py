@@ -40,18 +40,23 @@ def walk_layers(layers: tuple[Any, ...], path: str) -> Iterator[tuple[str, Any]]
             yield f"{layer_path}.attention", layer.attention
 
 
+def in_context_levels(model: S.ModelSpec, seq_len: int) -> Iterator[tuple[str, Any, str, S.LevelSpec]]:
+    """(layer path, layer, level name, level) of every level that learns in the forward pass: those
+    the model reads, less the cms levels that are plain MLPs on the continuum clock."""
+    for layer_path, layer in walk_layers(model.block.sublayers, "block"):
+        for name, level in read_levels_of(layer, seq_len):
+            if not isinstance(layer, S.CMSSpec) or level.learns_in_context(seq_len):
+                yield layer_path, layer, name, level
+
+
 def in_context_periods(model: S.ModelSpec, seq_len: int) -> set[int]:
     """The chunk sizes of the levels that learn in the forward pass (a nested cms's slower levels
     count their periods from the stream's start, so only its fastest level's chunks are cut by a
     call's end)."""
-    periods: set[int] = set()
-    for _, layer in walk_layers(model.block.sublayers, "block"):
-        levels = [level for _, level in read_levels_of(layer, seq_len)]
-        if isinstance(layer, S.CMSSpec):
-            levels = [level for level in levels[:1 if layer.variant == "nested" else None]
-                      if level.learns_in_context(seq_len)]
-        periods.update(level.period for level in levels if isinstance(level.period, int))
-    return periods
+    return {level.period for _, layer, name, level in in_context_levels(model, seq_len)
+            if isinstance(level.period, int)
+            and not (isinstance(layer, S.CMSSpec) and layer.variant == "nested"
+                     and name != read_levels_of(layer, seq_len)[0][0])}
 
 
 def context_segments(model: S.ModelSpec) -> set[int]:

@@ -455,14 +455,26 @@ def first_non_finite(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf
     """Where a forward pass (with its targets, which the surprise of a CMS reads, and a carried
     memory `state`) first gives a value that is not finite: the submodule, innermost first, that
     returned it (e.g. "lmm of block 0 (blocks.0.lmm)"), or None when the logits are finite."""
+    name = non_finite_module(model, inputs, targets, bf16=bf16, state=state)
+    return None if name is None else describe_module(name)
+
+
+def describe_module(name: str) -> str:
+    """A submodule's name as the errors write it: "lmm of block 0 (blocks.0.lmm)"."""
+    block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    return f"{block[2]} of block {block[1]} ({name})" if block else name or "the model"
+
+
+def non_finite_module(model: torch.nn.Module, inputs: Tensor, targets: Tensor, bf16: bool = False,
+                      state: Any = None) -> str | None:
+    """The name of the submodule of `first_non_finite` ("" for the model itself), or None."""
     found: list[str] = []
 
     def check(name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             tensors = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, Tensor)]
             if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
-                block = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-                found.append(f"{block[2]} of block {block[1]} ({name})" if block else name or "the model")
+                found.append(name)
         return hook
 
     handles = [module.register_forward_hook(check(name)) for name, module in model.named_modules()]
@@ -594,7 +606,7 @@ DIVERGED_MEMORY = ("A memory without retention, or with a large `lr`, can grow p
                    "saved state meets this segment first")
 # what to change when an in-context level diverges (`nldsl train` says it of a first step too)
 IN_CONTEXT_LR_ADVICE = ("An in-context level's learning rate (`lr` in its `level`) set too high is the usual cause: "
-                        "lower it, or bound it with learned(max = …)")
+                        "lower it, or its bound in learned(max = …) or generated(max = …)")
 
 
 def _non_finite_cause(model: torch.nn.Module, inputs: Tensor, targets: Tensor, memory: Any) -> str:

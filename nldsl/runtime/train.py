@@ -68,14 +68,17 @@ from nldsl.runtime.distributed import Distributed
 from nldsl.runtime.evaluate import (
     IN_CONTEXT_LR_ADVICE,
     Evaluation,
+    describe_module,
     evaluate,
     evaluation_from_sums,
     first_non_finite,
     generate,
+    non_finite_module,
     shown_text,
 )
 from nldsl.runtime.heap import frozen_heap
 from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signal_number, terminate_as_interrupt
+from nldsl.semantics import in_context_levels
 
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "blocks": "compiled per block", "chunks": "compiled per chunk"}
@@ -624,25 +627,35 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
     def _divergence_note(step: int) -> str:
         """Finite is not good: a checkpoint whose training loss had risen well past the run's lowest
         may already be diverging, and the earlier ones are the way back (named while they exist)."""
-        here = losses.get(step)
-        if here is None or not losses:
+        risen = risen_loss(losses, step)
+        if risen is None:
             return ""
-        best_step = min(losses, key=losses.__getitem__)
-        if here <= 1.1 * losses[best_step]:
-            return ""
+        here, count, lowest, first, last = risen
         earlier = [path for path in C.complete_checkpoints(run_dir) if path != last_checkpoint[0]]
         back = (f"start a new run from an earlier checkpoint instead, e.g. --init-from {earlier[-1]} --run-dir NEW "
                 f"(kept: {', '.join(path.name for path in earlier)})" if earlier else
                 "train again, into a new --run-dir (no earlier checkpoint is kept: raise train.keep_checkpoints)")
-        return (f". That checkpoint's training loss was {here:.4g}, above this run's lowest, {losses[best_step]:.4g} "
-                f"at step {best_step}: if it had begun to diverge, {back}")
+        stretch = f"step {last}" if first == last else f"steps {first}–{last}"
+        return (f". The training loss had risen by that checkpoint: {here:.4g} on average over the {count} step(s) "
+                f"to it, against {lowest:.4g} over {stretch}, the run's lowest: if it had begun to diverge, {back}")
 
     def stopped(what: str, from_the_checkpoint: bool = False,
-                batch: tuple[Tensor, Tensor] | None = None) -> TrainingError:
+                batch: tuple[Tensor, Tensor] | None = None, forward_failed: bool = False) -> TrainingError:
         """The error that ends a diverged run, with advice that works: --resume takes a lower lr or a
         clip (CONTINUABLE_FIXES), and the last checkpoint never holds non-finite weights (`save`).
         When the step that failed is the first one after the last checkpoint, its weights already
-        give a non-finite loss or gradient before any new lr acts: resuming from it cannot help."""
+        give a non-finite loss or gradient before any new lr acts: resuming from it cannot help.
+        Where the forward pass of trained weights is what failed, inside a layer whose levels learn in
+        context, those levels' own lr is the fix (`in_context_divergence`)."""
+        trained = last_checkpoint[0] is not None or not from_the_checkpoint  # not the run's first weights
+        if batch is not None and forward_failed and trained and context.world_size == 1:
+            # an in-context memory can diverge inside a sequence from finite weights whose loss was
+            # steady: a lower outer lr or a resume does not reach it, the level's own lr does
+            name = non_finite_module(model, *batch, bf16=bf16)
+            levels = [] if name is None else levels_in(name, spec.model, plan.seq_len)
+            if name is not None and levels:
+                why = in_context_divergence(name, levels, last_checkpoint[0], _lower_lr(plan))
+                return TrainingError(f"{what}; {why}")
         if from_the_checkpoint and last_checkpoint[0]:
             complete = C.complete_checkpoints(run_dir)  # oldest first, by step (names sort wrongly past 999,999)
             earlier = complete[:complete.index(last_checkpoint[0])] if last_checkpoint[0] in complete else []
@@ -774,7 +787,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                 raise stopped(f"the training loss is {loss_value} (gradient norm {norm_value}) at step {step + 1}; "
                               "stopped before the optimizer step, nothing from this step was written",
-                              from_the_checkpoint=step == saved_step[0], batch=(inputs, targets))
+                              from_the_checkpoint=step == saved_step[0], batch=(inputs, targets),
+                              forward_failed=not math.isfinite(loss_value))
             # A step is applied and logged whole or not at all: Ctrl-C waits for the end of this block.
             with deferred_interrupt():
                 clock.tick(step)
@@ -1232,6 +1246,74 @@ def _lower_lr(plan: Any) -> str:
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         return "…"
     return f"{min(lr / 10, LOWER_LR_CAP):.3g}"
+
+
+# Steps a training loss is averaged over before a checkpoint's is called risen: one batch's loss
+# moves by ±30% on small batches (B 2, T 128: 1.82 to 3.11 within 20 steps of a calm run).
+RISEN_LOSS_STEPS = 10
+
+
+def risen_loss(losses: dict[int, float], step: int,
+               steps: int = RISEN_LOSS_STEPS) -> tuple[float, int, float, int, int] | None:
+    """Whether the training loss had risen by `step`: the mean of the consecutive steps ending
+    there, more than 10% above the lowest mean of as many consecutive steps in `losses`. They are
+    `steps` steps, or half the steps logged up to `step` where that is fewer, so that a short run
+    has an earlier stretch to compare with. Returns (that mean, the steps in it, the lowest mean,
+    its first and last step)."""
+    logged = 0
+    while step - logged in losses:
+        logged += 1
+    if not logged:
+        return None
+    count = min(steps, max(1, logged // 2))
+    means = {last: sum(losses[last - back] for back in range(count)) / count for last in losses
+             if all(last - back in losses for back in range(count))}
+    best = min(means, key=means.__getitem__)
+    if means[step] <= 1.1 * means[best]:
+        return None
+    return means[step], count, means[best], best - count + 1, best
+
+
+def levels_in(module_name: str, model: S.ModelSpec, seq_len: int) -> list[tuple[str, S.LevelSpec]]:
+    """The levels that learn in context inside the generated model's submodule `module_name`
+    (`blocks.N.` and a layer's spec path), each with the `--set` path of its section."""
+    block = re.fullmatch(r"blocks\.\d+\.(.+)", module_name)
+    if block is None:  # the model, its block list or a whole block: no one layer to blame
+        return []
+    path = f"block.{block[1]}"
+    return [(f"model.{layer_path}.{name}", level) for layer_path, _, name, level in in_context_levels(model, seq_len)
+            if layer_path == path or layer_path.startswith(f"{path}.") or path.startswith(f"{layer_path}.")]
+
+
+def _lower_in_context_lr(gate: Any) -> str | None:
+    """A level's `lr` at half its value or bound, as an override's value; None for a per-head lr,
+    which the outer optimizer trains, so that no setting bounds it."""
+    if isinstance(gate, S.ConstantGate):
+        return f"{gate.value / 2:g}"
+    if isinstance(gate, S.LearnedGate):
+        init = "" if gate.init is None else f", init = {gate.init / 2:g}"
+        return f"learned(max = {gate.max / 2:g}{init})"
+    if isinstance(gate, S.GeneratedGate):
+        return f"generated(max = {gate.max / 2:g})"
+    return None
+
+
+def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], checkpoint: Path | None,
+                          lower_lr: str) -> str:
+    """Why a trained model's forward pass was not finite where `levels` learn in context, and the two
+    ways on: the levels' own lr (a changed spec, so a new run from the checkpoint), or the outer lr
+    with --resume, which moves the weights the memories start from."""
+    lowered = [(path, _lower_in_context_lr(level.lr)) for path, level in levels]
+    settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
+    then = (f"start a new run from the last good checkpoint with it, --init-from {checkpoint} --run-dir NEW "
+            "(--resume refuses a changed spec)" if checkpoint else "train again with it")
+    resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
+              "which changes the weights the memories start from" if checkpoint else "")
+    which = "one of them" if len(levels) > 1 else "it"
+    example = f", e.g. {settings}" if settings else ""
+    return (f"the forward pass is first not finite in {describe_module(module_name)}, whose levels learn in "
+            f"context ({', '.join(path for path, _ in levels)}): most likely {which} diverged inside this step's "
+            f"sequences. {IN_CONTEXT_LR_ADVICE}{example}, and {then}{resume}")
 
 
 def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
