@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from conftest import shipped_spec_paths
 from nldsl.compiler.optimizers import build_optimizer
+from test_interpreter import COVERAGE, COVERAGE_TRAIN, model_text
 
 from nldsl import loader
 from nldsl.checker import check_file, check_text
@@ -1319,9 +1320,17 @@ def test_a_memory_that_diverges_mid_run_is_blamed_with_its_own_lr_and_the_advice
     assert resolved["spec"]["model"]["block"]["sublayers"][0]["level"]["lr"]["max"] == 0.0025
 
 
-@pytest.mark.parametrize("spec_path", [path for path in shipped_spec_paths() if "/optimizers/" not in path])
-def test_every_in_context_layer_of_a_shipped_spec_is_found_and_its_advice_checks(spec_path):
-    result = check_file(REPO / spec_path)
+@pytest.mark.parametrize("spec_path", [*(path for path in shipped_spec_paths() if "/optimizers/" not in path),
+                                       *(f"coverage:{case}" for case in COVERAGE)])
+def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_path):
+    """Every layer whose levels learn in context (nested parallel branches and MAC parts too) is
+    found from the generated module's names, and each override the advice gives checks and lowers
+    the level's lr; a per-head lr, which the outer optimizer trains, gets none."""
+    path = REPO / spec_path
+    if spec_path.startswith("coverage:"):
+        path = tmp_path / "case.nl"
+        path.write_text(model_text(COVERAGE[spec_path.partition(":")[2]], train=COVERAGE_TRAIN))
+    result = check_file(path)
     model, seq_len = result.spec.model, result.spec.train.seq_len
     module = loader.build_model(loader.compile_module(result), result.spec, torch.device("cpu"))
     found = {path for name, _ in module.named_modules() for path, _ in T.levels_in(name, model, seq_len)}
@@ -1331,12 +1340,15 @@ def test_every_in_context_layer_of_a_shipped_spec_is_found_and_its_advice_checks
         if levels:
             advice = T.in_context_divergence(name, levels, None, "0.0003")
             overrides = re.findall(r'--set "([^"]+)"', advice)
-            assert len(overrides) == len(levels)  # no shipped level has a per-head lr
-            checked = check_file(REPO / spec_path, overrides)
-            assert checked.ok and len(checked.diagnostics) == len(result.diagnostics), overrides
+            bounded = [(path, level) for path, level in levels
+                       if level.lr.kind != "per_head" and level.orthogonalize is None]
+            assert [o.partition(".lr=")[0] for o in overrides] == [path for path, _ in bounded]
+            assert bool(bounded) != ("No setting of" in advice)
+            checked = check_file(path, overrides)  # no new warning (W0706: an lr that has no effect)
+            assert checked.ok and {d.code for d in checked.diagnostics} <= {d.code for d in result.diagnostics}
             lowered = {f"model.{layer}.{name}": level.lr for layer, _, name, level
                        in in_context_levels(checked.spec.model, seq_len)}
-            assert all(lowered[path] != level.lr for path, level in levels), overrides
+            assert all(lowered[path] != level.lr for path, level in bounded), overrides
 
 
 def test_ctrl_c_during_an_evaluation_is_made_up_on_resume(tmp_path, text_file, capsys, monkeypatch):

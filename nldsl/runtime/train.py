@@ -1285,9 +1285,13 @@ def levels_in(module_name: str, model: S.ModelSpec, seq_len: int) -> list[tuple[
             if layer_path == path or layer_path.startswith(f"{path}.") or path.startswith(f"{layer_path}.")]
 
 
-def _lower_in_context_lr(gate: Any) -> str | None:
-    """A level's `lr` at half its value or bound, as an override's value; None for a per-head lr,
-    which the outer optimizer trains, so that no setting bounds it."""
+def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
+    """A level's `lr` at half its value or bound, as an override's value; None where no setting of
+    it bounds the writes: a per-head lr, which the outer optimizer trains, and a level whose
+    newton_schulz sets each write's size itself (W0706 says so of a constant lr)."""
+    gate = level.lr
+    if level.orthogonalize is not None:
+        return None
     if isinstance(gate, S.ConstantGate):
         return f"{gate.value / 2:g}"
     if isinstance(gate, S.LearnedGate):
@@ -1303,17 +1307,20 @@ def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]
     """Why a trained model's forward pass was not finite where `levels` learn in context, and the two
     ways on: the levels' own lr (a changed spec, so a new run from the checkpoint), or the outer lr
     with --resume, which moves the weights the memories start from."""
-    lowered = [(path, _lower_in_context_lr(level.lr)) for path, level in levels]
+    lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
+    advice = (f"{IN_CONTEXT_LR_ADVICE}, e.g. {settings}" if settings else
+              f"No setting of {'their' if len(levels) > 1 else 'its'} lr bounds the writes here (a per-head lr is "
+              "trained by the outer optimizer, and newton_schulz sizes each write itself): give it a retention "
+              "below 1, since a memory that never forgets can grow without bound")
     then = (f"start a new run from the last good checkpoint with it, --init-from {checkpoint} --run-dir NEW "
             "(--resume refuses a changed spec)" if checkpoint else "train again with it")
     resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
               "which changes the weights the memories start from" if checkpoint else "")
     which = "one of them" if len(levels) > 1 else "it"
-    example = f", e.g. {settings}" if settings else ""
     return (f"the forward pass is first not finite in {describe_module(module_name)}, whose levels learn in "
             f"context ({', '.join(path for path, _ in levels)}): most likely {which} diverged inside this step's "
-            f"sequences. {IN_CONTEXT_LR_ADVICE}{example}, and {then}{resume}")
+            f"sequences. {advice}, and {then}{resume}")
 
 
 def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
