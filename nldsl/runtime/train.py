@@ -650,11 +650,12 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         trained = last_checkpoint[0] is not None or not from_the_checkpoint  # not the run's first weights
         if batch is not None and forward_failed and trained and context.world_size == 1:
             # an in-context memory can diverge inside a sequence from finite weights whose loss was
-            # steady: a lower outer lr or a resume does not reach it, the level's own lr does
+            # steady: its own lr reaches that; a lower outer lr only moves the weights it starts from
             name = non_finite_module(model, *batch, bf16=bf16)
             levels = [] if name is None else levels_in(name, spec.model, plan.seq_len)
             if name is not None and levels:
-                why = in_context_divergence(name, levels, last_checkpoint[0], _lower_lr(plan))
+                why = in_context_divergence(name, levels, last_checkpoint[0],
+                                            None if from_the_checkpoint else _lower_lr(plan))
                 return TrainingError(f"{what}; {why}")
         if from_the_checkpoint and last_checkpoint[0]:
             complete = C.complete_checkpoints(run_dir)  # oldest first, by step (names sort wrongly past 999,999)
@@ -1303,10 +1304,11 @@ def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
 
 
 def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], checkpoint: Path | None,
-                          lower_lr: str) -> str:
-    """Why a trained model's forward pass was not finite where `levels` learn in context, and the two
-    ways on: the levels' own lr (a changed spec, so a new run from the checkpoint), or the outer lr
-    with --resume, which moves the weights the memories start from."""
+                          lower_lr: str | None) -> str:
+    """Why a trained model's forward pass was not finite where `levels` learn in context, and the
+    ways on: the levels' own lr (a changed spec, so a new run from the checkpoint), or, given
+    `lower_lr`, --resume with it, which moves the weights the memories start from (None where the
+    checkpoint's own weights fail: no outer lr acts before that)."""
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
     advice = (f"{IN_CONTEXT_LR_ADVICE}, e.g. {settings}" if settings else
@@ -1316,7 +1318,7 @@ def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]
     then = (f"start a new run from the last good checkpoint with it, --init-from {checkpoint} --run-dir NEW "
             "(--resume refuses a changed spec)" if checkpoint else "train again with it")
     resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
-              "which changes the weights the memories start from" if checkpoint else "")
+              "which changes the weights the memories start from" if checkpoint and lower_lr else "")
     which = "one of them" if len(levels) > 1 else "it"
     return (f"the forward pass is first not finite in {describe_module(module_name)}, whose levels learn in "
             f"context ({', '.join(path for path, _ in levels)}): most likely {which} diverged inside this step's "
