@@ -1326,6 +1326,27 @@ def test_a_memory_that_diverges_mid_run_is_blamed_with_its_own_lr_and_the_advice
     assert resolved["spec"]["model"]["block"]["sublayers"][0]["level"]["lr"]["max"] == 0.0025
 
 
+def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keeps_the_outer_advice(
+        tmp_path, text_file, capsys, monkeypatch):
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2", "--set", "train.checkpoint_every=2")) == 0
+    real, calls = F.scaled_dot_product_attention, []
+
+    def overflowing(*args, **kwargs):  # from the second training step after the checkpoint on
+        calls.append(torch.is_grad_enabled())
+        out = real(*args, **kwargs)
+        return out * math.inf if sum(calls) > 1 else out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", overflowing)
+    capsys.readouterr()
+    assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=6", "--set", "train.checkpoint_every=2",
+                          "--resume")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "at step 4" in err
+    assert "; the forward pass is first not finite in attention of block 0 (blocks.0.attention); " in err
+    assert "step-000002 (lower the learning rate, e.g. --set train.optimizer.lr=" in err
+    assert "learn in context" not in err
+
+
 @pytest.mark.parametrize("spec_path", [*(path for path in shipped_spec_paths() if "/optimizers/" not in path),
                                        *(f"coverage:{case}" for case in COVERAGE)])
 def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_path):

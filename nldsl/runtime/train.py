@@ -657,6 +657,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
                 why = in_context_divergence(name, levels, last_checkpoint[0],
                                             None if from_the_checkpoint else _lower_lr(plan))
                 return TrainingError(f"{what}; {why}")
+            if name is not None:  # elsewhere: the advice below stands, and says where to look
+                what = f"{what}; the forward pass is first not finite in {describe_module(name)}"
         if from_the_checkpoint and last_checkpoint[0]:
             complete = C.complete_checkpoints(run_dir)  # oldest first, by step (names sort wrongly past 999,999)
             earlier = complete[:complete.index(last_checkpoint[0])] if last_checkpoint[0] in complete else []
@@ -1313,8 +1315,9 @@ def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
     advice = (f"{IN_CONTEXT_LR_ADVICE}, e.g. {settings}" if settings else
               f"No setting of {'their' if len(levels) > 1 else 'its'} lr bounds the writes here (a per-head lr is "
-              "trained by the outer optimizer, and newton_schulz sizes each write itself): give it a retention "
-              "below 1, since a memory that never forgets can grow without bound")
+              f"trained by the outer optimizer, and newton_schulz sizes each write itself): give "
+              f"{'them' if len(levels) > 1 else 'it'} a retention below 1, since a memory that never forgets can "
+              "grow without bound")
     then = (f"start a new run from the last good checkpoint with it, --init-from {checkpoint} --run-dir NEW "
             "(--resume refuses a changed spec)" if checkpoint else "train again with it")
     resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
