@@ -1318,13 +1318,15 @@ def test_a_memory_that_diverges_mid_run_is_blamed_with_its_own_lr_and_the_advice
     resume = "--resume with a lower learning rate (e.g. --set train.optimizer.lr=0.0003)"
     assert (resume in err) != first_after_checkpoint
     suggested = re.findall(r'--set "([^"]+)"', err)
-    assert suggested == ["model.block.lmm.level.lr=learned(max = 0.0025)"]  # half the spec's bound
+    # half the spec's bound, and values normalised (titans_lmm stores them raw)
+    assert suggested == ["model.block.lmm.level.lr=learned(max = 0.0025)", "model.block.lmm.value_norm=l2"]
+    assert "L2-normalise them" in err
     monkeypatch.setattr(M, "memory_level", real)
     new_run = tmp_path / "new"
     assert main(["train", spec, *common, "--set", "train.steps=1", "--run-dir", str(new_run),
-                 "--init-from", str(checkpoint), "--set", suggested[0]]) == 0
-    resolved = json.loads((new_run / "resolved.json").read_text())
-    assert resolved["spec"]["model"]["block"]["sublayers"][0]["level"]["lr"]["max"] == 0.0025
+                 "--init-from", str(checkpoint), *(arg for value in suggested for arg in ("--set", value))]) == 0
+    memory = json.loads((new_run / "resolved.json").read_text())["spec"]["model"]["block"]["sublayers"][0]
+    assert memory["level"]["lr"]["max"] == 0.0025 and memory["value_norm"] == "l2"
 
 
 def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keeps_the_outer_advice(
@@ -1353,12 +1355,13 @@ def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keep
 def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_path):
     """Every layer whose levels learn in context (nested parallel branches and MAC parts too) is
     found from the generated module's names, and each override the advice gives checks and lowers
-    the level's lr; a per-head lr, which the outer optimizer trains, gets none."""
-    path = REPO / spec_path
+    the level's lr, or normalises raw values; a per-head lr, which the outer optimizer trains, gets
+    none."""
+    spec_file = REPO / spec_path
     if spec_path.startswith("coverage:"):
-        path = tmp_path / "case.nl"
-        path.write_text(model_text(COVERAGE[spec_path.partition(":")[2]], train=COVERAGE_TRAIN))
-    result = check_file(path)
+        spec_file = tmp_path / "case.nl"
+        spec_file.write_text(model_text(COVERAGE[spec_path.partition(":")[2]], train=COVERAGE_TRAIN))
+    result = check_file(spec_file)
     model, seq_len = result.spec.model, result.spec.train.seq_len
     module = loader.build_model(loader.compile_module(result), result.spec, torch.device("cpu"))
     found = {path for name, _ in module.named_modules() for path, _ in T.levels_in(name, model, seq_len)}
@@ -1366,17 +1369,23 @@ def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_pa
     for name, _ in module.named_modules():
         levels = T.levels_in(name, model, seq_len)
         if levels:
-            advice = T.in_context_divergence(name, levels, None, "0.0003")
+            value_norms = T.value_norm_overrides(name, model, seq_len)
+            advice = T.in_context_divergence(name, levels, value_norms, None, "0.0003")
             overrides = re.findall(r'--set "([^"]+)"', advice)
             bounded = [(path, level) for path, level in levels
                        if level.lr.kind != "per_head" and level.orthogonalize is None]
-            assert [o.partition(".lr=")[0] for o in overrides] == [path for path, _ in bounded]
+            assert overrides == [o for o in overrides if ".lr=" in o] + value_norms
+            assert [o.partition(".lr=")[0] for o in overrides if ".lr=" in o] == [path for path, _ in bounded]
             assert bool(bounded) != ("No setting of" in advice)
-            checked = check_file(path, overrides)  # no new warning (W0706: an lr that has no effect)
+            checked = check_file(spec_file, overrides)  # no new warning (W0706: a setting without effect)
             assert checked.ok and {d.code for d in checked.diagnostics} <= {d.code for d in result.diagnostics}
             lowered = {f"model.{layer}.{name}": level.lr for layer, _, name, level
                        in in_context_levels(checked.spec.model, seq_len)}
             assert all(lowered[path] != level.lr for path, level in bounded), overrides
+            normalised = {f"model.{layer}.value_norm=l2" for layer, layer_spec, _, _
+                          in in_context_levels(checked.spec.model, seq_len)
+                          if getattr(layer_spec, "value_norm", None) == "l2"}
+            assert set(value_norms) <= normalised
 
 
 def test_ctrl_c_during_an_evaluation_is_made_up_on_resume(tmp_path, text_file, capsys, monkeypatch):

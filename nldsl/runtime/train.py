@@ -654,8 +654,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             name = non_finite_module(model, *batch, bf16=bf16)
             levels = [] if name is None else levels_in(name, spec.model, plan.seq_len)
             if name is not None and levels:
-                why = in_context_divergence(name, levels, last_checkpoint[0],
-                                            None if from_the_checkpoint else _lower_lr(plan))
+                why = in_context_divergence(name, levels, value_norm_overrides(name, spec.model, plan.seq_len),
+                                            last_checkpoint[0], None if from_the_checkpoint else _lower_lr(plan))
                 return TrainingError(f"{what}; {why}")
             if name is not None:  # elsewhere: the advice below stands, and says where to look
                 what = f"{what}; the forward pass is first not finite in {describe_module(name)}"
@@ -1277,15 +1277,32 @@ def risen_loss(losses: dict[int, float], step: int,
     return means[step], count, means[best], best - count + 1, best
 
 
-def levels_in(module_name: str, model: S.ModelSpec, seq_len: int) -> list[tuple[str, S.LevelSpec]]:
-    """The levels that learn in context inside the generated model's submodule `module_name`
-    (`blocks.N.` and a layer's spec path), each with the `--set` path of its section."""
+def _in_context_levels_in(module_name: str, model: S.ModelSpec,
+                          seq_len: int) -> list[tuple[str, Any, str, S.LevelSpec]]:
+    """`semantics.in_context_levels` inside the generated model's submodule `module_name`
+    (`blocks.N.` and a layer's spec path)."""
     block = re.fullmatch(r"blocks\.\d+\.(.+)", module_name)
     if block is None:  # the model, its block list or a whole block: no one layer to blame
         return []
     path = f"block.{block[1]}"
-    return [(f"model.{layer_path}.{name}", level) for layer_path, _, name, level in in_context_levels(model, seq_len)
+    return [(layer_path, layer, name, level) for layer_path, layer, name, level in in_context_levels(model, seq_len)
             if layer_path == path or layer_path.startswith(f"{path}.") or path.startswith(f"{layer_path}.")]
+
+
+def levels_in(module_name: str, model: S.ModelSpec, seq_len: int) -> list[tuple[str, S.LevelSpec]]:
+    """The levels that learn in context inside the generated model's submodule `module_name`, each
+    with the `--set` path of its section."""
+    return [(f"model.{layer_path}.{name}", level)
+            for layer_path, _, name, level in _in_context_levels_in(module_name, model, seq_len)]
+
+
+def value_norm_overrides(module_name: str, model: S.ModelSpec, seq_len: int) -> list[str]:
+    """`--set` values that L2-normalise the values of the layers there whose memories store them
+    raw: bounded regression targets, which kept three seeds of specs/titans_lmm.nl at B 2, T 128
+    finite for 400 steps where the raw values diverged (docs/runtime.md)."""
+    layers = {layer_path: layer for layer_path, layer, _, _ in _in_context_levels_in(module_name, model, seq_len)}
+    return [f"model.{layer_path}.value_norm=l2" for layer_path, layer in layers.items()
+            if getattr(layer, "value_norm", "l2") == "none" and "v" in getattr(layer, "projected", "v")]
 
 
 def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
@@ -1305,21 +1322,25 @@ def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
     return None
 
 
-def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], checkpoint: Path | None,
-                          lower_lr: str | None) -> str:
+def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], value_norms: list[str],
+                          checkpoint: Path | None, lower_lr: str | None) -> str:
     """Why a trained model's forward pass was not finite where `levels` learn in context, and the
-    ways on: the levels' own lr (a changed spec, so a new run from the checkpoint), or, given
-    `lower_lr`, --resume with it, which moves the weights the memories start from (None where the
-    checkpoint's own weights fail: no outer lr acts before that)."""
+    ways on: the levels' own lr and `value_norms` (`value_norm_overrides`), each a changed spec, so a
+    new run from the checkpoint; or, given `lower_lr`, --resume with it, which moves the weights the
+    memories start from (None where the checkpoint's own weights fail: no outer lr acts before that)."""
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
     advice = (f"{IN_CONTEXT_LR_ADVICE}, e.g. {settings}" if settings else
               f"No setting of {'their' if len(levels) > 1 else 'its'} lr bounds the writes here (a per-head lr is "
-              f"trained by the outer optimizer, and newton_schulz sizes each write itself): give "
+              "trained by the outer optimizer, and newton_schulz sizes each write itself): give "
               f"{'them' if len(levels) > 1 else 'it'} a retention below 1, since a memory that never forgets can "
               "grow without bound")
-    then = (f"start a new run from the last good checkpoint with it, --init-from {checkpoint} --run-dir NEW "
-            "(--resume refuses a changed spec)" if checkpoint else "train again with it")
+    if value_norms:
+        normalise = " ".join(f'--set "{value}"' for value in value_norms)
+        advice += ("; raw values, which the memory is trained to reproduce, are the other usual cause: "
+                   f"L2-normalise them, {normalise}")
+    then = (f"start a new run from the last good checkpoint with the change, --init-from {checkpoint} --run-dir "
+            "NEW (--resume refuses a changed spec)" if checkpoint else "train again with the change")
     resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
               "which changes the weights the memories start from" if checkpoint and lower_lr else "")
     which = "one of them" if len(levels) > 1 else "it"
