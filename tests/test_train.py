@@ -1314,13 +1314,13 @@ def test_a_memory_that_diverges_mid_run_is_blamed_with_its_own_lr_and_the_advice
             "(model.block.lmm.level)") in err
     assert "most likely it diverged" in err and "whatever the learning rate" not in err
     checkpoint = run_dir / "checkpoints" / "step-000002"
-    assert f"--init-from {checkpoint} --run-dir NEW" in err
+    assert f"in a new run from the last good checkpoint, --init-from {checkpoint} --run-dir NEW" in err
     resume = "--resume with a lower learning rate (e.g. --set train.optimizer.lr=0.0003)"
     assert (resume in err) != first_after_checkpoint
     suggested = re.findall(r'--set "([^"]+)"', err)
     # half the spec's bound, and values normalised (titans_lmm stores them raw)
     assert suggested == ["model.block.lmm.level.lr=learned(max = 0.0025)", "model.block.lmm.value_norm=l2"]
-    assert "L2-normalise them" in err
+    assert "L2-normalised values, which the memory is trained to reproduce" in err
     monkeypatch.setattr(M, "memory_level", real)
     new_run = tmp_path / "new"
     assert main(["train", spec, *common, "--set", "train.steps=1", "--run-dir", str(new_run),
@@ -1376,7 +1376,7 @@ def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_pa
                        if level.lr.kind != "per_head" and level.orthogonalize is None]
             assert overrides == [o for o in overrides if ".lr=" in o] + value_norms
             assert [o.partition(".lr=")[0] for o in overrides if ".lr=" in o] == [path for path, _ in bounded]
-            assert bool(bounded) != ("No setting of" in advice)
+            assert bool(bounded) != ("no setting of the lr bounds these writes" in advice)
             checked = check_file(spec_file, overrides)  # no new warning (W0706: a setting without effect)
             assert checked.ok and {d.code for d in checked.diagnostics} <= {d.code for d in result.diagnostics}
             lowered = {f"model.{layer}.{name}": level.lr for layer, _, name, level

@@ -1325,28 +1325,30 @@ def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
 def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], value_norms: list[str],
                           checkpoint: Path | None, lower_lr: str | None) -> str:
     """Why a trained model's forward pass was not finite where `levels` learn in context, and the
-    ways on: the levels' own lr and `value_norms` (`value_norm_overrides`), each a changed spec, so a
-    new run from the checkpoint; or, given `lower_lr`, --resume with it, which moves the weights the
-    memories start from (None where the checkpoint's own weights fail: no outer lr acts before that)."""
+    changes that can keep such a memory finite: a lower bound on the levels' own lr and `value_norms`
+    (`value_norm_overrides`), each a new spec, so a new run from the checkpoint; or, given
+    `lower_lr`, --resume with it, which moves the weights the memories start from (None where the
+    checkpoint's own weights fail: no outer lr acts before that). None of them is sure to: on
+    measured runs each kept some seeds finite and not others (docs/runtime.md, *Memories that
+    diverge in context*), so the error offers them, it does not promise."""
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
-    advice = (f"{IN_CONTEXT_LR_ADVICE}, e.g. {settings}" if settings else
-              f"No setting of {'their' if len(levels) > 1 else 'its'} lr bounds the writes here (a per-head lr is "
-              "trained by the outer optimizer, and newton_schulz sizes each write itself): give "
-              f"{'them' if len(levels) > 1 else 'it'} a retention below 1, since a memory that never forgets can "
-              "grow without bound")
+    them = "them" if len(levels) > 1 else "it"
+    changes = [f"a lower bound on {'their' if len(levels) > 1 else 'its'} lr, e.g. {settings}" if settings else
+               f"a retention below 1 for {them} (no setting of the lr bounds these writes: a per-head lr is trained "
+               "by the outer optimizer, and newton_schulz sizes each write itself)"]
     if value_norms:
-        normalise = " ".join(f'--set "{value}"' for value in value_norms)
-        advice += ("; raw values, which the memory is trained to reproduce, are the other usual cause: "
-                   f"L2-normalise them, {normalise}")
-    then = (f"start a new run from the last good checkpoint with the change, --init-from {checkpoint} --run-dir "
-            "NEW (--resume refuses a changed spec)" if checkpoint else "train again with the change")
+        changes.append("L2-normalised values, which the memory is trained to reproduce, "
+                       + " ".join(f'--set "{value}"' for value in value_norms))
+    new_run = (f"in a new run from the last good checkpoint, --init-from {checkpoint} --run-dir NEW, since --resume "
+               "refuses a changed spec" if checkpoint else "in a new run")
     resume = (f"; or --resume with a lower learning rate (e.g. --set train.optimizer.lr={lower_lr}) or a train.clip, "
               "which changes the weights the memories start from" if checkpoint and lower_lr else "")
     which = "one of them" if len(levels) > 1 else "it"
     return (f"the forward pass is first not finite in {describe_module(module_name)}, whose levels learn in "
             f"context ({', '.join(path for path, _ in levels)}): most likely {which} diverged inside this step's "
-            f"sequences. {advice}, and {then}{resume}")
+            f"sequences, as a memory whose weights have grown can. Changes that can keep it finite, {new_run}: "
+            f"{'; '.join(changes)}{resume}")
 
 
 def _describe_source(record: dict[str, Any], recorded: bool = False) -> str:
