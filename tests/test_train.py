@@ -1283,13 +1283,13 @@ def test_a_divergence_right_after_a_checkpoint_does_not_advise_a_resume_that_can
 
 
 @pytest.mark.parametrize("first_after_checkpoint", [True, False])
-def test_a_memory_that_diverges_mid_run_is_blamed_with_its_own_lr_and_the_advice_trains(
+def test_a_memory_that_diverges_mid_run_is_named_and_the_changes_offered_train(
         tmp_path, text_file, capsys, monkeypatch, first_after_checkpoint):
     """A trained HOPE (specs/hope.nl, B 2, T 128) gave a NaN loss at step 332 from weights whose loss
     was steady: its main memory's weights grew from 0.7 to 10³³ in seven chunks of one sequence
-    (float64 agreed). The error names the layer, its in-context levels and overrides of their own
-    lr that run as given; a lower outer lr with --resume is offered only where an outer step comes
-    before the failing one."""
+    (float64 agreed). The error names the layer, its in-context levels and overrides (their own lr,
+    normalised values) that run as given; a lower outer lr with --resume is offered only where an
+    outer step comes before the failing one."""
     spec = str(REPO / "specs/titans_lmm.nl")
     assert TINY[-1].startswith("train.steps=")  # set here per run
     common = [*TINY[:-2], "--set", "train.checkpoint_every=2", "--data", str(text_file), "--no-compile",

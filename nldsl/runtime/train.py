@@ -646,11 +646,12 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
         When the step that failed is the first one after the last checkpoint, its weights already
         give a non-finite loss or gradient before any new lr acts: resuming from it cannot help.
         Where the forward pass of trained weights is what failed, inside a layer whose levels learn in
-        context, those levels' own lr is the fix (`in_context_divergence`)."""
+        context, the error names those levels and the changes that can keep them finite
+        (`in_context_divergence`); elsewhere it names the layer beside the advice below."""
         trained = last_checkpoint[0] is not None or not from_the_checkpoint  # not the run's first weights
         if batch is not None and forward_failed and trained and context.world_size == 1:
             # an in-context memory can diverge inside a sequence from finite weights whose loss was
-            # steady: its own lr reaches that; a lower outer lr only moves the weights it starts from
+            # steady: its own settings reach that; a lower outer lr only moves the weights it starts from
             name = non_finite_module(model, *batch, bf16=bf16)
             levels = [] if name is None else levels_in(name, spec.model, plan.seq_len)
             if name is not None and levels:
@@ -1328,13 +1329,13 @@ def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]
     changes that can keep such a memory finite: a lower bound on the levels' own lr and `value_norms`
     (`value_norm_overrides`), each a new spec, so a new run from the checkpoint; or, given
     `lower_lr`, --resume with it, which moves the weights the memories start from (None where the
-    checkpoint's own weights fail: no outer lr acts before that). None of them is sure to: on
-    measured runs each kept some seeds finite and not others (docs/runtime.md, *Memories that
-    diverge in context*), so the error offers them, it does not promise."""
+    checkpoint's own weights fail: no outer lr acts before that). None is sure to: on measured runs
+    a lower bound kept some runs finite and not others (docs/runtime.md, *Memories that diverge in
+    context*), so the error offers them and promises nothing."""
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
     them = "them" if len(levels) > 1 else "it"
-    changes = [f"a lower bound on {'their' if len(levels) > 1 else 'its'} lr, e.g. {settings}" if settings else
+    changes = [f"a lower lr (or lr bound) for {them}, e.g. {settings}" if settings else
                f"a retention below 1 for {them} (no setting of the lr bounds these writes: a per-head lr is trained "
                "by the outer optimizer, and newton_schulz sizes each write itself)"]
     if value_norms:
