@@ -37,6 +37,8 @@ def level_config(level: S.LevelSpec, d_in: int, d_out: int) -> dict[str, Any]:
     }
     if level.retention_order == "before_write":
         config["decay_before_write"] = True
+    if level.clip is not None:  # written only when set, like decay_before_write: most levels have neither
+        config["clip"] = level.clip
     return config
 
 

@@ -984,7 +984,9 @@ _ENTRIES = (
         chunk-parallel form: a deep (MLP) state or a momentum term makes each token's gradient
         depend on the previous token's update, so training runs a Python-speed loop over the
         sequence. A linear state without momentum (linear attention, DeltaNet) has fast exact
-        forms and is not flagged.
+        forms and is not flagged, unless it sets a `clip`: each token's clip factor then reads
+        the state the previous token left (except under linear attention's Hebbian rule, whose
+        gradient reads no state).
 
         The chunk rule is the usual remedy (Titans §3.2, Nested Learning Eq. 90): with period
         C every gradient in a chunk is taken at the chunk's start state, so the C updates are

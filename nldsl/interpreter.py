@@ -138,6 +138,7 @@ def level_config(level: S.LevelSpec, d_in: int, d_out: int) -> LevelConfig:
         orthogonalize_steps=0 if level.orthogonalize is None else level.orthogonalize.steps,
         grad_through_writes=level.grad_through_writes,
         decay_before_write=level.retention_order == "before_write",
+        clip=level.clip,
     )
     assert config.weight_shapes() == state_layers(state, d_in, d_out), level.name
     return config

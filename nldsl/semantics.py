@@ -69,7 +69,7 @@ def context_segments(model: S.ModelSpec) -> set[int]:
 # What a level uses only while it learns in context: a cms level on the continuum clock (an MLP
 # stepped by the outer optimizer) ignores them. Its `lr` stays in use: `nldsl stream` steps it with it.
 _IN_CONTEXT_ONLY = ("objective", "values", "rule", "dgd_layers", "retention", "momentum", "orthogonalize",
-                    "readout", "grad_through_writes", "retention_order")
+                    "clip", "readout", "grad_through_writes", "retention_order")
 
 
 def _unused_level_settings(level: S.LevelSpec) -> Iterator[tuple[str, str]]:
@@ -101,12 +101,17 @@ def _unused_level_settings(level: S.LevelSpec) -> Iterator[tuple[str, str]]:
         elif level.period == 1 and level.momentum is None:
             yield "lr", ("with period 1 and no momentum each chunk's increment is one token's write η_t u_t, and "
                          "newton_schulz normalises it, so the iteration alone sets the write's size")
+        # a clip scales a token's η (docs/semantics.md §1.5): within a chunk it weighs the writes against
+        # each other, but a lone write's scale is normalised away like η's
+        if level.clip is not None and level.period == 1 and level.momentum is None:
+            yield "clip", ("with period 1 and no momentum each chunk's increment is one token's write, and "
+                           "newton_schulz normalises it, so a clip, which only scales the write, changes nothing")
 
 
 # What a slower level of a nested cms never reads: the fastest level's values of these apply.
 # (`retention` and `momentum` there are errors, E0601.)
-_FASTEST_LEVEL_SETTINGS = ("objective", "values", "rule", "dgd_layers", "orthogonalize", "grad_through_writes",
-                           "retention_order")
+_FASTEST_LEVEL_SETTINGS = ("objective", "values", "rule", "dgd_layers", "orthogonalize", "clip",
+                           "grad_through_writes", "retention_order")
 
 
 def levels_of(layer: Any) -> list[tuple[str, S.LevelSpec]]:
@@ -137,7 +142,7 @@ def runs_chunk_loop(layer: Any, level: S.LevelSpec, seq_len: int) -> bool:
     return not runs_delta_kernel(single, state.kind, level.momentum is not None,
                                  level.orthogonalize.steps if level.orthogonalize else 0,
                                  "external" if level.objective == "surprise" else level.objective, level.values,
-                                 level.rule == "dgd", chunk, level.readout)
+                                 level.rule == "dgd", chunk, level.readout, level.clip is not None)
 
 
 # W0714: a whole-graph compile unrolling this many chunk steps (or more) per sequence is flagged. One
@@ -708,8 +713,8 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                       f"list `{source}` in the selfmod's `adaptive`" if source and isinstance(layer, S.SelfModSpec)
                       else "use `learned(…)` or a constant", f"{lp}.{gate}")
         if level.update == "in_context" and isinstance(level.period, int):
-            slow = level.period == 1 and (
-                not isinstance(level.state, S.LinearState) or level.momentum is not None)
+            slow = level.period == 1 and (not isinstance(level.state, S.LinearState) or level.momentum is not None
+                                          or level.clip is not None)
             # a level the checker rejects is not also warned of (its speed follows from the rejected setting)
             rejected = any(d.severity == "error" and (d.origin == lp or (d.origin or "").startswith(f"{lp}."))
                            for d in out)
@@ -717,7 +722,7 @@ def check_layer(layer: Any, path: str, spans: dict[str, Span], seq_len: int,
                                               and level.values == "given" and level.rule == "gd"):
                 warning("W0701", "`period = 1` on this level runs token by token (no chunk-parallel "
                         "form exists for it); training will be slow",
-                        "use a period of 8–64 (the chunk rule), or a linear state without momentum",
+                        "use a period of 8–64 (the chunk rule), or a linear state without momentum or `clip`",
                         f"{lp}.period", lp)  # the level's header where its period is the default
             if context != "cms" and level.period > seq_len:
                 warning("W0704", f"period {level.period} is longer than a training sequence "

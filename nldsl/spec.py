@@ -137,6 +137,9 @@ class LevelSpec(Strict):
     retention: Gate | None = Field(None, description="α: retention / forget gate / weight decay (none = 1)")
     momentum: Gate | None = Field(None, description="β: momentum decay; none = no momentum (Titans surprise)")
     orthogonalize: NewtonSchulz | None = Field(None, description="Newton–Schulz on each chunk's update")
+    clip: float | None = Field(
+        None, gt=0, description="bound on each token's inner-gradient norm: its write's η_t is scaled by "
+        "min(1, clip/‖∇ℓ_t‖) (per head); none = unbounded")
     period: Annotated[int, Field(ge=1)] | Steps = Field(
         1, description="C: tokens per chunk; gradients in a chunk use its start state")
     readout: Literal["causal", "exclusive", "chunk_start"] = Field(

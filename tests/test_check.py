@@ -1128,6 +1128,16 @@ def _boundary_model(layer: str, dim: int = 64, seq_len: int | None = None) -> st
     ("memory { level { period = 2\n momentum = 0.9 } }", 64, None, []),
     ("memory { level { period = 1\n momentum = 0.9 } }", 64, None, [("W0701", 4)]),
     ("memory {\n level {\n momentum = 0.9 } }", 64, None, [("W0701", 5)]),  # period 1 by default: the level
+    # … and at a linear level's period 1 with a clip (its factors read the state), but not linear attention's
+    ("memory { level { period = 1\n clip = 1 } }", 64, None, [("W0701", 4)]),
+    ("memory { level { period = 1\n clip = 1\n objective = dot } }", 64, None, []),
+    ("memory { level { period = 2\n clip = 1 } }", 64, None, []),
+    # a clip is bounded below, and inert where newton_schulz normalises a lone write (W0706)
+    ("memory { level { period = 2\n clip = 0 } }", 64, None, [("E0302", 5)]),
+    ("memory { level { state = mlp\n period = 1\n readout = chunk_start\n orthogonalize = newton_schulz\n "
+     "lr = learned()\n clip = 1 } }", 64, None, [("W0701", 5), ("W0706", 8), ("W0706", 9)]),  # η inert too
+    # and on a cms level the outer optimizer steps, like the other in-context settings (W0705)
+    ("cms { level a { period = 129\n clip = 1 } }", 64, 128, [("W0705", 5)]),
     # momentum lies in [0, 1)
     ("memory { level { period = 16\n momentum = 1 } }", 64, None, [("E0302", 5)]),
     # nested periods may be equal

@@ -142,7 +142,8 @@ def memory_level(draw) -> str:
              f"dgd_layers = {draw(st.sampled_from(['first', 'all']))}",
              draw(gates("lr", False)), draw(gates("retention", True)), draw(gates("momentum", True)),
              f"period = {draw(st.integers(1, 4))}",
-             f"grad_through_writes = {draw(st.sampled_from(['true', 'false']))}"]
+             f"grad_through_writes = {draw(st.sampled_from(['true', 'false']))}",
+             draw(st.sampled_from(["", "", "clip = 0.5"]))]
     readout = draw(st.sampled_from(["causal", "exclusive", "chunk_start"]))
     if readout == "chunk_start" and state != "linear" and draw(st.booleans()):
         lines.append("orthogonalize = newton_schulz(3)")
@@ -171,7 +172,7 @@ def sublayers(draw, depth: int = 0) -> str:
                         f"rule = {draw(st.sampled_from(['gd', 'dgd']))}",
                         "lr = generated(max = 0.1)" if "eta" in adaptive else "lr = learned(max = 0.1)",
                         "retention = generated" if "alpha" in adaptive else draw(gates("retention", True)),
-                        draw(gates("momentum", True))]
+                        draw(gates("momentum", True)), draw(st.sampled_from(["", "", "clip = 0.5"]))]
         return (f"selfmod {{\n    heads = 2\n    adaptive = [{', '.join(adaptive)}]\n"
                 f"    conv = {draw(st.sampled_from([0, 2]))}\n"
                 f"    level memory {{ {' '.join(memory_lines)} }}\n"
@@ -193,6 +194,8 @@ def sublayers(draw, depth: int = 0) -> str:
                 extra = "init = zeros "  # within seq_len = 6 it learns in context, from zero
             if variant != "nested" or index == 0:
                 extra += f"{draw(gates('lr', False))} {draw(gates('momentum', True))}"
+                if update == "in_context":
+                    extra += f" {draw(st.sampled_from(['', '', 'clip = 0.5']))}"
             else:
                 extra += "lr = 0.5"  # a slower nested level moves half way to the faster one
             levels.append(f"level l{index} {{ state = {state} objective = {objective} period = {period} "

@@ -28,7 +28,7 @@ from nldsl.runtime import data as D
 from nldsl.runtime import memory as M
 from nldsl.runtime import train as T
 from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt
-from nldsl.semantics import in_context_levels
+from nldsl.semantics import in_context_levels, runs_chunk_loop
 from nldsl.spec import BuiltinOptimizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1318,15 +1318,17 @@ def test_a_memory_that_diverges_mid_run_is_named_and_the_changes_offered_train(
     resume = "--resume with a lower learning rate (e.g. --set train.optimizer.lr=0.0003)"
     assert (resume in err) != first_after_checkpoint
     suggested = re.findall(r'--set "([^"]+)"', err)
-    # half the spec's bound, and values normalised (titans_lmm stores them raw)
-    assert suggested == ["model.block.lmm.level.lr=learned(max = 0.0025)", "model.block.lmm.value_norm=l2"]
+    # a clip, half the spec's bound, and values normalised (titans_lmm stores them raw)
+    assert suggested == ["model.block.lmm.level.clip=1", "model.block.lmm.level.lr=learned(max = 0.0025)",
+                         "model.block.lmm.value_norm=l2"]
+    assert "a clip on its inner gradients, which bounds every write" in err
     assert "L2-normalised values, which the memory is trained to reproduce" in err
     monkeypatch.setattr(M, "memory_level", real)
     new_run = tmp_path / "new"
     assert main(["train", spec, *common, "--set", "train.steps=1", "--run-dir", str(new_run),
                  "--init-from", str(checkpoint), *(arg for value in suggested for arg in ("--set", value))]) == 0
     memory = json.loads((new_run / "resolved.json").read_text())["spec"]["model"]["block"]["sublayers"][0]
-    assert memory["level"]["lr"]["max"] == 0.0025 and memory["value_norm"] == "l2"
+    assert memory["level"]["lr"]["max"] == 0.0025 and memory["value_norm"] == "l2" and memory["level"]["clip"] == 1
 
 
 def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keeps_the_outer_advice(
@@ -1354,9 +1356,10 @@ def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keep
                                        *(f"coverage:{case}" for case in COVERAGE)])
 def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_path):
     """Every layer whose levels learn in context (nested parallel branches and MAC parts too) is
-    found from the generated module's names, and each override the advice gives checks and lowers
-    the level's lr, or normalises raw values; a per-head lr, which the outer optimizer trains, gets
-    none."""
+    found from the generated module's names, and each override the advice gives checks and clips
+    the level's inner gradients, lowers its lr, or normalises raw values; a per-head lr, which the
+    outer optimizer trains, gets no lower lr, and a level whose newton_schulz sizes its writes
+    neither that nor a clip."""
     spec_file = REPO / spec_path
     if spec_path.startswith("coverage:"):
         spec_file = tmp_path / "case.nl"
@@ -1366,15 +1369,24 @@ def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_pa
     module = loader.build_model(loader.compile_module(result), result.spec, torch.device("cpu"))
     found = {path for name, _ in module.named_modules() for path, _ in T.levels_in(name, model, seq_len)}
     assert found == {f"model.{layer}.{name}" for layer, _, name, _ in in_context_levels(model, seq_len)}
+    offered_clips = False
     for name, _ in module.named_modules():
         levels = T.levels_in(name, model, seq_len)
         if levels:
             value_norms = T.value_norm_overrides(name, model, seq_len)
-            advice = T.in_context_divergence(name, levels, value_norms, None, "0.0003")
+            clips = T.clip_overrides(name, model, seq_len)
+            advice = T.in_context_divergence(name, levels, clips, value_norms, None, "0.0003")
             overrides = re.findall(r'--set "([^"]+)"', advice)
+            # a level that runs a chunk loop: a clip would send a delta-kernel level token by token (W0701)
+            clippable = [path for layer_path, layer, name_in, level in in_context_levels(model, seq_len)
+                         if (path := f"model.{layer_path}.{name_in}") in dict(levels)
+                         and level.orthogonalize is None and runs_chunk_loop(layer, level, seq_len)]
             bounded = [(path, level) for path, level in levels
                        if level.lr.kind != "per_head" and level.orthogonalize is None]
-            assert overrides == [o for o in overrides if ".lr=" in o] + value_norms
+            assert overrides == ([o for o in overrides if ".clip=" in o] + [o for o in overrides if ".lr=" in o]
+                                 + value_norms)
+            assert [o.partition(".clip=")[0] for o in overrides if ".clip=" in o] == clippable
+            offered_clips |= bool(clippable)
             assert [o.partition(".lr=")[0] for o in overrides if ".lr=" in o] == [path for path, _ in bounded]
             assert bool(bounded) != ("no setting of the lr bounds these writes" in advice)
             checked = check_file(spec_file, overrides)  # no new warning (W0706: a setting without effect)
@@ -1382,10 +1394,17 @@ def test_every_in_context_layer_is_found_and_its_advice_checks(spec_path, tmp_pa
             lowered = {f"model.{layer}.{name}": level.lr for layer, _, name, level
                        in in_context_levels(checked.spec.model, seq_len)}
             assert all(lowered[path] != level.lr for path, level in bounded), overrides
+            clipped = {f"model.{layer}.{name}": level.clip for layer, _, name, level
+                       in in_context_levels(checked.spec.model, seq_len)}
+            assert all(clipped[path] is not None and clipped[path] != level.clip
+                       for path, level in levels if path in clippable), overrides
             normalised = {f"model.{layer}.value_norm=l2" for layer, layer_spec, _, _
                           in in_context_levels(checked.spec.model, seq_len)
                           if getattr(layer_spec, "value_norm", None) == "l2"}
             assert set(value_norms) <= normalised
+    if not spec_path.startswith("coverage:"):  # the shipped MLP memories get one, the delta-kernel levels not
+        assert offered_clips == (spec_path in ("specs/hope.nl", "specs/hope_attention.nl", "specs/titans_lmm.nl",
+                                               "specs/titans_mac.nl", "specs/titans_mag.nl", "specs/titans_mal.nl"))
 
 
 def test_ctrl_c_during_an_evaluation_is_made_up_on_resume(tmp_path, text_file, capsys, monkeypatch):

@@ -169,7 +169,8 @@ def fused_writes(enable: bool = True) -> Iterator[None]:
 def applies(cfg: LevelConfig, keys: Tensor, values: Tensor | None) -> bool:
     """Whether `memory_chunk_step` writes this level's chunk with the kernel (module docstring)."""
     return (len(cfg.weight_shapes()) == 2 and cfg.objective == "l2" and values is not None
-            and cfg.orthogonalize_steps == 0 and cfg.grad_through_writes and keys.device.type == "cpu"
+            and cfg.orthogonalize_steps == 0 and cfg.clip is None and cfg.grad_through_writes
+            and keys.device.type == "cpu"
             and keys.dtype in (torch.float32, torch.float64) and values.dtype == keys.dtype
             # under autocast the products' inputs arrive in mixed precisions; the PyTorch step takes them
             and not torch.is_autocast_enabled(keys.device.type) and available())

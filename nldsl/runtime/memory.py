@@ -19,7 +19,8 @@ gradient of a chunk of C tokens is taken at the state θ_c the chunk started wit
 
 Dispatch rule of `memory_level`: the exact delta kernel (delta.py) runs the level when its state
 is linear (or an mlp of depth 1), it has no momentum, no Newton–Schulz, its objective is not
-external, and either
+external, it has no clip unless its error reads no state (then each token's clip factor is known
+before the recurrence and scales its η), and either
 - chunk_size == 1 (then readout chunk_start is the same as exclusive), or
 - the objective is dot with given values and no DGD, and readout is causal or exclusive: the
   inner gradient −v kᵀ (a write of +η v kᵀ) does not depend on the state, so every chunk size gives the same states
@@ -88,6 +89,7 @@ class LevelConfig:
     orthogonalize_steps: int = 0  # Newton–Schulz steps on each chunk's increment (0 = off)
     grad_through_writes: bool = True  # False detaches every written increment η_t u_t
     decay_before_write: bool = False  # take ∇ℓ at α_t θ_{t−1} (Gated DeltaNet); period 1, linear only
+    clip: float | None = None  # scale η_t by min(1, clip/‖∇ℓ_t‖), the norm over all of a head's weights
 
     def __post_init__(self) -> None:
         assert self.state in ("linear", "mlp", "residual_mlp"), self.state
@@ -98,6 +100,7 @@ class LevelConfig:
         assert self.dgd_layers in ("first", "all"), self.dgd_layers
         assert self.readout in ("causal", "exclusive", "chunk_start"), self.readout
         assert self.chunk_size >= 1 and self.orthogonalize_steps >= 0
+        assert self.clip is None or self.clip > 0, self.clip
         if self.state == "mlp":
             assert self.depth >= 1, "an mlp state needs depth >= 1"
         if self.state == "residual_mlp" or (self.state == "mlp" and self.depth >= 2):
@@ -369,12 +372,15 @@ def _write_factors(
     values: Tensor | None,
     output_error: OutputError | None,
     error_signal: Tensor | None,
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor | None]:
     """M_{θ_c}(k), and per layer the factors of each token's inner gradient u_s^(l) = δ_{l,s} x_{l,s}ᵀ at θ_c.
 
     δ_l (B, H, n, out) is backpropagated from g in closed form (Eq. 29), then DGD adds W_l x_l =
     z_l for the preconditioned layers; x_l (B, H, n, in) is what the layer reads on k. The
     prediction is returned too: a chunk-start readout of the keys themselves is this same forward.
+    Last, for a clipped level, each token's ‖∇ℓ_s‖² (B, H, n) before the DGD term: a layer's gradient
+    δ x ᵀ is an outer product, so its squared Frobenius norm is ‖δ‖²‖x‖², and no weight-sized
+    gradient is formed to measure it.
     Generated values v̂ = M_{θ_c}(v) go through the memory stacked with the keys: each weight is
     then one operand of one product per layer, so the outer backward forms one weight-sized
     gradient for both reads instead of one each. (Both reads only matter through the write, so
@@ -396,11 +402,27 @@ def _write_factors(
     for index in range(len(weights) - 2, -1, -1):
         delta = derivative(pre_activations[index]) * (delta @ weights[index + 1])  # (B, H, n, out_l)
         deltas.insert(0, delta)
+    squared_norms = None
+    if cfg.clip is not None:
+        squared_norms = sum(_squared_norm(delta) * _squared_norm(x) for delta, x in zip(deltas, layer_inputs))
     # The DGD term is added after backpropagation: it preconditions a layer's own update and does
     # not flow into the earlier layers' errors.
     for index in cfg.preconditioned_layers():
         deltas[index] = deltas[index] + pre_activations[index]
-    return prediction, deltas, layer_inputs
+    return prediction, deltas, layer_inputs, squared_norms
+
+
+def _squared_norm(rows: Tensor) -> Tensor:
+    """‖row‖² along the last dim, summed in at least float32 (bfloat16 rows under autocast)."""
+    return rows.to(torch.promote_types(rows.dtype, torch.float32)).square().sum(-1)
+
+
+def clip_scale(clip: float, squared_norms: Tensor) -> Tensor:
+    """ρ = min(1, clip/‖∇ℓ‖) from ‖∇ℓ‖²: a clipped level's per-token factor on η (docs/semantics.md §1.4).
+
+    The clamp comes before the root, so a zero gradient (or one under the bound) gives ρ = 1 with a
+    zero derivative rather than the 0·∞ of differentiating a square root at 0."""
+    return clip * torch.rsqrt(torch.clamp(squared_norms, min=clip * clip))
 
 
 class _DualRows(NamedTuple):
@@ -620,7 +642,11 @@ def memory_chunk_step(
     if (queries is None or cfg.readout == "chunk_start") and fused.applies(cfg, keys, values):
         assert values is not None  # fused.applies checks it
         return _fused_chunk_step(cfg, state, keys, values, queries, lr, retention, momentum_decay)
-    prediction, deltas, write_inputs = _write_factors(cfg, state.weights, keys, values, output_error, error_signal)
+    prediction, deltas, write_inputs, squared_norms = _write_factors(
+        cfg, state.weights, keys, values, output_error, error_signal)
+    if cfg.clip is not None:
+        assert squared_norms is not None
+        lr = lr * clip_scale(cfg.clip, squared_norms.to(lr.dtype))  # each token's write scaled by its ρ_s
     write_lr = lr
     if not cfg.grad_through_writes:
         deltas = [error.detach() for error in deltas]
@@ -692,7 +718,7 @@ def uses_delta_kernel(cfg: LevelConfig) -> bool:
     """Whether `memory_level` runs this level through the exact delta kernel (module docstring; the
     rule, shared with the checker, is `paths.runs_delta_kernel`)."""
     return runs_delta_kernel(len(cfg.weight_shapes()) == 1, cfg.state, cfg.momentum, cfg.orthogonalize_steps,
-                             cfg.objective, cfg.values, cfg.dgd, cfg.chunk_size, cfg.readout)
+                             cfg.objective, cfg.values, cfg.dgd, cfg.chunk_size, cfg.readout, cfg.clip is not None)
 
 
 @float32_recurrence
@@ -719,6 +745,9 @@ def memory_level(
     """
     length = keys.shape[-2]
     if allow_delta_kernel and uses_delta_kernel(cfg):
+        if cfg.clip is not None:  # a dot objective on given values: ‖∇ℓ_t‖ = ‖v_t‖‖k_t‖ reads no state
+            assert values is not None
+            lr = lr * clip_scale(cfg.clip, (_squared_norm(values) * _squared_norm(keys)).to(lr.dtype))
         a, x = delta_rule_coefficients(cfg.objective, cfg.values == "generated", cfg.dgd, keys, values, lr)
         if cfg.decay_before_write and retention is not None:
             a = a * retention.unsqueeze(-1)  # every state-dependent term reads α_t S_{t−1}

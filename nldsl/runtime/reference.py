@@ -2,8 +2,9 @@
 
 - `memory_level_reference`: docs/semantics.md §1 literally. A loop over tokens builds M_θ from the
   weight list, takes the inner gradient of the objective written as a loss with autograd (at the
-  chunk-start state), adds the DGD term, steps the gd or momentum recurrence, applies
-  Newton–Schulz to each chunk's increment and reads out per the level's readout.
+  chunk-start state), adds the DGD term, scales η by a clip when the level has one, steps the gd
+  or momentum recurrence, applies Newton–Schulz to each chunk's increment and reads out per the
+  level's readout.
 - `generalized_delta_reference`: S_t = S_{t−1}(α_t I + a_t k_tᵀ) + x_t k_tᵀ token by token.
 - `newton_schulz_reference`: Muon's quintic iteration on one matrix.
 
@@ -73,8 +74,10 @@ def inner_gradient(
     value: Tensor | None,
     external_loss: ExternalLoss | None,
     t: int,
-) -> list[Tensor]:
-    """u_t = ∇_θ ℓ(θ_c; k_t, v̂_t) plus the DGD term W_l^c x_l x_lᵀ, each (B, H, out, in)."""
+) -> tuple[list[Tensor], Tensor]:
+    """u_t = ∇_θ ℓ(θ_c; k_t, v̂_t) plus the DGD term W_l^c x_l x_lᵀ, each (B, H, out, in), and the
+    squared norm of the gradient alone, ‖∇_θ ℓ‖² (B, H) over all of a head's weight matrices (what a
+    clip bounds)."""
     # The loss gets its own handle on θ_c: differentiating w.r.t. the copies follows only the
     # loss's use of θ, so a generated target (computed from θ_c itself) is a constant here while
     # create_graph keeps everything differentiable for the outer loss.
@@ -84,6 +87,7 @@ def inner_gradient(
             copy.requires_grad_()
     loss = inner_loss(cfg, copies, chunk_weights, key, value, external_loss, t)
     gradients = list(torch.autograd.grad(loss, copies, create_graph=True))
+    squared_norm = torch.stack([(gradient ** 2).sum((-2, -1)) for gradient in gradients]).sum(0)
     if cfg.dgd:
         layer_inputs = apply_memory(cfg, chunk_weights, key)[1]
         # spelled out here rather than read from cfg.preconditioned_layers(), which the fast path uses
@@ -93,7 +97,7 @@ def inner_gradient(
             gradients[index] = gradients[index] + torch.einsum(
                 "bhoi,bhi,bhj->bhoj", chunk_weights[index], x, x
             )
-    return gradients
+    return gradients, squared_norm
 
 
 def newton_schulz_reference(matrix: Tensor, steps: int) -> Tensor:
@@ -160,7 +164,12 @@ def memory_level_reference(
             at = chunk_weights
             if cfg.decay_before_write:  # Gated DeltaNet: decay first, then write at the decayed state
                 at = [alpha * weight for weight in chunk_weights]
-            gradients = inner_gradient(cfg, at, key, value, external_loss, t)
+            gradients, squared_norm = inner_gradient(cfg, at, key, value, external_loss, t)
+            if cfg.clip is not None:
+                # the token's whole write, DGD term included, scaled by min(1, clip/‖∇ℓ‖); the norm is
+                # floored at the clip before its root, whose derivative at a zero gradient is infinite
+                norm = torch.sqrt(torch.clamp(squared_norm, min=cfg.clip ** 2))
+                eta = eta * (cfg.clip / norm)[..., None, None]
             written = [eta * u for u in gradients]  # η_t u_t
             if not cfg.grad_through_writes:
                 written = [w.detach() for w in written]

@@ -78,7 +78,7 @@ from nldsl.runtime.evaluate import (
 )
 from nldsl.runtime.heap import frozen_heap
 from nldsl.runtime.interrupt import ReportedInterrupt, deferred_interrupt, signal_number, terminate_as_interrupt
-from nldsl.semantics import in_context_levels
+from nldsl.semantics import in_context_levels, runs_chunk_loop
 
 RUNS = Path("runs")
 _COMPILE_MODES = {False: "eager", True: "compiled", "blocks": "compiled per block", "chunks": "compiled per chunk"}
@@ -655,7 +655,8 @@ def _train_in(result: Any, overrides: list[str], options: TrainOptions, context:
             name = non_finite_module(model, *batch, bf16=bf16)
             levels = [] if name is None else levels_in(name, spec.model, plan.seq_len)
             if name is not None and levels:
-                why = in_context_divergence(name, levels, value_norm_overrides(name, spec.model, plan.seq_len),
+                why = in_context_divergence(name, levels, clip_overrides(name, spec.model, plan.seq_len),
+                                            value_norm_overrides(name, spec.model, plan.seq_len),
                                             last_checkpoint[0], None if from_the_checkpoint else _lower_lr(plan))
                 return TrainingError(f"{what}; {why}")
             if name is not None:  # elsewhere: the advice below stands, and says where to look
@@ -1323,19 +1324,42 @@ def _lower_in_context_lr(level: S.LevelSpec) -> str | None:
     return None
 
 
-def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], value_norms: list[str],
-                          checkpoint: Path | None, lower_lr: str | None) -> str:
+# The clip the divergence advice offers a level that has none: about the norm of one token's inner
+# gradient with unit keys and values (‖(M(k) − v) kᵀ‖ = ‖M(k) − v‖), so calm writes pass and growing
+# ones are held. MEASURED_CLIP_RUNS
+IN_CONTEXT_CLIP = 1.0
+
+
+def clip_overrides(module_name: str, model: S.ModelSpec, seq_len: int) -> list[str]:
+    """`--set` values that clip the inner gradients of the in-context levels there (IN_CONTEXT_CLIP, or
+    half a level's own clip). Only levels that run a chunk loop get one: an MLP memory's gradient can
+    outgrow its weights, and a clip costs them nothing in kind, whereas a linear level the delta
+    kernel runs (DeltaNet) would go token by token under it (W0701) for a recurrence that does not
+    run away like that. A level whose newton_schulz sizes each write itself gets none either."""
+    return [f"model.{layer_path}.{name}.clip="
+            + (f"{IN_CONTEXT_CLIP:g}" if level.clip is None else f"{level.clip / 2:g}")
+            for layer_path, layer, name, level in _in_context_levels_in(module_name, model, seq_len)
+            if level.orthogonalize is None and runs_chunk_loop(layer, level, seq_len)]
+
+
+def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], clips: list[str],
+                          value_norms: list[str], checkpoint: Path | None, lower_lr: str | None) -> str:
     """Why a trained model's forward pass was not finite where `levels` learn in context, and the
-    changes that can keep such a memory finite: a lower bound on the levels' own lr and `value_norms`
-    (`value_norm_overrides`), each a new spec, so a new run from the checkpoint; or, given
-    `lower_lr`, --resume with it, which moves the weights the memories start from (None where the
-    checkpoint's own weights fail: no outer lr acts before that). None is sure to: on measured runs
-    a lower bound kept some runs finite and not others (docs/runtime.md, *Memories that diverge in
-    context*), so the error offers them and promises nothing."""
+    changes that can keep such a memory finite: `clips` on the levels' inner gradients
+    (`clip_overrides`; first: a clip bounds every write, so the memory can grow only linearly within
+    a sequence), a lower bound on their own
+    lr and `value_norms` (`value_norm_overrides`), each a new spec, so a new run from the checkpoint;
+    or, given `lower_lr`, --resume with it, which moves the weights the memories start from (None
+    where the checkpoint's own weights fail: no outer lr acts before that). On measured runs the clip
+    kept every run finite and a lower bound some and not others (docs/runtime.md, *Memories that
+    diverge in context*); the outer training can still diverge by itself, so the error promises
+    nothing."""
+    them = "them" if len(levels) > 1 else "it"
+    changes = [f"a clip on {'their' if len(clips) > 1 else 'its'} inner gradients, which bounds every write, e.g. "
+               + " ".join(f'--set "{value}"' for value in clips)] if clips else []
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
-    them = "them" if len(levels) > 1 else "it"
-    changes = [f"a lower lr (or lr bound) for {them}, e.g. {settings}" if settings else
+    changes += [f"a lower lr (or lr bound) for {them}, e.g. {settings}" if settings else
                f"a retention below 1 for {them} (no setting of the lr bounds these writes: a per-head lr is trained "
                "by the outer optimizer, and newton_schulz sizes each write itself)"]
     if value_norms:

@@ -229,6 +229,7 @@ def test_dispatch_rule() -> None:
     assert not fused.applies(level(objective="external"), cpu, None)  # the CMS surprise: measured no faster
     assert not fused.applies(level(grad_through_writes=False), cpu, cpu)
     assert not fused.applies(level(orthogonalize_steps=2), cpu, cpu)
+    assert not fused.applies(level(clip=1.0), cpu, cpu)  # its factors need the errors before the write
     assert not fused.applies(level(objective="dot"), cpu, cpu)
     assert not fused.applies(LevelConfig("linear", d_in=4, d_out=4, objective="l2", chunk_size=4), cpu, cpu)
     assert not fused.applies(LevelConfig("mlp", d_in=4, d_out=4, hidden=4, depth=3, objective="l2"), cpu, cpu)

@@ -3,7 +3,7 @@
 Outputs, final states and gradients w.r.t. every input (initial weights and momentum, keys, values,
 queries, gates, the external target) agree in float64 over a seeded grid of states, objectives,
 values, DGD, momentum, readouts, chunk sizes, lengths that are not multiples of the chunk,
-retention, gradients through writes and Newton–Schulz, plus hypothesis property tests over
+retention, gradients through writes, Newton–Schulz and clips, plus hypothesis property tests over
 random combinations, and over random widths, depths, batch, heads, chunk sizes and lengths
 (NLDSL_MEMORY_SHAPES, 150). Also: streaming, literal paper special cases, and torch.compile (slow).
 """
@@ -262,10 +262,11 @@ def test_rectangular_linear_memory(objective: str, chunk_size: int) -> None:
     length=st.sampled_from([1, 7, 13]),
     learned_retention=st.booleans(),
     grad_through_writes=st.booleans(),
+    clip=st.sampled_from([None, None, 0.5]),
     seed=st.integers(0, 2**16),
 )
 def test_random_levels(state, activation, objective, generated, dgd, momentum, readout, orthogonalize,
-                       chunk_size, length, learned_retention, grad_through_writes, seed) -> None:
+                       chunk_size, length, learned_retention, grad_through_writes, clip, seed) -> None:
     cfg = level(
         state,
         activation=activation,
@@ -278,6 +279,7 @@ def test_random_levels(state, activation, objective, generated, dgd, momentum, r
         orthogonalize_steps=2 if orthogonalize else 0,
         chunk_size=chunk_size,
         grad_through_writes=grad_through_writes,
+        clip=clip,
     )
     assert_matches_reference(cfg, length, learned_retention=learned_retention, seed=seed)
 
@@ -300,7 +302,8 @@ def level_shapes(draw) -> tuple[LevelConfig, int, tuple[int, int], bool, bool, i
             dgd_layers=draw(st.sampled_from(["first", "all"])), momentum=draw(st.booleans()),
             chunk_size=draw(st.sampled_from([1, 1, 1, 2, 3, 5, 8, 16, 20])), readout=readout,
             orthogonalize_steps=draw(st.sampled_from([0, 0, 2])) if readout == "chunk_start" else 0,
-            grad_through_writes=draw(st.booleans()), decay_before_write=draw(st.sampled_from([False, False, True])))
+            grad_through_writes=draw(st.booleans()), decay_before_write=draw(st.sampled_from([False, False, True])),
+            clip=draw(st.sampled_from([None, None, None, 0.3, 2.0])))
     except AssertionError:  # a combination the level refuses (as the checker would)
         cfg = None
     sizes = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
@@ -424,6 +427,10 @@ def test_dispatch_rule() -> None:
     assert not uses_delta_kernel(level("linear", objective="external", chunk_size=1))
     assert not uses_delta_kernel(level("mlp2", chunk_size=1))
     assert not uses_delta_kernel(level("residual", chunk_size=1))
+    assert not uses_delta_kernel(level("linear", chunk_size=1, clip=1.0))  # ρ_t reads the state's error
+    # a state-free error (dot on given values) knows each token's clip factor before the recurrence
+    assert uses_delta_kernel(level("linear", objective="dot", chunk_size=16, clip=1.0))
+    assert not uses_delta_kernel(level("linear", objective="dot", dgd=True, chunk_size=1, clip=1.0))
 
 
 def test_newton_schulz_matches_reference_and_orthogonalizes() -> None:
@@ -532,3 +539,74 @@ def test_apply_weights_gives_the_weight_gradient_in_the_weight_layout() -> None:
     assert weights_grad.is_contiguous()
     torch.testing.assert_close(weights_grad, grad.mT @ inputs, rtol=1e-12, atol=0)
     torch.testing.assert_close(inputs_grad, grad @ weights, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("objective", ["l2", "external"])
+@pytest.mark.parametrize("momentum", [False, True])
+def test_clipped_levels_match_the_reference(state: str, objective: str, momentum: bool) -> None:
+    """A clip that binds on some tokens and not on others (the gradient norms of these inputs spread
+    around 1), through DGD and generated values where the objective has them, with momentum or not."""
+    options = dict(objective=objective, momentum=momentum, chunk_size=3, dgd=True, clip=1.0)
+    if objective == "l2":
+        options["values"] = "generated" if state == "residual" else "given"
+    cfg = level(state, **options)
+    assert_matches_reference(cfg, 13)
+    assert_matches_reference(cfg, 13, allow_delta_kernel=False, learned_retention=False, seed=5)
+
+
+def clipped_rule_by_hand(keys, values, queries, lr, memory, clip):
+    """The delta rule with each token's gradient clipped to norm `clip`, a linear memory at period 1:
+    G_t = (W k_t − v_t) k_tᵀ, W ← W − η_t min(1, clip/‖G_t‖_F) G_t, y_t = W q_t (after the write)."""
+    outputs = []
+    for t in range(keys.shape[-2]):
+        k, v, q = keys[..., t, :], values[..., t, :], queries[..., t, :]
+        error = torch.einsum("bhoi,bhi->bho", memory, k) - v
+        gradient = error.unsqueeze(-1) * k.unsqueeze(-2)  # (B, H, out, in)
+        norm = gradient.flatten(-2).norm(dim=-1)
+        scale = torch.where(norm > clip, clip / norm, torch.ones_like(norm))
+        memory = memory - (lr[..., t] * scale)[..., None, None] * gradient
+        outputs.append(torch.einsum("bhoi,bhi->bho", memory, q))
+    return torch.stack(outputs, dim=-2), memory
+
+
+@pytest.mark.parametrize("clip", [0.3, 1.0, 1e9])
+def test_a_clip_is_the_delta_rule_with_clipped_gradients(clip: float) -> None:
+    """Against the textbook rule written in the test; a clip of 1e9 never binds and gives the
+    unclipped level exactly, a small one changes the result."""
+    cfg = level("linear", chunk_size=1, clip=clip)
+    inputs = make_inputs(cfg, 11, learned_retention=False, seed=2)
+    with torch.no_grad():
+        outputs, final = memory_level(cfg, *inputs.arguments())
+        expected, memory = clipped_rule_by_hand(inputs.keys, inputs.values, inputs.queries, inputs.lr,
+                                                inputs.state.weights[0], clip)
+        unclipped, _ = memory_level(dataclasses.replace(cfg, clip=None), *inputs.arguments())
+    assert relative_error(outputs, expected) <= EXACT_RTOL
+    assert relative_error(final.weights[0], memory) <= EXACT_RTOL
+    assert (relative_error(outputs, unclipped) <= EXACT_RTOL) == (clip == 1e9)
+
+
+def test_a_clip_keeps_an_unstable_memory_finite() -> None:
+    """η = 3 with unit keys overshoots each write (|1 − η‖k‖²| > 1), so the delta rule's error grows
+    geometrically and overflows; with each gradient clipped, every write is at most η·clip and the
+    state grows at most linearly."""
+    cfg = level("linear", chunk_size=4)
+    inputs = make_inputs(cfg, 400, learned_retention=False, seed=0)
+    lr = torch.full_like(inputs.lr, 3.0)
+    arguments = (inputs.state, inputs.keys, inputs.values, inputs.queries, lr, None, None)
+    with torch.no_grad():
+        unstable = memory_level(cfg, *arguments, allow_delta_kernel=False)[1].weights[0]
+        clipped = memory_level(dataclasses.replace(cfg, clip=1.0), *arguments)[1].weights[0]
+    assert not unstable.isfinite().all() or unstable.abs().max() > 1e30
+    start = inputs.state.weights[0].detach()
+    assert (clipped - start).flatten(-2).norm(dim=-1).max() <= 3.0 * 1.0 * 400
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_a_clipped_hebbian_level_runs_the_delta_kernel_exactly(chunk_size: int) -> None:
+    """Linear attention with a clip: −v kᵀ reads no state, so each token's factor is known beforehand
+    and the delta kernel runs it; the chunk loop and the reference agree with it."""
+    cfg = level("linear", objective="dot", chunk_size=chunk_size, clip=0.5)
+    assert uses_delta_kernel(cfg)
+    assert_matches_reference(cfg, 13)
+    assert_matches_reference(cfg, 13, allow_delta_kernel=False)
