@@ -1331,6 +1331,76 @@ def test_a_memory_that_diverges_mid_run_is_named_and_the_changes_offered_train(
     assert memory["level"]["lr"]["max"] == 0.0025 and memory["value_norm"] == "l2" and memory["level"]["clip"] == 1
 
 
+class _NaNGradient(torch.autograd.Function):
+    """The identity forward, a NaN gradient backward: a memory that overflowed behind normalisations."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return gradient * math.nan
+
+
+def test_a_memory_that_overflows_only_in_the_backward_pass_is_located_from_the_gradients(
+        tmp_path, text_file, capsys, monkeypatch):
+    """HOPE with a clip on its main memory alone (B 8, T 256, seed 0) stopped at step 241 with a finite
+    loss and a NaN gradient: its keys and values are normalised and its gates bounded, so an
+    unclipped projection memory that diverged left the forward pass finite. The error finds the layer
+    from the gradients and offers the same changes as for a forward pass that fails."""
+    spec = str(REPO / "specs/titans_lmm.nl")
+    common = [*TINY[:-2], "--set", "train.checkpoint_every=2", "--data", str(text_file), "--no-compile",
+              "--no-progress"]
+    run_dir = tmp_path / "run"
+    assert main(["train", spec, *common, "--set", "train.steps=2", "--run-dir", str(run_dir)]) == 0
+    real, calls = M.memory_level, []
+
+    def overflowing_backward(*args, **kwargs):  # from the second training step after the checkpoint on
+        out, state = real(*args, **kwargs)
+        calls.append(torch.is_grad_enabled())
+        return (_NaNGradient.apply(out) if sum(calls) > 1 else out), state
+
+    monkeypatch.setattr(M, "memory_level", overflowing_backward)
+    capsys.readouterr()
+    assert main(["train", spec, *common, "--set", "train.steps=6", "--run-dir", str(run_dir), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "at step 4" in err
+    assert "gradient norm nan" in err and "loss is nan" not in err
+    assert ("the forward pass is finite, but its gradient is first not finite in lmm of block 0 (blocks.0.lmm), "
+            "whose levels learn in context (model.block.lmm.level)") in err
+    assert "bounded gates can keep its forward pass finite while the backward through them overflows" in err
+    assert re.findall(r'--set "([^"]+)"', err)[0] == "model.block.lmm.level.clip=1"
+    assert "--resume with a lower learning rate" in err  # an outer step came after the checkpoint
+
+
+def test_the_gradient_search_blames_the_layer_where_gradients_stop_being_finite(monkeypatch):
+    """Two blocks: a NaN gradient made in block 0's memory leaves block 1's gradients finite and is
+    blamed on block 0's layer; one made in the output head reaches every layer's output and is blamed
+    on none; a finite backward on none."""
+    from nldsl.runtime.evaluate import non_finite_gradient_layer
+
+    result = check_file(REPO / "specs/titans_lmm.nl", ["dim=16", "model.layers=2", "train.seq_len=8"])
+    model = loader.build_model(loader.compile_module(result), result.spec, torch.device("cpu"))
+    tokens = torch.randint(0, result.spec.model.vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+    targets = tokens.roll(-1, 1)
+    assert non_finite_gradient_layer(model, tokens, targets) is None
+    real, calls = M.memory_level, []
+
+    def first_call_overflows(*args, **kwargs):
+        out, state = real(*args, **kwargs)
+        calls.append(1)
+        return (_NaNGradient.apply(out) if len(calls) == 1 else out), state
+
+    monkeypatch.setattr(M, "memory_level", first_call_overflows)
+    assert non_finite_gradient_layer(model, tokens, targets) == "blocks.0.lmm"
+    assert all(p.grad is None for p in model.parameters())  # cleared after the search
+    monkeypatch.setattr(M, "memory_level", real)
+    loss = model.loss
+    monkeypatch.setattr(model, "loss", lambda *args: _NaNGradient.apply(loss(*args)))
+    assert non_finite_gradient_layer(model, tokens, targets) is None
+
+
 def test_a_forward_pass_that_fails_outside_in_context_levels_is_located_and_keeps_the_outer_advice(
         tmp_path, text_file, capsys, monkeypatch):
     assert main(_tiny_run(tmp_path, text_file, "--set", "train.steps=2", "--set", "train.checkpoint_every=2")) == 0

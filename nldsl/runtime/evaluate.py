@@ -487,6 +487,50 @@ def non_finite_module(model: torch.nn.Module, inputs: Tensor, targets: Tensor, b
     return found[0] if found else None
 
 
+def non_finite_gradient_layer(model: torch.nn.Module, inputs: Tensor, targets: Tensor,
+                              bf16: bool = False) -> str | None:
+    """The layer of a block (`blocks.N.<layer>`) where a backward pass from a finite loss first gives a
+    gradient that is not finite, found by running the loss and its backward again, eagerly: the layer
+    whose output receives a finite gradient while its parameters get a non-finite one. (Gradients
+    flow from the loss back towards the inputs, so every layer before that one gets non-finite
+    gradients at its output too, and every layer after it finite ones.) None when the loss is not
+    finite here, every gradient is, or the first non-finite one arises outside the blocks' layers
+    (in the output head, say, where the last layer's output gradient is already not finite). The
+    parameters' gradients are cleared before and after."""
+    layers = {name: module for name, module in model.named_modules() if re.fullmatch(r"blocks\.\d+\.[^.]+", name)}
+    order: list[str] = []
+    broken_outputs: set[str] = set()  # layers whose output received a gradient that is not finite
+
+    def watch(name: str) -> Callable[..., None]:
+        def look(gradient: Tensor) -> None:
+            if not bool(torch.isfinite(gradient).all()):
+                broken_outputs.add(name)
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            order.append(name)
+            for tensor in torch.utils._pytree.tree_leaves(output):
+                if isinstance(tensor, Tensor) and tensor.requires_grad:
+                    tensor.register_hook(look)
+        return hook
+
+    handles = [module.register_forward_hook(watch(name)) for name, module in layers.items()]
+    model.zero_grad(set_to_none=True)
+    try:
+        with torch.enable_grad():
+            with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(inputs, targets)
+            if not bool(torch.isfinite(loss)):
+                return None
+            loss.backward()
+        found = [name for name in order if name not in broken_outputs and any(
+            p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in layers[name].parameters())]
+        return found[-1] if found else None
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+
+
 def stream(loaded: LoadedModel, tokens: Tensor, segment: int, state: StreamState | None = None,
            learn: bool = True, keep_pending: bool = False, progress: bool = False,
            baseline: bool = False, slow_lrs: dict[str, float] | None = None) -> StreamResult:
