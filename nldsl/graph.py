@@ -90,8 +90,7 @@ class LevelGraph:
             period_tokens = count * self.spec.train.batch * self.spec.train.seq_len
         else:
             period, period_tokens = f"{level.period} token{'s' if level.period != 1 else ''}", level.period
-        rule = level.rule + ("+momentum" if level.momentum is not None else "") + \
-            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        rule = _rule_text(level)
         self.add_node(
             f"levels.{level.name}", kind="level", label=level.name, definition=True, period=period,
             period_tokens=period_tokens, frequency=1.0 / period_tokens, state=_symbolic_state_text(level.state),
@@ -206,9 +205,7 @@ class LevelGraph:
         state_params = sum(o * i for o, i in layers) * heads
         period_tokens = level.period if isinstance(level.period, int) else None
         outer = level.update == "outer" or on_clock
-        objective, rule, readout, gates = level.objective, level.rule, level.readout, _gates_text(level)
-        rule += ("+momentum" if level.momentum is not None else "") + \
-            (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+        objective, rule, readout, gates = level.objective, _rule_text(level), level.readout, _gates_text(level)
         if outer:
             tokens_per_step = self.spec.train.batch * self.spec.train.seq_len
             steps = level.period.count if isinstance(level.period, S.Steps) else \
@@ -336,6 +333,13 @@ def _symbolic_state_text(state: Any) -> str:
     hidden = f"{state.expansion:g}d"
     depth = state.depth if isinstance(state, S.MLPState) else 2
     return f"{state.kind}[{' → '.join(['d', *[hidden] * (depth - 1), 'd'])}]"
+
+
+def _rule_text(level: S.LevelSpec) -> str:
+    """The inner rule as a node shows it: gd or dgd, with momentum, Newton–Schulz and a clip added."""
+    return (level.rule + ("+momentum" if level.momentum is not None else "")
+            + (f"+NS{level.orthogonalize.steps}" if level.orthogonalize else "")
+            + (f"+clip {level.clip:g}" if level.clip is not None else ""))
 
 
 def _gates_text(level: S.LevelSpec) -> str:

@@ -196,6 +196,9 @@ def test_level_label_shows_period_state_params_objective_rule_gates(monkeypatch)
         assert fact in memory, fact
     head = declaration(dot, "head")
     assert "norm + head (tied)" in head and "128 params" in head
+    # a clip joins the rule (the shipped specs set none)
+    clipped = build_graph(check_file(ROOT / "specs/hope.nl", ["model.block.titans.memory.clip=0.5"]).spec)
+    assert "dgd+momentum+clip 0.5, readout causal" in declaration(to_dot(clipped), "block.titans.memory")
 
 
 def test_every_edge_is_drawn_once_in_the_style_of_its_kind(monkeypatch):
