@@ -151,6 +151,8 @@ CASES = {
     "selfmod_projections_clipped": ("selfmod { heads = 2 conv = 0 adaptive = [k, v, eta, alpha] level memory { "
                                     "period = 3 momentum = 0.5 clip = 0.3 } level projections { period = 2 "
                                     "readout = chunk_start clip = 0.2 } }", 6),
+    "gated_delta_clipped": (mem("state = linear period = 1 retention = learned(max = 1.0) "
+                                "retention_order = before_write clip = 0.3"), 5),
     "nested_clipped": ("cms { variant = nested level a { period = 2 momentum = 0.5 clip = 0.2 } level b { "
                        "period = 4 lr = 0.5 } }", 8),
     "cms_clock_and_in_context_mixed": ("cms { variant = independent level a { period = 2 } level b { "

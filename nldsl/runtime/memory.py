@@ -112,7 +112,11 @@ class LevelConfig:
         if self.orthogonalize_steps > 0:
             assert self.readout == "chunk_start", "Newton–Schulz changes θ only at chunk ends (§1.5)"
         if self.decay_before_write:
-            assert uses_delta_kernel(self) and self.chunk_size == 1, \
+            # the delta kernel's conditions less the clip's (a clipped level takes the chunk step, which
+            # decays before the write too: memory_chunk_step)
+            assert runs_delta_kernel(len(self.weight_shapes()) == 1, self.state, self.momentum,
+                                     self.orthogonalize_steps, self.objective, self.values, self.dgd,
+                                     self.chunk_size, self.readout, clipped=False) and self.chunk_size == 1, \
                 "decay before write needs a linear level with period 1 and no momentum"
 
     def weight_shapes(self) -> list[tuple[int, int]]:
@@ -418,7 +422,7 @@ def _squared_norm(rows: Tensor) -> Tensor:
 
 
 def clip_scale(clip: float, squared_norms: Tensor) -> Tensor:
-    """ρ = min(1, clip/‖∇ℓ‖) from ‖∇ℓ‖²: a clipped level's per-token factor on η (docs/semantics.md §1.4).
+    """ρ = min(1, clip/‖∇ℓ‖) from ‖∇ℓ‖²: a clipped level's per-token factor on η (docs/semantics.md §1.5).
 
     The clamp comes before the root, so a zero gradient (or one under the bound) gives ρ = 1 with a
     zero derivative rather than the 0·∞ of differentiating a square root at 0."""

@@ -1342,9 +1342,9 @@ IN_CONTEXT_CLIP = 1.0
 def clip_overrides(module_name: str, model: S.ModelSpec, seq_len: int) -> list[str]:
     """`--set` values that clip the inner gradients of the in-context levels there (IN_CONTEXT_CLIP, or
     half a level's own clip). Only levels that run a chunk loop get one: an MLP memory's gradient can
-    outgrow its weights, and a clip costs them nothing in kind, whereas a linear level the delta
-    kernel runs (DeltaNet) would go token by token under it (W0701) for a recurrence that does not
-    run away like that. A level whose newton_schulz sizes each write itself gets none either."""
+    outgrow its weights, and a clip keeps it in the loop it runs anyway, whereas a linear level the
+    delta kernel runs (DeltaNet) would go token by token under it (W0701) for a recurrence that does
+    not run away like that. A level whose newton_schulz sizes each write itself gets none either."""
     return [f"model.{layer_path}.{name}.clip="
             + (f"{IN_CONTEXT_CLIP:g}" if level.clip is None else f"{level.clip / 2:g}")
             for layer_path, layer, name, level in _in_context_levels_in(module_name, model, seq_len)
@@ -1354,17 +1354,16 @@ def clip_overrides(module_name: str, model: S.ModelSpec, seq_len: int) -> list[s
 def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]], clips: list[str],
                           value_norms: list[str], checkpoint: Path | None, lower_lr: str | None,
                           backward: bool = False) -> str:
-    """Why a trained model's forward pass was not finite where `levels` learn in context, and the
-    changes that can keep such a memory finite: `clips` on the levels' inner gradients
-    (`clip_overrides`; first: a clip bounds every write, so the memory can grow only linearly within
-    a sequence), a lower bound on their own
-    lr and `value_norms` (`value_norm_overrides`), each a new spec, so a new run from the checkpoint;
-    or, given `lower_lr`, --resume with it, which moves the weights the memories start from (None
-    where the checkpoint's own weights fail: no outer lr acts before that). On measured runs the clip
-    kept every run finite and a lower bound some and not others (docs/runtime.md, *Memories that
-    diverge in context*); the outer training can still diverge by itself, so the error promises
-    nothing. `backward`: the forward pass was finite and the layer was found from its gradients
-    (`evaluate.non_finite_gradient_layer`)."""
+    """Why a trained model's forward pass (or, with `backward`, its gradient: the layer was then found by
+    `evaluate.non_finite_gradient_layer`) was not finite where `levels` learn in context, and the
+    changes that can keep such a memory finite, each a new spec, so a new run from the checkpoint:
+    `clips` on the levels' inner gradients (`clip_overrides`; first, since a clip bounds every write,
+    so the memory can grow only linearly within a sequence), a lower bound on their own lr, and
+    `value_norms` (`value_norm_overrides`); or, given `lower_lr`, --resume with it, which moves the
+    weights the memories start from (None where the checkpoint's own weights fail: no outer lr acts
+    before that). On the measured runs the clips offered kept every run finite, and a lower bound
+    some and not others (docs/runtime.md, *Memories that diverge in context*); the outer training
+    can still diverge by itself, so the error promises nothing."""
     them = "them" if len(levels) > 1 else "it"
     changes = [f"a clip on {'their' if len(clips) > 1 else 'its'} inner gradients, which bounds every write, e.g. "
                + " ".join(f'--set "{value}"' for value in clips)] if clips else []

@@ -607,6 +607,16 @@ def test_a_clip_keeps_an_unstable_memory_finite() -> None:
     assert (clipped - start).flatten(-2).norm(dim=-1).max() <= 3.0 * 1.0 * 400
 
 
+@pytest.mark.parametrize("objective", ["l2", "dot"])
+def test_a_clipped_gated_delta_rule_decays_before_its_write(objective: str) -> None:
+    """Gated DeltaNet (retention before the write) with a clip: the l2 error reads the decayed state,
+    so the level leaves the delta kernel for the chunk step, which decays first too; a dot objective
+    stays in the kernel. Both against the reference, which clips at the decayed state."""
+    cfg = level("linear", objective=objective, chunk_size=1, decay_before_write=True, clip=0.5)
+    assert uses_delta_kernel(cfg) == (objective == "dot")
+    assert_matches_reference(cfg, 13)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 5])
 def test_a_clipped_hebbian_level_runs_the_delta_kernel_exactly(chunk_size: int) -> None:
     """Linear attention with a clip: −v kᵀ reads no state, so each token's factor is known beforehand
