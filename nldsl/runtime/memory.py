@@ -114,9 +114,7 @@ class LevelConfig:
         if self.decay_before_write:
             # the delta kernel's conditions less the clip's (a clipped level takes the chunk step, which
             # decays before the write too: memory_chunk_step)
-            assert runs_delta_kernel(len(self.weight_shapes()) == 1, self.state, self.momentum,
-                                     self.orthogonalize_steps, self.objective, self.values, self.dgd,
-                                     self.chunk_size, self.readout, clipped=False) and self.chunk_size == 1, \
+            assert uses_delta_kernel(self, clipped=False) and self.chunk_size == 1, \
                 "decay before write needs a linear level with period 1 and no momentum"
 
     def weight_shapes(self) -> list[tuple[int, int]]:
@@ -718,11 +716,13 @@ def fused_write(
         -rows.writes[..., -1, :], momentum_writes, next_inputs)
 
 
-def uses_delta_kernel(cfg: LevelConfig) -> bool:
+def uses_delta_kernel(cfg: LevelConfig, *, clipped: bool | None = None) -> bool:
     """Whether `memory_level` runs this level through the exact delta kernel (module docstring; the
-    rule, shared with the checker, is `paths.runs_delta_kernel`)."""
+    rule, shared with the checker, is `paths.runs_delta_kernel`). `clipped` stands in for whether the
+    level has a clip (LevelConfig asks about the level without one)."""
+    clipped = cfg.clip is not None if clipped is None else clipped
     return runs_delta_kernel(len(cfg.weight_shapes()) == 1, cfg.state, cfg.momentum, cfg.orthogonalize_steps,
-                             cfg.objective, cfg.values, cfg.dgd, cfg.chunk_size, cfg.readout, cfg.clip is not None)
+                             cfg.objective, cfg.values, cfg.dgd, cfg.chunk_size, cfg.readout, clipped)
 
 
 @float32_recurrence

@@ -549,14 +549,27 @@ def test_apply_weights_gives_the_weight_gradient_in_the_weight_layout() -> None:
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("objective", ["l2", "external"])
 @pytest.mark.parametrize("momentum", [False, True])
-def test_clipped_levels_match_the_reference(state: str, objective: str, momentum: bool) -> None:
+def test_clipped_levels_match_the_reference(state: str, objective: str, momentum: bool, monkeypatch) -> None:
     """A clip that binds on some tokens and not on others (the gradient norms of these inputs spread
-    around 1), through DGD and generated values where the objective has them, with momentum or not."""
-    options = dict(objective=objective, momentum=momentum, chunk_size=3, dgd=True, clip=1.0)
+    around 1, as the recorded factors show), through DGD and generated values where the objective has
+    them, with momentum or not."""
+    from nldsl.runtime import memory
+
+    options = dict(objective=objective, momentum=momentum, chunk_size=3, dgd=True)
     if objective == "l2":
         options["values"] = "generated" if state == "residual" else "given"
-    cfg = level(state, **options)
+    cfg = level(state, **options, clip=1.0)
+    factors, real = [], memory.clip_scale
+
+    def recording(clip, squared_norms):
+        result = real(clip, squared_norms)
+        factors.append(result.detach().flatten())
+        return result
+
+    monkeypatch.setattr(memory, "clip_scale", recording)
     assert_matches_reference(cfg, 13)
+    bound = torch.cat(factors) < 1 - 1e-9  # (an unbound factor is clip·rsqrt(clip²), 1 to rounding)
+    assert bound.any() and not bound.all()
     assert_matches_reference(cfg, 13, allow_delta_kernel=False, learned_retention=False, seed=5)
 
 
