@@ -1321,7 +1321,7 @@ def test_a_memory_that_diverges_mid_run_is_named_and_the_changes_offered_train(
     # a clip, half the spec's bound, and values normalised (titans_lmm stores them raw)
     assert suggested == ["model.block.lmm.level.clip=1", "model.block.lmm.level.lr=learned(max = 0.0025)",
                          "model.block.lmm.value_norm=l2"]
-    assert "a clip on its inner gradients, which bounds every write" in err
+    assert "a clip on its inner gradients, which bounds each token's gradient step" in err
     assert "L2-normalised values, which the memory is trained to reproduce" in err
     monkeypatch.setattr(M, "memory_level", real)
     new_run = tmp_path / "new"

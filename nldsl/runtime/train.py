@@ -1357,16 +1357,16 @@ def in_context_divergence(module_name: str, levels: list[tuple[str, S.LevelSpec]
     """Why a trained model's forward pass (or, with `backward`, its gradient: the layer was then found by
     `evaluate.non_finite_gradient_layer`) was not finite where `levels` learn in context, and the
     changes that can keep such a memory finite, each a new spec, so a new run from the checkpoint:
-    `clips` on the levels' inner gradients (`clip_overrides`; first, since a clip bounds every write,
-    so the memory can grow only linearly within a sequence), a lower bound on their own lr, and
-    `value_norms` (`value_norm_overrides`); or, given `lower_lr`, --resume with it, which moves the
+    `clips` on the levels' inner gradients (`clip_overrides`; first, since a clip bounds each token's
+    gradient step, so the memory can grow only linearly within a sequence), a lower bound on their
+    own lr, and `value_norms` (`value_norm_overrides`); or, given `lower_lr`, --resume with it, which moves the
     weights the memories start from (None where the checkpoint's own weights fail: no outer lr acts
     before that). On the measured runs the clips offered kept every run finite, and a lower bound
     some and not others (docs/runtime.md, *Memories that diverge in context*); the outer training
     can still diverge by itself, so the error promises nothing."""
     them = "them" if len(levels) > 1 else "it"
-    changes = [f"a clip on {'their' if len(clips) > 1 else 'its'} inner gradients, which bounds every write, e.g. "
-               + " ".join(f'--set "{value}"' for value in clips)] if clips else []
+    changes = [f"a clip on {'their' if len(clips) > 1 else 'its'} inner gradients, which bounds each token's "
+               "gradient step, e.g. " + " ".join(f'--set "{value}"' for value in clips)] if clips else []
     lowered = [(path, _lower_in_context_lr(level)) for path, level in levels]
     settings = " ".join(f'--set "{path}.lr={value}"' for path, value in lowered if value is not None)
     changes += [f"a lower lr (or lr bound) for {them}, e.g. {settings}" if settings else
