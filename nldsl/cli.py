@@ -8,6 +8,7 @@ never a Python traceback; `NLDSL_DEBUG=1` shows tracebacks of internal errors.
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import json
 import os
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nldsl", description="Write, check, draw, compile and run Nested Learning models.")
     parser.add_argument("--version", action="version", version=f"nldsl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(commands=sub.choices)  # each command's parser, for `_parse`'s usage errors
 
     def overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -296,10 +298,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown option is reported by its command's parser: the usage then
+    shows that command's options (`nldsl train: error: …`, not the list of commands), with the
+    closest of them when one is near (`--run-dri` → `--run-dir`)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = args.commands[args.command]
+        options = [name for action in command._actions for name in action.option_strings]
+        flag = next((item.split("=", 1)[0] for item in unknown if item.startswith("-")), None)
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.7) if flag else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    del args.commands
+    return args
+
+
 def _run(argv: Sequence[str] | None) -> int:
     _escape_unprintable_output()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         return int(args.func(args) or 0)
     except UserError as error:

@@ -542,3 +542,20 @@ def test_compile_output_replaces_a_module_it_wrote_but_not_a_users_file(tmp_path
     assert main(["compile", TITANS, "-o", str(module)]) == 0
     assert main(["compile", HOPE, "-o", str(module)]) == 0  # a rerun's module, another spec's even
     assert "spec: " + HOPE in module.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["train", TITANS, "--out", "runs/x"], "nldsl train: error: unrecognized arguments: --out runs/x\n"),
+    (["train", TITANS, "--run-dri", "runs/x"],
+     "nldsl train: error: unrecognized arguments: --run-dri runs/x (did you mean --run-dir?)\n"),
+    (["check", TITANS, "--formt=json"],
+     "nldsl check: error: unrecognized arguments: --formt=json (did you mean --format?)\n"),
+    (["graph", TITANS, "extra"], "nldsl graph: error: unrecognized arguments: extra\n"),
+])
+def test_an_unknown_option_shows_its_commands_usage_and_the_closest_option(args, said, capsys):
+    """`nldsl train spec --out runs/x` answered with the list of commands (`nldsl: error: …`), which
+    does not show what train takes; now the command's own usage says it, with a near option named."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"usage: nldsl {args[0]} ") and err.endswith(said), err
