@@ -17,6 +17,12 @@
   rewrites per token (elements of θ and S over the period), the quantity that bounds a chunk step
   on a CPU: every chunk reads and writes its level's whole state several times, forward and back.
 
+- `clip_cost`: what a `clip` on HOPE's in-context levels costs a training step: the chunk-compiled
+  step of `train.chunks_per_call` 8 (T = 2048, B = 2, the Transformer++ comparison's point) without
+  a clip, with the clip the training error offers on the main memory and the projections, and with
+  those clips and the fused write off (the PyTorch chunk step the projections took before the kernel
+  learned the clip), timed in interleaved rounds.
+
 - `titans_layer`: the Titans LMM layer of `peers --only titans_layer` (the ≥ 3× target), compiled
   as a whole graph, at T = 256 instead of the comparison's 1024 (16 chunks: the graph compiles in
   minutes, 1024 took 658 s from a cold cache), over 5 steps with inductor's kernels named: the
@@ -39,7 +45,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import peers
-from bench.harness import RESULTS, TrainStep, build, log, matmul_peak, random_tokens
+from bench.harness import RESULTS, TrainStep, alternate_samples, build, log, matmul_peak, random_tokens
 from nldsl.runtime import blocks, fused, memory
 from nldsl.runtime.chunked import compiled_chunks
 
@@ -206,6 +212,36 @@ def hope_components(width: int = 256, length: int = 512, batch: int = 2, repeats
     return "\n".join(rows)
 
 
+CLIP_COST_ROUNDS = 6
+HOPE_CLIPS = ["model.block.titans.memory.clip=1", "model.block.titans.projections.clip=1"]
+
+
+def clip_cost(length: int = 2048, batch: int = 2, rounds: int = CLIP_COST_ROUNDS) -> str:
+    """The table of `clip_cost` (module docstring)."""
+    tokens, targets = random_tokens(batch, length, 256)
+    cases = {"no clip": ([], True), "clip on both levels": (HOPE_CLIPS, True),
+             "clip on both levels, fused write off": (HOPE_CLIPS, False)}
+    contenders = {}
+    for name, (overrides, kernel) in cases.items():
+        model, optimizer = build("specs/hope.nl", overrides, seq_len=length)
+        step = TrainStep(model, optimizer, compiled="chunks", chunks_per_call=8)
+
+        def call(step: TrainStep = step, kernel: bool = kernel) -> None:
+            with fused.fused_writes(kernel):
+                step(tokens, targets)
+        contenders[name] = call
+    samples = alternate_samples(contenders, rounds=rounds, warmup=2)
+    base = statistics.median(samples["no clip"])
+    rows = [f"HOPE (specs/hope.nl) T={length}, B={batch}, chunk bodies compiled, chunks_per_call 8, "
+            f"{torch.get_num_threads()} thread(s), {rounds} interleaved rounds after 2 warm-up steps each; "
+            f"clips: {' '.join(HOPE_CLIPS)}", "", "| step | median s | × no clip | every round (s) |",
+            "|---|---:|---:|---|"]
+    for name, values in samples.items():
+        median = statistics.median(values)
+        rows.append(f"| {name} | {median:.3f} | {median / base:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+    return "\n".join(rows)
+
+
 def _counted_flops(run: Callable[[], object]) -> float:
     """FLOPs of one call of `run` as `FlopCounterMode` counts them, with the fused write off (its custom op
     is invisible to the counter; the PyTorch step computes the same products)."""
@@ -241,8 +277,8 @@ def run(names: list[str]) -> None:
             (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
             log(text)
             continue
-        if name == "hope_components":
-            text = hope_components()
+        if name in ("hope_components", "clip_cost"):
+            text = hope_components() if name == "hope_components" else clip_cost()
             (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
             log(text)
             continue
@@ -260,7 +296,7 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    names = [*TARGETS, "hope_components", "titans_layer"]
+    names = [*TARGETS, "hope_components", "clip_cost", "titans_layer"]
     parser.add_argument("names", nargs="*", default=names, choices=names, metavar="NAME",
                         help=f"profiles to take, of: {', '.join(names)} (default: all)")
 

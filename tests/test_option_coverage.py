@@ -146,8 +146,8 @@ CASES = {
     "nested_four_levels": ("cms { variant = nested level a { period = 1 momentum = 0.5 retention = 0.9 "
                            "orthogonalize = newton_schulz(2) rule = dgd dgd_layers = all } level b { period = 2 "
                            "lr = 0.5 } level c { period = 4 lr = 0.25 } level d { period = 8 lr = 1.0 } }", 8),
-    # a clip on the levels the fused write and the nested cms would otherwise run (the generators put
-    # one on a selfmod's main memory only)
+    # a clip on the levels the fused write runs (the projections: the clip then scales the kernel's
+    # writes) and on a nested cms (the generators put one on a selfmod's main memory only)
     "selfmod_projections_clipped": ("selfmod { heads = 2 conv = 0 adaptive = [k, v, eta, alpha] level memory { "
                                     "period = 3 momentum = 0.5 clip = 0.3 } level projections { period = 2 "
                                     "readout = chunk_start clip = 0.2 } }", 6),

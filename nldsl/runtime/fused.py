@@ -13,7 +13,8 @@ per-token write weights) stay in PyTorch and reach the kernel as inputs, so thei
 back through the ordinary graph.
 
 It applies (`applies`) to a level whose state has two weight matrices (residual_mlp, or mlp of
-depth 2), with the L2 objective, no Newton–Schulz and gradients through its writes, on CPU
+depth 2), with the L2 objective, no Newton–Schulz and gradients through its writes (a `clip` too:
+the kernel scales each token's write weights by its factor from the errors it computes), on CPU
 tensors of float32 or float64 outside autocast. Every other level, and every level on a GPU,
 takes the PyTorch chunk step
 (`memory._chunk_end_state` after `_write_factors`), which is also this kernel's reference in
@@ -169,7 +170,7 @@ def fused_writes(enable: bool = True) -> Iterator[None]:
 def applies(cfg: LevelConfig, keys: Tensor, values: Tensor | None) -> bool:
     """Whether `memory_chunk_step` writes this level's chunk with the kernel (module docstring)."""
     return (len(cfg.weight_shapes()) == 2 and cfg.objective == "l2" and values is not None
-            and cfg.orthogonalize_steps == 0 and cfg.clip is None and cfg.grad_through_writes
+            and cfg.orthogonalize_steps == 0 and cfg.grad_through_writes
             and keys.device.type == "cpu"
             and keys.dtype in (torch.float32, torch.float64) and values.dtype == keys.dtype
             # under autocast the products' inputs arrive in mixed precisions; the PyTorch step takes them
@@ -215,7 +216,7 @@ def chunk_end_state(cfg: LevelConfig, state: MemoryState, keys: Tensor, values: 
     # a call that autograd records keeps its forward's intermediates for the backward; others keep nothing
     training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     first, second, moment_first, moment_second, read, _ = getattr(torch.ops, _namespace).memory_write(
-        *inputs, kernel_flags(cfg) | (SAVE if training else 0))
+        *inputs, kernel_flags(cfg) | (SAVE if training else 0), 0.0 if cfg.clip is None else float(cfg.clip))
     new_state = MemoryState([first, second], None if momentum is None else [moment_first, moment_second])
     return new_state, None if next_inputs is None else read
 
@@ -238,22 +239,22 @@ def _register_python_parts(namespace: str) -> None:
 
     @torch.library.register_fake(f"{namespace}::memory_write")
     def _(W1, W2, S1, S2, keys, values, decay, momentum_scale, momentum_decay, write_weights,
-          momentum_write_weights, next_inputs, flags):
+          momentum_write_weights, next_inputs, flags, clip):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
                 read_shape(W1, W2, next_inputs), saved_shape(W1, W2, keys, next_inputs, flags)]
 
     @torch.library.register_fake(f"{namespace}::memory_write_backward")
     def _(grad_W1, grad_W2, grad_S1, grad_S2, grad_read, W1, W2, S1, S2, keys, values, decay, momentum_scale,
-          momentum_decay, write_weights, momentum_write_weights, next_inputs, new_W1, new_W2, saved, flags):
+          momentum_decay, write_weights, momentum_write_weights, next_inputs, new_W1, new_W2, saved, flags, clip):
         return [W1.new_empty(W1.shape), W2.new_empty(W2.shape), empty(S1, W1), empty(S2, W1),
                 keys.new_empty(keys.shape), values.new_empty(values.shape), decay.new_empty(decay.shape),
                 empty(momentum_scale, W1), empty(momentum_decay, W1), write_weights.new_empty(write_weights.shape),
                 empty(momentum_write_weights, W1), empty(next_inputs, W1)]
 
     def setup_context(ctx, inputs, output) -> None:
-        ctx.flags = inputs[-1]
+        ctx.flags, ctx.clip = inputs[-2:]
         ctx.mark_non_differentiable(output[5])  # the forward's intermediates, for backward only
-        ctx.save_for_backward(*inputs[:-1], output[0], output[1], output[5])
+        ctx.save_for_backward(*inputs[:-2], output[0], output[1], output[5])
 
     def backward(ctx, grads):
         W1, W2, S1, S2, *rest, new_W1, new_W2, saved = ctx.saved_tensors
@@ -271,12 +272,12 @@ def _register_python_parts(namespace: str) -> None:
             grad_W1, grad_W2, grad_S1 if momentum else None, grad_S2 if momentum else None,
             grad_read if next_inputs is not None else None, W1, W2, S1, S2, *rest,
             new_W1 if next_inputs is not None else None, new_W2 if next_inputs is not None else None, saved,
-            ctx.flags)
+            ctx.flags, ctx.clip)
         absent = [2, 3, 7, 8, 10] if not momentum else []  # no S, m_n, B_n or S writes without momentum
         if next_inputs is None:
             absent.append(11)
         for index in absent:
             out[index] = None
-        return (*out, None)
+        return (*out, None, None)
 
     torch.library.register_autograd(f"{namespace}::memory_write", backward, setup_context=setup_context)

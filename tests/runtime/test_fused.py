@@ -21,11 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nldsl
-from nldsl.runtime import fused
+from nldsl.runtime import fused, memory
 from nldsl.runtime.chunked import compiled_chunks
 from nldsl.runtime.memory import (
     LevelConfig,
     MemoryState,
+    _write_factors,
+    clip_scale,
     fused_write,
     init_memory_weights,
     initial_memory_state,
@@ -184,6 +186,47 @@ def test_stacked_memories_on_shared_inputs_and_the_next_read(memories: int, foll
     assert_kernel_matches(level(values="generated", dgd=True, momentum=True), memories, following)
 
 
+def between_norms(squared_norms: torch.Tensor) -> float:
+    """A clip halfway between the middle two of a chunk's gradient norms (from their squares)."""
+    norms = squared_norms.detach().flatten().sqrt().sort().values
+    middle = len(norms) // 2
+    return ((norms[middle - 1] + norms[middle]) / 2).item()
+
+
+CLIP_GRID = [(state, values, dgd, momentum, memories) for state, values, dgd, momentum, memories in itertools.product(
+    ["residual_mlp", "mlp"], ["given", "generated"], ["none", "first", "all"], [False, True], [1, 3])]
+
+
+@pytest.mark.parametrize(("state", "values", "dgd", "momentum", "memories"), CLIP_GRID)
+def test_a_clipped_level_matches_the_pytorch_step(state: str, values: str, dgd: str, momentum: bool,
+                                                   memories: int) -> None:
+    """`clip = c`: the kernel scales each token's write weights by ρ_s = min(1, c/‖∇ℓ_s‖) from its own errors,
+    per stacked memory, and differentiates through ρ; the PyTorch step clips η (memory.clip_scale). The clip
+    is set between the middle two gradient norms of the drawn chunk, so that it binds on some tokens and not
+    on others, and no token sits on its kink."""
+    options = dict(values=values, dgd=dgd != "none", dgd_layers="all" if dgd == "all" else "first",
+                   momentum=momentum)
+    inputs = draw(level(state, **options), memories, following=2)
+    keys, values_in = (tiled(inputs[name], memories) for name in ("keys", "values"))
+    norms = _write_factors(level(state, **options, clip=1.0), inputs["state"].weights, keys, values_in, None,
+                           None)[3]
+    cfg = level(state, **options, clip=between_norms(norms))
+    factors = clip_scale(cfg.clip, norms)
+    assert (factors < 0.999).any() and (factors > 1 - 1e-12).any()
+    assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    assert_kernel_matches(cfg, memories, following=2)
+
+
+def test_the_float32_kernel_clips_as_the_pytorch_step() -> None:
+    """HOPE's projections' shapes in float32 (whole vectors), clipped between the chunk's middle norms."""
+    options = dict(values="generated", d_in=32, d_out=32, hidden=64, dgd=True, momentum=True)
+    inputs = draw(level(**options), 4, following=2, dtype=torch.float32)
+    norms = _write_factors(level(**options, clip=1.0), inputs["state"].weights, tiled(inputs["keys"], 4),
+                           tiled(inputs["values"], 4), None, None)[3]
+    assert_kernel_matches(level(**options, clip=between_norms(norms)), 4, following=2,
+                          dtype=torch.float32, rtol=2e-5)
+
+
 def counting_kernel_calls(monkeypatch) -> list[int]:
     """Count the kernel's calls (one entry each), so that a test of "with the kernel" knows it ran."""
     calls: list[int] = []
@@ -197,9 +240,14 @@ def counting_kernel_calls(monkeypatch) -> list[int]:
     return calls
 
 
-def test_hope_with_the_kernel_equals_hope_without(monkeypatch) -> None:
-    """The whole model in float64, logits and every parameter gradient, at a length no chunk size divides."""
-    model = nldsl.load("specs/hope.nl", dim=16, heads=2).double()
+HOPE_CLIPS = ["model.block.titans.memory.clip=0.5", "model.block.titans.projections.clip=0.05"]
+
+
+@pytest.mark.parametrize("clips", [[], HOPE_CLIPS])
+def test_hope_with_the_kernel_equals_hope_without(monkeypatch, clips: list[str]) -> None:
+    """The whole model in float64, logits and every parameter gradient, at a length no chunk size divides;
+    also with the clips the training error offers (the projections' small enough to bind)."""
+    model = nldsl.load("specs/hope.nl", clips, dim=16, heads=2).double()
     tokens = torch.randint(0, 256, (2, 29), generator=torch.Generator().manual_seed(0))
     calls = counting_kernel_calls(monkeypatch)
 
@@ -213,8 +261,13 @@ def test_hope_with_the_kernel_equals_hope_without(monkeypatch) -> None:
         (logits * weights).sum().backward()
         return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
+    factors: list[torch.Tensor] = []  # the PyTorch step's clip factors, to know that the clip binds
+    real_scale = memory.clip_scale
+    monkeypatch.setattr(memory, "clip_scale",
+                        lambda clip, norms: factors.append(real_scale(clip, norms)) or factors[-1])
     logits, gradients = run(True)
     expected_logits, expected_gradients = run(False)
+    assert bool(clips) == any(bool((factor < 0.999).any()) for factor in factors)
     assert relative_error(logits, expected_logits) <= MODEL_RTOL
     assert gradients.keys() == expected_gradients.keys()
     for name, wanted in expected_gradients.items():
@@ -229,7 +282,7 @@ def test_dispatch_rule() -> None:
     assert not fused.applies(level(objective="external"), cpu, None)  # the CMS surprise: measured no faster
     assert not fused.applies(level(grad_through_writes=False), cpu, cpu)
     assert not fused.applies(level(orthogonalize_steps=2), cpu, cpu)
-    assert not fused.applies(level(clip=1.0), cpu, cpu)  # its factors need the errors before the write
+    assert fused.applies(level(clip=1.0), cpu, cpu)  # the kernel scales each token's write weights
     assert not fused.applies(level(objective="dot"), cpu, cpu)
     assert not fused.applies(LevelConfig("linear", d_in=4, d_out=4, objective="l2", chunk_size=4), cpu, cpu)
     assert not fused.applies(LevelConfig("mlp", d_in=4, d_out=4, hidden=4, depth=3, objective="l2"), cpu, cpu)

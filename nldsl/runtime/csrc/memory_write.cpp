@@ -12,6 +12,10 @@
 //   W1' = A W1 + m S1 + Σ_s c_s D1_sᵀ K_s,   S1' = B S1 + Σ_s c'_s D1_sᵀ K_s
 //   W2' = A W2 + m S2 + Σ_s c_s D2_sᵀ H_s,   S2' = B S2 + Σ_s c'_s D2_sᵀ H_s
 //
+// A clipped level (clip > 0) scales both write weights of token s by ρ_s = min(1, clip / ‖∇ℓ_s‖), the norm of its
+// inner gradient over both layers before the DGD terms: ‖∇ℓ_s‖² = ‖U1_s‖²‖K_s‖² + ‖G_s‖²‖H_s‖², U1 = σ'(Z) ⊙ (G W2)
+// (memory.clip_scale; each stacked memory has its own ρ).
+//
 // and the backward is the same chain run in reverse by hand. A training call (kSave) also returns the
 // forward's product results that chain reads (Saved), so the backward repeats none of its products.
 // Optionally the call also reads the next chunk's rows X at the new weights, R = M_θ'(X), while
@@ -438,6 +442,46 @@ struct Forward {
   }
 };
 
+// A clipped level's factors for one problem (the header's ρ_s), from the forward's intermediates (run or restored),
+// and the backward through them.
+template <typename T>
+struct Clip {
+  std::vector<T> rho, squared, key, first, error, hidden, c, c2, twice;  // twice: 2 ∂‖∇ℓ_s‖²
+  explicit Clip(int64_t n) : rho(n), squared(n), key(n), first(n), error(n), hidden(n), c(n), c2(n), twice(n) {}
+
+  // ρ_s = clip / sqrt(max(‖∇ℓ_s‖², clip²)) (1 up to rounding under the bound, as memory.clip_scale), and the
+  // scaled write weights c̃_s = ρ_s c_s, c̃'_s = ρ_s c'_s (c2q null without momentum).
+  void scale(const Dims& dm, T clip, const Forward<T>& fw, const T* K, const T* cq, const T* c2q) {
+    const int64_t din = dm.d_in, hid = dm.hidden, dout = dm.d_out;
+    for (int64_t s = 0; s < dm.n; ++s) {
+      T u = 0;
+      for (int64_t i = s * hid; i < (s + 1) * hid; ++i) u += (fw.dz[i] * fw.gw[i]) * (fw.dz[i] * fw.gw[i]);
+      key[s] = dot(K + s * din, K + s * din, din);
+      first[s] = u;
+      error[s] = dot(fw.g.data() + s * dout, fw.g.data() + s * dout, dout);
+      hidden[s] = dot(fw.h.data() + s * hid, fw.h.data() + s * hid, hid);
+      squared[s] = first[s] * key[s] + error[s] * hidden[s];
+      rho[s] = clip / std::sqrt(std::max(squared[s], clip * clip));
+      c[s] = rho[s] * cq[s];
+      if (c2q != nullptr) c2[s] = rho[s] * c2q[s];
+    }
+  }
+
+  // Given the scaled weights' gradients gc, gc2 (gc2 null without momentum): the unscaled ones' into GC, GC2, and
+  // `twice` = 2 ∂‖∇ℓ_s‖² (zero where the clip does not bind, as clamp's derivative).
+  void backward(const Dims& dm, T clip, const T* cq, const T* c2q, const T* gc, const T* gc2, T* GC, T* GC2) {
+    for (int64_t s = 0; s < dm.n; ++s) {
+      GC[s] += rho[s] * gc[s];
+      T grad_rho = cq[s] * gc[s];
+      if (gc2 != nullptr) {
+        GC2[s] += rho[s] * gc2[s];
+        grad_rho += c2q[s] * gc2[s];
+      }
+      twice[s] = squared[s] >= clip * clip ? -grad_rho * rho[s] / squared[s] : T(0);  // 2 · (−ρ / 2N) ∂ρ
+    }
+  }
+};
+
 // The read M_θ(X) of rows X (rows × d_in) at θ = (W1, W2), with what its backward needs.
 template <typename T>
 struct Read {
@@ -584,7 +628,7 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
                                      const std::optional<at::Tensor>& momentum_scale,
                                      const std::optional<at::Tensor>& momentum_decay, const at::Tensor& write_weights,
                                      const std::optional<at::Tensor>& momentum_write_weights,
-                                     const std::optional<at::Tensor>& next_inputs, int64_t flags) {
+                                     const std::optional<at::Tensor>& next_inputs, int64_t flags, double clip) {
   const bool momentum = S1.has_value();
   const Layout lay = layout_of(W1, W2, keys, values, flags);
   const Dims& dm = lay.dm;
@@ -606,6 +650,7 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
     at::parallel_for(0, lay.batch * lay.heads, 1, [&](int64_t begin, int64_t end) {
       Forward<T> fw(dm);
       Read<T> reader(dm, rows);
+      Clip<T> clipped(clip > 0 ? n : 0);
       for (int64_t q = begin; q < end; ++q) {
         const T* Kq = k.data_ptr<T>() + q * n * din;
         const T* Vq = v.data_ptr<T>() + q * n * dout;
@@ -626,8 +671,14 @@ std::vector<at::Tensor> memory_write(const at::Tensor& W1, const at::Tensor& W2,
           const T M = momentum ? m.data_ptr<T>()[q] : T(0), B = momentum ? b.data_ptr<T>()[q] : T(0);
           const T* S1p = pointer<T>(s1, p * size1);
           const T* S2p = pointer<T>(s2, p * size2);
-          new_weights(W1o, S1o, W1p, S1p, A, M, B, cq, c2q, fw.d1.data(), Kq, hid, n, din);
-          new_weights(W2o, S2o, W2p, S2p, A, M, B, cq, c2q, fw.d2.data(), fw.h.data(), dout, n, hid);
+          const T *cw = cq, *c2w = c2q;  // the write weights, scaled per token for a clipped level
+          if (clip > 0) {
+            clipped.scale(dm, T(clip), fw, Kq, cq, c2q);
+            cw = clipped.c.data();
+            c2w = c2q == nullptr ? nullptr : clipped.c2.data();
+          }
+          new_weights(W1o, S1o, W1p, S1p, A, M, B, cw, c2w, fw.d1.data(), Kq, hid, n, din);
+          new_weights(W2o, S2o, W2p, S2p, A, M, B, cw, c2w, fw.d2.data(), fw.h.data(), dout, n, hid);
           if (rows > 0)  // the next chunk's read, while the new weights are in cache
             reader.forward(dm, W1o, W2o, x.data_ptr<T>() + q * rows * din, rows, read.data_ptr<T>() + p * rows * dout,
                            kept == nullptr ? nullptr : kept + place.read_z);
@@ -650,7 +701,7 @@ std::vector<at::Tensor> memory_write_backward(
     const std::optional<at::Tensor>& momentum_scale, const std::optional<at::Tensor>& momentum_decay,
     const at::Tensor& write_weights, const std::optional<at::Tensor>& momentum_write_weights,
     const std::optional<at::Tensor>& next_inputs, const std::optional<at::Tensor>& new_W1,
-    const std::optional<at::Tensor>& new_W2, const at::Tensor& saved_forward, int64_t flags) {
+    const std::optional<at::Tensor>& new_W2, const at::Tensor& saved_forward, int64_t flags, double clip) {
   const bool momentum = S1.has_value();
   const Layout lay = layout_of(W1, W2, keys, values, flags);
   const Dims& dm = lay.dm;
@@ -685,6 +736,9 @@ std::vector<at::Tensor> memory_write_backward(
       std::vector<T> gd1(n * hid), gd2(n * dout), gg(n * dout), gh(n * hid);
       // the stacked factors of the products into ∂W2 (3 of n rows) and ∂W1 (2 of n rows)
       std::vector<T> left2(3 * n * dout), right2(3 * n * hid), left1(2 * n * hid), right1(2 * n * din);
+      // a clipped level: its factors, the scaled weights' gradients and ∂U1 (U1 = σ'(Z) ⊙ (G W2), with its clip term)
+      Clip<T> clipped(clip > 0 ? n : 0);
+      std::vector<T> gcw(clip > 0 ? n : 0), gc2w(clip > 0 ? n : 0), gu(clip > 0 ? n * hid : 0);
       for (int64_t q = begin; q < end; ++q) {
         const T* Kq = k.data_ptr<T>() + q * n * din;
         const T* Vq = v.data_ptr<T>() + q * n * dout;
@@ -743,9 +797,35 @@ std::vector<at::Tensor> memory_write_backward(
           grad_decay += ew1 + ew2;
           if (momentum) grad_scale += es1 + es2, grad_carry += fs1 + fs2;
           // The writes Σ_s c_s D_sᵀ X_s of layer 1 (D1 on the keys) and layer 2 (D2 on the hidden units)
-          writes.backward(n, hid, din, fw.d1.data(), Kq, E1, F1, cq, c2q, gd1.data(), GK, GC, GC2);
+          // (a clipped level's writes take the scaled weights c̃ = ρ c, whose gradients gather apart first)
+          const T *cw = cq, *c2w = c2q;
+          T *GCw = GC, *GC2w = GC2;
+          if (clip > 0) {
+            clipped.scale(dm, T(clip), fw, Kq, cq, c2q);
+            cw = clipped.c.data();
+            c2w = momentum ? clipped.c2.data() : nullptr;
+            std::fill(gcw.begin(), gcw.end(), T(0));
+            std::fill(gc2w.begin(), gc2w.end(), T(0));
+            GCw = gcw.data();
+            GC2w = momentum ? gc2w.data() : nullptr;
+          }
+          writes.backward(n, hid, din, fw.d1.data(), Kq, E1, F1, cw, c2w, gd1.data(), GK, GCw, GC2w);
           std::fill(gh.begin(), gh.end(), T(0));
-          writes.backward(n, dout, hid, fw.d2.data(), fw.h.data(), E2, F2, cq, c2q, gd2.data(), gh.data(), GC, GC2);
+          writes.backward(n, dout, hid, fw.d2.data(), fw.h.data(), E2, F2, cw, c2w, gd2.data(), gh.data(), GCw, GC2w);
+          const T* gd1u = gd1.data();  // ∂U1: ∂D1, and a clipped level's term through ρ (not DGD's Z term)
+          if (clip > 0) {
+            // ‖∇ℓ_s‖² = ‖U1_s‖²‖K_s‖² + ‖G_s‖²‖H_s‖²: ∂U1_s, ∂K_s, ∂G_s (below, into ∂G) and ∂H_s from 2 ∂‖∇ℓ_s‖²
+            clipped.backward(dm, T(clip), cq, c2q, gcw.data(), momentum ? gc2w.data() : nullptr, GC, GC2);
+            for (int64_t s = 0; s < n; ++s) {
+              const T t = clipped.twice[s];
+              for (int64_t i = s * hid; i < (s + 1) * hid; ++i) {
+                gu[i] = gd1[i] + t * clipped.key[s] * fw.dz[i] * fw.gw[i];
+                gh[i] += t * clipped.error[s] * fw.h[i];
+              }
+              for (int64_t i = 0; i < din; ++i) GK[s * din + i] += t * clipped.first[s] * Kq[s * din + i];
+            }
+            gd1u = gu.data();
+          }
           // D1 = σ'(Z) ⊙ (G W2) + [dgd] Z, D2 = G + [dgd] Y. The products into ∂W2 (Gᵀ ∂(GW), ∂Yᵀ H, ∂Tᵀ Hv)
           // and ∂W1 (∂Zᵀ K, ∂Zvᵀ V) run as one product each, on their factors stacked in left2/right2 and
           // left1/right1: the same sums in the same order as one product after another, without a pass
@@ -753,10 +833,13 @@ std::vector<at::Tensor> memory_write_backward(
           T* ggw = right2.data();  // ∂(GW)
           T* gz = left1.data();    // ∂Z
           for (int64_t i = 0; i < n * hid; ++i) {
-            ggw[i] = fw.dz[i] * gd1[i];
-            gz[i] = fw.ddz[i] * fw.gw[i] * gd1[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
+            ggw[i] = fw.dz[i] * gd1u[i];
+            gz[i] = fw.ddz[i] * fw.gw[i] * gd1u[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
           }
           std::copy(gd2.begin(), gd2.end(), gg.begin());
+          if (clip > 0)
+            for (int64_t s = 0; s < n; ++s)
+              for (int64_t i = s * dout; i < (s + 1) * dout; ++i) gg[i] += clipped.twice[s] * clipped.hidden[s] * fw.g[i];
           fw.w2t.times(gg.data(), ggw, n);  // G W2 → ∂G += ∂(GW) W2ᵀ
           std::copy(fw.g.begin(), fw.g.end(), left2.begin());
           // G = P − T with P = Y + [residual] K: ∂Y = ∂G (+ ∂D2 with dgd), ∂T = −∂G
@@ -830,12 +913,12 @@ NLDSL_LIBRARY(NLDSL_NAMESPACE, m) {
   m.def(
       "memory_write(Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
       "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
-      "Tensor? next_inputs, int flags) -> Tensor[]");
+      "Tensor? next_inputs, int flags, float clip) -> Tensor[]");
   m.def(
       "memory_write_backward(Tensor grad_W1, Tensor grad_W2, Tensor? grad_S1, Tensor? grad_S2, Tensor? grad_read, "
       "Tensor W1, Tensor W2, Tensor? S1, Tensor? S2, Tensor keys, Tensor values, Tensor decay, "
       "Tensor? momentum_scale, Tensor? momentum_decay, Tensor write_weights, Tensor? momentum_write_weights, "
-      "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, Tensor saved, int flags) -> Tensor[]");
+      "Tensor? next_inputs, Tensor? new_W1, Tensor? new_W2, Tensor saved, int flags, float clip) -> Tensor[]");
 }
 
 NLDSL_LIBRARY_IMPL(NLDSL_NAMESPACE, CPU, m) {
