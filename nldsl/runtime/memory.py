@@ -578,8 +578,15 @@ def _chunk_end_state(
     momentum_rows: _MomentumRows | None,
     deltas: list[Tensor],
     write_inputs: list[Tensor],
+    retains: bool = True,
 ) -> MemoryState:
-    """θ and S after the chunk's last token, with Newton–Schulz on the increment when configured."""
+    """θ and S after the chunk's last token, with Newton–Schulz on the increment when configured.
+
+    `retains` False: the level has no retention gate, so A_n is exactly 1 and θ is not multiplied by
+    it (the same numbers), which saves a pass over the state forward and another backward every
+    chunk: specs/hope.nl's fast CMS level (128 × 512 weights rewritten every 16 tokens), timed alone,
+    took 0.918× as long (docs/results/performance.md, the item of 2026-12-07, 20:23–21:01).
+    """
     retained = rows.state[..., -1, None, None]  # A_n  (B, H, 1, 1)
     # The minus signs sit on the per-token weights, not on the weight-sized increments: the outer
     # backward then feeds the state's gradient to the products as it is, with no negated copy.
@@ -599,7 +606,7 @@ def _chunk_end_state(
             momentum.append(momentum_rows.state[..., -1, None, None] * previous + momentum_increment[0])
         if cfg.orthogonalize_steps > 0:
             increment = newton_schulz(increment, cfg.orthogonalize_steps)
-        weights.append(retained * weight + increment)
+        weights.append((retained * weight if retains else weight) + increment)
     return MemoryState(weights, momentum if momentum_rows is not None else None)
 
 
@@ -666,7 +673,7 @@ def memory_chunk_step(
     elif queries is not None:
         readout_rows = rows if cfg.readout == "causal" else _rows_before(rows)
         outputs = _dual_readout(cfg, state, readout_rows, deltas, write_inputs, queries)
-    return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, deltas, write_inputs)
+    return outputs, _chunk_end_state(cfg, state, rows, momentum_rows, deltas, write_inputs, retention is not None)
 
 
 def _fused_chunk_step(
