@@ -242,6 +242,9 @@ def clip_cost(length: int = 2048, batch: int = 2, rounds: int = CLIP_COST_ROUNDS
     return "\n".join(rows)
 
 
+TABLES: dict[str, Callable[[], str]] = {"hope_components": hope_components, "clip_cost": clip_cost}  # own tables
+
+
 def _counted_flops(run: Callable[[], object]) -> float:
     """FLOPs of one call of `run` as `FlopCounterMode` counts them, with the fused write off (its custom op
     is invisible to the counter; the PyTorch step computes the same products)."""
@@ -277,8 +280,8 @@ def run(names: list[str]) -> None:
             (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
             log(text)
             continue
-        if name in ("hope_components", "clip_cost"):
-            text = hope_components() if name == "hope_components" else clip_cost()
+        if name in TABLES:
+            text = TABLES[name]()
             (RESULTS / f"profile_{name}.txt").write_text(text + "\n", encoding="utf-8")
             log(text)
             continue
@@ -296,7 +299,7 @@ def main(args) -> None:
 
 
 def add_arguments(parser) -> None:
-    names = [*TARGETS, "hope_components", "clip_cost", "titans_layer"]
+    names = [*TARGETS, *TABLES, "titans_layer"]
     parser.add_argument("names", nargs="*", default=names, choices=names, metavar="NAME",
                         help=f"profiles to take, of: {', '.join(names)} (default: all)")
 

@@ -2,7 +2,8 @@
 
 The kernel's new θ and S, its read of the next chunk, and the gradients of every input agree in
 float64 with the PyTorch path (`memory_chunk_step` with the kernel off, `memory_forward` for the
-read) over every state, activation, value source, DGD placement and momentum it accepts, for one
+read) over every state, activation, value source, DGD placement and momentum it accepts, with
+and without a clip, for one
 memory, for memories stacked on shared inputs (HOPE's projections) and for weights past its
 transpose limit; over random shapes and options (hypothesis; NLDSL_KERNEL_PROBLEMS, 200) in float64,
 and in float32 against the exact answer; the whole HOPE model agrees with the kernel on and off; the dispatch rule; a

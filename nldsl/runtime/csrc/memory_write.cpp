@@ -837,9 +837,11 @@ std::vector<at::Tensor> memory_write_backward(
             gz[i] = fw.ddz[i] * fw.gw[i] * gd1u[i] + ((dm.flags & kDgdFirst) ? gd1[i] : T(0));
           }
           std::copy(gd2.begin(), gd2.end(), gg.begin());
-          if (clip > 0)
-            for (int64_t s = 0; s < n; ++s)
-              for (int64_t i = s * dout; i < (s + 1) * dout; ++i) gg[i] += clipped.twice[s] * clipped.hidden[s] * fw.g[i];
+          if (clip > 0)  // ∂G_s's term through ρ: 2 ∂‖∇ℓ_s‖² ‖H_s‖² G_s
+            for (int64_t s = 0; s < n; ++s) {
+              const T t = clipped.twice[s] * clipped.hidden[s];
+              for (int64_t i = s * dout; i < (s + 1) * dout; ++i) gg[i] += t * fw.g[i];
+            }
           fw.w2t.times(gg.data(), ggw, n);  // G W2 → ∂G += ∂(GW) W2ᵀ
           std::copy(fw.g.begin(), fw.g.end(), left2.begin());
           // G = P − T with P = Y + [residual] K: ∂Y = ∂G (+ ∂D2 with dgd), ∂T = −∂G
