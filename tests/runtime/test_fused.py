@@ -187,11 +187,18 @@ def test_stacked_memories_on_shared_inputs_and_the_next_read(memories: int, foll
     assert_kernel_matches(level(values="generated", dgd=True, momentum=True), memories, following)
 
 
-def between_norms(squared_norms: torch.Tensor) -> float:
-    """A clip halfway between the middle two of a chunk's gradient norms (from their squares)."""
-    norms = squared_norms.detach().flatten().sqrt().sort().values
+def clipped_between(options: dict, inputs: dict, memories: int) -> LevelConfig:
+    """`level(**options)` with a clip halfway between the middle two gradient norms of the drawn chunk
+    (`memory._write_factors` on its keys and values, tiled per stacked memory), and those norms' factors."""
+    keys, values = (tiled(inputs[name], memories) for name in ("keys", "values"))
+    squared = _write_factors(level(**options, clip=1.0), inputs["state"].weights, keys, values, None, None)[3]
+    norms = squared.detach().flatten().sqrt().sort().values
     middle = len(norms) // 2
-    return ((norms[middle - 1] + norms[middle]) / 2).item()
+    cfg = level(**options, clip=((norms[middle - 1] + norms[middle]) / 2).item())
+    factors = clip_scale(cfg.clip, squared)
+    unbound = 1 - 8 * torch.finfo(factors.dtype).eps  # c·rsqrt(c²) is 1 up to rounding
+    assert (factors < 0.999).any() and (factors > unbound).any()  # binds on some tokens, not on all
+    return cfg
 
 
 CLIP_GRID = [(state, values, dgd, momentum, memories) for state, values, dgd, momentum, memories in itertools.product(
@@ -205,15 +212,9 @@ def test_a_clipped_level_matches_the_pytorch_step(state: str, values: str, dgd: 
     per stacked memory, and differentiates through ρ; the PyTorch step clips η (memory.clip_scale). The clip
     is set between the middle two gradient norms of the drawn chunk, so that it binds on some tokens and not
     on others, and no token sits on its kink."""
-    options = dict(values=values, dgd=dgd != "none", dgd_layers="all" if dgd == "all" else "first",
+    options = dict(state=state, values=values, dgd=dgd != "none", dgd_layers="all" if dgd == "all" else "first",
                    momentum=momentum)
-    inputs = draw(level(state, **options), memories, following=2)
-    keys, values_in = (tiled(inputs[name], memories) for name in ("keys", "values"))
-    norms = _write_factors(level(state, **options, clip=1.0), inputs["state"].weights, keys, values_in, None,
-                           None)[3]
-    cfg = level(state, **options, clip=between_norms(norms))
-    factors = clip_scale(cfg.clip, norms)
-    assert (factors < 0.999).any() and (factors > 1 - 1e-12).any()
+    cfg = clipped_between(options, draw(level(**options), memories, following=2), memories)
     assert fused.applies(cfg, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     assert_kernel_matches(cfg, memories, following=2)
 
@@ -221,11 +222,8 @@ def test_a_clipped_level_matches_the_pytorch_step(state: str, values: str, dgd: 
 def test_the_float32_kernel_clips_as_the_pytorch_step() -> None:
     """HOPE's projections' shapes in float32 (whole vectors), clipped between the chunk's middle norms."""
     options = dict(values="generated", d_in=32, d_out=32, hidden=64, dgd=True, momentum=True)
-    inputs = draw(level(**options), 4, following=2, dtype=torch.float32)
-    norms = _write_factors(level(**options, clip=1.0), inputs["state"].weights, tiled(inputs["keys"], 4),
-                           tiled(inputs["values"], 4), None, None)[3]
-    assert_kernel_matches(level(**options, clip=between_norms(norms)), 4, following=2,
-                          dtype=torch.float32, rtol=2e-5)
+    cfg = clipped_between(options, draw(level(**options), 4, following=2, dtype=torch.float32), 4)
+    assert_kernel_matches(cfg, 4, following=2, dtype=torch.float32, rtol=2e-5)
 
 
 def counting_kernel_calls(monkeypatch) -> list[int]:
@@ -247,7 +245,7 @@ HOPE_CLIPS = ["model.block.titans.memory.clip=0.5", "model.block.titans.projecti
 @pytest.mark.parametrize("clips", [[], HOPE_CLIPS])
 def test_hope_with_the_kernel_equals_hope_without(monkeypatch, clips: list[str]) -> None:
     """The whole model in float64, logits and every parameter gradient, at a length no chunk size divides;
-    also with the clips the training error offers (the projections' small enough to bind)."""
+    also with a clip on both in-context levels (the projections' small enough to bind)."""
     model = nldsl.load("specs/hope.nl", clips, dim=16, heads=2).double()
     tokens = torch.randint(0, 256, (2, 29), generator=torch.Generator().manual_seed(0))
     calls = counting_kernel_calls(monkeypatch)
