@@ -31,7 +31,8 @@ its ratio is measured side by side. Peers are used only as installed packages:
   the largest output difference (both compute the same recurrence).
 - `floor`: the Transformer++ spec against the hand-written Transformer++ of bench/transformer_pp.py.
 - `hope_transformer`: HOPE against Transformer++ at equal parameter count (a 4-layer Transformer++
-  matches the 2-layer HOPE of the spec), T = 2048.
+  matches the 2-layer HOPE of the spec), T = 2048, both at batch 2 and 8; the ratio takes each
+  model's fastest.
 - `memory_reference`: the chunk-parallel memory level against its per-token reference (the
   inputs and level of bench/memory_speed.py), T = 2048.
 - `fused_write`: HOPE's chunk-compiled training step with the fused memory-write kernel on and
@@ -443,43 +444,62 @@ def floor(width: int = 256, layers: int = 2, heads: int = 4, length: int = 2048,
             "tokens_per_second": {name: batch * length / s for name, s in seconds.items()}}
 
 
-def hope_transformer(length: int = 2048, batch: int = 2, rounds: int = 8, transformer_layers: int = 4) -> dict:
+# Batches `hope_transformer` times both models at. HOPE's per-chunk costs are per call, not per
+# sequence, so its tokens/s grow with the batch, while Transformer++'s step is large products already
+# at batch 2: in a one-off run (2026-12-07, 3 interleaved rounds, one thread) HOPE's grouped step went
+# from 1,362 to 1,786 tok/s between batch 2 and 8 and the compiled Transformer++ from 5,486 to 5,455.
+HOPE_TRANSFORMER_BATCHES = (2, 8)
+
+
+def hope_transformer(length: int = 2048, batches: tuple[int, ...] = HOPE_TRANSFORMER_BATCHES, rounds: int = 8,
+                     transformer_layers: int = 4) -> dict:
     """HOPE (in-context updates on) vs Transformer++ at equal parameter count, T = 2048.
 
-    8 interleaved rounds (4 before 2026-12-05): two runs of 4 on an idle machine read 0.303× and
-    0.263×. The eager HOPE step, timed after them (below), was one of the interleaved contenders
-    until 2026-12-06."""
+    Both models at every batch of `batches`; the ratio takes each model's fastest step (the suite's
+    "batch chosen to fill the machine"), and the ratio at each batch is kept beside it. 8 interleaved
+    rounds (4 before 2026-12-05): two runs of 4 on an idle machine read 0.303× and 0.263× (batch 2
+    alone, before 2026-12-07). The eager HOPE step, timed after them (below), was one of the
+    interleaved contenders until 2026-12-06."""
     hope, hope_optimizer = build("specs/hope.nl", seq_len=length)
     transformer, transformer_optimizer = build("specs/transformer.nl", [f"model.layers={transformer_layers}"],
                                                seq_len=length)
-    tokens, targets = random_tokens(batch, length, hope.spec.model.vocab)
     steps = {
         "hope_chunks": TrainStep(hope, hope_optimizer, compiled="chunks"),
         "hope_chunks_grouped": TrainStep(hope, hope_optimizer, compiled="chunks", chunks_per_call=GROUPED_CHUNKS),
         "transformer_eager": TrainStep(transformer, transformer_optimizer),
         "transformer_compiled": TrainStep(transformer, transformer_optimizer, compiled=True),
     }
-    seconds = alternate({name: (lambda s=s: s(tokens, targets)) for name, s in steps.items()}, rounds=rounds,
-                        warmup=2)
+    data = {batch: random_tokens(batch, length, hope.spec.model.vocab) for batch in batches}
+    contenders = {f"{name}, batch {batch}": (lambda s=s, tokens=tokens, targets=targets: s(tokens, targets))
+                  for batch, (tokens, targets) in data.items() for name, s in steps.items()}
+    seconds = alternate(contenders, rounds=rounds, warmup=2)
     # HOPE's eager step is timed after the others, in rounds of its own: interleaved with them it left
     # the grouped chunk-compiled step that followed it some 13% slower (1,753 against 2,007 tok/s in
     # two one-off runs of 6 interleaved rounds, with and without it, 2026-12-06), an effect of sharing
     # one process that no training run has (a run trains in one mode)
     eager = TrainStep(hope, hope_optimizer)
-    seconds["hope_eager"] = alternate({"hope_eager": lambda: eager(tokens, targets)}, rounds=2, warmup=1)["hope_eager"]
+    for batch, (tokens, targets) in data.items():
+        name = f"hope_eager, batch {batch}"
+        seconds[name] = alternate({name: lambda tokens=tokens, targets=targets: eager(tokens, targets)},
+                                  rounds=2, warmup=1)[name]
     torch._dynamo.reset()
     # the ratio depends on the machine: Transformer++'s step is mostly large matrix products, HOPE's runs
     # at a third of the matmul peak or less, so a machine with faster products favours Transformer++
     # (0.307× where the peak read 165 GFLOP/s, 0.425× where it read 88.5); the peak is kept beside it
     peak = matmul_peak()
-    speeds = {name: batch * length / s for name, s in seconds.items()}
-    best_transformer = max(speeds["transformer_eager"], speeds["transformer_compiled"])
-    best_hope = max(speeds["hope_eager"], speeds["hope_chunks"], speeds["hope_chunks_grouped"])
-    return {"config": {"length": length, "batch": batch, "transformer_layers": transformer_layers,
+    speeds = {name: int(name.rsplit(" ", 1)[1]) * length / s for name, s in seconds.items()}
+
+    def best(model: str, batch: int | None = None) -> float:
+        return max(v for name, v in speeds.items()
+                   if name.startswith(model) and (batch is None or name.endswith(f", batch {batch}")))
+
+    return {"config": {"length": length, "batches": list(batches), "transformer_layers": transformer_layers,
                        "grouped_chunks_per_call": GROUPED_CHUNKS},
             "parameters": {"hope": parameter_count(hope), "transformer": parameter_count(transformer)},
             "tokens_per_second": speeds, "matmul_peak": peak,
-            "hope_over_transformer": best_hope / best_transformer}
+            "hope_over_transformer": best("hope") / best("transformer"),
+            "hope_over_transformer_by_batch": {f"batch {batch}": best("hope", batch) / best("transformer", batch)
+                                               for batch in batches}}
 
 
 def memory_reference(length: int = 2048, rounds: int = 2) -> dict:

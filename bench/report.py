@@ -163,7 +163,7 @@ def targets_section(peers: dict | None, mfu: dict | None, train: dict | None, sm
         None if not compiled else compiled["mfu"] >= 0.55, "python -m bench mfu")
     hope = comparisons.get("hope_transformer", {})
     row("HOPE ≥ 0.3× Transformer++ tokens/s, equal parameters, T 2048",
-        f"{hope['hope_over_transformer']:.4f}×" + peak_note(hope) + when("hope_transformer")
+        f"{hope['hope_over_transformer']:.4f}×" + batch_note(hope) + peak_note(hope) + when("hope_transformer")
         if "hope_over_transformer" in hope
         else short_error(hope.get("error", "—")),
         None if "hope_over_transformer" not in hope else hope["hope_over_transformer"] >= 0.3,
@@ -263,6 +263,15 @@ def measured_on(entry: dict | None) -> str:
     entries were stamped."""
     note = stamp_note(entry)
     return note.removeprefix("; measured ") if note else "not recorded"
+
+
+def batch_note(outcome: dict) -> str:
+    """Where a comparison timed several batches, that its ratio takes each side's fastest, and the ratio at
+    each batch (results from before 2026-12-07 ran batch 2 alone and have none)."""
+    by_batch = outcome.get("hope_over_transformer_by_batch")
+    if not by_batch:
+        return ""
+    return " (each model at its fastest batch; " + ", ".join(f"{k}: {v:.4f}×" for k, v in by_batch.items()) + ")"
 
 
 def peak_note(outcome: dict) -> str:
@@ -397,7 +406,8 @@ def peers_section(peers: dict) -> list[str]:
             lines.append("")
         for key in ("speedup_vs_titans_pytorch", "speedup_vs_titans_pytorch_chunk_recurrence",
                     "peer_surprise_difference", "speedup_vs_nested_learning", "speedup_vs_nested_learning_defaults",
-                    "speedup_matched_memory_vs_nested_learning", "hope_over_transformer", "speedup",
+                    "speedup_matched_memory_vs_nested_learning", "hope_over_transformer",
+                    "hope_over_transformer_by_batch", "speedup",
                     "speedup_eager", "speedup_ceiling", "speedup_ceiling_matched_memory",
                     "max_relative_output_difference", "seconds", "flops_per_step", "achieved_flops", "matmul_peak",
                     "import_note"):

@@ -38,6 +38,16 @@ def test_notes_latest_nested_learning_ratio_is_the_committed_one() -> None:
     assert float(found.group(2)) == round(nested["speedup_ceiling"], 1)
 
 
+def test_notes_latest_transformer_ratio_is_the_committed_one() -> None:
+    """The second of "the latest two runs" against Transformer++, and its ratio at batch 2, are peers.json's."""
+    run = _json("peers")["comparisons"]["hope_transformer"]
+    found = re.search(r"Against Transformer\+\+ the latest two\s+runs, .*?read \*\*[\d.]+× and ([\d.]+)×\*\*.*?"
+                      r"At batch 2, .*? they read [\d.]+× and ([\d.]+)×", NOTES, re.S)
+    assert found, "the sentence moved; re-point this test"
+    assert float(found.group(1)) == round(run["hope_over_transformer"], 4)
+    assert float(found.group(2)) == round(run["hope_over_transformer_by_batch"]["batch 2"], 3)
+
+
 def test_notes_last_two_ceilings_are_the_last_two_runs() -> None:
     """The ceilings of "the last two runs" include peers.json's."""
     ceiling = round(_json("peers")["comparisons"]["hope_nested_learning"]["speedup_ceiling"], 1)

@@ -254,6 +254,47 @@ def test_report_states_the_matmul_peak_beside_the_hope_over_transformer_ratio() 
     assert "| 0.2995× |" in older and "matmul peak" not in older and "| missed |" in older
 
 
+def test_hope_over_transformer_row_names_the_ratio_at_each_batch() -> None:
+    """A run over several batches takes each model's fastest step; its row shows the ratio at each batch."""
+    from bench import report
+
+    rows = report.targets_section({"comparisons": {"hope_transformer": {
+        "hope_over_transformer": 0.3274, "hope_over_transformer_by_batch": {"batch 2": 0.2484, "batch 8": 0.3274},
+        "matmul_peak": 180e9}}}, None, None)
+    row = next(line for line in rows if "Transformer++ tokens/s" in line)
+    assert "| 0.3274× (each model at its fastest batch; batch 2: 0.2484×, batch 8: 0.3274×) (matmul peak" in row
+    assert "| met |" in row
+
+
+def test_hope_transformer_takes_each_model_s_fastest_batch(monkeypatch) -> None:
+    """The ratio is best HOPE over best Transformer++, and each batch's ratio compares that batch's steps."""
+    from bench import peers
+
+    class Model:
+        spec = type("Spec", (), {"model": type("M", (), {"vocab": 256})})()
+
+    monkeypatch.setattr(peers, "build", lambda spec, overrides=(), seq_len=None: (Model(), None))
+    monkeypatch.setattr(peers, "TrainStep", lambda *args, **kwargs: None)
+    monkeypatch.setattr(peers, "random_tokens", lambda batch, length, vocab: (batch, None))
+    monkeypatch.setattr(peers, "parameter_count", lambda model: 1)
+    monkeypatch.setattr(peers, "matmul_peak", lambda: 1e11)
+    step_seconds = {"hope_chunks": {2: 4.0, 8: 8.0}, "hope_chunks_grouped": {2: 3.0, 8: 9.0},
+                    "transformer_eager": {2: 1.0, 8: 4.0}, "transformer_compiled": {2: 0.75, 8: 3.2},
+                    "hope_eager": {2: 6.0, 8: 30.0}}
+
+    def alternate(contenders, rounds, warmup):
+        return {name: step_seconds[name.split(",")[0]][int(name.rsplit(" ", 1)[1])] for name in contenders}
+
+    monkeypatch.setattr(peers, "alternate", alternate)
+    result = peers.hope_transformer(length=2048, batches=(2, 8), rounds=1)
+    speeds = result["tokens_per_second"]
+    assert speeds["hope_chunks, batch 8"] == 8 * 2048 / 8.0
+    best_hope, best_transformer = 8 * 2048 / 8.0, 2 * 2048 / 0.75
+    assert result["hope_over_transformer"] == pytest.approx(best_hope / best_transformer)
+    assert result["hope_over_transformer_by_batch"] == pytest.approx(
+        {"batch 2": (2 * 2048 / 3.0) / best_transformer, "batch 8": best_hope / (8 * 2048 / 3.2)})
+
+
 def test_every_peer_comparison_keeps_the_matmul_peak_and_every_target_row_states_it(results, monkeypatch) -> None:
     """A comparison that reads the peak during its rounds keeps its own; the others get one read after them."""
     from bench import peers, report
