@@ -470,8 +470,11 @@ def hope_transformer(length: int = 2048, batches: tuple[int, ...] = HOPE_TRANSFO
         "transformer_compiled": TrainStep(transformer, transformer_optimizer, compiled=True),
     }
     data = {batch: random_tokens(batch, length, hope.spec.model.vocab) for batch in batches}
-    contenders = {f"{name}, batch {batch}": (lambda s=s, tokens=tokens, targets=targets: s(tokens, targets))
-                  for batch, (tokens, targets) in data.items() for name, s in steps.items()}
+    contenders, batch_of = {}, {}  # by contender's label: its step at one batch, and that batch
+    for batch, (tokens, targets) in data.items():
+        for name, s in steps.items():
+            contenders[f"{name}, batch {batch}"] = lambda s=s, tokens=tokens, targets=targets: s(tokens, targets)
+            batch_of[f"{name}, batch {batch}"] = batch
     seconds = alternate(contenders, rounds=rounds, warmup=2)
     # HOPE's eager step is timed after the others, in rounds of its own: interleaved with them it left
     # the grouped chunk-compiled step that followed it some 13% slower (1,753 against 2,007 tok/s in
@@ -480,6 +483,7 @@ def hope_transformer(length: int = 2048, batches: tuple[int, ...] = HOPE_TRANSFO
     eager = TrainStep(hope, hope_optimizer)
     for batch, (tokens, targets) in data.items():
         name = f"hope_eager, batch {batch}"
+        batch_of[name] = batch
         seconds[name] = alternate({name: lambda tokens=tokens, targets=targets: eager(tokens, targets)},
                                   rounds=2, warmup=1)[name]
     torch._dynamo.reset()
@@ -487,11 +491,10 @@ def hope_transformer(length: int = 2048, batches: tuple[int, ...] = HOPE_TRANSFO
     # at a third of the matmul peak or less, so a machine with faster products favours Transformer++
     # (0.307× where the peak read 165 GFLOP/s, 0.425× where it read 88.5); the peak is kept beside it
     peak = matmul_peak()
-    speeds = {name: int(name.rsplit(" ", 1)[1]) * length / s for name, s in seconds.items()}
+    speeds = {name: batch_of[name] * length / s for name, s in seconds.items()}
 
     def best(model: str, batch: int | None = None) -> float:
-        return max(v for name, v in speeds.items()
-                   if name.startswith(model) and (batch is None or name.endswith(f", batch {batch}")))
+        return max(v for name, v in speeds.items() if name.startswith(model) and batch in (None, batch_of[name]))
 
     return {"config": {"length": length, "batches": list(batches), "transformer_layers": transformer_layers,
                        "grouped_chunks_per_call": GROUPED_CHUNKS},
